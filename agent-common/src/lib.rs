@@ -1,0 +1,201 @@
+//! Types shared by the eBPF programs and the user-space agent.
+//!
+//! Every record the kernel writes to the `EVENTS` ring buffer starts with a `u32`
+//! kind tag ([`EventKind`]) so that user space can tell records apart before it
+//! decodes them. All structs are `#[repr(C)]`, `Copy`, and use `u32` instead of
+//! `bool` so they carry no padding bytes (required for `aya::Pod`).
+#![no_std]
+
+/// Bytes of plaintext carried by one [`DataEvent`]. A TLS call that moves more
+/// than this is split into several ordered chunks (`offset` tells where each
+/// belongs) instead of being truncated.
+pub const CHUNK_SIZE: usize = 16 * 1024;
+/// Chunks one call may produce: `CHUNK_SIZE * MAX_CHUNKS` (64 MiB) per `SSL_write`
+/// or `SSL_read`. Beyond that the last chunk carries [`FLAG_TRUNCATED`] and the
+/// loss is counted in [`LossCounter::TruncatedCall`].
+pub const MAX_CHUNKS: u32 = 4096;
+/// Per-CPU scratch slots, one per nesting level of programs on one CPU.
+pub const SCRATCH_SLOTS: u32 = 4;
+
+/// Record kinds on the ring buffer; fixed numbers, never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A chunk of plaintext that crossed a TLS library call ([`DataEvent`]).
+    Data = 1,
+    /// A TLS connection object was freed (`SSL_free`) ([`ControlEvent`]).
+    ConnClosed = 2,
+    /// A process called exec ([`ControlEvent`]); user space looks for new TLS libraries.
+    Exec = 3,
+    /// A process (thread group leader) exited ([`ControlEvent`]).
+    Exit = 4,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Data),
+            2 => Some(Self::ConnClosed),
+            3 => Some(Self::Exec),
+            4 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// Plaintext written by the process (towards the peer).
+pub const DIR_EGRESS: u32 = 0;
+/// Plaintext read by the process (from the peer).
+pub const DIR_INGRESS: u32 = 1;
+
+/// This chunk is the last one of its call.
+pub const FLAG_LAST: u32 = 1;
+/// The call moved more than `CHUNK_SIZE * MAX_CHUNKS` bytes; the rest was not copied.
+pub const FLAG_TRUNCATED: u32 = 2;
+/// Copying user memory failed for this chunk; its bytes are missing.
+pub const FLAG_READ_FAILED: u32 = 4;
+
+/// Which hook produced a [`DataEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    OpenSsl = 1,
+}
+
+/// Header of a chunk of plaintext. On the ring buffer it is followed directly by
+/// `len` bytes of data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    /// [`EventKind::Data`].
+    pub kind: u32,
+    /// [`DIR_EGRESS`] or [`DIR_INGRESS`].
+    pub direction: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the call returned.
+    pub ts_ns: u64,
+    /// Connection identity inside the process: the `SSL*` pointer.
+    pub conn: u64,
+    pub cgroup_id: u64,
+    /// Bytes the whole call transferred.
+    pub call_len: u64,
+    /// Where this chunk starts within the call.
+    pub offset: u64,
+    /// Bytes of data following the header.
+    pub len: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Socket fd when known, else -1.
+    pub fd: i32,
+    /// [`Source`] as u32.
+    pub source: u32,
+    pub comm: [u8; 16],
+}
+
+pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
+
+/// A header and its chunk as laid out in the per-CPU scratch map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: DataHeader,
+    pub data: [u8; CHUNK_SIZE],
+}
+
+/// Lifecycle records: connection closed, exec, exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ControlEvent {
+    /// [`EventKind::ConnClosed`], [`EventKind::Exec`] or [`EventKind::Exit`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    /// `SSL*` for `ConnClosed`, else 0.
+    pub conn: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// Arguments of an in-flight TLS call, saved at entry and used at return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CallArgs {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `size_t *` out-parameter of the `_ex` variants, else 0.
+    pub len_ptr: u64,
+    /// Buffer size the caller passed: no call moves more.
+    pub num: u64,
+    /// [`CallKind`] as u32.
+    pub call: u32,
+    pub _pad: u32,
+}
+
+/// The TLS call whose arguments are saved; a return probe only consumes its own kind,
+/// so a library whose `SSL_write` calls `SSL_write_ex` internally is not counted twice.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    Write = 1,
+    Read = 2,
+    WriteEx = 3,
+    ReadEx = 4,
+}
+
+/// Index into the `LOSS` array map: what the kernel side could not deliver.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossCounter {
+    /// Data chunks lost because the ring buffer was full.
+    RingFull = 0,
+    /// Calls larger than the per-call limit (tail not copied).
+    TruncatedCall = 1,
+    /// Chunks whose user memory could not be read.
+    ReadFailed = 2,
+    /// Control events lost because the ring buffer was full.
+    ControlRingFull = 3,
+    /// Calls not tracked because the in-flight argument map was full.
+    ArgsMapFull = 4,
+    /// Calls not copied because every scratch slot of the CPU was busy.
+    ScratchBusy = 5,
+}
+
+pub const LOSS_COUNTERS: u32 = 6;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for CallArgs {}
+    unsafe impl aya::Pod for DataHeader {}
+    unsafe impl aya::Pod for ControlEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<DataHeader>(), 88);
+        assert_eq!(core::mem::size_of::<ControlEvent>(), 48);
+        assert_eq!(core::mem::size_of::<CallArgs>(), 40);
+        assert_eq!(DATA_HEADER_LEN % 8, 0);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [
+            EventKind::Data,
+            EventKind::ConnClosed,
+            EventKind::Exec,
+            EventKind::Exit,
+        ] {
+            assert_eq!(EventKind::from_u32(k as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+    }
+}

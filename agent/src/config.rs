@@ -1,0 +1,293 @@
+//! Settings: command-line flags over an optional TOML file over defaults.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::sinks::OutputSpec;
+
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "tokentap-agent",
+    version,
+    about = "Capture LLM API calls on this host with eBPF and write one record per call.",
+    long_about = "Capture LLM API calls on this host with eBPF (uprobes on TLS libraries) and \
+write one record per call: provider, model, tokens, cost, latency, process, container.\n\n\
+Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE) and a kernel with BTF.\n\
+Prompt and completion text are never written; neither are credentials."
+)]
+pub struct Cli {
+    /// TOML config file; flags given on the command line override its values.
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where records go: `jsonl:PATH` (appended, one JSON object per line) or
+    /// `stdout`. Repeat for several outputs. Default: stdout.
+    #[arg(long = "output", short = 'o', value_name = "SPEC")]
+    pub outputs: Vec<OutputSpec>,
+    /// Capture for this many seconds, then flush and exit 0. Default: until SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// Create this file once every probe is attached (for scripts and tests to wait on).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Write the agent's own counters (captured, dropped and why) here as JSON,
+    /// every few seconds and at exit.
+    #[arg(long, value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+    /// Price file (JSON, same format as the shipped table) whose models override
+    /// or extend the shipped prices.
+    #[arg(long, value_name = "PATH")]
+    pub prices: Option<PathBuf>,
+    /// Kernel ring buffer size in bytes (power of two). Default: 16777216.
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_bytes: Option<u32>,
+    /// Largest request or response body kept per call; larger calls are dropped and
+    /// counted. Also caps decompressed size. Default: 16777216.
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most connections tracked at once; the least recently active is evicted. Default: 16384.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Forget a connection after this long without traffic. Default: 300.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Rescan all processes for new TLS libraries this often (exec events also
+    /// trigger a scan of the new process). Default: 10.
+    #[arg(long, value_name = "SECS")]
+    pub rescan_interval_secs: Option<u64>,
+    /// Extra directory to search for libssl.so* at start (repeatable).
+    #[arg(long = "lib-dir", value_name = "DIR")]
+    pub lib_dirs: Vec<PathBuf>,
+    /// Log filter (tracing syntax, e.g. `info`, `tokentap_agent=debug`). RUST_LOG also works.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file. Keys mirror the flags.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub output: Vec<String>,
+    pub duration_secs: Option<u64>,
+    pub ready_file: Option<PathBuf>,
+    pub stats_file: Option<PathBuf>,
+    pub prices: Option<PathBuf>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub max_body_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
+    pub rescan_interval_secs: Option<u64>,
+    #[serde(default)]
+    pub lib_dirs: Vec<PathBuf>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// Host (or `*.suffix`) -> provider name, e.g. `"llm.internal" = "openai"`.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: crate::sinks::BadOutput,
+    },
+}
+
+/// Effective settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub outputs: Vec<OutputSpec>,
+    pub duration: Option<Duration>,
+    pub ready_file: Option<PathBuf>,
+    pub stats_file: Option<PathBuf>,
+    pub prices: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub rescan_interval: Duration,
+    pub lib_dirs: Vec<PathBuf>,
+    pub log_level: String,
+    pub provider_hosts: BTreeMap<String, String>,
+}
+
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+impl Settings {
+    pub fn resolve(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let file_path = cli.config.clone().unwrap_or_default();
+        let mut outputs = cli.outputs.clone();
+        if outputs.is_empty() {
+            for o in &file.output {
+                outputs.push(o.parse().map_err(|source| ConfigError::Output {
+                    path: file_path.clone(),
+                    source,
+                })?);
+            }
+        }
+        if outputs.is_empty() {
+            outputs.push(OutputSpec::Stdout);
+        }
+        let mut lib_dirs: Vec<PathBuf> = crate::discovery::DEFAULT_LIB_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        lib_dirs.extend(file.lib_dirs.iter().cloned());
+        lib_dirs.extend(cli.lib_dirs.iter().cloned());
+        Ok(Self {
+            outputs,
+            duration: cli.duration.or(file.duration_secs).map(Duration::from_secs),
+            ready_file: cli.ready_file.clone().or(file.ready_file),
+            stats_file: cli.stats_file.clone().or(file.stats_file),
+            prices: cli.prices.clone().or(file.prices),
+            ring_buffer_bytes: cli
+                .ring_buffer_bytes
+                .or(file.ring_buffer_bytes)
+                .unwrap_or(16 << 20),
+            max_body_bytes: cli
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(16 << 20),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(16384),
+            idle_timeout: Duration::from_secs(
+                cli.idle_timeout_secs
+                    .or(file.idle_timeout_secs)
+                    .unwrap_or(300),
+            ),
+            rescan_interval: Duration::from_secs(
+                cli.rescan_interval_secs
+                    .or(file.rescan_interval_secs)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
+            lib_dirs,
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            provider_hosts: file.providers.hosts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("tt-cfg-{}-{name}.toml", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(&Cli::default()).unwrap();
+        assert_eq!(s.outputs, vec![OutputSpec::Stdout]);
+        assert_eq!(s.ring_buffer_bytes, 16 << 20);
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.duration, None);
+        assert!(s.lib_dirs.contains(&PathBuf::from("/usr/lib")));
+    }
+
+    #[test]
+    fn file_values_and_flag_overrides() {
+        let p = write(
+            "ok",
+            r#"
+output = ["jsonl:/var/log/tokentap.jsonl"]
+duration_secs = 60
+max_body_bytes = 1024
+[providers.hosts]
+"llm.internal" = "openai"
+"#,
+        );
+        let cli = Cli {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&cli).unwrap();
+        assert_eq!(
+            s.outputs,
+            vec![OutputSpec::Jsonl("/var/log/tokentap.jsonl".into())]
+        );
+        assert_eq!(s.duration, Some(Duration::from_secs(60)));
+        assert_eq!(s.max_body_bytes, 1024);
+        assert_eq!(
+            s.provider_hosts.get("llm.internal").map(String::as_str),
+            Some("openai")
+        );
+        let cli = Cli {
+            config: Some(p),
+            duration: Some(5),
+            outputs: vec![OutputSpec::Stdout],
+            ..Default::default()
+        };
+        let s = Settings::resolve(&cli).unwrap();
+        assert_eq!(s.duration, Some(Duration::from_secs(5)));
+        assert_eq!(s.outputs, vec![OutputSpec::Stdout]);
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        for (name, text, want) in [
+            ("unknown", "no_such_key = 1\n", "unknown field"),
+            ("type", "duration_secs = \"x\"\n", "invalid type"),
+            ("output", "output = [\"kafka:x\"]\n", "unknown output"),
+        ] {
+            let cli = Cli {
+                config: Some(write(name, text)),
+                ..Default::default()
+            };
+            let err = Settings::resolve(&cli).unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let cli = Cli {
+            config: Some("/nonexistent.toml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Settings::resolve(&cli),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,749 @@
+//! Passive HTTP/1.1 message parser for one direction of a captured connection.
+//!
+//! Bytes arrive in arbitrary pieces (TLS records split anywhere); the parser keeps
+//! only what it has not consumed yet, frames bodies by Content-Length, chunked
+//! transfer coding or connection close, and hands out whole messages. Bodies are
+//! buffered only when the caller asks for them and only up to a cap; framing is
+//! tracked either way so keep-alive connections stay in sync.
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+/// Largest head (request/status line + headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+/// Largest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum H1Error {
+    #[error("not HTTP/1.x: {0}")]
+    Malformed(&'static str),
+    #[error("message head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("bad chunked encoding")]
+    BadChunk,
+    #[error("connection switched protocols")]
+    Upgraded,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// Request method (requests only).
+    pub method: Option<String>,
+    /// Request target (requests only).
+    pub path: Option<String>,
+    /// Status code (responses only).
+    pub status: Option<u16>,
+    /// HTTP/1.x minor version.
+    pub minor_version: u8,
+    /// Header names lower-cased, values as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+    }
+
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .any(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+    }
+}
+
+/// One complete HTTP message.
+#[derive(Clone, Debug, Default)]
+pub struct Message {
+    pub head: Head,
+    /// Body with transfer coding removed (content coding still applied).
+    pub body: Vec<u8>,
+    /// The body was larger than the cap (or not captured): `body` is incomplete.
+    pub body_truncated: bool,
+    /// Whether the body was captured at all.
+    pub body_captured: bool,
+    /// The message ended where its framing says. False for a message cut short by
+    /// the connection closing (see [`Parser::take_partial`]).
+    pub complete: bool,
+    /// Monotonic ns of the first and last byte seen.
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// `(body length after a piece arrived, its timestamp)`, at most one mark per
+    /// piece and at most `MAX_MARKS`; maps a body offset to when it arrived.
+    pub body_marks: Vec<(usize, u64)>,
+}
+
+const MAX_MARKS: usize = 4096;
+
+impl Message {
+    /// When the body byte at `offset` arrived.
+    pub fn ts_of_body_offset(&self, offset: usize) -> Option<u64> {
+        self.body_marks
+            .iter()
+            .find(|(end, _)| *end > offset)
+            .map(|(_, ts)| *ts)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Response,
+}
+
+/// What the response parser needs to know about the request it answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expect {
+    /// The request was HEAD: the response has no body whatever its headers say.
+    pub head_request: bool,
+    /// Buffer the response body.
+    pub capture: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Body(Body),
+    /// After an error or upgrade: nothing more is parsed.
+    Dead,
+}
+
+#[derive(Debug)]
+enum Body {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    UntilClose,
+}
+
+pub struct Parser {
+    kind: Kind,
+    state: State,
+    buf: Vec<u8>,
+    cur: Option<Message>,
+    max_body: usize,
+    expect: VecDeque<Expect>,
+    cur_expect: Expect,
+}
+
+enum Step {
+    /// Progress made; loop again.
+    Continue,
+    /// Need more bytes.
+    NeedMore,
+}
+
+impl Parser {
+    pub fn new(kind: Kind, max_body: usize) -> Self {
+        Self {
+            kind,
+            state: State::Head,
+            buf: Vec::new(),
+            cur: None,
+            max_body,
+            expect: VecDeque::new(),
+            cur_expect: Expect::default(),
+        }
+    }
+
+    /// Responses: register what the next unanswered request expects.
+    pub fn expect(&mut self, e: Expect) {
+        // Bounded: a client pipelining more than this is not an LLM SDK.
+        if self.expect.len() < 1024 {
+            self.expect.push_back(e);
+        }
+    }
+
+    /// Bytes buffered but not yet consumed, plus the body being built.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() + self.cur.as_ref().map_or(0, |m| m.body.len())
+    }
+
+    /// A message is partly parsed.
+    pub fn in_message(&self) -> bool {
+        self.cur.is_some() || !self.buf.is_empty()
+    }
+
+    /// Feed bytes that arrived at `ts`. Complete messages are appended to `out`.
+    /// `capture` decides, per request head, whether to buffer the body.
+    pub fn push(
+        &mut self,
+        data: &[u8],
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        out: &mut Vec<Message>,
+    ) -> Result<(), H1Error> {
+        if matches!(self.state, State::Dead) {
+            return Ok(());
+        }
+        if let Some(m) = self.cur.as_mut() {
+            m.last_ts = ts;
+        }
+        // Only keep what's not consumed; append the new piece.
+        self.buf.extend_from_slice(data);
+        let mut pos = 0usize;
+        let result = loop {
+            match self.step(&mut pos, ts, capture, out) {
+                Ok(Step::Continue) => continue,
+                Ok(Step::NeedMore) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.drain(..pos.min(self.buf.len()));
+        if result.is_err() {
+            self.state = State::Dead;
+            self.buf = Vec::new();
+            self.cur = None;
+        }
+        result
+    }
+
+    /// The connection closed: a body framed by close is complete now.
+    pub fn close(&mut self, ts: u64) -> Option<Message> {
+        if let State::Body(Body::UntilClose) = self.state {
+            self.state = State::Head;
+            let mut m = self.cur.take()?;
+            m.last_ts = ts.max(m.last_ts);
+            m.complete = true;
+            return Some(m);
+        }
+        None
+    }
+
+    /// The message cut short when the connection went away (`complete == false`).
+    /// A caller may still use it when its content proves it finished (a stream's
+    /// final event arrived and the client stopped reading before the last chunk).
+    pub fn take_partial(&mut self) -> Option<Message> {
+        if !matches!(self.state, State::Body(_)) {
+            return None;
+        }
+        self.state = State::Dead;
+        self.cur.take()
+    }
+
+    fn step(
+        &mut self,
+        pos: &mut usize,
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        out: &mut Vec<Message>,
+    ) -> Result<Step, H1Error> {
+        let avail = &self.buf[*pos..];
+        match &mut self.state {
+            State::Dead => Ok(Step::NeedMore),
+            State::Head => {
+                if avail.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                // Tolerate stray CRLF between messages (RFC 9112 §2.2).
+                if avail[0] == b'\r' || avail[0] == b'\n' {
+                    *pos += 1;
+                    return Ok(Step::Continue);
+                }
+                let parsed = match self.kind {
+                    Kind::Request => parse_request(avail)?,
+                    Kind::Response => parse_response(avail)?,
+                };
+                let Some((head, n)) = parsed else {
+                    if avail.len() > MAX_HEAD_BYTES {
+                        return Err(H1Error::HeadTooLarge);
+                    }
+                    return Ok(Step::NeedMore);
+                };
+                *pos += n;
+                self.start_message(head, ts, capture, out)?;
+                Ok(Step::Continue)
+            }
+            State::Body(body) => match body {
+                Body::Length(rem) => {
+                    if avail.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = (*rem).min(avail.len() as u64) as usize;
+                    *rem -= take as u64;
+                    let done = *rem == 0;
+                    let piece = *pos..*pos + take;
+                    *pos += take;
+                    self.append_body(piece, ts);
+                    if done {
+                        self.finish(out);
+                    }
+                    Ok(Step::Continue)
+                }
+                Body::ChunkSize => {
+                    let Some(eol) = find_crlf(avail) else {
+                        if avail.len() > MAX_CHUNK_LINE {
+                            return Err(H1Error::BadChunk);
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let size = parse_chunk_size(&avail[..eol])?;
+                    *pos += eol + 2;
+                    *body = if size == 0 {
+                        Body::Trailers
+                    } else {
+                        Body::ChunkData(size)
+                    };
+                    Ok(Step::Continue)
+                }
+                Body::ChunkData(rem) => {
+                    if avail.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = (*rem).min(avail.len() as u64) as usize;
+                    *rem -= take as u64;
+                    if *rem == 0 {
+                        *body = Body::ChunkDataEnd;
+                    }
+                    let piece = *pos..*pos + take;
+                    *pos += take;
+                    self.append_body(piece, ts);
+                    Ok(Step::Continue)
+                }
+                Body::ChunkDataEnd => {
+                    if avail.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &avail[..2] != b"\r\n" {
+                        return Err(H1Error::BadChunk);
+                    }
+                    *pos += 2;
+                    *body = Body::ChunkSize;
+                    Ok(Step::Continue)
+                }
+                Body::Trailers => {
+                    let Some(eol) = find_crlf(avail) else {
+                        if avail.len() > MAX_HEAD_BYTES {
+                            return Err(H1Error::HeadTooLarge);
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    *pos += eol + 2;
+                    if eol == 0 {
+                        self.finish(out);
+                    }
+                    Ok(Step::Continue)
+                }
+                Body::UntilClose => {
+                    if avail.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let piece = *pos..self.buf.len();
+                    *pos = self.buf.len();
+                    self.append_body(piece, ts);
+                    Ok(Step::NeedMore)
+                }
+            },
+        }
+    }
+
+    fn start_message(
+        &mut self,
+        head: Head,
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        out: &mut Vec<Message>,
+    ) -> Result<(), H1Error> {
+        let status = head.status.unwrap_or(0);
+        if self.kind == Kind::Response {
+            if status == 101 {
+                return Err(H1Error::Upgraded);
+            }
+            if (100..200).contains(&status) {
+                // Interim response: the final one still answers the same request.
+                return Ok(());
+            }
+            self.cur_expect = self.expect.pop_front().unwrap_or_default();
+        }
+        let capture_body = match self.kind {
+            Kind::Request => capture(&head),
+            Kind::Response => self.cur_expect.capture,
+        };
+        let body = self.body_framing(&head)?;
+        self.cur = Some(Message {
+            head,
+            body_captured: capture_body,
+            body_truncated: !capture_body,
+            first_ts: ts,
+            last_ts: ts,
+            ..Default::default()
+        });
+        match body {
+            None => self.finish(out),
+            Some(b) => self.state = State::Body(b),
+        }
+        Ok(())
+    }
+
+    fn body_framing(&self, head: &Head) -> Result<Option<Body>, H1Error> {
+        if self.kind == Kind::Response {
+            let status = head.status.unwrap_or(0);
+            if self.cur_expect.head_request || status == 204 || status == 304 {
+                return Ok(None);
+            }
+        }
+        if head.has_token("transfer-encoding", "chunked") {
+            return Ok(Some(Body::ChunkSize));
+        }
+        if let Some(cl) = head.header("content-length") {
+            let n: u64 = cl
+                .parse()
+                .map_err(|_| H1Error::Malformed("bad content-length"))?;
+            return Ok(if n == 0 { None } else { Some(Body::Length(n)) });
+        }
+        Ok(match self.kind {
+            Kind::Request => None,
+            Kind::Response => Some(Body::UntilClose),
+        })
+    }
+
+    fn append_body(&mut self, range: std::ops::Range<usize>, ts: u64) {
+        let Some(m) = self.cur.as_mut() else { return };
+        m.last_ts = ts;
+        if !m.body_captured || range.is_empty() {
+            return;
+        }
+        let room = self.max_body.saturating_sub(m.body.len());
+        let piece = &self.buf[range];
+        if piece.len() > room {
+            m.body_truncated = true;
+        }
+        m.body.extend_from_slice(&piece[..piece.len().min(room)]);
+        let end = m.body.len();
+        let n = m.body_marks.len();
+        match m.body_marks.last_mut() {
+            Some(last) if last.1 == ts => last.0 = end,
+            _ if n < MAX_MARKS => m.body_marks.push((end, ts)),
+            // Out of marks: stretch the last one (TTFT keeps its first marks).
+            Some(last) => last.0 = end,
+            None => {}
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Message>) {
+        self.state = State::Head;
+        if let Some(mut m) = self.cur.take() {
+            m.complete = true;
+            out.push(m);
+        }
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let hex = line.split(|&c| c == b';').next().unwrap_or_default();
+    let hex = std::str::from_utf8(hex)
+        .map_err(|_| H1Error::BadChunk)?
+        .trim();
+    if hex.is_empty() || hex.len() > 15 {
+        return Err(H1Error::BadChunk);
+    }
+    u64::from_str_radix(hex, 16).map_err(|_| H1Error::BadChunk)
+}
+
+fn to_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
+    hs.iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect()
+}
+
+fn parse_request(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    match req.parse(b) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some((
+            Head {
+                method: req.method.map(str::to_owned),
+                path: req.path.map(str::to_owned),
+                status: None,
+                minor_version: req.version.unwrap_or(1),
+                headers: to_headers(req.headers),
+            },
+            n,
+        ))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(H1Error::Malformed("bad request head")),
+    }
+}
+
+fn parse_response(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut hs);
+    match resp.parse(b) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some((
+            Head {
+                method: None,
+                path: None,
+                status: resp.code,
+                minor_version: resp.version.unwrap_or(1),
+                headers: to_headers(resp.headers),
+            },
+            n,
+        ))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(H1Error::Malformed("bad response head")),
+    }
+}
+
+/// Cheap check on the first bytes of a stream: does it start like an HTTP/1.x
+/// request? Used to drop non-HTTP connections before any parsing.
+pub fn looks_like_request(prefix: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"PATCH ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    METHODS.iter().any(|m| {
+        let n = m.len().min(prefix.len());
+        n > 0 && prefix[..n] == m[..n]
+    })
+}
+
+/// Does the stream start like an HTTP/1.x response (a server-side connection when
+/// seen in the egress direction)?
+pub fn looks_like_response(prefix: &[u8]) -> bool {
+    let m = b"HTTP/1.";
+    let n = m.len().min(prefix.len());
+    n > 0 && prefix[..n] == m[..n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(_: &Head) -> bool {
+        true
+    }
+
+    fn feed(p: &mut Parser, pieces: &[&[u8]]) -> Vec<Message> {
+        let mut out = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            p.push(piece, i as u64 + 1, &mut all, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn request_with_content_length_split_everywhere() {
+        let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 11\r\n\r\nhello world";
+        for split in 0..raw.len() {
+            let mut p = Parser::new(Kind::Request, 1 << 20);
+            let out = feed(&mut p, &[&raw[..split], &raw[split..]]);
+            assert_eq!(out.len(), 1, "split at {split}");
+            assert_eq!(out[0].body, b"hello world");
+            assert_eq!(out[0].head.path.as_deref(), Some("/v1/chat/completions"));
+            assert_eq!(out[0].head.header("host"), Some("api.openai.com"));
+            assert!(!p.in_message());
+        }
+    }
+
+    #[test]
+    fn chunked_response_byte_by_byte_with_trailers() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let mut p = Parser::new(Kind::Response, 1 << 20);
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        let pieces: Vec<&[u8]> = raw.chunks(1).collect();
+        let out = feed(&mut p, &pieces);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].body, b"hello world");
+        assert_eq!(out[0].head.status, Some(200));
+        assert!(!out[0].body_truncated);
+        assert!(out[0].complete);
+    }
+
+    #[test]
+    fn partial_message_on_close() {
+        let mut p = Parser::new(Kind::Response, 1 << 20);
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        let out = feed(
+            &mut p,
+            &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n"],
+        );
+        assert!(out.is_empty());
+        let m = p.take_partial().unwrap();
+        assert!(!m.complete);
+        assert_eq!(m.body, b"data");
+        assert!(p.take_partial().is_none());
+    }
+
+    #[test]
+    fn keep_alive_pipelined_responses_and_head_requests() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let mut p = Parser::new(Kind::Response, 1 << 20);
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        p.expect(Expect {
+            head_request: true,
+            capture: true,
+        });
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        let out = feed(&mut p, &[raw]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].body, b"abc");
+        assert!(out[1].body.is_empty());
+        assert_eq!(out[2].head.status, Some(204));
+    }
+
+    #[test]
+    fn body_until_close() {
+        let mut p = Parser::new(Kind::Response, 1 << 20);
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        let out = feed(&mut p, &[b"HTTP/1.0 200 OK\r\n\r\nsome", b" data"]);
+        assert!(out.is_empty());
+        let m = p.close(9).unwrap();
+        assert!(m.complete);
+        assert_eq!(m.body, b"some data");
+        assert_eq!(m.last_ts, 9);
+    }
+
+    #[test]
+    fn body_cap_truncates_but_keeps_framing() {
+        let mut p = Parser::new(Kind::Response, 4);
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        let out = feed(
+            &mut p,
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].body, b"0123");
+        assert!(out[0].body_truncated);
+        assert_eq!(out[1].body, b"ok");
+    }
+
+    #[test]
+    fn uncaptured_bodies_are_not_buffered() {
+        let mut p = Parser::new(Kind::Request, 1 << 20);
+        let mut none = |_: &Head| false;
+        let mut out = Vec::new();
+        p.push(
+            b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            1,
+            &mut none,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].body.is_empty());
+        assert!(!out[0].body_captured);
+    }
+
+    #[test]
+    fn body_marks_map_offsets_to_arrival() {
+        let mut p = Parser::new(Kind::Response, 1 << 20);
+        p.expect(Expect {
+            head_request: false,
+            capture: true,
+        });
+        let out = feed(
+            &mut p,
+            &[
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab",
+                b"cd",
+                b"ef",
+            ],
+        );
+        let m = &out[0];
+        assert_eq!(m.ts_of_body_offset(0), Some(1));
+        assert_eq!(m.ts_of_body_offset(2), Some(2));
+        assert_eq!(m.ts_of_body_offset(5), Some(3));
+        assert_eq!(m.ts_of_body_offset(6), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_then_ignored() {
+        let mut p = Parser::new(Kind::Request, 1 << 20);
+        let mut out = Vec::new();
+        assert!(p
+            .push(
+                b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+                1,
+                &mut all,
+                &mut out
+            )
+            .is_err());
+        assert!(p
+            .push(b"POST / HTTP/1.1\r\n\r\n", 2, &mut all, &mut out)
+            .is_ok());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn bad_chunk_sizes_are_errors() {
+        for bad in [&b"zz\r\n"[..], b"fffffffffffffffff\r\n", b"\r\n"] {
+            let mut p = Parser::new(Kind::Response, 1 << 20);
+            p.expect(Expect {
+                head_request: false,
+                capture: true,
+            });
+            let mut out = Vec::new();
+            let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            raw.extend_from_slice(bad);
+            assert_eq!(p.push(&raw, 1, &mut all, &mut out), Err(H1Error::BadChunk));
+        }
+    }
+
+    #[test]
+    fn oversized_head_is_rejected() {
+        let mut p = Parser::new(Kind::Request, 1 << 20);
+        let mut raw = b"POST / HTTP/1.1\r\nX: ".to_vec();
+        raw.resize(MAX_HEAD_BYTES + 10, b'a');
+        let mut out = Vec::new();
+        assert_eq!(
+            p.push(&raw, 1, &mut all, &mut out),
+            Err(H1Error::HeadTooLarge)
+        );
+        assert_eq!(p.buffered(), 0);
+    }
+
+    #[test]
+    fn prefix_sniffing() {
+        assert!(looks_like_request(b"PO"));
+        assert!(looks_like_request(b"POST /v1"));
+        assert!(!looks_like_request(b"PRI * HTTP/2.0"));
+        assert!(!looks_like_request(b"\x16\x03"));
+        assert!(looks_like_response(b"HTTP/1.1 200"));
+        assert!(!looks_like_response(b"HTTP/2"));
+    }
+}

@@ -1,0 +1,502 @@
+//! Wires the stages together for each ring-buffer record:
+//! capture (decode, connection table) -> http (pairing) -> providers (usage) ->
+//! attribution -> sinks. Single-threaded and free of kernel dependencies, so unit
+//! tests and fuzz targets drive it with synthetic records.
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, DIR_EGRESS};
+use tokentap_event::{LlmCall, PriceTable};
+
+use crate::attribution::Attributor;
+use crate::capture::decode::{comm_str, decode, RawEvent};
+use crate::capture::streams::{ConnKey, ConnMeta, ConnTable, Continuity, Entry};
+use crate::http::exchange::{Exchange, HttpConnection, Ignored, Lost};
+use crate::providers::{self, host_without_port, ProviderError, Rules};
+use crate::sinks::Sink;
+use crate::stats::Stats;
+
+pub struct PipelineConfig {
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout_ns: u64,
+    pub rules: Rules,
+    pub prices: PriceTable,
+    pub proc_root: std::path::PathBuf,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            max_connections: 16384,
+            idle_timeout_ns: 300 * 1_000_000_000,
+            rules: Rules::default(),
+            prices: PriceTable::shipped(),
+            proc_root: "/proc".into(),
+        }
+    }
+}
+
+/// Monotonic (kernel `bpf_ktime_get_ns`) to wall-clock conversion.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        let mono = monotonic_ns() as i128;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Self {
+            offset_ns: wall - mono,
+        }
+    }
+
+    pub fn fixed(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn wall_ns(&self, mono_ns: u64) -> i128 {
+        mono_ns as i128 + self.offset_ns
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Conn {
+    http: HttpConnection,
+    counted_ignore: bool,
+}
+
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    conns: ConnTable<Conn>,
+    attribution: Attributor,
+    sinks: Vec<Box<dyn Sink>>,
+    stats: Arc<Stats>,
+    clock: Clock,
+    exec_tx: Option<Sender<u32>>,
+    exchanges: Vec<Exchange>,
+}
+
+impl Pipeline {
+    pub fn new(
+        cfg: PipelineConfig,
+        sinks: Vec<Box<dyn Sink>>,
+        stats: Arc<Stats>,
+        clock: Clock,
+        exec_tx: Option<Sender<u32>>,
+    ) -> Self {
+        let attribution = Attributor::new(cfg.proc_root.clone(), cfg.max_connections);
+        let conns = ConnTable::new(cfg.max_connections);
+        Self {
+            cfg,
+            conns,
+            attribution,
+            sinks,
+            stats,
+            clock,
+            exec_tx,
+            exchanges: Vec::new(),
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bytes held across all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns
+            .iter()
+            .map(|(_, e)| e.state.http.buffered())
+            .sum()
+    }
+
+    /// One ring-buffer record.
+    pub fn handle(&mut self, raw: &[u8]) {
+        Stats::inc(&self.stats.events);
+        match decode(raw) {
+            Ok(RawEvent::Data(h, data)) => self.on_data(&h, data),
+            Ok(RawEvent::Control(kind, c)) => self.on_control(kind, &c),
+            Err(e) => {
+                Stats::inc(&self.stats.decode_errors);
+                tracing::debug!(error = %e, "bad ring-buffer record");
+            }
+        }
+    }
+
+    fn on_data(&mut self, h: &DataHeader, data: &[u8]) {
+        Stats::add(&self.stats.bytes, data.len() as u64);
+        let max_body = self.cfg.max_body_bytes;
+        let mut lost = Lost::default();
+        let (entry, continuity, evicted) = self.conns.on_data(h, || Conn {
+            http: HttpConnection::new(max_body),
+            counted_ignore: false,
+        });
+        if entry.fresh {
+            entry.fresh = false;
+            Stats::inc(&self.stats.connections);
+            self.attribution.observe(h.tgid);
+        }
+        let rules = &self.cfg.rules;
+        let conn = &mut entry.state;
+        if continuity == Continuity::Gap {
+            conn.http.lose_sync(&mut lost);
+        } else if h.direction == DIR_EGRESS {
+            conn.http.on_egress(
+                data,
+                h.ts_ns,
+                &mut |head| rules.classify(head).is_some(),
+                &mut lost,
+            );
+        } else {
+            conn.http
+                .on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
+        }
+        if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
+            conn.counted_ignore = true;
+            Self::count_ignored(&self.stats, why);
+        }
+        let meta = entry.meta.clone();
+        self.count_lost(&lost);
+        self.emit_exchanges(&meta);
+        if let Some((_, e)) = evicted {
+            Stats::inc(&self.stats.connections_evicted);
+            self.close_entry(e, h.ts_ns);
+        }
+    }
+
+    fn on_control(&mut self, kind: EventKind, c: &ControlEvent) {
+        match kind {
+            EventKind::ConnClosed => {
+                if let Some(e) = self.conns.remove(&ConnKey {
+                    tgid: c.tgid,
+                    conn: c.conn,
+                }) {
+                    self.close_entry(e, c.ts_ns);
+                }
+            }
+            EventKind::Exit => {
+                for (_, e) in self.conns.remove_process(c.tgid) {
+                    self.close_entry(e, c.ts_ns);
+                }
+                self.attribution.forget(c.tgid);
+            }
+            EventKind::Exec => {
+                // A new program image: it may bring a TLS library we have not seen.
+                self.attribution.forget(c.tgid);
+                if let Some(tx) = &self.exec_tx {
+                    let _ = tx.try_send(c.tgid);
+                }
+            }
+            EventKind::Data => {}
+        }
+    }
+
+    fn close_entry(&mut self, mut e: Entry<Conn>, ts: u64) {
+        let mut lost = Lost::default();
+        e.state.http.close(ts, &mut self.exchanges, &mut lost);
+        self.count_lost(&lost);
+        self.emit_exchanges(&e.meta);
+    }
+
+    /// Expire idle connections; call periodically with the current monotonic time.
+    pub fn tick(&mut self, now_mono_ns: u64) {
+        let cutoff = now_mono_ns.saturating_sub(self.cfg.idle_timeout_ns);
+        for (_, e) in self.conns.expire(cutoff) {
+            Stats::inc(&self.stats.connections_expired);
+            self.close_entry(e, now_mono_ns);
+        }
+    }
+
+    /// Shut down: every open connection is closed (in-flight calls count as dropped).
+    pub fn finish(&mut self) {
+        for (_, e) in self.conns.expire(u64::MAX) {
+            self.close_entry(e, monotonic_ns());
+        }
+        self.flush();
+    }
+
+    pub fn flush(&mut self) {
+        for s in &mut self.sinks {
+            if let Err(e) = s.flush() {
+                Stats::inc(&self.stats.sink_errors);
+                tracing::warn!(error = %e, "sink flush failed");
+            }
+        }
+    }
+
+    fn count_lost(&self, lost: &Lost) {
+        Stats::add(&self.stats.dropped_unanswered, lost.unanswered);
+        Stats::add(&self.stats.joined_mid_stream, lost.joined_mid_stream);
+    }
+
+    fn count_ignored(stats: &Stats, why: Ignored) {
+        let s = stats;
+        Stats::inc(match why {
+            Ignored::NotHttp => &s.ignored_not_http,
+            Ignored::Http2 => &s.ignored_http2,
+            Ignored::ServerSide => &s.ignored_server_side,
+            Ignored::Desync => &s.ignored_desync,
+            Ignored::Upgraded => &s.ignored_upgraded,
+        });
+    }
+
+    fn emit_exchanges(&mut self, meta: &ConnMeta) {
+        for ex in std::mem::take(&mut self.exchanges) {
+            let Some(endpoint) = self.cfg.rules.classify(&ex.request.head) else {
+                continue;
+            };
+            let parsed = match providers::parse(&endpoint, &ex, self.cfg.max_body_bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    let s = &self.stats;
+                    Stats::inc(match e {
+                        ProviderError::TruncatedBody => &s.dropped_truncated_body,
+                        ProviderError::Incomplete => &s.dropped_unanswered,
+                        ProviderError::Body(_) => &s.dropped_body_decode,
+                        ProviderError::BadJson(_) => &s.dropped_parse_error,
+                    });
+                    tracing::debug!(error = %e, provider = %endpoint.provider, "LLM call dropped");
+                    continue;
+                }
+            };
+            let req = &ex.request;
+            let resp = &ex.response;
+            let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+            let ttft_ms = parsed
+                .first_content_offset
+                .filter(|_| parsed.stream)
+                .and_then(|off| resp.ts_of_body_offset(off))
+                .map(|t| ms(req.first_ts, t));
+            let info = self.attribution.get(meta.tgid);
+            let usage = parsed.usage;
+            let mut record = LlmCall {
+                event_id: LlmCall::new_event_id(),
+                ts: LlmCall::format_ts(self.clock.wall_ns(req.first_ts)),
+                duration_ms: Some(ms(req.first_ts, resp.last_ts)),
+                ttft_ms,
+                provider: endpoint.provider.clone(),
+                operation: endpoint.api.operation().to_owned(),
+                request_model: parsed.request_model,
+                response_model: parsed.response_model,
+                stream: parsed.stream,
+                status: resp.head.status,
+                input_tokens: usage.map(|u| u.input),
+                output_tokens: usage.map(|u| u.output),
+                cached_input_tokens: usage.and_then(|u| u.cached),
+                cache_write_tokens: usage.and_then(|u| u.cache_write),
+                reasoning_tokens: usage.and_then(|u| u.reasoning),
+                usage_source: parsed.usage_source,
+                cost_usd: None,
+                response_id: parsed.response_id,
+                request_id: ["x-request-id", "request-id", "x-amzn-requestid"]
+                    .iter()
+                    .find_map(|h| resp.head.header(h))
+                    .map(str::to_owned),
+                server: req
+                    .head
+                    .header("host")
+                    .map(|h| host_without_port(h).to_owned()),
+                // Query strings can carry credentials (`?key=`): never recorded.
+                path: req
+                    .head
+                    .path
+                    .as_deref()
+                    .map(|p| p.split('?').next().unwrap_or(p).to_owned()),
+                http_version: Some(format!("1.{}", req.head.minor_version)),
+                tls_library: Some("openssl".to_owned()).filter(|_| meta.source == 1),
+                pid: Some(meta.tgid),
+                comm: Some(comm_str(&meta.comm)),
+                exe: info.exe,
+                container_id: info.container_id,
+                end_user: parsed.end_user,
+                ..Default::default()
+            };
+            record.apply_cost(&self.cfg.prices);
+            Stats::inc(&self.stats.records);
+            for s in &mut self.sinks {
+                if let Err(e) = s.write(&record) {
+                    Stats::inc(&self.stats.sink_errors);
+                    tracing::warn!(error = %e, "sink write failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::decode::tests::data_record;
+    use std::sync::Mutex;
+    use tokentap_agent_common::{DIR_INGRESS, FLAG_LAST};
+
+    #[derive(Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<LlmCall>>>);
+
+    impl Sink for Collect {
+        fn write(&mut self, r: &LlmCall) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(r.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pipeline() -> (Pipeline, Collect, Arc<Stats>) {
+        let c = Collect::default();
+        let stats = Arc::new(Stats::default());
+        let p = Pipeline::new(
+            PipelineConfig::default(),
+            vec![Box::new(c.clone())],
+            stats.clone(),
+            Clock::fixed(0),
+            None,
+        );
+        (p, c, stats)
+    }
+
+    const REQ: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer sk-secret-123\r\nContent-Length: 68\r\n\r\n{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"x\":1}";
+
+    fn resp() -> Vec<u8> {
+        let body = br#"{"id":"chatcmpl-1","model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1117,"completion_tokens":46,"prompt_tokens_details":{"cached_tokens":1024}}}"#;
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: req_abc\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    /// Feed `bytes` as one call, split into kernel-style chunks of `chunk` bytes.
+    fn call(p: &mut Pipeline, conn: u64, dir: u32, bytes: &[u8], chunk: usize) {
+        let n = bytes.len() as u64;
+        let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+        let mut off = 0u64;
+        for (i, piece) in pieces.iter().enumerate() {
+            let flags = if i + 1 == pieces.len() { FLAG_LAST } else { 0 };
+            p.handle(&data_record(42, conn, dir, off, n, piece, flags));
+            off += piece.len() as u64;
+        }
+    }
+
+    #[test]
+    fn one_exchange_one_record_with_cost_and_no_secret() {
+        let (mut p, c, stats) = pipeline();
+        assert_eq!(
+            REQ.len() - REQ.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4,
+            68
+        );
+        call(&mut p, 1, DIR_EGRESS, REQ, 7);
+        call(&mut p, 1, DIR_INGRESS, &resp(), 5);
+        let recs = c.0.lock().unwrap().clone();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(r.provider, "openai");
+        assert_eq!(r.operation, "chat");
+        assert_eq!(r.input_tokens, Some(1117));
+        assert_eq!(r.output_tokens, Some(46));
+        assert_eq!(r.cached_input_tokens, Some(1024));
+        assert_eq!(r.request_model.as_deref(), Some("gpt-4o"));
+        assert_eq!(r.request_id.as_deref(), Some("req_abc"));
+        assert_eq!(r.pid, Some(42));
+        assert_eq!(r.comm.as_deref(), Some("python3"));
+        assert_eq!(r.server.as_deref(), Some("api.openai.com"));
+        // gpt-4o: 93 x 2.5e-6 + 1024 x 1.25e-6 + 46 x 1e-5
+        let want = 93.0 * 2.5e-6 + 1024.0 * 1.25e-6 + 46.0 * 1e-5;
+        assert!((r.cost_usd.unwrap() - want).abs() < 1e-9);
+        let line = serde_json::to_string(r).unwrap();
+        assert!(!line.contains("sk-secret"));
+        assert_eq!(stats.snapshot().records, 1);
+    }
+
+    #[test]
+    fn lost_chunk_drops_the_call_and_counts_it() {
+        let (mut p, c, stats) = pipeline();
+        call(&mut p, 1, DIR_EGRESS, REQ, 1000);
+        // Response's first chunk missing: second chunk arrives at offset 10.
+        let r = resp();
+        p.handle(&data_record(
+            42,
+            1,
+            DIR_INGRESS,
+            10,
+            r.len() as u64,
+            &r[10..],
+            FLAG_LAST,
+        ));
+        assert!(c.0.lock().unwrap().is_empty());
+        let s = stats.snapshot();
+        assert_eq!(s.dropped_unanswered, 1);
+        assert_eq!(s.ignored_desync, 1);
+    }
+
+    #[test]
+    fn process_exit_mid_response_counts_a_drop() {
+        let (mut p, c, stats) = pipeline();
+        call(&mut p, 1, DIR_EGRESS, REQ, 1000);
+        let r = resp();
+        call(&mut p, 1, DIR_INGRESS, &r[..r.len() - 20], 1000);
+        let exit = ControlEvent {
+            kind: EventKind::Exit as u32,
+            tgid: 42,
+            tid: 42,
+            _pad: 0,
+            ts_ns: 9,
+            conn: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        };
+        // SAFETY: plain-old-data to bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&exit as *const ControlEvent).cast::<u8>(),
+                std::mem::size_of::<ControlEvent>(),
+            )
+        };
+        p.handle(raw);
+        assert!(c.0.lock().unwrap().is_empty());
+        assert_eq!(stats.snapshot().dropped_unanswered, 1);
+        assert_eq!(p.connections(), 0);
+    }
+
+    #[test]
+    fn non_llm_and_garbage_make_no_records() {
+        let (mut p, c, stats) = pipeline();
+        call(
+            &mut p,
+            1,
+            DIR_EGRESS,
+            b"GET /simple/ HTTP/1.1\r\nHost: pypi.org\r\n\r\n",
+            100,
+        );
+        call(
+            &mut p,
+            1,
+            DIR_INGRESS,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            100,
+        );
+        for _ in 0..8 {
+            call(&mut p, 2, DIR_EGRESS, b"\x00\x01\x02garbage", 100);
+        }
+        p.handle(b"\x01\x00");
+        assert!(c.0.lock().unwrap().is_empty());
+        let s = stats.snapshot();
+        assert_eq!(s.ignored_not_http, 1);
+        assert_eq!(s.joined_mid_stream, 1);
+        assert_eq!(s.decode_errors, 1);
+        assert_eq!(s.dropped_calls(), 0);
+    }
+}

@@ -1,0 +1,212 @@
+//! Loading the eBPF object and attaching its programs: uprobes/uretprobes on the
+//! TLS functions of each discovered file, and the exec/exit tracepoints.
+//! Dropping [`Probes`] detaches everything.
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::UProbeScope;
+use aya::programs::{RawTracePoint, UProbe};
+use aya::{Ebpf, EbpfLoader};
+use thiserror::Error;
+use tokentap_agent_common::{LossCounter, LOSS_COUNTERS};
+
+use crate::discovery::{Target, TlsSymbols};
+use crate::stats::Stats;
+
+/// The eBPF object built by build.rs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokentap-agent-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("this agent was built with AYA_BUILD_SKIP=1 and contains no eBPF object; rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("loading eBPF failed: {0} (the agent needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE, and a kernel with BTF)")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0} missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("ring buffer size {0} must be a power of two and a multiple of the page size")]
+    BadRingSize(u32),
+}
+
+/// (program, which symbol) for every uprobe and uretprobe.
+const UPROBES: &[(&str, fn(&TlsSymbols) -> Option<u64>)] = &[
+    ("ssl_write", |s| s.ssl_write),
+    ("ssl_write_ret", |s| s.ssl_write),
+    ("ssl_read", |s| s.ssl_read),
+    ("ssl_read_ret", |s| s.ssl_read),
+    ("ssl_write_ex", |s| s.ssl_write_ex),
+    ("ssl_write_ex_ret", |s| s.ssl_write_ex),
+    ("ssl_read_ex", |s| s.ssl_read_ex),
+    ("ssl_read_ex_ret", |s| s.ssl_read_ex),
+    ("ssl_free", |s| s.ssl_free),
+];
+
+/// (program, raw tracepoint).
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_exit", "sched_process_exit"),
+];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: HashMap<(u64, u64), PathBuf>,
+}
+
+/// Maps user space reads.
+pub struct Channels {
+    pub events: RingBuf<MapData>,
+    pub loss: LossReader,
+}
+
+pub struct LossReader {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl LossReader {
+    /// Copy the kernel's loss counters (summed over CPUs) into `stats`.
+    pub fn update(&self, stats: &Stats) {
+        let read = |c: LossCounter| -> u64 {
+            self.map
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        Stats::set(&stats.kernel_ring_full, read(LossCounter::RingFull));
+        Stats::set(
+            &stats.kernel_truncated_calls,
+            read(LossCounter::TruncatedCall),
+        );
+        Stats::set(&stats.kernel_read_failed, read(LossCounter::ReadFailed));
+        Stats::set(
+            &stats.kernel_control_ring_full,
+            read(LossCounter::ControlRingFull),
+        );
+        Stats::set(&stats.kernel_args_map_full, read(LossCounter::ArgsMapFull));
+        Stats::set(&stats.kernel_scratch_busy, read(LossCounter::ScratchBusy));
+        debug_assert_eq!(LOSS_COUNTERS, 6);
+    }
+}
+
+impl Probes {
+    /// Load the object into the kernel, load every program, attach the
+    /// tracepoints, and hand out the maps user space reads.
+    pub fn load(ring_buffer_bytes: u32) -> Result<(Self, Channels), ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let page = page_size();
+        if !ring_buffer_bytes.is_power_of_two() || ring_buffer_bytes < page {
+            return Err(ProbeError::BadRingSize(ring_buffer_bytes));
+        }
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_buffer_bytes)
+            .load(EBPF_OBJECT)?;
+        for (name, _) in UPROBES {
+            let p: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            p.load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        for (name, tp) in TRACEPOINTS {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            p.load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            p.attach(tp)
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        let loss = ebpf
+            .take_map("LOSS")
+            .ok_or(ProbeError::MissingMap("LOSS"))?;
+        let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map {
+            name: "LOSS",
+            source,
+        })?;
+        Ok((
+            Self {
+                ebpf,
+                attached: HashMap::new(),
+            },
+            Channels {
+                events,
+                loss: LossReader { map: loss },
+            },
+        ))
+    }
+
+    pub fn attached(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// Attach every TLS probe to `target`. Returns false when it was attached before.
+    pub fn attach(&mut self, target: &Target) -> Result<bool, ProbeError> {
+        if self.attached.contains_key(&target.key) {
+            return Ok(false);
+        }
+        for (name, sym) in UPROBES {
+            let Some(offset) = sym(&target.symbols) else {
+                continue;
+            };
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            p.attach(offset, &target.path, UProbeScope::AllProcesses)
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        self.attached.insert(target.key, target.path.clone());
+        Ok(true)
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u32
+    } else {
+        4096
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

@@ -1,0 +1,266 @@
+//! The running agent: three threads.
+//! - main: set-up, initial discovery, ready file, waits for a signal or `--duration`;
+//! - discovery: attaches to TLS libraries of processes that exec, and rescans;
+//! - pipeline: reads the ring buffer and turns records into LLM call records.
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokentap_event::PriceTable;
+
+use crate::config::Settings;
+use crate::discovery::{Discovery, Target};
+use crate::pipeline::{monotonic_ns, Clock, Pipeline, PipelineConfig};
+use crate::probes::{Channels, Probes};
+use crate::providers::Rules;
+use crate::sinks;
+use crate::stats::Stats;
+
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let mut prices = PriceTable::shipped();
+    if let Some(p) = &settings.prices {
+        prices = prices.with_overrides(p)?;
+    }
+    tracing::info!(
+        version = prices.version(),
+        models = prices.len(),
+        "price table loaded"
+    );
+    let mut outputs = Vec::new();
+    for o in &settings.outputs {
+        outputs.push(sinks::open(o).with_context(|| format!("opening output {o:?}"))?);
+    }
+    if let Some(r) = &settings.ready_file {
+        let _ = std::fs::remove_file(r);
+    }
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ebpf_toolchain = env!("TOKENTAP_EBPF_TOOLCHAIN"),
+        "tokentap-agent starting"
+    );
+    let stats = Arc::new(Stats::default());
+    let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes)?;
+    let (exec_tx, exec_rx) = crossbeam_channel::bounded::<u32>(4096);
+    let pipeline = Pipeline::new(
+        PipelineConfig {
+            max_body_bytes: settings.max_body_bytes,
+            max_connections: settings.max_connections,
+            idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
+            rules: Rules::new(&settings.provider_hosts),
+            prices,
+            proc_root: "/proc".into(),
+        },
+        outputs,
+        stats.clone(),
+        Clock::system(),
+        Some(exec_tx),
+    );
+    let pipeline_thread = {
+        let (stop, stats, stats_file) = (stop.clone(), stats.clone(), settings.stats_file.clone());
+        std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || read_loop(channels, pipeline, &stop, &stats, stats_file.as_deref()))?
+    };
+
+    // Initial discovery: library directories first (covers processes that load
+    // libssl later), then every running process.
+    let started = Instant::now();
+    let mut discovery = Discovery::new("/proc");
+    let mut targets = discovery.scan_dirs(&settings.lib_dirs);
+    targets.extend(discovery.scan_all());
+    attach_all(&mut probes, &targets, &stats);
+    tracing::info!(
+        targets = probes.attached(),
+        files_inspected = discovery.files_inspected,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "probes attached"
+    );
+    if probes.attached() == 0 {
+        tracing::warn!("no TLS library found to probe; new processes will still be watched");
+    }
+    if let Some(r) = &settings.ready_file {
+        std::fs::write(r, b"ready\n")
+            .with_context(|| format!("writing ready file {}", r.display()))?;
+    }
+
+    let discovery_thread = {
+        let (stop, stats) = (stop.clone(), stats.clone());
+        let interval = settings.rescan_interval;
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || discovery_loop(probes, discovery, exec_rx, interval, &stop, &stats))?
+    };
+
+    let deadline = settings.duration.map(|d| Instant::now() + d);
+    while !stop.load(Ordering::Relaxed) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+    let _ = discovery_thread.join();
+    let _ = pipeline_thread.join();
+    if let Some(r) = &settings.ready_file {
+        let _ = std::fs::remove_file(r);
+    }
+    Ok(())
+}
+
+fn attach_all(probes: &mut Probes, targets: &[Target], stats: &Stats) {
+    for t in targets {
+        match probes.attach(t) {
+            Ok(true) => {
+                Stats::inc(&stats.targets_attached);
+                tracing::info!(path = %t.path.display(), library = t.symbols.library, "attached");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                Stats::inc(&stats.attach_failures);
+                tracing::warn!(path = %t.path.display(), error = %e, "attach failed");
+            }
+        }
+    }
+}
+
+fn discovery_loop(
+    mut probes: Probes,
+    mut discovery: Discovery,
+    exec_rx: Receiver<u32>,
+    interval: Duration,
+    stop: &AtomicBool,
+    stats: &Stats,
+) {
+    // Libraries are often loaded after exec (dlopen, Python's `import ssl`), so a
+    // new process is scanned again a little later too.
+    const FOLLOW_UPS: [Duration; 3] = [
+        Duration::from_millis(100),
+        Duration::from_millis(1000),
+        Duration::from_secs(5),
+    ];
+    let mut follow_ups: BTreeMap<Instant, Vec<u32>> = BTreeMap::new();
+    let mut next_full = Instant::now() + interval;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wake = follow_ups
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(next_full)
+            .min(next_full);
+        let wait = wake
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(100));
+        match exec_rx.recv_timeout(wait) {
+            Ok(pid) => {
+                let targets = discovery.scan_pid(pid);
+                attach_all(&mut probes, &targets, stats);
+                if follow_ups.values().map(Vec::len).sum::<usize>() < 65536 {
+                    for d in FOLLOW_UPS {
+                        follow_ups.entry(Instant::now() + d).or_default().push(pid);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        while let Some(entry) = follow_ups.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for pid in entry.remove() {
+                let targets = discovery.scan_pid(pid);
+                attach_all(&mut probes, &targets, stats);
+            }
+        }
+        if now >= next_full {
+            let targets = discovery.scan_all();
+            attach_all(&mut probes, &targets, stats);
+            next_full = now + interval;
+        }
+    }
+    // Dropping `probes` detaches every program.
+    drop(probes);
+}
+
+fn read_loop(
+    mut channels: Channels,
+    mut pipeline: Pipeline,
+    stop: &AtomicBool,
+    stats: &Stats,
+    stats_file: Option<&std::path::Path>,
+) {
+    let fd = channels.events.as_raw_fd();
+    let mut last_tick = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, if stopping { 0 } else { 100 }) };
+        let mut n = 0usize;
+        while let Some(item) = channels.events.next() {
+            pipeline.handle(&item);
+            n += 1;
+        }
+        if n > 0 {
+            pipeline.flush();
+        }
+        if stopping {
+            break;
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            pipeline.tick(monotonic_ns());
+            channels.loss.update(stats);
+            if let Some(p) = stats_file {
+                if let Err(e) = stats.snapshot().write_to(p) {
+                    tracing::warn!(error = %e, "writing stats file");
+                }
+            }
+        }
+        if last_log.elapsed() >= Duration::from_secs(60) {
+            last_log = Instant::now();
+            let s = stats.snapshot();
+            tracing::info!(
+                records = s.records,
+                dropped = s.dropped_calls(),
+                kernel_losses = s.kernel_losses(),
+                connections = pipeline.connections(),
+                buffered_bytes = pipeline.buffered_bytes(),
+                "capture status"
+            );
+        }
+    }
+    pipeline.finish();
+    channels.loss.update(stats);
+    let s = stats.snapshot();
+    if let Some(p) = stats_file {
+        if let Err(e) = s.write_to(p) {
+            tracing::warn!(error = %e, "writing stats file");
+        }
+    }
+    tracing::info!(
+        records = s.records,
+        dropped_calls = s.dropped_calls(),
+        kernel_losses = s.kernel_losses(),
+        connections = s.connections,
+        bytes = s.bytes,
+        "capture finished"
+    );
+}

@@ -1,0 +1,127 @@
+//! The agent's counters about itself: what it captured, what it dropped and why.
+//! Logged periodically and at exit, and written to `--stats-file` as JSON.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Default)]
+        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+        pub struct Snapshot { $(pub $name: u64,)* }
+
+        impl Stats {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Ring-buffer records read.
+    events,
+    /// Plaintext bytes received from the kernel.
+    bytes,
+    /// Records that failed to decode.
+    decode_errors,
+    /// Connections seen.
+    connections,
+    /// Connections ignored, by reason.
+    ignored_not_http,
+    ignored_http2,
+    ignored_server_side,
+    /// Connections whose capture began mid-exchange (that exchange skipped).
+    joined_mid_stream,
+    ignored_desync,
+    ignored_upgraded,
+    /// Connections evicted because the table was full.
+    connections_evicted,
+    /// Connections expired after the idle timeout.
+    connections_expired,
+    /// LLM records written.
+    records,
+    /// LLM calls dropped: no complete response (client died, connection reset, bytes lost).
+    dropped_unanswered,
+    /// LLM calls dropped: response body larger than the cap.
+    dropped_truncated_body,
+    /// LLM calls dropped: response body could not be decoded (bad gzip, bomb, ...).
+    dropped_body_decode,
+    /// LLM calls dropped: response was not the provider's format.
+    dropped_parse_error,
+    /// Records a sink failed to write.
+    sink_errors,
+    /// TLS library files (by device and inode) with probes attached.
+    targets_attached,
+    /// Attach attempts that failed.
+    attach_failures,
+    /// Kernel-side losses (from the LOSS map).
+    kernel_ring_full,
+    kernel_truncated_calls,
+    kernel_read_failed,
+    kernel_control_ring_full,
+    kernel_args_map_full,
+    kernel_scratch_busy,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set(c: &AtomicU64, n: u64) {
+        c.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Snapshot {
+    /// Calls that were seen but produced no record.
+    pub fn dropped_calls(&self) -> u64 {
+        self.dropped_unanswered
+            + self.dropped_truncated_body
+            + self.dropped_body_decode
+            + self.dropped_parse_error
+    }
+
+    pub fn kernel_losses(&self) -> u64 {
+        self.kernel_ring_full
+            + self.kernel_truncated_calls
+            + self.kernel_read_failed
+            + self.kernel_control_ring_full
+            + self.kernel_args_map_full
+            + self.kernel_scratch_busy
+    }
+
+    /// Write as JSON, atomically (write then rename).
+    pub fn write_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_and_file() {
+        let s = Stats::default();
+        Stats::inc(&s.records);
+        Stats::add(&s.dropped_unanswered, 2);
+        Stats::add(&s.dropped_parse_error, 1);
+        let snap = s.snapshot();
+        assert_eq!(snap.records, 1);
+        assert_eq!(snap.dropped_calls(), 3);
+        let p = std::env::temp_dir().join(format!("tt-stats-{}.json", std::process::id()));
+        snap.write_to(&p).unwrap();
+        let back: Snapshot = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back, snap);
+    }
+}

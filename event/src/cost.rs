@@ -1,0 +1,232 @@
+//! Price table and cost. The shipped table (`data/prices.json`) is derived from a
+//! public price list by `cargo xtask prices`; users override or add models with
+//! their own file in the same format.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// USD per token. Missing cache prices fall back to the input price.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prices {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+}
+
+impl Prices {
+    /// Cost = (input - cached - cache_write) x input + cached x cache_read
+    ///      + cache_write x cache_write price + output x output.
+    pub fn cost(&self, input: u64, output: u64, cached: u64, cache_write: u64) -> f64 {
+        let uncached = input.saturating_sub(cached).saturating_sub(cache_write);
+        uncached as f64 * self.input
+            + cached as f64 * self.cache_read.unwrap_or(self.input)
+            + cache_write as f64 * self.cache_write.unwrap_or(self.input)
+            + output as f64 * self.output
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PriceFile {
+    /// Where the prices come from, e.g. `litellm-1.109.1`.
+    #[serde(default)]
+    pub version: String,
+    pub models: HashMap<String, Prices>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PriceError {
+    #[error("cannot read price file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("price file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+const SHIPPED: &str = include_str!("../data/prices.json");
+
+#[derive(Clone, Debug)]
+pub struct PriceTable {
+    version: String,
+    models: HashMap<String, Prices>,
+}
+
+impl PriceTable {
+    /// The table shipped with tokentap.
+    pub fn shipped() -> Self {
+        // The shipped file is checked by a unit test, so this cannot fail at run time.
+        let file: PriceFile = serde_json::from_str(SHIPPED).unwrap_or_default();
+        Self::from_file(file)
+    }
+
+    fn from_file(file: PriceFile) -> Self {
+        let models = file
+            .models
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        Self {
+            version: file.version,
+            models,
+        }
+    }
+
+    /// The shipped table with `path`'s entries added or replacing shipped ones.
+    pub fn with_overrides(mut self, path: &Path) -> Result<Self, PriceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let file: PriceFile = serde_json::from_str(&text).map_err(|source| PriceError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        for (k, v) in file.models {
+            self.models.insert(k.to_ascii_lowercase(), v);
+        }
+        if !file.version.is_empty() {
+            self.version = format!("{}+{}", self.version, file.version);
+        }
+        Ok(self)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// Prices for `model`: exact name, then without a `provider/` prefix, then
+    /// without a trailing date (`-2024-08-06`, `-20250929`).
+    pub fn lookup(&self, model: &str) -> Option<&Prices> {
+        let m = model.trim().to_ascii_lowercase();
+        if let Some(p) = self.models.get(&m) {
+            return Some(p);
+        }
+        let base = m.rsplit('/').next().unwrap_or(&m);
+        if let Some(p) = self.models.get(base) {
+            return Some(p);
+        }
+        let undated = strip_date_suffix(base);
+        if undated != base {
+            return self.models.get(undated);
+        }
+        None
+    }
+}
+
+fn strip_date_suffix(m: &str) -> &str {
+    // -YYYYMMDD
+    if let Some((head, tail)) = m.rsplit_once('-') {
+        if tail.len() == 8 && tail.bytes().all(|b| b.is_ascii_digit()) {
+            return head;
+        }
+    }
+    // -YYYY-MM-DD
+    let b = m.as_bytes();
+    if b.len() > 11 {
+        let tail = &m[m.len() - 11..];
+        let t = tail.as_bytes();
+        if t[0] == b'-'
+            && t[5] == b'-'
+            && t[8] == b'-'
+            && t[1..5]
+                .iter()
+                .chain(&t[6..8])
+                .chain(&t[9..])
+                .all(u8::is_ascii_digit)
+        {
+            return &m[..m.len() - 11];
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_table_parses_and_has_the_main_models() {
+        let file: PriceFile = serde_json::from_str(SHIPPED).expect("shipped prices.json parses");
+        assert!(file.models.len() > 100);
+        let t = PriceTable::shipped();
+        for m in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "text-embedding-3-small",
+            "claude-sonnet-4-5",
+        ] {
+            assert!(t.lookup(m).is_some(), "{m} has no price");
+        }
+    }
+
+    #[test]
+    fn cost_follows_the_contract_formula() {
+        let p = Prices {
+            input: 3e-6,
+            output: 15e-6,
+            cache_read: Some(0.3e-6),
+            cache_write: Some(3.75e-6),
+        };
+        // 1000 input of which 200 cached, 100 written; 50 output.
+        let c = p.cost(1000, 50, 200, 100);
+        let want = 700.0 * 3e-6 + 200.0 * 0.3e-6 + 100.0 * 3.75e-6 + 50.0 * 15e-6;
+        assert!((c - want).abs() < 1e-12, "{c} vs {want}");
+        // Missing cache prices fall back to the input price.
+        let p = Prices {
+            input: 1e-6,
+            output: 2e-6,
+            cache_read: None,
+            cache_write: None,
+        };
+        assert!((p.cost(10, 10, 5, 0) - (10e-6 + 20e-6)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn lookup_strips_prefix_and_dates() {
+        let t = PriceTable::shipped();
+        let base = *t.lookup("gpt-4o").unwrap();
+        assert_eq!(t.lookup("openai/gpt-4o"), Some(&base));
+        assert_eq!(t.lookup("GPT-4o"), Some(&base));
+        assert_eq!(strip_date_suffix("gpt-4o-2099-08-06"), "gpt-4o");
+        assert_eq!(strip_date_suffix("claude-x-20991231"), "claude-x");
+        assert_eq!(strip_date_suffix("gpt-4o"), "gpt-4o");
+        assert!(t.lookup("no-such-model-xyz").is_none());
+    }
+
+    #[test]
+    fn overrides_replace_and_add() {
+        let dir = std::env::temp_dir().join(format!("tt-prices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.json");
+        std::fs::write(&f, r#"{"version":"mine","models":{"gpt-4o":{"input":1.0,"output":2.0},"my-model":{"input":0.5,"output":0.5}}}"#).unwrap();
+        let t = PriceTable::shipped().with_overrides(&f).unwrap();
+        assert_eq!(t.lookup("gpt-4o").unwrap().input, 1.0);
+        assert_eq!(t.lookup("my-model").unwrap().output, 0.5);
+        assert!(t.version().ends_with("+mine"));
+        std::fs::write(&f, "{not json").unwrap();
+        assert!(matches!(
+            PriceTable::shipped().with_overrides(&f),
+            Err(PriceError::Parse { .. })
+        ));
+        assert!(matches!(
+            PriceTable::shipped().with_overrides(&dir.join("missing.json")),
+            Err(PriceError::Read { .. })
+        ));
+    }
+}

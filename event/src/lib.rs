@@ -1,0 +1,9 @@
+//! The LLM call record (the contract between agent, collector and reports), the
+//! price table and cost computation, and token estimation for streams that carry
+//! no usage.
+pub mod cost;
+pub mod record;
+pub mod tokens;
+
+pub use cost::{PriceError, PriceTable, Prices};
+pub use record::{LlmCall, UsageSource};

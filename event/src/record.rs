@@ -1,0 +1,168 @@
+//! One record per LLM API call. Field names are the contract (docs/record.md):
+//! add fields, never rename them. Unknown values are `None` (JSON `null`).
+use serde::{Deserialize, Serialize};
+
+/// Where the token counts of a record come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// The provider's response body reported them.
+    Reported,
+    /// Response headers reported them (e.g. Bedrock token-count headers).
+    Headers,
+    /// Counted with the model's tokenizer because the provider reported nothing.
+    Estimated,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmCall {
+    pub event_id: String,
+    pub ts: String,
+    pub duration_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub provider: String,
+    pub operation: String,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    pub stream: bool,
+    pub status: Option<u16>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cached_input_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+    pub usage_source: Option<UsageSource>,
+    pub cost_usd: Option<f64>,
+    pub response_id: Option<String>,
+    pub request_id: Option<String>,
+    pub server: Option<String>,
+    pub path: Option<String>,
+    pub http_version: Option<String>,
+    pub tls_library: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub container_id: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+    pub service: Option<String>,
+    pub end_user: Option<String>,
+    pub api_key_id: Option<String>,
+}
+
+impl LlmCall {
+    /// A fresh UUIDv7 (time-ordered), the record's dedup key end to end.
+    pub fn new_event_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
+    /// RFC 3339 UTC with microseconds, from nanoseconds since the Unix epoch.
+    pub fn format_ts(unix_nanos: i128) -> String {
+        let secs = unix_nanos.div_euclid(1_000_000_000) as i64;
+        let nanos = unix_nanos.rem_euclid(1_000_000_000) as u32;
+        chrono::DateTime::<chrono::Utc>::from_timestamp(secs, nanos)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+
+    /// Fill `cost_usd` from `prices` (response model first, then request model).
+    pub fn apply_cost(&mut self, prices: &crate::PriceTable) {
+        let model = self
+            .response_model
+            .as_deref()
+            .or(self.request_model.as_deref());
+        let (Some(model), Some(input), Some(output)) =
+            (model, self.input_tokens, self.output_tokens)
+        else {
+            self.cost_usd = None;
+            return;
+        };
+        self.cost_usd = prices.lookup(model).map(|p| {
+            p.cost(
+                input,
+                output,
+                self.cached_input_tokens.unwrap_or(0),
+                self.cache_write_tokens.unwrap_or(0),
+            )
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_every_contract_field_with_nulls() {
+        let r = LlmCall {
+            provider: "openai".into(),
+            operation: "chat".into(),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let obj = v.as_object().unwrap();
+        for f in [
+            "event_id",
+            "ts",
+            "duration_ms",
+            "ttft_ms",
+            "provider",
+            "operation",
+            "request_model",
+            "response_model",
+            "stream",
+            "status",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "usage_source",
+            "cost_usd",
+            "response_id",
+            "request_id",
+            "server",
+            "path",
+            "http_version",
+            "tls_library",
+            "pid",
+            "comm",
+            "exe",
+            "container_id",
+            "pod",
+            "namespace",
+            "workload",
+            "service",
+            "end_user",
+            "api_key_id",
+        ] {
+            assert!(obj.contains_key(f), "missing field {f}");
+        }
+        assert!(obj["input_tokens"].is_null());
+    }
+
+    #[test]
+    fn usage_source_is_snake_case() {
+        assert_eq!(
+            serde_json::to_string(&UsageSource::Estimated).unwrap(),
+            "\"estimated\""
+        );
+    }
+
+    #[test]
+    fn ts_is_rfc3339_utc() {
+        assert_eq!(
+            LlmCall::format_ts(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456Z"
+        );
+    }
+
+    #[test]
+    fn event_ids_are_unique_uuids() {
+        let a = LlmCall::new_event_id();
+        let b = LlmCall::new_event_id();
+        assert_ne!(a, b);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+    }
+}

@@ -1,0 +1,523 @@
+//! Harness for the end-to-end tests: certificates, the local LLM server, the
+//! agent, clients in a mount namespace whose /etc/hosts points the providers'
+//! hosts at 127.0.0.1, and waiting with deadlines (never fixed sleeps).
+//!
+//! Everything here is real: the agent loads its eBPF programs into this kernel,
+//! the clients are the real SDKs and curl over real TLS. The tests need root and
+//! fail (not skip) with a clear message when it or a tool is missing.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A distinctive fake credential: tests grep every output for it.
+pub const SECRET_KEY: &str = "sk-tokentap-test-SECRET-9f8e7d6c5b4a";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// End-to-end tests run one at a time: each loads its own probes and would see
+/// the others' traffic, and the machine has two cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test`");
+    }
+}
+
+pub fn require_tool(name: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "`{name}` is needed by the end-to-end tests: run `cargo xtask test`, which installs it"
+    );
+}
+
+/// The agent binary: `TOKENTAP_AGENT_BIN` (set by `cargo xtask test`), else the
+/// debug or release build in target/.
+pub fn agent_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TOKENTAP_AGENT_BIN") {
+        return p.into();
+    }
+    let root = workspace_root();
+    for profile in ["debug", "release"] {
+        let p = root.join("target").join(profile).join("tokentap-agent");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("tokentap-agent is not built: run `cargo xtask test` (or `cargo xtask build`) first");
+}
+
+/// Poll `f` until it returns Some, or panic with `what` at the deadline.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tokentap-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A throwaway CA and a server certificate for the providers' hosts and 127.0.0.1.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certs {
+    pub fn generate(dir: &Path) -> Self {
+        require_tool("openssl");
+        let ext = dir.join("san.cnf");
+        std::fs::write(
+            &ext,
+            "[ext]\nsubjectAltName=DNS:api.openai.com,DNS:api.anthropic.com,DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write san.cnf");
+        let p = |n: &str| dir.join(n);
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=tokentap-test-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=keyCertSign",
+                "-keyout",
+            ])
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")));
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+            ])
+            .arg(p("srv.key"))
+            .arg("-out")
+            .arg(p("srv.csr")));
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-extensions", "ext", "-in"])
+            .arg(p("srv.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-CAcreateserial")
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(p("srv.pem")));
+        Self {
+            ca: p("ca.pem"),
+            cert: p("srv.pem"),
+            key: p("srv.key"),
+        }
+    }
+}
+
+/// The local HTTPS LLM server (tests/server/llm_server.py).
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(dir: &Path, certs: &Certs) -> Self {
+        require_tool("python3");
+        let port_file = dir.join("server.port");
+        let log = dir.join("served.jsonl");
+        let child = Command::new("python3")
+            .arg(workspace_root().join("tests/server/llm_server.py"))
+            .arg("--cert")
+            .arg(&certs.cert)
+            .arg("--key")
+            .arg(&certs.key)
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .stderr(std::fs::File::create(dir.join("server.stderr")).expect("server log"))
+            .spawn()
+            .expect("start llm_server.py");
+        let port = wait_for(
+            "the test server's port file",
+            Duration::from_secs(20),
+            || {
+                std::fs::read_to_string(&port_file)
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            },
+        );
+        Self { child, port, log }
+    }
+
+    /// What the server served so far.
+    pub fn served(&self) -> Vec<Value> {
+        read_jsonl(&self.log)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// A running agent writing JSONL.
+pub struct Agent {
+    child: Option<Child>,
+    pub records: PathBuf,
+    pub stats: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let records = dir.join("records.jsonl");
+        let stats = dir.join("stats.json");
+        let ready = dir.join("ready");
+        let stderr = dir.join("agent.stderr");
+        let mut child = Command::new(agent_bin())
+            .arg("--output")
+            .arg(format!("jsonl:{}", records.display()))
+            .arg("--stats-file")
+            .arg(&stats)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&stderr).expect("agent log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start tokentap-agent");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "tokentap-agent exited with {status} before it was ready:\n{}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tokentap-agent not ready after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            records,
+            stats,
+            stderr,
+        }
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        read_jsonl(&self.records)
+    }
+
+    /// Records of the given processes.
+    pub fn records_of(&self, pids: &[u32]) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| {
+                r["pid"]
+                    .as_u64()
+                    .is_some_and(|p| pids.contains(&(p as u32)))
+            })
+            .collect()
+    }
+
+    /// Wait until the processes have at least `n` records.
+    pub fn wait_records(&self, pids: &[u32], n: usize) -> Vec<Value> {
+        wait_for(
+            &format!("{n} records from pids {pids:?}"),
+            Duration::from_secs(30),
+            || {
+                let r = self.records_of(pids);
+                (r.len() >= n).then_some(r)
+            },
+        )
+    }
+
+    pub fn stats(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Wait until the stats file shows `counter >= n`.
+    pub fn wait_stat(&self, counter: &str, n: u64) -> Value {
+        wait_for(
+            &format!("stats {counter} >= {n}"),
+            Duration::from_secs(30),
+            || {
+                let s = self.stats();
+                (s[counter].as_u64().unwrap_or(0) >= n).then_some(s)
+            },
+        )
+    }
+
+    /// SIGINT, wait for a clean exit (flush), return the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait agent") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tokentap-agent did not exit within 30 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every file the agent wrote, as text (for secret greps).
+    pub fn all_output(&self) -> String {
+        [&self.records, &self.stats, &self.stderr]
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A command run in a private mount namespace whose /etc/hosts maps the providers'
+/// hosts to 127.0.0.1, so clients use the real hostnames (and SNI) against the
+/// local server. The process keeps its pid through the `exec`.
+pub fn with_provider_hosts(dir: &Path, program: &str, args: &[String]) -> Command {
+    require_tool("unshare");
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost api.openai.com api.anthropic.com\n",
+    )
+    .expect("hosts file");
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(&hosts)
+        .arg(program)
+        .args(args);
+    c
+}
+
+/// Run a client to completion; returns its pid and stdout. Panics on failure.
+pub fn run_client(mut cmd: Command) -> (u32, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect("client output");
+    assert!(
+        out.status.success(),
+        "client {cmd:?} failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Python SDK client (tests/clients/py_client.py) against the given bases.
+pub fn py_client(
+    dir: &Path,
+    certs: &Certs,
+    openai_base: &str,
+    anthropic_base: &str,
+    scenario: &str,
+) -> Command {
+    let args: Vec<String> = vec![
+        workspace_root()
+            .join("tests/clients/py_client.py")
+            .display()
+            .to_string(),
+        "--openai-base".into(),
+        openai_base.into(),
+        "--anthropic-base".into(),
+        anthropic_base.into(),
+        "--ca".into(),
+        certs.ca.display().to_string(),
+        "--key".into(),
+        SECRET_KEY.into(),
+        scenario.into(),
+    ];
+    with_provider_hosts(dir, "python3", &args)
+}
+
+/// Compare one record with what the server served; panics with both on mismatch.
+pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_event::PriceTable) {
+    let e = &served["expected"];
+    let ctx = || format!("\nrecord: {record}\nserved: {served}");
+    let field = |k: &str| record[k].clone();
+    assert_eq!(
+        field("response_model"),
+        served["model"],
+        "response_model{}",
+        ctx()
+    );
+    assert_eq!(field("stream"), served["stream"], "stream{}", ctx());
+    assert_eq!(field("status"), Value::from(200), "status{}", ctx());
+    assert_eq!(
+        field("usage_source"),
+        e["usage_source"],
+        "usage_source{}",
+        ctx()
+    );
+    for (rk, ek) in [
+        ("input_tokens", "input"),
+        ("output_tokens", "output"),
+        ("cached_input_tokens", "cached"),
+        ("cache_write_tokens", "cache_write"),
+        ("reasoning_tokens", "reasoning"),
+    ] {
+        if e["usage_source"] == "estimated" && rk == "input_tokens" {
+            assert!(
+                record[rk].as_u64().unwrap_or(0) > 0,
+                "estimated input{}",
+                ctx()
+            );
+            continue;
+        }
+        assert_eq!(record[rk], e[ek], "{rk}{}", ctx());
+    }
+    // Cost: exactly the price table applied to the served tokens.
+    let model = served["model"].as_str().unwrap_or_default();
+    let p = prices
+        .lookup(model)
+        .unwrap_or_else(|| panic!("no price for {model}"));
+    let n = |k: &str| record[k].as_u64().unwrap_or(0);
+    let want = p.cost(
+        n("input_tokens"),
+        n("output_tokens"),
+        n("cached_input_tokens"),
+        n("cache_write_tokens"),
+    );
+    let got = record["cost_usd"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no cost_usd{}", ctx()));
+    assert!(
+        (got - want).abs() <= 1e-12 + want * 1e-9,
+        "cost {got} != {want}{}",
+        ctx()
+    );
+    assert!(
+        record["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "duration{}",
+        ctx()
+    );
+    assert!(
+        record["event_id"].as_str().is_some_and(|s| s.len() == 36),
+        "event_id{}",
+        ctx()
+    );
+}
+
+/// Pair each record with the served entry it reports (by response id; embeddings,
+/// which have none, by their unique input count). Asserts one record per call.
+pub fn pair_with_served<'a>(
+    records: &'a [Value],
+    served: &'a [Value],
+) -> Vec<(&'a Value, &'a Value)> {
+    let mut pairs = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for r in records {
+        let hit = served
+            .iter()
+            .enumerate()
+            .find(|(_, s)| match s["response_id"].as_str() {
+                Some(id) => r["response_id"].as_str() == Some(id),
+                None => {
+                    r["operation"] == "embeddings" && r["input_tokens"] == s["expected"]["input"]
+                }
+            });
+        let (i, s) = hit.unwrap_or_else(|| panic!("record matches nothing served: {r}"));
+        assert!(used.insert(i), "two records for one served call: {s}");
+        pairs.push((r, s));
+    }
+    pairs
+}
