@@ -80,20 +80,20 @@ fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
         call: call as u32,
         _pad: 0,
     };
-    if ACTIVE_CALLS.insert(&key, &args, 0).is_err() {
+    if ACTIVE_CALLS.insert(key, args, 0).is_err() {
         count_loss(LossCounter::ArgsMapFull, 1);
     }
 }
 
 fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
     let key = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { ACTIVE_CALLS.get(&key) }).copied() else {
+    let Some(args) = (unsafe { ACTIVE_CALLS.get(key) }).copied() else {
         return;
     };
     if args.call != call as u32 {
         return;
     }
-    let _ = ACTIVE_CALLS.remove(&key);
+    let _ = ACTIVE_CALLS.remove(key);
     // The functions return C `int`: only the low 32 bits of the register are
     // defined.
     let ret = ctx.ret::<u64>() as u32 as i32;

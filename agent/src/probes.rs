@@ -42,8 +42,11 @@ pub enum ProbeError {
     BadRingSize(u32),
 }
 
+/// Picks the file offset a program attaches to.
+type SymbolOf = fn(&TlsSymbols) -> Option<u64>;
+
 /// (program, which symbol) for every uprobe and uretprobe.
-const UPROBES: &[(&str, fn(&TlsSymbols) -> Option<u64>)] = &[
+const UPROBES: &[(&str, SymbolOf)] = &[
     ("ssl_write", |s| s.ssl_write),
     ("ssl_write_ret", |s| s.ssl_write),
     ("ssl_read", |s| s.ssl_read),

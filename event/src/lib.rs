@@ -3,6 +3,7 @@
 //! no usage.
 pub mod cost;
 pub mod record;
+pub mod summary;
 pub mod tokens;
 
 pub use cost::{PriceError, PriceTable, Prices};

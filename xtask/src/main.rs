@@ -1,1 +1,141 @@
-fn main() {}
+//! Project tasks: `cargo xtask build|test|demo|lint|prices`.
+//!
+//! Every task first checks what it needs and installs what is missing (apt
+//! packages, bpf-linker, rust-src, the Python and Node clients), saying what it
+//! does, so that a fresh machine needs nothing but this repository.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod prereq;
+mod prices;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tokentap project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object and the agent (installs bpf-linker, rust-src, LLVM if missing).
+    Build {
+        /// Optimised build (target/release/tokentap-agent).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit tests, then the end-to-end tests as root (real probes,
+    /// real clients). Installs what the tests need.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Formatting and clippy, warnings as errors.
+    Lint,
+    /// Capture a built-in workload (local TLS endpoint + real SDK clients) and
+    /// print what tokentap saw.
+    Demo {
+        /// Where records and logs go.
+        #[arg(long, default_value = "target/demo")]
+        out: PathBuf,
+    },
+    /// Regenerate event/data/prices.json from the LiteLLM price list.
+    Prices {
+        /// LiteLLM's model_prices JSON.
+        #[arg(
+            long,
+            default_value = "../shared/data/model_prices.litellm-1.109.1.json"
+        )]
+        from: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Build { release } => {
+            prereq::build_tools()?;
+            build_agent(release)?;
+        }
+        Cmd::Test { args } => {
+            prereq::build_tools()?;
+            prereq::test_tools(&root)?;
+            let bin = build_agent(false)?;
+            let mut c = cargo();
+            // The default members: every crate but the eBPF one (built by agent/build.rs).
+            c.arg("test").args(&args).env("TOKENTAP_AGENT_BIN", &bin);
+            run(&mut c)?;
+        }
+        Cmd::Lint => {
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            prereq::build_tools()?;
+            // Host crates (the default members), then the eBPF crate for its own target.
+            run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            run(Command::new("rustup")
+                .args([
+                    "run",
+                    prereq::ebpf_toolchain(),
+                    "cargo",
+                    "clippy",
+                    "--release",
+                ])
+                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+                .args(["--", "-D", "warnings"])
+                .env("RUSTC_BOOTSTRAP", "1")
+                .current_dir(workspace_root().join("agent-ebpf")))?;
+        }
+        Cmd::Demo { out } => {
+            prereq::build_tools()?;
+            prereq::test_tools(&root)?;
+            let bin = build_agent(false)?;
+            demo::run(&root.join(out), &bin)?;
+        }
+        Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Build the agent (with its eBPF object); returns the binary's path.
+fn build_agent(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "-p", "tokentap-agent"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let bin = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("tokentap-agent");
+    if !Path::new(&bin).exists() {
+        bail!("build finished but {} is missing", bin.display());
+    }
+    Ok(bin)
+}

@@ -39,6 +39,9 @@ pub enum Continuity {
     Gap,
 }
 
+/// A connection pushed out of a full table.
+pub type Evicted<T> = Option<(ConnKey, Entry<T>)>;
+
 pub struct ConnTable<T> {
     conns: HashMap<ConnKey, Entry<T>>,
     max: usize,
@@ -70,7 +73,7 @@ impl<T> ConnTable<T> {
         &mut self,
         h: &DataHeader,
         new: impl FnOnce() -> T,
-    ) -> (&mut Entry<T>, Continuity, Option<(ConnKey, Entry<T>)>) {
+    ) -> (&mut Entry<T>, Continuity, Evicted<T>) {
         let key = ConnKey {
             tgid: h.tgid,
             conn: h.conn,

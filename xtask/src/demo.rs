@@ -1,0 +1,99 @@
+//! `cargo xtask demo`: the agent captures a built-in workload — a local HTTPS
+//! endpoint speaking the OpenAI and Anthropic formats, driven by the real Python
+//! SDKs, Node's openai package and curl — and the spend it saw is printed.
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use tokentap_e2e::{py_client, run_client, with_provider_hosts, Agent, Certs, Server, SECRET_KEY};
+use tokentap_event::LlmCall;
+
+pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let out = out.canonicalize()?;
+    // SAFETY: single-threaded at this point; the harness reads it when spawning.
+    unsafe { std::env::set_var("TOKENTAP_AGENT_BIN", agent_bin) };
+    for f in ["records.jsonl", "stats.json", "served.jsonl"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    eprintln!("demo: starting a local LLM endpoint and the agent (needs root for eBPF)");
+    let certs = Certs::generate(&out);
+    let server = Server::start(&out, &certs);
+    let mut agent = Agent::start(&out, &[]);
+    let openai = format!("https://api.openai.com:{}/v1", server.port);
+    let anthropic = format!("https://api.anthropic.com:{}", server.port);
+
+    eprintln!("demo: Python openai + anthropic SDKs, every operation");
+    run_client(py_client(&out, &certs, &openai, &anthropic, "all_ops"));
+    eprintln!("demo: 40 concurrent calls from 8 threads");
+    run_client(py_client(&out, &certs, &openai, &anthropic, "concurrent"));
+    eprintln!("demo: Node openai package");
+    let mut node = with_provider_hosts(
+        &out,
+        "node",
+        &[
+            crate::workspace_root()
+                .join("tests/clients/node_client.mjs")
+                .display()
+                .to_string(),
+            openai,
+            SECRET_KEY.into(),
+        ],
+    );
+    node.env("NODE_EXTRA_CA_CERTS", &certs.ca);
+    run_client(node);
+    eprintln!("demo: curl");
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+        .arg(&certs.ca)
+        .arg(format!(
+            "https://127.0.0.1:{}/v1/chat/completions",
+            server.port
+        ))
+        .args([
+            "-d",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#,
+        ]);
+    run_client(curl);
+
+    let served = server.served().len();
+    tokentap_e2e::wait_for(
+        "the agent to record every call",
+        std::time::Duration::from_secs(30),
+        || (agent.records().len() >= served).then_some(()),
+    );
+    let status = agent.stop();
+    anyhow::ensure!(status.success(), "agent exited with {status}");
+    let records: Vec<LlmCall> = std::fs::read_to_string(&agent.records)
+        .context("reading records")?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    println!(
+        "\ntokentap captured {} LLM calls ({} served by the endpoint):\n",
+        records.len(),
+        served
+    );
+    print!("{}", tokentap_event::summary::render(&records));
+    let stats = agent.stats();
+    println!(
+        "\nrecords: {}\nagent counters: {}\nagent log: {}",
+        agent.records.display(),
+        agent.stats.display(),
+        agent.stderr.display()
+    );
+    println!(
+        "dropped calls: {}, kernel losses: {}",
+        [
+            "dropped_unanswered",
+            "dropped_truncated_body",
+            "dropped_body_decode",
+            "dropped_parse_error"
+        ]
+        .iter()
+        .map(|k| stats[k].as_u64().unwrap_or(0))
+        .sum::<u64>(),
+        stats["kernel_ring_full"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}

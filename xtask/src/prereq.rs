@@ -1,0 +1,158 @@
+//! Check for, and install, what builds and tests need. Each step says what is
+//! missing and what it does about it.
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Result};
+
+use crate::run;
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn have(tool: &str) -> bool {
+    ok(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !ok(Command::new("dpkg").args(["-s", p])))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("missing packages {missing:?} and no apt-get to install them: install them by hand");
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {missing:?}: run as root (or `sudo apt-get install {}`)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {missing:?} with apt-get");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+/// The toolchain that builds the eBPF object: nightly when installed, else stable
+/// with RUSTC_BOOTSTRAP=1 (agent/build.rs makes the same choice).
+pub fn ebpf_toolchain() -> &'static str {
+    if ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        "nightly"
+    } else {
+        "stable"
+    }
+}
+
+/// bpf-linker (built against Debian's LLVM 22) and the rust-src the eBPF build needs.
+pub fn build_tools() -> Result<()> {
+    if !have("rustup") {
+        bail!("rustup is required (the eBPF build uses `rustup run <toolchain>`)");
+    }
+    let toolchain = ebpf_toolchain();
+    let src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false);
+    if !src {
+        eprintln!(
+            "xtask: adding rust-src to the {toolchain} toolchain (needed for -Z build-std=core)"
+        );
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            toolchain,
+        ]))?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0.13"));
+    if !linker_ok {
+        apt_install(&[
+            "llvm-22-dev",
+            "libpolly-22-dev",
+            "libzstd-dev",
+            "zlib1g-dev",
+        ])?;
+        eprintln!("xtask: installing bpf-linker 0.13.0 against LLVM 22 (a few minutes, once)");
+        run(crate::cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                "0.13.0",
+                "--no-default-features",
+            ])
+            .args(["--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+/// Tools and client libraries the end-to-end tests and the demo drive.
+pub fn test_tools(root: &Path) -> Result<()> {
+    let mut pkgs = Vec::new();
+    for (tool, pkg) in [
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+        ("unshare", "util-linux"),
+        ("python3", "python3"),
+    ] {
+        if !have(tool) {
+            pkgs.push(pkg);
+        }
+    }
+    if !have("node") || !have("npm") {
+        pkgs.extend(["nodejs", "npm"]);
+    }
+    if !ok(Command::new("python3").args(["-m", "pip", "--version"])) {
+        pkgs.push("python3-pip");
+    }
+    apt_install(&pkgs)?;
+    // libssl for the probes to find (the system OpenSSL the clients use).
+    apt_install(&["libssl3"]).or_else(|_| apt_install(&["libssl3t64"]))?;
+
+    let req = root.join("tests/clients/requirements.txt");
+    let sdks = ok(Command::new("python3").args(["-c", "import openai, anthropic"]));
+    if !sdks {
+        eprintln!("xtask: installing the Python openai and anthropic SDKs");
+        let base = || {
+            let mut c = Command::new("python3");
+            c.args(["-m", "pip", "install", "-q", "-r"]).arg(&req);
+            c
+        };
+        if run(&mut base()).is_err() {
+            // Debian's system Python refuses pip installs without this flag.
+            run(base().arg("--break-system-packages"))?;
+        }
+    }
+    let clients = root.join("tests/clients");
+    if !clients.join("node_modules/openai").exists() {
+        eprintln!("xtask: installing the Node openai package");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&clients))?;
+    }
+    Ok(())
+}
