@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<DataHeader>(), 88);
-        assert_eq!(core::mem::size_of::<ControlEvent>(), 48);
+        assert_eq!(core::mem::size_of::<ControlEvent>(), 56);
         assert_eq!(core::mem::size_of::<CallArgs>(), 40);
         assert_eq!(DATA_HEADER_LEN % 8, 0);
     }

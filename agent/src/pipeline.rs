@@ -499,4 +499,107 @@ mod tests {
         assert_eq!(s.decode_errors, 1);
         assert_eq!(s.dropped_calls(), 0);
     }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Chunked transfer coding with the body cut into `sizes`-long chunks.
+    fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in body.chunks(size.max(1)) {
+            out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    /// Every fixture, sync (plain and gzip'd) or streamed (chunked), through the
+    /// whole pipeline with the kernel chunks and TLS reads split at arbitrary
+    /// sizes: always exactly one record with the fixture's tokens.
+    mod split_anywhere {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn exchange(
+            path: &str,
+            host: &str,
+            fixture_name: &str,
+            sse: bool,
+            gz: bool,
+            chunk: usize,
+        ) -> (Vec<u8>, Vec<u8>) {
+            let body = fixture(fixture_name);
+            let req_body = format!(
+                r#"{{"model":"gpt-4o","stream":{sse},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let req_body = req_body.as_bytes();
+            let req = [
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+                    req_body.len()
+                )
+                .into_bytes(),
+                req_body.to_vec(),
+            ]
+            .concat();
+            let resp = if sse {
+                [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), chunked(&body, chunk)].concat()
+            } else {
+                let (b, enc) = if gz {
+                    (gzip(&body), "Content-Encoding: gzip\r\n")
+                } else {
+                    (body, "")
+                };
+                [format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{enc}Content-Length: {}\r\n\r\n", b.len()).into_bytes(), b].concat()
+            };
+            (req, resp)
+        }
+
+        /// Feed `bytes` as TLS calls of `call_len` bytes, each split into kernel chunks of `k`.
+        fn feed(p: &mut Pipeline, conn: u64, dir: u32, bytes: &[u8], call_len: usize, k: usize) {
+            for c in bytes.chunks(call_len.max(1)) {
+                call(p, conn, dir, c, k.max(1));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            #[test]
+            fn one_record_with_exact_tokens(case in 0usize..6, call_len in 1usize..400, k in 1usize..64, chunk in 1usize..300, gz in any::<bool>()) {
+                let cases = [
+                    ("/v1/chat/completions", "api.openai.com", "openai/chat_sync.json", false, 1117u64, 46u64),
+                    ("/v1/chat/completions", "api.openai.com", "openai/chat_stream_usage.sse", true, 19, 10),
+                    ("/v1/responses", "api.openai.com", "openai/responses_sync.json", false, 328, 52),
+                    ("/v1/responses", "api.openai.com", "openai/responses_stream.sse", true, 37, 11),
+                    ("/v1/messages", "api.anthropic.com", "anthropic/messages_sync.json", false, 2360, 87),
+                    ("/v1/messages", "api.anthropic.com", "anthropic/messages_stream.sse", true, 472, 15),
+                ];
+                let (path, host, name, sse, input, output) = cases[case];
+                let (req, resp) = exchange(path, host, name, sse, gz, chunk);
+                let (mut p, c, stats) = pipeline();
+                feed(&mut p, 9, DIR_EGRESS, &req, call_len, k);
+                feed(&mut p, 9, DIR_INGRESS, &resp, call_len, k);
+                let recs = c.0.lock().unwrap().clone();
+                prop_assert_eq!(recs.len(), 1, "{:?}", stats.snapshot());
+                prop_assert_eq!(recs[0].input_tokens, Some(input));
+                prop_assert_eq!(recs[0].output_tokens, Some(output));
+                prop_assert_eq!(recs[0].stream, sse);
+                prop_assert!(recs[0].cost_usd.is_some());
+            }
+        }
+    }
 }

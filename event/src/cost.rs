@@ -67,6 +67,14 @@ impl PriceTable {
         Self::from_file(file)
     }
 
+    /// A table with no prices (every cost is unknown).
+    pub fn empty() -> Self {
+        Self {
+            version: String::new(),
+            models: HashMap::new(),
+        }
+    }
+
     fn from_file(file: PriceFile) -> Self {
         let models = file
             .models
@@ -137,9 +145,13 @@ fn strip_date_suffix(m: &str) -> &str {
         }
     }
     // -YYYY-MM-DD
-    let b = m.as_bytes();
-    if b.len() > 11 {
-        let tail = &m[m.len() - 11..];
+    // `get` rather than indexing: model names are untrusted and may not be ASCII.
+    if let Some(tail) = m
+        .len()
+        .checked_sub(11)
+        .and_then(|start| m.get(start..))
+        .filter(|_| m.len() > 11)
+    {
         let t = tail.as_bytes();
         if t[0] == b'-'
             && t[5] == b'-'
@@ -206,6 +218,12 @@ mod tests {
         assert_eq!(strip_date_suffix("gpt-4o-2099-08-06"), "gpt-4o");
         assert_eq!(strip_date_suffix("claude-x-20991231"), "claude-x");
         assert_eq!(strip_date_suffix("gpt-4o"), "gpt-4o");
+        // Found by the pipeline fuzz target: multi-byte characters near the end.
+        assert_eq!(
+            strip_date_suffix("model-\u{fffd}\u{fffd}\u{fffd}\u{fffd}"),
+            "model-\u{fffd}\u{fffd}\u{fffd}\u{fffd}"
+        );
+        assert!(t.lookup("gpt-4o-20\u{fffd}-08-06").is_none());
         assert!(t.lookup("no-such-model-xyz").is_none());
     }
 

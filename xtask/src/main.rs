@@ -44,6 +44,14 @@ enum Cmd {
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
     },
+    /// Run every parser fuzz target (fuzz/) for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Only this target.
+        target: Option<String>,
+    },
     /// Regenerate event/data/prices.json from the LiteLLM price list.
     Prices {
         /// LiteLLM's model_prices JSON.
@@ -70,7 +78,9 @@ fn main() -> Result<()> {
             let bin = build_agent(false)?;
             let mut c = cargo();
             // The default members: every crate but the eBPF one (built by agent/build.rs).
-            c.arg("test").args(&args).env("TOKENTAP_AGENT_BIN", &bin);
+            c.args(["test", "--no-fail-fast"])
+                .args(&args)
+                .env("TOKENTAP_AGENT_BIN", &bin);
             run(&mut c)?;
         }
         Cmd::Lint => {
@@ -97,6 +107,7 @@ fn main() -> Result<()> {
             let bin = build_agent(false)?;
             demo::run(&root.join(out), &bin)?;
         }
+        Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
         Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,
     }
     Ok(())
@@ -118,6 +129,34 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+const FUZZ_TARGETS: &[&str] = &["h1", "sse", "body_decode", "providers", "pipeline"];
+
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    prereq::fuzz_tools()?;
+    let toolchain = prereq::ebpf_toolchain();
+    for t in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_none_or(|o| o == **t))
+    {
+        let corpus = workspace_root().join("fuzz/corpus").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        run(Command::new("rustup")
+            .args(["run", toolchain, "cargo", "fuzz", "run", t])
+            .arg(&corpus)
+            .arg(workspace_root().join("fuzz/seeds").join(t))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+            ])
+            // The fuzz targets need no eBPF object; sanitizer flags need unstable options.
+            .env("AYA_BUILD_SKIP", "1")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(workspace_root().join("fuzz")))?;
     }
     Ok(())
 }

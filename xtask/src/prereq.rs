@@ -156,3 +156,12 @@ pub fn test_tools(root: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// cargo-fuzz, for `cargo xtask fuzz`.
+pub fn fuzz_tools() -> Result<()> {
+    if !ok(crate::cargo().args(["fuzz", "--version"])) {
+        eprintln!("xtask: installing cargo-fuzz");
+        run(crate::cargo().args(["install", "cargo-fuzz", "--locked", "--version", "0.13.2"]))?;
+    }
+    Ok(())
+}

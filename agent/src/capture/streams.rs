@@ -115,7 +115,7 @@ impl<T> ConnTable<T> {
         e.next_offset[dir] = if h.flags & FLAG_LAST != 0 {
             None
         } else {
-            Some(h.offset + h.len as u64)
+            Some(h.offset.saturating_add(h.len as u64))
         };
         (e, cont, evicted)
     }
