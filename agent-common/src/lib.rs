@@ -29,6 +29,9 @@ pub enum EventKind {
     Exec = 3,
     /// A process (thread group leader) exited ([`ControlEvent`]).
     Exit = 4,
+    /// The dynamic loader mapped or unmapped libraries in a process
+    /// (`_dl_debug_state`, the debuggers' rendezvous hook) ([`ControlEvent`]).
+    LibsChanged = 5,
 }
 
 impl EventKind {
@@ -38,6 +41,7 @@ impl EventKind {
             2 => Some(Self::ConnClosed),
             3 => Some(Self::Exec),
             4 => Some(Self::Exit),
+            5 => Some(Self::LibsChanged),
             _ => None,
         }
     }

@@ -312,6 +312,15 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `_dl_debug_state` in the dynamic loader runs after every library load or
+/// unload (dlopen, and startup): user space looks for a new TLS library at once
+/// instead of waiting for a rescan, so the process's first TLS call is not missed.
+#[uprobe]
+pub fn dl_debug_state(_ctx: ProbeContext) -> u32 {
+    emit_control(EventKind::LibsChanged, 0);
+    0
+}
+
 // Raw tracepoints need no tracefs mount (often absent in containers).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {

@@ -5,8 +5,9 @@
 //! processes which load it later are covered from the start. Each file is
 //! inspected once per (device, inode); uprobes on a file apply to every process
 //! that maps it, now or later, so one attach per file is enough.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection, ObjectSymbol};
@@ -20,6 +21,8 @@ pub struct TlsSymbols {
     pub ssl_write_ex: Option<u64>,
     pub ssl_read_ex: Option<u64>,
     pub ssl_free: Option<u64>,
+    /// The dynamic loader's `_dl_debug_state` (this file is ld.so).
+    pub dl_debug_state: Option<u64>,
     /// "openssl" or "boringssl".
     pub library: &'static str,
 }
@@ -28,15 +31,31 @@ impl TlsSymbols {
     pub fn is_tls_library(&self) -> bool {
         self.ssl_write.is_some() && self.ssl_read.is_some()
     }
+
+    /// Worth probing: a TLS library, or a dynamic loader (to learn of new libraries).
+    pub fn is_target(&self) -> bool {
+        self.is_tls_library() || self.dl_debug_state.is_some()
+    }
+}
+
+/// A file's identity: (device, inode, mtime in ns). The mtime tells apart a new
+/// file that reuses the inode number of one inspected and deleted before.
+pub type FileKey = (u64, u64, i64);
+
+fn file_key(dev: u64, md: &std::fs::Metadata) -> FileKey {
+    (dev, md.ino(), md.mtime() * 1_000_000_000 + md.mtime_nsec())
 }
 
 /// A file to attach to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Target {
-    /// Path the agent can open (through /proc/PID/root for other mount namespaces).
+    /// Where it was found (through /proc/PID/root for other mount namespaces).
     pub path: PathBuf,
-    /// (device, inode): attach once per file.
-    pub key: (u64, u64),
+    /// The file, held open: probes attach through `/proc/self/fd/N`, which stays
+    /// valid when the process whose /proc/PID/root led here has exited.
+    pub file: std::sync::Arc<File>,
+    /// Attach once per file.
+    pub key: FileKey,
     pub symbols: TlsSymbols,
 }
 
@@ -57,9 +76,14 @@ pub fn inspect(path: &Path) -> Result<TlsSymbols, InspectError> {
         path: path.into(),
         source,
     })?;
+    inspect_file(&f, path)
+}
+
+/// [`inspect`] on an open file (`path` for error messages).
+pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     // SAFETY: read-only private mapping; a file truncated under us can SIGBUS, which
     // is why only mapped executables and library files are inspected.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| InspectError::Open {
+    let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open {
         path: path.into(),
         source,
     })?;
@@ -74,7 +98,7 @@ pub fn inspect(path: &Path) -> Result<TlsSymbols, InspectError> {
     read_symbols(&elf, elf.dynamic_symbols(), &mut s);
     // Exported symbols are enough for shared libraries and binaries like node;
     // the (much larger) full symbol table only when they were not.
-    if !s.is_tls_library() {
+    if !s.is_target() {
         read_symbols(&elf, elf.symbols(), &mut s);
     }
     Ok(s)
@@ -97,6 +121,7 @@ fn read_symbols<'d>(
             "SSL_write_ex" => &mut s.ssl_write_ex,
             "SSL_read_ex" => &mut s.ssl_read_ex,
             "SSL_free" => &mut s.ssl_free,
+            "_dl_debug_state" => &mut s.dl_debug_state,
             _ => continue,
         };
         if slot.is_some() || !sym.is_definition() || sym.address() == 0 {
@@ -179,10 +204,14 @@ pub const DEFAULT_LIB_DIRS: &[&str] = &[
 /// Remembers which files were inspected so each is read once.
 pub struct Discovery {
     proc_root: PathBuf,
-    inspected: HashSet<(u64, u64)>,
+    inspected: HashSet<FileKey>,
     self_pid: u32,
     /// Files inspected (for logs and metrics).
     pub files_inspected: u64,
+    /// This agent's mount namespace (its files are found by `scan_dirs`).
+    own_mnt_ns: Option<u64>,
+    /// Library files found per other mount namespace (relative to its root).
+    ns_libs: HashMap<u64, Vec<PathBuf>>,
 }
 
 impl Discovery {
@@ -192,16 +221,38 @@ impl Discovery {
             inspected: HashSet::new(),
             self_pid: std::process::id(),
             files_inspected: 0,
+            own_mnt_ns: std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino()),
+            ns_libs: HashMap::new(),
         }
     }
 
-    fn consider(&mut self, key: (u64, u64), path: PathBuf, out: &mut Vec<Target>) {
+    /// Inspect `key` again next time it is seen (its attach failed, e.g. the
+    /// process whose /proc/PID/root led to it exited meanwhile).
+    pub fn forget(&mut self, key: FileKey) {
+        self.inspected.remove(&key);
+    }
+
+    fn consider(&mut self, key: FileKey, path: PathBuf, out: &mut Vec<Target>) {
         if !self.inspected.insert(key) {
             return;
         }
         self.files_inspected += 1;
-        match inspect(&path) {
-            Ok(symbols) if symbols.is_tls_library() => out.push(Target { path, key, symbols }),
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                // Gone before we could look (short-lived process): try again next time.
+                self.inspected.remove(&key);
+                tracing::debug!(path = %path.display(), error = %e, "cannot open");
+                return;
+            }
+        };
+        match inspect_file(&file, &path) {
+            Ok(symbols) if symbols.is_target() => out.push(Target {
+                path,
+                file: std::sync::Arc::new(file),
+                key,
+                symbols,
+            }),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "skipping file"),
         }
@@ -218,15 +269,12 @@ impl Discovery {
             return out;
         };
         for m in parse_maps(&maps) {
-            if self.inspected.contains(&(m.dev, m.inode)) {
-                continue;
-            }
             // Through the process's root so container files resolve; verify the
             // inode so a replaced file is not mistaken for the mapped one.
             let path = dir.join("root").join(m.path.trim_start_matches('/'));
             match std::fs::metadata(&path) {
-                Ok(md) if std::os::unix::fs::MetadataExt::ino(&md) == m.inode => {
-                    self.consider((m.dev, m.inode), path, &mut out)
+                Ok(md) if md.ino() == m.inode => {
+                    self.consider(file_key(m.dev, &md), path, &mut out)
                 }
                 _ => {}
             }
@@ -248,35 +296,74 @@ impl Discovery {
         out
     }
 
-    /// `libssl.so*` files in `dirs`.
+    /// `libssl.so*` and dynamic loaders in `dirs` (this agent's own mount namespace).
     pub fn scan_dirs(&mut self, dirs: &[PathBuf]) -> Vec<Target> {
         let mut out = Vec::new();
-        for d in dirs {
-            let Ok(rd) = std::fs::read_dir(d) else {
+        for path in dirs.iter().flat_map(|d| library_files(d)) {
+            let Ok(md) = std::fs::metadata(&path) else {
                 continue;
             };
-            for e in rd.flatten() {
-                let name = e.file_name();
-                if !name.to_string_lossy().starts_with("libssl.so") {
-                    continue;
-                }
-                let path = e.path();
-                let Ok(md) = std::fs::metadata(&path) else {
-                    continue;
-                };
-                if !md.is_file() {
-                    continue;
-                }
-                use std::os::unix::fs::MetadataExt;
-                self.consider(
-                    (md.dev(), md.ino()),
-                    path.canonicalize().unwrap_or(path),
-                    &mut out,
-                );
+            if md.is_file() {
+                let path = path.canonicalize().unwrap_or(path);
+                self.consider(file_key(md.dev(), &md), path, &mut out);
             }
         }
         out
     }
+
+    /// The same libraries as seen by a process in another mount namespace (a
+    /// container), through `/proc/PID/root`, so they are probed at exec, before
+    /// the loader maps them. A namespace's directories are listed once; later
+    /// execs only re-check those files (a bind mount may put a new file there).
+    pub fn scan_root_libs(&mut self, pid: u32, dirs: &[PathBuf]) -> Vec<Target> {
+        let mut out = Vec::new();
+        let dir = self.proc_root.join(pid.to_string());
+        let Ok(ns) = std::fs::metadata(dir.join("ns/mnt")).map(|m| m.ino()) else {
+            return out;
+        };
+        if Some(ns) == self.own_mnt_ns {
+            return out;
+        }
+        let root = dir.join("root");
+        if !self.ns_libs.contains_key(&ns) {
+            if self.ns_libs.len() >= 4096 {
+                self.ns_libs.clear();
+            }
+            let found: Vec<PathBuf> = dirs
+                .iter()
+                .flat_map(|d| library_files(&root.join(d.strip_prefix("/").unwrap_or(d))))
+                .filter_map(|p| p.strip_prefix(&root).ok().map(Path::to_path_buf))
+                .collect();
+            self.ns_libs.insert(ns, found);
+        }
+        let rel: Vec<PathBuf> = self.ns_libs.get(&ns).cloned().unwrap_or_default();
+        for rel in rel {
+            let path = root.join(rel);
+            // Regular files only: an absolute symlink would resolve in our namespace.
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.is_file() => self.consider(file_key(md.dev(), &md), path, &mut out),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Files in `dir` named like an OpenSSL library or a dynamic loader.
+fn library_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libssl.so")
+                || name.starts_with("ld-linux")
+                || name.starts_with("ld-musl")
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 #[cfg(test)]
@@ -305,21 +392,68 @@ garbage line
         let mut d = Discovery::new("/proc");
         let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         let t = d.scan_dirs(&dirs);
-        assert!(
-            !t.is_empty(),
-            "no libssl.so* found in {DEFAULT_LIB_DIRS:?}; install libssl3"
-        );
-        let s = &t[0].symbols;
+        let ssl = t.iter().find(|t| t.symbols.is_tls_library());
+        let ssl =
+            ssl.unwrap_or_else(|| panic!("no libssl.so* in {DEFAULT_LIB_DIRS:?}; install libssl3"));
+        let s = &ssl.symbols;
         assert!(s.ssl_write.is_some() && s.ssl_read.is_some() && s.ssl_free.is_some());
         assert_eq!(s.library, "openssl");
+        // The loader is found too, for its library-load hook.
+        assert!(t
+            .iter()
+            .any(|t| t.symbols.dl_debug_state.is_some() && !t.symbols.is_tls_library()));
         // The same file is not inspected twice.
         assert!(d.scan_dirs(&dirs).is_empty());
     }
 
     #[test]
+    fn libraries_of_another_mount_namespace_are_found_through_its_root() {
+        // A fake /proc: process 123 in "another namespace" with its own root.
+        let fake = std::env::temp_dir().join(format!("tt-fakeproc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&fake);
+        let lib = fake.join("123/root/usr/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(fake.join("123/ns")).unwrap();
+        std::fs::write(fake.join("123/ns/mnt"), b"").unwrap();
+        let mut host = Discovery::new("/proc");
+        let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
+        let system = host.scan_dirs(&dirs);
+        let ssl = system
+            .iter()
+            .find(|t| t.symbols.is_tls_library())
+            .expect("system libssl");
+        std::fs::copy(&ssl.path, lib.join("libssl.so.3")).unwrap();
+
+        let mut d = Discovery::new(&fake);
+        let t = d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].path, fake.join("123/root/usr/lib/libssl.so.3"));
+        assert!(t[0].symbols.is_tls_library());
+        // Same file again: nothing new. A new file at the same path: found.
+        assert!(d
+            .scan_root_libs(123, &[PathBuf::from("/usr/lib")])
+            .is_empty());
+        // (Deleted and copied again: the filesystem may reuse the inode number;
+        // the new mtime still tells the files apart.)
+        std::fs::remove_file(lib.join("libssl.so.3")).unwrap();
+        std::fs::copy(&ssl.path, lib.join("libssl.so.3")).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(lib.join("libssl.so.3"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]).len(), 1);
+        // Our own namespace is left to scan_dirs.
+        assert!(Discovery::new("/proc")
+            .scan_root_libs(std::process::id(), &dirs)
+            .is_empty());
+    }
+
+    #[test]
     fn non_tls_and_non_elf_files_are_not_targets() {
         let me = std::env::current_exe().unwrap();
-        assert!(!inspect(&me).unwrap().is_tls_library());
+        assert!(!inspect(&me).unwrap().is_target());
         let f = std::env::temp_dir().join(format!("tt-not-elf-{}", std::process::id()));
         std::fs::write(&f, b"#!/bin/sh\n").unwrap();
         assert!(matches!(inspect(&f), Err(InspectError::Elf { .. })));

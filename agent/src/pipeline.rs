@@ -74,6 +74,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// What discovery hears from the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// The process exec'd a new program.
+    Exec(u32),
+    /// The process's dynamic loader mapped or unmapped libraries.
+    LibsChanged(u32),
+}
+
 struct Conn {
     http: HttpConnection,
     counted_ignore: bool,
@@ -86,7 +95,7 @@ pub struct Pipeline {
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<Stats>,
     clock: Clock,
-    exec_tx: Option<Sender<u32>>,
+    exec_tx: Option<Sender<ProcessEvent>>,
     exchanges: Vec<Exchange>,
 }
 
@@ -96,7 +105,7 @@ impl Pipeline {
         sinks: Vec<Box<dyn Sink>>,
         stats: Arc<Stats>,
         clock: Clock,
-        exec_tx: Option<Sender<u32>>,
+        exec_tx: Option<Sender<ProcessEvent>>,
     ) -> Self {
         let attribution = Attributor::new(cfg.proc_root.clone(), cfg.max_connections);
         let conns = ConnTable::new(cfg.max_connections);
@@ -198,7 +207,12 @@ impl Pipeline {
                 // A new program image: it may bring a TLS library we have not seen.
                 self.attribution.forget(c.tgid);
                 if let Some(tx) = &self.exec_tx {
-                    let _ = tx.try_send(c.tgid);
+                    let _ = tx.try_send(ProcessEvent::Exec(c.tgid));
+                }
+            }
+            EventKind::LibsChanged => {
+                if let Some(tx) = &self.exec_tx {
+                    let _ = tx.try_send(ProcessEvent::LibsChanged(c.tgid));
                 }
             }
             EventKind::Data => {}

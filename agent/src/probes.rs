@@ -2,6 +2,7 @@
 //! TLS functions of each discovered file, and the exec/exit tracepoints.
 //! Dropping [`Probes`] detaches everything.
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -11,7 +12,7 @@ use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 use tokentap_agent_common::{LossCounter, LOSS_COUNTERS};
 
-use crate::discovery::{Target, TlsSymbols};
+use crate::discovery::{FileKey, Target, TlsSymbols};
 use crate::stats::Stats;
 
 /// The eBPF object built by build.rs.
@@ -56,6 +57,7 @@ const UPROBES: &[(&str, SymbolOf)] = &[
     ("ssl_read_ex", |s| s.ssl_read_ex),
     ("ssl_read_ex_ret", |s| s.ssl_read_ex),
     ("ssl_free", |s| s.ssl_free),
+    ("dl_debug_state", |s| s.dl_debug_state),
 ];
 
 /// (program, raw tracepoint).
@@ -66,7 +68,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
 
 pub struct Probes {
     ebpf: Ebpf,
-    attached: HashMap<(u64, u64), PathBuf>,
+    attached: HashMap<FileKey, PathBuf>,
 }
 
 /// Maps user space reads.
@@ -169,26 +171,50 @@ impl Probes {
         self.attached.len()
     }
 
-    /// Attach every TLS probe to `target`. Returns false when it was attached before.
+    /// Attach every probe `target` has symbols for. Returns false when it was
+    /// attached before. All or nothing: on failure what was attached is detached
+    /// again, so a retry can't attach a probe twice (which would double count).
     pub fn attach(&mut self, target: &Target) -> Result<bool, ProbeError> {
         if self.attached.contains_key(&target.key) {
             return Ok(false);
         }
+        // Through our own descriptor: the path it was found by may die with its process.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", target.file.as_raw_fd()));
+        let mut links = Vec::new();
+        let mut result = Ok(());
         for (name, sym) in UPROBES {
             let Some(offset) = sym(&target.symbols) else {
                 continue;
             };
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            p.attach(offset, &target.path, UProbeScope::AllProcesses)
-                .map_err(|source| ProbeError::Program { name, source })?;
+            match self.uprobe(name).and_then(|p| {
+                p.attach(offset, &path, UProbeScope::AllProcesses)
+                    .map_err(|source| ProbeError::Program { name, source })
+            }) {
+                Ok(link) => links.push((*name, link)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for (name, link) in links {
+                if let Ok(p) = self.uprobe(name) {
+                    let _ = p.detach(link);
+                }
+            }
+            return Err(e);
         }
         self.attached.insert(target.key, target.path.clone());
         Ok(true)
+    }
+
+    fn uprobe(&mut self, name: &'static str) -> Result<&mut UProbe, ProbeError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })
     }
 }
 

@@ -14,7 +14,7 @@ use tokentap_event::PriceTable;
 
 use crate::config::Settings;
 use crate::discovery::{Discovery, Target};
-use crate::pipeline::{monotonic_ns, Clock, Pipeline, PipelineConfig};
+use crate::pipeline::{monotonic_ns, Clock, Pipeline, PipelineConfig, ProcessEvent};
 use crate::probes::{Channels, Probes};
 use crate::providers::Rules;
 use crate::sinks;
@@ -49,7 +49,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let stats = Arc::new(Stats::default());
     let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes)?;
-    let (exec_tx, exec_rx) = crossbeam_channel::bounded::<u32>(4096);
+    let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     let pipeline = Pipeline::new(
         PipelineConfig {
             max_body_bytes: settings.max_body_bytes,
@@ -77,7 +77,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut discovery = Discovery::new("/proc");
     let mut targets = discovery.scan_dirs(&settings.lib_dirs);
     targets.extend(discovery.scan_all());
-    attach_all(&mut probes, &targets, &stats);
+    attach_all(&mut probes, &mut discovery, &targets, &stats);
     tracing::info!(
         targets = probes.attached(),
         files_inspected = discovery.files_inspected,
@@ -95,9 +95,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let discovery_thread = {
         let (stop, stats) = (stop.clone(), stats.clone());
         let interval = settings.rescan_interval;
+        let lib_dirs = settings.lib_dirs.clone();
         std::thread::Builder::new()
             .name("discovery".into())
-            .spawn(move || discovery_loop(probes, discovery, exec_rx, interval, &stop, &stats))?
+            .spawn(move || {
+                discovery_loop(
+                    probes, discovery, exec_rx, interval, &lib_dirs, &stop, &stats,
+                )
+            })?
     };
 
     let deadline = settings.duration.map(|d| Instant::now() + d);
@@ -117,15 +122,24 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn attach_all(probes: &mut Probes, targets: &[Target], stats: &Stats) {
+fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target], stats: &Stats) {
     for t in targets {
+        let started = Instant::now();
         match probes.attach(t) {
             Ok(true) => {
                 Stats::inc(&stats.targets_attached);
-                tracing::info!(path = %t.path.display(), library = t.symbols.library, "attached");
+                let what = if t.symbols.is_tls_library() {
+                    t.symbols.library
+                } else {
+                    "loader"
+                };
+                let took_us = started.elapsed().as_micros() as u64;
+                tracing::info!(path = %t.path.display(), what, took_us, "attached");
             }
             Ok(false) => {}
             Err(e) => {
+                // Retried when the file is seen again (through a live process).
+                discovery.forget(t.key);
                 Stats::inc(&stats.attach_failures);
                 tracing::warn!(path = %t.path.display(), error = %e, "attach failed");
             }
@@ -136,8 +150,9 @@ fn attach_all(probes: &mut Probes, targets: &[Target], stats: &Stats) {
 fn discovery_loop(
     mut probes: Probes,
     mut discovery: Discovery,
-    exec_rx: Receiver<u32>,
+    exec_rx: Receiver<ProcessEvent>,
     interval: Duration,
+    lib_dirs: &[std::path::PathBuf],
     stop: &AtomicBool,
     stats: &Stats,
 ) {
@@ -162,13 +177,34 @@ fn discovery_loop(
             .saturating_duration_since(now)
             .min(Duration::from_millis(100));
         match exec_rx.recv_timeout(wait) {
-            Ok(pid) => {
-                let targets = discovery.scan_pid(pid);
-                attach_all(&mut probes, &targets, stats);
-                if follow_ups.values().map(Vec::len).sum::<usize>() < 65536 {
-                    for d in FOLLOW_UPS {
-                        follow_ups.entry(Instant::now() + d).or_default().push(pid);
+            Ok(first) => {
+                // Drain what queued up and scan each process once.
+                let mut events = vec![first];
+                events.extend(exec_rx.try_iter().take(4096));
+                let mut pids: Vec<u32> = Vec::new();
+                for ev in events {
+                    let pid = match ev {
+                        ProcessEvent::Exec(pid) => {
+                            // Another mount namespace's libssl is probed now, before
+                            // the loader maps it.
+                            let targets = discovery.scan_root_libs(pid, &lib_dirs);
+                            attach_all(&mut probes, &mut discovery, &targets, stats);
+                            if follow_ups.values().map(Vec::len).sum::<usize>() < 65536 {
+                                for d in FOLLOW_UPS {
+                                    follow_ups.entry(Instant::now() + d).or_default().push(pid);
+                                }
+                            }
+                            pid
+                        }
+                        ProcessEvent::LibsChanged(pid) => pid,
+                    };
+                    if !pids.contains(&pid) {
+                        pids.push(pid);
                     }
+                }
+                for pid in pids {
+                    let targets = discovery.scan_pid(pid);
+                    attach_all(&mut probes, &mut discovery, &targets, stats);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -181,12 +217,12 @@ fn discovery_loop(
             }
             for pid in entry.remove() {
                 let targets = discovery.scan_pid(pid);
-                attach_all(&mut probes, &targets, stats);
+                attach_all(&mut probes, &mut discovery, &targets, stats);
             }
         }
         if now >= next_full {
             let targets = discovery.scan_all();
-            attach_all(&mut probes, &targets, stats);
+            attach_all(&mut probes, &mut discovery, &targets, stats);
             next_full = now + interval;
         }
     }

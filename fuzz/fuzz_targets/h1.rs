@@ -5,7 +5,9 @@ use tokentap_agent::http::exchange::{HttpConnection, Lost};
 
 fuzz_target!(|data: &[u8]| {
     // First byte picks split points; the rest alternates egress / ingress pieces.
-    let Some((&seed, rest)) = data.split_first() else { return };
+    let Some((&seed, rest)) = data.split_first() else {
+        return;
+    };
     let step = (seed as usize % 61) + 1;
     let mut conn = HttpConnection::new(1 << 16);
     let mut lost = Lost::default();

@@ -17,7 +17,13 @@ fuzz_target!(|data: &[u8]| {
         prices: tokentap_event::PriceTable::empty(),
         proc_root: "/nonexistent".into(),
     };
-    let mut p = Pipeline::new(cfg, Vec::new(), Arc::new(Stats::default()), Clock::fixed(0), None);
+    let mut p = Pipeline::new(
+        cfg,
+        Vec::new(),
+        Arc::new(Stats::default()),
+        Clock::fixed(0),
+        None,
+    );
     let mut rest = data;
     while rest.len() >= 2 {
         let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;

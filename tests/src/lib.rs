@@ -368,6 +368,17 @@ impl Drop for Agent {
 /// hosts to 127.0.0.1, so clients use the real hostnames (and SNI) against the
 /// local server. The process keeps its pid through the `exec`.
 pub fn with_provider_hosts(dir: &Path, program: &str, args: &[String]) -> Command {
+    in_mount_namespace(dir, &[], program, args)
+}
+
+/// Like [`with_provider_hosts`], with extra `(source, target)` bind mounts: a
+/// process that sees other files at the usual paths, as in a container.
+pub fn in_mount_namespace(
+    dir: &Path,
+    binds: &[(PathBuf, PathBuf)],
+    program: &str,
+    args: &[String],
+) -> Command {
     require_tool("unshare");
     let hosts = dir.join("hosts");
     std::fs::write(
@@ -375,13 +386,43 @@ pub fn with_provider_hosts(dir: &Path, program: &str, args: &[String]) -> Comman
         "127.0.0.1 localhost api.openai.com api.anthropic.com\n",
     )
     .expect("hosts file");
+    let mut script = String::from("set -e\n");
+    for (src, dst) in binds {
+        script.push_str(&format!(
+            "mount --bind '{}' '{}'\n",
+            src.display(),
+            dst.display()
+        ));
+    }
+    script.push_str("mount --bind \"$0\" /etc/hosts\nexec \"$@\"\n");
     let mut c = Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(script)
         .arg(&hosts)
         .arg(program)
         .args(args);
     c
+}
+
+/// The system libssl the clients load (from curl's dynamic dependencies).
+pub fn system_libssl() -> PathBuf {
+    require_tool("ldd");
+    let curl = Command::new("sh")
+        .args(["-c", "command -v curl"])
+        .output()
+        .expect("which curl");
+    let curl = String::from_utf8_lossy(&curl.stdout).trim().to_owned();
+    let out = Command::new("ldd").arg(&curl).output().expect("ldd curl");
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let (name, rest) = l.trim().split_once(" => ")?;
+            let path = rest.split_whitespace().next()?;
+            name.starts_with("libssl.so").then(|| PathBuf::from(path))
+        })
+        .expect("curl links a libssl.so");
+    // The path /proc/PID/maps shows (no symlinked directories such as /lib).
+    path.canonicalize().unwrap_or(path)
 }
 
 /// Run a client to completion; returns its pid and stdout. Panics on failure.
@@ -411,7 +452,20 @@ pub fn py_client(
     anthropic_base: &str,
     scenario: &str,
 ) -> Command {
-    let args: Vec<String> = vec![
+    with_provider_hosts(
+        dir,
+        "python3",
+        &py_client_args(certs, openai_base, anthropic_base, scenario),
+    )
+}
+
+pub fn py_client_args(
+    certs: &Certs,
+    openai_base: &str,
+    anthropic_base: &str,
+    scenario: &str,
+) -> Vec<String> {
+    vec![
         workspace_root()
             .join("tests/clients/py_client.py")
             .display()
@@ -425,8 +479,7 @@ pub fn py_client(
         "--key".into(),
         SECRET_KEY.into(),
         scenario.into(),
-    ];
-    with_provider_hosts(dir, "python3", &args)
+    ]
 }
 
 /// Compare one record with what the server served; panics with both on mismatch.

@@ -378,3 +378,93 @@ fn killed_clients_and_garbage_make_no_invented_records() {
     assert_eq!(stats["records"], 2, "{stats}");
     assert!(stats["dropped_unanswered"].as_u64().unwrap() >= 1);
 }
+
+/// A process whose libssl is a different file at the usual path (its own mount
+/// namespace, as in a container): found through /proc/PID/maps and attached
+/// through /proc/PID/root when the loader maps it, before the first call.
+#[test]
+fn container_style_private_libssl_is_discovered_and_captured() {
+    let _g = serial();
+    let env = setup("private-libssl", &[]);
+    let libssl = system_libssl();
+    let copy = env.dir.join("libssl-copy.so");
+    std::fs::copy(&libssl, &copy).expect("copy libssl");
+    let binds = vec![(copy.clone(), libssl.clone())];
+    let before = env.agent.wait_stat("targets_attached", 1)["targets_attached"]
+        .as_u64()
+        .unwrap();
+
+    let args = py_client_args(
+        &env.certs,
+        &env.openai_base(),
+        &env.anthropic_base(),
+        "all_ops",
+    );
+    let (pid, _) = run_client(in_mount_namespace(&env.dir, &binds, "python3", &args));
+    let records = env.agent.wait_records(&[pid], 9);
+    let prices = PriceTable::shipped();
+    for (r, s) in pair_with_served(&records, &env.server.served()) {
+        assert_matches_served(r, s, &prices);
+    }
+    // curl maps libssl at start-up, before main. A one-shot process whose TLS
+    // library file is new to the agent races the attach (measured 6-30 ms) and
+    // may lose its only call (counted as joined_mid_stream). Every later process
+    // using the same file, in fresh namespaces like new containers of one image,
+    // is captured from its first call.
+    let curl_args: Vec<String> = [
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &env.certs.ca.display().to_string(),
+        &format!("{}/chat/completions", env.openai_base()),
+        "-d",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let image_libssl = env.dir.join("image-libssl.so");
+    std::fs::copy(&libssl, &image_libssl).expect("copy libssl");
+    let image = vec![(image_libssl, libssl.clone())];
+    let (first, _) = run_client(in_mount_namespace(&env.dir, &image, "curl", &curl_args));
+    wait_for(
+        "the first curl's call to be recorded or counted",
+        std::time::Duration::from_secs(30),
+        || {
+            let s = env.agent.stats();
+            (!env.agent.records_of(&[first]).is_empty()
+                || s["joined_mid_stream"].as_u64() > Some(0))
+            .then_some(())
+        },
+    );
+    let mut curl_pids = Vec::new();
+    for _ in 0..5 {
+        curl_pids.push(run_client(in_mount_namespace(&env.dir, &image, "curl", &curl_args)).0);
+    }
+    let curl_records = env.agent.wait_records(&curl_pids, 5);
+    for (r, s) in pair_with_served(&curl_records, &env.server.served()) {
+        assert_matches_served(r, s, &prices);
+    }
+
+    // Attached through a process's root (its mount namespace), not the host path.
+    let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
+    let through_root = log
+        .lines()
+        .filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so"))
+        .count();
+    assert_eq!(
+        through_root, 2,
+        "expected two attaches through /proc/PID/root:\n{log}"
+    );
+    // Two new files (python's copy, the image's copy), each attached once.
+    let after = env.agent.wait_stat("targets_attached", before + 2);
+    assert_eq!(after["attach_failures"], 0, "{after}");
+    let stats = env.finish();
+    let first_recorded = stats["records"].as_u64() == Some(15);
+    assert!(
+        first_recorded || stats["records"].as_u64() == Some(14),
+        "{stats}"
+    );
+}
