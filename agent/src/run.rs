@@ -187,7 +187,7 @@ fn discovery_loop(
                         ProcessEvent::Exec(pid) => {
                             // Another mount namespace's libssl is probed now, before
                             // the loader maps it.
-                            let targets = discovery.scan_root_libs(pid, &lib_dirs);
+                            let targets = discovery.scan_root_libs(pid, lib_dirs);
                             attach_all(&mut probes, &mut discovery, &targets, stats);
                             if follow_ups.values().map(Vec::len).sum::<usize>() < 65536 {
                                 for d in FOLLOW_UPS {
