@@ -19,7 +19,7 @@ use aya_ebpf::{
         },
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tokentap_agent_common::{
@@ -34,6 +34,18 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
 #[map]
 static ACTIVE_CALLS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0);
+
+/// (tgid, SSL*) -> socket fd, learned from `SSL_set_fd`. LRU: connections whose
+/// `SSL_free` we never see age out instead of filling the map.
+#[map]
+static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SslKey {
+    tgid: u64,
+    ssl: u64,
+}
 
 #[map]
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
@@ -161,7 +173,11 @@ fn copy_chunks(pid_tgid: u64, args: &CallArgs, direction: u32, len: u64, slot: u
     h.conn = args.ssl;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.call_len = len;
-    h.fd = -1;
+    let key = SslKey {
+        tgid: pid_tgid >> 32,
+        ssl: args.ssl,
+    };
+    h.fd = unsafe { SSL_FDS.get(key) }.copied().unwrap_or(-1);
     h.source = Source::OpenSsl as u32;
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut ctx = CopyCtx {
@@ -307,7 +323,30 @@ pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     if ssl != 0 {
+        let _ = SSL_FDS.remove(SslKey {
+            tgid: bpf_get_current_pid_tgid() >> 32,
+            ssl,
+        });
         emit_control(EventKind::ConnClosed, ssl);
+    }
+    0
+}
+
+/// `SSL_set_fd(ssl, fd)`: which socket a connection uses (libraries with a
+/// memory BIO, like node's, never call it: their fd stays unknown, -1).
+#[uprobe]
+pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as u32 as i32;
+    if ssl != 0 && fd >= 0 {
+        let _ = SSL_FDS.insert(
+            SslKey {
+                tgid: bpf_get_current_pid_tgid() >> 32,
+                ssl,
+            },
+            fd,
+            0,
+        );
     }
     0
 }

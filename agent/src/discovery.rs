@@ -21,6 +21,7 @@ pub struct TlsSymbols {
     pub ssl_write_ex: Option<u64>,
     pub ssl_read_ex: Option<u64>,
     pub ssl_free: Option<u64>,
+    pub ssl_set_fd: Option<u64>,
     /// The dynamic loader's `_dl_debug_state` (this file is ld.so).
     pub dl_debug_state: Option<u64>,
     /// "openssl" or "boringssl".
@@ -121,6 +122,7 @@ fn read_symbols<'d>(
             "SSL_write_ex" => &mut s.ssl_write_ex,
             "SSL_read_ex" => &mut s.ssl_read_ex,
             "SSL_free" => &mut s.ssl_free,
+            "SSL_set_fd" => &mut s.ssl_set_fd,
             "_dl_debug_state" => &mut s.dl_debug_state,
             _ => continue,
         };
@@ -201,6 +203,8 @@ pub const DEFAULT_LIB_DIRS: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu",
 ];
 
+const MAX_INSPECTED: usize = 1 << 18;
+
 /// Remembers which files were inspected so each is read once.
 pub struct Discovery {
     proc_root: PathBuf,
@@ -233,6 +237,11 @@ impl Discovery {
     }
 
     fn consider(&mut self, key: FileKey, path: PathBuf, out: &mut Vec<Target>) {
+        // Bounded: after a clear, files are inspected again, and probes.rs refuses
+        // to attach a file twice.
+        if self.inspected.len() >= MAX_INSPECTED {
+            self.inspected.clear();
+        }
         if !self.inspected.insert(key) {
             return;
         }
@@ -397,6 +406,7 @@ garbage line
             ssl.unwrap_or_else(|| panic!("no libssl.so* in {DEFAULT_LIB_DIRS:?}; install libssl3"));
         let s = &ssl.symbols;
         assert!(s.ssl_write.is_some() && s.ssl_read.is_some() && s.ssl_free.is_some());
+        assert!(s.ssl_set_fd.is_some() && s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
         assert_eq!(s.library, "openssl");
         // The loader is found too, for its library-load hook.
         assert!(t

@@ -158,6 +158,7 @@ impl Pipeline {
             entry.fresh = false;
             Stats::inc(&self.stats.connections);
             self.attribution.observe(h.tgid);
+            tracing::debug!(pid = h.tgid, conn = h.conn, fd = h.fd, "new connection");
         }
         let rules = &self.cfg.rules;
         let conn = &mut entry.state;

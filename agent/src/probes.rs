@@ -57,6 +57,7 @@ const UPROBES: &[(&str, SymbolOf)] = &[
     ("ssl_read_ex", |s| s.ssl_read_ex),
     ("ssl_read_ex_ret", |s| s.ssl_read_ex),
     ("ssl_free", |s| s.ssl_free),
+    ("ssl_set_fd", |s| s.ssl_set_fd),
     ("dl_debug_state", |s| s.dl_debug_state),
 ];
 

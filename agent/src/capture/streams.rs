@@ -19,6 +19,8 @@ pub struct ConnMeta {
     pub cgroup_id: u64,
     pub comm: [u8; 16],
     pub source: u32,
+    /// Socket fd (from `SSL_set_fd`), -1 while unknown.
+    pub fd: i32,
 }
 
 pub struct Entry<T> {
@@ -96,12 +98,16 @@ impl<T> ConnTable<T> {
                 cgroup_id: h.cgroup_id,
                 comm: h.comm,
                 source: h.source,
+                fd: h.fd,
             },
             last_ts: h.ts_ns,
             fresh: true,
             next_offset: [None, None],
         });
         e.last_ts = e.last_ts.max(h.ts_ns);
+        if e.meta.fd < 0 {
+            e.meta.fd = h.fd;
+        }
         let dir = usize::from(h.direction == DIR_INGRESS);
         let expected = e.next_offset[dir].unwrap_or(0);
         let mut cont = if h.offset == expected {
