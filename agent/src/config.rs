@@ -64,6 +64,21 @@ pub struct Cli {
     /// Log filter (tracing syntax, e.g. `info`, `tokentap_agent=debug`). RUST_LOG also works.
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Request header that names the end user (e.g. `x-end-user`); wins over the
+    /// user fields of the request body.
+    #[arg(long, value_name = "HEADER")]
+    pub end_user_header: Option<String>,
+    /// Request header that names the product feature (e.g. `x-feature`).
+    #[arg(long, value_name = "HEADER")]
+    pub feature_header: Option<String>,
+    /// OpenTelemetry resource attribute copied into the record's `labels`
+    /// (repeatable, e.g. `--label team --label cost-center`).
+    #[arg(long = "label", value_name = "KEY")]
+    pub labels: Vec<String>,
+    /// Secret for `api_key_id` fingerprints, created (mode 0600) if missing.
+    /// Default: /var/lib/tokentap/key-secret.
+    #[arg(long, value_name = "PATH")]
+    pub key_secret_file: Option<PathBuf>,
 }
 
 /// The TOML file. Keys mirror the flags.
@@ -86,6 +101,18 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub attribution: AttributionFile,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionFile {
+    pub end_user_header: Option<String>,
+    pub feature_header: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub key_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -131,6 +158,8 @@ pub struct Settings {
     pub lib_dirs: Vec<PathBuf>,
     pub log_level: String,
     pub provider_hosts: BTreeMap<String, String>,
+    pub attribution: crate::attribution::AttributionConfig,
+    pub key_secret_file: PathBuf,
 }
 
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -205,6 +234,26 @@ impl Settings {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             provider_hosts: file.providers.hosts,
+            attribution: crate::attribution::AttributionConfig {
+                end_user_header: cli
+                    .end_user_header
+                    .clone()
+                    .or(file.attribution.end_user_header),
+                feature_header: cli
+                    .feature_header
+                    .clone()
+                    .or(file.attribution.feature_header),
+                labels: if cli.labels.is_empty() {
+                    file.attribution.labels
+                } else {
+                    cli.labels.clone()
+                },
+            },
+            key_secret_file: cli
+                .key_secret_file
+                .clone()
+                .or(file.attribution.key_secret_file)
+                .unwrap_or_else(|| "/var/lib/tokentap/key-secret".into()),
         })
     }
 }
@@ -239,6 +288,9 @@ duration_secs = 60
 max_body_bytes = 1024
 [providers.hosts]
 "llm.internal" = "openai"
+[attribution]
+feature_header = "x-feature"
+labels = ["team"]
 "#,
         );
         let cli = Cli {
@@ -255,6 +307,12 @@ max_body_bytes = 1024
         assert_eq!(
             s.provider_hosts.get("llm.internal").map(String::as_str),
             Some("openai")
+        );
+        assert_eq!(s.attribution.feature_header.as_deref(), Some("x-feature"));
+        assert_eq!(s.attribution.labels, vec!["team".to_string()]);
+        assert_eq!(
+            s.key_secret_file,
+            PathBuf::from("/var/lib/tokentap/key-secret")
         );
         let cli = Cli {
             config: Some(p),

@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, DIR_EGRESS};
 use tokentap_event::{LlmCall, PriceTable};
 
-use crate::attribution::Attributor;
+use crate::attribution::{keys::KeyHasher, AttributionConfig, Attributor};
 use crate::capture::decode::{comm_str, decode, RawEvent};
 use crate::capture::streams::{ConnKey, ConnMeta, ConnTable, Continuity, Entry};
 use crate::http::exchange::{Exchange, HttpConnection, Ignored, Lost};
@@ -23,6 +23,9 @@ pub struct PipelineConfig {
     pub rules: Rules,
     pub prices: PriceTable,
     pub proc_root: std::path::PathBuf,
+    pub attribution: AttributionConfig,
+    /// Fingerprints credentials into `api_key_id`; none: the field stays null.
+    pub keys: Option<KeyHasher>,
 }
 
 impl Default for PipelineConfig {
@@ -34,6 +37,8 @@ impl Default for PipelineConfig {
             rules: Rules::default(),
             prices: PriceTable::shipped(),
             proc_root: "/proc".into(),
+            attribution: AttributionConfig::default(),
+            keys: None,
         }
     }
 }
@@ -101,13 +106,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(
-        cfg: PipelineConfig,
+        mut cfg: PipelineConfig,
         sinks: Vec<Box<dyn Sink>>,
         stats: Arc<Stats>,
         clock: Clock,
         exec_tx: Option<Sender<ProcessEvent>>,
     ) -> Self {
-        let attribution = Attributor::new(cfg.proc_root.clone(), cfg.max_connections);
+        let attribution = Attributor::new(cfg.proc_root.clone(), cfg.max_connections)
+            .with_config(cfg.attribution.clone(), cfg.keys.take());
         let conns = ConnTable::new(cfg.max_connections);
         Self {
             cfg,
@@ -157,7 +163,7 @@ impl Pipeline {
         if entry.fresh {
             entry.fresh = false;
             Stats::inc(&self.stats.connections);
-            self.attribution.observe(h.tgid);
+            self.attribution.observe(h.tgid, h.cgroup_id);
             tracing::debug!(pid = h.tgid, conn = h.conn, fd = h.fd, "new connection");
         }
         let rules = &self.cfg.rules;
@@ -296,7 +302,6 @@ impl Pipeline {
                 .filter(|_| parsed.stream)
                 .and_then(|off| resp.ts_of_body_offset(off))
                 .map(|t| ms(req.first_ts, t));
-            let info = self.attribution.get(meta.tgid);
             let usage = parsed.usage;
             let mut record = LlmCall {
                 event_id: LlmCall::new_event_id(),
@@ -335,11 +340,11 @@ impl Pipeline {
                 tls_library: Some("openssl".to_owned()).filter(|_| meta.source == 1),
                 pid: Some(meta.tgid),
                 comm: Some(comm_str(&meta.comm)),
-                exe: info.exe,
-                container_id: info.container_id,
                 end_user: parsed.end_user,
                 ..Default::default()
             };
+            self.attribution
+                .fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
             for s in &mut self.sinks {

@@ -12,6 +12,7 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokentap_event::PriceTable;
 
+use crate::attribution::keys::KeyHasher;
 use crate::config::Settings;
 use crate::discovery::{Discovery, Target};
 use crate::pipeline::{monotonic_ns, Clock, Pipeline, PipelineConfig, ProcessEvent};
@@ -58,6 +59,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             rules: Rules::new(&settings.provider_hosts),
             prices,
             proc_root: "/proc".into(),
+            attribution: settings.attribution.clone(),
+            keys: Some(KeyHasher::load_or_create(&settings.key_secret_file)),
         },
         outputs,
         stats.clone(),

@@ -49,6 +49,11 @@ pub struct LlmCall {
     pub service: Option<String>,
     pub end_user: Option<String>,
     pub api_key_id: Option<String>,
+    /// Product feature, from a configured request header.
+    pub feature: Option<String>,
+    /// Configured labels (e.g. `team`, `cost-center`) copied from the process's
+    /// OpenTelemetry resource attributes.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl LlmCall {
@@ -136,6 +141,8 @@ mod tests {
             "service",
             "end_user",
             "api_key_id",
+            "feature",
+            "labels",
         ] {
             assert!(obj.contains_key(f), "missing field {f}");
         }

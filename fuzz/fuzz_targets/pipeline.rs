@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
         rules: tokentap_agent::providers::Rules::default(),
         prices: tokentap_event::PriceTable::empty(),
         proc_root: "/nonexistent".into(),
+        attribution: Default::default(),
+        keys: None,
     };
     let mut p = Pipeline::new(
         cfg,

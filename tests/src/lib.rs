@@ -254,6 +254,8 @@ impl Agent {
             .arg(&stats)
             .arg("--ready-file")
             .arg(&ready)
+            .arg("--key-secret-file")
+            .arg(dir.join("key-secret"))
             .args(extra)
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&stderr).expect("agent log"))

@@ -44,6 +44,8 @@ enum Cmd {
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
     },
+    /// Benchmarks (criterion): per-call costs on the agent's hot path.
+    Bench,
     /// Run every parser fuzz target (fuzz/) for a bounded time each.
     Fuzz {
         /// Seconds per target.
@@ -106,6 +108,10 @@ fn main() -> Result<()> {
             prereq::test_tools(&root)?;
             let bin = build_agent(false)?;
             demo::run(&root.join(out), &bin)?;
+        }
+        Cmd::Bench => {
+            prereq::build_tools()?;
+            run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
         Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,

@@ -1,22 +1,75 @@
-//! Who made a call: process (pid, comm, exe) and container (id from the cgroup
-//! path). Read from /proc once per process, when its first connection appears
-//! (the process may be gone by the time its response completes), and forgotten
-//! when it exits. Bounded.
+//! Who made a call: process (pid, comm, exe), container (id from the cgroup
+//! path), service and labels, end user, feature, and a fingerprint of the API
+//! key. Per-process facts are read from /proc once, when the process's first
+//! connection appears (it may be gone by the time its response completes), then
+//! served from a bounded cache with no syscalls; a process's entry goes when it
+//! exits.
+//!
+//! `service` is resolved in this order (first found wins): `OTEL_SERVICE_NAME` or
+//! the `service.name` resource attribute of the process, its systemd unit (without
+//! `.service`), its executable's file name. (Kubernetes labels and workload names
+//! slot in ahead of these once pod metadata is watched.)
+pub mod cgroups;
 pub mod container;
+pub mod keys;
+pub mod process;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use tokentap_event::LlmCall;
+
+use crate::http::h1::Head;
+
+/// What is known about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub exe: Option<String>,
     pub container_id: Option<String>,
+    pub systemd_unit: Option<String>,
+    /// OpenTelemetry service name from the environment.
+    pub otel_service: Option<String>,
+    /// OpenTelemetry resource attributes from the environment.
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+impl ProcessInfo {
+    /// The `service` of this process's calls, and where it came from.
+    pub fn service(&self) -> Option<(String, &'static str)> {
+        if let Some(s) = &self.otel_service {
+            return Some((s.clone(), "otel"));
+        }
+        if let Some(u) = &self.systemd_unit {
+            return Some((u.trim_end_matches(".service").to_owned(), "systemd"));
+        }
+        let exe = self.exe.as_deref()?;
+        let name = exe
+            .rsplit('/')
+            .next()
+            .unwrap_or(exe)
+            .trim_end_matches(" (deleted)");
+        (!name.is_empty()).then(|| (name.to_owned(), "exe"))
+    }
+}
+
+/// Attribution settings (`[attribution]` in the config file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttributionConfig {
+    /// Request header naming the end user (wins over the body's user fields).
+    pub end_user_header: Option<String>,
+    /// Request header naming the product feature.
+    pub feature_header: Option<String>,
+    /// Resource attributes / labels copied into the record's `labels`.
+    pub labels: Vec<String>,
 }
 
 pub struct Attributor {
     proc_root: PathBuf,
     cache: HashMap<u32, ProcessInfo>,
     max: usize,
+    cfg: AttributionConfig,
+    keys: Option<keys::KeyHasher>,
+    cgroups: cgroups::CgroupPaths,
 }
 
 impl Attributor {
@@ -25,11 +78,20 @@ impl Attributor {
             proc_root: proc_root.into(),
             cache: HashMap::new(),
             max: max.max(1),
+            cfg: AttributionConfig::default(),
+            keys: None,
+            cgroups: cgroups::CgroupPaths::discover(),
         }
     }
 
-    /// Learn about `tgid` now if not known yet.
-    pub fn observe(&mut self, tgid: u32) {
+    pub fn with_config(mut self, cfg: AttributionConfig, keys: Option<keys::KeyHasher>) -> Self {
+        self.cfg = cfg;
+        self.keys = keys;
+        self
+    }
+
+    /// Learn about `tgid` now if not known yet (`cgroup_id` from the kernel).
+    pub fn observe(&mut self, tgid: u32, cgroup_id: u64) {
         if self.cache.contains_key(&tgid) {
             return;
         }
@@ -38,12 +100,12 @@ impl Attributor {
             // rather than grow; entries are re-read on next sight.
             self.cache.clear();
         }
-        let info = self.read(tgid);
+        let info = self.read(tgid, cgroup_id);
         self.cache.insert(tgid, info);
     }
 
-    pub fn get(&mut self, tgid: u32) -> ProcessInfo {
-        self.observe(tgid);
+    pub fn get(&mut self, tgid: u32, cgroup_id: u64) -> ProcessInfo {
+        self.observe(tgid, cgroup_id);
         self.cache.get(&tgid).cloned().unwrap_or_default()
     }
 
@@ -51,15 +113,76 @@ impl Attributor {
         self.cache.remove(&tgid);
     }
 
-    fn read(&self, tgid: u32) -> ProcessInfo {
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Fill the record's who-fields from the process and the request head.
+    pub fn fill(&mut self, record: &mut LlmCall, tgid: u32, cgroup_id: u64, request: &Head) {
+        let info = self.get(tgid, cgroup_id);
+        if let Some((service, _)) = info.service() {
+            record.service = Some(service);
+        }
+        for l in &self.cfg.labels {
+            if let Some(v) = info.resource_attributes.get(l) {
+                record.labels.insert(l.clone(), v.clone());
+            }
+        }
+        record.exe = info.exe;
+        record.container_id = info.container_id;
+        if let Some(v) = self
+            .cfg
+            .end_user_header
+            .as_deref()
+            .and_then(|h| request.header(h))
+        {
+            record.end_user = Some(v.to_owned());
+        }
+        if let Some(v) = self
+            .cfg
+            .feature_header
+            .as_deref()
+            .and_then(|h| request.header(h))
+        {
+            record.feature = Some(v.to_owned());
+        }
+        if let Some(k) = &self.keys {
+            record.api_key_id = k.key_id(request);
+        }
+    }
+
+    fn read(&mut self, tgid: u32, cgroup_id: u64) -> ProcessInfo {
         let dir = self.proc_root.join(tgid.to_string());
         let exe = std::fs::read_link(dir.join("exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        let container_id = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|s| container::container_id_from_proc_cgroup(&s));
-        ProcessInfo { exe, container_id }
+        let proc_cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
+        // The kernel's cgroup id names the cgroup even if /proc is unreadable.
+        let v2_path = self.cgroups.path_of(cgroup_id).or_else(|| {
+            proc_cgroup
+                .as_deref()
+                .and_then(process::cgroup_v2_path)
+                .map(str::to_owned)
+        });
+        let container_id = v2_path
+            .as_deref()
+            .and_then(container::container_id_from_path)
+            .or_else(|| {
+                proc_cgroup
+                    .as_deref()
+                    .and_then(container::container_id_from_proc_cgroup)
+            });
+        let systemd_unit = v2_path.as_deref().and_then(process::systemd_unit);
+        let env = std::fs::read(dir.join("environ"))
+            .map(|e| process::otel_env(&e))
+            .unwrap_or_default();
+        ProcessInfo {
+            exe,
+            container_id,
+            systemd_unit,
+            otel_service: process::otel_service(&env),
+            resource_attributes: process::resource_attributes(&env),
+        }
     }
 }
 
@@ -71,15 +194,96 @@ mod tests {
     fn reads_this_process() {
         let mut a = Attributor::new("/proc", 4);
         let me = std::process::id();
-        let info = a.get(me);
+        let info = a.get(me, 0);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.exe.as_deref(), Some(exe.to_str().unwrap()));
         // Bounded: more processes than the cap never grows the cache past it.
         for pid in 1..20 {
-            a.observe(pid);
+            a.observe(pid, 0);
         }
-        assert!(a.cache.len() <= 4);
+        assert!(a.cached() <= 4);
         a.forget(me);
         assert!(!a.cache.contains_key(&me));
+    }
+
+    #[test]
+    fn cached_processes_need_no_proc_reads() {
+        // A fake /proc that disappears after the first sight of the process:
+        // everything later is served from the cache.
+        let fake = std::env::temp_dir().join(format!("tt-attr-{}", std::process::id()));
+        let dir = fake.join("42");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("environ"), b"OTEL_SERVICE_NAME=cached-svc\0").unwrap();
+        std::fs::write(
+            dir.join("cgroup"),
+            format!("0::/system.slice/docker-{}.scope\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let mut a = Attributor::new(&fake, 16);
+        a.observe(42, 0);
+        std::fs::remove_dir_all(&fake).unwrap();
+        let mut r = LlmCall::default();
+        a.fill(&mut r, 42, 0, &Head::default());
+        assert_eq!(r.service.as_deref(), Some("cached-svc"));
+        assert_eq!(r.container_id, Some("ab".repeat(32)));
+    }
+
+    #[test]
+    fn service_resolution_order() {
+        let exe = ProcessInfo {
+            exe: Some("/usr/bin/python3.11".into()),
+            ..Default::default()
+        };
+        assert_eq!(exe.service(), Some(("python3.11".into(), "exe")));
+        let unit = ProcessInfo {
+            systemd_unit: Some("llm-worker.service".into()),
+            ..exe.clone()
+        };
+        assert_eq!(unit.service(), Some(("llm-worker".into(), "systemd")));
+        let otel = ProcessInfo {
+            otel_service: Some("checkout".into()),
+            ..unit.clone()
+        };
+        assert_eq!(otel.service(), Some(("checkout".into(), "otel")));
+        assert_eq!(ProcessInfo::default().service(), None);
+    }
+
+    #[test]
+    fn fill_uses_headers_labels_and_keys() {
+        let mut a = Attributor::new("/nonexistent", 4).with_config(
+            AttributionConfig {
+                end_user_header: Some("x-end-user".into()),
+                feature_header: Some("x-feature".into()),
+                labels: vec!["team".into()],
+            },
+            Some(keys::KeyHasher::with_secret(b"0123456789abcdef")),
+        );
+        a.cache.insert(
+            7,
+            ProcessInfo {
+                otel_service: Some("search".into()),
+                resource_attributes: [("team".to_string(), "discovery".to_string())].into(),
+                ..Default::default()
+            },
+        );
+        let head = Head {
+            headers: vec![
+                ("x-end-user".into(), b"alice".to_vec()),
+                ("x-feature".into(), b"summarize".to_vec()),
+                ("authorization".into(), b"Bearer sk-abc".to_vec()),
+            ],
+            ..Default::default()
+        };
+        let mut r = LlmCall {
+            end_user: Some("from-body".into()),
+            ..Default::default()
+        };
+        a.fill(&mut r, 7, 0, &head);
+        assert_eq!(r.service.as_deref(), Some("search"));
+        assert_eq!(r.end_user.as_deref(), Some("alice"));
+        assert_eq!(r.feature.as_deref(), Some("summarize"));
+        assert_eq!(r.labels.get("team").map(String::as_str), Some("discovery"));
+        assert!(r.api_key_id.as_deref().is_some_and(|k| k.starts_with("k_")));
+        assert!(!serde_json::to_string(&r).unwrap().contains("sk-abc"));
     }
 }

@@ -1,0 +1,259 @@
+//! Attribution end to end: clients started by the test inside new cgroups named
+//! the way docker, containerd and CRI-O name theirs (v2, and v1 where mounted),
+//! in new mount and pid namespaces, with OpenTelemetry environment variables and
+//! attribution headers. Real probes, real TLS. Needs root.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+
+/// A cgroup directory made for one test; the directories it created are removed
+/// when dropped (deepest first).
+struct Cgroup(PathBuf, Vec<PathBuf>);
+
+impl Cgroup {
+    fn create(path: PathBuf) -> Self {
+        let mut created = Vec::new();
+        let mut cur = PathBuf::new();
+        for c in path.components() {
+            cur.push(c);
+            if !cur.exists() {
+                std::fs::create_dir(&cur)
+                    .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", cur.display()));
+                created.push(cur.clone());
+            }
+        }
+        Self(path, created)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for d in self.1.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("no cgroup2 mount: the attribution tests need cgroup v2 (unified or hybrid)")
+}
+
+fn hex_id(seed: u32) -> String {
+    format!("{:08x}", seed).repeat(8)
+}
+
+/// Run `program args` inside `cgroup` (moved there before exec; pid kept).
+fn in_cgroup(cgroup: &Path, program: &str, args: &[String]) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+        .arg(cgroup.join("cgroup.procs"))
+        .arg(program)
+        .args(args);
+    c
+}
+
+fn curl_args(env_certs: &Certs, url: &str, headers: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["-sS", "--fail", "-o", "/dev/null", "--cacert"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.push(env_certs.ca.display().to_string());
+    for h in headers {
+        a.push("-H".into());
+        a.push(h.to_string());
+    }
+    a.push(url.into());
+    a.push("-d".into());
+    a.push(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#.into());
+    a
+}
+
+fn records_where(agent: &Agent, f: impl Fn(&Value) -> bool) -> Vec<Value> {
+    agent.records().into_iter().filter(|r| f(r)).collect()
+}
+
+#[test]
+fn container_ids_from_runtime_cgroup_layouts() {
+    let _g = serial();
+    require_root();
+    require_tool("curl");
+    let dir = scratch("attr-cgroups");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let mut agent = Agent::start(&dir, &[]);
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
+    let root = cgroup2_root();
+    let pid = std::process::id();
+    let layouts = [
+        ("docker", format!("tokentap-test-{pid}.slice/docker-{}.scope", hex_id(pid))),
+        (
+            "containerd",
+            format!(
+                "tokentap-test-{pid}-kubepods.slice/kubepods-burstable-pod1.slice/cri-containerd-{}.scope",
+                hex_id(pid + 1)
+            ),
+        ),
+        ("crio", format!("tokentap-test-{pid}-crio.slice/crio-{}.scope", hex_id(pid + 2))),
+        ("podman", format!("tokentap-test-{pid}-machine.slice/libpod-{}.scope", hex_id(pid + 3))),
+    ];
+    for (i, (runtime, rel)) in layouts.iter().enumerate() {
+        let cg = Cgroup::create(root.join(rel));
+        let want = hex_id(pid + i as u32);
+        let (client, _) = run_client(in_cgroup(&cg.0, "curl", &curl_args(&certs, &url, &[])));
+        let recs = agent.wait_records(&[client], 1);
+        assert_eq!(
+            recs[0]["container_id"],
+            want.as_str(),
+            "{runtime}: {}",
+            recs[0]
+        );
+        assert_eq!(recs[0]["comm"], "curl");
+    }
+
+    // A new pid namespace too (the agent still sees host pids): found by container id.
+    let id = hex_id(pid + 9);
+    let cg =
+        Cgroup::create(root.join(format!("tokentap-test-{pid}-pidns.slice/docker-{id}.scope")));
+    let mut args = vec![
+        "--pid".to_string(),
+        "--fork".into(),
+        "--mount-proc".into(),
+        "curl".into(),
+    ];
+    args.extend(curl_args(&certs, &url, &[]));
+    run_client(in_cgroup(&cg.0, "unshare", &args));
+    let recs = wait_for(
+        "a record from the pid namespace",
+        std::time::Duration::from_secs(30),
+        || {
+            let r = records_where(&agent, |r| r["container_id"] == id.as_str());
+            (!r.is_empty()).then_some(r)
+        },
+    );
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["comm"], "curl");
+    assert_ne!(recs[0]["pid"], 1, "pids are the host's");
+
+    // cgroup v1 docker layout (hybrid hosts): the id comes from the v1 line.
+    let v1 = PathBuf::from("/sys/fs/cgroup/memory");
+    assert!(
+        v1.exists(),
+        "this test expects the v1 memory hierarchy of a hybrid host at {}",
+        v1.display()
+    );
+    let id1 = hex_id(pid + 20);
+    let cg1 = Cgroup::create(v1.join(format!("tokentap-test-{pid}/docker/{id1}")));
+    let (client, _) = run_client(in_cgroup(&cg1.0, "curl", &curl_args(&certs, &url, &[])));
+    let recs = agent.wait_records(&[client], 1);
+    assert_eq!(recs[0]["container_id"], id1.as_str(), "{}", recs[0]);
+
+    // A plain host process has no container.
+    let mut c = Command::new("curl");
+    c.args(curl_args(&certs, &url, &[]));
+    let (host, _) = run_client(c);
+    assert!(agent.wait_records(&[host], 1)[0]["container_id"].is_null());
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn service_labels_end_user_feature_and_key_ids() {
+    let _g = serial();
+    require_root();
+    require_tool("curl");
+    let dir = scratch("attr-service");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let mut agent = Agent::start(
+        &dir,
+        &[
+            "--label",
+            "team",
+            "--end-user-header",
+            "x-end-user",
+            "--feature-header",
+            "x-feature",
+        ],
+    );
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
+
+    // OTEL_SERVICE_NAME and resource attributes of the Python SDK process.
+    let mut py = py_client(
+        &dir,
+        &certs,
+        &format!("https://api.openai.com:{}/v1", server.port),
+        &format!("https://api.anthropic.com:{}", server.port),
+        "chat",
+    );
+    py.env("OTEL_SERVICE_NAME", "checkout-api")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "team=payments,env=prod");
+    let (p, _) = run_client(py);
+    let r = &agent.wait_records(&[p], 1)[0];
+    assert_eq!(r["service"], "checkout-api", "{r}");
+    assert_eq!(r["labels"]["team"], "payments", "{r}");
+    assert!(
+        r["labels"].get("env").is_none(),
+        "only configured labels are copied: {r}"
+    );
+
+    // A systemd-style unit cgroup names the service when OTel does not.
+    let root = cgroup2_root();
+    let cg = Cgroup::create(root.join(format!(
+        "tokentap-test-{}.slice/llm-worker.service",
+        std::process::id()
+    )));
+    let (p, _) = run_client(in_cgroup(&cg.0, "curl", &curl_args(&certs, &url, &[])));
+    let r = &agent.wait_records(&[p], 1)[0];
+    assert_eq!(r["service"], "llm-worker", "{r}");
+
+    // Otherwise the executable's name.
+    let key_a = format!("Authorization: Bearer {SECRET_KEY}");
+    let key_b = "Authorization: Bearer sk-other-key-123";
+    let headers = [
+        "x-end-user: alice@example.com",
+        "x-feature: summarize",
+        key_a.as_str(),
+    ];
+    let mut pids = Vec::new();
+    for h in [&headers[..], &headers[..], &[key_b][..]] {
+        let mut c = Command::new("curl");
+        c.args(curl_args(&certs, &url, h));
+        pids.push(run_client(c).0);
+    }
+    let recs: Vec<Value> = pids
+        .iter()
+        .map(|p| agent.wait_records(&[*p], 1).remove(0))
+        .collect();
+    assert_eq!(recs[0]["service"], "curl");
+    assert_eq!(recs[0]["end_user"], "alice@example.com");
+    assert_eq!(recs[0]["feature"], "summarize");
+    assert!(recs[2]["feature"].is_null());
+    let ids: Vec<&str> = recs
+        .iter()
+        .map(|r| r["api_key_id"].as_str().expect("api_key_id"))
+        .collect();
+    assert_eq!(ids[0], ids[1], "same key, same id");
+    assert_ne!(ids[0], ids[2], "other key, other id");
+    assert!(agent.stop().success());
+    let out = agent.all_output();
+    assert!(
+        !out.contains(SECRET_KEY) && !out.contains("sk-other-key-123"),
+        "a key leaked"
+    );
+    // The secret behind the ids is private to the installation.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("key-secret"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
