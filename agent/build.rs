@@ -39,33 +39,21 @@ fn build() -> Result<(), String> {
     let toolchain = if has_nightly { "nightly" } else { "stable" };
     let target_dir = out_dir.join("ebpf-target");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
-    let rustflags =
-        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf");
+    let rustflags = format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf");
     let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        toolchain,
-        "cargo",
-        "build",
-        "--package",
-        "tokentap-agent-ebpf",
-        "--bins",
-        "--release",
-    ])
-    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-    .arg("--target-dir")
-    .arg(&target_dir)
-    .current_dir(&root)
-    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-    .env_remove("RUSTC")
-    .env_remove("RUSTC_WORKSPACE_WRAPPER")
-    .env_remove("CARGO_TARGET_DIR");
+    cmd.args(["run", toolchain, "cargo", "build", "--package", "tokentap-agent-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(&root)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR");
     if !has_nightly {
         cmd.env("RUSTC_BOOTSTRAP", "1");
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run rustup to build the eBPF object: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("cannot run rustup to build the eBPF object: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "building the eBPF object failed ({toolchain} toolchain). Run `cargo xtask build` to install \
@@ -75,11 +63,7 @@ fn build() -> Result<(), String> {
     }
     let built = target_dir.join("bpfel-unknown-none/release/tokentap-agent-ebpf");
     std::fs::copy(&built, &object).map_err(|e| format!("copy {}: {e}", built.display()))?;
-    let how = if has_nightly {
-        "nightly"
-    } else {
-        "stable with RUSTC_BOOTSTRAP=1"
-    };
+    let how = if has_nightly { "nightly" } else { "stable with RUSTC_BOOTSTRAP=1" };
     println!("cargo:rustc-env=TOKENTAP_EBPF_TOOLCHAIN={how}");
     Ok(())
 }

@@ -192,12 +192,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in [
-            EventKind::Data,
-            EventKind::ConnClosed,
-            EventKind::Exec,
-            EventKind::Exit,
-        ] {
+        for k in [EventKind::Data, EventKind::ConnClosed, EventKind::Exec, EventKind::Exit] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

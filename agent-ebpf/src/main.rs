@@ -14,18 +14,15 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_loop, bpf_probe_read_user as raw_probe_read_user,
-        },
+        generated::{bpf_get_current_cgroup_id, bpf_loop, bpf_probe_read_user as raw_probe_read_user},
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tokentap_agent_common::{
-    CallArgs, CallKind, ControlEvent, DataEvent, EventKind, LossCounter, Source, CHUNK_SIZE,
-    DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED,
-    LOSS_COUNTERS, MAX_CHUNKS, SCRATCH_SLOTS,
+    CallArgs, CallKind, ControlEvent, DataEvent, EventKind, LossCounter, Source, CHUNK_SIZE, DATA_HEADER_LEN,
+    DIR_EGRESS, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED, LOSS_COUNTERS, MAX_CHUNKS, SCRATCH_SLOTS,
 };
 
 /// Size is set by the loader (`--ring-buffer-bytes`); this is the default.
@@ -70,28 +67,14 @@ fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     // `int num` for SSL_write/SSL_read, `size_t num` for the _ex variants.
-    let num: u64 = if has_len_ptr {
-        ctx.arg(2).unwrap_or(0)
-    } else {
-        ctx.arg::<u64>(2).unwrap_or(0) as u32 as i32 as i64 as u64
-    };
-    let len_ptr: u64 = if has_len_ptr {
-        ctx.arg(3).unwrap_or(0)
-    } else {
-        0
-    };
+    let num: u64 =
+        if has_len_ptr { ctx.arg(2).unwrap_or(0) } else { ctx.arg::<u64>(2).unwrap_or(0) as u32 as i32 as i64 as u64 };
+    let len_ptr: u64 = if has_len_ptr { ctx.arg(3).unwrap_or(0) } else { 0 };
     let key = bpf_get_current_pid_tgid();
     // The latest call wins: a stale entry (a return probe that never fired) must
     // not block the thread, and when one entry point calls another (BoringSSL's
     // SSL_write_ex -> SSL_write) the inner call emits and the outer finds nothing.
-    let args = CallArgs {
-        ssl,
-        buf,
-        len_ptr,
-        num,
-        call: call as u32,
-        _pad: 0,
-    };
+    let args = CallArgs { ssl, buf, len_ptr, num, call: call as u32, _pad: 0 };
     if ACTIVE_CALLS.insert(key, args, 0).is_err() {
         count_loss(LossCounter::ArgsMapFull, 1);
     }
@@ -173,29 +156,14 @@ fn copy_chunks(pid_tgid: u64, args: &CallArgs, direction: u32, len: u64, slot: u
     h.conn = args.ssl;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.call_len = len;
-    let key = SslKey {
-        tgid: pid_tgid >> 32,
-        ssl: args.ssl,
-    };
+    let key = SslKey { tgid: pid_tgid >> 32, ssl: args.ssl };
     h.fd = unsafe { SSL_FDS.get(key) }.copied().unwrap_or(-1);
     h.source = Source::OpenSsl as u32;
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let mut ctx = CopyCtx {
-        buf: args.buf,
-        len,
-        slot,
-        _pad: 0,
-    };
+    let mut ctx = CopyCtx { buf: args.buf, len, slot, _pad: 0 };
     // bpf_loop (5.17+) lets the verifier check the body once, however many
     // chunks a call needs; an unrolled bounded loop exceeds its budget.
-    unsafe {
-        bpf_loop(
-            MAX_CHUNKS,
-            copy_one_chunk as *mut core::ffi::c_void,
-            (&mut ctx as *mut CopyCtx).cast(),
-            0,
-        )
-    };
+    unsafe { bpf_loop(MAX_CHUNKS, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut CopyCtx).cast(), 0) };
 }
 
 /// `bpf_loop` callback: copy chunk `index`; returns 1 to stop.
@@ -215,11 +183,7 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     let limit = (CHUNK_SIZE as u64) * (MAX_CHUNKS as u64);
     let remaining = len - offset;
-    let mut n = if remaining > CHUNK_SIZE as u64 {
-        CHUNK_SIZE as u64
-    } else {
-        remaining
-    };
+    let mut n = if remaining > CHUNK_SIZE as u64 { CHUNK_SIZE as u64 } else { remaining };
     // Keep the verifier sure that n is within the scratch buffer.
     n &= (2 * CHUNK_SIZE as u64) - 1;
     if n > CHUNK_SIZE as u64 {
@@ -242,8 +206,7 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     ev.header.flags = flags;
     let total = DATA_HEADER_LEN + n as usize;
     // SAFETY: `total` <= size_of::<DataEvent>() and `ev` is a live map value.
-    let bytes =
-        unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
+    let bytes = unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_loss(LossCounter::RingFull, 1);
     }
@@ -323,10 +286,7 @@ pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     if ssl != 0 {
-        let _ = SSL_FDS.remove(SslKey {
-            tgid: bpf_get_current_pid_tgid() >> 32,
-            ssl,
-        });
+        let _ = SSL_FDS.remove(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl });
         emit_control(EventKind::ConnClosed, ssl);
     }
     0
@@ -339,14 +299,7 @@ pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as u32 as i32;
     if ssl != 0 && fd >= 0 {
-        let _ = SSL_FDS.insert(
-            SslKey {
-                tgid: bpf_get_current_pid_tgid() >> 32,
-                ssl,
-            },
-            fd,
-            0,
-        );
+        let _ = SSL_FDS.insert(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl }, fd, 0);
     }
     0
 }

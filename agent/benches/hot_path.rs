@@ -11,9 +11,7 @@ use tokentap_agent::http::h1::Head;
 use tokentap_agent::pipeline::{Clock, Pipeline, PipelineConfig};
 use tokentap_agent::sinks::Sink;
 use tokentap_agent::stats::Stats;
-use tokentap_agent_common::{
-    DataHeader, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, FLAG_LAST,
-};
+use tokentap_agent_common::{DataHeader, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, FLAG_LAST};
 use tokentap_event::LlmCall;
 
 fn attribution(c: &mut Criterion) {
@@ -59,10 +57,7 @@ fn record(conn: u64, dir: u32, data: &[u8]) -> Vec<u8> {
         comm: [0; 16],
     };
     // SAFETY: plain-old-data to bytes.
-    let mut v = unsafe {
-        std::slice::from_raw_parts((&h as *const DataHeader).cast::<u8>(), DATA_HEADER_LEN)
-    }
-    .to_vec();
+    let mut v = unsafe { std::slice::from_raw_parts((&h as *const DataHeader).cast::<u8>(), DATA_HEADER_LEN) }.to_vec();
     v.extend_from_slice(data);
     v
 }
@@ -70,21 +65,18 @@ fn record(conn: u64, dir: u32, data: &[u8]) -> Vec<u8> {
 fn pipeline(c: &mut Criterion) {
     // A 2 KB request and an 8 KB response, as in the overhead target.
     let prompt = "x".repeat(1900);
-    let body =
-        format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{prompt}"}}]}}"#);
-    let req = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let body = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{prompt}"}}]}}"#);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let answer = "y".repeat(7800);
     let rbody = format!(
         r#"{{"id":"chatcmpl-1","model":"gpt-4o-mini-2024-07-18","choices":[{{"message":{{"content":"{answer}"}}}}],"usage":{{"prompt_tokens":500,"completion_tokens":1900}}}}"#
     );
-    let resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{rbody}",
-        rbody.len()
-    );
-    let (rq, rs) = (
-        record(1, DIR_EGRESS, req.as_bytes()),
-        record(1, DIR_INGRESS, resp.as_bytes()),
-    );
+    let resp =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{rbody}", rbody.len());
+    let (rq, rs) = (record(1, DIR_EGRESS, req.as_bytes()), record(1, DIR_INGRESS, resp.as_bytes()));
     let mut p = Pipeline::new(
         PipelineConfig::default(),
         vec![Box::new(Null)],

@@ -75,6 +75,26 @@ pub struct Cli {
     /// (repeatable, e.g. `--label team --label cost-center`).
     #[arg(long = "label", value_name = "KEY")]
     pub labels: Vec<String>,
+    /// Attach Kubernetes pod metadata (pod, namespace, workload, labels) to
+    /// records. On by default when running in a pod (service account present).
+    #[arg(long, conflicts_with = "no_kubernetes")]
+    pub kubernetes: bool,
+    /// Never contact the Kubernetes API, even in a pod.
+    #[arg(long)]
+    pub no_kubernetes: bool,
+    /// Kubernetes API server URL. Default: in-cluster (`KUBERNETES_SERVICE_HOST`).
+    #[arg(long, value_name = "URL")]
+    pub kube_api_url: Option<String>,
+    /// Bearer token file for the API server. Default: the pod's service account token.
+    #[arg(long, value_name = "PATH")]
+    pub kube_token_file: Option<PathBuf>,
+    /// CA certificate(s) of the API server. Default: the service account's ca.crt.
+    #[arg(long, value_name = "PATH")]
+    pub kube_ca_file: Option<PathBuf>,
+    /// This node's name (pods are watched with `spec.nodeName=NAME`). Default:
+    /// `NODE_NAME`, else the host name.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Secret for `api_key_id` fingerprints, created (mode 0600) if missing.
     /// Default: /var/lib/tokentap/key-secret.
     #[arg(long, value_name = "PATH")]
@@ -108,6 +128,8 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AttributionFile {
+    /// Pod annotation or label naming the service (default `tokentap.io/service`).
+    pub service_label: Option<String>,
     pub end_user_header: Option<String>,
     pub feature_header: Option<String>,
     #[serde(default)]
@@ -126,20 +148,13 @@ pub struct ProvidersConfig {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("config file {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: crate::sinks::BadOutput,
-    },
+    Output { path: PathBuf, source: crate::sinks::BadOutput },
+    #[error("--kubernetes: not running in a pod (no service account); give --kube-api-url, --kube-token-file and --kube-ca-file")]
+    NoKubernetes,
 }
 
 /// Effective settings.
@@ -160,17 +175,12 @@ pub struct Settings {
     pub provider_hosts: BTreeMap<String, String>,
     pub attribution: crate::attribution::AttributionConfig,
     pub key_secret_file: PathBuf,
+    pub kubernetes: Option<crate::attribution::kubernetes::KubeConfig>,
 }
 
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.into(),
-        source,
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
 }
 
 impl Settings {
@@ -183,19 +193,13 @@ impl Settings {
         let mut outputs = cli.outputs.clone();
         if outputs.is_empty() {
             for o in &file.output {
-                outputs.push(o.parse().map_err(|source| ConfigError::Output {
-                    path: file_path.clone(),
-                    source,
-                })?);
+                outputs.push(o.parse().map_err(|source| ConfigError::Output { path: file_path.clone(), source })?);
             }
         }
         if outputs.is_empty() {
             outputs.push(OutputSpec::Stdout);
         }
-        let mut lib_dirs: Vec<PathBuf> = crate::discovery::DEFAULT_LIB_DIRS
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let mut lib_dirs: Vec<PathBuf> = crate::discovery::DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         lib_dirs.extend(file.lib_dirs.iter().cloned());
         lib_dirs.extend(cli.lib_dirs.iter().cloned());
         Ok(Self {
@@ -204,57 +208,50 @@ impl Settings {
             ready_file: cli.ready_file.clone().or(file.ready_file),
             stats_file: cli.stats_file.clone().or(file.stats_file),
             prices: cli.prices.clone().or(file.prices),
-            ring_buffer_bytes: cli
-                .ring_buffer_bytes
-                .or(file.ring_buffer_bytes)
-                .unwrap_or(16 << 20),
-            max_body_bytes: cli
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(16 << 20),
-            max_connections: cli
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(16384),
-            idle_timeout: Duration::from_secs(
-                cli.idle_timeout_secs
-                    .or(file.idle_timeout_secs)
-                    .unwrap_or(300),
-            ),
+            ring_buffer_bytes: cli.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(16 << 20),
+            max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(16 << 20),
+            max_connections: cli.max_connections.or(file.max_connections).unwrap_or(16384),
+            idle_timeout: Duration::from_secs(cli.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(300)),
             rescan_interval: Duration::from_secs(
-                cli.rescan_interval_secs
-                    .or(file.rescan_interval_secs)
-                    .unwrap_or(10)
-                    .max(1),
+                cli.rescan_interval_secs.or(file.rescan_interval_secs).unwrap_or(10).max(1),
             ),
             lib_dirs,
-            log_level: cli
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
             provider_hosts: file.providers.hosts,
             attribution: crate::attribution::AttributionConfig {
-                end_user_header: cli
-                    .end_user_header
-                    .clone()
-                    .or(file.attribution.end_user_header),
-                feature_header: cli
-                    .feature_header
-                    .clone()
-                    .or(file.attribution.feature_header),
-                labels: if cli.labels.is_empty() {
-                    file.attribution.labels
-                } else {
-                    cli.labels.clone()
-                },
+                service_label: file.attribution.service_label.unwrap_or_else(|| "tokentap.io/service".into()),
+                end_user_header: cli.end_user_header.clone().or(file.attribution.end_user_header),
+                feature_header: cli.feature_header.clone().or(file.attribution.feature_header),
+                labels: if cli.labels.is_empty() { file.attribution.labels } else { cli.labels.clone() },
             },
+            kubernetes: kube_settings(cli)?,
             key_secret_file: cli
                 .key_secret_file
                 .clone()
                 .or(file.attribution.key_secret_file)
                 .unwrap_or_else(|| "/var/lib/tokentap/key-secret".into()),
         })
+    }
+}
+
+fn kube_settings(cli: &Cli) -> Result<Option<crate::attribution::kubernetes::KubeConfig>, ConfigError> {
+    use crate::attribution::kubernetes::{node_name_from_env, KubeConfig};
+    if cli.no_kubernetes {
+        return Ok(None);
+    }
+    if let Some(url) = &cli.kube_api_url {
+        let sa = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount");
+        return Ok(Some(KubeConfig {
+            api_url: url.clone(),
+            token_file: cli.kube_token_file.clone().unwrap_or_else(|| sa.join("token")),
+            ca_file: cli.kube_ca_file.clone().unwrap_or_else(|| sa.join("ca.crt")),
+            node_name: cli.node_name.clone().or_else(node_name_from_env).unwrap_or_default(),
+        }));
+    }
+    match KubeConfig::in_cluster(cli.node_name.clone()) {
+        Some(k) => Ok(Some(k)),
+        None if cli.kubernetes => Err(ConfigError::NoKubernetes),
+        None => Ok(None),
     }
 }
 
@@ -293,33 +290,16 @@ feature_header = "x-feature"
 labels = ["team"]
 "#,
         );
-        let cli = Cli {
-            config: Some(p.clone()),
-            ..Default::default()
-        };
+        let cli = Cli { config: Some(p.clone()), ..Default::default() };
         let s = Settings::resolve(&cli).unwrap();
-        assert_eq!(
-            s.outputs,
-            vec![OutputSpec::Jsonl("/var/log/tokentap.jsonl".into())]
-        );
+        assert_eq!(s.outputs, vec![OutputSpec::Jsonl("/var/log/tokentap.jsonl".into())]);
         assert_eq!(s.duration, Some(Duration::from_secs(60)));
         assert_eq!(s.max_body_bytes, 1024);
-        assert_eq!(
-            s.provider_hosts.get("llm.internal").map(String::as_str),
-            Some("openai")
-        );
+        assert_eq!(s.provider_hosts.get("llm.internal").map(String::as_str), Some("openai"));
         assert_eq!(s.attribution.feature_header.as_deref(), Some("x-feature"));
         assert_eq!(s.attribution.labels, vec!["team".to_string()]);
-        assert_eq!(
-            s.key_secret_file,
-            PathBuf::from("/var/lib/tokentap/key-secret")
-        );
-        let cli = Cli {
-            config: Some(p),
-            duration: Some(5),
-            outputs: vec![OutputSpec::Stdout],
-            ..Default::default()
-        };
+        assert_eq!(s.key_secret_file, PathBuf::from("/var/lib/tokentap/key-secret"));
+        let cli = Cli { config: Some(p), duration: Some(5), outputs: vec![OutputSpec::Stdout], ..Default::default() };
         let s = Settings::resolve(&cli).unwrap();
         assert_eq!(s.duration, Some(Duration::from_secs(5)));
         assert_eq!(s.outputs, vec![OutputSpec::Stdout]);
@@ -332,20 +312,11 @@ labels = ["team"]
             ("type", "duration_secs = \"x\"\n", "invalid type"),
             ("output", "output = [\"kafka:x\"]\n", "unknown output"),
         ] {
-            let cli = Cli {
-                config: Some(write(name, text)),
-                ..Default::default()
-            };
+            let cli = Cli { config: Some(write(name, text)), ..Default::default() };
             let err = Settings::resolve(&cli).unwrap_err().to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
-        let cli = Cli {
-            config: Some("/nonexistent.toml".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            Settings::resolve(&cli),
-            Err(ConfigError::Read { .. })
-        ));
+        let cli = Cli { config: Some("/nonexistent.toml".into()), ..Default::default() };
+        assert!(matches!(Settings::resolve(&cli), Err(ConfigError::Read { .. })));
     }
 }

@@ -63,20 +63,14 @@ pub struct Target {
 #[derive(Debug, Error)]
 pub enum InspectError {
     #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a readable ELF file: {reason}")]
     Elf { path: PathBuf, reason: String },
 }
 
 /// Read `path`'s symbol tables and return the TLS functions it defines.
 pub fn inspect(path: &Path) -> Result<TlsSymbols, InspectError> {
-    let f = File::open(path).map_err(|source| InspectError::Open {
-        path: path.into(),
-        source,
-    })?;
+    let f = File::open(path).map_err(|source| InspectError::Open { path: path.into(), source })?;
     inspect_file(&f, path)
 }
 
@@ -84,18 +78,9 @@ pub fn inspect(path: &Path) -> Result<TlsSymbols, InspectError> {
 pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     // SAFETY: read-only private mapping; a file truncated under us can SIGBUS, which
     // is why only mapped executables and library files are inspected.
-    let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open {
-        path: path.into(),
-        source,
-    })?;
-    let elf = object::File::parse(&*map).map_err(|e| InspectError::Elf {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    let mut s = TlsSymbols {
-        library: "openssl",
-        ..Default::default()
-    };
+    let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open { path: path.into(), source })?;
+    let elf = object::File::parse(&*map).map_err(|e| InspectError::Elf { path: path.into(), reason: e.to_string() })?;
+    let mut s = TlsSymbols { library: "openssl", ..Default::default() };
     read_symbols(&elf, elf.dynamic_symbols(), &mut s);
     // Exported symbols are enough for shared libraries and binaries like node;
     // the (much larger) full symbol table only when they were not.
@@ -105,11 +90,7 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     Ok(s)
 }
 
-fn read_symbols<'d>(
-    elf: &object::File<'d>,
-    symbols: impl Iterator<Item = object::Symbol<'d, 'd>>,
-    s: &mut TlsSymbols,
-) {
+fn read_symbols<'d>(elf: &object::File<'d>, symbols: impl Iterator<Item = object::Symbol<'d, 'd>>, s: &mut TlsSymbols) {
     for sym in symbols {
         let Ok(name) = sym.name() else { continue };
         if name == "BORINGSSL_self_test" {
@@ -175,8 +156,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         let Some((maj, min)) = dev.split_once(':') else {
             continue;
         };
-        let (Ok(maj), Ok(min)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16))
-        else {
+        let (Ok(maj), Ok(min)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16)) else {
             continue;
         };
         if inode == 0 {
@@ -256,12 +236,9 @@ impl Discovery {
             }
         };
         match inspect_file(&file, &path) {
-            Ok(symbols) if symbols.is_target() => out.push(Target {
-                path,
-                file: std::sync::Arc::new(file),
-                key,
-                symbols,
-            }),
+            Ok(symbols) if symbols.is_target() => {
+                out.push(Target { path, file: std::sync::Arc::new(file), key, symbols })
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "skipping file"),
         }
@@ -282,9 +259,7 @@ impl Discovery {
             // inode so a replaced file is not mistaken for the mapped one.
             let path = dir.join("root").join(m.path.trim_start_matches('/'));
             match std::fs::metadata(&path) {
-                Ok(md) if md.ino() == m.inode => {
-                    self.consider(file_key(m.dev, &md), path, &mut out)
-                }
+                Ok(md) if md.ino() == m.inode => self.consider(file_key(m.dev, &md), path, &mut out),
                 _ => {}
             }
         }
@@ -367,9 +342,7 @@ fn library_files(dir: &Path) -> Vec<PathBuf> {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with("libssl.so")
-                || name.starts_with("ld-linux")
-                || name.starts_with("ld-musl")
+            name.starts_with("libssl.so") || name.starts_with("ld-linux") || name.starts_with("ld-musl")
         })
         .map(|e| e.path())
         .collect()
@@ -402,16 +375,13 @@ garbage line
         let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         let t = d.scan_dirs(&dirs);
         let ssl = t.iter().find(|t| t.symbols.is_tls_library());
-        let ssl =
-            ssl.unwrap_or_else(|| panic!("no libssl.so* in {DEFAULT_LIB_DIRS:?}; install libssl3"));
+        let ssl = ssl.unwrap_or_else(|| panic!("no libssl.so* in {DEFAULT_LIB_DIRS:?}; install libssl3"));
         let s = &ssl.symbols;
         assert!(s.ssl_write.is_some() && s.ssl_read.is_some() && s.ssl_free.is_some());
         assert!(s.ssl_set_fd.is_some() && s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
         assert_eq!(s.library, "openssl");
         // The loader is found too, for its library-load hook.
-        assert!(t
-            .iter()
-            .any(|t| t.symbols.dl_debug_state.is_some() && !t.symbols.is_tls_library()));
+        assert!(t.iter().any(|t| t.symbols.dl_debug_state.is_some() && !t.symbols.is_tls_library()));
         // The same file is not inspected twice.
         assert!(d.scan_dirs(&dirs).is_empty());
     }
@@ -428,10 +398,7 @@ garbage line
         let mut host = Discovery::new("/proc");
         let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         let system = host.scan_dirs(&dirs);
-        let ssl = system
-            .iter()
-            .find(|t| t.symbols.is_tls_library())
-            .expect("system libssl");
+        let ssl = system.iter().find(|t| t.symbols.is_tls_library()).expect("system libssl");
         std::fs::copy(&ssl.path, lib.join("libssl.so.3")).unwrap();
 
         let mut d = Discovery::new(&fake);
@@ -440,24 +407,16 @@ garbage line
         assert_eq!(t[0].path, fake.join("123/root/usr/lib/libssl.so.3"));
         assert!(t[0].symbols.is_tls_library());
         // Same file again: nothing new. A new file at the same path: found.
-        assert!(d
-            .scan_root_libs(123, &[PathBuf::from("/usr/lib")])
-            .is_empty());
+        assert!(d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]).is_empty());
         // (Deleted and copied again: the filesystem may reuse the inode number;
         // the new mtime still tells the files apart.)
         std::fs::remove_file(lib.join("libssl.so.3")).unwrap();
         std::fs::copy(&ssl.path, lib.join("libssl.so.3")).unwrap();
-        let f = std::fs::File::options()
-            .write(true)
-            .open(lib.join("libssl.so.3"))
-            .unwrap();
-        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1))
-            .unwrap();
+        let f = std::fs::File::options().write(true).open(lib.join("libssl.so.3")).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
         assert_eq!(d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]).len(), 1);
         // Our own namespace is left to scan_dirs.
-        assert!(Discovery::new("/proc")
-            .scan_root_libs(std::process::id(), &dirs)
-            .is_empty());
+        assert!(Discovery::new("/proc").scan_root_libs(std::process::id(), &dirs).is_empty());
     }
 
     #[test]
@@ -467,9 +426,6 @@ garbage line
         let f = std::env::temp_dir().join(format!("tt-not-elf-{}", std::process::id()));
         std::fs::write(&f, b"#!/bin/sh\n").unwrap();
         assert!(matches!(inspect(&f), Err(InspectError::Elf { .. })));
-        assert!(matches!(
-            inspect(Path::new("/nonexistent/x")),
-            Err(InspectError::Open { .. })
-        ));
+        assert!(matches!(inspect(Path::new("/nonexistent/x")), Err(InspectError::Open { .. })));
     }
 }

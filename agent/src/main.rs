@@ -13,10 +13,7 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     // Logs go to stderr so that `--output stdout` stays pure JSONL.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match tokentap_agent::run::run(settings) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

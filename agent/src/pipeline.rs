@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, DIR_EGRESS};
 use tokentap_event::{LlmCall, PriceTable};
 
-use crate::attribution::{keys::KeyHasher, AttributionConfig, Attributor};
+use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
 use crate::capture::decode::{comm_str, decode, RawEvent};
 use crate::capture::streams::{ConnKey, ConnMeta, ConnTable, Continuity, Entry};
 use crate::http::exchange::{Exchange, HttpConnection, Ignored, Lost};
@@ -26,6 +26,8 @@ pub struct PipelineConfig {
     pub attribution: AttributionConfig,
     /// Fingerprints credentials into `api_key_id`; none: the field stays null.
     pub keys: Option<KeyHasher>,
+    /// Kubernetes pod metadata by container id, when watched.
+    pub pods: Option<PodIndex>,
 }
 
 impl Default for PipelineConfig {
@@ -39,6 +41,7 @@ impl Default for PipelineConfig {
             proc_root: "/proc".into(),
             attribution: AttributionConfig::default(),
             keys: None,
+            pods: None,
         }
     }
 }
@@ -52,12 +55,9 @@ pub struct Clock {
 impl Clock {
     pub fn system() -> Self {
         let mono = monotonic_ns() as i128;
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        Self {
-            offset_ns: wall - mono,
-        }
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        Self { offset_ns: wall - mono }
     }
 
     pub fn fixed(offset_ns: i128) -> Self {
@@ -70,10 +70,7 @@ impl Clock {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -113,18 +110,10 @@ impl Pipeline {
         exec_tx: Option<Sender<ProcessEvent>>,
     ) -> Self {
         let attribution = Attributor::new(cfg.proc_root.clone(), cfg.max_connections)
-            .with_config(cfg.attribution.clone(), cfg.keys.take());
+            .with_config(cfg.attribution.clone(), cfg.keys.take())
+            .with_pods(cfg.pods.clone());
         let conns = ConnTable::new(cfg.max_connections);
-        Self {
-            cfg,
-            conns,
-            attribution,
-            sinks,
-            stats,
-            clock,
-            exec_tx,
-            exchanges: Vec::new(),
-        }
+        Self { cfg, conns, attribution, sinks, stats, clock, exec_tx, exchanges: Vec::new() }
     }
 
     pub fn connections(&self) -> usize {
@@ -133,10 +122,7 @@ impl Pipeline {
 
     /// Bytes held across all connections.
     pub fn buffered_bytes(&self) -> usize {
-        self.conns
-            .iter()
-            .map(|(_, e)| e.state.http.buffered())
-            .sum()
+        self.conns.iter().map(|(_, e)| e.state.http.buffered()).sum()
     }
 
     /// One ring-buffer record.
@@ -156,10 +142,8 @@ impl Pipeline {
         Stats::add(&self.stats.bytes, data.len() as u64);
         let max_body = self.cfg.max_body_bytes;
         let mut lost = Lost::default();
-        let (entry, continuity, evicted) = self.conns.on_data(h, || Conn {
-            http: HttpConnection::new(max_body),
-            counted_ignore: false,
-        });
+        let (entry, continuity, evicted) =
+            self.conns.on_data(h, || Conn { http: HttpConnection::new(max_body), counted_ignore: false });
         if entry.fresh {
             entry.fresh = false;
             Stats::inc(&self.stats.connections);
@@ -171,15 +155,9 @@ impl Pipeline {
         if continuity == Continuity::Gap {
             conn.http.lose_sync(&mut lost);
         } else if h.direction == DIR_EGRESS {
-            conn.http.on_egress(
-                data,
-                h.ts_ns,
-                &mut |head| rules.classify(head).is_some(),
-                &mut lost,
-            );
+            conn.http.on_egress(data, h.ts_ns, &mut |head| rules.classify(head).is_some(), &mut lost);
         } else {
-            conn.http
-                .on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
+            conn.http.on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
         }
         if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
             conn.counted_ignore = true;
@@ -197,10 +175,7 @@ impl Pipeline {
     fn on_control(&mut self, kind: EventKind, c: &ControlEvent) {
         match kind {
             EventKind::ConnClosed => {
-                if let Some(e) = self.conns.remove(&ConnKey {
-                    tgid: c.tgid,
-                    conn: c.conn,
-                }) {
+                if let Some(e) = self.conns.remove(&ConnKey { tgid: c.tgid, conn: c.conn }) {
                     self.close_entry(e, c.ts_ns);
                 }
             }
@@ -326,16 +301,9 @@ impl Pipeline {
                     .iter()
                     .find_map(|h| resp.head.header(h))
                     .map(str::to_owned),
-                server: req
-                    .head
-                    .header("host")
-                    .map(|h| host_without_port(h).to_owned()),
+                server: req.head.header("host").map(|h| host_without_port(h).to_owned()),
                 // Query strings can carry credentials (`?key=`): never recorded.
-                path: req
-                    .head
-                    .path
-                    .as_deref()
-                    .map(|p| p.split('?').next().unwrap_or(p).to_owned()),
+                path: req.head.path.as_deref().map(|p| p.split('?').next().unwrap_or(p).to_owned()),
                 http_version: Some(format!("1.{}", req.head.minor_version)),
                 tls_library: Some("openssl".to_owned()).filter(|_| meta.source == 1),
                 pid: Some(meta.tgid),
@@ -343,8 +311,7 @@ impl Pipeline {
                 end_user: parsed.end_user,
                 ..Default::default()
             };
-            self.attribution
-                .fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);
+            self.attribution.fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
             for s in &mut self.sinks {
@@ -380,13 +347,8 @@ mod tests {
     fn pipeline() -> (Pipeline, Collect, Arc<Stats>) {
         let c = Collect::default();
         let stats = Arc::new(Stats::default());
-        let p = Pipeline::new(
-            PipelineConfig::default(),
-            vec![Box::new(c.clone())],
-            stats.clone(),
-            Clock::fixed(0),
-            None,
-        );
+        let p =
+            Pipeline::new(PipelineConfig::default(), vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
         (p, c, stats)
     }
 
@@ -394,7 +356,11 @@ mod tests {
 
     fn resp() -> Vec<u8> {
         let body = br#"{"id":"chatcmpl-1","model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1117,"completion_tokens":46,"prompt_tokens_details":{"cached_tokens":1024}}}"#;
-        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: req_abc\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: req_abc\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
         r.extend_from_slice(body);
         r
     }
@@ -414,10 +380,7 @@ mod tests {
     #[test]
     fn one_exchange_one_record_with_cost_and_no_secret() {
         let (mut p, c, stats) = pipeline();
-        assert_eq!(
-            REQ.len() - REQ.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4,
-            68
-        );
+        assert_eq!(REQ.len() - REQ.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4, 68);
         call(&mut p, 1, DIR_EGRESS, REQ, 7);
         call(&mut p, 1, DIR_INGRESS, &resp(), 5);
         let recs = c.0.lock().unwrap().clone();
@@ -447,15 +410,7 @@ mod tests {
         call(&mut p, 1, DIR_EGRESS, REQ, 1000);
         // Response's first chunk missing: second chunk arrives at offset 10.
         let r = resp();
-        p.handle(&data_record(
-            42,
-            1,
-            DIR_INGRESS,
-            10,
-            r.len() as u64,
-            &r[10..],
-            FLAG_LAST,
-        ));
+        p.handle(&data_record(42, 1, DIR_INGRESS, 10, r.len() as u64, &r[10..], FLAG_LAST));
         assert!(c.0.lock().unwrap().is_empty());
         let s = stats.snapshot();
         assert_eq!(s.dropped_unanswered, 1);
@@ -480,10 +435,7 @@ mod tests {
         };
         // SAFETY: plain-old-data to bytes.
         let raw = unsafe {
-            std::slice::from_raw_parts(
-                (&exit as *const ControlEvent).cast::<u8>(),
-                std::mem::size_of::<ControlEvent>(),
-            )
+            std::slice::from_raw_parts((&exit as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
         };
         p.handle(raw);
         assert!(c.0.lock().unwrap().is_empty());
@@ -494,20 +446,8 @@ mod tests {
     #[test]
     fn non_llm_and_garbage_make_no_records() {
         let (mut p, c, stats) = pipeline();
-        call(
-            &mut p,
-            1,
-            DIR_EGRESS,
-            b"GET /simple/ HTTP/1.1\r\nHost: pypi.org\r\n\r\n",
-            100,
-        );
-        call(
-            &mut p,
-            1,
-            DIR_INGRESS,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
-            100,
-        );
+        call(&mut p, 1, DIR_EGRESS, b"GET /simple/ HTTP/1.1\r\nHost: pypi.org\r\n\r\n", 100);
+        call(&mut p, 1, DIR_INGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 100);
         for _ in 0..8 {
             call(&mut p, 2, DIR_EGRESS, b"\x00\x01\x02garbage", 100);
         }
@@ -521,11 +461,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -563,28 +499,33 @@ mod tests {
             chunk: usize,
         ) -> (Vec<u8>, Vec<u8>) {
             let body = fixture(fixture_name);
-            let req_body = format!(
-                r#"{{"model":"gpt-4o","stream":{sse},"messages":[{{"role":"user","content":"hi"}}]}}"#
-            );
+            let req_body =
+                format!(r#"{{"model":"gpt-4o","stream":{sse},"messages":[{{"role":"user","content":"hi"}}]}}"#);
             let req_body = req_body.as_bytes();
             let req = [
-                format!(
-                    "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
-                    req_body.len()
-                )
-                .into_bytes(),
+                format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n", req_body.len())
+                    .into_bytes(),
                 req_body.to_vec(),
             ]
             .concat();
             let resp = if sse {
-                [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), chunked(&body, chunk)].concat()
+                [
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        .to_vec(),
+                    chunked(&body, chunk),
+                ]
+                .concat()
             } else {
-                let (b, enc) = if gz {
-                    (gzip(&body), "Content-Encoding: gzip\r\n")
-                } else {
-                    (body, "")
-                };
-                [format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{enc}Content-Length: {}\r\n\r\n", b.len()).into_bytes(), b].concat()
+                let (b, enc) = if gz { (gzip(&body), "Content-Encoding: gzip\r\n") } else { (body, "") };
+                [
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{enc}Content-Length: {}\r\n\r\n",
+                        b.len()
+                    )
+                    .into_bytes(),
+                    b,
+                ]
+                .concat()
             };
             (req, resp)
         }

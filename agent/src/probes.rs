@@ -16,12 +16,13 @@ use crate::discovery::{FileKey, Target, TlsSymbols};
 use crate::stats::Stats;
 
 /// The eBPF object built by build.rs.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokentap-agent-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokentap-agent-ebpf"));
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
-    #[error("this agent was built with AYA_BUILD_SKIP=1 and contains no eBPF object; rebuild with `cargo xtask build`")]
+    #[error(
+        "this agent was built with AYA_BUILD_SKIP=1 and contains no eBPF object; rebuild with `cargo xtask build`"
+    )]
     NoObject,
     #[error("loading eBPF failed: {0} (the agent needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE, and a kernel with BTF)")]
     Load(#[from] aya::EbpfError),
@@ -30,15 +31,9 @@ pub enum ProbeError {
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("eBPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("ring buffer size {0} must be a power of two and a multiple of the page size")]
     BadRingSize(u32),
 }
@@ -62,10 +57,8 @@ const UPROBES: &[(&str, SymbolOf)] = &[
 ];
 
 /// (program, raw tracepoint).
-const TRACEPOINTS: &[(&str, &str)] = &[
-    ("sched_process_exec", "sched_process_exec"),
-    ("sched_process_exit", "sched_process_exit"),
-];
+const TRACEPOINTS: &[(&str, &str)] =
+    &[("sched_process_exec", "sched_process_exec"), ("sched_process_exit", "sched_process_exit")];
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -85,22 +78,11 @@ pub struct LossReader {
 impl LossReader {
     /// Copy the kernel's loss counters (summed over CPUs) into `stats`.
     pub fn update(&self, stats: &Stats) {
-        let read = |c: LossCounter| -> u64 {
-            self.map
-                .get(&(c as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let read = |c: LossCounter| -> u64 { self.map.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0) };
         Stats::set(&stats.kernel_ring_full, read(LossCounter::RingFull));
-        Stats::set(
-            &stats.kernel_truncated_calls,
-            read(LossCounter::TruncatedCall),
-        );
+        Stats::set(&stats.kernel_truncated_calls, read(LossCounter::TruncatedCall));
         Stats::set(&stats.kernel_read_failed, read(LossCounter::ReadFailed));
-        Stats::set(
-            &stats.kernel_control_ring_full,
-            read(LossCounter::ControlRingFull),
-        );
+        Stats::set(&stats.kernel_control_ring_full, read(LossCounter::ControlRingFull));
         Stats::set(&stats.kernel_args_map_full, read(LossCounter::ArgsMapFull));
         Stats::set(&stats.kernel_scratch_busy, read(LossCounter::ScratchBusy));
         debug_assert_eq!(LOSS_COUNTERS, 6);
@@ -119,17 +101,14 @@ impl Probes {
             return Err(ProbeError::BadRingSize(ring_buffer_bytes));
         }
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", ring_buffer_bytes)
-            .load(EBPF_OBJECT)?;
+        let mut ebpf = EbpfLoader::new().map_max_entries("EVENTS", ring_buffer_bytes).load(EBPF_OBJECT)?;
         for (name, _) in UPROBES {
             let p: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            p.load()
-                .map_err(|source| ProbeError::Program { name, source })?;
+            p.load().map_err(|source| ProbeError::Program { name, source })?;
         }
         for (name, tp) in TRACEPOINTS {
             let p: &mut RawTracePoint = ebpf
@@ -137,35 +116,14 @@ impl Probes {
                 .ok_or(ProbeError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            p.load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            p.attach(tp)
-                .map_err(|source| ProbeError::Program { name, source })?;
+            p.load().map_err(|source| ProbeError::Program { name, source })?;
+            p.attach(tp).map_err(|source| ProbeError::Program { name, source })?;
         }
-        let events = ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })?;
-        let loss = ebpf
-            .take_map("LOSS")
-            .ok_or(ProbeError::MissingMap("LOSS"))?;
-        let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map {
-            name: "LOSS",
-            source,
-        })?;
-        Ok((
-            Self {
-                ebpf,
-                attached: HashMap::new(),
-            },
-            Channels {
-                events,
-                loss: LossReader { map: loss },
-            },
-        ))
+        let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let loss = ebpf.take_map("LOSS").ok_or(ProbeError::MissingMap("LOSS"))?;
+        let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
+        Ok((Self { ebpf, attached: HashMap::new() }, Channels { events, loss: LossReader { map: loss } }))
     }
 
     pub fn attached(&self) -> usize {
@@ -231,10 +189,7 @@ fn page_size() -> u32 {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let lim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokentap_event::PriceTable;
 
 use crate::attribution::keys::KeyHasher;
+use crate::attribution::kubernetes::{HttpApi, PodIndex, Watcher};
 use crate::config::Settings;
 use crate::discovery::{Discovery, Target};
 use crate::pipeline::{monotonic_ns, Clock, Pipeline, PipelineConfig, ProcessEvent};
@@ -30,11 +31,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(p) = &settings.prices {
         prices = prices.with_overrides(p)?;
     }
-    tracing::info!(
-        version = prices.version(),
-        models = prices.len(),
-        "price table loaded"
-    );
+    tracing::info!(version = prices.version(), models = prices.len(), "price table loaded");
     let mut outputs = Vec::new();
     for o in &settings.outputs {
         outputs.push(sinks::open(o).with_context(|| format!("opening output {o:?}"))?);
@@ -49,6 +46,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         "tokentap-agent starting"
     );
     let stats = Arc::new(Stats::default());
+    let pods = match &settings.kubernetes {
+        Some(k) => {
+            let api = HttpApi::new(k).context("Kubernetes API client")?;
+            let index = PodIndex::default();
+            let watcher = Watcher::new(api, &k.node_name, index.clone());
+            let stop = stop.clone();
+            tracing::info!(api = %k.api_url, node = %k.node_name, "watching this node's pods");
+            // Not joined at exit: it may sit in a long watch; it only reads the API.
+            std::thread::Builder::new().name("kubernetes".into()).spawn(move || watcher.run(&stop))?;
+            Some(index)
+        }
+        None => None,
+    };
     let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes)?;
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     let pipeline = Pipeline::new(
@@ -61,6 +71,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             proc_root: "/proc".into(),
             attribution: settings.attribution.clone(),
             keys: Some(KeyHasher::load_or_create(&settings.key_secret_file)),
+            pods,
         },
         outputs,
         stats.clone(),
@@ -91,8 +102,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!("no TLS library found to probe; new processes will still be watched");
     }
     if let Some(r) = &settings.ready_file {
-        std::fs::write(r, b"ready\n")
-            .with_context(|| format!("writing ready file {}", r.display()))?;
+        std::fs::write(r, b"ready\n").with_context(|| format!("writing ready file {}", r.display()))?;
     }
 
     let discovery_thread = {
@@ -101,11 +111,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let lib_dirs = settings.lib_dirs.clone();
         std::thread::Builder::new()
             .name("discovery".into())
-            .spawn(move || {
-                discovery_loop(
-                    probes, discovery, exec_rx, interval, &lib_dirs, &stop, &stats,
-                )
-            })?
+            .spawn(move || discovery_loop(probes, discovery, exec_rx, interval, &lib_dirs, &stop, &stats))?
     };
 
     let deadline = settings.duration.map(|d| Instant::now() + d);
@@ -131,11 +137,7 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
         match probes.attach(t) {
             Ok(true) => {
                 Stats::inc(&stats.targets_attached);
-                let what = if t.symbols.is_tls_library() {
-                    t.symbols.library
-                } else {
-                    "loader"
-                };
+                let what = if t.symbols.is_tls_library() { t.symbols.library } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
                 tracing::info!(path = %t.path.display(), what, took_us, "attached");
             }
@@ -161,24 +163,13 @@ fn discovery_loop(
 ) {
     // Libraries are often loaded after exec (dlopen, Python's `import ssl`), so a
     // new process is scanned again a little later too.
-    const FOLLOW_UPS: [Duration; 3] = [
-        Duration::from_millis(100),
-        Duration::from_millis(1000),
-        Duration::from_secs(5),
-    ];
+    const FOLLOW_UPS: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(1000), Duration::from_secs(5)];
     let mut follow_ups: BTreeMap<Instant, Vec<u32>> = BTreeMap::new();
     let mut next_full = Instant::now() + interval;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let wake = follow_ups
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(next_full)
-            .min(next_full);
-        let wait = wake
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(100));
+        let wake = follow_ups.keys().next().copied().unwrap_or(next_full).min(next_full);
+        let wait = wake.saturating_duration_since(now).min(Duration::from_millis(100));
         match exec_rx.recv_timeout(wait) {
             Ok(first) => {
                 // Drain what queued up and scan each process once.
@@ -245,11 +236,7 @@ fn read_loop(
     let mut last_log = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, if stopping { 0 } else { 100 }) };
         let mut n = 0usize;

@@ -83,10 +83,7 @@ impl Stats {
 impl Snapshot {
     /// Calls that were seen but produced no record.
     pub fn dropped_calls(&self) -> u64 {
-        self.dropped_unanswered
-            + self.dropped_truncated_body
-            + self.dropped_body_decode
-            + self.dropped_parse_error
+        self.dropped_unanswered + self.dropped_truncated_body + self.dropped_body_decode + self.dropped_parse_error
     }
 
     pub fn kernel_losses(&self) -> u64 {

@@ -40,15 +40,9 @@ pub struct PriceFile {
 #[derive(Debug, thiserror::Error)]
 pub enum PriceError {
     #[error("cannot read price file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("price file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Parse { path: PathBuf, source: serde_json::Error },
 }
 
 const SHIPPED: &str = include_str!("../data/prices.json");
@@ -69,34 +63,19 @@ impl PriceTable {
 
     /// A table with no prices (every cost is unknown).
     pub fn empty() -> Self {
-        Self {
-            version: String::new(),
-            models: HashMap::new(),
-        }
+        Self { version: String::new(), models: HashMap::new() }
     }
 
     fn from_file(file: PriceFile) -> Self {
-        let models = file
-            .models
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        Self {
-            version: file.version,
-            models,
-        }
+        let models = file.models.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        Self { version: file.version, models }
     }
 
     /// The shipped table with `path`'s entries added or replacing shipped ones.
     pub fn with_overrides(mut self, path: &Path) -> Result<Self, PriceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let file: PriceFile = serde_json::from_str(&text).map_err(|source| PriceError::Parse {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read { path: path.into(), source })?;
+        let file: PriceFile =
+            serde_json::from_str(&text).map_err(|source| PriceError::Parse { path: path.into(), source })?;
         for (k, v) in file.models {
             self.models.insert(k.to_ascii_lowercase(), v);
         }
@@ -146,21 +125,12 @@ fn strip_date_suffix(m: &str) -> &str {
     }
     // -YYYY-MM-DD
     // `get` rather than indexing: model names are untrusted and may not be ASCII.
-    if let Some(tail) = m
-        .len()
-        .checked_sub(11)
-        .and_then(|start| m.get(start..))
-        .filter(|_| m.len() > 11)
-    {
+    if let Some(tail) = m.len().checked_sub(11).and_then(|start| m.get(start..)).filter(|_| m.len() > 11) {
         let t = tail.as_bytes();
         if t[0] == b'-'
             && t[5] == b'-'
             && t[8] == b'-'
-            && t[1..5]
-                .iter()
-                .chain(&t[6..8])
-                .chain(&t[9..])
-                .all(u8::is_ascii_digit)
+            && t[1..5].iter().chain(&t[6..8]).chain(&t[9..]).all(u8::is_ascii_digit)
         {
             return &m[..m.len() - 11];
         }
@@ -177,35 +147,20 @@ mod tests {
         let file: PriceFile = serde_json::from_str(SHIPPED).expect("shipped prices.json parses");
         assert!(file.models.len() > 100);
         let t = PriceTable::shipped();
-        for m in [
-            "gpt-4o",
-            "gpt-4o-mini",
-            "text-embedding-3-small",
-            "claude-sonnet-4-5",
-        ] {
+        for m in ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"] {
             assert!(t.lookup(m).is_some(), "{m} has no price");
         }
     }
 
     #[test]
     fn cost_follows_the_contract_formula() {
-        let p = Prices {
-            input: 3e-6,
-            output: 15e-6,
-            cache_read: Some(0.3e-6),
-            cache_write: Some(3.75e-6),
-        };
+        let p = Prices { input: 3e-6, output: 15e-6, cache_read: Some(0.3e-6), cache_write: Some(3.75e-6) };
         // 1000 input of which 200 cached, 100 written; 50 output.
         let c = p.cost(1000, 50, 200, 100);
         let want = 700.0 * 3e-6 + 200.0 * 0.3e-6 + 100.0 * 3.75e-6 + 50.0 * 15e-6;
         assert!((c - want).abs() < 1e-12, "{c} vs {want}");
         // Missing cache prices fall back to the input price.
-        let p = Prices {
-            input: 1e-6,
-            output: 2e-6,
-            cache_read: None,
-            cache_write: None,
-        };
+        let p = Prices { input: 1e-6, output: 2e-6, cache_read: None, cache_write: None };
         assert!((p.cost(10, 10, 5, 0) - (10e-6 + 20e-6)).abs() < 1e-15);
     }
 
@@ -238,10 +193,7 @@ mod tests {
         assert_eq!(t.lookup("my-model").unwrap().output, 0.5);
         assert!(t.version().ends_with("+mine"));
         std::fs::write(&f, "{not json").unwrap();
-        assert!(matches!(
-            PriceTable::shipped().with_overrides(&f),
-            Err(PriceError::Parse { .. })
-        ));
+        assert!(matches!(PriceTable::shipped().with_overrides(&f), Err(PriceError::Parse { .. })));
         assert!(matches!(
             PriceTable::shipped().with_overrides(&dir.join("missing.json")),
             Err(PriceError::Read { .. })

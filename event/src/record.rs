@@ -73,23 +73,13 @@ impl LlmCall {
 
     /// Fill `cost_usd` from `prices` (response model first, then request model).
     pub fn apply_cost(&mut self, prices: &crate::PriceTable) {
-        let model = self
-            .response_model
-            .as_deref()
-            .or(self.request_model.as_deref());
-        let (Some(model), Some(input), Some(output)) =
-            (model, self.input_tokens, self.output_tokens)
-        else {
+        let model = self.response_model.as_deref().or(self.request_model.as_deref());
+        let (Some(model), Some(input), Some(output)) = (model, self.input_tokens, self.output_tokens) else {
             self.cost_usd = None;
             return;
         };
         self.cost_usd = prices.lookup(model).map(|p| {
-            p.cost(
-                input,
-                output,
-                self.cached_input_tokens.unwrap_or(0),
-                self.cache_write_tokens.unwrap_or(0),
-            )
+            p.cost(input, output, self.cached_input_tokens.unwrap_or(0), self.cache_write_tokens.unwrap_or(0))
         });
     }
 }
@@ -100,11 +90,7 @@ mod tests {
 
     #[test]
     fn serializes_every_contract_field_with_nulls() {
-        let r = LlmCall {
-            provider: "openai".into(),
-            operation: "chat".into(),
-            ..Default::default()
-        };
+        let r = LlmCall { provider: "openai".into(), operation: "chat".into(), ..Default::default() };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         let obj = v.as_object().unwrap();
         for f in [
@@ -151,18 +137,12 @@ mod tests {
 
     #[test]
     fn usage_source_is_snake_case() {
-        assert_eq!(
-            serde_json::to_string(&UsageSource::Estimated).unwrap(),
-            "\"estimated\""
-        );
+        assert_eq!(serde_json::to_string(&UsageSource::Estimated).unwrap(), "\"estimated\"");
     }
 
     #[test]
     fn ts_is_rfc3339_utc() {
-        assert_eq!(
-            LlmCall::format_ts(1_700_000_000_123_456_789),
-            "2023-11-14T22:13:20.123456Z"
-        );
+        assert_eq!(LlmCall::format_ts(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456Z");
     }
 
     #[test]

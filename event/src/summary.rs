@@ -38,20 +38,12 @@ pub fn summarize(records: &[LlmCall]) -> (Vec<(Key, Line)>, Line) {
     let mut by: BTreeMap<Key, Line> = BTreeMap::new();
     let mut total = Line::default();
     for r in records {
-        let model = r
-            .response_model
-            .clone()
-            .or_else(|| r.request_model.clone())
-            .unwrap_or_else(|| "(unknown)".into());
+        let model = r.response_model.clone().or_else(|| r.request_model.clone()).unwrap_or_else(|| "(unknown)".into());
         by.entry((r.provider.clone(), model)).or_default().add(r);
         total.add(r);
     }
     let mut lines: Vec<_> = by.into_iter().collect();
-    lines.sort_by(|a, b| {
-        b.1.cost_usd
-            .total_cmp(&a.1.cost_usd)
-            .then(b.1.calls.cmp(&a.1.calls))
-    });
+    lines.sort_by(|a, b| b.1.cost_usd.total_cmp(&a.1.cost_usd).then(b.1.calls.cmp(&a.1.calls)));
     (lines, total)
 }
 
@@ -74,23 +66,13 @@ pub fn render(records: &[LlmCall]) -> String {
             l.cached_input_tokens,
             l.output_tokens,
             l.cost_usd,
-            if l.unpriced_calls > 0 {
-                format!("  ({} unpriced)", l.unpriced_calls)
-            } else {
-                String::new()
-            }
+            if l.unpriced_calls > 0 { format!("  ({} unpriced)", l.unpriced_calls) } else { String::new() }
         );
     }
     let _ = writeln!(
         s,
         "{:<22} {:<32} {:>6} {:>12} {:>10} {:>10} {:>12.6}",
-        "total",
-        "",
-        total.calls,
-        total.input_tokens,
-        total.cached_input_tokens,
-        total.output_tokens,
-        total.cost_usd
+        "total", "", total.calls, total.input_tokens, total.cached_input_tokens, total.output_tokens, total.cost_usd
     );
     s
 }
@@ -121,10 +103,7 @@ mod tests {
         let (lines, total) = summarize(&rs);
         assert_eq!(lines[0].0, ("anthropic".to_string(), "claude".to_string()));
         let mini = &lines.iter().find(|l| l.0 .1 == "gpt-4o-mini").unwrap().1;
-        assert_eq!(
-            (mini.calls, mini.input_tokens, mini.output_tokens),
-            (2, 30, 10)
-        );
+        assert_eq!((mini.calls, mini.input_tokens, mini.output_tokens), (2, 30, 10));
         assert!((total.cost_usd - 0.503).abs() < 1e-12);
         assert_eq!(total.unpriced_calls, 1);
         let text = render(&rs);

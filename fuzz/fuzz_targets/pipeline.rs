@@ -18,14 +18,9 @@ fuzz_target!(|data: &[u8]| {
         proc_root: "/nonexistent".into(),
         attribution: Default::default(),
         keys: None,
+        pods: None,
     };
-    let mut p = Pipeline::new(
-        cfg,
-        Vec::new(),
-        Arc::new(Stats::default()),
-        Clock::fixed(0),
-        None,
-    );
+    let mut p = Pipeline::new(cfg, Vec::new(), Arc::new(Stats::default()), Clock::fixed(0), None);
     let mut rest = data;
     while rest.len() >= 2 {
         let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;

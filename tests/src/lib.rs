@@ -25,10 +25,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 pub fn require_root() {
@@ -44,10 +41,7 @@ pub fn require_tool(name: &str) {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`{name}` is needed by the end-to-end tests: run `cargo xtask test`, which installs it"
-    );
+    assert!(ok, "`{name}` is needed by the end-to-end tests: run `cargo xtask test`, which installs it");
 }
 
 /// The agent binary: `TOKENTAP_AGENT_BIN` (set by `cargo xtask test`), else the
@@ -73,10 +67,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -90,9 +81,7 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -121,9 +110,7 @@ impl Certs {
         .expect("write san.cnf");
         let p = |n: &str| dir.join(n);
         run(Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
             .args([
                 "-subj",
                 "/CN=tokentap-test-ca",
@@ -137,15 +124,7 @@ impl Certs {
             .arg("-out")
             .arg(p("ca.pem")));
         run(Command::new("openssl")
-            .args([
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-            ])
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout"])
             .arg(p("srv.key"))
             .arg("-out")
             .arg(p("srv.csr")));
@@ -161,11 +140,7 @@ impl Certs {
             .arg(&ext)
             .arg("-out")
             .arg(p("srv.pem")));
-        Self {
-            ca: p("ca.pem"),
-            cert: p("srv.pem"),
-            key: p("srv.key"),
-        }
+        Self { ca: p("ca.pem"), cert: p("srv.pem"), key: p("srv.key") }
     }
 }
 
@@ -194,17 +169,9 @@ impl Server {
             .stderr(std::fs::File::create(dir.join("server.stderr")).expect("server log"))
             .spawn()
             .expect("start llm_server.py");
-        let port = wait_for(
-            "the test server's port file",
-            Duration::from_secs(20),
-            || {
-                std::fs::read_to_string(&port_file)
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()
-            },
-        );
+        let port = wait_for("the test server's port file", Duration::from_secs(20), || {
+            std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
+        });
         Self { child, port, log }
     }
 
@@ -270,18 +237,10 @@ impl Agent {
                     std::fs::read_to_string(&stderr).unwrap_or_default()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "tokentap-agent not ready after 60 s"
-            );
+            assert!(Instant::now() < deadline, "tokentap-agent not ready after 60 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child: Some(child),
-            records,
-            stats,
-            stderr,
-        }
+        Self { child: Some(child), records, stats, stderr }
     }
 
     pub fn records(&self) -> Vec<Value> {
@@ -290,43 +249,27 @@ impl Agent {
 
     /// Records of the given processes.
     pub fn records_of(&self, pids: &[u32]) -> Vec<Value> {
-        self.records()
-            .into_iter()
-            .filter(|r| {
-                r["pid"]
-                    .as_u64()
-                    .is_some_and(|p| pids.contains(&(p as u32)))
-            })
-            .collect()
+        self.records().into_iter().filter(|r| r["pid"].as_u64().is_some_and(|p| pids.contains(&(p as u32)))).collect()
     }
 
     /// Wait until the processes have at least `n` records.
     pub fn wait_records(&self, pids: &[u32], n: usize) -> Vec<Value> {
-        wait_for(
-            &format!("{n} records from pids {pids:?}"),
-            Duration::from_secs(30),
-            || {
-                let r = self.records_of(pids);
-                (r.len() >= n).then_some(r)
-            },
-        )
+        wait_for(&format!("{n} records from pids {pids:?}"), Duration::from_secs(30), || {
+            let r = self.records_of(pids);
+            (r.len() >= n).then_some(r)
+        })
     }
 
     pub fn stats(&self) -> Value {
-        serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default())
-            .unwrap_or(Value::Null)
+        serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default()).unwrap_or(Value::Null)
     }
 
     /// Wait until the stats file shows `counter >= n`.
     pub fn wait_stat(&self, counter: &str, n: u64) -> Value {
-        wait_for(
-            &format!("stats {counter} >= {n}"),
-            Duration::from_secs(30),
-            || {
-                let s = self.stats();
-                (s[counter].as_u64().unwrap_or(0) >= n).then_some(s)
-            },
-        )
+        wait_for(&format!("stats {counter} >= {n}"), Duration::from_secs(30), || {
+            let s = self.stats();
+            (s[counter].as_u64().unwrap_or(0) >= n).then_some(s)
+        })
     }
 
     /// SIGINT, wait for a clean exit (flush), return the exit status.
@@ -375,44 +318,24 @@ pub fn with_provider_hosts(dir: &Path, program: &str, args: &[String]) -> Comman
 
 /// Like [`with_provider_hosts`], with extra `(source, target)` bind mounts: a
 /// process that sees other files at the usual paths, as in a container.
-pub fn in_mount_namespace(
-    dir: &Path,
-    binds: &[(PathBuf, PathBuf)],
-    program: &str,
-    args: &[String],
-) -> Command {
+pub fn in_mount_namespace(dir: &Path, binds: &[(PathBuf, PathBuf)], program: &str, args: &[String]) -> Command {
     require_tool("unshare");
     let hosts = dir.join("hosts");
-    std::fs::write(
-        &hosts,
-        "127.0.0.1 localhost api.openai.com api.anthropic.com\n",
-    )
-    .expect("hosts file");
+    std::fs::write(&hosts, "127.0.0.1 localhost api.openai.com api.anthropic.com\n").expect("hosts file");
     let mut script = String::from("set -e\n");
     for (src, dst) in binds {
-        script.push_str(&format!(
-            "mount --bind '{}' '{}'\n",
-            src.display(),
-            dst.display()
-        ));
+        script.push_str(&format!("mount --bind '{}' '{}'\n", src.display(), dst.display()));
     }
     script.push_str("mount --bind \"$0\" /etc/hosts\nexec \"$@\"\n");
     let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(script)
-        .arg(&hosts)
-        .arg(program)
-        .args(args);
+    c.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(script).arg(&hosts).arg(program).args(args);
     c
 }
 
 /// The system libssl the clients load (from curl's dynamic dependencies).
 pub fn system_libssl() -> PathBuf {
     require_tool("ldd");
-    let curl = Command::new("sh")
-        .args(["-c", "command -v curl"])
-        .output()
-        .expect("which curl");
+    let curl = Command::new("sh").args(["-c", "command -v curl"]).output().expect("which curl");
     let curl = String::from_utf8_lossy(&curl.stdout).trim().to_owned();
     let out = Command::new("ldd").arg(&curl).output().expect("ldd curl");
     let path = String::from_utf8_lossy(&out.stdout)
@@ -429,11 +352,7 @@ pub fn system_libssl() -> PathBuf {
 
 /// Run a client to completion; returns its pid and stdout. Panics on failure.
 pub fn run_client(mut cmd: Command) -> (u32, String) {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let pid = child.id();
     let out = child.wait_with_output().expect("client output");
     assert!(
@@ -447,31 +366,13 @@ pub fn run_client(mut cmd: Command) -> (u32, String) {
 }
 
 /// The Python SDK client (tests/clients/py_client.py) against the given bases.
-pub fn py_client(
-    dir: &Path,
-    certs: &Certs,
-    openai_base: &str,
-    anthropic_base: &str,
-    scenario: &str,
-) -> Command {
-    with_provider_hosts(
-        dir,
-        "python3",
-        &py_client_args(certs, openai_base, anthropic_base, scenario),
-    )
+pub fn py_client(dir: &Path, certs: &Certs, openai_base: &str, anthropic_base: &str, scenario: &str) -> Command {
+    with_provider_hosts(dir, "python3", &py_client_args(certs, openai_base, anthropic_base, scenario))
 }
 
-pub fn py_client_args(
-    certs: &Certs,
-    openai_base: &str,
-    anthropic_base: &str,
-    scenario: &str,
-) -> Vec<String> {
+pub fn py_client_args(certs: &Certs, openai_base: &str, anthropic_base: &str, scenario: &str) -> Vec<String> {
     vec![
-        workspace_root()
-            .join("tests/clients/py_client.py")
-            .display()
-            .to_string(),
+        workspace_root().join("tests/clients/py_client.py").display().to_string(),
         "--openai-base".into(),
         openai_base.into(),
         "--anthropic-base".into(),
@@ -489,20 +390,10 @@ pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_e
     let e = &served["expected"];
     let ctx = || format!("\nrecord: {record}\nserved: {served}");
     let field = |k: &str| record[k].clone();
-    assert_eq!(
-        field("response_model"),
-        served["model"],
-        "response_model{}",
-        ctx()
-    );
+    assert_eq!(field("response_model"), served["model"], "response_model{}", ctx());
     assert_eq!(field("stream"), served["stream"], "stream{}", ctx());
     assert_eq!(field("status"), Value::from(200), "status{}", ctx());
-    assert_eq!(
-        field("usage_source"),
-        e["usage_source"],
-        "usage_source{}",
-        ctx()
-    );
+    assert_eq!(field("usage_source"), e["usage_source"], "usage_source{}", ctx());
     for (rk, ek) in [
         ("input_tokens", "input"),
         ("output_tokens", "output"),
@@ -511,65 +402,32 @@ pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_e
         ("reasoning_tokens", "reasoning"),
     ] {
         if e["usage_source"] == "estimated" && rk == "input_tokens" {
-            assert!(
-                record[rk].as_u64().unwrap_or(0) > 0,
-                "estimated input{}",
-                ctx()
-            );
+            assert!(record[rk].as_u64().unwrap_or(0) > 0, "estimated input{}", ctx());
             continue;
         }
         assert_eq!(record[rk], e[ek], "{rk}{}", ctx());
     }
     // Cost: exactly the price table applied to the served tokens.
     let model = served["model"].as_str().unwrap_or_default();
-    let p = prices
-        .lookup(model)
-        .unwrap_or_else(|| panic!("no price for {model}"));
+    let p = prices.lookup(model).unwrap_or_else(|| panic!("no price for {model}"));
     let n = |k: &str| record[k].as_u64().unwrap_or(0);
-    let want = p.cost(
-        n("input_tokens"),
-        n("output_tokens"),
-        n("cached_input_tokens"),
-        n("cache_write_tokens"),
-    );
-    let got = record["cost_usd"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no cost_usd{}", ctx()));
-    assert!(
-        (got - want).abs() <= 1e-12 + want * 1e-9,
-        "cost {got} != {want}{}",
-        ctx()
-    );
-    assert!(
-        record["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
-        "duration{}",
-        ctx()
-    );
-    assert!(
-        record["event_id"].as_str().is_some_and(|s| s.len() == 36),
-        "event_id{}",
-        ctx()
-    );
+    let want = p.cost(n("input_tokens"), n("output_tokens"), n("cached_input_tokens"), n("cache_write_tokens"));
+    let got = record["cost_usd"].as_f64().unwrap_or_else(|| panic!("no cost_usd{}", ctx()));
+    assert!((got - want).abs() <= 1e-12 + want * 1e-9, "cost {got} != {want}{}", ctx());
+    assert!(record["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "duration{}", ctx());
+    assert!(record["event_id"].as_str().is_some_and(|s| s.len() == 36), "event_id{}", ctx());
 }
 
 /// Pair each record with the served entry it reports (by response id; embeddings,
 /// which have none, by their unique input count). Asserts one record per call.
-pub fn pair_with_served<'a>(
-    records: &'a [Value],
-    served: &'a [Value],
-) -> Vec<(&'a Value, &'a Value)> {
+pub fn pair_with_served<'a>(records: &'a [Value], served: &'a [Value]) -> Vec<(&'a Value, &'a Value)> {
     let mut pairs = Vec::new();
     let mut used = std::collections::HashSet::new();
     for r in records {
-        let hit = served
-            .iter()
-            .enumerate()
-            .find(|(_, s)| match s["response_id"].as_str() {
-                Some(id) => r["response_id"].as_str() == Some(id),
-                None => {
-                    r["operation"] == "embeddings" && r["input_tokens"] == s["expected"]["input"]
-                }
-            });
+        let hit = served.iter().enumerate().find(|(_, s)| match s["response_id"].as_str() {
+            Some(id) => r["response_id"].as_str() == Some(id),
+            None => r["operation"] == "embeddings" && r["input_tokens"] == s["expected"]["input"],
+        });
         let (i, s) = hit.unwrap_or_else(|| panic!("record matches nothing served: {r}"));
         assert!(used.insert(i), "two records for one served call: {s}");
         pairs.push((r, s));

@@ -19,8 +19,7 @@ impl Cgroup {
         for c in path.components() {
             cur.push(c);
             if !cur.exists() {
-                std::fs::create_dir(&cur)
-                    .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", cur.display()));
+                std::fs::create_dir(&cur).unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", cur.display()));
                 created.push(cur.clone());
             }
         }
@@ -54,18 +53,12 @@ fn hex_id(seed: u32) -> String {
 /// Run `program args` inside `cgroup` (moved there before exec; pid kept).
 fn in_cgroup(cgroup: &Path, program: &str, args: &[String]) -> Command {
     let mut c = Command::new("sh");
-    c.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
-        .arg(cgroup.join("cgroup.procs"))
-        .arg(program)
-        .args(args);
+    c.args(["-c", r#"echo $$ > "$0" && exec "$@""#]).arg(cgroup.join("cgroup.procs")).arg(program).args(args);
     c
 }
 
 fn curl_args(env_certs: &Certs, url: &str, headers: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["-sS", "--fail", "-o", "/dev/null", "--cacert"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> = ["-sS", "--fail", "-o", "/dev/null", "--cacert"].iter().map(|s| s.to_string()).collect();
     a.push(env_certs.ca.display().to_string());
     for h in headers {
         a.push("-H".into());
@@ -110,46 +103,27 @@ fn container_ids_from_runtime_cgroup_layouts() {
         let want = hex_id(pid + i as u32);
         let (client, _) = run_client(in_cgroup(&cg.0, "curl", &curl_args(&certs, &url, &[])));
         let recs = agent.wait_records(&[client], 1);
-        assert_eq!(
-            recs[0]["container_id"],
-            want.as_str(),
-            "{runtime}: {}",
-            recs[0]
-        );
+        assert_eq!(recs[0]["container_id"], want.as_str(), "{runtime}: {}", recs[0]);
         assert_eq!(recs[0]["comm"], "curl");
     }
 
     // A new pid namespace too (the agent still sees host pids): found by container id.
     let id = hex_id(pid + 9);
-    let cg =
-        Cgroup::create(root.join(format!("tokentap-test-{pid}-pidns.slice/docker-{id}.scope")));
-    let mut args = vec![
-        "--pid".to_string(),
-        "--fork".into(),
-        "--mount-proc".into(),
-        "curl".into(),
-    ];
+    let cg = Cgroup::create(root.join(format!("tokentap-test-{pid}-pidns.slice/docker-{id}.scope")));
+    let mut args = vec!["--pid".to_string(), "--fork".into(), "--mount-proc".into(), "curl".into()];
     args.extend(curl_args(&certs, &url, &[]));
     run_client(in_cgroup(&cg.0, "unshare", &args));
-    let recs = wait_for(
-        "a record from the pid namespace",
-        std::time::Duration::from_secs(30),
-        || {
-            let r = records_where(&agent, |r| r["container_id"] == id.as_str());
-            (!r.is_empty()).then_some(r)
-        },
-    );
+    let recs = wait_for("a record from the pid namespace", std::time::Duration::from_secs(30), || {
+        let r = records_where(&agent, |r| r["container_id"] == id.as_str());
+        (!r.is_empty()).then_some(r)
+    });
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["comm"], "curl");
     assert_ne!(recs[0]["pid"], 1, "pids are the host's");
 
     // cgroup v1 docker layout (hybrid hosts): the id comes from the v1 line.
     let v1 = PathBuf::from("/sys/fs/cgroup/memory");
-    assert!(
-        v1.exists(),
-        "this test expects the v1 memory hierarchy of a hybrid host at {}",
-        v1.display()
-    );
+    assert!(v1.exists(), "this test expects the v1 memory hierarchy of a hybrid host at {}", v1.display());
     let id1 = hex_id(pid + 20);
     let cg1 = Cgroup::create(v1.join(format!("tokentap-test-{pid}/docker/{id1}")));
     let (client, _) = run_client(in_cgroup(&cg1.0, "curl", &curl_args(&certs, &url, &[])));
@@ -172,17 +146,8 @@ fn service_labels_end_user_feature_and_key_ids() {
     let dir = scratch("attr-service");
     let certs = Certs::generate(&dir);
     let server = Server::start(&dir, &certs);
-    let mut agent = Agent::start(
-        &dir,
-        &[
-            "--label",
-            "team",
-            "--end-user-header",
-            "x-end-user",
-            "--feature-header",
-            "x-feature",
-        ],
-    );
+    let mut agent =
+        Agent::start(&dir, &["--label", "team", "--end-user-header", "x-end-user", "--feature-header", "x-feature"]);
     let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
 
     // OTEL_SERVICE_NAME and resource attributes of the Python SDK process.
@@ -193,23 +158,16 @@ fn service_labels_end_user_feature_and_key_ids() {
         &format!("https://api.anthropic.com:{}", server.port),
         "chat",
     );
-    py.env("OTEL_SERVICE_NAME", "checkout-api")
-        .env("OTEL_RESOURCE_ATTRIBUTES", "team=payments,env=prod");
+    py.env("OTEL_SERVICE_NAME", "checkout-api").env("OTEL_RESOURCE_ATTRIBUTES", "team=payments,env=prod");
     let (p, _) = run_client(py);
     let r = &agent.wait_records(&[p], 1)[0];
     assert_eq!(r["service"], "checkout-api", "{r}");
     assert_eq!(r["labels"]["team"], "payments", "{r}");
-    assert!(
-        r["labels"].get("env").is_none(),
-        "only configured labels are copied: {r}"
-    );
+    assert!(r["labels"].get("env").is_none(), "only configured labels are copied: {r}");
 
     // A systemd-style unit cgroup names the service when OTel does not.
     let root = cgroup2_root();
-    let cg = Cgroup::create(root.join(format!(
-        "tokentap-test-{}.slice/llm-worker.service",
-        std::process::id()
-    )));
+    let cg = Cgroup::create(root.join(format!("tokentap-test-{}.slice/llm-worker.service", std::process::id())));
     let (p, _) = run_client(in_cgroup(&cg.0, "curl", &curl_args(&certs, &url, &[])));
     let r = &agent.wait_records(&[p], 1)[0];
     assert_eq!(r["service"], "llm-worker", "{r}");
@@ -217,43 +175,108 @@ fn service_labels_end_user_feature_and_key_ids() {
     // Otherwise the executable's name.
     let key_a = format!("Authorization: Bearer {SECRET_KEY}");
     let key_b = "Authorization: Bearer sk-other-key-123";
-    let headers = [
-        "x-end-user: alice@example.com",
-        "x-feature: summarize",
-        key_a.as_str(),
-    ];
+    let headers = ["x-end-user: alice@example.com", "x-feature: summarize", key_a.as_str()];
     let mut pids = Vec::new();
     for h in [&headers[..], &headers[..], &[key_b][..]] {
         let mut c = Command::new("curl");
         c.args(curl_args(&certs, &url, h));
         pids.push(run_client(c).0);
     }
-    let recs: Vec<Value> = pids
-        .iter()
-        .map(|p| agent.wait_records(&[*p], 1).remove(0))
-        .collect();
+    let recs: Vec<Value> = pids.iter().map(|p| agent.wait_records(&[*p], 1).remove(0)).collect();
     assert_eq!(recs[0]["service"], "curl");
     assert_eq!(recs[0]["end_user"], "alice@example.com");
     assert_eq!(recs[0]["feature"], "summarize");
     assert!(recs[2]["feature"].is_null());
-    let ids: Vec<&str> = recs
-        .iter()
-        .map(|r| r["api_key_id"].as_str().expect("api_key_id"))
-        .collect();
+    let ids: Vec<&str> = recs.iter().map(|r| r["api_key_id"].as_str().expect("api_key_id")).collect();
     assert_eq!(ids[0], ids[1], "same key, same id");
     assert_ne!(ids[0], ids[2], "other key, other id");
     assert!(agent.stop().success());
     let out = agent.all_output();
-    assert!(
-        !out.contains(SECRET_KEY) && !out.contains("sk-other-key-123"),
-        "a key leaked"
-    );
+    assert!(!out.contains(SECRET_KEY) && !out.contains("sk-other-key-123"), "a key leaked");
     // The secret behind the ids is private to the installation.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("key-secret"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(dir.join("key-secret")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// Kubernetes metadata from the API server (a stand-in serving responses in the
+/// API's format over HTTPS: no cluster runs here) joined to a process in a
+/// containerd-style cgroup whose container id is one of the node's pods.
+#[test]
+fn kubernetes_pod_metadata_reaches_records() {
+    let _g = serial();
+    require_root();
+    require_tool("curl");
+    let dir = scratch("attr-kube");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let token = dir.join("token");
+    std::fs::write(&token, "test-token-123\n").unwrap();
+    let port_file = dir.join("kube.port");
+    let kube_log = dir.join("kube-requests.log");
+    let mut kube = Command::new("python3")
+        .arg(workspace_root().join("tests/server/kube_api.py"))
+        .args(["--cert", &certs.cert.display().to_string(), "--key", &certs.key.display().to_string()])
+        .args(["--token", "test-token-123", "--fixtures"])
+        .arg(workspace_root().join("agent/tests/fixtures/kubernetes"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--log")
+        .arg(&kube_log)
+        .spawn()
+        .expect("start kube_api.py");
+    let port: u16 = wait_for("the API stand-in's port", std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
+    });
+    let api = format!("https://127.0.0.1:{port}");
+    let mut agent = Agent::start(
+        &dir,
+        &[
+            "--kube-api-url",
+            &api,
+            "--kube-token-file",
+            &token.display().to_string(),
+            "--kube-ca-file",
+            &certs.ca.display().to_string(),
+            "--node-name",
+            "node-1",
+            "--label",
+            "team",
+        ],
+    );
+    // The list and the watch reached the API, and the ReplicaSet was resolved.
+    wait_for("the pod list, the watch and the owner lookup", std::time::Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&kube_log).unwrap_or_default();
+        (log.contains("watch=1") && log.contains("replicasets/checkout-7d9f8b6c5d")).then_some(())
+    });
+
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
+    let root = cgroup2_root();
+    let pid = std::process::id();
+    // The checkout pod's container (see pods_list.json), and the one a watch ADDED.
+    for (id, pod, workload, service, team) in [
+        ("a1".repeat(32), "checkout-7d9f8b6c5d-x2x9q", "checkout", "checkout", Some("payments")),
+        ("e5".repeat(32), "search-5f6b7c8d9-abcde", "search", "search", None),
+        ("b2".repeat(32), "nightly-report-28977120-7xk2p", "nightly-report", "reporting", Some("analytics")),
+    ] {
+        let cg =
+            Cgroup::create(root.join(format!(
+                "tokentap-test-{pid}-k8s.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope",
+                &id[..8]
+            )));
+        let (client, _) = run_client(in_cgroup(&cg.0, "curl", &curl_args(&certs, &url, &[])));
+        let r = &agent.wait_records(&[client], 1)[0];
+        assert_eq!(r["container_id"], id.as_str(), "{r}");
+        assert_eq!(r["pod"], pod, "{r}");
+        assert_eq!(r["workload"], workload, "{r}");
+        assert_eq!(r["service"], service, "{r}");
+        assert_eq!(r["labels"]["team"].as_str(), team, "{r}");
+    }
+    let shop = agent.records().into_iter().filter(|r| r["namespace"] == "shop").count();
+    assert_eq!(shop, 2);
+    assert!(agent.stop().success());
+    let _ = kube.kill();
+    let _ = kube.wait();
+    let log = std::fs::read_to_string(&agent.stderr).unwrap();
+    assert!(!log.contains("test-token-123"), "the API token leaked into the log");
 }

@@ -22,12 +22,7 @@ fn setup(name: &str, agent_args: &[&str]) -> Env {
     let certs = Certs::generate(&dir);
     let server = Server::start(&dir, &certs);
     let agent = Agent::start(&dir, agent_args);
-    Env {
-        dir,
-        certs,
-        server,
-        agent,
-    }
+    Env { dir, certs, server, agent }
 }
 
 impl Env {
@@ -46,47 +41,25 @@ impl Env {
         let status = self.agent.stop();
         assert!(status.success(), "agent exit status {status}");
         let out = self.agent.all_output();
-        assert!(
-            !out.contains(SECRET_KEY),
-            "the API key leaked into the agent's output"
-        );
-        assert!(
-            !out.contains("Bearer"),
-            "an Authorization value leaked into the agent's output"
-        );
+        assert!(!out.contains(SECRET_KEY), "the API key leaked into the agent's output");
+        assert!(!out.contains("Bearer"), "an Authorization value leaked into the agent's output");
         self.agent.stats()
     }
 }
 
 fn served_by_ids(served: &[Value], records: &[Value]) -> Vec<Value> {
     // The served entries that records claim, plus embeddings.
-    let ids: HashSet<&str> = records
-        .iter()
-        .filter_map(|r| r["response_id"].as_str())
-        .collect();
-    served
-        .iter()
-        .filter(|s| s["response_id"].as_str().is_none_or(|id| ids.contains(id)))
-        .cloned()
-        .collect()
+    let ids: HashSet<&str> = records.iter().filter_map(|r| r["response_id"].as_str()).collect();
+    served.iter().filter(|s| s["response_id"].as_str().is_none_or(|id| ids.contains(id))).cloned().collect()
 }
 
 #[test]
 fn python_sdks_every_operation_exact_tokens() {
     let _g = serial();
     let env = setup("py-ops", &[]);
-    let (pid, out) = run_client(py_client(
-        &env.dir,
-        &env.certs,
-        &env.openai_base(),
-        &env.anthropic_base(),
-        "all_ops",
-    ));
+    let (pid, out) = run_client(py_client(&env.dir, &env.certs, &env.openai_base(), &env.anthropic_base(), "all_ops"));
     let calls: Value = serde_json::from_str(out.trim()).expect("client output");
-    assert_eq!(
-        calls["pid"], pid,
-        "the client kept its pid through unshare+exec"
-    );
+    assert_eq!(calls["pid"], pid, "the client kept its pid through unshare+exec");
     let n = calls["calls"].as_u64().unwrap() as usize;
     assert_eq!(n, 9);
     let records = env.agent.wait_records(&[pid], n);
@@ -100,28 +73,14 @@ fn python_sdks_every_operation_exact_tokens() {
         assert_matches_served(r, s, &prices);
         assert_eq!(r["pid"], pid);
         assert_eq!(r["comm"], "python3");
-        assert!(
-            r["exe"].as_str().is_some_and(|e| e.contains("python")),
-            "{r}"
-        );
+        assert!(r["exe"].as_str().is_some_and(|e| e.contains("python")), "{r}");
         assert_eq!(r["tls_library"], "openssl");
         assert_eq!(r["http_version"], "1.1");
-        let provider = if s["api"] == "messages" {
-            "anthropic"
-        } else {
-            "openai"
-        };
+        let provider = if s["api"] == "messages" { "anthropic" } else { "openai" };
         assert_eq!(r["provider"], provider, "{r}");
-        let server = if provider == "anthropic" {
-            "api.anthropic.com"
-        } else {
-            "api.openai.com"
-        };
+        let server = if provider == "anthropic" { "api.anthropic.com" } else { "api.openai.com" };
         assert_eq!(r["server"], server);
-        ops.insert((
-            r["operation"].as_str().unwrap().to_owned(),
-            r["stream"].as_bool().unwrap(),
-        ));
+        ops.insert((r["operation"].as_str().unwrap().to_owned(), r["stream"].as_bool().unwrap()));
         if r["operation"] == "chat" && r["stream"] == false {
             assert_eq!(r["end_user"], "user-123");
         }
@@ -129,29 +88,18 @@ fn python_sdks_every_operation_exact_tokens() {
             assert_eq!(r["end_user"], "user-456");
         }
         if r["stream"] == true {
-            let ttft = r["ttft_ms"]
-                .as_f64()
-                .unwrap_or_else(|| panic!("stream without ttft: {r}"));
+            let ttft = r["ttft_ms"].as_f64().unwrap_or_else(|| panic!("stream without ttft: {r}"));
             assert!(ttft <= r["duration_ms"].as_f64().unwrap(), "{r}");
         } else {
             assert!(r["ttft_ms"].is_null());
         }
-        assert!(
-            r["request_id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("req_")),
-            "{r}"
-        );
+        assert!(r["request_id"].as_str().is_some_and(|id| id.starts_with("req_")), "{r}");
         // The estimated stream: input counted from the request's messages.
         if r["usage_source"] == "estimated" {
             let req = json!({"messages": [
                 {"role": "system", "content": "You are terse."},
                 {"role": "user", "content": "Say hello."}]});
-            assert_eq!(
-                r["input_tokens"].as_u64(),
-                tokens::count_chat_prompt("gpt-4o", &req),
-                "{r}"
-            );
+            assert_eq!(r["input_tokens"].as_u64(), tokens::count_chat_prompt("gpt-4o", &req), "{r}");
         }
     }
     let want: HashSet<(String, bool)> = [
@@ -168,13 +116,7 @@ fn python_sdks_every_operation_exact_tokens() {
     .map(|(o, s)| (o.to_string(), *s))
     .collect();
     assert_eq!(ops, want);
-    assert_eq!(
-        records
-            .iter()
-            .filter(|r| r["usage_source"] == "estimated")
-            .count(),
-        1
-    );
+    assert_eq!(records.iter().filter(|r| r["usage_source"] == "estimated").count(), 1);
     let stats = env.finish();
     assert_eq!(stats["records"].as_u64(), Some(9), "{stats}");
 }
@@ -196,17 +138,9 @@ fn curl_and_node_clients() {
     };
     // Sync, gzip'd (--compressed), and streamed (chunked SSE) through libcurl/OpenSSL.
     let chat = format!("{base}/chat/completions");
-    let (p1, _) = curl(&[
-        &chat,
-        "-d",
-        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
-    ]);
-    let (p2, _) = curl(&[
-        "--compressed",
-        &chat,
-        "-d",
-        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
-    ]);
+    let (p1, _) = curl(&[&chat, "-d", r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#]);
+    let (p2, _) =
+        curl(&["--compressed", &chat, "-d", r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#]);
     let (p3, _) = curl(&[
         "-N",
         &chat,
@@ -214,10 +148,8 @@ fn curl_and_node_clients() {
         r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
     ]);
     // A big request body: spans many TLS records and several kernel chunks.
-    let big = format!(
-        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
-        "lorem ipsum ".repeat(40_000)
-    );
+    let big =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#, "lorem ipsum ".repeat(40_000));
     let big_file = env.dir.join("big.json");
     std::fs::write(&big_file, &big).unwrap();
     let (p4, _) = curl(&[&chat, "--data-binary", &format!("@{}", big_file.display())]);
@@ -228,10 +160,7 @@ fn curl_and_node_clients() {
         &env.dir,
         "node",
         &[
-            workspace_root()
-                .join("tests/clients/node_client.mjs")
-                .display()
-                .to_string(),
+            workspace_root().join("tests/clients/node_client.mjs").display().to_string(),
             env.openai_base(),
             SECRET_KEY.into(),
         ],
@@ -250,18 +179,12 @@ fn curl_and_node_clients() {
         assert_eq!(r["server"], "127.0.0.1");
         assert_eq!(r["comm"], "curl");
     }
-    assert_eq!(
-        curl_records.iter().filter(|r| r["stream"] == true).count(),
-        1
-    );
+    assert_eq!(curl_records.iter().filter(|r| r["stream"] == true).count(), 1);
     for (r, s) in pair_with_served(&node_records, &served) {
         assert_matches_served(r, s, &prices);
         assert_eq!(r["provider"], "openai");
         assert_eq!(r["pid"], node_pid);
-        assert!(
-            r["exe"].as_str().is_some_and(|e| e.ends_with("node")),
-            "{r}"
-        );
+        assert!(r["exe"].as_str().is_some_and(|e| e.ends_with("node")), "{r}");
     }
     let stats = env.finish();
     assert_eq!(stats["records"].as_u64(), Some(8), "{stats}");
@@ -271,13 +194,8 @@ fn curl_and_node_clients() {
 fn forty_concurrent_calls_from_eight_threads_over_keep_alive() {
     let _g = serial();
     let env = setup("concurrent", &[]);
-    let (pid, out) = run_client(py_client(
-        &env.dir,
-        &env.certs,
-        &env.openai_base(),
-        &env.anthropic_base(),
-        "concurrent",
-    ));
+    let (pid, out) =
+        run_client(py_client(&env.dir, &env.certs, &env.openai_base(), &env.anthropic_base(), "concurrent"));
     let calls: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(calls["calls"], 40);
     let records = env.agent.wait_records(&[pid], 40);
@@ -289,24 +207,14 @@ fn forty_concurrent_calls_from_eight_threads_over_keep_alive() {
     for (r, s) in &pairs {
         assert_matches_served(r, s, &prices);
     }
-    let ids: HashSet<&str> = records
-        .iter()
-        .map(|r| r["event_id"].as_str().unwrap())
-        .collect();
+    let ids: HashSet<&str> = records.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 40, "event ids are unique");
     let stats = env.finish();
     // Keep-alive: far fewer client connections than calls.
     let conns = stats["connections"].as_u64().unwrap();
     let server_side = stats["ignored_server_side"].as_u64().unwrap();
-    assert!(
-        conns - server_side < 40,
-        "expected connection reuse: {stats}"
-    );
-    assert_eq!(
-        stats["records"].as_u64(),
-        Some(40),
-        "nothing double counted: {stats}"
-    );
+    assert!(conns - server_side < 40, "expected connection reuse: {stats}");
+    assert_eq!(stats["records"].as_u64(), Some(40), "nothing double counted: {stats}");
     assert_eq!(served_by_ids(&served, &records).len(), 40);
 }
 
@@ -316,28 +224,18 @@ fn killed_clients_and_garbage_make_no_invented_records() {
     require_tool("curl");
     let env = setup("garbage", &["--max-body-bytes", "1048576"]);
     // 1. A client killed mid-stream: its call is counted as dropped, not recorded.
-    let (pid, _) = run_client(py_client(
-        &env.dir,
-        &env.certs,
-        &env.openai_base(),
-        &env.anthropic_base(),
-        "kill_mid_stream",
-    ));
+    let (pid, _) =
+        run_client(py_client(&env.dir, &env.certs, &env.openai_base(), &env.anthropic_base(), "kill_mid_stream"));
     let stats = env.agent.wait_stat("dropped_unanswered", 1);
-    assert!(
-        env.agent.records_of(&[pid]).is_empty(),
-        "no record for a call that never finished"
-    );
+    assert!(env.agent.records_of(&[pid]).is_empty(), "no record for a call that never finished");
     assert_eq!(stats["records"], 0);
 
     // 2. A 200 whose body is not the provider's format, and a gzip bomb.
     let chat = format!("{}/chat/completions", env.local_base());
     let curl = |model: &str| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--compressed", "-o", "/dev/null", "--cacert"])
-            .arg(&env.certs.ca);
-        c.arg(&chat)
-            .args(["-d", &format!(r#"{{"model":"{model}","messages":[]}}"#)]);
+        c.args(["-sS", "--compressed", "-o", "/dev/null", "--cacert"]).arg(&env.certs.ca);
+        c.arg(&chat).args(["-d", &format!(r#"{{"model":"{model}","messages":[]}}"#)]);
         run_client(c).0
     };
     let g = curl("garbage");
@@ -347,27 +245,19 @@ fn killed_clients_and_garbage_make_no_invented_records() {
 
     // 3. An error status is recorded without tokens (it bills nothing).
     let mut c = Command::new("curl");
-    c.args(["-sS", "-o", "/dev/null", "--cacert"])
-        .arg(&env.certs.ca);
-    c.arg(format!("{}/chat/completions", env.local_base()))
-        .args(["-d", "{not json"]);
+    c.args(["-sS", "-o", "/dev/null", "--cacert"]).arg(&env.certs.ca);
+    c.arg(format!("{}/chat/completions", env.local_base())).args(["-d", "{not json"]);
     let (e, _) = run_client(c);
     let err = env.agent.wait_records(&[e], 1);
     assert_eq!(err[0]["status"], 400);
     for k in ["input_tokens", "output_tokens", "cost_usd", "usage_source"] {
-        assert!(
-            err[0][k].is_null(),
-            "{k} must be null on an error: {}",
-            err[0]
-        );
+        assert!(err[0][k].is_null(), "{k} must be null on an error: {}", err[0]);
     }
 
     // 4. Still healthy: a normal call afterwards is captured exactly.
     let mut c = Command::new("curl");
-    c.args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
-        .arg(&env.certs.ca);
-    c.arg(&chat)
-        .args(["-d", r#"{"model":"gpt-4o-mini","messages":[]}"#]);
+    c.args(["-sS", "--fail", "-o", "/dev/null", "--cacert"]).arg(&env.certs.ca);
+    c.arg(&chat).args(["-d", r#"{"model":"gpt-4o-mini","messages":[]}"#]);
     let (ok, _) = run_client(c);
     let rec = env.agent.wait_records(&[ok], 1);
     let served = env.server.served();
@@ -390,16 +280,9 @@ fn container_style_private_libssl_is_discovered_and_captured() {
     let copy = env.dir.join("libssl-copy.so");
     std::fs::copy(&libssl, &copy).expect("copy libssl");
     let binds = vec![(copy.clone(), libssl.clone())];
-    let before = env.agent.wait_stat("targets_attached", 1)["targets_attached"]
-        .as_u64()
-        .unwrap();
+    let before = env.agent.wait_stat("targets_attached", 1)["targets_attached"].as_u64().unwrap();
 
-    let args = py_client_args(
-        &env.certs,
-        &env.openai_base(),
-        &env.anthropic_base(),
-        "all_ops",
-    );
+    let args = py_client_args(&env.certs, &env.openai_base(), &env.anthropic_base(), "all_ops");
     let (pid, _) = run_client(in_mount_namespace(&env.dir, &binds, "python3", &args));
     let records = env.agent.wait_records(&[pid], 9);
     let prices = PriceTable::shipped();
@@ -429,16 +312,10 @@ fn container_style_private_libssl_is_discovered_and_captured() {
     std::fs::copy(&libssl, &image_libssl).expect("copy libssl");
     let image = vec![(image_libssl, libssl.clone())];
     let (first, _) = run_client(in_mount_namespace(&env.dir, &image, "curl", &curl_args));
-    wait_for(
-        "the first curl's call to be recorded or counted",
-        std::time::Duration::from_secs(30),
-        || {
-            let s = env.agent.stats();
-            (!env.agent.records_of(&[first]).is_empty()
-                || s["joined_mid_stream"].as_u64() > Some(0))
-            .then_some(())
-        },
-    );
+    wait_for("the first curl's call to be recorded or counted", std::time::Duration::from_secs(30), || {
+        let s = env.agent.stats();
+        (!env.agent.records_of(&[first]).is_empty() || s["joined_mid_stream"].as_u64() > Some(0)).then_some(())
+    });
     let mut curl_pids = Vec::new();
     for _ in 0..5 {
         curl_pids.push(run_client(in_mount_namespace(&env.dir, &image, "curl", &curl_args)).0);
@@ -450,21 +327,13 @@ fn container_style_private_libssl_is_discovered_and_captured() {
 
     // Attached through a process's root (its mount namespace), not the host path.
     let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
-    let through_root = log
-        .lines()
-        .filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so"))
-        .count();
-    assert_eq!(
-        through_root, 2,
-        "expected two attaches through /proc/PID/root:\n{log}"
-    );
+    let through_root =
+        log.lines().filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so")).count();
+    assert_eq!(through_root, 2, "expected two attaches through /proc/PID/root:\n{log}");
     // Two new files (python's copy, the image's copy), each attached once.
     let after = env.agent.wait_stat("targets_attached", before + 2);
     assert_eq!(after["attach_failures"], 0, "{after}");
     let stats = env.finish();
     let first_recorded = stats["records"].as_u64() == Some(15);
-    assert!(
-        first_recorded || stats["records"].as_u64() == Some(14),
-        "{stats}"
-    );
+    assert!(first_recorded || stats["records"].as_u64() == Some(14), "{stats}");
 }

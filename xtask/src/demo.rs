@@ -32,10 +32,7 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
         &out,
         "node",
         &[
-            crate::workspace_root()
-                .join("tests/clients/node_client.mjs")
-                .display()
-                .to_string(),
+            crate::workspace_root().join("tests/clients/node_client.mjs").display().to_string(),
             openai,
             SECRET_KEY.into(),
         ],
@@ -46,22 +43,14 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
     let mut curl = Command::new("curl");
     curl.args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
         .arg(&certs.ca)
-        .arg(format!(
-            "https://127.0.0.1:{}/v1/chat/completions",
-            server.port
-        ))
-        .args([
-            "-d",
-            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#,
-        ]);
+        .arg(format!("https://127.0.0.1:{}/v1/chat/completions", server.port))
+        .args(["-d", r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#]);
     run_client(curl);
 
     let served = server.served().len();
-    tokentap_e2e::wait_for(
-        "the agent to record every call",
-        std::time::Duration::from_secs(30),
-        || (agent.records().len() >= served).then_some(()),
-    );
+    tokentap_e2e::wait_for("the agent to record every call", std::time::Duration::from_secs(30), || {
+        (agent.records().len() >= served).then_some(())
+    });
     let status = agent.stop();
     anyhow::ensure!(status.success(), "agent exited with {status}");
     let records: Vec<LlmCall> = std::fs::read_to_string(&agent.records)
@@ -69,11 +58,7 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    println!(
-        "\ntokentap captured {} LLM calls ({} served by the endpoint):\n",
-        records.len(),
-        served
-    );
+    println!("\ntokentap captured {} LLM calls ({} served by the endpoint):\n", records.len(), served);
     print!("{}", tokentap_event::summary::render(&records));
     let stats = agent.stats();
     println!(
@@ -84,15 +69,10 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
     );
     println!(
         "dropped calls: {}, kernel losses: {}",
-        [
-            "dropped_unanswered",
-            "dropped_truncated_body",
-            "dropped_body_decode",
-            "dropped_parse_error"
-        ]
-        .iter()
-        .map(|k| stats[k].as_u64().unwrap_or(0))
-        .sum::<u64>(),
+        ["dropped_unanswered", "dropped_truncated_body", "dropped_body_decode", "dropped_parse_error"]
+            .iter()
+            .map(|k| stats[k].as_u64().unwrap_or(0))
+            .sum::<u64>(),
         stats["kernel_ring_full"].as_u64().unwrap_or(0)
     );
     Ok(())

@@ -57,10 +57,7 @@ enum Cmd {
     /// Regenerate event/data/prices.json from the LiteLLM price list.
     Prices {
         /// LiteLLM's model_prices JSON.
-        #[arg(
-            long,
-            default_value = "../shared/data/model_prices.litellm-1.109.1.json"
-        )]
+        #[arg(long, default_value = "../shared/data/model_prices.litellm-1.109.1.json")]
         from: PathBuf,
     },
 }
@@ -80,9 +77,7 @@ fn main() -> Result<()> {
             let bin = build_agent(false)?;
             let mut c = cargo();
             // The default members: every crate but the eBPF one (built by agent/build.rs).
-            c.args(["test", "--no-fail-fast"])
-                .args(&args)
-                .env("TOKENTAP_AGENT_BIN", &bin);
+            c.args(["test", "--no-fail-fast"]).args(&args).env("TOKENTAP_AGENT_BIN", &bin);
             run(&mut c)?;
         }
         Cmd::Lint => {
@@ -91,13 +86,7 @@ fn main() -> Result<()> {
             // Host crates (the default members), then the eBPF crate for its own target.
             run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             run(Command::new("rustup")
-                .args([
-                    "run",
-                    prereq::ebpf_toolchain(),
-                    "cargo",
-                    "clippy",
-                    "--release",
-                ])
+                .args(["run", prereq::ebpf_toolchain(), "cargo", "clippy", "--release"])
                 .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
                 .args(["--", "-D", "warnings"])
                 .env("RUSTC_BOOTSTRAP", "1")
@@ -120,10 +109,7 @@ fn main() -> Result<()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 pub fn cargo() -> Command {
@@ -144,21 +130,14 @@ const FUZZ_TARGETS: &[&str] = &["h1", "sse", "body_decode", "providers", "pipeli
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;
     let toolchain = prereq::ebpf_toolchain();
-    for t in FUZZ_TARGETS
-        .iter()
-        .filter(|t| only.is_none_or(|o| o == **t))
-    {
+    for t in FUZZ_TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let corpus = workspace_root().join("fuzz/corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
         run(Command::new("rustup")
             .args(["run", toolchain, "cargo", "fuzz", "run", t])
             .arg(&corpus)
             .arg(workspace_root().join("fuzz/seeds").join(t))
-            .args([
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-rss_limit_mb=2048",
-            ])
+            .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"])
             // The fuzz targets need no eBPF object; sanitizer flags need unstable options.
             .env("AYA_BUILD_SKIP", "1")
             .env("RUSTC_BOOTSTRAP", "1")
@@ -175,10 +154,7 @@ fn build_agent(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c)?;
-    let bin = workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("tokentap-agent");
+    let bin = workspace_root().join("target").join(if release { "release" } else { "debug" }).join("tokentap-agent");
     if !Path::new(&bin).exists() {
         bail!("build finished but {} is missing", bin.display());
     }

@@ -8,10 +8,7 @@ use anyhow::{bail, Result};
 use crate::run;
 
 fn ok(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn have(tool: &str) -> bool {
@@ -19,18 +16,11 @@ fn have(tool: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !ok(Command::new("dpkg").args(["-s", p])))
-        .collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !ok(Command::new("dpkg").args(["-s", p]))).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -38,16 +28,11 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         bail!("missing packages {missing:?} and no apt-get to install them: install them by hand");
     }
     if !is_root() {
-        bail!(
-            "missing packages {missing:?}: run as root (or `sudo apt-get install {}`)",
-            missing.join(" ")
-        );
+        bail!("missing packages {missing:?}: run as root (or `sudo apt-get install {}`)", missing.join(" "));
     }
     eprintln!("xtask: installing {missing:?} with apt-get");
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
 }
 
 /// The toolchain that builds the eBPF object: nightly when installed, else stable
@@ -72,38 +57,18 @@ pub fn build_tools() -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
         .unwrap_or(false);
     if !src {
-        eprintln!(
-            "xtask: adding rust-src to the {toolchain} toolchain (needed for -Z build-std=core)"
-        );
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            toolchain,
-        ]))?;
+        eprintln!("xtask: adding rust-src to the {toolchain} toolchain (needed for -Z build-std=core)");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))?;
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0.13"));
     if !linker_ok {
-        apt_install(&[
-            "llvm-22-dev",
-            "libpolly-22-dev",
-            "libzstd-dev",
-            "zlib1g-dev",
-        ])?;
+        apt_install(&["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"])?;
         eprintln!("xtask: installing bpf-linker 0.13.0 against LLVM 22 (a few minutes, once)");
         run(crate::cargo()
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                "0.13.0",
-                "--no-default-features",
-            ])
+            .args(["install", "bpf-linker", "--locked", "--version", "0.13.0", "--no-default-features"])
             .args(["--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
@@ -113,12 +78,7 @@ pub fn build_tools() -> Result<()> {
 /// Tools and client libraries the end-to-end tests and the demo drive.
 pub fn test_tools(root: &Path) -> Result<()> {
     let mut pkgs = Vec::new();
-    for (tool, pkg) in [
-        ("curl", "curl"),
-        ("openssl", "openssl"),
-        ("unshare", "util-linux"),
-        ("python3", "python3"),
-    ] {
+    for (tool, pkg) in [("curl", "curl"), ("openssl", "openssl"), ("unshare", "util-linux"), ("python3", "python3")] {
         if !have(tool) {
             pkgs.push(pkg);
         }
@@ -150,9 +110,7 @@ pub fn test_tools(root: &Path) -> Result<()> {
     let clients = root.join("tests/clients");
     if !clients.join("node_modules/openai").exists() {
         eprintln!("xtask: installing the Node openai package");
-        run(Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&clients))?;
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&clients))?;
     }
     Ok(())
 }

@@ -7,10 +7,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 pub fn generate(from: &Path, to: &Path) -> Result<()> {
-    let text =
-        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
-    let src: Map<String, Value> =
-        serde_json::from_str(&text).context("parsing the LiteLLM price list")?;
+    let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let src: Map<String, Value> = serde_json::from_str(&text).context("parsing the LiteLLM price list")?;
     let version = from
         .file_stem()
         .and_then(|s| s.to_str())
@@ -33,10 +31,7 @@ pub fn generate(from: &Path, to: &Path) -> Result<()> {
         if let Some(r) = v.get("cache_read_input_token_cost").and_then(Value::as_f64) {
             e["cache_read"] = json!(r);
         }
-        if let Some(w) = v
-            .get("cache_creation_input_token_cost")
-            .and_then(Value::as_f64)
-        {
+        if let Some(w) = v.get("cache_creation_input_token_cost").and_then(Value::as_f64) {
             e["cache_write"] = json!(w);
         }
         models.insert(name.clone(), e);

@@ -20,18 +20,12 @@ pub struct CgroupPaths {
 impl CgroupPaths {
     /// Find the cgroup2 mount in /proc/self/mountinfo.
     pub fn discover() -> Self {
-        let root = std::fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|m| cgroup2_mount(&m));
+        let root = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m));
         Self::at(root)
     }
 
     pub fn at(root: Option<PathBuf>) -> Self {
-        Self {
-            root,
-            cache: HashMap::new(),
-            last_walk: None,
-        }
+        Self { root, cache: HashMap::new(), last_walk: None }
     }
 
     /// The path (relative to the cgroup2 root, starting with `/`) of cgroup `id`.
@@ -43,10 +37,7 @@ impl CgroupPaths {
             return Some(p.clone());
         }
         let root = self.root.clone()?;
-        if self
-            .last_walk
-            .is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL)
-        {
+        if self.last_walk.is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL) {
             return None;
         }
         self.last_walk = Some(Instant::now());
@@ -62,10 +53,7 @@ impl CgroupPaths {
             return;
         }
         if let Ok(md) = std::fs::metadata(dir) {
-            let rel = dir
-                .strip_prefix(root)
-                .map(|r| format!("/{}", r.display()))
-                .unwrap_or_default();
+            let rel = dir.strip_prefix(root).map(|r| format!("/{}", r.display())).unwrap_or_default();
             self.cache.insert(md.ino(), rel);
         }
         let Ok(rd) = std::fs::read_dir(dir) else {
@@ -96,10 +84,7 @@ mod tests {
     fn finds_the_cgroup2_mount() {
         let mi = "25 30 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
                   35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup2_mount(mi),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(cgroup2_mount("garbage\n"), None);
     }
 
@@ -111,10 +96,7 @@ mod tests {
         std::fs::create_dir_all(&leaf).unwrap();
         let id = std::fs::metadata(&leaf).unwrap().ino();
         let mut c = CgroupPaths::at(Some(root.clone()));
-        assert_eq!(
-            c.path_of(id).as_deref(),
-            Some("/system.slice/docker-abc.scope")
-        );
+        assert_eq!(c.path_of(id).as_deref(), Some("/system.slice/docker-abc.scope"));
         assert_eq!(c.path_of(0), None);
         // A miss right after a walk does not walk again (rate limit)...
         let new = root.join("new");

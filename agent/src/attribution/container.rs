@@ -6,9 +6,7 @@
 pub fn container_id_from_proc_cgroup(text: &str) -> Option<String> {
     let mut lines: Vec<&str> = text.lines().collect();
     lines.sort_by_key(|l| !l.starts_with("0::"));
-    lines
-        .iter()
-        .find_map(|l| container_id_from_path(l.splitn(3, ':').nth(2)?))
+    lines.iter().find_map(|l| container_id_from_path(l.splitn(3, ':').nth(2)?))
 }
 
 /// The last path component that holds a 64-hex-digit id.
@@ -16,8 +14,7 @@ pub fn container_id_from_path(path: &str) -> Option<String> {
     path.rsplit('/').find_map(|seg| {
         let seg = seg.strip_suffix(".scope").unwrap_or(seg);
         let id = seg.rsplit(['-', ':']).next()?;
-        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| id.to_ascii_lowercase())
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
     })
 }
 
@@ -32,7 +29,9 @@ mod tests {
         for p in [
             format!("/docker/{ID}"),
             format!("/system.slice/docker-{ID}.scope"),
-            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{ID}.scope"
+            ),
             format!("/kubepods/besteffort/pod1234/{ID}"),
             format!("/machine.slice/libpod-{ID}.scope/container"),
             format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"),
@@ -40,10 +39,7 @@ mod tests {
         ] {
             assert_eq!(container_id_from_path(&p).as_deref(), Some(ID), "{p}");
         }
-        assert_eq!(
-            container_id_from_path("/user.slice/user-0.slice/session-1.scope"),
-            None
-        );
+        assert_eq!(container_id_from_path("/user.slice/user-0.slice/session-1.scope"), None);
         assert_eq!(container_id_from_path("/"), None);
     }
 

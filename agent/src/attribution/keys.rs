@@ -17,9 +17,7 @@ pub struct KeyHasher {
 
 impl KeyHasher {
     pub fn with_secret(secret: &[u8]) -> Self {
-        Self {
-            secret: secret.to_vec(),
-        }
+        Self { secret: secret.to_vec() }
     }
 
     /// Read the installation secret, creating it (32 random bytes) if missing.
@@ -33,13 +31,7 @@ impl KeyHasher {
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-            })
+            .and_then(|_| std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path))
             .and_then(|mut f| f.write_all(&secret));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e,
@@ -55,23 +47,13 @@ impl KeyHasher {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
         mac.update(cred.as_bytes());
         let tag = mac.finalize().into_bytes();
-        Some(format!(
-            "k_{}",
-            tag[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ))
+        Some(format!("k_{}", tag[..12].iter().map(|b| format!("{b:02x}")).collect::<String>()))
     }
 }
 
 fn credential(head: &Head) -> Option<String> {
     if let Some(a) = head.header("authorization") {
-        let tok = a
-            .strip_prefix("Bearer ")
-            .or_else(|| a.strip_prefix("bearer "))
-            .unwrap_or(a)
-            .trim();
+        let tok = a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")).unwrap_or(a).trim();
         if !tok.is_empty() {
             return Some(tok.to_owned());
         }
@@ -82,11 +64,7 @@ fn credential(head: &Head) -> Option<String> {
         }
     }
     let query = head.path.as_deref()?.split_once('?')?.1;
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("key="))
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned)
+    query.split('&').find_map(|kv| kv.strip_prefix("key=")).filter(|k| !k.is_empty()).map(str::to_owned)
 }
 
 fn random_bytes() -> Vec<u8> {
@@ -110,10 +88,7 @@ mod tests {
         Head {
             method: Some("POST".into()),
             path: Some(path.into()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
             ..Default::default()
         }
     }
@@ -121,19 +96,10 @@ mod tests {
     #[test]
     fn same_key_same_id_never_the_key() {
         let h = KeyHasher::with_secret(b"installation-secret-0123456789");
-        let a = h
-            .key_id(&head(&[("authorization", "Bearer sk-live-abc")], "/v1/x"))
-            .unwrap();
-        let b = h
-            .key_id(&head(&[("x-api-key", "sk-live-abc")], "/v1/x"))
-            .unwrap();
+        let a = h.key_id(&head(&[("authorization", "Bearer sk-live-abc")], "/v1/x")).unwrap();
+        let b = h.key_id(&head(&[("x-api-key", "sk-live-abc")], "/v1/x")).unwrap();
         let c = h.key_id(&head(&[("api-key", "other")], "/v1/x")).unwrap();
-        let d = h
-            .key_id(&head(
-                &[],
-                "/v1beta/models/g:generateContent?alt=sse&key=sk-live-abc",
-            ))
-            .unwrap();
+        let d = h.key_id(&head(&[], "/v1beta/models/g:generateContent?alt=sse&key=sk-live-abc")).unwrap();
         assert_eq!(a, b);
         assert_eq!(a, d);
         assert_ne!(a, c);
@@ -141,12 +107,7 @@ mod tests {
         assert_eq!(h.key_id(&head(&[], "/v1/x")), None);
         // Another installation's secret gives another id.
         let other = KeyHasher::with_secret(b"another-secret-0123456789");
-        assert_ne!(
-            other
-                .key_id(&head(&[("x-api-key", "sk-live-abc")], "/"))
-                .unwrap(),
-            a
-        );
+        assert_ne!(other.key_id(&head(&[("x-api-key", "sk-live-abc")], "/")).unwrap(), a);
     }
 
     #[test]

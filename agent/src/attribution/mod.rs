@@ -5,13 +5,17 @@
 //! served from a bounded cache with no syscalls; a process's entry goes when it
 //! exits.
 //!
-//! `service` is resolved in this order (first found wins): `OTEL_SERVICE_NAME` or
-//! the `service.name` resource attribute of the process, its systemd unit (without
-//! `.service`), its executable's file name. (Kubernetes labels and workload names
-//! slot in ahead of these once pod metadata is watched.)
+//! `service` is resolved in this order (first found wins):
+//! 1. the pod's annotation or label named by `service_label` (default `tokentap.io/service`),
+//! 2. `OTEL_SERVICE_NAME`, or the `service.name` resource attribute, of the process,
+//! 3. the pod's `app.kubernetes.io/name` label,
+//! 4. the pod's workload name (Deployment, StatefulSet, DaemonSet, CronJob, ...),
+//! 5. the process's systemd unit (without `.service`),
+//! 6. the executable's file name.
 pub mod cgroups;
 pub mod container;
 pub mod keys;
+pub mod kubernetes;
 pub mod process;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +24,7 @@ use std::path::PathBuf;
 use tokentap_event::LlmCall;
 
 use crate::http::h1::Head;
+use kubernetes::{PodIndex, PodMeta};
 
 /// What is known about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,32 +40,52 @@ pub struct ProcessInfo {
 
 impl ProcessInfo {
     /// The `service` of this process's calls, and where it came from.
-    pub fn service(&self) -> Option<(String, &'static str)> {
+    pub fn service(&self, pod: Option<&PodMeta>, service_label: &str) -> Option<(String, &'static str)> {
+        if let Some(v) = pod.and_then(|p| p.annotations.get(service_label).or_else(|| p.labels.get(service_label))) {
+            return Some((v.clone(), "pod_label"));
+        }
         if let Some(s) = &self.otel_service {
             return Some((s.clone(), "otel"));
+        }
+        if let Some(p) = pod {
+            if let Some(v) = p.labels.get("app.kubernetes.io/name") {
+                return Some((v.clone(), "app_label"));
+            }
+            if !p.workload.is_empty() {
+                return Some((p.workload.clone(), "workload"));
+            }
         }
         if let Some(u) = &self.systemd_unit {
             return Some((u.trim_end_matches(".service").to_owned(), "systemd"));
         }
         let exe = self.exe.as_deref()?;
-        let name = exe
-            .rsplit('/')
-            .next()
-            .unwrap_or(exe)
-            .trim_end_matches(" (deleted)");
+        let name = exe.rsplit('/').next().unwrap_or(exe).trim_end_matches(" (deleted)");
         (!name.is_empty()).then(|| (name.to_owned(), "exe"))
     }
 }
 
 /// Attribution settings (`[attribution]` in the config file).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttributionConfig {
+    /// Pod annotation or label that names the service.
+    pub service_label: String,
     /// Request header naming the end user (wins over the body's user fields).
     pub end_user_header: Option<String>,
     /// Request header naming the product feature.
     pub feature_header: Option<String>,
-    /// Resource attributes / labels copied into the record's `labels`.
+    /// Pod labels / resource attributes copied into the record's `labels`.
     pub labels: Vec<String>,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            service_label: "tokentap.io/service".into(),
+            end_user_header: None,
+            feature_header: None,
+            labels: Vec::new(),
+        }
+    }
 }
 
 pub struct Attributor {
@@ -70,6 +95,7 @@ pub struct Attributor {
     cfg: AttributionConfig,
     keys: Option<keys::KeyHasher>,
     cgroups: cgroups::CgroupPaths,
+    pods: Option<PodIndex>,
 }
 
 impl Attributor {
@@ -81,12 +107,19 @@ impl Attributor {
             cfg: AttributionConfig::default(),
             keys: None,
             cgroups: cgroups::CgroupPaths::discover(),
+            pods: None,
         }
     }
 
     pub fn with_config(mut self, cfg: AttributionConfig, keys: Option<keys::KeyHasher>) -> Self {
         self.cfg = cfg;
         self.keys = keys;
+        self
+    }
+
+    /// Kubernetes pod metadata by container id (kept current by the watcher).
+    pub fn with_pods(mut self, pods: Option<PodIndex>) -> Self {
+        self.pods = pods;
         self
     }
 
@@ -120,30 +153,31 @@ impl Attributor {
     /// Fill the record's who-fields from the process and the request head.
     pub fn fill(&mut self, record: &mut LlmCall, tgid: u32, cgroup_id: u64, request: &Head) {
         let info = self.get(tgid, cgroup_id);
-        if let Some((service, _)) = info.service() {
+        let pod = self
+            .pods
+            .as_ref()
+            .zip(info.container_id.as_ref())
+            .and_then(|(idx, id)| idx.read().ok().and_then(|m| m.get(id).cloned()));
+        if let Some((service, _)) = info.service(pod.as_deref(), &self.cfg.service_label) {
             record.service = Some(service);
         }
+        if let Some(p) = &pod {
+            record.pod = Some(p.pod.clone());
+            record.namespace = Some(p.namespace.clone());
+            record.workload = Some(p.workload.clone());
+        }
         for l in &self.cfg.labels {
-            if let Some(v) = info.resource_attributes.get(l) {
+            let v = pod.as_ref().and_then(|p| p.labels.get(l)).or_else(|| info.resource_attributes.get(l));
+            if let Some(v) = v {
                 record.labels.insert(l.clone(), v.clone());
             }
         }
         record.exe = info.exe;
         record.container_id = info.container_id;
-        if let Some(v) = self
-            .cfg
-            .end_user_header
-            .as_deref()
-            .and_then(|h| request.header(h))
-        {
+        if let Some(v) = self.cfg.end_user_header.as_deref().and_then(|h| request.header(h)) {
             record.end_user = Some(v.to_owned());
         }
-        if let Some(v) = self
-            .cfg
-            .feature_header
-            .as_deref()
-            .and_then(|h| request.header(h))
-        {
+        if let Some(v) = self.cfg.feature_header.as_deref().and_then(|h| request.header(h)) {
             record.feature = Some(v.to_owned());
         }
         if let Some(k) = &self.keys {
@@ -153,29 +187,19 @@ impl Attributor {
 
     fn read(&mut self, tgid: u32, cgroup_id: u64) -> ProcessInfo {
         let dir = self.proc_root.join(tgid.to_string());
-        let exe = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
+        let exe = std::fs::read_link(dir.join("exe")).ok().map(|p| p.to_string_lossy().into_owned());
         let proc_cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
         // The kernel's cgroup id names the cgroup even if /proc is unreadable.
-        let v2_path = self.cgroups.path_of(cgroup_id).or_else(|| {
-            proc_cgroup
-                .as_deref()
-                .and_then(process::cgroup_v2_path)
-                .map(str::to_owned)
-        });
+        let v2_path = self
+            .cgroups
+            .path_of(cgroup_id)
+            .or_else(|| proc_cgroup.as_deref().and_then(process::cgroup_v2_path).map(str::to_owned));
         let container_id = v2_path
             .as_deref()
             .and_then(container::container_id_from_path)
-            .or_else(|| {
-                proc_cgroup
-                    .as_deref()
-                    .and_then(container::container_id_from_proc_cgroup)
-            });
+            .or_else(|| proc_cgroup.as_deref().and_then(container::container_id_from_proc_cgroup));
         let systemd_unit = v2_path.as_deref().and_then(process::systemd_unit);
-        let env = std::fs::read(dir.join("environ"))
-            .map(|e| process::otel_env(&e))
-            .unwrap_or_default();
+        let env = std::fs::read(dir.join("environ")).map(|e| process::otel_env(&e)).unwrap_or_default();
         ProcessInfo {
             exe,
             container_id,
@@ -214,11 +238,7 @@ mod tests {
         let dir = fake.join("42");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("environ"), b"OTEL_SERVICE_NAME=cached-svc\0").unwrap();
-        std::fs::write(
-            dir.join("cgroup"),
-            format!("0::/system.slice/docker-{}.scope\n", "ab".repeat(32)),
-        )
-        .unwrap();
+        std::fs::write(dir.join("cgroup"), format!("0::/system.slice/docker-{}.scope\n", "ab".repeat(32))).unwrap();
         let mut a = Attributor::new(&fake, 16);
         a.observe(42, 0);
         std::fs::remove_dir_all(&fake).unwrap();
@@ -230,22 +250,22 @@ mod tests {
 
     #[test]
     fn service_resolution_order() {
-        let exe = ProcessInfo {
-            exe: Some("/usr/bin/python3.11".into()),
-            ..Default::default()
-        };
-        assert_eq!(exe.service(), Some(("python3.11".into(), "exe")));
-        let unit = ProcessInfo {
-            systemd_unit: Some("llm-worker.service".into()),
-            ..exe.clone()
-        };
-        assert_eq!(unit.service(), Some(("llm-worker".into(), "systemd")));
-        let otel = ProcessInfo {
-            otel_service: Some("checkout".into()),
-            ..unit.clone()
-        };
-        assert_eq!(otel.service(), Some(("checkout".into(), "otel")));
-        assert_eq!(ProcessInfo::default().service(), None);
+        const L: &str = "tokentap.io/service";
+        let exe = ProcessInfo { exe: Some("/usr/bin/python3.11".into()), ..Default::default() };
+        assert_eq!(exe.service(None, L), Some(("python3.11".into(), "exe")));
+        let unit = ProcessInfo { systemd_unit: Some("llm-worker.service".into()), ..exe.clone() };
+        assert_eq!(unit.service(None, L), Some(("llm-worker".into(), "systemd")));
+        let mut pod = PodMeta { workload: "checkout-deploy".into(), ..Default::default() };
+        assert_eq!(unit.service(Some(&pod), L), Some(("checkout-deploy".into(), "workload")));
+        pod.labels.insert("app.kubernetes.io/name".into(), "checkout-app".into());
+        assert_eq!(unit.service(Some(&pod), L), Some(("checkout-app".into(), "app_label")));
+        let otel = ProcessInfo { otel_service: Some("checkout".into()), ..unit.clone() };
+        assert_eq!(otel.service(Some(&pod), L), Some(("checkout".into(), "otel")));
+        pod.labels.insert(L.into(), "from-label".into());
+        assert_eq!(otel.service(Some(&pod), L), Some(("from-label".into(), "pod_label")));
+        pod.annotations.insert(L.into(), "from-annotation".into());
+        assert_eq!(otel.service(Some(&pod), L), Some(("from-annotation".into(), "pod_label")));
+        assert_eq!(ProcessInfo::default().service(None, L), None);
     }
 
     #[test]
@@ -255,6 +275,7 @@ mod tests {
                 end_user_header: Some("x-end-user".into()),
                 feature_header: Some("x-feature".into()),
                 labels: vec!["team".into()],
+                ..Default::default()
             },
             Some(keys::KeyHasher::with_secret(b"0123456789abcdef")),
         );
@@ -274,10 +295,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut r = LlmCall {
-            end_user: Some("from-body".into()),
-            ..Default::default()
-        };
+        let mut r = LlmCall { end_user: Some("from-body".into()), ..Default::default() };
         a.fill(&mut r, 7, 0, &head);
         assert_eq!(r.service.as_deref(), Some("search"));
         assert_eq!(r.end_user.as_deref(), Some("alice"));

@@ -63,10 +63,7 @@ fn percent_decode(s: &str) -> String {
 
 /// The systemd unit a cgroup path belongs to (the deepest `*.service`).
 pub fn systemd_unit(cgroup_path: &str) -> Option<String> {
-    cgroup_path
-        .rsplit('/')
-        .find(|seg| seg.ends_with(".service") && !seg.starts_with("user@"))
-        .map(str::to_owned)
+    cgroup_path.rsplit('/').find(|seg| seg.ends_with(".service") && !seg.starts_with("user@")).map(str::to_owned)
 }
 
 /// The v2 cgroup path in `/proc/PID/cgroup` text (the `0::` line).
@@ -84,56 +81,31 @@ mod tests {
         assert_eq!(env.len(), 2);
         assert!(!format!("{env:?}").contains("sk-x"));
         assert_eq!(otel_service(&env).as_deref(), Some("checkout"));
-        assert_eq!(
-            resource_attributes(&env).get("team").map(String::as_str),
-            Some("pay ments")
-        );
+        assert_eq!(resource_attributes(&env).get("team").map(String::as_str), Some("pay ments"));
     }
 
     #[test]
     fn service_name_from_resource_attributes() {
         for (environ, want) in [
-            (
-                &b"OTEL_RESOURCE_ATTRIBUTES=service.name=search,team=x\0"[..],
-                Some("search"),
-            ),
-            (
-                b"OTEL_SERVICE_NAME= \0OTEL_RESOURCE_ATTRIBUTES=service.name=a%2Cb\0",
-                Some("a,b"),
-            ),
+            (&b"OTEL_RESOURCE_ATTRIBUTES=service.name=search,team=x\0"[..], Some("search")),
+            (b"OTEL_SERVICE_NAME= \0OTEL_RESOURCE_ATTRIBUTES=service.name=a%2Cb\0", Some("a,b")),
             (b"OTEL_RESOURCE_ATTRIBUTES=,=,bad,%\0", None),
             (b"\xff\xfe\0", None),
             (b"", None),
         ] {
-            assert_eq!(
-                otel_service(&otel_env(environ)).as_deref(),
-                want,
-                "{environ:?}"
-            );
+            assert_eq!(otel_service(&otel_env(environ)).as_deref(), want, "{environ:?}");
         }
     }
 
     #[test]
     fn systemd_units_from_cgroup_paths() {
+        assert_eq!(systemd_unit("/system.slice/nginx.service").as_deref(), Some("nginx.service"));
         assert_eq!(
-            systemd_unit("/system.slice/nginx.service").as_deref(),
-            Some("nginx.service")
-        );
-        assert_eq!(
-            systemd_unit(
-                "/user.slice/user-1000.slice/user@1000.service/app.slice/llm-worker.service"
-            )
-            .as_deref(),
+            systemd_unit("/user.slice/user-1000.slice/user@1000.service/app.slice/llm-worker.service").as_deref(),
             Some("llm-worker.service")
         );
-        assert_eq!(
-            systemd_unit("/user.slice/user-1000.slice/session-2.scope"),
-            None
-        );
-        assert_eq!(
-            cgroup_v2_path("1:cpu:/\n0::/system.slice/x.service\n"),
-            Some("/system.slice/x.service")
-        );
+        assert_eq!(systemd_unit("/user.slice/user-1000.slice/session-2.scope"), None);
+        assert_eq!(cgroup_v2_path("1:cpu:/\n0::/system.slice/x.service\n"), Some("/system.slice/x.service"));
         assert_eq!(cgroup_v2_path("1:cpu:/\n"), None);
     }
 }

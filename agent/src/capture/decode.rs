@@ -36,10 +36,7 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
             if len > CHUNK_SIZE || buf.len() < DATA_HEADER_LEN + len {
                 return Err(DecodeError::BadLength(h.len));
             }
-            Ok(RawEvent::Data(
-                h,
-                &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
-            ))
+            Ok(RawEvent::Data(h, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]))
         }
         Some(k) => {
             if buf.len() < std::mem::size_of::<ControlEvent>() {
@@ -64,15 +61,7 @@ pub(crate) mod tests {
     use super::*;
     use tokentap_agent_common::{DIR_EGRESS, FLAG_LAST};
 
-    pub fn data_record(
-        tgid: u32,
-        conn: u64,
-        dir: u32,
-        offset: u64,
-        call_len: u64,
-        data: &[u8],
-        flags: u32,
-    ) -> Vec<u8> {
+    pub fn data_record(tgid: u32, conn: u64, dir: u32, offset: u64, call_len: u64, data: &[u8], flags: u32) -> Vec<u8> {
         let h = DataHeader {
             kind: EventKind::Data as u32,
             direction: dir,
@@ -90,10 +79,8 @@ pub(crate) mod tests {
             comm: *b"python3\0\0\0\0\0\0\0\0\0",
         };
         // SAFETY: plain-old-data to bytes.
-        let mut v = unsafe {
-            std::slice::from_raw_parts((&h as *const DataHeader).cast::<u8>(), DATA_HEADER_LEN)
-        }
-        .to_vec();
+        let mut v =
+            unsafe { std::slice::from_raw_parts((&h as *const DataHeader).cast::<u8>(), DATA_HEADER_LEN) }.to_vec();
         v.extend_from_slice(data);
         v
     }
@@ -109,19 +96,10 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            decode(&rec[..rec.len() - 1]).unwrap_err(),
-            DecodeError::BadLength(5)
-        );
+        assert_eq!(decode(&rec[..rec.len() - 1]).unwrap_err(), DecodeError::BadLength(5));
         assert_eq!(decode(&rec[..10]).unwrap_err(), DecodeError::Short(10));
-        assert_eq!(
-            decode(&[9, 0, 0, 0, 0]).unwrap_err(),
-            DecodeError::UnknownKind(9)
-        );
+        assert_eq!(decode(&[9, 0, 0, 0, 0]).unwrap_err(), DecodeError::UnknownKind(9));
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::Short(0));
-        assert_eq!(
-            decode(&[2, 0, 0, 0, 1, 2]).unwrap_err(),
-            DecodeError::Short(6)
-        );
+        assert_eq!(decode(&[2, 0, 0, 0, 1, 2]).unwrap_err(), DecodeError::Short(6));
     }
 }

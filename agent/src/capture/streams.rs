@@ -51,10 +51,7 @@ pub struct ConnTable<T> {
 
 impl<T> ConnTable<T> {
     pub fn new(max: usize) -> Self {
-        Self {
-            conns: HashMap::new(),
-            max: max.max(1),
-        }
+        Self { conns: HashMap::new(), max: max.max(1) }
     }
 
     pub fn len(&self) -> usize {
@@ -71,35 +68,17 @@ impl<T> ConnTable<T> {
 
     /// Find or create the entry for a data chunk and check its continuity. When
     /// the table is full the least recently active entry is evicted and returned.
-    pub fn on_data(
-        &mut self,
-        h: &DataHeader,
-        new: impl FnOnce() -> T,
-    ) -> (&mut Entry<T>, Continuity, Evicted<T>) {
-        let key = ConnKey {
-            tgid: h.tgid,
-            conn: h.conn,
-        };
+    pub fn on_data(&mut self, h: &DataHeader, new: impl FnOnce() -> T) -> (&mut Entry<T>, Continuity, Evicted<T>) {
+        let key = ConnKey { tgid: h.tgid, conn: h.conn };
         let mut evicted = None;
         if !self.conns.contains_key(&key) && self.conns.len() >= self.max {
-            if let Some(oldest) = self
-                .conns
-                .iter()
-                .min_by_key(|(_, e)| e.last_ts)
-                .map(|(k, _)| *k)
-            {
+            if let Some(oldest) = self.conns.iter().min_by_key(|(_, e)| e.last_ts).map(|(k, _)| *k) {
                 evicted = self.conns.remove(&oldest).map(|e| (oldest, e));
             }
         }
         let e = self.conns.entry(key).or_insert_with(|| Entry {
             state: new(),
-            meta: ConnMeta {
-                tgid: h.tgid,
-                cgroup_id: h.cgroup_id,
-                comm: h.comm,
-                source: h.source,
-                fd: h.fd,
-            },
+            meta: ConnMeta { tgid: h.tgid, cgroup_id: h.cgroup_id, comm: h.comm, source: h.source, fd: h.fd },
             last_ts: h.ts_ns,
             fresh: true,
             next_offset: [None, None],
@@ -110,19 +89,11 @@ impl<T> ConnTable<T> {
         }
         let dir = usize::from(h.direction == DIR_INGRESS);
         let expected = e.next_offset[dir].unwrap_or(0);
-        let mut cont = if h.offset == expected {
-            Continuity::InOrder
-        } else {
-            Continuity::Gap
-        };
+        let mut cont = if h.offset == expected { Continuity::InOrder } else { Continuity::Gap };
         if h.flags & (FLAG_READ_FAILED | FLAG_TRUNCATED) != 0 {
             cont = Continuity::Gap;
         }
-        e.next_offset[dir] = if h.flags & FLAG_LAST != 0 {
-            None
-        } else {
-            Some(h.offset.saturating_add(h.len as u64))
-        };
+        e.next_offset[dir] = if h.flags & FLAG_LAST != 0 { None } else { Some(h.offset.saturating_add(h.len as u64)) };
         (e, cont, evicted)
     }
 
@@ -136,28 +107,14 @@ impl<T> ConnTable<T> {
 
     /// Remove every connection of a process.
     pub fn remove_process(&mut self, tgid: u32) -> Vec<(ConnKey, Entry<T>)> {
-        let keys: Vec<ConnKey> = self
-            .conns
-            .keys()
-            .filter(|k| k.tgid == tgid)
-            .copied()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.conns.remove(&k).map(|e| (k, e)))
-            .collect()
+        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        keys.into_iter().filter_map(|k| self.conns.remove(&k).map(|e| (k, e))).collect()
     }
 
     /// Remove connections idle since before `cutoff_ts`.
     pub fn expire(&mut self, cutoff_ts: u64) -> Vec<(ConnKey, Entry<T>)> {
-        let keys: Vec<ConnKey> = self
-            .conns
-            .iter()
-            .filter(|(_, e)| e.last_ts < cutoff_ts)
-            .map(|(k, _)| *k)
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.conns.remove(&k).map(|e| (k, e)))
-            .collect()
+        let keys: Vec<ConnKey> = self.conns.iter().filter(|(_, e)| e.last_ts < cutoff_ts).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| self.conns.remove(&k).map(|e| (k, e))).collect()
     }
 }
 
@@ -166,15 +123,7 @@ mod tests {
     use super::*;
     use tokentap_agent_common::{EventKind, DIR_EGRESS};
 
-    fn hdr(
-        tgid: u32,
-        conn: u64,
-        dir: u32,
-        offset: u64,
-        len: u32,
-        flags: u32,
-        ts: u64,
-    ) -> DataHeader {
+    fn hdr(tgid: u32, conn: u64, dir: u32, offset: u64, len: u32, flags: u32, ts: u64) -> DataHeader {
         DataHeader {
             kind: EventKind::Data as u32,
             direction: dir,
@@ -207,10 +156,7 @@ mod tests {
         let (_, c, _) = t.on_data(&hdr(1, 1, DIR_EGRESS, 16384, 5, FLAG_LAST, 4), || 0);
         assert_eq!(c, Continuity::Gap);
         // Directions are independent.
-        let (_, c, _) = t.on_data(
-            &hdr(1, 1, DIR_INGRESS, 0, 5, FLAG_LAST | FLAG_TRUNCATED, 5),
-            || 0,
-        );
+        let (_, c, _) = t.on_data(&hdr(1, 1, DIR_INGRESS, 0, 5, FLAG_LAST | FLAG_TRUNCATED, 5), || 0);
         assert_eq!(c, Continuity::Gap);
         assert_eq!(t.len(), 1);
     }

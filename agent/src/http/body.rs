@@ -21,17 +21,12 @@ pub fn decode(encoding: Option<&str>, data: &[u8], cap: usize) -> Result<Vec<u8>
     let Some(encoding) = encoding else {
         return Ok(cur);
     };
-    let codings: Vec<String> = encoding
-        .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty())
-        .collect();
+    let codings: Vec<String> =
+        encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()).collect();
     for coding in codings.iter().rev() {
         cur = match coding.as_str() {
             "identity" => cur,
-            "gzip" | "x-gzip" => {
-                read_capped(flate2::read::MultiGzDecoder::new(&cur[..]), cap, "gzip")?
-            }
+            "gzip" | "x-gzip" => read_capped(flate2::read::MultiGzDecoder::new(&cur[..]), cap, "gzip")?,
             "deflate" => {
                 // "deflate" is zlib-wrapped per the RFC but raw deflate in the wild.
                 match read_capped(flate2::read::ZlibDecoder::new(&cur[..]), cap, "deflate") {
@@ -43,8 +38,7 @@ pub fn decode(encoding: Option<&str>, data: &[u8], cap: usize) -> Result<Vec<u8>
             }
             "br" => read_capped(brotli::Decompressor::new(&cur[..], 4096), cap, "br")?,
             "zstd" => {
-                let d = zstd::stream::read::Decoder::new(&cur[..])
-                    .map_err(|_| BodyError::Corrupt("zstd"))?;
+                let d = zstd::stream::read::Decoder::new(&cur[..]).map_err(|_| BodyError::Corrupt("zstd"))?;
                 read_capped(d, cap, "zstd")?
             }
             other => return Err(BodyError::Unsupported(other.to_owned())),
@@ -56,9 +50,7 @@ pub fn decode(encoding: Option<&str>, data: &[u8], cap: usize) -> Result<Vec<u8>
 fn read_capped(r: impl Read, cap: usize, name: &'static str) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     let limit = cap as u64 + 1;
-    r.take(limit)
-        .read_to_end(&mut out)
-        .map_err(|_| BodyError::Corrupt(name))?;
+    r.take(limit).read_to_end(&mut out).map_err(|_| BodyError::Corrupt(name))?;
     if out.len() > cap {
         return Err(BodyError::TooLarge(cap));
     }
@@ -82,17 +74,10 @@ mod tests {
         assert_eq!(decode(Some("gzip"), &gzip(&text), 1 << 20).unwrap(), text);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&text).unwrap();
-        assert_eq!(
-            decode(Some("deflate"), &z.finish().unwrap(), 1 << 20).unwrap(),
-            text
-        );
-        let mut raw =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        assert_eq!(decode(Some("deflate"), &z.finish().unwrap(), 1 << 20).unwrap(), text);
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(&text).unwrap();
-        assert_eq!(
-            decode(Some("deflate"), &raw.finish().unwrap(), 1 << 20).unwrap(),
-            text
-        );
+        assert_eq!(decode(Some("deflate"), &raw.finish().unwrap(), 1 << 20).unwrap(), text);
         let mut br = Vec::new();
         brotli::BrotliCompress(&mut &text[..], &mut br, &Default::default()).unwrap();
         assert_eq!(decode(Some("br"), &br, 1 << 20).unwrap(), text);
@@ -101,34 +86,22 @@ mod tests {
         assert_eq!(decode(Some("identity"), &text, 1 << 20).unwrap(), text);
         assert_eq!(decode(None, &text, 1 << 20).unwrap(), text);
         // Stacked codings are undone in reverse.
-        assert_eq!(
-            decode(Some("gzip, gzip"), &gzip(&gzip(&text)), 1 << 20).unwrap(),
-            text
-        );
+        assert_eq!(decode(Some("gzip, gzip"), &gzip(&gzip(&text)), 1 << 20).unwrap(), text);
     }
 
     #[test]
     fn bombs_stop_at_the_cap() {
         let bomb = gzip(&vec![0u8; 10 << 20]);
         assert!(bomb.len() < 20_000);
-        assert_eq!(
-            decode(Some("gzip"), &bomb, 1 << 20),
-            Err(BodyError::TooLarge(1 << 20))
-        );
+        assert_eq!(decode(Some("gzip"), &bomb, 1 << 20), Err(BodyError::TooLarge(1 << 20)));
     }
 
     #[test]
     fn garbage_and_unknown_codings_are_errors() {
-        assert_eq!(
-            decode(Some("gzip"), b"not gzip", 1024),
-            Err(BodyError::Corrupt("gzip"))
-        );
+        assert_eq!(decode(Some("gzip"), b"not gzip", 1024), Err(BodyError::Corrupt("gzip")));
         assert!(decode(Some("br"), b"\xff\xff\xff\xff", 1024).is_err());
         assert!(decode(Some("zstd"), b"nope", 1024).is_err());
-        assert_eq!(
-            decode(Some("compress"), b"x", 1024),
-            Err(BodyError::Unsupported("compress".into()))
-        );
+        assert_eq!(decode(Some("compress"), b"x", 1024), Err(BodyError::Unsupported("compress".into())));
         let g = gzip(b"hello");
         assert!(decode(Some("gzip"), &g[..g.len() / 2], 1024).is_err());
     }

@@ -78,10 +78,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 impl HttpConnection {
     pub fn new(max_body: usize) -> Self {
         Self {
-            state: State::Sniffing {
-                calls: 0,
-                joined_mid_stream: false,
-            },
+            state: State::Sniffing { calls: 0, joined_mid_stream: false },
             req: Parser::new(Kind::Request, max_body),
             resp: Parser::new(Kind::Response, max_body),
             pending: VecDeque::new(),
@@ -97,25 +94,13 @@ impl HttpConnection {
 
     /// Bytes held for this connection.
     pub fn buffered(&self) -> usize {
-        self.req.buffered()
-            + self.resp.buffered()
-            + self.pending.iter().map(|m| m.body.len()).sum::<usize>()
+        self.req.buffered() + self.resp.buffered() + self.pending.iter().map(|m| m.body.len()).sum::<usize>()
     }
 
     /// Plaintext the process wrote. `capture` says, per request head, whether the
     /// request is worth buffering (an LLM API call).
-    pub fn on_egress(
-        &mut self,
-        data: &[u8],
-        ts: u64,
-        capture: &mut dyn FnMut(&Head) -> bool,
-        lost: &mut Lost,
-    ) {
-        if let State::Sniffing {
-            calls,
-            joined_mid_stream,
-        } = &mut self.state
-        {
+    pub fn on_egress(&mut self, data: &[u8], ts: u64, capture: &mut dyn FnMut(&Head) -> bool, lost: &mut Lost) {
+        if let State::Sniffing { calls, joined_mid_stream } = &mut self.state {
             let n = data.len().min(H2_PREFACE.len());
             if h1::looks_like_request(data) {
                 self.state = State::Client;
@@ -141,10 +126,8 @@ impl HttpConnection {
         let mut out = Vec::new();
         let r = self.req.push(data, ts, capture, &mut out);
         for m in out {
-            self.resp.expect(Expect {
-                head_request: m.head.method.as_deref() == Some("HEAD"),
-                capture: m.body_captured,
-            });
+            self.resp
+                .expect(Expect { head_request: m.head.method.as_deref() == Some("HEAD"), capture: m.body_captured });
             if self.pending.len() < MAX_PENDING {
                 self.pending.push_back(m);
             }
@@ -157,9 +140,7 @@ impl HttpConnection {
     /// Plaintext the process read. Completed exchanges are appended to `out`.
     pub fn on_ingress(&mut self, data: &[u8], ts: u64, out: &mut Vec<Exchange>, lost: &mut Lost) {
         match &mut self.state {
-            State::Sniffing {
-                joined_mid_stream, ..
-            } => {
+            State::Sniffing { joined_mid_stream, .. } => {
                 // The peer spoke first: either we serve HTTP, or capture began
                 // between a request and its response (skip it; the next request
                 // on this connection starts a clean exchange).
@@ -222,11 +203,7 @@ impl HttpConnection {
 
     fn give_up(&mut self, e: H1Error, lost: &mut Lost) {
         tracing::debug!(error = %e, "HTTP/1 parse failed; ignoring connection");
-        let why = if e == H1Error::Upgraded {
-            Ignored::Upgraded
-        } else {
-            Ignored::Desync
-        };
+        let why = if e == H1Error::Upgraded { Ignored::Upgraded } else { Ignored::Desync };
         self.lose_sync(lost);
         self.state = State::Ignored(why);
     }
@@ -247,24 +224,9 @@ mod tests {
         let mut out = Vec::new();
         let mut cap = llm;
         c.on_egress(b"GET /health HTTP/1.1\r\n\r\n", 1, &mut cap, &mut lost);
-        c.on_egress(
-            b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
-            2,
-            &mut cap,
-            &mut lost,
-        );
-        c.on_ingress(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            3,
-            &mut out,
-            &mut lost,
-        );
-        c.on_ingress(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"",
-            4,
-            &mut out,
-            &mut lost,
-        );
+        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 2, &mut cap, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 3, &mut out, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"", 4, &mut out, &mut lost);
         assert!(out.is_empty());
         c.on_ingress(b"}", 5, &mut out, &mut lost);
         assert_eq!(out.len(), 1);
@@ -302,25 +264,10 @@ mod tests {
         let mut out = Vec::new();
         let mut cap = llm;
         // Capture began after the request was written: its response is skipped...
-        c.on_ingress(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            1,
-            &mut out,
-            &mut lost,
-        );
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, &mut out, &mut lost);
         // ...and the next exchange is captured.
-        c.on_egress(
-            b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            2,
-            &mut cap,
-            &mut lost,
-        );
-        c.on_ingress(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
-            3,
-            &mut out,
-            &mut lost,
-        );
+        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 2, &mut cap, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 3, &mut out, &mut lost);
         assert_eq!(out.len(), 1);
         assert_eq!(lost.joined_mid_stream, 1);
         assert_eq!(c.ignored(), None);
@@ -332,18 +279,8 @@ mod tests {
         let mut lost = Lost::default();
         let mut out = Vec::new();
         let mut cap = llm;
-        c.on_egress(
-            b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            1,
-            &mut cap,
-            &mut lost,
-        );
-        c.on_ingress(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
-            2,
-            &mut out,
-            &mut lost,
-        );
+        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", 2, &mut out, &mut lost);
         c.close(3, &mut out, &mut lost);
         // Handed on incomplete; the provider stage rejects it.
         assert_eq!(out.len(), 1);
@@ -359,12 +296,7 @@ mod tests {
         let mut lost = Lost::default();
         let mut out = Vec::new();
         let mut cap = llm;
-        c.on_egress(
-            b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            1,
-            &mut cap,
-            &mut lost,
-        );
+        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
         c.on_ingress(b"HTTP/1.1 200 OK\r\n\r\n{}", 2, &mut out, &mut lost);
         c.close(3, &mut out, &mut lost);
         assert_eq!(out.len(), 1);
@@ -377,18 +309,8 @@ mod tests {
         let mut lost = Lost::default();
         let mut out = Vec::new();
         let mut cap = llm;
-        c.on_egress(
-            b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            1,
-            &mut cap,
-            &mut lost,
-        );
-        c.on_ingress(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nXYZ\r\n",
-            2,
-            &mut out,
-            &mut lost,
-        );
+        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nXYZ\r\n", 2, &mut out, &mut lost);
         assert_eq!(c.ignored(), Some(Ignored::Desync));
         assert_eq!(lost.unanswered, 1);
     }

@@ -43,22 +43,14 @@ pub struct Head {
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .map(str::trim)
+        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok()).map(str::trim)
     }
 
     fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(n, _)| n == name)
-            .any(|(_, v)| {
-                String::from_utf8_lossy(v)
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            .any(|(_, v)| String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     }
 }
 
@@ -88,10 +80,7 @@ const MAX_MARKS: usize = 4096;
 impl Message {
     /// When the body byte at `offset` arrived.
     pub fn ts_of_body_offset(&self, offset: usize) -> Option<u64> {
-        self.body_marks
-            .iter()
-            .find(|(end, _)| *end > offset)
-            .map(|(_, ts)| *ts)
+        self.body_marks.iter().find(|(end, _)| *end > offset).map(|(_, ts)| *ts)
     }
 }
 
@@ -291,11 +280,7 @@ impl Parser {
                     };
                     let size = parse_chunk_size(&avail[..eol])?;
                     *pos += eol + 2;
-                    *body = if size == 0 {
-                        Body::Trailers
-                    } else {
-                        Body::ChunkData(size)
-                    };
+                    *body = if size == 0 { Body::Trailers } else { Body::ChunkData(size) };
                     Ok(Step::Continue)
                 }
                 Body::ChunkData(rem) => {
@@ -398,9 +383,7 @@ impl Parser {
             return Ok(Some(Body::ChunkSize));
         }
         if let Some(cl) = head.header("content-length") {
-            let n: u64 = cl
-                .parse()
-                .map_err(|_| H1Error::Malformed("bad content-length"))?;
+            let n: u64 = cl.parse().map_err(|_| H1Error::Malformed("bad content-length"))?;
             return Ok(if n == 0 { None } else { Some(Body::Length(n)) });
         }
         Ok(match self.kind {
@@ -447,9 +430,7 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
 
 fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     let hex = line.split(|&c| c == b';').next().unwrap_or_default();
-    let hex = std::str::from_utf8(hex)
-        .map_err(|_| H1Error::BadChunk)?
-        .trim();
+    let hex = std::str::from_utf8(hex).map_err(|_| H1Error::BadChunk)?.trim();
     if hex.is_empty() || hex.len() > 15 {
         return Err(H1Error::BadChunk);
     }
@@ -457,9 +438,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
 }
 
 fn to_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
-    hs.iter()
-        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-        .collect()
+    hs.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect()
 }
 
 fn parse_request(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
@@ -503,17 +482,8 @@ fn parse_response(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
 /// Cheap check on the first bytes of a stream: does it start like an HTTP/1.x
 /// request? Used to drop non-HTTP connections before any parsing.
 pub fn looks_like_request(prefix: &[u8]) -> bool {
-    const METHODS: [&[u8]; 9] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"PATCH ",
-        b"DELETE ",
-        b"HEAD ",
-        b"OPTIONS ",
-        b"CONNECT ",
-        b"TRACE ",
-    ];
+    const METHODS: [&[u8]; 9] =
+        [b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"CONNECT ", b"TRACE "];
     METHODS.iter().any(|m| {
         let n = m.len().min(prefix.len());
         n > 0 && prefix[..n] == m[..n]
@@ -546,7 +516,8 @@ mod tests {
 
     #[test]
     fn request_with_content_length_split_everywhere() {
-        let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 11\r\n\r\nhello world";
+        let raw =
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 11\r\n\r\nhello world";
         for split in 0..raw.len() {
             let mut p = Parser::new(Kind::Request, 1 << 20);
             let out = feed(&mut p, &[&raw[..split], &raw[split..]]);
@@ -562,10 +533,7 @@ mod tests {
     fn chunked_response_byte_by_byte_with_trailers() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n";
         let mut p = Parser::new(Kind::Response, 1 << 20);
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
+        p.expect(Expect { head_request: false, capture: true });
         let pieces: Vec<&[u8]> = raw.chunks(1).collect();
         let out = feed(&mut p, &pieces);
         assert_eq!(out.len(), 1);
@@ -578,14 +546,8 @@ mod tests {
     #[test]
     fn partial_message_on_close() {
         let mut p = Parser::new(Kind::Response, 1 << 20);
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
-        let out = feed(
-            &mut p,
-            &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n"],
-        );
+        p.expect(Expect { head_request: false, capture: true });
+        let out = feed(&mut p, &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n"]);
         assert!(out.is_empty());
         let m = p.take_partial().unwrap();
         assert!(!m.complete);
@@ -597,18 +559,9 @@ mod tests {
     fn keep_alive_pipelined_responses_and_head_requests() {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
         let mut p = Parser::new(Kind::Response, 1 << 20);
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
-        p.expect(Expect {
-            head_request: true,
-            capture: true,
-        });
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
+        p.expect(Expect { head_request: false, capture: true });
+        p.expect(Expect { head_request: true, capture: true });
+        p.expect(Expect { head_request: false, capture: true });
         let out = feed(&mut p, &[raw]);
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].body, b"abc");
@@ -619,10 +572,7 @@ mod tests {
     #[test]
     fn body_until_close() {
         let mut p = Parser::new(Kind::Response, 1 << 20);
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
+        p.expect(Expect { head_request: false, capture: true });
         let out = feed(&mut p, &[b"HTTP/1.0 200 OK\r\n\r\nsome", b" data"]);
         assert!(out.is_empty());
         let m = p.close(9).unwrap();
@@ -634,14 +584,8 @@ mod tests {
     #[test]
     fn body_cap_truncates_but_keeps_framing() {
         let mut p = Parser::new(Kind::Response, 4);
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
+        p.expect(Expect { head_request: false, capture: true });
+        p.expect(Expect { head_request: false, capture: true });
         let out = feed(
             &mut p,
             &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
@@ -657,13 +601,7 @@ mod tests {
         let mut p = Parser::new(Kind::Request, 1 << 20);
         let mut none = |_: &Head| false;
         let mut out = Vec::new();
-        p.push(
-            b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-            1,
-            &mut none,
-            &mut out,
-        )
-        .unwrap();
+        p.push(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 1, &mut none, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].body.is_empty());
         assert!(!out[0].body_captured);
@@ -672,18 +610,8 @@ mod tests {
     #[test]
     fn body_marks_map_offsets_to_arrival() {
         let mut p = Parser::new(Kind::Response, 1 << 20);
-        p.expect(Expect {
-            head_request: false,
-            capture: true,
-        });
-        let out = feed(
-            &mut p,
-            &[
-                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab",
-                b"cd",
-                b"ef",
-            ],
-        );
+        p.expect(Expect { head_request: false, capture: true });
+        let out = feed(&mut p, &[b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab", b"cd", b"ef"]);
         let m = &out[0];
         assert_eq!(m.ts_of_body_offset(0), Some(1));
         assert_eq!(m.ts_of_body_offset(2), Some(2));
@@ -695,17 +623,8 @@ mod tests {
     fn garbage_is_an_error_then_ignored() {
         let mut p = Parser::new(Kind::Request, 1 << 20);
         let mut out = Vec::new();
-        assert!(p
-            .push(
-                b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
-                1,
-                &mut all,
-                &mut out
-            )
-            .is_err());
-        assert!(p
-            .push(b"POST / HTTP/1.1\r\n\r\n", 2, &mut all, &mut out)
-            .is_ok());
+        assert!(p.push(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 1, &mut all, &mut out).is_err());
+        assert!(p.push(b"POST / HTTP/1.1\r\n\r\n", 2, &mut all, &mut out).is_ok());
         assert!(out.is_empty());
     }
 
@@ -713,10 +632,7 @@ mod tests {
     fn bad_chunk_sizes_are_errors() {
         for bad in [&b"zz\r\n"[..], b"fffffffffffffffff\r\n", b"\r\n"] {
             let mut p = Parser::new(Kind::Response, 1 << 20);
-            p.expect(Expect {
-                head_request: false,
-                capture: true,
-            });
+            p.expect(Expect { head_request: false, capture: true });
             let mut out = Vec::new();
             let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
             raw.extend_from_slice(bad);
@@ -730,10 +646,7 @@ mod tests {
         let mut raw = b"POST / HTTP/1.1\r\nX: ".to_vec();
         raw.resize(MAX_HEAD_BYTES + 10, b'a');
         let mut out = Vec::new();
-        assert_eq!(
-            p.push(&raw, 1, &mut all, &mut out),
-            Err(H1Error::HeadTooLarge)
-        );
+        assert_eq!(p.push(&raw, 1, &mut all, &mut out), Err(H1Error::HeadTooLarge));
         assert_eq!(p.buffered(), 0);
     }
 

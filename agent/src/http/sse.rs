@@ -20,11 +20,7 @@ pub fn parse(body: &[u8]) -> Vec<SseEvent> {
         let rest = &body[pos..];
         let (line_len, term_len) = match rest.iter().position(|&c| c == b'\n' || c == b'\r') {
             Some(i) => {
-                let t = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
+                let t = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
                 (i, t)
             }
             None => (rest.len(), 0),
@@ -33,11 +29,7 @@ pub fn parse(body: &[u8]) -> Vec<SseEvent> {
         pos += line_len + term_len;
         if line.is_empty() {
             if let Some(d) = data.take() {
-                events.push(SseEvent {
-                    event: event.take(),
-                    data: d,
-                    end: pos,
-                });
+                events.push(SseEvent { event: event.take(), data: d, end: pos });
             }
             event = None;
             continue;
@@ -66,11 +58,7 @@ pub fn parse(body: &[u8]) -> Vec<SseEvent> {
         }
     }
     if let Some(d) = data {
-        events.push(SseEvent {
-            event,
-            data: d,
-            end: body.len(),
-        });
+        events.push(SseEvent { event, data: d, end: body.len() });
     }
     events
 }

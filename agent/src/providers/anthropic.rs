@@ -49,12 +49,7 @@ impl Raw {
     }
 }
 
-pub fn parse(
-    request: &Value,
-    body: &[u8],
-    is_sse: bool,
-    out: &mut Parsed,
-) -> Result<(), ProviderError> {
+pub fn parse(request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
     out.end_user = str_at(request, &["metadata", "user_id"]);
     let mut raw = Raw::default();
     if is_sse {
@@ -64,12 +59,7 @@ pub fn parse(
                 continue;
             };
             seen = true;
-            match v
-                .get("type")
-                .and_then(Value::as_str)
-                .or(ev.event.as_deref())
-                .unwrap_or("")
-            {
+            match v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("") {
                 "message_start" => {
                     if let Some(m) = v.get("message") {
                         out.response_id = str_at(m, &["id"]);
@@ -93,9 +83,7 @@ pub fn parse(
             }
         }
         if !seen {
-            return Err(ProviderError::BadJson(
-                "no JSON events in the stream".into(),
-            ));
+            return Err(ProviderError::BadJson("no JSON events in the stream".into()));
         }
     } else {
         let v = json(body)?;
@@ -126,31 +114,13 @@ mod tests {
     fn sync_with_cache_read_and_write() {
         let mut p = Parsed::default();
         let req = json!({"model":"claude-sonnet-4-5","metadata":{"user_id":"user-7"}});
-        parse(
-            &req,
-            &fixture("anthropic/messages_sync.json"),
-            false,
-            &mut p,
-        )
-        .unwrap();
-        assert_eq!(
-            p.response_id.as_deref(),
-            Some("msg_01XFDUDYJgAACzvnptvVoYEL")
-        );
-        assert_eq!(
-            p.response_model.as_deref(),
-            Some("claude-sonnet-4-5-20250929")
-        );
+        parse(&req, &fixture("anthropic/messages_sync.json"), false, &mut p).unwrap();
+        assert_eq!(p.response_id.as_deref(), Some("msg_01XFDUDYJgAACzvnptvVoYEL"));
+        assert_eq!(p.response_model.as_deref(), Some("claude-sonnet-4-5-20250929"));
         // 12 + 2048 read + 300 written.
         assert_eq!(
             p.usage,
-            Some(Usage {
-                input: 2360,
-                output: 87,
-                cached: Some(2048),
-                cache_write: Some(300),
-                reasoning: None
-            })
+            Some(Usage { input: 2360, output: 87, cached: Some(2048), cache_write: Some(300), reasoning: None })
         );
         assert_eq!(p.end_user.as_deref(), Some("user-7"));
     }
@@ -158,26 +128,11 @@ mod tests {
     #[test]
     fn stream_takes_input_from_start_and_output_from_last_delta() {
         let mut p = Parsed::default();
-        parse(
-            &json!({}),
-            &fixture("anthropic/messages_stream.sse"),
-            true,
-            &mut p,
-        )
-        .unwrap();
-        assert_eq!(
-            p.response_id.as_deref(),
-            Some("msg_014p7gG3wDgGV9EUtLvnow3U")
-        );
+        parse(&json!({}), &fixture("anthropic/messages_stream.sse"), true, &mut p).unwrap();
+        assert_eq!(p.response_id.as_deref(), Some("msg_014p7gG3wDgGV9EUtLvnow3U"));
         assert_eq!(
             p.usage,
-            Some(Usage {
-                input: 472,
-                output: 15,
-                cached: Some(0),
-                cache_write: Some(0),
-                reasoning: None
-            })
+            Some(Usage { input: 472, output: 15, cached: Some(0), cache_write: Some(0), reasoning: None })
         );
         assert!(p.first_content_offset.is_some());
     }
@@ -185,13 +140,7 @@ mod tests {
     #[test]
     fn missing_usage_gives_no_numbers() {
         let mut p = Parsed::default();
-        parse(
-            &json!({}),
-            br#"{"id":"msg_x","model":"claude"}"#,
-            false,
-            &mut p,
-        )
-        .unwrap();
+        parse(&json!({}), br#"{"id":"msg_x","model":"claude"}"#, false, &mut p).unwrap();
         assert_eq!(p.usage, None);
         assert!(parse(&json!({}), b"not json", false, &mut p).is_err());
         assert!(parse(&json!({}), b"event: ping\ndata: x\n\n", true, &mut p).is_err());

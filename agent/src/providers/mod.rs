@@ -63,15 +63,8 @@ impl Default for Rules {
 impl Rules {
     /// User rules come first so they can override built-ins.
     pub fn new(user: &BTreeMap<String, String>) -> Self {
-        let mut hosts: Vec<(String, String)> = user
-            .iter()
-            .map(|(h, p)| (h.to_ascii_lowercase(), p.clone()))
-            .collect();
-        hosts.extend(
-            BUILTIN_HOSTS
-                .iter()
-                .map(|(h, p)| (h.to_string(), p.to_string())),
-        );
+        let mut hosts: Vec<(String, String)> = user.iter().map(|(h, p)| (h.to_ascii_lowercase(), p.clone())).collect();
+        hosts.extend(BUILTIN_HOSTS.iter().map(|(h, p)| (h.to_string(), p.to_string())));
         Self { hosts }
     }
 
@@ -96,10 +89,7 @@ impl Rules {
         }
         let path = head.path.as_deref()?;
         let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
-        let host = head
-            .header("host")
-            .map(host_without_port)
-            .map(str::to_ascii_lowercase);
+        let host = head.header("host").map(host_without_port).map(str::to_ascii_lowercase);
         let api = api_for_path(path)?;
         let known = host.as_deref().and_then(|h| self.provider_for_host(h));
         let provider = match (known, api) {
@@ -115,9 +105,7 @@ pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map_or(host, |h| &h[1..]);
     }
-    host.rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h)
+    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
 }
 
 fn api_for_path(path: &str) -> Option<Api> {
@@ -175,22 +163,12 @@ pub enum ProviderError {
 /// without usage (it bills nothing); a 2xx response that can't be read is an error
 /// (counted, no record) so no number is ever invented.
 pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Parsed, ProviderError> {
-    let req_body = body::decode(
-        ex.request.head.header("content-encoding"),
-        &ex.request.body,
-        max_body,
-    )
-    .unwrap_or_default();
+    let req_body =
+        body::decode(ex.request.head.header("content-encoding"), &ex.request.body, max_body).unwrap_or_default();
     let request: Value = serde_json::from_slice(&req_body).unwrap_or(Value::Null);
     let mut parsed = Parsed {
-        request_model: request
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        stream: request
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        request_model: request.get("model").and_then(Value::as_str).map(str::to_owned),
+        stream: request.get("stream").and_then(Value::as_bool).unwrap_or(false),
         ..Default::default()
     };
     let status = ex.response.head.status.unwrap_or(0);
@@ -200,11 +178,7 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Pars
     if ex.response.body_truncated {
         return Err(ProviderError::TruncatedBody);
     }
-    let body = body::decode(
-        ex.response.head.header("content-encoding"),
-        &ex.response.body,
-        max_body,
-    )?;
+    let body = body::decode(ex.response.head.header("content-encoding"), &ex.response.body, max_body)?;
     let is_sse = ex
         .response
         .head
@@ -224,12 +198,7 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Pars
         return Err(ProviderError::Incomplete);
     }
     // The first-content offset is only meaningful on the raw body.
-    if ex
-        .response
-        .head
-        .header("content-encoding")
-        .is_some_and(|e| !e.eq_ignore_ascii_case("identity"))
-    {
+    if ex.response.head.header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
         parsed.first_content_offset = parsed.first_content_offset.map(|_| 0);
     }
     Ok(parsed)
@@ -272,47 +241,23 @@ mod tests {
     fn classifies_by_host_and_path() {
         let r = Rules::default();
         let c = |h: &str, p: &str| r.classify(&head(h, p)).map(|e| (e.provider, e.api));
+        assert_eq!(c("api.openai.com", "/v1/chat/completions"), Some(("openai".into(), Api::ChatCompletions)));
+        assert_eq!(c("api.openai.com:443", "/v1/responses"), Some(("openai".into(), Api::Responses)));
+        assert_eq!(c("api.openai.com", "/v1/embeddings?x=1"), Some(("openai".into(), Api::Embeddings)));
+        assert_eq!(c("api.openai.com", "/v1/completions"), Some(("openai".into(), Api::Completions)));
         assert_eq!(
-            c("api.openai.com", "/v1/chat/completions"),
-            Some(("openai".into(), Api::ChatCompletions))
-        );
-        assert_eq!(
-            c("api.openai.com:443", "/v1/responses"),
-            Some(("openai".into(), Api::Responses))
-        );
-        assert_eq!(
-            c("api.openai.com", "/v1/embeddings?x=1"),
-            Some(("openai".into(), Api::Embeddings))
-        );
-        assert_eq!(
-            c("api.openai.com", "/v1/completions"),
-            Some(("openai".into(), Api::Completions))
-        );
-        assert_eq!(
-            c(
-                "my.openai.azure.com",
-                "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
-            ),
+            c("my.openai.azure.com", "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"),
             Some(("azure_openai".into(), Api::ChatCompletions))
         );
-        assert_eq!(
-            c("api.anthropic.com", "/v1/messages"),
-            Some(("anthropic".into(), Api::AnthropicMessages))
-        );
+        assert_eq!(c("api.anthropic.com", "/v1/messages"), Some(("anthropic".into(), Api::AnthropicMessages)));
         assert_eq!(
             c("127.0.0.1:8443", "/v1/chat/completions"),
             Some(("openai_compatible".into(), Api::ChatCompletions))
         );
-        assert_eq!(
-            c("localhost", "/v1/messages"),
-            Some(("anthropic_compatible".into(), Api::AnthropicMessages))
-        );
+        assert_eq!(c("localhost", "/v1/messages"), Some(("anthropic_compatible".into(), Api::AnthropicMessages)));
         assert_eq!(c("api.openai.com", "/v1/models"), None);
         assert_eq!(c("example.com", "/index.html"), None);
-        assert_eq!(
-            c("evilopenai.azure.com", "/v1/chat/completions").unwrap().0,
-            "openai_compatible"
-        );
+        assert_eq!(c("evilopenai.azure.com", "/v1/chat/completions").unwrap().0, "openai_compatible");
         let mut get = head("api.openai.com", "/v1/responses");
         get.method = Some("GET".into());
         assert_eq!(r.classify(&get), None);
@@ -324,18 +269,8 @@ mod tests {
         user.insert("llm.internal".to_string(), "openai".to_string());
         user.insert("*.groq.com".to_string(), "groq".to_string());
         let r = Rules::new(&user);
-        assert_eq!(
-            r.classify(&head("llm.internal:8000", "/v1/chat/completions"))
-                .unwrap()
-                .provider,
-            "openai"
-        );
-        assert_eq!(
-            r.classify(&head("api.groq.com", "/openai/v1/chat/completions"))
-                .unwrap()
-                .provider,
-            "groq"
-        );
+        assert_eq!(r.classify(&head("llm.internal:8000", "/v1/chat/completions")).unwrap().provider, "openai");
+        assert_eq!(r.classify(&head("api.groq.com", "/openai/v1/chat/completions")).unwrap().provider, "groq");
     }
 
     #[test]

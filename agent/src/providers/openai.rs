@@ -11,13 +11,7 @@ use tokentap_event::{tokens, UsageSource};
 use super::{json, str_at, u64_at, Api, Parsed, ProviderError, Usage};
 use crate::http::sse;
 
-pub fn parse(
-    api: Api,
-    request: &Value,
-    body: &[u8],
-    is_sse: bool,
-    out: &mut Parsed,
-) -> Result<(), ProviderError> {
+pub fn parse(api: Api, request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
     out.end_user = str_at(request, &["user"]).or_else(|| str_at(request, &["safety_identifier"]));
     match (api, is_sse) {
         (Api::Responses, false) => responses_object(&json(body)?, out),
@@ -76,17 +70,12 @@ fn responses_stream(body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> 
             continue;
         };
         seen = true;
-        let kind = v
-            .get("type")
-            .and_then(Value::as_str)
-            .or(ev.event.as_deref())
-            .unwrap_or("");
+        let kind = v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("");
         match kind {
             "response.created" | "response.in_progress" => {
                 if let Some(r) = v.get("response") {
                     out.response_id = out.response_id.take().or_else(|| str_at(r, &["id"]));
-                    out.response_model =
-                        out.response_model.take().or_else(|| str_at(r, &["model"]));
+                    out.response_model = out.response_model.take().or_else(|| str_at(r, &["model"]));
                 }
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
@@ -107,9 +96,7 @@ fn responses_stream(body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> 
         }
     }
     if !seen {
-        return Err(ProviderError::BadJson(
-            "no JSON events in the stream".into(),
-        ));
+        return Err(ProviderError::BadJson("no JSON events in the stream".into()));
     }
     Ok(())
 }
@@ -137,12 +124,7 @@ fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), Pro
             out.stream_finished = true;
         }
         let before = text.len();
-        for choice in v
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
             // chat: delta.content / tool call arguments; legacy completions: text.
             let d = choice.get("delta").unwrap_or(choice);
             for key in ["content", "text", "refusal", "reasoning_content"] {
@@ -150,18 +132,9 @@ fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), Pro
                     text.push_str(s);
                 }
             }
-            for call in d
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for call in d.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
                 for key in ["name", "arguments"] {
-                    if let Some(s) = call
-                        .get("function")
-                        .and_then(|f| f.get(key))
-                        .and_then(Value::as_str)
-                    {
+                    if let Some(s) = call.get("function").and_then(|f| f.get(key)).and_then(Value::as_str) {
                         text.push_str(s);
                     }
                 }
@@ -172,28 +145,14 @@ fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), Pro
         }
     }
     if !seen {
-        return Err(ProviderError::BadJson(
-            "no JSON chunks in the stream".into(),
-        ));
+        return Err(ProviderError::BadJson("no JSON chunks in the stream".into()));
     }
     if out.usage.is_none() {
-        let model = out
-            .response_model
-            .clone()
-            .or_else(|| out.request_model.clone())
-            .unwrap_or_default();
-        let input = tokens::count_chat_prompt(&model, request).or_else(|| {
-            request
-                .get("prompt")
-                .and_then(Value::as_str)
-                .map(|p| tokens::count_text(&model, p))
-        });
+        let model = out.response_model.clone().or_else(|| out.request_model.clone()).unwrap_or_default();
+        let input = tokens::count_chat_prompt(&model, request)
+            .or_else(|| request.get("prompt").and_then(Value::as_str).map(|p| tokens::count_text(&model, p)));
         if let Some(input) = input {
-            out.usage = Some(Usage {
-                input,
-                output: tokens::count_text(&model, &text),
-                ..Default::default()
-            });
+            out.usage = Some(Usage { input, output: tokens::count_text(&model, &text), ..Default::default() });
             out.usage_source = Some(UsageSource::Estimated);
         }
     }
@@ -211,36 +170,19 @@ mod tests {
     }
 
     fn run(api: Api, req: Value, name: &str, sse: bool) -> Parsed {
-        let mut p = Parsed {
-            request_model: str_at(&req, &["model"]),
-            ..Default::default()
-        };
+        let mut p = Parsed { request_model: str_at(&req, &["model"]), ..Default::default() };
         parse(api, &req, &fixture(name), sse, &mut p).unwrap();
         p
     }
 
     #[test]
     fn chat_sync_with_cache_and_reasoning() {
-        let p = run(
-            Api::ChatCompletions,
-            json!({"model":"gpt-4o","user":"u-42"}),
-            "openai/chat_sync.json",
-            false,
-        );
-        assert_eq!(
-            p.response_id.as_deref(),
-            Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG")
-        );
+        let p = run(Api::ChatCompletions, json!({"model":"gpt-4o","user":"u-42"}), "openai/chat_sync.json", false);
+        assert_eq!(p.response_id.as_deref(), Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"));
         assert_eq!(p.response_model.as_deref(), Some("gpt-4o-2024-08-06"));
         assert_eq!(
             p.usage,
-            Some(Usage {
-                input: 1117,
-                output: 46,
-                cached: Some(1024),
-                cache_write: None,
-                reasoning: Some(0)
-            })
+            Some(Usage { input: 1117, output: 46, cached: Some(1024), cache_write: None, reasoning: Some(0) })
         );
         assert_eq!(p.usage_source, Some(UsageSource::Reported));
         assert_eq!(p.end_user.as_deref(), Some("u-42"));
@@ -256,18 +198,9 @@ mod tests {
         );
         assert_eq!(
             p.usage,
-            Some(Usage {
-                input: 19,
-                output: 10,
-                cached: Some(0),
-                cache_write: None,
-                reasoning: Some(0)
-            })
+            Some(Usage { input: 19, output: 10, cached: Some(0), cache_write: None, reasoning: Some(0) })
         );
-        assert_eq!(
-            p.response_id.as_deref(),
-            Some("chatcmpl-AyPCpVgW2ZSvr3Yf3LbEUpwMCa8Ww")
-        );
+        assert_eq!(p.response_id.as_deref(), Some("chatcmpl-AyPCpVgW2ZSvr3Yf3LbEUpwMCa8Ww"));
         assert_eq!(p.usage_source, Some(UsageSource::Reported));
         assert!(p.first_content_offset.is_some());
     }
@@ -275,87 +208,35 @@ mod tests {
     #[test]
     fn chat_stream_without_usage_is_estimated() {
         let req = json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello world"}]});
-        let p = run(
-            Api::ChatCompletions,
-            req,
-            "openai/chat_stream_no_usage.sse",
-            true,
-        );
+        let p = run(Api::ChatCompletions, req, "openai/chat_stream_no_usage.sse", true);
         // Streamed text "Hello hello hello" -> 3 tokens; prompt 3 + (3 + 1 + 2) = 9.
-        assert_eq!(
-            p.usage,
-            Some(Usage {
-                input: 9,
-                output: 3,
-                ..Default::default()
-            })
-        );
+        assert_eq!(p.usage, Some(Usage { input: 9, output: 3, ..Default::default() }));
         assert_eq!(p.usage_source, Some(UsageSource::Estimated));
         assert_eq!(p.response_model.as_deref(), Some("gpt-4o-2024-08-06"));
     }
 
     #[test]
     fn responses_sync_and_stream() {
-        let p = run(
-            Api::Responses,
-            json!({"model":"o4-mini"}),
-            "openai/responses_sync.json",
-            false,
-        );
+        let p = run(Api::Responses, json!({"model":"o4-mini"}), "openai/responses_sync.json", false);
         assert_eq!(
             p.usage,
-            Some(Usage {
-                input: 328,
-                output: 52,
-                cached: Some(128),
-                cache_write: None,
-                reasoning: Some(32)
-            })
+            Some(Usage { input: 328, output: 52, cached: Some(128), cache_write: None, reasoning: Some(32) })
         );
-        assert_eq!(
-            p.response_id.as_deref(),
-            Some("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b")
-        );
-        let p = run(
-            Api::Responses,
-            json!({"model":"gpt-4.1","stream":true}),
-            "openai/responses_stream.sse",
-            true,
-        );
+        assert_eq!(p.response_id.as_deref(), Some("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"));
+        let p = run(Api::Responses, json!({"model":"gpt-4.1","stream":true}), "openai/responses_stream.sse", true);
         assert_eq!(
             p.usage,
-            Some(Usage {
-                input: 37,
-                output: 11,
-                cached: Some(0),
-                cache_write: None,
-                reasoning: Some(0)
-            })
+            Some(Usage { input: 37, output: 11, cached: Some(0), cache_write: None, reasoning: Some(0) })
         );
         assert_eq!(p.response_model.as_deref(), Some("gpt-4.1-2025-04-14"));
-        assert_eq!(
-            p.response_id.as_deref(),
-            Some("resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654")
-        );
+        assert_eq!(p.response_id.as_deref(), Some("resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654"));
         assert!(p.first_content_offset.is_some());
     }
 
     #[test]
     fn embeddings_have_no_output() {
-        let p = run(
-            Api::Embeddings,
-            json!({"model":"text-embedding-3-small"}),
-            "openai/embeddings.json",
-            false,
-        );
-        assert_eq!(
-            p.usage,
-            Some(Usage {
-                input: 8,
-                output: 0,
-                ..Default::default()
-            })
-        );
+        let p = run(Api::Embeddings, json!({"model":"text-embedding-3-small"}), "openai/embeddings.json", false);
+        assert_eq!(p.usage, Some(Usage { input: 8, output: 0, ..Default::default() }));
         assert_eq!(p.response_model.as_deref(), Some("text-embedding-3-small"));
         assert_eq!(p.response_id, None);
     }
@@ -363,32 +244,12 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_record() {
         let mut p = Parsed::default();
-        assert!(parse(
-            Api::ChatCompletions,
-            &Value::Null,
-            b"{\"usage\":",
-            false,
-            &mut p
-        )
-        .is_err());
-        assert!(parse(
-            Api::ChatCompletions,
-            &Value::Null,
-            b"data: nope\n\n",
-            true,
-            &mut p
-        )
-        .is_err());
+        assert!(parse(Api::ChatCompletions, &Value::Null, b"{\"usage\":", false, &mut p).is_err());
+        assert!(parse(Api::ChatCompletions, &Value::Null, b"data: nope\n\n", true, &mut p).is_err());
         let mut p = Parsed::default();
         // Valid JSON without usage: no numbers are invented.
-        parse(
-            Api::ChatCompletions,
-            &Value::Null,
-            b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":\"7\"}}",
-            false,
-            &mut p,
-        )
-        .unwrap();
+        parse(Api::ChatCompletions, &Value::Null, b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":\"7\"}}", false, &mut p)
+            .unwrap();
         assert_eq!(p.usage, None);
         assert_eq!(p.usage_source, None);
     }

@@ -56,15 +56,11 @@ pub fn jsonl(path: &Path) -> io::Result<LineSink<BufWriter<File>>> {
         std::fs::create_dir_all(dir)?;
     }
     let f = OpenOptions::new().create(true).append(true).open(path)?;
-    Ok(LineSink {
-        out: BufWriter::new(f),
-    })
+    Ok(LineSink { out: BufWriter::new(f) })
 }
 
 pub fn stdout() -> LineSink<BufWriter<io::Stdout>> {
-    LineSink {
-        out: BufWriter::new(io::stdout()),
-    }
+    LineSink { out: BufWriter::new(io::stdout()) }
 }
 
 pub fn open(spec: &OutputSpec) -> io::Result<Box<dyn Sink>> {
@@ -81,10 +77,7 @@ mod tests {
     #[test]
     fn parses_specs() {
         assert_eq!("stdout".parse(), Ok(OutputSpec::Stdout));
-        assert_eq!(
-            "jsonl:/tmp/x.jsonl".parse(),
-            Ok(OutputSpec::Jsonl("/tmp/x.jsonl".into()))
-        );
+        assert_eq!("jsonl:/tmp/x.jsonl".parse(), Ok(OutputSpec::Jsonl("/tmp/x.jsonl".into())));
         assert!("jsonl:".parse::<OutputSpec>().is_err());
         assert!("kafka:x".parse::<OutputSpec>().is_err());
     }
@@ -96,11 +89,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         for _ in 0..2 {
             let mut s = jsonl(&path).unwrap();
-            s.write(&LlmCall {
-                provider: "openai".into(),
-                ..Default::default()
-            })
-            .unwrap();
+            s.write(&LlmCall { provider: "openai".into(), ..Default::default() }).unwrap();
             s.flush().unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();

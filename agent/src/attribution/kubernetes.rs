@@ -1,0 +1,556 @@
+//! Kubernetes metadata for containers on this node: pod, namespace, owning
+//! workload (ReplicaSet -> Deployment, Job -> CronJob, StatefulSet, DaemonSet),
+//! labels and annotations, indexed by container id.
+//!
+//! A background thread lists the node's pods (`fieldSelector=spec.nodeName`),
+//! then watches them from the list's resourceVersion, applying ADDED / MODIFIED /
+//! DELETED; on any error or `410 Gone` it lists again after a back-off. Owners of
+//! ReplicaSets and Jobs are looked up once and cached (bounded). RBAC needed:
+//! get/list/watch pods, get replicasets (apps), get jobs (batch).
+//!
+//! The hot path only reads the shared index (one read lock, no syscalls).
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+/// What a record gets from its pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    pub pod: String,
+    pub namespace: String,
+    /// Name of the top owner (Deployment, StatefulSet, DaemonSet, CronJob, Job,
+    /// ...), or the pod itself when it has none.
+    pub workload: String,
+    pub workload_kind: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// container id -> pod metadata, shared with the pipeline.
+pub type PodIndex = Arc<RwLock<HashMap<String, Arc<PodMeta>>>>;
+
+#[derive(Debug, Error)]
+pub enum KubeError {
+    #[error("reading {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("bad CA certificate in {0}")]
+    Ca(PathBuf),
+    #[error("API request {path} failed: {reason}")]
+    Http { path: String, reason: String },
+    #[error("API request {path}: HTTP {status}")]
+    Status { path: String, status: u16 },
+    #[error("watch expired (410 Gone); relisting")]
+    Gone,
+}
+
+/// Access to the API server; a trait so tests can replay recorded responses.
+pub trait KubeApi: Send {
+    fn get(&self, path: &str) -> Result<Value, KubeError>;
+    /// Call `on_event` for each watch event until the stream ends or it returns false.
+    fn watch(&self, path: &str, on_event: &mut dyn FnMut(Value) -> bool) -> Result<(), KubeError>;
+}
+
+/// Where the API server is and how to authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeConfig {
+    pub api_url: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub node_name: String,
+}
+
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl KubeConfig {
+    /// In-cluster settings (service account, `KUBERNETES_SERVICE_HOST`), if this
+    /// runs in a pod.
+    pub fn in_cluster(node_name: Option<String>) -> Option<Self> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let token_file = PathBuf::from(SA_DIR).join("token");
+        token_file.exists().then(|| Self {
+            api_url: format!("https://{}:{port}", if host.contains(':') { format!("[{host}]") } else { host }),
+            token_file,
+            ca_file: PathBuf::from(SA_DIR).join("ca.crt"),
+            node_name: node_name.or_else(node_name_from_env).unwrap_or_default(),
+        })
+    }
+}
+
+/// `NODE_NAME` (set from the downward API in the DaemonSet), else the host name.
+pub fn node_name_from_env() -> Option<String> {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+}
+
+pub struct HttpApi {
+    agent: ureq::Agent,
+    base: String,
+    token_file: PathBuf,
+}
+
+impl HttpApi {
+    pub fn new(cfg: &KubeConfig) -> Result<Self, KubeError> {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig};
+        let pem =
+            std::fs::read(&cfg.ca_file).map_err(|source| KubeError::File { path: cfg.ca_file.clone(), source })?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(KubeError::Ca(cfg.ca_file.clone()));
+        }
+        let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(certs))).build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Self { agent, base: cfg.api_url.trim_end_matches('/').to_owned(), token_file: cfg.token_file.clone() })
+    }
+
+    fn request(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>, KubeError> {
+        // Re-read every time: projected service-account tokens rotate.
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|source| KubeError::File { path: self.token_file.clone(), source })?;
+        let resp = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|e| KubeError::Http { path: path.to_owned(), reason: e.to_string() })?;
+        match resp.status().as_u16() {
+            200 => Ok(resp),
+            410 => Err(KubeError::Gone),
+            status => Err(KubeError::Status { path: path.to_owned(), status }),
+        }
+    }
+}
+
+impl KubeApi for HttpApi {
+    fn get(&self, path: &str) -> Result<Value, KubeError> {
+        let mut resp = self.request(path)?;
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .map_err(|e| KubeError::Http { path: path.to_owned(), reason: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| KubeError::Http { path: path.to_owned(), reason: e.to_string() })
+    }
+
+    fn watch(&self, path: &str, on_event: &mut dyn FnMut(Value) -> bool) -> Result<(), KubeError> {
+        let resp = self.request(path)?;
+        let reader = std::io::BufReader::new(resp.into_body().into_with_config().limit(u64::MAX).reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| KubeError::Http { path: path.to_owned(), reason: e.to_string() })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Ok(ev) = serde_json::from_str::<Value>(&line) else { continue };
+            if !on_event(ev) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Container ids of a pod (`containerd://<id>` etc. without the scheme).
+pub fn container_ids(pod: &Value) -> Vec<String> {
+    let status = &pod["status"];
+    ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"]
+        .iter()
+        .filter_map(|k| status[*k].as_array())
+        .flatten()
+        .filter_map(|c| c["containerID"].as_str())
+        .filter_map(|id| id.rsplit("://").next())
+        .filter(|id| !id.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default()
+}
+
+/// The controller owner reference of an object: (kind, name).
+pub fn controller_of(obj: &Value) -> Option<(String, String)> {
+    let refs = obj["metadata"]["ownerReferences"].as_array()?;
+    let r = refs.iter().find(|r| r["controller"].as_bool() == Some(true)).or_else(|| refs.first())?;
+    Some((r["kind"].as_str()?.to_owned(), r["name"].as_str()?.to_owned()))
+}
+
+const MAX_OWNERS: usize = 16384;
+
+pub struct Watcher<A: KubeApi> {
+    api: A,
+    state: State,
+}
+
+/// Everything but the API, so a watch callback can update it while the API
+/// streams.
+struct State {
+    node: String,
+    index: PodIndex,
+    /// (namespace, kind, name) -> its controller (kind, name), if any.
+    owners: HashMap<(String, String, String), Option<(String, String)>>,
+    /// pod uid -> its container ids, to drop them when the pod goes.
+    pods: HashMap<String, Vec<String>>,
+}
+
+impl<A: KubeApi> Watcher<A> {
+    pub fn new(api: A, node: &str, index: PodIndex) -> Self {
+        let state = State { node: node.to_owned(), index, owners: HashMap::new(), pods: HashMap::new() };
+        Self { api, state }
+    }
+
+    /// List the node's pods and replace the index. Returns the resourceVersion.
+    pub fn list(&mut self) -> Result<String, KubeError> {
+        self.state.list(&self.api)
+    }
+
+    /// Apply one watch event; returns the new resourceVersion, if any.
+    pub fn apply(&mut self, ev: &Value) -> Result<Option<String>, KubeError> {
+        self.state.apply(&self.api, ev)
+    }
+
+    /// List, then watch, until `stop`; errors lead to a relist after a back-off
+    /// (1 s doubling to 60 s).
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut backoff = Duration::from_secs(1);
+        while !stop.load(Ordering::Relaxed) {
+            let mut rv = match self.list() {
+                Ok(rv) => {
+                    backoff = Duration::from_secs(1);
+                    rv
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "kubernetes list failed");
+                    sleep_unless_stopped(backoff, stop);
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let path = format!(
+                    "{}&watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion={rv}",
+                    self.state.pods_path()
+                );
+                let Watcher { api, state } = &mut self;
+                let mut failed = None;
+                let streamed = api.watch(&path, &mut |ev| match state.apply(api, &ev) {
+                    Ok(v) => {
+                        if let Some(v) = v {
+                            rv = v;
+                        }
+                        !stop.load(Ordering::Relaxed)
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                });
+                if let Some(e) = failed.or(streamed.err()) {
+                    tracing::info!(error = %e, "kubernetes watch ended; relisting");
+                    sleep_unless_stopped(Duration::from_millis(500), stop);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn pods_path(&self) -> String {
+        format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", self.node)
+    }
+
+    fn list(&mut self, api: &dyn KubeApi) -> Result<String, KubeError> {
+        let list = api.get(&self.pods_path())?;
+        let mut index = HashMap::new();
+        self.pods.clear();
+        for pod in list["items"].as_array().into_iter().flatten() {
+            let (uid, ids, meta) = self.describe(api, pod);
+            let meta = Arc::new(meta);
+            for id in &ids {
+                index.insert(id.clone(), meta.clone());
+            }
+            self.pods.insert(uid, ids);
+        }
+        let n = index.len();
+        if let Ok(mut w) = self.index.write() {
+            *w = index;
+        }
+        tracing::info!(node = %self.node, containers = n, pods = self.pods.len(), "kubernetes pods listed");
+        Ok(list["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned())
+    }
+
+    fn apply(&mut self, api: &dyn KubeApi, ev: &Value) -> Result<Option<String>, KubeError> {
+        let kind = ev["type"].as_str().unwrap_or("");
+        let obj = &ev["object"];
+        match kind {
+            "ADDED" | "MODIFIED" => {
+                let (uid, ids, meta) = self.describe(api, obj);
+                let meta = Arc::new(meta);
+                if let Ok(mut w) = self.index.write() {
+                    for old in self.pods.get(&uid).into_iter().flatten() {
+                        w.remove(old);
+                    }
+                    for id in &ids {
+                        w.insert(id.clone(), meta.clone());
+                    }
+                }
+                self.pods.insert(uid, ids);
+            }
+            "DELETED" => {
+                let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+                if let (Some(ids), Ok(mut w)) = (self.pods.remove(&uid), self.index.write()) {
+                    for id in ids {
+                        w.remove(&id);
+                    }
+                }
+            }
+            "ERROR" => {
+                return Err(if obj["code"].as_u64() == Some(410) {
+                    KubeError::Gone
+                } else {
+                    KubeError::Status { path: "watch".into(), status: obj["code"].as_u64().unwrap_or(0) as u16 }
+                });
+            }
+            _ => {} // BOOKMARK and unknown types only move the resourceVersion.
+        }
+        Ok(obj["metadata"]["resourceVersion"].as_str().map(str::to_owned))
+    }
+
+    /// (uid, container ids, metadata) of a pod, resolving its owner chain.
+    fn describe(&mut self, api: &dyn KubeApi, pod: &Value) -> (String, Vec<String>, PodMeta) {
+        let m = &pod["metadata"];
+        let ns = m["namespace"].as_str().unwrap_or("").to_owned();
+        let name = m["name"].as_str().unwrap_or("").to_owned();
+        let (workload_kind, workload) = self.top_owner(api, &ns, pod).unwrap_or_else(|| ("Pod".into(), name.clone()));
+        let meta = PodMeta {
+            pod: name,
+            namespace: ns,
+            workload,
+            workload_kind,
+            labels: string_map(&m["labels"]),
+            annotations: string_map(&m["annotations"]),
+        };
+        (m["uid"].as_str().unwrap_or("").to_owned(), container_ids(pod), meta)
+    }
+
+    /// Follow controller references up: ReplicaSet -> Deployment, Job -> CronJob.
+    fn top_owner(&mut self, api: &dyn KubeApi, ns: &str, pod: &Value) -> Option<(String, String)> {
+        let mut cur = controller_of(pod)?;
+        for _ in 0..4 {
+            let path = match cur.0.as_str() {
+                "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}", cur.1),
+                "Job" => format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", cur.1),
+                _ => break,
+            };
+            let key = (ns.to_owned(), cur.0.clone(), cur.1.clone());
+            let parent = match self.owners.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = match api.get(&path) {
+                        Ok(obj) => controller_of(&obj),
+                        Err(e) => {
+                            // Not cached: retried with the next event for this pod.
+                            tracing::debug!(error = %e, "owner lookup failed");
+                            return Some(cur);
+                        }
+                    };
+                    if self.owners.len() >= MAX_OWNERS {
+                        self.owners.clear();
+                    }
+                    self.owners.insert(key, p.clone());
+                    p
+                }
+            };
+            match parent {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        Some(cur)
+    }
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let end = std::time::Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn fixture(name: &str) -> Value {
+        let p = format!("{}/tests/fixtures/kubernetes/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
+    fn events() -> Vec<Value> {
+        let p = format!("{}/tests/fixtures/kubernetes/watch_events.jsonl", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Replays responses in the API server's format (no cluster runs here).
+    #[derive(Default)]
+    struct FakeApi {
+        gets: HashMap<String, Value>,
+        watch_events: Vec<Value>,
+        calls: Arc<Mutex<Vec<String>>>,
+        fail_once: Mutex<Option<String>>,
+        stop_after_lists: Option<(usize, Arc<AtomicBool>)>,
+    }
+
+    impl KubeApi for FakeApi {
+        fn get(&self, path: &str) -> Result<Value, KubeError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(path.to_owned());
+            if let Some((n, stop)) = &self.stop_after_lists {
+                if calls.iter().filter(|c| c.starts_with("/api/v1/pods") && !c.contains("watch")).count() >= *n {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            if self.fail_once.lock().unwrap().take_if(|p| p == path).is_some() {
+                return Err(KubeError::Status { path: path.into(), status: 503 });
+            }
+            let key = path.split('?').next().unwrap();
+            self.gets.get(key).cloned().ok_or(KubeError::Status { path: path.into(), status: 404 })
+        }
+
+        fn watch(&self, path: &str, on_event: &mut dyn FnMut(Value) -> bool) -> Result<(), KubeError> {
+            self.calls.lock().unwrap().push(path.to_owned());
+            for ev in &self.watch_events {
+                if !on_event(ev.clone()) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn api() -> FakeApi {
+        let mut gets = HashMap::new();
+        gets.insert("/api/v1/pods".to_string(), fixture("pods_list.json"));
+        gets.insert(
+            "/apis/apps/v1/namespaces/shop/replicasets/checkout-7d9f8b6c5d".into(),
+            fixture("replicaset_checkout.json"),
+        );
+        gets.insert(
+            "/apis/apps/v1/namespaces/shop/replicasets/search-5f6b7c8d9".into(),
+            fixture("replicaset_search.json"),
+        );
+        gets.insert("/apis/batch/v1/namespaces/batch/jobs/nightly-report-28977120".into(), fixture("job_report.json"));
+        FakeApi { gets, watch_events: events(), ..Default::default() }
+    }
+
+    fn get(index: &PodIndex, id: &str) -> Option<Arc<PodMeta>> {
+        index.read().unwrap().get(id).cloned()
+    }
+
+    #[test]
+    fn list_resolves_owner_chains() {
+        let index = PodIndex::default();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut w = Watcher::new(FakeApi { calls: calls.clone(), ..api() }, "node-1", index.clone());
+        assert_eq!(w.list().unwrap(), "1010");
+        assert_eq!(index.read().unwrap().len(), 4);
+        let checkout = get(&index, &"a1".repeat(32)).unwrap();
+        assert_eq!((checkout.workload_kind.as_str(), checkout.workload.as_str()), ("Deployment", "checkout"));
+        assert_eq!((checkout.pod.as_str(), checkout.namespace.as_str()), ("checkout-7d9f8b6c5d-x2x9q", "shop"));
+        assert_eq!(checkout.labels.get("team").map(String::as_str), Some("payments"));
+        let report = get(&index, &"b2".repeat(32)).unwrap();
+        assert_eq!((report.workload_kind.as_str(), report.workload.as_str()), ("CronJob", "nightly-report"));
+        assert_eq!(report.annotations.get("tokentap.io/service").map(String::as_str), Some("reporting"));
+        let redis = get(&index, &"c3".repeat(32)).unwrap();
+        assert_eq!((redis.workload_kind.as_str(), redis.workload.as_str()), ("StatefulSet", "redis"));
+        let bare = get(&index, &"d4".repeat(32)).unwrap();
+        assert_eq!((bare.workload_kind.as_str(), bare.workload.as_str()), ("Pod", "debug-shell"));
+        // The node's pods only, and owners looked up once.
+        w.list().unwrap();
+        let calls = calls.lock().unwrap();
+        assert!(calls[0].ends_with("fieldSelector=spec.nodeName%3Dnode-1"), "{calls:?}");
+        assert_eq!(calls.iter().filter(|c| c.contains("replicasets/checkout")).count(), 1);
+    }
+
+    #[test]
+    fn watch_events_follow_pod_churn() {
+        let index = PodIndex::default();
+        let mut w = Watcher::new(api(), "node-1", index.clone());
+        w.list().unwrap();
+        let evs = events();
+        // ADDED: a new pod of another Deployment.
+        assert_eq!(w.apply(&evs[0]).unwrap().as_deref(), Some("1011"));
+        assert_eq!(get(&index, &"e5".repeat(32)).unwrap().workload, "search");
+        // MODIFIED: the container restarted with a new id; the old id is gone.
+        w.apply(&evs[1]).unwrap();
+        assert!(get(&index, &"a1".repeat(32)).is_none());
+        assert_eq!(get(&index, &"f6".repeat(32)).unwrap().workload, "checkout");
+        // DELETED.
+        w.apply(&evs[2]).unwrap();
+        assert!(get(&index, &"c3".repeat(32)).is_none());
+        // BOOKMARK moves the resourceVersion only; 410 Gone asks for a relist.
+        assert_eq!(w.apply(&evs[3]).unwrap().as_deref(), Some("1020"));
+        assert!(matches!(w.apply(&evs[4]), Err(KubeError::Gone)));
+        assert_eq!(index.read().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn failed_owner_lookups_are_retried_not_cached() {
+        let index = PodIndex::default();
+        let rs = "/apis/apps/v1/namespaces/shop/replicasets/checkout-7d9f8b6c5d";
+        let mut w = Watcher::new(FakeApi { fail_once: Mutex::new(Some(rs.into())), ..api() }, "node-1", index.clone());
+        w.list().unwrap();
+        // Degrades to the ReplicaSet for now...
+        assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload, "checkout-7d9f8b6c5d");
+        // ...and resolves on the next sight of the pod.
+        w.list().unwrap();
+        assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload, "checkout");
+    }
+
+    #[test]
+    fn run_relists_after_gone_and_stops() {
+        let index = PodIndex::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fake = FakeApi { calls: calls.clone(), stop_after_lists: Some((2, stop.clone())), ..api() };
+        Watcher::new(fake, "node-1", index.clone()).run(&stop);
+        let calls = calls.lock().unwrap();
+        let watch = calls.iter().find(|c| c.contains("watch=1")).unwrap();
+        assert!(watch.contains("resourceVersion=1010"), "{watch}");
+        assert_eq!(calls.iter().filter(|c| c.starts_with("/api/v1/pods") && !c.contains("watch")).count(), 2);
+    }
+
+    #[test]
+    fn container_ids_and_owners_tolerate_odd_objects() {
+        assert!(container_ids(&serde_json::json!({})).is_empty());
+        let p = serde_json::json!({"status": {"containerStatuses": [{"containerID": ""}, {"name": "x"}],
+            "initContainerStatuses": [{"containerID": "containerd://ABC"}]}});
+        assert_eq!(container_ids(&p), vec!["abc".to_string()]);
+        assert_eq!(controller_of(&serde_json::json!({"metadata": {"ownerReferences": "x"}})), None);
+        let o = serde_json::json!({"metadata": {"ownerReferences": [{"kind": "Node", "name": "n"}]}});
+        assert_eq!(controller_of(&o), Some(("Node".into(), "n".into())));
+    }
+}
