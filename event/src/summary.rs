@@ -47,6 +47,17 @@ pub fn summarize(records: &[LlmCall]) -> (Vec<(Key, Line)>, Line) {
     (lines, total)
 }
 
+/// Per-service spend, most expensive first (`service` null -> "(unattributed)").
+pub fn by_service(records: &[LlmCall]) -> Vec<(String, Line)> {
+    let mut by: BTreeMap<String, Line> = BTreeMap::new();
+    for r in records {
+        by.entry(r.service.clone().unwrap_or_else(|| "(unattributed)".into())).or_default().add(r);
+    }
+    let mut lines: Vec<_> = by.into_iter().collect();
+    lines.sort_by(|a, b| b.1.cost_usd.total_cmp(&a.1.cost_usd).then(b.1.calls.cmp(&a.1.calls)));
+    lines
+}
+
 pub fn render(records: &[LlmCall]) -> String {
     let (lines, total) = summarize(records);
     let mut s = String::new();
@@ -74,6 +85,14 @@ pub fn render(records: &[LlmCall]) -> String {
         "{:<22} {:<32} {:>6} {:>12} {:>10} {:>10} {:>12.6}",
         "total", "", total.calls, total.input_tokens, total.cached_input_tokens, total.output_tokens, total.cost_usd
     );
+    let _ = writeln!(s, "\n{:<55} {:>6} {:>12} {:>10} {:>12}", "service", "calls", "input", "output", "cost_usd");
+    for (service, l) in by_service(records) {
+        let _ = writeln!(
+            s,
+            "{:<55} {:>6} {:>12} {:>10} {:>12.6}",
+            service, l.calls, l.input_tokens, l.output_tokens, l.cost_usd
+        );
+    }
     s
 }
 
@@ -108,6 +127,12 @@ mod tests {
         assert_eq!(total.unpriced_calls, 1);
         let text = render(&rs);
         assert!(text.contains("(1 unpriced)"));
-        assert_eq!(text.lines().count(), 5);
+        assert!(text.contains("(unattributed)"));
+        assert_eq!(text.lines().count(), 8);
+        let mut svc = rs.clone();
+        svc[1].service = Some("search".into());
+        let by = by_service(&svc);
+        assert_eq!(by[0].0, "search");
+        assert_eq!(by[1].1.calls, 3);
     }
 }
