@@ -91,6 +91,13 @@ pub struct Cli {
     /// CA certificate(s) of the API server. Default: the service account's ca.crt.
     #[arg(long, value_name = "PATH")]
     pub kube_ca_file: Option<PathBuf>,
+    /// Poll this kubelet (`https://NODE:10250`) for the node's pods instead of the
+    /// API server (token and CA from --kube-token-file / --kube-ca-file).
+    #[arg(long, value_name = "URL", conflicts_with = "kube_api_url")]
+    pub kubelet_url: Option<String>,
+    /// How often to poll the kubelet. Default: 10.
+    #[arg(long, value_name = "SECS")]
+    pub kubelet_poll_secs: Option<u64>,
     /// This node's name (pods are watched with `spec.nodeName=NAME`). Default:
     /// `NODE_NAME`, else the host name.
     #[arg(long, value_name = "NAME")]
@@ -239,13 +246,17 @@ fn kube_settings(cli: &Cli) -> Result<Option<crate::attribution::kubernetes::Kub
     if cli.no_kubernetes {
         return Ok(None);
     }
-    if let Some(url) = &cli.kube_api_url {
+    if let Some(url) = cli.kube_api_url.as_ref().or(cli.kubelet_url.as_ref()) {
         let sa = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount");
         return Ok(Some(KubeConfig {
             api_url: url.clone(),
             token_file: cli.kube_token_file.clone().unwrap_or_else(|| sa.join("token")),
             ca_file: cli.kube_ca_file.clone().unwrap_or_else(|| sa.join("ca.crt")),
             node_name: cli.node_name.clone().or_else(node_name_from_env).unwrap_or_default(),
+            kubelet_poll: cli
+                .kubelet_url
+                .is_some()
+                .then(|| Duration::from_secs(cli.kubelet_poll_secs.unwrap_or(10).max(1))),
         }));
     }
     match KubeConfig::in_cluster(cli.node_name.clone()) {

@@ -50,11 +50,21 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Some(k) => {
             let api = HttpApi::new(k).context("Kubernetes API client")?;
             let index = PodIndex::default();
-            let watcher = Watcher::new(api, &k.node_name, index.clone());
             let stop = stop.clone();
-            tracing::info!(api = %k.api_url, node = %k.node_name, "watching this node's pods");
+            let thread = std::thread::Builder::new().name("kubernetes".into());
             // Not joined at exit: it may sit in a long watch; it only reads the API.
-            std::thread::Builder::new().name("kubernetes".into()).spawn(move || watcher.run(&stop))?;
+            match k.kubelet_poll {
+                Some(every) => {
+                    tracing::info!(kubelet = %k.api_url, every_s = every.as_secs(), "polling the kubelet's pods");
+                    let w = Watcher::kubelet(api, index.clone());
+                    thread.spawn(move || w.poll(every, &stop))?;
+                }
+                None => {
+                    tracing::info!(api = %k.api_url, node = %k.node_name, "watching this node's pods");
+                    let w = Watcher::new(api, &k.node_name, index.clone());
+                    thread.spawn(move || w.run(&stop))?;
+                }
+            }
             Some(index)
         }
         None => None,

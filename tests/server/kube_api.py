@@ -3,7 +3,8 @@
 
 Serves, over HTTPS with bearer-token auth, responses in the API server's format
 from agent/tests/fixtures/kubernetes/: the node's pod list, a watch stream
-(events, then the stream stays open like a real watch), ReplicaSets and Jobs.
+(events, then the stream stays open like a real watch), ReplicaSets and Jobs,
+and the kubelet's /pods.
 Logs each request path to --log (one per line).
 
 Usage: kube_api.py --cert C --key K --token T --fixtures DIR --port-file F --log L
@@ -55,6 +56,8 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                 time.sleep(600)
                 return
+            if path == "/pods":  # the kubelet's endpoint
+                return self.send(200, fx("pods_list.json"))
             if path == "/api/v1/pods" and "spec.nodeName%3Dnode-1" in query:
                 return self.send(200, fx("pods_list.json"))
             routes = {

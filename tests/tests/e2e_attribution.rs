@@ -204,10 +204,20 @@ fn service_labels_end_user_feature_and_key_ids() {
 /// containerd-style cgroup whose container id is one of the node's pods.
 #[test]
 fn kubernetes_pod_metadata_reaches_records() {
+    kube_e2e(false);
+}
+
+/// The same through the kubelet's /pods (polled; owners inferred from names).
+#[test]
+fn kubelet_pod_metadata_reaches_records() {
+    kube_e2e(true);
+}
+
+fn kube_e2e(kubelet: bool) {
     let _g = serial();
     require_root();
     require_tool("curl");
-    let dir = scratch("attr-kube");
+    let dir = scratch(if kubelet { "attr-kubelet" } else { "attr-kube" });
     let certs = Certs::generate(&dir);
     let server = Server::start(&dir, &certs);
     let token = dir.join("token");
@@ -232,7 +242,7 @@ fn kubernetes_pod_metadata_reaches_records() {
     let mut agent = Agent::start(
         &dir,
         &[
-            "--kube-api-url",
+            if kubelet { "--kubelet-url" } else { "--kube-api-url" },
             &api,
             "--kube-token-file",
             &token.display().to_string(),
@@ -244,21 +254,27 @@ fn kubernetes_pod_metadata_reaches_records() {
             "team",
         ],
     );
-    // The list and the watch reached the API, and the ReplicaSet was resolved.
+    // The list and the watch reached the API, and the ReplicaSet was resolved
+    // (the kubelet: its /pods only).
     wait_for("the pod list, the watch and the owner lookup", std::time::Duration::from_secs(30), || {
         let log = std::fs::read_to_string(&kube_log).unwrap_or_default();
-        (log.contains("watch=1") && log.contains("replicasets/checkout-7d9f8b6c5d")).then_some(())
+        let api_server = log.contains("watch=1") && log.contains("replicasets/checkout-7d9f8b6c5d");
+        let kubelet_ok = log.lines().any(|l| l == "/pods");
+        (if kubelet { kubelet_ok } else { api_server }).then_some(())
     });
 
     let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
     let root = cgroup2_root();
     let pid = std::process::id();
     // The checkout pod's container (see pods_list.json), and the one a watch ADDED.
-    for (id, pod, workload, service, team) in [
+    let mut pods = vec![
         ("a1".repeat(32), "checkout-7d9f8b6c5d-x2x9q", "checkout", "checkout", Some("payments")),
-        ("e5".repeat(32), "search-5f6b7c8d9-abcde", "search", "search", None),
         ("b2".repeat(32), "nightly-report-28977120-7xk2p", "nightly-report", "reporting", Some("analytics")),
-    ] {
+    ];
+    if !kubelet {
+        pods.push(("e5".repeat(32), "search-5f6b7c8d9-abcde", "search", "search", None));
+    }
+    for (id, pod, workload, service, team) in pods {
         let cg =
             Cgroup::create(root.join(format!(
                 "tokentap-test-{pid}-k8s.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope",
@@ -273,7 +289,7 @@ fn kubernetes_pod_metadata_reaches_records() {
         assert_eq!(r["labels"]["team"].as_str(), team, "{r}");
     }
     let shop = agent.records().into_iter().filter(|r| r["namespace"] == "shop").count();
-    assert_eq!(shop, 2);
+    assert_eq!(shop, if kubelet { 1 } else { 2 });
     assert!(agent.stop().success());
     let _ = kube.kill();
     let _ = kube.wait();

@@ -63,6 +63,9 @@ pub struct KubeConfig {
     pub token_file: PathBuf,
     pub ca_file: PathBuf,
     pub node_name: String,
+    /// `Some(interval)`: `api_url` is the kubelet, polled (`GET /pods`) this often;
+    /// owners are inferred from names (the kubelet serves no ReplicaSets or Jobs).
+    pub kubelet_poll: Option<Duration>,
 }
 
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -79,6 +82,7 @@ impl KubeConfig {
             token_file,
             ca_file: PathBuf::from(SA_DIR).join("ca.crt"),
             node_name: node_name.or_else(node_name_from_env).unwrap_or_default(),
+            kubelet_poll: None,
         })
     }
 }
@@ -207,6 +211,8 @@ pub struct Watcher<A: KubeApi> {
 /// streams.
 struct State {
     node: String,
+    /// Polling a kubelet: `GET /pods`, owners inferred, no API lookups.
+    kubelet: bool,
     index: PodIndex,
     /// (namespace, kind, name) -> its controller (kind, name), if any.
     owners: HashMap<(String, String, String), Option<(String, String)>>,
@@ -215,9 +221,28 @@ struct State {
 }
 
 impl<A: KubeApi> Watcher<A> {
+    /// Watch the API server for `node`'s pods.
     pub fn new(api: A, node: &str, index: PodIndex) -> Self {
-        let state = State { node: node.to_owned(), index, owners: HashMap::new(), pods: HashMap::new() };
+        let state =
+            State { node: node.to_owned(), kubelet: false, index, owners: HashMap::new(), pods: HashMap::new() };
         Self { api, state }
+    }
+
+    /// Poll a kubelet's `/pods` (its own node's pods) instead.
+    pub fn kubelet(api: A, index: PodIndex) -> Self {
+        let state =
+            State { node: "kubelet".into(), kubelet: true, index, owners: HashMap::new(), pods: HashMap::new() };
+        Self { api, state }
+    }
+
+    /// Poll (kubelet mode) until `stop`.
+    pub fn poll(mut self, interval: Duration, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.list() {
+                tracing::warn!(error = %e, "kubelet pod list failed");
+            }
+            sleep_unless_stopped(interval, stop);
+        }
     }
 
     /// List the node's pods and replace the index. Returns the resourceVersion.
@@ -278,6 +303,9 @@ impl<A: KubeApi> Watcher<A> {
 
 impl State {
     fn pods_path(&self) -> String {
+        if self.kubelet {
+            return "/pods".into();
+        }
         format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", self.node)
     }
 
@@ -358,6 +386,9 @@ impl State {
     /// Follow controller references up: ReplicaSet -> Deployment, Job -> CronJob.
     fn top_owner(&mut self, api: &dyn KubeApi, ns: &str, pod: &Value) -> Option<(String, String)> {
         let mut cur = controller_of(pod)?;
+        if self.kubelet {
+            return Some(infer_owner(pod, cur));
+        }
         for _ in 0..4 {
             let path = match cur.0.as_str() {
                 "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}", cur.1),
@@ -371,9 +402,10 @@ impl State {
                     let p = match api.get(&path) {
                         Ok(obj) => controller_of(&obj),
                         Err(e) => {
-                            // Not cached: retried with the next event for this pod.
+                            // Not cached: retried with the next event for this pod;
+                            // meanwhile the owner is inferred from names.
                             tracing::debug!(error = %e, "owner lookup failed");
-                            return Some(cur);
+                            return Some(infer_owner(pod, cur));
                         }
                     };
                     if self.owners.len() >= MAX_OWNERS {
@@ -389,6 +421,30 @@ impl State {
             }
         }
         Some(cur)
+    }
+}
+
+/// The owner's owner guessed from names, for when it can't be looked up: a
+/// ReplicaSet named `<deployment>-<pod-template-hash>` belongs to that
+/// Deployment; a Job named `<cronjob>-<scheduled minute>` (8+ digits) to that
+/// CronJob. Anything else stays as it is.
+pub fn infer_owner(pod: &Value, owner: (String, String)) -> (String, String) {
+    let (kind, name) = &owner;
+    match kind.as_str() {
+        "ReplicaSet" => {
+            let hash = pod["metadata"]["labels"]["pod-template-hash"].as_str().unwrap_or("");
+            match name.strip_suffix(hash).and_then(|n| n.strip_suffix('-')) {
+                Some(dep) if !hash.is_empty() && !dep.is_empty() => ("Deployment".into(), dep.into()),
+                _ => owner,
+            }
+        }
+        "Job" => match name.rsplit_once('-') {
+            Some((cron, ts)) if ts.len() >= 8 && ts.bytes().all(|b| b.is_ascii_digit()) && !cron.is_empty() => {
+                ("CronJob".into(), cron.into())
+            }
+            _ => owner,
+        },
+        _ => owner,
     }
 }
 
@@ -521,13 +577,17 @@ mod tests {
     fn failed_owner_lookups_are_retried_not_cached() {
         let index = PodIndex::default();
         let rs = "/apis/apps/v1/namespaces/shop/replicasets/checkout-7d9f8b6c5d";
-        let mut w = Watcher::new(FakeApi { fail_once: Mutex::new(Some(rs.into())), ..api() }, "node-1", index.clone());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fake = FakeApi { fail_once: Mutex::new(Some(rs.into())), calls: calls.clone(), ..api() };
+        let mut w = Watcher::new(fake, "node-1", index.clone());
         w.list().unwrap();
-        // Degrades to the ReplicaSet for now...
-        assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload, "checkout-7d9f8b6c5d");
-        // ...and resolves on the next sight of the pod.
+        // Inferred from the pod-template-hash meanwhile...
+        assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload, "checkout");
+        // ...and looked up again on the next sight of the pod, then cached.
+        w.list().unwrap();
         w.list().unwrap();
         assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload, "checkout");
+        assert_eq!(calls.lock().unwrap().iter().filter(|c| *c == rs).count(), 2);
     }
 
     #[test]
@@ -541,6 +601,35 @@ mod tests {
         let watch = calls.iter().find(|c| c.contains("watch=1")).unwrap();
         assert!(watch.contains("resourceVersion=1010"), "{watch}");
         assert_eq!(calls.iter().filter(|c| c.starts_with("/api/v1/pods") && !c.contains("watch")).count(), 2);
+    }
+
+    #[test]
+    fn kubelet_mode_lists_pods_and_infers_owners() {
+        let index = PodIndex::default();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut gets = HashMap::new();
+        gets.insert("/pods".to_string(), fixture("pods_list.json"));
+        let fake = FakeApi { gets, calls: calls.clone(), ..Default::default() };
+        let mut w = Watcher::kubelet(fake, index.clone());
+        w.list().unwrap();
+        assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload, "checkout");
+        assert_eq!(get(&index, &"a1".repeat(32)).unwrap().workload_kind, "Deployment");
+        assert_eq!(get(&index, &"b2".repeat(32)).unwrap().workload, "nightly-report");
+        assert_eq!(get(&index, &"c3".repeat(32)).unwrap().workload, "redis");
+        assert_eq!(*calls.lock().unwrap(), vec!["/pods".to_string()], "no API lookups against a kubelet");
+    }
+
+    #[test]
+    fn owner_inference_from_names() {
+        let pod = serde_json::json!({"metadata": {"labels": {"pod-template-hash": "5d9f"}}});
+        let o = |k: &str, n: &str| (k.to_string(), n.to_string());
+        assert_eq!(infer_owner(&pod, o("ReplicaSet", "web-api-5d9f")), o("Deployment", "web-api"));
+        assert_eq!(infer_owner(&pod, o("ReplicaSet", "web-api-other")), o("ReplicaSet", "web-api-other"));
+        assert_eq!(infer_owner(&serde_json::json!({}), o("ReplicaSet", "x-5d9f")), o("ReplicaSet", "x-5d9f"));
+        assert_eq!(infer_owner(&pod, o("ReplicaSet", "-5d9f")), o("ReplicaSet", "-5d9f"));
+        assert_eq!(infer_owner(&pod, o("Job", "backup-28977120")), o("CronJob", "backup"));
+        assert_eq!(infer_owner(&pod, o("Job", "migrate-42")), o("Job", "migrate-42"));
+        assert_eq!(infer_owner(&pod, o("DaemonSet", "node-agent")), o("DaemonSet", "node-agent"));
     }
 
     #[test]
