@@ -311,10 +311,14 @@ fn container_style_private_libssl_is_discovered_and_captured() {
     let image_libssl = env.dir.join("image-libssl.so");
     std::fs::copy(&libssl, &image_libssl).expect("copy libssl");
     let image = vec![(image_libssl, libssl.clone())];
+    // The first process's call may be captured, joined mid-stream, or missed
+    // whole (curl done before the attach): what is guaranteed is the attach.
     let (first, _) = run_client(in_mount_namespace(&env.dir, &image, "curl", &curl_args));
-    wait_for("the first curl's call to be recorded or counted", std::time::Duration::from_secs(30), || {
-        let s = env.agent.stats();
-        (!env.agent.records_of(&[first]).is_empty() || s["joined_mid_stream"].as_u64() > Some(0)).then_some(())
+    wait_for("the image's libssl to be attached", std::time::Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
+        let n =
+            log.lines().filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so")).count();
+        (n >= 2).then_some(())
     });
     let mut curl_pids = Vec::new();
     for _ in 0..5 {
@@ -333,7 +337,8 @@ fn container_style_private_libssl_is_discovered_and_captured() {
     // Two new files (python's copy, the image's copy), each attached once.
     let after = env.agent.wait_stat("targets_attached", before + 2);
     assert_eq!(after["attach_failures"], 0, "{after}");
+    let first_recorded = env.agent.records_of(&[first]).len() as u64;
+    assert!(first_recorded <= 1);
     let stats = env.finish();
-    let first_recorded = stats["records"].as_u64() == Some(15);
-    assert!(first_recorded || stats["records"].as_u64() == Some(14), "{stats}");
+    assert_eq!(stats["records"].as_u64(), Some(14 + first_recorded), "{stats}");
 }
