@@ -48,6 +48,10 @@ pub struct Cli {
     /// counted. Also caps decompressed size. Default: 16777216.
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Bytes all connections may buffer together; above it the biggest are dropped
+    /// (counted). Default: 268435456.
+    #[arg(long, value_name = "BYTES")]
+    pub max_buffered_bytes: Option<usize>,
     /// Most connections tracked at once; the least recently active is evicted. Default: 16384.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -120,6 +124,7 @@ pub struct FileConfig {
     pub prices: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub max_body_bytes: Option<usize>,
+    pub max_buffered_bytes: Option<usize>,
     pub max_connections: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
     pub rescan_interval_secs: Option<u64>,
@@ -174,6 +179,7 @@ pub struct Settings {
     pub prices: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
     pub max_body_bytes: usize,
+    pub max_buffered_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub rescan_interval: Duration,
@@ -217,6 +223,7 @@ impl Settings {
             prices: cli.prices.clone().or(file.prices),
             ring_buffer_bytes: cli.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(16 << 20),
             max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(16 << 20),
+            max_buffered_bytes: cli.max_buffered_bytes.or(file.max_buffered_bytes).unwrap_or(256 << 20),
             max_connections: cli.max_connections.or(file.max_connections).unwrap_or(16384),
             idle_timeout: Duration::from_secs(cli.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(300)),
             rescan_interval: Duration::from_secs(

@@ -18,6 +18,9 @@ use crate::stats::Stats;
 
 pub struct PipelineConfig {
     pub max_body_bytes: usize,
+    /// Bytes all connections may hold together; above it the connections holding
+    /// most are dropped (counted in `connections_shed`) at the next tick.
+    pub max_buffered_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout_ns: u64,
     pub rules: Rules,
@@ -34,6 +37,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 << 20,
+            max_buffered_bytes: 256 << 20,
             max_connections: 16384,
             idle_timeout_ns: 300 * 1_000_000_000,
             rules: Rules::default(),
@@ -159,6 +163,12 @@ impl Pipeline {
         } else {
             conn.http.on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
         }
+        // One connection may hold at most two bodies' worth (a request and its
+        // response); more means pipelining or garbage: give it up.
+        if conn.http.buffered() > 2 * max_body + 2 * crate::http::h1::MAX_HEAD_BYTES {
+            conn.http.lose_sync(&mut lost);
+            Stats::inc(&self.stats.connections_shed);
+        }
         if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
             conn.counted_ignore = true;
             Self::count_ignored(&self.stats, why);
@@ -215,6 +225,32 @@ impl Pipeline {
             Stats::inc(&self.stats.connections_expired);
             self.close_entry(e, now_mono_ns);
         }
+        self.shed_memory();
+    }
+
+    /// Keep the bytes held by all connections under `max_buffered_bytes` by
+    /// dropping the connections that hold most (their calls count as dropped).
+    fn shed_memory(&mut self) {
+        let mut sizes: Vec<(usize, ConnKey)> =
+            self.conns.iter().map(|(k, e)| (e.state.http.buffered(), *k)).filter(|(n, _)| *n > 0).collect();
+        let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
+        if total <= self.cfg.max_buffered_bytes {
+            return;
+        }
+        sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+        for (n, key) in sizes {
+            if total <= self.cfg.max_buffered_bytes {
+                break;
+            }
+            if let Some(mut e) = self.conns.remove(&key) {
+                let mut lost = Lost::default();
+                e.state.http.lose_sync(&mut lost);
+                self.count_lost(&lost);
+                Stats::inc(&self.stats.connections_shed);
+                total -= n;
+            }
+        }
+        tracing::warn!(limit = self.cfg.max_buffered_bytes, "buffered bytes over the limit: connections dropped");
     }
 
     /// Shut down: every open connection is closed (in-flight calls count as dropped).
@@ -441,6 +477,48 @@ mod tests {
         assert!(c.0.lock().unwrap().is_empty());
         assert_eq!(stats.snapshot().dropped_unanswered, 1);
         assert_eq!(p.connections(), 0);
+    }
+
+    #[test]
+    fn memory_budget_sheds_the_biggest_connections() {
+        let c = Collect::default();
+        let stats = Arc::new(Stats::default());
+        let cfg = PipelineConfig { max_buffered_bytes: 1000, ..Default::default() };
+        let mut p = Pipeline::new(cfg, vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
+        // Two requests whose bodies are still arriving: 900 and 400 bytes held.
+        for (conn, n) in [(1u64, 900usize), (2, 400)] {
+            let mut req =
+                format!("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 5000\r\n\r\n")
+                    .into_bytes();
+            req.extend(std::iter::repeat_n(b'x', n));
+            p.handle(&data_record(42, conn, DIR_EGRESS, 0, req.len() as u64 + 10, &req, 0));
+        }
+        assert!(p.buffered_bytes() >= 1300);
+        p.tick(1);
+        assert_eq!(p.connections(), 1);
+        assert!(p.buffered_bytes() <= 1000);
+        assert_eq!(stats.snapshot().connections_shed, 1);
+        assert_eq!(stats.snapshot().dropped_unanswered, 0, "the request was not complete yet");
+    }
+
+    #[test]
+    fn one_connection_cannot_hold_more_than_two_bodies() {
+        let c = Collect::default();
+        let stats = Arc::new(Stats::default());
+        let cfg = PipelineConfig { max_body_bytes: 10_000, ..Default::default() };
+        let mut p = Pipeline::new(cfg, vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
+        // Pipelined complete requests, never answered: they pile up as pending.
+        let body = "y".repeat(10_000);
+        let one = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 10000\r\n\r\n{body}"
+        );
+        for _ in 0..40 {
+            call(&mut p, 1, DIR_EGRESS, one.as_bytes(), 4096);
+            assert!(p.buffered_bytes() <= 2 * 10_000 + 2 * crate::http::h1::MAX_HEAD_BYTES + 10_100);
+        }
+        let s = stats.snapshot();
+        assert_eq!(s.connections_shed, 1);
+        assert!(s.dropped_unanswered >= 14, "the shed requests count as dropped: {s:?}");
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         PipelineConfig {
             max_body_bytes: settings.max_body_bytes,
+            max_buffered_bytes: settings.max_buffered_bytes,
             max_connections: settings.max_connections,
             idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
             rules: Rules::new(&settings.provider_hosts),

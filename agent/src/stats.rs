@@ -41,6 +41,9 @@ counters! {
     connections_evicted,
     /// Connections expired after the idle timeout.
     connections_expired,
+    /// Connections dropped for holding too much memory (per-connection or
+    /// `max_buffered_bytes` limit); their pending calls count as unanswered.
+    connections_shed,
     /// LLM records written.
     records,
     /// LLM calls dropped: no complete response (client died, connection reset, bytes lost).

@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
     // Built field by field: `Default` would parse the shipped price table per input.
     let cfg = PipelineConfig {
         max_body_bytes: 1 << 16,
+        max_buffered_bytes: 1 << 20,
         max_connections: 8,
         idle_timeout_ns: 1_000_000_000,
         rules: tokentap_agent::providers::Rules::default(),

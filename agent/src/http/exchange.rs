@@ -72,7 +72,9 @@ pub struct HttpConnection {
     pending: VecDeque<Message>,
 }
 
-const MAX_PENDING: usize = 256;
+/// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
+/// little, if at all).
+const MAX_PENDING: usize = 64;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl HttpConnection {
@@ -126,11 +128,14 @@ impl HttpConnection {
         let mut out = Vec::new();
         let r = self.req.push(data, ts, capture, &mut out);
         for m in out {
+            if self.pending.len() >= MAX_PENDING {
+                // Requests without responses pile up: pairing can't be trusted any more.
+                self.lose_sync(lost);
+                return;
+            }
             self.resp
                 .expect(Expect { head_request: m.head.method.as_deref() == Some("HEAD"), capture: m.body_captured });
-            if self.pending.len() < MAX_PENDING {
-                self.pending.push_back(m);
-            }
+            self.pending.push_back(m);
         }
         if let Err(e) = r {
             self.give_up(e, lost);
