@@ -488,8 +488,7 @@ mod tests {
         // Two requests whose bodies are still arriving: 900 and 400 bytes held.
         for (conn, n) in [(1u64, 900usize), (2, 400)] {
             let mut req =
-                format!("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 5000\r\n\r\n")
-                    .into_bytes();
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 5000\r\n\r\n".to_vec();
             req.extend(std::iter::repeat_n(b'x', n));
             p.handle(&data_record(42, conn, DIR_EGRESS, 0, req.len() as u64 + 10, &req, 0));
         }
