@@ -165,9 +165,20 @@ pub enum LossCounter {
     ArgsMapFull = 4,
     /// Calls not copied because every scratch slot of the CPU was busy.
     ScratchBusy = 5,
+    /// Not a loss: calls not copied because user space marked their connection
+    /// ignored (`IGNORED_CONNS`).
+    FilteredIgnored = 6,
 }
 
-pub const LOSS_COUNTERS: u32 = 6;
+pub const LOSS_COUNTERS: u32 = 7;
+
+/// A TLS connection in the kernel's maps: (tgid, `SSL*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    pub tgid: u64,
+    pub ssl: u64,
+}
 
 #[cfg(feature = "user")]
 mod user {
@@ -176,6 +187,7 @@ mod user {
     unsafe impl aya::Pod for CallArgs {}
     unsafe impl aya::Pod for DataHeader {}
     unsafe impl aya::Pod for ControlEvent {}
+    unsafe impl aya::Pod for SslKey {}
 }
 
 #[cfg(test)]

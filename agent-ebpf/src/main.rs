@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tokentap_agent_common::{
-    CallArgs, CallKind, ControlEvent, DataEvent, EventKind, LossCounter, Source, CHUNK_SIZE, DATA_HEADER_LEN,
+    CallArgs, CallKind, ControlEvent, DataEvent, EventKind, LossCounter, Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN,
     DIR_EGRESS, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED, LOSS_COUNTERS, MAX_CHUNKS, SCRATCH_SLOTS,
 };
 
@@ -37,12 +37,11 @@ static ACTIVE_CALLS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0
 #[map]
 static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SslKey {
-    tgid: u64,
-    ssl: u64,
-}
+/// Connections user space has classified as not worth copying (not HTTP, HTTP/2,
+/// server side, desynchronised): their calls are skipped here, so a busy TLS
+/// database or a download costs a map lookup, not a copy. Cleared on `SSL_free`.
+#[map]
+static IGNORED_CONNS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
@@ -111,6 +110,10 @@ fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
     };
     // A length beyond the caller's buffer means we misread the call: copy nothing.
     if len == 0 || len > args.num {
+        return;
+    }
+    if unsafe { IGNORED_CONNS.get(SslKey { tgid: key >> 32, ssl: args.ssl }) }.is_some() {
+        count_loss(LossCounter::FilteredIgnored, 1);
         return;
     }
     emit_data(key, &args, direction, len);
@@ -286,7 +289,9 @@ pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     if ssl != 0 {
-        let _ = SSL_FDS.remove(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl });
+        let k = SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl };
+        let _ = SSL_FDS.remove(k);
+        let _ = IGNORED_CONNS.remove(k);
         emit_control(EventKind::ConnClosed, ssl);
     }
     0

@@ -89,6 +89,12 @@ pub enum ProcessEvent {
     LibsChanged(u32),
 }
 
+/// Tells the kernel to stop copying a connection's calls (and to forget it).
+pub trait ConnFilter: Send {
+    fn ignore(&mut self, tgid: u32, conn: u64);
+    fn forget(&mut self, tgid: u32, conn: u64);
+}
+
 struct Conn {
     http: HttpConnection,
     counted_ignore: bool,
@@ -103,6 +109,7 @@ pub struct Pipeline {
     clock: Clock,
     exec_tx: Option<Sender<ProcessEvent>>,
     exchanges: Vec<Exchange>,
+    filter: Option<Box<dyn ConnFilter>>,
 }
 
 impl Pipeline {
@@ -117,7 +124,14 @@ impl Pipeline {
             .with_config(cfg.attribution.clone(), cfg.keys.take())
             .with_pods(cfg.pods.clone());
         let conns = ConnTable::new(cfg.max_connections);
-        Self { cfg, conns, attribution, sinks, stats, clock, exec_tx, exchanges: Vec::new() }
+        Self { cfg, conns, attribution, sinks, stats, clock, exec_tx, exchanges: Vec::new(), filter: None }
+    }
+
+    /// Push "ignored" verdicts down to the kernel, which then skips those
+    /// connections' calls instead of copying them.
+    pub fn with_kernel_filter(mut self, filter: Box<dyn ConnFilter>) -> Self {
+        self.filter = Some(filter);
+        self
     }
 
     pub fn connections(&self) -> usize {
@@ -172,6 +186,9 @@ impl Pipeline {
         if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
             conn.counted_ignore = true;
             Self::count_ignored(&self.stats, why);
+            if let Some(f) = self.filter.as_mut() {
+                f.ignore(h.tgid, h.conn);
+            }
         }
         let meta = entry.meta.clone();
         self.count_lost(&lost);
@@ -190,7 +207,10 @@ impl Pipeline {
                 }
             }
             EventKind::Exit => {
-                for (_, e) in self.conns.remove_process(c.tgid) {
+                for (k, e) in self.conns.remove_process(c.tgid) {
+                    if let (true, Some(f)) = (e.state.counted_ignore, self.filter.as_mut()) {
+                        f.forget(k.tgid, k.conn);
+                    }
                     self.close_entry(e, c.ts_ns);
                 }
                 self.attribution.forget(c.tgid);
@@ -477,6 +497,47 @@ mod tests {
         assert!(c.0.lock().unwrap().is_empty());
         assert_eq!(stats.snapshot().dropped_unanswered, 1);
         assert_eq!(p.connections(), 0);
+    }
+
+    #[derive(Clone, Default)]
+    struct RecordingFilter(Arc<Mutex<Vec<(bool, u32, u64)>>>);
+
+    impl ConnFilter for RecordingFilter {
+        fn ignore(&mut self, tgid: u32, conn: u64) {
+            self.0.lock().unwrap().push((true, tgid, conn));
+        }
+        fn forget(&mut self, tgid: u32, conn: u64) {
+            self.0.lock().unwrap().push((false, tgid, conn));
+        }
+    }
+
+    #[test]
+    fn ignored_connections_are_pushed_to_the_kernel_filter_once() {
+        let (p, _c, _stats) = pipeline();
+        let f = RecordingFilter::default();
+        let mut p = p.with_kernel_filter(Box::new(f.clone()));
+        // A server-side connection, and a client that stays HTTP.
+        call(&mut p, 5, DIR_EGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100);
+        call(&mut p, 5, DIR_EGRESS, b"more", 100);
+        call(&mut p, 6, DIR_EGRESS, REQ, 100);
+        assert_eq!(*f.0.lock().unwrap(), vec![(true, 42, 5)]);
+        let exit = ControlEvent {
+            kind: EventKind::Exit as u32,
+            tgid: 42,
+            tid: 42,
+            _pad: 0,
+            ts_ns: 9,
+            conn: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        };
+        // SAFETY: plain-old-data to bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&exit as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
+        };
+        p.handle(raw);
+        assert_eq!(f.0.lock().unwrap().last(), Some(&(false, 42, 5)));
+        assert_eq!(f.0.lock().unwrap().len(), 2);
     }
 
     #[test]

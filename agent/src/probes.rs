@@ -10,7 +10,7 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
-use tokentap_agent_common::{LossCounter, LOSS_COUNTERS};
+use tokentap_agent_common::{LossCounter, SslKey, LOSS_COUNTERS};
 
 use crate::discovery::{FileKey, Target, TlsSymbols};
 use crate::stats::Stats;
@@ -65,10 +65,27 @@ pub struct Probes {
     attached: HashMap<FileKey, PathBuf>,
 }
 
-/// Maps user space reads.
+/// Maps user space reads (and the one it writes).
 pub struct Channels {
     pub events: RingBuf<MapData>,
     pub loss: LossReader,
+    pub ignored: IgnoreMap,
+}
+
+/// `IGNORED_CONNS`: connections whose calls the kernel should stop copying.
+pub struct IgnoreMap {
+    map: aya::maps::HashMap<MapData, SslKey, u32>,
+}
+
+impl IgnoreMap {
+    pub fn ignore(&mut self, tgid: u32, conn: u64) {
+        // Best effort: a full LRU map evicts its oldest entry.
+        let _ = self.map.insert(SslKey { tgid: tgid as u64, ssl: conn }, 1, 0);
+    }
+
+    pub fn forget(&mut self, tgid: u32, conn: u64) {
+        let _ = self.map.remove(&SslKey { tgid: tgid as u64, ssl: conn });
+    }
 }
 
 pub struct LossReader {
@@ -85,7 +102,8 @@ impl LossReader {
         Stats::set(&stats.kernel_control_ring_full, read(LossCounter::ControlRingFull));
         Stats::set(&stats.kernel_args_map_full, read(LossCounter::ArgsMapFull));
         Stats::set(&stats.kernel_scratch_busy, read(LossCounter::ScratchBusy));
-        debug_assert_eq!(LOSS_COUNTERS, 6);
+        Stats::set(&stats.kernel_filtered_calls, read(LossCounter::FilteredIgnored));
+        debug_assert_eq!(LOSS_COUNTERS, 7);
     }
 }
 
@@ -123,7 +141,11 @@ impl Probes {
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
         let loss = ebpf.take_map("LOSS").ok_or(ProbeError::MissingMap("LOSS"))?;
         let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
-        Ok((Self { ebpf, attached: HashMap::new() }, Channels { events, loss: LossReader { map: loss } }))
+        let ignored = ebpf.take_map("IGNORED_CONNS").ok_or(ProbeError::MissingMap("IGNORED_CONNS"))?;
+        let ignored = aya::maps::HashMap::try_from(ignored)
+            .map_err(|source| ProbeError::Map { name: "IGNORED_CONNS", source })?;
+        let channels = Channels { events, loss: LossReader { map: loss }, ignored: IgnoreMap { map: ignored } };
+        Ok((Self { ebpf, attached: HashMap::new() }, channels))
     }
 
     pub fn attached(&self) -> usize {

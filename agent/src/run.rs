@@ -16,11 +16,12 @@ use crate::attribution::keys::KeyHasher;
 use crate::attribution::kubernetes::{HttpApi, PodIndex, Watcher};
 use crate::config::Settings;
 use crate::discovery::{Discovery, Target};
-use crate::pipeline::{monotonic_ns, Clock, Pipeline, PipelineConfig, ProcessEvent};
-use crate::probes::{Channels, Probes};
+use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig, ProcessEvent};
+use crate::probes::{Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
 use crate::sinks;
 use crate::stats::Stats;
+use aya::maps::{MapData, RingBuf};
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -89,11 +90,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Clock::system(),
         Some(exec_tx),
     );
+    let Channels { events, loss, ignored } = channels;
+    let pipeline = pipeline.with_kernel_filter(Box::new(ignored));
     let pipeline_thread = {
         let (stop, stats, stats_file) = (stop.clone(), stats.clone(), settings.stats_file.clone());
         std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || read_loop(channels, pipeline, &stop, &stats, stats_file.as_deref()))?
+            .spawn(move || read_loop(events, loss, pipeline, &stop, &stats, stats_file.as_deref()))?
     };
 
     // Initial discovery: library directories first (covers processes that load
@@ -236,13 +239,14 @@ fn discovery_loop(
 }
 
 fn read_loop(
-    mut channels: Channels,
+    mut events: RingBuf<MapData>,
+    loss: LossReader,
     mut pipeline: Pipeline,
     stop: &AtomicBool,
     stats: &Stats,
     stats_file: Option<&std::path::Path>,
 ) {
-    let fd = channels.events.as_raw_fd();
+    let fd = events.as_raw_fd();
     let mut last_tick = Instant::now();
     let mut last_log = Instant::now();
     loop {
@@ -251,7 +255,7 @@ fn read_loop(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, if stopping { 0 } else { 100 }) };
         let mut n = 0usize;
-        while let Some(item) = channels.events.next() {
+        while let Some(item) = events.next() {
             pipeline.handle(&item);
             n += 1;
         }
@@ -264,7 +268,7 @@ fn read_loop(
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
             pipeline.tick(monotonic_ns());
-            channels.loss.update(stats);
+            loss.update(stats);
             if let Some(p) = stats_file {
                 if let Err(e) = stats.snapshot().write_to(p) {
                     tracing::warn!(error = %e, "writing stats file");
@@ -285,7 +289,7 @@ fn read_loop(
         }
     }
     pipeline.finish();
-    channels.loss.update(stats);
+    loss.update(stats);
     let s = stats.snapshot();
     if let Some(p) = stats_file {
         if let Err(e) = s.write_to(p) {
@@ -300,4 +304,14 @@ fn read_loop(
         bytes = s.bytes,
         "capture finished"
     );
+}
+
+impl ConnFilter for IgnoreMap {
+    fn ignore(&mut self, tgid: u32, conn: u64) {
+        IgnoreMap::ignore(self, tgid, conn);
+    }
+
+    fn forget(&mut self, tgid: u32, conn: u64) {
+        IgnoreMap::forget(self, tgid, conn);
+    }
 }

@@ -67,6 +67,8 @@ counters! {
     kernel_control_ring_full,
     kernel_args_map_full,
     kernel_scratch_busy,
+    /// Not a loss: TLS calls the kernel skipped on connections marked ignored.
+    kernel_filtered_calls,
 }
 
 impl Stats {

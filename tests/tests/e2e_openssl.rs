@@ -214,6 +214,9 @@ fn forty_concurrent_calls_from_eight_threads_over_keep_alive() {
     let conns = stats["connections"].as_u64().unwrap();
     let server_side = stats["ignored_server_side"].as_u64().unwrap();
     assert!(conns - server_side < 40, "expected connection reuse: {stats}");
+    // The server ends of those connections (same host) were marked ignored, and
+    // the kernel stopped copying their later calls.
+    assert!(stats["kernel_filtered_calls"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["records"].as_u64(), Some(40), "nothing double counted: {stats}");
     assert_eq!(served_by_ids(&served, &records).len(), 40);
 }
