@@ -400,6 +400,25 @@ mod tests {
         }
     }
 
+    /// The ring-buffer record of process `tgid` exiting.
+    fn exit_record(tgid: u32) -> Vec<u8> {
+        let exit = ControlEvent {
+            kind: EventKind::Exit as u32,
+            tgid,
+            tid: tgid,
+            _pad: 0,
+            ts_ns: 9,
+            conn: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        };
+        // SAFETY: plain-old-data to bytes.
+        unsafe {
+            std::slice::from_raw_parts((&exit as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
+        }
+        .to_vec()
+    }
+
     fn pipeline() -> (Pipeline, Collect, Arc<Stats>) {
         let c = Collect::default();
         let stats = Arc::new(Stats::default());
@@ -479,21 +498,7 @@ mod tests {
         call(&mut p, 1, DIR_EGRESS, REQ, 1000);
         let r = resp();
         call(&mut p, 1, DIR_INGRESS, &r[..r.len() - 20], 1000);
-        let exit = ControlEvent {
-            kind: EventKind::Exit as u32,
-            tgid: 42,
-            tid: 42,
-            _pad: 0,
-            ts_ns: 9,
-            conn: 0,
-            cgroup_id: 0,
-            comm: [0; 16],
-        };
-        // SAFETY: plain-old-data to bytes.
-        let raw = unsafe {
-            std::slice::from_raw_parts((&exit as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
-        };
-        p.handle(raw);
+        p.handle(&exit_record(42));
         assert!(c.0.lock().unwrap().is_empty());
         assert_eq!(stats.snapshot().dropped_unanswered, 1);
         assert_eq!(p.connections(), 0);
@@ -521,21 +526,7 @@ mod tests {
         call(&mut p, 5, DIR_EGRESS, b"more", 100);
         call(&mut p, 6, DIR_EGRESS, REQ, 100);
         assert_eq!(*f.0.lock().unwrap(), vec![(true, 42, 5)]);
-        let exit = ControlEvent {
-            kind: EventKind::Exit as u32,
-            tgid: 42,
-            tid: 42,
-            _pad: 0,
-            ts_ns: 9,
-            conn: 0,
-            cgroup_id: 0,
-            comm: [0; 16],
-        };
-        // SAFETY: plain-old-data to bytes.
-        let raw = unsafe {
-            std::slice::from_raw_parts((&exit as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
-        };
-        p.handle(raw);
+        p.handle(&exit_record(42));
         assert_eq!(f.0.lock().unwrap().last(), Some(&(false, 42, 5)));
         assert_eq!(f.0.lock().unwrap().len(), 2);
     }
