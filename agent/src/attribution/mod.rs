@@ -152,7 +152,9 @@ impl Attributor {
 
     /// Fill the record's who-fields from the process and the request head.
     pub fn fill(&mut self, record: &mut LlmCall, tgid: u32, cgroup_id: u64, request: &Head) {
-        let info = self.get(tgid, cgroup_id);
+        self.observe(tgid, cgroup_id);
+        // Borrowed, not cloned: this runs for every call.
+        let Some(info) = self.cache.get(&tgid) else { return };
         let pod = self
             .pods
             .as_ref()
@@ -172,8 +174,8 @@ impl Attributor {
                 record.labels.insert(l.clone(), v.clone());
             }
         }
-        record.exe = info.exe;
-        record.container_id = info.container_id;
+        record.exe = info.exe.clone();
+        record.container_id = info.container_id.clone();
         if let Some(v) = self.cfg.end_user_header.as_deref().and_then(|h| request.header(h)) {
             record.end_user = Some(v.to_owned());
         }
