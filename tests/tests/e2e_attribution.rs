@@ -258,7 +258,10 @@ fn kube_e2e(kubelet: bool) {
     // (the kubelet: its /pods only).
     wait_for("the pod list, the watch and the owner lookup", std::time::Duration::from_secs(30), || {
         let log = std::fs::read_to_string(&kube_log).unwrap_or_default();
-        let api_server = log.contains("watch=1") && log.contains("replicasets/checkout-7d9f8b6c5d");
+        // The watch's ADDED pod has been applied once its owner was looked up.
+        let api_server = log.contains("watch=1")
+            && log.contains("replicasets/checkout-7d9f8b6c5d")
+            && log.contains("replicasets/search-5f6b7c8d9");
         let kubelet_ok = log.lines().any(|l| l == "/pods");
         (if kubelet { kubelet_ok } else { api_server }).then_some(())
     });
