@@ -420,10 +420,13 @@ mod tests {
     }
 
     fn pipeline() -> (Pipeline, Collect, Arc<Stats>) {
+        pipeline_with(PipelineConfig::default())
+    }
+
+    fn pipeline_with(cfg: PipelineConfig) -> (Pipeline, Collect, Arc<Stats>) {
         let c = Collect::default();
         let stats = Arc::new(Stats::default());
-        let p =
-            Pipeline::new(PipelineConfig::default(), vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
+        let p = Pipeline::new(cfg, vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
         (p, c, stats)
     }
 
@@ -533,10 +536,7 @@ mod tests {
 
     #[test]
     fn memory_budget_sheds_the_biggest_connections() {
-        let c = Collect::default();
-        let stats = Arc::new(Stats::default());
-        let cfg = PipelineConfig { max_buffered_bytes: 1000, ..Default::default() };
-        let mut p = Pipeline::new(cfg, vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
+        let (mut p, _c, stats) = pipeline_with(PipelineConfig { max_buffered_bytes: 1000, ..Default::default() });
         // Two requests whose bodies are still arriving: 900 and 400 bytes held.
         for (conn, n) in [(1u64, 900usize), (2, 400)] {
             let mut req =
@@ -554,10 +554,7 @@ mod tests {
 
     #[test]
     fn one_connection_cannot_hold_more_than_two_bodies() {
-        let c = Collect::default();
-        let stats = Arc::new(Stats::default());
-        let cfg = PipelineConfig { max_body_bytes: 10_000, ..Default::default() };
-        let mut p = Pipeline::new(cfg, vec![Box::new(c.clone())], stats.clone(), Clock::fixed(0), None);
+        let (mut p, _c, stats) = pipeline_with(PipelineConfig { max_body_bytes: 10_000, ..Default::default() });
         // Pipelined complete requests, never answered: they pile up as pending.
         let body = "y".repeat(10_000);
         let one = format!(
