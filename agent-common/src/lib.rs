@@ -64,7 +64,34 @@ pub const FLAG_READ_FAILED: u32 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     OpenSsl = 1,
+    /// Go's `crypto/tls` (`(*Conn).Write` / `.Read`).
+    GoTls = 2,
+    /// Plaintext socket syscalls (`write`, `sendto`, `recvmsg`, …).
+    Socket = 3,
 }
+
+impl Source {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::OpenSsl),
+            2 => Some(Self::GoTls),
+            3 => Some(Self::Socket),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenSsl => "openssl",
+            Self::GoTls => "go_tls",
+            Self::Socket => "socket",
+        }
+    }
+}
+
+/// Connection identity of a plaintext socket: this bit plus the fd (TLS
+/// connections are identified by user-space pointers, which never have it set).
+pub const SOCKET_CONN: u64 = 1 << 63;
 
 /// Header of a chunk of plaintext. On the ring buffer it is followed directly by
 /// `len` bytes of data.
@@ -79,7 +106,8 @@ pub struct DataHeader {
     pub tid: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the call returned.
     pub ts_ns: u64,
-    /// Connection identity inside the process: the `SSL*` pointer.
+    /// Connection identity inside the process: the `SSL*` pointer, Go's
+    /// `*tls.Conn`, or [`SOCKET_CONN`] | fd.
     pub conn: u64,
     pub cgroup_id: u64,
     /// Bytes the whole call transferred.
@@ -147,7 +175,65 @@ pub enum CallKind {
     Read = 2,
     WriteEx = 3,
     ReadEx = 4,
+    /// Go `crypto/tls.(*Conn).Write` / `.Read` (register ABI).
+    GoWrite = 5,
+    GoRead = 6,
 }
+
+/// A goroutine's in-flight Go TLS call: (tgid, `g` pointer from R14). Goroutines
+/// move between threads, so the thread id cannot key them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GoCallKey {
+    pub tgid: u64,
+    pub goroutine: u64,
+}
+
+/// Socket syscall kinds saved at `sys_enter` for `sys_exit`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockCall {
+    /// `write`/`send`/`sendto`: one buffer.
+    Write = 1,
+    Read = 2,
+    /// `writev`/`sendmsg`: an iovec array.
+    WriteV = 3,
+    ReadV = 4,
+    /// `connect` on an AF_INET/AF_INET6 socket.
+    Connect = 5,
+}
+
+/// Arguments of an in-flight socket syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockArgs {
+    /// Buffer, or iovec array for the vector calls.
+    pub buf: u64,
+    /// Buffer length, or iovec count.
+    pub len: u64,
+    pub fd: i32,
+    /// [`SockCall`] as u32.
+    pub call: u32,
+}
+
+/// A socket in the kernel's table: (tgid, fd).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// Connected, nothing sent yet.
+pub const SOCK_NEW: u32 = 0;
+/// Its first bytes were an HTTP request: copied.
+pub const SOCK_HTTP: u32 = 1;
+/// Not HTTP (TLS, a database protocol, DNS, …): never copied.
+pub const SOCK_OTHER: u32 = 2;
+
+/// iovec entries copied per vector call; a call with more data beyond them
+/// gives its connection up (counted) rather than deliver a stream with a hole.
+pub const MAX_IOV: u32 = 8;
 
 /// Index into the `LOSS` array map: what the kernel side could not deliver.
 #[repr(u32)]
@@ -168,9 +254,13 @@ pub enum LossCounter {
     /// Not a loss: calls not copied because user space marked their connection
     /// ignored (`IGNORED_CONNS`).
     FilteredIgnored = 6,
+    /// Socket connections given up: a vector call carried more than [`MAX_IOV`] buffers.
+    IovOverflow = 7,
+    /// Not a loss: plaintext socket connections the kernel classified as not HTTP.
+    SocketsNotHttp = 8,
 }
 
-pub const LOSS_COUNTERS: u32 = 7;
+pub const LOSS_COUNTERS: u32 = 9;
 
 /// A TLS connection in the kernel's maps: (tgid, `SSL*`).
 #[repr(C)]
@@ -188,6 +278,9 @@ mod user {
     unsafe impl aya::Pod for DataHeader {}
     unsafe impl aya::Pod for ControlEvent {}
     unsafe impl aya::Pod for SslKey {}
+    unsafe impl aya::Pod for GoCallKey {}
+    unsafe impl aya::Pod for SockArgs {}
+    unsafe impl aya::Pod for SockKey {}
 }
 
 #[cfg(test)]
@@ -199,6 +292,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<DataHeader>(), 88);
         assert_eq!(core::mem::size_of::<ControlEvent>(), 56);
         assert_eq!(core::mem::size_of::<CallArgs>(), 40);
+        assert_eq!(core::mem::size_of::<SockArgs>(), 24);
+        assert_eq!(core::mem::size_of::<SockKey>(), 8);
         assert_eq!(DATA_HEADER_LEN % 8, 0);
     }
 

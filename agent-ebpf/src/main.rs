@@ -6,11 +6,18 @@
 //! saves the arguments per thread; the return probe knows how many bytes really
 //! moved and copies exactly those, in `CHUNK_SIZE` chunks, into the ring buffer.
 //! `SSL_free` tells user space a connection object is gone (pointers get reused).
+//! Go programs carry their own TLS: `crypto/tls.(*Conn).Write`/`.Read` are probed
+//! at entry and at each of their return instructions (never with uretprobes: Go
+//! moves goroutine stacks, which breaks the return-address trampoline).
+//! Plaintext HTTP (self-hosted models) is read at the socket syscalls of
+//! connections this process opened with `connect`; the first bytes decide, here,
+//! whether a connection is HTTP at all, so TLS and other protocols cost one check.
 //! The `sched_process_exec` raw tracepoint prompts user space to look for new TLS libraries and
 //! `sched_process_exit` lets it free a process's state. All parsing is in user space.
 #![no_std]
 #![no_main]
 
+use aya_ebpf::{bindings::pt_regs, helpers::bpf_probe_read_kernel};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -21,8 +28,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tokentap_agent_common::{
-    CallArgs, CallKind, ControlEvent, DataEvent, EventKind, LossCounter, Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN,
-    DIR_EGRESS, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED, LOSS_COUNTERS, MAX_CHUNKS, SCRATCH_SLOTS,
+    CallArgs, CallKind, ControlEvent, DataEvent, EventKind, GoCallKey, LossCounter, SockArgs, SockCall, SockKey,
+    Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED,
+    LOSS_COUNTERS, MAX_CHUNKS, MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER,
 };
 
 /// Size is set by the loader (`--ring-buffer-bytes`); this is the default.
@@ -42,6 +50,20 @@ static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0)
 /// database or a download costs a map lookup, not a copy. Cleared on `SSL_free`.
 #[map]
 static IGNORED_CONNS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// In-flight Go TLS calls by goroutine. LRU: a goroutine that dies inside a
+/// call (panic) must not leak its entry.
+#[map]
+static GO_CALLS: LruHashMap<GoCallKey, CallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Client sockets opened with `connect` while we watch, and what their first
+/// bytes said ([`SOCK_NEW`], [`SOCK_HTTP`], [`SOCK_OTHER`]).
+#[map]
+static SOCKETS: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// In-flight socket syscalls on watched sockets, by thread.
+#[map]
+static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
@@ -98,6 +120,7 @@ fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
             }
             ret as u64
         }
+        CallKind::GoWrite | CallKind::GoRead => return,
         CallKind::WriteEx | CallKind::ReadEx => {
             if ret != 1 || args.len_ptr == 0 {
                 return;
@@ -112,15 +135,33 @@ fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
     if len == 0 || len > args.num {
         return;
     }
-    if unsafe { IGNORED_CONNS.get(SslKey { tgid: key >> 32, ssl: args.ssl }) }.is_some() {
-        count_loss(LossCounter::FilteredIgnored, 1);
+    if ignored(key, args.ssl) {
         return;
     }
-    emit_data(key, &args, direction, len);
+    let fd = unsafe { SSL_FDS.get(SslKey { tgid: key >> 32, ssl: args.ssl }) }.copied().unwrap_or(-1);
+    emit_data(key, &Emit { conn: args.ssl, buf: args.buf, fd, source: Source::OpenSsl }, direction, len);
 }
 
-/// Copy `len` bytes at `args.buf` into the ring buffer as ordered chunks.
-fn emit_data(pid_tgid: u64, args: &CallArgs, direction: u32, len: u64) {
+/// Has user space told us to skip this connection?
+#[inline(always)]
+fn ignored(pid_tgid: u64, conn: u64) -> bool {
+    if unsafe { IGNORED_CONNS.get(SslKey { tgid: pid_tgid >> 32, ssl: conn }) }.is_some() {
+        count_loss(LossCounter::FilteredIgnored, 1);
+        return true;
+    }
+    false
+}
+
+/// What one copied call is: whose connection, which bytes, from which hook.
+struct Emit {
+    conn: u64,
+    buf: u64,
+    fd: i32,
+    source: Source,
+}
+
+/// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
+fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     let Some(depth_ptr) = SCRATCH_DEPTH.get_ptr_mut(0) else {
         return;
     };
@@ -129,7 +170,7 @@ fn emit_data(pid_tgid: u64, args: &CallArgs, direction: u32, len: u64) {
     let slot = unsafe { *depth_ptr };
     unsafe { *depth_ptr = slot.wrapping_add(1) };
     if slot < SCRATCH_SLOTS {
-        copy_chunks(pid_tgid, args, direction, len, slot);
+        copy_chunks(pid_tgid, e, direction, len, slot);
     } else {
         count_loss(LossCounter::ScratchBusy, 1);
     }
@@ -145,7 +186,7 @@ struct CopyCtx {
     _pad: u32,
 }
 
-fn copy_chunks(pid_tgid: u64, args: &CallArgs, direction: u32, len: u64, slot: u32) {
+fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, slot: u32) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -156,14 +197,13 @@ fn copy_chunks(pid_tgid: u64, args: &CallArgs, direction: u32, len: u64, slot: u
     h.tgid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
-    h.conn = args.ssl;
+    h.conn = e.conn;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.call_len = len;
-    let key = SslKey { tgid: pid_tgid >> 32, ssl: args.ssl };
-    h.fd = unsafe { SSL_FDS.get(key) }.copied().unwrap_or(-1);
-    h.source = Source::OpenSsl as u32;
+    h.fd = e.fd;
+    h.source = e.source as u32;
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let mut ctx = CopyCtx { buf: args.buf, len, slot, _pad: 0 };
+    let mut ctx = CopyCtx { buf: e.buf, len, slot, _pad: 0 };
     // bpf_loop (5.17+) lets the verifier check the body once, however many
     // chunks a call needs; an unrolled bounded loop exceeds its budget.
     unsafe { bpf_loop(MAX_CHUNKS, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut CopyCtx).cast(), 0) };
@@ -221,7 +261,10 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 fn emit_control(kind: EventKind, conn: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    emit_control_for(bpf_get_current_pid_tgid(), kind, conn);
+}
+
+fn emit_control_for(pid_tgid: u64, kind: EventKind, conn: u64) {
     let ev = ControlEvent {
         kind: kind as u32,
         tgid: (pid_tgid >> 32) as u32,
@@ -333,6 +376,299 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         emit_control(EventKind::Exit, 0);
     }
     0
+}
+
+// ---- Go crypto/tls -------------------------------------------------------
+//
+// Register ABI (Go >= 1.17, amd64): receiver and arguments in RAX, RBX, RCX,
+// RDI, …; results in RAX, RBX, …; the current goroutine `g` in R14.
+// `func (c *Conn) Write(b []byte) (int, error)`: RAX = c, RBX = b.ptr, RCX = b.len.
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> Option<&pt_regs> {
+    // SAFETY: a uprobe's context is the trapped task's registers.
+    unsafe { ctx.regs.as_ref() }
+}
+
+fn go_enter(ctx: &ProbeContext, call: CallKind) {
+    let Some(r) = regs(ctx) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
+    let args = CallArgs { ssl: r.rax, buf: r.rbx, len_ptr: 0, num: r.rcx, call: call as u32, _pad: 0 };
+    if GO_CALLS.insert(key, args, 0).is_err() {
+        count_loss(LossCounter::ArgsMapFull, 1);
+    }
+}
+
+/// At one of the function's `RET` instructions: RAX holds `n`.
+fn go_return(ctx: &ProbeContext, call: CallKind, direction: u32) {
+    let Some(r) = regs(ctx) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
+    let Some(args) = (unsafe { GO_CALLS.get(key) }).copied() else {
+        return;
+    };
+    if args.call != call as u32 {
+        return;
+    }
+    let _ = GO_CALLS.remove(key);
+    let n = r.rax as i64;
+    if n <= 0 || n as u64 > args.num {
+        return;
+    }
+    if ignored(pid_tgid, args.ssl) {
+        return;
+    }
+    let e = Emit { conn: args.ssl, buf: args.buf, fd: go_conn_fd(args.ssl), source: Source::GoTls };
+    emit_data(pid_tgid, &e, direction, n as u64);
+}
+
+/// The socket fd under a `*tls.Conn`: `c.conn` (a `net.Conn` interface at offset
+/// 0, its data word at +8) -> `*net.TCPConn` -> `conn.fd *netFD` (offset 0) ->
+/// `pfd.Sysfd` (after the 16-byte `fdMutex`). Stable across Go releases; a
+/// conn that is not a `*net.TCPConn` yields nonsense, caught by the range check.
+fn go_conn_fd(conn: u64) -> i32 {
+    let read = |addr: u64| unsafe { bpf_probe_read_user(addr as *const u64) }.ok();
+    let fd = read(conn + 8).and_then(read).and_then(|netfd| read(netfd + 16));
+    match fd {
+        Some(fd) if fd < (1 << 24) => fd as i32,
+        _ => -1,
+    }
+}
+
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, CallKind::GoWrite);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_write_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, CallKind::GoWrite, DIR_EGRESS);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, CallKind::GoRead);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, CallKind::GoRead, DIR_INGRESS);
+    0
+}
+
+/// `(*Conn).Close`: the connection object may be reused for another connection.
+#[uprobe]
+pub fn go_tls_close(ctx: ProbeContext) -> u32 {
+    if let Some(r) = regs(&ctx) {
+        let conn = r.rax;
+        let _ = IGNORED_CONNS.remove(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl: conn });
+        emit_control(EventKind::ConnClosed, conn);
+    }
+    0
+}
+
+// ---- Plaintext sockets ---------------------------------------------------
+//
+// Raw `sys_enter`/`sys_exit` tracepoints (no tracefs needed). Only client
+// sockets `connect`ed to AF_INET/AF_INET6 while we run are watched; a write or
+// read on any other fd costs a map lookup.
+
+const SYS_READ: u64 = 0;
+const SYS_WRITE: u64 = 1;
+const SYS_CLOSE: u64 = 3;
+const SYS_READV: u64 = 19;
+const SYS_WRITEV: u64 = 20;
+const SYS_CONNECT: u64 = 42;
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+const SYS_SENDMSG: u64 = 46;
+const SYS_RECVMSG: u64 = 47;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+
+fn sys_regs(ctx: &RawTracePointContext) -> Option<pt_regs> {
+    let p: *const pt_regs = ctx.arg(0);
+    unsafe { bpf_probe_read_kernel(p) }.ok()
+}
+
+fn sock_key(pid_tgid: u64, fd: u64) -> SockKey {
+    SockKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 }
+}
+
+/// The socket is gone or reused: forget it and tell user space.
+fn sock_forget(pid_tgid: u64, fd: i32) {
+    let key = SockKey { tgid: (pid_tgid >> 32) as u32, fd };
+    if unsafe { SOCKETS.get(key) }.is_some() {
+        let _ = SOCKETS.remove(key);
+        let conn = SOCKET_CONN | fd as u32 as u64;
+        let _ = IGNORED_CONNS.remove(SslKey { tgid: pid_tgid >> 32, ssl: conn });
+        emit_control_for(pid_tgid, EventKind::ConnClosed, conn);
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    let (call, is_msg) = match id {
+        SYS_WRITE | SYS_SENDTO => (SockCall::Write, false),
+        SYS_READ | SYS_RECVFROM => (SockCall::Read, false),
+        SYS_WRITEV => (SockCall::WriteV, false),
+        SYS_READV => (SockCall::ReadV, false),
+        SYS_SENDMSG => (SockCall::WriteV, true),
+        SYS_RECVMSG => (SockCall::ReadV, true),
+        SYS_CONNECT => (SockCall::Connect, false),
+        SYS_CLOSE => {
+            if let Some(r) = sys_regs(&ctx) {
+                sock_forget(bpf_get_current_pid_tgid(), r.rdi as i32);
+            }
+            return 0;
+        }
+        _ => return 0,
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(r) = sys_regs(&ctx) else {
+        return 0;
+    };
+    let fd = r.rdi;
+    let (mut buf, mut len) = (r.rsi, r.rdx);
+    if call == SockCall::Connect {
+        let family: u16 = unsafe { bpf_probe_read_user(buf as *const u16) }.unwrap_or(0);
+        if family != AF_INET && family != AF_INET6 {
+            return 0;
+        }
+    } else {
+        match unsafe { SOCKETS.get(sock_key(pid_tgid, fd)) } {
+            Some(&SOCK_OTHER) | None => return 0,
+            Some(_) => {}
+        }
+        if is_msg {
+            // struct msghdr: msg_iov at +16, msg_iovlen at +24.
+            buf = unsafe { bpf_probe_read_user((r.rsi + 16) as *const u64) }.unwrap_or(0);
+            len = unsafe { bpf_probe_read_user((r.rsi + 24) as *const u64) }.unwrap_or(0);
+        }
+    }
+    let args = SockArgs { buf, len, fd: fd as i32, call: call as u32 };
+    if SOCK_CALLS.insert(pid_tgid, args, 0).is_err() {
+        count_loss(LossCounter::ArgsMapFull, 1);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = (unsafe { SOCK_CALLS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = SOCK_CALLS.remove(pid_tgid);
+    let ret: i64 = ctx.arg(1);
+    if args.call == SockCall::Connect as u32 {
+        if ret == 0 || ret == -EINPROGRESS {
+            sock_forget(pid_tgid, args.fd);
+            let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd }, SOCK_NEW, 0);
+        }
+        return 0;
+    }
+    if ret <= 0 {
+        return 0;
+    }
+    let key = SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd };
+    let Some(state) = (unsafe { SOCKETS.get(key) }).copied() else {
+        return 0;
+    };
+    let vector = args.call == SockCall::WriteV as u32 || args.call == SockCall::ReadV as u32;
+    let egress = args.call == SockCall::Write as u32 || args.call == SockCall::WriteV as u32;
+    if state == SOCK_NEW {
+        // A client speaks first; an HTTP client's first bytes are a method.
+        let first = if vector { unsafe { bpf_probe_read_user(args.buf as *const u64) }.unwrap_or(0) } else { args.buf };
+        let http = egress && unsafe { bpf_probe_read_user(first as *const [u8; 8]) }.is_ok_and(|b| is_http_start(&b));
+        let _ = SOCKETS.insert(key, if http { SOCK_HTTP } else { SOCK_OTHER }, 0);
+        if !http {
+            count_loss(LossCounter::SocketsNotHttp, 1);
+            return 0;
+        }
+    }
+    let conn = SOCKET_CONN | args.fd as u32 as u64;
+    if ignored(pid_tgid, conn) {
+        return 0;
+    }
+    let direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
+    let mut e = Emit { conn, buf: args.buf, fd: args.fd, source: Source::Socket };
+    if !vector {
+        if ret as u64 <= args.len {
+            emit_data(pid_tgid, &e, direction, ret as u64);
+        }
+        return 0;
+    }
+    // Each iovec is copied as its own call, in order.
+    let mut left = ret as u64;
+    let mut i = 0u32;
+    while i < MAX_IOV && (i as u64) < args.len && left > 0 {
+        let iov = args.buf + 16 * i as u64;
+        let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+        let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+        let n = if len < left { len } else { left };
+        if n > 0 {
+            e.buf = base;
+            emit_data(pid_tgid, &e, direction, n);
+        }
+        left -= n;
+        i += 1;
+    }
+    if left > 0 {
+        // Bytes we could not copy: give the connection up rather than leave a hole.
+        count_loss(LossCounter::IovOverflow, 1);
+        let _ = SOCKETS.insert(key, SOCK_OTHER, 0);
+        emit_control_for(pid_tgid, EventKind::ConnClosed, conn);
+    }
+    0
+}
+
+/// `(value, mask)` matching the first `s.len()` bytes of a little-endian u64.
+const fn prefix(s: &[u8]) -> (u64, u64) {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < s.len() {
+        v |= (s[i] as u64) << (8 * i);
+        i += 1;
+    }
+    let mask = if s.len() >= 8 { u64::MAX } else { (1u64 << (8 * s.len())) - 1 };
+    (v, mask)
+}
+
+const HTTP_STARTS: [(u64, u64); 8] = [
+    prefix(b"GET "),
+    prefix(b"POST "),
+    prefix(b"PUT "),
+    prefix(b"PATCH "),
+    prefix(b"DELETE "),
+    prefix(b"HEAD "),
+    prefix(b"OPTIONS "),
+    prefix(b"PRI * HT"),
+];
+
+/// An HTTP/1.x request line or the HTTP/2 prior-knowledge preface.
+#[inline(always)]
+fn is_http_start(b: &[u8; 8]) -> bool {
+    let v = u64::from_le_bytes(*b);
+    let mut i = 0;
+    while i < HTTP_STARTS.len() {
+        let (p, m) = HTTP_STARTS[i];
+        if v & m == p {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[cfg(not(test))]

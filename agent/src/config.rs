@@ -1,5 +1,4 @@
 //! Settings: command-line flags over an optional TOML file over defaults.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -7,6 +6,7 @@ use clap::Parser;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::providers::{RuleSet, Rules, RulesError};
 use crate::sinks::OutputSpec;
 
 #[derive(Debug, Parser, Default)]
@@ -62,6 +62,15 @@ pub struct Cli {
     /// trigger a scan of the new process). Default: 10.
     #[arg(long, value_name = "SECS")]
     pub rescan_interval_secs: Option<u64>,
+    /// Provider rules file (TOML: `[hosts]` host pattern -> provider, `[paths]`
+    /// path -> API shape) added on top of the built-in rules and the config
+    /// file's `[providers]`; see docs/providers.md.
+    #[arg(long, value_name = "PATH")]
+    pub providers: Option<PathBuf>,
+    /// Do not capture plaintext HTTP at the socket syscalls (self-hosted models,
+    /// in-mesh traffic); TLS capture is unaffected.
+    #[arg(long)]
+    pub no_socket_capture: bool,
     /// Extra directory to search for libssl.so* at start (repeatable).
     #[arg(long = "lib-dir", value_name = "DIR")]
     pub lib_dirs: Vec<PathBuf>,
@@ -130,9 +139,10 @@ pub struct FileConfig {
     pub rescan_interval_secs: Option<u64>,
     #[serde(default)]
     pub lib_dirs: Vec<PathBuf>,
+    pub socket_capture: Option<bool>,
     pub log_level: Option<String>,
     #[serde(default)]
-    pub providers: ProvidersConfig,
+    pub providers: RuleSet,
     #[serde(default)]
     pub attribution: AttributionFile,
 }
@@ -149,14 +159,6 @@ pub struct AttributionFile {
     pub key_secret_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ProvidersConfig {
-    /// Host (or `*.suffix`) -> provider name, e.g. `"llm.internal" = "openai"`.
-    #[serde(default)]
-    pub hosts: BTreeMap<String, String>,
-}
-
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -165,6 +167,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("config file {path}: {source}")]
     Output { path: PathBuf, source: crate::sinks::BadOutput },
+    #[error("{path}: {source}")]
+    Rules { path: PathBuf, source: RulesError },
     #[error("--kubernetes: not running in a pod (no service account); give --kube-api-url, --kube-token-file and --kube-ca-file")]
     NoKubernetes,
 }
@@ -184,8 +188,11 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub rescan_interval: Duration,
     pub lib_dirs: Vec<PathBuf>,
+    /// Plaintext HTTP capture at the socket syscalls.
+    pub socket_capture: bool,
     pub log_level: String,
-    pub provider_hosts: BTreeMap<String, String>,
+    /// User provider rules (config file's `[providers]`, then `--providers`).
+    pub providers: RuleSet,
     pub attribution: crate::attribution::AttributionConfig,
     pub key_secret_file: PathBuf,
     pub kubernetes: Option<crate::attribution::kubernetes::KubeConfig>,
@@ -230,8 +237,9 @@ impl Settings {
                 cli.rescan_interval_secs.or(file.rescan_interval_secs).unwrap_or(10).max(1),
             ),
             lib_dirs,
+            socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
             log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
-            provider_hosts: file.providers.hosts,
+            providers: provider_rules(cli, &file.providers, &file_path)?,
             attribution: crate::attribution::AttributionConfig {
                 service_label: file.attribution.service_label.unwrap_or_else(|| "tokentap.io/service".into()),
                 end_user_header: cli.end_user_header.clone().or(file.attribution.end_user_header),
@@ -246,6 +254,20 @@ impl Settings {
                 .unwrap_or_else(|| "/var/lib/tokentap/key-secret".into()),
         })
     }
+}
+
+/// The config file's rules with `--providers`' on top, checked.
+fn provider_rules(cli: &Cli, from_file: &RuleSet, file_path: &Path) -> Result<RuleSet, ConfigError> {
+    let mut set = from_file.clone();
+    let mut path = file_path.to_path_buf();
+    if let Some(p) = &cli.providers {
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let extra = RuleSet::parse(&text).map_err(|source| ConfigError::Rules { path: p.clone(), source })?;
+        set = set.merged(&extra);
+        path = p.clone();
+    }
+    Rules::new(&set).map_err(|source| ConfigError::Rules { path, source })?;
+    Ok(set)
 }
 
 fn kube_settings(cli: &Cli) -> Result<Option<crate::attribution::kubernetes::KubeConfig>, ConfigError> {
@@ -313,7 +335,7 @@ labels = ["team"]
         assert_eq!(s.outputs, vec![OutputSpec::Jsonl("/var/log/tokentap.jsonl".into())]);
         assert_eq!(s.duration, Some(Duration::from_secs(60)));
         assert_eq!(s.max_body_bytes, 1024);
-        assert_eq!(s.provider_hosts.get("llm.internal").map(String::as_str), Some("openai"));
+        assert_eq!(s.providers.hosts.get("llm.internal").map(String::as_str), Some("openai"));
         assert_eq!(s.attribution.feature_header.as_deref(), Some("x-feature"));
         assert_eq!(s.attribution.labels, vec!["team".to_string()]);
         assert_eq!(s.key_secret_file, PathBuf::from("/var/lib/tokentap/key-secret"));
@@ -329,11 +351,15 @@ labels = ["team"]
             ("unknown", "no_such_key = 1\n", "unknown field"),
             ("type", "duration_secs = \"x\"\n", "invalid type"),
             ("output", "output = [\"kafka:x\"]\n", "unknown output"),
+            ("api", "[providers.paths]\n\"/x\" = \"chat\"\n", "unknown API shape"),
         ] {
             let cli = Cli { config: Some(write(name, text)), ..Default::default() };
             let err = Settings::resolve(&cli).unwrap_err().to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
+        let rules = write("rules", "[paths]\n\"/gw/llm\" = \"chat_completions\"\n");
+        let cli = Cli { providers: Some(rules), ..Default::default() };
+        assert_eq!(Settings::resolve(&cli).unwrap().providers.paths.len(), 1);
         let cli = Cli { config: Some("/nonexistent.toml".into()), ..Default::default() };
         assert!(matches!(Settings::resolve(&cli), Err(ConfigError::Read { .. })));
     }

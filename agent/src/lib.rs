@@ -8,6 +8,7 @@
 pub mod attribution;
 pub mod capture;
 pub mod config;
+pub mod coverage;
 pub mod discovery;
 pub mod http;
 pub mod pipeline;

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, DIR_EGRESS};
+use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, Source, DIR_EGRESS};
 use tokentap_event::{LlmCall, PriceTable};
 
 use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
 use crate::capture::decode::{comm_str, decode, RawEvent};
 use crate::capture::streams::{ConnKey, ConnMeta, ConnTable, Continuity, Entry};
+use crate::coverage::Coverage;
 use crate::http::exchange::{Exchange, HttpConnection, Ignored, Lost};
 use crate::providers::{self, host_without_port, ProviderError, Rules};
 use crate::sinks::Sink;
@@ -110,6 +111,7 @@ pub struct Pipeline {
     exec_tx: Option<Sender<ProcessEvent>>,
     exchanges: Vec<Exchange>,
     filter: Option<Box<dyn ConnFilter>>,
+    coverage: Coverage,
 }
 
 impl Pipeline {
@@ -124,7 +126,18 @@ impl Pipeline {
             .with_config(cfg.attribution.clone(), cfg.keys.take())
             .with_pods(cfg.pods.clone());
         let conns = ConnTable::new(cfg.max_connections);
-        Self { cfg, conns, attribution, sinks, stats, clock, exec_tx, exchanges: Vec::new(), filter: None }
+        Self {
+            cfg,
+            conns,
+            attribution,
+            sinks,
+            stats,
+            clock,
+            exec_tx,
+            exchanges: Vec::new(),
+            filter: None,
+            coverage: Coverage::default(),
+        }
     }
 
     /// Push "ignored" verdicts down to the kernel, which then skips those
@@ -132,6 +145,11 @@ impl Pipeline {
     pub fn with_kernel_filter(mut self, filter: Box<dyn ConnFilter>) -> Self {
         self.filter = Some(filter);
         self
+    }
+
+    /// Per-process capture methods and blind spots.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
     }
 
     pub fn connections(&self) -> usize {
@@ -165,6 +183,7 @@ impl Pipeline {
         if entry.fresh {
             entry.fresh = false;
             Stats::inc(&self.stats.connections);
+            self.coverage.connection(h.tgid, &comm_str(&h.comm), h.source);
             self.attribution.observe(h.tgid, h.cgroup_id);
             tracing::debug!(pid = h.tgid, conn = h.conn, fd = h.fd, "new connection");
         }
@@ -186,6 +205,7 @@ impl Pipeline {
         if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
             conn.counted_ignore = true;
             Self::count_ignored(&self.stats, why);
+            self.coverage.not_decoded(h.tgid, &comm_str(&h.comm), h.source, why.as_str());
             if let Some(f) = self.filter.as_mut() {
                 f.ignore(h.tgid, h.conn);
             }
@@ -299,7 +319,7 @@ impl Pipeline {
         let s = stats;
         Stats::inc(match why {
             Ignored::NotHttp => &s.ignored_not_http,
-            Ignored::Http2 => &s.ignored_http2,
+            Ignored::Http2Joined => &s.ignored_http2_joined,
             Ignored::ServerSide => &s.ignored_server_side,
             Ignored::Desync => &s.ignored_desync,
             Ignored::Upgraded => &s.ignored_upgraded,
@@ -360,8 +380,15 @@ impl Pipeline {
                 server: req.head.header("host").map(|h| host_without_port(h).to_owned()),
                 // Query strings can carry credentials (`?key=`): never recorded.
                 path: req.head.path.as_deref().map(|p| p.split('?').next().unwrap_or(p).to_owned()),
-                http_version: Some(format!("1.{}", req.head.minor_version)),
-                tls_library: Some("openssl".to_owned()).filter(|_| meta.source == 1),
+                http_version: Some(if req.head.http2 {
+                    "2".to_owned()
+                } else {
+                    format!("1.{}", req.head.minor_version)
+                }),
+                // Plaintext socket captures carry no TLS library.
+                tls_library: Source::from_u32(meta.source)
+                    .filter(|s| *s != Source::Socket)
+                    .map(|s| s.as_str().to_owned()),
                 pid: Some(meta.tgid),
                 comm: Some(comm_str(&meta.comm)),
                 end_user: parsed.end_user,
@@ -370,6 +397,7 @@ impl Pipeline {
             self.attribution.fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
+            self.coverage.record(meta.tgid, record.comm.as_deref().unwrap_or(""), meta.source);
             for s in &mut self.sinks {
                 if let Err(e) = s.write(&record) {
                     Stats::inc(&self.stats.sink_errors);

@@ -1,5 +1,6 @@
 //! Loading the eBPF object and attaching its programs: uprobes/uretprobes on the
-//! TLS functions of each discovered file, and the exec/exit tracepoints.
+//! TLS functions of each discovered file (Go's at entry and at every return
+//! instruction), the exec/exit tracepoints, and the socket syscall tracepoints.
 //! Dropping [`Probes`] detaches everything.
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -41,6 +42,9 @@ pub enum ProbeError {
 /// Picks the file offset a program attaches to.
 type SymbolOf = fn(&TlsSymbols) -> Option<u64>;
 
+/// Programs attached to Go executables (at computed offsets, see [`attach_points`]).
+const GO_UPROBES: &[&str] = &["go_tls_write", "go_tls_write_ret", "go_tls_read", "go_tls_read_ret", "go_tls_close"];
+
 /// (program, which symbol) for every uprobe and uretprobe.
 const UPROBES: &[(&str, SymbolOf)] = &[
     ("ssl_write", |s| s.ssl_write),
@@ -59,6 +63,23 @@ const UPROBES: &[(&str, SymbolOf)] = &[
 /// (program, raw tracepoint).
 const TRACEPOINTS: &[(&str, &str)] =
     &[("sched_process_exec", "sched_process_exec"), ("sched_process_exit", "sched_process_exit")];
+
+/// Plaintext socket capture (`--no-socket-capture` leaves them out).
+const SOCKET_TRACEPOINTS: &[(&str, &str)] = &[("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+
+/// Every (program, file offset) to attach for a target.
+pub fn attach_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    let mut out: Vec<(&'static str, u64)> =
+        UPROBES.iter().filter_map(|(name, sym)| sym(s).map(|off| (*name, off))).collect();
+    if let Some(g) = &s.go {
+        out.push(("go_tls_write", g.write));
+        out.extend(g.write_rets.iter().map(|&o| ("go_tls_write_ret", o)));
+        out.push(("go_tls_read", g.read));
+        out.extend(g.read_rets.iter().map(|&o| ("go_tls_read_ret", o)));
+        out.extend(g.close.map(|o| ("go_tls_close", o)));
+    }
+    out
+}
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -103,14 +124,16 @@ impl LossReader {
         Stats::set(&stats.kernel_args_map_full, read(LossCounter::ArgsMapFull));
         Stats::set(&stats.kernel_scratch_busy, read(LossCounter::ScratchBusy));
         Stats::set(&stats.kernel_filtered_calls, read(LossCounter::FilteredIgnored));
-        debug_assert_eq!(LOSS_COUNTERS, 7);
+        Stats::set(&stats.kernel_iov_overflow, read(LossCounter::IovOverflow));
+        Stats::set(&stats.kernel_sockets_not_http, read(LossCounter::SocketsNotHttp));
+        debug_assert_eq!(LOSS_COUNTERS, 9);
     }
 }
 
 impl Probes {
     /// Load the object into the kernel, load every program, attach the
     /// tracepoints, and hand out the maps user space reads.
-    pub fn load(ring_buffer_bytes: u32) -> Result<(Self, Channels), ProbeError> {
+    pub fn load(ring_buffer_bytes: u32, sockets: bool) -> Result<(Self, Channels), ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -120,7 +143,7 @@ impl Probes {
         }
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new().map_max_entries("EVENTS", ring_buffer_bytes).load(EBPF_OBJECT)?;
-        for (name, _) in UPROBES {
+        for name in UPROBES.iter().map(|(n, _)| *n).chain(GO_UPROBES.iter().copied()) {
             let p: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
@@ -128,7 +151,8 @@ impl Probes {
                 .map_err(|source| ProbeError::Program { name, source })?;
             p.load().map_err(|source| ProbeError::Program { name, source })?;
         }
-        for (name, tp) in TRACEPOINTS {
+        let socket_tps = if sockets { SOCKET_TRACEPOINTS } else { &[] };
+        for (name, tp) in TRACEPOINTS.iter().chain(socket_tps) {
             let p: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
@@ -163,15 +187,12 @@ impl Probes {
         let path = PathBuf::from(format!("/proc/self/fd/{}", target.file.as_raw_fd()));
         let mut links = Vec::new();
         let mut result = Ok(());
-        for (name, sym) in UPROBES {
-            let Some(offset) = sym(&target.symbols) else {
-                continue;
-            };
+        for (name, offset) in attach_points(&target.symbols) {
             match self.uprobe(name).and_then(|p| {
                 p.attach(offset, &path, UProbeScope::AllProcesses)
                     .map_err(|source| ProbeError::Program { name, source })
             }) {
-                Ok(link) => links.push((*name, link)),
+                Ok(link) => links.push((name, link)),
                 Err(e) => {
                     result = Err(e);
                     break;

@@ -20,7 +20,7 @@ use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig,
 use crate::probes::{Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
 use crate::sinks;
-use crate::stats::Stats;
+use crate::stats::{Stats, StatsFile};
 use aya::maps::{MapData, RingBuf};
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -70,7 +70,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes)?;
+    let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes, settings.socket_capture)?;
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     let pipeline = Pipeline::new(
         PipelineConfig {
@@ -78,7 +78,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             max_buffered_bytes: settings.max_buffered_bytes,
             max_connections: settings.max_connections,
             idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
-            rules: Rules::new(&settings.provider_hosts),
+            rules: Rules::new(&settings.providers)?,
             prices,
             proc_root: "/proc".into(),
             attribution: settings.attribution.clone(),
@@ -151,7 +151,8 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
         match probes.attach(t) {
             Ok(true) => {
                 Stats::inc(&stats.targets_attached);
-                let what = if t.symbols.is_tls_library() { t.symbols.library } else { "loader" };
+                let what =
+                    if t.symbols.is_tls_library() || t.symbols.go.is_some() { t.symbols.library } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
                 tracing::info!(path = %t.path.display(), what, took_us, "attached");
             }
@@ -270,9 +271,7 @@ fn read_loop(
             pipeline.tick(monotonic_ns());
             loss.update(stats);
             if let Some(p) = stats_file {
-                if let Err(e) = stats.snapshot().write_to(p) {
-                    tracing::warn!(error = %e, "writing stats file");
-                }
+                write_stats(p, stats, &pipeline);
             }
         }
         if last_log.elapsed() >= Duration::from_secs(60) {
@@ -292,9 +291,7 @@ fn read_loop(
     loss.update(stats);
     let s = stats.snapshot();
     if let Some(p) = stats_file {
-        if let Err(e) = s.write_to(p) {
-            tracing::warn!(error = %e, "writing stats file");
-        }
+        write_stats(p, stats, &pipeline);
     }
     tracing::info!(
         records = s.records,
@@ -304,6 +301,13 @@ fn read_loop(
         bytes = s.bytes,
         "capture finished"
     );
+}
+
+fn write_stats(path: &std::path::Path, stats: &Stats, pipeline: &Pipeline) {
+    let file = StatsFile { counters: stats.snapshot(), coverage: pipeline.coverage().report() };
+    if let Err(e) = file.write_to(path) {
+        tracing::warn!(error = %e, "writing stats file");
+    }
 }
 
 impl ConnFilter for IgnoreMap {

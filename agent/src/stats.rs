@@ -31,7 +31,8 @@ counters! {
     connections,
     /// Connections ignored, by reason.
     ignored_not_http,
-    ignored_http2,
+    /// HTTP/2 connections opened before capture began (HPACK state unknown).
+    ignored_http2_joined,
     ignored_server_side,
     /// Connections whose capture began mid-exchange (that exchange skipped).
     joined_mid_stream,
@@ -69,6 +70,11 @@ counters! {
     kernel_scratch_busy,
     /// Not a loss: TLS calls the kernel skipped on connections marked ignored.
     kernel_filtered_calls,
+    /// Plaintext socket connections given up: a vector call had more buffers than copied.
+    kernel_iov_overflow,
+    /// Not a loss: plaintext socket connections whose first bytes were not HTTP
+    /// (TLS, databases, DNS…), skipped in the kernel.
+    kernel_sockets_not_http,
 }
 
 impl Stats {
@@ -101,6 +107,21 @@ impl Snapshot {
     }
 
     /// Write as JSON, atomically (write then rename).
+    pub fn write_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        StatsFile { counters: self.clone(), coverage: Vec::new() }.write_to(path)
+    }
+}
+
+/// What `--stats-file` holds: the counters, plus per-process coverage.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StatsFile {
+    #[serde(flatten)]
+    pub counters: Snapshot,
+    #[serde(default)]
+    pub coverage: Vec<crate::coverage::ProcessCoverage>,
+}
+
+impl StatsFile {
     pub fn write_to(&self, path: &std::path::Path) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;

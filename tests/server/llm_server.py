@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""A local HTTPS server speaking the OpenAI and Anthropic wire formats, for tests.
+"""A local HTTPS server speaking the LLM providers' wire formats, for tests:
+OpenAI (and OpenAI-compatible: vLLM, TGI…), Anthropic, Gemini, Bedrock
+(event-stream framing included) and Ollama (NDJSON streams).
 
 Not a mock of tokentap: a real TLS server that real SDK clients talk to. Every
 response carries token counts unique to it, and the server appends what it served
@@ -8,8 +10,15 @@ response carries token counts unique to it, and the server appends what it serve
     {"response_id", "api", "model", "stream", "expected": {input, output, cached,
      cache_write, reasoning, usage_source}}
 
-Usage: llm_server.py --cert C --key K --port-file F --log L
+Transports: HTTPS/1.1 (default), HTTPS with HTTP/2 negotiated by ALPN (`--h2`,
+served with the `h2` library), or plaintext HTTP/1.1 (`--plain`).
+
+Usage: llm_server.py --cert C --key K --port-file F --log L [--h2 | --plain]
 """
+import base64
+import binascii
+import struct
+import urllib.parse
 import argparse
 import gzip
 import json
@@ -33,7 +42,12 @@ def next_n():
         return COUNTER[0]
 
 
+CONN = threading.local()
+
+
 def log(entry):
+    # Which connection served it (concurrency tests check streams shared one).
+    entry["conn"] = getattr(CONN, "id", None)
     with LOCK:
         LOG.write(json.dumps(entry) + "\n")
         LOG.flush()
@@ -58,6 +72,7 @@ class Handler(BaseHTTPRequestHandler):
         # client's delayed ACK add 40 ms to every call.
         import socket
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        CONN.id = id(self.connection)
 
     def log_message(self, fmt, *args):  # keep test output quiet
         pass
@@ -87,6 +102,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.messages(req, n)
         if path.endswith("/completions"):
             return self.completions(req, n)
+        if path.rsplit("/", 1)[-1].split(":")[-1] in ("generateContent", "streamGenerateContent"):
+            return self.gemini(req, n, path)
+        if path.startswith("/model/"):
+            return self.bedrock(req, n, path)
+        if path in ("/api/chat", "/api/generate"):
+            return self.ollama(req, n, path)
         return self.send_json(404, {"error": {"message": "no route"}})
 
     # -- transport helpers -------------------------------------------------
@@ -98,7 +119,8 @@ class Handler(BaseHTTPRequestHandler):
             encoding = "gzip"
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:16])
+        if not any(k.lower() in ("x-request-id", "x-amzn-requestid") for k, _ in extra_headers):
+            self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:16])
         if encoding:
             self.send_header("Content-Encoding", encoding)
         for k, v in extra_headers:
@@ -108,11 +130,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def start_stream(self):
+    def start_stream(self, content_type="text/event-stream; charset=utf-8", request_id=None):
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("request-id", "req_" + uuid.uuid4().hex[:16])
+        self.send_header("request-id", request_id or "req_" + uuid.uuid4().hex[:16])
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
@@ -287,9 +309,262 @@ class Handler(BaseHTTPRequestHandler):
         self.end_stream()
 
 
+    # -- Gemini ------------------------------------------------------------
+    def gemini(self, req, n, path):
+        model, method = path.rsplit("/", 1)[-1].split(":")
+        rid = uuid.uuid4().hex[:22]
+        prompt, cand = 100 + n, 20 + n
+        thoughts = 5 if n % 2 else 0
+        cached = 64 if n % 3 == 0 else 0
+        usage = {"promptTokenCount": prompt, "candidatesTokenCount": cand,
+                 "totalTokenCount": prompt + cand + thoughts}
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+        if cached:
+            usage["cachedContentTokenCount"] = cached
+        stream = method == "streamGenerateContent"
+        log({"response_id": rid, "api": "gemini", "model": model, "stream": stream,
+             "expected": {"input": prompt, "output": cand + thoughts, "cached": cached or None,
+                          "cache_write": None, "reasoning": thoughts or None, "usage_source": "reported"}})
+
+        def chunk(text, final):
+            c = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if final:
+                c["finishReason"] = "STOP"
+            u = usage if final else {"promptTokenCount": prompt, "totalTokenCount": prompt}
+            return {"candidates": [c], "usageMetadata": u, "modelVersion": model, "responseId": rid}
+        if not stream:
+            return self.send_json(200, chunk("Hello there!", True))
+        parts = [chunk("Hello", False), chunk(" there", False), chunk("!", True)]
+        if "alt=sse" in self.path:
+            self.start_stream()
+            for p in parts:
+                self.chunk("data: " + json.dumps(p) + "\r\n\r\n")
+        else:
+            self.start_stream("application/json; charset=UTF-8")
+            for i, p in enumerate(parts):
+                self.chunk(("[" if i == 0 else ",\r\n") + json.dumps(p))
+            self.chunk("]")
+        self.end_stream()
+
+    # -- Bedrock -----------------------------------------------------------
+    @staticmethod
+    def event_message(headers, payload):
+        h = b""
+        for k, v in headers:
+            h += bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v)) + v.encode()
+        total = 16 + len(h) + len(payload)
+        prelude = struct.pack(">II", total, len(h))
+        m = prelude + struct.pack(">I", binascii.crc32(prelude)) + h + payload
+        return m + struct.pack(">I", binascii.crc32(m))
+
+    def event(self, kind, obj):
+        self.chunk(self.event_message([(":event-type", kind), (":content-type", "application/json"),
+                                       (":message-type", "event")], json.dumps(obj).encode()))
+
+    def bedrock(self, req, n, path):
+        _, _, model, op = path.split("/", 3)
+        model = urllib.parse.unquote(model)
+        request_id = str(uuid.uuid4())
+        inp, out = 40 + n, 15 + n
+        read = 128 if n % 2 else 0
+        write = 32 if n % 3 == 0 else 0
+        expected = {"input": inp + read + write, "output": out, "cached": read, "cache_write": write,
+                    "reasoning": None, "usage_source": "reported"}
+        usage = {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out + read + write,
+                 "cacheReadInputTokens": read, "cacheWriteInputTokens": write}
+        entry = {"response_id": None, "request_id": request_id, "api": "bedrock_" + op, "model": model,
+                 "stream": op.endswith("stream"), "expected": expected}
+        if op == "converse":
+            log(entry)
+            return self.send_json(200, {
+                "output": {"message": {"role": "assistant", "content": [{"text": "Hello!"}]}},
+                "stopReason": "end_turn", "usage": usage, "metrics": {"latencyMs": 120}},
+                extra_headers=[("x-amzn-RequestId", request_id)])
+        if op == "converse-stream":
+            log(entry)
+            self.start_stream("application/vnd.amazon.eventstream", request_id)
+            self.event("messageStart", {"role": "assistant"})
+            for t in ["Hel", "lo!"]:
+                self.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": t}})
+            self.event("contentBlockStop", {"contentBlockIndex": 0})
+            self.event("messageStop", {"stopReason": "end_turn"})
+            self.event("metadata", {"usage": usage, "metrics": {"latencyMs": 150}})
+            return self.end_stream()
+        # InvokeModel: the model's own (Anthropic) format; counts in headers.
+        rid = "msg_bdrk_" + uuid.uuid4().hex[:20]
+        entry["response_id"] = rid
+        if op == "invoke":
+            entry["expected"] = {**expected, "input": inp, "cached": None, "cache_write": None,
+                                 "usage_source": "headers"}
+            log(entry)
+            return self.send_json(200, {
+                "id": rid, "type": "message", "role": "assistant", "model": "claude",
+                "content": [{"type": "text", "text": "Hello!"}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": inp, "output_tokens": out}},
+                extra_headers=[("x-amzn-RequestId", request_id), ("X-Amzn-Bedrock-Input-Token-Count", str(inp)),
+                               ("X-Amzn-Bedrock-Output-Token-Count", str(out)),
+                               ("X-Amzn-Bedrock-Invocation-Latency", "300")])
+        entry["expected"] = {**expected, "input": inp, "cached": None, "cache_write": None}
+        log(entry)
+        self.start_stream("application/vnd.amazon.eventstream", request_id)
+
+        def chunk(obj):
+            self.event("chunk", {"bytes": base64.b64encode(json.dumps(obj).encode()).decode()})
+        chunk({"type": "message_start", "message": {"id": rid, "type": "message", "role": "assistant",
+                                                    "usage": {"input_tokens": inp, "output_tokens": 1}}})
+        chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello!"}})
+        chunk({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": out}})
+        chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+            "inputTokenCount": inp, "outputTokenCount": out, "invocationLatency": 300, "firstByteLatency": 90}})
+        self.end_stream()
+
+    # -- Ollama ------------------------------------------------------------
+    def ollama(self, req, n, path):
+        model = req.get("model", "llama3.2")
+        request_id = "req_" + uuid.uuid4().hex[:16]
+        prompt, evals = 30 + n, 10 + n
+        stream = req.get("stream", True)
+        log({"response_id": None, "request_id": request_id, "api": "ollama", "model": model, "stream": stream,
+             "priced": False, "expected": {"input": prompt, "output": evals, "cached": None, "cache_write": None,
+                                           "reasoning": None, "usage_source": "reported"}})
+        chat = path == "/api/chat"
+
+        def line(text, done):
+            o = {"model": model, "created_at": "2025-01-01T00:00:00Z", "done": done}
+            if chat:
+                o["message"] = {"role": "assistant", "content": text}
+            else:
+                o["response"] = text
+            if done:
+                o.update({"done_reason": "stop", "total_duration": 1000, "prompt_eval_count": prompt,
+                          "eval_count": evals, "eval_duration": 900})
+            return o
+        if not stream:
+            return self.send_json(200, line("Hello!", True), extra_headers=[("x-request-id", request_id)])
+        self.start_stream("application/x-ndjson", request_id)
+        for t in ["Hel", "lo", "!"]:
+            self.chunk(json.dumps(line(t, False)) + "\n")
+        self.chunk(json.dumps(line("", True)) + "\n")
+        self.end_stream()
+
+
+class H2Writer:
+    """The handler's HTTP/1.1 output, re-framed as HTTP/2 HEADERS and DATA on one stream."""
+
+    def __init__(self, conn, stream_id):
+        self.conn, self.stream_id = conn, stream_id
+        self.buf = b""
+        self.head_done = False
+        self.chunked = False
+
+    def flush(self):
+        pass
+
+    def write(self, b):
+        self.buf += bytes(b)
+        if not self.head_done:
+            if b"\r\n\r\n" not in self.buf:
+                return len(b)
+            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            headers = [(":status", lines[0].split()[1])]
+            for line in lines[1:]:
+                k, v = line.split(":", 1)
+                k = k.strip().lower()
+                if k == "transfer-encoding":
+                    self.chunked = True
+                elif k not in ("connection", "keep-alive"):
+                    headers.append((k, v.strip()))
+            self.conn.send(lambda c: c.send_headers(self.stream_id, headers))
+            self.head_done = True
+        while self.buf:
+            if not self.chunked:
+                data, self.buf = self.buf, b""
+            else:
+                if b"\r\n" not in self.buf:
+                    break
+                size, rest = self.buf.split(b"\r\n", 1)
+                n = int(size, 16)
+                if len(rest) < n + 2:
+                    break
+                data, self.buf = rest[:n], rest[n + 2:]
+            if data:
+                self.conn.send(lambda c, d=data: c.send_data(self.stream_id, d))
+        return len(b)
+
+
+class H2Conn:
+    """One HTTP/2 connection: frames read here, each request served by the
+    ordinary handler in its own thread (many concurrent streams)."""
+
+    def __init__(self, sock, server):
+        import h2.config
+        import h2.connection
+        self.sock, self.server = sock, server
+        self.lock = threading.Lock()
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.streams = {}
+
+    def send(self, fn):
+        # One writer at a time: OpenSSL rejects interleaved partial writes.
+        with self.lock:
+            fn(self.conn)
+            data = self.conn.data_to_send()
+            if data:
+                self.sock.sendall(data)
+
+    def run(self):
+        import h2.events
+        self.send(lambda c: c.initiate_connection())
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (OSError, ssl.SSLError):
+                return
+            if not data:
+                return
+            with self.lock:
+                events = self.conn.receive_data(data)
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    self.streams[ev.stream_id] = (dict(ev.headers), bytearray())
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.streams[ev.stream_id][1].extend(ev.data)
+                    self.send(lambda c, e=ev: c.acknowledge_received_data(e.flow_controlled_length, e.stream_id))
+                elif isinstance(ev, h2.events.StreamEnded):
+                    threading.Thread(target=self.serve, args=(ev.stream_id,), daemon=True).start()
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    return
+            self.send(lambda c: None)
+
+    def serve(self, stream_id):
+        headers, body = self.streams.pop(stream_id)
+        CONN.id = id(self)
+        raw = "{} {} HTTP/1.1\r\nHost: {}\r\n".format(headers[":method"], headers[":path"], headers.get(":authority", ""))
+        for k, v in headers.items():
+            if not k.startswith(":") and k not in ("content-length", "host"):
+                raw += f"{k}: {v}\r\n"
+        raw = raw.encode("latin-1") + b"Content-Length: %d\r\n\r\n" % len(body) + bytes(body)
+        h = Handler.__new__(Handler)
+        h.server, h.client_address, h.request = self.server, ("h2", 0), None
+        h.rfile = __import__("io").BytesIO(raw)
+        h.wfile = H2Writer(self, stream_id)
+        h.close_connection = True
+        try:
+            h.handle_one_request()
+        finally:
+            self.send(lambda c: c.end_stream(stream_id))
+
+
 class Server(socketserver.ThreadingMixIn, HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def finish_request(self, request, client_address):
+        if getattr(request, "selected_alpn_protocol", lambda: None)() == "h2":
+            return H2Conn(request, self).run()
+        return super().finish_request(request, client_address)
 
 
 def main():
@@ -300,13 +575,16 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--h2", action="store_true", help="offer HTTP/2 by ALPN (h2, then http/1.1)")
+    ap.add_argument("--plain", action="store_true", help="plaintext HTTP/1.1, no TLS")
     a = ap.parse_args()
     LOG = open(a.log, "a")
     srv = Server(("127.0.0.1", a.port), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(a.cert, a.key)
-    ctx.set_alpn_protocols(["http/1.1"])
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    if not a.plain:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        ctx.set_alpn_protocols(["h2", "http/1.1"] if a.h2 else ["http/1.1"])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     tmp = a.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(srv.server_address[1]))

@@ -92,6 +92,22 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// The providers' real host names the tests use; a private /etc/hosts maps them
+/// to 127.0.0.1 (see [`in_mount_namespace`]).
+pub const PROVIDER_HOSTS: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "bedrock-runtime.us-east-1.amazonaws.com",
+];
+
+fn san() -> String {
+    let mut names: Vec<String> = PROVIDER_HOSTS.iter().map(|h| format!("DNS:{h}")).collect();
+    names.push("DNS:localhost".into());
+    names.push("IP:127.0.0.1".into());
+    names.join(",")
+}
+
 /// A throwaway CA and a server certificate for the providers' hosts and 127.0.0.1.
 pub struct Certs {
     pub ca: PathBuf,
@@ -103,11 +119,8 @@ impl Certs {
     pub fn generate(dir: &Path) -> Self {
         require_tool("openssl");
         let ext = dir.join("san.cnf");
-        std::fs::write(
-            &ext,
-            "[ext]\nsubjectAltName=DNS:api.openai.com,DNS:api.anthropic.com,DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .expect("write san.cnf");
+        std::fs::write(&ext, format!("[ext]\nsubjectAltName={}\nbasicConstraints=CA:FALSE\n", san()))
+            .expect("write san.cnf");
         let p = |n: &str| dir.join(n);
         run(Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
@@ -144,15 +157,31 @@ impl Certs {
     }
 }
 
-/// The local HTTPS LLM server (tests/server/llm_server.py).
+/// The local LLM server (tests/server/llm_server.py).
 pub struct Server {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
 }
 
+/// How the test server talks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS, HTTP/1.1 only.
+    Https,
+    /// HTTPS offering HTTP/2 by ALPN (then HTTP/1.1).
+    H2,
+    /// Plaintext HTTP/1.1.
+    Plain,
+}
+
 impl Server {
+    /// HTTPS/1.1.
     pub fn start(dir: &Path, certs: &Certs) -> Self {
+        Self::start_with(dir, certs, Transport::Https)
+    }
+
+    pub fn start_with(dir: &Path, certs: &Certs, transport: Transport) -> Self {
         require_tool("python3");
         let port_file = dir.join("server.port");
         let log = dir.join("served.jsonl");
@@ -166,6 +195,11 @@ impl Server {
             .arg(&port_file)
             .arg("--log")
             .arg(&log)
+            .args(match transport {
+                Transport::Https => None,
+                Transport::H2 => Some("--h2"),
+                Transport::Plain => Some("--plain"),
+            })
             .stderr(std::fs::File::create(dir.join("server.stderr")).expect("server log"))
             .spawn()
             .expect("start llm_server.py");
@@ -309,6 +343,56 @@ impl Drop for Agent {
     }
 }
 
+/// One test's world: certificates, the server, the agent (started last, so
+/// it is ready before any client runs).
+pub struct Env {
+    pub dir: PathBuf,
+    pub certs: Certs,
+    pub server: Server,
+    pub agent: Agent,
+    pub transport: Transport,
+}
+
+impl Env {
+    pub fn start(name: &str, transport: Transport, agent_args: &[&str]) -> Self {
+        require_root();
+        let dir = scratch(name);
+        let certs = Certs::generate(&dir);
+        let server = Server::start_with(&dir, &certs, transport);
+        let agent = Agent::start(&dir, agent_args);
+        Self { dir, certs, server, agent, transport }
+    }
+
+    /// `scheme://host:port` of the server under a provider's host name.
+    pub fn origin(&self, host: &str) -> String {
+        let scheme = if self.transport == Transport::Plain { "http" } else { "https" };
+        format!("{scheme}://{host}:{}", self.server.port)
+    }
+
+    pub fn openai_base(&self) -> String {
+        format!("{}/v1", self.origin("api.openai.com"))
+    }
+
+    pub fn anthropic_base(&self) -> String {
+        self.origin("api.anthropic.com")
+    }
+
+    pub fn local_base(&self) -> String {
+        format!("{}/v1", self.origin("127.0.0.1"))
+    }
+
+    /// Stop the agent cleanly, check no credential reached any of its output,
+    /// return its final stats.
+    pub fn finish(mut self) -> Value {
+        let status = self.agent.stop();
+        assert!(status.success(), "agent exit status {status}");
+        let out = self.agent.all_output();
+        assert!(!out.contains(SECRET_KEY), "the API key leaked into the agent's output");
+        assert!(!out.contains("Bearer"), "an Authorization value leaked into the agent's output");
+        self.agent.stats()
+    }
+}
+
 /// A command run in a private mount namespace whose /etc/hosts maps the providers'
 /// hosts to 127.0.0.1, so clients use the real hostnames (and SNI) against the
 /// local server. The process keeps its pid through the `exec`.
@@ -321,7 +405,7 @@ pub fn with_provider_hosts(dir: &Path, program: &str, args: &[String]) -> Comman
 pub fn in_mount_namespace(dir: &Path, binds: &[(PathBuf, PathBuf)], program: &str, args: &[String]) -> Command {
     require_tool("unshare");
     let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost api.openai.com api.anthropic.com\n").expect("hosts file");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "))).expect("hosts file");
     let mut script = String::from("set -e\n");
     for (src, dst) in binds {
         script.push_str(&format!("mount --bind '{}' '{}'\n", src.display(), dst.display()));
@@ -385,6 +469,31 @@ pub fn py_client_args(certs: &Certs, openai_base: &str, anthropic_base: &str, sc
     ]
 }
 
+/// The breadth client (tests/clients/py_breadth.py): `scenario` against `base`.
+pub fn py_breadth(dir: &Path, certs: &Certs, base: &str, scenario: &str) -> Command {
+    let script = workspace_root().join("tests/clients/py_breadth.py").display().to_string();
+    let args = [script, "--base".into(), base.into(), "--ca".into(), certs.ca.display().to_string()];
+    let mut args = args.to_vec();
+    args.extend(["--key".into(), SECRET_KEY.into(), scenario.into()]);
+    with_provider_hosts(dir, "python3", &args)
+}
+
+/// Build the Go net/http client (tests/clients/go_client) into `dir`; `stripped`
+/// builds with `-ldflags=-s -w` (no symbol table: functions found via .gopclntab).
+pub fn build_go_client(dir: &Path, stripped: bool) -> PathBuf {
+    require_tool("go");
+    let out = dir.join(if stripped { "go_client_stripped" } else { "go_client" });
+    let mut cmd = Command::new("go");
+    cmd.current_dir(workspace_root().join("tests/clients/go_client")).args(["build", "-o"]).arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    // Offline: the client uses only the standard library.
+    cmd.env("GOFLAGS", "-mod=mod").env("GOPROXY", "off");
+    run(cmd.arg("."));
+    out
+}
+
 /// Compare one record with what the server served; panics with both on mismatch.
 pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_event::PriceTable) {
     let e = &served["expected"];
@@ -407,8 +516,13 @@ pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_e
         }
         assert_eq!(record[rk], e[ek], "{rk}{}", ctx());
     }
-    // Cost: exactly the price table applied to the served tokens.
+    // Cost: exactly the price table applied to the served tokens; null for a
+    // model with no price (self-hosted), never zero.
     let model = served["model"].as_str().unwrap_or_default();
+    if served["priced"] == false {
+        assert_eq!(record["cost_usd"], Value::Null, "unpriced model must have null cost{}", ctx());
+        return;
+    }
     let p = prices.lookup(model).unwrap_or_else(|| panic!("no price for {model}"));
     let n = |k: &str| record[k].as_u64().unwrap_or(0);
     let want = p.cost(n("input_tokens"), n("output_tokens"), n("cached_input_tokens"), n("cache_write_tokens"));
@@ -424,10 +538,13 @@ pub fn pair_with_served<'a>(records: &'a [Value], served: &'a [Value]) -> Vec<(&
     let mut pairs = Vec::new();
     let mut used = std::collections::HashSet::new();
     for r in records {
-        let hit = served.iter().enumerate().find(|(_, s)| match s["response_id"].as_str() {
-            Some(id) => r["response_id"].as_str() == Some(id),
-            None => r["operation"] == "embeddings" && r["input_tokens"] == s["expected"]["input"],
-        });
+        let hit =
+            served.iter().enumerate().find(|(_, s)| match (s["response_id"].as_str(), s["request_id"].as_str()) {
+                (Some(id), _) => r["response_id"].as_str() == Some(id),
+                // No response id (Bedrock Converse, Ollama): the request id header.
+                (None, Some(id)) => r["request_id"].as_str() == Some(id),
+                (None, None) => r["operation"] == "embeddings" && r["input_tokens"] == s["expected"]["input"],
+            });
         let (i, s) = hit.unwrap_or_else(|| panic!("record matches nothing served: {r}"));
         assert!(used.insert(i), "two records for one served call: {s}");
         pairs.push((r, s));

@@ -9,42 +9,8 @@ use serde_json::{json, Value};
 use tokentap_e2e::*;
 use tokentap_event::{tokens, PriceTable};
 
-struct Env {
-    dir: std::path::PathBuf,
-    certs: Certs,
-    server: Server,
-    agent: Agent,
-}
-
 fn setup(name: &str, agent_args: &[&str]) -> Env {
-    require_root();
-    let dir = scratch(name);
-    let certs = Certs::generate(&dir);
-    let server = Server::start(&dir, &certs);
-    let agent = Agent::start(&dir, agent_args);
-    Env { dir, certs, server, agent }
-}
-
-impl Env {
-    fn openai_base(&self) -> String {
-        format!("https://api.openai.com:{}/v1", self.server.port)
-    }
-    fn anthropic_base(&self) -> String {
-        format!("https://api.anthropic.com:{}", self.server.port)
-    }
-    fn local_base(&self) -> String {
-        format!("https://127.0.0.1:{}/v1", self.server.port)
-    }
-
-    /// Stop the agent cleanly and check no credential reached any output.
-    fn finish(mut self) -> Value {
-        let status = self.agent.stop();
-        assert!(status.success(), "agent exit status {status}");
-        let out = self.agent.all_output();
-        assert!(!out.contains(SECRET_KEY), "the API key leaked into the agent's output");
-        assert!(!out.contains("Bearer"), "an Authorization value leaked into the agent's output");
-        self.agent.stats()
-    }
+    Env::start(name, Transport::Https, agent_args)
 }
 
 fn served_by_ids(served: &[Value], records: &[Value]) -> Vec<Value> {

@@ -1,9 +1,12 @@
-//! One captured connection as HTTP/1.1: decides whether it is a client speaking
-//! HTTP at all (cheaply, on the first bytes), then pairs each request with its
-//! response in order over keep-alive.
+//! One captured connection as HTTP: decides whether it is a client speaking
+//! HTTP at all and which version (cheaply, on the first bytes: an HTTP/2 client
+//! starts with the connection preface, whatever ALPN chose), then pairs each
+//! request with its response: in order over HTTP/1.1 keep-alive, by stream over
+//! HTTP/2 ([`super::h2`]).
 use std::collections::VecDeque;
 
 use super::h1::{self, Expect, H1Error, Head, Kind, Message, Parser};
+use super::h2::{self, H2Connection};
 
 /// A request and the response that answered it.
 #[derive(Debug)]
@@ -17,8 +20,9 @@ pub struct Exchange {
 pub enum Ignored {
     /// The first bytes are not HTTP/1.x.
     NotHttp,
-    /// HTTP/2 connection preface (not decoded by this version).
-    Http2,
+    /// HTTP/2 frames without the preface: capture joined an open connection
+    /// whose HPACK state is unknown, so nothing on it can be decoded safely.
+    Http2Joined,
     /// We are the server end of this connection (its client is captured elsewhere, or
     /// not at all); counting it would double count.
     ServerSide,
@@ -32,7 +36,7 @@ impl Ignored {
     pub fn as_str(self) -> &'static str {
         match self {
             Ignored::NotHttp => "not_http",
-            Ignored::Http2 => "http2",
+            Ignored::Http2Joined => "http2_joined",
             Ignored::ServerSide => "server_side",
             Ignored::Desync => "desync",
             Ignored::Upgraded => "upgraded",
@@ -45,8 +49,12 @@ enum State {
     Sniffing {
         calls: u8,
         joined_mid_stream: bool,
+        /// The first egress bytes were an HTTP/2 SETTINGS frame: a server's
+        /// preface, or a client joined mid-connection; the peer's bytes tell.
+        h2_settings_first: bool,
     },
     Client,
+    Http2(Box<H2Connection>),
     Ignored(Ignored),
 }
 
@@ -66,6 +74,7 @@ pub struct Lost {
 
 pub struct HttpConnection {
     state: State,
+    max_body: usize,
     req: Parser,
     resp: Parser,
     /// Requests waiting for their response, oldest first.
@@ -75,12 +84,12 @@ pub struct HttpConnection {
 /// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
 /// little, if at all).
 const MAX_PENDING: usize = 64;
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl HttpConnection {
     pub fn new(max_body: usize) -> Self {
         Self {
-            state: State::Sniffing { calls: 0, joined_mid_stream: false },
+            state: State::Sniffing { calls: 0, joined_mid_stream: false, h2_settings_first: false },
+            max_body,
             req: Parser::new(Kind::Request, max_body),
             resp: Parser::new(Kind::Response, max_body),
             pending: VecDeque::new(),
@@ -96,18 +105,25 @@ impl HttpConnection {
 
     /// Bytes held for this connection.
     pub fn buffered(&self) -> usize {
-        self.req.buffered() + self.resp.buffered() + self.pending.iter().map(|m| m.body.len()).sum::<usize>()
+        let h2 = if let State::Http2(c) = &self.state { c.buffered() } else { 0 };
+        h2 + self.req.buffered() + self.resp.buffered() + self.pending.iter().map(|m| m.body.len()).sum::<usize>()
     }
 
     /// Plaintext the process wrote. `capture` says, per request head, whether the
     /// request is worth buffering (an LLM API call).
     pub fn on_egress(&mut self, data: &[u8], ts: u64, capture: &mut dyn FnMut(&Head) -> bool, lost: &mut Lost) {
-        if let State::Sniffing { calls, joined_mid_stream } = &mut self.state {
-            let n = data.len().min(H2_PREFACE.len());
+        if let State::Sniffing { calls, joined_mid_stream, h2_settings_first } = &mut self.state {
+            let n = data.len().min(h2::PREFACE.len());
             if h1::looks_like_request(data) {
                 self.state = State::Client;
-            } else if n > 0 && data[..n] == H2_PREFACE[..n] {
-                self.state = State::Ignored(Ignored::Http2);
+            } else if n > 0 && data[..n] == h2::PREFACE[..n] {
+                self.state = State::Http2(Box::new(H2Connection::new(self.max_body)));
+            } else if *calls == 0 && h2::looks_like_server_preface(data) {
+                *h2_settings_first = true;
+                *calls += 1;
+                return;
+            } else if h2::looks_like_frames(data) {
+                self.state = State::Ignored(Ignored::Http2Joined);
             } else if h1::looks_like_response(data) {
                 self.state = State::Ignored(Ignored::ServerSide);
             } else {
@@ -121,6 +137,12 @@ impl HttpConnection {
                 }
                 return;
             }
+        }
+        if let State::Http2(c) = &mut self.state {
+            if let Err(e) = c.on_egress(data, ts, capture, lost) {
+                self.give_up_h2(e, lost);
+            }
+            return;
         }
         if !matches!(self.state, State::Client) {
             return;
@@ -145,12 +167,14 @@ impl HttpConnection {
     /// Plaintext the process read. Completed exchanges are appended to `out`.
     pub fn on_ingress(&mut self, data: &[u8], ts: u64, out: &mut Vec<Exchange>, lost: &mut Lost) {
         match &mut self.state {
-            State::Sniffing { joined_mid_stream, .. } => {
+            State::Sniffing { joined_mid_stream, h2_settings_first, .. } => {
                 // The peer spoke first: either we serve HTTP, or capture began
                 // between a request and its response (skip it; the next request
                 // on this connection starts a clean exchange).
-                if h1::looks_like_request(data) {
+                if h1::looks_like_request(data) || data.starts_with(&h2::PREFACE[..4]) {
                     self.state = State::Ignored(Ignored::ServerSide);
+                } else if *h2_settings_first {
+                    self.state = State::Ignored(Ignored::Http2Joined);
                 } else if !*joined_mid_stream {
                     *joined_mid_stream = true;
                     lost.joined_mid_stream += 1;
@@ -158,6 +182,12 @@ impl HttpConnection {
                 return;
             }
             State::Ignored(_) => return,
+            State::Http2(c) => {
+                if let Err(e) = c.on_ingress(data, ts, out, lost) {
+                    self.give_up_h2(e, lost);
+                }
+                return;
+            }
             State::Client => {}
         }
         let mut responses = Vec::new();
@@ -171,6 +201,9 @@ impl HttpConnection {
 
     /// The connection is gone (closed, freed, process exited, idle timeout).
     pub fn close(&mut self, ts: u64, out: &mut Vec<Exchange>, lost: &mut Lost) {
+        if let State::Http2(c) = &mut self.state {
+            c.close(out, lost);
+        }
         if let State::Client = self.state {
             if let Some(m) = self.resp.close(ts) {
                 self.pair(vec![m], out);
@@ -187,6 +220,9 @@ impl HttpConnection {
 
     /// Bytes are missing from this connection: nothing after can be trusted.
     pub fn lose_sync(&mut self, lost: &mut Lost) {
+        if let State::Http2(c) = &mut self.state {
+            c.lose_sync(lost);
+        }
         if let State::Client = self.state {
             lost.unanswered += self.pending.iter().filter(|m| m.body_captured).count() as u64;
         }
@@ -204,6 +240,11 @@ impl HttpConnection {
                 out.push(Exchange { request, response });
             }
         }
+    }
+
+    fn give_up_h2(&mut self, e: h2::H2Error, lost: &mut Lost) {
+        tracing::debug!(error = %e, "HTTP/2 decoding failed; ignoring connection");
+        self.lose_sync(lost);
     }
 
     fn give_up(&mut self, e: H1Error, lost: &mut Lost) {
@@ -247,7 +288,17 @@ mod tests {
         let mut cap = llm;
         let mut c = HttpConnection::new(1024);
         c.on_egress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1, &mut cap, &mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::Http2));
+        assert_eq!(c.ignored(), None);
+        assert!(matches!(c.state, State::Http2(_)));
+        let mut c = HttpConnection::new(1024);
+        c.on_egress(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0], 1, &mut cap, &mut lost);
+        assert_eq!(c.ignored(), Some(Ignored::Http2Joined));
+        // An HTTP/2 server: its SETTINGS first, then the client's preface arrives.
+        let mut c = HttpConnection::new(1024);
+        c.on_egress(&[0, 0, 0, 4, 0, 0, 0, 0, 0], 1, &mut cap, &mut lost);
+        assert_eq!(c.ignored(), None);
+        c.on_ingress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 2, &mut Vec::new(), &mut lost);
+        assert_eq!(c.ignored(), Some(Ignored::ServerSide));
         let mut c = HttpConnection::new(1024);
         c.on_egress(b"HTTP/1.1 200 OK\r\n", 1, &mut cap, &mut lost);
         assert_eq!(c.ignored(), Some(Ignored::ServerSide));

@@ -37,6 +37,8 @@ pub struct Head {
     pub status: Option<u16>,
     /// HTTP/1.x minor version.
     pub minor_version: u8,
+    /// Carried over HTTP/2 (pseudo-headers mapped: `:authority` is `host`).
+    pub http2: bool,
     /// Header names lower-cased, values as sent.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -452,6 +454,7 @@ fn parse_request(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
                 status: None,
                 minor_version: req.version.unwrap_or(1),
                 headers: to_headers(req.headers),
+                http2: false,
             },
             n,
         ))),
@@ -471,6 +474,7 @@ fn parse_response(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
                 status: resp.code,
                 minor_version: resp.version.unwrap_or(1),
                 headers: to_headers(resp.headers),
+                http2: false,
             },
             n,
         ))),

@@ -2,15 +2,20 @@
 //! read model, usage and ids from the exchange ([`parse`]). Token counts are
 //! normalised as the record contract says (docs/record.md).
 pub mod anthropic;
+pub mod bedrock;
+pub mod cohere;
+pub mod gemini;
+pub mod ollama;
 pub mod openai;
+pub mod rules;
 
-use std::collections::BTreeMap;
+pub use rules::{RuleSet, Rules, RulesError};
 
 use serde_json::Value;
 use thiserror::Error;
 use tokentap_event::UsageSource;
 
-use crate::http::{body, exchange::Exchange, h1::Head};
+use crate::http::{body, exchange::Exchange};
 
 /// The API shape of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,17 +25,77 @@ pub enum Api {
     Responses,
     Embeddings,
     AnthropicMessages,
+    GeminiGenerate,
+    GeminiStream,
+    GeminiEmbed,
+    BedrockConverse,
+    BedrockConverseStream,
+    BedrockInvoke,
+    BedrockInvokeStream,
+    CohereChat,
+    OllamaChat,
+    OllamaGenerate,
+    OllamaEmbed,
 }
 
 impl Api {
+    const ALL: [(Api, &'static str); 16] = [
+        (Api::ChatCompletions, "chat_completions"),
+        (Api::Completions, "completions"),
+        (Api::Responses, "responses"),
+        (Api::Embeddings, "embeddings"),
+        (Api::AnthropicMessages, "anthropic_messages"),
+        (Api::GeminiGenerate, "gemini_generate"),
+        (Api::GeminiStream, "gemini_stream"),
+        (Api::GeminiEmbed, "gemini_embed"),
+        (Api::BedrockConverse, "bedrock_converse"),
+        (Api::BedrockConverseStream, "bedrock_converse_stream"),
+        (Api::BedrockInvoke, "bedrock_invoke"),
+        (Api::BedrockInvokeStream, "bedrock_invoke_stream"),
+        (Api::CohereChat, "cohere_chat"),
+        (Api::OllamaChat, "ollama_chat"),
+        (Api::OllamaGenerate, "ollama_generate"),
+        (Api::OllamaEmbed, "ollama_embed"),
+    ];
+
+    /// The shape's name in rule files.
+    pub fn from_name(name: &str) -> Option<Api> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(a, _)| *a)
+    }
+
+    /// The record's `operation`.
     pub fn operation(self) -> &'static str {
         match self {
-            Api::ChatCompletions => "chat",
+            Api::ChatCompletions | Api::CohereChat | Api::OllamaChat => "chat",
             Api::Completions => "completions",
             Api::Responses => "responses",
-            Api::Embeddings => "embeddings",
+            Api::Embeddings | Api::OllamaEmbed => "embeddings",
             Api::AnthropicMessages => "messages",
+            Api::GeminiGenerate | Api::GeminiStream => "generate_content",
+            Api::GeminiEmbed => "embed_content",
+            Api::BedrockConverse | Api::BedrockConverseStream => "converse",
+            Api::BedrockInvoke | Api::BedrockInvokeStream => "invoke",
+            Api::OllamaGenerate => "generate",
         }
+    }
+
+    /// Provider named when the host matches no rule.
+    fn family_default_provider(self) -> &'static str {
+        match self {
+            Api::AnthropicMessages => "anthropic_compatible",
+            Api::GeminiGenerate | Api::GeminiStream | Api::GeminiEmbed => "google_compatible",
+            Api::BedrockConverse | Api::BedrockConverseStream | Api::BedrockInvoke | Api::BedrockInvokeStream => {
+                "bedrock_compatible"
+            }
+            Api::CohereChat => "cohere_compatible",
+            Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => "ollama",
+            _ => "openai_compatible",
+        }
+    }
+
+    /// The response streams whatever the request says.
+    fn always_streams(self) -> bool {
+        matches!(self, Api::GeminiStream | Api::BedrockConverseStream | Api::BedrockInvokeStream)
     }
 }
 
@@ -38,67 +103,8 @@ impl Api {
 pub struct Endpoint {
     pub provider: String,
     pub api: Api,
-}
-
-/// Host -> provider rules. Built-in hosts plus the user's (`[providers.hosts]` in
-/// the config file), exact host or `*.suffix`.
-#[derive(Clone, Debug)]
-pub struct Rules {
-    hosts: Vec<(String, String)>,
-}
-
-const BUILTIN_HOSTS: &[(&str, &str)] = &[
-    ("api.openai.com", "openai"),
-    ("*.openai.azure.com", "azure_openai"),
-    ("*.cognitiveservices.azure.com", "azure_openai"),
-    ("api.anthropic.com", "anthropic"),
-];
-
-impl Default for Rules {
-    fn default() -> Self {
-        Self::new(&BTreeMap::new())
-    }
-}
-
-impl Rules {
-    /// User rules come first so they can override built-ins.
-    pub fn new(user: &BTreeMap<String, String>) -> Self {
-        let mut hosts: Vec<(String, String)> = user.iter().map(|(h, p)| (h.to_ascii_lowercase(), p.clone())).collect();
-        hosts.extend(BUILTIN_HOSTS.iter().map(|(h, p)| (h.to_string(), p.to_string())));
-        Self { hosts }
-    }
-
-    fn provider_for_host(&self, host: &str) -> Option<&str> {
-        self.hosts.iter().find_map(|(pat, provider)| {
-            let hit = match pat.strip_prefix("*.") {
-                Some(suffix) => {
-                    host.len() > suffix.len()
-                        && host.ends_with(suffix)
-                        && host[..host.len() - suffix.len()].ends_with('.')
-                }
-                None => host == pat,
-            };
-            hit.then_some(provider.as_str())
-        })
-    }
-
-    /// Is this request an LLM API call, and of which provider and shape?
-    pub fn classify(&self, head: &Head) -> Option<Endpoint> {
-        if head.method.as_deref() != Some("POST") {
-            return None;
-        }
-        let path = head.path.as_deref()?;
-        let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
-        let host = head.header("host").map(host_without_port).map(str::to_ascii_lowercase);
-        let api = api_for_path(path)?;
-        let known = host.as_deref().and_then(|h| self.provider_for_host(h));
-        let provider = match (known, api) {
-            (Some(p), _) => p.to_owned(),
-            (None, Api::AnthropicMessages) => "anthropic_compatible".to_owned(),
-            (None, _) => "openai_compatible".to_owned(),
-        };
-        Some(Endpoint { provider, api })
-    }
+    /// Model named by the path (Gemini, Bedrock, Azure deployment).
+    pub path_model: Option<String>,
 }
 
 pub fn host_without_port(host: &str) -> &str {
@@ -106,19 +112,6 @@ pub fn host_without_port(host: &str) -> &str {
         return host.split(']').next().map_or(host, |h| &h[1..]);
     }
     host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
-}
-
-fn api_for_path(path: &str) -> Option<Api> {
-    let last = path.rsplit('/').next()?;
-    let parent = path.rsplit('/').nth(1).unwrap_or("");
-    Some(match (parent, last) {
-        ("chat", "completions") => Api::ChatCompletions,
-        (_, "completions") => Api::Completions,
-        (_, "responses") => Api::Responses,
-        (_, "embeddings") => Api::Embeddings,
-        ("v1", "messages") => Api::AnthropicMessages,
-        _ => return None,
-    })
 }
 
 /// Token counts, normalised.
@@ -166,9 +159,15 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Pars
     let req_body =
         body::decode(ex.request.head.header("content-encoding"), &ex.request.body, max_body).unwrap_or_default();
     let request: Value = serde_json::from_slice(&req_body).unwrap_or(Value::Null);
+    let ollama = matches!(endpoint.api, Api::OllamaChat | Api::OllamaGenerate);
     let mut parsed = Parsed {
-        request_model: request.get("model").and_then(Value::as_str).map(str::to_owned),
-        stream: request.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        request_model: request
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| endpoint.path_model.clone()),
+        // Ollama streams unless told not to.
+        stream: request.get("stream").and_then(Value::as_bool).unwrap_or(ollama) || endpoint.api.always_streams(),
         ..Default::default()
     };
     let status = ex.response.head.status.unwrap_or(0);
@@ -179,19 +178,28 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Pars
         return Err(ProviderError::TruncatedBody);
     }
     let body = body::decode(ex.response.head.header("content-encoding"), &ex.response.body, max_body)?;
-    let is_sse = ex
-        .response
-        .head
-        .header("content-type")
-        .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
-    parsed.stream |= is_sse;
+    let content_type = ex.response.head.header("content-type").unwrap_or("").to_ascii_lowercase();
+    let is_sse = content_type.starts_with("text/event-stream");
+    let streamed = is_sse
+        || content_type.starts_with("application/vnd.amazon.eventstream")
+        || content_type.starts_with("application/x-ndjson");
+    parsed.stream |= streamed;
     // A cut-short response counts only if it is a stream whose final event
     // arrived (clients may stop reading before the terminating chunk).
-    if !ex.response.complete && !is_sse {
+    if !ex.response.complete && !streamed {
         return Err(ProviderError::Incomplete);
     }
+    let head = &ex.response.head;
     match endpoint.api {
         Api::AnthropicMessages => anthropic::parse(&request, &body, is_sse, &mut parsed)?,
+        Api::GeminiGenerate | Api::GeminiStream | Api::GeminiEmbed => {
+            gemini::parse(endpoint.api, &request, &body, is_sse, &mut parsed)?
+        }
+        Api::BedrockConverse | Api::BedrockConverseStream | Api::BedrockInvoke | Api::BedrockInvokeStream => {
+            bedrock::parse(endpoint.api, head, &body, &mut parsed)?
+        }
+        Api::CohereChat => cohere::parse(&body, is_sse, &mut parsed)?,
+        Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => ollama::parse(&body, &mut parsed)?,
         api => openai::parse(api, &request, &body, is_sse, &mut parsed)?,
     }
     if !ex.response.complete && !parsed.stream_finished {
@@ -228,55 +236,18 @@ pub(crate) fn json(data: &[u8]) -> Result<Value, ProviderError> {
 mod tests {
     use super::*;
 
-    fn head(host: &str, path: &str) -> Head {
-        Head {
-            method: Some("POST".into()),
-            path: Some(path.into()),
-            headers: vec![("host".into(), host.as_bytes().to_vec())],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn classifies_by_host_and_path() {
-        let r = Rules::default();
-        let c = |h: &str, p: &str| r.classify(&head(h, p)).map(|e| (e.provider, e.api));
-        assert_eq!(c("api.openai.com", "/v1/chat/completions"), Some(("openai".into(), Api::ChatCompletions)));
-        assert_eq!(c("api.openai.com:443", "/v1/responses"), Some(("openai".into(), Api::Responses)));
-        assert_eq!(c("api.openai.com", "/v1/embeddings?x=1"), Some(("openai".into(), Api::Embeddings)));
-        assert_eq!(c("api.openai.com", "/v1/completions"), Some(("openai".into(), Api::Completions)));
-        assert_eq!(
-            c("my.openai.azure.com", "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"),
-            Some(("azure_openai".into(), Api::ChatCompletions))
-        );
-        assert_eq!(c("api.anthropic.com", "/v1/messages"), Some(("anthropic".into(), Api::AnthropicMessages)));
-        assert_eq!(
-            c("127.0.0.1:8443", "/v1/chat/completions"),
-            Some(("openai_compatible".into(), Api::ChatCompletions))
-        );
-        assert_eq!(c("localhost", "/v1/messages"), Some(("anthropic_compatible".into(), Api::AnthropicMessages)));
-        assert_eq!(c("api.openai.com", "/v1/models"), None);
-        assert_eq!(c("example.com", "/index.html"), None);
-        assert_eq!(c("evilopenai.azure.com", "/v1/chat/completions").unwrap().0, "openai_compatible");
-        let mut get = head("api.openai.com", "/v1/responses");
-        get.method = Some("GET".into());
-        assert_eq!(r.classify(&get), None);
-    }
-
-    #[test]
-    fn user_rules_override_builtins() {
-        let mut user = BTreeMap::new();
-        user.insert("llm.internal".to_string(), "openai".to_string());
-        user.insert("*.groq.com".to_string(), "groq".to_string());
-        let r = Rules::new(&user);
-        assert_eq!(r.classify(&head("llm.internal:8000", "/v1/chat/completions")).unwrap().provider, "openai");
-        assert_eq!(r.classify(&head("api.groq.com", "/openai/v1/chat/completions")).unwrap().provider, "groq");
-    }
-
     #[test]
     fn host_port_stripping() {
         assert_eq!(host_without_port("a.b:443"), "a.b");
         assert_eq!(host_without_port("a.b"), "a.b");
         assert_eq!(host_without_port("[::1]:8443"), "::1");
+    }
+
+    #[test]
+    fn api_names_round_trip() {
+        for (api, name) in Api::ALL {
+            assert_eq!(Api::from_name(name), Some(api));
+        }
+        assert_eq!(Api::from_name("chat"), None);
     }
 }

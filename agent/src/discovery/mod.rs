@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
 
+pub mod go;
+
 /// File offsets of the functions we probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSymbols {
@@ -24,8 +26,10 @@ pub struct TlsSymbols {
     pub ssl_set_fd: Option<u64>,
     /// The dynamic loader's `_dl_debug_state` (this file is ld.so).
     pub dl_debug_state: Option<u64>,
-    /// "openssl" or "boringssl".
+    /// "openssl", "boringssl" or "go".
     pub library: &'static str,
+    /// Go `crypto/tls` probe points (a Go executable).
+    pub go: Option<go::GoTls>,
 }
 
 impl TlsSymbols {
@@ -33,9 +37,10 @@ impl TlsSymbols {
         self.ssl_write.is_some() && self.ssl_read.is_some()
     }
 
-    /// Worth probing: a TLS library, or a dynamic loader (to learn of new libraries).
+    /// Worth probing: a TLS library, a Go program using crypto/tls, or a dynamic
+    /// loader (to learn of new libraries).
     pub fn is_target(&self) -> bool {
-        self.is_tls_library() || self.dl_debug_state.is_some()
+        self.is_tls_library() || self.dl_debug_state.is_some() || self.go.is_some()
     }
 }
 
@@ -86,6 +91,16 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     // the (much larger) full symbol table only when they were not.
     if !s.is_target() {
         read_symbols(&elf, elf.symbols(), &mut s);
+    }
+    if !s.is_target() {
+        match go::inspect(&elf, &map) {
+            Ok(g) => {
+                s.library = "go";
+                s.go = Some(g);
+            }
+            Err(go::NotProbed::NotGo | go::NotProbed::NoTls) => {}
+            Err(why) => tracing::info!(path = %path.display(), ?why, "Go program not probed"),
+        }
     }
     Ok(s)
 }

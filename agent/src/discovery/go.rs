@@ -1,0 +1,199 @@
+//! Go executables: where `crypto/tls.(*Conn).Write`, `.Read` and `.Close` are, and
+//! every return instruction of the first two.
+//!
+//! Go binaries are static and often stripped of `.symtab` (`-ldflags=-s -w`), but
+//! always carry `.gopclntab`, the runtime's own function table: names and entry
+//! points come from there when the symbol table is absent. Return instructions
+//! are found by decoding the function's machine code (x86-64); uretprobes are
+//! not usable on Go, whose goroutine stacks move.
+use iced_x86::{Code, Decoder, DecoderOptions};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+/// File offsets of the probe points in one Go executable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoTls {
+    pub write: u64,
+    pub write_rets: Vec<u64>,
+    pub read: u64,
+    pub read_rets: Vec<u64>,
+    pub close: Option<u64>,
+}
+
+const WRITE: &str = "crypto/tls.(*Conn).Write";
+const READ: &str = "crypto/tls.(*Conn).Read";
+const CLOSE: &str = "crypto/tls.(*Conn).Close";
+/// Return sites probed per function; more means the decode went wrong.
+const MAX_RETS: usize = 64;
+
+/// A function: virtual address and length.
+type Func = (u64, u64);
+
+#[derive(Default)]
+struct Found {
+    write: Option<Func>,
+    read: Option<Func>,
+    close: Option<Func>,
+}
+
+/// Why a Go binary is not probed (logged once per file).
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotProbed {
+    /// No `.gopclntab`: not Go.
+    NotGo,
+    /// Go, without crypto/tls.
+    NoTls,
+    /// Go before 1.18: stack-based calling convention, not supported.
+    OldGo,
+    /// Not x86-64 (return sites are found by an x86-64 decoder).
+    Arch,
+    Malformed(&'static str),
+}
+
+pub fn inspect(elf: &object::File<'_>, data: &[u8]) -> Result<GoTls, NotProbed> {
+    let pcln = elf
+        .section_by_name(".gopclntab")
+        .or_else(|| elf.section_by_name(".data.rel.ro.gopclntab"))
+        .ok_or(NotProbed::NotGo)?;
+    let table = pcln.data().map_err(|_| NotProbed::Malformed("unreadable .gopclntab"))?;
+    let magic = table.get(..4).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]])).unwrap_or(0);
+    if magic != 0xffff_fff0 && magic != 0xffff_fff1 {
+        return Err(NotProbed::OldGo);
+    }
+    if elf.architecture() != object::Architecture::X86_64 {
+        return Err(NotProbed::Arch);
+    }
+    let mut found = Found::default();
+    for sym in elf.symbols() {
+        let slot = match sym.name() {
+            Ok(WRITE) => &mut found.write,
+            Ok(READ) => &mut found.read,
+            Ok(CLOSE) => &mut found.close,
+            _ => continue,
+        };
+        if sym.size() > 0 {
+            *slot = Some((sym.address(), sym.size()));
+        }
+    }
+    if found.write.is_none() || found.read.is_none() {
+        found = from_pclntab(table)?;
+    }
+    let (Some(write), Some(read)) = (found.write, found.read) else {
+        return Err(NotProbed::NoTls);
+    };
+    let (write, write_rets) = probe_points(elf, data, write)?;
+    let (read, read_rets) = probe_points(elf, data, read)?;
+    let close = found.close.and_then(|f| file_offset(elf, f.0));
+    Ok(GoTls { write, write_rets, read, read_rets, close })
+}
+
+/// Names and extents from the runtime's function table (Go 1.18+ layout).
+fn from_pclntab(t: &[u8]) -> Result<Found, NotProbed> {
+    let bad = NotProbed::Malformed("bad .gopclntab");
+    let ptr = *t.get(7).ok_or(NotProbed::Malformed("short .gopclntab"))? as usize;
+    if ptr != 8 {
+        return Err(NotProbed::Arch);
+    }
+    let word = |i: usize| -> Option<u64> {
+        t.get(8 + i * ptr..8 + (i + 1) * ptr).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        t.get(off..off.checked_add(4)?).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let nfunc = word(0).ok_or(NotProbed::Malformed("short header"))? as usize;
+    let text_start = word(2).ok_or(NotProbed::Malformed("short header"))?;
+    let funcname = word(3).ok_or(NotProbed::Malformed("short header"))? as usize;
+    let pcln = word(7).ok_or(NotProbed::Malformed("short header"))? as usize;
+    if nfunc > t.len() / 8 {
+        return Err(bad);
+    }
+    let mut found = Found::default();
+    for i in 0..nfunc {
+        let ft = pcln + i * 8;
+        let (Some(entry), Some(funcoff), Some(next)) = (u32_at(ft), u32_at(ft + 4), u32_at(ft + 8)) else {
+            return Err(NotProbed::Malformed("functab out of range"));
+        };
+        let Some(name_off) = u32_at(pcln + funcoff as usize + 4) else {
+            continue;
+        };
+        let start = funcname + name_off as usize;
+        let Some(name) = t.get(start..).and_then(|s| s.split(|&b| b == 0).next()) else {
+            continue;
+        };
+        let slot = match name {
+            b"crypto/tls.(*Conn).Write" => &mut found.write,
+            b"crypto/tls.(*Conn).Read" => &mut found.read,
+            b"crypto/tls.(*Conn).Close" => &mut found.close,
+            _ => continue,
+        };
+        if next > entry {
+            *slot = Some((text_start + entry as u64, (next - entry) as u64));
+        }
+    }
+    Ok(found)
+}
+
+fn file_offset(elf: &object::File<'_>, addr: u64) -> Option<u64> {
+    elf.sections().find_map(|s| {
+        let (off, size) = s.file_range()?;
+        (addr >= s.address() && addr < s.address() + size).then(|| off + (addr - s.address()))
+    })
+}
+
+/// The function's entry and each `RET` as file offsets.
+fn probe_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Result<(u64, Vec<u64>), NotProbed> {
+    let off = file_offset(elf, addr).ok_or(NotProbed::Malformed("function outside any section"))?;
+    let code = data
+        .get(off as usize..(off + len) as usize)
+        .ok_or(NotProbed::Malformed("function beyond the end of the file"))?;
+    let rets = return_sites(code, addr);
+    if rets.is_empty() || rets.len() > MAX_RETS {
+        return Err(NotProbed::Malformed("no plausible return instructions"));
+    }
+    Ok((off, rets.into_iter().map(|r| off + (r - addr)).collect()))
+}
+
+/// Addresses of the `RET` instructions in `code` (starting at `addr`). Decoding
+/// runs from the entry in order, so data bytes that look like `C3` are not taken.
+pub fn return_sites(code: &[u8], addr: u64) -> Vec<u64> {
+    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while d.can_decode() {
+        let ins = d.decode();
+        if matches!(ins.code(), Code::Retnq | Code::Retnq_imm16) {
+            out.push(ins.ip());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_returns_not_c3_bytes_inside_instructions() {
+        // mov eax, 0xc3c3c3c3 ; ret ; int3 ; add rsp, 0x18 ; ret
+        let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0xcc, 0x48, 0x83, 0xc4, 0x18, 0xc3];
+        assert_eq!(return_sites(&code, 0x1000), vec![0x1005, 0x100b]);
+    }
+
+    #[test]
+    fn non_go_files_are_not_go() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let elf = object::File::parse(&*me).unwrap();
+        assert_eq!(inspect(&elf, &me), Err(NotProbed::NotGo));
+    }
+
+    #[test]
+    fn garbage_pclntab_is_an_error_not_a_panic() {
+        let mut t = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        t.extend(std::iter::repeat_n(0xff, 64));
+        assert!(from_pclntab(&t).is_err());
+        assert!(from_pclntab(&[0xf1, 0xff, 0xff, 0xff]).is_err());
+        let mut t = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        t.extend(2u64.to_le_bytes()); // nfunc
+        t.extend([0u8; 48]);
+        t.extend(0u64.to_le_bytes()); // pcln offset 0: functab reads the header itself
+        let _ = from_pclntab(&t);
+    }
+}

@@ -1,0 +1,591 @@
+//! Passive HTTP/2 for one captured client connection: frames in both directions,
+//! HPACK with one dynamic table per direction, and many concurrent streams, each
+//! becoming its own request/response [`Exchange`].
+//!
+//! Every header block is decoded, captured stream or not, because HPACK state is
+//! shared by the whole connection: skipping one block would corrupt every later
+//! one. A decoding error therefore ends the connection's capture (counted), never
+//! guesses. Connections already open when capture began are not decodable (their
+//! HPACK tables are unknown): [`looks_like_frames`] lets the caller recognise and
+//! skip them.
+use std::collections::HashMap;
+
+use loona_hpack::Decoder;
+use thiserror::Error;
+
+use super::exchange::{Exchange, Lost};
+use super::h1::{Head, Message};
+
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+/// Largest frame accepted (SETTINGS_MAX_FRAME_SIZE's ceiling is 16 MiB - 1).
+const MAX_FRAME: usize = (1 << 24) - 1;
+/// Largest header block (HEADERS + CONTINUATION) accepted.
+const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// Largest HPACK dynamic table honoured; peers almost always use the 4 KiB default.
+const MAX_TABLE_SIZE: usize = 64 * 1024;
+/// Captured streams in flight on one connection.
+const MAX_STREAMS: usize = 256;
+const MAX_MARKS: usize = 4096;
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PUSH_PROMISE: u8 = 5;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum H2Error {
+    #[error("HTTP/2 frame malformed: {0}")]
+    Frame(&'static str),
+    #[error("HPACK decoding failed")]
+    Hpack,
+    #[error("HTTP/2 frame or header block too large")]
+    TooLarge,
+}
+
+/// One direction of the connection.
+struct Direction {
+    buf: Vec<u8>,
+    /// Preface bytes still expected (egress only).
+    preface_left: usize,
+    hpack: Decoder<'static>,
+    /// Header block being assembled: (stream, fragment, END_STREAM of its HEADERS, is PUSH_PROMISE).
+    block: Option<(u32, Vec<u8>, bool, bool)>,
+}
+
+impl Direction {
+    fn new(preface: bool) -> Self {
+        let mut hpack = Decoder::new();
+        hpack.set_max_allowed_table_size(4096);
+        Self { buf: Vec::new(), preface_left: if preface { PREFACE.len() } else { 0 }, hpack, block: None }
+    }
+}
+
+struct Stream {
+    request: Message,
+    response: Option<Message>,
+}
+
+pub struct H2Connection {
+    egress: Direction,
+    ingress: Direction,
+    streams: HashMap<u32, Stream>,
+    max_body: usize,
+}
+
+/// Does `data` start with a server's connection preface (a SETTINGS frame on
+/// stream 0)? An HTTP/2 server writes one before anything else.
+pub fn looks_like_server_preface(data: &[u8]) -> bool {
+    data.len() >= FRAME_HEADER && data[3] == SETTINGS && data[4] & ACK == 0 && data[5..9] == [0, 0, 0, 0]
+}
+
+/// Does `data` (a connection's first egress bytes) read as whole HTTP/2 frames?
+/// True for a connection joined after its preface: skip it rather than guess.
+pub fn looks_like_frames(data: &[u8]) -> bool {
+    let mut pos = 0;
+    let mut frames = 0;
+    while data.len() - pos >= FRAME_HEADER {
+        let h = &data[pos..];
+        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+        if h[3] > CONTINUATION || h[5] & 0x80 != 0 || len > MAX_FRAME {
+            return false;
+        }
+        pos += FRAME_HEADER + len;
+        frames += 1;
+    }
+    frames > 0 && pos == data.len()
+}
+
+impl H2Connection {
+    pub fn new(max_body: usize) -> Self {
+        Self { egress: Direction::new(true), ingress: Direction::new(false), streams: HashMap::new(), max_body }
+    }
+
+    pub fn buffered(&self) -> usize {
+        let bodies: usize =
+            self.streams.values().map(|s| s.request.body.len() + s.response.as_ref().map_or(0, |r| r.body.len())).sum();
+        self.egress.buf.len() + self.ingress.buf.len() + bodies
+    }
+
+    /// Frames the process wrote (requests).
+    pub fn on_egress(
+        &mut self,
+        mut data: &[u8],
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        lost: &mut Lost,
+    ) -> Result<(), H2Error> {
+        if self.egress.preface_left > 0 {
+            let done = PREFACE.len() - self.egress.preface_left;
+            let n = data.len().min(self.egress.preface_left);
+            if data[..n] != PREFACE[done..done + n] {
+                return Err(H2Error::Frame("bad connection preface"));
+            }
+            self.egress.preface_left -= n;
+            data = &data[n..];
+        }
+        self.egress.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        self.frames(true, ts, capture, &mut out, lost)
+    }
+
+    /// Frames the process read (responses). Completed exchanges go to `out`.
+    pub fn on_ingress(
+        &mut self,
+        data: &[u8],
+        ts: u64,
+        out: &mut Vec<Exchange>,
+        lost: &mut Lost,
+    ) -> Result<(), H2Error> {
+        self.ingress.buf.extend_from_slice(data);
+        self.frames(false, ts, &mut |_| false, out, lost)
+    }
+
+    /// The connection ended: responses cut short are handed on incomplete (the
+    /// provider decides whether a stream's final event arrived); streams with
+    /// no response are lost.
+    pub fn close(&mut self, out: &mut Vec<Exchange>, lost: &mut Lost) {
+        for (_, s) in self.streams.drain() {
+            match s.response {
+                Some(mut response) => {
+                    // The body is whole when it has its declared length, even if the
+                    // client hung up before reading the END_STREAM that followed.
+                    let declared = response.head.header("content-length").and_then(|v| v.parse::<usize>().ok());
+                    response.complete = declared == Some(response.body.len()) && !response.body_truncated;
+                    out.push(Exchange { request: s.request, response })
+                }
+                None => lost.unanswered += 1,
+            }
+        }
+    }
+
+    /// Nothing more can be decoded: every captured stream in flight is lost.
+    pub fn lose_sync(&mut self, lost: &mut Lost) {
+        lost.unanswered += self.streams.len() as u64;
+        self.streams.clear();
+        self.egress.buf = Vec::new();
+        self.ingress.buf = Vec::new();
+    }
+
+    fn frames(
+        &mut self,
+        egress: bool,
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        out: &mut Vec<Exchange>,
+        lost: &mut Lost,
+    ) -> Result<(), H2Error> {
+        let mut pos = 0;
+        let result = loop {
+            let dir = if egress { &self.egress } else { &self.ingress };
+            let rest = &dir.buf[pos..];
+            if rest.len() < FRAME_HEADER {
+                break Ok(());
+            }
+            let len = (rest[0] as usize) << 16 | (rest[1] as usize) << 8 | rest[2] as usize;
+            if len > MAX_FRAME {
+                break Err(H2Error::TooLarge);
+            }
+            if rest.len() < FRAME_HEADER + len {
+                break Ok(());
+            }
+            let (kind, flags) = (rest[3], rest[4]);
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+            let payload = rest[FRAME_HEADER..FRAME_HEADER + len].to_vec();
+            pos += FRAME_HEADER + len;
+            if let Err(e) = self.frame(egress, kind, flags, stream, &payload, ts, capture, out, lost) {
+                break Err(e);
+            }
+        };
+        let dir = if egress { &mut self.egress } else { &mut self.ingress };
+        dir.buf.drain(..pos.min(dir.buf.len()));
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn frame(
+        &mut self,
+        egress: bool,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        out: &mut Vec<Exchange>,
+        lost: &mut Lost,
+    ) -> Result<(), H2Error> {
+        let dir = if egress { &mut self.egress } else { &mut self.ingress };
+        // A header block must be followed by its CONTINUATIONs and nothing else.
+        if dir.block.is_some() && kind != CONTINUATION {
+            return Err(H2Error::Frame("header block interrupted"));
+        }
+        match kind {
+            DATA => {
+                let data = unpad(flags, payload)?;
+                self.data(egress, stream, data, flags & END_STREAM != 0, ts, out);
+            }
+            HEADERS | PUSH_PROMISE => {
+                let mut frag = unpad(flags, payload)?;
+                if kind == HEADERS && flags & PRIORITY != 0 {
+                    frag = frag.get(5..).ok_or(H2Error::Frame("short PRIORITY fields"))?;
+                }
+                if kind == PUSH_PROMISE {
+                    // The promised stream id; the pushed response is not a call we made.
+                    frag = frag.get(4..).ok_or(H2Error::Frame("short PUSH_PROMISE"))?;
+                }
+                if frag.len() > MAX_HEADER_BLOCK {
+                    return Err(H2Error::TooLarge);
+                }
+                dir.block = Some((stream, frag.to_vec(), flags & END_STREAM != 0, kind == PUSH_PROMISE));
+                if flags & END_HEADERS != 0 {
+                    self.header_block(egress, ts, capture, out)?;
+                }
+            }
+            CONTINUATION => {
+                let Some((s, block, _, _)) = dir.block.as_mut() else {
+                    return Err(H2Error::Frame("CONTINUATION without HEADERS"));
+                };
+                if *s != stream {
+                    return Err(H2Error::Frame("CONTINUATION on another stream"));
+                }
+                if block.len() + payload.len() > MAX_HEADER_BLOCK {
+                    return Err(H2Error::TooLarge);
+                }
+                block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    self.header_block(egress, ts, capture, out)?;
+                }
+            }
+            RST_STREAM if self.streams.remove(&stream).is_some() => lost.unanswered += 1,
+            SETTINGS if flags & ACK == 0 => {
+                if !payload.len().is_multiple_of(6) {
+                    return Err(H2Error::Frame("SETTINGS length"));
+                }
+                for s in payload.chunks_exact(6) {
+                    if u16::from_be_bytes([s[0], s[1]]) == 1 {
+                        // HEADER_TABLE_SIZE bounds the *peer's* encoder, i.e. the
+                        // other direction's decoder.
+                        let size = (u32::from_be_bytes([s[2], s[3], s[4], s[5]]) as usize).min(MAX_TABLE_SIZE);
+                        let other = if egress { &mut self.ingress } else { &mut self.egress };
+                        other.hpack.set_max_allowed_table_size(size.max(4096));
+                    }
+                }
+            }
+            GOAWAY if !egress => {
+                // Streams above the last one the server processed will never be answered.
+                let last =
+                    payload.get(..4).map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) & 0x7fff_ffff;
+                let before = self.streams.len();
+                self.streams.retain(|id, _| *id <= last);
+                lost.unanswered += (before - self.streams.len()) as u64;
+            }
+            // PRIORITY, PING, WINDOW_UPDATE, GOAWAY from us, extensions: nothing to record.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn header_block(
+        &mut self,
+        egress: bool,
+        ts: u64,
+        capture: &mut dyn FnMut(&Head) -> bool,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), H2Error> {
+        let dir = if egress { &mut self.egress } else { &mut self.ingress };
+        let Some((stream, block, end_stream, push)) = dir.block.take() else {
+            return Ok(());
+        };
+        let mut head = Head { http2: true, ..Default::default() };
+        let mut bytes = 0usize;
+        dir.hpack
+            .decode_with_cb(&block, |name, value| {
+                bytes += name.len() + value.len();
+                if bytes > MAX_HEADER_BLOCK * 4 {
+                    return;
+                }
+                match &name[..] {
+                    b":method" => head.method = Some(String::from_utf8_lossy(&value).into_owned()),
+                    b":path" => head.path = Some(String::from_utf8_lossy(&value).into_owned()),
+                    b":status" => head.status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()),
+                    b":authority" => head.headers.push(("host".into(), value.into_owned())),
+                    n if n.starts_with(b":") => {}
+                    n => head.headers.push((String::from_utf8_lossy(n).to_ascii_lowercase(), value.into_owned())),
+                }
+            })
+            .map_err(|_| H2Error::Hpack)?;
+        if push {
+            return Ok(());
+        }
+        if egress {
+            if head.method.is_none() || self.streams.contains_key(&stream) {
+                return Ok(()); // trailers
+            }
+            if self.streams.len() < MAX_STREAMS && capture(&head) {
+                let request = Message {
+                    head,
+                    body_captured: true,
+                    complete: end_stream,
+                    first_ts: ts,
+                    last_ts: ts,
+                    ..Default::default()
+                };
+                self.streams.insert(stream, Stream { request, response: None });
+            }
+        } else if let Some(s) = self.streams.get_mut(&stream) {
+            let informational = s.response.as_ref().is_some_and(|r| r.head.status.is_some_and(|c| c < 200));
+            if head.status.is_some() && (s.response.is_none() || informational) {
+                s.response =
+                    Some(Message { head, body_captured: true, first_ts: ts, last_ts: ts, ..Default::default() });
+            }
+            if end_stream {
+                self.finish(stream, ts, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, egress: bool, stream: u32, data: &[u8], end: bool, ts: u64, out: &mut Vec<Exchange>) {
+        let max_body = self.max_body;
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let msg = if egress { Some(&mut s.request) } else { s.response.as_mut() };
+        let Some(m) = msg else {
+            return;
+        };
+        m.last_ts = ts;
+        let room = max_body.saturating_sub(m.body.len());
+        if data.len() > room {
+            m.body_truncated = true;
+        }
+        m.body.extend_from_slice(&data[..data.len().min(room)]);
+        if !egress && !data.is_empty() && m.body_marks.len() < MAX_MARKS {
+            m.body_marks.push((m.body.len(), ts));
+        }
+        if end {
+            if egress {
+                m.complete = true;
+            } else {
+                self.finish(stream, ts, out);
+            }
+        }
+    }
+
+    fn finish(&mut self, stream: u32, ts: u64, out: &mut Vec<Exchange>) {
+        if let Some(Stream { request, response: Some(mut response) }) = self.streams.remove(&stream) {
+            response.complete = true;
+            response.last_ts = ts;
+            out.push(Exchange { request, response });
+        }
+    }
+}
+
+fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], H2Error> {
+    if flags & PADDED == 0 {
+        return Ok(payload);
+    }
+    let pad = *payload.first().ok_or(H2Error::Frame("missing pad length"))? as usize;
+    if pad + 1 > payload.len() {
+        return Err(H2Error::Frame("bad padding"));
+    }
+    Ok(&payload[1..payload.len() - pad])
+}
+
+/// Frame a header list and build frames (tests, fuzz seeds, benchmarks).
+pub mod encode {
+    use loona_hpack::Encoder;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    pub fn headers(enc: &mut Encoder<'_>, list: &[(&str, &str)]) -> Vec<u8> {
+        enc.encode(list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode::{frame, headers};
+    use super::*;
+    use loona_hpack::Encoder;
+    use proptest::prelude::*;
+
+    fn llm(h: &Head) -> bool {
+        h.path.as_deref().is_some_and(|p| p.starts_with("/v1/"))
+    }
+
+    /// A client's side of a connection: preface + SETTINGS, then `n` POSTs to
+    /// `/v1/chat/completions` on streams 1, 3, 5…, plus the server's answers
+    /// interleaved (every response's DATA split in two, streams answered in
+    /// reverse order).
+    fn conversation(n: u32) -> (Vec<u8>, Vec<u8>) {
+        let mut c = Encoder::new();
+        let mut s = Encoder::new();
+        let mut egress = PREFACE.to_vec();
+        egress.extend(frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0x10, 0]));
+        let mut ingress = frame(SETTINGS, 0, 0, &[]);
+        for i in 0..n {
+            let id = 2 * i + 1;
+            let body = format!("{{\"model\":\"m\",\"n\":{i}}}");
+            let h = headers(
+                &mut c,
+                &[
+                    (":method", "POST"),
+                    (":scheme", "https"),
+                    (":authority", "api.openai.com"),
+                    (":path", "/v1/chat/completions"),
+                    ("authorization", "Bearer sk-secret"),
+                    ("content-type", "application/json"),
+                ],
+            );
+            // Split the header block over HEADERS + CONTINUATION.
+            let (a, b) = h.split_at(h.len() / 2);
+            egress.extend(frame(HEADERS, 0, id, a));
+            egress.extend(frame(CONTINUATION, END_HEADERS, id, b));
+            egress.extend(frame(DATA, END_STREAM, id, body.as_bytes()));
+        }
+        for i in (0..n).rev() {
+            let id = 2 * i + 1;
+            let h = headers(&mut s, &[(":status", "200"), ("content-type", "application/json"), ("x-request-id", "r")]);
+            ingress.extend(frame(HEADERS, END_HEADERS, id, &h));
+            let body = format!("{{\"answer\":{i}}}");
+            let (a, b) = body.as_bytes().split_at(3);
+            ingress.extend(frame(DATA, PADDED, id, &[&[2u8][..], a, &[0, 0]].concat()));
+            ingress.extend(frame(DATA, END_STREAM, id, b));
+        }
+        (egress, ingress)
+    }
+
+    fn run(egress: &[u8], ingress: &[u8], split: usize) -> (Vec<Exchange>, Lost, H2Connection) {
+        let mut c = H2Connection::new(1 << 20);
+        let mut lost = Lost::default();
+        let mut out = Vec::new();
+        for piece in egress.chunks(split.max(1)) {
+            c.on_egress(piece, 1, &mut llm, &mut lost).unwrap();
+        }
+        for piece in ingress.chunks(split.max(1)) {
+            c.on_ingress(piece, 2, &mut out, &mut lost).unwrap();
+        }
+        (out, lost, c)
+    }
+
+    #[test]
+    fn concurrent_streams_each_become_an_exchange() {
+        let (e, i) = conversation(20);
+        let (out, lost, c) = run(&e, &i, usize::MAX);
+        assert_eq!(out.len(), 20);
+        assert_eq!(lost, Lost::default());
+        assert_eq!(c.buffered(), 0);
+        for ex in &out {
+            let n: serde_json::Value = serde_json::from_slice(&ex.request.body).unwrap();
+            let a: serde_json::Value = serde_json::from_slice(&ex.response.body).unwrap();
+            assert_eq!(n["n"], a["answer"], "request paired with its own response");
+            assert_eq!(ex.request.head.header("host"), Some("api.openai.com"));
+            assert_eq!(ex.response.head.status, Some(200));
+            assert!(ex.response.complete && ex.request.head.http2);
+        }
+    }
+
+    #[test]
+    fn non_llm_streams_are_decoded_but_not_kept() {
+        let mut c = Encoder::new();
+        let mut e = PREFACE.to_vec();
+        e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &headers(&mut c, &[(":method", "GET"), (":path", "/x")])));
+        let mut conn = H2Connection::new(1024);
+        let mut lost = Lost::default();
+        conn.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
+        assert_eq!(conn.streams.len(), 0);
+    }
+
+    #[test]
+    fn reset_goaway_and_close_count_losses() {
+        let (e, _) = conversation(3);
+        let mut c = H2Connection::new(1 << 20);
+        let mut lost = Lost::default();
+        let mut out = Vec::new();
+        c.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
+        c.on_ingress(&frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]), 2, &mut out, &mut lost).unwrap();
+        assert_eq!(lost.unanswered, 1);
+        c.on_ingress(&frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]), 2, &mut out, &mut lost).unwrap();
+        assert_eq!(lost.unanswered, 2);
+        c.close(&mut out, &mut lost);
+        assert_eq!(lost.unanswered, 3);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn close_keeps_a_response_whose_body_has_its_declared_length() {
+        let mut c = Encoder::new();
+        let mut s = Encoder::new();
+        let mut e = PREFACE.to_vec();
+        let h = headers(&mut c, &[(":method", "POST"), (":path", "/v1/x"), (":authority", "a")]);
+        e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &h));
+        e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &h));
+        let mut conn = H2Connection::new(1024);
+        let mut lost = Lost::default();
+        let mut out = Vec::new();
+        conn.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
+        let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut s, &[(":status", "200"), ("content-length", "2")]));
+        i.extend(frame(DATA, 0, 1, b"{}"));
+        i.extend(frame(HEADERS, END_HEADERS, 3, &headers(&mut s, &[(":status", "200"), ("content-length", "9")])));
+        i.extend(frame(DATA, 0, 3, b"{}"));
+        conn.on_ingress(&i, 2, &mut out, &mut lost).unwrap();
+        conn.close(&mut out, &mut lost);
+        out.sort_by_key(|x| x.response.head.header("content-length").map(str::to_owned));
+        assert_eq!(out.iter().map(|x| x.response.complete).collect::<Vec<_>>(), vec![true, false]);
+    }
+
+    #[test]
+    fn corrupt_hpack_is_an_error() {
+        let mut e = PREFACE.to_vec();
+        e.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff, 0xff]));
+        let mut c = H2Connection::new(1024);
+        assert_eq!(c.on_egress(&e, 1, &mut llm, &mut Lost::default()), Err(H2Error::Hpack));
+    }
+
+    #[test]
+    fn recognises_frames_of_a_joined_connection() {
+        let (e, i) = conversation(1);
+        assert!(looks_like_frames(&e[PREFACE.len()..]));
+        assert!(looks_like_frames(&i));
+        assert!(!looks_like_frames(b"POST /v1/chat/completions HTTP/1.1\r\n"));
+        assert!(!looks_like_frames(b""));
+    }
+
+    proptest! {
+        #[test]
+        fn split_anywhere_gives_the_same_exchanges(split in 1usize..200) {
+            let (e, i) = conversation(4);
+            let (out, lost, _) = run(&e, &i, split);
+            prop_assert_eq!(out.len(), 4);
+            prop_assert_eq!(lost, Lost::default());
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), ing in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut c = H2Connection::new(4096);
+            let mut lost = Lost::default();
+            let mut e = PREFACE.to_vec();
+            e.extend(&data);
+            let _ = c.on_egress(&e, 1, &mut |_| true, &mut lost);
+            let _ = c.on_ingress(&ing, 2, &mut Vec::new(), &mut lost);
+            prop_assert!(c.buffered() <= 1200 + 4096 * 2);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+module tokentap.test/go_client
+
+go 1.19

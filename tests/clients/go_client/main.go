@@ -1,0 +1,83 @@
+// A Go net/http client for the end-to-end tests: HTTP/2 over Go's own
+// crypto/tls (no OpenSSL), many concurrent requests multiplexed on one
+// connection. Prints {"pid": PID, "calls": N, "proto": "HTTP/2.0"}.
+//
+// Usage: go_client -base URL -ca CA.pem -key KEY -n N
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+)
+
+func main() {
+	base := flag.String("base", "", "OpenAI-style base URL, e.g. https://api.openai.com:8443/v1")
+	ca := flag.String("ca", "", "CA certificate (PEM)")
+	key := flag.String("key", "", "API key")
+	n := flag.Int("n", 10, "concurrent calls (half of them streamed)")
+	flag.Parse()
+	pem, err := os.ReadFile(*ca)
+	if err != nil {
+		panic(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool},
+		ForceAttemptHTTP2: true,
+	}}
+	var wg sync.WaitGroup
+	protos := make([]string, *n)
+	errs := make([]error, *n)
+	for i := 0; i < *n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			body := map[string]any{
+				"model":    "gpt-4o-mini",
+				"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("call %d", i)}},
+			}
+			if i%2 == 1 {
+				body["stream"] = true
+				body["stream_options"] = map[string]bool{"include_usage": true}
+			}
+			b, _ := json.Marshal(body)
+			req, _ := http.NewRequest("POST", *base+"/chat/completions", bytes.NewReader(b))
+			req.Header.Set("Authorization", "Bearer "+*key)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer resp.Body.Close()
+			out, err := io.ReadAll(resp.Body)
+			if err != nil || resp.StatusCode != 200 || len(out) == 0 {
+				errs[i] = fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, len(out), err)
+				return
+			}
+			protos[i] = resp.Proto
+		}(i)
+	}
+	wg.Wait()
+	for _, e := range errs {
+		if e != nil {
+			fmt.Fprintln(os.Stderr, e)
+			os.Exit(1)
+		}
+	}
+	proto := ""
+	if *n > 0 {
+		proto = protos[0]
+	}
+	out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": *n, "proto": proto})
+	fmt.Println(string(out))
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Drives the client stacks of the breadth-of-capture tests against the test
+server: httpx over HTTP/2 (many concurrent streams on one connection), the
+google-genai SDK (Gemini), boto3 bedrock-runtime (Bedrock), and plaintext HTTP
+to Ollama- and vLLM-style endpoints (httpx and the openai SDK, no TLS).
+Prints one JSON line: {"calls": N, "pid": PID}.
+
+Usage: py_breadth.py --base URL [--ca CA.pem] --key KEY SCENARIO
+"""
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+
+MSGS = [{"role": "user", "content": "Say hello."}]
+
+
+def httpx_h2(a):
+    """20 concurrent calls multiplexed on one HTTP/2 connection."""
+    import httpx
+
+    async def run():
+        ctx = ssl.create_default_context(cafile=a.ca)
+        async with httpx.AsyncClient(http2=True, verify=ctx, base_url=a.base,
+                                     headers={"Authorization": "Bearer " + a.key}) as c:
+            async def one(i):
+                body = {"model": "gpt-4o-mini", "messages": MSGS}
+                if i % 2:
+                    body.update(stream=True, stream_options={"include_usage": True})
+                r = await c.post("/chat/completions", json=body)
+                assert r.status_code == 200 and r.http_version == "HTTP/2", (r.status_code, r.http_version)
+                return 1
+            return sum(await asyncio.gather(*(one(i) for i in range(20))))
+    return asyncio.run(run())
+
+
+def h2_joined(a):
+    """One HTTP/2 connection: a call, then wait (the agent starts), then more calls."""
+    import httpx
+    ctx = ssl.create_default_context(cafile=a.ca)
+    with httpx.Client(http2=True, verify=ctx, base_url=a.base, headers={"Authorization": "Bearer " + a.key}) as c:
+        c.post("/chat/completions", json={"model": "gpt-4o-mini", "messages": MSGS})
+        print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+        sys.stdin.readline()
+        for _ in range(3):
+            assert c.post("/chat/completions", json={"model": "gpt-4o-mini", "messages": MSGS}).status_code == 200
+    return 3
+
+
+def genai_client(a):
+    from google import genai
+    from google.genai import types
+    # httpx (under google-genai) trusts SSL_CERT_FILE.
+    os.environ["SSL_CERT_FILE"] = a.ca
+    return genai.Client(api_key=a.key, http_options=types.HttpOptions(base_url=a.base))
+
+
+def gemini(a):
+    c = genai_client(a)
+    r = c.models.generate_content(model="gemini-2.5-flash", contents="Say hello.")
+    assert r.usage_metadata.prompt_token_count > 0
+    text = "".join(ch.text or "" for ch in c.models.generate_content_stream(model="gemini-2.5-flash",
+                                                                           contents="Say hello."))
+    assert text == "Hello there!", text
+    return 2
+
+
+def bedrock(a):
+    import boto3
+    from botocore.config import Config
+    os.environ.update(AWS_ACCESS_KEY_ID="AKIATOKENTAPTEST", AWS_SECRET_ACCESS_KEY=a.key)
+    c = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=a.base, verify=a.ca,
+                     config=Config(retries={"max_attempts": 1}))
+    model = "anthropic.claude-3-5-haiku-20241022-v1:0"
+    r = c.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "Say hello."}]}])
+    assert r["usage"]["outputTokens"] > 0
+    s = c.converse_stream(modelId=model, messages=[{"role": "user", "content": [{"text": "Say hello."}]}])
+    assert any("metadata" in e for e in s["stream"])
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": MSGS})
+    r = c.invoke_model(modelId=model, body=body)
+    assert json.loads(r["body"].read())["id"].startswith("msg_bdrk_")
+    s = c.invoke_model_with_response_stream(modelId=model, body=body)
+    assert sum(1 for e in s["body"] if "chunk" in e) == 4
+    return 4
+
+
+def ollama(a):
+    """Ollama's native API over plain HTTP: streamed (NDJSON) and not."""
+    import httpx
+    with httpx.Client(base_url=a.base) as c:
+        with c.stream("POST", "/api/chat", json={"model": "llama3.2", "messages": MSGS}) as r:
+            lines = [json.loads(l) for l in r.iter_lines() if l]
+            assert lines[-1]["done"], lines
+        r = c.post("/api/generate", json={"model": "llama3.2", "prompt": "Say hello.", "stream": False})
+        assert r.json()["done"]
+    return 2
+
+
+def vllm(a):
+    """A vLLM-style OpenAI-compatible endpoint over plain HTTP, with the openai SDK."""
+    import openai
+    oa = openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0)
+    r = oa.chat.completions.create(model="gpt-4o-mini", messages=MSGS)
+    assert r.usage.prompt_tokens > 0
+    s = oa.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True,
+                                   stream_options={"include_usage": True})
+    assert [c.usage for c in s if c.usage]
+    return 2
+
+
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_joined, gemini, bedrock, ollama, vllm]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--ca")
+    ap.add_argument("--key", required=True)
+    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    a = ap.parse_args()
+    n = SCENARIOS[a.scenario](a)
+    print(json.dumps({"calls": n, "pid": os.getpid()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

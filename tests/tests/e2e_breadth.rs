@@ -1,0 +1,249 @@
+//! Breadth of capture, end to end: HTTP/2 (curl, httpx with many concurrent
+//! streams, Go net/http over Go's own crypto/tls), the Gemini and Bedrock SDKs,
+//! and plaintext HTTP to Ollama- and vLLM-style endpoints (socket syscalls).
+//! Every call must become exactly one record with the served token counts.
+//! Needs root (fails, never skips, without it).
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+use tokentap_event::PriceTable;
+
+/// Records of `pid` paired with what the server served; all exact.
+fn check_exact(env: &Env, pid: u32, n: usize) -> Vec<(Value, Value)> {
+    env.agent.wait_records(&[pid], n);
+    // Nothing more arrives for these calls (no duplicates).
+    std::thread::sleep(Duration::from_millis(300));
+    let records = env.agent.records_of(&[pid]);
+    assert_eq!(records.len(), n, "one record per call: {records:#?}");
+    let served = env.server.served();
+    let prices = PriceTable::shipped();
+    let pairs = pair_with_served(&records, &served);
+    for (r, s) in &pairs {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["pid"], pid, "{r}");
+    }
+    pairs.into_iter().map(|(r, s)| (r.clone(), s.clone())).collect()
+}
+
+fn coverage_of(stats: &Value, pid: u32) -> Value {
+    stats["coverage"]
+        .as_array()
+        .and_then(|c| c.iter().find(|p| p["pid"] == pid).cloned())
+        .unwrap_or_else(|| panic!("no coverage entry for pid {pid}: {stats}"))
+}
+
+#[test]
+fn curl_http2_sync_and_stream() {
+    let _g = serial();
+    require_tool("curl");
+    let env = Env::start("curl-h2", Transport::H2, &[]);
+    let url = format!("{}/chat/completions", env.openai_base());
+    let mut pids = Vec::new();
+    for body in [
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    ] {
+        let args: Vec<String> = [
+            "-sS",
+            "--fail",
+            "--http2",
+            "--cacert",
+            &env.certs.ca.display().to_string(),
+            "-H",
+            &format!("Authorization: Bearer {SECRET_KEY}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &url,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (pid, out) = run_client(with_provider_hosts(&env.dir, "curl", &args));
+        assert_eq!(out.trim(), "2", "curl negotiated HTTP/2");
+        pids.push(pid);
+    }
+    for pid in &pids {
+        for (r, _) in check_exact(&env, *pid, 1) {
+            assert_eq!(r["http_version"], "2", "{r}");
+            assert_eq!(r["provider"], "openai");
+            assert_eq!(r["server"], "api.openai.com");
+            assert_eq!(r["tls_library"], "openssl");
+        }
+    }
+    let stats = env.finish();
+    // curl's and the server's TCP sockets were seen by the socket hooks and
+    // rejected in the kernel (TLS bytes are not HTTP): no double count.
+    assert!(stats["kernel_sockets_not_http"].as_u64() > Some(0), "{stats}");
+}
+
+#[test]
+fn httpx_http2_many_concurrent_streams_on_one_connection() {
+    let _g = serial();
+    let env = Env::start("httpx-h2", Transport::H2, &[]);
+    let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.openai_base(), "httpx_h2"));
+    assert!(out.contains("\"calls\": 20"), "{out}");
+    let pairs = check_exact(&env, pid, 20);
+    let conns: HashSet<String> = pairs.iter().map(|(_, s)| s["conn"].to_string()).collect();
+    assert_eq!(conns.len(), 1, "the 20 calls were multiplexed on one connection: {conns:?}");
+    assert!(pairs.iter().all(|(r, _)| r["http_version"] == "2"));
+    assert_eq!(pairs.iter().filter(|(r, _)| r["stream"] == true).count(), 10);
+    let stats = env.finish();
+    assert_eq!(stats["dropped_unanswered"], 0, "{stats}");
+    let cov = coverage_of(&stats, pid);
+    assert_eq!(cov["records"]["openssl"], 20, "{cov}");
+}
+
+#[test]
+fn go_net_http_over_crypto_tls_with_and_without_symbols() {
+    let _g = serial();
+    let dir = scratch("go-build");
+    let bins = [build_go_client(&dir, false), build_go_client(&dir, true)];
+    let env = Env::start("go", Transport::H2, &[]);
+    for bin in &bins {
+        // A new executable is probed when it first runs; a process that makes its
+        // calls within milliseconds of that first exec can beat the attach
+        // (docs/troubleshooting.md). Run it once so its file is probed, as for
+        // any service that was running before.
+        let warm = vec!["-n".to_string(), "0".into(), "-base".into(), "x".into(), "-ca".into()];
+        let warm = [warm, vec![env.certs.ca.display().to_string(), "-key".into(), "k".into()]].concat();
+        run_client(with_provider_hosts(&env.dir, &bin.display().to_string(), &warm));
+        let name = bin.file_name().unwrap().to_string_lossy().into_owned();
+        wait_for(&format!("{name} probed"), Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
+            log.lines().any(|l| l.contains(&format!("{name} ")) && l.contains("\"go\"")).then_some(())
+        });
+        let args: Vec<String> =
+            ["-base", &env.openai_base(), "-ca", &env.certs.ca.display().to_string(), "-key", SECRET_KEY, "-n", "10"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let (pid, out) = run_client(with_provider_hosts(&env.dir, &bin.display().to_string(), &args));
+        assert!(out.contains("\"proto\":\"HTTP/2.0\""), "{out}");
+        let pairs = check_exact(&env, pid, 10);
+        for (r, _) in &pairs {
+            assert_eq!(r["tls_library"], "go_tls", "{r}");
+            assert_eq!(r["http_version"], "2", "{r}");
+            assert_eq!(r["provider"], "openai", "{r}");
+        }
+        assert_eq!(pairs.iter().filter(|(r, _)| r["stream"] == true).count(), 5);
+    }
+    let stats = env.finish();
+    assert!(stats["targets_attached"].as_u64() >= Some(2), "both Go binaries probed: {stats}");
+}
+
+#[test]
+fn gemini_sdk_sync_and_stream() {
+    let _g = serial();
+    let env = Env::start("gemini", Transport::Https, &[]);
+    let base = format!("{}/", env.origin("generativelanguage.googleapis.com"));
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &base, "gemini"));
+    let pairs = check_exact(&env, pid, 2);
+    for (r, _) in &pairs {
+        assert_eq!(r["provider"], "google", "{r}");
+        assert_eq!(r["operation"], "generate_content", "{r}");
+        assert_eq!(r["request_model"], "gemini-2.5-flash", "model from the path: {r}");
+    }
+    assert!(pairs.iter().any(|(r, _)| r["stream"] == true && r["ttft_ms"].as_f64().is_some()));
+    // `?key=` style credentials never reach the record's path.
+    assert!(pairs.iter().all(|(r, _)| !r["path"].as_str().unwrap_or("").contains('?')));
+    env.finish();
+}
+
+#[test]
+fn boto3_bedrock_converse_and_invoke_sync_and_streamed() {
+    let _g = serial();
+    let env = Env::start("bedrock", Transport::Https, &[]);
+    let base = env.origin("bedrock-runtime.us-east-1.amazonaws.com");
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &base, "bedrock"));
+    let pairs = check_exact(&env, pid, 4);
+    let ops: HashSet<(String, bool)> =
+        pairs.iter().map(|(r, _)| (r["operation"].as_str().unwrap_or("").to_owned(), r["stream"] == true)).collect();
+    let want: HashSet<(String, bool)> = [("converse", false), ("converse", true), ("invoke", false), ("invoke", true)]
+        .iter()
+        .map(|(o, s)| (o.to_string(), *s))
+        .collect();
+    assert_eq!(ops, want);
+    for (r, _) in &pairs {
+        assert_eq!(r["provider"], "bedrock", "{r}");
+        assert_eq!(r["request_model"], "anthropic.claude-3-5-haiku-20241022-v1:0", "{r}");
+    }
+    let sources: HashSet<&str> = pairs.iter().filter_map(|(r, _)| r["usage_source"].as_str()).collect();
+    assert!(sources.contains("headers"), "InvokeModel counted from its headers: {sources:?}");
+    env.finish();
+}
+
+#[test]
+fn plaintext_ollama_and_vllm_endpoints_through_socket_syscalls() {
+    let _g = serial();
+    let env = Env::start("plain", Transport::Plain, &[]);
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &env.origin("127.0.0.1"), "ollama"));
+    let pairs = check_exact(&env, pid, 2);
+    for (r, _) in &pairs {
+        assert_eq!(r["provider"], "ollama", "{r}");
+        assert_eq!(r["tls_library"], Value::Null, "{r}");
+        assert_eq!(r["cost_usd"], Value::Null, "self-hosted: no price, not zero: {r}");
+    }
+    assert!(pairs.iter().any(|(r, _)| r["stream"] == true && r["operation"] == "chat"));
+    assert!(pairs.iter().any(|(r, _)| r["stream"] == false && r["operation"] == "generate"));
+    let (pid2, _) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "vllm"));
+    for (r, _) in check_exact(&env, pid2, 2) {
+        assert_eq!(r["provider"], "openai_compatible", "{r}");
+        assert_eq!(r["http_version"], "1.1", "{r}");
+    }
+    let stats = env.finish();
+    assert_eq!(coverage_of(&stats, pid2)["records"]["socket"], 2, "{stats}");
+}
+
+#[test]
+fn plaintext_capture_can_be_turned_off() {
+    let _g = serial();
+    let env = Env::start("plain-off", Transport::Plain, &["--no-socket-capture"]);
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "vllm"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(env.agent.records_of(&[pid]).is_empty());
+    let stats = env.finish();
+    assert_eq!(stats["kernel_sockets_not_http"], 0, "no socket hooks attached: {stats}");
+}
+
+#[test]
+fn http2_connection_opened_before_the_agent_is_skipped_and_counted() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("h2-joined");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::H2);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    // The client opens its connection and makes a call before the agent runs.
+    let mut client = py_breadth(&dir, &certs, &base, "h2_joined")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("client");
+    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().expect("client ready line").expect("read");
+    assert!(ready.contains("ready"), "{ready}");
+    let pid = client.id();
+    let agent = Agent::start(&dir, &[]);
+    // Three more calls on the same (already open) HTTP/2 connection.
+    writeln!(client.stdin.take().expect("stdin")).expect("go");
+    assert!(client.wait().expect("client").success());
+    let stats = agent.wait_stat("ignored_http2_joined", 1);
+    // HPACK state unknown: nothing is guessed, the blind spot is reported.
+    assert!(agent.records_of(&[pid]).is_empty(), "{:?}", agent.records_of(&[pid]));
+    let cov = coverage_of(&stats, pid);
+    assert!(cov["not_decoded"]["http2_joined"].as_u64() >= Some(1), "{cov}");
+    assert!(std::fs::read_to_string(&agent.stderr).unwrap_or_default().contains("http2_joined"));
+    // The four calls were made (one before the agent started).
+    assert_eq!(server.served().len(), 4);
+}
