@@ -61,6 +61,12 @@ static GO_CALLS: LruHashMap<GoCallKey, CallArgs> = LruHashMap::with_max_entries(
 #[map]
 static SOCKETS: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// Processes with at least one watched socket: the cheap first test on every
+/// read/write, so a process without client sockets (a build, a database doing
+/// file I/O) pays one lookup per call. Cleared at exit.
+#[map]
+static SOCK_PROCS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// In-flight socket syscalls on watched sockets, by thread.
 #[map]
 static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
@@ -373,6 +379,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Only the thread group leader's exit ends the process's connections.
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
+        let _ = SOCK_PROCS.remove((pid_tgid >> 32) as u32);
         emit_control(EventKind::Exit, 0);
     }
     0
@@ -495,9 +502,19 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 
-fn sys_regs(ctx: &RawTracePointContext) -> Option<pt_regs> {
+/// The syscall's first three arguments (rdi, rsi, rdx), read one by one: the
+/// whole `pt_regs` would cost a 168-byte copy per call.
+fn sys_arg(ctx: &RawTracePointContext, n: u32) -> u64 {
     let p: *const pt_regs = ctx.arg(0);
-    unsafe { bpf_probe_read_kernel(p) }.ok()
+    // SAFETY: only the field's address is computed; the kernel read checks it.
+    let field = unsafe {
+        match n {
+            0 => core::ptr::addr_of!((*p).rdi),
+            1 => core::ptr::addr_of!((*p).rsi),
+            _ => core::ptr::addr_of!((*p).rdx),
+        }
+    };
+    unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
 }
 
 fn sock_key(pid_tgid: u64, fd: u64) -> SockKey {
@@ -526,20 +543,19 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         SYS_SENDMSG => (SockCall::WriteV, true),
         SYS_RECVMSG => (SockCall::ReadV, true),
         SYS_CONNECT => (SockCall::Connect, false),
-        SYS_CLOSE => {
-            if let Some(r) = sys_regs(&ctx) {
-                sock_forget(bpf_get_current_pid_tgid(), r.rdi as i32);
-            }
-            return 0;
-        }
+        SYS_CLOSE => (SockCall::Read, false),
         _ => return 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(r) = sys_regs(&ctx) else {
+    if call != SockCall::Connect && unsafe { SOCK_PROCS.get((pid_tgid >> 32) as u32) }.is_none() {
         return 0;
-    };
-    let fd = r.rdi;
-    let (mut buf, mut len) = (r.rsi, r.rdx);
+    }
+    let fd = sys_arg(&ctx, 0);
+    if id == SYS_CLOSE {
+        sock_forget(pid_tgid, fd as i32);
+        return 0;
+    }
+    let (mut buf, mut len) = (sys_arg(&ctx, 1), sys_arg(&ctx, 2));
     if call == SockCall::Connect {
         let family: u16 = unsafe { bpf_probe_read_user(buf as *const u16) }.unwrap_or(0);
         if family != AF_INET && family != AF_INET6 {
@@ -552,8 +568,9 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
         if is_msg {
             // struct msghdr: msg_iov at +16, msg_iovlen at +24.
-            buf = unsafe { bpf_probe_read_user((r.rsi + 16) as *const u64) }.unwrap_or(0);
-            len = unsafe { bpf_probe_read_user((r.rsi + 24) as *const u64) }.unwrap_or(0);
+            let msg = buf;
+            buf = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            len = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
         }
     }
     let args = SockArgs { buf, len, fd: fd as i32, call: call as u32 };
@@ -575,6 +592,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         if ret == 0 || ret == -EINPROGRESS {
             sock_forget(pid_tgid, args.fd);
             let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd }, SOCK_NEW, 0);
+            let _ = SOCK_PROCS.insert((pid_tgid >> 32) as u32, 1, 0);
         }
         return 0;
     }

@@ -104,6 +104,7 @@ impl Snapshot {
             + self.kernel_control_ring_full
             + self.kernel_args_map_full
             + self.kernel_scratch_busy
+            + self.kernel_iov_overflow
     }
 
     /// Write as JSON, atomically (write then rename).

@@ -110,7 +110,16 @@ impl PriceTable {
         }
         let undated = strip_date_suffix(base);
         if undated != base {
-            return self.models.get(undated);
+            if let Some(p) = self.models.get(undated) {
+                return Some(p);
+            }
+        }
+        // Bedrock cross-region inference profiles: `us.anthropic.claude-…` is
+        // priced as `anthropic.claude-…`.
+        for region in ["us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au."] {
+            if let Some(rest) = base.strip_prefix(region).filter(|r| r.contains('.')) {
+                return self.models.get(rest);
+            }
         }
         None
     }
@@ -162,6 +171,18 @@ mod tests {
         // Missing cache prices fall back to the input price.
         let p = Prices { input: 1e-6, output: 2e-6, cache_read: None, cache_write: None };
         assert!((p.cost(10, 10, 5, 0) - (10e-6 + 20e-6)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn lookup_strips_bedrock_region_prefixes() {
+        let f = std::env::temp_dir().join(format!("tt-prices-region-{}.json", std::process::id()));
+        std::fs::write(&f, r#"{"version":"t","models":{"anthropic.test-v1:0":{"input":1e-6,"output":2e-6}}}"#).unwrap();
+        let t = PriceTable::empty().with_overrides(&f).unwrap();
+        assert!(t.lookup("anthropic.test-v1:0").is_some());
+        assert!(t.lookup("us.anthropic.test-v1:0").is_some());
+        assert!(t.lookup("global.anthropic.test-v1:0").is_some());
+        assert!(t.lookup("xx.anthropic.test-v1:0").is_none());
+        assert!(t.lookup("us.").is_none());
     }
 
     #[test]

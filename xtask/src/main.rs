@@ -125,7 +125,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["h1", "sse", "body_decode", "providers", "pipeline"];
+const FUZZ_TARGETS: &[&str] = &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline"];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;

@@ -78,7 +78,14 @@ pub fn build_tools() -> Result<()> {
 /// Tools and client libraries the end-to-end tests and the demo drive.
 pub fn test_tools(root: &Path) -> Result<()> {
     let mut pkgs = Vec::new();
-    for (tool, pkg) in [("curl", "curl"), ("openssl", "openssl"), ("unshare", "util-linux"), ("python3", "python3")] {
+    for (tool, pkg) in [
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+        ("unshare", "util-linux"),
+        ("python3", "python3"),
+        // Builds the Go net/http client (Go's own crypto/tls) of the breadth tests.
+        ("go", "golang-go"),
+    ] {
         if !have(tool) {
             pkgs.push(pkg);
         }
@@ -94,9 +101,9 @@ pub fn test_tools(root: &Path) -> Result<()> {
     apt_install(&["libssl3"]).or_else(|_| apt_install(&["libssl3t64"]))?;
 
     let req = root.join("tests/clients/requirements.txt");
-    let sdks = ok(Command::new("python3").args(["-c", "import openai, anthropic"]));
+    let sdks = ok(Command::new("python3").args(["-c", "import openai, anthropic, h2, google.genai, boto3"]));
     if !sdks {
-        eprintln!("xtask: installing the Python openai and anthropic SDKs");
+        eprintln!("xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2])");
         let base = || {
             let mut c = Command::new("python3");
             c.args(["-m", "pip", "install", "-q", "-r"]).arg(&req);
