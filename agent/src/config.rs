@@ -33,6 +33,20 @@ pub struct Cli {
     /// Create this file once every probe is attached (for scripts and tests to wait on).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Bearer token file for `--output collector:URL`.
+    #[arg(long, value_name = "PATH")]
+    pub collector_token_file: Option<PathBuf>,
+    /// Where batches for the collector wait until acknowledged (kept across
+    /// restarts). Default: /var/lib/tokentap/spool.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Largest collector spool; past it the oldest batches are dropped (counted).
+    /// Default: 1073741824.
+    #[arg(long, value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// This node's cluster name, sent with every batch (the `cluster` column).
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
     /// every few seconds and at exit.
     #[arg(long, value_name = "PATH")]
@@ -140,6 +154,10 @@ pub struct FileConfig {
     #[serde(default)]
     pub lib_dirs: Vec<PathBuf>,
     pub socket_capture: Option<bool>,
+    pub collector_token_file: Option<PathBuf>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: Option<u64>,
+    pub cluster_name: Option<String>,
     pub log_level: Option<String>,
     #[serde(default)]
     pub providers: RuleSet,
@@ -190,6 +208,11 @@ pub struct Settings {
     pub lib_dirs: Vec<PathBuf>,
     /// Plaintext HTTP capture at the socket syscalls.
     pub socket_capture: bool,
+    /// `--output collector:` settings.
+    pub collector_token_file: Option<PathBuf>,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub cluster_name: String,
     pub log_level: String,
     /// User provider rules (config file's `[providers]`, then `--providers`).
     pub providers: RuleSet,
@@ -238,6 +261,10 @@ impl Settings {
             ),
             lib_dirs,
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
+            collector_token_file: cli.collector_token_file.clone().or(file.collector_token_file),
+            spool_dir: cli.spool_dir.clone().or(file.spool_dir).unwrap_or_else(|| "/var/lib/tokentap/spool".into()),
+            spool_max_bytes: cli.spool_max_bytes.or(file.spool_max_bytes).unwrap_or(1 << 30),
+            cluster_name: cli.cluster_name.clone().or(file.cluster_name).unwrap_or_default(),
             log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
             providers: provider_rules(cli, &file.providers, &file_path)?,
             attribution: crate::attribution::AttributionConfig {

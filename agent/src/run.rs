@@ -33,9 +33,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         prices = prices.with_overrides(p)?;
     }
     tracing::info!(version = prices.version(), models = prices.len(), "price table loaded");
+    let stats = Arc::new(Stats::default());
     let mut outputs = Vec::new();
     for o in &settings.outputs {
-        outputs.push(sinks::open(o).with_context(|| format!("opening output {o:?}"))?);
+        let collector = |url| sinks::collector::CollectorConfig {
+            url,
+            token_file: settings.collector_token_file.clone(),
+            spool_dir: settings.spool_dir.clone(),
+            spool_max_bytes: settings.spool_max_bytes,
+            batch_records: 5000,
+            cluster: settings.cluster_name.clone(),
+            drain_timeout: Duration::from_secs(5),
+        };
+        outputs.push(sinks::open(o, collector, &stats).with_context(|| format!("opening output {o:?}"))?);
     }
     if let Some(r) = &settings.ready_file {
         let _ = std::fs::remove_file(r);
@@ -46,7 +56,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         ebpf_toolchain = env!("TOKENTAP_EBPF_TOOLCHAIN"),
         "tokentap-agent starting"
     );
-    let stats = Arc::new(Stats::default());
     let pods = match &settings.kubernetes {
         Some(k) => {
             let api = HttpApi::new(k).context("Kubernetes API client")?;

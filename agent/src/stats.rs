@@ -57,6 +57,17 @@ counters! {
     dropped_parse_error,
     /// Records a sink failed to write.
     sink_errors,
+    /// `--output collector:`: batches and records the collector acknowledged.
+    collector_batches_sent,
+    collector_records_sent,
+    /// Send attempts that failed (retried; the batch stays in the spool).
+    collector_send_errors,
+    /// Batches the collector refused as malformed (kept in the spool's rejected/).
+    collector_batches_rejected,
+    /// Records dropped because the spool reached `--spool-max-bytes`.
+    collector_spool_dropped_records,
+    /// Bytes waiting in the spool.
+    collector_spool_bytes,
     /// TLS library files (by device and inode) with probes attached.
     targets_attached,
     /// Attach attempts that failed.

@@ -5,6 +5,7 @@ pub mod cost;
 pub mod record;
 pub mod summary;
 pub mod tokens;
+pub mod wire;
 
 pub use cost::{PriceError, PriceTable, Prices};
 pub use record::{LlmCall, UsageSource};

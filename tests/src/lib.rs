@@ -551,3 +551,191 @@ pub fn pair_with_served<'a>(records: &'a [Value], served: &'a [Value]) -> Vec<(&
     }
     pairs
 }
+
+/// A ClickHouse for the collector tests: the server at `TOKENTAP_CLICKHOUSE_URL`
+/// when set, else the real ClickHouse engine (chdb-core) behind
+/// tests/server/clickhouse_http.py — a test-harness stand-in for the server
+/// process only; SQL, engines and views are ClickHouse's own.
+pub struct ClickHouse {
+    child: Option<Child>,
+    pub url: String,
+    pub database: String,
+    /// While this file exists the embedded endpoint answers 503 (ClickHouse "away").
+    fail_file: PathBuf,
+}
+
+impl ClickHouse {
+    pub fn start(dir: &Path, name: &str) -> Self {
+        let database = format!("tokentap_e2e_{}_{}", std::process::id(), name.replace('-', "_"));
+        let fail_file = dir.join("clickhouse-away");
+        if let Ok(url) = std::env::var("TOKENTAP_CLICKHOUSE_URL") {
+            return Self { child: None, url, database, fail_file };
+        }
+        require_tool("python3");
+        let ok = Command::new("python3").args(["-c", "import chdb"]).status().is_ok_and(|s| s.success());
+        assert!(ok, "chdb-core is needed for the ClickHouse tests: run `cargo xtask test`, which installs it");
+        let port_file = dir.join("clickhouse.port");
+        let child = Command::new("python3")
+            .arg(workspace_root().join("tests/server/clickhouse_http.py"))
+            .arg("--data")
+            .arg(dir.join("clickhouse-data"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--fail-file")
+            .arg(&fail_file)
+            .stderr(std::fs::File::create(dir.join("clickhouse.stderr")).expect("log"))
+            .spawn()
+            .expect("start clickhouse_http.py");
+        let port: u16 = wait_for("the ClickHouse endpoint", Duration::from_secs(60), || {
+            std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
+        });
+        Self { child: Some(child), url: format!("http://127.0.0.1:{port}"), database, fail_file }
+    }
+
+    /// Make ClickHouse unavailable (embedded endpoint only) or available again.
+    pub fn set_away(&self, away: bool) {
+        assert!(self.child.is_some(), "outages are simulated with the embedded engine only");
+        if away {
+            std::fs::write(&self.fail_file, b"").expect("fail file");
+        } else {
+            let _ = std::fs::remove_file(&self.fail_file);
+        }
+    }
+
+    /// Run SQL; the rows as JSON objects (JSONEachRow).
+    pub fn query(&self, sql: &str) -> Vec<Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{}/?database={}&default_format=JSONEachRow", self.url, self.database);
+        let mut resp = agent.post(&url).send(sql.as_bytes()).unwrap_or_else(|e| panic!("ClickHouse {sql}: {e}"));
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(resp.status().as_u16(), 200, "ClickHouse {sql}: {text}");
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON row")).collect()
+    }
+
+    /// One number from a one-row, one-column query.
+    pub fn count(&self, sql: &str) -> u64 {
+        let rows = self.query(sql);
+        let v = rows.first().and_then(|r| r.as_object()).and_then(|o| o.values().next().cloned());
+        match v {
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+            Some(Value::String(s)) => s.parse().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn collector_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TOKENTAP_COLLECTOR_BIN") {
+        return p.into();
+    }
+    let p = agent_bin().with_file_name("tokentap-collector");
+    assert!(p.exists(), "tokentap-collector is not built: run `cargo xtask test` (or `cargo xtask build`) first");
+    p
+}
+
+/// A running tokentap-collector writing to `ch`.
+pub struct Collector {
+    child: Option<Child>,
+    pub url: String,
+    pub port: u16,
+    pub token: String,
+    args: Vec<String>,
+    stderr: PathBuf,
+}
+
+impl Collector {
+    pub fn start(dir: &Path, ch: &ClickHouse) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let token = "collector-token-5f4e3d2c1b".to_string();
+        std::fs::write(dir.join("collector-token"), &token).expect("token file");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--clickhouse-url".into(),
+            ch.url.clone(),
+            "--database".into(),
+            ch.database.clone(),
+            "--token-file".into(),
+            dir.join("collector-token").display().to_string(),
+            "--flush-ms".into(),
+            "100".into(),
+        ];
+        if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
+            // The embedded endpoint speaks uncompressed HTTP only.
+            args.extend(["--clickhouse-compression".into(), "none".into()]);
+        }
+        let mut c = Self {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            token,
+            args,
+            stderr: dir.join("collector.stderr"),
+        };
+        c.restart();
+        c
+    }
+
+    /// (Re)start the process and wait until it answers /readyz.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).expect("collector log");
+        let child = Command::new(collector_bin())
+            .args(&self.args)
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start tokentap-collector");
+        self.child = Some(child);
+        let ready = format!("{}/readyz", self.url);
+        wait_for("the collector to be ready", Duration::from_secs(60), || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("collector exited with {st}:\n{}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+            }
+            let r = ureq::get(&ready).call().ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        });
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// POST a raw batch; (status, body).
+    pub fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut req = agent.post(format!("{}/v1/records", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.send(body).expect("post batch");
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut r = ureq::get(format!("{}/metrics", self.url)).call().expect("metrics");
+        r.body_mut().read_to_string().unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -24,7 +24,7 @@ struct Cli {
 enum Cmd {
     /// Build the eBPF object and the agent (installs bpf-linker, rust-src, LLVM if missing).
     Build {
-        /// Optimised build (target/release/tokentap-agent).
+        /// Optimised build (target/release/tokentap-agent and tokentap-collector).
         #[arg(long)]
         release: bool,
     },
@@ -75,9 +75,13 @@ fn main() -> Result<()> {
             prereq::build_tools()?;
             prereq::test_tools(&root)?;
             let bin = build_agent(false)?;
+            let collector = bin.with_file_name("tokentap-collector");
             let mut c = cargo();
             // The default members: every crate but the eBPF one (built by agent/build.rs).
-            c.args(["test", "--no-fail-fast"]).args(&args).env("TOKENTAP_AGENT_BIN", &bin);
+            c.args(["test", "--no-fail-fast"])
+                .args(&args)
+                .env("TOKENTAP_AGENT_BIN", &bin)
+                .env("TOKENTAP_COLLECTOR_BIN", &collector);
             run(&mut c)?;
         }
         Cmd::Lint => {
@@ -146,10 +150,11 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Build the agent (with its eBPF object); returns the binary's path.
+/// Build the agent (with its eBPF object) and the collector beside it; returns
+/// the agent binary's path.
 fn build_agent(release: bool) -> Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "-p", "tokentap-agent"]);
+    c.args(["build", "-p", "tokentap-agent", "-p", "tokentap-collector"]);
     if release {
         c.arg("--release");
     }

@@ -101,9 +101,11 @@ pub fn test_tools(root: &Path) -> Result<()> {
     apt_install(&["libssl3"]).or_else(|_| apt_install(&["libssl3t64"]))?;
 
     let req = root.join("tests/clients/requirements.txt");
-    let sdks = ok(Command::new("python3").args(["-c", "import openai, anthropic, h2, google.genai, boto3"]));
+    let sdks = ok(Command::new("python3").args(["-c", "import openai, anthropic, h2, google.genai, boto3, chdb"]));
     if !sdks {
-        eprintln!("xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2])");
+        eprintln!(
+            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2]) and chdb-core"
+        );
         let base = || {
             let mut c = Command::new("python3");
             c.args(["-m", "pip", "install", "-q", "-r"]).arg(&req);

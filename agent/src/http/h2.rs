@@ -93,7 +93,7 @@ pub fn looks_like_server_preface(data: &[u8]) -> bool {
 pub fn looks_like_frames(data: &[u8]) -> bool {
     let mut pos = 0;
     let mut frames = 0;
-    while data.len() - pos >= FRAME_HEADER {
+    while data.len().saturating_sub(pos) >= FRAME_HEADER {
         let h = &data[pos..];
         let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
         if h[3] > CONTINUATION || h[5] & 0x80 != 0 || len > MAX_FRAME {
@@ -566,6 +566,8 @@ mod tests {
         assert!(looks_like_frames(&i));
         assert!(!looks_like_frames(b"POST /v1/chat/completions HTTP/1.1\r\n"));
         assert!(!looks_like_frames(b""));
+        // A frame longer than the data (found by the fuzzer: must not underflow).
+        assert!(!looks_like_frames(&[0, 0, 100, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]));
     }
 
     proptest! {

@@ -1,4 +1,5 @@
-//! Where records go: a JSONL file (appended, one record per line) or stdout.
+//! Where records go: a JSONL file (appended, one record per line), stdout, or a
+//! tokentap collector ([`collector`]).
 //! Records never contain prompt/completion text or credentials: the record type
 //! has no field for them.
 use std::fs::{File, OpenOptions};
@@ -9,15 +10,19 @@ use std::str::FromStr;
 use thiserror::Error;
 use tokentap_event::LlmCall;
 
+pub mod collector;
+
 /// `--output` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputSpec {
     Jsonl(PathBuf),
     Stdout,
+    /// A tokentap collector's base URL (`http://collector:8787`).
+    Collector(String),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("unknown output {0:?}: expected `jsonl:PATH` or `stdout`")]
+#[error("unknown output {0:?}: expected `jsonl:PATH`, `stdout` or `collector:http(s)://HOST:PORT`")]
 pub struct BadOutput(String);
 
 impl FromStr for OutputSpec {
@@ -26,6 +31,9 @@ impl FromStr for OutputSpec {
         match s.split_once(':') {
             _ if s == "stdout" => Ok(Self::Stdout),
             Some(("jsonl", path)) if !path.is_empty() => Ok(Self::Jsonl(path.into())),
+            Some(("collector", url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                Ok(Self::Collector(url.to_owned()))
+            }
             _ => Err(BadOutput(s.to_owned())),
         }
     }
@@ -63,10 +71,17 @@ pub fn stdout() -> LineSink<BufWriter<io::Stdout>> {
     LineSink { out: BufWriter::new(io::stdout()) }
 }
 
-pub fn open(spec: &OutputSpec) -> io::Result<Box<dyn Sink>> {
+pub fn open(
+    spec: &OutputSpec,
+    collector_cfg: impl FnOnce(String) -> collector::CollectorConfig,
+    stats: &std::sync::Arc<crate::stats::Stats>,
+) -> io::Result<Box<dyn Sink>> {
     Ok(match spec {
         OutputSpec::Jsonl(p) => Box::new(jsonl(p)?),
         OutputSpec::Stdout => Box::new(stdout()),
+        OutputSpec::Collector(url) => {
+            Box::new(collector::CollectorSink::new(collector_cfg(url.clone()), stats.clone())?)
+        }
     })
 }
 
@@ -78,6 +93,8 @@ mod tests {
     fn parses_specs() {
         assert_eq!("stdout".parse(), Ok(OutputSpec::Stdout));
         assert_eq!("jsonl:/tmp/x.jsonl".parse(), Ok(OutputSpec::Jsonl("/tmp/x.jsonl".into())));
+        assert_eq!("collector:http://c:8787".parse(), Ok(OutputSpec::Collector("http://c:8787".into())));
+        assert!("collector:c:8787".parse::<OutputSpec>().is_err());
         assert!("jsonl:".parse::<OutputSpec>().is_err());
         assert!("kafka:x".parse::<OutputSpec>().is_err());
     }

@@ -1,0 +1,322 @@
+//! `--output collector:URL`: records go to a tokentap collector in compressed
+//! batches (the wire format of `tokentap_event::wire`), through an on-disk spool
+//! so that a collector outage, or an agent restart, loses nothing.
+//!
+//! The pipeline thread seals each batch into a spool file (written, then
+//! renamed: a crash never leaves half a batch); a sender thread posts the files
+//! oldest first and deletes each only on a 2xx answer, retrying with backoff on
+//! errors, 429 and 5xx. A batch the collector rejects as malformed (other 4xx)
+//! is moved to `rejected/` and counted, never retried forever. The spool is
+//! bounded: past `spool_max_bytes` the oldest batches are dropped and counted.
+//! Batches left at exit are sent by the next run.
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokentap_event::{wire, LlmCall};
+
+use super::Sink;
+use crate::stats::Stats;
+
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    /// Collector base URL (`http://collector:8787`).
+    pub url: String,
+    /// Bearer token file (re-read per request: rotations apply without restart).
+    pub token_file: Option<PathBuf>,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// Records per batch, at most.
+    pub batch_records: usize,
+    /// Sent with every batch (`x-tokentap-cluster`): which cluster this node is in.
+    pub cluster: String,
+    /// How long the agent waits at exit for the spool to drain.
+    pub drain_timeout: Duration,
+}
+
+pub struct CollectorSink {
+    buf: Vec<LlmCall>,
+    cfg: CollectorConfig,
+    seq: u64,
+    shared: Arc<Shared>,
+    sender: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    /// Sealed batches waiting (a hint; the spool directory is the truth).
+    wake: Mutex<bool>,
+    cond: Condvar,
+    stop: AtomicBool,
+    stats: Arc<Stats>,
+}
+
+/// `<unix ms>-<seq>-<batch id>-<records>.zst`: names sort oldest first.
+fn batch_name(seq: u64, records: usize) -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!("{ms:013}-{seq:08}-{}-{records}.zst", uuid::Uuid::new_v4())
+}
+
+fn parse_name(name: &str) -> Option<(String, u64)> {
+    let stem = name.strip_suffix(".zst")?;
+    let mut parts = stem.splitn(3, '-');
+    let (_, _, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let (id, n) = rest.rsplit_once('-')?;
+    Some((id.to_owned(), n.parse().ok()?))
+}
+
+/// Spooled batches, oldest first, with their sizes.
+fn spooled(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(PathBuf, u64)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".zst"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    v.sort();
+    v
+}
+
+impl CollectorSink {
+    pub fn new(cfg: CollectorConfig, stats: Arc<Stats>) -> io::Result<Self> {
+        std::fs::create_dir_all(cfg.spool_dir.join("rejected"))?;
+        // A batch half-written by a crash is not a batch.
+        for e in std::fs::read_dir(&cfg.spool_dir)?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let left = spooled(&cfg.spool_dir);
+        if !left.is_empty() {
+            tracing::info!(batches = left.len(), "collector spool has batches from a previous run; sending them");
+        }
+        let shared =
+            Arc::new(Shared { wake: Mutex::new(true), cond: Condvar::new(), stop: AtomicBool::new(false), stats });
+        let sender = {
+            let (cfg, shared) = (cfg.clone(), shared.clone());
+            std::thread::Builder::new().name("collector".into()).spawn(move || send_loop(&cfg, &shared))?
+        };
+        Ok(Self { buf: Vec::new(), cfg, seq: 0, shared, sender: Some(sender) })
+    }
+
+    fn seal(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let body = wire::encode(&self.buf);
+        self.seq += 1;
+        let name = batch_name(self.seq, self.buf.len());
+        let tmp = self.cfg.spool_dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, &body)?;
+        std::fs::rename(&tmp, self.cfg.spool_dir.join(&name))?;
+        self.buf.clear();
+        self.enforce_bound();
+        *self.shared.wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.cond.notify_one();
+        Ok(())
+    }
+
+    /// Drop the oldest batches while the spool is over its size limit.
+    fn enforce_bound(&self) {
+        let files = spooled(&self.cfg.spool_dir);
+        let mut total: u64 = files.iter().map(|(_, n)| n).sum();
+        for (path, size) in files {
+            if total <= self.cfg.spool_max_bytes {
+                break;
+            }
+            let records = path.file_name().and_then(|n| parse_name(&n.to_string_lossy())).map_or(0, |(_, n)| n);
+            if std::fs::remove_file(&path).is_ok() {
+                total -= size;
+                Stats::add(&self.shared.stats.collector_spool_dropped_records, records);
+                tracing::warn!(records, "collector spool full: oldest batch dropped");
+            }
+        }
+    }
+}
+
+impl Sink for CollectorSink {
+    fn write(&mut self, record: &LlmCall) -> io::Result<()> {
+        self.buf.push(record.clone());
+        if self.buf.len() >= self.cfg.batch_records {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.seal()
+    }
+}
+
+impl Drop for CollectorSink {
+    fn drop(&mut self) {
+        if let Err(e) = self.seal() {
+            tracing::warn!(error = %e, "could not spool the last batch");
+        }
+        // Give the sender a moment to drain, then leave the rest for the next run.
+        let deadline = Instant::now() + self.cfg.drain_timeout;
+        while Instant::now() < deadline && !spooled(&self.cfg.spool_dir).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.cond.notify_one();
+        if let Some(h) = self.sender.take() {
+            let _ = h.join();
+        }
+        let left = spooled(&self.cfg.spool_dir).len();
+        if left > 0 {
+            tracing::warn!(batches = left, dir = %self.cfg.spool_dir.display(), "batches left in the collector spool for the next run");
+        }
+    }
+}
+
+enum Outcome {
+    Sent,
+    Rejected(u16, String),
+    Retry(String),
+}
+
+fn post(agent: &ureq::Agent, cfg: &CollectorConfig, path: &Path) -> Outcome {
+    let Some((batch_id, _)) = path.file_name().and_then(|n| parse_name(&n.to_string_lossy())) else {
+        return Outcome::Rejected(0, "unreadable spool file name".into());
+    };
+    let body = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let mut req = agent
+        .post(format!("{}{}", cfg.url.trim_end_matches('/'), wire::PATH))
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "zstd")
+        .header(wire::HEADER_VERSION, wire::VERSION)
+        .header(wire::HEADER_BATCH_ID, &batch_id)
+        .header("x-tokentap-cluster", &cfg.cluster);
+    if let Some(f) = &cfg.token_file {
+        match std::fs::read_to_string(f) {
+            Ok(t) => req = req.header("authorization", format!("Bearer {}", t.trim())),
+            Err(e) => return Outcome::Retry(format!("token file {}: {e}", f.display())),
+        }
+    }
+    match req.send(&body[..]) {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+            match status {
+                200..=299 => Outcome::Sent,
+                408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}: {}", text.trim())),
+                _ => Outcome::Rejected(status, text.trim().to_owned()),
+            }
+        }
+        Err(e) => Outcome::Retry(e.to_string()),
+    }
+}
+
+fn send_loop(cfg: &CollectorConfig, shared: &Shared) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .into();
+    let mut attempt: u32 = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let files = spooled(&cfg.spool_dir);
+        Stats::set(&shared.stats.collector_spool_bytes, files.iter().map(|(_, n)| n).sum());
+        let Some((path, _)) = files.into_iter().next() else {
+            let mut wake = shared.wake.lock().unwrap_or_else(|e| e.into_inner());
+            if !*wake {
+                wake = shared
+                    .cond
+                    .wait_timeout(wake, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *wake = false;
+            continue;
+        };
+        let records = path.file_name().and_then(|n| parse_name(&n.to_string_lossy())).map_or(0, |(_, n)| n);
+        match post(&agent, cfg, &path) {
+            Outcome::Sent => {
+                attempt = 0;
+                let _ = std::fs::remove_file(&path);
+                Stats::inc(&shared.stats.collector_batches_sent);
+                Stats::add(&shared.stats.collector_records_sent, records);
+            }
+            Outcome::Rejected(status, why) => {
+                tracing::error!(status, %why, file = %path.display(), "collector rejected a batch; kept in rejected/");
+                Stats::inc(&shared.stats.collector_batches_rejected);
+                if let Some(name) = path.file_name() {
+                    let _ = std::fs::rename(&path, cfg.spool_dir.join("rejected").join(name));
+                }
+            }
+            Outcome::Retry(why) => {
+                Stats::inc(&shared.stats.collector_send_errors);
+                let wait = Duration::from_millis((100u64 << attempt.min(7)).min(10_000));
+                if attempt.is_multiple_of(10) {
+                    tracing::warn!(%why, retry_in_ms = wait.as_millis() as u64, "collector unavailable; batches kept in the spool");
+                }
+                attempt = attempt.saturating_add(1);
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline && !shared.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_names_sort_and_parse() {
+        let a = batch_name(1, 10);
+        let b = batch_name(2, 3);
+        assert!(a < b);
+        let (id, n) = parse_name(&a).unwrap();
+        assert_eq!(n, 10);
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        assert_eq!(parse_name("garbage.zst"), None);
+    }
+
+    #[test]
+    fn spool_is_bounded_and_survives_without_a_collector() {
+        let dir = std::env::temp_dir().join(format!("tt-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let stats = Arc::new(Stats::default());
+        let cfg = CollectorConfig {
+            url: "http://127.0.0.1:9".into(), // nothing listens: every send fails
+            token_file: None,
+            spool_dir: dir.clone(),
+            spool_max_bytes: 4096,
+            batch_records: 50,
+            cluster: String::new(),
+            drain_timeout: Duration::from_millis(10),
+        };
+        let mut s = CollectorSink::new(cfg, stats.clone()).unwrap();
+        for i in 0..400u64 {
+            let r = LlmCall {
+                event_id: LlmCall::new_event_id(),
+                ts: LlmCall::format_ts(i as i128),
+                provider: "openai".into(),
+                operation: "chat".into(),
+                request_model: Some(format!("model-{i}")),
+                ..Default::default()
+            };
+            s.write(&r).unwrap();
+        }
+        drop(s);
+        let left: u64 = spooled(&dir).iter().map(|(_, n)| n).sum();
+        assert!(left <= 4096, "spool bounded: {left}");
+        let kept: u64 =
+            spooled(&dir).iter().filter_map(|(p, _)| parse_name(&p.file_name()?.to_string_lossy())).map(|x| x.1).sum();
+        let dropped = stats.snapshot().collector_spool_dropped_records;
+        assert_eq!(kept + dropped, 400, "every record is either spooled or counted as dropped");
+        assert!(dropped > 0);
+        assert!(stats.snapshot().collector_send_errors > 0);
+    }
+}

@@ -1,0 +1,199 @@
+//! tokentap-collector: agents POST batches of LLM call records; the collector
+//! validates them and writes them to ClickHouse (docs/collector.md).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use clickhouse::Client;
+use tokentap_collector::schema::{self, SchemaConfig};
+use tokentap_collector::server::{self, ServerConfig};
+use tokentap_collector::store::CallRow;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokentap-collector",
+    version,
+    about = "Receive tokentap agents' LLM call records and write them to ClickHouse."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Address the ingest endpoint (and /healthz, /readyz, /metrics) listens on.
+    #[arg(long, default_value = "0.0.0.0:8787", global = true)]
+    listen: SocketAddr,
+    /// ClickHouse HTTP interface.
+    #[arg(long, default_value = "http://localhost:8123", env = "TOKENTAP_CLICKHOUSE_URL", global = true)]
+    clickhouse_url: String,
+    /// ClickHouse database (created if missing).
+    #[arg(long, default_value = "tokentap", global = true)]
+    database: String,
+    /// ClickHouse user.
+    #[arg(long, default_value = "default", global = true)]
+    clickhouse_user: String,
+    /// File holding the ClickHouse password.
+    #[arg(long, value_name = "PATH", global = true)]
+    clickhouse_password_file: Option<PathBuf>,
+    /// Compression of inserts and results: lz4 or none.
+    #[arg(long, default_value = "lz4", global = true)]
+    clickhouse_compression: String,
+    /// ClickHouse cluster (remote_servers name): replicated tables + Distributed.
+    /// Default: a single node.
+    #[arg(long, value_name = "NAME", global = true)]
+    cluster: Option<String>,
+    /// Days of raw rows and rollups kept (TTL, set when the tables are created).
+    #[arg(long, default_value_t = 395, global = true)]
+    retention_days: u32,
+    /// File holding the bearer token agents must send. Without it, no authentication.
+    #[arg(long, value_name = "PATH", global = true)]
+    token_file: Option<PathBuf>,
+    /// Records accepted and not yet in ClickHouse, at most; beyond, agents get 503.
+    #[arg(long, default_value_t = 200_000, global = true)]
+    max_queue_records: usize,
+    /// Rows per ClickHouse insert, at most.
+    #[arg(long, default_value_t = 100_000, global = true)]
+    insert_rows: usize,
+    /// Milliseconds accepted rows wait for more before an insert.
+    #[arg(long, default_value_t = 500, global = true)]
+    flush_ms: u64,
+    /// Event ids remembered to drop batches delivered twice.
+    #[arg(long, default_value_t = 1_000_000, global = true)]
+    dedup_window: usize,
+    /// Log filter (tracing syntax).
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Receive batches and write them (the default).
+    Serve,
+    /// Apply the schema migrations, then exit.
+    Migrate,
+    /// Print the Spend Map (calls, tokens, cost by provider/model and service) from ClickHouse.
+    Report {
+        /// How far back: e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+    },
+}
+
+fn parse_since(s: &str) -> Result<Duration> {
+    let (n, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: u64 = n.parse().with_context(|| format!("--since {s:?}: expected e.g. 30m, 24h, 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" | "" => n * 86400,
+        _ => bail!("--since {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn read_secret(p: &PathBuf, what: &str) -> Result<String> {
+    let s = std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
+    let s = s.trim().to_owned();
+    if s.is_empty() {
+        bail!("{what} {} is empty", p.display());
+    }
+    Ok(s)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut client = Client::default()
+        .with_url(&cli.clickhouse_url)
+        .with_user(&cli.clickhouse_user)
+        .with_database(&cli.database)
+        .with_validation(false)
+        .with_compression(match cli.clickhouse_compression.as_str() {
+            "none" => clickhouse::Compression::None,
+            "lz4" => clickhouse::Compression::Lz4,
+            other => bail!("--clickhouse-compression {other:?}: lz4 or none"),
+        });
+    if let Some(p) = &cli.clickhouse_password_file {
+        client = client.with_password(read_secret(p, "ClickHouse password file")?);
+    }
+    let schema_cfg =
+        SchemaConfig { database: cli.database.clone(), cluster: cli.cluster.clone(), ttl_days: cli.retention_days };
+    // The database may not exist yet: migrations run without it selected.
+    let admin = client.clone().with_database("default");
+    match cli.cmd.as_ref().unwrap_or(&Cmd::Serve) {
+        Cmd::Migrate => {
+            let applied = schema::migrate(&admin, &schema_cfg).await.context("applying migrations")?;
+            println!("migrations applied: {applied:?}");
+        }
+        Cmd::Report { since } => {
+            let since = parse_since(since)?;
+            let rows: Vec<CallRow> = client
+                .query("SELECT ?fields FROM llm_calls FINAL WHERE ts >= now64(6) - toIntervalSecond(?) ORDER BY ts")
+                .bind(since.as_secs())
+                .fetch_all()
+                .await
+                .context("reading llm_calls")?;
+            let records: Vec<_> = rows.into_iter().map(CallRow::into_record).collect();
+            print!("{}", tokentap_event::summary::render(&records));
+        }
+        Cmd::Serve => {
+            let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;
+            if token.is_none() {
+                tracing::warn!("no --token-file: batches are accepted without authentication");
+            }
+            // ClickHouse may come up after us: retry the migrations.
+            let mut attempt = 0;
+            loop {
+                match schema::migrate(&admin, &schema_cfg).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < 30 => {
+                        tracing::warn!(error = %e, "ClickHouse not ready for migrations; retrying");
+                        tokio::time::sleep(tokentap_collector::store::backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e).context("applying migrations"),
+                }
+            }
+            let recent =
+                server::load_recent(&client, cli.dedup_window, 24).await.context("loading recent event ids")?;
+            tracing::info!(ids = recent.len(), "dedup window loaded");
+            let cfg = ServerConfig {
+                token,
+                max_queue_records: cli.max_queue_records,
+                insert_rows: cli.insert_rows.max(1),
+                flush_interval: Duration::from_millis(cli.flush_ms),
+                dedup_window: cli.dedup_window,
+                ..Default::default()
+            };
+            let (app, writer) = server::build(cfg, client, recent);
+            let listener =
+                tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
+            tracing::info!(listen = %listener.local_addr()?, database = %cli.database, "tokentap-collector ready");
+            tokio::spawn(writer);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_units() {
+        assert_eq!(parse_since("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_since("30m").unwrap(), Duration::from_secs(1800));
+        assert!(parse_since("x").is_err());
+        assert!(parse_since("5w").is_err());
+    }
+}

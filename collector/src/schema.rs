@@ -1,0 +1,144 @@
+//! Numbered SQL migrations (`schema/NNN_*.sql`, compiled in), applied in order at
+//! start and by `tokentap-collector migrate`, each once: applied versions are
+//! recorded in `schema_migrations`. Single node or cluster (ON CLUSTER,
+//! Replicated engines, Distributed tables), chosen by `--cluster`.
+use clickhouse::Client;
+
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "llm_calls", include_str!("../../schema/001_llm_calls.sql")),
+    (2, "rollups", include_str!("../../schema/002_rollups.sql")),
+    (3, "distributed", include_str!("../../schema/003_distributed.sql")),
+];
+
+#[derive(Clone, Debug)]
+pub struct SchemaConfig {
+    pub database: String,
+    /// ClickHouse cluster name (remote_servers); None: single node.
+    pub cluster: Option<String>,
+    pub ttl_days: u32,
+}
+
+impl SchemaConfig {
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        let db = self.database.clone();
+        match &self.cluster {
+            None => vec![
+                ("db", db),
+                ("on_cluster", String::new()),
+                ("cluster", String::new()),
+                ("table", "llm_calls".into()),
+                ("rollup_1m", "llm_calls_1m".into()),
+                ("rollup_1h", "llm_calls_1h".into()),
+                ("engine", "ReplacingMergeTree".into()),
+                ("agg_engine", "AggregatingMergeTree".into()),
+                ("ttl_days", self.ttl_days.to_string()),
+            ],
+            Some(c) => vec![
+                ("db", db.clone()),
+                ("on_cluster", format!("ON CLUSTER '{c}'")),
+                ("cluster", format!("'{c}'")),
+                ("table", "llm_calls_local".into()),
+                ("rollup_1m", "llm_calls_1m_local".into()),
+                ("rollup_1h", "llm_calls_1h_local".into()),
+                (
+                    "engine",
+                    format!(
+                        "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/llm_calls', '{{replica}}')"
+                    ),
+                ),
+                (
+                    "agg_engine",
+                    format!(
+                        "ReplicatedAggregatingMergeTree('/clickhouse/tables/{{shard}}/{db}/{{table}}', '{{replica}}')"
+                    ),
+                ),
+                ("ttl_days", self.ttl_days.to_string()),
+            ],
+        }
+    }
+
+    /// The statements of one migration for this deployment (empty when the
+    /// migration does not apply, e.g. Distributed tables on a single node).
+    pub fn render(&self, sql: &str) -> Vec<String> {
+        if self.cluster.is_none() && sql.contains("{cluster_only}") {
+            return Vec::new();
+        }
+        let mut text: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+        for (k, v) in self.vars() {
+            text = text.replace(&format!("{{{k}}}"), &v);
+        }
+        // The Replicated engine takes the version column after its two paths.
+        if self.cluster.is_some() {
+            text = text.replace("'{replica}')(inserted_at)", "'{replica}', inserted_at)");
+        }
+        text.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+}
+
+/// Apply what is missing; returns the versions applied now.
+pub async fn migrate(client: &Client, cfg: &SchemaConfig) -> Result<Vec<u32>, clickhouse::error::Error> {
+    let on = if let Some(c) = &cfg.cluster { format!(" ON CLUSTER '{c}'") } else { String::new() };
+    client.query(&format!("CREATE DATABASE IF NOT EXISTS {}{on}", cfg.database)).execute().await?;
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {}.schema_migrations{on} (version UInt32, name String, \
+             applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version",
+            cfg.database
+        ))
+        .execute()
+        .await?;
+    let done: Vec<u32> = client
+        .query(&format!("SELECT version FROM {}.schema_migrations ORDER BY version", cfg.database))
+        .fetch_all()
+        .await?;
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        for stmt in cfg.render(sql) {
+            client.query(&stmt).execute().await?;
+        }
+        client
+            .query(&format!("INSERT INTO {}.schema_migrations (version, name) VALUES (?, ?)", cfg.database))
+            .bind(*version)
+            .bind(*name)
+            .execute()
+            .await?;
+        tracing::info!(version, name, "migration applied");
+        applied.push(*version);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_node_and_cluster_render() {
+        let single = SchemaConfig { database: "tt".into(), cluster: None, ttl_days: 30 };
+        let s = single.render(MIGRATIONS[0].2);
+        assert_eq!(s.len(), 1);
+        assert!(s[0].contains("CREATE TABLE IF NOT EXISTS tt.llm_calls"));
+        assert!(s[0].contains("ENGINE = ReplacingMergeTree(inserted_at)"));
+        assert!(s[0].contains("INTERVAL 30 DAY"));
+        assert!(!s[0].contains('{'), "{}", s[0]);
+        assert_eq!(single.render(MIGRATIONS[1].2).len(), 4);
+        assert!(single.render(MIGRATIONS[2].2).is_empty());
+
+        let cluster = SchemaConfig { database: "tt".into(), cluster: Some("prod".into()), ttl_days: 30 };
+        let c = cluster.render(MIGRATIONS[0].2);
+        assert!(c[0].contains("tt.llm_calls_local ON CLUSTER 'prod'"), "{}", c[0]);
+        assert!(
+            c[0].contains(
+                "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/tt/llm_calls', '{replica}', inserted_at)"
+            ),
+            "{}",
+            c[0]
+        );
+        let d = cluster.render(MIGRATIONS[2].2);
+        assert_eq!(d.len(), 3);
+        assert!(d[0].contains("Distributed('prod', tt, llm_calls_local, cityHash64(event_id))"), "{}", d[0]);
+    }
+}

@@ -1,0 +1,240 @@
+//! Real probes -> agent -> collector -> ClickHouse: rows equal the calls made,
+//! once each, tokens and cost exact; rollups agree with raw rows; outages of the
+//! collector and of ClickHouse lose nothing and duplicate nothing; bad batches
+//! get a clear 4xx and change nothing. ClickHouse is the server at
+//! `TOKENTAP_CLICKHOUSE_URL` or the embedded engine (see `ClickHouse`).
+use std::time::Duration;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+use tokentap_event::{wire, LlmCall, PriceTable};
+
+struct World {
+    env: Env,
+    ch: ClickHouse,
+    collector: Collector,
+}
+
+fn world(name: &str) -> World {
+    require_root();
+    let dir = scratch(name);
+    let ch = ClickHouse::start(&dir, name);
+    let collector = Collector::start(&dir, &ch);
+    // The agent goes last (Env::start), pointed at the collector.
+    let output = format!("collector:{}", collector.url);
+    let token_file = std::env::temp_dir().join(format!("tt-agent-token-{}-{name}", std::process::id()));
+    std::fs::write(&token_file, &collector.token).expect("token");
+    let spool = std::env::temp_dir().join(format!("tt-spool-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let args = [
+        "--output".to_string(),
+        output,
+        "--collector-token-file".into(),
+        token_file.display().to_string(),
+        "--spool-dir".into(),
+        spool.display().to_string(),
+        "--cluster-name".into(),
+        "e2e".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = Env::start(&format!("{name}-agent"), Transport::Https, &args);
+    World { env, ch, collector }
+}
+
+fn rows_of(ch: &ClickHouse, pid: u32) -> Vec<Value> {
+    ch.query(&format!("SELECT * FROM llm_calls FINAL WHERE pid = {pid} ORDER BY ts"))
+}
+
+fn wait_rows(ch: &ClickHouse, pid: u32, n: usize) -> Vec<Value> {
+    wait_for(&format!("{n} rows of pid {pid} in ClickHouse"), Duration::from_secs(60), || {
+        let r = rows_of(ch, pid);
+        (r.len() >= n).then_some(r)
+    })
+}
+
+fn run_py(w: &World, scenario: &str) -> (u32, usize) {
+    let (pid, out) =
+        run_client(py_client(&w.env.dir, &w.env.certs, &w.env.openai_base(), &w.env.anthropic_base(), scenario));
+    let v: Value = serde_json::from_str(out.trim()).expect("client output");
+    (pid, v["calls"].as_u64().unwrap_or(0) as usize)
+}
+
+/// Every row matches what the server served, once (rows carry the record's fields).
+fn check_rows(ch: &ClickHouse, pid: u32, n: usize, served: &[Value]) {
+    let rows = wait_rows(ch, pid, n);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ch.count(&format!("SELECT count() FROM llm_calls WHERE pid = {pid}")), n as u64, "no duplicate rows");
+    let records: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            // ClickHouse's JSON: 64-bit integers as strings, UInt16 as numbers.
+            for k in ["input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens"]
+            {
+                if let Some(s) = r[k].as_str() {
+                    r[k] = Value::from(s.parse::<u64>().expect("token count"));
+                }
+            }
+            r
+        })
+        .collect();
+    let prices = PriceTable::shipped();
+    for (r, s) in pair_with_served(&records, served) {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["cluster"], "e2e");
+    }
+}
+
+#[test]
+fn agent_to_collector_to_clickhouse_exact_rows_and_rollups() {
+    let _g = serial();
+    let w = world("ch-exact");
+    let (pid, n) = run_py(&w, "all_ops");
+    assert_eq!(n, 9);
+    check_rows(&w.ch, pid, n, &w.env.server.served());
+    // Rollups (fed by materialized views) agree with the raw rows.
+    let raw = w.ch.query(
+        "SELECT count() AS calls, sum(ifNull(input_tokens, 0)) AS input, sum(ifNull(output_tokens, 0)) AS output, \
+         round(sum(ifNull(cost_usd, 0)), 9) AS cost FROM llm_calls FINAL WHERE cluster = 'e2e'",
+    );
+    for rollup in ["llm_calls_1m", "llm_calls_1h"] {
+        let agg = w.ch.query(&format!(
+            "SELECT sum(calls) AS calls, sum(input_tokens) AS input, sum(output_tokens) AS output, \
+             round(sum(cost_usd), 9) AS cost FROM {rollup} WHERE cluster = 'e2e'"
+        ));
+        assert_eq!(agg, raw, "{rollup} agrees with llm_calls");
+    }
+    let q =
+        w.ch.query("SELECT quantilesIfMerge(0.5, 0.9, 0.99)(duration_ms) AS q FROM llm_calls_1h WHERE cluster = 'e2e'");
+    assert!(q[0]["q"].as_array().is_some_and(|a| a.len() == 3), "{q:?}");
+    // The report reads the same rows back through the shared report code.
+    let out = std::process::Command::new(collector_bin())
+        .args(["report", "--since", "1d", "--clickhouse-url", &w.ch.url, "--database", &w.ch.database])
+        .args(if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
+            vec!["--clickhouse-compression", "none"]
+        } else {
+            vec![]
+        })
+        .output()
+        .expect("report");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("gpt-4o-mini-2024-07-18") && text.contains("claude-sonnet-4-5-20250929"), "{text}");
+    let stats = w.env.finish();
+    assert_eq!(stats["collector_records_sent"], 9, "{stats}");
+    assert!(!w.collector.log().contains(SECRET_KEY));
+}
+
+#[test]
+fn collector_and_clickhouse_outages_lose_nothing_and_duplicate_nothing() {
+    let _g = serial();
+    let mut w = world("ch-outage");
+    // ClickHouse away: the collector holds the rows (agents wait, then retry).
+    w.ch.set_away(true);
+    let (pid1, n1) = run_py(&w, "all_ops");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(w.collector.metrics().contains("tokentap_collector_ready 0"), "collector saw ClickHouse away");
+    w.ch.set_away(false);
+    // Collector killed (SIGKILL) while agents have calls to deliver.
+    w.collector.kill();
+    let (pid2, n2) = run_py(&w, "concurrent");
+    w.env.agent.wait_stat("collector_send_errors", 1);
+    w.collector.restart();
+    let served = w.env.server.served();
+    check_rows(&w.ch, pid1, n1, &served);
+    check_rows(&w.ch, pid2, n2, &served);
+
+    // The same batch delivered twice (an acknowledgement lost in transit).
+    let records: Vec<LlmCall> = rows_of(&w.ch, pid1)
+        .into_iter()
+        .map(|r| LlmCall {
+            event_id: r["event_id"].as_str().unwrap().to_owned(),
+            ts: "2026-11-23T00:00:00Z".into(),
+            provider: "openai".into(),
+            operation: "chat".into(),
+            ..Default::default()
+        })
+        .collect();
+    let body = wire::encode(&records);
+    let auth = format!("Bearer {}", w.collector.token);
+    let h = [("authorization", auth.as_str()), ("content-encoding", "zstd"), (wire::HEADER_VERSION, wire::VERSION)];
+    for _ in 0..2 {
+        let (status, text) = w.collector.post(&body, &h);
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(&format!("\"duplicates\":{}", records.len())), "{text}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(w.ch.count(&format!("SELECT count() FROM llm_calls WHERE pid = {pid1}")), n1 as u64);
+    let stats = w.env.finish();
+    assert_eq!(stats["collector_records_sent"].as_u64(), Some((n1 + n2) as u64), "{stats}");
+    assert_eq!(stats["collector_spool_dropped_records"], 0);
+}
+
+#[test]
+fn malformed_oversized_and_unauthenticated_batches_get_4xx_and_change_nothing() {
+    let _g = serial();
+    let dir = scratch("ch-bad");
+    let ch = ClickHouse::start(&dir, "ch_bad");
+    let collector = Collector::start(&dir, &ch);
+    let before = ch.count("SELECT count() FROM llm_calls");
+    let good = wire::encode(&[LlmCall {
+        event_id: LlmCall::new_event_id(),
+        ts: "2026-11-23T00:00:00Z".into(),
+        provider: "openai".into(),
+        operation: "chat".into(),
+        ..Default::default()
+    }]);
+    let auth = format!("Bearer {}", collector.token);
+    let zstd_h = [("authorization", auth.as_str()), ("content-encoding", "zstd")];
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
+        ("no token", good.clone(), vec![("content-encoding", "zstd")], 401),
+        ("wrong token", good.clone(), vec![("authorization", "Bearer nope"), ("content-encoding", "zstd")], 401),
+        ("not zstd", b"garbage".to_vec(), zstd_h.to_vec(), 400),
+        ("not records", zstd::bulk::compress(b"{\"x\":1}\n", 3).unwrap(), zstd_h.to_vec(), 400),
+        ("bad event_id", zstd::bulk::compress(br#"{"event_id":"x"}"#, 3).unwrap(), zstd_h.to_vec(), 400),
+        ("unknown encoding", good.clone(), vec![("authorization", auth.as_str()), ("content-encoding", "br")], 415),
+        (
+            "future version",
+            good.clone(),
+            vec![("authorization", auth.as_str()), ("content-encoding", "zstd"), (wire::HEADER_VERSION, "9")],
+            415,
+        ),
+        ("zstd bomb", zstd::bulk::compress(&vec![b' '; 300 << 20], 19).unwrap(), zstd_h.to_vec(), 413),
+    ];
+    for (what, body, headers, want) in cases {
+        let (status, text) = collector.post(&body, &headers);
+        assert_eq!(status, want, "{what}: {text}");
+        assert!(text.contains("\"error\""), "{what}: a clear error body: {text}");
+    }
+    // A body over the limit (32 MiB) is refused with 413 once the limit is
+    // crossed; the rest is never read.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", collector.port)).expect("connect");
+        let len = 40usize << 20;
+        write!(s, "POST /v1/records HTTP/1.1\r\nHost: c\r\nAuthorization: {auth}\r\nContent-Length: {len}\r\n\r\n")
+            .expect("head");
+        let mut w = s.try_clone().expect("clone");
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..40 {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).expect("response");
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 413"), "oversized body: {head}");
+        drop(s);
+        let _ = writer.join();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ch.count("SELECT count() FROM llm_calls"), before, "nothing was written");
+    let m = collector.metrics();
+    assert!(m.contains("tokentap_collector_batches_rejected_total{reason=\"unauthorized\"} 2"), "{m}");
+    assert!(m.contains("tokentap_collector_records_inserted_total 0"), "{m}");
+}
