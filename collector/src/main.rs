@@ -177,7 +177,13 @@ async fn main() -> Result<()> {
             tokio::spawn(writer);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
+                    // SIGINT or SIGTERM (Kubernetes): stop accepting, finish requests in flight.
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+                    }
+                    tracing::info!("shutting down");
                 })
                 .await?;
         }

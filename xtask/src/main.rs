@@ -105,6 +105,7 @@ fn main() -> Result<()> {
         Cmd::Bench => {
             prereq::build_tools()?;
             run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
+            run(cargo().args(["bench", "-p", "tokentap-collector", "--bench", "ingest"]))?;
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
         Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,

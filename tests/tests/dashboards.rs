@@ -1,0 +1,174 @@
+//! The Grafana dashboards (dashboards/*.json): each validates structurally, and
+//! every panel's SQL — Grafana's ClickHouse macros and template variables
+//! expanded as the grafana-clickhouse-datasource plugin does — runs against the
+//! schema the collector creates, filled with test rows, and returns the shape
+//! its panel needs. ClickHouse: `TOKENTAP_CLICKHOUSE_URL` or the embedded engine.
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+
+const FROM: &str = "2026-11-20 00:00:00";
+const TO: &str = "2026-11-23 23:59:59";
+
+/// `$__timeFilter(col)` and `$__timeInterval(col)` as the plugin expands them
+/// (the interval fixed at one minute), then the variables.
+fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
+    let mut out = sql.to_owned();
+    for (macro_name, f) in [
+        (
+            "$__timeFilter(",
+            Box::new(|c: &str| format!("{c} >= toDateTime('{FROM}') AND {c} <= toDateTime('{TO}')"))
+                as Box<dyn Fn(&str) -> String>,
+        ),
+        ("$__timeInterval(", Box::new(|c: &str| format!("toStartOfInterval(toDateTime({c}), INTERVAL 60 second)"))),
+    ] {
+        while let Some(start) = out.find(macro_name) {
+            let arg_start = start + macro_name.len();
+            let end = arg_start + out[arg_start..].find(')').expect("macro closes");
+            let arg = out[arg_start..end].trim().to_owned();
+            out.replace_range(start..=end, &f(&arg));
+        }
+    }
+    for (name, values) in vars {
+        let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect();
+        out = out.replace(&format!("${{{name}:singlequote}}"), &quoted.join(","));
+    }
+    // A `$` still followed by a name is a macro or variable Grafana would have
+    // replaced (`$` before `|` or `)` in a regex is not).
+    let b = out.as_bytes();
+    let left = b.windows(2).any(|w| w[0] == b'$' && (w[1] == b'_' || w[1] == b'{' || w[1].is_ascii_alphabetic()));
+    assert!(!left, "unexpanded macro or variable in: {out}");
+    out
+}
+
+fn migrate(ch: &ClickHouse) {
+    let mut c = Command::new(collector_bin());
+    c.args(["migrate", "--clickhouse-url", &ch.url, "--database", &ch.database]);
+    if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
+        c.args(["--clickhouse-compression", "none"]);
+    }
+    let out = c.output().expect("collector migrate");
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// 600 calls over three days: two clusters, three namespaces, four services,
+/// several providers/models, some errors and rate limits, every capture method.
+fn fill(ch: &ClickHouse) {
+    ch.query(
+        "INSERT INTO llm_calls (event_id, ts, duration_ms, ttft_ms, provider, operation, request_model, response_model, \
+         model, stream, status, input_tokens, output_tokens, cached_input_tokens, usage_source, cost_usd, tls_library, \
+         comm, namespace, workload, service, labels, cluster) \
+         SELECT generateUUIDv4(number), toDateTime64('2026-11-21 00:00:00', 6) + number * 397, 100 + number % 900, \
+         if(number % 2 = 0, 50 + number % 200, NULL), \
+         ['openai', 'anthropic', 'google', 'bedrock', 'ollama'][1 + number % 5], 'chat', \
+         ['gpt-4o', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'anthropic.claude-3-5-haiku-20241022-v1:0', 'llama3.2'][1 + number % 5], \
+         NULL, \
+         ['gpt-4o', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'anthropic.claude-3-5-haiku-20241022-v1:0', 'llama3.2'][1 + number % 5], \
+         number % 3 = 0, [200, 200, 200, 200, 200, 200, 429, 500][1 + number % 8], \
+         1000 + number, 50 + number % 100, number % 500, if(number % 7 = 0, 'estimated', 'reported'), \
+         if(number % 5 = 4, NULL, (1000 + number) * 2.5e-6), [NULL, 'openssl', 'go_tls'][1 + number % 3], \
+         ['python3', 'node', 'api-server'][1 + number % 3], ['payments', 'search', 'support'][1 + number % 3], \
+         'wl', ['checkout', 'ranker', 'bot', 'summarizer'][1 + number % 4], map('team', 'a'), \
+         ['prod-eu', 'prod-us'][1 + number % 2] FROM numbers(600)",
+    );
+}
+
+#[test]
+fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
+    let dir = scratch("dashboards");
+    let ch = ClickHouse::start(&dir, "dashboards");
+    migrate(&ch);
+    fill(&ch);
+    let mut dashboards = 0;
+    let mut uids = HashSet::new();
+    for entry in std::fs::read_dir(workspace_root().join("dashboards")).expect("dashboards/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        dashboards += 1;
+        let name = path.display().to_string();
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Structure Grafana needs to import it.
+        assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40), "{name}: uid");
+        assert!(uids.insert(d["uid"].as_str().unwrap().to_owned()), "{name}: duplicate uid");
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}: title");
+        assert!(d["schemaVersion"].as_u64().is_some(), "{name}: schemaVersion");
+        let vars = d["templating"]["list"].as_array().unwrap_or_else(|| panic!("{name}: templating"));
+        let var_names: Vec<&str> = vars.iter().filter_map(|v| v["name"].as_str()).collect();
+        for want in ["datasource", "cluster", "namespace", "service"] {
+            assert!(var_names.contains(&want), "{name}: template variable {want}");
+        }
+        // Variables: their own queries run; "All" is every value they return.
+        let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            let sql = expand(v["query"].as_str().expect("variable query"), &BTreeMap::new());
+            let rows = ch.query(&sql);
+            assert!(!rows.is_empty(), "{name}: variable {} has no values", v["name"]);
+            let vals =
+                rows.iter().filter_map(|r| r.as_object()?.values().next()?.as_str().map(str::to_owned)).collect();
+            values.insert(v["name"].as_str().unwrap().to_owned(), vals);
+        }
+        let panels = d["panels"].as_array().unwrap_or_else(|| panic!("{name}: panels"));
+        assert!(!panels.is_empty());
+        let mut ids = HashSet::new();
+        for p in panels {
+            let title = format!("{name}: panel {:?}", p["title"]);
+            assert!(ids.insert(p["id"].as_u64().expect("panel id")), "{title}: duplicate id");
+            for k in ["x", "y", "w", "h"] {
+                assert!(p["gridPos"][k].as_u64().is_some(), "{title}: gridPos.{k}");
+            }
+            assert_eq!(p["datasource"]["type"], "grafana-clickhouse-datasource", "{title}");
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{title}: no query");
+            for t in targets {
+                let sql = expand(t["rawSql"].as_str().expect("rawSql"), &values);
+                let rows = ch.query(&sql);
+                assert!(!rows.is_empty(), "{title}: no rows from {sql}");
+                let cols: Vec<&String> = rows[0].as_object().expect("row").keys().collect();
+                if p["type"] == "timeseries" {
+                    assert_eq!(t["format"], 0, "{title}: time series format");
+                    assert!(cols.iter().any(|c| *c == "time"), "{title}: a `time` column: {cols:?}");
+                    assert!(cols.len() >= 2, "{title}: a value column: {cols:?}");
+                } else {
+                    assert!(!cols.is_empty(), "{title}");
+                }
+            }
+        }
+    }
+    assert_eq!(dashboards, 3, "Spend Map, Usage & latency, Agent health");
+    // The provisioning files are there and name the dashboards directory and plugin.
+    let prov = workspace_root().join("dashboards/provisioning");
+    let ds = std::fs::read_to_string(prov.join("datasources/clickhouse.yaml")).expect("datasource provisioning");
+    assert!(ds.contains("type: grafana-clickhouse-datasource"));
+    let db = std::fs::read_to_string(prov.join("dashboards/tokentap.yaml")).expect("dashboard provisioning");
+    assert!(db.contains("type: file"));
+}
+
+#[test]
+fn rollups_agree_with_raw_rows_on_the_test_data() {
+    let dir = scratch("rollups");
+    let ch = ClickHouse::start(&dir, "rollups");
+    migrate(&ch);
+    fill(&ch);
+    let raw = ch.query(
+        "SELECT count() AS calls, countIf(status >= 400) AS errors, countIf(status = 429) AS rate_limited, \
+         sum(ifNull(input_tokens, 0)) AS input, round(sum(ifNull(cost_usd, 0)), 9) AS cost FROM llm_calls",
+    );
+    for t in ["llm_calls_1m", "llm_calls_1h"] {
+        let agg = ch.query(&format!(
+            "SELECT sum(calls) AS calls, sum(errors) AS errors, sum(rate_limited) AS rate_limited, \
+             sum(input_tokens) AS input, round(sum(cost_usd), 9) AS cost FROM {t}"
+        ));
+        assert_eq!(agg, raw, "{t}");
+    }
+    // Quantiles from the rollup states equal quantiles over the raw rows.
+    let raw_q = ch.query(
+        "SELECT quantilesIf(0.5, 0.9, 0.99)(ifNull(duration_ms, 0), isNotNull(duration_ms)) AS q FROM llm_calls",
+    );
+    let agg_q = ch.query("SELECT quantilesIfMerge(0.5, 0.9, 0.99)(duration_ms) AS q FROM llm_calls_1h");
+    assert_eq!(raw_q, agg_q);
+}
