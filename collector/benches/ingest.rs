@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_batch", |b| {
         b.iter(|| {
             let rs = wire::decode(Some("zstd"), &body, 256 << 20).unwrap();
-            rs.into_iter().map(|r| CallRow::from_record(r, "prod")).count()
+            rs.into_iter().map(|r| CallRow::from_record(r, "prod")).collect::<Vec<_>>()
         })
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
