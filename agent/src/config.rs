@@ -36,6 +36,15 @@ pub struct Cli {
     /// Bearer token file for `--output collector:URL`.
     #[arg(long, value_name = "PATH")]
     pub collector_token_file: Option<PathBuf>,
+    /// CA certificate(s) trusted for an `https://` collector. Default: public roots.
+    #[arg(long, value_name = "PATH")]
+    pub collector_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM chain) for mutual TLS with the collector.
+    #[arg(long, value_name = "PATH", requires = "collector_key_file")]
+    pub collector_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --collector-cert-file.
+    #[arg(long, value_name = "PATH", requires = "collector_cert_file")]
+    pub collector_key_file: Option<PathBuf>,
     /// Where batches for the collector wait until acknowledged (kept across
     /// restarts). Default: /var/lib/tokentap/spool.
     #[arg(long, value_name = "DIR")]
@@ -155,6 +164,9 @@ pub struct FileConfig {
     pub lib_dirs: Vec<PathBuf>,
     pub socket_capture: Option<bool>,
     pub collector_token_file: Option<PathBuf>,
+    pub collector_ca_file: Option<PathBuf>,
+    pub collector_cert_file: Option<PathBuf>,
+    pub collector_key_file: Option<PathBuf>,
     pub spool_dir: Option<PathBuf>,
     pub spool_max_bytes: Option<u64>,
     pub cluster_name: Option<String>,
@@ -210,6 +222,8 @@ pub struct Settings {
     pub socket_capture: bool,
     /// `--output collector:` settings.
     pub collector_token_file: Option<PathBuf>,
+    pub collector_ca_file: Option<PathBuf>,
+    pub collector_client_cert: Option<(PathBuf, PathBuf)>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub cluster_name: String,
@@ -262,6 +276,12 @@ impl Settings {
             lib_dirs,
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
             collector_token_file: cli.collector_token_file.clone().or(file.collector_token_file),
+            collector_ca_file: cli.collector_ca_file.clone().or(file.collector_ca_file),
+            collector_client_cert: cli
+                .collector_cert_file
+                .clone()
+                .or(file.collector_cert_file)
+                .zip(cli.collector_key_file.clone().or(file.collector_key_file)),
             spool_dir: cli.spool_dir.clone().or(file.spool_dir).unwrap_or_else(|| "/var/lib/tokentap/spool".into()),
             spool_max_bytes: cli.spool_max_bytes.or(file.spool_max_bytes).unwrap_or(1 << 30),
             cluster_name: cli.cluster_name.clone().or(file.cluster_name).unwrap_or_default(),

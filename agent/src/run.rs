@@ -44,6 +44,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             batch_records: 5000,
             cluster: settings.cluster_name.clone(),
             drain_timeout: Duration::from_secs(5),
+            ca_file: settings.collector_ca_file.clone(),
+            client_cert: settings.collector_client_cert.clone(),
         };
         outputs.push(sinks::open(o, collector, &stats).with_context(|| format!("opening output {o:?}"))?);
     }

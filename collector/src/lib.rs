@@ -5,3 +5,4 @@ pub mod metrics;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod tls;

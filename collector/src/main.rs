@@ -10,6 +10,7 @@ use clickhouse::Client;
 use tokentap_collector::schema::{self, SchemaConfig};
 use tokentap_collector::server::{self, ServerConfig};
 use tokentap_collector::store::CallRow;
+use tokentap_collector::tls;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,15 @@ struct Cli {
     /// File holding the bearer token agents must send. Without it, no authentication.
     #[arg(long, value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
+    /// Serve the ingest endpoint over TLS with this certificate (PEM chain).
+    #[arg(long, value_name = "PATH", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require agents to present a client certificate signed by this CA (mutual TLS).
+    #[arg(long, value_name = "PATH", global = true, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Records accepted and not yet in ClickHouse, at most; beyond, agents get 503.
     #[arg(long, default_value_t = 200_000, global = true)]
     max_queue_records: usize,
@@ -170,22 +180,30 @@ async fn main() -> Result<()> {
                 dedup_window: cli.dedup_window,
                 ..Default::default()
             };
-            let (app, writer) = server::build(cfg, client, recent);
-            let listener =
+            let (app, writer, shared) = server::build(cfg, client, recent);
+            let tcp =
                 tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
-            tracing::info!(listen = %listener.local_addr()?, database = %cli.database, "tokentap-collector ready");
+            tracing::info!(listen = %tcp.local_addr()?, database = %cli.database, tls = cli.tls_cert.is_some(),
+                mutual_tls = cli.tls_client_ca.is_some(), "tokentap-collector ready");
             tokio::spawn(writer);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // SIGINT or SIGTERM (Kubernetes): stop accepting, finish requests in flight.
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
-                    }
-                    tracing::info!("shutting down");
-                })
-                .await?;
+            let shutdown = async {
+                // SIGINT or SIGTERM (Kubernetes): stop accepting, finish requests in flight.
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+                }
+                tracing::info!("shutting down");
+            };
+            match (&cli.tls_cert, &cli.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let tls = tls::server_config(cert, key, cli.tls_client_ca.as_deref())?;
+                    let on_reject = std::sync::Arc::new(move || shared.metrics.reject("tls_handshake"));
+                    let listener = tls::TlsListener::new(tcp, tokio_rustls::TlsAcceptor::from(tls), on_reject)?;
+                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+                }
+                _ => axum::serve(tcp, app).with_graceful_shutdown(shutdown).await?,
+            }
         }
     }
     Ok(())

@@ -66,8 +66,12 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
-/// The router and the writer task's future (run both).
-pub fn build(cfg: ServerConfig, client: Client, recent: RecentIds) -> (Router, impl std::future::Future<Output = ()>) {
+/// The router, the writer task's future (run both) and the shared state.
+pub fn build(
+    cfg: ServerConfig,
+    client: Client,
+    recent: RecentIds,
+) -> (Router, impl std::future::Future<Output = ()>, Arc<Shared>) {
     let (tx, rx) = mpsc::channel::<Job>(1024);
     let shared = Arc::new(Shared { cfg: cfg.clone(), tx, recent: Mutex::new(recent), metrics: Metrics::default() });
     shared.metrics.ready.store(1, Ordering::Relaxed);
@@ -78,8 +82,8 @@ pub fn build(cfg: ServerConfig, client: Client, recent: RecentIds) -> (Router, i
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
-        .with_state(shared);
-    (app, writer)
+        .with_state(shared.clone());
+    (app, writer, shared)
 }
 
 fn reject(shared: &Shared, status: StatusCode, reason: &'static str, msg: String) -> Response {

@@ -155,6 +155,31 @@ impl Certs {
             .arg(p("srv.pem")));
         Self { ca: p("ca.pem"), cert: p("srv.pem"), key: p("srv.key") }
     }
+
+    /// A client certificate (for mutual TLS) signed by the same CA: (cert, key).
+    pub fn client(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key, csr) = (dir.join("client.pem"), dir.join("client.key"), dir.join("client.csr"));
+        let ext = dir.join("client.cnf");
+        std::fs::write(&ext, "[ext]\nextendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n").expect("client.cnf");
+        run(Command::new("openssl")
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=tokentap-agent", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr));
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-extensions", "ext", "-extfile"])
+            .arg(&ext)
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&self.ca)
+            .arg("-CAkey")
+            .arg(self.ca.with_file_name("ca.key"))
+            .arg("-CAcreateserial")
+            .arg("-out")
+            .arg(&cert));
+        (cert, key)
+    }
 }
 
 /// The local LLM server (tests/server/llm_server.py).
@@ -650,10 +675,45 @@ pub struct Collector {
     pub token: String,
     args: Vec<String>,
     stderr: PathBuf,
+    http: ureq::Agent,
+}
+
+/// TLS for the collector: its certificate, and whether agents must present one.
+pub struct CollectorTls<'a> {
+    pub certs: &'a Certs,
+    /// Client certificate and key the harness itself uses (mutual TLS).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+fn http_agent(tls: Option<&CollectorTls>) -> ureq::Agent {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let mut b = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(t) = tls {
+        let pem = |p: &Path| -> Vec<Certificate<'static>> {
+            let bytes = std::fs::read(p).expect("pem");
+            ureq::tls::parse_pem(&bytes)
+                .filter_map(|i| match i {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut cfg = TlsConfig::builder().root_certs(RootCerts::Specific(std::sync::Arc::new(pem(&t.certs.ca))));
+        if let Some((cert, key)) = &t.client {
+            let key = PrivateKey::from_pem(&std::fs::read(key).expect("key")).expect("key pem");
+            cfg = cfg.client_cert(Some(ClientCert::new_with_certs(&pem(cert), key)));
+        }
+        b = b.tls_config(cfg.build());
+    }
+    b.build().into()
 }
 
 impl Collector {
     pub fn start(dir: &Path, ch: &ClickHouse) -> Self {
+        Self::start_with(dir, ch, None)
+    }
+
+    pub fn start_with(dir: &Path, ch: &ClickHouse, tls: Option<CollectorTls>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let token = "collector-token-5f4e3d2c1b".to_string();
         std::fs::write(dir.join("collector-token"), &token).expect("token file");
@@ -673,13 +733,23 @@ impl Collector {
             // The embedded endpoint speaks uncompressed HTTP only.
             args.extend(["--clickhouse-compression".into(), "none".into()]);
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if let Some(t) = &tls {
+            for (flag, path) in [("--tls-cert", &t.certs.cert), ("--tls-key", &t.certs.key)] {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+            if t.client.is_some() {
+                args.extend(["--tls-client-ca".to_string(), t.certs.ca.display().to_string()]);
+            }
+        }
         let mut c = Self {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             token,
             args,
             stderr: dir.join("collector.stderr"),
+            http: http_agent(tls.as_ref()),
         };
         c.restart();
         c
@@ -700,7 +770,7 @@ impl Collector {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("collector exited with {st}:\n{}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
             }
-            let r = ureq::get(&ready).call().ok()?;
+            let r = self.http.get(&ready).call().ok()?;
             (r.status().as_u16() == 200).then_some(())
         });
     }
@@ -715,8 +785,7 @@ impl Collector {
 
     /// POST a raw batch; (status, body).
     pub fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut req = agent.post(format!("{}/v1/records", self.url));
+        let mut req = self.http.post(format!("{}/v1/records", self.url));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -725,7 +794,7 @@ impl Collector {
     }
 
     pub fn metrics(&self) -> String {
-        let mut r = ureq::get(format!("{}/metrics", self.url)).call().expect("metrics");
+        let mut r = self.http.get(format!("{}/metrics", self.url)).call().expect("metrics");
         r.body_mut().read_to_string().unwrap_or_default()
     }
 

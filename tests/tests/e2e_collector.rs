@@ -238,3 +238,41 @@ fn malformed_oversized_and_unauthenticated_batches_get_4xx_and_change_nothing() 
     assert!(m.contains("tokentap_collector_batches_rejected_total{reason=\"unauthorized\"} 2"), "{m}");
     assert!(m.contains("tokentap_collector_records_inserted_total 0"), "{m}");
 }
+
+#[test]
+fn mutual_tls_between_agent_and_collector() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("ch-mtls");
+    let certs = Certs::generate(&dir);
+    let (client_cert, client_key) = certs.client(&dir);
+    let ch = ClickHouse::start(&dir, "ch_mtls");
+    let tls = CollectorTls { certs: &certs, client: Some((client_cert.clone(), client_key.clone())) };
+    let collector = Collector::start_with(&dir, &ch, Some(tls));
+    assert!(collector.url.starts_with("https://"));
+    let token_file = dir.join("agent-token");
+    std::fs::write(&token_file, &collector.token).expect("token");
+    let args = [
+        format!("--output=collector:{}", collector.url),
+        format!("--collector-token-file={}", token_file.display()),
+        format!("--collector-ca-file={}", certs.ca.display()),
+        format!("--collector-cert-file={}", client_cert.display()),
+        format!("--collector-key-file={}", client_key.display()),
+        format!("--spool-dir={}", dir.join("spool").display()),
+        "--cluster-name=e2e".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = Env::start("ch-mtls-agent", Transport::Https, &args);
+    let (pid, out) = run_client(py_client(&env.dir, &env.certs, &env.openai_base(), &env.anthropic_base(), "chat"));
+    assert!(out.contains("\"calls\": 1"), "{out}");
+    check_rows(&ch, pid, 1, &env.server.served());
+    // Without a client certificate the handshake fails: nothing reaches the endpoint.
+    let no_cert = std::process::Command::new("curl")
+        .args(["-sS", "--cacert", &certs.ca.display().to_string(), "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/healthz", collector.url))
+        .output()
+        .expect("curl");
+    assert!(!no_cert.status.success(), "a client without a certificate was served");
+    assert!(collector.metrics().contains("reason=\"tls_handshake\"} 1"), "{}", collector.metrics());
+    env.finish();
+}

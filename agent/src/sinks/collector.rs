@@ -34,6 +34,46 @@ pub struct CollectorConfig {
     pub cluster: String,
     /// How long the agent waits at exit for the spool to drain.
     pub drain_timeout: Duration,
+    /// CA certificate(s) trusted for an `https://` collector (default: the
+    /// public web PKI roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The HTTP client, with the collector's CA and our client certificate.
+fn http_agent(cfg: &CollectorConfig) -> io::Result<ureq::Agent> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let bad = |what: &str, p: &Path, e: String| io::Error::other(format!("{what} {}: {e}", p.display()));
+    let certs = |p: &Path| -> io::Result<Vec<Certificate<'static>>> {
+        let pem = std::fs::read(p).map_err(|e| bad("reading", p, e.to_string()))?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(bad("no certificate in", p, String::new()));
+        }
+        Ok(certs)
+    };
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = &cfg.ca_file {
+        tls = tls.root_certs(RootCerts::Specific(Arc::new(certs(ca)?)));
+    }
+    if let Some((cert, key)) = &cfg.client_cert {
+        let pem = std::fs::read(key).map_err(|e| bad("reading", key, e.to_string()))?;
+        let key = PrivateKey::from_pem(&pem).map_err(|e| bad("key", key, e.to_string()))?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs(cert)?, key)));
+    }
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .into())
 }
 
 pub struct CollectorSink {
@@ -95,9 +135,11 @@ impl CollectorSink {
         }
         let shared =
             Arc::new(Shared { wake: Mutex::new(true), cond: Condvar::new(), stop: AtomicBool::new(false), stats });
+        // Bad certificate paths are configuration errors: fail at start, not per send.
+        let agent = http_agent(&cfg)?;
         let sender = {
             let (cfg, shared) = (cfg.clone(), shared.clone());
-            std::thread::Builder::new().name("collector".into()).spawn(move || send_loop(&cfg, &shared))?
+            std::thread::Builder::new().name("collector".into()).spawn(move || send_loop(&cfg, &shared, &agent))?
         };
         Ok(Self { buf: Vec::new(), cfg, seq: 0, shared, sender: Some(sender) })
     }
@@ -214,13 +256,7 @@ fn post(agent: &ureq::Agent, cfg: &CollectorConfig, path: &Path) -> Outcome {
     }
 }
 
-fn send_loop(cfg: &CollectorConfig, shared: &Shared) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(90)))
-        .build()
-        .into();
+fn send_loop(cfg: &CollectorConfig, shared: &Shared, agent: &ureq::Agent) {
     let mut attempt: u32 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         let files = spooled(&cfg.spool_dir);
@@ -238,7 +274,7 @@ fn send_loop(cfg: &CollectorConfig, shared: &Shared) {
             continue;
         };
         let records = path.file_name().and_then(|n| parse_name(&n.to_string_lossy())).map_or(0, |(_, n)| n);
-        match post(&agent, cfg, &path) {
+        match post(agent, cfg, &path) {
             Outcome::Sent => {
                 attempt = 0;
                 let _ = std::fs::remove_file(&path);
@@ -296,6 +332,8 @@ mod tests {
             batch_records: 50,
             cluster: String::new(),
             drain_timeout: Duration::from_millis(10),
+            ca_file: None,
+            client_cert: None,
         };
         let mut s = CollectorSink::new(cfg, stats.clone()).unwrap();
         for i in 0..400u64 {
