@@ -331,7 +331,9 @@ impl Pipeline {
             let Some(endpoint) = self.cfg.rules.classify(&ex.request.head) else {
                 continue;
             };
-            let parsed = match providers::parse(&endpoint, &ex, self.cfg.max_body_bytes) {
+            let attribution = &self.attribution;
+            let hash = |b: &[u8]| attribution.hash_prompt(b);
+            let parsed = match providers::parse(&endpoint, &ex, self.cfg.max_body_bytes, &hash) {
                 Ok(p) => p,
                 Err(e) => {
                     let s = &self.stats;
@@ -392,6 +394,7 @@ impl Pipeline {
                 pid: Some(meta.tgid),
                 comm: Some(comm_str(&meta.comm)),
                 end_user: parsed.end_user,
+                features: parsed.features,
                 ..Default::default()
             };
             self.attribution.fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);

@@ -8,6 +8,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "llm_calls", include_str!("../../schema/001_llm_calls.sql")),
     (2, "rollups", include_str!("../../schema/002_rollups.sql")),
     (3, "distributed", include_str!("../../schema/003_distributed.sql")),
+    (4, "features", include_str!("../../schema/004_features.sql")),
+    (5, "features_distributed", include_str!("../../schema/005_features_distributed.sql")),
 ];
 
 #[derive(Clone, Debug)]

@@ -50,6 +50,8 @@ pub struct CallRow {
     pub feature: Option<String>,
     pub labels: Vec<(String, String)>,
     pub cluster: String,
+    /// The record's `features` as JSON ('' when absent).
+    pub features: String,
 }
 
 impl CallRow {
@@ -97,6 +99,7 @@ impl CallRow {
             feature: r.feature,
             labels: r.labels.into_iter().collect(),
             cluster: cluster.to_owned(),
+            features: r.features.as_ref().and_then(|f| serde_json::to_string(f).ok()).unwrap_or_default(),
         }
     }
 
@@ -139,6 +142,7 @@ impl CallRow {
             api_key_id: self.api_key_id,
             feature: self.feature,
             labels: self.labels.into_iter().collect(),
+            features: serde_json::from_str(&self.features).ok(),
         }
     }
 }
@@ -189,6 +193,11 @@ mod tests {
             output_tokens: Some(2),
             namespace: Some("ns".into()),
             labels: [("team".to_string(), "a".to_string())].into(),
+            features: Some(tokentap_event::PromptFeatures {
+                prompt_hash: Some("p_1".into()),
+                message_count: 3,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -197,7 +206,7 @@ mod tests {
     fn rows_round_trip_to_records() {
         let r = record(1);
         let row = CallRow::from_record(r.clone(), "c1");
-        assert_eq!(row.ts, 1_763_892_000_123_456);
+        assert_eq!(row.ts, 1_795_428_000_123_456);
         assert_eq!(row.model, "gpt-4o");
         assert_eq!(row.service, "");
         assert_eq!(row.into_record(), r);

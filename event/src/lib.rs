@@ -2,10 +2,11 @@
 //! price table and cost computation, and token estimation for streams that carry
 //! no usage.
 pub mod cost;
+pub mod opportunities;
 pub mod record;
 pub mod summary;
 pub mod tokens;
 pub mod wire;
 
 pub use cost::{PriceError, PriceTable, Prices};
-pub use record::{LlmCall, UsageSource};
+pub use record::{LlmCall, PromptFeatures, ToolCall, UsageSource};

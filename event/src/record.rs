@@ -54,6 +54,52 @@ pub struct LlmCall {
     /// Configured labels (e.g. `team`, `cost-center`) copied from the process's
     /// OpenTelemetry resource attributes.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// What the opportunity detectors need to know about the prompt, computed at
+    /// capture without keeping any of its text (hashes are keyed with the
+    /// installation secret). Absent on records from older agents.
+    #[serde(default)]
+    pub features: Option<PromptFeatures>,
+}
+
+/// Privacy-preserving facts about a request's prompt (docs/record.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptFeatures {
+    /// Keyed hash of the normalised full prompt (system, tools, messages or input).
+    pub prompt_hash: Option<String>,
+    /// Keyed hash of the static prefix: system prompt and tool definitions.
+    pub prefix_hash: Option<String>,
+    /// Tokens of that prefix (o200k_base).
+    pub prefix_tokens: Option<u64>,
+    /// Keyed hash of the conversation's start (system prompt + first user
+    /// message): the calls of one multi-turn conversation share it.
+    pub conversation_hash: Option<String>,
+    /// 64-bit SimHash of the user content (hex): near-duplicate prompts differ in
+    /// few bits.
+    pub simhash: Option<String>,
+    pub message_count: u32,
+    /// Tool calls already in the conversation history: name and keyed hash of the arguments.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// Share of the prompt's characters that are JSON.
+    pub json_share: f64,
+    /// Share of the prompt's characters that are removable whitespace.
+    pub whitespace_share: f64,
+    /// Tokens saved by minifying the JSON and collapsing whitespace (measured
+    /// with the tokenizer when either share is notable).
+    pub minify_saved_tokens: Option<u64>,
+    /// The request bounded its output (`max_tokens` and its synonyms).
+    pub max_tokens: Option<u64>,
+    /// Share of the prompt's characters in chunks repeated inside the prompt
+    /// (retrieval results pasted twice).
+    pub duplicate_chunk_share: f64,
+    /// Inputs of an embeddings request (1: sent one at a time).
+    pub embedding_inputs: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub name: String,
+    pub args_hash: String,
 }
 
 impl LlmCall {

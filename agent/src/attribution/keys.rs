@@ -40,6 +40,19 @@ impl KeyHasher {
         Self::with_secret(&secret)
     }
 
+    /// Keyed hash of prompt material (`h_` + 24 hex digits): equal inputs give
+    /// equal ids on this installation, and nothing can be tested against a
+    /// guessed prompt without the secret.
+    pub fn hash(&self, data: &[u8]) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
+            return String::new();
+        };
+        mac.update(b"prompt\0");
+        mac.update(data);
+        let tag = mac.finalize().into_bytes();
+        format!("h_{}", tag[..12].iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
     /// Fingerprint of the credential in a request's headers (or `key=` query
     /// parameter), if any: `k_` + 24 hex digits.
     pub fn key_id(&self, head: &Head) -> Option<String> {

@@ -111,6 +111,15 @@ impl Attributor {
         }
     }
 
+    /// Keyed hash for prompt features (the installation secret; without one —
+    /// tests, fuzzing — a fixed key).
+    pub fn hash_prompt(&self, data: &[u8]) -> String {
+        match &self.keys {
+            Some(k) => k.hash(data),
+            None => keys::KeyHasher::with_secret(b"tokentap-unkeyed").hash(data),
+        }
+    }
+
     pub fn with_config(mut self, cfg: AttributionConfig, keys: Option<keys::KeyHasher>) -> Self {
         self.cfg = cfg;
         self.keys = keys;

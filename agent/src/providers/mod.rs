@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod cohere;
+pub mod features;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
@@ -138,6 +139,8 @@ pub struct Parsed {
     pub first_content_offset: Option<usize>,
     /// A stream's final event (with the final usage) was seen.
     pub stream_finished: bool,
+    /// Prompt features of the request (no prompt text).
+    pub features: Option<tokentap_event::PromptFeatures>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -155,7 +158,12 @@ pub enum ProviderError {
 /// Read model, usage and ids from an exchange. A non-2xx response yields a record
 /// without usage (it bills nothing); a 2xx response that can't be read is an error
 /// (counted, no record) so no number is ever invented.
-pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Parsed, ProviderError> {
+pub fn parse(
+    endpoint: &Endpoint,
+    ex: &Exchange,
+    max_body: usize,
+    hash: features::Hasher,
+) -> Result<Parsed, ProviderError> {
     let req_body =
         body::decode(ex.request.head.header("content-encoding"), &ex.request.body, max_body).unwrap_or_default();
     let request: Value = serde_json::from_slice(&req_body).unwrap_or(Value::Null);
@@ -168,6 +176,7 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize) -> Result<Pars
             .or_else(|| endpoint.path_model.clone()),
         // Ollama streams unless told not to.
         stream: request.get("stream").and_then(Value::as_bool).unwrap_or(ollama) || endpoint.api.always_streams(),
+        features: features::compute(endpoint.api, &request, hash),
         ..Default::default()
     };
     let status = ex.response.head.status.unwrap_or(0);

@@ -1,0 +1,395 @@
+//! Prompt features computed at capture (the record's `features`): hashes, shares
+//! and counts the opportunity detectors need, from the request body of any
+//! provider shape — without keeping any prompt text. Every hash goes through the
+//! caller's keyed hash (HMAC with the installation secret), so a hash can't be
+//! tested against a guessed prompt without that secret.
+use serde_json::Value;
+use tokentap_event::{tokens, PromptFeatures, ToolCall};
+
+use super::Api;
+
+/// Keyed hash of bytes -> short hex id.
+pub type Hasher<'a> = &'a dyn Fn(&[u8]) -> String;
+
+/// Text above this many bytes is not scanned for JSON or repeats (bounded CPU).
+const MAX_SCAN: usize = 1 << 20;
+/// Shortest chunk counted as a repeat (a line of a pasted document, not "ok").
+const MIN_CHUNK: usize = 64;
+
+/// The prompt as the detectors see it.
+#[derive(Default)]
+struct Prompt {
+    system: String,
+    tools: String,
+    /// (role, text) in order.
+    messages: Vec<(String, String)>,
+    tool_calls: Vec<(String, String)>,
+}
+
+/// Concatenated text of a content value (string, parts, blocks).
+fn text_of(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Array(a) => a.iter().for_each(|x| text_of(x, out)),
+        Value::Object(m) => {
+            for k in ["text", "content", "parts", "input_text", "output_text"] {
+                if let Some(x) = m.get(k) {
+                    text_of(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn text(v: Option<&Value>) -> String {
+    let mut s = String::new();
+    if let Some(v) = v {
+        text_of(v, &mut s);
+    }
+    s
+}
+
+/// Tool calls anywhere in the history: OpenAI `tool_calls[].function`, Responses
+/// `function_call` items, Anthropic `tool_use` blocks, Gemini `functionCall`,
+/// Bedrock `toolUse`.
+fn find_tool_calls(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| find_tool_calls(x, out)),
+        Value::Object(m) => {
+            let name = m.get("name").and_then(Value::as_str);
+            let ty = m.get("type").and_then(Value::as_str);
+            if let (Some(f), _) = (m.get("function").filter(|f| f.get("arguments").is_some()), ty) {
+                let n = f.get("name").and_then(Value::as_str).unwrap_or("");
+                out.push((n.to_owned(), canonical(f.get("arguments"))));
+            } else if let (Some(n), Some("tool_use" | "function_call")) = (name, ty) {
+                out.push((n.to_owned(), canonical(m.get("input").or_else(|| m.get("arguments")))));
+            } else if let Some(c) = m.get("functionCall").or_else(|| m.get("toolUse")) {
+                let n = c.get("name").and_then(Value::as_str).unwrap_or("");
+                out.push((n.to_owned(), canonical(c.get("args").or_else(|| c.get("input")))));
+            } else {
+                m.values().for_each(|x| find_tool_calls(x, out));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Arguments compared as data: a JSON string is parsed, then re-serialised
+/// with sorted keys.
+fn canonical(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_or_else(|_| s.clone(), |v| v.to_string()),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
+fn extract(api: Api, r: &Value) -> Prompt {
+    let mut p = Prompt::default();
+    // System prompt: every shape's spelling of it.
+    for k in ["system", "instructions", "systemInstruction"] {
+        p.system.push_str(&text(r.get(k)));
+    }
+    if let Some(t) = r.get("tools").or_else(|| r.get("toolConfig")) {
+        p.tools = t.to_string();
+    }
+    let msgs = r.get("messages").or_else(|| r.get("contents")).or_else(|| r.get("input").filter(|i| i.is_array()));
+    if let Some(Value::Array(ms)) = msgs {
+        for m in ms {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("user").to_owned();
+            let t = text(m.get("content").or_else(|| m.get("parts")).or(Some(m)));
+            if matches!(role.as_str(), "system" | "developer") {
+                p.system.push_str(&t);
+            } else {
+                p.messages.push((role, t));
+            }
+        }
+        find_tool_calls(&Value::Array(ms.clone()), &mut p.tool_calls);
+    }
+    // Single-prompt shapes: completions, Ollama generate, Responses with a string input.
+    for k in ["prompt", "input"] {
+        if let Some(Value::String(s)) = r.get(k) {
+            if !matches!(api, Api::Embeddings | Api::OllamaEmbed) {
+                p.messages.push(("user".into(), s.clone()));
+            }
+        }
+    }
+    p
+}
+
+/// Collapse whitespace runs so formatting-only differences hash alike.
+fn normalise(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// 64-bit SimHash over word trigrams.
+pub fn simhash(text: &str) -> u64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() {
+        return 0;
+    }
+    let mut acc = [0i32; 64];
+    let grams = words.len().saturating_sub(2).max(1);
+    for i in 0..grams {
+        let gram = words[i..(i + 3).min(words.len())].join(" ").to_lowercase();
+        let h = fnv64(gram.as_bytes());
+        for (b, a) in acc.iter_mut().enumerate() {
+            *a += if h >> b & 1 == 1 { 1 } else { -1 };
+        }
+    }
+    acc.iter().enumerate().fold(0u64, |h, (b, a)| if *a > 0 { h | 1 << b } else { h })
+}
+
+fn fnv64(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// JSON characters in `text`: whole-text JSON, else embedded objects/arrays of
+/// 20+ characters. Returns (json chars, text with that JSON minified).
+fn json_parts(text: &str) -> (usize, String) {
+    let t = text.trim();
+    if (t.starts_with('{') || t.starts_with('[')) && t.len() >= 2 {
+        if let Ok(v) = serde_json::from_str::<Value>(t) {
+            return (t.len(), v.to_string());
+        }
+    }
+    let b = text.as_bytes();
+    let (mut json, mut out, mut i, mut last) = (0, String::with_capacity(text.len()), 0, 0);
+    while i < b.len() {
+        if b[i] == b'{' || b[i] == b'[' {
+            let mut it = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+            if let Some(Ok(v)) = it.next() {
+                let n = it.byte_offset();
+                if n >= 20 && (v.is_object() || v.is_array()) {
+                    out.push_str(&text[last..i]);
+                    out.push_str(&v.to_string());
+                    json += n;
+                    i += n;
+                    last = i;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&text[last..]);
+    (json, out)
+}
+
+/// Whitespace beyond one character per run.
+fn removable_whitespace(text: &str) -> usize {
+    let mut n = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            run += 1;
+            if run > 1 {
+                n += 1;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    n
+}
+
+/// Characters of chunks (lines of at least `MIN_CHUNK`) seen earlier in the prompt.
+fn repeated_chars(text: &str) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .map(normalise)
+        .filter(|l| l.len() >= MIN_CHUNK)
+        .map(|l| if seen.insert(fnv64(l.as_bytes())) { 0 } else { l.len() })
+        .sum()
+}
+
+fn max_tokens(r: &Value) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| r.get(k).and_then(Value::as_u64))
+        .or_else(|| r.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64))
+        .or_else(|| r.pointer("/inferenceConfig/maxTokens").and_then(Value::as_u64))
+        .or_else(|| r.pointer("/options/num_predict").and_then(Value::as_u64))
+}
+
+/// Features of one request body; None when it is not JSON.
+pub fn compute(api: Api, request: &Value, hash: Hasher) -> Option<PromptFeatures> {
+    if !request.is_object() {
+        return None;
+    }
+    let mut f = PromptFeatures { max_tokens: max_tokens(request), ..Default::default() };
+    if matches!(api, Api::Embeddings | Api::OllamaEmbed | Api::GeminiEmbed) {
+        let n = match request.get("input").or_else(|| request.get("requests")) {
+            Some(Value::Array(a)) => a.len(),
+            Some(_) => 1,
+            None => usize::from(request.get("content").is_some()),
+        };
+        f.embedding_inputs = Some(n as u32);
+        f.prompt_hash =
+            Some(hash(normalise(&request.get("input").map(Value::to_string).unwrap_or_default()).as_bytes()));
+        return Some(f);
+    }
+    let p = extract(api, request);
+    f.message_count = p.messages.len() as u32;
+    let mut full = format!("{}\n{}\n", normalise(&p.system), p.tools);
+    for (role, t) in &p.messages {
+        full.push_str(role);
+        full.push(':');
+        full.push_str(&normalise(t));
+        full.push('\n');
+    }
+    f.prompt_hash = Some(hash(full.as_bytes()));
+    if !p.system.trim().is_empty() || !p.tools.is_empty() {
+        let prefix = format!("{}\n{}", normalise(&p.system), p.tools);
+        f.prefix_hash = Some(hash(prefix.as_bytes()));
+        f.prefix_tokens = Some(tokens::count_text("", p.system.trim()) + tokens::count_text("", &p.tools));
+    }
+    if let Some((_, first)) = p.messages.iter().find(|(r, _)| r == "user") {
+        f.conversation_hash = Some(hash(format!("{}\n{}", normalise(&p.system), normalise(first)).as_bytes()));
+    }
+    let user: String =
+        p.messages.iter().filter(|(r, _)| r == "user").map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n");
+    if !user.trim().is_empty() {
+        f.simhash = Some(format!("{:016x}", simhash(&user)));
+    }
+    f.tool_calls =
+        p.tool_calls.iter().map(|(n, a)| ToolCall { name: n.clone(), args_hash: hash(a.as_bytes()) }).collect();
+    // Shares over the prompt's own text (system + messages).
+    let mut all = p.system.clone();
+    for (_, t) in &p.messages {
+        all.push_str(t);
+    }
+    if all.len() > MAX_SCAN || all.is_empty() {
+        return Some(f);
+    }
+    let (json, minified) = json_parts(&all);
+    let ws = removable_whitespace(&all);
+    let total = all.len() as f64;
+    f.json_share = json as f64 / total;
+    f.whitespace_share = ws as f64 / total;
+    f.duplicate_chunk_share = repeated_chars(&all) as f64 / total;
+    if f.json_share >= 0.2 || f.whitespace_share >= 0.1 {
+        let compact = collapse_ws(&minified);
+        let before = tokens::count_text("", &all);
+        let after = tokens::count_text("", &compact);
+        f.minify_saved_tokens = Some(before.saturating_sub(after));
+    }
+    Some(f)
+}
+
+/// Each whitespace run -> its first character.
+fn collapse_ws(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_ws = false;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            if !prev_ws {
+                out.push(c);
+            }
+            prev_ws = true;
+        } else {
+            out.push(c);
+            prev_ws = false;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn h(b: &[u8]) -> String {
+        format!("h{:016x}", fnv64(b))
+    }
+
+    #[test]
+    fn same_prompt_same_hash_across_formatting_and_shapes_differ() {
+        let a = json!({"model":"gpt-4o","messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Hello  there"}]});
+        let b = json!({"model":"gpt-4o-mini","messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Hello there"}]});
+        let c = json!({"model":"gpt-4o","messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Bye"}]});
+        let fa = compute(Api::ChatCompletions, &a, &h).unwrap();
+        let fb = compute(Api::ChatCompletions, &b, &h).unwrap();
+        let fc = compute(Api::ChatCompletions, &c, &h).unwrap();
+        assert_eq!(fa.prompt_hash, fb.prompt_hash);
+        assert_ne!(fa.prompt_hash, fc.prompt_hash);
+        assert_eq!(fa.prefix_hash, fc.prefix_hash, "same system prompt");
+        assert_eq!(fa.message_count, 1);
+        assert!(fa.prefix_tokens.unwrap() >= 2);
+        assert_ne!(fa.conversation_hash, fc.conversation_hash);
+    }
+
+    #[test]
+    fn anthropic_gemini_bedrock_system_and_messages() {
+        let an = json!({"system":[{"type":"text","text":"You are a bot."}],"max_tokens":5,
+            "messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]});
+        let f = compute(Api::AnthropicMessages, &an, &h).unwrap();
+        assert_eq!(f.max_tokens, Some(5));
+        assert!(f.prefix_hash.is_some() && f.simhash.is_some());
+        let ge = json!({"systemInstruction":{"parts":[{"text":"You are a bot."}]},
+            "contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":7}});
+        let g = compute(Api::GeminiGenerate, &ge, &h).unwrap();
+        assert_eq!(g.max_tokens, Some(7));
+        assert_eq!(g.prefix_tokens, f.prefix_tokens);
+        let br = json!({"system":[{"text":"You are a bot."}],"messages":[{"role":"user","content":[{"text":"hi"}]}],
+            "inferenceConfig":{"maxTokens":9}});
+        assert_eq!(compute(Api::BedrockConverse, &br, &h).unwrap().max_tokens, Some(9));
+    }
+
+    #[test]
+    fn tool_calls_in_history_are_found_in_every_shape() {
+        let oa = json!({"messages":[{"role":"user","content":"find x"},
+            {"role":"assistant","tool_calls":[{"id":"1","type":"function","function":{"name":"search","arguments":"{\"q\": \"x\"}"}}]},
+            {"role":"tool","tool_call_id":"1","content":"none"},
+            {"role":"assistant","tool_calls":[{"id":"2","type":"function","function":{"name":"search","arguments":"{\"q\":\"x\"}"}}]}]});
+        let f = compute(Api::ChatCompletions, &oa, &h).unwrap();
+        assert_eq!(f.tool_calls.len(), 2);
+        assert_eq!(f.tool_calls[0], f.tool_calls[1], "same call whatever the spacing of its arguments");
+        let an = json!({"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"search","input":{"q":"x"}}]}]});
+        assert_eq!(compute(Api::AnthropicMessages, &an, &h).unwrap().tool_calls.len(), 1);
+        let ge = json!({"contents":[{"role":"model","parts":[{"functionCall":{"name":"search","args":{"q":"x"}}}]}]});
+        assert_eq!(compute(Api::GeminiGenerate, &ge, &h).unwrap().tool_calls[0].name, "search");
+    }
+
+    #[test]
+    fn json_whitespace_and_repeats_are_measured() {
+        let doc = serde_json::to_string_pretty(
+            &json!({"items":[{"id":1,"name":"alpha","tags":["a","b"]},{"id":2,"name":"beta","tags":[]}]}),
+        )
+        .unwrap();
+        let r = json!({"messages":[{"role":"user","content":format!("Classify these:\n{doc}")}]});
+        let f = compute(Api::ChatCompletions, &r, &h).unwrap();
+        assert!(f.json_share > 0.8, "{}", f.json_share);
+        assert!(f.minify_saved_tokens.unwrap() > 5, "{:?}", f.minify_saved_tokens);
+        let para = "The quarterly report shows revenue grew by twelve percent across all regions.";
+        let r = json!({"messages":[{"role":"user","content":format!("{para}\n{para}\nSummarise.")}]});
+        let f = compute(Api::ChatCompletions, &r, &h).unwrap();
+        assert!((f.duplicate_chunk_share - 0.45).abs() < 0.1, "{}", f.duplicate_chunk_share);
+        let r = json!({"messages":[{"role":"user","content":"plain short prompt"}]});
+        let f = compute(Api::ChatCompletions, &r, &h).unwrap();
+        assert_eq!((f.json_share, f.minify_saved_tokens), (0.0, None));
+    }
+
+    #[test]
+    fn simhash_near_duplicates_are_close() {
+        let a = simhash("What is the refund policy for orders shipped to Canada after the holiday period");
+        let b = simhash("What is the refund policy for orders shipped to Canada after the holiday season");
+        let c = simhash("Write a poem about the sea and the wind and the long grey evenings of winter");
+        assert!((a ^ b).count_ones() < (a ^ c).count_ones());
+        assert!((a ^ c).count_ones() > 16);
+    }
+
+    #[test]
+    fn embeddings_count_inputs() {
+        let f = compute(Api::Embeddings, &json!({"input":"one"}), &h).unwrap();
+        assert_eq!(f.embedding_inputs, Some(1));
+        let f = compute(Api::Embeddings, &json!({"input":["a","b","c"]}), &h).unwrap();
+        assert_eq!(f.embedding_inputs, Some(3));
+        assert_eq!(compute(Api::ChatCompletions, &Value::Null, &h), None);
+    }
+}
