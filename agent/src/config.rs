@@ -20,128 +20,167 @@ Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE) and a ker
 Prompt and completion text are never written; neither are credentials."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML config file; flags given on the command line override its values.
-    #[arg(long, short = 'c', value_name = "PATH")]
+    #[arg(global = true, long, short = 'c', value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Where records go: `jsonl:PATH` (appended, one JSON object per line) or
     /// `stdout`. Repeat for several outputs. Default: stdout.
-    #[arg(long = "output", short = 'o', value_name = "SPEC")]
+    #[arg(global = true, long = "output", short = 'o', value_name = "SPEC")]
     pub outputs: Vec<OutputSpec>,
-    /// Capture for this many seconds, then flush and exit 0. Default: until SIGINT/SIGTERM.
-    #[arg(long, value_name = "SECS")]
+    /// Capture this long (seconds, or with a unit: 90s, 30m, 2h), then flush and
+    /// exit 0. Default: until SIGINT/SIGTERM.
+    #[arg(global = true, long, value_name = "TIME", value_parser = parse_duration_secs)]
     pub duration: Option<u64>,
     /// Create this file once every probe is attached (for scripts and tests to wait on).
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
     /// Bearer token file for `--output collector:URL`.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub collector_token_file: Option<PathBuf>,
     /// CA certificate(s) trusted for an `https://` collector. Default: public roots.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub collector_ca_file: Option<PathBuf>,
     /// Client certificate (PEM chain) for mutual TLS with the collector.
-    #[arg(long, value_name = "PATH", requires = "collector_key_file")]
+    #[arg(global = true, long, value_name = "PATH", requires = "collector_key_file")]
     pub collector_cert_file: Option<PathBuf>,
     /// Private key (PEM) of --collector-cert-file.
-    #[arg(long, value_name = "PATH", requires = "collector_cert_file")]
+    #[arg(global = true, long, value_name = "PATH", requires = "collector_cert_file")]
     pub collector_key_file: Option<PathBuf>,
     /// Where batches for the collector wait until acknowledged (kept across
     /// restarts). Default: /var/lib/tokentap/spool.
-    #[arg(long, value_name = "DIR")]
+    #[arg(global = true, long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
     /// Largest collector spool; past it the oldest batches are dropped (counted).
     /// Default: 1073741824.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(global = true, long, value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
     /// This node's cluster name, sent with every batch (the `cluster` column).
-    #[arg(long, value_name = "NAME")]
+    #[arg(global = true, long, value_name = "NAME")]
     pub cluster_name: Option<String>,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
     /// every few seconds and at exit.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
     /// Price file (JSON, same format as the shipped table) whose models override
     /// or extend the shipped prices.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub prices: Option<PathBuf>,
     /// Kernel ring buffer size in bytes (power of two). Default: 16777216.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(global = true, long, value_name = "BYTES")]
     pub ring_buffer_bytes: Option<u32>,
     /// Largest request or response body kept per call; larger calls are dropped and
     /// counted. Also caps decompressed size. Default: 16777216.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(global = true, long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Bytes all connections may buffer together; above it the biggest are dropped
     /// (counted). Default: 268435456.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(global = true, long, value_name = "BYTES")]
     pub max_buffered_bytes: Option<usize>,
     /// Most connections tracked at once; the least recently active is evicted. Default: 16384.
-    #[arg(long, value_name = "N")]
+    #[arg(global = true, long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// Forget a connection after this long without traffic. Default: 300.
-    #[arg(long, value_name = "SECS")]
+    #[arg(global = true, long, value_name = "SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Rescan all processes for new TLS libraries this often (exec events also
     /// trigger a scan of the new process). Default: 10.
-    #[arg(long, value_name = "SECS")]
+    #[arg(global = true, long, value_name = "SECS")]
     pub rescan_interval_secs: Option<u64>,
     /// Provider rules file (TOML: `[hosts]` host pattern -> provider, `[paths]`
     /// path -> API shape) added on top of the built-in rules and the config
     /// file's `[providers]`; see docs/providers.md.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub providers: Option<PathBuf>,
     /// Do not capture plaintext HTTP at the socket syscalls (self-hosted models,
     /// in-mesh traffic); TLS capture is unaffected.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub no_socket_capture: bool,
     /// Extra directory to search for libssl.so* at start (repeatable).
-    #[arg(long = "lib-dir", value_name = "DIR")]
+    #[arg(global = true, long = "lib-dir", value_name = "DIR")]
     pub lib_dirs: Vec<PathBuf>,
     /// Log filter (tracing syntax, e.g. `info`, `tokentap_agent=debug`). RUST_LOG also works.
-    #[arg(long, value_name = "FILTER")]
+    #[arg(global = true, long, value_name = "FILTER")]
     pub log_level: Option<String>,
     /// Request header that names the end user (e.g. `x-end-user`); wins over the
     /// user fields of the request body.
-    #[arg(long, value_name = "HEADER")]
+    #[arg(global = true, long, value_name = "HEADER")]
     pub end_user_header: Option<String>,
     /// Request header that names the product feature (e.g. `x-feature`).
-    #[arg(long, value_name = "HEADER")]
+    #[arg(global = true, long, value_name = "HEADER")]
     pub feature_header: Option<String>,
     /// OpenTelemetry resource attribute copied into the record's `labels`
     /// (repeatable, e.g. `--label team --label cost-center`).
-    #[arg(long = "label", value_name = "KEY")]
+    #[arg(global = true, long = "label", value_name = "KEY")]
     pub labels: Vec<String>,
     /// Attach Kubernetes pod metadata (pod, namespace, workload, labels) to
     /// records. On by default when running in a pod (service account present).
-    #[arg(long, conflicts_with = "no_kubernetes")]
+    #[arg(global = true, long, conflicts_with = "no_kubernetes")]
     pub kubernetes: bool,
     /// Never contact the Kubernetes API, even in a pod.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub no_kubernetes: bool,
     /// Kubernetes API server URL. Default: in-cluster (`KUBERNETES_SERVICE_HOST`).
-    #[arg(long, value_name = "URL")]
+    #[arg(global = true, long, value_name = "URL")]
     pub kube_api_url: Option<String>,
     /// Bearer token file for the API server. Default: the pod's service account token.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub kube_token_file: Option<PathBuf>,
     /// CA certificate(s) of the API server. Default: the service account's ca.crt.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub kube_ca_file: Option<PathBuf>,
     /// Poll this kubelet (`https://NODE:10250`) for the node's pods instead of the
     /// API server (token and CA from --kube-token-file / --kube-ca-file).
-    #[arg(long, value_name = "URL", conflicts_with = "kube_api_url")]
+    #[arg(global = true, long, value_name = "URL", conflicts_with = "kube_api_url")]
     pub kubelet_url: Option<String>,
     /// How often to poll the kubelet. Default: 10.
-    #[arg(long, value_name = "SECS")]
+    #[arg(global = true, long, value_name = "SECS")]
     pub kubelet_poll_secs: Option<u64>,
     /// This node's name (pods are watched with `spec.nodeName=NAME`). Default:
     /// `NODE_NAME`, else the host name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(global = true, long, value_name = "NAME")]
     pub node_name: Option<String>,
     /// Secret for `api_key_id` fingerprints, created (mode 0600) if missing.
     /// Default: /var/lib/tokentap/key-secret.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub key_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Capture (with the capture flags, e.g. --duration 30m; Ctrl-C ends early),
+    /// then write the assessment to DIR: events.jsonl, opportunities.json,
+    /// report.md and report.html.
+    Audit {
+        /// Directory for the assessment files (created).
+        #[arg(long, value_name = "DIR", default_value = "tokentap-audit")]
+        out: PathBuf,
+    },
+    /// Render the assessment again from an events file (e.g. an audit's events.jsonl).
+    Report {
+        /// Records, one JSON object per line.
+        events: PathBuf,
+        /// Directory for opportunities.json, report.md and report.html. Default: beside EVENTS.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `1800`, `90s`, `30m`, `2h`, `1d` -> seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected seconds or a number with s, m, h or d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(n * mult)
 }
 
 /// The TOML file. Keys mirror the flags.
@@ -220,6 +259,8 @@ pub struct Settings {
     pub lib_dirs: Vec<PathBuf>,
     /// Plaintext HTTP capture at the socket syscalls.
     pub socket_capture: bool,
+    /// Print capture progress to stderr every few seconds (audits).
+    pub progress: bool,
     /// `--output collector:` settings.
     pub collector_token_file: Option<PathBuf>,
     pub collector_ca_file: Option<PathBuf>,
@@ -275,6 +316,7 @@ impl Settings {
             ),
             lib_dirs,
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
+            progress: matches!(cli.command, Some(Command::Audit { .. })),
             collector_token_file: cli.collector_token_file.clone().or(file.collector_token_file),
             collector_ca_file: cli.collector_ca_file.clone().or(file.collector_ca_file),
             collector_client_cert: cli
@@ -350,6 +392,17 @@ mod tests {
         let p = std::env::temp_dir().join(format!("tt-cfg-{}-{name}.toml", std::process::id()));
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn durations_with_units() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("30m"), Ok(1800));
+        assert_eq!(parse_duration_secs("2h"), Ok(7200));
+        assert!(parse_duration_secs("5w").is_err() && parse_duration_secs("m").is_err());
+        let cli = Cli::try_parse_from(["tokentap-agent", "audit", "--duration", "1m", "--out", "/tmp/x"]).unwrap();
+        assert_eq!(cli.duration, Some(60));
+        assert!(matches!(cli.command, Some(Command::Audit { .. })));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! -> [`attribution`] (who made the call) -> [`sinks`] (JSONL, stdout).
 //! [`pipeline`] wires the stages; [`run`] is the running agent.
 pub mod attribution;
+pub mod audit;
 pub mod capture;
 pub mod config;
 pub mod coverage;

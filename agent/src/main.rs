@@ -1,8 +1,19 @@
 use clap::Parser;
-use tokentap_agent::config::{Cli, Settings};
+use tokentap_agent::config::{Cli, Command, Settings};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Report { events, out }) = &cli.command {
+        // No capture, no root: render from a file.
+        let out = out.clone().unwrap_or_else(|| events.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
+        return match tokentap_agent::audit::write_report(events, &out, cli.prices.as_deref()) {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tokentap-agent report: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::resolve(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -14,7 +25,11 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     // Logs go to stderr so that `--output stdout` stays pure JSONL.
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match tokentap_agent::run::run(settings) {
+    let result = match &cli.command {
+        Some(Command::Audit { out }) => tokentap_agent::audit::audit(settings, out),
+        _ => tokentap_agent::run::run(settings),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

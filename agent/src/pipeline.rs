@@ -400,6 +400,7 @@ impl Pipeline {
             self.attribution.fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
+            Stats::add(&self.stats.cost_micro_usd, (record.cost_usd.unwrap_or(0.0) * 1e6).round() as u64);
             self.coverage.record(meta.tgid, record.comm.as_deref().unwrap_or(""), meta.source);
             for s in &mut self.sinks {
                 if let Err(e) = s.write(&record) {

@@ -140,9 +140,21 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     let deadline = settings.duration.map(|d| Instant::now() + d);
+    let mut last_progress = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
+        }
+        if settings.progress && last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            let s = stats.snapshot();
+            let left = deadline.map(|d| format!(", {}s left", d.saturating_duration_since(Instant::now()).as_secs()));
+            eprintln!(
+                "tokentap: {} LLM calls captured, ${:.4} spend so far{} (Ctrl-C to finish now)",
+                s.records,
+                s.cost_micro_usd as f64 / 1e6,
+                left.unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -47,6 +47,8 @@ counters! {
     connections_shed,
     /// LLM records written.
     records,
+    /// Spend of those records, in millionths of a USD.
+    cost_micro_usd,
     /// LLM calls dropped: no complete response (client died, connection reset, bytes lost).
     dropped_unanswered,
     /// LLM calls dropped: response body larger than the cap.

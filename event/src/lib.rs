@@ -4,6 +4,7 @@
 pub mod cost;
 pub mod opportunities;
 pub mod record;
+pub mod report;
 pub mod summary;
 pub mod tokens;
 pub mod wire;

@@ -197,6 +197,11 @@ pub fn detect(records: &[LlmCall], prices: &PriceTable, t: &Thresholds) -> Vec<O
     out
 }
 
+/// `1 call repeats`, `4 calls repeat`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn feat(r: &LlmCall) -> Option<&crate::PromptFeatures> {
     r.features.as_ref()
 }
@@ -221,7 +226,11 @@ fn duplicates(rs: &[&LlmCall], factor: f64) -> Vec<Opportunity> {
         top_groups(&dup, |v| json!({"model": model(v[0]), "service": v[0].service, "repeats": v.len()}));
     vec![opportunity(
         Kind::DuplicateCalls,
-        format!("{calls} calls repeat an identical prompt ({} distinct prompts)", dup.len()),
+        format!(
+            "{} an identical prompt ({})",
+            plural(calls, "call repeats", "calls repeat"),
+            plural(dup.len(), "distinct prompt", "distinct prompts")
+        ),
         saved,
         factor,
         calls as u64,
@@ -267,7 +276,7 @@ fn semantic(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
     let considered = clusters.iter().map(Vec::len).sum::<usize>().max(1);
     vec![opportunity(
         Kind::SemanticCache,
-        format!("{calls} calls are near-duplicates of an earlier prompt"),
+        format!("{} of an earlier prompt", plural(calls, "call is a near-duplicate", "calls are near-duplicates")),
         saved,
         factor,
         calls as u64,
@@ -305,7 +314,7 @@ fn prompt_caching(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresho
     }
     vec![opportunity(
         Kind::PromptCaching,
-        format!("{calls} calls resend a cacheable prefix without prompt caching"),
+        format!("{} a cacheable prefix without prompt caching", plural(calls, "call resends", "calls resend")),
         saved,
         factor,
         calls as u64,
@@ -340,7 +349,14 @@ fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) 
         .collect();
     vec![opportunity(
         Kind::ModelDowngrade,
-        format!("{calls} short classification/extraction-shaped calls use a frontier model"),
+        format!(
+            "{} a frontier model",
+            plural(
+                calls as usize,
+                "short classification/extraction-shaped call uses",
+                "short classification/extraction-shaped calls use"
+            )
+        ),
         saved,
         factor,
         calls,
@@ -395,9 +411,16 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
     if calls + dup_calls == 0 {
         return Vec::new();
     }
+    let mut parts = Vec::new();
+    if growing > 0 {
+        parts.push(format!("{} without summarisation", plural(growing, "conversation grows", "conversations grow")));
+    }
+    if dup_calls > 0 {
+        parts.push(format!("{} their own chunks", plural(dup_calls as usize, "prompt repeats", "prompts repeat")));
+    }
     vec![opportunity(
         Kind::ContextBloat,
-        format!("{growing} conversations grow without summarisation; {dup_calls} prompts repeat their own chunks"),
+        parts.join("; "),
         saved + dup_saved,
         factor,
         calls + dup_calls,
@@ -442,7 +465,10 @@ fn agent_loops(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity>
     }
     vec![opportunity(
         Kind::AgentLoop,
-        format!("{} agent conversations repeat the same tool call", loops.len()),
+        format!(
+            "{} the same tool call",
+            plural(loops.len(), "agent conversation repeats", "agent conversations repeat")
+        ),
         saved,
         factor,
         calls,
@@ -469,7 +495,10 @@ fn verbose(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) ->
     }
     vec![opportunity(
         Kind::VerboseFormat,
-        format!("{calls} prompts carry pretty-printed JSON or padding whitespace"),
+        format!(
+            "{} pretty-printed JSON or padding whitespace",
+            plural(calls as usize, "prompt carries", "prompts carry")
+        ),
         saved,
         factor,
         calls,
@@ -497,7 +526,7 @@ fn embeddings(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> 
     let who: Vec<Value> = hits.iter().map(|((w, m), v)| json!({"who": w, "model": m, "calls": v.len()})).collect();
     vec![opportunity(
         Kind::EmbeddingBatching,
-        format!("{calls} embeddings requests carry a single input"),
+        format!("{} a single input", plural(calls, "embeddings request carries", "embeddings requests carry")),
         saved,
         factor,
         calls as u64,

@@ -178,6 +178,10 @@ class Handler(BaseHTTPRequestHandler):
         inp, out = 1000 + 13 * n, 40 + n
         cached = 512 if n % 3 == 0 else 0
         reasoning = 7 if n % 2 == 0 else 0
+        planted = self.planted_usage()
+        if planted:
+            # The calibration workload states the usage to report (known truth).
+            inp, out, cached, reasoning = planted["input"], planted["output"], 0, 0
         usage = {
             "prompt_tokens": inp,
             "completion_tokens": out,
@@ -260,9 +264,16 @@ class Handler(BaseHTTPRequestHandler):
         self.sse({"type": "response.completed", "sequence_number": 3, "response": resp}, "response.completed")
         self.end_stream()
 
+    def planted_usage(self):
+        h = self.headers.get("x-test-usage")
+        return json.loads(h) if h else None
+
     def embeddings(self, req, n):
         model = req.get("model", "text-embedding-3-small")
         inp = 5000 + n
+        planted = self.planted_usage()
+        if planted:
+            inp = planted["input"]
         # Embeddings responses have no id: the unique input count identifies it.
         log({"response_id": None, "api": "embeddings", "model": model, "stream": False,
              "expected": {"input": inp, "output": 0, "cached": None, "cache_write": None,

@@ -5,13 +5,14 @@
 //! Everything here is real: the agent loads its eBPF programs into this kernel,
 //! the clients are the real SDKs and curl over real TLS. The tests need root and
 //! fail (not skip) with a clear message when it or a tool is missing.
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub mod calibrate;
 
 /// A distinctive fake credential: tests grep every output for it.
 pub const SECRET_KEY: &str = "sk-tokentap-test-SECRET-9f8e7d6c5b4a";
@@ -247,15 +248,15 @@ impl Drop for Server {
     }
 }
 
+/// Complete lines of a JSONL file another process may be writing: a last line
+/// without its newline is still being written and is left for the next read.
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
 
@@ -500,6 +501,25 @@ pub fn py_breadth(dir: &Path, certs: &Certs, base: &str, scenario: &str) -> Comm
     let args = [script, "--base".into(), base.into(), "--ca".into(), certs.ca.display().to_string()];
     let mut args = args.to_vec();
     args.extend(["--key".into(), SECRET_KEY.into(), scenario.into()]);
+    with_provider_hosts(dir, "python3", &args)
+}
+
+/// The workload runner (tests/clients/py_workload.py) on `calls`, written to `dir`.
+pub fn py_workload(dir: &Path, certs: &Certs, base: &str, name: &str, calls: &[Value]) -> Command {
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec(calls).expect("workload")).expect("workload file");
+    let script = workspace_root().join("tests/clients/py_workload.py").display().to_string();
+    let args: Vec<String> = [
+        script,
+        "--base".into(),
+        base.into(),
+        "--ca".into(),
+        certs.ca.display().to_string(),
+        "--key".into(),
+        SECRET_KEY.into(),
+        file.display().to_string(),
+    ]
+    .to_vec();
     with_provider_hosts(dir, "python3", &args)
 }
 

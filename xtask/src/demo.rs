@@ -1,11 +1,17 @@
-//! `cargo xtask demo`: the agent captures a built-in workload — a local HTTPS
-//! endpoint speaking the OpenAI and Anthropic formats, driven by the real Python
-//! SDKs, Node's openai package and curl — and the spend it saw is printed.
+//! `cargo xtask demo`: `tokentap-agent audit` captures a built-in workload — a
+//! local HTTPS endpoint speaking the OpenAI and Anthropic formats, driven by the
+//! real Python SDKs, Node's openai package and curl, with planted inefficiencies
+//! (duplicates, an uncached 2k-token system prompt, a frontier model doing
+//! yes/no, a tool loop, a growing conversation, pretty JSON, one-by-one
+//! embeddings) — and writes the assessment: report.md (printed), report.html,
+//! opportunities.json.
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use tokentap_e2e::{py_client, run_client, with_provider_hosts, Agent, Certs, Server, SECRET_KEY};
+use tokentap_e2e::{
+    calibrate, py_client, py_workload, run_client, with_provider_hosts, Agent, Certs, Server, SECRET_KEY,
+};
 use tokentap_event::LlmCall;
 
 pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
@@ -19,7 +25,9 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
     eprintln!("demo: starting a local LLM endpoint and the agent (needs root for eBPF)");
     let certs = Certs::generate(&out);
     let server = Server::start(&out, &certs);
-    let mut agent = Agent::start(&out, &[]);
+    let audit = out.join("audit");
+    let audit_s = audit.display().to_string();
+    let mut agent = Agent::start(&out, &["audit", "--out", &audit_s]);
     let openai = format!("https://api.openai.com:{}/v1", server.port);
     let anthropic = format!("https://api.anthropic.com:{}", server.port);
 
@@ -47,6 +55,10 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
         .args(["-d", r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#]);
     run_client(curl);
 
+    eprintln!("demo: a workload with planted inefficiencies (openai SDK)");
+    let (workload, _) = calibrate::planted(&tokentap_event::PriceTable::shipped());
+    run_client(py_workload(&out, &certs, &format!("https://api.openai.com:{}/v1", server.port), "workload", &workload));
+
     let served = server.served().len();
     tokentap_e2e::wait_for("the agent to record every call", std::time::Duration::from_secs(30), || {
         (agent.records().len() >= served).then_some(())
@@ -59,11 +71,11 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     println!("\ntokentap captured {} LLM calls ({} served by the endpoint):\n", records.len(), served);
-    print!("{}", tokentap_event::summary::render(&records));
+    print!("{}", std::fs::read_to_string(audit.join("report.md")).context("reading report.md")?);
     let stats = agent.stats();
     println!(
-        "\nrecords: {}\nagent counters: {}\nagent log: {}",
-        agent.records.display(),
+        "\nassessment: {}/{{report.md,report.html,opportunities.json,events.jsonl}}\nagent counters: {}\nagent log: {}",
+        audit.display(),
         agent.stats.display(),
         agent.stderr.display()
     );

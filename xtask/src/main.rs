@@ -40,7 +40,7 @@ enum Cmd {
     /// Capture a built-in workload (local TLS endpoint + real SDK clients) and
     /// print what tokentap saw.
     Demo {
-        /// Where records and logs go.
+        /// Where the assessment (audit/), records and logs go.
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
     },

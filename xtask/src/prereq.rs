@@ -85,6 +85,8 @@ pub fn test_tools(root: &Path) -> Result<()> {
         ("python3", "python3"),
         // Builds the Go net/http client (Go's own crypto/tls) of the breadth tests.
         ("go", "golang-go"),
+        // Renders report.html headless in the assessment test.
+        ("chromium", "chromium"),
     ] {
         if !have(tool) {
             pkgs.push(pkg);

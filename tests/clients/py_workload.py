@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Runs a workload file with the real openai SDK, one call at a time: each item
+is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}}; the usage goes to
+the test server in `x-test-usage` (the truth the calibration test checks).
+Prints {"calls": N, "pid": PID}.
+
+Usage: py_workload.py --base URL --ca CA.pem --key KEY WORKLOAD.json
+"""
+import argparse
+import json
+import os
+import ssl
+import sys
+
+import openai
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--ca", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("workload")
+    a = ap.parse_args()
+    ctx = ssl.create_default_context(cafile=a.ca)
+    oa = openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0,
+                       http_client=openai.DefaultHttpxClient(verify=ctx))
+    calls = json.load(open(a.workload))
+    for c in calls:
+        headers = {"x-test-usage": json.dumps(c["usage"])}
+        if c["api"] == "chat":
+            oa.chat.completions.create(**c["body"], extra_headers=headers)
+        else:
+            oa.embeddings.create(**c["body"], extra_headers=headers)
+    print(json.dumps({"calls": len(calls), "pid": os.getpid()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
