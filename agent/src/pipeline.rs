@@ -395,6 +395,7 @@ impl Pipeline {
                 comm: Some(comm_str(&meta.comm)),
                 end_user: parsed.end_user,
                 features: parsed.features,
+                service_tier: parsed.service_tier,
                 ..Default::default()
             };
             self.attribution.fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);

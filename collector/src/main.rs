@@ -81,11 +81,15 @@ enum Cmd {
     Serve,
     /// Apply the schema migrations, then exit.
     Migrate,
-    /// Print the Spend Map (calls, tokens, cost by provider/model and service) from ClickHouse.
+    /// The assessment from ClickHouse — Spend Map, Opportunity Register,
+    /// Remediation Roadmap — printed as Markdown (the agent's audit code).
     Report {
         /// How far back: e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "7d")]
         since: String,
+        /// Also write report.md, report.html and opportunities.json here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -140,7 +144,7 @@ async fn main() -> Result<()> {
             let applied = schema::migrate(&admin, &schema_cfg).await.context("applying migrations")?;
             println!("migrations applied: {applied:?}");
         }
-        Cmd::Report { since } => {
+        Cmd::Report { since, out } => {
             let since = parse_since(since)?;
             let rows: Vec<CallRow> = client
                 .query("SELECT ?fields FROM llm_calls FINAL WHERE ts >= now64(6) - toIntervalSecond(?) ORDER BY ts")
@@ -149,7 +153,16 @@ async fn main() -> Result<()> {
                 .await
                 .context("reading llm_calls")?;
             let records: Vec<_> = rows.into_iter().map(CallRow::into_record).collect();
-            print!("{}", tokentap_event::summary::render(&records));
+            let prices = tokentap_event::PriceTable::shipped();
+            let opps = tokentap_event::opportunities::detect(&records, &prices, &Default::default());
+            let md = tokentap_event::report::markdown(&records, &opps);
+            print!("{md}");
+            if let Some(dir) = out {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::write(dir.join("report.md"), &md)?;
+                std::fs::write(dir.join("report.html"), tokentap_event::report::html(&records, &opps))?;
+                std::fs::write(dir.join("opportunities.json"), serde_json::to_string_pretty(&opps)? + "\n")?;
+            }
         }
         Cmd::Serve => {
             let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;

@@ -52,6 +52,7 @@ pub struct CallRow {
     pub cluster: String,
     /// The record's `features` as JSON ('' when absent).
     pub features: String,
+    pub service_tier: Option<String>,
 }
 
 impl CallRow {
@@ -100,6 +101,7 @@ impl CallRow {
             labels: r.labels.into_iter().collect(),
             cluster: cluster.to_owned(),
             features: r.features.as_ref().and_then(|f| serde_json::to_string(f).ok()).unwrap_or_default(),
+            service_tier: r.service_tier,
         }
     }
 
@@ -143,6 +145,7 @@ impl CallRow {
             feature: self.feature,
             labels: self.labels.into_iter().collect(),
             features: serde_json::from_str(&self.features).ok(),
+            service_tier: self.service_tier,
         }
     }
 }

@@ -1,13 +1,13 @@
 //! Price table and cost. The shipped table (`data/prices.json`) is derived from a
 //! public price list by `cargo xtask prices`; users override or add models with
 //! their own file in the same format.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// USD per token. Missing cache prices fall back to the input price.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prices {
     pub input: f64,
     pub output: f64,
@@ -15,9 +15,88 @@ pub struct Prices {
     pub cache_read: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write: Option<f64>,
+    /// Reasoning tokens, where priced apart from other output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<f64>,
+    /// Prices for prompts above a size (e.g. Gemini Pro above 200k tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContext>,
+    /// Prices of a service tier (`batch`, `flex`, `priority`), where they differ.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, TierPrices>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LongContext {
+    /// Input tokens above which these prices apply to the whole call.
+    pub above_input_tokens: u64,
+    pub input: f64,
+    pub output: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TierPrices {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+}
+
+/// What a call used, for pricing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Use<'a> {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+    pub reasoning: u64,
+    /// `service_tier` of the call (`default` and `auto` are the standard prices).
+    pub tier: Option<&'a str>,
 }
 
 impl Prices {
+    /// Input and output prices only.
+    pub fn flat(input: f64, output: f64) -> Self {
+        Self {
+            input,
+            output,
+            cache_read: None,
+            cache_write: None,
+            reasoning: None,
+            long_context: None,
+            tiers: BTreeMap::new(),
+        }
+    }
+
+    /// The call's cost with every pricing rule: service tier, long-context
+    /// prices, separately priced reasoning, cache reads and writes.
+    pub fn cost_of(&self, u: &Use) -> f64 {
+        let mut p = Prices { tiers: BTreeMap::new(), long_context: None, ..self.clone() };
+        if let Some(lc) = self.long_context.as_ref().filter(|lc| u.input > lc.above_input_tokens) {
+            p.input = lc.input;
+            p.output = lc.output;
+            p.cache_read = lc.cache_read.or(p.cache_read);
+        }
+        let tier = match u.tier {
+            Some("batch") | Some("batches") => Some("batch"),
+            Some(t) if t != "default" && t != "auto" && t != "standard" => Some(t),
+            _ => None,
+        };
+        if let Some(t) = tier.and_then(|t| self.tiers.get(t)) {
+            p.input = t.input;
+            p.output = t.output;
+            p.cache_read = t.cache_read.or(p.cache_read);
+        }
+        let base = p.cost(u.input, u.output, u.cached, u.cache_write);
+        match self.reasoning {
+            // Reasoning is part of `output`: re-price that part.
+            Some(r) => base + u.reasoning.min(u.output) as f64 * (r - p.output),
+            None => base,
+        }
+    }
+
     /// Cost = (input - cached - cache_write) x input + cached x cache_read
     ///      + cache_write x cache_write price + output x output.
     pub fn cost(&self, input: u64, output: u64, cached: u64, cache_write: u64) -> f64 {
@@ -163,14 +242,41 @@ mod tests {
 
     #[test]
     fn cost_follows_the_contract_formula() {
-        let p = Prices { input: 3e-6, output: 15e-6, cache_read: Some(0.3e-6), cache_write: Some(3.75e-6) };
+        let p = Prices {
+            input: 3e-6,
+            output: 15e-6,
+            cache_read: Some(0.3e-6),
+            cache_write: Some(3.75e-6),
+            ..Prices::flat(0.0, 0.0)
+        };
         // 1000 input of which 200 cached, 100 written; 50 output.
         let c = p.cost(1000, 50, 200, 100);
         let want = 700.0 * 3e-6 + 200.0 * 0.3e-6 + 100.0 * 3.75e-6 + 50.0 * 15e-6;
         assert!((c - want).abs() < 1e-12, "{c} vs {want}");
         // Missing cache prices fall back to the input price.
-        let p = Prices { input: 1e-6, output: 2e-6, cache_read: None, cache_write: None };
+        let p = Prices::flat(1e-6, 2e-6);
         assert!((p.cost(10, 10, 5, 0) - (10e-6 + 20e-6)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn tiers_long_context_and_reasoning() {
+        let t = PriceTable::shipped();
+        let g = t.lookup("gemini-2.5-pro").expect("gemini-2.5-pro priced");
+        let lc = g.long_context.as_ref().expect("long-context prices");
+        let small = Use { input: 1000, output: 100, ..Default::default() };
+        let big = Use { input: 300_000, output: 100, ..Default::default() };
+        assert!((g.cost_of(&small) - (1000.0 * g.input + 100.0 * g.output)).abs() < 1e-15);
+        assert!((g.cost_of(&big) - (300_000.0 * lc.input + 100.0 * lc.output)).abs() < 1e-12);
+        let o = t.lookup("gpt-4o").unwrap();
+        let batch = Use { input: 1000, output: 100, tier: Some("batch"), ..Default::default() };
+        let std = Use { input: 1000, output: 100, tier: Some("default"), ..Default::default() };
+        assert!((o.cost_of(&batch) * 2.0 - o.cost_of(&std)).abs() < 1e-15, "batch is half price for gpt-4o");
+        let unknown_tier = Use { tier: Some("scale"), ..std };
+        assert_eq!(o.cost_of(&unknown_tier), o.cost_of(&std));
+        let mut r = Prices::flat(1e-6, 4e-6);
+        r.reasoning = Some(8e-6);
+        let u = Use { input: 0, output: 100, reasoning: 40, ..Default::default() };
+        assert!((r.cost_of(&u) - (60.0 * 4e-6 + 40.0 * 8e-6)).abs() < 1e-15);
     }
 
     #[test]
@@ -188,7 +294,7 @@ mod tests {
     #[test]
     fn lookup_strips_prefix_and_dates() {
         let t = PriceTable::shipped();
-        let base = *t.lookup("gpt-4o").unwrap();
+        let base = t.lookup("gpt-4o").unwrap().clone();
         assert_eq!(t.lookup("openai/gpt-4o"), Some(&base));
         assert_eq!(t.lookup("GPT-4o"), Some(&base));
         assert_eq!(strip_date_suffix("gpt-4o-2099-08-06"), "gpt-4o");

@@ -51,6 +51,10 @@ pub struct LlmCall {
     pub api_key_id: Option<String>,
     /// Product feature, from a configured request header.
     pub feature: Option<String>,
+    /// The service tier the provider applied (`default`, `flex`, `priority`,
+    /// `batch`), when it says; priced accordingly.
+    #[serde(default)]
+    pub service_tier: Option<String>,
     /// Configured labels (e.g. `team`, `cost-center`) copied from the process's
     /// OpenTelemetry resource attributes.
     pub labels: std::collections::BTreeMap<String, String>,
@@ -124,9 +128,15 @@ impl LlmCall {
             self.cost_usd = None;
             return;
         };
-        self.cost_usd = prices.lookup(model).map(|p| {
-            p.cost(input, output, self.cached_input_tokens.unwrap_or(0), self.cache_write_tokens.unwrap_or(0))
-        });
+        let u = crate::cost::Use {
+            input,
+            output,
+            cached: self.cached_input_tokens.unwrap_or(0),
+            cache_write: self.cache_write_tokens.unwrap_or(0),
+            reasoning: self.reasoning_tokens.unwrap_or(0),
+            tier: self.service_tier.as_deref(),
+        };
+        self.cost_usd = prices.lookup(model).map(|p| p.cost_of(&u));
     }
 }
 

@@ -38,7 +38,7 @@ fn user(text: &str) -> Value {
 pub type Truths = Vec<(&'static str, f64)>;
 
 fn price(prices: &PriceTable, model: &str) -> tokentap_event::Prices {
-    *prices.lookup(model).unwrap_or_else(|| panic!("no price for {model}"))
+    prices.lookup(model).unwrap_or_else(|| panic!("no price for {model}")).clone()
 }
 
 /// The planted workload and the truth of each planted saving.

@@ -59,19 +59,27 @@ fn fill(ch: &ClickHouse) {
     ch.query(
         "INSERT INTO llm_calls (event_id, ts, duration_ms, ttft_ms, provider, operation, request_model, response_model, \
          model, stream, status, input_tokens, output_tokens, cached_input_tokens, usage_source, cost_usd, tls_library, \
-         comm, namespace, workload, service, labels, cluster) \
+         comm, namespace, workload, service, labels, cluster, features) \
          SELECT generateUUIDv4(number), toDateTime64('2026-11-21 00:00:00', 6) + number * 397, 100 + number % 900, \
          if(number % 2 = 0, 50 + number % 200, NULL), \
          ['openai', 'anthropic', 'google', 'bedrock', 'ollama'][1 + number % 5], 'chat', \
-         ['gpt-4o', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'anthropic.claude-3-5-haiku-20241022-v1:0', 'llama3.2'][1 + number % 5], \
+         if(number % 7 = 3, 'text-embedding-3-small', ['gpt-4o', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'anthropic.claude-3-5-haiku-20241022-v1:0', 'llama3.2'][1 + number % 5]), \
          NULL, \
-         ['gpt-4o', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'anthropic.claude-3-5-haiku-20241022-v1:0', 'llama3.2'][1 + number % 5], \
+         if(number % 7 = 3, 'text-embedding-3-small', ['gpt-4o', 'claude-sonnet-4-5', 'gemini-2.5-flash', 'anthropic.claude-3-5-haiku-20241022-v1:0', 'llama3.2'][1 + number % 5]), \
          number % 3 = 0, [200, 200, 200, 200, 200, 200, 429, 500][1 + number % 8], \
-         1000 + number, 50 + number % 100, number % 500, if(number % 7 = 0, 'estimated', 'reported'), \
+         1000 + number * 5, if(number % 10 = 0, 1, 50 + number % 100), if(number % 4 = 0, 0, number % 500), if(number % 7 = 0, 'estimated', 'reported'), \
          if(number % 5 = 4, NULL, (1000 + number) * 2.5e-6), [NULL, 'openssl', 'go_tls'][1 + number % 3], \
          ['python3', 'node', 'api-server'][1 + number % 3], ['payments', 'search', 'support'][1 + number % 3], \
-         'wl', ['checkout', 'ranker', 'bot', 'summarizer'][1 + number % 4], map('team', 'a'), \
-         ['prod-eu', 'prod-us'][1 + number % 2] FROM numbers(600)",
+         'wl', if(number % 7 = 3, 'indexer', ['checkout', 'ranker', 'bot', 'summarizer'][1 + number % 4]), map('team', 'a'), \
+         ['prod-eu', 'prod-us'][1 + number % 2], \
+         if(number % 7 = 3, '{\"prompt_hash\":\"e' || toString(number) || '\",\"embedding_inputs\":1,\"message_count\":0,\"json_share\":0,\"whitespace_share\":0,\"duplicate_chunk_share\":0}', \
+            '{\"prompt_hash\":\"p' || toString(number % 40) || '\",\"prefix_hash\":\"s' || toString(number % 3) || \
+            '\",\"prefix_tokens\":' || toString(if(number % 2 = 0, 2000, 100)) || \
+            ',\"conversation_hash\":\"c' || toString(number % 25) || '\",\"message_count\":' || toString(number % 9) || \
+            ',\"tool_calls\":' || if(number % 5 = 0, '[{\"name\":\"search\",\"args_hash\":\"a\"},{\"name\":\"search\",\"args_hash\":\"a\"}]', '[]') || \
+            ',\"json_share\":0.5,\"whitespace_share\":0.2,\"minify_saved_tokens\":' || toString(number % 200) || \
+            ',\"max_tokens\":null,\"duplicate_chunk_share\":0}') \
+         FROM numbers(600)",
     );
 }
 
@@ -139,7 +147,7 @@ fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
             }
         }
     }
-    assert_eq!(dashboards, 3, "Spend Map, Usage & latency, Agent health");
+    assert_eq!(dashboards, 4, "Spend Map, Usage & latency, Agent health, Opportunities");
     // The provisioning files are there and name the dashboards directory and plugin.
     let prov = workspace_root().join("dashboards/provisioning");
     let ds = std::fs::read_to_string(prov.join("datasources/clickhouse.yaml")).expect("datasource provisioning");

@@ -80,6 +80,44 @@ fn planted_inefficiencies_are_found_with_their_savings() {
     let kinds = |v: &[Value]| v.iter().map(|o| o["kind"].to_string()).collect::<Vec<_>>();
     assert_eq!(kinds(&opps2), kinds(&opps));
     screenshot_has_charts(&out.join("report.html"));
+    same_register_from_clickhouse(&out, &opps);
+}
+
+/// The events through a collector into ClickHouse, then `tokentap-collector
+/// report`: the same register as the audit's.
+fn same_register_from_clickhouse(out: &std::path::Path, opps: &[Value]) {
+    let dir = scratch("calibrate-clickhouse");
+    let ch = ClickHouse::start(&dir, "calibrate");
+    let collector = Collector::start(&dir, &ch);
+    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    let records: Vec<tokentap_event::LlmCall> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let auth = format!("Bearer {}", collector.token);
+    let (status, text) = collector.post(
+        &tokentap_event::wire::encode(&records),
+        &[("authorization", auth.as_str()), ("content-encoding", "zstd")],
+    );
+    assert_eq!(status, 200, "{text}");
+    let report_dir = dir.join("report");
+    let mut c = Command::new(collector_bin());
+    c.args(["report", "--since", "30d", "--clickhouse-url", &ch.url, "--database", &ch.database])
+        .args(["--out", &report_dir.display().to_string()]);
+    if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
+        c.args(["--clickhouse-compression", "none"]);
+    }
+    let o = c.output().expect("collector report");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_ch: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(report_dir.join("opportunities.json")).unwrap()).unwrap();
+    assert_eq!(from_ch.len(), opps.len(), "{from_ch:#?}");
+    for (a, b) in opps.iter().zip(&from_ch) {
+        assert_eq!(a["kind"], b["kind"]);
+        assert_eq!(a["affected_calls"], b["affected_calls"]);
+        let (x, y) = (
+            a["estimated_monthly_savings_usd"].as_f64().unwrap(),
+            b["estimated_monthly_savings_usd"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-6 * x.max(1e-9), "{}: {x} vs {y}", a["kind"]);
+    }
 }
 
 #[test]

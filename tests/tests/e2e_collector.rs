@@ -120,6 +120,7 @@ fn agent_to_collector_to_clickhouse_exact_rows_and_rollups() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("gpt-4o-mini-2024-07-18") && text.contains("claude-sonnet-4-5-20250929"), "{text}");
+    assert!(text.contains("## Opportunity Register") && text.contains("## Remediation Roadmap"), "{text}");
     let stats = w.env.finish();
     assert_eq!(stats["collector_records_sent"], 9, "{stats}");
     assert!(!w.collector.log().contains(SECRET_KEY));

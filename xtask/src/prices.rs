@@ -34,6 +34,42 @@ pub fn generate(from: &Path, to: &Path) -> Result<()> {
         if let Some(w) = v.get("cache_creation_input_token_cost").and_then(Value::as_f64) {
             e["cache_write"] = json!(w);
         }
+        let f = |k: &str| v.get(k).and_then(Value::as_f64);
+        if let Some(r) = f("output_cost_per_reasoning_token") {
+            e["reasoning"] = json!(r);
+        }
+        // Long-context prices: the lowest threshold the list names.
+        for threshold in ["128k", "200k", "272k"] {
+            let (Some(i), Some(o)) = (
+                f(&format!("input_cost_per_token_above_{threshold}_tokens")),
+                f(&format!("output_cost_per_token_above_{threshold}_tokens")),
+            ) else {
+                continue;
+            };
+            let above: u64 = threshold.trim_end_matches('k').parse::<u64>().unwrap_or(0) * 1000;
+            let mut lc = json!({"above_input_tokens": above, "input": i, "output": o});
+            if let Some(c) = f(&format!("cache_read_input_token_cost_above_{threshold}_tokens")) {
+                lc["cache_read"] = json!(c);
+            }
+            e["long_context"] = lc;
+            break;
+        }
+        let mut tiers = Map::new();
+        for (tier, suffix) in [("batch", "batches"), ("flex", "flex"), ("priority", "priority")] {
+            let (Some(i), Some(o)) =
+                (f(&format!("input_cost_per_token_{suffix}")), f(&format!("output_cost_per_token_{suffix}")))
+            else {
+                continue;
+            };
+            let mut t = json!({"input": i, "output": o});
+            if let Some(c) = f(&format!("cache_read_input_token_cost_{suffix}")) {
+                t["cache_read"] = json!(c);
+            }
+            tiers.insert(tier.to_owned(), t);
+        }
+        if !tiers.is_empty() {
+            e["tiers"] = Value::Object(tiers);
+        }
         models.insert(name.clone(), e);
     }
     let out = json!({"version": version, "models": models});

@@ -141,6 +141,9 @@ pub struct Parsed {
     pub stream_finished: bool,
     /// Prompt features of the request (no prompt text).
     pub features: Option<tokentap_event::PromptFeatures>,
+    /// Service tier: as answered (OpenAI `service_tier`, Anthropic
+    /// `usage.service_tier`), else as requested.
+    pub service_tier: Option<String>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -177,6 +180,7 @@ pub fn parse(
         // Ollama streams unless told not to.
         stream: request.get("stream").and_then(Value::as_bool).unwrap_or(ollama) || endpoint.api.always_streams(),
         features: features::compute(endpoint.api, &request, hash),
+        service_tier: request.get("service_tier").and_then(Value::as_str).map(str::to_owned),
         ..Default::default()
     };
     let status = ex.response.head.status.unwrap_or(0);
@@ -214,11 +218,33 @@ pub fn parse(
     if !ex.response.complete && !parsed.stream_finished {
         return Err(ProviderError::Incomplete);
     }
+    if let Some(t) = answered_tier(&body, is_sse) {
+        parsed.service_tier = Some(t);
+    }
     // The first-content offset is only meaningful on the raw body.
     if ex.response.head.header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
         parsed.first_content_offset = parsed.first_content_offset.map(|_| 0);
     }
     Ok(parsed)
+}
+
+/// The tier a response says it was served at: `service_tier` at the top level
+/// (OpenAI chat, Responses under `response`) or in `usage` (Anthropic), in the
+/// body or in any event of a stream.
+fn answered_tier(body: &[u8], is_sse: bool) -> Option<String> {
+    let find = |v: &Value| {
+        ["/service_tier", "/response/service_tier", "/usage/service_tier", "/message/usage/service_tier"]
+            .iter()
+            .find_map(|p| v.pointer(p).and_then(Value::as_str).map(str::to_owned))
+    };
+    if is_sse {
+        crate::http::sse::parse(body)
+            .iter()
+            .rev()
+            .find_map(|e| serde_json::from_str::<Value>(&e.data).ok().as_ref().and_then(find))
+    } else {
+        serde_json::from_slice::<Value>(body).ok().as_ref().and_then(find)
+    }
 }
 
 pub(crate) fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
@@ -250,6 +276,16 @@ mod tests {
         assert_eq!(host_without_port("a.b:443"), "a.b");
         assert_eq!(host_without_port("a.b"), "a.b");
         assert_eq!(host_without_port("[::1]:8443"), "::1");
+    }
+
+    #[test]
+    fn answered_service_tier_in_bodies_and_streams() {
+        let f = |n: &str| std::fs::read(format!("{}/tests/fixtures/{n}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert_eq!(answered_tier(&f("openai/chat_sync.json"), false).as_deref(), Some("default"));
+        assert_eq!(answered_tier(&f("anthropic/messages_sync.json"), false).as_deref(), Some("standard"));
+        let sse = b"data: {\"type\":\"response.completed\",\"response\":{\"service_tier\":\"flex\"}}\n\n";
+        assert_eq!(answered_tier(sse, true).as_deref(), Some("flex"));
+        assert_eq!(answered_tier(b"{}", false), None);
     }
 
     #[test]
