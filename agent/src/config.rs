@@ -16,7 +16,8 @@ use crate::sinks::OutputSpec;
     about = "Capture LLM API calls on this host with eBPF and write one record per call.",
     long_about = "Capture LLM API calls on this host with eBPF (uprobes on TLS libraries) and \
 write one record per call: provider, model, tokens, cost, latency, process, container.\n\n\
-Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE) and a kernel with BTF.\n\
+Needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + CAP_SYS_ADMIN (uprobe creation) \
+(+ CAP_SYS_RESOURCE on kernels before 5.11), and Linux 5.17+.\n\
 Prompt and completion text are never written; neither are credentials."
 )]
 pub struct Cli {
@@ -36,6 +37,10 @@ pub struct Cli {
     /// Create this file once every probe is attached (for scripts and tests to wait on).
     #[arg(global = true, long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g.
+    /// 0.0.0.0:9464). Default: off.
+    #[arg(global = true, long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Bearer token file for `--output collector:URL`.
     #[arg(global = true, long, value_name = "PATH")]
     pub collector_token_file: Option<PathBuf>,
@@ -202,6 +207,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub lib_dirs: Vec<PathBuf>,
     pub socket_capture: Option<bool>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub collector_token_file: Option<PathBuf>,
     pub collector_ca_file: Option<PathBuf>,
     pub collector_cert_file: Option<PathBuf>,
@@ -261,6 +267,8 @@ pub struct Settings {
     pub socket_capture: bool,
     /// Print capture progress to stderr every few seconds (audits).
     pub progress: bool,
+    /// Where /metrics, /healthz and /readyz are served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `--output collector:` settings.
     pub collector_token_file: Option<PathBuf>,
     pub collector_ca_file: Option<PathBuf>,
@@ -317,6 +325,7 @@ impl Settings {
             lib_dirs,
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
             progress: matches!(cli.command, Some(Command::Audit { .. })),
+            metrics_listen: cli.metrics_listen.or(file.metrics_listen),
             collector_token_file: cli.collector_token_file.clone().or(file.collector_token_file),
             collector_ca_file: cli.collector_ca_file.clone().or(file.collector_ca_file),
             collector_client_cert: cli

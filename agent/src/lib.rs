@@ -12,6 +12,7 @@ pub mod config;
 pub mod coverage;
 pub mod discovery;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod providers;

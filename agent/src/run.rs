@@ -34,6 +34,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(version = prices.version(), models = prices.len(), "price table loaded");
     let stats = Arc::new(Stats::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = settings.metrics_listen {
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;
+        crate::metrics::serve(l, stats.clone(), ready.clone())?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
     let mut outputs = Vec::new();
     for o in &settings.outputs {
         let collector = |url| sinks::collector::CollectorConfig {
@@ -129,6 +135,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(r) = &settings.ready_file {
         std::fs::write(r, b"ready\n").with_context(|| format!("writing ready file {}", r.display()))?;
     }
+    ready.store(true, Ordering::Relaxed);
 
     let discovery_thread = {
         let (stop, stats) = (stop.clone(), stats.clone());

@@ -270,11 +270,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with(dir, extra, &[])
+    }
+
+    /// Started through `wrapper` (e.g. `setpriv ... --`), when not empty.
+    pub fn start_with(dir: &Path, extra: &[&str], wrapper: &[&str]) -> Self {
         let records = dir.join("records.jsonl");
         let stats = dir.join("stats.json");
         let ready = dir.join("ready");
         let stderr = dir.join("agent.stderr");
-        let mut child = Command::new(agent_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .arg("--output")
             .arg(format!("jsonl:{}", records.display()))
             .arg("--stats-file")
@@ -301,6 +314,11 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child: Some(child), records, stats, stderr }
+    }
+
+    /// The agent's pid (while running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
     }
 
     pub fn records(&self) -> Vec<Value> {

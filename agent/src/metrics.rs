@@ -1,0 +1,111 @@
+//! `--metrics-listen ADDR`: the agent's own state over HTTP, for Prometheus and
+//! for probes. `/metrics` (Prometheus text: every counter of the stats file as
+//! `tokentap_agent_<name>`, plus process CPU and memory), `/healthz` (the
+//! process answers), `/readyz` (probes attached; 503 before). A plain thread
+//! with a blocking listener: nothing here touches the capture path.
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::stats::Stats;
+
+/// Counters that are levels, not totals.
+const GAUGES: &[&str] = &["collector_spool_bytes"];
+
+pub fn render(stats: &Stats) -> String {
+    let mut s = String::new();
+    for (name, v) in stats.snapshot().fields() {
+        let kind = if GAUGES.contains(&name) { "gauge" } else { "counter" };
+        let full =
+            if kind == "counter" { format!("tokentap_agent_{name}_total") } else { format!("tokentap_agent_{name}") };
+        let _ = writeln!(s, "# TYPE {full} {kind}\n{full} {v}");
+    }
+    if let Some((cpu, rss)) = process_usage() {
+        let _ = writeln!(s, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}");
+        let _ = writeln!(s, "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}");
+    }
+    s
+}
+
+/// (CPU seconds user+system, resident bytes) of this process.
+fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may contain spaces) start past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some((cpu, pages * page))
+}
+
+fn respond(mut s: TcpStream, stats: &Stats, ready: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    if BufReader::new(&s).read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/");
+    let (status, ctype, body) = match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(stats)),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+        "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_owned()),
+        "/readyz" => ("503 Service Unavailable", "text/plain", "attaching probes\n".to_owned()),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+    };
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Serve until the process ends.
+pub fn serve(listener: TcpListener, stats: Arc<Stats>, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            respond(conn, &stats, &ready);
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn serves_metrics_health_and_readiness() {
+        let stats = Arc::new(Stats::default());
+        Stats::add(&stats.records, 7);
+        let ready = Arc::new(AtomicBool::new(false));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        serve(l, stats, ready.clone()).unwrap();
+        let get = |p: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(c, "GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out
+        };
+        let m = get("/metrics");
+        assert!(m.starts_with("HTTP/1.1 200"));
+        assert!(m.contains("tokentap_agent_records_total 7\n"), "{m}");
+        assert!(m.contains("# TYPE tokentap_agent_collector_spool_bytes gauge"));
+        assert!(m.contains("process_resident_memory_bytes "));
+        assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::Relaxed);
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    }
+}

@@ -1,0 +1,100 @@
+//! What an SRE checks: the agent runs with only the documented capabilities
+//! (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN — uprobe creation through
+//! perf_event_open needs the last on current kernels) and still captures; it serves
+//! /metrics, /healthz and /readyz; and on exit no program of it stays loaded.
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use tokentap_e2e::*;
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn curl_call(dir: &std::path::Path, certs: &Certs, port: u16) -> u32 {
+    let args: Vec<String> = [
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &certs.ca.display().to_string(),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        &format!("https://api.openai.com:{port}/v1/chat/completions"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    run_client(with_provider_hosts(dir, "curl", &args)).0
+}
+
+#[test]
+fn captures_with_only_the_documented_capabilities_and_serves_metrics() {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch("caps");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let port = free_port();
+    let listen = format!("--metrics-listen=127.0.0.1:{port}");
+    // Every capability but these is gone from the agent's bounding set.
+    let wrapper = ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace,+sys_admin", "--"];
+    let mut agent = Agent::start_with(&dir, &[&listen], &wrapper);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    let mask = u64::from_str_radix(&eff, 16).unwrap();
+    assert_eq!(mask, 1 << 19 | 1 << 21 | 1 << 38 | 1 << 39, "effective capabilities: {eff}");
+    let pid = curl_call(&dir, &certs, server.port);
+    let records = agent.wait_records(&[pid], 1);
+    assert_eq!(records[0]["input_tokens"], server.served()[0]["expected"]["input"]);
+
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
+    let m = wait_for("records in /metrics", Duration::from_secs(10), || {
+        let m = http_get(port, "/metrics");
+        m.contains("tokentap_agent_records_total 1\n").then_some(m)
+    });
+    for name in [
+        "tokentap_agent_dropped_unanswered_total",
+        "tokentap_agent_kernel_ring_full_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(m.contains(name), "{name} in /metrics");
+    }
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn nothing_stays_loaded_after_exit() {
+    let _g = serial();
+    require_root();
+    require_tool("bpftool");
+    let dir = scratch("detach");
+    let ours = |out: &str| {
+        out.lines().filter(|l| l.contains("ssl_write") || l.contains("go_tls_") || l.contains("sys_enter")).count()
+    };
+    let mut agent = Agent::start(&dir, &[]);
+    let loaded = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
+    let loaded = String::from_utf8_lossy(&loaded.stdout).into_owned();
+    assert!(ours(&loaded) >= 3, "the agent's programs are loaded while it runs:\n{loaded}");
+    assert!(agent.stop().success());
+    let after = wait_for("programs unloaded", Duration::from_secs(10), || {
+        let o = Command::new("bpftool").args(["prog", "show"]).output().ok()?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        (ours(&text) == 0).then_some(text)
+    });
+    assert_eq!(ours(&after), 0);
+}
