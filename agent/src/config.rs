@@ -404,6 +404,24 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_kubernetes_config_is_valid() {
+        // deploy/manifests/tokentap.yaml's agent.toml, as the DaemonSet mounts it.
+        let manifests = include_str!("../../deploy/manifests/tokentap.yaml");
+        let start = manifests.find("agent.toml: |").expect("agent.toml in the ConfigMap");
+        let toml: String = manifests[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        let p = write("k8s", &toml);
+        let s = Settings::resolve(&Cli { config: Some(p), no_kubernetes: true, ..Default::default() }).unwrap();
+        assert_eq!(s.outputs, vec![OutputSpec::Collector("http://tokentap-collector:8787".into())]);
+        assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
+        assert_eq!(s.cluster_name, "my-cluster");
+    }
+
+    #[test]
     fn durations_with_units() {
         assert_eq!(parse_duration_secs("90"), Ok(90));
         assert_eq!(parse_duration_secs("30m"), Ok(1800));
