@@ -9,7 +9,6 @@ use serde_json::Value;
 use tokentap_event::UsageSource;
 
 use super::{json, str_at, u64_at, Parsed, ProviderError, Usage};
-use crate::http::sse;
 
 #[derive(Default)]
 struct Raw {
@@ -53,12 +52,7 @@ pub fn parse(request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Re
     out.end_user = str_at(request, &["metadata", "user_id"]);
     let mut raw = Raw::default();
     if is_sse {
-        let mut seen = false;
-        for ev in sse::parse(body) {
-            let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-                continue;
-            };
-            seen = true;
+        for (v, ev) in super::json_events(body)? {
             match v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("") {
                 "message_start" => {
                     if let Some(m) = v.get("message") {
@@ -82,9 +76,6 @@ pub fn parse(request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Re
                 _ => {}
             }
         }
-        if !seen {
-            return Err(ProviderError::BadJson("no JSON events in the stream".into()));
-        }
     } else {
         let v = json(body)?;
         out.response_id = str_at(&v, &["id"]);
@@ -103,12 +94,8 @@ pub fn parse(request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::fixture;
     use serde_json::json;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-    }
 
     #[test]
     fn sync_with_cache_read_and_write() {

@@ -127,11 +127,7 @@ fn stream(api: Api, body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> 
 mod tests {
     use super::*;
     use crate::http::eventstream::encode;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-    }
+    use crate::providers::fixture;
 
     fn model() -> Parsed {
         Parsed { request_model: Some("anthropic.claude-3-haiku-20240307-v1:0".into()), ..Default::default() }

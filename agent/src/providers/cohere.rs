@@ -7,7 +7,6 @@ use serde_json::Value;
 use tokentap_event::UsageSource;
 
 use super::{json, str_at, u64_at, Parsed, ProviderError, Usage};
-use crate::http::sse;
 
 fn usage(u: &Value) -> Option<Usage> {
     let pick = |k: &str| u64_at(u, &["billed_units", k]).or_else(|| u64_at(u, &["tokens", k]));
@@ -16,12 +15,7 @@ fn usage(u: &Value) -> Option<Usage> {
 
 pub fn parse(body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
     if is_sse {
-        let mut seen = false;
-        for ev in sse::parse(body) {
-            let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-                continue;
-            };
-            seen = true;
+        for (v, ev) in super::json_events(body)? {
             match v.get("type").and_then(Value::as_str).unwrap_or("") {
                 "message-start" => out.response_id = str_at(&v, &["id"]),
                 "content-delta" if out.first_content_offset.is_none() => {
@@ -33,9 +27,6 @@ pub fn parse(body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), Provider
                 }
                 _ => {}
             }
-        }
-        if !seen {
-            return Err(ProviderError::BadJson("no JSON events in the stream".into()));
         }
     } else {
         let v = json(body)?;
@@ -52,7 +43,7 @@ mod tests {
 
     #[test]
     fn sync_uses_billed_units() {
-        let body = std::fs::read(format!("{}/tests/fixtures/cohere/chat.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let body = crate::providers::fixture("cohere/chat.json");
         let mut p = Parsed::default();
         parse(&body, false, &mut p).unwrap();
         assert_eq!(p.usage.map(|u| (u.input, u.output)), Some((5, 418)));

@@ -11,7 +11,6 @@ use serde_json::Value;
 use tokentap_event::{tokens, UsageSource};
 
 use super::{json, str_at, u64_at, Api, Parsed, ProviderError, Usage};
-use crate::http::sse;
 
 fn usage(v: &Value) -> Option<Usage> {
     let u = v.get("usageMetadata").filter(|u| u.is_object())?;
@@ -68,15 +67,8 @@ pub fn parse(api: Api, request: &Value, body: &[u8], is_sse: bool, out: &mut Par
             return Ok(());
         }
         _ if is_sse => {
-            let mut seen = false;
-            for ev in sse::parse(body) {
-                if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                    seen = true;
-                    chunk(&v, ev.end, out);
-                }
-            }
-            if !seen {
-                return Err(ProviderError::BadJson("no JSON events in the stream".into()));
+            for (v, ev) in super::json_events(body)? {
+                chunk(&v, ev.end, out);
             }
         }
         Api::GeminiStream => {
@@ -143,12 +135,8 @@ fn collect_text(v: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::fixture;
     use serde_json::json;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-    }
 
     #[test]
     fn generate_content_with_thoughts_and_cache() {

@@ -247,6 +247,26 @@ fn answered_tier(body: &[u8], is_sse: bool) -> Option<String> {
     }
 }
 
+/// The events of an SSE body whose data is JSON, with the events themselves
+/// (name, end offset); a stream with none is not the provider's format.
+pub(crate) fn json_events(body: &[u8]) -> Result<Vec<(Value, crate::http::sse::SseEvent)>, ProviderError> {
+    let evs: Vec<_> = crate::http::sse::parse(body)
+        .into_iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok().map(|v| (v, e)))
+        .collect();
+    if evs.is_empty() {
+        return Err(ProviderError::BadJson("no JSON events in the stream".into()));
+    }
+    Ok(evs)
+}
+
+/// A recorded provider payload under `tests/fixtures/` (tests).
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
+    let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
 pub(crate) fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
     let mut cur = v;
     for p in path {
@@ -280,7 +300,7 @@ mod tests {
 
     #[test]
     fn answered_service_tier_in_bodies_and_streams() {
-        let f = |n: &str| std::fs::read(format!("{}/tests/fixtures/{n}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let f = fixture;
         assert_eq!(answered_tier(&f("openai/chat_sync.json"), false).as_deref(), Some("default"));
         assert_eq!(answered_tier(&f("anthropic/messages_sync.json"), false).as_deref(), Some("standard"));
         let sse = b"data: {\"type\":\"response.completed\",\"response\":{\"service_tier\":\"flex\"}}\n\n";

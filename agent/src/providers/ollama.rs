@@ -64,7 +64,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/tests/fixtures/ollama/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        crate::providers::fixture(&format!("ollama/{name}"))
     }
 
     #[test]

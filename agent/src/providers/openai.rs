@@ -64,12 +64,7 @@ fn responses_object(v: &Value, out: &mut Parsed) {
 }
 
 fn responses_stream(body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> {
-    let mut seen = false;
-    for ev in sse::parse(body) {
-        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-            continue;
-        };
-        seen = true;
+    for (v, ev) in super::json_events(body)? {
         let kind = v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("");
         match kind {
             "response.created" | "response.in_progress" => {
@@ -94,9 +89,6 @@ fn responses_stream(body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> 
             }
             _ => {}
         }
-    }
-    if !seen {
-        return Err(ProviderError::BadJson("no JSON events in the stream".into()));
     }
     Ok(())
 }
@@ -162,12 +154,8 @@ fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), Pro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::fixture;
     use serde_json::json;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-    }
 
     fn run(api: Api, req: Value, name: &str, sse: bool) -> Parsed {
         let mut p = Parsed { request_model: str_at(&req, &["model"]), ..Default::default() };
