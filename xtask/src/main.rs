@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod overhead;
 mod prereq;
 mod prices;
 
@@ -44,8 +45,18 @@ enum Cmd {
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
     },
-    /// Benchmarks (criterion): per-call costs on the agent's hot path.
-    Bench,
+    /// Benchmarks: the agent's hot path and the collector's ingest (criterion),
+    /// then the agent's overhead on a traced TLS workload (wrk -> nginx, with and
+    /// without the agent), CPU/RSS at paced rates and records lost at a
+    /// sustained rate (target/bench/overhead.md). Needs root.
+    Bench {
+        /// Longer runs (20 s per measurement, 60 s sustained).
+        #[arg(long)]
+        long: bool,
+        /// Only the overhead runs.
+        #[arg(long)]
+        only_overhead: bool,
+    },
     /// Run every parser fuzz target (fuzz/) for a bounded time each.
     Fuzz {
         /// Seconds per target.
@@ -102,10 +113,15 @@ fn main() -> Result<()> {
             let bin = build_agent(false)?;
             demo::run(&root.join(out), &bin)?;
         }
-        Cmd::Bench => {
+        Cmd::Bench { long, only_overhead } => {
             prereq::build_tools()?;
-            run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
-            run(cargo().args(["bench", "-p", "tokentap-collector", "--bench", "ingest"]))?;
+            prereq::bench_tools()?;
+            if !only_overhead {
+                run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
+                run(cargo().args(["bench", "-p", "tokentap-collector", "--bench", "ingest"]))?;
+            }
+            let bin = build_agent(true)?;
+            overhead::run(&bin, &root.join("target/bench"), long)?;
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
         Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,

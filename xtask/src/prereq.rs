@@ -129,6 +129,17 @@ pub fn test_tools(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// wrk and nginx (both OpenSSL), for the overhead benchmark.
+pub fn bench_tools() -> Result<()> {
+    let mut pkgs = Vec::new();
+    for (tool, pkg) in [("wrk", "wrk"), ("nginx", "nginx"), ("openssl", "openssl")] {
+        if !have(tool) {
+            pkgs.push(pkg);
+        }
+    }
+    apt_install(&pkgs)
+}
+
 /// cargo-fuzz, for `cargo xtask fuzz`.
 pub fn fuzz_tools() -> Result<()> {
     if !ok(crate::cargo().args(["fuzz", "--version"])) {
