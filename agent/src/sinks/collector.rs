@@ -319,6 +319,89 @@ mod tests {
         assert_eq!(parse_name("garbage.zst"), None);
     }
 
+    /// A stand-in collector (a real one is in tests/tests/e2e_collector.rs): a
+    /// socket that answers every request 200 and hands back the bodies.
+    fn fake_collector() -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let _ = tx.send(body);
+                let mut s = s;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            }
+        });
+        (url, rx)
+    }
+
+    fn record(i: u64) -> LlmCall {
+        LlmCall {
+            event_id: LlmCall::new_event_id(),
+            ts: LlmCall::format_ts(i as i128),
+            provider: "openai".into(),
+            operation: "chat".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batches_left_by_a_previous_run_are_sent_by_the_next() {
+        let dir = std::env::temp_dir().join(format!("tt-spool-replay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = |url: &str| CollectorConfig {
+            url: url.into(),
+            token_file: None,
+            spool_dir: dir.clone(),
+            spool_max_bytes: 1 << 20,
+            batch_records: 10,
+            cluster: "c".into(),
+            drain_timeout: Duration::from_millis(10),
+            ca_file: None,
+            client_cert: None,
+        };
+        // First run: the collector is down; 25 records stay in the spool.
+        let mut first = CollectorSink::new(cfg("http://127.0.0.1:9"), Arc::new(Stats::default())).unwrap();
+        let sent: Vec<LlmCall> = (0..25).map(record).collect();
+        for r in &sent {
+            first.write(r).unwrap();
+        }
+        drop(first);
+        assert_eq!(spooled(&dir).len(), 3);
+        // Next run (an agent restart): they go out, oldest first, and leave the spool.
+        let (url, bodies) = fake_collector();
+        let stats = Arc::new(Stats::default());
+        let second = CollectorSink::new(cfg(&url), stats.clone()).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 25 {
+            let b = bodies.recv_timeout(Duration::from_secs(10)).expect("a replayed batch");
+            got.extend(tokentap_event::wire::decode(Some("zstd"), &b, 1 << 20).unwrap());
+        }
+        let ids = |v: &[LlmCall]| v.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&sent), "every record once, in order");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !spooled(&dir).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(spooled(&dir).is_empty());
+        assert_eq!(stats.snapshot().collector_records_sent, 25);
+        drop(second);
+    }
+
     #[test]
     fn spool_is_bounded_and_survives_without_a_collector() {
         let dir = std::env::temp_dir().join(format!("tt-spool-{}", std::process::id()));
