@@ -98,3 +98,60 @@ fn nothing_stays_loaded_after_exit() {
     });
     assert_eq!(ours(&after), 0);
 }
+
+#[test]
+fn agent_restart_with_traffic_in_flight() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("restart");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let calls: Vec<serde_json::Value> = (0..400)
+        .map(|i| {
+            tokentap_e2e::calibrate::call(
+                "chat",
+                serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("call {i}")}]}),
+                100 + i,
+                10,
+            )
+        })
+        .collect();
+    let first_dir = dir.join("first");
+    let second_dir = dir.join("second");
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut first = Agent::start(&first_dir, &[]);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let client = py_workload(&dir, &certs, &base, "restart", &calls)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let pid = client.id();
+    wait_for("some calls captured by the first agent", Duration::from_secs(30), || {
+        (first.records_of(&[pid]).len() >= 20).then_some(())
+    });
+    // A rolling restart: the old agent stops (flushes), the new one starts, calls keep coming.
+    assert!(first.stop().success());
+    let second = Agent::start(&second_dir, &[]);
+    let out = client.wait_with_output().expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let served = server.served();
+    assert_eq!(served.len(), 400);
+    std::thread::sleep(Duration::from_secs(1));
+    let a = first.records_of(&[pid]);
+    let b = second.records_of(&[pid]);
+    assert!(!b.is_empty(), "the new agent captures the calls made after it started");
+    // Every record is exact and no call is recorded twice across the two agents.
+    let all: Vec<serde_json::Value> = a.iter().chain(&b).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+    }
+    let missed = 400 - all.len();
+    // Calls made while no agent ran are missed, never invented: the gap is the restart.
+    assert!(missed < 400 - 20, "{missed} missed");
+    let stats = second.stats();
+    eprintln!("restart: first agent {} records, second {} records, {missed} made while neither ran", a.len(), b.len());
+    assert_eq!(stats["decode_errors"], 0);
+}

@@ -65,6 +65,10 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
 
 /// wrk's result: (requests/s, mean latency in µs, requests).
 fn wrk(dir: &Path, port: u16, conns: u32, secs: u32, delay_ms: Option<u32>) -> Result<(f64, f64, u64)> {
+    wrk_url(dir, &format!("https://127.0.0.1:{port}/v1/chat/completions"), conns, secs, delay_ms)
+}
+
+fn wrk_url(dir: &Path, url: &str, conns: u32, secs: u32, delay_ms: Option<u32>) -> Result<(f64, f64, u64)> {
     let body = format!(
         "{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         "x".repeat(1950)
@@ -74,13 +78,14 @@ fn wrk(dir: &Path, port: u16, conns: u32, secs: u32, delay_ms: Option<u32>) -> R
     std::fs::write(
         &script,
         format!(
-            "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{delay}"
+            "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Authorization\"] = \"Bearer sk-bench\"\n{delay}"
         ),
     )?;
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "-s"])
         .arg(&script)
-        .arg(format!("https://127.0.0.1:{port}/v1/chat/completions"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -164,6 +169,14 @@ impl AgentProc {
         Ok(Self { child, records, stats })
     }
 
+    /// A counter from the stats file (rewritten every second).
+    fn stat(&self, name: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default()).unwrap_or_default();
+        v[name].as_u64().unwrap_or(0)
+    }
+
     fn records(&self) -> u64 {
         std::fs::read_to_string(&self.records).map_or(0, |t| t.lines().count() as u64)
     }
@@ -174,6 +187,41 @@ impl AgentProc {
         let _ = self.child.wait();
         serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default()).unwrap_or_default()
     }
+}
+
+/// The LiteLLM proxy (a venv under target/bench, created by `bench_tools`) in
+/// front of the same nginx; wrk -> proxy over plain HTTP -> nginx over TLS.
+fn litellm(dir: &Path, certs: &Certs, upstream: u16) -> Result<Option<Child>> {
+    let bin = dir.join("litellm-venv/bin/litellm");
+    if !bin.exists() {
+        return Ok(None);
+    }
+    let port = 4000 + upstream % 1000;
+    let cfg = dir.join("litellm.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      \
+             api_base: https://127.0.0.1:{upstream}/v1\n      api_key: sk-bench\nlitellm_settings:\n  telemetry: false\n"
+        ),
+    )?;
+    let child = Command::new(bin)
+        .args(["--config", &cfg.display().to_string(), "--port", &port.to_string(), "--num_workers", "1"])
+        .env("SSL_CERT_FILE", &certs.ca)
+        .env("LITELLM_LOG", "ERROR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("litellm.stderr"))?)
+        .spawn()
+        .context("starting litellm")?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("litellm did not start: see {}", dir.join("litellm.stderr").display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(dir.join("litellm.port"), port.to_string())?;
+    Ok(Some(child))
 }
 
 /// (label, connections, per-connection delay in ms): wrk's pacing of ~100,
@@ -210,11 +258,17 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         ag_lat - base_lat
     ));
     md.push_str(&format!("| calls captured at max rate | | {captured} of {ag_total} | |\n"));
+    let bytes = agent.stat("bytes");
+    md.push_str(&format!(
+        "| plaintext through the ring buffer at max rate (MB/s) | | {:.1} | |\n",
+        bytes as f64 / secs as f64 / 1e6
+    ));
     // Paced rates: the same runs without the agent (measured first, before it
     // started) give the latency each call gains; with it, its CPU and RSS.
     let mut rates = String::from(
         "\n| offered rate | achieved without / with agent (calls/s) | mean latency without / with (µs) | added per call | agent CPU (% of one core) | agent RSS (MiB) | records / calls |\n|---|--:|--:|--:|--:|--:|--:|\n",
     );
+    let mut paced_with = Vec::new();
     for (i, (label, conns, delay)) in PACED.iter().enumerate() {
         let (b_rps, b_lat) = paced_base[i];
         let before = agent.records();
@@ -225,6 +279,7 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         let (c1, rss) = usage(agent.child.id());
         let cpu_pct = (c1 - c0) / t.elapsed().as_secs_f64() * 100.0;
         let got = agent.records() - before;
+        paced_with.push(lat);
         rates.push_str(&format!(
             "| {label} | {b_rps:.0} / {rps:.0} | {b_lat:.0} / {lat:.0} | {:+.0} µs | {cpu_pct:.1} | {:.0} | {got} / {total} |\n",
             lat - b_lat,
@@ -258,7 +313,24 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
-    let report = format!("# tokentap overhead (cargo xtask bench)\n\n{machine}{md}{rates}");
+    // The usual alternative, a gateway proxy, on the same workload (no agent running).
+    let mut gateway = String::new();
+    if let Some(mut proxy) = litellm(dir, &certs, port)? {
+        let lport: u16 = std::fs::read_to_string(dir.join("litellm.port"))?.trim().parse()?;
+        let url = format!("http://127.0.0.1:{lport}/v1/chat/completions");
+        wrk_url(dir, &url, 4, 3, None)?;
+        let (g_rps, g_lat, _) = wrk_url(dir, &url, 4, secs, None)?;
+        let (_, g100, _) = wrk_url(dir, &url, PACED[0].1, secs, Some(PACED[0].2))?;
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        gateway = format!(
+            "\n| same workload | max calls/s (4 connections) | mean latency at 100/s (µs) |\n|---|--:|--:|\n\
+             | direct, no agent | {base_rps:.0} | {:.0} |\n| direct, tokentap agent capturing | {ag_rps:.0} | {:.0} |\n\
+             | through the LiteLLM proxy (1 worker) | {g_rps:.0} | {g100:.0} |\n(LiteLLM mean latency at its max rate: {g_lat:.0} µs)\n",
+            paced_base[0].1, paced_with[0]
+        );
+    }
+    let report = format!("# tokentap overhead (cargo xtask bench)\n\n{machine}{md}{rates}{gateway}");
     std::fs::write(dir.join("overhead.md"), &report)?;
     println!("\n{report}");
     Ok(())

@@ -137,7 +137,18 @@ pub fn bench_tools() -> Result<()> {
             pkgs.push(pkg);
         }
     }
-    apt_install(&pkgs)
+    apt_install(&pkgs)?;
+    // The LiteLLM proxy, in its own venv (its pins must not touch the test SDKs).
+    let venv = crate::workspace_root().join("target/bench/litellm-venv");
+    if !venv.join("bin/litellm").exists() {
+        eprintln!("xtask: installing the LiteLLM proxy into {} (once)", venv.display());
+        if !ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
+            apt_install(&["python3-venv"])?;
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", "litellm[proxy]==1.80.0"]))?;
+    }
+    Ok(())
 }
 
 /// cargo-fuzz, for `cargo xtask fuzz`.
