@@ -266,7 +266,10 @@ fn discovery_loop(
         }
     }
     // Dropping `probes` detaches every program.
+    let t = Instant::now();
+    let n = probes.attached();
     drop(probes);
+    tracing::info!(targets = n, took_ms = t.elapsed().as_millis() as u64, "probes detached");
 }
 
 fn read_loop(

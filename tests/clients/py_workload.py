@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs a workload file with the real openai SDK, one call at a time: each item
-is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}}; the usage goes to
+is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?};
+the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
@@ -11,6 +12,7 @@ import json
 import os
 import ssl
 import sys
+import time
 
 import openai
 
@@ -32,6 +34,8 @@ def main():
             oa.chat.completions.create(**c["body"], extra_headers=headers)
         else:
             oa.embeddings.create(**c["body"], extra_headers=headers)
+        if c.get("pause"):
+            time.sleep(c["pause"])
     print(json.dumps({"calls": len(calls), "pid": os.getpid()}), flush=True)
     return 0
 

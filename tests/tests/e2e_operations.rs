@@ -106,14 +106,18 @@ fn agent_restart_with_traffic_in_flight() {
     let dir = scratch("restart");
     let certs = Certs::generate(&dir);
     let server = Server::start(&dir, &certs);
-    let calls: Vec<serde_json::Value> = (0..400)
+    // About 100 calls/s for 15 s: the restart (a few seconds) happens in the middle.
+    const CALLS: usize = 1500;
+    let calls: Vec<serde_json::Value> = (0..CALLS as u64)
         .map(|i| {
-            tokentap_e2e::calibrate::call(
+            let mut c = tokentap_e2e::calibrate::call(
                 "chat",
                 serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("call {i}")}]}),
                 100 + i,
                 10,
-            )
+            );
+            c["pause"] = serde_json::json!(0.008);
+            c
         })
         .collect();
     let first_dir = dir.join("first");
@@ -132,12 +136,15 @@ fn agent_restart_with_traffic_in_flight() {
         (first.records_of(&[pid]).len() >= 20).then_some(())
     });
     // A rolling restart: the old agent stops (flushes), the new one starts, calls keep coming.
+    let t = std::time::Instant::now();
     assert!(first.stop().success());
+    let stopped = t.elapsed();
     let second = Agent::start(&second_dir, &[]);
+    let started = t.elapsed();
     let out = client.wait_with_output().expect("client");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let served = server.served();
-    assert_eq!(served.len(), 400);
+    assert_eq!(served.len(), CALLS);
     std::thread::sleep(Duration::from_secs(1));
     let a = first.records_of(&[pid]);
     let b = second.records_of(&[pid]);
@@ -148,10 +155,13 @@ fn agent_restart_with_traffic_in_flight() {
     for (r, s) in pair_with_served(&all, &served) {
         assert_matches_served(r, s, &prices);
     }
-    let missed = 400 - all.len();
-    // Calls made while no agent ran are missed, never invented: the gap is the restart.
-    assert!(missed < 400 - 20, "{missed} missed");
+    let missed = CALLS - all.len();
     let stats = second.stats();
-    eprintln!("restart: first agent {} records, second {} records, {missed} made while neither ran", a.len(), b.len());
+    eprintln!(
+        "restart: first agent {} records, second {} records, {missed} made while neither ran \
+         (old agent stopped in {stopped:?}, new one ready {started:?} after the stop began)",
+        a.len(),
+        b.len()
+    );
     assert_eq!(stats["decode_errors"], 0);
 }

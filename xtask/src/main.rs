@@ -13,6 +13,7 @@ mod demo;
 mod overhead;
 mod prereq;
 mod prices;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "tokentap project tasks")]
@@ -45,10 +46,17 @@ enum Cmd {
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
     },
+    /// The agent under mixed traffic for N minutes: no record lost, RSS flat
+    /// (target/soak/soak.txt). Needs root.
+    Soak {
+        /// Minutes of traffic.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Benchmarks: the agent's hot path and the collector's ingest (criterion),
     /// then the agent's overhead on a traced TLS workload (wrk -> nginx, with and
-    /// without the agent), CPU/RSS at paced rates and records lost at a
-    /// sustained rate (target/bench/overhead.md). Needs root.
+    /// without the agent, and through the LiteLLM proxy), CPU/RSS at paced rates
+    /// and records lost at a sustained rate (target/bench/overhead.md). Needs root.
     Bench {
         /// Longer runs (20 s per measurement, 60 s sustained).
         #[arg(long)]
@@ -112,6 +120,12 @@ fn main() -> Result<()> {
             prereq::test_tools(&root)?;
             let bin = build_agent(false)?;
             demo::run(&root.join(out), &bin)?;
+        }
+        Cmd::Soak { minutes } => {
+            prereq::build_tools()?;
+            prereq::test_tools(&root)?;
+            let bin = build_agent(true)?;
+            soak::run(&bin, &root.join("target/soak"), minutes)?;
         }
         Cmd::Bench { long, only_overhead } => {
             prereq::build_tools()?;
