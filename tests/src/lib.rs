@@ -211,6 +211,8 @@ impl Server {
         require_tool("python3");
         let port_file = dir.join("server.port");
         let log = dir.join("served.jsonl");
+        // A port file left by an earlier run in the same directory would be read first.
+        let _ = std::fs::remove_file(&port_file);
         let child = Command::new("python3")
             .arg(workspace_root().join("tests/server/llm_server.py"))
             .arg("--cert")
@@ -279,6 +281,8 @@ impl Agent {
         let stats = dir.join("stats.json");
         let ready = dir.join("ready");
         let stderr = dir.join("agent.stderr");
+        // Left by an agent that was killed: it would look ready at once.
+        let _ = std::fs::remove_file(&ready);
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -638,6 +642,7 @@ impl ClickHouse {
         let ok = Command::new("python3").args(["-c", "import chdb"]).status().is_ok_and(|s| s.success());
         assert!(ok, "chdb-core is needed for the ClickHouse tests: run `cargo xtask test`, which installs it");
         let port_file = dir.join("clickhouse.port");
+        let _ = std::fs::remove_file(&port_file);
         let child = Command::new("python3")
             .arg(workspace_root().join("tests/server/clickhouse_http.py"))
             .arg("--data")

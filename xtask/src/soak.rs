@@ -36,11 +36,7 @@ pub fn run(agent_bin: &Path, dir: &Path, minutes: u64) -> Result<()> {
     let pid = agent.pid();
     let openai = format!("https://api.openai.com:{}/v1", tls.port);
     let anthropic = format!("https://api.anthropic.com:{}", tls.port);
-    let deadline = Instant::now() + Duration::from_secs(minutes * 60);
-    let mut samples: Vec<(f64, u64)> = Vec::new();
-    let start = Instant::now();
-    let mut rounds = 0;
-    while Instant::now() < deadline {
+    let round = || {
         run_client(py_client(&dir, &certs, &openai, &anthropic, "concurrent"));
         let args: Vec<String> =
             ["-base", &openai, "-ca", &certs.ca.display().to_string(), "-key", SECRET_KEY, "-n", "10"]
@@ -49,6 +45,20 @@ pub fn run(agent_bin: &Path, dir: &Path, minutes: u64) -> Result<()> {
                 .collect();
         run_client(with_provider_hosts(&dir, &go.display().to_string(), &args));
         run_client(py_breadth(&dir, &certs, &format!("http://127.0.0.1:{}", plain.port), "ollama"));
+    };
+    // One round first, not counted: a new executable (the Go client) is probed
+    // when it first runs, and a process that calls within milliseconds of that
+    // first exec can beat the attach (docs/coverage.md). Steady state is measured.
+    round();
+    std::thread::sleep(Duration::from_secs(3));
+    let served_before = tls.served().len() + plain.served().len();
+    let records_before = agent.records().len();
+    let deadline = Instant::now() + Duration::from_secs(minutes * 60);
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let start = Instant::now();
+    let mut rounds = 0;
+    while Instant::now() < deadline {
+        round();
         rounds += 1;
         samples.push((start.elapsed().as_secs_f64(), rss_kib(pid)));
         if rounds % 10 == 0 {
@@ -60,8 +70,8 @@ pub fn run(agent_bin: &Path, dir: &Path, minutes: u64) -> Result<()> {
         }
     }
     std::thread::sleep(Duration::from_secs(3));
-    let served = tls.served().len() + plain.served().len();
-    let records = agent.records().len();
+    let served = tls.served().len() + plain.served().len() - served_before;
+    let records = agent.records().len() - records_before;
     let stats = agent.stats();
     ensure!(agent.stop().success(), "agent exit");
     let window = |from: f64, to: f64| {
