@@ -364,15 +364,24 @@ fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) 
     )]
 }
 
-/// Conversations whose input grows turn after turn without summarisation, and
-/// prompts repeating their own chunks.
-fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) -> Vec<Opportunity> {
+/// Calls by conversation (same start), each conversation in turn order.
+fn conversations<'a>(rs: &[&'a LlmCall]) -> HashMap<&'a str, Vec<&'a LlmCall>> {
     let mut convs: HashMap<&str, Vec<&LlmCall>> = HashMap::new();
     for r in rs {
         if let Some(h) = feat(r).and_then(|f| f.conversation_hash.as_deref()) {
             convs.entry(h).or_default().push(r);
         }
     }
+    for v in convs.values_mut() {
+        v.sort_by_key(|r| feat(r).map_or(0, |f| f.message_count));
+    }
+    convs
+}
+
+/// Conversations whose input grows turn after turn without summarisation, and
+/// prompts repeating their own chunks.
+fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) -> Vec<Opportunity> {
+    let mut convs = conversations(rs);
     let mut saved = 0.0;
     let mut calls = 0u64;
     let mut growing = 0;
@@ -380,7 +389,6 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
         if v.len() < t.min_turns {
             continue;
         }
-        v.sort_by_key(|r| feat(r).map_or(0, |f| f.message_count));
         let inputs: Vec<u64> = v.iter().map(|r| r.input_tokens.unwrap_or(0)).collect();
         if !inputs.windows(2).all(|w| w[1] >= w[0]) || inputs[0] == 0 {
             continue;
@@ -431,17 +439,11 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
 
 /// The same tool call (name and arguments) again and again in one conversation.
 fn agent_loops(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
-    let mut convs: HashMap<&str, Vec<&LlmCall>> = HashMap::new();
-    for r in rs {
-        if let Some(h) = feat(r).and_then(|f| f.conversation_hash.as_deref()) {
-            convs.entry(h).or_default().push(r);
-        }
-    }
+    let mut convs = conversations(rs);
     let mut saved = 0.0;
     let mut calls = 0u64;
     let mut loops = Vec::new();
     for v in convs.values_mut() {
-        v.sort_by_key(|r| feat(r).map_or(0, |f| f.message_count));
         // A call is in the loop once its history already repeats a tool call;
         // the conversation counts when some call repeats it `loop_repeats` times.
         let max_repeat = |r: &LlmCall| -> usize {
