@@ -329,6 +329,11 @@ impl Agent {
         read_jsonl(&self.records)
     }
 
+    /// Complete records written so far (counted, not parsed).
+    pub fn record_count(&self) -> usize {
+        std::fs::read(&self.records).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+    }
+
     /// Records of the given processes.
     pub fn records_of(&self, pids: &[u32]) -> Vec<Value> {
         self.records().into_iter().filter(|r| r["pid"].as_u64().is_some_and(|p| pids.contains(&(p as u32)))).collect()

@@ -6,12 +6,12 @@
 //! same run (these machines are noisy: only ratios within one run mean much).
 //! Then the agent's CPU and RSS at paced rates, records lost at a sustained
 //! rate, and the drop counters when overdriven. Results: target/bench/overhead.md.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tokentap_e2e::Certs;
+use tokentap_e2e::{Agent, Certs};
 
 struct Nginx(Child);
 
@@ -134,61 +134,6 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
-struct AgentProc {
-    child: Child,
-    records: PathBuf,
-    stats: PathBuf,
-}
-
-impl AgentProc {
-    fn start(bin: &Path, dir: &Path) -> Result<Self> {
-        let records = dir.join("records.jsonl");
-        let stats = dir.join("stats.json");
-        let ready = dir.join("ready");
-        for f in [&records, &stats, &ready] {
-            let _ = std::fs::remove_file(f);
-        }
-        let child = Command::new(bin)
-            .arg("--output")
-            .arg(format!("jsonl:{}", records.display()))
-            .arg("--stats-file")
-            .arg(&stats)
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--key-secret-file")
-            .arg(dir.join("key"))
-            .stderr(std::fs::File::create(dir.join("agent.stderr"))?)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready.exists() {
-            if Instant::now() > deadline {
-                bail!("agent not ready");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, records, stats })
-    }
-
-    /// A counter from the stats file (rewritten every second).
-    fn stat(&self, name: &str) -> u64 {
-        std::thread::sleep(Duration::from_millis(1100));
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default()).unwrap_or_default();
-        v[name].as_u64().unwrap_or(0)
-    }
-
-    fn records(&self) -> u64 {
-        std::fs::read_to_string(&self.records).map_or(0, |t| t.lines().count() as u64)
-    }
-
-    fn stop(mut self) -> serde_json::Value {
-        // SIGINT: the agent flushes and writes its final stats.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-        serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default()).unwrap_or_default()
-    }
-}
-
 /// The LiteLLM proxy (a venv under target/bench, created by `bench_tools`) in
 /// front of the same nginx; wrk -> proxy over plain HTTP -> nginx over TLS.
 fn litellm(dir: &Path, certs: &Certs, upstream: u16) -> Result<Option<Child>> {
@@ -243,11 +188,16 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         let (rps, lat, _) = wrk(dir, port, *conns, secs, Some(*delay))?;
         paced_base.push((rps, lat));
     }
-    let agent = AgentProc::start(agent_bin, dir)?;
+    let agent_dir = dir.join("agent");
+    let _ = std::fs::remove_dir_all(&agent_dir);
+    std::fs::create_dir_all(&agent_dir)?;
+    // SAFETY: single-threaded here; the harness reads it when spawning the agent.
+    unsafe { std::env::set_var("TOKENTAP_AGENT_BIN", agent_bin) };
+    let mut agent = Agent::start(&agent_dir, &[]);
     let (ag_rps, ag_lat, ag_total) = wrk(dir, port, 4, secs, None)?;
     std::thread::sleep(Duration::from_secs(2));
-    let captured = agent.records();
-    let (cpu0, _) = usage(agent.child.id());
+    let captured = agent.record_count() as u64;
+    let (cpu0, _) = usage(agent.pid());
     md.push_str(&format!(
         "| max throughput, 4 keep-alive connections (calls/s) | {base_rps:.0} | {ag_rps:.0} | {:.3} ({:+.1}%) |\n",
         ag_rps / base_rps,
@@ -258,7 +208,9 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         ag_lat - base_lat
     ));
     md.push_str(&format!("| calls captured at max rate | | {captured} of {ag_total} | |\n"));
-    let bytes = agent.stat("bytes");
+    // The stats file is rewritten every second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let bytes = agent.stats()["bytes"].as_u64().unwrap_or(0);
     md.push_str(&format!(
         "| plaintext through the ring buffer at max rate (MB/s) | | {:.1} | |\n",
         bytes as f64 / secs as f64 / 1e6
@@ -271,14 +223,14 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
     let mut paced_with = Vec::new();
     for (i, (label, conns, delay)) in PACED.iter().enumerate() {
         let (b_rps, b_lat) = paced_base[i];
-        let before = agent.records();
-        let (c0, _) = usage(agent.child.id());
+        let before = agent.record_count() as u64;
+        let (c0, _) = usage(agent.pid());
         let t = Instant::now();
         let (rps, lat, total) = wrk(dir, port, *conns, secs, Some(*delay))?;
         std::thread::sleep(Duration::from_secs(2));
-        let (c1, rss) = usage(agent.child.id());
+        let (c1, rss) = usage(agent.pid());
         let cpu_pct = (c1 - c0) / t.elapsed().as_secs_f64() * 100.0;
-        let got = agent.records() - before;
+        let got = agent.record_count() as u64 - before;
         paced_with.push(lat);
         rates.push_str(&format!(
             "| {label} | {b_rps:.0} / {rps:.0} | {b_lat:.0} / {lat:.0} | {:+.0} µs | {cpu_pct:.1} | {:.0} | {got} / {total} |\n",
@@ -287,16 +239,18 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         ));
     }
     let sustained = if long { 60 } else { 20 };
-    let before = agent.records();
+    let before = agent.record_count() as u64;
     let (rps, _, total) = wrk(dir, port, 4, sustained, Some(4))?;
     std::thread::sleep(Duration::from_secs(2));
-    let got = agent.records() - before;
+    let got = agent.record_count() as u64 - before;
     rates.push_str(&format!(
         "\nSustained {rps:.0} calls/s for {sustained} s: {got} records for {total} calls ({} lost).\n",
         total.saturating_sub(got)
     ));
-    let (cpu1, _) = usage(agent.child.id());
-    let stats = agent.stop();
+    let (cpu1, _) = usage(agent.pid());
+    anyhow::ensure!(agent.stop().success(), "agent exit");
+    // Final counters, written at exit.
+    let stats = agent.stats();
     let drops: u64 = ["dropped_unanswered", "dropped_parse_error", "kernel_ring_full", "connections_shed"]
         .iter()
         .map(|k| stats[k].as_u64().unwrap_or(0))
