@@ -14,28 +14,29 @@ use tokentap_event::UsageSource;
 use super::{json, str_at, u64_at, Api, Parsed, ProviderError, Usage};
 use crate::http::{eventstream, h1::Head};
 
-fn converse_usage(u: &Value) -> Option<Usage> {
-    let read = u64_at(u, &["cacheReadInputTokens"]);
-    let write = u64_at(u, &["cacheWriteInputTokens"]);
-    Some(Usage {
-        input: u64_at(u, &["inputTokens"])? + read.unwrap_or(0) + write.unwrap_or(0),
-        output: u64_at(u, &["outputTokens"])?,
+/// Bedrock counts cache reads and writes apart from `input`: they are added to it.
+fn usage(input: u64, output: u64, read: Option<u64>, write: Option<u64>) -> Usage {
+    Usage {
+        input: input + read.unwrap_or(0) + write.unwrap_or(0),
+        output,
         cached: read,
         cache_write: write,
         reasoning: None,
-    })
+    }
+}
+
+/// Converse `usage` (`inputTokens`, …) or a stream's `amazon-bedrock-invocationMetrics`
+/// (`inputTokenCount`, …): the same four counts under two spellings.
+fn usage_at(v: &Value, [input, output, read, write]: [&str; 4]) -> Option<Usage> {
+    Some(usage(u64_at(v, &[input])?, u64_at(v, &[output])?, u64_at(v, &[read]), u64_at(v, &[write])))
+}
+
+fn converse_usage(u: &Value) -> Option<Usage> {
+    usage_at(u, ["inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"])
 }
 
 fn metrics_usage(m: &Value) -> Option<Usage> {
-    let read = u64_at(m, &["cacheReadInputTokenCount"]);
-    let write = u64_at(m, &["cacheWriteInputTokenCount"]);
-    Some(Usage {
-        input: u64_at(m, &["inputTokenCount"])? + read.unwrap_or(0) + write.unwrap_or(0),
-        output: u64_at(m, &["outputTokenCount"])?,
-        cached: read,
-        cache_write: write,
-        reasoning: None,
-    })
+    usage_at(m, ["inputTokenCount", "outputTokenCount", "cacheReadInputTokenCount", "cacheWriteInputTokenCount"])
 }
 
 fn header_u64(head: &Head, name: &str) -> Option<u64> {
@@ -56,13 +57,7 @@ pub fn parse(api: Api, head: &Head, body: &[u8], out: &mut Parsed) -> Result<(),
             if let (Some(input), Some(output)) = (input, output) {
                 let read = header_u64(head, "x-amzn-bedrock-cache-read-input-token-count");
                 let write = header_u64(head, "x-amzn-bedrock-cache-write-input-token-count");
-                out.usage = Some(Usage {
-                    input: input + read.unwrap_or(0) + write.unwrap_or(0),
-                    output,
-                    cached: read,
-                    cache_write: write,
-                    reasoning: None,
-                });
+                out.usage = Some(usage(input, output, read, write));
                 out.usage_source = Some(UsageSource::Headers);
             }
             // The body is the model's own format; its id when it has one.
