@@ -58,6 +58,9 @@ pub const FLAG_LAST: u32 = 1;
 pub const FLAG_TRUNCATED: u32 = 2;
 /// Copying user memory failed for this chunk; its bytes are missing.
 pub const FLAG_READ_FAILED: u32 = 4;
+/// Bytes of this connection were lost (ring buffer full) before this chunk,
+/// which itself is whole: the first chunk of the next call after the loss.
+pub const FLAG_GAP_BEFORE: u32 = 8;
 
 /// Which hook produced a [`DataEvent`].
 #[repr(u32)]

@@ -29,8 +29,8 @@ use aya_ebpf::{
 };
 use tokentap_agent_common::{
     CallArgs, CallKind, ControlEvent, DataEvent, EventKind, GoCallKey, LossCounter, SockArgs, SockCall, SockKey,
-    Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED,
-    LOSS_COUNTERS, MAX_CHUNKS, MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER,
+    Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED,
+    FLAG_TRUNCATED, LOSS_COUNTERS, MAX_CHUNKS, MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER,
 };
 
 /// Size is set by the loader (`--ring-buffer-bytes`); this is the default.
@@ -77,6 +77,50 @@ static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(SCRATCH_S
 /// Per-CPU nesting depth: which scratch slot the next program on this CPU uses.
 #[map]
 static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Connections that lost a chunk to a full ring buffer: the next chunk copied for
+/// them carries [`FLAG_GAP_BEFORE`], so user space knows the stream has a hole
+/// even when whole calls were lost (per-call offsets can't show that). LRU: a
+/// connection never heard of again ages out.
+#[map]
+static GAPPED: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes whose calls were copied since their last exec: the first one wakes
+/// user space (see `copy_chunks`). Cleared at exec and exit.
+#[map]
+static PROCS_SEEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per CPU, the most bytes seen waiting in `EVENTS` since user space last read
+/// (and zeroed) this: the ring buffer's fill level for `/metrics`.
+#[map]
+static RING_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// Whether this output wakes user space. By default every record written to an
+/// empty ring buffer does, which costs the traced thread an interrupt (a VM exit
+/// in a guest) per call; user space drains on a short timer instead, and is
+/// woken early only when the buffer is an eighth full.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if let Some(p) = RING_FILL.get_ptr_mut(0) {
+        // SAFETY: this CPU's value of a live per-CPU map.
+        unsafe {
+            if *p < waiting {
+                *p = waiting;
+            }
+        }
+    }
+    if waiting >= EVENTS.query(BPF_RB_RING_SIZE) / 8 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 /// Per-CPU loss counters (no atomics needed); user space sums the CPUs.
 #[map]
@@ -127,8 +171,11 @@ fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
             ret as u64
         }
         CallKind::GoWrite | CallKind::GoRead => return,
+        // SSL_*_ex return 1 on success; the internal functions they wrap (where
+        // these probes may sit, see the agent's discovery/placement.rs) any
+        // positive value.
         CallKind::WriteEx | CallKind::ReadEx => {
-            if ret != 1 || args.len_ptr == 0 {
+            if ret <= 0 || args.len_ptr == 0 {
                 return;
             }
             match unsafe { bpf_probe_read_user(args.len_ptr as *const u64) } {
@@ -189,7 +236,8 @@ struct CopyCtx {
     buf: u64,
     len: u64,
     slot: u32,
-    _pad: u32,
+    /// Wake user space after this call's last chunk (see [`PROCS_SEEN`]).
+    wake: u32,
 }
 
 fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, slot: u32) {
@@ -209,7 +257,15 @@ fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, slot: u32) {
     h.fd = e.fd;
     h.source = e.source as u32;
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let mut ctx = CopyCtx { buf: e.buf, len, slot, _pad: 0 };
+    // A process's first captured call wakes user space at once: it reads the
+    // process's attribution (/proc/PID: executable, cgroup, environment) while
+    // the process still lives — a short-lived client may exit within milliseconds.
+    let tgid = (pid_tgid >> 32) as u32;
+    let wake = u32::from(unsafe { PROCS_SEEN.get(tgid) }.is_none());
+    if wake == 1 {
+        let _ = PROCS_SEEN.insert(tgid, 1, 0);
+    }
+    let mut ctx = CopyCtx { buf: e.buf, len, slot, wake };
     // bpf_loop (5.17+) lets the verifier check the body once, however many
     // chunks a call needs; an unrolled bounded loop exceeds its budget.
     unsafe { bpf_loop(MAX_CHUNKS, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut CopyCtx).cast(), 0) };
@@ -250,14 +306,21 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         flags |= FLAG_READ_FAILED;
         count_loss(LossCounter::ReadFailed, 1);
     }
+    let key = SslKey { tgid: ev.header.tgid as u64, ssl: ev.header.conn };
+    if index == 0 && unsafe { GAPPED.get(key) }.is_some() {
+        flags |= FLAG_GAP_BEFORE;
+        let _ = GAPPED.remove(key);
+    }
     ev.header.offset = offset;
     ev.header.len = n as u32;
     ev.header.flags = flags;
     let total = DATA_HEADER_LEN + n as usize;
     // SAFETY: `total` <= size_of::<DataEvent>() and `ev` is a live map value.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    let wake = if last && ctx.wake == 1 { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
+    if EVENTS.output::<[u8]>(bytes, wake).is_err() {
         count_loss(LossCounter::RingFull, 1);
+        let _ = GAPPED.insert(key, 1, 0);
     }
     if last {
         1
@@ -281,7 +344,11 @@ fn emit_control_for(pid_tgid: u64, kind: EventKind, conn: u64) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<ControlEvent>(&ev, 0).is_err() {
+    // A new program or library must be inspected while its process still
+    // lives (it may exit within milliseconds): wake user space at once.
+    let flags =
+        if matches!(kind, EventKind::Exec | EventKind::LibsChanged) { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
+    if EVENTS.output::<ControlEvent>(&ev, flags).is_err() {
         count_loss(LossCounter::ControlRingFull, 1);
     }
 }
@@ -370,6 +437,7 @@ pub fn dl_debug_state(_ctx: ProbeContext) -> u32 {
 // Raw tracepoints need no tracefs mount (often absent in containers).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let _ = PROCS_SEEN.remove((bpf_get_current_pid_tgid() >> 32) as u32);
     emit_control(EventKind::Exec, 0);
     0
 }
@@ -380,6 +448,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     // Only the thread group leader's exit ends the process's connections.
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         let _ = SOCK_PROCS.remove((pid_tgid >> 32) as u32);
+        let _ = PROCS_SEEN.remove((pid_tgid >> 32) as u32);
         emit_control(EventKind::Exit, 0);
     }
     0

@@ -105,6 +105,13 @@ pub struct Cli {
     /// Extra directory to search for libssl.so* at start (repeatable).
     #[arg(global = true, long = "lib-dir", value_name = "DIR")]
     pub lib_dirs: Vec<PathBuf>,
+    /// Do not probe the TLS libraries of processes with this name (command name or
+    /// executable file name; repeatable), e.g. a busy ingress proxy that calls no
+    /// LLM API: its TLS calls then take no probe hits. Probes live on library
+    /// files, so this only helps for a library no other process maps (a static
+    /// binary, a container image's own libssl).
+    #[arg(global = true, long = "exclude-process", value_name = "NAME")]
+    pub exclude_processes: Vec<String>,
     /// Log filter (tracing syntax, e.g. `info`, `tokentap_agent=debug`). RUST_LOG also works.
     #[arg(global = true, long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -206,6 +213,8 @@ pub struct FileConfig {
     pub rescan_interval_secs: Option<u64>,
     #[serde(default)]
     pub lib_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub exclude_processes: Vec<String>,
     pub socket_capture: Option<bool>,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub collector_token_file: Option<PathBuf>,
@@ -263,6 +272,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub rescan_interval: Duration,
     pub lib_dirs: Vec<PathBuf>,
+    /// Processes whose TLS libraries are not probed (`--exclude-process`).
+    pub exclude_processes: Vec<String>,
     /// Plaintext HTTP capture at the socket syscalls.
     pub socket_capture: bool,
     /// Print capture progress to stderr every few seconds (audits).
@@ -323,6 +334,7 @@ impl Settings {
                 cli.rescan_interval_secs.or(file.rescan_interval_secs).unwrap_or(10).max(1),
             ),
             lib_dirs,
+            exclude_processes: file.exclude_processes.iter().chain(&cli.exclude_processes).cloned().collect(),
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
             progress: matches!(cli.command, Some(Command::Audit { .. })),
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
@@ -430,6 +442,16 @@ mod tests {
         let cli = Cli::try_parse_from(["tokentap-agent", "audit", "--duration", "1m", "--out", "/tmp/x"]).unwrap();
         assert_eq!(cli.duration, Some(60));
         assert!(matches!(cli.command, Some(Command::Audit { .. })));
+    }
+
+    #[test]
+    fn excluded_processes_from_file_and_flags() {
+        let p = write("exclude", "exclude_processes = [\"envoy\"]\n");
+        let cli =
+            Cli::try_parse_from(["tokentap-agent", "--exclude-process", "nginx", "-c", p.to_str().unwrap()]).unwrap();
+        let s = Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap();
+        assert_eq!(s.exclude_processes, vec!["envoy".to_string(), "nginx".to_string()]);
+        assert!(Settings::resolve(&Cli::default()).unwrap().exclude_processes.is_empty());
     }
 
     #[test]

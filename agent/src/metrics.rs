@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::stats::Stats;
 
 /// Counters that are levels, not totals.
-const GAUGES: &[&str] = &["collector_spool_bytes"];
+const GAUGES: &[&str] = &["collector_spool_bytes", "ring_buffer_fill_bytes", "ring_buffer_size_bytes"];
 
 pub fn render(stats: &Stats) -> String {
     let mut s = String::new();

@@ -189,8 +189,11 @@ impl Pipeline {
         }
         let rules = &self.cfg.rules;
         let conn = &mut entry.state;
+        if continuity != Continuity::InOrder {
+            conn.http.gap(&mut lost);
+        }
         if continuity == Continuity::Gap {
-            conn.http.lose_sync(&mut lost);
+            // The chunk itself is incomplete: wait for the next call.
         } else if h.direction == DIR_EGRESS {
             conn.http.on_egress(data, h.ts_ns, &mut |head| rules.classify(head).is_some(), &mut lost);
         } else {
@@ -313,6 +316,7 @@ impl Pipeline {
     fn count_lost(&self, lost: &Lost) {
         Stats::add(&self.stats.dropped_unanswered, lost.unanswered);
         Stats::add(&self.stats.joined_mid_stream, lost.joined_mid_stream);
+        Stats::add(&self.stats.resynced_after_gap, lost.resynced);
     }
 
     fn count_ignored(stats: &Stats, why: Ignored) {
@@ -418,7 +422,7 @@ mod tests {
     use super::*;
     use crate::capture::decode::tests::data_record;
     use std::sync::Mutex;
-    use tokentap_agent_common::{DIR_INGRESS, FLAG_LAST};
+    use tokentap_agent_common::{DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST};
 
     #[derive(Clone, Default)]
     struct Collect(Arc<Mutex<Vec<LlmCall>>>);
@@ -516,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn lost_chunk_drops_the_call_and_counts_it() {
+    fn lost_bytes_drop_the_call_in_flight_count_it_and_resume() {
         let (mut p, c, stats) = pipeline();
         call(&mut p, 1, DIR_EGRESS, REQ, 1000);
         // Response's first chunk missing: second chunk arrives at offset 10.
@@ -525,7 +529,19 @@ mod tests {
         assert!(c.0.lock().unwrap().is_empty());
         let s = stats.snapshot();
         assert_eq!(s.dropped_unanswered, 1);
-        assert_eq!(s.ignored_desync, 1);
+        assert_eq!((s.resynced_after_gap, s.ignored_desync), (1, 0));
+        // The keep-alive connection's next call is captured again.
+        call(&mut p, 1, DIR_EGRESS, REQ, 1000);
+        call(&mut p, 1, DIR_INGRESS, &r, 1000);
+        assert_eq!(c.0.lock().unwrap().len(), 1);
+        // Whole calls lost before a request (the kernel flags its first chunk):
+        // the exchange in flight is dropped, the flagged one is captured.
+        call(&mut p, 1, DIR_EGRESS, REQ, 1000);
+        p.handle(&data_record(42, 1, DIR_EGRESS, 0, REQ.len() as u64, REQ, FLAG_LAST | FLAG_GAP_BEFORE));
+        call(&mut p, 1, DIR_INGRESS, &r, 1000);
+        assert_eq!(c.0.lock().unwrap().len(), 2);
+        let s = stats.snapshot();
+        assert_eq!((s.dropped_unanswered, s.resynced_after_gap, s.records), (2, 2, 2));
     }
 
     #[test]

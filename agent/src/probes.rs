@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
@@ -111,11 +111,13 @@ impl IgnoreMap {
 
 pub struct LossReader {
     map: PerCpuArray<MapData, u64>,
+    fill: PerCpuArray<MapData, u64>,
+    ring_bytes: u32,
 }
 
 impl LossReader {
     /// Copy the kernel's loss counters (summed over CPUs) into `stats`.
-    pub fn update(&self, stats: &Stats) {
+    pub fn update(&mut self, stats: &Stats) {
         let read = |c: LossCounter| -> u64 { self.map.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0) };
         Stats::set(&stats.kernel_ring_full, read(LossCounter::RingFull));
         Stats::set(&stats.kernel_truncated_calls, read(LossCounter::TruncatedCall));
@@ -127,6 +129,14 @@ impl LossReader {
         Stats::set(&stats.kernel_iov_overflow, read(LossCounter::IovOverflow));
         Stats::set(&stats.kernel_sockets_not_http, read(LossCounter::SocketsNotHttp));
         debug_assert_eq!(LOSS_COUNTERS, 9);
+        // The high-water mark since the last read, then start a new interval.
+        if let Ok(v) = self.fill.get(&0, 0) {
+            Stats::set(&stats.ring_buffer_fill_bytes, v.iter().copied().max().unwrap_or(0));
+            if let Ok(zero) = PerCpuValues::try_from(vec![0u64; v.len()]) {
+                let _ = self.fill.set(0, zero, 0);
+            }
+        }
+        Stats::set(&stats.ring_buffer_size_bytes, self.ring_bytes as u64);
     }
 }
 
@@ -168,7 +178,10 @@ impl Probes {
         let ignored = ebpf.take_map("IGNORED_CONNS").ok_or(ProbeError::MissingMap("IGNORED_CONNS"))?;
         let ignored = aya::maps::HashMap::try_from(ignored)
             .map_err(|source| ProbeError::Map { name: "IGNORED_CONNS", source })?;
-        let channels = Channels { events, loss: LossReader { map: loss }, ignored: IgnoreMap { map: ignored } };
+        let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
+        let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
+        let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };
+        let channels = Channels { events, loss, ignored: IgnoreMap { map: ignored } };
         Ok((Self { ebpf, attached: HashMap::new() }, channels))
     }
 

@@ -119,7 +119,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Initial discovery: library directories first (covers processes that load
     // libssl later), then every running process.
     let started = Instant::now();
-    let mut discovery = Discovery::new("/proc");
+    let mut discovery = Discovery::new("/proc").exclude(&settings.exclude_processes);
     let mut targets = discovery.scan_dirs(&settings.lib_dirs);
     targets.extend(discovery.scan_all());
     attach_all(&mut probes, &mut discovery, &targets, &stats);
@@ -176,6 +176,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target], stats: &Stats) {
+    Stats::set(&stats.processes_excluded, discovery.processes_excluded);
     for t in targets {
         let started = Instant::now();
         match probes.attach(t) {
@@ -184,7 +185,8 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
                 let what =
                     if t.symbols.is_tls_library() || t.symbols.go.is_some() { t.symbols.library } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
-                tracing::info!(path = %t.path.display(), what, took_us, "attached");
+                let probes = if t.symbols.rerouted { "internal" } else { "exported" };
+                tracing::info!(path = %t.path.display(), what, probes, took_us, "attached");
             }
             Ok(false) => {}
             Err(e) => {
@@ -272,9 +274,14 @@ fn discovery_loop(
     tracing::info!(targets = n, took_ms = t.elapsed().as_millis() as u64, "probes detached");
 }
 
+/// How often the ring buffer is drained while events arrive, and when idle
+/// (the delay before a record is written after its call completes).
+const DRAIN_BUSY_MS: i32 = 10;
+const DRAIN_IDLE_MS: i32 = 100;
+
 fn read_loop(
     mut events: RingBuf<MapData>,
-    loss: LossReader,
+    mut loss: LossReader,
     mut pipeline: Pipeline,
     stop: &AtomicBool,
     stats: &Stats,
@@ -283,11 +290,23 @@ fn read_loop(
     let fd = events.as_raw_fd();
     let mut last_tick = Instant::now();
     let mut last_log = Instant::now();
+    let mut busy = false;
+    // Kernel counters and gauges from the start, not after the first second.
+    loss.update(stats);
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // The kernel wakes us only when the ring buffer fills up (see the eBPF
+        // `wakeup_flags`): drain on a timer, often while calls flow, rarely when idle.
+        let timeout = if stopping {
+            0
+        } else if busy {
+            DRAIN_BUSY_MS
+        } else {
+            DRAIN_IDLE_MS
+        };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, if stopping { 0 } else { 100 }) };
+        unsafe { libc::poll(&mut pfd, 1, timeout) };
         let mut n = 0usize;
         while let Some(item) = events.next() {
             pipeline.handle(&item);
@@ -296,6 +315,7 @@ fn read_loop(
         if n > 0 {
             pipeline.flush();
         }
+        busy = n > 0;
         if stopping {
             break;
         }

@@ -43,6 +43,10 @@ counters! {
     ignored_server_side,
     /// Connections whose capture began mid-exchange (that exchange skipped).
     joined_mid_stream,
+    /// HTTP/1.1 connections that lost bytes (full ring buffer, unreadable
+    /// memory) and resumed at their next request; the calls in flight count in
+    /// `dropped_unanswered`.
+    resynced_after_gap,
     ignored_desync,
     ignored_upgraded,
     /// Connections evicted because the table was full.
@@ -81,6 +85,8 @@ counters! {
     targets_attached,
     /// Attach attempts that failed.
     attach_failures,
+    /// Process scans skipped for `--exclude-process`.
+    processes_excluded,
     /// Kernel-side losses (from the LOSS map).
     kernel_ring_full,
     kernel_truncated_calls,
@@ -95,6 +101,11 @@ counters! {
     /// Not a loss: plaintext socket connections whose first bytes were not HTTP
     /// (TLS, databases, DNS…), skipped in the kernel.
     kernel_sockets_not_http,
+    /// Most bytes waiting in the kernel ring buffer during the last second, and
+    /// its size (`--ring-buffer-bytes`): when the first nears the second,
+    /// records are about to be lost (`kernel_ring_full`).
+    ring_buffer_fill_bytes,
+    ring_buffer_size_bytes,
 }
 
 impl Stats {

@@ -108,6 +108,19 @@ fn go_net_http_over_crypto_tls_with_and_without_symbols() {
     let _g = serial();
     let dir = scratch("go-build");
     let bins = [build_go_client(&dir, false), build_go_client(&dir, true)];
+    for bin in &bins {
+        // The entry probes sit on the prologue's stack-check jump, which the kernel
+        // emulates, not on the single-stepped first instruction (placement.rs).
+        let go = tokentap_agent::discovery::inspect(bin).expect("inspect").go.expect("a Go TLS program");
+        let code = std::fs::read(bin).unwrap();
+        for at in [go.write, go.read] {
+            let op = code[at as usize];
+            assert!(
+                matches!(op, 0x70..=0x7f) || (op == 0x0f && matches!(code[at as usize + 1], 0x80..=0x8f)),
+                "{op:#x}"
+            );
+        }
+    }
     let env = Env::start("go", Transport::H2, &[]);
     for bin in &bins {
         // A new executable is probed when it first runs; a process that makes its

@@ -52,7 +52,7 @@ fn captures_with_only_the_documented_capabilities_and_serves_metrics() {
     let listen = format!("--metrics-listen=127.0.0.1:{port}");
     // Every capability but these is gone from the agent's bounding set.
     let wrapper = ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace,+sys_admin", "--"];
-    let mut agent = Agent::start_with(&dir, &[&listen], &wrapper);
+    let mut agent = Agent::start_with(&dir, &[&listen, "--ring-buffer-bytes=8388608"], &wrapper);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
     let mask = u64::from_str_radix(&eff, 16).unwrap();
@@ -74,6 +74,14 @@ fn captures_with_only_the_documented_capabilities_and_serves_metrics() {
     ] {
         assert!(m.contains(name), "{name} in /metrics");
     }
+    // The ring buffer's size and its fill level over the last second (a gauge).
+    let gauge = |name: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}:\n{m}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(m.contains("# TYPE tokentap_agent_ring_buffer_fill_bytes gauge"), "{m}");
+    assert_eq!(gauge("tokentap_agent_ring_buffer_size_bytes"), 8_388_608);
+    assert!(gauge("tokentap_agent_ring_buffer_fill_bytes") < 8_388_608);
     assert!(agent.stop().success());
 }
 

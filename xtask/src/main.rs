@@ -14,6 +14,7 @@ mod overhead;
 mod prereq;
 mod prices;
 mod soak;
+mod uprobe_cost;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "tokentap project tasks")]

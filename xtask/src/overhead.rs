@@ -46,7 +46,14 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
+    // The server gets its own copy of libssl, like a server in its own container
+    // image: with `--exclude-process nginx` the agent then probes only the
+    // client, as on a node calling a remote LLM API.
+    let lib_dir = dir.join("server-lib");
+    std::fs::create_dir_all(&lib_dir)?;
+    std::fs::copy(system_libssl()?, lib_dir.join("libssl.so.3")).context("copying libssl for nginx")?;
     let child = Command::new("nginx")
+        .env("LD_LIBRARY_PATH", &lib_dir)
         .args(["-e", &dir.join("nginx.err").display().to_string(), "-g", "daemon off;", "-c"])
         .arg(&path)
         .stderr(Stdio::null())
@@ -63,12 +70,35 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
     Ok(n)
 }
 
-/// wrk's result: (requests/s, mean latency in µs, requests).
-fn wrk(dir: &Path, port: u16, conns: u32, secs: u32, delay_ms: Option<u32>) -> Result<(f64, f64, u64)> {
+/// The libssl.so.3 nginx links against.
+fn system_libssl() -> Result<std::path::PathBuf> {
+    let nginx = Command::new("sh").args(["-c", "ldd \"$(command -v nginx)\""]).output().context("ldd nginx")?;
+    String::from_utf8_lossy(&nginx.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("libssl.so.3 => ")?.split_whitespace().next().map(Into::into))
+        .context("nginx is not linked against libssl.so.3")
+}
+
+/// wrk's result: (requests/s, mean latency in µs, requests, client CPU µs per call).
+/// wrk's CPU time per call in µs comes from the rusage of reaped children (wrk
+/// is the only child reaped meanwhile): the traced client's own cost, kernel time
+/// in its probes included, and much steadier than latency on a shared machine.
+type WrkRun = (f64, f64, u64, f64);
+
+fn children_cpu_us() -> f64 {
+    // SAFETY: a zeroed rusage for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn wrk(dir: &Path, port: u16, conns: u32, secs: u32, delay_ms: Option<u32>) -> Result<WrkRun> {
     wrk_url(dir, &format!("https://127.0.0.1:{port}/v1/chat/completions"), conns, secs, delay_ms)
 }
 
-fn wrk_url(dir: &Path, url: &str, conns: u32, secs: u32, delay_ms: Option<u32>) -> Result<(f64, f64, u64)> {
+fn wrk_url(dir: &Path, url: &str, conns: u32, secs: u32, delay_ms: Option<u32>) -> Result<WrkRun> {
     let body = format!(
         "{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         "x".repeat(1950)
@@ -82,6 +112,7 @@ fn wrk_url(dir: &Path, url: &str, conns: u32, secs: u32, delay_ms: Option<u32>) 
              wrk.headers[\"Authorization\"] = \"Bearer sk-bench\"\n{delay}"
         ),
     )?;
+    let cpu0 = children_cpu_us();
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "-s"])
         .arg(&script)
@@ -105,7 +136,8 @@ fn wrk_url(dir: &Path, url: &str, conns: u32, secs: u32, delay_ms: Option<u32>) 
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    Ok((rps, lat, total))
+    let cpu = (children_cpu_us() - cpu0) / (total.max(1) as f64);
+    Ok((rps, lat, total, cpu))
 }
 
 fn parse_latency_us(s: &str) -> f64 {
@@ -171,30 +203,74 @@ fn litellm(dir: &Path, certs: &Certs, upstream: u16) -> Result<Option<Child>> {
 
 /// (label, connections, per-connection delay in ms): wrk's pacing of ~100,
 /// ~1,000 and ~5,000 calls/s.
-const PACED: &[(&str, u32, u32)] = &[("100/s", 1, 10), ("1,000/s", 4, 4), ("5,000/s", 16, 3)];
+const PACED: &[(&str, u32, u32)] = &[("100/s", 1, 10), ("1,000/s", 4, 4), ("5,000/s", 17, 3)];
+
+/// Set the CPU affinity of every thread of `pid` (children inherit it).
+fn pin(pid: u32, cpus: &str) -> Result<()> {
+    let ok = Command::new("taskset").args(["-a", "-pc", cpus, &pid.to_string()]).stdout(Stdio::null()).status()?;
+    anyhow::ensure!(ok.success(), "taskset {cpus} {pid}");
+    Ok(())
+}
+
+/// The nginx master and its workers.
+fn nginx_pids(master: u32) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-P", &master.to_string()]).output().map(|o| o.stdout).unwrap_or_default();
+    std::iter::once(master)
+        .chain(String::from_utf8_lossy(&out).split_whitespace().filter_map(|p| p.parse().ok()))
+        .collect()
+}
+
+/// Without/with pairs at ~1,000 calls/s, alternated so that drift on a shared
+/// machine hits both sides alike: (median added latency, median added client
+/// CPU, median throughput ratio).
+fn interleaved(dir: &Path, port: u16, pairs: usize, pin_agent: bool) -> Result<(f64, f64, f64)> {
+    let (_, conns, delay) = PACED[1];
+    let (mut lat, mut cpu, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..pairs {
+        let (b_rps, b_lat, _, b_cpu) = wrk(dir, port, conns, 8, Some(delay))?;
+        let agent_dir = dir.join(format!("agent-pair-{i}"));
+        let _ = std::fs::remove_dir_all(&agent_dir);
+        std::fs::create_dir_all(&agent_dir)?;
+        let mut agent = Agent::start(&agent_dir, &["--exclude-process", "nginx"]);
+        if pin_agent {
+            pin(agent.pid(), "1")?;
+        }
+        let (rps, l, _, c) = wrk(dir, port, conns, 8, Some(delay))?;
+        anyhow::ensure!(agent.stop().success(), "agent exit");
+        lat.push(l - b_lat);
+        cpu.push(c - b_cpu);
+        ratio.push(rps / b_rps);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(lat), median(cpu), median(ratio)))
+}
 
 pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let certs = Certs::generate(dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _nginx = nginx(dir, &certs, port)?;
+    let nginx = nginx(dir, &certs, port)?;
+    let nginx_pid = nginx.0.id();
     let secs = if long { 20 } else { 10 };
     let mut md = String::from("| measurement | without agent | with agent | ratio / delta |\n|---|--:|--:|--:|\n");
     // Warm-up (TLS session setup, nginx caches).
     wrk(dir, port, 4, 2, None)?;
-    let (base_rps, base_lat, _) = wrk(dir, port, 4, secs, None)?;
+    let (base_rps, base_lat, _, _) = wrk(dir, port, 4, secs, None)?;
     let mut paced_base = Vec::new();
     for (_, conns, delay) in PACED {
-        let (rps, lat, _) = wrk(dir, port, *conns, secs, Some(*delay))?;
-        paced_base.push((rps, lat));
+        let (rps, lat, _, cpu) = wrk(dir, port, *conns, secs, Some(*delay))?;
+        paced_base.push((rps, lat, cpu));
     }
     let agent_dir = dir.join("agent");
     let _ = std::fs::remove_dir_all(&agent_dir);
     std::fs::create_dir_all(&agent_dir)?;
     // SAFETY: single-threaded here; the harness reads it when spawning the agent.
     unsafe { std::env::set_var("TOKENTAP_AGENT_BIN", agent_bin) };
-    let mut agent = Agent::start(&agent_dir, &[]);
-    let (ag_rps, ag_lat, ag_total) = wrk(dir, port, 4, secs, None)?;
+    let mut agent = Agent::start(&agent_dir, &["--exclude-process", "nginx"]);
+    let (ag_rps, ag_lat, ag_total, _) = wrk(dir, port, 4, secs, None)?;
     std::thread::sleep(Duration::from_secs(2));
     let captured = agent.record_count() as u64;
     let (cpu0, _) = usage(agent.pid());
@@ -218,29 +294,29 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
     // Paced rates: the same runs without the agent (measured first, before it
     // started) give the latency each call gains; with it, its CPU and RSS.
     let mut rates = String::from(
-        "\n| offered rate | achieved without / with agent (calls/s) | mean latency without / with (µs) | added per call | agent CPU (% of one core) | agent RSS (MiB) | records / calls |\n|---|--:|--:|--:|--:|--:|--:|\n",
+        "\n| offered rate | achieved without / with agent (calls/s) | mean latency without / with (µs) | added per call | client CPU per call without / with (µs) | agent CPU (% of one core) | agent RSS (MiB) | records / calls |\n|---|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     let mut paced_with = Vec::new();
     for (i, (label, conns, delay)) in PACED.iter().enumerate() {
-        let (b_rps, b_lat) = paced_base[i];
+        let (b_rps, b_lat, b_cpu) = paced_base[i];
         let before = agent.record_count() as u64;
         let (c0, _) = usage(agent.pid());
         let t = Instant::now();
-        let (rps, lat, total) = wrk(dir, port, *conns, secs, Some(*delay))?;
+        let (rps, lat, total, cpu) = wrk(dir, port, *conns, secs, Some(*delay))?;
         std::thread::sleep(Duration::from_secs(2));
         let (c1, rss) = usage(agent.pid());
         let cpu_pct = (c1 - c0) / t.elapsed().as_secs_f64() * 100.0;
         let got = agent.record_count() as u64 - before;
         paced_with.push(lat);
         rates.push_str(&format!(
-            "| {label} | {b_rps:.0} / {rps:.0} | {b_lat:.0} / {lat:.0} | {:+.0} µs | {cpu_pct:.1} | {:.0} | {got} / {total} |\n",
+            "| {label} | {b_rps:.0} / {rps:.0} | {b_lat:.0} / {lat:.0} | {:+.0} µs | {b_cpu:.1} / {cpu:.1} | {cpu_pct:.1} | {:.0} | {got} / {total} |\n",
             lat - b_lat,
             rss as f64 / (1 << 20) as f64
         ));
     }
-    let sustained = if long { 60 } else { 20 };
+    let sustained = if long { 120 } else { 60 };
     let before = agent.record_count() as u64;
-    let (rps, _, total) = wrk(dir, port, 4, sustained, Some(4))?;
+    let (rps, _, total, _) = wrk(dir, port, 4, sustained, Some(4))?;
     std::thread::sleep(Duration::from_secs(2));
     let got = agent.record_count() as u64 - before;
     rates.push_str(&format!(
@@ -249,6 +325,24 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
     ));
     let (cpu1, _) = usage(agent.pid());
     anyhow::ensure!(agent.stop().success(), "agent exit");
+    // Both ends on this node and both traced (the server's probes fire too).
+    let both_dir = dir.join("agent-both");
+    let _ = std::fs::remove_dir_all(&both_dir);
+    std::fs::create_dir_all(&both_dir)?;
+    let mut both = Agent::start(&both_dir, &[]);
+    let mut both_rows = String::from(
+        "\nWith the server traced as well (no `--exclude-process`; both ends of each call take probe hits):\n\n\
+         | offered rate | achieved without / with agent (calls/s) | mean latency without / with (µs) | added per call | client CPU per call without / with (µs) |\n|---|--:|--:|--:|--:|\n",
+    );
+    for (i, (label, conns, delay)) in PACED.iter().enumerate().take(2) {
+        let (b_rps, b_lat, b_cpu) = paced_base[i];
+        let (rps, lat, _, cpu) = wrk(dir, port, *conns, secs, Some(*delay))?;
+        both_rows.push_str(&format!(
+            "| {label} | {b_rps:.0} / {rps:.0} | {b_lat:.0} / {lat:.0} | {:+.0} µs | {b_cpu:.1} / {cpu:.1} |\n",
+            lat - b_lat
+        ));
+    }
+    anyhow::ensure!(both.stop().success(), "agent exit");
     // Final counters, written at exit.
     let stats = agent.stats();
     let drops: u64 = ["dropped_unanswered", "dropped_parse_error", "kernel_ring_full", "connections_shed"]
@@ -262,8 +356,66 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         stats["dropped_unanswered"],
         stats["kernel_ring_full"]
     ));
+    rates.push_str(&both_rows);
+    // Overdriven: a ring buffer far too small for the rate. Losses must show in
+    // the counters, and every record written must still be exact.
+    let over_dir = dir.join("agent-overdriven");
+    let _ = std::fs::remove_dir_all(&over_dir);
+    std::fs::create_dir_all(&over_dir)?;
+    let mut over = Agent::start(&over_dir, &["--exclude-process", "nginx", "--ring-buffer-bytes", "65536"]);
+    let (o_rps, _, o_total, _) = wrk(dir, port, 4, 5, None)?;
+    std::thread::sleep(Duration::from_secs(2));
+    anyhow::ensure!(over.stop().success(), "agent exit");
+    let o = over.stats();
+    let o_records = o["records"].as_u64().unwrap_or(0);
+    let wrong = over.records().iter().filter(|r| r["input_tokens"] != 512 || r["output_tokens"] != 2000).count();
+    rates.push_str(&format!(
+        "\nOverdriven (64 KiB ring buffer, {o_rps:.0} calls/s for 5 s): {o_records} records for {o_total} calls; \
+         counted: kernel_ring_full {} chunks, dropped_unanswered {}, joined_mid_stream {}, ignored_desync {}; \
+         records with wrong tokens: {wrong}.\n",
+        o["kernel_ring_full"], o["dropped_unanswered"], o["joined_mid_stream"], o["ignored_desync"]
+    ));
+    let pairs = 5;
+    let (i_lat, i_cpu, i_ratio) = interleaved(dir, port, pairs, false)?;
+    rates.push_str(&format!(
+        "\n**At ~1,000 calls/s, {pairs} without/with pairs alternated (medians; the agent started and \
+         stopped for each pair): {:+.1}% throughput, {i_lat:+.0} µs latency, {i_cpu:+.1} µs of the \
+         client's CPU per call.**\n",
+        (i_ratio - 1.0) * 100.0
+    ));
+    // The same with the agent on its own CPU, client and server on another: what
+    // is left is the probes' cost in the client, without CPU sharing.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        let all = format!("0-{}", cpus - 1);
+        let me = std::process::id();
+        let procs: Vec<u32> = std::iter::once(me).chain(nginx_pids(nginx_pid)).collect();
+        for p in &procs {
+            pin(*p, "0")?;
+        }
+        let pinned = interleaved(dir, port, 3, true);
+        for p in &procs {
+            pin(*p, &all)?;
+        }
+        let (p_lat, p_cpu, p_ratio) = pinned?;
+        rates.push_str(&format!(
+            "**The same, 3 pairs, with client and server on CPU 0 and the agent on CPU 1: {:+.1}% throughput, \
+             {p_lat:+.0} µs latency, {p_cpu:+.1} µs of the client's CPU per call.**\n",
+            (p_ratio - 1.0) * 100.0
+        ));
+    }
+    let hit = match crate::uprobe_cost::measure() {
+        Ok((single, emulated)) => format!(
+            "One uprobe hit on this machine: {single:.2} µs when the kernel single-steps the probed \
+             instruction, {emulated:.2} µs when it emulates it (the agent probes emulated instructions \
+             where the code allows: `probes=\"internal\"` in its log).\n\n"
+        ),
+        Err(e) => format!("(uprobe hit cost not measured: {e})\n\n"),
+    };
     let machine = format!(
-        "Machine: {} CPUs, kernel {}; wrk and nginx (OpenSSL 3) on loopback, both traced.\n\n",
+        "Machine: {} CPUs, kernel {}; wrk and nginx (OpenSSL 3) on loopback; the agent runs with \
+         `--exclude-process nginx` (nginx has its own libssl copy), so only the client is traced, \
+         unless said otherwise.\n\n{hit}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
@@ -273,8 +425,8 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         let lport: u16 = std::fs::read_to_string(dir.join("litellm.port"))?.trim().parse()?;
         let url = format!("http://127.0.0.1:{lport}/v1/chat/completions");
         wrk_url(dir, &url, 4, 3, None)?;
-        let (g_rps, g_lat, _) = wrk_url(dir, &url, 4, secs, None)?;
-        let (_, g100, _) = wrk_url(dir, &url, PACED[0].1, secs, Some(PACED[0].2))?;
+        let (g_rps, g_lat, _, _) = wrk_url(dir, &url, 4, secs, None)?;
+        let (_, g100, _, _) = wrk_url(dir, &url, PACED[0].1, secs, Some(PACED[0].2))?;
         let _ = proxy.kill();
         let _ = proxy.wait();
         gateway = format!(

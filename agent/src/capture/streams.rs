@@ -4,7 +4,7 @@
 //! exits. Each entry checks that a call's chunks arrive complete and in order.
 use std::collections::HashMap;
 
-use tokentap_agent_common::{DataHeader, DIR_INGRESS, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED};
+use tokentap_agent_common::{DataHeader, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct ConnKey {
@@ -39,6 +39,8 @@ pub enum Continuity {
     InOrder,
     /// Bytes are missing before or inside this chunk.
     Gap,
+    /// Bytes are missing before this chunk, which is whole and starts a call.
+    GapBefore,
 }
 
 /// A connection pushed out of a full table.
@@ -89,9 +91,18 @@ impl<T> ConnTable<T> {
         }
         let dir = usize::from(h.direction == DIR_INGRESS);
         let expected = e.next_offset[dir].unwrap_or(0);
-        let mut cont = if h.offset == expected { Continuity::InOrder } else { Continuity::Gap };
+        let mut cont = if h.offset == expected {
+            Continuity::InOrder
+        } else if h.offset == 0 {
+            // A new call while the last one's tail never came.
+            Continuity::GapBefore
+        } else {
+            Continuity::Gap
+        };
         if h.flags & (FLAG_READ_FAILED | FLAG_TRUNCATED) != 0 {
             cont = Continuity::Gap;
+        } else if cont == Continuity::InOrder && h.flags & FLAG_GAP_BEFORE != 0 {
+            cont = Continuity::GapBefore;
         }
         e.next_offset[dir] = if h.flags & FLAG_LAST != 0 { None } else { Some(h.offset.saturating_add(h.len as u64)) };
         (e, cont, evicted)
@@ -159,6 +170,14 @@ mod tests {
         let (_, c, _) = t.on_data(&hdr(1, 1, DIR_INGRESS, 0, 5, FLAG_LAST | FLAG_TRUNCATED, 5), || 0);
         assert_eq!(c, Continuity::Gap);
         assert_eq!(t.len(), 1);
+        // Whole calls lost before this one (the kernel flags it): a clean call start.
+        let (_, c, _) = t.on_data(&hdr(1, 1, DIR_EGRESS, 0, 5, FLAG_LAST | FLAG_GAP_BEFORE, 6), || 0);
+        assert_eq!(c, Continuity::GapBefore);
+        // A call left unfinished (its last chunk lost), then a new call.
+        let (_, c, _) = t.on_data(&hdr(1, 1, DIR_EGRESS, 0, 16384, 0, 7), || 0);
+        assert_eq!(c, Continuity::InOrder);
+        let (_, c, _) = t.on_data(&hdr(1, 1, DIR_EGRESS, 0, 5, FLAG_LAST, 8), || 0);
+        assert_eq!(c, Continuity::GapBefore);
     }
 
     #[test]

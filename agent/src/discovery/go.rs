@@ -6,8 +6,10 @@
 //! points come from there when the symbol table is absent. Return instructions
 //! are found by decoding the function's machine code (x86-64); uretprobes are
 //! not usable on Go, whose goroutine stacks move.
-use iced_x86::{Code, Decoder, DecoderOptions};
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use object::{Object, ObjectSection, ObjectSymbol};
+
+use super::placement::{self, file_offset};
 
 /// File offsets of the probe points in one Go executable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -132,14 +134,8 @@ fn from_pclntab(t: &[u8]) -> Result<Found, NotProbed> {
     Ok(found)
 }
 
-fn file_offset(elf: &object::File<'_>, addr: u64) -> Option<u64> {
-    elf.sections().find_map(|s| {
-        let (off, size) = s.file_range()?;
-        (addr >= s.address() && addr < s.address() + size).then(|| off + (addr - s.address()))
-    })
-}
-
-/// The function's entry and each `RET` as file offsets.
+/// Where the entry probe goes (the entry, or a cheaper point in the prologue) and
+/// each `RET`, as file offsets.
 fn probe_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Result<(u64, Vec<u64>), NotProbed> {
     let off = file_offset(elf, addr).ok_or(NotProbed::Malformed("function outside any section"))?;
     let code = data
@@ -149,7 +145,12 @@ fn probe_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Resul
     if rets.is_empty() || rets.len() > MAX_RETS {
         return Err(NotProbed::Malformed("no plausible return instructions"));
     }
-    Ok((off, rets.into_iter().map(|r| off + (r - addr)).collect()))
+    // The entry program reads the receiver, buffer and length (RAX, RBX, RCX) and
+    // the goroutine (R14): any instruction before which none changed will do, and
+    // one the kernel emulates costs a fraction of the entry's (placement.rs).
+    let kept = [Register::RAX, Register::RBX, Register::RCX, Register::R14];
+    let entry = placement::cheap_entry(code, addr, &kept).unwrap_or(addr);
+    Ok((off + (entry - addr), rets.into_iter().map(|r| off + (r - addr)).collect()))
 }
 
 /// Addresses of the `RET` instructions in `code` (starting at `addr`). Decoding

@@ -14,6 +14,7 @@ use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
 
 pub mod go;
+pub mod placement;
 
 /// File offsets of the functions we probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,11 +31,15 @@ pub struct TlsSymbols {
     pub library: &'static str,
     /// Go `crypto/tls` probe points (a Go executable).
     pub go: Option<go::GoTls>,
+    /// The `_ex` probes sit on OpenSSL's internal read/write functions (see
+    /// [`placement`]).
+    pub rerouted: bool,
 }
 
 impl TlsSymbols {
     pub fn is_tls_library(&self) -> bool {
-        self.ssl_write.is_some() && self.ssl_read.is_some()
+        (self.ssl_write.is_some() || self.ssl_write_ex.is_some())
+            && (self.ssl_read.is_some() || self.ssl_read_ex.is_some())
     }
 
     /// Worth probing: a TLS library, a Go program using crypto/tls, or a dynamic
@@ -86,11 +91,15 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open { path: path.into(), source })?;
     let elf = object::File::parse(&*map).map_err(|e| InspectError::Elf { path: path.into(), reason: e.to_string() })?;
     let mut s = TlsSymbols { library: "openssl", ..Default::default() };
-    read_symbols(&elf, elf.dynamic_symbols(), &mut s);
+    let mut io = IoFuncs::default();
+    read_symbols(&elf, elf.dynamic_symbols(), &mut s, &mut io);
     // Exported symbols are enough for shared libraries and binaries like node;
     // the (much larger) full symbol table only when they were not.
     if !s.is_target() {
-        read_symbols(&elf, elf.symbols(), &mut s);
+        read_symbols(&elf, elf.symbols(), &mut s, &mut io);
+    }
+    if s.is_tls_library() {
+        place_probes(&elf, &map, &io, &mut s);
     }
     if !s.is_target() {
         match go::inspect(&elf, &map) {
@@ -105,12 +114,53 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     Ok(s)
 }
 
-fn read_symbols<'d>(elf: &object::File<'d>, symbols: impl Iterator<Item = object::Symbol<'d, 'd>>, s: &mut TlsSymbols) {
+/// Address and size of the I/O functions, for [`placement`].
+#[derive(Default)]
+struct IoFuncs {
+    read: Option<placement::Func>,
+    read_ex: Option<placement::Func>,
+    write: Option<placement::Func>,
+    write_ex: Option<placement::Func>,
+}
+
+/// Move the read and write probes to cheaper points where the code allows.
+fn place_probes(elf: &object::File<'_>, data: &[u8], io: &IoFuncs, s: &mut TlsSymbols) {
+    let dirs = [
+        (io.read, io.read_ex, &mut s.ssl_read, &mut s.ssl_read_ex),
+        (io.write, io.write_ex, &mut s.ssl_write, &mut s.ssl_write_ex),
+    ];
+    for (plain, ex, plain_at, ex_at) in dirs {
+        if let Some(r) = placement::reroute(elf, data, plain, ex) {
+            *ex_at = Some(r.ex_at);
+            if r.skip_plain {
+                *plain_at = None;
+            }
+            s.rerouted = true;
+        }
+    }
+}
+
+fn read_symbols<'d>(
+    elf: &object::File<'d>,
+    symbols: impl Iterator<Item = object::Symbol<'d, 'd>>,
+    s: &mut TlsSymbols,
+    io: &mut IoFuncs,
+) {
     for sym in symbols {
         let Ok(name) = sym.name() else { continue };
         if name == "BORINGSSL_self_test" {
             s.library = "boringssl";
             continue;
+        }
+        let func = match name {
+            "SSL_write" => Some(&mut io.write),
+            "SSL_read" => Some(&mut io.read),
+            "SSL_write_ex" => Some(&mut io.write_ex),
+            "SSL_read_ex" => Some(&mut io.read_ex),
+            _ => None,
+        };
+        if let Some(f) = func.filter(|f| f.is_none() && sym.is_definition() && sym.address() != 0) {
+            *f = Some((sym.address(), sym.size()));
         }
         let slot = match name {
             "SSL_write" => &mut s.ssl_write,
@@ -211,6 +261,10 @@ pub struct Discovery {
     own_mnt_ns: Option<u64>,
     /// Library files found per other mount namespace (relative to its root).
     ns_libs: HashMap<u64, Vec<PathBuf>>,
+    /// Process names whose files are not inspected (`--exclude-process`).
+    exclude: Vec<String>,
+    /// Processes skipped for that (for logs and metrics).
+    pub processes_excluded: u64,
 }
 
 impl Discovery {
@@ -222,7 +276,26 @@ impl Discovery {
             files_inspected: 0,
             own_mnt_ns: std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino()),
             ns_libs: HashMap::new(),
+            exclude: Vec::new(),
+            processes_excluded: 0,
         }
+    }
+
+    /// Leave the files of processes with these names alone (command name, or the
+    /// executable's file name for names longer than the kernel's 15 characters).
+    pub fn exclude(mut self, names: &[String]) -> Self {
+        self.exclude = names.to_vec();
+        self
+    }
+
+    fn excluded(&self, dir: &Path) -> bool {
+        if self.exclude.is_empty() {
+            return false;
+        }
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let exe = std::fs::read_link(dir.join("exe")).ok();
+        let exe = exe.as_deref().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("");
+        self.exclude.iter().any(|n| n == comm.trim_end_matches('\n') || n == exe)
     }
 
     /// Inspect `key` again next time it is seen (its attach failed, e.g. the
@@ -266,6 +339,10 @@ impl Discovery {
             return out;
         }
         let dir = self.proc_root.join(pid.to_string());
+        if self.excluded(&dir) {
+            self.processes_excluded += 1;
+            return out;
+        }
         let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             return out;
         };
@@ -317,6 +394,10 @@ impl Discovery {
     pub fn scan_root_libs(&mut self, pid: u32, dirs: &[PathBuf]) -> Vec<Target> {
         let mut out = Vec::new();
         let dir = self.proc_root.join(pid.to_string());
+        if self.excluded(&dir) {
+            self.processes_excluded += 1;
+            return out;
+        }
         let Ok(ns) = std::fs::metadata(dir.join("ns/mnt")).map(|m| m.ino()) else {
             return out;
         };
@@ -392,7 +473,9 @@ garbage line
         let ssl = t.iter().find(|t| t.symbols.is_tls_library());
         let ssl = ssl.unwrap_or_else(|| panic!("no libssl.so* in {DEFAULT_LIB_DIRS:?}; install libssl3"));
         let s = &ssl.symbols;
-        assert!(s.ssl_write.is_some() && s.ssl_read.is_some() && s.ssl_free.is_some());
+        // (SSL_read/SSL_write may be left unprobed in favour of the function they
+        // wrap: placement.rs.)
+        assert!(s.ssl_free.is_some());
         assert!(s.ssl_set_fd.is_some() && s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
         assert_eq!(s.library, "openssl");
         // The loader is found too, for its library-load hook.
@@ -432,6 +515,29 @@ garbage line
         assert_eq!(d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]).len(), 1);
         // Our own namespace is left to scan_dirs.
         assert!(Discovery::new("/proc").scan_root_libs(std::process::id(), &dirs).is_empty());
+    }
+
+    #[test]
+    fn excluded_processes_are_not_inspected() {
+        // A fake /proc: process 7 "nginx" maps the system libssl.
+        let fake = std::env::temp_dir().join(format!("tt-exclude-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&fake);
+        std::fs::create_dir_all(fake.join("7")).unwrap();
+        std::os::unix::fs::symlink("/", fake.join("7/root")).unwrap();
+        let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
+        let lib = Discovery::new("/proc").scan_dirs(&dirs).into_iter().find(|t| t.symbols.is_tls_library()).unwrap();
+        let md = std::fs::metadata(&lib.path).unwrap();
+        let maps = format!("7f0000001000-7f0000002000 r-xp 00001000 00:00 {} {}\n", md.ino(), lib.path.display());
+        std::fs::write(fake.join("7/maps"), maps).unwrap();
+        std::fs::write(fake.join("7/comm"), "nginx\n").unwrap();
+
+        let mut d = Discovery::new(&fake).exclude(&["nginx".to_string()]);
+        assert!(d.scan_pid(7).is_empty());
+        assert!(d.scan_root_libs(7, &dirs).is_empty());
+        assert_eq!(d.processes_excluded, 2);
+        let mut d = Discovery::new(&fake).exclude(&["envoy".to_string()]);
+        assert_eq!(d.scan_pid(7).len(), 1, "not excluded: its libssl is found");
+        assert_eq!(d.processes_excluded, 0);
     }
 
     #[test]

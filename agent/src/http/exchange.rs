@@ -54,6 +54,11 @@ enum State {
         h2_settings_first: bool,
     },
     Client,
+    /// An HTTP/1.1 client connection lost bytes: wait for its next request;
+    /// `calls` egress calls seen since that were not one.
+    Resync {
+        calls: u8,
+    },
     Http2(Box<H2Connection>),
     Ignored(Ignored),
 }
@@ -70,6 +75,8 @@ pub struct Lost {
     /// Connections whose capture began mid-exchange (that exchange is skipped,
     /// the next request on the connection is captured).
     pub joined_mid_stream: u64,
+    /// HTTP/1.1 connections that resumed at their next request after a gap.
+    pub resynced: u64,
 }
 
 pub struct HttpConnection {
@@ -138,6 +145,16 @@ impl HttpConnection {
                 return;
             }
         }
+        if let State::Resync { calls } = &mut self.state {
+            if !h1::looks_like_request(data) {
+                *calls += 1;
+                if *calls >= MAX_SNIFF_CALLS {
+                    self.state = State::Ignored(Ignored::Desync);
+                }
+                return;
+            }
+            self.state = State::Client;
+        }
         if let State::Http2(c) = &mut self.state {
             if let Err(e) = c.on_egress(data, ts, capture, lost) {
                 self.give_up_h2(e, lost);
@@ -181,7 +198,8 @@ impl HttpConnection {
                 }
                 return;
             }
-            State::Ignored(_) => return,
+            // The tail of an exchange whose bytes were partly lost.
+            State::Ignored(_) | State::Resync { .. } => return,
             State::Http2(c) => {
                 if let Err(e) = c.on_ingress(data, ts, out, lost) {
                     self.give_up_h2(e, lost);
@@ -218,7 +236,28 @@ impl HttpConnection {
         self.state = State::Ignored(Ignored::Desync);
     }
 
-    /// Bytes are missing from this connection: nothing after can be trusted.
+    /// Bytes are missing from this connection. HTTP/1.1 exchanges are self-contained:
+    /// what was in flight is lost (counted) and the connection resumes at its
+    /// next request, so one overflow of the ring buffer does not blind the agent
+    /// to a long-lived keep-alive connection. HTTP/2 can't (the HPACK state is
+    /// gone): nothing after can be trusted.
+    pub fn gap(&mut self, lost: &mut Lost) {
+        match self.state {
+            State::Client => {
+                lost.unanswered += self.pending.iter().filter(|m| m.body_captured).count() as u64;
+                self.pending.clear();
+                self.req = Parser::new(Kind::Request, self.max_body);
+                self.resp = Parser::new(Kind::Response, self.max_body);
+                lost.resynced += 1;
+                self.state = State::Resync { calls: 0 };
+            }
+            // Not decoding yet, or already waiting: the sniffing budget applies.
+            State::Sniffing { .. } | State::Resync { .. } | State::Ignored(_) => {}
+            State::Http2(_) => self.lose_sync(lost),
+        }
+    }
+
+    /// Nothing after can be trusted: stop decoding this connection.
     pub fn lose_sync(&mut self, lost: &mut Lost) {
         if let State::Http2(c) = &mut self.state {
             c.lose_sync(lost);
@@ -357,6 +396,41 @@ mod tests {
         c.close(3, &mut out, &mut lost);
         assert_eq!(out.len(), 1);
         assert_eq!(lost.unanswered, 0);
+    }
+
+    #[test]
+    fn a_gap_loses_the_exchange_in_flight_and_resumes_at_the_next_request() {
+        let mut c = HttpConnection::new(1 << 20);
+        let mut lost = Lost::default();
+        let mut out = Vec::new();
+        let mut cap = llm;
+        let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        c.on_egress(req, 1, &mut cap, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"a\"", 2, &mut out, &mut lost);
+        // The rest of that response was lost to a full ring buffer.
+        c.gap(&mut lost);
+        assert_eq!((lost.unanswered, lost.resynced), (1, 1));
+        assert_eq!(c.ignored(), None, "still decoded");
+        // Its stray tail, and anything not a request, is skipped...
+        c.on_ingress(b":1}", 3, &mut out, &mut lost);
+        c.on_egress(b"garbage", 4, &mut cap, &mut lost);
+        // ...until the next request, which is captured whole.
+        c.on_egress(req, 5, &mut cap, &mut lost);
+        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 6, &mut out, &mut lost);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].response.body, b"ok");
+        assert_eq!(out[0].request.first_ts, 5);
+        // A connection that never sends a request again is given up.
+        c.gap(&mut lost);
+        for i in 0..MAX_SNIFF_CALLS {
+            c.on_egress(b"\x00binary", 10 + i as u64, &mut cap, &mut lost);
+        }
+        assert_eq!(c.ignored(), Some(Ignored::Desync));
+        // HTTP/2 can't resume (HPACK state lost).
+        let mut c = HttpConnection::new(1024);
+        c.on_egress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1, &mut cap, &mut lost);
+        c.gap(&mut lost);
+        assert_eq!(c.ignored(), Some(Ignored::Desync));
     }
 
     #[test]

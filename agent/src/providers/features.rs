@@ -16,6 +16,30 @@ const MAX_SCAN: usize = 1 << 20;
 /// Shortest chunk counted as a repeat (a line of a pasted document, not "ok").
 const MIN_CHUNK: usize = 64;
 
+/// Distinct static prefixes whose token counts are remembered.
+const PREFIX_CACHE: usize = 4096;
+
+thread_local! {
+    /// Prefix hash -> tokens. The same system prompt and tools come with every
+    /// call of an application; tokenising them each time was the largest CPU cost
+    /// per call. Bounded: cleared when full.
+    static PREFIX_TOKENS: std::cell::RefCell<std::collections::HashMap<String, u64>> = Default::default();
+}
+
+fn prefix_tokens(key: &str, count: impl FnOnce() -> u64) -> u64 {
+    PREFIX_TOKENS.with_borrow_mut(|cache| {
+        if let Some(&n) = cache.get(key) {
+            return n;
+        }
+        if cache.len() >= PREFIX_CACHE {
+            cache.clear();
+        }
+        let n = count();
+        cache.insert(key.to_owned(), n);
+        n
+    })
+}
+
 /// The prompt as the detectors see it.
 #[derive(Default)]
 struct Prompt {
@@ -245,8 +269,10 @@ pub fn compute(api: Api, request: &Value, hash: Hasher) -> Option<PromptFeatures
     f.prompt_hash = Some(hash(full.as_bytes()));
     if !p.system.trim().is_empty() || !p.tools.is_empty() {
         let prefix = format!("{}\n{}", normalise(&p.system), p.tools);
-        f.prefix_hash = Some(hash(prefix.as_bytes()));
-        f.prefix_tokens = Some(tokens::count_text("", p.system.trim()) + tokens::count_text("", &p.tools));
+        let key = hash(prefix.as_bytes());
+        f.prefix_tokens =
+            Some(prefix_tokens(&key, || tokens::count_text("", p.system.trim()) + tokens::count_text("", &p.tools)));
+        f.prefix_hash = Some(key);
     }
     if let Some((_, first)) = p.messages.iter().find(|(r, _)| r == "user") {
         f.conversation_hash = Some(hash(format!("{}\n{}", normalise(&p.system), normalise(first)).as_bytes()));
@@ -373,6 +399,13 @@ mod tests {
         let r = json!({"messages":[{"role":"user","content":"plain short prompt"}]});
         let f = compute(Api::ChatCompletions, &r, &h).unwrap();
         assert_eq!((f.json_share, f.minify_saved_tokens), (0.0, None));
+    }
+
+    #[test]
+    fn prefix_token_counts_are_computed_once_per_prefix() {
+        assert_eq!(prefix_tokens("h_cache_test", || 5), 5);
+        assert_eq!(prefix_tokens("h_cache_test", || unreachable!("counted again")), 5);
+        assert_eq!(prefix_tokens("h_cache_other", || 7), 7);
     }
 
     #[test]
