@@ -192,12 +192,14 @@ impl Pipeline {
         if continuity != Continuity::InOrder {
             conn.http.gap(&mut lost);
         }
-        if continuity == Continuity::Gap {
-            // The chunk itself is incomplete: wait for the next call.
-        } else if h.direction == DIR_EGRESS {
-            conn.http.on_egress(data, h.ts_ns, &mut |head| rules.classify(head).is_some(), &mut lost);
-        } else {
-            conn.http.on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
+        // A chunk that is itself incomplete is dropped: decoding resumes at a later
+        // call. One that starts a call after the loss (`GapBefore`) is decoded.
+        if continuity != Continuity::Gap {
+            if h.direction == DIR_EGRESS {
+                conn.http.on_egress(data, h.ts_ns, &mut |head| rules.classify(head).is_some(), &mut lost);
+            } else {
+                conn.http.on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
+            }
         }
         // One connection may hold at most two bodies' worth (a request and its
         // response); more means pipelining or garbage: give it up.

@@ -39,11 +39,17 @@ fn code<'d>(elf: &object::File<'_>, data: &'d [u8], (addr, size): Func) -> Optio
     data.get(off..off.checked_add(size.min(MAX_WRAPPER) as usize)?)
 }
 
-/// Does the kernel emulate the first instruction of `code` (no single-step)?
-/// Only instructions measured to be emulated: `push r64` and the one-byte `nop`.
+/// Does the kernel emulate this instruction when probed (no single-step)? Only
+/// kinds measured to be: `push r64`, the one-byte `nop`, conditional jumps.
+fn kernel_emulates(ins: &iced_x86::Instruction) -> bool {
+    matches!(ins.code(), Code::Push_r64 | Code::Nopd)
+        || (ins.flow_control() == FlowControl::ConditionalBranch && ins.is_jcc_short_or_near())
+}
+
+/// Does the kernel emulate the first instruction of `code`?
 pub fn kernel_emulates_first(code: &[u8]) -> bool {
     let mut d = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    d.can_decode() && matches!(d.decode().code(), Code::Push_r64 | Code::Nopd)
+    d.can_decode() && kernel_emulates(&d.decode())
 }
 
 /// The target of the first direct call in `code` (at `addr`), provided none of
@@ -89,9 +95,7 @@ pub fn cheap_entry(code: &[u8], addr: u64, kept: &[Register]) -> Option<u64> {
             return None;
         }
         let ins = d.decode();
-        let emulated = matches!(ins.code(), Code::Push_r64 | Code::Nopd)
-            || (ins.flow_control() == FlowControl::ConditionalBranch && ins.is_jcc_short_or_near());
-        if emulated {
+        if kernel_emulates(&ins) {
             return Some(ins.ip());
         }
         if ins.is_invalid() || ins.flow_control() != FlowControl::Next || writes_any(&mut info, &ins, kept) {
