@@ -283,11 +283,17 @@ fn container_style_private_libssl_is_discovered_and_captured() {
     // The first process's call may be captured, joined mid-stream, or missed
     // whole (curl done before the attach): what is guaranteed is the attach.
     let (first, _) = run_client(in_mount_namespace(&env.dir, &image, "curl", &curl_args));
+    // Attaches through a process's root made while the test ran: after the start-up
+    // scan (which also finds any other container's libssl on this host).
+    let through_root = |log: &str| {
+        log.lines()
+            .skip_while(|l| !l.contains("probes attached"))
+            .filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so"))
+            .count()
+    };
     wait_for("the image's libssl to be attached", std::time::Duration::from_secs(30), || {
         let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-        let n =
-            log.lines().filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so")).count();
-        (n >= 2).then_some(())
+        (through_root(&log) >= 2).then_some(())
     });
     let mut curl_pids = Vec::new();
     for _ in 0..5 {
@@ -300,9 +306,7 @@ fn container_style_private_libssl_is_discovered_and_captured() {
 
     // Attached through a process's root (its mount namespace), not the host path.
     let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
-    let through_root =
-        log.lines().filter(|l| l.contains("attached") && l.contains("/root/") && l.contains("libssl.so")).count();
-    assert_eq!(through_root, 2, "expected two attaches through /proc/PID/root:\n{log}");
+    assert_eq!(through_root(&log), 2, "expected two attaches through /proc/PID/root:\n{log}");
     // Two new files (python's copy, the image's copy), each attached once.
     let after = env.agent.wait_stat("targets_attached", before + 2);
     assert_eq!(after["attach_failures"], 0, "{after}");
