@@ -7,7 +7,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::providers::{RuleSet, Rules, RulesError};
-use crate::sinks::OutputSpec;
+use crate::sinks::{collector, OutputSpec};
 
 #[derive(Debug, Parser, Default)]
 #[command(
@@ -61,6 +61,21 @@ pub struct Cli {
     /// Default: 1073741824.
     #[arg(global = true, long, value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
+    /// Records per collector batch: a batch is sealed at this many records or
+    /// when its oldest is --collector-batch-age-ms old. Default: 5000.
+    #[arg(global = true, long, value_name = "N")]
+    pub collector_batch_records: Option<usize>,
+    /// Age of its oldest record at which a collector batch is sealed, in
+    /// milliseconds. Default: 1000.
+    #[arg(global = true, long, value_name = "MS")]
+    pub collector_batch_age_ms: Option<u64>,
+    /// Requests sent to the collector at once. Default: 4.
+    #[arg(global = true, long, value_name = "N")]
+    pub collector_max_in_flight: Option<usize>,
+    /// Records one request carries when spooled batches are merged (a backlog
+    /// after an outage). At most 50000. Default: 20000.
+    #[arg(global = true, long, value_name = "N")]
+    pub collector_merge_records: Option<usize>,
     /// This node's cluster name, sent with every batch (the `cluster` column).
     #[arg(global = true, long, value_name = "NAME")]
     pub cluster_name: Option<String>,
@@ -223,6 +238,10 @@ pub struct FileConfig {
     pub collector_key_file: Option<PathBuf>,
     pub spool_dir: Option<PathBuf>,
     pub spool_max_bytes: Option<u64>,
+    pub collector_batch_records: Option<usize>,
+    pub collector_batch_age_ms: Option<u64>,
+    pub collector_max_in_flight: Option<usize>,
+    pub collector_merge_records: Option<usize>,
     pub cluster_name: Option<String>,
     pub log_level: Option<String>,
     #[serde(default)]
@@ -286,6 +305,10 @@ pub struct Settings {
     pub collector_client_cert: Option<(PathBuf, PathBuf)>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
+    pub collector_batch_records: usize,
+    pub collector_batch_age: Duration,
+    pub collector_max_in_flight: usize,
+    pub collector_merge_records: usize,
     pub cluster_name: String,
     pub log_level: String,
     /// User provider rules (config file's `[providers]`, then `--providers`).
@@ -347,6 +370,25 @@ impl Settings {
                 .zip(cli.collector_key_file.clone().or(file.collector_key_file)),
             spool_dir: cli.spool_dir.clone().or(file.spool_dir).unwrap_or_else(|| "/var/lib/tokentap/spool".into()),
             spool_max_bytes: cli.spool_max_bytes.or(file.spool_max_bytes).unwrap_or(1 << 30),
+            collector_batch_records: cli
+                .collector_batch_records
+                .or(file.collector_batch_records)
+                .unwrap_or(collector::DEFAULT_BATCH_RECORDS)
+                .clamp(1, tokentap_event::wire::MAX_RECORDS),
+            collector_batch_age: cli
+                .collector_batch_age_ms
+                .or(file.collector_batch_age_ms)
+                .map_or(collector::DEFAULT_BATCH_AGE, Duration::from_millis),
+            collector_max_in_flight: cli
+                .collector_max_in_flight
+                .or(file.collector_max_in_flight)
+                .unwrap_or(collector::DEFAULT_MAX_IN_FLIGHT)
+                .max(1),
+            collector_merge_records: cli
+                .collector_merge_records
+                .or(file.collector_merge_records)
+                .unwrap_or(collector::DEFAULT_MERGE_RECORDS)
+                .clamp(1, tokentap_event::wire::MAX_RECORDS),
             cluster_name: cli.cluster_name.clone().or(file.cluster_name).unwrap_or_default(),
             log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
             providers: provider_rules(cli, &file.providers, &file_path)?,
@@ -492,6 +534,37 @@ labels = ["team"]
         let s = Settings::resolve(&cli).unwrap();
         assert_eq!(s.duration, Some(Duration::from_secs(5)));
         assert_eq!(s.outputs, vec![OutputSpec::Stdout]);
+    }
+
+    #[test]
+    fn collector_sink_settings_from_defaults_file_and_flags() {
+        type Get = fn(&Settings) -> u64;
+        // (flag, file key, default, value given, what the settings hold)
+        let cases: [(&str, &str, u64, u64, Get); 4] = [
+            ("--collector-batch-records", "collector_batch_records", 5000, 200, |s| s.collector_batch_records as u64),
+            ("--collector-batch-age-ms", "collector_batch_age_ms", 1000, 250, |s| {
+                s.collector_batch_age.as_millis() as u64
+            }),
+            ("--collector-max-in-flight", "collector_max_in_flight", 4, 8, |s| s.collector_max_in_flight as u64),
+            ("--collector-merge-records", "collector_merge_records", 20_000, 30_000, |s| {
+                s.collector_merge_records as u64
+            }),
+        ];
+        let resolve = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["tokentap-agent"], args].concat()).unwrap();
+            Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap()
+        };
+        for (flag, key, default, value, get) in cases {
+            assert_eq!(get(&resolve(&[])), default, "{flag} default");
+            let file = write(key, &format!("{key} = {value}\n"));
+            let file = file.to_str().unwrap();
+            assert_eq!(get(&resolve(&["-c", file])), value, "{key} in the file");
+            let flag_value = (value + 1).to_string();
+            assert_eq!(get(&resolve(&["-c", file, flag, &flag_value])), value + 1, "{flag} over the file");
+        }
+        // Past what a collector accepts per request: capped.
+        assert_eq!(resolve(&["--collector-merge-records", "1000000"]).collector_merge_records, 50_000);
+        assert_eq!(resolve(&["--collector-max-in-flight", "0"]).collector_max_in_flight, 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Data flows one way: [`probes`] (load and attach eBPF, [`discovery`] of TLS
 //! libraries) -> [`capture`] (ring-buffer records -> per-connection streams) ->
 //! [`http`] (requests paired with responses) -> [`providers`] (model, usage, ids)
-//! -> [`attribution`] (who made the call) -> [`sinks`] (JSONL, stdout).
+//! -> [`attribution`] (who made the call) -> [`sinks`] (JSONL, stdout, collector).
 //! [`pipeline`] wires the stages; [`run`] is the running agent.
 pub mod attribution;
 pub mod audit;

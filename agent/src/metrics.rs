@@ -13,7 +13,13 @@ use std::time::Duration;
 use crate::stats::Stats;
 
 /// Counters that are levels, not totals.
-const GAUGES: &[&str] = &["collector_spool_bytes", "ring_buffer_fill_bytes", "ring_buffer_size_bytes"];
+const GAUGES: &[&str] = &[
+    "collector_spool_bytes",
+    "collector_spool_batches",
+    "collector_in_flight",
+    "ring_buffer_fill_bytes",
+    "ring_buffer_size_bytes",
+];
 
 pub fn render(stats: &Stats) -> String {
     let mut s = String::new();
@@ -100,7 +106,10 @@ mod tests {
         let m = get("/metrics");
         assert!(m.starts_with("HTTP/1.1 200"));
         assert!(m.contains("tokentap_agent_records_total 7\n"), "{m}");
-        assert!(m.contains("# TYPE tokentap_agent_collector_spool_bytes gauge"));
+        for g in ["collector_spool_bytes", "collector_spool_batches", "collector_in_flight"] {
+            assert!(m.contains(&format!("# TYPE tokentap_agent_{g} gauge\n")), "{g}: {m}");
+        }
+        assert!(m.contains("# TYPE tokentap_agent_collector_records_rejected_total counter"));
         assert!(m.contains("process_resident_memory_bytes "));
         assert!(get("/healthz").starts_with("HTTP/1.1 200"));
         assert!(get("/readyz").starts_with("HTTP/1.1 503"));

@@ -47,7 +47,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             token_file: settings.collector_token_file.clone(),
             spool_dir: settings.spool_dir.clone(),
             spool_max_bytes: settings.spool_max_bytes,
-            batch_records: 5000,
+            batch_records: settings.collector_batch_records,
+            batch_age: settings.collector_batch_age,
+            max_in_flight: settings.collector_max_in_flight,
+            merge_records: settings.collector_merge_records,
             cluster: settings.cluster_name.clone(),
             drain_timeout: Duration::from_secs(5),
             ca_file: settings.collector_ca_file.clone(),
@@ -312,9 +315,9 @@ fn read_loop(
             pipeline.handle(&item);
             n += 1;
         }
-        if n > 0 {
-            pipeline.flush();
-        }
+        // Every pass, idle ones too: the collector sink seals a batch once it is
+        // old enough, whether or not new records arrived.
+        pipeline.flush();
         busy = n > 0;
         if stopping {
             break;

@@ -77,10 +77,18 @@ counters! {
     collector_send_errors,
     /// Batches the collector refused as malformed (kept in the spool's rejected/).
     collector_batches_rejected,
+    /// Records the collector refused for good: rows it could not store (422),
+    /// and the records of rejected batches.
+    collector_records_rejected,
+    /// Records not sent because they fail the wire format's checks (logged).
+    collector_records_invalid,
     /// Records dropped because the spool reached `--spool-max-bytes`.
     collector_spool_dropped_records,
-    /// Bytes waiting in the spool.
+    /// Bytes and batches in the spool (waiting or being sent).
     collector_spool_bytes,
+    collector_spool_batches,
+    /// Requests to the collector in flight.
+    collector_in_flight,
     /// TLS library files (by device and inode) with probes attached.
     targets_attached,
     /// Attach attempts that failed.

@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("decode_batch", |b| {
         b.iter(|| {
-            let rs = wire::decode(Some("zstd"), &body, 256 << 20).unwrap();
+            let rs = wire::decode(Some("zstd"), &body, 256 << 20, &wire::Limits::now(None)).unwrap();
             rs.into_iter().map(|r| CallRow::from_record(r, "prod")).collect::<Vec<_>>()
         })
     });

@@ -1,8 +1,16 @@
 //! tokentap collector: the agents' ingest endpoint, the ClickHouse schema and
 //! writer, and the report read back from ClickHouse.
+//!
+//! Data flows one way: `serve` (connections) -> `server` (the endpoint: checks,
+//! decodes) -> `admission` (new, stored or in-flight rows) -> `writer` (group
+//! commit, retries, isolating bad rows) -> `store` (rows, inserts, what an
+//! error means).
+pub mod admission;
 pub mod dedup;
 pub mod metrics;
 pub mod schema;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod writer;

@@ -8,9 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use clickhouse::Client;
 use tokentap_collector::schema::{self, SchemaConfig};
+use tokentap_collector::serve::{self, ConnLimits};
 use tokentap_collector::server::{self, ServerConfig};
 use tokentap_collector::store::CallRow;
 use tokentap_collector::tls;
+use tokentap_collector::writer::WriterConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,9 +66,39 @@ struct Cli {
     /// Rows per ClickHouse insert, at most.
     #[arg(long, default_value_t = 100_000, global = true)]
     insert_rows: usize,
-    /// Milliseconds accepted rows wait for more before an insert.
-    #[arg(long, default_value_t = 500, global = true)]
+    /// ClickHouse inserts in flight at once. Each takes every row queued when it
+    /// starts (group commit), so under load rows from many agents share one insert.
+    #[arg(long, default_value_t = 2, global = true)]
+    insert_concurrency: usize,
+    /// Milliseconds an insert waits for more rows before it starts. 0 (the
+    /// default): none, group commit alone sizes the inserts.
+    #[arg(long, default_value_t = 0, global = true)]
     flush_ms: u64,
+    /// Seconds one ClickHouse insert may take; past it the insert is abandoned,
+    /// and retried once the rows already stored are looked up.
+    #[arg(long, default_value_t = 30, global = true)]
+    clickhouse_timeout_secs: u64,
+    /// Seconds an agent's request waits for its rows to be stored before a 503
+    /// (the agent retries; the retry waits for the same rows, never stores them twice).
+    #[arg(long, default_value_t = 30, global = true)]
+    ack_timeout_secs: u64,
+    /// Open agent connections, at most; beyond, new ones get 503 and are closed.
+    #[arg(long, default_value_t = 1024, global = true)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection is kept.
+    #[arg(long, default_value_t = 10, global = true)]
+    header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 60, global = true)]
+    body_timeout_secs: u64,
+    /// Largest request body (compressed), in bytes.
+    #[arg(long, default_value_t = 32 << 20, global = true)]
+    max_body_bytes: usize,
+    /// Request body bytes all connections may hold at once while reading and
+    /// decoding; beyond, agents get 503 and retry.
+    #[arg(long, default_value_t = 256 << 20, global = true)]
+    max_inflight_bytes: usize,
     /// Event ids remembered to drop batches delivered twice.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     dedup_window: usize,
@@ -187,12 +219,36 @@ async fn main() -> Result<()> {
             tracing::info!(ids = recent.len(), "dedup window loaded");
             let cfg = ServerConfig {
                 token,
+                max_body_bytes: cli.max_body_bytes.max(1024),
+                max_inflight_bytes: cli.max_inflight_bytes.max(cli.max_body_bytes),
+                body_timeout: Duration::from_secs(cli.body_timeout_secs.max(1)),
+                ack_timeout: Duration::from_secs(cli.ack_timeout_secs.max(1)),
                 max_queue_records: cli.max_queue_records,
-                insert_rows: cli.insert_rows.max(1),
-                flush_interval: Duration::from_millis(cli.flush_ms),
                 dedup_window: cli.dedup_window,
+                retention_days: cli.retention_days,
+                writer: WriterConfig {
+                    insert_rows: cli.insert_rows.max(1),
+                    insert_concurrency: cli.insert_concurrency.max(1),
+                    linger: Duration::from_millis(cli.flush_ms),
+                    insert_timeout: Duration::from_secs(cli.clickhouse_timeout_secs.max(1)),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
+            let limits = ConnLimits {
+                max_connections: cli.max_connections.max(1),
+                header_timeout: Duration::from_secs(cli.header_timeout_secs.max(1)),
+                ..Default::default()
+            };
+            if let Some(n) = serve::raise_fd_limit() {
+                if (n as usize) < limits.max_connections + 64 {
+                    tracing::warn!(
+                        open_files = n,
+                        max_connections = limits.max_connections,
+                        "the open-files limit is below --max-connections: lower it or raise the limit"
+                    );
+                }
+            }
             let (app, writer, shared) = server::build(cfg, client, recent);
             let tcp =
                 tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
@@ -208,15 +264,13 @@ async fn main() -> Result<()> {
                 }
                 tracing::info!("shutting down");
             };
-            match (&cli.tls_cert, &cli.tls_key) {
+            let tls = match (&cli.tls_cert, &cli.tls_key) {
                 (Some(cert), Some(key)) => {
-                    let tls = tls::server_config(cert, key, cli.tls_client_ca.as_deref())?;
-                    let on_reject = std::sync::Arc::new(move || shared.metrics.reject("tls_handshake"));
-                    let listener = tls::TlsListener::new(tcp, tokio_rustls::TlsAcceptor::from(tls), on_reject)?;
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+                    Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cert, key, cli.tls_client_ca.as_deref())?))
                 }
-                _ => axum::serve(tcp, app).with_graceful_shutdown(shutdown).await?,
-            }
+                _ => None,
+            };
+            serve::serve(tcp, tls, app, shared, limits, shutdown).await;
         }
     }
     Ok(())

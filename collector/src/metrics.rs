@@ -4,22 +4,64 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::store::Failure;
+
 #[derive(Default)]
 pub struct Metrics {
     pub batches_received: AtomicU64,
     pub records_received: AtomicU64,
     pub records_inserted: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Rows ClickHouse refused for good (data errors), reported to the agent.
+    pub records_rejected: AtomicU64,
+    /// Rows of a retried batch found already stored (not inserted again).
+    pub records_already_stored: AtomicU64,
     pub inserts: AtomicU64,
-    pub insert_errors: AtomicU64,
     pub queue_records: AtomicU64,
     pub ready: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub inflight_bytes: AtomicU64,
+    insert_errors: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
-    /// Insert latency histogram: counts per upper bound (seconds), plus sum.
-    latency: Mutex<(Vec<u64>, f64)>,
+    /// Insert latency and record lag histograms: counts per bucket, plus sum.
+    latency: Mutex<Histogram>,
+    lag: Mutex<Histogram>,
 }
 
-const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const INSERT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Lag from a call's first byte to its row being stored.
+const LAG_BUCKETS: [f64; 14] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; bounds.len() + 1];
+        }
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str, bounds: &[f64]) {
+        let _ = writeln!(s, "# HELP tokentap_collector_{name} {help}\n# TYPE tokentap_collector_{name} histogram");
+        let mut cum = 0;
+        for (i, b) in bounds.iter().enumerate() {
+            cum += self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(s, "tokentap_collector_{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts.get(bounds.len()).copied().unwrap_or(0);
+        let _ = writeln!(s, "tokentap_collector_{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(s, "tokentap_collector_{name}_sum {}", self.sum);
+        let _ = writeln!(s, "tokentap_collector_{name}_count {cum}");
+    }
+}
 
 impl Metrics {
     pub fn add(c: &AtomicU64, n: u64) {
@@ -30,14 +72,25 @@ impl Metrics {
         *self.rejected.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
     }
 
+    pub fn insert_error(&self, kind: Failure) {
+        let k = match kind {
+            Failure::Outage => "outage",
+            Failure::Data => "data",
+            Failure::Unknown => "unknown",
+        };
+        *self.insert_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(k).or_default() += 1;
+    }
+
     pub fn observe_insert(&self, secs: f64) {
-        let mut l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        if l.0.is_empty() {
-            l.0 = vec![0; BUCKETS.len() + 1];
+        self.latency.lock().unwrap_or_else(|e| e.into_inner()).observe(&INSERT_BUCKETS, secs);
+    }
+
+    /// Lag of stored rows: from their `ts` (microseconds) to `now_micros`.
+    pub fn observe_lag(&self, ts: impl Iterator<Item = i64>, now_micros: i64) {
+        let mut h = self.lag.lock().unwrap_or_else(|e| e.into_inner());
+        for t in ts {
+            h.observe(&LAG_BUCKETS, (now_micros - t).max(0) as f64 / 1e6);
         }
-        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
-        l.0[i] += 1;
-        l.1 += secs;
     }
 
     pub fn render(&self) -> String {
@@ -53,36 +106,60 @@ impl Metrics {
                 "Records dropped as already inserted (same event_id).",
                 g(&self.duplicates),
             ),
-            ("inserts_total", "counter", "ClickHouse inserts that succeeded.", g(&self.inserts)),
             (
-                "insert_errors_total",
+                "records_rejected_total",
                 "counter",
-                "ClickHouse insert attempts that failed (retried).",
-                g(&self.insert_errors),
+                "Records ClickHouse refused for good (data errors); named to the agent in a 422.",
+                g(&self.records_rejected),
             ),
+            (
+                "records_already_stored_total",
+                "counter",
+                "Records of a retried insert or batch found already in ClickHouse (not inserted again).",
+                g(&self.records_already_stored),
+            ),
+            ("inserts_total", "counter", "ClickHouse inserts that succeeded.", g(&self.inserts)),
             ("queue_records", "gauge", "Records accepted and waiting for ClickHouse.", g(&self.queue_records)),
-            ("ready", "gauge", "1 when ClickHouse answered the last insert or ping.", g(&self.ready)),
+            (
+                "ready",
+                "gauge",
+                "1 unless ClickHouse is unreachable (the last insert failed for an outage).",
+                g(&self.ready),
+            ),
+            ("connections", "gauge", "Open client connections.", g(&self.connections)),
+            (
+                "connections_refused_total",
+                "counter",
+                "Connections refused at --max-connections (answered 503).",
+                g(&self.connections_refused),
+            ),
+            ("inflight_bytes", "gauge", "Request body bytes being read or decoded.", g(&self.inflight_bytes)),
         ] {
             let _ = writeln!(s, "# HELP tokentap_collector_{name} {help}\n# TYPE tokentap_collector_{name} {kind}");
             let _ = writeln!(s, "tokentap_collector_{name} {v}");
+        }
+        let _ = writeln!(s, "# HELP tokentap_collector_insert_errors_total Failed ClickHouse insert attempts, by kind (outage: retried; data: rows isolated and refused; unknown: retried a few times, then data).");
+        let _ = writeln!(s, "# TYPE tokentap_collector_insert_errors_total counter");
+        for (kind, n) in self.insert_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(s, "tokentap_collector_insert_errors_total{{kind=\"{kind}\"}} {n}");
         }
         let _ = writeln!(s, "# HELP tokentap_collector_batches_rejected_total Batches refused, by reason.");
         let _ = writeln!(s, "# TYPE tokentap_collector_batches_rejected_total counter");
         for (reason, n) in self.rejected.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(s, "tokentap_collector_batches_rejected_total{{reason=\"{reason}\"}} {n}");
         }
-        let l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(s, "# HELP tokentap_collector_insert_duration_seconds ClickHouse insert latency.");
-        let _ = writeln!(s, "# TYPE tokentap_collector_insert_duration_seconds histogram");
-        let mut cum = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cum += l.0.get(i).copied().unwrap_or(0);
-            let _ = writeln!(s, "tokentap_collector_insert_duration_seconds_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += l.0.get(BUCKETS.len()).copied().unwrap_or(0);
-        let _ = writeln!(s, "tokentap_collector_insert_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(s, "tokentap_collector_insert_duration_seconds_sum {}", l.1);
-        let _ = writeln!(s, "tokentap_collector_insert_duration_seconds_count {cum}");
+        self.latency.lock().unwrap_or_else(|e| e.into_inner()).render(
+            &mut s,
+            "insert_duration_seconds",
+            "ClickHouse insert latency.",
+            &INSERT_BUCKETS,
+        );
+        self.lag.lock().unwrap_or_else(|e| e.into_inner()).render(
+            &mut s,
+            "record_lag_seconds",
+            "From a call's first byte (its ts) to its row being stored in ClickHouse.",
+            &LAG_BUCKETS,
+        );
         s
     }
 }
@@ -96,12 +173,17 @@ mod tests {
         let m = Metrics::default();
         Metrics::add(&m.records_inserted, 5);
         m.reject("unauthorized");
+        m.insert_error(Failure::Data);
         m.observe_insert(0.02);
         m.observe_insert(20.0);
+        m.observe_lag([1_000_000i64, 2_500_000].into_iter(), 3_000_000);
         let t = m.render();
         assert!(t.contains("tokentap_collector_records_inserted_total 5\n"));
         assert!(t.contains("tokentap_collector_batches_rejected_total{reason=\"unauthorized\"} 1\n"));
+        assert!(t.contains("tokentap_collector_insert_errors_total{kind=\"data\"} 1\n"));
         assert!(t.contains("tokentap_collector_insert_duration_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(t.contains("tokentap_collector_insert_duration_seconds_count 2\n"));
+        assert!(t.contains("tokentap_collector_record_lag_seconds_bucket{le=\"0.5\"} 1\n"), "{t}");
+        assert!(t.contains("tokentap_collector_record_lag_seconds_bucket{le=\"2\"} 2\n"), "{t}");
     }
 }

@@ -1,27 +1,30 @@
-//! The ingest endpoint and the ClickHouse writer.
+//! The ingest endpoint: checks a batch, admits its new rows and answers once
+//! they are stored in ClickHouse.
 //!
-//! An agent's batch is acknowledged (200) only once its rows are in ClickHouse:
-//! until then the agent keeps it in its spool, so a collector crash loses
-//! nothing. Memory is bounded by `max_queue_records`: beyond it, and while
-//! ClickHouse is away long enough to fill it, agents get 503 with `Retry-After`
-//! and keep their data. Rows already inserted (same `event_id`) are dropped.
-use std::sync::atomic::Ordering;
+//! The token is checked from the headers before any of the body is read; the
+//! body is read within a deadline and a budget of bytes shared by all
+//! requests (503 beyond it), and decoded on a bounded number of threads. An
+//! agent's batch is acknowledged (200) only once its rows are stored: until
+//! then the agent keeps it in its spool, so a collector crash loses nothing.
+//! Rows ClickHouse refuses for good are named in a 422; the rest are stored.
+//! Memory is bounded by `max_queue_records` (503 with `Retry-After` beyond).
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clickhouse::Client;
 use tokentap_event::wire::{self, WireError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, Semaphore};
 
+use crate::admission::{Admission, Job, Refused};
 use crate::dedup::RecentIds;
 use crate::metrics::Metrics;
-use crate::store::{self, CallRow};
+use crate::store::CallRow;
+use crate::writer::{self, Store, WriterConfig};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -30,14 +33,20 @@ pub struct ServerConfig {
     /// Largest request body (compressed) and batch (decompressed).
     pub max_body_bytes: usize,
     pub max_batch_bytes: usize,
+    /// Body bytes all requests may hold at once while reading and decoding.
+    pub max_inflight_bytes: usize,
+    /// How long reading one request body may take.
+    pub body_timeout: Duration,
+    /// How long an agent waits for its rows to be stored before a 503 (its
+    /// retry then waits for the same rows; it never queues them twice).
+    pub ack_timeout: Duration,
     /// Records accepted but not yet in ClickHouse, at most.
     pub max_queue_records: usize,
-    /// Rows per ClickHouse insert, at most.
-    pub insert_rows: usize,
-    /// How long accepted rows wait for more before an insert.
-    pub flush_interval: Duration,
     /// Event ids remembered for deduplication.
     pub dedup_window: usize,
+    /// Days of rows the table keeps: older records are refused.
+    pub retention_days: u32,
+    pub writer: WriterConfig,
 }
 
 impl Default for ServerConfig {
@@ -45,45 +54,61 @@ impl Default for ServerConfig {
         Self {
             token: None,
             max_body_bytes: 32 << 20,
-            max_batch_bytes: 256 << 20,
+            max_batch_bytes: 64 << 20,
+            max_inflight_bytes: 256 << 20,
+            body_timeout: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(30),
             max_queue_records: 200_000,
-            insert_rows: 100_000,
-            flush_interval: Duration::from_millis(500),
             dedup_window: 1_000_000,
+            retention_days: 395,
+            writer: WriterConfig::default(),
         }
     }
 }
 
-struct Job {
-    rows: Vec<CallRow>,
-    done: oneshot::Sender<()>,
-}
-
 pub struct Shared {
-    cfg: ServerConfig,
+    pub cfg: ServerConfig,
+    pub writer: WriterConfig,
     tx: mpsc::Sender<Job>,
-    recent: Mutex<RecentIds>,
+    pub admission: Mutex<Admission>,
+    inflight: AtomicU64,
+    decoders: Semaphore,
     pub metrics: Metrics,
 }
 
 /// The router, the writer task's future (run both) and the shared state.
-pub fn build(
+pub fn build<S: Store>(
     cfg: ServerConfig,
-    client: Client,
+    store: S,
     recent: RecentIds,
 ) -> (Router, impl std::future::Future<Output = ()>, Arc<Shared>) {
-    let (tx, rx) = mpsc::channel::<Job>(1024);
-    let shared = Arc::new(Shared { cfg: cfg.clone(), tx, recent: Mutex::new(recent), metrics: Metrics::default() });
+    let (tx, rx) = mpsc::channel::<Job>(4096);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+    let shared = Arc::new(Shared {
+        writer: cfg.writer.clone(),
+        admission: Mutex::new(Admission::new(recent, cfg.max_queue_records)),
+        cfg,
+        tx,
+        inflight: AtomicU64::new(0),
+        decoders: Semaphore::new(threads),
+        metrics: Metrics::default(),
+    });
     shared.metrics.ready.store(1, Ordering::Relaxed);
-    let writer = writer(shared.clone(), client, rx);
+    let writer = writer::run(Arc::new(store), shared.clone(), rx);
     let app = Router::new()
         .route(wire::PATH, post(ingest))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(shared.clone());
     (app, writer, shared)
+}
+
+#[cfg(test)]
+impl Shared {
+    pub fn tx_for_tests(&self) -> &mpsc::Sender<Job> {
+        &self.tx
+    }
 }
 
 fn reject(shared: &Shared, status: StatusCode, reason: &'static str, msg: String) -> Response {
@@ -97,8 +122,36 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Body bytes reserved from the shared budget, given back on drop.
+struct Reserved<'a> {
+    shared: &'a Shared,
+    n: u64,
+}
+
+impl<'a> Reserved<'a> {
+    fn take(shared: &'a Shared, n: u64) -> Option<Self> {
+        let max = shared.cfg.max_inflight_bytes as u64;
+        shared
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur + n <= max).then_some(cur + n))
+            .ok()?;
+        shared.metrics.inflight_bytes.store(shared.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(Self { shared, n })
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let left = self.shared.inflight.fetch_sub(self.n, Ordering::AcqRel) - self.n;
+        self.shared.metrics.inflight_bytes.store(left, Ordering::Relaxed);
+    }
+}
+
+async fn ingest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    // Everything that needs only the headers comes before reading the body.
     if let Some(token) = &shared.cfg.token {
         let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         if !same(given.as_bytes(), token.as_bytes()) {
@@ -109,7 +162,45 @@ async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         let msg = format!("wire version {v} not supported (this collector speaks {})", wire::VERSION);
         return reject(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "version", msg);
     }
-    let records = match wire::decode(header("content-encoding"), &body, shared.cfg.max_batch_bytes) {
+    let encoding = header("content-encoding").map(str::to_owned);
+    if let Some(e) = encoding.as_deref().filter(|e| !matches!(e.trim(), "zstd" | "identity" | "")) {
+        let msg = WireError::Encoding(e.to_owned()).to_string();
+        return reject(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", msg);
+    }
+    let max_body = shared.cfg.max_body_bytes;
+    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > max_body as u64) {
+        return too_large(&shared, max_body);
+    }
+    let Some(reserved) = Reserved::take(&shared, length.unwrap_or(max_body as u64)) else {
+        return busy(&shared, "too many batches being read at once");
+    };
+    let bytes = match tokio::time::timeout(shared.cfg.body_timeout, axum::body::to_bytes(body, max_body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) if length.is_none() => return too_large(&shared, max_body),
+        Ok(Err(e)) => return reject(&shared, StatusCode::BAD_REQUEST, "malformed", format!("reading the body: {e}")),
+        Err(_) => {
+            let msg = format!("body not received within {} s", shared.cfg.body_timeout.as_secs());
+            return reject(&shared, StatusCode::REQUEST_TIMEOUT, "body_timeout", msg);
+        }
+    };
+    let records = {
+        // Decoding is CPU work: on blocking threads, a few at a time.
+        let Ok(_slot) = shared.decoders.acquire().await else { return busy(&shared, "shutting down") };
+        let limits = wire::Limits::now(Some(shared.cfg.retention_days));
+        let (max_batch, cluster) = (shared.cfg.max_batch_bytes, header("x-tokentap-cluster").unwrap_or("").to_owned());
+        let decoded = tokio::task::spawn_blocking(move || {
+            wire::decode(encoding.as_deref(), &bytes, max_batch, &limits)
+                .map(|rs| rs.into_iter().map(|r| CallRow::from_record(r, &cluster)).collect::<Vec<_>>())
+        })
+        .await;
+        match decoded {
+            Ok(r) => r,
+            Err(_) => return busy(&shared, "decoder failed"),
+        }
+    };
+    drop(reserved);
+    let rows = match records {
         Ok(r) => r,
         Err(e @ WireError::TooLarge(_)) | Err(e @ WireError::TooManyRecords) => {
             return reject(&shared, StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
@@ -117,50 +208,80 @@ async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         Err(e @ WireError::Encoding(_)) => {
             return reject(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", e.to_string())
         }
+        Err(e @ WireError::Record { .. }) => return reject(&shared, StatusCode::BAD_REQUEST, "invalid", e.to_string()),
         Err(e) => return reject(&shared, StatusCode::BAD_REQUEST, "malformed", e.to_string()),
     };
     Metrics::add(&shared.metrics.batches_received, 1);
-    Metrics::add(&shared.metrics.records_received, records.len() as u64);
-    let cluster = header("x-tokentap-cluster").unwrap_or("").to_owned();
-    let total = records.len();
-    let rows: Vec<CallRow> = {
-        let recent = shared.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let mut seen = std::collections::HashSet::new();
-        records
-            .into_iter()
-            .map(|r| CallRow::from_record(r, &cluster))
-            .filter(|r| !recent.contains(r.event_id.as_u128()) && seen.insert(r.event_id))
-            .collect()
+    Metrics::add(&shared.metrics.records_received, rows.len() as u64);
+    store_rows(&shared, rows, headers).await
+}
+
+/// Admit the rows, queue the new ones, and answer once every one is resolved.
+async fn store_rows(shared: &Shared, rows: Vec<CallRow>, headers: &HeaderMap) -> Response {
+    let total = rows.len();
+    let retried = headers.get(wire::HEADER_RETRY).is_some();
+    let admitted = {
+        let mut adm = shared.admission.lock().unwrap_or_else(|e| e.into_inner());
+        let a = adm.admit(rows, retried);
+        shared.metrics.queue_records.store(adm.pending() as u64, Ordering::Relaxed);
+        a
     };
-    let duplicates = total - rows.len();
-    Metrics::add(&shared.metrics.duplicates, duplicates as u64);
-    if rows.is_empty() {
-        return ok(0, duplicates);
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(Refused::QueueFull) => return busy(shared, "queue full: ClickHouse is slow or away"),
+    };
+    Metrics::add(&shared.metrics.duplicates, admitted.duplicates as u64);
+    if let Some(job) = admitted.job {
+        let ids: Vec<u128> = job.rows.iter().map(|r| r.event_id.as_u128()).collect();
+        if shared.tx.try_send(job).is_err() {
+            shared.admission.lock().unwrap_or_else(|e| e.into_inner()).withdraw(&ids);
+            return busy(shared, "queue full");
+        }
     }
-    let n = rows.len();
-    let queued = shared.metrics.queue_records.fetch_add(n as u64, Ordering::Relaxed) as usize;
-    let unqueue = || shared.metrics.queue_records.fetch_sub(n as u64, Ordering::Relaxed);
-    if queued + n > shared.cfg.max_queue_records {
-        unqueue();
-        return busy(&shared, "queue full: ClickHouse is slow or away");
+    let mut accepted = 0usize;
+    let mut rejected: Vec<(u128, String)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + shared.cfg.ack_timeout;
+    for (mut rx, ids) in admitted.waits {
+        let outcome = match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(o)) => o.clone().unwrap_or_default(),
+            // Still queued: the agent retries, and the retry waits for these same rows.
+            _ => return busy(shared, "ClickHouse did not take the rows in time"),
+        };
+        for id in ids {
+            match outcome.rejected.get(&id) {
+                Some(why) => rejected.push((id, why.clone())),
+                None => accepted += 1,
+            }
+        }
     }
-    let (done, wait) = oneshot::channel();
-    if shared.tx.try_send(Job { rows, done }).is_err() {
-        unqueue();
-        return busy(&shared, "queue full");
+    let duplicates = admitted.duplicates;
+    debug_assert_eq!(accepted + rejected.len() + duplicates, total);
+    if rejected.is_empty() {
+        return (StatusCode::OK, Json(serde_json::json!({"accepted": accepted, "duplicates": duplicates})))
+            .into_response();
     }
-    match tokio::time::timeout(Duration::from_secs(60), wait).await {
-        Ok(Ok(())) => ok(n, duplicates),
-        // Still queued: the agent retries, and the retry is deduplicated once in.
-        _ => busy(&shared, "ClickHouse did not take the rows in time"),
-    }
+    shared.metrics.reject("rejected_rows");
+    let named: Vec<_> = rejected
+        .iter()
+        .take(100)
+        .map(|(id, why)| serde_json::json!({"event_id": uuid::Uuid::from_u128(*id).to_string(), "error": why}))
+        .collect();
+    let body = serde_json::json!({
+        "error": format!("ClickHouse refused {} of {total} records; the others are stored", rejected.len()),
+        "reason": "rejected_rows",
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected.len(),
+        "rejected_rows": named,
+    });
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
-fn ok(accepted: usize, duplicates: usize) -> Response {
-    (StatusCode::OK, Json(serde_json::json!({"accepted": accepted, "duplicates": duplicates}))).into_response()
+fn too_large(shared: &Shared, max: usize) -> Response {
+    reject(shared, StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body larger than {max} bytes"))
 }
 
-fn busy(shared: &Shared, msg: &str) -> Response {
+pub fn busy(shared: &Shared, msg: &str) -> Response {
     shared.metrics.reject("busy");
     let mut r =
         (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": msg, "reason": "busy"}))).into_response();
@@ -180,59 +301,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
 }
 
-/// Gathers jobs into inserts; retries each insert until ClickHouse takes it.
-async fn writer(shared: Arc<Shared>, client: Client, mut rx: mpsc::Receiver<Job>) {
-    let cfg = shared.cfg.clone();
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + cfg.flush_interval;
-        let mut rows: usize = jobs[0].rows.len();
-        while rows < cfg.insert_rows {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => {
-                    rows += j.rows.len();
-                    jobs.push(j);
-                }
-                _ => break,
-            }
-        }
-        let batch: Vec<CallRow> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.rows)).collect();
-        let mut attempt = 0;
-        loop {
-            let t = Instant::now();
-            match store::insert(&client, &batch).await {
-                Ok(()) => {
-                    shared.metrics.observe_insert(t.elapsed().as_secs_f64());
-                    shared.metrics.ready.store(1, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    Metrics::add(&shared.metrics.insert_errors, 1);
-                    shared.metrics.ready.store(0, Ordering::Relaxed);
-                    let wait = store::backoff(attempt);
-                    tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = wait.as_millis() as u64, "ClickHouse insert failed");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-            }
-        }
-        {
-            let mut recent = shared.recent.lock().unwrap_or_else(|e| e.into_inner());
-            for r in &batch {
-                recent.insert(r.event_id.as_u128());
-            }
-        }
-        Metrics::add(&shared.metrics.inserts, 1);
-        Metrics::add(&shared.metrics.records_inserted, batch.len() as u64);
-        shared.metrics.queue_records.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        for j in jobs {
-            let _ = j.done.send(());
-        }
-    }
-}
-
 /// Event ids inserted in the last `hours` (the dedup window across restarts).
-pub async fn load_recent(client: &Client, cap: usize, hours: u32) -> Result<RecentIds, clickhouse::error::Error> {
+pub async fn load_recent(
+    client: &clickhouse::Client,
+    cap: usize,
+    hours: u32,
+) -> Result<RecentIds, clickhouse::error::Error> {
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct Id {
         #[serde(with = "clickhouse::serde::uuid")]

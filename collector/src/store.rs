@@ -1,7 +1,9 @@
-//! Writing records to ClickHouse: the row as stored (`llm_calls`), batched
-//! inserts in RowBinary with an insert deduplication token (a retried insert of
-//! the same rows is dropped by ClickHouse), and retry with backoff while
-//! ClickHouse is away.
+//! Writing records to ClickHouse: the row as stored (`llm_calls`), one insert
+//! in RowBinary with an insert deduplication token (a retried insert of the
+//! same rows is dropped by ClickHouse, and so are its materialized views' rows),
+//! the ids already stored (checked before an uncertain retry), and what a
+//! failed insert means: ClickHouse away (retry) or rows it refuses (never retry).
+use std::collections::HashSet;
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
@@ -176,6 +178,128 @@ pub async fn insert(client: &Client, rows: &[CallRow]) -> Result<(), clickhouse:
     ins.end().await
 }
 
+/// Ids per existence query: keeps the SQL under ClickHouse's `max_query_size`.
+const IDS_PER_QUERY: usize = 4000;
+
+/// Which of these rows' ids are already in `llm_calls` (partition-pruned by day).
+pub async fn existing_ids(client: &Client, rows: &[CallRow]) -> Result<HashSet<u128>, clickhouse::error::Error> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Id {
+        #[serde(with = "clickhouse::serde::uuid")]
+        id: uuid::Uuid,
+    }
+    let mut found = HashSet::new();
+    for chunk in rows.chunks(IDS_PER_QUERY) {
+        let days: HashSet<i64> = chunk.iter().map(|r| day_of(r.ts)).collect();
+        let days: Vec<String> = days.iter().map(|d| format!("'{}'", date_of_day(*d))).collect();
+        // Uuid's Display is hex and dashes only: safe to inline.
+        let ids: Vec<String> = chunk.iter().map(|r| format!("'{}'", r.event_id)).collect();
+        let sql = format!(
+            "SELECT event_id AS id FROM llm_calls WHERE toDate(ts) IN ({}) AND event_id IN ({})",
+            days.join(","),
+            ids.join(",")
+        );
+        let got: Vec<Id> = client.query(&sql).fetch_all().await?;
+        found.extend(got.into_iter().map(|i| i.id.as_u128()));
+    }
+    Ok(found)
+}
+
+/// Days since the epoch of a `ts` in microseconds: the table's partition.
+pub fn day_of(ts_micros: i64) -> i64 {
+    ts_micros.div_euclid(86_400_000_000)
+}
+
+/// `YYYY-MM-DD` of a day since the epoch.
+fn date_of_day(day: i64) -> String {
+    chrono::DateTime::from_timestamp(day * 86_400, 0).map(|t| t.date_naive().to_string()).unwrap_or_default()
+}
+
+/// What a failed ClickHouse request means for the rows in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// ClickHouse away, overloaded, timed out, or the connection broke: retry
+    /// with backoff. The insert may have landed (check before retrying).
+    Outage,
+    /// ClickHouse refused these rows (types, ranges, partitions, constraints):
+    /// retrying the same rows fails the same way.
+    Data,
+    /// An exception not known either way: retried a few times, then data.
+    Unknown,
+}
+
+/// Exception codes that say "try again later" (server state, not the rows).
+const TRANSIENT_CODES: &[u32] = &[
+    3,   // UNEXPECTED_END_OF_FILE (connection cut mid-request)
+    60,  // UNKNOWN_TABLE (schema being created or restored)
+    81,  // UNKNOWN_DATABASE
+    159, // TIMEOUT_EXCEEDED
+    164, // READONLY
+    202, // TOO_MANY_SIMULTANEOUS_QUERIES
+    203, // NO_FREE_CONNECTION
+    209, // SOCKET_TIMEOUT
+    210, // NETWORK_ERROR
+    236, // ABORTED
+    241, // MEMORY_LIMIT_EXCEEDED
+    242, // TABLE_IS_READ_ONLY
+    285, // TOO_FEW_LIVE_REPLICAS
+    319, // UNKNOWN_STATUS_OF_INSERT
+    394, // QUERY_WAS_CANCELLED
+    425, // SYSTEM_ERROR
+    439, // CANNOT_SCHEDULE_TASK
+    497, // ACCESS_DENIED (grants being fixed: the rows are fine)
+    516, // AUTHENTICATION_FAILED
+    999, // KEEPER_EXCEPTION
+];
+
+/// Exception codes that say "these rows can never be inserted".
+const DATA_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    26,  // CANNOT_PARSE_QUOTED_STRING
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,  // ATTEMPT_TO_READ_AFTER_EOF
+    36,  // BAD_ARGUMENTS
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    128, // TOO_LARGE_ARRAY_SIZE
+    131, // TOO_LARGE_STRING_SIZE
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    469, // VIOLATED_CONSTRAINT
+];
+
+/// The `Code: N` of a ClickHouse exception text.
+pub fn exception_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + 6..];
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Sort a ClickHouse error into what to do with the rows.
+pub fn classify(e: &clickhouse::error::Error) -> Failure {
+    use clickhouse::error::Error as E;
+    match e {
+        E::BadResponse(text) => match exception_code(text) {
+            // TOO_MANY_PARTS is both "merges are behind" (wait) and "too many
+            // partitions for a single INSERT block" (these rows, as grouped).
+            Some(252) if text.contains("partitions") => Failure::Data,
+            Some(252) => Failure::Outage,
+            Some(c) if TRANSIENT_CODES.contains(&c) => Failure::Outage,
+            Some(c) if DATA_CODES.contains(&c) => Failure::Data,
+            Some(_) => Failure::Unknown,
+            // No exception: an HTTP-level answer (502/503 from a proxy).
+            None => Failure::Outage,
+        },
+        // Rows the client itself could not serialise are data.
+        E::Custom(_) | E::SequenceMustHaveLength | E::InvalidUtf8Encoding(_) => Failure::Data,
+        _ => Failure::Outage,
+    }
+}
+
 /// Backoff for the `attempt`th retry: 100 ms doubling to 10 s.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(7)).min(10_000))
@@ -224,5 +348,27 @@ mod tests {
         assert_ne!(dedup_token(&rows), dedup_token(&rows[1..]));
         assert_eq!(backoff(0), Duration::from_millis(100));
         assert_eq!(backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn failures_are_sorted_by_what_they_mean_for_the_rows() {
+        use clickhouse::error::Error as E;
+        let bad = |t: &str| classify(&E::BadResponse(t.into()));
+        assert_eq!(
+            bad("Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100)."),
+            Failure::Data
+        );
+        assert_eq!(bad("Code: 252. DB::Exception: Too many parts (300). Merges are processing"), Failure::Outage);
+        assert_eq!(bad("Code: 469. DB::Exception: Constraint `c` for table t is violated"), Failure::Data);
+        assert_eq!(bad("Code: 53. DB::Exception: Type mismatch"), Failure::Data);
+        assert_eq!(bad("Code: 241. DB::Exception: Memory limit (total) exceeded"), Failure::Outage);
+        assert_eq!(bad("Code: 210. DB::NetException: Connection refused"), Failure::Outage);
+        assert_eq!(bad("Code: 33. DB::Exception: Cannot read all data"), Failure::Unknown);
+        assert_eq!(bad("503 Service Unavailable"), Failure::Outage);
+        assert_eq!(classify(&E::TimedOut), Failure::Outage);
+        assert_eq!(exception_code("Code: 117. DB::Exception"), Some(117));
+        assert_eq!(exception_code("no code"), None);
+        assert_eq!(day_of(-1), -1);
+        assert_eq!(day_of(86_400_000_000), 1);
     }
 }

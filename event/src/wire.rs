@@ -11,6 +11,9 @@ pub const VERSION: &str = "1";
 pub const PATH: &str = "/v1/records";
 pub const HEADER_VERSION: &str = "x-tokentap-wire-version";
 pub const HEADER_BATCH_ID: &str = "x-tokentap-batch-id";
+/// Present (`1`) when the agent sent this batch before without an answer: the
+/// collector then checks ClickHouse for rows another collector may have stored.
+pub const HEADER_RETRY: &str = "x-tokentap-retry";
 /// Records per batch a collector accepts.
 pub const MAX_RECORDS: usize = 50_000;
 
@@ -41,25 +44,69 @@ pub fn encode(records: &[LlmCall]) -> Vec<u8> {
     zstd::bulk::compress(&ndjson, 3).expect("zstd of an in-memory buffer")
 }
 
+/// What the collector accepts beyond the record's shape: values the table can
+/// store and sum, and timestamps inside its retention. Agents check with the
+/// same rules before spooling, so a batch they send is never refused for them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Now, in microseconds since the Unix epoch.
+    pub now_micros: i64,
+    /// Oldest `ts` accepted, as an age in days (the table's TTL); None: any.
+    pub max_age_days: Option<u32>,
+    /// Latest `ts` accepted, ahead of now (clock skew between nodes).
+    pub max_ahead_micros: i64,
+}
+
+impl Limits {
+    /// Limits at this moment, for a table keeping `max_age_days` of rows.
+    pub fn now(max_age_days: Option<u32>) -> Self {
+        let now_micros =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        Self { now_micros, max_age_days, max_ahead_micros: MAX_AHEAD_MICROS }
+    }
+}
+
+/// Tokens of one call, at most: 10^12 keeps sums of billions of rows inside
+/// the table's UInt64 columns and rollups.
+pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+/// Cost of one call, at most (USD).
+pub const MAX_COST_USD: f64 = 1_000_000.0;
+/// Duration or time to first token of one call, at most (7 days, in ms).
+pub const MAX_DURATION_MS: f64 = 7.0 * 86_400_000.0;
+/// How far ahead of the collector's clock a record may be dated (1 day).
+pub const MAX_AHEAD_MICROS: i64 = 86_400_000_000;
+/// Labels per record, and bytes of a label's key and value.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 128;
+pub const MAX_LABEL_VALUE: usize = 1024;
+/// Bytes of the prompt features, as JSON.
+pub const MAX_FEATURES_BYTES: usize = 64 * 1024;
+
 /// A batch body -> checked records. `max_bytes` caps the decompressed size
 /// (a zstd bomb stops there).
-pub fn decode(encoding: Option<&str>, body: &[u8], max_bytes: usize) -> Result<Vec<LlmCall>, WireError> {
+pub fn decode(
+    encoding: Option<&str>,
+    body: &[u8],
+    max_bytes: usize,
+    limits: &Limits,
+) -> Result<Vec<LlmCall>, WireError> {
     let text = match encoding.map(str::trim).unwrap_or("identity") {
         "identity" | "" => {
             if body.len() > max_bytes {
                 return Err(WireError::TooLarge(max_bytes));
             }
-            body.to_vec()
+            std::borrow::Cow::Borrowed(body)
         }
         "zstd" => {
             use std::io::Read;
             let mut out = Vec::new();
+            // Concatenated zstd frames (agents merge spooled batches) decode as one.
             let dec = zstd::stream::read::Decoder::new(body).map_err(|_| WireError::Compression)?;
             dec.take(max_bytes as u64 + 1).read_to_end(&mut out).map_err(|_| WireError::Compression)?;
             if out.len() > max_bytes {
                 return Err(WireError::TooLarge(max_bytes));
             }
-            out
+            std::borrow::Cow::Owned(out)
         }
         other => return Err(WireError::Encoding(other.to_owned())),
     };
@@ -73,7 +120,7 @@ pub fn decode(encoding: Option<&str>, body: &[u8], max_bytes: usize) -> Result<V
         }
         let r: LlmCall = serde_json::from_slice(line)
             .map_err(|e| WireError::Record { line: i + 1, reason: format!("not a record: {e}") })?;
-        validate(&r).map_err(|reason| WireError::Record { line: i + 1, reason })?;
+        validate(&r, limits).map_err(|reason| WireError::Record { line: i + 1, reason })?;
         records.push(r);
     }
     if records.is_empty() {
@@ -82,29 +129,143 @@ pub fn decode(encoding: Option<&str>, body: &[u8], max_bytes: usize) -> Result<V
     Ok(records)
 }
 
-/// What a stored record must satisfy.
-pub fn validate(r: &LlmCall) -> Result<(), String> {
-    if uuid::Uuid::parse_str(&r.event_id).is_err() {
-        return Err(format!("event_id {:?} is not a UUID", r.event_id));
+fn check_len(field: &str, v: Option<&str>, max: usize) -> Result<(), String> {
+    match v {
+        Some(s) if s.len() > max => Err(format!("{field} is {} bytes long (at most {max})", s.len())),
+        _ => Ok(()),
     }
-    if chrono::DateTime::parse_from_rfc3339(&r.ts).is_err() {
-        return Err(format!("ts {:?} is not RFC 3339", r.ts));
-    }
-    if r.provider.is_empty() || r.provider.len() > 128 {
-        return Err("provider must be 1-128 characters".into());
-    }
-    if r.operation.is_empty() || r.operation.len() > 128 {
-        return Err("operation must be 1-128 characters".into());
-    }
-    if let (Some(i), Some(c)) = (r.input_tokens, r.cached_input_tokens) {
-        if c > i {
-            return Err("cached_input_tokens exceeds input_tokens".into());
+}
+
+/// Bytes a value takes as JSON, without keeping the text.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
-    if r.cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
-        return Err("cost_usd must be a finite, non-negative number".into());
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// What a stored record must satisfy: the shape, lengths the table is meant
+/// for, numbers it can store and sum, and a `ts` inside `limits`.
+pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
+    if uuid::Uuid::parse_str(&r.event_id).is_err() {
+        return Err(format!("event_id {:?} is not a UUID", truncated(&r.event_id)));
+    }
+    let ts = chrono::DateTime::parse_from_rfc3339(&r.ts)
+        .map_err(|_| format!("ts {:?} is not RFC 3339", truncated(&r.ts)))?
+        .timestamp_micros();
+    if let Some(days) = limits.max_age_days {
+        let oldest = limits.now_micros - days as i64 * 86_400_000_000;
+        if ts < oldest {
+            return Err(format!("ts {} is older than the {days}-day retention", r.ts));
+        }
+    }
+    if ts > limits.now_micros.saturating_add(limits.max_ahead_micros) {
+        return Err(format!("ts {} is more than a day ahead of the collector's clock", r.ts));
+    }
+    if r.provider.is_empty() || r.provider.len() > 128 {
+        return Err("provider must be 1-128 bytes".into());
+    }
+    if r.operation.is_empty() || r.operation.len() > 128 {
+        return Err("operation must be 1-128 bytes".into());
+    }
+    for (field, v, max) in [
+        ("request_model", r.request_model.as_deref(), 256),
+        ("response_model", r.response_model.as_deref(), 256),
+        ("response_id", r.response_id.as_deref(), 512),
+        ("request_id", r.request_id.as_deref(), 512),
+        ("server", r.server.as_deref(), 256),
+        ("path", r.path.as_deref(), 2048),
+        ("http_version", r.http_version.as_deref(), 16),
+        ("tls_library", r.tls_library.as_deref(), 64),
+        ("comm", r.comm.as_deref(), 64),
+        ("exe", r.exe.as_deref(), 4096),
+        ("container_id", r.container_id.as_deref(), 128),
+        ("pod", r.pod.as_deref(), 256),
+        ("namespace", r.namespace.as_deref(), 256),
+        ("workload", r.workload.as_deref(), 256),
+        ("service", r.service.as_deref(), 256),
+        ("end_user", r.end_user.as_deref(), 256),
+        ("api_key_id", r.api_key_id.as_deref(), 128),
+        ("feature", r.feature.as_deref(), 256),
+        ("service_tier", r.service_tier.as_deref(), 64),
+    ] {
+        check_len(field, v, max)?;
+    }
+    if r.labels.len() > MAX_LABELS {
+        return Err(format!("{} labels (at most {MAX_LABELS})", r.labels.len()));
+    }
+    for (k, v) in &r.labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE {
+            return Err(format!(
+                "label {:?}: keys must be 1-{MAX_LABEL_KEY} bytes, values at most {MAX_LABEL_VALUE}",
+                truncated(k)
+            ));
+        }
+    }
+    if let Some(f) = &r.features {
+        let n = json_len(f);
+        if n > MAX_FEATURES_BYTES {
+            return Err(format!("features are {n} bytes as JSON (at most {MAX_FEATURES_BYTES})"));
+        }
+    }
+    for (field, v) in [
+        ("input_tokens", r.input_tokens),
+        ("output_tokens", r.output_tokens),
+        ("cached_input_tokens", r.cached_input_tokens),
+        ("cache_write_tokens", r.cache_write_tokens),
+        ("reasoning_tokens", r.reasoning_tokens),
+    ] {
+        if v.is_some_and(|n| n > MAX_TOKENS) {
+            return Err(format!("{field} is over {MAX_TOKENS}"));
+        }
+    }
+    let within = |part: Option<u64>, whole: Option<u64>| match (part, whole) {
+        (Some(p), Some(w)) => p <= w,
+        _ => true,
+    };
+    if !within(r.cached_input_tokens, r.input_tokens) {
+        return Err("cached_input_tokens exceeds input_tokens".into());
+    }
+    if !within(r.cache_write_tokens, r.input_tokens) {
+        return Err("cache_write_tokens exceeds input_tokens".into());
+    }
+    if !within(r.reasoning_tokens, r.output_tokens) {
+        return Err("reasoning_tokens exceeds output_tokens".into());
+    }
+    if r.cost_usd.is_some_and(|c| !c.is_finite() || !(0.0..=MAX_COST_USD).contains(&c)) {
+        return Err(format!("cost_usd must be a finite number from 0 to {MAX_COST_USD}"));
+    }
+    for (field, v) in [("duration_ms", r.duration_ms), ("ttft_ms", r.ttft_ms)] {
+        if v.is_some_and(|d| !d.is_finite() || !(0.0..=MAX_DURATION_MS).contains(&d)) {
+            return Err(format!("{field} must be a finite number from 0 to {MAX_DURATION_MS}"));
+        }
+    }
+    if r.status.is_some_and(|s| !(100..=599).contains(&s)) {
+        return Err("status must be an HTTP status (100-599)".into());
     }
     Ok(())
+}
+
+/// The start of a value for an error message (never megabytes of it).
+fn truncated(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{}...", &s[..end])
+    } else {
+        s.to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -127,24 +288,87 @@ mod tests {
     fn round_trip() {
         let rs: Vec<LlmCall> = (0..100).map(record).collect();
         let body = encode(&rs);
-        assert_eq!(decode(Some("zstd"), &body, 1 << 20).unwrap(), rs);
+        assert_eq!(decode(Some("zstd"), &body, 1 << 20, &Limits::now(None)).unwrap(), rs);
     }
 
     #[test]
     fn bad_batches_are_clear_errors() {
-        assert_eq!(decode(Some("br"), b"x", 100), Err(WireError::Encoding("br".into())));
-        assert_eq!(decode(Some("zstd"), b"not zstd", 100), Err(WireError::Compression));
-        assert_eq!(decode(None, b"\n\n", 100), Err(WireError::Empty));
+        let l = Limits::now(None);
+        assert_eq!(decode(Some("br"), b"x", 100, &l), Err(WireError::Encoding("br".into())));
+        assert_eq!(decode(Some("zstd"), b"not zstd", 100, &l), Err(WireError::Compression));
+        assert_eq!(decode(None, b"\n\n", 100, &l), Err(WireError::Empty));
         let bomb = zstd::bulk::compress(&vec![b' '; 1 << 20], 19).unwrap();
-        assert_eq!(decode(Some("zstd"), &bomb, 1000), Err(WireError::TooLarge(1000)));
+        assert_eq!(decode(Some("zstd"), &bomb, 1000, &l), Err(WireError::TooLarge(1000)));
         let mut r = record(1);
         r.event_id = "nope".into();
         let line = serde_json::to_string(&r).unwrap();
-        let err = decode(None, format!("{}\n{line}\n", serde_json::to_string(&record(2)).unwrap()).as_bytes(), 1 << 20);
+        let two = format!("{}\n{line}\n", serde_json::to_string(&record(2)).unwrap());
+        let err = decode(None, two.as_bytes(), 1 << 20, &l);
         assert!(matches!(err, Err(WireError::Record { line: 2, .. })), "{err:?}");
-        assert!(matches!(decode(None, b"{\"x\":1}", 100), Err(WireError::Record { line: 1, .. })));
-        let mut r = record(1);
-        r.cached_input_tokens = Some(1000);
-        assert!(validate(&r).is_err());
+        assert!(matches!(decode(None, b"{\"x\":1}", 100, &l), Err(WireError::Record { line: 1, .. })));
+    }
+
+    #[test]
+    fn concatenated_batches_decode_as_one() {
+        let a: Vec<LlmCall> = (0..3).map(record).collect();
+        let b: Vec<LlmCall> = (3..5).map(record).collect();
+        let mut body = encode(&a);
+        body.extend(encode(&b));
+        let got = decode(Some("zstd"), &body, 1 << 20, &Limits::now(None)).unwrap();
+        assert_eq!(got, [a, b].concat());
+    }
+
+    #[test]
+    fn values_the_table_cannot_store_are_refused() {
+        let now = 1_763_900_000_000_000i64;
+        let l = Limits { now_micros: now, max_age_days: Some(30), max_ahead_micros: MAX_AHEAD_MICROS };
+        let ok = record(1);
+        assert_eq!(validate(&ok, &l), Ok(()));
+        type Case = (&'static str, fn(&mut LlmCall));
+        let cases: &[Case] = &[
+            ("long model", |r| r.request_model = Some("m".repeat(10 << 20))),
+            ("long label", |r| {
+                r.labels.insert("team".into(), "x".repeat(2000));
+            }),
+            ("many labels", |r| r.labels = (0..100).map(|i| (format!("k{i}"), "v".into())).collect()),
+            ("empty label key", |r| {
+                r.labels.insert(String::new(), "v".into());
+            }),
+            ("u64::MAX tokens", |r| r.input_tokens = Some(u64::MAX)),
+            ("too many output tokens", |r| r.output_tokens = Some(MAX_TOKENS + 1)),
+            ("cached > input", |r| r.cached_input_tokens = Some(1000)),
+            ("cache write > input", |r| r.cache_write_tokens = Some(1000)),
+            ("reasoning > output", |r| r.reasoning_tokens = Some(11)),
+            ("huge cost", |r| r.cost_usd = Some(1e300)),
+            ("negative cost", |r| r.cost_usd = Some(-1.0)),
+            ("NaN duration", |r| r.duration_ms = Some(f64::NAN)),
+            ("negative ttft", |r| r.ttft_ms = Some(-5.0)),
+            ("status 0", |r| r.status = Some(0)),
+            ("far past", |r| r.ts = "1970-01-01T00:00:00Z".into()),
+            ("before retention", |r| r.ts = LlmCall::format_ts((1_763_900_000 - 31 * 86_400) as i128 * 1_000_000_000)),
+            ("far future", |r| r.ts = "2299-12-31T00:00:00Z".into()),
+            ("two days ahead", |r| r.ts = LlmCall::format_ts((1_763_900_000 + 2 * 86_400) as i128 * 1_000_000_000)),
+            ("empty provider", |r| r.provider.clear()),
+            ("huge features", |r| {
+                r.features = Some(crate::PromptFeatures {
+                    tool_calls: (0..2000)
+                        .map(|i| crate::ToolCall { name: format!("tool-{i}"), args_hash: "h".repeat(32) })
+                        .collect(),
+                    ..Default::default()
+                })
+            }),
+        ];
+        for (what, spoil) in cases {
+            let mut r = ok.clone();
+            spoil(&mut r);
+            let err = validate(&r, &l).expect_err(what);
+            assert!(err.len() < 200, "{what}: the error names the field, not the value: {err}");
+        }
+        // Inside the window: yesterday, and an hour ahead (clock skew).
+        let mut r = ok.clone();
+        r.ts = LlmCall::format_ts((1_763_900_000 - 86_400) as i128 * 1_000_000_000);
+        assert_eq!(validate(&r, &l), Ok(()));
+        r.ts = LlmCall::format_ts((1_763_900_000 + 3600) as i128 * 1_000_000_000);
+        assert_eq!(validate(&r, &l), Ok(()));
     }
 }

@@ -102,6 +102,24 @@ def concurrent(oa, an):
         return sum(ex.map(lambda f: f(oa, an), jobs))
 
 
+def steady(oa, an, rate=25.0, seconds=8.0):
+    """Calls at a steady rate (chat, streamed chat, messages in turn) from a pool
+    of threads, each started on schedule; a late call never shifts the others."""
+    import time
+    ops = [chat, chat_stream_usage, messages]
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+
+    def one(i):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return ops[i % len(ops)](oa, an)
+
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        return sum(ex.map(one, range(n)))
+
+
 def kill_mid_stream(oa, _an):
     """Read the first streamed chunk, then die without closing anything."""
     s = oa.chat.completions.create(model="slow-stream", messages=MSGS, stream=True)
@@ -111,7 +129,7 @@ def kill_mid_stream(oa, _an):
     return 0
 
 
-SCENARIOS = {f.__name__: f for f in SINGLE + [all_ops, concurrent, kill_mid_stream]}
+SCENARIOS = {f.__name__: f for f in SINGLE + [all_ops, concurrent, steady, kill_mid_stream]}
 
 
 def main():
@@ -120,10 +138,15 @@ def main():
     ap.add_argument("--anthropic-base", required=True)
     ap.add_argument("--ca", required=True)
     ap.add_argument("--key", required=True)
+    ap.add_argument("--rate", type=float, default=25.0, help="steady: calls per second")
+    ap.add_argument("--seconds", type=float, default=8.0, help="steady: how long")
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     a = ap.parse_args()
     oa, an = clients(a)
-    n = SCENARIOS[a.scenario](oa, an)
+    if a.scenario == "steady":
+        n = steady(oa, an, a.rate, a.seconds)
+    else:
+        n = SCENARIOS[a.scenario](oa, an)
     print(json.dumps({"calls": n, "pid": os.getpid()}), flush=True)
     return 0
 

@@ -624,6 +624,12 @@ pub fn pair_with_served<'a>(records: &'a [Value], served: &'a [Value]) -> Vec<(&
     pairs
 }
 
+/// Now as a record's `ts` (records sent to a collector must be inside its retention).
+pub fn now_ts() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    tokentap_event::LlmCall::format_ts(nanos as i128)
+}
+
 /// A ClickHouse for the collector tests: the server at `TOKENTAP_CLICKHOUSE_URL`
 /// when set, else the real ClickHouse engine (chdb-core) behind
 /// tests/server/clickhouse_http.py — a test-harness stand-in for the server
@@ -634,14 +640,19 @@ pub struct ClickHouse {
     pub database: String,
     /// While this file exists the embedded endpoint answers 503 (ClickHouse "away").
     fail_file: PathBuf,
+    /// While this file holds N, the embedded endpoint answers inserts N seconds
+    /// after committing them (a lost answer, for forced retries).
+    slow_file: PathBuf,
 }
 
 impl ClickHouse {
     pub fn start(dir: &Path, name: &str) -> Self {
         let database = format!("tokentap_e2e_{}_{}", std::process::id(), name.replace('-', "_"));
         let fail_file = dir.join("clickhouse-away");
+        let slow_file = dir.join("clickhouse-slow");
+        let _ = std::fs::remove_file(&slow_file);
         if let Ok(url) = std::env::var("TOKENTAP_CLICKHOUSE_URL") {
-            return Self { child: None, url, database, fail_file };
+            return Self { child: None, url, database, fail_file, slow_file };
         }
         require_tool("python3");
         let ok = Command::new("python3").args(["-c", "import chdb"]).status().is_ok_and(|s| s.success());
@@ -656,13 +667,30 @@ impl ClickHouse {
             .arg(&port_file)
             .arg("--fail-file")
             .arg(&fail_file)
+            .arg("--slow-file")
+            .arg(&slow_file)
             .stderr(std::fs::File::create(dir.join("clickhouse.stderr")).expect("log"))
             .spawn()
             .expect("start clickhouse_http.py");
         let port: u16 = wait_for("the ClickHouse endpoint", Duration::from_secs(60), || {
             std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
         });
-        Self { child: Some(child), url: format!("http://127.0.0.1:{port}"), database, fail_file }
+        Self { child: Some(child), url: format!("http://127.0.0.1:{port}"), database, fail_file, slow_file }
+    }
+
+    /// Whether this is the embedded engine (outages and slow answers can be simulated).
+    pub fn embedded(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Answer inserts `secs` after committing them (embedded endpoint only); 0: at once.
+    pub fn set_slow(&self, secs: u32) {
+        assert!(self.child.is_some(), "slow answers are simulated with the embedded engine only");
+        if secs > 0 {
+            std::fs::write(&self.slow_file, secs.to_string()).expect("slow file");
+        } else {
+            let _ = std::fs::remove_file(&self.slow_file);
+        }
     }
 
     /// Make ClickHouse unavailable (embedded endpoint only) or available again.
@@ -762,6 +790,15 @@ impl Collector {
     }
 
     pub fn start_with(dir: &Path, ch: &ClickHouse, tls: Option<CollectorTls>) -> Self {
+        Self::start_full(dir, ch, tls, &[])
+    }
+
+    /// With extra command-line flags (limits and timeouts under test).
+    pub fn start_args(dir: &Path, ch: &ClickHouse, extra: &[&str]) -> Self {
+        Self::start_full(dir, ch, None, extra)
+    }
+
+    fn start_full(dir: &Path, ch: &ClickHouse, tls: Option<CollectorTls>, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let token = "collector-token-5f4e3d2c1b".to_string();
         std::fs::write(dir.join("collector-token"), &token).expect("token file");
@@ -774,13 +811,10 @@ impl Collector {
             ch.database.clone(),
             "--token-file".into(),
             dir.join("collector-token").display().to_string(),
-            "--flush-ms".into(),
-            "100".into(),
         ];
-        if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
-            // The embedded endpoint speaks uncompressed HTTP only.
-            args.extend(["--clickhouse-compression".into(), "none".into()]);
-        }
+        // Production defaults otherwise (lz4 inserts included): the embedded
+        // endpoint speaks ClickHouse's compressed framing.
+        args.extend(extra.iter().map(|a| a.to_string()));
         let scheme = if tls.is_some() { "https" } else { "http" };
         if let Some(t) = &tls {
             for (flag, path) in [("--tls-cert", &t.certs.cert), ("--tls-key", &t.certs.key)] {
@@ -844,6 +878,29 @@ impl Collector {
     pub fn metrics(&self) -> String {
         let mut r = self.http.get(format!("{}/metrics", self.url)).call().expect("metrics");
         r.body_mut().read_to_string().unwrap_or_default()
+    }
+
+    /// One unlabelled metric's value (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("collector running")
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

@@ -46,9 +46,6 @@ fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
 fn migrate(ch: &ClickHouse) {
     let mut c = Command::new(collector_bin());
     c.args(["migrate", "--clickhouse-url", &ch.url, "--database", &ch.database]);
-    if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
-        c.args(["--clickhouse-compression", "none"]);
-    }
     let out = c.output().expect("collector migrate");
     assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
 }

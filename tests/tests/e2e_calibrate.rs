@@ -101,9 +101,6 @@ fn same_register_from_clickhouse(out: &std::path::Path, opps: &[Value]) {
     let mut c = Command::new(collector_bin());
     c.args(["report", "--since", "30d", "--clickhouse-url", &ch.url, "--database", &ch.database])
         .args(["--out", &report_dir.display().to_string()]);
-    if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
-        c.args(["--clickhouse-compression", "none"]);
-    }
     let o = c.output().expect("collector report");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let from_ch: Vec<Value> =

@@ -110,11 +110,6 @@ fn agent_to_collector_to_clickhouse_exact_rows_and_rollups() {
     // The report reads the same rows back through the shared report code.
     let out = std::process::Command::new(collector_bin())
         .args(["report", "--since", "1d", "--clickhouse-url", &w.ch.url, "--database", &w.ch.database])
-        .args(if std::env::var("TOKENTAP_CLICKHOUSE_URL").is_err() {
-            vec!["--clickhouse-compression", "none"]
-        } else {
-            vec![]
-        })
         .output()
         .expect("report");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -133,8 +128,9 @@ fn collector_and_clickhouse_outages_lose_nothing_and_duplicate_nothing() {
     // ClickHouse away: the collector holds the rows (agents wait, then retry).
     w.ch.set_away(true);
     let (pid1, n1) = run_py(&w, "all_ops");
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(w.collector.metrics().contains("tokentap_collector_ready 0"), "collector saw ClickHouse away");
+    wait_for("the collector to see ClickHouse away", Duration::from_secs(30), || {
+        w.collector.metrics().contains("tokentap_collector_ready 0").then_some(())
+    });
     w.ch.set_away(false);
     // Collector killed (SIGKILL) while agents have calls to deliver.
     w.collector.kill();
@@ -150,7 +146,7 @@ fn collector_and_clickhouse_outages_lose_nothing_and_duplicate_nothing() {
         .into_iter()
         .map(|r| LlmCall {
             event_id: r["event_id"].as_str().unwrap().to_owned(),
-            ts: "2026-11-23T00:00:00Z".into(),
+            ts: now_ts(),
             provider: "openai".into(),
             operation: "chat".into(),
             ..Default::default()
@@ -180,7 +176,7 @@ fn malformed_oversized_and_unauthenticated_batches_get_4xx_and_change_nothing() 
     let before = ch.count("SELECT count() FROM llm_calls");
     let good = wire::encode(&[LlmCall {
         event_id: LlmCall::new_event_id(),
-        ts: "2026-11-23T00:00:00Z".into(),
+        ts: now_ts(),
         provider: "openai".into(),
         operation: "chat".into(),
         ..Default::default()
@@ -203,6 +199,32 @@ fn malformed_oversized_and_unauthenticated_batches_get_4xx_and_change_nothing() 
         ),
         ("zstd bomb", zstd::bulk::compress(&vec![b' '; 300 << 20], 19).unwrap(), zstd_h.to_vec(), 413),
     ];
+    // Records that parse but that the table cannot store, sum or keep.
+    let spoiled = |f: fn(&mut LlmCall)| {
+        let mut r = LlmCall {
+            event_id: LlmCall::new_event_id(),
+            ts: now_ts(),
+            provider: "openai".into(),
+            operation: "chat".into(),
+            ..Default::default()
+        };
+        f(&mut r);
+        wire::encode(&[r])
+    };
+    let mut cases = cases;
+    for (what, f) in [
+        ("10 MB model name", (|r| r.request_model = Some("m".repeat(10 << 20))) as fn(&mut LlmCall)),
+        ("10 MB label", |r| {
+            r.labels.insert("team".into(), "x".repeat(10 << 20));
+        }),
+        ("u64::MAX tokens", |r| r.input_tokens = Some(u64::MAX)),
+        ("cost 1e300", |r| r.cost_usd = Some(1e300)),
+        ("ts in 1970", |r| r.ts = "1970-01-01T00:00:00Z".into()),
+        ("ts before the retention", |r| r.ts = "2020-01-01T00:00:00Z".into()),
+        ("ts in 2200", |r| r.ts = "2200-01-01T00:00:00Z".into()),
+    ] {
+        cases.push((what, spoiled(f), zstd_h.to_vec(), 400));
+    }
     for (what, body, headers, want) in cases {
         let (status, text) = collector.post(&body, &headers);
         assert_eq!(status, want, "{what}: {text}");

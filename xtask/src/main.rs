@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod fleet;
 mod overhead;
 mod prereq;
 mod prices;
@@ -57,7 +58,9 @@ enum Cmd {
     /// Benchmarks: the agent's hot path and the collector's ingest (criterion),
     /// then the agent's overhead on a traced TLS workload (wrk -> nginx, with and
     /// without the agent, and through the LiteLLM proxy), CPU/RSS at paced rates
-    /// and records lost at a sustained rate (target/bench/overhead.md). Needs root.
+    /// and records lost at a sustained rate (target/bench/overhead.md), then the
+    /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md).
+    /// Needs root.
     Bench {
         /// Longer runs (20 s per measurement, 60 s sustained).
         #[arg(long)]
@@ -65,6 +68,12 @@ enum Cmd {
         /// Only the overhead runs.
         #[arg(long)]
         only_overhead: bool,
+        /// Only the fleet path (agent sink -> collector -> ClickHouse engine).
+        #[arg(long)]
+        only_fleet: bool,
+        /// Seconds of load per fleet scenario.
+        #[arg(long, default_value_t = 60)]
+        fleet_seconds: u64,
     },
     /// Run every parser fuzz target (fuzz/) for a bounded time each.
     Fuzz {
@@ -128,15 +137,24 @@ fn main() -> Result<()> {
             let bin = build_agent(true)?;
             soak::run(&bin, &root.join("target/soak"), minutes)?;
         }
-        Cmd::Bench { long, only_overhead } => {
+        Cmd::Bench { long, only_overhead, only_fleet, fleet_seconds } => {
             prereq::build_tools()?;
-            prereq::bench_tools()?;
-            if !only_overhead {
+            if !only_fleet {
+                prereq::bench_tools()?;
+            }
+            // The ClickHouse engine (chdb-core) for the fleet runs.
+            prereq::test_tools(&root)?;
+            if !only_overhead && !only_fleet {
                 run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
                 run(cargo().args(["bench", "-p", "tokentap-collector", "--bench", "ingest"]))?;
             }
             let bin = build_agent(true)?;
-            overhead::run(&bin, &root.join("target/bench"), long)?;
+            if !only_fleet {
+                overhead::run(&bin, &root.join("target/bench"), long)?;
+            }
+            if !only_overhead {
+                fleet::run(&root.join("target/bench"), fleet_seconds)?;
+            }
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
         Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,

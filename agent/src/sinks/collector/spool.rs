@@ -1,0 +1,518 @@
+//! The collector spool: sealed batches on disk, and their index in memory.
+//!
+//! The directory is listed once, at start (batches a previous run left, `*.tmp`
+//! leftovers of a crash deleted); from then on the in-memory index is the
+//! truth. The pipeline thread adds batches, sender threads take consecutive
+//! runs of them, and each taken run ends delivered (files deleted), returned
+//! (to be retried, or resent one by one) or rejected (moved to `rejected/`).
+//! Every operation costs the same whatever the spool's length: no directory
+//! listings after start.
+//!
+//! The index also holds the shared retry state: after a failed send, nothing
+//! is sent until the backoff passes, then one request at a time probes the
+//! collector until it answers; then all senders go again.
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::stats::Stats;
+
+/// What `rejected/` may hold before its oldest files are deleted.
+const REJECTED_MAX_BYTES: u64 = 64 << 20;
+const REJECTED_MAX_FILES: usize = 1000;
+
+/// One sealed batch: a file of the spool directory. Only its name is kept
+/// (the batch id and record count are in it): a long outage can queue
+/// hundreds of thousands of them.
+#[derive(Clone, Debug)]
+pub(super) struct Batch {
+    pub name: Box<str>,
+    pub bytes: u64,
+    /// Bytes once decompressed (a collector caps them per request).
+    pub raw: u64,
+    pub records: u64,
+    /// The collector refused a request this batch was merged into: it goes
+    /// alone from now on.
+    solo: bool,
+    /// It may have reached the collector before, unanswered (a failed send,
+    /// or left by a previous run): sent with `X-Tokentap-Retry`.
+    retried: bool,
+}
+
+impl Batch {
+    /// None: not the name of a batch.
+    pub fn new(name: &str, bytes: u64, raw: u64) -> Option<Self> {
+        let (_, records) = parse_name(name)?;
+        Some(Self { name: name.into(), bytes, raw, records, solo: false, retried: false })
+    }
+
+    /// The batch id sent with it (the same on every retry).
+    pub fn id(&self) -> &str {
+        id_of(&self.name).unwrap_or_default()
+    }
+}
+
+/// `<unix ms>-<seq>-<batch id>-<records>.zst`: names sort oldest first.
+pub(super) fn batch_name(seq: u64, records: usize) -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!("{ms:013}-{seq:08}-{}-{records}.zst", uuid::Uuid::new_v4())
+}
+
+/// A batch file name -> (batch id, records).
+pub(super) fn parse_name(name: &str) -> Option<(String, u64)> {
+    let n = name.strip_suffix(".zst")?.rsplit_once('-')?.1.parse().ok()?;
+    Some((id_of(name)?.to_owned(), n))
+}
+
+fn id_of(name: &str) -> Option<&str> {
+    let mut parts = name.strip_suffix(".zst")?.splitn(3, '-');
+    let (_, _, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(rest.rsplit_once('-')?.0)
+}
+
+/// The batches one request carries: consecutive, oldest first.
+pub(super) struct Taken {
+    batches: Vec<(u64, Batch)>,
+    started: Instant,
+}
+
+impl Taken {
+    pub fn batches(&self) -> impl Iterator<Item = &Batch> {
+        self.batches.iter().map(|(_, b)| b)
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn records(&self) -> u64 {
+        self.batches().map(|b| b.records).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.batches().map(|b| b.bytes).sum()
+    }
+
+    /// Some of it may have reached the collector before.
+    pub fn retried(&self) -> bool {
+        self.batches().any(|b| b.retried)
+    }
+}
+
+/// How a taken run of batches ended.
+pub(super) enum Done {
+    /// The collector holds them (2xx, or 422: refused rows are refused for good).
+    Delivered,
+    /// The collector refused the merged request as a whole: each batch goes
+    /// again on its own, so one bad batch cannot take the others with it.
+    Split,
+    /// The collector refused this single batch: kept in `rejected/`.
+    Rejected,
+    /// Not answered (or not allowed): back to the queue, nothing sent until
+    /// `after` (default: exponential backoff) has passed.
+    Retry(Option<Duration>),
+    /// These files (indexes into the run) vanished from the directory; the
+    /// rest go back to the queue.
+    Lost(Vec<usize>),
+}
+
+#[derive(Default)]
+struct State {
+    /// Batches waiting, by arrival: taking the oldest is taking the first keys.
+    queue: BTreeMap<u64, Batch>,
+    next_key: u64,
+    /// Every batch in the spool, waiting or being sent.
+    batches: u64,
+    bytes: u64,
+    /// Requests being sent.
+    in_flight: u64,
+    /// Consecutive failed sends, and when the next may start.
+    attempt: u32,
+    retry_at: Option<Instant>,
+    /// When the last send failed: only an answer to a request started after
+    /// it ends the backoff (one already in flight says nothing new).
+    failed_at: Option<Instant>,
+    stop: bool,
+    /// Batches dropped for the size bound (for rate-limited logging).
+    drops: u64,
+    rejected: VecDeque<(PathBuf, u64)>,
+    rejected_bytes: u64,
+}
+
+pub(super) struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    state: Mutex<State>,
+    cond: Condvar,
+    stats: Arc<Stats>,
+}
+
+/// Files of `dir` whose name ends with `suffix`, sorted by name, with sizes.
+fn list(dir: &Path, suffix: &str) -> io::Result<Vec<(PathBuf, u64)>> {
+    let mut v: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The decompressed size a zstd file's frame header declares.
+fn frame_content_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(18);
+    std::fs::File::open(path).ok()?.take(18).read_to_end(&mut head).ok()?;
+    zstd::zstd_safe::get_frame_content_size(&head).ok().flatten()
+}
+
+/// 100 ms doubling to 10 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.saturating_sub(1).min(7)).min(10_000))
+}
+
+impl Spool {
+    /// Index what a previous run left in `dir`.
+    pub fn open(dir: &Path, max_bytes: u64, stats: Arc<Stats>) -> io::Result<Self> {
+        let rejected_dir = dir.join("rejected");
+        std::fs::create_dir_all(&rejected_dir)?;
+        // A batch half-written by a crash is not a batch.
+        for (p, _) in list(dir, ".tmp")? {
+            let _ = std::fs::remove_file(p);
+        }
+        let mut st = State::default();
+        for (path, bytes) in list(dir, ".zst")? {
+            let Some(name) = path.file_name() else { continue };
+            // Unknown size: assume a high compression ratio (merging less, not refused).
+            let raw = frame_content_size(&path).unwrap_or(bytes.saturating_mul(16));
+            let Some(mut batch) = name.to_str().and_then(|n| Batch::new(n, bytes, raw)) else {
+                tracing::warn!(file = %path.display(), "unknown file in the collector spool; moved to rejected/");
+                let _ = std::fs::rename(&path, rejected_dir.join(name));
+                continue;
+            };
+            // The previous run may have sent it and stopped before the answer.
+            batch.retried = true;
+            st.queue.insert(st.next_key, batch);
+            st.next_key += 1;
+            st.batches += 1;
+            st.bytes += bytes;
+        }
+        st.rejected = list(&rejected_dir, "")?.into();
+        st.rejected_bytes = st.rejected.iter().map(|(_, n)| n).sum();
+        if st.batches > 0 {
+            tracing::info!(
+                batches = st.batches,
+                bytes = st.bytes,
+                "collector spool has batches from a previous run; sending them"
+            );
+        }
+        let spool = Self { dir: dir.to_owned(), max_bytes, state: Mutex::new(st), cond: Condvar::new(), stats };
+        {
+            let mut st = spool.lock();
+            spool.trim_rejected(&mut st);
+            spool.enforce_bound(&mut st);
+            spool.publish(&st);
+        }
+        Ok(spool)
+    }
+
+    pub fn path(&self, b: &Batch) -> PathBuf {
+        self.dir.join(&*b.name)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, st: &State) {
+        Stats::set(&self.stats.collector_spool_bytes, st.bytes);
+        Stats::set(&self.stats.collector_spool_batches, st.batches);
+        Stats::set(&self.stats.collector_in_flight, st.in_flight);
+    }
+
+    /// A batch just sealed (its file is in place).
+    pub fn push(&self, batch: Batch) {
+        let mut st = self.lock();
+        st.batches += 1;
+        st.bytes += batch.bytes;
+        let key = st.next_key;
+        st.next_key += 1;
+        st.queue.insert(key, batch);
+        self.enforce_bound(&mut st);
+        self.publish(&st);
+        drop(st);
+        self.cond.notify_all();
+    }
+
+    /// Drop the oldest waiting batches while the spool is over its bound
+    /// (batches being sent stay).
+    fn enforce_bound(&self, st: &mut State) {
+        while st.bytes > self.max_bytes {
+            let Some((_, b)) = st.queue.pop_first() else { break };
+            let _ = std::fs::remove_file(self.path(&b));
+            st.bytes -= b.bytes;
+            st.batches -= 1;
+            st.drops += 1;
+            Stats::add(&self.stats.collector_spool_dropped_records, b.records);
+            if st.drops % 100 == 1 {
+                tracing::warn!(
+                    records = b.records,
+                    batches_dropped = st.drops,
+                    max_bytes = self.max_bytes,
+                    "collector spool full: oldest batch dropped"
+                );
+            }
+        }
+    }
+
+    /// The next run of batches to send (at most `max_records`, `max_bytes`
+    /// compressed and `max_raw` decompressed, but at least one batch); blocks
+    /// until there is one and sending is allowed. None once stopped.
+    pub fn take(&self, max_records: u64, max_bytes: u64, max_raw: u64) -> Option<Taken> {
+        let mut st = self.lock();
+        loop {
+            if st.stop {
+                return None;
+            }
+            let now = Instant::now();
+            let backing_off = st.retry_at.filter(|t| *t > now);
+            // While failing, a single request probes the collector.
+            let probing = st.attempt > 0 && st.in_flight > 0;
+            if !st.queue.is_empty() && backing_off.is_none() && !probing {
+                let mut batches: Vec<(u64, Batch)> = Vec::new();
+                let (mut records, mut bytes, mut raw) = (0, 0, 0);
+                while let Some(e) = st.queue.first_entry() {
+                    let b = e.get();
+                    if let Some((_, first)) = batches.first() {
+                        if first.solo
+                            || b.solo
+                            || records + b.records > max_records
+                            || bytes + b.bytes > max_bytes
+                            || raw + b.raw > max_raw
+                        {
+                            break;
+                        }
+                    }
+                    records += b.records;
+                    bytes += b.bytes;
+                    raw += b.raw;
+                    batches.push(e.remove_entry());
+                }
+                st.in_flight += 1;
+                self.publish(&st);
+                return Some(Taken { batches, started: now });
+            }
+            st = match backing_off {
+                Some(t) => self.cond.wait_timeout(st, t - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0),
+                None => self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    /// The end of a taken run. Returns the number of consecutive failed sends.
+    pub fn done(&self, taken: Taken, how: Done) -> u32 {
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        let forget = |st: &mut State, b: &Batch| {
+            st.batches -= 1;
+            st.bytes -= b.bytes;
+        };
+        if !matches!(how, Done::Retry(_) | Done::Lost(_)) && st.failed_at.is_none_or(|f| taken.started >= f) {
+            (st.attempt, st.retry_at, st.failed_at) = (0, None, None);
+        }
+        match how {
+            Done::Delivered => {
+                for (_, b) in &taken.batches {
+                    let _ = std::fs::remove_file(self.path(b));
+                    forget(&mut st, b);
+                }
+            }
+            Done::Split => {
+                for (k, mut b) in taken.batches {
+                    b.solo = true;
+                    st.queue.insert(k, b);
+                }
+            }
+            Done::Rejected => {
+                for (_, b) in &taken.batches {
+                    forget(&mut st, b);
+                    let to = self.dir.join("rejected").join(&*b.name);
+                    match std::fs::rename(self.path(b), &to) {
+                        Ok(()) => {
+                            st.rejected.push_back((to, b.bytes));
+                            st.rejected_bytes += b.bytes;
+                        }
+                        Err(e) => tracing::warn!(error = %e, file = %b.name, "could not move to rejected/"),
+                    }
+                }
+                self.trim_rejected(&mut st);
+            }
+            Done::Retry(after) => {
+                let now = Instant::now();
+                st.attempt = st.attempt.saturating_add(1);
+                st.retry_at = Some(now + after.unwrap_or_else(|| backoff(st.attempt)));
+                st.failed_at = Some(now);
+                for (k, mut b) in taken.batches {
+                    b.retried = true;
+                    st.queue.insert(k, b);
+                }
+            }
+            Done::Lost(lost) => {
+                for (i, (k, b)) in taken.batches.into_iter().enumerate() {
+                    if lost.contains(&i) {
+                        tracing::warn!(file = %b.name, "spooled batch vanished from the spool directory");
+                        Stats::add(&self.stats.collector_spool_dropped_records, b.records);
+                        forget(&mut st, &b);
+                    } else {
+                        st.queue.insert(k, b);
+                    }
+                }
+            }
+        }
+        let attempt = st.attempt;
+        self.publish(&st);
+        drop(st);
+        self.cond.notify_all();
+        attempt
+    }
+
+    /// Keep `rejected/` within its bound: the oldest files go first.
+    fn trim_rejected(&self, st: &mut State) {
+        let mut deleted = 0;
+        while st.rejected.len() > REJECTED_MAX_FILES || st.rejected_bytes > REJECTED_MAX_BYTES {
+            let Some((path, bytes)) = st.rejected.pop_front() else { break };
+            st.rejected_bytes -= bytes;
+            let _ = std::fs::remove_file(&path);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            tracing::warn!(deleted, kept = st.rejected.len(), "rejected/ full: oldest rejected batches deleted");
+        }
+    }
+
+    /// Wait until every batch is delivered (or dropped), or `deadline`.
+    /// Returns the batches left.
+    pub fn wait_empty(&self, deadline: Instant) -> u64 {
+        self.wait_until(deadline, |st| st.batches == 0).batches
+    }
+
+    /// Wait until no request is in flight, or `deadline`. Returns those left.
+    pub fn wait_idle(&self, deadline: Instant) -> u64 {
+        self.wait_until(deadline, |st| st.in_flight == 0).in_flight
+    }
+
+    fn wait_until(&self, deadline: Instant, done: impl Fn(&State) -> bool) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        loop {
+            let now = Instant::now();
+            if done(&st) || now >= deadline {
+                return st;
+            }
+            st = self.cond.wait_timeout(st, deadline - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Senders finish their request in flight and take no more.
+    pub fn stop(&self) {
+        self.lock().stop = true;
+        self.cond.notify_all();
+    }
+
+    /// Waiting batches (path, bytes), by name: what the directory should hold
+    /// when nothing is in flight.
+    #[cfg(test)]
+    pub fn index(&self) -> Vec<(PathBuf, u64)> {
+        let mut v: Vec<(PathBuf, u64)> = self.lock().queue.values().map(|b| (self.path(b), b.bytes)).collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_names_sort_and_parse() {
+        let a = batch_name(1, 10);
+        let b = batch_name(2, 3);
+        assert!(a < b);
+        let (id, n) = parse_name(&a).unwrap();
+        assert_eq!(n, 10);
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        assert_eq!(parse_name("garbage.zst"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds() {
+        let ms: Vec<u128> = (1..=10).map(|a| backoff(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+    }
+
+    fn spool_with(name: &str, sizes: &[u64], max_bytes: u64) -> (PathBuf, Spool, Arc<Stats>) {
+        let dir = std::env::temp_dir().join(format!("tt-spool-idx-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("half.zst.tmp"), b"x").unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            std::fs::write(dir.join(batch_name(i as u64, 10)), vec![0u8; *n as usize]).unwrap();
+        }
+        let stats = Arc::new(Stats::default());
+        let spool = Spool::open(&dir, max_bytes, stats.clone()).unwrap();
+        (dir, spool, stats)
+    }
+
+    #[test]
+    fn takes_consecutive_runs_within_limits_and_splits_refused_ones() {
+        let (dir, spool, stats) = spool_with("take", &[100, 100, 100, 100, 100], 1 << 20);
+        assert!(!dir.join("half.zst.tmp").exists(), "leftovers of a crash are deleted");
+        assert_eq!(stats.snapshot().collector_spool_batches, 5);
+        let a = spool.take(25, 1 << 20, u64::MAX).unwrap();
+        assert_eq!((a.len(), a.records()), (2, 20), "record limit");
+        let b = spool.take(1000, 250, u64::MAX).unwrap();
+        assert_eq!(b.len(), 2, "byte limit");
+        assert_eq!(stats.snapshot().collector_in_flight, 2);
+        let first = spool.path(a.batches().next().unwrap());
+        spool.done(a, Done::Split);
+        let again = spool.take(1000, 1 << 20, u64::MAX).unwrap();
+        assert_eq!(again.len(), 1, "a refused merge goes one batch at a time");
+        assert_eq!(spool.path(again.batches().next().unwrap()), first, "oldest first");
+        spool.done(again, Done::Delivered);
+        spool.done(b, Done::Delivered);
+        let s = stats.snapshot();
+        assert_eq!((s.collector_spool_batches, s.collector_spool_bytes, s.collector_in_flight), (2, 200, 0));
+        assert!(!first.exists());
+    }
+
+    #[test]
+    fn merges_stay_under_the_decompressed_limit() {
+        let (dir, _, _) = spool_with("raw", &[], 1 << 20);
+        for i in 0..3 {
+            // 10 KB of NDJSON-like text each, far smaller compressed.
+            std::fs::write(dir.join(batch_name(i, 10)), zstd::bulk::compress(&[b'{'; 10_000], 3).unwrap()).unwrap();
+        }
+        std::fs::write(dir.join(batch_name(3, 10)), [0u8; 2000]).unwrap();
+        let spool = Spool::open(&dir, 1 << 20, Arc::new(Stats::default())).unwrap();
+        let run = spool.take(1000, 1 << 20, 25_000).unwrap();
+        assert_eq!(run.len(), 2, "the frame headers say 10 KB each");
+        let run = spool.take(1000, 1 << 20, 25_000).unwrap();
+        assert_eq!(run.len(), 1, "the next has no frame header: assumed 16x its 2000 bytes");
+    }
+
+    #[test]
+    fn bound_drops_oldest_waiting_batches_only() {
+        let (_dir, spool, stats) = spool_with("bound", &[100, 100], 250);
+        let sending = spool.take(10, 1 << 20, u64::MAX).unwrap();
+        let name = batch_name(9, 7);
+        std::fs::write(spool.dir.join(&name), [0u8; 100]).unwrap();
+        spool.push(Batch::new(&name, 100, 1000).unwrap());
+        // 300 > 250: the oldest waiting one goes, not the one being sent.
+        assert_eq!(stats.snapshot().collector_spool_dropped_records, 10);
+        assert_eq!(spool.index().len(), 1);
+        spool.done(sending, Done::Retry(Some(Duration::ZERO)));
+        assert_eq!(spool.index().len(), 2);
+        assert_eq!(stats.snapshot().collector_spool_bytes, 200);
+    }
+}
