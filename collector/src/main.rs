@@ -14,6 +14,9 @@ use tokentap_collector::store::CallRow;
 use tokentap_collector::tls;
 use tokentap_collector::writer::WriterConfig;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tokentap-collector",

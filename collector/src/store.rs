@@ -79,9 +79,14 @@ impl CallRow {
             cached_input_tokens: r.cached_input_tokens,
             cache_write_tokens: r.cache_write_tokens,
             reasoning_tokens: r.reasoning_tokens,
-            usage_source: r
-                .usage_source
-                .map(|u| serde_json::to_value(u).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            usage_source: r.usage_source.map(|u| {
+                match u {
+                    tokentap_event::UsageSource::Reported => "reported",
+                    tokentap_event::UsageSource::Headers => "headers",
+                    tokentap_event::UsageSource::Estimated => "estimated",
+                }
+                .to_owned()
+            }),
             cost_usd: r.cost_usd,
             response_id: r.response_id,
             request_id: r.request_id,

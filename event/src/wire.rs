@@ -97,28 +97,27 @@ pub fn decode(
             }
             std::borrow::Cow::Borrowed(body)
         }
-        "zstd" => {
-            use std::io::Read;
-            let mut out = Vec::new();
-            // Concatenated zstd frames (agents merge spooled batches) decode as one.
-            let dec = zstd::stream::read::Decoder::new(body).map_err(|_| WireError::Compression)?;
-            dec.take(max_bytes as u64 + 1).read_to_end(&mut out).map_err(|_| WireError::Compression)?;
-            if out.len() > max_bytes {
-                return Err(WireError::TooLarge(max_bytes));
-            }
-            std::borrow::Cow::Owned(out)
-        }
+        "zstd" => std::borrow::Cow::Owned(decompress(body, max_bytes)?),
         other => return Err(WireError::Encoding(other.to_owned())),
     };
+    // UTF-8 checked once for the whole batch: each line then parses as text
+    // (serde_json skips its per-string check on a &str).
+    let text = match std::str::from_utf8(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = text[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            return Err(WireError::Record { line, reason: "not UTF-8".into() });
+        }
+    };
     let mut records = Vec::new();
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
+    for (i, line) in text.split('\n').enumerate() {
+        if line.bytes().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
         if records.len() >= MAX_RECORDS {
             return Err(WireError::TooManyRecords);
         }
-        let r: LlmCall = serde_json::from_slice(line)
+        let r: LlmCall = serde_json::from_str(line)
             .map_err(|e| WireError::Record { line: i + 1, reason: format!("not a record: {e}") })?;
         validate(&r, limits).map_err(|reason| WireError::Record { line: i + 1, reason })?;
         records.push(r);
@@ -129,11 +128,69 @@ pub fn decode(
     Ok(records)
 }
 
+/// Decompress one zstd stream (frames concatenated: agents merge batches),
+/// at most `max_bytes`, straight into one buffer sized from the frames'
+/// declared sizes (a hint: a bomb may lie, growth stays capped).
+fn decompress(body: &[u8], max_bytes: usize) -> Result<Vec<u8>, WireError> {
+    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
+    let mut declared: u64 = 0;
+    let mut rest = body;
+    while !rest.is_empty() && declared <= max_bytes as u64 {
+        let Ok(n) = zstd::zstd_safe::find_frame_compressed_size(rest) else { break };
+        match zstd::zstd_safe::get_frame_content_size(rest) {
+            Ok(Some(size)) => declared = declared.saturating_add(size),
+            _ => break,
+        }
+        rest = &rest[n.min(rest.len())..];
+    }
+    let mut out: Vec<u8> = Vec::with_capacity((declared as usize).max(64 << 10).min(max_bytes + 1));
+    let mut dctx = DCtx::create();
+    let mut input = InBuffer::around(body);
+    let frame_done = loop {
+        if out.len() == out.capacity() {
+            if out.len() > max_bytes {
+                return Err(WireError::TooLarge(max_bytes));
+            }
+            let more = out.capacity().min(max_bytes + 1 - out.len()).max(1);
+            out.reserve_exact(more);
+        }
+        let before = (input.pos(), out.len());
+        let pos = out.len();
+        let hint = {
+            let mut output = OutBuffer::around_pos(&mut out, pos);
+            dctx.decompress_stream(&mut output, &mut input).map_err(|_| WireError::Compression)?
+        };
+        if out.len() > max_bytes {
+            return Err(WireError::TooLarge(max_bytes));
+        }
+        let frame_done = hint == 0;
+        if input.pos() == body.len() && (frame_done || (input.pos(), out.len()) == before) {
+            break frame_done;
+        }
+    };
+    // Input ended inside a frame: truncated.
+    if !frame_done {
+        return Err(WireError::Compression);
+    }
+    Ok(out)
+}
+
 fn check_len(field: &str, v: Option<&str>, max: usize) -> Result<(), String> {
     match v {
         Some(s) if s.len() > max => Err(format!("{field} is {} bytes long (at most {max})", s.len())),
         _ => Ok(()),
     }
+}
+
+/// At least the bytes the features take as JSON (keys and numbers at their
+/// longest, every string character escaped as `\\uXXXX`): below the limit, no
+/// need to serialise them to know.
+fn features_bound(f: &crate::PromptFeatures) -> usize {
+    let s = |v: &Option<String>| v.as_ref().map_or(4, |s| 6 * s.len() + 2);
+    let strings = s(&f.prompt_hash) + s(&f.prefix_hash) + s(&f.conversation_hash) + s(&f.simhash);
+    let tools: usize = f.tool_calls.iter().map(|t| 6 * (t.name.len() + t.args_hash.len()) + 32).sum();
+    // 16 keys and their punctuation, 8 numbers of at most 24 characters each.
+    1024 + strings + tools
 }
 
 /// Bytes a value takes as JSON, without keeping the text.
@@ -211,7 +268,7 @@ pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
             ));
         }
     }
-    if let Some(f) = &r.features {
+    if let Some(f) = r.features.as_ref().filter(|f| features_bound(f) > MAX_FEATURES_BYTES) {
         let n = json_len(f);
         if n > MAX_FEATURES_BYTES {
             return Err(format!("features are {n} bytes as JSON (at most {MAX_FEATURES_BYTES})"));
@@ -299,6 +356,9 @@ mod tests {
         assert_eq!(decode(None, b"\n\n", 100, &l), Err(WireError::Empty));
         let bomb = zstd::bulk::compress(&vec![b' '; 1 << 20], 19).unwrap();
         assert_eq!(decode(Some("zstd"), &bomb, 1000, &l), Err(WireError::TooLarge(1000)));
+        let whole = encode(&[record(1), record(2)]);
+        let cut = decode(Some("zstd"), &whole[..whole.len() - 3], 1 << 20, &l);
+        assert_eq!(cut, Err(WireError::Compression), "a truncated stream");
         let mut r = record(1);
         r.event_id = "nope".into();
         let line = serde_json::to_string(&r).unwrap();
@@ -306,6 +366,36 @@ mod tests {
         let err = decode(None, two.as_bytes(), 1 << 20, &l);
         assert!(matches!(err, Err(WireError::Record { line: 2, .. })), "{err:?}");
         assert!(matches!(decode(None, b"{\"x\":1}", 100, &l), Err(WireError::Record { line: 1, .. })));
+    }
+
+    #[test]
+    fn the_features_bound_is_never_below_their_json() {
+        let f = crate::PromptFeatures {
+            prompt_hash: Some("\u{1}\"é".repeat(50)),
+            prefix_hash: Some("p".into()),
+            prefix_tokens: Some(u64::MAX),
+            conversation_hash: None,
+            simhash: Some("\n".repeat(9)),
+            message_count: u32::MAX,
+            tool_calls: vec![crate::ToolCall { name: "\u{7}".repeat(3), args_hash: "a".into() }; 7],
+            json_share: -1.2345678901234567e-300,
+            whitespace_share: f64::MAX,
+            minify_saved_tokens: Some(u64::MAX),
+            max_tokens: Some(u64::MAX),
+            duplicate_chunk_share: f64::MIN_POSITIVE,
+            embedding_inputs: Some(u32::MAX),
+        };
+        assert!(features_bound(&f) >= json_len(&f), "{} < {}", features_bound(&f), json_len(&f));
+        let empty = crate::PromptFeatures::default();
+        assert!(features_bound(&empty) >= json_len(&empty));
+    }
+
+    #[test]
+    fn not_utf8_names_its_line() {
+        let good = serde_json::to_string(&record(1)).unwrap();
+        let body = [good.as_bytes(), b"\n{\"x\":\"\xff\"}\n"].concat();
+        let err = decode(None, &body, 1 << 20, &Limits::now(None));
+        assert!(matches!(err, Err(WireError::Record { line: 2, .. })), "{err:?}");
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline"];
+const FUZZ_TARGETS: &[&str] = &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline", "wire"];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;
