@@ -90,6 +90,14 @@ impl Source {
             Self::Socket => "socket",
         }
     }
+
+    /// The TLS library a record names: none for plaintext socket captures.
+    pub const fn tls_library(self) -> Option<&'static str> {
+        match self {
+            Self::Socket => None,
+            s => Some(s.as_str()),
+        }
+    }
 }
 
 /// Connection identity of a plaintext socket: this bit plus the fd (TLS
@@ -263,6 +271,27 @@ pub enum LossCounter {
     SocketsNotHttp = 8,
 }
 
+impl LossCounter {
+    /// Every counter, in index order: user space reads the `LOSS` map through this
+    /// list, so a new counter is read once it is added here.
+    pub const ALL: [Self; LOSS_COUNTERS as usize] = [
+        Self::RingFull,
+        Self::TruncatedCall,
+        Self::ReadFailed,
+        Self::ControlRingFull,
+        Self::ArgsMapFull,
+        Self::ScratchBusy,
+        Self::FilteredIgnored,
+        Self::IovOverflow,
+        Self::SocketsNotHttp,
+    ];
+
+    /// Whether the counter is a loss of data (two of them count skipped work).
+    pub const fn is_loss(self) -> bool {
+        !matches!(self, Self::FilteredIgnored | Self::SocketsNotHttp)
+    }
+}
+
 pub const LOSS_COUNTERS: u32 = 9;
 
 /// A TLS connection in the kernel's maps: (tgid, `SSL*`).
@@ -306,5 +335,19 @@ mod tests {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
+    }
+
+    #[test]
+    fn loss_counters_are_listed_in_index_order() {
+        for (i, c) in LossCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn sources_name_their_tls_library() {
+        assert_eq!(Source::OpenSsl.tls_library(), Some("openssl"));
+        assert_eq!(Source::GoTls.tls_library(), Some("go_tls"));
+        assert_eq!(Source::Socket.tls_library(), None);
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde::Serialize;
-use tokentap_agent::sinks::collector::{self, CollectorConfig, CollectorSink};
+use tokentap_agent::sinks::collector::{self, CollectorSettings, CollectorSink};
 use tokentap_agent::sinks::Sink;
 use tokentap_agent::stats::Stats;
 use tokentap_event::{LlmCall, PromptFeatures, ToolCall, UsageSource};
@@ -209,15 +209,15 @@ fn main() -> anyhow::Result<()> {
         .init();
     std::fs::create_dir_all(&a.spool_dir)?;
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig {
+    let cfg = CollectorSettings {
         token_file: a.token_file.clone(),
         batch_records: a.batch_records,
-        batch_age: Duration::from_millis(a.batch_age_ms),
+        batch_age_ms: a.batch_age_ms,
         max_in_flight: a.max_in_flight,
         merge_records: a.merge_records,
         cluster: "sink-load".into(),
         drain_timeout: Duration::from_secs(1),
-        ..CollectorConfig::new(a.url.clone(), a.spool_dir.clone())
+        ..CollectorSettings::new(a.url.clone(), a.spool_dir.clone())
     };
     let mut sink = CollectorSink::new(cfg, stats.clone())?;
     let start = Instant::now();
@@ -227,9 +227,9 @@ fn main() -> anyhow::Result<()> {
         let s = stats.snapshot();
         samples.push(Sample {
             t_s: t.duration_since(start).as_secs_f64(),
-            spool_bytes: s.collector_spool_bytes,
-            spool_batches: s.collector_spool_batches,
-            records_sent: s.collector_records_sent,
+            spool_bytes: s.get("collector_spool_bytes"),
+            spool_batches: s.get("collector_spool_batches"),
+            records_sent: s.get("collector_records_sent"),
         });
     };
     let (mut written, mut next_sample, mut next_flush) = (0u64, start + Duration::from_secs(1), start);
@@ -262,7 +262,7 @@ fn main() -> anyhow::Result<()> {
     let mut drain_seconds = None;
     while Instant::now() < deadline {
         sink.flush()?;
-        if sink.buffered() == 0 && stats.snapshot().collector_spool_batches == 0 {
+        if sink.buffered() == 0 && stats.snapshot().get("collector_spool_batches") == 0 {
             drain_seconds = Some(load_end.elapsed().as_secs_f64());
             break;
         }
@@ -287,15 +287,15 @@ fn main() -> anyhow::Result<()> {
         merge_records: a.merge_records,
         records_written: written,
         achieved_rate,
-        records_sent: s.collector_records_sent,
-        records_rejected: s.collector_records_rejected,
-        records_invalid: s.collector_records_invalid,
-        batches_sent: s.collector_batches_sent,
-        send_errors: s.collector_send_errors,
-        spool_dropped_records: s.collector_spool_dropped_records,
+        records_sent: s.get("collector_records_sent"),
+        records_rejected: s.get("collector_records_rejected"),
+        records_invalid: s.get("collector_records_invalid"),
+        batches_sent: s.get("collector_batches_sent"),
+        send_errors: s.get("collector_send_errors"),
+        spool_dropped_records: s.get("collector_spool_dropped_records"),
         spool_bytes_max: samples.iter().map(|x| x.spool_bytes).max().unwrap_or(0),
         drain_seconds,
-        spool_bytes_left: s.collector_spool_bytes,
+        spool_bytes_left: s.get("collector_spool_bytes"),
         cpu_user_s,
         cpu_sys_s,
         max_rss_bytes,

@@ -17,8 +17,8 @@ pub fn audit(mut settings: Settings, out: &Path) -> Result<()> {
     let events = out.join("events.jsonl");
     // A fresh audit: the file holds this capture only.
     let _ = std::fs::remove_file(&events);
-    settings.outputs.retain(|o| *o != OutputSpec::Stdout);
-    settings.outputs.push(OutputSpec::Jsonl(events.clone()));
+    settings.outputs.retain(|o| o.kind != "stdout");
+    settings.outputs.push(OutputSpec::jsonl(&events));
     let prices = settings.prices.clone();
     eprintln!(
         "tokentap: auditing{}; Ctrl-C ends the capture early and still writes the report",

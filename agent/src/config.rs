@@ -1,4 +1,7 @@
 //! Settings: command-line flags over an optional TOML file over defaults.
+//! Outputs (`--output`, `output = [..]`, `[outputs.<name>]`) and their
+//! settings are the sinks' own: `sinks/output.rs`.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -7,7 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::providers::{RuleSet, Rules, RulesError};
-use crate::sinks::{collector, OutputSpec};
+use crate::sinks::{OutputSpec, SinkFlags};
 
 #[derive(Debug, Parser, Default)]
 #[command(
@@ -26,8 +29,9 @@ pub struct Cli {
     /// TOML config file; flags given on the command line override its values.
     #[arg(global = true, long, short = 'c', value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Where records go: `jsonl:PATH` (appended, one JSON object per line) or
-    /// `stdout`. Repeat for several outputs. Default: stdout.
+    /// Where records go: `jsonl:PATH` (appended, one JSON object per line),
+    /// `stdout` or `collector:URL`. Repeat for several outputs; replaces the
+    /// config file's outputs (`output`, `[outputs.<name>]`). Default: stdout.
     #[arg(global = true, long = "output", short = 'o', value_name = "SPEC")]
     pub outputs: Vec<OutputSpec>,
     /// Capture this long (seconds, or with a unit: 90s, 30m, 2h), then flush and
@@ -41,44 +45,10 @@ pub struct Cli {
     /// 0.0.0.0:9464). Default: off.
     #[arg(global = true, long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Bearer token file for `--output collector:URL`.
-    #[arg(global = true, long, value_name = "PATH")]
-    pub collector_token_file: Option<PathBuf>,
-    /// CA certificate(s) trusted for an `https://` collector. Default: public roots.
-    #[arg(global = true, long, value_name = "PATH")]
-    pub collector_ca_file: Option<PathBuf>,
-    /// Client certificate (PEM chain) for mutual TLS with the collector.
-    #[arg(global = true, long, value_name = "PATH", requires = "collector_key_file")]
-    pub collector_cert_file: Option<PathBuf>,
-    /// Private key (PEM) of --collector-cert-file.
-    #[arg(global = true, long, value_name = "PATH", requires = "collector_cert_file")]
-    pub collector_key_file: Option<PathBuf>,
-    /// Where batches for the collector wait until acknowledged (kept across
-    /// restarts). Default: /var/lib/tokentap/spool.
-    #[arg(global = true, long, value_name = "DIR")]
-    pub spool_dir: Option<PathBuf>,
-    /// Largest collector spool; past it the oldest batches are dropped (counted).
-    /// Default: 1073741824.
-    #[arg(global = true, long, value_name = "BYTES")]
-    pub spool_max_bytes: Option<u64>,
-    /// Records per collector batch: a batch is sealed at this many records or
-    /// when its oldest is --collector-batch-age-ms old. Default: 5000.
-    #[arg(global = true, long, value_name = "N")]
-    pub collector_batch_records: Option<usize>,
-    /// Age of its oldest record at which a collector batch is sealed, in
-    /// milliseconds. Default: 1000.
-    #[arg(global = true, long, value_name = "MS")]
-    pub collector_batch_age_ms: Option<u64>,
-    /// Requests sent to the collector at once. Default: 4.
-    #[arg(global = true, long, value_name = "N")]
-    pub collector_max_in_flight: Option<usize>,
-    /// Records one request carries when spooled batches are merged (a backlog
-    /// after an outage). At most 50000. Default: 20000.
-    #[arg(global = true, long, value_name = "N")]
-    pub collector_merge_records: Option<usize>,
-    /// This node's cluster name, sent with every batch (the `cluster` column).
-    #[arg(global = true, long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
+    /// Shorthand for the settings of `--output collector:URL` (`--collector-*`,
+    /// `--spool-*`, `--cluster-name`).
+    #[command(flatten)]
+    pub sink_flags: SinkFlags,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
     /// every few seconds and at exit.
     #[arg(global = true, long, value_name = "PATH")]
@@ -216,6 +186,13 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
 pub struct FileConfig {
     #[serde(default)]
     pub output: Vec<String>,
+    /// `[outputs.<name>]` sections: `type` and the sink's keys.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, toml::Table>,
+    /// The top-level keys that are shorthand for `output = [..]`'s settings
+    /// (`collector_token_file`, `spool_dir`, ...: the flags' names).
+    #[serde(skip)]
+    pub shorthand: SinkFlags,
     pub duration_secs: Option<u64>,
     pub ready_file: Option<PathBuf>,
     pub stats_file: Option<PathBuf>,
@@ -232,17 +209,6 @@ pub struct FileConfig {
     pub exclude_processes: Vec<String>,
     pub socket_capture: Option<bool>,
     pub metrics_listen: Option<std::net::SocketAddr>,
-    pub collector_token_file: Option<PathBuf>,
-    pub collector_ca_file: Option<PathBuf>,
-    pub collector_cert_file: Option<PathBuf>,
-    pub collector_key_file: Option<PathBuf>,
-    pub spool_dir: Option<PathBuf>,
-    pub spool_max_bytes: Option<u64>,
-    pub collector_batch_records: Option<usize>,
-    pub collector_batch_age_ms: Option<u64>,
-    pub collector_max_in_flight: Option<usize>,
-    pub collector_merge_records: Option<usize>,
-    pub cluster_name: Option<String>,
     pub log_level: Option<String>,
     #[serde(default)]
     pub providers: RuleSet,
@@ -270,6 +236,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("config file {path}: {source}")]
     Output { path: PathBuf, source: crate::sinks::BadOutput },
+    #[error("{0}")]
+    Outputs(crate::sinks::BadOutput),
     #[error("{path}: {source}")]
     Rules { path: PathBuf, source: RulesError },
     #[error("--kubernetes: not running in a pod (no service account); give --kube-api-url, --kube-token-file and --kube-ca-file")]
@@ -279,6 +247,7 @@ pub enum ConfigError {
 /// Effective settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// Every output with its settings complete (see `sinks::resolve`).
     pub outputs: Vec<OutputSpec>,
     pub duration: Option<Duration>,
     pub ready_file: Option<PathBuf>,
@@ -299,17 +268,6 @@ pub struct Settings {
     pub progress: bool,
     /// Where /metrics, /healthz and /readyz are served.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// `--output collector:` settings.
-    pub collector_token_file: Option<PathBuf>,
-    pub collector_ca_file: Option<PathBuf>,
-    pub collector_client_cert: Option<(PathBuf, PathBuf)>,
-    pub spool_dir: PathBuf,
-    pub spool_max_bytes: u64,
-    pub collector_batch_records: usize,
-    pub collector_batch_age: Duration,
-    pub collector_max_in_flight: usize,
-    pub collector_merge_records: usize,
-    pub cluster_name: String,
     pub log_level: String,
     /// User provider rules (config file's `[providers]`, then `--providers`).
     pub providers: RuleSet,
@@ -320,7 +278,16 @@ pub struct Settings {
 
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    let parse = |source| ConfigError::Parse { path: path.into(), source };
+    // The shorthand keys are the sinks' (read with their flags' types); the
+    // rest is this file's, with error snippets from the text as usual.
+    let mut root = toml::de::DeTable::parse(&text).map_err(parse)?;
+    let shorthand = SinkFlags::take_from_file(root.get_mut(), &text).map_err(parse)?;
+    let file = FileConfig::deserialize(toml::de::Deserializer::from(root)).map_err(|mut e| {
+        e.set_input(Some(&text));
+        parse(e)
+    })?;
+    Ok(FileConfig { shorthand, ..file })
 }
 
 impl Settings {
@@ -330,15 +297,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let file_path = cli.config.clone().unwrap_or_default();
-        let mut outputs = cli.outputs.clone();
-        if outputs.is_empty() {
-            for o in &file.output {
-                outputs.push(o.parse().map_err(|source| ConfigError::Output { path: file_path.clone(), source })?);
-            }
-        }
-        if outputs.is_empty() {
-            outputs.push(OutputSpec::Stdout);
-        }
+        let outputs = output_settings(cli, &file)?;
         let mut lib_dirs: Vec<PathBuf> = crate::discovery::DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         lib_dirs.extend(file.lib_dirs.iter().cloned());
         lib_dirs.extend(cli.lib_dirs.iter().cloned());
@@ -361,35 +320,6 @@ impl Settings {
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
             progress: matches!(cli.command, Some(Command::Audit { .. })),
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
-            collector_token_file: cli.collector_token_file.clone().or(file.collector_token_file),
-            collector_ca_file: cli.collector_ca_file.clone().or(file.collector_ca_file),
-            collector_client_cert: cli
-                .collector_cert_file
-                .clone()
-                .or(file.collector_cert_file)
-                .zip(cli.collector_key_file.clone().or(file.collector_key_file)),
-            spool_dir: cli.spool_dir.clone().or(file.spool_dir).unwrap_or_else(|| "/var/lib/tokentap/spool".into()),
-            spool_max_bytes: cli.spool_max_bytes.or(file.spool_max_bytes).unwrap_or(1 << 30),
-            collector_batch_records: cli
-                .collector_batch_records
-                .or(file.collector_batch_records)
-                .unwrap_or(collector::DEFAULT_BATCH_RECORDS)
-                .clamp(1, tokentap_event::wire::MAX_RECORDS),
-            collector_batch_age: cli
-                .collector_batch_age_ms
-                .or(file.collector_batch_age_ms)
-                .map_or(collector::DEFAULT_BATCH_AGE, Duration::from_millis),
-            collector_max_in_flight: cli
-                .collector_max_in_flight
-                .or(file.collector_max_in_flight)
-                .unwrap_or(collector::DEFAULT_MAX_IN_FLIGHT)
-                .max(1),
-            collector_merge_records: cli
-                .collector_merge_records
-                .or(file.collector_merge_records)
-                .unwrap_or(collector::DEFAULT_MERGE_RECORDS)
-                .clamp(1, tokentap_event::wire::MAX_RECORDS),
-            cluster_name: cli.cluster_name.clone().or(file.cluster_name).unwrap_or_default(),
             log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
             providers: provider_rules(cli, &file.providers, &file_path)?,
             attribution: crate::attribution::AttributionConfig {
@@ -406,6 +336,26 @@ impl Settings {
                 .unwrap_or_else(|| "/var/lib/tokentap/key-secret".into()),
         })
     }
+}
+
+/// The outputs from the flags and the file, with their settings (shorthand
+/// keys: the file's top-level ones, the flags over them).
+fn output_settings(cli: &Cli, file: &FileConfig) -> Result<Vec<OutputSpec>, ConfigError> {
+    let err = |source| match &cli.config {
+        Some(path) => ConfigError::Output { path: path.clone(), source },
+        None => ConfigError::Outputs(source),
+    };
+    let shorthand = |f: &SinkFlags| {
+        f.sections().map_err(|reason| err(crate::sinks::BadOutput::Invalid { output: "flags".into(), reason }))
+    };
+    let shorthand = [shorthand(&file.shorthand)?, shorthand(&cli.sink_flags)?].concat();
+    crate::sinks::resolve(crate::sinks::Sources {
+        flags: &cli.outputs,
+        list: &file.output,
+        sections: &file.outputs,
+        shorthand: &shorthand,
+    })
+    .map_err(err)
 }
 
 /// The config file's rules with `--providers`' on top, checked.
@@ -448,141 +398,4 @@ fn kube_settings(cli: &Cli) -> Result<Option<crate::attribution::kubernetes::Kub
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(name: &str, text: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("tt-cfg-{}-{name}.toml", std::process::id()));
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    #[test]
-    fn the_shipped_kubernetes_config_is_valid() {
-        // deploy/manifests/tokentap.yaml's agent.toml, as the DaemonSet mounts it.
-        let manifests = include_str!("../../deploy/manifests/tokentap.yaml");
-        let start = manifests.find("agent.toml: |").expect("agent.toml in the ConfigMap");
-        let toml: String = manifests[start..]
-            .lines()
-            .skip(1)
-            .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
-            .map(|l| format!("{}\n", l.trim_start()))
-            .collect();
-        let p = write("k8s", &toml);
-        let s = Settings::resolve(&Cli { config: Some(p), no_kubernetes: true, ..Default::default() }).unwrap();
-        assert_eq!(s.outputs, vec![OutputSpec::Collector("http://tokentap-collector:8787".into())]);
-        assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
-        assert_eq!(s.cluster_name, "my-cluster");
-    }
-
-    #[test]
-    fn durations_with_units() {
-        assert_eq!(parse_duration_secs("90"), Ok(90));
-        assert_eq!(parse_duration_secs("30m"), Ok(1800));
-        assert_eq!(parse_duration_secs("2h"), Ok(7200));
-        assert!(parse_duration_secs("5w").is_err() && parse_duration_secs("m").is_err());
-        let cli = Cli::try_parse_from(["tokentap-agent", "audit", "--duration", "1m", "--out", "/tmp/x"]).unwrap();
-        assert_eq!(cli.duration, Some(60));
-        assert!(matches!(cli.command, Some(Command::Audit { .. })));
-    }
-
-    #[test]
-    fn excluded_processes_from_file_and_flags() {
-        let p = write("exclude", "exclude_processes = [\"envoy\"]\n");
-        let cli =
-            Cli::try_parse_from(["tokentap-agent", "--exclude-process", "nginx", "-c", p.to_str().unwrap()]).unwrap();
-        let s = Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap();
-        assert_eq!(s.exclude_processes, vec!["envoy".to_string(), "nginx".to_string()]);
-        assert!(Settings::resolve(&Cli::default()).unwrap().exclude_processes.is_empty());
-    }
-
-    #[test]
-    fn defaults() {
-        let s = Settings::resolve(&Cli::default()).unwrap();
-        assert_eq!(s.outputs, vec![OutputSpec::Stdout]);
-        assert_eq!(s.ring_buffer_bytes, 16 << 20);
-        assert_eq!(s.idle_timeout, Duration::from_secs(300));
-        assert_eq!(s.duration, None);
-        assert!(s.lib_dirs.contains(&PathBuf::from("/usr/lib")));
-    }
-
-    #[test]
-    fn file_values_and_flag_overrides() {
-        let p = write(
-            "ok",
-            r#"
-output = ["jsonl:/var/log/tokentap.jsonl"]
-duration_secs = 60
-max_body_bytes = 1024
-[providers.hosts]
-"llm.internal" = "openai"
-[attribution]
-feature_header = "x-feature"
-labels = ["team"]
-"#,
-        );
-        let cli = Cli { config: Some(p.clone()), ..Default::default() };
-        let s = Settings::resolve(&cli).unwrap();
-        assert_eq!(s.outputs, vec![OutputSpec::Jsonl("/var/log/tokentap.jsonl".into())]);
-        assert_eq!(s.duration, Some(Duration::from_secs(60)));
-        assert_eq!(s.max_body_bytes, 1024);
-        assert_eq!(s.providers.hosts.get("llm.internal").map(String::as_str), Some("openai"));
-        assert_eq!(s.attribution.feature_header.as_deref(), Some("x-feature"));
-        assert_eq!(s.attribution.labels, vec!["team".to_string()]);
-        assert_eq!(s.key_secret_file, PathBuf::from("/var/lib/tokentap/key-secret"));
-        let cli = Cli { config: Some(p), duration: Some(5), outputs: vec![OutputSpec::Stdout], ..Default::default() };
-        let s = Settings::resolve(&cli).unwrap();
-        assert_eq!(s.duration, Some(Duration::from_secs(5)));
-        assert_eq!(s.outputs, vec![OutputSpec::Stdout]);
-    }
-
-    #[test]
-    fn collector_sink_settings_from_defaults_file_and_flags() {
-        type Get = fn(&Settings) -> u64;
-        // (flag, file key, default, value given, what the settings hold)
-        let cases: [(&str, &str, u64, u64, Get); 4] = [
-            ("--collector-batch-records", "collector_batch_records", 5000, 200, |s| s.collector_batch_records as u64),
-            ("--collector-batch-age-ms", "collector_batch_age_ms", 1000, 250, |s| {
-                s.collector_batch_age.as_millis() as u64
-            }),
-            ("--collector-max-in-flight", "collector_max_in_flight", 4, 8, |s| s.collector_max_in_flight as u64),
-            ("--collector-merge-records", "collector_merge_records", 20_000, 30_000, |s| {
-                s.collector_merge_records as u64
-            }),
-        ];
-        let resolve = |args: &[&str]| {
-            let cli = Cli::try_parse_from([&["tokentap-agent"], args].concat()).unwrap();
-            Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap()
-        };
-        for (flag, key, default, value, get) in cases {
-            assert_eq!(get(&resolve(&[])), default, "{flag} default");
-            let file = write(key, &format!("{key} = {value}\n"));
-            let file = file.to_str().unwrap();
-            assert_eq!(get(&resolve(&["-c", file])), value, "{key} in the file");
-            let flag_value = (value + 1).to_string();
-            assert_eq!(get(&resolve(&["-c", file, flag, &flag_value])), value + 1, "{flag} over the file");
-        }
-        // Past what a collector accepts per request: capped.
-        assert_eq!(resolve(&["--collector-merge-records", "1000000"]).collector_merge_records, 50_000);
-        assert_eq!(resolve(&["--collector-max-in-flight", "0"]).collector_max_in_flight, 1);
-    }
-
-    #[test]
-    fn bad_files_are_clear_errors() {
-        for (name, text, want) in [
-            ("unknown", "no_such_key = 1\n", "unknown field"),
-            ("type", "duration_secs = \"x\"\n", "invalid type"),
-            ("output", "output = [\"kafka:x\"]\n", "unknown output"),
-            ("api", "[providers.paths]\n\"/x\" = \"chat\"\n", "unknown API shape"),
-        ] {
-            let cli = Cli { config: Some(write(name, text)), ..Default::default() };
-            let err = Settings::resolve(&cli).unwrap_err().to_string();
-            assert!(err.contains(want), "{name}: {err}");
-        }
-        let rules = write("rules", "[paths]\n\"/gw/llm\" = \"chat_completions\"\n");
-        let cli = Cli { providers: Some(rules), ..Default::default() };
-        assert_eq!(Settings::resolve(&cli).unwrap().providers.paths.len(), 1);
-        let cli = Cli { config: Some("/nonexistent.toml".into()), ..Default::default() };
-        assert!(matches!(Settings::resolve(&cli), Err(ConfigError::Read { .. })));
-    }
-}
+mod tests;

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use tokentap_agent_common::Source;
 
+use crate::http::exchange::Ignored;
+
 /// Processes remembered (exited ones included, so a short-lived client shows up).
 const MAX_PROCESSES: usize = 1024;
 
@@ -21,6 +23,10 @@ pub struct ProcessCoverage {
     pub records: BTreeMap<String, u64>,
     /// Connections not decoded, by reason (`not_http`, `http2_joined`, `desync`, …).
     pub not_decoded: BTreeMap<String, u64>,
+    /// The agent has handled the process's exit: its connections are closed and
+    /// every record it will ever produce has been written.
+    #[serde(default)]
+    pub exited: bool,
     #[serde(skip)]
     last_seen: u64,
 }
@@ -29,10 +35,6 @@ pub struct ProcessCoverage {
 pub struct Coverage {
     procs: HashMap<u32, ProcessCoverage>,
     tick: u64,
-}
-
-fn method(source: u32) -> &'static str {
-    Source::from_u32(source).map_or("unknown", Source::as_str)
 }
 
 impl Coverage {
@@ -53,9 +55,11 @@ impl Coverage {
         p
     }
 
-    pub fn connection(&mut self, pid: u32, comm: &str, source: u32) {
-        let m = method(source);
+    pub fn connection(&mut self, pid: u32, comm: &str, source: Source) {
+        let m = source.as_str();
         let p = self.entry(pid, comm);
+        // A new connection: the process is alive (a reused pid after an exit).
+        p.exited = false;
         let n = p.connections.entry(m.to_owned()).or_default();
         *n += 1;
         if *n == 1 {
@@ -63,22 +67,31 @@ impl Coverage {
         }
     }
 
-    pub fn record(&mut self, pid: u32, comm: &str, source: u32) {
-        *self.entry(pid, comm).records.entry(method(source).to_owned()).or_default() += 1;
+    pub fn record(&mut self, pid: u32, comm: &str, source: Source) {
+        *self.entry(pid, comm).records.entry(source.as_str().to_owned()).or_default() += 1;
     }
 
-    /// A connection that will not be decoded. `not_http` (a database, a
-    /// download) is normal and logged at debug; the rest are blind spots.
-    pub fn not_decoded(&mut self, pid: u32, comm: &str, source: u32, reason: &str) {
+    /// A connection that will not be decoded. Normal ones (a database, a
+    /// server end) are logged at debug; blind spots at info.
+    pub fn not_decoded(&mut self, pid: u32, comm: &str, source: Source, why: Ignored) {
         let p = self.entry(pid, comm);
-        let n = p.not_decoded.entry(reason.to_owned()).or_default();
+        let n = p.not_decoded.entry(why.as_str().to_owned()).or_default();
         *n += 1;
         if *n == 1 {
-            if matches!(reason, "not_http" | "server_side") {
-                tracing::debug!(pid, comm, method = method(source), reason, "connection not decoded");
+            let (method, reason) = (source.as_str(), why.as_str());
+            if why.is_blind_spot() {
+                tracing::info!(pid, comm, method, reason, "connection not decoded (blind spot)");
             } else {
-                tracing::info!(pid, comm, method = method(source), reason, "connection not decoded (blind spot)");
+                tracing::debug!(pid, comm, method, reason, "connection not decoded");
             }
+        }
+    }
+
+    /// The process exited (after its connections were closed). Processes never
+    /// seen are not added.
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exited = true;
         }
     }
 
@@ -97,17 +110,24 @@ mod tests {
     #[test]
     fn counts_by_method_and_reason_and_stays_bounded() {
         let mut c = Coverage::default();
-        c.connection(7, "python3", Source::GoTls as u32);
-        c.connection(7, "python3", Source::Socket as u32);
-        c.record(7, "python3", Source::Socket as u32);
-        c.not_decoded(7, "python3", Source::OpenSsl as u32, "http2_joined");
+        c.connection(7, "python3", Source::GoTls);
+        c.connection(7, "python3", Source::Socket);
+        c.record(7, "python3", Source::Socket);
+        c.not_decoded(7, "python3", Source::OpenSsl, Ignored::Http2Joined);
         let r = c.report();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].connections.get("go_tls"), Some(&1));
         assert_eq!(r[0].records.get("socket"), Some(&1));
         assert_eq!(r[0].not_decoded.get("http2_joined"), Some(&1));
+        assert!(!r[0].exited);
+        c.exited(7);
+        c.exited(8);
+        let r = c.report();
+        assert_eq!((r.len(), r[0].exited), (1, true), "exited marks known processes only");
+        c.connection(7, "python3", Source::Socket);
+        assert!(!c.report()[0].exited, "a new connection: the pid is alive again");
         for pid in 0..(MAX_PROCESSES as u32 + 10) {
-            c.connection(1000 + pid, "x", 1);
+            c.connection(1000 + pid, "x", Source::OpenSsl);
         }
         assert_eq!(c.report().len(), MAX_PROCESSES);
     }

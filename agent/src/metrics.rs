@@ -12,19 +12,17 @@ use std::time::Duration;
 
 use crate::stats::Stats;
 
-/// Counters that are levels, not totals.
-const GAUGES: &[&str] = &[
-    "collector_spool_bytes",
-    "collector_spool_batches",
-    "collector_in_flight",
-    "ring_buffer_fill_bytes",
-    "ring_buffer_size_bytes",
-];
+/// Counters that are levels, not totals (beside the counter groups' own,
+/// e.g. the collector sink's spool gauges).
+const GAUGES: &[&str] = &["ring_buffer_fill_bytes", "ring_buffer_size_bytes"];
 
 pub fn render(stats: &Stats) -> String {
     let mut s = String::new();
-    for (name, v) in stats.snapshot().fields() {
-        let kind = if GAUGES.contains(&name) { "gauge" } else { "counter" };
+    let snap = stats.snapshot();
+    let group_gauges = stats.group_gauges();
+    let groups = snap.groups.iter().map(|(k, v)| (k.as_str(), *v));
+    for (name, v) in snap.fields().into_iter().chain(groups) {
+        let kind = if GAUGES.contains(&name) || group_gauges.contains(&name) { "gauge" } else { "counter" };
         let full =
             if kind == "counter" { format!("tokentap_agent_{name}_total") } else { format!("tokentap_agent_{name}") };
         let _ = writeln!(s, "# TYPE {full} {kind}\n{full} {v}");
@@ -91,6 +89,7 @@ mod tests {
     #[test]
     fn serves_metrics_health_and_readiness() {
         let stats = Arc::new(Stats::default());
+        crate::sinks::register_counters(&stats);
         Stats::add(&stats.records, 7);
         let ready = Arc::new(AtomicBool::new(false));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

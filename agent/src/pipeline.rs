@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, Source, DIR_EGRESS};
 use tokentap_event::{LlmCall, PriceTable};
 
 use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
-use crate::capture::decode::{comm_str, decode, RawEvent};
-use crate::capture::streams::{ConnKey, ConnMeta, ConnTable, Continuity, Entry};
+use crate::capture::decode::decode;
+use crate::capture::event::{Chunk, ConnMeta, Control, RawEvent};
+use crate::capture::streams::{ConnDrop, ConnTable, Entry};
 use crate::coverage::Coverage;
-use crate::http::exchange::{Exchange, HttpConnection, Ignored, Lost};
-use crate::providers::{self, host_without_port, ProviderError, Rules};
+use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
+use crate::providers::{self, Endpoint, ProviderError, Rules};
 use crate::sinks::Sink;
 use crate::stats::Stats;
 
@@ -97,7 +97,7 @@ pub trait ConnFilter: Send {
 }
 
 struct Conn {
-    http: HttpConnection,
+    http: HttpConnection<Endpoint>,
     counted_ignore: bool,
 }
 
@@ -109,7 +109,7 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     clock: Clock,
     exec_tx: Option<Sender<ProcessEvent>>,
-    exchanges: Vec<Exchange>,
+    exchanges: Vec<Classified<Endpoint>>,
     filter: Option<Box<dyn ConnFilter>>,
     coverage: Coverage,
 }
@@ -165,94 +165,87 @@ impl Pipeline {
     pub fn handle(&mut self, raw: &[u8]) {
         Stats::inc(&self.stats.events);
         match decode(raw) {
-            Ok(RawEvent::Data(h, data)) => self.on_data(&h, data),
-            Ok(RawEvent::Control(kind, c)) => self.on_control(kind, &c),
+            Ok(RawEvent::Data(c)) => self.on_data(&c),
+            Ok(RawEvent::Control(c)) => self.on_control(c),
             Err(e) => {
-                Stats::inc(&self.stats.decode_errors);
+                self.stats.count(e);
                 tracing::debug!(error = %e, "bad ring-buffer record");
             }
         }
     }
 
-    fn on_data(&mut self, h: &DataHeader, data: &[u8]) {
-        Stats::add(&self.stats.bytes, data.len() as u64);
+    fn on_data(&mut self, c: &Chunk<'_>) {
+        Stats::add(&self.stats.bytes, c.data.len() as u64);
         let max_body = self.cfg.max_body_bytes;
         let mut lost = Lost::default();
         let (entry, continuity, evicted) =
-            self.conns.on_data(h, || Conn { http: HttpConnection::new(max_body), counted_ignore: false });
+            self.conns.on_data(c, || Conn { http: HttpConnection::new(max_body), counted_ignore: false });
+        let (meta, owner) = (entry.meta, c.owner);
         if entry.fresh {
             entry.fresh = false;
             Stats::inc(&self.stats.connections);
-            self.coverage.connection(h.tgid, &comm_str(&h.comm), h.source);
-            self.attribution.observe(h.tgid, h.cgroup_id);
-            tracing::debug!(pid = h.tgid, conn = h.conn, fd = h.fd, "new connection");
+            self.coverage.connection(owner.tgid, &owner.comm.to_string(), owner.source);
+            self.attribution.observe(owner.tgid, owner.cgroup_id);
+            tracing::debug!(pid = owner.tgid, conn = c.key.conn, fd = c.fd, "new connection");
         }
         let rules = &self.cfg.rules;
         let conn = &mut entry.state;
-        if continuity != Continuity::InOrder {
-            conn.http.gap(&mut lost);
-        }
-        // A chunk that is itself incomplete is dropped: decoding resumes at a later
-        // call. One that starts a call after the loss (`GapBefore`) is decoded.
-        if continuity != Continuity::Gap {
-            if h.direction == DIR_EGRESS {
-                conn.http.on_egress(data, h.ts_ns, &mut |head| rules.classify(head).is_some(), &mut lost);
-            } else {
-                conn.http.on_ingress(data, h.ts_ns, &mut self.exchanges, &mut lost);
-            }
-        }
-        // One connection may hold at most two bodies' worth (a request and its
-        // response); more means pipelining or garbage: give it up.
-        if conn.http.buffered() > 2 * max_body + 2 * crate::http::h1::MAX_HEAD_BYTES {
-            conn.http.lose_sync(&mut lost);
-            Stats::inc(&self.stats.connections_shed);
+        let mut classify = |head: &_| rules.classify(head);
+        let held =
+            conn.http.on_chunk(c.direction, continuity, c.data, c.ts_ns, &mut classify, &mut self.exchanges, &mut lost);
+        if held == Held::OverCap {
+            self.stats.count(ConnDrop::Shed);
         }
         if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
             conn.counted_ignore = true;
-            Self::count_ignored(&self.stats, why);
-            self.coverage.not_decoded(h.tgid, &comm_str(&h.comm), h.source, why.as_str());
+            self.stats.count(why);
+            self.coverage.not_decoded(owner.tgid, &owner.comm.to_string(), owner.source, why);
             if let Some(f) = self.filter.as_mut() {
-                f.ignore(h.tgid, h.conn);
+                f.ignore(c.key.tgid, c.key.conn);
             }
         }
-        let meta = entry.meta.clone();
         self.count_lost(&lost);
         self.emit_exchanges(&meta);
         if let Some((_, e)) = evicted {
-            Stats::inc(&self.stats.connections_evicted);
-            self.close_entry(e, h.ts_ns);
+            self.stats.count(ConnDrop::Evicted);
+            self.close_entry(e, c.ts_ns);
         }
     }
 
-    fn on_control(&mut self, kind: EventKind, c: &ControlEvent) {
-        match kind {
-            EventKind::ConnClosed => {
-                if let Some(e) = self.conns.remove(&ConnKey { tgid: c.tgid, conn: c.conn }) {
-                    self.close_entry(e, c.ts_ns);
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::ConnClosed { key, ts_ns } => {
+                if let Some(e) = self.conns.remove(&key) {
+                    self.close_entry(e, ts_ns);
                 }
             }
-            EventKind::Exit => {
-                for (k, e) in self.conns.remove_process(c.tgid) {
+            Control::Exit { tgid, ts_ns } => {
+                for (k, e) in self.conns.remove_process(tgid) {
                     if let (true, Some(f)) = (e.state.counted_ignore, self.filter.as_mut()) {
                         f.forget(k.tgid, k.conn);
                     }
-                    self.close_entry(e, c.ts_ns);
+                    self.close_entry(e, ts_ns);
                 }
-                self.attribution.forget(c.tgid);
+                self.attribution.forget(tgid);
+                self.coverage.exited(tgid);
             }
-            EventKind::Exec => {
+            Control::Exec { tgid } => {
                 // A new program image: it may bring a TLS library we have not seen.
-                self.attribution.forget(c.tgid);
+                self.attribution.forget(tgid);
                 if let Some(tx) = &self.exec_tx {
-                    let _ = tx.try_send(ProcessEvent::Exec(c.tgid));
+                    if let Err(crossbeam_channel::TrySendError::Full(_)) = tx.try_send(ProcessEvent::Exec(tgid)) {
+                        Stats::inc(&self.stats.process_events_dropped);
+                    }
                 }
             }
-            EventKind::LibsChanged => {
+            Control::LibsChanged { tgid } => {
                 if let Some(tx) = &self.exec_tx {
-                    let _ = tx.try_send(ProcessEvent::LibsChanged(c.tgid));
+                    if let Err(crossbeam_channel::TrySendError::Full(_)) = tx.try_send(ProcessEvent::LibsChanged(tgid))
+                    {
+                        Stats::inc(&self.stats.process_events_dropped);
+                    }
                 }
             }
-            EventKind::Data => {}
         }
     }
 
@@ -267,7 +260,7 @@ impl Pipeline {
     pub fn tick(&mut self, now_mono_ns: u64) {
         let cutoff = now_mono_ns.saturating_sub(self.cfg.idle_timeout_ns);
         for (_, e) in self.conns.expire(cutoff) {
-            Stats::inc(&self.stats.connections_expired);
+            self.stats.count(ConnDrop::Expired);
             self.close_entry(e, now_mono_ns);
         }
         self.shed_memory();
@@ -276,24 +269,15 @@ impl Pipeline {
     /// Keep the bytes held by all connections under `max_buffered_bytes` by
     /// dropping the connections that hold most (their calls count as dropped).
     fn shed_memory(&mut self) {
-        let mut sizes: Vec<(usize, ConnKey)> =
-            self.conns.iter().map(|(k, e)| (e.state.http.buffered(), *k)).filter(|(n, _)| *n > 0).collect();
-        let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
-        if total <= self.cfg.max_buffered_bytes {
+        let shed = self.conns.shed(self.cfg.max_buffered_bytes, |c| c.http.buffered());
+        if shed.is_empty() {
             return;
         }
-        sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
-        for (n, key) in sizes {
-            if total <= self.cfg.max_buffered_bytes {
-                break;
-            }
-            if let Some(mut e) = self.conns.remove(&key) {
-                let mut lost = Lost::default();
-                e.state.http.lose_sync(&mut lost);
-                self.count_lost(&lost);
-                Stats::inc(&self.stats.connections_shed);
-                total -= n;
-            }
+        for (_, mut e) in shed {
+            let mut lost = Lost::default();
+            e.state.http.lose_sync(&mut lost);
+            self.count_lost(&lost);
+            self.stats.count(ConnDrop::Shed);
         }
         tracing::warn!(limit = self.cfg.max_buffered_bytes, "buffered bytes over the limit: connections dropped");
     }
@@ -316,31 +300,17 @@ impl Pipeline {
     }
 
     fn count_lost(&self, lost: &Lost) {
-        Stats::add(&self.stats.dropped_unanswered, lost.unanswered);
-        Stats::add(&self.stats.joined_mid_stream, lost.joined_mid_stream);
-        Stats::add(&self.stats.resynced_after_gap, lost.resynced);
-    }
-
-    fn count_ignored(stats: &Stats, why: Ignored) {
-        let s = stats;
-        Stats::inc(match why {
-            Ignored::NotHttp => &s.ignored_not_http,
-            Ignored::Http2Joined => &s.ignored_http2_joined,
-            Ignored::ServerSide => &s.ignored_server_side,
-            Ignored::Desync => &s.ignored_desync,
-            Ignored::Upgraded => &s.ignored_upgraded,
-        });
+        for (what, n) in lost.counts() {
+            self.stats.count_n(what, n);
+        }
     }
 
     fn emit_exchanges(&mut self, meta: &ConnMeta) {
-        for ex in std::mem::take(&mut self.exchanges) {
-            let Some(endpoint) = self.cfg.rules.classify(&ex.request.head) else {
-                continue;
-            };
+        for Classified { endpoint, exchange: ex } in std::mem::take(&mut self.exchanges) {
             let attribution = &self.attribution;
             let hash = |b: &[u8]| attribution.hash_prompt(b);
-            let parsed = match providers::parse(&endpoint, &ex, self.cfg.max_body_bytes, &hash) {
-                Ok(p) => p,
+            let mut record = match providers::call(&endpoint, &ex, self.cfg.max_body_bytes, &hash) {
+                Ok(r) => r,
                 Err(e) => {
                     let s = &self.stats;
                     Stats::inc(match e {
@@ -353,57 +323,13 @@ impl Pipeline {
                     continue;
                 }
             };
+            // What capture knows: when, which process, which TLS library.
             let req = &ex.request;
-            let resp = &ex.response;
-            let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
-            let ttft_ms = parsed
-                .first_content_offset
-                .filter(|_| parsed.stream)
-                .and_then(|off| resp.ts_of_body_offset(off))
-                .map(|t| ms(req.first_ts, t));
-            let usage = parsed.usage;
-            let mut record = LlmCall {
-                event_id: LlmCall::new_event_id(),
-                ts: LlmCall::format_ts(self.clock.wall_ns(req.first_ts)),
-                duration_ms: Some(ms(req.first_ts, resp.last_ts)),
-                ttft_ms,
-                provider: endpoint.provider.clone(),
-                operation: endpoint.api.operation().to_owned(),
-                request_model: parsed.request_model,
-                response_model: parsed.response_model,
-                stream: parsed.stream,
-                status: resp.head.status,
-                input_tokens: usage.map(|u| u.input),
-                output_tokens: usage.map(|u| u.output),
-                cached_input_tokens: usage.and_then(|u| u.cached),
-                cache_write_tokens: usage.and_then(|u| u.cache_write),
-                reasoning_tokens: usage.and_then(|u| u.reasoning),
-                usage_source: parsed.usage_source,
-                cost_usd: None,
-                response_id: parsed.response_id,
-                request_id: ["x-request-id", "request-id", "x-amzn-requestid"]
-                    .iter()
-                    .find_map(|h| resp.head.header(h))
-                    .map(str::to_owned),
-                server: req.head.header("host").map(|h| host_without_port(h).to_owned()),
-                // Query strings can carry credentials (`?key=`): never recorded.
-                path: req.head.path.as_deref().map(|p| p.split('?').next().unwrap_or(p).to_owned()),
-                http_version: Some(if req.head.http2 {
-                    "2".to_owned()
-                } else {
-                    format!("1.{}", req.head.minor_version)
-                }),
-                // Plaintext socket captures carry no TLS library.
-                tls_library: Source::from_u32(meta.source)
-                    .filter(|s| *s != Source::Socket)
-                    .map(|s| s.as_str().to_owned()),
-                pid: Some(meta.tgid),
-                comm: Some(comm_str(&meta.comm)),
-                end_user: parsed.end_user,
-                features: parsed.features,
-                service_tier: parsed.service_tier,
-                ..Default::default()
-            };
+            record.ts = LlmCall::format_ts(self.clock.wall_ns(req.first_ts));
+            // Plaintext socket captures carry no TLS library.
+            record.tls_library = meta.source.tls_library().map(str::to_owned);
+            record.pid = Some(meta.tgid);
+            record.comm = Some(meta.comm.to_string());
             self.attribution.fill(&mut record, meta.tgid, meta.cgroup_id, &req.head);
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
@@ -424,7 +350,7 @@ mod tests {
     use super::*;
     use crate::capture::decode::tests::data_record;
     use std::sync::Mutex;
-    use tokentap_agent_common::{DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST};
+    use tokentap_agent_common::{ControlEvent, EventKind, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST};
 
     #[derive(Clone, Default)]
     struct Collect(Arc<Mutex<Vec<LlmCall>>>);
@@ -556,6 +482,28 @@ mod tests {
         assert!(c.0.lock().unwrap().is_empty());
         assert_eq!(stats.snapshot().dropped_unanswered, 1);
         assert_eq!(p.connections(), 0);
+        assert!(p.coverage().report()[0].exited, "the exit is in the coverage");
+    }
+
+    #[test]
+    fn process_events_dropped_on_a_full_discovery_queue_are_counted() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let stats = Arc::new(Stats::default());
+        let mut p = Pipeline::new(PipelineConfig::default(), Vec::new(), stats.clone(), Clock::fixed(0), Some(tx));
+        let control = |kind: EventKind| {
+            let mut r = exit_record(42);
+            r[..4].copy_from_slice(&(kind as u32).to_ne_bytes());
+            r
+        };
+        p.handle(&control(EventKind::Exec));
+        p.handle(&control(EventKind::LibsChanged));
+        p.handle(&control(EventKind::Exec));
+        assert_eq!(rx.try_recv(), Ok(ProcessEvent::Exec(42)));
+        assert_eq!(stats.snapshot().process_events_dropped, 2);
+        // A discovery thread that has stopped is not a full queue.
+        drop(rx);
+        p.handle(&control(EventKind::Exec));
+        assert_eq!(stats.snapshot().process_events_dropped, 2);
     }
 
     #[derive(Clone, Default)]
@@ -635,6 +583,43 @@ mod tests {
         assert_eq!(s.joined_mid_stream, 1);
         assert_eq!(s.decode_errors, 1);
         assert_eq!(s.dropped_calls(), 0);
+    }
+
+    /// One HTTP/1.1 message: `head` lines, then the body with its length.
+    fn http(head: &str, body: &[u8]) -> Vec<u8> {
+        [format!("{head}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes(), body.to_vec()].concat()
+    }
+
+    /// The body's end user is read for answered calls only; TTFT is recorded for
+    /// streams only (an NDJSON body the request did not ask to stream is not one).
+    #[test]
+    fn body_end_user_only_when_answered_and_ttft_only_for_streams() {
+        let (mut p, c, _) = pipeline();
+        let chat = |body: &str| http("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com", body.as_bytes());
+        let req = chat(r#"{"model":"gpt-4o","user":"u-9"}"#);
+        call(&mut p, 1, DIR_EGRESS, &req, 1000);
+        call(&mut p, 1, DIR_INGRESS, &http("HTTP/1.1 429 Too Many Requests", br#"{"user":"u-9"}"#), 1000);
+        call(&mut p, 1, DIR_EGRESS, &req, 1000);
+        call(&mut p, 1, DIR_INGRESS, &resp(), 1000);
+        call(&mut p, 1, DIR_EGRESS, &chat(r#"{"model":"gpt-4o","stream":true}"#), 1000);
+        let sse = fixture("openai/chat_stream_usage.sse");
+        call(&mut p, 1, DIR_INGRESS, &http("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream", &sse), 1000);
+        let ollama = http("POST /api/chat HTTP/1.1\r\nHost: localhost:11434", br#"{"model":"l","stream":false}"#);
+        call(&mut p, 2, DIR_EGRESS, &ollama, 1000);
+        let nd = fixture("ollama/chat_stream.ndjson");
+        call(&mut p, 2, DIR_INGRESS, &http("HTTP/1.1 200 OK\r\nContent-Type: application/json", &nd), 1000);
+        let recs = c.0.lock().unwrap().clone();
+        let got: Vec<_> = recs.iter().map(|r| (r.status, r.end_user.as_deref(), r.stream, r.ttft_ms)).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(429), None, false, None),
+                (Some(200), Some("u-9"), false, None),
+                (Some(200), None, true, Some(0.0)),
+                (Some(200), None, false, None)
+            ]
+        );
+        assert_eq!(recs[3].input_tokens, Some(26));
     }
 
     fn fixture(name: &str) -> Vec<u8> {

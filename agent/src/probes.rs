@@ -11,10 +11,10 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
-use tokentap_agent_common::{LossCounter, SslKey, LOSS_COUNTERS};
+use tokentap_agent_common::{LossCounter, SslKey};
 
 use crate::discovery::{FileKey, Target, TlsSymbols};
-use crate::stats::Stats;
+use crate::stats::{Counted, Stats};
 
 /// The eBPF object built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokentap-agent-ebpf"));
@@ -118,17 +118,10 @@ pub struct LossReader {
 impl LossReader {
     /// Copy the kernel's loss counters (summed over CPUs) into `stats`.
     pub fn update(&mut self, stats: &Stats) {
-        let read = |c: LossCounter| -> u64 { self.map.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0) };
-        Stats::set(&stats.kernel_ring_full, read(LossCounter::RingFull));
-        Stats::set(&stats.kernel_truncated_calls, read(LossCounter::TruncatedCall));
-        Stats::set(&stats.kernel_read_failed, read(LossCounter::ReadFailed));
-        Stats::set(&stats.kernel_control_ring_full, read(LossCounter::ControlRingFull));
-        Stats::set(&stats.kernel_args_map_full, read(LossCounter::ArgsMapFull));
-        Stats::set(&stats.kernel_scratch_busy, read(LossCounter::ScratchBusy));
-        Stats::set(&stats.kernel_filtered_calls, read(LossCounter::FilteredIgnored));
-        Stats::set(&stats.kernel_iov_overflow, read(LossCounter::IovOverflow));
-        Stats::set(&stats.kernel_sockets_not_http, read(LossCounter::SocketsNotHttp));
-        debug_assert_eq!(LOSS_COUNTERS, 9);
+        for c in LossCounter::ALL {
+            let n = self.map.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+            Stats::set(c.counter(stats), n);
+        }
         // The high-water mark since the last read, then start a new interval.
         if let Ok(v) = self.fill.get(&0, 0) {
             Stats::set(&stats.ring_buffer_fill_bytes, v.iter().copied().max().unwrap_or(0));

@@ -34,30 +34,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(version = prices.version(), models = prices.len(), "price table loaded");
     let stats = Arc::new(Stats::default());
+    // Every sink kind's counters show from the start, configured or not.
+    sinks::register_counters(&stats);
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = settings.metrics_listen {
         let l = std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;
         crate::metrics::serve(l, stats.clone(), ready.clone())?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     }
-    let mut outputs = Vec::new();
-    for o in &settings.outputs {
-        let collector = |url| sinks::collector::CollectorConfig {
-            url,
-            token_file: settings.collector_token_file.clone(),
-            spool_dir: settings.spool_dir.clone(),
-            spool_max_bytes: settings.spool_max_bytes,
-            batch_records: settings.collector_batch_records,
-            batch_age: settings.collector_batch_age,
-            max_in_flight: settings.collector_max_in_flight,
-            merge_records: settings.collector_merge_records,
-            cluster: settings.cluster_name.clone(),
-            drain_timeout: Duration::from_secs(5),
-            ca_file: settings.collector_ca_file.clone(),
-            client_cert: settings.collector_client_cert.clone(),
-        };
-        outputs.push(sinks::open(o, collector, &stats).with_context(|| format!("opening output {o:?}"))?);
-    }
+    let outputs = sinks::open_all(&settings.outputs, &stats)?;
     if let Some(r) = &settings.ready_file {
         let _ = std::fs::remove_file(r);
     }
@@ -185,8 +170,8 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
         match probes.attach(t) {
             Ok(true) => {
                 Stats::inc(&stats.targets_attached);
-                let what =
-                    if t.symbols.is_tls_library() || t.symbols.go.is_some() { t.symbols.library } else { "loader" };
+                let tls = t.symbols.is_tls_library() || t.symbols.go.is_some();
+                let what = if tls { t.symbols.library.as_str() } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
                 let probes = if t.symbols.rerouted { "internal" } else { "exported" };
                 tracing::info!(path = %t.path.display(), what, probes, took_us, "attached");

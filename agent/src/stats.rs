@@ -1,20 +1,37 @@
 //! The agent's counters about itself: what it captured, what it dropped and why.
 //! Logged periodically and at exit, and written to `--stats-file` as JSON.
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokentap_agent_common::LossCounter;
+
+use crate::capture::decode::DecodeError;
+use crate::capture::streams::ConnDrop;
+use crate::http::exchange::Ignored;
+use crate::http::message::HttpDrop;
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Default)]
-        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Counters other parts own (each sink's): see [`CounterSet`].
+            groups: Groups,
+        }
 
         #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-        pub struct Snapshot { $(pub $name: u64,)* }
+        pub struct Snapshot {
+            $(pub $name: u64,)*
+            /// The groups' counters, by name (flat beside the others in JSON).
+            #[serde(flatten, deserialize_with = "numbers_only")]
+            pub groups: BTreeMap<String, u64>,
+        }
 
         impl Stats {
             pub fn snapshot(&self) -> Snapshot {
-                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* groups: self.groups.values() }
             }
         }
 
@@ -70,31 +87,15 @@ counters! {
     dropped_parse_error,
     /// Records a sink failed to write.
     sink_errors,
-    /// `--output collector:`: batches and records the collector acknowledged.
-    collector_batches_sent,
-    collector_records_sent,
-    /// Send attempts that failed (retried; the batch stays in the spool).
-    collector_send_errors,
-    /// Batches the collector refused as malformed (kept in the spool's rejected/).
-    collector_batches_rejected,
-    /// Records the collector refused for good: rows it could not store (422),
-    /// and the records of rejected batches.
-    collector_records_rejected,
-    /// Records not sent because they fail the wire format's checks (logged).
-    collector_records_invalid,
-    /// Records dropped because the spool reached `--spool-max-bytes`.
-    collector_spool_dropped_records,
-    /// Bytes and batches in the spool (waiting or being sent).
-    collector_spool_bytes,
-    collector_spool_batches,
-    /// Requests to the collector in flight.
-    collector_in_flight,
     /// TLS library files (by device and inode) with probes attached.
     targets_attached,
     /// Attach attempts that failed.
     attach_failures,
     /// Process scans skipped for `--exclude-process`.
     processes_excluded,
+    /// Process events (exec, libraries mapped) not passed to discovery because
+    /// its queue was full: a TLS library they bring may go unprobed.
+    process_events_dropped,
     /// Kernel-side losses (from the LOSS map).
     kernel_ring_full,
     kernel_truncated_calls,
@@ -116,7 +117,64 @@ counters! {
     ring_buffer_size_bytes,
 }
 
+/// Counters a part of the agent owns (a sink's), shown beside the core ones
+/// in the stats file, the snapshot and /metrics, under their own names.
+pub trait CounterSet: std::any::Any + Send + Sync {
+    /// Every counter with its name.
+    fn fields(&self) -> Vec<(&'static str, u64)>;
+    /// Those of `fields` that are levels, not totals.
+    fn gauges(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// The counter groups of a [`Stats`], one per type.
+#[derive(Default)]
+struct Groups(Mutex<Vec<Arc<dyn CounterSet>>>);
+
+impl Groups {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn CounterSet>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn values(&self) -> BTreeMap<String, u64> {
+        self.list().iter().flat_map(|g| g.fields()).map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+}
+
+/// Only the numbers of a stats file's extra keys (not `coverage`).
+fn numbers_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Number(u64),
+        Other(serde::de::IgnoredAny),
+    }
+    let all = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(all.into_iter().filter_map(|(k, v)| if let Value::Number(n) = v { Some((k, n)) } else { None }).collect())
+}
+
 impl Stats {
+    /// The group of counters of type `T`, created on first use (and shown
+    /// from then on, zeros included).
+    pub fn group<T: CounterSet + Default>(&self) -> Arc<T> {
+        let mut groups = self.groups.list();
+        for g in groups.iter() {
+            let any: Arc<dyn std::any::Any + Send + Sync> = g.clone();
+            if let Ok(t) = any.downcast::<T>() {
+                return t;
+            }
+        }
+        let t = Arc::new(T::default());
+        groups.push(t.clone());
+        t
+    }
+
+    /// The groups' gauges.
+    pub fn group_gauges(&self) -> Vec<&'static str> {
+        self.groups.list().iter().flat_map(|g| g.gauges().iter().copied()).collect()
+    }
+
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
@@ -128,22 +186,108 @@ impl Stats {
     pub fn set(c: &AtomicU64, n: u64) {
         c.store(n, Ordering::Relaxed);
     }
+
+    /// Count one drop a stage reported.
+    pub fn count(&self, what: impl Counted) {
+        Self::inc(what.counter(self));
+    }
+
+    /// Count `n` drops of one kind.
+    pub fn count_n(&self, what: impl Counted, n: u64) {
+        Self::add(what.counter(self), n);
+    }
+}
+
+/// What a stage reports it dropped, and the counter that counts it. The
+/// mappings live here, so stages name their drops without knowing `Stats`.
+pub trait Counted {
+    fn counter(self, stats: &Stats) -> &AtomicU64;
+}
+
+impl Counted for DecodeError {
+    /// One counter for every kind of bad record (the log says which).
+    fn counter(self, s: &Stats) -> &AtomicU64 {
+        &s.decode_errors
+    }
+}
+
+impl Counted for ConnDrop {
+    fn counter(self, s: &Stats) -> &AtomicU64 {
+        match self {
+            ConnDrop::Evicted => &s.connections_evicted,
+            ConnDrop::Expired => &s.connections_expired,
+            ConnDrop::Shed => &s.connections_shed,
+        }
+    }
+}
+
+impl Counted for Ignored {
+    fn counter(self, s: &Stats) -> &AtomicU64 {
+        match self {
+            Ignored::NotHttp => &s.ignored_not_http,
+            Ignored::Http2Joined => &s.ignored_http2_joined,
+            Ignored::ServerSide => &s.ignored_server_side,
+            Ignored::Desync => &s.ignored_desync,
+            Ignored::Upgraded => &s.ignored_upgraded,
+        }
+    }
+}
+
+impl Counted for HttpDrop {
+    fn counter(self, s: &Stats) -> &AtomicU64 {
+        match self {
+            HttpDrop::Unanswered => &s.dropped_unanswered,
+            HttpDrop::JoinedMidStream => &s.joined_mid_stream,
+            HttpDrop::Resynced => &s.resynced_after_gap,
+        }
+    }
+}
+
+/// The kernel's `LOSS` map, one row per counter: where each lands in [`Stats`]
+/// and [`Snapshot`]. Readers and sums go through [`LossCounter::ALL`].
+macro_rules! kernel_counters {
+    ($($counter:ident => $field:ident),* $(,)?) => {
+        impl Counted for LossCounter {
+            fn counter(self, s: &Stats) -> &AtomicU64 {
+                match self { $(LossCounter::$counter => &s.$field,)* }
+            }
+        }
+
+        impl Snapshot {
+            /// A kernel counter's value.
+            pub fn kernel(&self, c: LossCounter) -> u64 {
+                match c { $(LossCounter::$counter => self.$field,)* }
+            }
+        }
+    };
+}
+
+kernel_counters! {
+    RingFull => kernel_ring_full,
+    TruncatedCall => kernel_truncated_calls,
+    ReadFailed => kernel_read_failed,
+    ControlRingFull => kernel_control_ring_full,
+    ArgsMapFull => kernel_args_map_full,
+    ScratchBusy => kernel_scratch_busy,
+    FilteredIgnored => kernel_filtered_calls,
+    IovOverflow => kernel_iov_overflow,
+    SocketsNotHttp => kernel_sockets_not_http,
 }
 
 impl Snapshot {
+    /// A counter by name, a group's included (0 when there is none).
+    pub fn get(&self, name: &str) -> u64 {
+        let core = self.fields().into_iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+        core.or_else(|| self.groups.get(name).copied()).unwrap_or(0)
+    }
+
     /// Calls that were seen but produced no record.
     pub fn dropped_calls(&self) -> u64 {
         self.dropped_unanswered + self.dropped_truncated_body + self.dropped_body_decode + self.dropped_parse_error
     }
 
     pub fn kernel_losses(&self) -> u64 {
-        self.kernel_ring_full
-            + self.kernel_truncated_calls
-            + self.kernel_read_failed
-            + self.kernel_control_ring_full
-            + self.kernel_args_map_full
-            + self.kernel_scratch_busy
-            + self.kernel_iov_overflow
+        LossCounter::ALL.into_iter().filter(|c| c.is_loss()).map(|c| self.kernel(c)).sum()
     }
 
     /// Write as JSON, atomically (write then rename).
@@ -186,5 +330,23 @@ mod tests {
         snap.write_to(&p).unwrap();
         let back: Snapshot = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(back, snap);
+    }
+
+    #[test]
+    fn drops_count_where_their_enums_say() {
+        let s = Stats::default();
+        s.count(DecodeError::BadDirection(9));
+        s.count(ConnDrop::Shed);
+        s.count(Ignored::Http2Joined);
+        s.count_n(HttpDrop::Resynced, 2);
+        for c in LossCounter::ALL {
+            Stats::set(c.counter(&s), 1);
+        }
+        let snap = s.snapshot();
+        assert_eq!((snap.decode_errors, snap.connections_shed, snap.ignored_http2_joined), (1, 1, 1));
+        assert_eq!(snap.resynced_after_gap, 2);
+        assert_eq!((snap.kernel_filtered_calls, snap.kernel_sockets_not_http), (1, 1));
+        // Skipped work (filtered calls, non-HTTP sockets) is not a loss.
+        assert_eq!(snap.kernel_losses(), 7);
     }
 }

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let mut conn = HttpConnection::new(1 << 16);
     let mut lost = Lost::default();
     let mut out = Vec::new();
-    let mut capture = |_: &tokentap_agent::http::h1::Head| true;
+    let mut capture = |_: &tokentap_agent::http::h1::Head| Some(());
     for (i, piece) in rest.chunks(step).enumerate() {
         if i % 3 == 0 {
             conn.on_egress(piece, i as u64, &mut capture, &mut lost);

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let mut c = H2Connection::new(1 << 16);
     let mut lost = Lost::default();
     let mut out = Vec::new();
-    let mut capture = |_: &tokentap_agent::http::h1::Head| true;
+    let mut capture = |_: &tokentap_agent::http::h1::Head| Some(());
     let _ = c.on_egress(PREFACE, 0, &mut capture, &mut lost);
     let mut rest = data;
     let mut ts = 1;

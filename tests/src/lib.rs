@@ -353,9 +353,42 @@ impl Agent {
 
     /// Wait until the stats file shows `counter >= n`.
     pub fn wait_stat(&self, counter: &str, n: u64) -> Value {
-        wait_for(&format!("stats {counter} >= {n}"), Duration::from_secs(30), || {
+        self.wait_stats(&format!("stats {counter} >= {n}"), |s| s[counter].as_u64().unwrap_or(0) >= n)
+    }
+
+    /// Wait until a stats file the agent wrote satisfies `pred` (it writes one
+    /// every second); return it.
+    pub fn wait_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(what, Duration::from_secs(60), || {
             let s = self.stats();
-            (s[counter].as_u64().unwrap_or(0) >= n).then_some(s)
+            pred(&s).then_some(s)
+        })
+    }
+
+    /// Wait until the agent has handled the exit of `pid` (its coverage entry
+    /// says `exited`): every connection of the process is closed and every
+    /// record it will produce is written, since sinks are flushed before each
+    /// stats write. After this, no further record of `pid` can appear.
+    pub fn wait_process_done(&self, pid: u32) -> Value {
+        self.wait_stats(&format!("the agent to handle the exit of pid {pid}"), |s| process_exited(s, pid))
+    }
+
+    /// [`wait_process_done`](Self::wait_process_done), then wait until the
+    /// collector sink has nothing left to send: every record written was
+    /// acknowledged (or refused for good, invalid or dropped: counted), the
+    /// spool is empty and no request is in flight. After this the agent sends
+    /// nothing more of `pid`, retries included.
+    pub fn wait_delivered(&self, pid: u32) -> Value {
+        self.wait_stats(&format!("pid {pid} handled and every record delivered to the collector"), |s| {
+            let n = |k: &str| s[k].as_u64().unwrap_or(0);
+            let settled = n("collector_records_sent")
+                + n("collector_records_rejected")
+                + n("collector_records_invalid")
+                + n("collector_spool_dropped_records");
+            process_exited(s, pid)
+                && settled >= n("records")
+                && n("collector_spool_batches") == 0
+                && n("collector_in_flight") == 0
         })
     }
 
@@ -385,6 +418,11 @@ impl Agent {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Whether a stats file's coverage shows that the agent handled the exit of `pid`.
+pub fn process_exited(stats: &Value, pid: u32) -> bool {
+    stats["coverage"].as_array().is_some_and(|c| c.iter().any(|p| p["pid"] == pid && p["exited"] == true))
 }
 
 impl Drop for Agent {
@@ -436,13 +474,20 @@ impl Env {
 
     /// Stop the agent cleanly, check no credential reached any of its output,
     /// return its final stats.
-    pub fn finish(mut self) -> Value {
+    pub fn finish(self) -> Value {
+        self.finish_with_records().0
+    }
+
+    /// [`finish`](Self::finish), and every record the agent wrote: its shutdown
+    /// drained the ring buffer, closed every connection and flushed the sinks,
+    /// so these are all the records of the processes run so far.
+    pub fn finish_with_records(mut self) -> (Value, Vec<Value>) {
         let status = self.agent.stop();
         assert!(status.success(), "agent exit status {status}");
         let out = self.agent.all_output();
         assert!(!out.contains(SECRET_KEY), "the API key leaked into the agent's output");
         assert!(!out.contains("Bearer"), "an Authorization value leaked into the agent's output");
-        self.agent.stats()
+        (self.agent.stats(), self.agent.records())
     }
 }
 
@@ -887,6 +932,15 @@ impl Collector {
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Wait until no request body is being read or decoded
+    /// (`tokentap_collector_inflight_bytes` 0): no batch is still being
+    /// received. (A batch answered 200 has its rows in ClickHouse already.)
+    pub fn wait_idle(&self) {
+        wait_for("the collector to have no body in flight", Duration::from_secs(30), || {
+            (self.metric("tokentap_collector_inflight_bytes") == 0.0).then_some(())
+        });
     }
 
     pub fn pid(&self) -> u32 {

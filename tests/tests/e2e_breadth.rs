@@ -15,8 +15,9 @@ use tokentap_event::PriceTable;
 /// Records of `pid` paired with what the server served; all exact.
 fn check_exact(env: &Env, pid: u32, n: usize) -> Vec<(Value, Value)> {
     env.agent.wait_records(&[pid], n);
-    // Nothing more arrives for these calls (no duplicates).
-    std::thread::sleep(Duration::from_millis(300));
+    // The agent handled the client's exit: nothing more can arrive for these
+    // calls, so a duplicate would be in the file now.
+    env.agent.wait_process_done(pid);
     let records = env.agent.records_of(&[pid]);
     assert_eq!(records.len(), n, "one record per call: {records:#?}");
     let served = env.server.served();
@@ -125,15 +126,19 @@ fn go_net_http_over_crypto_tls_with_and_without_symbols() {
     for bin in &bins {
         // A new executable is probed when it first runs; a process that makes its
         // calls within milliseconds of that first exec can beat the attach
-        // (docs/troubleshooting.md). Run it once so its file is probed, as for
-        // any service that was running before.
+        // (docs/troubleshooting.md). Run it until its file is probed, as for
+        // any service that was running before. The warm-up exits at once, so
+        // on a busy machine one run can itself beat the attach: run it again.
         let warm = vec!["-n".to_string(), "0".into(), "-base".into(), "x".into(), "-ca".into()];
         let warm = [warm, vec![env.certs.ca.display().to_string(), "-key".into(), "k".into()]].concat();
-        run_client(with_provider_hosts(&env.dir, &bin.display().to_string(), &warm));
         let name = bin.file_name().unwrap().to_string_lossy().into_owned();
         wait_for(&format!("{name} probed"), Duration::from_secs(30), || {
             let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-            log.lines().any(|l| l.contains(&format!("{name} ")) && l.contains("\"go\"")).then_some(())
+            if log.lines().any(|l| l.contains(&format!("{name} ")) && l.contains("\"go\"")) {
+                return Some(());
+            }
+            run_client(with_provider_hosts(&env.dir, &bin.display().to_string(), &warm));
+            None
         });
         let args: Vec<String> =
             ["-base", &env.openai_base(), "-ca", &env.certs.ca.display().to_string(), "-key", SECRET_KEY, "-n", "10"]
@@ -222,9 +227,10 @@ fn plaintext_capture_can_be_turned_off() {
     let _g = serial();
     let env = Env::start("plain-off", Transport::Plain, &["--no-socket-capture"]);
     let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "vllm"));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(env.agent.records_of(&[pid]).is_empty());
-    let stats = env.finish();
+    // The agent stops after the client exited: its shutdown drains every
+    // event of the client, so any record of it would be written by then.
+    let (stats, records) = env.finish_with_records();
+    assert!(records.iter().all(|r| r["pid"] != pid), "{records:?}");
     assert_eq!(stats["kernel_sockets_not_http"], 0, "no socket hooks attached: {stats}");
 }
 
@@ -251,7 +257,9 @@ fn http2_connection_opened_before_the_agent_is_skipped_and_counted() {
     // Three more calls on the same (already open) HTTP/2 connection.
     writeln!(client.stdin.take().expect("stdin")).expect("go");
     assert!(client.wait().expect("client").success());
-    let stats = agent.wait_stat("ignored_http2_joined", 1);
+    agent.wait_stat("ignored_http2_joined", 1);
+    // The client's exit handled: no record of it can still come.
+    let stats = agent.wait_process_done(pid);
     // HPACK state unknown: nothing is guessed, the blind spot is reported.
     assert!(agent.records_of(&[pid]).is_empty(), "{:?}", agent.records_of(&[pid]));
     let cov = coverage_of(&stats, pid);

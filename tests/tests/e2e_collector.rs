@@ -60,9 +60,11 @@ fn run_py(w: &World, scenario: &str) -> (u32, usize) {
 }
 
 /// Every row matches what the server served, once (rows carry the record's fields).
-fn check_rows(ch: &ClickHouse, pid: u32, n: usize, served: &[Value]) {
+fn check_rows(agent: &Agent, ch: &ClickHouse, pid: u32, n: usize, served: &[Value]) {
     let rows = wait_rows(ch, pid, n);
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent handled the client's exit and has nothing left to send or
+    // resend: a duplicate row would be in ClickHouse now.
+    agent.wait_delivered(pid);
     assert_eq!(ch.count(&format!("SELECT count() FROM llm_calls WHERE pid = {pid}")), n as u64, "no duplicate rows");
     let records: Vec<Value> = rows
         .iter()
@@ -91,7 +93,7 @@ fn agent_to_collector_to_clickhouse_exact_rows_and_rollups() {
     let w = world("ch-exact");
     let (pid, n) = run_py(&w, "all_ops");
     assert_eq!(n, 9);
-    check_rows(&w.ch, pid, n, &w.env.server.served());
+    check_rows(&w.env.agent, &w.ch, pid, n, &w.env.server.served());
     // Rollups (fed by materialized views) agree with the raw rows.
     let raw = w.ch.query(
         "SELECT count() AS calls, sum(ifNull(input_tokens, 0)) AS input, sum(ifNull(output_tokens, 0)) AS output, \
@@ -138,8 +140,8 @@ fn collector_and_clickhouse_outages_lose_nothing_and_duplicate_nothing() {
     w.env.agent.wait_stat("collector_send_errors", 1);
     w.collector.restart();
     let served = w.env.server.served();
-    check_rows(&w.ch, pid1, n1, &served);
-    check_rows(&w.ch, pid2, n2, &served);
+    check_rows(&w.env.agent, &w.ch, pid1, n1, &served);
+    check_rows(&w.env.agent, &w.ch, pid2, n2, &served);
 
     // The same batch delivered twice (an acknowledgement lost in transit).
     let records: Vec<LlmCall> = rows_of(&w.ch, pid1)
@@ -160,7 +162,9 @@ fn collector_and_clickhouse_outages_lose_nothing_and_duplicate_nothing() {
         assert_eq!(status, 200, "{text}");
         assert!(text.contains(&format!("\"duplicates\":{}", records.len())), "{text}");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Both answered 200 (every row in ClickHouse, none new), and nothing else is
+    // on its way in: the agent's deliveries settled in check_rows.
+    w.collector.wait_idle();
     assert_eq!(w.ch.count(&format!("SELECT count() FROM llm_calls WHERE pid = {pid1}")), n1 as u64);
     let stats = w.env.finish();
     assert_eq!(stats["collector_records_sent"].as_u64(), Some((n1 + n2) as u64), "{stats}");
@@ -255,7 +259,9 @@ fn malformed_oversized_and_unauthenticated_batches_get_4xx_and_change_nothing() 
         drop(s);
         let _ = writer.join();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every batch above was refused before anything was stored, and none is
+    // still being received.
+    collector.wait_idle();
     assert_eq!(ch.count("SELECT count() FROM llm_calls"), before, "nothing was written");
     let m = collector.metrics();
     assert!(m.contains("tokentap_collector_batches_rejected_total{reason=\"unauthorized\"} 2"), "{m}");
@@ -288,7 +294,7 @@ fn mutual_tls_between_agent_and_collector() {
     let env = Env::start("ch-mtls-agent", Transport::Https, &args);
     let (pid, out) = run_client(py_client(&env.dir, &env.certs, &env.openai_base(), &env.anthropic_base(), "chat"));
     assert!(out.contains("\"calls\": 1"), "{out}");
-    check_rows(&ch, pid, 1, &env.server.served());
+    check_rows(&env.agent, &ch, pid, 1, &env.server.served());
     // Without a client certificate the handshake fails: nothing reaches the endpoint.
     let no_cert = std::process::Command::new("curl")
         .args(["-sS", "--cacert", &certs.ca.display().to_string(), "-o", "/dev/null", "-w", "%{http_code}"])

@@ -147,13 +147,15 @@ fn agent_restart_with_traffic_in_flight() {
     let t = std::time::Instant::now();
     assert!(first.stop().success());
     let stopped = t.elapsed();
-    let second = Agent::start(&second_dir, &[]);
+    let mut second = Agent::start(&second_dir, &[]);
     let started = t.elapsed();
     let out = client.wait_with_output().expect("client");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let served = server.served();
     assert_eq!(served.len(), CALLS);
-    std::thread::sleep(Duration::from_secs(1));
+    // Stopping the new agent drains every event of the (exited) client and
+    // writes its last records and final stats.
+    assert!(second.stop().success());
     let a = first.records_of(&[pid]);
     let b = second.records_of(&[pid]);
     assert!(!b.is_empty(), "the new agent captures the calls made after it started");

@@ -2,15 +2,11 @@
 //! records, but every length is still checked: a bad record is an error, never a
 //! panic or an out-of-bounds read.
 use thiserror::Error;
-use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, CHUNK_SIZE, DATA_HEADER_LEN};
+use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, Source, CHUNK_SIZE, DATA_HEADER_LEN};
 
-#[derive(Debug)]
-pub enum RawEvent<'a> {
-    Data(DataHeader, &'a [u8]),
-    Control(EventKind, ControlEvent),
-}
+use super::event::{Chunk, ChunkFlags, Comm, ConnKey, ConnMeta, Control, Direction, RawEvent};
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes is too short")]
     Short(usize),
@@ -18,42 +14,61 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("chunk length {0} exceeds the record")]
     BadLength(u32),
+    #[error("unknown chunk direction {0}")]
+    BadDirection(u32),
+    #[error("unknown capture source {0}")]
+    UnknownSource(u32),
 }
 
 pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     if buf.len() < 4 {
         return Err(DecodeError::Short(buf.len()));
     }
-    let kind = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    match EventKind::from_u32(kind) {
-        Some(EventKind::Data) => {
-            if buf.len() < DATA_HEADER_LEN {
-                return Err(DecodeError::Short(buf.len()));
-            }
-            // SAFETY: length checked; DataHeader is plain-old-data, read unaligned.
-            let h: DataHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-            let len = h.len as usize;
-            if len > CHUNK_SIZE || buf.len() < DATA_HEADER_LEN + len {
-                return Err(DecodeError::BadLength(h.len));
-            }
-            Ok(RawEvent::Data(h, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]))
+    let tag = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let control: fn(&ControlEvent) -> Control = match EventKind::from_u32(tag) {
+        None => return Err(DecodeError::UnknownKind(tag)),
+        Some(EventKind::Data) => return data(buf).map(RawEvent::Data),
+        Some(EventKind::ConnClosed) => {
+            |c| Control::ConnClosed { key: ConnKey { tgid: c.tgid, conn: c.conn }, ts_ns: c.ts_ns }
         }
-        Some(k) => {
-            if buf.len() < std::mem::size_of::<ControlEvent>() {
-                return Err(DecodeError::Short(buf.len()));
-            }
-            // SAFETY: length checked; ControlEvent is plain-old-data.
-            let c: ControlEvent = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-            Ok(RawEvent::Control(k, c))
-        }
-        None => Err(DecodeError::UnknownKind(kind)),
+        Some(EventKind::Exit) => |c| Control::Exit { tgid: c.tgid, ts_ns: c.ts_ns },
+        Some(EventKind::Exec) => |c| Control::Exec { tgid: c.tgid },
+        Some(EventKind::LibsChanged) => |c| Control::LibsChanged { tgid: c.tgid },
+    };
+    if buf.len() < std::mem::size_of::<ControlEvent>() {
+        return Err(DecodeError::Short(buf.len()));
     }
+    // SAFETY: length checked; ControlEvent is plain-old-data.
+    let c: ControlEvent = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    Ok(RawEvent::Control(control(&c)))
 }
 
-/// `comm` as text (NUL-terminated in the kernel).
-pub fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+fn data(buf: &[u8]) -> Result<Chunk<'_>, DecodeError> {
+    if buf.len() < DATA_HEADER_LEN {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    // SAFETY: length checked; DataHeader is plain-old-data, read unaligned.
+    let h: DataHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    let len = h.len as usize;
+    if len > CHUNK_SIZE || buf.len() < DATA_HEADER_LEN + len {
+        return Err(DecodeError::BadLength(h.len));
+    }
+    chunk(&h, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len])
+}
+
+fn chunk<'a>(h: &DataHeader, data: &'a [u8]) -> Result<Chunk<'a>, DecodeError> {
+    let direction = Direction::from_u32(h.direction).ok_or(DecodeError::BadDirection(h.direction))?;
+    let source = Source::from_u32(h.source).ok_or(DecodeError::UnknownSource(h.source))?;
+    Ok(Chunk {
+        key: ConnKey { tgid: h.tgid, conn: h.conn },
+        owner: ConnMeta { tgid: h.tgid, cgroup_id: h.cgroup_id, comm: Comm(h.comm), source },
+        direction,
+        offset: h.offset,
+        flags: ChunkFlags::from_bits(h.flags),
+        ts_ns: h.ts_ns,
+        fd: h.fd,
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -89,10 +104,11 @@ pub(crate) mod tests {
     fn decodes_data_and_rejects_bad_lengths() {
         let rec = data_record(7, 0xabc, DIR_EGRESS, 0, 5, b"hello", FLAG_LAST);
         match decode(&rec).unwrap() {
-            RawEvent::Data(h, d) => {
-                assert_eq!(h.tgid, 7);
-                assert_eq!(d, b"hello");
-                assert_eq!(comm_str(&h.comm), "python3");
+            RawEvent::Data(c) => {
+                assert_eq!(c.owner.tgid, 7);
+                assert_eq!(c.data, b"hello");
+                assert_eq!(c.owner.comm.to_string(), "python3");
+                assert_eq!((c.direction, c.owner.source, c.flags.last), (Direction::Egress, Source::OpenSsl, true));
             }
             other => panic!("{other:?}"),
         }
@@ -101,5 +117,39 @@ pub(crate) mod tests {
         assert_eq!(decode(&[9, 0, 0, 0, 0]).unwrap_err(), DecodeError::UnknownKind(9));
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::Short(0));
         assert_eq!(decode(&[2, 0, 0, 0, 1, 2]).unwrap_err(), DecodeError::Short(6));
+    }
+
+    #[test]
+    fn rejects_unknown_directions_and_sources() {
+        let rec = data_record(7, 1, 2, 0, 1, b"x", FLAG_LAST);
+        assert_eq!(decode(&rec).unwrap_err(), DecodeError::BadDirection(2));
+        let mut rec = data_record(7, 1, DIR_EGRESS, 0, 1, b"x", FLAG_LAST);
+        let at = std::mem::offset_of!(DataHeader, source);
+        rec[at..at + 4].copy_from_slice(&9u32.to_ne_bytes());
+        assert_eq!(decode(&rec).unwrap_err(), DecodeError::UnknownSource(9));
+    }
+
+    #[test]
+    fn decodes_control_records() {
+        let c = ControlEvent {
+            kind: EventKind::ConnClosed as u32,
+            tgid: 3,
+            tid: 3,
+            _pad: 0,
+            ts_ns: 5,
+            conn: 0xabc,
+            cgroup_id: 0,
+            comm: [0; 16],
+        };
+        // SAFETY: plain-old-data to bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&c as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
+        };
+        match decode(raw).unwrap() {
+            RawEvent::Control(c) => {
+                assert_eq!(c, Control::ConnClosed { key: ConnKey { tgid: 3, conn: 0xabc }, ts_ns: 5 })
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! From ring-buffer records to per-connection byte streams: [`decode`] checks and
-//! splits raw records, [`streams`] keeps one entry per connection (bounded, idle
-//! expiry, freed on close and process exit) and checks chunk continuity.
+//! From ring-buffer records to per-connection byte streams: [`decode`] checks
+//! raw records and turns them into the typed [`event`]s, [`streams`] keeps one
+//! entry per connection (bounded, idle expiry, freed on close and process exit)
+//! and checks chunk continuity.
 pub mod decode;
+pub mod event;
 pub mod streams;

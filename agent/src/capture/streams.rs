@@ -4,24 +4,7 @@
 //! exits. Each entry checks that a call's chunks arrive complete and in order.
 use std::collections::HashMap;
 
-use tokentap_agent_common::{DataHeader, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED};
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub struct ConnKey {
-    pub tgid: u32,
-    pub conn: u64,
-}
-
-/// Who owns a connection, as first seen.
-#[derive(Clone, Debug)]
-pub struct ConnMeta {
-    pub tgid: u32,
-    pub cgroup_id: u64,
-    pub comm: [u8; 16],
-    pub source: u32,
-    /// Socket fd (from `SSL_set_fd`), -1 while unknown.
-    pub fd: i32,
-}
+use super::event::{Chunk, ConnKey, ConnMeta, Direction};
 
 pub struct Entry<T> {
     pub state: T,
@@ -45,6 +28,17 @@ pub enum Continuity {
 
 /// A connection pushed out of a full table.
 pub type Evicted<T> = Option<(ConnKey, Entry<T>)>;
+
+/// Why a connection left the table other than by closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnDrop {
+    /// Pushed out of a full table.
+    Evicted,
+    /// Idle for longer than the timeout.
+    Expired,
+    /// Held too many bytes (its own cap, or the total budget).
+    Shed,
+}
 
 pub struct ConnTable<T> {
     conns: HashMap<ConnKey, Entry<T>>,
@@ -70,8 +64,8 @@ impl<T> ConnTable<T> {
 
     /// Find or create the entry for a data chunk and check its continuity. When
     /// the table is full the least recently active entry is evicted and returned.
-    pub fn on_data(&mut self, h: &DataHeader, new: impl FnOnce() -> T) -> (&mut Entry<T>, Continuity, Evicted<T>) {
-        let key = ConnKey { tgid: h.tgid, conn: h.conn };
+    pub fn on_data(&mut self, c: &Chunk<'_>, new: impl FnOnce() -> T) -> (&mut Entry<T>, Continuity, Evicted<T>) {
+        let key = c.key;
         let mut evicted = None;
         if !self.conns.contains_key(&key) && self.conns.len() >= self.max {
             if let Some(oldest) = self.conns.iter().min_by_key(|(_, e)| e.last_ts).map(|(k, _)| *k) {
@@ -80,31 +74,28 @@ impl<T> ConnTable<T> {
         }
         let e = self.conns.entry(key).or_insert_with(|| Entry {
             state: new(),
-            meta: ConnMeta { tgid: h.tgid, cgroup_id: h.cgroup_id, comm: h.comm, source: h.source, fd: h.fd },
-            last_ts: h.ts_ns,
+            meta: c.owner,
+            last_ts: c.ts_ns,
             fresh: true,
             next_offset: [None, None],
         });
-        e.last_ts = e.last_ts.max(h.ts_ns);
-        if e.meta.fd < 0 {
-            e.meta.fd = h.fd;
-        }
-        let dir = usize::from(h.direction == DIR_INGRESS);
+        e.last_ts = e.last_ts.max(c.ts_ns);
+        let dir = usize::from(c.direction == Direction::Ingress);
         let expected = e.next_offset[dir].unwrap_or(0);
-        let mut cont = if h.offset == expected {
+        let mut cont = if c.offset == expected {
             Continuity::InOrder
-        } else if h.offset == 0 {
+        } else if c.offset == 0 {
             // A new call while the last one's tail never came.
             Continuity::GapBefore
         } else {
             Continuity::Gap
         };
-        if h.flags & (FLAG_READ_FAILED | FLAG_TRUNCATED) != 0 {
+        if c.flags.has_hole() {
             cont = Continuity::Gap;
-        } else if cont == Continuity::InOrder && h.flags & FLAG_GAP_BEFORE != 0 {
+        } else if cont == Continuity::InOrder && c.flags.gap_before {
             cont = Continuity::GapBefore;
         }
-        e.next_offset[dir] = if h.flags & FLAG_LAST != 0 { None } else { Some(h.offset.saturating_add(h.len as u64)) };
+        e.next_offset[dir] = if c.flags.last { None } else { Some(c.offset.saturating_add(c.data.len() as u64)) };
         (e, cont, evicted)
     }
 
@@ -127,29 +118,50 @@ impl<T> ConnTable<T> {
         let keys: Vec<ConnKey> = self.conns.iter().filter(|(_, e)| e.last_ts < cutoff_ts).map(|(k, _)| *k).collect();
         keys.into_iter().filter_map(|k| self.conns.remove(&k).map(|e| (k, e))).collect()
     }
+
+    /// Keep the bytes all entries hold (`size` of each) within `budget` by
+    /// removing the entries that hold most; they are returned.
+    pub fn shed(&mut self, budget: usize, size: impl Fn(&T) -> usize) -> Vec<(ConnKey, Entry<T>)> {
+        let mut sizes: Vec<(usize, ConnKey)> =
+            self.conns.iter().map(|(k, e)| (size(&e.state), *k)).filter(|(n, _)| *n > 0).collect();
+        let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
+        let mut shed = Vec::new();
+        if total <= budget {
+            return shed;
+        }
+        sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+        for (n, key) in sizes {
+            if total <= budget {
+                break;
+            }
+            if let Some(e) = self.conns.remove(&key) {
+                shed.push((key, e));
+                total -= n;
+            }
+        }
+        shed
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokentap_agent_common::{EventKind, DIR_EGRESS};
+    use crate::capture::event::{ChunkFlags, Comm};
+    use tokentap_agent_common::{Source, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_TRUNCATED};
 
-    fn hdr(tgid: u32, conn: u64, dir: u32, offset: u64, len: u32, flags: u32, ts: u64) -> DataHeader {
-        DataHeader {
-            kind: EventKind::Data as u32,
-            direction: dir,
-            tgid,
-            tid: tgid,
-            ts_ns: ts,
-            conn,
-            cgroup_id: 0,
-            call_len: 0,
+    const OWNER: ConnMeta = ConnMeta { tgid: 1, cgroup_id: 0, comm: Comm([0; 16]), source: Source::OpenSsl };
+
+    fn hdr(tgid: u32, conn: u64, dir: u32, offset: u64, len: u32, flags: u32, ts: u64) -> Chunk<'static> {
+        static DATA: [u8; 1 << 15] = [0; 1 << 15];
+        Chunk {
+            key: ConnKey { tgid, conn },
+            owner: ConnMeta { tgid, ..OWNER },
+            direction: Direction::from_u32(dir).unwrap(),
             offset,
-            len,
-            flags,
+            flags: ChunkFlags::from_bits(flags),
+            ts_ns: ts,
             fd: -1,
-            source: 1,
-            comm: [0; 16],
+            data: &DATA[..len as usize],
         }
     }
 
@@ -191,5 +203,17 @@ mod tests {
         assert_eq!(t.expire(25).len(), 1);
         assert_eq!(t.remove_process(2).len(), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn shedding_removes_the_biggest_until_within_budget() {
+        let mut t: ConnTable<usize> = ConnTable::new(10);
+        for (conn, held) in [(1u64, 900usize), (2, 400), (3, 0), (4, 300)] {
+            t.on_data(&hdr(1, conn, DIR_EGRESS, 0, 1, FLAG_LAST, 1), || held);
+        }
+        assert!(t.shed(1600, |n| *n).is_empty());
+        let shed: Vec<u64> = t.shed(1000, |n| *n).iter().map(|(k, _)| k.conn).collect();
+        assert_eq!(shed, [1]);
+        assert_eq!(t.len(), 3);
     }
 }

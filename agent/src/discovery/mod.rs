@@ -27,13 +27,32 @@ pub struct TlsSymbols {
     pub ssl_set_fd: Option<u64>,
     /// The dynamic loader's `_dl_debug_state` (this file is ld.so).
     pub dl_debug_state: Option<u64>,
-    /// "openssl", "boringssl" or "go".
-    pub library: &'static str,
+    pub library: TlsLibrary,
     /// Go `crypto/tls` probe points (a Go executable).
     pub go: Option<go::GoTls>,
     /// The `_ex` probes sit on OpenSSL's internal read/write functions (see
     /// [`placement`]).
     pub rerouted: bool,
+}
+
+/// Which TLS implementation a file carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsLibrary {
+    #[default]
+    OpenSsl,
+    BoringSsl,
+    /// Go's `crypto/tls`, linked into a Go executable.
+    Go,
+}
+
+impl TlsLibrary {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsLibrary::OpenSsl => "openssl",
+            TlsLibrary::BoringSsl => "boringssl",
+            TlsLibrary::Go => "go",
+        }
+    }
 }
 
 impl TlsSymbols {
@@ -90,7 +109,7 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     // is why only mapped executables and library files are inspected.
     let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open { path: path.into(), source })?;
     let elf = object::File::parse(&*map).map_err(|e| InspectError::Elf { path: path.into(), reason: e.to_string() })?;
-    let mut s = TlsSymbols { library: "openssl", ..Default::default() };
+    let mut s = TlsSymbols { library: TlsLibrary::OpenSsl, ..Default::default() };
     let mut io = IoFuncs::default();
     read_symbols(&elf, elf.dynamic_symbols(), &mut s, &mut io);
     // Exported symbols are enough for shared libraries and binaries like node;
@@ -104,7 +123,7 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
     if !s.is_target() {
         match go::inspect(&elf, &map) {
             Ok(g) => {
-                s.library = "go";
+                s.library = TlsLibrary::Go;
                 s.go = Some(g);
             }
             Err(go::NotProbed::NotGo | go::NotProbed::NoTls) => {}
@@ -149,7 +168,7 @@ fn read_symbols<'d>(
     for sym in symbols {
         let Ok(name) = sym.name() else { continue };
         if name == "BORINGSSL_self_test" {
-            s.library = "boringssl";
+            s.library = TlsLibrary::BoringSsl;
             continue;
         }
         let func = match name {
@@ -477,7 +496,7 @@ garbage line
         // wrap: placement.rs.)
         assert!(s.ssl_free.is_some());
         assert!(s.ssl_set_fd.is_some() && s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
-        assert_eq!(s.library, "openssl");
+        assert_eq!(s.library, TlsLibrary::OpenSsl);
         // The loader is found too, for its library-load hook.
         assert!(t.iter().any(|t| t.symbols.dl_debug_state.is_some() && !t.symbols.is_tls_library()));
         // The same file is not inspected twice.

@@ -9,6 +9,9 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
+// Re-exported: providers, attribution, fuzz targets and benches name them here.
+pub use super::message::{Head, Message};
+
 /// Largest head (request/status line + headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
@@ -27,64 +30,8 @@ pub enum H1Error {
     Upgraded,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Head {
-    /// Request method (requests only).
-    pub method: Option<String>,
-    /// Request target (requests only).
-    pub path: Option<String>,
-    /// Status code (responses only).
-    pub status: Option<u16>,
-    /// HTTP/1.x minor version.
-    pub minor_version: u8,
-    /// Carried over HTTP/2 (pseudo-headers mapped: `:authority` is `host`).
-    pub http2: bool,
-    /// Header names lower-cased, values as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Head {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok()).map(str::trim)
-    }
-
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .any(|(_, v)| String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
-}
-
-/// One complete HTTP message.
-#[derive(Clone, Debug, Default)]
-pub struct Message {
-    pub head: Head,
-    /// Body with transfer coding removed (content coding still applied).
-    pub body: Vec<u8>,
-    /// The body was larger than the cap (or not captured): `body` is incomplete.
-    pub body_truncated: bool,
-    /// Whether the body was captured at all.
-    pub body_captured: bool,
-    /// The message ended where its framing says. False for a message cut short by
-    /// the connection closing (see [`Parser::take_partial`]).
-    pub complete: bool,
-    /// Monotonic ns of the first and last byte seen.
-    pub first_ts: u64,
-    pub last_ts: u64,
-    /// `(body length after a piece arrived, its timestamp)`, at most one mark per
-    /// piece and at most `MAX_MARKS`; maps a body offset to when it arrived.
-    pub body_marks: Vec<(usize, u64)>,
-}
-
+/// Body marks kept per message (see [`Message::body_marks`]).
 const MAX_MARKS: usize = 4096;
-
-impl Message {
-    /// When the body byte at `offset` arrived.
-    pub fn ts_of_body_offset(&self, offset: usize) -> Option<u64> {
-        self.body_marks.iter().find(|(end, _)| *end > offset).map(|(_, ts)| *ts)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -483,25 +430,6 @@ fn parse_response(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
     }
 }
 
-/// Cheap check on the first bytes of a stream: does it start like an HTTP/1.x
-/// request? Used to drop non-HTTP connections before any parsing.
-pub fn looks_like_request(prefix: &[u8]) -> bool {
-    const METHODS: [&[u8]; 9] =
-        [b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"CONNECT ", b"TRACE "];
-    METHODS.iter().any(|m| {
-        let n = m.len().min(prefix.len());
-        n > 0 && prefix[..n] == m[..n]
-    })
-}
-
-/// Does the stream start like an HTTP/1.x response (a server-side connection when
-/// seen in the egress direction)?
-pub fn looks_like_response(prefix: &[u8]) -> bool {
-    let m = b"HTTP/1.";
-    let n = m.len().min(prefix.len());
-    n > 0 && prefix[..n] == m[..n]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,15 +580,5 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(p.push(&raw, 1, &mut all, &mut out), Err(H1Error::HeadTooLarge));
         assert_eq!(p.buffered(), 0);
-    }
-
-    #[test]
-    fn prefix_sniffing() {
-        assert!(looks_like_request(b"PO"));
-        assert!(looks_like_request(b"POST /v1"));
-        assert!(!looks_like_request(b"PRI * HTTP/2.0"));
-        assert!(!looks_like_request(b"\x16\x03"));
-        assert!(looks_like_response(b"HTTP/1.1 200"));
-        assert!(!looks_like_response(b"HTTP/2"));
     }
 }

@@ -1,6 +1,7 @@
 //! Passive HTTP/2 for one captured client connection: frames in both directions,
 //! HPACK with one dynamic table per direction, and many concurrent streams, each
-//! becoming its own request/response [`Exchange`].
+//! becoming its own request/response [`Exchange`], tagged with what its request
+//! was classified as.
 //!
 //! Every header block is decoded, captured stream or not, because HPACK state is
 //! shared by the whole connection: skipping one block would corrupt every later
@@ -13,8 +14,7 @@ use std::collections::HashMap;
 use loona_hpack::Decoder;
 use thiserror::Error;
 
-use super::exchange::{Exchange, Lost};
-use super::h1::{Head, Message};
+use super::message::{Classified, Exchange, Head, Lost, Message};
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -70,15 +70,17 @@ impl Direction {
     }
 }
 
-struct Stream {
+struct Stream<E> {
     request: Message,
+    /// What the request was classified as, at its head.
+    endpoint: E,
     response: Option<Message>,
 }
 
-pub struct H2Connection {
+pub struct H2Connection<E = ()> {
     egress: Direction,
     ingress: Direction,
-    streams: HashMap<u32, Stream>,
+    streams: HashMap<u32, Stream<E>>,
     max_body: usize,
 }
 
@@ -105,7 +107,7 @@ pub fn looks_like_frames(data: &[u8]) -> bool {
     frames > 0 && pos == data.len()
 }
 
-impl H2Connection {
+impl<E> H2Connection<E> {
     pub fn new(max_body: usize) -> Self {
         Self { egress: Direction::new(true), ingress: Direction::new(false), streams: HashMap::new(), max_body }
     }
@@ -116,12 +118,13 @@ impl H2Connection {
         self.egress.buf.len() + self.ingress.buf.len() + bodies
     }
 
-    /// Frames the process wrote (requests).
+    /// Frames the process wrote (requests). `classify` runs once per request
+    /// head; only requests it tags (LLM API calls) are kept.
     pub fn on_egress(
         &mut self,
         mut data: &[u8],
         ts: u64,
-        capture: &mut dyn FnMut(&Head) -> bool,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
         lost: &mut Lost,
     ) -> Result<(), H2Error> {
         if self.egress.preface_left > 0 {
@@ -135,7 +138,7 @@ impl H2Connection {
         }
         self.egress.buf.extend_from_slice(data);
         let mut out = Vec::new();
-        self.frames(true, ts, capture, &mut out, lost)
+        self.frames(true, ts, classify, &mut out, lost)
     }
 
     /// Frames the process read (responses). Completed exchanges go to `out`.
@@ -143,17 +146,17 @@ impl H2Connection {
         &mut self,
         data: &[u8],
         ts: u64,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<Classified<E>>,
         lost: &mut Lost,
     ) -> Result<(), H2Error> {
         self.ingress.buf.extend_from_slice(data);
-        self.frames(false, ts, &mut |_| false, out, lost)
+        self.frames(false, ts, &mut |_| None, out, lost)
     }
 
     /// The connection ended: responses cut short are handed on incomplete (the
     /// provider decides whether a stream's final event arrived); streams with
     /// no response are lost.
-    pub fn close(&mut self, out: &mut Vec<Exchange>, lost: &mut Lost) {
+    pub fn close(&mut self, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
         for (_, s) in self.streams.drain() {
             match s.response {
                 Some(mut response) => {
@@ -161,7 +164,8 @@ impl H2Connection {
                     // client hung up before reading the END_STREAM that followed.
                     let declared = response.head.header("content-length").and_then(|v| v.parse::<usize>().ok());
                     response.complete = declared == Some(response.body.len()) && !response.body_truncated;
-                    out.push(Exchange { request: s.request, response })
+                    let exchange = Exchange { request: s.request, response };
+                    out.push(Classified { endpoint: s.endpoint, exchange })
                 }
                 None => lost.unanswered += 1,
             }
@@ -180,8 +184,8 @@ impl H2Connection {
         &mut self,
         egress: bool,
         ts: u64,
-        capture: &mut dyn FnMut(&Head) -> bool,
-        out: &mut Vec<Exchange>,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
+        out: &mut Vec<Classified<E>>,
         lost: &mut Lost,
     ) -> Result<(), H2Error> {
         let mut pos = 0;
@@ -202,7 +206,7 @@ impl H2Connection {
             let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
             let payload = rest[FRAME_HEADER..FRAME_HEADER + len].to_vec();
             pos += FRAME_HEADER + len;
-            if let Err(e) = self.frame(egress, kind, flags, stream, &payload, ts, capture, out, lost) {
+            if let Err(e) = self.frame(egress, kind, flags, stream, &payload, ts, classify, out, lost) {
                 break Err(e);
             }
         };
@@ -220,8 +224,8 @@ impl H2Connection {
         stream: u32,
         payload: &[u8],
         ts: u64,
-        capture: &mut dyn FnMut(&Head) -> bool,
-        out: &mut Vec<Exchange>,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
+        out: &mut Vec<Classified<E>>,
         lost: &mut Lost,
     ) -> Result<(), H2Error> {
         let dir = if egress { &mut self.egress } else { &mut self.ingress };
@@ -248,7 +252,7 @@ impl H2Connection {
                 }
                 dir.block = Some((stream, frag.to_vec(), flags & END_STREAM != 0, kind == PUSH_PROMISE));
                 if flags & END_HEADERS != 0 {
-                    self.header_block(egress, ts, capture, out)?;
+                    self.header_block(egress, ts, classify, out)?;
                 }
             }
             CONTINUATION => {
@@ -263,7 +267,7 @@ impl H2Connection {
                 }
                 block.extend_from_slice(payload);
                 if flags & END_HEADERS != 0 {
-                    self.header_block(egress, ts, capture, out)?;
+                    self.header_block(egress, ts, classify, out)?;
                 }
             }
             RST_STREAM if self.streams.remove(&stream).is_some() => lost.unanswered += 1,
@@ -299,8 +303,8 @@ impl H2Connection {
         &mut self,
         egress: bool,
         ts: u64,
-        capture: &mut dyn FnMut(&Head) -> bool,
-        out: &mut Vec<Exchange>,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
+        out: &mut Vec<Classified<E>>,
     ) -> Result<(), H2Error> {
         let dir = if egress { &mut self.egress } else { &mut self.ingress };
         let Some((stream, block, end_stream, push)) = dir.block.take() else {
@@ -331,7 +335,10 @@ impl H2Connection {
             if head.method.is_none() || self.streams.contains_key(&stream) {
                 return Ok(()); // trailers
             }
-            if self.streams.len() < MAX_STREAMS && capture(&head) {
+            if self.streams.len() >= MAX_STREAMS {
+                return Ok(());
+            }
+            if let Some(endpoint) = classify(&head) {
                 let request = Message {
                     head,
                     body_captured: true,
@@ -340,7 +347,7 @@ impl H2Connection {
                     last_ts: ts,
                     ..Default::default()
                 };
-                self.streams.insert(stream, Stream { request, response: None });
+                self.streams.insert(stream, Stream { request, endpoint, response: None });
             }
         } else if let Some(s) = self.streams.get_mut(&stream) {
             let informational = s.response.as_ref().is_some_and(|r| r.head.status.is_some_and(|c| c < 200));
@@ -355,7 +362,7 @@ impl H2Connection {
         Ok(())
     }
 
-    fn data(&mut self, egress: bool, stream: u32, data: &[u8], end: bool, ts: u64, out: &mut Vec<Exchange>) {
+    fn data(&mut self, egress: bool, stream: u32, data: &[u8], end: bool, ts: u64, out: &mut Vec<Classified<E>>) {
         let max_body = self.max_body;
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
@@ -382,11 +389,11 @@ impl H2Connection {
         }
     }
 
-    fn finish(&mut self, stream: u32, ts: u64, out: &mut Vec<Exchange>) {
-        if let Some(Stream { request, response: Some(mut response) }) = self.streams.remove(&stream) {
+    fn finish(&mut self, stream: u32, ts: u64, out: &mut Vec<Classified<E>>) {
+        if let Some(Stream { request, endpoint, response: Some(mut response) }) = self.streams.remove(&stream) {
             response.complete = true;
             response.last_ts = ts;
-            out.push(Exchange { request, response });
+            out.push(Classified { endpoint, exchange: Exchange { request, response } });
         }
     }
 }
@@ -420,174 +427,4 @@ pub mod encode {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::encode::{frame, headers};
-    use super::*;
-    use loona_hpack::Encoder;
-    use proptest::prelude::*;
-
-    fn llm(h: &Head) -> bool {
-        h.path.as_deref().is_some_and(|p| p.starts_with("/v1/"))
-    }
-
-    /// A client's side of a connection: preface + SETTINGS, then `n` POSTs to
-    /// `/v1/chat/completions` on streams 1, 3, 5…, plus the server's answers
-    /// interleaved (every response's DATA split in two, streams answered in
-    /// reverse order).
-    fn conversation(n: u32) -> (Vec<u8>, Vec<u8>) {
-        let mut c = Encoder::new();
-        let mut s = Encoder::new();
-        let mut egress = PREFACE.to_vec();
-        egress.extend(frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0x10, 0]));
-        let mut ingress = frame(SETTINGS, 0, 0, &[]);
-        for i in 0..n {
-            let id = 2 * i + 1;
-            let body = format!("{{\"model\":\"m\",\"n\":{i}}}");
-            let h = headers(
-                &mut c,
-                &[
-                    (":method", "POST"),
-                    (":scheme", "https"),
-                    (":authority", "api.openai.com"),
-                    (":path", "/v1/chat/completions"),
-                    ("authorization", "Bearer sk-secret"),
-                    ("content-type", "application/json"),
-                ],
-            );
-            // Split the header block over HEADERS + CONTINUATION.
-            let (a, b) = h.split_at(h.len() / 2);
-            egress.extend(frame(HEADERS, 0, id, a));
-            egress.extend(frame(CONTINUATION, END_HEADERS, id, b));
-            egress.extend(frame(DATA, END_STREAM, id, body.as_bytes()));
-        }
-        for i in (0..n).rev() {
-            let id = 2 * i + 1;
-            let h = headers(&mut s, &[(":status", "200"), ("content-type", "application/json"), ("x-request-id", "r")]);
-            ingress.extend(frame(HEADERS, END_HEADERS, id, &h));
-            let body = format!("{{\"answer\":{i}}}");
-            let (a, b) = body.as_bytes().split_at(3);
-            ingress.extend(frame(DATA, PADDED, id, &[&[2u8][..], a, &[0, 0]].concat()));
-            ingress.extend(frame(DATA, END_STREAM, id, b));
-        }
-        (egress, ingress)
-    }
-
-    fn run(egress: &[u8], ingress: &[u8], split: usize) -> (Vec<Exchange>, Lost, H2Connection) {
-        let mut c = H2Connection::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        for piece in egress.chunks(split.max(1)) {
-            c.on_egress(piece, 1, &mut llm, &mut lost).unwrap();
-        }
-        for piece in ingress.chunks(split.max(1)) {
-            c.on_ingress(piece, 2, &mut out, &mut lost).unwrap();
-        }
-        (out, lost, c)
-    }
-
-    #[test]
-    fn concurrent_streams_each_become_an_exchange() {
-        let (e, i) = conversation(20);
-        let (out, lost, c) = run(&e, &i, usize::MAX);
-        assert_eq!(out.len(), 20);
-        assert_eq!(lost, Lost::default());
-        assert_eq!(c.buffered(), 0);
-        for ex in &out {
-            let n: serde_json::Value = serde_json::from_slice(&ex.request.body).unwrap();
-            let a: serde_json::Value = serde_json::from_slice(&ex.response.body).unwrap();
-            assert_eq!(n["n"], a["answer"], "request paired with its own response");
-            assert_eq!(ex.request.head.header("host"), Some("api.openai.com"));
-            assert_eq!(ex.response.head.status, Some(200));
-            assert!(ex.response.complete && ex.request.head.http2);
-        }
-    }
-
-    #[test]
-    fn non_llm_streams_are_decoded_but_not_kept() {
-        let mut c = Encoder::new();
-        let mut e = PREFACE.to_vec();
-        e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &headers(&mut c, &[(":method", "GET"), (":path", "/x")])));
-        let mut conn = H2Connection::new(1024);
-        let mut lost = Lost::default();
-        conn.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
-        assert_eq!(conn.streams.len(), 0);
-    }
-
-    #[test]
-    fn reset_goaway_and_close_count_losses() {
-        let (e, _) = conversation(3);
-        let mut c = H2Connection::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        c.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
-        c.on_ingress(&frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]), 2, &mut out, &mut lost).unwrap();
-        assert_eq!(lost.unanswered, 1);
-        c.on_ingress(&frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]), 2, &mut out, &mut lost).unwrap();
-        assert_eq!(lost.unanswered, 2);
-        c.close(&mut out, &mut lost);
-        assert_eq!(lost.unanswered, 3);
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn close_keeps_a_response_whose_body_has_its_declared_length() {
-        let mut c = Encoder::new();
-        let mut s = Encoder::new();
-        let mut e = PREFACE.to_vec();
-        let h = headers(&mut c, &[(":method", "POST"), (":path", "/v1/x"), (":authority", "a")]);
-        e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &h));
-        e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &h));
-        let mut conn = H2Connection::new(1024);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        conn.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
-        let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut s, &[(":status", "200"), ("content-length", "2")]));
-        i.extend(frame(DATA, 0, 1, b"{}"));
-        i.extend(frame(HEADERS, END_HEADERS, 3, &headers(&mut s, &[(":status", "200"), ("content-length", "9")])));
-        i.extend(frame(DATA, 0, 3, b"{}"));
-        conn.on_ingress(&i, 2, &mut out, &mut lost).unwrap();
-        conn.close(&mut out, &mut lost);
-        out.sort_by_key(|x| x.response.head.header("content-length").map(str::to_owned));
-        assert_eq!(out.iter().map(|x| x.response.complete).collect::<Vec<_>>(), vec![true, false]);
-    }
-
-    #[test]
-    fn corrupt_hpack_is_an_error() {
-        let mut e = PREFACE.to_vec();
-        e.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff, 0xff]));
-        let mut c = H2Connection::new(1024);
-        assert_eq!(c.on_egress(&e, 1, &mut llm, &mut Lost::default()), Err(H2Error::Hpack));
-    }
-
-    #[test]
-    fn recognises_frames_of_a_joined_connection() {
-        let (e, i) = conversation(1);
-        assert!(looks_like_frames(&e[PREFACE.len()..]));
-        assert!(looks_like_frames(&i));
-        assert!(!looks_like_frames(b"POST /v1/chat/completions HTTP/1.1\r\n"));
-        assert!(!looks_like_frames(b""));
-        // A frame longer than the data (found by the fuzzer: must not underflow).
-        assert!(!looks_like_frames(&[0, 0, 100, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]));
-    }
-
-    proptest! {
-        #[test]
-        fn split_anywhere_gives_the_same_exchanges(split in 1usize..200) {
-            let (e, i) = conversation(4);
-            let (out, lost, _) = run(&e, &i, split);
-            prop_assert_eq!(out.len(), 4);
-            prop_assert_eq!(lost, Lost::default());
-        }
-
-        #[test]
-        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), ing in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let mut c = H2Connection::new(4096);
-            let mut lost = Lost::default();
-            let mut e = PREFACE.to_vec();
-            e.extend(&data);
-            let _ = c.on_egress(&e, 1, &mut |_| true, &mut lost);
-            let _ = c.on_ingress(&ing, 2, &mut Vec::new(), &mut lost);
-            prop_assert!(c.buffered() <= 1200 + 4096 * 2);
-        }
-    }
-}
+mod tests;

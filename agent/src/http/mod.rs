@@ -1,10 +1,13 @@
-//! HTTP over captured plaintext: HTTP/1.1 framing ([`h1`]), HTTP/2 frames and
-//! HPACK ([`h2`]), content decoding ([`body`]), server-sent events ([`sse`]), AWS
-//! event-stream framing ([`eventstream`]) and the pairing of a connection's
-//! requests with their responses ([`exchange`]).
+//! HTTP over captured plaintext: the protocol-neutral types it hands on
+//! ([`message`]), first-bytes checks ([`sniff`]), HTTP/1.1 framing ([`h1`]),
+//! HTTP/2 frames and HPACK ([`h2`]), the pairing of a connection's requests with
+//! their responses ([`exchange`]), content decoding ([`body`]), server-sent
+//! events ([`sse`]) and AWS event-stream framing ([`eventstream`]).
 pub mod body;
 pub mod eventstream;
 pub mod exchange;
 pub mod h1;
 pub mod h2;
+pub mod message;
+pub mod sniff;
 pub mod sse;

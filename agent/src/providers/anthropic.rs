@@ -6,10 +6,95 @@
 //! usage and the last `message_delta` the final (cumulative) output count; newer
 //! API versions repeat input counts in `message_delta`, which then win.
 use serde_json::Value;
-use tokentap_event::UsageSource;
 
-use super::{json, str_at, u64_at, Parsed, ProviderError, Usage};
+use super::api::{str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage};
+use super::prompt::{self, Prompt};
+use super::provider::Provider;
+use super::response::{fold, Framing, Response, Seen};
 
+pub struct Anthropic;
+
+pub static MESSAGES: Shape =
+    Shape { name: "anthropic_messages", operation: "messages", stream: StreamDefault::IfRequested, embedding: false };
+static SHAPES: [&Shape; 1] = [&MESSAGES];
+
+impl Provider for Anthropic {
+    fn unnamed_host(&self) -> &'static str {
+        "anthropic_compatible"
+    }
+
+    fn shapes(&self) -> &'static [&'static Shape] {
+        &SHAPES
+    }
+
+    fn match_path(&self, p: &PathParts<'_>) -> PathMatch {
+        if (p.parent(), p.last()) != ("v1", "messages") {
+            return PathMatch::Pass;
+        }
+        // Azure AI Foundry serves Claude under deployments too.
+        PathMatch::Call(&MESSAGES, p.after("deployments"))
+    }
+
+    fn end_user(&self, request: &Value) -> Option<String> {
+        str_at(request, &["metadata", "user_id"])
+    }
+
+    fn prompt(&self, _shape: &Shape, r: &Value) -> Prompt {
+        let mut p = Prompt { max_tokens: prompt::max_tokens(r, &["/max_tokens"]), ..Default::default() };
+        p.system_from(r, &["system"]);
+        p.tools_from(r, &["tools"]);
+        p.messages_from(r.get("messages"));
+        p
+    }
+
+    fn parse(
+        &self,
+        _shape: &Shape,
+        _request: &Value,
+        resp: &Response<'_>,
+        out: &mut Parsed,
+    ) -> Result<(), ProviderError> {
+        let mut raw = Raw::default();
+        if resp.framing == Framing::Sse {
+            fold(resp.sse_json()?, out, |ev, out| {
+                let v = ev.json;
+                Ok(match ev.kind() {
+                    "message_start" => {
+                        if let Some(m) = v.get("message") {
+                            out.response_id = str_at(m, &["id"]);
+                            out.response_model = str_at(m, &["model"]);
+                            if let Some(u) = m.get("usage") {
+                                raw.merge(u);
+                            }
+                        }
+                        Seen::default()
+                    }
+                    "message_delta" => {
+                        let usage = v.get("usage");
+                        if let Some(u) = usage {
+                            raw.merge(u);
+                        }
+                        Seen { content: false, finished: usage.is_some() }
+                    }
+                    "message_stop" => Seen { content: false, finished: true },
+                    "content_block_delta" => Seen { content: true, finished: false },
+                    _ => Seen::default(),
+                })
+            })?;
+        } else {
+            let v = resp.json()?;
+            out.response_id = str_at(v, &["id"]);
+            out.response_model = str_at(v, &["model"]);
+            if let Some(u) = v.get("usage") {
+                raw.merge(u);
+            }
+        }
+        out.usage = raw.usage();
+        Ok(())
+    }
+}
+
+/// Counts as they arrive, before normalisation: a stream spreads them over events.
 #[derive(Default)]
 struct Raw {
     input: Option<u64>,
@@ -34,68 +119,30 @@ impl Raw {
         }
     }
 
+    /// Absent cache counts are 0 here (Anthropic omits them when there was no
+    /// cache traffic), unlike Bedrock's, which stay unknown.
     fn usage(&self) -> Option<Usage> {
         let (input, output) = (self.input?, self.output?);
-        let read = self.cache_read.unwrap_or(0);
-        let write = self.cache_write.unwrap_or(0);
-        Some(Usage {
-            input: input + read + write,
+        Some(Usage::cache_inclusive(
+            input,
             output,
-            cached: Some(read),
-            cache_write: Some(write),
-            reasoning: None,
-        })
+            Some(self.cache_read.unwrap_or(0)),
+            Some(self.cache_write.unwrap_or(0)),
+        ))
     }
-}
-
-pub fn parse(request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
-    out.end_user = str_at(request, &["metadata", "user_id"]);
-    let mut raw = Raw::default();
-    if is_sse {
-        for (v, ev) in super::json_events(body)? {
-            match v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("") {
-                "message_start" => {
-                    if let Some(m) = v.get("message") {
-                        out.response_id = str_at(m, &["id"]);
-                        out.response_model = str_at(m, &["model"]);
-                        if let Some(u) = m.get("usage") {
-                            raw.merge(u);
-                        }
-                    }
-                }
-                "message_delta" => {
-                    if let Some(u) = v.get("usage") {
-                        raw.merge(u);
-                        out.stream_finished = true;
-                    }
-                }
-                "message_stop" => out.stream_finished = true,
-                "content_block_delta" if out.first_content_offset.is_none() => {
-                    out.first_content_offset = Some(ev.end.saturating_sub(1));
-                }
-                _ => {}
-            }
-        }
-    } else {
-        let v = json(body)?;
-        out.response_id = str_at(&v, &["id"]);
-        out.response_model = str_at(&v, &["model"]);
-        if let Some(u) = v.get("usage") {
-            raw.merge(u);
-        }
-    }
-    out.usage = raw.usage();
-    if out.usage.is_some() {
-        out.usage_source = Some(UsageSource::Reported);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::fixture;
+    use crate::http::h1::Head;
+    use crate::providers::api::fixture;
+    use crate::providers::provider;
     use serde_json::json;
+
+    fn parse(req: &Value, body: &[u8], sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
+        provider::read(&Anthropic, &MESSAGES, req, &Head::default(), body, sse, out)
+    }
 
     #[test]
     fn sync_with_cache_read_and_write() {

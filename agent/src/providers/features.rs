@@ -1,12 +1,13 @@
 //! Prompt features computed at capture (the record's `features`): hashes, shares
-//! and counts the opportunity detectors need, from the request body of any
-//! provider shape — without keeping any prompt text. Every hash goes through the
-//! caller's keyed hash (HMAC with the installation secret), so a hash can't be
-//! tested against a guessed prompt without that secret.
+//! and counts the opportunity detectors need, from a request's [`Prompt`] (which
+//! each provider reads from its own spellings) — without keeping any prompt text.
+//! Every hash goes through the caller's keyed hash (HMAC with the installation
+//! secret), so a hash can't be tested against a guessed prompt without that secret.
 use serde_json::Value;
 use tokentap_event::{tokens, PromptFeatures, ToolCall};
 
-use super::Api;
+use super::prompt::Prompt;
+use super::provider::Api;
 
 /// Keyed hash of bytes -> short hex id.
 pub type Hasher<'a> = &'a dyn Fn(&[u8]) -> String;
@@ -38,111 +39,6 @@ fn prefix_tokens(key: &str, count: impl FnOnce() -> u64) -> u64 {
         cache.insert(key.to_owned(), n);
         n
     })
-}
-
-/// The prompt as the detectors see it.
-#[derive(Default)]
-struct Prompt {
-    system: String,
-    tools: String,
-    /// (role, text) in order.
-    messages: Vec<(String, String)>,
-    tool_calls: Vec<(String, String)>,
-}
-
-/// Concatenated text of a content value (string, parts, blocks).
-fn text_of(v: &Value, out: &mut String) {
-    match v {
-        Value::String(s) => {
-            out.push_str(s);
-            out.push('\n');
-        }
-        Value::Array(a) => a.iter().for_each(|x| text_of(x, out)),
-        Value::Object(m) => {
-            for k in ["text", "content", "parts", "input_text", "output_text"] {
-                if let Some(x) = m.get(k) {
-                    text_of(x, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-fn text(v: Option<&Value>) -> String {
-    let mut s = String::new();
-    if let Some(v) = v {
-        text_of(v, &mut s);
-    }
-    s
-}
-
-/// Tool calls anywhere in the history: OpenAI `tool_calls[].function`, Responses
-/// `function_call` items, Anthropic `tool_use` blocks, Gemini `functionCall`,
-/// Bedrock `toolUse`.
-fn find_tool_calls(v: &Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Array(a) => a.iter().for_each(|x| find_tool_calls(x, out)),
-        Value::Object(m) => {
-            let name = m.get("name").and_then(Value::as_str);
-            let ty = m.get("type").and_then(Value::as_str);
-            if let (Some(f), _) = (m.get("function").filter(|f| f.get("arguments").is_some()), ty) {
-                let n = f.get("name").and_then(Value::as_str).unwrap_or("");
-                out.push((n.to_owned(), canonical(f.get("arguments"))));
-            } else if let (Some(n), Some("tool_use" | "function_call")) = (name, ty) {
-                out.push((n.to_owned(), canonical(m.get("input").or_else(|| m.get("arguments")))));
-            } else if let Some(c) = m.get("functionCall").or_else(|| m.get("toolUse")) {
-                let n = c.get("name").and_then(Value::as_str).unwrap_or("");
-                out.push((n.to_owned(), canonical(c.get("args").or_else(|| c.get("input")))));
-            } else {
-                m.values().for_each(|x| find_tool_calls(x, out));
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Arguments compared as data: a JSON string is parsed, then re-serialised
-/// with sorted keys.
-fn canonical(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_or_else(|_| s.clone(), |v| v.to_string()),
-        Some(v) => v.to_string(),
-        None => String::new(),
-    }
-}
-
-fn extract(api: Api, r: &Value) -> Prompt {
-    let mut p = Prompt::default();
-    // System prompt: every shape's spelling of it.
-    for k in ["system", "instructions", "systemInstruction"] {
-        p.system.push_str(&text(r.get(k)));
-    }
-    if let Some(t) = r.get("tools").or_else(|| r.get("toolConfig")) {
-        p.tools = t.to_string();
-    }
-    let msgs = r.get("messages").or_else(|| r.get("contents")).or_else(|| r.get("input").filter(|i| i.is_array()));
-    if let Some(Value::Array(ms)) = msgs {
-        for m in ms {
-            let role = m.get("role").and_then(Value::as_str).unwrap_or("user").to_owned();
-            let t = text(m.get("content").or_else(|| m.get("parts")).or(Some(m)));
-            if matches!(role.as_str(), "system" | "developer") {
-                p.system.push_str(&t);
-            } else {
-                p.messages.push((role, t));
-            }
-        }
-        find_tool_calls(&Value::Array(ms.clone()), &mut p.tool_calls);
-    }
-    // Single-prompt shapes: completions, Ollama generate, Responses with a string input.
-    for k in ["prompt", "input"] {
-        if let Some(Value::String(s)) = r.get(k) {
-            if !matches!(api, Api::Embeddings | Api::OllamaEmbed) {
-                p.messages.push(("user".into(), s.clone()));
-            }
-        }
-    }
-    p
 }
 
 /// Collapse whitespace runs so formatting-only differences hash alike.
@@ -231,33 +127,20 @@ fn repeated_chars(text: &str) -> usize {
         .sum()
 }
 
-fn max_tokens(r: &Value) -> Option<u64> {
-    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| r.get(k).and_then(Value::as_u64))
-        .or_else(|| r.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64))
-        .or_else(|| r.pointer("/inferenceConfig/maxTokens").and_then(Value::as_u64))
-        .or_else(|| r.pointer("/options/num_predict").and_then(Value::as_u64))
+/// Features of a request body as `api`'s provider reads it; none when the body
+/// is not a JSON object.
+pub fn of_request(api: Api, request: &Value, hash: Hasher) -> Option<PromptFeatures> {
+    request.is_object().then(|| compute(&api.provider.prompt(api.shape, request), hash))
 }
 
-/// Features of one request body; None when it is not JSON.
-pub fn compute(api: Api, request: &Value, hash: Hasher) -> Option<PromptFeatures> {
-    if !request.is_object() {
-        return None;
+/// Features of one request's prompt.
+pub fn compute(p: &Prompt, hash: Hasher) -> PromptFeatures {
+    let mut f = PromptFeatures { max_tokens: p.max_tokens, ..Default::default() };
+    if let Some(e) = &p.embedding {
+        f.embedding_inputs = Some(e.inputs);
+        f.prompt_hash = Some(hash(normalise(&e.text).as_bytes()));
+        return f;
     }
-    let mut f = PromptFeatures { max_tokens: max_tokens(request), ..Default::default() };
-    if matches!(api, Api::Embeddings | Api::OllamaEmbed | Api::GeminiEmbed) {
-        let n = match request.get("input").or_else(|| request.get("requests")) {
-            Some(Value::Array(a)) => a.len(),
-            Some(_) => 1,
-            None => usize::from(request.get("content").is_some()),
-        };
-        f.embedding_inputs = Some(n as u32);
-        f.prompt_hash =
-            Some(hash(normalise(&request.get("input").map(Value::to_string).unwrap_or_default()).as_bytes()));
-        return Some(f);
-    }
-    let p = extract(api, request);
     f.message_count = p.messages.len() as u32;
     let mut full = format!("{}\n{}\n", normalise(&p.system), p.tools);
     for (role, t) in &p.messages {
@@ -290,7 +173,7 @@ pub fn compute(api: Api, request: &Value, hash: Hasher) -> Option<PromptFeatures
         all.push_str(t);
     }
     if all.len() > MAX_SCAN || all.is_empty() {
-        return Some(f);
+        return f;
     }
     let (json, minified) = json_parts(&all);
     let ws = removable_whitespace(&all);
@@ -304,7 +187,7 @@ pub fn compute(api: Api, request: &Value, hash: Hasher) -> Option<PromptFeatures
         let after = tokens::count_text("", &compact);
         f.minify_saved_tokens = Some(before.saturating_sub(after));
     }
-    Some(f)
+    f
 }
 
 /// Each whitespace run -> its first character.
@@ -328,7 +211,13 @@ fn collapse_ws(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::registry;
     use serde_json::json;
+
+    /// Features of `body` sent as a call of shape `name`, read by its provider.
+    fn compute(name: &str, body: &Value, hash: Hasher) -> Option<PromptFeatures> {
+        of_request(registry::api(name).unwrap(), body, hash)
+    }
 
     fn h(b: &[u8]) -> String {
         format!("h{:016x}", fnv64(b))
@@ -339,9 +228,9 @@ mod tests {
         let a = json!({"model":"gpt-4o","messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Hello  there"}]});
         let b = json!({"model":"gpt-4o-mini","messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Hello there"}]});
         let c = json!({"model":"gpt-4o","messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Bye"}]});
-        let fa = compute(Api::ChatCompletions, &a, &h).unwrap();
-        let fb = compute(Api::ChatCompletions, &b, &h).unwrap();
-        let fc = compute(Api::ChatCompletions, &c, &h).unwrap();
+        let fa = compute("chat_completions", &a, &h).unwrap();
+        let fb = compute("chat_completions", &b, &h).unwrap();
+        let fc = compute("chat_completions", &c, &h).unwrap();
         assert_eq!(fa.prompt_hash, fb.prompt_hash);
         assert_ne!(fa.prompt_hash, fc.prompt_hash);
         assert_eq!(fa.prefix_hash, fc.prefix_hash, "same system prompt");
@@ -354,17 +243,17 @@ mod tests {
     fn anthropic_gemini_bedrock_system_and_messages() {
         let an = json!({"system":[{"type":"text","text":"You are a bot."}],"max_tokens":5,
             "messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]});
-        let f = compute(Api::AnthropicMessages, &an, &h).unwrap();
+        let f = compute("anthropic_messages", &an, &h).unwrap();
         assert_eq!(f.max_tokens, Some(5));
         assert!(f.prefix_hash.is_some() && f.simhash.is_some());
         let ge = json!({"systemInstruction":{"parts":[{"text":"You are a bot."}]},
             "contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":7}});
-        let g = compute(Api::GeminiGenerate, &ge, &h).unwrap();
+        let g = compute("gemini_generate", &ge, &h).unwrap();
         assert_eq!(g.max_tokens, Some(7));
         assert_eq!(g.prefix_tokens, f.prefix_tokens);
         let br = json!({"system":[{"text":"You are a bot."}],"messages":[{"role":"user","content":[{"text":"hi"}]}],
             "inferenceConfig":{"maxTokens":9}});
-        assert_eq!(compute(Api::BedrockConverse, &br, &h).unwrap().max_tokens, Some(9));
+        assert_eq!(compute("bedrock_converse", &br, &h).unwrap().max_tokens, Some(9));
     }
 
     #[test]
@@ -373,13 +262,13 @@ mod tests {
             {"role":"assistant","tool_calls":[{"id":"1","type":"function","function":{"name":"search","arguments":"{\"q\": \"x\"}"}}]},
             {"role":"tool","tool_call_id":"1","content":"none"},
             {"role":"assistant","tool_calls":[{"id":"2","type":"function","function":{"name":"search","arguments":"{\"q\":\"x\"}"}}]}]});
-        let f = compute(Api::ChatCompletions, &oa, &h).unwrap();
+        let f = compute("chat_completions", &oa, &h).unwrap();
         assert_eq!(f.tool_calls.len(), 2);
         assert_eq!(f.tool_calls[0], f.tool_calls[1], "same call whatever the spacing of its arguments");
         let an = json!({"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"search","input":{"q":"x"}}]}]});
-        assert_eq!(compute(Api::AnthropicMessages, &an, &h).unwrap().tool_calls.len(), 1);
+        assert_eq!(compute("anthropic_messages", &an, &h).unwrap().tool_calls.len(), 1);
         let ge = json!({"contents":[{"role":"model","parts":[{"functionCall":{"name":"search","args":{"q":"x"}}}]}]});
-        assert_eq!(compute(Api::GeminiGenerate, &ge, &h).unwrap().tool_calls[0].name, "search");
+        assert_eq!(compute("gemini_generate", &ge, &h).unwrap().tool_calls[0].name, "search");
     }
 
     #[test]
@@ -389,15 +278,15 @@ mod tests {
         )
         .unwrap();
         let r = json!({"messages":[{"role":"user","content":format!("Classify these:\n{doc}")}]});
-        let f = compute(Api::ChatCompletions, &r, &h).unwrap();
+        let f = compute("chat_completions", &r, &h).unwrap();
         assert!(f.json_share > 0.8, "{}", f.json_share);
         assert!(f.minify_saved_tokens.unwrap() > 5, "{:?}", f.minify_saved_tokens);
         let para = "The quarterly report shows revenue grew by twelve percent across all regions.";
         let r = json!({"messages":[{"role":"user","content":format!("{para}\n{para}\nSummarise.")}]});
-        let f = compute(Api::ChatCompletions, &r, &h).unwrap();
+        let f = compute("chat_completions", &r, &h).unwrap();
         assert!((f.duplicate_chunk_share - 0.45).abs() < 0.1, "{}", f.duplicate_chunk_share);
         let r = json!({"messages":[{"role":"user","content":"plain short prompt"}]});
-        let f = compute(Api::ChatCompletions, &r, &h).unwrap();
+        let f = compute("chat_completions", &r, &h).unwrap();
         assert_eq!((f.json_share, f.minify_saved_tokens), (0.0, None));
     }
 
@@ -419,10 +308,10 @@ mod tests {
 
     #[test]
     fn embeddings_count_inputs() {
-        let f = compute(Api::Embeddings, &json!({"input":"one"}), &h).unwrap();
+        let f = compute("embeddings", &json!({"input":"one"}), &h).unwrap();
         assert_eq!(f.embedding_inputs, Some(1));
-        let f = compute(Api::Embeddings, &json!({"input":["a","b","c"]}), &h).unwrap();
+        let f = compute("embeddings", &json!({"input":["a","b","c"]}), &h).unwrap();
         assert_eq!(f.embedding_inputs, Some(3));
-        assert_eq!(compute(Api::ChatCompletions, &Value::Null, &h), None);
+        assert_eq!(compute("chat_completions", &Value::Null, &h), None);
     }
 }

@@ -10,7 +10,98 @@
 use serde_json::Value;
 use tokentap_event::{tokens, UsageSource};
 
-use super::{json, str_at, u64_at, Api, Parsed, ProviderError, Usage};
+use super::api::{
+    percent_decode, str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage,
+};
+use super::prompt::{self, Prompt};
+use super::provider::Provider;
+use super::response::{events, fold, json_array, Event, Framing, Response, Seen};
+
+pub struct Gemini;
+
+pub static GENERATE: Shape = Shape {
+    name: "gemini_generate",
+    operation: "generate_content",
+    stream: StreamDefault::IfRequested,
+    embedding: false,
+};
+pub static STREAM: Shape =
+    Shape { name: "gemini_stream", operation: "generate_content", stream: StreamDefault::Always, embedding: false };
+pub static EMBED: Shape =
+    Shape { name: "gemini_embed", operation: "embed_content", stream: StreamDefault::IfRequested, embedding: true };
+static SHAPES: [&Shape; 3] = [&GENERATE, &STREAM, &EMBED];
+
+impl Provider for Gemini {
+    fn unnamed_host(&self) -> &'static str {
+        "google_compatible"
+    }
+
+    fn shapes(&self) -> &'static [&'static Shape] {
+        &SHAPES
+    }
+
+    /// `…/models/{model}:{method}` (Generative Language API and Vertex AI); another
+    /// method there (`:countTokens`) is not a call.
+    fn match_path(&self, p: &PathParts<'_>) -> PathMatch {
+        let Some((model, method)) = p.last().split_once(':').filter(|_| p.parent() == "models") else {
+            return PathMatch::Pass;
+        };
+        let shape = match method {
+            "generateContent" => &GENERATE,
+            "streamGenerateContent" => &STREAM,
+            "embedContent" | "batchEmbedContents" => &EMBED,
+            _ => return PathMatch::NotACall,
+        };
+        PathMatch::Call(shape, Some(percent_decode(model)))
+    }
+
+    fn prompt(&self, shape: &Shape, r: &Value) -> Prompt {
+        let max_tokens = prompt::max_tokens(r, &["/generationConfig/maxOutputTokens"]);
+        if shape.embedding {
+            // embedContent: one `content`; batchEmbedContents: `requests`. The
+            // prompt hash is of no text (as before the providers were split).
+            let inputs = r.get("requests").map_or(u32::from(r.get("content").is_some()), prompt::count);
+            return Prompt::embedding(inputs, None, max_tokens);
+        }
+        let mut p = Prompt { max_tokens, ..Default::default() };
+        p.system_from(r, &["systemInstruction"]);
+        p.tools_from(r, &["tools", "toolConfig"]);
+        p.messages_from(r.get("contents"));
+        p
+    }
+
+    fn parse(
+        &self,
+        shape: &Shape,
+        request: &Value,
+        resp: &Response<'_>,
+        out: &mut Parsed,
+    ) -> Result<(), ProviderError> {
+        if shape == &EMBED {
+            resp.json()?;
+            let mut text = String::new();
+            collect_text(request, &mut text);
+            out.usage = Some(Usage {
+                input: tokens::count_text(out.request_model.as_deref().unwrap_or(""), &text),
+                ..Default::default()
+            });
+            out.usage_source = Some(UsageSource::Estimated);
+        } else if resp.framing == Framing::Sse {
+            fold(resp.sse_json()?, out, chunk)?;
+        } else if shape == &STREAM {
+            let elements = json_array(resp.body)?;
+            if fold(events(&elements), out, chunk)? == 0 {
+                return Err(ProviderError::BadJson("empty stream".into()));
+            }
+        } else {
+            let v = resp.json()?;
+            out.response_id = str_at(v, &["responseId"]);
+            out.response_model = str_at(v, &["modelVersion"]);
+            out.usage = usage(v);
+        }
+        Ok(())
+    }
+}
 
 fn usage(v: &Value) -> Option<Usage> {
     let u = v.get("usageMetadata").filter(|u| u.is_object())?;
@@ -37,7 +128,8 @@ fn finished(v: &Value) -> bool {
 }
 
 /// One streamed chunk: ids and usage (the last chunk's usage is the final one).
-fn chunk(v: &Value, end: usize, out: &mut Parsed) {
+fn chunk(ev: &Event<'_>, out: &mut Parsed) -> Result<Seen, ProviderError> {
+    let v = ev.json;
     if let Some(id) = str_at(v, &["responseId"]) {
         out.response_id = Some(id);
     }
@@ -47,69 +139,7 @@ fn chunk(v: &Value, end: usize, out: &mut Parsed) {
     if let Some(u) = usage(v) {
         out.usage = Some(u);
     }
-    if out.first_content_offset.is_none() && has_content(v) {
-        out.first_content_offset = Some(end.saturating_sub(1));
-    }
-    out.stream_finished |= finished(v);
-}
-
-pub fn parse(api: Api, request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
-    match api {
-        Api::GeminiEmbed => {
-            json(body)?;
-            let mut text = String::new();
-            collect_text(request, &mut text);
-            out.usage = Some(Usage {
-                input: tokens::count_text(out.request_model.as_deref().unwrap_or(""), &text),
-                ..Default::default()
-            });
-            out.usage_source = Some(UsageSource::Estimated);
-            return Ok(());
-        }
-        _ if is_sse => {
-            for (v, ev) in super::json_events(body)? {
-                chunk(&v, ev.end, out);
-            }
-        }
-        Api::GeminiStream => {
-            // `[{...},\r\n{...}]`: read element by element so a cut-short array
-            // still yields what arrived.
-            let start =
-                body.iter().position(|&b| b == b'[').ok_or_else(|| ProviderError::BadJson("not an array".into()))?;
-            let mut pos = start + 1;
-            let mut seen = false;
-            loop {
-                while pos < body.len() && matches!(body[pos], b' ' | b'\t' | b'\r' | b'\n' | b',') {
-                    pos += 1;
-                }
-                if pos >= body.len() || body[pos] == b']' {
-                    break;
-                }
-                let mut it = serde_json::Deserializer::from_slice(&body[pos..]).into_iter::<Value>();
-                match it.next() {
-                    Some(Ok(v)) => {
-                        pos += it.byte_offset();
-                        seen = true;
-                        chunk(&v, pos, out);
-                    }
-                    _ => break,
-                }
-            }
-            if !seen {
-                return Err(ProviderError::BadJson("empty stream".into()));
-            }
-        }
-        _ => {
-            let v = json(body)?;
-            out.response_id = str_at(&v, &["responseId"]);
-            out.response_model = str_at(&v, &["modelVersion"]);
-            out.usage = usage(&v);
-        }
-    }
-    if out.usage.is_some() {
-        out.usage_source = Some(UsageSource::Reported);
-    }
-    Ok(())
+    Ok(Seen { content: has_content(v), finished: finished(v) })
 }
 
 /// Every `text` under the request's contents (embedContent: `content.parts`;
@@ -135,13 +165,25 @@ fn collect_text(v: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::fixture;
+    use crate::http::h1::Head;
+    use crate::providers::api::fixture;
+    use crate::providers::provider;
     use serde_json::json;
+
+    fn parse(
+        shape: &'static Shape,
+        req: &Value,
+        body: &[u8],
+        sse: bool,
+        out: &mut Parsed,
+    ) -> Result<(), ProviderError> {
+        provider::read(&Gemini, shape, req, &Head::default(), body, sse, out)
+    }
 
     #[test]
     fn generate_content_with_thoughts_and_cache() {
         let mut p = Parsed::default();
-        parse(Api::GeminiGenerate, &json!({}), &fixture("gemini/generate.json"), false, &mut p).unwrap();
+        parse(&GENERATE, &json!({}), &fixture("gemini/generate.json"), false, &mut p).unwrap();
         assert_eq!(p.response_model.as_deref(), Some("gemini-2.5-flash"));
         assert_eq!(p.response_id.as_deref(), Some("mOdqaIHKBIuVz7IPx9KxmAk"));
         // candidates 212 + thoughts 1015; 1024 of the 1342 prompt tokens cached.
@@ -154,9 +196,9 @@ mod tests {
     #[test]
     fn stream_sse_and_json_array_agree() {
         let mut a = Parsed::default();
-        parse(Api::GeminiStream, &json!({}), &fixture("gemini/stream.sse"), true, &mut a).unwrap();
+        parse(&STREAM, &json!({}), &fixture("gemini/stream.sse"), true, &mut a).unwrap();
         let mut b = Parsed::default();
-        parse(Api::GeminiStream, &json!({}), &fixture("gemini/stream.json"), false, &mut b).unwrap();
+        parse(&STREAM, &json!({}), &fixture("gemini/stream.json"), false, &mut b).unwrap();
         assert_eq!(a.usage, Some(Usage { input: 9, output: 31, cached: None, cache_write: None, reasoning: None }));
         assert_eq!(a.usage, b.usage);
         assert!(a.stream_finished && b.stream_finished);
@@ -164,7 +206,7 @@ mod tests {
         // A cut-short array still yields the chunks that arrived, unfinished.
         let full = fixture("gemini/stream.json");
         let mut c = Parsed::default();
-        parse(Api::GeminiStream, &json!({}), &full[..full.len() / 2], false, &mut c).unwrap();
+        parse(&STREAM, &json!({}), &full[..full.len() / 2], false, &mut c).unwrap();
         assert!(!c.stream_finished);
     }
 
@@ -172,9 +214,9 @@ mod tests {
     fn embed_is_estimated_from_the_request() {
         let mut p = Parsed { request_model: Some("text-embedding-004".into()), ..Default::default() };
         let req = json!({"content": {"parts": [{"text": "hello world, this is a test"}]}});
-        parse(Api::GeminiEmbed, &req, br#"{"embedding":{"values":[0.1,0.2]}}"#, false, &mut p).unwrap();
+        parse(&EMBED, &req, br#"{"embedding":{"values":[0.1,0.2]}}"#, false, &mut p).unwrap();
         assert!(p.usage.unwrap().input >= 5);
         assert_eq!(p.usage_source, Some(UsageSource::Estimated));
-        assert!(parse(Api::GeminiEmbed, &req, b"nope", false, &mut p).is_err());
+        assert!(parse(&EMBED, &req, b"nope", false, &mut p).is_err());
     }
 }

@@ -8,29 +8,87 @@
 use serde_json::Value;
 use tokentap_event::{tokens, UsageSource};
 
-use super::{json, str_at, u64_at, Api, Parsed, ProviderError, Usage};
-use crate::http::sse;
+use super::api::{str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage};
+use super::prompt::{self, Prompt};
+use super::provider::Provider;
+use super::response::{fold, Framing, Response, Seen};
 
-pub fn parse(api: Api, request: &Value, body: &[u8], is_sse: bool, out: &mut Parsed) -> Result<(), ProviderError> {
-    out.end_user = str_at(request, &["user"]).or_else(|| str_at(request, &["safety_identifier"]));
-    match (api, is_sse) {
-        (Api::Responses, false) => responses_object(&json(body)?, out),
-        (Api::Responses, true) => responses_stream(body, out)?,
-        (_, false) => {
-            let v = json(body)?;
-            out.response_id = str_at(&v, &["id"]);
-            out.response_model = str_at(&v, &["model"]);
-            out.usage = chat_usage(v.get("usage"));
-            if api == Api::Embeddings {
-                out.usage = out.usage.map(|u| Usage { output: 0, ..u });
-            }
+pub struct OpenAi;
+
+pub static CHAT: Shape =
+    Shape { name: "chat_completions", operation: "chat", stream: StreamDefault::IfRequested, embedding: false };
+pub static COMPLETIONS: Shape =
+    Shape { name: "completions", operation: "completions", stream: StreamDefault::IfRequested, embedding: false };
+pub static RESPONSES: Shape =
+    Shape { name: "responses", operation: "responses", stream: StreamDefault::IfRequested, embedding: false };
+pub static EMBEDDINGS: Shape =
+    Shape { name: "embeddings", operation: "embeddings", stream: StreamDefault::IfRequested, embedding: true };
+static SHAPES: [&Shape; 4] = [&CHAT, &COMPLETIONS, &RESPONSES, &EMBEDDINGS];
+
+impl Provider for OpenAi {
+    fn unnamed_host(&self) -> &'static str {
+        "openai_compatible"
+    }
+
+    fn shapes(&self) -> &'static [&'static Shape] {
+        &SHAPES
+    }
+
+    /// Any prefix (`/v1`, `/openai/v1`, `/api/v1`, none): the last segments decide.
+    fn match_path(&self, p: &PathParts<'_>) -> PathMatch {
+        let shape = match (p.parent(), p.last()) {
+            ("chat", "completions") => &CHAT,
+            (_, "completions") => &COMPLETIONS,
+            (_, "responses") => &RESPONSES,
+            (_, "embeddings") => &EMBEDDINGS,
+            _ => return PathMatch::Pass,
+        };
+        // Azure OpenAI: /openai/deployments/{deployment}/chat/completions
+        PathMatch::Call(shape, p.after("deployments"))
+    }
+
+    fn end_user(&self, request: &Value) -> Option<String> {
+        str_at(request, &["user"]).or_else(|| str_at(request, &["safety_identifier"]))
+    }
+
+    /// Chat `messages`, Responses `instructions` and `input` (items or a string),
+    /// completions `prompt`.
+    fn prompt(&self, shape: &Shape, r: &Value) -> Prompt {
+        let max_tokens = prompt::max_tokens(r, &["/max_tokens", "/max_completion_tokens", "/max_output_tokens"]);
+        if shape.embedding {
+            return Prompt::embedding(r.get("input").map_or(0, prompt::count), r.get("input"), max_tokens);
         }
-        (_, true) => chat_stream(request, body, out)?,
+        let mut p = Prompt { max_tokens, ..Default::default() };
+        p.system_from(r, &["instructions"]);
+        p.tools_from(r, &["tools"]);
+        p.messages_from(r.get("messages").or_else(|| r.get("input").filter(|i| i.is_array())));
+        p.prompt_from(r, &["prompt", "input"]);
+        p
     }
-    if out.usage.is_some() && out.usage_source.is_none() {
-        out.usage_source = Some(UsageSource::Reported);
+
+    fn parse(
+        &self,
+        shape: &Shape,
+        request: &Value,
+        resp: &Response<'_>,
+        out: &mut Parsed,
+    ) -> Result<(), ProviderError> {
+        match (shape == &RESPONSES, resp.framing == Framing::Sse) {
+            (true, false) => responses_object(resp.json()?, out),
+            (true, true) => responses_stream(resp, out)?,
+            (false, false) => {
+                let v = resp.json()?;
+                out.response_id = str_at(v, &["id"]);
+                out.response_model = str_at(v, &["model"]);
+                out.usage = chat_usage(v.get("usage"));
+                if shape == &EMBEDDINGS {
+                    out.usage = out.usage.map(|u| Usage { output: 0, ..u });
+                }
+            }
+            (false, true) => chat_stream(request, resp, out)?,
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `usage` of chat completions, completions and embeddings.
@@ -63,57 +121,47 @@ fn responses_object(v: &Value, out: &mut Parsed) {
     out.usage = responses_usage(v.get("usage"));
 }
 
-fn responses_stream(body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> {
-    for (v, ev) in super::json_events(body)? {
-        let kind = v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("");
-        match kind {
+fn responses_stream(resp: &Response<'_>, out: &mut Parsed) -> Result<(), ProviderError> {
+    fold(resp.sse_json()?, out, |ev, out| {
+        let r = ev.json.get("response");
+        Ok(match ev.kind() {
             "response.created" | "response.in_progress" => {
-                if let Some(r) = v.get("response") {
+                if let Some(r) = r {
                     out.response_id = out.response_id.take().or_else(|| str_at(r, &["id"]));
                     out.response_model = out.response_model.take().or_else(|| str_at(r, &["model"]));
                 }
+                Seen::default()
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
-                if let Some(r) = v.get("response") {
+                if let Some(r) = r {
                     responses_object(r, out);
-                    out.stream_finished = true;
                 }
+                Seen { content: false, finished: r.is_some() }
             }
-            k if out.first_content_offset.is_none()
-                && (k == "response.output_text.delta"
-                    || k == "response.function_call_arguments.delta"
-                    || k == "response.refusal.delta"
-                    || k == "response.reasoning_summary_text.delta") =>
-            {
-                out.first_content_offset = Some(ev.end.saturating_sub(1));
-            }
-            _ => {}
-        }
-    }
+            "response.output_text.delta"
+            | "response.function_call_arguments.delta"
+            | "response.refusal.delta"
+            | "response.reasoning_summary_text.delta" => Seen { content: true, finished: false },
+            _ => Seen::default(),
+        })
+    })?;
     Ok(())
 }
 
-fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), ProviderError> {
+fn chat_stream(request: &Value, resp: &Response<'_>, out: &mut Parsed) -> Result<(), ProviderError> {
+    out.stream_finished |= resp.sse().iter().any(|e| e.event.data.trim() == "[DONE]");
     let mut text = String::new();
-    let mut seen = false;
-    for ev in sse::parse(body) {
-        if ev.data.trim() == "[DONE]" {
-            out.stream_finished = true;
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-            continue;
-        };
-        seen = true;
+    let seen = fold(resp.sse_events(), out, |ev, out| {
+        let v = ev.json;
         if out.response_id.is_none() {
-            out.response_id = str_at(&v, &["id"]);
+            out.response_id = str_at(v, &["id"]);
         }
         if out.response_model.is_none() {
-            out.response_model = str_at(&v, &["model"]).filter(|m| !m.is_empty());
+            out.response_model = str_at(v, &["model"]).filter(|m| !m.is_empty());
         }
-        if let Some(u) = chat_usage(v.get("usage")) {
-            out.usage = Some(u);
-            out.stream_finished = true;
+        let usage = chat_usage(v.get("usage"));
+        if usage.is_some() {
+            out.usage = usage;
         }
         let before = text.len();
         for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
@@ -132,11 +180,9 @@ fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), Pro
                 }
             }
         }
-        if text.len() > before && out.first_content_offset.is_none() {
-            out.first_content_offset = Some(ev.end.saturating_sub(1));
-        }
-    }
-    if !seen {
+        Ok(Seen { content: text.len() > before, finished: usage.is_some() })
+    })?;
+    if seen == 0 {
         return Err(ProviderError::BadJson("no JSON chunks in the stream".into()));
     }
     if out.usage.is_none() {
@@ -154,18 +200,30 @@ fn chat_stream(request: &Value, body: &[u8], out: &mut Parsed) -> Result<(), Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::fixture;
+    use crate::http::h1::Head;
+    use crate::providers::api::fixture;
+    use crate::providers::provider;
     use serde_json::json;
 
-    fn run(api: Api, req: Value, name: &str, sse: bool) -> Parsed {
+    fn parse(
+        shape: &'static Shape,
+        req: &Value,
+        body: &[u8],
+        sse: bool,
+        out: &mut Parsed,
+    ) -> Result<(), ProviderError> {
+        provider::read(&OpenAi, shape, req, &Head::default(), body, sse, out)
+    }
+
+    fn run(shape: &'static Shape, req: Value, name: &str, sse: bool) -> Parsed {
         let mut p = Parsed { request_model: str_at(&req, &["model"]), ..Default::default() };
-        parse(api, &req, &fixture(name), sse, &mut p).unwrap();
+        parse(shape, &req, &fixture(name), sse, &mut p).unwrap();
         p
     }
 
     #[test]
     fn chat_sync_with_cache_and_reasoning() {
-        let p = run(Api::ChatCompletions, json!({"model":"gpt-4o","user":"u-42"}), "openai/chat_sync.json", false);
+        let p = run(&CHAT, json!({"model":"gpt-4o","user":"u-42"}), "openai/chat_sync.json", false);
         assert_eq!(p.response_id.as_deref(), Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"));
         assert_eq!(p.response_model.as_deref(), Some("gpt-4o-2024-08-06"));
         assert_eq!(
@@ -178,12 +236,7 @@ mod tests {
 
     #[test]
     fn chat_stream_with_include_usage() {
-        let p = run(
-            Api::ChatCompletions,
-            json!({"model":"gpt-4o-mini","stream":true}),
-            "openai/chat_stream_usage.sse",
-            true,
-        );
+        let p = run(&CHAT, json!({"model":"gpt-4o-mini","stream":true}), "openai/chat_stream_usage.sse", true);
         assert_eq!(
             p.usage,
             Some(Usage { input: 19, output: 10, cached: Some(0), cache_write: None, reasoning: Some(0) })
@@ -196,7 +249,7 @@ mod tests {
     #[test]
     fn chat_stream_without_usage_is_estimated() {
         let req = json!({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello world"}]});
-        let p = run(Api::ChatCompletions, req, "openai/chat_stream_no_usage.sse", true);
+        let p = run(&CHAT, req, "openai/chat_stream_no_usage.sse", true);
         // Streamed text "Hello hello hello" -> 3 tokens; prompt 3 + (3 + 1 + 2) = 9.
         assert_eq!(p.usage, Some(Usage { input: 9, output: 3, ..Default::default() }));
         assert_eq!(p.usage_source, Some(UsageSource::Estimated));
@@ -205,13 +258,13 @@ mod tests {
 
     #[test]
     fn responses_sync_and_stream() {
-        let p = run(Api::Responses, json!({"model":"o4-mini"}), "openai/responses_sync.json", false);
+        let p = run(&RESPONSES, json!({"model":"o4-mini"}), "openai/responses_sync.json", false);
         assert_eq!(
             p.usage,
             Some(Usage { input: 328, output: 52, cached: Some(128), cache_write: None, reasoning: Some(32) })
         );
         assert_eq!(p.response_id.as_deref(), Some("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"));
-        let p = run(Api::Responses, json!({"model":"gpt-4.1","stream":true}), "openai/responses_stream.sse", true);
+        let p = run(&RESPONSES, json!({"model":"gpt-4.1","stream":true}), "openai/responses_stream.sse", true);
         assert_eq!(
             p.usage,
             Some(Usage { input: 37, output: 11, cached: Some(0), cache_write: None, reasoning: Some(0) })
@@ -223,7 +276,7 @@ mod tests {
 
     #[test]
     fn embeddings_have_no_output() {
-        let p = run(Api::Embeddings, json!({"model":"text-embedding-3-small"}), "openai/embeddings.json", false);
+        let p = run(&EMBEDDINGS, json!({"model":"text-embedding-3-small"}), "openai/embeddings.json", false);
         assert_eq!(p.usage, Some(Usage { input: 8, output: 0, ..Default::default() }));
         assert_eq!(p.response_model.as_deref(), Some("text-embedding-3-small"));
         assert_eq!(p.response_id, None);
@@ -232,12 +285,11 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_record() {
         let mut p = Parsed::default();
-        assert!(parse(Api::ChatCompletions, &Value::Null, b"{\"usage\":", false, &mut p).is_err());
-        assert!(parse(Api::ChatCompletions, &Value::Null, b"data: nope\n\n", true, &mut p).is_err());
+        assert!(parse(&CHAT, &Value::Null, b"{\"usage\":", false, &mut p).is_err());
+        assert!(parse(&CHAT, &Value::Null, b"data: nope\n\n", true, &mut p).is_err());
         let mut p = Parsed::default();
         // Valid JSON without usage: no numbers are invented.
-        parse(Api::ChatCompletions, &Value::Null, b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":\"7\"}}", false, &mut p)
-            .unwrap();
+        parse(&CHAT, &Value::Null, b"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":\"7\"}}", false, &mut p).unwrap();
         assert_eq!(p.usage, None);
         assert_eq!(p.usage_source, None);
     }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::{host_without_port, Api, Endpoint};
+use super::api::{host_without_port, PathMatch, PathParts};
+use super::provider::{Api, Endpoint};
+use super::registry::{self, REGISTRY};
 use crate::http::h1::Head;
 
 const BUILTIN: &str = include_str!("../../data/providers.toml");
@@ -105,7 +107,7 @@ impl Rules {
         hosts.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
         let mut paths = Vec::new();
         for (path, api) in &set.paths {
-            let api = Api::from_name(api).ok_or_else(|| RulesError::UnknownApi(api.clone()))?;
+            let api = registry::api(api).ok_or_else(|| RulesError::UnknownApi(api.clone()))?;
             paths.push((path.clone(), api));
         }
         paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
@@ -135,7 +137,7 @@ impl Rules {
         let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
         let (api, path_model) = match self.user_path(path) {
             Some(api) => (api, None),
-            None => api_for_path(path)?,
+            None => shape_of_path(path)?,
         };
         let host = head.header("host").map(host_without_port).map(str::to_ascii_lowercase);
         let provider = match host.as_deref().and_then(|h| self.provider_for_host(h)) {
@@ -143,85 +145,36 @@ impl Rules {
             // are captured too: counting both hops would double count).
             Some(IGNORE) => return None,
             Some(p) => p.to_owned(),
-            None => api.family_default_provider().to_owned(),
+            None => api.provider.unnamed_host().to_owned(),
         };
         Some(Endpoint { provider, api, path_model })
     }
 }
 
 /// The API shape a path has, and the model it names (Gemini, Bedrock, Azure
-/// deployments carry the model in the path, not the body).
-fn api_for_path(path: &str) -> Option<(Api, Option<String>)> {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let last = *segs.last()?;
-    let parent = segs.len().checked_sub(2).map_or("", |i| segs[i]);
-    // Gemini / Vertex AI: .../models/{model}:{method}
-    if let (Some((model, method)), "models") = (last.split_once(':'), parent) {
-        let api = match method {
-            "generateContent" => Api::GeminiGenerate,
-            "streamGenerateContent" => Api::GeminiStream,
-            "embedContent" | "batchEmbedContents" => Api::GeminiEmbed,
-            _ => return None,
-        };
-        return Some((api, Some(percent_decode(model))));
-    }
-    // Bedrock runtime: /model/{modelId}/{operation}
-    if segs.len() == 3 && segs[0] == "model" {
-        let api = match last {
-            "converse" => Api::BedrockConverse,
-            "converse-stream" => Api::BedrockConverseStream,
-            "invoke" => Api::BedrockInvoke,
-            "invoke-with-response-stream" => Api::BedrockInvokeStream,
-            _ => return None,
-        };
-        return Some((api, Some(percent_decode(segs[1]))));
-    }
-    // Ollama's native API.
-    match path {
-        "/api/chat" => return Some((Api::OllamaChat, None)),
-        "/api/generate" => return Some((Api::OllamaGenerate, None)),
-        "/api/embed" | "/api/embeddings" => return Some((Api::OllamaEmbed, None)),
-        _ => {}
-    }
-    if (parent, last) == ("v2", "chat") {
-        return Some((Api::CohereChat, None));
-    }
-    let api = match (parent, last) {
-        ("chat", "completions") => Api::ChatCompletions,
-        (_, "completions") => Api::Completions,
-        (_, "responses") => Api::Responses,
-        (_, "embeddings") => Api::Embeddings,
-        ("v1", "messages") => Api::AnthropicMessages,
-        _ => return None,
-    };
-    // Azure OpenAI: /openai/deployments/{deployment}/chat/completions
-    let deployment = segs.iter().position(|s| *s == "deployments").and_then(|i| segs.get(i + 1));
-    Some((api, deployment.map(|d| percent_decode(d))))
-}
-
-/// `%XX` escapes decoded (Bedrock model ids carry `%3A` for `:`); bad escapes kept.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+/// deployments carry the model in the path, not the body): the first provider,
+/// in registry order, that claims the path decides.
+fn shape_of_path(path: &str) -> Option<(Api, Option<String>)> {
+    let parts = PathParts::new(path)?;
+    for &provider in REGISTRY {
+        match provider.match_path(&parts) {
+            PathMatch::Call(shape, model) => return Some((Api { provider, shape }, model)),
+            PathMatch::NotACall => return None,
+            PathMatch::Pass => {}
         }
-        out.push(b[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::api::percent_decode;
+
+    /// The shape a rule file names.
+    fn api(name: &str) -> Api {
+        registry::api(name).unwrap()
+    }
 
     fn head(host: &str, path: &str) -> Head {
         Head {
@@ -240,16 +193,16 @@ mod tests {
     fn classifies_by_host_and_path() {
         let r = Rules::default();
         let c = |h: &str, p: &str| c(&r, h, p).map(|(p, a, _)| (p, a));
-        assert_eq!(c("api.openai.com", "/v1/chat/completions"), Some(("openai".into(), Api::ChatCompletions)));
-        assert_eq!(c("api.openai.com:443", "/v1/responses"), Some(("openai".into(), Api::Responses)));
-        assert_eq!(c("api.openai.com", "/v1/embeddings?x=1"), Some(("openai".into(), Api::Embeddings)));
-        assert_eq!(c("api.openai.com", "/v1/completions"), Some(("openai".into(), Api::Completions)));
-        assert_eq!(c("api.anthropic.com", "/v1/messages"), Some(("anthropic".into(), Api::AnthropicMessages)));
+        assert_eq!(c("api.openai.com", "/v1/chat/completions"), Some(("openai".into(), api("chat_completions"))));
+        assert_eq!(c("api.openai.com:443", "/v1/responses"), Some(("openai".into(), api("responses"))));
+        assert_eq!(c("api.openai.com", "/v1/embeddings?x=1"), Some(("openai".into(), api("embeddings"))));
+        assert_eq!(c("api.openai.com", "/v1/completions"), Some(("openai".into(), api("completions"))));
+        assert_eq!(c("api.anthropic.com", "/v1/messages"), Some(("anthropic".into(), api("anthropic_messages"))));
         assert_eq!(
             c("127.0.0.1:8443", "/v1/chat/completions"),
-            Some(("openai_compatible".into(), Api::ChatCompletions))
+            Some(("openai_compatible".into(), api("chat_completions")))
         );
-        assert_eq!(c("localhost", "/v1/messages"), Some(("anthropic_compatible".into(), Api::AnthropicMessages)));
+        assert_eq!(c("localhost", "/v1/messages"), Some(("anthropic_compatible".into(), api("anthropic_messages"))));
         assert_eq!(c("api.openai.com", "/v1/models"), None);
         assert_eq!(c("example.com", "/index.html"), None);
         assert_eq!(c("evilopenai.azure.com", "/v1/chat/completions").unwrap().0, "openai_compatible");
@@ -283,16 +236,16 @@ mod tests {
         let r = Rules::default();
         assert_eq!(
             c(&r, "my.openai.azure.com", "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"),
-            Some(("azure_openai".into(), Api::ChatCompletions, Some("gpt4o".into())))
+            Some(("azure_openai".into(), api("chat_completions"), Some("gpt4o".into())))
         );
         assert_eq!(
             c(&r, "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent"),
-            Some(("google".into(), Api::GeminiGenerate, Some("gemini-2.0-flash".into())))
+            Some(("google".into(), api("gemini_generate"), Some("gemini-2.0-flash".into())))
         );
         assert_eq!(
             c(&r, "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse")
                 .map(|x| x.1),
-            Some(Api::GeminiStream)
+            Some(api("gemini_stream"))
         );
         assert_eq!(
             c(
@@ -300,11 +253,11 @@ mod tests {
                 "us-central1-aiplatform.googleapis.com",
                 "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
             ),
-            Some(("google".into(), Api::GeminiGenerate, Some("gemini-2.5-pro".into())))
+            Some(("google".into(), api("gemini_generate"), Some("gemini-2.5-pro".into())))
         );
         assert_eq!(
             c(&r, "generativelanguage.googleapis.com", "/v1beta/models/text-embedding-004:embedContent").map(|x| x.1),
-            Some(Api::GeminiEmbed)
+            Some(api("gemini_embed"))
         );
         assert_eq!(c(&r, "generativelanguage.googleapis.com", "/v1beta/models/x:countTokens"), None);
         assert_eq!(
@@ -313,21 +266,72 @@ mod tests {
                 "bedrock-runtime.us-east-1.amazonaws.com",
                 "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
             ),
-            Some(("bedrock".into(), Api::BedrockConverse, Some("anthropic.claude-3-haiku-20240307-v1:0".into())))
+            Some(("bedrock".into(), api("bedrock_converse"), Some("anthropic.claude-3-haiku-20240307-v1:0".into())))
         );
         for (op, api) in [
-            ("converse-stream", Api::BedrockConverseStream),
-            ("invoke", Api::BedrockInvoke),
-            ("invoke-with-response-stream", Api::BedrockInvokeStream),
+            ("converse-stream", api("bedrock_converse_stream")),
+            ("invoke", api("bedrock_invoke")),
+            ("invoke-with-response-stream", api("bedrock_invoke_stream")),
         ] {
             let p = format!("/model/m/{op}");
             assert_eq!(c(&r, "bedrock-runtime.eu-west-1.amazonaws.com", &p).map(|x| x.1), Some(api));
         }
-        assert_eq!(c(&r, "api.cohere.com", "/v2/chat").map(|x| (x.0, x.1)), Some(("cohere".into(), Api::CohereChat)));
-        assert_eq!(c(&r, "localhost:11434", "/api/chat").map(|x| (x.0, x.1)), Some(("ollama".into(), Api::OllamaChat)));
-        assert_eq!(c(&r, "ollama:11434", "/api/generate").map(|x| x.1), Some(Api::OllamaGenerate));
-        assert_eq!(c(&r, "ollama:11434", "/api/embeddings").map(|x| x.1), Some(Api::OllamaEmbed));
+        assert_eq!(
+            c(&r, "api.cohere.com", "/v2/chat").map(|x| (x.0, x.1)),
+            Some(("cohere".into(), api("cohere_chat")))
+        );
+        assert_eq!(
+            c(&r, "localhost:11434", "/api/chat").map(|x| (x.0, x.1)),
+            Some(("ollama".into(), api("ollama_chat")))
+        );
+        assert_eq!(c(&r, "ollama:11434", "/api/generate").map(|x| x.1), Some(api("ollama_generate")));
+        assert_eq!(c(&r, "ollama:11434", "/api/embeddings").map(|x| x.1), Some(api("ollama_embed")));
         assert_eq!(c(&r, "ollama:11434", "/api/tags"), None);
+    }
+
+    /// Registry order must keep these: a claimed-but-unknown Gemini method or
+    /// Bedrock operation is not a call (not "the next shape that fits"), Ollama's
+    /// exact paths win over OpenAI's `*/embeddings`, Gemini's `models/x:method`
+    /// wins over Bedrock's `/model/{id}/{op}`, and an Azure deployment names the
+    /// model of every shape of the last group, Anthropic's included.
+    #[test]
+    fn path_precedence_is_kept() {
+        let r = Rules::default();
+        let shape = |p: &str| c(&r, "localhost", p).map(|x| (x.1, x.2));
+        assert_eq!(shape("/model/x/completions"), None);
+        assert_eq!(shape("/model/x/embeddings"), None);
+        assert_eq!(shape("/model/x/chat"), None);
+        assert_eq!(shape("/v1beta/models/x:countTokens"), None);
+        assert_eq!(shape("/v1beta/models/x:countTokens/completions"), Some((api("completions"), None)));
+        assert_eq!(shape("/model/models/x:generateContent"), Some((api("gemini_generate"), Some("x".into()))));
+        assert_eq!(shape("/a/model/x/converse"), None);
+        assert_eq!(shape("/openai/deployments/d/v1/messages"), Some((api("anthropic_messages"), Some("d".into()))));
+        assert_eq!(shape("/openai/deployments/d%2Fe/embeddings"), Some((api("embeddings"), Some("d/e".into()))));
+        assert_eq!(shape("/api/embeddings"), Some((api("ollama_embed"), None)));
+        assert_eq!(shape("/api/v1/embeddings"), Some((api("embeddings"), None)));
+        assert_eq!(shape("/api/embed/"), Some((api("ollama_embed"), None)));
+        assert_eq!(shape("/v2/chat"), Some((api("cohere_chat"), None)));
+        assert_eq!(shape("/v2/chat/completions"), Some((api("chat_completions"), None)));
+        assert_eq!(shape("/v1/chat/completions/?stream=1"), Some((api("chat_completions"), None)));
+        assert_eq!(shape("/messages"), None);
+        assert_eq!(shape("/"), None);
+        assert_eq!(shape(""), None);
+        // A host no rule names: the shape's family decides the provider.
+        let provider = |p: &str| c(&r, "localhost", p).map(|x| x.0);
+        for (path, want) in [
+            ("/v1/responses", "openai_compatible"),
+            ("/v1/messages", "anthropic_compatible"),
+            ("/v1/models/m:streamGenerateContent", "google_compatible"),
+            ("/model/m/invoke", "bedrock_compatible"),
+            ("/v2/chat", "cohere_compatible"),
+            ("/api/generate", "ollama"),
+        ] {
+            assert_eq!(provider(path).as_deref(), Some(want), "{path}");
+        }
+        // User paths come before the built-in shapes.
+        let user = RuleSet::parse("[paths]\n\"/model/x/completions\" = \"completions\"").unwrap();
+        let r = Rules::new(&user).unwrap();
+        assert_eq!(c(&r, "h", "/model/x/completions").map(|x| (x.1, x.2)), Some((api("completions"), None)));
     }
 
     #[test]
@@ -347,9 +351,9 @@ mod tests {
         let r = Rules::new(&user).unwrap();
         assert_eq!(c(&r, "llm.internal:8000", "/v1/chat/completions").unwrap().0, "openai");
         assert_eq!(c(&r, "api.groq.com", "/openai/v1/chat/completions").unwrap().0, "groq-eu");
-        assert_eq!(c(&r, "gw", "/gateway/llm").map(|x| x.1), Some(Api::ChatCompletions));
+        assert_eq!(c(&r, "gw", "/gateway/llm").map(|x| x.1), Some(api("chat_completions")));
         assert_eq!(c(&r, "litellm.internal:4000", "/v1/chat/completions"), None);
-        assert_eq!(c(&r, "gw", "/a/b/invoke-llm").map(|x| x.1), Some(Api::AnthropicMessages));
+        assert_eq!(c(&r, "gw", "/a/b/invoke-llm").map(|x| x.1), Some(api("anthropic_messages")));
         let bad = RuleSet::parse("[paths]\n\"/x\" = \"nope\"").unwrap();
         assert_eq!(Rules::new(&bad).unwrap_err(), RulesError::UnknownApi("nope".into()));
         let bad = RuleSet::parse("[hosts]\n\"*.a.*\" = \"p\"").unwrap();

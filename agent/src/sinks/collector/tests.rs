@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokentap_event::{wire, LlmCall};
 
-use super::spool::{batch_name, parse_name};
-use super::{CollectorConfig, CollectorSink};
+use super::{CollectorSettings, CollectorSink};
+use crate::sinks::spool::{batch_name, parse_name};
 use crate::sinks::Sink;
 use crate::stats::Stats;
 
@@ -164,8 +164,8 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn config(dir: &Path, url: &str) -> CollectorConfig {
-    CollectorConfig { drain_timeout: Duration::from_secs(10), ..CollectorConfig::new(url, dir) }
+fn config(dir: &Path, url: &str) -> CollectorSettings {
+    CollectorSettings { drain_timeout: Duration::from_secs(10), ..CollectorSettings::new(url, dir) }
 }
 
 /// Nothing listens there: every send fails.
@@ -205,7 +205,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn batches_left_by_a_previous_run_are_sent_by_the_next() {
     let dir = fresh_dir("replay");
-    let cfg = |url: &str| CollectorConfig {
+    let cfg = |url: &str| CollectorSettings {
         batch_records: 10,
         drain_timeout: Duration::from_millis(10),
         ..config(&dir, url)
@@ -222,7 +222,7 @@ fn batches_left_by_a_previous_run_are_sent_by_the_next() {
     let c = StandIn::start(|_, r| ok(r));
     let stats = Arc::new(Stats::default());
     let second = CollectorSink::new(cfg(&c.url), stats.clone()).unwrap();
-    wait_for("25 records sent", || stats.snapshot().collector_records_sent == 25);
+    wait_for("25 records sent", || stats.snapshot().get("collector_records_sent") == 25);
     assert_eq!(c.delivered(), ids(&sent), "every record once, in order");
     wait_for("an empty spool", || list_dir(&dir).is_empty());
     drop(second);
@@ -232,7 +232,7 @@ fn batches_left_by_a_previous_run_are_sent_by_the_next() {
 fn spool_is_bounded_and_survives_without_a_collector() {
     let dir = fresh_dir("bounded");
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig {
+    let cfg = CollectorSettings {
         spool_max_bytes: 4096,
         batch_records: 50,
         drain_timeout: Duration::from_millis(10),
@@ -247,18 +247,22 @@ fn spool_is_bounded_and_survives_without_a_collector() {
     let left: u64 = list_dir(&dir).iter().map(|(_, n)| n).sum();
     assert!(left <= 4096, "spool bounded: {left}");
     let kept: u64 = records_in(&list_dir(&dir)).iter().sum();
-    let dropped = stats.snapshot().collector_spool_dropped_records;
+    let dropped = stats.snapshot().get("collector_spool_dropped_records");
     assert_eq!(kept + dropped, 400, "every record is either spooled or counted as dropped");
     assert!(dropped > 0);
-    assert!(stats.snapshot().collector_send_errors > 0);
+    assert!(stats.snapshot().get("collector_send_errors") > 0);
 }
 
 #[test]
 fn batches_are_sealed_by_size_and_by_age_not_per_flush() {
     let dir = fresh_dir("seal-size");
-    let hour = Duration::from_secs(3600);
-    let cfg =
-        CollectorConfig { batch_records: 10, batch_age: hour, drain_timeout: Duration::ZERO, ..config(&dir, DOWN) };
+    let hour = 3_600_000;
+    let cfg = CollectorSettings {
+        batch_records: 10,
+        batch_age_ms: hour,
+        drain_timeout: Duration::ZERO,
+        ..config(&dir, DOWN)
+    };
     let mut s = CollectorSink::new(cfg, Arc::new(Stats::default())).unwrap();
     for r in records(25) {
         s.write(&r).unwrap();
@@ -270,8 +274,12 @@ fn batches_are_sealed_by_size_and_by_age_not_per_flush() {
 
     let dir = fresh_dir("seal-age");
     let age = Duration::from_millis(50);
-    let cfg =
-        CollectorConfig { batch_records: 1000, batch_age: age, drain_timeout: Duration::ZERO, ..config(&dir, DOWN) };
+    let cfg = CollectorSettings {
+        batch_records: 1000,
+        batch_age_ms: age.as_millis() as u64,
+        drain_timeout: Duration::ZERO,
+        ..config(&dir, DOWN)
+    };
     let mut s = CollectorSink::new(cfg, Arc::new(Stats::default())).unwrap();
     let opened = Instant::now();
     for r in records(3) {
@@ -296,14 +304,14 @@ fn spooled_batches_are_merged_into_one_request_in_order() {
     let c = StandIn::start(|_, r| ok(r));
     let stats = Arc::new(Stats::default());
     let s = CollectorSink::new(config(&dir, &c.url), stats.clone()).unwrap();
-    wait_for("35 records sent", || stats.snapshot().collector_records_sent == 35);
+    wait_for("35 records sent", || stats.snapshot().get("collector_records_sent") == 35);
     let answered = c.answered();
     assert_eq!(answered.len(), 1, "one request for five batches");
     assert!(answered[0].0.retry, "a previous run's batches may have reached the collector");
     assert_eq!(ids(&answered[0].0.records), ids(&batches.concat()), "all records, in order");
     let id = &answered[0].0.batch_id;
     assert!(uuid::Uuid::parse_str(id).is_ok() && !part_ids.contains(id), "a batch id of its own: {id}");
-    assert_eq!(stats.snapshot().collector_batches_sent, 5);
+    assert_eq!(stats.snapshot().get("collector_batches_sent"), 5);
     wait_for("an empty spool", || list_dir(&dir).is_empty());
     drop(s);
 
@@ -312,9 +320,9 @@ fn spooled_batches_are_merged_into_one_request_in_order() {
     spool_batches(&dir, &batches);
     let c = StandIn::start(|_, r| ok(r));
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig { merge_records: 14, max_in_flight: 1, ..config(&dir, &c.url) };
+    let cfg = CollectorSettings { merge_records: 14, max_in_flight: 1, ..config(&dir, &c.url) };
     let s = CollectorSink::new(cfg, stats.clone()).unwrap();
-    wait_for("35 records sent", || stats.snapshot().collector_records_sent == 35);
+    wait_for("35 records sent", || stats.snapshot().get("collector_records_sent") == 35);
     let sizes: Vec<usize> = c.answered().iter().map(|(r, _)| r.records.len()).collect();
     assert_eq!(sizes, [14, 14, 7]);
     assert_eq!(c.delivered(), ids(&batches.concat()));
@@ -336,7 +344,7 @@ fn a_refused_merge_is_resent_batch_by_batch_and_only_the_bad_one_is_rejected() {
     });
     let stats = Arc::new(Stats::default());
     let s = CollectorSink::new(config(&dir, &c.url), stats.clone()).unwrap();
-    wait_for("the spool settled", || list_dir(&dir).is_empty() && stats.snapshot().collector_in_flight == 0);
+    wait_for("the spool settled", || list_dir(&dir).is_empty() && stats.snapshot().get("collector_in_flight") == 0);
     let sizes: Vec<usize> = c.answered().iter().map(|(r, _)| r.records.len()).collect();
     assert_eq!(sizes, [12, 4, 4, 4], "the merged request, then each batch alone");
     let (mut got, mut good) = (c.delivered(), [ids(&batches[0]), ids(&batches[2])].concat());
@@ -348,8 +356,8 @@ fn a_refused_merge_is_resent_batch_by_batch_and_only_the_bad_one_is_rejected() {
     let kept = wire::decode(Some("zstd"), &std::fs::read(&rejected[0]).unwrap(), 1 << 20, &wire::Limits::now(None));
     assert_eq!(ids(&kept.unwrap()), ids(&batches[1]), "only the bad batch is in rejected/");
     let st = stats.snapshot();
-    assert_eq!((st.collector_records_sent, st.collector_batches_sent), (8, 2));
-    assert_eq!((st.collector_batches_rejected, st.collector_records_rejected), (1, 4));
+    assert_eq!((st.get("collector_records_sent"), st.get("collector_batches_sent")), (8, 2));
+    assert_eq!((st.get("collector_batches_rejected"), st.get("collector_records_rejected")), (1, 4));
     drop(s);
 }
 
@@ -367,9 +375,12 @@ fn a_422_counts_accepted_and_rejected_rows_and_is_never_resent() {
     });
     let stats = Arc::new(Stats::default());
     let s = CollectorSink::new(config(&dir, &c.url), stats.clone()).unwrap();
-    wait_for("the batch settled", || list_dir(&dir).is_empty() && stats.snapshot().collector_in_flight == 0);
+    wait_for("the batch settled", || list_dir(&dir).is_empty() && stats.snapshot().get("collector_in_flight") == 0);
     let st = stats.snapshot();
-    assert_eq!((st.collector_records_sent, st.collector_records_rejected, st.collector_batches_rejected), (8, 2, 0));
+    assert_eq!(
+        (st.get("collector_records_sent"), st.get("collector_records_rejected"), st.get("collector_batches_rejected")),
+        (8, 2, 0)
+    );
     assert!(list_dir(&dir).is_empty(), "deleted: the accepted rows are durable, the others refused for good");
     assert_eq!(std::fs::read_dir(dir.join("rejected")).unwrap().count(), 0);
     drop(s);
@@ -388,17 +399,17 @@ fn unauthorized_is_retried_and_never_rejected() {
         _ => status(401, &[], r#"{"error":"unauthorized"}"#),
     });
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig { token_file: Some(token.clone()), ..config(&dir, &c.url) };
+    let cfg = CollectorSettings { token_file: Some(token.clone()), ..config(&dir, &c.url) };
     let s = CollectorSink::new(cfg, stats.clone()).unwrap();
     wait_for("two refusals", || c.answered().len() >= 2);
     assert_eq!(list_dir(&dir).len(), 1, "still in the spool");
     // The token rotates: the next attempt reads it again.
     std::fs::write(&token, "new\n").unwrap();
-    wait_for("delivered", || stats.snapshot().collector_records_sent == 6);
+    wait_for("delivered", || stats.snapshot().get("collector_records_sent") == 6);
     assert_eq!(c.delivered(), ids(&sent));
     let st = stats.snapshot();
-    assert_eq!((st.collector_batches_rejected, st.collector_records_rejected), (0, 0));
-    assert!(st.collector_send_errors >= 2);
+    assert_eq!((st.get("collector_batches_rejected"), st.get("collector_records_rejected")), (0, 0));
+    assert!(st.get("collector_send_errors") >= 2);
     assert_eq!(std::fs::read_dir(dir.join("rejected")).unwrap().count(), 0);
     drop(s);
 }
@@ -410,7 +421,7 @@ fn unavailable_then_ok_delivers_each_record_exactly_once() {
     spool_batches(&dir, &[early[..4].to_vec(), early[4..].to_vec()]);
     let c = StandIn::start(|n, r| if n == 0 { status(503, &[("Retry-After", "1")], "busy") } else { ok(r) });
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig { batch_records: 5, ..config(&dir, &c.url) };
+    let cfg = CollectorSettings { batch_records: 5, ..config(&dir, &c.url) };
     let mut s = CollectorSink::new(cfg, stats.clone()).unwrap();
     let live = records(20);
     for r in &live {
@@ -428,8 +439,8 @@ fn unavailable_then_ok_delivers_each_record_exactly_once() {
     let resent = answered.iter().filter(|(r, s)| *s == 200 && r.records.contains(&refused[0].records[0]));
     assert!(resent.map(|(r, _)| r.retry).eq([true]), "sent again once, marked as a retry");
     assert!(list_dir(&dir).is_empty());
-    assert_eq!(stats.snapshot().collector_records_sent, 28);
-    assert_eq!(stats.snapshot().collector_send_errors, 1);
+    assert_eq!(stats.snapshot().get("collector_records_sent"), 28);
+    assert_eq!(stats.snapshot().get("collector_send_errors"), 1);
 }
 
 #[test]
@@ -439,9 +450,9 @@ fn several_requests_are_in_flight_at_once() {
     spool_batches(&dir, &batches);
     let c = StandIn::gated(|_, r| ok(r), 2);
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig { merge_records: 5, max_in_flight: 4, ..config(&dir, &c.url) };
+    let cfg = CollectorSettings { merge_records: 5, max_in_flight: 4, ..config(&dir, &c.url) };
     let s = CollectorSink::new(cfg, stats.clone()).unwrap();
-    wait_for("40 records sent", || stats.snapshot().collector_records_sent == 40);
+    wait_for("40 records sent", || stats.snapshot().get("collector_records_sent") == 40);
     assert!(c.log.max_open.load(Ordering::SeqCst) >= 2, "requests overlap");
     let (mut got, mut want) = (c.delivered(), ids(&batches.concat()));
     got.sort();
@@ -472,7 +483,7 @@ fn invalid_records_are_counted_not_sent() {
     assert_eq!(c.delivered(), ids(&good));
     assert!(c.answered().iter().all(|(r, _)| !r.retry), "first sends are not marked as retries");
     let st = stats.snapshot();
-    assert_eq!((st.collector_records_invalid, st.collector_records_sent), (3, 5));
+    assert_eq!((st.get("collector_records_invalid"), st.get("collector_records_sent")), (3, 5));
 }
 
 #[test]
@@ -481,7 +492,7 @@ fn the_spool_index_matches_the_directory_after_sends_and_drops() {
     // Two requests go through, then the collector is away for longer than the test.
     let c = StandIn::start(|n, r| if n < 2 { ok(r) } else { status(503, &[("Retry-After", "30")], "") });
     let stats = Arc::new(Stats::default());
-    let cfg = CollectorConfig {
+    let cfg = CollectorSettings {
         batch_records: 5,
         merge_records: 5,
         max_in_flight: 2,
@@ -496,15 +507,15 @@ fn the_spool_index_matches_the_directory_after_sends_and_drops() {
     }
     wait_for("the collector's refusal, nothing in flight", || {
         let st = stats.snapshot();
-        st.collector_send_errors >= 1 && st.collector_in_flight == 0
+        st.get("collector_send_errors") >= 1 && st.get("collector_in_flight") == 0
     });
     let files = list_dir(&dir);
-    assert_eq!(s.spool.index(), files);
+    assert_eq!(s.delivery.index(), files);
     let st = stats.snapshot();
-    assert_eq!(st.collector_spool_bytes, files.iter().map(|(_, n)| n).sum::<u64>());
-    assert_eq!(st.collector_spool_batches, files.len() as u64);
-    assert!(st.collector_spool_dropped_records > 0 && st.collector_records_sent == 10);
+    assert_eq!(st.get("collector_spool_bytes"), files.iter().map(|(_, n)| n).sum::<u64>());
+    assert_eq!(st.get("collector_spool_batches"), files.len() as u64);
+    assert!(st.get("collector_spool_dropped_records") > 0 && st.get("collector_records_sent") == 10);
     let spooled: u64 = records_in(&files).iter().sum();
-    assert_eq!(st.collector_records_sent + st.collector_spool_dropped_records + spooled, 300);
+    assert_eq!(st.get("collector_records_sent") + st.get("collector_spool_dropped_records") + spooled, 300);
     drop(s);
 }

@@ -1,8 +1,8 @@
-//! The collector spool: sealed batches on disk, and their index in memory.
+//! The spool's index: sealed batches on disk, and their index in memory.
 //!
 //! The directory is listed once, at start (batches a previous run left, `*.tmp`
 //! leftovers of a crash deleted); from then on the in-memory index is the
-//! truth. The pipeline thread adds batches, sender threads take consecutive
+//! truth. The sink's thread adds batches, sender threads take consecutive
 //! runs of them, and each taken run ends delivered (files deleted), returned
 //! (to be retried, or resent one by one) or rejected (moved to `rejected/`).
 //! Every operation costs the same whatever the spool's length: no directory
@@ -10,34 +10,37 @@
 //!
 //! The index also holds the shared retry state: after a failed send, nothing
 //! is sent until the backoff passes, then one request at a time probes the
-//! collector until it answers; then all senders go again.
-use std::collections::{BTreeMap, VecDeque};
+//! receiver until it answers; then all senders go again.
+//!
+//! A directory belongs to one spool at a time in this process: two outputs
+//! sharing one would send each other's batches.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::stats::Stats;
+use super::counters::{self, SpoolCounters};
 
 /// What `rejected/` may hold before its oldest files are deleted.
 const REJECTED_MAX_BYTES: u64 = 64 << 20;
 const REJECTED_MAX_FILES: usize = 1000;
 
-/// One sealed batch: a file of the spool directory. Only its name is kept
-/// (the batch id and record count are in it): a long outage can queue
-/// hundreds of thousands of them.
+/// One sealed batch: a file of the spool directory (zstd-compressed records).
+/// Only its name is kept (the batch id and record count are in it): a long
+/// outage can queue hundreds of thousands of them.
 #[derive(Clone, Debug)]
-pub(super) struct Batch {
+pub struct Batch {
     pub name: Box<str>,
     pub bytes: u64,
-    /// Bytes once decompressed (a collector caps them per request).
+    /// Bytes once decompressed (a receiver may cap them per request).
     pub raw: u64,
     pub records: u64,
-    /// The collector refused a request this batch was merged into: it goes
+    /// The receiver refused a request this batch was merged into: it goes
     /// alone from now on.
     solo: bool,
-    /// It may have reached the collector before, unanswered (a failed send,
-    /// or left by a previous run): sent with `X-Tokentap-Retry`.
+    /// It may have reached the receiver before, unanswered (a failed send,
+    /// or left by a previous run): sent marked as a retry.
     retried: bool,
 }
 
@@ -55,13 +58,13 @@ impl Batch {
 }
 
 /// `<unix ms>-<seq>-<batch id>-<records>.zst`: names sort oldest first.
-pub(super) fn batch_name(seq: u64, records: usize) -> String {
+pub fn batch_name(seq: u64, records: usize) -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("{ms:013}-{seq:08}-{}-{records}.zst", uuid::Uuid::new_v4())
 }
 
 /// A batch file name -> (batch id, records).
-pub(super) fn parse_name(name: &str) -> Option<(String, u64)> {
+pub fn parse_name(name: &str) -> Option<(String, u64)> {
     let n = name.strip_suffix(".zst")?.rsplit_once('-')?.1.parse().ok()?;
     Some((id_of(name)?.to_owned(), n))
 }
@@ -73,7 +76,7 @@ fn id_of(name: &str) -> Option<&str> {
 }
 
 /// The batches one request carries: consecutive, oldest first.
-pub(super) struct Taken {
+pub struct Taken {
     batches: Vec<(u64, Batch)>,
     started: Instant,
 }
@@ -87,6 +90,11 @@ impl Taken {
         self.batches.len()
     }
 
+    /// Never: a run holds at least one batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
     pub fn records(&self) -> u64 {
         self.batches().map(|b| b.records).sum()
     }
@@ -95,20 +103,21 @@ impl Taken {
         self.batches().map(|b| b.bytes).sum()
     }
 
-    /// Some of it may have reached the collector before.
+    /// Some of it may have reached the receiver before.
     pub fn retried(&self) -> bool {
         self.batches().any(|b| b.retried)
     }
 }
 
 /// How a taken run of batches ended.
-pub(super) enum Done {
-    /// The collector holds them (2xx, or 422: refused rows are refused for good).
+pub enum Done {
+    /// The receiver holds them (all, or all it will ever take: refused rows
+    /// are refused for good).
     Delivered,
-    /// The collector refused the merged request as a whole: each batch goes
+    /// The receiver refused the merged request as a whole: each batch goes
     /// again on its own, so one bad batch cannot take the others with it.
     Split,
-    /// The collector refused this single batch: kept in `rejected/`.
+    /// The receiver refused this single batch: kept in `rejected/`.
     Rejected,
     /// Not answered (or not allowed): back to the queue, nothing sent until
     /// `after` (default: exponential backoff) has passed.
@@ -141,12 +150,41 @@ struct State {
     rejected_bytes: u64,
 }
 
-pub(super) struct Spool {
+pub struct Spool {
+    /// The output it belongs to (for logs).
+    name: String,
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
     cond: Condvar,
-    stats: Arc<Stats>,
+    counters: Arc<SpoolCounters>,
+    /// This process's claim on `dir`, released on drop.
+    _claim: Claim,
+}
+
+/// Spool directories in use in this process.
+static CLAIMED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+struct Claim(PathBuf);
+
+impl Claim {
+    fn take(dir: &Path) -> io::Result<Self> {
+        let dir = dir.canonicalize()?;
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        if !claimed.insert(dir.clone()) {
+            return Err(io::Error::other(format!(
+                "spool directory {} is already used by another output: give each output its own spool_dir",
+                dir.display()
+            )));
+        }
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
 }
 
 /// Files of `dir` whose name ends with `suffix`, sorted by name, with sizes.
@@ -174,10 +212,12 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Spool {
-    /// Index what a previous run left in `dir`.
-    pub fn open(dir: &Path, max_bytes: u64, stats: Arc<Stats>) -> io::Result<Self> {
+    /// Index what a previous run left in `dir` (created). `output`: the
+    /// output's name, for logs.
+    pub fn open(output: &str, dir: &Path, max_bytes: u64, counters: Arc<SpoolCounters>) -> io::Result<Self> {
         let rejected_dir = dir.join("rejected");
         std::fs::create_dir_all(&rejected_dir)?;
+        let claim = Claim::take(dir)?;
         // A batch half-written by a crash is not a batch.
         for (p, _) in list(dir, ".tmp")? {
             let _ = std::fs::remove_file(p);
@@ -188,7 +228,7 @@ impl Spool {
             // Unknown size: assume a high compression ratio (merging less, not refused).
             let raw = frame_content_size(&path).unwrap_or(bytes.saturating_mul(16));
             let Some(mut batch) = name.to_str().and_then(|n| Batch::new(n, bytes, raw)) else {
-                tracing::warn!(file = %path.display(), "unknown file in the collector spool; moved to rejected/");
+                tracing::warn!(output, file = %path.display(), "unknown file in the spool; moved to rejected/");
                 let _ = std::fs::rename(&path, rejected_dir.join(name));
                 continue;
             };
@@ -203,12 +243,21 @@ impl Spool {
         st.rejected_bytes = st.rejected.iter().map(|(_, n)| n).sum();
         if st.batches > 0 {
             tracing::info!(
+                output,
                 batches = st.batches,
                 bytes = st.bytes,
-                "collector spool has batches from a previous run; sending them"
+                "spool has batches from a previous run; sending them"
             );
         }
-        let spool = Self { dir: dir.to_owned(), max_bytes, state: Mutex::new(st), cond: Condvar::new(), stats };
+        let spool = Self {
+            name: output.to_owned(),
+            dir: dir.to_owned(),
+            max_bytes,
+            state: Mutex::new(st),
+            cond: Condvar::new(),
+            counters,
+            _claim: claim,
+        };
         {
             let mut st = spool.lock();
             spool.trim_rejected(&mut st);
@@ -222,18 +271,42 @@ impl Spool {
         self.dir.join(&*b.name)
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Add a sealed batch: `body` (zstd, `raw` bytes once decompressed) is
+    /// written to a temporary file, renamed into place, then indexed. `seq`
+    /// orders batches sealed in the same millisecond.
+    pub fn write(&self, seq: u64, records: usize, raw: u64, body: &[u8]) -> io::Result<()> {
+        let name = batch_name(seq, records);
+        let batch = Batch::new(&name, body.len() as u64, raw).ok_or_else(|| io::Error::other("bad batch name"))?;
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let written = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, self.dir.join(&name)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        self.push(batch);
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn publish(&self, st: &State) {
-        Stats::set(&self.stats.collector_spool_bytes, st.bytes);
-        Stats::set(&self.stats.collector_spool_batches, st.batches);
-        Stats::set(&self.stats.collector_in_flight, st.in_flight);
+        counters::set(&self.counters.spool_bytes, st.bytes);
+        counters::set(&self.counters.spool_batches, st.batches);
+        counters::set(&self.counters.in_flight, st.in_flight);
     }
 
     /// A batch just sealed (its file is in place).
-    pub fn push(&self, batch: Batch) {
+    fn push(&self, batch: Batch) {
         let mut st = self.lock();
         st.batches += 1;
         st.bytes += batch.bytes;
@@ -255,13 +328,14 @@ impl Spool {
             st.bytes -= b.bytes;
             st.batches -= 1;
             st.drops += 1;
-            Stats::add(&self.stats.collector_spool_dropped_records, b.records);
+            counters::add(&self.counters.spool_dropped_records, b.records);
             if st.drops % 100 == 1 {
                 tracing::warn!(
+                    output = %self.name,
                     records = b.records,
                     batches_dropped = st.drops,
                     max_bytes = self.max_bytes,
-                    "collector spool full: oldest batch dropped"
+                    "spool full: oldest batch dropped"
                 );
             }
         }
@@ -278,7 +352,7 @@ impl Spool {
             }
             let now = Instant::now();
             let backing_off = st.retry_at.filter(|t| *t > now);
-            // While failing, a single request probes the collector.
+            // While failing, a single request probes the receiver.
             let probing = st.attempt > 0 && st.in_flight > 0;
             if !st.queue.is_empty() && backing_off.is_none() && !probing {
                 let mut batches: Vec<(u64, Batch)> = Vec::new();
@@ -344,7 +418,9 @@ impl Spool {
                             st.rejected.push_back((to, b.bytes));
                             st.rejected_bytes += b.bytes;
                         }
-                        Err(e) => tracing::warn!(error = %e, file = %b.name, "could not move to rejected/"),
+                        Err(e) => {
+                            tracing::warn!(output = %self.name, error = %e, file = %b.name, "could not move to rejected/")
+                        }
                     }
                 }
                 self.trim_rejected(&mut st);
@@ -362,8 +438,8 @@ impl Spool {
             Done::Lost(lost) => {
                 for (i, (k, b)) in taken.batches.into_iter().enumerate() {
                     if lost.contains(&i) {
-                        tracing::warn!(file = %b.name, "spooled batch vanished from the spool directory");
-                        Stats::add(&self.stats.collector_spool_dropped_records, b.records);
+                        tracing::warn!(output = %self.name, file = %b.name, "spooled batch vanished from the spool directory");
+                        counters::add(&self.counters.spool_dropped_records, b.records);
                         forget(&mut st, &b);
                     } else {
                         st.queue.insert(k, b);
@@ -388,7 +464,12 @@ impl Spool {
             deleted += 1;
         }
         if deleted > 0 {
-            tracing::warn!(deleted, kept = st.rejected.len(), "rejected/ full: oldest rejected batches deleted");
+            tracing::warn!(
+                output = %self.name,
+                deleted,
+                kept = st.rejected.len(),
+                "rejected/ full: oldest rejected batches deleted"
+            );
         }
     }
 
@@ -431,88 +512,4 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_names_sort_and_parse() {
-        let a = batch_name(1, 10);
-        let b = batch_name(2, 3);
-        assert!(a < b);
-        let (id, n) = parse_name(&a).unwrap();
-        assert_eq!(n, 10);
-        assert!(uuid::Uuid::parse_str(&id).is_ok());
-        assert_eq!(parse_name("garbage.zst"), None);
-    }
-
-    #[test]
-    fn backoff_doubles_to_ten_seconds() {
-        let ms: Vec<u128> = (1..=10).map(|a| backoff(a).as_millis()).collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
-    }
-
-    fn spool_with(name: &str, sizes: &[u64], max_bytes: u64) -> (PathBuf, Spool, Arc<Stats>) {
-        let dir = std::env::temp_dir().join(format!("tt-spool-idx-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("half.zst.tmp"), b"x").unwrap();
-        for (i, n) in sizes.iter().enumerate() {
-            std::fs::write(dir.join(batch_name(i as u64, 10)), vec![0u8; *n as usize]).unwrap();
-        }
-        let stats = Arc::new(Stats::default());
-        let spool = Spool::open(&dir, max_bytes, stats.clone()).unwrap();
-        (dir, spool, stats)
-    }
-
-    #[test]
-    fn takes_consecutive_runs_within_limits_and_splits_refused_ones() {
-        let (dir, spool, stats) = spool_with("take", &[100, 100, 100, 100, 100], 1 << 20);
-        assert!(!dir.join("half.zst.tmp").exists(), "leftovers of a crash are deleted");
-        assert_eq!(stats.snapshot().collector_spool_batches, 5);
-        let a = spool.take(25, 1 << 20, u64::MAX).unwrap();
-        assert_eq!((a.len(), a.records()), (2, 20), "record limit");
-        let b = spool.take(1000, 250, u64::MAX).unwrap();
-        assert_eq!(b.len(), 2, "byte limit");
-        assert_eq!(stats.snapshot().collector_in_flight, 2);
-        let first = spool.path(a.batches().next().unwrap());
-        spool.done(a, Done::Split);
-        let again = spool.take(1000, 1 << 20, u64::MAX).unwrap();
-        assert_eq!(again.len(), 1, "a refused merge goes one batch at a time");
-        assert_eq!(spool.path(again.batches().next().unwrap()), first, "oldest first");
-        spool.done(again, Done::Delivered);
-        spool.done(b, Done::Delivered);
-        let s = stats.snapshot();
-        assert_eq!((s.collector_spool_batches, s.collector_spool_bytes, s.collector_in_flight), (2, 200, 0));
-        assert!(!first.exists());
-    }
-
-    #[test]
-    fn merges_stay_under_the_decompressed_limit() {
-        let (dir, _, _) = spool_with("raw", &[], 1 << 20);
-        for i in 0..3 {
-            // 10 KB of NDJSON-like text each, far smaller compressed.
-            std::fs::write(dir.join(batch_name(i, 10)), zstd::bulk::compress(&[b'{'; 10_000], 3).unwrap()).unwrap();
-        }
-        std::fs::write(dir.join(batch_name(3, 10)), [0u8; 2000]).unwrap();
-        let spool = Spool::open(&dir, 1 << 20, Arc::new(Stats::default())).unwrap();
-        let run = spool.take(1000, 1 << 20, 25_000).unwrap();
-        assert_eq!(run.len(), 2, "the frame headers say 10 KB each");
-        let run = spool.take(1000, 1 << 20, 25_000).unwrap();
-        assert_eq!(run.len(), 1, "the next has no frame header: assumed 16x its 2000 bytes");
-    }
-
-    #[test]
-    fn bound_drops_oldest_waiting_batches_only() {
-        let (_dir, spool, stats) = spool_with("bound", &[100, 100], 250);
-        let sending = spool.take(10, 1 << 20, u64::MAX).unwrap();
-        let name = batch_name(9, 7);
-        std::fs::write(spool.dir.join(&name), [0u8; 100]).unwrap();
-        spool.push(Batch::new(&name, 100, 1000).unwrap());
-        // 300 > 250: the oldest waiting one goes, not the one being sent.
-        assert_eq!(stats.snapshot().collector_spool_dropped_records, 10);
-        assert_eq!(spool.index().len(), 1);
-        spool.done(sending, Done::Retry(Some(Duration::ZERO)));
-        assert_eq!(spool.index().len(), 2);
-        assert_eq!(stats.snapshot().collector_spool_bytes, 200);
-    }
-}
+mod tests;

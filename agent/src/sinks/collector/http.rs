@@ -1,0 +1,208 @@
+//! The collector sink's transport: POST a run of spooled batches to the
+//! collector's ingest endpoint (`tokentap_event::wire`: zstd NDJSON, batch id
+//! and version headers, bearer token, cluster name) and sort its answer into
+//! what happens to the batches (docs/collector.md):
+//!
+//! - 2xx: durable; deleted.
+//! - 422 `rejected_rows`: the accepted rows are durable, the others refused for
+//!   good (data errors); deleted, never resent.
+//! - 400, 413, 415: nothing written. A merged request is resent one batch at a
+//!   time; a single batch is moved to `rejected/`.
+//! - 401, 403: configuration (a wrong or rotated token): retried, never rejected.
+//! - 408, 429, 5xx, transport errors, anything else: retried with backoff,
+//!   honouring `Retry-After`, and marked `X-Tokentap-Retry` (the first copy
+//!   may have been stored).
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokentap_event::wire;
+
+use super::settings::CollectorSettings;
+use crate::sinks::spool::{Outcome, Request, RequestLimits, Transport};
+
+/// Compressed bytes of one request, at most (a collector takes 32 MiB).
+const MAX_REQUEST_BYTES: u64 = 16 << 20;
+/// Decompressed bytes of a merged request, at most (a collector takes 64 MiB).
+const MAX_REQUEST_RAW_BYTES: u64 = 48 << 20;
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The HTTP client, with the collector's CA and our client certificate.
+fn http_agent(cfg: &CollectorSettings) -> io::Result<ureq::Agent> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let bad = |what: &str, p: &Path, e: String| io::Error::other(format!("{what} {}: {e}", p.display()));
+    let certs = |p: &Path| -> io::Result<Vec<Certificate<'static>>> {
+        let pem = std::fs::read(p).map_err(|e| bad("reading", p, e.to_string()))?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(bad("no certificate in", p, String::new()));
+        }
+        Ok(certs)
+    };
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = &cfg.ca_file {
+        tls = tls.root_certs(RootCerts::Specific(Arc::new(certs(ca)?)));
+    }
+    if let Some((cert, key)) = cfg.client_cert() {
+        let pem = std::fs::read(key).map_err(|e| bad("reading", key, e.to_string()))?;
+        let key = PrivateKey::from_pem(&pem).map_err(|e| bad("key", key, e.to_string()))?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs(cert)?, key)));
+    }
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .into())
+}
+
+#[derive(serde::Deserialize)]
+struct PartialBody {
+    #[serde(default)]
+    accepted: u64,
+    #[serde(default)]
+    duplicates: u64,
+    rejected: u64,
+    #[serde(default)]
+    rejected_rows: Vec<RejectedRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct RejectedRow {
+    #[serde(default)]
+    event_id: String,
+    #[serde(default)]
+    error: String,
+}
+
+/// Status, `Retry-After` and body -> what to do.
+fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+    let why = || format!("HTTP {status}: {}", body.trim().chars().take(512).collect::<String>());
+    match status {
+        200..=299 => Outcome::Delivered,
+        422 => match serde_json::from_str::<PartialBody>(body) {
+            Ok(p) => Outcome::Partial {
+                accepted: p.accepted + p.duplicates,
+                rejected: p.rejected,
+                reasons: p.rejected_rows.iter().take(3).map(|r| format!("{}: {}", r.event_id, r.error)).collect(),
+            },
+            // Without the counts nothing is known to be written: as a 400.
+            Err(_) => Outcome::Refused { status, why: why() },
+        },
+        400 | 413 | 415 => Outcome::Refused { status, why: why() },
+        401 | 403 => Outcome::Unauthorized { status, why: format!("{} (check the token file)", why()) },
+        _ => Outcome::Retry {
+            why: why(),
+            after: retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
+        },
+    }
+}
+
+/// Posts batches to one collector.
+pub struct HttpTransport {
+    agent: ureq::Agent,
+    /// The ingest endpoint: base URL + `wire::PATH`.
+    endpoint: String,
+    token_file: Option<PathBuf>,
+    cluster: String,
+    merge_records: u64,
+}
+
+impl HttpTransport {
+    /// Bad certificate paths are configuration errors: they fail here, at
+    /// start, not per send.
+    pub fn new(cfg: &CollectorSettings) -> io::Result<Self> {
+        Ok(Self {
+            agent: http_agent(cfg)?,
+            endpoint: format!("{}{}", cfg.url.trim_end_matches('/'), wire::PATH),
+            token_file: cfg.token_file.clone(),
+            cluster: cfg.cluster.clone(),
+            merge_records: cfg.merge_records.clamp(1, wire::MAX_RECORDS) as u64,
+        })
+    }
+}
+
+impl Transport for HttpTransport {
+    fn limits(&self) -> RequestLimits {
+        RequestLimits { records: self.merge_records, bytes: MAX_REQUEST_BYTES, raw_bytes: MAX_REQUEST_RAW_BYTES }
+    }
+
+    fn send(&self, r: &Request<'_>) -> Outcome {
+        let mut req = self
+            .agent
+            .post(&self.endpoint)
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "zstd")
+            .header(wire::HEADER_VERSION, wire::VERSION)
+            .header(wire::HEADER_BATCH_ID, r.id)
+            .header("x-tokentap-cluster", &self.cluster);
+        if r.retried {
+            req = req.header(wire::HEADER_RETRY, "1");
+        }
+        if let Some(f) = &self.token_file {
+            match std::fs::read_to_string(f) {
+                Ok(t) => req = req.header("authorization", format!("Bearer {}", t.trim())),
+                Err(e) => return Outcome::Retry { why: format!("token file {}: {e}", f.display()), after: None },
+            }
+        }
+        match req.send(r.body) {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let text = resp.body_mut().with_config().limit(256 * 1024).read_to_string().unwrap_or_default();
+                classify(status, retry_after.as_deref(), &text)
+            }
+            Err(e) => Outcome::Retry { why: e.to_string(), after: None },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_the_contract() {
+        let partial = r#"{"error":"x","reason":"rejected_rows","accepted":7,"duplicates":1,"rejected":2,
+            "rejected_rows":[{"event_id":"e1","error":"Code: 53"},{"event_id":"e2","error":"Code: 117"}]}"#;
+        let retry = |after: Option<u64>| move |a: &Outcome| matches!(a, Outcome::Retry { after: x, .. } if *x == after.map(Duration::from_secs));
+        type Check = Box<dyn Fn(&Outcome) -> bool>;
+        let cases: Vec<(u16, Option<&str>, &str, Check)> = vec![
+            (200, None, r#"{"accepted":3,"duplicates":0}"#, Box::new(|a| *a == Outcome::Delivered)),
+            (204, None, "", Box::new(|a| *a == Outcome::Delivered)),
+            (
+                422,
+                None,
+                partial,
+                Box::new(
+                    |a| matches!(a, Outcome::Partial { accepted: 8, rejected: 2, reasons } if reasons[0] == "e1: Code: 53"),
+                ),
+            ),
+            (422, None, "not json", Box::new(|a| matches!(a, Outcome::Refused { status: 422, .. }))),
+            (400, None, "bad", Box::new(|a| matches!(a, Outcome::Refused { status: 400, .. }))),
+            (413, None, "", Box::new(|a| matches!(a, Outcome::Refused { status: 413, .. }))),
+            (415, None, "", Box::new(|a| matches!(a, Outcome::Refused { status: 415, .. }))),
+            (401, None, "", Box::new(|a| matches!(a, Outcome::Unauthorized { status: 401, .. }))),
+            (403, None, "", Box::new(|a| matches!(a, Outcome::Unauthorized { status: 403, .. }))),
+            (503, Some("2"), "", Box::new(retry(Some(2)))),
+            (429, Some("600"), "", Box::new(retry(Some(30)))),
+            (408, None, "", Box::new(retry(None))),
+            (500, Some("Wed, 21 Oct 2015 07:28:00 GMT"), "", Box::new(retry(None))),
+            (404, None, "", Box::new(retry(None))),
+        ];
+        for (status, after, body, ok) in cases {
+            let a = classify(status, after, body);
+            assert!(ok(&a), "{status} {after:?}: {a:?}");
+        }
+    }
+}
