@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -147,32 +148,75 @@ impl Drop for Reserved<'_> {
     }
 }
 
+/// Bytes of an unread body read and dropped before an early answer, at most.
+const DRAIN_BYTES: usize = 64 << 10;
+
+/// Read and drop the start of a body we answer without reading: closing a
+/// socket with unread bytes resets it, and the client may then lose the
+/// answer (a 401 it should act on). Bounded in bytes and time.
+async fn drain(body: Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match body.frame().await {
+                Some(Ok(f)) => left = left.saturating_sub(f.data_ref().map_or(0, |d| d.len())),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Checks that need only the headers: token, wire version, encoding, size.
+/// Ok: the content length (if given) and encoding.
+// The Err is the answer itself, built once per refused request: not worth boxing.
+#[allow(clippy::result_large_err)]
+fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(Option<u64>, Option<String>), Response> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(token) = &shared.cfg.token {
+        let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return Err(reject(
+                shared,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token".into(),
+            ));
+        }
+    }
+    if let Some(v) = header(wire::HEADER_VERSION).filter(|v| *v != wire::VERSION) {
+        let msg = format!("wire version {v} not supported (this collector speaks {})", wire::VERSION);
+        return Err(reject(shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "version", msg));
+    }
+    let encoding = header("content-encoding").map(str::to_owned);
+    if let Some(e) = encoding.as_deref().filter(|e| !matches!(e.trim(), "zstd" | "identity" | "")) {
+        let msg = WireError::Encoding(e.to_owned()).to_string();
+        return Err(reject(shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", msg));
+    }
+    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > shared.cfg.max_body_bytes as u64) {
+        return Err(too_large(shared, shared.cfg.max_body_bytes));
+    }
+    Ok((length, encoding))
+}
+
 async fn ingest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     // Everything that needs only the headers comes before reading the body.
-    if let Some(token) = &shared.cfg.token {
-        let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
-            return reject(&shared, StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into());
+    let (length, encoding) = match check_headers(&shared, headers) {
+        Ok(x) => x,
+        Err(answer) => {
+            drain(body).await;
+            return answer;
         }
-    }
-    if let Some(v) = header(wire::HEADER_VERSION).filter(|v| *v != wire::VERSION) {
-        let msg = format!("wire version {v} not supported (this collector speaks {})", wire::VERSION);
-        return reject(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "version", msg);
-    }
-    let encoding = header("content-encoding").map(str::to_owned);
-    if let Some(e) = encoding.as_deref().filter(|e| !matches!(e.trim(), "zstd" | "identity" | "")) {
-        let msg = WireError::Encoding(e.to_owned()).to_string();
-        return reject(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", msg);
-    }
+    };
     let max_body = shared.cfg.max_body_bytes;
-    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > max_body as u64) {
-        return too_large(&shared, max_body);
-    }
     let Some(reserved) = Reserved::take(&shared, length.unwrap_or(max_body as u64)) else {
+        drain(body).await;
         return busy(&shared, "too many batches being read at once");
     };
     let bytes = match tokio::time::timeout(shared.cfg.body_timeout, axum::body::to_bytes(body, max_body)).await {
