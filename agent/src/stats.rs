@@ -11,6 +11,7 @@ use crate::capture::decode::DecodeError;
 use crate::capture::streams::ConnDrop;
 use crate::http::exchange::Ignored;
 use crate::http::message::HttpDrop;
+use crate::providers::ProviderError;
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -243,6 +244,17 @@ impl Counted for HttpDrop {
     }
 }
 
+impl Counted for &ProviderError {
+    fn counter(self, s: &Stats) -> &AtomicU64 {
+        match self {
+            ProviderError::TruncatedBody => &s.dropped_truncated_body,
+            ProviderError::Incomplete => &s.dropped_unanswered,
+            ProviderError::Body(_) => &s.dropped_body_decode,
+            ProviderError::BadJson(_) => &s.dropped_parse_error,
+        }
+    }
+}
+
 /// The kernel's `LOSS` map, one row per counter: where each lands in [`Stats`]
 /// and [`Snapshot`]. Readers and sums go through [`LossCounter::ALL`].
 macro_rules! kernel_counters {
@@ -339,12 +351,15 @@ mod tests {
         s.count(ConnDrop::Shed);
         s.count(Ignored::Http2Joined);
         s.count_n(HttpDrop::Resynced, 2);
+        s.count(&ProviderError::Incomplete);
+        s.count(&ProviderError::BadJson("x".into()));
         for c in LossCounter::ALL {
             Stats::set(c.counter(&s), 1);
         }
         let snap = s.snapshot();
         assert_eq!((snap.decode_errors, snap.connections_shed, snap.ignored_http2_joined), (1, 1, 1));
         assert_eq!(snap.resynced_after_gap, 2);
+        assert_eq!((snap.dropped_unanswered, snap.dropped_parse_error), (1, 1));
         assert_eq!((snap.kernel_filtered_calls, snap.kernel_sockets_not_http), (1, 1));
         // Skipped work (filtered calls, non-HTTP sockets) is not a loss.
         assert_eq!(snap.kernel_losses(), 7);

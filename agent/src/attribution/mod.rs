@@ -23,7 +23,8 @@ use std::path::PathBuf;
 
 use tokentap_event::LlmCall;
 
-use crate::http::h1::Head;
+use crate::capture::event::ConnMeta;
+use crate::http::message::Head;
 use kubernetes::{PodIndex, PodMeta};
 
 /// What is known about one process.
@@ -157,6 +158,16 @@ impl Attributor {
 
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Fill a call's who-fields: the process that made it (pid, comm, exe,
+    /// container, pod, service, labels), its end user (the configured header,
+    /// else what the request body said), feature and API key id.
+    pub fn attribute(&mut self, record: &mut LlmCall, conn: &ConnMeta, request: &Head, body_user: Option<String>) {
+        record.pid = Some(conn.tgid);
+        record.comm = Some(conn.comm.to_string());
+        record.end_user = body_user;
+        self.fill(record, conn.tgid, conn.cgroup_id, request);
     }
 
     /// Fill the record's who-fields from the process and the request head.
@@ -314,5 +325,25 @@ mod tests {
         assert_eq!(r.labels.get("team").map(String::as_str), Some("discovery"));
         assert!(r.api_key_id.as_deref().is_some_and(|k| k.starts_with("k_")));
         assert!(!serde_json::to_string(&r).unwrap().contains("sk-abc"));
+    }
+
+    #[test]
+    fn attribute_fills_the_process_and_prefers_the_end_user_header_over_the_body() {
+        use crate::capture::event::{Comm, ConnMeta};
+        use tokentap_agent_common::Source;
+        let conn =
+            ConnMeta { tgid: 7, cgroup_id: 0, comm: Comm(*b"python3\0\0\0\0\0\0\0\0\0"), source: Source::OpenSsl };
+        let mut a = Attributor::new("/nonexistent", 4)
+            .with_config(AttributionConfig { end_user_header: Some("x-end-user".into()), ..Default::default() }, None);
+        let head = Head { headers: vec![("x-end-user".into(), b"alice".to_vec())], ..Default::default() };
+        let mut r = LlmCall::default();
+        a.attribute(&mut r, &conn, &head, Some("from-body".into()));
+        assert_eq!((r.pid, r.comm.as_deref(), r.end_user.as_deref()), (Some(7), Some("python3"), Some("alice")));
+        let mut r = LlmCall::default();
+        a.attribute(&mut r, &conn, &Head::default(), Some("from-body".into()));
+        assert_eq!(r.end_user.as_deref(), Some("from-body"));
+        let mut r = LlmCall::default();
+        a.attribute(&mut r, &conn, &Head::default(), None);
+        assert_eq!((r.end_user, r.api_key_id), (None, None));
     }
 }

@@ -1,7 +1,8 @@
 //! From ring-buffer records to per-connection byte streams: [`decode`] checks
 //! raw records and turns them into the typed [`event`]s, [`streams`] keeps one
 //! entry per connection (bounded, idle expiry, freed on close and process exit)
-//! and checks chunk continuity.
+//! and checks chunk continuity; [`clock`] turns kernel time into wall-clock time.
+pub mod clock;
 pub mod decode;
 pub mod event;
 pub mod streams;

@@ -1,7 +1,9 @@
 //! An exchange to a call record: what the request asked, whether the response
-//! counts, the provider's reading of it, and the record's fields that the
-//! exchange alone decides. Capture facts (time, process, TLS library),
-//! attribution and cost are added by the caller.
+//! counts, the provider's reading of it, and every field of the record that the
+//! exchange and its capture decide (times, TLS library, ids, path, HTTP
+//! version). The who-fields (attribution's) and the cost are added by the caller;
+//! what the request body says about the end user is handed on as a fact
+//! ([`Call::body_user`]) for attribution to weigh.
 use serde_json::Value;
 use tokentap_event::LlmCall;
 
@@ -9,7 +11,9 @@ use super::api::{host_without_port, Parsed, ProviderError};
 use super::features::{self, Hasher};
 use super::provider::Endpoint;
 use super::response::Response;
-use crate::http::{body, exchange::Exchange};
+use crate::capture::clock::Clock;
+use crate::capture::event::ConnMeta;
+use crate::http::{body, exchange::Exchange, message::Classified};
 
 /// Response headers naming the provider's request id, first found wins.
 pub const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "request-id", "x-amzn-requestid"];
@@ -63,10 +67,38 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize, hash: Hasher) 
     Ok(parsed)
 }
 
-/// The call record of an exchange, but for `ts`, `pid`, `comm` and
-/// `tls_library` (capture's), the who-fields (attribution's) and the cost.
-pub fn call(endpoint: &Endpoint, ex: &Exchange, max_body: usize, hash: Hasher) -> Result<LlmCall, ProviderError> {
-    let parsed = parse(endpoint, ex, max_body, hash)?;
+/// What reading an exchange needs besides the exchange.
+pub struct CallContext<'a> {
+    /// Largest body decoded (content coding removed).
+    pub max_body: usize,
+    /// Kernel time to the record's wall-clock `ts`.
+    pub clock: Clock,
+    /// Keyed hash for prompt features.
+    pub hash: Hasher<'a>,
+}
+
+/// A complete call: the record but for its who-fields and cost, and what the
+/// request body says about the end user (read for 2xx answers only).
+#[derive(Debug)]
+pub struct Call {
+    pub record: LlmCall,
+    pub body_user: Option<String>,
+}
+
+/// The call of a classified exchange on a connection.
+pub fn call(c: &Classified<Endpoint>, conn: &ConnMeta, cx: &CallContext) -> Result<Call, ProviderError> {
+    let (endpoint, ex) = (&c.endpoint, &c.exchange);
+    let mut parsed = parse(endpoint, ex, cx.max_body, cx.hash)?;
+    let body_user = parsed.end_user.take();
+    let mut record = record(endpoint, ex, parsed);
+    // What capture knows: when, and which TLS library (none for plaintext sockets).
+    record.ts = LlmCall::format_ts(cx.clock.wall_ns(ex.request.first_ts));
+    record.tls_library = conn.source.tls_library().map(str::to_owned);
+    Ok(Call { record, body_user })
+}
+
+/// The record's fields the exchange decides.
+fn record(endpoint: &Endpoint, ex: &Exchange, parsed: Parsed) -> LlmCall {
     let (req, resp) = (&ex.request, &ex.response);
     let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
     let ttft_ms = parsed
@@ -75,7 +107,7 @@ pub fn call(endpoint: &Endpoint, ex: &Exchange, max_body: usize, hash: Hasher) -
         .and_then(|off| resp.ts_of_body_offset(off))
         .map(|t| ms(req.first_ts, t));
     let usage = parsed.usage;
-    Ok(LlmCall {
+    LlmCall {
         event_id: LlmCall::new_event_id(),
         duration_ms: Some(ms(req.first_ts, resp.last_ts)),
         ttft_ms,
@@ -98,11 +130,10 @@ pub fn call(endpoint: &Endpoint, ex: &Exchange, max_body: usize, hash: Hasher) -
         // Query strings can carry credentials (`?key=`): never recorded.
         path: req.head.path.as_deref().map(|p| p.split('?').next().unwrap_or(p).to_owned()),
         http_version: Some(if req.head.http2 { "2".to_owned() } else { format!("1.{}", req.head.minor_version) }),
-        end_user: parsed.end_user,
         features: parsed.features,
         service_tier: parsed.service_tier,
         ..Default::default()
-    })
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +172,31 @@ mod tests {
     fn run(ex: &Exchange) -> Result<Parsed, ProviderError> {
         let endpoint = Rules::default().classify(&ex.request.head).expect("an LLM call");
         parse(&endpoint, ex, 1 << 20, &|b: &[u8]| b.len().to_string())
+    }
+
+    /// `call()` adds what capture knows (wall-clock `ts`, TLS library) and hands
+    /// the body's end user on as a fact, not as the record's `end_user`.
+    #[test]
+    fn call_fills_capture_facts_and_hands_on_the_body_user() {
+        use crate::capture::event::{Comm, ConnMeta};
+        use tokentap_agent_common::Source;
+        let ok = br#"{"id":"x","model":"m","usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        let mut ex =
+            exchange("/v1/chat/completions?key=s", r#"{"model":"m","user":"u-1"}"#, 200, "application/json", ok);
+        ex.request.first_ts = 1_000_000;
+        ex.response.head.headers.push(("request-id".into(), b"r-1".to_vec()));
+        let endpoint = Rules::default().classify(&ex.request.head).unwrap();
+        let c = Classified { endpoint, exchange: ex };
+        let hash = |b: &[u8]| b.len().to_string();
+        let cx = CallContext { max_body: 1 << 20, clock: Clock::fixed(1_000_000_000), hash: &hash };
+        let mut conn = ConnMeta { tgid: 1, cgroup_id: 0, comm: Comm([0; 16]), source: Source::OpenSsl };
+        let Call { record, body_user } = call(&c, &conn, &cx).unwrap();
+        assert_eq!(record.ts, LlmCall::format_ts(1_001_000_000));
+        assert_eq!(record.tls_library.as_deref(), Some(Source::OpenSsl.as_str()));
+        assert_eq!((record.path.as_deref(), record.request_id.as_deref()), (Some("/v1/chat/completions"), Some("r-1")));
+        assert_eq!((body_user.as_deref(), record.end_user, record.pid), (Some("u-1"), None, None));
+        conn.source = Source::Socket;
+        assert_eq!(call(&c, &conn, &cx).unwrap().record.tls_library, None);
     }
 
     #[test]

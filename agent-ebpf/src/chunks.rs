@@ -1,0 +1,187 @@
+//! The copy path every capture method shares: once a hook knows a call moved
+//! `len` bytes at `buf` on a connection, [`emit_data`] copies exactly those bytes
+//! into the ring buffer as ordered chunks of at most `CHUNK_SIZE`
+//! (`{conn, direction, offset, len, flags}` in each header), so large payloads
+//! are split, not truncated.
+//!
+//! Why this shape: a chunk is built in per-CPU scratch (too big for the stack),
+//! with one slot per preemption nesting level, so two programs on one CPU never
+//! share a slot; `bpf_loop` (5.17+) lets the verifier check the per-chunk body
+//! once, however many chunks a call needs. What it falls back to: with every
+//! slot busy the call is dropped and counted; a call beyond `MAX_CHUNKS` chunks
+//! is cut and its last chunk flagged truncated; a chunk the ring buffer can't
+//! take marks the connection so its next chunk carries [`FLAG_GAP_BEFORE`];
+//! connections user space asked to skip ([`IGNORED_CONNS`]) are not copied at all.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns,
+        generated::{bpf_get_current_cgroup_id, bpf_loop, bpf_probe_read_user as raw_probe_read_user},
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use tokentap_agent_common::{
+    DataEvent, EventKind, LossCounter, Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, FLAG_GAP_BEFORE, FLAG_LAST,
+    FLAG_READ_FAILED, FLAG_TRUNCATED, MAX_CHUNKS, SCRATCH_SLOTS,
+};
+
+use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
+
+/// Connections user space has classified as not worth copying (not HTTP, HTTP/2,
+/// server side, desynchronised): their calls are skipped here, so a busy TLS
+/// database or a download costs a map lookup, not a copy. Cleared on `SSL_free`.
+#[map]
+pub(crate) static IGNORED_CONNS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// Per-CPU nesting depth: which scratch slot the next program on this CPU uses.
+#[map]
+static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Connections that lost a chunk to a full ring buffer: the next chunk copied for
+/// them carries [`FLAG_GAP_BEFORE`], so user space knows the stream has a hole
+/// even when whole calls were lost (per-call offsets can't show that). LRU: a
+/// connection never heard of again ages out.
+#[map]
+static GAPPED: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes whose calls were copied since their last exec: the first one wakes
+/// user space (see `copy_chunks`). Cleared at exec and exit.
+#[map]
+pub(crate) static PROCS_SEEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Has user space told us to skip this connection?
+#[inline(always)]
+pub(crate) fn ignored(pid_tgid: u64, conn: u64) -> bool {
+    if unsafe { IGNORED_CONNS.get(SslKey { tgid: pid_tgid >> 32, ssl: conn }) }.is_some() {
+        count_loss(LossCounter::FilteredIgnored, 1);
+        return true;
+    }
+    false
+}
+
+/// What one copied call is: whose connection, which bytes, from which hook.
+pub(crate) struct Emit {
+    pub(crate) conn: u64,
+    pub(crate) buf: u64,
+    pub(crate) fd: i32,
+    pub(crate) source: Source,
+}
+
+/// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
+pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
+    let Some(depth_ptr) = SCRATCH_DEPTH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value of a live per-CPU map. A program preempted on this
+    // CPU by another one sees the incremented depth and takes the next slot.
+    let slot = unsafe { *depth_ptr };
+    unsafe { *depth_ptr = slot.wrapping_add(1) };
+    if slot < SCRATCH_SLOTS {
+        copy_chunks(pid_tgid, e, direction, len, slot);
+    } else {
+        count_loss(LossCounter::ScratchBusy, 1);
+    }
+    unsafe { *depth_ptr = slot };
+}
+
+/// State shared with the per-chunk callback of `bpf_loop` (lives on the stack).
+#[repr(C)]
+struct CopyCtx {
+    buf: u64,
+    len: u64,
+    slot: u32,
+    /// Wake user space after this call's last chunk (see [`PROCS_SEEN`]).
+    wake: u32,
+}
+
+fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, slot: u32) {
+    let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch slot owned by this nesting level.
+    let h = unsafe { &mut (*ev).header };
+    h.kind = EventKind::Data as u32;
+    h.direction = direction;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.tid = pid_tgid as u32;
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.conn = e.conn;
+    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.call_len = len;
+    h.fd = e.fd;
+    h.source = e.source as u32;
+    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // A process's first captured call wakes user space at once: it reads the
+    // process's attribution (/proc/PID: executable, cgroup, environment) while
+    // the process still lives — a short-lived client may exit within milliseconds.
+    let tgid = (pid_tgid >> 32) as u32;
+    let wake = u32::from(unsafe { PROCS_SEEN.get(tgid) }.is_none());
+    if wake == 1 {
+        let _ = PROCS_SEEN.insert(tgid, 1, 0);
+    }
+    let mut ctx = CopyCtx { buf: e.buf, len, slot, wake };
+    // bpf_loop (5.17+) lets the verifier check the body once, however many
+    // chunks a call needs; an unrolled bounded loop exceeds its budget.
+    unsafe { bpf_loop(MAX_CHUNKS, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut CopyCtx).cast(), 0) };
+}
+
+/// `bpf_loop` callback: copy chunk `index`; returns 1 to stop.
+#[inline(never)]
+extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the CopyCtx on copy_chunks' stack.
+    let ctx = unsafe { &*(ctx as *const CopyCtx) };
+    let Some(ev) = SCRATCH.get_ptr_mut(ctx.slot) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch slot owned by this nesting level.
+    let ev = unsafe { &mut *ev };
+    let len = ctx.len;
+    let offset = index * (CHUNK_SIZE as u64);
+    if offset >= len {
+        return 1;
+    }
+    let limit = (CHUNK_SIZE as u64) * (MAX_CHUNKS as u64);
+    let remaining = len - offset;
+    let mut n = if remaining > CHUNK_SIZE as u64 { CHUNK_SIZE as u64 } else { remaining };
+    // Keep the verifier sure that n is within the scratch buffer.
+    n &= (2 * CHUNK_SIZE as u64) - 1;
+    if n > CHUNK_SIZE as u64 {
+        n = CHUNK_SIZE as u64;
+    }
+    let last = offset + n >= len || offset + n >= limit;
+    let mut flags = if last { FLAG_LAST } else { 0 };
+    if last && len > limit {
+        flags |= FLAG_TRUNCATED;
+        count_loss(LossCounter::TruncatedCall, 1);
+    }
+    let src = (ctx.buf + offset) as *const core::ffi::c_void;
+    let rc = unsafe { raw_probe_read_user(ev.data.as_mut_ptr().cast(), n as u32, src) };
+    if rc != 0 {
+        flags |= FLAG_READ_FAILED;
+        count_loss(LossCounter::ReadFailed, 1);
+    }
+    let key = SslKey { tgid: ev.header.tgid as u64, ssl: ev.header.conn };
+    if index == 0 && unsafe { GAPPED.get(key) }.is_some() {
+        flags |= FLAG_GAP_BEFORE;
+        let _ = GAPPED.remove(key);
+    }
+    ev.header.offset = offset;
+    ev.header.len = n as u32;
+    ev.header.flags = flags;
+    let total = DATA_HEADER_LEN + n as usize;
+    // SAFETY: `total` <= size_of::<DataEvent>() and `ev` is a live map value.
+    let bytes = unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
+    let wake = if last && ctx.wake == 1 { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
+    if EVENTS.output::<[u8]>(bytes, wake).is_err() {
+        count_loss(LossCounter::RingFull, 1);
+        let _ = GAPPED.insert(key, 1, 0);
+    }
+    if last {
+        1
+    } else {
+        0
+    }
+}

@@ -1,0 +1,125 @@
+//! Go programs carry their own TLS (`crypto/tls`), which no OpenSSL probe sees.
+//!
+//! Why these hooks: `crypto/tls.(*Conn).Write`/`.Read` are probed at entry and at
+//! each of their return instructions (user space finds the `RET`s), never with
+//! uretprobes: Go moves goroutine stacks, which breaks the return-address
+//! trampoline. In-flight calls are keyed by goroutine, not thread, since a
+//! goroutine may move between threads. `(*Conn).Close` ends a connection.
+//!
+//! What they fall back to: the socket fd is read through the `net.Conn` behind
+//! the `*tls.Conn`; a conn that is not a `*net.TCPConn` gives nonsense, caught by
+//! a range check, and the fd is then -1. A goroutine that dies inside a call
+//! leaves an entry that ages out of the LRU map.
+//!
+//! Register ABI (Go >= 1.17, amd64): receiver and arguments in RAX, RBX, RCX,
+//! RDI, …; results in RAX, RBX, …; the current goroutine `g` in R14.
+//! `func (c *Conn) Write(b []byte) (int, error)`: RAX = c, RBX = b.ptr, RCX = b.len.
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+};
+use tokentap_agent_common::{
+    CallArgs, CallKind, EventKind, GoCallKey, LossCounter, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
+};
+
+use crate::chunks::{emit_data, ignored, Emit, IGNORED_CONNS};
+use crate::ring::{count_loss, emit_control};
+
+/// In-flight Go TLS calls by goroutine. LRU: a goroutine that dies inside a
+/// call (panic) must not leak its entry.
+#[map]
+static GO_CALLS: LruHashMap<GoCallKey, CallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> Option<&pt_regs> {
+    // SAFETY: a uprobe's context is the trapped task's registers.
+    unsafe { ctx.regs.as_ref() }
+}
+
+fn go_enter(ctx: &ProbeContext, call: CallKind) {
+    let Some(r) = regs(ctx) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
+    let args = CallArgs { ssl: r.rax, buf: r.rbx, len_ptr: 0, num: r.rcx, call: call as u32, _pad: 0 };
+    if GO_CALLS.insert(key, args, 0).is_err() {
+        count_loss(LossCounter::ArgsMapFull, 1);
+    }
+}
+
+/// At one of the function's `RET` instructions: RAX holds `n`.
+fn go_return(ctx: &ProbeContext, call: CallKind, direction: u32) {
+    let Some(r) = regs(ctx) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
+    let Some(args) = (unsafe { GO_CALLS.get(key) }).copied() else {
+        return;
+    };
+    if args.call != call as u32 {
+        return;
+    }
+    let _ = GO_CALLS.remove(key);
+    let n = r.rax as i64;
+    if n <= 0 || n as u64 > args.num {
+        return;
+    }
+    if ignored(pid_tgid, args.ssl) {
+        return;
+    }
+    let e = Emit { conn: args.ssl, buf: args.buf, fd: go_conn_fd(args.ssl), source: Source::GoTls };
+    emit_data(pid_tgid, &e, direction, n as u64);
+}
+
+/// The socket fd under a `*tls.Conn`: `c.conn` (a `net.Conn` interface at offset
+/// 0, its data word at +8) -> `*net.TCPConn` -> `conn.fd *netFD` (offset 0) ->
+/// `pfd.Sysfd` (after the 16-byte `fdMutex`). Stable across Go releases; a
+/// conn that is not a `*net.TCPConn` yields nonsense, caught by the range check.
+fn go_conn_fd(conn: u64) -> i32 {
+    let read = |addr: u64| unsafe { bpf_probe_read_user(addr as *const u64) }.ok();
+    let fd = read(conn + 8).and_then(read).and_then(|netfd| read(netfd + 16));
+    match fd {
+        Some(fd) if fd < (1 << 24) => fd as i32,
+        _ => -1,
+    }
+}
+
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, CallKind::GoWrite);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_write_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, CallKind::GoWrite, DIR_EGRESS);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, CallKind::GoRead);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, CallKind::GoRead, DIR_INGRESS);
+    0
+}
+
+/// `(*Conn).Close`: the connection object may be reused for another connection.
+#[uprobe]
+pub fn go_tls_close(ctx: ProbeContext) -> u32 {
+    if let Some(r) = regs(&ctx) {
+        let conn = r.rax;
+        let _ = IGNORED_CONNS.remove(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl: conn });
+        emit_control(EventKind::ConnClosed, conn);
+    }
+    0
+}
