@@ -571,8 +571,20 @@ class H2Conn:
 class Server(socketserver.ThreadingMixIn, HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Bursts of new connections (a client's pool opening at once) must not
+    # overflow the listen queue.
+    request_queue_size = 256
 
     def finish_request(self, request, client_address):
+        # The TLS handshake runs here, in the connection's own thread, not in
+        # the accept loop: one slow handshake must not hold up the others.
+        if hasattr(request, "do_handshake"):
+            try:
+                request.settimeout(10)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ssl.SSLError):
+                return
         if getattr(request, "selected_alpn_protocol", lambda: None)() == "h2":
             return H2Conn(request, self).run()
         return super().finish_request(request, client_address)
@@ -595,7 +607,7 @@ def main():
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.cert, a.key)
         ctx.set_alpn_protocols(["h2", "http/1.1"] if a.h2 else ["http/1.1"])
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
     tmp = a.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(srv.server_address[1]))
