@@ -675,6 +675,14 @@ pub fn now_ts() -> String {
     tokentap_event::LlmCall::format_ts(nanos as i128)
 }
 
+/// One series' value in a Prometheus text (`name` or `name{labels}`); 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A ClickHouse for the collector tests: the server at `TOKENTAP_CLICKHOUSE_URL`
 /// when set, else the real ClickHouse engine (chdb-core) behind
 /// tests/server/clickhouse_http.py — a test-harness stand-in for the server
@@ -925,13 +933,9 @@ impl Collector {
         r.body_mut().read_to_string().unwrap_or_default()
     }
 
-    /// One unlabelled metric's value (0 when absent).
-    pub fn metric(&self, name: &str) -> f64 {
-        let text = self.metrics();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+    /// One series' value from /metrics (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
     }
 
     /// Wait until no request body is being read or decoded

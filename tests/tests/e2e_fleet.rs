@@ -171,14 +171,6 @@ fn a_batch_retried_after_timeouts_is_stored_once_in_raw_final_and_rollups() {
     }
 }
 
-/// A labelled metric's value from a /metrics text (0 when absent).
-fn metric_labelled(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Connect and send nothing: an idle client of a request, then hold the connection.
 fn idle_connection(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -235,7 +227,7 @@ fn floods_of_unauthenticated_bodies_and_idle_connections_leave_room_for_agents()
     // A refused client may see its answer or, as the collector closes with its
     // body unread, a reset: the collector's counters are the record.
     let m = collector.metrics();
-    let unauthorized = metric_labelled(&m, "tokentap_collector_batches_rejected_total{reason=\"unauthorized\"}");
+    let unauthorized = metric_value(&m, "tokentap_collector_batches_rejected_total{reason=\"unauthorized\"}");
     let refused = collector.metric("tokentap_collector_connections_refused_total");
     assert_eq!(unauthorized + refused, 100.0, "every flood request refused from its headers: {m}\n{answers:?}");
     let peak = collector.peak_rss_kib();
