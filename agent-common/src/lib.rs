@@ -71,6 +71,9 @@ pub enum Source {
     GoTls = 2,
     /// Plaintext socket syscalls (`write`, `sendto`, `recvmsg`, …).
     Socket = 3,
+    /// BoringSSL (`SSL_write` / `SSL_read`, the OpenSSL ABI), found by symbol
+    /// or, in stripped binaries such as Bun, by analysing the machine code.
+    BoringSsl = 4,
 }
 
 impl Source {
@@ -79,6 +82,7 @@ impl Source {
             1 => Some(Self::OpenSsl),
             2 => Some(Self::GoTls),
             3 => Some(Self::Socket),
+            4 => Some(Self::BoringSsl),
             _ => None,
         }
     }
@@ -88,7 +92,16 @@ impl Source {
             Self::OpenSsl => "openssl",
             Self::GoTls => "go_tls",
             Self::Socket => "socket",
+            Self::BoringSsl => "boringssl",
         }
+    }
+
+    /// Does user space learn when this source's connections end? Not for
+    /// BoringSSL found in stripped binaries (no `SSL_free` to probe): a freed
+    /// `SSL*` address may carry the next connection, so user space restarts a
+    /// stream that begins anew, and the kernel is never told to skip one.
+    pub const fn ends_are_seen(self) -> bool {
+        !matches!(self, Self::BoringSsl)
     }
 
     /// The TLS library a record names: none for plaintext socket captures.
@@ -349,5 +362,9 @@ mod tests {
         assert_eq!(Source::OpenSsl.tls_library(), Some("openssl"));
         assert_eq!(Source::GoTls.tls_library(), Some("go_tls"));
         assert_eq!(Source::Socket.tls_library(), None);
+        assert_eq!(Source::BoringSsl.tls_library(), Some("boringssl"));
+        for s in [Source::OpenSsl, Source::GoTls, Source::Socket, Source::BoringSsl] {
+            assert_eq!(Source::from_u32(s as u32), Some(s));
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! One module per hook family, each opening with why its hooks were chosen and
 //! what it falls back to:
 //! - [`openssl`]: `SSL_write`/`SSL_read` (and `_ex`), `SSL_free`, `SSL_set_fd`;
+//! - [`boringssl`]: the same ABI in BoringSSL, found by analysis in stripped
+//!   binaries (Bun, Claude Code);
 //! - [`go_tls`]: Go's `crypto/tls.(*Conn).Write`/`.Read`/`.Close`;
 //! - [`sockets`]: plaintext HTTP at the socket syscalls;
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
@@ -17,6 +19,7 @@
 #![no_std]
 #![no_main]
 
+mod boringssl;
 mod chunks;
 mod go_tls;
 mod openssl;

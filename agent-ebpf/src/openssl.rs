@@ -32,7 +32,7 @@ static ACTIVE_CALLS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0
 #[map]
 static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
-fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
+pub(crate) fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     // `int num` for SSL_write/SSL_read, `size_t num` for the _ex variants.
@@ -49,7 +49,7 @@ fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
     }
 }
 
-fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
+pub(crate) fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32, source: Source) {
     let key = bpf_get_current_pid_tgid();
     let Some(args) = (unsafe { ACTIVE_CALLS.get(key) }).copied() else {
         return;
@@ -90,7 +90,7 @@ fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32) {
         return;
     }
     let fd = unsafe { SSL_FDS.get(SslKey { tgid: key >> 32, ssl: args.ssl }) }.copied().unwrap_or(-1);
-    emit_data(key, &Emit { conn: args.ssl, buf: args.buf, fd, source: Source::OpenSsl }, direction, len);
+    emit_data(key, &Emit { conn: args.ssl, buf: args.buf, fd, source }, direction, len);
 }
 
 #[uprobe]
@@ -101,7 +101,7 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
-    finish_call(&ctx, CallKind::Write, DIR_EGRESS);
+    finish_call(&ctx, CallKind::Write, DIR_EGRESS, Source::OpenSsl);
     0
 }
 
@@ -113,7 +113,7 @@ pub fn ssl_read(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_read_ret(ctx: RetProbeContext) -> u32 {
-    finish_call(&ctx, CallKind::Read, DIR_INGRESS);
+    finish_call(&ctx, CallKind::Read, DIR_INGRESS, Source::OpenSsl);
     0
 }
 
@@ -125,7 +125,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
-    finish_call(&ctx, CallKind::WriteEx, DIR_EGRESS);
+    finish_call(&ctx, CallKind::WriteEx, DIR_EGRESS, Source::OpenSsl);
     0
 }
 
@@ -137,7 +137,7 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
-    finish_call(&ctx, CallKind::ReadEx, DIR_INGRESS);
+    finish_call(&ctx, CallKind::ReadEx, DIR_INGRESS, Source::OpenSsl);
     0
 }
 

@@ -162,6 +162,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Say what the agent would probe in these executable files, and where:
+    /// the TLS library found, each eBPF program and its file offset, or why a
+    /// library that is there is not probed. No root needed; nothing attached.
+    Inspect {
+        /// Executables or shared libraries.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// `1800`, `90s`, `30m`, `2h`, `1d` -> seconds.

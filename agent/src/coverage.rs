@@ -23,6 +23,10 @@ pub struct ProcessCoverage {
     pub records: BTreeMap<String, u64>,
     /// Connections not decoded, by reason (`not_http`, `http2_joined`, `desync`, …).
     pub not_decoded: BTreeMap<String, u64>,
+    /// TLS libraries this process maps that are not probed (`library: file`),
+    /// with the reason: its calls through them cannot be recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_probed: BTreeMap<String, String>,
     /// The agent has handled the process's exit: its connections are closed and
     /// every record it will ever produce has been written.
     #[serde(default)]
@@ -87,6 +91,15 @@ impl Coverage {
         }
     }
 
+    /// The process maps a TLS library that is not probed (`what`: library and
+    /// file), and why. Logged by discovery, once per file.
+    pub fn not_probed(&mut self, pid: u32, comm: &str, what: &str, reason: &str) {
+        let p = self.entry(pid, comm);
+        if p.not_probed.len() < 16 {
+            p.not_probed.insert(what.to_owned(), reason.to_owned());
+        }
+    }
+
     /// The process exited (after its connections were closed). Processes never
     /// seen are not added.
     pub fn exited(&mut self, pid: u32) {
@@ -114,7 +127,9 @@ mod tests {
         c.connection(7, "python3", Source::Socket);
         c.record(7, "python3", Source::Socket);
         c.not_decoded(7, "python3", Source::OpenSsl, Ignored::Http2Joined);
+        c.not_probed(7, "python3", "boringssl: /opt/bun", "SSL_read not found");
         let r = c.report();
+        assert_eq!(r[0].not_probed.get("boringssl: /opt/bun").map(String::as_str), Some("SSL_read not found"));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].connections.get("go_tls"), Some(&1));
         assert_eq!(r[0].records.get("socket"), Some(&1));

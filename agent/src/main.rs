@@ -14,6 +14,9 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(Command::Inspect { files }) = &cli.command {
+        return inspect(files);
+    }
     let settings = match Settings::resolve(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -36,5 +39,33 @@ fn main() -> std::process::ExitCode {
             eprintln!("tokentap-agent: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `tokentap-agent inspect FILE...`: one JSON line per file.
+fn inspect(files: &[std::path::PathBuf]) -> std::process::ExitCode {
+    let mut ok = true;
+    for f in files {
+        let line = match tokentap_agent::discovery::inspect(f) {
+            Ok(s) => {
+                let points: Vec<_> = tokentap_agent::probes::attach_points(&s)
+                    .into_iter()
+                    .map(|(program, offset)| serde_json::json!({"program": program, "offset": format!("{offset:#x}")}))
+                    .collect();
+                let library = (s.is_tls_library() || s.go.is_some() || s.boringssl.is_some() || s.refused.is_some())
+                    .then(|| s.library.as_str());
+                serde_json::json!({"file": f, "tls_library": library, "probes": points, "not_probed": s.refused})
+            }
+            Err(e) => {
+                ok = false;
+                serde_json::json!({"file": f, "error": e.to_string()})
+            }
+        };
+        println!("{line}");
+    }
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }

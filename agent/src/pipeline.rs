@@ -7,14 +7,15 @@
 //! targets drive it with synthetic records.
 use std::sync::Arc;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokentap_event::PriceTable;
 
 use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
 use crate::capture::decode::decode;
-use crate::capture::event::{Chunk, ConnMeta, Control, RawEvent};
+use crate::capture::event::{Chunk, ConnMeta, Control, Direction, RawEvent};
 use crate::capture::streams::{ConnDrop, ConnTable, Entry};
 use crate::coverage::Coverage;
+use crate::discovery::Unprobed;
 use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
 use crate::providers::call::{Call, CallContext};
 use crate::providers::{self, Endpoint, Rules};
@@ -89,6 +90,7 @@ pub struct Pipeline {
     exchanges: Vec<Classified<Endpoint>>,
     filter: Option<Box<dyn ConnFilter>>,
     coverage: Coverage,
+    unprobed: Option<Receiver<Unprobed>>,
 }
 
 impl Pipeline {
@@ -114,6 +116,7 @@ impl Pipeline {
             exchanges: Vec::new(),
             filter: None,
             coverage: Coverage::default(),
+            unprobed: None,
         }
     }
 
@@ -154,6 +157,13 @@ impl Pipeline {
     fn on_data(&mut self, c: &Chunk<'_>) {
         Stats::add(&self.stats.bytes, c.data.len() as u64);
         let max_body = self.cfg.max_body_bytes;
+        if !c.owner.source.ends_are_seen() && c.direction == Direction::Egress {
+            // The connection object's address now carries a new connection.
+            let restarts = self.conns.get_mut(&c.key).is_some_and(|e| e.state.http.restarts_with(c.data));
+            if let Some(e) = restarts.then(|| self.conns.remove(&c.key)).flatten() {
+                self.close_entry(e, c.ts_ns);
+            }
+        }
         let mut lost = Lost::default();
         let (entry, continuity, evicted) =
             self.conns.on_data(c, || Conn { http: HttpConnection::new(max_body), counted_ignore: false });
@@ -177,7 +187,7 @@ impl Pipeline {
             conn.counted_ignore = true;
             self.stats.count(why);
             self.coverage.not_decoded(owner.tgid, &owner.comm.to_string(), owner.source, why);
-            if let Some(f) = self.filter.as_mut() {
+            if let (Some(f), true) = (self.filter.as_mut(), owner.source.ends_are_seen()) {
                 f.ignore(c.key.tgid, c.key.conn);
             }
         }
@@ -232,8 +242,21 @@ impl Pipeline {
         self.emit_exchanges(&e.meta);
     }
 
+    /// Discovery's reports of processes mapping a TLS library it does not
+    /// probe, for coverage.
+    pub fn with_unprobed(mut self, rx: Receiver<Unprobed>) -> Self {
+        self.unprobed = Some(rx);
+        self
+    }
+
     /// Expire idle connections; call periodically with the current monotonic time.
     pub fn tick(&mut self, now_mono_ns: u64) {
+        if let Some(rx) = &self.unprobed {
+            for u in rx.try_iter().take(4096) {
+                let what = format!("{}: {}", u.library.as_str(), u.path.display());
+                self.coverage.not_probed(u.pid, &u.comm, &what, &u.reason);
+            }
+        }
         let cutoff = now_mono_ns.saturating_sub(self.cfg.idle_timeout_ns);
         for (_, e) in self.conns.expire(cutoff) {
             self.stats.count(ConnDrop::Expired);

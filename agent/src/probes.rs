@@ -1,6 +1,7 @@
 //! Loading the eBPF object and attaching its programs: uprobes/uretprobes on the
-//! TLS functions of each discovered file (Go's at entry and at every return
-//! instruction), the exec/exit tracepoints, and the socket syscall tracepoints.
+//! TLS functions of each discovered file, placed by each capture method's entry
+//! in [`METHODS`] (Go's at entry and at every return instruction), the exec/exit
+//! tracepoints, and the socket syscall tracepoints.
 //! Dropping [`Probes`] detaches everything.
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -13,7 +14,7 @@ use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 use tokentap_agent_common::{LossCounter, SslKey};
 
-use crate::discovery::{FileKey, Target, TlsSymbols};
+use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
 use crate::stats::{Counted, Stats};
 
 /// The eBPF object built by build.rs.
@@ -39,25 +40,96 @@ pub enum ProbeError {
     BadRingSize(u32),
 }
 
-/// Picks the file offset a program attaches to.
-type SymbolOf = fn(&TlsSymbols) -> Option<u64>;
+/// One capture method as user space sees it: the eBPF programs it brings (all
+/// loaded at start) and where in a discovered file each one attaches. How its
+/// files are found is in `discovery` (one module per method); its kernel side
+/// is one module of `agent-ebpf`; the `tls_library` its records name is its
+/// `Source`. Adding a method: one kernel module, one discovery module, one
+/// entry here.
+pub struct CaptureMethod {
+    pub name: &'static str,
+    pub programs: &'static [&'static str],
+    /// (program, file offset) pairs for one file; empty when the file is not
+    /// this method's.
+    pub points: fn(&TlsSymbols) -> Vec<(&'static str, u64)>,
+}
 
-/// Programs attached to Go executables (at computed offsets, see [`attach_points`]).
-const GO_UPROBES: &[&str] = &["go_tls_write", "go_tls_write_ret", "go_tls_read", "go_tls_read_ret", "go_tls_close"];
+fn each(pairs: &[(&'static str, Option<u64>)]) -> Vec<(&'static str, u64)> {
+    pairs.iter().filter_map(|&(name, at)| at.map(|a| (name, a))).collect()
+}
 
-/// (program, which symbol) for every uprobe and uretprobe.
-const UPROBES: &[(&str, SymbolOf)] = &[
-    ("ssl_write", |s| s.ssl_write),
-    ("ssl_write_ret", |s| s.ssl_write),
-    ("ssl_read", |s| s.ssl_read),
-    ("ssl_read_ret", |s| s.ssl_read),
-    ("ssl_write_ex", |s| s.ssl_write_ex),
-    ("ssl_write_ex_ret", |s| s.ssl_write_ex),
-    ("ssl_read_ex", |s| s.ssl_read_ex),
-    ("ssl_read_ex_ret", |s| s.ssl_read_ex),
-    ("ssl_free", |s| s.ssl_free),
-    ("ssl_set_fd", |s| s.ssl_set_fd),
-    ("dl_debug_state", |s| s.dl_debug_state),
+/// OpenSSL's probes, also for BoringSSL's `SSL_free`/`SSL_set_fd` when exported.
+fn openssl_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    let boring = s.library == TlsLibrary::BoringSsl;
+    let (w, r) = if boring { (None, None) } else { (s.ssl_write, s.ssl_read) };
+    each(&[
+        ("ssl_write", w),
+        ("ssl_write_ret", w),
+        ("ssl_read", r),
+        ("ssl_read_ret", r),
+        ("ssl_write_ex", s.ssl_write_ex.filter(|_| !boring)),
+        ("ssl_write_ex_ret", s.ssl_write_ex.filter(|_| !boring)),
+        ("ssl_read_ex", s.ssl_read_ex.filter(|_| !boring)),
+        ("ssl_read_ex_ret", s.ssl_read_ex.filter(|_| !boring)),
+        ("ssl_free", s.ssl_free),
+        ("ssl_set_fd", s.ssl_set_fd),
+    ])
+}
+
+/// BoringSSL: exported symbols, or found by analysis in a stripped binary.
+/// Its `_ex` functions call `SSL_write`/`SSL_read`, so those two suffice.
+fn boringssl_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    let (w, r) = match (s.library, s.boringssl) {
+        (_, Some(b)) => (Some(b.ssl_write), Some(b.ssl_read)),
+        (TlsLibrary::BoringSsl, None) => (s.ssl_write, s.ssl_read),
+        _ => (None, None),
+    };
+    each(&[("boringssl_write", w), ("boringssl_write_ret", w), ("boringssl_read", r), ("boringssl_read_ret", r)])
+}
+
+/// Go: at entry and at every return instruction (no uretprobes on Go stacks).
+fn go_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    let Some(g) = &s.go else { return Vec::new() };
+    let mut out = vec![("go_tls_write", g.write), ("go_tls_read", g.read)];
+    out.extend(g.write_rets.iter().map(|&o| ("go_tls_write_ret", o)));
+    out.extend(g.read_rets.iter().map(|&o| ("go_tls_read_ret", o)));
+    out.extend(g.close.map(|o| ("go_tls_close", o)));
+    out
+}
+
+/// The dynamic loader's rendezvous hook: libraries loaded after exec.
+fn loader_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    each(&[("dl_debug_state", s.dl_debug_state)])
+}
+
+pub const METHODS: &[CaptureMethod] = &[
+    CaptureMethod {
+        name: "openssl",
+        programs: &[
+            "ssl_write",
+            "ssl_write_ret",
+            "ssl_read",
+            "ssl_read_ret",
+            "ssl_write_ex",
+            "ssl_write_ex_ret",
+            "ssl_read_ex",
+            "ssl_read_ex_ret",
+            "ssl_free",
+            "ssl_set_fd",
+        ],
+        points: openssl_points,
+    },
+    CaptureMethod {
+        name: "boringssl",
+        programs: &["boringssl_write", "boringssl_write_ret", "boringssl_read", "boringssl_read_ret"],
+        points: boringssl_points,
+    },
+    CaptureMethod {
+        name: "go_tls",
+        programs: &["go_tls_write", "go_tls_write_ret", "go_tls_read", "go_tls_read_ret", "go_tls_close"],
+        points: go_points,
+    },
+    CaptureMethod { name: "loader", programs: &["dl_debug_state"], points: loader_points },
 ];
 
 /// (program, raw tracepoint).
@@ -69,16 +141,7 @@ const SOCKET_TRACEPOINTS: &[(&str, &str)] = &[("sys_enter", "sys_enter"), ("sys_
 
 /// Every (program, file offset) to attach for a target.
 pub fn attach_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
-    let mut out: Vec<(&'static str, u64)> =
-        UPROBES.iter().filter_map(|(name, sym)| sym(s).map(|off| (*name, off))).collect();
-    if let Some(g) = &s.go {
-        out.push(("go_tls_write", g.write));
-        out.extend(g.write_rets.iter().map(|&o| ("go_tls_write_ret", o)));
-        out.push(("go_tls_read", g.read));
-        out.extend(g.read_rets.iter().map(|&o| ("go_tls_read_ret", o)));
-        out.extend(g.close.map(|o| ("go_tls_close", o)));
-    }
-    out
+    METHODS.iter().flat_map(|m| (m.points)(s)).collect()
 }
 
 pub struct Probes {
@@ -146,7 +209,7 @@ impl Probes {
         }
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new().map_max_entries("EVENTS", ring_buffer_bytes).load(EBPF_OBJECT)?;
-        for name in UPROBES.iter().map(|(n, _)| *n).chain(GO_UPROBES.iter().copied()) {
+        for name in METHODS.iter().flat_map(|m| m.programs.iter().copied()) {
             let p: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokentap_event::PriceTable;
 
 use crate::attribution::keys::KeyHasher;
 use crate::attribution::kubernetes::{HttpApi, PodIndex, Watcher};
 use crate::config::Settings;
-use crate::discovery::{Discovery, Target};
+use crate::discovery::{Discovery, Target, Unprobed};
 use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig, ProcessEvent};
 use crate::probes::{Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
@@ -77,6 +77,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes, settings.socket_capture)?;
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
+    // Discovery tells the pipeline (for coverage) which processes map a TLS
+    // library that is not probed.
+    let (unprobed_tx, unprobed_rx) = crossbeam_channel::bounded::<Unprobed>(4096);
     let pipeline = Pipeline::new(
         PipelineConfig {
             max_body_bytes: settings.max_body_bytes,
@@ -96,7 +99,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Some(exec_tx),
     );
     let Channels { events, loss, ignored } = channels;
-    let pipeline = pipeline.with_kernel_filter(Box::new(ignored));
+    let pipeline = pipeline.with_kernel_filter(Box::new(ignored)).with_unprobed(unprobed_rx);
     let pipeline_thread = {
         let (stop, stats, stats_file) = (stop.clone(), stats.clone(), settings.stats_file.clone());
         std::thread::Builder::new()
@@ -111,6 +114,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut targets = discovery.scan_dirs(&settings.lib_dirs);
     targets.extend(discovery.scan_all());
     attach_all(&mut probes, &mut discovery, &targets, &stats);
+    send_unprobed(&mut discovery, &unprobed_tx);
     tracing::info!(
         targets = probes.attached(),
         files_inspected = discovery.files_inspected,
@@ -129,9 +133,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let (stop, stats) = (stop.clone(), stats.clone());
         let interval = settings.rescan_interval;
         let lib_dirs = settings.lib_dirs.clone();
-        std::thread::Builder::new()
-            .name("discovery".into())
-            .spawn(move || discovery_loop(probes, discovery, exec_rx, interval, &lib_dirs, &stop, &stats))?
+        std::thread::Builder::new().name("discovery".into()).spawn(move || {
+            let channels = (exec_rx, unprobed_tx);
+            discovery_loop(probes, discovery, channels, interval, &lib_dirs, &stop, &stats)
+        })?
     };
 
     let deadline = settings.duration.map(|d| Instant::now() + d);
@@ -165,15 +170,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
 fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target], stats: &Stats) {
     Stats::set(&stats.processes_excluded, discovery.processes_excluded);
+    Stats::set(&stats.files_not_probed, discovery.files_not_probed() as u64);
     for t in targets {
         let started = Instant::now();
         match probes.attach(t) {
             Ok(true) => {
                 Stats::inc(&stats.targets_attached);
-                let tls = t.symbols.is_tls_library() || t.symbols.go.is_some();
+                let tls = t.symbols.is_tls_library() || t.symbols.go.is_some() || t.symbols.boringssl.is_some();
                 let what = if tls { t.symbols.library.as_str() } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
-                let probes = if t.symbols.rerouted { "internal" } else { "exported" };
+                let probes = if t.symbols.rerouted {
+                    "internal"
+                } else if t.symbols.boringssl.is_some() {
+                    "analysed"
+                } else {
+                    "exported"
+                };
                 tracing::info!(path = %t.path.display(), what, probes, took_us, "attached");
             }
             Ok(false) => {}
@@ -187,10 +199,17 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
     }
 }
 
+fn send_unprobed(discovery: &mut Discovery, tx: &Sender<Unprobed>) {
+    for u in discovery.take_unprobed() {
+        // Coverage is best effort: a full channel drops the report, not the agent.
+        let _ = tx.try_send(u);
+    }
+}
+
 fn discovery_loop(
     mut probes: Probes,
     mut discovery: Discovery,
-    exec_rx: Receiver<ProcessEvent>,
+    (exec_rx, unprobed_tx): (Receiver<ProcessEvent>, Sender<Unprobed>),
     interval: Duration,
     lib_dirs: &[std::path::PathBuf],
     stop: &AtomicBool,
@@ -254,6 +273,7 @@ fn discovery_loop(
             attach_all(&mut probes, &mut discovery, &targets, stats);
             next_full = now + interval;
         }
+        send_unprobed(&mut discovery, &unprobed_tx);
     }
     // Dropping `probes` detaches every program.
     let t = Instant::now();

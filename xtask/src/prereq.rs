@@ -122,8 +122,15 @@ pub fn test_tools(root: &Path) -> Result<()> {
         }
     }
     let clients = root.join("tests/clients");
-    if !clients.join("node_modules/openai").exists() {
-        eprintln!("xtask: installing the Node openai package");
+    let pinned = [
+        "node_modules/openai",
+        "node_modules/@oven/bun-linux-x64/bin/bun",
+        "node_modules/@anthropic-ai/claude-code-linux-x64/claude",
+    ]
+    .iter()
+    .all(|p| clients.join(p).exists());
+    if !pinned {
+        eprintln!("xtask: installing the Node test clients (openai, bun, Claude Code's native binary), pinned");
         run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&clients))?;
     }
     Ok(())

@@ -1,10 +1,14 @@
 //! Finding TLS libraries to probe: every executable file mapped by the host's
 //! processes (containers included, through `/proc/PID/root/...`) that *defines*
 //! `SSL_write`/`SSL_read` (a shared libssl, or a binary like node that links
-//! OpenSSL statically), plus `libssl.so*` in the usual library directories so that
-//! processes which load it later are covered from the start. Each file is
-//! inspected once per (device, inode); uprobes on a file apply to every process
-//! that maps it, now or later, so one attach per file is enough.
+//! OpenSSL statically), Go programs using crypto/tls ([`go`]), stripped binaries
+//! carrying BoringSSL ([`boringssl`], found by analysing their code), plus
+//! `libssl.so*` in the usual library directories so that processes which load
+//! it later are covered from the start. Each file is inspected once per
+//! (device, inode); uprobes on a file apply to every process that maps it, now
+//! or later, so one attach per file is enough. A file that carries a TLS
+//! library the analysis could not verify is never probed: it is remembered with
+//! the reason, and every process mapping it is reported ([`Unprobed`]).
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
 
+pub mod boringssl;
 pub mod go;
 pub mod placement;
 
@@ -33,6 +38,10 @@ pub struct TlsSymbols {
     /// The `_ex` probes sit on OpenSSL's internal read/write functions (see
     /// [`placement`]).
     pub rerouted: bool,
+    /// BoringSSL found by analysis in a stripped binary (no symbols).
+    pub boringssl: Option<boringssl::Found>,
+    /// A TLS library is there but is not probed, and why.
+    pub refused: Option<String>,
 }
 
 /// Which TLS implementation a file carries.
@@ -64,7 +73,43 @@ impl TlsSymbols {
     /// Worth probing: a TLS library, a Go program using crypto/tls, or a dynamic
     /// loader (to learn of new libraries).
     pub fn is_target(&self) -> bool {
-        self.is_tls_library() || self.dl_debug_state.is_some() || self.go.is_some()
+        self.is_tls_library() || self.dl_debug_state.is_some() || self.go.is_some() || self.boringssl.is_some()
+    }
+}
+
+/// A process that maps a TLS library tokentap does not probe, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unprobed {
+    pub pid: u32,
+    pub comm: String,
+    pub path: PathBuf,
+    pub library: TlsLibrary,
+    pub reason: String,
+}
+
+/// Analyses of stripped binaries by build id (else by file key): the same
+/// binary in many containers is analysed once.
+#[derive(Default)]
+pub struct AnalysisCache {
+    by_build: HashMap<Vec<u8>, Result<boringssl::Found, boringssl::Refused>>,
+}
+
+impl AnalysisCache {
+    const MAX: usize = 4096;
+
+    fn boringssl(&mut self, elf: &object::File<'_>) -> Result<boringssl::Found, boringssl::Refused> {
+        let id = elf.build_id().ok().flatten().map(<[u8]>::to_vec);
+        if let Some(r) = id.as_ref().and_then(|id| self.by_build.get(id)) {
+            return *r;
+        }
+        let r = boringssl::analyse(elf);
+        if let Some(id) = id {
+            if self.by_build.len() >= Self::MAX {
+                self.by_build.clear();
+            }
+            self.by_build.insert(id, r);
+        }
+        r
     }
 }
 
@@ -105,6 +150,10 @@ pub fn inspect(path: &Path) -> Result<TlsSymbols, InspectError> {
 
 /// [`inspect`] on an open file (`path` for error messages).
 pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
+    inspect_cached(f, path, &mut AnalysisCache::default())
+}
+
+fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<TlsSymbols, InspectError> {
     // SAFETY: read-only private mapping; a file truncated under us can SIGBUS, which
     // is why only mapped executables and library files are inspected.
     let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open { path: path.into(), source })?;
@@ -128,6 +177,24 @@ pub fn inspect_file(f: &File, path: &Path) -> Result<TlsSymbols, InspectError> {
             }
             Err(go::NotProbed::NotGo | go::NotProbed::NoTls) => {}
             Err(why) => tracing::info!(path = %path.display(), ?why, "Go program not probed"),
+        }
+    }
+    // Stripped, statically linked BoringSSL (Bun): no symbols, so the code is
+    // analysed; only when its source file names are there (cheap to check).
+    if !s.is_target() && boringssl::carries_boringssl(&elf) {
+        s.library = TlsLibrary::BoringSsl;
+        let started = std::time::Instant::now();
+        match cache.boringssl(&elf) {
+            Ok(found) => {
+                s.boringssl = Some(found);
+                tracing::info!(path = %path.display(), took_ms = started.elapsed().as_millis() as u64,
+                    "BoringSSL found by code analysis");
+            }
+            Err(why) => {
+                let reason = why.describe();
+                tracing::warn!(path = %path.display(), %reason, "BoringSSL present but not probed");
+                s.refused = Some(reason);
+            }
         }
     }
     Ok(s)
@@ -284,6 +351,13 @@ pub struct Discovery {
     exclude: Vec<String>,
     /// Processes skipped for that (for logs and metrics).
     pub processes_excluded: u64,
+    cache: AnalysisCache,
+    /// Files with a TLS library that is not probed: (library, reason).
+    refused: HashMap<FileKey, (TlsLibrary, String)>,
+    /// Processes found mapping one of them since the last [`Self::take_unprobed`].
+    unprobed: Vec<Unprobed>,
+    /// (pid, file) pairs already reported.
+    reported: HashSet<(u32, FileKey)>,
 }
 
 impl Discovery {
@@ -297,7 +371,33 @@ impl Discovery {
             ns_libs: HashMap::new(),
             exclude: Vec::new(),
             processes_excluded: 0,
+            cache: AnalysisCache::default(),
+            refused: HashMap::new(),
+            unprobed: Vec::new(),
+            reported: HashSet::new(),
         }
+    }
+
+    /// Files carrying a TLS library that is not probed.
+    pub fn files_not_probed(&self) -> usize {
+        self.refused.len()
+    }
+
+    /// Processes newly found mapping a file whose TLS library is not probed.
+    pub fn take_unprobed(&mut self) -> Vec<Unprobed> {
+        std::mem::take(&mut self.unprobed)
+    }
+
+    fn report_unprobed(&mut self, pid: u32, dir: &Path, key: FileKey, path: &Path) {
+        let Some((library, reason)) = self.refused.get(&key).cloned() else { return };
+        if self.reported.len() >= MAX_INSPECTED {
+            self.reported.clear();
+        }
+        if !self.reported.insert((pid, key)) || self.unprobed.len() >= 4096 {
+            return;
+        }
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim_end().to_owned();
+        self.unprobed.push(Unprobed { pid, comm, path: path.to_path_buf(), library, reason });
     }
 
     /// Leave the files of processes with these names alone (command name, or the
@@ -342,11 +442,18 @@ impl Discovery {
                 return;
             }
         };
-        match inspect_file(&file, &path) {
+        match inspect_cached(&file, &path, &mut self.cache) {
             Ok(symbols) if symbols.is_target() => {
                 out.push(Target { path, file: std::sync::Arc::new(file), key, symbols })
             }
-            Ok(_) => {}
+            Ok(symbols) => {
+                if let Some(reason) = symbols.refused {
+                    if self.refused.len() >= MAX_INSPECTED {
+                        self.refused.clear();
+                    }
+                    self.refused.insert(key, (symbols.library, reason));
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "skipping file"),
         }
     }
@@ -370,7 +477,11 @@ impl Discovery {
             // inode so a replaced file is not mistaken for the mapped one.
             let path = dir.join("root").join(m.path.trim_start_matches('/'));
             match std::fs::metadata(&path) {
-                Ok(md) if md.ino() == m.inode => self.consider(file_key(m.dev, &md), path, &mut out),
+                Ok(md) if md.ino() == m.inode => {
+                    let key = file_key(m.dev, &md);
+                    self.consider(key, path.clone(), &mut out);
+                    self.report_unprobed(pid, &dir, key, Path::new(&m.path));
+                }
                 _ => {}
             }
         }

@@ -145,6 +145,18 @@ impl<E> HttpConnection<E> {
         Held::Within
     }
 
+    /// Would `data`, written by the process, start a new connection on this
+    /// one's identity? A request head or the HTTP/2 preface after this one gave
+    /// up, or the preface again on an HTTP/2 connection. Only asked for sources
+    /// whose connection ends are not seen.
+    pub fn restarts_with(&self, data: &[u8]) -> bool {
+        match &self.state {
+            State::Ignored(_) => sniff::looks_like_request(data) || sniff::starts_like_preface(data),
+            State::Http2(_) => data.starts_with(h2::PREFACE),
+            _ => false,
+        }
+    }
+
     pub fn ignored(&self) -> Option<Ignored> {
         match self.state {
             State::Ignored(i) => Some(i),

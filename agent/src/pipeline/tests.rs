@@ -2,7 +2,7 @@ use super::*;
 use crate::capture::decode::tests::data_record;
 use crate::sinks::Sink;
 use std::sync::Mutex;
-use tokentap_agent_common::{ControlEvent, EventKind, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST};
+use tokentap_agent_common::{ControlEvent, EventKind, Source, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST};
 use tokentap_event::LlmCall;
 
 #[derive(Clone, Default)]
@@ -365,5 +365,32 @@ mod split_anywhere {
             prop_assert_eq!(recs[0].stream, sse);
             prop_assert!(recs[0].cost_usd.is_some());
         }
+    }
+}
+
+#[test]
+fn a_source_without_close_events_restarts_a_reused_connection() {
+    // Stripped BoringSSL: no SSL_free, so a freed SSL* address may carry the
+    // next connection. As BoringSSL, a request after the old one gave up is a
+    // new connection; as OpenSSL (whose ends are seen) it stays ignored.
+    for (source, want) in [(Source::BoringSsl, 1usize), (Source::OpenSsl, 0)] {
+        let (p, c, stats) = pipeline();
+        let f = RecordingFilter::default();
+        let mut p = p.with_kernel_filter(Box::new(f.clone()));
+        let send = |p: &mut Pipeline, dir: u32, bytes: &[u8]| {
+            let mut r = data_record(42, 9, dir, 0, bytes.len() as u64, bytes, FLAG_LAST);
+            let at = std::mem::offset_of!(tokentap_agent_common::DataHeader, source);
+            r[at..at + 4].copy_from_slice(&(source as u32).to_ne_bytes());
+            p.handle(&r);
+        };
+        for _ in 0..8 {
+            send(&mut p, DIR_EGRESS, b"\x16\x03\x01 not http");
+        }
+        assert_eq!(stats.snapshot().ignored_not_http, 1);
+        send(&mut p, DIR_EGRESS, REQ);
+        send(&mut p, DIR_INGRESS, &resp());
+        assert_eq!(c.0.lock().unwrap().len(), want, "{source:?}");
+        let told = f.0.lock().unwrap().len();
+        assert_eq!(told, usize::from(source.ends_are_seen()), "the kernel skips only connections whose end is seen");
     }
 }

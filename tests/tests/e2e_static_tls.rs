@@ -1,0 +1,173 @@
+//! End to end through TLS stacks that export no SSL symbols: Bun's statically
+//! linked, stripped BoringSSL (the `bun` runtime from npm running the `openai`
+//! SDK, and Claude Code's native binary from npm, itself a Bun program). The
+//! agent finds `SSL_write`/`SSL_read` by analysing the machine code; every call
+//! must become exactly one record with the served tokens and `tls_library`
+//! `boringssl`, none doubled by the socket capture. A Bun whose code fails the
+//! analysis's checks is never probed and is listed in coverage. Needs root.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+use tokentap_event::PriceTable;
+
+fn bun() -> PathBuf {
+    let p = workspace_root().join("tests/clients/node_modules/@oven/bun-linux-x64/bin/bun");
+    assert!(p.exists(), "{} missing: run `cargo xtask test`, which installs the pinned test clients", p.display());
+    p
+}
+
+fn claude() -> PathBuf {
+    let p = workspace_root().join("tests/clients/node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+    assert!(p.exists(), "{} missing: run `cargo xtask test`, which installs the pinned test clients", p.display());
+    p
+}
+
+/// Run `exe --version` and wait until the agent has analysed and probed it:
+/// the analysis takes about a second, and a process's calls made before its
+/// binary is probed are not seen (as for any process started that quickly).
+fn warm_up(env: &Env, exe: &Path) {
+    let out = Command::new(exe).arg("--version").output().expect("run --version");
+    assert!(out.status.success(), "{} --version: {out:?}", exe.display());
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    wait_for(&format!("the agent to probe {name}"), Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
+        log.lines().any(|l| l.contains("attached") && l.contains("analysed") && l.contains(&name)).then_some(())
+    });
+}
+
+fn coverage_of(stats: &Value, pid: u32) -> Value {
+    stats["coverage"].as_array().and_then(|c| c.iter().find(|p| p["pid"] == pid)).cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn bun_running_the_openai_sdk_is_captured_through_its_stripped_boringssl() {
+    let _g = serial();
+    let env = Env::start("bun-openai", Transport::Https, &[]);
+    let bun = bun();
+    // Where the analysis puts the probes: on `push rbp`, which the kernel
+    // emulates (no single-step per call).
+    let out = Command::new(agent_bin()).arg("inspect").arg(&bun).output().unwrap();
+    let found: Value = serde_json::from_slice(&out.stdout).expect("inspect output");
+    assert_eq!(found["tls_library"], "boringssl", "{found}");
+    let code = std::fs::read(&bun).unwrap();
+    let probes = found["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 4, "{found}");
+    for p in probes {
+        let off = u64::from_str_radix(p["offset"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(code[off as usize], 0x55, "{p}: not on push rbp");
+    }
+    warm_up(&env, &bun);
+    let script = workspace_root().join("tests/clients/node_client.mjs").display().to_string();
+    let mut cmd =
+        with_provider_hosts(&env.dir, &bun.display().to_string(), &[script, env.openai_base(), SECRET_KEY.into()]);
+    cmd.env("NODE_EXTRA_CA_CERTS", &env.certs.ca);
+    let (pid, out) = run_client(cmd);
+    let out: Value = serde_json::from_str(out.trim()).expect("client output");
+    assert_eq!(out["pid"], pid);
+    let n = out["calls"].as_u64().unwrap() as usize;
+    assert_eq!(n, 4, "chat, streamed chat (include_usage), responses, embeddings");
+    env.agent.wait_records(&[pid], n);
+    let stats = env.agent.wait_process_done(pid);
+    let records = env.agent.records_of(&[pid]);
+    assert_eq!(records.len(), n, "one record per call, none doubled: {records:?}");
+    let served = env.server.served();
+    let prices = PriceTable::shipped();
+    let pairs = pair_with_served(&records, &served);
+    assert_eq!(pairs.len(), n);
+    for (r, s) in pairs {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["tls_library"], "boringssl", "{r}");
+        assert_eq!(r["provider"], "openai", "{r}");
+        assert_eq!(r["server"], "api.openai.com");
+        assert!(r["exe"].as_str().is_some_and(|e| e.ends_with("/bun")), "{r}");
+    }
+    assert_eq!(records.iter().filter(|r| r["operation"] == "chat" && r["stream"] == true).count(), 1);
+    let cov = coverage_of(&stats, pid);
+    assert_eq!(cov["records"]["boringssl"], 4, "{cov}");
+    assert!(cov["records"].get("socket").is_none(), "{cov}");
+    env.finish();
+}
+
+#[test]
+fn claude_code_native_binary_is_captured_through_its_stripped_boringssl() {
+    let _g = serial();
+    let env = Env::start("claude-code", Transport::Https, &[]);
+    let claude = claude();
+    warm_up(&env, &claude);
+    let home = env.dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = with_provider_hosts(&env.dir, &claude.display().to_string(), &["-p".into(), "Say hello.".into()]);
+    cmd.env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", env.anthropic_base())
+        .env("ANTHROPIC_API_KEY", SECRET_KEY)
+        .env("NODE_EXTRA_CA_CERTS", &env.certs.ca)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1");
+    let (pid, _) = run_client(cmd);
+    let stats = env.agent.wait_process_done(pid);
+    let records = env.agent.records_of(&[pid]);
+    let served = env.server.served();
+    assert!(!served.is_empty(), "claude made no call to the local endpoint");
+    assert_eq!(records.len(), served.len(), "one record per call: {records:?} served {served:?}");
+    let prices = PriceTable::shipped();
+    for (r, s) in pair_with_served(&records, &served) {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["tls_library"], "boringssl", "{r}");
+        assert_eq!(r["provider"], "anthropic", "{r}");
+        assert_eq!(r["operation"], "messages", "{r}");
+    }
+    let cov = coverage_of(&stats, pid);
+    assert_eq!(cov["records"]["boringssl"].as_u64(), Some(records.len() as u64), "{cov}");
+    env.finish();
+}
+
+/// `mov ecx, <file>; mov edi, ERR_LIB_SSL; xor esi, esi; mov edx, BAD_LENGTH`:
+/// each such error site gets another reason code. Only error paths change, so
+/// the program still runs, but `SSL_write` no longer has its signature.
+fn unverifiable_copy(src: &Path, dst: &Path) -> usize {
+    let mut b = std::fs::read(src).unwrap();
+    let head = [0xbf, 0x10, 0, 0, 0, 0x31, 0xf6, 0xba, 0x6f, 0, 0, 0];
+    let mut n = 0;
+    for i in 5..b.len().saturating_sub(head.len()) {
+        if b[i - 5] == 0xb9 && b[i..i + head.len()] == head {
+            b[i + 8] = 0x70;
+            n += 1;
+        }
+    }
+    std::fs::write(dst, &b).unwrap();
+    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    n
+}
+
+#[test]
+fn a_bun_that_fails_verification_is_not_probed_and_is_listed_in_coverage() {
+    let _g = serial();
+    let env = Env::start("bun-refused", Transport::Https, &[]);
+    let odd = env.dir.join("bun");
+    assert!(unverifiable_copy(&bun(), &odd) >= 1, "no BAD_LENGTH error site to alter");
+    let script = workspace_root().join("tests/clients/node_client.mjs").display().to_string();
+    let mut cmd =
+        with_provider_hosts(&env.dir, &odd.display().to_string(), &[script, env.openai_base(), SECRET_KEY.into()]);
+    cmd.env("NODE_EXTRA_CA_CERTS", &env.certs.ca);
+    // A running process keeps its mapping: the agent finds it while it runs.
+    let (pid, out) = run_client(cmd);
+    assert!(out.contains("\"calls\":4"), "{out}");
+    // Scanned at exec (and again later): analysed, refused, listed.
+    let stats = env.agent.wait_stats("the altered bun listed as not probed", |s| {
+        s["files_not_probed"].as_u64() >= Some(1)
+            && coverage_of(s, pid)["not_probed"]
+                .as_object()
+                .is_some_and(|m| m.iter().any(|(k, v)| k.starts_with("boringssl: ") && v == "SSL_write not found"))
+    });
+    assert_eq!(env.server.served().len(), 4);
+    assert!(env.agent.records_of(&[pid]).is_empty(), "no record from a binary that is not probed");
+    let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
+    assert_eq!(log.matches("BoringSSL present but not probed").count(), 1, "logged once per file");
+    assert_eq!(stats["attach_failures"], 0);
+    let stats = env.finish();
+    assert_eq!(stats["records"], 0);
+}
