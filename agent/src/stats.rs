@@ -95,8 +95,8 @@ counters! {
     /// Process scans skipped for `--exclude-process`.
     processes_excluded,
     /// Files carrying a TLS library that is not probed (a stripped BoringSSL
-    /// the code analysis could not verify): their processes are listed in
-    /// coverage with the reason.
+    /// the code analysis could not verify; rustls, not captured yet): their
+    /// processes are listed in coverage with the reason.
     files_not_probed,
     /// Process events (exec, libraries mapped) not passed to discovery because
     /// its queue was full: a TLS library they bring may go unprobed.

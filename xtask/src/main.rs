@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod fleet;
+mod method_cost;
 mod overhead;
 mod prereq;
 mod prices;
@@ -59,7 +60,8 @@ enum Cmd {
     /// then the agent's overhead on a traced TLS workload (wrk -> nginx, with and
     /// without the agent, and through the LiteLLM proxy), CPU/RSS at paced rates
     /// and records lost at a sustained rate (target/bench/overhead.md), then the
-    /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md).
+    /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md), then the
+    /// client CPU per call by capture method, node/OpenSSL and bun/BoringSSL (target/bench/methods.md).
     /// Needs root.
     Bench {
         /// Longer runs (20 s per measurement, 60 s sustained).
@@ -71,6 +73,9 @@ enum Cmd {
         /// Only the fleet path (agent sink -> collector -> ClickHouse engine).
         #[arg(long)]
         only_fleet: bool,
+        /// Only the client CPU per call by capture method, node (OpenSSL) and bun (BoringSSL).
+        #[arg(long)]
+        only_methods: bool,
         /// Seconds of load per fleet scenario.
         #[arg(long, default_value_t = 60)]
         fleet_seconds: u64,
@@ -137,23 +142,26 @@ fn main() -> Result<()> {
             let bin = build_agent(true)?;
             soak::run(&bin, &root.join("target/soak"), minutes)?;
         }
-        Cmd::Bench { long, only_overhead, only_fleet, fleet_seconds } => {
+        Cmd::Bench { long, only_overhead, only_fleet, only_methods, fleet_seconds } => {
             prereq::build_tools()?;
             if !only_fleet {
-                prereq::bench_tools()?;
+                prereq::bench_tools(!only_methods)?;
             }
             // The ClickHouse engine (chdb-core) for the fleet runs.
             prereq::test_tools(&root)?;
-            if !only_overhead && !only_fleet {
+            if !only_overhead && !only_fleet && !only_methods {
                 run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
                 run(cargo().args(["bench", "-p", "tokentap-collector", "--bench", "ingest"]))?;
             }
             let bin = build_agent(true)?;
-            if !only_fleet {
+            if !only_fleet && !only_methods {
                 overhead::run(&bin, &root.join("target/bench"), long)?;
             }
-            if !only_overhead {
+            if !only_overhead && !only_methods {
                 fleet::run(&root.join("target/bench"), fleet_seconds)?;
+            }
+            if !only_overhead && !only_fleet {
+                method_cost::run(&bin, &root.join("target/bench"))?;
             }
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokentap_e2e::{Agent, Certs};
 
-struct Nginx(Child);
+pub(crate) struct Nginx(pub(crate) Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -74,7 +74,7 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
 }
 
 /// The libssl.so.3 nginx links against.
-fn system_libssl() -> Result<std::path::PathBuf> {
+pub(crate) fn system_libssl() -> Result<std::path::PathBuf> {
     let nginx = Command::new("sh").args(["-c", "ldd \"$(command -v nginx)\""]).output().context("ldd nginx")?;
     String::from_utf8_lossy(&nginx.stdout)
         .lines()

@@ -137,7 +137,7 @@ pub fn test_tools(root: &Path) -> Result<()> {
 }
 
 /// wrk and nginx (both OpenSSL), for the overhead benchmark.
-pub fn bench_tools() -> Result<()> {
+pub fn bench_tools(litellm: bool) -> Result<()> {
     let mut pkgs = Vec::new();
     for (tool, pkg) in [("wrk", "wrk"), ("nginx", "nginx"), ("openssl", "openssl")] {
         if !have(tool) {
@@ -147,7 +147,7 @@ pub fn bench_tools() -> Result<()> {
     apt_install(&pkgs)?;
     // The LiteLLM proxy, in its own venv (its pins must not touch the test SDKs).
     let venv = crate::workspace_root().join("target/bench/litellm-venv");
-    if !venv.join("bin/litellm").exists() {
+    if litellm && !venv.join("bin/litellm").exists() {
         eprintln!("xtask: installing the LiteLLM proxy into {} (once)", venv.display());
         if !ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
             apt_install(&["python3-venv"])?;

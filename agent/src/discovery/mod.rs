@@ -20,6 +20,7 @@ use thiserror::Error;
 pub mod boringssl;
 pub mod go;
 pub mod placement;
+pub mod rustls;
 
 /// File offsets of the functions we probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub enum TlsLibrary {
     BoringSsl,
     /// Go's `crypto/tls`, linked into a Go executable.
     Go,
+    /// rustls, linked into a Rust program (recognised, not captured yet).
+    Rustls,
 }
 
 impl TlsLibrary {
@@ -60,6 +63,7 @@ impl TlsLibrary {
             TlsLibrary::OpenSsl => "openssl",
             TlsLibrary::BoringSsl => "boringssl",
             TlsLibrary::Go => "go",
+            TlsLibrary::Rustls => "rustls",
         }
     }
 }
@@ -195,6 +199,13 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
                 tracing::warn!(path = %path.display(), %reason, "BoringSSL present but not probed");
                 s.refused = Some(reason);
             }
+        }
+    }
+    if !s.is_target() && s.refused.is_none() {
+        if let Some(v) = rustls::version(&elf) {
+            s.library = TlsLibrary::Rustls;
+            tracing::info!(path = %path.display(), version = %v, "rustls present, not captured yet");
+            s.refused = Some(rustls::not_probed(&v));
         }
     }
     Ok(s)

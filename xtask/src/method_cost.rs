@@ -1,0 +1,195 @@
+//! `cargo xtask bench` part 3: what capture costs a client, by capture method.
+//!
+//! The same small HTTPS workload — sequential keep-alive `fetch` POSTs, ~1 KB
+//! of JSON each way, to a local nginx — from `node` (OpenSSL statically linked,
+//! probed by its exported symbols) and from `bun` (a stripped, statically
+//! linked BoringSSL whose `SSL_write`/`SSL_read` the agent finds by analysing
+//! the code), without and with the release agent, in alternated rounds. The
+//! cost is the client's own CPU (user + kernel, so its probe hits and eBPF
+//! programs included) over the timed calls, as the client's getrusage reports
+//! it. Results: target/bench/methods.md.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokentap_e2e::{Agent, Certs};
+
+use crate::overhead::{system_libssl, Nginx};
+
+/// Calls timed per run, after untimed warm-up calls (JIT, TLS handshake).
+const CALLS: u64 = 2000;
+const WARM: u64 = 100;
+/// Without/with rounds, alternated so that drift hits both sides alike.
+const ROUNDS: usize = 3;
+
+/// The client, for node and bun alike: prints its pid, the CPU time
+/// (`process.cpuUsage()`: getrusage of the process, every thread, user +
+/// system) and the wall time of the timed calls.
+const CLIENT: &str = r#"const [url, n, warm] = [process.argv[2], +process.argv[3], +process.argv[4]];
+const body = JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(950) }] });
+const call = async () => {
+  const r = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body });
+  if (r.status !== 200 || (await r.text()).length < 900) throw new Error(`bad response ${r.status}`);
+};
+for (let i = 0; i < warm; i++) await call();
+const c0 = process.cpuUsage(), t0 = performance.now();
+for (let i = 0; i < n; i++) await call();
+const c = process.cpuUsage(c0);
+console.log(JSON.stringify({ pid: process.pid, cpu_us: c.user + c.system, secs: (performance.now() - t0) / 1000 }));
+"#;
+
+/// (label, executable, the coverage source its calls must show up under).
+fn methods() -> Result<Vec<(&'static str, PathBuf, &'static str)>> {
+    let bun = crate::workspace_root().join("tests/clients/node_modules/@oven/bun-linux-x64/bin/bun");
+    let out = Command::new("sh").args(["-c", "command -v node"]).output().context("looking for node")?;
+    let node = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    for exe in [&bun, &node] {
+        anyhow::ensure!(exe.is_file(), "{} missing (bun: npm ci in tests/clients)", exe.display());
+    }
+    Ok(vec![("node (OpenSSL, by symbol)", node, "openssl"), ("bun (BoringSSL, by code analysis)", bun, "boringssl")])
+}
+
+/// nginx answering every POST with the same ~1 KB chat completion (with usage,
+/// so the agent parses and records each call), from its own copy of libssl
+/// (with `--exclude-process nginx` only the client is probed).
+fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
+    let answer = format!(
+        "{{\"id\":\"chatcmpl-m\",\"object\":\"chat.completion\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":300,\"completion_tokens\":200,\"total_tokens\":500}}}}",
+        "lorem ipsum dolor sit amet ".repeat(32)
+    );
+    let conf = format!(
+        "worker_processes 1;\npid {dir}/nginx-m.pid;\nerror_log {dir}/nginx-m.err warn;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
+         ssl_certificate {cert};\n    ssl_certificate_key {key};\n    client_body_buffer_size 16k;\n\
+         location / {{ default_type application/json; return 200 '{answer}'; }}\n  }}\n}}\n",
+        dir = dir.display(),
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+    );
+    let path = dir.join("nginx-m.conf");
+    std::fs::write(&path, conf)?;
+    let lib_dir = dir.join("server-lib");
+    std::fs::create_dir_all(&lib_dir)?;
+    std::fs::copy(system_libssl()?, lib_dir.join("libssl.so.3")).context("copying libssl for nginx")?;
+    let n = Nginx(
+        Command::new("nginx")
+            .env("LD_LIBRARY_PATH", &lib_dir)
+            .args(["-e", &dir.join("nginx-m.err").display().to_string(), "-g", "daemon off;", "-c"])
+            .arg(&path)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not start: {}", std::fs::read_to_string(dir.join("nginx-m.err")).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(n)
+}
+
+/// One client run: (pid, CPU µs per timed call, timed calls/s).
+fn client(exe: &Path, script: &Path, certs: &Certs, port: u16, n: u64, warm: u64) -> Result<(u32, f64, f64)> {
+    let out = Command::new(exe)
+        .arg(script)
+        .args([format!("https://127.0.0.1:{port}/v1/chat/completions"), n.to_string(), warm.to_string()])
+        .env("NODE_EXTRA_CA_CERTS", &certs.ca)
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} output: {}", exe.display(), String::from_utf8_lossy(&out.stderr)))?;
+    let (n, f) = (n.max(1) as f64, |k: &str| v[k].as_f64().unwrap_or(0.0));
+    Ok((f("pid") as u32, f("cpu_us") / n, n / f("secs")))
+}
+
+/// Records the agent wrote for `pid` under `source`, once the stats file
+/// (rewritten every second) shows at least `want` of them, or after 20 s.
+fn captured(agent: &Agent, pid: u32, source: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = agent.stats();
+        let cov = s["coverage"].as_array().and_then(|c| c.iter().find(|p| p["pid"] == pid)).cloned();
+        let got = cov.map_or(0, |c| c["records"][source].as_u64().unwrap_or(0));
+        if got >= want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let certs = Certs::generate(dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _nginx = nginx(dir, &certs, port)?;
+    let script = dir.join("method_client.mjs");
+    std::fs::write(&script, CLIENT)?;
+    let methods = methods()?;
+    // SAFETY: single-threaded here; the harness reads it when spawning the agent.
+    unsafe { std::env::set_var("TOKENTAP_AGENT_BIN", agent_bin) };
+    // Per method: (CPU without, CPU with, probe cost, calls/s without, calls/s with), per round.
+    let mut runs = vec![Vec::new(); methods.len()];
+    let mut capture = vec![(0, 0); methods.len()];
+    for round in 0..ROUNDS {
+        let base: Vec<_> = methods.iter().map(|(_, exe, _)| client(exe, &script, &certs, port, CALLS, WARM)).collect();
+        let agent_dir = dir.join(format!("agent-methods-{round}"));
+        let _ = std::fs::remove_dir_all(&agent_dir);
+        std::fs::create_dir_all(&agent_dir)?;
+        let mut agent = Agent::start(&agent_dir, &["--exclude-process", "nginx"]);
+        for (i, (label, exe, source)) in methods.iter().enumerate() {
+            // Until the agent has probed this executable (bun's analysis takes
+            // about a second after its first exec), its calls are not seen.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while captured(&agent, client(exe, &script, &certs, port, 0, 20)?.0, source, 20) < 20 {
+                if Instant::now() > deadline {
+                    bail!("{label}: the agent did not capture the warm-up calls (see {})", agent.stderr.display());
+                }
+            }
+            let (pid, cpu, rps) = client(exe, &script, &certs, port, CALLS, WARM)?;
+            let got = captured(&agent, pid, source, CALLS + WARM);
+            capture[i] = (capture[i].0 + got, capture[i].1 + CALLS + WARM);
+            let (_, b_cpu, b_rps) = base[i].as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            runs[i].push([*b_cpu, cpu, cpu - b_cpu, *b_rps, rps]);
+            eprintln!("xtask: round {round}, {label}: {b_cpu:.1} -> {cpu:.1} µs/call, {got} records");
+        }
+        anyhow::ensure!(agent.stop().success(), "agent exit");
+    }
+    let mut md = String::from(
+        "| client (capture method) | client CPU per call without agent (µs) | with agent (µs) | probe cost per call (µs) | calls/s without / with | records / calls (under the method) |\n\
+         |---|--:|--:|--:|--:|--:|\n"
+    );
+    for (i, (label, _, source)) in methods.iter().enumerate() {
+        let col = |k: usize| median(runs[i].iter().map(|r| r[k]).collect());
+        md.push_str(&format!(
+            "| {label} | {:.1} | {:.1} | {:+.1} | {:.0} / {:.0} | {} / {} (`{source}`) |\n",
+            col(0),
+            col(1),
+            col(2),
+            col(3),
+            col(4),
+            capture[i].0,
+            capture[i].1
+        ));
+    }
+    let report = format!(
+        "# Client CPU per call by capture method (cargo xtask bench)\n\n\
+         {CALLS} sequential keep-alive HTTPS POSTs with `fetch` (~1 KB JSON request, ~1 KB JSON response) to a \
+         local nginx, after {WARM} untimed; the client's CPU (user + kernel, getrusage) over the timed calls. \
+         Medians of {ROUNDS} without/with rounds (probe cost: median of the per-round differences); the release \
+         agent with `--exclude-process nginx` (only the client probed). Machine: {} CPUs, kernel {}.\n\n{md}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    std::fs::write(dir.join("methods.md"), &report)?;
+    println!("\n{report}");
+    Ok(())
+}
