@@ -26,7 +26,8 @@
 //!
 //! Cost: one linear decode of the executable sections (about 1 s for Bun's
 //! 80 MB of code), done once per file by the discovery thread and cached per
-//! build id, so the same binary in many containers is analysed once.
+//! build id and code checksum, so the same binary in many containers is
+//! analysed once.
 use std::collections::{BTreeSet, HashMap};
 
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Register};
