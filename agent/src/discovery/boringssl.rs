@@ -70,7 +70,7 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// For coverage and logs: `boringssl_unverified: SSL_read not found`.
+    /// For coverage and logs: `SSL_read not found`.
     pub fn describe(&self) -> String {
         match self {
             Refused::Arch => "not x86-64".into(),
@@ -128,8 +128,9 @@ struct Sweep {
     /// padding.
     starts: BTreeSet<u64>,
     /// Instructions right after a `ret`, a `jmp` or padding: where a function
-    /// may start (a start anywhere else is not trusted).
-    after_end: BTreeSet<u64>,
+    /// may start (a start anywhere else is not trusted). In address order per
+    /// section (sorted after the sweep); a plain vector, as it can hold millions.
+    after_end: Vec<u64>,
     errors: Vec<ErrorSite>,
 }
 
@@ -160,6 +161,7 @@ fn identify(code: &[(u64, &[u8])], strings: &[u64]) -> Result<(u64, u64), Refuse
         decode(bytes, addr, strings, &mut sweep);
     }
     sweep.calls.sort_unstable();
+    sweep.after_end.sort_unstable();
     let fns = Functions::new(&sweep);
     let reasons = fns.reasons(&sweep.errors);
 
@@ -211,7 +213,7 @@ fn identify(code: &[(u64, &[u8])], strings: &[u64]) -> Result<(u64, u64), Refuse
     };
     // Only functions that are called directly and begin where a function can.
     for (f, what) in [(write, "SSL_write"), (read, "SSL_read")] {
-        if !sweep.calls.iter().any(|&(_, callee)| callee == f) || !sweep.after_end.contains(&f) {
+        if !sweep.calls.iter().any(|&(_, callee)| callee == f) || sweep.after_end.binary_search(&f).is_err() {
             return Err(Refused::Unverified(what));
         }
     }
@@ -257,7 +259,7 @@ fn decode(code: &[u8], addr: u64, strings: &[u64], out: &mut Sweep) {
                 out.starts.insert(ip);
             }
             if after_end || after_int3 {
-                out.after_end.insert(ip);
+                out.after_end.push(ip);
             }
             after_int3 = false;
             after_end = matches!(
