@@ -74,6 +74,9 @@ pub enum Source {
     /// BoringSSL (`SSL_write` / `SSL_read`, the OpenSSL ABI), found by symbol
     /// or, in stripped binaries such as Bun, by analysing the machine code.
     BoringSsl = 4,
+    /// rustls (`CommonState::send_appdata_encrypt` /
+    /// `CommonState::take_received_plaintext`), found by symbol.
+    Rustls = 5,
 }
 
 impl Source {
@@ -83,6 +86,7 @@ impl Source {
             2 => Some(Self::GoTls),
             3 => Some(Self::Socket),
             4 => Some(Self::BoringSsl),
+            5 => Some(Self::Rustls),
             _ => None,
         }
     }
@@ -93,15 +97,17 @@ impl Source {
             Self::GoTls => "go_tls",
             Self::Socket => "socket",
             Self::BoringSsl => "boringssl",
+            Self::Rustls => "rustls",
         }
     }
 
     /// Does user space learn when this source's connections end? Not for
-    /// BoringSSL found in stripped binaries (no `SSL_free` to probe): a freed
-    /// `SSL*` address may carry the next connection, so user space restarts a
-    /// stream that begins anew, and the kernel is never told to skip one.
+    /// BoringSSL found in stripped binaries (no `SSL_free` to probe) nor for
+    /// rustls (a Rust value is dropped, no function marks it): a freed address
+    /// may carry the next connection, so user space restarts a stream that
+    /// begins anew, and the kernel is never told to skip one.
     pub const fn ends_are_seen(self) -> bool {
-        !matches!(self, Self::BoringSsl)
+        !matches!(self, Self::BoringSsl | Self::Rustls)
     }
 
     /// The TLS library a record names: none for plaintext socket captures.
@@ -363,7 +369,8 @@ mod tests {
         assert_eq!(Source::GoTls.tls_library(), Some("go_tls"));
         assert_eq!(Source::Socket.tls_library(), None);
         assert_eq!(Source::BoringSsl.tls_library(), Some("boringssl"));
-        for s in [Source::OpenSsl, Source::GoTls, Source::Socket, Source::BoringSsl] {
+        assert_eq!(Source::Rustls.tls_library(), Some("rustls"));
+        for s in [Source::OpenSsl, Source::GoTls, Source::Socket, Source::BoringSsl, Source::Rustls] {
             assert_eq!(Source::from_u32(s as u32), Some(s));
         }
     }

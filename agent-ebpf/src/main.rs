@@ -6,6 +6,7 @@
 //! - [`openssl`]: `SSL_write`/`SSL_read` (and `_ex`), `SSL_free`, `SSL_set_fd`;
 //! - [`boringssl`]: the same ABI in BoringSSL, found by analysis in stripped
 //!   binaries (Bun, Claude Code);
+//! - [`rustls`]: rustls's `CommonState` send and receive functions;
 //! - [`go_tls`]: Go's `crypto/tls.(*Conn).Write`/`.Read`/`.Close`;
 //! - [`sockets`]: plaintext HTTP at the socket syscalls;
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
@@ -25,6 +26,7 @@ mod go_tls;
 mod openssl;
 mod process;
 mod ring;
+mod rustls;
 mod sockets;
 
 #[cfg(not(test))]

@@ -52,8 +52,7 @@ fn inspect(files: &[std::path::PathBuf]) -> std::process::ExitCode {
                     .into_iter()
                     .map(|(program, offset)| serde_json::json!({"program": program, "offset": format!("{offset:#x}")}))
                     .collect();
-                let library = (s.is_tls_library() || s.go.is_some() || s.boringssl.is_some() || s.refused.is_some())
-                    .then(|| s.library.as_str());
+                let library = (s.captures_tls() || s.refused.is_some()).then(|| s.library.as_str());
                 serde_json::json!({"file": f, "tls_library": library, "probes": points, "not_probed": s.refused})
             }
             Err(e) => {

@@ -97,6 +97,16 @@ fn go_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     out
 }
 
+/// rustls: the send function's program by its argument shape (0.23's
+/// `OutboundChunks` or an older `&[u8]`), one return probe, the receive probe.
+fn rustls_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    let Some(r) = &s.rustls else { return Vec::new() };
+    let send = if r.chunks { "rustls_send_chunks" } else { "rustls_send_slice" };
+    let mut out: Vec<_> = r.send.iter().flat_map(|&o| [(send, o), ("rustls_send_ret", o)]).collect();
+    out.extend(r.recv.iter().map(|&o| ("rustls_recv", o)));
+    out
+}
+
 /// The dynamic loader's rendezvous hook: libraries loaded after exec.
 fn loader_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     each(&[("dl_debug_state", s.dl_debug_state)])
@@ -128,6 +138,11 @@ pub const METHODS: &[CaptureMethod] = &[
         name: "go_tls",
         programs: &["go_tls_write", "go_tls_write_ret", "go_tls_read", "go_tls_read_ret", "go_tls_close"],
         points: go_points,
+    },
+    CaptureMethod {
+        name: "rustls",
+        programs: &["rustls_send_slice", "rustls_send_chunks", "rustls_send_ret", "rustls_recv"],
+        points: rustls_points,
     },
     CaptureMethod { name: "loader", programs: &["dl_debug_state"], points: loader_points },
 ];
@@ -209,13 +224,16 @@ impl Probes {
         }
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new().map_max_entries("EVENTS", ring_buffer_bytes).load(EBPF_OBJECT)?;
-        for name in METHODS.iter().flat_map(|m| m.programs.iter().copied()) {
-            let p: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            p.load().map_err(|source| ProbeError::Program { name, source })?;
+        for m in METHODS {
+            for &name in m.programs {
+                let p: &mut UProbe = ebpf
+                    .program_mut(name)
+                    .ok_or(ProbeError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(|source| ProbeError::Program { name, source })?;
+                p.load().map_err(|source| ProbeError::Program { name, source })?;
+            }
+            tracing::debug!(method = m.name, programs = m.programs.len(), "capture method loaded");
         }
         let socket_tps = if sockets { SOCKET_TRACEPOINTS } else { &[] };
         for (name, tp) in TRACEPOINTS.iter().chain(socket_tps) {

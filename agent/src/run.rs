@@ -176,13 +176,14 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
         match probes.attach(t) {
             Ok(true) => {
                 Stats::inc(&stats.targets_attached);
-                let tls = t.symbols.is_tls_library() || t.symbols.go.is_some() || t.symbols.boringssl.is_some();
-                let what = if tls { t.symbols.library.as_str() } else { "loader" };
+                let what = if t.symbols.captures_tls() { t.symbols.library.as_str() } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
                 let probes = if t.symbols.rerouted {
                     "internal"
                 } else if t.symbols.boringssl.is_some() {
                     "analysed"
+                } else if t.symbols.rustls.is_some() {
+                    "symbols"
                 } else {
                     "exported"
                 };

@@ -611,6 +611,31 @@ pub fn build_go_client(dir: &Path, stripped: bool) -> PathBuf {
     out
 }
 
+/// Build the reqwest + rustls client (tests/clients/rust_client, pinned by its
+/// Cargo.lock, from crates.io) and copy it into `dir` twice: as built (symbols
+/// kept, as `cargo build --release` leaves them) and stripped with `strip`.
+/// The build directory is kept under the workspace's target, so only the first
+/// run pays for the compile.
+pub fn build_rust_client(dir: &Path) -> (PathBuf, PathBuf) {
+    require_tool("cargo");
+    require_tool("strip");
+    let target = workspace_root().join("target/rust_client");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root().join("tests/clients/rust_client"))
+        .args(["build", "--release", "--locked", "--target-dir"])
+        .arg(&target)
+        // Not the workspace's settings (the agent's dev profile, the eBPF build).
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR");
+    run(&mut cmd);
+    let built = target.join("release/rust_client");
+    let (kept, stripped) = (dir.join("rust_client"), dir.join("rust_client_stripped"));
+    std::fs::copy(&built, &kept).expect("copy rust_client");
+    std::fs::copy(&built, &stripped).expect("copy rust_client");
+    run(Command::new("strip").arg(&stripped));
+    (kept, stripped)
+}
+
 /// Compare one record with what the server served; panics with both on mismatch.
 pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_event::PriceTable) {
     let e = &served["expected"];

@@ -1,22 +1,24 @@
 //! `cargo xtask bench` part 3: what capture costs a client, by capture method.
 //!
-//! The same small HTTPS workload — sequential keep-alive `fetch` POSTs, ~1 KB
-//! of JSON each way, to a local nginx — from `node` (OpenSSL statically linked,
-//! probed by its exported symbols) and from `bun` (a stripped, statically
-//! linked BoringSSL whose `SSL_write`/`SSL_read` the agent finds by analysing
-//! the code), without and with the release agent, in alternated rounds. The
+//! The same small HTTPS workload — sequential keep-alive POSTs, ~1 KB of JSON
+//! each way, to a local nginx — from `node` (OpenSSL statically linked, probed
+//! by its exported symbols), from `bun` (a stripped, statically linked
+//! BoringSSL whose `SSL_write`/`SSL_read` the agent finds by analysing the
+//! code), both with `fetch`, and from the tests' reqwest + rustls client
+//! (rustls found by symbol), without and with the release agent, in alternated
+//! rounds. The
 //! cost is the client's own CPU (user + kernel, so its probe hits and eBPF
 //! programs included) over the timed calls, as the client's getrusage reports
 //! it. Results: target/bench/methods.md.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tokentap_e2e::{Agent, Certs};
 
-use crate::overhead::{system_libssl, Nginx};
+use crate::overhead::Nginx;
 
 /// Calls timed per run, after untimed warm-up calls (JIT, TLS handshake).
 const CALLS: u64 = 2000;
@@ -41,14 +43,19 @@ console.log(JSON.stringify({ pid: process.pid, cpu_us: c.user + c.system, secs: 
 "#;
 
 /// (label, executable, the coverage source its calls must show up under).
-fn methods() -> Result<Vec<(&'static str, PathBuf, &'static str)>> {
+fn methods(dir: &Path) -> Result<Vec<(&'static str, PathBuf, &'static str)>> {
     let bun = crate::workspace_root().join("tests/clients/node_modules/@oven/bun-linux-x64/bin/bun");
     let out = Command::new("sh").args(["-c", "command -v node"]).output().context("looking for node")?;
     let node = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     for exe in [&bun, &node] {
         anyhow::ensure!(exe.is_file(), "{} missing (bun: npm ci in tests/clients)", exe.display());
     }
-    Ok(vec![("node (OpenSSL, by symbol)", node, "openssl"), ("bun (BoringSSL, by code analysis)", bun, "boringssl")])
+    let (rust, _) = tokentap_e2e::build_rust_client(dir);
+    Ok(vec![
+        ("node (OpenSSL, by symbol)", node, "openssl"),
+        ("bun (BoringSSL, by code analysis)", bun, "boringssl"),
+        ("reqwest (rustls, by symbol)", rust, "rustls"),
+    ])
 }
 
 /// nginx answering every POST with the same ~1 KB chat completion (with usage,
@@ -59,47 +66,21 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
         "{{\"id\":\"chatcmpl-m\",\"object\":\"chat.completion\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":300,\"completion_tokens\":200,\"total_tokens\":500}}}}",
         "lorem ipsum dolor sit amet ".repeat(32)
     );
-    let conf = format!(
-        "worker_processes 1;\npid {dir}/nginx-m.pid;\nerror_log {dir}/nginx-m.err warn;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
-         ssl_certificate {cert};\n    ssl_certificate_key {key};\n    client_body_buffer_size 16k;\n\
-         location / {{ default_type application/json; return 200 '{answer}'; }}\n  }}\n}}\n",
-        dir = dir.display(),
-        cert = certs.cert.display(),
-        key = certs.key.display(),
-    );
-    let path = dir.join("nginx-m.conf");
-    std::fs::write(&path, conf)?;
-    let lib_dir = dir.join("server-lib");
-    std::fs::create_dir_all(&lib_dir)?;
-    std::fs::copy(system_libssl()?, lib_dir.join("libssl.so.3")).context("copying libssl for nginx")?;
-    let n = Nginx(
-        Command::new("nginx")
-            .env("LD_LIBRARY_PATH", &lib_dir)
-            .args(["-e", &dir.join("nginx-m.err").display().to_string(), "-g", "daemon off;", "-c"])
-            .arg(&path)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nginx did not start: {}", std::fs::read_to_string(dir.join("nginx-m.err")).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(n)
+    let location = format!("location / {{ default_type application/json; return 200 '{answer}'; }}");
+    Nginx::start(dir, certs, port, "nginx-m", &location)
 }
 
 /// One client run: (pid, CPU µs per timed call, timed calls/s).
 fn client(exe: &Path, script: &Path, certs: &Certs, port: u16, n: u64, warm: u64) -> Result<(u32, f64, f64)> {
-    let out = Command::new(exe)
-        .arg(script)
-        .args([format!("https://127.0.0.1:{port}/v1/chat/completions"), n.to_string(), warm.to_string()])
-        .env("NODE_EXTRA_CA_CERTS", &certs.ca)
-        .output()
-        .with_context(|| format!("running {}", exe.display()))?;
+    let url = format!("https://127.0.0.1:{port}/v1/chat/completions");
+    let mut cmd = Command::new(exe);
+    if exe.file_name().is_some_and(|f| f == "rust_client") {
+        let ca = certs.ca.display().to_string();
+        cmd.args([url, ca, "-".into(), n.to_string(), "bench".into(), warm.to_string()]);
+    } else {
+        cmd.arg(script).args([url, n.to_string(), warm.to_string()]).env("NODE_EXTRA_CA_CERTS", &certs.ca);
+    }
+    let out = cmd.output().with_context(|| format!("running {}", exe.display()))?;
     let v: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{} output: {}", exe.display(), String::from_utf8_lossy(&out.stderr)))?;
     let (n, f) = (n.max(1) as f64, |k: &str| v[k].as_f64().unwrap_or(0.0));
@@ -133,7 +114,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     let _nginx = nginx(dir, &certs, port)?;
     let script = dir.join("method_client.mjs");
     std::fs::write(&script, CLIENT)?;
-    let methods = methods()?;
+    let methods = methods(dir)?;
     // SAFETY: single-threaded here; the harness reads it when spawning the agent.
     unsafe { std::env::set_var("TOKENTAP_AGENT_BIN", agent_bin) };
     // Per method: (CPU without, CPU with, probe cost, calls/s without, calls/s with), per round.
@@ -182,8 +163,8 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     }
     let report = format!(
         "# Client CPU per call by capture method (cargo xtask bench)\n\n\
-         {CALLS} sequential keep-alive HTTPS POSTs with `fetch` (~1 KB JSON request, ~1 KB JSON response) to a \
-         local nginx, after {WARM} untimed; the client's CPU (user + kernel, getrusage) over the timed calls. \
+         {CALLS} sequential keep-alive HTTPS POSTs (`fetch` in node and bun, reqwest in the Rust client; ~1 KB JSON request, ~1 KB JSON response) to a \
+         local nginx, after {WARM} untimed; the client's CPU (user + kernel, the process's own accounting: getrusage in node and bun, /proc/self/stat in the Rust client) over the timed calls. \
          Medians of {ROUNDS} without/with rounds (probe cost: median of the per-round differences); the release \
          agent with `--exclude-process nginx` (only the client probed). Machine: {} CPUs, kernel {}.\n\n{md}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

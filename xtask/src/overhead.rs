@@ -36,41 +36,53 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
     let www = dir.join("www/v1/chat");
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("completions"), &body)?;
-    let conf = format!(
-        "worker_processes 1;\npid {pid};\nerror_log {err} warn;\nevents {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
-         ssl_certificate {cert};\n    ssl_certificate_key {key};\n    client_body_buffer_size 16k;\n\
-         location / {{ root {root}; default_type application/json; error_page 405 =200 $uri; }}\n  }}\n}}\n",
-        root = dir.join("www").display(),
-        pid = dir.join("nginx.pid").display(),
-        err = dir.join("nginx.err").display(),
-        cert = certs.cert.display(),
-        key = certs.key.display(),
+    let location = format!(
+        "location / {{ root {root}; default_type application/json; error_page 405 =200 $uri; }}",
+        root = dir.join("www").display()
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    // The server gets its own copy of libssl, like a server in its own container
-    // image: with `--exclude-process nginx` the agent then probes only the
-    // client, as on a node calling a remote LLM API.
-    let lib_dir = dir.join("server-lib");
-    std::fs::create_dir_all(&lib_dir)?;
-    std::fs::copy(system_libssl()?, lib_dir.join("libssl.so.3")).context("copying libssl for nginx")?;
-    let child = Command::new("nginx")
-        .env("LD_LIBRARY_PATH", &lib_dir)
-        .args(["-e", &dir.join("nginx.err").display().to_string(), "-g", "daemon off;", "-c"])
-        .arg(&path)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx")?;
-    let n = Nginx(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nginx did not start: {}", std::fs::read_to_string(dir.join("nginx.err")).unwrap_or_default());
+    Nginx::start(dir, certs, port, "nginx", &location)
+}
+
+impl Nginx {
+    /// nginx on 127.0.0.1:`port` over TLS, one worker, with `location` as its
+    /// only location block; files `{name}.conf/.pid/.err` in `dir`. The server
+    /// gets its own copy of libssl, like a server in its own container image:
+    /// with `--exclude-process nginx` the agent then probes only the client,
+    /// as on a node calling a remote LLM API.
+    pub(crate) fn start(dir: &Path, certs: &Certs, port: u16, name: &str, location: &str) -> Result<Self> {
+        let err = dir.join(format!("{name}.err"));
+        let conf = format!(
+            "worker_processes 1;\npid {pid};\nerror_log {err} warn;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {cert};\n    ssl_certificate_key {key};\n    client_body_buffer_size 16k;\n\
+             {location}\n  }}\n}}\n",
+            pid = dir.join(format!("{name}.pid")).display(),
+            err = err.display(),
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+        );
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, conf)?;
+        let lib_dir = dir.join("server-lib");
+        std::fs::create_dir_all(&lib_dir)?;
+        std::fs::copy(system_libssl()?, lib_dir.join("libssl.so.3")).context("copying libssl for nginx")?;
+        let child = Command::new("nginx")
+            .env("LD_LIBRARY_PATH", &lib_dir)
+            .args(["-e", &err.display().to_string(), "-g", "daemon off;", "-c"])
+            .arg(&path)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let n = Nginx(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not start: {}", std::fs::read_to_string(&err).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        Ok(n)
     }
-    Ok(n)
 }
 
 /// The libssl.so.3 nginx links against.

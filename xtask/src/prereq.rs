@@ -89,6 +89,9 @@ pub fn test_tools(root: &Path) -> Result<()> {
         ("chromium", "chromium"),
         // Lists loaded BPF programs: nothing of the agent stays after exit.
         ("bpftool", "bpftool"),
+        // The reqwest + rustls test client: ring compiles C, and a stripped copy.
+        ("cc", "gcc"),
+        ("strip", "binutils"),
     ] {
         if !have(tool) {
             pkgs.push(pkg);

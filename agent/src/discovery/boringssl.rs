@@ -82,14 +82,15 @@ impl Refused {
     }
 }
 
-/// Does the file carry BoringSSL's `ssl_lib.cc`? Cheap: one substring search
-/// over the read-only data, done for every file before the expensive analysis.
+/// Does the file carry BoringSSL's `ssl_lib.cc`?
 pub fn carries_boringssl(elf: &object::File<'_>) -> bool {
     !ssl_lib_strings(elf).is_empty()
 }
 
-/// Addresses of the strings `.../ssl/ssl_lib.cc`.
-fn ssl_lib_strings(elf: &object::File<'_>) -> Vec<u64> {
+/// Addresses of the strings `.../ssl/ssl_lib.cc`. Cheap (one substring search
+/// over the read-only data): done for every file before the expensive
+/// analysis, which is handed the result.
+pub fn ssl_lib_strings(elf: &object::File<'_>) -> Vec<u64> {
     let needle: Vec<u8> = SSL_LIB_REVERSED.iter().rev().copied().collect();
     let mut out = Vec::new();
     for s in elf.sections() {
@@ -134,11 +135,10 @@ struct Sweep {
     errors: Vec<ErrorSite>,
 }
 
-pub fn analyse(elf: &object::File<'_>) -> Result<Found, Refused> {
+pub fn analyse(elf: &object::File<'_>, strings: &[u64]) -> Result<Found, Refused> {
     if elf.architecture() != object::Architecture::X86_64 {
         return Err(Refused::Arch);
     }
-    let strings = ssl_lib_strings(elf);
     if strings.is_empty() {
         return Err(Refused::NotFound("ssl_lib.cc"));
     }
@@ -148,7 +148,7 @@ pub fn analyse(elf: &object::File<'_>) -> Result<Found, Refused> {
     }
     let code: Vec<(u64, &[u8])> =
         text.iter().filter_map(|s| Some((s.address(), s.data().ok()?))).filter(|(_, d)| !d.is_empty()).collect();
-    let (write, read) = identify(&code, &strings)?;
+    let (write, read) = identify(&code, strings)?;
     let off = |a: u64, what| file_offset(elf, a).ok_or(Refused::Unverified(what));
     Ok(Found { ssl_write: off(write, "SSL_write")?, ssl_read: off(read, "SSL_read")? })
 }
@@ -517,7 +517,7 @@ mod tests {
         let sh = std::fs::read("/bin/sh").unwrap();
         let elf = object::File::parse(&*sh).unwrap();
         assert!(!carries_boringssl(&elf));
-        assert_eq!(analyse(&elf), Err(Refused::NotFound("ssl_lib.cc")));
+        assert_eq!(analyse(&elf, &ssl_lib_strings(&elf)), Err(Refused::NotFound("ssl_lib.cc")));
         // Nor does the agent itself look like it (its needle is stored reversed).
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(!carries_boringssl(&object::File::parse(&*me).unwrap()));

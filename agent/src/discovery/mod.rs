@@ -41,6 +41,8 @@ pub struct TlsSymbols {
     pub rerouted: bool,
     /// BoringSSL found by analysis in a stripped binary (no symbols).
     pub boringssl: Option<boringssl::Found>,
+    /// rustls's plaintext functions, found by symbol.
+    pub rustls: Option<rustls::Found>,
     /// A TLS library is there but is not probed, and why.
     pub refused: Option<String>,
 }
@@ -53,7 +55,7 @@ pub enum TlsLibrary {
     BoringSsl,
     /// Go's `crypto/tls`, linked into a Go executable.
     Go,
-    /// rustls, linked into a Rust program (recognised, not captured yet).
+    /// rustls, linked into a Rust program.
     Rustls,
 }
 
@@ -74,10 +76,16 @@ impl TlsSymbols {
             && (self.ssl_read.is_some() || self.ssl_read_ex.is_some())
     }
 
-    /// Worth probing: a TLS library, a Go program using crypto/tls, or a dynamic
-    /// loader (to learn of new libraries).
+    /// Gets TLS probes: a TLS library's exported functions, a Go program using
+    /// crypto/tls, or TLS functions found in a static binary.
+    pub fn captures_tls(&self) -> bool {
+        self.is_tls_library() || self.go.is_some() || self.boringssl.is_some() || self.rustls.is_some()
+    }
+
+    /// Worth probing: TLS to capture, or a dynamic loader (to learn of new
+    /// libraries).
     pub fn is_target(&self) -> bool {
-        self.is_tls_library() || self.dl_debug_state.is_some() || self.go.is_some() || self.boringssl.is_some()
+        self.captures_tls() || self.dl_debug_state.is_some()
     }
 }
 
@@ -120,12 +128,12 @@ fn code_key(elf: &object::File<'_>) -> CodeKey {
 impl AnalysisCache {
     const MAX: usize = 4096;
 
-    fn boringssl(&mut self, elf: &object::File<'_>) -> Result<boringssl::Found, boringssl::Refused> {
+    fn boringssl(&mut self, elf: &object::File<'_>, strings: &[u64]) -> Result<boringssl::Found, boringssl::Refused> {
         let key = code_key(elf);
         if let Some(r) = self.by_code.get(&key) {
             return *r;
         }
-        let r = boringssl::analyse(elf);
+        let r = boringssl::analyse(elf, strings);
         if self.by_code.len() >= Self::MAX {
             self.by_code.clear();
         }
@@ -202,10 +210,11 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
     }
     // Stripped, statically linked BoringSSL (Bun): no symbols, so the code is
     // analysed; only when its source file names are there (cheap to check).
-    if !s.is_target() && boringssl::carries_boringssl(&elf) {
+    let strings = if s.is_target() { Vec::new() } else { boringssl::ssl_lib_strings(&elf) };
+    if !strings.is_empty() {
         s.library = TlsLibrary::BoringSsl;
         let started = std::time::Instant::now();
-        match cache.boringssl(&elf) {
+        match cache.boringssl(&elf, &strings) {
             Ok(found) => {
                 s.boringssl = Some(found);
                 tracing::info!(path = %path.display(), took_ms = started.elapsed().as_millis() as u64,
@@ -219,10 +228,17 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
         }
     }
     if !s.is_target() && s.refused.is_none() {
-        if let Some(v) = rustls::version(&elf) {
+        let versions = rustls::versions(&elf);
+        if let Some(v) = rustls::latest(&versions) {
             s.library = TlsLibrary::Rustls;
-            tracing::info!(path = %path.display(), version = %v, "rustls present, not captured yet");
-            s.refused = Some(rustls::not_probed(&v));
+            match rustls::find(&elf, &versions) {
+                Ok(found) => s.rustls = Some(found),
+                Err(why) => {
+                    let reason = why.describe(&v);
+                    tracing::warn!(path = %path.display(), %reason, "rustls present but not probed");
+                    s.refused = Some(reason);
+                }
+            }
         }
     }
     Ok(s)
@@ -369,6 +385,9 @@ pub struct Discovery {
     proc_root: PathBuf,
     inspected: HashSet<FileKey>,
     self_pid: u32,
+    /// This agent's own executable (inode, mtime): never probed, so that its
+    /// own HTTPS (it links rustls) is not captured when another process maps it.
+    own_exe: Option<(u64, i64)>,
     /// Files inspected (for logs and metrics).
     pub files_inspected: u64,
     /// This agent's mount namespace (its files are found by `scan_dirs`).
@@ -394,6 +413,10 @@ impl Discovery {
             proc_root: proc_root.into(),
             inspected: HashSet::new(),
             self_pid: std::process::id(),
+            own_exe: std::fs::metadata("/proc/self/exe").ok().map(|m| {
+                let k = file_key(0, &m);
+                (k.1, k.2)
+            }),
             files_inspected: 0,
             own_mnt_ns: std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino()),
             ns_libs: HashMap::new(),
@@ -457,7 +480,7 @@ impl Discovery {
         if self.inspected.len() >= MAX_INSPECTED {
             self.inspected.clear();
         }
-        if !self.inspected.insert(key) {
+        if !self.inspected.insert(key) || self.own_exe == Some((key.1, key.2)) {
             return;
         }
         self.files_inspected += 1;
@@ -717,8 +740,15 @@ garbage line
 
     #[test]
     fn non_tls_and_non_elf_files_are_not_targets() {
-        let me = std::env::current_exe().unwrap();
-        assert!(!inspect(&me).unwrap().is_target());
+        assert!(!inspect(Path::new("/bin/sh")).unwrap().is_target());
+        // This test binary links rustls (through ureq) with its symbols:
+        // recognised; probed if its unoptimised code passes the layout check.
+        let me = inspect(&std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(me.library, TlsLibrary::Rustls);
+        assert!(
+            me.rustls.is_some() || me.refused.as_deref().is_some_and(|r| r.contains("unexpected offsets")),
+            "{me:?}"
+        );
         let f = std::env::temp_dir().join(format!("tt-not-elf-{}", std::process::id()));
         std::fs::write(&f, b"#!/bin/sh\n").unwrap();
         assert!(matches!(inspect(&f), Err(InspectError::Elf { .. })));
