@@ -180,7 +180,7 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
                 let took_us = started.elapsed().as_micros() as u64;
                 let probes = if t.symbols.rerouted {
                     "internal"
-                } else if t.symbols.boringssl.is_some() {
+                } else if t.symbols.boringssl.is_some() || t.symbols.rustls.as_ref().is_some_and(|r| !r.by_name) {
                     "analysed"
                 } else if t.symbols.rustls.is_some() {
                     "symbols"

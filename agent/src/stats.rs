@@ -95,7 +95,7 @@ counters! {
     /// Process scans skipped for `--exclude-process`.
     processes_excluded,
     /// Files carrying a TLS library that is not probed (a stripped BoringSSL
-    /// the code analysis could not verify; a stripped rustls): their
+    /// the code analysis could not verify; a rustls whose functions were not found): their
     /// processes are listed in coverage with the reason.
     files_not_probed,
     /// Process events (exec, libraries mapped) not passed to discovery because

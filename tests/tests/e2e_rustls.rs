@@ -1,11 +1,12 @@
 //! End to end through rustls: a reqwest + rustls client built by the test from
 //! crates.io (fat LTO, as services ship), HTTP/1.1 and HTTP/2, many calls at
-//! once, half of them streamed. The agent finds rustls's plaintext functions by
-//! symbol; every call must become exactly one record with the served tokens and
-//! `tls_library` `rustls`, none doubled by the socket capture. The same binary
-//! stripped has no names to find: it is not probed and is listed in coverage
-//! with the reason. Needs root.
-use std::path::Path;
+//! once, half of them streamed, one with a 300 KB prompt. The agent finds
+//! rustls's plaintext functions by symbol, and in a stripped copy by their
+//! code; every call must become exactly one record with the served tokens and
+//! `tls_library` `rustls`, none doubled by the socket capture. A copy altered
+//! so that one function loses its signature is not probed and is listed in
+//! coverage with the reason. Needs root.
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -34,102 +35,206 @@ fn idle(env: &Env, bin: &Path) -> std::process::Child {
         .expect("start the idle client")
 }
 
+/// A copy of `src` whose `take_received_plaintext` stores 33, not 32, into
+/// its key-update counter (the program still runs: the counter only limits a
+/// peer's key updates): the function no longer has its signature.
+fn unverifiable_copy(src: &Path, dst: &Path) -> usize {
+    let mut b = std::fs::read(src).unwrap();
+    let mut n = 0;
+    for i in 0..b.len().saturating_sub(7) {
+        // mov byte [rdi + disp32], 0x20
+        if b[i] == 0xc6 && b[i + 1] == 0x87 && b[i + 4] == 0 && b[i + 5] == 0 && b[i + 6] == 0x20 {
+            b[i + 6] = 0x21;
+            n += 1;
+        }
+    }
+    std::fs::write(dst, &b).unwrap();
+    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    n
+}
+
+fn probes(found: &Value) -> Vec<(String, String)> {
+    let list = found["probes"].as_array().unwrap();
+    list.iter().map(|p| (p["program"].as_str().unwrap().into(), p["offset"].as_str().unwrap().into())).collect()
+}
+
 #[test]
-fn reqwest_over_rustls_is_captured_by_symbol_over_http1_and_http2() {
+fn reqwest_over_rustls_with_and_without_symbols_over_http1_and_http2() {
     let _g = serial();
     let dir = scratch("rustls-build");
     let (bin, stripped) = build_rust_client(&dir);
     let found = inspect(&bin);
     assert_eq!(found["tls_library"], "rustls", "{found}");
-    let programs: Vec<&str> =
-        found["probes"].as_array().unwrap().iter().map(|p| p["program"].as_str().unwrap()).collect();
+    let programs: Vec<String> = probes(&found).into_iter().map(|(p, _)| p).collect();
     assert_eq!(programs, ["rustls_send_chunks", "rustls_send_ret", "rustls_recv"], "{found}");
     // Both functions start with `push` (of rbp or r12-r15), which the kernel
     // emulates: no single-step per hit.
     let code = std::fs::read(&bin).unwrap();
-    for p in found["probes"].as_array().unwrap() {
-        let at = u64::from_str_radix(p["offset"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap() as usize;
+    for (_, off) in probes(&found) {
+        let at = u64::from_str_radix(off.trim_start_matches("0x"), 16).unwrap() as usize;
         let push = matches!(code[at], 0x50..=0x57) || (code[at] == 0x41 && matches!(code[at + 1], 0x50..=0x57));
-        assert!(push, "{p}: not on a push");
+        assert!(push, "{off}: not on a push");
     }
-    let refused = inspect(&stripped);
+    // Stripped, the same functions are found by their code.
+    let by_code = inspect(&stripped);
+    assert_eq!(by_code["not_probed"], Value::Null, "{by_code}");
+    assert_eq!(probes(&by_code), probes(&found), "{by_code}");
+    let odd = dir.join("rust_client_altered");
+    assert_eq!(unverifiable_copy(&stripped, &odd), 1, "one key-update counter store");
+    let refused = inspect(&odd);
     assert_eq!(refused["tls_library"], "rustls", "{refused}");
-    assert!(refused["probes"].as_array().unwrap().is_empty(), "{refused}");
-    assert!(refused["not_probed"].as_str().unwrap().contains("stripped (no symbols)"), "{refused}");
+    assert!(probes(&refused).is_empty(), "{refused}");
+    assert!(refused["not_probed"].as_str().unwrap().ends_with("CommonState::take_received_plaintext not found"));
 
     let env = Env::start("rustls", Transport::H2, &[]);
-    // Probes are per file, placed when a process maps it: a process started
-    // within milliseconds of the attach can make its calls first.
-    let mut warm = idle(&env, &bin);
-    wait_for("the agent to probe rust_client", Duration::from_secs(60), || {
-        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-        log.lines()
-            .any(|l| l.contains("attached") && l.contains("\"rustls\"") && l.contains("rust_client"))
-            .then_some(())
-    });
-    let _ = warm.kill();
-    let _ = warm.wait();
     let prices = PriceTable::shipped();
-    for (mode, version) in [("h1", "1.1"), ("h2", "2")] {
-        // The first call's prompt is 300 KB: many TLS records, many chunks.
-        let args: Vec<String> = [
-            env.openai_base(),
-            env.certs.ca.display().to_string(),
-            SECRET_KEY.into(),
-            "8".into(),
-            mode.into(),
-            "300000".into(),
-        ]
-        .into();
-        let (pid, out) = run_client(with_provider_hosts(&env.dir, &bin.display().to_string(), &args));
-        let out: Value = serde_json::from_str(out.trim()).expect("client output");
-        assert_eq!(out["calls"], 8);
-        assert_eq!(out["proto"], if mode == "h1" { "HTTP/1.1" } else { "HTTP/2.0" }, "{out}");
-        env.agent.wait_records(&[pid], 8);
-        // The agent handled the client's exit: a duplicate would be there now.
-        let stats = env.agent.wait_process_done(pid);
-        let records = env.agent.records_of(&[pid]);
-        assert_eq!(records.len(), 8, "one record per call, none doubled: {records:#?}");
-        let served = env.server.served();
-        let pairs = pair_with_served(&records, &served);
-        assert_eq!(pairs.len(), 8);
-        for (r, s) in &pairs {
-            assert_matches_served(r, s, &prices);
-            assert_eq!(r["tls_library"], "rustls", "{r}");
-            assert_eq!(r["http_version"], version, "{r}");
-            assert_eq!(r["provider"], "openai", "{r}");
-            assert_eq!(r["server"], "api.openai.com", "{r}");
+    for (bin, how) in [(&bin, "symbols"), (&stripped, "analysed")] {
+        // Probes are per file, placed when a process maps it: a process started
+        // within milliseconds of the attach can make its calls first.
+        let name = bin.display().to_string();
+        let mut warm = idle(&env, bin);
+        wait_for(&format!("the agent to probe {name}"), Duration::from_secs(60), || {
+            let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
+            log.lines().any(|l| l.contains("attached") && l.contains(how) && l.contains(&name)).then_some(())
+        });
+        let _ = warm.kill();
+        let _ = warm.wait();
+        for (mode, version) in [("h1", "1.1"), ("h2", "2")] {
+            // The first call's prompt is 300 KB: many TLS records, many chunks.
+            let args: Vec<String> = [
+                env.openai_base(),
+                env.certs.ca.display().to_string(),
+                SECRET_KEY.into(),
+                "8".into(),
+                mode.into(),
+                "300000".into(),
+            ]
+            .into();
+            let (pid, out) = run_client(with_provider_hosts(&env.dir, &name, &args));
+            let out: Value = serde_json::from_str(out.trim()).expect("client output");
+            assert_eq!(out["calls"], 8);
+            assert_eq!(out["proto"], if mode == "h1" { "HTTP/1.1" } else { "HTTP/2.0" }, "{out}");
+            env.agent.wait_records(&[pid], 8);
+            // The agent handled the client's exit: a duplicate would be there now.
+            let stats = env.agent.wait_process_done(pid);
+            let records = env.agent.records_of(&[pid]);
+            assert_eq!(records.len(), 8, "{name} {mode}: one record per call, none doubled: {records:#?}");
+            let served = env.server.served();
+            let pairs = pair_with_served(&records, &served);
+            assert_eq!(pairs.len(), 8);
+            for (r, s) in &pairs {
+                assert_matches_served(r, s, &prices);
+                assert_eq!(r["tls_library"], "rustls", "{r}");
+                assert_eq!(r["http_version"], version, "{r}");
+                assert_eq!(r["provider"], "openai", "{r}");
+                assert_eq!(r["server"], "api.openai.com", "{r}");
+            }
+            assert_eq!(records.iter().filter(|r| r["stream"] == true).count(), 4, "{records:#?}");
+            let cov = coverage_of(&stats, pid);
+            assert_eq!(cov["records"]["rustls"], 8, "{cov}");
+            assert!(cov["records"].get("socket").is_none(), "{cov}");
         }
-        assert_eq!(records.iter().filter(|r| r["stream"] == true).count(), 4, "{records:#?}");
-        let cov = coverage_of(&stats, pid);
-        assert_eq!(cov["records"]["rustls"], 8, "{cov}");
-        assert!(cov["records"].get("socket").is_none(), "{cov}");
     }
-    // Stripped: not probed, listed, logged once; its calls are served and
-    // leave no record.
-    let mut odd = idle(&env, &stripped);
-    let odd_pid = odd.id();
-    env.agent.wait_stats("the stripped client listed as not probed", |s| {
+    // The altered copy: not probed, listed, logged once; its calls are served
+    // and leave no record.
+    let mut idle_odd = idle(&env, &odd);
+    let odd_pid = idle_odd.id();
+    env.agent.wait_stats("the altered client listed as not probed", |s| {
         coverage_of(s, odd_pid)["not_probed"].as_object().is_some_and(|m| {
             m.iter().any(|(k, v)| {
-                k.starts_with("rustls: ") && v.as_str().is_some_and(|v| v.contains("stripped (no symbols)"))
+                k.starts_with("rustls: ")
+                    && v.as_str().is_some_and(|v| v.ends_with("CommonState::take_received_plaintext not found"))
             })
         })
     });
-    let _ = odd.kill();
-    let _ = odd.wait();
+    let _ = idle_odd.kill();
+    let _ = idle_odd.wait();
     let before = env.server.served().len();
     let args: Vec<String> =
         [env.openai_base(), env.certs.ca.display().to_string(), SECRET_KEY.into(), "2".into(), "h2".into()].into();
-    let (pid, _) = run_client(with_provider_hosts(&env.dir, &stripped.display().to_string(), &args));
+    let (pid, _) = run_client(with_provider_hosts(&env.dir, &odd.display().to_string(), &args));
     assert_eq!(env.server.served().len(), before + 2);
     let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
-    let name = stripped.display().to_string();
-    let refusals = log.lines().filter(|l| l.contains("rustls present but not probed") && l.contains(&name));
+    let odd_name = odd.display().to_string();
+    let refusals = log.lines().filter(|l| l.contains("rustls present but not probed") && l.contains(&odd_name));
     assert_eq!(refusals.count(), 1, "logged once per file");
     // Stopping the agent drains what it captured: nothing can arrive later.
     let (stats, records) = env.finish_with_records();
     assert!(records.iter().all(|r| r["pid"] != pid), "no record from a binary that is not probed");
-    assert_eq!(records.len(), 16, "{records:#?}");
+    assert_eq!(records.len(), 32, "{records:#?}");
     assert_eq!(stats["attach_failures"], 0);
+}
+
+fn codex() -> PathBuf {
+    let p = workspace_root()
+        .join("tests/clients/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
+    assert!(p.exists(), "{} missing: run `cargo xtask test`, which installs the pinned test clients", p.display());
+    p
+}
+
+/// Codex CLI's native binary from npm (static-pie, musl, stripped; rustls
+/// 0.23 inside), `codex exec` with a custom provider speaking the Responses API
+/// over HTTPS with SSE (its WebSocket transport off) against the local endpoint.
+#[test]
+fn codex_cli_exec_is_captured_through_its_stripped_rustls() {
+    let _g = serial();
+    let env = Env::start("codex", Transport::Https, &[]);
+    let codex = codex();
+    let found = inspect(&codex);
+    assert_eq!(found["tls_library"], "rustls", "{found}");
+    assert_eq!(probes(&found).len(), 3, "{found}");
+    let home = env.dir.join("codex-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = format!(
+        "model = \"gpt-4.1\"\nmodel_provider = \"local\"\n\n[model_providers.local]\nname = \"local\"\n\
+         base_url = \"{}\"\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\nsupports_websockets = false\n",
+        env.openai_base()
+    );
+    std::fs::write(home.join("config.toml"), config).unwrap();
+    let setup = |cmd: &mut Command| {
+        cmd.env("HOME", &home)
+            .env("CODEX_HOME", &home)
+            .env("OPENAI_API_KEY", SECRET_KEY)
+            .env("CODEX_CA_CERTIFICATE", &env.certs.ca)
+            .stdin(Stdio::null());
+    };
+    // `codex exec` without a prompt waits for one on stdin: a process to probe
+    // (finding the functions in its 300 MB of code takes a few seconds, once).
+    let mut warm = Command::new(&codex);
+    setup(&mut warm);
+    let mut warm = warm
+        .args(["exec", "--skip-git-repo-check"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start codex");
+    let name = codex.display().to_string();
+    wait_for("the agent to probe codex", Duration::from_secs(120), || {
+        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
+        log.lines().any(|l| l.contains("attached") && l.contains("analysed") && l.contains(&name)).then_some(())
+    });
+    let _ = warm.kill();
+    let _ = warm.wait();
+    let mut cmd =
+        with_provider_hosts(&env.dir, &name, &["exec".into(), "--skip-git-repo-check".into(), "Say hello.".into()]);
+    setup(&mut cmd);
+    let (pid, _) = run_client(cmd);
+    let stats = env.agent.wait_process_done(pid);
+    let records = env.agent.records_of(&[pid]);
+    let served = env.server.served();
+    assert!(!served.is_empty(), "codex made no call to the local endpoint");
+    assert_eq!(records.len(), served.len(), "one record per call: {records:#?} served {served:#?}");
+    let prices = PriceTable::shipped();
+    for (r, s) in pair_with_served(&records, &served) {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["tls_library"], "rustls", "{r}");
+        assert_eq!(r["provider"], "openai", "{r}");
+        assert_eq!(r["operation"], "responses", "{r}");
+        assert_eq!(r["stream"], true, "{r}");
+    }
+    let cov = coverage_of(&stats, pid);
+    assert_eq!(cov["records"]["rustls"].as_u64(), Some(records.len() as u64), "{cov}");
+    assert!(cov["records"].get("socket").is_none(), "{cov}");
+    env.finish();
 }

@@ -129,11 +129,12 @@ pub fn test_tools(root: &Path) -> Result<()> {
         "node_modules/openai",
         "node_modules/@oven/bun-linux-x64/bin/bun",
         "node_modules/@anthropic-ai/claude-code-linux-x64/claude",
+        "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
     ]
     .iter()
     .all(|p| clients.join(p).exists());
     if !pinned {
-        eprintln!("xtask: installing the Node test clients (openai, bun, Claude Code's native binary), pinned");
+        eprintln!("xtask: installing the Node test clients (openai, bun, Claude Code's and Codex CLI's native binaries), pinned");
         run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&clients))?;
     }
     Ok(())

@@ -18,9 +18,12 @@ use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
 
 pub mod boringssl;
+mod cache;
+pub use cache::AnalysisCache;
 pub mod go;
 pub mod placement;
 pub mod rustls;
+pub mod rustls_stripped;
 
 /// File offsets of the functions we probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,49 +100,6 @@ pub struct Unprobed {
     pub path: PathBuf,
     pub library: TlsLibrary,
     pub reason: String,
-}
-
-/// Analyses of stripped binaries by build id and code: the same binary in many
-/// containers is analysed once. The build id alone is not enough: programs
-/// built by `bun build --compile` carry Bun's, and an altered copy keeps it.
-#[derive(Default)]
-pub struct AnalysisCache {
-    by_code: HashMap<CodeKey, Result<boringssl::Found, boringssl::Refused>>,
-}
-
-/// (build id, CRC-32 and length of the executable sections' bytes).
-type CodeKey = (Vec<u8>, u32, usize);
-
-/// What identifies the code the analysis read (the CRC costs ~10 ms per 100 MB,
-/// against ~1 s for the analysis).
-fn code_key(elf: &object::File<'_>) -> CodeKey {
-    let id = elf.build_id().ok().flatten().map(<[u8]>::to_vec).unwrap_or_default();
-    let mut crc = crc32fast::Hasher::new();
-    let mut len = 0;
-    for s in elf.sections().filter(|s| s.kind() == object::SectionKind::Text) {
-        if let Ok(d) = s.data() {
-            crc.update(d);
-            len += d.len();
-        }
-    }
-    (id, crc.finalize(), len)
-}
-
-impl AnalysisCache {
-    const MAX: usize = 4096;
-
-    fn boringssl(&mut self, elf: &object::File<'_>, strings: &[u64]) -> Result<boringssl::Found, boringssl::Refused> {
-        let key = code_key(elf);
-        if let Some(r) = self.by_code.get(&key) {
-            return *r;
-        }
-        let r = boringssl::analyse(elf, strings);
-        if self.by_code.len() >= Self::MAX {
-            self.by_code.clear();
-        }
-        self.by_code.insert(key, r);
-        r
-    }
 }
 
 /// A file's identity: (device, inode, mtime in ns). The mtime tells apart a new
@@ -231,8 +191,15 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
         let versions = rustls::versions(&elf);
         if let Some(v) = rustls::latest(&versions) {
             s.library = TlsLibrary::Rustls;
-            match rustls::find(&elf, &versions) {
-                Ok(found) => s.rustls = Some(found),
+            let started = std::time::Instant::now();
+            let found = rustls::find_by_name(&elf, &versions)
+                .and_then(|by_name| by_name.map_or_else(|| cache.rustls(&elf, &versions), Ok));
+            match found {
+                Ok(found) => {
+                    tracing::info!(path = %path.display(), version = %v,
+                        took_ms = started.elapsed().as_millis() as u64, "rustls found");
+                    s.rustls = Some(found);
+                }
                 Err(why) => {
                     let reason = why.describe(&v);
                     tracing::warn!(path = %path.display(), %reason, "rustls present but not probed");
@@ -626,132 +593,4 @@ fn library_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_maps_lines() {
-        let text = "\
-7f0000000000-7f0000001000 r--p 00000000 fd:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
-7f0000001000-7f0000002000 r-xp 00001000 fd:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
-7f0000003000-7f0000004000 r-xp 00000000 00:00 0 [vdso]
-7f0000005000-7f0000006000 r-xp 00000000 08:02 99 /opt/my app/bin/node
-7f0000007000-7f0000008000 r-xp 00000000 08:02 100 /tmp/x (deleted)
-garbage line
-";
-        let m = parse_maps(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].path, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
-        assert_eq!(m[0].dev, libc::makedev(0xfd, 1));
-        assert_eq!(m[1].path, "/opt/my app/bin/node");
-    }
-
-    #[test]
-    fn finds_system_libssl_and_its_symbols() {
-        let mut d = Discovery::new("/proc");
-        let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
-        let t = d.scan_dirs(&dirs);
-        let ssl = t.iter().find(|t| t.symbols.is_tls_library());
-        let ssl = ssl.unwrap_or_else(|| panic!("no libssl.so* in {DEFAULT_LIB_DIRS:?}; install libssl3"));
-        let s = &ssl.symbols;
-        // (SSL_read/SSL_write may be left unprobed in favour of the function they
-        // wrap: placement.rs.)
-        assert!(s.ssl_free.is_some());
-        assert!(s.ssl_set_fd.is_some() && s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
-        assert_eq!(s.library, TlsLibrary::OpenSsl);
-        // The loader is found too, for its library-load hook.
-        assert!(t.iter().any(|t| t.symbols.dl_debug_state.is_some() && !t.symbols.is_tls_library()));
-        // The same file is not inspected twice.
-        assert!(d.scan_dirs(&dirs).is_empty());
-    }
-
-    #[test]
-    fn libraries_of_another_mount_namespace_are_found_through_its_root() {
-        // A fake /proc: process 123 in "another namespace" with its own root.
-        let fake = std::env::temp_dir().join(format!("tt-fakeproc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&fake);
-        let lib = fake.join("123/root/usr/lib");
-        std::fs::create_dir_all(&lib).unwrap();
-        std::fs::create_dir_all(fake.join("123/ns")).unwrap();
-        std::fs::write(fake.join("123/ns/mnt"), b"").unwrap();
-        let mut host = Discovery::new("/proc");
-        let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
-        let system = host.scan_dirs(&dirs);
-        let ssl = system.iter().find(|t| t.symbols.is_tls_library()).expect("system libssl");
-        std::fs::copy(&ssl.path, lib.join("libssl.so.3")).unwrap();
-
-        let mut d = Discovery::new(&fake);
-        let t = d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]);
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].path, fake.join("123/root/usr/lib/libssl.so.3"));
-        assert!(t[0].symbols.is_tls_library());
-        // Same file again: nothing new. A new file at the same path: found.
-        assert!(d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]).is_empty());
-        // (Deleted and copied again: the filesystem may reuse the inode number;
-        // the new mtime still tells the files apart.)
-        std::fs::remove_file(lib.join("libssl.so.3")).unwrap();
-        std::fs::copy(&ssl.path, lib.join("libssl.so.3")).unwrap();
-        let f = std::fs::File::options().write(true).open(lib.join("libssl.so.3")).unwrap();
-        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
-        assert_eq!(d.scan_root_libs(123, &[PathBuf::from("/usr/lib")]).len(), 1);
-        // Our own namespace is left to scan_dirs.
-        assert!(Discovery::new("/proc").scan_root_libs(std::process::id(), &dirs).is_empty());
-    }
-
-    #[test]
-    fn excluded_processes_are_not_inspected() {
-        // A fake /proc: process 7 "nginx" maps the system libssl.
-        let fake = std::env::temp_dir().join(format!("tt-exclude-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&fake);
-        std::fs::create_dir_all(fake.join("7")).unwrap();
-        std::os::unix::fs::symlink("/", fake.join("7/root")).unwrap();
-        let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
-        let lib = Discovery::new("/proc").scan_dirs(&dirs).into_iter().find(|t| t.symbols.is_tls_library()).unwrap();
-        let md = std::fs::metadata(&lib.path).unwrap();
-        let maps = format!("7f0000001000-7f0000002000 r-xp 00001000 00:00 {} {}\n", md.ino(), lib.path.display());
-        std::fs::write(fake.join("7/maps"), maps).unwrap();
-        std::fs::write(fake.join("7/comm"), "nginx\n").unwrap();
-
-        let mut d = Discovery::new(&fake).exclude(&["nginx".to_string()]);
-        assert!(d.scan_pid(7).is_empty());
-        assert!(d.scan_root_libs(7, &dirs).is_empty());
-        assert_eq!(d.processes_excluded, 2);
-        let mut d = Discovery::new(&fake).exclude(&["envoy".to_string()]);
-        assert_eq!(d.scan_pid(7).len(), 1, "not excluded: its libssl is found");
-        assert_eq!(d.processes_excluded, 0);
-    }
-
-    #[test]
-    fn the_analysis_cache_tells_altered_code_apart() {
-        // A copy of /bin/sh with one byte of its code changed keeps its build id
-        // but not its key: a cached analysis is never reused for other code.
-        let sh = std::fs::read("/bin/sh").unwrap();
-        let elf = object::File::parse(&*sh).unwrap();
-        let text = elf.section_by_name(".text").unwrap();
-        let at = text.file_range().unwrap().0 as usize + 16;
-        let mut altered = sh.clone();
-        altered[at] ^= 0xff;
-        let other = object::File::parse(&*altered).unwrap();
-        let (a, b) = (code_key(&elf), code_key(&other));
-        assert_eq!(a.0, b.0, "same build id");
-        assert_ne!(a, b);
-        assert_eq!(a, code_key(&object::File::parse(&*sh).unwrap()));
-    }
-
-    #[test]
-    fn non_tls_and_non_elf_files_are_not_targets() {
-        assert!(!inspect(Path::new("/bin/sh")).unwrap().is_target());
-        // This test binary links rustls (through ureq) with its symbols:
-        // recognised; probed if its unoptimised code passes the layout check.
-        let me = inspect(&std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(me.library, TlsLibrary::Rustls);
-        assert!(
-            me.rustls.is_some() || me.refused.as_deref().is_some_and(|r| r.contains("unexpected offsets")),
-            "{me:?}"
-        );
-        let f = std::env::temp_dir().join(format!("tt-not-elf-{}", std::process::id()));
-        std::fs::write(&f, b"#!/bin/sh\n").unwrap();
-        assert!(matches!(inspect(&f), Err(InspectError::Elf { .. })));
-        assert!(matches!(inspect(Path::new("/nonexistent/x")), Err(InspectError::Open { .. })));
-    }
-}
+mod tests;

@@ -21,12 +21,17 @@
 //! +0, +16 and +24 (its first word, start, end). A function that does not is
 //! refused (a new compiler's layout is reported, not copied as garbage).
 //!
-//! What it falls back to: a stripped file (Codex CLI's release binary) has no
-//! names to find; it is listed in coverage as not probed, with the reason.
+//! Without names (a stripped file: Codex CLI's release binary, Python
+//! extensions), or where the names are not found, rustls 0.23's functions are
+//! recognised by their code ([`super::rustls_stripped`]). What it falls back
+//! to: a file where that fails too (a stripped rustls before 0.23, a shape met
+//! by no function or by several) is listed in coverage as not probed, with the
+//! reason.
 use std::collections::BTreeSet;
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, OpKind, Register};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+
+use super::rustls_stripped::{self, opening, NotFound};
 
 const NEEDLE: &[u8] = b"/rustls-0.";
 const SEND: &str = "11CommonState20send_appdata_encrypt";
@@ -40,13 +45,19 @@ pub struct Found {
     pub chunks: bool,
     pub send: Vec<u64>,
     pub recv: Vec<u64>,
+    /// Found by symbol name (else by code, in a stripped file).
+    pub by_name: bool,
 }
 
 /// Why a file with rustls is not probed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// No symbol table: nothing names the functions.
+    /// No symbol table, and a rustls too old for the code search.
     Stripped,
+    /// Stripped, and no unwind table to list the functions.
+    NoFunctionTable,
+    /// The code search found a shape in more than one function.
+    Ambiguous(&'static str),
     /// Only one of the two functions was found (inlined away, or renamed).
     Missing(&'static str),
     /// Versions with both argument shapes are linked in.
@@ -59,7 +70,9 @@ impl Refused {
     /// For coverage and logs: `rustls 0.23.46: stripped (no symbols), not captured`.
     pub fn describe(&self, version: &str) -> String {
         match self {
-            Refused::Stripped => format!("rustls {version}: stripped (no symbols), not captured"),
+            Refused::Stripped => format!("rustls {version}: stripped (no symbols), not captured before 0.23"),
+            Refused::NoFunctionTable => format!("rustls {version}: stripped and no unwind table"),
+            Refused::Ambiguous(what) => format!("rustls {version}: {what} matched more than one function"),
             Refused::Missing(what) => format!("rustls {version}: {what} not found"),
             Refused::MixedVersions => format!("rustls {version}: several rustls versions linked in"),
             Refused::Layout(what) => format!("rustls {version}: {what} reads its argument at unexpected offsets"),
@@ -90,11 +103,7 @@ pub fn versions(elf: &object::File<'_>) -> BTreeSet<String> {
     out
 }
 
-/// The (highest) rustls version a file links.
-pub fn version(elf: &object::File<'_>) -> Option<String> {
-    latest(&versions(elf))
-}
-
+/// The highest of them.
 pub fn latest(versions: &BTreeSet<String>) -> Option<String> {
     versions.iter().max_by_key(|v| minor(v)).cloned()
 }
@@ -105,6 +114,21 @@ fn minor(v: &str) -> u32 {
 
 /// Find the two functions in a file known (by [`versions`]) to link rustls.
 pub fn find(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Found, Refused> {
+    find_by_name(elf, versions)?.map_or_else(|| find_by_code(elf, versions), Ok)
+}
+
+/// The argument shape of the versions a file links: `OutboundChunks` (0.23).
+fn chunks(versions: &BTreeSet<String>) -> Result<bool, Refused> {
+    let shapes: BTreeSet<bool> = versions.iter().map(|v| minor(v) >= 23).collect();
+    if shapes.len() > 1 {
+        return Err(Refused::MixedVersions);
+    }
+    Ok(shapes.into_iter().next().unwrap_or(true))
+}
+
+/// By symbol name; `None` when the names are not there and the code search
+/// ([`find_by_code`]) applies.
+pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Option<Found>, Refused> {
     // (address, file offset)
     let (mut send, mut recv) = (BTreeSet::new(), BTreeSet::new());
     let mut any = false;
@@ -129,19 +153,14 @@ pub fn find(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Found
             slot.insert((sym.address(), off));
         }
     }
-    if !any {
-        return Err(Refused::Stripped);
-    }
-    let shapes: BTreeSet<bool> = versions.iter().map(|v| minor(v) >= 23).collect();
-    if shapes.len() > 1 {
-        return Err(Refused::MixedVersions);
-    }
-    let chunks = shapes.into_iter().next().unwrap_or(true);
-    if send.is_empty() {
-        return Err(Refused::Missing("CommonState::send_appdata_encrypt"));
-    }
-    if recv.is_empty() {
-        return Err(Refused::Missing("CommonState::take_received_plaintext"));
+    let chunks = chunks(versions)?;
+    let version = latest(versions).unwrap_or_default();
+    if send.is_empty() || recv.is_empty() {
+        return match (chunks, any) {
+            (true, _) => Ok(None),
+            (false, true) => Err(Refused::Missing(if send.is_empty() { SEND_NAME } else { RECV_NAME })),
+            (false, false) => Err(Refused::Stripped),
+        };
     }
     let code = |addr: u64| -> &[u8] {
         elf.sections()
@@ -150,62 +169,39 @@ pub fn find(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Found
             .and_then(|s| Some(&s.data().ok()?[(addr - s.address()) as usize..]))
             .unwrap_or(&[])
     };
-    const SEND_NAME: &str = "CommonState::send_appdata_encrypt";
-    const RECV_NAME: &str = "CommonState::take_received_plaintext";
     for &(addr, _) in &send {
-        if chunks && !reads_argument_at(code(addr), addr, &[0, 16, 24]) {
+        if chunks && !opening(code(addr), addr).reads(&[0, 16, 24]) {
             return Err(Refused::Layout(SEND_NAME));
         }
     }
     for &(addr, _) in &recv {
-        if !reads_argument_at(code(addr), addr, &[8, 16]) {
+        if !opening(code(addr), addr).reads(&[8, 16]) {
             return Err(Refused::Layout(RECV_NAME));
         }
     }
-    let version = latest(versions).unwrap_or_default();
     let offsets = |set: BTreeSet<(u64, u64)>| set.into_iter().map(|(_, off)| off).collect();
-    Ok(Found { version, chunks, send: offsets(send), recv: offsets(recv) })
+    Ok(Some(Found { version, chunks, send: offsets(send), recv: offsets(recv), by_name: true }))
 }
 
-/// Instructions looked at for the argument reads.
-const MAX_SCAN: usize = 48;
-
-/// Does the code at `addr` read 64-bit words at each of `offsets` from its
-/// second argument (`rsi`), before anything overwrites `rsi` and before any
-/// call, return or jump away (conditional branches are stepped over)?
-pub fn reads_argument_at(code: &[u8], addr: u64, offsets: &[u64]) -> bool {
-    let mut seen = Vec::new();
-    let mut info = InstructionInfoFactory::new();
-    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
-    for _ in 0..MAX_SCAN {
-        if !d.can_decode() {
-            break;
-        }
-        let ins = d.decode();
-        for op in 0..ins.op_count() {
-            if ins.op_kind(op) == OpKind::Memory
-                && ins.memory_base() == Register::RSI
-                && ins.memory_index() == Register::None
-                && ins.memory_size().size() == 8
-            {
-                seen.push(ins.memory_displacement64());
-            }
-        }
-        if offsets.iter().all(|o| seen.contains(o)) {
-            return true;
-        }
-        let writes_rsi = info
-            .info(&ins)
-            .used_registers()
-            .iter()
-            .any(|u| u.register().full_register() == Register::RSI && u.access() != OpAccess::Read);
-        let flow = ins.flow_control();
-        if writes_rsi || !matches!(flow, FlowControl::Next | FlowControl::ConditionalBranch) {
-            break;
-        }
+/// Without names: recognise rustls 0.23's functions by their code (seconds for
+/// a large binary; the caller caches it).
+pub fn find_by_code(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Found, Refused> {
+    if !chunks(versions)? {
+        return Err(Refused::Stripped);
     }
-    false
+    let (s, r) = rustls_stripped::find(elf).map_err(|e| match e {
+        NotFound::NoFunctionTable => Refused::NoFunctionTable,
+        NotFound::Missing(what) => Refused::Missing(what),
+        NotFound::Ambiguous(what) => Refused::Ambiguous(what),
+    })?;
+    let off = |a, what| super::placement::file_offset(elf, a).ok_or(Refused::Missing(what));
+    let (send, recv) = (vec![off(s, SEND_NAME)?], vec![off(r, RECV_NAME)?]);
+    let version = latest(versions).unwrap_or_default();
+    Ok(Found { version, chunks: true, send, recv, by_name: false })
 }
+
+const SEND_NAME: &str = rustls_stripped::SEND;
+const RECV_NAME: &str = rustls_stripped::RECV;
 
 #[cfg(test)]
 mod tests {
@@ -215,10 +211,10 @@ mod tests {
     fn finds_the_version_from_source_paths() {
         // This test binary links rustls (through ureq).
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        let v = version(&object::File::parse(&*me).unwrap()).expect("rustls in this binary");
+        let v = latest(&versions(&object::File::parse(&*me).unwrap())).expect("rustls in this binary");
         assert!(v.starts_with("0.2"), "{v}");
         let sh = std::fs::read("/bin/sh").unwrap();
-        assert_eq!(version(&object::File::parse(&*sh).unwrap()), None);
+        assert!(versions(&object::File::parse(&*sh).unwrap()).is_empty());
     }
 
     #[test]
@@ -232,30 +228,15 @@ mod tests {
         assert!(!early.contains(RECV));
     }
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-    }
-
-    /// The first bytes of both functions in a reqwest + rustls 0.23.46 client
-    /// built with rustc 1.9x, `--release`, fat LTO (tests/clients/rust_client).
-    const SEND_LTO: &str = "554157415641554154534881ec380100004189cb4889fb85d2894c240874234c8b064d85c00f84e70000004c8b6e10488b7e184989fe4d29ee4883c608e9340200004c8b064c8b6e";
-    const RECV_LTO: &str = "4157415641554154534989ffc6872e030000204c8b2e488b5e084c89e848f7d84c8b7610710a4d85f6791de8206ceeff4d85f60f8491000000498b4f60498b47784839c8743beb4a";
-
     #[test]
-    fn the_argument_layout_is_checked_in_the_code() {
-        let (send, recv) = (hex(SEND_LTO), hex(RECV_LTO));
-        assert!(reads_argument_at(&send, 0x1000, &[0, 16, 24]));
-        assert!(reads_argument_at(&recv, 0x1000, &[8, 16]));
-        // The other function's layout is not this one's.
-        assert!(!reads_argument_at(&send, 0x1000, &[8, 16, 32]));
-        assert!(!reads_argument_at(&recv, 0x1000, &[0, 16, 24]));
-        // `mov rsi, rdi` first: what follows reads something else.
-        let clobbered = [&[0x48, 0x89, 0xfe][..], &recv].concat();
-        assert!(!reads_argument_at(&clobbered, 0x1000, &[8, 16]));
-        // A call before the reads ends the look.
-        let called = [&[0xe8, 0, 0, 0, 0][..], &recv].concat();
-        assert!(!reads_argument_at(&called, 0x1000, &[8, 16]));
-        assert!(!reads_argument_at(&[], 0x1000, &[8]));
+    fn the_argument_layout_is_read_from_the_code() {
+        // send_appdata_encrypt's opening in a fat-LTO reqwest client.
+        let hex =
+            "554157415641554154534881ec380100004189cb4889fb85d2894c240874234c8b064d85c00f84e70000004c8b6e10488b7e18";
+        let send: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        assert!(opening(&send, 0x1000).reads(&[0, 16, 24]));
+        assert!(!opening(&send, 0x1000).reads(&[8, 16]));
     }
 
     #[test]
@@ -275,6 +256,9 @@ mod tests {
         }
         let mixed: BTreeSet<String> = ["0.22.4".to_string(), "0.23.46".to_string()].into();
         assert_eq!(find(&elf, &mixed), Err(Refused::MixedVersions));
-        assert_eq!(Refused::Stripped.describe("0.23.46"), "rustls 0.23.46: stripped (no symbols), not captured");
+        assert_eq!(
+            Refused::Stripped.describe("0.22.4"),
+            "rustls 0.22.4: stripped (no symbols), not captured before 0.23"
+        );
     }
 }
