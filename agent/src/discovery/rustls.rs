@@ -170,7 +170,7 @@ pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Resu
             .unwrap_or(&[])
     };
     for &(addr, _) in &send {
-        if chunks && !opening(code(addr), addr).reads(&[0, 16, 24]) {
+        if chunks && !opening(code(addr), addr).outbound_chunks_layout() {
             return Err(Refused::Layout(SEND_NAME));
         }
     }

@@ -44,6 +44,10 @@ pub struct Opening {
     pub tests_third_arg: bool,
     /// The word read at `rsi+0` tested against zero (`test r, r`).
     pub tests_first_word: bool,
+    /// That word also compared with a constant: an enum with an explicit tag,
+    /// not the niche layout (`0` = `Single`, else `Multiple`'s slice pointer)
+    /// the kernel side reads.
+    pub first_word_is_tag: bool,
     /// A byte store of [`KEY_UPDATE_REQUESTS`] through `rdi` (into `self`).
     pub stores_key_update_requests: bool,
 }
@@ -58,7 +62,12 @@ impl Opening {
     }
 
     pub fn is_send_appdata_encrypt(&self) -> bool {
-        self.tests_third_arg && self.tests_first_word && self.reads(&[0, 16, 24]) && !self.stores_key_update_requests
+        self.tests_third_arg && self.outbound_chunks_layout() && !self.stores_key_update_requests
+    }
+
+    /// Reads an `OutboundChunks` in the niche layout the kernel side expects.
+    pub fn outbound_chunks_layout(&self) -> bool {
+        self.reads(&[0, 16, 24]) && self.tests_first_word && !self.first_word_is_tag
     }
 }
 
@@ -102,12 +111,22 @@ pub fn opening(code: &[u8], addr: u64) -> Opening {
                 out.tests_third_arg = true;
             }
         }
-        if mnemonic == Mnemonic::Cmp
-            && ins.op0_kind() == OpKind::Register
-            && ins.op0_register().full_register() == Register::RDX
-            && rdx_live
-        {
-            out.tests_third_arg = true;
+        if mnemonic == Mnemonic::Cmp && ins.op0_kind() == OpKind::Register {
+            let r = ins.op0_register().full_register();
+            if r == Register::RDX && rdx_live {
+                out.tests_third_arg = true;
+            }
+            let constant = matches!(
+                ins.op1_kind(),
+                OpKind::Immediate8
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64
+            );
+            if r == first_word && first_word != Register::None && constant {
+                out.first_word_is_tag = true;
+            }
         }
         if ins.code() == Code::Mov_rm8_imm8
             && ins.op0_kind() == OpKind::Memory
@@ -242,6 +261,13 @@ mod tests {
         // `rdx` written before it is read: not a third argument.
         let rdx = [hex("31d2"), hex(SEND_LTO)].concat();
         assert!(!opening(&rdx, 0).is_send_appdata_encrypt());
+        // The first word compared with 1 as well: a tagged enum, not the
+        // niche layout (recorded from a rustls function of another build).
+        let tagged =
+            hex("554157415641554154534881ecf80200004889fb488b066641bdffff4885c00f847101000089d583f8017526488b5610");
+        let o = opening(&tagged, 0);
+        assert!(o.first_word_is_tag && !o.outbound_chunks_layout(), "{o:?}");
+        assert!(!opening(&hex(SEND_LTO), 0).first_word_is_tag);
         assert_eq!(opening(&[], 0), Opening::default());
         assert_eq!(opening(&[0xff; 8], 0), Opening::default());
     }
