@@ -143,6 +143,12 @@ pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    conn_ended(&ctx);
+    0
+}
+
+/// The `SSL*` in the first argument is done with: forget it, tell user space.
+pub(crate) fn conn_ended(ctx: &ProbeContext) {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     if ssl != 0 {
         let k = SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl };
@@ -150,7 +156,6 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
         let _ = IGNORED_CONNS.remove(k);
         emit_control(EventKind::ConnClosed, ssl);
     }
-    0
 }
 
 /// `SSL_set_fd(ssl, fd)`: which socket a connection uses (libraries with a

@@ -20,9 +20,16 @@
 //!   Both receive the same `CommonState`, so its address names the connection in
 //!   both directions.
 //!
-//! User space finds them by symbol (the agent's discovery/rustls.rs) and picks
-//! the send program by the rustls version. What they fall back to: a stripped
-//! binary has no symbols and is listed as not probed. No function marks the
+//! Where the compiler inlined `send_appdata_encrypt` into its caller
+//! `buffer_plaintext(&mut self, payload: OutboundChunks, sendable: &mut _) ->
+//! usize` (litellm's Rust core), the same send program goes on that caller:
+//! same registers, same result (bytes accepted; bytes buffered before the
+//! handshake count here, once).
+//!
+//! User space finds them by symbol (the agent's discovery/rustls.rs), or in a
+//! stripped 0.23 by their code (discovery/rustls_stripped.rs), and picks the
+//! send program by the rustls version. What they fall back to: a file where
+//! neither finds them is listed as not probed, with the reason. No function marks the
 //! end of a connection (the value is dropped): user space restarts a stream
 //! that begins anew at a reused address. An `OutboundChunks` with more slices
 //! than we walk gives its connection up (counted) rather than leave a hole.

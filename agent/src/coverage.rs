@@ -21,6 +21,11 @@ pub struct ProcessCoverage {
     pub connections: BTreeMap<String, u64>,
     /// Records written, by capture method.
     pub records: BTreeMap<String, u64>,
+    /// Connections whose end a probe saw (`SSL_free`, BoringSSL's
+    /// `SSL_shutdown`, Go's `Close`, `close(2)`), by capture method; the others
+    /// end with their process, are restarted on a reused address or go idle.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub closed: BTreeMap<String, u64>,
     /// Connections not decoded, by reason (`not_http`, `http2_joined`, `desync`, …).
     pub not_decoded: BTreeMap<String, u64>,
     /// TLS libraries this process maps that are not probed (`library: file`),
@@ -69,6 +74,10 @@ impl Coverage {
         if *n == 1 {
             tracing::info!(pid, comm, method = m, "capturing process");
         }
+    }
+
+    pub fn closed(&mut self, pid: u32, comm: &str, source: Source) {
+        *self.entry(pid, comm).closed.entry(source.as_str().to_owned()).or_default() += 1;
     }
 
     pub fn record(&mut self, pid: u32, comm: &str, source: Source) {
@@ -128,7 +137,9 @@ mod tests {
         c.record(7, "python3", Source::Socket);
         c.not_decoded(7, "python3", Source::OpenSsl, Ignored::Http2Joined);
         c.not_probed(7, "python3", "boringssl: /opt/bun", "SSL_read not found");
+        c.closed(7, "python3", Source::BoringSsl);
         let r = c.report();
+        assert_eq!(r[0].closed.get("boringssl"), Some(&1));
         assert_eq!(r[0].not_probed.get("boringssl: /opt/bun").map(String::as_str), Some("SSL_read not found"));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].connections.get("go_tls"), Some(&1));

@@ -203,6 +203,7 @@ impl Pipeline {
         match c {
             Control::ConnClosed { key, ts_ns } => {
                 if let Some(e) = self.conns.remove(&key) {
+                    self.coverage.closed(e.meta.tgid, &e.meta.comm.to_string(), e.meta.source);
                     self.close_entry(e, ts_ns);
                 }
             }

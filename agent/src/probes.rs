@@ -79,12 +79,18 @@ fn openssl_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
 /// BoringSSL: exported symbols, or found by analysis in a stripped binary.
 /// Its `_ex` functions call `SSL_write`/`SSL_read`, so those two suffice.
 fn boringssl_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
-    let (w, r) = match (s.library, s.boringssl) {
-        (_, Some(b)) => (Some(b.ssl_write), Some(b.ssl_read)),
-        (TlsLibrary::BoringSsl, None) => (s.ssl_write, s.ssl_read),
-        _ => (None, None),
+    let (w, r, end) = match (s.library, s.boringssl) {
+        (_, Some(b)) => (Some(b.ssl_write), Some(b.ssl_read), b.ssl_shutdown),
+        (TlsLibrary::BoringSsl, None) => (s.ssl_write, s.ssl_read, None),
+        _ => (None, None, None),
     };
-    each(&[("boringssl_write", w), ("boringssl_write_ret", w), ("boringssl_read", r), ("boringssl_read_ret", r)])
+    each(&[
+        ("boringssl_write", w),
+        ("boringssl_write_ret", w),
+        ("boringssl_read", r),
+        ("boringssl_read_ret", r),
+        ("boringssl_shutdown", end),
+    ])
 }
 
 /// Go: at entry and at every return instruction (no uretprobes on Go stacks).
@@ -131,7 +137,13 @@ pub const METHODS: &[CaptureMethod] = &[
     },
     CaptureMethod {
         name: "boringssl",
-        programs: &["boringssl_write", "boringssl_write_ret", "boringssl_read", "boringssl_read_ret"],
+        programs: &[
+            "boringssl_write",
+            "boringssl_write_ret",
+            "boringssl_read",
+            "boringssl_read_ret",
+            "boringssl_shutdown",
+        ],
         points: boringssl_points,
     },
     CaptureMethod {

@@ -5,7 +5,10 @@
 //! code; every call must become exactly one record with the served tokens and
 //! `tls_library` `rustls`, none doubled by the socket capture. A copy altered
 //! so that one function loses its signature is not probed and is listed in
-//! coverage with the reason. Needs root.
+//! coverage with the reason. Codex CLI's stripped binary and litellm's Rust
+//! core (a Python extension linking two rustls versions) are driven the same
+//! way. Needs root.
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -236,5 +239,88 @@ fn codex_cli_exec_is_captured_through_its_stripped_rustls() {
     let cov = coverage_of(&stats, pid);
     assert_eq!(cov["records"]["rustls"].as_u64(), Some(records.len() as u64), "{cov}");
     assert!(cov["records"].get("socket").is_none(), "{cov}");
+    env.finish();
+}
+
+/// The venv `cargo xtask test` installs litellm-core into.
+fn litellm_core_python() -> PathBuf {
+    let p = workspace_root().join("target/litellm-core-venv/bin/python");
+    assert!(p.exists(), "{} missing: run `cargo xtask test`, which installs litellm-core", p.display());
+    p
+}
+
+/// litellm's Rust core (`litellm-core` from PyPI, `LITELLM_RUST=1`): its
+/// extension links rustls 0.23 (stripped, `send_appdata_encrypt` inlined into
+/// `buffer_plaintext`) and rustls 0.21. Anthropic Messages calls, concurrent,
+/// half streamed, one with a 300 KB prompt, each one record; the older rustls
+/// is listed in coverage as not captured.
+#[test]
+fn litellm_rust_core_is_captured_beside_the_older_rustls_it_links() {
+    let _g = serial();
+    let python = litellm_core_python();
+    let out = Command::new(&python)
+        .args(["-c", "import litellm.rust_bridge._native as m; print(m.__file__)"])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .output()
+        .expect("run the litellm-core venv's python");
+    let so = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(so.is_file(), "litellm's extension not found: {}", String::from_utf8_lossy(&out.stderr));
+    let found = inspect(&so);
+    assert_eq!(found["tls_library"], "rustls", "{found}");
+    let programs: Vec<String> = probes(&found).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(programs, ["rustls_send_chunks", "rustls_send_ret", "rustls_recv"], "{found}");
+    let partly = found["not_probed"].as_str().unwrap_or_default().to_owned();
+    assert!(partly.starts_with("rustls 0.21.") && partly.ends_with("its calls are not captured"), "{found}");
+
+    let env = Env::start("litellm-rust", Transport::Https, &[]);
+    let script = workspace_root().join("tests/clients/litellm_rust.py").display().to_string();
+    let args = [script, env.anthropic_base(), SECRET_KEY.into(), "12".into(), "300000".into()];
+    let mut cmd = with_provider_hosts(&env.dir, &python.display().to_string(), &args);
+    cmd.env("LITELLM_RUST", "1")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("SSL_CERT_FILE", &env.certs.ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(env.dir.join("litellm.stderr")).unwrap());
+    let mut child = cmd.spawn().expect("start litellm_rust.py");
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "loaded", "see {}", env.dir.join("litellm.stderr").display());
+    // The extension is mapped: calls wait until the agent has probed it.
+    let name = so.display().to_string();
+    wait_for("the agent to probe litellm's extension", Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
+        log.lines().any(|l| l.contains("attached") && l.contains("analysed") && l.contains(&name)).then_some(())
+    });
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "litellm_rust.py: {status}, see {}", env.dir.join("litellm.stderr").display());
+    let out: Value = serde_json::from_str(line.trim()).expect("client output");
+    assert_eq!((out["calls"].as_u64(), out["streamed"].as_u64()), (Some(12), Some(6)), "{out}");
+
+    let stats = env.agent.wait_process_done(pid);
+    let records = env.agent.records_of(&[pid]);
+    let served = env.server.served();
+    assert_eq!(served.len(), 12, "{served:#?}");
+    assert_eq!(records.len(), 12, "one record per call, none doubled: {records:#?}");
+    let prices = PriceTable::shipped();
+    let pairs = pair_with_served(&records, &served);
+    assert_eq!(pairs.len(), 12);
+    for (r, s) in &pairs {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["tls_library"], "rustls", "{r}");
+        assert_eq!(r["provider"], "anthropic", "{r}");
+        assert_eq!(r["server"], "api.anthropic.com", "{r}");
+    }
+    assert_eq!(records.iter().filter(|r| r["stream"] == true).count(), 6);
+    let cov = coverage_of(&stats, pid);
+    assert_eq!(cov["records"]["rustls"].as_u64(), Some(12), "{cov}");
+    assert!(cov["records"].get("socket").is_none(), "{cov}");
+    let listed = cov["not_probed"].as_object().map(|m| m.values().any(|v| v == partly.as_str())).unwrap_or(false);
+    assert!(listed, "the older rustls listed as not captured: {cov}");
     env.finish();
 }

@@ -3,11 +3,13 @@
 //! SDK, and Claude Code's native binary from npm, itself a Bun program). The
 //! agent finds `SSL_write`/`SSL_read` by analysing the machine code; every call
 //! must become exactly one record with the served tokens and `tls_library`
-//! `boringssl`, none doubled by the socket capture. A Bun whose code fails the
+//! `boringssl`, none doubled by the socket capture; a connection Bun closes
+//! (`SSL_shutdown`, also found by analysis) ends there. A Bun whose code fails the
 //! analysis's checks is never probed and is listed in coverage, as is a process
 //! linking a stripped rustls the code search cannot single out. Needs root.
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -63,7 +65,9 @@ fn bun_running_the_openai_sdk_is_captured_through_its_stripped_boringssl() {
     assert_eq!(found["tls_library"], "boringssl", "{found}");
     let code = std::fs::read(&bun).unwrap();
     let probes = found["probes"].as_array().unwrap();
-    assert_eq!(probes.len(), 4, "{found}");
+    let programs: Vec<&str> = probes.iter().map(|p| p["program"].as_str().unwrap()).collect();
+    assert!(programs.contains(&"boringssl_shutdown"), "{found}");
+    assert_eq!(probes.len(), 5, "{found}");
     for p in probes {
         let off = u64::from_str_radix(p["offset"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
         assert_eq!(code[off as usize], 0x55, "{p}: not on push rbp");
@@ -101,6 +105,32 @@ fn bun_running_the_openai_sdk_is_captured_through_its_stripped_boringssl() {
     let cov = coverage_of(&stats, pid);
     assert_eq!(cov["records"]["boringssl"], 4, "{cov}");
     assert!(cov["records"].get("socket").is_none(), "{cov}");
+
+    // A connection Bun closes (`Connection: close`) ends at its SSL_shutdown,
+    // seen while the process lives on.
+    let script = "const r = await fetch(Bun.env.BASE + '/chat/completions', {method: 'POST', \
+        headers: {'content-type': 'application/json', authorization: 'Bearer ' + Bun.env.KEY, connection: 'close'}, \
+        body: JSON.stringify({model: 'gpt-4o-mini', messages: [{role: 'user', content: 'hi'}]})}); \
+        await r.text(); console.log('done'); \
+        await new Promise((ok) => process.stdin.once('data', ok));";
+    let mut cmd = with_provider_hosts(&env.dir, &bun.display().to_string(), &["-e".into(), script.into()]);
+    cmd.env("BASE", env.openai_base())
+        .env("KEY", SECRET_KEY)
+        .env("NODE_EXTRA_CA_CERTS", &env.certs.ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("start bun");
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "done");
+    let stats = env.agent.wait_stats("the closed connection's end seen while bun lives", |s| {
+        let cov = coverage_of(s, pid);
+        cov["closed"]["boringssl"].as_u64() >= Some(1) && cov["records"]["boringssl"] == 1
+    });
+    assert_eq!(coverage_of(&stats, pid)["exited"], false);
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(child.wait().unwrap().success());
     env.finish();
 }
 

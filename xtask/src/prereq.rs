@@ -124,6 +124,7 @@ pub fn test_tools(root: &Path) -> Result<()> {
             run(base().arg("--break-system-packages"))?;
         }
     }
+    litellm_core(root)?;
     let clients = root.join("tests/clients");
     let pinned = [
         "node_modules/openai",
@@ -137,6 +138,26 @@ pub fn test_tools(root: &Path) -> Result<()> {
         eprintln!("xtask: installing the Node test clients (openai, bun, Claude Code's and Codex CLI's native binaries), pinned");
         run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&clients))?;
     }
+    Ok(())
+}
+
+/// litellm's Rust core in its own venv (its openai pin conflicts with the
+/// test SDKs'), for the rustls end-to-end test.
+fn litellm_core(root: &Path) -> Result<()> {
+    let venv = root.join("target/litellm-core-venv");
+    let req = root.join("tests/clients/requirements-litellm-core.txt");
+    let stamp = venv.join("installed.txt");
+    let wanted = std::fs::read_to_string(&req)?;
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing litellm-core (litellm's Rust core) into {}", venv.display());
+    if !ok(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv)) {
+        apt_install(&["python3-venv"])?;
+        run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "-r"]).arg(&req))?;
+    std::fs::write(stamp, wanted)?;
     Ok(())
 }
 

@@ -44,6 +44,8 @@ const SSL_HANDSHAKE_FAILURE: u32 = 215;
 const UNINITIALIZED: u32 = 226;
 const BAD_HELLO_REQUEST: u32 = 110;
 const NO_RENEGOTIATION: u32 = 182;
+/// Reported by `SSL_shutdown` alone.
+const APPLICATION_DATA_ON_SHUTDOWN: u32 = 291;
 
 /// The source file whose error sites identify the functions, reversed: the
 /// forward string must not sit in this agent's own binary, or the agent (seen
@@ -57,6 +59,9 @@ const MAX_CODE: u64 = 1 << 30;
 pub struct Found {
     pub ssl_write: u64,
     pub ssl_read: u64,
+    /// `SSL_shutdown`, where it is singled out: an early end of a connection
+    /// (not every connection passes there, so the restart rule stays).
+    pub ssl_shutdown: Option<u64>,
 }
 
 /// Why a binary that carries BoringSSL is not probed.
@@ -148,14 +153,22 @@ pub fn analyse(elf: &object::File<'_>, strings: &[u64]) -> Result<Found, Refused
     }
     let code: Vec<(u64, &[u8])> =
         text.iter().filter_map(|s| Some((s.address(), s.data().ok()?))).filter(|(_, d)| !d.is_empty()).collect();
-    let (write, read) = identify(&code, strings)?;
+    let (write, read, shutdown) = identify(&code, strings)?;
     let off = |a: u64, what| file_offset(elf, a).ok_or(Refused::Unverified(what));
-    Ok(Found { ssl_write: off(write, "SSL_write")?, ssl_read: off(read, "SSL_read")? })
+    Ok(Found {
+        ssl_write: off(write, "SSL_write")?,
+        ssl_read: off(read, "SSL_read")?,
+        ssl_shutdown: shutdown.and_then(|a| file_offset(elf, a)),
+    })
 }
 
-/// `SSL_write` and `SSL_read` (virtual addresses) in `code` ((address, bytes)
-/// per executable section), `strings` being where `ssl_lib.cc` is named.
-fn identify(code: &[(u64, &[u8])], strings: &[u64]) -> Result<(u64, u64), Refused> {
+/// (`SSL_write`, `SSL_read`, `SSL_shutdown` where singled out).
+type Identified = (u64, u64, Option<u64>);
+
+/// `SSL_write`, `SSL_read` and, where singled out, `SSL_shutdown` (virtual
+/// addresses) in `code` ((address, bytes) per executable section), `strings`
+/// being where `ssl_lib.cc` is named.
+fn identify(code: &[(u64, &[u8])], strings: &[u64]) -> Result<Identified, Refused> {
     let mut sweep = Sweep::default();
     for &(addr, bytes) in code {
         decode(bytes, addr, strings, &mut sweep);
@@ -212,12 +225,19 @@ fn identify(code: &[(u64, &[u8])], strings: &[u64]) -> Result<(u64, u64), Refuse
         unique(readers.iter().map(|f| (f, &empty)), "SSL_read")?
     };
     // Only functions that are called directly and begin where a function can.
+    let verified =
+        |f: u64| sweep.calls.iter().any(|&(_, callee)| callee == f) && sweep.after_end.binary_search(&f).is_ok();
     for (f, what) in [(write, "SSL_write"), (read, "SSL_read")] {
-        if !sweep.calls.iter().any(|&(_, callee)| callee == f) || sweep.after_end.binary_search(&f).is_err() {
+        if !verified(f) {
             return Err(Refused::Unverified(what));
         }
     }
-    Ok((write, read))
+    // SSL_shutdown: the one function with an APPLICATION_DATA_ON_SHUTDOWN site.
+    // Optional: without it connections end by the restart rule, as before.
+    let shutdown = unique(reasons.iter().filter(|(_, r)| r.contains(&APPLICATION_DATA_ON_SHUTDOWN)), "SSL_shutdown")
+        .ok()
+        .filter(|&f| f != write && f != read && verified(f));
+    Ok((write, read, shutdown))
 }
 
 fn has_all(set: &BTreeSet<u32>, want: &[u32]) -> bool {
@@ -446,7 +466,10 @@ mod tests {
             // mov rbx, rdi (a copy: the arguments stay) ; call SSL_peek
             a.label("SSL_read").prologue().raw(&[0x48, 0x89, 0xfb]).call("SSL_peek").ret();
         }
-        a.label("ssl_shutdown").prologue().error(LIB_SSL, UNINITIALIZED).error(LIB_SSL, 291).ret();
+        a.label("SSL_shutdown").prologue().error(LIB_SSL, UNINITIALIZED).error(LIB_SSL, 291).ret();
+        if tweak == "two_shutdowns" {
+            a.label("SSL_shutdown2").prologue().error(LIB_SSL, 291).ret();
+        }
         a.label("app").prologue();
         if tweak != "write_not_called" {
             a.call("SSL_write");
@@ -459,13 +482,19 @@ mod tests {
         } else {
             a.call("SSL_read");
         }
-        a.call("ssl_shutdown").ret();
+        if tweak != "shutdown_not_called" {
+            a.call("SSL_shutdown");
+        }
+        if tweak == "two_shutdowns" {
+            a.call("SSL_shutdown2");
+        }
+        a.ret();
         a.finish()
     }
 
     type Labels = HashMap<&'static str, u64>;
 
-    fn run(tweak: &str) -> (Result<(u64, u64), Refused>, Labels) {
+    fn run(tweak: &str) -> (Result<Identified, Refused>, Labels) {
         let (code, labels) = program(tweak);
         (identify(&[(BASE, &code)], &[STR as u64]), labels)
     }
@@ -473,10 +502,18 @@ mod tests {
     #[test]
     fn finds_write_and_read_by_their_error_reasons_and_calls() {
         let (r, l) = run("");
-        assert_eq!(r, Ok((l["SSL_write"], l["SSL_read"])));
+        assert_eq!(r, Ok((l["SSL_write"], l["SSL_read"], Some(l["SSL_shutdown"]))));
         // SSL_peek inlined into SSL_read (Bun): the function with its signature.
         let (r, l) = run("peek_inlined");
-        assert_eq!(r, Ok((l["SSL_write"], l["SSL_peek"])));
+        assert_eq!(r, Ok((l["SSL_write"], l["SSL_peek"], Some(l["SSL_shutdown"]))));
+    }
+
+    #[test]
+    fn shutdown_is_probed_only_where_singled_out_and_its_absence_refuses_nothing() {
+        let (r, l) = run("two_shutdowns");
+        assert_eq!(r, Ok((l["SSL_write"], l["SSL_read"], None)));
+        let (r, l) = run("shutdown_not_called");
+        assert_eq!(r, Ok((l["SSL_write"], l["SSL_read"], None)));
     }
 
     #[test]

@@ -192,12 +192,15 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
         if let Some(v) = rustls::latest(&versions) {
             s.library = TlsLibrary::Rustls;
             let started = std::time::Instant::now();
-            let found = rustls::find_by_name(&elf, &versions)
-                .and_then(|by_name| by_name.map_or_else(|| cache.rustls(&elf, &versions), Ok));
+            let found = rustls::find(&elf, &versions, |elf, versions| cache.rustls(elf, versions));
             match found {
                 Ok(found) => {
-                    tracing::info!(path = %path.display(), version = %v,
+                    tracing::info!(path = %path.display(), version = %found.version, send = found.send_function,
                         took_ms = started.elapsed().as_millis() as u64, "rustls found");
+                    if let Some(reason) = found.not_probed_reason() {
+                        tracing::warn!(path = %path.display(), %reason, "rustls partly probed");
+                        s.refused = Some(reason);
+                    }
                     s.rustls = Some(found);
                 }
                 Err(why) => {
@@ -461,15 +464,16 @@ impl Discovery {
             }
         };
         match inspect_cached(&file, &path, &mut self.cache) {
-            Ok(symbols) if symbols.is_target() => {
-                out.push(Target { path, file: std::sync::Arc::new(file), key, symbols })
-            }
             Ok(symbols) => {
-                if let Some(reason) = symbols.refused {
+                // A refusal may come with probes (a part of the file not captured).
+                if let Some(reason) = symbols.refused.clone() {
                     if self.refused.len() >= MAX_INSPECTED {
                         self.refused.clear();
                     }
                     self.refused.insert(key, (symbols.library, reason));
+                }
+                if symbols.is_target() {
+                    out.push(Target { path, file: std::sync::Arc::new(file), key, symbols })
                 }
             }
             Err(e) => tracing::debug!(error = %e, "skipping file"),

@@ -21,9 +21,15 @@
 //! +0, +16 and +24 (its first word, start, end). A function that does not is
 //! refused (a new compiler's layout is reported, not copied as garbage).
 //!
+//! Where the compiler inlined `send_appdata_encrypt` into its one caller,
+//! `buffer_plaintext` (same arguments, same result: bytes accepted) is probed
+//! in its place, by name or by code.
+//!
 //! Without names (a stripped file: Codex CLI's release binary, Python
 //! extensions), or where the names are not found, rustls 0.23's functions are
-//! recognised by their code ([`super::rustls_stripped`]). What it falls back
+//! recognised by their code ([`super::rustls_stripped`]). A stripped file that
+//! links an older rustls beside 0.23 (litellm's Rust core) has its 0.23 calls
+//! captured and the older version listed as not probed. What it falls back
 //! to: a file where that fails too (a stripped rustls before 0.23, a shape met
 //! by no function or by several) is listed in coverage as not probed, with the
 //! reason.
@@ -36,6 +42,7 @@ use super::rustls_stripped::{self, opening, NotFound};
 const NEEDLE: &[u8] = b"/rustls-0.";
 const SEND: &str = "11CommonState20send_appdata_encrypt";
 const RECV: &str = "11CommonState23take_received_plaintext";
+const BUFFER: &str = "11CommonState16buffer_plaintext";
 
 /// Where rustls's plaintext passes in one file (file offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,9 +51,27 @@ pub struct Found {
     /// `send_appdata_encrypt` takes an `OutboundChunks` (0.23 and later).
     pub chunks: bool,
     pub send: Vec<u64>,
+    /// Which function `send` is: `send_appdata_encrypt`, or `buffer_plaintext`
+    /// where the former was inlined.
+    pub send_function: &'static str,
     pub recv: Vec<u64>,
     /// Found by symbol name (else by code, in a stripped file).
     pub by_name: bool,
+    /// Older rustls versions linked beside it, whose calls are not captured.
+    pub not_probed: Vec<String>,
+}
+
+impl Found {
+    /// For coverage: what of this file is not captured.
+    pub fn not_probed_reason(&self) -> Option<String> {
+        (!self.not_probed.is_empty()).then(|| {
+            format!(
+                "rustls {}: also linked beside {}, stripped and older than 0.23: its calls are not captured",
+                self.not_probed.join(", "),
+                self.version
+            )
+        })
+    }
 }
 
 /// Why a file with rustls is not probed.
@@ -112,9 +137,15 @@ fn minor(v: &str) -> u32 {
     v.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
 }
 
-/// Find the two functions in a file known (by [`versions`]) to link rustls.
-pub fn find(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Found, Refused> {
-    find_by_name(elf, versions)?.map_or_else(|| find_by_code(elf, versions), Ok)
+/// Find the two functions in a file known (by [`versions`]) to link rustls:
+/// by name, else by code through `by_code` ([`find_by_code`], or the caller's
+/// cache of it).
+pub fn find(
+    elf: &object::File<'_>,
+    versions: &BTreeSet<String>,
+    by_code: impl FnOnce(&object::File<'_>, &BTreeSet<String>) -> Result<Found, Refused>,
+) -> Result<Found, Refused> {
+    find_by_name(elf, versions)?.map_or_else(|| by_code(elf, versions), Ok)
 }
 
 /// The argument shape of the versions a file links: `OutboundChunks` (0.23).
@@ -130,7 +161,7 @@ fn chunks(versions: &BTreeSet<String>) -> Result<bool, Refused> {
 /// ([`find_by_code`]) applies.
 pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Option<Found>, Refused> {
     // (address, file offset)
-    let (mut send, mut recv) = (BTreeSet::new(), BTreeSet::new());
+    let (mut send, mut buffer, mut recv) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut any = false;
     for sym in elf.symbols() {
         any = true;
@@ -146,6 +177,8 @@ pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Resu
             &mut send
         } else if name.contains(RECV) {
             &mut recv
+        } else if name.contains(BUFFER) {
+            &mut buffer
         } else {
             continue;
         };
@@ -153,8 +186,20 @@ pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Resu
             slot.insert((sym.address(), off));
         }
     }
+    let has_chunks = versions.iter().any(|v| minor(v) >= 23);
+    if send.is_empty() && recv.is_empty() && has_chunks {
+        // Stripped (or renamed): the code search.
+        return Ok(None);
+    }
     let chunks = chunks(versions)?;
     let version = latest(versions).unwrap_or_default();
+    // `send_appdata_encrypt` inlined into `buffer_plaintext` (0.23 only).
+    let send_function = if send.is_empty() && chunks && !buffer.is_empty() {
+        send = buffer;
+        BUFFER_NAME
+    } else {
+        SEND_NAME
+    };
     if send.is_empty() || recv.is_empty() {
         return match (chunks, any) {
             (true, _) => Ok(None),
@@ -162,46 +207,63 @@ pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Resu
             (false, false) => Err(Refused::Stripped),
         };
     }
-    let code = |addr: u64| -> &[u8] {
-        elf.sections()
-            .filter(|s| s.kind() == SectionKind::Text)
-            .find(|s| addr >= s.address() && addr < s.address() + s.size())
-            .and_then(|s| Some(&s.data().ok()?[(addr - s.address()) as usize..]))
-            .unwrap_or(&[])
-    };
+    let text = rustls_stripped::Text::of(elf);
     for &(addr, _) in &send {
-        if chunks && !opening(code(addr), addr).outbound_chunks_layout() {
-            return Err(Refused::Layout(SEND_NAME));
+        let layout_ok = match send_function {
+            BUFFER_NAME => rustls_stripped::is_buffer_plaintext(text.at(addr, rustls_stripped::WINDOW), addr),
+            _ => !chunks || opening(text.at(addr, rustls_stripped::WINDOW), addr).outbound_chunks_layout(),
+        };
+        if !layout_ok {
+            return Err(Refused::Layout(send_function));
         }
     }
     for &(addr, _) in &recv {
-        if !opening(code(addr), addr).reads(&[8, 16]) {
+        if !opening(text.at(addr, rustls_stripped::WINDOW), addr).reads(&[8, 16]) {
             return Err(Refused::Layout(RECV_NAME));
         }
     }
     let offsets = |set: BTreeSet<(u64, u64)>| set.into_iter().map(|(_, off)| off).collect();
-    Ok(Some(Found { version, chunks, send: offsets(send), recv: offsets(recv), by_name: true }))
+    Ok(Some(Found {
+        version,
+        chunks,
+        send: offsets(send),
+        send_function,
+        recv: offsets(recv),
+        by_name: true,
+        not_probed: Vec::new(),
+    }))
 }
 
 /// Without names: recognise rustls 0.23's functions by their code (seconds for
-/// a large binary; the caller caches it).
+/// a large binary; the caller caches it). Older versions linked beside 0.23
+/// are listed in [`Found::not_probed`].
 pub fn find_by_code(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Result<Found, Refused> {
-    if !chunks(versions)? {
+    let (older, newer): (Vec<String>, Vec<String>) = versions.iter().cloned().partition(|v| minor(v) < 23);
+    if newer.is_empty() && !older.is_empty() {
         return Err(Refused::Stripped);
     }
-    let (s, r) = rustls_stripped::find(elf).map_err(|e| match e {
+    let found = rustls_stripped::find(elf).map_err(|e| match e {
         NotFound::NoFunctionTable => Refused::NoFunctionTable,
         NotFound::Missing(what) => Refused::Missing(what),
         NotFound::Ambiguous(what) => Refused::Ambiguous(what),
     })?;
     let off = |a, what| super::placement::file_offset(elf, a).ok_or(Refused::Missing(what));
-    let (send, recv) = (vec![off(s, SEND_NAME)?], vec![off(r, RECV_NAME)?]);
-    let version = latest(versions).unwrap_or_default();
-    Ok(Found { version, chunks: true, send, recv, by_name: false })
+    let (send, recv) = (vec![off(found.send, found.send_function)?], vec![off(found.recv, RECV_NAME)?]);
+    let version = latest(&newer.into_iter().collect()).unwrap_or_default();
+    Ok(Found {
+        version,
+        chunks: true,
+        send,
+        send_function: found.send_function,
+        recv,
+        by_name: false,
+        not_probed: older,
+    })
 }
 
 const SEND_NAME: &str = rustls_stripped::SEND;
 const RECV_NAME: &str = rustls_stripped::RECV;
+const BUFFER_NAME: &str = rustls_stripped::BUFFER;
 
 #[cfg(test)]
 mod tests {
@@ -215,6 +277,25 @@ mod tests {
         assert!(v.starts_with("0.2"), "{v}");
         let sh = std::fs::read("/bin/sh").unwrap();
         assert!(versions(&object::File::parse(&*sh).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn an_older_rustls_linked_beside_is_reported_as_not_captured() {
+        let mut found = Found {
+            version: "0.23.42".into(),
+            chunks: true,
+            send: vec![0x1000],
+            send_function: BUFFER_NAME,
+            recv: vec![0x2000],
+            by_name: false,
+            not_probed: Vec::new(),
+        };
+        assert_eq!(found.not_probed_reason(), None);
+        found.not_probed = vec!["0.21.12".into()];
+        assert_eq!(
+            found.not_probed_reason().unwrap(),
+            "rustls 0.21.12: also linked beside 0.23.42, stripped and older than 0.23: its calls are not captured"
+        );
     }
 
     #[test]
@@ -246,7 +327,7 @@ mod tests {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let elf = object::File::parse(&*me).unwrap();
         let vs = versions(&elf);
-        match find(&elf, &vs) {
+        match find(&elf, &vs, find_by_code) {
             Ok(found) => {
                 assert!(found.chunks);
                 assert!(!found.send.is_empty() && !found.recv.is_empty());
@@ -254,8 +335,12 @@ mod tests {
             }
             Err(why) => assert!(matches!(why, Refused::Layout(_)), "{why:?}"),
         }
+        // With names, two argument shapes are not told apart: refused.
         let mixed: BTreeSet<String> = ["0.22.4".to_string(), "0.23.46".to_string()].into();
-        assert_eq!(find(&elf, &mixed), Err(Refused::MixedVersions));
+        assert_eq!(find(&elf, &mixed, find_by_code), Err(Refused::MixedVersions));
+        // By code only 0.23 is looked for; an older rustls alone is not.
+        let old: BTreeSet<String> = ["0.21.12".to_string()].into();
+        assert_eq!(find_by_code(&elf, &old), Err(Refused::Stripped));
         assert_eq!(
             Refused::Stripped.describe("0.22.4"),
             "rustls 0.22.4: stripped (no symbols), not captured before 0.23"

@@ -14,6 +14,17 @@
 //!   the first word against zero (which of `Single`/`Multiple` it is: the enum's
 //!   niche).
 //!
+//! - where the compiler inlined `send_appdata_encrypt` into its caller
+//!   (litellm's Rust core), that caller, `buffer_plaintext(&mut self, payload:
+//!   OutboundChunks, sendable_plaintext: &mut ChunkVecBuffer) -> usize`, takes
+//!   its place: same arguments in the same registers, and its result is the
+//!   count of bytes accepted, as `send_appdata_encrypt`'s is. It opens with
+//!   `perhaps_write_key_update`, an `Option::take` on a field of `self` (a read,
+//!   then an immediate stored over it), keeps the payload pointer in a register
+//!   that survives calls, and reads the `OutboundChunks` through it at +0, +16
+//!   and +24 with the same niche test. It is looked for only when no function
+//!   has `send_appdata_encrypt`'s shape, so the two are never both probed.
+//!
 //! Candidates are the functions the unwind table (`.eh_frame_hdr`, kept by
 //! `strip`: Rust needs it to unwind panics) names, so every probe sits on a real
 //! function start. Each shape must be met by exactly one function, or nothing is
@@ -73,7 +84,7 @@ impl Opening {
 
 pub fn opening(code: &[u8], addr: u64) -> Opening {
     let mut out = Opening::default();
-    let (mut rsi_live, mut rdx_live) = (true, true);
+    let (mut rsi_live, mut rdx_live, mut rdi_live) = (true, true, true);
     // The register holding the word at rsi+0, while it does.
     let mut first_word = Register::None;
     let mut info = InstructionInfoFactory::new();
@@ -86,15 +97,17 @@ pub fn opening(code: &[u8], addr: u64) -> Opening {
         if ins.code() == Code::INVALID {
             break;
         }
-        for op in 0..ins.op_count() {
-            if ins.op_kind(op) != OpKind::Memory || ins.memory_index() != Register::None {
-                continue;
-            }
-            if rsi_live && ins.memory_base() == Register::RSI && ins.memory_size().size() == 8 {
-                out.second_arg_reads.push(ins.memory_displacement64());
-                if ins.memory_displacement64() == 0 && ins.code() == Code::Mov_r64_rm64 {
-                    first_word = ins.op0_register();
-                }
+        // Loads only: a store through rsi is not a read of the argument.
+        let loads = info.info(&ins).used_memory().iter().any(|m| {
+            matches!(m.access(), OpAccess::Read | OpAccess::CondRead)
+                && m.base() == Register::RSI
+                && m.index() == Register::None
+                && m.memory_size().size() == 8
+        });
+        if rsi_live && loads {
+            out.second_arg_reads.push(ins.memory_displacement64());
+            if ins.memory_displacement64() == 0 && ins.code() == Code::Mov_r64_rm64 {
+                first_word = ins.op0_register();
             }
         }
         let mnemonic = ins.mnemonic();
@@ -131,6 +144,7 @@ pub fn opening(code: &[u8], addr: u64) -> Opening {
         if ins.code() == Code::Mov_rm8_imm8
             && ins.op0_kind() == OpKind::Memory
             && ins.memory_base() == Register::RDI
+            && rdi_live
             && ins.immediate8() as u64 == KEY_UPDATE_REQUESTS
         {
             out.stores_key_update_requests = true;
@@ -146,6 +160,7 @@ pub fn opening(code: &[u8], addr: u64) -> Opening {
             match u.register().full_register() {
                 Register::RSI => rsi_live = false,
                 Register::RDX => rdx_live = false,
+                Register::RDI => rdi_live = false,
                 r if r == first_word && !loaded_first_word => first_word = Register::None,
                 _ => {}
             }
@@ -155,6 +170,136 @@ pub fn opening(code: &[u8], addr: u64) -> Opening {
         }
     }
     out
+}
+
+/// Instructions followed (through direct jumps, over calls) when looking for
+/// `buffer_plaintext`'s reads of its payload.
+const MAX_FOLLOW: usize = 64;
+
+/// Registers a call may overwrite (System V x86-64).
+const CALLER_SAVED: [Register; 9] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+];
+
+/// `buffer_plaintext`'s shape (see the module's header): an `Option::take` on
+/// `self` before any call, then, following the code through direct jumps and
+/// over calls, the `OutboundChunks` read at +0, +16 and +24 through `rsi` or a
+/// copy of it, its first word tested against zero and never compared with a
+/// constant.
+pub fn is_buffer_plaintext(code: &[u8], addr: u64) -> bool {
+    let mut payload = vec![Register::RSI];
+    let (mut rdi_live, mut called) = (true, false);
+    let mut self_reads = Vec::new();
+    let mut takes_option = false;
+    let mut reads = Vec::new();
+    let (mut first_word, mut tested, mut tagged) = (Register::None, false, false);
+    let mut info = InstructionInfoFactory::new();
+    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    for _ in 0..MAX_FOLLOW {
+        if !d.can_decode() {
+            break;
+        }
+        let ins = d.decode();
+        if ins.code() == Code::INVALID {
+            break;
+        }
+        let mem = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory) && ins.memory_index() == Register::None;
+        let base = ins.memory_base();
+        if mem && ins.memory_size().size() == 8 {
+            let disp = ins.memory_displacement64();
+            if payload.contains(&base) && ins.op0_kind() == OpKind::Register {
+                reads.push(disp);
+                if disp == 0 && ins.code() == Code::Mov_r64_rm64 {
+                    first_word = ins.op0_register();
+                }
+            }
+            if base == Register::RDI && rdi_live && !called {
+                if ins.op0_kind() == OpKind::Register {
+                    self_reads.push(disp);
+                } else if ins.op0_kind() == OpKind::Memory
+                    && matches!(ins.op1_kind(), OpKind::Immediate32to64 | OpKind::Immediate8to64)
+                    && self_reads.contains(&disp)
+                {
+                    takes_option = true;
+                }
+            }
+        }
+        let same_reg = ins.op0_kind() == OpKind::Register
+            && ins.op1_kind() == OpKind::Register
+            && ins.op0_register().full_register() == first_word
+            && first_word != Register::None;
+        match ins.mnemonic() {
+            Mnemonic::Test if same_reg && ins.op0_register() == ins.op1_register() => tested = true,
+            Mnemonic::Cmp
+                if ins.op0_kind() == OpKind::Register
+                    && ins.op0_register().full_register() == first_word
+                    && first_word != Register::None
+                    && ins.op1_kind() != OpKind::Register =>
+            {
+                tagged = true
+            }
+            _ => {}
+        }
+        // A register-to-register copy of the payload pointer is one more name for it.
+        let copy = ins.code() == Code::Mov_r64_rm64 || ins.code() == Code::Mov_rm64_r64;
+        let copied = copy
+            && ins.op0_kind() == OpKind::Register
+            && ins.op1_kind() == OpKind::Register
+            && payload.contains(&ins.op1_register());
+        let loaded_first_word =
+            ins.code() == Code::Mov_r64_rm64 && mem && payload.contains(&base) && ins.memory_displacement64() == 0;
+        for u in info.info(&ins).used_registers() {
+            if matches!(u.access(), OpAccess::Read | OpAccess::CondRead) {
+                continue;
+            }
+            let r = u.register().full_register();
+            if copied && r == ins.op0_register() {
+                continue;
+            }
+            payload.retain(|&p| p != r);
+            if r == Register::RDI {
+                rdi_live = false;
+            }
+            if r == first_word && !(loaded_first_word && r == ins.op0_register()) {
+                first_word = Register::None;
+            }
+        }
+        if copied && !payload.contains(&ins.op0_register()) {
+            payload.push(ins.op0_register());
+        }
+        match ins.flow_control() {
+            FlowControl::Next | FlowControl::ConditionalBranch => {}
+            FlowControl::Call | FlowControl::IndirectCall => {
+                called = true;
+                payload.retain(|p| !CALLER_SAVED.contains(p));
+                if CALLER_SAVED.contains(&first_word) {
+                    first_word = Register::None;
+                }
+            }
+            FlowControl::UnconditionalBranch if ins.op0_kind() == OpKind::NearBranch64 => {
+                let Some(at) = ins.near_branch_target().checked_sub(addr).filter(|&o| (o as usize) < code.len()) else {
+                    break;
+                };
+                if d.set_position(at as usize).is_err() {
+                    break;
+                }
+                d.set_ip(ins.near_branch_target());
+            }
+            _ => break,
+        }
+        if payload.is_empty() {
+            break;
+        }
+    }
+    takes_option && tested && !tagged && [0, 16, 24].iter().all(|o| reads.contains(o))
 }
 
 /// Function starts from `.eh_frame_hdr`'s search table (sorted), when it has
@@ -185,25 +330,52 @@ pub enum NotFound {
 }
 
 pub const SEND: &str = "CommonState::send_appdata_encrypt";
+pub const BUFFER: &str = "CommonState::buffer_plaintext";
 pub const RECV: &str = "CommonState::take_received_plaintext";
 
-/// (send, receive) function addresses.
-pub fn find(elf: &object::File<'_>) -> Result<(u64, u64), NotFound> {
+/// The executable sections' bytes, by address.
+pub struct Text<'a>(Vec<(u64, &'a [u8])>);
+
+impl<'a> Text<'a> {
+    pub fn of(elf: &object::File<'a>) -> Self {
+        Self(
+            elf.sections()
+                .filter(|s| s.kind() == SectionKind::Text)
+                .filter_map(|s| Some((s.address(), s.data().ok()?)))
+                .collect(),
+        )
+    }
+
+    /// Up to `len` bytes of code from `addr` (empty outside the text).
+    pub fn at(&self, addr: u64, len: usize) -> &'a [u8] {
+        self.0
+            .iter()
+            .find_map(|&(a, d)| {
+                let off = addr.checked_sub(a)? as usize;
+                (off < d.len()).then(|| &d[off..d.len().min(off.saturating_add(len))])
+            })
+            .unwrap_or(&[])
+    }
+}
+
+/// Code looked at from a function start: enough for [`MAX_FOLLOW`] instructions.
+pub const WINDOW: usize = 16 * MAX_FOLLOW;
+
+/// Where the two functions are (addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub send: u64,
+    /// [`SEND`], or [`BUFFER`] where `send_appdata_encrypt` was inlined.
+    pub send_function: &'static str,
+    pub recv: u64,
+}
+
+pub fn find(elf: &object::File<'_>) -> Result<Located, NotFound> {
     let starts = function_starts(elf).ok_or(NotFound::NoFunctionTable)?;
-    let text: Vec<(u64, &[u8])> = elf
-        .sections()
-        .filter(|s| s.kind() == SectionKind::Text)
-        .filter_map(|s| Some((s.address(), s.data().ok()?)))
-        .collect();
+    let text = Text::of(elf);
     let (mut send, mut recv) = (Vec::new(), Vec::new());
     for &at in &starts {
-        let Some(code) = text.iter().find_map(|&(a, d)| {
-            let off = at.checked_sub(a)? as usize;
-            (off < d.len()).then(|| &d[off..d.len().min(off + 16 * MAX_SCAN)])
-        }) else {
-            continue;
-        };
-        let o = opening(code, at);
+        let o = opening(text.at(at, 16 * MAX_SCAN), at);
         if o.is_take_received_plaintext() {
             recv.push(at);
         } else if o.is_send_appdata_encrypt() {
@@ -215,7 +387,17 @@ pub fn find(elf: &object::File<'_>) -> Result<(u64, u64), NotFound> {
         1 => Ok(v[0]),
         _ => Err(NotFound::Ambiguous(what)),
     };
-    Ok((one(send, SEND)?, one(recv, RECV)?))
+    let (send, send_function) = if send.is_empty() {
+        let buffer = starts.iter().copied().filter(|&at| is_buffer_plaintext(text.at(at, WINDOW), at)).collect();
+        let found = one(buffer, BUFFER).map_err(|e| match e {
+            NotFound::Missing(_) => NotFound::Missing(SEND),
+            e => e,
+        })?;
+        (found, BUFFER)
+    } else {
+        (one(send, SEND)?, SEND)
+    };
+    Ok(Located { send, send_function, recv: one(recv, RECV)? })
 }
 
 #[cfg(test)]
@@ -252,6 +434,11 @@ mod tests {
         let at = other.windows(7).position(|w| w == hex("c6872e03000020")).unwrap();
         other[at + 6] = 0x21;
         assert!(!opening(&other, 0).is_take_received_plaintext());
+        // `rdi` overwritten first: the store is not into `self`.
+        let moved = [hex("4889f7"), recv.clone()].concat();
+        assert!(!opening(&moved, 0).is_take_received_plaintext());
+        // A store through rsi is not a read of the argument.
+        assert!(opening(&hex("48890e"), 0).second_arg_reads.is_empty());
         // `rsi` overwritten first: the reads are of something else.
         let clobbered = [hex("4889fe"), recv.clone()].concat();
         assert!(!opening(&clobbered, 0).is_take_received_plaintext());
@@ -270,6 +457,42 @@ mod tests {
         assert!(!opening(&hex(SEND_LTO), 0).first_word_is_tag);
         assert_eq!(opening(&[], 0), Opening::default());
         assert_eq!(opening(&[0xff; 8], 0), Opening::default());
+    }
+
+    /// `buffer_plaintext` with `send_appdata_encrypt` inlined, from litellm's
+    /// Rust core (litellm-core 1.106.4, rustls 0.23.42, rustc 1.98, stripped):
+    /// the `Option::take` of the queued key update, a jump, then the payload
+    /// read through the copy of `rsi` kept in r14.
+    const BUFFER_LITELLM: &str = "554157415641554154534883ec784989d74989f64989fc488baf080300004c8baf10030000488b9f1803000048c78708030000ffffffff4883fdff0f84810000004885db746e498b8c2498000000498b8424b00000004839c8751d498dbc2498000000e8489dfaff498b8c2498000000498b8424b0000000488d500149899424b000000049038424a800000031d24839c8480f43d14829d0498b8c24a0000000488d044048892cc14c896cc10848895cc110eb0e4885ed74094c89efff15662054004d8b164180bc2436030000010f85ee0000004c89f04d8b7610488b70184889f34c29f34d85d2490f44de4885db0f8490010000";
+
+    #[test]
+    fn buffer_plaintext_is_recognised_where_send_appdata_encrypt_was_inlined() {
+        let code = hex(BUFFER_LITELLM);
+        assert!(is_buffer_plaintext(&code, 0x1eb8db0));
+        // Its opening alone is not one of the other two.
+        let o = opening(&code, 0x1eb8db0);
+        assert!(!o.is_send_appdata_encrypt() && !o.is_take_received_plaintext(), "{o:?}");
+        // Nor are they this.
+        for other in [SEND_LTO, RECV_LTO, SEND_CODEX, RECV_CODEX] {
+            assert!(!is_buffer_plaintext(&hex(other), 0x1000), "{other}");
+        }
+        // No `Option::take` on self (the None stored elsewhere): not it.
+        let mut untaken = code.clone();
+        let at = untaken.windows(7).position(|w| w == hex("48c78708030000")).unwrap();
+        untaken[at + 3] = 0x40;
+        assert!(!is_buffer_plaintext(&untaken, 0x1eb8db0));
+        // The first word compared with a constant (a tag), not tested against zero.
+        let mut tagged = code.clone();
+        let at = tagged.windows(3).position(|w| w == hex("4d85d2")).unwrap();
+        tagged.splice(at..at + 3, hex("4983fa01"));
+        assert!(!is_buffer_plaintext(&tagged, 0x1eb8db0));
+        // The payload pointer overwritten before the reads: they are of something else.
+        let mut lost = code.clone();
+        let at = lost.windows(3).position(|w| w == hex("4989f6")).unwrap();
+        lost[at + 2] = 0xfe; // mov r14, rdi
+        assert!(!is_buffer_plaintext(&lost, 0x1eb8db0));
+        // Cut short: the reads are never reached.
+        assert!(!is_buffer_plaintext(&code[..0xc0], 0x1eb8db0));
     }
 
     #[test]
