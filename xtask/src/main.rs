@@ -188,7 +188,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline", "wire"];
+const FUZZ_TARGETS: &[&str] =
+    &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline", "wire", "websocket"];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;

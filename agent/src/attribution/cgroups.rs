@@ -1,8 +1,16 @@
 //! Kernel cgroup id (what `bpf_get_current_cgroup_id` returns: the inode of the
-//! cgroup v2 directory) to cgroup path. A miss walks the cgroup2 mount once and
-//! caches every directory found (walks at most once a second); the cache is
-//! bounded.
+//! cgroup v2 directory) to cgroup path. A miss opens the directory by its file
+//! handle, which on cgroupfs is the id itself (exact and immediate, whatever
+//! happened to the process; needs CAP_DAC_READ_SEARCH, which root has), and
+//! where that is refused walks the cgroup2 mount once and caches every
+//! directory found (walks at most once a second). The cache is bounded.
+//!
+//! Why the handle first: a short-lived process (a job in a container) may be
+//! gone from /proc when its record is made, and a cgroup created within the
+//! last second is not in the last walk; its id still names its directory.
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +21,8 @@ const MIN_WALK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct CgroupPaths {
     root: Option<PathBuf>,
+    /// The cgroup2 mount, open, for `open_by_handle_at`.
+    mount: Option<File>,
     cache: HashMap<u64, String>,
     last_walk: Option<Instant>,
 }
@@ -25,7 +35,8 @@ impl CgroupPaths {
     }
 
     pub fn at(root: Option<PathBuf>) -> Self {
-        Self { root, cache: HashMap::new(), last_walk: None }
+        let mount = root.as_deref().and_then(|r| File::open(r).ok());
+        Self { root, mount, cache: HashMap::new(), last_walk: None }
     }
 
     /// The path (relative to the cgroup2 root, starting with `/`) of cgroup `id`.
@@ -37,6 +48,13 @@ impl CgroupPaths {
             return Some(p.clone());
         }
         let root = self.root.clone()?;
+        if let Some(p) = self.by_handle(&root, id) {
+            if self.cache.len() >= MAX_ENTRIES {
+                self.cache.clear();
+            }
+            self.cache.insert(id, p.clone());
+            return Some(p);
+        }
         if self.last_walk.is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL) {
             return None;
         }
@@ -46,6 +64,37 @@ impl CgroupPaths {
         }
         self.walk(&root, &root, 0);
         self.cache.get(&id).cloned()
+    }
+
+    /// Open the cgroup directory whose kernfs file handle is `id`
+    /// (`FILEID_KERNFS`) and read back where it is.
+    fn by_handle(&self, root: &Path, id: u64) -> Option<String> {
+        #[repr(C)]
+        struct KernfsHandle {
+            handle_bytes: u32,
+            handle_type: i32,
+            id: [u8; 8],
+        }
+        const FILEID_KERNFS: i32 = 0xfe;
+        let mount = self.mount.as_ref()?;
+        let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id: id.to_ne_bytes() };
+        // SAFETY: `h` is a file_handle header followed by its 8 bytes, as the
+        // call expects; the descriptor returned is owned by the File below.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&mut h as *mut KernfsHandle).cast::<libc::file_handle>(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let dir = unsafe { File::from_raw_fd(fd) };
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+        let rel = path.strip_prefix(root).ok()?;
+        Some(format!("/{}", rel.display()))
     }
 
     fn walk(&mut self, root: &Path, dir: &Path, depth: usize) {
@@ -106,5 +155,26 @@ mod tests {
         // ...but a hit is served from the cache.
         assert!(c.path_of(id).is_some());
         assert_eq!(CgroupPaths::at(None).path_of(id), None);
+    }
+
+    #[test]
+    fn a_cgroup_made_after_the_last_walk_is_found_by_its_handle() {
+        // Root (tests run as root): a cgroup created right after a walk, which
+        // the walk's rate limit would miss, is found by its id at once.
+        let Some(root) = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m)) else {
+            panic!("no cgroup2 mount on this machine");
+        };
+        let mut c = CgroupPaths::at(Some(root.clone()));
+        assert_eq!(c.path_of(u64::MAX - 1), None, "an id no cgroup has");
+        let name = format!("tt-handle-{}", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        let found = c.path_of(id);
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(found, Some(format!("/{name}")));
+        // The root cgroup itself.
+        let root_id = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(CgroupPaths::at(Some(root.clone())).path_of(root_id).as_deref(), Some("/"));
     }
 }

@@ -2,7 +2,8 @@
 //! ([`message`]), first-bytes checks ([`sniff`]), HTTP/1.1 framing ([`h1`]),
 //! HTTP/2 frames and HPACK ([`h2`]), the pairing of a connection's requests with
 //! their responses ([`exchange`]), content decoding ([`body`]), server-sent
-//! events ([`sse`]) and AWS event-stream framing ([`eventstream`]).
+//! events ([`sse`]), AWS event-stream framing ([`eventstream`]) and WebSocket
+//! messages after an upgrade ([`websocket`]).
 pub mod body;
 pub mod eventstream;
 pub mod exchange;
@@ -11,3 +12,4 @@ pub mod h2;
 pub mod message;
 pub mod sniff;
 pub mod sse;
+pub mod websocket;
