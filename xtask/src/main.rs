@@ -189,7 +189,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 const FUZZ_TARGETS: &[&str] =
-    &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline", "wire", "websocket"];
+    &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline", "wire", "websocket", "tls_hello"];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;
