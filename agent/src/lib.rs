@@ -19,3 +19,23 @@ pub mod providers;
 pub mod run;
 pub mod sinks;
 pub mod stats;
+
+/// Deterministic garbage for the tests that feed parsers arbitrary bytes.
+#[cfg(test)]
+pub(crate) struct Noise(pub u64);
+
+#[cfg(test)]
+impl Noise {
+    /// The next xorshift64 state.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `len` bytes, the low byte of each next state.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}

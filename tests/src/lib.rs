@@ -320,6 +320,17 @@ impl Agent {
         Self { child: Some(child), records, stats, stderr }
     }
 
+    /// Wait until the agent logs probes attached to `file` (a path, or the
+    /// end of one) placed `how` (`symbols`, `analysed`, …): probes are per
+    /// file, placed when a process maps it, so a process started within
+    /// milliseconds of that could make its calls first.
+    pub fn wait_attached(&self, file: &str, how: &str, timeout: Duration) {
+        wait_for(&format!("the agent to probe {file}"), timeout, || {
+            let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            log.lines().any(|l| l.contains("attached") && l.contains(how) && l.contains(file)).then_some(())
+        });
+    }
+
     /// The agent's pid (while running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent running").id()
@@ -421,6 +432,11 @@ impl Agent {
 }
 
 /// Whether a stats file's coverage shows that the agent handled the exit of `pid`.
+/// A process's entry in the stats file's coverage list (null when absent).
+pub fn coverage_of(stats: &Value, pid: u32) -> Value {
+    stats["coverage"].as_array().and_then(|c| c.iter().find(|p| p["pid"] == pid)).cloned().unwrap_or(Value::Null)
+}
+
 pub fn process_exited(stats: &Value, pid: u32) -> bool {
     stats["coverage"].as_array().is_some_and(|c| c.iter().any(|p| p["pid"] == pid && p["exited"] == true))
 }

@@ -17,10 +17,6 @@ use serde_json::Value;
 use tokentap_e2e::*;
 use tokentap_event::PriceTable;
 
-fn coverage_of(stats: &Value, pid: u32) -> Value {
-    stats["coverage"].as_array().and_then(|c| c.iter().find(|p| p["pid"] == pid)).cloned().unwrap_or(Value::Null)
-}
-
 fn inspect(bin: &Path) -> Value {
     let out = Command::new(agent_bin()).arg("inspect").arg(bin).output().unwrap();
     serde_json::from_slice(&out.stdout).expect("inspect output")
@@ -96,10 +92,7 @@ fn reqwest_over_rustls_with_and_without_symbols_over_http1_and_http2() {
         // within milliseconds of the attach can make its calls first.
         let name = bin.display().to_string();
         let mut warm = idle(&env, bin);
-        wait_for(&format!("the agent to probe {name}"), Duration::from_secs(60), || {
-            let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-            log.lines().any(|l| l.contains("attached") && l.contains(how) && l.contains(&name)).then_some(())
-        });
+        env.agent.wait_attached(&name, how, Duration::from_secs(60));
         let _ = warm.kill();
         let _ = warm.wait();
         for (mode, version) in [("h1", "1.1"), ("h2", "2")] {
@@ -213,10 +206,7 @@ fn codex_cli_exec_is_captured_through_its_stripped_rustls() {
         .spawn()
         .expect("start codex");
     let name = codex.display().to_string();
-    wait_for("the agent to probe codex", Duration::from_secs(120), || {
-        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-        log.lines().any(|l| l.contains("attached") && l.contains("analysed") && l.contains(&name)).then_some(())
-    });
+    env.agent.wait_attached(&name, "analysed", Duration::from_secs(120));
     let _ = warm.kill();
     let _ = warm.wait();
     let mut cmd =
@@ -290,10 +280,7 @@ fn litellm_rust_core_is_captured_beside_the_older_rustls_it_links() {
     assert_eq!(line.trim(), "loaded", "see {}", env.dir.join("litellm.stderr").display());
     // The extension is mapped: calls wait until the agent has probed it.
     let name = so.display().to_string();
-    wait_for("the agent to probe litellm's extension", Duration::from_secs(60), || {
-        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-        log.lines().any(|l| l.contains("attached") && l.contains("analysed") && l.contains(&name)).then_some(())
-    });
+    env.agent.wait_attached(&name, "analysed", Duration::from_secs(60));
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     line.clear();
     stdout.read_line(&mut line).unwrap();

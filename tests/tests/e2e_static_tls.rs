@@ -41,16 +41,9 @@ fn warm_up(env: &Env, mut cmd: Command) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start the warm-up process");
-    wait_for(&format!("the agent to probe {name}"), Duration::from_secs(60), || {
-        let log = std::fs::read_to_string(&env.agent.stderr).unwrap_or_default();
-        log.lines().any(|l| l.contains("attached") && l.contains("analysed") && l.contains(&name)).then_some(())
-    });
+    env.agent.wait_attached(&name, "analysed", Duration::from_secs(60));
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn coverage_of(stats: &Value, pid: u32) -> Value {
-    stats["coverage"].as_array().and_then(|c| c.iter().find(|p| p["pid"] == pid)).cloned().unwrap_or(Value::Null)
 }
 
 #[test]

@@ -529,16 +529,9 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic_and_are_never_probed() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut noise = crate::Noise(0x9e37_79b9_7f4a_7c15);
         for len in [0usize, 1, 15, 64, 4096, 65536] {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let bytes = noise.bytes(len);
             assert!(identify(&[(BASE, &bytes)], &[STR as u64]).is_err());
         }
         // A truncated copy of a good program.
