@@ -110,6 +110,13 @@ impl Source {
         !matches!(self, Self::BoringSsl | Self::Rustls)
     }
 
+    /// Can a connection's key change under it? rustls's is the address of a
+    /// Rust value, which moves when its owner does (tokio-tungstenite moves
+    /// the stream into its WebSocket after the handshake).
+    pub const fn key_may_move(self) -> bool {
+        matches!(self, Self::Rustls)
+    }
+
     /// The TLS library a record names: none for plaintext socket captures.
     pub const fn tls_library(self) -> Option<&'static str> {
         match self {

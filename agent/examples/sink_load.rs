@@ -139,6 +139,9 @@ fn synthetic(i: u64) -> LlmCall {
         cached_input_tokens: cached,
         cache_write_tokens: Some(0),
         reasoning_tokens: Some(0),
+        input_audio_tokens: None,
+        cached_audio_tokens: None,
+        output_audio_tokens: None,
         usage_source: Some(UsageSource::Reported),
         cost_usd: Some((input as f64 * 0.15 + output as f64 * 0.6) / 1e6),
         response_id: Some(match provider {

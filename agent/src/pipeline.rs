@@ -164,6 +164,9 @@ impl Pipeline {
                 self.close_entry(e, c.ts_ns);
             }
         }
+        if c.owner.source.key_may_move() && !self.conns.contains(&c.key) {
+            self.follow_moved_websocket(c);
+        }
         let mut lost = Lost::default();
         let (entry, continuity, evicted) =
             self.conns.on_data(c, || Conn { http: HttpConnection::new(max_body), counted_ignore: false });
@@ -196,6 +199,26 @@ impl Pipeline {
         if let Some((_, e)) = evicted {
             self.stats.count(ConnDrop::Evicted);
             self.close_entry(e, c.ts_ns);
+        }
+    }
+
+    /// A new key whose first bytes continue a WebSocket upgrade waiting under
+    /// another key of the same process (the 101 it awaits, or the first
+    /// frame after it): the connection object moved (rustls inside
+    /// tungstenite's handshake, which moves the stream at each would-block),
+    /// and the connection goes on under the new key. The earliest waiting
+    /// upgrade is taken when several could be.
+    fn follow_moved_websocket(&mut self, c: &Chunk<'_>) {
+        let waiting = self
+            .conns
+            .iter()
+            .filter(|(k, e)| k.tgid == c.key.tgid && e.meta.source == c.owner.source)
+            .filter_map(|(k, e)| Some((e.state.http.continues_with(c.direction, c.data)?, *k)))
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, from)) = waiting {
+            if self.conns.rekey(&from, c.key) {
+                tracing::debug!(pid = c.key.tgid, from = from.conn, to = c.key.conn, "WebSocket moved to a new key");
+            }
         }
     }
 

@@ -66,7 +66,11 @@ counters! {
     /// `dropped_unanswered`.
     resynced_after_gap,
     ignored_desync,
+    /// Switched protocols to something other than an LLM API's WebSocket.
     ignored_upgraded,
+    /// LLM API WebSockets whose framing or compression broke (garbage, a
+    /// message over the body cap, a deflate stream that does not inflate).
+    ignored_websocket_malformed,
     /// Connections evicted because the table was full.
     connections_evicted,
     /// Connections expired after the idle timeout.
@@ -234,6 +238,7 @@ impl Counted for Ignored {
             Ignored::ServerSide => &s.ignored_server_side,
             Ignored::Desync => &s.ignored_desync,
             Ignored::Upgraded => &s.ignored_upgraded,
+            Ignored::WebSocket => &s.ignored_websocket_malformed,
         }
     }
 }

@@ -10,6 +10,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (3, "distributed", include_str!("../../schema/003_distributed.sql")),
     (4, "features", include_str!("../../schema/004_features.sql")),
     (5, "features_distributed", include_str!("../../schema/005_features_distributed.sql")),
+    (6, "audio_tokens", include_str!("../../schema/006_audio_tokens.sql")),
+    (7, "audio_tokens_distributed", include_str!("../../schema/007_audio_tokens_distributed.sql")),
 ];
 
 #[derive(Clone, Debug)]

@@ -55,6 +55,9 @@ pub struct CallRow {
     /// The record's `features` as JSON ('' when absent).
     pub features: String,
     pub service_tier: Option<String>,
+    pub input_audio_tokens: Option<u64>,
+    pub cached_audio_tokens: Option<u64>,
+    pub output_audio_tokens: Option<u64>,
 }
 
 impl CallRow {
@@ -109,6 +112,9 @@ impl CallRow {
             cluster: cluster.to_owned(),
             features: r.features.as_ref().and_then(|f| serde_json::to_string(f).ok()).unwrap_or_default(),
             service_tier: r.service_tier,
+            input_audio_tokens: r.input_audio_tokens,
+            cached_audio_tokens: r.cached_audio_tokens,
+            output_audio_tokens: r.output_audio_tokens,
         }
     }
 
@@ -131,6 +137,9 @@ impl CallRow {
             cached_input_tokens: self.cached_input_tokens,
             cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
+            input_audio_tokens: self.input_audio_tokens,
+            cached_audio_tokens: self.cached_audio_tokens,
+            output_audio_tokens: self.output_audio_tokens,
             usage_source: self.usage_source.and_then(|u| serde_json::from_value(serde_json::Value::String(u)).ok()),
             cost_usd: self.cost_usd,
             response_id: self.response_id,

@@ -18,6 +18,14 @@ pub struct Prices {
     /// Reasoning tokens, where priced apart from other output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<f64>,
+    /// Audio input, cached audio input and audio output, where priced apart
+    /// (realtime and native-audio models); else audio is priced as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_input: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_cache_read: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_output: Option<f64>,
     /// Prices for prompts above a size (e.g. Gemini Pro above 200k tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub long_context: Option<LongContext>,
@@ -52,6 +60,10 @@ pub struct Use<'a> {
     pub cached: u64,
     pub cache_write: u64,
     pub reasoning: u64,
+    /// Parts of `input`, `cached` and `output` that were audio.
+    pub audio_input: u64,
+    pub audio_cached: u64,
+    pub audio_output: u64,
     /// `service_tier` of the call (`default` and `auto` are the standard prices).
     pub tier: Option<&'a str>,
 }
@@ -65,6 +77,9 @@ impl Prices {
             cache_read: None,
             cache_write: None,
             reasoning: None,
+            audio_input: None,
+            audio_cache_read: None,
+            audio_output: None,
             long_context: None,
             tiers: BTreeMap::new(),
         }
@@ -90,11 +105,33 @@ impl Prices {
             p.cache_read = t.cache_read.or(p.cache_read);
         }
         let base = p.cost(u.input, u.output, u.cached, u.cache_write);
-        match self.reasoning {
+        let reasoning = match self.reasoning {
             // Reasoning is part of `output`: re-price that part.
-            Some(r) => base + u.reasoning.min(u.output) as f64 * (r - p.output),
-            None => base,
+            Some(r) => u.reasoning.min(u.output) as f64 * (r - p.output),
+            None => 0.0,
+        };
+        base + reasoning + self.audio_extra(u, &p)
+    }
+
+    /// What the audio parts of a call cost beyond the text prices they were
+    /// counted at: uncached audio input, cached audio, audio output, each
+    /// where the model prices it apart (and never more tokens than the whole).
+    fn audio_extra(&self, u: &Use, text: &Prices) -> f64 {
+        let cached_audio = u.audio_cached.min(u.cached).min(u.audio_input);
+        let uncached = u.input.saturating_sub(u.cached).saturating_sub(u.cache_write);
+        let fresh_audio = (u.audio_input - cached_audio).min(uncached);
+        let cache_read = text.cache_read.unwrap_or(text.input);
+        let mut extra = 0.0;
+        if let Some(a) = self.audio_input {
+            extra += fresh_audio as f64 * (a - text.input);
         }
+        if let Some(a) = self.audio_cache_read {
+            extra += cached_audio as f64 * (a - cache_read);
+        }
+        if let Some(a) = self.audio_output {
+            extra += u.audio_output.min(u.output) as f64 * (a - text.output);
+        }
+        extra
     }
 
     /// Cost = (input - cached - cache_write) x input + cached x cache_read
@@ -277,6 +314,36 @@ mod tests {
         r.reasoning = Some(8e-6);
         let u = Use { input: 0, output: 100, reasoning: 40, ..Default::default() };
         assert!((r.cost_of(&u) - (60.0 * 4e-6 + 40.0 * 8e-6)).abs() < 1e-15);
+    }
+
+    /// gpt-realtime: text in 4e-6, cached 4e-7 (audio too), audio in 3.2e-5,
+    /// text out 1.6e-5, audio out 6.4e-5.
+    #[test]
+    fn audio_parts_are_priced_at_audio_rates() {
+        let t = PriceTable::shipped();
+        let p = t.lookup("gpt-realtime").expect("gpt-realtime priced");
+        assert_eq!((p.audio_input, p.audio_output, p.audio_cache_read), (Some(3.2e-5), Some(6.4e-5), Some(4e-7)));
+        // 1000 in (600 audio, of which 100 cached; 300 cached in all), 500 out (400 audio).
+        let u = Use {
+            input: 1000,
+            cached: 300,
+            audio_input: 600,
+            audio_cached: 100,
+            output: 500,
+            audio_output: 400,
+            ..Default::default()
+        };
+        let want = 200.0 * 4e-6 + 500.0 * 3.2e-5 + 200.0 * 4e-7 + 100.0 * 4e-7 + 100.0 * 1.6e-5 + 400.0 * 6.4e-5;
+        assert!((p.cost_of(&u) - want).abs() < 1e-12, "{} != {want}", p.cost_of(&u));
+        // No audio: text prices; a model without audio prices prices audio as text.
+        let text = Use { audio_input: 0, audio_cached: 0, audio_output: 0, ..u };
+        assert!((p.cost_of(&text) - p.cost(1000, 500, 300, 0)).abs() < 1e-12);
+        let flat = Prices::flat(1e-6, 2e-6);
+        assert!((flat.cost_of(&u) - flat.cost_of(&text)).abs() < 1e-15);
+        // Parts larger than their wholes are clipped, never priced twice.
+        let odd =
+            Use { input: 10, audio_input: 50, audio_cached: 40, output: 1, audio_output: 9, ..Default::default() };
+        assert!((p.cost_of(&odd) - (10.0 * 3.2e-5 + 6.4e-5)).abs() < 1e-12);
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub struct LlmCall {
     pub cached_input_tokens: Option<u64>,
     pub cache_write_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
+    /// Part of `input_tokens` that was audio (cached audio included), where
+    /// the provider says (Realtime, Gemini Live): priced at audio rates.
+    #[serde(default)]
+    pub input_audio_tokens: Option<u64>,
+    /// Part of `cached_input_tokens` (and of `input_audio_tokens`) that was audio.
+    #[serde(default)]
+    pub cached_audio_tokens: Option<u64>,
+    /// Part of `output_tokens` that was audio.
+    #[serde(default)]
+    pub output_audio_tokens: Option<u64>,
     pub usage_source: Option<UsageSource>,
     pub cost_usd: Option<f64>,
     pub response_id: Option<String>,
@@ -134,6 +144,9 @@ impl LlmCall {
             cached: self.cached_input_tokens.unwrap_or(0),
             cache_write: self.cache_write_tokens.unwrap_or(0),
             reasoning: self.reasoning_tokens.unwrap_or(0),
+            audio_input: self.input_audio_tokens.unwrap_or(0),
+            audio_cached: self.cached_audio_tokens.unwrap_or(0),
+            audio_output: self.output_audio_tokens.unwrap_or(0),
             tier: self.service_tier.as_deref(),
         };
         self.cost_usd = prices.lookup(model).map(|p| p.cost_of(&u));
@@ -165,6 +178,9 @@ mod tests {
             "cached_input_tokens",
             "cache_write_tokens",
             "reasoning_tokens",
+            "input_audio_tokens",
+            "cached_audio_tokens",
+            "output_audio_tokens",
             "usage_source",
             "cost_usd",
             "response_id",

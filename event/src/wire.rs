@@ -280,6 +280,9 @@ pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
         ("cached_input_tokens", r.cached_input_tokens),
         ("cache_write_tokens", r.cache_write_tokens),
         ("reasoning_tokens", r.reasoning_tokens),
+        ("input_audio_tokens", r.input_audio_tokens),
+        ("cached_audio_tokens", r.cached_audio_tokens),
+        ("output_audio_tokens", r.output_audio_tokens),
     ] {
         if v.is_some_and(|n| n > MAX_TOKENS) {
             return Err(format!("{field} is over {MAX_TOKENS}"));
@@ -297,6 +300,16 @@ pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
     }
     if !within(r.reasoning_tokens, r.output_tokens) {
         return Err("reasoning_tokens exceeds output_tokens".into());
+    }
+    for (part, whole, what) in [
+        (r.input_audio_tokens, r.input_tokens, "input_audio_tokens exceeds input_tokens"),
+        (r.output_audio_tokens, r.output_tokens, "output_audio_tokens exceeds output_tokens"),
+        (r.cached_audio_tokens, r.cached_input_tokens, "cached_audio_tokens exceeds cached_input_tokens"),
+        (r.cached_audio_tokens, r.input_audio_tokens, "cached_audio_tokens exceeds input_audio_tokens"),
+    ] {
+        if !within(part, whole) {
+            return Err(what.into());
+        }
     }
     if r.cost_usd.is_some_and(|c| !c.is_finite() || !(0.0..=MAX_COST_USD).contains(&c)) {
         return Err(format!("cost_usd must be a finite number from 0 to {MAX_COST_USD}"));
@@ -429,6 +442,14 @@ mod tests {
             ("cached > input", |r| r.cached_input_tokens = Some(1000)),
             ("cache write > input", |r| r.cache_write_tokens = Some(1000)),
             ("reasoning > output", |r| r.reasoning_tokens = Some(11)),
+            ("audio in > input", |r| r.input_audio_tokens = Some(1000)),
+            ("audio out > output", |r| r.output_audio_tokens = Some(11)),
+            ("cached audio > cached", |r| {
+                (r.cached_input_tokens, r.input_audio_tokens, r.cached_audio_tokens) = (Some(1), Some(5), Some(2))
+            }),
+            ("cached audio > audio in", |r| {
+                (r.cached_input_tokens, r.input_audio_tokens, r.cached_audio_tokens) = (Some(5), Some(1), Some(2))
+            }),
             ("huge cost", |r| r.cost_usd = Some(1e300)),
             ("negative cost", |r| r.cost_usd = Some(-1.0)),
             ("NaN duration", |r| r.duration_ms = Some(f64::NAN)),

@@ -13,6 +13,36 @@ response carries token counts unique to it, and the server appends what it serve
 Transports: HTTPS/1.1 (default), HTTPS with HTTP/2 negotiated by ALPN (`--h2`,
 served with the `h2` library), or plaintext HTTP/1.1 (`--plain`).
 
+WebSocket (ws_server.py; HTTP/1.1 `GET` with `Upgrade: websocket`, TLS or --plain;
+permessage-deflate accepted when offered), routed by path:
+- `.../responses`: Responses API (Codex CLI): each `response.create` message gets the
+  SSE stream's events, one TEXT message each; `"generate": false` is a warm-up
+  (response.created + response.completed, output_tokens 0); model `ws-error` gets an
+  `error` event instead.
+- `.../realtime?model=M`: OpenAI Realtime (GA events); `response.create` gets audio
+  (when the session's output_modalities has "audio") or text deltas, then response.done
+  with usage.
+- `/ws/google.ai.generativelanguage.{v1beta,v1alpha}.GenerativeService.BidiGenerateContent`:
+  Gemini Live: `setup` -> setupComplete; a turn (clientContent turnComplete,
+  realtimeInput audioStreamEnd/activityEnd, toolResponse) -> modelTurn parts,
+  generationComplete, turnComplete with that turn's usageMetadata; BINARY frames.
+Per-connection controls, as query parameters of the upgrade URL (or as headers
+`X-TT-<name>`, e.g. `X-TT-Fragment: 64`, for SDKs that cannot add a query):
+    tt_compress=0     send uncompressed messages even when permessage-deflate is negotiated
+    tt_deflate=0      decline permessage-deflate
+    tt_fragment=N     split each server message into frames of at most N payload bytes
+    tt_ping=1         send a ping before the last frame of each server message
+                      (so inside fragmented messages)
+    tt_binary=0|1     server messages as TEXT (0) or BINARY (1) frames, whatever the API
+    tt_close_after=N  close (1000) after N responses / turns on the connection
+Truth-log entries of WebSocket calls add "transport": "websocket" and:
+    responses:   as over HTTP, "stream": true; "warmup": true for generate:false;
+                 model ws-error: "expected": null, "status": 400, "response_id": null
+    realtime:    "api": "realtime", "model": the query's model; "expected" adds
+                 input_text, input_audio, output_text, output_audio, cached_audio
+    gemini_live: "response_id": null, "turn": k (1, 2, ... on the connection),
+                 "model" without "models/"
+
 Usage: llm_server.py --cert C --key K --port-file F --log L [--h2 | --plain]
 """
 import base64
@@ -30,6 +60,11 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+# ws_server.py sits next to this file, whatever the cwd; no __pycache__ left in the tree.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True
+import ws_server  # noqa: E402
 
 LOCK = threading.Lock()
 COUNTER = [0]
@@ -80,6 +115,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         try:
             self.handle_post()
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            self.close_connection = True
+
+    def do_GET(self):
+        try:
+            if self.request is not None and "websocket" in (self.headers.get("Upgrade") or "").lower():
+                return ws_server.serve(self, next_n=next_n, log=log, dated=dated)
+            self.send_json(404, {"error": {"message": "no route"}})
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
 
@@ -574,6 +617,11 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
     # Bursts of new connections (a client's pool opening at once) must not
     # overflow the listen queue.
     request_queue_size = 256
+
+    def handle_error(self, request, client_address):
+        # A client resetting its connection between requests is not a server error.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ssl.SSLError)):
+            super().handle_error(request, client_address)
 
     def finish_request(self, request, client_address):
         # The TLS handshake runs here, in the connection's own thread, not in

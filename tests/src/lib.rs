@@ -301,7 +301,7 @@ impl Agent {
             .arg("--key-secret-file")
             .arg(dir.join("key-secret"))
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("TOKENTAP_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stderr(std::fs::File::create(&stderr).expect("agent log"))
             .stdout(Stdio::null())
             .spawn()
@@ -657,7 +657,9 @@ pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_e
     let e = &served["expected"];
     let ctx = || format!("\nrecord: {record}\nserved: {served}");
     let field = |k: &str| record[k].clone();
-    assert_eq!(field("response_model"), served["model"], "response_model{}", ctx());
+    // Gemini Live's server never names its model: the session's setup does.
+    let answered = if record["operation"] == "live" { field("request_model") } else { field("response_model") };
+    assert_eq!(answered, served["model"], "response_model{}", ctx());
     assert_eq!(field("stream"), served["stream"], "stream{}", ctx());
     assert_eq!(field("status"), Value::from(200), "status{}", ctx());
     assert_eq!(field("usage_source"), e["usage_source"], "usage_source{}", ctx());
@@ -683,7 +685,31 @@ pub fn assert_matches_served(record: &Value, served: &Value, prices: &tokentap_e
     }
     let p = prices.lookup(model).unwrap_or_else(|| panic!("no price for {model}"));
     let n = |k: &str| record[k].as_u64().unwrap_or(0);
-    let want = p.cost(n("input_tokens"), n("output_tokens"), n("cached_input_tokens"), n("cache_write_tokens"));
+    // Audio parts (Realtime, Gemini Live): as served, and priced at audio rates.
+    for (rk, ek) in [
+        ("input_audio_tokens", "input_audio"),
+        ("cached_audio_tokens", "cached_audio"),
+        ("output_audio_tokens", "output_audio"),
+    ] {
+        if let Some(want) = e.get(ek) {
+            assert_eq!(&record[rk], want, "{rk}{}", ctx());
+        }
+    }
+    let audio = tokentap_event::cost::Use {
+        input: n("input_tokens"),
+        output: n("output_tokens"),
+        cached: n("cached_input_tokens"),
+        cache_write: n("cache_write_tokens"),
+        audio_input: n("input_audio_tokens"),
+        audio_cached: n("cached_audio_tokens"),
+        audio_output: n("output_audio_tokens"),
+        ..Default::default()
+    };
+    let want = if audio.audio_input + audio.audio_output > 0 {
+        p.cost_of(&audio)
+    } else {
+        p.cost(n("input_tokens"), n("output_tokens"), n("cached_input_tokens"), n("cache_write_tokens"))
+    };
     let got = record["cost_usd"].as_f64().unwrap_or_else(|| panic!("no cost_usd{}", ctx()));
     assert!((got - want).abs() <= 1e-12 + want * 1e-9, "cost {got} != {want}{}", ctx());
     assert!(record["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "duration{}", ctx());
@@ -701,7 +727,11 @@ pub fn pair_with_served<'a>(records: &'a [Value], served: &'a [Value]) -> Vec<(&
                 (Some(id), _) => r["response_id"].as_str() == Some(id),
                 // No response id (Bedrock Converse, Ollama): the request id header.
                 (None, Some(id)) => r["request_id"].as_str() == Some(id),
-                (None, None) => r["operation"] == "embeddings" && r["input_tokens"] == s["expected"]["input"],
+                // No id at all (embeddings, Gemini Live turns): the unique input count.
+                (None, None) => {
+                    matches!(r["operation"].as_str(), Some("embeddings" | "live"))
+                        && r["input_tokens"] == s["expected"]["input"]
+                }
             });
         let (i, s) = hit.unwrap_or_else(|| panic!("record matches nothing served: {r}"));
         assert!(used.insert(i), "two records for one served call: {s}");
@@ -1010,5 +1040,69 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Codex CLI's native binary from npm (static-pie, musl, stripped; rustls 0.23
+/// inside), configured with a custom provider pointing at the local endpoint.
+pub struct Codex {
+    pub bin: PathBuf,
+    home: PathBuf,
+    ca: PathBuf,
+}
+
+impl Codex {
+    /// `websockets`: its default transport (the Responses API over a
+    /// WebSocket) or HTTPS with SSE.
+    pub fn new(env: &Env, websockets: bool) -> Self {
+        let bin = workspace_root()
+            .join("tests/clients/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
+        assert!(
+            bin.exists(),
+            "{} missing: run `cargo xtask test`, which installs the pinned test clients",
+            bin.display()
+        );
+        let home = env.dir.join("codex-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let config = format!(
+            "model = \"gpt-4.1\"\nmodel_provider = \"local\"\n\n[model_providers.local]\nname = \"local\"\n\
+             base_url = \"{}\"\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\nsupports_websockets = {websockets}\n",
+            env.openai_base()
+        );
+        std::fs::write(home.join("config.toml"), config).unwrap();
+        Self { bin, home, ca: env.certs.ca.clone() }
+    }
+
+    fn setup(&self, cmd: &mut Command) {
+        cmd.env("HOME", &self.home)
+            .env("CODEX_HOME", &self.home)
+            .env("OPENAI_API_KEY", SECRET_KEY)
+            .env("CODEX_CA_CERTIFICATE", &self.ca)
+            .stdin(Stdio::null());
+    }
+
+    /// Start a `codex exec` that waits for its prompt, until the agent has
+    /// probed the binary (its 300 MB are analysed once), then stop it.
+    pub fn probe_first(&self, agent: &Agent) {
+        let mut warm = Command::new(&self.bin);
+        self.setup(&mut warm);
+        let mut warm = warm
+            .args(["exec", "--skip-git-repo-check"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start codex");
+        agent.wait_attached(&self.bin.display().to_string(), "analysed", Duration::from_secs(120));
+        let _ = warm.kill();
+        let _ = warm.wait();
+    }
+
+    /// `codex exec PROMPT`, the provider hosts resolving to the local endpoint.
+    pub fn exec(&self, env: &Env, prompt: &str) -> Command {
+        let args = ["exec".into(), "--skip-git-repo-check".into(), prompt.into()];
+        let mut cmd = with_provider_hosts(&env.dir, &self.bin.display().to_string(), &args);
+        self.setup(&mut cmd);
+        cmd
     }
 }

@@ -161,13 +161,6 @@ fn reqwest_over_rustls_with_and_without_symbols_over_http1_and_http2() {
     assert_eq!(stats["attach_failures"], 0);
 }
 
-fn codex() -> PathBuf {
-    let p = workspace_root()
-        .join("tests/clients/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
-    assert!(p.exists(), "{} missing: run `cargo xtask test`, which installs the pinned test clients", p.display());
-    p
-}
-
 /// Codex CLI's native binary from npm (static-pie, musl, stripped; rustls
 /// 0.23 inside), `codex exec` with a custom provider speaking the Responses API
 /// over HTTPS with SSE (its WebSocket transport off) against the local endpoint.
@@ -175,43 +168,12 @@ fn codex() -> PathBuf {
 fn codex_cli_exec_is_captured_through_its_stripped_rustls() {
     let _g = serial();
     let env = Env::start("codex", Transport::Https, &[]);
-    let codex = codex();
-    let found = inspect(&codex);
+    let codex = Codex::new(&env, false);
+    let found = inspect(&codex.bin);
     assert_eq!(found["tls_library"], "rustls", "{found}");
     assert_eq!(probes(&found).len(), 3, "{found}");
-    let home = env.dir.join("codex-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let config = format!(
-        "model = \"gpt-4.1\"\nmodel_provider = \"local\"\n\n[model_providers.local]\nname = \"local\"\n\
-         base_url = \"{}\"\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\nsupports_websockets = false\n",
-        env.openai_base()
-    );
-    std::fs::write(home.join("config.toml"), config).unwrap();
-    let setup = |cmd: &mut Command| {
-        cmd.env("HOME", &home)
-            .env("CODEX_HOME", &home)
-            .env("OPENAI_API_KEY", SECRET_KEY)
-            .env("CODEX_CA_CERTIFICATE", &env.certs.ca)
-            .stdin(Stdio::null());
-    };
-    // `codex exec` without a prompt waits for one on stdin: a process to probe
-    // (finding the functions in its 300 MB of code takes a few seconds, once).
-    let mut warm = Command::new(&codex);
-    setup(&mut warm);
-    let mut warm = warm
-        .args(["exec", "--skip-git-repo-check"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start codex");
-    let name = codex.display().to_string();
-    env.agent.wait_attached(&name, "analysed", Duration::from_secs(120));
-    let _ = warm.kill();
-    let _ = warm.wait();
-    let mut cmd =
-        with_provider_hosts(&env.dir, &name, &["exec".into(), "--skip-git-repo-check".into(), "Say hello.".into()]);
-    setup(&mut cmd);
+    codex.probe_first(&env.agent);
+    let cmd = codex.exec(&env, "Say hello.");
     let (pid, _) = run_client(cmd);
     let stats = env.agent.wait_process_done(pid);
     let records = env.agent.records_of(&[pid]);

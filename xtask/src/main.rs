@@ -188,8 +188,19 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] =
-    &["h1", "h2", "sse", "eventstream", "body_decode", "providers", "pipeline", "wire", "websocket", "tls_hello"];
+const FUZZ_TARGETS: &[&str] = &[
+    "h1",
+    "h2",
+    "sse",
+    "eventstream",
+    "body_decode",
+    "providers",
+    "pipeline",
+    "wire",
+    "websocket",
+    "ws_session",
+    "tls_hello",
+];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;

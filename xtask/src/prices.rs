@@ -1,5 +1,6 @@
 //! Derive the shipped price table from LiteLLM's public price list: chat,
-//! completion, responses and embedding models with both input and output prices.
+//! completion, responses, realtime and embedding models with both input and
+//! output prices (audio prices too, where listed).
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -18,7 +19,7 @@ pub fn generate(from: &Path, to: &Path) -> Result<()> {
     let mut models = BTreeMap::new();
     for (name, v) in &src {
         let mode = v.get("mode").and_then(Value::as_str).unwrap_or("");
-        if !matches!(mode, "chat" | "embedding" | "completion" | "responses") {
+        if !matches!(mode, "chat" | "embedding" | "completion" | "responses" | "realtime") {
             continue;
         }
         let (Some(input), Some(output)) = (
@@ -37,6 +38,15 @@ pub fn generate(from: &Path, to: &Path) -> Result<()> {
         let f = |k: &str| v.get(k).and_then(Value::as_f64);
         if let Some(r) = f("output_cost_per_reasoning_token") {
             e["reasoning"] = json!(r);
+        }
+        for (key, from) in [
+            ("audio_input", "input_cost_per_audio_token"),
+            ("audio_cache_read", "cache_read_input_audio_token_cost"),
+            ("audio_output", "output_cost_per_audio_token"),
+        ] {
+            if let Some(a) = f(from) {
+                e[key] = json!(a);
+            }
         }
         // Long-context prices: the lowest threshold the list names.
         for threshold in ["128k", "200k", "272k"] {

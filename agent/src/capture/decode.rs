@@ -77,6 +77,21 @@ pub(crate) mod tests {
     use tokentap_agent_common::{DIR_EGRESS, FLAG_LAST};
 
     pub fn data_record(tgid: u32, conn: u64, dir: u32, offset: u64, call_len: u64, data: &[u8], flags: u32) -> Vec<u8> {
+        data_record_of(1, tgid, conn, dir, offset, call_len, data, flags)
+    }
+
+    /// [`data_record`] from capture source `source` (`Source as u32`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn data_record_of(
+        source: u32,
+        tgid: u32,
+        conn: u64,
+        dir: u32,
+        offset: u64,
+        call_len: u64,
+        data: &[u8],
+        flags: u32,
+    ) -> Vec<u8> {
         let h = DataHeader {
             kind: EventKind::Data as u32,
             direction: dir,
@@ -90,7 +105,7 @@ pub(crate) mod tests {
             len: data.len() as u32,
             flags,
             fd: -1,
-            source: 1,
+            source,
             comm: *b"python3\0\0\0\0\0\0\0\0\0",
         };
         // SAFETY: plain-old-data to bytes.

@@ -99,6 +99,22 @@ impl<T> ConnTable<T> {
         (e, cont, evicted)
     }
 
+    pub fn contains(&self, key: &ConnKey) -> bool {
+        self.conns.contains_key(key)
+    }
+
+    /// The connection now goes by another key (its object moved): its state
+    /// carries over, its calls start afresh at the new key.
+    pub fn rekey(&mut self, from: &ConnKey, to: ConnKey) -> bool {
+        if self.conns.contains_key(&to) {
+            return false;
+        }
+        let Some(mut e) = self.conns.remove(from) else { return false };
+        e.next_offset = [None, None];
+        self.conns.insert(to, e);
+        true
+    }
+
     pub fn get_mut(&mut self, key: &ConnKey) -> Option<&mut Entry<T>> {
         self.conns.get_mut(key)
     }

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 use super::h1::{Expect, H1Error, Kind, Parser, MAX_HEAD_BYTES};
 use super::h2::{self, H2Connection};
+use super::websocket;
+use super::ws_session::{WsCalls, WsSession};
 // Re-exported: providers and fuzz targets name them here.
 pub use super::message::{Classified, Exchange, Lost};
 use super::message::{Head, Message};
@@ -28,8 +30,11 @@ pub enum Ignored {
     ServerSide,
     /// Parsing failed after a good start, or bytes were lost.
     Desync,
-    /// 101 Switching Protocols (websocket etc.).
+    /// 101 Switching Protocols to something other than a WebSocket of an LLM
+    /// API (a WebSocket to anything else, another protocol).
     Upgraded,
+    /// A WebSocket of an LLM API whose framing or compression broke.
+    WebSocket,
 }
 
 impl Ignored {
@@ -46,6 +51,7 @@ impl Ignored {
             Ignored::ServerSide => "server_side",
             Ignored::Desync => "desync",
             Ignored::Upgraded => "upgraded",
+            Ignored::WebSocket => "websocket_malformed",
         }
     }
 }
@@ -66,6 +72,8 @@ enum State<E> {
         calls: u8,
     },
     Http2(Box<H2Connection<E>>),
+    /// Switched to a WebSocket: its calls, message by message.
+    WebSocket(Box<WsSession<E>>),
     Ignored(Ignored),
 }
 
@@ -103,7 +111,7 @@ pub struct HttpConnection<E = ()> {
 /// little, if at all).
 const MAX_PENDING: usize = 64;
 
-impl<E> HttpConnection<E> {
+impl<E: WsCalls> HttpConnection<E> {
     pub fn new(max_body: usize) -> Self {
         Self {
             state: State::Sniffing { calls: 0, joined_mid_stream: false, h2_settings_first: false },
@@ -157,6 +165,26 @@ impl<E> HttpConnection<E> {
         }
     }
 
+    /// Could `data`, the first bytes seen under a new key of the same
+    /// process, be this connection's next ones (its object moved: see
+    /// `Source::key_may_move`)? Only at the quiet points of a WebSocket
+    /// upgrade: its request sent and the response awaited, or the switch made
+    /// and no frame since. Returns when that point was reached.
+    pub fn continues_with(&self, direction: Direction, data: &[u8]) -> Option<u64> {
+        match (&self.state, direction) {
+            (State::WebSocket(ws), _) => {
+                ws.untouched_since().filter(|_| websocket::looks_like_frame(data, direction == Direction::Egress))
+            }
+            (State::Client, Direction::Ingress) => {
+                let [(upgrade, _)] = self.pending.as_slices().0 else { return None };
+                let switching = data.starts_with(b"HTTP/1.1 101 ") || data.starts_with(b"HTTP/1.0 101 ");
+                (switching && upgrade.head.has_token("upgrade", "websocket") && !self.resp.in_message())
+                    .then_some(upgrade.last_ts)
+            }
+            _ => None,
+        }
+    }
+
     pub fn ignored(&self) -> Option<Ignored> {
         match self.state {
             State::Ignored(i) => Some(i),
@@ -166,7 +194,11 @@ impl<E> HttpConnection<E> {
 
     /// Bytes held for this connection.
     pub fn buffered(&self) -> usize {
-        let h2 = if let State::Http2(c) = &self.state { c.buffered() } else { 0 };
+        let h2 = match &self.state {
+            State::Http2(c) => c.buffered(),
+            State::WebSocket(ws) => ws.buffered(),
+            _ => 0,
+        };
         let pending: usize = self.pending.iter().map(|(m, _)| m.body.len()).sum();
         h2 + self.req.buffered() + self.resp.buffered() + pending
     }
@@ -214,6 +246,9 @@ impl<E> HttpConnection<E> {
                 self.give_up_h2(e, lost);
             }
             return;
+        }
+        if let State::WebSocket(_) = self.state {
+            return self.on_websocket(Direction::Egress, data, ts, &mut Vec::new(), lost);
         }
         if !matches!(self.state, State::Client) {
             return;
@@ -268,14 +303,56 @@ impl<E> HttpConnection<E> {
                 }
                 return;
             }
+            State::WebSocket(_) => return self.on_websocket(Direction::Ingress, data, ts, out, lost),
             State::Client => {}
         }
         let mut responses = Vec::new();
         let mut never = |_: &Head| false;
         let r = self.resp.push(data, ts, &mut never, &mut responses);
+        let upgrade = responses.iter().position(|m| m.head.status == Some(101));
+        let switched = upgrade.map(|i| responses.split_off(i));
         self.pair(responses, out);
         if let Err(e) = r {
             self.give_up(e, lost);
+        } else if let Some(mut switched) = switched {
+            self.upgrade(switched.swap_remove(0), ts, out, lost);
+        }
+    }
+
+    /// A `101` answered the oldest pending request. A WebSocket asked for by a
+    /// request classified as an LLM API is decoded from here on; any other
+    /// protocol is not ours.
+    fn upgrade(&mut self, response: Message, ts: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
+        let Some((request, endpoint)) = self.pending.pop_front() else {
+            return self.stop(Ignored::Upgraded, lost);
+        };
+        let rest = self.resp.take_upgraded().unwrap_or_default();
+        let websocket =
+            request.head.has_token("upgrade", "websocket") && response.head.has_token("upgrade", "websocket");
+        match endpoint.filter(|_| websocket && self.pending.is_empty()) {
+            Some(endpoint) => {
+                let ws = WsSession::new(endpoint, request.head, response.head, self.max_body, ts);
+                self.state = State::WebSocket(Box::new(ws));
+                if !rest.is_empty() {
+                    self.on_websocket(Direction::Ingress, &rest, ts, out, lost);
+                }
+            }
+            None => self.stop(Ignored::Upgraded, lost),
+        }
+    }
+
+    fn on_websocket(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        ts: u64,
+        out: &mut Vec<Classified<E>>,
+        lost: &mut Lost,
+    ) {
+        let State::WebSocket(ws) = &mut self.state else { return };
+        if let Err(e) = ws.on_bytes(direction, data, ts, out, lost) {
+            tracing::debug!(error = %e, "WebSocket decoding failed; ignoring connection");
+            self.stop(Ignored::WebSocket, lost);
         }
     }
 
@@ -283,6 +360,9 @@ impl<E> HttpConnection<E> {
     pub fn close(&mut self, ts: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
         if let State::Http2(c) = &mut self.state {
             c.close(out, lost);
+        }
+        if let State::WebSocket(ws) = &mut self.state {
+            ws.close(lost);
         }
         if let State::Client = self.state {
             if let Some(m) = self.resp.close(ts) {
@@ -317,7 +397,8 @@ impl<E> HttpConnection<E> {
             }
             // Not decoding yet, or already waiting: the sniffing budget applies.
             State::Sniffing { .. } | State::Resync { .. } | State::Ignored(_) => {}
-            State::Http2(_) => self.lose_sync(lost),
+            // A hole in a frame stream (and in a compressor's window): lost.
+            State::Http2(_) | State::WebSocket(_) => self.lose_sync(lost),
         }
     }
 
@@ -325,6 +406,9 @@ impl<E> HttpConnection<E> {
     pub fn lose_sync(&mut self, lost: &mut Lost) {
         if let State::Http2(c) = &mut self.state {
             c.lose_sync(lost);
+        }
+        if let State::WebSocket(ws) = &mut self.state {
+            ws.close(lost);
         }
         if let State::Client = self.state {
             lost.unanswered += self.unanswered();
@@ -358,215 +442,16 @@ impl<E> HttpConnection<E> {
 
     fn give_up(&mut self, e: H1Error, lost: &mut Lost) {
         tracing::debug!(error = %e, "HTTP/1 parse failed; ignoring connection");
-        let why = if e == H1Error::Upgraded { Ignored::Upgraded } else { Ignored::Desync };
+        self.stop(Ignored::Desync, lost);
+    }
+
+    /// Stop decoding, for this reason (what was in flight is counted lost).
+    fn stop(&mut self, why: Ignored, lost: &mut Lost) {
         self.lose_sync(lost);
         self.state = State::Ignored(why);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn llm(h: &Head) -> Option<()> {
-        h.path.as_deref().is_some_and(|p| p.starts_with("/v1/")).then_some(())
-    }
-
-    #[test]
-    fn pairs_keep_alive_requests_and_skips_non_llm() {
-        let mut c = HttpConnection::<()>::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        c.on_egress(b"GET /health HTTP/1.1\r\n\r\n", 1, &mut cap, &mut lost);
-        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 2, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 3, &mut out, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"", 4, &mut out, &mut lost);
-        assert!(out.is_empty());
-        c.on_ingress(b"}", 5, &mut out, &mut lost);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].exchange.request.body, b"{}");
-        assert_eq!(out[0].exchange.response.body, b"{\"a\"}");
-        assert_eq!(out[0].exchange.response.last_ts, 5);
-        assert_eq!(lost, Lost::default());
-    }
-
-    #[test]
-    fn classifies_first_bytes() {
-        let mut lost = Lost::default();
-        let mut cap = llm;
-        let mut c = HttpConnection::<()>::new(1024);
-        c.on_egress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1, &mut cap, &mut lost);
-        assert_eq!(c.ignored(), None);
-        assert!(matches!(c.state, State::Http2(_)));
-        let mut c = HttpConnection::<()>::new(1024);
-        c.on_egress(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0], 1, &mut cap, &mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::Http2Joined));
-        // An HTTP/2 server: its SETTINGS first, then the client's preface arrives.
-        let mut c = HttpConnection::<()>::new(1024);
-        c.on_egress(&[0, 0, 0, 4, 0, 0, 0, 0, 0], 1, &mut cap, &mut lost);
-        assert_eq!(c.ignored(), None);
-        c.on_ingress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 2, &mut Vec::new(), &mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::ServerSide));
-        let mut c = HttpConnection::<()>::new(1024);
-        c.on_egress(b"HTTP/1.1 200 OK\r\n", 1, &mut cap, &mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::ServerSide));
-        let mut c = HttpConnection::<()>::new(1024);
-        c.on_ingress(b"POST /v1/x HTTP/1.1\r\n", 1, &mut Vec::new(), &mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::ServerSide));
-        let mut c = HttpConnection::<()>::new(1024);
-        for i in 0..MAX_SNIFF_CALLS {
-            assert_eq!(c.ignored(), None);
-            c.on_egress(b"\x00\x01binary", i as u64, &mut cap, &mut lost);
-        }
-        assert_eq!(c.ignored(), Some(Ignored::NotHttp));
-    }
-
-    #[test]
-    fn joins_mid_stream_at_the_next_request() {
-        let mut c = HttpConnection::<()>::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        // Capture began after the request was written: its response is skipped...
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, &mut out, &mut lost);
-        // ...and the next exchange is captured.
-        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 2, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 3, &mut out, &mut lost);
-        assert_eq!(out.len(), 1);
-        assert_eq!(lost.joined_mid_stream, 1);
-        assert_eq!(c.ignored(), None);
-    }
-
-    #[test]
-    fn close_mid_response_counts_the_loss() {
-        let mut c = HttpConnection::<()>::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", 2, &mut out, &mut lost);
-        c.close(3, &mut out, &mut lost);
-        // Handed on incomplete; the provider stage rejects it.
-        assert_eq!(out.len(), 1);
-        assert!(!out[0].exchange.response.complete);
-        assert_eq!(out[0].exchange.response.body, b"partial");
-        c.close(4, &mut out, &mut lost);
-        assert_eq!(lost.unanswered, 0);
-    }
-
-    #[test]
-    fn close_completes_a_body_framed_by_close() {
-        let mut c = HttpConnection::<()>::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\n\r\n{}", 2, &mut out, &mut lost);
-        c.close(3, &mut out, &mut lost);
-        assert_eq!(out.len(), 1);
-        assert_eq!(lost.unanswered, 0);
-    }
-
-    #[test]
-    fn a_gap_loses_the_exchange_in_flight_and_resumes_at_the_next_request() {
-        let mut c = HttpConnection::<()>::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
-        c.on_egress(req, 1, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"a\"", 2, &mut out, &mut lost);
-        // The rest of that response was lost to a full ring buffer.
-        c.gap(&mut lost);
-        assert_eq!((lost.unanswered, lost.resynced), (1, 1));
-        assert_eq!(c.ignored(), None, "still decoded");
-        // Its stray tail, and anything not a request, is skipped...
-        c.on_ingress(b":1}", 3, &mut out, &mut lost);
-        c.on_egress(b"garbage", 4, &mut cap, &mut lost);
-        // ...until the next request, which is captured whole.
-        c.on_egress(req, 5, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 6, &mut out, &mut lost);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].exchange.response.body, b"ok");
-        assert_eq!(out[0].exchange.request.first_ts, 5);
-        // A connection that never sends a request again is given up.
-        c.gap(&mut lost);
-        for i in 0..MAX_SNIFF_CALLS {
-            c.on_egress(b"\x00binary", 10 + i as u64, &mut cap, &mut lost);
-        }
-        assert_eq!(c.ignored(), Some(Ignored::Desync));
-        // HTTP/2 can't resume (HPACK state lost).
-        let mut c = HttpConnection::<()>::new(1024);
-        c.on_egress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1, &mut cap, &mut lost);
-        c.gap(&mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::Desync));
-    }
-
-    /// Each exchange carries its own request's classification, across
-    /// pipelining, a request not worth recording in between, and a gap.
-    #[test]
-    fn each_exchange_carries_its_requests_classification() {
-        let mut c: HttpConnection<String> = HttpConnection::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut path = |h: &Head| h.path.clone().filter(|p| p.starts_with("/v1/"));
-        let req = |p: &str| format!("POST {p} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{{}}");
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        // Pipelined, and split inside the second head.
-        let all = [req("/v1/a"), req("/health"), req("/v1/b")].concat();
-        let (x, y) = all.as_bytes().split_at(60);
-        c.on_egress(x, 1, &mut path, &mut lost);
-        c.on_egress(y, 2, &mut path, &mut lost);
-        for _ in 0..3 {
-            c.on_ingress(ok, 3, &mut out, &mut lost);
-        }
-        // A head read, then bytes lost before the end of its body.
-        c.on_egress(b"POST /v1/lost HTTP/1.1\r\nContent-Length: 9\r\n\r\n{", 4, &mut path, &mut lost);
-        c.gap(&mut lost);
-        c.on_egress(req("/v1/c").as_bytes(), 5, &mut path, &mut lost);
-        c.on_ingress(ok, 6, &mut out, &mut lost);
-        let got: Vec<_> = out.iter().map(|x| (x.endpoint.as_str(), x.exchange.request.head.path.as_deref())).collect();
-        assert_eq!(got, [("/v1/a", Some("/v1/a")), ("/v1/b", Some("/v1/b")), ("/v1/c", Some("/v1/c"))]);
-    }
-
-    #[test]
-    fn chunks_dispatch_by_direction_skip_holes_and_cap_what_is_held() {
-        let mut c = HttpConnection::<()>::new(10_000);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        let mut chunk = |c: &mut HttpConnection, d, cont, data: &[u8], out: &mut Vec<_>| {
-            c.on_chunk(d, cont, data, 1, &mut cap, out, &mut lost)
-        };
-        assert_eq!(chunk(&mut c, Direction::Egress, Continuity::InOrder, req, &mut out), Held::Within);
-        // A chunk with a hole of its own is not decoded.
-        assert_eq!(chunk(&mut c, Direction::Ingress, Continuity::Gap, ok, &mut out), Held::Within);
-        assert!(out.is_empty());
-        // A whole call after a hole is.
-        assert_eq!(chunk(&mut c, Direction::Egress, Continuity::GapBefore, req, &mut out), Held::Within);
-        assert_eq!(chunk(&mut c, Direction::Ingress, Continuity::InOrder, ok, &mut out), Held::Within);
-        assert_eq!(out.len(), 1);
-        // Requests never answered pile up past two bodies' worth.
-        let big = [&b"POST /v1/x HTTP/1.1\r\nContent-Length: 10000\r\n\r\n"[..], &[b'y'; 10_000]].concat();
-        let held: Vec<Held> =
-            (0..40).map(|_| chunk(&mut c, Direction::Egress, Continuity::InOrder, &big, &mut out)).collect();
-        assert_eq!(held.iter().filter(|h| **h == Held::OverCap).count(), 1);
-        assert_eq!(c.ignored(), Some(Ignored::Desync));
-        assert!(lost.unanswered >= 14);
-    }
-
-    #[test]
-    fn malformed_response_desyncs_and_counts() {
-        let mut c = HttpConnection::<()>::new(1 << 20);
-        let mut lost = Lost::default();
-        let mut out = Vec::new();
-        let mut cap = llm;
-        c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
-        c.on_ingress(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nXYZ\r\n", 2, &mut out, &mut lost);
-        assert_eq!(c.ignored(), Some(Ignored::Desync));
-        assert_eq!(lost.unanswered, 1);
-    }
-}
+#[path = "exchange_tests.rs"]
+mod tests;

@@ -13,3 +13,4 @@ pub mod message;
 pub mod sniff;
 pub mod sse;
 pub mod websocket;
+pub mod ws_session;

@@ -313,6 +313,16 @@ impl WsDecoder {
     }
 }
 
+/// Do these first bytes of a stream look like a WebSocket frame, masked (as a
+/// client sends them) or not? A cheap check before re-attaching a session.
+pub fn looks_like_frame(b: &[u8], masked: bool) -> bool {
+    let (Some(&b0), Some(&b1)) = (b.first(), b.get(1)) else { return false };
+    let opcode = b0 & 0x0f;
+    b0 & 0x30 == 0
+        && matches!(opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG)
+        && (b1 & 0x80 != 0) == masked
+}
+
 /// How long the frame header whose first bytes are `have` (then `more`) is: 2,
 /// plus the extended length and the mask key once the second byte is known.
 fn header_len(have: &[u8], more: &[u8]) -> usize {
@@ -332,4 +342,4 @@ fn header_len(have: &[u8], more: &[u8]) -> usize {
 
 #[cfg(test)]
 #[path = "websocket_tests.rs"]
-mod tests;
+pub(crate) mod tests;

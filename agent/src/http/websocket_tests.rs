@@ -23,7 +23,7 @@ fn text(s: &str) -> WsMessage {
 }
 
 /// A frame as a client sends it (masked) or a server (`mask` None).
-fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(crate) fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut f = vec![(fin as u8) << 7 | (rsv1 as u8) << 6 | opcode];
     let m = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
@@ -49,7 +49,7 @@ fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]
 
 /// permessage-deflate as a sender does it: raw deflate, sync flush, the
 /// trailing `00 00 ff ff` removed.
-fn deflate(c: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
+pub(crate) fn deflate(c: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64);
     c.compress_vec(data, &mut out, flate2::FlushCompress::Sync).unwrap();
     assert!(out.ends_with(&[0, 0, 0xff, 0xff]));

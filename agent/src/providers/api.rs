@@ -27,6 +27,8 @@ pub enum StreamDefault {
     UnlessDeclined,
     /// The endpoint streams whatever the body says (`streamGenerateContent`, …).
     Always,
+    /// A session of events over a WebSocket, never a POST (Realtime, Gemini Live).
+    WebSocket,
 }
 
 impl StreamDefault {
@@ -35,7 +37,7 @@ impl StreamDefault {
         match self {
             StreamDefault::IfRequested => requested.unwrap_or(false),
             StreamDefault::UnlessDeclined => requested.unwrap_or(true),
-            StreamDefault::Always => true,
+            StreamDefault::Always | StreamDefault::WebSocket => true,
         }
     }
 }
@@ -107,6 +109,15 @@ impl Usage {
     }
 }
 
+/// The audio parts of a call's tokens, where the provider says (each a part
+/// of its [`Usage`] whole: `input`, `cached`, `output`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AudioTokens {
+    pub input: Option<u64>,
+    pub cached: Option<u64>,
+    pub output: Option<u64>,
+}
+
 /// What was read from one exchange.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Parsed {
@@ -114,6 +125,8 @@ pub struct Parsed {
     pub response_model: Option<String>,
     pub stream: bool,
     pub usage: Option<Usage>,
+    /// Audio parts of `usage` (Realtime, Gemini Live).
+    pub audio: AudioTokens,
     pub usage_source: Option<UsageSource>,
     pub response_id: Option<String>,
     pub end_user: Option<String>,

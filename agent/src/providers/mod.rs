@@ -18,8 +18,10 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod cohere;
 pub mod gemini;
+pub mod gemini_live;
 pub mod ollama;
 pub mod openai;
+pub mod realtime;
 
 /// Every provider, and every API shape by name.
 pub mod registry {
@@ -31,9 +33,11 @@ pub mod registry {
     /// before OpenAI's suffixes (see `rules.rs` tests).
     pub static REGISTRY: &[&dyn Provider] = &[
         &super::gemini::Gemini,
+        &super::gemini_live::GeminiLive,
         &super::bedrock::Bedrock,
         &super::ollama::Ollama,
         &super::cohere::Cohere,
+        &super::realtime::OpenAiRealtime,
         &super::openai::OpenAi,
         &super::anthropic::Anthropic,
     ];

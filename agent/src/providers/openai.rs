@@ -1,5 +1,6 @@
 //! OpenAI and OpenAI-compatible APIs: chat completions, legacy completions,
-//! Responses and embeddings, sync and streamed.
+//! Responses and embeddings, sync and streamed; the Responses API over a
+//! WebSocket too (`response.create` up, the SSE events down, one message each).
 //!
 //! Normalisation: `input = prompt_tokens` (includes `cached_tokens`), `output =
 //! completion_tokens` (includes `reasoning_tokens`); Responses API
@@ -12,6 +13,7 @@ use super::api::{str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Sh
 use super::prompt::{self, Prompt};
 use super::provider::Provider;
 use super::response::{fold, Framing, Response, Seen};
+use crate::http::ws_session::WsRole;
 
 pub struct OpenAi;
 
@@ -89,7 +91,45 @@ impl Provider for OpenAi {
         }
         Ok(())
     }
+
+    /// The Responses API over a WebSocket: each `response.create` is a call
+    /// (a `generate: false` warm-up too: it is answered with its own usage),
+    /// answered by the events of the SSE stream; an `error` ends it.
+    fn ws_role(&self, shape: &Shape, from_client: bool, msg: &Value) -> WsRole {
+        let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
+        match (shape == &RESPONSES, from_client, kind) {
+            (false, ..) => WsRole::Ignore,
+            (_, true, "response.create") => WsRole::Request,
+            (_, true, _) => WsRole::Ignore,
+            (_, false, "response.created" | "response.in_progress") => WsRole::Event,
+            (_, false, k) if RESPONSES_CONTENT.contains(&k) => WsRole::Content,
+            (_, false, "response.completed" | "response.incomplete" | "response.failed") => WsRole::End,
+            (_, false, "error") => {
+                WsRole::Error(u64_at(msg, &["status"]).and_then(|s| u16::try_from(s).ok()).unwrap_or(500))
+            }
+            _ => WsRole::Ignore,
+        }
+    }
+
+    /// The `response.create` message is the HTTP body plus its `type` (or,
+    /// in the first beta, the body under `response`).
+    fn ws_request(&self, _: &Shape, _: &str, _: [Option<&Value>; 2], request: Option<&Value>) -> Value {
+        let Some(r) = request else { return Value::Null };
+        let mut body = r.get("response").filter(|b| b.is_object()).unwrap_or(r).clone();
+        if let Some(o) = body.as_object_mut() {
+            o.remove("type");
+        }
+        body
+    }
 }
+
+/// Responses stream events that carry generated content.
+const RESPONSES_CONTENT: [&str; 4] = [
+    "response.output_text.delta",
+    "response.function_call_arguments.delta",
+    "response.refusal.delta",
+    "response.reasoning_summary_text.delta",
+];
 
 /// `usage` of chat completions, completions and embeddings.
 fn chat_usage(u: Option<&Value>) -> Option<Usage> {
@@ -138,10 +178,7 @@ fn responses_stream(resp: &Response<'_>, out: &mut Parsed) -> Result<(), Provide
                 }
                 Seen { content: false, finished: r.is_some() }
             }
-            "response.output_text.delta"
-            | "response.function_call_arguments.delta"
-            | "response.refusal.delta"
-            | "response.reasoning_summary_text.delta" => Seen { content: true, finished: false },
+            k if RESPONSES_CONTENT.contains(&k) => Seen { content: true, finished: false },
             _ => Seen::default(),
         })
     })?;

@@ -6,6 +6,7 @@ use tokentap_event::UsageSource;
 use super::api::{Parsed, PathMatch, PathParts, ProviderError, Shape};
 use super::prompt::Prompt;
 use super::response::Response;
+use crate::http::ws_session::{WsCalls, WsRole};
 
 /// One LLM API family: the paths it answers, and how to read its requests and
 /// responses. Implementations are unit structs listed once, in `providers/mod.rs`.
@@ -35,6 +36,18 @@ pub trait Provider: Sync + 'static {
     /// provider's format is an error: no number is ever invented.
     fn parse(&self, shape: &Shape, request: &Value, resp: &Response<'_>, out: &mut Parsed)
         -> Result<(), ProviderError>;
+
+    /// Shapes spoken over a WebSocket: what one message is to the calls
+    /// ([`WsRole`]); the events a call keeps are handed to [`Provider::parse`]
+    /// as a server-sent-event stream.
+    fn ws_role(&self, _shape: &Shape, _from_client: bool, _msg: &Value) -> WsRole {
+        WsRole::Ignore
+    }
+
+    /// The request body a WebSocket call is read as (see [`WsCalls::ws_request`]).
+    fn ws_request(&self, _shape: &Shape, _path: &str, _session: [Option<&Value>; 2], request: Option<&Value>) -> Value {
+        request.cloned().unwrap_or(Value::Null)
+    }
 }
 
 /// One API shape of one provider: what [`super::rules::Rules`] classifies a request as.
@@ -90,6 +103,16 @@ pub struct Endpoint {
     pub api: Api,
     /// Model named by the path (Gemini, Bedrock, Azure deployment).
     pub path_model: Option<String>,
+}
+
+impl WsCalls for Endpoint {
+    fn ws_role(&self, from_client: bool, msg: &Value) -> WsRole {
+        self.api.provider.ws_role(self.api.shape, from_client, msg)
+    }
+
+    fn ws_request(&self, path: &str, session: [Option<&Value>; 2], request: Option<&Value>) -> Value {
+        self.api.provider.ws_request(self.api.shape, path, session, request)
+    }
 }
 
 /// `provider`'s parse of `body` as `shape` (a `text/event-stream` when `sse`),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::api::{host_without_port, PathMatch, PathParts};
+use super::api::{host_without_port, PathMatch, PathParts, StreamDefault};
 use super::provider::{Api, Endpoint};
 use super::registry::{self, REGISTRY};
 use crate::http::h1::Head;
@@ -130,7 +130,10 @@ impl Rules {
 
     /// Is this request an LLM API call, and of which provider and shape?
     pub fn classify(&self, head: &Head) -> Option<Endpoint> {
-        if head.method.as_deref() != Some("POST") {
+        // Calls are POSTs, or a WebSocket opened by a GET whose messages are
+        // the calls (Responses, Realtime, Gemini Live).
+        let websocket = head.method.as_deref() == Some("GET") && head.has_token("upgrade", "websocket");
+        if head.method.as_deref() != Some("POST") && !websocket {
             return None;
         }
         let path = head.path.as_deref()?;
@@ -139,6 +142,10 @@ impl Rules {
             Some(api) => (api, None),
             None => shape_of_path(path)?,
         };
+        // A POST to a WebSocket-only path is no call.
+        if api.shape.stream == StreamDefault::WebSocket && !websocket {
+            return None;
+        }
         let host = head.header("host").map(host_without_port).map(str::to_ascii_lowercase);
         let provider = match host.as_deref().and_then(|h| self.provider_for_host(h)) {
             // A host the user excludes (an in-house gateway whose upstream calls

@@ -81,12 +81,16 @@ fn shape_names_agree_with_the_rules_file_and_the_docs() {
         let mut previous = String::new();
         for doc_path in backticked(row[2]) {
             let path = concrete(doc_path, &previous);
-            let head = Head {
-                method: Some("POST".into()),
+            let websocket = api.shape.stream == super::api::StreamDefault::WebSocket;
+            let mut head = Head {
+                method: Some(if websocket { "GET" } else { "POST" }.into()),
                 path: Some(path.clone()),
                 headers: vec![("host".into(), b"localhost".to_vec())],
                 ..Default::default()
             };
+            if websocket {
+                head.headers.push(("upgrade".into(), b"websocket".to_vec()));
+            }
             assert_eq!(rules.classify(&head).map(|e| e.api), Some(api), "{path} (documented as {doc_path})");
             previous = path;
         }

@@ -1,0 +1,203 @@
+use super::*;
+
+fn llm(h: &Head) -> Option<()> {
+    h.path.as_deref().is_some_and(|p| p.starts_with("/v1/")).then_some(())
+}
+
+#[test]
+fn pairs_keep_alive_requests_and_skips_non_llm() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    c.on_egress(b"GET /health HTTP/1.1\r\n\r\n", 1, &mut cap, &mut lost);
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 2, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 3, &mut out, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"", 4, &mut out, &mut lost);
+    assert!(out.is_empty());
+    c.on_ingress(b"}", 5, &mut out, &mut lost);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].exchange.request.body, b"{}");
+    assert_eq!(out[0].exchange.response.body, b"{\"a\"}");
+    assert_eq!(out[0].exchange.response.last_ts, 5);
+    assert_eq!(lost, Lost::default());
+}
+
+#[test]
+fn classifies_first_bytes() {
+    let mut lost = Lost::default();
+    let mut cap = llm;
+    let mut c = HttpConnection::<()>::new(1024);
+    c.on_egress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1, &mut cap, &mut lost);
+    assert_eq!(c.ignored(), None);
+    assert!(matches!(c.state, State::Http2(_)));
+    let mut c = HttpConnection::<()>::new(1024);
+    c.on_egress(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0], 1, &mut cap, &mut lost);
+    assert_eq!(c.ignored(), Some(Ignored::Http2Joined));
+    // An HTTP/2 server: its SETTINGS first, then the client's preface arrives.
+    let mut c = HttpConnection::<()>::new(1024);
+    c.on_egress(&[0, 0, 0, 4, 0, 0, 0, 0, 0], 1, &mut cap, &mut lost);
+    assert_eq!(c.ignored(), None);
+    c.on_ingress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 2, &mut Vec::new(), &mut lost);
+    assert_eq!(c.ignored(), Some(Ignored::ServerSide));
+    let mut c = HttpConnection::<()>::new(1024);
+    c.on_egress(b"HTTP/1.1 200 OK\r\n", 1, &mut cap, &mut lost);
+    assert_eq!(c.ignored(), Some(Ignored::ServerSide));
+    let mut c = HttpConnection::<()>::new(1024);
+    c.on_ingress(b"POST /v1/x HTTP/1.1\r\n", 1, &mut Vec::new(), &mut lost);
+    assert_eq!(c.ignored(), Some(Ignored::ServerSide));
+    let mut c = HttpConnection::<()>::new(1024);
+    for i in 0..MAX_SNIFF_CALLS {
+        assert_eq!(c.ignored(), None);
+        c.on_egress(b"\x00\x01binary", i as u64, &mut cap, &mut lost);
+    }
+    assert_eq!(c.ignored(), Some(Ignored::NotHttp));
+}
+
+#[test]
+fn joins_mid_stream_at_the_next_request() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    // Capture began after the request was written: its response is skipped...
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, &mut out, &mut lost);
+    // ...and the next exchange is captured.
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 2, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 3, &mut out, &mut lost);
+    assert_eq!(out.len(), 1);
+    assert_eq!(lost.joined_mid_stream, 1);
+    assert_eq!(c.ignored(), None);
+}
+
+#[test]
+fn close_mid_response_counts_the_loss() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", 2, &mut out, &mut lost);
+    c.close(3, &mut out, &mut lost);
+    // Handed on incomplete; the provider stage rejects it.
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].exchange.response.complete);
+    assert_eq!(out[0].exchange.response.body, b"partial");
+    c.close(4, &mut out, &mut lost);
+    assert_eq!(lost.unanswered, 0);
+}
+
+#[test]
+fn close_completes_a_body_framed_by_close() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\n\r\n{}", 2, &mut out, &mut lost);
+    c.close(3, &mut out, &mut lost);
+    assert_eq!(out.len(), 1);
+    assert_eq!(lost.unanswered, 0);
+}
+
+#[test]
+fn a_gap_loses_the_exchange_in_flight_and_resumes_at_the_next_request() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+    c.on_egress(req, 1, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"a\"", 2, &mut out, &mut lost);
+    // The rest of that response was lost to a full ring buffer.
+    c.gap(&mut lost);
+    assert_eq!((lost.unanswered, lost.resynced), (1, 1));
+    assert_eq!(c.ignored(), None, "still decoded");
+    // Its stray tail, and anything not a request, is skipped...
+    c.on_ingress(b":1}", 3, &mut out, &mut lost);
+    c.on_egress(b"garbage", 4, &mut cap, &mut lost);
+    // ...until the next request, which is captured whole.
+    c.on_egress(req, 5, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 6, &mut out, &mut lost);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].exchange.response.body, b"ok");
+    assert_eq!(out[0].exchange.request.first_ts, 5);
+    // A connection that never sends a request again is given up.
+    c.gap(&mut lost);
+    for i in 0..MAX_SNIFF_CALLS {
+        c.on_egress(b"\x00binary", 10 + i as u64, &mut cap, &mut lost);
+    }
+    assert_eq!(c.ignored(), Some(Ignored::Desync));
+    // HTTP/2 can't resume (HPACK state lost).
+    let mut c = HttpConnection::<()>::new(1024);
+    c.on_egress(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1, &mut cap, &mut lost);
+    c.gap(&mut lost);
+    assert_eq!(c.ignored(), Some(Ignored::Desync));
+}
+
+/// Each exchange carries its own request's classification, across
+/// pipelining, a request not worth recording in between, and a gap.
+#[test]
+fn each_exchange_carries_its_requests_classification() {
+    let mut c: HttpConnection<String> = HttpConnection::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut path = |h: &Head| h.path.clone().filter(|p| p.starts_with("/v1/"));
+    let req = |p: &str| format!("POST {p} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{{}}");
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // Pipelined, and split inside the second head.
+    let all = [req("/v1/a"), req("/health"), req("/v1/b")].concat();
+    let (x, y) = all.as_bytes().split_at(60);
+    c.on_egress(x, 1, &mut path, &mut lost);
+    c.on_egress(y, 2, &mut path, &mut lost);
+    for _ in 0..3 {
+        c.on_ingress(ok, 3, &mut out, &mut lost);
+    }
+    // A head read, then bytes lost before the end of its body.
+    c.on_egress(b"POST /v1/lost HTTP/1.1\r\nContent-Length: 9\r\n\r\n{", 4, &mut path, &mut lost);
+    c.gap(&mut lost);
+    c.on_egress(req("/v1/c").as_bytes(), 5, &mut path, &mut lost);
+    c.on_ingress(ok, 6, &mut out, &mut lost);
+    let got: Vec<_> = out.iter().map(|x| (x.endpoint.as_str(), x.exchange.request.head.path.as_deref())).collect();
+    assert_eq!(got, [("/v1/a", Some("/v1/a")), ("/v1/b", Some("/v1/b")), ("/v1/c", Some("/v1/c"))]);
+}
+
+#[test]
+fn chunks_dispatch_by_direction_skip_holes_and_cap_what_is_held() {
+    let mut c = HttpConnection::<()>::new(10_000);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut chunk = |c: &mut HttpConnection, d, cont, data: &[u8], out: &mut Vec<_>| {
+        c.on_chunk(d, cont, data, 1, &mut cap, out, &mut lost)
+    };
+    assert_eq!(chunk(&mut c, Direction::Egress, Continuity::InOrder, req, &mut out), Held::Within);
+    // A chunk with a hole of its own is not decoded.
+    assert_eq!(chunk(&mut c, Direction::Ingress, Continuity::Gap, ok, &mut out), Held::Within);
+    assert!(out.is_empty());
+    // A whole call after a hole is.
+    assert_eq!(chunk(&mut c, Direction::Egress, Continuity::GapBefore, req, &mut out), Held::Within);
+    assert_eq!(chunk(&mut c, Direction::Ingress, Continuity::InOrder, ok, &mut out), Held::Within);
+    assert_eq!(out.len(), 1);
+    // Requests never answered pile up past two bodies' worth.
+    let big = [&b"POST /v1/x HTTP/1.1\r\nContent-Length: 10000\r\n\r\n"[..], &[b'y'; 10_000]].concat();
+    let held: Vec<Held> =
+        (0..40).map(|_| chunk(&mut c, Direction::Egress, Continuity::InOrder, &big, &mut out)).collect();
+    assert_eq!(held.iter().filter(|h| **h == Held::OverCap).count(), 1);
+    assert_eq!(c.ignored(), Some(Ignored::Desync));
+    assert!(lost.unanswered >= 14);
+}
+
+#[test]
+fn malformed_response_desyncs_and_counts() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nXYZ\r\n", 2, &mut out, &mut lost);
+    assert_eq!(c.ignored(), Some(Ignored::Desync));
+    assert_eq!(lost.unanswered, 1);
+}

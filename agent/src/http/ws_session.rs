@@ -1,0 +1,283 @@
+//! Calls over a WebSocket: after a `101 Switching Protocols` answered a
+//! request classified as an LLM API, each direction is decoded into messages
+//! ([`super::websocket`]) and the messages are grouped into calls, one
+//! [`Exchange`] per call, as if each had been an HTTP request answered by a
+//! server-sent-event stream. So the providers read a call the same way
+//! whatever carried it: the Responses API over a WebSocket is read by the very
+//! parser that reads it over SSE.
+//!
+//! Which message starts, belongs to or ends a call is the API's knowledge: the
+//! endpoint says it ([`WsCalls`]); this module only keeps the state. What it
+//! keeps is bounded: the last session message per direction, one request, and
+//! the events of the call in flight up to the body cap, content events past the
+//! first dropped (the first one dates the first token; audio deltas are most of
+//! a realtime session's bytes and carry no count). A call's events begin with
+//! the server's latest session message, so its reader sees what the server
+//! said of the session (the model it runs).
+use serde_json::Value;
+
+use super::message::{Classified, Exchange, Head, Lost, Message};
+use super::websocket::{Deflate, WsDecoder, WsError, WsMessage};
+use crate::capture::event::Direction;
+
+/// What one message is to the calls of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsRole {
+    /// Not part of any call (audio input, keep-alives, acknowledgements).
+    Ignore,
+    /// Sets up the session (model, modalities): kept, the latest per direction,
+    /// for the requests of the calls that follow.
+    Session,
+    /// The client asks for a response: starts a call.
+    Request,
+    /// Part of the response in flight (starts a call if the server began one
+    /// by itself, as a realtime server does on voice activity).
+    Event,
+    /// Generated content: the first one of a call is kept (its time is the
+    /// first token's), later ones are dropped.
+    Content,
+    /// The response's last event (with its usage): the call is complete.
+    End,
+    /// The call failed with this status; the message is its last event.
+    Error(u16),
+}
+
+/// What the endpoint of an upgraded request says about its messages.
+pub trait WsCalls: Clone {
+    /// The role of a message (`from_client`: written by the captured process).
+    fn ws_role(&self, _from_client: bool, _msg: &Value) -> WsRole {
+        WsRole::Ignore
+    }
+
+    /// The request body a call is read as: from the upgrade's path, the
+    /// session messages kept (client's, server's) and the message that asked
+    /// for the response, if the client asked.
+    fn ws_request(&self, _path: &str, _session: [Option<&Value>; 2], request: Option<&Value>) -> Value {
+        request.cloned().unwrap_or(Value::Null)
+    }
+}
+
+impl WsCalls for () {}
+impl WsCalls for String {}
+
+/// The call in flight.
+struct Open {
+    request: Option<Value>,
+    first_ts: u64,
+    /// Response events as `data:` lines, and when each arrived.
+    events: Vec<u8>,
+    marks: Vec<(usize, u64)>,
+    first_event_ts: Option<u64>,
+    last_ts: u64,
+    content_seen: bool,
+    truncated: bool,
+}
+
+impl Open {
+    /// A call; its events start with the server's session message, if any
+    /// (what the server says of the session, e.g. the model it runs).
+    fn new(request: Option<Value>, ts: u64, server_session: Option<&Value>) -> Self {
+        let mut o = Open {
+            request,
+            first_ts: ts,
+            events: Vec::new(),
+            marks: Vec::new(),
+            first_event_ts: None,
+            last_ts: ts,
+            content_seen: false,
+            truncated: false,
+        };
+        if let Some(s) = server_session {
+            o.push(s, ts, usize::MAX);
+        }
+        o
+    }
+
+    /// One event as a `data:` line, within `max` bytes in all.
+    fn push(&mut self, v: &Value, ts: u64, max: usize) {
+        let line = [&b"data: "[..], &serde_json::to_vec(v).unwrap_or_default(), b"\n\n"].concat();
+        if self.events.len() + line.len() > max {
+            self.truncated = true;
+            return;
+        }
+        self.events.extend_from_slice(&line);
+        if self.marks.len() < MAX_MARKS {
+            self.marks.push((self.events.len(), ts));
+        }
+    }
+
+    fn answered(&self) -> bool {
+        self.first_event_ts.is_some()
+    }
+}
+
+/// Marks kept per call (as [`Message::body_marks`]).
+const MAX_MARKS: usize = 4096;
+
+/// An upgraded connection whose endpoint is an LLM API.
+pub struct WsSession<E> {
+    endpoint: E,
+    request: Head,
+    response: Head,
+    up: WsDecoder,
+    down: WsDecoder,
+    /// The latest session message from the client and from the server.
+    session: [Option<Value>; 2],
+    open: Option<Open>,
+    max_body: usize,
+    /// When the 101 arrived, while no byte of the new protocol has.
+    untouched_since: Option<u64>,
+}
+
+impl<E: WsCalls> WsSession<E> {
+    /// `request`/`response`: the upgrade's heads; `max_body` caps a message
+    /// (compressed and inflated) and a call's kept events.
+    pub fn new(endpoint: E, request: Head, response: Head, max_body: usize, ts: u64) -> Self {
+        let deflate = response.header("sec-websocket-extensions").and_then(Deflate::negotiated);
+        Self {
+            up: WsDecoder::new(deflate.map(|d| d.client_no_context_takeover), max_body),
+            down: WsDecoder::new(deflate.map(|d| d.server_no_context_takeover), max_body),
+            endpoint,
+            request,
+            response,
+            session: [None, None],
+            open: None,
+            max_body,
+            untouched_since: Some(ts),
+        }
+    }
+
+    /// Switched at this time, and no frame since: the session may go on under
+    /// another key (see `Source::key_may_move`).
+    pub fn untouched_since(&self) -> Option<u64> {
+        self.untouched_since
+    }
+
+    /// Bytes held.
+    pub fn buffered(&self) -> usize {
+        let open = self.open.as_ref().map_or(0, |o| o.events.len());
+        self.up.buffered() + self.down.buffered() + open
+    }
+
+    /// Both peers closed: nothing more will come.
+    pub fn is_done(&self) -> bool {
+        self.up.is_done() && self.down.is_done()
+    }
+
+    /// Bytes of one direction. Completed calls are appended to `out`; a
+    /// framing error ends the session (the caller stops decoding).
+    pub fn on_bytes(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        ts: u64,
+        out: &mut Vec<Classified<E>>,
+        lost: &mut Lost,
+    ) -> Result<(), WsError> {
+        self.untouched_since = None;
+        let mut msgs = Vec::new();
+        let from_client = direction == Direction::Egress;
+        let decoder = if from_client { &mut self.up } else { &mut self.down };
+        let r = decoder.push(data, &mut msgs);
+        for m in msgs {
+            let payload = match m {
+                WsMessage::Text(b) | WsMessage::Binary(b) => b,
+                WsMessage::Close(_) => continue,
+            };
+            // Not JSON: not an API message (these APIs speak JSON both ways).
+            let Ok(v) = serde_json::from_slice::<Value>(&payload) else { continue };
+            self.on_message(from_client, v, ts, out, lost);
+        }
+        r
+    }
+
+    fn on_message(&mut self, from_client: bool, v: Value, ts: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
+        let role = self.endpoint.ws_role(from_client, &v);
+        match role {
+            WsRole::Ignore => {}
+            WsRole::Session => self.session[usize::from(!from_client)] = Some(v),
+            WsRole::Request => {
+                match &mut self.open {
+                    // A response was under way and never ended: lost.
+                    Some(o) if o.answered() => lost.unanswered += 1,
+                    // Asked again before any answer: the latest request stands.
+                    Some(o) => {
+                        (o.request, o.first_ts) = (Some(v), ts);
+                        return;
+                    }
+                    None => {}
+                }
+                self.open = Some(Open::new(Some(v), ts, self.session[1].as_ref()));
+            }
+            WsRole::Event | WsRole::Content | WsRole::End | WsRole::Error(_) => {
+                if from_client {
+                    return;
+                }
+                let server_session = self.session[1].as_ref();
+                let o = self.open.get_or_insert_with(|| Open::new(None, ts, server_session));
+                o.last_ts = ts;
+                o.first_event_ts.get_or_insert(ts);
+                if role != WsRole::Content || !std::mem::replace(&mut o.content_seen, true) {
+                    o.push(&v, ts, self.max_body);
+                }
+                match role {
+                    WsRole::End => self.emit(200, out),
+                    WsRole::Error(status) => self.emit(status, out),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The call in flight as an exchange: the upgrade's request head with the
+    /// call's request as its body, answered with `status` and its events as a
+    /// server-sent-event stream.
+    fn emit(&mut self, status: u16, out: &mut Vec<Classified<E>>) {
+        let Some(o) = self.open.take() else { return };
+        let path = self.request.path.as_deref().unwrap_or("");
+        let [client, server] = &self.session;
+        let body = self.endpoint.ws_request(path, [client.as_ref(), server.as_ref()], o.request.as_ref());
+        let request = Message {
+            head: self.request.clone(),
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+            body_captured: true,
+            complete: true,
+            first_ts: o.first_ts,
+            last_ts: o.first_ts,
+            ..Default::default()
+        };
+        let mut head = Head { status: Some(status), minor_version: self.response.minor_version, ..Default::default() };
+        // The upgrade's response headers (request ids), minus those about its
+        // own body; the events are a stream.
+        head.headers = self
+            .response
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "content-type" | "content-encoding" | "content-length"))
+            .cloned()
+            .collect();
+        head.headers.push(("content-type".into(), b"text/event-stream".to_vec()));
+        let response = Message {
+            head,
+            body: o.events,
+            body_truncated: o.truncated,
+            body_captured: true,
+            complete: true,
+            first_ts: o.first_event_ts.unwrap_or(o.last_ts),
+            last_ts: o.last_ts,
+            body_marks: o.marks,
+        };
+        out.push(Classified { endpoint: self.endpoint.clone(), exchange: Exchange { request, response } });
+    }
+
+    /// The connection ended (or decoding stopped): a call under way is lost.
+    pub fn close(&mut self, lost: &mut Lost) {
+        if self.open.take().is_some_and(|o| o.answered() || o.request.is_some()) {
+            lost.unanswered += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "ws_session_tests.rs"]
+pub(crate) mod tests;
