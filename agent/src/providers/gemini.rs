@@ -11,7 +11,8 @@ use serde_json::Value;
 use tokentap_event::{tokens, UsageSource};
 
 use super::api::{
-    percent_decode, str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage,
+    percent_decode, str_at, u64_at, AudioTokens, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault,
+    Usage,
 };
 use super::prompt::{self, Prompt};
 use super::provider::Provider;
@@ -98,6 +99,7 @@ impl Provider for Gemini {
             out.response_id = str_at(v, &["responseId"]);
             out.response_model = str_at(v, &["modelVersion"]);
             out.usage = usage(v);
+            out.audio = audio_tokens(v.get("usageMetadata"));
         }
         Ok(())
     }
@@ -113,6 +115,27 @@ fn usage(v: &Value) -> Option<Usage> {
         cache_write: None,
         reasoning: thoughts,
     })
+}
+
+/// The `AUDIO` entries of `usageMetadata`'s per-modality details (prompt,
+/// cache, and output: `candidatesTokensDetails`, or Live's
+/// `responseTokensDetails`); none where the details are absent.
+pub(super) fn audio_tokens(u: Option<&Value>) -> AudioTokens {
+    let of = |keys: &[&str]| {
+        let entries = keys.iter().find_map(|k| u?.get(*k))?.as_array()?;
+        let audio = entries.iter().filter(|e| e.get("modality").and_then(Value::as_str) == Some("AUDIO"));
+        Some(audio.filter_map(|e| u64_at(e, &["tokenCount"])).sum())
+    };
+    AudioTokens {
+        input: of(&["promptTokensDetails", "prompt_tokens_details"]),
+        cached: of(&["cacheTokensDetails", "cache_tokens_details"]),
+        output: of(&[
+            "candidatesTokensDetails",
+            "responseTokensDetails",
+            "candidates_tokens_details",
+            "response_tokens_details",
+        ]),
+    }
 }
 
 fn has_content(v: &Value) -> bool {
@@ -138,6 +161,7 @@ fn chunk(ev: &Event<'_>, out: &mut Parsed) -> Result<Seen, ProviderError> {
     }
     if let Some(u) = usage(v) {
         out.usage = Some(u);
+        out.audio = audio_tokens(v.get("usageMetadata"));
     }
     Ok(Seen { content: has_content(v), finished: finished(v) })
 }
@@ -191,6 +215,20 @@ mod tests {
             p.usage,
             Some(Usage { input: 1342, output: 1227, cached: Some(1024), cache_write: None, reasoning: Some(1015) })
         );
+    }
+
+    /// Audio in the prompt or the answer is read from the per-modality details.
+    #[test]
+    fn audio_parts_from_the_modality_details() {
+        let body = json!({"usageMetadata":{"promptTokenCount":50,"candidatesTokenCount":9,
+            "promptTokensDetails":[{"modality":"TEXT","tokenCount":20},{"modality":"AUDIO","tokenCount":30}],
+            "candidatesTokensDetails":[{"modality":"TEXT","tokenCount":9}]}});
+        let mut p = Parsed::default();
+        parse(&GENERATE, &json!({}), body.to_string().as_bytes(), false, &mut p).unwrap();
+        assert_eq!(p.audio, AudioTokens { input: Some(30), cached: None, output: Some(0) });
+        let mut p = Parsed::default();
+        parse(&GENERATE, &json!({}), br#"{"usageMetadata":{"promptTokenCount":5}}"#, false, &mut p).unwrap();
+        assert_eq!(p.audio, AudioTokens::default());
     }
 
     #[test]

@@ -17,9 +17,7 @@
 //! thoughtsTokenCount`.
 use serde_json::{json, Value};
 
-use super::api::{
-    str_at, u64_at, AudioTokens, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage,
-};
+use super::api::{str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage};
 use super::prompt::Prompt;
 use super::provider::Provider;
 use super::response::{fold, Response, Seen};
@@ -59,7 +57,7 @@ impl Provider for GeminiLive {
             let v = ev.json;
             if let Some(u) = usage(v) {
                 out.usage = Some(u);
-                out.audio = audio(v);
+                out.audio = super::gemini::audio_tokens(field(v, "usageMetadata"));
                 return Ok(Seen { content: has_content(v), finished: true });
             }
             if out.response_id.is_none() {
@@ -136,20 +134,6 @@ fn usage(v: &Value) -> Option<Usage> {
     })
 }
 
-/// The `AUDIO` entries of the usage's per-modality details.
-fn audio(v: &Value) -> AudioTokens {
-    let of = |key: &str| {
-        let entries = field(field(v, "usageMetadata")?, key)?.as_array()?;
-        let audio = entries.iter().filter(|e| e.get("modality").and_then(Value::as_str) == Some("AUDIO"));
-        Some(audio.filter_map(|e| u64_at(e, &["tokenCount"])).sum())
-    };
-    AudioTokens {
-        input: of("promptTokensDetails"),
-        cached: of("cacheTokensDetails"),
-        output: of("responseTokensDetails"),
-    }
-}
-
 /// The model's turn carries parts (text, audio, a tool call).
 fn has_content(v: &Value) -> bool {
     let parts = field(v, "serverContent").and_then(|c| field(c, "modelTurn")).and_then(|t| t.get("parts"));
@@ -160,6 +144,7 @@ fn has_content(v: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::http::h1::Head;
+    use crate::providers::api::AudioTokens;
     use crate::providers::provider;
 
     #[test]
