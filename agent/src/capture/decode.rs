@@ -2,9 +2,12 @@
 //! records, but every length is still checked: a bad record is an error, never a
 //! panic or an out-of-bounds read.
 use thiserror::Error;
-use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, Source, CHUNK_SIZE, DATA_HEADER_LEN};
+use tokentap_agent_common::{
+    ControlEvent, DataHeader, EventKind, HelloHeader, SockClosedEvent, SockId, Source, CHUNK_SIZE, DATA_HEADER_LEN,
+    HELLO_HEADER_LEN, MAX_HELLO, SOCKET_CONN, SOCK_HTTP, SOCK_TLS, SOCK_TLS_LLM,
+};
 
-use super::event::{Chunk, ChunkFlags, Comm, ConnKey, ConnMeta, Control, Direction, RawEvent};
+use super::event::{Chunk, ChunkFlags, Comm, ConnKey, ConnMeta, Control, Direction, Hello, RawEvent, Totals};
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -18,6 +21,8 @@ pub enum DecodeError {
     BadDirection(u32),
     #[error("unknown capture source {0}")]
     UnknownSource(u32),
+    #[error("unknown socket state {0}")]
+    UnknownSockState(u32),
 }
 
 pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
@@ -28,6 +33,8 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     let control: fn(&ControlEvent) -> Control = match EventKind::from_u32(tag) {
         None => return Err(DecodeError::UnknownKind(tag)),
         Some(EventKind::Data) => return data(buf).map(RawEvent::Data),
+        Some(EventKind::TlsHello) => return hello(buf).map(RawEvent::Hello),
+        Some(EventKind::SockClosed) => return sock_closed(buf).map(RawEvent::Control),
         Some(EventKind::ConnClosed) => {
             |c| Control::ConnClosed { key: ConnKey { tgid: c.tgid, conn: c.conn }, ts_ns: c.ts_ns }
         }
@@ -54,6 +61,50 @@ fn data(buf: &[u8]) -> Result<Chunk<'_>, DecodeError> {
         return Err(DecodeError::BadLength(h.len));
     }
     chunk(&h, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len])
+}
+
+fn hello(buf: &[u8]) -> Result<Hello<'_>, DecodeError> {
+    if buf.len() < HELLO_HEADER_LEN {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    // SAFETY: length checked; HelloHeader is plain-old-data, read unaligned.
+    let h: HelloHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    let len = h.len as usize;
+    if len > MAX_HELLO || buf.len() < HELLO_HEADER_LEN + len {
+        return Err(DecodeError::BadLength(h.len));
+    }
+    Ok(Hello {
+        sock: SockId { tgid: h.tgid, fd: h.fd, id: h.id },
+        cgroup_id: h.cgroup_id,
+        comm: Comm(h.comm),
+        ts_ns: h.ts_ns,
+        call_len: h.call_len,
+        data: &buf[HELLO_HEADER_LEN..HELLO_HEADER_LEN + len],
+    })
+}
+
+fn sock_closed(buf: &[u8]) -> Result<Control, DecodeError> {
+    if buf.len() < std::mem::size_of::<SockClosedEvent>() {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    // SAFETY: length checked; SockClosedEvent is plain-old-data.
+    let e: SockClosedEvent = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    let tls = match e.state {
+        SOCK_HTTP => false,
+        SOCK_TLS | SOCK_TLS_LLM => true,
+        other => return Err(DecodeError::UnknownSockState(other)),
+    };
+    Ok(Control::SockClosed {
+        sock: SockId { tgid: e.tgid, fd: e.fd, id: e.id },
+        ts_ns: e.ts_ns,
+        totals: Totals { sent: e.sent, received: e.received },
+        tls,
+    })
+}
+
+/// The connection identity the plaintext capture gives a socket's stream.
+pub fn socket_conn(tgid: u32, fd: i32) -> ConnKey {
+    ConnKey { tgid, conn: SOCKET_CONN | fd as u32 as u64 }
 }
 
 fn chunk<'a>(h: &DataHeader, data: &'a [u8]) -> Result<Chunk<'a>, DecodeError> {

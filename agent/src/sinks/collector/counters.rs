@@ -68,7 +68,7 @@ mod tests {
         let json: serde_json::Value = serde_json::to_value(&snap).unwrap();
         assert_eq!((json["collector_records_sent"].as_u64(), json["collector_in_flight"].as_u64()), (Some(7), Some(0)));
         let p = std::env::temp_dir().join(format!("tt-collector-counters-{}.json", std::process::id()));
-        StatsFile { counters: snap.clone(), coverage: Vec::new() }.write_to(&p).unwrap();
+        StatsFile { counters: snap.clone(), ..Default::default() }.write_to(&p).unwrap();
         let back: Snapshot = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(back, snap, "read back from the stats file");
         let m = crate::metrics::render(&stats);
