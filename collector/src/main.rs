@@ -191,12 +191,16 @@ async fn main() -> Result<()> {
             let records: Vec<_> = rows.into_iter().map(CallRow::into_record).collect();
             let prices = tokentap_event::PriceTable::shipped();
             let opps = tokentap_event::opportunities::detect(&records, &prices, &Default::default());
-            let md = tokentap_event::report::markdown(&records, &opps);
+            let unread = tokentap_collector::traffic::blind_spots(&client, since.as_secs())
+                .await
+                .context("reading llm_traffic")?;
+            let md = tokentap_event::report::markdown_with(&records, &opps, Some(&unread));
             print!("{md}");
             if let Some(dir) = out {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 std::fs::write(dir.join("report.md"), &md)?;
-                std::fs::write(dir.join("report.html"), tokentap_event::report::html(&records, &opps))?;
+                let html = tokentap_event::report::html_with(&records, &opps, Some(&unread));
+                std::fs::write(dir.join("report.html"), html)?;
                 std::fs::write(dir.join("opportunities.json"), serde_json::to_string_pretty(&opps)? + "\n")?;
             }
         }

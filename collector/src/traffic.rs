@@ -95,6 +95,91 @@ impl StoredRow for TrafficRow {
     }
 }
 
+/// What could not be read since `since_secs` ago, per process, host and
+/// reason, for the report (the same lines as an agent's `blind_spots`).
+pub async fn blind_spots(
+    client: &clickhouse::Client,
+    since_secs: u64,
+) -> Result<Vec<tokentap_event::traffic::BlindSpot>, clickhouse::error::Error> {
+    #[derive(Row, Deserialize)]
+    struct Line {
+        provider_host: String,
+        provider: String,
+        reason: String,
+        detail: String,
+        connections: u64,
+        bytes_sent: u64,
+        bytes_received: u64,
+        first_seen: i64,
+        last_seen: i64,
+        pid: u32,
+        comm: String,
+        exe: String,
+        pod: String,
+        namespace: String,
+        workload: String,
+        service: String,
+    }
+    let lines: Vec<Line> = client
+        .query(
+            "SELECT provider_host, any(provider) AS provider, reason, any(ifNull(reason_detail, '')) AS detail, \
+             sum(connections) AS connections, sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received, \
+             toInt64(toUnixTimestamp64Micro(min(first_seen))) AS first_seen, \
+             toInt64(toUnixTimestamp64Micro(max(last_seen))) AS last_seen, ifNull(pid, 0) AS pid, \
+             any(ifNull(comm, '')) AS comm, any(ifNull(exe, '')) AS exe, any(ifNull(pod, '')) AS pod, \
+             namespace, workload, service \
+             FROM llm_traffic FINAL WHERE NOT decoded AND ts >= now64(6) - toIntervalSecond(?) \
+             GROUP BY provider_host, reason, pid, namespace, workload, service \
+             ORDER BY bytes_sent + bytes_received DESC LIMIT 1000",
+        )
+        .bind(since_secs)
+        .fetch_all()
+        .await?;
+    let opt = |s: String| if s.is_empty() { None } else { Some(s) };
+    let ts = |us: i64| tokentap_event::LlmCall::format_ts(us as i128 * 1000);
+    Ok(lines
+        .into_iter()
+        .map(|l| {
+            let reason_text = match l.detail.as_str() {
+                "" => describe(&l.reason),
+                d => format!("{}: {d}", describe(&l.reason)),
+            };
+            tokentap_event::traffic::BlindSpot {
+                provider_host: l.provider_host,
+                provider: l.provider,
+                reason: l.reason,
+                reason_text,
+                connections: l.connections,
+                bytes_sent: l.bytes_sent,
+                bytes_received: l.bytes_received,
+                first_seen: ts(l.first_seen),
+                last_seen: ts(l.last_seen),
+                pid: l.pid,
+                comm: l.comm,
+                exe: opt(l.exe),
+                container_id: None,
+                pod: opt(l.pod),
+                namespace: opt(l.namespace),
+                workload: opt(l.workload),
+                service: opt(l.service),
+                exited: false,
+            }
+        })
+        .collect())
+}
+
+/// A stored reason code in words (the agent's `Unread::describe`).
+fn describe(code: &str) -> String {
+    use tokentap_event::Unread;
+    let why = match code {
+        "no_plaintext_seen" => Unread::NoPlaintextSeen,
+        "tls_library_not_probed" => Unread::TlsLibraryNotProbed,
+        "plaintext_not_seen" => Unread::PlaintextNotSeen,
+        other => return format!("plaintext seen, HTTP given up ({other})"),
+    };
+    why.describe()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,6 +164,17 @@ fn a_tls_stack_tokentap_cannot_read_is_accounted_for_everywhere() {
     assert_eq!(ch.count(&format!("SELECT count() FROM llm_traffic WHERE pid = {other_pid}")), 0);
     assert_eq!(ch.count(&format!("SELECT count() FROM llm_calls WHERE pid = {pid}")), 0);
 
+    // The collector's report, from ClickHouse, has the same line.
+    let out = std::process::Command::new(collector_bin())
+        .args(["report", "--since", "1d", "--clickhouse-url", &ch.url, "--database", &ch.database])
+        .output()
+        .expect("collector report");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let want = format!("| 2 | {} | {} |", num(&blind["bytes_sent"]), num(&blind["bytes_received"]));
+    let line = text.lines().find(|l| l.contains(&format!("pid {pid}"))).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("| api.openai.com | python3 (pid ") && line.contains(&want), "{line}");
+
     // The report: its section lists the host, the process, the counts and the reason.
     let status = agent.stop();
     assert!(status.success(), "agent exit {status}");
