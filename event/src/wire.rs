@@ -444,7 +444,8 @@ mod tests {
 
     #[test]
     fn traffic_rows_travel_the_same_way_and_are_checked_as_theirs() {
-        let row = crate::traffic::LlmTraffic {
+        type T = crate::traffic::LlmTraffic;
+        let row = T {
             row_id: LlmCall::new_event_id(),
             ts: record(0).ts,
             first_seen: record(0).ts,
@@ -460,22 +461,14 @@ mod tests {
         };
         let body = encode_rows(std::slice::from_ref(&row));
         let l = Limits::now(None);
-        assert_eq!(decode_rows::<crate::traffic::LlmTraffic>(Some("zstd"), &body, 1 << 20, &l).unwrap(), [row.clone()]);
+        assert_eq!(decode_rows::<T>(Some("zstd"), &body, 1 << 20, &l).unwrap(), std::slice::from_ref(&row));
         // A record batch is not a traffic batch, and the other way round.
         let calls = encode(&[record(1)]);
-        assert!(matches!(
-            decode_rows::<crate::traffic::LlmTraffic>(Some("zstd"), &calls, 1 << 20, &l),
-            Err(WireError::Record { line: 1, .. })
-        ));
+        assert!(matches!(decode_rows::<T>(Some("zstd"), &calls, 1 << 20, &l), Err(WireError::Record { line: 1, .. })));
         assert!(matches!(decode(Some("zstd"), &body, 1 << 20, &l), Err(WireError::Record { line: 1, .. })));
-        let old = crate::traffic::LlmTraffic { ts: "1970-01-01T00:00:00Z".into(), ..row };
+        let old = T { ts: "1970-01-01T00:00:00Z".into(), ..row };
         let l = Limits::now(Some(30));
-        let err = decode_rows::<crate::traffic::LlmTraffic>(
-            None,
-            serde_json::to_string(&old).unwrap().as_bytes(),
-            1 << 20,
-            &l,
-        );
+        let err = decode_rows::<T>(None, serde_json::to_string(&old).unwrap().as_bytes(), 1 << 20, &l);
         assert!(matches!(err, Err(WireError::Record { line: 1, .. })), "{err:?}");
     }
 

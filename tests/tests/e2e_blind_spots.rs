@@ -95,7 +95,7 @@ fn a_tls_stack_tokentap_cannot_read_is_accounted_for_everywhere() {
 
     // Coverage: exactly one entry, with the process, the counts and the reason.
     let stats = agent.wait_stats("the tlslite client's blind spot, final", |s| {
-        blind_spots_of(s, pid).iter().any(|e| e["exited"] == true) && process_exited(s, sdk_pid as u32)
+        blind_spots_of(s, pid).iter().any(|e| e["exited"] == true) && process_exited(s, sdk_pid)
     });
     let spots = blind_spots_of(&stats, pid);
     assert_eq!(spots.len(), 1, "one entry: {spots:?}");
@@ -113,7 +113,7 @@ fn a_tls_stack_tokentap_cannot_read_is_accounted_for_everywhere() {
     assert_eq!(e["reason"], "no_plaintext_seen");
     assert!(e["reason_text"].as_str().is_some_and(|t| t.contains("plaintext")), "{e}");
     assert!(blind_spots_of(&stats, other_pid).is_empty(), "no entry for another host");
-    assert!(blind_spots_of(&stats, sdk_pid as u64).is_empty(), "no entry for a decoded client");
+    assert!(blind_spots_of(&stats, sdk_pid.into()).is_empty(), "no entry for a decoded client");
     assert_eq!(stats["blind_spots"].as_array().map(Vec::len), Some(1), "{}", stats["blind_spots"]);
     assert!(stats["tls_connections_named"].as_u64().unwrap_or(0) >= 4, "2 + 1 tlslite connections and the SDK's");
     assert!(stats["llm_connections_decoded"].as_u64().unwrap_or(0) >= 1);
@@ -156,7 +156,7 @@ fn a_tls_stack_tokentap_cannot_read_is_accounted_for_everywhere() {
     assert_eq!(row["hosts"], serde_json::json!(["api.openai.com"]));
     assert_eq!(row["cluster"], "e2e");
     let decoded = wait_for("the SDK's decoded traffic rows in ClickHouse", Duration::from_secs(60), || {
-        let r = ch.query(&q(sdk_pid as u64, 1)).into_iter().next()?;
+        let r = ch.query(&q(sdk_pid.into(), 1)).into_iter().next()?;
         (1..u64::MAX).contains(&num(&r["c"])).then_some(r)
     });
     assert_eq!(decoded["reasons"], serde_json::json!([""]));

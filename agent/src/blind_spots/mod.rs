@@ -403,7 +403,7 @@ impl Socket {
 
     fn verdict(&self, facts: Facts<'_>) -> (Verdict, Option<String>) {
         match &self.claim {
-            Some(Claim { ignored: Some(why), .. }) => (Verdict::Unread(Unread::NotDecoded(*why)), None),
+            Some(Claim { ignored: Some(why), .. }) => (Verdict::Unread(Unread::NotDecoded(why)), None),
             Some(c) => (Verdict::Decoded(c.method), None),
             None => {
                 let (why, detail) = facts(self.sock.tgid);
