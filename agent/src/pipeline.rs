@@ -222,7 +222,7 @@ impl Pipeline {
         if let Some((host, classified)) = first {
             conn.named = true;
             if owner.source != Source::Socket {
-                self.blind.plaintext_host(c.key, owner.source.as_str(), &host, c.ts_ns);
+                self.blind.plaintext_host(c.key, c.fd, owner.source.as_str(), &host, c.ts_ns);
             } else if let Some(provider) = rules.llm_host(&host).map(str::to_owned).or(classified) {
                 let who = who(&mut self.attribution, &owner);
                 let host = crate::providers::host_without_port(&host).to_ascii_lowercase();

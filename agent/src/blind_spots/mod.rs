@@ -51,7 +51,7 @@ use crate::stats::Stats;
 
 pub mod ledger;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use ledger::{Add, Counts, Ledger, Series, SeriesKey, Verdict, Who};
 
@@ -243,9 +243,12 @@ impl Tracker {
         }
     }
 
-    /// A TLS capture's connection whose fd is not known sent a request for
-    /// `host`: its claim by time must agree.
-    pub fn plaintext_host(&mut self, conn: ConnKey, method: &'static str, host: &str, ts_ns: u64) {
+    /// A TLS capture's connection sent its first request, for `host`: a claim
+    /// by time must agree (one by fd is certain: `fd` >= 0 changes nothing).
+    pub fn plaintext_host(&mut self, conn: ConnKey, fd: i32, method: &'static str, host: &str, ts_ns: u64) {
+        if fd >= 0 {
+            return;
+        }
         let host = host_of(host);
         match self.claims.get(&conn).copied() {
             Some(slot) => {

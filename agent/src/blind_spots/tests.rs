@@ -42,7 +42,7 @@ impl FakeKernel {
 }
 
 /// A ClientHello record naming `host` (none: no server_name extension).
-fn client_hello(host: Option<&str>) -> Vec<u8> {
+pub(crate) fn client_hello(host: Option<&str>) -> Vec<u8> {
     let mut body = vec![3, 3];
     body.extend([9u8; 32]); // random
     body.push(0); // no session id
@@ -183,6 +183,24 @@ fn other_hosts_and_unnamed_hellos_make_no_entry_and_stop_the_kernel_counting() {
 }
 
 #[test]
+fn provider_hosts_are_matched_by_the_rules_without_port_or_case() {
+    let r = Rules::default();
+    assert_eq!(r.llm_host("api.openai.com"), Some("openai"));
+    assert_eq!(r.llm_host("API.Anthropic.com:443"), Some("anthropic"));
+    assert_eq!(r.llm_host("bedrock-runtime.eu-west-1.amazonaws.com"), Some("bedrock"));
+    assert_eq!(r.llm_host("my-resource.openai.azure.com"), Some("azure_openai"));
+    assert_eq!(r.llm_host("example.internal"), None);
+    assert_eq!(r.llm_host("openai.com"), None);
+    let user = crate::providers::RuleSet::parse(
+        "[hosts]\n\"llm-gateway.internal\" = \"openai\"\n\"api.openai.com\" = \"ignore\"\n",
+    )
+    .unwrap();
+    let r = Rules::new(&user).unwrap();
+    assert_eq!(r.llm_host("llm-gateway.internal"), Some("openai"), "a user rule names a host");
+    assert_eq!(r.llm_host("api.openai.com"), None, "an ignored host is nobody's LLM traffic");
+}
+
+#[test]
 fn a_capture_that_knows_the_fd_claims_that_socket_only() {
     let mut w = World::new();
     let (a, b) = (sock(10, 5, 1), sock(10, 6, 2));
@@ -211,14 +229,16 @@ fn without_an_fd_one_connection_claims_one_socket_and_the_host_moves_the_claim()
     let c1 = conn(10, 0x1);
     w.t.plaintext_started(c1, -1, "openssl", S + 5);
     // ...and its request says api.anthropic.com: the claim moves there.
-    w.t.plaintext_host(c1, "openssl", "API.Anthropic.com:443", S + 6);
+    w.t.plaintext_host(c1, -1, "openssl", "API.Anthropic.com:443", S + 6);
     // A second connection, to api.openai.com: one of the two openai sockets.
     let c2 = conn(10, 0x2);
     w.t.plaintext_started(c2, -1, "openssl", S + 7);
-    w.t.plaintext_host(c2, "openssl", "api.openai.com", S + 8);
+    w.t.plaintext_host(c2, -1, "openssl", "api.openai.com", S + 8);
     // A connection to a host with no socket tracked claims nothing.
     let c3 = conn(10, 0x3);
-    w.t.plaintext_host(c3, "openssl", "github.com", S + 9);
+    w.t.plaintext_host(c3, -1, "openssl", "github.com", S + 9);
+    // One whose fd is known claims by fd only, whatever its host.
+    w.t.plaintext_host(conn(10, 0x4), 99, "openssl", "api.openai.com", S + 9);
     for (s, n) in [(oa, 1), (an, 2), (oa2, 3)] {
         w.close(s, n, n, 2 * S);
     }

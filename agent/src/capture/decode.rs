@@ -180,6 +180,68 @@ pub(crate) mod tests {
         assert_eq!(decode(&rec).unwrap_err(), DecodeError::UnknownSource(9));
     }
 
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: plain-old-data to bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_hellos_and_socket_ends_and_rejects_bad_ones() {
+        let h = HelloHeader {
+            kind: EventKind::TlsHello as u32,
+            tgid: 9,
+            tid: 10,
+            fd: 5,
+            ts_ns: 77,
+            id: 1234,
+            cgroup_id: 3,
+            comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+            len: 4,
+            call_len: 600,
+        };
+        let mut rec = bytes_of(&h);
+        rec.extend([0x16, 3, 1, 0]);
+        match decode(&rec).unwrap() {
+            RawEvent::Hello(x) => {
+                assert_eq!(x.sock, SockId { tgid: 9, fd: 5, id: 1234 });
+                assert_eq!(
+                    (x.data, x.call_len, x.ts_ns, x.comm.to_string()),
+                    (&[0x16, 3, 1, 0][..], 600, 77, "java".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode(&rec[..rec.len() - 1]).unwrap_err(), DecodeError::BadLength(4));
+        assert_eq!(decode(&rec[..20]).unwrap_err(), DecodeError::Short(20));
+        let huge = HelloHeader { len: MAX_HELLO as u32 + 1, ..h };
+        assert!(matches!(decode(&bytes_of(&huge)), Err(DecodeError::BadLength(_))));
+
+        let c = SockClosedEvent {
+            kind: EventKind::SockClosed as u32,
+            tgid: 9,
+            tid: 9,
+            fd: 5,
+            ts_ns: 80,
+            id: 1234,
+            sent: 3002,
+            received: 8324,
+            state: SOCK_TLS_LLM,
+            _pad: 0,
+        };
+        let want = Control::SockClosed {
+            sock: SockId { tgid: 9, fd: 5, id: 1234 },
+            ts_ns: 80,
+            totals: Totals { sent: 3002, received: 8324 },
+            tls: true,
+        };
+        assert!(matches!(decode(&bytes_of(&c)), Ok(RawEvent::Control(x)) if x == want));
+        let http = SockClosedEvent { state: SOCK_HTTP, ..c };
+        assert!(matches!(decode(&bytes_of(&http)), Ok(RawEvent::Control(Control::SockClosed { tls: false, .. }))));
+        let odd = SockClosedEvent { state: 99, ..c };
+        assert_eq!(decode(&bytes_of(&odd)).unwrap_err(), DecodeError::UnknownSockState(99));
+        assert_eq!(decode(&bytes_of(&c)[..30]).unwrap_err(), DecodeError::Short(30));
+    }
+
     #[test]
     fn decodes_control_records() {
         let c = ControlEvent {

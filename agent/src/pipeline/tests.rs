@@ -6,11 +6,15 @@ use tokentap_agent_common::{ControlEvent, EventKind, Source, DIR_EGRESS, DIR_ING
 use tokentap_event::LlmCall;
 
 #[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<LlmCall>>>);
+struct Collect(Arc<Mutex<Vec<LlmCall>>>, Arc<Mutex<Vec<tokentap_event::LlmTraffic>>>);
 
 impl Sink for Collect {
     fn write(&mut self, r: &LlmCall) -> std::io::Result<()> {
         self.0.lock().unwrap().push(r.clone());
+        Ok(())
+    }
+    fn write_traffic(&mut self, r: &tokentap_event::LlmTraffic) -> std::io::Result<()> {
+        self.1.lock().unwrap().push(r.clone());
         Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -393,4 +397,79 @@ fn a_source_without_close_events_restarts_a_reused_connection() {
         let told = f.0.lock().unwrap().len();
         assert_eq!(told, usize::from(source.ends_are_seen()), "the kernel skips only connections whose end is seen");
     }
+}
+
+/// The kernel's record of a TLS client socket's first write: a hello for `host`.
+fn hello_record(tgid: u32, fd: i32, id: u64, host: &str) -> Vec<u8> {
+    let data = crate::blind_spots::tests::client_hello(Some(host));
+    let h = tokentap_agent_common::HelloHeader {
+        kind: EventKind::TlsHello as u32,
+        tgid,
+        tid: tgid,
+        fd,
+        ts_ns: 1,
+        id,
+        cgroup_id: 0,
+        comm: *b"client\0\0\0\0\0\0\0\0\0\0",
+        len: data.len() as u32,
+        call_len: data.len() as u32,
+    };
+    // SAFETY: plain-old-data to bytes.
+    let mut v =
+        unsafe { std::slice::from_raw_parts(&h as *const _ as *const u8, tokentap_agent_common::HELLO_HEADER_LEN) }
+            .to_vec();
+    v.extend(data);
+    v
+}
+
+/// The kernel's record of a counted TLS socket closing.
+fn sock_closed_record(tgid: u32, fd: i32, id: u64, sent: u64, received: u64) -> Vec<u8> {
+    let e = tokentap_agent_common::SockClosedEvent {
+        kind: EventKind::SockClosed as u32,
+        tgid,
+        tid: tgid,
+        fd,
+        ts_ns: 5,
+        id,
+        sent,
+        received,
+        state: tokentap_agent_common::SOCK_TLS_LLM,
+        _pad: 0,
+    };
+    // SAFETY: plain-old-data to bytes.
+    unsafe { std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of_val(&e)) }.to_vec()
+}
+
+#[test]
+fn llm_connections_are_read_or_listed_with_their_bytes_and_rows_reach_the_sinks() {
+    let (mut p, c, stats) = pipeline();
+    // Process 42 (the one `call` feeds): a socket to api.openai.com whose
+    // plaintext OpenSSL reads (no fd known).
+    p.handle(&hello_record(42, 7, 70, "api.openai.com"));
+    call(&mut p, 0xabc, DIR_EGRESS, REQ, 1 << 20);
+    call(&mut p, 0xabc, DIR_INGRESS, &resp(), 1 << 20);
+    p.handle(&sock_closed_record(42, 7, 70, 400, 900));
+    // Process 60: a socket to api.anthropic.com nobody reads, and one to another host.
+    p.handle(&hello_record(60, 3, 80, "api.anthropic.com"));
+    p.handle(&hello_record(60, 4, 81, "example.internal"));
+    p.handle(&sock_closed_record(60, 3, 80, 111, 222));
+    p.handle(&sock_closed_record(60, 4, 81, 5, 5));
+    p.handle(&exit_record(60));
+    assert_eq!(c.0.lock().unwrap().len(), 1, "one record, from the read connection");
+    let spots = p.blind_spots();
+    assert_eq!(spots.len(), 1, "{spots:?}");
+    let s = &spots[0];
+    assert_eq!((s.pid, s.provider_host.as_str(), s.reason.as_str()), (60, "api.anthropic.com", "no_plaintext_seen"));
+    assert_eq!((s.connections, s.bytes_sent, s.bytes_received, s.exited), (1, 111, 222, true));
+    let snap = stats.snapshot();
+    assert_eq!((snap.llm_connections_decoded, snap.llm_decoded_bytes, snap.llm_connections_unread), (1, 1300, 1));
+    assert_eq!((snap.tls_connections_named, snap.tls_connections_unnamed), (3, 0));
+    // The exited process's row went out at once; the other's at the end.
+    let rows = c.1.lock().unwrap().clone();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].pid, rows[0].decoded, rows[0].bytes_sent), (Some(60), false, 111));
+    p.finish();
+    let rows = c.1.lock().unwrap().clone();
+    let read = rows.iter().find(|r| r.pid == Some(42)).expect("the read connection's row");
+    assert_eq!((read.decoded, read.capture.as_deref(), read.connections), (true, Some("openssl"), 1));
 }
