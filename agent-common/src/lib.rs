@@ -32,6 +32,12 @@ pub enum EventKind {
     /// The dynamic loader mapped or unmapped libraries in a process
     /// (`_dl_debug_state`, the debuggers' rendezvous hook) ([`ControlEvent`]).
     LibsChanged = 5,
+    /// The first write on a client socket was a TLS handshake record: its bytes
+    /// (at most one record, [`MAX_HELLO`]) follow a [`HelloHeader`].
+    TlsHello = 6,
+    /// A watched client socket closed (or was reconnected) ([`SockClosedEvent`]):
+    /// the bytes it moved, for plaintext HTTP and TLS sockets.
+    SockClosed = 7,
 }
 
 impl EventKind {
@@ -42,6 +48,8 @@ impl EventKind {
             3 => Some(Self::Exec),
             4 => Some(Self::Exit),
             5 => Some(Self::LibsChanged),
+            6 => Some(Self::TlsHello),
+            7 => Some(Self::SockClosed),
             _ => None,
         }
     }
@@ -261,12 +269,100 @@ pub struct SockKey {
     pub fd: i32,
 }
 
+/// What the kernel keeps per watched client socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockState {
+    /// `bpf_ktime_get_ns()` at `connect`: tells this socket from a later one
+    /// on the same fd.
+    pub id: u64,
+    /// Bytes the process wrote to and read from it (syscall results), counted
+    /// while its state is [`SOCK_HTTP`], [`SOCK_TLS`] or [`SOCK_TLS_LLM`].
+    pub sent: u64,
+    pub received: u64,
+    /// `SOCK_*`.
+    pub state: u32,
+    pub _pad: u32,
+}
+
+/// One socket's life: (tgid, fd, id). User space names a TLS socket this way
+/// when it tells the kernel whether to keep counting it (`SOCK_VERDICTS`), so
+/// a verdict never applies to a later socket that reuses the fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockId {
+    pub tgid: u32,
+    pub fd: i32,
+    pub id: u64,
+}
+
 /// Connected, nothing sent yet.
 pub const SOCK_NEW: u32 = 0;
-/// Its first bytes were an HTTP request: copied.
+/// Its first bytes were an HTTP request: copied, and its bytes counted.
 pub const SOCK_HTTP: u32 = 1;
-/// Not HTTP (TLS, a database protocol, DNS, …): never copied.
+/// Not HTTP nor a TLS handshake (a database protocol, DNS, …), or a TLS
+/// connection to a host user space does not account for: never copied.
 pub const SOCK_OTHER: u32 = 2;
+/// Its first bytes were a TLS handshake: the hello went to user space, bytes
+/// are counted (never copied) until user space's verdict arrives.
+pub const SOCK_TLS: u32 = 3;
+/// A TLS connection to an LLM API host (user space said so): counted.
+pub const SOCK_TLS_LLM: u32 = 4;
+
+/// `SOCK_VERDICTS` values: keep counting (an LLM host) or stop (anything else).
+pub const VERDICT_COUNT: u32 = 1;
+pub const VERDICT_STOP: u32 = 2;
+
+/// Bytes of a ClientHello copied, at most: one TLS record (2^14) and its
+/// 5-byte header, rounded up to 8 (a hello continuing in a second record is
+/// cut; its server name is usually in the first).
+pub const MAX_HELLO: usize = 16392;
+
+/// Header of a [`EventKind::TlsHello`] record, followed by `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HelloHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+    /// The socket's [`SockState::id`].
+    pub id: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// Bytes following the header.
+    pub len: u32,
+    /// Bytes the first write moved (more than `len` when cut).
+    pub call_len: u32,
+}
+
+pub const HELLO_HEADER_LEN: usize = core::mem::size_of::<HelloHeader>();
+
+/// A hello as laid out in the per-CPU scratch map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HelloEvent {
+    pub header: HelloHeader,
+    pub data: [u8; MAX_HELLO],
+}
+
+/// [`EventKind::SockClosed`]: a watched socket's end and the bytes it moved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockClosedEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+    pub id: u64,
+    pub sent: u64,
+    pub received: u64,
+    /// The socket's `SOCK_*` state when it closed.
+    pub state: u32,
+    pub _pad: u32,
+}
 
 /// iovec entries copied per vector call; a call with more data beyond them
 /// gives its connection up (counted) rather than deliver a stream with a hole.
@@ -295,6 +391,12 @@ pub enum LossCounter {
     IovOverflow = 7,
     /// Not a loss: plaintext socket connections the kernel classified as not HTTP.
     SocketsNotHttp = 8,
+    /// Not a loss: client sockets whose first bytes were a TLS handshake (their
+    /// hello went to user space; a subset of `SocketsNotHttp`).
+    SocketsTls = 9,
+    /// TLS hellos not delivered: the ring buffer was full or every scratch
+    /// slot busy (the socket then counts bytes no one reads).
+    HelloLost = 10,
 }
 
 impl LossCounter {
@@ -310,15 +412,17 @@ impl LossCounter {
         Self::FilteredIgnored,
         Self::IovOverflow,
         Self::SocketsNotHttp,
+        Self::SocketsTls,
+        Self::HelloLost,
     ];
 
     /// Whether the counter is a loss of data (two of them count skipped work).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Self::FilteredIgnored | Self::SocketsNotHttp)
+        !matches!(self, Self::FilteredIgnored | Self::SocketsNotHttp | Self::SocketsTls)
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 9;
+pub const LOSS_COUNTERS: u32 = 11;
 
 /// A TLS connection in the kernel's maps: (tgid, `SSL*`).
 #[repr(C)]
@@ -339,6 +443,10 @@ mod user {
     unsafe impl aya::Pod for GoCallKey {}
     unsafe impl aya::Pod for SockArgs {}
     unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for SockId {}
+    unsafe impl aya::Pod for HelloHeader {}
+    unsafe impl aya::Pod for SockClosedEvent {}
 }
 
 #[cfg(test)]
@@ -352,12 +460,25 @@ mod tests {
         assert_eq!(core::mem::size_of::<CallArgs>(), 40);
         assert_eq!(core::mem::size_of::<SockArgs>(), 24);
         assert_eq!(core::mem::size_of::<SockKey>(), 8);
+        assert_eq!(core::mem::size_of::<SockState>(), 32);
+        assert_eq!(core::mem::size_of::<SockId>(), 16);
+        assert_eq!(HELLO_HEADER_LEN, 64);
+        assert_eq!(core::mem::size_of::<HelloEvent>(), HELLO_HEADER_LEN + MAX_HELLO);
+        assert_eq!(core::mem::size_of::<SockClosedEvent>(), 56);
         assert_eq!(DATA_HEADER_LEN % 8, 0);
     }
 
     #[test]
     fn kinds_round_trip() {
-        for k in [EventKind::Data, EventKind::ConnClosed, EventKind::Exec, EventKind::Exit] {
+        for k in [
+            EventKind::Data,
+            EventKind::ConnClosed,
+            EventKind::Exec,
+            EventKind::Exit,
+            EventKind::LibsChanged,
+            EventKind::TlsHello,
+            EventKind::SockClosed,
+        ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

@@ -72,19 +72,29 @@ pub(crate) struct Emit {
 
 /// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
+    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, slot)) {
+        count_loss(LossCounter::ScratchBusy, 1);
+    }
+}
+
+/// Run `f` with this CPU's scratch slot for the current nesting level (every
+/// per-CPU scratch map has `SCRATCH_SLOTS` of them); false when every slot is
+/// taken and `f` did not run.
+#[inline(always)]
+pub(crate) fn nested(f: impl FnOnce(u32)) -> bool {
     let Some(depth_ptr) = SCRATCH_DEPTH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: this CPU's value of a live per-CPU map. A program preempted on this
     // CPU by another one sees the incremented depth and takes the next slot.
     let slot = unsafe { *depth_ptr };
     unsafe { *depth_ptr = slot.wrapping_add(1) };
-    if slot < SCRATCH_SLOTS {
-        copy_chunks(pid_tgid, e, direction, len, slot);
-    } else {
-        count_loss(LossCounter::ScratchBusy, 1);
+    let ran = slot < SCRATCH_SLOTS;
+    if ran {
+        f(slot);
     }
     unsafe { *depth_ptr = slot };
+    ran
 }
 
 /// State shared with the per-chunk callback of `bpf_loop` (lives on the stack).

@@ -8,7 +8,9 @@
 //!   binaries (Bun, Claude Code);
 //! - [`rustls`]: rustls's `CommonState` send and receive functions;
 //! - [`go_tls`]: Go's `crypto/tls.(*Conn).Write`/`.Read`/`.Close`;
-//! - [`sockets`]: plaintext HTTP at the socket syscalls;
+//! - [`sockets`]: client sockets at the syscalls: plaintext HTTP copied, TLS
+//!   connections named (their hello, through [`hello`]) and counted;
+//! - [`hello`]: the first write of a TLS client connection to user space;
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
 //! - [`chunks`]: the copy path all capture methods share (connection filter,
 //!   per-CPU scratch, ordered chunks into the ring buffer);
@@ -23,6 +25,7 @@
 mod boringssl;
 mod chunks;
 mod go_tls;
+mod hello;
 mod openssl;
 mod process;
 mod ring;

@@ -1,6 +1,6 @@
 //! The ring buffer to user space, when a write to it wakes user space, the
-//! control events (connection closed, exec, exit, libraries changed) and the
-//! per-CPU loss counters.
+//! control events (connection closed, exec, exit, libraries changed, a
+//! socket's end with its byte totals) and the per-CPU loss counters.
 //!
 //! Why a ring buffer: one buffer shared by all CPUs keeps events of one
 //! connection in order and lets records be variable-sized (a chunk's header plus
@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tokentap_agent_common::{ControlEvent, EventKind, LossCounter, LOSS_COUNTERS};
+use tokentap_agent_common::{ControlEvent, EventKind, LossCounter, SockClosedEvent, SockState, LOSS_COUNTERS};
 
 /// Size is set by the loader (`--ring-buffer-bytes`); this is the default.
 #[map]
@@ -85,6 +85,26 @@ pub(crate) fn emit_control_for(pid_tgid: u64, kind: EventKind, conn: u64) {
     let flags =
         if matches!(kind, EventKind::Exec | EventKind::LibsChanged) { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
     if EVENTS.output::<ControlEvent>(&ev, flags).is_err() {
+        count_loss(LossCounter::ControlRingFull, 1);
+    }
+}
+
+/// A watched socket ended: its totals, so user space can account for the
+/// bytes it moved (and end its plaintext stream, if it had one).
+pub(crate) fn emit_sock_closed(pid_tgid: u64, fd: i32, s: &SockState) {
+    let ev = SockClosedEvent {
+        kind: EventKind::SockClosed as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        id: s.id,
+        sent: s.sent,
+        received: s.received,
+        state: s.state,
+        _pad: 0,
+    };
+    if EVENTS.output::<SockClosedEvent>(&ev, wakeup_flags()).is_err() {
         count_loss(LossCounter::ControlRingFull, 1);
     }
 }

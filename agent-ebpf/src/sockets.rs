@@ -1,5 +1,7 @@
-//! Plaintext HTTP (self-hosted models, sidecars that terminate TLS) at the socket
-//! syscalls.
+//! Client sockets at the syscalls: plaintext HTTP (self-hosted models,
+//! sidecars that terminate TLS) is copied, and every TLS connection is named
+//! and counted, so a connection whose plaintext no TLS probe reads is still
+//! accounted for.
 //!
 //! Why these hooks: raw `sys_enter`/`sys_exit` tracepoints see every
 //! `read`/`write`/`readv`/`writev`/`sendto`/`recvfrom`/`sendmsg`/`recvmsg`/
@@ -7,31 +9,55 @@
 //! client sockets `connect`ed to AF_INET/AF_INET6 while we run are watched, and
 //! only in processes that have one ([`SOCK_PROCS`]), so a write or read on any
 //! other fd costs a map lookup. The first bytes a client sends decide, here,
-//! whether a connection is HTTP at all, so TLS and other protocols cost one check.
+//! what a connection is:
+//! - an HTTP request or the HTTP/2 preface: copied to user space, and its bytes
+//!   counted;
+//! - a TLS handshake record: the first write (the ClientHello, with the server
+//!   name in clear) goes to user space ([`crate::hello`]); from then on only the
+//!   syscalls' results are added up in the socket's [`SockState`], nothing is
+//!   copied (the TLS probes read the plaintext, if any does). User space
+//!   answers per socket in [`SOCK_VERDICTS`]: keep counting (an LLM API host)
+//!   or stop (anything else), after which the socket costs one lookup per call;
+//! - anything else (databases, DNS): one lookup per call from then on.
+//!
+//! A socket's totals reach user space when it closes or reconnects (a
+//! `SockClosed` record); user space reads them from [`SOCKETS`] while it is
+//! open (long-lived connections) and when its process exits (exit closes
+//! files without `close(2)`).
 //!
 //! What they fall back to: sockets connected before the agent started are not
 //! seen (user space may not load these programs at all). A vectored call with
-//! more than `MAX_IOV` buffers gives its connection up (counted, and user space
-//! is told it closed) rather than leave a hole in the stream.
+//! more than `MAX_IOV` buffers gives its plaintext connection up (counted, and
+//! user space is told it closed) rather than leave a hole in the stream; user
+//! space then reads the bytes it moved so far from [`SOCKETS`].
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap},
     programs::RawTracePointContext,
 };
 use tokentap_agent_common::{
-    EventKind, LossCounter, SockArgs, SockCall, SockKey, Source, SslKey, DIR_EGRESS, DIR_INGRESS, MAX_IOV, SOCKET_CONN,
-    SOCK_HTTP, SOCK_NEW, SOCK_OTHER,
+    EventKind, LossCounter, SockArgs, SockCall, SockId, SockKey, SockState, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
+    MAX_IOV, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM, VERDICT_STOP,
 };
 
 use crate::chunks::{emit_data, ignored, Emit, IGNORED_CONNS};
-use crate::ring::{count_loss, emit_control_for};
+use crate::hello::emit_hello;
+use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
-/// Client sockets opened with `connect` while we watch, and what their first
-/// bytes said ([`SOCK_NEW`], [`SOCK_HTTP`], [`SOCK_OTHER`]).
+/// Client sockets opened with `connect` while we watch: what their first
+/// bytes said (`SOCK_*`) and the bytes they moved. User space reads entries
+/// (never writes them).
 #[map]
-static SOCKETS: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(65536, 0);
+static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(65536, 0);
+
+/// User space's verdict on a TLS socket ([`tokentap_agent_common::VERDICT_COUNT`]
+/// or [`VERDICT_STOP`]), keyed by the socket's whole identity so that a
+/// verdict arriving after the fd was reused never applies to the new socket.
+/// Consumed by the socket's next call; LRU, so one never consumed ages out.
+#[map]
+static SOCK_VERDICTS: LruHashMap<SockId, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// Processes with at least one watched socket: the cheap first test on every
 /// read/write, so a process without client sockets (a build, a database doing
@@ -76,14 +102,17 @@ fn sock_key(pid_tgid: u64, fd: u64) -> SockKey {
     SockKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 }
 }
 
-/// The socket is gone or reused: forget it and tell user space.
+/// The socket is gone or reused: forget it and tell user space what it
+/// moved (sockets never copied nor counted need no word).
 fn sock_forget(pid_tgid: u64, fd: i32) {
     let key = SockKey { tgid: (pid_tgid >> 32) as u32, fd };
-    if unsafe { SOCKETS.get(key) }.is_some() {
+    if let Some(s) = unsafe { SOCKETS.get(key) }.copied() {
         let _ = SOCKETS.remove(key);
         let conn = SOCKET_CONN | fd as u32 as u64;
         let _ = IGNORED_CONNS.remove(SslKey { tgid: pid_tgid >> 32, ssl: conn });
-        emit_control_for(pid_tgid, EventKind::ConnClosed, conn);
+        if matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) {
+            emit_sock_closed(pid_tgid, fd, &s);
+        }
     }
 }
 
@@ -118,8 +147,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
     } else {
         match unsafe { SOCKETS.get(sock_key(pid_tgid, fd)) } {
-            Some(&SOCK_OTHER) | None => return 0,
-            Some(_) => {}
+            Some(s) if s.state != SOCK_OTHER => {}
+            _ => return 0,
         }
         if is_msg {
             // struct msghdr: msg_iov at +16, msg_iovlen at +24.
@@ -146,7 +175,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if args.call == SockCall::Connect as u32 {
         if ret == 0 || ret == -EINPROGRESS {
             sock_forget(pid_tgid, args.fd);
-            let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd }, SOCK_NEW, 0);
+            let id = unsafe { bpf_ktime_get_ns() };
+            let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
+            let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd }, fresh, 0);
             let _ = SOCK_PROCS.insert((pid_tgid >> 32) as u32, 1, 0);
         }
         return 0;
@@ -155,20 +186,63 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let key = SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd };
-    let Some(state) = (unsafe { SOCKETS.get(key) }).copied() else {
+    let Some(sp) = SOCKETS.get_ptr_mut(key) else {
         return 0;
     };
+    // SAFETY: a live map value (programs on other CPUs may update it too: the
+    // state is one aligned word; see the counters below).
+    let s = unsafe { &mut *sp };
     let vector = args.call == SockCall::WriteV as u32 || args.call == SockCall::ReadV as u32;
     let egress = args.call == SockCall::Write as u32 || args.call == SockCall::WriteV as u32;
-    if state == SOCK_NEW {
-        // A client speaks first; an HTTP client's first bytes are a method.
-        let first = if vector { unsafe { bpf_probe_read_user(args.buf as *const u64) }.unwrap_or(0) } else { args.buf };
-        let http = egress && unsafe { bpf_probe_read_user(first as *const [u8; 8]) }.is_ok_and(|b| is_http_start(&b));
-        let _ = SOCKETS.insert(key, if http { SOCK_HTTP } else { SOCK_OTHER }, 0);
-        if !http {
+    if s.state == SOCK_NEW {
+        // A client speaks first; an HTTP client's first bytes are a method, a
+        // TLS client's a handshake record.
+        let (first, first_len) = if vector {
+            let base = unsafe { bpf_probe_read_user(args.buf as *const u64) }.unwrap_or(0);
+            let len = unsafe { bpf_probe_read_user((args.buf + 8) as *const u64) }.unwrap_or(0);
+            (base, if len < ret as u64 { len } else { ret as u64 })
+        } else {
+            (args.buf, ret as u64)
+        };
+        let head = unsafe { bpf_probe_read_user(first as *const [u8; 8]) };
+        if egress && head.is_ok_and(|b| is_http_start(&b)) {
+            s.state = SOCK_HTTP;
+        } else if egress && head.is_ok_and(|b| is_tls_start(&b)) {
+            s.state = SOCK_TLS;
+            count_loss(LossCounter::SocketsNotHttp, 1);
+            count_loss(LossCounter::SocketsTls, 1);
+            emit_hello(pid_tgid, args.fd, s.id, first, first_len);
+        } else {
+            s.state = SOCK_OTHER;
             count_loss(LossCounter::SocketsNotHttp, 1);
             return 0;
         }
+    } else if s.state == SOCK_TLS {
+        let verdict = SockId { tgid: key.tgid, fd: key.fd, id: s.id };
+        if let Some(v) = unsafe { SOCK_VERDICTS.get(verdict) }.copied() {
+            let _ = SOCK_VERDICTS.remove(verdict);
+            if v == VERDICT_STOP {
+                s.state = SOCK_OTHER;
+                return 0;
+            }
+            s.state = SOCK_TLS_LLM;
+        }
+    } else if s.state == SOCK_OTHER {
+        // A call that began before the socket was given up.
+        return 0;
+    }
+    // A plain add: core has no atomics for this target. Each direction has its
+    // own counter, and a stream socket is written by one thread at a time (and
+    // read by one: interleaved calls would garble the stream), so two CPUs
+    // adding to one counter at once is a program's bug, not a pattern.
+    if egress {
+        s.sent += ret as u64;
+    } else {
+        s.received += ret as u64;
+    }
+    if s.state != SOCK_HTTP {
+        // TLS: counted, never copied.
+        return 0;
     }
     let conn = SOCKET_CONN | args.fd as u32 as u64;
     if ignored(pid_tgid, conn) {
@@ -200,7 +274,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if left > 0 {
         // Bytes we could not copy: give the connection up rather than leave a hole.
         count_loss(LossCounter::IovOverflow, 1);
-        let _ = SOCKETS.insert(key, SOCK_OTHER, 0);
+        s.state = SOCK_OTHER;
         emit_control_for(pid_tgid, EventKind::ConnClosed, conn);
     }
     0
@@ -228,6 +302,12 @@ const HTTP_STARTS: [(u64, u64); 8] = [
     prefix(b"OPTIONS "),
     prefix(b"PRI * HT"),
 ];
+
+/// A TLS handshake record (content type 22, version 3.x): a ClientHello.
+#[inline(always)]
+fn is_tls_start(b: &[u8; 8]) -> bool {
+    b[0] == 0x16 && b[1] == 3 && b[2] <= 4
+}
 
 /// An HTTP/1.x request line or the HTTP/2 prior-knowledge preface.
 #[inline(always)]

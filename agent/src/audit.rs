@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tokentap_event::opportunities::{self, Thresholds};
+use tokentap_event::traffic::BlindSpot;
 use tokentap_event::{report, LlmCall, PriceTable};
 
 use crate::config::Settings;
 use crate::sinks::OutputSpec;
+use crate::stats::StatsFile;
 
 /// Capture per `settings` with the records also going to `out/events.jsonl`,
 /// then write the assessment there.
@@ -20,20 +22,30 @@ pub fn audit(mut settings: Settings, out: &Path) -> Result<()> {
     settings.outputs.retain(|o| o.kind != "stdout");
     settings.outputs.push(OutputSpec::jsonl(&events));
     let prices = settings.prices.clone();
+    // The stats file carries what could not be read (blind spots) to the report.
+    let stats = settings.stats_file.get_or_insert_with(|| out.join("stats.json")).clone();
+    let _ = std::fs::remove_file(&stats);
     eprintln!(
         "tokentap: auditing{}; Ctrl-C ends the capture early and still writes the report",
         settings.duration.map(|d| format!(" for {}s", d.as_secs())).unwrap_or_default()
     );
     crate::run::run(settings)?;
-    let written = write_report(&events, out, prices.as_deref())?;
+    let written = write_report(&events, out, prices.as_deref(), Some(&stats))?;
     eprintln!("tokentap: wrote {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
 }
 
 /// Read records, detect opportunities, write opportunities.json, report.md and
-/// report.html into `out`; print the Markdown. Returns the files written.
-pub fn write_report(events: &Path, out: &Path, prices: Option<&Path>) -> Result<Vec<PathBuf>> {
+/// report.html into `out`; print the Markdown. `stats`: the agent's stats file
+/// of the same capture, whose blind spots become the report's section on LLM
+/// traffic that could not be read (left out when there is none). Returns the
+/// files written.
+pub fn write_report(events: &Path, out: &Path, prices: Option<&Path>, stats: Option<&Path>) -> Result<Vec<PathBuf>> {
     let records = read_events(events)?;
+    let unread = match stats {
+        Some(p) => Some(read_blind_spots(p)?),
+        None => None,
+    };
     let mut table = PriceTable::shipped();
     if let Some(p) = prices {
         table = table.with_overrides(p)?;
@@ -42,8 +54,8 @@ pub fn write_report(events: &Path, out: &Path, prices: Option<&Path>) -> Result<
     std::fs::create_dir_all(out)?;
     let files = [
         (out.join("opportunities.json"), serde_json::to_string_pretty(&opps)? + "\n"),
-        (out.join("report.md"), report::markdown(&records, &opps)),
-        (out.join("report.html"), report::html(&records, &opps)),
+        (out.join("report.md"), report::markdown_with(&records, &opps, unread.as_deref())),
+        (out.join("report.html"), report::html_with(&records, &opps, unread.as_deref())),
     ];
     for (p, text) in &files {
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
@@ -52,6 +64,13 @@ pub fn write_report(events: &Path, out: &Path, prices: Option<&Path>) -> Result<
     let mut written = vec![events.to_path_buf()];
     written.extend(files.into_iter().map(|(p, _)| p));
     Ok(written)
+}
+
+/// The blind spots of an agent's stats file.
+pub fn read_blind_spots(path: &Path) -> Result<Vec<BlindSpot>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: StatsFile = serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(file.blind_spots)
 }
 
 /// Records of a JSONL file; lines that are not records are skipped and counted.

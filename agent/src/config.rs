@@ -156,7 +156,8 @@ pub enum Command {
     },
     /// Render the assessment again from an events file (e.g. an audit's events.jsonl).
     Report {
-        /// Records, one JSON object per line.
+        /// Records, one JSON object per line. A `stats.json` beside it (an
+        /// audit leaves one) adds the LLM traffic that could not be read.
         events: PathBuf,
         /// Directory for opportunities.json, report.md and report.html. Default: beside EVENTS.
         #[arg(long, value_name = "DIR")]

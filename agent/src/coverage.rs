@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tokentap_agent_common::Source;
+use tokentap_event::traffic::Unread;
 
 use crate::http::exchange::Ignored;
 
@@ -117,6 +118,21 @@ impl Coverage {
         }
     }
 
+    /// Why a connection of `pid` that no capture method read was not read,
+    /// from what is known of the process: a TLS library it maps is not probed
+    /// (the detail names them), or other connections of it were read, or none
+    /// of its plaintext was ever seen.
+    pub fn unread(&self, pid: u32) -> (Unread, Option<String>) {
+        match self.procs.get(&pid) {
+            Some(p) if !p.not_probed.is_empty() => {
+                let detail: Vec<String> = p.not_probed.iter().map(|(what, why)| format!("{what} ({why})")).collect();
+                (Unread::TlsLibraryNotProbed, Some(detail.join("; ")))
+            }
+            Some(p) if p.connections.keys().any(|m| m != Source::Socket.as_str()) => (Unread::PlaintextNotSeen, None),
+            _ => (Unread::NoPlaintextSeen, None),
+        }
+    }
+
     /// Processes by pid.
     pub fn report(&self) -> Vec<ProcessCoverage> {
         let mut v: Vec<ProcessCoverage> = self.procs.values().cloned().collect();
@@ -152,6 +168,13 @@ mod tests {
         assert_eq!((r.len(), r[0].exited), (1, true), "exited marks known processes only");
         c.connection(7, "python3", Source::Socket);
         assert!(!c.report()[0].exited, "a new connection: the pid is alive again");
+        assert_eq!(c.unread(7).0, Unread::TlsLibraryNotProbed, "a library not probed says most");
+        assert!(c.unread(7).1.is_some_and(|d| d.contains("boringssl: /opt/bun (SSL_read not found)")));
+        c.connection(8, "node", Source::OpenSsl);
+        assert_eq!(c.unread(8), (Unread::PlaintextNotSeen, None));
+        c.connection(9, "curl", Source::Socket);
+        assert_eq!(c.unread(9), (Unread::NoPlaintextSeen, None), "plaintext sockets say nothing about TLS");
+        assert_eq!(c.unread(10), (Unread::NoPlaintextSeen, None));
         for pid in 0..(MAX_PROCESSES as u32 + 10) {
             c.connection(1000 + pid, "x", Source::OpenSsl);
         }

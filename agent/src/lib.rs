@@ -4,9 +4,12 @@
 //! libraries) -> [`capture`] (ring-buffer records -> per-connection streams) ->
 //! [`http`] (requests paired with responses) -> [`providers`] (model, usage, ids)
 //! -> [`attribution`] (who made the call) -> [`sinks`] (JSONL, stdout, collector).
+//! Beside it, [`blind_spots`] accounts for every connection to an LLM API host
+//! the socket hooks name: read by a capture method, or listed with the reason.
 //! [`pipeline`] wires the stages; [`run`] is the running agent.
 pub mod attribution;
 pub mod audit;
+pub mod blind_spots;
 pub mod capture;
 pub mod config;
 pub mod coverage;

@@ -6,7 +6,10 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::Report { events, out }) = &cli.command {
         // No capture, no root: render from a file.
         let out = out.clone().unwrap_or_else(|| events.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
-        return match tokentap_agent::audit::write_report(events, &out, cli.prices.as_deref()) {
+        // The stats file an audit leaves beside its events carries the blind spots.
+        let stats = events.with_file_name("stats.json");
+        let stats = stats.exists().then_some(stats.as_path());
+        return match tokentap_agent::audit::write_report(events, &out, cli.prices.as_deref(), stats) {
             Ok(_) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tokentap-agent report: {e:#}");

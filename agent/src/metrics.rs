@@ -27,11 +27,45 @@ pub fn render(stats: &Stats) -> String {
             if kind == "counter" { format!("tokentap_agent_{name}_total") } else { format!("tokentap_agent_{name}") };
         let _ = writeln!(s, "# TYPE {full} {kind}\n{full} {v}");
     }
+    render_traffic(&mut s, stats);
     if let Some((cpu, rss)) = process_usage() {
         let _ = writeln!(s, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}");
         let _ = writeln!(s, "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}");
     }
     s
+}
+
+/// The LLM traffic series: connections to LLM API hosts and their socket
+/// bytes, by host and process name (never pid: one series per process would
+/// grow without bound), not read (with the reason) or decoded.
+fn render_traffic(s: &mut String, stats: &Stats) {
+    let series = stats.traffic.snapshot();
+    let families = [
+        ("undecoded_llm_connections_total", false, "connections to LLM API hosts tokentap could not read"),
+        ("undecoded_llm_bytes_total", false, "socket bytes of those connections"),
+        ("decoded_llm_connections_total", true, "connections to LLM API hosts a capture method decoded"),
+        ("decoded_llm_bytes_total", true, "socket bytes of those connections"),
+    ];
+    for (name, decoded, help) in families {
+        let _ = writeln!(s, "# HELP tokentap_agent_{name} {help}\n# TYPE tokentap_agent_{name} counter");
+        for (k, c) in series.iter().filter(|(k, _)| k.reason.is_none() == decoded) {
+            let mut labels = format!("provider_host=\"{}\",comm=\"{}\"", escape(&k.host), escape(&k.comm));
+            if let Some(r) = k.reason {
+                labels.push_str(&format!(",reason=\"{}\"", escape(r)));
+            }
+            if name.ends_with("connections_total") {
+                let _ = writeln!(s, "tokentap_agent_{name}{{{labels}}} {}", c.connections);
+            } else {
+                let _ = writeln!(s, "tokentap_agent_{name}{{direction=\"sent\",{labels}}} {}", c.sent);
+                let _ = writeln!(s, "tokentap_agent_{name}{{direction=\"received\",{labels}}} {}", c.received);
+            }
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// (CPU seconds user+system, resident bytes) of this process.
@@ -84,7 +118,35 @@ pub fn serve(listener: TcpListener, stats: Arc<Stats>, ready: Arc<AtomicBool>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blind_spots::{Counts, Verdict};
     use std::io::Read;
+    use tokentap_event::Unread;
+
+    #[test]
+    fn llm_traffic_series_are_labelled_by_host_process_name_and_reason() {
+        let stats = Stats::default();
+        let c = Counts { connections: 2, sent: 3002, received: 8324 };
+        stats.traffic.add("api.openai.com", "py\"th\\on\n", Verdict::Unread(Unread::NoPlaintextSeen), c);
+        stats.traffic.add(
+            "api.openai.com",
+            "node",
+            Verdict::Decoded("openssl"),
+            Counts { connections: 1, sent: 5, received: 6 },
+        );
+        let m = render(&stats);
+        let labels = r#"provider_host="api.openai.com",comm="py\"th\\on\n",reason="no_plaintext_seen""#;
+        for line in [
+            format!("tokentap_agent_undecoded_llm_connections_total{{{labels}}} 2"),
+            format!("tokentap_agent_undecoded_llm_bytes_total{{direction=\"sent\",{labels}}} 3002"),
+            format!("tokentap_agent_undecoded_llm_bytes_total{{direction=\"received\",{labels}}} 8324"),
+            r#"tokentap_agent_decoded_llm_connections_total{provider_host="api.openai.com",comm="node"} 1"#.to_owned(),
+            r#"tokentap_agent_decoded_llm_bytes_total{direction="received",provider_host="api.openai.com",comm="node"} 6"#
+                .to_owned(),
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing from:\n{m}");
+        }
+        assert!(!m.contains("pid="), "no pid label");
+    }
 
     #[test]
     fn serves_metrics_health_and_readiness() {
@@ -110,6 +172,7 @@ mod tests {
         }
         assert!(m.contains("# TYPE tokentap_agent_collector_records_rejected_total counter"));
         assert!(m.contains("process_resident_memory_bytes "));
+        assert!(m.contains("# TYPE tokentap_agent_undecoded_llm_connections_total counter\n"), "{m}");
         assert!(get("/healthz").starts_with("HTTP/1.1 200"));
         assert!(get("/readyz").starts_with("HTTP/1.1 503"));
         ready.store(true, Ordering::Relaxed);

@@ -8,15 +8,18 @@
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokentap_agent_common::Source;
 use tokentap_event::PriceTable;
 
 use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
-use crate::capture::decode::decode;
-use crate::capture::event::{Chunk, ConnMeta, Control, Direction, RawEvent};
+use crate::blind_spots::{SocketTable, Tracker, Who};
+use crate::capture::decode::{decode, socket_conn};
+use crate::capture::event::{Chunk, ConnMeta, Control, Direction, Hello, RawEvent};
 use crate::capture::streams::{ConnDrop, ConnTable, Entry};
 use crate::coverage::Coverage;
 use crate::discovery::Unprobed;
 use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
+use crate::http::message::Head;
 use crate::providers::call::{Call, CallContext};
 use crate::providers::{self, Endpoint, Rules};
 use crate::sinks::Sink;
@@ -77,6 +80,8 @@ pub trait ConnFilter: Send {
 struct Conn {
     http: HttpConnection<Endpoint>,
     counted_ignore: bool,
+    /// Its first request's `Host` was passed to the blind-spot tracker.
+    named: bool,
 }
 
 pub struct Pipeline {
@@ -91,6 +96,8 @@ pub struct Pipeline {
     filter: Option<Box<dyn ConnFilter>>,
     coverage: Coverage,
     unprobed: Option<Receiver<Unprobed>>,
+    /// Connections to LLM API hosts: read, or blind spots.
+    blind: Tracker,
 }
 
 impl Pipeline {
@@ -105,6 +112,7 @@ impl Pipeline {
             .with_config(cfg.attribution.clone(), cfg.keys.take())
             .with_pods(cfg.pods.clone());
         let conns = ConnTable::new(cfg.max_connections);
+        let blind = Tracker::new(stats.clone(), clock);
         Self {
             cfg,
             conns,
@@ -117,7 +125,21 @@ impl Pipeline {
             filter: None,
             coverage: Coverage::default(),
             unprobed: None,
+            blind,
         }
+    }
+
+    /// The kernel's socket table: which TLS sockets to keep counting, and
+    /// the bytes of those tracked.
+    pub fn with_socket_table(mut self, table: Box<dyn SocketTable>) -> Self {
+        self.blind =
+            std::mem::replace(&mut self.blind, Tracker::new(self.stats.clone(), self.clock)).with_kernel(table);
+        self
+    }
+
+    /// The LLM traffic not read, by process, host and reason.
+    pub fn blind_spots(&self) -> Vec<tokentap_event::traffic::BlindSpot> {
+        self.blind.ledger().blind_spots()
     }
 
     /// Push "ignored" verdicts down to the kernel, which then skips those
@@ -146,6 +168,7 @@ impl Pipeline {
         Stats::inc(&self.stats.events);
         match decode(raw) {
             Ok(RawEvent::Data(c)) => self.on_data(&c),
+            Ok(RawEvent::Hello(h)) => self.on_hello(&h),
             Ok(RawEvent::Control(c)) => self.on_control(c),
             Err(e) => {
                 self.stats.count(e);
@@ -169,26 +192,50 @@ impl Pipeline {
         }
         let mut lost = Lost::default();
         let (entry, continuity, evicted) =
-            self.conns.on_data(c, || Conn { http: HttpConnection::new(max_body), counted_ignore: false });
+            self.conns.on_data(c, || Conn { http: HttpConnection::new(max_body), counted_ignore: false, named: false });
         let (meta, owner) = (entry.meta, c.owner);
         if entry.fresh {
             entry.fresh = false;
             Stats::inc(&self.stats.connections);
             self.coverage.connection(owner.tgid, &owner.comm.to_string(), owner.source);
             self.attribution.observe(owner.tgid, owner.cgroup_id);
+            if owner.source != Source::Socket {
+                self.blind.plaintext_started(c.key, c.fd, owner.source.as_str(), c.ts_ns);
+            }
             tracing::debug!(pid = owner.tgid, conn = c.key.conn, fd = c.fd, "new connection");
         }
         let rules = &self.cfg.rules;
         let conn = &mut entry.state;
-        let mut classify = |head: &_| rules.classify(head);
+        // The first request's host (and what it was classified as) names the
+        // connection for the blind-spot tracker.
+        let mut first: Option<(String, Option<String>)> = None;
+        let named = conn.named;
+        let mut classify = |head: &Head| {
+            let endpoint = rules.classify(head);
+            if !named && first.is_none() {
+                first = head.header("host").map(|h| (h.to_owned(), endpoint.as_ref().map(|e| e.provider.clone())));
+            }
+            endpoint
+        };
         let held =
             conn.http.on_chunk(c.direction, continuity, c.data, c.ts_ns, &mut classify, &mut self.exchanges, &mut lost);
         if held == Held::OverCap {
             self.stats.count(ConnDrop::Shed);
         }
+        if let Some((host, classified)) = first {
+            conn.named = true;
+            if owner.source != Source::Socket {
+                self.blind.plaintext_host(c.key, c.fd, owner.source.as_str(), &host, c.ts_ns);
+            } else if let Some(provider) = rules.llm_host(&host).map(str::to_owned).or(classified) {
+                let who = who(&mut self.attribution, &owner);
+                let host = crate::providers::host_without_port(&host).to_ascii_lowercase();
+                self.blind.open_plaintext(c.key, c.fd, host, provider, who, c.ts_ns);
+            }
+        }
         if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
             conn.counted_ignore = true;
             self.stats.count(why);
+            self.blind.ignored(c.key, why.as_str());
             self.coverage.not_decoded(owner.tgid, &owner.comm.to_string(), owner.source, why);
             if let (Some(f), true) = (self.filter.as_mut(), owner.source.ends_are_seen()) {
                 f.ignore(c.key.tgid, c.key.conn);
@@ -222,13 +269,33 @@ impl Pipeline {
         }
     }
 
+    /// A TLS client socket's first write: named, and tracked when its host is
+    /// an LLM API's.
+    fn on_hello(&mut self, h: &Hello<'_>) {
+        let Some((host, provider)) = self.blind.name(h, &self.cfg.rules) else { return };
+        let owner = ConnMeta { tgid: h.sock.tgid, cgroup_id: h.cgroup_id, comm: h.comm, source: Source::Socket };
+        // Now, while a short-lived client still runs.
+        let who = who(&mut self.attribution, &owner);
+        let cov = &self.coverage;
+        self.blind.open_tls(h.sock, host, provider, who, h.ts_ns, &|pid| cov.unread(pid));
+    }
+
     fn on_control(&mut self, c: Control) {
         match c {
             Control::ConnClosed { key, ts_ns } => {
+                self.blind.conn_gone(key);
                 if let Some(e) = self.conns.remove(&key) {
                     self.coverage.closed(e.meta.tgid, &e.meta.comm.to_string(), e.meta.source);
                     self.close_entry(e, ts_ns);
                 }
+            }
+            Control::SockClosed { sock, ts_ns, totals, tls } => {
+                if !tls {
+                    // A plaintext socket's stream ends here (after its last bytes).
+                    self.on_control(Control::ConnClosed { key: socket_conn(sock.tgid, sock.fd), ts_ns });
+                }
+                let cov = &self.coverage;
+                self.blind.sock_closed(sock, totals, ts_ns, &|pid| cov.unread(pid));
             }
             Control::Exit { tgid, ts_ns } => {
                 for (k, e) in self.conns.remove_process(tgid) {
@@ -237,6 +304,9 @@ impl Pipeline {
                     }
                     self.close_entry(e, ts_ns);
                 }
+                let cov = &self.coverage;
+                self.blind.exited(tgid, ts_ns, &|pid| cov.unread(pid));
+                self.write_traffic();
                 self.attribution.forget(tgid);
                 self.coverage.exited(tgid);
             }
@@ -281,6 +351,9 @@ impl Pipeline {
                 self.coverage.not_probed(u.pid, &u.comm, &what, &u.reason);
             }
         }
+        let cov = &self.coverage;
+        self.blind.tick(now_mono_ns, &|pid| cov.unread(pid));
+        self.write_traffic();
         let cutoff = now_mono_ns.saturating_sub(self.cfg.idle_timeout_ns);
         for (_, e) in self.conns.expire(cutoff) {
             self.stats.count(ConnDrop::Expired);
@@ -310,7 +383,22 @@ impl Pipeline {
         for (_, e) in self.conns.expire(u64::MAX) {
             self.close_entry(e, monotonic_ns());
         }
+        let cov = &self.coverage;
+        self.blind.finish_all(monotonic_ns(), &|pid| cov.unread(pid));
+        self.write_traffic();
         self.flush();
+    }
+
+    /// The LLM traffic rows the tracker has ready, to every sink.
+    fn write_traffic(&mut self) {
+        for row in self.blind.take_rows() {
+            for s in &mut self.sinks {
+                if let Err(e) = s.write_traffic(&row) {
+                    Stats::inc(&self.stats.sink_errors);
+                    tracing::warn!(error = %e, "sink write failed");
+                }
+            }
+        }
     }
 
     pub fn flush(&mut self) {
@@ -355,6 +443,21 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// Who a process is, for the blind-spot tracker: what its call records say.
+fn who(attribution: &mut Attributor, owner: &ConnMeta) -> Who {
+    let mut r = tokentap_event::LlmCall::default();
+    attribution.fill(&mut r, owner.tgid, owner.cgroup_id, &Head::default());
+    Who {
+        comm: owner.comm.to_string(),
+        exe: r.exe,
+        container_id: r.container_id,
+        pod: r.pod,
+        namespace: r.namespace,
+        workload: r.workload,
+        service: r.service,
     }
 }
 

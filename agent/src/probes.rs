@@ -12,8 +12,10 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
-use tokentap_agent_common::{LossCounter, SslKey};
+use tokentap_agent_common::{LossCounter, SockId, SockKey, SockState, SslKey, VERDICT_COUNT, VERDICT_STOP};
 
+use crate::blind_spots::SocketTable;
+use crate::capture::event::Totals;
 use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
 use crate::stats::{Counted, Stats};
 
@@ -176,11 +178,36 @@ pub struct Probes {
     attached: HashMap<FileKey, PathBuf>,
 }
 
-/// Maps user space reads (and the one it writes).
+/// Maps user space reads (and the ones it writes).
 pub struct Channels {
     pub events: RingBuf<MapData>,
     pub loss: LossReader,
     pub ignored: IgnoreMap,
+    pub sockets: SocketMaps,
+}
+
+/// `SOCKETS` (read: a socket's id and byte counts) and `SOCK_VERDICTS`
+/// (written: keep counting a TLS socket or not).
+pub struct SocketMaps {
+    sockets: aya::maps::HashMap<MapData, SockKey, SockState>,
+    verdicts: aya::maps::HashMap<MapData, SockId, u32>,
+}
+
+impl SocketTable for SocketMaps {
+    fn verdict(&mut self, sock: SockId, count: bool) {
+        // Best effort: a full LRU map evicts its oldest entry; a socket without
+        // a verdict stays counted, which costs a lookup, not a loss.
+        let _ = self.verdicts.insert(sock, if count { VERDICT_COUNT } else { VERDICT_STOP }, 0);
+    }
+
+    fn totals(&mut self, tgid: u32, fd: i32, remove: bool) -> Option<(u64, Totals)> {
+        let key = SockKey { tgid, fd };
+        let s = self.sockets.get(&key, 0).ok()?;
+        if remove {
+            let _ = self.sockets.remove(&key);
+        }
+        Some((s.id, Totals { sent: s.sent, received: s.received }))
+    }
 }
 
 /// `IGNORED_CONNS`: connections whose calls the kernel should stop copying.
@@ -267,7 +294,9 @@ impl Probes {
         let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
         let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
         let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };
-        let channels = Channels { events, loss, ignored: IgnoreMap { map: ignored } };
+        let sockets =
+            SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
+        let channels = Channels { events, loss, ignored: IgnoreMap { map: ignored }, sockets };
         Ok((Self { ebpf, attached: HashMap::new() }, channels))
     }
 
@@ -317,6 +346,15 @@ impl Probes {
             .try_into()
             .map_err(|source| ProbeError::Program { name, source })
     }
+}
+
+/// A hash map of the object, taken out for user space.
+fn hash_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<aya::maps::HashMap<MapData, K, V>, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
 fn page_size() -> u32 {

@@ -98,8 +98,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Clock::system(),
         Some(exec_tx),
     );
-    let Channels { events, loss, ignored } = channels;
-    let pipeline = pipeline.with_kernel_filter(Box::new(ignored)).with_unprobed(unprobed_rx);
+    let Channels { events, loss, ignored, sockets } = channels;
+    let pipeline =
+        pipeline.with_kernel_filter(Box::new(ignored)).with_unprobed(unprobed_rx).with_socket_table(Box::new(sockets));
     let pipeline_thread = {
         let (stop, stats, stats_file) = (stop.clone(), stats.clone(), settings.stats_file.clone());
         std::thread::Builder::new()
@@ -366,7 +367,11 @@ fn read_loop(
 }
 
 fn write_stats(path: &std::path::Path, stats: &Stats, pipeline: &Pipeline) {
-    let file = StatsFile { counters: stats.snapshot(), coverage: pipeline.coverage().report() };
+    let file = StatsFile {
+        counters: stats.snapshot(),
+        coverage: pipeline.coverage().report(),
+        blind_spots: pipeline.blind_spots(),
+    };
     if let Err(e) = file.write_to(path) {
         tracing::warn!(error = %e, "writing stats file");
     }

@@ -20,6 +20,9 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
             /// Counters other parts own (each sink's): see [`CounterSet`].
             groups: Groups,
+            /// LLM traffic by host, process name and verdict, for /metrics'
+            /// labelled series (bounded; docs/operations.md).
+            pub traffic: crate::blind_spots::Series,
         }
 
         #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -119,6 +122,32 @@ counters! {
     /// Not a loss: plaintext socket connections whose first bytes were not HTTP
     /// (TLS, databases, DNS…), skipped in the kernel.
     kernel_sockets_not_http,
+    /// Not a loss: client sockets whose first bytes were a TLS handshake (a
+    /// subset of `kernel_sockets_not_http`): named from their hello and counted.
+    kernel_sockets_tls,
+    /// TLS hellos the kernel could not deliver (ring buffer full, scratch busy):
+    /// those connections can't be named, so they are not accounted for.
+    kernel_hello_lost,
+    /// TLS client connections named by their hello's server name, and those
+    /// whose hello named none (or was not a ClientHello).
+    tls_connections_named,
+    tls_connections_unnamed,
+    /// Connections to LLM API hosts a capture method read and decoded, and the
+    /// socket bytes they moved (both ways).
+    llm_connections_decoded,
+    llm_decoded_bytes,
+    /// Connections to LLM API hosts tokentap could not read (blind spots), and
+    /// the socket bytes they sent and received: the stats file's
+    /// `blind_spots` says who and why.
+    llm_connections_unread,
+    llm_unread_bytes_sent,
+    llm_unread_bytes_received,
+    /// Connections to LLM API hosts not tracked because the table of open ones
+    /// was full (8,192): counted here only.
+    llm_sockets_untracked,
+    /// Blind-spot entries (process x host x reason) dropped to stay within
+    /// 1,024; their counts stay in the totals above.
+    blind_spot_entries_evicted,
     /// Most bytes waiting in the kernel ring buffer during the last second, and
     /// its size (`--ring-buffer-bytes`): when the first nears the second,
     /// records are about to be lost (`kernel_ring_full`).
@@ -293,6 +322,8 @@ kernel_counters! {
     FilteredIgnored => kernel_filtered_calls,
     IovOverflow => kernel_iov_overflow,
     SocketsNotHttp => kernel_sockets_not_http,
+    SocketsTls => kernel_sockets_tls,
+    HelloLost => kernel_hello_lost,
 }
 
 impl Snapshot {
@@ -313,17 +344,21 @@ impl Snapshot {
 
     /// Write as JSON, atomically (write then rename).
     pub fn write_to(&self, path: &std::path::Path) -> std::io::Result<()> {
-        StatsFile { counters: self.clone(), coverage: Vec::new() }.write_to(path)
+        StatsFile { counters: self.clone(), ..Default::default() }.write_to(path)
     }
 }
 
-/// What `--stats-file` holds: the counters, plus per-process coverage.
+/// What `--stats-file` holds: the counters, per-process coverage, and the
+/// LLM traffic tokentap could not read.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct StatsFile {
     #[serde(flatten)]
     pub counters: Snapshot,
     #[serde(default)]
     pub coverage: Vec<crate::coverage::ProcessCoverage>,
+    /// Per process, provider host and reason (docs/coverage.md).
+    #[serde(default)]
+    pub blind_spots: Vec<tokentap_event::traffic::BlindSpot>,
 }
 
 impl StatsFile {
@@ -371,6 +406,6 @@ mod tests {
         assert_eq!((snap.dropped_unanswered, snap.dropped_parse_error), (1, 1));
         assert_eq!((snap.kernel_filtered_calls, snap.kernel_sockets_not_http), (1, 1));
         // Skipped work (filtered calls, non-HTTP sockets) is not a loss.
-        assert_eq!(snap.kernel_losses(), 7);
+        assert_eq!(snap.kernel_losses(), 8);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::dedup::RecentIds;
-use crate::store::CallRow;
+use crate::row::StoredRow;
 
 /// How a job ended: the ids of its rows ClickHouse refused for good, and why.
 #[derive(Debug, Default)]
@@ -24,8 +24,8 @@ pub type Done = Arc<watch::Sender<Option<Arc<Outcome>>>>;
 pub type Waiter = watch::Receiver<Option<Arc<Outcome>>>;
 
 /// Rows accepted for insertion, and where to publish how it went.
-pub struct Job {
-    pub rows: Vec<CallRow>,
+pub struct Job<R> {
+    pub rows: Vec<R>,
     pub done: Done,
     /// The agent says this batch was sent before: its rows may already be in
     /// ClickHouse through another collector; check before inserting.
@@ -33,9 +33,9 @@ pub struct Job {
 }
 
 /// What admission made of a batch.
-pub struct Admitted {
+pub struct Admitted<R> {
     /// Its new rows, to queue (None: nothing new).
-    pub job: Option<Job>,
+    pub job: Option<Job<R>>,
     /// Rows already in ClickHouse.
     pub duplicates: usize,
     /// Jobs holding its other rows, with the ids it has in each (its own job included).
@@ -47,15 +47,17 @@ pub enum Refused {
     QueueFull,
 }
 
-pub struct Admission {
+/// One row kind's admission (each kind has its own ids and queue).
+pub struct Admission<R> {
     recent: RecentIds,
     pending: HashMap<u128, Done>,
     max_pending: usize,
+    _rows: std::marker::PhantomData<fn(R)>,
 }
 
-impl Admission {
+impl<R: StoredRow> Admission<R> {
     pub fn new(recent: RecentIds, max_pending: usize) -> Self {
-        Self { recent, pending: HashMap::new(), max_pending: max_pending.max(1) }
+        Self { recent, pending: HashMap::new(), max_pending: max_pending.max(1), _rows: std::marker::PhantomData }
     }
 
     /// Rows queued or being inserted.
@@ -63,13 +65,13 @@ impl Admission {
         self.pending.len()
     }
 
-    pub fn admit(&mut self, rows: Vec<CallRow>, check_existing: bool) -> Result<Admitted, Refused> {
+    pub fn admit(&mut self, rows: Vec<R>, check_existing: bool) -> Result<Admitted<R>, Refused> {
         let mut duplicates = 0;
         let mut fresh = Vec::with_capacity(rows.len());
         let mut elsewhere: Vec<(Done, Vec<u128>)> = Vec::new();
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for r in rows {
-            let id = r.event_id.as_u128();
+            let id = r.id();
             if !seen.insert(id) || self.recent.contains(id) {
                 duplicates += 1;
             } else if let Some(done) = self.pending.get(&id) {
@@ -87,7 +89,7 @@ impl Admission {
         let mut waits: Vec<_> = elsewhere.into_iter().map(|(d, ids)| (d.subscribe(), ids)).collect();
         let job = (!fresh.is_empty()).then(|| {
             let done: Done = Arc::new(watch::channel(None).0);
-            let ids: Vec<u128> = fresh.iter().map(|r| r.event_id.as_u128()).collect();
+            let ids: Vec<u128> = fresh.iter().map(R::id).collect();
             for id in &ids {
                 self.pending.insert(*id, done.clone());
             }
@@ -119,6 +121,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::CallRow;
     use tokentap_event::LlmCall;
 
     fn row() -> CallRow {

@@ -4,13 +4,17 @@
 //! Data flows one way: `serve` (connections) -> `server` (the endpoint: checks,
 //! decodes) -> `admission` (new, stored or in-flight rows) -> `writer` (group
 //! commit, retries, isolating bad rows) -> `store` (rows, inserts, what an
-//! error means).
+//! error means). Each kind of row (`row::StoredRow`: the call records, the LLM
+//! traffic rows of `traffic`) takes that path with its own endpoint, queue
+//! and table.
 pub mod admission;
 pub mod dedup;
 pub mod metrics;
+pub mod row;
 pub mod schema;
 pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod traffic;
 pub mod writer;

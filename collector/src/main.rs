@@ -12,6 +12,7 @@ use tokentap_collector::serve::{self, ConnLimits};
 use tokentap_collector::server::{self, ServerConfig};
 use tokentap_collector::store::CallRow;
 use tokentap_collector::tls;
+use tokentap_collector::traffic::TrafficRow;
 use tokentap_collector::writer::WriterConfig;
 
 #[global_allocator]
@@ -190,12 +191,16 @@ async fn main() -> Result<()> {
             let records: Vec<_> = rows.into_iter().map(CallRow::into_record).collect();
             let prices = tokentap_event::PriceTable::shipped();
             let opps = tokentap_event::opportunities::detect(&records, &prices, &Default::default());
-            let md = tokentap_event::report::markdown(&records, &opps);
+            let unread = tokentap_collector::traffic::blind_spots(&client, since.as_secs())
+                .await
+                .context("reading llm_traffic")?;
+            let md = tokentap_event::report::markdown_with(&records, &opps, Some(&unread));
             print!("{md}");
             if let Some(dir) = out {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 std::fs::write(dir.join("report.md"), &md)?;
-                std::fs::write(dir.join("report.html"), tokentap_event::report::html(&records, &opps))?;
+                let html = tokentap_event::report::html_with(&records, &opps, Some(&unread));
+                std::fs::write(dir.join("report.html"), html)?;
                 std::fs::write(dir.join("opportunities.json"), serde_json::to_string_pretty(&opps)? + "\n")?;
             }
         }
@@ -217,9 +222,14 @@ async fn main() -> Result<()> {
                     Err(e) => return Err(e).context("applying migrations"),
                 }
             }
-            let recent =
-                server::load_recent(&client, cli.dedup_window, 24).await.context("loading recent event ids")?;
-            tracing::info!(ids = recent.len(), "dedup window loaded");
+            let recent = server::load_recent::<CallRow>(&client, cli.dedup_window, 24)
+                .await
+                .context("loading recent event ids")?;
+            // Traffic rows are few (one per process, host and verdict every ten seconds).
+            let recent_traffic = server::load_recent::<TrafficRow>(&client, cli.dedup_window / 10, 24)
+                .await
+                .context("loading recent traffic row ids")?;
+            tracing::info!(ids = recent.len(), traffic_ids = recent_traffic.len(), "dedup window loaded");
             let cfg = ServerConfig {
                 token,
                 max_body_bytes: cli.max_body_bytes.max(1024),
@@ -252,7 +262,7 @@ async fn main() -> Result<()> {
                     );
                 }
             }
-            let (app, writer, shared) = server::build(cfg, client, recent);
+            let (app, writer, shared) = server::build(cfg, client.clone(), client, recent, recent_traffic);
             let tcp =
                 tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
             tracing::info!(listen = %tcp.local_addr()?, database = %cli.database, tls = cli.tls_cert.is_some(),

@@ -22,11 +22,66 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub connections_refused: AtomicU64,
     pub inflight_bytes: AtomicU64,
+    /// The LLM traffic rows' own counts (`/v1/traffic`), so the records'
+    /// counters keep meaning records.
+    pub traffic: RowMetrics,
     insert_errors: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Insert latency and record lag histograms: counts per bucket, plus sum.
     latency: Mutex<Histogram>,
     lag: Mutex<Histogram>,
+}
+
+/// What one row kind's path through admission and the writer counts.
+#[derive(Default)]
+pub struct RowMetrics {
+    pub received: AtomicU64,
+    pub inserted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub already_stored: AtomicU64,
+    pub inserts: AtomicU64,
+    pub queue: AtomicU64,
+}
+
+/// The counters a row kind updates: the records' are the historic fields of
+/// [`Metrics`], the traffic rows' are [`Metrics::traffic`].
+#[derive(Clone, Copy)]
+pub struct RowCounters<'a> {
+    pub received: &'a AtomicU64,
+    pub inserted: &'a AtomicU64,
+    pub duplicates: &'a AtomicU64,
+    pub rejected: &'a AtomicU64,
+    pub already_stored: &'a AtomicU64,
+    pub inserts: &'a AtomicU64,
+    pub queue: &'a AtomicU64,
+}
+
+impl Metrics {
+    pub fn records(&self) -> RowCounters<'_> {
+        RowCounters {
+            received: &self.records_received,
+            inserted: &self.records_inserted,
+            duplicates: &self.duplicates,
+            rejected: &self.records_rejected,
+            already_stored: &self.records_already_stored,
+            inserts: &self.inserts,
+            queue: &self.queue_records,
+        }
+    }
+
+    pub fn traffic(&self) -> RowCounters<'_> {
+        let t = &self.traffic;
+        RowCounters {
+            received: &t.received,
+            inserted: &t.inserted,
+            duplicates: &t.duplicates,
+            rejected: &t.rejected,
+            already_stored: &t.already_stored,
+            inserts: &t.inserts,
+            queue: &t.queue,
+        }
+    }
 }
 
 const INSERT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -134,6 +189,31 @@ impl Metrics {
                 g(&self.connections_refused),
             ),
             ("inflight_bytes", "gauge", "Request body bytes being read or decoded.", g(&self.inflight_bytes)),
+            (
+                "traffic_rows_received_total",
+                "counter",
+                "LLM traffic rows received (valid batches).",
+                g(&self.traffic.received),
+            ),
+            (
+                "traffic_rows_inserted_total",
+                "counter",
+                "LLM traffic rows written to ClickHouse.",
+                g(&self.traffic.inserted),
+            ),
+            (
+                "traffic_duplicates_total",
+                "counter",
+                "LLM traffic rows dropped as already inserted (same row_id).",
+                g(&self.traffic.duplicates),
+            ),
+            (
+                "traffic_rows_rejected_total",
+                "counter",
+                "LLM traffic rows ClickHouse refused for good.",
+                g(&self.traffic.rejected),
+            ),
+            ("traffic_queue_rows", "gauge", "LLM traffic rows waiting for ClickHouse.", g(&self.traffic.queue)),
         ] {
             let _ = writeln!(s, "# HELP tokentap_collector_{name} {help}\n# TYPE tokentap_collector_{name} {kind}");
             let _ = writeln!(s, "tokentap_collector_{name} {v}");

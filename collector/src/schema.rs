@@ -12,6 +12,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (5, "features_distributed", include_str!("../../schema/005_features_distributed.sql")),
     (6, "audio_tokens", include_str!("../../schema/006_audio_tokens.sql")),
     (7, "audio_tokens_distributed", include_str!("../../schema/007_audio_tokens_distributed.sql")),
+    (8, "llm_traffic", include_str!("../../schema/008_llm_traffic.sql")),
+    (9, "llm_traffic_distributed", include_str!("../../schema/009_llm_traffic_distributed.sql")),
 ];
 
 #[derive(Clone, Debug)]
@@ -35,6 +37,8 @@ impl SchemaConfig {
                 ("rollup_1h", "llm_calls_1h".into()),
                 ("engine", "ReplacingMergeTree".into()),
                 ("agg_engine", "AggregatingMergeTree".into()),
+                ("traffic_table", "llm_traffic".into()),
+                ("traffic_engine", "ReplacingMergeTree".into()),
                 ("ttl_days", self.ttl_days.to_string()),
             ],
             Some(c) => vec![
@@ -54,6 +58,13 @@ impl SchemaConfig {
                     "agg_engine",
                     format!(
                         "ReplicatedAggregatingMergeTree('/clickhouse/tables/{{shard}}/{db}/{{table}}', '{{replica}}')"
+                    ),
+                ),
+                ("traffic_table", "llm_traffic_local".into()),
+                (
+                    "traffic_engine",
+                    format!(
+                        "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/llm_traffic', '{{replica}}')"
                     ),
                 ),
                 ("ttl_days", self.ttl_days.to_string()),
@@ -144,5 +155,24 @@ mod tests {
         let d = cluster.render(MIGRATIONS[2].2);
         assert_eq!(d.len(), 3);
         assert!(d[0].contains("Distributed('prod', tt, llm_calls_local, cityHash64(event_id))"), "{}", d[0]);
+
+        // The traffic table: same conventions, its own replication path.
+        let t = single.render(MIGRATIONS[5].2);
+        assert_eq!(t.len(), 1);
+        assert!(t[0].contains("CREATE TABLE IF NOT EXISTS tt.llm_traffic"), "{}", t[0]);
+        assert!(t[0].contains("ENGINE = ReplacingMergeTree(inserted_at)") && t[0].contains("INTERVAL 30 DAY"));
+        assert!(!t[0].contains('{'), "{}", t[0]);
+        assert!(single.render(MIGRATIONS[6].2).is_empty());
+        let t = cluster.render(MIGRATIONS[5].2);
+        assert!(t[0].contains("tt.llm_traffic_local ON CLUSTER 'prod'"), "{}", t[0]);
+        assert!(
+            t[0].contains(
+                "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/tt/llm_traffic', '{replica}', inserted_at)"
+            ),
+            "{}",
+            t[0]
+        );
+        let d = cluster.render(MIGRATIONS[6].2);
+        assert!(d[0].contains("Distributed('prod', tt, llm_traffic_local, cityHash64(row_id))"), "{}", d[0]);
     }
 }

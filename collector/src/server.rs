@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::admission::{Admission, Job, Refused};
 use crate::dedup::RecentIds;
 use crate::metrics::Metrics;
+use crate::row::StoredRow;
 use crate::store::CallRow;
+use crate::traffic::TrafficRow;
 use crate::writer::{self, Store, WriterConfig};
 
 #[derive(Clone, Debug)]
@@ -67,48 +69,90 @@ impl Default for ServerConfig {
     }
 }
 
+/// One row kind's way to ClickHouse: its admission (ids stored, in flight)
+/// and the queue its writer takes jobs from.
+pub struct Lane<R> {
+    tx: mpsc::Sender<Job<R>>,
+    pub admission: Mutex<Admission<R>>,
+}
+
+impl<R: StoredRow> Lane<R> {
+    fn new(recent: RecentIds, max_queue: usize) -> (Self, mpsc::Receiver<Job<R>>) {
+        let (tx, rx) = mpsc::channel::<Job<R>>(4096);
+        (Self { tx, admission: Mutex::new(Admission::new(recent, max_queue)) }, rx)
+    }
+}
+
 pub struct Shared {
     pub cfg: ServerConfig,
     pub writer: WriterConfig,
-    tx: mpsc::Sender<Job>,
-    pub admission: Mutex<Admission>,
+    /// Call records (`/v1/records` -> `llm_calls`).
+    pub calls: Lane<CallRow>,
+    /// LLM traffic rows (`/v1/traffic` -> `llm_traffic`).
+    pub traffic: Lane<TrafficRow>,
     inflight: AtomicU64,
     decoders: Semaphore,
     pub metrics: Metrics,
 }
 
-/// The router, the writer task's future (run both) and the shared state.
-pub fn build<S: Store>(
+/// The router, the writers' future (run both) and the shared state. Each row
+/// kind has its store and the ids stored recently.
+pub fn build<S: Store<CallRow>, T: Store<TrafficRow>>(
     cfg: ServerConfig,
     store: S,
+    traffic_store: T,
     recent: RecentIds,
+    recent_traffic: RecentIds,
 ) -> (Router, impl std::future::Future<Output = ()>, Arc<Shared>) {
-    let (tx, rx) = mpsc::channel::<Job>(4096);
+    let (calls, rx) = Lane::new(recent, cfg.max_queue_records);
+    let (traffic, traffic_rx) = Lane::new(recent_traffic, cfg.max_queue_records);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let shared = Arc::new(Shared {
         writer: cfg.writer.clone(),
-        admission: Mutex::new(Admission::new(recent, cfg.max_queue_records)),
+        calls,
+        traffic,
         cfg,
-        tx,
         inflight: AtomicU64::new(0),
         decoders: Semaphore::new(threads),
         metrics: Metrics::default(),
     });
     shared.metrics.ready.store(1, Ordering::Relaxed);
-    let writer = writer::run(Arc::new(store), shared.clone(), rx);
+    let writers = {
+        let calls = writer::run(Arc::new(store), shared.clone(), rx);
+        let traffic = writer::run(Arc::new(traffic_store), shared.clone(), traffic_rx);
+        async move {
+            tokio::join!(calls, traffic);
+        }
+    };
     let app = Router::new()
-        .route(wire::PATH, post(ingest))
+        .route(wire::PATH, post(ingest::<CallRow>))
+        .route(wire::TRAFFIC_PATH, post(ingest::<TrafficRow>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(shared.clone());
-    (app, writer, shared)
+    (app, writers, shared)
 }
 
 #[cfg(test)]
 impl Shared {
-    pub fn tx_for_tests(&self) -> &mpsc::Sender<Job> {
-        &self.tx
+    pub fn tx_for_tests(&self) -> &mpsc::Sender<Job<CallRow>> {
+        &self.calls.tx
+    }
+}
+
+/// A traffic store for tests about records: takes every row, keeps none.
+#[cfg(test)]
+pub struct NoTraffic;
+
+#[cfg(test)]
+impl Store<TrafficRow> for NoTraffic {
+    async fn insert(&self, _: &[TrafficRow]) -> Result<(), writer::Failed> {
+        Ok(())
+    }
+
+    async fn existing(&self, _: &[TrafficRow]) -> Result<std::collections::HashSet<u128>, writer::Failed> {
+        Ok(Default::default())
     }
 }
 
@@ -202,7 +246,8 @@ fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(Option<u64>, O
     Ok((length, encoding))
 }
 
-async fn ingest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+/// One batch of row kind `R` (its wire form, its table).
+async fn ingest<R: StoredRow>(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
@@ -234,8 +279,8 @@ async fn ingest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         let limits = wire::Limits::now(Some(shared.cfg.retention_days));
         let (max_batch, cluster) = (shared.cfg.max_batch_bytes, header("x-tokentap-cluster").unwrap_or("").to_owned());
         let decoded = tokio::task::spawn_blocking(move || {
-            wire::decode(encoding.as_deref(), &bytes, max_batch, &limits)
-                .map(|rs| rs.into_iter().map(|r| CallRow::from_record(r, &cluster)).collect::<Vec<_>>())
+            wire::decode_rows::<R::Wire>(encoding.as_deref(), &bytes, max_batch, &limits)
+                .map(|rs| rs.into_iter().map(|r| R::from_wire(r, &cluster)).collect::<Vec<R>>())
         })
         .await;
         match decoded {
@@ -256,29 +301,30 @@ async fn ingest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Err(e) => return reject(&shared, StatusCode::BAD_REQUEST, "malformed", e.to_string()),
     };
     Metrics::add(&shared.metrics.batches_received, 1);
-    Metrics::add(&shared.metrics.records_received, rows.len() as u64);
+    Metrics::add(R::counters(&shared.metrics).received, rows.len() as u64);
     store_rows(&shared, rows, headers).await
 }
 
 /// Admit the rows, queue the new ones, and answer once every one is resolved.
-async fn store_rows(shared: &Shared, rows: Vec<CallRow>, headers: &HeaderMap) -> Response {
+async fn store_rows<R: StoredRow>(shared: &Shared, rows: Vec<R>, headers: &HeaderMap) -> Response {
     let total = rows.len();
     let retried = headers.get(wire::HEADER_RETRY).is_some();
+    let (lane, counters) = (R::lane(shared), R::counters(&shared.metrics));
     let admitted = {
-        let mut adm = shared.admission.lock().unwrap_or_else(|e| e.into_inner());
+        let mut adm = lane.admission.lock().unwrap_or_else(|e| e.into_inner());
         let a = adm.admit(rows, retried);
-        shared.metrics.queue_records.store(adm.pending() as u64, Ordering::Relaxed);
+        counters.queue.store(adm.pending() as u64, Ordering::Relaxed);
         a
     };
     let admitted = match admitted {
         Ok(a) => a,
         Err(Refused::QueueFull) => return busy(shared, "queue full: ClickHouse is slow or away"),
     };
-    Metrics::add(&shared.metrics.duplicates, admitted.duplicates as u64);
+    Metrics::add(counters.duplicates, admitted.duplicates as u64);
     if let Some(job) = admitted.job {
-        let ids: Vec<u128> = job.rows.iter().map(|r| r.event_id.as_u128()).collect();
-        if shared.tx.try_send(job).is_err() {
-            shared.admission.lock().unwrap_or_else(|e| e.into_inner()).withdraw(&ids);
+        let ids: Vec<u128> = job.rows.iter().map(R::id).collect();
+        if lane.tx.try_send(job).is_err() {
+            lane.admission.lock().unwrap_or_else(|e| e.into_inner()).withdraw(&ids);
             return busy(shared, "queue full");
         }
     }
@@ -345,8 +391,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
 }
 
-/// Event ids inserted in the last `hours` (the dedup window across restarts).
-pub async fn load_recent(
+/// Ids of rows of kind `R` inserted in the last `hours` (the dedup window
+/// across restarts).
+pub async fn load_recent<R: StoredRow>(
     client: &clickhouse::Client,
     cap: usize,
     hours: u32,
@@ -357,7 +404,11 @@ pub async fn load_recent(
         id: uuid::Uuid,
     }
     let ids: Vec<Id> = client
-        .query("SELECT event_id AS id FROM llm_calls WHERE inserted_at > now() - toIntervalHour(?) ORDER BY inserted_at DESC LIMIT ?")
+        .query(&format!(
+            "SELECT {} AS id FROM {} WHERE inserted_at > now() - toIntervalHour(?) ORDER BY inserted_at DESC LIMIT ?",
+            R::ID_COLUMN,
+            R::TABLE
+        ))
         .bind(hours)
         .bind(cap as u64)
         .fetch_all()

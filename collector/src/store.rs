@@ -1,4 +1,4 @@
-//! Writing records to ClickHouse: the row as stored (`llm_calls`), one insert
+//! Writing rows to ClickHouse: the call record as stored (`llm_calls`), one insert
 //! in RowBinary with an insert deduplication token (a retried insert of the
 //! same rows is dropped by ClickHouse, and so are its materialized views' rows),
 //! the ids already stored (checked before an uncertain retry), and what a
@@ -9,6 +9,8 @@ use std::time::Duration;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use tokentap_event::LlmCall;
+
+use crate::row::StoredRow;
 
 /// One `llm_calls` row. Field order and names match the table.
 #[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
@@ -168,8 +170,8 @@ impl CallRow {
 
 /// A deduplication token for a set of rows: the same rows give the same token,
 /// so a retried insert is dropped by ClickHouse.
-pub fn dedup_token(rows: &[CallRow]) -> String {
-    let mut ids: Vec<u128> = rows.iter().map(|r| r.event_id.as_u128()).collect();
+pub fn dedup_token<R: StoredRow>(rows: &[R]) -> String {
+    let mut ids: Vec<u128> = rows.iter().map(R::id).collect();
     ids.sort_unstable();
     // FNV-1a over the sorted ids: stable across processes and versions.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -182,10 +184,9 @@ pub fn dedup_token(rows: &[CallRow]) -> String {
     format!("tt-{h:016x}-{}", rows.len())
 }
 
-/// Insert once; the caller retries.
-pub async fn insert(client: &Client, rows: &[CallRow]) -> Result<(), clickhouse::error::Error> {
-    let mut ins =
-        client.insert::<CallRow>("llm_calls").await?.with_setting("insert_deduplication_token", dedup_token(rows));
+/// Insert once into the row kind's table; the caller retries.
+pub async fn insert<R: StoredRow>(client: &Client, rows: &[R]) -> Result<(), clickhouse::error::Error> {
+    let mut ins = client.insert::<R>(R::TABLE).await?.with_setting("insert_deduplication_token", dedup_token(rows));
     for r in rows {
         ins.write(r).await?;
     }
@@ -195,8 +196,11 @@ pub async fn insert(client: &Client, rows: &[CallRow]) -> Result<(), clickhouse:
 /// Ids per existence query: keeps the SQL under ClickHouse's `max_query_size`.
 const IDS_PER_QUERY: usize = 4000;
 
-/// Which of these rows' ids are already in `llm_calls` (partition-pruned by day).
-pub async fn existing_ids(client: &Client, rows: &[CallRow]) -> Result<HashSet<u128>, clickhouse::error::Error> {
+/// Which of these rows' ids are already in their table (partition-pruned by day).
+pub async fn existing_ids<R: StoredRow>(
+    client: &Client,
+    rows: &[R],
+) -> Result<HashSet<u128>, clickhouse::error::Error> {
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct Id {
         #[serde(with = "clickhouse::serde::uuid")]
@@ -204,12 +208,13 @@ pub async fn existing_ids(client: &Client, rows: &[CallRow]) -> Result<HashSet<u
     }
     let mut found = HashSet::new();
     for chunk in rows.chunks(IDS_PER_QUERY) {
-        let days: HashSet<i64> = chunk.iter().map(|r| day_of(r.ts)).collect();
+        let days: HashSet<i64> = chunk.iter().map(|r| day_of(r.ts())).collect();
         let days: Vec<String> = days.iter().map(|d| format!("'{}'", date_of_day(*d))).collect();
-        // Uuid's Display is hex and dashes only: safe to inline.
-        let ids: Vec<String> = chunk.iter().map(|r| format!("'{}'", r.event_id)).collect();
+        // A UUID's text is hex and dashes only: safe to inline.
+        let ids: Vec<String> = chunk.iter().map(|r| format!("'{}'", uuid::Uuid::from_u128(r.id()))).collect();
+        let (table, id) = (R::TABLE, R::ID_COLUMN);
         let sql = format!(
-            "SELECT event_id AS id FROM llm_calls WHERE toDate(ts) IN ({}) AND event_id IN ({})",
+            "SELECT {id} AS id FROM {table} WHERE toDate(ts) IN ({}) AND {id} IN ({})",
             days.join(","),
             ids.join(",")
         );

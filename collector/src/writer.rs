@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::admission::{Job, Outcome};
 use crate::metrics::Metrics;
+use crate::row::StoredRow;
 use crate::server::Shared;
-use crate::store::{self, CallRow, Failure};
+use crate::store::{self, Failure};
 
 /// A failed request to ClickHouse.
 #[derive(Debug, Clone)]
@@ -32,23 +33,23 @@ pub struct Failed {
     pub message: String,
 }
 
-/// Where rows are stored: ClickHouse, or a stand-in in unit tests.
-pub trait Store: Send + Sync + 'static {
-    fn insert(&self, rows: &[CallRow]) -> impl Future<Output = Result<(), Failed>> + Send;
+/// Where rows of kind `R` are stored: ClickHouse, or a stand-in in unit tests.
+pub trait Store<R>: Send + Sync + 'static {
+    fn insert(&self, rows: &[R]) -> impl Future<Output = Result<(), Failed>> + Send;
     /// Which of these rows' ids are stored already.
-    fn existing(&self, rows: &[CallRow]) -> impl Future<Output = Result<HashSet<u128>, Failed>> + Send;
+    fn existing(&self, rows: &[R]) -> impl Future<Output = Result<HashSet<u128>, Failed>> + Send;
 }
 
 fn failed(e: clickhouse::error::Error) -> Failed {
     Failed { kind: store::classify(&e), message: e.to_string() }
 }
 
-impl Store for clickhouse::Client {
-    async fn insert(&self, rows: &[CallRow]) -> Result<(), Failed> {
+impl<R: StoredRow> Store<R> for clickhouse::Client {
+    async fn insert(&self, rows: &[R]) -> Result<(), Failed> {
         store::insert(self, rows).await.map_err(failed)
     }
 
-    async fn existing(&self, rows: &[CallRow]) -> Result<HashSet<u128>, Failed> {
+    async fn existing(&self, rows: &[R]) -> Result<HashSet<u128>, Failed> {
         store::existing_ids(self, rows).await.map_err(failed)
     }
 }
@@ -86,8 +87,8 @@ impl Default for WriterConfig {
     }
 }
 
-/// Takes jobs from `rx` until it closes.
-pub async fn run<S: Store>(store: Arc<S>, shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+/// Takes jobs of one row kind from `rx` until it closes.
+pub async fn run<R: StoredRow, S: Store<R>>(store: Arc<S>, shared: Arc<Shared>, mut rx: mpsc::Receiver<Job<R>>) {
     let cfg = shared.writer.clone();
     let slots = Arc::new(Semaphore::new(cfg.insert_concurrency.max(1)));
     loop {
@@ -116,14 +117,14 @@ pub async fn run<S: Store>(store: Arc<S>, shared: Arc<Shared>, mut rx: mpsc::Rec
 }
 
 /// Store the jobs' rows and publish each job's outcome.
-async fn commit<S: Store>(store: &S, shared: &Shared, mut jobs: Vec<Job>) {
+async fn commit<R: StoredRow, S: Store<R>>(store: &S, shared: &Shared, mut jobs: Vec<Job<R>>) {
     let cfg = &shared.writer;
+    let counters = R::counters(&shared.metrics);
     let mut outcome = Outcome::default();
-    let mut rows: Vec<CallRow> = Vec::new();
-    let mut check: Vec<CallRow> = Vec::new();
-    let ids: Vec<Vec<u128>> = jobs.iter().map(|j| j.rows.iter().map(|r| r.event_id.as_u128()).collect()).collect();
-    let stamps: Vec<(u128, i64)> =
-        jobs.iter().flat_map(|j| j.rows.iter().map(|r| (r.event_id.as_u128(), r.ts))).collect();
+    let mut rows: Vec<R> = Vec::new();
+    let mut check: Vec<R> = Vec::new();
+    let ids: Vec<Vec<u128>> = jobs.iter().map(|j| j.rows.iter().map(R::id).collect()).collect();
+    let stamps: Vec<(u128, i64)> = jobs.iter().flat_map(|j| j.rows.iter().map(|r| (r.id(), r.ts()))).collect();
     for j in &mut jobs {
         if j.check_existing {
             check.append(&mut j.rows);
@@ -134,8 +135,8 @@ async fn commit<S: Store>(store: &S, shared: &Shared, mut jobs: Vec<Job>) {
     if !check.is_empty() {
         // Sent before: another collector may have stored them.
         let stored = until_answered(shared, || store.existing(&check)).await;
-        Metrics::add(&shared.metrics.records_already_stored, stored.len() as u64);
-        rows.extend(check.into_iter().filter(|r| !stored.contains(&r.event_id.as_u128())));
+        Metrics::add(counters.already_stored, stored.len() as u64);
+        rows.extend(check.into_iter().filter(|r| !stored.contains(&r.id())));
     }
     for part in by_partitions(rows, cfg.max_partitions, cfg.insert_rows) {
         write_isolating(store, shared, part, &mut outcome).await;
@@ -143,27 +144,29 @@ async fn commit<S: Store>(store: &S, shared: &Shared, mut jobs: Vec<Job>) {
     let now_micros = tokentap_event::wire::Limits::now(None).now_micros;
     let outcome = Arc::new(outcome);
     {
-        let mut adm = shared.admission.lock().unwrap_or_else(|e| e.into_inner());
+        let mut adm = R::lane(shared).admission.lock().unwrap_or_else(|e| e.into_inner());
         for ids in &ids {
             adm.complete(ids, &outcome);
         }
-        shared.metrics.queue_records.store(adm.pending() as u64, Ordering::Relaxed);
+        counters.queue.store(adm.pending() as u64, Ordering::Relaxed);
     }
-    Metrics::add(&shared.metrics.records_rejected, outcome.rejected.len() as u64);
-    let stored = stamps.iter().filter(|(id, _)| !outcome.rejected.contains_key(id)).map(|(_, ts)| *ts);
-    shared.metrics.observe_lag(stored, now_micros);
+    Metrics::add(counters.rejected, outcome.rejected.len() as u64);
+    if R::LAG {
+        let stored = stamps.iter().filter(|(id, _)| !outcome.rejected.contains_key(id)).map(|(_, ts)| *ts);
+        shared.metrics.observe_lag(stored, now_micros);
+    }
     for j in jobs {
         j.done.send_replace(Some(outcome.clone()));
     }
 }
 
 /// Rows grouped into inserts of at most `max_parts` days and `max_rows` rows.
-pub fn by_partitions(rows: Vec<CallRow>, max_parts: usize, max_rows: usize) -> Vec<Vec<CallRow>> {
-    let mut days: BTreeMap<i64, Vec<CallRow>> = BTreeMap::new();
+pub fn by_partitions<R: StoredRow>(rows: Vec<R>, max_parts: usize, max_rows: usize) -> Vec<Vec<R>> {
+    let mut days: BTreeMap<i64, Vec<R>> = BTreeMap::new();
     for r in rows {
-        days.entry(store::day_of(r.ts)).or_default().push(r);
+        days.entry(store::day_of(r.ts())).or_default().push(r);
     }
-    let mut out: Vec<Vec<CallRow>> = Vec::new();
+    let mut out: Vec<Vec<R>> = Vec::new();
     let mut parts = 0;
     for (_, mut day) in days {
         while !day.is_empty() {
@@ -182,7 +185,7 @@ pub fn by_partitions(rows: Vec<CallRow>, max_parts: usize, max_rows: usize) -> V
 }
 
 /// Insert `rows`; on a data error, halve until the bad rows are isolated.
-async fn write_isolating<S: Store>(store: &S, shared: &Shared, rows: Vec<CallRow>, outcome: &mut Outcome) {
+async fn write_isolating<R: StoredRow, S: Store<R>>(store: &S, shared: &Shared, rows: Vec<R>, outcome: &mut Outcome) {
     let mut todo = vec![rows];
     let mut budget = shared.writer.bisect_budget;
     while let Some(mut seg) = todo.pop() {
@@ -193,7 +196,7 @@ async fn write_isolating<S: Store>(store: &S, shared: &Shared, rows: Vec<CallRow
         if seg.len() == 1 || budget == 0 {
             tracing::warn!(rows = seg.len(), error = %message, "rows refused by ClickHouse");
             for r in &seg {
-                outcome.rejected.insert(r.event_id.as_u128(), message.clone());
+                outcome.rejected.insert(r.id(), message.clone());
             }
             continue;
         }
@@ -205,8 +208,13 @@ async fn write_isolating<S: Store>(store: &S, shared: &Shared, rows: Vec<CallRow
 }
 
 /// One insert, retried through outages; Err(message) when ClickHouse refuses the rows.
-async fn insert_retrying<S: Store>(store: &S, shared: &Shared, rows: &mut Vec<CallRow>) -> Result<(), String> {
+async fn insert_retrying<R: StoredRow, S: Store<R>>(
+    store: &S,
+    shared: &Shared,
+    rows: &mut Vec<R>,
+) -> Result<(), String> {
     let cfg = &shared.writer;
+    let counters = R::counters(&shared.metrics);
     let mut attempt = 0u32;
     let mut unknown = 0u32;
     let mut uncertain = false;
@@ -216,8 +224,8 @@ async fn insert_retrying<S: Store>(store: &S, shared: &Shared, rows: &mut Vec<Ca
             let stored = until_answered(shared, || store.existing(rows)).await;
             shared.metrics.ready.store(1, Ordering::Relaxed);
             if !stored.is_empty() {
-                Metrics::add(&shared.metrics.records_already_stored, stored.len() as u64);
-                rows.retain(|r| !stored.contains(&r.event_id.as_u128()));
+                Metrics::add(counters.already_stored, stored.len() as u64);
+                rows.retain(|r| !stored.contains(&r.id()));
             }
             if rows.is_empty() {
                 return Ok(());
@@ -231,8 +239,8 @@ async fn insert_retrying<S: Store>(store: &S, shared: &Shared, rows: &mut Vec<Ca
         let e = match result {
             Ok(()) => {
                 shared.metrics.observe_insert(t.elapsed().as_secs_f64());
-                Metrics::add(&shared.metrics.inserts, 1);
-                Metrics::add(&shared.metrics.records_inserted, rows.len() as u64);
+                Metrics::add(counters.inserts, 1);
+                Metrics::add(counters.inserted, rows.len() as u64);
                 shared.metrics.ready.store(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -287,6 +295,7 @@ mod tests {
     use super::*;
     use crate::dedup::RecentIds;
     use crate::server::{self, ServerConfig};
+    use crate::store::CallRow;
     use std::sync::Mutex;
     use tokentap_event::LlmCall;
 
@@ -302,7 +311,7 @@ mod tests {
         fail: Option<FailWith>,
     }
 
-    impl Store for Arc<Fake> {
+    impl Store<CallRow> for Arc<Fake> {
         async fn insert(&self, rows: &[CallRow]) -> Result<(), Failed> {
             // An insert takes time, as ClickHouse's does: batches arrive meanwhile.
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -355,7 +364,7 @@ mod tests {
 
     /// Admit `rows` as one batch and wait for its outcome.
     async fn send(shared: &Shared, rows: Vec<CallRow>) -> Arc<Outcome> {
-        let a = shared.admission.lock().unwrap().admit(rows, false).ok().expect("admitted");
+        let a = shared.calls.admission.lock().unwrap().admit(rows, false).ok().expect("admitted");
         let job = a.job.expect("new rows");
         let mut rx = job.done.subscribe();
         shared.tx_for_tests().send(job).await.expect("queued");
@@ -364,7 +373,8 @@ mod tests {
     }
 
     fn start(fake: Arc<Fake>, cfg: ServerConfig) -> Arc<Shared> {
-        let (_, writer, shared) = server::build(cfg, fake, RecentIds::new(10_000));
+        let (_, writer, shared) =
+            server::build(cfg, fake, server::NoTraffic, RecentIds::new(10_000), RecentIds::new(1));
         tokio::spawn(writer);
         shared
     }

@@ -1,12 +1,14 @@
 //! The assessment report from records and their opportunities: the Spend Map,
 //! the Opportunity Register (ranked by saving per effort) and the Remediation
-//! Roadmap (quick wins first), as Markdown for a terminal and as one
+//! Roadmap (quick wins first), and, when the agent's stats are at hand, the
+//! LLM traffic it could not read, as Markdown for a terminal and as one
 //! self-contained HTML file with inline SVG charts (no scripts, no network).
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::opportunities::{window, Effort, Opportunity};
 use crate::summary::{by_service, summarize};
+use crate::traffic::BlindSpot;
 use crate::LlmCall;
 
 fn usd(x: f64) -> String {
@@ -69,6 +71,16 @@ fn roadmap(opps: &[Opportunity]) -> Vec<(&'static str, Vec<&Opportunity>)> {
 }
 
 pub fn markdown(records: &[LlmCall], opps: &[Opportunity]) -> String {
+    markdown_with(records, opps, None)
+}
+
+/// The title of the section listing what could not be read.
+pub const UNREAD_TITLE: &str = "LLM traffic tokentap could not read";
+
+/// `unread`: the connections to LLM API hosts the agent could not read
+/// (its stats file's `blind_spots`), when known: a section of its own. None
+/// (reports from ClickHouse rows alone) leaves the section out.
+pub fn markdown_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[BlindSpot]>) -> String {
     let (lines, total) = summarize(records);
     let (hours, factor) = window(records);
     let savings: f64 = opps.iter().map(|o| o.estimated_monthly_savings_usd).sum();
@@ -120,6 +132,9 @@ pub fn markdown(records: &[LlmCall], opps: &[Opportunity]) -> String {
             usd(l.cost_usd)
         );
     }
+    if let Some(unread) = unread {
+        unread_markdown(&mut s, unread);
+    }
     let _ = writeln!(s, "\n## Opportunity Register\n");
     if opps.is_empty() {
         let _ = writeln!(s, "No opportunities found in the observed calls.");
@@ -159,6 +174,81 @@ pub fn markdown(records: &[LlmCall], opps: &[Opportunity]) -> String {
          keyed hashes computed at capture."
     );
     s
+}
+
+/// Who a blind spot's process is, in one cell.
+fn process_of(b: &BlindSpot) -> String {
+    let mut who = format!("{} (pid {}", b.comm, b.pid);
+    if let Some(exe) = &b.exe {
+        who.push_str(&format!(", {exe}"));
+    }
+    if let Some(pod) = &b.pod {
+        who.push_str(&format!(", pod {}/{pod}", b.namespace.as_deref().unwrap_or("")));
+    } else if let Some(c) = &b.container_id {
+        who.push_str(&format!(", container {}", &c[..c.len().min(12)]));
+    }
+    who.push(')');
+    who
+}
+
+fn unread_intro(unread: &[BlindSpot]) -> String {
+    if unread.is_empty() {
+        return "Every connection to an LLM API host that tokentap saw was read.".into();
+    }
+    let n: u64 = unread.iter().map(|b| b.connections).sum();
+    let sent: u64 = unread.iter().map(|b| b.bytes_sent).sum();
+    let received: u64 = unread.iter().map(|b| b.bytes_received).sum();
+    format!(
+        "{n} connections to LLM API hosts ({sent} bytes sent, {received} bytes received) were not read:          the calls they carried are not in the Spend Map, and no token count or cost is estimated for them."
+    )
+}
+
+fn unread_markdown(s: &mut String, unread: &[BlindSpot]) {
+    let _ = writeln!(s, "\n## {UNREAD_TITLE}\n\n{}\n", unread_intro(unread));
+    if unread.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "| host | process | service | connections | bytes sent | bytes received | reason |\n|---|---|---|--:|--:|--:|---|"
+    );
+    for b in unread {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} (`{}`) |",
+            b.provider_host,
+            process_of(b).replace('|', "\\|"),
+            b.service.as_deref().unwrap_or("").replace('|', "\\|"),
+            b.connections,
+            b.bytes_sent,
+            b.bytes_received,
+            b.reason_text.replace('|', "\\|"),
+            b.reason
+        );
+    }
+}
+
+fn unread_html(s: &mut String, unread: &[BlindSpot]) {
+    let _ = write!(s, "<h2>{}</h2><p>{}</p>", esc(UNREAD_TITLE), esc(&unread_intro(unread)));
+    if unread.is_empty() {
+        return;
+    }
+    s.push_str("<table><tr><th>host</th><th>process</th><th>service</th><th>connections</th><th>bytes sent</th><th>bytes received</th><th>reason</th></tr>");
+    for b in unread {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{} (<code>{}</code>)</td></tr>",
+            esc(&b.provider_host),
+            esc(&process_of(b)),
+            esc(b.service.as_deref().unwrap_or("")),
+            b.connections,
+            b.bytes_sent,
+            b.bytes_received,
+            esc(&b.reason_text),
+            esc(&b.reason)
+        );
+    }
+    s.push_str("</table>");
 }
 
 fn esc(s: &str) -> String {
@@ -243,6 +333,11 @@ fn columns(id: &str, title: &str, labels: &[String], buckets: &[BTreeMap<String,
 }
 
 pub fn html(records: &[LlmCall], opps: &[Opportunity]) -> String {
+    html_with(records, opps, None)
+}
+
+/// [`html`] with the section on what could not be read (see [`markdown_with`]).
+pub fn html_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[BlindSpot]>) -> String {
     let (lines, total) = summarize(records);
     let services: Vec<(String, f64)> = by_service(records).into_iter().take(10).map(|(s, l)| (s, l.cost_usd)).collect();
     let models: Vec<(String, f64)> =
@@ -253,7 +348,7 @@ pub fn html(records: &[LlmCall], opps: &[Opportunity]) -> String {
     let (labels, buckets) = over_time(records, &top_models);
     let opp_bars: Vec<(String, f64)> =
         opps.iter().take(8).map(|o| (o.title.clone(), o.estimated_monthly_savings_usd)).collect();
-    let md = markdown(records, opps);
+    let md = markdown_with(records, opps, unread);
     let mut s = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tokentap assessment</title><style>\
          body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}\
@@ -277,6 +372,9 @@ pub fn html(records: &[LlmCall], opps: &[Opportunity]) -> String {
     s.push_str(&columns("spend-over-time", "Spend over time by model", &labels, &buckets, &series));
     s.push_str(&bars("spend-by-service", "Spend by service", &services));
     s.push_str(&bars("spend-by-model", "Spend by model", &models));
+    if let Some(unread) = unread {
+        unread_html(&mut s, unread);
+    }
     s.push_str("<h2>Opportunity Register</h2>");
     if opps.is_empty() {
         s.push_str("<p>No opportunities found in the observed calls.</p>");
@@ -377,5 +475,38 @@ mod tests {
         assert!(h.contains("checkout&lt;svc&gt;") && !h.contains("checkout<svc>"));
         let empty = html(&[], &[]);
         assert!(empty.contains("No opportunities"));
+        assert!(!empty.contains(UNREAD_TITLE), "left out when not known");
+    }
+
+    #[test]
+    fn what_could_not_be_read_has_its_own_section() {
+        let b = BlindSpot {
+            provider_host: "api.openai.com".into(),
+            provider: "openai".into(),
+            reason: "no_plaintext_seen".into(),
+            reason_text: "no TLS library | probed".into(),
+            connections: 2,
+            bytes_sent: 3002,
+            bytes_received: 8324,
+            pid: 42,
+            comm: "java".into(),
+            exe: Some("/usr/bin/java".into()),
+            service: Some("<billing>".into()),
+            ..Default::default()
+        };
+        let rs = records();
+        let md = markdown_with(&rs, &[], Some(std::slice::from_ref(&b)));
+        let row = "| api.openai.com | java (pid 42, /usr/bin/java) | <billing> | 2 | 3002 | 8324 | no TLS library \\| probed (`no_plaintext_seen`) |";
+        assert!(md.contains(&format!("## {UNREAD_TITLE}")) && md.contains(row), "{md}");
+        assert!(md.contains("2 connections to LLM API hosts (3002 bytes sent, 8324 bytes received) were not read"));
+        assert!(md.find(UNREAD_TITLE) < md.find("## Opportunity Register"), "beside the Spend Map");
+        assert!(markdown_with(&rs, &[], Some(&[]))
+            .contains("Every connection to an LLM API host that tokentap saw was read."));
+        let h = html_with(&rs, &[], Some(&[b]));
+        assert!(
+            h.contains(&format!("<h2>{UNREAD_TITLE}</h2>"))
+                && h.contains("&lt;billing&gt;")
+                && !h.contains("<billing>")
+        );
     }
 }

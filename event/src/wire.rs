@@ -1,14 +1,44 @@
 //! The agent -> collector wire format, version 1: a batch is the records as
 //! NDJSON (one `LlmCall` JSON object per line), zstd-compressed, POSTed to
 //! `/v1/records` with `X-Tokentap-Wire-Version: 1` and a batch id that stays the
-//! same across retries (`X-Tokentap-Batch-Id`). Shared by both ends so they can't
-//! drift; docs/collector.md describes it for other producers.
+//! same across retries (`X-Tokentap-Batch-Id`). Other row kinds ([`WireRow`]:
+//! the LLM traffic rows) travel the same way to their own path. Shared by both
+//! ends so they can't drift; docs/collector.md describes it for other producers.
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use thiserror::Error;
 
+use crate::traffic::{self, LlmTraffic};
 use crate::LlmCall;
 
 pub const VERSION: &str = "1";
 pub const PATH: &str = "/v1/records";
+/// Where LLM traffic rows ([`LlmTraffic`]) are POSTed.
+pub const TRAFFIC_PATH: &str = "/v1/traffic";
+
+/// A kind of row agents send: its own endpoint, the same framing, headers
+/// and answers; what the collector accepts of it.
+pub trait WireRow: Serialize + DeserializeOwned {
+    /// Where batches of this kind are POSTed.
+    const PATH: &'static str;
+    /// What a stored row must satisfy ([`validate`] for records).
+    fn check(&self, limits: &Limits) -> Result<(), String>;
+}
+
+impl WireRow for LlmCall {
+    const PATH: &'static str = PATH;
+    fn check(&self, limits: &Limits) -> Result<(), String> {
+        validate(self, limits)
+    }
+}
+
+impl WireRow for LlmTraffic {
+    const PATH: &'static str = TRAFFIC_PATH;
+    fn check(&self, limits: &Limits) -> Result<(), String> {
+        traffic::validate(self)?;
+        check_ts(&self.ts, limits).map(drop)
+    }
+}
 pub const HEADER_VERSION: &str = "x-tokentap-wire-version";
 pub const HEADER_BATCH_ID: &str = "x-tokentap-batch-id";
 /// Present (`1`) when the agent sent this batch before without an answer: the
@@ -35,6 +65,11 @@ pub enum WireError {
 
 /// Records -> compressed batch body.
 pub fn encode(records: &[LlmCall]) -> Vec<u8> {
+    encode_rows(records)
+}
+
+/// Rows of any kind -> compressed batch body.
+pub fn encode_rows<T: WireRow>(records: &[T]) -> Vec<u8> {
     let mut ndjson = Vec::with_capacity(records.len() * 700);
     for r in records {
         // Serialising our own struct cannot fail.
@@ -90,6 +125,16 @@ pub fn decode(
     max_bytes: usize,
     limits: &Limits,
 ) -> Result<Vec<LlmCall>, WireError> {
+    decode_rows(encoding, body, max_bytes, limits)
+}
+
+/// A batch body of any row kind -> checked rows.
+pub fn decode_rows<T: WireRow>(
+    encoding: Option<&str>,
+    body: &[u8],
+    max_bytes: usize,
+    limits: &Limits,
+) -> Result<Vec<T>, WireError> {
     let text = match encoding.map(str::trim).unwrap_or("identity") {
         "identity" | "" => {
             if body.len() > max_bytes {
@@ -117,9 +162,9 @@ pub fn decode(
         if records.len() >= MAX_RECORDS {
             return Err(WireError::TooManyRecords);
         }
-        let r: LlmCall = serde_json::from_str(line)
+        let r: T = serde_json::from_str(line)
             .map_err(|e| WireError::Record { line: i + 1, reason: format!("not a record: {e}") })?;
-        validate(&r, limits).map_err(|reason| WireError::Record { line: i + 1, reason })?;
+        r.check(limits).map_err(|reason| WireError::Record { line: i + 1, reason })?;
         records.push(r);
     }
     if records.is_empty() {
@@ -216,18 +261,7 @@ pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
     if uuid::Uuid::parse_str(&r.event_id).is_err() {
         return Err(format!("event_id {:?} is not a UUID", truncated(&r.event_id)));
     }
-    let ts = chrono::DateTime::parse_from_rfc3339(&r.ts)
-        .map_err(|_| format!("ts {:?} is not RFC 3339", truncated(&r.ts)))?
-        .timestamp_micros();
-    if let Some(days) = limits.max_age_days {
-        let oldest = limits.now_micros - days as i64 * 86_400_000_000;
-        if ts < oldest {
-            return Err(format!("ts {} is older than the {days}-day retention", r.ts));
-        }
-    }
-    if ts > limits.now_micros.saturating_add(limits.max_ahead_micros) {
-        return Err(format!("ts {} is more than a day ahead of the collector's clock", r.ts));
-    }
+    check_ts(&r.ts, limits)?;
     if r.provider.is_empty() || r.provider.len() > 128 {
         return Err("provider must be 1-128 bytes".into());
     }
@@ -325,6 +359,24 @@ pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
     Ok(())
 }
 
+/// A row's `ts`: RFC 3339, inside the retention, not far ahead. Returns it in
+/// microseconds since the epoch.
+fn check_ts(ts: &str, limits: &Limits) -> Result<i64, String> {
+    let micros = chrono::DateTime::parse_from_rfc3339(ts)
+        .map_err(|_| format!("ts {:?} is not RFC 3339", truncated(ts)))?
+        .timestamp_micros();
+    if let Some(days) = limits.max_age_days {
+        let oldest = limits.now_micros - days as i64 * 86_400_000_000;
+        if micros < oldest {
+            return Err(format!("ts {ts} is older than the {days}-day retention"));
+        }
+    }
+    if micros > limits.now_micros.saturating_add(limits.max_ahead_micros) {
+        return Err(format!("ts {ts} is more than a day ahead of the collector's clock"));
+    }
+    Ok(micros)
+}
+
 /// The start of a value for an error message (never megabytes of it).
 fn truncated(s: &str) -> String {
     let mut end = s.len().min(64);
@@ -401,6 +453,36 @@ mod tests {
         assert!(features_bound(&f) >= json_len(&f), "{} < {}", features_bound(&f), json_len(&f));
         let empty = crate::PromptFeatures::default();
         assert!(features_bound(&empty) >= json_len(&empty));
+    }
+
+    #[test]
+    fn traffic_rows_travel_the_same_way_and_are_checked_as_theirs() {
+        type T = crate::traffic::LlmTraffic;
+        let row = T {
+            row_id: LlmCall::new_event_id(),
+            ts: record(0).ts,
+            first_seen: record(0).ts,
+            last_seen: record(0).ts,
+            provider_host: "api.openai.com".into(),
+            provider: "openai".into(),
+            decoded: true,
+            capture: Some("openssl".into()),
+            connections: 2,
+            bytes_sent: 10,
+            bytes_received: 20,
+            ..Default::default()
+        };
+        let body = encode_rows(std::slice::from_ref(&row));
+        let l = Limits::now(None);
+        assert_eq!(decode_rows::<T>(Some("zstd"), &body, 1 << 20, &l).unwrap(), std::slice::from_ref(&row));
+        // A record batch is not a traffic batch, and the other way round.
+        let calls = encode(&[record(1)]);
+        assert!(matches!(decode_rows::<T>(Some("zstd"), &calls, 1 << 20, &l), Err(WireError::Record { line: 1, .. })));
+        assert!(matches!(decode(Some("zstd"), &body, 1 << 20, &l), Err(WireError::Record { line: 1, .. })));
+        let old = T { ts: "1970-01-01T00:00:00Z".into(), ..row };
+        let l = Limits::now(Some(30));
+        let err = decode_rows::<T>(None, serde_json::to_string(&old).unwrap().as_bytes(), 1 << 20, &l);
+        assert!(matches!(err, Err(WireError::Record { line: 1, .. })), "{err:?}");
     }
 
     #[test]

@@ -78,6 +78,56 @@ fn fill(ch: &ClickHouse) {
             ',\"max_tokens\":null,\"duplicate_chunk_share\":0}') \
          FROM numbers(600)",
     );
+    // LLM traffic: 200 connections, one in four not read (every other one of
+    // those by a JVM-like process with no probed TLS).
+    ch.query(
+        "INSERT INTO llm_traffic (row_id, ts, first_seen, last_seen, provider_host, provider, decoded, capture, reason, \
+         connections, bytes_sent, bytes_received, pid, comm, namespace, workload, service, cluster) \
+         SELECT generateUUIDv4(number), toDateTime64('2026-11-21 00:00:00', 6) + number * 397, \
+         toDateTime64('2026-11-21 00:00:00', 6) + number * 397 - 5, toDateTime64('2026-11-21 00:00:00', 6) + number * 397, \
+         ['api.openai.com', 'api.anthropic.com'][1 + number % 2], ['openai', 'anthropic'][1 + number % 2], \
+         number % 4 != 0, if(number % 4 != 0, 'openssl', ''), if(number % 4 = 0, 'no_plaintext_seen', ''), \
+         1, 1000, 3000, number, ['python3', 'java'][1 + number % 2], ['payments', 'search', 'support'][1 + number % 3], \
+         'wl', ['checkout', 'ranker', 'bot', 'summarizer'][1 + number % 4], ['prod-eu', 'prod-us'][1 + number % 2] \
+         FROM numbers(200)",
+    );
+}
+
+/// Every value a dashboard's query variables offer ("All").
+fn all_values(ch: &ClickHouse, d: &Value) -> BTreeMap<String, Vec<String>> {
+    let mut values = BTreeMap::new();
+    for v in d["templating"]["list"].as_array().expect("templating").iter().filter(|v| v["type"] == "query") {
+        let rows = ch.query(&expand(v["query"].as_str().expect("variable query"), &BTreeMap::new()));
+        let vals = rows.iter().filter_map(|r| r.as_object()?.values().next()?.as_str().map(str::to_owned)).collect();
+        values.insert(v["name"].as_str().unwrap().to_owned(), vals);
+    }
+    values
+}
+
+#[test]
+fn the_spend_map_shows_the_share_of_llm_traffic_not_decoded_beside_the_spend() {
+    let dir = scratch("dashboards-unread");
+    let ch = ClickHouse::start(&dir, "dashboards_unread");
+    migrate(&ch);
+    fill(&ch);
+    let path = workspace_root().join("dashboards/spend_map.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let values = all_values(&ch, &d);
+    let panel =
+        |title: &str| d["panels"].as_array().unwrap().iter().find(|p| p["title"] == title).cloned().expect(title);
+    let share = panel("LLM traffic not decoded");
+    let spend = panel("Cost over time by service");
+    assert_eq!(share["gridPos"]["y"], spend["gridPos"]["y"], "beside the spend");
+    let rows = ch.query(&expand(share["targets"][0]["rawSql"].as_str().unwrap(), &values));
+    assert_eq!(rows[0]["connections not decoded"], 0.25, "{rows:?}");
+    assert_eq!(rows[0]["bytes not decoded"], 0.25, "{rows:?}");
+    let table = panel("LLM traffic tokentap could not read");
+    let rows = ch.query(&expand(table["targets"][0]["rawSql"].as_str().unwrap(), &values));
+    // 64-bit integers: JSON numbers or strings, as the server's settings say.
+    let n = |v: &Value| v.as_u64().or_else(|| v.as_str().and_then(|c| c.parse().ok())).unwrap_or(0);
+    let total: u64 = rows.iter().map(|r| n(&r["connections"])).sum();
+    assert_eq!(total, 50, "{rows:?}");
+    assert!(rows.iter().all(|r| r["reason"] == "no_plaintext_seen"));
 }
 
 #[test]

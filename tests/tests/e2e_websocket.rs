@@ -109,6 +109,9 @@ fn python_clients_over_websocket_every_response_one_exact_record() {
     for counter in ["ignored_websocket_malformed", "ignored_upgraded", "dropped_unanswered", "ignored_desync"] {
         assert_eq!(stats[counter], 0, "{counter}: {stats}");
     }
+    // Every WebSocket to an LLM host was read: none is a blind spot.
+    assert_eq!(stats["llm_connections_unread"], 0, "{}", stats["blind_spots"]);
+    assert!(stats["llm_connections_decoded"].as_u64() >= Some(10), "{stats}");
 }
 
 /// The same APIs over plaintext HTTP/1.1, read at the socket syscalls.
@@ -168,6 +171,8 @@ fn codex_cli_default_websocket_transport_is_captured_exactly() {
         (stats["ignored_websocket_malformed"].as_u64(), stats["dropped_unanswered"].as_u64()),
         (Some(0), Some(0))
     );
+    // Its sockets (moved rustls objects included) were read: no blind spot.
+    assert_eq!(stats["llm_connections_unread"], 0, "{}", stats["blind_spots"]);
     eprintln!(
         "codex over WebSocket: {} responses ({} warm-ups)",
         all.len(),

@@ -2,9 +2,12 @@
 //! records, but every length is still checked: a bad record is an error, never a
 //! panic or an out-of-bounds read.
 use thiserror::Error;
-use tokentap_agent_common::{ControlEvent, DataHeader, EventKind, Source, CHUNK_SIZE, DATA_HEADER_LEN};
+use tokentap_agent_common::{
+    ControlEvent, DataHeader, EventKind, HelloHeader, SockClosedEvent, SockId, Source, CHUNK_SIZE, DATA_HEADER_LEN,
+    HELLO_HEADER_LEN, MAX_HELLO, SOCKET_CONN, SOCK_HTTP, SOCK_TLS, SOCK_TLS_LLM,
+};
 
-use super::event::{Chunk, ChunkFlags, Comm, ConnKey, ConnMeta, Control, Direction, RawEvent};
+use super::event::{Chunk, ChunkFlags, Comm, ConnKey, ConnMeta, Control, Direction, Hello, RawEvent, Totals};
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -18,6 +21,8 @@ pub enum DecodeError {
     BadDirection(u32),
     #[error("unknown capture source {0}")]
     UnknownSource(u32),
+    #[error("unknown socket state {0}")]
+    UnknownSockState(u32),
 }
 
 pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
@@ -28,6 +33,8 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     let control: fn(&ControlEvent) -> Control = match EventKind::from_u32(tag) {
         None => return Err(DecodeError::UnknownKind(tag)),
         Some(EventKind::Data) => return data(buf).map(RawEvent::Data),
+        Some(EventKind::TlsHello) => return hello(buf).map(RawEvent::Hello),
+        Some(EventKind::SockClosed) => return sock_closed(buf).map(RawEvent::Control),
         Some(EventKind::ConnClosed) => {
             |c| Control::ConnClosed { key: ConnKey { tgid: c.tgid, conn: c.conn }, ts_ns: c.ts_ns }
         }
@@ -54,6 +61,50 @@ fn data(buf: &[u8]) -> Result<Chunk<'_>, DecodeError> {
         return Err(DecodeError::BadLength(h.len));
     }
     chunk(&h, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len])
+}
+
+fn hello(buf: &[u8]) -> Result<Hello<'_>, DecodeError> {
+    if buf.len() < HELLO_HEADER_LEN {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    // SAFETY: length checked; HelloHeader is plain-old-data, read unaligned.
+    let h: HelloHeader = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    let len = h.len as usize;
+    if len > MAX_HELLO || buf.len() < HELLO_HEADER_LEN + len {
+        return Err(DecodeError::BadLength(h.len));
+    }
+    Ok(Hello {
+        sock: SockId { tgid: h.tgid, fd: h.fd, id: h.id },
+        cgroup_id: h.cgroup_id,
+        comm: Comm(h.comm),
+        ts_ns: h.ts_ns,
+        call_len: h.call_len,
+        data: &buf[HELLO_HEADER_LEN..HELLO_HEADER_LEN + len],
+    })
+}
+
+fn sock_closed(buf: &[u8]) -> Result<Control, DecodeError> {
+    if buf.len() < std::mem::size_of::<SockClosedEvent>() {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    // SAFETY: length checked; SockClosedEvent is plain-old-data.
+    let e: SockClosedEvent = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    let tls = match e.state {
+        SOCK_HTTP => false,
+        SOCK_TLS | SOCK_TLS_LLM => true,
+        other => return Err(DecodeError::UnknownSockState(other)),
+    };
+    Ok(Control::SockClosed {
+        sock: SockId { tgid: e.tgid, fd: e.fd, id: e.id },
+        ts_ns: e.ts_ns,
+        totals: Totals { sent: e.sent, received: e.received },
+        tls,
+    })
+}
+
+/// The connection identity the plaintext capture gives a socket's stream.
+pub fn socket_conn(tgid: u32, fd: i32) -> ConnKey {
+    ConnKey { tgid, conn: SOCKET_CONN | fd as u32 as u64 }
 }
 
 fn chunk<'a>(h: &DataHeader, data: &'a [u8]) -> Result<Chunk<'a>, DecodeError> {
@@ -142,6 +193,68 @@ pub(crate) mod tests {
         let at = std::mem::offset_of!(DataHeader, source);
         rec[at..at + 4].copy_from_slice(&9u32.to_ne_bytes());
         assert_eq!(decode(&rec).unwrap_err(), DecodeError::UnknownSource(9));
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: plain-old-data to bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_hellos_and_socket_ends_and_rejects_bad_ones() {
+        let h = HelloHeader {
+            kind: EventKind::TlsHello as u32,
+            tgid: 9,
+            tid: 10,
+            fd: 5,
+            ts_ns: 77,
+            id: 1234,
+            cgroup_id: 3,
+            comm: *b"java\0\0\0\0\0\0\0\0\0\0\0\0",
+            len: 4,
+            call_len: 600,
+        };
+        let mut rec = bytes_of(&h);
+        rec.extend([0x16, 3, 1, 0]);
+        match decode(&rec).unwrap() {
+            RawEvent::Hello(x) => {
+                assert_eq!(x.sock, SockId { tgid: 9, fd: 5, id: 1234 });
+                assert_eq!(
+                    (x.data, x.call_len, x.ts_ns, x.comm.to_string()),
+                    (&[0x16, 3, 1, 0][..], 600, 77, "java".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode(&rec[..rec.len() - 1]).unwrap_err(), DecodeError::BadLength(4));
+        assert_eq!(decode(&rec[..20]).unwrap_err(), DecodeError::Short(20));
+        let huge = HelloHeader { len: MAX_HELLO as u32 + 1, ..h };
+        assert!(matches!(decode(&bytes_of(&huge)), Err(DecodeError::BadLength(_))));
+
+        let c = SockClosedEvent {
+            kind: EventKind::SockClosed as u32,
+            tgid: 9,
+            tid: 9,
+            fd: 5,
+            ts_ns: 80,
+            id: 1234,
+            sent: 3002,
+            received: 8324,
+            state: SOCK_TLS_LLM,
+            _pad: 0,
+        };
+        let want = Control::SockClosed {
+            sock: SockId { tgid: 9, fd: 5, id: 1234 },
+            ts_ns: 80,
+            totals: Totals { sent: 3002, received: 8324 },
+            tls: true,
+        };
+        assert!(matches!(decode(&bytes_of(&c)), Ok(RawEvent::Control(x)) if x == want));
+        let http = SockClosedEvent { state: SOCK_HTTP, ..c };
+        assert!(matches!(decode(&bytes_of(&http)), Ok(RawEvent::Control(Control::SockClosed { tls: false, .. }))));
+        let odd = SockClosedEvent { state: 99, ..c };
+        assert_eq!(decode(&bytes_of(&odd)).unwrap_err(), DecodeError::UnknownSockState(99));
+        assert_eq!(decode(&bytes_of(&c)[..30]).unwrap_err(), DecodeError::Short(30));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! and nothing downstream compares raw numbers.
 use std::fmt;
 
+pub use tokentap_agent_common::SockId;
 use tokentap_agent_common::{
     Source, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED,
 };
@@ -105,11 +106,35 @@ pub struct Chunk<'a> {
     pub data: &'a [u8],
 }
 
+/// The first write of a client socket whose bytes started a TLS handshake
+/// record: normally a whole ClientHello.
+#[derive(Clone, Copy, Debug)]
+pub struct Hello<'a> {
+    pub sock: SockId,
+    pub cgroup_id: u64,
+    pub comm: Comm,
+    /// Monotonic ns when the write returned.
+    pub ts_ns: u64,
+    /// Bytes the write moved (more than `data` when the kernel cut it).
+    pub call_len: u32,
+    pub data: &'a [u8],
+}
+
+/// Bytes a socket moved, as the kernel counted them from syscall results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub sent: u64,
+    pub received: u64,
+}
+
 /// Lifecycle records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
     /// A TLS connection object was freed.
     ConnClosed { key: ConnKey, ts_ns: u64 },
+    /// A watched client socket closed or was reconnected; `tls`: it was a TLS
+    /// socket (else plaintext HTTP, whose stream ends here too).
+    SockClosed { sock: SockId, ts_ns: u64, totals: Totals, tls: bool },
     /// A process exited.
     Exit { tgid: u32, ts_ns: u64 },
     /// A process exec'd a new program.
@@ -121,6 +146,7 @@ pub enum Control {
 #[derive(Clone, Copy, Debug)]
 pub enum RawEvent<'a> {
     Data(Chunk<'a>),
+    Hello(Hello<'a>),
     Control(Control),
 }
 

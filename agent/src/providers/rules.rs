@@ -118,6 +118,14 @@ impl Rules {
         self.hosts.iter().find(|(p, _)| p.matches(host)).map(|(_, provider)| provider.as_str())
     }
 
+    /// The provider whose API `host` (a TLS server name or a `Host` header,
+    /// port allowed) serves, by the host rules; None for other hosts and for
+    /// hosts the rules `ignore`. Names connections at the socket layer.
+    pub fn llm_host(&self, host: &str) -> Option<&str> {
+        let host = host_without_port(host).to_ascii_lowercase();
+        self.provider_for_host(&host).filter(|p| *p != IGNORE)
+    }
+
     fn user_path(&self, path: &str) -> Option<Api> {
         self.paths
             .iter()

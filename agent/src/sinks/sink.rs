@@ -4,13 +4,19 @@
 use std::io;
 use std::sync::Arc;
 
-use tokentap_event::LlmCall;
+use tokentap_event::{LlmCall, LlmTraffic};
 
 use crate::stats::Stats;
 
 /// Where records go. Called from the pipeline thread only.
 pub trait Sink: Send {
     fn write(&mut self, record: &LlmCall) -> io::Result<()>;
+    /// An LLM traffic row (connections to LLM API hosts, read or not). Sinks
+    /// that keep only call records (the JSONL file and stdout, whose lines are
+    /// the record contract) leave them out; the stats file lists blind spots.
+    fn write_traffic(&mut self, _row: &LlmTraffic) -> io::Result<()> {
+        Ok(())
+    }
     /// Called after every ring-buffer drain, idle ones included.
     fn flush(&mut self) -> io::Result<()>;
 }

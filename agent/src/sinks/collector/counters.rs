@@ -37,6 +37,36 @@ impl CounterSet for CollectorCounters {
     }
 }
 
+/// The same for the LLM traffic rows the sink sends beside the records
+/// (`collector_traffic_*`): their own spool, their own counts, so the records'
+/// counters keep meaning records.
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    pub spool: Arc<SpoolCounters>,
+    /// Rows not sent because they fail the wire format's checks (logged).
+    pub rows_invalid: AtomicU64,
+}
+
+impl CounterSet for TrafficCounters {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.spool;
+        vec![
+            ("collector_traffic_batches_sent", get(&s.batches_sent)),
+            ("collector_traffic_rows_sent", get(&s.records_sent)),
+            ("collector_traffic_send_errors", get(&s.send_errors)),
+            ("collector_traffic_rows_rejected", get(&s.records_rejected)),
+            ("collector_traffic_rows_invalid", get(&self.rows_invalid)),
+            ("collector_traffic_spool_dropped_rows", get(&s.spool_dropped_records)),
+            ("collector_traffic_spool_batches", get(&s.spool_batches)),
+            ("collector_traffic_in_flight", get(&s.in_flight)),
+        ]
+    }
+
+    fn gauges(&self) -> &'static [&'static str] {
+        &["collector_traffic_spool_batches", "collector_traffic_in_flight"]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,14 +91,17 @@ mod tests {
         crate::sinks::spool::counters::add(&c.spool.records_sent, 7);
         crate::sinks::spool::counters::add(&c.spool.spool_bytes, 3);
         let snap = stats.snapshot();
-        let names: Vec<&str> = snap.groups.keys().map(String::as_str).collect();
+        let names: Vec<&str> =
+            snap.groups.keys().map(String::as_str).filter(|n| !n.starts_with("collector_traffic_")).collect();
         let mut want = [&TOTALS[..], &GAUGES[..]].concat();
         want.sort();
         assert_eq!(names, want, "the collector's names, and nothing else, beside the core counters");
+        let traffic = snap.groups.keys().filter(|n| n.starts_with("collector_traffic_")).count();
+        assert_eq!(traffic, 8, "the traffic rows' own counters");
         let json: serde_json::Value = serde_json::to_value(&snap).unwrap();
         assert_eq!((json["collector_records_sent"].as_u64(), json["collector_in_flight"].as_u64()), (Some(7), Some(0)));
         let p = std::env::temp_dir().join(format!("tt-collector-counters-{}.json", std::process::id()));
-        StatsFile { counters: snap.clone(), coverage: Vec::new() }.write_to(&p).unwrap();
+        StatsFile { counters: snap.clone(), ..Default::default() }.write_to(&p).unwrap();
         let back: Snapshot = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(back, snap, "read back from the stats file");
         let m = crate::metrics::render(&stats);

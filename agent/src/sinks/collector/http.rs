@@ -122,9 +122,14 @@ impl HttpTransport {
     /// Bad certificate paths are configuration errors: they fail here, at
     /// start, not per send.
     pub fn new(cfg: &CollectorSettings) -> io::Result<Self> {
+        Self::for_path(cfg, wire::PATH)
+    }
+
+    /// Posting to another of the collector's endpoints (another row kind).
+    pub fn for_path(cfg: &CollectorSettings, path: &str) -> io::Result<Self> {
         Ok(Self {
             agent: http_agent(cfg)?,
-            endpoint: format!("{}{}", cfg.url.trim_end_matches('/'), wire::PATH),
+            endpoint: format!("{}{}", cfg.url.trim_end_matches('/'), path),
             token_file: cfg.token_file.clone(),
             cluster: cfg.cluster.clone(),
             merge_records: cfg.merge_records.clamp(1, wire::MAX_RECORDS) as u64,

@@ -15,7 +15,8 @@ use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokentap_event::{wire, LlmCall};
+use tokentap_event::wire::{self, WireRow};
+use tokentap_event::{LlmCall, LlmTraffic};
 
 use crate::sinks::sink::{Sink, SinkContext, SinkKind};
 use crate::sinks::spool::{BatchLimits, Delivery, SpoolOptions};
@@ -27,7 +28,7 @@ pub mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use counters::CollectorCounters;
+pub use counters::{CollectorCounters, TrafficCounters};
 pub use settings::{
     CollectorFlags, CollectorSettings, DEFAULT_BATCH_AGE, DEFAULT_BATCH_RECORDS, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MERGE_RECORDS,
@@ -37,9 +38,17 @@ pub use settings::{
 /// well under what a collector decompresses per request (64 MiB).
 const MAX_BATCH_NDJSON: usize = 32 << 20;
 
+/// The traffic rows' spool, at most (they are few: one per process, host and
+/// verdict every ten seconds).
+const MAX_TRAFFIC_SPOOL: u64 = 64 << 20;
+
 pub struct CollectorSink {
     delivery: Delivery,
     counters: Arc<CollectorCounters>,
+    /// LLM traffic rows: the same collector, their own endpoint
+    /// (`wire::TRAFFIC_PATH`) and spool (`<spool_dir>/traffic`).
+    traffic: Delivery,
+    traffic_counters: Arc<TrafficCounters>,
 }
 
 impl CollectorSink {
@@ -63,7 +72,18 @@ impl CollectorSink {
             drain_timeout: cfg.drain_timeout,
         };
         let delivery = Delivery::open(&opts, transport, counters.spool.clone())?;
-        Ok(Self { delivery, counters })
+        let traffic_counters = stats.group::<TrafficCounters>();
+        let traffic_opts = SpoolOptions {
+            name: format!("{name} (traffic)"),
+            kind: "collector-traffic",
+            dir: cfg.spool_dir.join("traffic"),
+            max_bytes: cfg.spool_max_bytes.min(MAX_TRAFFIC_SPOOL),
+            senders: 1,
+            ..opts
+        };
+        let transport = Arc::new(http::HttpTransport::for_path(&cfg, LlmTraffic::PATH)?);
+        let traffic = Delivery::open(&traffic_opts, transport, traffic_counters.spool.clone())?;
+        Ok(Self { delivery, counters, traffic, traffic_counters })
     }
 
     /// Records buffered in the open batch.
@@ -87,9 +107,24 @@ impl Sink for CollectorSink {
         })
     }
 
-    /// Seal the open batch if it is old enough (the pipeline calls this often).
+    fn write_traffic(&mut self, row: &LlmTraffic) -> io::Result<()> {
+        if let Err(reason) = row.check(&wire::Limits::now(None)) {
+            let n = self.traffic_counters.rows_invalid.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % 1000 == 1 {
+                tracing::warn!(row_id = %row.row_id, %reason, invalid_so_far = n, "traffic row not sent to the collector: invalid");
+            }
+            return Ok(());
+        }
+        self.traffic.push(|buf| {
+            serde_json::to_writer(&mut *buf, row)?;
+            buf.write_all(b"\n")
+        })
+    }
+
+    /// Seal the open batches if they are old enough (the pipeline calls this often).
     fn flush(&mut self) -> io::Result<()> {
-        self.delivery.flush()
+        self.delivery.flush()?;
+        self.traffic.flush()
     }
 }
 
@@ -121,5 +156,6 @@ impl SinkKind for Collector {
 
     fn register_counters(&self, stats: &Stats) {
         stats.group::<CollectorCounters>();
+        stats.group::<TrafficCounters>();
     }
 }

@@ -1,0 +1,142 @@
+//! WebSocket sessions through the whole pipeline.
+use super::*;
+
+/// The three WebSocket APIs through the whole pipeline, each message a kernel
+/// call: Responses (compressed, context kept, with Codex's warm-up), Realtime
+/// (audio, model from the URL) and Gemini Live (model from the setup).
+#[test]
+fn websocket_sessions_become_one_record_per_response() {
+    use crate::http::ws_session::tests::Sender;
+    use serde_json::json;
+    let (mut p, c, stats) = pipeline();
+    let upgrade = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer sk-x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    };
+    let switched = |ext: &str| format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n{ext}\r\n");
+    // Responses, as Codex CLI speaks it.
+    call(&mut p, 1, DIR_EGRESS, upgrade("/v1/responses", "api.openai.com").as_bytes(), 1000);
+    call(&mut p, 1, DIR_INGRESS, switched("Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(), 1000);
+    let (mut up, mut down) = (Sender::new(true, Some(false)), Sender::new(false, Some(false)));
+    let usage = |i: u64, o: u64| json!({"input_tokens":i,"output_tokens":o,"input_tokens_details":{"cached_tokens":0}});
+    for (generate, input, output) in [(false, 900, 0), (true, 950, 12)] {
+        let create =
+            json!({"type":"response.create","model":"gpt-5-codex","stream":true,"generate":generate,"input":[]});
+        call(&mut p, 1, DIR_EGRESS, &up.send(&create, 1 << 20), 1000);
+        let r = json!({"id":format!("resp_{input}"),"model":"gpt-5-codex"});
+        call(&mut p, 1, DIR_INGRESS, &down.send(&json!({"type":"response.created","response":r}), 1 << 20), 1000);
+        if generate {
+            let delta = json!({"type":"response.output_text.delta","delta":"hi"});
+            call(&mut p, 1, DIR_INGRESS, &down.send(&delta, 1 << 20), 1000);
+        }
+        let done =
+            json!({"type":"response.completed","response":{"id":format!("resp_{input}"),"usage":usage(input, output)}});
+        call(&mut p, 1, DIR_INGRESS, &down.send(&done, 1 << 20), 1000);
+    }
+    // Realtime, audio out.
+    call(&mut p, 2, DIR_EGRESS, upgrade("/v1/realtime?model=gpt-realtime", "api.openai.com").as_bytes(), 1000);
+    call(&mut p, 2, DIR_INGRESS, switched("").as_bytes(), 1000);
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    call(
+        &mut p,
+        2,
+        DIR_INGRESS,
+        &down.send(&json!({"type":"session.created","session":{"model":"gpt-realtime-2025-08-28"}}), 1 << 20),
+        1000,
+    );
+    call(&mut p, 2, DIR_EGRESS, &up.send(&json!({"type":"response.create"}), 1 << 20), 1000);
+    call(&mut p, 2, DIR_INGRESS, &down.send(&json!({"type":"response.created","response":{"id":"rt_1"}}), 99), 1000);
+    for _ in 0..3 {
+        let audio = json!({"type":"response.output_audio.delta","delta":"A".repeat(20_000)});
+        call(&mut p, 2, DIR_INGRESS, &down.send(&audio, 4096), 1000);
+    }
+    let done = json!({"type":"response.done","response":{"id":"rt_1","usage":{"input_tokens":70,"output_tokens":300,
+        "input_token_details":{"cached_tokens":10,"audio_tokens":60,"text_tokens":10},
+        "output_token_details":{"audio_tokens":280,"text_tokens":20}}}});
+    call(&mut p, 2, DIR_INGRESS, &down.send(&done, 1 << 20), 1000);
+    // Gemini Live.
+    let live = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+    call(&mut p, 3, DIR_EGRESS, upgrade(live, "generativelanguage.googleapis.com").as_bytes(), 1000);
+    call(&mut p, 3, DIR_INGRESS, switched("").as_bytes(), 1000);
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    call(&mut p, 3, DIR_EGRESS, &up.send(&json!({"setup":{"model":"models/gemini-live-2.5-flash"}}), 1 << 20), 1000);
+    call(&mut p, 3, DIR_INGRESS, &down.send(&json!({"setupComplete":{}}), 1 << 20), 1000);
+    call(&mut p, 3, DIR_EGRESS, &up.send(&json!({"clientContent":{"turns":[],"turnComplete":true}}), 1 << 20), 1000);
+    let part = json!({"serverContent":{"modelTurn":{"parts":[{"text":"Hi"}]}}});
+    call(&mut p, 3, DIR_INGRESS, &down.send(&part, 1 << 20), 1000);
+    let end =
+        json!({"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":33,"responseTokenCount":4}});
+    call(&mut p, 3, DIR_INGRESS, &down.send(&end, 1 << 20), 1000);
+
+    let recs = c.0.lock().unwrap().clone();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| {
+            (
+                r.provider.as_str(),
+                r.operation.as_str(),
+                r.request_model.as_deref(),
+                r.input_tokens,
+                r.output_tokens,
+                r.stream,
+                r.path.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("openai", "responses", Some("gpt-5-codex"), Some(900), Some(0), true, Some("/v1/responses")),
+            ("openai", "responses", Some("gpt-5-codex"), Some(950), Some(12), true, Some("/v1/responses")),
+            ("openai", "realtime", Some("gpt-realtime"), Some(70), Some(300), true, Some("/v1/realtime")),
+            ("google", "live", Some("gemini-live-2.5-flash"), Some(33), Some(4), true, Some(live)),
+        ]
+    );
+    assert_eq!(recs[2].cached_input_tokens, Some(10));
+    assert_eq!(recs[2].response_model.as_deref(), Some("gpt-realtime-2025-08-28"), "the server's session model");
+    assert_eq!((recs[2].input_audio_tokens, recs[2].output_audio_tokens), (Some(60), Some(280)));
+    // gpt-realtime: audio at audio prices, the cached text at the cache price.
+    let want = 60.0 * 3.2e-5 + 10.0 * 4e-7 + 20.0 * 1.6e-5 + 280.0 * 6.4e-5;
+    assert!((recs[2].cost_usd.unwrap() - want).abs() < 1e-12, "{:?}", recs[2].cost_usd);
+    assert_eq!(recs[0].input_audio_tokens, None);
+    assert_eq!(recs[1].response_id.as_deref(), Some("resp_950"));
+    assert!(recs.iter().all(|r| r.status == Some(200) && r.http_version.as_deref() == Some("1.1")));
+    assert!(recs[1].ttft_ms.is_some() && recs[2].ttft_ms.is_some() && recs[3].ttft_ms.is_some());
+    let s = stats.snapshot();
+    assert_eq!((s.records, s.dropped_unanswered, s.ignored_websocket_malformed), (4, 0, 0));
+}
+
+/// rustls keys a connection by its object's address, which moves while
+/// tungstenite's handshake runs and when tokio-tungstenite takes the stream
+/// over (Codex CLI): the connection goes on under each new key. A new key whose first bytes are
+/// not frames, or from a source whose keys do not move, starts afresh.
+#[test]
+fn a_websocket_whose_rustls_object_moved_goes_on_under_its_new_key() {
+    use crate::capture::decode::tests::data_record_of;
+    use crate::http::ws_session::tests::Sender;
+    use serde_json::json;
+    let (mut p, c, stats) = pipeline();
+    let rustls = tokentap_agent_common::Source::Rustls as u32;
+    let send = |p: &mut Pipeline, source: u32, conn: u64, dir: u32, bytes: &[u8]| {
+        p.handle(&data_record_of(source, 42, conn, dir, 0, bytes.len() as u64, bytes, FLAG_LAST));
+    };
+    let upgrade = b"GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n\r\n";
+    let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+    let create = json!({"type":"response.create","model":"gpt-4.1","stream":true});
+    let done = json!({"type":"response.completed","response":{"id":"r","usage":{"input_tokens":5,"output_tokens":1}}});
+    // Records so far: the OpenSSL one (keys never move) adds none.
+    for (source, moved_to, records) in [(rustls, 2, 1), (1, 12, 1)] {
+        let base = moved_to * 100;
+        send(&mut p, source, base, DIR_EGRESS, upgrade);
+        // Moved between the request and its response, and again after.
+        send(&mut p, source, base + 50, DIR_INGRESS, switched);
+        // A connection opened meanwhile that is not a WebSocket is left alone.
+        send(&mut p, source, base + 1, DIR_EGRESS, b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+        send(&mut p, source, moved_to, DIR_EGRESS, &up.send(&create, 1 << 20));
+        send(&mut p, source, moved_to, DIR_INGRESS, &down.send(&done, 1 << 20));
+        assert_eq!(c.0.lock().unwrap().len(), records, "source {source}");
+    }
+    assert_eq!(c.0.lock().unwrap()[0].input_tokens, Some(5));
+    // The moved session is one connection, not three.
+    assert_eq!(stats.snapshot().connections, 2 + 4);
+}
