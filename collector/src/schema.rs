@@ -130,6 +130,11 @@ pub async fn migrate(client: &Client, cfg: &SchemaConfig) -> Result<Vec<u32>, cl
 mod tests {
     use super::*;
 
+    /// A migration's text by name, so renumbering cannot point a test at the wrong one.
+    fn sql(name: &str) -> &'static str {
+        MIGRATIONS.iter().find(|m| m.1 == name).map(|m| m.2).expect("migration")
+    }
+
     #[test]
     fn single_node_and_cluster_render() {
         let single = SchemaConfig { database: "tt".into(), cluster: None, ttl_days: 30 };
@@ -157,13 +162,13 @@ mod tests {
         assert!(d[0].contains("Distributed('prod', tt, llm_calls_local, cityHash64(event_id))"), "{}", d[0]);
 
         // The traffic table: same conventions, its own replication path.
-        let t = single.render(MIGRATIONS[5].2);
+        let t = single.render(sql("llm_traffic"));
         assert_eq!(t.len(), 1);
         assert!(t[0].contains("CREATE TABLE IF NOT EXISTS tt.llm_traffic"), "{}", t[0]);
         assert!(t[0].contains("ENGINE = ReplacingMergeTree(inserted_at)") && t[0].contains("INTERVAL 30 DAY"));
         assert!(!t[0].contains('{'), "{}", t[0]);
-        assert!(single.render(MIGRATIONS[6].2).is_empty());
-        let t = cluster.render(MIGRATIONS[5].2);
+        assert!(single.render(sql("llm_traffic_distributed")).is_empty());
+        let t = cluster.render(sql("llm_traffic"));
         assert!(t[0].contains("tt.llm_traffic_local ON CLUSTER 'prod'"), "{}", t[0]);
         assert!(
             t[0].contains(
@@ -172,7 +177,7 @@ mod tests {
             "{}",
             t[0]
         );
-        let d = cluster.render(MIGRATIONS[6].2);
+        let d = cluster.render(sql("llm_traffic_distributed"));
         assert!(d[0].contains("Distributed('prod', tt, llm_traffic_local, cityHash64(row_id))"), "{}", d[0]);
     }
 }

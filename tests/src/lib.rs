@@ -431,12 +431,19 @@ impl Agent {
     }
 }
 
-/// Whether a stats file's coverage shows that the agent handled the exit of `pid`.
+/// The stats file's blind-spot entries (LLM connections no capture read) of these
+/// processes: tests look only at their own clients, the agent sees the whole host.
+pub fn blind_spots_of(stats: &Value, pids: &[u64]) -> Vec<Value> {
+    let mine = |e: &&Value| e["pid"].as_u64().is_some_and(|p| pids.contains(&p));
+    stats["blind_spots"].as_array().map(|b| b.iter().filter(mine).cloned().collect()).unwrap_or_default()
+}
+
 /// A process's entry in the stats file's coverage list (null when absent).
 pub fn coverage_of(stats: &Value, pid: u32) -> Value {
     stats["coverage"].as_array().and_then(|c| c.iter().find(|p| p["pid"] == pid)).cloned().unwrap_or(Value::Null)
 }
 
+/// Whether a stats file's coverage shows that the agent handled the exit of `pid`.
 pub fn process_exited(stats: &Value, pid: u32) -> bool {
     stats["coverage"].as_array().is_some_and(|c| c.iter().any(|p| p["pid"] == pid && p["exited"] == true))
 }

@@ -109,8 +109,9 @@ fn python_clients_over_websocket_every_response_one_exact_record() {
     for counter in ["ignored_websocket_malformed", "ignored_upgraded", "dropped_unanswered", "ignored_desync"] {
         assert_eq!(stats[counter], 0, "{counter}: {stats}");
     }
-    // Every WebSocket to an LLM host was read: none is a blind spot.
-    assert_eq!(stats["llm_connections_unread"], 0, "{}", stats["blind_spots"]);
+    // Every WebSocket to an LLM host was read: none of the clients is a blind spot.
+    let pids: Vec<u64> = all.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    assert_eq!(blind_spots_of(&stats, &pids), Vec::<Value>::new(), "{}", stats["blind_spots"]);
     assert!(stats["llm_connections_decoded"].as_u64() >= Some(10), "{stats}");
 }
 
@@ -141,9 +142,11 @@ fn codex_cli_default_websocket_transport_is_captured_exactly() {
     let codex = Codex::new(&env, true);
     codex.probe_first(&env.agent);
     let mut all = Vec::new();
+    let mut codex_pids = Vec::new();
     for prompt in ["Say hello.", "Say goodbye."] {
         let before = env.server.served().len();
         let (pid, _) = run_client(codex.exec(&env, prompt));
+        codex_pids.push(u64::from(pid));
         let stats = env.agent.wait_process_done(pid);
         let served: Vec<Value> = env.server.served().split_off(before);
         assert!(!served.is_empty(), "codex made no call to the local endpoint");
@@ -172,7 +175,7 @@ fn codex_cli_default_websocket_transport_is_captured_exactly() {
         (Some(0), Some(0))
     );
     // Its sockets (moved rustls objects included) were read: no blind spot.
-    assert_eq!(stats["llm_connections_unread"], 0, "{}", stats["blind_spots"]);
+    assert_eq!(blind_spots_of(&stats, &codex_pids), Vec::<Value>::new(), "{}", stats["blind_spots"]);
     eprintln!(
         "codex over WebSocket: {} responses ({} warm-ups)",
         all.len(),
