@@ -8,6 +8,8 @@
 //!   binaries (Bun, Claude Code);
 //! - [`rustls`]: rustls's `CommonState` send and receive functions;
 //! - [`go_tls`]: Go's `crypto/tls.(*Conn).Write`/`.Read`/`.Close`;
+//! - [`java`]: JSSE's plaintext, handed by tokentap's Java agent to a native
+//!   function of its own;
 //! - [`sockets`]: plaintext HTTP at the socket syscalls;
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
 //! - [`chunks`]: the copy path all capture methods share (connection filter,
@@ -23,6 +25,7 @@
 mod boringssl;
 mod chunks;
 mod go_tls;
+mod java;
 mod openssl;
 mod process;
 mod ring;

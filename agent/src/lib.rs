@@ -4,7 +4,8 @@
 //! libraries) -> [`capture`] (ring-buffer records -> per-connection streams) ->
 //! [`http`] (requests paired with responses) -> [`providers`] (model, usage, ids)
 //! -> [`attribution`] (who made the call) -> [`sinks`] (JSONL, stdout, collector).
-//! [`pipeline`] wires the stages; [`run`] is the running agent.
+//! [`pipeline`] wires the stages; [`run`] is the running agent; [`java`] loads
+//! tokentap's Java agent into JVMs (JSSE has no native TLS library to probe).
 pub mod attribution;
 pub mod audit;
 pub mod capture;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod coverage;
 pub mod discovery;
 pub mod http;
+pub mod java;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;
