@@ -17,8 +17,10 @@
 //!    from its command line and option variables without one);
 //! 2. already carrying the agent (its native library in the maps, from an
 //!    earlier tokentap): nothing to load, discovery probes the library;
-//! 3. not ready (SIGQUIT not yet caught: still starting): tried again for up
-//!    to a minute;
+//! 3. not ready: still starting (its perf data has no VM creation end time
+//!    yet, or without perf data it is under 3 s old: an agent loaded earlier
+//!    fails inside the JVM), or SIGQUIT not yet caught: tried again for up to
+//!    a minute;
 //! 4. else the jar and library are placed in the JVM's /tmp ([`root`]), the
 //!    listener started, the agent loaded. While the load runs, discovery is
 //!    asked to rescan the process: it finds the library in the maps and
@@ -157,7 +159,7 @@ impl Attacher {
                 return;
             }
             Outcome::NotReady => {
-                let reason = "SIGQUIT still not handled after 60 s (-Xrs?): never signalled".to_owned();
+                let reason = "not started, or SIGQUIT not handled, after 60 s (-Xrs?): never signalled".to_owned();
                 self.skipped(&jvm, &comm, reason);
             }
             Outcome::Attached(status) => {
@@ -201,12 +203,18 @@ impl Attacher {
             Ok(t) => t,
             Err(e) => return Outcome::Skipped(format!("no /tmp in its file system: {e}")),
         };
-        if let Some(how) = attach_disabled(&tmp, facts, dir) {
+        let perf = perf_counters(&tmp, facts);
+        if let Some(how) = attach_disabled(perf.as_ref(), dir) {
             return Outcome::Skipped(format!("attach disabled in the JVM (-XX:+DisableAttachMechanism, {how})"));
         }
+        // Started: its perf data says so; without one, a few seconds old.
+        let started = match perf.as_ref().and_then(perfdata::Counters::started) {
+            Some(s) => s,
+            None => procfs::age(facts.start_time).is_some_and(|a| a >= Duration::from_secs(3)),
+        };
         let target = hotspot::Target { pid: jvm.pid, nspid: facts.nspid, uid: facts.uid, gid: facts.gid, tmp: &tmp };
         let listening = tmp.stat(&hotspot::socket_name(facts.nspid)).is_ok();
-        if !listening && !facts.sigquit_caught {
+        if !started || (!listening && !facts.sigquit_caught) {
             return Outcome::NotReady;
         }
         match self.load(&target) {
@@ -265,9 +273,9 @@ impl Attacher {
 
 /// How the JVM says attach is disabled, if it does: its perf data file, else
 /// its command line and option variables.
-fn attach_disabled(tmp: &root::Dir, facts: &procfs::Facts, dir: &Path) -> Option<&'static str> {
-    if let Some(counters) = perf_counters(tmp, facts) {
-        return (perfdata::attachable(&counters) == Some(false)).then_some("per its perf data");
+fn attach_disabled(perf: Option<&perfdata::Counters>, dir: &Path) -> Option<&'static str> {
+    if let Some(attachable) = perf.and_then(perfdata::Counters::attachable) {
+        return (!attachable).then_some("per its perf data");
     }
     let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
     let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
@@ -275,7 +283,7 @@ fn attach_disabled(tmp: &root::Dir, facts: &procfs::Facts, dir: &Path) -> Option
 }
 
 /// The JVM's `hsperfdata_<user>/<pid>` file (the one its uid owns).
-fn perf_counters(tmp: &root::Dir, facts: &procfs::Facts) -> Option<HashMap<String, String>> {
+fn perf_counters(tmp: &root::Dir, facts: &procfs::Facts) -> Option<perfdata::Counters> {
     let list = std::fs::read_dir(format!("/proc/self/fd/{}", tmp.raw())).ok()?;
     for e in list.flatten().take(4096) {
         let name = e.file_name();
@@ -283,7 +291,7 @@ fn perf_counters(tmp: &root::Dir, facts: &procfs::Facts) -> Option<HashMap<Strin
         let Ok(d) = tmp.subdir_any(name) else { continue };
         let file = facts.nspid.to_string();
         if d.stat(&file).is_ok_and(|st| st.st_uid == facts.uid) {
-            let counters = perfdata::strings(&d.read(&file, 1 << 20).ok()?);
+            let counters = perfdata::parse(&d.read(&file, 1 << 20).ok()?);
             return (!counters.is_empty()).then_some(counters);
         }
     }

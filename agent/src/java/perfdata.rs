@@ -5,6 +5,9 @@
 //! `sun.rt.jvmCapabilities` is a string of '0'/'1' whose first character is
 //! '1' when attach is supported (`-XX:+DisableAttachMechanism` makes it '0').
 //! Absent with `-XX:-UsePerfData`: the command line is read instead.
+//! It also says when the JVM finished starting (`sun.rt.createVmEndTime`
+//! set): an agent loaded before that fails inside the JVM (the system class
+//! loader is not up yet), so the attach waits for it.
 //!
 //! Layout (HotSpot's perfData.hpp): a 32-byte prologue (magic `CA FE C0 C0`,
 //! byte order, version, ..., first entry offset at 24, entry count at 28),
@@ -13,9 +16,32 @@
 //! offset is checked against the buffer: a malformed file yields nothing.
 use std::collections::HashMap;
 
-/// The counters of one file that are strings (byte vectors).
-pub fn strings(b: &[u8]) -> HashMap<String, String> {
-    let mut out = HashMap::new();
+/// The counters of one file: strings (byte vectors) and scalar longs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub strings: HashMap<String, String>,
+    pub longs: HashMap<String, i64>,
+}
+
+impl Counters {
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty() && self.longs.is_empty()
+    }
+
+    /// Whether the JVM accepts dynamic attach, when its file says.
+    pub fn attachable(&self) -> Option<bool> {
+        self.strings.get("sun.rt.jvmCapabilities").and_then(|c| c.chars().next()).map(|c| c == '1')
+    }
+
+    /// Whether the JVM finished starting (the agent can load), when its file says.
+    pub fn started(&self) -> Option<bool> {
+        self.longs.get("sun.rt.createVmEndTime").map(|&t| t != 0)
+    }
+}
+
+/// The counters of one file.
+pub fn parse(b: &[u8]) -> Counters {
+    let mut out = Counters::default();
     if b.len() < 32 || b[..4] != [0xca, 0xfe, 0xc0, 0xc0] {
         return out;
     }
@@ -36,34 +62,55 @@ pub fn strings(b: &[u8]) -> HashMap<String, String> {
         }
         let entry = &b[at..at + len];
         let kind = entry[12];
-        if kind == b'B' && vlen > 0 {
-            let name = entry.get(name_off..).and_then(|n| n.split(|&c| c == 0).next());
-            let data = entry.get(data_off..data_off.saturating_add(vlen));
-            if let (Some(name), Some(data)) = (name, data) {
-                let data = data.split(|&c| c == 0).next().unwrap_or_default();
-                out.insert(String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(data).into_owned());
+        let name = entry.get(name_off..).and_then(|n| n.split(|&c| c == 0).next());
+        let name = name.map(|n| String::from_utf8_lossy(n).into_owned());
+        match (kind, vlen, name) {
+            (b'B', 1.., Some(name)) => {
+                if let Some(data) = entry.get(data_off..data_off.saturating_add(vlen)) {
+                    let data = data.split(|&c| c == 0).next().unwrap_or_default();
+                    out.strings.insert(name, String::from_utf8_lossy(data).into_owned());
+                }
             }
+            (b'J', 0, Some(name)) => {
+                if let Some(w) =
+                    entry.get(data_off..data_off.saturating_add(8)).and_then(|w| <[u8; 8]>::try_from(w).ok())
+                {
+                    out.longs.insert(name, if little { i64::from_le_bytes(w) } else { i64::from_be_bytes(w) });
+                }
+            }
+            _ => {}
         }
         at += len;
     }
     out
 }
 
-/// Whether the JVM accepts dynamic attach, when its file says.
-pub fn attachable(counters: &HashMap<String, String>) -> Option<bool> {
-    counters.get("sun.rt.jvmCapabilities").and_then(|c| c.chars().next()).map(|c| c == '1')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A file as HotSpot lays it out (little endian), with these string counters.
+    /// A file as HotSpot lays it out (little endian), with these string
+    /// counters and a long `sun.rt.createVmEndTime` of `end`.
     pub(crate) fn file(counters: &[(&str, &str)]) -> Vec<u8> {
+        file_with(counters, Some(7))
+    }
+
+    pub(crate) fn file_with(counters: &[(&str, &str)], end: Option<i64>) -> Vec<u8> {
         let mut b = vec![0xca, 0xfe, 0xc0, 0xc0, 1, 2, 0, 1];
         b.resize(32, 0);
         b[24..28].copy_from_slice(&32i32.to_le_bytes());
-        b[28..32].copy_from_slice(&(counters.len() as i32).to_le_bytes());
+        b[28..32].copy_from_slice(&((counters.len() + end.iter().count()) as i32).to_le_bytes());
+        if let Some(end) = end {
+            let name = "sun.rt.createVmEndTime";
+            let mut e = vec![0u8; 56];
+            e[0..4].copy_from_slice(&56i32.to_le_bytes());
+            e[4..8].copy_from_slice(&20i32.to_le_bytes());
+            e[12] = b'J';
+            e[16..20].copy_from_slice(&48i32.to_le_bytes());
+            e[20..20 + name.len()].copy_from_slice(name.as_bytes());
+            e[48..56].copy_from_slice(&end.to_le_bytes());
+            b.extend(e);
+        }
         for (name, value) in counters {
             let name_off = 20;
             let data_off = name_off + name.len() + 1;
@@ -87,26 +134,32 @@ mod tests {
         let caps = |c: &str| {
             file(&[("java.property.java.vm.name", "OpenJDK 64-Bit Server VM"), ("sun.rt.jvmCapabilities", c)])
         };
-        let on = strings(&caps("1100000000000000000000000000000000000000000000000000000000000000"));
-        assert_eq!(on["java.property.java.vm.name"], "OpenJDK 64-Bit Server VM");
-        assert_eq!(attachable(&on), Some(true));
-        let off = strings(&caps("0100000000000000000000000000000000000000000000000000000000000000"));
-        assert_eq!(attachable(&off), Some(false));
-        assert_eq!(attachable(&strings(&file(&[]))), None);
+        let on = parse(&caps("1100000000000000000000000000000000000000000000000000000000000000"));
+        assert_eq!(on.strings["java.property.java.vm.name"], "OpenJDK 64-Bit Server VM");
+        assert_eq!((on.attachable(), on.started()), (Some(true), Some(true)));
+        let off = parse(&caps("0100000000000000000000000000000000000000000000000000000000000000"));
+        assert_eq!(off.attachable(), Some(false));
+        assert_eq!(parse(&file(&[])).attachable(), None);
+    }
+
+    #[test]
+    fn a_jvm_still_starting_says_so() {
+        assert_eq!(parse(&file_with(&[("sun.rt.jvmCapabilities", "1")], Some(0))).started(), Some(false));
+        assert_eq!(parse(&file_with(&[("sun.rt.jvmCapabilities", "1")], None)).started(), None);
     }
 
     #[test]
     fn malformed_files_yield_nothing_and_never_panic() {
         let good = file(&[("sun.rt.jvmCapabilities", "1")]);
-        assert!(strings(&good[..31]).is_empty());
-        assert!(strings(b"not a perf file at all, really not").is_empty());
+        assert!(parse(&good[..31]).is_empty());
+        assert!(parse(b"not a perf file at all, really not").is_empty());
         // Every truncation and every single-byte corruption: no panic.
         for n in 0..good.len() {
-            let _ = strings(&good[..n]);
+            let _ = parse(&good[..n]);
             for v in [0u8, 0x7f, 0xff] {
                 let mut bad = good.clone();
                 bad[n] = v;
-                let _ = strings(&bad);
+                let _ = parse(&bad);
             }
         }
     }

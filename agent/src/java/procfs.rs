@@ -55,6 +55,15 @@ pub fn start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// How long ago a process started (its `start_time` in clock ticks after boot).
+pub fn age(start_time: u64) -> Option<std::time::Duration> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let up: f64 = uptime.split_ascii_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(std::time::Duration::from_secs_f64((up - start_time as f64 / hz).max(0.0)))
+}
+
 /// HotSpot's boolean flag `name` as the command line and the option
 /// environment variables set it: the last occurrence wins, as in HotSpot
 /// (environment variables before the command line). `None` when not given.

@@ -175,10 +175,12 @@ impl Dir {
     pub fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         if let Ok(st) = self.stat(name) {
             let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-            if regular && st.st_uid == 0 && st.st_size as usize == bytes.len() {
-                if self.read(name, bytes.len() + 1).is_ok_and(|b| b == bytes) {
-                    return Ok(());
-                }
+            if regular
+                && st.st_uid == 0
+                && st.st_size as usize == bytes.len()
+                && self.read(name, bytes.len() + 1).is_ok_and(|b| b == bytes)
+            {
+                return Ok(());
             }
         }
         let tmp = format!(".{name}.{:016x}", rand64());

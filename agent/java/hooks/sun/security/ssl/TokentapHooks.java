@@ -51,11 +51,19 @@ public final class TokentapHooks {
         }
     };
 
-    /** Per-thread scratch: buffer positions, and a bounded copy for read-only buffers. */
-    private static final ThreadLocal<Object[]> SCRATCH = new ThreadLocal<Object[]>() {
+    /** Per-thread scratch for buffer positions (engine calls). */
+    private static final ThreadLocal<int[]> POSITIONS = new ThreadLocal<int[]>() {
         @Override
-        protected Object[] initialValue() {
-            return new Object[] {new int[16], new byte[16 * 1024]};
+        protected int[] initialValue() {
+            return new int[16];
+        }
+    };
+
+    /** Per-thread copy buffer, only for threads that meet read-only buffers. */
+    private static final ThreadLocal<byte[]> COPY = new ThreadLocal<byte[]>() {
+        @Override
+        protected byte[] initialValue() {
+            return new byte[16 * 1024];
         }
     };
 
@@ -193,7 +201,7 @@ public final class TokentapHooks {
             if (bufs == null || off < 0 || len < 0 || off > bufs.length - len) {
                 return null;
             }
-            int[] mine = (int[]) SCRATCH.get()[0];
+            int[] mine = POSITIONS.get();
             int[] p = len <= mine.length ? mine : new int[len];
             for (int i = 0; i < len; i++) {
                 ByteBuffer b = bufs[off + i];
@@ -245,7 +253,7 @@ public final class TokentapHooks {
         } else {
             // A read-only heap buffer: its array is not reachable, so copy it
             // through a bounded per-thread buffer, chunk by chunk.
-            byte[] copy = (byte[]) SCRATCH.get()[1];
+            byte[] copy = COPY.get();
             ByteBuffer view = b.duplicate();
             view.position(from);
             int left = len;

@@ -1,0 +1,224 @@
+//! End to end through JSSE: real JVMs (the installed JDK) running the JDK's
+//! own `java.net.http.HttpClient` (tests/clients/java/LlmClient.java), HTTP/1.1
+//! and HTTP/2, sync and streamed chat completions, over real TLS to the local
+//! LLM server. The agent loads its Java agent into each JVM through HotSpot's
+//! dynamic attach: a JVM started before the agent, one started after (with
+//! the bytecode verifier on for JDK classes, so the patched JSSE classes must
+//! verify), one in its own mount and pid namespaces with its own copy of the
+//! JDK, its own /tmp and another uid (container style). Every call must become
+//! exactly one record with the served tokens and `tls_library` `java`. JVMs
+//! with attach disabled, and every JVM under `--no-java-attach`, are not
+//! attached, are listed in coverage with the reason, get no signal (no thread
+//! dump on their stdout) and keep working. Needs root.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokentap_e2e::java::*;
+use tokentap_e2e::*;
+use tokentap_event::PriceTable;
+
+const CALLS: u32 = 4;
+
+/// The records of `pid`: one per served call, exact, captured through JSSE.
+fn assert_captured(agent: &Agent, server: &Server, pid: u32, version: &str) {
+    agent.wait_records(&[pid], CALLS as usize);
+    let stats = agent.wait_process_done(pid);
+    let records = agent.records_of(&[pid]);
+    assert_eq!(records.len(), CALLS as usize, "one record per call, none doubled: {records:#?}");
+    let served = server.served();
+    let prices = PriceTable::shipped();
+    for (r, s) in pair_with_served(&records, &served) {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["tls_library"], "java", "{r}");
+        assert_eq!(r["http_version"], version, "{r}");
+        assert_eq!(r["provider"], "openai", "{r}");
+        assert_eq!(r["server"], "api.openai.com", "{r}");
+    }
+    assert_eq!(records.iter().filter(|r| r["stream"] == true).count(), CALLS as usize / 2, "{records:#?}");
+    let cov = coverage_of(&stats, pid);
+    assert_eq!(cov["records"]["java"], CALLS, "{cov}");
+    assert!(cov["records"].get("socket").is_none(), "{cov}");
+}
+
+fn client(dir: &Path, certs: &Certs, base: &str, mode: &str, jvm_args: &[&str]) -> Command {
+    with_provider_hosts(dir, "java", &client_args(jvm_args, &client_classes(), base, &certs.ca, mode, CALLS))
+}
+
+fn expect_proto(out: &Value, mode: &str) {
+    assert_eq!(out["calls"], CALLS, "{out}");
+    assert_eq!(out["proto"], if mode == "h1" { "HTTP_1_1" } else { "HTTP_2" }, "{out}");
+}
+
+#[test]
+fn jvms_started_before_the_agent_are_attached_at_start_and_captured() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("java-before");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::H2);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    // Both clients are up, their HttpClient built, before the agent starts.
+    let jvms: Vec<(&str, Jvm)> =
+        ["h1", "h2"].into_iter().map(|m| (m, Jvm::start(client(&dir, &certs, &base, m, &[])))).collect();
+    let mut agent = Agent::start(&dir, &[]);
+    for (_, j) in &jvms {
+        let line = wait_jvm_attached(&agent, j.pid());
+        assert!(line.contains("ok probed"), "{line}");
+        for hook in ["AppInputStream.read", "AppOutputStream.write", "SSLEngineImpl.wrap", "SSLEngineImpl.unwrap"] {
+            assert!(line.contains(&format!("{hook}=patched")), "{hook}: {line}");
+        }
+    }
+    for (mode, j) in jvms {
+        let pid = j.pid();
+        let (out, stderr) = j.go();
+        expect_proto(&out, mode);
+        // Nothing of the attach shows in the application's output.
+        assert_eq!(stderr, "", "the JVM's stderr");
+        assert_captured(&agent, &server, pid, if mode == "h1" { "1.1" } else { "2" });
+        assert_eq!(log_lines(&agent, "java agent attached", pid).len(), 1, "one log line per JVM");
+    }
+    assert!(agent.stop().success());
+    let out = agent.all_output();
+    assert!(!out.contains(SECRET_KEY) && !out.contains("Bearer"), "a credential leaked into the agent's output");
+    let stats = agent.stats();
+    assert_eq!(stats["jvms_attached"], 2, "{stats}");
+}
+
+#[test]
+fn a_jvm_started_after_the_agent_is_attached_on_discovery_and_its_patches_verify() {
+    let _g = serial();
+    let env = Env::start("java-after", Transport::H2, &[]);
+    for mode in ["h2", "h1"] {
+        // -XX:+BytecodeVerificationLocal: the JVM verifies JDK classes too, so
+        // the patched JSSE classes must pass the verifier (or the load fails).
+        let verify = ["-XX:+UnlockDiagnosticVMOptions", "-XX:+BytecodeVerificationLocal"];
+        let j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), mode, &verify));
+        let pid = j.pid();
+        let line = wait_jvm_attached(&env.agent, pid);
+        assert!(line.contains("ok probed") && !line.contains("refused"), "{line}");
+        let (out, stderr) = j.go();
+        expect_proto(&out, mode);
+        assert_eq!(stderr, "", "the JVM's stderr");
+        assert_captured(&env.agent, &env.server, pid, if mode == "h1" { "1.1" } else { "2" });
+    }
+    env.finish();
+}
+
+/// A copy of the JDK's runtime parts (what a container image carries).
+fn jdk_copy(dir: &Path) -> PathBuf {
+    let home = jdk_home();
+    let copy = dir.join("jdk");
+    std::fs::create_dir_all(&copy).unwrap();
+    for part in ["bin", "lib", "conf", "release"] {
+        let st = Command::new("cp").arg("-a").arg(home.join(part)).arg(&copy).status().unwrap();
+        assert!(st.success(), "copy {part} of the JDK");
+    }
+    copy
+}
+
+#[test]
+fn a_containerised_jvm_with_its_own_jdk_tmp_pid_namespace_and_user_is_captured() {
+    let _g = serial();
+    let env = Env::start("java-container", Transport::H2, &[]);
+    let jdk = jdk_copy(&env.dir);
+    // What the JVM needs, inside the copy (its /tmp is its own, empty tmpfs).
+    let app = jdk.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy(client_classes().join("LlmClient.class"), app.join("LlmClient.class")).unwrap();
+    std::fs::copy(&env.certs.ca, app.join("ca.pem")).unwrap();
+    let hosts = env.dir.join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "))).unwrap();
+    let home = jdk_home();
+    let inside = home.display().to_string();
+    let args = client_args(&[], &home.join("app"), &env.openai_base(), &home.join("app/ca.pem"), "h2", CALLS);
+    // Binds first (their sources live under the host's /tmp), then the private
+    // /tmp and /proc; java runs as pid 1 of its namespace, as user nobody.
+    let script = format!(
+        "set -e\nmount --bind '{}' /etc/hosts\nmount --bind '{}' '{inside}'\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n\
+         exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"\n",
+        hosts.display(),
+        jdk.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "sh", "-c", &script])
+        .arg("sh")
+        .arg(home.join("bin/java"))
+        .args(&args);
+    let j = Jvm::start(cmd);
+    let pid = wait_for("the JVM under unshare", Duration::from_secs(10), || child_of(j.pid()));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("NStgid:") && l.ends_with("\t1")), "java is pid 1 inside: {status}");
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "{status}");
+    let line = wait_jvm_attached(&env.agent, pid);
+    assert!(line.contains("ok probed"), "{line}");
+    // Its library was probed through its own root (not the host's /tmp).
+    let lib = format!("/proc/{pid}/root/tmp/.tokentap-java-");
+    wait_for("its library probed through its root", Duration::from_secs(10), || {
+        agent_log(&env.agent).lines().any(|l| l.contains(" attached ") && l.contains(&lib)).then_some(())
+    });
+    let (out, stderr) = j.go();
+    expect_proto(&out, "h2");
+    assert_eq!(stderr, "", "the JVM's stderr");
+    assert_captured(&env.agent, &env.server, pid, "2");
+    env.finish();
+}
+
+#[test]
+fn jvms_that_disable_attach_are_listed_not_signalled_and_keep_working() {
+    let _g = serial();
+    let env = Env::start("java-disabled", Transport::H2, &[]);
+    // Read from the JVM's perf data file; with -XX:-UsePerfData there is none,
+    // and the command line says it.
+    let cases = [
+        (vec!["-XX:+DisableAttachMechanism"], "per its perf data"),
+        (vec!["-XX:-UsePerfData", "-XX:+DisableAttachMechanism"], "on its command line"),
+    ];
+    for (flags, how) in cases {
+        let mut j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), "h2", &flags));
+        let pid = j.pid();
+        let stats = env.agent.wait_stats("the JVM listed as not probed", |s| {
+            coverage_of(s, pid)["not_probed"].as_object().is_some_and(|m| !m.is_empty())
+        });
+        let np = coverage_of(&stats, pid)["not_probed"].clone();
+        let (what, reason) = np.as_object().unwrap().iter().next().unwrap();
+        assert!(what.starts_with("java: ") && what.ends_with("/libjvm.so"), "{np}");
+        let reason = reason.as_str().unwrap();
+        assert!(reason.contains("DisableAttachMechanism") && reason.contains(how), "{reason}");
+        assert_eq!(log_lines(&env.agent, "JVM not attached", pid).len(), 1, "one log line per JVM");
+        assert!(j.alive(), "the JVM keeps running");
+        let (out, stderr) = j.go();
+        expect_proto(&out, "h2");
+        // No SIGQUIT reached it: HotSpot would have printed a thread dump.
+        assert!(!stderr.contains("Full thread dump"), "{stderr}");
+        let stats = env.agent.wait_process_done(pid);
+        assert!(env.agent.records_of(&[pid]).is_empty(), "not attached: nothing captured");
+        assert!(coverage_of(&stats, pid)["records"].as_object().is_none_or(|m| m.is_empty()));
+    }
+    let stats = env.finish();
+    assert_eq!(stats["jvms_not_attached"], 2, "{stats}");
+    assert_eq!(stats["jvms_attached"], 0, "{stats}");
+}
+
+#[test]
+fn no_java_attach_leaves_every_jvm_alone_and_says_so() {
+    let _g = serial();
+    let env = Env::start("java-off", Transport::H2, &["--no-java-attach"]);
+    let mut j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), "h1", &[]));
+    let pid = j.pid();
+    let stats = env.agent.wait_stats("the JVM listed as not probed", |s| {
+        coverage_of(s, pid)["not_probed"].as_object().is_some_and(|m| !m.is_empty())
+    });
+    let np = coverage_of(&stats, pid)["not_probed"].to_string();
+    assert!(np.contains("--no-java-attach"), "{np}");
+    assert!(j.alive());
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(!maps.contains("tokentap"), "nothing loaded into the JVM");
+    let (out, _) = j.go();
+    expect_proto(&out, "h1");
+    env.agent.wait_process_done(pid);
+    assert!(env.agent.records_of(&[pid]).is_empty());
+    let stats = env.finish();
+    assert_eq!(stats["jvms_not_attached"], 1, "{stats}");
+}
