@@ -22,7 +22,7 @@ use tokentap_event::PriceTable;
 const CALLS: u32 = 4;
 
 /// The records of `pid`: one per served call, exact, captured through JSSE.
-fn assert_captured(agent: &Agent, server: &Server, pid: u32, version: &str) {
+fn assert_captured(agent: &Agent, server: &Server, pid: u32, version: &str) -> Value {
     agent.wait_records(&[pid], CALLS as usize);
     let stats = agent.wait_process_done(pid);
     let records = agent.records_of(&[pid]);
@@ -40,6 +40,7 @@ fn assert_captured(agent: &Agent, server: &Server, pid: u32, version: &str) {
     let cov = coverage_of(&stats, pid);
     assert_eq!(cov["records"]["java"], CALLS, "{cov}");
     assert!(cov["records"].get("socket").is_none(), "{cov}");
+    cov
 }
 
 fn client(dir: &Path, certs: &Certs, base: &str, mode: &str, jvm_args: &[&str]) -> Command {
@@ -48,7 +49,7 @@ fn client(dir: &Path, certs: &Certs, base: &str, mode: &str, jvm_args: &[&str]) 
 
 fn expect_proto(out: &Value, mode: &str) {
     assert_eq!(out["calls"], CALLS, "{out}");
-    assert_eq!(out["proto"], if mode == "h1" { "HTTP_1_1" } else { "HTTP_2" }, "{out}");
+    assert_eq!(out["proto"], if mode == "h2" { "HTTP_2" } else { "HTTP_1_1" }, "{out}");
 }
 
 #[test]
@@ -90,7 +91,8 @@ fn jvms_started_before_the_agent_are_attached_at_start_and_captured() {
 fn a_jvm_started_after_the_agent_is_attached_on_discovery_and_its_patches_verify() {
     let _g = serial();
     let env = Env::start("java-after", Transport::H2, &[]);
-    for mode in ["h2", "h1"] {
+    // HttpClient (SSLEngine) over both versions, and HttpsURLConnection (SSLSocket).
+    for mode in ["h2", "h1", "url"] {
         // -XX:+BytecodeVerificationLocal: the JVM verifies JDK classes too, so
         // the patched JSSE classes must pass the verifier (or the load fails).
         let verify = ["-XX:+UnlockDiagnosticVMOptions", "-XX:+BytecodeVerificationLocal"];
@@ -101,7 +103,11 @@ fn a_jvm_started_after_the_agent_is_attached_on_discovery_and_its_patches_verify
         let (out, stderr) = j.go();
         expect_proto(&out, mode);
         assert_eq!(stderr, "", "the JVM's stderr");
-        assert_captured(&env.agent, &env.server, pid, if mode == "h1" { "1.1" } else { "2" });
+        let cov = assert_captured(&env.agent, &env.server, pid, if mode == "h2" { "2" } else { "1.1" });
+        if mode == "url" {
+            // The client closed its socket: SSLSocketImpl.close reached the kernel.
+            assert_eq!(cov["closed"]["java"], 1, "{cov}");
+        }
     }
     env.finish();
 }

@@ -1,13 +1,18 @@
-// A java.net.http.HttpClient client for the end-to-end tests: JSSE (TLS in
-// Java, SSLEngine), HTTP/1.1 or HTTP/2, chat completions, every other one
-// streamed (SSE with include_usage). JDK only.
+// A JDK-only client for the end-to-end tests: JSSE (TLS in Java), chat
+// completions, every other one streamed (SSE with include_usage), through
+// java.net.http.HttpClient (SSLEngine) over HTTP/1.1 (h1) or HTTP/2 (h2), or
+// through HttpsURLConnection (SSLSocket, HTTP/1.1 keep-alive: url).
 //
-// Usage: java LlmClient.java BASE CA.pem KEY h1|h2 CALLS [wait]
+// Usage: java LlmClient.java BASE CA.pem KEY h1|h2|url CALLS [wait]
 // With `wait`, prints "ready" and waits for a line on stdin before calling
 // (the test attaches the agent meanwhile). Prints one JSON line:
 // {"calls": N, "proto": "HTTP_2", "statuses": [...]}.
 import java.io.BufferedReader;
+import java.io.InputStream;
 import java.io.InputStreamReader;
+import java.io.OutputStream;
+import java.net.URL;
+import java.nio.charset.StandardCharsets;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -20,6 +25,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Collectors;
+import javax.net.ssl.HttpsURLConnection;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.TrustManagerFactory;
 
@@ -29,6 +35,7 @@ public class LlmClient {
         Path ca = Path.of(args[1]);
         String key = args[2];
         boolean h2 = args[3].equals("h2");
+        boolean url = args[3].equals("url");
         int calls = Integer.parseInt(args[4]);
         boolean wait = args.length > 5 && args[5].equals("wait");
 
@@ -65,7 +72,10 @@ public class LlmClient {
                     .timeout(Duration.ofSeconds(30))
                     .POST(HttpRequest.BodyPublishers.ofString(body))
                     .build();
-            if (stream) {
+            if (url) {
+                statuses.add(viaUrlConnection(base, key, body, stream, tls));
+                proto = "HTTP_1_1";
+            } else if (stream) {
                 HttpResponse<java.util.stream.Stream<String>> r = client.send(req, HttpResponse.BodyHandlers.ofLines());
                 List<String> lines = r.body().collect(Collectors.toList());
                 if (lines.stream().noneMatch(l -> l.equals("data: [DONE]"))) {
@@ -82,7 +92,90 @@ public class LlmClient {
                 proto = r.version().toString();
             }
         }
+        if (factory != null) {
+            // The application closes its sockets: their ends are seen.
+            for (java.net.Socket sock : factory.made) {
+                sock.close();
+            }
+        }
+        System.out.flush();
         System.out.println("{\"calls\": " + statuses.size() + ", \"proto\": \"" + proto + "\", \"statuses\": "
                 + statuses + "}");
+    }
+
+    static Remembering factory;
+
+    /** Creates sockets through `inner` and remembers them, to close them at the end. */
+    static final class Remembering extends javax.net.ssl.SSLSocketFactory {
+        final javax.net.ssl.SSLSocketFactory inner;
+        final List<java.net.Socket> made = new ArrayList<>();
+
+        Remembering(javax.net.ssl.SSLSocketFactory inner) {
+            this.inner = inner;
+        }
+
+        java.net.Socket keep(java.net.Socket s) {
+            made.add(s);
+            return s;
+        }
+
+        public String[] getDefaultCipherSuites() {
+            return inner.getDefaultCipherSuites();
+        }
+
+        public String[] getSupportedCipherSuites() {
+            return inner.getSupportedCipherSuites();
+        }
+
+        public java.net.Socket createSocket() throws java.io.IOException {
+            return keep(inner.createSocket());
+        }
+
+        public java.net.Socket createSocket(java.net.Socket s, String h, int p, boolean a) throws java.io.IOException {
+            return keep(inner.createSocket(s, h, p, a));
+        }
+
+        public java.net.Socket createSocket(String h, int p) throws java.io.IOException {
+            return keep(inner.createSocket(h, p));
+        }
+
+        public java.net.Socket createSocket(String h, int p, java.net.InetAddress l, int lp) throws java.io.IOException {
+            return keep(inner.createSocket(h, p, l, lp));
+        }
+
+        public java.net.Socket createSocket(java.net.InetAddress h, int p) throws java.io.IOException {
+            return keep(inner.createSocket(h, p));
+        }
+
+        public java.net.Socket createSocket(java.net.InetAddress h, int p, java.net.InetAddress l, int lp)
+                throws java.io.IOException {
+            return keep(inner.createSocket(h, p, l, lp));
+        }
+    }
+
+    /** One call through HttpsURLConnection (an SSLSocket, kept alive between calls). */
+    static int viaUrlConnection(String base, String key, String body, boolean stream, SSLContext tls)
+            throws Exception {
+        HttpsURLConnection c = (HttpsURLConnection) new URL(base + "/chat/completions").openConnection();
+        // One factory for every call: the keep-alive cache reuses the socket.
+        if (factory == null) {
+            factory = new Remembering(tls.getSocketFactory());
+        }
+        c.setSSLSocketFactory(factory);
+        c.setRequestMethod("POST");
+        c.setDoOutput(true);
+        c.setRequestProperty("Authorization", "Bearer " + key);
+        c.setRequestProperty("Content-Type", "application/json");
+        try (OutputStream out = c.getOutputStream()) {
+            out.write(body.getBytes(StandardCharsets.UTF_8));
+        }
+        String text;
+        try (InputStream in = c.getInputStream()) {
+            text = new String(in.readAllBytes(), StandardCharsets.UTF_8);
+        }
+        if (stream ? !text.contains("data: [DONE]") : !text.contains("\"usage\"")) {
+            throw new IllegalStateException("unexpected body: " + text);
+        }
+        return c.getResponseCode();
     }
 }
