@@ -87,7 +87,16 @@ impl Jvm {
         self.child.try_wait().is_ok_and(|s| s.is_none())
     }
 
-    /// Let it make its calls; returns its JSON result line and its stderr.
+    /// One round of calls, the JVM staying up; returns its JSON result line.
+    pub fn round(&mut self) -> Value {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").and_then(|_| stdin.flush()).expect("tell the JVM to go");
+        let line = self.lines.recv_timeout(Duration::from_secs(120)).unwrap_or_default();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client output {line:?}: {e}"))
+    }
+
+    /// A last round of calls, then the JVM exits; returns its JSON result
+    /// line and its stderr.
     pub fn go(mut self) -> (Value, String) {
         let mut stdin = self.child.stdin.take().expect("stdin");
         stdin.write_all(b"go\n").expect("tell the JVM to go");

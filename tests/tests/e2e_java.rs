@@ -9,7 +9,9 @@
 //! exactly one record with the served tokens and `tls_library` `java`. JVMs
 //! with attach disabled, and every JVM under `--no-java-attach`, are not
 //! attached, are listed in coverage with the reason, get no signal (no thread
-//! dump on their stdout) and keep working. Needs root.
+//! dump on their stdout) and keep working. A JVM outlives the agent (its
+//! hooks run quietly) and the next agent captures it through the library it
+//! already loaded, without loading the Java agent twice. Needs root.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -110,6 +112,55 @@ fn a_jvm_started_after_the_agent_is_attached_on_discovery_and_its_patches_verify
         }
     }
     env.finish();
+}
+
+/// Records of `pid` in `agent`: `n` of them, each one served call, exact.
+fn assert_records(agent: &Agent, server: &Server, pid: u32, n: usize) {
+    let records = agent.wait_records(&[pid], n);
+    assert_eq!(records.len(), n, "{records:#?}");
+    let served = server.served();
+    for (r, s) in pair_with_served(&records, &served) {
+        assert_matches_served(r, s, &PriceTable::shipped());
+        assert_eq!(r["tls_library"], "java", "{r}");
+    }
+}
+
+#[test]
+fn a_jvm_outlives_the_agent_quietly_and_the_next_agent_captures_it_without_a_second_attach() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("java-restart");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::Https);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let mut first = Agent::start(&dir, &[]);
+    // HTTP/1.1 keep-alive: the next agent picks the connection up at a request.
+    let mut j = Jvm::start(client(&dir, &certs, &base, "h1", &[]));
+    let pid = j.pid();
+    wait_jvm_attached(&first, pid);
+    expect_proto(&j.round(), "h1");
+    assert_records(&first, &server, pid, CALLS as usize);
+    assert!(first.stop().success());
+    // No agent: the hooks run, nothing probes their native function.
+    expect_proto(&j.round(), "h1");
+    assert!(j.alive());
+    let later = dir.join("second");
+    std::fs::create_dir_all(&later).unwrap();
+    let second = Agent::start(&later, &[]);
+    wait_for("the next agent to find the loaded Java agent", Duration::from_secs(30), || {
+        log_lines(&second, "java agent already loaded", pid).into_iter().next()
+    });
+    wait_for("its library probed from the JVM's maps", Duration::from_secs(30), || {
+        agent_log(&second).lines().any(|l| l.contains(" attached ") && l.contains("libtokentap_java")).then_some(())
+    });
+    let (out, stderr) = j.go();
+    expect_proto(&out, "h1");
+    assert_eq!(stderr, "", "the JVM's stderr");
+    // Its exit handled: every record it will ever have is written.
+    second.wait_process_done(pid);
+    assert_records(&second, &server, pid, CALLS as usize);
+    assert!(log_lines(&second, "java agent attached", pid).is_empty(), "loaded once in the JVM's life");
+    assert_eq!(first.records_of(&[pid]).len(), CALLS as usize, "the first agent saw only the first round");
 }
 
 /// A copy of the JDK's runtime parts (what a container image carries).

@@ -4,9 +4,11 @@
 // through HttpsURLConnection (SSLSocket, HTTP/1.1 keep-alive: url).
 //
 // Usage: java LlmClient.java BASE CA.pem KEY h1|h2|url CALLS [wait]
-// With `wait`, prints "ready" and waits for a line on stdin before calling
-// (the test attaches the agent meanwhile). Prints one JSON line:
+// Makes CALLS calls and prints one JSON line:
 // {"calls": N, "proto": "HTTP_2", "statuses": [...]}.
+// With `wait`, prints "ready", then makes a round of CALLS calls (and prints
+// its line) for each line read on stdin, until stdin ends: the test attaches
+// agents in between, on the same client and connections.
 import java.io.BufferedReader;
 import java.io.InputStream;
 import java.io.InputStreamReader;
@@ -54,12 +56,26 @@ public class LlmClient {
                 .connectTimeout(Duration.ofSeconds(20))
                 .build();
 
-        if (wait) {
+        if (!wait) {
+            round(client, base, key, url, calls, tls);
+        } else {
             System.out.println("ready");
             System.out.flush();
-            new BufferedReader(new InputStreamReader(System.in)).readLine();
+            BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
+            while (in.readLine() != null) {
+                round(client, base, key, url, calls, tls);
+            }
         }
+        if (factory != null) {
+            // The application closes its sockets: their ends are seen.
+            for (java.net.Socket sock : factory.made) {
+                sock.close();
+            }
+        }
+    }
 
+    static void round(HttpClient client, String base, String key, boolean url, int calls, SSLContext tls)
+            throws Exception {
         List<Integer> statuses = new ArrayList<>();
         String proto = "";
         for (int i = 0; i < calls; i++) {
@@ -92,15 +108,9 @@ public class LlmClient {
                 proto = r.version().toString();
             }
         }
-        if (factory != null) {
-            // The application closes its sockets: their ends are seen.
-            for (java.net.Socket sock : factory.made) {
-                sock.close();
-            }
-        }
-        System.out.flush();
         System.out.println("{\"calls\": " + statuses.size() + ", \"proto\": \"" + proto + "\", \"statuses\": "
                 + statuses + "}");
+        System.out.flush();
     }
 
     static Remembering factory;
