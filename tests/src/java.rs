@@ -71,9 +71,13 @@ impl Jvm {
             let _ = err.read_to_string(&mut s);
             s
         });
-        let jvm = Self { child, lines, stderr: Some(stderr) };
+        let mut jvm = Self { child, lines, stderr: Some(stderr) };
         let first = jvm.lines.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        assert_eq!(first, "ready", "the JVM did not get ready: {cmd:?}");
+        if first != "ready" {
+            let _ = jvm.child.kill();
+            let err = jvm.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+            panic!("the JVM did not get ready (first line {first:?}): {cmd:?}\n{err}");
+        }
         jvm
     }
 

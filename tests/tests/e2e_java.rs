@@ -183,7 +183,9 @@ fn a_containerised_jvm_with_its_own_jdk_tmp_pid_namespace_and_user_is_captured()
     // What the JVM needs, inside the copy (its /tmp is its own, empty tmpfs).
     let app = jdk.join("app");
     std::fs::create_dir_all(&app).unwrap();
-    std::fs::copy(client_classes().join("LlmClient.class"), app.join("LlmClient.class")).unwrap();
+    for e in std::fs::read_dir(client_classes()).unwrap().flatten() {
+        std::fs::copy(e.path(), app.join(e.file_name())).unwrap();
+    }
     std::fs::copy(&env.certs.ca, app.join("ca.pem")).unwrap();
     let hosts = env.dir.join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "))).unwrap();
