@@ -175,53 +175,77 @@ fn jdk_copy(dir: &Path) -> PathBuf {
     copy
 }
 
+/// The capabilities the DaemonSet grants the agent (deploy/manifests): the
+/// agent runs with no other.
+const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid";
+
 #[test]
-fn a_containerised_jvm_with_its_own_jdk_tmp_pid_namespace_and_user_is_captured() {
+fn containerised_jvms_with_their_own_jdk_tmp_pid_and_user_namespaces_are_captured_with_the_daemonset_capabilities() {
     let _g = serial();
-    let env = Env::start("java-container", Transport::H2, &[]);
-    let jdk = jdk_copy(&env.dir);
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch("java-container");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::H2);
+    let wrapper = ["setpriv", "--inh-caps=-all", &format!("--bounding-set={DAEMONSET_CAPS}"), "--"];
+    let mut agent = Agent::start_with(&dir, &[], &wrapper);
+    let jdk = jdk_copy(&dir);
     // What the JVM needs, inside the copy (its /tmp is its own, empty tmpfs).
     let app = jdk.join("app");
     std::fs::create_dir_all(&app).unwrap();
     for e in std::fs::read_dir(client_classes()).unwrap().flatten() {
         std::fs::copy(e.path(), app.join(e.file_name())).unwrap();
     }
-    std::fs::copy(&env.certs.ca, app.join("ca.pem")).unwrap();
-    let hosts = env.dir.join("hosts");
+    std::fs::copy(&certs.ca, app.join("ca.pem")).unwrap();
+    let hosts = dir.join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "))).unwrap();
     let home = jdk_home();
-    let inside = home.display().to_string();
-    let args = client_args(&[], &home.join("app"), &env.openai_base(), &home.join("app/ca.pem"), "h2", CALLS);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let args = client_args(&[], &home.join("app"), &base, &home.join("app/ca.pem"), "h2", CALLS);
     // Binds first (their sources live under the host's /tmp), then the private
-    // /tmp and /proc; java runs as pid 1 of its namespace, as user nobody.
-    let script = format!(
-        "set -e\nmount --bind '{}' /etc/hosts\nmount --bind '{}' '{inside}'\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n\
-         exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"\n",
+    // /tmp; java runs as pid 1 of its pid namespace, as user nobody (a) or as
+    // root of a user namespace that maps it to nobody (b: a rootless
+    // container, where the agent's root is no one and creates nothing).
+    let mounts = format!(
+        "set -e\nmount --bind '{}' /etc/hosts\nmount --bind '{}' '{}'\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n",
         hosts.display(),
-        jdk.display()
+        jdk.display(),
+        home.display()
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "sh", "-c", &script])
-        .arg("sh")
-        .arg(home.join("bin/java"))
-        .args(&args);
-    let j = Jvm::start(cmd);
-    let pid = wait_for("the JVM under unshare", Duration::from_secs(10), || child_of(j.pid()));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("NStgid:") && l.ends_with("\t1")), "java is pid 1 inside: {status}");
-    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "{status}");
-    let line = wait_jvm_attached(&env.agent, pid);
-    assert!(line.contains("ok probed"), "{line}");
-    // Its library was probed through its own root (not the host's /tmp).
-    let lib = format!("/proc/{pid}/root/tmp/.tokentap-java-");
-    wait_for("its library probed through its root", Duration::from_secs(10), || {
-        agent_log(&env.agent).lines().any(|l| l.contains(" attached ") && l.contains(&lib)).then_some(())
-    });
-    let (out, stderr) = j.go();
-    expect_proto(&out, "h2");
-    assert_eq!(stderr, "", "the JVM's stderr");
-    assert_captured(&env.agent, &env.server, pid, "2");
-    env.finish();
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+    let ns = ["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"];
+    for userns in [false, true] {
+        let mut cmd = Command::new(if userns { nobody[0] } else { "unshare" });
+        if userns {
+            cmd.args(&nobody[1..]).args(["unshare", "--user", "--map-root-user"]);
+        }
+        let script = if userns {
+            format!("{mounts}exec \"$@\"\n")
+        } else {
+            format!("{mounts}exec {} \"$@\"\n", nobody.join(" "))
+        };
+        cmd.args(ns).args(["sh", "-c", &script, "sh"]).arg(home.join("bin/java")).args(&args);
+        let j = Jvm::start(cmd);
+        let pid = wait_for("the JVM under unshare", Duration::from_secs(10), || child_of(j.pid()));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.lines().any(|l| l.starts_with("NStgid:") && l.ends_with("\t1")), "pid 1 inside: {status}");
+        assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "{status}");
+        let own_userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        assert_eq!(own_userns != std::fs::read_link("/proc/self/ns/user").unwrap(), userns);
+        let line = wait_jvm_attached(&agent, pid);
+        assert!(line.contains("ok probed"), "{line}");
+        // Its library was probed through its own root (not the host's /tmp).
+        let lib = format!("/proc/{pid}/root/tmp/.tokentap-java-");
+        wait_for("its library probed through its root", Duration::from_secs(10), || {
+            agent_log(&agent).lines().any(|l| l.contains(" attached ") && l.contains(&lib)).then_some(())
+        });
+        let (out, stderr) = j.go();
+        expect_proto(&out, "h2");
+        assert_eq!(stderr, "", "the JVM's stderr");
+        assert_captured(&agent, &server, pid, "2");
+    }
+    assert!(agent.stop().success());
+    assert!(!agent.all_output().contains(SECRET_KEY));
 }
 
 #[test]

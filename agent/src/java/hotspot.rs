@@ -15,10 +15,9 @@
 //!   kills the process. So SIGQUIT is sent only when `/proc/PID/status` shows
 //!   it caught (as JDK 24's own client checks), and only with the file in place;
 //! - the listener accepts a client whose SO_PEERCRED uid/gid equal the JVM's
-//!   effective ones, or uid 0 as the JVM's user namespace sees it. Root in a
-//!   user-namespaced container is not 0 there, so the socket is connected
-//!   from a short-lived thread running with the JVM's uid and gid (raw
-//!   setresuid/setresgid change that thread only);
+//!   effective ones, or uid 0 as the JVM's user namespace sees it (root in a
+//!   user-namespaced container is not 0 there): the caller runs all of this
+//!   on a thread that took the JVM's uid and gid (see the java module);
 //! - request: `1\0load\0instrument\0false\0<jar>=<options>\0`; reply: the
 //!   command's result code on the first line, then, since JDK 9, `return code:
 //!   N` (Agent_OnAttach's result: 0 when agentmain returned).
@@ -26,7 +25,7 @@
 //! Before sending anything the agent checks that the socket's listener is
 //! the JVM (SO_PEERCRED pid): a socket planted by someone else gets nothing.
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -92,8 +91,6 @@ fn socket_ready(tmp: &Dir, nspid: u32) -> bool {
 pub struct Target<'a> {
     pub pid: u32,
     pub nspid: u32,
-    pub uid: u32,
-    pub gid: u32,
     /// Its /tmp, held open.
     pub tmp: &'a Dir,
 }
@@ -106,18 +103,10 @@ pub fn start_listener(t: &Target, timeout: Duration) -> Result<(), AttachError> 
         return Ok(());
     }
     let trigger = format!(".attach_pid{}", t.nspid);
+    // Created by the JVM's own user (this thread runs as it): HotSpot trusts
+    // the file only if its effective uid (or root, as it sees it) owns it.
     let ours = match t.tmp.create(&trigger, 0o600) {
-        Ok(f) => {
-            // HotSpot trusts the file only if its effective uid (or root, as
-            // its user namespace sees it) owns it.
-            // SAFETY: valid fd.
-            if unsafe { libc::fchown(f.as_raw_fd(), t.uid, t.gid) } != 0 {
-                let e = std::io::Error::last_os_error();
-                t.tmp.remove(&trigger);
-                return Err(AttachError::Trigger(e));
-            }
-            true
-        }
+        Ok(_) => true,
         // Someone else's attach in flight (jcmd): its file serves us too.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(AttachError::Trigger(e)),
@@ -152,16 +141,12 @@ fn signal_and_wait(t: &Target, timeout: Duration) -> Result<(), AttachError> {
     Err(AttachError::NoSocket(timeout))
 }
 
-/// Connect to the attach socket as the JVM's user, check the listener is the
-/// JVM, send `request`, return the reply (bounded), all within `timeout`.
+/// Connect to the attach socket, check the listener is the JVM, send
+/// `request`, return the reply (bounded), all within `timeout`.
 pub fn exchange(t: &Target, request: &[u8], timeout: Duration) -> Result<Vec<u8>, AttachError> {
+    // Through our descriptor of its /tmp: no path walk through the container.
     let path = format!("/proc/self/fd/{}/{}", t.tmp.raw(), socket_name(t.nspid));
-    let (uid, gid) = (t.uid, t.gid);
-    let stream = std::thread::scope(|s| {
-        s.spawn(move || connect_as(&path, uid, gid))
-            .join()
-            .unwrap_or_else(|_| Err(AttachError::Connect(std::io::Error::other("connect thread panicked"))))
-    })?;
+    let stream = UnixStream::connect(path).map_err(AttachError::Connect)?;
     let peer = peer_pid(&stream).map_err(AttachError::Connect)?;
     if peer != t.pid as i32 {
         return Err(AttachError::WrongPeer(peer));
@@ -190,49 +175,6 @@ pub fn exchange(t: &Target, request: &[u8], timeout: Duration) -> Result<Vec<u8>
         }
     }
     Ok(reply)
-}
-
-/// In this thread only: take the JVM's gid and uid, connect, return the
-/// stream. The thread ends right after, with its credentials.
-fn connect_as(path: &str, uid: u32, gid: u32) -> Result<UnixStream, AttachError> {
-    if uid != 0 || gid != 0 {
-        let keep = u32::MAX as libc::c_long;
-        // SAFETY: raw syscalls change only the calling thread's credentials
-        // (glibc's wrappers would change every thread's).
-        let rc = unsafe { libc::syscall(libc::SYS_setresgid, keep, gid as libc::c_long, keep) };
-        if rc != 0 {
-            return Err(AttachError::Connect(std::io::Error::last_os_error()));
-        }
-        // SAFETY: as above.
-        let rc = unsafe { libc::syscall(libc::SYS_setresuid, keep, uid as libc::c_long, keep) };
-        if rc != 0 {
-            return Err(AttachError::Connect(std::io::Error::last_os_error()));
-        }
-    }
-    // SAFETY: plain socket creation.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(AttachError::Connect(std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd was just created.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zeroed sockaddr_un is valid; the path is copied in bounds.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(AttachError::Connect(std::io::ErrorKind::InvalidInput.into()));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: valid fd and address.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
-    if rc != 0 {
-        return Err(AttachError::Connect(std::io::Error::last_os_error()));
-    }
-    Ok(UnixStream::from(fd))
 }
 
 fn peer_pid(s: &UnixStream) -> std::io::Result<i32> {

@@ -21,8 +21,11 @@
 //!    yet, or without perf data it is under 3 s old: an agent loaded earlier
 //!    fails inside the JVM), or SIGQUIT not yet caught: tried again for up to
 //!    a minute;
-//! 4. else the jar and library are placed in the JVM's /tmp ([`root`]), the
-//!    listener started, the agent loaded. While the load runs, discovery is
+//! 4. else, on a thread that takes the JVM's uid and gid (the only privilege
+//!    used beyond reading /proc: CAP_SETUID/CAP_SETGID), as the JDK's own
+//!    tools would: the jar and library are placed in the JVM's /tmp, owned by
+//!    its user ([`root`]), the listener started (trigger file, SIGQUIT), the
+//!    agent loaded. While the load runs, discovery is
 //!    asked to rescan the process: it finds the library in the maps and
 //!    probes it, and the Java agent waits for that probe before it reports
 //!    anything. The agent's one-line status is read back and logged.
@@ -195,16 +198,38 @@ impl Attacher {
         if jvm.agent_loaded {
             return Outcome::AlreadyLoaded;
         }
+        // Root's part: the JVM's root directory (CAP_SYS_PTRACE) and what its
+        // command line says; the rest as the JVM's own user, on a thread of its
+        // own, as the JDK's own tools would (no other privilege needed, and
+        // files are created where root could not: see `root`).
         let root = match root::Root::open(jvm.pid) {
             Ok(r) => r,
             Err(e) => return Outcome::Skipped(format!("cannot open its root: {e}")),
         };
+        let flag = {
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
+            procfs::hotspot_flag(&cmdline, &environ, "DisableAttachMechanism")
+        };
+        let (uid, gid) = (facts.uid, facts.gid);
+        std::thread::scope(|s| {
+            s.spawn(|| match root::become_user(uid, gid) {
+                Ok(()) => self.attach_as_user(jvm, facts, &root, flag),
+                Err(e) => Outcome::Skipped(format!("cannot take the JVM's user {uid}: {e}")),
+            })
+            .join()
+            .unwrap_or_else(|_| Outcome::Skipped("the attach thread panicked".into()))
+        })
+    }
+
+    /// The attach, on a thread running as the JVM's user.
+    fn attach_as_user(&self, jvm: &Jvm, facts: &procfs::Facts, root: &root::Root, flag: Option<bool>) -> Outcome {
         let tmp = match root.tmp() {
             Ok(t) => t,
             Err(e) => return Outcome::Skipped(format!("no /tmp in its file system: {e}")),
         };
         let perf = perf_counters(&tmp, facts);
-        if let Some(how) = attach_disabled(perf.as_ref(), dir) {
+        if let Some(how) = attach_disabled(perf.as_ref(), flag) {
             return Outcome::Skipped(format!("attach disabled in the JVM (-XX:+DisableAttachMechanism, {how})"));
         }
         // Started: its perf data says so; without one, a few seconds old.
@@ -212,12 +237,12 @@ impl Attacher {
             Some(s) => s,
             None => procfs::age(facts.start_time).is_some_and(|a| a >= Duration::from_secs(3)),
         };
-        let target = hotspot::Target { pid: jvm.pid, nspid: facts.nspid, uid: facts.uid, gid: facts.gid, tmp: &tmp };
+        let target = hotspot::Target { pid: jvm.pid, nspid: facts.nspid, tmp: &tmp };
         let listening = tmp.stat(&hotspot::socket_name(facts.nspid)).is_ok();
         if !started || (!listening && !facts.sigquit_caught) {
             return Outcome::NotReady;
         }
-        match self.load(&target) {
+        match self.load(&target, facts.uid) {
             Ok(status) if status.starts_with("ok") => Outcome::Attached(status),
             Ok(status) => Outcome::Skipped(format!("the Java agent did not install: {status}")),
             Err(e) => Outcome::Skipped(e),
@@ -225,19 +250,14 @@ impl Attacher {
     }
 
     /// Place the files, start the listener, load the agent, read its status.
-    fn load(&self, t: &hotspot::Target) -> Result<String, String> {
-        let name = format!(".tokentap-java-{}", digest());
+    fn load(&self, t: &hotspot::Target, uid: u32) -> Result<String, String> {
+        let name = format!(".tokentap-java-{}-{uid}", digest());
         let files = t.tmp.subdir(&name).map_err(|e| format!("cannot use /tmp/{name}: {e}"))?;
         files.put("tokentap-java.jar", JAR).map_err(|e| format!("cannot place the agent jar: {e}"))?;
         files.put("libtokentap_java.so", LIB).map_err(|e| format!("cannot place the agent library: {e}"))?;
         let status = format!("status-{}-{:016x}", t.nspid, root::rand64());
-        let f = files.create(&status, 0o600).map_err(|e| format!("status file: {e}"))?;
-        // SAFETY: valid fd. The Java agent writes the file as the JVM's user.
-        if unsafe { libc::fchown(std::os::fd::AsRawFd::as_raw_fd(&f), t.uid, t.gid) } != 0 {
-            files.remove(&status);
-            return Err(format!("status file: {}", std::io::Error::last_os_error()));
-        }
-        drop(f);
+        // Written by the Java agent, which runs as this same user.
+        drop(files.create(&status, 0o600).map_err(|e| format!("status file: {e}"))?);
         let dir = format!("/tmp/{name}");
         let request = hotspot::load_request(&format!("{dir}/tokentap-java.jar"), &format!("dir={dir};status={status}"));
         let result = hotspot::start_listener(t, LISTENER_WAIT).map_err(|e| e.to_string()).and_then(|_| {
@@ -273,13 +293,11 @@ impl Attacher {
 
 /// How the JVM says attach is disabled, if it does: its perf data file, else
 /// its command line and option variables.
-fn attach_disabled(perf: Option<&perfdata::Counters>, dir: &Path) -> Option<&'static str> {
+fn attach_disabled(perf: Option<&perfdata::Counters>, flag: Option<bool>) -> Option<&'static str> {
     if let Some(attachable) = perf.and_then(perfdata::Counters::attachable) {
         return (!attachable).then_some("per its perf data");
     }
-    let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-    let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
-    (procfs::hotspot_flag(&cmdline, &environ, "DisableAttachMechanism") == Some(true)).then_some("on its command line")
+    (flag == Some(true)).then_some("on its command line")
 }
 
 /// The JVM's `hsperfdata_<user>/<pid>` file (the one its uid owns).
@@ -299,7 +317,7 @@ fn perf_counters(tmp: &root::Dir, facts: &procfs::Facts) -> Option<perfdata::Cou
 }
 
 /// The placed files' directory name: their content's digest, so one copy
-/// serves every JVM of a mount namespace and a new build gets its own.
+/// serves every JVM of a user in a mount namespace and a new build gets its own.
 fn digest() -> &'static str {
     static D: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     D.get_or_init(|| {

@@ -8,12 +8,18 @@
 //! the JVM's root, as the JVM itself would resolve them. The last component
 //! of every file we create or read is opened with `O_NOFOLLOW`.
 //!
-//! What is placed (in `/tmp/.tokentap-java-<digest>/`, named by the content,
-//! so all JVMs of one mount namespace share one copy, hence one uprobe): the
-//! agent jar and its native library, owned by root, mode 0444 in a 0755
-//! directory: readable by any JVM user, writable by none (a directory that
-//! exists but is not root's, or is writable by others, is not used). Files
-//! a JVM mapped are never removed: it reads the jar's classes lazily.
+//! The caller works as the JVM's own user (see the java module), so what is
+//! created there belongs to that user, as if the JVM's own tools made it:
+//! that works where root cannot create files at all (a file system mounted
+//! in a user namespace refuses owners it cannot map).
+//!
+//! What is placed (in `/tmp/.tokentap-java-<digest>-<uid>/`, named by the
+//! content and the user, so the JVMs of one user in one mount namespace share
+//! one copy, hence one uprobe; another user's JVMs never load files this user
+//! could change): the agent jar and its native library, mode 0444 in a 0755
+//! directory. A directory that exists but is not this user's, or is writable
+//! by others, is not used. Files a JVM mapped are never removed: it reads
+//! the jar's classes lazily.
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -146,7 +152,7 @@ impl Dir {
     }
 
     /// A subdirectory: created (0755) if missing; an existing one must be
-    /// root's and writable by no one else.
+    /// this thread's user's and writable by no one else.
     pub fn subdir(&self, name: &str) -> std::io::Result<Dir> {
         let n = cstr(name)?;
         // SAFETY: valid C string.
@@ -164,19 +170,19 @@ impl Dir {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid fd and pointer.
         check(unsafe { libc::fstat(dir.raw(), &mut st) })?;
-        if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "exists, not root's own"));
+        if st.st_uid != euid() || st.st_mode & 0o022 != 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "exists, not this user's own"));
         }
         Ok(dir)
     }
 
-    /// `name` holds exactly `bytes`: kept if it already does (a root-owned
-    /// regular file), else written beside it and renamed into place.
+    /// `name` holds exactly `bytes`: kept if it already does (a regular file
+    /// of this thread's user), else written beside it and renamed into place.
     pub fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         if let Ok(st) = self.stat(name) {
             let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
             if regular
-                && st.st_uid == 0
+                && st.st_uid == euid()
                 && st.st_size as usize == bytes.len()
                 && self.read(name, bytes.len() + 1).is_ok_and(|b| b == bytes)
             {
@@ -201,6 +207,33 @@ impl Dir {
         }
         Ok(())
     }
+}
+
+/// This thread's effective uid (threads of this agent may differ, see above).
+fn euid() -> u32 {
+    // SAFETY: no preconditions; the kernel answers for the calling thread.
+    unsafe { libc::syscall(libc::SYS_geteuid) as u32 }
+}
+
+/// Take `uid` and `gid` (and no supplementary groups) for the calling thread
+/// only: raw system calls, not glibc's wrappers, which change every thread.
+/// Meant for a thread that ends after its work.
+pub fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    if uid == 0 && gid == 0 {
+        return Ok(());
+    }
+    let (u, g) = (uid as libc::c_long, gid as libc::c_long);
+    // SAFETY: raw credential changes of the calling thread; gid and groups
+    // first, while the thread may still change them.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setresgid, g, g, g) != 0
+            || libc::syscall(libc::SYS_setresuid, u, u, u) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// A random 64-bit value (names that cannot be guessed ahead).
@@ -247,11 +280,32 @@ mod tests {
         assert_eq!(dir.stat("f").unwrap().st_mode & 0o777, 0o444);
         let sub = dir.subdir("d").unwrap();
         sub.put("x", b"1").unwrap();
-        // Writable by others: refused (unless this test runs as non-root, where
-        // ownership alone refuses it).
+        // Writable by others: refused.
         std::fs::create_dir(path.join("open")).unwrap();
         std::fs::set_permissions(path.join("open"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         assert!(dir.subdir("open").is_err());
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn another_users_directory_is_not_used() {
+        let (path, dir) = scratch();
+        let other = path.join("theirs");
+        std::fs::create_dir(&other).unwrap();
+        std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+        assert!(dir.subdir("theirs").is_err(), "not this user's");
+        // As that user (a thread of its own), it is.
+        let ok = std::thread::scope(|s| {
+            s.spawn(|| {
+                become_user(65534, 65534).unwrap();
+                assert_eq!(euid(), 65534);
+                dir.subdir("theirs").map(|d| d.put("f", b"x").is_ok())
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(ok.unwrap(), "the user's own directory, written as the user");
+        assert_eq!(euid(), 0, "other threads keep their credentials");
         std::fs::remove_dir_all(&path).unwrap();
     }
 }
