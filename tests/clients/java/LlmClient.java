@@ -4,6 +4,8 @@
 // through HttpsURLConnection (SSLSocket, HTTP/1.1 keep-alive: url).
 //
 // Usage: java LlmClient.java BASE CA.pem KEY h1|h2|url CALLS [wait]
+//        java LlmClient.java BASE CA.pem KEY bench CALLS WARM [wait]
+// (bench: `cargo xtask bench`'s client, see `bench` below)
 // Makes CALLS calls and prints one JSON line:
 // {"calls": N, "proto": "HTTP_2", "statuses": [...]}.
 // With `wait`, prints "ready", then makes a round of CALLS calls (and prints
@@ -56,7 +58,9 @@ public class LlmClient {
                 .connectTimeout(Duration.ofSeconds(20))
                 .build();
 
-        if (!wait) {
+        if (args[3].equals("bench")) {
+            bench(client, base, calls, Integer.parseInt(args[5]), args.length > 6 && args[6].equals("wait"));
+        } else if (!wait) {
             round(client, base, key, url, calls, tls);
         } else {
             System.out.println("ready");
@@ -72,6 +76,45 @@ public class LlmClient {
                 sock.close();
             }
         }
+    }
+
+    /**
+     * `cargo xtask bench`: sequential keep-alive HTTP/1.1 POSTs of ~1 KB. With
+     * `wait` it prints "ready" and waits for a line on stdin (the bench sends it
+     * once tokentap's Java agent is in), so that every call is captured and the
+     * attach's own work falls outside the timed calls. Prints the process's CPU
+     * time (every thread: JIT and GC included) over the timed calls:
+     * {"pid", "cpu_us", "secs"}.
+     */
+    static void bench(HttpClient client, String base, int calls, int warm, boolean wait) throws Exception {
+        if (wait) {
+            System.out.println("ready");
+            System.out.flush();
+            new BufferedReader(new InputStreamReader(System.in)).readLine();
+        }
+        String body = "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"" + "x".repeat(950)
+                + "\"}]}";
+        HttpRequest req = HttpRequest.newBuilder(URI.create(base + "/chat/completions"))
+                .header("Content-Type", "application/json")
+                .POST(HttpRequest.BodyPublishers.ofString(body))
+                .build();
+        for (int i = 0; i < warm; i++) {
+            client.send(req, HttpResponse.BodyHandlers.ofString());
+        }
+        var os = (com.sun.management.OperatingSystemMXBean) java.lang.management.ManagementFactory
+                .getOperatingSystemMXBean();
+        long c0 = os.getProcessCpuTime();
+        long t0 = System.nanoTime();
+        for (int i = 0; i < calls; i++) {
+            HttpResponse<String> r = client.send(req, HttpResponse.BodyHandlers.ofString());
+            if (r.statusCode() != 200 || r.body().length() < 900) {
+                throw new IllegalStateException("bad response " + r.statusCode());
+            }
+        }
+        double cpuUs = (os.getProcessCpuTime() - c0) / 1000.0;
+        double secs = (System.nanoTime() - t0) / 1e9;
+        System.out.println("{\"pid\": " + ProcessHandle.current().pid() + ", \"cpu_us\": " + cpuUs + ", \"secs\": "
+                + secs + "}");
     }
 
     static void round(HttpClient client, String base, String key, boolean url, int calls, SSLContext tls)
