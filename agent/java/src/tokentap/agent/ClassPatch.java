@@ -51,6 +51,8 @@ final class ClassPatch {
         final String outerField;
         final String outerDesc;
         final boolean wrap;
+        /** The class holding the hook and {@code pass()}. */
+        String hooks = HOOKS;
 
         Site(String owner, String method, String desc, String hook, String selfType, String outerField,
                 String outerDesc, boolean wrap) {
@@ -328,7 +330,7 @@ final class ClassPatch {
 
         /** The prefix's bytecode; its length is a multiple of 4. */
         byte[] prefix(int thisClass) throws Refused {
-            int hooks = classConst(HOOKS);
+            int hooks = classConst(site.hooks);
             int hook = memberRef(10, hooks, site.hook, site.hookDesc());
             int pass = site.wrap ? memberRef(10, hooks, "pass", "()Z") : 0;
             int outer = site.outerField == null ? 0 : memberRef(9, thisClass, site.outerField, site.outerDesc);
