@@ -187,6 +187,14 @@ fn containerised_jvms_with_their_own_jdk_tmp_pid_and_user_namespaces_are_capture
     let dir = scratch("java-container");
     let certs = Certs::generate(&dir);
     let server = Server::start_with(&dir, &certs, Transport::H2);
+    // The DaemonSet's list, as deploy/manifests/tokentap.yaml grants it.
+    let manifest = std::fs::read_to_string(workspace_root().join("deploy/manifests/tokentap.yaml")).unwrap();
+    let granted = manifest.lines().find_map(|l| l.trim().strip_prefix("add: [")).expect("the agent's capabilities");
+    let mut granted: Vec<String> = granted.trim_end_matches(']').split(", ").map(|c| c.to_lowercase()).collect();
+    let mut ours: Vec<String> = DAEMONSET_CAPS.split(",+").skip(1).map(str::to_owned).collect();
+    granted.sort();
+    ours.sort();
+    assert_eq!(granted, ours, "the manifest's capabilities are the ones tested here");
     let wrapper = ["setpriv", "--inh-caps=-all", &format!("--bounding-set={DAEMONSET_CAPS}"), "--"];
     let mut agent = Agent::start_with(&dir, &[], &wrapper);
     let jdk = jdk_copy(&dir);
