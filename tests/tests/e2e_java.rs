@@ -1,11 +1,13 @@
 //! End to end through JSSE: real JVMs (the installed JDK) running the JDK's
-//! own `java.net.http.HttpClient` (tests/clients/java/LlmClient.java), HTTP/1.1
-//! and HTTP/2, sync and streamed chat completions, over real TLS to the local
-//! LLM server. The agent loads its Java agent into each JVM through HotSpot's
+//! own `java.net.http.HttpClient` (SSLEngine; tests/clients/java/LlmClient.java),
+//! HTTP/1.1 and HTTP/2, sync and streamed chat completions, and
+//! `HttpsURLConnection` (SSLSocket), over real TLS to the local LLM server. The agent loads its Java agent into each JVM through HotSpot's
 //! dynamic attach: a JVM started before the agent, one started after (with
 //! the bytecode verifier on for JDK classes, so the patched JSSE classes must
 //! verify), one in its own mount and pid namespaces with its own copy of the
-//! JDK, its own /tmp and another uid (container style). Every call must become
+//! JDK, its own /tmp and another uid, and one in its own user namespace
+//! (container style, rootless), the agent holding only the DaemonSet's
+//! capabilities. Every call must become
 //! exactly one record with the served tokens and `tls_library` `java`. JVMs
 //! with attach disabled, and every JVM under `--no-java-attach`, are not
 //! attached, are listed in coverage with the reason, get no signal (no thread
