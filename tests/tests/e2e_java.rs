@@ -1,19 +1,20 @@
-//! End to end through JSSE: real JVMs (the installed JDK) running the JDK's
-//! own `java.net.http.HttpClient` (SSLEngine; tests/clients/java/LlmClient.java),
+//! End to end through JSSE: real JVMs (the installed JDK) running the JDK's own
+//! `java.net.http.HttpClient` (SSLEngine; tests/clients/java/LlmClient.java),
 //! HTTP/1.1 and HTTP/2, sync and streamed chat completions, and
-//! `HttpsURLConnection` (SSLSocket), over real TLS to the local LLM server. The agent loads its Java agent into each JVM through HotSpot's
-//! dynamic attach: a JVM started before the agent, one started after (with
-//! the bytecode verifier on for JDK classes, so the patched JSSE classes must
-//! verify), one in its own mount and pid namespaces with its own copy of the
-//! JDK, its own /tmp and another uid, and one in its own user namespace
-//! (container style, rootless), the agent holding only the DaemonSet's
-//! capabilities. Every call must become
-//! exactly one record with the served tokens and `tls_library` `java`. JVMs
-//! with attach disabled, and every JVM under `--no-java-attach`, are not
-//! attached, are listed in coverage with the reason, get no signal (no thread
-//! dump on their stdout) and keep working. A JVM outlives the agent (its
-//! hooks run quietly) and the next agent captures it through the library it
-//! already loaded, without loading the Java agent twice. Needs root.
+//! `HttpsURLConnection` (SSLSocket), over real TLS to the local LLM server.
+//! The agent loads its Java agent into each JVM through HotSpot's dynamic
+//! attach: JVMs started before the agent, JVMs started after it (the bytecode
+//! verifier on for JDK classes, so the patched JSSE classes must verify), and
+//! container-style JVMs (pid 1 of their own pid namespace, their own mount
+//! namespace, copy of the JDK and /tmp, user nobody, one in its own user
+//! namespace as in a rootless container), the agent then holding only the
+//! DaemonSet's capabilities. Every call must become exactly one record with
+//! the served tokens and `tls_library` `java`. JVMs with attach disabled, and
+//! every JVM under `--no-java-attach`, are not attached, are listed in
+//! coverage with the reason, get no signal (no thread dump on their stdout)
+//! and keep working. A JVM outlives the agent (its hooks run quietly) and the
+//! next agent captures it through the library it already loaded, without
+//! loading the Java agent twice. Needs root.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
