@@ -85,6 +85,9 @@ pub enum Source {
     /// rustls (`CommonState::send_appdata_encrypt` /
     /// `CommonState::take_received_plaintext`), found by symbol.
     Rustls = 5,
+    /// Java's JSSE, through tokentap's Java agent: the plaintext handed to
+    /// `tokentap_java_data` in the agent's native library.
+    Java = 6,
 }
 
 impl Source {
@@ -95,6 +98,7 @@ impl Source {
             3 => Some(Self::Socket),
             4 => Some(Self::BoringSsl),
             5 => Some(Self::Rustls),
+            6 => Some(Self::Java),
             _ => None,
         }
     }
@@ -106,6 +110,7 @@ impl Source {
             Self::Socket => "socket",
             Self::BoringSsl => "boringssl",
             Self::Rustls => "rustls",
+            Self::Java => "java",
         }
     }
 
@@ -138,6 +143,10 @@ impl Source {
 /// connections are identified by user-space pointers, which never have it set).
 pub const SOCKET_CONN: u64 = 1 << 63;
 
+/// Connection identity of a JSSE connection: this bit plus a counter the Java
+/// agent keeps per JVM (never reused, never a pointer's value).
+pub const JAVA_CONN: u64 = 1 << 62;
+
 /// Header of a chunk of plaintext. On the ring buffer it is followed directly by
 /// `len` bytes of data.
 #[repr(C)]
@@ -152,7 +161,7 @@ pub struct DataHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the call returned.
     pub ts_ns: u64,
     /// Connection identity inside the process: the `SSL*` pointer, Go's
-    /// `*tls.Conn`, or [`SOCKET_CONN`] | fd.
+    /// `*tls.Conn`, [`SOCKET_CONN`] | fd, or [`JAVA_CONN`] | the Java agent's id.
     pub conn: u64,
     pub cgroup_id: u64,
     /// Bytes the whole call transferred.
@@ -498,7 +507,9 @@ mod tests {
         assert_eq!(Source::Socket.tls_library(), None);
         assert_eq!(Source::BoringSsl.tls_library(), Some("boringssl"));
         assert_eq!(Source::Rustls.tls_library(), Some("rustls"));
-        for s in [Source::OpenSsl, Source::GoTls, Source::Socket, Source::BoringSsl, Source::Rustls] {
+        assert_eq!(Source::Java.tls_library(), Some("java"));
+        assert!(Source::Java.ends_are_seen());
+        for s in [Source::OpenSsl, Source::GoTls, Source::Socket, Source::BoringSsl, Source::Rustls, Source::Java] {
             assert_eq!(Source::from_u32(s as u32), Some(s));
         }
     }

@@ -8,6 +8,8 @@
 //!   binaries (Bun, Claude Code);
 //! - [`rustls`]: rustls's `CommonState` send and receive functions;
 //! - [`go_tls`]: Go's `crypto/tls.(*Conn).Write`/`.Read`/`.Close`;
+//! - [`java`]: JSSE's plaintext, handed by tokentap's Java agent to a native
+//!   function of its own;
 //! - [`sockets`]: client sockets at the syscalls: plaintext HTTP copied, TLS
 //!   connections named (their hello, through [`hello`]) and counted;
 //! - [`hello`]: the first write of a TLS client connection to user space;
@@ -26,6 +28,7 @@ mod boringssl;
 mod chunks;
 mod go_tls;
 mod hello;
+mod java;
 mod openssl;
 mod process;
 mod ring;

@@ -87,6 +87,11 @@ pub struct Cli {
     /// in-mesh traffic); TLS capture is unaffected.
     #[arg(global = true, long)]
     pub no_socket_capture: bool,
+    /// Do not load tokentap's Java agent into running JVMs (HotSpot dynamic
+    /// attach): their JSSE calls are then not captured, and each JVM is listed
+    /// in the stats file's coverage as not probed.
+    #[arg(global = true, long)]
+    pub no_java_attach: bool,
     /// Extra directory to search for libssl.so* at start (repeatable).
     #[arg(global = true, long = "lib-dir", value_name = "DIR")]
     pub lib_dirs: Vec<PathBuf>,
@@ -217,6 +222,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub exclude_processes: Vec<String>,
     pub socket_capture: Option<bool>,
+    /// `false`: as `--no-java-attach`.
+    pub java_attach: Option<bool>,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub log_level: Option<String>,
     #[serde(default)]
@@ -273,6 +280,8 @@ pub struct Settings {
     pub exclude_processes: Vec<String>,
     /// Plaintext HTTP capture at the socket syscalls.
     pub socket_capture: bool,
+    /// Load tokentap's Java agent into HotSpot JVMs.
+    pub java_attach: bool,
     /// Print capture progress to stderr every few seconds (audits).
     pub progress: bool,
     /// Where /metrics, /healthz and /readyz are served.
@@ -327,6 +336,7 @@ impl Settings {
             lib_dirs,
             exclude_processes: file.exclude_processes.iter().chain(&cli.exclude_processes).cloned().collect(),
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
+            java_attach: !cli.no_java_attach && file.java_attach.unwrap_or(true),
             progress: matches!(cli.command, Some(Command::Audit { .. })),
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
             log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),

@@ -6,7 +6,8 @@
 //! -> [`attribution`] (who made the call) -> [`sinks`] (JSONL, stdout, collector).
 //! Beside it, [`blind_spots`] accounts for every connection to an LLM API host
 //! the socket hooks name: read by a capture method, or listed with the reason.
-//! [`pipeline`] wires the stages; [`run`] is the running agent.
+//! [`pipeline`] wires the stages; [`run`] is the running agent; [`java`] loads
+//! tokentap's Java agent into JVMs (JSSE has no native TLS library to probe).
 pub mod attribution;
 pub mod audit;
 pub mod blind_spots;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod coverage;
 pub mod discovery;
 pub mod http;
+pub mod java;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

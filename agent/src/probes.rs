@@ -115,6 +115,11 @@ fn rustls_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     out
 }
 
+/// Java: the two functions of the Java agent's native library.
+fn java_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
+    s.java.map_or_else(Vec::new, |j| vec![("java_data", j.data), ("java_close", j.close)])
+}
+
 /// The dynamic loader's rendezvous hook: libraries loaded after exec.
 fn loader_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     each(&[("dl_debug_state", s.dl_debug_state)])
@@ -158,6 +163,7 @@ pub const METHODS: &[CaptureMethod] = &[
         programs: &["rustls_send_slice", "rustls_send_chunks", "rustls_send_ret", "rustls_recv"],
         points: rustls_points,
     },
+    CaptureMethod { name: "java", programs: &["java_data", "java_close"], points: java_points },
     CaptureMethod { name: "loader", programs: &["dl_debug_state"], points: loader_points },
 ];
 

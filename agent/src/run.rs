@@ -15,7 +15,9 @@ use tokentap_event::PriceTable;
 use crate::attribution::keys::KeyHasher;
 use crate::attribution::kubernetes::{HttpApi, PodIndex, Watcher};
 use crate::config::Settings;
+use crate::discovery::java::Jvm;
 use crate::discovery::{Discovery, Target, Unprobed};
+use crate::java::Attacher;
 use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig, ProcessEvent};
 use crate::probes::{Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
@@ -80,6 +82,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Discovery tells the pipeline (for coverage) which processes map a TLS
     // library that is not probed.
     let (unprobed_tx, unprobed_rx) = crossbeam_channel::bounded::<Unprobed>(4096);
+    // Discovery hands the JVMs it sees to the Java module, which may ask it to
+    // rescan one (through the process-event queue) while loading its agent.
+    let (jvm_tx, jvm_rx) = crossbeam_channel::bounded::<Jvm>(1024);
+    let java = Attacher::new(settings.java_attach, exec_tx.clone(), unprobed_tx.clone(), &stats);
     let pipeline = Pipeline::new(
         PipelineConfig {
             max_body_bytes: settings.max_body_bytes,
@@ -116,6 +122,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     targets.extend(discovery.scan_all());
     attach_all(&mut probes, &mut discovery, &targets, &stats);
     send_unprobed(&mut discovery, &unprobed_tx);
+    let java_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("java-attach".into()).spawn(move || java.run(jvm_rx, &stop))?
+    };
+    send_jvms(&mut discovery, &jvm_tx);
     tracing::info!(
         targets = probes.attached(),
         files_inspected = discovery.files_inspected,
@@ -135,7 +146,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let interval = settings.rescan_interval;
         let lib_dirs = settings.lib_dirs.clone();
         std::thread::Builder::new().name("discovery".into()).spawn(move || {
-            let channels = (exec_rx, unprobed_tx);
+            let channels = (exec_rx, unprobed_tx, jvm_tx);
             discovery_loop(probes, discovery, channels, interval, &lib_dirs, &stop, &stats)
         })?
     };
@@ -162,6 +173,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("stopping");
     stop.store(true, Ordering::Relaxed);
     let _ = discovery_thread.join();
+    // An attach in progress finishes (bounded waits): a trigger file left
+    // behind would make the JVM's next SIGQUIT start a listener, not a dump.
+    let _ = java_thread.join();
     let _ = pipeline_thread.join();
     if let Some(r) = &settings.ready_file {
         let _ = std::fs::remove_file(r);
@@ -179,7 +193,9 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
                 Stats::inc(&stats.targets_attached);
                 let what = if t.symbols.captures_tls() { t.symbols.library.as_str() } else { "loader" };
                 let took_us = started.elapsed().as_micros() as u64;
-                let probes = if t.symbols.rerouted {
+                let probes = if t.symbols.java.is_some() {
+                    "java agent library"
+                } else if t.symbols.rerouted {
                     "internal"
                 } else if t.symbols.boringssl.is_some() || t.symbols.rustls.as_ref().is_some_and(|r| !r.by_name) {
                     "analysed"
@@ -208,10 +224,18 @@ fn send_unprobed(discovery: &mut Discovery, tx: &Sender<Unprobed>) {
     }
 }
 
+/// JVMs found since the last call, to the Java module (best effort: a JVM is
+/// seen again at its next scan).
+fn send_jvms(discovery: &mut Discovery, tx: &Sender<Jvm>) {
+    for j in discovery.take_jvms() {
+        let _ = tx.try_send(j);
+    }
+}
+
 fn discovery_loop(
     mut probes: Probes,
     mut discovery: Discovery,
-    (exec_rx, unprobed_tx): (Receiver<ProcessEvent>, Sender<Unprobed>),
+    (exec_rx, unprobed_tx, jvm_tx): (Receiver<ProcessEvent>, Sender<Unprobed>, Sender<Jvm>),
     interval: Duration,
     lib_dirs: &[std::path::PathBuf],
     stop: &AtomicBool,
@@ -276,6 +300,7 @@ fn discovery_loop(
             next_full = now + interval;
         }
         send_unprobed(&mut discovery, &unprobed_tx);
+        send_jvms(&mut discovery, &jvm_tx);
     }
     // Dropping `probes` detaches every program.
     let t = Instant::now();

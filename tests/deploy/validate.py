@@ -70,7 +70,9 @@ def main():
     sc = ds["containers"][0]["securityContext"]
     assert ds["hostPID"] is True
     assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"], sc
-    assert sorted(sc["capabilities"]["add"]) == ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"], sc
+    # SETUID, SETGID: the Java attach, as each JVM's own user (tests/tests/e2e_java.rs).
+    caps = ["BPF", "PERFMON", "SETGID", "SETUID", "SYS_ADMIN", "SYS_PTRACE"]
+    assert sorted(sc["capabilities"]["add"]) == caps, sc
     col = kinds["Deployment"]["spec"]["template"]["spec"]
     assert col["securityContext"]["runAsNonRoot"] is True
     rules = kinds["ClusterRole"]["rules"]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod calibrate;
+pub mod java;
 
 /// A distinctive fake credential: tests grep every output for it.
 pub const SECRET_KEY: &str = "sk-tokentap-test-SECRET-9f8e7d6c5b4a";

@@ -61,8 +61,8 @@ enum Cmd {
     /// without the agent, and through the LiteLLM proxy), CPU/RSS at paced rates
     /// and records lost at a sustained rate (target/bench/overhead.md), then the
     /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md), then the
-    /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL and reqwest/rustls
-    /// (target/bench/methods.md).
+    /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL, reqwest/rustls and
+    /// java.net.http/JSSE through the Java agent (target/bench/methods.md).
     /// Needs root.
     Bench {
         /// Longer runs (20 s per measurement, 60 s sustained).
@@ -74,7 +74,8 @@ enum Cmd {
         /// Only the fleet path (agent sink -> collector -> ClickHouse engine).
         #[arg(long)]
         only_fleet: bool,
-        /// Only the client CPU per call by capture method: node (OpenSSL), bun (BoringSSL), reqwest (rustls).
+        /// Only the client CPU per call by capture method: node (OpenSSL), bun (BoringSSL), reqwest
+        /// (rustls), java.net.http (JSSE, Java agent).
         #[arg(long)]
         only_methods: bool,
         /// Seconds of load per fleet scenario.

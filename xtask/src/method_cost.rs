@@ -4,9 +4,12 @@
 //! each way, to a local nginx — from `node` (OpenSSL statically linked, probed
 //! by its exported symbols), from `bun` (a stripped, statically linked
 //! BoringSSL whose `SSL_write`/`SSL_read` the agent finds by analysing the
-//! code), both with `fetch`, and from the tests' reqwest + rustls client
-//! (rustls found by symbol), without and with the release agent, in alternated
-//! rounds. The
+//! code), both with `fetch`, from the tests' reqwest + rustls client
+//! (rustls found by symbol), and from the tests' Java client
+//! (`java.net.http.HttpClient` over JSSE, captured through the Java agent the
+//! agent attaches; the JVM waits for the attach before its warm-up, so the
+//! attach's own work is not timed), without and with the release agent, in
+//! alternated rounds. The
 //! cost is the client's own CPU (user + kernel, so its probe hits and eBPF
 //! programs included) over the timed calls, as the client's getrusage reports
 //! it. Results: target/bench/methods.md.
@@ -51,30 +54,74 @@ fn methods(dir: &Path) -> Result<Vec<(&'static str, PathBuf, &'static str)>> {
         anyhow::ensure!(exe.is_file(), "{} missing (bun: npm ci in tests/clients)", exe.display());
     }
     let (rust, _) = tokentap_e2e::build_rust_client(dir);
+    let java = tokentap_e2e::java::jdk_home().join("bin/java");
     Ok(vec![
         ("node (OpenSSL, by symbol)", node, "openssl"),
         ("bun (BoringSSL, by code analysis)", bun, "boringssl"),
         ("reqwest (rustls, by symbol)", rust, "rustls"),
+        ("java.net.http (JSSE, through the Java agent)", java, "java"),
     ])
+}
+
+/// Untimed calls first: more for the JVM, whose JIT compiles the hot path
+/// (and the hooks) during the first thousand calls.
+fn warm_for(exe: &Path) -> u64 {
+    if exe.file_name().is_some_and(|f| f == "java") {
+        1000
+    } else {
+        WARM
+    }
 }
 
 /// nginx answering every POST with the same ~1 KB chat completion (with usage,
 /// so the agent parses and records each call), from its own copy of libssl
-/// (with `--exclude-process nginx` only the client is probed).
+/// (with `--exclude-process nginx` only the client is probed). The answer
+/// comes from a second server on a Unix socket (not watched by the socket
+/// capture) behind `proxy_pass`, which reads the whole request body first, as
+/// an LLM API does: nginx's `return` alone answers before the body arrives,
+/// and a client that writes its body separately (the JDK's HttpClient) would
+/// then have its answer captured ahead of its body.
 fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
     let answer = format!(
         "{{\"id\":\"chatcmpl-m\",\"object\":\"chat.completion\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":300,\"completion_tokens\":200,\"total_tokens\":500}}}}",
         "lorem ipsum dolor sit amet ".repeat(32)
     );
-    let location = format!("location / {{ default_type application/json; return 200 '{answer}'; }}");
-    Nginx::start(dir, certs, port, "nginx-m", &location)
+    let sock = dir.join("nginx-m.sock");
+    let _ = std::fs::remove_file(&sock);
+    let sock = sock.display();
+    let location = format!("location / {{ proxy_pass http://unix:{sock}:; }}");
+    let answer = format!(
+        "server {{ listen unix:{sock}; location / {{ default_type application/json; return 200 '{answer}'; }} }}"
+    );
+    Nginx::start(dir, certs, port, "nginx-m", &location, &answer)
 }
 
-/// One client run: (pid, CPU µs per timed call, timed calls/s).
-fn client(exe: &Path, script: &Path, certs: &Certs, port: u16, n: u64, warm: u64) -> Result<(u32, f64, f64)> {
+/// One client run: (pid, CPU µs per timed call, timed calls/s). With an
+/// agent running, the Java client waits until the agent attached to it.
+fn client(
+    exe: &Path,
+    script: &Path,
+    certs: &Certs,
+    port: u16,
+    n: u64,
+    warm: u64,
+    agent: Option<&Agent>,
+) -> Result<(u32, f64, f64)> {
     let url = format!("https://127.0.0.1:{port}/v1/chat/completions");
     let mut cmd = Command::new(exe);
-    if exe.file_name().is_some_and(|f| f == "rust_client") {
+    if exe.file_name().is_some_and(|f| f == "java") {
+        let classes = tokentap_e2e::java::client_classes();
+        cmd.arg("-cp").arg(classes).args(["LlmClient", &format!("https://127.0.0.1:{port}/v1")]);
+        cmd.arg(&certs.ca).args(["-", "bench", &n.to_string(), &warm.to_string()]);
+        if let Some(agent) = agent {
+            cmd.arg("wait");
+            let mut jvm = tokentap_e2e::java::Jvm::start(cmd);
+            tokentap_e2e::java::wait_jvm_attached(agent, jvm.pid());
+            let v = jvm.round();
+            let (n, f) = (n.max(1) as f64, |k: &str| v[k].as_f64().unwrap_or(0.0));
+            return Ok((f("pid") as u32, f("cpu_us") / n, n / f("secs")));
+        }
+    } else if exe.file_name().is_some_and(|f| f == "rust_client") {
         let ca = certs.ca.display().to_string();
         cmd.args([url, ca, "-".into(), n.to_string(), "bench".into(), warm.to_string()]);
     } else {
@@ -121,7 +168,8 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     let mut runs = vec![Vec::new(); methods.len()];
     let mut capture = vec![(0, 0); methods.len()];
     for round in 0..ROUNDS {
-        let base: Vec<_> = methods.iter().map(|(_, exe, _)| client(exe, &script, &certs, port, CALLS, WARM)).collect();
+        let base: Vec<_> =
+            methods.iter().map(|(_, exe, _)| client(exe, &script, &certs, port, CALLS, warm_for(exe), None)).collect();
         let agent_dir = dir.join(format!("agent-methods-{round}"));
         let _ = std::fs::remove_dir_all(&agent_dir);
         std::fs::create_dir_all(&agent_dir)?;
@@ -130,14 +178,14 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
             // Until the agent has probed this executable (bun's analysis takes
             // about a second after its first exec), its calls are not seen.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while captured(&agent, client(exe, &script, &certs, port, 0, 20)?.0, source, 20) < 20 {
+            while captured(&agent, client(exe, &script, &certs, port, 0, 20, Some(&agent))?.0, source, 20) < 20 {
                 if Instant::now() > deadline {
                     bail!("{label}: the agent did not capture the warm-up calls (see {})", agent.stderr.display());
                 }
             }
-            let (pid, cpu, rps) = client(exe, &script, &certs, port, CALLS, WARM)?;
-            let got = captured(&agent, pid, source, CALLS + WARM);
-            capture[i] = (capture[i].0 + got, capture[i].1 + CALLS + WARM);
+            let (pid, cpu, rps) = client(exe, &script, &certs, port, CALLS, warm_for(exe), Some(&agent))?;
+            let got = captured(&agent, pid, source, CALLS + warm_for(exe));
+            capture[i] = (capture[i].0 + got, capture[i].1 + CALLS + warm_for(exe));
             let (_, b_cpu, b_rps) = base[i].as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             runs[i].push([*b_cpu, cpu, cpu - b_cpu, *b_rps, rps]);
             eprintln!("xtask: round {round}, {label}: {b_cpu:.1} -> {cpu:.1} µs/call, {got} records");
@@ -163,8 +211,8 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     }
     let report = format!(
         "# Client CPU per call by capture method (cargo xtask bench)\n\n\
-         {CALLS} sequential keep-alive HTTPS POSTs (`fetch` in node and bun, reqwest in the Rust client; ~1 KB JSON request, ~1 KB JSON response) to a \
-         local nginx, after {WARM} untimed; the client's CPU (user + kernel, the process's own accounting: getrusage in node and bun, /proc/self/stat in the Rust client) over the timed calls. \
+         {CALLS} sequential keep-alive HTTPS POSTs (`fetch` in node and bun, reqwest in the Rust client, `java.net.http.HttpClient` (HTTP/1.1) in the JVM; ~1 KB JSON request, ~1 KB JSON response) to a \
+         local nginx, after {WARM} untimed (1000 in the JVM, for its JIT); the client's CPU (user + kernel, the process's own accounting: getrusage in node and bun, /proc/self/stat in the Rust client, the JVM's process CPU time, every thread) over the timed calls. \
          Medians of {ROUNDS} without/with rounds (probe cost: median of the per-round differences); the release \
          agent with `--exclude-process nginx` (only the client probed). Machine: {} CPUs, kernel {}.\n\n{md}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -40,22 +40,30 @@ fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
         "location / {{ root {root}; default_type application/json; error_page 405 =200 $uri; }}",
         root = dir.join("www").display()
     );
-    Nginx::start(dir, certs, port, "nginx", &location)
+    Nginx::start(dir, certs, port, "nginx", &location, "")
 }
 
 impl Nginx {
     /// nginx on 127.0.0.1:`port` over TLS, one worker, with `location` as its
-    /// only location block; files `{name}.conf/.pid/.err` in `dir`. The server
+    /// only location block (and `servers`, more server blocks, if any); files
+    /// `{name}.conf/.pid/.err` in `dir`. The server
     /// gets its own copy of libssl, like a server in its own container image:
     /// with `--exclude-process nginx` the agent then probes only the client,
     /// as on a node calling a remote LLM API.
-    pub(crate) fn start(dir: &Path, certs: &Certs, port: u16, name: &str, location: &str) -> Result<Self> {
+    pub(crate) fn start(
+        dir: &Path,
+        certs: &Certs,
+        port: u16,
+        name: &str,
+        location: &str,
+        servers: &str,
+    ) -> Result<Self> {
         let err = dir.join(format!("{name}.err"));
         let conf = format!(
             "worker_processes 1;\npid {pid};\nerror_log {err} warn;\nevents {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
              ssl_certificate {cert};\n    ssl_certificate_key {key};\n    client_body_buffer_size 16k;\n\
-             {location}\n  }}\n}}\n",
+             {location}\n  }}\n{servers}\n}}\n",
             pid = dir.join(format!("{name}.pid")).display(),
             err = err.display(),
             cert = certs.cert.display(),

@@ -45,10 +45,18 @@ pub fn ebpf_toolchain() -> &'static str {
     }
 }
 
-/// bpf-linker (built against Debian's LLVM 22) and the rust-src the eBPF build needs.
+/// bpf-linker (built against Debian's LLVM 22) and the rust-src the eBPF build
+/// needs; a JDK (javac, jar) and a C compiler for the Java agent (agent/java/).
 pub fn build_tools() -> Result<()> {
     if !have("rustup") {
         bail!("rustup is required (the eBPF build uses `rustup run <toolchain>`)");
+    }
+    if !have("cc") {
+        apt_install(&["gcc"])?;
+    }
+    if !have("javac") || !have("jar") {
+        // Debian 12 packages JDK 17; later releases name their own default JDK.
+        apt_install(&["openjdk-17-jdk-headless"]).or_else(|_| apt_install(&["default-jdk-headless"]))?;
     }
     let toolchain = ebpf_toolchain();
     let src = Command::new("rustup")

@@ -53,6 +53,19 @@ fn excluded_processes_from_file_and_flags() {
 }
 
 #[test]
+fn java_attach_is_on_unless_the_flag_or_the_file_turns_it_off() {
+    assert!(Settings::resolve(&Cli::default()).unwrap().java_attach);
+    let cli = Cli::try_parse_from(["tokentap-agent", "--no-java-attach"]).unwrap();
+    assert!(!Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap().java_attach);
+    let p = write("java", "java_attach = false\n");
+    assert!(
+        !Settings::resolve(&Cli { config: Some(p), no_kubernetes: true, ..Default::default() }).unwrap().java_attach
+    );
+    let p = write("java-bad", "java_attach = \"no\"\n");
+    assert!(Settings::resolve(&Cli { config: Some(p), ..Default::default() }).is_err());
+}
+
+#[test]
 fn defaults() {
     let s = Settings::resolve(&Cli::default()).unwrap();
     assert_eq!(s.outputs, vec![OutputSpec::stdout()]);

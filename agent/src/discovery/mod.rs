@@ -21,6 +21,9 @@ pub mod boringssl;
 mod cache;
 pub use cache::AnalysisCache;
 pub mod go;
+pub mod java;
+mod maps;
+pub use maps::{parse_maps, Mapping};
 pub mod placement;
 pub mod rustls;
 pub mod rustls_stripped;
@@ -46,6 +49,8 @@ pub struct TlsSymbols {
     pub boringssl: Option<boringssl::Found>,
     /// rustls's plaintext functions, found by symbol.
     pub rustls: Option<rustls::Found>,
+    /// The Java agent's native functions (its own library, see [`java`]).
+    pub java: Option<java::Found>,
     /// A TLS library is there but is not probed, and why.
     pub refused: Option<String>,
 }
@@ -60,6 +65,8 @@ pub enum TlsLibrary {
     Go,
     /// rustls, linked into a Rust program.
     Rustls,
+    /// Java's JSSE, through the Java agent's native library.
+    Java,
 }
 
 impl TlsLibrary {
@@ -69,6 +76,7 @@ impl TlsLibrary {
             TlsLibrary::BoringSsl => "boringssl",
             TlsLibrary::Go => "go",
             TlsLibrary::Rustls => "rustls",
+            TlsLibrary::Java => "java",
         }
     }
 }
@@ -82,7 +90,11 @@ impl TlsSymbols {
     /// Gets TLS probes: a TLS library's exported functions, a Go program using
     /// crypto/tls, or TLS functions found in a static binary.
     pub fn captures_tls(&self) -> bool {
-        self.is_tls_library() || self.go.is_some() || self.boringssl.is_some() || self.rustls.is_some()
+        self.is_tls_library()
+            || self.go.is_some()
+            || self.boringssl.is_some()
+            || self.rustls.is_some()
+            || self.java.is_some()
     }
 
     /// Worth probing: TLS to capture, or a dynamic loader (to learn of new
@@ -157,6 +169,12 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
     }
     if s.is_tls_library() {
         place_probes(&elf, &map, &io, &mut s);
+    }
+    if !s.is_target() && java::may_be_agent_lib(path) {
+        s.java = java::inspect(&elf);
+        if s.java.is_some() {
+            s.library = TlsLibrary::Java;
+        }
     }
     if !s.is_target() {
         match go::inspect(&elf, &map) {
@@ -291,50 +309,6 @@ fn read_symbols<'d>(
     }
 }
 
-/// One executable file mapping of a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub dev: u64,
-    pub inode: u64,
-    pub path: String,
-}
-
-/// Executable, file-backed mappings in `/proc/PID/maps` text, one per file.
-pub fn parse_maps(text: &str) -> Vec<Mapping> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        let (Some(_range), Some(perms), Some(_off), Some(dev), Some(inode)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let path: Vec<&str> = it.collect();
-        let path = path.join(" ");
-        if !perms.contains('x') || !path.starts_with('/') || path.ends_with("(deleted)") {
-            continue;
-        }
-        let Ok(inode) = inode.parse::<u64>() else {
-            continue;
-        };
-        let Some((maj, min)) = dev.split_once(':') else {
-            continue;
-        };
-        let (Ok(maj), Ok(min)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16)) else {
-            continue;
-        };
-        if inode == 0 {
-            continue;
-        }
-        let dev = libc::makedev(maj, min);
-        if seen.insert((dev, inode)) {
-            out.push(Mapping { dev, inode, path });
-        }
-    }
-    out
-}
-
 /// Library directories searched for `libssl.so*` at start.
 pub const DEFAULT_LIB_DIRS: &[&str] = &[
     "/lib",
@@ -375,6 +349,8 @@ pub struct Discovery {
     unprobed: Vec<Unprobed>,
     /// (pid, file) pairs already reported.
     reported: HashSet<(u32, FileKey)>,
+    /// JVMs seen since the last [`Self::take_jvms`].
+    jvms: Vec<java::Jvm>,
 }
 
 impl Discovery {
@@ -396,7 +372,14 @@ impl Discovery {
             refused: HashMap::new(),
             unprobed: Vec::new(),
             reported: HashSet::new(),
+            jvms: Vec::new(),
         }
+    }
+
+    /// JVMs found in processes' maps since the last call (a JVM is reported
+    /// each time its process is scanned; the Java module keeps what it did).
+    pub fn take_jvms(&mut self) -> Vec<java::Jvm> {
+        std::mem::take(&mut self.jvms)
     }
 
     /// Files carrying a TLS library that is not probed.
@@ -494,7 +477,11 @@ impl Discovery {
         let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             return out;
         };
-        for m in parse_maps(&maps) {
+        let maps = parse_maps(&maps);
+        if let Some(jvm) = java::jvm_in(pid, &maps).filter(|_| self.jvms.len() < 4096) {
+            self.jvms.push(jvm);
+        }
+        for m in maps {
             // Through the process's root so container files resolve; verify the
             // inode so a replaced file is not mistaken for the mapped one.
             let path = dir.join("root").join(m.path.trim_start_matches('/'));
