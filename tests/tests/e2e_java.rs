@@ -44,6 +44,7 @@ fn assert_captured(agent: &Agent, server: &Server, pid: u32, version: &str) -> V
     assert_eq!(records.iter().filter(|r| r["stream"] == true).count(), CALLS as usize / 2, "{records:#?}");
     let cov = coverage_of(&stats, pid);
     assert_eq!(cov["records"]["java"], CALLS, "{cov}");
+    assert_eq!(blind_spots_of(&stats, &[pid.into()]), Vec::<Value>::new(), "its connections were read");
     assert!(cov["records"].get("socket").is_none(), "{cov}");
     cov
 }
@@ -289,6 +290,17 @@ fn jvms_that_disable_attach_are_listed_not_signalled_and_keep_working() {
         let stats = env.agent.wait_process_done(pid);
         assert!(env.agent.records_of(&[pid]).is_empty(), "not attached: nothing captured");
         assert!(coverage_of(&stats, pid)["records"].as_object().is_none_or(|m| m.is_empty()));
+        // Its LLM connection is a blind spot, with the reason.
+        let stats = env.agent.wait_stats("the JVM's connection listed as not read", |s| {
+            blind_spots_of(s, &[pid.into()]).iter().any(|e| e["exited"] == true)
+        });
+        let spots = blind_spots_of(&stats, &[pid.into()]);
+        assert_eq!(spots.len(), 1, "{spots:?}");
+        assert_eq!(
+            (spots[0]["reason"].as_str(), spots[0]["connections"].as_u64()),
+            (Some("tls_library_not_probed"), Some(1))
+        );
+        assert!(spots[0].to_string().contains("DisableAttachMechanism"), "{}", spots[0]);
     }
     let stats = env.finish();
     assert_eq!(stats["jvms_not_attached"], 2, "{stats}");
