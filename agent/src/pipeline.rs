@@ -187,7 +187,7 @@ impl Pipeline {
                 self.close_entry(e, c.ts_ns);
             }
         }
-        if c.owner.source.key_may_move() && !self.conns.contains(&c.key) {
+        if c.owner.source.key_may_move() && self.conns.get_mut(&c.key).is_none_or(|e| e.state.http.replaceable()) {
             self.follow_moved_websocket(c);
         }
         let mut lost = Lost::default();
@@ -207,9 +207,12 @@ impl Pipeline {
         let rules = &self.cfg.rules;
         let conn = &mut entry.state;
         // The first request's host (and what it was classified as) names the
-        // connection for the blind-spot tracker.
+        // connection for the blind-spot tracker; so does a later request when
+        // the connection no longer reads a socket (a TLS object reused for a
+        // new connection after the socket it read closed: Bun's keep-alive).
         let mut first: Option<(String, Option<String>)> = None;
-        let named = conn.named;
+        let renamed = conn.named && owner.source != Source::Socket && self.blind.released(c.key);
+        let named = conn.named && !renamed;
         let mut classify = |head: &Head| {
             let endpoint = rules.classify(head);
             if !named && first.is_none() {
@@ -225,6 +228,9 @@ impl Pipeline {
         if let Some((host, classified)) = first {
             conn.named = true;
             if owner.source != Source::Socket {
+                if renamed {
+                    self.blind.plaintext_started(c.key, c.fd, owner.source.as_str(), c.ts_ns);
+                }
                 self.blind.plaintext_host(c.key, c.fd, owner.source.as_str(), &host, c.ts_ns);
             } else if let Some(provider) = rules.llm_host(&host).map(str::to_owned).or(classified) {
                 let who = who(&mut self.attribution, &owner);
@@ -241,8 +247,15 @@ impl Pipeline {
                 f.ignore(c.key.tgid, c.key.conn);
             }
         }
+        let finished = conn.http.finished();
         self.count_lost(&lost);
         self.emit_exchanges(&meta);
+        if finished {
+            // Closed both ways: gone now, so a reused key starts afresh.
+            if let Some(e) = self.conns.remove(&c.key) {
+                self.close_entry(e, c.ts_ns);
+            }
+        }
         if let Some((_, e)) = evicted {
             self.stats.count(ConnDrop::Evicted);
             self.close_entry(e, c.ts_ns);
@@ -254,15 +267,19 @@ impl Pipeline {
     /// frame after it): the connection object moved (rustls inside
     /// tungstenite's handshake, which moves the stream at each would-block),
     /// and the connection goes on under the new key. The earliest waiting
-    /// upgrade is taken when several could be.
+    /// upgrade is taken when several could be. A connection given up or
+    /// finished under the new key is stale (its object was freed) and goes.
     fn follow_moved_websocket(&mut self, c: &Chunk<'_>) {
         let waiting = self
             .conns
             .iter()
-            .filter(|(k, e)| k.tgid == c.key.tgid && e.meta.source == c.owner.source)
+            .filter(|(k, e)| k.tgid == c.key.tgid && **k != c.key && e.meta.source == c.owner.source)
             .filter_map(|(k, e)| Some((e.state.http.continues_with(c.direction, c.data)?, *k)))
             .min_by_key(|(since, _)| *since);
         if let Some((_, from)) = waiting {
+            if let Some(stale) = self.conns.remove(&c.key) {
+                self.close_entry(stale, c.ts_ns);
+            }
             if self.conns.rekey(&from, c.key) {
                 tracing::debug!(pid = c.key.tgid, from = from.conn, to = c.key.conn, "WebSocket moved to a new key");
             }

@@ -148,6 +148,9 @@ counters! {
     /// Blind-spot entries (process x host x reason) dropped to stay within
     /// 1,024; their counts stay in the totals above.
     blind_spot_entries_evicted,
+    /// LLM traffic rows (per process, host and verdict) lost because evicted
+    /// entries' rows overflowed the 4,096 kept for the next flush.
+    llm_traffic_rows_dropped,
     /// Most bytes waiting in the kernel ring buffer during the last second, and
     /// its size (`--ring-buffer-bytes`): when the first nears the second,
     /// records are about to be lost (`kernel_ring_full`).

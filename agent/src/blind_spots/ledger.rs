@@ -149,9 +149,11 @@ impl Ledger {
         new
     }
 
-    /// The least recently active entry goes; what it had not sent is kept.
+    /// The least recently active entry goes, decoded traffic before blind
+    /// spots (what users read the list for); what it had not sent is kept.
     fn evict_one(&mut self) {
-        let Some(key) = self.entries.iter().min_by_key(|(_, e)| e.touched).map(|(k, _)| k.clone()) else {
+        let order = |(k, e): &(&Key, &Entry)| (matches!(k.verdict, Verdict::Unread(_)), e.touched);
+        let Some(key) = self.entries.iter().min_by_key(order).map(|(k, _)| k.clone()) else {
             return;
         };
         if let Some(mut e) = self.entries.remove(&key) {

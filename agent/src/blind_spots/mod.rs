@@ -38,7 +38,7 @@
 //! Bounded: at most [`MAX_SOCKETS`] sockets are tracked (past it a new LLM
 //! socket is only counted, `llm_sockets_untracked`), and the ledger keeps
 //! [`ledger::MAX_ENTRIES`] entries.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokentap_event::traffic::{LlmTraffic, Unread};
@@ -105,11 +105,15 @@ struct Socket {
     claim: Option<Claim>,
     /// Plaintext HTTP, read by the socket capture itself.
     plaintext: bool,
+    /// Not in the kernel's table at the last refresh.
+    missed: bool,
 }
 
 pub struct Tracker {
     sockets: HashMap<(u32, i32), Socket>,
     claims: HashMap<ConnKey, (u32, i32)>,
+    /// Connections whose claimed socket is gone (see [`Tracker::released`]).
+    released: HashSet<ConnKey>,
     ledger: Ledger,
     kernel: Option<Box<dyn SocketTable>>,
     stats: Arc<Stats>,
@@ -123,6 +127,7 @@ impl Tracker {
         Self {
             sockets: HashMap::new(),
             claims: HashMap::new(),
+            released: HashSet::new(),
             ledger: Ledger::default(),
             kernel: None,
             stats,
@@ -219,6 +224,7 @@ impl Tracker {
             if let Some(s) = self.sockets.get_mut(&slot).filter(|s| !s.plaintext && s.claim.is_none()) {
                 s.claim = Some(Claim { conn, method, by_time: false, ignored: None });
                 self.claims.insert(conn, slot);
+                self.released.remove(&conn);
             }
             return;
         }
@@ -239,6 +245,7 @@ impl Tracker {
             if let Some(s) = self.sockets.get_mut(&slot) {
                 s.claim = Some(Claim { conn, method, by_time: true, ignored: None });
                 self.claims.insert(conn, slot);
+                self.released.remove(&conn);
             }
         }
     }
@@ -274,9 +281,16 @@ impl Tracker {
         }
     }
 
+    /// Whether `conn` read a socket that is gone and reads none now: its
+    /// next request is on a new socket (the TLS object was reused).
+    pub fn released(&self, conn: ConnKey) -> bool {
+        self.released.contains(&conn)
+    }
+
     /// A TLS connection object is gone: its claim stays with its socket.
     pub fn conn_gone(&mut self, conn: ConnKey) {
         self.claims.remove(&conn);
+        self.released.remove(&conn);
     }
 
     /// A watched socket closed (or reconnected): final totals.
@@ -306,6 +320,7 @@ impl Tracker {
             }
             self.finish(s, ts_ns, facts);
         }
+        self.released.retain(|k| k.tgid != tgid);
         self.ledger.exited(tgid);
         let rows = self.ledger.flush(Some(tgid));
         self.rows.extend(rows);
@@ -327,10 +342,16 @@ impl Tracker {
             match read {
                 Some((id, t)) if s.sock.id == 0 || s.sock.id == id => {
                     s.sock.id = id;
+                    s.missed = false;
                     s.update(t);
                 }
-                // Gone without a close we saw (lost, or the kernel's table evicted it).
+                // Gone from the kernel's table: its close record may still be
+                // on its way with the last bytes, so it gets one more period;
+                // missing again, its close was lost (or the table evicted it).
                 _ if self.kernel.is_some() => {
+                    if !std::mem::replace(&mut s.missed, true) {
+                        continue;
+                    }
                     if let Some(s) = self.sockets.remove(&slot) {
                         self.finish(s, now_ns, facts);
                     }
@@ -351,6 +372,7 @@ impl Tracker {
             self.rows.extend(rows);
         }
         Stats::set(&self.stats.blind_spot_entries_evicted, self.ledger.evicted);
+        Stats::set(&self.stats.llm_traffic_rows_dropped, self.ledger.rows_dropped);
     }
 
     /// Everything left (the agent stops): open sockets judged as they are.
@@ -373,7 +395,14 @@ impl Tracker {
     fn finish(&mut self, s: Socket, ts_ns: u64, facts: Facts<'_>) {
         let mut s = s;
         if let Some(c) = &s.claim {
-            self.claims.remove(&c.conn);
+            if self.claims.remove(&c.conn).is_some() && !s.plaintext {
+                if self.released.len() >= MAX_SOCKETS {
+                    // Bounded; forgetting only risks a reused object's socket
+                    // being listed as not read.
+                    self.released.clear();
+                }
+                self.released.insert(c.conn);
+            }
         }
         let (verdict, detail) = s.verdict(facts);
         let wall = self.clock.wall_ns(ts_ns);
@@ -395,6 +424,7 @@ impl Socket {
             counted: Totals::default(),
             judged: None,
             claim,
+            missed: false,
         }
     }
 

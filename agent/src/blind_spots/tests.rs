@@ -414,3 +414,85 @@ fn arbitrary_hellos_never_panic() {
     }
     assert!(w.t.open() <= 64);
 }
+
+#[test]
+fn a_reused_connection_object_is_released_by_its_closed_socket_and_claims_the_next() {
+    let mut w = World::new();
+    w.facts.insert(10, (Unread::PlaintextNotSeen, None));
+    let c = conn(10, 0x1);
+    let (first, second) = (sock(10, 5, 1), sock(10, 5, 2));
+    w.hello(first, "api.anthropic.com", S);
+    w.t.plaintext_started(c, -1, "boringssl", S + 1);
+    assert!(!w.t.released(c), "reading a socket");
+    w.close(first, 10, 20, 2 * S);
+    assert!(w.t.released(c), "its socket closed, the object lives on");
+    // The object now carries a new connection (keep-alive across sockets):
+    // the pipeline claims again at its next request.
+    w.hello(second, "api.anthropic.com", 3 * S);
+    w.t.plaintext_started(c, -1, "boringssl", 3 * S + 1);
+    w.t.plaintext_host(c, -1, "boringssl", "api.anthropic.com", 3 * S + 1);
+    assert!(!w.t.released(c));
+    w.close(second, 30, 40, 4 * S);
+    let snap = w.stats.snapshot();
+    assert_eq!((snap.llm_connections_decoded, snap.llm_connections_unread), (2, 0));
+    // Released keys are forgotten with their process or their object.
+    w.t.conn_gone(c);
+    assert!(!w.t.released(c));
+    w.hello(sock(10, 6, 3), "api.anthropic.com", 5 * S);
+    w.t.plaintext_started(conn(10, 0x2), -1, "boringssl", 5 * S + 1);
+    w.exited(10, 6 * S);
+    assert!(!w.t.released(conn(10, 0x2)));
+}
+
+#[test]
+fn a_socket_missing_from_the_kernel_table_waits_a_period_for_its_close() {
+    let mut w = World::new();
+    let s = sock(10, 5, 1);
+    w.hello(s, "api.openai.com", S);
+    w.kernel.set(s, 100, 1000);
+    w.tick(7 * S);
+    assert_eq!(w.spots()[0].3..=w.spots()[0].4, 100..=1000);
+    // Closed in the kernel (gone from its table); its close record, with the
+    // last bytes, comes after the next refresh.
+    w.kernel.0.lock().unwrap().totals.clear();
+    w.tick(13 * S);
+    assert_eq!(w.t.open(), 1, "not finished on the first miss");
+    w.close(s, 150, 4000, 14 * S);
+    assert_eq!(w.spots(), [("api.openai.com".into(), "no_plaintext_seen".into(), 1, 150, 4000)]);
+    // A close that never comes: finished at the second miss.
+    let t = sock(10, 6, 2);
+    w.hello(t, "api.openai.com", 20 * S);
+    w.tick(26 * S);
+    assert_eq!(w.t.open(), 1);
+    w.tick(32 * S);
+    assert_eq!(w.t.open(), 0);
+}
+
+#[test]
+fn the_ledger_evicts_decoded_traffic_before_blind_spots() {
+    let mut l = Ledger::default();
+    let who = Who { comm: "svc".into(), ..Default::default() };
+    let one = Counts { connections: 1, sent: 1, received: 1 };
+    let add = |l: &mut Ledger, pid: u32, verdict: Verdict| {
+        l.add(Add {
+            pid,
+            who: &who,
+            host: "api.openai.com",
+            provider: "openai",
+            verdict,
+            detail: None,
+            counts: one,
+            wall_ns: i128::from(pid),
+        })
+    };
+    // The oldest entries are blind spots; then decoded traffic fills the ledger.
+    for pid in 0..10 {
+        add(&mut l, pid, Verdict::Unread(Unread::NoPlaintextSeen));
+    }
+    for pid in 10..(ledger::MAX_ENTRIES as u32 + 20) {
+        add(&mut l, pid, Verdict::Decoded("openssl"));
+    }
+    assert_eq!(l.len(), ledger::MAX_ENTRIES);
+    assert_eq!(l.blind_spots().len(), 10, "every blind spot kept");
+    assert_eq!((l.evicted, l.rows_dropped), (20, 0));
+}

@@ -161,8 +161,21 @@ impl<E: WsCalls> HttpConnection<E> {
         match &self.state {
             State::Ignored(_) => sniff::looks_like_request(data) || sniff::starts_like_preface(data),
             State::Http2(_) => data.starts_with(h2::PREFACE),
+            // A client's frame never starts like a request: its first byte
+            // would be an unknown opcode or a reserved bit (`G`, `P`, ...).
+            State::WebSocket(_) => sniff::looks_like_request(data) || sniff::starts_like_preface(data),
             _ => false,
         }
+    }
+
+    /// A WebSocket both peers closed: nothing more will come on it.
+    pub fn finished(&self) -> bool {
+        matches!(&self.state, State::WebSocket(ws) if ws.is_done())
+    }
+
+    /// Given up or finished: a moved connection may take this key over.
+    pub fn replaceable(&self) -> bool {
+        matches!(self.state, State::Ignored(_)) || self.finished()
     }
 
     /// Could `data`, the first bytes seen under a new key of the same

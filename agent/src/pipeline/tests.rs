@@ -474,4 +474,27 @@ fn llm_connections_are_read_or_listed_with_their_bytes_and_rows_reach_the_sinks(
     assert_eq!((read.decoded, read.capture.as_deref(), read.connections), (true, Some("openssl"), 1));
 }
 
+#[test]
+fn a_reused_connection_object_claims_each_socket_it_reads() {
+    // Stripped BoringSSL (Bun): no end is seen, the freed SSL* comes back for
+    // the next connection and its HTTP/1.1 goes on as if kept alive. Each of
+    // its sockets was read, so neither is a blind spot.
+    let (mut p, c, stats) = pipeline();
+    let send = |p: &mut Pipeline, dir: u32, bytes: &[u8]| {
+        let mut r = data_record(42, 9, dir, 0, bytes.len() as u64, bytes, FLAG_LAST);
+        let at = std::mem::offset_of!(tokentap_agent_common::DataHeader, source);
+        r[at..at + 4].copy_from_slice(&(Source::BoringSsl as u32).to_ne_bytes());
+        p.handle(&r);
+    };
+    for id in [70, 71] {
+        p.handle(&hello_record(42, 7, id, "api.openai.com"));
+        send(&mut p, DIR_EGRESS, REQ);
+        send(&mut p, DIR_INGRESS, &resp());
+        p.handle(&sock_closed_record(42, 7, id, 400, 900));
+    }
+    assert_eq!(c.0.lock().unwrap().len(), 2);
+    let snap = stats.snapshot();
+    assert_eq!((snap.llm_connections_decoded, snap.llm_connections_unread), (2, 0), "{:?}", p.blind_spots());
+}
+
 mod websocket;

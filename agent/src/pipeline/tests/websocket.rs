@@ -140,3 +140,56 @@ fn a_websocket_whose_rustls_object_moved_goes_on_under_its_new_key() {
     // The moved session is one connection, not three.
     assert_eq!(stats.snapshot().connections, 2 + 4);
 }
+
+/// rustls sees no connection end: a freed object's address carries the next
+/// connection. A WebSocket closed both ways is gone at once; one left open
+/// (its close not seen) gives way to a request, which a client frame never
+/// looks like. Each session's response is one record.
+#[test]
+fn a_reused_rustls_key_starts_a_new_session_after_a_websocket() {
+    use crate::capture::decode::tests::data_record_of;
+    use crate::http::ws_session::tests::Sender;
+    use serde_json::json;
+    let (mut p, c, stats) = pipeline();
+    let rustls = tokentap_agent_common::Source::Rustls as u32;
+    let send = |p: &mut Pipeline, dir: u32, bytes: &[u8]| {
+        p.handle(&data_record_of(rustls, 42, 7, dir, 0, bytes.len() as u64, bytes, FLAG_LAST));
+    };
+    let upgrade = b"GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n\r\n";
+    let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+    let create = json!({"type":"response.create","model":"gpt-4.1","stream":true});
+    // Close frames, status 1000: the client's masked with 1, 2, 3, 4.
+    let (client_close, server_close) = ([0x88, 0x82, 1, 2, 3, 4, 0x02, 0xea], [0x88, 0x02, 0x03, 0xe8]);
+    for (i, closed) in [(1u64, true), (2, false), (3, false)] {
+        send(&mut p, DIR_EGRESS, upgrade);
+        send(&mut p, DIR_INGRESS, switched);
+        let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+        let done =
+            json!({"type":"response.completed","response":{"id":"r","usage":{"input_tokens":i,"output_tokens":1}}});
+        send(&mut p, DIR_EGRESS, &up.send(&create, 1 << 20));
+        send(&mut p, DIR_INGRESS, &down.send(&done, 1 << 20));
+        if closed {
+            send(&mut p, DIR_EGRESS, &client_close);
+            send(&mut p, DIR_INGRESS, &server_close);
+            assert_eq!(p.connections(), 0, "a WebSocket closed both ways is gone");
+        }
+    }
+    // A session that moves onto the address of a connection given up (a freed
+    // object's) takes it over.
+    let send_to = |p: &mut Pipeline, conn: u64, dir: u32, bytes: &[u8]| {
+        p.handle(&data_record_of(rustls, 42, conn, dir, 0, bytes.len() as u64, bytes, FLAG_LAST));
+    };
+    for _ in 0..8 {
+        send_to(&mut p, 9, DIR_EGRESS, b"\x16\x03\x01 not http");
+    }
+    send_to(&mut p, 8, DIR_EGRESS, upgrade);
+    send_to(&mut p, 9, DIR_INGRESS, switched);
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    let done = json!({"type":"response.completed","response":{"id":"r","usage":{"input_tokens":4,"output_tokens":1}}});
+    send_to(&mut p, 9, DIR_EGRESS, &up.send(&create, 1 << 20));
+    send_to(&mut p, 9, DIR_INGRESS, &down.send(&done, 1 << 20));
+    let inputs: Vec<_> = c.0.lock().unwrap().iter().map(|r| r.input_tokens).collect();
+    assert_eq!(inputs, [Some(1), Some(2), Some(3), Some(4)]);
+    let s = stats.snapshot();
+    assert_eq!((s.connections, s.ignored_websocket_malformed, s.dropped_unanswered), (5, 0, 0));
+}
