@@ -98,6 +98,8 @@ fn bun_running_the_openai_sdk_is_captured_through_its_stripped_boringssl() {
     let cov = coverage_of(&stats, pid);
     assert_eq!(cov["records"]["boringssl"], 4, "{cov}");
     assert!(cov["records"].get("socket").is_none(), "{cov}");
+    // Each socket was read (Bun reuses its SSL objects): none is a blind spot.
+    assert_eq!(blind_spots_of(&stats, &[pid.into()]), Vec::<Value>::new());
 
     // A connection Bun closes (`Connection: close`) ends at its SSL_shutdown,
     // seen while the process lives on.
@@ -162,6 +164,7 @@ fn claude_code_native_binary_is_captured_through_its_stripped_boringssl() {
     }
     let cov = coverage_of(&stats, pid);
     assert_eq!(cov["records"]["boringssl"].as_u64(), Some(records.len() as u64), "{cov}");
+    assert_eq!(blind_spots_of(&stats, &[pid.into()]), Vec::<Value>::new());
     env.finish();
 }
 
