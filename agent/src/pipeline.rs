@@ -465,7 +465,7 @@ impl Pipeline {
 
 /// Who a process is, for the blind-spot tracker: what its call records say.
 fn who(attribution: &mut Attributor, owner: &ConnMeta) -> Who {
-    let mut r = tokentap_event::LlmCall::default();
+    let mut r = tokentap_event::LlmCall { comm: Some(owner.comm.to_string()), ..Default::default() };
     attribution.fill(&mut r, owner.tgid, owner.cgroup_id, &Head::default());
     Who {
         comm: owner.comm.to_string(),

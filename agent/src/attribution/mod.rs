@@ -11,7 +11,9 @@
 //! 3. the pod's `app.kubernetes.io/name` label,
 //! 4. the pod's workload name (Deployment, StatefulSet, DaemonSet, CronJob, ...),
 //! 5. the process's systemd unit (without `.service`),
-//! 6. the executable's file name.
+//! 6. the executable's file name,
+//! 7. the process name the kernel reported (`comm`), when /proc had nothing:
+//!    the process was gone before the agent read its first connection.
 pub mod cgroups;
 pub mod container;
 pub mod keys;
@@ -180,8 +182,9 @@ impl Attributor {
             .as_ref()
             .zip(info.container_id.as_ref())
             .and_then(|(idx, id)| idx.read().ok().and_then(|m| m.get(id).cloned()));
-        if let Some((service, _)) = info.service(pod.as_deref(), &self.cfg.service_label) {
-            record.service = Some(service);
+        match info.service(pod.as_deref(), &self.cfg.service_label) {
+            Some((service, _)) => record.service = Some(service),
+            None => record.service = record.comm.clone().filter(|c| !c.is_empty()),
         }
         if let Some(p) = &pod {
             record.pod = Some(p.pod.clone());
@@ -268,6 +271,18 @@ mod tests {
         a.fill(&mut r, 42, 0, &Head::default());
         assert_eq!(r.service.as_deref(), Some("cached-svc"));
         assert_eq!(r.container_id, Some("ab".repeat(32)));
+    }
+
+    #[test]
+    fn a_process_gone_before_its_first_sight_is_named_by_its_comm() {
+        let empty = std::env::temp_dir().join(format!("tt-attr-gone-{}", std::process::id()));
+        let mut a = Attributor::new(&empty, 16);
+        let mut r = LlmCall { comm: Some("curl".into()), ..Default::default() };
+        a.fill(&mut r, 4242, 0, &Head::default());
+        assert_eq!((r.exe, r.service.as_deref()), (None, Some("curl")));
+        let mut r = LlmCall::default();
+        a.fill(&mut r, 4243, 0, &Head::default());
+        assert_eq!(r.service, None, "nothing known, nothing invented");
     }
 
     #[test]
