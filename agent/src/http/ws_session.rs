@@ -8,8 +8,10 @@
 //!
 //! Which message starts, belongs to or ends a call is the API's knowledge: the
 //! endpoint says it ([`WsCalls`]); this module only keeps the state. What it
-//! keeps is bounded: the last session message per direction, one request, and
-//! the events of the call in flight up to the body cap, content events past the
+//! keeps is bounded: the last session message per direction and one request,
+//! as compact JSON (parsed again when a call is handed on) and together within
+//! the body cap (a message that does not fit is dropped and counted), and the
+//! events of the call in flight up to the body cap, content events past the
 //! first dropped (the first one dates the first token; audio deltas are most of
 //! a realtime session's bytes and carry no count). A call's events begin with
 //! the server's latest session message, so its reader sees what the server
@@ -60,9 +62,32 @@ pub trait WsCalls: Clone {
 impl WsCalls for () {}
 impl WsCalls for String {}
 
+/// A request kept for its call.
+enum Kept {
+    /// Compact JSON.
+    Json(Vec<u8>),
+    /// Asked, but over the budget of kept messages: the call is read without it.
+    Dropped,
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Json(b) => b.len(),
+            Kept::Dropped => 0,
+        }
+    }
+}
+
+/// Kept bytes as JSON again (they were written from a parsed value).
+fn parsed(bytes: Option<&[u8]>) -> Option<Value> {
+    serde_json::from_slice(bytes?).ok()
+}
+
 /// The call in flight.
 struct Open {
-    request: Option<Value>,
+    /// None when the server began the call by itself.
+    request: Option<Kept>,
     first_ts: u64,
     /// Response events as `data:` lines, and when each arrived.
     events: Vec<u8>,
@@ -76,7 +101,7 @@ struct Open {
 impl Open {
     /// A call; its events start with the server's session message, if any
     /// (what the server says of the session, e.g. the model it runs).
-    fn new(request: Option<Value>, ts: u64, server_session: Option<&Value>) -> Self {
+    fn new(request: Option<Kept>, ts: u64, server_session: Option<&[u8]>) -> Self {
         let mut o = Open {
             request,
             first_ts: ts,
@@ -93,9 +118,10 @@ impl Open {
         o
     }
 
-    /// One event as a `data:` line, within `max` bytes in all.
-    fn push(&mut self, v: &Value, ts: u64, max: usize) {
-        let line = [&b"data: "[..], &serde_json::to_vec(v).unwrap_or_default(), b"\n\n"].concat();
+    /// One event (compact JSON: one line) as a `data:` line, within `max`
+    /// bytes in all.
+    fn push(&mut self, json: &[u8], ts: u64, max: usize) {
+        let line = [&b"data: "[..], json, b"\n\n"].concat();
         if self.events.len() + line.len() > max {
             self.truncated = true;
             return;
@@ -121,8 +147,9 @@ pub struct WsSession<E> {
     response: Head,
     up: WsDecoder,
     down: WsDecoder,
-    /// The latest session message from the client and from the server.
-    session: [Option<Value>; 2],
+    /// The latest session message from the client and from the server, as
+    /// compact JSON.
+    session: [Option<Vec<u8>>; 2],
     open: Option<Open>,
     max_body: usize,
     /// When the 101 arrived, while no byte of the new protocol has.
@@ -156,7 +183,25 @@ impl<E: WsCalls> WsSession<E> {
     /// Bytes held.
     pub fn buffered(&self) -> usize {
         let open = self.open.as_ref().map_or(0, |o| o.events.len());
-        self.up.buffered() + self.down.buffered() + open
+        self.up.buffered() + self.down.buffered() + open + self.kept()
+    }
+
+    /// Bytes of the messages kept for calls: sessions and the request.
+    fn kept(&self) -> usize {
+        let session: usize = self.session.iter().flatten().map(Vec::len).sum();
+        session + self.open.as_ref().and_then(|o| o.request.as_ref()).map_or(0, Kept::len)
+    }
+
+    /// `v` as compact JSON to keep in place of `replaced` bytes, if the kept
+    /// messages stay within the body cap (as a call's events do); else dropped
+    /// and counted.
+    fn keep(&self, v: &Value, replaced: usize, lost: &mut Lost) -> Option<Vec<u8>> {
+        let json = serde_json::to_vec(v).unwrap_or_default();
+        if self.kept().saturating_sub(replaced) + json.len() > self.max_body {
+            lost.ws_messages_dropped += 1;
+            return None;
+        }
+        Some(json)
     }
 
     /// Both peers closed: nothing more will come.
@@ -195,30 +240,38 @@ impl<E: WsCalls> WsSession<E> {
         let role = self.endpoint.ws_role(from_client, &v);
         match role {
             WsRole::Ignore => {}
-            WsRole::Session => self.session[usize::from(!from_client)] = Some(v),
+            WsRole::Session => {
+                let slot = usize::from(!from_client);
+                let replaced = self.session[slot].as_ref().map_or(0, Vec::len);
+                // Not kept: the session is unknown from here on (the one
+                // before is no longer the session).
+                self.session[slot] = self.keep(&v, replaced, lost);
+            }
             WsRole::Request => {
+                let replaced = self.open.as_ref().and_then(|o| o.request.as_ref()).map_or(0, Kept::len);
+                let request = Some(self.keep(&v, replaced, lost).map_or(Kept::Dropped, Kept::Json));
                 match &mut self.open {
                     // A response was under way and never ended: lost.
                     Some(o) if o.answered() => lost.unanswered += 1,
                     // Asked again before any answer: the latest request stands.
                     Some(o) => {
-                        (o.request, o.first_ts) = (Some(v), ts);
+                        (o.request, o.first_ts) = (request, ts);
                         return;
                     }
                     None => {}
                 }
-                self.open = Some(Open::new(Some(v), ts, self.session[1].as_ref()));
+                self.open = Some(Open::new(request, ts, self.session[1].as_deref()));
             }
             WsRole::Event | WsRole::Content | WsRole::End | WsRole::Error(_) => {
                 if from_client {
                     return;
                 }
-                let server_session = self.session[1].as_ref();
+                let server_session = self.session[1].as_deref();
                 let o = self.open.get_or_insert_with(|| Open::new(None, ts, server_session));
                 o.last_ts = ts;
                 o.first_event_ts.get_or_insert(ts);
                 if role != WsRole::Content || !std::mem::replace(&mut o.content_seen, true) {
-                    o.push(&v, ts, self.max_body);
+                    o.push(&serde_json::to_vec(&v).unwrap_or_default(), ts, self.max_body);
                 }
                 match role {
                     WsRole::End => self.emit(200, out),
@@ -235,11 +288,18 @@ impl<E: WsCalls> WsSession<E> {
     fn emit(&mut self, status: u16, out: &mut Vec<Classified<E>>) {
         let Some(o) = self.open.take() else { return };
         let path = self.request.path.as_deref().unwrap_or("");
-        let [client, server] = &self.session;
-        let body = self.endpoint.ws_request(path, [client.as_ref(), server.as_ref()], o.request.as_ref());
+        let [client, server] = [0, 1].map(|i| parsed(self.session[i].as_deref()));
+        let asked = match &o.request {
+            Some(Kept::Json(b)) => parsed(Some(b)),
+            _ => None,
+        };
+        let body = self.endpoint.ws_request(path, [client.as_ref(), server.as_ref()], asked.as_ref());
         let request = Message {
             head: self.request.clone(),
             body: serde_json::to_vec(&body).unwrap_or_default(),
+            // Its message was dropped over the budget, as an HTTP request body
+            // over the cap is cut.
+            body_truncated: matches!(o.request, Some(Kept::Dropped)),
             body_captured: true,
             complete: true,
             first_ts: o.first_ts,

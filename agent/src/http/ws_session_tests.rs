@@ -246,6 +246,38 @@ fn what_is_kept_is_bounded() {
 }
 
 #[test]
+fn kept_messages_are_held_bytes_within_the_cap() {
+    let mut s = Session { conn: HttpConnection::new(4096), out: Vec::new(), lost: Lost::default(), ts: 0 };
+    s.egress(UPGRADE);
+    s.ingress(&switched(""));
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    let setup = json!({"type":"setup","pad":"s".repeat(1000)});
+    s.egress(&up.send(&setup, 100_000));
+    let held = s.conn.buffered();
+    assert!(held > 1000, "{held}");
+    // A request that does not fit beside the session: its call goes on
+    // without it, and it is counted.
+    s.egress(&up.send(&json!({"type":"create","pad":"r".repeat(3500)}), 100_000));
+    assert_eq!(s.lost.ws_messages_dropped, 1);
+    assert!(s.conn.buffered() < held + 100, "{}", s.conn.buffered());
+    s.ingress(&down.send(&json!({"type":"done"}), 1000));
+    let ex = &s.out[0].exchange;
+    assert_eq!(body(&ex.request), json!({"session":setup,"request":null}));
+    assert!(ex.request.body_truncated);
+    // One that fits is kept, and held.
+    s.egress(&up.send(&json!({"type":"create","pad":"r".repeat(2500)}), 100_000));
+    assert!(s.conn.buffered() > 3500, "{}", s.conn.buffered());
+    // A session message that does not fit: the session is unknown from then on.
+    s.egress(&up.send(&json!({"type":"setup","pad":"t".repeat(2000)}), 100_000));
+    assert_eq!(s.lost.ws_messages_dropped, 2);
+    s.ingress(&down.send(&json!({"type":"done"}), 1000));
+    let req = body(&s.out[1].exchange.request);
+    assert_eq!((&req["session"], req["request"]["pad"].as_str().map(str::len)), (&Value::Null, Some(2500)));
+    assert!(!s.out[1].exchange.request.body_truncated);
+    assert_eq!(s.lost.unanswered, 0);
+}
+
+#[test]
 fn other_upgrades_are_not_decoded() {
     // A WebSocket the classifier did not tag, and another protocol.
     let mut lost = Lost::default();
