@@ -8,9 +8,10 @@
 //!
 //! Which message starts, belongs to or ends a call is the API's knowledge: the
 //! endpoint says it ([`WsCalls`]); this module only keeps the state. What it
-//! keeps is bounded: the last session message per direction and one request,
-//! as compact JSON (parsed again when a call is handed on) and together within
-//! the body cap (a message that does not fit is dropped and counted), and the
+//! keeps is bounded: the last session message per direction and the requests
+//! of the call in flight and of one waiting for it to end, as compact JSON
+//! (parsed again when a call is handed on) and together within the body cap (a
+//! message that does not fit is dropped and counted), and the
 //! events of the call in flight up to the body cap, content events past the
 //! first dropped (the first one dates the first token; audio deltas are most of
 //! a realtime session's bytes and carry no count). A call's events begin with
@@ -40,7 +41,8 @@ pub enum WsRole {
     Content,
     /// The response's last event (with its usage): the call is complete.
     End,
-    /// The call failed with this status; the message is its last event.
+    /// The call failed with this status; the message is its last event. With
+    /// no call open it answers nothing the session knows of: ignored.
     Error(u16),
 }
 
@@ -132,6 +134,16 @@ impl Open {
         }
     }
 
+    /// A server event of this call; of its content events only the first is
+    /// kept.
+    fn record(&mut self, v: &Value, role: WsRole, ts: u64, max: usize) {
+        self.last_ts = ts;
+        self.first_event_ts.get_or_insert(ts);
+        if role != WsRole::Content || !std::mem::replace(&mut self.content_seen, true) {
+            self.push(&serde_json::to_vec(v).unwrap_or_default(), ts, max);
+        }
+    }
+
     fn answered(&self) -> bool {
         self.first_event_ts.is_some()
     }
@@ -151,6 +163,9 @@ pub struct WsSession<E> {
     /// compact JSON.
     session: [Option<Vec<u8>>; 2],
     open: Option<Open>,
+    /// A request made while the call in flight was being answered, and when:
+    /// its call begins when that one ends (these APIs answer one at a time).
+    waiting: Option<(Kept, u64)>,
     max_body: usize,
     /// When the 101 arrived, while no byte of the new protocol has.
     untouched_since: Option<u64>,
@@ -169,6 +184,7 @@ impl<E: WsCalls> WsSession<E> {
             response,
             session: [None, None],
             open: None,
+            waiting: None,
             max_body,
             untouched_since: Some(ts),
         }
@@ -186,10 +202,11 @@ impl<E: WsCalls> WsSession<E> {
         self.up.buffered() + self.down.buffered() + open + self.kept()
     }
 
-    /// Bytes of the messages kept for calls: sessions and the request.
+    /// Bytes of the messages kept for calls: sessions and requests.
     fn kept(&self) -> usize {
         let session: usize = self.session.iter().flatten().map(Vec::len).sum();
-        session + self.open.as_ref().and_then(|o| o.request.as_ref()).map_or(0, Kept::len)
+        let open = self.open.as_ref().and_then(|o| o.request.as_ref()).map_or(0, Kept::len);
+        session + open + self.waiting.as_ref().map_or(0, |(r, _)| r.len())
     }
 
     /// `v` as compact JSON to keep in place of `replaced` bytes, if the kept
@@ -248,45 +265,70 @@ impl<E: WsCalls> WsSession<E> {
                 self.session[slot] = self.keep(&v, replaced, lost);
             }
             WsRole::Request => {
-                let replaced = self.open.as_ref().and_then(|o| o.request.as_ref()).map_or(0, Kept::len);
-                let request = Some(self.keep(&v, replaced, lost).map_or(Kept::Dropped, Kept::Json));
+                // Asked while a response is under way: the request waits for
+                // it to end, so neither is lost nor given the other's events.
+                // Asked again before any answer (or while one waits): the
+                // latest request stands.
+                let waits = self.open.as_ref().is_some_and(Open::answered);
+                let replaced = if waits {
+                    self.waiting.as_ref().map(|(r, _)| r)
+                } else {
+                    self.open.as_ref().and_then(|o| o.request.as_ref())
+                };
+                let request = self.keep(&v, replaced.map_or(0, Kept::len), lost).map_or(Kept::Dropped, Kept::Json);
                 match &mut self.open {
-                    // A response was under way and never ended: lost.
-                    Some(o) if o.answered() => lost.unanswered += 1,
-                    // Asked again before any answer: the latest request stands.
-                    Some(o) => {
-                        (o.request, o.first_ts) = (request, ts);
-                        return;
-                    }
-                    None => {}
+                    Some(_) if waits => self.waiting = Some((request, ts)),
+                    Some(o) => (o.request, o.first_ts) = (Some(request), ts),
+                    None => self.open = Some(Open::new(Some(request), ts, self.session[1].as_deref())),
                 }
-                self.open = Some(Open::new(request, ts, self.session[1].as_deref()));
             }
             WsRole::Event | WsRole::Content | WsRole::End | WsRole::Error(_) => {
                 if from_client {
                     return;
                 }
                 let server_session = self.session[1].as_deref();
-                let o = self.open.get_or_insert_with(|| Open::new(None, ts, server_session));
-                o.last_ts = ts;
-                o.first_event_ts.get_or_insert(ts);
-                if role != WsRole::Content || !std::mem::replace(&mut o.content_seen, true) {
-                    o.push(&serde_json::to_vec(&v).unwrap_or_default(), ts, self.max_body);
+                if let WsRole::Error(status) = role {
+                    // With no call open, an error answers no request (it
+                    // refuses a message that asked for no response, or comes
+                    // after its call ended): a call of its own would be a
+                    // phantom.
+                    if self.open.is_none() {
+                        return;
+                    }
+                    // While a request waits behind a response under way, the
+                    // error is the waiting one's (refused: one response at a
+                    // time); the one under way goes on.
+                    if let Some((request, asked)) = self.waiting.take() {
+                        let mut o = Open::new(Some(request), asked, server_session);
+                        o.record(&v, role, ts, self.max_body);
+                        return self.emit(o, status, out);
+                    }
                 }
+                let o = self.open.get_or_insert_with(|| Open::new(None, ts, server_session));
+                o.record(&v, role, ts, self.max_body);
                 match role {
-                    WsRole::End => self.emit(200, out),
-                    WsRole::Error(status) => self.emit(status, out),
+                    WsRole::End => self.end(200, out),
+                    WsRole::Error(status) => self.end(status, out),
                     _ => {}
                 }
             }
         }
     }
 
-    /// The call in flight as an exchange: the upgrade's request head with the
-    /// call's request as its body, answered with `status` and its events as a
-    /// server-sent-event stream.
-    fn emit(&mut self, status: u16, out: &mut Vec<Classified<E>>) {
+    /// The call in flight ended with `status`; the request waiting for it,
+    /// if any, begins the next.
+    fn end(&mut self, status: u16, out: &mut Vec<Classified<E>>) {
         let Some(o) = self.open.take() else { return };
+        self.emit(o, status, out);
+        if let Some((request, asked)) = self.waiting.take() {
+            self.open = Some(Open::new(Some(request), asked, self.session[1].as_deref()));
+        }
+    }
+
+    /// A call as an exchange: the upgrade's request head with the call's
+    /// request as its body, answered with `status` and its events as a
+    /// server-sent-event stream.
+    fn emit(&self, o: Open, status: u16, out: &mut Vec<Classified<E>>) {
         let path = self.request.path.as_deref().unwrap_or("");
         let [client, server] = [0, 1].map(|i| parsed(self.session[i].as_deref()));
         let asked = match &o.request {
@@ -330,11 +372,13 @@ impl<E: WsCalls> WsSession<E> {
         out.push(Classified { endpoint: self.endpoint.clone(), exchange: Exchange { request, response } });
     }
 
-    /// The connection ended (or decoding stopped): a call under way is lost.
+    /// The connection ended (or decoding stopped): a call under way is lost,
+    /// and so is a request waiting for it.
     pub fn close(&mut self, lost: &mut Lost) {
         if self.open.take().is_some_and(|o| o.answered() || o.request.is_some()) {
             lost.unanswered += 1;
         }
+        lost.unanswered += u64::from(self.waiting.take().is_some());
     }
 }
 
