@@ -74,6 +74,9 @@ counters! {
     /// LLM API WebSockets whose framing or compression broke (garbage, a
     /// message over the body cap, a deflate stream that does not inflate).
     ignored_websocket_malformed,
+    /// WebSocket session or request messages not kept for the calls that
+    /// follow: over the body cap together with those kept.
+    websocket_messages_dropped,
     /// Connections evicted because the table was full.
     connections_evicted,
     /// Connections expired after the idle timeout.
@@ -281,6 +284,7 @@ impl Counted for HttpDrop {
             HttpDrop::Unanswered => &s.dropped_unanswered,
             HttpDrop::JoinedMidStream => &s.joined_mid_stream,
             HttpDrop::Resynced => &s.resynced_after_gap,
+            HttpDrop::WsMessageDropped => &s.websocket_messages_dropped,
         }
     }
 }

@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
         } else {
             c.on_ingress(piece, ts, &mut out, &mut lost);
         }
-        assert!(c.buffered() <= 3 * CAP + 1024, "{}", c.buffered());
+        // Each within the cap: the message being read each way, the call's
+        // events, the session and request messages kept.
+        assert!(c.buffered() <= 4 * CAP + 1024, "{}", c.buffered());
         if gave_up {
             assert_eq!(out.len(), before);
         }

@@ -84,6 +84,8 @@ pub enum HttpDrop {
     JoinedMidStream,
     /// An HTTP/1.1 connection lost bytes and resumed at its next request.
     Resynced,
+    /// A WebSocket session or request message not kept for its calls.
+    WsMessageDropped,
 }
 
 /// What was lost when a connection ended or was given up.
@@ -96,15 +98,19 @@ pub struct Lost {
     pub joined_mid_stream: u64,
     /// HTTP/1.1 connections that resumed at their next request after a gap.
     pub resynced: u64,
+    /// WebSocket session or request messages not kept (over the body cap
+    /// with those kept): the calls that follow are read without them.
+    pub ws_messages_dropped: u64,
 }
 
 impl Lost {
     /// Each kind of drop with its count.
-    pub fn counts(&self) -> [(HttpDrop, u64); 3] {
+    pub fn counts(&self) -> [(HttpDrop, u64); 4] {
         [
             (HttpDrop::Unanswered, self.unanswered),
             (HttpDrop::JoinedMidStream, self.joined_mid_stream),
             (HttpDrop::Resynced, self.resynced),
+            (HttpDrop::WsMessageDropped, self.ws_messages_dropped),
         ]
     }
 }
@@ -127,7 +133,7 @@ mod tests {
             (m.ts_of_body_offset(1), m.ts_of_body_offset(4), m.ts_of_body_offset(5)),
             (Some(10), Some(20), None)
         );
-        let lost = Lost { unanswered: 1, joined_mid_stream: 2, resynced: 3 };
-        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 6);
+        let lost = Lost { unanswered: 1, joined_mid_stream: 2, resynced: 3, ws_messages_dropped: 4 };
+        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 10);
     }
 }

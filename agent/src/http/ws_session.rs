@@ -8,8 +8,11 @@
 //!
 //! Which message starts, belongs to or ends a call is the API's knowledge: the
 //! endpoint says it ([`WsCalls`]); this module only keeps the state. What it
-//! keeps is bounded: the last session message per direction, one request, and
-//! the events of the call in flight up to the body cap, content events past the
+//! keeps is bounded: the last session message per direction and the requests
+//! of the call in flight and of one waiting for it to end, as compact JSON
+//! (parsed again when a call is handed on) and together within the body cap (a
+//! message that does not fit is dropped and counted), and the
+//! events of the call in flight up to the body cap, content events past the
 //! first dropped (the first one dates the first token; audio deltas are most of
 //! a realtime session's bytes and carry no count). A call's events begin with
 //! the server's latest session message, so its reader sees what the server
@@ -38,7 +41,8 @@ pub enum WsRole {
     Content,
     /// The response's last event (with its usage): the call is complete.
     End,
-    /// The call failed with this status; the message is its last event.
+    /// The call failed with this status; the message is its last event. With
+    /// no call open it answers nothing the session knows of: ignored.
     Error(u16),
 }
 
@@ -60,9 +64,32 @@ pub trait WsCalls: Clone {
 impl WsCalls for () {}
 impl WsCalls for String {}
 
+/// A request kept for its call.
+enum Kept {
+    /// Compact JSON.
+    Json(Vec<u8>),
+    /// Asked, but over the budget of kept messages: the call is read without it.
+    Dropped,
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Json(b) => b.len(),
+            Kept::Dropped => 0,
+        }
+    }
+}
+
+/// Kept bytes as JSON again (they were written from a parsed value).
+fn parsed(bytes: Option<&[u8]>) -> Option<Value> {
+    serde_json::from_slice(bytes?).ok()
+}
+
 /// The call in flight.
 struct Open {
-    request: Option<Value>,
+    /// None when the server began the call by itself.
+    request: Option<Kept>,
     first_ts: u64,
     /// Response events as `data:` lines, and when each arrived.
     events: Vec<u8>,
@@ -76,7 +103,7 @@ struct Open {
 impl Open {
     /// A call; its events start with the server's session message, if any
     /// (what the server says of the session, e.g. the model it runs).
-    fn new(request: Option<Value>, ts: u64, server_session: Option<&Value>) -> Self {
+    fn new(request: Option<Kept>, ts: u64, server_session: Option<&[u8]>) -> Self {
         let mut o = Open {
             request,
             first_ts: ts,
@@ -93,9 +120,10 @@ impl Open {
         o
     }
 
-    /// One event as a `data:` line, within `max` bytes in all.
-    fn push(&mut self, v: &Value, ts: u64, max: usize) {
-        let line = [&b"data: "[..], &serde_json::to_vec(v).unwrap_or_default(), b"\n\n"].concat();
+    /// One event (compact JSON: one line) as a `data:` line, within `max`
+    /// bytes in all.
+    fn push(&mut self, json: &[u8], ts: u64, max: usize) {
+        let line = [&b"data: "[..], json, b"\n\n"].concat();
         if self.events.len() + line.len() > max {
             self.truncated = true;
             return;
@@ -103,6 +131,16 @@ impl Open {
         self.events.extend_from_slice(&line);
         if self.marks.len() < MAX_MARKS {
             self.marks.push((self.events.len(), ts));
+        }
+    }
+
+    /// A server event of this call; of its content events only the first is
+    /// kept.
+    fn record(&mut self, v: &Value, role: WsRole, ts: u64, max: usize) {
+        self.last_ts = ts;
+        self.first_event_ts.get_or_insert(ts);
+        if role != WsRole::Content || !std::mem::replace(&mut self.content_seen, true) {
+            self.push(&serde_json::to_vec(v).unwrap_or_default(), ts, max);
         }
     }
 
@@ -121,9 +159,13 @@ pub struct WsSession<E> {
     response: Head,
     up: WsDecoder,
     down: WsDecoder,
-    /// The latest session message from the client and from the server.
-    session: [Option<Value>; 2],
+    /// The latest session message from the client and from the server, as
+    /// compact JSON.
+    session: [Option<Vec<u8>>; 2],
     open: Option<Open>,
+    /// A request made while the call in flight was being answered, and when:
+    /// its call begins when that one ends (these APIs answer one at a time).
+    waiting: Option<(Kept, u64)>,
     max_body: usize,
     /// When the 101 arrived, while no byte of the new protocol has.
     untouched_since: Option<u64>,
@@ -142,6 +184,7 @@ impl<E: WsCalls> WsSession<E> {
             response,
             session: [None, None],
             open: None,
+            waiting: None,
             max_body,
             untouched_since: Some(ts),
         }
@@ -156,7 +199,26 @@ impl<E: WsCalls> WsSession<E> {
     /// Bytes held.
     pub fn buffered(&self) -> usize {
         let open = self.open.as_ref().map_or(0, |o| o.events.len());
-        self.up.buffered() + self.down.buffered() + open
+        self.up.buffered() + self.down.buffered() + open + self.kept()
+    }
+
+    /// Bytes of the messages kept for calls: sessions and requests.
+    fn kept(&self) -> usize {
+        let session: usize = self.session.iter().flatten().map(Vec::len).sum();
+        let open = self.open.as_ref().and_then(|o| o.request.as_ref()).map_or(0, Kept::len);
+        session + open + self.waiting.as_ref().map_or(0, |(r, _)| r.len())
+    }
+
+    /// `v` as compact JSON to keep in place of `replaced` bytes, if the kept
+    /// messages stay within the body cap (as a call's events do); else dropped
+    /// and counted.
+    fn keep(&self, v: &Value, replaced: usize, lost: &mut Lost) -> Option<Vec<u8>> {
+        let json = serde_json::to_vec(v).unwrap_or_default();
+        if self.kept().saturating_sub(replaced) + json.len() > self.max_body {
+            lost.ws_messages_dropped += 1;
+            return None;
+        }
+        Some(json)
     }
 
     /// Both peers closed: nothing more will come.
@@ -195,51 +257,91 @@ impl<E: WsCalls> WsSession<E> {
         let role = self.endpoint.ws_role(from_client, &v);
         match role {
             WsRole::Ignore => {}
-            WsRole::Session => self.session[usize::from(!from_client)] = Some(v),
+            WsRole::Session => {
+                let slot = usize::from(!from_client);
+                let replaced = self.session[slot].as_ref().map_or(0, Vec::len);
+                // Not kept: the session is unknown from here on (the one
+                // before is no longer the session).
+                self.session[slot] = self.keep(&v, replaced, lost);
+            }
             WsRole::Request => {
+                // Asked while a response is under way: the request waits for
+                // it to end, so neither is lost nor given the other's events.
+                // Asked again before any answer (or while one waits): the
+                // latest request stands.
+                let waits = self.open.as_ref().is_some_and(Open::answered);
+                let replaced = if waits {
+                    self.waiting.as_ref().map(|(r, _)| r)
+                } else {
+                    self.open.as_ref().and_then(|o| o.request.as_ref())
+                };
+                let request = self.keep(&v, replaced.map_or(0, Kept::len), lost).map_or(Kept::Dropped, Kept::Json);
                 match &mut self.open {
-                    // A response was under way and never ended: lost.
-                    Some(o) if o.answered() => lost.unanswered += 1,
-                    // Asked again before any answer: the latest request stands.
-                    Some(o) => {
-                        (o.request, o.first_ts) = (Some(v), ts);
-                        return;
-                    }
-                    None => {}
+                    Some(_) if waits => self.waiting = Some((request, ts)),
+                    Some(o) => (o.request, o.first_ts) = (Some(request), ts),
+                    None => self.open = Some(Open::new(Some(request), ts, self.session[1].as_deref())),
                 }
-                self.open = Some(Open::new(Some(v), ts, self.session[1].as_ref()));
             }
             WsRole::Event | WsRole::Content | WsRole::End | WsRole::Error(_) => {
                 if from_client {
                     return;
                 }
-                let server_session = self.session[1].as_ref();
-                let o = self.open.get_or_insert_with(|| Open::new(None, ts, server_session));
-                o.last_ts = ts;
-                o.first_event_ts.get_or_insert(ts);
-                if role != WsRole::Content || !std::mem::replace(&mut o.content_seen, true) {
-                    o.push(&v, ts, self.max_body);
+                let server_session = self.session[1].as_deref();
+                if let WsRole::Error(status) = role {
+                    // With no call open, an error answers no request (it
+                    // refuses a message that asked for no response, or comes
+                    // after its call ended): a call of its own would be a
+                    // phantom.
+                    if self.open.is_none() {
+                        return;
+                    }
+                    // While a request waits behind a response under way, the
+                    // error is the waiting one's (refused: one response at a
+                    // time); the one under way goes on.
+                    if let Some((request, asked)) = self.waiting.take() {
+                        let mut o = Open::new(Some(request), asked, server_session);
+                        o.record(&v, role, ts, self.max_body);
+                        return self.emit(o, status, out);
+                    }
                 }
+                let o = self.open.get_or_insert_with(|| Open::new(None, ts, server_session));
+                o.record(&v, role, ts, self.max_body);
                 match role {
-                    WsRole::End => self.emit(200, out),
-                    WsRole::Error(status) => self.emit(status, out),
+                    WsRole::End => self.end(200, out),
+                    WsRole::Error(status) => self.end(status, out),
                     _ => {}
                 }
             }
         }
     }
 
-    /// The call in flight as an exchange: the upgrade's request head with the
-    /// call's request as its body, answered with `status` and its events as a
-    /// server-sent-event stream.
-    fn emit(&mut self, status: u16, out: &mut Vec<Classified<E>>) {
+    /// The call in flight ended with `status`; the request waiting for it,
+    /// if any, begins the next.
+    fn end(&mut self, status: u16, out: &mut Vec<Classified<E>>) {
         let Some(o) = self.open.take() else { return };
+        self.emit(o, status, out);
+        if let Some((request, asked)) = self.waiting.take() {
+            self.open = Some(Open::new(Some(request), asked, self.session[1].as_deref()));
+        }
+    }
+
+    /// A call as an exchange: the upgrade's request head with the call's
+    /// request as its body, answered with `status` and its events as a
+    /// server-sent-event stream.
+    fn emit(&self, o: Open, status: u16, out: &mut Vec<Classified<E>>) {
         let path = self.request.path.as_deref().unwrap_or("");
-        let [client, server] = &self.session;
-        let body = self.endpoint.ws_request(path, [client.as_ref(), server.as_ref()], o.request.as_ref());
+        let [client, server] = [0, 1].map(|i| parsed(self.session[i].as_deref()));
+        let asked = match &o.request {
+            Some(Kept::Json(b)) => parsed(Some(b)),
+            _ => None,
+        };
+        let body = self.endpoint.ws_request(path, [client.as_ref(), server.as_ref()], asked.as_ref());
         let request = Message {
             head: self.request.clone(),
             body: serde_json::to_vec(&body).unwrap_or_default(),
+            // Its message was dropped over the budget, as an HTTP request body
+            // over the cap is cut.
+            body_truncated: matches!(o.request, Some(Kept::Dropped)),
             body_captured: true,
             complete: true,
             first_ts: o.first_ts,
@@ -270,11 +372,13 @@ impl<E: WsCalls> WsSession<E> {
         out.push(Classified { endpoint: self.endpoint.clone(), exchange: Exchange { request, response } });
     }
 
-    /// The connection ended (or decoding stopped): a call under way is lost.
+    /// The connection ended (or decoding stopped): a call under way is lost,
+    /// and so is a request waiting for it.
     pub fn close(&mut self, lost: &mut Lost) {
         if self.open.take().is_some_and(|o| o.answered() || o.request.is_some()) {
             lost.unanswered += 1;
         }
+        lost.unanswered += u64::from(self.waiting.take().is_some());
     }
 }
 

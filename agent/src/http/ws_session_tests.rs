@@ -199,14 +199,14 @@ fn the_first_server_bytes_may_arrive_with_the_101() {
 
 #[test]
 fn losses_are_counted_and_garbage_stops_decoding() {
-    // A response under way when the connection closes, and one abandoned by
-    // a new request, are lost; a request never answered is lost too.
+    // A response under way when the connection closes is lost, and so is the
+    // request waiting for it to end (not before: it may yet end).
     let mut s = Session::open("");
     let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
     s.egress(&up.send(&json!({"type":"create"}), 100));
     s.ingress(&down.send(&json!({"type":"created"}), 100));
     s.egress(&up.send(&json!({"type":"create"}), 100));
-    assert_eq!(s.lost.unanswered, 1);
+    assert_eq!(s.lost.unanswered, 0);
     s.conn.close(99, &mut s.out, &mut s.lost);
     assert_eq!((s.lost.unanswered, s.out.len()), (2, 0));
     // Garbage: decoding stops, counted as a malformed WebSocket.
@@ -243,6 +243,94 @@ fn what_is_kept_is_bounded() {
     // A message over the cap ends decoding.
     s.ingress(&down.send(&json!({"type":"delta","d":"d".repeat(5000)}), 100_000));
     assert_eq!(s.conn.ignored(), Some(Ignored::WebSocket));
+}
+
+#[test]
+fn kept_messages_are_held_bytes_within_the_cap() {
+    let mut s = Session { conn: HttpConnection::new(4096), out: Vec::new(), lost: Lost::default(), ts: 0 };
+    s.egress(UPGRADE);
+    s.ingress(&switched(""));
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    let setup = json!({"type":"setup","pad":"s".repeat(1000)});
+    s.egress(&up.send(&setup, 100_000));
+    let held = s.conn.buffered();
+    assert!(held > 1000, "{held}");
+    // A request that does not fit beside the session: its call goes on
+    // without it, and it is counted.
+    s.egress(&up.send(&json!({"type":"create","pad":"r".repeat(3500)}), 100_000));
+    assert_eq!(s.lost.ws_messages_dropped, 1);
+    assert!(s.conn.buffered() < held + 100, "{}", s.conn.buffered());
+    s.ingress(&down.send(&json!({"type":"done"}), 1000));
+    let ex = &s.out[0].exchange;
+    assert_eq!(body(&ex.request), json!({"session":setup,"request":null}));
+    assert!(ex.request.body_truncated);
+    // One that fits is kept, and held.
+    s.egress(&up.send(&json!({"type":"create","pad":"r".repeat(2500)}), 100_000));
+    assert!(s.conn.buffered() > 3500, "{}", s.conn.buffered());
+    // A session message that does not fit: the session is unknown from then on.
+    s.egress(&up.send(&json!({"type":"setup","pad":"t".repeat(2000)}), 100_000));
+    assert_eq!(s.lost.ws_messages_dropped, 2);
+    s.ingress(&down.send(&json!({"type":"done"}), 1000));
+    let req = body(&s.out[1].exchange.request);
+    assert_eq!((&req["session"], req["request"]["pad"].as_str().map(str::len)), (&Value::Null, Some(2500)));
+    assert!(!s.out[1].exchange.request.body_truncated);
+    assert_eq!(s.lost.unanswered, 0);
+}
+
+#[test]
+fn an_error_with_no_call_open_is_no_call() {
+    let mut s = Session::open("");
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    // Before any request, and after the call ended.
+    s.ingress(&down.send(&json!({"type":"error"}), 100));
+    s.egress(&up.send(&json!({"type":"create"}), 100));
+    s.ingress(&down.send(&json!({"type":"done"}), 100));
+    s.ingress(&down.send(&json!({"type":"error"}), 100));
+    s.conn.close(99, &mut s.out, &mut s.lost);
+    assert_eq!(s.out.iter().map(|c| c.exchange.response.head.status).collect::<Vec<_>>(), [Some(200)]);
+    assert_eq!(s.lost, Lost::default());
+}
+
+#[test]
+fn a_request_made_while_a_response_streams_waits_for_it() {
+    let mut s = Session::open("");
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    let mut send = |s: &mut Session, client: bool, v: Value| {
+        if client {
+            s.egress(&up.send(&v, 100));
+        } else {
+            s.ingress(&down.send(&v, 100));
+        }
+    };
+    // Answered in turn: each call has its own request and events.
+    send(&mut s, true, json!({"type":"create","n":1}));
+    send(&mut s, false, json!({"type":"created","r":1}));
+    send(&mut s, true, json!({"type":"create","n":2}));
+    send(&mut s, false, json!({"type":"done","r":1}));
+    send(&mut s, false, json!({"type":"created","r":2}));
+    send(&mut s, false, json!({"type":"done","r":2}));
+    let calls = |s: &Session| -> Vec<(Value, Option<u16>, usize)> {
+        let r = |c: &Classified<Api>| body(&c.exchange.request)["request"]["n"].clone();
+        s.out.iter().map(|c| (r(c), c.exchange.response.head.status, events(&c.exchange.response).len())).collect()
+    };
+    assert_eq!(calls(&s), [(json!(1), Some(200), 2), (json!(2), Some(200), 2)]);
+    assert!(events(&s.out[1].exchange.response).iter().all(|e| e.contains(r#""r":2"#)));
+    assert_eq!(s.out[1].exchange.request.first_ts, s.out[0].exchange.request.first_ts + 2);
+    // Refused while one streams: the error is the waiting request's, the
+    // response under way goes on.
+    send(&mut s, true, json!({"type":"create","n":3}));
+    send(&mut s, false, json!({"type":"created","r":3}));
+    send(&mut s, true, json!({"type":"create","n":4}));
+    send(&mut s, false, json!({"type":"error"}));
+    send(&mut s, false, json!({"type":"done","r":3}));
+    assert_eq!(calls(&s)[2..], [(json!(4), Some(429), 1), (json!(3), Some(200), 2)]);
+    assert_eq!(s.lost, Lost::default());
+    // Cut off with one waiting: each request is lost once.
+    send(&mut s, true, json!({"type":"create","n":5}));
+    send(&mut s, false, json!({"type":"created","r":5}));
+    send(&mut s, true, json!({"type":"create","n":6}));
+    s.conn.close(99, &mut s.out, &mut s.lost);
+    assert_eq!((s.out.len(), s.lost.unanswered), (4, 2));
 }
 
 #[test]

@@ -100,7 +100,7 @@ impl Usage {
     /// (Anthropic, Bedrock): the record's `input` includes them.
     pub fn cache_inclusive(input: u64, output: u64, read: Option<u64>, write: Option<u64>) -> Usage {
         Usage {
-            input: input + read.unwrap_or(0) + write.unwrap_or(0),
+            input: input.saturating_add(read.unwrap_or(0)).saturating_add(write.unwrap_or(0)),
             output,
             cached: read,
             cache_write: write,
@@ -229,6 +229,8 @@ mod tests {
     fn cache_inclusive_usage_keeps_unknown_counts_unknown() {
         let u = Usage::cache_inclusive(10, 2, Some(5), None);
         assert_eq!(u, Usage { input: 15, output: 2, cached: Some(5), cache_write: None, reasoning: None });
+        // Counts from a hostile payload saturate, never wrap or panic.
+        assert_eq!(Usage::cache_inclusive(u64::MAX, 0, Some(7), Some(1)).input, u64::MAX);
         assert!(StreamDefault::UnlessDeclined.streams(None));
         assert!(!StreamDefault::IfRequested.streams(None));
         assert!(StreamDefault::Always.streams(Some(false)));

@@ -110,7 +110,8 @@ fn usage(v: &Value) -> Option<Usage> {
     let thoughts = u64_at(u, &["thoughtsTokenCount"]);
     Some(Usage {
         input: u64_at(u, &["promptTokenCount"])?,
-        output: u64_at(u, &["candidatesTokenCount"]).unwrap_or(0) + thoughts.unwrap_or(0),
+        // Saturating: the counts are the server's, any size.
+        output: u64_at(u, &["candidatesTokenCount"]).unwrap_or(0).saturating_add(thoughts.unwrap_or(0)),
         cached: u64_at(u, &["cachedContentTokenCount"]),
         cache_write: None,
         reasoning: thoughts,
@@ -124,7 +125,7 @@ pub(super) fn audio_tokens(u: Option<&Value>) -> AudioTokens {
     let of = |keys: &[&str]| {
         let entries = keys.iter().find_map(|k| u?.get(*k))?.as_array()?;
         let audio = entries.iter().filter(|e| e.get("modality").and_then(Value::as_str) == Some("AUDIO"));
-        Some(audio.filter_map(|e| u64_at(e, &["tokenCount"])).sum())
+        Some(audio.filter_map(|e| u64_at(e, &["tokenCount"])).fold(0, u64::saturating_add))
     };
     AudioTokens {
         input: of(&["promptTokensDetails", "prompt_tokens_details"]),
@@ -229,6 +230,19 @@ mod tests {
         let mut p = Parsed::default();
         parse(&GENERATE, &json!({}), br#"{"usageMetadata":{"promptTokenCount":5}}"#, false, &mut p).unwrap();
         assert_eq!(p.audio, AudioTokens::default());
+    }
+
+    /// Counts near u64::MAX (a hostile or broken server) saturate: no
+    /// overflow panic, no wrap to a small number.
+    #[test]
+    fn huge_counts_saturate() {
+        let max = u64::MAX;
+        let body = json!({"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":max,"thoughtsTokenCount":2,
+            "promptTokensDetails":[{"modality":"AUDIO","tokenCount":max},{"modality":"AUDIO","tokenCount":3}]}});
+        let mut p = Parsed::default();
+        parse(&GENERATE, &json!({}), body.to_string().as_bytes(), false, &mut p).unwrap();
+        assert_eq!(p.usage.map(|u| u.output), Some(max));
+        assert_eq!(p.audio.input, Some(max));
     }
 
     #[test]

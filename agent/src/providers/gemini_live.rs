@@ -12,12 +12,12 @@
 //! (`clientContent` and `client_content`: google-genai sends the latter).
 //!
 //! Normalisation as for the REST API: `input = promptTokenCount +
-//! toolUsePromptTokenCount` (cached included), `output = responseTokenCount +
-//! thoughtsTokenCount`, `cached = cachedContentTokenCount`, `reasoning =
-//! thoughtsTokenCount`.
+//! toolUsePromptTokenCount` (cached included), `output = responseTokenCount`
+//! (or `candidatesTokenCount`) `+ thoughtsTokenCount`, `cached =
+//! cachedContentTokenCount`, `reasoning = thoughtsTokenCount`.
 use serde_json::{json, Value};
 
-use super::api::{str_at, u64_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage};
+use super::api::{str_at, Parsed, PathMatch, PathParts, ProviderError, Shape, StreamDefault, Usage};
 use super::prompt::Prompt;
 use super::provider::Provider;
 use super::response::{fold, Response, Seen};
@@ -122,13 +122,19 @@ fn field<'a>(v: &'a Value, camel: &str) -> Option<&'a Value> {
     })
 }
 
+/// A report without a prompt count has no usage (the record's tokens are
+/// unknown, not 0), as in the REST API; a missing output count is 0 there too
+/// (protobuf's JSON leaves zeros out). Sums saturate: the counts are the
+/// server's, any size.
 fn usage(v: &Value) -> Option<Usage> {
     let u = field(v, "usageMetadata").filter(|u| u.is_object())?;
-    let thoughts = u64_at(u, &["thoughtsTokenCount"]);
+    let count = |camel: &str| field(u, camel).and_then(Value::as_u64);
+    let thoughts = count("thoughtsTokenCount");
+    let output = count("responseTokenCount").or_else(|| count("candidatesTokenCount"));
     Some(Usage {
-        input: u64_at(u, &["promptTokenCount"]).unwrap_or(0) + u64_at(u, &["toolUsePromptTokenCount"]).unwrap_or(0),
-        output: u64_at(u, &["responseTokenCount"]).unwrap_or(0) + thoughts.unwrap_or(0),
-        cached: u64_at(u, &["cachedContentTokenCount"]),
+        input: count("promptTokenCount")?.saturating_add(count("toolUsePromptTokenCount").unwrap_or(0)),
+        output: output.unwrap_or(0).saturating_add(thoughts.unwrap_or(0)),
+        cached: count("cachedContentTokenCount"),
         cache_write: None,
         reasoning: thoughts,
     })
@@ -169,6 +175,30 @@ mod tests {
         assert!(p.stream_finished);
         assert_eq!(p.audio, AudioTokens { input: Some(30), cached: None, output: Some(12) });
         assert!(p.first_content_offset.is_some_and(|o| o < body.find("usageMetadata").unwrap()));
+    }
+
+    /// One usage report as the call's events.
+    fn usage_of(report: Value) -> Option<Usage> {
+        let body = format!("data: {}\n\n", json!({ "usageMetadata": report }));
+        let mut p = Parsed::default();
+        provider::read(&GeminiLive, &LIVE, &json!({}), &Head::default(), body.as_bytes(), true, &mut p).unwrap();
+        p.usage
+    }
+
+    #[test]
+    fn unknown_counts_stay_unknown_and_huge_ones_saturate() {
+        // No prompt count: no usage (unknown), not an input of 0.
+        assert_eq!(usage_of(json!({"responseTokenCount":7})), None);
+        assert_eq!(usage_of(json!({"toolUsePromptTokenCount":3,"responseTokenCount":7})), None);
+        // Either spelling of every count; candidatesTokenCount as the output.
+        let u = usage_of(json!({"prompt_token_count":4,"tool_use_prompt_token_count":1,"candidates_token_count":2}));
+        assert_eq!(u, Some(Usage { input: 5, output: 2, ..Default::default() }));
+        // No output count: 0 (protobuf leaves zeros out).
+        assert_eq!(usage_of(json!({"promptTokenCount":4})), Some(Usage { input: 4, ..Default::default() }));
+        let max = u64::MAX;
+        let u = usage_of(json!({"promptTokenCount":max,"toolUsePromptTokenCount":9,
+            "responseTokenCount":max,"thoughtsTokenCount":9}));
+        assert_eq!(u.map(|u| (u.input, u.output)), Some((max, max)));
     }
 
     #[test]

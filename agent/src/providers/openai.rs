@@ -94,7 +94,10 @@ impl Provider for OpenAi {
 
     /// The Responses API over a WebSocket: each `response.create` is a call
     /// (a `generate: false` warm-up too: it is answered with its own usage),
-    /// answered by the events of the SSE stream; an `error` ends it.
+    /// answered by the events of the SSE stream; an `error` ends it. The
+    /// session decides which call an `error` is: none when no call is open (a
+    /// refused message that asked for no response), the waiting request's when
+    /// one was sent while a response streams (see `WsSession`).
     fn ws_role(&self, shape: &Shape, from_client: bool, msg: &Value) -> WsRole {
         let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
         match (shape == &RESPONSES, from_client, kind) {

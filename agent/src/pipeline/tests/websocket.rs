@@ -193,3 +193,53 @@ fn a_reused_rustls_key_starts_a_new_session_after_a_websocket() {
     let s = stats.snapshot();
     assert_eq!((s.connections, s.ignored_websocket_malformed, s.dropped_unanswered), (5, 0, 0));
 }
+
+/// The Responses API over a WebSocket with `error` events outside any call
+/// (a client message that asks for no response, refused) and a
+/// `response.create` refused while another response streams: one record per
+/// response asked for, each with its own request, none lost.
+#[test]
+fn responses_errors_outside_calls_and_refused_overlaps() {
+    use crate::http::ws_session::tests::Sender;
+    use serde_json::{json, Value};
+    let (mut p, c, stats) = pipeline();
+    let upgrade =
+        b"GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    call(&mut p, 1, DIR_EGRESS, upgrade, 1000);
+    call(&mut p, 1, DIR_INGRESS, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", 1000);
+    let (mut up, mut down) = (Sender::new(true, None), Sender::new(false, None));
+    let mut send = |p: &mut Pipeline, client: bool, v: Value| {
+        let (dir, bytes) =
+            if client { (DIR_EGRESS, up.send(&v, 1 << 20)) } else { (DIR_INGRESS, down.send(&v, 1 << 20)) };
+        call(p, 1, dir, &bytes, 1 << 20);
+    };
+    let error = |code: &str| json!({"type":"error","status":400,"error":{"type":"invalid_request_error","code":code}});
+    let create = |model: &str| json!({"type":"response.create","model":model,"input":"hi"});
+    let created = |id: &str| json!({"type":"response.created","response":{"id":id,"model":"gpt-4.1"}});
+    let completed = |id: &str, i: u64| json!({"type":"response.completed","response":{"id":id,"usage":{"input_tokens":i,"output_tokens":2}}});
+    send(&mut p, true, json!({"type":"response.cancel"}));
+    send(&mut p, false, error("unknown_event_type"));
+    send(&mut p, true, create("gpt-4.1"));
+    send(&mut p, false, created("resp_1"));
+    send(&mut p, true, create("gpt-4.1-mini"));
+    send(&mut p, false, error("response_already_in_flight"));
+    send(&mut p, false, json!({"type":"response.output_text.delta","delta":"hi"}));
+    send(&mut p, false, completed("resp_1", 10));
+    send(&mut p, false, error("late"));
+    send(&mut p, true, create("gpt-4.1-mini"));
+    send(&mut p, false, created("resp_2"));
+    send(&mut p, false, completed("resp_2", 20));
+    let recs = c.0.lock().unwrap().clone();
+    let got: Vec<_> =
+        recs.iter().map(|r| (r.request_model.as_deref(), r.status, r.input_tokens, r.response_id.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some("gpt-4.1-mini"), Some(400), None, None),
+            (Some("gpt-4.1"), Some(200), Some(10), Some("resp_1")),
+            (Some("gpt-4.1-mini"), Some(200), Some(20), Some("resp_2")),
+        ]
+    );
+    let s = stats.snapshot();
+    assert_eq!((s.records, s.dropped_unanswered, s.dropped_parse_error), (3, 0, 0));
+}
