@@ -187,7 +187,9 @@ impl Pipeline {
                 self.close_entry(e, c.ts_ns);
             }
         }
-        if c.owner.source.key_may_move() && self.conns.get_mut(&c.key).is_none_or(|e| e.state.http.replaceable()) {
+        if c.owner.source.key_may_move()
+            && self.conns.get_mut(&c.key).is_none_or(|e| e.state.http.replaceable_by(c.direction, c.data))
+        {
             self.follow_moved_websocket(c);
         }
         let mut lost = Lost::default();

@@ -173,9 +173,15 @@ impl<E: WsCalls> HttpConnection<E> {
         matches!(&self.state, State::WebSocket(ws) if ws.is_done())
     }
 
-    /// Given up or finished: a moved connection may take this key over.
-    pub fn replaceable(&self) -> bool {
-        matches!(self.state, State::Ignored(_)) || self.finished()
+    /// Given up or finished, and `data` could be a moved WebSocket's next
+    /// bytes (a 101, a frame): a moved connection may take this key over.
+    /// The cheap check on the bytes first spares the search for one on every
+    /// call of a connection given up.
+    pub fn replaceable_by(&self, direction: Direction, data: &[u8]) -> bool {
+        let switching = data.starts_with(b"HTTP/1.1 101 ") || data.starts_with(b"HTTP/1.0 101 ");
+        let moved = (direction == Direction::Ingress && switching)
+            || websocket::looks_like_frame(data, direction == Direction::Egress);
+        moved && (matches!(self.state, State::Ignored(_)) || self.finished())
     }
 
     /// Could `data`, the first bytes seen under a new key of the same
