@@ -72,7 +72,8 @@ counters! {
     /// Switched protocols to something other than an LLM API's WebSocket.
     ignored_upgraded,
     /// LLM API WebSockets whose framing or compression broke (garbage, a
-    /// message over the body cap, a deflate stream that does not inflate).
+    /// message over the body cap, a deflate stream that does not inflate),
+    /// over HTTP/1.1 connections and HTTP/2 streams.
     ignored_websocket_malformed,
     /// WebSocket session or request messages not kept for the calls that
     /// follow: over the body cap together with those kept.
@@ -285,6 +286,7 @@ impl Counted for HttpDrop {
             HttpDrop::JoinedMidStream => &s.joined_mid_stream,
             HttpDrop::Resynced => &s.resynced_after_gap,
             HttpDrop::WsMessageDropped => &s.websocket_messages_dropped,
+            HttpDrop::WsMalformed => &s.ignored_websocket_malformed,
         }
     }
 }

@@ -9,12 +9,20 @@
 //! guesses. Connections already open when capture began are not decodable (their
 //! HPACK tables are unknown): [`looks_like_frames`] lets the caller recognise and
 //! skip them.
+//!
+//! A stream opened by an extended CONNECT (RFC 8441, `:protocol` websocket)
+//! and accepted (2xx) carries a WebSocket: its DATA frames both ways are that
+//! session's bytes ([`WsSession`], as after an HTTP/1.1 upgrade), and its
+//! calls are handed on as they complete. Its framing breaking ends that
+//! stream's decoding only (counted), not the connection's.
 use std::collections::HashMap;
 
 use loona_hpack::Decoder;
 use thiserror::Error;
 
 use super::message::{Classified, Exchange, Head, Lost, Message};
+use super::ws_session::{WsCalls, WsSession};
+use crate::capture::event::Direction as Dir;
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -75,6 +83,8 @@ struct Stream<E> {
     /// What the request was classified as, at its head.
     endpoint: E,
     response: Option<Message>,
+    /// An extended CONNECT the server accepted: the stream is a WebSocket.
+    ws: Option<Box<WsSession<E>>>,
 }
 
 pub struct H2Connection<E = ()> {
@@ -107,14 +117,20 @@ pub fn looks_like_frames(data: &[u8]) -> bool {
     frames > 0 && pos == data.len()
 }
 
-impl<E> H2Connection<E> {
+impl<E: WsCalls> H2Connection<E> {
     pub fn new(max_body: usize) -> Self {
         Self { egress: Direction::new(true), ingress: Direction::new(false), streams: HashMap::new(), max_body }
     }
 
     pub fn buffered(&self) -> usize {
-        let bodies: usize =
-            self.streams.values().map(|s| s.request.body.len() + s.response.as_ref().map_or(0, |r| r.body.len())).sum();
+        let bodies: usize = self
+            .streams
+            .values()
+            .map(|s| {
+                let ws = s.ws.as_ref().map_or(0, |w| w.buffered());
+                s.request.body.len() + s.response.as_ref().map_or(0, |r| r.body.len()) + ws
+            })
+            .sum();
         self.egress.buf.len() + self.ingress.buf.len() + bodies
     }
 
@@ -158,6 +174,10 @@ impl<E> H2Connection<E> {
     /// no response are lost.
     pub fn close(&mut self, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
         for (_, s) in self.streams.drain() {
+            if let Some(mut ws) = s.ws {
+                ws.close(lost);
+                continue;
+            }
             match s.response {
                 Some(mut response) => {
                     // The body is whole when it has its declared length, even if the
@@ -174,8 +194,12 @@ impl<E> H2Connection<E> {
 
     /// Nothing more can be decoded: every captured stream in flight is lost.
     pub fn lose_sync(&mut self, lost: &mut Lost) {
-        lost.unanswered += self.streams.len() as u64;
-        self.streams.clear();
+        for (_, s) in self.streams.drain() {
+            match s.ws {
+                Some(mut ws) => ws.close(lost),
+                None => lost.unanswered += 1,
+            }
+        }
         self.egress.buf = Vec::new();
         self.ingress.buf = Vec::new();
     }
@@ -236,7 +260,7 @@ impl<E> H2Connection<E> {
         match kind {
             DATA => {
                 let data = unpad(flags, payload)?;
-                self.data(egress, stream, data, flags & END_STREAM != 0, ts, out);
+                self.data(egress, stream, data, flags & END_STREAM != 0, ts, out, lost);
             }
             HEADERS | PUSH_PROMISE => {
                 let mut frag = unpad(flags, payload)?;
@@ -270,7 +294,11 @@ impl<E> H2Connection<E> {
                     self.header_block(egress, ts, classify, out)?;
                 }
             }
-            RST_STREAM if self.streams.remove(&stream).is_some() => lost.unanswered += 1,
+            RST_STREAM => match self.streams.remove(&stream) {
+                Some(Stream { ws: Some(mut ws), .. }) => ws.close(lost),
+                Some(_) => lost.unanswered += 1,
+                None => {}
+            },
             SETTINGS if flags & ACK == 0 => {
                 if !payload.len().is_multiple_of(6) {
                     return Err(H2Error::Frame("SETTINGS length"));
@@ -323,6 +351,8 @@ impl<E> H2Connection<E> {
                     b":path" => head.path = Some(String::from_utf8_lossy(&value).into_owned()),
                     b":status" => head.status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()),
                     b":authority" => head.headers.push(("host".into(), value.into_owned())),
+                    // Extended CONNECT's protocol (RFC 8441), kept for classifying.
+                    b":protocol" => head.headers.push((":protocol".into(), value.into_owned())),
                     n if n.starts_with(b":") => {}
                     n => head.headers.push((String::from_utf8_lossy(n).to_ascii_lowercase(), value.into_owned())),
                 }
@@ -347,9 +377,16 @@ impl<E> H2Connection<E> {
                     last_ts: ts,
                     ..Default::default()
                 };
-                self.streams.insert(stream, Stream { request, endpoint, response: None });
+                self.streams.insert(stream, Stream { request, endpoint, response: None, ws: None });
             }
         } else if let Some(s) = self.streams.get_mut(&stream) {
+            let accepted = head.status.is_some_and(|c| (200..300).contains(&c));
+            if s.ws.is_none() && accepted && s.request.head.opens_websocket() {
+                // The WebSocket is open: its calls come from the DATA frames.
+                let ws = WsSession::new(s.endpoint.clone(), s.request.head.clone(), head, self.max_body, ts);
+                s.ws = Some(Box::new(ws));
+                return Ok(());
+            }
             let informational = s.response.as_ref().is_some_and(|r| r.head.status.is_some_and(|c| c < 200));
             if head.status.is_some() && (s.response.is_none() || informational) {
                 s.response =
@@ -362,11 +399,35 @@ impl<E> H2Connection<E> {
         Ok(())
     }
 
-    fn data(&mut self, egress: bool, stream: u32, data: &[u8], end: bool, ts: u64, out: &mut Vec<Classified<E>>) {
+    #[allow(clippy::too_many_arguments)]
+    fn data(
+        &mut self,
+        egress: bool,
+        stream: u32,
+        data: &[u8],
+        end: bool,
+        ts: u64,
+        out: &mut Vec<Classified<E>>,
+        lost: &mut Lost,
+    ) {
         let max_body = self.max_body;
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
+        if let Some(ws) = s.ws.as_mut() {
+            let dir = if egress { Dir::Egress } else { Dir::Ingress };
+            if ws.on_bytes(dir, data, ts, out, lost).is_err() {
+                lost.ws_malformed += 1;
+                ws.close(lost);
+                self.streams.remove(&stream);
+            } else if ws.is_done() || (end && !egress) {
+                // Both closes made, or the server ended its side (RFC 8441's
+                // FIN): nothing more will be answered.
+                ws.close(lost);
+                self.streams.remove(&stream);
+            }
+            return;
+        }
         let msg = if egress { Some(&mut s.request) } else { s.response.as_mut() };
         let Some(m) = msg else {
             return;
@@ -390,7 +451,7 @@ impl<E> H2Connection<E> {
     }
 
     fn finish(&mut self, stream: u32, ts: u64, out: &mut Vec<Classified<E>>) {
-        if let Some(Stream { request, endpoint, response: Some(mut response) }) = self.streams.remove(&stream) {
+        if let Some(Stream { request, endpoint, response: Some(mut response), .. }) = self.streams.remove(&stream) {
             response.complete = true;
             response.last_ts = ts;
             out.push(Classified { endpoint, exchange: Exchange { request, response } });

@@ -24,6 +24,17 @@ impl Head {
     }
 
     /// Whether a comma-separated header (`transfer-encoding`, …) lists `token`.
+    /// Does this request open a WebSocket: an HTTP/1.1 `GET` with `Upgrade:
+    /// websocket`, or an HTTP/2 extended CONNECT (RFC 8441, `:protocol`
+    /// websocket)?
+    pub fn opens_websocket(&self) -> bool {
+        match self.method.as_deref() {
+            Some("GET") => self.has_token("upgrade", "websocket"),
+            Some("CONNECT") => self.http2 && self.has_token(":protocol", "websocket"),
+            _ => false,
+        }
+    }
+
     pub fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
@@ -86,6 +97,9 @@ pub enum HttpDrop {
     Resynced,
     /// A WebSocket session or request message not kept for its calls.
     WsMessageDropped,
+    /// A WebSocket over an HTTP/2 stream whose framing broke: that stream's
+    /// decoding ends (the connection's other streams go on).
+    WsMalformed,
 }
 
 /// What was lost when a connection ended or was given up.
@@ -101,16 +115,19 @@ pub struct Lost {
     /// WebSocket session or request messages not kept (over the body cap
     /// with those kept): the calls that follow are read without them.
     pub ws_messages_dropped: u64,
+    /// WebSockets over HTTP/2 streams given up (framing or compression broke).
+    pub ws_malformed: u64,
 }
 
 impl Lost {
     /// Each kind of drop with its count.
-    pub fn counts(&self) -> [(HttpDrop, u64); 4] {
+    pub fn counts(&self) -> [(HttpDrop, u64); 5] {
         [
             (HttpDrop::Unanswered, self.unanswered),
             (HttpDrop::JoinedMidStream, self.joined_mid_stream),
             (HttpDrop::Resynced, self.resynced),
             (HttpDrop::WsMessageDropped, self.ws_messages_dropped),
+            (HttpDrop::WsMalformed, self.ws_malformed),
         ]
     }
 }
@@ -133,7 +150,7 @@ mod tests {
             (m.ts_of_body_offset(1), m.ts_of_body_offset(4), m.ts_of_body_offset(5)),
             (Some(10), Some(20), None)
         );
-        let lost = Lost { unanswered: 1, joined_mid_stream: 2, resynced: 3, ws_messages_dropped: 4 };
-        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 10);
+        let lost = Lost { unanswered: 1, joined_mid_stream: 2, resynced: 3, ws_messages_dropped: 4, ws_malformed: 5 };
+        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 15);
     }
 }

@@ -138,9 +138,10 @@ impl Rules {
 
     /// Is this request an LLM API call, and of which provider and shape?
     pub fn classify(&self, head: &Head) -> Option<Endpoint> {
-        // Calls are POSTs, or a WebSocket opened by a GET whose messages are
-        // the calls (Responses, Realtime, Gemini Live).
-        let websocket = head.method.as_deref() == Some("GET") && head.has_token("upgrade", "websocket");
+        // Calls are POSTs, or a WebSocket (opened by a GET's upgrade or an
+        // HTTP/2 extended CONNECT) whose messages are the calls (Responses,
+        // Realtime, Gemini Live).
+        let websocket = head.opens_websocket();
         if head.method.as_deref() != Some("POST") && !websocket {
             return None;
         }

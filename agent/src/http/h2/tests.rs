@@ -87,14 +87,14 @@ fn each_stream_keeps_its_requests_classification() {
     let (mut lost, mut out, mut seen) = (Lost::default(), Vec::new(), 0u64);
     let mut nth = |_: &Head| {
         seen += 1;
-        Some(seen - 1)
+        Some((seen - 1).to_string())
     };
     c.on_egress(&e, 1, &mut nth, &mut lost).unwrap();
     c.on_ingress(&i, 2, &mut out, &mut lost).unwrap();
     assert_eq!(out.len(), 3);
     for x in &out {
         let n: serde_json::Value = serde_json::from_slice(&x.exchange.request.body).unwrap();
-        assert_eq!(n["n"], x.endpoint);
+        assert_eq!(n["n"].to_string(), x.endpoint);
     }
 }
 

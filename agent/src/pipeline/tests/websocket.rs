@@ -243,3 +243,81 @@ fn responses_errors_outside_calls_and_refused_overlaps() {
     let s = stats.snapshot();
     assert_eq!((s.records, s.dropped_unanswered, s.dropped_parse_error), (3, 0, 0));
 }
+
+/// A WebSocket over an HTTP/2 stream (RFC 8441's extended CONNECT) beside an
+/// ordinary call on the same connection: each response is one record. A
+/// stream whose frames are garbage ends alone, counted.
+#[test]
+fn a_websocket_over_an_http2_extended_connect_is_read_beside_other_streams() {
+    use crate::http::h2::encode::{frame, headers};
+    use crate::http::h2::PREFACE;
+    use crate::http::ws_session::tests::Sender;
+    use loona_hpack::Encoder;
+    use serde_json::json;
+    let (mut p, c, stats) = pipeline();
+    let (mut up_hpack, mut down_hpack) = (Encoder::new(), Encoder::new());
+    let connect = |enc: &mut Encoder<'_>, stream: u32| {
+        let h = headers(
+            enc,
+            &[
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":scheme", "https"),
+                (":path", "/v1/responses"),
+                (":authority", "api.openai.com"),
+            ],
+        );
+        frame(1, 0x4, stream, &h)
+    };
+    // Client preface, settings, two extended CONNECTs (streams 1 and 5) and a chat call (3).
+    let mut up = PREFACE.to_vec();
+    up.extend(frame(4, 0, 0, &[]));
+    up.extend(connect(&mut up_hpack, 1));
+    let chat = headers(
+        &mut up_hpack,
+        &[(":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "api.openai.com")],
+    );
+    up.extend(frame(1, 0x4, 3, &chat));
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    up.extend(frame(0, 0x1, 3, body));
+    up.extend(connect(&mut up_hpack, 5));
+    call(&mut p, 1, DIR_EGRESS, &up, 1 << 20);
+    // The server enables extended CONNECT and accepts both.
+    let mut down = frame(4, 0, 0, &[0, 8, 0, 0, 0, 1]);
+    for stream in [1, 5] {
+        let accepted = [(":status", "200"), ("sec-websocket-extensions", "permessage-deflate")];
+        down.extend(frame(1, 0x4, stream, &headers(&mut down_hpack, &accepted)));
+    }
+    call(&mut p, 1, DIR_INGRESS, &down, 1 << 20);
+    // Stream 1: two responses, compressed both ways with context kept.
+    let (mut ws_up, mut ws_down) = (Sender::new(true, Some(false)), Sender::new(false, Some(false)));
+    for (i, n) in [(1u64, 30u64), (2, 40)] {
+        let create = json!({"type":"response.create","model":"gpt-4.1","stream":true,"input":[]});
+        call(&mut p, 1, DIR_EGRESS, &frame(0, 0, 1, &ws_up.send(&create, 1 << 20)), 1 << 20);
+        let done = json!({"type":"response.completed","response":{"id":format!("resp_{i}"),"model":"gpt-4.1",
+            "usage":{"input_tokens":n,"output_tokens":i}}});
+        call(&mut p, 1, DIR_INGRESS, &frame(0, 0, 1, &ws_down.send(&done, 100)), 1 << 20);
+    }
+    // Stream 5: garbage where frames should be.
+    call(&mut p, 1, DIR_INGRESS, &frame(0, 0, 5, b"\x7f\x7f not a frame"), 1 << 20);
+    // Stream 3's answer, then the server ends stream 1.
+    let answer = headers(&mut down_hpack, &[(":status", "200"), ("content-type", "application/json")]);
+    let mut down = frame(1, 0x4, 3, &answer);
+    let usage = br#"{"id":"chatcmpl-9","model":"gpt-4o","usage":{"prompt_tokens":11,"completion_tokens":2}}"#;
+    down.extend(frame(0, 0x1, 3, usage));
+    down.extend(frame(0, 0x1, 1, &[]));
+    call(&mut p, 1, DIR_INGRESS, &down, 1 << 20);
+
+    let mut got: Vec<_> =
+        c.0.lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.operation.clone(), r.input_tokens, r.output_tokens, r.http_version.clone()))
+            .collect();
+    got.sort();
+    let h2 = |op: &str, i: u64, o: u64| (op.to_owned(), Some(i), Some(o), Some("2".to_owned()));
+    assert_eq!(got, [h2("chat", 11, 2), h2("responses", 30, 1), h2("responses", 40, 2)]);
+    let s = stats.snapshot();
+    assert_eq!((s.ignored_websocket_malformed, s.dropped_unanswered, s.ignored_desync), (1, 0, 0));
+    assert_eq!(p.connections(), 1, "the connection goes on");
+}
