@@ -28,7 +28,8 @@ pub fn client_classes() -> PathBuf {
     let class = out.join("LlmClient.class");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&class).is_none() || modified(&class) < modified(&src) {
-        let st = Command::new("javac").arg("-d").arg(&out).arg(&src).status().expect("javac");
+        // For Java 11: the classes serve every JDK the tests run (any javac).
+        let st = Command::new("javac").args(["--release", "11", "-d"]).arg(&out).arg(&src).status().expect("javac");
         assert!(st.success(), "javac LlmClient.java failed");
     }
     out

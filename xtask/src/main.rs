@@ -119,6 +119,9 @@ fn main() -> Result<()> {
                 .env("TOKENTAP_AGENT_BIN", &bin)
                 .env("TOKENTAP_COLLECTOR_BIN", &collector);
             run(&mut c)?;
+            if args.is_empty() {
+                java_again_on_newer_jdks(&bin)?;
+            }
         }
         Cmd::Lint => {
             run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -174,6 +177,36 @@ fn main() -> Result<()> {
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The Java capture once more on each newer JDK the machine has beside
+/// Debian's 17 (HotSpot's attach and JSSE's internals change between
+/// releases): `java` and `javac` on PATH are that JDK's for the run.
+fn java_again_on_newer_jdks(agent_bin: &Path) -> Result<()> {
+    let mut found = false;
+    for entry in std::fs::read_dir("/usr/lib/jvm").into_iter().flatten().flatten() {
+        let home = entry.path();
+        let release = std::fs::read_to_string(home.join("release")).unwrap_or_default();
+        let major = release
+            .lines()
+            .find_map(|l| l.strip_prefix("JAVA_VERSION=\""))
+            .and_then(|v| v.split(['.', '"']).next()?.parse::<u32>().ok());
+        if major.is_none_or(|m| m < 21) || !home.join("bin/javac").exists() {
+            continue;
+        }
+        found = true;
+        eprintln!("xtask: e2e_java again on {} (Java {})", home.display(), major.unwrap_or(0));
+        let path = format!("{}:{}", home.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        run(cargo()
+            .args(["test", "-p", "tokentap-e2e", "--test", "e2e_java"])
+            .env("PATH", path)
+            .env("JAVA_HOME", &home)
+            .env("TOKENTAP_AGENT_BIN", agent_bin))?;
+    }
+    if !found {
+        eprintln!("xtask: no JDK 21 or later in /usr/lib/jvm: the Java capture was tested on the default JDK only");
+    }
+    Ok(())
 }
 
 pub fn cargo() -> Command {
