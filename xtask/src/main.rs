@@ -181,7 +181,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// The Java capture once more on each newer JDK the machine has beside
 /// Debian's 17 (HotSpot's attach and JSSE's internals change between
-/// releases): `java` and `javac` on PATH are that JDK's for the run.
+/// releases): `java` and `javac` on PATH are that JDK's for the run; the
+/// agent and its Java agent stay as built.
 fn java_again_on_newer_jdks(agent_bin: &Path) -> Result<()> {
     let mut found = false;
     for entry in std::fs::read_dir("/usr/lib/jvm").into_iter().flatten().flatten() {
@@ -199,8 +200,9 @@ fn java_again_on_newer_jdks(agent_bin: &Path) -> Result<()> {
         let path = format!("{}:{}", home.join("bin").display(), std::env::var("PATH").unwrap_or_default());
         run(cargo()
             .args(["test", "-p", "tokentap-e2e", "--test", "e2e_java"])
+            // PATH only: JAVA_HOME would rebuild the agent crate (its build
+            // script builds the Java agent with that JDK).
             .env("PATH", path)
-            .env("JAVA_HOME", &home)
             .env("TOKENTAP_AGENT_BIN", agent_bin))?;
     }
     if !found {
