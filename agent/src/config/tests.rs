@@ -361,7 +361,7 @@ fn bad_outputs_are_clear_errors() {
         (
             "unknown type",
             "[outputs.k]\ntype = \"kafka\"\n".into(),
-            &["[outputs.k]: unknown type \"kafka\" (one of jsonl, stdout, collector)"],
+            &["[outputs.k]: unknown type \"kafka\" (one of jsonl, stdout, collector, otlp)"],
         ),
         ("no type", "[outputs.k]\npath = \"/x\"\n".into(), &["[outputs.k]: missing `type`"]),
         ("type not a string", "[outputs.k]\ntype = 1\n".into(), &["[outputs.k]: unknown type \"1\""]),
@@ -390,6 +390,16 @@ fn bad_outputs_are_clear_errors() {
             &["invalid type: string \"x\"", "spool_max_bytes"],
         ),
         ("an unknown top-level key", "no_such_key = 1\n".into(), &["unknown field `no_such_key`"]),
+        (
+            "an otlp endpoint without a scheme",
+            "[outputs.o]\ntype = \"otlp\"\nendpoint = \"gw:4318\"\n".into(),
+            &["[outputs.o]: endpoint \"gw:4318\": expected http(s)://HOST:PORT[/PATH]"],
+        ),
+        (
+            "an otlp shorthand key of the wrong value",
+            "output = [\"otlp:http://gw:4318\"]\notlp_compression = \"brotli\"\n".into(),
+            &["output \"otlp:http://gw:4318\": unknown variant `brotli`"],
+        ),
         ("a bad spec", "output = [\"collector:c:1\"]\n".into(), &["unknown output \"collector:c:1\""]),
         (
             "an old certificate key without its key file",

@@ -185,7 +185,8 @@ mod tests {
         let err = "kafka:x".parse::<OutputSpec>().unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown output \"kafka:x\": expected `jsonl:PATH`, `stdout` or `collector:http(s)://HOST:PORT`"
+            "unknown output \"kafka:x\": expected `jsonl:PATH`, `stdout`, `collector:http(s)://HOST:PORT` or \
+             `otlp[:http(s)://HOST:4318]`"
         );
     }
 }
