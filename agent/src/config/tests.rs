@@ -30,6 +30,18 @@ fn the_shipped_kubernetes_config_is_valid() {
     assert_eq!((s.outputs.len(), collector(&s, 0).url.as_str()), (1, "http://tokentap-collector:8787"));
     assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
     assert_eq!(collector(&s, 0).cluster, "my-cluster");
+    // With the chart's `agent.otlpOutput` set: a second output, with the
+    // chart's OTLP spool and headers file.
+    let with_otlp = toml.replace(", \"\"]", ", \"otlp:http://otel-collector:4318\"]");
+    assert_ne!(with_otlp, toml, "the chart leaves an empty entry for agent.otlpOutput");
+    let p = write("k8s-otlp", &with_otlp);
+    let s = Settings::resolve(&Cli { config: Some(p), no_kubernetes: true, ..Default::default() }).unwrap();
+    assert_eq!((s.outputs.len(), s.outputs[1].kind), (2, "otlp"));
+    let o = crate::sinks::otlp::OtlpSettings::from_section(&s.outputs[1].section).unwrap();
+    assert_eq!(o.url(crate::sinks::otlp::Signal::Traces), "http://otel-collector:4318/v1/traces");
+    assert_eq!(o.headers_file, Some("/etc/tokentap/otlp/headers".into()));
+    assert_eq!(o.spool_dir, PathBuf::from("/var/lib/tokentap/otlp-spool"));
+    assert_eq!(collector(&s, 0).spool_dir, PathBuf::from("/var/lib/tokentap/spool"), "each its own spool");
 }
 
 #[test]
