@@ -30,8 +30,10 @@ pub struct Cli {
     #[arg(global = true, long, short = 'c', value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Where records go: `jsonl:PATH` (appended, one JSON object per line),
-    /// `stdout` or `collector:URL`. Repeat for several outputs; replaces the
-    /// config file's outputs (`output`, `[outputs.<name>]`). Default: stdout.
+    /// `stdout`, `collector:URL`, or `otlp[:URL]` (GenAI spans and metrics over
+    /// OTLP/HTTP; URL default http://localhost:4318). Repeat for several
+    /// outputs; replaces the config file's outputs (`output`,
+    /// `[outputs.<name>]`). Default: stdout.
     #[arg(global = true, long = "output", short = 'o', value_name = "SPEC")]
     pub outputs: Vec<OutputSpec>,
     /// Capture this long (seconds, or with a unit: 90s, 30m, 2h), then flush and

@@ -78,7 +78,10 @@ def main():
     rules = kinds["ClusterRole"]["rules"]
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in rules), "RBAC is read-only"
     agent_toml = kinds["ConfigMap"]["data"]["agent.toml"]
-    assert 'output = ["collector:http://tokentap-collector:8787"]' in agent_toml
+    assert 'output = ["collector:http://tokentap-collector:8787", ""]' in agent_toml
+    assert 'otlp_headers_file = "/etc/tokentap/otlp/headers"' in agent_toml
+    secrets = [d for d in docs if d["kind"] == "Secret"]
+    assert sorted(d["metadata"]["name"] for d in secrets) == ["tokentap-otlp", "tokentap-token"], secrets
     if shutil.which("helm"):
         h = subprocess.run(["helm", "template", "tokentap", CHART, "--namespace", NAMESPACE],
                            capture_output=True, text=True, check=True).stdout

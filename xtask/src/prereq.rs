@@ -116,11 +116,13 @@ pub fn test_tools(root: &Path) -> Result<()> {
     apt_install(&["libssl3"]).or_else(|_| apt_install(&["libssl3t64"]))?;
 
     let req = root.join("tests/clients/requirements.txt");
-    let sdks = ok(Command::new("python3")
-        .args(["-c", "import openai, anthropic, h2, google.genai, boto3, chdb, kubernetes_validate"]));
+    let sdks = ok(Command::new("python3").args([
+        "-c",
+        "import openai, anthropic, h2, google.genai, boto3, chdb, kubernetes_validate, opentelemetry.proto",
+    ]));
     if !sdks {
         eprintln!(
-            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2]) and chdb-core"
+            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2]), chdb-core and opentelemetry-proto"
         );
         let base = || {
             let mut c = Command::new("python3");

@@ -30,6 +30,18 @@ fn the_shipped_kubernetes_config_is_valid() {
     assert_eq!((s.outputs.len(), collector(&s, 0).url.as_str()), (1, "http://tokentap-collector:8787"));
     assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
     assert_eq!(collector(&s, 0).cluster, "my-cluster");
+    // With the chart's `agent.otlpOutput` set: a second output, with the
+    // chart's OTLP spool and headers file.
+    let with_otlp = toml.replace(", \"\"]", ", \"otlp:http://otel-collector:4318\"]");
+    assert_ne!(with_otlp, toml, "the chart leaves an empty entry for agent.otlpOutput");
+    let p = write("k8s-otlp", &with_otlp);
+    let s = Settings::resolve(&Cli { config: Some(p), no_kubernetes: true, ..Default::default() }).unwrap();
+    assert_eq!((s.outputs.len(), s.outputs[1].kind), (2, "otlp"));
+    let o = crate::sinks::otlp::OtlpSettings::from_section(&s.outputs[1].section).unwrap();
+    assert_eq!(o.url(crate::sinks::otlp::Signal::Traces), "http://otel-collector:4318/v1/traces");
+    assert_eq!(o.headers_file, Some("/etc/tokentap/otlp/headers".into()));
+    assert_eq!(o.spool_dir, PathBuf::from("/var/lib/tokentap/otlp-spool"));
+    assert_eq!(collector(&s, 0).spool_dir, PathBuf::from("/var/lib/tokentap/spool"), "each its own spool");
 }
 
 #[test]
@@ -361,7 +373,7 @@ fn bad_outputs_are_clear_errors() {
         (
             "unknown type",
             "[outputs.k]\ntype = \"kafka\"\n".into(),
-            &["[outputs.k]: unknown type \"kafka\" (one of jsonl, stdout, collector)"],
+            &["[outputs.k]: unknown type \"kafka\" (one of jsonl, stdout, collector, otlp)"],
         ),
         ("no type", "[outputs.k]\npath = \"/x\"\n".into(), &["[outputs.k]: missing `type`"]),
         ("type not a string", "[outputs.k]\ntype = 1\n".into(), &["[outputs.k]: unknown type \"1\""]),
@@ -390,6 +402,16 @@ fn bad_outputs_are_clear_errors() {
             &["invalid type: string \"x\"", "spool_max_bytes"],
         ),
         ("an unknown top-level key", "no_such_key = 1\n".into(), &["unknown field `no_such_key`"]),
+        (
+            "an otlp endpoint without a scheme",
+            "[outputs.o]\ntype = \"otlp\"\nendpoint = \"gw:4318\"\n".into(),
+            &["[outputs.o]: endpoint \"gw:4318\": expected http(s)://HOST:PORT[/PATH]"],
+        ),
+        (
+            "an otlp shorthand key of the wrong value",
+            "output = [\"otlp:http://gw:4318\"]\notlp_compression = \"brotli\"\n".into(),
+            &["output \"otlp:http://gw:4318\": unknown variant `brotli`"],
+        ),
         ("a bad spec", "output = [\"collector:c:1\"]\n".into(), &["unknown output \"collector:c:1\""]),
         (
             "an old certificate key without its key file",

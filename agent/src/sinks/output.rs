@@ -11,7 +11,8 @@
 //! url = "http://tokentap-collector:8787"
 //! ```
 //!
-//! Outputs given with `--output` replace the file's. Unnamed outputs also
+//! Outputs given with `--output` replace the file's; an empty entry of
+//! `output = [..]` is skipped. Unnamed outputs also
 //! take the shorthand keys (`SinkFlags`: the config file's top-level keys,
 //! then the flags of the same names over them); named sections carry their
 //! own keys. With no output at all, records go to stdout.
@@ -127,7 +128,10 @@ pub struct Sources<'a> {
 /// The outputs, their sections complete and checked.
 pub fn resolve(src: Sources<'_>) -> Result<Vec<OutputSpec>, BadOutput> {
     let mut outputs = if src.flags.is_empty() {
-        let mut v: Vec<OutputSpec> = src.list.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        // An empty entry is no output: a template can leave an optional output out
+        // (the Helm chart's `agent.otlpOutput`).
+        let list = src.list.iter().filter(|s| !s.trim().is_empty());
+        let mut v: Vec<OutputSpec> = list.map(|s| s.parse()).collect::<Result<_, _>>()?;
         for (name, section) in src.sections {
             v.push(OutputSpec::from_section(name, section.clone())?);
         }
@@ -185,7 +189,8 @@ mod tests {
         let err = "kafka:x".parse::<OutputSpec>().unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown output \"kafka:x\": expected `jsonl:PATH`, `stdout` or `collector:http(s)://HOST:PORT`"
+            "unknown output \"kafka:x\": expected `jsonl:PATH`, `stdout`, `collector:http(s)://HOST:PORT` or \
+             `otlp[:http(s)://HOST:4318]`"
         );
     }
 }

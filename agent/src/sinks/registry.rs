@@ -6,11 +6,12 @@ use toml::Spanned;
 
 use super::collector::{self, CollectorFlags};
 use super::line;
+use super::otlp::{self, OtlpFlags};
 use super::sink::SinkKind;
 use crate::stats::Stats;
 
 /// The order is the one `--output`'s error message lists them in.
-pub static SINKS: &[&dyn SinkKind] = &[&line::Jsonl, &line::Stdout, &collector::Collector];
+pub static SINKS: &[&dyn SinkKind] = &[&line::Jsonl, &line::Stdout, &collector::Collector, &otlp::Otlp];
 
 pub fn find(name: &str) -> Option<&'static dyn SinkKind> {
     SINKS.iter().copied().find(|k| k.name() == name)
@@ -30,18 +31,23 @@ pub fn register_counters(stats: &Stats) {
 pub struct SinkFlags {
     #[command(flatten)]
     pub collector: CollectorFlags,
+    #[command(flatten)]
+    pub otlp: OtlpFlags,
 }
 
 impl SinkFlags {
     /// Take the shorthand keys out of a config file's top-level table and
     /// read them (`text`: the file, for error snippets).
     pub fn take_from_file(root: &mut DeTable<'_>, text: &str) -> Result<Self, toml::de::Error> {
-        Ok(Self { collector: read(take(root, &CollectorFlags::FILE_KEYS), text)? })
+        Ok(Self {
+            collector: read(take(root, &CollectorFlags::FILE_KEYS), text)?,
+            otlp: read(take(root, &OtlpFlags::FILE_KEYS), text)?,
+        })
     }
 
     /// The section keys given, by kind name.
     pub fn sections(&self) -> Result<Vec<(&'static str, toml::Table)>, String> {
-        Ok(vec![(collector::Collector.name(), self.collector.section()?)])
+        Ok(vec![(collector::Collector.name(), self.collector.section()?), (otlp::Otlp.name(), self.otlp.section()?)])
     }
 }
 

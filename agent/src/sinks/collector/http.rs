@@ -13,13 +13,13 @@
 //!   honouring `Retry-After`, and marked `X-Tokentap-Retry` (the first copy
 //!   may have been stored).
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokentap_event::wire;
 
 use super::settings::CollectorSettings;
+use crate::sinks::http_client::{self, TlsFiles};
 use crate::sinks::spool::{Outcome, Request, RequestLimits, Transport};
 
 /// Compressed bytes of one request, at most (a collector takes 32 MiB).
@@ -31,37 +31,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// The HTTP client, with the collector's CA and our client certificate.
 fn http_agent(cfg: &CollectorSettings) -> io::Result<ureq::Agent> {
-    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-    let bad = |what: &str, p: &Path, e: String| io::Error::other(format!("{what} {}: {e}", p.display()));
-    let certs = |p: &Path| -> io::Result<Vec<Certificate<'static>>> {
-        let pem = std::fs::read(p).map_err(|e| bad("reading", p, e.to_string()))?;
-        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(bad("no certificate in", p, String::new()));
-        }
-        Ok(certs)
-    };
-    let mut tls = TlsConfig::builder();
-    if let Some(ca) = &cfg.ca_file {
-        tls = tls.root_certs(RootCerts::Specific(Arc::new(certs(ca)?)));
-    }
-    if let Some((cert, key)) = cfg.client_cert() {
-        let pem = std::fs::read(key).map_err(|e| bad("reading", key, e.to_string()))?;
-        let key = PrivateKey::from_pem(&pem).map_err(|e| bad("key", key, e.to_string()))?;
-        tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs(cert)?, key)));
-    }
-    Ok(ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(90)))
-        .build()
-        .into())
+    let client = cfg.client_cert().map(|(c, k)| (c.as_path(), k.as_path()));
+    let tls = TlsFiles { ca: cfg.ca_file.as_deref(), client };
+    http_client::agent(tls, Duration::from_secs(5), Duration::from_secs(90))
 }
 
 #[derive(serde::Deserialize)]
@@ -99,12 +71,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
         },
         400 | 413 | 415 => Outcome::Refused { status, why: why() },
         401 | 403 => Outcome::Unauthorized { status, why: format!("{} (check the token file)", why()) },
-        _ => Outcome::Retry {
-            why: why(),
-            after: retry_after
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
-        },
+        _ => Outcome::Retry { why: why(), after: http_client::retry_after(retry_after, MAX_RETRY_AFTER) },
     }
 }
 
