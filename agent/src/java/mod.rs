@@ -116,6 +116,8 @@ enum Seen {
     Pending {
         first_seen: Instant,
         retries: usize,
+        /// Not before then, however often discovery reports it.
+        not_before: Instant,
     },
 }
 
@@ -183,7 +185,8 @@ impl Attacher {
         let key = (jvm.pid, facts.start_time);
         let (first_seen, retries) = match self.known.get(&key) {
             Some(Seen::Done) => return,
-            Some(Seen::Pending { first_seen, retries }) => (*first_seen, *retries),
+            Some(Seen::Pending { not_before, .. }) if Instant::now() < *not_before => return,
+            Some(Seen::Pending { first_seen, retries, .. }) => (*first_seen, *retries),
             None => (Instant::now(), 0),
         };
         if self.known.len() >= MAX_KNOWN {
@@ -202,8 +205,9 @@ impl Attacher {
                 }
                 _ => retries,
             };
-            self.known.insert(key, Seen::Pending { first_seen, retries });
-            self.retry.entry(Instant::now() + pause).or_default().push(jvm);
+            let not_before = Instant::now() + pause;
+            self.known.insert(key, Seen::Pending { first_seen, retries, not_before });
+            self.retry.entry(not_before).or_default().push(jvm);
             return;
         }
         match outcome {
@@ -331,35 +335,39 @@ impl Attacher {
         Ok(hotspot::brief(&line, STATUS_CHARS))
     }
 
-    /// The load's exchange, while discovery is asked to rescan the JVM: it
-    /// probes the library once the JVM maps it (the exec-time loader probe
-    /// would tell it too). One request at a time: a new one only once
-    /// discovery's queue is empty (so it took the last one), or every 500 ms.
+    /// The load's exchange, while discovery is asked to rescan the JVM.
     fn exchange_while_rescanning(&self, t: &hotspot::Target, request: &[u8]) -> Result<Vec<u8>, hotspot::AttachError> {
-        /// Ends the rescans however the exchange ends (a panic too).
-        struct Done<'a>(&'a AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
-        let (pid, rescan) = (t.pid, self.rescan.clone());
-        let done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut sent: Option<Instant> = None;
-                while !done.load(Ordering::Relaxed) {
-                    let stale = sent.is_none_or(|at| at.elapsed() >= Duration::from_millis(500));
-                    if (rescan.is_empty() || stale) && rescan.try_send(ProcessEvent::LibsChanged(pid)).is_ok() {
-                        sent = Some(Instant::now());
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
-            let _done = Done(&done);
-            hotspot::exchange(t, request, LOAD_WAIT)
-        })
+        while_rescanning(&self.rescan, t.pid, || hotspot::exchange(t, request, LOAD_WAIT))
     }
+}
+
+/// Run `f` while discovery is asked to rescan `pid`: it probes the library
+/// once the JVM maps it (the exec-time loader probe would tell it too). One
+/// request at a time: a new one only once discovery's queue is empty (so it
+/// took the last one), or every 500 ms; the requests end however `f` ends (a
+/// panic too: the scope would otherwise wait for them forever).
+fn while_rescanning<T>(rescan: &Sender<ProcessEvent>, pid: u32, f: impl FnOnce() -> T) -> T {
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut sent: Option<Instant> = None;
+            while !done.load(Ordering::Relaxed) {
+                let stale = sent.is_none_or(|at| at.elapsed() >= Duration::from_millis(500));
+                if (rescan.is_empty() || stale) && rescan.try_send(ProcessEvent::LibsChanged(pid)).is_ok() {
+                    sent = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let _done = Done(&done);
+        f()
+    })
 }
 
 /// Why a load failed, and whether trying again may help.
@@ -473,6 +481,20 @@ mod tests {
         assert!(!Failure::from(E::WrongPeer(1)).transient, "a socket planted by another process");
         assert!(!Failure::from(E::BadSocket("x".into())).transient);
         assert!(!Failure::from(E::Refused("x".into())).transient);
+    }
+
+    #[test]
+    fn rescan_requests_do_not_pile_up_and_end_even_when_the_load_panics() {
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        // Nobody takes them: one at first, then one every 500 ms at most.
+        while_rescanning(&tx, 7, || std::thread::sleep(Duration::from_millis(1200)));
+        let n = rx.try_iter().count();
+        assert!((1..=4).contains(&n), "{n} requests");
+        let started = Instant::now();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while_rescanning(&tx, 7, || -> () { panic!("the exchange failed") })
+        }));
+        assert!(panicked.is_err() && started.elapsed() < Duration::from_secs(5), "ended, not stuck");
     }
 
     fn perf(vm_args: &str, caps: &str) -> perfdata::Counters {
