@@ -14,7 +14,11 @@
 //! coverage with the reason, get no signal (no thread dump on their stdout)
 //! and keep working. A JVM outlives the agent (its hooks run quietly) and the
 //! next agent captures it through the library it already loaded, without
-//! loading the Java agent twice. Needs root.
+//! loading the Java agent twice. A JVM whose /tmp is mounted noexec, or that
+//! disables dynamic agent loading, is left alone with the reason; a process
+//! posing as a JVM whose attach socket never accepts is tried a bounded
+//! number of times and holds up neither other JVMs nor the agent's exit.
+//! Needs root.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -386,4 +390,49 @@ fn a_jvm_whose_tmp_is_noexec_is_listed_not_signalled_and_keeps_working() {
     assert!(env.agent.records_of(&[pid]).is_empty(), "not attached: nothing captured");
     let stats = env.finish();
     assert_eq!((stats["jvms_not_attached"].as_u64(), stats["jvms_attached"].as_u64()), (Some(1), Some(0)), "{stats}");
+}
+
+#[test]
+fn a_process_posing_as_a_jvm_that_never_accepts_holds_up_neither_other_jvms_nor_the_exit() {
+    let _g = serial();
+    require_tool("python3");
+    let mut env = Env::start("java-fake", Transport::H2, &[]);
+    // Maps a file named libjvm.so, catches SIGQUIT, keeps its attach socket's
+    // queue full (tests/clients/java/fake/fake_jvm.py).
+    let fake_dir = env.dir.join("fake");
+    std::fs::create_dir_all(&fake_dir).unwrap();
+    std::fs::copy("/bin/true", fake_dir.join("libjvm.so")).unwrap();
+    let script = workspace_root().join("tests/clients/java/fake/fake_jvm.py");
+    let mut fake = Command::new("python3")
+        .arg(&script)
+        .arg(fake_dir.join("libjvm.so"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fake_pid = fake.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(fake.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Old enough to be tried (no perf data: 3 s), then a real JVM.
+    std::thread::sleep(Duration::from_secs(4));
+    let j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), "h2", &[]));
+    let pid = j.pid();
+    let attached = wait_jvm_attached(&env.agent, pid);
+    assert!(attached.contains("ok probed"), "{attached}");
+    let (out, _) = j.go();
+    expect_proto(&out, "h2");
+    assert_captured(&env.agent, &env.server, pid, "2");
+    // The fake: tried again (transient), then listed with the reason.
+    let stats = env.agent.wait_stats("the fake listed as not probed", |s| {
+        coverage_of(s, fake_pid)["not_probed"].as_object().is_some_and(|m| !m.is_empty())
+    });
+    let np = coverage_of(&stats, fake_pid)["not_probed"].to_string();
+    assert!(np.contains("accepted no connection") && np.contains("tried 4 times"), "{np}");
+    assert_eq!(stats["jvm_attach_retries"], 3, "{stats}");
+    let started = std::time::Instant::now();
+    assert!(env.agent.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(10), "exit took {:?}", started.elapsed());
+    drop(fake.stdin.take());
+    let _ = fake.wait();
 }
