@@ -173,14 +173,34 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("stopping");
     stop.store(true, Ordering::Relaxed);
     let _ = discovery_thread.join();
-    // An attach in progress finishes (bounded waits): a trigger file left
-    // behind would make the JVM's next SIGQUIT start a listener, not a dump.
-    let _ = java_thread.join();
+    // An attach in progress may finish (every wait in it is bounded): a
+    // trigger file left behind would make the JVM's next SIGQUIT start a
+    // listener, not a dump. But never at the cost of the final flush: after
+    // JAVA_JOIN_WAIT the thread is left to end with the process.
+    if !join_within(java_thread, JAVA_JOIN_WAIT) {
+        tracing::warn!(waited_s = JAVA_JOIN_WAIT.as_secs(), "a JVM attach still running at exit: left unfinished");
+    }
     let _ = pipeline_thread.join();
     if let Some(r) = &settings.ready_file {
         let _ = std::fs::remove_file(r);
     }
     Ok(())
+}
+
+/// How long the agent's exit waits for an attach in progress.
+const JAVA_JOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Join `thread` if it ends within `wait`; else leave it (detached) and say so.
+fn join_within<T>(thread: std::thread::JoinHandle<T>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = thread.join();
+    true
 }
 
 fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target], stats: &Stats) {
@@ -409,5 +429,23 @@ impl ConnFilter for IgnoreMap {
 
     fn forget(&mut self, tgid: u32, conn: u64) {
         IgnoreMap::forget(self, tgid, conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_does_not_end_costs_the_exit_a_bounded_wait() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let stuck = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        let started = Instant::now();
+        assert!(!join_within(stuck, Duration::from_millis(100)), "left running");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(tx);
+        assert!(join_within(std::thread::spawn(|| ()), Duration::from_secs(5)), "an ended thread is joined");
     }
 }

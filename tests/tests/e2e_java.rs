@@ -14,7 +14,11 @@
 //! coverage with the reason, get no signal (no thread dump on their stdout)
 //! and keep working. A JVM outlives the agent (its hooks run quietly) and the
 //! next agent captures it through the library it already loaded, without
-//! loading the Java agent twice. Needs root.
+//! loading the Java agent twice. A JVM whose /tmp is mounted noexec, or that
+//! disables dynamic agent loading, is left alone with the reason; a process
+//! posing as a JVM whose attach socket never accepts is tried a bounded
+//! number of times and holds up neither other JVMs nor the agent's exit.
+//! Needs root.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -278,12 +282,25 @@ fn jvms_that_disable_attach_are_listed_not_signalled_and_keep_working() {
     let _g = serial();
     let env = Env::start("java-disabled", Transport::H2, &[]);
     // Read from the JVM's perf data file; with -XX:-UsePerfData there is none,
-    // and the command line says it.
+    // and the command line says it. -XX:-EnableDynamicAgentLoading (JDK 21+:
+    // every agent load fails) is treated alike (older JDKs ignore it here);
+    // given in an argument file, only the perf data's JVM arguments show it.
+    let argfile = env.dir.join("jvm.args");
+    std::fs::write(&argfile, "-XX:+IgnoreUnrecognizedVMOptions\n-XX:-EnableDynamicAgentLoading\n").unwrap();
+    let argfile = format!("@{}", argfile.display());
+    let dynamic = "-XX:-EnableDynamicAgentLoading";
     let cases = [
-        (vec!["-XX:+DisableAttachMechanism"], "per its perf data"),
-        (vec!["-XX:-UsePerfData", "-XX:+DisableAttachMechanism"], "on its command line"),
+        (vec!["-XX:+DisableAttachMechanism"], "DisableAttachMechanism", "per its perf data"),
+        (vec!["-XX:-UsePerfData", "-XX:+DisableAttachMechanism"], "DisableAttachMechanism", "on its command line"),
+        (vec![argfile.as_str()], "EnableDynamicAgentLoading", "per its perf data"),
+        (
+            vec!["-XX:+IgnoreUnrecognizedVMOptions", "-XX:-UsePerfData", dynamic],
+            "EnableDynamicAgentLoading",
+            "on its command line",
+        ),
     ];
-    for (flags, how) in cases {
+    let n = cases.len() as u64;
+    for (flags, flag, how) in cases {
         let mut j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), "h2", &flags));
         let pid = j.pid();
         let stats = env.agent.wait_stats("the JVM listed as not probed", |s| {
@@ -293,7 +310,7 @@ fn jvms_that_disable_attach_are_listed_not_signalled_and_keep_working() {
         let (what, reason) = np.as_object().unwrap().iter().next().unwrap();
         assert!(what.starts_with("java: ") && what.ends_with("/libjvm.so"), "{np}");
         let reason = reason.as_str().unwrap();
-        assert!(reason.contains("DisableAttachMechanism") && reason.contains(how), "{reason}");
+        assert!(reason.contains(flag) && reason.contains(how), "{reason}");
         assert_eq!(log_lines(&env.agent, "JVM not attached", pid).len(), 1, "one log line per JVM");
         assert!(j.alive(), "the JVM keeps running");
         let (out, stderr) = j.go();
@@ -313,10 +330,10 @@ fn jvms_that_disable_attach_are_listed_not_signalled_and_keep_working() {
             (spots[0]["reason"].as_str(), spots[0]["connections"].as_u64()),
             (Some("tls_library_not_probed"), Some(1))
         );
-        assert!(spots[0].to_string().contains("DisableAttachMechanism"), "{}", spots[0]);
+        assert!(spots[0].to_string().contains(flag), "{}", spots[0]);
     }
     let stats = env.finish();
-    assert_eq!(stats["jvms_not_attached"], 2, "{stats}");
+    assert_eq!(stats["jvms_not_attached"], n, "{stats}");
     assert_eq!(stats["jvms_attached"], 0, "{stats}");
 }
 
@@ -340,4 +357,82 @@ fn no_java_attach_leaves_every_jvm_alone_and_says_so() {
     assert!(env.agent.records_of(&[pid]).is_empty());
     let stats = env.finish();
     assert_eq!(stats["jvms_not_attached"], 1, "{stats}");
+}
+
+#[test]
+fn a_jvm_whose_tmp_is_noexec_is_listed_not_signalled_and_keeps_working() {
+    let _g = serial();
+    let env = Env::start("java-noexec", Transport::H2, &[]);
+    // Its own mount namespace, where /tmp (the host's files, so its paths
+    // still resolve) is mounted noexec: a library placed there cannot load.
+    let hosts = env.dir.join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "))).unwrap();
+    let script = "set -e\nmount --bind \"$0\" /etc/hosts\nmount --bind /tmp /tmp\n\
+                  mount -o remount,bind,noexec /tmp\nexec \"$@\"\n";
+    let args = client_args(&[], &client_classes(), &env.openai_base(), &env.certs.ca, "h2", CALLS);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script]).arg(&hosts).arg("java").args(&args);
+    let mut j = Jvm::start(cmd);
+    let pid = j.pid();
+    let stats = env.agent.wait_stats("the JVM listed as not probed", |s| {
+        coverage_of(s, pid)["not_probed"].as_object().is_some_and(|m| !m.is_empty())
+    });
+    let np = coverage_of(&stats, pid)["not_probed"].to_string();
+    assert!(np.contains("the JVM's /tmp is mounted noexec"), "{np}");
+    assert_eq!(log_lines(&env.agent, "JVM not attached", pid).len(), 1, "one log line per JVM");
+    assert!(j.alive(), "the JVM keeps running");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(!maps.contains("tokentap"), "nothing loaded into the JVM");
+    let (out, stderr) = j.go();
+    expect_proto(&out, "h2");
+    assert!(!stderr.contains("Full thread dump"), "never signalled: {stderr}");
+    env.agent.wait_process_done(pid);
+    assert!(env.agent.records_of(&[pid]).is_empty(), "not attached: nothing captured");
+    let stats = env.finish();
+    assert_eq!((stats["jvms_not_attached"].as_u64(), stats["jvms_attached"].as_u64()), (Some(1), Some(0)), "{stats}");
+}
+
+#[test]
+fn a_process_posing_as_a_jvm_that_never_accepts_holds_up_neither_other_jvms_nor_the_exit() {
+    let _g = serial();
+    require_tool("python3");
+    let mut env = Env::start("java-fake", Transport::H2, &[]);
+    // Maps a file named libjvm.so, catches SIGQUIT, keeps its attach socket's
+    // queue full (tests/clients/java/fake/fake_jvm.py).
+    let fake_dir = env.dir.join("fake");
+    std::fs::create_dir_all(&fake_dir).unwrap();
+    std::fs::copy("/bin/true", fake_dir.join("libjvm.so")).unwrap();
+    let script = workspace_root().join("tests/clients/java/fake/fake_jvm.py");
+    let mut fake = Command::new("python3")
+        .arg(&script)
+        .arg(fake_dir.join("libjvm.so"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fake_pid = fake.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(fake.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Old enough to be tried (no perf data: 3 s), then a real JVM.
+    std::thread::sleep(Duration::from_secs(4));
+    let j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), "h2", &[]));
+    let pid = j.pid();
+    let attached = wait_jvm_attached(&env.agent, pid);
+    assert!(attached.contains("ok probed"), "{attached}");
+    let (out, _) = j.go();
+    expect_proto(&out, "h2");
+    assert_captured(&env.agent, &env.server, pid, "2");
+    // The fake: tried again (transient), then listed with the reason.
+    let stats = env.agent.wait_stats("the fake listed as not probed", |s| {
+        coverage_of(s, fake_pid)["not_probed"].as_object().is_some_and(|m| !m.is_empty())
+    });
+    let np = coverage_of(&stats, fake_pid)["not_probed"].to_string();
+    assert!(np.contains("accepted no connection") && np.contains("tried 4 times"), "{np}");
+    assert_eq!(stats["jvm_attach_retries"], 3, "{stats}");
+    let started = std::time::Instant::now();
+    assert!(env.agent.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(10), "exit took {:?}", started.elapsed());
+    drop(fake.stdin.take());
+    let _ = fake.wait();
 }

@@ -24,8 +24,15 @@
 //!
 //! Before sending anything the agent checks that the socket's listener is
 //! the JVM (SO_PEERCRED pid): a socket planted by someone else gets nothing.
+//! Before connecting it checks the socket file itself (a socket, owned by the
+//! JVM's uid, not a symbolic link: it is opened with `O_PATH|O_NOFOLLOW` and
+//! connected through that descriptor), and the connect is non-blocking,
+//! polled against a deadline: a process that only looks like a JVM (a file
+//! named libjvm.so mapped, SIGQUIT caught, a listener whose queue it keeps
+//! full) must not hold the one attach thread, or the agent's shutdown,
+//! forever. Every read and write on the stream has a timeout too.
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -41,6 +48,10 @@ pub enum AttachError {
     NoSocket(Duration),
     #[error("cannot connect to the attach socket: {0}")]
     Connect(std::io::Error),
+    #[error("the attach socket accepted no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("the attach socket is not the JVM's: {0}")]
+    BadSocket(String),
     #[error("the attach socket is not the JVM's (its listener is pid {0})")]
     WrongPeer(i32),
     #[error("attach socket I/O: {0}")]
@@ -66,7 +77,7 @@ pub fn parse_reply(reply: &[u8]) -> Result<(), String> {
     let code = lines.next().map(str::trim).unwrap_or_default();
     if code != "0" {
         let rest: Vec<&str> = lines.take(3).collect();
-        return Err(format!("result {code:?} {}", rest.join(" ")).trim_end().to_owned());
+        return Err(brief(&format!("result {code:?} {}", rest.join(" ")), REPLY_CHARS));
     }
     match lines.next().map(str::trim) {
         // JDK 8 and earlier: the agent's result is the only line.
@@ -74,9 +85,23 @@ pub fn parse_reply(reply: &[u8]) -> Result<(), String> {
         Some(l) => match l.strip_prefix("return code: ").unwrap_or(l).trim().parse::<i32>() {
             Ok(0) => Ok(()),
             Ok(n) => Err(format!("agent returned {n}")),
-            Err(_) => Err(format!("unexpected reply {l:?}")),
+            Err(_) => Err(brief(&format!("unexpected reply {l:?}"), REPLY_CHARS)),
         },
     }
+}
+
+/// How much of a JVM's reply goes into a log line or a coverage reason.
+pub const REPLY_CHARS: usize = 200;
+
+/// `text` fit for a log line or a coverage reason: control characters become
+/// spaces and at most `max` characters are kept. What a JVM (or a process
+/// posing as one) answers is up to 64 KB of anything.
+pub fn brief(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out.trim_end().to_owned()
 }
 
 pub fn socket_name(nspid: u32) -> String {
@@ -91,6 +116,8 @@ fn socket_ready(tmp: &Dir, nspid: u32) -> bool {
 pub struct Target<'a> {
     pub pid: u32,
     pub nspid: u32,
+    /// Its effective uid (as this agent sees it): the owner of its socket.
+    pub uid: u32,
     /// Its /tmp, held open.
     pub tmp: &'a Dir,
 }
@@ -144,14 +171,12 @@ fn signal_and_wait(t: &Target, timeout: Duration) -> Result<(), AttachError> {
 /// Connect to the attach socket, check the listener is the JVM, send
 /// `request`, return the reply (bounded), all within `timeout`.
 pub fn exchange(t: &Target, request: &[u8], timeout: Duration) -> Result<Vec<u8>, AttachError> {
-    // Through our descriptor of its /tmp: no path walk through the container.
-    let path = format!("/proc/self/fd/{}/{}", t.tmp.raw(), socket_name(t.nspid));
-    let stream = UnixStream::connect(path).map_err(AttachError::Connect)?;
+    let deadline = Instant::now() + timeout;
+    let stream = connect(t.tmp, &socket_name(t.nspid), t.uid, timeout.min(CONNECT_WAIT))?;
     let peer = peer_pid(&stream).map_err(AttachError::Connect)?;
     if peer != t.pid as i32 {
         return Err(AttachError::WrongPeer(peer));
     }
-    let deadline = Instant::now() + timeout;
     stream.set_write_timeout(Some(timeout)).map_err(AttachError::Io)?;
     (&stream).write_all(request).map_err(AttachError::Io)?;
     let mut reply = Vec::new();
@@ -177,6 +202,90 @@ pub fn exchange(t: &Target, request: &[u8], timeout: Duration) -> Result<Vec<u8>
     Ok(reply)
 }
 
+/// How long a connect to the attach socket may take (the JVM's listener
+/// accepts at once; a queue that stays full is not a JVM at work).
+pub const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Connect to the socket `name` in `tmp`, which must be a socket owned by
+/// `uid`, within `timeout`; the stream has read and write timeouts of the
+/// time left. Through our descriptor of its /tmp (no path walk through the
+/// container) and an `O_PATH|O_NOFOLLOW` descriptor of the socket itself (a
+/// symbolic link in its place is never followed, and what was checked is
+/// what is connected to).
+pub fn connect(tmp: &Dir, name: &str, uid: u32, timeout: Duration) -> Result<UnixStream, AttachError> {
+    let deadline = Instant::now() + timeout;
+    let st = tmp.stat(name).map_err(AttachError::Connect)?;
+    let node = tmp.open_node(name).map_err(AttachError::Connect)?;
+    let held = fstat(&node).map_err(AttachError::Connect)?;
+    if held.st_mode & libc::S_IFMT != libc::S_IFSOCK || (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(AttachError::BadSocket(format!("{name} is not a socket")));
+    }
+    if held.st_uid != uid {
+        return Err(AttachError::BadSocket(format!("{name} belongs to uid {}, the JVM runs as {uid}", held.st_uid)));
+    }
+    let path = format!("/proc/self/fd/{}", node.as_raw_fd());
+    // SAFETY: zeroed sockaddr_un is valid; the path fits (checked).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path.len() >= addr.sun_path.len() {
+        return Err(AttachError::Connect(std::io::ErrorKind::InvalidInput.into()));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(path.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: plain socket creation; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(AttachError::Connect(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just created and is ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    loop {
+        // SAFETY: valid fd and address of `len` bytes.
+        let rc = unsafe { libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // A Unix socket's full queue answers EAGAIN (EINPROGRESS is for
+            // other families, handled alike): try again until the deadline.
+            Some(libc::EAGAIN | libc::EINPROGRESS | libc::EALREADY) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(AttachError::ConnectTimeout(timeout));
+                }
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
+            Some(libc::EISCONN) => break,
+            _ => return Err(AttachError::Connect(e)),
+        }
+    }
+    // Blocking from here on, every call bounded by a timeout.
+    // SAFETY: fcntl on our own fd.
+    unsafe {
+        let fl = libc::fcntl(sock.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(sock.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    let stream = UnixStream::from(sock);
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(left)).map_err(AttachError::Io)?;
+    stream.set_write_timeout(Some(left)).map_err(AttachError::Io)?;
+    Ok(stream)
+}
+
+fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out-parameter; valid fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
 fn peer_pid(s: &UnixStream) -> std::io::Result<i32> {
     // SAFETY: zeroed ucred is valid; the length matches.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
@@ -200,6 +309,89 @@ fn peer_pid(s: &UnixStream) -> std::io::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::java::root::{rand64, Root};
+
+    /// A fresh directory under this process's /tmp, held open as a JVM's would be.
+    fn scratch() -> (std::path::PathBuf, Dir) {
+        let path = std::env::temp_dir().join(format!("tokentap-hotspot-test-{:x}", rand64()));
+        std::fs::create_dir(&path).unwrap();
+        let dir = Root::open(std::process::id()).unwrap().dir(path.to_str().unwrap().trim_start_matches('/')).unwrap();
+        (path, dir)
+    }
+
+    fn me() -> u32 {
+        // SAFETY: no preconditions.
+        unsafe { libc::geteuid() }
+    }
+
+    /// A listener with a backlog of 0 whose queue is then filled: what a
+    /// process posing as a JVM can do to hold a blocking connect forever.
+    fn full_listener(path: &std::path::Path) -> (OwnedFd, Vec<OwnedFd>) {
+        // SAFETY: plain socket calls on fds owned below; the address fits.
+        unsafe {
+            let l = OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0));
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in addr.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
+                *d = s as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            assert_eq!(libc::bind(l.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len), 0);
+            assert_eq!(libc::listen(l.as_raw_fd(), 0), 0);
+            let mut queued = Vec::new();
+            for _ in 0..16 {
+                let fl = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+                let c = OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, fl, 0));
+                if libc::connect(c.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                    break;
+                }
+                queued.push(c);
+            }
+            assert!(!queued.is_empty() && queued.len() < 16, "the queue fills: {}", queued.len());
+            (l, queued)
+        }
+    }
+
+    #[test]
+    fn a_listener_that_never_accepts_costs_a_bounded_wait() {
+        let (path, dir) = scratch();
+        let _held = full_listener(&path.join(".java_pid7"));
+        let started = Instant::now();
+        let err = connect(&dir, ".java_pid7", me(), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, AttachError::ConnectTimeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn only_a_socket_of_the_jvms_user_is_connected_to_never_through_a_link() {
+        let (path, dir) = scratch();
+        let listener = std::os::unix::net::UnixListener::bind(path.join(".java_pid7")).unwrap();
+        // Connected through the O_PATH descriptor of the checked socket.
+        let s = connect(&dir, ".java_pid7", me(), Duration::from_secs(1)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(peer_pid(&s).unwrap(), std::process::id() as i32);
+        drop(accepted);
+        let err = connect(&dir, ".java_pid7", me() + 1, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, AttachError::BadSocket(ref m) if m.contains("belongs to uid")), "{err}");
+        std::os::unix::fs::symlink(path.join(".java_pid7"), path.join(".java_pid8")).unwrap();
+        let err = connect(&dir, ".java_pid8", me(), Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, AttachError::BadSocket(ref m) if m.contains("not a socket")), "{err}");
+        std::fs::write(path.join(".java_pid9"), b"").unwrap();
+        assert!(matches!(connect(&dir, ".java_pid9", me(), Duration::from_secs(1)), Err(AttachError::BadSocket(_))));
+        assert!(matches!(connect(&dir, ".java_pid10", me(), Duration::from_secs(1)), Err(AttachError::Connect(_))));
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn replies_are_cut_short_and_lose_their_control_characters() {
+        let long = format!("-1\n{}\x1b[31m\r\nmore", "x".repeat(70_000));
+        let err = parse_reply(long.as_bytes()).unwrap_err();
+        assert!(err.chars().count() <= REPLY_CHARS + 1, "{}", err.len());
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+        assert_eq!(brief("a\tb\x07c", 200), "a b c");
+        assert_eq!(brief("abcdef", 3), "abc…");
+    }
 
     #[test]
     fn the_load_request_is_five_nul_terminated_strings() {

@@ -86,7 +86,7 @@ pub fn parse(b: &[u8]) -> Counters {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A file as HotSpot lays it out (little endian), with these string

@@ -68,27 +68,31 @@ pub fn age(start_time: u64) -> Option<std::time::Duration> {
 /// environment variables set it: the last occurrence wins, as in HotSpot
 /// (environment variables before the command line). `None` when not given.
 pub fn hotspot_flag(cmdline: &[u8], environ: &[u8], name: &str) -> Option<bool> {
-    let on = format!("-XX:+{name}");
-    let off = format!("-XX:-{name}");
-    let mut value = None;
-    let mut look = |arg: &str| {
-        if arg == on {
-            value = Some(true);
-        } else if arg == off {
-            value = Some(false);
-        }
-    };
+    let mut args: Vec<String> = Vec::new();
     for var in environ.split(|&b| b == 0) {
         let var = String::from_utf8_lossy(var);
         let Some((k, v)) = var.split_once('=') else { continue };
         if matches!(k, "JAVA_TOOL_OPTIONS" | "_JAVA_OPTIONS" | "JDK_JAVA_OPTIONS") {
-            v.split_ascii_whitespace().for_each(&mut look);
+            args.extend(v.split_ascii_whitespace().map(str::to_owned));
         }
     }
-    for arg in cmdline.split(|&b| b == 0) {
-        look(&String::from_utf8_lossy(arg));
-    }
-    value
+    args.extend(cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()));
+    flag_in(args.iter().map(String::as_str), name)
+}
+
+/// HotSpot's boolean flag `name` in a list of JVM arguments (the last
+/// occurrence wins); `None` when not given.
+pub fn flag_in<'a>(args: impl IntoIterator<Item = &'a str>, name: &str) -> Option<bool> {
+    let (on, off) = (format!("-XX:+{name}"), format!("-XX:-{name}"));
+    args.into_iter().fold(None, |value, arg| {
+        if arg == on {
+            Some(true)
+        } else if arg == off {
+            Some(false)
+        } else {
+            value
+        }
+    })
 }
 
 #[cfg(test)]
@@ -128,5 +132,8 @@ SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000004\
         assert_eq!(hotspot_flag(cmd, env, "DisableAttachMechanism"), Some(false));
         assert_eq!(hotspot_flag(b"java\0Main\0", b"", "DisableAttachMechanism"), None);
         assert_eq!(hotspot_flag(&[0xff, 0, 0xfe], &[0xff], "DisableAttachMechanism"), None);
+        let vm_args = "-Xmx1g -XX:+EnableDynamicAgentLoading -XX:-EnableDynamicAgentLoading";
+        assert_eq!(flag_in(vm_args.split_ascii_whitespace(), "EnableDynamicAgentLoading"), Some(false));
+        assert_eq!(flag_in("-XX:+EnableDynamicAgentLoadingX".split(' '), "EnableDynamicAgentLoading"), None);
     }
 }

@@ -80,7 +80,12 @@ impl Root {
 
     /// The JVM's /tmp (where HotSpot's attach files live).
     pub fn tmp(&self) -> std::io::Result<Dir> {
-        Ok(Dir { fd: self.resolve("tmp", libc::O_PATH | libc::O_DIRECTORY)? })
+        self.dir("tmp")
+    }
+
+    /// The directory `rel` inside the root, held open.
+    pub fn dir(&self, rel: &str) -> std::io::Result<Dir> {
+        Ok(Dir { fd: self.resolve(rel, libc::O_PATH | libc::O_DIRECTORY)? })
     }
 }
 
@@ -102,6 +107,26 @@ impl Dir {
         // SAFETY: valid pointers.
         check(unsafe { libc::fstatat(self.raw(), n.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
         Ok(st)
+    }
+
+    /// `name` itself, whatever it is, held by an `O_PATH` descriptor (a
+    /// symbolic link is the link, never its target).
+    pub fn open_node(&self, name: &str) -> std::io::Result<OwnedFd> {
+        let n = cstr(name)?;
+        // SAFETY: valid C string.
+        let fd =
+            check(unsafe { libc::openat(self.raw(), n.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+        // SAFETY: fd was just opened.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Whether the file system this directory is on is mounted noexec (a
+    /// library placed there could not be loaded: `System.load` fails).
+    pub fn noexec(&self) -> std::io::Result<bool> {
+        // SAFETY: zeroed statvfs is a valid out-parameter; valid fd.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        check(unsafe { libc::fstatvfs(self.raw(), &mut st) })?;
+        Ok(st.f_flag & libc::ST_NOEXEC != 0)
     }
 
     /// A new file (never an existing one, never through a link), mode `mode`.

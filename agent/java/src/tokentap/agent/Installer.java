@@ -21,14 +21,19 @@ import java.util.jar.JarFile;
 /**
  * Installs the hooks, in a private class loader (see {@link Agent}):
  * 1. if {@code sun.security.ssl.TokentapHooks} exists, an earlier tokentap
- *    agent installed them: nothing to do (a JVM is patched once in its life);
+ *    agent defined it: that install's outcome is the answer (a JVM is patched
+ *    once in its life). The class exists from step 2 on, whatever happens
+ *    next, so its existence says nothing; its {@code state()} does ("ok
+ *    already installed ..." only if that install completed, else "error");
  * 2. opens java.base's sun.security.ssl to this loader's module only, and
  *    defines the hook classes (stored in the jar under {@code tokentap/hooks/})
  *    into that package through a private lookup;
  * 3. loads libtokentap_java.so from the directory tokentap placed it in,
  *    and waits (bounded) until tokentap's uprobe sits on it;
  * 4. patches the methods of {@link #SITES} (a transformer that stays
- *    registered, so a later retransformation by another agent keeps them).
+ *    registered, so a later retransformation by another agent keeps them);
+ * 5. records the outcome in the hooks class: installed only if all of it
+ *    succeeded.
  * Returns a one-line status: "ok ...", "partial ..." or "error ...".
  */
 public final class Installer {
@@ -57,19 +62,52 @@ public final class Installer {
     private Installer() {}
 
     public static String install(String dir, Instrumentation inst) throws Throwable {
-        try {
-            Class.forName(HOOKS, false, null);
-            return "ok already installed";
-        } catch (ClassNotFoundException expected) {
-            // Not installed yet.
-        }
         Class<?> anchor = Class.forName("sun.security.ssl.SSLSocketImpl", false, null);
         Module base = anchor.getModule();
+        // Opened to this loader's module (each tokentap agent loaded has its own).
         inst.redefineModule(base, Set.of(), Map.of(), Map.of("sun.security.ssl", Set.of(Installer.class.getModule())),
                 Set.of(), Map.of());
         MethodHandles.Lookup lookup = MethodHandles.privateLookupIn(anchor, MethodHandles.lookup());
+        Class<?> earlier = null;
+        try {
+            earlier = Class.forName(HOOKS, false, null);
+        } catch (ClassNotFoundException expected) {
+            // Not installed yet.
+        }
+        if (earlier != null) {
+            return earlier(lookup, earlier);
+        }
         defineHooks(lookup, dir + "/tokentap-java.jar");
         Class<?> hooks = Class.forName(HOOKS, false, null);
+        MethodHandle outcome = lookup.findStatic(hooks, "installed",
+                MethodType.methodType(void.class, boolean.class, String.class));
+        try {
+            String status = patch(dir, inst, lookup, hooks);
+            outcome.invoke(status.startsWith("ok"), status);
+            return status;
+        } catch (Throwable t) {
+            outcome.invoke(false, t.toString());
+            throw t;
+        }
+    }
+
+    /** What the install of an earlier tokentap agent came to (public for tests/tests/java_patch.rs). */
+    public static String earlier(MethodHandles.Lookup lookup, Class<?> hooks) throws Throwable {
+        String state;
+        try {
+            state = (String) lookup.findStatic(hooks, "state", MethodType.methodType(String.class)).invoke();
+        } catch (NoSuchMethodException | IllegalAccessException e) {
+            return "error the hooks of an older tokentap build are installed, in an unknown state";
+        }
+        if (state.startsWith("installed ")) {
+            return "ok already installed, " + state.substring("installed ".length());
+        }
+        return "error an earlier install did not complete (" + state + ")";
+    }
+
+    /** Steps 3 and 4; the status line. */
+    private static String patch(String dir, Instrumentation inst, MethodHandles.Lookup lookup, Class<?> hooks)
+            throws Throwable {
         lookup.findStatic(hooks, "load", MethodType.methodType(void.class, String.class))
                 .invoke(dir + "/libtokentap_java.so");
         // The tokentap agent probes the library once it sees it in this

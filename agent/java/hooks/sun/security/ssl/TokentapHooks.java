@@ -11,6 +11,7 @@ import java.util.concurrent.atomic.AtomicLong;
 import javax.net.ssl.SSLEngine;
 import javax.net.ssl.SSLEngineResult;
 import javax.net.ssl.SSLException;
+import javax.net.ssl.SSLSocket;
 
 /**
  * What the patched JSSE methods call (see tokentap.agent.ClassPatch): the
@@ -34,6 +35,13 @@ import javax.net.ssl.SSLException;
  * read returned, what wrap consumed and unwrap produced, buffer by buffer.
  * The application's exceptions pass through unchanged; tokentap's own code is
  * guarded, so that a failure in it costs the report, never the call.
+ *
+ * Only client-side connections are reported: a server-mode socket or engine
+ * (an HTTPS server, a TLS listener of the application's own) never carries a
+ * call to an LLM API, so it gets no id, no native call, and takes no slot of
+ * the id table (decided once per object, see {@link TokentapConns}). Neither
+ * does an engine after its closeOutbound (its close_notify wrap, a late
+ * unwrap).
  *
  * The bytes go to native functions (libtokentap_java.so) that do nothing but
  * return: tokentap's eBPF uprobes on them copy the bytes in the kernel, as at
@@ -70,12 +78,38 @@ public final class TokentapHooks {
     private static volatile boolean loaded;
     /** Failures of tokentap's own code (never the application's). */
     static volatile long errors;
+    /** The native library loaded, once it is. */
+    private static volatile String library;
+    /** Set only once the whole install succeeded (see {@link #state()}). */
+    private static volatile boolean installed;
+    /** Why the install stopped short, if it did. */
+    private static volatile String failure;
 
     private TokentapHooks() {}
 
     /** Load the native library from where the tokentap agent placed it. */
     public static void load(String path) {
         System.load(path);
+        library = path;
+    }
+
+    /** The install's outcome: complete, or not and why. */
+    public static void installed(boolean complete, String why) {
+        installed = complete;
+        failure = why;
+    }
+
+    /**
+     * What an earlier install came to, for the next tokentap agent (these
+     * classes stay defined for the JVM's life, whatever happened):
+     * "installed library=PATH" or "incomplete library=PATH|none: why".
+     */
+    public static String state() {
+        String lib = "library=" + (library == null ? "none" : library);
+        if (installed) {
+            return "installed " + lib;
+        }
+        return "incomplete " + lib + ": " + (failure == null ? "stopped before it finished" : failure);
     }
 
     /** Start reporting (once tokentap probes the library, see {@link #probed()}). */
@@ -110,7 +144,7 @@ public final class TokentapHooks {
         PASS.get()[0] = false;
     }
 
-    private static long conn(Object o) {
+    static long conn(Object o) {
         if (!loaded) {
             return 0;
         }
@@ -282,18 +316,32 @@ final class TokentapConns {
     static final long TAG = 1L << 62;
     static final int MAX = 1 << 16;
 
-    private static final ConcurrentHashMap<Object, Long> IDS = new ConcurrentHashMap<>();
+    static final ConcurrentHashMap<Object, Long> IDS = new ConcurrentHashMap<>();
+    /**
+     * Connections never reported: server mode, or closed (an engine's
+     * close_notify wrap after closeOutbound). Weak keys, bounded like IDS;
+     * when full, a server-mode object is asked its mode again at each call.
+     */
+    static final ConcurrentHashMap<Object, Boolean> QUIET = new ConcurrentHashMap<>();
     private static final ReferenceQueue<Object> GONE = new ReferenceQueue<>();
-    private static final AtomicLong NEXT = new AtomicLong();
+    static final AtomicLong NEXT = new AtomicLong();
     static volatile long untracked;
 
     private TokentapConns() {}
 
     static long id(Object conn) {
         drain();
-        Long known = IDS.get(new TokentapProbe(conn));
+        TokentapProbe probe = new TokentapProbe(conn);
+        Long known = IDS.get(probe);
         if (known != null) {
             return known;
+        }
+        if (QUIET.containsKey(probe)) {
+            return 0;
+        }
+        if (!clientMode(conn)) {
+            quiet(conn);
+            return 0;
         }
         if (IDS.size() >= MAX) {
             untracked++;
@@ -305,9 +353,33 @@ final class TokentapConns {
     }
 
     static void closed(Object conn) {
+        drain();
+        // Marked first: a wrap racing with the close allocates no new id.
+        quiet(conn);
         Long id = IDS.remove(new TokentapProbe(conn));
         if (id != null) {
             TokentapHooks.close(id);
+        }
+    }
+
+    /**
+     * A client's connection (what calls an LLM API). Asked once per object
+     * (the answer is kept in IDS or QUIET): the mode cannot change once the
+     * handshake began, which is before the first wrap, read or write.
+     */
+    private static boolean clientMode(Object conn) {
+        if (conn instanceof SSLEngine) {
+            return ((SSLEngine) conn).getUseClientMode();
+        }
+        if (conn instanceof SSLSocket) {
+            return ((SSLSocket) conn).getUseClientMode();
+        }
+        return true;
+    }
+
+    private static void quiet(Object conn) {
+        if (QUIET.size() < MAX) {
+            QUIET.putIfAbsent(new TokentapKey(conn, GONE, 0), Boolean.TRUE);
         }
     }
 
@@ -316,7 +388,9 @@ final class TokentapConns {
         Object r;
         while ((r = GONE.poll()) != null) {
             TokentapKey k = (TokentapKey) r;
-            if (IDS.remove(k) != null) {
+            if (k.id == 0) {
+                QUIET.remove(k);
+            } else if (IDS.remove(k) != null) {
                 TokentapHooks.close(k.id);
             }
         }
