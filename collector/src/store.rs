@@ -89,6 +89,7 @@ impl CallRow {
                     tokentap_event::UsageSource::Reported => "reported",
                     tokentap_event::UsageSource::Headers => "headers",
                     tokentap_event::UsageSource::Estimated => "estimated",
+                    tokentap_event::UsageSource::Otel => "otel",
                 }
                 .to_owned()
             }),

@@ -12,6 +12,9 @@ pub enum UsageSource {
     Headers,
     /// Counted with the model's tokenizer because the provider reported nothing.
     Estimated,
+    /// An OpenTelemetry GenAI span said so (`gen_ai.usage.*`), ingested by the
+    /// collector's `/v1/traces`: what the instrumented SDK reported.
+    Otel,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
