@@ -117,10 +117,10 @@ pub fn test_tools(root: &Path) -> Result<()> {
 
     let req = root.join("tests/clients/requirements.txt");
     let sdks = ok(Command::new("python3")
-        .args(["-c", "import openai, anthropic, h2, google.genai, boto3, chdb, kubernetes_validate"]));
+        .args(["-c", "import openai, anthropic, h2, google.genai, boto3, chdb, kubernetes_validate, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http"]));
     if !sdks {
         eprintln!(
-            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2]) and chdb-core"
+            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2], opentelemetry-sdk) and chdb-core"
         );
         let base = || {
             let mut c = Command::new("python3");

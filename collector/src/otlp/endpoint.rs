@@ -150,22 +150,33 @@ impl Drop for Held<'_> {
 }
 
 /// Wait until the newest call in the request ended `otlp_hold` ago (never
-/// longer than the hold from now), unless no span could still be matched: an
-/// agent's record of the call then has had time to arrive. Spans exported in
-/// batches (the SDKs' default: every 5 s) are usually past it on arrival.
+/// longer than the hold from now), or until agents' records have claimed
+/// every call that could still be matched. Spans exported in batches (the
+/// SDKs' default: every 5 s) are usually past the hold on arrival.
 async fn hold(shared: &Shared, calls: &[SpanCall]) {
     let hold = shared.cfg.otlp_hold;
     if hold.is_zero() {
         return;
     }
-    let open: Vec<u64> = {
-        let m = shared.otlp.matcher();
-        calls.iter().filter(|c| key_of(&c.row).is_some_and(|k| !m.is_ebpf(k))).map(|c| c.end_unix_nanos).collect()
-    };
-    let Some(newest) = open.into_iter().max() else { return };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let left = Duration::from_nanos(newest.saturating_add(hold.as_nanos() as u64).saturating_sub(now));
-    tokio::time::sleep(left.min(hold)).await;
+    let mut deadline = None;
+    loop {
+        // Created before the check, so a claim made in between still wakes us.
+        let claimed = shared.otlp.claimed.notified();
+        let newest_open = {
+            let m = shared.otlp.matcher();
+            calls.iter().filter(|c| key_of(&c.row).is_some_and(|k| !m.is_ebpf(k))).map(|c| c.end_unix_nanos).max()
+        };
+        let Some(newest) = newest_open else { return };
+        let deadline = *deadline.get_or_insert_with(|| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            let left = Duration::from_nanos(newest.saturating_add(hold.as_nanos() as u64).saturating_sub(now));
+            tokio::time::Instant::now() + left.min(hold)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = claimed => {}
+        }
+    }
 }
 
 fn key_of(row: &CallRow) -> Option<u128> {

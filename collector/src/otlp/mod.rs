@@ -28,11 +28,18 @@ pub struct Otlp {
     pub matcher: Mutex<Matcher>,
     /// Spans held right now (waiting out the hold), bounded by the queue size.
     pub held: AtomicU64,
+    /// Woken when agents' records claim calls: a held span whose call an
+    /// agent recorded is answered then, not at the end of the hold.
+    pub claimed: tokio::sync::Notify,
 }
 
 impl Otlp {
     pub fn new(match_keys: usize) -> Self {
-        Self { matcher: Mutex::new(Matcher::new(match_keys)), held: AtomicU64::new(0) }
+        Self {
+            matcher: Mutex::new(Matcher::new(match_keys)),
+            held: AtomicU64::new(0),
+            claimed: tokio::sync::Notify::new(),
+        }
     }
 
     pub fn matcher(&self) -> std::sync::MutexGuard<'_, Matcher> {
@@ -52,7 +59,11 @@ impl Otlp {
             })
             .collect();
         metrics.otlp.match_keys.store(m.len() as u64, Ordering::Relaxed);
+        drop(m);
         Metrics::add(&metrics.otlp.records_duplicate_of_otel, (before - kept.len()) as u64);
+        if metrics.otlp.held_spans.load(Ordering::Relaxed) > 0 {
+            self.claimed.notify_waiters();
+        }
         kept
     }
 }
