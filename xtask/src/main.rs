@@ -201,6 +201,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "websocket",
     "ws_session",
     "tls_hello",
+    "otlp",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {

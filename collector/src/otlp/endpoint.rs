@@ -19,9 +19,9 @@ use axum::response::Response;
 use tokentap_event::wire;
 
 use super::answer;
-use super::decode::{self, DecodeError, Format};
+use super::decode::{DecodeError, Format};
 use super::matcher::{self, Claim};
-use super::normalise::{self, SpanCall};
+use super::normalise::SpanCall;
 use crate::metrics::Metrics;
 use crate::server::{self, Refusal, Shared, Speaks};
 use crate::store::CallRow;
@@ -58,10 +58,7 @@ pub async fn traces(State(shared): State<Arc<Shared>>, req: Request) -> Response
         let (max, prices) = (shared.cfg.max_batch_bytes, shared.cfg.prices.clone());
         let cluster = header("x-tokentap-cluster").unwrap_or("").to_owned();
         let decoded = tokio::task::spawn_blocking(move || {
-            let raw = decode::decompress(encoding.as_deref(), &bytes, max)?;
-            let req = decode::decode(format, &raw)?;
-            drop(raw);
-            Ok::<_, DecodeError>(normalise::normalise_request(&req, &prices, &limits, &cluster))
+            super::read_request(format, encoding.as_deref(), &bytes, max, &prices, &limits, &cluster)
         })
         .await;
         match decoded {

@@ -68,6 +68,24 @@ impl Otlp {
     }
 }
 
+/// An export request's body -> what its spans are: decompressed within `max`
+/// bytes, decoded, each span normalised. The endpoint's whole decode path, in
+/// one function a fuzz target can drive.
+pub fn read_request(
+    format: decode::Format,
+    encoding: Option<&str>,
+    body: &[u8],
+    max: usize,
+    prices: &tokentap_event::PriceTable,
+    limits: &tokentap_event::wire::Limits,
+    cluster: &str,
+) -> Result<normalise::Batch, decode::DecodeError> {
+    let raw = decode::decompress(encoding, body, max)?;
+    let req = decode::decode(format, &raw)?;
+    drop(raw);
+    Ok(normalise::normalise_request(&req, prices, limits, cluster))
+}
+
 /// The calls stored in the last `hours` (newest `cap`), so a restart keeps
 /// the matching window. Rows from spans are `usage_source = 'otel'`.
 pub async fn load_matches(
