@@ -6,10 +6,13 @@
 //! commit, retries, isolating bad rows) -> `store` (rows, inserts, what an
 //! error means). Each kind of row (`row::StoredRow`: the call records, the LLM
 //! traffic rows of `traffic`) takes that path with its own endpoint, queue
-//! and table.
+//! and table. OTLP trace exports (`otlp`: `/v1/traces`) become call rows
+//! too, on the call records' path, matched with the agents' records so a call
+//! seen both ways is stored once.
 pub mod admission;
 pub mod dedup;
 pub mod metrics;
+pub mod otlp;
 pub mod row;
 pub mod schema;
 pub mod serve;

@@ -106,6 +106,19 @@ struct Cli {
     /// Event ids remembered to drop batches delivered twice.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     dedup_window: usize,
+    /// Prices for OTLP spans' calls: a file in the agent's `--prices` format,
+    /// adding to or replacing the shipped table (use the agents' file).
+    #[arg(long, value_name = "PATH", global = true)]
+    prices: Option<PathBuf>,
+    /// Milliseconds after its call ended an OTLP span waits before it is
+    /// stored, so an agent's record of the same call arriving meanwhile is
+    /// stored instead (0: no wait; a later record is then the duplicate).
+    #[arg(long, default_value_t = 3000, global = true)]
+    otlp_hold_ms: u64,
+    /// Calls remembered (provider family + response id) to match agents'
+    /// records with OTLP spans of the same call.
+    #[arg(long, default_value_t = 1_000_000, global = true)]
+    otlp_match_keys: usize,
     /// Log filter (tracing syntax).
     #[arg(long, default_value = "info", global = true)]
     log_level: String,
@@ -230,6 +243,10 @@ async fn main() -> Result<()> {
                 .await
                 .context("loading recent traffic row ids")?;
             tracing::info!(ids = recent.len(), traffic_ids = recent_traffic.len(), "dedup window loaded");
+            let mut prices = tokentap_event::PriceTable::shipped();
+            if let Some(p) = &cli.prices {
+                prices = prices.with_overrides(p)?;
+            }
             let cfg = ServerConfig {
                 token,
                 max_body_bytes: cli.max_body_bytes.max(1024),
@@ -239,6 +256,9 @@ async fn main() -> Result<()> {
                 max_queue_records: cli.max_queue_records,
                 dedup_window: cli.dedup_window,
                 retention_days: cli.retention_days,
+                prices: std::sync::Arc::new(prices),
+                otlp_hold: Duration::from_millis(cli.otlp_hold_ms),
+                otlp_match_keys: cli.otlp_match_keys,
                 writer: WriterConfig {
                     insert_rows: cli.insert_rows.max(1),
                     insert_concurrency: cli.insert_concurrency.max(1),
@@ -262,7 +282,12 @@ async fn main() -> Result<()> {
                     );
                 }
             }
-            let (app, writer, shared) = server::build(cfg, client.clone(), client, recent, recent_traffic);
+            let (app, writer, shared) = server::build(cfg, client.clone(), client.clone(), recent, recent_traffic);
+            // The calls stored recently, so a restart keeps matching agents' records with spans.
+            let keys = tokentap_collector::otlp::load_matches(&client, &shared.otlp.matcher, cli.otlp_match_keys, 24)
+                .await
+                .context("loading recent calls for OTLP matching")?;
+            tracing::info!(keys, "OTLP match window loaded");
             let tcp =
                 tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
             tracing::info!(listen = %tcp.local_addr()?, database = %cli.database, tls = cli.tls_cert.is_some(),

@@ -25,6 +25,8 @@ pub struct Metrics {
     /// The LLM traffic rows' own counts (`/v1/traffic`), so the records'
     /// counters keep meaning records.
     pub traffic: RowMetrics,
+    /// OTLP trace ingest (`/v1/traces`).
+    pub otlp: OtlpMetrics,
     insert_errors: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Insert latency and record lag histograms: counts per bucket, plus sum.
@@ -42,6 +44,89 @@ pub struct RowMetrics {
     pub already_stored: AtomicU64,
     pub inserts: AtomicU64,
     pub queue: AtomicU64,
+}
+
+/// What OTLP trace ingest counts (`tokentap_collector_otlp_*`). Every span
+/// received ends in exactly one of: stored, skipped (not GenAI / not a call),
+/// rejected (invalid, or refused by ClickHouse), a duplicate (of an agent's
+/// record, of another span of the call, or the same span sent again).
+#[derive(Default)]
+pub struct OtlpMetrics {
+    pub requests: AtomicU64,
+    pub spans_received: AtomicU64,
+    pub spans_stored: AtomicU64,
+    pub spans_skipped_not_genai: AtomicU64,
+    pub spans_skipped_not_call: AtomicU64,
+    pub spans_rejected_invalid: AtomicU64,
+    pub spans_rejected_by_clickhouse: AtomicU64,
+    pub spans_duplicate_of_ebpf: AtomicU64,
+    pub spans_duplicate_of_otel: AtomicU64,
+    pub spans_resent: AtomicU64,
+    /// Agents' records left out because a span of the same call was stored first.
+    pub records_duplicate_of_otel: AtomicU64,
+    pub match_keys: AtomicU64,
+    pub held_spans: AtomicU64,
+}
+
+impl OtlpMetrics {
+    fn series(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("otlp_requests_total", "counter", "OTLP trace export requests decoded.", g(&self.requests)),
+            ("otlp_spans_received_total", "counter", "Spans in decoded OTLP requests.", g(&self.spans_received)),
+            ("otlp_spans_stored_total", "counter", "GenAI spans stored as llm_calls rows.", g(&self.spans_stored)),
+            (
+                "otlp_spans_skipped_not_genai_total",
+                "counter",
+                "Spans without gen_ai.* provider or operation (not LLM calls).",
+                g(&self.spans_skipped_not_genai),
+            ),
+            (
+                "otlp_spans_skipped_not_call_total",
+                "counter",
+                "GenAI agent/tool spans (invoke_agent, execute_tool, create_agent): not one API call.",
+                g(&self.spans_skipped_not_call),
+            ),
+            (
+                "otlp_spans_rejected_invalid_total",
+                "counter",
+                "GenAI spans refused as invalid (ids, times, token counts, limits).",
+                g(&self.spans_rejected_invalid),
+            ),
+            (
+                "otlp_spans_rejected_by_clickhouse_total",
+                "counter",
+                "GenAI spans whose rows ClickHouse refused for good.",
+                g(&self.spans_rejected_by_clickhouse),
+            ),
+            (
+                "otlp_spans_duplicate_of_ebpf_total",
+                "counter",
+                "GenAI spans of calls an agent recorded (the agent's record is stored).",
+                g(&self.spans_duplicate_of_ebpf),
+            ),
+            (
+                "otlp_spans_duplicate_of_otel_total",
+                "counter",
+                "GenAI spans of a call another span (same response id) already stored.",
+                g(&self.spans_duplicate_of_otel),
+            ),
+            (
+                "otlp_spans_resent_total",
+                "counter",
+                "GenAI spans already stored (same trace and span id sent again).",
+                g(&self.spans_resent),
+            ),
+            (
+                "otlp_records_duplicate_of_otel_total",
+                "counter",
+                "Agents' records left out: a span of the same call was stored first (past the hold).",
+                g(&self.records_duplicate_of_otel),
+            ),
+            ("otlp_match_keys", "gauge", "Calls remembered to match agents' records and spans.", g(&self.match_keys)),
+            ("otlp_held_spans", "gauge", "GenAI spans waiting out the match hold.", g(&self.held_spans)),
+        ]
+    }
 }
 
 /// The counters a row kind updates: the records' are the historic fields of
@@ -214,7 +299,10 @@ impl Metrics {
                 g(&self.traffic.rejected),
             ),
             ("traffic_queue_rows", "gauge", "LLM traffic rows waiting for ClickHouse.", g(&self.traffic.queue)),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.otlp.series())
+        {
             let _ = writeln!(s, "# HELP tokentap_collector_{name} {help}\n# TYPE tokentap_collector_{name} {kind}");
             let _ = writeln!(s, "tokentap_collector_{name} {v}");
         }

@@ -30,6 +30,11 @@ pub trait StoredRow: RowOwned + RowWrite + Serialize + Clone + Send + Sync + std
     fn lane(shared: &Shared) -> &Lane<Self>;
     /// Its counters.
     fn counters(m: &Metrics) -> RowCounters<'_>;
+    /// The rows of a batch worth storing (all, unless the same things reach
+    /// the collector another way: see [`crate::otlp::Otlp::screen_records`]).
+    fn screen(_shared: &Shared, rows: Vec<Self>) -> Vec<Self> {
+        rows
+    }
 }
 
 impl StoredRow for CallRow {
@@ -56,5 +61,9 @@ impl StoredRow for CallRow {
 
     fn counters(m: &Metrics) -> RowCounters<'_> {
         m.records()
+    }
+
+    fn screen(shared: &Shared, rows: Vec<Self>) -> Vec<Self> {
+        shared.otlp.screen_records(rows, &shared.metrics)
     }
 }

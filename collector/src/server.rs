@@ -50,6 +50,15 @@ pub struct ServerConfig {
     /// Days of rows the table keeps: older records are refused.
     pub retention_days: u32,
     pub writer: WriterConfig,
+    /// Prices of OTLP spans' calls (`/v1/traces`): the agents' table, with the
+    /// same overrides (`--prices`).
+    pub prices: Arc<tokentap_event::PriceTable>,
+    /// How long after its call ended an OTLP span waits before it is stored,
+    /// so an agent's record of the same call arriving meanwhile wins.
+    pub otlp_hold: Duration,
+    /// Calls (provider family + response id) remembered to match agents'
+    /// records with OTLP spans.
+    pub otlp_match_keys: usize,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +74,9 @@ impl Default for ServerConfig {
             dedup_window: 1_000_000,
             retention_days: 395,
             writer: WriterConfig::default(),
+            prices: Arc::new(tokentap_event::PriceTable::shipped()),
+            otlp_hold: Duration::from_secs(3),
+            otlp_match_keys: 1_000_000,
         }
     }
 }
@@ -90,8 +102,10 @@ pub struct Shared {
     pub calls: Lane<CallRow>,
     /// LLM traffic rows (`/v1/traffic` -> `llm_traffic`).
     pub traffic: Lane<TrafficRow>,
+    /// OTLP ingest's state: the calls seen by agents and by spans, spans held.
+    pub otlp: crate::otlp::Otlp,
     inflight: AtomicU64,
-    decoders: Semaphore,
+    pub(crate) decoders: Semaphore,
     pub metrics: Metrics,
 }
 
@@ -111,6 +125,7 @@ pub fn build<S: Store<CallRow>, T: Store<TrafficRow>>(
         writer: cfg.writer.clone(),
         calls,
         traffic,
+        otlp: crate::otlp::Otlp::new(cfg.otlp_match_keys),
         cfg,
         inflight: AtomicU64::new(0),
         decoders: Semaphore::new(threads),
@@ -127,6 +142,7 @@ pub fn build<S: Store<CallRow>, T: Store<TrafficRow>>(
     let app = Router::new()
         .route(wire::PATH, post(ingest::<CallRow>))
         .route(wire::TRAFFIC_PATH, post(ingest::<TrafficRow>))
+        .route(crate::otlp::PATH, post(crate::otlp::endpoint::traces))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -162,13 +178,45 @@ fn reject(shared: &Shared, status: StatusCode, reason: &'static str, msg: String
     (status, Json(serde_json::json!({"error": msg, "reason": reason}))).into_response()
 }
 
+/// Why a request is refused, before it is answered: each endpoint answers in
+/// its own form (the wire's JSON, OTLP's Status).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The `reason` label of `batches_rejected_total`.
+    pub reason: &'static str,
+    pub msg: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Self {
+        Self { status, reason, msg: msg.into() }
+    }
+
+    pub fn busy(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", msg)
+    }
+
+    pub fn too_large(max: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body larger than {max} bytes"))
+    }
+
+    /// The wire endpoints' answer.
+    fn respond(self, shared: &Shared) -> Response {
+        if self.reason == "busy" {
+            return busy(shared, &self.msg);
+        }
+        reject(shared, self.status, self.reason, self.msg)
+    }
+}
+
 /// Constant-time comparison, so the token can't be guessed byte by byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Body bytes reserved from the shared budget, given back on drop.
-struct Reserved<'a> {
+pub(crate) struct Reserved<'a> {
     shared: &'a Shared,
     n: u64,
 }
@@ -198,7 +246,7 @@ const DRAIN_BYTES: usize = 64 << 10;
 /// Read and drop the start of a body we answer without reading: closing a
 /// socket with unread bytes resets it, and the client may then lose the
 /// answer (a 401 it should act on). Bounded in bytes and time.
-async fn drain(body: Body) {
+pub(crate) async fn drain(body: Body) {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut left = DRAIN_BYTES;
@@ -213,37 +261,72 @@ async fn drain(body: Body) {
     .await;
 }
 
+/// Which endpoint's rules the headers are checked by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Speaks {
+    /// tokentap's wire (`/v1/records`, `/v1/traffic`): its version header, zstd.
+    Wire,
+    /// OTLP/HTTP (`/v1/traces`): gzip too, no wire version.
+    Otlp,
+}
+
 /// Checks that need only the headers: token, wire version, encoding, size.
 /// Ok: the content length (if given) and encoding.
-// The Err is the answer itself, built once per refused request: not worth boxing.
-#[allow(clippy::result_large_err)]
-fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(Option<u64>, Option<String>), Response> {
+pub(crate) fn check_headers(
+    shared: &Shared,
+    headers: &HeaderMap,
+    speaks: Speaks,
+) -> Result<(Option<u64>, Option<String>), Refusal> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     if let Some(token) = &shared.cfg.token {
         let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         if !same(given.as_bytes(), token.as_bytes()) {
-            return Err(reject(
-                shared,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token".into(),
-            ));
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token"));
         }
     }
-    if let Some(v) = header(wire::HEADER_VERSION).filter(|v| *v != wire::VERSION) {
+    if let Some(v) = header(wire::HEADER_VERSION).filter(|v| *v != wire::VERSION && speaks == Speaks::Wire) {
         let msg = format!("wire version {v} not supported (this collector speaks {})", wire::VERSION);
-        return Err(reject(shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "version", msg));
+        return Err(Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "version", msg));
     }
     let encoding = header("content-encoding").map(str::to_owned);
-    if let Some(e) = encoding.as_deref().filter(|e| !matches!(e.trim(), "zstd" | "identity" | "")) {
-        let msg = WireError::Encoding(e.to_owned()).to_string();
-        return Err(reject(shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", msg));
+    let unsupported = match speaks {
+        Speaks::Wire => encoding
+            .as_deref()
+            .filter(|e| !matches!(e.trim(), "zstd" | "identity" | ""))
+            .map(|e| WireError::Encoding(e.to_owned()).to_string()),
+        Speaks::Otlp => crate::otlp::decode::check_encoding(encoding.as_deref()).err().map(|e| e.to_string()),
+    };
+    if let Some(msg) = unsupported {
+        return Err(Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", msg));
     }
     let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n > shared.cfg.max_body_bytes as u64) {
-        return Err(too_large(shared, shared.cfg.max_body_bytes));
+        return Err(Refusal::too_large(shared.cfg.max_body_bytes));
     }
     Ok((length, encoding))
+}
+
+/// Read a body within the deadline, the size cap and the shared budget of
+/// bytes in flight (held until the returned reservation is dropped).
+pub(crate) async fn read_body(
+    shared: &Shared,
+    body: Body,
+    length: Option<u64>,
+) -> Result<(axum::body::Bytes, Reserved<'_>), Refusal> {
+    let max_body = shared.cfg.max_body_bytes;
+    let Some(reserved) = Reserved::take(shared, length.unwrap_or(max_body as u64)) else {
+        drain(body).await;
+        return Err(Refusal::busy("too many batches being read at once"));
+    };
+    match tokio::time::timeout(shared.cfg.body_timeout, axum::body::to_bytes(body, max_body)).await {
+        Ok(Ok(b)) => Ok((b, reserved)),
+        Ok(Err(_)) if length.is_none() => Err(Refusal::too_large(max_body)),
+        Ok(Err(e)) => Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed", format!("reading the body: {e}"))),
+        Err(_) => {
+            let msg = format!("body not received within {} s", shared.cfg.body_timeout.as_secs());
+            Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", msg))
+        }
+    }
 }
 
 /// One batch of row kind `R` (its wire form, its table).
@@ -252,26 +335,16 @@ async fn ingest<R: StoredRow>(State(shared): State<Arc<Shared>>, req: Request) -
     let headers = &parts.headers;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     // Everything that needs only the headers comes before reading the body.
-    let (length, encoding) = match check_headers(&shared, headers) {
+    let (length, encoding) = match check_headers(&shared, headers, Speaks::Wire) {
         Ok(x) => x,
-        Err(answer) => {
+        Err(r) => {
             drain(body).await;
-            return answer;
+            return r.respond(&shared);
         }
     };
-    let max_body = shared.cfg.max_body_bytes;
-    let Some(reserved) = Reserved::take(&shared, length.unwrap_or(max_body as u64)) else {
-        drain(body).await;
-        return busy(&shared, "too many batches being read at once");
-    };
-    let bytes = match tokio::time::timeout(shared.cfg.body_timeout, axum::body::to_bytes(body, max_body)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) if length.is_none() => return too_large(&shared, max_body),
-        Ok(Err(e)) => return reject(&shared, StatusCode::BAD_REQUEST, "malformed", format!("reading the body: {e}")),
-        Err(_) => {
-            let msg = format!("body not received within {} s", shared.cfg.body_timeout.as_secs());
-            return reject(&shared, StatusCode::REQUEST_TIMEOUT, "body_timeout", msg);
-        }
+    let (bytes, reserved) = match read_body(&shared, body, length).await {
+        Ok(x) => x,
+        Err(r) => return r.respond(&shared),
     };
     let records = {
         // Decoding is CPU work: on blocking threads, a few at a time.
@@ -302,13 +375,60 @@ async fn ingest<R: StoredRow>(State(shared): State<Arc<Shared>>, req: Request) -
     };
     Metrics::add(&shared.metrics.batches_received, 1);
     Metrics::add(R::counters(&shared.metrics).received, rows.len() as u64);
-    store_rows(&shared, rows, headers).await
+    // Records of calls an OTLP span already stored are not stored again.
+    let total = rows.len();
+    let rows = R::screen(&shared, rows);
+    let matched = total - rows.len();
+    let retried = headers.get(wire::HEADER_RETRY).is_some();
+    match store(&shared, rows, retried).await {
+        Ok(s) => s.wire_answer(&shared, matched),
+        Err(r) => r.respond(&shared),
+    }
 }
 
-/// Admit the rows, queue the new ones, and answer once every one is resolved.
-async fn store_rows<R: StoredRow>(shared: &Shared, rows: Vec<R>, headers: &HeaderMap) -> Response {
+/// How a batch's rows ended.
+pub struct Stored {
+    pub accepted: usize,
+    /// Already stored (same id): not stored again.
+    pub duplicates: usize,
+    /// Refused by ClickHouse for good, with why.
+    pub rejected: Vec<(u128, String)>,
+}
+
+impl Stored {
+    /// The wire's answer: 200, or 422 naming the rows ClickHouse refused.
+    /// `matched` rows were left out as calls already stored another way.
+    fn wire_answer(self, shared: &Shared, matched: usize) -> Response {
+        let Stored { accepted, rejected, .. } = self;
+        let duplicates = self.duplicates + matched;
+        let total = accepted + duplicates + rejected.len();
+        if rejected.is_empty() {
+            return (StatusCode::OK, Json(serde_json::json!({"accepted": accepted, "duplicates": duplicates})))
+                .into_response();
+        }
+        shared.metrics.reject("rejected_rows");
+        let named: Vec<_> = rejected
+            .iter()
+            .take(100)
+            .map(|(id, why)| serde_json::json!({"event_id": uuid::Uuid::from_u128(*id).to_string(), "error": why}))
+            .collect();
+        let body = serde_json::json!({
+            "error": format!("ClickHouse refused {} of {total} records; the others are stored", rejected.len()),
+            "reason": "rejected_rows",
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": rejected.len(),
+            "rejected_rows": named,
+        });
+        (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+    }
+}
+
+/// Admit the rows, queue the new ones, and return once every one is resolved
+/// (stored, a duplicate, or refused by ClickHouse). `retried`: the sender says
+/// it sent these before (check ClickHouse for them before inserting).
+pub(crate) async fn store<R: StoredRow>(shared: &Shared, rows: Vec<R>, retried: bool) -> Result<Stored, Refusal> {
     let total = rows.len();
-    let retried = headers.get(wire::HEADER_RETRY).is_some();
     let (lane, counters) = (R::lane(shared), R::counters(&shared.metrics));
     let admitted = {
         let mut adm = lane.admission.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,14 +438,14 @@ async fn store_rows<R: StoredRow>(shared: &Shared, rows: Vec<R>, headers: &Heade
     };
     let admitted = match admitted {
         Ok(a) => a,
-        Err(Refused::QueueFull) => return busy(shared, "queue full: ClickHouse is slow or away"),
+        Err(Refused::QueueFull) => return Err(Refusal::busy("queue full: ClickHouse is slow or away")),
     };
     Metrics::add(counters.duplicates, admitted.duplicates as u64);
     if let Some(job) = admitted.job {
         let ids: Vec<u128> = job.rows.iter().map(R::id).collect();
         if lane.tx.try_send(job).is_err() {
             lane.admission.lock().unwrap_or_else(|e| e.into_inner()).withdraw(&ids);
-            return busy(shared, "queue full");
+            return Err(Refusal::busy("queue full"));
         }
     }
     let mut accepted = 0usize;
@@ -334,8 +454,8 @@ async fn store_rows<R: StoredRow>(shared: &Shared, rows: Vec<R>, headers: &Heade
     for (mut rx, ids) in admitted.waits {
         let outcome = match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
             Ok(Ok(o)) => o.clone().unwrap_or_default(),
-            // Still queued: the agent retries, and the retry waits for these same rows.
-            _ => return busy(shared, "ClickHouse did not take the rows in time"),
+            // Still queued: the sender retries, and the retry waits for these same rows.
+            _ => return Err(Refusal::busy("ClickHouse did not take the rows in time")),
         };
         for id in ids {
             match outcome.rejected.get(&id) {
@@ -346,29 +466,7 @@ async fn store_rows<R: StoredRow>(shared: &Shared, rows: Vec<R>, headers: &Heade
     }
     let duplicates = admitted.duplicates;
     debug_assert_eq!(accepted + rejected.len() + duplicates, total);
-    if rejected.is_empty() {
-        return (StatusCode::OK, Json(serde_json::json!({"accepted": accepted, "duplicates": duplicates})))
-            .into_response();
-    }
-    shared.metrics.reject("rejected_rows");
-    let named: Vec<_> = rejected
-        .iter()
-        .take(100)
-        .map(|(id, why)| serde_json::json!({"event_id": uuid::Uuid::from_u128(*id).to_string(), "error": why}))
-        .collect();
-    let body = serde_json::json!({
-        "error": format!("ClickHouse refused {} of {total} records; the others are stored", rejected.len()),
-        "reason": "rejected_rows",
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": rejected.len(),
-        "rejected_rows": named,
-    });
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
-}
-
-fn too_large(shared: &Shared, max: usize) -> Response {
-    reject(shared, StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body larger than {max} bytes"))
+    Ok(Stored { accepted, duplicates, rejected })
 }
 
 pub fn busy(shared: &Shared, msg: &str) -> Response {

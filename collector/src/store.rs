@@ -84,14 +84,7 @@ impl CallRow {
             cached_input_tokens: r.cached_input_tokens,
             cache_write_tokens: r.cache_write_tokens,
             reasoning_tokens: r.reasoning_tokens,
-            usage_source: r.usage_source.map(|u| {
-                match u {
-                    tokentap_event::UsageSource::Reported => "reported",
-                    tokentap_event::UsageSource::Headers => "headers",
-                    tokentap_event::UsageSource::Estimated => "estimated",
-                }
-                .to_owned()
-            }),
+            usage_source: r.usage_source.map(|u| u.as_str().to_owned()),
             cost_usd: r.cost_usd,
             response_id: r.response_id,
             request_id: r.request_id,

@@ -12,6 +12,21 @@ pub enum UsageSource {
     Headers,
     /// Counted with the model's tokenizer because the provider reported nothing.
     Estimated,
+    /// An OpenTelemetry GenAI span said so (`gen_ai.usage.*`), ingested by the
+    /// collector's `/v1/traces`: what the instrumented SDK reported.
+    Otel,
+}
+
+impl UsageSource {
+    /// The name the record contract spells it with (its JSON value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Headers => "headers",
+            Self::Estimated => "estimated",
+            Self::Otel => "otel",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

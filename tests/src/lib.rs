@@ -999,12 +999,19 @@ impl Collector {
 
     /// POST a raw batch; (status, body).
     pub fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-        let mut req = self.http.post(format!("{}/v1/records", self.url));
+        let (status, body) = self.post_to("/v1/records", body, headers);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// POST a raw body to `path` (e.g. `/v1/traces`); (status, body bytes).
+    pub fn post_to(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+        let mut req = self.http.post(format!("{}{path}", self.url));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let mut resp = req.send(body).expect("post batch");
-        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
+        let mut resp = req.send(body).expect("post");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().with_config().limit(16 << 20).read_to_vec().unwrap_or_default())
     }
 
     pub fn metrics(&self) -> String {

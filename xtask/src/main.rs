@@ -236,6 +236,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "websocket",
     "ws_session",
     "tls_hello",
+    "otlp",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
@@ -266,7 +267,10 @@ fn build_agent(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c)?;
-    let bin = workspace_root().join("target").join(if release { "release" } else { "debug" }).join("tokentap-agent");
+    // Cargo's target directory: CARGO_TARGET_DIR when set (relative to the workspace), else target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d));
+    let bin = target.join(if release { "release" } else { "debug" }).join("tokentap-agent");
     if !Path::new(&bin).exists() {
         bail!("build finished but {} is missing", bin.display());
     }

@@ -118,11 +118,12 @@ pub fn test_tools(root: &Path) -> Result<()> {
     let req = root.join("tests/clients/requirements.txt");
     let sdks = ok(Command::new("python3").args([
         "-c",
-        "import openai, anthropic, h2, google.genai, boto3, chdb, kubernetes_validate, opentelemetry.proto",
+        "import openai, anthropic, h2, google.genai, boto3, chdb, kubernetes_validate, websockets, tlslite, opentelemetry.proto, \
+         opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http",
     ]));
     if !sdks {
         eprintln!(
-            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2]), chdb-core and opentelemetry-proto"
+            "xtask: installing the Python SDKs (openai, anthropic, google-genai, boto3, httpx[h2]), chdb-core, opentelemetry-proto and opentelemetry-sdk"
         );
         let base = || {
             let mut c = Command::new("python3");

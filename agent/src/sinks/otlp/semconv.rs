@@ -179,14 +179,6 @@ fn int(n: u64) -> any_value::Value {
     any_value::Value::IntValue(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-pub fn usage_source_name(u: UsageSource) -> &'static str {
-    match u {
-        UsageSource::Reported => "reported",
-        UsageSource::Headers => "headers",
-        UsageSource::Estimated => "estimated",
-    }
-}
-
 /// The span's attributes: the conventions' where they have a name, then
 /// tokentap's. Unknown values are left out (never a made-up 0).
 pub fn span_attributes(r: &LlmCall) -> Vec<KeyValue> {
@@ -235,7 +227,7 @@ pub fn span_attributes(r: &LlmCall) -> Vec<KeyValue> {
     if let Some(c) = r.cost_usd.filter(|c| c.is_finite()) {
         a.push(kv("tokentap.cost.usd", DoubleValue(c)));
     }
-    s(&mut a, "tokentap.usage_source", r.usage_source.map(usage_source_name));
+    s(&mut a, "tokentap.usage_source", r.usage_source.map(UsageSource::as_str));
     n(&mut a, "tokentap.usage.input_audio_tokens", r.input_audio_tokens);
     n(&mut a, "tokentap.usage.cached_audio_tokens", r.cached_audio_tokens);
     n(&mut a, "tokentap.usage.output_audio_tokens", r.output_audio_tokens);
