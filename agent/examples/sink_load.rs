@@ -163,6 +163,7 @@ fn synthetic(i: u64) -> LlmCall {
         container_id: Some(hex(i % 64 + 1_000_000, 64)),
         pod: Some(format!("{svc}-7d9f8c6b5-{}", hex(i % 64, 5))),
         namespace: Some("prod".into()),
+        workload_kind: None,
         workload: Some(svc.into()),
         service: Some(svc.into()),
         end_user: None,

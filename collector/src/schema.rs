@@ -14,6 +14,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (7, "audio_tokens_distributed", include_str!("../../schema/007_audio_tokens_distributed.sql")),
     (8, "llm_traffic", include_str!("../../schema/008_llm_traffic.sql")),
     (9, "llm_traffic_distributed", include_str!("../../schema/009_llm_traffic_distributed.sql")),
+    (10, "workload_kind", include_str!("../../schema/010_workload_kind.sql")),
+    (11, "workload_kind_distributed", include_str!("../../schema/011_workload_kind_distributed.sql")),
 ];
 
 #[derive(Clone, Debug)]

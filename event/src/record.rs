@@ -71,6 +71,10 @@ pub struct LlmCall {
     pub pod: Option<String>,
     pub namespace: Option<String>,
     pub workload: Option<String>,
+    /// The workload's kind: `Deployment`, `StatefulSet`, `DaemonSet`,
+    /// `CronJob`, `Job`, or `Pod` when it has no owner.
+    #[serde(default)]
+    pub workload_kind: Option<String>,
     pub service: Option<String>,
     pub end_user: Option<String>,
     pub api_key_id: Option<String>,
@@ -211,6 +215,7 @@ mod tests {
             "pod",
             "namespace",
             "workload",
+            "workload_kind",
             "service",
             "end_user",
             "api_key_id",

@@ -283,6 +283,7 @@ pub fn validate(r: &LlmCall, limits: &Limits) -> Result<(), String> {
         ("pod", r.pod.as_deref(), 256),
         ("namespace", r.namespace.as_deref(), 256),
         ("workload", r.workload.as_deref(), 256),
+        ("workload_kind", r.workload_kind.as_deref(), 64),
         ("service", r.service.as_deref(), 256),
         ("end_user", r.end_user.as_deref(), 256),
         ("api_key_id", r.api_key_id.as_deref(), 128),

@@ -271,13 +271,19 @@ fn kube_e2e(kubelet: bool) {
     let pid = std::process::id();
     // The checkout pod's container (see pods_list.json), and the one a watch ADDED.
     let mut pods = vec![
-        ("a1".repeat(32), "checkout-7d9f8b6c5d-x2x9q", "checkout", "checkout", Some("payments")),
-        ("b2".repeat(32), "nightly-report-28977120-7xk2p", "nightly-report", "reporting", Some("analytics")),
+        ("a1".repeat(32), "checkout-7d9f8b6c5d-x2x9q", ("checkout", "Deployment"), "checkout", Some("payments")),
+        (
+            "b2".repeat(32),
+            "nightly-report-28977120-7xk2p",
+            ("nightly-report", "CronJob"),
+            "reporting",
+            Some("analytics"),
+        ),
     ];
     if !kubelet {
-        pods.push(("e5".repeat(32), "search-5f6b7c8d9-abcde", "search", "search", None));
+        pods.push(("e5".repeat(32), "search-5f6b7c8d9-abcde", ("search", "Deployment"), "search", None));
     }
-    for (id, pod, workload, service, team) in pods {
+    for (id, pod, (workload, kind), service, team) in pods {
         let cg =
             Cgroup::create(root.join(format!(
                 "tokentap-test-{pid}-k8s.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope",
@@ -287,7 +293,7 @@ fn kube_e2e(kubelet: bool) {
         let r = &agent.wait_records(&[client], 1)[0];
         assert_eq!(r["container_id"], id.as_str(), "{r}");
         assert_eq!(r["pod"], pod, "{r}");
-        assert_eq!(r["workload"], workload, "{r}");
+        assert_eq!((&r["workload"], &r["workload_kind"]), (&workload.into(), &kind.into()), "{r}");
         assert_eq!(r["service"], service, "{r}");
         assert_eq!(r["labels"]["team"].as_str(), team, "{r}");
     }

@@ -190,6 +190,7 @@ impl Attributor {
             record.pod = Some(p.pod.clone());
             record.namespace = Some(p.namespace.clone());
             record.workload = Some(p.workload.clone());
+            record.workload_kind = Some(p.workload_kind.clone()).filter(|k| !k.is_empty());
         }
         for l in &self.cfg.labels {
             let v = pod.as_ref().and_then(|p| p.labels.get(l)).or_else(|| info.resource_attributes.get(l));

@@ -174,10 +174,15 @@ fn read(
         }
     }
     let own = |v: Option<&str>| v.map(str::to_owned);
-    let workload =
-        ["k8s.deployment.name", "k8s.statefulset.name", "k8s.daemonset.name", "k8s.cronjob.name", "k8s.job.name"]
-            .iter()
-            .find_map(|k| res.str(k));
+    let kinds = [
+        ("k8s.deployment.name", "Deployment"),
+        ("k8s.statefulset.name", "StatefulSet"),
+        ("k8s.daemonset.name", "DaemonSet"),
+        ("k8s.cronjob.name", "CronJob"),
+        ("k8s.job.name", "Job"),
+    ];
+    let (workload, workload_kind) =
+        kinds.iter().find_map(|(k, kind)| Some((res.str(k)?, *kind))).map_or((None, None), |(w, k)| (Some(w), Some(k)));
     let mut call = LlmCall {
         event_id: uuid::Uuid::new_v5(&SPAN_ID_NAMESPACE, &[&span.trace_id[..], &span.span_id[..]].concat()).to_string(),
         ts: LlmCall::format_ts(start as i128),
@@ -204,6 +209,7 @@ fn read(
         pod: own(res.str("k8s.pod.name")),
         namespace: own(res.str("k8s.namespace.name")),
         workload: own(workload),
+        workload_kind: own(workload_kind),
         service: own(res.str("service.name")),
         end_user: own(attrs.str("user.id").or_else(|| attrs.str("enduser.id"))),
         service_tier: own([

@@ -79,6 +79,7 @@ fn current_conventions_map_to_the_record() {
     assert!(r.stream);
     assert_eq!(r.status, Some(200));
     assert_eq!((r.service.as_str(), r.namespace.as_str(), r.workload.as_str()), ("checkout", "shop", "checkout"));
+    assert_eq!(r.workload_kind.as_deref(), Some("Deployment"));
     assert_eq!(
         (r.pod.as_deref(), r.container_id.as_deref(), r.pid),
         (Some("checkout-7d9f"), Some("abc123"), Some(4242))

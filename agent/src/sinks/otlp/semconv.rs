@@ -140,9 +140,19 @@ pub fn resource(r: &LlmCall, host: &Host) -> ResourceKey {
     s("service.name", Some(r.service.as_ref().filter(|v| !v.is_empty()).unwrap_or(&"unknown_service".to_owned())));
     s("k8s.namespace.name", r.namespace.as_ref());
     s("k8s.pod.name", r.pod.as_ref());
-    // The record names the pod's top owner but not its kind (Deployment,
-    // StatefulSet, ...): `k8s.deployment.name` and its siblings cannot be
-    // told apart, so the name goes under tokentap's namespace.
+    // The pod's top owner under the conventions' name for its kind; a pod
+    // with no owner (or a kind they do not name) only under tokentap's.
+    let kind_key = match r.workload_kind.as_deref() {
+        Some("Deployment") => Some("k8s.deployment.name"),
+        Some("StatefulSet") => Some("k8s.statefulset.name"),
+        Some("DaemonSet") => Some("k8s.daemonset.name"),
+        Some("CronJob") => Some("k8s.cronjob.name"),
+        Some("Job") => Some("k8s.job.name"),
+        _ => None,
+    };
+    if let Some(k) = kind_key {
+        s(k, r.workload.as_ref());
+    }
     s("tokentap.workload", r.workload.as_ref());
     s("k8s.node.name", host.k8s_node.as_ref());
     s("container.id", r.container_id.as_ref());

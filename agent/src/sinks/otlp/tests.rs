@@ -47,6 +47,8 @@ fn record(i: u64) -> LlmCall {
         service: Some("checkout".into()),
         pod: Some("checkout-7d9".into()),
         namespace: Some("shop".into()),
+        workload: Some("checkout".into()),
+        workload_kind: Some("Deployment".into()),
         api_key_id: Some("k_0123".into()),
         features: Some(PromptFeatures { conversation_hash: Some("conv-1".into()), ..Default::default() }),
         ..Default::default()
@@ -73,6 +75,10 @@ fn spans_decode_to_the_records_exactly() {
         assert_eq!(res["service.name"], V::StringValue("checkout".into()));
         assert_eq!(res["k8s.pod.name"], V::StringValue("checkout-7d9".into()));
         assert_eq!(res["k8s.namespace.name"], V::StringValue("shop".into()));
+        // The workload under the conventions' name for its kind, and tokentap's.
+        assert_eq!(res["k8s.deployment.name"], V::StringValue("checkout".into()));
+        assert_eq!(res["tokentap.workload"], V::StringValue("checkout".into()));
+        assert!(!res.contains_key("k8s.statefulset.name"));
         assert_eq!(res["host.name"], V::StringValue("node-a".into()));
         let pid = match res["process.pid"] {
             V::IntValue(p) => p as u32,
