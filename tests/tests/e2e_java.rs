@@ -414,8 +414,9 @@ fn a_process_posing_as_a_jvm_that_never_accepts_holds_up_neither_other_jvms_nor_
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(fake.stdout.take().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    // Old enough to be tried (no perf data: 3 s), then a real JVM.
-    std::thread::sleep(Duration::from_secs(4));
+    // Once the agent has tried the fake (no perf data: at 3 s of age) and
+    // failed, a real JVM.
+    env.agent.wait_stats("the fake tried once", |s| s["jvm_attach_retries"].as_u64() >= Some(1));
     let j = Jvm::start(client(&env.dir, &env.certs, &env.openai_base(), "h2", &[]));
     let pid = j.pid();
     let attached = wait_jvm_attached(&env.agent, pid);
