@@ -119,6 +119,11 @@ struct Cli {
     /// records with OTLP spans of the same call.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     otlp_match_keys: usize,
+    /// Milliseconds the answer to "did any replica store OTLP spans in the
+    /// last day?" is kept. While none did, agents' batches skip the check
+    /// for spans stored through other replicas (one cheap count per period).
+    #[arg(long, default_value_t = 60_000, global = true)]
+    otlp_peer_refresh_ms: u64,
     /// Log filter (tracing syntax).
     #[arg(long, default_value = "info", global = true)]
     log_level: String,
@@ -259,6 +264,7 @@ async fn main() -> Result<()> {
                 prices: std::sync::Arc::new(prices),
                 otlp_hold: Duration::from_millis(cli.otlp_hold_ms),
                 otlp_match_keys: cli.otlp_match_keys,
+                otlp_peer_refresh: Duration::from_millis(cli.otlp_peer_refresh_ms),
                 writer: WriterConfig {
                     insert_rows: cli.insert_rows.max(1),
                     insert_concurrency: cli.insert_concurrency.max(1),
@@ -288,6 +294,8 @@ async fn main() -> Result<()> {
                 .await
                 .context("loading recent calls for OTLP matching")?;
             tracing::info!(keys, "OTLP match window loaded");
+            // Calls the other replicas stored: asked of ClickHouse before storing a span or record.
+            shared.otlp.set_peers(std::sync::Arc::new(client.clone()));
             let tcp =
                 tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
             tracing::info!(listen = %tcp.local_addr()?, database = %cli.database, tls = cli.tls_cert.is_some(),

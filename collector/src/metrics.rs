@@ -66,6 +66,10 @@ pub struct OtlpMetrics {
     pub records_duplicate_of_otel: AtomicU64,
     pub match_keys: AtomicU64,
     pub held_spans: AtomicU64,
+    /// Queries to ClickHouse for rows other replicas stored.
+    pub replica_checks: AtomicU64,
+    /// Of those, failed or timed out: the in-memory match decided alone.
+    pub replica_check_failures: AtomicU64,
 }
 
 impl OtlpMetrics {
@@ -125,6 +129,18 @@ impl OtlpMetrics {
             ),
             ("otlp_match_keys", "gauge", "Calls remembered to match agents' records and spans.", g(&self.match_keys)),
             ("otlp_held_spans", "gauge", "GenAI spans waiting out the match hold.", g(&self.held_spans)),
+            (
+                "otlp_replica_checks_total",
+                "counter",
+                "Queries to ClickHouse for calls other collector replicas stored (one per flush of held spans or records batch).",
+                g(&self.replica_checks),
+            ),
+            (
+                "otlp_replica_check_failures_total",
+                "counter",
+                "Replica checks that failed or timed out: the call was matched in this replica's memory only.",
+                g(&self.replica_check_failures),
+            ),
         ]
     }
 }

@@ -32,8 +32,8 @@ pub trait StoredRow: RowOwned + RowWrite + Serialize + Clone + Send + Sync + std
     fn counters(m: &Metrics) -> RowCounters<'_>;
     /// The rows of a batch worth storing (all, unless the same things reach
     /// the collector another way: see [`crate::otlp::Otlp::screen_records`]).
-    fn screen(_shared: &Shared, rows: Vec<Self>) -> Vec<Self> {
-        rows
+    fn screen(_shared: &Shared, rows: Vec<Self>) -> impl std::future::Future<Output = Vec<Self>> + Send {
+        std::future::ready(rows)
     }
 }
 
@@ -63,7 +63,7 @@ impl StoredRow for CallRow {
         m.records()
     }
 
-    fn screen(shared: &Shared, rows: Vec<Self>) -> Vec<Self> {
-        shared.otlp.screen_records(rows, &shared.metrics)
+    async fn screen(shared: &Shared, rows: Vec<Self>) -> Vec<Self> {
+        shared.otlp.screen_records_across(rows, &shared.metrics).await
     }
 }

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (9, "llm_traffic_distributed", include_str!("../../schema/009_llm_traffic_distributed.sql")),
     (10, "workload_kind", include_str!("../../schema/010_workload_kind.sql")),
     (11, "workload_kind_distributed", include_str!("../../schema/011_workload_kind_distributed.sql")),
+    (12, "response_id_index", include_str!("../../schema/012_response_id_index.sql")),
 ];
 
 #[derive(Clone, Debug)]
@@ -179,6 +180,12 @@ mod tests {
             "{}",
             t[0]
         );
+        // The response id index: on the table holding the data (the local one on a cluster).
+        let i = single.render(sql("response_id_index"));
+        assert_eq!(i.len(), 1);
+        assert!(i[0].starts_with("ALTER TABLE tt.llm_calls  ADD INDEX IF NOT EXISTS response_id_bf"), "{}", i[0]);
+        let i = cluster.render(sql("response_id_index"));
+        assert!(i[0].starts_with("ALTER TABLE tt.llm_calls_local ON CLUSTER 'prod' ADD INDEX"), "{}", i[0]);
         let d = cluster.render(sql("llm_traffic_distributed"));
         assert!(d[0].contains("Distributed('prod', tt, llm_traffic_local, cityHash64(row_id))"), "{}", d[0]);
     }

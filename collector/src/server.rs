@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// Calls (provider family + response id) remembered to match agents'
     /// records with OTLP spans.
     pub otlp_match_keys: usize,
+    /// How long the answer to "were spans stored in the last day?" is kept:
+    /// while none were, agents' batches are not checked against other
+    /// replicas' spans.
+    pub otlp_peer_refresh: Duration,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             prices: Arc::new(tokentap_event::PriceTable::shipped()),
             otlp_hold: Duration::from_secs(3),
             otlp_match_keys: 1_000_000,
+            otlp_peer_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -125,7 +130,7 @@ pub fn build<S: Store<CallRow>, T: Store<TrafficRow>>(
         writer: cfg.writer.clone(),
         calls,
         traffic,
-        otlp: crate::otlp::Otlp::new(cfg.otlp_match_keys),
+        otlp: crate::otlp::Otlp::new(cfg.otlp_match_keys, cfg.otlp_peer_refresh),
         cfg,
         inflight: AtomicU64::new(0),
         decoders: Semaphore::new(threads),
@@ -377,7 +382,7 @@ async fn ingest<R: StoredRow>(State(shared): State<Arc<Shared>>, req: Request) -
     Metrics::add(R::counters(&shared.metrics).received, rows.len() as u64);
     // Records of calls an OTLP span already stored are not stored again.
     let total = rows.len();
-    let rows = R::screen(&shared, rows);
+    let rows = R::screen(&shared, rows).await;
     let matched = total - rows.len();
     let retried = headers.get(wire::HEADER_RETRY).is_some();
     match store(&shared, rows, retried).await {

@@ -291,3 +291,132 @@ fn a_call_seen_by_the_agent_and_the_sdk_is_stored_once() {
     assert_eq!(metric_value(&m, "tokentap_collector_otlp_held_spans"), 0.0, "{m}");
     env.finish();
 }
+
+/// An SDK span of `response_id` (OTLP/JSON) that ended now, from service `replicas-e2e`.
+fn span_json(n: u32, response_id: &str) -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    serde_json::json!({"resourceSpans": [{
+    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "replicas-e2e"}}]},
+    "scopeSpans": [{"spans": [{
+        "traceId": format!("{n:032x}"), "spanId": format!("{n:016x}"), "name": "chat gpt-4o", "kind": 3,
+        "startTimeUnixNano": (now - 800_000_000).to_string(), "endTimeUnixNano": now.to_string(),
+        "attributes": [
+            {"key": "gen_ai.provider.name", "value": {"stringValue": "openai"}},
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+            {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
+            {"key": "gen_ai.response.id", "value": {"stringValue": response_id}},
+            {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "10"}},
+            {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "2"}}
+        ]}]}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// The agent's record of the same call (as an agent sends it on `/v1/records`).
+fn agent_batch(response_id: &str) -> Vec<u8> {
+    use tokentap_event::record::UsageSource;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    tokentap_event::wire::encode(&[tokentap_event::LlmCall {
+        event_id: tokentap_event::LlmCall::new_event_id(),
+        ts: tokentap_event::LlmCall::format_ts(now as i128 - 800_000_000),
+        provider: "openai".into(),
+        operation: "chat".into(),
+        request_model: Some("gpt-4o".into()),
+        response_model: Some("gpt-4o-2024-08-06".into()),
+        status: Some(200),
+        input_tokens: Some(10),
+        output_tokens: Some(2),
+        usage_source: Some(UsageSource::Reported),
+        response_id: Some(response_id.into()),
+        service: Some("replicas-e2e".into()),
+        pid: Some(4242),
+        ..Default::default()
+    }])
+}
+
+/// Two collector replicas on one ClickHouse (the Helm chart's default): the
+/// agent's record of a call reaches replica A, the SDK's span of the same
+/// call replica B. Whichever comes first, the call is one row: the agent's
+/// when it was stored before the span's hold ended (before, or during the
+/// hold), else the span's (the later record is the duplicate). The rollups
+/// count each call once.
+#[test]
+fn a_call_seen_through_two_replicas_is_stored_once() {
+    let _g = serial();
+    let dir = scratch("otlp-replicas");
+    let ch = ClickHouse::start(&dir, "otlp-replicas");
+    let (da, db) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    // The count of recent OTLP rows is asked again at every batch here
+    // (`--otlp-peer-refresh-ms 0`), so the test needs no wait for its cache.
+    let flags = ["--otlp-hold-ms", "3000", "--otlp-peer-refresh-ms", "0"];
+    let a = Collector::start_args(&da, &ch, &flags);
+    let b = Collector::start_args(&db, &ch, &flags);
+    let record_to_a = |id: &str| {
+        let auth = format!("Bearer {}", a.token);
+        let h = [
+            ("authorization", auth.as_str()),
+            ("content-encoding", "zstd"),
+            (tokentap_event::wire::HEADER_VERSION, tokentap_event::wire::VERSION),
+        ];
+        let (status, text) = a.post(&agent_batch(id), &h);
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    let span_to_b = |n: u32, id: &str| {
+        let auth = format!("Bearer {}", b.token);
+        let (s, body) = b.post_to(
+            "/v1/traces",
+            &span_json(n, id),
+            &[("authorization", &auth), ("content-type", "application/json")],
+        );
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    };
+    let rows_of = |id: &str| ch.query(&format!("SELECT usage_source, pid FROM llm_calls WHERE response_id = '{id}'"));
+
+    // 1. The record first (stored through A), then the span (through B): B's
+    //    check at the end of the hold finds the agent's row; the span is dropped.
+    let text = record_to_a("chatcmpl-rep-1");
+    assert!(text.contains("\"accepted\":1"), "{text}");
+    span_to_b(1, "chatcmpl-rep-1");
+    let rows = rows_of("chatcmpl-rep-1");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["usage_source"], "reported");
+
+    // 2. The span first (stored through B past its hold), then the record
+    //    (through A): A finds the span's row; the record is the duplicate.
+    span_to_b(2, "chatcmpl-rep-2");
+    assert_eq!(rows_of("chatcmpl-rep-2").len(), 1);
+    let text = record_to_a("chatcmpl-rep-2");
+    assert!(text.contains("\"accepted\":0") && text.contains("\"duplicates\":1"), "{text}");
+    let rows = rows_of("chatcmpl-rep-2");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["usage_source"], "otel");
+
+    // 3. The span first, the record during its hold: the agent's record wins.
+    std::thread::scope(|s| {
+        let held = s.spawn(|| span_to_b(3, "chatcmpl-rep-3"));
+        wait_for("B holding the span", Duration::from_secs(10), || {
+            (b.metric("tokentap_collector_otlp_held_spans") >= 1.0).then_some(())
+        });
+        let text = record_to_a("chatcmpl-rep-3");
+        assert!(text.contains("\"accepted\":1"), "stored while the span is held: {text}");
+        held.join().unwrap();
+    });
+    let rows = rows_of("chatcmpl-rep-3");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["usage_source"], "reported");
+
+    // Each call once in the table and in the rollups.
+    assert_eq!(ch.count("SELECT count() FROM llm_calls FINAL WHERE service = 'replicas-e2e'"), 3);
+    assert_eq!(ch.count("SELECT sum(calls) FROM llm_calls_1m WHERE service = 'replicas-e2e'"), 3);
+    let (ma, mb) = (a.metrics(), b.metrics());
+    assert_eq!(metric_value(&mb, "tokentap_collector_otlp_spans_duplicate_of_ebpf_total"), 2.0, "{mb}");
+    assert_eq!(metric_value(&mb, "tokentap_collector_otlp_spans_stored_total"), 1.0, "{mb}");
+    assert_eq!(metric_value(&ma, "tokentap_collector_otlp_records_duplicate_of_otel_total"), 1.0, "{ma}");
+    for m in [&ma, &mb] {
+        assert!(metric_value(m, "tokentap_collector_otlp_replica_checks_total") >= 1.0, "{m}");
+        assert_eq!(metric_value(m, "tokentap_collector_otlp_replica_check_failures_total"), 0.0, "{m}");
+    }
+}

@@ -235,3 +235,136 @@ async fn an_agents_record_wins_whichever_arrives_first() {
     assert_eq!((count(&m.spans_duplicate_of_ebpf), count(&m.records_duplicate_of_otel)), (2, 1));
     assert_eq!(count(&m.held_spans), 0);
 }
+
+/// Another replica's rows, as ClickHouse would answer the checks; or away.
+#[derive(Default)]
+struct OtherReplica {
+    rows: Mutex<Vec<(crate::otlp::peers::Side, crate::otlp::peers::Found)>>,
+    away: std::sync::atomic::AtomicBool,
+    finds: std::sync::atomic::AtomicU64,
+    asked: Mutex<Vec<crate::otlp::peers::Lookup>>,
+}
+
+impl crate::otlp::peers::Peers for OtherReplica {
+    fn find<'a>(
+        &'a self,
+        q: &'a crate::otlp::peers::Lookup,
+    ) -> crate::otlp::peers::BoxFuture<'a, Result<Vec<crate::otlp::peers::Found>, String>> {
+        Box::pin(async move {
+            self.finds.fetch_add(1, Ordering::Relaxed);
+            self.asked.lock().unwrap().push(q.clone());
+            if self.away.load(Ordering::Relaxed) {
+                return Err("Connection refused".into());
+            }
+            let rows = self.rows.lock().unwrap();
+            Ok(rows
+                .iter()
+                .filter(|(side, f)| *side == q.side && q.ids.contains(&f.response_id))
+                .map(|(_, f)| f.clone())
+                .collect())
+        })
+    }
+
+    fn otel_rows<'a>(&'a self) -> crate::otlp::peers::BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            if self.away.load(Ordering::Relaxed) {
+                return Err("Connection refused".into());
+            }
+            Ok(self.rows.lock().unwrap().iter().any(|r| r.0 == crate::otlp::peers::Side::Spans) as u64)
+        })
+    }
+}
+
+fn agent_record(response_id: &str) -> CallRow {
+    CallRow::from_record(
+        LlmCall {
+            event_id: LlmCall::new_event_id(),
+            ts: LlmCall::format_ts(now_nanos() as i128),
+            provider: "openai_compatible".into(),
+            operation: "chat".into(),
+            response_id: Some(response_id.into()),
+            ..Default::default()
+        },
+        "",
+    )
+}
+
+fn found(provider: &str, response_id: &str) -> crate::otlp::peers::Found {
+    crate::otlp::peers::Found {
+        provider: provider.into(),
+        response_id: response_id.into(),
+        event_id: uuid::Uuid::from_u128(now_nanos() as u128),
+    }
+}
+
+#[tokio::test]
+async fn a_call_another_replica_stored_is_stored_once() {
+    use crate::otlp::peers::Side;
+    let (shared, kept) = start(Duration::from_millis(10));
+    let other = Arc::new(OtherReplica::default());
+    shared.otlp.set_peers(other.clone());
+    let finds = || other.finds.load(Ordering::Relaxed);
+    // An agent's record of call A went through the other replica: the span
+    // (held, then checked once for its flush) is dropped.
+    other.rows.lock().unwrap().push((Side::Agents, found("openai_compatible", "chatcmpl-a")));
+    post_pb(&shared, vec![chat_span(1, "chatcmpl-a"), chat_span(2, "chatcmpl-x")]).await;
+    assert_eq!(finds(), 1, "one query for the flush of two spans");
+    let q = other.asked.lock().unwrap()[0].clone();
+    assert_eq!((q.side, q.ids.len()), (Side::Agents, 2));
+    let rows = kept.0.lock().unwrap().clone();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].response_id.as_deref(), Some("chatcmpl-x"));
+    let m = &shared.metrics.otlp;
+    assert_eq!(count(&m.spans_duplicate_of_ebpf), 1);
+    // This replica stored a span, so agents' batches are checked: a span of
+    // call B stored through the other replica makes its record the duplicate.
+    other.rows.lock().unwrap().push((Side::Spans, found("openai", "chatcmpl-b")));
+    let rows = shared
+        .otlp
+        .screen_records_across(vec![agent_record("chatcmpl-b"), agent_record("chatcmpl-z")], &shared.metrics)
+        .await;
+    assert_eq!(rows.iter().map(|r| r.response_id.clone().unwrap()).collect::<Vec<_>>(), ["chatcmpl-z"]);
+    assert_eq!(finds(), 2, "one query for the batch");
+    assert_eq!(count(&m.records_duplicate_of_otel), 1);
+    // Records without a response id, or of calls this replica knows: no query.
+    let mut plain = agent_record("");
+    plain.response_id = None;
+    shared.otlp.screen_records_across(vec![plain, agent_record("chatcmpl-z")], &shared.metrics).await;
+    assert_eq!(finds(), 2);
+    assert_eq!(count(&m.replica_check_failures), 0);
+}
+
+#[tokio::test]
+async fn while_no_span_was_stored_lately_records_cost_no_lookup() {
+    let (shared, _kept) = start(Duration::from_millis(10));
+    let other = Arc::new(OtherReplica::default());
+    shared.otlp.set_peers(other.clone());
+    for id in ["chatcmpl-1", "chatcmpl-2"] {
+        let rows = shared.otlp.screen_records_across(vec![agent_record(id)], &shared.metrics).await;
+        assert_eq!(rows.len(), 1);
+    }
+    assert_eq!(other.finds.load(Ordering::Relaxed), 0, "no OTLP rows in the last day: no look-up");
+    // One count for both batches (cached for the refresh period).
+    assert_eq!(count(&shared.metrics.otlp.replica_checks), 1);
+}
+
+#[tokio::test]
+async fn clickhouse_away_falls_back_to_the_in_memory_match() {
+    let (shared, kept) = start(Duration::from_millis(10));
+    let other = Arc::new(OtherReplica::default());
+    other.away.store(true, Ordering::Relaxed);
+    shared.otlp.set_peers(other.clone());
+    // The span is stored (ingest never fails because of the check), the failure counted.
+    post_pb(&shared, vec![chat_span(1, "chatcmpl-a")]).await;
+    assert_eq!(kept.0.lock().unwrap().len(), 1);
+    let m = &shared.metrics.otlp;
+    assert_eq!(count(&m.replica_check_failures), 1);
+    // This replica's memory still matches: the record of the same call is the duplicate.
+    let rows = shared.otlp.screen_records_across(vec![agent_record("chatcmpl-a")], &shared.metrics).await;
+    assert!(rows.is_empty());
+    // A record of a call unknown here: stored; the check's failure counted.
+    let rows = shared.otlp.screen_records_across(vec![agent_record("chatcmpl-b")], &shared.metrics).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(count(&m.replica_check_failures), 2);
+    assert!(shared.metrics.render().contains("tokentap_collector_otlp_replica_check_failures_total 2"));
+}

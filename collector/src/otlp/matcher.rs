@@ -127,6 +127,19 @@ impl Matcher {
         }
     }
 
+    /// Whether either side claimed this call here (or was loaded at start).
+    pub fn knows(&self, key: u128) -> bool {
+        self.seen.contains_key(&key)
+    }
+
+    /// A claim another replica stored (found in ClickHouse): remembered
+    /// unless this replica already knows the call.
+    pub fn learn(&mut self, key: u128, seen: Seen) {
+        if !self.seen.contains_key(&key) {
+            self.remember(key, seen);
+        }
+    }
+
     /// Filled at start from the rows stored recently (oldest first).
     pub fn load(&mut self, key: u128, seen: Seen) {
         self.remember(key, seen);

@@ -1,0 +1,11 @@
+-- A skip index on the provider's response id: the collector asks for the
+-- rows of a few response ids (matching an agent's record and an OTLP span of
+-- one call across collector replicas, docs/collector.md), always within a
+-- time window (`ts`, which prunes partitions); the bloom filter skips the
+-- granules of those days that hold none of the ids. New parts get the index
+-- (inserts and merges); parts written before it are read whole until merged
+-- or expired (`ALTER TABLE ... MATERIALIZE INDEX response_id_bf` builds it
+-- for them: a background mutation that reads the column once).
+-- On a cluster the index is on the local (Replicated) table; the Distributed
+-- table has no indexes, so there is no cluster-only twin.
+ALTER TABLE {db}.{table} {on_cluster} ADD INDEX IF NOT EXISTS response_id_bf response_id TYPE bloom_filter(0.01) GRANULARITY 4;
