@@ -11,7 +11,7 @@ use crate::summary::{by_service, summarize};
 use crate::traffic::BlindSpot;
 use crate::LlmCall;
 
-fn usd(x: f64) -> String {
+pub(crate) fn usd(x: f64) -> String {
     if x >= 100.0 {
         format!("${x:.0}")
     } else if x >= 1.0 {
@@ -251,14 +251,15 @@ fn unread_html(s: &mut String, unread: &[BlindSpot]) {
     s.push_str("</table>");
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-const COLORS: [&str; 8] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
+pub(crate) const COLORS: [&str; 8] =
+    ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
 
 /// Horizontal bar chart.
-fn bars(id: &str, title: &str, items: &[(String, f64)]) -> String {
+pub(crate) fn bars(id: &str, title: &str, items: &[(String, f64)]) -> String {
     let max = items.iter().map(|x| x.1).fold(0.0, f64::max).max(1e-12);
     let row = 24;
     let h = 30 + row * items.len().max(1);
