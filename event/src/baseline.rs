@@ -49,6 +49,10 @@ pub struct Metrics {
     pub cache_hit_ratio: f64,
     /// Share of spend on models that have a cheaper sibling (`cheaper_model`).
     pub frontier_spend_share: f64,
+    /// Share of calls on such models: what routing changes move (the spend
+    /// share saturates when a few large calls dominate).
+    #[serde(default)]
+    pub frontier_call_share: f64,
     /// Share of calls repeating an identical earlier prompt to the same model.
     pub duplicate_share: f64,
     pub error_rate: f64,
@@ -204,6 +208,7 @@ pub fn is_frontier(model: &str) -> bool {
 pub fn metrics(rs: &[&LlmCall]) -> Metrics {
     let mut m = Metrics::default();
     let mut frontier = 0.0;
+    let mut frontier_calls = 0;
     for r in rs {
         m.calls += 1;
         if r.status.is_some_and(|s| s >= 400) {
@@ -216,12 +221,14 @@ pub fn metrics(rs: &[&LlmCall]) -> Metrics {
         m.spend_usd += c;
         if is_frontier(&model_of(r)) {
             frontier += c;
+            frontier_calls += 1;
         }
     }
     let (dup, n) = duplicate_counts(rs);
     m.cost_per_call = ratio(m.spend_usd, m.calls as f64);
     m.cache_hit_ratio = ratio(m.cached_input_tokens as f64, m.input_tokens as f64);
     m.frontier_spend_share = ratio(frontier, m.spend_usd);
+    m.frontier_call_share = ratio(frontier_calls as f64, m.calls as f64);
     m.duplicate_share = ratio(dup as f64, n as f64);
     m.error_rate = ratio(m.errors as f64, m.calls as f64);
     m.latency_ms = Percentiles::of(rs.iter().filter_map(|r| r.duration_ms).collect());
@@ -274,6 +281,7 @@ mod tests {
         let frontier: f64 = rs[..4].iter().map(|r| r.cost_usd.unwrap()).sum();
         let total: f64 = rs.iter().map(|r| r.cost_usd.unwrap()).sum();
         assert!((m.frontier_spend_share - frontier / total).abs() < 1e-12);
+        assert!((m.frontier_call_share - 0.4).abs() < 1e-12);
         assert!((m.cost_per_call - total / 10.0).abs() < 1e-12 && (m.error_rate - 0.1).abs() < 1e-12);
         let l = m.latency_ms.unwrap();
         assert_eq!((l.p50, l.p90, l.p99), (104.0, 108.0, 109.0));

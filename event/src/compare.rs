@@ -2,7 +2,7 @@
 //! volume, mix and unit cost; each roadmap item's metric now, its target, the
 //! saving realised against its estimate and a status; opportunities the
 //! baseline did not have; and regressions (cost per call, cache-hit ratio,
-//! duplicate share, frontier share worse than the baseline by more than a
+//! duplicate share, frontier share of calls worse than the baseline by more than a
 //! stated threshold). docs/track.md gives the formulas.
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +22,7 @@ pub struct Thresholds {
     pub cache_hit_drop: f64,
     /// Duplicate share up by more than this many points.
     pub duplicate_share_rise: f64,
-    /// Share of spend on frontier models up by more than this many points.
+    /// Share of calls on frontier models up by more than this many points.
     pub frontier_share_rise: f64,
     /// Fewest calls a service or group needs on both sides to be judged.
     pub min_calls: u64,
@@ -108,7 +108,7 @@ pub struct Progress {
 pub struct Regression {
     /// `all calls`, `service checkout`, or `checkout / gpt-4o / (no feature) / openai`.
     pub scope: String,
-    /// `cost_per_call`, `cache_hit_ratio`, `duplicate_share`, `frontier_spend_share`.
+    /// `cost_per_call`, `cache_hit_ratio`, `duplicate_share`, `frontier_call_share`.
     pub metric: String,
     pub baseline: f64,
     pub now: f64,
@@ -290,7 +290,7 @@ fn progress(item: &RoadmapItem, base: &Baseline, now: &[LlmCall], now_opps: &[Op
     }
 }
 
-/// Spend, calls, input and cached tokens and frontier spend add up across
+/// Spend, calls, input and cached tokens and frontier calls add up across
 /// groups; a service's ratios come from them.
 #[derive(Default)]
 struct Sums {
@@ -298,7 +298,7 @@ struct Sums {
     spend: f64,
     input: u64,
     cached: u64,
-    frontier: f64,
+    frontier_calls: u64,
 }
 
 fn by_service(groups: &BTreeMap<GroupKey, Metrics>) -> BTreeMap<String, Sums> {
@@ -310,7 +310,7 @@ fn by_service(groups: &BTreeMap<GroupKey, Metrics>) -> BTreeMap<String, Sums> {
         s.input += m.input_tokens;
         s.cached += m.cached_input_tokens;
         if is_frontier(&k.model) {
-            s.frontier += m.spend_usd;
+            s.frontier_calls += m.calls;
         }
     }
     by
@@ -353,7 +353,7 @@ fn regressions(
         check("all calls", "cost_per_call", bt.cost_per_call, now.cost_per_call);
         check("all calls", "cache_hit_ratio", bt.cache_hit_ratio, now.cache_hit_ratio);
         check("all calls", "duplicate_share", bt.duplicate_share, now.duplicate_share);
-        check("all calls", "frontier_spend_share", bt.frontier_spend_share, now.frontier_spend_share);
+        check("all calls", "frontier_call_share", bt.frontier_call_share, now.frontier_call_share);
     }
     let (sb, sn) = (by_service(b), by_service(n));
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -370,7 +370,12 @@ fn regressions(
             ratio(x.cached as f64, x.input as f64),
             ratio(y.cached as f64, y.input as f64),
         );
-        check(&scope, "frontier_spend_share", ratio(x.frontier, x.spend), ratio(y.frontier, y.spend));
+        check(
+            &scope,
+            "frontier_call_share",
+            ratio(x.frontier_calls as f64, x.calls as f64),
+            ratio(y.frontier_calls as f64, y.calls as f64),
+        );
     }
     for (k, x) in b {
         let Some(y) = n.get(k) else { continue };

@@ -4,6 +4,7 @@
 //! no usage.
 pub mod baseline;
 pub mod compare;
+pub mod compare_report;
 pub mod cost;
 pub mod opportunities;
 pub mod record;

@@ -251,6 +251,19 @@ fn unread_html(s: &mut String, unread: &[BlindSpot]) {
     s.push_str("</table>");
 }
 
+/// A span of seconds in the unit a reader expects: `7 s`, `12 min`, `3.5 h`, `9.0 d`.
+pub(crate) fn duration_text(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.0} s")
+    } else if secs < 3600.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else if secs < 86400.0 * 2.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} d", secs / 86400.0)
+    }
+}
+
 pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -128,14 +128,12 @@ fn going_back_to_the_wasteful_window_is_flagged() {
     let c = run(&workload(true), &workload(false));
     let flagged: BTreeSet<&str> =
         c.regressions.iter().filter(|r| r.scope == "all calls").map(|r| r.metric.as_str()).collect();
-    for m in ["cost_per_call", "cache_hit_ratio", "duplicate_share"] {
+    for m in ["cost_per_call", "cache_hit_ratio", "duplicate_share", "frontier_call_share"] {
         assert!(flagged.contains(m), "{m} not flagged: {:#?}", c.regressions);
     }
-    // Most of the spend was on gpt-4o either way; the yes/no calls alone move the share.
-    let yes_no = |w: Vec<LlmCall>| w.into_iter().filter(|r| r.output_tokens == Some(1)).collect::<Vec<_>>();
-    let f = run(&yes_no(workload(true)), &yes_no(workload(false)));
-    let r = f.regressions.iter().find(|r| r.scope == "all calls" && r.metric == "frontier_spend_share");
-    assert!(r.is_some_and(|r| r.baseline == 0.0 && r.now == 1.0), "{:#?}", f.regressions);
+    let r = c.regressions.iter().find(|r| r.scope == "all calls" && r.metric == "frontier_call_share").unwrap();
+    // 10 of 32 calls on gpt-4o, then 30 of 50.
+    assert!((r.baseline - 10.0 / 32.0).abs() < 1e-12 && (r.now - 30.0 / 50.0).abs() < 1e-12, "{r:#?}");
     let kinds: BTreeSet<Kind> = c.new_opportunities.iter().map(|o| o.kind).collect();
     assert!(kinds.contains(&Kind::DuplicateCalls) && kinds.contains(&Kind::ModelDowngrade), "{kinds:?}");
 }
