@@ -253,7 +253,9 @@ fn unread_html(s: &mut String, unread: &[BlindSpot]) {
 
 /// A span of seconds in the unit a reader expects: `7 s`, `12 min`, `3.5 h`, `9.0 d`.
 pub(crate) fn duration_text(secs: f64) -> String {
-    if secs < 60.0 {
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if secs < 60.0 {
         format!("{secs:.0} s")
     } else if secs < 3600.0 {
         format!("{:.0} min", secs / 60.0)
