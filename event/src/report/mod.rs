@@ -32,8 +32,11 @@ fn usd(x: f64) -> String {
         format!("${x:.0}")
     } else if x >= 1.0 {
         format!("${x:.2}")
-    } else {
+    } else if x >= 1e-4 || x <= 0.0 {
         format!("${x:.4}")
+    } else {
+        // Two significant digits, so a cheap model's cost per 1k tokens is not "$0.0000".
+        format!("${x:.*}", (-x.log10()).ceil() as usize + 1)
     }
 }
 
@@ -259,6 +262,15 @@ mod tests {
                 && h.contains("&lt;billing&gt;")
                 && !h.contains("<billing>")
         );
+    }
+
+    #[test]
+    fn small_amounts_keep_two_significant_digits() {
+        assert_eq!(usd(-0.0), "$0.0000");
+        assert_eq!(usd(0.00002), "$0.000020");
+        assert_eq!(usd(0.000028), "$0.000028");
+        assert_eq!(usd(0.5), "$0.5000");
+        assert_eq!(usd(1234.0), "$1234");
     }
 
     #[test]

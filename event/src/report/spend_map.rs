@@ -28,8 +28,17 @@ fn share(part: f64, total: f64) -> String {
     }
 }
 
+/// Milliseconds, with a tenth below 10 ms (a local model or a cache answers that fast).
 fn ms(x: f64) -> String {
-    format!("{x:.0} ms")
+    if x < 10.0 {
+        format!("{x:.1} ms")
+    } else {
+        format!("{x:.0} ms")
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The Spend Map's blocks, in reading order.
@@ -104,9 +113,9 @@ fn over_time(out: &mut Vec<Block>, records: &[LlmCall]) {
     };
     let peak = ot.buckets.iter().map(|b| b.values().sum::<f64>()).fold(0.0, f64::max);
     out.push(Block::Terminal(format!(
-        "Spend per {} bucket, {first} to {last} UTC ({} buckets, the most in one {}):\n\n    {}",
+        "Spend per {} bucket, {first} to {last} UTC ({}, the most in one {}):\n\n    {}",
         duration_text(ot.step as f64),
-        ot.buckets.len(),
+        plural(ot.buckets.len(), "bucket", "buckets"),
         usd(peak),
         timeline::sparkline(&ot.buckets)
     )));
@@ -140,9 +149,10 @@ fn concentration(out: &mut Vec<Block>, records: &[LlmCall]) {
         return;
     }
     out.push(Block::Para(format!(
-        "{} of {} areas (service x model x feature) hold {} of spend: the smallest number of areas reaching {}.",
+        "{} of {} (service x model x feature) {} {} of spend: the fewest areas reaching {}.",
         c.n,
-        c.areas.len(),
+        plural(c.areas.len(), "area", "areas"),
+        if c.n == 1 { "holds" } else { "hold" },
         pct(c.share),
         pct(CONCENTRATION_SHARE)
     )));
@@ -320,12 +330,9 @@ mod tests {
         assert!(!md.contains(&hash) && md.contains(&format!("{}…", &hash[..SHORT_HASH])));
         // Concentration as computed, in words.
         let c = figures::concentration(&rs);
-        assert!(md.contains(&format!(
-            "{} of {} areas (service x model x feature) hold {}",
-            c.n,
-            c.areas.len(),
-            pct(c.share)
-        )));
+        let verb = if c.n == 1 { "holds" } else { "hold" };
+        let said = format!("{} of {} areas (service x model x feature) {verb} {}", c.n, c.areas.len(), pct(c.share));
+        assert!(md.contains(&said), "{said}\n{md}");
         // The cache-hit ratio of a line, from its records.
         let mini: Vec<&LlmCall> = rs.iter().filter(|r| r.request_model.as_deref() == Some("gpt-4o-mini")).collect();
         let hit = mini.iter().map(|r| r.cached_input_tokens.unwrap()).sum::<u64>() as f64

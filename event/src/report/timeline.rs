@@ -40,10 +40,13 @@ pub(super) fn duration_text(secs: f64) -> String {
     format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
 }
 
-/// When the window was: "2026-11-23 10:58:31-10:58:38 UTC", or with both
-/// dates when it crosses midnight.
+/// When the window was: "2026-11-23 10:58:31-10:58:38 UTC", with both
+/// dates when it crosses midnight, with milliseconds when within a second.
 pub(super) fn span_text(first: DateTime<Utc>, last: DateTime<Utc>) -> String {
-    if first.date_naive() == last.date_naive() {
+    if first.timestamp() == last.timestamp() {
+        // Within one second: milliseconds, or both ends would read the same.
+        format!("{}-{} UTC", first.format("%Y-%m-%d %H:%M:%S%.3f"), last.format("%H:%M:%S%.3f"))
+    } else if first.date_naive() == last.date_naive() {
         format!("{}-{} UTC", first.format("%Y-%m-%d %H:%M:%S"), last.format("%H:%M:%S"))
     } else {
         format!("{} to {} UTC", first.format("%Y-%m-%d %H:%M:%S"), last.format("%Y-%m-%d %H:%M:%S"))
@@ -138,6 +141,10 @@ mod tests {
         LlmCall { ts: ts.into(), request_model: Some(model.into()), cost_usd: Some(cost), ..Default::default() }
     }
 
+    fn unix_micros(ts: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(ts).unwrap().with_timezone(&Utc)
+    }
+
     fn unix(ts: &str) -> i64 {
         DateTime::parse_from_rfc3339(ts).unwrap().timestamp()
     }
@@ -174,6 +181,10 @@ mod tests {
         assert_eq!(duration_text(seconds(first, last)), "7 s");
         assert_eq!(span_text(first, last), "2026-11-23 10:58:31-10:58:38 UTC");
         assert!(observed_span(&[at("x", "a", 1.0)]).is_none());
+        let (a, b) = (unix_micros("2026-11-23T10:58:31.120Z"), unix_micros("2026-11-23T10:58:31.340Z"));
+        assert_eq!(span_text(a, b), "2026-11-23 10:58:31.120-10:58:31.340 UTC");
+        let (a, b) = (unix_micros("2026-11-23T23:59:58Z"), unix_micros("2026-11-24T00:00:03Z"));
+        assert_eq!(span_text(a, b), "2026-11-23 23:59:58 to 2026-11-24 00:00:03 UTC");
     }
 
     #[test]
