@@ -7,7 +7,7 @@ use super::doc::{Block, Table};
 use super::figures::{self, Percentiles, Spenders, CONCENTRATION_SHARE};
 use super::timeline::{self, duration_text};
 use super::usd;
-use crate::summary::{by_service, summarize};
+use crate::summary::{by_service, summarize, Key, Line};
 use crate::LlmCall;
 
 /// Rows of the top-spender and top-area tables.
@@ -43,18 +43,19 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// The Spend Map's blocks, in reading order.
 pub(super) fn blocks(records: &[LlmCall]) -> Vec<Block> {
+    // Summarised once: every part below shares the lines and the total.
+    let (lines, total) = summarize(records);
     let mut out = Vec::new();
-    by_model(&mut out, records);
-    over_time(&mut out, records);
-    services(&mut out, records);
+    by_model(&mut out, records, &lines);
+    over_time(&mut out, records, &lines);
+    services(&mut out, records, total.cost_usd);
     concentration(&mut out, records);
-    people(&mut out, records);
+    people(&mut out, records, total.cost_usd);
     latency(&mut out, records);
     out
 }
 
-fn by_model(out: &mut Vec<Block>, records: &[LlmCall]) {
-    let (lines, _) = summarize(records);
+fn by_model(out: &mut Vec<Block>, records: &[LlmCall], lines: &[(Key, Line)]) {
     let (usage, total) = figures::usage(records);
     out.push(Block::Heading("By provider and model".into()));
     let models: Vec<(String, f64)> =
@@ -71,7 +72,7 @@ fn by_model(out: &mut Vec<Block>, records: &[LlmCall]) {
         "cost>",
         "per 1k tokens>",
     ]);
-    for (key, l) in &lines {
+    for (key, l) in lines {
         let u = usage.get(key);
         t.row(vec![
             key.0.clone(),
@@ -98,8 +99,7 @@ fn by_model(out: &mut Vec<Block>, records: &[LlmCall]) {
     out.push(Block::Para(format!("{hit} {unit}")));
 }
 
-fn over_time(out: &mut Vec<Block>, records: &[LlmCall]) {
-    let (lines, _) = summarize(records);
+fn over_time(out: &mut Vec<Block>, records: &[LlmCall], lines: &[(Key, Line)]) {
     let top_models: Vec<String> = lines.iter().take(5).map(|((_, m), _)| m.clone()).collect();
     let mut series = top_models.clone();
     series.push("other".into());
@@ -121,8 +121,7 @@ fn over_time(out: &mut Vec<Block>, records: &[LlmCall]) {
     )));
 }
 
-fn services(out: &mut Vec<Block>, records: &[LlmCall]) {
-    let (_, total) = summarize(records);
+fn services(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
     let by = by_service(records);
     out.push(Block::Heading("By service".into()));
     let top: Vec<(String, f64)> = by.iter().take(10).map(|(s, l)| (s.clone(), l.cost_usd)).collect();
@@ -135,7 +134,7 @@ fn services(out: &mut Vec<Block>, records: &[LlmCall]) {
             l.input_tokens.to_string(),
             l.output_tokens.to_string(),
             usd(l.cost_usd),
-            share(l.cost_usd, total.cost_usd),
+            share(l.cost_usd, total_cost),
         ]);
     }
     out.push(Block::Table(t));
@@ -186,8 +185,7 @@ fn spender_table(s: &Spenders, what: &'static str, total: f64, show: fn(&str) ->
     t
 }
 
-fn people(out: &mut Vec<Block>, records: &[LlmCall]) {
-    let (_, total) = summarize(records);
+fn people(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
     out.push(Block::Heading("Per end user and per conversation".into()));
     let users = figures::spenders(records, figures::end_user);
     if users.items.is_empty() {
@@ -198,13 +196,13 @@ fn people(out: &mut Vec<Block>, records: &[LlmCall]) {
         ));
     } else {
         out.push(Block::Para(format!(
-            "{} end users made {} of {} calls, {} on average each; the top spenders:",
-            users.items.len(),
+            "{} made {} of {} calls, {} on average each; the top spenders:",
+            plural(users.items.len(), "end user", "end users"),
             users.calls,
             records.len(),
             usd(users.mean())
         )));
-        out.push(Block::Table(spender_table(&users, "end user", total.cost_usd, str::to_string)));
+        out.push(Block::Table(spender_table(&users, "end user", total_cost, str::to_string)));
     }
     let convs = figures::spenders(records, figures::conversation);
     if convs.items.is_empty() {
@@ -215,16 +213,19 @@ fn people(out: &mut Vec<Block>, records: &[LlmCall]) {
         ));
     } else {
         out.push(Block::Para(format!(
-            "{} conversations (same system prompt and first user message) made {} of {} calls, {} calls and {} \
+            "{} (same system prompt and first user message) made {} of {} calls, {} calls and {} \
              on average each; the most expensive:",
-            convs.items.len(),
+            plural(convs.items.len(), "conversation", "conversations"),
             convs.calls,
             records.len(),
             format_args!("{:.1}", convs.calls as f64 / convs.items.len() as f64),
             usd(convs.mean())
         )));
-        let short = |h: &str| format!("{}…", h.chars().take(SHORT_HASH).collect::<String>());
-        out.push(Block::Table(spender_table(&convs, "conversation", total.cost_usd, short)));
+        let short = |h: &str| match h.char_indices().nth(SHORT_HASH) {
+            Some((cut, _)) => format!("{}…", &h[..cut]),
+            None => h.to_string(),
+        };
+        out.push(Block::Table(spender_table(&convs, "conversation", total_cost, short)));
     }
 }
 
