@@ -5,7 +5,8 @@ use std::fmt::Write;
 
 use super::{esc, usd};
 
-const COLORS: [&str; 8] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
+pub(crate) const COLORS: [&str; 8] =
+    ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
 
 /// Horizontal bar chart.
 pub(super) fn bars(id: &str, title: &str, items: &[(String, f64)]) -> String {

@@ -22,10 +22,13 @@ mod spend_map;
 mod timeline;
 mod unread;
 
+// Shared with the compare report (compare_report.rs), so both read alike.
+pub(crate) use charts::COLORS;
+pub(crate) use timeline::duration_text;
 pub use timeline::observed_span;
 pub use unread::UNREAD_TITLE;
 
-fn usd(x: f64) -> String {
+pub(crate) fn usd(x: f64) -> String {
     // An empty f64 sum is -0.0: show "$0.0000", not "$-0.0000".
     let x = x + 0.0;
     if x >= 100.0 {
@@ -40,7 +43,7 @@ fn usd(x: f64) -> String {
     }
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

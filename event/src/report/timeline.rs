@@ -28,7 +28,7 @@ pub(super) fn seconds(first: DateTime<Utc>, last: DateTime<Utc>) -> f64 {
 
 /// A duration in the largest unit that keeps it at 1 or more: "7 s",
 /// "1.5 min", "3 h", "10 d" (one decimal below 10, none above).
-pub(super) fn duration_text(secs: f64) -> String {
+pub(crate) fn duration_text(secs: f64) -> String {
     let (v, unit) = match secs {
         s if s < 60.0 => (s, "s"),
         s if s < 3600.0 => (s / 60.0, "min"),
