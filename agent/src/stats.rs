@@ -432,4 +432,14 @@ mod tests {
         // Skipped work (filtered calls, non-HTTP sockets) is not a loss.
         assert_eq!(snap.kernel_losses(), 8);
     }
+
+    /// Every counter is in docs/operations.md (its table, or /metrics' list).
+    #[test]
+    fn every_counter_is_documented() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+        for (name, _) in Snapshot::default().fields() {
+            let named = docs.contains(&format!("`{name}`")) || docs.contains(&format!("`tokentap_agent_{name}`"));
+            assert!(named, "{name} is not in docs/operations.md");
+        }
+    }
 }
