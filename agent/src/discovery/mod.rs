@@ -23,6 +23,7 @@ pub use cache::AnalysisCache;
 pub mod go;
 pub mod java;
 mod maps;
+use maps::library_files;
 pub use maps::{parse_maps, Mapping};
 pub mod placement;
 pub mod rustls;
@@ -592,21 +593,6 @@ impl Discovery {
         }
         out
     }
-}
-
-/// Files in `dir` named like an OpenSSL library or a dynamic loader.
-fn library_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("libssl.so") || name.starts_with("ld-linux") || name.starts_with("ld-musl")
-        })
-        .map(|e| e.path())
-        .collect()
 }
 
 #[cfg(test)]
