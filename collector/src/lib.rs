@@ -10,6 +10,7 @@
 //! too, on the call records' path, matched with the agents' records so a call
 //! seen both ways is stored once.
 pub mod admission;
+pub mod budgets;
 pub mod dedup;
 pub mod metrics;
 pub mod otlp;
@@ -17,7 +18,9 @@ pub mod row;
 pub mod schema;
 pub mod serve;
 pub mod server;
+pub mod spend;
 pub mod store;
 pub mod tls;
+pub mod track;
 pub mod traffic;
 pub mod writer;
