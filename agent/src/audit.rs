@@ -1,12 +1,14 @@
 //! `tokentap-agent audit` and `tokentap-agent report`: capture, then write the
-//! assessment (events.jsonl, opportunities.json, report.md, report.html) with
-//! the detectors and renderers of the event crate.
+//! assessment (events.jsonl, opportunities.json, report.md, report.html,
+//! baseline.json) with the detectors and renderers of the event crate; or
+//! compare records with a baseline (compare.md, compare.html, compare.json).
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use tokentap_event::baseline::Baseline;
 use tokentap_event::opportunities::{self, Thresholds};
 use tokentap_event::traffic::BlindSpot;
-use tokentap_event::{report, LlmCall, PriceTable};
+use tokentap_event::{compare, compare_report, report, LlmCall, PriceTable};
 
 use crate::config::Settings;
 use crate::sinks::OutputSpec;
@@ -52,10 +54,20 @@ pub fn write_report(events: &Path, out: &Path, prices: Option<&Path>, stats: Opt
     }
     let opps = opportunities::detect(&records, &table, &Thresholds::default());
     std::fs::create_dir_all(out)?;
+    // The baseline is named after its directory (`audit/` -> "audit").
+    let name: String = out
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "audit".into())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
     let files = [
         (out.join("opportunities.json"), serde_json::to_string_pretty(&opps)? + "\n"),
         (out.join("report.md"), report::markdown_with(&records, &opps, unread.as_deref())),
         (out.join("report.html"), report::html_with(&records, &opps, unread.as_deref())),
+        (out.join("baseline.json"), Baseline::build(&name, &records, &opps).to_json()),
     ];
     for (p, text) in &files {
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
@@ -64,6 +76,31 @@ pub fn write_report(events: &Path, out: &Path, prices: Option<&Path>, stats: Opt
     let mut written = vec![events.to_path_buf()];
     written.extend(files.into_iter().map(|(p, _)| p));
     Ok(written)
+}
+
+/// Compare the records of `events` with the baseline file `baseline`; write
+/// compare.md, compare.html and compare.json into `out`; print the Markdown.
+pub fn write_comparison(events: &Path, baseline: &Path, out: &Path, prices: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(baseline).with_context(|| format!("reading {}", baseline.display()))?;
+    let base = Baseline::from_json(&text).with_context(|| format!("parsing {}", baseline.display()))?;
+    let records = read_events(events)?;
+    let mut table = PriceTable::shipped();
+    if let Some(p) = prices {
+        table = table.with_overrides(p)?;
+    }
+    let opps = opportunities::detect(&records, &table, &Thresholds::default());
+    let c = compare::compare(&base, &records, &opps, &compare::Thresholds::default());
+    std::fs::create_dir_all(out)?;
+    let files = [
+        (out.join("compare.md"), compare_report::markdown(&c)),
+        (out.join("compare.html"), compare_report::html(&c)),
+        (out.join("compare.json"), serde_json::to_string_pretty(&c)? + "\n"),
+    ];
+    for (p, text) in &files {
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    print!("{}", files[0].1);
+    Ok(files.into_iter().map(|(p, _)| p).collect())
 }
 
 /// The blind spots of an agent's stats file.

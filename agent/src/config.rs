@@ -155,7 +155,8 @@ pub struct Cli {
 pub enum Command {
     /// Capture (with the capture flags, e.g. --duration 30m; Ctrl-C ends early),
     /// then write the assessment to DIR: events.jsonl, opportunities.json,
-    /// report.md and report.html.
+    /// report.md, report.html and baseline.json (the window as a baseline to
+    /// track against later: `report --baseline`).
     Audit {
         /// Directory for the assessment files (created).
         #[arg(long, value_name = "DIR", default_value = "tokentap-audit")]
@@ -166,9 +167,17 @@ pub enum Command {
         /// Records, one JSON object per line. A `stats.json` beside it (an
         /// audit leaves one) adds the LLM traffic that could not be read.
         events: PathBuf,
-        /// Directory for opportunities.json, report.md and report.html. Default: beside EVENTS.
+        /// Directory for opportunities.json, report.md, report.html and
+        /// baseline.json. Default: beside EVENTS.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Compare EVENTS with this baseline (an audit's baseline.json, or
+        /// `tokentap-collector baseline show NAME`): spend change split into
+        /// volume, mix and unit cost, each roadmap target's progress and
+        /// realised saving, new opportunities, regressions. Writes compare.md,
+        /// compare.html and compare.json instead of the assessment.
+        #[arg(long, value_name = "FILE")]
+        baseline: Option<PathBuf>,
     },
     /// Say what the agent would probe in these executable files, and where:
     /// the TLS library found, each eBPF program and its file offset, or why a

@@ -3,13 +3,17 @@ use tokentap_agent::config::{Cli, Command, Settings};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Report { events, out }) = &cli.command {
+    if let Some(Command::Report { events, out, baseline }) = &cli.command {
         // No capture, no root: render from a file.
         let out = out.clone().unwrap_or_else(|| events.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
         // The stats file an audit leaves beside its events carries the blind spots.
         let stats = events.with_file_name("stats.json");
         let stats = stats.exists().then_some(stats.as_path());
-        return match tokentap_agent::audit::write_report(events, &out, cli.prices.as_deref(), stats) {
+        let written = match baseline {
+            Some(b) => tokentap_agent::audit::write_comparison(events, b, &out, cli.prices.as_deref()),
+            None => tokentap_agent::audit::write_report(events, &out, cli.prices.as_deref(), stats),
+        };
+        return match written {
             Ok(_) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tokentap-agent report: {e:#}");

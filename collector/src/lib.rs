@@ -10,7 +10,9 @@
 //! too, on the call records' path, matched with the agents' records so a call
 //! seen both ways is stored once.
 pub mod admission;
+pub mod baselines;
 pub mod budgets;
+pub mod calls;
 pub mod dedup;
 pub mod metrics;
 pub mod otlp;

@@ -1,7 +1,7 @@
 //! tokentap-collector: agents POST batches of LLM call records; the collector
 //! validates them and writes them to ClickHouse (docs/collector.md).
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +16,10 @@ use tokentap_collector::tls;
 use tokentap_collector::track::{self, TrackConfig};
 use tokentap_collector::traffic::TrafficRow;
 use tokentap_collector::writer::WriterConfig;
+use tokentap_collector::{baselines, calls};
+use tokentap_event::baseline::Baseline;
+use tokentap_event::opportunities::{self, Opportunity};
+use tokentap_event::{compare, compare_report, report, PriceTable};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -162,28 +166,144 @@ enum Cmd {
     /// Apply the schema migrations, then exit.
     Migrate,
     /// The assessment from ClickHouse — Spend Map, Opportunity Register,
-    /// Remediation Roadmap — printed as Markdown (the agent's audit code).
+    /// Remediation Roadmap — printed as Markdown (the agent's audit code);
+    /// with --baseline, the comparison with a saved baseline instead.
     Report {
-        /// How far back: e.g. 30m, 24h, 7d.
+        /// Window start: a duration before now (30m, 24h, 7d) or an RFC 3339 time.
         #[arg(long, default_value = "7d")]
         since: String,
-        /// Also write report.md, report.html and opportunities.json here.
+        /// Window end: `now`, a duration before now or an RFC 3339 time.
+        #[arg(long, default_value = "now")]
+        until: String,
+        /// Compare the window with this saved baseline (`baseline save`):
+        /// spend change split into volume, mix and unit cost, each roadmap
+        /// target's progress and realised saving, new opportunities,
+        /// regressions. Writes compare.md, compare.html and compare.json.
+        #[arg(long, value_name = "NAME")]
+        baseline: Option<String>,
+        /// Also write the report files here (report.md, report.html,
+        /// opportunities.json, baseline.json; compare.* with --baseline).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Saved baselines (the Calibrate window to track against), kept in ClickHouse.
+    Baseline {
+        #[command(subcommand)]
+        action: BaselineCmd,
+    },
 }
 
-fn parse_since(s: &str) -> Result<Duration> {
-    let (n, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
-    let n: u64 = n.parse().with_context(|| format!("--since {s:?}: expected e.g. 30m, 24h, 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" | "" => n * 86400,
-        _ => bail!("--since {s:?}: unit must be s, m, h or d"),
-    };
-    Ok(Duration::from_secs(secs))
+#[derive(Debug, Subcommand)]
+enum BaselineCmd {
+    /// Build a baseline from the window's calls and save it as NAME
+    /// (replacing a baseline of that name).
+    Save {
+        /// Letters, digits, '.', '_', '-'.
+        name: String,
+        /// Window start: a duration before now (30m, 24h, 7d) or an RFC 3339 time.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Window end: `now`, a duration before now or an RFC 3339 time.
+        #[arg(long, default_value = "now")]
+        until: String,
+    },
+    /// List saved baselines, newest first.
+    List,
+    /// Print a saved baseline's JSON document.
+    Show { name: String },
+    /// Delete a saved baseline.
+    Delete { name: String },
+}
+
+/// The window's records and their register (priced as the agents price).
+async fn window(client: &Client, since: &str, until: &str) -> Result<(Vec<tokentap_event::LlmCall>, Vec<Opportunity>)> {
+    let (a, b) = calls::window(since, until)?;
+    let records = calls::read(client, a, b).await.context("reading llm_calls")?;
+    let opps = opportunities::detect(&records, &PriceTable::shipped(), &Default::default());
+    Ok((records, opps))
+}
+
+async fn report(client: &Client, since: &str, until: &str, baseline: Option<&str>, out: Option<&Path>) -> Result<()> {
+    let (records, opps) = window(client, since, until).await?;
+    let mut files = Vec::new();
+    if let Some(name) = baseline {
+        let base = baselines::load(client, name)
+            .await?
+            .with_context(|| format!("no baseline named {name:?} (tokentap-collector baseline list)"))?;
+        let c = compare::compare(&base, &records, &opps, &Default::default());
+        let md = compare_report::markdown(&c);
+        print!("{md}");
+        files.push(("compare.md", md));
+        files.push(("compare.html", compare_report::html(&c)));
+        files.push(("compare.json", serde_json::to_string_pretty(&c)? + "\n"));
+    } else {
+        let (a, _) = calls::window(since, until)?;
+        let secs = ((chrono::Utc::now().timestamp_micros() - a) / 1_000_000).max(0) as u64;
+        let unread = tokentap_collector::traffic::blind_spots(client, secs).await.context("reading llm_traffic")?;
+        let md = report::markdown_with(&records, &opps, Some(&unread));
+        print!("{md}");
+        files.push(("report.html", report::html_with(&records, &opps, Some(&unread))));
+        files.push(("report.md", md));
+        files.push(("opportunities.json", serde_json::to_string_pretty(&opps)? + "\n"));
+        files.push(("baseline.json", Baseline::build("report", &records, &opps).to_json()));
+    }
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn baseline_cmd(client: &Client, action: &BaselineCmd) -> Result<()> {
+    match action {
+        BaselineCmd::Save { name, since, until } => {
+            baselines::check_name(name)?;
+            let (records, opps) = window(client, since, until).await?;
+            if records.is_empty() {
+                bail!("no calls stored between {since} and {until}: nothing to save as a baseline");
+            }
+            let b = Baseline::build(name, &records, &opps);
+            baselines::save(client, &b).await?;
+            println!(
+                "saved baseline {name}: {} calls, ${:.2} ({} to {}), {} opportunities, {} roadmap items",
+                b.totals.calls,
+                b.totals.spend_usd,
+                b.since,
+                b.until,
+                b.opportunities.len(),
+                b.roadmap.len()
+            );
+        }
+        BaselineCmd::List => {
+            println!("name\tsaved at\tsince\tuntil\tcalls\tspend USD\topportunities");
+            for l in baselines::list(client).await? {
+                let t = |us: i64| tokentap_event::LlmCall::format_ts(us as i128 * 1000);
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{:.2}\t{}",
+                    l.name,
+                    t(l.saved_at * 1000),
+                    t(l.since),
+                    t(l.until),
+                    l.calls,
+                    l.spend_usd,
+                    l.opportunities
+                );
+            }
+        }
+        BaselineCmd::Show { name } => {
+            let b = baselines::load(client, name).await?.with_context(|| format!("no baseline named {name:?}"))?;
+            print!("{}", b.to_json());
+        }
+        BaselineCmd::Delete { name } => {
+            if !baselines::delete(client, name).await? {
+                bail!("no baseline named {name:?}");
+            }
+            println!("deleted baseline {name}");
+        }
+    }
+    Ok(())
 }
 
 fn read_secret(p: &PathBuf, what: &str) -> Result<String> {
@@ -224,30 +344,10 @@ async fn main() -> Result<()> {
             let applied = schema::migrate(&admin, &schema_cfg).await.context("applying migrations")?;
             println!("migrations applied: {applied:?}");
         }
-        Cmd::Report { since, out } => {
-            let since = parse_since(since)?;
-            let rows: Vec<CallRow> = client
-                .query("SELECT ?fields FROM llm_calls FINAL WHERE ts >= now64(6) - toIntervalSecond(?) ORDER BY ts")
-                .bind(since.as_secs())
-                .fetch_all()
-                .await
-                .context("reading llm_calls")?;
-            let records: Vec<_> = rows.into_iter().map(CallRow::into_record).collect();
-            let prices = tokentap_event::PriceTable::shipped();
-            let opps = tokentap_event::opportunities::detect(&records, &prices, &Default::default());
-            let unread = tokentap_collector::traffic::blind_spots(&client, since.as_secs())
-                .await
-                .context("reading llm_traffic")?;
-            let md = tokentap_event::report::markdown_with(&records, &opps, Some(&unread));
-            print!("{md}");
-            if let Some(dir) = out {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                std::fs::write(dir.join("report.md"), &md)?;
-                let html = tokentap_event::report::html_with(&records, &opps, Some(&unread));
-                std::fs::write(dir.join("report.html"), html)?;
-                std::fs::write(dir.join("opportunities.json"), serde_json::to_string_pretty(&opps)? + "\n")?;
-            }
+        Cmd::Report { since, until, baseline, out } => {
+            report(&client, since, until, baseline.as_deref(), out.as_deref()).await?
         }
+        Cmd::Baseline { action } => baseline_cmd(&client, action).await?,
         Cmd::Serve => {
             let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;
             // A bad budgets file stops the start: better than alerts that never fire.
@@ -363,17 +463,4 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_units() {
-        assert_eq!(parse_since("7d").unwrap(), Duration::from_secs(7 * 86400));
-        assert_eq!(parse_since("30m").unwrap(), Duration::from_secs(1800));
-        assert!(parse_since("x").is_err());
-        assert!(parse_since("5w").is_err());
-    }
 }

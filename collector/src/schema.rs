@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (10, "workload_kind", include_str!("../../schema/010_workload_kind.sql")),
     (11, "workload_kind_distributed", include_str!("../../schema/011_workload_kind_distributed.sql")),
     (12, "response_id_index", include_str!("../../schema/012_response_id_index.sql")),
+    (13, "baselines", include_str!("../../schema/013_baselines.sql")),
 ];
 
 #[derive(Clone, Debug)]
@@ -42,6 +43,7 @@ impl SchemaConfig {
                 ("agg_engine", "AggregatingMergeTree".into()),
                 ("traffic_table", "llm_traffic".into()),
                 ("traffic_engine", "ReplacingMergeTree".into()),
+                ("baselines_engine", "ReplacingMergeTree(saved_at)".into()),
                 ("ttl_days", self.ttl_days.to_string()),
             ],
             Some(c) => vec![
@@ -68,6 +70,12 @@ impl SchemaConfig {
                     "traffic_engine",
                     format!(
                         "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/llm_traffic', '{{replica}}')"
+                    ),
+                ),
+                (
+                    "baselines_engine",
+                    format!(
+                        "ReplicatedReplacingMergeTree('/clickhouse/tables/{db}/baselines', '{{replica}}', saved_at)"
                     ),
                 ),
                 ("ttl_days", self.ttl_days.to_string()),

@@ -2,10 +2,14 @@
 //! LLM traffic rows (which connections to LLM hosts tokentap could read), the
 //! price table and cost computation, and token estimation for streams that carry
 //! no usage.
+pub mod baseline;
+pub mod compare;
+pub mod compare_report;
 pub mod cost;
 pub mod opportunities;
 pub mod record;
 pub mod report;
+pub mod roadmap;
 pub mod summary;
 pub mod tokens;
 pub mod traffic;

@@ -197,6 +197,29 @@ pub fn detect(records: &[LlmCall], prices: &PriceTable, t: &Thresholds) -> Vec<O
     out
 }
 
+/// Keys naming the calls an opportunity is about (keyed hashes, models,
+/// services: never text), so a later window can measure the same calls
+/// (`roadmap`). Bounded: a register stays small.
+pub const MAX_SCOPE_KEYS: usize = 10_000;
+
+fn scope(keys: impl IntoIterator<Item = String>) -> Value {
+    Value::Array(keys.into_iter().take(MAX_SCOPE_KEYS).map(Value::String).collect())
+}
+
+/// Who sends embeddings: the service, else the process name.
+pub fn sender(r: &LlmCall) -> String {
+    r.service.clone().or_else(|| r.comm.clone()).unwrap_or_default()
+}
+
+/// The work a call does, model aside: its static prefix, else its service
+/// and feature. A call moved to a cheaper model keeps it.
+pub fn work_key(r: &LlmCall) -> String {
+    match feat(r).and_then(|f| f.prefix_hash.as_deref()) {
+        Some(h) => format!("prefix:{h}"),
+        None => format!("service:{}|{}", r.service.as_deref().unwrap_or(""), r.feature.as_deref().unwrap_or("")),
+    }
+}
+
 /// `1 call repeats`, `4 calls repeat`.
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -234,7 +257,8 @@ fn duplicates(rs: &[&LlmCall], factor: f64) -> Vec<Opportunity> {
         saved,
         factor,
         calls as u64,
-        json!({"duplicate_groups": dup.len(), "top": top}),
+        json!({"duplicate_groups": dup.len(), "top": top,
+               "scope": scope(dup.iter().map(|((m, h), _)| format!("{m}|{h}")))}),
     )]
 }
 
@@ -245,7 +269,7 @@ fn top_groups<K>(groups: &[(&K, &Vec<&LlmCall>)], f: impl Fn(&Vec<&LlmCall>) -> 
 }
 
 /// Near-identical prompts (SimHash within a few bits) that are not exact duplicates.
-fn semantic(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
+pub(crate) fn semantic(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
     // One representative per exact prompt: exact repeats are the duplicates detector's.
     let mut seen = std::collections::HashSet::new();
     let mut items: Vec<(&LlmCall, u64)> = Vec::new();
@@ -298,13 +322,15 @@ fn prompt_caching(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresho
     let mut saved = 0.0;
     let mut calls = 0;
     let mut top = Vec::new();
-    for ((provider, m, _), v) in &groups {
+    let mut prefixes = Vec::new();
+    for ((provider, m, h), v) in &groups {
         let (Some(p), true) = (price_of(prices, m), v.len() > 1) else { continue };
         let read = p.cache_read.unwrap_or(p.input * 0.1);
         let prefix = v[0].features.as_ref().and_then(|f| f.prefix_tokens).unwrap_or(0);
         let s = (v.len() - 1) as f64 * prefix as f64 * (p.input - read).max(0.0);
         saved += s;
         calls += v.len() - 1;
+        prefixes.push(h.clone());
         top.push(
             json!({"provider": provider, "model": m, "prefix_tokens": prefix, "calls": v.len(), "savings_usd": s}),
         );
@@ -318,13 +344,14 @@ fn prompt_caching(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresho
         saved,
         factor,
         calls as u64,
-        json!({"prefixes": top}),
+        json!({"prefixes": top, "scope": scope(prefixes)}),
     )]
 }
 
 /// A frontier model doing short classification/extraction work.
 fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) -> Vec<Opportunity> {
     let mut by: BTreeMap<(String, &'static str), (u64, f64)> = BTreeMap::new();
+    let mut keys = std::collections::BTreeSet::new();
     for r in rs {
         let (Some(out), Some(inp)) = (r.output_tokens, r.input_tokens) else { continue };
         let short = out <= t.short_output || feat(r).and_then(|f| f.max_tokens).is_some_and(|m| m <= t.short_output);
@@ -334,6 +361,7 @@ fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) 
         let Some(cheap) = cheaper_model(model(r)) else { continue };
         let Some(p) = price_of(prices, cheap) else { continue };
         let cheaper = p.cost(inp, out, r.cached_input_tokens.unwrap_or(0), r.cache_write_tokens.unwrap_or(0));
+        keys.insert(work_key(r));
         let e = by.entry((model(r).to_owned(), cheap)).or_default();
         e.0 += 1;
         e.1 += (cost(r) - cheaper).max(0.0);
@@ -360,12 +388,12 @@ fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) 
         saved,
         factor,
         calls,
-        json!({"short_output_tokens": t.short_output, "routes": pairs}),
+        json!({"short_output_tokens": t.short_output, "routes": pairs, "scope": scope(keys)}),
     )]
 }
 
 /// Calls by conversation (same start), each conversation in turn order.
-fn conversations<'a>(rs: &[&'a LlmCall]) -> HashMap<&'a str, Vec<&'a LlmCall>> {
+pub(crate) fn conversations<'a>(rs: &[&'a LlmCall]) -> HashMap<&'a str, Vec<&'a LlmCall>> {
     let mut convs: HashMap<&str, Vec<&LlmCall>> = HashMap::new();
     for r in rs {
         if let Some(h) = feat(r).and_then(|f| f.conversation_hash.as_deref()) {
@@ -385,7 +413,8 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
     let mut saved = 0.0;
     let mut calls = 0u64;
     let mut growing = 0;
-    for v in convs.values_mut() {
+    let mut grown = Vec::new();
+    for (h, v) in convs.iter_mut() {
         if v.len() < t.min_turns {
             continue;
         }
@@ -401,6 +430,7 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
             continue;
         }
         growing += 1;
+        grown.push(h.to_string());
         saved += excess as f64 * p.input;
         calls += inputs.iter().filter(|i| **i > cap).count() as u64;
     }
@@ -433,8 +463,19 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
         factor,
         calls + dup_calls,
         json!({"growing_conversations": growing, "history_savings_usd": saved,
-               "repeated_chunk_calls": dup_calls, "repeated_chunk_savings_usd": dup_saved}),
+               "repeated_chunk_calls": dup_calls, "repeated_chunk_savings_usd": dup_saved,
+               "scope": scope(grown)}),
     )]
+}
+
+/// How often the most repeated tool call (name and arguments) is already in a
+/// call's history.
+pub(crate) fn max_repeat(r: &LlmCall) -> usize {
+    let mut n: HashMap<(&str, &str), usize> = HashMap::new();
+    for c in feat(r).map(|f| f.tool_calls.as_slice()).unwrap_or_default() {
+        *n.entry((c.name.as_str(), c.args_hash.as_str())).or_default() += 1;
+    }
+    n.values().copied().max().unwrap_or(0)
 }
 
 /// The same tool call (name and arguments) again and again in one conversation.
@@ -443,20 +484,15 @@ fn agent_loops(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity>
     let mut saved = 0.0;
     let mut calls = 0u64;
     let mut loops = Vec::new();
-    for v in convs.values_mut() {
+    let mut looping = Vec::new();
+    for (h, v) in convs.iter_mut() {
         // A call is in the loop once its history already repeats a tool call;
         // the conversation counts when some call repeats it `loop_repeats` times.
-        let max_repeat = |r: &LlmCall| -> usize {
-            let mut n: HashMap<(&str, &str), usize> = HashMap::new();
-            for c in feat(r).map(|f| f.tool_calls.as_slice()).unwrap_or_default() {
-                *n.entry((c.name.as_str(), c.args_hash.as_str())).or_default() += 1;
-            }
-            n.values().copied().max().unwrap_or(0)
-        };
         if v.iter().map(|r| max_repeat(r)).max().unwrap_or(0) < t.loop_repeats {
             continue;
         }
         let in_loop: Vec<&&LlmCall> = v.iter().filter(|r| max_repeat(r) >= 2).collect();
+        looping.push(h.to_string());
         saved += in_loop.iter().map(|r| cost(r)).sum::<f64>();
         calls += in_loop.len() as u64;
         let name = feat(v[v.len() - 1]).and_then(|f| f.tool_calls.first()).map(|c| c.name.clone());
@@ -474,7 +510,7 @@ fn agent_loops(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity>
         saved,
         factor,
         calls,
-        json!({"loops": loops}),
+        json!({"loops": loops, "scope": scope(looping)}),
     )]
 }
 
@@ -513,8 +549,7 @@ fn embeddings(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> 
     let mut by: BTreeMap<(String, String), Vec<&LlmCall>> = BTreeMap::new();
     for r in rs {
         if feat(r).and_then(|f| f.embedding_inputs) == Some(1) {
-            let who = r.service.clone().or_else(|| r.comm.clone()).unwrap_or_default();
-            by.entry((who, model(r).to_owned())).or_default().push(r);
+            by.entry((sender(r), model(r).to_owned())).or_default().push(r);
         }
     }
     let hits: Vec<(&(String, String), &Vec<&LlmCall>)> =
@@ -532,7 +567,7 @@ fn embeddings(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> 
         saved,
         factor,
         calls as u64,
-        json!({"senders": who, "batch_discount": 0.5}),
+        json!({"senders": who, "batch_discount": 0.5, "scope": scope(hits.iter().map(|((w, m), _)| format!("{w}|{m}")))}),
     )]
 }
 

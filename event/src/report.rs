@@ -11,7 +11,7 @@ use crate::summary::{by_service, summarize};
 use crate::traffic::BlindSpot;
 use crate::LlmCall;
 
-fn usd(x: f64) -> String {
+pub(crate) fn usd(x: f64) -> String {
     if x >= 100.0 {
         format!("${x:.0}")
     } else if x >= 1.0 {
@@ -251,14 +251,28 @@ fn unread_html(s: &mut String, unread: &[BlindSpot]) {
     s.push_str("</table>");
 }
 
-fn esc(s: &str) -> String {
+/// A span of seconds in the unit a reader expects: `7 s`, `12 min`, `3.5 h`, `9.0 d`.
+pub(crate) fn duration_text(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.0} s")
+    } else if secs < 3600.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else if secs < 86400.0 * 2.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} d", secs / 86400.0)
+    }
+}
+
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-const COLORS: [&str; 8] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
+pub(crate) const COLORS: [&str; 8] =
+    ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
 
 /// Horizontal bar chart.
-fn bars(id: &str, title: &str, items: &[(String, f64)]) -> String {
+pub(crate) fn bars(id: &str, title: &str, items: &[(String, f64)]) -> String {
     let max = items.iter().map(|x| x.1).fold(0.0, f64::max).max(1e-12);
     let row = 24;
     let h = 30 + row * items.len().max(1);

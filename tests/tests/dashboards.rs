@@ -97,27 +97,19 @@ fn fill(ch: &ClickHouse) {
     );
 }
 
-/// A saved baseline named `before` (table `baselines`): two services' groups
-/// and the totals, as the Track dashboard reads them.
+/// The baseline's window: the first twelve hours of the test rows.
+const BASELINE_SINCE: &str = "2026-11-21T00:00:00Z";
+const BASELINE_UNTIL: &str = "2026-11-21T12:00:00Z";
+
+/// A baseline named `before` saved from the first twelve hours of the test
+/// rows (`tokentap-collector baseline save`), as the Track dashboard reads it.
 fn fill_baseline(ch: &ClickHouse) {
-    // TODO(baselines): the table comes from the baselines migration once merged.
-    ch.query(
-        "CREATE TABLE IF NOT EXISTS baselines (name String, created_at DateTime DEFAULT now(), doc String) \
-         ENGINE = MergeTree ORDER BY (name, created_at)",
-    );
-    let doc = serde_json::json!({
-        "name": "before",
-        "window_secs": 259_200,
-        "groups": [
-            {"service": "checkout", "model": "gpt-4o", "provider": "openai", "metrics": {"calls": 100, "spend_usd": 0.5, "cost_per_call": 0.005, "cache_hit_ratio": 0.1}},
-            {"service": "ranker", "model": "claude-sonnet-4-5", "provider": "anthropic", "metrics": {"calls": 50, "spend_usd": 0.1, "cost_per_call": 0.002, "cache_hit_ratio": 0.3}}
-        ],
-        "totals": {"calls": 150, "spend_usd": 0.6, "cost_per_call": 0.004, "cache_hit_ratio": 0.17}
-    });
-    ch.query(&format!(
-        "INSERT INTO baselines (name, doc) VALUES ('before', '{}')",
-        doc.to_string().replace('\'', "\\'")
-    ));
+    let out = Command::new(collector_bin())
+        .args(["baseline", "save", "before", "--since", BASELINE_SINCE, "--until", BASELINE_UNTIL])
+        .args(["--clickhouse-url", &ch.url, "--database", &ch.database])
+        .output()
+        .expect("collector baseline save");
+    assert!(out.status.success(), "baseline save: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A variable's values: a query variable's rows ("All"), else its current value.
@@ -289,25 +281,38 @@ fn the_track_dashboard_compares_the_saved_baseline_with_now() {
         expand(p["targets"][0]["rawSql"].as_str().unwrap(), &values)
     };
     let f = |v: &Value| v.as_f64().unwrap_or_else(|| panic!("a number: {v}"));
-    // Per service: the baseline's numbers, and now's from the rows in the range.
+    // Per service: the baseline's numbers (its window's rows), and now's (the range's).
+    let window = format!(
+        "ts >= '{}' AND ts <= '{}'",
+        &BASELINE_SINCE[..19].replace('T', " "),
+        &BASELINE_UNTIL[..19].replace('T', " ")
+    );
+    let unit = |filter: &str| {
+        ch.query(&format!(
+            "SELECT sum(ifNull(cost_usd, 0)) / count() AS cpc, sum(ifNull(cached_input_tokens, 0)) / sum(ifNull(input_tokens, 0)) AS hit \
+             FROM llm_calls WHERE {filter}"
+        ))[0]
+            .clone()
+    };
     let rows = ch.query(&sql("Baseline vs now, by service"));
     let services: HashSet<&str> = rows.iter().filter_map(|r| r["service"].as_str()).collect();
-    assert_eq!(services, HashSet::from(["checkout", "ranker"]), "{rows:?}");
+    assert_eq!(services.len(), 5, "every service of the baseline: {rows:?}");
     let checkout = rows.iter().find(|r| r["service"] == "checkout").unwrap();
-    assert!((f(&checkout["baseline_cost_per_call"]) - 0.005).abs() < 1e-12, "{checkout}");
-    assert!((f(&checkout["baseline_cache_hit_ratio"]) - 0.1).abs() < 1e-12, "{checkout}");
-    let now = &ch.query(
-        "SELECT sum(ifNull(cost_usd, 0)) / count() AS cpc, sum(ifNull(cached_input_tokens, 0)) / sum(ifNull(input_tokens, 0)) AS hit \
-         FROM llm_calls WHERE service = 'checkout'",
-    )[0];
-    assert!((f(&checkout["now_cost_per_call"]) - f(&now["cpc"])).abs() < 1e-12, "{checkout} vs {now}");
-    assert!((f(&checkout["now_cache_hit_ratio"]) - f(&now["hit"])).abs() < 1e-12, "{checkout} vs {now}");
-    let change = f(&checkout["now_cost_per_call"]) / 0.005 - 1.0;
+    let (base, now) = (unit(&format!("service = 'checkout' AND {window}")), unit("service = 'checkout'"));
+    assert!(f(&base["cpc"]) != f(&now["cpc"]), "the test needs a baseline unlike now: {base} {now}");
+    for (col, want) in [
+        ("baseline_cost_per_call", &base["cpc"]),
+        ("baseline_cache_hit_ratio", &base["hit"]),
+        ("now_cost_per_call", &now["cpc"]),
+        ("now_cache_hit_ratio", &now["hit"]),
+    ] {
+        assert!((f(&checkout[col]) - f(want)).abs() < 1e-12, "{col}: {checkout} vs {want}");
+    }
+    let change = f(&now["cpc"]) / f(&base["cpc"]) - 1.0;
     assert!((f(&checkout["cost_per_call_change"]) - change).abs() < 1e-9);
-    // Target progress over every service: the baseline's 0.6 USD / 150 calls.
+    // Target progress over every service against the target of 20 %.
     let t = &ch.query(&sql("Target progress: cost per call"))[0];
-    let all_now = &ch.query("SELECT sum(ifNull(cost_usd, 0)) / count() AS cpc FROM llm_calls")[0];
-    let reduction = 1.0 - f(&all_now["cpc"]) / 0.004;
+    let reduction = 1.0 - f(&unit("1")["cpc"]) / f(&unit(&window)["cpc"]);
     assert!((f(&t["reduction_so_far"]) - reduction).abs() < 1e-9, "{t}");
     assert!((f(&t["progress"]) - reduction / 0.2).abs() < 1e-9, "{t}: target 20 %");
     // Month to date as of the range's end (23 November): the month's rows so far.

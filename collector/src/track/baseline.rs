@@ -3,14 +3,16 @@
 //! `--track-window-hours`, from `llm_calls_1h`), as gauges with the same
 //! labels, so an alert rule compares them.
 //!
-//! Per service, the baseline's groups of that service are combined: cost per
-//! call = sum of `spend_usd` / sum of `calls`; cache-hit ratio = the groups'
-//! ratios weighted by their calls. The baseline's `totals` are the series
-//! with `service="(all)"`. Now: cost per call = sum(cost_usd) / sum(calls);
-//! cache-hit ratio = sum(cached_input_tokens) / sum(input_tokens).
+//! The baseline is read with [`crate::baselines::load`] (table `baselines`).
+//! Per service its groups (service x model x feature x provider) are summed:
+//! cost per call = spend_usd / calls, cache-hit ratio = cached input tokens /
+//! input tokens, as [`tokentap_event::baseline::Metrics`] defines them; its
+//! totals are the series with `service="(all)"`. Now: the same sums over the
+//! window of the hourly rollup. Calls without a service are in the totals only.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use tokentap_event::baseline::Baseline;
 
 /// The `service` label of the totals.
 pub const ALL: &str = "(all)";
@@ -22,90 +24,41 @@ pub struct Point {
     pub cache_hit_ratio: Option<f64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MetricsDoc {
-    #[serde(default)]
-    calls: f64,
-    #[serde(default)]
-    spend_usd: f64,
-    #[serde(default)]
-    cost_per_call: Option<f64>,
-    #[serde(default)]
-    cache_hit_ratio: Option<f64>,
+impl Point {
+    fn of(calls: u64, spend: f64, cached: u64, input: u64) -> Self {
+        Self {
+            cost_per_call: (calls > 0).then(|| spend / calls as f64),
+            cache_hit_ratio: (input > 0).then(|| cached as f64 / input as f64),
+        }
+    }
 }
 
-#[derive(Debug, Deserialize)]
-struct GroupDoc {
-    #[serde(default)]
-    service: Option<String>,
-    #[serde(default)]
-    metrics: MetricsDoc,
-}
-
-#[derive(Debug, Deserialize)]
-struct BaselineDoc {
-    #[serde(default)]
-    groups: Vec<GroupDoc>,
-    #[serde(default)]
-    totals: MetricsDoc,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BaselineError {
-    #[error("reading baseline {name:?}: {source}")]
-    Query { name: String, source: clickhouse::error::Error },
-    #[error("baseline {name:?} is not a baseline document: {source}")]
-    Document { name: String, source: serde_json::Error },
-}
-
-/// The baseline's points per service (and [`ALL`]), from its JSON document.
-pub fn per_service(doc: &serde_json::Value) -> Result<BTreeMap<String, Point>, serde_json::Error> {
-    let b = BaselineDoc::deserialize(doc)?;
-    let mut acc: BTreeMap<String, (f64, f64, f64, f64)> = BTreeMap::new();
+/// The baseline's points per service (and [`ALL`]).
+pub fn per_service(b: &Baseline) -> BTreeMap<String, Point> {
+    let mut acc: BTreeMap<&str, (u64, f64, u64, u64)> = BTreeMap::new();
     for g in &b.groups {
-        let Some(service) = g.service.as_deref() else { continue };
-        let m = &g.metrics;
-        let e = acc.entry(service.to_owned()).or_default();
+        let Some(service) = g.key.service.as_deref() else { continue };
+        let (m, e) = (&g.metrics, acc.entry(service).or_default());
         e.0 += m.calls;
         e.1 += m.spend_usd;
-        if let Some(r) = m.cache_hit_ratio.filter(|r| r.is_finite()) {
-            e.2 += r * m.calls;
-            e.3 += m.calls;
-        }
+        e.2 += m.cached_input_tokens;
+        e.3 += m.input_tokens;
     }
     let mut out: BTreeMap<String, Point> = acc
         .into_iter()
-        .map(|(s, (calls, spend, hit, hit_calls))| {
-            let p = Point {
-                cost_per_call: (calls > 0.0).then(|| spend / calls),
-                cache_hit_ratio: (hit_calls > 0.0).then(|| hit / hit_calls),
-            };
-            (s, p)
-        })
+        .map(|(s, (calls, spend, cached, input))| (s.to_owned(), Point::of(calls, spend, cached, input)))
         .collect();
     let t = &b.totals;
-    let total_cpc = t.cost_per_call.or_else(|| (t.calls > 0.0).then(|| t.spend_usd / t.calls));
-    out.insert(ALL.into(), Point { cost_per_call: total_cpc, cache_hit_ratio: t.cache_hit_ratio });
-    Ok(out)
+    out.insert(ALL.into(), Point::of(t.calls, t.spend_usd, t.cached_input_tokens, t.input_tokens));
+    out
 }
 
-#[derive(clickhouse::Row, Deserialize)]
-struct DocRow {
-    doc: String,
-}
-
-/// The newest saved document of baseline `name`, None when there is none.
-pub async fn load(client: &clickhouse::Client, name: &str) -> Result<Option<BTreeMap<String, Point>>, BaselineError> {
-    let rows: Vec<DocRow> = client
-        .query("SELECT doc FROM baselines WHERE name = ? ORDER BY created_at DESC LIMIT 1")
-        .bind(name)
-        .fetch_all()
-        .await
-        .map_err(|source| BaselineError::Query { name: name.into(), source })?;
-    let Some(row) = rows.into_iter().next() else { return Ok(None) };
-    let doc: serde_json::Value =
-        serde_json::from_str(&row.doc).map_err(|source| BaselineError::Document { name: name.into(), source })?;
-    per_service(&doc).map(Some).map_err(|source| BaselineError::Document { name: name.into(), source })
+/// The saved baseline `name`'s points, None when there is none.
+pub async fn load(
+    client: &clickhouse::Client,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Point>>, crate::baselines::StoreError> {
+    Ok(crate::baselines::load(client, name).await?.map(|b| per_service(&b)))
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -138,10 +91,7 @@ pub async fn current(
         .into_iter()
         .filter(|r| wanted.contains(r.service.as_str()))
         .map(|r| {
-            let p = Point {
-                cost_per_call: (r.calls > 0).then(|| r.cost / r.calls as f64),
-                cache_hit_ratio: (r.input > 0).then(|| r.cached as f64 / r.input as f64),
-            };
+            let p = Point::of(r.calls, r.cost, r.cached, r.input);
             (r.service, p)
         })
         .collect())
@@ -150,26 +100,39 @@ pub async fn current(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokentap_event::LlmCall;
+
+    fn call(service: Option<&str>, model: &str, cost: f64, input: u64, cached: u64) -> LlmCall {
+        LlmCall {
+            event_id: LlmCall::new_event_id(),
+            ts: LlmCall::format_ts(1_763_900_000_000_000_000),
+            provider: "openai".into(),
+            operation: "chat".into(),
+            response_model: Some(model.into()),
+            service: service.map(str::to_owned),
+            cost_usd: Some(cost),
+            input_tokens: Some(input),
+            output_tokens: Some(10),
+            cached_input_tokens: Some(cached),
+            ..Default::default()
+        }
+    }
 
     #[test]
-    fn groups_of_a_service_are_combined_by_calls() {
-        let doc = serde_json::json!({
-            "name": "before",
-            "groups": [
-                {"service": "checkout", "model": "gpt-4o", "metrics": {"calls": 100, "spend_usd": 2.0, "cache_hit_ratio": 0.5}},
-                {"service": "checkout", "model": "gpt-4o-mini", "metrics": {"calls": 300, "spend_usd": 0.4, "cache_hit_ratio": 0.1}},
-                {"service": "search", "metrics": {"calls": 0, "spend_usd": 0.0}},
-                {"model": "no-service", "metrics": {"calls": 5, "spend_usd": 1.0}}
-            ],
-            "totals": {"calls": 405, "spend_usd": 3.4, "cost_per_call": 0.0084, "cache_hit_ratio": 0.2}
-        });
-        let p = per_service(&doc).unwrap();
+    fn groups_of_a_service_are_summed() {
+        let calls = [
+            call(Some("checkout"), "gpt-4o", 0.02, 1000, 500),
+            call(Some("checkout"), "gpt-4o-mini", 0.001, 3000, 0),
+            call(Some("checkout"), "gpt-4o-mini", 0.003, 1000, 500),
+            call(None, "gpt-4o", 1.0, 10, 0),
+        ];
+        let b = Baseline::build("before", &calls, &[]);
+        let p = per_service(&b);
         let c = p["checkout"];
-        assert!((c.cost_per_call.unwrap() - 0.006).abs() < 1e-12, "{c:?}");
+        assert!((c.cost_per_call.unwrap() - 0.008).abs() < 1e-12, "{c:?}");
         assert!((c.cache_hit_ratio.unwrap() - 0.2).abs() < 1e-12, "{c:?}");
-        assert_eq!(p["search"], Point::default(), "no calls: no numbers");
-        assert_eq!(p[ALL].cost_per_call, Some(0.0084));
-        assert_eq!(p.len(), 3);
-        assert!(per_service(&serde_json::json!({"groups": 3})).is_err());
+        let all = p[ALL];
+        assert!((all.cost_per_call.unwrap() - 1.024 / 4.0).abs() < 1e-12, "{all:?}");
+        assert_eq!(p.len(), 2, "calls without a service are in the totals only: {p:?}");
     }
 }
