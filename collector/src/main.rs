@@ -352,6 +352,9 @@ async fn main() -> Result<()> {
             let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;
             // A bad budgets file stops the start: better than alerts that never fire.
             let budgets = cli.budgets.as_deref().map(budgets::load).transpose()?;
+            if let Some(name) = &cli.track_baseline {
+                baselines::check_name(name).context("--track-baseline")?;
+            }
             if token.is_none() {
                 tracing::warn!("no --token-file: batches are accepted without authentication");
             }

@@ -277,6 +277,9 @@ fn grafana_alert_provisioning_follows_grafanas_format_and_mirrors_the_prometheus
     assert_eq!(titles, names);
 }
 
+/// A change that makes a good file bad.
+type Spoil = Box<dyn Fn(&mut Value)>;
+
 fn rule0(d: &mut Value) -> &mut Value {
     &mut d["groups"][0]["rules"][0]
 }
@@ -291,7 +294,7 @@ fn the_checker_refuses_what_grafana_refuses() {
         f(&mut d);
         check(&d, &datasources).is_err()
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Spoil)> = vec![
         ("apiVersion 2", Box::new(|d| d["apiVersion"] = 2.into())),
         (
             "no folder",

@@ -70,7 +70,8 @@ struct NowRow {
     input: u64,
 }
 
-/// The same points over the last `window_secs`, for `services` (and [`ALL`]).
+/// The same points over the last `window_secs`, for `services` (and [`ALL`]:
+/// every call of the window).
 pub async fn current(
     client: &clickhouse::Client,
     services: &[&str],
@@ -78,23 +79,23 @@ pub async fn current(
 ) -> Result<BTreeMap<String, Point>, clickhouse::error::Error> {
     let rows: Vec<NowRow> = client
         .query(
-            "SELECT if(grouping(service) = 1, ?, service) AS service, sum(calls) AS calls, sum(cost_usd) AS cost, \
-             sum(cached_input_tokens) AS cached, sum(input_tokens) AS input FROM llm_calls_1h \
-             WHERE t >= now() - toIntervalSecond(?) GROUP BY service WITH ROLLUP",
+            "SELECT service, sum(calls) AS calls, sum(cost_usd) AS cost, sum(cached_input_tokens) AS cached, \
+             sum(input_tokens) AS input FROM llm_calls_1h WHERE t >= now() - toIntervalSecond(?) GROUP BY service",
         )
-        .bind(ALL)
         .bind(window_secs)
         .fetch_all()
         .await?;
-    let wanted: std::collections::HashSet<&str> = services.iter().copied().chain([ALL]).collect();
-    Ok(rows
-        .into_iter()
-        .filter(|r| wanted.contains(r.service.as_str()))
-        .map(|r| {
-            let p = Point::of(r.calls, r.cost, r.cached, r.input);
-            (r.service, p)
-        })
-        .collect())
+    let wanted: std::collections::HashSet<&str> = services.iter().copied().collect();
+    let mut all = (0, 0.0, 0, 0);
+    let mut out = BTreeMap::new();
+    for r in rows {
+        all = (all.0 + r.calls, all.1 + r.cost, all.2 + r.cached, all.3 + r.input);
+        if wanted.contains(r.service.as_str()) {
+            out.insert(r.service, Point::of(r.calls, r.cost, r.cached, r.input));
+        }
+    }
+    out.insert(ALL.into(), Point::of(all.0, all.1, all.2, all.3));
+    Ok(out)
 }
 
 #[cfg(test)]
