@@ -224,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         planted = self.planted_usage()
         if planted:
             # The calibration workload states the usage to report (known truth).
-            inp, out, cached, reasoning = planted["input"], planted["output"], 0, 0
+            inp, out, cached, reasoning = planted["input"], planted["output"], planted.get("cached", 0), 0
         usage = {
             "prompt_tokens": inp,
             "completion_tokens": out,

@@ -4,7 +4,9 @@
 //! (duplicates, an uncached 2k-token system prompt, a frontier model doing
 //! yes/no, a tool loop, a growing conversation, pretty JSON, one-by-one
 //! embeddings) — and writes the assessment: report.md (printed), report.html,
-//! opportunities.json.
+//! opportunities.json, baseline.json. Then Track: the same planted work with
+//! every remediation applied is captured again and compared with that
+//! baseline (compare.md printed, compare.html, compare.json).
 use std::path::Path;
 use std::process::Command;
 
@@ -86,6 +88,38 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
             .map(|k| stats[k].as_u64().unwrap_or(0))
             .sum::<u64>(),
         stats["kernel_ring_full"].as_u64().unwrap_or(0)
+    );
+    track(&out, &certs, &server, &audit, agent_bin)
+}
+
+/// The remediated workload captured and compared with the audit's baseline.
+fn track(out: &Path, certs: &Certs, server: &Server, audit: &Path, agent_bin: &Path) -> Result<()> {
+    eprintln!("\ndemo: Track — the same work with every remediation applied, compared with the baseline");
+    let now = out.join("track-now");
+    let now_s = now.display().to_string();
+    let mut agent = Agent::start(out, &["audit", "--out", &now_s]);
+    let (workload, _) = calibrate::remediated(&tokentap_event::PriceTable::shipped());
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let (pid, _) = run_client(py_workload(out, certs, &base, "remediated", &workload));
+    agent.wait_records(&[pid], workload.len());
+    let status = agent.stop();
+    anyhow::ensure!(status.success(), "agent exited with {status}");
+    let compare = out.join("compare");
+    let o = Command::new(agent_bin)
+        .arg("report")
+        .arg(now.join("events.jsonl"))
+        .arg("--baseline")
+        .arg(audit.join("baseline.json"))
+        .arg("--out")
+        .arg(&compare)
+        .output()
+        .context("tokentap-agent report --baseline")?;
+    anyhow::ensure!(o.status.success(), "report --baseline: {}", String::from_utf8_lossy(&o.stderr));
+    print!("\n{}", String::from_utf8_lossy(&o.stdout));
+    println!(
+        "\nbaseline: {}\ncomparison: {}/{{compare.md,compare.html,compare.json}}",
+        audit.join("baseline.json").display(),
+        compare.display()
     );
     Ok(())
 }

@@ -237,6 +237,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "ws_session",
     "tls_hello",
     "otlp",
+    "baseline",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
