@@ -315,6 +315,16 @@ fn the_track_dashboard_compares_the_saved_baseline_with_now() {
     let reduction = 1.0 - f(&unit("1")["cpc"]) / f(&unit(&window)["cpc"]);
     assert!((f(&t["reduction_so_far"]) - reduction).abs() < 1e-9, "{t}");
     assert!((f(&t["progress"]) - reduction / 0.2).abs() < 1e-9, "{t}: target 20 %");
+    // The baseline's roadmap, item by item, with targets and due dates.
+    let items = ch.query(&sql("Roadmap targets (from the baseline)"));
+    let saved =
+        ch.count("SELECT length(JSONExtractArrayRaw(body, 'roadmap')) FROM baselines FINAL WHERE name = 'before'");
+    assert!(saved > 0, "the test rows give the baseline a roadmap");
+    assert_eq!(items.len() as u64, saved, "{items:?}");
+    assert!(
+        items.iter().all(|i| i["target"].is_number() && i["due"].as_str().is_some_and(|d| d.len() == 10)),
+        "{items:?}"
+    );
     // Month to date as of the range's end (23 November): the month's rows so far.
     let mtd = ch.query(&sql("Month-to-date spend by service"));
     let total: f64 = mtd.iter().map(|r| f(&r["month_to_date_usd"])).sum();

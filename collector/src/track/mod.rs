@@ -8,7 +8,8 @@
 //! numbers (alert rules take `max` over replicas).
 //!
 //! A refresh that fails keeps the last numbers; the timestamp of the last
-//! good one (`tokentap_budget_last_refresh_timestamp_seconds`) says how old they are.
+//! good one (`tokentap_budget_last_refresh_timestamp_seconds`, the start time
+//! before the first) says how old they are.
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ struct State {
     budgets: Vec<Budget>,
     /// The file's text the budgets came from (a changed file is parsed again).
     text: String,
+    /// The file could not be read at the last look.
+    unreadable: bool,
     numbers: BTreeMap<String, forecast::Numbers>,
     last_refresh: Option<f64>,
     /// Baseline found (Some) or not (None) at the last look; unset before it.
@@ -84,11 +87,17 @@ impl Track {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                self.file_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %path.display(), error = %e, "budgets file unreadable; keeping the budgets loaded before");
+                // Counted once until it can be read again.
+                let mut s = self.lock();
+                if !s.unreadable {
+                    s.unreadable = true;
+                    self.file_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(path = %path.display(), error = %e, "budgets file unreadable; keeping the budgets loaded before");
+                }
                 return;
             }
         };
+        self.lock().unreadable = false;
         if text == self.lock().text {
             return;
         }
@@ -303,6 +312,9 @@ impl Track {
 pub async fn run(cfg: TrackConfig, client: clickhouse::Client, shared: Arc<Shared>) {
     let track = &shared.metrics.track;
     *track.baseline_name.lock().unwrap_or_else(|e| e.into_inner()) = cfg.baseline.clone();
+    // Numbers age from the start until a first good read: a collector that never
+    // reaches ClickHouse is stale too (TokentapBudgetDataStale).
+    track.lock().last_refresh.get_or_insert_with(now_secs);
     let mut tick = tokio::time::interval(cfg.refresh.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
