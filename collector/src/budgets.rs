@@ -159,6 +159,10 @@ value = "k-1f2e"
         assert_eq!(scopes, Scope::ALL);
         assert_eq!(b[1].monthly_usd, 12.5);
         assert!(p("").unwrap().is_empty(), "no budgets is a valid file");
+        // The Helm chart's one-line form (values.yaml: collector.budgets).
+        assert!(p("budget = []").unwrap().is_empty());
+        let one = p(r#"budget = [{name = "search", monthly_usd = 5000, scope = "team", value = "search"}]"#).unwrap();
+        assert_eq!(one[0].scope, Scope::Team);
     }
 
     #[test]
