@@ -19,18 +19,12 @@ fn signed(x: f64) -> String {
     }
 }
 
-/// A metric value in its unit.
 fn value(m: Metric, v: Option<f64>) -> String {
-    match v {
-        None => "—".into(),
-        Some(v) if m.is_share() => pct(v),
-        Some(v) => format!("{v:.1}"),
-    }
+    m.format(v)
 }
 
 fn target(p: &Progress) -> String {
-    let op = if p.metric.higher_is_better() { "≥" } else { "≤" };
-    format!("{op} {}", value(p.metric, Some(p.target)))
+    p.metric.target_text(p.target)
 }
 
 fn window(name: &str, since: &str, until: &str, hours: f64) -> String {

@@ -56,6 +56,21 @@ impl Metric {
     pub fn is_share(self) -> bool {
         !matches!(self, Self::InputTokensPerCall | Self::EmbeddingsPerRequest)
     }
+
+    /// A value in the metric's unit (`—` when there is none).
+    pub fn format(self, v: Option<f64>) -> String {
+        match v {
+            None => "—".into(),
+            Some(v) if self.is_share() => format!("{:.1} %", v * 100.0),
+            Some(v) => format!("{v:.1}"),
+        }
+    }
+
+    /// `≤ 1.0 %`, `≥ 8.0`.
+    pub fn target_text(self, target: f64) -> String {
+        let op = if self.higher_is_better() { "≥" } else { "≤" };
+        format!("{op} {}", self.format(Some(target)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -235,7 +250,7 @@ fn target(kind: Kind, baseline: Option<f64>, records: &[&LlmCall], scope: &HashS
 const SPRINTS: [(u32, &str, &str, i64, i64); 3] = [
     (1, "Sprint 1: quick wins (settings and caches)", "quick_win", 0, 14),
     (2, "Sprint 2: quick wins (code changes)", "quick_win", 14, 28),
-    (3, "Sprint 3: structural changes", "structural", 28, 56),
+    (3, "Sprint 3: structural changes (design changes)", "structural", 28, 56),
 ];
 
 /// The roadmap of a register over the records it came from; sprints start

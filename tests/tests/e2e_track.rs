@@ -75,6 +75,9 @@ fn savings_against_the_baseline_are_realised_tracked_and_regressions_flagged() {
     assert_eq!(b["name"], "planted");
     assert_eq!(b["totals"]["calls"].as_u64(), Some(planted_calls.len() as u64));
     assert_eq!(b["opportunities"].as_array().unwrap().len(), b["roadmap"].as_array().unwrap().len());
+    let md = std::fs::read_to_string(planted.join("report.md")).unwrap();
+    assert!(md.contains("### Quick wins: sprint 1") && md.contains("### Structural changes: sprint 3"), "{md}");
+    assert_eq!(md.matches("Success metric:").count(), planted_truths.len(), "{md}");
     for (kind, _) in &planted_truths {
         let item = b["roadmap"].as_array().unwrap().iter().find(|i| i["kind"] == *kind).expect(kind);
         assert!(item["target"].is_number() && item["due"].is_string() && item["metric"].is_string(), "{item:#}");

@@ -117,7 +117,7 @@ pub fn markdown_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&
         unread::markdown(&mut s, unread);
     }
     register::markdown(&mut s, opps);
-    roadmap::markdown(&mut s, opps);
+    roadmap::markdown(&mut s, records, opps);
     let _ = writeln!(
         s,
         "Savings are measured on the observed calls and extrapolated to 30 days from the observed window \
@@ -167,7 +167,7 @@ pub fn html_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[Bli
         unread::html(&mut s, unread);
     }
     register::html(&mut s, opps);
-    roadmap::html(&mut s, opps);
+    roadmap::html(&mut s, records, opps);
     let md = markdown_with(records, opps, unread);
     let _ =
         writeln!(s, "<details><summary>Report as Markdown</summary><pre>{}</pre></details></body></html>", esc(&md));
@@ -218,6 +218,19 @@ mod tests {
         {
             assert!(md.contains(part), "missing {part}:\n{md}");
         }
+        // The roadmap: dated sprints, each item with its metric and target.
+        let items = crate::roadmap::plan(&rs, &opps, "2026-11-23T10:39:00Z");
+        let first = &items[0];
+        assert!(md.contains("### Quick wins: sprint 1, settings and caches (2026-11-24 to 2026-12-07)"), "{md}");
+        let line = format!(
+            "Success metric: {}: {} now, target {} by {}.",
+            first.metric.describe(),
+            first.metric.format(first.baseline_value),
+            first.metric.target_text(first.target),
+            first.due
+        );
+        assert!(md.contains(&line), "{line}\n{md}");
+        assert_eq!(md.matches("Success metric:").count(), opps.len());
     }
 
     #[test]

@@ -1,50 +1,83 @@
-//! The Remediation Roadmap section: the register's opportunities grouped by
-//! effort, quick wins first. Kept apart from the rest of the report so its
-//! rendering can be replaced without touching the Spend Map or the register.
+//! The Remediation Roadmap section: each opportunity as a roadmap item
+//! (`crate::roadmap::plan`) with its success metric, baseline value and
+//! target, sequenced into dated sprints: quick wins first, structural
+//! changes last. The compare report checks exactly these targets.
 use std::fmt::Write;
 
 use super::{esc, usd};
-use crate::opportunities::{Effort, Opportunity};
+use crate::opportunities::Opportunity;
+use crate::roadmap::{plan, RoadmapItem};
+use crate::LlmCall;
 
-/// Opportunities grouped for the roadmap: (phase, its items).
-fn phases(opps: &[Opportunity]) -> Vec<(&'static str, Vec<&Opportunity>)> {
-    let phase = |e: Effort| opps.iter().filter(|o| o.effort == e).collect::<Vec<_>>();
-    vec![
-        ("Quick wins (a setting or a cache)", phase(Effort::Low)),
-        ("Next (code changes)", phase(Effort::Medium)),
-        ("Later (design changes)", phase(Effort::High)),
-    ]
+/// Items grouped by sprint: (heading, items), in sprint order.
+fn sprints(records: &[LlmCall], opps: &[Opportunity]) -> Vec<(String, Vec<RoadmapItem>)> {
+    let (_, until, _) = crate::baseline::span(records);
+    let mut out: Vec<(String, Vec<RoadmapItem>)> = Vec::new();
+    for item in plan(records, opps, &until) {
+        match out.last_mut() {
+            Some((_, v)) if v[0].sprint == item.sprint => v.push(item),
+            _ => {
+                let kind = if item.track == "quick_win" { "Quick wins" } else { "Structural changes" };
+                let what = item.sprint_name.split_once('(').map_or("", |(_, w)| w.trim_end_matches(')'));
+                let head = format!("{kind}: sprint {}, {what} ({} to {})", item.sprint, item.start, item.due);
+                out.push((head, vec![item]));
+            }
+        }
+    }
+    out
 }
 
-pub(super) fn markdown(s: &mut String, opps: &[Opportunity]) {
+fn metric_line(i: &RoadmapItem) -> String {
+    format!(
+        "{}: {} now, target {} by {}",
+        i.metric.describe(),
+        i.metric.format(i.baseline_value),
+        i.metric.target_text(i.target),
+        i.due
+    )
+}
+
+fn action<'a>(opps: &'a [Opportunity], i: &RoadmapItem) -> &'a str {
+    opps.iter().find(|o| o.kind == i.kind).map_or("", |o| o.action.as_str())
+}
+
+pub(super) fn markdown(s: &mut String, records: &[LlmCall], opps: &[Opportunity]) {
     let _ = writeln!(s, "\n## Remediation Roadmap\n");
-    for (phase, items) in phases(opps) {
-        if items.is_empty() {
-            continue;
-        }
-        let sum: f64 = items.iter().map(|o| o.estimated_monthly_savings_usd).sum();
-        let _ = writeln!(s, "### {phase} — {} per month\n", usd(sum));
-        for o in items {
-            let _ = writeln!(s, "- {} ({} per month): {}", o.title, usd(o.estimated_monthly_savings_usd), o.action);
+    for (head, items) in sprints(records, opps) {
+        let sum: f64 = items.iter().map(|i| i.estimated_monthly_savings_usd).sum();
+        let _ = writeln!(s, "### {head} — {} per month\n", usd(sum));
+        for i in &items {
+            let _ = writeln!(
+                s,
+                "- {} ({} per month): {} Success metric: {}.",
+                i.title,
+                usd(i.estimated_monthly_savings_usd),
+                action(opps, i),
+                metric_line(i)
+            );
         }
         let _ = writeln!(s);
     }
+    if !opps.is_empty() {
+        let _ = writeln!(
+            s,
+            "Each target is checked against this window by `report --baseline` (baseline.json; docs/track.md).\n"
+        );
+    }
 }
 
-pub(super) fn html(s: &mut String, opps: &[Opportunity]) {
+pub(super) fn html(s: &mut String, records: &[LlmCall], opps: &[Opportunity]) {
     s.push_str("<h2>Remediation Roadmap</h2>");
-    for (phase, items) in phases(opps) {
-        if items.is_empty() {
-            continue;
-        }
-        let _ = write!(s, "<h3>{}</h3><ol>", esc(phase));
-        for o in items {
+    for (head, items) in sprints(records, opps) {
+        let _ = write!(s, "<h3>{}</h3><ol>", esc(&head));
+        for i in &items {
             let _ = write!(
                 s,
-                "<li><b>{}</b> — {} per month. {}</li>",
-                esc(&o.title),
-                usd(o.estimated_monthly_savings_usd),
-                esc(&o.action)
+                "<li><b>{}</b> — {} per month. {}<br><i>Success metric:</i> {}.</li>",
+                esc(&i.title),
+                usd(i.estimated_monthly_savings_usd),
+                esc(action(opps, i)),
+                esc(&metric_line(i))
             );
         }
         s.push_str("</ol>");
