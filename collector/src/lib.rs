@@ -11,6 +11,7 @@
 //! seen both ways is stored once.
 pub mod admission;
 pub mod baselines;
+pub mod budgets;
 pub mod calls;
 pub mod dedup;
 pub mod metrics;
@@ -19,7 +20,9 @@ pub mod row;
 pub mod schema;
 pub mod serve;
 pub mod server;
+pub mod spend;
 pub mod store;
 pub mod tls;
+pub mod track;
 pub mod traffic;
 pub mod writer;

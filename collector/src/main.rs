@@ -7,11 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use clickhouse::Client;
+use tokentap_collector::budgets;
 use tokentap_collector::schema::{self, SchemaConfig};
 use tokentap_collector::serve::{self, ConnLimits};
 use tokentap_collector::server::{self, ServerConfig};
 use tokentap_collector::store::CallRow;
 use tokentap_collector::tls;
+use tokentap_collector::track::{self, TrackConfig};
 use tokentap_collector::traffic::TrafficRow;
 use tokentap_collector::writer::WriterConfig;
 use tokentap_collector::{baselines, calls};
@@ -128,6 +130,30 @@ struct Cli {
     /// for spans stored through other replicas (one cheap count per period).
     #[arg(long, default_value_t = 60_000, global = true)]
     otlp_peer_refresh_ms: u64,
+    /// Budgets file (TOML: monthly USD per team label, service, namespace or
+    /// API key id; docs/collector.md). Month-to-date spend and forecast per
+    /// budget on /metrics. Re-read every --budget-refresh-secs; a bad file
+    /// stops the start, and on a reload keeps the budgets loaded before.
+    #[arg(long, value_name = "FILE", global = true)]
+    budgets: Option<PathBuf>,
+    /// Seconds between reads of budgets' spend (and the tracked baseline) from
+    /// ClickHouse: one grouped query per scope kind with budgets.
+    #[arg(long, default_value_t = 60, global = true)]
+    budget_refresh_secs: u64,
+    /// Hours of spend a budget's daily rate (and so its forecast) is taken over.
+    #[arg(long, default_value_t = 168, global = true)]
+    budget_rate_window_hours: u64,
+    /// A saved baseline (table `baselines`) whose cost per call and cache-hit
+    /// ratio per service are exported beside the current ones, for alerts.
+    #[arg(long, value_name = "NAME", global = true)]
+    track_baseline: Option<String>,
+    /// Hours the current cost per call and cache-hit ratio are taken over.
+    #[arg(long, default_value_t = 24, global = true)]
+    track_window_hours: u64,
+    /// (service, model, provider) series of tokentap_spend_usd_total, at most;
+    /// beyond, spend is counted under "other".
+    #[arg(long, default_value_t = 1000, global = true)]
+    spend_series_max: usize,
     /// Log filter (tracing syntax).
     #[arg(long, default_value = "info", global = true)]
     log_level: String,
@@ -324,6 +350,11 @@ async fn main() -> Result<()> {
         Cmd::Baseline { action } => baseline_cmd(&client, action).await?,
         Cmd::Serve => {
             let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;
+            // A bad budgets file stops the start: better than alerts that never fire.
+            let budgets = cli.budgets.as_deref().map(budgets::load).transpose()?;
+            if let Some(name) = &cli.track_baseline {
+                baselines::check_name(name).context("--track-baseline")?;
+            }
             if token.is_none() {
                 tracing::warn!("no --token-file: batches are accepted without authentication");
             }
@@ -365,6 +396,7 @@ async fn main() -> Result<()> {
                 otlp_hold: Duration::from_millis(cli.otlp_hold_ms),
                 otlp_match_keys: cli.otlp_match_keys,
                 otlp_peer_refresh: Duration::from_millis(cli.otlp_peer_refresh_ms),
+                spend_series_max: cli.spend_series_max.max(1),
                 writer: WriterConfig {
                     insert_rows: cli.insert_rows.max(1),
                     insert_concurrency: cli.insert_concurrency.max(1),
@@ -401,6 +433,20 @@ async fn main() -> Result<()> {
             tracing::info!(listen = %tcp.local_addr()?, database = %cli.database, tls = cli.tls_cert.is_some(),
                 mutual_tls = cli.tls_client_ca.is_some(), "tokentap-collector ready");
             tokio::spawn(writer);
+            let track = TrackConfig {
+                budgets_file: cli.budgets.clone(),
+                refresh: Duration::from_secs(cli.budget_refresh_secs.max(1)),
+                rate_window: Duration::from_secs(cli.budget_rate_window_hours.max(1) * 3600),
+                baseline: cli.track_baseline.clone(),
+                baseline_window: Duration::from_secs(cli.track_window_hours.max(1) * 3600),
+            };
+            if let Some((b, text)) = budgets {
+                tracing::info!(budgets = b.len(), "budgets loaded");
+                shared.metrics.track.set_budgets(b, text);
+            }
+            if track.enabled() {
+                tokio::spawn(track::run(track, client.clone(), shared.clone()));
+            }
             let shutdown = async {
                 // SIGINT or SIGTERM (Kubernetes): stop accepting, finish requests in flight.
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

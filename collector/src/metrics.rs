@@ -27,6 +27,10 @@ pub struct Metrics {
     pub traffic: RowMetrics,
     /// OTLP trace ingest (`/v1/traces`).
     pub otlp: OtlpMetrics,
+    /// Spend of the call rows this replica stored (`tokentap_spend_*`).
+    pub spend: crate::spend::SpendCounters,
+    /// Budgets and the tracked baseline (`tokentap_budget_*`, `tokentap_track_*`).
+    pub track: crate::track::Track,
     insert_errors: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Insert latency and record lag histograms: counts per bucket, plus sum.
@@ -344,6 +348,8 @@ impl Metrics {
             "From a call's first byte (its ts) to its row being stored in ClickHouse.",
             &LAG_BUCKETS,
         );
+        self.spend.render(&mut s);
+        self.track.render(&mut s);
         s
     }
 }

@@ -32,6 +32,8 @@ pub trait StoredRow: RowOwned + RowWrite + Serialize + Clone + Send + Sync + std
     fn counters(m: &Metrics) -> RowCounters<'_>;
     /// The rows of a batch worth storing (all, unless the same things reach
     /// the collector another way: see [`crate::otlp::Otlp::screen_records`]).
+    /// Rows this replica has just inserted (the call rows feed the spend counters).
+    fn inserted(_m: &Metrics, _rows: &[Self]) {}
     fn screen(_shared: &Shared, rows: Vec<Self>) -> impl std::future::Future<Output = Vec<Self>> + Send {
         std::future::ready(rows)
     }
@@ -61,6 +63,10 @@ impl StoredRow for CallRow {
 
     fn counters(m: &Metrics) -> RowCounters<'_> {
         m.records()
+    }
+
+    fn inserted(m: &Metrics, rows: &[Self]) {
+        m.spend.add(rows);
     }
 
     async fn screen(shared: &Shared, rows: Vec<Self>) -> Vec<Self> {

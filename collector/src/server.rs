@@ -63,6 +63,8 @@ pub struct ServerConfig {
     /// while none were, agents' batches are not checked against other
     /// replicas' spans.
     pub otlp_peer_refresh: Duration,
+    /// (service, model, provider) series of the spend counters, at most.
+    pub spend_series_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             otlp_hold: Duration::from_secs(3),
             otlp_match_keys: 1_000_000,
             otlp_peer_refresh: Duration::from_secs(60),
+            spend_series_max: 1000,
         }
     }
 }
@@ -137,6 +140,7 @@ pub fn build<S: Store<CallRow>, T: Store<TrafficRow>>(
         metrics: Metrics::default(),
     });
     shared.metrics.ready.store(1, Ordering::Relaxed);
+    shared.metrics.spend.set_max_series(shared.cfg.spend_series_max);
     let writers = {
         let calls = writer::run(Arc::new(store), shared.clone(), rx);
         let traffic = writer::run(Arc::new(traffic_store), shared.clone(), traffic_rx);

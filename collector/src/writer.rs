@@ -241,6 +241,7 @@ async fn insert_retrying<R: StoredRow, S: Store<R>>(
                 shared.metrics.observe_insert(t.elapsed().as_secs_f64());
                 Metrics::add(counters.inserts, 1);
                 Metrics::add(counters.inserted, rows.len() as u64);
+                R::inserted(&shared.metrics, rows);
                 shared.metrics.ready.store(1, Ordering::Relaxed);
                 return Ok(());
             }

@@ -182,30 +182,33 @@ fn split(b: &BTreeMap<GroupKey, Metrics>, f0: f64, n: &BTreeMap<GroupKey, Metric
     let s1: f64 = n.values().map(|m| m.spend_usd * f1).sum();
     let avg0 = if q0 > 0.0 { s0 / q0 } else { 0.0 };
     let keys: BTreeSet<&GroupKey> = b.keys().chain(n.keys()).collect();
-    let (mut mix, mut unit) = (0.0, 0.0);
+    // Unit costs from each group's own spend and calls (a baseline file's
+    // stored cost_per_call is not trusted to agree with them).
+    let unit = |m: &Metrics| if m.calls > 0 { m.spend_usd / m.calls as f64 } else { 0.0 };
+    let mut mix = 0.0;
     for k in keys {
         let (m0, m1) = (b.get(k), n.get(k));
         let share =
             |m: Option<&Metrics>, f: f64, q: f64| m.map_or(0.0, |m| if q > 0.0 { m.calls as f64 * f / q } else { 0.0 });
         let (sh0, sh1) = (share(m0, f0, q0), share(m1, f1, q1));
-        let c1 = m1.map_or(0.0, |m| m.cost_per_call);
-        let c0 = m0.map_or(c1, |m| m.cost_per_call);
+        let c0 = m0.map_or_else(|| m1.map_or(0.0, unit), unit);
         mix += q1 * (sh1 - sh0) * c0;
-        unit += q1 * sh1 * (c1 - c0);
     }
-    // With no baseline calls everything is volume at no cost: put it all in mix.
     let volume = if q0 > 0.0 { (q1 - q0) * avg0 } else { 0.0 };
     if q0 == 0.0 {
-        mix = s1;
-        unit = 0.0;
+        // No baseline calls: everything is new work.
+        mix = s1 - s0;
     }
+    // Unit cost = q1 x sum s1 (c1 - c0): the rest of the change, which it is
+    // exactly when every group's spend matches its calls (then the identity
+    // holds by construction; any spend without calls lands here too).
     SpendChange {
         baseline_monthly_usd: s0,
         now_monthly_usd: s1,
         change_usd: s1 - s0,
         volume_usd: volume,
         mix_usd: mix,
-        unit_cost_usd: unit,
+        unit_cost_usd: (s1 - s0) - volume - mix,
     }
 }
 

@@ -31,23 +31,26 @@ fn window(name: &str, since: &str, until: &str, hours: f64) -> String {
     format!("{name}: {} to {} ({})", since, until, crate::report::duration_text(hours * 3600.0))
 }
 
-pub fn markdown(c: &Comparison) -> String {
-    let mut s = String::new();
-    let b = &c.baseline;
-    let _ = writeln!(s, "# tokentap: now against baseline {}\n", b.name.as_deref().unwrap_or("(unnamed)"));
-    let _ = writeln!(s, "- {}", window("baseline", &b.since, &b.until, b.window_hours));
-    let _ = writeln!(s, "- {}\n", window("now", &c.now.since, &c.now.until, c.now.window_hours));
+fn spend_sentence(c: &Comparison) -> String {
     let sp = &c.spend;
-    let _ = writeln!(
-        s,
-        "Spend per month went from {} to {} ({}): volume {}, mix {}, unit cost {}.\n",
+    format!(
+        "Spend per month went from {} to {} ({}): volume {}, mix {}, unit cost {}.",
         usd(sp.baseline_monthly_usd),
         usd(sp.now_monthly_usd),
         signed(sp.change_usd),
         signed(sp.volume_usd),
         signed(sp.mix_usd),
         signed(sp.unit_cost_usd)
-    );
+    )
+}
+
+pub fn markdown(c: &Comparison) -> String {
+    let mut s = String::new();
+    let b = &c.baseline;
+    let _ = writeln!(s, "# tokentap: now against baseline {}\n", b.name.as_deref().unwrap_or("(unnamed)"));
+    let _ = writeln!(s, "- {}", window("baseline", &b.since, &b.until, b.window_hours));
+    let _ = writeln!(s, "- {}\n", window("now", &c.now.since, &c.now.until, c.now.window_hours));
+    let _ = writeln!(s, "{}\n", spend_sentence(c));
     let _ = writeln!(s, "## Key metrics\n\n| metric | baseline | now |\n|---|--:|--:|");
     let (x, y) = (&b.totals, &c.now.totals);
     let rows = [
@@ -185,19 +188,13 @@ pub fn html(c: &Comparison) -> String {
          .status{padding:2px 6px;border-radius:3px;color:#fff}</style></head><body>",
     );
     let b = &c.baseline;
-    let sp = &c.spend;
     let _ = write!(
         s,
-        "<h1>tokentap: now against baseline {}</h1><p>{}<br>{}</p><p>Spend per month {} → {} ({}): volume {}, mix {}, unit cost {}.</p>",
+        "<h1>tokentap: now against baseline {}</h1><p>{}<br>{}</p><p>{}</p>",
         esc(b.name.as_deref().unwrap_or("(unnamed)")),
         esc(&window("baseline", &b.since, &b.until, b.window_hours)),
         esc(&window("now", &c.now.since, &c.now.until, c.now.window_hours)),
-        usd(sp.baseline_monthly_usd),
-        usd(sp.now_monthly_usd),
-        signed(sp.change_usd),
-        signed(sp.volume_usd),
-        signed(sp.mix_usd),
-        signed(sp.unit_cost_usd)
+        esc(&spend_sentence(c))
     );
     let svc: Vec<(String, f64, f64)> = c.services.iter().take(12).cloned().collect();
     s.push_str(&paired("spend-by-service-baseline-vs-now", "Spend per month by service", &svc, ("baseline", "now")));

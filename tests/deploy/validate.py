@@ -48,6 +48,10 @@ def render():
     return "---\n".join(out)
 
 
+def values_budgets():
+    return yaml.safe_load(open(os.path.join(CHART, "values.yaml")))["collector"]["budgets"]
+
+
 def main():
     rendered = render()
     header = "# Generated from deploy/helm/tokentap with its default values, namespace tokentap.\n" \
@@ -77,11 +81,16 @@ def main():
     assert col["securityContext"]["runAsNonRoot"] is True
     rules = kinds["ClusterRole"]["rules"]
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in rules), "RBAC is read-only"
-    agent_toml = kinds["ConfigMap"]["data"]["agent.toml"]
+    config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    agent_toml = next(d["data"]["agent.toml"] for d in config_maps.values() if "agent.toml" in d["data"])
     assert 'output = ["collector:http://tokentap-collector:8787", ""]' in agent_toml
     assert 'otlp_headers_file = "/etc/tokentap/otlp/headers"' in agent_toml
     secrets = [d for d in docs if d["kind"] == "Secret"]
     assert sorted(d["metadata"]["name"] for d in secrets) == ["tokentap-otlp", "tokentap-token"], secrets
+    # The collector reads its budgets from the ConfigMap (an empty list by default).
+    budgets = config_maps["tokentap-budgets"]["data"]["budgets.toml"]
+    assert budgets.strip() == values_budgets(), budgets
+    assert "--budgets=/etc/tokentap/budgets/budgets.toml" in col["containers"][0]["args"]
     if shutil.which("helm"):
         h = subprocess.run(["helm", "template", "tokentap", CHART, "--namespace", NAMESPACE],
                            capture_output=True, text=True, check=True).stdout

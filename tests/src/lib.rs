@@ -14,6 +14,7 @@ use serde_json::Value;
 
 pub mod calibrate;
 pub mod java;
+pub mod prometheus;
 
 /// A distinctive fake credential: tests grep every output for it.
 pub const SECRET_KEY: &str = "sk-tokentap-test-SECRET-9f8e7d6c5b4a";

@@ -31,9 +31,13 @@ fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
             out.replace_range(start..=end, &f(&arg));
         }
     }
+    out = out
+        .replace("$__fromTime", &format!("toDateTime('{FROM}')"))
+        .replace("$__toTime", &format!("toDateTime('{TO}')"));
     for (name, values) in vars {
         let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect();
         out = out.replace(&format!("${{{name}:singlequote}}"), &quoted.join(","));
+        out = out.replace(&format!("${{{name}}}"), &values.join(","));
     }
     // A `$` still followed by a name is a macro or variable Grafana would have
     // replaced (`$` before `|` or `)` in a regex is not).
@@ -93,13 +97,35 @@ fn fill(ch: &ClickHouse) {
     );
 }
 
+/// The baseline's window: the first twelve hours of the test rows.
+const BASELINE_SINCE: &str = "2026-11-21T00:00:00Z";
+const BASELINE_UNTIL: &str = "2026-11-21T12:00:00Z";
+
+/// A baseline named `before` saved from the first twelve hours of the test
+/// rows (`tokentap-collector baseline save`), as the Track dashboard reads it.
+fn fill_baseline(ch: &ClickHouse) {
+    let out = Command::new(collector_bin())
+        .args(["baseline", "save", "before", "--since", BASELINE_SINCE, "--until", BASELINE_UNTIL])
+        .args(["--clickhouse-url", &ch.url, "--database", &ch.database])
+        .output()
+        .expect("collector baseline save");
+    assert!(out.status.success(), "baseline save: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A variable's values: a query variable's rows ("All"), else its current value.
+fn variable_values(ch: &ClickHouse, v: &Value) -> Vec<String> {
+    if v["type"] != "query" {
+        return v["current"]["value"].as_str().map(|s| vec![s.to_owned()]).unwrap_or_default();
+    }
+    let rows = ch.query(&expand(v["query"].as_str().expect("variable query"), &BTreeMap::new()));
+    rows.iter().filter_map(|r| r.as_object()?.values().next()?.as_str().map(str::to_owned)).collect()
+}
+
 /// Every value a dashboard's query variables offer ("All").
 fn all_values(ch: &ClickHouse, d: &Value) -> BTreeMap<String, Vec<String>> {
     let mut values = BTreeMap::new();
-    for v in d["templating"]["list"].as_array().expect("templating").iter().filter(|v| v["type"] == "query") {
-        let rows = ch.query(&expand(v["query"].as_str().expect("variable query"), &BTreeMap::new()));
-        let vals = rows.iter().filter_map(|r| r.as_object()?.values().next()?.as_str().map(str::to_owned)).collect();
-        values.insert(v["name"].as_str().unwrap().to_owned(), vals);
+    for v in d["templating"]["list"].as_array().expect("templating").iter().filter(|v| v["type"] != "datasource") {
+        values.insert(v["name"].as_str().unwrap().to_owned(), variable_values(ch, v));
     }
     values
 }
@@ -136,7 +162,9 @@ fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
     let ch = ClickHouse::start(&dir, "dashboards");
     migrate(&ch);
     fill(&ch);
+    fill_baseline(&ch);
     let mut dashboards = 0;
+    let mut prometheus_panels = 0;
     let mut uids = HashSet::new();
     for entry in std::fs::read_dir(workspace_root().join("dashboards")).expect("dashboards/") {
         let path = entry.expect("entry").path();
@@ -159,12 +187,9 @@ fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
         }
         // Variables: their own queries run; "All" is every value they return.
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for v in vars.iter().filter(|v| v["type"] == "query") {
-            let sql = expand(v["query"].as_str().expect("variable query"), &BTreeMap::new());
-            let rows = ch.query(&sql);
-            assert!(!rows.is_empty(), "{name}: variable {} has no values", v["name"]);
-            let vals =
-                rows.iter().filter_map(|r| r.as_object()?.values().next()?.as_str().map(str::to_owned)).collect();
+        for v in vars.iter().filter(|v| v["type"] != "datasource") {
+            let vals = variable_values(&ch, v);
+            assert!(!vals.is_empty(), "{name}: variable {} has no values", v["name"]);
             values.insert(v["name"].as_str().unwrap().to_owned(), vals);
         }
         let panels = d["panels"].as_array().unwrap_or_else(|| panic!("{name}: panels"));
@@ -176,9 +201,17 @@ fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
             for k in ["x", "y", "w", "h"] {
                 assert!(p["gridPos"][k].as_u64().is_some(), "{title}: gridPos.{k}");
             }
-            assert_eq!(p["datasource"]["type"], "grafana-clickhouse-datasource", "{title}");
             let targets = p["targets"].as_array().expect("targets");
             assert!(!targets.is_empty(), "{title}: no query");
+            if p["datasource"]["type"] == "prometheus" {
+                // The collectors' metrics: run on a real Prometheus by track_alerts.rs.
+                assert_eq!(p["datasource"]["uid"], "${prometheus}", "{title}");
+                assert!(var_names.contains(&"prometheus"), "{title}: a `prometheus` datasource variable");
+                assert!(targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())), "{title}: expr");
+                prometheus_panels += 1;
+                continue;
+            }
+            assert_eq!(p["datasource"]["type"], "grafana-clickhouse-datasource", "{title}");
             for t in targets {
                 let sql = expand(t["rawSql"].as_str().expect("rawSql"), &values);
                 let rows = ch.query(&sql);
@@ -194,13 +227,16 @@ fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
             }
         }
     }
-    assert_eq!(dashboards, 4, "Spend Map, Usage & latency, Agent health, Opportunities");
+    assert_eq!(dashboards, 5, "Spend Map, Usage & latency, Agent health, Opportunities, Track");
+    assert_eq!(prometheus_panels, 3, "Track's budget panels");
     // The provisioning files are there and name the dashboards directory and plugin.
     let prov = workspace_root().join("dashboards/provisioning");
     let ds = std::fs::read_to_string(prov.join("datasources/clickhouse.yaml")).expect("datasource provisioning");
     assert!(ds.contains("type: grafana-clickhouse-datasource"));
     let db = std::fs::read_to_string(prov.join("dashboards/tokentap.yaml")).expect("dashboard provisioning");
     assert!(db.contains("type: file"));
+    let prom = std::fs::read_to_string(prov.join("datasources/prometheus.yaml")).expect("Prometheus datasource");
+    assert!(prom.contains("type: prometheus") && prom.contains("uid: tokentap-prometheus"));
 }
 
 #[test]
@@ -226,4 +262,73 @@ fn rollups_agree_with_raw_rows_on_the_test_data() {
     );
     let agg_q = ch.query("SELECT quantilesIfMerge(0.5, 0.9, 0.99)(duration_ms) AS q FROM llm_calls_1h");
     assert_eq!(raw_q, agg_q);
+}
+
+#[test]
+fn the_track_dashboard_compares_the_saved_baseline_with_now() {
+    let dir = scratch("dashboards-track");
+    let ch = ClickHouse::start(&dir, "dashboards_track");
+    migrate(&ch);
+    fill(&ch);
+    fill_baseline(&ch);
+    let d: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("dashboards/track.json")).unwrap())
+            .unwrap();
+    let values = all_values(&ch, &d);
+    assert_eq!(values["baseline"], ["before"]);
+    let sql = |title: &str| {
+        let p = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == title).expect(title);
+        expand(p["targets"][0]["rawSql"].as_str().unwrap(), &values)
+    };
+    let f = |v: &Value| v.as_f64().unwrap_or_else(|| panic!("a number: {v}"));
+    // Per service: the baseline's numbers (its window's rows), and now's (the range's).
+    let window = format!(
+        "ts >= '{}' AND ts <= '{}'",
+        &BASELINE_SINCE[..19].replace('T', " "),
+        &BASELINE_UNTIL[..19].replace('T', " ")
+    );
+    let unit = |filter: &str| {
+        ch.query(&format!(
+            "SELECT sum(ifNull(cost_usd, 0)) / count() AS cpc, sum(ifNull(cached_input_tokens, 0)) / sum(ifNull(input_tokens, 0)) AS hit \
+             FROM llm_calls WHERE {filter}"
+        ))[0]
+            .clone()
+    };
+    let rows = ch.query(&sql("Baseline vs now, by service"));
+    let services: HashSet<&str> = rows.iter().filter_map(|r| r["service"].as_str()).collect();
+    assert_eq!(services.len(), 5, "every service of the baseline: {rows:?}");
+    let checkout = rows.iter().find(|r| r["service"] == "checkout").unwrap();
+    let (base, now) = (unit(&format!("service = 'checkout' AND {window}")), unit("service = 'checkout'"));
+    assert!(f(&base["cpc"]) != f(&now["cpc"]), "the test needs a baseline unlike now: {base} {now}");
+    for (col, want) in [
+        ("baseline_cost_per_call", &base["cpc"]),
+        ("baseline_cache_hit_ratio", &base["hit"]),
+        ("now_cost_per_call", &now["cpc"]),
+        ("now_cache_hit_ratio", &now["hit"]),
+    ] {
+        assert!((f(&checkout[col]) - f(want)).abs() < 1e-12, "{col}: {checkout} vs {want}");
+    }
+    let change = f(&now["cpc"]) / f(&base["cpc"]) - 1.0;
+    assert!((f(&checkout["cost_per_call_change"]) - change).abs() < 1e-9);
+    // Target progress over every service against the target of 20 %.
+    let t = &ch.query(&sql("Target progress: cost per call"))[0];
+    let reduction = 1.0 - f(&unit("1")["cpc"]) / f(&unit(&window)["cpc"]);
+    assert!((f(&t["reduction_so_far"]) - reduction).abs() < 1e-9, "{t}");
+    assert!((f(&t["progress"]) - reduction / 0.2).abs() < 1e-9, "{t}: target 20 %");
+    // The baseline's roadmap, item by item, with targets and due dates.
+    let items = ch.query(&sql("Roadmap targets (from the baseline)"));
+    let saved =
+        ch.count("SELECT length(JSONExtractArrayRaw(body, 'roadmap')) FROM baselines FINAL WHERE name = 'before'");
+    assert!(saved > 0, "the test rows give the baseline a roadmap");
+    assert_eq!(items.len() as u64, saved, "{items:?}");
+    assert!(
+        items.iter().all(|i| i["target"].is_number() && i["due"].as_str().is_some_and(|d| d.len() == 10)),
+        "{items:?}"
+    );
+    // Month to date as of the range's end (23 November): the month's rows so far.
+    let mtd = ch.query(&sql("Month-to-date spend by service"));
+    let total: f64 = mtd.iter().map(|r| f(&r["month_to_date_usd"])).sum();
+    let want =
+        f(&ch.query("SELECT sum(ifNull(cost_usd, 0)) AS c FROM llm_calls WHERE ts <= '2026-11-23 23:59:59'")[0]["c"]);
+    assert!((total - want).abs() < 1e-9, "{total} vs {want}");
 }

@@ -97,6 +97,10 @@ pub fn test_tools(root: &Path) -> Result<()> {
         ("chromium", "chromium"),
         // Lists loaded BPF programs: nothing of the agent stays after exit.
         ("bpftool", "bpftool"),
+        // Scrapes the collector and evaluates the shipped alert rules
+        // (track_alerts); its promtool checks and unit-tests them.
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
         // The reqwest + rustls test client: ring compiles C, and a stripped copy.
         ("cc", "gcc"),
         ("strip", "binutils"),
@@ -111,6 +115,7 @@ pub fn test_tools(root: &Path) -> Result<()> {
     if !ok(Command::new("python3").args(["-m", "pip", "--version"])) {
         pkgs.push("python3-pip");
     }
+    pkgs.dedup();
     apt_install(&pkgs)?;
     // libssl for the probes to find (the system OpenSSL the clients use).
     apt_install(&["libssl3"]).or_else(|_| apt_install(&["libssl3t64"]))?;

@@ -124,6 +124,23 @@ fn twice_the_calls_is_volume_not_mix_or_unit_cost() {
 }
 
 #[test]
+fn the_same_calls_at_twice_the_price_are_unit_cost() {
+    let base = workload(false);
+    let mut now = base.clone();
+    for r in &mut now {
+        r.cost_usd = r.cost_usd.map(|c| c * 2.0);
+    }
+    let s = run(&base, &now).spend;
+    assert!((s.unit_cost_usd - s.baseline_monthly_usd).abs() < 1e-9 * s.baseline_monthly_usd, "{s:#?}");
+    assert!(s.volume_usd.abs() < 1e-12 && s.mix_usd.abs() < 1e-9, "{s:#?}");
+    // The cheap embeddings calls gone: fewer calls (volume, down), the rest
+    // dearer on average (mix, up), each kind costing what it did (unit, 0).
+    let fewer: Vec<LlmCall> = base.iter().filter(|r| r.service.as_deref() != Some("indexer")).cloned().collect();
+    let s = run(&base, &fewer).spend;
+    assert!(s.volume_usd < 0.0 && s.mix_usd > 0.0 && s.unit_cost_usd.abs() < 1e-9, "{s:#?}");
+}
+
+#[test]
 fn going_back_to_the_wasteful_window_is_flagged() {
     let c = run(&workload(true), &workload(false));
     let flagged: BTreeSet<&str> =
