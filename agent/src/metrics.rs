@@ -94,8 +94,16 @@ pub fn readiness(stats: &Stats) -> Result<(), String> {
     if s.attach_failures_permission_denied + s.attach_failures_other == 0 || s.targets_attached > 0 {
         return Ok(());
     }
+    // Blame perf_event_open only when the kernel said EPERM; other failures
+    // are logged one by one at their attach.
+    let cause = if s.attach_failures_permission_denied > 0 {
+        "the kernel refused perf_event_open (a seccomp profile, an LSM, or a missing capability"
+    } else {
+        "see the log for each failure (and check the capabilities"
+    };
     Err(format!(
-        "no probe could be attached: {} attach failures (permission_denied {}, gone {}, other {}); the agent needs {}",
+        "no probe could be attached: {} attach failures (permission_denied {}, gone {}, other {}): {cause}: \
+         the agent needs {})",
         s.attach_failures,
         s.attach_failures_permission_denied,
         s.attach_failures_gone,
@@ -217,7 +225,10 @@ mod tests {
         Stats::add(&gone.attach_failures_gone, 2);
         assert!(readiness(&gone).is_ok());
         Stats::inc(&gone.attach_failures_other);
-        assert!(readiness(&gone).unwrap_err().contains("gone 2, other 1"));
+        let why = readiness(&gone).unwrap_err();
+        assert!(why.contains("gone 2, other 1"), "{why}");
+        assert!(!why.contains("perf_event_open"), "no EPERM, no blame on it: {why}");
+        assert!(r.contains("the kernel refused perf_event_open"), "{r}");
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
 }

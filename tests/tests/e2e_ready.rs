@@ -100,6 +100,56 @@ fn in_a_user_namespace_the_agent_says_so_and_exits_non_zero() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every capability, but `perf_event_open` refused (a container runtime's
+/// seccomp profile does this): no probe attaches, so the agent is not ready,
+/// says why on /readyz, writes no ready file and exits 1 — never 200 and 0.
+#[test]
+fn with_perf_event_open_refused_the_agent_is_not_ready_and_exits_non_zero() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("seccomp");
+    let port = free_port();
+    let ready = dir.join("ready");
+    let stats = dir.join("stats.json");
+    let stderr = dir.join("agent.stderr");
+    let wrapper = workspace_root().join("tests/clients/deny_syscall.py");
+    let mut child = Command::new("python3")
+        .arg(&wrapper)
+        .args(["perf_event_open", "--"])
+        .arg(agent_bin())
+        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
+        .arg(format!("--stats-file={}", stats.display()))
+        .arg(format!("--ready-file={}", ready.display()))
+        .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
+        .arg("--duration=8")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("deny_syscall.py");
+    // Once the initial discovery is done, /readyz says not ready, and why
+    // (before, 503 "attaching probes").
+    let r = wait_for("/readyz to give the reason", Duration::from_secs(30), || {
+        // An agent that died at start (a load error) fails here, with its log.
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the agent exited ({st}) before /readyz answered:\n{}", std::fs::read_to_string(&stderr).unwrap());
+        }
+        let r = std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| http_get(port, "/readyz"))?;
+        r.contains("no probe could be attached").then_some(r)
+    });
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("permission_denied"), "{r}");
+    let status = wait_for("the agent to exit", Duration::from_secs(30), || child.try_wait().unwrap());
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!ready.exists(), "never ready");
+    let s: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(s["targets_attached"], 0, "{s}");
+    assert!(s["attach_failures_permission_denied"].as_u64() > Some(0), "the system libssl and loader: {s}");
+    assert_eq!(s["attach_failures"], s["attach_failures_permission_denied"], "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The documented set is enough: ready, with probes attached and no attach
 /// refused (the contrast to the two above).
 #[test]
