@@ -107,8 +107,8 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
         agent.wait_stats("the agent's first stats", |s| !s.is_null());
         let (idle, startup_peak) = rss_now_and_peak(pid);
         let idle_parts = breakdown(pid);
-        // The start-up peak is mostly the executables discovery inspected
-        // (file pages, released after): reset VmHWM so that the load's own peak shows.
+        // The start-up peak includes what discovery inspected (file pages,
+        // released as scanned): reset VmHWM so that the load's own peak shows.
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
         // RSS and the ring buffer's fill (from the stats file) every 200 ms while wrk runs.
         let stop = Arc::new(AtomicBool::new(false));
@@ -173,7 +173,7 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
          A fresh release agent per rate, default configuration (`--exclude-process nginx` so that only \
          the client is traced); wrk -> nginx over TLS, requests with a system prompt (the tokenizer is \
          loaded), {secs} s per rate. Idle: at the agent's first stats write, before any call; start-up \
-         peak: VmHWM then (discovery maps each executable it inspects: file pages, released after); \
+         peak: VmHWM then (discovery maps each executable it inspects, releasing file pages as it scans); \
          steady: median of the second half of the run (samples every 200 ms); peak under load: \
          VmHWM from the first call to the last record (reset after idle); ring fill: the most bytes \
          waiting in the kernel ring buffer in any second.\n\n\

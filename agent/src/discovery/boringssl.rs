@@ -103,7 +103,7 @@ pub fn ssl_lib_strings(elf: &object::File<'_>) -> Vec<u64> {
             continue;
         }
         let Ok(d) = s.data() else { continue };
-        for end in memchr::memmem::find_iter(d, &needle) {
+        for end in super::pages::find_iter(d, &needle) {
             // Whole string: back up to the byte after the previous NUL.
             let start = d[..end].iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
             let name = &d[start..end];
@@ -173,6 +173,7 @@ fn identify(code: &[(u64, &[u8])], strings: &[u64]) -> Result<Identified, Refuse
     for &(addr, bytes) in code {
         decode(bytes, addr, strings, &mut sweep);
     }
+    super::pages::release_all();
     sweep.calls.sort_unstable();
     sweep.after_end.sort_unstable();
     let fns = Functions::new(&sweep);
@@ -269,9 +270,12 @@ fn decode(code: &[u8], addr: u64, strings: &[u64], out: &mut Sweep) {
     let mut n = 0usize;
     let mut pending: Vec<usize> = Vec::new();
     let (mut after_int3, mut after_end) = (false, true);
+    let section = [(addr, code)];
+    let mut behind = super::pages::Behind::new(&section);
     while d.can_decode() {
         d.decode_out(&mut ins);
         let ip = ins.ip();
+        behind.passed(&section, ip);
         let int3 = ins.code() == Code::Int3;
         let nop = ins.code().mnemonic() == iced_x86::Mnemonic::Nop;
         if !int3 && !nop {

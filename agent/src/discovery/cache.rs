@@ -30,7 +30,10 @@ pub(super) fn code_key(elf: &object::File<'_>) -> CodeKey {
         crc.update(&s.address().to_le_bytes());
         crc.update(&off.to_le_bytes());
         if let Ok(d) = s.data() {
-            crc.update(d);
+            for chunk in d.chunks(super::pages::CHUNK) {
+                crc.update(chunk);
+                super::pages::release(chunk);
+            }
             len += d.len();
         }
     }

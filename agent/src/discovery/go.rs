@@ -65,7 +65,8 @@ pub fn inspect(elf: &object::File<'_>, data: &[u8]) -> Result<GoTls, NotProbed> 
         return Err(NotProbed::Arch);
     }
     let mut found = Found::default();
-    for sym in elf.symbols() {
+    for (i, sym) in elf.symbols().enumerate() {
+        super::pages::release_all_every(i);
         let slot = match sym.name() {
             Ok(WRITE) => &mut found.write,
             Ok(READ) => &mut found.read,
@@ -110,6 +111,7 @@ fn from_pclntab(t: &[u8]) -> Result<Found, NotProbed> {
     }
     let mut found = Found::default();
     for i in 0..nfunc {
+        super::pages::release_all_every(i);
         let ft = pcln + i * 8;
         let (Some(entry), Some(funcoff), Some(next)) = (u32_at(ft), u32_at(ft + 4), u32_at(ft + 8)) else {
             return Err(NotProbed::Malformed("functab out of range"));

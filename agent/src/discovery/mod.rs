@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::Object;
 use thiserror::Error;
 
 pub mod boringssl;
@@ -23,11 +23,14 @@ pub use cache::AnalysisCache;
 pub mod go;
 pub mod java;
 mod maps;
+mod pages;
 use maps::library_files;
 pub use maps::{parse_maps, Mapping};
 pub mod placement;
 pub mod rustls;
 pub mod rustls_stripped;
+mod symbols;
+use symbols::{place_probes, read_symbols, IoFuncs};
 
 /// File offsets of the functions we probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -159,6 +162,8 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
     // SAFETY: read-only private mapping; a file truncated under us can SIGBUS, which
     // is why only mapped executables and library files are inspected.
     let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| InspectError::Open { path: path.into(), source })?;
+    // The scans release the pages they pass, and each step those it read.
+    let _mapped = pages::Mapped::new(&map);
     let elf = object::File::parse(&*map).map_err(|e| InspectError::Elf { path: path.into(), reason: e.to_string() })?;
     let mut s = TlsSymbols { library: TlsLibrary::OpenSsl, ..Default::default() };
     let mut io = IoFuncs::default();
@@ -168,6 +173,7 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
     if !s.is_target() {
         read_symbols(&elf, elf.symbols(), &mut s, &mut io);
     }
+    pages::release_all();
     if s.is_tls_library() {
         place_probes(&elf, &map, &io, &mut s);
     }
@@ -186,10 +192,12 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
             Err(go::NotProbed::NotGo | go::NotProbed::NoTls) => {}
             Err(why) => tracing::info!(path = %path.display(), ?why, "Go program not probed"),
         }
+        pages::release_all();
     }
     // Stripped, statically linked BoringSSL (Bun): no symbols, so the code is
     // analysed; only when its source file names are there (cheap to check).
     let strings = if s.is_target() { Vec::new() } else { boringssl::ssl_lib_strings(&elf) };
+    pages::release_all();
     if !strings.is_empty() {
         s.library = TlsLibrary::BoringSsl;
         let started = std::time::Instant::now();
@@ -208,6 +216,7 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
     }
     if !s.is_target() && s.refused.is_none() {
         let versions = rustls::versions(&elf);
+        pages::release_all();
         if let Some(v) = rustls::latest(&versions) {
             s.library = TlsLibrary::Rustls;
             let started = std::time::Instant::now();
@@ -231,83 +240,6 @@ fn inspect_cached(f: &File, path: &Path, cache: &mut AnalysisCache) -> Result<Tl
         }
     }
     Ok(s)
-}
-
-/// Address and size of the I/O functions, for [`placement`].
-#[derive(Default)]
-struct IoFuncs {
-    read: Option<placement::Func>,
-    read_ex: Option<placement::Func>,
-    write: Option<placement::Func>,
-    write_ex: Option<placement::Func>,
-}
-
-/// Move the read and write probes to cheaper points where the code allows.
-fn place_probes(elf: &object::File<'_>, data: &[u8], io: &IoFuncs, s: &mut TlsSymbols) {
-    let dirs = [
-        (io.read, io.read_ex, &mut s.ssl_read, &mut s.ssl_read_ex),
-        (io.write, io.write_ex, &mut s.ssl_write, &mut s.ssl_write_ex),
-    ];
-    for (plain, ex, plain_at, ex_at) in dirs {
-        if let Some(r) = placement::reroute(elf, data, plain, ex) {
-            *ex_at = Some(r.ex_at);
-            if r.skip_plain {
-                *plain_at = None;
-            }
-            s.rerouted = true;
-        }
-    }
-}
-
-fn read_symbols<'d>(
-    elf: &object::File<'d>,
-    symbols: impl Iterator<Item = object::Symbol<'d, 'd>>,
-    s: &mut TlsSymbols,
-    io: &mut IoFuncs,
-) {
-    for sym in symbols {
-        let Ok(name) = sym.name() else { continue };
-        if name == "BORINGSSL_self_test" {
-            s.library = TlsLibrary::BoringSsl;
-            continue;
-        }
-        let func = match name {
-            "SSL_write" => Some(&mut io.write),
-            "SSL_read" => Some(&mut io.read),
-            "SSL_write_ex" => Some(&mut io.write_ex),
-            "SSL_read_ex" => Some(&mut io.read_ex),
-            _ => None,
-        };
-        if let Some(f) = func.filter(|f| f.is_none() && sym.is_definition() && sym.address() != 0) {
-            *f = Some((sym.address(), sym.size()));
-        }
-        let slot = match name {
-            "SSL_write" => &mut s.ssl_write,
-            "SSL_read" => &mut s.ssl_read,
-            "SSL_write_ex" => &mut s.ssl_write_ex,
-            "SSL_read_ex" => &mut s.ssl_read_ex,
-            "SSL_free" => &mut s.ssl_free,
-            "SSL_set_fd" => &mut s.ssl_set_fd,
-            "_dl_debug_state" => &mut s.dl_debug_state,
-            _ => continue,
-        };
-        if slot.is_some() || !sym.is_definition() || sym.address() == 0 {
-            continue;
-        }
-        let Some(idx) = sym.section_index() else {
-            continue;
-        };
-        let Ok(section) = elf.section_by_index(idx) else {
-            continue;
-        };
-        let Some((file_off, _)) = section.file_range() else {
-            continue;
-        };
-        let Some(rel) = sym.address().checked_sub(section.address()) else {
-            continue;
-        };
-        *slot = Some(rel + file_off);
-    }
 }
 
 /// Library directories searched for `libssl.so*` at start.

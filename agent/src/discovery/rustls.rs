@@ -113,7 +113,7 @@ pub fn versions(elf: &object::File<'_>) -> BTreeSet<String> {
             continue;
         }
         let Ok(d) = s.data() else { continue };
-        for at in memchr::memmem::find_iter(d, NEEDLE) {
+        for at in super::pages::find_iter(d, NEEDLE) {
             // `/rustls-0.MINOR.PATCH/src/`
             let rest = &d[at + 1..d.len().min(at + 40)];
             let Some(end) = rest.iter().position(|&b| b == b'/') else { continue };

@@ -36,6 +36,8 @@ use iced_x86::{
 };
 use object::{Object, ObjectSection, SectionKind};
 
+use super::pages::Behind;
+
 /// Instructions looked at from a function's start.
 const MAX_SCAN: usize = 32;
 
@@ -374,7 +376,9 @@ pub fn find(elf: &object::File<'_>) -> Result<Located, NotFound> {
     let starts = function_starts(elf).ok_or(NotFound::NoFunctionTable)?;
     let text = Text::of(elf);
     let (mut send, mut recv) = (Vec::new(), Vec::new());
+    let mut behind = Behind::new(&text.0);
     for &at in &starts {
+        behind.passed(&text.0, at);
         let o = opening(text.at(at, 16 * MAX_SCAN), at);
         if o.is_take_received_plaintext() {
             recv.push(at);
@@ -388,7 +392,15 @@ pub fn find(elf: &object::File<'_>) -> Result<Located, NotFound> {
         _ => Err(NotFound::Ambiguous(what)),
     };
     let (send, send_function) = if send.is_empty() {
-        let buffer = starts.iter().copied().filter(|&at| is_buffer_plaintext(text.at(at, WINDOW), at)).collect();
+        let mut behind = Behind::new(&text.0);
+        let buffer = starts
+            .iter()
+            .copied()
+            .filter(|&at| {
+                behind.passed(&text.0, at);
+                is_buffer_plaintext(text.at(at, WINDOW), at)
+            })
+            .collect();
         let found = one(buffer, BUFFER).map_err(|e| match e {
             NotFound::Missing(_) => NotFound::Missing(SEND),
             e => e,

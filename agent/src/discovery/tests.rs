@@ -1,6 +1,7 @@
 //! Discovery's unit tests (file inspection, /proc scans, the analysis cache).
 use super::cache::code_key;
 use super::*;
+use object::ObjectSection;
 
 #[test]
 fn parses_maps_lines() {
