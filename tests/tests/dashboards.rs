@@ -12,14 +12,22 @@ use tokentap_e2e::*;
 const FROM: &str = "2026-11-20 00:00:00";
 const TO: &str = "2026-11-23 23:59:59";
 
-/// `$__timeFilter(col)` and `$__timeInterval(col)` as the plugin expands them
-/// (the interval fixed at one minute), then the variables.
+/// `$__timeFilter(col)`, `$__timeInterval(col)`, `$__fromTime`, `$__toTime` and
+/// `$__interval_s` as the plugin expands them (the interval fixed at one
+/// minute), then the variables.
 fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
-    let mut out = sql.to_owned();
+    expand_in(sql, vars, FROM, TO)
+}
+
+fn expand_in(sql: &str, vars: &BTreeMap<String, Vec<String>>, from: &str, to: &str) -> String {
+    let mut out = sql
+        .replace("$__fromTime", &format!("toDateTime('{from}')"))
+        .replace("$__toTime", &format!("toDateTime('{to}')"))
+        .replace("$__interval_s", "60");
     for (macro_name, f) in [
         (
             "$__timeFilter(",
-            Box::new(|c: &str| format!("{c} >= toDateTime('{FROM}') AND {c} <= toDateTime('{TO}')"))
+            Box::new(|c: &str| format!("{c} >= toDateTime('{from}') AND {c} <= toDateTime('{to}')"))
                 as Box<dyn Fn(&str) -> String>,
         ),
         ("$__timeInterval(", Box::new(|c: &str| format!("toStartOfInterval(toDateTime({c}), INTERVAL 60 second)"))),
@@ -31,9 +39,6 @@ fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
             out.replace_range(start..=end, &f(&arg));
         }
     }
-    out = out
-        .replace("$__fromTime", &format!("toDateTime('{FROM}')"))
-        .replace("$__toTime", &format!("toDateTime('{TO}')"));
     for (name, values) in vars {
         let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect();
         out = out.replace(&format!("${{{name}:singlequote}}"), &quoted.join(","));
@@ -331,4 +336,33 @@ fn the_track_dashboard_compares_the_saved_baseline_with_now() {
     let want =
         f(&ch.query("SELECT sum(ifNull(cost_usd, 0)) AS c FROM llm_calls WHERE ts <= '2026-11-23 23:59:59'")[0]["c"]);
     assert!((total - want).abs() < 1e-9, "{total} vs {want}");
+}
+
+#[test]
+fn time_series_read_the_minute_rollup_up_to_two_days_and_the_hourly_one_beyond_per_minute_either_way() {
+    let dir = scratch("dashboards-ranges");
+    let ch = ClickHouse::start(&dir, "dashboards_ranges");
+    migrate(&ch);
+    fill(&ch);
+    let path = workspace_root().join("dashboards/usage_latency.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let values = all_values(&ch, &d);
+    let panel = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Calls per minute by provider").unwrap();
+    let sql = panel["targets"][0]["rawSql"].as_str().unwrap();
+    assert!(sql.contains("llm_calls_1m") && sql.contains("llm_calls_1h"), "{sql}");
+    // One day: minute buckets (the interval, 60 s), calls per minute = calls per bucket.
+    // Four days: hourly buckets, calls per minute = calls per bucket / 60.
+    for ((from, to), minutes_per_bucket) in [(("2026-11-21 00:00:00", "2026-11-21 23:59:59"), 1.0), ((FROM, TO), 60.0)]
+    {
+        let rows = ch.query(&expand_in(sql, &values, from, to));
+        let f = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0);
+        let calls: f64 = rows.iter().map(|r| f(&r["calls"]) * minutes_per_bucket).sum();
+        let raw = ch.count(&format!(
+            "SELECT count() FROM llm_calls WHERE ts >= toDateTime('{from}') AND ts <= toDateTime('{to}')"
+        ));
+        assert!((calls - raw as f64).abs() < 1e-6, "{from}..{to}: {calls} from the panel, {raw} calls");
+        let step = |r: &Value| r["time"].as_str().map(|t| t[14..16].to_owned());
+        let hourly = rows.iter().all(|r| step(r).as_deref() == Some("00"));
+        assert_eq!(hourly, minutes_per_bucket == 60.0, "{rows:?}");
+    }
 }
