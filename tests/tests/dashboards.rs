@@ -366,3 +366,86 @@ fn time_series_read_the_minute_rollup_up_to_two_days_and_the_hourly_one_beyond_p
         assert_eq!(hourly, minutes_per_bucket == 60.0, "{rows:?}");
     }
 }
+
+/// The panels moved to the health rollups (`llm_health_1h`, `llm_ingest_1h`)
+/// answer as the raw-row queries they replaced did (rows compared as sets:
+/// ties may order differently).
+#[test]
+fn health_rollup_panels_answer_as_the_raw_queries_they_replaced() {
+    let dir = scratch("dashboards-health");
+    let ch = ClickHouse::start(&dir, "dashboards_health");
+    migrate(&ch);
+    fill(&ch);
+    let replaced: &[(&str, &str, &str)] = &[
+        ("agent_health.json", "Capture method share (coverage)", "SELECT ifNull(tls_library, 'plaintext socket') AS method, count() AS records FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY method ORDER BY records DESC"),
+        ("agent_health.json", "Data quality: calls without usage or price", "SELECT provider, model, count() AS calls, countIf(usage_source IS NULL) AS no_usage, countIf(usage_source = 'estimated') AS estimated, countIf(cost_usd IS NULL) AS unpriced FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY provider, model ORDER BY unpriced DESC, no_usage DESC LIMIT 50"),
+        ("agent_health.json", "Processes seen by capture method", "SELECT cluster, comm, ifNull(tls_library, 'socket') AS method, count() AS records, max(ts) AS last_seen FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY cluster, comm, method ORDER BY records DESC LIMIT 100"),
+        ("usage_latency.json", "Error responses", "SELECT provider, model, status, count() AS calls FROM llm_calls WHERE $__timeFilter(ts) AND status >= 400 AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY provider, model, status ORDER BY calls DESC LIMIT 50"),
+        ("opportunities.json", "Frontier models on short outputs (downgrade candidates)", "SELECT service, model, count() AS calls, round(sum(ifNull(cost_usd, 0)), 6) AS cost_usd FROM llm_calls WHERE $__timeFilter(ts) AND features != '' AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) AND (ifNull(output_tokens, 0) <= 16 OR ifNull(JSONExtract(features, 'max_tokens', 'Nullable(UInt64)'), 1000000) <= 16) AND match(model, '(?i)^(gpt-4o|gpt-4\\\\.1|gpt-4-turbo|gpt-5|o1|o3|claude-opus-4|claude-sonnet-4|claude-3-opus|claude-3-5-sonnet|claude-3-7-sonnet|gemini-2\\\\.5-pro|gemini-1\\\\.5-pro)') AND NOT match(model, '(?i)(mini|nano)') AND isNull(JSONExtract(features, 'embedding_inputs', 'Nullable(UInt32)')) GROUP BY service, model ORDER BY cost_usd DESC LIMIT 50"),
+        ("opportunities.json", "Verbose formats (tokens a compact prompt saves)", "SELECT service, model, count() AS calls, sum(JSONExtract(features, 'minify_saved_tokens', 'Nullable(UInt64)')) AS tokens_saved FROM llm_calls WHERE $__timeFilter(ts) AND features != '' AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) AND ifNull(JSONExtract(features, 'minify_saved_tokens', 'Nullable(UInt64)'), 0) >= 20 GROUP BY service, model ORDER BY tokens_saved DESC LIMIT 50"),
+        ("opportunities.json", "Embeddings sent one input at a time", "SELECT service, model, count() AS calls, round(sum(ifNull(cost_usd, 0)) * 0.5, 6) AS batch_api_savings_usd FROM llm_calls WHERE $__timeFilter(ts) AND features != '' AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) AND JSONExtract(features, 'embedding_inputs', 'Nullable(UInt32)') = 1 GROUP BY service, model HAVING count() >= 10 ORDER BY calls DESC LIMIT 50"),
+    ];
+    let mut compared = 0;
+    for (file, title, raw_sql) in replaced {
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(workspace_root().join("dashboards").join(file)).unwrap())
+                .unwrap();
+        let values = all_values(&ch, &d);
+        let p = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == *title).expect(title);
+        let sql = p["targets"][0]["rawSql"].as_str().unwrap();
+        assert!(sql.contains("FROM llm_health_1h") && !sql.contains("FROM llm_calls "), "{title}: {sql}");
+        let sorted = |mut rows: Vec<Value>| {
+            let mut s: Vec<String> = rows.drain(..).map(|r| r.to_string()).collect();
+            s.sort();
+            s
+        };
+        let now = sorted(ch.query(&expand(sql, &values)));
+        let before = sorted(ch.query(&expand(raw_sql, &values)));
+        assert!(!before.is_empty(), "{title}: the test rows give it rows");
+        assert_eq!(now, before, "{title}");
+        compared += 1;
+    }
+    assert_eq!(compared, 7);
+    // Ingest delay over four days: hourly buckets from the rollup's states,
+    // the raw rows' quantiles per hour.
+    let d: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("dashboards/agent_health.json")).unwrap())
+            .unwrap();
+    let values = all_values(&ch, &d);
+    let p = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Ingest delay (call -> ClickHouse), seconds");
+    let sql = p.unwrap()["targets"][0]["rawSql"].as_str().unwrap();
+    let now = ch.query(&expand(sql, &values));
+    let raw = ch.query(&format!(
+        "SELECT toStartOfInterval(ts, INTERVAL 3600 second) AS time, quantile(0.5)(dateDiff('millisecond', ts, \
+         inserted_at) / 1000) AS p50, quantile(0.99)(dateDiff('millisecond', ts, inserted_at) / 1000) AS p99 FROM \
+         llm_calls WHERE ts >= toDateTime('{FROM}') AND ts <= toDateTime('{TO}') GROUP BY time ORDER BY time"
+    ));
+    assert!(raw.len() > 24, "{raw:?}");
+    assert_eq!(now, raw);
+}
+
+/// Rows stored before the health rollups existed are backfilled by their
+/// migration, once: an upgrade shows the past on the panels that moved.
+#[test]
+fn the_health_rollup_migration_backfills_rows_stored_before_it_once() {
+    let dir = scratch("dashboards-backfill");
+    let ch = ClickHouse::start(&dir, "dashboards_backfill");
+    migrate(&ch);
+    fill(&ch);
+    // As a database that predates migration 14: its rollups and record gone.
+    for t in ["llm_health_1h_mv", "llm_ingest_1h_mv", "llm_health_1h", "llm_ingest_1h"] {
+        ch.query(&format!("DROP TABLE {t}"));
+    }
+    ch.query("ALTER TABLE schema_migrations DELETE WHERE version >= 14 SETTINGS mutations_sync = 1");
+    let raw = ch.count("SELECT count() FROM llm_calls");
+    migrate(&ch);
+    assert_eq!(ch.count("SELECT sum(calls) FROM llm_health_1h"), raw);
+    let groups = "uniqExact(toStartOfHour(ts), cluster, namespace, service)";
+    assert_eq!(
+        ch.count("SELECT uniqExact(t, cluster, namespace, service) FROM llm_ingest_1h"),
+        ch.count(&format!("SELECT {groups} FROM llm_calls"))
+    );
+    // New rows reach it through the view, and only through it.
+    fill(&ch);
+    assert_eq!(ch.count("SELECT sum(calls) FROM llm_health_1h"), 2 * raw);
+}

@@ -110,14 +110,19 @@ fn expand(sql: &str, from: u64, to: u64, interval_s: u64, vars: &BTreeMap<String
 }
 
 /// Which table a query reads over `days`: the rollups are what keep long
-/// ranges fast. A time series with both rollups reads the 1-minute one up to
-/// two days, the hourly one beyond (dashboards/*.json, schema.md).
+/// ranges fast. A time series of two branches (`UNION ALL`) reads the first
+/// one up to two days, the second beyond (dashboards/*.json, schema.md).
 fn reads(sql: &str, days: u64) -> &'static str {
     let s = sql.to_lowercase();
+    if let Some((short, long)) = s.split_once(" union all ") {
+        return reads(if days <= 2 { short } else { long }, days);
+    }
     let mut found = Vec::new();
     for (t, label) in [
         ("llm_calls_1m", "rollup 1m"),
         ("llm_calls_1h", "rollup 1h"),
+        ("llm_health_1h", "rollup health 1h"),
+        ("llm_ingest_1h", "rollup ingest 1h"),
         ("llm_traffic", "llm_traffic (raw)"),
         ("llm_calls ", "llm_calls (raw)"),
     ] {
@@ -127,8 +132,6 @@ fn reads(sql: &str, days: u64) -> &'static str {
     }
     match found.as_slice() {
         [one] => one,
-        ["rollup 1m", "rollup 1h"] if days <= 2 => "rollup 1m",
-        ["rollup 1m", "rollup 1h"] => "rollup 1h",
         [] => "?",
         _ => "several",
     }

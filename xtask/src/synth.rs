@@ -215,11 +215,14 @@ pub fn rollup_only_path(ch: &ClickHouse) {
     let db = &ch.database;
     let t = ROLLUP_ONLY;
     ch.query(&format!("CREATE TABLE IF NOT EXISTS {db}.{t} AS {db}.llm_calls ENGINE = Null"));
-    for mv in ["llm_calls_1m_mv", "llm_calls_1h_mv"] {
-        let rows = ch.query(&format!(
-            "SELECT create_table_query AS q FROM system.tables WHERE database = '{db}' AND name = '{mv}'"
-        ));
-        let q = rows[0]["q"].as_str().expect("view definition");
+    // Every view fed by llm_calls (the rollups', whatever migrations made them).
+    let views = ch.query(&format!(
+        "SELECT name, create_table_query AS q FROM system.tables WHERE database = '{db}' AND \
+         engine = 'MaterializedView' AND position(create_table_query, 'FROM {db}.llm_calls ') > 0 AND \
+         NOT endsWith(name, '_rollup_only')"
+    ));
+    for v in &views {
+        let (mv, q) = (v["name"].as_str().expect("view name"), v["q"].as_str().expect("view definition"));
         let copy = q
             .replacen(&format!("{db}.{mv}"), &format!("{db}.{mv}_rollup_only"), 1)
             .replace(&format!("FROM {db}.llm_calls"), &format!("FROM {db}.{t}"))
