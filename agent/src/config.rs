@@ -12,16 +12,23 @@ use thiserror::Error;
 use crate::providers::{RuleSet, Rules, RulesError};
 use crate::sinks::{OutputSpec, SinkFlags};
 
+/// `--help`'s description; the capabilities are [`crate::caps`]'s (checked at start).
+fn long_about() -> String {
+    format!(
+        "Capture LLM API calls on this host with eBPF (uprobes on TLS libraries) and write one record per \
+call: provider, model, tokens, cost, latency, process, container.\n\n\
+Needs {}, and Linux 5.17+; the agent checks them at start and exits with an error naming what is \
+missing.\nPrompt and completion text are never written; neither are credentials.",
+        crate::caps::needs()
+    )
+}
+
 #[derive(Debug, Parser, Default)]
 #[command(
     name = "tokentap-agent",
     version,
     about = "Capture LLM API calls on this host with eBPF and write one record per call.",
-    long_about = "Capture LLM API calls on this host with eBPF (uprobes on TLS libraries) and \
-write one record per call: provider, model, tokens, cost, latency, process, container.\n\n\
-Needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + CAP_SYS_ADMIN (uprobe creation) \
-(+ CAP_SYS_RESOURCE on kernels before 5.11), and Linux 5.17+.\n\
-Prompt and completion text are never written; neither are credentials."
+    long_about = long_about()
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -11,6 +11,7 @@
 pub mod attribution;
 pub mod audit;
 pub mod blind_spots;
+pub mod caps;
 pub mod capture;
 pub mod config;
 pub mod coverage;

@@ -1,7 +1,8 @@
 //! `--metrics-listen ADDR`: the agent's own state over HTTP, for Prometheus and
 //! for probes. `/metrics` (Prometheus text: every counter of the stats file as
 //! `tokentap_agent_<name>`, plus process CPU and memory), `/healthz` (the
-//! process answers), `/readyz` (probes attached; 503 before). A plain thread
+//! process answers), `/readyz` (probes attached, and not every attach refused; 503 otherwise,
+//! with the reason). A plain thread
 //! with a blocking listener: nothing here touches the capture path.
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -84,6 +85,33 @@ fn process_usage() -> Option<(f64, u64)> {
     Some((cpu, pages * page))
 }
 
+/// Whether the agent captures what it is configured to: ready unless attach
+/// attempts were refused (or failed for another reason than the file going
+/// away) and none succeeded. No TLS library at all is fine: there is nothing
+/// to attach to, and new processes are watched. The error says why.
+pub fn readiness(stats: &Stats) -> Result<(), String> {
+    let s = stats.snapshot();
+    if s.attach_failures_permission_denied + s.attach_failures_other == 0 || s.targets_attached > 0 {
+        return Ok(());
+    }
+    // Blame perf_event_open only when the kernel said EPERM; other failures
+    // are logged one by one at their attach.
+    let cause = if s.attach_failures_permission_denied > 0 {
+        "the kernel refused perf_event_open (a seccomp profile, an LSM, or a missing capability"
+    } else {
+        "see the log for each failure (and check the capabilities"
+    };
+    Err(format!(
+        "no probe could be attached: {} attach failures (permission_denied {}, gone {}, other {}): {cause}: \
+         the agent needs {})",
+        s.attach_failures,
+        s.attach_failures_permission_denied,
+        s.attach_failures_gone,
+        s.attach_failures_other,
+        crate::caps::needs()
+    ))
+}
+
 fn respond(mut s: TcpStream, stats: &Stats, ready: &AtomicBool) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
@@ -94,8 +122,13 @@ fn respond(mut s: TcpStream, stats: &Stats, ready: &AtomicBool) {
     let (status, ctype, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(stats)),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-        "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_owned()),
-        "/readyz" => ("503 Service Unavailable", "text/plain", "attaching probes\n".to_owned()),
+        "/readyz" if !ready.load(Ordering::Relaxed) => {
+            ("503 Service Unavailable", "text/plain", "attaching probes\n".to_owned())
+        }
+        "/readyz" => match readiness(stats) {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
         _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
     };
     let _ = write!(
@@ -156,7 +189,7 @@ mod tests {
         let ready = Arc::new(AtomicBool::new(false));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        serve(l, stats, ready.clone()).unwrap();
+        serve(l, stats.clone(), ready.clone()).unwrap();
         let get = |p: &str| {
             let mut c = TcpStream::connect(addr).unwrap();
             write!(c, "GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -176,7 +209,26 @@ mod tests {
         assert!(get("/healthz").starts_with("HTTP/1.1 200"));
         assert!(get("/readyz").starts_with("HTTP/1.1 503"));
         ready.store(true, Ordering::Relaxed);
-        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"), "nothing to attach to is ready");
+        // Every attach refused: a healthy process that captures nothing.
+        Stats::add(&stats.attach_failures, 15);
+        Stats::add(&stats.attach_failures_permission_denied, 15);
+        let r = get("/readyz");
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.contains("15 attach failures (permission_denied 15"), "{r}");
+        assert!(r.contains(&crate::caps::needs()), "{r}");
+        Stats::inc(&stats.targets_attached);
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"), "one file probed");
+        // Files that went away before their attach say nothing about capture.
+        let gone = Arc::new(Stats::default());
+        Stats::add(&gone.attach_failures, 2);
+        Stats::add(&gone.attach_failures_gone, 2);
+        assert!(readiness(&gone).is_ok());
+        Stats::inc(&gone.attach_failures_other);
+        let why = readiness(&gone).unwrap_err();
+        assert!(why.contains("gone 2, other 1"), "{why}");
+        assert!(!why.contains("perf_event_open"), "no EPERM, no blame on it: {why}");
+        assert!(r.contains("the kernel refused perf_event_open"), "{r}");
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
 }

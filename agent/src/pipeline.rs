@@ -442,7 +442,7 @@ impl Pipeline {
             let attribution = &self.attribution;
             let hash = |b: &[u8]| attribution.hash_prompt(b);
             let cx = CallContext { max_body: self.cfg.max_body_bytes, clock: self.clock, hash: &hash };
-            let Call { mut record, body_user } = match providers::call(&exchange, meta, &cx) {
+            let Call { mut record, body_user, body_unread } = match providers::call(&exchange, meta, &cx) {
                 Ok(c) => c,
                 Err(e) => {
                     self.stats.count(&e);
@@ -453,6 +453,9 @@ impl Pipeline {
             self.attribution.attribute(&mut record, meta, &exchange.exchange.request.head, body_user);
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
+            if body_unread {
+                Stats::inc(&self.stats.records_body_unread);
+            }
             Stats::add(&self.stats.cost_micro_usd, (record.cost_usd.unwrap_or(0.0) * 1e6).round() as u64);
             self.coverage.record(meta.tgid, record.comm.as_deref().unwrap_or(""), meta.source);
             for s in &mut self.sinks {

@@ -28,7 +28,7 @@ pub enum ProbeError {
         "this agent was built with AYA_BUILD_SKIP=1 and contains no eBPF object; rebuild with `cargo xtask build`"
     )]
     NoObject,
-    #[error("loading eBPF failed: {0} (the agent needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE, and a kernel with BTF)")]
+    #[error("loading eBPF failed: {0} (the agent needs {needs}, and Linux 5.17+ with BTF)", needs = crate::caps::needs())]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {0} missing from the object")]
     MissingProgram(&'static str),
@@ -354,6 +354,42 @@ impl Probes {
     }
 }
 
+/// Why an attach failed, for `attach_failures_*`: the kernel's answer to the
+/// syscall that failed (`perf_event_open` for a uprobe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachFailure {
+    /// EPERM/EACCES: a capability, an LSM or seccomp refused it.
+    PermissionDenied,
+    /// ENOENT/ESRCH: the file or its process went away meanwhile.
+    Gone,
+    Other,
+}
+
+impl AttachFailure {
+    pub fn of(e: &ProbeError) -> Self {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return match io.raw_os_error() {
+                    Some(libc::EPERM | libc::EACCES) => Self::PermissionDenied,
+                    Some(libc::ENOENT | libc::ESRCH) => Self::Gone,
+                    _ => Self::Other,
+                };
+            }
+            cur = err.source();
+        }
+        Self::Other
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PermissionDenied => "permission_denied",
+            Self::Gone => "gone",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// A hash map of the object, taken out for user space.
 fn hash_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
@@ -379,5 +415,27 @@ fn raise_memlock_limit() {
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's answer to `perf_event_open` names the failure's reason.
+    #[test]
+    fn attach_failures_are_told_apart_by_the_kernel_answer() {
+        let failed = |errno: i32| {
+            let io_error = std::io::Error::from_raw_os_error(errno);
+            let source =
+                aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { call: "perf_event_open", io_error });
+            AttachFailure::of(&ProbeError::Program { name: "ssl_write", source })
+        };
+        assert_eq!(failed(libc::EPERM), AttachFailure::PermissionDenied);
+        assert_eq!(failed(libc::EACCES), AttachFailure::PermissionDenied);
+        assert_eq!(failed(libc::ENOENT), AttachFailure::Gone);
+        assert_eq!(failed(libc::EINVAL), AttachFailure::Other);
+        assert_eq!(AttachFailure::of(&ProbeError::MissingProgram("x")), AttachFailure::Other);
+        assert_eq!(AttachFailure::PermissionDenied.as_str(), "permission_denied");
     }
 }

@@ -19,7 +19,7 @@ use crate::discovery::java::Jvm;
 use crate::discovery::{Discovery, Target, Unprobed};
 use crate::java::Attacher;
 use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig, ProcessEvent};
-use crate::probes::{Channels, IgnoreMap, LossReader, Probes};
+use crate::probes::{AttachFailure, Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
 use crate::sinks;
 use crate::stats::{Stats, StatsFile};
@@ -35,6 +35,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         prices = prices.with_overrides(p)?;
     }
     tracing::info!(version = prices.version(), models = prices.len(), "price table loaded");
+    // Before any capture is set up: a missing capability is one clear error,
+    // not an agent that runs and captures nothing.
+    crate::caps::check(settings.java_attach)?;
     let stats = Arc::new(Stats::default());
     // Every sink kind's counters show from the start, configured or not.
     sinks::register_counters(&stats);
@@ -133,13 +136,28 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "probes attached"
     );
-    if probes.attached() == 0 {
+    ready.store(true, Ordering::Relaxed);
+    let capturing = match crate::metrics::readiness(&stats) {
+        Ok(()) => true,
+        Err(why) => {
+            // Not ready (/readyz 503, no ready file), and an error at exit.
+            tracing::error!("{why}; not ready");
+            false
+        }
+    };
+    if capturing && probes.attached() == 0 {
         tracing::warn!("no TLS library found to probe; new processes will still be watched");
     }
-    if let Some(r) = &settings.ready_file {
+    let unreadable = stats.snapshot().processes_unreadable;
+    if unreadable > 0 {
+        tracing::warn!(
+            processes = unreadable,
+            "processes whose maps or files this agent may not read (CAP_SYS_PTRACE, an LSM): their TLS libraries are not probed"
+        );
+    }
+    if let Some(r) = &settings.ready_file.as_ref().filter(|_| capturing) {
         std::fs::write(r, b"ready\n").with_context(|| format!("writing ready file {}", r.display()))?;
     }
-    ready.store(true, Ordering::Relaxed);
 
     let discovery_thread = {
         let (stop, stats) = (stop.clone(), stats.clone());
@@ -184,7 +202,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(r) = &settings.ready_file {
         let _ = std::fs::remove_file(r);
     }
-    Ok(())
+    // Never a clean exit for a run that captured with no probe.
+    crate::metrics::readiness(&stats).map_err(anyhow::Error::msg)
 }
 
 /// How long the agent's exit waits for an attach in progress.
@@ -206,6 +225,7 @@ fn join_within<T>(thread: std::thread::JoinHandle<T>, wait: Duration) -> bool {
 fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target], stats: &Stats) {
     Stats::set(&stats.processes_excluded, discovery.processes_excluded);
     Stats::set(&stats.files_not_probed, discovery.files_not_probed() as u64);
+    Stats::set(&stats.processes_unreadable, discovery.processes_unreadable);
     for t in targets {
         let started = Instant::now();
         match probes.attach(t) {
@@ -230,8 +250,14 @@ fn attach_all(probes: &mut Probes, discovery: &mut Discovery, targets: &[Target]
             Err(e) => {
                 // Retried when the file is seen again (through a live process).
                 discovery.forget(t.key);
+                let why = AttachFailure::of(&e);
                 Stats::inc(&stats.attach_failures);
-                tracing::warn!(path = %t.path.display(), error = %e, "attach failed");
+                Stats::inc(match why {
+                    AttachFailure::PermissionDenied => &stats.attach_failures_permission_denied,
+                    AttachFailure::Gone => &stats.attach_failures_gone,
+                    AttachFailure::Other => &stats.attach_failures_other,
+                });
+                tracing::warn!(path = %t.path.display(), reason = why.as_str(), error = %format!("{:#}", anyhow::Error::from(e)), "attach failed");
             }
         }
     }

@@ -62,7 +62,9 @@ counters! {
     /// HTTP/2 connections opened before capture began (HPACK state unknown).
     ignored_http2_joined,
     ignored_server_side,
-    /// Connections whose capture began mid-exchange (that exchange skipped).
+    /// Connections whose capture began mid-exchange (that exchange skipped):
+    /// bytes skipped on a connection that then proved HTTP. Bytes that never
+    /// do count in `ignored_not_http`.
     joined_mid_stream,
     /// HTTP/1.1 connections that lost bytes (full ring buffer, unreadable
     /// memory) and resumed at their next request; the calls in flight count in
@@ -87,6 +89,10 @@ counters! {
     connections_shed,
     /// LLM records written.
     records,
+    /// Of those, Bedrock InvokeModel calls whose response body the client never
+    /// read (whole): recorded from the response headers' token counts
+    /// (`usage_source = headers`).
+    records_body_unread,
     /// Spend of those records, in millionths of a USD.
     cost_micro_usd,
     /// LLM calls dropped: no complete response (client died, connection reset, bytes lost).
@@ -101,8 +107,16 @@ counters! {
     sink_errors,
     /// TLS library files (by device and inode) with probes attached.
     targets_attached,
-    /// Attach attempts that failed.
+    /// Attach attempts that failed, and by reason: the kernel refused
+    /// (`permission_denied`: a capability, an LSM, seccomp), the file or its
+    /// process went away (`gone`), anything else (`other`).
     attach_failures,
+    attach_failures_permission_denied,
+    attach_failures_gone,
+    attach_failures_other,
+    /// Processes whose maps or files the agent was refused (no
+    /// `CAP_SYS_PTRACE`, an LSM): their TLS libraries are not probed.
+    processes_unreadable,
     /// Process scans skipped for `--exclude-process`.
     processes_excluded,
     /// Files carrying a TLS library that is not probed (a stripped BoringSSL
@@ -287,6 +301,7 @@ impl Counted for HttpDrop {
             HttpDrop::Resynced => &s.resynced_after_gap,
             HttpDrop::WsMessageDropped => &s.websocket_messages_dropped,
             HttpDrop::WsMalformed => &s.ignored_websocket_malformed,
+            HttpDrop::NotHttp => &s.ignored_not_http,
         }
     }
 }
@@ -416,5 +431,15 @@ mod tests {
         assert_eq!((snap.kernel_filtered_calls, snap.kernel_sockets_not_http), (1, 1));
         // Skipped work (filtered calls, non-HTTP sockets) is not a loss.
         assert_eq!(snap.kernel_losses(), 8);
+    }
+
+    /// Every counter is in docs/operations.md (its table, or /metrics' list).
+    #[test]
+    fn every_counter_is_documented() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+        for (name, _) in Snapshot::default().fields() {
+            let named = docs.contains(&format!("`{name}`")) || docs.contains(&format!("`tokentap_agent_{name}`"));
+            assert!(named, "{name} is not in docs/operations.md");
+        }
     }
 }

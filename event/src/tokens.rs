@@ -1,13 +1,41 @@
 //! Token estimation for responses that report no usage (an OpenAI stream without
-//! `stream_options.include_usage`). Uses the model's tiktoken encoding; unknown
-//! models use o200k_base, the encoding of current OpenAI models.
-use serde_json::Value;
-use tiktoken_rs::{tokenizer::Tokenizer, CoreBPE};
+//! `stream_options.include_usage`) and for prompt features. Uses the model's
+//! tiktoken encoding (tiktoken-rs's model table); unknown models use o200k_base,
+//! the encoding of current OpenAI models.
+//!
+//! Each encoding's ranks are loaded on first use only (most records carry the
+//! provider's usage and need none) and kept compactly (`bpe`): ~4 MiB for
+//! o200k_base instead of tiktoken-rs's ~47 MiB.
+use std::sync::OnceLock;
 
-fn bpe_for(model: &str) -> &'static CoreBPE {
+use serde_json::Value;
+use tiktoken_rs::tokenizer::Tokenizer;
+
+mod bpe;
+#[cfg(test)]
+mod tests;
+
+use bpe::Encoding;
+
+/// The token lists, generated from tiktoken-rs's copies of OpenAI's files (see
+/// `tests::write_rank_files`).
+const O200K_RANKS: &[u8] = include_bytes!("../data/o200k_base.bpe.zst");
+const CL100K_RANKS: &[u8] = include_bytes!("../data/cl100k_base.bpe.zst");
+
+fn o200k() -> &'static Encoding {
+    static E: OnceLock<Encoding> = OnceLock::new();
+    E.get_or_init(|| Encoding::new(O200K_RANKS, bpe::O200K_PATTERN))
+}
+
+fn cl100k() -> &'static Encoding {
+    static E: OnceLock<Encoding> = OnceLock::new();
+    E.get_or_init(|| Encoding::new(CL100K_RANKS, bpe::CL100K_PATTERN))
+}
+
+fn bpe_for(model: &str) -> &'static Encoding {
     match tiktoken_rs::tokenizer::get_tokenizer(model) {
-        Some(Tokenizer::Cl100kBase) => tiktoken_rs::cl100k_base_singleton(),
-        _ => tiktoken_rs::o200k_base_singleton(),
+        Some(Tokenizer::Cl100kBase) => cl100k(),
+        _ => o200k(),
     }
 }
 
@@ -16,7 +44,7 @@ pub fn count_text(model: &str, text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    bpe_for(model).encode_ordinary(text).len() as u64
+    bpe_for(model).count(text)
 }
 
 /// Prompt tokens of an OpenAI chat request body (`messages`, `tools`), using the
@@ -25,7 +53,7 @@ pub fn count_text(model: &str, text: &str) -> u64 {
 pub fn count_chat_prompt(model: &str, request: &Value) -> Option<u64> {
     let messages = request.get("messages")?.as_array()?;
     let bpe = bpe_for(model);
-    let count = |s: &str| bpe.encode_ordinary(s).len() as u64;
+    let count = |s: &str| bpe.count(s);
     let mut total = 3u64;
     for m in messages {
         total += 3;
@@ -62,31 +90,4 @@ pub fn count_chat_prompt(model: &str, request: &Value) -> Option<u64> {
         total += count(&tools.to_string());
     }
     Some(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn counts_known_strings() {
-        // o200k_base: "hello world" is two tokens; " hello" repeated is one each.
-        assert_eq!(count_text("gpt-4o", "hello world"), 2);
-        assert_eq!(count_text("gpt-4o", &" hello".repeat(10)), 10);
-        assert_eq!(count_text("gpt-4o", ""), 0);
-        // cl100k_base for gpt-4 / gpt-3.5.
-        assert_eq!(count_text("gpt-4", "hello world"), 2);
-    }
-
-    #[test]
-    fn chat_prompt_uses_message_framing() {
-        let req = json!({"model":"gpt-4o","messages":[
-            {"role":"system","content":"hello world"},
-            {"role":"user","content":[{"type":"text","text":"hello world"}]}
-        ]});
-        // 3 priming + 2 x (3 framing + role + 2 content); roles are one token each.
-        assert_eq!(count_chat_prompt("gpt-4o", &req), Some(3 + 2 * (3 + 1 + 2)));
-        assert_eq!(count_chat_prompt("gpt-4o", &json!({"input":"x"})), None);
-    }
 }

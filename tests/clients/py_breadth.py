@@ -67,13 +67,20 @@ def gemini(a):
     return 2
 
 
-def bedrock(a):
+BEDROCK_MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+def bedrock_client(a):
     import boto3
     from botocore.config import Config
     os.environ.update(AWS_ACCESS_KEY_ID="AKIATOKENTAPTEST", AWS_SECRET_ACCESS_KEY=a.key)
-    c = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=a.base, verify=a.ca,
-                     config=Config(retries={"max_attempts": 1}))
-    model = "anthropic.claude-3-5-haiku-20241022-v1:0"
+    return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=a.base, verify=a.ca,
+                        config=Config(retries={"max_attempts": 1}))
+
+
+def bedrock(a):
+    c = bedrock_client(a)
+    model = BEDROCK_MODEL
     r = c.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "Say hello."}]}])
     assert r["usage"]["outputTokens"] > 0
     s = c.converse_stream(modelId=model, messages=[{"role": "user", "content": [{"text": "Say hello."}]}])
@@ -84,6 +91,17 @@ def bedrock(a):
     s = c.invoke_model_with_response_stream(modelId=model, body=body)
     assert sum(1 for e in s["body"] if "chunk" in e) == 4
     return 4
+
+
+def bedrock_unread(a):
+    """InvokeModel whose answer (64 KiB, test_pad) the caller never reads: boto3
+    hands the body back as a StreamingBody, left unread until the process ends."""
+    c = bedrock_client(a)
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": MSGS,
+                       "test_pad": 65536})
+    r = c.invoke_model(modelId=BEDROCK_MODEL, body=body)
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200, r["ResponseMetadata"]
+    return 1
 
 
 def ollama(a):
@@ -110,7 +128,7 @@ def vllm(a):
     return 2
 
 
-SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_joined, gemini, bedrock, ollama, vllm]}
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm]}
 
 
 def main():

@@ -452,9 +452,12 @@ class Handler(BaseHTTPRequestHandler):
             entry["expected"] = {**expected, "input": inp, "cached": None, "cache_write": None,
                                  "usage_source": "headers"}
             log(entry)
+            # test_pad: that many more bytes of (incompressible) text, for clients
+            # that leave the body unread.
+            pad = base64.b64encode(os.urandom(int(req.get("test_pad") or 0) * 3 // 4)).decode()
             return self.send_json(200, {
                 "id": rid, "type": "message", "role": "assistant", "model": "claude",
-                "content": [{"type": "text", "text": "Hello!"}], "stop_reason": "end_turn",
+                "content": [{"type": "text", "text": "Hello!" + pad}], "stop_reason": "end_turn",
                 "usage": {"input_tokens": inp, "output_tokens": out}},
                 extra_headers=[("x-amzn-RequestId", request_id), ("X-Amzn-Bedrock-Input-Token-Count", str(inp)),
                                ("X-Amzn-Bedrock-Output-Token-Count", str(out)),

@@ -16,6 +16,7 @@ mod overhead;
 mod panels;
 mod prereq;
 mod prices;
+mod rss;
 mod soak;
 mod synth;
 mod uprobe_cost;
@@ -64,9 +65,12 @@ enum Cmd {
     /// and records lost at a sustained rate (target/bench/overhead.md), then the
     /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md), then the
     /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL, reqwest/rustls and
-    /// java.net.http/JSSE through the Java agent (target/bench/methods.md), then every
+    /// java.net.http/JSSE through the Java agent (target/bench/methods.md), then the agent's
+    /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md), then every
     /// dashboard panel and the report on 10 M and 100 M synthetic calls
-    /// (target/bench/dashboards.md). Needs root (but `--only-dashboards`).
+    /// (target/bench/dashboards.md).
+    /// TOKENTAP_BENCH_AGENT=PATH measures that agent binary instead of a fresh build.
+    /// Needs root (but `--only-dashboards`).
     Bench {
         /// Longer runs (20 s per measurement, 60 s sustained).
         #[arg(long)]
@@ -81,6 +85,10 @@ enum Cmd {
         /// (rustls), java.net.http (JSSE, Java agent).
         #[arg(long)]
         only_methods: bool,
+        /// Only the agent's RSS (idle, steady, peak, by kind of mapping) at 100 / 1,000 /
+        /// 5,000 calls/s.
+        #[arg(long)]
+        only_rss: bool,
         /// Seconds of load per fleet scenario.
         #[arg(long, default_value_t = 60)]
         fleet_seconds: u64,
@@ -171,6 +179,7 @@ fn main() -> Result<()> {
             only_overhead,
             only_fleet,
             only_methods,
+            only_rss,
             fleet_seconds,
             only_dashboards,
             dashboard_rows,
@@ -187,28 +196,41 @@ fn main() -> Result<()> {
                 prereq::test_tools(&root)?;
                 return panels::run(&root.join("target/bench"), &dashboards);
             }
+            let all = !only_overhead && !only_fleet && !only_methods && !only_rss;
             prereq::build_tools()?;
             if !only_fleet {
-                prereq::bench_tools(!only_methods)?;
+                prereq::bench_tools(all || only_overhead)?;
             }
-            // The ClickHouse engine (chdb-core) for the fleet runs.
-            prereq::test_tools(&root)?;
-            if !only_overhead && !only_fleet && !only_methods {
+            // The ClickHouse engine (chdb-core) for the fleet runs, the clients
+            // of the method runs.
+            if !only_rss {
+                prereq::test_tools(&root)?;
+            }
+            if all {
                 run(cargo().args(["bench", "-p", "tokentap-agent", "--bench", "hot_path"]))?;
                 run(cargo().args(["bench", "-p", "tokentap-collector", "--bench", "ingest"]))?;
             }
-            let bin = build_agent(true)?;
-            if !only_fleet && !only_methods {
-                overhead::run(&bin, &root.join("target/bench"), long)?;
+            // TOKENTAP_BENCH_AGENT: measure that agent binary instead (an older
+            // build, to compare two in one sitting).
+            let bin = match std::env::var_os("TOKENTAP_BENCH_AGENT") {
+                Some(p) => PathBuf::from(p),
+                None => build_agent(true)?,
+            };
+            let out = root.join("target/bench");
+            if all || only_overhead {
+                overhead::run(&bin, &out, long)?;
             }
-            if !only_overhead && !only_methods {
-                fleet::run(&root.join("target/bench"), fleet_seconds)?;
+            if all || only_fleet {
+                fleet::run(&out, fleet_seconds)?;
             }
-            if !only_overhead && !only_fleet {
-                method_cost::run(&bin, &root.join("target/bench"))?;
+            if all || only_methods {
+                method_cost::run(&bin, &out)?;
             }
-            if !only_overhead && !only_fleet && !only_methods {
-                panels::run(&root.join("target/bench"), &dashboards)?;
+            if all || only_rss {
+                rss::run(&bin, &out, long)?;
+            }
+            if all {
+                panels::run(&out, &dashboards)?;
             }
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,

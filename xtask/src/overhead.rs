@@ -25,7 +25,7 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
+pub(crate) fn nginx(dir: &Path, certs: &Certs, port: u16) -> Result<Nginx> {
     // An 8 KB chat completion with usage: the agent parses it like OpenAI's.
     let filler = "lorem ipsum dolor sit amet ".repeat(290);
     let body = format!(
@@ -106,7 +106,7 @@ pub(crate) fn system_libssl() -> Result<std::path::PathBuf> {
 /// wrk's CPU time per call in µs comes from the rusage of reaped children (wrk
 /// is the only child reaped meanwhile): the traced client's own cost, kernel time
 /// in its probes included, and much steadier than latency on a shared machine.
-type WrkRun = (f64, f64, u64, f64);
+pub(crate) type WrkRun = (f64, f64, u64, f64);
 
 fn children_cpu_us() -> f64 {
     // SAFETY: a zeroed rusage for getrusage to fill.
@@ -126,6 +126,18 @@ fn wrk_url(dir: &Path, url: &str, conns: u32, secs: u32, delay_ms: Option<u32>) 
         "{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         "x".repeat(1950)
     );
+    wrk_body(dir, url, conns, secs, delay_ms, &body)
+}
+
+/// wrk posting `body` (JSON without single quotes) to `url`.
+pub(crate) fn wrk_body(
+    dir: &Path,
+    url: &str,
+    conns: u32,
+    secs: u32,
+    delay_ms: Option<u32>,
+    body: &str,
+) -> Result<WrkRun> {
     let delay = delay_ms.map(|d| format!("function delay() return {d} end\n")).unwrap_or_default();
     let script = dir.join("post.lua");
     std::fs::write(
@@ -226,7 +238,7 @@ fn litellm(dir: &Path, certs: &Certs, upstream: u16) -> Result<Option<Child>> {
 
 /// (label, connections, per-connection delay in ms): wrk's pacing of ~100,
 /// ~1,000 and ~5,000 calls/s.
-const PACED: &[(&str, u32, u32)] = &[("100/s", 1, 10), ("1,000/s", 4, 4), ("5,000/s", 17, 3)];
+pub(crate) const PACED: &[(&str, u32, u32)] = &[("100/s", 1, 10), ("1,000/s", 4, 4), ("5,000/s", 17, 3)];
 
 /// Set the CPU affinity of every thread of `pid` (children inherit it).
 fn pin(pid: u32, cpus: &str) -> Result<()> {

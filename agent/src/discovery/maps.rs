@@ -1,4 +1,5 @@
-//! `/proc/PID/maps`: the executable files a process maps.
+//! `/proc/PID/maps`: the executable files a process maps; and the TLS
+//! libraries and loaders a library directory holds.
 use std::collections::HashSet;
 
 /// One executable file mapping of a process.
@@ -43,4 +44,19 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         }
     }
     out
+}
+
+/// Files in `dir` named like an OpenSSL library or a dynamic loader.
+pub(super) fn library_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libssl.so") || name.starts_with("ld-linux") || name.starts_with("ld-musl")
+        })
+        .map(|e| e.path())
+        .collect()
 }

@@ -23,6 +23,7 @@ pub use cache::AnalysisCache;
 pub mod go;
 pub mod java;
 mod maps;
+use maps::library_files;
 pub use maps::{parse_maps, Mapping};
 pub mod placement;
 pub mod rustls;
@@ -342,6 +343,10 @@ pub struct Discovery {
     exclude: Vec<String>,
     /// Processes skipped for that (for logs and metrics).
     pub processes_excluded: u64,
+    /// Processes whose maps or mapped files were refused to this agent
+    /// (permission: no `CAP_SYS_PTRACE`, an LSM), each counted once.
+    pub processes_unreadable: u64,
+    unreadable: HashSet<u32>,
     cache: AnalysisCache,
     /// Files with a TLS library that is not probed: (library, reason).
     refused: HashMap<FileKey, (TlsLibrary, String)>,
@@ -368,6 +373,8 @@ impl Discovery {
             ns_libs: HashMap::new(),
             exclude: Vec::new(),
             processes_excluded: 0,
+            processes_unreadable: 0,
+            unreadable: HashSet::new(),
             cache: AnalysisCache::default(),
             refused: HashMap::new(),
             unprobed: Vec::new(),
@@ -474,8 +481,14 @@ impl Discovery {
             self.processes_excluded += 1;
             return out;
         }
-        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
-            return out;
+        let maps = match std::fs::read_to_string(dir.join("maps")) {
+            Ok(m) => m,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    self.refused_process(pid, &e);
+                }
+                return out;
+            }
         };
         let maps = parse_maps(&maps);
         if let Some(jvm) = java::jvm_in(pid, &maps).filter(|_| self.jvms.len() < 4096) {
@@ -491,10 +504,23 @@ impl Discovery {
                     self.consider(key, path.clone(), &mut out);
                     self.report_unprobed(pid, &dir, key, Path::new(&m.path));
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => self.refused_process(pid, &e),
                 _ => {}
             }
         }
         out
+    }
+
+    /// This agent may not read a process's maps or files: count it once (a
+    /// blind spot the stats and the log name, not a silent one).
+    fn refused_process(&mut self, pid: u32, e: &std::io::Error) {
+        if self.unreadable.len() >= MAX_INSPECTED {
+            self.unreadable.clear();
+        }
+        if self.unreadable.insert(pid) {
+            self.processes_unreadable += 1;
+            tracing::debug!(pid, error = %e, "process not readable");
+        }
     }
 
     /// Every running process.
@@ -561,26 +587,12 @@ impl Discovery {
             // Regular files only: an absolute symlink would resolve in our namespace.
             match std::fs::symlink_metadata(&path) {
                 Ok(md) if md.is_file() => self.consider(file_key(md.dev(), &md), path, &mut out),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => self.refused_process(pid, &e),
                 _ => {}
             }
         }
         out
     }
-}
-
-/// Files in `dir` named like an OpenSSL library or a dynamic loader.
-fn library_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("libssl.so") || name.starts_with("ld-linux") || name.starts_with("ld-musl")
-        })
-        .map(|e| e.path())
-        .collect()
 }
 
 #[cfg(test)]

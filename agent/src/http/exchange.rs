@@ -60,7 +60,10 @@ enum State<E> {
     /// Waiting for the first request; `calls` egress calls seen that were not one.
     Sniffing {
         calls: u8,
-        joined_mid_stream: bool,
+        /// Bytes were skipped that are not (yet) known to be HTTP: counted as
+        /// a mid-stream join once the connection proves HTTP, as not HTTP
+        /// when it never does.
+        skipped: Skipped,
         /// The first egress bytes were an HTTP/2 SETTINGS frame: a server's
         /// preface, or a client joined mid-connection; the peer's bytes tell.
         h2_settings_first: bool,
@@ -75,6 +78,16 @@ enum State<E> {
     /// Switched to a WebSocket: its calls, message by message.
     WebSocket(Box<WsSession<E>>),
     Ignored(Ignored),
+}
+
+/// What a connection that is still sniffing skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Skipped {
+    Nothing,
+    /// Bytes that may be HTTP's or garbage: not counted yet.
+    Unknown,
+    /// The tail of an HTTP exchange: counted in `joined_mid_stream`.
+    Counted,
 }
 
 /// Egress calls that may pass without a request line before a connection is
@@ -114,7 +127,7 @@ const MAX_PENDING: usize = 64;
 impl<E: WsCalls> HttpConnection<E> {
     pub fn new(max_body: usize) -> Self {
         Self {
-            state: State::Sniffing { calls: 0, joined_mid_stream: false, h2_settings_first: false },
+            state: State::Sniffing { calls: 0, skipped: Skipped::Nothing, h2_settings_first: false },
             max_body,
             req: Parser::new(Kind::Request, max_body),
             resp: Parser::new(Kind::Response, max_body),
@@ -225,11 +238,15 @@ impl<E: WsCalls> HttpConnection<E> {
     /// Plaintext the process wrote. `classify` runs once per request head; the
     /// requests it tags (LLM API calls) are buffered and paired.
     pub fn on_egress(&mut self, data: &[u8], ts: u64, classify: &mut dyn FnMut(&Head) -> Option<E>, lost: &mut Lost) {
-        if let State::Sniffing { calls, joined_mid_stream, h2_settings_first } = &mut self.state {
-            if sniff::looks_like_request(data) {
-                self.state = State::Client;
-            } else if sniff::starts_like_preface(data) {
-                self.state = State::Http2(Box::new(H2Connection::new(self.max_body)));
+        if let State::Sniffing { calls, skipped, h2_settings_first } = &mut self.state {
+            let request = sniff::looks_like_request(data);
+            if request || sniff::starts_like_preface(data) {
+                // HTTP after all: what was skipped was the tail of an exchange.
+                if *skipped == Skipped::Unknown {
+                    lost.joined_mid_stream += 1;
+                }
+                self.state =
+                    if request { State::Client } else { State::Http2(Box::new(H2Connection::new(self.max_body))) };
             } else if *calls == 0 && h2::looks_like_server_preface(data) {
                 *h2_settings_first = true;
                 *calls += 1;
@@ -240,10 +257,10 @@ impl<E: WsCalls> HttpConnection<E> {
                 self.state = State::Ignored(Ignored::ServerSide);
             } else {
                 *calls += 1;
-                if *calls == 1 && !*joined_mid_stream {
-                    *joined_mid_stream = true;
-                    lost.joined_mid_stream += 1;
+                if *skipped == Skipped::Nothing {
+                    *skipped = Skipped::Unknown;
                 }
+                // Counted in `ignored_not_http` (unless already a join).
                 if *calls >= MAX_SNIFF_CALLS {
                     self.state = State::Ignored(Ignored::NotHttp);
                 }
@@ -300,17 +317,19 @@ impl<E: WsCalls> HttpConnection<E> {
     /// Plaintext the process read. Completed exchanges are appended to `out`.
     pub fn on_ingress(&mut self, data: &[u8], ts: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
         match &mut self.state {
-            State::Sniffing { joined_mid_stream, h2_settings_first, .. } => {
+            State::Sniffing { skipped, h2_settings_first, .. } => {
                 // The peer spoke first: either we serve HTTP, or capture began
                 // between a request and its response (skip it; the next request
-                // on this connection starts a clean exchange).
+                // on this connection starts a clean exchange), or it is not HTTP.
                 if sniff::looks_like_request(data) || data.starts_with(&h2::PREFACE[..4]) {
                     self.state = State::Ignored(Ignored::ServerSide);
                 } else if *h2_settings_first {
                     self.state = State::Ignored(Ignored::Http2Joined);
-                } else if !*joined_mid_stream {
-                    *joined_mid_stream = true;
+                } else if *skipped != Skipped::Counted && sniff::looks_like_response_tail(data) {
+                    *skipped = Skipped::Counted;
                     lost.joined_mid_stream += 1;
+                } else if *skipped == Skipped::Nothing {
+                    *skipped = Skipped::Unknown;
                 }
                 return;
             }
@@ -377,6 +396,10 @@ impl<E: WsCalls> HttpConnection<E> {
 
     /// The connection is gone (closed, freed, process exited, idle timeout).
     pub fn close(&mut self, ts: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
+        // Bytes never shown to be HTTP's.
+        if let State::Sniffing { skipped: Skipped::Unknown, .. } = self.state {
+            lost.not_http += 1;
+        }
         if let State::Http2(c) = &mut self.state {
             c.close(out, lost);
         }

@@ -100,6 +100,8 @@ pub enum HttpDrop {
     /// A WebSocket over an HTTP/2 stream whose framing broke: that stream's
     /// decoding ends (the connection's other streams go on).
     WsMalformed,
+    /// A connection that ended before its bytes were shown to be HTTP.
+    NotHttp,
 }
 
 /// What was lost when a connection ended or was given up.
@@ -117,17 +119,21 @@ pub struct Lost {
     pub ws_messages_dropped: u64,
     /// WebSockets over HTTP/2 streams given up (framing or compression broke).
     pub ws_malformed: u64,
+    /// Connections that ended before their bytes were shown to be HTTP (those
+    /// that go on are given up as not HTTP: the same counter).
+    pub not_http: u64,
 }
 
 impl Lost {
     /// Each kind of drop with its count.
-    pub fn counts(&self) -> [(HttpDrop, u64); 5] {
+    pub fn counts(&self) -> [(HttpDrop, u64); 6] {
         [
             (HttpDrop::Unanswered, self.unanswered),
             (HttpDrop::JoinedMidStream, self.joined_mid_stream),
             (HttpDrop::Resynced, self.resynced),
             (HttpDrop::WsMessageDropped, self.ws_messages_dropped),
             (HttpDrop::WsMalformed, self.ws_malformed),
+            (HttpDrop::NotHttp, self.not_http),
         ]
     }
 }
@@ -150,7 +156,14 @@ mod tests {
             (m.ts_of_body_offset(1), m.ts_of_body_offset(4), m.ts_of_body_offset(5)),
             (Some(10), Some(20), None)
         );
-        let lost = Lost { unanswered: 1, joined_mid_stream: 2, resynced: 3, ws_messages_dropped: 4, ws_malformed: 5 };
-        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 15);
+        let lost = Lost {
+            unanswered: 1,
+            joined_mid_stream: 2,
+            resynced: 3,
+            ws_messages_dropped: 4,
+            ws_malformed: 5,
+            not_http: 6,
+        };
+        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 21);
     }
 }

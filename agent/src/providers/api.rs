@@ -134,6 +134,9 @@ pub struct Parsed {
     pub first_content_offset: Option<usize>,
     /// A stream's final event (with the final usage) was seen.
     pub stream_finished: bool,
+    /// The client never read the whole body: the call was read from the
+    /// response headers alone (`usage_source = headers`).
+    pub body_unread: bool,
     /// Prompt features of the request (no prompt text).
     pub features: Option<PromptFeatures>,
     /// Service tier: as answered (OpenAI `service_tier`, Anthropic

@@ -4,7 +4,8 @@
 //! Normalisation: Converse `input = inputTokens + cacheReadInputTokens +
 //! cacheWriteInputTokens` (Bedrock, like Anthropic, counts cache traffic apart),
 //! `output = outputTokens`. InvokeModel: the `x-amzn-bedrock-input-token-count` /
-//! `-output-token-count` response headers (`usage_source = headers`); its streamed
+//! `-output-token-count` response headers (`usage_source = headers`), read even
+//! when the client never reads the body ([`Provider::usage_in_headers`]); its streamed
 //! twin carries the same counts in the last chunk's
 //! `amazon-bedrock-invocationMetrics`.
 use base64::Engine;
@@ -53,6 +54,12 @@ impl Provider for Bedrock {
             _ => return PathMatch::NotACall,
         };
         PathMatch::Call(shape, Some(percent_decode(p.segs[1])))
+    }
+
+    /// InvokeModel's counts are headers: its SDKs hand the body back as a
+    /// stream the caller may never read.
+    fn usage_in_headers(&self, shape: &Shape) -> bool {
+        shape == &INVOKE
     }
 
     /// Converse's own fields; InvokeModel bodies are the model's format, any of them.

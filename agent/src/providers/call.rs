@@ -5,7 +5,7 @@
 //! what the request body says about the end user is handed on as a fact
 //! ([`Call::body_user`]) for attribution to weigh.
 use serde_json::Value;
-use tokentap_event::LlmCall;
+use tokentap_event::{LlmCall, UsageSource};
 
 use super::api::{host_without_port, Parsed, ProviderError};
 use super::features::{self, Hasher};
@@ -44,14 +44,29 @@ pub fn parse(endpoint: &Endpoint, ex: &Exchange, max_body: usize, hash: Hasher) 
     if ex.response.body_truncated {
         return Err(ProviderError::TruncatedBody);
     }
-    let body = body::decode(ex.response.head.header("content-encoding"), &ex.response.body, max_body)?;
+    // A body the client never read whole may be recorded from its headers
+    // alone; the part that was read need not decode.
+    let headers_only = !ex.response.complete && api.usage_in_headers();
+    let body = match body::decode(ex.response.head.header("content-encoding"), &ex.response.body, max_body) {
+        Err(_) if headers_only => Vec::new(),
+        b => b?,
+    };
     let resp = Response::new(&ex.response.head, &body);
     let streamed = resp.framing.streamed();
     parsed.stream |= streamed;
     // A cut-short response counts only if it is a stream whose final event
-    // arrived (clients may stop reading before the terminating chunk).
+    // arrived (clients may stop reading before the terminating chunk), or its
+    // headers carry the usage.
     if !ex.response.complete && !streamed {
-        return Err(ProviderError::Incomplete);
+        if !headers_only {
+            return Err(ProviderError::Incomplete);
+        }
+        api.read(&request, &resp, &mut parsed)?;
+        if parsed.usage_source != Some(UsageSource::Headers) {
+            return Err(ProviderError::Incomplete);
+        }
+        parsed.body_unread = true;
+        return Ok(parsed);
     }
     api.read(&request, &resp, &mut parsed)?;
     if !ex.response.complete && !parsed.stream_finished {
@@ -83,6 +98,8 @@ pub struct CallContext<'a> {
 pub struct Call {
     pub record: LlmCall,
     pub body_user: Option<String>,
+    /// Read from the response headers: the client never read the whole body.
+    pub body_unread: bool,
 }
 
 /// The call of a classified exchange on a connection.
@@ -90,11 +107,12 @@ pub fn call(c: &Classified<Endpoint>, conn: &ConnMeta, cx: &CallContext) -> Resu
     let (endpoint, ex) = (&c.endpoint, &c.exchange);
     let mut parsed = parse(endpoint, ex, cx.max_body, cx.hash)?;
     let body_user = parsed.end_user.take();
+    let body_unread = parsed.body_unread;
     let mut record = record(endpoint, ex, parsed);
     // What capture knows: when, and which TLS library (none for plaintext sockets).
     record.ts = LlmCall::format_ts(cx.clock.wall_ns(ex.request.first_ts));
     record.tls_library = conn.source.tls_library().map(str::to_owned);
-    Ok(Call { record, body_user })
+    Ok(Call { record, body_user, body_unread })
 }
 
 /// The record's fields the exchange decides.
@@ -193,7 +211,7 @@ mod tests {
         let hash = |b: &[u8]| b.len().to_string();
         let cx = CallContext { max_body: 1 << 20, clock: Clock::fixed(1_000_000_000), hash: &hash };
         let mut conn = ConnMeta { tgid: 1, cgroup_id: 0, comm: Comm([0; 16]), source: Source::OpenSsl };
-        let Call { record, body_user } = call(&c, &conn, &cx).unwrap();
+        let Call { record, body_user, .. } = call(&c, &conn, &cx).unwrap();
         assert_eq!(record.ts, LlmCall::format_ts(1_001_000_000));
         assert_eq!(record.tls_library.as_deref(), Some(Source::OpenSsl.as_str()));
         assert_eq!((record.path.as_deref(), record.request_id.as_deref()), (Some("/v1/chat/completions"), Some("r-1")));
@@ -284,6 +302,49 @@ mod tests {
         let sync =
             run(&exchange("/v1/chat/completions", chat, 200, "application/json", &fixture("openai/chat_sync.json")));
         assert_eq!(sync.unwrap().first_content_offset, None);
+    }
+
+    /// InvokeModel's counts are headers: a body cut short (never read whole,
+    /// gzip or not) still makes the call; Converse's body carries its usage.
+    #[test]
+    fn a_cut_short_invoke_model_is_read_from_its_headers() {
+        let invoke = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke";
+        let cut = |path: &str, gzip: bool, headers: bool| {
+            let raw = fixture("bedrock/invoke_response.http");
+            let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut body = raw[at..].to_vec();
+            let mut ex = exchange(path, "{}", 200, "application/json", &[]);
+            if gzip {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                std::io::Write::write_all(&mut gz, &body).unwrap();
+                body = gz.finish().unwrap();
+                ex.response.head.headers.push(("content-encoding".into(), b"gzip".to_vec()));
+            }
+            if headers {
+                for (n, v) in
+                    [("x-amzn-bedrock-input-token-count", "17"), ("x-amzn-bedrock-output-token-count", "4410")]
+                {
+                    ex.response.head.headers.push((n.into(), v.as_bytes().to_vec()));
+                }
+            }
+            ex.response.body = body[..body.len() / 3].to_vec();
+            ex.response.complete = false;
+            run(&ex)
+        };
+        for gzip in [false, true] {
+            let p = cut(invoke, gzip, true).unwrap();
+            assert_eq!(p.usage.map(|u| (u.input, u.output)), Some((17, 4410)), "gzip {gzip}");
+            assert_eq!(p.usage_source, Some(UsageSource::Headers));
+            assert!(p.body_unread);
+            assert_eq!(p.response_id, None);
+        }
+        assert_eq!(cut(invoke, false, false), Err(ProviderError::Incomplete), "no counts in the headers");
+        let converse = invoke.replace("/invoke", "/converse");
+        assert_eq!(cut(&converse, false, true), Err(ProviderError::Incomplete));
+        let mut whole = exchange(invoke, "{}", 200, "application/json", br#"{"id":"msg_1"}"#);
+        whole.response.head.headers.push(("x-amzn-bedrock-input-token-count".into(), b"1".to_vec()));
+        whole.response.head.headers.push(("x-amzn-bedrock-output-token-count".into(), b"2".to_vec()));
+        assert!(!run(&whole).unwrap().body_unread);
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub trait Provider: Sync + 'static {
     fn parse(&self, shape: &Shape, request: &Value, resp: &Response<'_>, out: &mut Parsed)
         -> Result<(), ProviderError>;
 
+    /// Whether this shape's response headers carry the usage, so that a call
+    /// whose body the client never read whole is still recorded (Bedrock
+    /// InvokeModel: `usage_source = headers`).
+    fn usage_in_headers(&self, _shape: &Shape) -> bool {
+        false
+    }
+
     /// Shapes spoken over a WebSocket: what one message is to the calls
     /// ([`WsRole`]); the events a call keeps are handed to [`Provider::parse`]
     /// as a server-sent-event stream.
@@ -66,6 +73,10 @@ impl Api {
     /// The record's `operation`.
     pub fn operation(self) -> &'static str {
         self.shape.operation
+    }
+
+    pub fn usage_in_headers(self) -> bool {
+        self.provider.usage_in_headers(self.shape)
     }
 
     /// What a 2xx response and its request say: the body's end user (only

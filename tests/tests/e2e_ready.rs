@@ -1,0 +1,209 @@
+//! Readiness tells the truth: an agent short of a capability it needs says so
+//! at start and exits non-zero (never a healthy agent capturing nothing); with
+//! the documented set it is ready and has probes attached. And a Bedrock
+//! InvokeModel answer the client never reads is recorded from its headers.
+//! Needs root (fails, never skips, without it).
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The documented set (docs/operations.md), as setpriv names them.
+const DOCUMENTED: [&str; 4] = ["bpf", "perfmon", "sys_ptrace", "sys_admin"];
+
+/// Run the agent with the documented capabilities but `dropped`; it must exit
+/// non-zero on its own, with one error naming `dropped` and the whole set,
+/// never having been ready.
+fn refuses_to_run_without(dropped: &str) {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch(&format!("no-{dropped}"));
+    let kept: Vec<String> = DOCUMENTED.iter().filter(|c| **c != dropped).map(|c| format!("+{c}")).collect();
+    let bounding = format!("--bounding-set=-all,{}", kept.join(","));
+    let port = free_port();
+    let ready = dir.join("ready");
+    let stderr = dir.join("agent.stderr");
+    let mut child = Command::new("setpriv")
+        .args(["--inh-caps=-all", &bounding, "--"])
+        .arg(agent_bin())
+        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
+        .arg(format!("--ready-file={}", ready.display()))
+        .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
+        .arg("--duration=60")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("setpriv");
+    let status = wait_for("the agent to exit on its own", Duration::from_secs(30), || child.try_wait().unwrap());
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!ready.exists(), "never ready");
+    let name = format!("CAP_{}", dropped.to_uppercase());
+    let want = format!("missing capabilities {name}: the agent needs {}", tokentap_agent::caps::needs());
+    assert!(log.contains(&want), "one error naming {name} and the set:\n{log}");
+    assert!(
+        want.contains("CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + CAP_SYS_ADMIN"),
+        "the set of docs/operations.md: {want}"
+    );
+    assert!(!log.contains("probes attached"), "nothing was loaded:\n{log}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no /readyz to answer 200");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_cap_sys_admin_the_agent_names_it_and_exits_non_zero() {
+    refuses_to_run_without("sys_admin");
+}
+
+#[test]
+fn without_cap_sys_ptrace_the_agent_names_it_and_exits_non_zero() {
+    refuses_to_run_without("sys_ptrace");
+}
+
+/// Root of a user namespace has every capability there, none that counts for
+/// eBPF: named at start, exit 1, not a load error deep in the kernel's maps.
+#[test]
+fn in_a_user_namespace_the_agent_says_so_and_exits_non_zero() {
+    let _g = serial();
+    require_root();
+    require_tool("unshare");
+    let dir = scratch("userns");
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--"])
+        .arg(agent_bin())
+        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
+        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
+        .arg("--duration=60")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("running in a user namespace") && log.contains("in the host's user namespace"), "{log}");
+    assert!(log.contains(&tokentap_agent::caps::needs()), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every capability, but `perf_event_open` refused (a container runtime's
+/// seccomp profile does this): no probe attaches, so the agent is not ready,
+/// says why on /readyz, writes no ready file and exits 1 — never 200 and 0.
+#[test]
+fn with_perf_event_open_refused_the_agent_is_not_ready_and_exits_non_zero() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("seccomp");
+    let port = free_port();
+    let ready = dir.join("ready");
+    let stats = dir.join("stats.json");
+    let stderr = dir.join("agent.stderr");
+    let wrapper = workspace_root().join("tests/clients/deny_syscall.py");
+    let mut child = Command::new("python3")
+        .arg(&wrapper)
+        .args(["perf_event_open", "--"])
+        .arg(agent_bin())
+        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
+        .arg(format!("--stats-file={}", stats.display()))
+        .arg(format!("--ready-file={}", ready.display()))
+        .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
+        .arg("--duration=8")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("deny_syscall.py");
+    // Once the initial discovery is done, /readyz says not ready, and why
+    // (before, 503 "attaching probes").
+    let r = wait_for("/readyz to give the reason", Duration::from_secs(30), || {
+        // An agent that died at start (a load error) fails here, with its log.
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the agent exited ({st}) before /readyz answered:\n{}", std::fs::read_to_string(&stderr).unwrap());
+        }
+        let r = std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| http_get(port, "/readyz"))?;
+        r.contains("no probe could be attached").then_some(r)
+    });
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("permission_denied"), "{r}");
+    let status = wait_for("the agent to exit", Duration::from_secs(30), || child.try_wait().unwrap());
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!ready.exists(), "never ready");
+    let s: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(s["targets_attached"], 0, "{s}");
+    assert!(s["attach_failures_permission_denied"].as_u64() > Some(0), "the system libssl and loader: {s}");
+    assert_eq!(s["attach_failures"], s["attach_failures_permission_denied"], "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The documented set is enough: ready, with probes attached and no attach
+/// refused (the contrast to the two above).
+#[test]
+fn with_the_documented_set_the_agent_is_ready_with_probes_attached() {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch("documented-caps");
+    let port = free_port();
+    let listen = format!("--metrics-listen=127.0.0.1:{port}");
+    let bounding = format!("--bounding-set=-all,{}", DOCUMENTED.map(|c| format!("+{c}")).join(","));
+    let mut agent = Agent::start_with(&dir, &[&listen], &["setpriv", "--inh-caps=-all", &bounding, "--"]);
+    let r = http_get(port, "/readyz");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // The stats file is written every second, the first maybe before the attach.
+    let stats = agent.wait_stat("targets_attached", 1);
+    let n = |k: &str| stats[k].as_u64().unwrap_or_else(|| panic!("{k} in {stats}"));
+    assert_eq!(n("attach_failures_permission_denied"), 0, "{stats}");
+    // Processes the agent may not read even so (a non-dumpable one, an LSM's)
+    // are counted, not skipped silently.
+    n("processes_unreadable");
+    let m = http_get(port, "/metrics");
+    for c in
+        ["attach_failures_permission_denied", "attach_failures_gone", "attach_failures_other", "records_body_unread"]
+    {
+        assert!(m.contains(&format!("tokentap_agent_{c}_total ")), "{c} in /metrics");
+    }
+    assert!(agent.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// boto3's `invoke_model` returns a StreamingBody; a caller that never reads
+/// it still made (and pays for) the call: recorded from the response headers.
+#[test]
+fn an_invoke_model_body_never_read_is_recorded_from_its_headers() {
+    let _g = serial();
+    let env = Env::start("bedrock-unread", Transport::Https, &[]);
+    let base = env.origin("bedrock-runtime.us-east-1.amazonaws.com");
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &base, "bedrock_unread"));
+    env.agent.wait_process_done(pid);
+    let records = env.agent.records_of(&[pid]);
+    assert_eq!(records.len(), 1, "{records:#?}\n{}", env.agent.stats());
+    let r = &records[0];
+    let served = env.server.served();
+    let s = served.iter().find(|s| s["request_id"] == r["request_id"]).unwrap_or_else(|| panic!("{r}: {served:?}"));
+    assert_eq!(s["api"], "bedrock_invoke");
+    assert_eq!(r["usage_source"], "headers", "{r}");
+    assert_eq!(r["input_tokens"], s["expected"]["input"], "{r}");
+    assert_eq!(r["output_tokens"], s["expected"]["output"], "{r}");
+    assert_eq!(r["operation"], "invoke");
+    assert_eq!(r["response_id"], Value::Null, "the body (with the id) was never read: {r}");
+    assert!(r["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{r}");
+    let dir = env.dir.clone();
+    let stats = env.finish();
+    assert!(stats["records_body_unread"].as_u64() >= Some(1), "{stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
