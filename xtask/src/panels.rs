@@ -391,8 +391,8 @@ pub fn run(out_dir: &Path, opts: &Options) -> Result<()> {
         // panels that read them are what the 1 s target is about).
         let per_call = |tables: &str| synth::on_disk(&ch, tables) / have.max(1) as f64 * (size - have) as f64 * 1.3;
         let free = free_disk(&dir);
-        let all = "'llm_calls', 'llm_calls_1m', 'llm_calls_1h', 'llm_traffic'";
-        let rollups = "'llm_calls_1m', 'llm_calls_1h', 'llm_traffic'";
+        let rollups = "'llm_calls_1m', 'llm_calls_1h', 'llm_health_1h', 'llm_ingest_1h', 'llm_traffic'";
+        let all = &format!("'llm_calls', {rollups}");
         let raw_need = per_call(all) * (size.min(opts.raw_max).saturating_sub(have)) as f64 / (size - have) as f64;
         let table = if have == 0 || free - raw_need - per_call(rollups) > DISK_MARGIN {
             "llm_calls"

@@ -191,7 +191,7 @@ pub fn settle(ch: &ClickHouse) {
 pub fn table_stats(ch: &ClickHouse) -> String {
     let rows = ch.query(&format!(
         "SELECT table, sum(rows) AS rows, count() AS parts, round(sum(bytes_on_disk) / 1048576) AS mib FROM system.parts \
-         WHERE database = '{}' AND active AND table IN ('llm_calls', 'llm_calls_1m', 'llm_calls_1h', 'llm_traffic') \
+         WHERE database = '{}' AND active AND table LIKE 'llm\\_%' \
          GROUP BY table ORDER BY table",
         ch.database
     ));
