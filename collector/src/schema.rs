@@ -18,7 +18,13 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (11, "workload_kind_distributed", include_str!("../../schema/011_workload_kind_distributed.sql")),
     (12, "response_id_index", include_str!("../../schema/012_response_id_index.sql")),
     (13, "baselines", include_str!("../../schema/013_baselines.sql")),
+    (14, "health_rollup", include_str!("../../schema/014_health_rollup.sql")),
+    (15, "health_rollup_distributed", include_str!("../../schema/015_health_rollup_distributed.sql")),
 ];
+
+/// In a migration, the unix second from which its materialized views count
+/// inserts; its backfill covers the rows inserted before (014_health_rollup.sql).
+const UPGRADE_AT: &str = "{upgrade_at}";
 
 #[derive(Clone, Debug)]
 pub struct SchemaConfig {
@@ -39,6 +45,8 @@ impl SchemaConfig {
                 ("table", "llm_calls".into()),
                 ("rollup_1m", "llm_calls_1m".into()),
                 ("rollup_1h", "llm_calls_1h".into()),
+                ("health_1h", "llm_health_1h".into()),
+                ("ingest_1h", "llm_ingest_1h".into()),
                 ("engine", "ReplacingMergeTree".into()),
                 ("agg_engine", "AggregatingMergeTree".into()),
                 ("traffic_table", "llm_traffic".into()),
@@ -53,6 +61,8 @@ impl SchemaConfig {
                 ("table", "llm_calls_local".into()),
                 ("rollup_1m", "llm_calls_1m_local".into()),
                 ("rollup_1h", "llm_calls_1h_local".into()),
+                ("health_1h", "llm_health_1h_local".into()),
+                ("ingest_1h", "llm_ingest_1h_local".into()),
                 (
                     "engine",
                     format!(
@@ -118,11 +128,18 @@ pub async fn migrate(client: &Client, cfg: &SchemaConfig) -> Result<Vec<u32>, cl
         .fetch_all()
         .await?;
     let mut applied = Vec::new();
+    // A second after now, by the server's clock: views created in this run
+    // count inserts from then on, backfills what came before.
+    let upgrade_at: u32 = client.query("SELECT toUInt32(toUnixTimestamp(now()) + 1)").fetch_one().await?;
     for (version, name, sql) in MIGRATIONS {
         if done.contains(version) {
             continue;
         }
         for stmt in cfg.render(sql) {
+            let stmt = stmt.replace(UPGRADE_AT, &upgrade_at.to_string());
+            if stmt.starts_with("INSERT") {
+                wait_until(client, upgrade_at).await?;
+            }
             client.query(&stmt).execute().await?;
         }
         client
@@ -135,6 +152,19 @@ pub async fn migrate(client: &Client, cfg: &SchemaConfig) -> Result<Vec<u32>, cl
         applied.push(*version);
     }
     Ok(applied)
+}
+
+/// Wait (a second at most) until the server's clock has passed `at`, so that
+/// a backfill of the rows inserted before `at` sees all of them.
+async fn wait_until(client: &Client, at: u32) -> Result<(), clickhouse::error::Error> {
+    for _ in 0..50 {
+        let now: u32 = client.query("SELECT toUInt32(toUnixTimestamp(now()))").fetch_one().await?;
+        if now >= at {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -194,6 +224,21 @@ mod tests {
         assert!(i[0].starts_with("ALTER TABLE tt.llm_calls  ADD INDEX IF NOT EXISTS response_id_bf"), "{}", i[0]);
         let i = cluster.render(sql("response_id_index"));
         assert!(i[0].starts_with("ALTER TABLE tt.llm_calls_local ON CLUSTER 'prod' ADD INDEX"), "{}", i[0]);
+        // The health rollups: local tables and views on a cluster, the views
+        // counting from the upgrade second, the backfill before it.
+        let h = single.render(sql("health_rollup"));
+        assert_eq!(h.len(), 6);
+        assert!(h[0].contains("CREATE TABLE IF NOT EXISTS tt.llm_health_1h"), "{}", h[0]);
+        assert!(h[1].contains("TO tt.llm_health_1h AS") && h[1].contains("now() >= toDateTime({upgrade_at})"));
+        assert!(
+            h[4].starts_with("INSERT INTO tt.llm_health_1h") && h[4].contains("inserted_at < toDateTime({upgrade_at})")
+        );
+        assert!(single.render(sql("health_rollup_distributed")).is_empty());
+        let h = cluster.render(sql("health_rollup"));
+        assert!(h[0].contains("tt.llm_health_1h_local ON CLUSTER 'prod'"), "{}", h[0]);
+        assert!(h[0].contains("ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/tt/{table}'"), "{}", h[0]);
+        let d = cluster.render(sql("health_rollup_distributed"));
+        assert!(d[0].contains("Distributed('prod', tt, llm_health_1h_local)"), "{}", d[0]);
         let d = cluster.render(sql("llm_traffic_distributed"));
         assert!(d[0].contains("Distributed('prod', tt, llm_traffic_local, cityHash64(row_id))"), "{}", d[0]);
     }

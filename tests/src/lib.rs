@@ -811,6 +811,11 @@ impl ClickHouse {
         Self { child: Some(child), url: format!("http://127.0.0.1:{port}"), database, fail_file, slow_file }
     }
 
+    /// The embedded engine's process (None for a server at `TOKENTAP_CLICKHOUSE_URL`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether this is the embedded engine (outages and slow answers can be simulated).
     pub fn embedded(&self) -> bool {
         self.child.is_some()
@@ -838,12 +843,20 @@ impl ClickHouse {
 
     /// Run SQL; the rows as JSON objects (JSONEachRow).
     pub fn query(&self, sql: &str) -> Vec<Value> {
+        self.try_query(sql).unwrap_or_else(|e| panic!("ClickHouse {sql}: {e}"))
+    }
+
+    /// Run SQL; the rows, or ClickHouse's error text (benchmarks go on after a
+    /// query that hit its time limit).
+    pub fn try_query(&self, sql: &str) -> Result<Vec<Value>, String> {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let url = format!("{}/?database={}&default_format=JSONEachRow", self.url, self.database);
-        let mut resp = agent.post(&url).send(sql.as_bytes()).unwrap_or_else(|e| panic!("ClickHouse {sql}: {e}"));
+        let mut resp = agent.post(&url).send(sql.as_bytes()).map_err(|e| e.to_string())?;
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        assert_eq!(resp.status().as_u16(), 200, "ClickHouse {sql}: {text}");
-        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON row")).collect()
+        if resp.status().as_u16() != 200 {
+            return Err(text);
+        }
+        Ok(text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON row")).collect())
     }
 
     /// One number from a one-row, one-column query.

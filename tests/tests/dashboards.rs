@@ -12,14 +12,22 @@ use tokentap_e2e::*;
 const FROM: &str = "2026-11-20 00:00:00";
 const TO: &str = "2026-11-23 23:59:59";
 
-/// `$__timeFilter(col)` and `$__timeInterval(col)` as the plugin expands them
-/// (the interval fixed at one minute), then the variables.
+/// `$__timeFilter(col)`, `$__timeInterval(col)`, `$__fromTime`, `$__toTime` and
+/// `$__interval_s` as the plugin expands them (the interval fixed at one
+/// minute), then the variables.
 fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
-    let mut out = sql.to_owned();
+    expand_in(sql, vars, FROM, TO)
+}
+
+fn expand_in(sql: &str, vars: &BTreeMap<String, Vec<String>>, from: &str, to: &str) -> String {
+    let mut out = sql
+        .replace("$__fromTime", &format!("toDateTime('{from}')"))
+        .replace("$__toTime", &format!("toDateTime('{to}')"))
+        .replace("$__interval_s", "60");
     for (macro_name, f) in [
         (
             "$__timeFilter(",
-            Box::new(|c: &str| format!("{c} >= toDateTime('{FROM}') AND {c} <= toDateTime('{TO}')"))
+            Box::new(|c: &str| format!("{c} >= toDateTime('{from}') AND {c} <= toDateTime('{to}')"))
                 as Box<dyn Fn(&str) -> String>,
         ),
         ("$__timeInterval(", Box::new(|c: &str| format!("toStartOfInterval(toDateTime({c}), INTERVAL 60 second)"))),
@@ -31,9 +39,6 @@ fn expand(sql: &str, vars: &BTreeMap<String, Vec<String>>) -> String {
             out.replace_range(start..=end, &f(&arg));
         }
     }
-    out = out
-        .replace("$__fromTime", &format!("toDateTime('{FROM}')"))
-        .replace("$__toTime", &format!("toDateTime('{TO}')"));
     for (name, values) in vars {
         let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect();
         out = out.replace(&format!("${{{name}:singlequote}}"), &quoted.join(","));
@@ -331,4 +336,116 @@ fn the_track_dashboard_compares_the_saved_baseline_with_now() {
     let want =
         f(&ch.query("SELECT sum(ifNull(cost_usd, 0)) AS c FROM llm_calls WHERE ts <= '2026-11-23 23:59:59'")[0]["c"]);
     assert!((total - want).abs() < 1e-9, "{total} vs {want}");
+}
+
+#[test]
+fn time_series_read_the_minute_rollup_up_to_two_days_and_the_hourly_one_beyond_per_minute_either_way() {
+    let dir = scratch("dashboards-ranges");
+    let ch = ClickHouse::start(&dir, "dashboards_ranges");
+    migrate(&ch);
+    fill(&ch);
+    let path = workspace_root().join("dashboards/usage_latency.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let values = all_values(&ch, &d);
+    let panel = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Calls per minute by provider").unwrap();
+    let sql = panel["targets"][0]["rawSql"].as_str().unwrap();
+    assert!(sql.contains("llm_calls_1m") && sql.contains("llm_calls_1h"), "{sql}");
+    // One day: minute buckets (the interval, 60 s), calls per minute = calls per bucket.
+    // Four days: hourly buckets, calls per minute = calls per bucket / 60.
+    for ((from, to), minutes_per_bucket) in [(("2026-11-21 00:00:00", "2026-11-21 23:59:59"), 1.0), ((FROM, TO), 60.0)]
+    {
+        let rows = ch.query(&expand_in(sql, &values, from, to));
+        let f = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0);
+        let calls: f64 = rows.iter().map(|r| f(&r["calls"]) * minutes_per_bucket).sum();
+        let raw = ch.count(&format!(
+            "SELECT count() FROM llm_calls WHERE ts >= toDateTime('{from}') AND ts <= toDateTime('{to}')"
+        ));
+        assert!((calls - raw as f64).abs() < 1e-6, "{from}..{to}: {calls} from the panel, {raw} calls");
+        let step = |r: &Value| r["time"].as_str().map(|t| t[14..16].to_owned());
+        let hourly = rows.iter().all(|r| step(r).as_deref() == Some("00"));
+        assert_eq!(hourly, minutes_per_bucket == 60.0, "{rows:?}");
+    }
+}
+
+/// The panels moved to the health rollups (`llm_health_1h`, `llm_ingest_1h`)
+/// answer as the raw-row queries they replaced did (rows compared as sets:
+/// ties may order differently).
+#[test]
+fn health_rollup_panels_answer_as_the_raw_queries_they_replaced() {
+    let dir = scratch("dashboards-health");
+    let ch = ClickHouse::start(&dir, "dashboards_health");
+    migrate(&ch);
+    fill(&ch);
+    let replaced: &[(&str, &str, &str)] = &[
+        ("agent_health.json", "Capture method share (coverage)", "SELECT ifNull(tls_library, 'plaintext socket') AS method, count() AS records FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY method ORDER BY records DESC"),
+        ("agent_health.json", "Data quality: calls without usage or price", "SELECT provider, model, count() AS calls, countIf(usage_source IS NULL) AS no_usage, countIf(usage_source = 'estimated') AS estimated, countIf(cost_usd IS NULL) AS unpriced FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY provider, model ORDER BY unpriced DESC, no_usage DESC LIMIT 50"),
+        ("agent_health.json", "Processes seen by capture method", "SELECT cluster, comm, ifNull(tls_library, 'socket') AS method, count() AS records, max(ts) AS last_seen FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY cluster, comm, method ORDER BY records DESC LIMIT 100"),
+        ("usage_latency.json", "Error responses", "SELECT provider, model, status, count() AS calls FROM llm_calls WHERE $__timeFilter(ts) AND status >= 400 AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY provider, model, status ORDER BY calls DESC LIMIT 50"),
+        ("opportunities.json", "Frontier models on short outputs (downgrade candidates)", "SELECT service, model, count() AS calls, round(sum(ifNull(cost_usd, 0)), 6) AS cost_usd FROM llm_calls WHERE $__timeFilter(ts) AND features != '' AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) AND (ifNull(output_tokens, 0) <= 16 OR ifNull(JSONExtract(features, 'max_tokens', 'Nullable(UInt64)'), 1000000) <= 16) AND match(model, '(?i)^(gpt-4o|gpt-4\\\\.1|gpt-4-turbo|gpt-5|o1|o3|claude-opus-4|claude-sonnet-4|claude-3-opus|claude-3-5-sonnet|claude-3-7-sonnet|gemini-2\\\\.5-pro|gemini-1\\\\.5-pro)') AND NOT match(model, '(?i)(mini|nano)') AND isNull(JSONExtract(features, 'embedding_inputs', 'Nullable(UInt32)')) GROUP BY service, model ORDER BY cost_usd DESC LIMIT 50"),
+        ("opportunities.json", "Verbose formats (tokens a compact prompt saves)", "SELECT service, model, count() AS calls, sum(JSONExtract(features, 'minify_saved_tokens', 'Nullable(UInt64)')) AS tokens_saved FROM llm_calls WHERE $__timeFilter(ts) AND features != '' AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) AND ifNull(JSONExtract(features, 'minify_saved_tokens', 'Nullable(UInt64)'), 0) >= 20 GROUP BY service, model ORDER BY tokens_saved DESC LIMIT 50"),
+        ("opportunities.json", "Embeddings sent one input at a time", "SELECT service, model, count() AS calls, round(sum(ifNull(cost_usd, 0)) * 0.5, 6) AS batch_api_savings_usd FROM llm_calls WHERE $__timeFilter(ts) AND features != '' AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) AND JSONExtract(features, 'embedding_inputs', 'Nullable(UInt32)') = 1 GROUP BY service, model HAVING count() >= 10 ORDER BY calls DESC LIMIT 50"),
+    ];
+    let mut compared = 0;
+    for (file, title, raw_sql) in replaced {
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(workspace_root().join("dashboards").join(file)).unwrap())
+                .unwrap();
+        let values = all_values(&ch, &d);
+        let p = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == *title).expect(title);
+        let sql = p["targets"][0]["rawSql"].as_str().unwrap();
+        assert!(sql.contains("FROM llm_health_1h") && !sql.contains("FROM llm_calls "), "{title}: {sql}");
+        let sorted = |mut rows: Vec<Value>| {
+            let mut s: Vec<String> = rows.drain(..).map(|r| r.to_string()).collect();
+            s.sort();
+            s
+        };
+        let now = sorted(ch.query(&expand(sql, &values)));
+        let before = sorted(ch.query(&expand(raw_sql, &values)));
+        assert!(!before.is_empty(), "{title}: the test rows give it rows");
+        assert_eq!(now, before, "{title}");
+        compared += 1;
+    }
+    assert_eq!(compared, 7);
+    // Ingest delay over four days: hourly buckets from the rollup's states,
+    // the raw rows' quantiles per hour.
+    let d: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("dashboards/agent_health.json")).unwrap())
+            .unwrap();
+    let values = all_values(&ch, &d);
+    let p = d["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Ingest delay (call -> ClickHouse), seconds");
+    let sql = p.unwrap()["targets"][0]["rawSql"].as_str().unwrap();
+    let now = ch.query(&expand(sql, &values));
+    let raw = ch.query(&format!(
+        "SELECT toStartOfInterval(ts, INTERVAL 3600 second) AS time, quantile(0.5)(dateDiff('millisecond', ts, \
+         inserted_at) / 1000) AS p50, quantile(0.99)(dateDiff('millisecond', ts, inserted_at) / 1000) AS p99 FROM \
+         llm_calls WHERE ts >= toDateTime('{FROM}') AND ts <= toDateTime('{TO}') GROUP BY time ORDER BY time"
+    ));
+    assert!(raw.len() > 24, "{raw:?}");
+    assert_eq!(now, raw);
+}
+
+/// Rows stored before the health rollups existed are backfilled by their
+/// migration, once: an upgrade shows the past on the panels that moved.
+#[test]
+fn the_health_rollup_migration_backfills_rows_stored_before_it_once() {
+    let dir = scratch("dashboards-backfill");
+    let ch = ClickHouse::start(&dir, "dashboards_backfill");
+    migrate(&ch);
+    fill(&ch);
+    // As a database that predates migration 14: its rollups and record gone.
+    for t in ["llm_health_1h_mv", "llm_ingest_1h_mv", "llm_health_1h", "llm_ingest_1h"] {
+        ch.query(&format!("DROP TABLE {t}"));
+    }
+    ch.query("ALTER TABLE schema_migrations DELETE WHERE version >= 14 SETTINGS mutations_sync = 1");
+    let raw = ch.count("SELECT count() FROM llm_calls");
+    migrate(&ch);
+    assert_eq!(ch.count("SELECT sum(calls) FROM llm_health_1h"), raw);
+    let groups = "uniqExact(toStartOfHour(ts), cluster, namespace, service)";
+    assert_eq!(
+        ch.count("SELECT uniqExact(t, cluster, namespace, service) FROM llm_ingest_1h"),
+        ch.count(&format!("SELECT {groups} FROM llm_calls"))
+    );
+    // New rows reach it through the view, and only through it.
+    fill(&ch);
+    assert_eq!(ch.count("SELECT sum(calls) FROM llm_health_1h"), 2 * raw);
 }

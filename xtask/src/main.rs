@@ -13,10 +13,12 @@ mod demo;
 mod fleet;
 mod method_cost;
 mod overhead;
+mod panels;
 mod prereq;
 mod prices;
 mod rss;
 mod soak;
+mod synth;
 mod uprobe_cost;
 
 #[derive(Parser)]
@@ -64,9 +66,11 @@ enum Cmd {
     /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md), then the
     /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL, reqwest/rustls and
     /// java.net.http/JSSE through the Java agent (target/bench/methods.md), then the agent's
-    /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md).
+    /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md), then every
+    /// dashboard panel and the report on 10 M and 100 M synthetic calls
+    /// (target/bench/dashboards.md).
     /// TOKENTAP_BENCH_AGENT=PATH measures that agent binary instead of a fresh build.
-    /// Needs root.
+    /// Needs root (but `--only-dashboards`).
     Bench {
         /// Longer runs (20 s per measurement, 60 s sustained).
         #[arg(long)]
@@ -88,6 +92,22 @@ enum Cmd {
         /// Seconds of load per fleet scenario.
         #[arg(long, default_value_t = 60)]
         fleet_seconds: u64,
+        /// Only the dashboard panels and the report on synthetic calls in the
+        /// ClickHouse engine (no root needed).
+        #[arg(long)]
+        only_dashboards: bool,
+        /// Calls for the dashboard bench (repeat for several sizes; ~100 bytes of
+        /// disk each, under target/bench, removed afterwards).
+        #[arg(long = "rows", default_values_t = [10_000_000u64, 100_000_000])]
+        dashboard_rows: Vec<u64>,
+        /// Calls beyond this many reach the rollups (and llm_traffic) only, without
+        /// raw rows: the rollup panels at sizes whose raw rows don't fit.
+        #[arg(long)]
+        raw_rows_max: Option<u64>,
+        /// Where the dashboard bench's engine keeps its data (e.g. a tmpfs when the
+        /// disk is short); removed afterwards.
+        #[arg(long, default_value = "target/bench/dashboards-data")]
+        bench_data: PathBuf,
     },
     /// Run every parser fuzz target (fuzz/) for a bounded time each.
     Fuzz {
@@ -154,7 +174,28 @@ fn main() -> Result<()> {
             let bin = build_agent(true)?;
             soak::run(&bin, &root.join("target/soak"), minutes)?;
         }
-        Cmd::Bench { long, only_overhead, only_fleet, only_methods, only_rss, fleet_seconds } => {
+        Cmd::Bench {
+            long,
+            only_overhead,
+            only_fleet,
+            only_methods,
+            only_rss,
+            fleet_seconds,
+            only_dashboards,
+            dashboard_rows,
+            raw_rows_max,
+            bench_data,
+        } => {
+            let dashboards = panels::Options {
+                sizes: dashboard_rows,
+                raw_max: raw_rows_max.unwrap_or(u64::MAX),
+                data: root.join(bench_data),
+            };
+            if only_dashboards {
+                // The ClickHouse engine (chdb-core) only: no eBPF build, no root.
+                prereq::test_tools(&root)?;
+                return panels::run(&root.join("target/bench"), &dashboards);
+            }
             let all = !only_overhead && !only_fleet && !only_methods && !only_rss;
             prereq::build_tools()?;
             if !only_fleet {
@@ -187,6 +228,9 @@ fn main() -> Result<()> {
             }
             if all || only_rss {
                 rss::run(&bin, &out, long)?;
+            }
+            if all {
+                panels::run(&out, &dashboards)?;
             }
         }
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
@@ -288,12 +332,14 @@ fn build_agent(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c)?;
-    // Cargo's target directory: CARGO_TARGET_DIR when set (relative to the workspace), else target/.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d));
-    let bin = target.join(if release { "release" } else { "debug" }).join("tokentap-agent");
+    let bin = target_dir().join(if release { "release" } else { "debug" }).join("tokentap-agent");
     if !Path::new(&bin).exists() {
         bail!("build finished but {} is missing", bin.display());
     }
     Ok(bin)
+}
+
+/// Cargo's target directory: CARGO_TARGET_DIR when set (relative to the workspace), else target/.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d))
 }
