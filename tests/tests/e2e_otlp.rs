@@ -163,11 +163,21 @@ fn check_spans(records: &[Value], spans: &BTreeMap<String, Value>) {
             ("gen_ai.request.stream", "stream"),
             ("http.response.status_code", "status"),
             ("server.address", "server"),
-            ("tokentap.cost.usd", "cost_usd"),
             ("tokentap.usage_source", "usage_source"),
             ("tokentap.tls_library", "tls_library"),
         ] {
             assert_eq!(a.get(attr).unwrap_or(&Value::Null), &r[field], "{attr} = {field}{}", ctx());
+        }
+        // The cost crosses two JSON writers (the receiver's Python, the agent's
+        // JSONL) and a parser: equal to the last bit but one.
+        let (span_cost, record_cost) = (a["tokentap.cost.usd"].as_f64(), r["cost_usd"].as_f64());
+        assert_eq!(span_cost.is_some(), record_cost.is_some(), "tokentap.cost.usd = cost_usd{}", ctx());
+        if let (Some(x), Some(y)) = (span_cost, record_cost) {
+            assert!(
+                (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs()),
+                "tokentap.cost.usd = cost_usd{}",
+                ctx()
+            );
         }
         let provider = match r["provider"].as_str().unwrap() {
             "google" => "gcp.gemini",
