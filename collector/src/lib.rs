@@ -3,8 +3,8 @@
 //!
 //! Data flows one way: `serve` (connections) -> `server` (the endpoint: checks,
 //! decodes) -> `admission` (new, stored or in-flight rows) -> `writer` (group
-//! commit, retries, isolating bad rows) -> `store` (rows, inserts, what an
-//! error means). Each kind of row (`row::StoredRow`: the call records, the LLM
+//! commit, retries, isolating bad rows; call rows get their repeats from
+//! `repeats` there) -> `store` (rows, inserts, what an error means). Each kind of row (`row::StoredRow`: the call records, the LLM
 //! traffic rows of `traffic`) takes that path with its own endpoint, queue
 //! and table. OTLP trace exports (`otlp`: `/v1/traces`) become call rows
 //! too, on the call records' path, matched with the agents' records so a call
@@ -16,6 +16,7 @@ pub mod calls;
 pub mod dedup;
 pub mod metrics;
 pub mod otlp;
+pub mod repeats;
 pub mod row;
 pub mod schema;
 pub mod serve;

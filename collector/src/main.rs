@@ -125,6 +125,12 @@ struct Cli {
     /// records with OTLP spans of the same call.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     otlp_match_keys: usize,
+    /// Prompts (service, model, prompt hash) and conversations remembered to
+    /// find repeated prompts and growing conversations as calls arrive (the
+    /// Opportunities dashboard), each; when full, the oldest half is
+    /// forgotten (~40 bytes an entry).
+    #[arg(long, default_value_t = 1_000_000, global = true)]
+    repeat_keys: usize,
     /// Milliseconds the answer to "did any replica store OTLP spans in the
     /// last day?" is kept. While none did, agents' batches skip the check
     /// for spans stored through other replicas (one cheap count per period).
@@ -395,6 +401,7 @@ async fn main() -> Result<()> {
                 prices: std::sync::Arc::new(prices),
                 otlp_hold: Duration::from_millis(cli.otlp_hold_ms),
                 otlp_match_keys: cli.otlp_match_keys,
+                repeat_keys: cli.repeat_keys,
                 otlp_peer_refresh: Duration::from_millis(cli.otlp_peer_refresh_ms),
                 spend_series_max: cli.spend_series_max.max(1),
                 writer: WriterConfig {

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub traffic: RowMetrics,
     /// OTLP trace ingest (`/v1/traces`).
     pub otlp: OtlpMetrics,
+    /// Finding repeats as rows arrive (`repeats`).
+    pub repeats: crate::repeats::RepeatMetrics,
     /// Spend of the call rows this replica stored (`tokentap_spend_*`).
     pub spend: crate::spend::SpendCounters,
     /// Budgets and the tracked baseline (`tokentap_budget_*`, `tokentap_track_*`).
@@ -319,6 +321,24 @@ impl Metrics {
                 g(&self.traffic.rejected),
             ),
             ("traffic_queue_rows", "gauge", "LLM traffic rows waiting for ClickHouse.", g(&self.traffic.queue)),
+            (
+                "repeat_keys",
+                "gauge",
+                "Prompts and conversations remembered to find repeats (--repeat-keys each).",
+                g(&self.repeats.keys),
+            ),
+            (
+                "repeat_keys_forgotten_total",
+                "counter",
+                "Times the older half of the remembered prompts or conversations was forgotten to make room.",
+                g(&self.repeats.forgotten),
+            ),
+            (
+                "repeat_features_unreadable_total",
+                "counter",
+                "Call rows whose prompt features were not JSON (no repeats found for them).",
+                g(&self.repeats.unreadable),
+            ),
         ]
         .into_iter()
         .chain(self.otlp.series())

@@ -34,6 +34,9 @@ pub trait StoredRow: RowOwned + RowWrite + Serialize + Clone + Send + Sync + std
     /// the collector another way: see [`crate::otlp::Otlp::screen_records`]).
     /// Rows this replica has just inserted (the call rows feed the spend counters).
     fn inserted(_m: &Metrics, _rows: &[Self]) {}
+    /// New rows about to be inserted, once each (the call rows get their
+    /// repeats: [`crate::repeats`]).
+    fn arriving(_shared: &Shared, _rows: &mut [Self]) {}
     fn screen(_shared: &Shared, rows: Vec<Self>) -> impl std::future::Future<Output = Vec<Self>> + Send {
         std::future::ready(rows)
     }
@@ -67,6 +70,10 @@ impl StoredRow for CallRow {
 
     fn inserted(m: &Metrics, rows: &[Self]) {
         m.spend.add(rows);
+    }
+
+    fn arriving(shared: &Shared, rows: &mut [Self]) {
+        shared.repeats.lock().unwrap_or_else(|e| e.into_inner()).mark(rows, &shared.metrics.repeats);
     }
 
     async fn screen(shared: &Shared, rows: Vec<Self>) -> Vec<Self> {

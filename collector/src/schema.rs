@@ -20,6 +20,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (13, "baselines", include_str!("../../schema/013_baselines.sql")),
     (14, "health_rollup", include_str!("../../schema/014_health_rollup.sql")),
     (15, "health_rollup_distributed", include_str!("../../schema/015_health_rollup_distributed.sql")),
+    (16, "waste_rollup", include_str!("../../schema/016_waste_rollup.sql")),
+    (17, "waste_rollup_distributed", include_str!("../../schema/017_waste_rollup_distributed.sql")),
 ];
 
 /// In a migration, the unix second from which its materialized views count
@@ -47,6 +49,8 @@ impl SchemaConfig {
                 ("rollup_1h", "llm_calls_1h".into()),
                 ("health_1h", "llm_health_1h".into()),
                 ("ingest_1h", "llm_ingest_1h".into()),
+                ("waste_1h", "llm_waste_1h".into()),
+                ("prefixes_1h", "llm_prefixes_1h".into()),
                 ("engine", "ReplacingMergeTree".into()),
                 ("agg_engine", "AggregatingMergeTree".into()),
                 ("traffic_table", "llm_traffic".into()),
@@ -63,6 +67,8 @@ impl SchemaConfig {
                 ("rollup_1h", "llm_calls_1h_local".into()),
                 ("health_1h", "llm_health_1h_local".into()),
                 ("ingest_1h", "llm_ingest_1h_local".into()),
+                ("waste_1h", "llm_waste_1h_local".into()),
+                ("prefixes_1h", "llm_prefixes_1h_local".into()),
                 (
                     "engine",
                     format!(
@@ -241,5 +247,28 @@ mod tests {
         assert!(d[0].contains("Distributed('prod', tt, llm_health_1h_local)"), "{}", d[0]);
         let d = cluster.render(sql("llm_traffic_distributed"));
         assert!(d[0].contains("Distributed('prod', tt, llm_traffic_local, cityHash64(row_id))"), "{}", d[0]);
+        // The waste rollups: the repeat columns on the table holding the
+        // data, views from the upgrade second, four backfills before it.
+        let w = single.render(sql("waste_rollup"));
+        assert_eq!(w.len(), 9);
+        assert!(w[0].starts_with("ALTER TABLE tt.llm_calls ") && w[0].contains("prompt_repeat UInt32"), "{}", w[0]);
+        assert!(w[2].contains("TO tt.llm_waste_1h AS") && w[2].contains("now() >= toDateTime({upgrade_at})"));
+        assert!(w[4].contains("TO tt.llm_prefixes_1h AS"), "{}", w[4]);
+        for b in &w[5..] {
+            assert!(
+                b.starts_with("INSERT INTO tt.llm_") && b.contains("inserted_at < toDateTime({upgrade_at})"),
+                "{b}"
+            );
+        }
+        assert!(single.render(sql("waste_rollup_distributed")).is_empty());
+        let w = cluster.render(sql("waste_rollup"));
+        assert!(w[0].starts_with("ALTER TABLE tt.llm_calls_local ON CLUSTER 'prod'"), "{}", w[0]);
+        assert!(w[1].contains("tt.llm_waste_1h_local ON CLUSTER 'prod'"), "{}", w[1]);
+        let d = cluster.render(sql("waste_rollup_distributed"));
+        assert!(
+            d[0].starts_with("ALTER TABLE tt.llm_calls ON CLUSTER 'prod'") && d[0].contains("conversation_growing")
+        );
+        assert!(d[1].contains("Distributed('prod', tt, llm_waste_1h_local)"), "{}", d[1]);
+        assert!(d[2].contains("Distributed('prod', tt, llm_prefixes_1h_local)"), "{}", d[2]);
     }
 }

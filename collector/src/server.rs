@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// Calls (provider family + response id) remembered to match agents'
     /// records with OTLP spans.
     pub otlp_match_keys: usize,
+    /// Prompts and conversations remembered to find repeats, each.
+    pub repeat_keys: usize,
     /// How long the answer to "were spans stored in the last day?" is kept:
     /// while none were, agents' batches are not checked against other
     /// replicas' spans.
@@ -83,6 +85,7 @@ impl Default for ServerConfig {
             prices: Arc::new(tokentap_event::PriceTable::shipped()),
             otlp_hold: Duration::from_secs(3),
             otlp_match_keys: 1_000_000,
+            repeat_keys: 1_000_000,
             otlp_peer_refresh: Duration::from_secs(60),
             spend_series_max: 1000,
         }
@@ -112,6 +115,8 @@ pub struct Shared {
     pub traffic: Lane<TrafficRow>,
     /// OTLP ingest's state: the calls seen by agents and by spans, spans held.
     pub otlp: crate::otlp::Otlp,
+    /// Repeated prompts and conversation turns of the call rows.
+    pub repeats: Mutex<crate::repeats::Repeats>,
     inflight: AtomicU64,
     pub(crate) decoders: Semaphore,
     pub metrics: Metrics,
@@ -134,6 +139,7 @@ pub fn build<S: Store<CallRow>, T: Store<TrafficRow>>(
         calls,
         traffic,
         otlp: crate::otlp::Otlp::new(cfg.otlp_match_keys, cfg.otlp_peer_refresh),
+        repeats: Mutex::new(crate::repeats::Repeats::new(cfg.repeat_keys)),
         cfg,
         inflight: AtomicU64::new(0),
         decoders: Semaphore::new(threads),

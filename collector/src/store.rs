@@ -61,6 +61,12 @@ pub struct CallRow {
     pub input_audio_tokens: Option<u64>,
     pub cached_audio_tokens: Option<u64>,
     pub output_audio_tokens: Option<u64>,
+    /// Set by the collector as the row arrives (`repeats`): earlier calls of
+    /// the same service, model and prompt, and the call's conversation turn.
+    pub prompt_repeat: u32,
+    pub conversation_turn: u32,
+    pub conversation_first_input: u64,
+    pub conversation_growing: u8,
 }
 
 impl CallRow {
@@ -112,6 +118,10 @@ impl CallRow {
             input_audio_tokens: r.input_audio_tokens,
             cached_audio_tokens: r.cached_audio_tokens,
             output_audio_tokens: r.output_audio_tokens,
+            prompt_repeat: 0,
+            conversation_turn: 0,
+            conversation_first_input: 0,
+            conversation_growing: 0,
         }
     }
 

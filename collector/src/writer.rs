@@ -138,6 +138,7 @@ async fn commit<R: StoredRow, S: Store<R>>(store: &S, shared: &Shared, mut jobs:
         Metrics::add(counters.already_stored, stored.len() as u64);
         rows.extend(check.into_iter().filter(|r| !stored.contains(&r.id())));
     }
+    R::arriving(shared, &mut rows);
     for part in by_partitions(rows, cfg.max_partitions, cfg.insert_rows) {
         write_isolating(store, shared, part, &mut outcome).await;
     }

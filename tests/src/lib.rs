@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod calibrate;
+pub mod grafana;
 pub mod java;
 pub mod prometheus;
 

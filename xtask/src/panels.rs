@@ -77,36 +77,10 @@ fn grafana_interval(range_s: u64, w: u64) -> u64 {
     STEPS.iter().find(|(below, _)| raw < *below).map_or(86400, |s| s.1)
 }
 
-/// Grafana's ClickHouse macros and the template variables as the
-/// grafana-clickhouse-datasource plugin expands them (as tests/tests/dashboards.rs
-/// does, with this bench's range).
+/// A panel's SQL over this bench's range (tokentap_e2e::grafana, as the tests).
 fn expand(sql: &str, from: u64, to: u64, interval_s: u64, vars: &BTreeMap<String, Vec<String>>) -> Result<String> {
-    let mut out = sql.to_owned();
-    let filter = |c: &str| format!("{c} >= toDateTime({from}) AND {c} <= toDateTime({to})");
-    let interval = |c: &str| format!("toStartOfInterval(toDateTime({c}), INTERVAL {interval_s} second)");
-    // The plugin's argument-less macros.
-    out = out
-        .replace("$__fromTime", &format!("toDateTime({from})"))
-        .replace("$__toTime", &format!("toDateTime({to})"))
-        .replace("$__interval_s", &interval_s.to_string());
-    for (name, f) in [("$__timeFilter(", &filter as &dyn Fn(&str) -> String), ("$__timeInterval(", &interval)] {
-        while let Some(start) = out.find(name) {
-            let arg_start = start + name.len();
-            let end = arg_start + out[arg_start..].find(')').context("macro closes")?;
-            let arg = out[arg_start..end].trim().to_owned();
-            out.replace_range(start..=end, &f(&arg));
-        }
-    }
-    for (name, values) in vars {
-        let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "\\'"))).collect();
-        out = out.replace(&format!("${{{name}:singlequote}}"), &quoted.join(","));
-        out = out.replace(&format!("${{{name}}}"), &values.join(","));
-    }
-    let b = out.as_bytes();
-    if b.windows(2).any(|w| w[0] == b'$' && (w[1] == b'_' || w[1] == b'{' || w[1].is_ascii_alphabetic())) {
-        bail!("unexpanded macro or variable in: {out}");
-    }
-    Ok(out)
+    tokentap_e2e::grafana::expand(sql, &format!("toDateTime({from})"), &format!("toDateTime({to})"), interval_s, vars)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Which table a query reads over `days`: the rollups are what keep long
@@ -122,6 +96,8 @@ fn reads(sql: &str, days: u64) -> &'static str {
         ("llm_calls_1m", "rollup 1m"),
         ("llm_calls_1h", "rollup 1h"),
         ("llm_health_1h", "rollup health 1h"),
+        ("llm_waste_1h", "rollup waste 1h"),
+        ("llm_prefixes_1h", "rollup prefixes 1h"),
         ("llm_ingest_1h", "rollup ingest 1h"),
         ("llm_traffic", "llm_traffic (raw)"),
         ("llm_calls ", "llm_calls (raw)"),
@@ -391,7 +367,8 @@ pub fn run(out_dir: &Path, opts: &Options) -> Result<()> {
         // panels that read them are what the 1 s target is about).
         let per_call = |tables: &str| synth::on_disk(&ch, tables) / have.max(1) as f64 * (size - have) as f64 * 1.3;
         let free = free_disk(&dir);
-        let rollups = "'llm_calls_1m', 'llm_calls_1h', 'llm_health_1h', 'llm_ingest_1h', 'llm_traffic'";
+        let rollups = "'llm_calls_1m', 'llm_calls_1h', 'llm_health_1h', 'llm_ingest_1h', 'llm_waste_1h', \
+                       'llm_prefixes_1h', 'llm_traffic'";
         let all = &format!("'llm_calls', {rollups}");
         let raw_need = per_call(all) * (size.min(opts.raw_max).saturating_sub(have)) as f64 / (size - have) as f64;
         let table = if have == 0 || free - raw_need - per_call(rollups) > DISK_MARGIN {

@@ -18,6 +18,10 @@
 //! durations are whole milliseconds, a service has 16 pids, and event ids are
 //! the row numbers (unique, but compressible where random UUIDs cost 11 bytes a
 //! row). What is left is ~85 bytes a call on disk, most of it the features.
+//! The columns a live collector fills as calls arrive (repeats, conversation
+//! turns: collector/src/repeats.rs) are drawn to match those shapes (a tenth
+//! of the chat calls repeat a prompt; turns 1-6; growing from turn 4), not
+//! computed over the history: they only decide which rollup rows exist.
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -100,12 +104,15 @@ pub fn calls_insert(table: &str, first: u64, count: u64, day_start: u64) -> Stri
     // conversations are runs of 6 consecutive calls; 5% of chat calls loop on a tool.
     let prompt =
         format!("if({} < 0.1, concat('d', toString(s), '-', toString(cityHash64(n, 16) % 500)), toString(n))", u(15));
+    // As the collector numbers them: 1 and up for the repeated ones.
+    let repeat = format!("if(NOT embedding AND {} < 0.1, 1 + cityHash64(n, 31) % 20, 0)", u(15));
     let features = if table == ROLLUP_ONLY { "''".to_owned() } else { features(&prompt) };
     format!(
         "INSERT INTO {table} (event_id, ts, duration_ms, ttft_ms, provider, operation, request_model, response_model, \
            model, stream, status, input_tokens, output_tokens, cached_input_tokens, usage_source, cost_usd, server, path, \
            http_version, tls_library, pid, comm, exe, pod, namespace, workload, service, end_user, api_key_id, feature, \
-           labels, cluster, features, workload_kind, inserted_at) \
+           labels, cluster, features, workload_kind, inserted_at, prompt_repeat, conversation_turn, \
+           conversation_first_input, conversation_growing) \
          SELECT reinterpretAsUUID(reverse(unhex(leftPad(hex(n), 32, '0')))), at, if({dnull} < 0.005, NULL, round(if(embedding, 50 + 200 * {d}, 300 + pow({d}, 3) * 60000))), \
            if({stream}, round(100 + pow({tt}, 2) * 3000), NULL), provider_name, \
            multiIf(embedding, 'embeddings', provider_name = 'anthropic', 'messages', provider_name = 'google', \
@@ -120,13 +127,16 @@ pub fn calls_insert(table: &str, first: u64, count: u64, day_start: u64) -> Stri
            ns, svc, svc, if({eu} < 0.4, concat('user-', toString(cityHash64(n, 13) % 20000)), NULL), \
            concat('k_', toString(s % 20)), ['chat', 'search', 'summarize', 'classify', 'extract', NULL][cityHash64(n, 14) % 6 + 1], \
            map('team', ns, 'cost-center', concat('cc-', toString(s % 7))), cl, {features}, 'Deployment', \
-           toDateTime(at) + 1 + n % 3 \
-         FROM (SELECT *, {status} AS st, {input} AS inp, {output} AS outp FROM ({dims}))",
+           toDateTime(at) + 1 + n % 3, {repeat}, turn, first_input, \
+           if(turn >= 4 AND ifNull(inp, 0) > 2 * first_input, if(turn = 4, 2, 1), 0) \
+         FROM (SELECT *, {status} AS st, {input} AS inp, {output} AS outp, if(embedding, 0, 1 + n % 6) AS turn, \
+           if(embedding, 0, toUInt64(20 + floor(pow({fi}, 2) * 8000))) AS first_input FROM ({dims}))",
         dnull = u(26),
         d = u(6),
         tt = u(27),
         us = u(28),
         eu = u(29),
+        fi = u(30),
         dims = dims(first, count, day_start),
     )
 }
