@@ -30,13 +30,13 @@ pub trait StoredRow: RowOwned + RowWrite + Serialize + Clone + Send + Sync + std
     fn lane(shared: &Shared) -> &Lane<Self>;
     /// Its counters.
     fn counters(m: &Metrics) -> RowCounters<'_>;
-    /// The rows of a batch worth storing (all, unless the same things reach
-    /// the collector another way: see [`crate::otlp::Otlp::screen_records`]).
     /// Rows this replica has just inserted (the call rows feed the spend counters).
     fn inserted(_m: &Metrics, _rows: &[Self]) {}
     /// New rows about to be inserted, once each (the call rows get their
     /// repeats: [`crate::repeats`]).
     fn arriving(_shared: &Shared, _rows: &mut [Self]) {}
+    /// The rows of a batch worth storing (all, unless the same things reach
+    /// the collector another way: see [`crate::otlp::Otlp::screen_records`]).
     fn screen(_shared: &Shared, rows: Vec<Self>) -> impl std::future::Future<Output = Vec<Self>> + Send {
         std::future::ready(rows)
     }

@@ -870,6 +870,24 @@ impl ClickHouse {
             _ => 0,
         }
     }
+
+    /// The collector's migrations (`tokentap-collector migrate`).
+    pub fn migrate(&self) {
+        let out = Command::new(collector_bin())
+            .args(["migrate", "--clickhouse-url", &self.url, "--database", &self.database])
+            .output()
+            .expect("collector migrate");
+        assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Undo migration 16-17's rollups and its record (its columns stay), so
+    /// the next migrate creates and backfills them as an upgrade does.
+    pub fn forget_waste_rollups(&self) {
+        for t in ["llm_waste_1h_mv", "llm_prefixes_1h_mv", "llm_waste_1h", "llm_prefixes_1h"] {
+            self.query(&format!("DROP TABLE {t}"));
+        }
+        self.query("ALTER TABLE schema_migrations DELETE WHERE version IN (16, 17) SETTINGS mutations_sync = 1");
+    }
 }
 
 impl Drop for ClickHouse {

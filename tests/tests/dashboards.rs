@@ -23,10 +23,7 @@ fn expand_in(sql: &str, vars: &BTreeMap<String, Vec<String>>, from: &str, to: &s
 }
 
 fn migrate(ch: &ClickHouse) {
-    let mut c = Command::new(collector_bin());
-    c.args(["migrate", "--clickhouse-url", &ch.url, "--database", &ch.database]);
-    let out = c.output().expect("collector migrate");
-    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    ch.migrate();
 }
 
 /// 600 calls over three days: two clusters, three namespaces, four services,
@@ -77,11 +74,8 @@ fn fill(ch: &ClickHouse) {
 /// before migration 16 does, by its backfill (tests/tests/waste_rollup.rs
 /// checks that the backfill and the collector agree).
 fn backfill_waste(ch: &ClickHouse) {
-    for t in ["llm_waste_1h_mv", "llm_prefixes_1h_mv", "llm_waste_1h", "llm_prefixes_1h"] {
-        ch.query(&format!("DROP TABLE {t}"));
-    }
-    ch.query("ALTER TABLE schema_migrations DELETE WHERE version IN (16, 17) SETTINGS mutations_sync = 1");
-    migrate(ch);
+    ch.forget_waste_rollups();
+    ch.migrate();
 }
 
 /// The baseline's window: the first twelve hours of the test rows.

@@ -6,7 +6,6 @@
 //! migration to the same numbers. ClickHouse: `TOKENTAP_CLICKHOUSE_URL` or the
 //! embedded engine.
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 
 use serde_json::{json, Value};
 use tokentap_e2e::*;
@@ -258,19 +257,12 @@ fn the_waste_panels_show_what_the_records_hold_live_and_after_a_backfill() {
     // As a database from before migration 16: rows without their repeats,
     // no waste rollups. Upgrading backfills them from the rows.
     drop(collector);
-    for t in ["llm_waste_1h_mv", "llm_prefixes_1h_mv", "llm_waste_1h", "llm_prefixes_1h"] {
-        ch.query(&format!("DROP TABLE {t}"));
-    }
+    ch.forget_waste_rollups();
     ch.query(
         "ALTER TABLE llm_calls DROP COLUMN prompt_repeat, DROP COLUMN conversation_turn, \
          DROP COLUMN conversation_first_input, DROP COLUMN conversation_growing",
     );
-    ch.query("ALTER TABLE schema_migrations DELETE WHERE version IN (16, 17) SETTINGS mutations_sync = 1");
-    let out = Command::new(collector_bin())
-        .args(["migrate", "--clickhouse-url", &ch.url, "--database", &ch.database])
-        .output()
-        .expect("collector migrate");
-    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    ch.migrate();
     assert_eq!(ch.count("SELECT max(prompt_repeat) FROM llm_calls"), 0, "old rows keep no repeats");
     let upgraded = panels(&ch);
     for title in PANELS {
