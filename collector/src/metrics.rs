@@ -333,12 +333,6 @@ impl Metrics {
                 "Times the older half of the remembered prompts or conversations was forgotten to make room.",
                 g(&self.repeats.forgotten),
             ),
-            (
-                "repeat_features_unreadable_total",
-                "counter",
-                "Call rows whose prompt features were not JSON (no repeats found for them).",
-                g(&self.repeats.unreadable),
-            ),
         ]
         .into_iter()
         .chain(self.otlp.series())

@@ -13,8 +13,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
-use serde::Deserialize;
+use tokentap_event::PromptFeatures;
 
 use crate::store::CallRow;
 
@@ -22,15 +23,32 @@ use crate::store::CallRow;
 /// input tokens is growing: the thresholds the report's detector uses.
 const MIN_TURNS: u32 = 4;
 
-/// The fields of a row's `features` this needs.
-#[derive(Deserialize)]
-struct Keys<'a> {
-    #[serde(borrow, default)]
-    prompt_hash: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    conversation_hash: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    embedding_inputs: Option<u32>,
+/// What a call row is looked up by: its service, model and prompt hash (not
+/// for embeddings, as the report's detector), its service, model and
+/// conversation hash. Taken from the record's typed features when the row is
+/// made, so finding repeats reads no JSON.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RepeatKeys {
+    prompt: Option<u64>,
+    conversation: Option<u64>,
+}
+
+impl RepeatKeys {
+    pub fn of(service: &str, model: &str, f: Option<&PromptFeatures>) -> Self {
+        // Keyed per process, so a hostile agent cannot aim at another service's entries.
+        static HASHER: OnceLock<RandomState> = OnceLock::new();
+        let h = HASHER.get_or_init(RandomState::new);
+        let Some(f) = f else { return Self::default() };
+        fn nonempty(s: &Option<String>) -> Option<&str> {
+            s.as_deref().filter(|s| !s.is_empty())
+        }
+        Self {
+            prompt: nonempty(&f.prompt_hash)
+                .filter(|_| f.embedding_inputs.is_none())
+                .map(|p| h.hash_one(("p", service, model, p))),
+            conversation: nonempty(&f.conversation_hash).map(|c| h.hash_one(("c", service, model, c))),
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -73,7 +91,6 @@ impl<V: Default> Generations<V> {
 }
 
 pub struct Repeats {
-    hasher: RandomState,
     prompts: Generations<u32>,
     conversations: Generations<Turns>,
 }
@@ -85,48 +102,36 @@ pub struct RepeatMetrics {
     pub keys: AtomicU64,
     /// Times the older half of a map was forgotten.
     pub forgotten: AtomicU64,
-    /// Rows whose features were not JSON (nothing found for them).
-    pub unreadable: AtomicU64,
 }
 
 impl Repeats {
     /// At most `keys` prompts and `keys` conversations.
     pub fn new(keys: usize) -> Self {
-        Self { hasher: RandomState::new(), prompts: Generations::new(keys), conversations: Generations::new(keys) }
+        Self { prompts: Generations::new(keys), conversations: Generations::new(keys) }
     }
 
     /// Fill the repeat columns of `rows`, in their order.
     pub fn mark(&mut self, rows: &mut [CallRow], m: &RepeatMetrics) {
+        let mut forgotten = 0;
         for r in rows.iter_mut() {
-            self.mark_one(r, m);
+            forgotten += self.mark_one(r);
         }
+        m.forgotten.fetch_add(forgotten, Ordering::Relaxed);
         m.keys.store((self.prompts.len() + self.conversations.len()) as u64, Ordering::Relaxed);
     }
 
-    fn mark_one(&mut self, r: &mut CallRow, m: &RepeatMetrics) {
-        if r.features.is_empty() {
-            return;
-        }
-        let Ok(k) = serde_json::from_str::<Keys>(&r.features) else {
-            m.unreadable.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let forgot = |rotated: bool| {
-            if rotated {
-                m.forgotten.fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        if let Some(p) = k.prompt_hash.filter(|p| !p.is_empty() && k.embedding_inputs.is_none()) {
-            let key = self.hasher.hash_one(("p", &r.service, &r.model, &*p));
+    /// Times a half was forgotten meanwhile.
+    fn mark_one(&mut self, r: &mut CallRow) -> u64 {
+        let mut forgotten = 0;
+        if let Some(key) = r.repeat_keys.prompt {
             let (seen, rotated) = self.prompts.entry(key);
-            forgot(rotated);
+            forgotten += u64::from(rotated);
             r.prompt_repeat = *seen;
             *seen = seen.saturating_add(1);
         }
-        if let Some(c) = k.conversation_hash.filter(|c| !c.is_empty()) {
-            let key = self.hasher.hash_one(("c", &r.service, &r.model, &*c));
+        if let Some(key) = r.repeat_keys.conversation {
             let (t, rotated) = self.conversations.entry(key);
-            forgot(rotated);
+            forgotten += u64::from(rotated);
             t.turns = t.turns.saturating_add(1);
             if t.first_input.is_none() {
                 t.first_input = r.input_tokens;
@@ -144,6 +149,7 @@ impl Repeats {
                 }
             };
         }
+        forgotten
     }
 }
 
@@ -152,7 +158,7 @@ mod tests {
     use super::*;
     use tokentap_event::LlmCall;
 
-    fn row(service: &str, model: &str, features: &str, input: Option<u64>) -> CallRow {
+    fn row(service: &str, model: &str, features: Option<PromptFeatures>, input: Option<u64>) -> CallRow {
         let r = LlmCall {
             event_id: LlmCall::new_event_id(),
             ts: "2026-12-03T10:00:00Z".into(),
@@ -161,38 +167,43 @@ mod tests {
             response_model: Some(model.into()),
             service: Some(service.into()),
             input_tokens: input,
+            features,
             ..Default::default()
         };
-        let mut row = CallRow::from_record(r, "c");
-        row.features = features.into();
-        row
+        CallRow::from_record(r, "c")
     }
 
-    fn chat(prompt: &str, conversation: &str) -> String {
-        format!("{{\"prompt_hash\":\"{prompt}\",\"conversation_hash\":\"{conversation}\"}}")
+    fn chat(prompt: &str, conversation: &str) -> Option<PromptFeatures> {
+        Some(PromptFeatures {
+            prompt_hash: Some(prompt.into()),
+            conversation_hash: Some(conversation.into()),
+            ..Default::default()
+        })
+    }
+
+    fn embedding() -> Option<PromptFeatures> {
+        Some(PromptFeatures { prompt_hash: Some("e".into()), embedding_inputs: Some(1), ..Default::default() })
     }
 
     #[test]
     fn repeats_count_per_service_model_and_prompt() {
         let (mut rep, m) = (Repeats::new(1000), RepeatMetrics::default());
         let mut rows = vec![
-            row("a", "gpt-4o", &chat("p1", ""), Some(10)),
-            row("a", "gpt-4o", &chat("p1", ""), Some(10)),
-            row("b", "gpt-4o", &chat("p1", ""), Some(10)),
-            row("a", "gpt-4o-mini", &chat("p1", ""), Some(10)),
-            row("a", "gpt-4o", &chat("p1", ""), Some(10)),
-            row("a", "gpt-4o", &chat("p2", ""), Some(10)),
+            row("a", "gpt-4o", chat("p1", ""), Some(10)),
+            row("a", "gpt-4o", chat("p1", ""), Some(10)),
+            row("b", "gpt-4o", chat("p1", ""), Some(10)),
+            row("a", "gpt-4o-mini", chat("p1", ""), Some(10)),
+            row("a", "gpt-4o", chat("p1", ""), Some(10)),
+            row("a", "gpt-4o", chat("p2", ""), Some(10)),
             // Embeddings and rows without a prompt hash are not repeats.
-            row("a", "emb", "{\"prompt_hash\":\"e\",\"embedding_inputs\":1}", Some(3)),
-            row("a", "emb", "{\"prompt_hash\":\"e\",\"embedding_inputs\":1}", Some(3)),
-            row("a", "gpt-4o", "", Some(10)),
-            row("a", "gpt-4o", "not json", Some(10)),
+            row("a", "emb", embedding(), Some(3)),
+            row("a", "emb", embedding(), Some(3)),
+            row("a", "gpt-4o", None, Some(10)),
         ];
         rep.mark(&mut rows, &m);
         let seen: Vec<u32> = rows.iter().map(|r| r.prompt_repeat).collect();
-        assert_eq!(seen, [0, 1, 0, 0, 2, 0, 0, 0, 0, 0]);
+        assert_eq!(seen, [0, 1, 0, 0, 2, 0, 0, 0, 0]);
         assert!(rows.iter().all(|r| r.conversation_turn == 0));
-        assert_eq!(m.unreadable.load(Ordering::Relaxed), 1);
         assert_eq!(m.keys.load(Ordering::Relaxed), 4);
     }
 
@@ -202,8 +213,8 @@ mod tests {
         // Turn 1 failed (no usage): the first input is turn 2's.
         let inputs = [None, Some(100), Some(150), Some(200), Some(201), Some(300), Some(50), Some(900)];
         let mut rows: Vec<CallRow> =
-            inputs.iter().enumerate().map(|(i, n)| row("a", "m", &chat(&format!("p{i}"), "c1"), *n)).collect();
-        rows.push(row("a", "m", &chat("x", "c2"), Some(5)));
+            inputs.iter().enumerate().map(|(i, n)| row("a", "m", chat(&format!("p{i}"), "c1"), *n)).collect();
+        rows.push(row("a", "m", chat("x", "c2"), Some(5)));
         rep.mark(&mut rows, &m);
         let turns: Vec<u32> = rows.iter().map(|r| r.conversation_turn).collect();
         assert_eq!(turns, [1, 2, 3, 4, 5, 6, 7, 8, 1]);
@@ -217,20 +228,20 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_recent_keys_survive_a_rotation() {
         let (mut rep, m) = (Repeats::new(100), RepeatMetrics::default());
-        let mut hot = vec![row("a", "m", &chat("hot", ""), Some(1))];
+        let mut hot = vec![row("a", "m", chat("hot", ""), Some(1))];
         rep.mark(&mut hot, &m);
         for i in 0..10_000 {
-            let mut cold = vec![row("a", "m", &chat(&format!("cold{i}"), ""), Some(1))];
+            let mut cold = vec![row("a", "m", chat(&format!("cold{i}"), ""), Some(1))];
             rep.mark(&mut cold, &m);
             if i % 40 == 0 {
-                let mut again = vec![row("a", "m", &chat("hot", ""), Some(1))];
+                let mut again = vec![row("a", "m", chat("hot", ""), Some(1))];
                 rep.mark(&mut again, &m);
                 assert!(again[0].prompt_repeat > 0, "a prompt used often is never forgotten");
             }
             assert!(rep.prompts.len() <= 100);
         }
         assert!(m.forgotten.load(Ordering::Relaxed) > 100);
-        let mut old = vec![row("a", "m", &chat("cold0", ""), Some(1))];
+        let mut old = vec![row("a", "m", chat("cold0", ""), Some(1))];
         rep.mark(&mut old, &m);
         assert_eq!(old[0].prompt_repeat, 0, "long idle: forgotten");
     }

@@ -67,6 +67,10 @@ pub struct CallRow {
     pub conversation_turn: u32,
     pub conversation_first_input: u64,
     pub conversation_growing: u8,
+    /// What `repeats` looks up, taken from the typed features here (not a
+    /// column).
+    #[serde(skip)]
+    pub repeat_keys: crate::repeats::RepeatKeys,
 }
 
 impl CallRow {
@@ -74,6 +78,8 @@ impl CallRow {
     pub fn from_record(r: LlmCall, cluster: &str) -> Self {
         let ts = chrono::DateTime::parse_from_rfc3339(&r.ts).map(|t| t.timestamp_micros()).unwrap_or(0);
         let model = r.response_model.clone().or_else(|| r.request_model.clone()).unwrap_or_else(|| "(unknown)".into());
+        let service = r.service.unwrap_or_default();
+        let repeat_keys = crate::repeats::RepeatKeys::of(&service, &model, r.features.as_ref());
         Self {
             event_id: uuid::Uuid::parse_str(&r.event_id).unwrap_or_default(),
             ts,
@@ -107,7 +113,7 @@ impl CallRow {
             namespace: r.namespace.unwrap_or_default(),
             workload: r.workload.unwrap_or_default(),
             workload_kind: r.workload_kind,
-            service: r.service.unwrap_or_default(),
+            service,
             end_user: r.end_user,
             api_key_id: r.api_key_id,
             feature: r.feature,
@@ -122,6 +128,7 @@ impl CallRow {
             conversation_turn: 0,
             conversation_first_input: 0,
             conversation_growing: 0,
+            repeat_keys,
         }
     }
 
