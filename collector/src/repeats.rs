@@ -51,10 +51,11 @@ impl RepeatKeys {
     }
 }
 
+/// 16 bytes (24 with its key in the map): input tokens fit 32 bits.
 #[derive(Default, Clone, Copy)]
 struct Turns {
     turns: u32,
-    first_input: Option<u64>,
+    first_input: Option<u32>,
     grew: bool,
 }
 
@@ -134,12 +135,12 @@ impl Repeats {
             forgotten += u64::from(rotated);
             t.turns = t.turns.saturating_add(1);
             if t.first_input.is_none() {
-                t.first_input = r.input_tokens;
+                t.first_input = r.input_tokens.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
             }
             r.conversation_turn = t.turns;
-            r.conversation_first_input = t.first_input.unwrap_or(0);
-            let growing = t.turns >= MIN_TURNS
-                && t.first_input.is_some_and(|f| r.input_tokens.unwrap_or(0) > f.saturating_mul(2));
+            r.conversation_first_input = t.first_input.map_or(0, u64::from);
+            let growing =
+                t.turns >= MIN_TURNS && t.first_input.is_some_and(|f| r.input_tokens.unwrap_or(0) > u64::from(f) * 2);
             r.conversation_growing = match (growing, t.grew) {
                 (false, _) => 0,
                 (true, true) => 1,
@@ -223,6 +224,12 @@ mod tests {
         // Growing: turn >= 4 and more than 2 x 100 input tokens; 2 the first time.
         let growing: Vec<u8> = rows.iter().map(|r| r.conversation_growing).collect();
         assert_eq!(growing, [0, 0, 0, 0, 2, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        assert_eq!(std::mem::size_of::<(u64, Turns)>(), 24);
+        assert_eq!(std::mem::size_of::<(u64, u32)>(), 16);
     }
 
     #[test]

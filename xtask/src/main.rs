@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod download;
 mod fleet;
 mod method_cost;
 mod overhead;
@@ -66,7 +67,8 @@ enum Cmd {
     /// fleet path at 1,000 and 5,000 calls/s and ten agents (target/bench/fleet.md), then the
     /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL, reqwest/rustls and
     /// java.net.http/JSSE through the Java agent (target/bench/methods.md), then the agent's
-    /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md), then every
+    /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md), then a
+    /// 300 MB HTTPS download with and without the agent (target/bench/download.md), then every
     /// dashboard panel and the report on 10 M and 100 M synthetic calls
     /// (target/bench/dashboards.md).
     /// TOKENTAP_BENCH_AGENT=PATH measures that agent binary instead of a fresh build.
@@ -89,6 +91,11 @@ enum Cmd {
         /// 5,000 calls/s.
         #[arg(long)]
         only_rss: bool,
+        /// Only a 300 MB HTTPS download (curl, OpenSSL) with and without the agent,
+        /// which records nothing of it: the probes' cost on TLS that is not an
+        /// LLM call (target/bench/download.md).
+        #[arg(long)]
+        only_download: bool,
         /// Seconds of load per fleet scenario.
         #[arg(long, default_value_t = 60)]
         fleet_seconds: u64,
@@ -180,6 +187,7 @@ fn main() -> Result<()> {
             only_fleet,
             only_methods,
             only_rss,
+            only_download,
             fleet_seconds,
             only_dashboards,
             dashboard_rows,
@@ -196,7 +204,7 @@ fn main() -> Result<()> {
                 prereq::test_tools(&root)?;
                 return panels::run(&root.join("target/bench"), &dashboards);
             }
-            let all = !only_overhead && !only_fleet && !only_methods && !only_rss;
+            let all = !only_overhead && !only_fleet && !only_methods && !only_rss && !only_download;
             prereq::build_tools()?;
             if !only_fleet {
                 prereq::bench_tools(all || only_overhead)?;
@@ -228,6 +236,9 @@ fn main() -> Result<()> {
             }
             if all || only_rss {
                 rss::run(&bin, &out, long)?;
+            }
+            if all || only_download {
+                download::run(&bin, &out)?;
             }
             if all {
                 panels::run(&out, &dashboards)?;

@@ -177,10 +177,10 @@ fn litellm_core(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// wrk and nginx (both OpenSSL), for the overhead benchmark.
+/// wrk, curl and nginx (all OpenSSL), for the overhead and download benchmarks.
 pub fn bench_tools(litellm: bool) -> Result<()> {
     let mut pkgs = Vec::new();
-    for (tool, pkg) in [("wrk", "wrk"), ("nginx", "nginx"), ("openssl", "openssl")] {
+    for (tool, pkg) in [("wrk", "wrk"), ("nginx", "nginx"), ("openssl", "openssl"), ("curl", "curl")] {
         if !have(tool) {
             pkgs.push(pkg);
         }
