@@ -1,5 +1,7 @@
 //! Collector ingest throughput, records per second on one core:
 //! - `decode_batch`: an agent's zstd NDJSON batch -> validated records -> rows;
+//! - `find_repeats`: numbering the rows' prompt repeats and conversation turns
+//!   (`repeats`, in the writer before each insert);
 //! - `rowbinary_insert`: rows -> RowBinary -> an HTTP insert to a local server
 //!   that reads and discards the body (ClickHouse's own work excluded: that is
 //!   ClickHouse's capacity, measured by ClickHouse).
@@ -8,8 +10,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tokentap_collector::repeats::{RepeatMetrics, Repeats};
 use tokentap_collector::store::{self, CallRow};
-use tokentap_event::{wire, LlmCall};
+use tokentap_event::{wire, LlmCall, PromptFeatures, ToolCall};
 
 fn records(n: usize) -> Vec<LlmCall> {
     (0..n)
@@ -46,6 +49,18 @@ fn records(n: usize) -> Vec<LlmCall> {
             service: Some("checkout".into()),
             api_key_id: Some("k_0123456789abcdef01234567".into()),
             labels: [("team".to_string(), "payments".to_string())].into(),
+            // A tenth of the prompts repeat; conversations of eight turns.
+            features: Some(PromptFeatures {
+                prompt_hash: Some(format!("{:024x}", if i % 10 == 0 { i % 50 } else { i })),
+                prefix_hash: Some(format!("{:024x}", i % 3)),
+                prefix_tokens: Some(1800),
+                conversation_hash: Some(format!("{:024x}", i / 8)),
+                message_count: 1 + 2 * (i as u32 % 8),
+                tool_calls: vec![ToolCall { name: "search".into(), args_hash: format!("{:016x}", i % 7) }],
+                json_share: 0.2,
+                whitespace_share: 0.05,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect()
@@ -75,7 +90,11 @@ fn bench(c: &mut Criterion) {
         .with_url(format!("http://{addr}"))
         .with_validation(false)
         .with_compression(clickhouse::Compression::None);
-    let rows: Vec<CallRow> = batch.iter().cloned().map(|r| CallRow::from_record(r, "prod")).collect();
+    let mut rows: Vec<CallRow> = batch.iter().cloned().map(|r| CallRow::from_record(r, "prod")).collect();
+    // One finder across iterations, at its default size: the batch's keys stay
+    // remembered, as a steady stream's recent ones are.
+    let (mut repeats, m) = (Repeats::new(1_000_000), RepeatMetrics::default());
+    g.bench_function("find_repeats", |b| b.iter(|| repeats.mark(&mut rows, &m)));
     g.bench_function("rowbinary_insert", |b| b.iter(|| rt.block_on(store::insert(&client, &rows)).unwrap()));
     g.finish();
 }
