@@ -48,6 +48,20 @@ pub fn window(since: &str, until: &str) -> Result<(i64, i64), WindowError> {
     Ok((a, b))
 }
 
+/// Calls stored in the window (a row stored twice and not merged yet counts
+/// twice: an upper bound, read without FINAL so a large window costs little).
+pub async fn count(client: &Client, since_us: i64, until_us: i64) -> Result<u64, clickhouse::error::Error> {
+    client
+        .query(
+            "SELECT count() FROM llm_calls WHERE ts >= fromUnixTimestamp64Micro(?) \
+             AND ts <= fromUnixTimestamp64Micro(?)",
+        )
+        .bind(since_us)
+        .bind(until_us)
+        .fetch_one()
+        .await
+}
+
 /// Every stored call of the window, oldest first.
 pub async fn read(client: &Client, since_us: i64, until_us: i64) -> Result<Vec<LlmCall>, clickhouse::error::Error> {
     let rows: Vec<CallRow> = client

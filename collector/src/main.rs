@@ -131,6 +131,12 @@ struct Cli {
     /// forgotten (at most ~85 MiB at 1,000,000).
     #[arg(long, default_value_t = 1_000_000, global = true)]
     repeat_keys: usize,
+    /// Most calls `report` and `baseline save` read: they hold each call of
+    /// the window in memory (~3 KB a call, ~6 GB at the default), so a larger
+    /// window is refused with its count rather than exhausting memory. The
+    /// dashboards cover windows of any size.
+    #[arg(long, default_value_t = 2_000_000, global = true)]
+    report_max_calls: u64,
     /// Milliseconds the answer to "did any replica store OTLP spans in the
     /// last day?" is kept. While none did, agents' batches skip the check
     /// for spans stored through other replicas (one cheap count per period).
@@ -222,15 +228,34 @@ enum BaselineCmd {
 }
 
 /// The window's records and their register (priced as the agents price).
-async fn window(client: &Client, since: &str, until: &str) -> Result<(Vec<tokentap_event::LlmCall>, Vec<Opportunity>)> {
+async fn window(
+    client: &Client,
+    since: &str,
+    until: &str,
+    max_calls: u64,
+) -> Result<(Vec<tokentap_event::LlmCall>, Vec<Opportunity>)> {
     let (a, b) = calls::window(since, until)?;
+    let n = calls::count(client, a, b).await.context("counting the window's calls")?;
+    if n > max_calls {
+        bail!(
+            "the window {since} .. {until} holds {n} calls, more than --report-max-calls ({max_calls}): the report \
+             holds every call in memory (~3 KB a call, ~{:.1} GB here). Narrow --since/--until, or raise \
+             --report-max-calls on a machine with the memory",
+            n as f64 * 3e3 / 1e9
+        );
+    }
     let records = calls::read(client, a, b).await.context("reading llm_calls")?;
     let opps = opportunities::detect(&records, &PriceTable::shipped(), &Default::default());
     Ok((records, opps))
 }
 
-async fn report(client: &Client, since: &str, until: &str, baseline: Option<&str>, out: Option<&Path>) -> Result<()> {
-    let (records, opps) = window(client, since, until).await?;
+async fn report(
+    client: &Client,
+    (since, until, max_calls): (&str, &str, u64),
+    baseline: Option<&str>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let (records, opps) = window(client, since, until, max_calls).await?;
     let mut files = Vec::new();
     if let Some(name) = baseline {
         let base = baselines::load(client, name)
@@ -262,11 +287,11 @@ async fn report(client: &Client, since: &str, until: &str, baseline: Option<&str
     Ok(())
 }
 
-async fn baseline_cmd(client: &Client, action: &BaselineCmd) -> Result<()> {
+async fn baseline_cmd(client: &Client, action: &BaselineCmd, max_calls: u64) -> Result<()> {
     match action {
         BaselineCmd::Save { name, since, until } => {
             baselines::check_name(name)?;
-            let (records, opps) = window(client, since, until).await?;
+            let (records, opps) = window(client, since, until, max_calls).await?;
             if records.is_empty() {
                 bail!("no calls stored between {since} and {until}: nothing to save as a baseline");
             }
@@ -351,9 +376,9 @@ async fn main() -> Result<()> {
             println!("migrations applied: {applied:?}");
         }
         Cmd::Report { since, until, baseline, out } => {
-            report(&client, since, until, baseline.as_deref(), out.as_deref()).await?
+            report(&client, (since, until, cli.report_max_calls), baseline.as_deref(), out.as_deref()).await?
         }
-        Cmd::Baseline { action } => baseline_cmd(&client, action).await?,
+        Cmd::Baseline { action } => baseline_cmd(&client, action, cli.report_max_calls).await?,
         Cmd::Serve => {
             let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;
             // A bad budgets file stops the start: better than alerts that never fire.
