@@ -168,6 +168,11 @@ pub struct DataHeader {
     pub call_len: u64,
     /// Where this chunk starts within the call.
     pub offset: u64,
+    /// Ingress: where the call starts in the connection's stream of read bytes,
+    /// counted by the kernel from a base unique to the connection (0: unknown;
+    /// always 0 on egress). User space reads a jump as bytes not copied: the
+    /// ranges it muted ([`MuteRange`]), or a loss.
+    pub stream_pos: u64,
     /// Bytes of data following the header.
     pub len: u32,
     /// `FLAG_*` bits.
@@ -406,6 +411,9 @@ pub enum LossCounter {
     /// TLS hellos not delivered: the ring buffer was full or every scratch
     /// slot busy (the socket then counts bytes no one reads).
     HelloLost = 10,
+    /// Not a loss: reads not copied because they fell inside a response body
+    /// user space muted ([`MuteRange`]).
+    MutedReads = 11,
 }
 
 impl LossCounter {
@@ -423,15 +431,27 @@ impl LossCounter {
         Self::SocketsNotHttp,
         Self::SocketsTls,
         Self::HelloLost,
+        Self::MutedReads,
     ];
 
-    /// Whether the counter is a loss of data (two of them count skipped work).
+    /// Whether the counter is a loss of data (four of them count skipped work).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Self::FilteredIgnored | Self::SocketsNotHttp | Self::SocketsTls)
+        !matches!(self, Self::FilteredIgnored | Self::SocketsNotHttp | Self::SocketsTls | Self::MutedReads)
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 11;
+pub const LOSS_COUNTERS: u32 = 12;
+
+/// Bytes of a connection's ingress stream (`DataHeader::stream_pos`) user
+/// space asked the kernel not to copy: `[from, to)`, the rest of a response
+/// body no one records. The kernel skips a read only when all of it lies
+/// inside, so bytes after the body are always copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MuteRange {
+    pub from: u64,
+    pub to: u64,
+}
 
 /// A TLS connection in the kernel's maps: (tgid, `SSL*`).
 #[repr(C)]
@@ -449,6 +469,7 @@ mod user {
     unsafe impl aya::Pod for DataHeader {}
     unsafe impl aya::Pod for ControlEvent {}
     unsafe impl aya::Pod for SslKey {}
+    unsafe impl aya::Pod for MuteRange {}
     unsafe impl aya::Pod for GoCallKey {}
     unsafe impl aya::Pod for SockArgs {}
     unsafe impl aya::Pod for SockKey {}
@@ -464,7 +485,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<DataHeader>(), 88);
+        assert_eq!(core::mem::size_of::<DataHeader>(), 96);
         assert_eq!(core::mem::size_of::<ControlEvent>(), 56);
         assert_eq!(core::mem::size_of::<CallArgs>(), 40);
         assert_eq!(core::mem::size_of::<SockArgs>(), 24);

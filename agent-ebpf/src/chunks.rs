@@ -11,7 +11,19 @@
 //! slot busy the call is dropped and counted; a call beyond `MAX_CHUNKS` chunks
 //! is cut and its last chunk flagged truncated; a chunk the ring buffer can't
 //! take marks the connection so its next chunk carries [`FLAG_GAP_BEFORE`];
-//! connections user space asked to skip ([`IGNORED_CONNS`]) are not copied at all.
+//! connections user space asked to skip ([`IGNORED_CONNS`]) are not copied at all,
+//! nor are reads inside a response body user space muted ([`MUTED`]).
+//!
+//! Muting, and why by stream position: a keep-alive HTTP/1.1 connection stays
+//! a client's, so each of its requests is read, but a non-LLM response (a
+//! download) need not be. Each read's position in the connection's ingress
+//! stream travels in its header; user space, having parsed a response head
+//! and its length, names the body's remaining range and the kernel skips the
+//! reads that fall wholly inside it. User space lags, so a mute by time ("until
+//! the next request") could silence a later call's response; a range can't:
+//! bytes after the body are never in it. Each connection's positions start at a
+//! base taken from the clock, so a range left from an earlier connection under a
+//! reused key lies below the new one's positions and never applies.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_ktime_get_ns,
@@ -21,8 +33,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use tokentap_agent_common::{
-    DataEvent, EventKind, LossCounter, Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, FLAG_GAP_BEFORE, FLAG_LAST,
-    FLAG_READ_FAILED, FLAG_TRUNCATED, MAX_CHUNKS, SCRATCH_SLOTS,
+    DataEvent, EventKind, LossCounter, MuteRange, Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, DIR_INGRESS,
+    FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED, MAX_CHUNKS, SCRATCH_SLOTS,
 };
 
 use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
@@ -52,6 +64,67 @@ static GAPPED: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 pub(crate) static PROCS_SEEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
+/// Response bodies user space will not record, as ranges of their
+/// connection's ingress stream (see the module's prose). One per connection:
+/// a new range replaces the last, which lies before it.
+#[map]
+pub(crate) static MUTED: LruHashMap<SslKey, MuteRange> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where a connection's ingress stream stands: `base` (nanoseconds since boot
+/// times 16 when the connection was first read) plus the bytes read since.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InPos {
+    base: u64,
+    next: u64,
+}
+
+#[map]
+static IN_POS: LruHashMap<SslKey, InPos> = LruHashMap::with_max_entries(65536, 0);
+
+/// A connection's key may be reused: forget what the kernel holds for it.
+pub(crate) fn forget_conn(key: SslKey) {
+    let _ = IGNORED_CONNS.remove(key);
+    let _ = IN_POS.remove(key);
+    let _ = MUTED.remove(key);
+}
+
+/// Place a read of `len` bytes in its connection's ingress stream: its
+/// position, and whether it lies wholly inside the muted range (not copied).
+#[inline(always)]
+fn place_read(key: SslKey, len: u64) -> (u64, bool) {
+    let (base, pos) = match IN_POS.get_ptr_mut(key) {
+        // SAFETY: a live map value. Reads on one connection don't overlap
+        // (a TLS library serialises them); a race only misplaces positions,
+        // which user space sees as a jump it can't explain.
+        Some(p) => unsafe {
+            let at = (*p).next;
+            (*p).next = at.wrapping_add(len);
+            ((*p).base, at)
+        },
+        None => {
+            // x16: a connection would have to read 16 bytes every nanosecond of
+            // its life for its positions to reach the next one's base.
+            let base = unsafe { bpf_ktime_get_ns() }.wrapping_mul(16).max(1);
+            let _ = IN_POS.insert(key, InPos { base, next: base.wrapping_add(len) }, 0);
+            (base, base)
+        }
+    };
+    let Some(m) = (unsafe { MUTED.get(key) }).copied() else {
+        return (pos, false);
+    };
+    let end = pos.wrapping_add(len);
+    // A range below the base is an earlier connection's under a reused key.
+    let current = m.from >= base;
+    if current && pos >= m.from && end <= m.to && end >= pos {
+        return (pos, true);
+    }
+    if !current || end > m.to {
+        let _ = MUTED.remove(key);
+    }
+    (pos, false)
+}
+
 /// Has user space told us to skip this connection?
 #[inline(always)]
 pub(crate) fn ignored(pid_tgid: u64, conn: u64) -> bool {
@@ -72,7 +145,16 @@ pub(crate) struct Emit {
 
 /// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
-    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, slot)) {
+    let mut pos = 0;
+    if direction == DIR_INGRESS {
+        let (at, muted) = place_read(SslKey { tgid: pid_tgid >> 32, ssl: e.conn }, len);
+        if muted {
+            count_loss(LossCounter::MutedReads, 1);
+            return;
+        }
+        pos = at;
+    }
+    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, pos, slot)) {
         count_loss(LossCounter::ScratchBusy, 1);
     }
 }
@@ -107,7 +189,7 @@ struct CopyCtx {
     wake: u32,
 }
 
-fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, slot: u32) {
+fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, pos: u64, slot: u32) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -121,6 +203,7 @@ fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, slot: u32) {
     h.conn = e.conn;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.call_len = len;
+    h.stream_pos = pos;
     h.fd = e.fd;
     h.source = e.source as u32;
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);

@@ -25,7 +25,7 @@ use tokentap_agent_common::{
     CallArgs, CallKind, EventKind, GoCallKey, LossCounter, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
 };
 
-use crate::chunks::{emit_data, ignored, Emit, IGNORED_CONNS};
+use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::ring::{count_loss, emit_control};
 
 /// In-flight Go TLS calls by goroutine. LRU: a goroutine that dies inside a
@@ -118,7 +118,7 @@ pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
 pub fn go_tls_close(ctx: ProbeContext) -> u32 {
     if let Some(r) = regs(&ctx) {
         let conn = r.rax;
-        let _ = IGNORED_CONNS.remove(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl: conn });
+        forget_conn(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl: conn });
         emit_control(EventKind::ConnClosed, conn);
     }
     0

@@ -24,7 +24,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use tokentap_agent_common::{EventKind, Source, SslKey, DIR_EGRESS, DIR_INGRESS, JAVA_CONN};
 
-use crate::chunks::{emit_data, ignored, Emit, IGNORED_CONNS};
+use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::ring::emit_control;
 
 /// More than any real call moves (a Java array holds at most 2 GiB).
@@ -51,7 +51,7 @@ pub fn java_data(ctx: ProbeContext) -> u32 {
 pub fn java_close(ctx: ProbeContext) -> u32 {
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     if conn & JAVA_CONN != 0 {
-        let _ = IGNORED_CONNS.remove(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl: conn });
+        forget_conn(SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl: conn });
         emit_control(EventKind::ConnClosed, conn);
     }
     0

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use tokentap_agent_common::{CallArgs, CallKind, EventKind, LossCounter, Source, SslKey, DIR_EGRESS, DIR_INGRESS};
 
-use crate::chunks::{emit_data, ignored, Emit, IGNORED_CONNS};
+use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::ring::{count_loss, emit_control};
 
 #[map]
@@ -153,7 +153,7 @@ pub(crate) fn conn_ended(ctx: &ProbeContext) {
     if ssl != 0 {
         let k = SslKey { tgid: bpf_get_current_pid_tgid() >> 32, ssl };
         let _ = SSL_FDS.remove(k);
-        let _ = IGNORED_CONNS.remove(k);
+        forget_conn(k);
         emit_control(EventKind::ConnClosed, ssl);
     }
 }

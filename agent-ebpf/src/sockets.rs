@@ -42,7 +42,7 @@ use tokentap_agent_common::{
     MAX_IOV, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM, VERDICT_STOP,
 };
 
-use crate::chunks::{emit_data, ignored, Emit, IGNORED_CONNS};
+use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -109,7 +109,7 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
     if let Some(s) = unsafe { SOCKETS.get(key) }.copied() {
         let _ = SOCKETS.remove(key);
         let conn = SOCKET_CONN | fd as u32 as u64;
-        let _ = IGNORED_CONNS.remove(SslKey { tgid: pid_tgid >> 32, ssl: conn });
+        forget_conn(SslKey { tgid: pid_tgid >> 32, ssl: conn });
         if matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) {
             emit_sock_closed(pid_tgid, fd, &s);
         }

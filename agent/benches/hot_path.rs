@@ -50,6 +50,7 @@ fn record(conn: u64, dir: u32, data: &[u8]) -> Vec<u8> {
         cgroup_id: 0,
         call_len: data.len() as u64,
         offset: 0,
+        stream_pos: 0,
         len: data.len() as u32,
         flags: FLAG_LAST,
         fd: -1,

@@ -74,6 +74,9 @@ pub enum ProcessEvent {
 /// Tells the kernel to stop copying a connection's calls (and to forget it).
 pub trait ConnFilter: Send {
     fn ignore(&mut self, tgid: u32, conn: u64);
+    /// Not to copy the reads inside `[from, to)` of the connection's ingress
+    /// stream (a response body no one records: see `http::mute`).
+    fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64);
     fn forget(&mut self, tgid: u32, conn: u64);
 }
 
@@ -222,10 +225,25 @@ impl Pipeline {
             }
             endpoint
         };
-        let held =
-            conn.http.on_chunk(c.direction, continuity, c.data, c.ts_ns, &mut classify, &mut self.exchanges, &mut lost);
+        let exchanges = &mut self.exchanges;
+        let held = conn.http.on_chunk(
+            c.direction,
+            continuity,
+            c.stream_pos,
+            c.data,
+            c.ts_ns,
+            &mut classify,
+            exchanges,
+            &mut lost,
+        );
         if held == Held::OverCap {
             self.stats.count(ConnDrop::Shed);
+        }
+        if let Some((from, to)) = conn.http.take_mute() {
+            Stats::inc(&self.stats.responses_muted);
+            if let Some(f) = self.filter.as_mut() {
+                f.mute(c.key.tgid, c.key.conn, from, to);
+            }
         }
         if let Some((host, classified)) = first {
             conn.named = true;

@@ -12,7 +12,7 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
-use tokentap_agent_common::{LossCounter, SockId, SockKey, SockState, SslKey, VERDICT_COUNT, VERDICT_STOP};
+use tokentap_agent_common::{LossCounter, MuteRange, SockId, SockKey, SockState, SslKey, VERDICT_COUNT, VERDICT_STOP};
 
 use crate::blind_spots::SocketTable;
 use crate::capture::event::Totals;
@@ -216,15 +216,22 @@ impl SocketTable for SocketMaps {
     }
 }
 
-/// `IGNORED_CONNS`: connections whose calls the kernel should stop copying.
+/// `IGNORED_CONNS`: connections whose calls the kernel should stop copying;
+/// `MUTED`: the response bodies it should not copy.
 pub struct IgnoreMap {
     map: aya::maps::HashMap<MapData, SslKey, u32>,
+    muted: aya::maps::HashMap<MapData, SslKey, MuteRange>,
 }
 
 impl IgnoreMap {
     pub fn ignore(&mut self, tgid: u32, conn: u64) {
         // Best effort: a full LRU map evicts its oldest entry.
         let _ = self.map.insert(SslKey { tgid: tgid as u64, ssl: conn }, 1, 0);
+    }
+
+    pub fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64) {
+        // Best effort: a range lost is bytes copied, nothing more.
+        let _ = self.muted.insert(SslKey { tgid: tgid as u64, ssl: conn }, MuteRange { from, to }, 0);
     }
 
     pub fn forget(&mut self, tgid: u32, conn: u64) {
@@ -294,15 +301,13 @@ impl Probes {
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
         let loss = ebpf.take_map("LOSS").ok_or(ProbeError::MissingMap("LOSS"))?;
         let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
-        let ignored = ebpf.take_map("IGNORED_CONNS").ok_or(ProbeError::MissingMap("IGNORED_CONNS"))?;
-        let ignored = aya::maps::HashMap::try_from(ignored)
-            .map_err(|source| ProbeError::Map { name: "IGNORED_CONNS", source })?;
+        let ignored = IgnoreMap { map: hash_map(&mut ebpf, "IGNORED_CONNS")?, muted: hash_map(&mut ebpf, "MUTED")? };
         let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
         let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
         let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
-        let channels = Channels { events, loss, ignored: IgnoreMap { map: ignored }, sockets };
+        let channels = Channels { events, loss, ignored, sockets };
         Ok((Self { ebpf, attached: HashMap::new() }, channels))
     }
 

@@ -456,6 +456,10 @@ impl ConnFilter for IgnoreMap {
     fn forget(&mut self, tgid: u32, conn: u64) {
         IgnoreMap::forget(self, tgid, conn);
     }
+
+    fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64) {
+        IgnoreMap::mute(self, tgid, conn, from, to);
+    }
 }
 
 #[cfg(test)]

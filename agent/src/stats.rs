@@ -146,6 +146,12 @@ counters! {
     /// TLS hellos the kernel could not deliver (ring buffer full, scratch busy):
     /// those connections can't be named, so they are not accounted for.
     kernel_hello_lost,
+    /// Not a loss: reads the kernel did not copy because they fell inside a
+    /// response body no one records (`responses_muted`).
+    kernel_muted_reads,
+    /// Not a loss: non-LLM HTTP/1.1 response bodies of at least 32 KiB whose
+    /// remaining bytes the kernel was asked not to copy.
+    responses_muted,
     /// TLS client connections named by their hello's server name, and those
     /// whose hello named none (or was not a ClientHello).
     tls_connections_named,
@@ -348,6 +354,7 @@ kernel_counters! {
     SocketsNotHttp => kernel_sockets_not_http,
     SocketsTls => kernel_sockets_tls,
     HelloLost => kernel_hello_lost,
+    MutedReads => kernel_muted_reads,
 }
 
 impl Snapshot {

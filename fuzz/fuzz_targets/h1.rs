@@ -1,6 +1,10 @@
-//! HTTP/1 framing and request/response pairing on arbitrary bytes split anywhere.
+//! HTTP/1 framing and request/response pairing on arbitrary bytes split anywhere;
+//! with odd seeds nothing is an LLM call, and ingress pieces carry stream
+//! positions with the pieces inside a muted range skipped, as the kernel does.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use tokentap_agent::capture::event::Direction;
+use tokentap_agent::capture::streams::Continuity;
 use tokentap_agent::http::exchange::{HttpConnection, Lost};
 
 fuzz_target!(|data: &[u8]| {
@@ -9,15 +13,27 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let step = (seed as usize % 61) + 1;
+    let llm = seed & 0x80 == 0;
     let mut conn = HttpConnection::new(1 << 16);
     let mut lost = Lost::default();
     let mut out = Vec::new();
-    let mut capture = |_: &tokentap_agent::http::h1::Head| Some(());
+    let mut capture = |_: &tokentap_agent::http::h1::Head| llm.then_some(());
+    let (mut pos, mut muted) = (1u64 << 40, None::<(u64, u64)>);
     for (i, piece) in rest.chunks(step).enumerate() {
-        if i % 3 == 0 {
-            conn.on_egress(piece, i as u64, &mut capture, &mut lost);
+        let (direction, at) = if i % 3 == 0 {
+            (Direction::Egress, 0)
         } else {
-            conn.on_ingress(piece, i as u64, &mut out, &mut lost);
+            let at = pos;
+            pos += piece.len() as u64;
+            if muted.is_some_and(|(from, to)| at >= from && pos <= to) {
+                continue;
+            }
+            (Direction::Ingress, at)
+        };
+        let _ = conn.on_chunk(direction, Continuity::InOrder, at, piece, i as u64, &mut capture, &mut out, &mut lost);
+        if let Some(range) = conn.take_mute() {
+            assert!(range.0 <= range.1 && range.0 <= pos);
+            muted = Some(range);
         }
         assert!(conn.buffered() <= rest.len() + (1 << 16));
     }

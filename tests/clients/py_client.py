@@ -120,6 +120,26 @@ def steady(oa, an, rate=25.0, seconds=8.0):
         return sum(ex.map(one, range(n)))
 
 
+def downloads_and_calls(oa, an, rate=2.0, seconds=8.0):
+    """From one thread, so over one keep-alive connection: a 2 MB download
+    (not an LLM call, ~0.3 s: 64 KiB every 10 ms) then a chat call, `rate`
+    times a second."""
+    import time
+    http = oa._client  # the SDK's own httpx client and connection pool
+    url = str(oa.base_url).rstrip("/") + "/download"
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+    for i in range(n):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        r = http.get(url, params={"bytes": 2_000_000, "pause_ms": 10})
+        if r.status_code != 200 or len(r.content) != 2_000_000 or r.content[:3] != bytes([0, 1, 2]):
+            raise SystemExit(f"download {i}: {r.status_code}, {len(r.content)} bytes")
+        chat(oa, an)
+    return n
+
+
 def kill_mid_stream(oa, _an):
     """Read the first streamed chunk, then die without closing anything."""
     s = oa.chat.completions.create(model="slow-stream", messages=MSGS, stream=True)
@@ -129,7 +149,7 @@ def kill_mid_stream(oa, _an):
     return 0
 
 
-SCENARIOS = {f.__name__: f for f in SINGLE + [all_ops, concurrent, steady, kill_mid_stream]}
+SCENARIOS = {f.__name__: f for f in SINGLE + [all_ops, concurrent, steady, downloads_and_calls, kill_mid_stream]}
 
 
 def main():
@@ -143,8 +163,8 @@ def main():
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     a = ap.parse_args()
     oa, an = clients(a)
-    if a.scenario == "steady":
-        n = steady(oa, an, a.rate, a.seconds)
+    if a.scenario in ("steady", "downloads_and_calls"):
+        n = SCENARIOS[a.scenario](oa, an, a.rate, a.seconds)
     else:
         n = SCENARIOS[a.scenario](oa, an)
     print(json.dumps({"calls": n, "pid": os.getpid()}), flush=True)

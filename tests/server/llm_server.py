@@ -122,6 +122,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.request is not None and "websocket" in (self.headers.get("Upgrade") or "").lower():
                 return ws_server.serve(self, next_n=next_n, log=log, dated=dated)
+            if self.path.split("?")[0].endswith("/download"):
+                return self.download()
             self.send_json(404, {"error": {"message": "no route"}})
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
@@ -152,6 +154,27 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/api/chat", "/api/generate"):
             return self.ollama(req, n, path)
         return self.send_json(404, {"error": {"message": "no route"}})
+
+    def download(self):
+        """Not an LLM call (never logged as served): `bytes` of a file with its
+        Content-Length, written in 64 KiB pieces `pause_ms` apart, so a download
+        lasts long enough for a passive tap to act on its head."""
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        size = int(q.get("bytes", ["1048576"])[0])
+        pause = float(q.get("pause_ms", ["0"])[0]) / 1000.0
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        piece = bytes(range(256)) * 256
+        left = size
+        while left > 0:
+            n = min(left, len(piece))
+            self.wfile.write(piece[:n])
+            self.wfile.flush()
+            left -= n
+            if pause and left:
+                time.sleep(pause)
 
     # -- transport helpers -------------------------------------------------
     def send_json(self, status, obj, extra_headers=()):

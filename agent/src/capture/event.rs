@@ -98,6 +98,9 @@ pub struct Chunk<'a> {
     pub direction: Direction,
     /// Where the chunk starts within its call.
     pub offset: u64,
+    /// Ingress: where the chunk starts in the connection's stream of read
+    /// bytes as the kernel counts them (0: unknown); see `http::mute`.
+    pub stream_pos: u64,
     pub flags: ChunkFlags,
     /// Monotonic ns when the call returned.
     pub ts_ns: u64,

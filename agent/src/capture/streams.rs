@@ -174,6 +174,7 @@ mod tests {
             owner: ConnMeta { tgid, ..OWNER },
             direction: Direction::from_u32(dir).unwrap(),
             offset,
+            stream_pos: 0,
             flags: ChunkFlags::from_bits(flags),
             ts_ns: ts,
             fd: -1,

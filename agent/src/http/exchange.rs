@@ -13,6 +13,7 @@ use super::ws_session::{WsCalls, WsSession};
 // Re-exported: providers and fuzz targets name them here.
 pub use super::message::{Classified, Exchange, Lost};
 use super::message::{Head, Message};
+use super::mute::{Jump, Muting};
 use super::sniff;
 use crate::capture::event::Direction;
 use crate::capture::streams::Continuity;
@@ -118,6 +119,8 @@ pub struct HttpConnection<E = ()> {
     /// once and finishes messages in order, so each finished message takes the
     /// front one.
     heads: VecDeque<Option<E>>,
+    /// Response bodies the kernel is asked not to copy.
+    muting: Muting,
 }
 
 /// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
@@ -133,22 +136,31 @@ impl<E: WsCalls> HttpConnection<E> {
             resp: Parser::new(Kind::Response, max_body),
             pending: VecDeque::new(),
             heads: VecDeque::new(),
+            muting: Muting::default(),
         }
     }
 
     /// One captured chunk. A hole before it drops what was in flight (HTTP/1.1
     /// resumes at its next request); a chunk with a hole of its own is skipped.
+    /// `stream_pos`: where an ingress chunk sits in the kernel's count of the
+    /// connection's read bytes (0: unknown), which shows the bytes it muted.
     #[allow(clippy::too_many_arguments)]
     pub fn on_chunk(
         &mut self,
         direction: Direction,
         continuity: Continuity,
+        stream_pos: u64,
         data: &[u8],
         ts: u64,
         classify: &mut dyn FnMut(&Head) -> Option<E>,
         out: &mut Vec<Classified<E>>,
         lost: &mut Lost,
     ) -> Held {
+        if direction == Direction::Ingress {
+            if let (Jump::Muted(n), Continuity::InOrder) = (self.muting.arrive(stream_pos, data.len()), continuity) {
+                self.skip_muted(n, out, lost);
+            }
+        }
         if continuity != Continuity::InOrder {
             self.gap(lost);
         }
@@ -214,6 +226,25 @@ impl<E: WsCalls> HttpConnection<E> {
                     .then_some(upgrade.last_ts)
             }
             _ => None,
+        }
+    }
+
+    /// A response body range the kernel should not copy, once.
+    pub fn take_mute(&mut self) -> Option<(u64, u64)> {
+        self.muting.take_request()
+    }
+
+    /// The kernel skipped `n` bytes of the body being read, as asked.
+    fn skip_muted(&mut self, n: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
+        if !matches!(self.state, State::Client) {
+            return;
+        }
+        let mut done = Vec::new();
+        if self.resp.skip_body(n, &mut done) {
+            self.pair(done, out);
+        } else {
+            // The parser is not where the range said: resume at the next request.
+            self.gap(lost);
         }
     }
 
@@ -354,6 +385,8 @@ impl<E: WsCalls> HttpConnection<E> {
             self.give_up(e, lost);
         } else if let Some(mut switched) = switched {
             self.upgrade(switched.swap_remove(0), ts, out, lost);
+        } else if let Some(rest) = self.resp.unkept_body() {
+            self.muting.unkept_body(rest);
         }
     }
 
@@ -427,6 +460,7 @@ impl<E: WsCalls> HttpConnection<E> {
     /// to a long-lived keep-alive connection. HTTP/2 can't (the HPACK state is
     /// gone): nothing after can be trusted.
     pub fn gap(&mut self, lost: &mut Lost) {
+        self.muting.forget();
         match self.state {
             State::Client => {
                 lost.unanswered += self.unanswered();

@@ -171,7 +171,7 @@ fn chunks_dispatch_by_direction_skip_holes_and_cap_what_is_held() {
     let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     let mut chunk = |c: &mut HttpConnection, d, cont, data: &[u8], out: &mut Vec<_>| {
-        c.on_chunk(d, cont, data, 1, &mut cap, out, &mut lost)
+        c.on_chunk(d, cont, 0, data, 1, &mut cap, out, &mut lost)
     };
     assert_eq!(chunk(&mut c, Direction::Egress, Continuity::InOrder, req, &mut out), Held::Within);
     // A chunk with a hole of its own is not decoded.
@@ -200,4 +200,151 @@ fn malformed_response_desyncs_and_counts() {
     c.on_ingress(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nXYZ\r\n", 2, &mut out, &mut lost);
     assert_eq!(c.ignored(), Some(Ignored::Desync));
     assert_eq!(lost.unanswered, 1);
+}
+
+/// A connection fed as the kernel would with muting: ingress chunks carry
+/// their stream position, and the reads inside a range asked for are skipped.
+struct Muted {
+    c: HttpConnection<()>,
+    pos: u64,
+    range: Option<(u64, u64)>,
+    out: Vec<Classified<()>>,
+    lost: Lost,
+    skipped: u64,
+}
+
+impl Muted {
+    fn new() -> Self {
+        let c = HttpConnection::<()>::new(1 << 20);
+        Self { c, pos: 1 << 40, range: None, out: Vec::new(), lost: Lost::default(), skipped: 0 }
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        let mut cap = llm;
+        let held = self.c.on_chunk(
+            Direction::Egress,
+            Continuity::InOrder,
+            0,
+            data,
+            1,
+            &mut cap,
+            &mut self.out,
+            &mut self.lost,
+        );
+        assert_eq!(held, Held::Within);
+    }
+
+    /// One read of `data`: skipped when wholly inside the range (the kernel's rule).
+    fn read(&mut self, data: &[u8]) {
+        let (at, end) = (self.pos, self.pos + data.len() as u64);
+        self.pos = end;
+        if self.range.is_some_and(|(from, to)| at >= from && end <= to) {
+            self.skipped += data.len() as u64;
+            return;
+        }
+        let mut cap = llm;
+        let held = self.c.on_chunk(
+            Direction::Ingress,
+            Continuity::InOrder,
+            at,
+            data,
+            2,
+            &mut cap,
+            &mut self.out,
+            &mut self.lost,
+        );
+        assert_eq!(held, Held::Within);
+        if let Some(r) = self.c.take_mute() {
+            self.range = Some(r);
+        }
+    }
+
+    /// The LLM call after the muted body was paired whole, nothing lost.
+    fn assert_one_llm_call(&self) {
+        assert_eq!(self.out.len(), 1);
+        assert_eq!(self.out[0].exchange.response.body, b"{\"\"}");
+        assert_eq!(self.lost, Lost::default());
+    }
+}
+
+const LLM_REQ: &[u8] = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+const LLM_RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n{\"\"}";
+
+#[test]
+fn a_download_is_muted_and_the_llm_call_after_it_on_the_connection_is_read() {
+    let mut m = Muted::new();
+    let body = 1u64 << 20;
+    m.send(b"GET /file HTTP/1.1\r\n\r\n");
+    m.read(format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n").as_bytes());
+    let (from, to) = m.range.expect("a range asked for the body");
+    assert_eq!(to - from, body);
+    // 64 reads of 16 KiB: all inside, all skipped.
+    for _ in 0..64 {
+        m.read(&[b'x'; 16384]);
+    }
+    assert_eq!(m.skipped, body);
+    m.send(LLM_REQ);
+    m.read(LLM_RESP);
+    m.assert_one_llm_call();
+}
+
+#[test]
+fn a_late_range_covers_only_the_body_even_when_the_next_call_was_already_sent() {
+    let mut m = Muted::new();
+    m.send(b"GET /file HTTP/1.1\r\n\r\n");
+    // The client pipelines the LLM call before the download ends; the body's
+    // last read also carries the LLM response's head: it is copied whole.
+    m.send(LLM_REQ);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+    m.read(head);
+    assert!(m.range.is_some());
+    for _ in 0..5 {
+        m.read(&[b'y'; 16384]);
+    }
+    let tail = [&[b'y'; 100_000 - 5 * 16384][..], LLM_RESP].concat();
+    m.read(&tail);
+    assert_eq!(m.skipped, 5 * 16384);
+    m.assert_one_llm_call();
+}
+
+#[test]
+fn small_captured_or_chunked_bodies_and_unexplained_jumps() {
+    // A small body is copied; an LLM response is never muted, however large.
+    let mut m = Muted::new();
+    m.send(b"GET /small HTTP/1.1\r\n\r\n");
+    m.read(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+    assert_eq!(m.range, None);
+    m.read(&[b'z'; 1000]);
+    m.send(LLM_REQ);
+    m.read(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n");
+    assert_eq!(m.range, None);
+    // A big chunk of a chunked body is muted up to its end.
+    let mut m = Muted::new();
+    m.send(b"GET /chunks HTTP/1.1\r\n\r\n");
+    m.read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\n");
+    let (from, to) = m.range.expect("a range for the chunk");
+    assert_eq!(to - from, 0x10000);
+    for _ in 0..4 {
+        m.read(&[b'c'; 16384]);
+    }
+    m.read(b"\r\n0\r\n\r\n");
+    m.send(LLM_REQ);
+    m.read(LLM_RESP);
+    assert_eq!((m.skipped, m.out.len()), (0x10000, 1));
+    // A jump past the range is not the range's doing: nothing is skipped
+    // on its account (the chunk flags and loss counters tell of losses).
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let (mut out, mut lost, mut cap) = (Vec::new(), Lost::default(), llm);
+    let mut chunk = |c: &mut HttpConnection, d, pos, data: &[u8]| {
+        let held = c.on_chunk(d, Continuity::InOrder, pos, data, 1, &mut cap, &mut out, &mut lost);
+        assert_eq!(held, Held::Within);
+    };
+    chunk(&mut c, Direction::Egress, 0, b"GET / HTTP/1.1\r\n\r\n");
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n";
+    chunk(&mut c, Direction::Ingress, 100, head);
+    let (from, to) = c.take_mute().unwrap();
+    assert_eq!((from, to), (100 + head.len() as u64, 100 + head.len() as u64 + 50_000));
+    chunk(&mut c, Direction::Ingress, to + 1, b"x");
+    assert_eq!(c.resp.unkept_body(), Some(49_999), "the body's count moved by the byte seen only");
+    assert_eq!(lost, Lost::default());
 }

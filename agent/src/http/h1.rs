@@ -153,6 +153,48 @@ impl Parser {
         result
     }
 
+    /// The rest of the body being read when nothing keeps it (a response no
+    /// one records): its bytes still to come, `u64::MAX` for a body framed by
+    /// the connection's close. What the kernel may skip copying.
+    pub fn unkept_body(&self) -> Option<u64> {
+        let kept = self.cur.as_ref().is_none_or(|m| m.body_captured);
+        if kept || !self.buf.is_empty() {
+            return None;
+        }
+        match self.state {
+            State::Body(Body::Length(rem) | Body::ChunkData(rem)) => Some(rem),
+            State::Body(Body::UntilClose) => Some(u64::MAX),
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of a body nothing keeps went by unseen (the kernel skipped
+    /// them): count them read. False when the body has fewer bytes left, or
+    /// none is being read.
+    pub fn skip_body(&mut self, n: u64, out: &mut Vec<Message>) -> bool {
+        if self.unkept_body().is_none_or(|rem| rem < n) {
+            return false;
+        }
+        match &mut self.state {
+            State::Body(Body::Length(rem)) => {
+                *rem -= n;
+                if *rem == 0 {
+                    self.finish(out);
+                }
+            }
+            State::Body(body) => {
+                if let Body::ChunkData(rem) = body {
+                    *rem -= n;
+                    if *rem == 0 {
+                        *body = Body::ChunkDataEnd;
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
     /// The connection closed: a body framed by close is complete now.
     pub fn close(&mut self, ts: u64) -> Option<Message> {
         if let State::Body(Body::UntilClose) = self.state {

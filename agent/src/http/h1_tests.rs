@@ -146,3 +146,39 @@ fn oversized_head_is_rejected() {
     assert_eq!(p.push(&raw, 1, &mut all, &mut out), Err(H1Error::HeadTooLarge));
     assert_eq!(p.buffered(), 0);
 }
+
+#[test]
+fn skipping_an_unkept_body_counts_it_read_and_never_more_than_it_holds() {
+    let mut p = Parser::new(Kind::Response, 1 << 20);
+    let mut out = Vec::new();
+    let mut never = |_: &Head| false;
+    // A kept body (an LLM response) is never offered for skipping.
+    p.expect(Expect { head_request: false, capture: true });
+    p.push(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 1, &mut never, &mut out).unwrap();
+    assert_eq!(p.unkept_body(), None);
+    assert!(!p.skip_body(1, &mut out));
+    p.push(b"0123456789", 2, &mut never, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    // One nobody keeps: the rest of it, then skipped to its end.
+    p.expect(Expect::default());
+    p.push(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", 3, &mut never, &mut out).unwrap();
+    assert_eq!(p.unkept_body(), Some(97));
+    assert!(!p.skip_body(98, &mut out));
+    assert!(p.skip_body(90, &mut out));
+    assert!(p.skip_body(7, &mut out));
+    assert_eq!((out.len(), p.in_message(), p.unkept_body()), (2, false, None));
+    assert!(out[1].complete);
+    // Chunked: within a chunk's data only; close-framed: all of it.
+    p.expect(Expect::default());
+    p.push(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", 4, &mut never, &mut out).unwrap();
+    assert_eq!(p.unkept_body(), Some(3));
+    assert!(p.skip_body(3, &mut out));
+    assert_eq!(p.unkept_body(), None);
+    p.push(b"\r\n0\r\n\r\n", 5, &mut never, &mut out).unwrap();
+    assert_eq!(out.len(), 3);
+    p.expect(Expect::default());
+    p.push(b"HTTP/1.1 200 OK\r\n\r\nxyz", 6, &mut never, &mut out).unwrap();
+    assert_eq!(p.unkept_body(), Some(u64::MAX));
+    assert!(p.skip_body(1 << 40, &mut out));
+    assert!(p.close(7).is_some_and(|m| m.complete));
+}

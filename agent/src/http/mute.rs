@@ -1,0 +1,142 @@
+//! Muting the bodies no one records: a keep-alive HTTP/1.1 connection stays a
+//! client's, so each request on it is read, but the body of a non-LLM
+//! response (a download, a page) need not cross the ring buffer. Once a
+//! response head shows such a body, its remaining bytes are named as a range
+//! of the connection's ingress stream (the kernel numbers each read's position,
+//! `DataHeader::stream_pos`) and the kernel skips the reads wholly inside it.
+//! Later, a chunk whose position jumps past bytes never seen is explained by
+//! that range, and the parser counts the skipped bytes read.
+//!
+//! Why a range and not "until the next request": user space lags behind the
+//! kernel, so by the time it asks, the client may have sent an LLM request on
+//! the same connection; a range ends where the body ends, so the bytes after it
+//! are always copied. Small bodies are not worth the map update they'd cost.
+
+/// Bodies shorter than this are copied anyway: a map update costs about as
+/// much as copying a few chunks.
+pub const MUTE_MIN_BYTES: u64 = 32 << 10;
+
+/// What the position of an ingress chunk says about the bytes before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jump {
+    /// They were all seen (or positions are unknown).
+    None,
+    /// This many were skipped inside the muted range.
+    Muted(u64),
+    /// This many are missing and the range does not explain them: the loss
+    /// counters and chunk flags tell about those.
+    Unexplained(u64),
+}
+
+#[derive(Debug, Default)]
+pub struct Muting {
+    /// Where the next ingress byte should sit; none until a chunk with a
+    /// known position arrived.
+    next: Option<u64>,
+    /// The range asked for, `[from, to)`, until the stream has passed it.
+    range: Option<(u64, u64)>,
+    /// A range not handed to the kernel yet.
+    request: Option<(u64, u64)>,
+}
+
+impl Muting {
+    /// An ingress chunk of `len` bytes at `pos` (0: unknown).
+    pub fn arrive(&mut self, pos: u64, len: usize) -> Jump {
+        if pos == 0 {
+            self.next = None;
+            return Jump::None;
+        }
+        let jump = match self.next {
+            Some(n) if pos >= n => pos - n,
+            // Backwards: positions restarted (the kernel forgot the
+            // connection, or its key now names another one).
+            Some(_) => {
+                self.range = None;
+                0
+            }
+            None => 0,
+        };
+        let explained = match (self.next, self.range) {
+            (Some(n), Some((from, to))) => n >= from && pos <= to,
+            _ => false,
+        };
+        let next = pos.saturating_add(len as u64);
+        self.next = Some(next);
+        if self.range.is_some_and(|(_, to)| next >= to) {
+            self.range = None;
+        }
+        match (jump, explained) {
+            (0, _) => Jump::None,
+            (n, true) => Jump::Muted(n),
+            (n, false) => Jump::Unexplained(n),
+        }
+    }
+
+    /// A body of `remaining` bytes (`u64::MAX`: until the connection closes)
+    /// that nothing records follows the bytes seen so far.
+    pub fn unkept_body(&mut self, remaining: u64) {
+        let Some(from) = self.next else { return };
+        if self.range.is_some() || remaining < MUTE_MIN_BYTES {
+            return;
+        }
+        let range = (from, from.saturating_add(remaining));
+        self.range = Some(range);
+        self.request = Some(range);
+    }
+
+    /// The range to hand to the kernel, once.
+    pub fn take_request(&mut self) -> Option<(u64, u64)> {
+        self.request.take()
+    }
+
+    /// The stream lost its place (a gap): a range asked for explains nothing
+    /// any more; what follows is parsed afresh.
+    pub fn forget(&mut self) {
+        self.range = None;
+        self.request = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 1 << 40;
+
+    #[test]
+    fn a_jump_inside_the_range_is_muted_and_after_it_is_not() {
+        let mut m = Muting::default();
+        assert_eq!(m.arrive(BASE, 100), Jump::None);
+        m.unkept_body(1 << 20);
+        assert_eq!(m.take_request(), Some((BASE + 100, BASE + 100 + (1 << 20))));
+        assert_eq!(m.take_request(), None);
+        // Copied before the kernel heard, then skipped to the body's last read.
+        assert_eq!(m.arrive(BASE + 100, 16384), Jump::None);
+        assert_eq!(m.arrive(BASE + (1 << 20), 100), Jump::Muted((1 << 20) - 16484));
+        // The next response: past the range, which is gone.
+        assert_eq!(m.arrive(BASE + (1 << 20) + 500, 10), Jump::Unexplained(400));
+        assert_eq!(m.arrive(BASE + (1 << 20) + 510, 10), Jump::None);
+    }
+
+    #[test]
+    fn small_bodies_unknown_positions_and_restarts_mute_nothing() {
+        let mut m = Muting::default();
+        m.unkept_body(1 << 30);
+        assert_eq!(m.take_request(), None, "no position known yet");
+        assert_eq!(m.arrive(BASE, 10), Jump::None);
+        m.unkept_body(MUTE_MIN_BYTES - 1);
+        assert_eq!(m.take_request(), None);
+        m.unkept_body(u64::MAX);
+        assert_eq!(m.take_request(), Some((BASE + 10, u64::MAX)));
+        // Positions went backwards: the range is dropped, nothing explained.
+        assert_eq!(m.arrive(5, 10), Jump::None);
+        assert_eq!(m.arrive(100, 10), Jump::Unexplained(85));
+        // Unknown positions (0) forget the place.
+        assert_eq!(m.arrive(0, 10), Jump::None);
+        assert_eq!(m.arrive(500, 10), Jump::None);
+        m.unkept_body(1 << 20);
+        m.forget();
+        assert_eq!(m.take_request(), None);
+        assert_eq!(m.arrive(600, 1), Jump::Unexplained(90));
+    }
+}

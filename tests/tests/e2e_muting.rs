@@ -1,0 +1,67 @@
+//! A keep-alive connection that carries both downloads (not LLM calls) and LLM
+//! calls: the agent must copy next to nothing of the downloads (their bodies are
+//! muted in the kernel once the response head is parsed: agent `http/mute.rs`)
+//! and still record every LLM call on the same connection, exactly once.
+//! Through OpenSSL (the Python SDK over HTTPS) and through the socket syscalls
+//! (the same client over plain HTTP): the kernel side is shared by every
+//! capture method. Needs root (fails, never skips, without it).
+use std::collections::HashSet;
+
+use serde_json::Value;
+use tokentap_e2e::*;
+use tokentap_event::PriceTable;
+
+/// Downloads and calls, one after the other from one thread, 2 a second for 8 s.
+const RATE: &str = "2";
+const SECONDS: &str = "8";
+const CALLS: usize = 16;
+/// Each download (the client checks every byte count); the server takes
+/// ~0.3 s over it, and the agent reads the head within its 0.1 s drain period.
+const DOWNLOAD: u64 = 2_000_000;
+
+fn downloads_and_calls(transport: Transport, name: &str) {
+    let _g = serial();
+    let env = Env::start(name, transport, &[]);
+    let mut cmd = py_client(&env.dir, &env.certs, &env.openai_base(), &env.anthropic_base(), "downloads_and_calls");
+    cmd.args(["--rate", RATE, "--seconds", SECONDS]);
+    let (pid, out) = run_client(cmd);
+    let calls: Value = serde_json::from_str(out.trim()).expect("client output");
+    assert_eq!(calls["calls"], CALLS as u64);
+    let records = env.agent.wait_records(&[pid], CALLS);
+    let served = env.server.served();
+    assert_eq!(served.len(), CALLS, "the downloads are not LLM calls");
+    let pairs = pair_with_served(&records, &served);
+    assert_eq!(pairs.len(), CALLS, "every LLM call after a muted download is recorded");
+    let prices = PriceTable::shipped();
+    for (r, s) in &pairs {
+        assert_matches_served(r, s, &prices);
+    }
+    let ids: HashSet<&str> = records.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), CALLS);
+    let stats = env.finish();
+    assert_eq!(stats["records"].as_u64(), Some(CALLS as u64), "{stats}");
+    // One keep-alive connection for all of it.
+    assert_eq!(stats["connections"].as_u64().unwrap() - stats["ignored_server_side"].as_u64().unwrap(), 1, "{stats}");
+    // Every download's body was named to the kernel, and most of its bytes
+    // never crossed the ring buffer (those before the agent read the head did:
+    // up to a third of each, with the agent's drain period idle).
+    assert_eq!(stats["responses_muted"].as_u64(), Some(CALLS as u64), "{stats}");
+    assert!(stats["kernel_muted_reads"].as_u64().unwrap() > 0, "{stats}");
+    let downloaded = CALLS as u64 * DOWNLOAD;
+    let copied = stats["bytes"].as_u64().unwrap();
+    eprintln!("{name}: {copied} of {downloaded} bytes copied, {} reads muted", stats["kernel_muted_reads"]);
+    assert!(copied * 2 < downloaded, "{copied} bytes copied of {downloaded} downloaded: {stats}");
+    for lossy in ["dropped_unanswered", "resynced_after_gap", "kernel_ring_full", "ignored_desync"] {
+        assert_eq!(stats[lossy].as_u64(), Some(0), "{lossy}: {stats}");
+    }
+}
+
+#[test]
+fn downloads_are_muted_and_llm_calls_on_the_same_connection_recorded_over_openssl() {
+    downloads_and_calls(Transport::Https, "mute-tls");
+}
+
+#[test]
+fn downloads_are_muted_and_llm_calls_on_the_same_connection_recorded_over_sockets() {
+    downloads_and_calls(Transport::Plain, "mute-plain");
+}
