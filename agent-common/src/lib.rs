@@ -169,10 +169,14 @@ pub struct DataHeader {
     /// Where this chunk starts within the call.
     pub offset: u64,
     /// Ingress: where the call starts in the connection's stream of read bytes,
-    /// counted by the kernel from a base unique to the connection (0: unknown;
-    /// always 0 on egress). User space reads a jump as bytes not copied: the
-    /// ranges it muted ([`MuteRange`]), or a loss.
+    /// counted by the kernel from `stream_base` (0: unknown; always 0 on
+    /// egress). User space reads a jump as bytes not copied: the ranges it
+    /// muted ([`MuteRange`]), or a loss.
     pub stream_pos: u64,
+    /// Where the kernel started counting this connection's stream (taken from
+    /// the clock, so unique to it): a new base means the count restarted (the
+    /// kernel forgot the connection, or its key names another one).
+    pub stream_base: u64,
     /// Bytes of data following the header.
     pub len: u32,
     /// `FLAG_*` bits.
@@ -485,7 +489,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<DataHeader>(), 96);
+        assert_eq!(core::mem::size_of::<DataHeader>(), 104);
         assert_eq!(core::mem::size_of::<ControlEvent>(), 56);
         assert_eq!(core::mem::size_of::<CallArgs>(), 40);
         assert_eq!(core::mem::size_of::<SockArgs>(), 24);

@@ -90,9 +90,9 @@ pub(crate) fn forget_conn(key: SslKey) {
 }
 
 /// Place a read of `len` bytes in its connection's ingress stream: its
-/// position, and whether it lies wholly inside the muted range (not copied).
+/// base and position, and whether it lies wholly inside the muted range (not copied).
 #[inline(always)]
-fn place_read(key: SslKey, len: u64) -> (u64, bool) {
+fn place_read(key: SslKey, len: u64) -> (u64, u64, bool) {
     let (base, pos) = match IN_POS.get_ptr_mut(key) {
         // SAFETY: a live map value. Reads on one connection don't overlap
         // (a TLS library serialises them); a race only misplaces positions,
@@ -111,18 +111,18 @@ fn place_read(key: SslKey, len: u64) -> (u64, bool) {
         }
     };
     let Some(m) = (unsafe { MUTED.get(key) }).copied() else {
-        return (pos, false);
+        return (base, pos, false);
     };
     let end = pos.wrapping_add(len);
     // A range below the base is an earlier connection's under a reused key.
     let current = m.from >= base;
     if current && pos >= m.from && end <= m.to && end >= pos {
-        return (pos, true);
+        return (base, pos, true);
     }
     if !current || end > m.to {
         let _ = MUTED.remove(key);
     }
-    (pos, false)
+    (base, pos, false)
 }
 
 /// Has user space told us to skip this connection?
@@ -145,16 +145,16 @@ pub(crate) struct Emit {
 
 /// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
-    let mut pos = 0;
+    let mut at = (0, 0);
     if direction == DIR_INGRESS {
-        let (at, muted) = place_read(SslKey { tgid: pid_tgid >> 32, ssl: e.conn }, len);
+        let (base, pos, muted) = place_read(SslKey { tgid: pid_tgid >> 32, ssl: e.conn }, len);
         if muted {
             count_loss(LossCounter::MutedReads, 1);
             return;
         }
-        pos = at;
+        at = (base, pos);
     }
-    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, pos, slot)) {
+    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, at, slot)) {
         count_loss(LossCounter::ScratchBusy, 1);
     }
 }
@@ -189,7 +189,8 @@ struct CopyCtx {
     wake: u32,
 }
 
-fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, pos: u64, slot: u32) {
+/// `(base, pos)`: the read's place in its connection's ingress stream.
+fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), slot: u32) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -204,6 +205,7 @@ fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, pos: u64, slot
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.call_len = len;
     h.stream_pos = pos;
+    h.stream_base = base;
     h.fd = e.fd;
     h.source = e.source as u32;
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);

@@ -1,9 +1,14 @@
 //! Go programs carry their own TLS (`crypto/tls`), which no OpenSSL probe sees.
 //!
-//! Why these hooks: `crypto/tls.(*Conn).Write`/`.Read` are probed at entry and at
-//! each of their return instructions (user space finds the `RET`s), never with
+//! Why these hooks: `crypto/tls.(*Conn).Read` is probed at entry and at each of
+//! its return instructions (user space finds the `RET`s), never with
 //! uretprobes: Go moves goroutine stacks, which breaks the return-address
-//! trampoline. In-flight calls are keyed by goroutine, not thread, since a
+//! trampoline. `Write` is copied on the way in (`go_tls_write_once`), at the
+//! prologue's stack-check `jbe`, when the flags say the jump to grow the stack
+//! is not taken (taken, the function restarts and passes the probe again):
+//! its bytes are final there, and a `RET` probe costs a single-step. Where
+//! user space finds no such jump, `Write` is probed as `Read` is. `Read`'s
+//! count is only known at its return, so its `RET`s stay probed. In-flight calls are keyed by goroutine, not thread, since a
 //! goroutine may move between threads. `(*Conn).Close` ends a connection.
 //!
 //! What they fall back to: the socket fd is read through the `net.Conn` behind
@@ -92,6 +97,32 @@ fn go_conn_fd(conn: u64) -> i32 {
 #[uprobe]
 pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, CallKind::GoWrite);
+    0
+}
+
+/// `Write` at its prologue's stack-check `jbe`. With CF or ZF set the jump is
+/// taken: the stack grows and the function restarts, passing here again, so
+/// only the pass that goes on copies. Write sends all of `b` or fails the
+/// connection, so its bytes are final here and no probe on its `RET`s (which
+/// the kernel would single-step) is needed.
+#[uprobe]
+pub fn go_tls_write_once(ctx: ProbeContext) -> u32 {
+    const CF: u64 = 1;
+    const ZF: u64 = 1 << 6;
+    let Some(r) = regs(&ctx) else {
+        return 0;
+    };
+    if r.eflags & (CF | ZF) != 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (conn, buf, len) = (r.rax, r.rbx, r.rcx);
+    // More than a Go slice on a TLS connection plausibly holds: a misread call.
+    if conn == 0 || buf == 0 || len == 0 || len > 1 << 31 || ignored(pid_tgid, conn) {
+        return 0;
+    }
+    let e = Emit { conn, buf, fd: go_conn_fd(conn), source: Source::GoTls };
+    emit_data(pid_tgid, &e, DIR_EGRESS, len);
     0
 }
 

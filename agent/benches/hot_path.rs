@@ -51,6 +51,7 @@ fn record(conn: u64, dir: u32, data: &[u8]) -> Vec<u8> {
         call_len: data.len() as u64,
         offset: 0,
         stream_pos: 0,
+        stream_base: 0,
         len: data.len() as u32,
         flags: FLAG_LAST,
         fd: -1,

@@ -20,6 +20,7 @@ use crate::coverage::Coverage;
 use crate::discovery::Unprobed;
 use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
 use crate::http::message::Head;
+use crate::http::mute::StreamAt;
 use crate::providers::call::{Call, CallContext};
 use crate::providers::{self, Endpoint, Rules};
 use crate::sinks::Sink;
@@ -226,16 +227,9 @@ impl Pipeline {
             endpoint
         };
         let exchanges = &mut self.exchanges;
-        let held = conn.http.on_chunk(
-            c.direction,
-            continuity,
-            c.stream_pos,
-            c.data,
-            c.ts_ns,
-            &mut classify,
-            exchanges,
-            &mut lost,
-        );
+        let at = StreamAt { base: c.stream_base, pos: c.stream_pos };
+        let held =
+            conn.http.on_chunk(c.direction, continuity, at, c.data, c.ts_ns, &mut classify, exchanges, &mut lost);
         if held == Held::OverCap {
             self.stats.count(ConnDrop::Shed);
         }

@@ -95,10 +95,12 @@ fn boringssl_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     ])
 }
 
-/// Go: at entry and at every return instruction (no uretprobes on Go stacks).
+/// Go: `Write` once on the way in when its prologue allows, else at entry
+/// and at every return instruction, as `Read` (no uretprobes on Go stacks).
 fn go_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     let Some(g) = &s.go else { return Vec::new() };
-    let mut out = vec![("go_tls_write", g.write), ("go_tls_read", g.read)];
+    let write = if g.write_once { "go_tls_write_once" } else { "go_tls_write" };
+    let mut out = vec![(write, g.write), ("go_tls_read", g.read)];
     out.extend(g.write_rets.iter().map(|&o| ("go_tls_write_ret", o)));
     out.extend(g.read_rets.iter().map(|&o| ("go_tls_read_ret", o)));
     out.extend(g.close.map(|o| ("go_tls_close", o)));
@@ -155,7 +157,14 @@ pub const METHODS: &[CaptureMethod] = &[
     },
     CaptureMethod {
         name: "go_tls",
-        programs: &["go_tls_write", "go_tls_write_ret", "go_tls_read", "go_tls_read_ret", "go_tls_close"],
+        programs: &[
+            "go_tls_write",
+            "go_tls_write_once",
+            "go_tls_write_ret",
+            "go_tls_read",
+            "go_tls_read_ret",
+            "go_tls_close",
+        ],
         points: go_points,
     },
     CaptureMethod {

@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use tokentap_agent::capture::event::Direction;
 use tokentap_agent::capture::streams::Continuity;
 use tokentap_agent::http::exchange::{HttpConnection, Lost};
+use tokentap_agent::http::mute::StreamAt;
 
 fuzz_target!(|data: &[u8]| {
     // First byte picks split points; the rest alternates egress / ingress pieces.
@@ -21,14 +22,14 @@ fuzz_target!(|data: &[u8]| {
     let (mut pos, mut muted) = (1u64 << 40, None::<(u64, u64)>);
     for (i, piece) in rest.chunks(step).enumerate() {
         let (direction, at) = if i % 3 == 0 {
-            (Direction::Egress, 0)
+            (Direction::Egress, StreamAt::default())
         } else {
             let at = pos;
             pos += piece.len() as u64;
             if muted.is_some_and(|(from, to)| at >= from && pos <= to) {
                 continue;
             }
-            (Direction::Ingress, at)
+            (Direction::Ingress, StreamAt { base: 1, pos: at })
         };
         let _ = conn.on_chunk(direction, Continuity::InOrder, at, piece, i as u64, &mut capture, &mut out, &mut lost);
         if let Some(range) = conn.take_mute() {

@@ -110,8 +110,10 @@ fn go_net_http_over_crypto_tls_with_and_without_symbols() {
     let dir = scratch("go-build");
     let bins = [build_go_client(&dir, false), build_go_client(&dir, true)];
     for bin in &bins {
-        // The entry probes sit on the prologue's stack-check jump, which the kernel
-        // emulates, not on the single-stepped first instruction (placement.rs).
+        // The entry probes sit on the prologue's stack-check jump, which the
+        // kernel emulates, not on the single-stepped first instruction; Write
+        // is copied there on the way in, with no probe on its single-stepped
+        // `RET`s (placement.rs).
         let go = tokentap_agent::discovery::inspect(bin).expect("inspect").go.expect("a Go TLS program");
         let code = std::fs::read(bin).unwrap();
         for at in [go.write, go.read] {
@@ -121,6 +123,7 @@ fn go_net_http_over_crypto_tls_with_and_without_symbols() {
                 "{op:#x}"
             );
         }
+        assert!(go.write_once && go.write_rets.is_empty() && !go.read_rets.is_empty(), "{go:?}");
     }
     let env = Env::start("go", Transport::H2, &[]);
     for bin in &bins {

@@ -84,7 +84,7 @@ enum Cmd {
         #[arg(long)]
         only_fleet: bool,
         /// Only the client CPU per call by capture method: node (OpenSSL), bun (BoringSSL), reqwest
-        /// (rustls), java.net.http (JSSE, Java agent).
+        /// (rustls), Go net/http (crypto/tls), java.net.http (JSSE, Java agent).
         #[arg(long)]
         only_methods: bool,
         /// Only the agent's RSS (idle, steady, peak, by kind of mapping) at 100 / 1,000 /

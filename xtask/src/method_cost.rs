@@ -5,7 +5,9 @@
 //! by its exported symbols), from `bun` (a stripped, statically linked
 //! BoringSSL whose `SSL_write`/`SSL_read` the agent finds by analysing the
 //! code), both with `fetch`, from the tests' reqwest + rustls client
-//! (rustls found by symbol), and from the tests' Java client
+//! (rustls found by symbol), from the tests' Go net/http client (Go's own
+//! crypto/tls, probed in the executable: `Write` copied at its stack check,
+//! `Read` at entry and at each `RET`), and from the tests' Java client
 //! (`java.net.http.HttpClient` over JSSE, captured through the Java agent the
 //! agent attaches; the JVM waits for the attach before its warm-up, so the
 //! attach's own work is not timed), without and with the release agent, in
@@ -54,11 +56,13 @@ fn methods(dir: &Path) -> Result<Vec<(&'static str, PathBuf, &'static str)>> {
         anyhow::ensure!(exe.is_file(), "{} missing (bun: npm ci in tests/clients)", exe.display());
     }
     let (rust, _) = tokentap_e2e::build_rust_client(dir);
+    let go = tokentap_e2e::build_go_client(dir, false);
     let java = tokentap_e2e::java::jdk_home().join("bin/java");
     Ok(vec![
         ("node (OpenSSL, by symbol)", node, "openssl"),
         ("bun (BoringSSL, by code analysis)", bun, "boringssl"),
         ("reqwest (rustls, by symbol)", rust, "rustls"),
+        ("Go net/http (crypto/tls, in the executable)", go, "go_tls"),
         ("java.net.http (JSSE, through the Java agent)", java, "java"),
     ])
 }
@@ -121,6 +125,10 @@ fn client(
             let (n, f) = (n.max(1) as f64, |k: &str| v[k].as_f64().unwrap_or(0.0));
             return Ok((f("pid") as u32, f("cpu_us") / n, n / f("secs")));
         }
+    } else if exe.file_name().is_some_and(|f| f == "go_client") {
+        let base = format!("https://127.0.0.1:{port}/v1");
+        cmd.args(["-base", &base, "-key", "-", "-bench", &n.to_string(), "-warm", &warm.to_string(), "-ca"]);
+        cmd.arg(&certs.ca);
     } else if exe.file_name().is_some_and(|f| f == "rust_client") {
         let ca = certs.ca.display().to_string();
         cmd.args([url, ca, "-".into(), n.to_string(), "bench".into(), warm.to_string()]);
@@ -211,8 +219,8 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     }
     let report = format!(
         "# Client CPU per call by capture method (cargo xtask bench)\n\n\
-         {CALLS} sequential keep-alive HTTPS POSTs (`fetch` in node and bun, reqwest in the Rust client, `java.net.http.HttpClient` (HTTP/1.1) in the JVM; ~1 KB JSON request, ~1 KB JSON response) to a \
-         local nginx, after {WARM} untimed (1000 in the JVM, for its JIT); the client's CPU (user + kernel, the process's own accounting: getrusage in node and bun, /proc/self/stat in the Rust client, the JVM's process CPU time, every thread) over the timed calls. \
+         {CALLS} sequential keep-alive HTTPS POSTs (`fetch` in node and bun, reqwest in the Rust client, net/http (HTTP/1.1) in the Go client, `java.net.http.HttpClient` (HTTP/1.1) in the JVM; ~1 KB JSON request, ~1 KB JSON response) to a \
+         local nginx, after {WARM} untimed (1000 in the JVM, for its JIT); the client's CPU (user + kernel, the process's own accounting: getrusage in node, bun and Go, /proc/self/stat in the Rust client, the JVM's process CPU time, every thread) over the timed calls. \
          Medians of {ROUNDS} without/with rounds (probe cost: median of the per-round differences); the release \
          agent with `--exclude-process nginx` (only the client probed). Machine: {} CPUs, kernel {}.\n\n{md}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

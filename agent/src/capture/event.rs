@@ -101,6 +101,9 @@ pub struct Chunk<'a> {
     /// Ingress: where the chunk starts in the connection's stream of read
     /// bytes as the kernel counts them (0: unknown); see `http::mute`.
     pub stream_pos: u64,
+    /// Where the kernel started counting that stream: positions compare only
+    /// under one base.
+    pub stream_base: u64,
     pub flags: ChunkFlags,
     /// Monotonic ns when the call returned.
     pub ts_ns: u64,

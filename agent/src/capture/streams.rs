@@ -175,6 +175,7 @@ mod tests {
             direction: Direction::from_u32(dir).unwrap(),
             offset,
             stream_pos: 0,
+            stream_base: 0,
             flags: ChunkFlags::from_bits(flags),
             ts_ns: ts,
             fd: -1,

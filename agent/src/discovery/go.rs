@@ -15,6 +15,9 @@ use super::placement::{self, file_offset};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GoTls {
     pub write: u64,
+    /// `write` is the prologue's stack check, where the bytes are copied when
+    /// the call goes on (see `placement::stack_check`); `write_rets` is empty.
+    pub write_once: bool,
     pub write_rets: Vec<u64>,
     pub read: u64,
     pub read_rets: Vec<u64>,
@@ -83,10 +86,10 @@ pub fn inspect(elf: &object::File<'_>, data: &[u8]) -> Result<GoTls, NotProbed> 
     let (Some(write), Some(read)) = (found.write, found.read) else {
         return Err(NotProbed::NoTls);
     };
-    let (write, write_rets) = probe_points(elf, data, write)?;
+    let (write, write_once, write_rets) = write_points(elf, data, write)?;
     let (read, read_rets) = probe_points(elf, data, read)?;
     let close = found.close.and_then(|f| file_offset(elf, f.0));
-    Ok(GoTls { write, write_rets, read, read_rets, close })
+    Ok(GoTls { write, write_once, write_rets, read, read_rets, close })
 }
 
 /// Names and extents from the runtime's function table (Go 1.18+ layout).
@@ -136,6 +139,26 @@ fn from_pclntab(t: &[u8]) -> Result<Found, NotProbed> {
     Ok(found)
 }
 
+/// `(*Conn).Write` writes all of its buffer or fails the connection, so its
+/// bytes can be copied on the way in, at the stack check when the call goes
+/// on: no probe on its `RET`s, which the kernel single-steps (~16 µs each in a
+/// VM). Without a stack check found, entry and returns as for `Read`.
+fn write_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Result<(u64, bool, Vec<u64>), NotProbed> {
+    let off = file_offset(elf, addr).ok_or(NotProbed::Malformed("function outside any section"))?;
+    let code = data
+        .get(off as usize..(off + len) as usize)
+        .ok_or(NotProbed::Malformed("function beyond the end of the file"))?;
+    if let Some(once) = placement::stack_check(code, addr, &KEPT) {
+        return Ok((off + (once - addr), true, Vec::new()));
+    }
+    let (entry, rets) = probe_points(elf, data, (addr, len))?;
+    Ok((entry, false, rets))
+}
+
+/// What the entry program reads: the receiver, buffer and length (RAX, RBX,
+/// RCX) and the goroutine (R14).
+const KEPT: [Register; 4] = [Register::RAX, Register::RBX, Register::RCX, Register::R14];
+
 /// Where the entry probe goes (the entry, or a cheaper point in the prologue) and
 /// each `RET`, as file offsets.
 fn probe_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Result<(u64, Vec<u64>), NotProbed> {
@@ -147,11 +170,9 @@ fn probe_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Resul
     if rets.is_empty() || rets.len() > MAX_RETS {
         return Err(NotProbed::Malformed("no plausible return instructions"));
     }
-    // The entry program reads the receiver, buffer and length (RAX, RBX, RCX) and
-    // the goroutine (R14): any instruction before which none changed will do, and
-    // one the kernel emulates costs a fraction of the entry's (placement.rs).
-    let kept = [Register::RAX, Register::RBX, Register::RCX, Register::R14];
-    let entry = placement::cheap_entry(code, addr, &kept).unwrap_or(addr);
+    // Any instruction before which none of KEPT changed will do, and one the
+    // kernel emulates costs a fraction of the entry's (placement.rs).
+    let entry = placement::cheap_entry(code, addr, &KEPT).unwrap_or(addr);
     Ok((off + (entry - addr), rets.into_iter().map(|r| off + (r - addr)).collect()))
 }
 

@@ -88,6 +88,31 @@ pub fn first_call(code: &[u8], addr: u64, kept: &[Register]) -> Option<u64> {
 /// function restarts after growing its stack and the probe fires again with the
 /// same arguments (the entry program keeps the latest).
 pub fn cheap_entry(code: &[u8], addr: u64, kept: &[Register]) -> Option<u64> {
+    prologue_point(code, addr, kept, |ins| kernel_emulates(ins).then_some(ins.ip()))
+}
+
+/// The stack check's `jbe morestack` in a Go prologue (forward, among the
+/// first few instructions, none before it writing one of `kept`): a point
+/// the kernel emulates where a probe can tell, from the flags the `cmp` left
+/// (CF or ZF set: the jump is taken), whether the call goes on or restarts
+/// after growing its stack. A probe that acts only when the jump is not taken
+/// acts once per call, so it may copy the call's bytes, not only note them.
+pub fn stack_check(code: &[u8], addr: u64, kept: &[Register]) -> Option<u64> {
+    prologue_point(code, addr, kept, |ins| {
+        let jbe = matches!(ins.code(), Code::Jbe_rel8_64 | Code::Jbe_rel32_64);
+        // A backward jbe is a loop, not a stack check: the scan ends on it.
+        jbe.then_some(ins.ip()).filter(|_| ins.near_branch_target() > ins.ip())
+    })
+}
+
+/// The first of the first few instructions of `code` that `pick` takes, if
+/// none before it writes one of `kept` or leaves the straight line.
+fn prologue_point(
+    code: &[u8],
+    addr: u64,
+    kept: &[Register],
+    pick: impl Fn(&iced_x86::Instruction) -> Option<u64>,
+) -> Option<u64> {
     let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
     for _ in 0..8 {
@@ -95,8 +120,8 @@ pub fn cheap_entry(code: &[u8], addr: u64, kept: &[Register]) -> Option<u64> {
             return None;
         }
         let ins = d.decode();
-        if kernel_emulates(&ins) {
-            return Some(ins.ip());
+        if let Some(at) = pick(&ins) {
+            return Some(at);
         }
         if ins.is_invalid() || ins.flow_control() != FlowControl::Next || writes_any(&mut info, &ins, kept) {
             return None;
@@ -181,6 +206,9 @@ mod tests {
             if let Some(at) = cheap_entry(&code, 0x1000, &kept) {
                 prop_assert!(at >= 0x1000 && at < 0x1000 + code.len() as u64);
             }
+            if let Some(at) = stack_check(&code, 0x1000, &kept) {
+                prop_assert!(at >= 0x1000 && at < 0x1000 + code.len() as u64);
+            }
         }
     }
 
@@ -231,6 +259,21 @@ mod tests {
         assert_eq!(cheap_entry(&[0xc3], 0x1000, &kept), None);
         assert_eq!(cheap_entry(&[0x48, 0x83, 0xec, 0x18], 0x1000, &kept), None);
         assert_eq!(cheap_entry(&[0x06, 0x76, 0x00], 0x1000, &kept), None);
+    }
+
+    #[test]
+    fn go_stack_checks_are_found_forward_and_with_the_arguments_intact() {
+        let kept = [Register::RAX, Register::RBX, Register::RCX, Register::R14];
+        // cmp rsp, [r14+0x10] ; jbe +0x2a
+        assert_eq!(stack_check(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x2a, 0x55], 0x1000, &kept), Some(0x1004));
+        // The large-frame check: lea r12, [rsp-8] ; cmp r12, [r14+0x10] ; jbe near
+        let big = [0x4c, 0x8d, 0x64, 0x24, 0xf8, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 1, 0, 0, 0];
+        assert_eq!(stack_check(&big, 0x1000, &kept), Some(0x1009));
+        // A backward jbe (a loop), another condition, an argument written first, no jump.
+        assert_eq!(stack_check(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0xf0], 0x1000, &kept), None);
+        assert_eq!(stack_check(&[0x49, 0x3b, 0x66, 0x10, 0x72, 0x2a], 0x1000, &kept), None);
+        assert_eq!(stack_check(&[0x48, 0x89, 0xd8, 0x76, 0x2a], 0x1000, &kept), None);
+        assert_eq!(stack_check(&[0x55, 0xc3], 0x1000, &kept), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::ws_session::{WsCalls, WsSession};
 // Re-exported: providers and fuzz targets name them here.
 pub use super::message::{Classified, Exchange, Lost};
 use super::message::{Head, Message};
-use super::mute::{Jump, Muting};
+use super::mute::{Jump, Muting, StreamAt};
 use super::sniff;
 use crate::capture::event::Direction;
 use crate::capture::streams::Continuity;
@@ -142,14 +142,14 @@ impl<E: WsCalls> HttpConnection<E> {
 
     /// One captured chunk. A hole before it drops what was in flight (HTTP/1.1
     /// resumes at its next request); a chunk with a hole of its own is skipped.
-    /// `stream_pos`: where an ingress chunk sits in the kernel's count of the
-    /// connection's read bytes (0: unknown), which shows the bytes it muted.
+    /// `at`: where an ingress chunk sits in the kernel's count of the
+    /// connection's read bytes, which shows the bytes it muted.
     #[allow(clippy::too_many_arguments)]
     pub fn on_chunk(
         &mut self,
         direction: Direction,
         continuity: Continuity,
-        stream_pos: u64,
+        at: StreamAt,
         data: &[u8],
         ts: u64,
         classify: &mut dyn FnMut(&Head) -> Option<E>,
@@ -157,7 +157,7 @@ impl<E: WsCalls> HttpConnection<E> {
         lost: &mut Lost,
     ) -> Held {
         if direction == Direction::Ingress {
-            if let (Jump::Muted(n), Continuity::InOrder) = (self.muting.arrive(stream_pos, data.len()), continuity) {
+            if let (Jump::Muted(n), Continuity::InOrder) = (self.muting.arrive(at, data.len()), continuity) {
                 self.skip_muted(n, out, lost);
             }
         }

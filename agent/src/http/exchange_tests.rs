@@ -1,4 +1,5 @@
 use super::*;
+use crate::http::mute::StreamAt;
 
 fn llm(h: &Head) -> Option<()> {
     h.path.as_deref().is_some_and(|p| p.starts_with("/v1/")).then_some(())
@@ -171,7 +172,7 @@ fn chunks_dispatch_by_direction_skip_holes_and_cap_what_is_held() {
     let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     let mut chunk = |c: &mut HttpConnection, d, cont, data: &[u8], out: &mut Vec<_>| {
-        c.on_chunk(d, cont, 0, data, 1, &mut cap, out, &mut lost)
+        c.on_chunk(d, cont, StreamAt::default(), data, 1, &mut cap, out, &mut lost)
     };
     assert_eq!(chunk(&mut c, Direction::Egress, Continuity::InOrder, req, &mut out), Held::Within);
     // A chunk with a hole of its own is not decoded.
@@ -224,7 +225,7 @@ impl Muted {
         let held = self.c.on_chunk(
             Direction::Egress,
             Continuity::InOrder,
-            0,
+            StreamAt::default(),
             data,
             1,
             &mut cap,
@@ -246,7 +247,7 @@ impl Muted {
         let held = self.c.on_chunk(
             Direction::Ingress,
             Continuity::InOrder,
-            at,
+            StreamAt { base: 1, pos: at },
             data,
             2,
             &mut cap,
@@ -336,7 +337,8 @@ fn small_captured_or_chunked_bodies_and_unexplained_jumps() {
     let mut c = HttpConnection::<()>::new(1 << 20);
     let (mut out, mut lost, mut cap) = (Vec::new(), Lost::default(), llm);
     let mut chunk = |c: &mut HttpConnection, d, pos, data: &[u8]| {
-        let held = c.on_chunk(d, Continuity::InOrder, pos, data, 1, &mut cap, &mut out, &mut lost);
+        let at = StreamAt { base: 1, pos };
+        let held = c.on_chunk(d, Continuity::InOrder, at, data, 1, &mut cap, &mut out, &mut lost);
         assert_eq!(held, Held::Within);
     };
     chunk(&mut c, Direction::Egress, 0, b"GET / HTTP/1.1\r\n\r\n");

@@ -16,6 +16,14 @@
 /// much as copying a few chunks.
 pub const MUTE_MIN_BYTES: u64 = 32 << 10;
 
+/// Where an ingress chunk sits: the kernel's count of the connection's read
+/// bytes (`pos`, 0: unknown) since `base`, where it started counting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamAt {
+    pub base: u64,
+    pub pos: u64,
+}
+
 /// What the position of an ingress chunk says about the bytes before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Jump {
@@ -30,6 +38,8 @@ pub enum Jump {
 
 #[derive(Debug, Default)]
 pub struct Muting {
+    /// The base `next` and the range count from.
+    base: u64,
     /// Where the next ingress byte should sit; none until a chunk with a
     /// known position arrived.
     next: Option<u64>,
@@ -40,16 +50,22 @@ pub struct Muting {
 }
 
 impl Muting {
-    /// An ingress chunk of `len` bytes at `pos` (0: unknown).
-    pub fn arrive(&mut self, pos: u64, len: usize) -> Jump {
+    /// An ingress chunk of `len` bytes at `at`.
+    pub fn arrive(&mut self, at: StreamAt, len: usize) -> Jump {
+        let pos = at.pos;
         if pos == 0 {
             self.next = None;
             return Jump::None;
         }
+        if at.base != self.base {
+            // The count restarted (the kernel forgot the connection, or its
+            // key now names another one): nothing before compares.
+            self.base = at.base;
+            self.next = None;
+            self.range = None;
+        }
         let jump = match self.next {
             Some(n) if pos >= n => pos - n,
-            // Backwards: positions restarted (the kernel forgot the
-            // connection, or its key now names another one).
             Some(_) => {
                 self.range = None;
                 0
@@ -103,19 +119,23 @@ mod tests {
 
     const BASE: u64 = 1 << 40;
 
+    fn at(pos: u64) -> StreamAt {
+        StreamAt { base: 7, pos }
+    }
+
     #[test]
     fn a_jump_inside_the_range_is_muted_and_after_it_is_not() {
         let mut m = Muting::default();
-        assert_eq!(m.arrive(BASE, 100), Jump::None);
+        assert_eq!(m.arrive(at(BASE), 100), Jump::None);
         m.unkept_body(1 << 20);
         assert_eq!(m.take_request(), Some((BASE + 100, BASE + 100 + (1 << 20))));
         assert_eq!(m.take_request(), None);
         // Copied before the kernel heard, then skipped to the body's last read.
-        assert_eq!(m.arrive(BASE + 100, 16384), Jump::None);
-        assert_eq!(m.arrive(BASE + (1 << 20), 100), Jump::Muted((1 << 20) - 16484));
+        assert_eq!(m.arrive(at(BASE + 100), 16384), Jump::None);
+        assert_eq!(m.arrive(at(BASE + (1 << 20)), 100), Jump::Muted((1 << 20) - 16484));
         // The next response: past the range, which is gone.
-        assert_eq!(m.arrive(BASE + (1 << 20) + 500, 10), Jump::Unexplained(400));
-        assert_eq!(m.arrive(BASE + (1 << 20) + 510, 10), Jump::None);
+        assert_eq!(m.arrive(at(BASE + (1 << 20) + 500), 10), Jump::Unexplained(400));
+        assert_eq!(m.arrive(at(BASE + (1 << 20) + 510), 10), Jump::None);
     }
 
     #[test]
@@ -123,20 +143,26 @@ mod tests {
         let mut m = Muting::default();
         m.unkept_body(1 << 30);
         assert_eq!(m.take_request(), None, "no position known yet");
-        assert_eq!(m.arrive(BASE, 10), Jump::None);
+        assert_eq!(m.arrive(at(BASE), 10), Jump::None);
         m.unkept_body(MUTE_MIN_BYTES - 1);
         assert_eq!(m.take_request(), None);
         m.unkept_body(u64::MAX);
         assert_eq!(m.take_request(), Some((BASE + 10, u64::MAX)));
         // Positions went backwards: the range is dropped, nothing explained.
-        assert_eq!(m.arrive(5, 10), Jump::None);
-        assert_eq!(m.arrive(100, 10), Jump::Unexplained(85));
+        assert_eq!(m.arrive(at(5), 10), Jump::None);
+        // So does a new base, even with a position inside the old range.
+        m.unkept_body(1 << 20);
+        let (from, _) = m.take_request().unwrap();
+        assert_eq!(m.arrive(StreamAt { base: 8, pos: from + 100 }, 10), Jump::None);
+        assert_eq!(m.arrive(StreamAt { base: 8, pos: from + 200 }, 10), Jump::Unexplained(90));
+        assert_eq!(m.arrive(at(5), 10), Jump::None);
+        assert_eq!(m.arrive(at(100), 10), Jump::Unexplained(85));
         // Unknown positions (0) forget the place.
-        assert_eq!(m.arrive(0, 10), Jump::None);
-        assert_eq!(m.arrive(500, 10), Jump::None);
+        assert_eq!(m.arrive(at(0), 10), Jump::None);
+        assert_eq!(m.arrive(at(500), 10), Jump::None);
         m.unkept_body(1 << 20);
         m.forget();
         assert_eq!(m.take_request(), None);
-        assert_eq!(m.arrive(600, 1), Jump::Unexplained(90));
+        assert_eq!(m.arrive(at(600), 1), Jump::Unexplained(90));
     }
 }

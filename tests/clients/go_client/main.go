@@ -3,6 +3,10 @@
 // connection. Prints {"pid": PID, "calls": N, "proto": "HTTP/2.0"}.
 //
 // Usage: go_client -base URL -ca CA.pem -key KEY -n N
+//
+// With -bench N (cargo xtask bench): N sequential keep-alive POSTs over
+// HTTP/1.1 after -warm untimed ones; prints {"pid", "cpu_us", "secs"}, the
+// process's own CPU (getrusage: user + system, every thread) over the timed calls.
 package main
 
 import (
@@ -15,14 +19,55 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
+
+func cpuMicros() int64 {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		panic(err)
+	}
+	return u.Utime.Sec*1e6 + u.Utime.Usec + u.Stime.Sec*1e6 + u.Stime.Usec
+}
+
+// bench: the method-cost workload (~1 KB JSON each way), one call at a time.
+func bench(base string, pool *x509.CertPool, n, warm int) {
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	body := fmt.Sprintf(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"%s"}]}`, strings.Repeat("x", 950))
+	call := func() {
+		resp, err := client.Post(base+"/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			panic(err)
+		}
+		out, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || len(out) < 900 {
+			panic(fmt.Sprintf("status %d, %d bytes, %v", resp.StatusCode, len(out), err))
+		}
+	}
+	for i := 0; i < warm; i++ {
+		call()
+	}
+	c0, t0 := cpuMicros(), time.Now()
+	for i := 0; i < n; i++ {
+		call()
+	}
+	out, _ := json.Marshal(map[string]any{
+		"pid": os.Getpid(), "cpu_us": cpuMicros() - c0, "secs": time.Since(t0).Seconds(),
+	})
+	fmt.Println(string(out))
+}
 
 func main() {
 	base := flag.String("base", "", "OpenAI-style base URL, e.g. https://api.openai.com:8443/v1")
 	ca := flag.String("ca", "", "CA certificate (PEM)")
 	key := flag.String("key", "", "API key")
 	n := flag.Int("n", 10, "concurrent calls (half of them streamed)")
+	benchN := flag.Int("bench", -1, "sequential HTTP/1.1 calls timed (bench mode)")
+	warm := flag.Int("warm", 0, "bench mode: untimed calls first")
 	flag.Parse()
 	pem, err := os.ReadFile(*ca)
 	if err != nil {
@@ -30,6 +75,10 @@ func main() {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
+	if *benchN >= 0 {
+		bench(*base, pool, *benchN, *warm)
+		return
+	}
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: pool},
 		ForceAttemptHTTP2: true,
