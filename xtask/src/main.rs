@@ -91,7 +91,7 @@ enum Cmd {
         /// 5,000 calls/s.
         #[arg(long)]
         only_rss: bool,
-        /// Only a 300 MB HTTPS download (curl, OpenSSL) with and without the agent,
+        /// Only a 300 MB HTTPS download (curl on OpenSSL, a Go client) with and without the agent,
         /// which records nothing of it: the probes' cost on TLS that is not an
         /// LLM call (target/bench/download.md).
         #[arg(long)]

@@ -7,6 +7,8 @@
 // With -bench N (cargo xtask bench): N sequential keep-alive POSTs over
 // HTTP/1.1 after -warm untimed ones; prints {"pid", "cpu_us", "secs"}, the
 // process's own CPU (getrusage: user + system, every thread) over the timed calls.
+// With -download URL -times N: GET URL N times over one keep-alive HTTP/1.1
+// connection, discarding the body; prints {"pid", "cpu_us", "secs", "bytes"}.
 package main
 
 import (
@@ -61,6 +63,29 @@ func bench(base string, pool *x509.CertPool, n, warm int) {
 	fmt.Println(string(out))
 }
 
+// download: what a Go service pays for TLS it does not call an LLM over.
+func download(url string, pool *x509.CertPool, times int) {
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	c0, t0 := cpuMicros(), time.Now()
+	var total int64
+	for i := 0; i < times; i++ {
+		resp, err := client.Get(url)
+		if err != nil {
+			panic(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			panic(fmt.Sprintf("status %d after %d bytes: %v", resp.StatusCode, n, err))
+		}
+		total += n
+	}
+	out, _ := json.Marshal(map[string]any{
+		"pid": os.Getpid(), "cpu_us": cpuMicros() - c0, "secs": time.Since(t0).Seconds(), "bytes": total,
+	})
+	fmt.Println(string(out))
+}
+
 func main() {
 	base := flag.String("base", "", "OpenAI-style base URL, e.g. https://api.openai.com:8443/v1")
 	ca := flag.String("ca", "", "CA certificate (PEM)")
@@ -68,6 +93,8 @@ func main() {
 	n := flag.Int("n", 10, "concurrent calls (half of them streamed)")
 	benchN := flag.Int("bench", -1, "sequential HTTP/1.1 calls timed (bench mode)")
 	warm := flag.Int("warm", 0, "bench mode: untimed calls first")
+	dl := flag.String("download", "", "GET this URL -times times (download mode)")
+	times := flag.Int("times", 1, "download mode: how many times")
 	flag.Parse()
 	pem, err := os.ReadFile(*ca)
 	if err != nil {
@@ -75,6 +102,10 @@ func main() {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
+	if *dl != "" {
+		download(*dl, pool, *times)
+		return
+	}
 	if *benchN >= 0 {
 		bench(*base, pool, *benchN, *warm)
 		return
