@@ -22,8 +22,13 @@ fn expand_in(sql: &str, vars: &BTreeMap<String, Vec<String>>, from: &str, to: &s
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn migrate(ch: &ClickHouse) {
+/// A fresh engine in its own scratch directory named after `name` (its
+/// database with `_` for `-`), the schema migrated and [`fill`]ed.
+fn filled(name: &str) -> ClickHouse {
+    let ch = ClickHouse::start(&scratch(name), &name.replace('-', "_"));
     ch.migrate();
+    fill(&ch);
+    ch
 }
 
 /// 600 calls over three days: two clusters, three namespaces, four services,
@@ -113,10 +118,7 @@ fn all_values(ch: &ClickHouse, d: &Value) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn the_spend_map_shows_the_share_of_llm_traffic_not_decoded_beside_the_spend() {
-    let dir = scratch("dashboards-unread");
-    let ch = ClickHouse::start(&dir, "dashboards_unread");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards-unread");
     let path = workspace_root().join("dashboards/spend_map.json");
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let values = all_values(&ch, &d);
@@ -139,10 +141,7 @@ fn the_spend_map_shows_the_share_of_llm_traffic_not_decoded_beside_the_spend() {
 
 #[test]
 fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
-    let dir = scratch("dashboards");
-    let ch = ClickHouse::start(&dir, "dashboards");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards");
     backfill_waste(&ch);
     fill_baseline(&ch);
     let mut dashboards = 0;
@@ -223,10 +222,7 @@ fn every_panel_query_runs_on_the_schema_and_returns_its_shape() {
 
 #[test]
 fn rollups_agree_with_raw_rows_on_the_test_data() {
-    let dir = scratch("rollups");
-    let ch = ClickHouse::start(&dir, "rollups");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("rollups");
     let raw = ch.query(
         "SELECT count() AS calls, countIf(status >= 400) AS errors, countIf(status = 429) AS rate_limited, \
          sum(ifNull(input_tokens, 0)) AS input, round(sum(ifNull(cost_usd, 0)), 9) AS cost FROM llm_calls",
@@ -248,10 +244,7 @@ fn rollups_agree_with_raw_rows_on_the_test_data() {
 
 #[test]
 fn the_track_dashboard_compares_the_saved_baseline_with_now() {
-    let dir = scratch("dashboards-track");
-    let ch = ClickHouse::start(&dir, "dashboards_track");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards-track");
     fill_baseline(&ch);
     let d: Value =
         serde_json::from_str(&std::fs::read_to_string(workspace_root().join("dashboards/track.json")).unwrap())
@@ -317,10 +310,7 @@ fn the_track_dashboard_compares_the_saved_baseline_with_now() {
 
 #[test]
 fn time_series_read_the_minute_rollup_up_to_two_days_and_the_hourly_one_beyond_per_minute_either_way() {
-    let dir = scratch("dashboards-ranges");
-    let ch = ClickHouse::start(&dir, "dashboards_ranges");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards-ranges");
     let path = workspace_root().join("dashboards/usage_latency.json");
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let values = all_values(&ch, &d);
@@ -349,10 +339,7 @@ fn time_series_read_the_minute_rollup_up_to_two_days_and_the_hourly_one_beyond_p
 /// ties may order differently).
 #[test]
 fn health_rollup_panels_answer_as_the_raw_queries_they_replaced() {
-    let dir = scratch("dashboards-health");
-    let ch = ClickHouse::start(&dir, "dashboards_health");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards-health");
     let replaced: &[(&str, &str, &str)] = &[
         ("agent_health.json", "Capture method share (coverage)", "SELECT ifNull(tls_library, 'plaintext socket') AS method, count() AS records FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY method ORDER BY records DESC"),
         ("agent_health.json", "Data quality: calls without usage or price", "SELECT provider, model, count() AS calls, countIf(usage_source IS NULL) AS no_usage, countIf(usage_source = 'estimated') AS estimated, countIf(cost_usd IS NULL) AS unpriced FROM llm_calls WHERE $__timeFilter(ts) AND cluster IN (${cluster:singlequote}) AND namespace IN (${namespace:singlequote}) AND service IN (${service:singlequote}) GROUP BY provider, model ORDER BY unpriced DESC, no_usage DESC LIMIT 50"),
@@ -405,17 +392,14 @@ fn health_rollup_panels_answer_as_the_raw_queries_they_replaced() {
 /// migration, once: an upgrade shows the past on the panels that moved.
 #[test]
 fn the_health_rollup_migration_backfills_rows_stored_before_it_once() {
-    let dir = scratch("dashboards-backfill");
-    let ch = ClickHouse::start(&dir, "dashboards_backfill");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards-backfill");
     // As a database that predates migration 14: its rollups and record gone.
     for t in ["llm_health_1h_mv", "llm_ingest_1h_mv", "llm_health_1h", "llm_ingest_1h"] {
         ch.query(&format!("DROP TABLE {t}"));
     }
     ch.query("ALTER TABLE schema_migrations DELETE WHERE version IN (14, 15) SETTINGS mutations_sync = 1");
     let raw = ch.count("SELECT count() FROM llm_calls");
-    migrate(&ch);
+    ch.migrate();
     assert_eq!(ch.count("SELECT sum(calls) FROM llm_health_1h"), raw);
     let groups = "uniqExact(toStartOfHour(ts), cluster, namespace, service)";
     assert_eq!(
@@ -432,10 +416,7 @@ fn the_health_rollup_migration_backfills_rows_stored_before_it_once() {
 /// call is read, and nothing is saved.
 #[test]
 fn a_report_window_over_the_call_limit_is_refused_with_its_count() {
-    let dir = scratch("dashboards-report-limit");
-    let ch = ClickHouse::start(&dir, "dashboards_report_limit");
-    migrate(&ch);
-    fill(&ch);
+    let ch = filled("dashboards-report-limit");
     let window = ["--since", "2026-11-20T00:00:00Z", "--until", "2026-11-24T00:00:00Z"];
     let db = ["--clickhouse-url", &ch.url, "--database", &ch.database];
     for cmd in [&["report"][..], &["baseline", "save", "too-big"][..]] {
