@@ -144,15 +144,21 @@ fn from_pclntab(t: &[u8]) -> Result<Found, NotProbed> {
 /// on: no probe on its `RET`s, which the kernel single-steps (~16 µs each in a
 /// VM). Without a stack check found, entry and returns as for `Read`.
 fn write_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Result<(u64, bool, Vec<u64>), NotProbed> {
-    let off = file_offset(elf, addr).ok_or(NotProbed::Malformed("function outside any section"))?;
-    let code = data
-        .get(off as usize..(off + len) as usize)
-        .ok_or(NotProbed::Malformed("function beyond the end of the file"))?;
+    let (off, code) = function_code(elf, data, (addr, len))?;
     if let Some(once) = placement::stack_check(code, addr, &KEPT) {
         return Ok((off + (once - addr), true, Vec::new()));
     }
     let (entry, rets) = probe_points(elf, data, (addr, len))?;
     Ok((entry, false, rets))
+}
+
+/// A function's file offset and machine code.
+fn function_code<'d>(elf: &object::File<'_>, data: &'d [u8], (addr, len): Func) -> Result<(u64, &'d [u8]), NotProbed> {
+    let off = file_offset(elf, addr).ok_or(NotProbed::Malformed("function outside any section"))?;
+    let code = data
+        .get(off as usize..off.saturating_add(len) as usize)
+        .ok_or(NotProbed::Malformed("function beyond the end of the file"))?;
+    Ok((off, code))
 }
 
 /// What the entry program reads: the receiver, buffer and length (RAX, RBX,
@@ -162,10 +168,7 @@ const KEPT: [Register; 4] = [Register::RAX, Register::RBX, Register::RCX, Regist
 /// Where the entry probe goes (the entry, or a cheaper point in the prologue) and
 /// each `RET`, as file offsets.
 fn probe_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Result<(u64, Vec<u64>), NotProbed> {
-    let off = file_offset(elf, addr).ok_or(NotProbed::Malformed("function outside any section"))?;
-    let code = data
-        .get(off as usize..(off + len) as usize)
-        .ok_or(NotProbed::Malformed("function beyond the end of the file"))?;
+    let (off, code) = function_code(elf, data, (addr, len))?;
     let rets = return_sites(code, addr);
     if rets.is_empty() || rets.len() > MAX_RETS {
         return Err(NotProbed::Malformed("no plausible return instructions"));
