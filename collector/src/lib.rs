@@ -10,6 +10,7 @@
 //! too, on the call records' path, matched with the agents' records so a call
 //! seen both ways is stored once.
 pub mod admission;
+pub mod analysis;
 pub mod baselines;
 pub mod budgets;
 pub mod calls;

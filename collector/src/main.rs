@@ -16,9 +16,8 @@ use tokentap_collector::tls;
 use tokentap_collector::track::{self, TrackConfig};
 use tokentap_collector::traffic::TrafficRow;
 use tokentap_collector::writer::WriterConfig;
-use tokentap_collector::{baselines, calls};
+use tokentap_collector::{analysis, baselines, calls};
 use tokentap_event::baseline::Baseline;
-use tokentap_event::opportunities::{self, Opportunity};
 use tokentap_event::{compare, compare_report, report, PriceTable};
 
 #[global_allocator]
@@ -131,12 +130,6 @@ struct Cli {
     /// forgotten (at most ~85 MiB at 1,000,000).
     #[arg(long, default_value_t = 1_000_000, global = true)]
     repeat_keys: usize,
-    /// Most calls `report` and `baseline save` read: they hold each call of
-    /// the window in memory (~3 KB a call, ~6 GB at the default), so a larger
-    /// window is refused with its count rather than exhausting memory. The
-    /// dashboards cover windows of any size.
-    #[arg(long, default_value_t = 2_000_000, global = true)]
-    report_max_calls: u64,
     /// Milliseconds the answer to "did any replica store OTLP spans in the
     /// last day?" is kept. While none did, agents' batches skip the check
     /// for spans stored through other replicas (one cheap count per period).
@@ -227,57 +220,72 @@ enum BaselineCmd {
     Delete { name: String },
 }
 
-/// The window's records and their register (priced as the agents price).
-async fn window(
+/// The window's assessment, computed in ClickHouse (`analysis`): `f` gets
+/// the open window and its assessment; the scratch table is dropped after,
+/// whatever `f` returned.
+async fn assessed<T>(
     client: &Client,
     since: &str,
     until: &str,
-    max_calls: u64,
-) -> Result<(Vec<tokentap_event::LlmCall>, Vec<Opportunity>)> {
+    f: impl AsyncFnOnce(&analysis::Window, analysis::Assessment) -> Result<T>,
+) -> Result<T> {
     let (a, b) = calls::window(since, until)?;
-    let n = calls::count(client, a, b).await.context("counting the window's calls")?;
-    if n > max_calls {
-        bail!(
-            "the window {since} .. {until} holds {n} calls, more than --report-max-calls ({max_calls}): the report \
-             holds every call in memory (~3 KB a call, ~{:.1} GB here). Narrow --since/--until, or raise \
-             --report-max-calls on a machine with the memory",
-            n as f64 * 3e3 / 1e9
-        );
+    let w = analysis::Window::open(client, a, b).await.context("copying the window's calls to a scratch table")?;
+    let out = match w.assess(&PriceTable::shipped(), &Default::default()).await {
+        Ok(x) => f(&w, x).await,
+        Err(e) => Err(anyhow::Error::new(e).context("aggregating the window's calls")),
+    };
+    if let Err(e) = w.close().await {
+        tracing::warn!(error = %e, "dropping the report's scratch table");
     }
-    let records = calls::read(client, a, b).await.context("reading llm_calls")?;
-    let opps = opportunities::detect(&records, &PriceTable::shipped(), &Default::default());
-    Ok((records, opps))
+    out
 }
 
 async fn report(
     client: &Client,
-    (since, until, max_calls): (&str, &str, u64),
+    (since, until): (&str, &str),
     baseline: Option<&str>,
     out: Option<&Path>,
 ) -> Result<()> {
-    let (records, opps) = window(client, since, until, max_calls).await?;
-    let mut files = Vec::new();
-    if let Some(name) = baseline {
-        let base = baselines::load(client, name)
-            .await?
-            .with_context(|| format!("no baseline named {name:?} (tokentap-collector baseline list)"))?;
-        let c = compare::compare(&base, &records, &opps, &Default::default());
-        let md = compare_report::markdown(&c);
-        print!("{md}");
-        files.push(("compare.md", md));
-        files.push(("compare.html", compare_report::html(&c)));
-        files.push(("compare.json", serde_json::to_string_pretty(&c)? + "\n"));
-    } else {
-        let (a, _) = calls::window(since, until)?;
-        let secs = ((chrono::Utc::now().timestamp_micros() - a) / 1_000_000).max(0) as u64;
-        let unread = tokentap_collector::traffic::blind_spots(client, secs).await.context("reading llm_traffic")?;
-        let md = report::markdown_with(&records, &opps, Some(&unread));
-        print!("{md}");
-        files.push(("report.html", report::html_with(&records, &opps, Some(&unread))));
-        files.push(("report.md", md));
-        files.push(("opportunities.json", serde_json::to_string_pretty(&opps)? + "\n"));
-        files.push(("baseline.json", Baseline::build("report", &records, &opps).to_json()));
-    }
+    let base = match baseline {
+        Some(name) => Some(
+            baselines::load(client, name)
+                .await?
+                .with_context(|| format!("no baseline named {name:?} (tokentap-collector baseline list)"))?,
+        ),
+        None => None,
+    };
+    let unread = match base {
+        Some(_) => Vec::new(),
+        None => {
+            let (a, _) = calls::window(since, until)?;
+            let secs = ((chrono::Utc::now().timestamp_micros() - a) / 1_000_000).max(0) as u64;
+            tokentap_collector::traffic::blind_spots(client, secs).await.context("reading llm_traffic")?
+        }
+    };
+    let files = assessed(client, since, until, async |w: &analysis::Window, x: analysis::Assessment| {
+        let mut files = Vec::new();
+        if let Some(base) = &base {
+            let mut measures = Vec::with_capacity(base.roadmap.len());
+            for item in &base.roadmap {
+                measures.push(w.measure(item).await.context("measuring a roadmap target")?);
+            }
+            let c = compare::compare_of(base, &x.facts, &measures, &x.opportunities, &Default::default());
+            files.push(("compare.md", compare_report::markdown(&c)));
+            files.push(("compare.html", compare_report::html(&c)));
+            files.push(("compare.json", serde_json::to_string_pretty(&c)? + "\n"));
+        } else {
+            let (f, o, r) = (&x.facts, &x.opportunities, &x.roadmap);
+            files.push(("report.md", report::markdown_of(f, o, r, Some(&unread))));
+            files.push(("report.html", report::html_of(f, o, r, Some(&unread))));
+            files.push(("opportunities.json", serde_json::to_string_pretty(o)? + "\n"));
+            files.push(("baseline.json", Baseline::assemble("report", f, o, x.roadmap.clone()).to_json()));
+        }
+        Ok(files)
+    })
+    .await?;
+    // The Markdown on stdout: the first file.
+    print!("{}", files[0].1);
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, text) in files {
@@ -287,15 +295,17 @@ async fn report(
     Ok(())
 }
 
-async fn baseline_cmd(client: &Client, action: &BaselineCmd, max_calls: u64) -> Result<()> {
+async fn baseline_cmd(client: &Client, action: &BaselineCmd) -> Result<()> {
     match action {
         BaselineCmd::Save { name, since, until } => {
             baselines::check_name(name)?;
-            let (records, opps) = window(client, since, until, max_calls).await?;
-            if records.is_empty() {
-                bail!("no calls stored between {since} and {until}: nothing to save as a baseline");
-            }
-            let b = Baseline::build(name, &records, &opps);
+            let b = assessed(client, since, until, async |_: &analysis::Window, x: analysis::Assessment| {
+                if x.facts.calls == 0 {
+                    bail!("no calls stored between {since} and {until}: nothing to save as a baseline");
+                }
+                Ok(Baseline::assemble(name, &x.facts, &x.opportunities, x.roadmap))
+            })
+            .await?;
             baselines::save(client, &b).await?;
             println!(
                 "saved baseline {name}: {} calls, ${:.2} ({} to {}), {} opportunities, {} roadmap items",
@@ -376,9 +386,9 @@ async fn main() -> Result<()> {
             println!("migrations applied: {applied:?}");
         }
         Cmd::Report { since, until, baseline, out } => {
-            report(&client, (since, until, cli.report_max_calls), baseline.as_deref(), out.as_deref()).await?
+            report(&client, (since, until), baseline.as_deref(), out.as_deref()).await?
         }
-        Cmd::Baseline { action } => baseline_cmd(&client, action, cli.report_max_calls).await?,
+        Cmd::Baseline { action } => baseline_cmd(&client, action).await?,
         Cmd::Serve => {
             let token = cli.token_file.as_ref().map(|p| read_secret(p, "token file")).transpose()?;
             // A bad budgets file stops the start: better than alerts that never fire.

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::opportunities::{cheaper_model, window, Opportunity};
+use crate::facts::Facts;
+use crate::opportunities::{cheaper_model, Opportunity};
 use crate::roadmap::{self, RoadmapItem};
 use crate::LlmCall;
 
@@ -30,8 +31,13 @@ impl Percentiles {
             return None;
         }
         v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let at = |q: f64| v[Self::rank(q, v.len()) - 1];
         Some(Self { p50: at(0.5), p90: at(0.9), p99: at(0.99) })
+    }
+
+    /// The 1-based rank of quantile `q` among `n` values.
+    pub fn rank(q: f64, n: usize) -> usize {
+        ((q * n as f64).ceil() as usize).clamp(1, n)
     }
 }
 
@@ -107,27 +113,28 @@ impl Baseline {
     /// The baseline of `records` and their register `opps` (from
     /// `opportunities::detect` over the same records).
     pub fn build(name: &str, records: &[LlmCall], opps: &[Opportunity]) -> Self {
-        let (since, until, span_h) = span(records);
-        let (_, factor) = window(records);
-        let mut by: BTreeMap<GroupKey, Vec<&LlmCall>> = BTreeMap::new();
-        for r in records {
-            by.entry(key_of(r)).or_default().push(r);
-        }
-        let all: Vec<&LlmCall> = records.iter().collect();
-        let mut groups: Vec<Group> = by.into_iter().map(|(key, rs)| Group { key, metrics: metrics(&rs) }).collect();
-        groups.sort_by(|a, b| b.metrics.spend_usd.total_cmp(&a.metrics.spend_usd));
+        let facts = Facts::of(records);
+        let (_, until, _) = facts.span();
+        Self::assemble(name, &facts, opps, roadmap::plan(records, opps, &until))
+    }
+
+    /// The baseline of a window's facts, its register and its roadmap
+    /// (`roadmap::plan` or, from ClickHouse, `roadmap::plan_of`).
+    pub fn assemble(name: &str, facts: &Facts, opps: &[Opportunity], roadmap: Vec<RoadmapItem>) -> Self {
+        let (since, until, span_h) = facts.span();
+        let (_, factor) = facts.window();
         Self {
             format: FORMAT,
             name: name.to_owned(),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             since,
-            until: until.clone(),
+            until,
             window_hours: span_h,
             month_factor: factor,
-            totals: metrics(&all),
-            groups,
+            totals: facts.totals.clone(),
+            groups: facts.groups.clone(),
             opportunities: opps.to_vec(),
-            roadmap: roadmap::plan(records, opps, &until),
+            roadmap,
         }
     }
 
@@ -147,6 +154,18 @@ impl Baseline {
 
 pub fn model_of(r: &LlmCall) -> String {
     r.response_model.clone().or_else(|| r.request_model.clone()).unwrap_or_else(|| "(unknown)".into())
+}
+
+/// The metrics of all `records`, and per group, the most expensive group first.
+pub fn group_metrics(records: &[LlmCall]) -> (Metrics, Vec<Group>) {
+    let mut by: BTreeMap<GroupKey, Vec<&LlmCall>> = BTreeMap::new();
+    for r in records {
+        by.entry(key_of(r)).or_default().push(r);
+    }
+    let all: Vec<&LlmCall> = records.iter().collect();
+    let mut groups: Vec<Group> = by.into_iter().map(|(key, rs)| Group { key, metrics: metrics(&rs) }).collect();
+    groups.sort_by(|a, b| b.metrics.spend_usd.total_cmp(&a.metrics.spend_usd));
+    (metrics(&all), groups)
 }
 
 pub fn key_of(r: &LlmCall) -> GroupKey {
@@ -204,11 +223,47 @@ pub fn is_frontier(model: &str) -> bool {
     cheaper_model(model).is_some()
 }
 
+/// What adds up over a set of calls; [`Metrics`] derive from it.
+#[derive(Clone, Debug, Default)]
+pub struct Sums {
+    pub calls: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub spend_usd: f64,
+    /// Spend and calls on models with a cheaper sibling.
+    pub frontier_usd: f64,
+    pub frontier_calls: u64,
+    /// Calls repeating an earlier identical prompt, of the calls that could ([`duplicate_counts`]).
+    pub duplicates: u64,
+    pub dedupable: u64,
+}
+
+impl Sums {
+    pub fn metrics(&self, latency_ms: Option<Percentiles>, ttft_ms: Option<Percentiles>) -> Metrics {
+        Metrics {
+            calls: self.calls,
+            errors: self.errors,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            spend_usd: self.spend_usd,
+            cost_per_call: ratio(self.spend_usd, self.calls as f64),
+            cache_hit_ratio: ratio(self.cached_input_tokens as f64, self.input_tokens as f64),
+            frontier_spend_share: ratio(self.frontier_usd, self.spend_usd),
+            frontier_call_share: ratio(self.frontier_calls as f64, self.calls as f64),
+            duplicate_share: ratio(self.duplicates as f64, self.dedupable as f64),
+            error_rate: ratio(self.errors as f64, self.calls as f64),
+            latency_ms,
+            ttft_ms,
+        }
+    }
+}
+
 /// The metrics of a set of calls.
 pub fn metrics(rs: &[&LlmCall]) -> Metrics {
-    let mut m = Metrics::default();
-    let mut frontier = 0.0;
-    let mut frontier_calls = 0;
+    let mut m = Sums::default();
     for r in rs {
         m.calls += 1;
         if r.status.is_some_and(|s| s >= 400) {
@@ -220,20 +275,15 @@ pub fn metrics(rs: &[&LlmCall]) -> Metrics {
         let c = r.cost_usd.unwrap_or(0.0);
         m.spend_usd += c;
         if is_frontier(&model_of(r)) {
-            frontier += c;
-            frontier_calls += 1;
+            m.frontier_usd += c;
+            m.frontier_calls += 1;
         }
     }
-    let (dup, n) = duplicate_counts(rs);
-    m.cost_per_call = ratio(m.spend_usd, m.calls as f64);
-    m.cache_hit_ratio = ratio(m.cached_input_tokens as f64, m.input_tokens as f64);
-    m.frontier_spend_share = ratio(frontier, m.spend_usd);
-    m.frontier_call_share = ratio(frontier_calls as f64, m.calls as f64);
-    m.duplicate_share = ratio(dup as f64, n as f64);
-    m.error_rate = ratio(m.errors as f64, m.calls as f64);
-    m.latency_ms = Percentiles::of(rs.iter().filter_map(|r| r.duration_ms).collect());
-    m.ttft_ms = Percentiles::of(rs.iter().filter_map(|r| r.ttft_ms).collect());
-    m
+    (m.duplicates, m.dedupable) = duplicate_counts(rs);
+    m.metrics(
+        Percentiles::of(rs.iter().filter_map(|r| r.duration_ms).collect()),
+        Percentiles::of(rs.iter().filter_map(|r| r.ttft_ms).collect()),
+    )
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{self, is_frontier, Baseline, GroupKey, Metrics};
-use crate::opportunities::{window, Kind, Opportunity};
-use crate::roadmap::{measure, Metric, RoadmapItem};
+use crate::baseline::{is_frontier, Baseline, GroupKey, Metrics};
+use crate::facts::Facts;
+use crate::opportunities::{Kind, Opportunity};
+use crate::roadmap::{measure, Measured, Metric, RoadmapItem};
 use crate::LlmCall;
 
 /// How much worse than the baseline counts as a regression.
@@ -130,15 +131,24 @@ pub struct Comparison {
 
 /// `now` (records and their register) against `base`.
 pub fn compare(base: &Baseline, now: &[LlmCall], now_opps: &[Opportunity], t: &Thresholds) -> Comparison {
-    let (since, until, hours) = baseline::span(now);
-    let (_, f1) = window(now);
-    let all: Vec<&LlmCall> = now.iter().collect();
-    let totals = baseline::metrics(&all);
-    let mut by: BTreeMap<GroupKey, Vec<&LlmCall>> = BTreeMap::new();
-    for r in now {
-        by.entry(baseline::key_of(r)).or_default().push(r);
-    }
-    let now_groups: BTreeMap<GroupKey, Metrics> = by.into_iter().map(|(k, rs)| (k, baseline::metrics(&rs))).collect();
+    let measures: Vec<Measured> = base.roadmap.iter().map(|i| measure(i.kind, &i.scope, now)).collect();
+    compare_of(base, &Facts::of(now), &measures, now_opps, t)
+}
+
+/// `now` (a window's facts, each baseline roadmap item measured on it, in
+/// the roadmap's order, and its register) against `base`.
+pub fn compare_of(
+    base: &Baseline,
+    now: &Facts,
+    measures: &[Measured],
+    now_opps: &[Opportunity],
+    t: &Thresholds,
+) -> Comparison {
+    let (since, until, hours) = now.span();
+    let (_, f1) = now.window();
+    let totals = now.totals.clone();
+    let now_groups: BTreeMap<GroupKey, Metrics> =
+        now.groups.iter().map(|g| (g.key.clone(), g.metrics.clone())).collect();
     let base_groups: BTreeMap<GroupKey, Metrics> =
         base.groups.iter().map(|g| (g.key.clone(), g.metrics.clone())).collect();
     let f0 = base.month_factor;
@@ -163,7 +173,7 @@ pub fn compare(base: &Baseline, now: &[LlmCall], now_opps: &[Opportunity], t: &T
         },
         spend: split(&base_groups, f0, &now_groups, f1),
         services: services(&base_groups, f0, &now_groups, f1),
-        progress: base.roadmap.iter().map(|i| progress(i, base, now, now_opps, f1)).collect(),
+        progress: base.roadmap.iter().zip(measures).map(|(i, m)| progress(i, base, m.clone(), now_opps, f1)).collect(),
         new_opportunities: {
             let had: BTreeSet<Kind> = base.opportunities.iter().map(|o| o.kind).collect();
             now_opps.iter().filter(|o| !had.contains(&o.kind)).cloned().collect()
@@ -231,8 +241,7 @@ fn services(
     v
 }
 
-fn progress(item: &RoadmapItem, base: &Baseline, now: &[LlmCall], now_opps: &[Opportunity], f1: f64) -> Progress {
-    let m = measure(item.kind, &item.scope, now);
+fn progress(item: &RoadmapItem, base: &Baseline, m: Measured, now_opps: &[Opportunity], f1: f64) -> Progress {
     let now_est = |k: Kind| now_opps.iter().find(|o| o.kind == k).map_or(0.0, |o| o.estimated_monthly_savings_usd);
     let realised = match item.kind {
         // No scope of calls to follow: the waste itself, then and now.

@@ -6,6 +6,7 @@ pub mod baseline;
 pub mod compare;
 pub mod compare_report;
 pub mod cost;
+pub mod facts;
 pub mod opportunities;
 pub mod record;
 pub mod report;

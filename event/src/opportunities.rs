@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub mod evidence;
+
 use crate::{LlmCall, PriceTable, Prices};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -134,44 +136,6 @@ fn price_of<'a>(prices: &'a PriceTable, model: &str) -> Option<&'a Prices> {
     prices.lookup(model)
 }
 
-fn opportunity(kind: Kind, title: String, observed: f64, factor: f64, calls: u64, evidence: Value) -> Opportunity {
-    let (effort, action) = match kind {
-        Kind::DuplicateCalls => (Effort::Low, "Cache responses for identical requests (key: model + prompt)."),
-        Kind::SemanticCache => (Effort::High, "Add a semantic cache (embedding similarity) in front of these calls."),
-        Kind::PromptCaching => (
-            Effort::Low,
-            "Enable the provider's prompt caching for the shared prefix (cache_control / stable prefix first).",
-        ),
-        Kind::ModelDowngrade => (
-            Effort::Medium,
-            "Route these short classification/extraction calls to the cheaper model; check quality on a sample.",
-        ),
-        Kind::ContextBloat => {
-            (Effort::High, "Summarise or window conversation history; de-duplicate retrieved chunks before sending.")
-        }
-        Kind::AgentLoop => {
-            (Effort::Medium, "Stop the agent repeating the same tool call: memoise tool results, cap iterations.")
-        }
-        Kind::VerboseFormat => {
-            (Effort::Medium, "Minify JSON and collapse whitespace in prompts (or use a compact format).")
-        }
-        Kind::EmbeddingBatching => {
-            (Effort::Medium, "Batch embeddings (many inputs per request, or the Batch API at half price).")
-        }
-    };
-    let mut evidence = evidence;
-    evidence["observed_savings_usd"] = json!(observed);
-    Opportunity {
-        kind,
-        title,
-        estimated_monthly_savings_usd: observed * factor,
-        affected_calls: calls,
-        effort,
-        action: action.to_owned(),
-        evidence,
-    }
-}
-
 /// Every detector over the records, ranked by saving per unit of effort.
 pub fn detect(records: &[LlmCall], prices: &PriceTable, t: &Thresholds) -> Vec<Opportunity> {
     let (hours, factor) = window(records);
@@ -185,6 +149,12 @@ pub fn detect(records: &[LlmCall], prices: &PriceTable, t: &Thresholds) -> Vec<O
     out.extend(agent_loops(&ok, factor, t));
     out.extend(verbose(&ok, prices, factor, t));
     out.extend(embeddings(&ok, factor, t));
+    rank(out, hours)
+}
+
+/// The register from every detector's entries: the window noted, entries
+/// without a saving left out, ranked by saving per unit of effort.
+pub fn rank(mut out: Vec<Opportunity>, hours: f64) -> Vec<Opportunity> {
     for o in &mut out {
         o.evidence["window_hours"] = json!(hours);
     }
@@ -202,10 +172,6 @@ pub fn detect(records: &[LlmCall], prices: &PriceTable, t: &Thresholds) -> Vec<O
 /// (`roadmap`). Bounded: a register stays small.
 pub const MAX_SCOPE_KEYS: usize = 10_000;
 
-fn scope(keys: impl IntoIterator<Item = String>) -> Value {
-    Value::Array(keys.into_iter().take(MAX_SCOPE_KEYS).map(Value::String).collect())
-}
-
 /// Who sends embeddings: the service, else the process name.
 pub fn sender(r: &LlmCall) -> String {
     r.service.clone().or_else(|| r.comm.clone()).unwrap_or_default()
@@ -218,11 +184,6 @@ pub fn work_key(r: &LlmCall) -> String {
         Some(h) => format!("prefix:{h}"),
         None => format!("service:{}|{}", r.service.as_deref().unwrap_or(""), r.feature.as_deref().unwrap_or("")),
     }
-}
-
-/// `1 call repeats`, `4 calls repeat`.
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn feat(r: &LlmCall) -> Option<&crate::PromptFeatures> {
@@ -239,73 +200,45 @@ fn duplicates(rs: &[&LlmCall], factor: f64) -> Vec<Opportunity> {
             }
         }
     }
-    let dup: Vec<(&(&str, &str), &Vec<&LlmCall>)> = groups.iter().filter(|(_, v)| v.len() > 1).collect();
-    if dup.is_empty() {
-        return Vec::new();
-    }
-    let saved: f64 = dup.iter().map(|(_, v)| v[1..].iter().map(|r| cost(r)).sum::<f64>()).sum();
-    let calls: usize = dup.iter().map(|(_, v)| v.len() - 1).sum();
-    let top: Vec<Value> =
-        top_groups(&dup, |v| json!({"model": model(v[0]), "service": v[0].service, "repeats": v.len()}));
-    vec![opportunity(
-        Kind::DuplicateCalls,
-        format!(
-            "{} an identical prompt ({})",
-            plural(calls, "call repeats", "calls repeat"),
-            plural(dup.len(), "distinct prompt", "distinct prompts")
-        ),
-        saved,
+    let mut dup: Vec<(&(&str, &str), &Vec<&LlmCall>)> = groups.iter().filter(|(_, v)| v.len() > 1).collect();
+    // Most repeated first, then by key: the same top and scope from ClickHouse.
+    dup.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    evidence::duplicates(
+        evidence::Duplicates {
+            groups: dup.len() as u64,
+            calls: dup.iter().map(|(_, v)| v.len() as u64 - 1).sum(),
+            saved: dup.iter().map(|(_, v)| v[1..].iter().map(|r| cost(r)).sum::<f64>()).sum(),
+            top: dup
+                .iter()
+                .take(5)
+                .map(|(_, v)| json!({"model": model(v[0]), "service": v[0].service, "repeats": v.len()}))
+                .collect(),
+            scope: dup.iter().take(MAX_SCOPE_KEYS).map(|((m, h), _)| format!("{m}|{h}")).collect(),
+        },
         factor,
-        calls as u64,
-        json!({"duplicate_groups": dup.len(), "top": top,
-               "scope": scope(dup.iter().map(|((m, h), _)| format!("{m}|{h}")))}),
-    )]
+    )
 }
 
-fn top_groups<K>(groups: &[(&K, &Vec<&LlmCall>)], f: impl Fn(&Vec<&LlmCall>) -> Value) -> Vec<Value> {
-    let mut g: Vec<&Vec<&LlmCall>> = groups.iter().map(|(_, v)| *v).collect();
-    g.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    g.into_iter().take(5).map(f).collect()
-}
+/// Distinct single-turn prompts the near-duplicate search compares, the
+/// earliest first: the greedy clustering is quadratic in the worst case.
+pub const MAX_SEMANTIC_PROMPTS: usize = 20_000;
 
 /// Near-identical prompts (SimHash within a few bits) that are not exact duplicates.
 pub(crate) fn semantic(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
     // One representative per exact prompt: exact repeats are the duplicates detector's.
     let mut seen = std::collections::HashSet::new();
-    let mut items: Vec<(&LlmCall, u64)> = Vec::new();
+    let mut items: Vec<evidence::Prompt> = Vec::new();
     for r in rs {
         let Some(f) = feat(r) else { continue };
         let (Some(h), Some(s)) = (f.prompt_hash.as_deref(), f.simhash.as_deref()) else { continue };
         if f.message_count > 1 || !seen.insert((model(r), h)) {
             continue;
         }
-        if let Ok(v) = u64::from_str_radix(s, 16) {
-            items.push((r, v));
+        if let Ok(simhash) = u64::from_str_radix(s, 16) {
+            items.push(evidence::Prompt { model: model(r).to_owned(), simhash, cost: cost(r) });
         }
     }
-    // Greedy clustering around the first member.
-    let mut clusters: Vec<Vec<(&LlmCall, u64)>> = Vec::new();
-    for (r, h) in items {
-        match clusters.iter_mut().find(|c| model(c[0].0) == model(r) && (c[0].1 ^ h).count_ones() <= t.simhash_bits) {
-            Some(c) => c.push((r, h)),
-            None => clusters.push(vec![(r, h)]),
-        }
-    }
-    let hits: Vec<&Vec<(&LlmCall, u64)>> = clusters.iter().filter(|c| c.len() > 1).collect();
-    if hits.is_empty() {
-        return Vec::new();
-    }
-    let calls: usize = hits.iter().map(|c| c.len() - 1).sum();
-    let saved: f64 = hits.iter().map(|c| c[1..].iter().map(|(r, _)| cost(r)).sum::<f64>()).sum();
-    let considered = clusters.iter().map(Vec::len).sum::<usize>().max(1);
-    vec![opportunity(
-        Kind::SemanticCache,
-        format!("{} of an earlier prompt", plural(calls, "call is a near-duplicate", "calls are near-duplicates")),
-        saved,
-        factor,
-        calls as u64,
-        json!({"clusters": hits.len(), "hit_rate": calls as f64 / considered as f64, "simhash_max_bits": t.simhash_bits}),
-    )]
+    evidence::semantic(&items, items.len() as u64, factor, t)
 }
 
 /// A large static prefix (system prompt + tools) sent again and again without
@@ -319,38 +252,23 @@ fn prompt_caching(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresho
             groups.entry((r.provider.clone(), model(r).to_owned(), h.to_owned())).or_default().push(r);
         }
     }
-    let mut saved = 0.0;
-    let mut calls = 0;
-    let mut top = Vec::new();
-    let mut prefixes = Vec::new();
-    for ((provider, m, h), v) in &groups {
-        let (Some(p), true) = (price_of(prices, m), v.len() > 1) else { continue };
-        let read = p.cache_read.unwrap_or(p.input * 0.1);
-        let prefix = v[0].features.as_ref().and_then(|f| f.prefix_tokens).unwrap_or(0);
-        let s = (v.len() - 1) as f64 * prefix as f64 * (p.input - read).max(0.0);
-        saved += s;
-        calls += v.len() - 1;
-        prefixes.push(h.clone());
-        top.push(
-            json!({"provider": provider, "model": m, "prefix_tokens": prefix, "calls": v.len(), "savings_usd": s}),
-        );
-    }
-    if calls == 0 {
-        return Vec::new();
-    }
-    vec![opportunity(
-        Kind::PromptCaching,
-        format!("{} a cacheable prefix without prompt caching", plural(calls, "call resends", "calls resend")),
-        saved,
-        factor,
-        calls as u64,
-        json!({"prefixes": top, "scope": scope(prefixes)}),
-    )]
+    let prefixes = groups
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|((provider, model, hash), v)| evidence::Prefix {
+            tokens: v[0].features.as_ref().and_then(|f| f.prefix_tokens).unwrap_or(0),
+            calls: v.len() as u64,
+            provider,
+            model,
+            hash,
+        })
+        .collect::<Vec<_>>();
+    evidence::prompt_caching(&prefixes, prices, factor)
 }
 
 /// A frontier model doing short classification/extraction work.
 fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) -> Vec<Opportunity> {
-    let mut by: BTreeMap<(String, &'static str), (u64, f64)> = BTreeMap::new();
+    let mut routes: BTreeMap<(String, &'static str), (u64, f64)> = BTreeMap::new();
     let mut keys = std::collections::BTreeSet::new();
     for r in rs {
         let (Some(out), Some(inp)) = (r.output_tokens, r.input_tokens) else { continue };
@@ -362,34 +280,11 @@ fn downgrade(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) 
         let Some(p) = price_of(prices, cheap) else { continue };
         let cheaper = p.cost(inp, out, r.cached_input_tokens.unwrap_or(0), r.cache_write_tokens.unwrap_or(0));
         keys.insert(work_key(r));
-        let e = by.entry((model(r).to_owned(), cheap)).or_default();
+        let e = routes.entry((model(r).to_owned(), cheap)).or_default();
         e.0 += 1;
         e.1 += (cost(r) - cheaper).max(0.0);
     }
-    let calls: u64 = by.values().map(|v| v.0).sum();
-    let saved: f64 = by.values().map(|v| v.1).sum();
-    if calls == 0 {
-        return Vec::new();
-    }
-    let pairs: Vec<Value> = by
-        .iter()
-        .map(|((m, c), (n, s))| json!({"model": m, "cheaper_model": c, "calls": n, "savings_usd": s}))
-        .collect();
-    vec![opportunity(
-        Kind::ModelDowngrade,
-        format!(
-            "{} a frontier model",
-            plural(
-                calls as usize,
-                "short classification/extraction-shaped call uses",
-                "short classification/extraction-shaped calls use"
-            )
-        ),
-        saved,
-        factor,
-        calls,
-        json!({"short_output_tokens": t.short_output, "routes": pairs, "scope": scope(keys)}),
-    )]
+    evidence::downgrade(&routes, keys.into_iter().take(MAX_SCOPE_KEYS).collect(), factor, t)
 }
 
 /// Calls by conversation (same start), each conversation in turn order.
@@ -409,12 +304,10 @@ pub(crate) fn conversations<'a>(rs: &[&'a LlmCall]) -> HashMap<&'a str, Vec<&'a 
 /// Conversations whose input grows turn after turn without summarisation, and
 /// prompts repeating their own chunks.
 fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) -> Vec<Opportunity> {
-    let mut convs = conversations(rs);
-    let mut saved = 0.0;
-    let mut calls = 0u64;
-    let mut growing = 0;
+    let convs = conversations(rs);
+    let mut b = evidence::Bloat::default();
     let mut grown = Vec::new();
-    for (h, v) in convs.iter_mut() {
+    for (h, v) in &convs {
         if v.len() < t.min_turns {
             continue;
         }
@@ -429,43 +322,25 @@ fn context_bloat(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Threshol
         if excess == 0 {
             continue;
         }
-        growing += 1;
+        b.growing += 1;
         grown.push(h.to_string());
-        saved += excess as f64 * p.input;
-        calls += inputs.iter().filter(|i| **i > cap).count() as u64;
+        b.history_saved += excess as f64 * p.input;
+        b.history_calls += inputs.iter().filter(|i| **i > cap).count() as u64;
     }
+    grown.sort();
+    grown.truncate(MAX_SCOPE_KEYS);
+    b.scope = grown;
     // Retrieval chunks repeated inside one prompt.
-    let mut dup_saved = 0.0;
-    let mut dup_calls = 0u64;
     for r in rs {
         let Some(f) = feat(r) else { continue };
         if f.duplicate_chunk_share >= 0.1 {
             if let (Some(p), Some(i)) = (price_of(prices, model(r)), r.input_tokens) {
-                dup_saved += i as f64 * f.duplicate_chunk_share * p.input;
-                dup_calls += 1;
+                b.chunk_saved += i as f64 * f.duplicate_chunk_share * p.input;
+                b.chunk_calls += 1;
             }
         }
     }
-    if calls + dup_calls == 0 {
-        return Vec::new();
-    }
-    let mut parts = Vec::new();
-    if growing > 0 {
-        parts.push(format!("{} without summarisation", plural(growing, "conversation grows", "conversations grow")));
-    }
-    if dup_calls > 0 {
-        parts.push(format!("{} their own chunks", plural(dup_calls as usize, "prompt repeats", "prompts repeat")));
-    }
-    vec![opportunity(
-        Kind::ContextBloat,
-        parts.join("; "),
-        saved + dup_saved,
-        factor,
-        calls + dup_calls,
-        json!({"growing_conversations": growing, "history_savings_usd": saved,
-               "repeated_chunk_calls": dup_calls, "repeated_chunk_savings_usd": dup_saved,
-               "scope": scope(grown)}),
-    )]
+    evidence::context_bloat(b, factor)
 }
 
 /// How often the most repeated tool call (name and arguments) is already in a
@@ -480,45 +355,36 @@ pub(crate) fn max_repeat(r: &LlmCall) -> usize {
 
 /// The same tool call (name and arguments) again and again in one conversation.
 fn agent_loops(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
-    let mut convs = conversations(rs);
-    let mut saved = 0.0;
-    let mut calls = 0u64;
+    let convs = conversations(rs);
     let mut loops = Vec::new();
-    let mut looping = Vec::new();
-    for (h, v) in convs.iter_mut() {
+    for (h, v) in &convs {
         // A call is in the loop once its history already repeats a tool call;
         // the conversation counts when some call repeats it `loop_repeats` times.
         if v.iter().map(|r| max_repeat(r)).max().unwrap_or(0) < t.loop_repeats {
             continue;
         }
         let in_loop: Vec<&&LlmCall> = v.iter().filter(|r| max_repeat(r) >= 2).collect();
-        looping.push(h.to_string());
-        saved += in_loop.iter().map(|r| cost(r)).sum::<f64>();
-        calls += in_loop.len() as u64;
-        let name = feat(v[v.len() - 1]).and_then(|f| f.tool_calls.first()).map(|c| c.name.clone());
-        loops.push(json!({"tool": name, "calls_in_loop": in_loop.len(), "service": v[0].service}));
+        loops.push(evidence::Loop {
+            conversation: h.to_string(),
+            tool: feat(v[v.len() - 1]).and_then(|f| f.tool_calls.first()).map(|c| c.name.clone()),
+            service: v[0].service.clone(),
+            calls: in_loop.len() as u64,
+            cost: in_loop.iter().map(|r| cost(r)).sum::<f64>(),
+        });
     }
-    if calls == 0 {
-        return Vec::new();
-    }
-    vec![opportunity(
-        Kind::AgentLoop,
-        format!(
-            "{} the same tool call",
-            plural(loops.len(), "agent conversation repeats", "agent conversations repeat")
-        ),
-        saved,
-        factor,
-        calls,
-        json!({"loops": loops, "scope": scope(looping)}),
-    )]
+    loops.sort_by(|a, b| a.conversation.cmp(&b.conversation));
+    let l = evidence::Loops {
+        conversations: loops.len() as u64,
+        calls: loops.iter().map(|l| l.calls).sum(),
+        cost: loops.iter().map(|l| l.cost).sum(),
+        shown: loops.into_iter().take(MAX_SCOPE_KEYS).collect(),
+    };
+    evidence::agent_loops(l, factor)
 }
 
 /// JSON and whitespace in prompts that a compact rendering would not send.
 fn verbose(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) -> Vec<Opportunity> {
-    let mut tokens = 0u64;
-    let mut saved = 0.0;
-    let mut calls = 0u64;
+    let (mut tokens, mut saved, mut calls) = (0u64, 0.0, 0u64);
     for r in rs {
         let Some(n) = feat(r).and_then(|f| f.minify_saved_tokens).filter(|n| *n >= t.min_minify_tokens) else {
             continue;
@@ -528,47 +394,25 @@ fn verbose(rs: &[&LlmCall], prices: &PriceTable, factor: f64, t: &Thresholds) ->
         saved += n as f64 * p.input;
         calls += 1;
     }
-    if calls == 0 {
-        return Vec::new();
-    }
-    vec![opportunity(
-        Kind::VerboseFormat,
-        format!(
-            "{} pretty-printed JSON or padding whitespace",
-            plural(calls as usize, "prompt carries", "prompts carry")
-        ),
-        saved,
-        factor,
-        calls,
-        json!({"tokens_saved": tokens, "measured_with": "o200k_base tokenizer"}),
-    )]
+    evidence::verbose(tokens, saved, calls, factor)
 }
 
 /// Embeddings sent one input per request, many times, from one process.
 fn embeddings(rs: &[&LlmCall], factor: f64, t: &Thresholds) -> Vec<Opportunity> {
-    let mut by: BTreeMap<(String, String), Vec<&LlmCall>> = BTreeMap::new();
+    let mut by: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
     for r in rs {
         if feat(r).and_then(|f| f.embedding_inputs) == Some(1) {
-            by.entry((sender(r), model(r).to_owned())).or_default().push(r);
+            let e = by.entry((sender(r), model(r).to_owned())).or_default();
+            e.0 += 1;
+            e.1 += cost(r);
         }
     }
-    let hits: Vec<(&(String, String), &Vec<&LlmCall>)> =
-        by.iter().filter(|(_, v)| v.len() >= t.min_single_embeddings).collect();
-    if hits.is_empty() {
-        return Vec::new();
-    }
-    let calls: usize = hits.iter().map(|(_, v)| v.len()).sum();
-    // The Batch API bills embeddings at half price.
-    let saved: f64 = hits.iter().map(|(_, v)| v.iter().map(|r| cost(r)).sum::<f64>() * 0.5).sum();
-    let who: Vec<Value> = hits.iter().map(|((w, m), v)| json!({"who": w, "model": m, "calls": v.len()})).collect();
-    vec![opportunity(
-        Kind::EmbeddingBatching,
-        format!("{} a single input", plural(calls, "embeddings request carries", "embeddings requests carry")),
-        saved,
-        factor,
-        calls as u64,
-        json!({"senders": who, "batch_discount": 0.5, "scope": scope(hits.iter().map(|((w, m), _)| format!("{w}|{m}")))}),
-    )]
+    let senders: Vec<evidence::Sender> = by
+        .into_iter()
+        .filter(|(_, (n, _))| *n as usize >= t.min_single_embeddings)
+        .map(|((who, model), (calls, cost))| evidence::Sender { who, model, calls, cost })
+        .collect();
+    evidence::embeddings(&senders, factor)
 }
 
 #[cfg(test)]

@@ -253,26 +253,56 @@ const SPRINTS: [(u32, &str, &str, i64, i64); 3] = [
     (3, "Sprint 3: structural changes (design changes)", "structural", 28, 56),
 ];
 
+/// What the roadmap needs of the baseline window for one opportunity: its
+/// metric and scope there, and the target.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scoped {
+    pub measured: Measured,
+    pub target: f64,
+}
+
+/// [`Scoped`] for an opportunity over the records it came from.
+pub fn scoped(o: &Opportunity, records: &[LlmCall]) -> Scoped {
+    let t = Thresholds::default();
+    let scope = scope_of(o);
+    let keys: HashSet<&str> = scope.iter().map(String::as_str).collect();
+    let measured = measure(o.kind, &scope, records);
+    let in_it: Vec<&LlmCall> = records
+        .iter()
+        .filter(|r| r.status.is_none_or(|s| (200..300).contains(&s)) && in_scope(o.kind, &keys, r, &t))
+        .collect();
+    let target = target(o.kind, measured.value, &in_it, &keys);
+    Scoped { measured, target }
+}
+
+/// The keys an opportunity is about (its evidence's `scope`).
+pub fn scope_of(o: &Opportunity) -> Vec<String> {
+    o.evidence["scope"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
 /// The roadmap of a register over the records it came from; sprints start
 /// the day after `until` (the baseline's last call, RFC 3339).
 pub fn plan(records: &[LlmCall], opps: &[Opportunity], until: &str) -> Vec<RoadmapItem> {
-    let t = Thresholds::default();
+    let (_, factor) = crate::opportunities::window(records);
+    let scoped: Vec<Scoped> = opps.iter().map(|o| scoped(o, records)).collect();
+    plan_of(opps, &scoped, factor, until)
+}
+
+/// The roadmap of a register, given each opportunity's [`Scoped`] (in the
+/// register's order) and the window's factor to a month.
+pub fn plan_of(opps: &[Opportunity], scoped: &[Scoped], factor: f64, until: &str) -> Vec<RoadmapItem> {
     let day0 = chrono::DateTime::parse_from_rfc3339(until)
         .map(|d| d.date_naive())
         .unwrap_or_else(|_| chrono::Utc::now().date_naive())
         + chrono::Duration::days(1);
-    let (_, factor) = crate::opportunities::window(records);
-    let ok: Vec<&LlmCall> = records.iter().filter(|r| r.status.is_none_or(|s| (200..300).contains(&s))).collect();
     let mut items: Vec<RoadmapItem> = opps
         .iter()
-        .map(|o| {
-            let scope: Vec<String> = o.evidence["scope"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default();
-            let keys: HashSet<&str> = scope.iter().map(String::as_str).collect();
-            let m = measure(o.kind, &scope, records);
-            let scoped: Vec<&LlmCall> = ok.iter().copied().filter(|r| in_scope(o.kind, &keys, r, &t)).collect();
+        .zip(scoped)
+        .map(|(o, s)| {
+            let m = &s.measured;
             let sprint = match o.effort {
                 Effort::Low => 0,
                 Effort::Medium => 1,
@@ -291,8 +321,8 @@ pub fn plan(records: &[LlmCall], opps: &[Opportunity], until: &str) -> Vec<Roadm
                 due: date(to - 1),
                 metric: metric_of(o.kind),
                 baseline_value: m.value,
-                target: target(o.kind, m.value, &scoped, &keys),
-                scope,
+                target: s.target,
+                scope: scope_of(o),
                 baseline_scope_monthly_usd: m.scope_spend_usd * factor,
                 estimated_monthly_savings_usd: o.estimated_monthly_savings_usd,
             }

@@ -42,9 +42,28 @@ pub fn summarize(records: &[LlmCall]) -> (Vec<(Key, Line)>, Line) {
         by.entry((r.provider.clone(), model)).or_default().add(r);
         total.add(r);
     }
+    (rank(by), total)
+}
+
+/// Lines most expensive first (then most calls, then by key).
+pub fn rank<K: Ord>(by: BTreeMap<K, Line>) -> Vec<(K, Line)> {
     let mut lines: Vec<_> = by.into_iter().collect();
     lines.sort_by(|a, b| b.1.cost_usd.total_cmp(&a.1.cost_usd).then(b.1.calls.cmp(&a.1.calls)));
-    (lines, total)
+    lines
+}
+
+impl Line {
+    /// The sum of two lines.
+    pub fn plus(&self, o: &Line) -> Line {
+        Line {
+            calls: self.calls + o.calls,
+            input_tokens: self.input_tokens + o.input_tokens,
+            output_tokens: self.output_tokens + o.output_tokens,
+            cached_input_tokens: self.cached_input_tokens + o.cached_input_tokens,
+            unpriced_calls: self.unpriced_calls + o.unpriced_calls,
+            cost_usd: self.cost_usd + o.cost_usd,
+        }
+    }
 }
 
 /// Per-service spend, most expensive first (`service` null -> "(unattributed)").
@@ -53,9 +72,7 @@ pub fn by_service(records: &[LlmCall]) -> Vec<(String, Line)> {
     for r in records {
         by.entry(r.service.clone().unwrap_or_else(|| "(unattributed)".into())).or_default().add(r);
     }
-    let mut lines: Vec<_> = by.into_iter().collect();
-    lines.sort_by(|a, b| b.1.cost_usd.total_cmp(&a.1.cost_usd).then(b.1.calls.cmp(&a.1.calls)));
-    lines
+    rank(by)
 }
 
 pub fn render(records: &[LlmCall]) -> String {

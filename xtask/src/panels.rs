@@ -30,12 +30,7 @@ const REPEAT_UNDER_S: f64 = 10.0;
 /// ClickHouse's `max_execution_time` for a panel: Grafana's own data source
 /// timeout is 30-60 s.
 const PANEL_LIMIT_S: u64 = 60;
-/// The report is skipped where its estimated peak memory (collector plus the
-/// engine's answer) would pass this.
-const REPORT_MEMORY_LIMIT: f64 = 12e9;
-/// Assumed before any report has been measured: bytes per row, report and engine.
-const REPORT_BYTES_PER_ROW_PRIOR: f64 = 4000.0;
-/// Report sizes below the dashboard sizes: where it still runs, and its trend.
+/// Report sizes below the dashboard sizes: its trend.
 const REPORT_SIZES: &[u64] = &[250_000, 1_000_000];
 
 /// A dashboard time range.
@@ -259,14 +254,15 @@ fn peak_rss(pid: u32) -> f64 {
 
 struct ReportRun {
     rows: u64,
-    /// None: skipped, with the estimate that made it so.
-    measured: Option<(f64, f64, f64)>,
-    estimate: f64,
+    /// Wall seconds, the collector's and the engine's peak RSS.
+    wall: f64,
+    rss: f64,
+    engine: f64,
 }
 
 /// `tokentap-collector report --since 30d`: wall time, the collector's peak RSS
-/// (from wait4) and the engine process's peak RSS meanwhile (it builds the whole
-/// answer before sending it: a test-front cost a server streams instead).
+/// (from wait4) and the engine process's peak RSS meanwhile (the GROUP BYs,
+/// spilling to disk past 2 GB each).
 fn time_report(collector: &Path, ch: &ClickHouse, dir: &Path) -> Result<(f64, f64, f64)> {
     let front = ch.pid();
     if let Some(pid) = front {
@@ -356,7 +352,6 @@ pub fn run(out_dir: &Path, opts: &Options) -> Result<()> {
          1,920-pixel screen, limited to 60 s (`max_execution_time`); a panel over 10 s runs once.\n",
     );
     let mut reports: Vec<ReportRun> = Vec::new();
-    let mut bytes_per_row = REPORT_BYTES_PER_ROW_PRIOR;
     let mut have = 0;
     let mut baseline_saved = false;
     // Calls with raw rows; beyond them, calls through the rollups only.
@@ -446,40 +441,26 @@ pub fn run(out_dir: &Path, opts: &Options) -> Result<()> {
             // The report reads raw rows: there are none beyond `raw`.
             break;
         }
-        let estimate = bytes_per_row * size as f64;
-        let available = mem_available();
-        if estimate > REPORT_MEMORY_LIMIT.min(available * 0.8) {
-            eprintln!("dashboards: report at {} skipped (estimated {:.1} GB)", millions(size), estimate / 1e9);
-            reports.push(ReportRun { rows: size, measured: None, estimate });
-        } else {
-            eprintln!("dashboards: report --since 30d at {}", millions(size));
-            let (wall, rss, front) = time_report(&collector, &ch, &dir)?;
-            bytes_per_row = (rss + front) / size as f64;
-            reports.push(ReportRun { rows: size, measured: Some((wall, rss, front)), estimate });
-        }
+        eprintln!("dashboards: report --since 30d at {}", millions(size));
+        let (wall, rss, engine) = time_report(&collector, &ch, &dir)?;
+        eprintln!("dashboards: report in {wall:.1} s, collector {:.0} MB", rss / 1e6);
+        reports.push(ReportRun { rows: size, wall, rss, engine });
     }
     md.push_str(
-        "\n## `tokentap-collector report --since 30d`\n\nIt reads every call of the window (`llm_calls FINAL`) into \
-         memory. Collector peak RSS from wait4; the engine process's peak meanwhile (the test front holds the whole \
-         answer before sending it). Skipped where the estimate (bytes per row of the last size measured) passes \
-         12 GB or 80% of the memory available.\n\n| calls | wall | collector peak RSS | engine peak RSS | per call |\n|--:|--:|--:|--:|--:|\n",
+        "\n## `tokentap-collector report --since 30d`\n\nComputed in ClickHouse: the window copied once to a \
+         scratch table with the prompt features extracted, then GROUP BYs (collector/src/analysis). Collector peak \
+         RSS from wait4; the engine process's peak meanwhile.\n\n| calls | wall | per call | collector peak RSS | \
+         engine peak RSS |\n|--:|--:|--:|--:|--:|\n",
     );
     for r in &reports {
-        match r.measured {
-            Some((wall, rss, front)) => md.push_str(&format!(
-                "| {} | {wall:.1} s | {:.2} GB | {:.2} GB | {:.0} µs, {:.0} B |\n",
-                millions(r.rows),
-                rss / 1e9,
-                front / 1e9,
-                wall / r.rows as f64 * 1e6,
-                rss / r.rows as f64
-            )),
-            None => md.push_str(&format!(
-                "| {} | skipped: ~{:.0} GB estimated | | | |\n",
-                millions(r.rows),
-                r.estimate / 1e9
-            )),
-        }
+        md.push_str(&format!(
+            "| {} | {:.1} s | {:.2} µs | {:.0} MB | {:.2} GB |\n",
+            millions(r.rows),
+            r.wall,
+            r.wall / r.rows as f64 * 1e6,
+            r.rss / 1e6,
+            r.engine / 1e9
+        ));
     }
     drop(ch);
     // Up to 100 M calls are ~10 GB: nothing of it is kept.
@@ -503,14 +484,6 @@ fn free_disk(path: &Path) -> f64 {
         return 0.0;
     }
     st.f_bavail as f64 * st.f_frsize as f64
-}
-
-fn mem_available() -> f64 {
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::INFINITY, |k| k * 1024.0)
 }
 
 #[cfg(test)]

@@ -9,10 +9,11 @@ use crate::LlmCall;
 
 /// The share of spend the concentration line accounts for ("N areas hold
 /// 80 %+"): the usual Pareto cut.
-pub(super) const CONCENTRATION_SHARE: f64 = 0.8;
+pub const CONCENTRATION_SHARE: f64 = 0.8;
 
 /// Spend of one service x model x feature.
-pub(super) struct Area {
+#[derive(Clone, Debug, PartialEq)]
+pub struct Area {
     pub service: String,
     pub model: String,
     pub feature: String,
@@ -20,7 +21,8 @@ pub(super) struct Area {
     pub cost: f64,
 }
 
-pub(super) struct Concentration {
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Concentration {
     /// Most expensive first.
     pub areas: Vec<Area>,
     pub total: f64,
@@ -30,7 +32,7 @@ pub(super) struct Concentration {
     pub share: f64,
 }
 
-pub(super) fn concentration(records: &[LlmCall]) -> Concentration {
+pub(crate) fn concentration(records: &[LlmCall]) -> Concentration {
     let mut by: BTreeMap<(String, String, String), (u64, f64)> = BTreeMap::new();
     for r in records {
         let key = (
@@ -42,6 +44,11 @@ pub(super) fn concentration(records: &[LlmCall]) -> Concentration {
         e.0 += 1;
         e.1 += r.cost_usd.unwrap_or(0.0);
     }
+    concentrate(by)
+}
+
+/// The concentration of (service, model, feature) -> (calls, spend).
+pub fn concentrate(by: BTreeMap<(String, String, String), (u64, f64)>) -> Concentration {
     let mut areas: Vec<Area> = by
         .into_iter()
         .map(|((service, model, feature), (calls, cost))| Area { service, model, feature, calls, cost })
@@ -63,33 +70,40 @@ pub(super) fn concentration(records: &[LlmCall]) -> Concentration {
 }
 
 /// Spend of one end user or one conversation.
-pub(super) struct Spender {
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spender {
     pub key: String,
     pub calls: u64,
     pub cost: f64,
 }
 
 /// Spend per value of a field, over the records that carry it.
-pub(super) struct Spenders {
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spenders {
+    /// Distinct values.
+    pub distinct: u64,
     /// Records carrying the field.
     pub calls: u64,
     pub cost: f64,
-    /// Most expensive first.
+    /// The [`TOP_SPENDERS`] most expensive first (ties: more calls, then the value).
     pub items: Vec<Spender>,
 }
+
+/// Rows of the top-spender tables: all a report shows, so all a window keeps.
+pub const TOP_SPENDERS: usize = 5;
 
 impl Spenders {
     /// Mean cost per distinct value (0 when none).
     pub fn mean(&self) -> f64 {
-        if self.items.is_empty() {
+        if self.distinct == 0 {
             0.0
         } else {
-            self.cost / self.items.len() as f64
+            self.cost / self.distinct as f64
         }
     }
 }
 
-pub(super) fn spenders(records: &[LlmCall], key: fn(&LlmCall) -> Option<&str>) -> Spenders {
+pub(crate) fn spenders(records: &[LlmCall], key: fn(&LlmCall) -> Option<&str>) -> Spenders {
     let mut by: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
     for r in records {
         if let Some(k) = key(r) {
@@ -101,20 +115,23 @@ pub(super) fn spenders(records: &[LlmCall], key: fn(&LlmCall) -> Option<&str>) -
     let mut items: Vec<Spender> =
         by.into_iter().map(|(k, (calls, cost))| Spender { key: k.to_string(), calls, cost }).collect();
     items.sort_by(|a, b| b.cost.total_cmp(&a.cost).then(b.calls.cmp(&a.calls)));
-    Spenders { calls: items.iter().map(|i| i.calls).sum(), cost: items.iter().map(|i| i.cost).sum(), items }
+    let (calls, cost) = (items.iter().map(|i| i.calls).sum(), items.iter().map(|i| i.cost).sum());
+    let distinct = items.len() as u64;
+    items.truncate(TOP_SPENDERS);
+    Spenders { distinct, calls, cost, items }
 }
 
-pub(super) fn end_user(r: &LlmCall) -> Option<&str> {
+pub(crate) fn end_user(r: &LlmCall) -> Option<&str> {
     r.end_user.as_deref().filter(|u| !u.is_empty())
 }
 
-pub(super) fn conversation(r: &LlmCall) -> Option<&str> {
+pub(crate) fn conversation(r: &LlmCall) -> Option<&str> {
     r.features.as_ref()?.conversation_hash.as_deref().filter(|h| !h.is_empty())
 }
 
 /// Token counts and the priced part of them.
-#[derive(Default)]
-pub(super) struct Usage {
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
     pub input: u64,
     pub cached: u64,
     /// Tokens (input + output) of the calls that have a price.
@@ -146,7 +163,7 @@ impl Usage {
 }
 
 /// Usage per (provider, model) (the keys of `summary::summarize`) and overall.
-pub(super) fn usage(records: &[LlmCall]) -> (BTreeMap<Key, Usage>, Usage) {
+pub(crate) fn usage(records: &[LlmCall]) -> (BTreeMap<Key, Usage>, Usage) {
     let mut by: BTreeMap<Key, Usage> = BTreeMap::new();
     let mut total = Usage::default();
     for r in records {
@@ -156,7 +173,8 @@ pub(super) fn usage(records: &[LlmCall]) -> (BTreeMap<Key, Usage>, Usage) {
     (by, total)
 }
 
-pub(super) struct Percentiles {
+#[derive(Clone, Debug, PartialEq)]
+pub struct Percentiles {
     pub n: usize,
     pub p50: f64,
     pub p90: f64,
@@ -170,8 +188,27 @@ fn nearest_rank(sorted: &[f64], p: usize) -> f64 {
     sorted[rank - 1]
 }
 
+impl Percentiles {
+    /// Nearest-rank percentiles of sorted values; None without any.
+    pub fn of_sorted(sorted: &[f64]) -> Option<Self> {
+        (!sorted.is_empty()).then(|| Percentiles {
+            n: sorted.len(),
+            p50: nearest_rank(sorted, 50),
+            p90: nearest_rank(sorted, 90),
+            p99: nearest_rank(sorted, 99),
+        })
+    }
+}
+
+/// Models with the most values first (then by name).
+pub fn rank_percentiles(by: BTreeMap<String, Percentiles>) -> Vec<(String, Percentiles)> {
+    let mut out: Vec<(String, Percentiles)> = by.into_iter().collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.1.n));
+    out
+}
+
 /// Percentiles of `value` per model, models with the most values first.
-pub(super) fn percentiles_by_model(
+pub(crate) fn percentiles_by_model(
     records: &[LlmCall],
     value: fn(&LlmCall) -> Option<f64>,
 ) -> Vec<(String, Percentiles)> {
@@ -181,30 +218,23 @@ pub(super) fn percentiles_by_model(
             by.entry(model_of(r)).or_default().push(v);
         }
     }
-    let mut out: Vec<(String, Percentiles)> = by
-        .into_iter()
-        .map(|(m, mut v)| {
-            v.sort_by(f64::total_cmp);
-            let p = Percentiles {
-                n: v.len(),
-                p50: nearest_rank(&v, 50),
-                p90: nearest_rank(&v, 90),
-                p99: nearest_rank(&v, 99),
-            };
-            (m, p)
-        })
-        .collect();
-    out.sort_by_key(|p| std::cmp::Reverse(p.1.n));
-    out
+    rank_percentiles(
+        by.into_iter()
+            .filter_map(|(m, mut v)| {
+                v.sort_by(f64::total_cmp);
+                Percentiles::of_sorted(&v).map(|p| (m, p))
+            })
+            .collect(),
+    )
 }
 
 /// Time to first token of a streamed call.
-pub(super) fn ttft(r: &LlmCall) -> Option<f64> {
+pub(crate) fn ttft(r: &LlmCall) -> Option<f64> {
     r.ttft_ms.filter(|_| r.stream)
 }
 
 /// Duration of a call that did not fail: a fast 429 is not the model's latency.
-pub(super) fn latency(r: &LlmCall) -> Option<f64> {
+pub(crate) fn latency(r: &LlmCall) -> Option<f64> {
     r.duration_ms.filter(|_| r.status.is_none_or(|s| s < 400))
 }
 

@@ -8,8 +8,9 @@
 //! has its own module.
 use std::fmt::Write;
 
-use crate::opportunities::{window, Opportunity};
-use crate::summary::summarize;
+use crate::facts::Facts;
+use crate::opportunities::Opportunity;
+use crate::roadmap::RoadmapItem;
 use crate::traffic::BlindSpot;
 use crate::LlmCall;
 
@@ -24,8 +25,14 @@ mod unread;
 
 // Shared with the compare report (compare_report.rs), so both read alike.
 pub(crate) use charts::COLORS;
+pub use figures::{
+    concentrate, rank_percentiles, Area, Concentration, Percentiles as ModelPercentiles, Spender, Spenders, Usage,
+    CONCENTRATION_SHARE, TOP_SPENDERS,
+};
+pub(crate) use figures::{concentration, conversation, end_user, latency, percentiles_by_model, spenders, ttft, usage};
 pub(crate) use timeline::duration_text;
-pub use timeline::observed_span;
+pub(crate) use timeline::over_time;
+pub use timeline::{no_time, observed_span, Frame, OverTime};
 pub use unread::UNREAD_TITLE;
 
 pub(crate) fn usd(x: f64) -> String {
@@ -53,12 +60,12 @@ fn model_of(r: &LlmCall) -> String {
 
 /// What was observed: the real window, first call to last, without the
 /// extrapolation's one-hour floor.
-fn observed_text(records: &[LlmCall]) -> String {
-    let calls = match records.len() {
+fn observed_text(facts: &Facts) -> String {
+    let calls = match facts.calls {
         1 => "1 LLM call".to_string(),
         n => format!("{n} LLM calls"),
     };
-    match observed_span(records) {
+    match facts.first.as_ref().zip(facts.last.as_ref()).map(|(a, b)| (a.at, b.at)) {
         None => format!("{calls} observed"),
         Some((first, last)) if first == last => {
             format!("{calls} observed at {} UTC", first.format("%Y-%m-%d %H:%M:%S"))
@@ -72,8 +79,8 @@ fn observed_text(records: &[LlmCall]) -> String {
 }
 
 /// How the monthly figures are reached, said apart from what was observed.
-fn extrapolation_text(records: &[LlmCall], monthly: f64) -> String {
-    let (hours, factor) = window(records);
+fn extrapolation_text(facts: &Facts, monthly: f64) -> String {
+    let (hours, factor) = facts.window();
     format!(
         "Per month at this rate: {}, extrapolated to 30 days from the observed window counted as at least \
          one hour (here {}, x{factor:.0}); the opportunities' monthly savings are extrapolated the same way.",
@@ -90,19 +97,25 @@ pub fn markdown(records: &[LlmCall], opps: &[Opportunity]) -> String {
 /// (its stats file's `blind_spots`), when known: a section of its own. None
 /// (reports from ClickHouse rows alone) leaves the section out.
 pub fn markdown_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[BlindSpot]>) -> String {
-    let (_, total) = summarize(records);
-    let (_, factor) = window(records);
+    let facts = Facts::of(records);
+    markdown_of(&facts, opps, &crate::roadmap::plan(records, opps, &facts.span().1), unread)
+}
+
+/// The report of a window's facts, its register and its roadmap.
+pub fn markdown_of(facts: &Facts, opps: &[Opportunity], items: &[RoadmapItem], unread: Option<&[BlindSpot]>) -> String {
+    let total = &facts.total;
+    let (_, factor) = facts.window();
     let savings: f64 = opps.iter().map(|o| o.estimated_monthly_savings_usd).sum();
     let mut s = String::new();
     let _ = writeln!(s, "# tokentap assessment\n");
     let _ = writeln!(
         s,
         "{}; spend {}. {} opportunities worth an estimated {} per month.\n\n{}\n",
-        observed_text(records),
+        observed_text(facts),
         usd(total.cost_usd),
         opps.len(),
         usd(savings),
-        extrapolation_text(records, total.cost_usd * factor)
+        extrapolation_text(facts, total.cost_usd * factor)
     );
     if total.unpriced_calls > 0 {
         let _ = writeln!(
@@ -112,12 +125,12 @@ pub fn markdown_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&
         );
     }
     let _ = writeln!(s, "## Spend Map\n");
-    doc::markdown(&mut s, &spend_map::blocks(records));
+    doc::markdown(&mut s, &spend_map::blocks(facts));
     if let Some(unread) = unread {
         unread::markdown(&mut s, unread);
     }
     register::markdown(&mut s, opps);
-    roadmap::markdown(&mut s, records, opps);
+    roadmap::markdown(&mut s, items, opps);
     let _ = writeln!(
         s,
         "Savings are measured on the observed calls and extrapolated to 30 days from the observed window \
@@ -133,8 +146,14 @@ pub fn html(records: &[LlmCall], opps: &[Opportunity]) -> String {
 
 /// [`html`] with the section on what could not be read (see [`markdown_with`]).
 pub fn html_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[BlindSpot]>) -> String {
-    let (_, total) = summarize(records);
-    let (_, factor) = window(records);
+    let facts = Facts::of(records);
+    html_of(&facts, opps, &crate::roadmap::plan(records, opps, &facts.span().1), unread)
+}
+
+/// The HTML report of a window's facts, its register and its roadmap.
+pub fn html_of(facts: &Facts, opps: &[Opportunity], items: &[RoadmapItem], unread: Option<&[BlindSpot]>) -> String {
+    let total = &facts.total;
+    let (_, factor) = facts.window();
     let savings: f64 = opps.iter().map(|o| o.estimated_monthly_savings_usd).sum();
     let mut s = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tokentap assessment</title><style>\
@@ -148,11 +167,11 @@ pub fn html_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[Bli
         "<h1>tokentap assessment</h1><p>{}.</p>\
          <div class=\"kpi\"><b>{}</b>spend observed</div><div class=\"kpi\"><b>{}</b>per month at this rate</div>\
          <div class=\"kpi\"><b>{}</b>estimated savings per month</div><p>{}</p>",
-        esc(&observed_text(records)),
+        esc(&observed_text(facts)),
         usd(total.cost_usd),
         usd(total.cost_usd * factor),
         usd(savings),
-        esc(&extrapolation_text(records, total.cost_usd * factor))
+        esc(&extrapolation_text(facts, total.cost_usd * factor))
     );
     if total.unpriced_calls > 0 {
         let _ = write!(
@@ -162,13 +181,13 @@ pub fn html_with(records: &[LlmCall], opps: &[Opportunity], unread: Option<&[Bli
         );
     }
     s.push_str("<h2>Spend Map</h2>");
-    doc::html(&mut s, &spend_map::blocks(records));
+    doc::html(&mut s, &spend_map::blocks(facts));
     if let Some(unread) = unread {
         unread::html(&mut s, unread);
     }
     register::html(&mut s, opps);
-    roadmap::html(&mut s, records, opps);
-    let md = markdown_with(records, opps, unread);
+    roadmap::html(&mut s, items, opps);
+    let md = markdown_of(facts, opps, items, unread);
     let _ =
         writeln!(s, "<details><summary>Report as Markdown</summary><pre>{}</pre></details></body></html>", esc(&md));
     s

@@ -6,14 +6,12 @@ use std::fmt::Write;
 
 use super::{esc, usd};
 use crate::opportunities::Opportunity;
-use crate::roadmap::{plan, RoadmapItem};
-use crate::LlmCall;
+use crate::roadmap::RoadmapItem;
 
 /// Items grouped by sprint: (heading, items), in sprint order.
-fn sprints(records: &[LlmCall], opps: &[Opportunity]) -> Vec<(String, Vec<RoadmapItem>)> {
-    let (_, until, _) = crate::baseline::span(records);
+fn sprints(plan: &[RoadmapItem]) -> Vec<(String, Vec<RoadmapItem>)> {
     let mut out: Vec<(String, Vec<RoadmapItem>)> = Vec::new();
-    for item in plan(records, opps, &until) {
+    for item in plan.iter().cloned() {
         match out.last_mut() {
             Some((_, v)) if v[0].sprint == item.sprint => v.push(item),
             _ => {
@@ -41,9 +39,9 @@ fn action<'a>(opps: &'a [Opportunity], i: &RoadmapItem) -> &'a str {
     opps.iter().find(|o| o.kind == i.kind).map_or("", |o| o.action.as_str())
 }
 
-pub(super) fn markdown(s: &mut String, records: &[LlmCall], opps: &[Opportunity]) {
+pub(super) fn markdown(s: &mut String, plan: &[RoadmapItem], opps: &[Opportunity]) {
     let _ = writeln!(s, "\n## Remediation Roadmap\n");
-    for (head, items) in sprints(records, opps) {
+    for (head, items) in sprints(plan) {
         let sum: f64 = items.iter().map(|i| i.estimated_monthly_savings_usd).sum();
         let _ = writeln!(s, "### {head} — {} per month\n", usd(sum));
         for i in &items {
@@ -66,9 +64,9 @@ pub(super) fn markdown(s: &mut String, records: &[LlmCall], opps: &[Opportunity]
     }
 }
 
-pub(super) fn html(s: &mut String, records: &[LlmCall], opps: &[Opportunity]) {
+pub(super) fn html(s: &mut String, plan: &[RoadmapItem], opps: &[Opportunity]) {
     s.push_str("<h2>Remediation Roadmap</h2>");
-    for (head, items) in sprints(records, opps) {
+    for (head, items) in sprints(plan) {
         let _ = write!(s, "<h3>{}</h3><ol>", esc(&head));
         for i in &items {
             let _ = write!(

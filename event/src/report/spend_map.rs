@@ -4,14 +4,12 @@
 //! (doc.rs) and rendered to Markdown and HTML.
 use super::charts::{bars, columns};
 use super::doc::{Block, Table};
-use super::figures::{self, Percentiles, Spenders, CONCENTRATION_SHARE};
+use super::figures::{Percentiles, Spenders, CONCENTRATION_SHARE, TOP_SPENDERS};
 use super::timeline::{self, duration_text};
 use super::usd;
-use crate::summary::{by_service, summarize, Key, Line};
-use crate::LlmCall;
+use crate::facts::{top_models, Facts};
 
-/// Rows of the top-spender and top-area tables.
-const TOP_SPENDERS: usize = 5;
+/// Rows of the top-area table.
 const TOP_AREAS: usize = 10;
 /// Hex digits of a conversation hash shown: enough to tell them apart.
 const SHORT_HASH: usize = 12;
@@ -42,21 +40,19 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 /// The Spend Map's blocks, in reading order.
-pub(super) fn blocks(records: &[LlmCall]) -> Vec<Block> {
-    // Summarised once: every part below shares the lines and the total.
-    let (lines, total) = summarize(records);
+pub(super) fn blocks(facts: &Facts) -> Vec<Block> {
     let mut out = Vec::new();
-    by_model(&mut out, records, &lines);
-    over_time(&mut out, records, &lines);
-    services(&mut out, records, total.cost_usd);
-    concentration(&mut out, records);
-    people(&mut out, records, total.cost_usd);
-    latency(&mut out, records);
+    by_model(&mut out, facts);
+    over_time(&mut out, facts);
+    services(&mut out, facts);
+    concentration(&mut out, facts);
+    people(&mut out, facts);
+    latency(&mut out, facts);
     out
 }
 
-fn by_model(out: &mut Vec<Block>, records: &[LlmCall], lines: &[(Key, Line)]) {
-    let (usage, total) = figures::usage(records);
+fn by_model(out: &mut Vec<Block>, facts: &Facts) {
+    let (lines, usage, total) = (&facts.lines, &facts.usage, &facts.usage_total);
     out.push(Block::Heading("By provider and model".into()));
     let models: Vec<(String, f64)> =
         lines.iter().take(10).map(|((p, m), l)| (format!("{m} ({p})"), l.cost_usd)).collect();
@@ -99,11 +95,10 @@ fn by_model(out: &mut Vec<Block>, records: &[LlmCall], lines: &[(Key, Line)]) {
     out.push(Block::Para(format!("{hit} {unit}")));
 }
 
-fn over_time(out: &mut Vec<Block>, records: &[LlmCall], lines: &[(Key, Line)]) {
-    let top_models: Vec<String> = lines.iter().take(5).map(|((_, m), _)| m.clone()).collect();
-    let mut series = top_models.clone();
+fn over_time(out: &mut Vec<Block>, facts: &Facts) {
+    let mut series = top_models(&facts.lines);
     series.push("other".into());
-    let ot = timeline::over_time(records, &top_models);
+    let ot = &facts.over_time;
     out.push(Block::Heading("Over time".into()));
     let title = format!("Spend over time by model ({} buckets, UTC)", duration_text(ot.step as f64));
     out.push(Block::Chart(columns("spend-over-time", &title, &ot.labels, &ot.buckets, &series)));
@@ -121,15 +116,15 @@ fn over_time(out: &mut Vec<Block>, records: &[LlmCall], lines: &[(Key, Line)]) {
     )));
 }
 
-fn services(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
-    let by = by_service(records);
+fn services(out: &mut Vec<Block>, facts: &Facts) {
+    let (by, total_cost) = (&facts.services, facts.total.cost_usd);
     out.push(Block::Heading("By service".into()));
     let top: Vec<(String, f64)> = by.iter().take(10).map(|(s, l)| (s.clone(), l.cost_usd)).collect();
     out.push(Block::Chart(bars("spend-by-service", "Spend by service", &top)));
     let mut t = Table::new(&["service", "calls>", "input tokens>", "output tokens>", "cost>", "share>"]);
     for (svc, l) in by {
         t.row(vec![
-            svc,
+            svc.clone(),
             l.calls.to_string(),
             l.input_tokens.to_string(),
             l.output_tokens.to_string(),
@@ -140,8 +135,8 @@ fn services(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
     out.push(Block::Table(t));
 }
 
-fn concentration(out: &mut Vec<Block>, records: &[LlmCall]) {
-    let c = figures::concentration(records);
+fn concentration(out: &mut Vec<Block>, facts: &Facts) {
+    let c = &facts.concentration;
     out.push(Block::Heading("Where spend concentrates".into()));
     if c.n == 0 {
         out.push(Block::Para("No priced spend to break down.".into()));
@@ -185,9 +180,10 @@ fn spender_table(s: &Spenders, what: &'static str, total: f64, show: fn(&str) ->
     t
 }
 
-fn people(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
+fn people(out: &mut Vec<Block>, facts: &Facts) {
+    let (total_cost, calls) = (facts.total.cost_usd, facts.calls);
     out.push(Block::Heading("Per end user and per conversation".into()));
-    let users = figures::spenders(records, figures::end_user);
+    let users = &facts.end_users;
     if users.items.is_empty() {
         out.push(Block::Para(
             "No call names an end user (OpenAI user or safety_identifier, Anthropic metadata.user_id, or a \
@@ -197,14 +193,14 @@ fn people(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
     } else {
         out.push(Block::Para(format!(
             "{} made {} of {} calls, {} on average each; the top spenders:",
-            plural(users.items.len(), "end user", "end users"),
+            plural(users.distinct as usize, "end user", "end users"),
             users.calls,
-            records.len(),
+            calls,
             usd(users.mean())
         )));
-        out.push(Block::Table(spender_table(&users, "end user", total_cost, str::to_string)));
+        out.push(Block::Table(spender_table(users, "end user", total_cost, str::to_string)));
     }
-    let convs = figures::spenders(records, figures::conversation);
+    let convs = &facts.conversations;
     if convs.items.is_empty() {
         out.push(Block::Para(
             "No call carries a conversation hash (prompt features from an older agent, or none captured), \
@@ -215,17 +211,17 @@ fn people(out: &mut Vec<Block>, records: &[LlmCall], total_cost: f64) {
         out.push(Block::Para(format!(
             "{} (same system prompt and first user message) made {} of {} calls, {} calls and {} \
              on average each; the most expensive:",
-            plural(convs.items.len(), "conversation", "conversations"),
+            plural(convs.distinct as usize, "conversation", "conversations"),
             convs.calls,
-            records.len(),
-            format_args!("{:.1}", convs.calls as f64 / convs.items.len() as f64),
+            calls,
+            format_args!("{:.1}", convs.calls as f64 / convs.distinct as f64),
             usd(convs.mean())
         )));
         let short = |h: &str| match h.char_indices().nth(SHORT_HASH) {
             Some((cut, _)) => format!("{}…", &h[..cut]),
             None => h.to_string(),
         };
-        out.push(Block::Table(spender_table(&convs, "conversation", total_cost, short)));
+        out.push(Block::Table(spender_table(convs, "conversation", total_cost, short)));
     }
 }
 
@@ -237,37 +233,38 @@ fn percentile_table(what: &'static str, rows: &[(String, Percentiles)]) -> Table
     t
 }
 
-fn latency(out: &mut Vec<Block>, records: &[LlmCall]) {
+fn latency(out: &mut Vec<Block>, facts: &Facts) {
     out.push(Block::Heading("Latency by model".into()));
-    let durations = figures::percentiles_by_model(records, figures::latency);
+    let durations = &facts.latency;
     if durations.is_empty() {
         out.push(Block::Para("No successful call has a duration.".into()));
     } else {
         out.push(Block::Para(
             "Request first byte to response last byte, successful calls; nearest-rank percentiles.".into(),
         ));
-        out.push(Block::Table(percentile_table("calls>", &durations)));
+        out.push(Block::Table(percentile_table("calls>", durations)));
     }
-    let ttft = figures::percentiles_by_model(records, figures::ttft);
+    let ttft = &facts.ttft;
     out.push(Block::Heading("Time to first token by model".into()));
     if ttft.is_empty() {
         out.push(Block::Para("No streamed call has a time to first token.".into()));
     } else {
         out.push(Block::Para("Streamed calls: request first byte to the first content in the response.".into()));
-        out.push(Block::Table(percentile_table("streamed calls>", &ttft)));
+        out.push(Block::Table(percentile_table("streamed calls>", ttft)));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::doc;
+    use super::super::{doc, figures};
     use super::*;
-    use crate::PromptFeatures;
+    use crate::{LlmCall, PromptFeatures};
 
     fn render(records: &[LlmCall]) -> (String, String) {
         let (mut md, mut h) = (String::new(), String::new());
-        doc::markdown(&mut md, &blocks(records));
-        doc::html(&mut h, &blocks(records));
+        let facts = Facts::of(records);
+        doc::markdown(&mut md, &blocks(&facts));
+        doc::html(&mut h, &blocks(&facts));
         (md, h)
     }
 

@@ -87,7 +87,8 @@ fn label_format(step: i64, crosses_midnight: bool) -> &'static str {
 }
 
 /// Spend per time bucket and model.
-pub(super) struct OverTime {
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OverTime {
     /// Bucket size in seconds.
     pub step: i64,
     /// Each bucket's start, formatted for the bucket size (UTC).
@@ -96,32 +97,72 @@ pub(super) struct OverTime {
     pub buckets: Vec<BTreeMap<String, f64>>,
 }
 
+/// The buckets of a window: where they start, their size and count. Shared
+/// by the spend over time from records and from ClickHouse rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Unix seconds of the first bucket's start.
+    pub start: i64,
+    pub step: i64,
+    pub buckets: usize,
+    crosses_midnight: bool,
+}
+
+impl Frame {
+    pub fn of(first: DateTime<Utc>, last: DateTime<Utc>) -> Self {
+        let (lo, hi) = (first.timestamp(), last.timestamp());
+        let step = bucket_step(lo, hi);
+        Self {
+            start: lo.div_euclid(step) * step,
+            step,
+            buckets: bucket_count(lo, hi, step) as usize,
+            crosses_midnight: first.date_naive() != last.date_naive(),
+        }
+    }
+
+    /// The bucket of a time (Unix seconds) inside the window.
+    pub fn bucket(&self, secs: i64) -> usize {
+        ((secs - self.start) / self.step) as usize
+    }
+
+    /// The spend over time from (bucket, series, spend) entries; entries
+    /// outside the frame are ignored.
+    pub fn over_time(&self, entries: impl IntoIterator<Item = (usize, String, f64)>) -> OverTime {
+        let mut buckets = vec![BTreeMap::new(); self.buckets];
+        for (i, key, cost) in entries {
+            if let Some(b) = buckets.get_mut(i) {
+                *b.entry(key).or_insert(0.0) += cost;
+            }
+        }
+        let format = label_format(self.step, self.crosses_midnight);
+        let labels = (0..self.buckets)
+            .map(|i| {
+                DateTime::from_timestamp(self.start + i as i64 * self.step, 0)
+                    .map_or_else(String::new, |d| d.format(format).to_string())
+            })
+            .collect();
+        OverTime { step: self.step, labels, buckets }
+    }
+}
+
+/// An empty spend over time (no call has a time).
+pub fn no_time() -> OverTime {
+    OverTime { step: LADDER[0], labels: Vec::new(), buckets: Vec::new() }
+}
+
 /// Spend per bucket for `models` (the rest as "other"); no buckets without
 /// a parsable time.
-pub(super) fn over_time(records: &[LlmCall], models: &[String]) -> OverTime {
+pub(crate) fn over_time(records: &[LlmCall], models: &[String]) -> OverTime {
     let Some((first, last)) = observed_span(records) else {
-        return OverTime { step: LADDER[0], labels: Vec::new(), buckets: Vec::new() };
+        return no_time();
     };
-    let (lo, hi) = (first.timestamp(), last.timestamp());
-    let step = bucket_step(lo, hi);
-    let start = lo.div_euclid(step) * step;
-    let n = bucket_count(lo, hi, step) as usize;
-    let mut buckets = vec![BTreeMap::new(); n];
-    for r in records {
-        let Some(t) = ts(r) else { continue };
+    let frame = Frame::of(first, last);
+    frame.over_time(records.iter().filter_map(|r| {
+        let t = ts(r)?;
         let m = model_of(r);
         let key = if models.contains(&m) { m } else { "other".into() };
-        let i = ((t.timestamp() - start) / step) as usize;
-        *buckets[i].entry(key).or_insert(0.0) += r.cost_usd.unwrap_or(0.0);
-    }
-    let format = label_format(step, first.date_naive() != last.date_naive());
-    let labels = (0..n)
-        .map(|i| {
-            DateTime::from_timestamp(start + i as i64 * step, 0)
-                .map_or_else(String::new, |d| d.format(format).to_string())
-        })
-        .collect();
-    OverTime { step, labels, buckets }
+        Some((frame.bucket(t.timestamp()), key, r.cost_usd.unwrap_or(0.0)))
+    }))
 }
 
 /// Spend per bucket as one line of block characters (· for no spend), for a
