@@ -1,9 +1,5 @@
-//! Call records read back from ClickHouse for reports and baselines: a
-//! window given as a duration before now (`7d`) or as RFC 3339 times.
-use clickhouse::Client;
-use tokentap_event::LlmCall;
-
-use crate::store::CallRow;
+//! The window of a report or a baseline: a duration before now (`7d`) or
+//! RFC 3339 times, as microseconds (`analysis` reads the calls in it).
 
 #[derive(Debug, thiserror::Error)]
 pub enum WindowError {
@@ -46,34 +42,6 @@ pub fn window(since: &str, until: &str) -> Result<(i64, i64), WindowError> {
         return Err(WindowError::Empty { since: since.to_owned(), until: until.to_owned() });
     }
     Ok((a, b))
-}
-
-/// Calls stored in the window (a row stored twice and not merged yet counts
-/// twice: an upper bound, read without FINAL so a large window costs little).
-pub async fn count(client: &Client, since_us: i64, until_us: i64) -> Result<u64, clickhouse::error::Error> {
-    client
-        .query(
-            "SELECT count() FROM llm_calls WHERE ts >= fromUnixTimestamp64Micro(?) \
-             AND ts <= fromUnixTimestamp64Micro(?)",
-        )
-        .bind(since_us)
-        .bind(until_us)
-        .fetch_one()
-        .await
-}
-
-/// Every stored call of the window, oldest first.
-pub async fn read(client: &Client, since_us: i64, until_us: i64) -> Result<Vec<LlmCall>, clickhouse::error::Error> {
-    let rows: Vec<CallRow> = client
-        .query(
-            "SELECT ?fields FROM llm_calls FINAL WHERE ts >= fromUnixTimestamp64Micro(?) \
-             AND ts <= fromUnixTimestamp64Micro(?) ORDER BY ts",
-        )
-        .bind(since_us)
-        .bind(until_us)
-        .fetch_all()
-        .await?;
-    Ok(rows.into_iter().map(CallRow::into_record).collect())
 }
 
 #[cfg(test)]
