@@ -22,7 +22,7 @@ use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
 use crate::http::message::Head;
 use crate::http::mute::StreamAt;
 use crate::providers::call::{Call, CallContext};
-use crate::providers::{self, Endpoint, Rules};
+use crate::providers::{self, Endpoint, ProviderError, Rules};
 use crate::sinks::Sink;
 use crate::stats::Stats;
 
@@ -90,6 +90,8 @@ struct Conn {
 
 pub struct Pipeline {
     cfg: PipelineConfig,
+    /// Set by [`Pipeline::finish`]: an incomplete call is one the exit cut.
+    exiting: bool,
     conns: ConnTable<Conn>,
     attribution: Attributor,
     sinks: Vec<Box<dyn Sink>>,
@@ -119,6 +121,7 @@ impl Pipeline {
         let blind = Tracker::new(stats.clone(), clock);
         Self {
             cfg,
+            exiting: false,
             conns,
             attribution,
             sinks,
@@ -410,9 +413,16 @@ impl Pipeline {
     }
 
     /// Shut down: every open connection is closed (in-flight calls count as dropped).
+    /// The agent stops (its probes are detached): every connection closes; a
+    /// call still without its response counts in `dropped_at_exit`.
     pub fn finish(&mut self) {
-        for (_, e) in self.conns.expire(u64::MAX) {
-            self.close_entry(e, monotonic_ns());
+        self.exiting = true;
+        for (_, mut e) in self.conns.expire(u64::MAX) {
+            let mut lost = Lost::default();
+            e.state.http.close(monotonic_ns(), &mut self.exchanges, &mut lost);
+            Stats::add(&self.stats.dropped_at_exit, std::mem::take(&mut lost.unanswered));
+            self.count_lost(&lost);
+            self.emit_exchanges(&e.meta);
         }
         let cov = &self.coverage;
         self.blind.finish_all(monotonic_ns(), &|pid| cov.unread(pid));
@@ -456,6 +466,10 @@ impl Pipeline {
             let cx = CallContext { max_body: self.cfg.max_body_bytes, clock: self.clock, hash: &hash };
             let Call { mut record, body_user, body_unread } = match providers::call(&exchange, meta, &cx) {
                 Ok(c) => c,
+                Err(ProviderError::Incomplete) if self.exiting => {
+                    Stats::inc(&self.stats.dropped_at_exit);
+                    continue;
+                }
                 Err(e) => {
                     self.stats.count(&e);
                     tracing::debug!(error = %e, provider = %exchange.endpoint.provider, "LLM call dropped");

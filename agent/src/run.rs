@@ -110,11 +110,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let Channels { events, loss, ignored, sockets } = channels;
     let pipeline =
         pipeline.with_kernel_filter(Box::new(ignored)).with_unprobed(unprobed_rx).with_socket_table(Box::new(sockets));
+    // The reader stops once every probe is detached, not at the signal:
+    // calls that complete while detaching (seconds with many targets) are
+    // still read, and only those cut by the detach are lost (`dropped_at_exit`).
+    let detached = Arc::new(AtomicBool::new(false));
     let pipeline_thread = {
-        let (stop, stats, stats_file) = (stop.clone(), stats.clone(), settings.stats_file.clone());
+        let (detached, stats, stats_file) = (detached.clone(), stats.clone(), settings.stats_file.clone());
         std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || read_loop(events, loss, pipeline, &stop, &stats, stats_file.as_deref()))?
+            .spawn(move || read_loop(events, loss, pipeline, &detached, &stats, stats_file.as_deref()))?
     };
 
     // Initial discovery: library directories first (covers processes that load
@@ -163,9 +167,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let (stop, stats) = (stop.clone(), stats.clone());
         let interval = settings.rescan_interval;
         let lib_dirs = settings.lib_dirs.clone();
+        let detached = SetOnDrop(detached);
         std::thread::Builder::new().name("discovery".into()).spawn(move || {
             let channels = (exec_rx, unprobed_tx, jvm_tx);
-            discovery_loop(probes, discovery, channels, interval, &lib_dirs, &stop, &stats)
+            discovery_loop(probes, discovery, channels, interval, &lib_dirs, &stop, &stats);
+            drop(detached);
         })?
     };
 
@@ -204,6 +210,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // Never a clean exit for a run that captured with no probe.
     crate::metrics::readiness(&stats).map_err(anyhow::Error::msg)
+}
+
+/// Sets its flag when dropped: after the probes it outlives are detached,
+/// also when the thread holding it panics.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// How long the agent's exit waits for an attach in progress.
@@ -360,11 +376,13 @@ fn discovery_loop(
 const DRAIN_BUSY_MS: i32 = 10;
 const DRAIN_IDLE_MS: i32 = 100;
 
+/// Reads the ring buffer until `detached` (every probe gone), then drains it
+/// once more and finishes.
 fn read_loop(
     mut events: RingBuf<MapData>,
     mut loss: LossReader,
     mut pipeline: Pipeline,
-    stop: &AtomicBool,
+    detached: &AtomicBool,
     stats: &Stats,
     stats_file: Option<&std::path::Path>,
 ) {
@@ -375,7 +393,7 @@ fn read_loop(
     // Kernel counters and gauges from the start, not after the first second.
     loss.update(stats);
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = detached.load(Ordering::Relaxed);
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // The kernel wakes us only when the ring buffer fills up (see the eBPF
         // `wakeup_flags`): drain on a timer, often while calls flow, rarely when idle.

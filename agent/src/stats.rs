@@ -97,6 +97,9 @@ counters! {
     cost_micro_usd,
     /// LLM calls dropped: no complete response (client died, connection reset, bytes lost).
     dropped_unanswered,
+    /// LLM calls dropped: in flight when the agent stopped (its probes were
+    /// detached before the response was complete).
+    dropped_at_exit,
     /// LLM calls dropped: response body larger than the cap.
     dropped_truncated_body,
     /// LLM calls dropped: response body could not be decoded (bad gzip, bomb, ...).
@@ -366,7 +369,11 @@ impl Snapshot {
 
     /// Calls that were seen but produced no record.
     pub fn dropped_calls(&self) -> u64 {
-        self.dropped_unanswered + self.dropped_truncated_body + self.dropped_body_decode + self.dropped_parse_error
+        self.dropped_unanswered
+            + self.dropped_at_exit
+            + self.dropped_truncated_body
+            + self.dropped_body_decode
+            + self.dropped_parse_error
     }
 
     pub fn kernel_losses(&self) -> u64 {

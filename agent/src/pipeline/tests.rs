@@ -500,3 +500,23 @@ fn a_reused_connection_object_claims_each_socket_it_reads() {
 
 mod unread;
 mod websocket;
+
+#[test]
+fn a_call_in_flight_when_the_agent_stops_counts_as_dropped_at_exit() {
+    let (mut p, c, stats) = pipeline_with(PipelineConfig::default());
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut req =
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    req.extend_from_slice(body);
+    // A complete request on each of two connections; one gets its response head only.
+    p.handle(&data_record(42, 1, DIR_EGRESS, 0, req.len() as u64, &req, 0));
+    p.handle(&data_record(42, 2, DIR_EGRESS, 0, req.len() as u64, &req, 0));
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"id\":";
+    p.handle(&data_record(42, 2, DIR_INGRESS, 0, head.len() as u64 + 490, head, 0));
+    p.finish();
+    let s = stats.snapshot();
+    assert_eq!((s.dropped_at_exit, s.dropped_unanswered, s.records), (2, 0, 0), "{s:?}");
+    assert_eq!(s.dropped_calls(), 2);
+    assert!(c.0.lock().unwrap().is_empty());
+}

@@ -57,6 +57,9 @@ WHERE ts >= fromUnixTimestamp64Micro(?) AND ts <= fromUnixTimestamp64Micro(?)";
 /// Bytes a GROUP BY or a sort may hold in memory before it spills to disk:
 /// grouping 100 M calls by prompt hash must not take the server's memory.
 const SPILL_BYTES: &str = "2000000000";
+/// A query's text may carry a roadmap item's scope: up to `MAX_SCOPE_KEYS`
+/// (10,000) keys of model name and hash, far over the default 256 KiB.
+const MAX_QUERY_BYTES: &str = "33554432";
 
 /// A window of calls copied to a scratch table.
 pub struct Window {
@@ -70,7 +73,8 @@ impl Window {
         let client = client
             .clone()
             .with_setting("max_bytes_before_external_group_by", SPILL_BYTES)
-            .with_setting("max_bytes_before_external_sort", SPILL_BYTES);
+            .with_setting("max_bytes_before_external_sort", SPILL_BYTES)
+            .with_setting("max_query_size", MAX_QUERY_BYTES);
         let table = format!("tokentap_window_{}", uuid::Uuid::new_v4().simple());
         let sql = format!("CREATE TABLE {table} ENGINE = MergeTree ORDER BY tuple() AS {SCRATCH}");
         client.query(&sql).bind(since_us).bind(until_us).execute().await?;
