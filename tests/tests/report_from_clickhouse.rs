@@ -212,3 +212,64 @@ fn the_report_from_clickhouse_equals_the_report_from_records() {
     let left = "SELECT count() FROM system.tables WHERE name LIKE 'tokentap_window_%'";
     assert_eq!(ch.count(left), 0, "scratch tables dropped");
 }
+
+/// 12,000 prompts sent twice each: the duplicates entry names 10,000 of them
+/// (`MAX_SCOPE_KEYS`, ~850 KB of keys), more than a query's text may carry
+/// by default (256 KiB). The baseline's roadmap measures that scope all the same.
+#[test]
+fn a_roadmap_scope_of_ten_thousand_keys_is_measured() {
+    let dir = scratch("report-large-scope");
+    let prices = PriceTable::shipped();
+    let start_us = 1_795_392_000_000_000i64;
+    let calls: Vec<LlmCall> = (0..24_000u64)
+        .map(|i| {
+            let mut r = LlmCall {
+                event_id: LlmCall::new_event_id(),
+                ts: LlmCall::format_ts((start_us + i as i64 * 1_000_000) as i128 * 1000),
+                provider: "openai".into(),
+                operation: "chat".into(),
+                request_model: Some("gpt-4o-mini".into()),
+                status: Some(200),
+                input_tokens: Some(200),
+                output_tokens: Some(50),
+                service: Some("checkout".into()),
+                features: Some(PromptFeatures {
+                    prompt_hash: Some(format!("{:064x}", (i % 12_000).wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+                    message_count: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            r.apply_cost(&prices);
+            r
+        })
+        .collect();
+    let ch = ClickHouse::start(&dir, "report_large_scope");
+    let collector = Collector::start(&dir, &ch);
+    let auth = format!("Bearer {}", collector.token);
+    for part in calls.chunks(4000) {
+        let (status, body) = collector.post(
+            &tokentap_event::wire::encode(part),
+            &[("authorization", auth.as_str()), ("content-encoding", "zstd")],
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_for("rows stored", Duration::from_secs(60), || {
+        (ch.count("SELECT count() FROM llm_calls FINAL") == calls.len() as u64).then_some(())
+    });
+    let out = dir.join("out");
+    let o = Command::new(collector_bin())
+        .args(["report", "--since", &calls[0].ts, "--until", &calls[calls.len() - 1].ts])
+        .args(["--out", &out.display().to_string()])
+        .args(["--clickhouse-url", &ch.url, "--database", &ch.database])
+        .output()
+        .expect("tokentap-collector");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let base = json(&out.join("baseline.json"));
+    let item = base["roadmap"].as_array().unwrap().iter().find(|i| i["kind"] == "duplicate_calls").expect("item");
+    assert_eq!(item["scope"].as_array().unwrap().len(), 10_000);
+    assert_eq!(item["baseline_value"], 0.5, "half the calls repeat a prompt: {item}");
+    let opps = detect(&calls, &prices, &Thresholds::default());
+    let rust = Baseline::build("report", &calls, &opps);
+    same(&serde_json::to_value(&rust).unwrap(), &base, "baseline", &["created_at"]);
+}

@@ -9,24 +9,23 @@ use tokentap_event::roadmap::{scope_of, Measured, Scoped};
 
 use super::{Result, Window};
 
-/// The calls of an item of `kind` whose scope is bound as `?` (`in_scope`
-/// in roadmap.rs); None: every call, no scope bound.
+/// The calls of an item of `kind` (`in_scope` in roadmap.rs), its keys in the
+/// table `{s}`; None: every call, no scope.
 fn in_scope(kind: Kind, t: &Thresholds) -> Option<String> {
-    Some(match kind {
-        Kind::DuplicateCalls => "has_f AND prompt_hash IS NOT NULL \
-            AND has(?, concat(model, '|', assumeNotNull(prompt_hash)))"
-            .into(),
-        Kind::PromptCaching => "has_f AND prefix_hash IS NOT NULL AND has(?, assumeNotNull(prefix_hash))".into(),
-        Kind::ModelDowngrade => format!(
-            "(ifNull(output <= {s}, 0) OR ifNull(max_tokens <= {s}, 0)) AND has(?, work_key)",
-            s = t.short_output
-        ),
-        Kind::ContextBloat | Kind::AgentLoop => "has_f AND conv IS NOT NULL AND has(?, assumeNotNull(conv))".into(),
-        Kind::EmbeddingBatching => {
-            "has_f AND embedding_inputs IS NOT NULL AND has(?, concat(sender, '|', model))".into()
+    let key = match kind {
+        Kind::DuplicateCalls => "has_f AND prompt_hash IS NOT NULL AND concat(model, '|', assumeNotNull(prompt_hash))",
+        Kind::PromptCaching => "has_f AND prefix_hash IS NOT NULL AND assumeNotNull(prefix_hash)",
+        Kind::ModelDowngrade => {
+            return Some(format!(
+                "(ifNull(output <= {s}, 0) OR ifNull(max_tokens <= {s}, 0)) AND work_key IN (SELECT key FROM {{s}})",
+                s = t.short_output
+            ))
         }
+        Kind::ContextBloat | Kind::AgentLoop => "has_f AND conv IS NOT NULL AND assumeNotNull(conv)",
+        Kind::EmbeddingBatching => "has_f AND embedding_inputs IS NOT NULL AND concat(sender, '|', model)",
         Kind::SemanticCache | Kind::VerboseFormat => return None,
-    })
+    };
+    Some(format!("{key} IN (SELECT key FROM {{s}})"))
 }
 
 #[derive(Row, Deserialize)]
@@ -45,6 +44,14 @@ fn share(a: f64, b: f64) -> Option<f64> {
 
 /// `roadmap::measure` of `kind` with `scope` on the window.
 pub(super) async fn measure(w: &Window, kind: Kind, scope: &[String]) -> Result<Measured> {
+    let s = w.scope_table(scope).await?;
+    let m = measure_in(w, kind, &s).await;
+    w.drop_scope(&s).await?;
+    m
+}
+
+/// [`measure`] with the scope in table `s`.
+async fn measure_in(w: &Window, kind: Kind, s: &str) -> Result<Measured> {
     let t = Thresholds::default();
     let (a, b) = match kind {
         Kind::PromptCaching => ("ifNull(cached, 0)", "ifNull(input, 0)"),
@@ -54,16 +61,14 @@ pub(super) async fn measure(w: &Window, kind: Kind, scope: &[String]) -> Result<
         Kind::EmbeddingBatching => ("ifNull(embedding_inputs, 0)", "1"),
         _ => ("0", "1"),
     };
-    let filter = in_scope(kind, &t);
-    let mut q = w.query(&format!(
-        "SELECT model, count() AS calls, sum(ifNull(cost, 0)) AS spend, toFloat64(sum({a})) AS a, \
-         toFloat64(sum({b})) AS b FROM {{t}} WHERE ok AND ({}) GROUP BY model ORDER BY model",
-        filter.as_deref().unwrap_or("1")
-    ));
-    if filter.is_some() {
-        q = q.bind(scope);
-    }
-    let rows: Vec<InScope> = q.fetch_all().await?;
+    let filter = in_scope(kind, &t).unwrap_or_else(|| "1".into()).replace("{s}", s);
+    let rows: Vec<InScope> = w
+        .query(&format!(
+            "SELECT model, count() AS calls, sum(ifNull(cost, 0)) AS spend, toFloat64(sum({a})) AS a, \
+             toFloat64(sum({b})) AS b FROM {{t}} WHERE ok AND ({filter}) GROUP BY model ORDER BY model"
+        ))
+        .fetch_all()
+        .await?;
     let calls: u64 = rows.iter().map(|r| r.calls).sum();
     let (sa, sb) = (rows.iter().map(|r| r.a).sum::<f64>(), rows.iter().map(|r| r.b).sum::<f64>());
     let value = match kind {
@@ -105,8 +110,15 @@ struct Ratio {
 
 /// `roadmap::scoped`: the opportunity's metric on the window and its target.
 pub(super) async fn scoped(w: &Window, o: &Opportunity) -> Result<Scoped> {
-    let scope = scope_of(o);
-    let measured = measure(w, o.kind, &scope).await?;
+    let s = w.scope_table(&scope_of(o)).await?;
+    let r = scoped_in(w, o, &s).await;
+    w.drop_scope(&s).await?;
+    r
+}
+
+/// [`scoped`] with the scope in table `s`.
+async fn scoped_in(w: &Window, o: &Opportunity, s: &str) -> Result<Scoped> {
+    let measured = measure_in(w, o.kind, s).await?;
     let b = measured.value.unwrap_or(0.0);
     let at_most = |level: f64| level.min(b * 0.2);
     let target = match o.kind {
@@ -119,13 +131,12 @@ pub(super) async fn scoped(w: &Window, o: &Opportunity) -> Result<Scoped> {
         Kind::PromptCaching => {
             // A prefix sent n times can be read from the cache n - 1 times; 80 % of that.
             let r: Ratio = w
-                .query(
+                .query(&format!(
                     "SELECT sum((toFloat64(n) - 1) / n * p) AS a, toFloat64(sum(i)) AS b FROM \
                      (SELECT count() AS n, sum(assumeNotNull(prefix_tokens)) AS p, sum(ifNull(input, 0)) AS i \
-                      FROM {t} WHERE ok AND has_f AND prefix_tokens IS NOT NULL AND prefix_hash IS NOT NULL \
-                      AND has(?, assumeNotNull(prefix_hash)) GROUP BY prefix_hash)",
-                )
-                .bind(&scope)
+                      FROM {{t}} WHERE ok AND has_f AND prefix_tokens IS NOT NULL AND prefix_hash IS NOT NULL \
+                      AND assumeNotNull(prefix_hash) IN (SELECT key FROM {s}) GROUP BY prefix_hash)"
+                ))
                 .fetch_one()
                 .await?;
             0.8 * share(r.a, r.b).unwrap_or(0.0)
@@ -133,14 +144,14 @@ pub(super) async fn scoped(w: &Window, o: &Opportunity) -> Result<Scoped> {
         Kind::ContextBloat => {
             // History capped at twice the first turn (in turn order), 5 % slack.
             let r: Ratio = w
-                .query(
+                .query(&format!(
                     "SELECT sum(arraySum(arrayMap(x -> least(x, inputs[1] * 2), inputs))) AS a, \
                      toFloat64(sum(length(inputs))) AS b FROM \
                      (SELECT arrayMap(x -> toFloat64(x.3), arraySort(x -> (x.1, x.2), \
                          groupArray((message_count, us, ifNull(input, 0))))) AS inputs \
-                      FROM {t} WHERE ok AND has_f AND conv IS NOT NULL AND has(?, assumeNotNull(conv)) GROUP BY conv)",
-                )
-                .bind(&scope)
+                      FROM {{t}} WHERE ok AND has_f AND conv IS NOT NULL \
+                      AND assumeNotNull(conv) IN (SELECT key FROM {s}) GROUP BY conv)"
+                ))
                 .fetch_one()
                 .await?;
             1.05 * share(r.a, r.b).unwrap_or(0.0)

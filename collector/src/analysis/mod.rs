@@ -22,6 +22,11 @@ mod measure;
 
 pub type Result<T> = std::result::Result<T, clickhouse::error::Error>;
 
+#[derive(clickhouse::Row, serde::Serialize)]
+struct ScopeKey<'a> {
+    key: &'a str,
+}
+
 /// What each query reads of a call; `ok` marks the calls the detectors and
 /// the roadmap count (no status, or 2xx), as `opportunities::detect` does.
 const SCRATCH: &str = "
@@ -57,9 +62,6 @@ WHERE ts >= fromUnixTimestamp64Micro(?) AND ts <= fromUnixTimestamp64Micro(?)";
 /// Bytes a GROUP BY or a sort may hold in memory before it spills to disk:
 /// grouping 100 M calls by prompt hash must not take the server's memory.
 const SPILL_BYTES: &str = "2000000000";
-/// A query's text may carry a roadmap item's scope: up to `MAX_SCOPE_KEYS`
-/// (10,000) keys of model name and hash, far over the default 256 KiB.
-const MAX_QUERY_BYTES: &str = "33554432";
 
 /// A window of calls copied to a scratch table.
 pub struct Window {
@@ -73,8 +75,7 @@ impl Window {
         let client = client
             .clone()
             .with_setting("max_bytes_before_external_group_by", SPILL_BYTES)
-            .with_setting("max_bytes_before_external_sort", SPILL_BYTES)
-            .with_setting("max_query_size", MAX_QUERY_BYTES);
+            .with_setting("max_bytes_before_external_sort", SPILL_BYTES);
         let table = format!("tokentap_window_{}", uuid::Uuid::new_v4().simple());
         let sql = format!("CREATE TABLE {table} ENGINE = MergeTree ORDER BY tuple() AS {SCRATCH}");
         client.query(&sql).bind(since_us).bind(until_us).execute().await?;
@@ -84,6 +85,26 @@ impl Window {
     /// Drops the scratch table.
     pub async fn close(self) -> Result<()> {
         self.client.query(&format!("DROP TABLE IF EXISTS {}", self.table)).execute().await
+    }
+
+    /// A roadmap item's scope (up to `MAX_SCOPE_KEYS` keys) as a table of
+    /// one `key` column: bound into the query's text it could pass the
+    /// server's `max_query_size` (256 KiB by default). Dropped with [`Self::drop_scope`].
+    async fn scope_table(&self, keys: &[String]) -> Result<String> {
+        let name = format!("{}_scope_{}", self.table, uuid::Uuid::new_v4().simple());
+        self.client.query(&format!("CREATE TABLE {name} (key String) ENGINE = Memory")).execute().await?;
+        if !keys.is_empty() {
+            let mut insert = self.client.insert::<ScopeKey>(&name).await?;
+            for key in keys {
+                insert.write(&ScopeKey { key }).await?;
+            }
+            insert.end().await?;
+        }
+        Ok(name)
+    }
+
+    async fn drop_scope(&self, name: &str) -> Result<()> {
+        self.client.query(&format!("DROP TABLE IF EXISTS {name}")).execute().await
     }
 
     /// A query over the scratch table: `{t}` in `sql` names it.
