@@ -36,7 +36,7 @@ impl Percentiles {
     }
 
     /// The 1-based rank of quantile `q` among `n` values.
-    pub fn rank(q: f64, n: usize) -> usize {
+    fn rank(q: f64, n: usize) -> usize {
         ((q * n as f64).ceil() as usize).clamp(1, n)
     }
 }

@@ -154,8 +154,30 @@ struct GroupRow {
     spend: f64,
     dedupable: u64,
     distinct_prompts: u64,
-    latency: Vec<f64>,
-    ttft: Vec<f64>,
+    latency: Ranks,
+    ttft: Ranks,
+}
+
+/// Nearest-rank p50, p90, p99 of a set of values and how many there are.
+#[derive(Row, Deserialize)]
+struct Ranks {
+    n: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+}
+
+impl Ranks {
+    fn percentiles(&self) -> Option<Percentiles> {
+        (self.n > 0).then_some(Percentiles { p50: self.p50, p90: self.p90, p99: self.p99 })
+    }
+}
+
+/// [`Ranks`] of the sorted array `s`, as `baseline::Percentiles::of` ranks:
+/// the value at rank ceil(q x n), at least 1.
+fn ranks(s: &str) -> String {
+    let at = |q: &str| format!("if(length({s}) = 0, 0., {s}[toUInt64(greatest(1, ceil({q} * length({s}))))])");
+    format!("(length({s}), {}, {}, {})", at("0.5"), at("0.9"), at("0.99"))
 }
 
 /// The baseline's sums per group, or over all calls (`keys` empty).
@@ -166,20 +188,20 @@ async fn metric_rows(w: &Window, grouped: bool) -> Result<Vec<GroupRow>> {
         ("'' AS k1, '' AS k2, CAST(NULL, 'Nullable(String)') AS k3, '' AS k4", "", "(model, prompt_hash)")
     };
     let dedupable = "has_f AND prompt_hash IS NOT NULL AND embedding_inputs IS NULL";
+    // The percentiles are taken in ClickHouse: only three values per group leave it.
     w.query(&format!(
-        "SELECT {keys}, count() AS n_calls, countIf(ifNull(status >= 400, 0)) AS errors, sum(ifNull(input, 0)) AS n_input, \
-         sum(ifNull(output, 0)) AS n_output, sum(ifNull(cached, 0)) AS n_cached, sum(ifNull(cost, 0)) AS spend, \
-         countIf({dedupable}) AS dedupable, uniqExactIf({prompt}, {dedupable}) AS distinct_prompts, \
-         arraySort(groupArrayIf(assumeNotNull(duration_ms), duration_ms IS NOT NULL)) AS latency, \
-         arraySort(groupArrayIf(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL)) AS ttft FROM {{t}} {by}"
+        "SELECT * EXCEPT (lat, tt), {} AS latency, {} AS ttft FROM \
+         (SELECT {keys}, count() AS n_calls, countIf(ifNull(status >= 400, 0)) AS errors, \
+          sum(ifNull(input, 0)) AS n_input, sum(ifNull(output, 0)) AS n_output, sum(ifNull(cached, 0)) AS n_cached, \
+          sum(ifNull(cost, 0)) AS spend, countIf({dedupable}) AS dedupable, \
+          uniqExactIf({prompt}, {dedupable}) AS distinct_prompts, \
+          arraySort(groupArrayIf(assumeNotNull(duration_ms), duration_ms IS NOT NULL)) AS lat, \
+          arraySort(groupArrayIf(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL)) AS tt FROM {{t}} {by})",
+        ranks("lat"),
+        ranks("tt")
     ))
     .fetch_all()
     .await
-}
-
-fn percentiles(sorted: &[f64]) -> Option<Percentiles> {
-    let at = |q: f64| sorted[Percentiles::rank(q, sorted.len()) - 1];
-    (!sorted.is_empty()).then(|| Percentiles { p50: at(0.5), p90: at(0.9), p99: at(0.99) })
 }
 
 impl GroupRow {
@@ -271,7 +293,7 @@ pub(super) async fn facts(w: &Window) -> Result<Facts> {
             feature: g.feature.clone(),
             provider: g.provider.clone(),
         };
-        groups.push(Group { key, metrics: sums.metrics(percentiles(&g.latency), percentiles(&g.ttft)) });
+        groups.push(Group { key, metrics: sums.metrics(g.latency.percentiles(), g.ttft.percentiles()) });
     }
     // As `baseline::group_metrics`: by key, then the most expensive first.
     groups.sort_by(|a, b| a.key.cmp(&b.key));
@@ -280,7 +302,7 @@ pub(super) async fn facts(w: &Window) -> Result<Facts> {
         Some(all) => {
             let mut sums = all.sums();
             (sums.frontier_usd, sums.frontier_calls) = (frontier_usd, frontier_calls);
-            sums.metrics(percentiles(&all.latency), percentiles(&all.ttft))
+            sums.metrics(all.latency.percentiles(), all.ttft.percentiles())
         }
         None => Sums::default().metrics(None, None),
     };
