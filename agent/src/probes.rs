@@ -2,7 +2,8 @@
 //! TLS functions of each discovered file, placed by each capture method's entry
 //! in [`METHODS`] (Go's at entry and at every return instruction), the exec/exit
 //! tracepoints, and the socket syscall tracepoints.
-//! Dropping [`Probes`] detaches everything.
+//! Dropping [`Probes`] detaches everything; [`Probes::detach`] does it in the
+//! order that cuts fewest calls.
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -322,6 +323,27 @@ impl Probes {
 
     pub fn attached(&self) -> usize {
         self.attached.len()
+    }
+
+    /// Detach every program, those that copy what a client sends first
+    /// (`*write*`, `*send*`): no new call starts while the rest detach, and a
+    /// call whose request went out still has its response read, so the exit
+    /// cuts as few calls as it can (`dropped_at_exit`). Dropping the object
+    /// detaches the rest in no particular order.
+    pub fn detach(mut self) {
+        let egress: Vec<String> = self
+            .ebpf
+            .programs()
+            .map(|(name, _)| name.to_owned())
+            .filter(|n| n.contains("write") || n.contains("send"))
+            .collect();
+        for name in egress {
+            if let Some(aya::programs::Program::UProbe(p)) = self.ebpf.program_mut(&name) {
+                if let Err(e) = p.unload() {
+                    tracing::debug!(program = name, error = %e, "unloading");
+                }
+            }
+        }
     }
 
     /// Attach every probe `target` has symbols for. Returns false when it was

@@ -364,10 +364,9 @@ fn discovery_loop(
         send_unprobed(&mut discovery, &unprobed_tx);
         send_jvms(&mut discovery, &jvm_tx);
     }
-    // Dropping `probes` detaches every program.
     let t = Instant::now();
     let n = probes.attached();
-    drop(probes);
+    probes.detach();
     tracing::info!(targets = n, took_ms = t.elapsed().as_millis() as u64, "probes detached");
 }
 
