@@ -199,10 +199,12 @@ fn near_duplicate_share(rs: &[&LlmCall], t: &Thresholds) -> Option<f64> {
 
 /// Targets: an "at most" share falls to a fifth of the baseline or to the
 /// named level, whichever is lower; an "at least" level is what the scope can
-/// reach (docs/opportunities.md).
-fn target(kind: Kind, baseline: Option<f64>, records: &[&LlmCall], scope: &HashSet<&str>) -> f64 {
+/// reach (docs/opportunities.md). `reach` gives that level's (numerator,
+/// denominator) over the scope; it is asked only for the kinds that need it.
+pub fn target_of(kind: Kind, baseline: Option<f64>, reach: impl FnOnce() -> (f64, f64)) -> f64 {
     let b = baseline.unwrap_or(0.0);
     let at_most = |level: f64| level.min(b * 0.2);
+    let reached = |(a, b): (f64, f64)| share(a, b).unwrap_or(0.0);
     match kind {
         Kind::DuplicateCalls => at_most(0.01),
         Kind::SemanticCache => at_most(0.05),
@@ -210,8 +212,20 @@ fn target(kind: Kind, baseline: Option<f64>, records: &[&LlmCall], scope: &HashS
         Kind::AgentLoop => at_most(0.05),
         Kind::VerboseFormat => at_most(0.01),
         Kind::EmbeddingBatching => 8.0,
+        // Cacheable prefix tokens over input tokens: a prefix sent n times
+        // can be read from the cache n - 1 times; 80 % of that.
+        Kind::PromptCaching => 0.8 * reached(reach()),
+        // Input tokens with history capped at twice the first turn (as the
+        // detector assumes) over calls; 5 % slack: a window is rarely cut at
+        // exactly the cap.
+        Kind::ContextBloat => 1.05 * reached(reach()),
+    }
+}
+
+/// [`target_of`] over the scope's records.
+fn target(kind: Kind, baseline: Option<f64>, records: &[&LlmCall], scope: &HashSet<&str>) -> f64 {
+    target_of(kind, baseline, || match kind {
         Kind::PromptCaching => {
-            // A prefix sent n times can be read from the cache n - 1 times; 80 % of that.
             let mut by: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
             for r in records {
                 let Some(f) = r.features.as_ref() else { continue };
@@ -224,27 +238,24 @@ fn target(kind: Kind, baseline: Option<f64>, records: &[&LlmCall], scope: &HashS
                     }
                 }
             }
-            let (cacheable, input) = by.values().fold((0.0, 0.0), |(c, i), (n, p, inp)| {
+            by.values().fold((0.0, 0.0), |(c, i), (n, p, inp)| {
                 (c + (*n as f64 - 1.0) / *n as f64 * *p as f64, i + *inp as f64)
-            });
-            0.8 * share(cacheable, input).unwrap_or(0.0)
+            })
         }
-        Kind::ContextBloat => {
-            // History capped at twice the first turn, as the detector assumes.
+        _ => {
             let convs = conversations(records);
-            let caps: Vec<f64> = convs
+            let caps: f64 = convs
                 .iter()
                 .filter(|(h, _)| scope.contains(*h))
                 .map(|(_, v)| {
                     let first = v[0].input_tokens.unwrap_or(0) as f64;
                     v.iter().map(|r| (r.input_tokens.unwrap_or(0) as f64).min(first * 2.0)).sum::<f64>()
                 })
-                .collect();
+                .sum();
             let calls: usize = convs.iter().filter(|(h, _)| scope.contains(*h)).map(|(_, v)| v.len()).sum();
-            // 5 % slack: a window is rarely cut at exactly the cap.
-            1.05 * share(caps.iter().sum(), calls as f64).unwrap_or(0.0)
+            (caps, calls as f64)
         }
-    }
+    })
 }
 
 const SPRINTS: [(u32, &str, &str, i64, i64); 3] = [

@@ -5,7 +5,7 @@ use clickhouse::Row;
 use serde::Deserialize;
 use tokentap_event::baseline::is_frontier;
 use tokentap_event::opportunities::{Kind, Opportunity, Thresholds};
-use tokentap_event::roadmap::{scope_of, Measured, Scoped};
+use tokentap_event::roadmap::{self, scope_of, Measured, Scoped};
 
 use super::{Result, Window};
 
@@ -119,43 +119,31 @@ pub(super) async fn scoped(w: &Window, o: &Opportunity) -> Result<Scoped> {
 /// [`scoped`] with the scope in table `s`.
 async fn scoped_in(w: &Window, o: &Opportunity, s: &str) -> Result<Scoped> {
     let measured = measure_in(w, o.kind, s).await?;
-    let b = measured.value.unwrap_or(0.0);
-    let at_most = |level: f64| level.min(b * 0.2);
-    let target = match o.kind {
-        Kind::DuplicateCalls => at_most(0.01),
-        Kind::SemanticCache => at_most(0.05),
-        Kind::ModelDowngrade => at_most(0.10),
-        Kind::AgentLoop => at_most(0.05),
-        Kind::VerboseFormat => at_most(0.01),
-        Kind::EmbeddingBatching => 8.0,
-        Kind::PromptCaching => {
-            // A prefix sent n times can be read from the cache n - 1 times; 80 % of that.
-            let r: Ratio = w
-                .query(&format!(
-                    "SELECT sum((toFloat64(n) - 1) / n * p) AS a, toFloat64(sum(i)) AS b FROM \
-                     (SELECT count() AS n, sum(assumeNotNull(prefix_tokens)) AS p, sum(ifNull(input, 0)) AS i \
-                      FROM {{t}} WHERE ok AND has_f AND prefix_tokens IS NOT NULL AND prefix_hash IS NOT NULL \
-                      AND assumeNotNull(prefix_hash) IN (SELECT key FROM {s}) GROUP BY prefix_hash)"
-                ))
-                .fetch_one()
-                .await?;
-            0.8 * share(r.a, r.b).unwrap_or(0.0)
-        }
-        Kind::ContextBloat => {
-            // History capped at twice the first turn (in turn order), 5 % slack.
-            let r: Ratio = w
-                .query(&format!(
-                    "SELECT sum(arraySum(arrayMap(x -> least(x, inputs[1] * 2), inputs))) AS a, \
-                     toFloat64(sum(length(inputs))) AS b FROM \
-                     (SELECT arrayMap(x -> toFloat64(x.3), arraySort(x -> (x.1, x.2), \
-                         groupArray((message_count, us, ifNull(input, 0))))) AS inputs \
-                      FROM {{t}} WHERE ok AND has_f AND conv IS NOT NULL \
-                      AND assumeNotNull(conv) IN (SELECT key FROM {s}) GROUP BY conv)"
-                ))
-                .fetch_one()
-                .await?;
-            1.05 * share(r.a, r.b).unwrap_or(0.0)
-        }
+    // What the scope can reach, for the two kinds whose target is a level (`roadmap::target_of`).
+    let reach = match o.kind {
+        Kind::PromptCaching => Some(format!(
+            "SELECT sum((toFloat64(n) - 1) / n * p) AS a, toFloat64(sum(i)) AS b FROM \
+             (SELECT count() AS n, sum(assumeNotNull(prefix_tokens)) AS p, sum(ifNull(input, 0)) AS i \
+              FROM {{t}} WHERE ok AND has_f AND prefix_tokens IS NOT NULL AND prefix_hash IS NOT NULL \
+              AND assumeNotNull(prefix_hash) IN (SELECT key FROM {s}) GROUP BY prefix_hash)"
+        )),
+        Kind::ContextBloat => Some(format!(
+            "SELECT sum(arraySum(arrayMap(x -> least(x, inputs[1] * 2), inputs))) AS a, \
+             toFloat64(sum(length(inputs))) AS b FROM \
+             (SELECT arrayMap(x -> toFloat64(x.3), arraySort(x -> (x.1, x.2), \
+                 groupArray((message_count, us, ifNull(input, 0))))) AS inputs \
+              FROM {{t}} WHERE ok AND has_f AND conv IS NOT NULL \
+              AND assumeNotNull(conv) IN (SELECT key FROM {s}) GROUP BY conv)"
+        )),
+        _ => None,
     };
+    let reached = match reach {
+        Some(sql) => {
+            let r: Ratio = w.query(&sql).fetch_one().await?;
+            (r.a, r.b)
+        }
+        None => (0.0, 0.0),
+    };
+    let target = roadmap::target_of(o.kind, measured.value, || reached);
     Ok(Scoped { measured, target })
 }
