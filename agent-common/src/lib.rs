@@ -418,6 +418,16 @@ pub enum LossCounter {
     /// Not a loss: reads not copied because they fell inside a response body
     /// user space muted ([`MuteRange`]).
     MutedReads = 11,
+    /// Not a loss: calls not copied because another agent owns their
+    /// connection (two agents overlap during an upgrade: see [`ConnOwner`]).
+    OwnedElsewhere = 12,
+    /// Not a loss: keep-alive connections this agent received from the agent
+    /// before it at an exchange boundary (a new request after a whole response).
+    HandoverReceived = 13,
+    /// Connections this agent took from an agent that exited while owning
+    /// them: joined wherever they stood (what was cut is counted by the
+    /// parsers, `joined_mid_stream`, and by the old agent, `dropped_at_exit`).
+    HandoverFromExited = 14,
 }
 
 impl LossCounter {
@@ -436,15 +446,46 @@ impl LossCounter {
         Self::SocketsTls,
         Self::HelloLost,
         Self::MutedReads,
+        Self::OwnedElsewhere,
+        Self::HandoverReceived,
+        Self::HandoverFromExited,
     ];
 
-    /// Whether the counter is a loss of data (four of them count skipped work).
+    /// Whether the counter is a loss of data (the others count skipped work
+    /// or handovers).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Self::FilteredIgnored | Self::SocketsNotHttp | Self::SocketsTls | Self::MutedReads)
+        !matches!(
+            self,
+            Self::FilteredIgnored
+                | Self::SocketsNotHttp
+                | Self::SocketsTls
+                | Self::MutedReads
+                | Self::OwnedElsewhere
+                | Self::HandoverReceived
+                | Self::HandoverFromExited
+        )
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 12;
+pub const LOSS_COUNTERS: u32 = 15;
+
+/// Who copies a connection when agents overlap (a rolling upgrade), in the
+/// pinned `CONN_OWNERS` map: the owning agent's tgid, the direction of the
+/// connection's last copied call, and how it last changed hands
+/// ([`HANDED_OVER`], [`TAKEN_FROM_EXITED`]; the owner's program counts it and
+/// clears it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOwner {
+    pub agent: u32,
+    pub last_dir: u16,
+    pub moved: u16,
+}
+
+/// [`ConnOwner::moved`]: handed over at an exchange boundary.
+pub const HANDED_OVER: u16 = 1;
+/// [`ConnOwner::moved`]: taken from an agent that exited owning it.
+pub const TAKEN_FROM_EXITED: u16 = 2;
 
 /// Bytes of a connection's ingress stream (`DataHeader::stream_pos`) user
 /// space asked the kernel not to copy: `[from, to)`, the rest of a response
@@ -474,6 +515,7 @@ mod user {
     unsafe impl aya::Pod for ControlEvent {}
     unsafe impl aya::Pod for SslKey {}
     unsafe impl aya::Pod for MuteRange {}
+    unsafe impl aya::Pod for ConnOwner {}
     unsafe impl aya::Pod for GoCallKey {}
     unsafe impl aya::Pod for SockArgs {}
     unsafe impl aya::Pod for SockKey {}

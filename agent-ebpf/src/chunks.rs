@@ -12,7 +12,8 @@
 //! is cut and its last chunk flagged truncated; a chunk the ring buffer can't
 //! take marks the connection so its next chunk carries [`FLAG_GAP_BEFORE`];
 //! connections user space asked to skip ([`IGNORED_CONNS`]) are not copied at all,
-//! nor are reads inside a response body user space muted ([`MUTED`]).
+//! nor are reads inside a response body user space muted ([`MUTED`]), nor
+//! calls on a connection another agent owns (an upgrade: [`crate::handover`]).
 //!
 //! Muting, and why by stream position: a keep-alive HTTP/1.1 connection stays
 //! a client's, so each of its requests is read, but a non-LLM response (a
@@ -84,6 +85,7 @@ static IN_POS: LruHashMap<SslKey, InPos> = LruHashMap::with_max_entries(65536, 0
 
 /// A connection's key may be reused: forget what the kernel holds for it.
 pub(crate) fn forget_conn(key: SslKey) {
+    crate::handover::forget(key);
     let _ = IGNORED_CONNS.remove(key);
     let _ = IN_POS.remove(key);
     let _ = MUTED.remove(key);
@@ -145,9 +147,14 @@ pub(crate) struct Emit {
 
 /// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
+    let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
+    // Another agent's connection (an upgrade in progress): not ours to copy.
+    if !crate::handover::owns(key, direction, e.buf) {
+        return;
+    }
     let mut at = (0, 0);
     if direction == DIR_INGRESS {
-        let (base, pos, muted) = place_read(SslKey { tgid: pid_tgid >> 32, ssl: e.conn }, len);
+        let (base, pos, muted) = place_read(key, len);
         if muted {
             count_loss(LossCounter::MutedReads, 1);
             return;

@@ -14,6 +14,8 @@
 //!   connections named (their hello, through [`hello`]) and counted;
 //! - [`hello`]: the first write of a TLS client connection to user space;
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
+//! - [`handover`]: which of two overlapping agents (an upgrade) copies each
+//!   connection, and when one hands it to the next;
 //! - [`chunks`]: the copy path all capture methods share (connection filter,
 //!   per-CPU scratch, ordered chunks into the ring buffer);
 //! - [`ring`]: the ring buffer itself, its wake-up policy, control events and the
@@ -27,6 +29,7 @@
 mod boringssl;
 mod chunks;
 mod go_tls;
+mod handover;
 mod hello;
 mod java;
 mod openssl;

@@ -2,7 +2,8 @@
 //!
 //! Why these hooks: the `sched_process_exec` raw tracepoint prompts user space to
 //! look for TLS libraries in a new program, and `sched_process_exit` lets it
-//! free a process's state (here: the process's socket and first-call entries).
+//! free a process's state (here: the process's socket and first-call entries,
+//! and, for an agent that died, its place among the running agents).
 //! `_dl_debug_state` in the dynamic loader runs after every library load or
 //! unload, so a library `dlopen`ed later is found at once too. Raw tracepoints
 //! need no tracefs mount (often absent in containers).
@@ -45,6 +46,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         let _ = SOCK_PROCS.remove((pid_tgid >> 32) as u32);
         let _ = PROCS_SEEN.remove((pid_tgid >> 32) as u32);
+        crate::handover::agent_exited((pid_tgid >> 32) as u32);
         emit_control(EventKind::Exit, 0);
     }
     0

@@ -69,6 +69,18 @@ pub struct Cli {
     /// Kernel ring buffer size in bytes (power of two). Default: 16777216.
     #[arg(global = true, long, value_name = "BYTES")]
     pub ring_buffer_bytes: Option<u32>,
+    /// Upgrade without a gap: a directory on bpffs (e.g. /sys/fs/bpf/tokentap)
+    /// where agents on this node share who copies each connection. A new agent
+    /// takes new connections once ready; the old one hands over its keep-alive
+    /// connections at their next request and, when stopped, first finishes its
+    /// calls in flight. Needs the host's PID namespace. Default: unset (each
+    /// agent copies everything it probes).
+    #[arg(global = true, long, value_name = "DIR")]
+    pub handover_dir: Option<PathBuf>,
+    /// With --handover-dir, how long a stopped agent that has a successor waits
+    /// for its calls in flight before it detaches. Default: 20.
+    #[arg(global = true, long, value_name = "SECS")]
+    pub handover_drain_secs: Option<u64>,
     /// Largest request or response body kept per call; larger calls are dropped and
     /// counted. Also caps decompressed size. Default: 16777216.
     #[arg(global = true, long, value_name = "BYTES")]
@@ -194,6 +206,10 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Remove what the agents left in the kernel for upgrades: the maps pinned
+    /// in --handover-dir, default /sys/fs/bpf/tokentap (the last agent to stop removes them itself; this is
+    /// for one that was killed). Probes need nothing: they go with the process.
+    Uninstall,
 }
 
 /// `1800`, `90s`, `30m`, `2h`, `1d` -> seconds.
@@ -230,6 +246,8 @@ pub struct FileConfig {
     pub stats_file: Option<PathBuf>,
     pub prices: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
+    pub handover_dir: Option<PathBuf>,
+    pub handover_drain_secs: Option<u64>,
     pub max_body_bytes: Option<usize>,
     pub max_buffered_bytes: Option<usize>,
     pub max_connections: Option<usize>,
@@ -288,6 +306,10 @@ pub struct Settings {
     pub stats_file: Option<PathBuf>,
     pub prices: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
+    /// Where agents share connection ownership during an upgrade (`handover`).
+    pub handover_dir: Option<PathBuf>,
+    /// How long a stopped agent with a successor waits for its calls in flight.
+    pub handover_drain: Duration,
     pub max_body_bytes: usize,
     pub max_buffered_bytes: usize,
     pub max_connections: usize,
@@ -344,6 +366,8 @@ impl Settings {
             stats_file: cli.stats_file.clone().or(file.stats_file),
             prices: cli.prices.clone().or(file.prices),
             ring_buffer_bytes: cli.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(16 << 20),
+            handover_dir: cli.handover_dir.clone().or(file.handover_dir),
+            handover_drain: Duration::from_secs(cli.handover_drain_secs.or(file.handover_drain_secs).unwrap_or(20)),
             max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(16 << 20),
             max_buffered_bytes: cli.max_buffered_bytes.or(file.max_buffered_bytes).unwrap_or(256 << 20),
             max_connections: cli.max_connections.or(file.max_connections).unwrap_or(16384),

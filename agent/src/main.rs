@@ -31,6 +31,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::Uninstall) = &cli.command {
+        return uninstall(settings.handover_dir.as_deref());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     // Logs go to stderr so that `--output stdout` stays pure JSONL.
@@ -44,6 +47,25 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("tokentap-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tokentap-agent uninstall`: remove the handover pins, say what was there.
+fn uninstall(dir: Option<&std::path::Path>) -> std::process::ExitCode {
+    let dir = dir.unwrap_or(std::path::Path::new("/sys/fs/bpf/tokentap"));
+    match tokentap_agent::handover::uninstall(dir) {
+        Ok((running, pins)) => {
+            println!("removed {pins} pinned maps from {}", dir.display());
+            for pid in running {
+                // Its own maps stay with it until it exits; nothing is pinned for it any more.
+                println!("agent {pid} still runs: its probes go when it stops");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokentap-agent uninstall: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -170,6 +170,11 @@ impl Pipeline {
         self.conns.iter().map(|(_, e)| e.state.http.buffered()).sum()
     }
 
+    /// LLM calls begun on some connection and not yet complete.
+    pub fn calls_in_flight(&self) -> usize {
+        self.conns.iter().map(|(_, e)| e.state.http.calls_in_flight()).sum()
+    }
+
     /// One ring-buffer record.
     pub fn handle(&mut self, raw: &[u8]) {
         Stats::inc(&self.stats.events);

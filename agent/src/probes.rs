@@ -18,6 +18,7 @@ use tokentap_agent_common::{LossCounter, MuteRange, SockId, SockKey, SockState, 
 use crate::blind_spots::SocketTable;
 use crate::capture::event::Totals;
 use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
+use crate::handover::Handover;
 use crate::stats::{Counted, Stats};
 
 /// The eBPF object built by build.rs.
@@ -41,6 +42,8 @@ pub enum ProbeError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("ring buffer size {0} must be a power of two and a multiple of the page size")]
     BadRingSize(u32),
+    #[error(transparent)]
+    Handover(#[from] crate::handover::HandoverError),
 }
 
 /// One capture method as user space sees it: the eBPF programs it brings (all
@@ -276,7 +279,13 @@ impl LossReader {
 impl Probes {
     /// Load the object into the kernel, load every program, attach the
     /// tracepoints, and hand out the maps user space reads.
-    pub fn load(ring_buffer_bytes: u32, sockets: bool) -> Result<(Self, Channels), ProbeError> {
+    /// With `handover` (a directory on bpffs), the maps two agents share
+    /// during an upgrade are pinned there (see `handover`).
+    pub fn load(
+        ring_buffer_bytes: u32,
+        sockets: bool,
+        handover: Option<&std::path::Path>,
+    ) -> Result<(Self, Channels, Option<Handover>), ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -285,7 +294,18 @@ impl Probes {
             return Err(ProbeError::BadRingSize(ring_buffer_bytes));
         }
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new().map_max_entries("EVENTS", ring_buffer_bytes).load(EBPF_OBJECT)?;
+        let me = crate::handover::me();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("EVENTS", ring_buffer_bytes).override_global("AGENT_TGID", &me, true);
+        if let Some(dir) = handover {
+            crate::handover::prepare(dir)?;
+            for name in crate::handover::PINNED {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        // Registered at once: from here on this agent's probes see the others'.
+        let handover = handover.map(|dir| Handover::open(&mut ebpf, dir)).transpose()?;
         for m in METHODS {
             for &name in m.programs {
                 let p: &mut UProbe = ebpf
@@ -318,7 +338,7 @@ impl Probes {
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
         let channels = Channels { events, loss, ignored, sockets };
-        Ok((Self { ebpf, attached: HashMap::new() }, channels))
+        Ok((Self { ebpf, attached: HashMap::new() }, channels, handover))
     }
 
     pub fn attached(&self) -> usize {

@@ -26,10 +26,13 @@ use crate::stats::{Stats, StatsFile};
 use aya::maps::{MapData, RingBuf};
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
+    // A signal ends the main loop; `stop` then ends the other threads, after
+    // a handover's drain (see below).
+    let signalled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, signalled.clone()).context("installing signal handlers")?;
     }
+    let stop = Arc::new(AtomicBool::new(false));
     let mut prices = PriceTable::shipped();
     if let Some(p) = &settings.prices {
         prices = prices.with_overrides(p)?;
@@ -80,7 +83,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (mut probes, channels) = Probes::load(settings.ring_buffer_bytes, settings.socket_capture)?;
+    let (mut probes, channels, mut handover) =
+        Probes::load(settings.ring_buffer_bytes, settings.socket_capture, settings.handover_dir.as_deref())?;
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     // Discovery tells the pipeline (for coverage) which processes map a TLS
     // library that is not probed.
@@ -114,11 +118,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // calls that complete while detaching (seconds with many targets) are
     // still read, and only those cut by the detach are lost (`dropped_at_exit`).
     let detached = Arc::new(AtomicBool::new(false));
+    let drain = Arc::new(Drain::default());
     let pipeline_thread = {
-        let (detached, stats, stats_file) = (detached.clone(), stats.clone(), settings.stats_file.clone());
+        let (detached, drain, stats) = (detached.clone(), drain.clone(), stats.clone());
+        let stats_file = settings.stats_file.clone();
         std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || read_loop(events, loss, pipeline, &detached, &stats, stats_file.as_deref()))?
+            .spawn(move || read_loop(events, loss, pipeline, (&detached, &drain), &stats, stats_file.as_deref()))?
     };
 
     // Initial discovery: library directories first (covers processes that load
@@ -159,6 +165,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             "processes whose maps or files this agent may not read (CAP_SYS_PTRACE, an LSM): their TLS libraries are not probed"
         );
     }
+    if let (Some(h), true) = (handover.as_mut(), capturing) {
+        // Probes attached: new connections are this agent's.
+        h.make_current()?;
+    }
     if let Some(r) = &settings.ready_file.as_ref().filter(|_| capturing) {
         std::fs::write(r, b"ready\n").with_context(|| format!("writing ready file {}", r.display()))?;
     }
@@ -177,9 +187,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     let deadline = settings.duration.map(|d| Instant::now() + d);
     let mut last_progress = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    let mut last_reap = Instant::now();
+    let mut superseded = false;
+    while !signalled.load(Ordering::Relaxed) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
+        }
+        if let Some(h) = handover.as_mut().filter(|_| last_reap.elapsed() >= Duration::from_secs(1)) {
+            last_reap = Instant::now();
+            h.reap();
+            if let (Some(next), false) = (h.successor(), superseded) {
+                superseded = true;
+                tracing::warn!(
+                    successor = next,
+                    "another agent now takes new connections; this one keeps its own until stopped"
+                );
+            }
         }
         if settings.progress && last_progress.elapsed() >= Duration::from_secs(5) {
             last_progress = Instant::now();
@@ -195,6 +218,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("stopping");
+    if let Some(h) = handover {
+        if let Some(next) = h.successor() {
+            // Its successor copies every new call: finish the ones in flight
+            // before the probes go, then leave so it takes the rest at once.
+            let (left, waited) = drain.wait(settings.handover_drain);
+            let waited_ms = waited.as_millis() as u64;
+            tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
+        }
+        h.leave();
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = discovery_thread.join();
     // An attach in progress may finish (every wait in it is bounded): a
@@ -375,13 +408,55 @@ fn discovery_loop(
 const DRAIN_BUSY_MS: i32 = 10;
 const DRAIN_IDLE_MS: i32 = 100;
 
+/// A handover's drain: the main thread asks, the reader answers with the
+/// calls still in flight after each pass over the ring buffer.
+#[derive(Default)]
+struct Drain {
+    asked: AtomicBool,
+    /// Calls in flight at the reader's last pass; `passes` counts the passes.
+    in_flight: std::sync::atomic::AtomicUsize,
+    passes: std::sync::atomic::AtomicU64,
+}
+
+impl Drain {
+    /// Wait until two passes of the reader in a row found no call in flight
+    /// (a request copied just before the first may be read by the second),
+    /// or `limit`. Returns the calls left and the time waited.
+    fn wait(&self, limit: Duration) -> (usize, Duration) {
+        let started = Instant::now();
+        self.asked.store(true, Ordering::Relaxed);
+        let mut quiet_since: Option<u64> = None;
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let pass = self.passes.load(Ordering::Acquire);
+            let left = self.in_flight.load(Ordering::Relaxed);
+            match (left, quiet_since) {
+                (0, None) => quiet_since = Some(pass),
+                (0, Some(p)) if pass >= p + 2 => return (0, started.elapsed()),
+                (0, Some(_)) => {}
+                _ => quiet_since = None,
+            }
+            if started.elapsed() >= limit {
+                return (left, started.elapsed());
+            }
+        }
+    }
+
+    fn report(&self, pipeline: &Pipeline) {
+        if self.asked.load(Ordering::Relaxed) {
+            self.in_flight.store(pipeline.calls_in_flight(), Ordering::Relaxed);
+            self.passes.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
 /// Reads the ring buffer until `detached` (every probe gone), then drains it
 /// once more and finishes.
 fn read_loop(
     mut events: RingBuf<MapData>,
     mut loss: LossReader,
     mut pipeline: Pipeline,
-    detached: &AtomicBool,
+    (detached, drain): (&AtomicBool, &Drain),
     stats: &Stats,
     stats_file: Option<&std::path::Path>,
 ) {
@@ -413,7 +488,8 @@ fn read_loop(
         // Every pass, idle ones too: the collector sink seals a batch once it is
         // old enough, whether or not new records arrived.
         pipeline.flush();
-        busy = n > 0;
+        drain.report(&pipeline);
+        busy = n > 0 || drain.asked.load(Ordering::Relaxed);
         if stopping {
             break;
         }

@@ -152,6 +152,16 @@ counters! {
     /// Not a loss: reads the kernel did not copy because they fell inside a
     /// response body no one records (`responses_muted`).
     kernel_muted_reads,
+    /// Not a loss: calls not copied because another agent owns their
+    /// connection (two agents overlap during an upgrade, `--handover-dir`).
+    kernel_owned_elsewhere,
+    /// Not a loss: keep-alive connections received from the previous agent at
+    /// an exchange boundary (its next request after a whole response).
+    kernel_handover_received,
+    /// Connections taken from an agent that exited while owning them, joined
+    /// wherever they stood (a cut call counts in `joined_mid_stream` here and
+    /// in the old agent's `dropped_at_exit`).
+    kernel_handover_from_exited,
     /// Not a loss: non-LLM HTTP/1.1 response bodies of at least 32 KiB whose
     /// remaining bytes the kernel was asked not to copy.
     responses_muted,
@@ -358,6 +368,9 @@ kernel_counters! {
     SocketsTls => kernel_sockets_tls,
     HelloLost => kernel_hello_lost,
     MutedReads => kernel_muted_reads,
+    OwnedElsewhere => kernel_owned_elsewhere,
+    HandoverReceived => kernel_handover_received,
+    HandoverFromExited => kernel_handover_from_exited,
 }
 
 impl Snapshot {

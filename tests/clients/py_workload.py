@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs a workload file with the real openai SDK, one call at a time: each item
-is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?};
+is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?,
+"fresh": true? (the call gets a client, and so a connection, of its own)};
 the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
@@ -25,15 +26,25 @@ def main():
     ap.add_argument("workload")
     a = ap.parse_args()
     ctx = ssl.create_default_context(cafile=a.ca)
-    oa = openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0,
-                       http_client=openai.DefaultHttpxClient(verify=ctx))
+
+    def client():
+        return openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0,
+                             http_client=openai.DefaultHttpxClient(verify=ctx))
+
+    shared = client()
     calls = json.load(open(a.workload))
     for c in calls:
         headers = {"x-test-usage": json.dumps(c["usage"])}
+        oa = client() if c.get("fresh") else shared
         if c["api"] == "chat":
-            oa.chat.completions.create(**c["body"], extra_headers=headers)
+            r = oa.chat.completions.create(**c["body"], extra_headers=headers)
+            if c["body"].get("stream"):
+                for _ in r:
+                    pass
         else:
             oa.embeddings.create(**c["body"], extra_headers=headers)
+        if oa is not shared:
+            oa.close()
         if c.get("pause"):
             time.sleep(c["pause"])
     print(json.dumps({"calls": len(calls), "pid": os.getpid()}), flush=True)

@@ -424,6 +424,13 @@ impl Agent {
         }
     }
 
+    /// SIGKILL (no clean exit: what a crash or an OOM kill leaves) and reap.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("agent running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Every file the agent wrote, as text (for secret greps).
     pub fn all_output(&self) -> String {
         [&self.records, &self.stats, &self.stderr]

@@ -248,6 +248,20 @@ impl<E: WsCalls> HttpConnection<E> {
         }
     }
 
+    /// LLM calls begun and not yet complete: a request being written or
+    /// waiting for (the rest of) its response. A handover waits for these.
+    pub fn calls_in_flight(&self) -> usize {
+        match &self.state {
+            State::Client | State::Resync { .. } => {
+                let waiting = self.pending.iter().filter(|(_, e)| e.is_some()).count();
+                waiting + self.heads.iter().filter(|e| e.is_some()).count()
+            }
+            State::Http2(c) => c.calls_in_flight(),
+            State::WebSocket(ws) => ws.calls_in_flight(),
+            State::Sniffing { .. } | State::Ignored(_) => 0,
+        }
+    }
+
     pub fn ignored(&self) -> Option<Ignored> {
         match self.state {
             State::Ignored(i) => Some(i),

@@ -350,3 +350,25 @@ fn small_captured_or_chunked_bodies_and_unexplained_jumps() {
     assert_eq!(c.resp.unkept_body(), Some(49_999), "the body's count moved by the byte seen only");
     assert_eq!(lost, Lost::default());
 }
+
+#[test]
+fn calls_in_flight_are_the_llm_calls_begun_and_not_complete() {
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let mut lost = Lost::default();
+    let mut out = Vec::new();
+    let mut cap = llm;
+    assert_eq!(c.calls_in_flight(), 0, "nothing yet");
+    // A non-LLM exchange holds nothing a handover waits for.
+    c.on_egress(b"GET /health HTTP/1.1\r\n\r\n", 1, &mut cap, &mut lost);
+    assert_eq!(c.calls_in_flight(), 0);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 2, &mut out, &mut lost);
+    // A request head whose body is still being written is in flight...
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n", 3, &mut cap, &mut lost);
+    assert_eq!(c.calls_in_flight(), 1);
+    c.on_egress(b"{}", 4, &mut cap, &mut lost);
+    assert_eq!(c.calls_in_flight(), 1, "sent, waiting for its response");
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"", 5, &mut out, &mut lost);
+    assert_eq!(c.calls_in_flight(), 1, "part of the response read");
+    c.on_ingress(b"}", 6, &mut out, &mut lost);
+    assert_eq!((c.calls_in_flight(), out.len()), (0, 1), "complete: recorded, nothing in flight");
+}

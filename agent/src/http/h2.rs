@@ -169,6 +169,11 @@ impl<E: WsCalls> H2Connection<E> {
         self.frames(false, ts, &mut |_| None, out, lost)
     }
 
+    /// Captured calls whose streams are open (the only streams kept).
+    pub fn calls_in_flight(&self) -> usize {
+        self.streams.values().map(|s| s.ws.as_ref().map_or(1, |ws| ws.calls_in_flight())).sum()
+    }
+
     /// The connection ended: responses cut short are handed on incomplete (the
     /// provider decides whether a stream's final event arrived); streams with
     /// no response are lost.

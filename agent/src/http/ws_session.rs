@@ -372,6 +372,12 @@ impl<E: WsCalls> WsSession<E> {
         out.push(Classified { endpoint: self.endpoint.clone(), exchange: Exchange { request, response } });
     }
 
+    /// Calls under way: one open, and a request waiting for it.
+    pub fn calls_in_flight(&self) -> usize {
+        usize::from(self.open.as_ref().is_some_and(|o| o.answered() || o.request.is_some()))
+            + usize::from(self.waiting.is_some())
+    }
+
     /// The connection ended (or decoding stopped): a call under way is lost,
     /// and so is a request waiting for it.
     pub fn close(&mut self, lost: &mut Lost) {

@@ -132,6 +132,7 @@ impl Delivery {
 
     /// Seal the open batch if it is old enough.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.senders.spool.adopt();
         self.batcher.flush()
     }
 

@@ -1,8 +1,9 @@
 //! The spool's index: sealed batches on disk, and their index in memory.
 //!
 //! The directory is listed once, at start (batches a previous run left, `*.tmp`
-//! leftovers of a crash deleted); from then on the in-memory index is the
-//! truth. The sink's thread adds batches, sender threads take consecutive
+//! leftovers of a crash deleted), or, when another agent owns it at start (an
+//! upgrade), once when that one has exited (see `shared`); from then on the
+//! in-memory index is the truth. The sink's thread adds batches, sender threads take consecutive
 //! runs of them, and each taken run ends delivered (files deleted), returned
 //! (to be retried, or resent one by one) or rejected (moved to `rejected/`).
 //! Every operation costs the same whatever the spool's length: no directory
@@ -21,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::counters::{self, SpoolCounters};
+use super::shared::DirLock;
 
 /// What `rejected/` may hold before its oldest files are deleted.
 const REJECTED_MAX_BYTES: u64 = 64 << 20;
@@ -160,6 +162,8 @@ pub struct Spool {
     counters: Arc<SpoolCounters>,
     /// This process's claim on `dir`, released on drop.
     _claim: Claim,
+    /// Which agent owns `dir` now (see `shared`).
+    shared: DirLock,
 }
 
 /// Spool directories in use in this process.
@@ -198,6 +202,29 @@ fn list(dir: &Path, suffix: &str) -> io::Result<Vec<(PathBuf, u64)>> {
     Ok(v)
 }
 
+/// The batches in `dir` not named in `own`, marked retried (their sender may
+/// have sent them and stopped before the answer); a file that is no batch
+/// goes to `rejected_dir`.
+fn leftovers(dir: &Path, rejected_dir: &Path, own: &std::collections::HashSet<Box<str>>) -> io::Result<Vec<Batch>> {
+    let mut out = Vec::new();
+    for (path, bytes) in list(dir, ".zst")? {
+        let Some(name) = path.file_name() else { continue };
+        if name.to_str().is_some_and(|n| own.contains(n)) {
+            continue;
+        }
+        // Unknown size: assume a high compression ratio (merging less, not refused).
+        let raw = frame_content_size(&path).unwrap_or(bytes.saturating_mul(16));
+        let Some(mut batch) = name.to_str().and_then(|n| Batch::new(n, bytes, raw)) else {
+            tracing::warn!(file = %path.display(), "unknown file in the spool; moved to rejected/");
+            let _ = std::fs::rename(&path, rejected_dir.join(name));
+            continue;
+        };
+        batch.retried = true;
+        out.push(batch);
+    }
+    Ok(out)
+}
+
 /// The decompressed size a zstd file's frame header declares.
 fn frame_content_size(path: &Path) -> Option<u64> {
     use std::io::Read;
@@ -218,29 +245,24 @@ impl Spool {
         let rejected_dir = dir.join("rejected");
         std::fs::create_dir_all(&rejected_dir)?;
         let claim = Claim::take(dir)?;
-        // A batch half-written by a crash is not a batch.
-        for (p, _) in list(dir, ".tmp")? {
-            let _ = std::fs::remove_file(p);
-        }
+        let shared = DirLock::open(dir)?;
         let mut st = State::default();
-        for (path, bytes) in list(dir, ".zst")? {
-            let Some(name) = path.file_name() else { continue };
-            // Unknown size: assume a high compression ratio (merging less, not refused).
-            let raw = frame_content_size(&path).unwrap_or(bytes.saturating_mul(16));
-            let Some(mut batch) = name.to_str().and_then(|n| Batch::new(n, bytes, raw)) else {
-                tracing::warn!(output, file = %path.display(), "unknown file in the spool; moved to rejected/");
-                let _ = std::fs::rename(&path, rejected_dir.join(name));
-                continue;
-            };
-            // The previous run may have sent it and stopped before the answer.
-            batch.retried = true;
-            st.queue.insert(st.next_key, batch);
-            st.next_key += 1;
-            st.batches += 1;
-            st.bytes += bytes;
+        if shared.owned() {
+            // A batch half-written by a crash is not a batch.
+            for (p, _) in list(dir, ".tmp")? {
+                let _ = std::fs::remove_file(p);
+            }
+            for batch in leftovers(dir, &rejected_dir, &Default::default())? {
+                st.batches += 1;
+                st.bytes += batch.bytes;
+                st.queue.insert(st.next_key, batch);
+                st.next_key += 1;
+            }
+            st.rejected = list(&rejected_dir, "")?.into();
+            st.rejected_bytes = st.rejected.iter().map(|(_, n)| n).sum();
+        } else {
+            tracing::info!(output, dir = %dir.display(), "another agent owns the spool (an upgrade): what it leaves is sent once it exits");
         }
-        st.rejected = list(&rejected_dir, "")?.into();
-        st.rejected_bytes = st.rejected.iter().map(|(_, n)| n).sum();
         if st.batches > 0 {
             tracing::info!(
                 output,
@@ -257,6 +279,7 @@ impl Spool {
             cond: Condvar::new(),
             counters,
             _claim: claim,
+            shared,
         };
         {
             let mut st = spool.lock();
@@ -286,13 +309,40 @@ impl Spool {
         let name = batch_name(seq, records);
         let batch = Batch::new(&name, body.len() as u64, raw).ok_or_else(|| io::Error::other("bad batch name"))?;
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let written = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, self.dir.join(&name)));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written?;
+        self.shared.place(&name, || {
+            let written = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, self.dir.join(&name)));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        })?;
         self.push(batch);
         Ok(())
+    }
+
+    /// When another agent owned the directory at start: once it has exited,
+    /// index the batches it left (the sink calls this often; it costs a
+    /// lock try a second while waiting, nothing after).
+    pub fn adopt(&self) {
+        let rejected_dir = self.dir.join("rejected");
+        let mut found = Vec::new();
+        let adopted = self.shared.adopt(|own| match leftovers(&self.dir, &rejected_dir, own) {
+            Ok(b) => found = b,
+            Err(e) => tracing::warn!(output = %self.name, error = %e, "listing the spool"),
+        });
+        if !adopted {
+            return;
+        }
+        let (n, bytes) = (found.len(), found.iter().map(|b| b.bytes).sum::<u64>());
+        for b in found {
+            self.push(b);
+        }
+        let mut st = self.lock();
+        st.rejected = list(&rejected_dir, "").unwrap_or_default().into();
+        st.rejected_bytes = st.rejected.iter().map(|(_, n)| n).sum();
+        self.trim_rejected(&mut st);
+        drop(st);
+        tracing::info!(output = %self.name, batches = n, bytes, "the spool's previous owner exited: its batches adopted");
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -3,7 +3,7 @@
 //! ([`batcher`]), indexed in memory and bounded ([`index`]), and sent by
 //! sender threads in runs of consecutive batches, settled by what the
 //! receiver answered, with backoff ([`deliver`]). Batches left at exit are
-//! sent by the next run.
+//! sent by the next run, also one started beside it ([`shared`]).
 //!
 //! A sink brings its encoding (what one record appends to a batch) and a
 //! [`Transport`] (how a run of batches is sent and what the answer means);
@@ -12,6 +12,7 @@ pub mod batcher;
 pub mod counters;
 pub mod deliver;
 pub mod index;
+mod shared;
 
 pub use batcher::BatchLimits;
 pub use counters::SpoolCounters;

@@ -81,3 +81,36 @@ fn bound_drops_oldest_waiting_batches_only() {
     assert_eq!(spool.index().len(), 2);
     assert_eq!(get(&stats.spool_bytes), 200);
 }
+
+#[test]
+fn a_spool_owned_by_another_agent_adopts_its_batches_once_it_exits() {
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join(format!("tt-spool-idx-{}-adopt", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(batch_name(0, 10)), vec![0u8; 100]).unwrap();
+    std::fs::write(dir.join("its-half.zst.tmp"), b"x").unwrap();
+    // The old agent: its lock (another open file description conflicts as a process would).
+    let old = std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(".lock")).unwrap();
+    assert_eq!(unsafe { libc::flock(old.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let counters = Arc::new(SpoolCounters::default());
+    let spool = Spool::open("adopt", &dir, 1 << 20, counters.clone()).unwrap();
+    assert_eq!(get(&counters.spool_batches), 0, "the old agent's batches are its own while it runs");
+    assert!(dir.join("its-half.zst.tmp").exists(), "a batch it is writing is left alone");
+    spool.write(1, 5, 100, &[1u8; 50]).unwrap();
+    spool.adopt();
+    assert_eq!(get(&counters.spool_batches), 1, "still owned: nothing adopted");
+    drop(old);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&counters.spool_batches) < 2 {
+        assert!(Instant::now() < deadline, "not adopted");
+        std::thread::sleep(Duration::from_millis(50));
+        spool.adopt();
+    }
+    spool.adopt();
+    // Its leftover and our own batch, each once.
+    assert_eq!(get(&counters.spool_batches), 2);
+    assert_eq!(spool.index().len(), 2);
+    assert_eq!(spool.take(100, 1 << 20, u64::MAX).map(|t| t.records()), Some(15));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,121 @@
+//! Two agents on one node during an upgrade, each connection copied by exactly
+//! one of them, and handed from the old to the new at an exchange boundary.
+//!
+//! Why overlap and ownership, not a ring buffer that outlives the agent: the
+//! old agent holds half-parsed calls (a request read, its response not yet),
+//! and no later version could be trusted to resume another version's parser
+//! state. So both agents run for a while (the DaemonSet surges), and a small
+//! pinned map says who copies each connection ([`CONN_OWNERS`]): a connection
+//! stays with the agent that saw its exchange begin, and moves to the current
+//! agent ([`CURRENT_AGENT`], set by the new agent once its probes are attached)
+//! when the client writes a new HTTP/1.1 request after reading — the one
+//! point where no parser state is needed. A connection whose owner has exited
+//! (drained, crashed, killed) goes to the current agent at its next call.
+//!
+//! What it falls back to: with no pinned maps (the default, `--handover-dir`
+//! unset) [`CURRENT_AGENT`] stays 0 and every call is this agent's, as
+//! before. HTTP/2 and WebSocket connections have no such boundary: they stay
+//! with the old agent until it exits, then move mid-stream (counted by the
+//! parsers). A full [`CONN_OWNERS`] evicts its oldest entry: that connection is
+//! claimed again by the current agent at its next call.
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap},
+};
+use tokentap_agent_common::{ConnOwner, LossCounter, SslKey, DIR_EGRESS, HANDED_OVER, TAKEN_FROM_EXITED};
+
+use crate::ring::count_loss;
+
+/// This agent's tgid (its process id in the host's namespace), set by the loader.
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+
+/// Agents running now, by tgid (value: when they started). Each agent adds
+/// itself at start and removes itself at exit; an agent that dies without
+/// doing so is removed by the exit tracepoint ([`agent_exited`]).
+#[map]
+static AGENTS: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
+
+/// The agent new connections go to: the newest one whose probes are attached.
+/// 0: no handover set up (or no agent ready yet): every agent copies everything.
+#[map]
+static CURRENT_AGENT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Which agent copies each connection (see the module's prose).
+#[map]
+static CONN_OWNERS: LruHashMap<SslKey, ConnOwner> = LruHashMap::with_max_entries(65536, 0);
+
+#[inline(always)]
+fn live(agent: u32) -> bool {
+    agent != 0 && unsafe { AGENTS.get(&agent) }.is_some()
+}
+
+/// Does this write start an HTTP/1.1 request? Only such a write, after a read,
+/// may move a connection: a WebSocket frame, an HTTP/2 frame or the rest of
+/// a request body never starts with a method.
+#[inline(always)]
+fn starts_request(buf: u64) -> bool {
+    let Ok(head) = (unsafe { bpf_probe_read_user(buf as *const [u8; 4]) }) else {
+        return false;
+    };
+    matches!(&head, b"GET " | b"POST" | b"PUT " | b"PATC" | b"DELE" | b"HEAD" | b"OPTI")
+}
+
+/// Is the call of `direction` at `buf` on `key` this agent's to copy? Both
+/// agents' programs run on the same call, one after the other; every change
+/// made here is one both would make, so whichever runs first, they agree.
+#[inline(always)]
+pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> bool {
+    let cur = match CURRENT_AGENT.get(0) {
+        Some(&c) if c != 0 => c,
+        _ => return true,
+    };
+    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let heir = if live(cur) { cur } else { me };
+    let Some(o) = CONN_OWNERS.get_ptr_mut(&key) else {
+        let _ = CONN_OWNERS.insert(&key, &ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
+        return heir == me;
+    };
+    // SAFETY: a live map value; the fields are plain integers.
+    unsafe {
+        let owner = (*o).agent;
+        if owner != heir {
+            if !live(owner) {
+                (*o).agent = heir;
+                (*o).moved = TAKEN_FROM_EXITED;
+            } else if heir == cur
+                && direction == DIR_EGRESS
+                && (*o).last_dir != DIR_EGRESS as u16
+                && starts_request(buf)
+            {
+                (*o).agent = heir;
+                (*o).moved = HANDED_OVER;
+            }
+        }
+        (*o).last_dir = direction as u16;
+        if (*o).agent != me {
+            count_loss(LossCounter::OwnedElsewhere, 1);
+            return false;
+        }
+        match (*o).moved {
+            HANDED_OVER => count_loss(LossCounter::HandoverReceived, 1),
+            TAKEN_FROM_EXITED => count_loss(LossCounter::HandoverFromExited, 1),
+            _ => {}
+        }
+        (*o).moved = 0;
+    }
+    true
+}
+
+/// A connection's key may be reused: its next owner is decided afresh.
+#[inline(always)]
+pub(crate) fn forget(key: SslKey) {
+    let _ = CONN_OWNERS.remove(&key);
+}
+
+/// A process exited: if it was an agent, it owns nothing any more.
+#[inline(always)]
+pub(crate) fn agent_exited(tgid: u32) {
+    let _ = AGENTS.remove(&tgid);
+}

@@ -1,0 +1,225 @@
+//! Upgrades without a gap: the old and the new agent overlap, and each
+//! connection is copied by exactly one of them (the kernel side and why:
+//! `agent-ebpf/src/handover.rs`). This module keeps the three maps they
+//! share, pinned in a bpffs directory (`--handover-dir`):
+//! - `AGENTS`: the agents running now (tgid -> start time);
+//! - `CURRENT_AGENT`: the one new connections go to;
+//! - `CONN_OWNERS`: who copies each connection (only the kernel writes it).
+//!
+//! An agent registers at start and becomes current once its probes are
+//! attached; the one before it then gets no new connection and loses its
+//! keep-alive ones one by one at their next request. When it is stopped it
+//! waits for its calls in flight (`--handover-drain-secs`), leaves, and only
+//! then detaches. The last agent to leave removes the pins;
+//! `tokentap-agent uninstall` removes them after a crash.
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::Ebpf;
+use thiserror::Error;
+
+/// The pinned maps, by their names in the eBPF object (and as files in the directory).
+pub const PINNED: [&str; 3] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS"];
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum HandoverError {
+    #[error(
+        "--handover-dir {0}: not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`; in a pod, mount the \
+         host's /sys/fs/bpf)"
+    )]
+    NotBpfFs(PathBuf),
+    #[error("--handover-dir {dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("handover map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+}
+
+/// Make `dir` (on a bpf filesystem) ready to hold the pins.
+pub fn prepare(dir: &Path) -> Result<(), HandoverError> {
+    let io = |source| HandoverError::Io { dir: dir.into(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    if fs_magic(dir).map_err(io)? != BPF_FS_MAGIC {
+        return Err(HandoverError::NotBpfFs(dir.into()));
+    }
+    Ok(())
+}
+
+fn fs_magic(dir: &Path) -> std::io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string and a zeroed statfs the call fills in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// This agent's identity in the maps: its process id (the chart runs the
+/// agent in the host's PID namespace, where the kernel names it so too).
+pub fn me() -> u32 {
+    std::process::id()
+}
+
+/// When a process started (clock ticks since boot, `/proc/PID/stat` field
+/// 22): with the pid, it tells a live agent from a new process under a reused pid.
+fn started(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub struct Handover {
+    dir: PathBuf,
+    agents: HashMap<MapData, u32, u64>,
+    current: Array<MapData, u32>,
+    me: u32,
+    proc_root: PathBuf,
+}
+
+impl Handover {
+    /// Take the shared maps from a loaded object (pinned in `dir` by the
+    /// loader) and register this agent as running.
+    pub fn open(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, HandoverError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(HandoverError::MissingMap(name));
+        let agents = take(ebpf, "AGENTS")?;
+        let agents = HashMap::try_from(agents).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
+        let current = take(ebpf, "CURRENT_AGENT")?;
+        let current =
+            Array::try_from(current).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
+        let mut h = Self { dir: dir.into(), agents, current, me: me(), proc_root: "/proc".into() };
+        h.reap();
+        let since = started(&h.proc_root, h.me).unwrap_or(0);
+        h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
+        let others = h.others();
+        if !others.is_empty() {
+            tracing::info!(agents = ?others, "another agent runs on this node: it keeps its connections until this one is ready");
+        }
+        Ok(h)
+    }
+
+    /// Agents other than this one that are running.
+    pub fn others(&self) -> Vec<u32> {
+        self.agents.keys().filter_map(Result::ok).filter(|&a| a != self.me).collect()
+    }
+
+    /// Forget agents that died without leaving (killed while no other agent
+    /// ran to see their exit): their connections go to the current agent.
+    pub fn reap(&mut self) {
+        let entries: Vec<(u32, u64)> = self.agents.iter().filter_map(Result::ok).collect();
+        for (pid, since) in entries {
+            if pid != self.me && started(&self.proc_root, pid) != Some(since) {
+                let _ = self.agents.remove(&pid);
+                tracing::info!(agent = pid, "an agent that exited without leaving was forgotten");
+            }
+        }
+    }
+
+    /// New connections are this agent's from now on (its probes are attached).
+    pub fn make_current(&mut self) -> Result<(), HandoverError> {
+        let before = self.current.get(&0, 0).unwrap_or(0);
+        self.current.set(0, self.me, 0).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
+        if before != 0 && before != self.me && self.others().contains(&before) {
+            tracing::info!(previous = before, "new connections are this agent's; the previous one hands its over");
+        }
+        Ok(())
+    }
+
+    /// The running agent new connections go to, when it is not this one.
+    pub fn successor(&self) -> Option<u32> {
+        let cur = self.current.get(&0, 0).ok()?;
+        (cur != 0 && cur != self.me && self.agents.get(&cur, 0).is_ok()).then_some(cur)
+    }
+
+    /// Leave: this agent owns nothing from now on. The last agent to leave
+    /// removes the pins (nothing may hold kernel memory after the agent is gone).
+    pub fn leave(mut self) {
+        let _ = self.agents.remove(&self.me);
+        self.reap();
+        if self.others().is_empty() {
+            match remove_pins(&self.dir) {
+                Ok(n) => tracing::info!(dir = %self.dir.display(), pins = n, "last agent: handover pins removed"),
+                Err(e) => tracing::warn!(error = %e, "removing the handover pins"),
+            }
+        }
+    }
+}
+
+/// Remove the pins in `dir` (and `dir` when empty): `tokentap-agent uninstall`,
+/// and the last agent's exit. Returns how many were removed.
+pub fn remove_pins(dir: &Path) -> Result<usize, HandoverError> {
+    let mut n = 0;
+    for name in PINNED {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(HandoverError::Io { dir: dir.into(), source }),
+        }
+    }
+    // Only if nothing else lives there.
+    let _ = std::fs::remove_dir(dir);
+    Ok(n)
+}
+
+/// `tokentap-agent uninstall`: the agents still running (from the pinned
+/// map) and the pins removed.
+pub fn uninstall(dir: &Path) -> Result<(Vec<u32>, usize), HandoverError> {
+    let running = MapData::from_pin(dir.join("AGENTS"))
+        .ok()
+        .and_then(|m| HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(m)).ok())
+        .map(|agents| {
+            let all: Vec<(u32, u64)> = agents.iter().filter_map(Result::ok).collect();
+            all.into_iter()
+                .filter(|&(pid, since)| started(Path::new("/proc"), pid) == Some(since))
+                .map(|(p, _)| p)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((running, remove_pins(dir)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_start_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let root = std::env::temp_dir().join(format!("tokentap-handover-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("42")).unwrap();
+        let fields = (4..=21).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+        std::fs::write(root.join("42/stat"), format!("42 (a (b) c) S {fields} 987654 1 2\n")).unwrap();
+        // Field 22 (starttime) follows the state (3) and fields 4..=21.
+        assert_eq!(started(&root, 42), Some(987654));
+        assert_eq!(started(&root, 43), None, "no such process");
+        std::fs::write(root.join("42/stat"), "42 (x) S 1 2\n").unwrap();
+        assert_eq!(started(&root, 42), None, "a short line is no start time");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn this_process_has_a_start_time_and_a_directory_not_on_bpffs_is_refused() {
+        assert!(started(Path::new("/proc"), me()).is_some());
+        let dir = std::env::temp_dir().join(format!("tokentap-handover-nobpf-{}", std::process::id()));
+        match prepare(&dir) {
+            Err(HandoverError::NotBpfFs(d)) => assert_eq!(d, dir),
+            other => panic!("expected NotBpfFs, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn removing_pins_that_are_not_there_is_not_an_error() {
+        let dir = std::env::temp_dir().join(format!("tokentap-handover-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("AGENTS"), b"").unwrap();
+        assert_eq!(remove_pins(&dir).unwrap(), 1);
+        assert!(!dir.exists(), "the emptied directory goes too");
+        assert_eq!(remove_pins(&dir).unwrap(), 0);
+    }
+}

@@ -1,0 +1,203 @@
+//! What an SRE upgrading the DaemonSet relies on: with `--handover-dir`, a new
+//! agent started beside the old one takes over with no gap. Calls keep flowing
+//! at a steady rate over a keep-alive connection and over a new connection
+//! each; the old agent is stopped once the new one is ready (what a surge
+//! rollout does), and every call is recorded exactly once across the two.
+//! After the last agent, and after `uninstall` for a killed one, no pin, map or
+//! program of tokentap is left in the kernel (bpftool).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokentap_e2e::*;
+
+/// A bpf filesystem of the test's own (each mount is a new instance), unmounted at the end.
+struct BpfFs(PathBuf);
+
+impl BpfFs {
+    fn mount(dir: &Path) -> Self {
+        let at = dir.join("bpffs");
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&at).status().expect("mount");
+        assert!(ok.success(), "mount -t bpf");
+        Self(at)
+    }
+
+    fn pins(&self) -> PathBuf {
+        self.0.join("tokentap")
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Names of tokentap's maps and programs that bpftool lists (kernel names are
+/// cut at 15 bytes).
+fn ours_in_kernel() -> Vec<String> {
+    let mut found = Vec::new();
+    for what in ["map", "prog"] {
+        let out = Command::new("bpftool").args([what, "show"]).output().expect("bpftool");
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let hit =
+                ["name AGENTS ", "name CURRENT_AGENT ", "name CONN_OWNERS ", "name ssl_write ", "name go_tls_read "]
+                    .iter()
+                    .any(|n| format!("{l} ").contains(n));
+            if hit {
+                found.push(l.to_owned());
+            }
+        }
+    }
+    found
+}
+
+fn calls(n: u64, from: u64, pause: f64, fresh: bool) -> Vec<serde_json::Value> {
+    (from..from + n)
+        .map(|i| {
+            let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("call {i}")}]});
+            let mut c = tokentap_e2e::calibrate::call("chat", body, 100 + i, 10);
+            c["pause"] = serde_json::json!(pause);
+            c["fresh"] = serde_json::json!(fresh);
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn a_rolling_upgrade_records_every_call_exactly_once() {
+    let _g = serial();
+    require_root();
+    require_tool("bpftool");
+    let dir = scratch("handover");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let fs = BpfFs::mount(&dir);
+    let pins = fs.pins().display().to_string();
+    let flag = ["--handover-dir", pins.as_str()];
+    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut first = Agent::start(&first_dir, &flag);
+    for name in ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS"] {
+        assert!(fs.pins().join(name).exists(), "{name} pinned while an agent runs");
+    }
+    // About 100 calls/s on one keep-alive connection and 30/s on a new
+    // connection each, for ~12 s: the upgrade happens in the middle.
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let (kept, fresh) = (calls(1200, 0, 0.008, false), calls(300, 100_000, 0.03, true));
+    let total = kept.len() + fresh.len();
+    let spawn = |name: &str, calls: &[serde_json::Value]| {
+        py_workload(&dir, &certs, &base, name, calls)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("client")
+    };
+    let (a, b) = (spawn("kept", &kept), spawn("fresh", &fresh));
+    first.wait_records(&[a.id(), b.id()], 50);
+    // A streamed call of several seconds that the old agent sees begin: still
+    // in flight when the old agent is stopped, which waits for it.
+    let body = serde_json::json!({"model": "slow-stream", "messages": [{"role": "user", "content": "slow"}],
+        "stream": true, "stream_options": {"include_usage": true}});
+    let slow = spawn("slow", &[tokentap_e2e::calibrate::call("chat", body, 0, 0)]);
+    wait_for("the slow stream to begin", Duration::from_secs(30), || {
+        server.served().iter().any(|s| s["model"].as_str().is_some_and(|m| m.starts_with("slow-stream"))).then_some(())
+    });
+    let total = total + 1;
+    let pids = [a.id(), b.id(), slow.id()];
+    // The surge: the new agent starts beside the old one and is ready; only
+    // then is the old one stopped.
+    let t = Instant::now();
+    let mut second = Agent::start(&second_dir, &flag);
+    let ready = t.elapsed();
+    second.wait_records(&pids, 20);
+    let t = Instant::now();
+    assert!(first.stop().success());
+    let drained = t.elapsed();
+    for c in [a, b, slow] {
+        let out = c.wait_with_output().expect("client");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(server.served().len(), total);
+    // The slow stream's process made no call the new agent saw: the old
+    // agent recorded it before it exited.
+    for pid in &pids[..2] {
+        second.wait_process_done(*pid);
+    }
+    assert!(second.stop().success());
+
+    let (old, new) = (first.stats(), second.stats());
+    let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    // One record per served call: none twice (pair_with_served), none missing.
+    let served = server.served();
+    for (r, s) in pair_with_served(&all, &served) {
+        if s["model"] == "slow-stream" {
+            // A test model with no price: its tokens are what was served.
+            assert_eq!((&r["input_tokens"], &r["output_tokens"]), (&s["expected"]["input"], &s["expected"]["output"]));
+        } else {
+            assert_matches_served(r, s, &prices);
+        }
+    }
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "handover: old agent {} records, new {} records of {total}; new ready in {ready:?}, old drained and exited \
+         in {drained:?}; keep-alive connections handed over {}, taken from the exited agent {}, calls skipped as \
+         the other's: old {} new {}",
+        by_old.len(),
+        by_new.len(),
+        n(&new, "kernel_handover_received"),
+        n(&new, "kernel_handover_from_exited"),
+        n(&old, "kernel_owned_elsewhere"),
+        n(&new, "kernel_owned_elsewhere"),
+    );
+    assert_eq!(all.len(), total, "every call recorded exactly once across the two agents");
+    assert!(by_old.len() >= 50 && by_new.len() >= 20, "both agents recorded calls");
+    let slow_by_old = by_old.iter().any(|r| r["request_model"] == "slow-stream");
+    assert!(slow_by_old, "the call in flight at the stop was finished by the old agent");
+    assert!(n(&new, "kernel_handover_received") >= 1, "the keep-alive connection moved at a request: {new}");
+    assert!(n(&new, "kernel_owned_elsewhere") > 0, "the new agent skipped the old one's calls while both ran");
+    for s in [&old, &new] {
+        assert_eq!((n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "dropped_unanswered")), (0, 0, 0), "{s}");
+    }
+    // The last agent to stop took the pins with it, and nothing of tokentap stays loaded.
+    assert!(!fs.pins().exists(), "pins removed by the last agent");
+    let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
+        let l = ours_in_kernel();
+        l.is_empty().then_some(l)
+    });
+    assert!(left.is_empty());
+}
+
+#[test]
+fn uninstall_removes_the_pins_a_killed_agent_left() {
+    let _g = serial();
+    require_root();
+    require_tool("bpftool");
+    let dir = scratch("uninstall");
+    let fs = BpfFs::mount(&dir);
+    let pins = fs.pins().display().to_string();
+    let mut agent = Agent::start(&dir, &["--handover-dir", pins.as_str()]);
+    // SIGKILL: no clean exit, the pins stay (a crash, an OOM kill).
+    agent.kill();
+    assert!(fs.pins().join("CONN_OWNERS").exists(), "a killed agent leaves its pins");
+    assert!(!ours_in_kernel().is_empty(), "the pinned maps hold kernel memory");
+    let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("removed 3 pinned maps"), "{text}");
+    assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
+    assert!(!fs.pins().exists());
+    let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
+        let l = ours_in_kernel();
+        l.is_empty().then_some(l)
+    });
+    assert!(left.is_empty());
+    // Again: nothing to remove is not an error.
+    let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 pinned maps"));
+}
