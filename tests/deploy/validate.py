@@ -73,6 +73,11 @@ def main():
     ds = kinds["DaemonSet"]["spec"]["template"]["spec"]
     sc = ds["containers"][0]["securityContext"]
     assert ds["hostPID"] is True
+    # Upgrades hand over (docs/operations.md): a surge, the host's bpffs, the pin directory.
+    rolling = kinds["DaemonSet"]["spec"]["updateStrategy"]["rollingUpdate"]
+    assert rolling == {"maxSurge": 1, "maxUnavailable": 0}, rolling
+    bpffs = [v for v in ds["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/bpf"]
+    assert bpffs and any(m["mountPath"] == "/sys/fs/bpf" for m in ds["containers"][0]["volumeMounts"]), ds
     assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"], sc
     # SETUID, SETGID: the Java attach, as each JVM's own user (tests/tests/e2e_java.rs).
     caps = ["BPF", "PERFMON", "SETGID", "SETUID", "SYS_ADMIN", "SYS_PTRACE"]
@@ -85,6 +90,7 @@ def main():
     agent_toml = next(d["data"]["agent.toml"] for d in config_maps.values() if "agent.toml" in d["data"])
     assert 'output = ["collector:http://tokentap-collector:8787", ""]' in agent_toml
     assert 'otlp_headers_file = "/etc/tokentap/otlp/headers"' in agent_toml
+    assert 'handover_dir = "/sys/fs/bpf/tokentap"' in agent_toml
     secrets = [d for d in docs if d["kind"] == "Secret"]
     assert sorted(d["metadata"]["name"] for d in secrets) == ["tokentap-otlp", "tokentap-token"], secrets
     # The collector reads its budgets from the ConfigMap (an empty list by default).

@@ -30,6 +30,7 @@ fn the_shipped_kubernetes_config_is_valid() {
     assert_eq!((s.outputs.len(), collector(&s, 0).url.as_str()), (1, "http://tokentap-collector:8787"));
     assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
     assert_eq!(collector(&s, 0).cluster, "my-cluster");
+    assert_eq!(s.handover_dir, Some(PathBuf::from("/sys/fs/bpf/tokentap")), "upgrades hand over");
     // With the chart's `agent.otlpOutput` set: a second output, with the
     // chart's OTLP spool and headers file.
     let with_otlp = toml.replace(", \"\"]", ", \"otlp:http://otel-collector:4318\"]");
@@ -42,6 +43,19 @@ fn the_shipped_kubernetes_config_is_valid() {
     assert_eq!(o.headers_file, Some("/etc/tokentap/otlp/headers".into()));
     assert_eq!(o.spool_dir, PathBuf::from("/var/lib/tokentap/otlp-spool"));
     assert_eq!(collector(&s, 0).spool_dir, PathBuf::from("/var/lib/tokentap/spool"), "each its own spool");
+}
+
+#[test]
+fn handover_is_off_unless_a_directory_is_given_and_its_drain_defaults_to_20_s() {
+    let s = Settings::resolve(&Cli::default()).unwrap();
+    assert_eq!((s.handover_dir, s.handover_drain), (None, Duration::from_secs(20)));
+    let p = write("handover", "handover_dir = \"/sys/fs/bpf/x\"\nhandover_drain_secs = 5\n");
+    let cli = Cli::try_parse_from(["tokentap-agent", "-c", p.to_str().unwrap(), "--handover-drain-secs", "7"]).unwrap();
+    let s = Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap();
+    assert_eq!((s.handover_dir, s.handover_drain), (Some("/sys/fs/bpf/x".into()), Duration::from_secs(7)));
+    let cli = Cli::try_parse_from(["tokentap-agent", "uninstall", "--handover-dir", "/sys/fs/bpf/y"]).unwrap();
+    assert!(matches!(cli.command, Some(Command::Uninstall)));
+    assert_eq!(cli.handover_dir, Some("/sys/fs/bpf/y".into()));
 }
 
 #[test]
