@@ -10,7 +10,9 @@
 //! agent ([`CURRENT_AGENT`], set by the new agent once its probes are attached)
 //! when the client writes a new HTTP/1.1 request after reading — the one
 //! point where no parser state is needed. A connection whose owner has exited
-//! (drained, crashed, killed) goes to the current agent at its next call.
+//! (drained, crashed, killed) goes to the current agent at its next call. A
+//! TLS socket's hello and a socket's end are told by its owner alone too, so
+//! the blind-spot accounting is not doubled.
 //!
 //! What it falls back to: with no pinned maps (the default, `--handover-dir`
 //! unset) [`CURRENT_AGENT`] stays 0 and every call is this agent's, as

@@ -43,6 +43,7 @@ use tokentap_agent_common::{
 };
 
 use crate::chunks::{emit_data, forget_conn, ignored, Emit};
+use crate::handover::owns;
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -108,9 +109,12 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
     let key = SockKey { tgid: (pid_tgid >> 32) as u32, fd };
     if let Some(s) = unsafe { SOCKETS.get(key) }.copied() {
         let _ = SOCKETS.remove(key);
-        let conn = SOCKET_CONN | fd as u32 as u64;
-        forget_conn(SslKey { tgid: pid_tgid >> 32, ssl: conn });
-        if matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) {
+        let conn = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | fd as u32 as u64 };
+        // Said by the one agent that owns the socket (two overlap during an
+        // upgrade), asked before its entry goes.
+        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && owns(conn, DIR_INGRESS, 0);
+        forget_conn(conn);
+        if tell {
             emit_sock_closed(pid_tgid, fd, &s);
         }
     }
@@ -211,7 +215,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             s.state = SOCK_TLS;
             count_loss(LossCounter::SocketsNotHttp, 1);
             count_loss(LossCounter::SocketsTls, 1);
-            emit_hello(pid_tgid, args.fd, s.id, first, first_len);
+            if owns(SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | args.fd as u32 as u64 }, DIR_INGRESS, 0) {
+                emit_hello(pid_tgid, args.fd, s.id, first, first_len);
+            }
         } else {
             s.state = SOCK_OTHER;
             count_loss(LossCounter::SocketsNotHttp, 1);

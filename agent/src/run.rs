@@ -146,7 +146,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "probes attached"
     );
-    ready.store(true, Ordering::Relaxed);
     let capturing = match crate::metrics::readiness(&stats) {
         Ok(()) => true,
         Err(why) => {
@@ -155,6 +154,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             false
         }
     };
+    if let (Some(h), true) = (handover.as_mut(), capturing) {
+        // Probes attached: new connections are this agent's, before /readyz
+        // says so (a rollout stops the old agent once this one is ready).
+        h.make_current()?;
+    }
+    ready.store(true, Ordering::Relaxed);
     if capturing && probes.attached() == 0 {
         tracing::warn!("no TLS library found to probe; new processes will still be watched");
     }
@@ -164,10 +169,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             processes = unreadable,
             "processes whose maps or files this agent may not read (CAP_SYS_PTRACE, an LSM): their TLS libraries are not probed"
         );
-    }
-    if let (Some(h), true) = (handover.as_mut(), capturing) {
-        // Probes attached: new connections are this agent's.
-        h.make_current()?;
     }
     if let Some(r) = &settings.ready_file.as_ref().filter(|_| capturing) {
         std::fs::write(r, b"ready\n").with_context(|| format!("writing ready file {}", r.display()))?;
