@@ -69,6 +69,10 @@ pub const FLAG_READ_FAILED: u32 = 4;
 /// Bytes of this connection were lost (ring buffer full) before this chunk,
 /// which itself is whole: the first chunk of the next call after the loss.
 pub const FLAG_GAP_BEFORE: u32 = 8;
+/// The first chunk copied since this agent took the connection from an agent
+/// that left (an upgrade): its decoding state may have been handed over
+/// ([`HandoffPart`]).
+pub const FLAG_TAKEN_OVER: u32 = 16;
 
 /// Which hook produced a [`DataEvent`].
 #[repr(u32)]
@@ -482,6 +486,32 @@ pub struct ConnOwner {
     pub moved: u16,
 }
 
+/// Bytes of one [`HandoffPart`] (a map value of about four pages).
+pub const HANDOFF_PART: usize = 16380;
+/// Most parts one connection's state may take (1 MiB).
+pub const HANDOFF_MAX_PARTS: u32 = 64;
+
+/// Where a part of a handed-on state lies in the pinned `CONN_STATES` map:
+/// the connection, and which part (0, written last, says how many follow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandoffKey {
+    pub tgid: u32,
+    pub part: u32,
+    pub conn: u64,
+}
+
+/// A part of what an agent leaving hands the next one for a connection it
+/// cannot leave at a clean boundary (HTTP/2: its HPACK tables, a partial
+/// frame, the calls in flight). User space writes and reads them; the kernel
+/// only drops part 0 when the connection goes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HandoffPart {
+    pub len: u32,
+    pub data: [u8; HANDOFF_PART],
+}
+
 /// [`ConnOwner::moved`]: handed over at an exchange boundary.
 pub const HANDED_OVER: u16 = 1;
 /// [`ConnOwner::moved`]: taken from an agent that exited owning it.
@@ -516,6 +546,8 @@ mod user {
     unsafe impl aya::Pod for SslKey {}
     unsafe impl aya::Pod for MuteRange {}
     unsafe impl aya::Pod for ConnOwner {}
+    unsafe impl aya::Pod for HandoffKey {}
+    unsafe impl aya::Pod for HandoffPart {}
     unsafe impl aya::Pod for GoCallKey {}
     unsafe impl aya::Pod for SockArgs {}
     unsafe impl aya::Pod for SockKey {}

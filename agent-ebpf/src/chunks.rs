@@ -35,9 +35,10 @@ use aya_ebpf::{
 };
 use tokentap_agent_common::{
     DataEvent, EventKind, LossCounter, MuteRange, Source, SslKey, CHUNK_SIZE, DATA_HEADER_LEN, DIR_INGRESS,
-    FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED, MAX_CHUNKS, SCRATCH_SLOTS,
+    FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TAKEN_OVER, FLAG_TRUNCATED, MAX_CHUNKS, SCRATCH_SLOTS,
 };
 
+use crate::handover::Owned;
 use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
 
 /// Connections user space has classified as not worth copying (not HTTP, HTTP/2,
@@ -149,7 +150,8 @@ pub(crate) struct Emit {
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
     // Another agent's connection (an upgrade in progress): not ours to copy.
-    if !crate::handover::owns(key, direction, e.buf) {
+    let owned = crate::handover::owns(key, direction, e.buf);
+    if owned == Owned::No {
         return;
     }
     let mut at = (0, 0);
@@ -161,7 +163,8 @@ pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
         }
         at = (base, pos);
     }
-    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, at, slot)) {
+    let taken = owned == Owned::Taken;
+    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, at, taken, slot)) {
         count_loss(LossCounter::ScratchBusy, 1);
     }
 }
@@ -194,10 +197,12 @@ struct CopyCtx {
     slot: u32,
     /// Wake user space after this call's last chunk (see [`PROCS_SEEN`]).
     wake: u32,
+    /// The connection was just taken over: flag the first chunk.
+    taken: u32,
 }
 
 /// `(base, pos)`: the read's place in its connection's ingress stream.
-fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), slot: u32) {
+fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -224,7 +229,7 @@ fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (
     if wake == 1 {
         let _ = PROCS_SEEN.insert(tgid, 1, 0);
     }
-    let mut ctx = CopyCtx { buf: e.buf, len, slot, wake };
+    let mut ctx = CopyCtx { buf: e.buf, len, slot, wake, taken: u32::from(taken) };
     // bpf_loop (5.17+) lets the verifier check the body once, however many
     // chunks a call needs; an unrolled bounded loop exceeds its budget.
     unsafe { bpf_loop(MAX_CHUNKS, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut CopyCtx).cast(), 0) };
@@ -269,6 +274,9 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     if index == 0 && unsafe { GAPPED.get(key) }.is_some() {
         flags |= FLAG_GAP_BEFORE;
         let _ = GAPPED.remove(key);
+    }
+    if index == 0 && ctx.taken == 1 {
+        flags |= FLAG_TAKEN_OVER;
     }
     ev.header.offset = offset;
     ev.header.len = n as u32;

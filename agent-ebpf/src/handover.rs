@@ -25,7 +25,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use tokentap_agent_common::{ConnOwner, LossCounter, SslKey, DIR_EGRESS, HANDED_OVER, TAKEN_FROM_EXITED};
+use tokentap_agent_common::{
+    ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, DIR_EGRESS, HANDED_OVER, TAKEN_FROM_EXITED,
+};
 
 use crate::ring::count_loss;
 
@@ -48,9 +50,26 @@ static CURRENT_AGENT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static CONN_OWNERS: LruHashMap<SslKey, ConnOwner> = LruHashMap::with_max_entries(65536, 0);
 
+/// Decoding states a leaving agent handed on, in parts, by connection (user
+/// space writes and reads them; here part 0 only goes with its connection).
+/// Not preallocated: empty but for the seconds of an upgrade.
+#[map]
+static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// [`owns`]: whose call it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owned {
+    No,
+    Yes,
+    /// Ours, taken just now from an agent that left: the chunk says so.
+    Taken,
+}
+
 #[inline(always)]
 fn live(agent: u32) -> bool {
-    agent != 0 && unsafe { AGENTS.get(&agent) }.is_some()
+    agent != 0 && unsafe { AGENTS.get(agent) }.is_some()
 }
 
 /// Does this write start an HTTP/1.1 request? Only such a write, after a read,
@@ -68,16 +87,16 @@ fn starts_request(buf: u64) -> bool {
 /// agents' programs run on the same call, one after the other; every change
 /// made here is one both would make, so whichever runs first, they agree.
 #[inline(always)]
-pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> bool {
+pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     let cur = match CURRENT_AGENT.get(0) {
         Some(&c) if c != 0 => c,
-        _ => return true,
+        _ => return Owned::Yes,
     };
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
     let heir = if live(cur) { cur } else { me };
-    let Some(o) = CONN_OWNERS.get_ptr_mut(&key) else {
-        let _ = CONN_OWNERS.insert(&key, &ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
-        return heir == me;
+    let Some(o) = CONN_OWNERS.get_ptr_mut(key) else {
+        let _ = CONN_OWNERS.insert(key, ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
+        return if heir == me { Owned::Yes } else { Owned::No };
     };
     // SAFETY: a live map value; the fields are plain integers.
     unsafe {
@@ -98,26 +117,32 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> bool {
         (*o).last_dir = direction as u16;
         if (*o).agent != me {
             count_loss(LossCounter::OwnedElsewhere, 1);
-            return false;
+            return Owned::No;
         }
-        match (*o).moved {
+        let moved = (*o).moved;
+        (*o).moved = 0;
+        match moved {
             HANDED_OVER => count_loss(LossCounter::HandoverReceived, 1),
-            TAKEN_FROM_EXITED => count_loss(LossCounter::HandoverFromExited, 1),
+            TAKEN_FROM_EXITED => {
+                count_loss(LossCounter::HandoverFromExited, 1);
+                return Owned::Taken;
+            }
             _ => {}
         }
-        (*o).moved = 0;
     }
-    true
+    Owned::Yes
 }
 
-/// A connection's key may be reused: its next owner is decided afresh.
+/// A connection's key may be reused: its next owner is decided afresh, and
+/// a state handed over for it is stale.
 #[inline(always)]
 pub(crate) fn forget(key: SslKey) {
-    let _ = CONN_OWNERS.remove(&key);
+    let _ = CONN_OWNERS.remove(key);
+    let _ = CONN_STATES.remove(HandoffKey { tgid: key.tgid as u32, part: 0, conn: key.ssl });
 }
 
 /// A process exited: if it was an agent, it owns nothing any more.
 #[inline(always)]
 pub(crate) fn agent_exited(tgid: u32) {
-    let _ = AGENTS.remove(&tgid);
+    let _ = AGENTS.remove(tgid);
 }

@@ -43,7 +43,7 @@ use tokentap_agent_common::{
 };
 
 use crate::chunks::{emit_data, forget_conn, ignored, Emit};
-use crate::handover::owns;
+use crate::handover::{owns, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -112,7 +112,7 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
         let conn = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | fd as u32 as u64 };
         // Said by the one agent that owns the socket (two overlap during an
         // upgrade), asked before its entry goes.
-        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && owns(conn, DIR_INGRESS, 0);
+        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && owns(conn, DIR_INGRESS, 0) != Owned::No;
         forget_conn(conn);
         if tell {
             emit_sock_closed(pid_tgid, fd, &s);
@@ -215,7 +215,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             s.state = SOCK_TLS;
             count_loss(LossCounter::SocketsNotHttp, 1);
             count_loss(LossCounter::SocketsTls, 1);
-            if owns(SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | args.fd as u32 as u64 }, DIR_INGRESS, 0) {
+            let key = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | args.fd as u32 as u64 };
+            if owns(key, DIR_INGRESS, 0) != Owned::No {
                 emit_hello(pid_tgid, args.fd, s.id, first, first_len);
             }
         } else {

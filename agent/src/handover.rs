@@ -4,7 +4,9 @@
 //! share, pinned in a bpffs directory (`--handover-dir`):
 //! - `AGENTS`: the agents running now (tgid -> start time);
 //! - `CURRENT_AGENT`: the one new connections go to;
-//! - `CONN_OWNERS`: who copies each connection (only the kernel writes it).
+//! - `CONN_OWNERS`: who copies each connection (only the kernel writes it);
+//! - `CONN_STATES`: the HTTP/2 decoding states a leaving agent hands on
+//!   (`pipeline/handoff.rs`).
 //!
 //! An agent registers at start and becomes current once its probes are
 //! attached; the one before it then gets no new connection and loses its
@@ -17,9 +19,12 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 use thiserror::Error;
+use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_PART};
+
+use crate::pipeline::Handed;
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 3] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS"];
+pub const PINNED: [&str; 4] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"];
 
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -66,6 +71,11 @@ pub fn me() -> u32 {
     std::process::id()
 }
 
+/// Is the process `pid` that started at `since` still running?
+pub fn alive(pid: u32, since: u64) -> bool {
+    started(Path::new("/proc"), pid) == Some(since)
+}
+
 /// When a process started (clock ticks since boot, `/proc/PID/stat` field
 /// 22): with the pid, it tells a live agent from a new process under a reused pid.
 fn started(proc_root: &Path, pid: u32) -> Option<u64> {
@@ -102,6 +112,12 @@ impl Handover {
             tracing::info!(agents = ?others, "another agent runs on this node: it keeps its connections until this one is ready");
         }
         Ok(h)
+    }
+
+    /// The agents that ran when this one started, with their start times:
+    /// the ones it may take connections over from.
+    pub fn predecessors(&self) -> Vec<(u32, u64)> {
+        self.agents.iter().filter_map(Result::ok).filter(|&(a, _)| a != self.me).collect()
     }
 
     /// Agents other than this one that are running.
@@ -147,6 +163,78 @@ impl Handover {
                 Ok(n) => tracing::info!(dir = %self.dir.display(), pins = n, "last agent: handover pins removed"),
                 Err(e) => tracing::warn!(error = %e, "removing the handover pins"),
             }
+        }
+    }
+}
+
+/// The decoding states agents hand on (`CONN_STATES`), each in parts: part 0
+/// holds the writer, the length and the part count, and is written last, so a
+/// reader that finds it finds every part.
+pub struct Handoffs {
+    states: HashMap<MapData, HandoffKey, HandoffPart>,
+    /// The agents this one may take connections from (pid, start time).
+    before: Vec<(u32, u64)>,
+}
+
+/// Part 0's header: writer pid, state length, parts.
+const HEADER: usize = 12;
+
+impl Handoffs {
+    pub fn new(states: HashMap<MapData, HandoffKey, HandoffPart>, before: Vec<(u32, u64)>) -> Self {
+        Self { states, before }
+    }
+
+    /// Hand on `state` for a connection; false when it could not be stored
+    /// (too large, the map full).
+    pub fn put(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        let mut all = Vec::with_capacity(HEADER + state.len());
+        all.extend_from_slice(&me().to_le_bytes());
+        all.extend_from_slice(&(state.len() as u32).to_le_bytes());
+        let parts = all.len().saturating_add(state.len()).div_ceil(HANDOFF_PART) as u32;
+        if parts > HANDOFF_MAX_PARTS {
+            return false;
+        }
+        all.extend_from_slice(&parts.to_le_bytes());
+        all.extend_from_slice(state);
+        let mut part = Box::new(HandoffPart { len: 0, data: [0; HANDOFF_PART] });
+        // Part 0 last: once it is there, so is every other.
+        for (i, piece) in all.chunks(HANDOFF_PART).enumerate().rev() {
+            part.len = piece.len() as u32;
+            part.data[..piece.len()].copy_from_slice(piece);
+            let key = HandoffKey { tgid, part: i as u32, conn };
+            if self.states.insert(key, *part, 0).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The state an agent before this one handed on for a connection this
+    /// one took from it (and removed), not yet, or never.
+    pub fn take(&mut self, tgid: u32, conn: u64) -> Handed {
+        // Alive before the look: a state written just before its exit is found.
+        let alive = self.before.iter().any(|&(pid, since)| alive(pid, since));
+        let Ok(first) = self.states.get(&HandoffKey { tgid, part: 0, conn }, 0) else {
+            return if alive { Handed::Wait } else { Handed::Never };
+        };
+        let head = &first.data[..(first.len as usize).min(HANDOFF_PART)];
+        let word = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let (Some(writer), Some(len), Some(parts)) = (word(0), word(4), word(8)) else { return Handed::Never };
+        let mut all = head.to_vec();
+        for i in 1..parts.min(HANDOFF_MAX_PARTS) {
+            match self.states.get(&HandoffKey { tgid, part: i, conn }, 0) {
+                Ok(p) => all.extend_from_slice(&p.data[..(p.len as usize).min(HANDOFF_PART)]),
+                Err(_) => break,
+            }
+        }
+        for i in 0..parts.min(HANDOFF_MAX_PARTS) {
+            let _ = self.states.remove(&HandoffKey { tgid, part: i, conn });
+        }
+        let state = all.get(HEADER..HEADER + len as usize);
+        // Only from an agent this one succeeds: not a leftover under a reused key.
+        match state {
+            Some(s) if self.before.iter().any(|&(pid, _)| pid == writer) => Handed::State(s.to_vec()),
+            _ => Handed::Never,
         }
     }
 }

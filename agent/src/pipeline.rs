@@ -79,6 +79,25 @@ pub trait ConnFilter: Send {
     /// stream (a response body no one records: see `http::mute`).
     fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64);
     fn forget(&mut self, tgid: u32, conn: u64);
+    /// Hand a connection's decoding state to the agent taking it over (an
+    /// upgrade, see `handoff`); false when it could not be stored.
+    fn hand_off(&mut self, _tgid: u32, _conn: u64, _state: &[u8]) -> bool {
+        false
+    }
+    /// The state the agent before this one handed over for a connection
+    /// this one took from it.
+    fn handed(&mut self, _tgid: u32, _conn: u64) -> Handed {
+        Handed::Never
+    }
+}
+
+/// [`ConnFilter::handed`]: a state, not yet (the agent before still runs),
+/// or never.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handed {
+    State(Vec<u8>),
+    Wait,
+    Never,
 }
 
 struct Conn {
@@ -100,6 +119,11 @@ pub struct Pipeline {
     exec_tx: Option<Sender<ProcessEvent>>,
     exchanges: Vec<Classified<Endpoint>>,
     filter: Option<Box<dyn ConnFilter>>,
+    /// Connections taken over whose records wait for the state the agent
+    /// before hands on (see `handoff`).
+    parked: handoff::Parked,
+    /// Connections taken over with a state, until their first record.
+    resumed: std::collections::HashMap<crate::capture::event::ConnKey, HttpConnection<Endpoint>>,
     coverage: Coverage,
     unprobed: Option<Receiver<Unprobed>>,
     /// Connections to LLM API hosts: read, or blind spots.
@@ -130,6 +154,8 @@ impl Pipeline {
             exec_tx,
             exchanges: Vec::new(),
             filter: None,
+            parked: Default::default(),
+            resumed: Default::default(),
             coverage: Coverage::default(),
             unprobed: None,
             blind,
@@ -179,6 +205,7 @@ impl Pipeline {
     pub fn handle(&mut self, raw: &[u8]) {
         Stats::inc(&self.stats.events);
         match decode(raw) {
+            Ok(RawEvent::Data(c)) if self.park(&c, raw) => {}
             Ok(RawEvent::Data(c)) => self.on_data(&c),
             Ok(RawEvent::Hello(h)) => self.on_hello(&h),
             Ok(RawEvent::Control(c)) => self.on_control(c),
@@ -205,8 +232,13 @@ impl Pipeline {
             self.follow_moved_websocket(c);
         }
         let mut lost = Lost::default();
-        let (entry, continuity, evicted) =
-            self.conns.on_data(c, || Conn { http: HttpConnection::new(max_body), counted_ignore: false, named: false });
+        // Taken over with the decoding state the agent before handed on.
+        let resumed = if self.resumed.is_empty() { None } else { self.resumed.remove(&c.key) };
+        // Ignored by the agent before: counted there.
+        let counted_ignore = resumed.as_ref().is_some_and(|h| h.ignored().is_some());
+        let new_conn =
+            || Conn { http: resumed.unwrap_or_else(|| HttpConnection::new(max_body)), counted_ignore, named: false };
+        let (entry, continuity, evicted) = self.conns.on_data(c, new_conn);
         let (meta, owner) = (entry.meta, c.owner);
         if entry.fresh {
             entry.fresh = false;
@@ -448,6 +480,7 @@ impl Pipeline {
     }
 
     pub fn flush(&mut self) {
+        self.unpark();
         for s in &mut self.sinks {
             if let Err(e) = s.flush() {
                 Stats::inc(&self.stats.sink_errors);
@@ -514,5 +547,6 @@ fn who(attribution: &mut Attributor, owner: &ConnMeta) -> Who {
     }
 }
 
+mod handoff;
 #[cfg(test)]
 mod tests;

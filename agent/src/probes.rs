@@ -18,7 +18,8 @@ use tokentap_agent_common::{LossCounter, MuteRange, SockId, SockKey, SockState, 
 use crate::blind_spots::SocketTable;
 use crate::capture::event::Totals;
 use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
-use crate::handover::Handover;
+use crate::handover::{Handoffs, Handover};
+use crate::pipeline::Handed;
 use crate::stats::{Counted, Stats};
 
 /// The eBPF object built by build.rs.
@@ -230,10 +231,12 @@ impl SocketTable for SocketMaps {
 }
 
 /// `IGNORED_CONNS`: connections whose calls the kernel should stop copying;
-/// `MUTED`: the response bodies it should not copy.
+/// `MUTED`: the response bodies it should not copy; with `--handover-dir`,
+/// `CONN_STATES`: the decoding states agents hand on during an upgrade.
 pub struct IgnoreMap {
     map: aya::maps::HashMap<MapData, SslKey, u32>,
     muted: aya::maps::HashMap<MapData, SslKey, MuteRange>,
+    handoff: Option<Handoffs>,
 }
 
 impl IgnoreMap {
@@ -249,6 +252,14 @@ impl IgnoreMap {
 
     pub fn forget(&mut self, tgid: u32, conn: u64) {
         let _ = self.map.remove(&SslKey { tgid: tgid as u64, ssl: conn });
+    }
+
+    pub fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        self.handoff.as_mut().is_some_and(|h| h.put(tgid, conn, state))
+    }
+
+    pub fn handed(&mut self, tgid: u32, conn: u64) -> Handed {
+        self.handoff.as_mut().map_or(Handed::Never, |h| h.take(tgid, conn))
     }
 }
 
@@ -331,7 +342,12 @@ impl Probes {
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
         let loss = ebpf.take_map("LOSS").ok_or(ProbeError::MissingMap("LOSS"))?;
         let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
-        let ignored = IgnoreMap { map: hash_map(&mut ebpf, "IGNORED_CONNS")?, muted: hash_map(&mut ebpf, "MUTED")? };
+        let handoff = match &handover {
+            Some(h) => Some(Handoffs::new(hash_map(&mut ebpf, "CONN_STATES")?, h.predecessors())),
+            None => None,
+        };
+        let ignored =
+            IgnoreMap { map: hash_map(&mut ebpf, "IGNORED_CONNS")?, muted: hash_map(&mut ebpf, "MUTED")?, handoff };
         let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
         let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
         let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };

@@ -515,6 +515,10 @@ fn read_loop(
             );
         }
     }
+    if drain.asked.load(Ordering::Relaxed) {
+        // A successor took over: it decodes our HTTP/2 connections on from here.
+        pipeline.hand_off();
+    }
     pipeline.finish();
     loss.update(stats);
     let s = stats.snapshot();
@@ -553,6 +557,14 @@ impl ConnFilter for IgnoreMap {
 
     fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64) {
         IgnoreMap::mute(self, tgid, conn, from, to);
+    }
+
+    fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        IgnoreMap::hand_off(self, tgid, conn, state)
+    }
+
+    fn handed(&mut self, tgid: u32, conn: u64) -> crate::pipeline::Handed {
+        IgnoreMap::handed(self, tgid, conn)
     }
 }
 

@@ -100,6 +100,18 @@ counters! {
     /// LLM calls dropped: in flight when the agent stopped (its probes were
     /// detached before the response was complete).
     dropped_at_exit,
+    /// An upgrade (`--handover-dir`), leaving: HTTP/2 connections whose
+    /// decoding state (and ignored connections whose verdict) was handed to
+    /// the next agent, and those it could not hand on (a header block half
+    /// read, too large).
+    handoff_states_sent,
+    handoff_states_not_sent,
+    /// An upgrade, taking over: connections decoded on from the state the
+    /// agent before handed on, taken with none (it exited without one, or
+    /// the wait passed 30 s), or with one that could not be used.
+    handoff_states_received,
+    handoff_states_missing,
+    handoff_states_unusable,
     /// LLM calls dropped: response body larger than the cap.
     dropped_truncated_body,
     /// LLM calls dropped: response body could not be decoded (bad gzip, bomb, ...).

@@ -6,7 +6,7 @@ the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
-Usage: py_workload.py --base URL --ca CA.pem --key KEY WORKLOAD.json
+Usage: py_workload.py --base URL --ca CA.pem --key KEY [--http2] WORKLOAD.json
 """
 import argparse
 import json
@@ -23,13 +23,14 @@ def main():
     ap.add_argument("--base", required=True)
     ap.add_argument("--ca", required=True)
     ap.add_argument("--key", required=True)
+    ap.add_argument("--http2", action="store_true", help="offer HTTP/2 (httpx http2=True)")
     ap.add_argument("workload")
     a = ap.parse_args()
     ctx = ssl.create_default_context(cafile=a.ca)
 
     def client():
         return openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0,
-                             http_client=openai.DefaultHttpxClient(verify=ctx))
+                             http_client=openai.DefaultHttpxClient(verify=ctx, http2=a.http2))
 
     shared = client()
     calls = json.load(open(a.workload))

@@ -2,7 +2,8 @@
 //! agent started beside the old one takes over with no gap. Calls keep flowing
 //! at a steady rate over a keep-alive connection and over a new connection
 //! each; the old agent is stopped once the new one is ready (what a surge
-//! rollout does), and every call is recorded exactly once across the two.
+//! rollout does), and every call is recorded exactly once across the two;
+//! over HTTP/2 too, whose connections change agents with their decoding state.
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool).
 use std::path::{Path, PathBuf};
@@ -80,7 +81,7 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     std::fs::create_dir_all(&first_dir).unwrap();
     std::fs::create_dir_all(&second_dir).unwrap();
     let mut first = Agent::start(&first_dir, &flag);
-    for name in ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS"] {
+    for name in ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"] {
         assert!(fs.pins().join(name).exists(), "{name} pinned while an agent runs");
     }
     // About 100 calls/s on one keep-alive connection and 30/s on a new
@@ -188,7 +189,7 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("removed 3 pinned maps"), "{text}");
+    assert!(text.contains("removed 4 pinned maps"), "{text}");
     assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
     assert!(!fs.pins().exists());
     let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
@@ -200,4 +201,68 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 pinned maps"));
+}
+
+#[test]
+fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("handover-h2");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::H2);
+    let fs = BpfFs::mount(&dir);
+    let pins = fs.pins().display().to_string();
+    let flag = ["--handover-dir", pins.as_str()];
+    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut first = Agent::start(&first_dir, &flag);
+    // One HTTP/2 connection kept busy (as fast as the test server answers,
+    // ~20 calls/s): a call is in flight most of the time.
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let work = calls(400, 0, 0.005, false);
+    let client = py_workload(&dir, &certs, &base, "h2", &work)
+        .arg("--http2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let pid = client.id();
+    first.wait_records(&[pid], 50);
+    let mut second = Agent::start(&second_dir, &flag);
+    let t = Instant::now();
+    assert!(first.stop().success());
+    let stopped = t.elapsed();
+    let out = client.wait_with_output().expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    second.wait_process_done(pid);
+    assert!(second.stop().success());
+    let served = server.served();
+    assert_eq!(served.len(), work.len());
+    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+    }
+    let (old, new) = (first.stats(), second.stats());
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "handover over HTTP/2: old agent {} records, new {} of {}; old stopped in {stopped:?}; states sent {}, \
+         received {}, missing {}",
+        by_old.len(),
+        by_new.len(),
+        work.len(),
+        n(&old, "handoff_states_sent"),
+        n(&new, "handoff_states_received"),
+        n(&new, "handoff_states_missing"),
+    );
+    assert_eq!(all.len(), work.len(), "every call recorded exactly once across the two agents");
+    assert!(by_old.len() >= 50 && by_new.len() >= 50, "both agents recorded calls");
+    assert!(n(&old, "handoff_states_sent") >= 1 && n(&new, "handoff_states_received") >= 1, "{old}\n{new}");
+    assert_eq!(n(&new, "handoff_states_missing") + n(&new, "handoff_states_unusable"), 0, "{new}");
+    for s in [&old, &new] {
+        let cut = (n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "ignored_http2_joined"));
+        assert_eq!(cut, (0, 0, 0), "{s}");
+    }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 pub use tokentap_agent_common::SockId;
 use tokentap_agent_common::{
-    Source, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TRUNCATED,
+    Source, DIR_EGRESS, DIR_INGRESS, FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TAKEN_OVER, FLAG_TRUNCATED,
 };
 
 /// Which way plaintext crossed the process's TLS (or socket) calls.
@@ -39,6 +39,9 @@ pub struct ChunkFlags {
     pub read_failed: bool,
     /// Bytes were lost before this chunk, which is whole and starts a call.
     pub gap_before: bool,
+    /// This agent took the connection over from one that left (an upgrade)
+    /// with this chunk: its decoding state may wait in the handover maps.
+    pub taken_over: bool,
 }
 
 impl ChunkFlags {
@@ -48,6 +51,7 @@ impl ChunkFlags {
             truncated: bits & FLAG_TRUNCATED != 0,
             read_failed: bits & FLAG_READ_FAILED != 0,
             gap_before: bits & FLAG_GAP_BEFORE != 0,
+            taken_over: bits & FLAG_TAKEN_OVER != 0,
         }
     }
 

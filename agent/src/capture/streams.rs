@@ -99,6 +99,10 @@ impl<T> ConnTable<T> {
         (e, cont, evicted)
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&ConnKey, &mut Entry<T>)> {
+        self.conns.iter_mut()
+    }
+
     pub fn contains(&self, key: &ConnKey) -> bool {
         self.conns.contains_key(key)
     }

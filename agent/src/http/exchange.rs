@@ -39,6 +39,9 @@ pub enum Ignored {
 }
 
 impl Ignored {
+    const ALL: [Self; 6] =
+        [Self::NotHttp, Self::Http2Joined, Self::ServerSide, Self::Desync, Self::Upgraded, Self::WebSocket];
+
     /// Connections that are nothing to decode (a database, a server end) are
     /// normal; the rest hide calls from the agent.
     pub fn is_blind_spot(self) -> bool {
@@ -248,6 +251,42 @@ impl<E: WsCalls> HttpConnection<E> {
         }
     }
 
+    /// What the agent taking this connection over needs (an upgrade): an
+    /// HTTP/2 connection's decoding state (`h2::handoff`, after `h`), or that
+    /// it is ignored and why (`i`, one byte), so it is not decoded or counted
+    /// again. None for the rest: HTTP/1.1 changes hands between exchanges and
+    /// needs nothing; or the state can't be handed on.
+    pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
+        match &mut self.state {
+            State::Http2(c) => Some([&b"h"[..], &c.hand_off(max.saturating_sub(1))?].concat()),
+            State::Ignored(why) => Some(vec![b'i', Ignored::ALL.iter().position(|w| w == why)? as u8]),
+            _ => None,
+        }
+    }
+
+    /// A connection taken over from the agent before, from where it
+    /// stopped; `classify` tags its calls in flight again.
+    pub fn resume(
+        state: &[u8],
+        max_body: usize,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
+    ) -> Result<Self, h2::H2Error> {
+        let mut c = Self::new(max_body);
+        c.state = match state.split_first() {
+            Some((b'h', rest)) => State::Http2(Box::new(H2Connection::resume(rest, max_body, classify)?)),
+            Some((b'i', [why])) => State::Ignored(
+                *Ignored::ALL.get(*why as usize).ok_or(h2::H2Error::Frame("handoff state: unknown reason"))?,
+            ),
+            _ => return Err(h2::H2Error::Frame("handoff state of another kind")),
+        };
+        Ok(c)
+    }
+
+    /// Is this connection handed on with a state? (HTTP/2, ignored)
+    pub fn hands_off(&self) -> bool {
+        matches!(self.state, State::Http2(_) | State::Ignored(_))
+    }
+
     /// LLM calls begun and not yet complete: a request being written or
     /// waiting for (the rest of) its response. A handover waits for these.
     pub fn calls_in_flight(&self) -> usize {
@@ -256,7 +295,8 @@ impl<E: WsCalls> HttpConnection<E> {
                 let waiting = self.pending.iter().filter(|(_, e)| e.is_some()).count();
                 waiting + self.heads.iter().filter(|e| e.is_some()).count()
             }
-            State::Http2(c) => c.calls_in_flight(),
+            // Handed on with the connection's state (see `h2::handoff`).
+            State::Http2(c) => c.websocket_calls_in_flight(),
             State::WebSocket(ws) => ws.calls_in_flight(),
             State::Sniffing { .. } | State::Ignored(_) => 0,
         }

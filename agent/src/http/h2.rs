@@ -17,6 +17,8 @@
 //! stream's decoding only (counted), not the connection's.
 use std::collections::HashMap;
 
+mod handoff;
+
 use loona_hpack::Decoder;
 use thiserror::Error;
 
@@ -66,6 +68,8 @@ struct Direction {
     /// Preface bytes still expected (egress only).
     preface_left: usize,
     hpack: Decoder<'static>,
+    /// The table size the peer's SETTINGS allowed this direction's encoder.
+    allowed: usize,
     /// Header block being assembled: (stream, fragment, END_STREAM of its HEADERS, is PUSH_PROMISE).
     block: Option<(u32, Vec<u8>, bool, bool)>,
 }
@@ -74,7 +78,8 @@ impl Direction {
     fn new(preface: bool) -> Self {
         let mut hpack = Decoder::new();
         hpack.set_max_allowed_table_size(4096);
-        Self { buf: Vec::new(), preface_left: if preface { PREFACE.len() } else { 0 }, hpack, block: None }
+        let preface_left = if preface { PREFACE.len() } else { 0 };
+        Self { buf: Vec::new(), preface_left, hpack, allowed: 4096, block: None }
     }
 }
 
@@ -169,9 +174,10 @@ impl<E: WsCalls> H2Connection<E> {
         self.frames(false, ts, &mut |_| None, out, lost)
     }
 
-    /// Captured calls whose streams are open (the only streams kept).
-    pub fn calls_in_flight(&self) -> usize {
-        self.streams.values().map(|s| s.ws.as_ref().map_or(1, |ws| ws.calls_in_flight())).sum()
+    /// Calls in flight on WebSocket streams: the ones a handover can't hand
+    /// on (see `handoff`).
+    pub fn websocket_calls_in_flight(&self) -> usize {
+        self.streams.values().filter_map(|s| s.ws.as_ref()).map(|ws| ws.calls_in_flight()).sum()
     }
 
     /// The connection ended: responses cut short are handed on incomplete (the
@@ -314,7 +320,8 @@ impl<E: WsCalls> H2Connection<E> {
                         // other direction's decoder.
                         let size = (u32::from_be_bytes([s[2], s[3], s[4], s[5]]) as usize).min(MAX_TABLE_SIZE);
                         let other = if egress { &mut self.ingress } else { &mut self.egress };
-                        other.hpack.set_max_allowed_table_size(size.max(4096));
+                        other.allowed = size.max(4096);
+                        other.hpack.set_max_allowed_table_size(other.allowed);
                     }
                 }
             }

@@ -498,6 +498,7 @@ fn a_reused_connection_object_claims_each_socket_it_reads() {
     assert_eq!((snap.llm_connections_decoded, snap.llm_connections_unread), (2, 0), "{:?}", p.blind_spots());
 }
 
+mod handoff;
 mod unread;
 mod websocket;
 

@@ -1,0 +1,406 @@
+//! An HTTP/2 connection handed from one agent to the next during an upgrade.
+//!
+//! Why: an HTTP/2 connection has no point where it can change hands cleanly,
+//! as HTTP/1.1 has between exchanges; every header block depends on the HPACK
+//! tables built from all the blocks before it. An agent joining one midway can
+//! decode none of its requests again (`ignored_http2_joined`) until the client
+//! reconnects, which a busy client may never do. So the agent leaving writes
+//! down what the next one needs to go on from the very byte it stopped at:
+//! both directions' dynamic tables and any partial frame (the new agent's
+//! first bytes continue that frame), and the calls in flight (their request,
+//! and the response so far), whose ends the new agent then reads. So the old
+//! agent need not wait for a busy connection to fall quiet, which it may never
+//! do. A WebSocket stream is not carried over (its session state is not).
+//!
+//! The format (version 1), integers big-endian: a version byte, then per
+//! direction (egress first) the table size the peer allowed (u32), the
+//! preface bytes still expected (u32), the dynamic table oldest entry first
+//! (u16 count, then u16-length name and value of each), the partial frame
+//! (u32 length and bytes); then the streams (u16 count; each its id, its
+//! request, and its response if begun). The tables are read from the decoder
+//! by asking it for each dynamic index (an indexed field changes nothing) and
+//! written back as literal fields with incremental indexing, which rebuilds
+//! the same table. What a stream's request was classified as is not written:
+//! the new agent classifies the request head again, with its own rules.
+use super::{Direction, H2Connection, H2Error, Stream};
+use crate::http::message::{Head, Message};
+use crate::http::ws_session::WsCalls;
+
+const VERSION: u8 = 1;
+/// The first dynamic table index (after the 61 static entries).
+const FIRST_DYNAMIC: usize = 62;
+/// More entries than a 64 KiB table can hold (32 bytes each at least).
+const MAX_ENTRIES: usize = 2048;
+
+/// An HPACK integer with an `n`-bit prefix under `pattern` (RFC 7541 5.1).
+fn hpack_int(out: &mut Vec<u8>, n: u32, pattern: u8, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(pattern | v as u8);
+        return;
+    }
+    out.push(pattern | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
+    hpack_int(out, 7, 0, s.len());
+    out.extend_from_slice(s);
+}
+
+/// The dynamic table, newest entry first.
+fn table(d: &mut Direction) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut entries = Vec::new();
+    for index in FIRST_DYNAMIC..FIRST_DYNAMIC + MAX_ENTRIES {
+        let mut field = Vec::new();
+        hpack_int(&mut field, 7, 0x80, index);
+        match d.hpack.decode(&field) {
+            Ok(mut v) if v.len() == 1 => entries.push(v.remove(0)),
+            _ => break,
+        }
+    }
+    entries
+}
+
+fn put_u16(out: &mut Vec<u8>, v: usize) -> Option<()> {
+    out.extend_from_slice(&u16::try_from(v).ok()?.to_be_bytes());
+    Some(())
+}
+
+fn put_u32(out: &mut Vec<u8>, v: usize) -> Option<()> {
+    out.extend_from_slice(&u32::try_from(v).ok()?.to_be_bytes());
+    Some(())
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Option<()> {
+    put_u32(out, b.len())?;
+    out.extend_from_slice(b);
+    Some(())
+}
+
+fn put_opt(out: &mut Vec<u8>, s: Option<&str>) -> Option<()> {
+    out.push(u8::from(s.is_some()));
+    put_bytes(out, s.unwrap_or_default().as_bytes())
+}
+
+fn put_message(out: &mut Vec<u8>, m: &Message) -> Option<()> {
+    let h = &m.head;
+    put_opt(out, h.method.as_deref())?;
+    put_opt(out, h.path.as_deref())?;
+    out.extend_from_slice(&h.status.unwrap_or(0).to_be_bytes());
+    out.push(h.minor_version);
+    out.push(u8::from(h.http2));
+    put_u16(out, h.headers.len())?;
+    for (name, value) in &h.headers {
+        put_bytes(out, name.as_bytes())?;
+        put_bytes(out, value)?;
+    }
+    put_bytes(out, &m.body)?;
+    out.push(u8::from(m.body_truncated) | u8::from(m.body_captured) << 1 | u8::from(m.complete) << 2);
+    put_u64(out, m.first_ts);
+    put_u64(out, m.last_ts);
+    put_u16(out, m.body_marks.len())?;
+    for &(end, ts) in &m.body_marks {
+        put_u64(out, end as u64);
+        put_u64(out, ts);
+    }
+    Some(())
+}
+
+/// Reads the format back, every length checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], H2Error> {
+        if self.0.len() < n {
+            return Err(H2Error::Frame("handoff state cut short"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn u16(&mut self) -> Result<usize, H2Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
+    }
+
+    fn u32(&mut self) -> Result<usize, H2Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn u64(&mut self) -> Result<u64, H2Error> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+
+    fn u8(&mut self) -> Result<u8, H2Error> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], H2Error> {
+        let n = self.u32()?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, H2Error> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| H2Error::Frame("handoff state: not UTF-8"))
+    }
+
+    fn opt(&mut self) -> Result<Option<String>, H2Error> {
+        let some = self.u8()? == 1;
+        let s = self.string()?;
+        Ok(some.then_some(s))
+    }
+
+    fn message(&mut self, max_body: usize) -> Result<Message, H2Error> {
+        let method = self.opt()?;
+        let path = self.opt()?;
+        let b = self.take(2)?;
+        let status = Some(u16::from_be_bytes([b[0], b[1]])).filter(|&s| s != 0);
+        let (minor_version, http2) = (self.u8()?, self.u8()? == 1);
+        let mut headers = Vec::new();
+        for _ in 0..self.u16()? {
+            let name = self.string()?;
+            headers.push((name, self.bytes()?.to_vec()));
+        }
+        let body = self.bytes()?;
+        if body.len() > max_body {
+            return Err(H2Error::TooLarge);
+        }
+        let flags = self.u8()?;
+        let (first_ts, last_ts) = (self.u64()?, self.u64()?);
+        let mut body_marks = Vec::new();
+        for _ in 0..self.u16()? {
+            let end = self.u64()? as usize;
+            body_marks.push((end, self.u64()?));
+        }
+        Ok(Message {
+            head: Head { method, path, status, minor_version, http2, headers },
+            body: body.to_vec(),
+            body_truncated: flags & 1 != 0,
+            body_captured: flags & 2 != 0,
+            complete: flags & 4 != 0,
+            first_ts,
+            last_ts,
+            body_marks,
+        })
+    }
+}
+
+impl<E: WsCalls> H2Connection<E> {
+    /// What the next agent needs to go on decoding this connection, at most
+    /// `max` bytes; None when it can't be handed on (a header block half
+    /// read, or the state too large). The calls handed on leave this
+    /// connection (the next agent completes them); WebSocket streams stay.
+    pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
+        if self.egress.block.is_some() || self.ingress.block.is_some() {
+            return None;
+        }
+        let mut out = vec![VERSION];
+        for d in [&mut self.egress, &mut self.ingress] {
+            put_u32(&mut out, d.allowed)?;
+            put_u32(&mut out, d.preface_left)?;
+            let entries = table(d);
+            put_u16(&mut out, entries.len())?;
+            // Oldest first: inserted in this order, they end where they were.
+            for (name, value) in entries.iter().rev() {
+                put_u16(&mut out, name.len())?;
+                out.extend_from_slice(name);
+                put_u16(&mut out, value.len())?;
+                out.extend_from_slice(value);
+            }
+            put_u32(&mut out, d.buf.len())?;
+            out.extend_from_slice(&d.buf);
+        }
+        let calls: Vec<u32> = self.streams.iter().filter(|(_, s)| s.ws.is_none()).map(|(id, _)| *id).collect();
+        put_u16(&mut out, calls.len())?;
+        for id in &calls {
+            let s = &self.streams[id];
+            put_u32(&mut out, *id as usize)?;
+            put_message(&mut out, &s.request)?;
+            out.push(u8::from(s.response.is_some()));
+            if let Some(r) = &s.response {
+                put_message(&mut out, r)?;
+            }
+        }
+        if out.len() > max {
+            return None;
+        }
+        for id in calls {
+            self.streams.remove(&id);
+        }
+        Some(out)
+    }
+
+    /// A connection decoded from where the previous agent stopped (see
+    /// [`hand_off`](Self::hand_off)); `classify` tags the calls in flight
+    /// again (those it does not tag are dropped: not worth recording here).
+    pub fn resume(
+        state: &[u8],
+        max_body: usize,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
+    ) -> Result<Self, H2Error> {
+        let mut r = Reader(state);
+        if r.take(1)? != [VERSION] {
+            return Err(H2Error::Frame("handoff state of another version"));
+        }
+        let mut c = Self::new(max_body);
+        for d in [&mut c.egress, &mut c.ingress] {
+            let allowed = r.u32()?.clamp(4096, super::MAX_TABLE_SIZE);
+            d.preface_left = r.u32()?.min(super::PREFACE.len());
+            d.allowed = allowed;
+            d.hpack.set_max_allowed_table_size(allowed);
+            let n = r.u16()?;
+            let mut block = Vec::new();
+            let mut size = 0;
+            for _ in 0..n.min(MAX_ENTRIES) {
+                let n = r.u16()?;
+                let name = r.take(n)?;
+                let n = r.u16()?;
+                let value = r.take(n)?;
+                size += name.len() + value.len() + 32;
+                block.push(0x40);
+                hpack_string(&mut block, name);
+                hpack_string(&mut block, value);
+            }
+            if size > allowed {
+                return Err(H2Error::TooLarge);
+            }
+            // The encoder's table was at least this large: keep every entry.
+            if size > 4096 {
+                d.hpack.set_max_table_size(allowed);
+            }
+            d.hpack.decode(&block).map_err(|_| H2Error::Hpack)?;
+            let partial = r.u32()?;
+            d.buf = r.take(partial)?.to_vec();
+        }
+        for _ in 0..r.u16()?.min(super::MAX_STREAMS) {
+            let id = r.u32()? as u32;
+            let request = r.message(max_body)?;
+            let response = if r.u8()? == 1 { Some(r.message(max_body)?) } else { None };
+            if let Some(endpoint) = classify(&request.head) {
+                c.streams.insert(id, Stream { request, endpoint, response, ws: None });
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::encode::{frame, headers};
+    use super::super::{CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS};
+    use super::*;
+    use crate::http::message::{Classified, Head, Lost};
+    use loona_hpack::Encoder;
+
+    fn llm(h: &Head) -> Option<()> {
+        h.path.as_deref().is_some_and(|p| p.starts_with("/v1/")).then_some(())
+    }
+
+    fn request(enc: &mut Encoder<'_>, id: u32, path: &str) -> Vec<u8> {
+        let h = headers(
+            enc,
+            &[(":method", "POST"), (":authority", "api.openai.com"), (":path", path), ("x-client-lang", "python")],
+        );
+        let mut f = frame(HEADERS, END_HEADERS, id, &h);
+        f.extend(frame(DATA, END_STREAM, id, b"{\"model\":\"m\"}"));
+        f
+    }
+
+    fn response(enc: &mut Encoder<'_>, id: u32) -> Vec<u8> {
+        let h = headers(enc, &[(":status", "200"), ("content-type", "application/json"), ("x-request-id", "r")]);
+        let mut f = frame(HEADERS, END_HEADERS, id, &h);
+        f.extend(frame(DATA, END_STREAM, id, b"{}"));
+        f
+    }
+
+    #[test]
+    fn the_next_agent_decodes_blocks_that_refer_to_tables_built_before_it() {
+        let (mut c, mut s) = (Encoder::new(), Encoder::new());
+        let mut old = H2Connection::<()>::new(1 << 20);
+        let (mut lost, mut out) = (Lost::default(), Vec::<Classified<()>>::new());
+        let mut first = PREFACE.to_vec();
+        first.extend(frame(SETTINGS, 0, 0, &[]));
+        first.extend(request(&mut c, 1, "/v1/chat/completions"));
+        old.on_egress(&first, 1, &mut llm, &mut lost).unwrap();
+        old.on_ingress(&response(&mut s, 1), 2, &mut out, &mut lost).unwrap();
+        assert_eq!(out.len(), 1);
+        // The next request's first bytes reached the old agent, the rest will
+        // reach the new one: the frame is cut in the middle.
+        let next = request(&mut c, 3, "/v1/chat/completions");
+        old.on_egress(&next[..5], 3, &mut llm, &mut lost).unwrap();
+        let state = old.hand_off(16380).expect("handed off");
+        let mut new = H2Connection::<()>::resume(&state, 1 << 20, &mut llm).unwrap();
+        // A fresh decoder can't read the new block: it refers to the table.
+        let mut blind = H2Connection::<()>::new(1 << 20);
+        blind.egress.preface_left = 0;
+        assert_eq!(blind.on_egress(&next, 3, &mut llm, &mut Lost::default()), Err(H2Error::Hpack));
+        new.on_egress(&next[5..], 4, &mut llm, &mut lost).unwrap();
+        out.clear();
+        new.on_ingress(&response(&mut s, 3), 5, &mut out, &mut lost).unwrap();
+        assert_eq!(out.len(), 1, "the call across the handoff is recorded");
+        assert_eq!(out[0].exchange.request.head.path.as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(out[0].exchange.response.head.header("x-request-id"), Some("r"));
+        assert_eq!(lost, Lost::default());
+    }
+
+    #[test]
+    fn a_call_in_flight_is_handed_on_and_completed_by_the_next_agent() {
+        let (mut c, mut s) = (Encoder::new(), Encoder::new());
+        let mut old = H2Connection::<()>::new(1 << 20);
+        let (mut lost, mut out) = (Lost::default(), Vec::<Classified<()>>::new());
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(request(&mut c, 1, "/v1/chat/completions"));
+        old.on_egress(&bytes, 1, &mut llm, &mut lost).unwrap();
+        // Its response begun: the head and part of the body.
+        let resp = response(&mut s, 1);
+        let cut = resp.len() - 4;
+        old.on_ingress(&resp[..cut], 2, &mut out, &mut lost).unwrap();
+        let state = old.hand_off(1 << 20).unwrap();
+        assert_eq!(old.streams.len(), 0, "handed on, no longer the old agent's");
+        let mut never = |_: &Head| None;
+        let skipped = H2Connection::<()>::resume(&state, 1 << 20, &mut never).unwrap();
+        assert!(skipped.streams.is_empty(), "a call the new rules don't tag is not kept");
+        let mut new = H2Connection::<()>::resume(&state, 1 << 20, &mut llm).unwrap();
+        new.on_ingress(&resp[cut..], 3, &mut out, &mut lost).unwrap();
+        assert_eq!(out.len(), 1);
+        let e = &out[0].exchange;
+        assert_eq!((e.request.body.as_slice(), e.response.body.as_slice()), (&b"{\"model\":\"m\"}"[..], &b"{}"[..]));
+        assert_eq!((e.request.first_ts, e.response.first_ts, e.response.last_ts), (1, 2, 3), "timing kept");
+        assert!(e.response.complete);
+        assert_eq!(e.response.head.header("x-request-id"), Some("r"));
+    }
+
+    #[test]
+    fn a_half_read_header_block_or_a_bad_state_is_not_handed_on() {
+        let mut c = Encoder::new();
+        let mut old = H2Connection::<()>::new(1 << 20);
+        let mut lost = Lost::default();
+        let h = headers(&mut c, &[(":method", "POST"), (":path", "/v1/x")]);
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(HEADERS, 0, 1, &h));
+        old.on_egress(&bytes, 1, &mut llm, &mut lost).unwrap();
+        assert!(old.hand_off(16380).is_none(), "a CONTINUATION is awaited");
+        old.on_egress(&frame(CONTINUATION, END_HEADERS, 1, &[]), 2, &mut llm, &mut lost).unwrap();
+        let state = old.hand_off(16380).unwrap();
+        assert!(old.hand_off(4).is_none(), "larger than allowed");
+        for cut in 0..state.len() {
+            assert!(H2Connection::<()>::resume(&state[..cut], 1 << 20, &mut llm).is_err(), "cut at {cut}");
+        }
+        let mut other = state.clone();
+        other[0] = 9;
+        assert!(H2Connection::<()>::resume(&other, 1 << 20, &mut llm).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Connections that change agents during an upgrade (`handover`), as the
+//! pipeline sees them. The agent leaving hands on each HTTP/2 connection's
+//! decoding state ([`Pipeline::hand_off`], after its last record is read).
+//! The agent taking over holds the records of a connection it took from it
+//! ([`Pipeline::park`]) until that state is there, then decodes them from where
+//! the other stopped; or, when the agent before has exited without leaving one
+//! (or the wait is too long), as a connection joined midway (counted).
+//!
+//! Why wait rather than ask first: the agent before leaves before it detaches
+//! (else no one would copy its connections meanwhile), so its state is final
+//! only after the new agent has its first bytes.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
+
+use super::{Handed, Pipeline};
+use crate::capture::decode::decode;
+use crate::capture::event::{Chunk, ConnKey, Direction, RawEvent};
+use crate::http::exchange::HttpConnection;
+use crate::http::sniff;
+use crate::stats::Stats;
+
+/// Longest wait for a state: the agent before detaches its probes first,
+/// which takes seconds on a host with many probed files.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Record bytes held per connection, and for all, while waiting.
+const MAX_CONN_BYTES: usize = 4 << 20;
+const MAX_BYTES: usize = 32 << 20;
+
+#[derive(Default)]
+pub(super) struct Parked {
+    conns: HashMap<ConnKey, Waiting>,
+    bytes: usize,
+}
+
+struct Waiting {
+    since: Instant,
+    records: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Pipeline {
+    /// Hold `raw` while its connection waits for the state the agent before
+    /// hands on; true when held (false: decode it now).
+    pub(super) fn park(&mut self, c: &Chunk<'_>, raw: &[u8]) -> bool {
+        let waiting = self.parked.conns.get(&c.key).map(|w| w.bytes);
+        if waiting.is_none() {
+            if !c.flags.taken_over || self.conns.contains(&c.key) || self.filter.is_none() {
+                return false;
+            }
+            // HTTP/1.1 at a request: the connection changed hands cleanly.
+            if c.direction == Direction::Egress && sniff::looks_like_request(c.data) {
+                return false;
+            }
+        }
+        let full = self.parked.bytes + raw.len() > MAX_BYTES || waiting.unwrap_or(0) + raw.len() > MAX_CONN_BYTES;
+        if full {
+            // Decoded as it is: what it held first, then this.
+            self.release(c.key, None);
+            return false;
+        }
+        let w = self.parked.conns.entry(c.key).or_insert_with(|| Waiting {
+            since: Instant::now(),
+            records: Vec::new(),
+            bytes: 0,
+        });
+        w.records.push(raw.to_vec());
+        w.bytes += raw.len();
+        self.parked.bytes += raw.len();
+        true
+    }
+
+    /// Connections waiting for a state: go on with those whose state came,
+    /// or will not (the agent before is gone, or the wait is too long).
+    pub(super) fn unpark(&mut self) {
+        if self.parked.conns.is_empty() {
+            return;
+        }
+        let waiting: Vec<(ConnKey, Instant)> = self.parked.conns.iter().map(|(k, w)| (*k, w.since)).collect();
+        for (key, since) in waiting {
+            let Some(f) = self.filter.as_mut() else { return };
+            match f.handed(key.tgid, key.conn) {
+                Handed::State(s) => self.release(key, Some(s)),
+                Handed::Wait if since.elapsed() < MAX_WAIT => {}
+                Handed::Wait | Handed::Never => self.release(key, None),
+            }
+        }
+    }
+
+    fn release(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
+        let Some(w) = self.parked.conns.remove(&key) else { return };
+        self.parked.bytes -= w.bytes;
+        let rules = &self.cfg.rules;
+        let mut classify = |h: &crate::http::message::Head| rules.classify(h);
+        match state.map(|s| HttpConnection::resume(&s, self.cfg.max_body_bytes, &mut classify)) {
+            Some(Ok(c)) => {
+                Stats::inc(&self.stats.handoff_states_received);
+                if let (Some(_), Some(f)) = (c.ignored(), self.filter.as_mut()) {
+                    // Ignored by the agent before (and counted there): not copied from now on.
+                    f.ignore(key.tgid, key.conn);
+                }
+                self.resumed.insert(key, c);
+            }
+            Some(Err(e)) => {
+                Stats::inc(&self.stats.handoff_states_unusable);
+                tracing::debug!(error = %e, pid = key.tgid, "a handed-on state could not be used");
+            }
+            None => Stats::inc(&self.stats.handoff_states_missing),
+        }
+        for raw in &w.records {
+            if let Ok(RawEvent::Data(c)) = decode(raw) {
+                self.on_data(&c);
+            }
+        }
+    }
+
+    /// Leaving for a successor, after the last record was read: each HTTP/2
+    /// connection's decoding state, and each ignored connection's verdict,
+    /// for the agent that takes it over.
+    pub fn hand_off(&mut self) {
+        let Some(f) = self.filter.as_mut() else { return };
+        for (k, e) in self.conns.iter_mut() {
+            if !e.state.http.hands_off() {
+                continue;
+            }
+            match e.state.http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64) {
+                Some(s) if f.hand_off(k.tgid, k.conn, &s) => Stats::inc(&self.stats.handoff_states_sent),
+                _ => Stats::inc(&self.stats.handoff_states_not_sent),
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! An HTTP/2 connection that changes agents during an upgrade: the old
+//! pipeline hands on its decoding state, the new one waits for it and
+//! records the call that straddles the switch.
+use super::*;
+use crate::capture::decode::tests::data_record;
+use crate::http::h2::encode::{frame, headers};
+use crate::http::h2::PREFACE;
+use loona_hpack::Encoder;
+use std::collections::HashMap;
+use tokentap_agent_common::FLAG_TAKEN_OVER;
+
+/// States by connection, as in the pinned map both agents share.
+type States = HashMap<(u32, u64), Vec<u8>>;
+
+/// The states, and whether the old agent still runs.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<(States, bool)>>);
+
+impl ConnFilter for Shared {
+    fn ignore(&mut self, _: u32, _: u64) {}
+    fn mute(&mut self, _: u32, _: u64, _: u64, _: u64) {}
+    fn forget(&mut self, _: u32, _: u64) {}
+    fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        self.0.lock().unwrap().0.insert((tgid, conn), state.to_vec());
+        true
+    }
+    fn handed(&mut self, tgid: u32, conn: u64) -> Handed {
+        let mut s = self.0.lock().unwrap();
+        match s.0.remove(&(tgid, conn)) {
+            Some(state) => Handed::State(state),
+            None if s.1 => Handed::Wait,
+            None => Handed::Never,
+        }
+    }
+}
+
+fn request(enc: &mut Encoder<'_>, stream: u32) -> Vec<u8> {
+    let h = headers(
+        enc,
+        &[(":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "api.openai.com"), ("x-lang", "go")],
+    );
+    let mut f = frame(1, 0x4, stream, &h);
+    f.extend(frame(0, 0x1, stream, br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#));
+    f
+}
+
+fn response(enc: &mut Encoder<'_>, stream: u32) -> Vec<u8> {
+    let h = headers(enc, &[(":status", "200"), ("content-type", "application/json"), ("x-request-id", "req_1")]);
+    let body = format!(
+        r#"{{"id":"chatcmpl-{stream}","model":"gpt-4o-2024-08-06","usage":{{"prompt_tokens":{stream},"completion_tokens":2}}}}"#
+    );
+    let mut f = frame(1, 0x4, stream, &h);
+    f.extend(frame(0, 0x1, stream, body.as_bytes()));
+    f
+}
+
+fn with(filter: &Shared) -> (Pipeline, Collect, Arc<Stats>) {
+    let (p, c, stats) = pipeline();
+    (p.with_kernel_filter(Box::new(filter.clone())), c, stats)
+}
+
+#[test]
+fn the_new_agent_waits_for_the_state_and_records_the_call_that_straddles_the_switch() {
+    let shared = Shared::default();
+    shared.0.lock().unwrap().1 = true;
+    let (mut old, old_calls, old_stats) = with(&shared);
+    let (mut new, new_calls, new_stats) = with(&shared);
+    let (mut up, mut down) = (Encoder::new(), Encoder::new());
+    let mut first = PREFACE.to_vec();
+    first.extend(frame(4, 0, 0, &[]));
+    first.extend(request(&mut up, 1));
+    call(&mut old, 7, DIR_EGRESS, &first, 1 << 20);
+    call(&mut old, 7, DIR_INGRESS, &response(&mut down, 1), 1 << 20);
+    // The next request: its first 7 bytes were the old agent's last read of
+    // the connection, the rest is the new agent's first, flagged taken over.
+    let next = request(&mut up, 3);
+    call(&mut old, 7, DIR_EGRESS, &next[..7], 1 << 20);
+    new.handle(&data_record(42, 7, DIR_EGRESS, 0, (next.len() - 7) as u64, &next[7..], FLAG_LAST | FLAG_TAKEN_OVER));
+    call(&mut new, 7, DIR_INGRESS, &response(&mut down, 3), 1 << 20);
+    new.flush();
+    assert!(new_calls.0.lock().unwrap().is_empty(), "held while the old agent may still hand on a state");
+    // The old agent, having read its last record, hands on and exits.
+    old.hand_off();
+    old.finish();
+    shared.0.lock().unwrap().1 = false;
+    new.flush();
+    let (a, b) = (old_calls.0.lock().unwrap().clone(), new_calls.0.lock().unwrap().clone());
+    assert_eq!((a.len(), b.len()), (1, 1), "each call once: {a:?} {b:?}");
+    assert_eq!((a[0].input_tokens, b[0].input_tokens), (Some(1), Some(3)));
+    let (o, n) = (old_stats.snapshot(), new_stats.snapshot());
+    assert_eq!((o.handoff_states_sent, n.handoff_states_received), (1, 1));
+    // The old agent saw only a partial frame of it: no call of its own cut.
+    assert_eq!((n.joined_mid_stream, n.ignored_http2_joined, o.dropped_at_exit), (0, 0, 0));
+}
+
+#[test]
+fn with_no_state_and_the_old_agent_gone_the_connection_is_joined_midway_and_counted() {
+    let shared = Shared::default();
+    let (mut new, new_calls, stats) = with(&shared);
+    let mut up = Encoder::new();
+    let _ = request(&mut up, 1);
+    let next = request(&mut up, 3);
+    new.handle(&data_record(42, 7, DIR_EGRESS, 0, next.len() as u64, &next, FLAG_LAST | FLAG_TAKEN_OVER));
+    new.flush();
+    let s = stats.snapshot();
+    assert_eq!(s.handoff_states_missing, 1);
+    assert!(new_calls.0.lock().unwrap().is_empty());
+    assert!(s.ignored_http2_joined + s.ignored_not_http + s.joined_mid_stream > 0, "counted: {s:?}");
+    // An HTTP/1.1 request taken over is read at once, no wait.
+    let shared = Shared::default();
+    shared.0.lock().unwrap().1 = true;
+    let (mut new, new_calls, stats) = with(&shared);
+    new.handle(&data_record(42, 8, DIR_EGRESS, 0, REQ.len() as u64, REQ, FLAG_LAST | FLAG_TAKEN_OVER));
+    call(&mut new, 8, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1);
+    assert_eq!(stats.snapshot().handoff_states_missing, 0);
+}
+
+#[test]
+fn a_call_whose_response_the_old_agent_began_is_finished_by_the_new_one() {
+    let shared = Shared::default();
+    shared.0.lock().unwrap().1 = true;
+    let (mut old, old_calls, old_stats) = with(&shared);
+    let (mut new, new_calls, new_stats) = with(&shared);
+    let (mut up, mut down) = (Encoder::new(), Encoder::new());
+    let mut first = PREFACE.to_vec();
+    first.extend(frame(4, 0, 0, &[]));
+    first.extend(request(&mut up, 1));
+    call(&mut old, 7, DIR_EGRESS, &first, 1 << 20);
+    let answer = response(&mut down, 1);
+    let cut = answer.len() - 10;
+    call(&mut old, 7, DIR_INGRESS, &answer[..cut], 1 << 20);
+    // The old agent leaves without waiting for it: the call goes with the state.
+    old.hand_off();
+    old.finish();
+    let rest = &answer[cut..];
+    new.handle(&data_record(42, 7, DIR_INGRESS, 0, rest.len() as u64, rest, FLAG_LAST | FLAG_TAKEN_OVER));
+    new.flush();
+    assert!(old_calls.0.lock().unwrap().is_empty());
+    let b = new_calls.0.lock().unwrap().clone();
+    assert_eq!(b.len(), 1, "{:?}", new_stats.snapshot());
+    assert_eq!((b[0].input_tokens, b[0].output_tokens), (Some(1), Some(2)));
+    assert_eq!(old_stats.snapshot().dropped_at_exit, 0, "nothing cut: the call was handed on");
+    assert_eq!(new_stats.snapshot().handoff_states_received, 1);
+}
