@@ -313,6 +313,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "tls_hello",
     "otlp",
     "baseline",
+    "handoff",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {

@@ -223,7 +223,8 @@ impl<E: WsCalls> H2Connection<E> {
             put_u32(&mut out, d.buf.len())?;
             out.extend_from_slice(&d.buf);
         }
-        let calls: Vec<u32> = self.streams.iter().filter(|(_, s)| s.ws.is_none()).map(|(id, _)| *id).collect();
+        let mut calls: Vec<u32> = self.streams.iter().filter(|(_, s)| s.ws.is_none()).map(|(id, _)| *id).collect();
+        calls.sort_unstable();
         put_u16(&mut out, calls.len())?;
         for id in &calls {
             let s = &self.streams[id];
