@@ -486,10 +486,11 @@ pub struct ConnOwner {
     pub moved: u16,
 }
 
-/// Bytes of one [`HandoffPart`] (a map value of about four pages).
-pub const HANDOFF_PART: usize = 16380;
-/// Most parts one connection's state may take (1 MiB).
-pub const HANDOFF_MAX_PARTS: u32 = 64;
+/// Bytes of one [`HandoffPart`]: small, as each map entry takes a whole
+/// part and most states are a verdict or a few KiB of HPACK tables.
+pub const HANDOFF_PART: usize = 1020;
+/// Most parts one connection's state may take (about 1 MiB).
+pub const HANDOFF_MAX_PARTS: u32 = 1024;
 
 /// Where a part of a handed-on state lies in the pinned `CONN_STATES` map:
 /// the connection, and which part (0, written last, says how many follow).

@@ -54,7 +54,7 @@ static CONN_OWNERS: LruHashMap<SslKey, ConnOwner> = LruHashMap::with_max_entries
 /// space writes and reads them; here part 0 only goes with its connection).
 /// Not preallocated: empty but for the seconds of an upgrade.
 #[map]
-static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 

@@ -453,6 +453,7 @@ impl Pipeline {
     /// The agent stops (its probes are detached): every connection closes; a
     /// call still without its response counts in `dropped_at_exit`.
     pub fn finish(&mut self) {
+        self.unpark_all();
         self.exiting = true;
         for (_, mut e) in self.conns.expire(u64::MAX) {
             let mut lost = Lost::default();

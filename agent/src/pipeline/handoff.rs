@@ -88,6 +88,19 @@ impl Pipeline {
         }
     }
 
+    /// Stopping: every connection still waiting goes on now, with its state
+    /// if it came, else as joined midway (never dropped unread).
+    pub(super) fn unpark_all(&mut self) {
+        let keys: Vec<ConnKey> = self.parked.conns.keys().copied().collect();
+        for key in keys {
+            let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
+                Some(Handed::State(s)) => Some(s),
+                _ => None,
+            };
+            self.release(key, state);
+        }
+    }
+
     fn release(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
         let Some(w) = self.parked.conns.remove(&key) else { return };
         self.parked.bytes -= w.bytes;

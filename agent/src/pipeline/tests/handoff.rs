@@ -144,3 +144,19 @@ fn a_call_whose_response_the_old_agent_began_is_finished_by_the_new_one() {
     assert_eq!(old_stats.snapshot().dropped_at_exit, 0, "nothing cut: the call was handed on");
     assert_eq!(new_stats.snapshot().handoff_states_received, 1);
 }
+
+#[test]
+fn records_still_held_when_the_agent_stops_are_decoded_not_dropped() {
+    let shared = Shared::default();
+    shared.0.lock().unwrap().1 = true;
+    let (mut new, _calls, stats) = with(&shared);
+    let mut up = Encoder::new();
+    let next = request(&mut up, 1);
+    new.handle(&data_record(42, 7, DIR_EGRESS, 0, next.len() as u64, &next, FLAG_LAST | FLAG_TAKEN_OVER));
+    new.flush();
+    assert_eq!(stats.snapshot().handoff_states_missing, 0, "still waiting");
+    new.finish();
+    let s = stats.snapshot();
+    assert_eq!(s.handoff_states_missing, 1, "{s:?}");
+    assert!(s.bytes > 0, "its bytes were decoded");
+}
