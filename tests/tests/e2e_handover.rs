@@ -266,3 +266,70 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
         assert_eq!(cut, (0, 0, 0), "{s}");
     }
 }
+
+/// As the chart deploys it: both agents send to the collector through one
+/// spool directory on the host. The collector is down across the upgrade, so
+/// the old agent exits with batches unsent; the new one adopts them once the
+/// old one is gone, and every call reaches ClickHouse once.
+#[test]
+fn an_upgrade_with_the_collector_down_delivers_every_call_once_through_the_shared_spool() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("handover-spool");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let ch = ClickHouse::start(&dir, "handover_spool");
+    let mut collector = Collector::start(&dir, &ch);
+    let fs = BpfFs::mount(&dir);
+    let (pins, spool, token) = (fs.pins(), dir.join("spool"), dir.join("token"));
+    std::fs::write(&token, &collector.token).unwrap();
+    let args = [
+        format!("--handover-dir={}", pins.display()),
+        format!("--output=collector:{}", collector.url),
+        format!("--collector-token-file={}", token.display()),
+        format!("--spool-dir={}", spool.display()),
+        "--cluster-name=e2e".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut first = Agent::start(&first_dir, &args);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let work = calls(600, 0, 0.008, false);
+    let client = py_workload(&dir, &certs, &base, "spool", &work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let pid = client.id();
+    first.wait_records(&[pid], 30);
+    collector.kill();
+    let mut second = Agent::start(&second_dir, &args);
+    second.wait_records(&[pid], 20);
+    assert!(first.stop().success());
+    let old = first.stats();
+    let left = old["collector_spool_batches"].as_u64().unwrap_or(0);
+    assert!(left > 0, "the old agent exits with batches it could not send: {old}");
+    let out = client.wait_with_output().expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    collector.restart();
+    let total = work.len() as u64;
+    let count = |sql: &str| ch.count(&sql.replace("PID", &pid.to_string()));
+    wait_for("every call in ClickHouse", Duration::from_secs(90), || {
+        (count("SELECT count() FROM llm_calls FINAL WHERE pid = PID") >= total).then_some(())
+    });
+    second.wait_delivered(pid);
+    let new = second.stats();
+    let log = std::fs::read_to_string(&second.stderr).unwrap_or_default();
+    eprintln!(
+        "handover with the collector down: old agent left {left} batches ({} records recorded), the new one adopted \
+         them: {}",
+        first.records_of(&[pid]).len(),
+        log.lines().filter(|l| l.contains("adopted")).collect::<Vec<_>>().join(" | ")
+    );
+    assert!(log.contains("its batches adopted"), "the new agent adopted the old one's batches");
+    assert_eq!(count("SELECT count() FROM llm_calls WHERE pid = PID"), total, "each call once, no batch sent twice");
+    assert_eq!(new["collector_spool_dropped_records"], 0, "{new}");
+    assert!(second.stop().success());
+}
