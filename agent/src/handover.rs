@@ -15,13 +15,15 @@
 //! then detaches. The last agent to leave removes the pins;
 //! `tokentap-agent uninstall` removes them after a crash.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 use thiserror::Error;
 use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_PART};
 
-use crate::pipeline::Handed;
+use crate::pipeline::{Handed, Pipeline};
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
 pub const PINNED: [&str; 4] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"];
@@ -163,6 +165,48 @@ impl Handover {
                 Ok(n) => tracing::info!(dir = %self.dir.display(), pins = n, "last agent: handover pins removed"),
                 Err(e) => tracing::warn!(error = %e, "removing the handover pins"),
             }
+        }
+    }
+}
+
+/// A handover's drain: the main thread asks, the reader answers with the
+/// calls still in flight after each pass over the ring buffer.
+#[derive(Default)]
+pub struct Drain {
+    pub asked: AtomicBool,
+    /// Calls in flight at the reader's last pass; `passes` counts the passes.
+    in_flight: AtomicUsize,
+    passes: AtomicU64,
+}
+
+impl Drain {
+    /// Wait until two passes of the reader in a row found no call in flight
+    /// (a request copied just before the first may be read by the second),
+    /// or `limit`. Returns the calls left and the time waited.
+    pub fn wait(&self, limit: Duration) -> (usize, Duration) {
+        let started = Instant::now();
+        self.asked.store(true, Ordering::Relaxed);
+        let mut quiet_since: Option<u64> = None;
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let pass = self.passes.load(Ordering::Acquire);
+            let left = self.in_flight.load(Ordering::Relaxed);
+            match (left, quiet_since) {
+                (0, None) => quiet_since = Some(pass),
+                (0, Some(p)) if pass >= p + 2 => return (0, started.elapsed()),
+                (0, Some(_)) => {}
+                _ => quiet_since = None,
+            }
+            if started.elapsed() >= limit {
+                return (left, started.elapsed());
+            }
+        }
+    }
+
+    pub fn report(&self, pipeline: &Pipeline) {
+        if self.asked.load(Ordering::Relaxed) {
+            self.in_flight.store(pipeline.calls_in_flight(), Ordering::Relaxed);
+            self.passes.fetch_add(1, Ordering::Release);
         }
     }
 }

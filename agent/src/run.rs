@@ -17,6 +17,7 @@ use crate::attribution::kubernetes::{HttpApi, PodIndex, Watcher};
 use crate::config::Settings;
 use crate::discovery::java::Jvm;
 use crate::discovery::{Discovery, Target, Unprobed};
+use crate::handover::Drain;
 use crate::java::Attacher;
 use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig, ProcessEvent};
 use crate::probes::{AttachFailure, Channels, IgnoreMap, LossReader, Probes};
@@ -220,12 +221,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopping");
     if let Some(h) = handover {
-        if let Some(next) = h.successor() {
-            // Its successor copies every new call: finish the ones in flight
-            // before the probes go, then leave so it takes the rest at once.
-            let (left, waited) = drain.wait(settings.handover_drain);
-            let waited_ms = waited.as_millis() as u64;
-            tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
+        match h.successor() {
+            Some(next) => {
+                // Its successor copies every new call: finish the ones in
+                // flight before the probes go, then leave so it takes the
+                // rest at once.
+                let (left, waited) = drain.wait(settings.handover_drain);
+                let waited_ms = waited.as_millis() as u64;
+                tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
+            }
+            // Another agent is starting: it takes what this one leaves, and
+            // the states handed on with it.
+            None if !h.others().is_empty() => drain.asked.store(true, Ordering::Relaxed),
+            None => {}
         }
         h.leave();
     }
@@ -408,48 +416,6 @@ fn discovery_loop(
 /// (the delay before a record is written after its call completes).
 const DRAIN_BUSY_MS: i32 = 10;
 const DRAIN_IDLE_MS: i32 = 100;
-
-/// A handover's drain: the main thread asks, the reader answers with the
-/// calls still in flight after each pass over the ring buffer.
-#[derive(Default)]
-struct Drain {
-    asked: AtomicBool,
-    /// Calls in flight at the reader's last pass; `passes` counts the passes.
-    in_flight: std::sync::atomic::AtomicUsize,
-    passes: std::sync::atomic::AtomicU64,
-}
-
-impl Drain {
-    /// Wait until two passes of the reader in a row found no call in flight
-    /// (a request copied just before the first may be read by the second),
-    /// or `limit`. Returns the calls left and the time waited.
-    fn wait(&self, limit: Duration) -> (usize, Duration) {
-        let started = Instant::now();
-        self.asked.store(true, Ordering::Relaxed);
-        let mut quiet_since: Option<u64> = None;
-        loop {
-            std::thread::sleep(Duration::from_millis(10));
-            let pass = self.passes.load(Ordering::Acquire);
-            let left = self.in_flight.load(Ordering::Relaxed);
-            match (left, quiet_since) {
-                (0, None) => quiet_since = Some(pass),
-                (0, Some(p)) if pass >= p + 2 => return (0, started.elapsed()),
-                (0, Some(_)) => {}
-                _ => quiet_since = None,
-            }
-            if started.elapsed() >= limit {
-                return (left, started.elapsed());
-            }
-        }
-    }
-
-    fn report(&self, pipeline: &Pipeline) {
-        if self.asked.load(Ordering::Relaxed) {
-            self.in_flight.store(pipeline.calls_in_flight(), Ordering::Relaxed);
-            self.passes.fetch_add(1, Ordering::Release);
-        }
-    }
-}
 
 /// Reads the ring buffer until `detached` (every probe gone), then drains it
 /// once more and finishes.

@@ -283,6 +283,41 @@ fn interleaved(dir: &Path, port: u16, pairs: usize, pin_agent: bool) -> Result<(
     Ok((median(lat), median(cpu), median(ratio)))
 }
 
+/// What `--handover-dir` (the chart's default) adds per call: the agent
+/// with and without it, alternated, 3 pairs at the maximum rate (median
+/// throughput ratio). It costs a few map lookups per copied call.
+fn handover_cost(dir: &Path, port: u16, secs: u32) -> Result<String> {
+    let fs = dir.join("bpffs");
+    std::fs::create_dir_all(&fs)?;
+    let mounted = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&fs).status()?.success();
+    anyhow::ensure!(mounted, "mount -t bpf {}", fs.display());
+    let pins = format!("--handover-dir={}", fs.join("tokentap").display());
+    let mut ratios = Vec::new();
+    let once = |i: usize, extra: Option<&str>| -> Result<f64> {
+        let d = dir.join(format!("agent-handover-{i}-{}", extra.is_some()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d)?;
+        let mut args = vec!["--exclude-process", "nginx"];
+        args.extend(extra);
+        let mut agent = Agent::start(&d, &args);
+        let (rps, _, _, _) = wrk(dir, port, 4, secs, None)?;
+        anyhow::ensure!(agent.stop().success(), "agent exit");
+        Ok(rps)
+    };
+    for i in 0..3 {
+        let without = once(i, None)?;
+        let with = once(i, Some(&pins))?;
+        ratios.push(with / without);
+    }
+    let _ = Command::new("umount").arg(&fs).status();
+    ratios.sort_by(f64::total_cmp);
+    Ok(format!(
+        "**`--handover-dir` (the chart's default), 3 pairs alternated at the maximum rate: {:+.1}% throughput against the agent without it (median; pairs {}).**\n",
+        (ratios[1] - 1.0) * 100.0,
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", ")
+    ))
+}
+
 pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let certs = Certs::generate(dir);
@@ -418,6 +453,7 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool) -> Result<()> {
          client's CPU per call.**\n",
         (i_ratio - 1.0) * 100.0
     ));
+    rates.push_str(&handover_cost(dir, port, secs)?);
     // The same with the agent on its own CPU, client and server on another: what
     // is left is the probes' cost in the client, without CPU sharing.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
