@@ -92,7 +92,6 @@ pub struct Handover {
     agents: HashMap<MapData, u32, u64>,
     current: Array<MapData, u32>,
     me: u32,
-    proc_root: PathBuf,
 }
 
 impl Handover {
@@ -105,9 +104,9 @@ impl Handover {
         let current = take(ebpf, "CURRENT_AGENT")?;
         let current =
             Array::try_from(current).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
-        let mut h = Self { dir: dir.into(), agents, current, me: me(), proc_root: "/proc".into() };
+        let mut h = Self { dir: dir.into(), agents, current, me: me() };
         h.reap();
-        let since = started(&h.proc_root, h.me).unwrap_or(0);
+        let since = started(Path::new("/proc"), h.me).unwrap_or(0);
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let others = h.others();
         if !others.is_empty() {
@@ -116,23 +115,17 @@ impl Handover {
         Ok(h)
     }
 
-    /// The agents that ran when this one started, with their start times:
-    /// the ones it may take connections over from.
-    pub fn predecessors(&self) -> Vec<(u32, u64)> {
+    /// The other agents running (pid, start time): when called at start, the
+    /// ones this agent may take connections over from.
+    pub fn others(&self) -> Vec<(u32, u64)> {
         self.agents.iter().filter_map(Result::ok).filter(|&(a, _)| a != self.me).collect()
-    }
-
-    /// Agents other than this one that are running.
-    pub fn others(&self) -> Vec<u32> {
-        self.agents.keys().filter_map(Result::ok).filter(|&a| a != self.me).collect()
     }
 
     /// Forget agents that died without leaving (killed while no other agent
     /// ran to see their exit): their connections go to the current agent.
     pub fn reap(&mut self) {
-        let entries: Vec<(u32, u64)> = self.agents.iter().filter_map(Result::ok).collect();
-        for (pid, since) in entries {
-            if pid != self.me && started(&self.proc_root, pid) != Some(since) {
+        for (pid, since) in self.others() {
+            if !alive(pid, since) {
                 let _ = self.agents.remove(&pid);
                 tracing::info!(agent = pid, "an agent that exited without leaving was forgotten");
             }
@@ -143,7 +136,7 @@ impl Handover {
     pub fn make_current(&mut self) -> Result<(), HandoverError> {
         let before = self.current.get(&0, 0).unwrap_or(0);
         self.current.set(0, self.me, 0).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
-        if before != 0 && before != self.me && self.others().contains(&before) {
+        if before != 0 && before != self.me && self.others().iter().any(|&(pid, _)| pid == before) {
             tracing::info!(previous = before, "new connections are this agent's; the previous one hands its over");
         }
         Ok(())

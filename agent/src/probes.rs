@@ -343,7 +343,7 @@ impl Probes {
         let loss = ebpf.take_map("LOSS").ok_or(ProbeError::MissingMap("LOSS"))?;
         let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
         let handoff = match &handover {
-            Some(h) => Some(Handoffs::new(hash_map(&mut ebpf, "CONN_STATES")?, h.predecessors())),
+            Some(h) => Some(Handoffs::new(hash_map(&mut ebpf, "CONN_STATES")?, h.others())),
             None => None,
         };
         let ignored =
