@@ -333,3 +333,78 @@ fn an_upgrade_with_the_collector_down_delivers_every_call_once_through_the_share
     assert_eq!(new["collector_spool_dropped_records"], 0, "{new}");
     assert!(second.stop().success());
 }
+
+/// The old agent is killed (an OOM kill, a node drain gone wrong) while the
+/// new one runs: the kernel sees it die and its connections go to the new
+/// agent at their next call. A keep-alive HTTP/1.1 connection loses at most
+/// the call in flight; an HTTP/2 one, with no state handed on, is joined
+/// midway and counted.
+#[test]
+fn a_killed_agent_s_connections_go_to_its_successor_at_once() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("handover-kill");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    std::fs::create_dir_all(dir.join("h2")).unwrap();
+    let h2 = Server::start_with(&dir.join("h2"), &certs, Transport::H2);
+    let fs = BpfFs::mount(&dir);
+    let pins = fs.pins().display().to_string();
+    let flag = ["--handover-dir", pins.as_str()];
+    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut first = Agent::start(&first_dir, &flag);
+    let spawn = |name: &str, port: u16, work: &[serde_json::Value], http2: bool| {
+        let base = format!("https://api.openai.com:{port}/v1");
+        let mut c = py_workload(&dir, &certs, &base, name, work);
+        if http2 {
+            c.arg("--http2");
+        }
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("client")
+    };
+    let (kept, multiplexed) = (calls(600, 0, 0.008, false), calls(150, 10_000, 0.02, false));
+    let (a, b) = (spawn("kept", server.port, &kept, false), spawn("h2", h2.port, &multiplexed, true));
+    let (pa, pb) = (a.id(), b.id());
+    first.wait_records(&[pa], 20);
+    first.wait_records(&[pb], 5);
+    let mut second = Agent::start(&second_dir, &flag);
+    first.kill();
+    for c in [a, b] {
+        let out = c.wait_with_output().expect("client");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    second.wait_process_done(pa);
+    second.wait_process_done(pb);
+    assert!(second.stop().success());
+    let prices = tokentap_event::PriceTable::shipped();
+    let mut recorded = Vec::new();
+    for (pid, srv) in [(pa, &server), (pb, &h2)] {
+        let all: Vec<serde_json::Value> =
+            first.records_of(&[pid]).into_iter().chain(second.records_of(&[pid])).collect();
+        let served = srv.served();
+        for (r, s) in pair_with_served(&all, &served) {
+            assert_matches_served(r, s, &prices);
+        }
+        recorded.push(all.len());
+    }
+    let new = second.stats();
+    let n = |k: &str| new[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "old agent killed: keep-alive HTTP/1.1 {} of {}, HTTP/2 {} of {} recorded; the new agent took {} \
+         connections from it, states missing {}, HTTP/2 joined midway {}",
+        recorded[0],
+        kept.len(),
+        recorded[1],
+        multiplexed.len(),
+        n("kernel_handover_from_exited"),
+        n("handoff_states_missing"),
+        n("ignored_http2_joined")
+    );
+    assert!(n("kernel_handover_from_exited") >= 2, "both connections taken from the killed agent: {new}");
+    assert!(recorded[0] + 1 >= kept.len(), "HTTP/1.1 loses at most the call in flight at the kill");
+    // Killed, it handed nothing on: the HTTP/2 connection is joined midway,
+    // counted, and its later calls are not decoded (none recorded twice).
+    assert!(n("handoff_states_missing") >= 1 && n("ignored_http2_joined") >= 1, "{new}");
+    assert!(recorded[1] < multiplexed.len());
+}
