@@ -35,6 +35,32 @@ impl Drop for BpfFs {
     }
 }
 
+impl BpfFs {
+    /// `--handover-dir` into this filesystem.
+    fn flag(&self) -> String {
+        format!("--handover-dir={}", self.pins().display())
+    }
+}
+
+/// The old and the new agent's directories.
+fn agent_dirs(dir: &Path) -> (PathBuf, PathBuf) {
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    (first, second)
+}
+
+/// A client making its calls in the background.
+fn spawn(mut c: Command) -> std::process::Child {
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("client")
+}
+
+/// Wait until a client has made all its calls, successfully.
+fn finish(c: std::process::Child) {
+    let out = c.wait_with_output().expect("client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Names of tokentap's maps and programs that bpftool lists (kernel names are
 /// cut at 15 bytes).
 fn ours_in_kernel() -> Vec<String> {
@@ -75,11 +101,9 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     let certs = Certs::generate(&dir);
     let server = Server::start(&dir, &certs);
     let fs = BpfFs::mount(&dir);
-    let pins = fs.pins().display().to_string();
-    let flag = ["--handover-dir", pins.as_str()];
-    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
-    std::fs::create_dir_all(&first_dir).unwrap();
-    std::fs::create_dir_all(&second_dir).unwrap();
+    let flag = fs.flag();
+    let flag = [flag.as_str()];
+    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &flag);
     for name in ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"] {
         assert!(fs.pins().join(name).exists(), "{name} pinned while an agent runs");
@@ -89,20 +113,14 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     let base = format!("https://api.openai.com:{}/v1", server.port);
     let (kept, fresh) = (calls(1200, 0, 0.008, false), calls(300, 100_000, 0.03, true));
     let total = kept.len() + fresh.len();
-    let spawn = |name: &str, calls: &[serde_json::Value]| {
-        py_workload(&dir, &certs, &base, name, calls)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("client")
-    };
-    let (a, b) = (spawn("kept", &kept), spawn("fresh", &fresh));
+    let workload = |name: &str, calls: &[serde_json::Value]| spawn(py_workload(&dir, &certs, &base, name, calls));
+    let (a, b) = (workload("kept", &kept), workload("fresh", &fresh));
     first.wait_records(&[a.id(), b.id()], 50);
     // A streamed call of several seconds that the old agent sees begin: still
     // in flight when the old agent is stopped, which waits for it.
     let body = serde_json::json!({"model": "slow-stream", "messages": [{"role": "user", "content": "slow"}],
         "stream": true, "stream_options": {"include_usage": true}});
-    let slow = spawn("slow", &[tokentap_e2e::calibrate::call("chat", body, 0, 0)]);
+    let slow = workload("slow", &[tokentap_e2e::calibrate::call("chat", body, 0, 0)]);
     wait_for("the slow stream to begin", Duration::from_secs(30), || {
         server.served().iter().any(|s| s["model"].as_str().is_some_and(|m| m.starts_with("slow-stream"))).then_some(())
     });
@@ -117,10 +135,7 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     let t = Instant::now();
     assert!(first.stop().success());
     let drained = t.elapsed();
-    for c in [a, b, slow] {
-        let out = c.wait_with_output().expect("client");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    [a, b, slow].into_iter().for_each(finish);
     assert_eq!(server.served().len(), total);
     // The slow stream's process made no call the new agent saw: the old
     // agent recorded it before it exited.
@@ -211,30 +226,24 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     let certs = Certs::generate(&dir);
     let server = Server::start_with(&dir, &certs, Transport::H2);
     let fs = BpfFs::mount(&dir);
-    let pins = fs.pins().display().to_string();
-    let flag = ["--handover-dir", pins.as_str()];
-    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
-    std::fs::create_dir_all(&first_dir).unwrap();
-    std::fs::create_dir_all(&second_dir).unwrap();
+    let flag = fs.flag();
+    let flag = [flag.as_str()];
+    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &flag);
     // One HTTP/2 connection kept busy (as fast as the test server answers,
     // ~20 calls/s): a call is in flight most of the time.
     let base = format!("https://api.openai.com:{}/v1", server.port);
     let work = calls(400, 0, 0.005, false);
-    let client = py_workload(&dir, &certs, &base, "h2", &work)
-        .arg("--http2")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("client");
+    let mut cmd = py_workload(&dir, &certs, &base, "h2", &work);
+    cmd.arg("--http2");
+    let client = spawn(cmd);
     let pid = client.id();
     first.wait_records(&[pid], 50);
     let mut second = Agent::start(&second_dir, &flag);
     let t = Instant::now();
     assert!(first.stop().success());
     let stopped = t.elapsed();
-    let out = client.wait_with_output().expect("client");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    finish(client);
     second.wait_process_done(pid);
     assert!(second.stop().success());
     let served = server.served();
@@ -281,27 +290,21 @@ fn an_upgrade_with_the_collector_down_delivers_every_call_once_through_the_share
     let ch = ClickHouse::start(&dir, "handover_spool");
     let mut collector = Collector::start(&dir, &ch);
     let fs = BpfFs::mount(&dir);
-    let (pins, spool, token) = (fs.pins(), dir.join("spool"), dir.join("token"));
+    let (spool, token) = (dir.join("spool"), dir.join("token"));
     std::fs::write(&token, &collector.token).unwrap();
     let args = [
-        format!("--handover-dir={}", pins.display()),
+        fs.flag(),
         format!("--output=collector:{}", collector.url),
         format!("--collector-token-file={}", token.display()),
         format!("--spool-dir={}", spool.display()),
         "--cluster-name=e2e".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
-    std::fs::create_dir_all(&first_dir).unwrap();
-    std::fs::create_dir_all(&second_dir).unwrap();
+    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &args);
     let base = format!("https://api.openai.com:{}/v1", server.port);
     let work = calls(600, 0, 0.008, false);
-    let client = py_workload(&dir, &certs, &base, "spool", &work)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("client");
+    let client = spawn(py_workload(&dir, &certs, &base, "spool", &work));
     let pid = client.id();
     first.wait_records(&[pid], 30);
     collector.kill();
@@ -311,8 +314,7 @@ fn an_upgrade_with_the_collector_down_delivers_every_call_once_through_the_share
     let old = first.stats();
     let left = old["collector_spool_batches"].as_u64().unwrap_or(0);
     assert!(left > 0, "the old agent exits with batches it could not send: {old}");
-    let out = client.wait_with_output().expect("client");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    finish(client);
     collector.restart();
     let total = work.len() as u64;
     let count = |sql: &str| ch.count(&sql.replace("PID", &pid.to_string()));
@@ -349,31 +351,26 @@ fn a_killed_agent_s_connections_go_to_its_successor_at_once() {
     std::fs::create_dir_all(dir.join("h2")).unwrap();
     let h2 = Server::start_with(&dir.join("h2"), &certs, Transport::H2);
     let fs = BpfFs::mount(&dir);
-    let pins = fs.pins().display().to_string();
-    let flag = ["--handover-dir", pins.as_str()];
-    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
-    std::fs::create_dir_all(&first_dir).unwrap();
-    std::fs::create_dir_all(&second_dir).unwrap();
+    let flag = fs.flag();
+    let flag = [flag.as_str()];
+    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &flag);
-    let spawn = |name: &str, port: u16, work: &[serde_json::Value], http2: bool| {
+    let workload = |name: &str, port: u16, work: &[serde_json::Value], http2: bool| {
         let base = format!("https://api.openai.com:{port}/v1");
         let mut c = py_workload(&dir, &certs, &base, name, work);
         if http2 {
             c.arg("--http2");
         }
-        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("client")
+        spawn(c)
     };
     let (kept, multiplexed) = (calls(600, 0, 0.008, false), calls(150, 10_000, 0.02, false));
-    let (a, b) = (spawn("kept", server.port, &kept, false), spawn("h2", h2.port, &multiplexed, true));
+    let (a, b) = (workload("kept", server.port, &kept, false), workload("h2", h2.port, &multiplexed, true));
     let (pa, pb) = (a.id(), b.id());
     first.wait_records(&[pa], 20);
     first.wait_records(&[pb], 5);
     let mut second = Agent::start(&second_dir, &flag);
     first.kill();
-    for c in [a, b] {
-        let out = c.wait_with_output().expect("client");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    [a, b].into_iter().for_each(finish);
     second.wait_process_done(pa);
     second.wait_process_done(pb);
     assert!(second.stop().success());

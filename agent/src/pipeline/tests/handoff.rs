@@ -59,17 +59,26 @@ fn with(filter: &Shared) -> (Pipeline, Collect, Arc<Stats>) {
     (p.with_kernel_filter(Box::new(filter.clone())), c, stats)
 }
 
-#[test]
-fn the_new_agent_waits_for_the_state_and_records_the_call_that_straddles_the_switch() {
+type Agent = (Pipeline, Collect, Arc<Stats>);
+
+/// The old agent (still running) and the new one, sharing the state map.
+fn two_agents() -> (Shared, Agent, Agent) {
     let shared = Shared::default();
     shared.0.lock().unwrap().1 = true;
-    let (mut old, old_calls, old_stats) = with(&shared);
-    let (mut new, new_calls, new_stats) = with(&shared);
+    let (old, new) = (with(&shared), with(&shared));
+    (shared, old, new)
+}
+
+/// The client preface and its SETTINGS.
+fn preface() -> Vec<u8> {
+    [PREFACE, &frame(4, 0, 0, &[])].concat()
+}
+
+#[test]
+fn the_new_agent_waits_for_the_state_and_records_the_call_that_straddles_the_switch() {
+    let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
     let (mut up, mut down) = (Encoder::new(), Encoder::new());
-    let mut first = PREFACE.to_vec();
-    first.extend(frame(4, 0, 0, &[]));
-    first.extend(request(&mut up, 1));
-    call(&mut old, 7, DIR_EGRESS, &first, 1 << 20);
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
     call(&mut old, 7, DIR_INGRESS, &response(&mut down, 1), 1 << 20);
     // The next request: its first 7 bytes were the old agent's last read of
     // the connection, the rest is the new agent's first, flagged taken over.
@@ -119,15 +128,9 @@ fn with_no_state_and_the_old_agent_gone_the_connection_is_joined_midway_and_coun
 
 #[test]
 fn a_call_whose_response_the_old_agent_began_is_finished_by_the_new_one() {
-    let shared = Shared::default();
-    shared.0.lock().unwrap().1 = true;
-    let (mut old, old_calls, old_stats) = with(&shared);
-    let (mut new, new_calls, new_stats) = with(&shared);
+    let (_shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
     let (mut up, mut down) = (Encoder::new(), Encoder::new());
-    let mut first = PREFACE.to_vec();
-    first.extend(frame(4, 0, 0, &[]));
-    first.extend(request(&mut up, 1));
-    call(&mut old, 7, DIR_EGRESS, &first, 1 << 20);
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
     let answer = response(&mut down, 1);
     let cut = answer.len() - 10;
     call(&mut old, 7, DIR_INGRESS, &answer[..cut], 1 << 20);
