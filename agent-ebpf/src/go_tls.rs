@@ -1,14 +1,21 @@
 //! Go programs carry their own TLS (`crypto/tls`), which no OpenSSL probe sees.
 //!
-//! Why these hooks: `crypto/tls.(*Conn).Read` is probed at entry and at each of
-//! its return instructions (user space finds the `RET`s), never with
-//! uretprobes: Go moves goroutine stacks, which breaks the return-address
-//! trampoline. `Write` is copied on the way in (`go_tls_write_once`), at the
-//! prologue's stack-check `jbe`, when the flags say the jump to grow the stack
-//! is not taken (taken, the function restarts and passes the probe again):
-//! its bytes are final there, and a `RET` probe costs a single-step. Where
-//! user space finds no such jump, `Write` is probed as `Read` is. `Read`'s
-//! count is only known at its return, so its `RET`s stay probed. In-flight calls are keyed by goroutine, not thread, since a
+//! Why these hooks: Go's return addresses cannot be hooked (uretprobes): Go
+//! moves goroutine stacks, which breaks the return-address trampoline. A probe
+//! on a `RET` is a single-step (~16 µs in a VM), so both directions are copied
+//! at a point inside the function the kernel emulates instead, where user
+//! space finds one (discovery/go.rs):
+//! - `Write` on the way in (`go_tls_write_once`), at the prologue's
+//!   stack-check `jbe`, when the flags say the jump to grow the stack is not
+//!   taken (taken, the function restarts and passes the probe again): Write
+//!   sends all of its buffer or fails the connection, so its bytes are final.
+//! - `Read` at its one call of `runtime.memmove` (`go_tls_read_copy`), which
+//!   copies the record's plaintext into the caller's buffer: the source and
+//!   the count are the call's arguments. The entry probe (`go_tls_read`) notes
+//!   which connection the goroutine reads.
+//!
+//! Where no such point is found, the function is probed at entry and at each
+//! of its `RET`s. In-flight calls are keyed by goroutine, not thread, since a
 //! goroutine may move between threads. `(*Conn).Close` ends a connection.
 //!
 //! What they fall back to: the socket fd is read through the `net.Conn` behind
@@ -141,6 +148,34 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
     go_return(&ctx, CallKind::GoRead, DIR_INGRESS);
+    0
+}
+
+/// `Read` at its call `runtime.memmove(to, from, n)`: RAX = the caller's
+/// buffer, RBX = the record's plaintext, RCX = n, the count Read returns. The
+/// bytes are copied from `from`, where they already are. A Read that fails
+/// never gets here and leaves its entry for the goroutine's next call to
+/// overwrite (or the LRU to age out).
+#[uprobe]
+pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
+    let Some(r) = regs(&ctx) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
+    let Some(args) = (unsafe { GO_CALLS.get(key) }).copied() else {
+        return 0;
+    };
+    if args.call != CallKind::GoRead as u32 {
+        return 0;
+    }
+    let _ = GO_CALLS.remove(key);
+    let (from, n) = (r.rbx, r.rcx);
+    if from == 0 || n == 0 || n > args.num || ignored(pid_tgid, args.ssl) {
+        return 0;
+    }
+    let e = Emit { conn: args.ssl, buf: from, fd: go_conn_fd(args.ssl), source: Source::GoTls };
+    emit_data(pid_tgid, &e, DIR_INGRESS, n);
     0
 }
 

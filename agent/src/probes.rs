@@ -100,12 +100,14 @@ fn boringssl_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     ])
 }
 
-/// Go: `Write` once on the way in when its prologue allows, else at entry
-/// and at every return instruction, as `Read` (no uretprobes on Go stacks).
+/// Go: `Write` once on the way in when its prologue allows, `Read` at entry
+/// and at its copy into the caller's buffer when found; else at entry and at
+/// every return instruction (no uretprobes on Go stacks).
 fn go_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     let Some(g) = &s.go else { return Vec::new() };
     let write = if g.write_once { "go_tls_write_once" } else { "go_tls_write" };
     let mut out = vec![(write, g.write), ("go_tls_read", g.read)];
+    out.extend(g.read_copy.map(|o| ("go_tls_read_copy", o)));
     out.extend(g.write_rets.iter().map(|&o| ("go_tls_write_ret", o)));
     out.extend(g.read_rets.iter().map(|&o| ("go_tls_read_ret", o)));
     out.extend(g.close.map(|o| ("go_tls_close", o)));
@@ -167,6 +169,7 @@ pub const METHODS: &[CaptureMethod] = &[
             "go_tls_write_once",
             "go_tls_write_ret",
             "go_tls_read",
+            "go_tls_read_copy",
             "go_tls_read_ret",
             "go_tls_close",
         ],

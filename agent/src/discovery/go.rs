@@ -1,5 +1,7 @@
 //! Go executables: where `crypto/tls.(*Conn).Write`, `.Read` and `.Close` are, and
-//! every return instruction of the first two.
+//! the points inside the first two where their bytes can be copied: Write's
+//! stack check, Read's one call of `runtime.memmove`, or else every return
+//! instruction.
 //!
 //! Go binaries are static and often stripped of `.symtab` (`-ldflags=-s -w`), but
 //! always carry `.gopclntab`, the runtime's own function table: names and entry
@@ -20,6 +22,10 @@ pub struct GoTls {
     pub write_once: bool,
     pub write_rets: Vec<u64>,
     pub read: u64,
+    /// `Read`'s one call of `runtime.memmove`, where the record's plaintext is
+    /// copied into the caller's buffer (see `read_copy`); `read_rets` is then
+    /// empty.
+    pub read_copy: Option<u64>,
     pub read_rets: Vec<u64>,
     pub close: Option<u64>,
 }
@@ -27,6 +33,7 @@ pub struct GoTls {
 const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
 const CLOSE: &str = "crypto/tls.(*Conn).Close";
+const MEMMOVE: &str = "runtime.memmove";
 /// Return sites probed per function; more means the decode went wrong.
 const MAX_RETS: usize = 64;
 
@@ -38,6 +45,7 @@ struct Found {
     write: Option<Func>,
     read: Option<Func>,
     close: Option<Func>,
+    memmove: Option<Func>,
 }
 
 /// Why a Go binary is not probed (logged once per file).
@@ -74,6 +82,7 @@ pub fn inspect(elf: &object::File<'_>, data: &[u8]) -> Result<GoTls, NotProbed> 
             Ok(WRITE) => &mut found.write,
             Ok(READ) => &mut found.read,
             Ok(CLOSE) => &mut found.close,
+            Ok(MEMMOVE) => &mut found.memmove,
             _ => continue,
         };
         if sym.size() > 0 {
@@ -87,9 +96,13 @@ pub fn inspect(elf: &object::File<'_>, data: &[u8]) -> Result<GoTls, NotProbed> 
         return Err(NotProbed::NoTls);
     };
     let (write, write_once, write_rets) = write_points(elf, data, write)?;
-    let (read, read_rets) = probe_points(elf, data, read)?;
+    let read_copy = found.memmove.and_then(|m| read_copy(elf, data, read, m.0));
+    let (read, mut read_rets) = probe_points(elf, data, read)?;
+    if read_copy.is_some() {
+        read_rets.clear();
+    }
     let close = found.close.and_then(|f| file_offset(elf, f.0));
-    Ok(GoTls { write, write_once, write_rets, read, read_rets, close })
+    Ok(GoTls { write, write_once, write_rets, read, read_copy, read_rets, close })
 }
 
 /// Names and extents from the runtime's function table (Go 1.18+ layout).
@@ -130,6 +143,7 @@ fn from_pclntab(t: &[u8]) -> Result<Found, NotProbed> {
             b"crypto/tls.(*Conn).Write" => &mut found.write,
             b"crypto/tls.(*Conn).Read" => &mut found.read,
             b"crypto/tls.(*Conn).Close" => &mut found.close,
+            b"runtime.memmove" => &mut found.memmove,
             _ => continue,
         };
         if next > entry {
@@ -150,6 +164,35 @@ fn write_points(elf: &object::File<'_>, data: &[u8], (addr, len): Func) -> Resul
     }
     let (entry, rets) = probe_points(elf, data, (addr, len))?;
     Ok((entry, false, rets))
+}
+
+/// `Read` hands its caller the plaintext of the current record with
+/// `copy(b, c.input[i:])` (the inlined `bytes.Reader.Read`), compiled to one
+/// call of `runtime.memmove(to, from, n)`: RAX, RBX, RCX by the register ABI.
+/// At that call (a `call rel32`, which the kernel emulates) the bytes Read
+/// returns are in `from`, `n` of them: one cheap probe hit per call instead of
+/// a single-stepped one at each `RET`. Found only when Read makes exactly one
+/// such call; any other shape keeps the `RET` probes.
+fn read_copy(elf: &object::File<'_>, data: &[u8], read: Func, memmove: u64) -> Option<u64> {
+    let (off, code) = function_code(elf, data, read).ok()?;
+    only_call_to(code, read.0, memmove).map(|at| off + (at - read.0))
+}
+
+/// The address of the one direct call to `target` in `code` (at `addr`); none
+/// when there are none or several.
+fn only_call_to(code: &[u8], addr: u64, target: u64) -> Option<u64> {
+    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut at = None;
+    while d.can_decode() {
+        let ins = d.decode();
+        if ins.code() == Code::Call_rel32_64 && ins.near_branch_target() == target {
+            if at.is_some() {
+                return None;
+            }
+            at = Some(ins.ip());
+        }
+    }
+    at
 }
 
 /// A function's file offset and machine code.
@@ -202,6 +245,18 @@ mod tests {
         // mov eax, 0xc3c3c3c3 ; ret ; int3 ; add rsp, 0x18 ; ret
         let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0xcc, 0x48, 0x83, 0xc4, 0x18, 0xc3];
         assert_eq!(return_sites(&code, 0x1000), vec![0x1005, 0x100b]);
+    }
+
+    #[test]
+    fn reads_copy_at_the_one_call_of_memmove() {
+        // call +0x10 (0x1015) ; test rcx, rcx ; call +0 (0x100d) ; ret
+        let one = [0xe8, 0x10, 0, 0, 0, 0x48, 0x85, 0xc9, 0xe8, 0, 0, 0, 0, 0xc3];
+        assert_eq!(only_call_to(&one, 0x1000, 0x1015), Some(0x1000));
+        assert_eq!(only_call_to(&one, 0x1000, 0x100d), Some(0x1008));
+        assert_eq!(only_call_to(&one, 0x1000, 0x2000), None);
+        // Two calls of memmove: which one is Read's copy is not known.
+        let two = [0xe8, 0x0b, 0, 0, 0, 0xe8, 0x06, 0, 0, 0, 0xc3];
+        assert_eq!(only_call_to(&two, 0x1000, 0x1010), None);
     }
 
     #[test]
