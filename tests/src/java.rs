@@ -94,8 +94,18 @@ impl Jvm {
 
     /// One round of calls, the JVM staying up; returns its JSON result line.
     pub fn round(&mut self) -> Value {
+        self.begin_round();
+        self.end_round()
+    }
+
+    /// Tell the JVM to make a round of calls, without waiting for them.
+    pub fn begin_round(&mut self) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         stdin.write_all(b"go\n").and_then(|_| stdin.flush()).expect("tell the JVM to go");
+    }
+
+    /// The JSON result line of the round begun.
+    pub fn end_round(&mut self) -> Value {
         let line = self.lines.recv_timeout(Duration::from_secs(120)).unwrap_or_default();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("client output {line:?}: {e}"))
     }

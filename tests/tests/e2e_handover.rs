@@ -3,7 +3,8 @@
 //! at a steady rate over a keep-alive connection and over a new connection
 //! each; the old agent is stopped once the new one is ready (what a surge
 //! rollout does), and every call is recorded exactly once across the two;
-//! over HTTP/2 too, whose connections change agents with their decoding state.
+//! over HTTP/2 too, whose connections change agents with their decoding state,
+//! and from a JVM, captured through the Java agent.
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool).
 use std::path::{Path, PathBuf};
@@ -404,4 +405,70 @@ fn a_killed_agent_s_connections_go_to_its_successor_at_once() {
     // counted, and its later calls are not decoded (none recorded twice).
     assert!(n("handoff_states_missing") >= 1 && n("ignored_http2_joined") >= 1, "{new}");
     assert!(recorded[1] < multiplexed.len());
+}
+
+#[test]
+fn a_jvm_s_calls_change_agents_at_a_request_boundary_none_lost_none_twice() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("handover-java");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::Https);
+    let fs = BpfFs::mount(&dir);
+    let flag = fs.flag();
+    let (first_dir, second_dir) = agent_dirs(&dir);
+    let first = Agent::start(&first_dir, &[flag.as_str()]);
+    // java.net.http over HTTP/1.1 keep-alive, captured through JSSE by the Java
+    // agent the first agent loads into the JVM; rounds of calls, half streamed.
+    const ROUND: u32 = 10;
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let args = java::client_args(&[], &java::client_classes(), &base, &certs.ca, "h1", ROUND);
+    let mut jvm = java::Jvm::start(with_provider_hosts(&dir, "java", &args));
+    let pid = jvm.pid();
+    java::wait_jvm_attached(&first, pid);
+    let mut rounds = 1;
+    assert_eq!(jvm.round()["calls"], ROUND);
+    first.wait_records(&[pid], ROUND as usize);
+    // The upgrade in the background while the JVM keeps calling: the new
+    // agent finds the Java agent already loaded and probes its library; the
+    // old one is stopped once the new one is ready.
+    let switch = std::thread::spawn(move || {
+        let second = Agent::start(&second_dir, &[flag.as_str()]);
+        let mut first = first;
+        let stopped = first.stop().success();
+        (first, second, stopped)
+    });
+    while !switch.is_finished() {
+        assert_eq!(jvm.round()["calls"], ROUND);
+        rounds += 1;
+    }
+    let (first, second, stopped) = switch.join().expect("the switch");
+    assert!(stopped, "the old agent exits cleanly");
+    // Only the new agent now.
+    for _ in 0..3 {
+        assert_eq!(jvm.round()["calls"], ROUND);
+        rounds += 1;
+    }
+    let (out, stderr) = jvm.go();
+    assert_eq!(out["calls"], ROUND, "{stderr}");
+    rounds += 1;
+    second.wait_process_done(pid);
+    let total = (rounds * ROUND) as usize;
+    assert_eq!(server.served().len(), total);
+    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &server.served()) {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["tls_library"], "java", "{r}");
+    }
+    eprintln!("handover, java: {} rounds of {ROUND} calls; old agent {}, new {}", rounds, by_old.len(), by_new.len());
+    assert_eq!(all.len(), total, "every call recorded exactly once across the two agents");
+    assert!(by_old.len() > ROUND as usize && by_new.len() >= 4 * ROUND as usize, "both agents recorded calls");
+    assert!(java::log_lines(&second, "java agent attached", pid).is_empty(), "the Java agent loaded once");
+    let (old, new) = (first.stats(), second.stats());
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    for s in [&old, &new] {
+        assert_eq!((n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "dropped_unanswered")), (0, 0, 0), "{s}");
+    }
 }

@@ -68,7 +68,7 @@ enum Cmd {
     /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL, reqwest/rustls and
     /// java.net.http/JSSE through the Java agent (target/bench/methods.md), then the agent's
     /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md), then a
-    /// 300 MB HTTPS download with and without the agent (target/bench/download.md), then every
+    /// 300 MB download per capture method with and without the agent (target/bench/download.md), then every
     /// dashboard panel and the report on 10 M and 100 M synthetic calls
     /// (target/bench/dashboards.md).
     /// TOKENTAP_BENCH_AGENT=PATH measures that agent binary instead of a fresh build.
@@ -91,9 +91,10 @@ enum Cmd {
         /// 5,000 calls/s.
         #[arg(long)]
         only_rss: bool,
-        /// Only a 300 MB HTTPS download (curl on OpenSSL, a Go client) with and without the agent,
-        /// which records nothing of it: the probes' cost on TLS that is not an
-        /// LLM call (target/bench/download.md).
+        /// Only a 300 MB download with and without the agent, which records nothing of it, per
+        /// capture method (curl on OpenSSL, Go crypto/tls, node's static OpenSSL, bun's BoringSSL,
+        /// rustls, curl over plain HTTP): the probes' cost on traffic that is not an LLM call
+        /// (target/bench/download.md).
         #[arg(long)]
         only_download: bool,
         /// Seconds of load per fleet scenario.

@@ -21,6 +21,9 @@ async fn main() {
     if mode == "bench" {
         return bench(base, ca, n, a[6].parse().unwrap()).await;
     }
+    if mode == "download" {
+        return download(base, ca, n).await;
+    }
     if n == 0 {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         return;
@@ -92,4 +95,18 @@ async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
     }
     let (cpu, secs) = (cpu_us() - c0, t0.elapsed().as_secs_f64());
     println!("{}", serde_json::json!({"pid": std::process::id(), "cpu_us": cpu, "secs": secs}));
+}
+
+async fn download(url: &str, ca: &str, times: usize) {
+    let client = client(ca, true);
+    let (c0, mut bytes) = (cpu_us(), 0u64);
+    for _ in 0..times {
+        let mut r = client.get(url).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        while let Some(chunk) = r.chunk().await.expect("body") {
+            bytes += chunk.len() as u64;
+        }
+    }
+    let cpu = cpu_us() - c0;
+    println!("{}", serde_json::json!({"pid": std::process::id(), "bytes": bytes, "cpu_us": cpu}));
 }
