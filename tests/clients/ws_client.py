@@ -5,7 +5,7 @@ call (what the client saw: ids, usage) and exits 0 only if every call completed.
 
 Usage: ws_client.py --url-base https://127.0.0.1:PORT --api responses|realtime|gemini_live
          [--sdk | --raw] [--deflate on|off] [--calls N] [--connections C] [--fragment N]
-         [--audio] [--warmup] [--model M] [--expect-error]
+         [--audio] [--warmup] [--model M] [--expect-error] [--pause S]
          [--server-fragment N] [--server-compress 0] [--server-query 'tt_ping=1&...']
          [--wait-file F] [--timeout S]
 
@@ -116,6 +116,8 @@ class Run:
         stream = events()
         try:
             for i in range(self.a.calls):
+                if i and self.a.pause:
+                    await asyncio.sleep(self.a.pause)
                 for warmup in ([True, False] if self.a.warmup else [False]):
                     await send(self.responses_body(i, warmup))
                     async for ev in stream:
@@ -288,6 +290,7 @@ def main():
     mode.add_argument("--raw", action="store_true", help="websockets directly (the default)")
     ap.add_argument("--deflate", choices=["on", "off"], help="offer permessage-deflate (raw default: on)")
     ap.add_argument("--calls", type=int, default=1, help="responses / turns per connection")
+    ap.add_argument("--pause", type=float, default=0, help="responses: seconds between calls on a connection")
     ap.add_argument("--connections", type=int, default=1, help="connections, run concurrently")
     ap.add_argument("--fragment", type=int, default=0, help="raw: client frames of at most N bytes")
     ap.add_argument("--audio", action="store_true", help="audio output (realtime, gemini_live)")

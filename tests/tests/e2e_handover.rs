@@ -4,7 +4,9 @@
 //! each; the old agent is stopped once the new one is ready (what a surge
 //! rollout does), and every call is recorded exactly once across the two;
 //! over HTTP/2 too, whose connections change agents with their decoding state,
-//! and from a JVM, captured through the Java agent.
+//! WebSocket sessions (the Responses API, compressed) with their framing,
+//! deflate context and calls in flight; and from a JVM, captured through the
+//! Java agent.
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool).
 use std::path::{Path, PathBuf};
@@ -49,6 +51,28 @@ fn agent_dirs(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&first).unwrap();
     std::fs::create_dir_all(&second).unwrap();
     (first, second)
+}
+
+/// What an upgrade test starts from: its directory and certificates, the
+/// LLM server, a bpf filesystem of its own and the two agents' directories.
+struct Upgrade {
+    dir: PathBuf,
+    certs: Certs,
+    server: Server,
+    fs: BpfFs,
+    first: PathBuf,
+    second: PathBuf,
+}
+
+impl Upgrade {
+    fn new(name: &str, transport: Transport) -> Self {
+        let dir = scratch(name);
+        let certs = Certs::generate(&dir);
+        let server = Server::start_with(&dir, &certs, transport);
+        let fs = BpfFs::mount(&dir);
+        let (first, second) = agent_dirs(&dir);
+        Upgrade { dir, certs, server, fs, first, second }
+    }
 }
 
 /// A client making its calls in the background.
@@ -98,13 +122,10 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     let _g = serial();
     require_root();
     require_tool("bpftool");
-    let dir = scratch("handover");
-    let certs = Certs::generate(&dir);
-    let server = Server::start(&dir, &certs);
-    let fs = BpfFs::mount(&dir);
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover", Transport::Https);
     let flag = fs.flag();
     let flag = [flag.as_str()];
-    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &flag);
     for name in ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"] {
         assert!(fs.pins().join(name).exists(), "{name} pinned while an agent runs");
@@ -223,13 +244,10 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
 fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     let _g = serial();
     require_root();
-    let dir = scratch("handover-h2");
-    let certs = Certs::generate(&dir);
-    let server = Server::start_with(&dir, &certs, Transport::H2);
-    let fs = BpfFs::mount(&dir);
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-h2", Transport::H2);
     let flag = fs.flag();
     let flag = [flag.as_str()];
-    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &flag);
     // One HTTP/2 connection kept busy (as fast as the test server answers,
     // ~20 calls/s): a call is in flight most of the time.
@@ -346,15 +364,12 @@ fn an_upgrade_with_the_collector_down_delivers_every_call_once_through_the_share
 fn a_killed_agent_s_connections_go_to_its_successor_at_once() {
     let _g = serial();
     require_root();
-    let dir = scratch("handover-kill");
-    let certs = Certs::generate(&dir);
-    let server = Server::start(&dir, &certs);
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-kill", Transport::Https);
     std::fs::create_dir_all(dir.join("h2")).unwrap();
     let h2 = Server::start_with(&dir.join("h2"), &certs, Transport::H2);
-    let fs = BpfFs::mount(&dir);
     let flag = fs.flag();
     let flag = [flag.as_str()];
-    let (first_dir, second_dir) = agent_dirs(&dir);
     let mut first = Agent::start(&first_dir, &flag);
     let workload = |name: &str, port: u16, work: &[serde_json::Value], http2: bool| {
         let base = format!("https://api.openai.com:{port}/v1");
@@ -411,12 +426,9 @@ fn a_killed_agent_s_connections_go_to_its_successor_at_once() {
 fn a_jvm_s_calls_change_agents_at_a_request_boundary_none_lost_none_twice() {
     let _g = serial();
     require_root();
-    let dir = scratch("handover-java");
-    let certs = Certs::generate(&dir);
-    let server = Server::start_with(&dir, &certs, Transport::Https);
-    let fs = BpfFs::mount(&dir);
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-java", Transport::Https);
     let flag = fs.flag();
-    let (first_dir, second_dir) = agent_dirs(&dir);
     let first = Agent::start(&first_dir, &[flag.as_str()]);
     // java.net.http over HTTP/1.1 keep-alive, captured through JSSE by the Java
     // agent the first agent loads into the JVM; rounds of calls, half streamed.
@@ -470,5 +482,81 @@ fn a_jvm_s_calls_change_agents_at_a_request_boundary_none_lost_none_twice() {
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     for s in [&old, &new] {
         assert_eq!((n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "dropped_unanswered")), (0, 0, 0), "{s}");
+    }
+}
+
+#[test]
+fn websocket_sessions_change_agents_with_their_deflate_context_and_calls_in_flight() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-ws", Transport::Https);
+    let flag = fs.flag();
+    let flag = [flag.as_str()];
+    let mut first = Agent::start(&first_dir, &flag);
+    // Sessions of the Responses API over WebSocket, compressed with the
+    // context kept (each message refers back into the ones before), one
+    // response every ~20 ms for ~8 s: through the openai SDK and through the
+    // websockets package, two connections each.
+    let base = format!("https://api.openai.com:{}", server.port);
+    let client = |mode: &str| {
+        let args = ["--url-base", &base, "--api", "responses", mode, "--deflate", "on", "--calls", "300"];
+        let more = ["--pause", "0.02", "--connections", "2", "--timeout", "120"];
+        let all: Vec<String> =
+            std::iter::once(workspace_root().join("tests/clients/ws_client.py").display().to_string())
+                .chain(args.iter().chain(&more).map(|s| s.to_string()))
+                .collect();
+        let mut cmd = with_provider_hosts(&dir, "python3", &all);
+        cmd.env("SSL_CERT_FILE", &certs.ca);
+        spawn(cmd)
+    };
+    let (sdk, raw) = (client("--sdk"), client("--raw"));
+    let pids = [sdk.id(), raw.id()];
+    first.wait_records(&pids, 40);
+    // The surge, with the sessions mid-way.
+    let mut second = Agent::start(&second_dir, &flag);
+    assert!(first.stop().success());
+    let outs: Vec<String> = [sdk, raw]
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("client");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let calls: usize = outs.iter().map(|o| o.lines().filter(|l| !l.trim().is_empty()).count()).sum();
+    assert_eq!(calls, 4 * 300);
+    for pid in pids {
+        second.wait_process_done(pid);
+    }
+    assert!(second.stop().success());
+    let served = server.served();
+    assert_eq!(served.len(), calls);
+    let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+        assert_eq!(r["stream"], true, "{r}");
+    }
+    let (old, new) = (first.stats(), second.stats());
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "handover, websocket: {calls} responses; old agent {}, new {}; states sent {}, received {}",
+        by_old.len(),
+        by_new.len(),
+        n(&old, "handoff_states_sent"),
+        n(&new, "handoff_states_received")
+    );
+    assert_eq!(all.len(), calls, "every response recorded exactly once across the two agents");
+    assert!(by_old.len() >= 40 && by_new.len() >= 40, "both agents recorded responses");
+    // The four sessions (and the test server's side of them, ignored: its
+    // verdict is handed on too), each taken up.
+    assert!(n(&old, "handoff_states_sent") >= 4, "each session handed on: {old}");
+    assert_eq!(n(&new, "handoff_states_received"), n(&old, "handoff_states_sent"), "and taken up: {new}");
+    for s in [&old, &new] {
+        let lost = ["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "handoff_states_unusable"];
+        assert!(lost.iter().all(|k| n(s, k) == 0), "{s}");
+        assert_eq!(n(s, "ignored_websocket_malformed"), 0, "{s}");
     }
 }

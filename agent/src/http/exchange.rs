@@ -252,13 +252,15 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     /// What the agent taking this connection over needs (an upgrade): an
-    /// HTTP/2 connection's decoding state (`h2::handoff`, after `h`), or that
-    /// it is ignored and why (`i`, one byte), so it is not decoded or counted
-    /// again. None for the rest: HTTP/1.1 changes hands between exchanges and
-    /// needs nothing; or the state can't be handed on.
+    /// HTTP/2 connection's decoding state (`h2::handoff`, after `h`), a
+    /// WebSocket session's (`ws_handoff`, after `w`), or that it is ignored
+    /// and why (`i`, one byte), so it is not decoded or counted again. None
+    /// for the rest: HTTP/1.1 changes hands between exchanges and needs
+    /// nothing; or the state can't be handed on.
     pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
         match &mut self.state {
             State::Http2(c) => Some([&b"h"[..], &c.hand_off(max.saturating_sub(1))?].concat()),
+            State::WebSocket(ws) => Some([&b"w"[..], &ws.hand_off(max.saturating_sub(1))?].concat()),
             State::Ignored(why) => Some(vec![b'i', Ignored::ALL.iter().position(|w| w == why)? as u8]),
             _ => None,
         }
@@ -274,6 +276,7 @@ impl<E: WsCalls> HttpConnection<E> {
         let mut c = Self::new(max_body);
         c.state = match state.split_first() {
             Some((b'h', rest)) => State::Http2(Box::new(H2Connection::resume(rest, max_body, classify)?)),
+            Some((b'w', rest)) => State::WebSocket(Box::new(WsSession::resume(rest, max_body, classify)?)),
             Some((b'i', [why])) => State::Ignored(
                 *Ignored::ALL.get(*why as usize).ok_or(h2::H2Error::Frame("handoff state: unknown reason"))?,
             ),
@@ -282,9 +285,10 @@ impl<E: WsCalls> HttpConnection<E> {
         Ok(c)
     }
 
-    /// Is this connection handed on with a state? (HTTP/2, ignored)
+    /// Is this connection handed on with a state? (HTTP/2, a WebSocket
+    /// session, ignored)
     pub fn hands_off(&self) -> bool {
-        matches!(self.state, State::Http2(_) | State::Ignored(_))
+        matches!(self.state, State::Http2(_) | State::WebSocket(_) | State::Ignored(_))
     }
 
     /// LLM calls begun and not yet complete: a request being written or
@@ -295,9 +299,10 @@ impl<E: WsCalls> HttpConnection<E> {
                 let waiting = self.pending.iter().filter(|(_, e)| e.is_some()).count();
                 waiting + self.heads.iter().filter(|e| e.is_some()).count()
             }
-            // Handed on with the connection's state (see `h2::handoff`).
+            // Handed on with the connection's state (see `h2::handoff`,
+            // `ws_handoff`), but for WebSocket streams of HTTP/2.
             State::Http2(c) => c.websocket_calls_in_flight(),
-            State::WebSocket(ws) => ws.calls_in_flight(),
+            State::WebSocket(_) => 0,
             State::Sniffing { .. } | State::Ignored(_) => 0,
         }
     }

@@ -10,6 +10,7 @@ pub mod eventstream;
 pub mod exchange;
 pub mod h1;
 pub mod h2;
+pub mod handoff_codec;
 pub mod message;
 pub mod mute;
 pub mod sniff;

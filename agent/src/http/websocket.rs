@@ -21,6 +21,9 @@
 //! inflater with the largest window reads any smaller one.
 use thiserror::Error;
 
+use super::h2::H2Error;
+use super::handoff_codec::{put_bytes, put_u64, Reader};
+
 /// A message handed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WsMessage {
@@ -113,9 +116,15 @@ pub struct WsDecoder {
     /// when the sender does not keep its context.
     inflater: Option<flate2::Decompress>,
     reset: bool,
+    /// The last `WINDOW` bytes inflated, while the sender keeps its context:
+    /// what the next agent primes its inflater with (`hand_off`).
+    window: Vec<u8>,
     closed: bool,
     failed: bool,
 }
+
+/// The deflate window: back-references reach at most this far.
+const WINDOW: usize = 32 << 10;
 
 impl WsDecoder {
     /// `deflate`: whether permessage-deflate applies to this direction, and
@@ -131,6 +140,7 @@ impl WsDecoder {
             control: Vec::new(),
             inflater: deflate.map(|_| flate2::Decompress::new(false)),
             reset: deflate.unwrap_or(false),
+            window: Vec::new(),
             closed: false,
             failed: false,
         }
@@ -144,7 +154,7 @@ impl WsDecoder {
 
     /// Bytes held (for the connection's memory accounting).
     pub fn buffered(&self) -> usize {
-        self.header.len() + self.msg.len() + self.control.len()
+        self.header.len() + self.msg.len() + self.control.len() + self.window.len()
     }
 
     /// Bytes of this direction, in order; whole messages are appended to `out`.
@@ -300,17 +310,124 @@ impl WsDecoder {
                 // A final block: the sender's stream ended; the next message
                 // starts a new one.
                 d.reset(false);
+                self.window.clear();
                 return Ok(out);
             }
             let progressed = d.total_in() != before_in || d.total_out() != before_out;
-            if at >= input.len() && out.len() < out.capacity() {
+            if (at >= input.len() && out.len() < out.capacity()) || (!progressed && at >= input.len()) {
+                self.keep_window(&out);
                 return Ok(out);
             }
             if !progressed {
-                return if at >= input.len() { Ok(out) } else { Err(WsError::Inflate) };
+                return Err(WsError::Inflate);
             }
         }
     }
+
+    /// Keep the last `WINDOW` bytes inflated, while the context carries over.
+    fn keep_window(&mut self, inflated: &[u8]) {
+        if self.reset {
+            return;
+        }
+        let from = inflated.len().saturating_sub(WINDOW);
+        self.window.extend_from_slice(&inflated[from..]);
+        let extra = self.window.len().saturating_sub(WINDOW);
+        self.window.drain(..extra);
+    }
+
+    /// This direction's state for the agent taking the connection over: the
+    /// frame and message in progress and, where the sender keeps its deflate
+    /// context, the last 32 KiB inflated (the format of `handoff_codec`).
+    pub fn hand_off(&self, out: &mut Vec<u8>) -> Option<()> {
+        let deflate = match (&self.inflater, self.reset) {
+            (None, _) => 0,
+            (Some(_), false) => 1,
+            (Some(_), true) => 2,
+        };
+        out.extend_from_slice(&[deflate, u8::from(self.closed) | u8::from(self.failed) << 1]);
+        put_bytes(out, &self.header)?;
+        out.push(u8::from(self.frame.is_some()));
+        if let Some(f) = &self.frame {
+            out.extend_from_slice(&[u8::from(f.fin), f.opcode, u8::from(f.mask.is_some())]);
+            out.extend_from_slice(&f.mask.unwrap_or_default());
+            put_u64(out, f.remaining);
+            put_u64(out, f.done);
+        }
+        let (opcode, compressed) = self.open.unwrap_or((0xff, false));
+        out.extend_from_slice(&[opcode, u8::from(compressed)]);
+        put_bytes(out, &self.msg)?;
+        put_bytes(out, &self.control)?;
+        put_bytes(out, &self.window)
+    }
+
+    /// A direction decoded on from where the agent before stopped; `cap` as
+    /// in [`new`](Self::new).
+    pub fn resume(r: &mut Reader<'_>, cap: usize) -> Result<Self, H2Error> {
+        let bad = |what| H2Error::Frame(what);
+        let deflate = match r.u8()? {
+            0 => None,
+            1 => Some(false),
+            2 => Some(true),
+            _ => return Err(bad("websocket state: deflate mode")),
+        };
+        let mut d = Self::new(deflate, cap);
+        let flags = r.u8()?;
+        (d.closed, d.failed) = (flags & 1 != 0, flags & 2 != 0);
+        d.header = r.bytes()?.to_vec();
+        if d.header.len() >= 14 {
+            return Err(bad("websocket state: frame header"));
+        }
+        if r.u8()? == 1 {
+            let (fin, opcode, masked) = (r.u8()? == 1, r.u8()?, r.u8()? == 1);
+            let m = r.take(4)?;
+            let mask = masked.then(|| [m[0], m[1], m[2], m[3]]);
+            d.frame = Some(Frame { fin, opcode, mask, remaining: r.u64()?, done: r.u64()? });
+        }
+        let (opcode, compressed) = (r.u8()?, r.u8()? == 1);
+        d.open = (opcode != 0xff).then_some((opcode, compressed));
+        d.msg = r.bytes()?.to_vec();
+        d.control = r.bytes()?.to_vec();
+        let window = r.bytes()?;
+        if d.msg.len() > cap || d.control.len() > 125 || window.len() > WINDOW {
+            return Err(H2Error::TooLarge);
+        }
+        // What `parse_header` would have let through, and no more.
+        if let Some(f) = &d.frame {
+            let control = f.opcode >= OP_CLOSE;
+            let known = matches!(f.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG);
+            if !known || (control && d.control.len() as u64 + f.remaining > 125) || (!control && d.open.is_none()) {
+                return Err(bad("websocket state: frame"));
+            }
+        }
+        if let Some(inflater) = d.inflater.as_mut() {
+            prime(inflater, window).map_err(|_| bad("websocket state: deflate window"))?;
+            d.window = window.to_vec();
+        }
+        Ok(d)
+    }
+}
+
+/// Give a fresh raw inflater `window` as its history: inflate it as one
+/// stored (uncompressed) block that is not the last, and drop the output. The
+/// block ends on a byte boundary, where the sender's stream stands after each
+/// message (permessage-deflate ends each with a sync flush), so the next
+/// message's back-references reach into `window` as they did for the agent
+/// before. (miniz_oxide, flate2's backend, has no call to set a dictionary.)
+fn prime(d: &mut flate2::Decompress, window: &[u8]) -> Result<(), WsError> {
+    if window.is_empty() {
+        return Ok(());
+    }
+    let len = window.len() as u16;
+    let mut block = vec![0x00];
+    block.extend_from_slice(&len.to_le_bytes());
+    block.extend_from_slice(&(!len).to_le_bytes());
+    block.extend_from_slice(window);
+    let mut out = Vec::with_capacity(window.len() + 64);
+    d.decompress_vec(&block, &mut out, flate2::FlushDecompress::Sync).map_err(|_| WsError::Inflate)?;
+    if d.total_in() != block.len() as u64 || out.len() != window.len() {
+        return Err(WsError::Inflate);
+    }
+    Ok(())
 }
 
 /// Do these first bytes of a stream look like a WebSocket frame, masked (as a

@@ -388,6 +388,9 @@ impl<E: WsCalls> WsSession<E> {
     }
 }
 
+#[path = "ws_handoff.rs"]
+mod handoff;
+
 #[cfg(test)]
 #[path = "ws_session_tests.rs"]
 pub(crate) mod tests;

@@ -96,6 +96,23 @@ impl Session {
         self.ts += 1;
         self.conn.on_ingress(b, self.ts, &mut self.out, &mut self.lost);
     }
+
+    /// One direction's bytes (`client`: egress) cut at random places; `after`
+    /// runs after each piece.
+    fn cut(&mut self, client: bool, bytes: &[u8], noise: &mut Noise, mut after: impl FnMut(&mut Self)) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = (noise.next() as usize % 40 + 1).min(rest.len());
+            let (piece, tail) = rest.split_at(n);
+            if client {
+                self.egress(piece);
+            } else {
+                self.ingress(piece);
+            }
+            rest = tail;
+            after(self);
+        }
+    }
 }
 
 fn body(m: &Message) -> Value {
@@ -163,18 +180,7 @@ fn compressed_fragmented_messages_cut_anywhere_give_the_same_calls() {
         let mut noise = Noise(ext.len() as u64 + 1);
         let mut s = Session::open(ext);
         for (client, bytes) in &script {
-            // Each direction's bytes cut at random places.
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let n = (noise.next() as usize % 40 + 1).min(rest.len());
-                let (piece, tail) = rest.split_at(n);
-                if *client {
-                    s.egress(piece);
-                } else {
-                    s.ingress(piece);
-                }
-                rest = tail;
-            }
+            s.cut(*client, bytes, &mut noise, |_| {});
         }
         let got: Vec<(u64, u64)> =
             s.out.iter().map(|c| (body(&c.exchange.request)["request"]["n"].as_u64().unwrap(), 0)).collect();
@@ -346,4 +352,82 @@ fn other_upgrades_are_not_decoded() {
     c.on_ingress(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", 2, &mut Vec::new(), &mut lost);
     assert_eq!(c.ignored(), Some(Ignored::Upgraded));
     assert_eq!(lost, Lost::default());
+}
+
+/// The session the script gives: each call's request and events.
+fn calls_of(s: &Session) -> Vec<(Value, Vec<String>)> {
+    s.out.iter().map(|c| (body(&c.exchange.request), events(&c.exchange.response))).collect()
+}
+
+#[test]
+fn a_session_handed_to_another_agent_anywhere_goes_on_with_the_same_calls() {
+    for ext in ["permessage-deflate", "permessage-deflate; client_no_context_takeover; server_no_context_takeover", ""]
+    {
+        let d = Deflate::negotiated(ext);
+        let (mut up, mut down) = (
+            Sender::new(true, d.map(|d| d.client_no_context_takeover)),
+            Sender::new(false, d.map(|d| d.server_no_context_takeover)),
+        );
+        // The same long text again and again: with the context kept, each
+        // message refers back into the ones before.
+        let text: String = (0..300u64).map(|i| format!("w{} ", i * 7919 % 1009)).collect();
+        let mut script: Vec<(bool, Vec<u8>)> = vec![(true, up.send(&json!({"type":"setup","model":"m"}), 1000))];
+        for n in 0..6 {
+            script.push((true, up.send(&json!({"type":"create","n":n,"text":text}), 100)));
+            script.push((false, down.send(&json!({"type":"created","n":n}), 5)));
+            script.push((false, down.send(&json!({"type":"delta","d":text}), 64)));
+            script.push((false, down.send(&json!({"type":"done","n":n}), 1000)));
+        }
+        if ext == "permessage-deflate" {
+            let (first, later) = (script[1].1.len(), script[5].1.len());
+            assert!(later * 4 < first, "back-references into earlier messages: {later} vs {first}");
+        }
+        let run = |every: usize| {
+            let mut noise = Noise(7);
+            let mut s = Session::open(ext);
+            let mut pieces = 0;
+            for (client, bytes) in &script {
+                s.cut(*client, bytes, &mut noise, |s| {
+                    pieces += 1;
+                    // Mid-header, mid-frame, mid-message: wherever the old agent stopped.
+                    if every > 0 && pieces % every == 0 {
+                        assert!(s.conn.hands_off());
+                        let state = s.conn.hand_off(1 << 20).expect("a state");
+                        s.conn = HttpConnection::resume(&state, 1 << 20, &mut |_: &Head| Some(Api)).expect("resumed");
+                    }
+                });
+            }
+            assert_eq!(s.lost, Lost::default(), "{ext}");
+            calls_of(&s)
+        };
+        let whole = run(0);
+        assert_eq!(whole.len(), 6, "{ext}");
+        for every in [1, 3, 17, 50] {
+            assert_eq!(run(every), whole, "{ext}, handed on every {every} pieces");
+        }
+    }
+}
+
+#[test]
+fn a_session_state_cut_or_garbled_is_an_error_not_a_panic() {
+    let mut s = Session::open("permessage-deflate");
+    let (mut up, mut down) = (Sender::new(true, Some(false)), Sender::new(false, Some(false)));
+    s.egress(&up.send(&json!({"type":"create","n":1}), 1000));
+    s.ingress(&down.send(&json!({"type":"created","text":"x".repeat(5000)}), 1000));
+    let state = s.conn.hand_off(1 << 20).unwrap();
+    let mut classify = |_: &Head| Some(Api);
+    for cut in 0..state.len() {
+        assert!(HttpConnection::resume(&state[..cut], 1 << 20, &mut classify).is_err(), "cut at {cut}");
+    }
+    let mut noise = Noise(3);
+    for _ in 0..2000 {
+        let mut bad = state.clone();
+        let at = noise.next() as usize % bad.len();
+        bad[at] ^= 1 << (noise.next() % 8);
+        let _ = HttpConnection::resume(&bad, 1 << 20, &mut classify);
+    }
+    // A session whose upgrade is no LLM API with these rules is not resumed.
+    assert!(HttpConnection::<Api>::resume(&state, 1 << 20, &mut |_: &Head| None).is_err());
+    // Too large for the budget: not handed on.
+    assert!(s.conn.hand_off(100).is_none());
 }

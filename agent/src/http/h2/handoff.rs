@@ -10,7 +10,8 @@
 //! first bytes continue that frame), and the calls in flight (their request,
 //! and the response so far), whose ends the new agent then reads. So the old
 //! agent need not wait for a busy connection to fall quiet, which it may never
-//! do. A WebSocket stream is not carried over (its session state is not).
+//! do. A WebSocket stream inside the connection is not carried over (a
+//! WebSocket over HTTP/1.1 is: `ws_handoff.rs`).
 //!
 //! The format (version 1), integers big-endian: a version byte, then per
 //! direction (egress first) the table size the peer allowed (u32), the
@@ -23,7 +24,8 @@
 //! the same table. What a stream's request was classified as is not written:
 //! the new agent classifies the request head again, with its own rules.
 use super::{Direction, H2Connection, H2Error, Stream};
-use crate::http::message::{Head, Message};
+use crate::http::handoff_codec::{put_message, put_u16, put_u32, Reader};
+use crate::http::message::Head;
 use crate::http::ws_session::WsCalls;
 
 const VERSION: u8 = 1;
@@ -65,137 +67,6 @@ fn table(d: &mut Direction) -> Vec<(Vec<u8>, Vec<u8>)> {
         }
     }
     entries
-}
-
-fn put_u16(out: &mut Vec<u8>, v: usize) -> Option<()> {
-    out.extend_from_slice(&u16::try_from(v).ok()?.to_be_bytes());
-    Some(())
-}
-
-fn put_u32(out: &mut Vec<u8>, v: usize) -> Option<()> {
-    out.extend_from_slice(&u32::try_from(v).ok()?.to_be_bytes());
-    Some(())
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Option<()> {
-    put_u32(out, b.len())?;
-    out.extend_from_slice(b);
-    Some(())
-}
-
-fn put_opt(out: &mut Vec<u8>, s: Option<&str>) -> Option<()> {
-    out.push(u8::from(s.is_some()));
-    put_bytes(out, s.unwrap_or_default().as_bytes())
-}
-
-fn put_message(out: &mut Vec<u8>, m: &Message) -> Option<()> {
-    let h = &m.head;
-    put_opt(out, h.method.as_deref())?;
-    put_opt(out, h.path.as_deref())?;
-    out.extend_from_slice(&h.status.unwrap_or(0).to_be_bytes());
-    out.push(h.minor_version);
-    out.push(u8::from(h.http2));
-    put_u16(out, h.headers.len())?;
-    for (name, value) in &h.headers {
-        put_bytes(out, name.as_bytes())?;
-        put_bytes(out, value)?;
-    }
-    put_bytes(out, &m.body)?;
-    out.push(u8::from(m.body_truncated) | u8::from(m.body_captured) << 1 | u8::from(m.complete) << 2);
-    put_u64(out, m.first_ts);
-    put_u64(out, m.last_ts);
-    put_u16(out, m.body_marks.len())?;
-    for &(end, ts) in &m.body_marks {
-        put_u64(out, end as u64);
-        put_u64(out, ts);
-    }
-    Some(())
-}
-
-/// Reads the format back, every length checked.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], H2Error> {
-        if self.0.len() < n {
-            return Err(H2Error::Frame("handoff state cut short"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-
-    fn u16(&mut self) -> Result<usize, H2Error> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
-    }
-
-    fn u32(&mut self) -> Result<usize, H2Error> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    }
-
-    fn u64(&mut self) -> Result<u64, H2Error> {
-        let b = self.take(8)?;
-        Ok(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-    }
-
-    fn u8(&mut self) -> Result<u8, H2Error> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], H2Error> {
-        let n = self.u32()?;
-        self.take(n)
-    }
-
-    fn string(&mut self) -> Result<String, H2Error> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| H2Error::Frame("handoff state: not UTF-8"))
-    }
-
-    fn opt(&mut self) -> Result<Option<String>, H2Error> {
-        let some = self.u8()? == 1;
-        let s = self.string()?;
-        Ok(some.then_some(s))
-    }
-
-    fn message(&mut self, max_body: usize) -> Result<Message, H2Error> {
-        let method = self.opt()?;
-        let path = self.opt()?;
-        let b = self.take(2)?;
-        let status = Some(u16::from_be_bytes([b[0], b[1]])).filter(|&s| s != 0);
-        let (minor_version, http2) = (self.u8()?, self.u8()? == 1);
-        let mut headers = Vec::new();
-        for _ in 0..self.u16()? {
-            let name = self.string()?;
-            headers.push((name, self.bytes()?.to_vec()));
-        }
-        let body = self.bytes()?;
-        if body.len() > max_body {
-            return Err(H2Error::TooLarge);
-        }
-        let flags = self.u8()?;
-        let (first_ts, last_ts) = (self.u64()?, self.u64()?);
-        let mut body_marks = Vec::new();
-        for _ in 0..self.u16()? {
-            let end = self.u64()? as usize;
-            body_marks.push((end, self.u64()?));
-        }
-        Ok(Message {
-            head: Head { method, path, status, minor_version, http2, headers },
-            body: body.to_vec(),
-            body_truncated: flags & 1 != 0,
-            body_captured: flags & 2 != 0,
-            complete: flags & 4 != 0,
-            first_ts,
-            last_ts,
-            body_marks,
-        })
-    }
 }
 
 impl<E: WsCalls> H2Connection<E> {
@@ -252,10 +123,7 @@ impl<E: WsCalls> H2Connection<E> {
         max_body: usize,
         classify: &mut dyn FnMut(&Head) -> Option<E>,
     ) -> Result<Self, H2Error> {
-        let mut r = Reader(state);
-        if r.take(1)? != [VERSION] {
-            return Err(H2Error::Frame("handoff state of another version"));
-        }
+        let mut r = Reader::of_version(state, VERSION)?;
         let mut c = Self::new(max_body);
         for d in [&mut c.egress, &mut c.ingress] {
             let allowed = r.u32()?.clamp(4096, super::MAX_TABLE_SIZE);
