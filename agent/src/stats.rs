@@ -100,10 +100,10 @@ counters! {
     /// LLM calls dropped: in flight when the agent stopped (its probes were
     /// detached before the response was complete).
     dropped_at_exit,
-    /// An upgrade (`--handover-dir`), leaving: HTTP/2 connections whose
-    /// decoding state (and ignored connections whose verdict) was handed to
-    /// the next agent, and those it could not hand on (a header block half
-    /// read, too large).
+    /// An upgrade (`--handover-dir`), leaving: HTTP/2 connections and
+    /// WebSocket sessions whose decoding state (and ignored connections whose
+    /// verdict) was handed to the next agent, and those it could not hand on
+    /// (a header block half read, too large).
     handoff_states_sent,
     handoff_states_not_sent,
     /// An upgrade, taking over: connections decoded on from the state the
