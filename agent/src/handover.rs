@@ -170,9 +170,34 @@ pub struct Drain {
     /// Calls in flight at the reader's last pass; `passes` counts the passes.
     in_flight: AtomicUsize,
     passes: AtomicU64,
+    /// When this agent left with its successor current.
+    left: std::sync::Mutex<Option<Instant>>,
 }
 
+/// After leaving, how long the reader waits (and at least two passes) before
+/// it hands on: a probe that found the connection still ours just before
+/// may still be copying into the ring buffer.
+const SETTLE: Duration = Duration::from_millis(20);
+
 impl Drain {
+    /// This agent has left and its successor is current: from now on the
+    /// kernel gives every call of this agent's connections to the successor,
+    /// so their decoding states are final once the ring buffer is read.
+    pub fn left(&self) {
+        *self.left.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// How long ago the agent left, once it is time to hand on:
+    /// `passes_since` reader passes after the one that first saw it leave.
+    pub fn settled(&self, passes_since: u32) -> Option<Duration> {
+        let at = (*self.left.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (passes_since >= 2 && at.elapsed() >= SETTLE).then(|| at.elapsed())
+    }
+
+    pub fn has_left(&self) -> bool {
+        self.left.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Wait until two passes of the reader in a row found no call in flight
     /// (a request copied just before the first may be read by the second),
     /// or `limit`. Returns the calls left and the time waited.

@@ -354,6 +354,7 @@ impl Pipeline {
     fn on_control(&mut self, c: Control) {
         match c {
             Control::ConnClosed { key, ts_ns } => {
+                self.unpark_now(key);
                 self.blind.conn_gone(key);
                 if let Some(e) = self.conns.remove(&key) {
                     self.coverage.closed(e.meta.tgid, &e.meta.comm.to_string(), e.meta.source);
@@ -369,6 +370,7 @@ impl Pipeline {
                 self.blind.sock_closed(sock, totals, ts_ns, &|pid| cov.unread(pid));
             }
             Control::Exit { tgid, ts_ns } => {
+                self.unpark_process(tgid);
                 for (k, e) in self.conns.remove_process(tgid) {
                     if let (true, Some(f)) = (e.state.counted_ignore, self.filter.as_mut()) {
                         f.forget(k.tgid, k.conn);

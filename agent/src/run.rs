@@ -229,13 +229,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 let (left, waited) = drain.wait(settings.handover_drain);
                 let waited_ms = waited.as_millis() as u64;
                 tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
+                h.leave();
+                // The reader hands on the states now, not after the detach.
+                drain.left();
             }
             // Another agent is starting: it takes what this one leaves, and
-            // the states handed on with it.
-            None if !h.others().is_empty() => drain.asked.store(true, Ordering::Relaxed),
-            None => {}
+            // the states handed on with it (at the end: until it is current,
+            // this agent may still copy).
+            None if !h.others().is_empty() => {
+                drain.asked.store(true, Ordering::Relaxed);
+                h.leave();
+            }
+            None => h.leave(),
         }
-        h.leave();
     }
     stop.store(true, Ordering::Relaxed);
     let _ = discovery_thread.join();
@@ -431,6 +437,8 @@ fn read_loop(
     let mut last_tick = Instant::now();
     let mut last_log = Instant::now();
     let mut busy = false;
+    // A handover: whether the states went, and the passes since leaving.
+    let (mut handed, mut passes_since_left) = (false, 0u32);
     // Kernel counters and gauges from the start, not after the first second.
     loss.update(stats);
     loop {
@@ -457,6 +465,15 @@ fn read_loop(
         pipeline.flush();
         drain.report(&pipeline);
         busy = n > 0 || drain.asked.load(Ordering::Relaxed);
+        if !handed && drain.has_left() {
+            passes_since_left += 1;
+            if let Some(ago) = drain.settled(passes_since_left) {
+                handed = true;
+                let (sent, not_sent) = pipeline.hand_off();
+                let ms_after_leaving = ago.as_millis() as u64;
+                tracing::info!(sent, not_sent, ms_after_leaving, "decoding states handed on");
+            }
+        }
         if stopping {
             break;
         }
@@ -481,9 +498,10 @@ fn read_loop(
             );
         }
     }
-    if drain.asked.load(Ordering::Relaxed) {
+    if drain.asked.load(Ordering::Relaxed) && !handed {
         // A successor took over: it decodes our HTTP/2 connections on from here.
-        pipeline.hand_off();
+        let (sent, not_sent) = pipeline.hand_off();
+        tracing::info!(sent, not_sent, "decoding states handed on");
     }
     pipeline.finish();
     loss.update(stats);

@@ -76,6 +76,16 @@ impl Upgrade {
 }
 
 /// A client making its calls in the background.
+/// The agent that left handed on its decoding states a few reader passes
+/// after leaving, before its probes were detached (which takes seconds on a
+/// busy host, while the new agent holds those connections' bytes).
+fn handed_on_before_detaching(old: &Agent) {
+    let log = java::agent_log(old);
+    let at = |what: &str| log.lines().position(|l| l.contains(what));
+    let (handed, detached) = (at("decoding states handed on"), at("probes detached"));
+    assert!(matches!((handed, detached), (Some(h), Some(d)) if h < d), "{log}");
+}
+
 fn spawn(mut c: Command) -> std::process::Child {
     c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("client")
 }
@@ -289,6 +299,7 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     assert!(by_old.len() >= 50 && by_new.len() >= 50, "both agents recorded calls");
     assert!(n(&old, "handoff_states_sent") >= 1 && n(&new, "handoff_states_received") >= 1, "{old}\n{new}");
     assert_eq!(n(&new, "handoff_states_missing") + n(&new, "handoff_states_unusable"), 0, "{new}");
+    handed_on_before_detaching(&first);
     for s in [&old, &new] {
         let cut = (n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "ignored_http2_joined"));
         assert_eq!(cut, (0, 0, 0), "{s}");
@@ -483,6 +494,10 @@ fn a_jvm_s_calls_change_agents_at_a_request_boundary_none_lost_none_twice() {
     for s in [&old, &new] {
         assert_eq!((n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "dropped_unanswered")), (0, 0, 0), "{s}");
     }
+    // The test server's side of the connection, ignored by the old agent: its
+    // verdict went with it, at once (the new agent holds its bytes meanwhile).
+    assert!(n(&new, "handoff_states_received") >= 1 && n(&new, "handoff_states_missing") == 0, "{new}");
+    handed_on_before_detaching(&first);
 }
 
 #[test]
@@ -554,6 +569,7 @@ fn websocket_sessions_change_agents_with_their_deflate_context_and_calls_in_flig
     // verdict is handed on too), each taken up.
     assert!(n(&old, "handoff_states_sent") >= 4, "each session handed on: {old}");
     assert_eq!(n(&new, "handoff_states_received"), n(&old, "handoff_states_sent"), "and taken up: {new}");
+    handed_on_before_detaching(&first);
     for s in [&old, &new] {
         let lost = ["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "handoff_states_unusable"];
         assert!(lost.iter().all(|k| n(s, k) == 0), "{s}");

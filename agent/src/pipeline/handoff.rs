@@ -1,14 +1,17 @@
 //! Connections that change agents during an upgrade (`handover`), as the
 //! pipeline sees them. The agent leaving hands on each HTTP/2 connection's
-//! decoding state ([`Pipeline::hand_off`], after its last record is read).
+//! and WebSocket session's decoding state, and each ignored connection's
+//! verdict ([`Pipeline::hand_off`]), once it has left and read what it copied
+//! before: a few passes of its reader after leaving, not after its detach.
 //! The agent taking over holds the records of a connection it took from it
 //! ([`Pipeline::park`]) until that state is there, then decodes them from where
 //! the other stopped; or, when the agent before has exited without leaving one
-//! (or the wait is too long), as a connection joined midway (counted).
+//! (or the wait is too long, or the connection ends first), as a connection
+//! joined midway (counted).
 //!
-//! Why wait rather than ask first: the agent before leaves before it detaches
-//! (else no one would copy its connections meanwhile), so its state is final
-//! only after the new agent has its first bytes.
+//! Why wait rather than ask first: the agent before leaves first (from then
+//! on the kernel gives every next call of its connections to the new one),
+//! so its state is final only after the new agent may have its first bytes.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -21,8 +24,8 @@ use crate::http::exchange::HttpConnection;
 use crate::http::sniff;
 use crate::stats::Stats;
 
-/// Longest wait for a state: the agent before detaches its probes first,
-/// which takes seconds on a host with many probed files.
+/// Longest wait for a state: the agent before hands on within a few passes
+/// of its reader after leaving; this bounds the wait for one that stalls.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Record bytes held per connection, and for all, while waiting.
 const MAX_CONN_BYTES: usize = 4 << 20;
@@ -92,13 +95,27 @@ impl Pipeline {
     /// if it came, else as joined midway (never dropped unread).
     pub(super) fn unpark_all(&mut self) {
         let keys: Vec<ConnKey> = self.parked.conns.keys().copied().collect();
-        for key in keys {
-            let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
-                Some(Handed::State(s)) => Some(s),
-                _ => None,
-            };
-            self.release(key, state);
+        keys.into_iter().for_each(|k| self.unpark_now(k));
+    }
+
+    /// A connection that ends (closed, its process gone) while it waits:
+    /// decoded now, with its state if it came, so that its end follows its
+    /// bytes and a new connection under its key is not held with it.
+    pub(super) fn unpark_now(&mut self, key: ConnKey) {
+        if !self.parked.conns.contains_key(&key) {
+            return;
         }
+        let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
+            Some(Handed::State(s)) => Some(s),
+            _ => None,
+        };
+        self.release(key, state);
+    }
+
+    /// Every connection of `tgid` still waiting (the process exited).
+    pub(super) fn unpark_process(&mut self, tgid: u32) {
+        let keys: Vec<ConnKey> = self.parked.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        keys.into_iter().for_each(|k| self.unpark_now(k));
     }
 
     fn release(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
@@ -128,19 +145,24 @@ impl Pipeline {
         }
     }
 
-    /// Leaving for a successor, after the last record was read: each HTTP/2
-    /// connection's decoding state, and each ignored connection's verdict,
-    /// for the agent that takes it over.
-    pub fn hand_off(&mut self) {
-        let Some(f) = self.filter.as_mut() else { return };
+    /// Leaving for a successor, after the last record it copied was read:
+    /// each HTTP/2 connection's and WebSocket session's decoding state, and
+    /// each ignored connection's verdict, for the agent that takes it over.
+    /// Returns the states handed on and those that could not be.
+    pub fn hand_off(&mut self) -> (usize, usize) {
+        let Some(f) = self.filter.as_mut() else { return (0, 0) };
+        let (mut sent, mut not_sent) = (0, 0);
         for (k, e) in self.conns.iter_mut() {
             if !e.state.http.hands_off() {
                 continue;
             }
             match e.state.http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64) {
-                Some(s) if f.hand_off(k.tgid, k.conn, &s) => Stats::inc(&self.stats.handoff_states_sent),
-                _ => Stats::inc(&self.stats.handoff_states_not_sent),
+                Some(s) if f.hand_off(k.tgid, k.conn, &s) => sent += 1,
+                _ => not_sent += 1,
             }
         }
+        Stats::add(&self.stats.handoff_states_sent, sent as u64);
+        Stats::add(&self.stats.handoff_states_not_sent, not_sent as u64);
+        (sent, not_sent)
     }
 }

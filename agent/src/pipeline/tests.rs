@@ -24,21 +24,15 @@ impl Sink for Collect {
 
 /// The ring-buffer record of process `tgid` exiting.
 fn exit_record(tgid: u32) -> Vec<u8> {
-    let exit = ControlEvent {
-        kind: EventKind::Exit as u32,
-        tgid,
-        tid: tgid,
-        _pad: 0,
-        ts_ns: 9,
-        conn: 0,
-        cgroup_id: 0,
-        comm: [0; 16],
-    };
+    control_record(EventKind::Exit, tgid, 0)
+}
+
+/// A control record of `kind` for process `tgid` (and connection `conn`).
+fn control_record(kind: EventKind, tgid: u32, conn: u64) -> Vec<u8> {
+    let c = ControlEvent { kind: kind as u32, tgid, tid: tgid, _pad: 0, ts_ns: 9, conn, cgroup_id: 0, comm: [0; 16] };
     // SAFETY: plain-old-data to bytes.
-    unsafe {
-        std::slice::from_raw_parts((&exit as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>())
-    }
-    .to_vec()
+    unsafe { std::slice::from_raw_parts((&c as *const ControlEvent).cast::<u8>(), std::mem::size_of::<ControlEvent>()) }
+        .to_vec()
 }
 
 fn pipeline() -> (Pipeline, Collect, Arc<Stats>) {

@@ -163,3 +163,40 @@ fn records_still_held_when_the_agent_stops_are_decoded_not_dropped() {
     assert_eq!(s.handoff_states_missing, 1, "{s:?}");
     assert!(s.bytes > 0, "its bytes were decoded");
 }
+
+#[test]
+fn a_connection_that_closes_while_it_waits_is_decoded_at_its_close_then_closed() {
+    let (_shared, (mut old, _old_calls, _), (mut new, new_calls, new_stats)) = two_agents();
+    let (mut up, mut down) = (Encoder::new(), Encoder::new());
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
+    let answer = response(&mut down, 1);
+    new.handle(&data_record(42, 7, DIR_INGRESS, 0, answer.len() as u64, &answer, FLAG_LAST | FLAG_TAKEN_OVER));
+    old.hand_off();
+    old.finish();
+    // Closed before the new agent's next pass: its bytes are decoded with
+    // the state, then the connection ends (nothing lingers under its key).
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{:?}", new_stats.snapshot());
+    assert_eq!(new.connections(), 0);
+    assert_eq!(new_stats.snapshot().handoff_states_received, 1);
+    // A new connection under the reused key is read at once, not held.
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    assert_eq!(new_calls.0.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_process_that_exits_while_its_connection_waits_has_it_decoded_and_counted() {
+    let (_shared, _old, (mut new, _calls, stats)) = two_agents();
+    let mut up = Encoder::new();
+    let next = request(&mut up, 1);
+    new.handle(&data_record(42, 7, DIR_EGRESS, 0, next.len() as u64, &next, FLAG_LAST | FLAG_TAKEN_OVER));
+    new.flush();
+    assert_eq!(stats.snapshot().bytes, 0, "held");
+    // The old agent still runs (no state yet), but the client is gone.
+    new.handle(&exit_record(42));
+    let s = stats.snapshot();
+    assert_eq!(s.handoff_states_missing, 1, "{s:?}");
+    assert!(s.bytes > 0, "its bytes were decoded");
+    assert_eq!(new.connections(), 0);
+}
