@@ -92,6 +92,8 @@ pub struct Handover {
     agents: HashMap<MapData, u32, u64>,
     current: Array<MapData, u32>,
     me: u32,
+    /// When this agent started (clock ticks since boot).
+    since: u64,
 }
 
 impl Handover {
@@ -104,9 +106,9 @@ impl Handover {
         let current = take(ebpf, "CURRENT_AGENT")?;
         let current =
             Array::try_from(current).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
-        let mut h = Self { dir: dir.into(), agents, current, me: me() };
+        let since = started(Path::new("/proc"), me()).unwrap_or(0);
+        let mut h = Self { dir: dir.into(), agents, current, me: me(), since };
         h.reap();
-        let since = started(Path::new("/proc"), h.me).unwrap_or(0);
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let others = h.others();
         if !others.is_empty() {
@@ -146,6 +148,47 @@ impl Handover {
     pub fn successor(&self) -> Option<u32> {
         let cur = self.current.get(&0, 0).ok()?;
         (cur != 0 && cur != self.me && self.agents.get(&cur, 0).is_ok()).then_some(cur)
+    }
+
+    /// Stopped: hand this agent's connections over and leave, within `limit`.
+    /// With a successor current, its calls in flight finish first and then
+    /// the reader hands on the decoding states ([`Drain::left`]). An agent
+    /// started after this one and not yet current is waited for: it is still
+    /// attaching, and calls made before its probes are in place while this
+    /// one's are going would be copied by neither.
+    pub fn stop(mut self, drain: &Drain, limit: Duration) {
+        let started = Instant::now();
+        let starting = |h: &Self| h.others().iter().any(|&(_, since)| since >= h.since);
+        if self.successor().is_none() && starting(&self) {
+            tracing::info!("another agent is starting: waiting until it is ready to take over");
+            while self.successor().is_none() && starting(&self) && started.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(20));
+                self.reap();
+            }
+        }
+        match self.successor() {
+            Some(next) => {
+                // It copies every new call: finish the ones in flight before
+                // the probes go, then leave so it takes the rest at once.
+                let (left, waited) = drain.wait(limit.saturating_sub(started.elapsed()));
+                let waited_ms = waited.as_millis() as u64;
+                tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
+                self.leave();
+                // The reader hands on the states now, not after the detach.
+                drain.left();
+            }
+            // Another agent that never became current: it takes what this
+            // one leaves, and the states handed on at the end.
+            None if !self.others().is_empty() => {
+                tracing::warn!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "leaving with no agent ready to take over"
+                );
+                drain.asked.store(true, Ordering::Relaxed);
+                self.leave();
+            }
+            None => self.leave(),
+        }
     }
 
     /// Leave: this agent owns nothing from now on. The last agent to leave

@@ -221,27 +221,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopping");
     if let Some(h) = handover {
-        match h.successor() {
-            Some(next) => {
-                // Its successor copies every new call: finish the ones in
-                // flight before the probes go, then leave so it takes the
-                // rest at once.
-                let (left, waited) = drain.wait(settings.handover_drain);
-                let waited_ms = waited.as_millis() as u64;
-                tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
-                h.leave();
-                // The reader hands on the states now, not after the detach.
-                drain.left();
-            }
-            // Another agent is starting: it takes what this one leaves, and
-            // the states handed on with it (at the end: until it is current,
-            // this agent may still copy).
-            None if !h.others().is_empty() => {
-                drain.asked.store(true, Ordering::Relaxed);
-                h.leave();
-            }
-            None => h.leave(),
-        }
+        h.stop(&drain, settings.handover_drain);
     }
     stop.store(true, Ordering::Relaxed);
     let _ = discovery_thread.join();

@@ -6,7 +6,7 @@
 //! over HTTP/2 too, whose connections change agents with their decoding state,
 //! WebSocket sessions (the Responses API, compressed) with their framing,
 //! deflate context and calls in flight; and from a JVM, captured through the
-//! Java agent.
+//! Java agent. An old agent stopped before the new one is ready waits for it.
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool).
 use std::path::{Path, PathBuf};
@@ -75,7 +75,6 @@ impl Upgrade {
     }
 }
 
-/// A client making its calls in the background.
 /// The agent that left handed on its decoding states a few reader passes
 /// after leaving, before its probes were detached (which takes seconds on a
 /// busy host, while the new agent holds those connections' bytes).
@@ -86,6 +85,7 @@ fn handed_on_before_detaching(old: &Agent) {
     assert!(matches!((handed, detached), (Some(h), Some(d)) if h < d), "{log}");
 }
 
+/// A client making its calls in the background.
 fn spawn(mut c: Command) -> std::process::Child {
     c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("client")
 }
@@ -574,5 +574,53 @@ fn websocket_sessions_change_agents_with_their_deflate_context_and_calls_in_flig
         let lost = ["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "handoff_states_unusable"];
         assert!(lost.iter().all(|k| n(s, k) == 0), "{s}");
         assert_eq!(n(s, "ignored_websocket_malformed"), 0, "{s}");
+    }
+}
+
+#[test]
+fn an_agent_stopped_while_its_successor_starts_waits_for_it_none_lost_none_twice() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-early-stop", Transport::Https);
+    let flag = fs.flag();
+    let mut first = Agent::start(&first_dir, &[flag.as_str()]);
+    // About 100 calls/s on one keep-alive connection for ~6 s.
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let kept = calls(600, 0, 0.008, false);
+    let client = spawn(py_workload(&dir, &certs, &base, "kept", &kept));
+    let pid = client.id();
+    first.wait_records(&[pid], 50);
+    // The new agent starts; the old one is stopped as soon as the new one
+    // has registered, while it still attaches its probes (not ready: not
+    // yet the one new connections go to).
+    let second_log = second_dir.join("agent.stderr");
+    let starting = std::thread::spawn(move || Agent::start(&second_dir, &[flag.as_str()]));
+    wait_for("the new agent to register", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&second_log).unwrap_or_default();
+        log.contains("another agent runs on this node").then_some(())
+    });
+    assert!(!starting.is_finished(), "stopped before the new agent was ready");
+    assert!(first.stop().success());
+    let mut second = starting.join().expect("the new agent");
+    finish(client);
+    second.wait_process_done(pid);
+    assert!(second.stop().success());
+    assert_eq!(server.served().len(), kept.len());
+    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &server.served()) {
+        assert_matches_served(r, s, &prices);
+    }
+    let log = java::agent_log(&first);
+    eprintln!("handover, stopped early: old agent {}, new {} of {}", by_old.len(), by_new.len(), kept.len());
+    assert_eq!(all.len(), kept.len(), "every call recorded exactly once across the two agents");
+    assert!(log.contains("waiting until it is ready to take over") && log.contains("handing over"), "{log}");
+    assert!(by_new.len() >= 20, "the new agent took the connection over");
+    let (old, new) = (first.stats(), second.stats());
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    for s in [&old, &new] {
+        assert_eq!((n(s, "dropped_at_exit"), n(s, "joined_mid_stream"), n(s, "dropped_unanswered")), (0, 0, 0), "{s}");
     }
 }
