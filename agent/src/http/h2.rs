@@ -223,10 +223,12 @@ impl<E: WsCalls> H2Connection<E> {
         out: &mut Vec<Classified<E>>,
         lost: &mut Lost,
     ) -> Result<(), H2Error> {
+        // Out of `self` while its frames are read, so that each payload is
+        // lent to `frame` rather than copied.
+        let buf = std::mem::take(if egress { &mut self.egress.buf } else { &mut self.ingress.buf });
         let mut pos = 0;
         let result = loop {
-            let dir = if egress { &self.egress } else { &self.ingress };
-            let rest = &dir.buf[pos..];
+            let rest = &buf[pos..];
             if rest.len() < FRAME_HEADER {
                 break Ok(());
             }
@@ -239,14 +241,15 @@ impl<E: WsCalls> H2Connection<E> {
             }
             let (kind, flags) = (rest[3], rest[4]);
             let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
-            let payload = rest[FRAME_HEADER..FRAME_HEADER + len].to_vec();
+            let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
             pos += FRAME_HEADER + len;
-            if let Err(e) = self.frame(egress, kind, flags, stream, &payload, ts, classify, out, lost) {
+            if let Err(e) = self.frame(egress, kind, flags, stream, payload, ts, classify, out, lost) {
                 break Err(e);
             }
         };
-        let dir = if egress { &mut self.egress } else { &mut self.ingress };
-        dir.buf.drain(..pos.min(dir.buf.len()));
+        let mut buf = buf;
+        buf.drain(..pos.min(buf.len()));
+        *(if egress { &mut self.egress.buf } else { &mut self.ingress.buf }) = buf;
         result
     }
 
