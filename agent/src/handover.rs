@@ -157,11 +157,11 @@ impl Handover {
     /// attaching, and calls made before its probes are in place while this
     /// one's are going would be copied by neither.
     pub fn stop(mut self, drain: &Drain, limit: Duration) {
-        let started = Instant::now();
+        let begun = Instant::now();
         let starting = |h: &Self| h.others().iter().any(|&(_, since)| since >= h.since);
         if self.successor().is_none() && starting(&self) {
             tracing::info!("another agent is starting: waiting until it is ready to take over");
-            while self.successor().is_none() && starting(&self) && started.elapsed() < limit {
+            while self.successor().is_none() && starting(&self) && begun.elapsed() < limit {
                 std::thread::sleep(Duration::from_millis(20));
                 self.reap();
             }
@@ -170,7 +170,7 @@ impl Handover {
             Some(next) => {
                 // It copies every new call: finish the ones in flight before
                 // the probes go, then leave so it takes the rest at once.
-                let (left, waited) = drain.wait(limit.saturating_sub(started.elapsed()));
+                let (left, waited) = drain.wait(limit.saturating_sub(begun.elapsed()));
                 let waited_ms = waited.as_millis() as u64;
                 tracing::info!(successor = next, calls_in_flight = left, waited_ms, "handing over");
                 self.leave();
@@ -181,7 +181,7 @@ impl Handover {
             // one leaves, and the states handed on at the end.
             None if !self.others().is_empty() => {
                 tracing::warn!(
-                    waited_ms = started.elapsed().as_millis() as u64,
+                    waited_ms = begun.elapsed().as_millis() as u64,
                     "leaving with no agent ready to take over"
                 );
                 drain.asked.store(true, Ordering::Relaxed);
