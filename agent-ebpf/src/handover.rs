@@ -51,7 +51,8 @@ static CURRENT_AGENT: Array<u32> = Array::with_max_entries(1, 0);
 static CONN_OWNERS: LruHashMap<SslKey, ConnOwner> = LruHashMap::with_max_entries(65536, 0);
 
 /// Decoding states a leaving agent handed on, in parts, by connection (user
-/// space writes and reads them; here part 0 only goes with its connection).
+/// space writes and reads them; here part 0 only goes with its connection,
+/// see [`forget`]).
 /// Not preallocated: empty but for the seconds of an upgrade.
 #[map]
 static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
@@ -134,11 +135,24 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
 }
 
 /// A connection's key may be reused: its next owner is decided afresh, and
-/// a state handed over for it is stale.
+/// a state handed on for it goes, unless `keep_state`: a running agent owned
+/// the connection ([`taken_by_running`]). That agent took it over from the one
+/// that left and holds its bytes until it reads the state, which it also does
+/// at the connection's end (told to its user space after this): the state
+/// may have been written moments before the end. Otherwise nobody takes it.
 #[inline(always)]
-pub(crate) fn forget(key: SslKey) {
+pub(crate) fn forget(key: SslKey, keep_state: bool) {
     let _ = CONN_OWNERS.remove(key);
-    let _ = CONN_STATES.remove(HandoffKey { tgid: key.tgid as u32, part: 0, conn: key.ssl });
+    if !keep_state {
+        let _ = CONN_STATES.remove(HandoffKey { tgid: key.tgid as u32, part: 0, conn: key.ssl });
+    }
+}
+
+/// Does a running agent own `key`? Asked before [`owns`] may move it.
+#[inline(always)]
+pub(crate) fn taken_by_running(key: SslKey) -> bool {
+    // SAFETY: a live map value, read once.
+    unsafe { CONN_OWNERS.get(key) }.is_some_and(|o| live(o.agent))
 }
 
 /// A process exited: if it was an agent, it owns nothing any more.

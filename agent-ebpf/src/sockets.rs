@@ -42,8 +42,8 @@ use tokentap_agent_common::{
     MAX_IOV, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM, VERDICT_STOP,
 };
 
-use crate::chunks::{emit_data, forget_conn, ignored, Emit};
-use crate::handover::{owns, Owned};
+use crate::chunks::{emit_data, forget_conn_keeping, ignored, Emit};
+use crate::handover::{owns, taken_by_running, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -110,10 +110,12 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
     if let Some(s) = unsafe { SOCKETS.get(key) }.copied() {
         let _ = SOCKETS.remove(key);
         let conn = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | fd as u32 as u64 };
+        // Asked before `owns` hands a left agent's socket to the current one.
+        let keep_state = taken_by_running(conn);
         // Said by the one agent that owns the socket (two overlap during an
         // upgrade), asked before its entry goes.
         let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && owns(conn, DIR_INGRESS, 0) != Owned::No;
-        forget_conn(conn);
+        forget_conn_keeping(conn, keep_state);
         if tell {
             emit_sock_closed(pid_tgid, fd, &s);
         }

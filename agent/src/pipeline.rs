@@ -355,6 +355,7 @@ impl Pipeline {
         match c {
             Control::ConnClosed { key, ts_ns } => {
                 self.unpark_now(key);
+                self.discard_late_state(key);
                 self.blind.conn_gone(key);
                 if let Some(e) = self.conns.remove(&key) {
                     self.coverage.closed(e.meta.tgid, &e.meta.comm.to_string(), e.meta.source);

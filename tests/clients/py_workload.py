@@ -48,6 +48,8 @@ def main():
             oa.close()
         if c.get("pause"):
             time.sleep(c["pause"])
+    # Closed, not left to the interpreter's exit: the connection ends here.
+    shared.close()
     print(json.dumps({"calls": len(calls), "pid": os.getpid()}), flush=True)
     return 0
 

@@ -93,6 +93,32 @@ fn none_of(agents: &[&serde_json::Value], counters: &[&str]) {
     }
 }
 
+/// Every call the server served, recorded exactly once across the two
+/// agents (none twice: `pair_with_served`; none missing), each checked by
+/// `check` (record, served); how many each agent recorded.
+fn recorded_once(
+    server: &Server,
+    (old, new): (&Agent, &Agent),
+    pids: &[u32],
+    check: impl Fn(&serde_json::Value, &serde_json::Value),
+) -> (usize, usize) {
+    let served = server.served();
+    let (by_old, by_new) = (old.records_of(pids), new.records_of(pids));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    for (r, s) in pair_with_served(&all, &served) {
+        check(r, s);
+    }
+    let (o, n) = (by_old.len(), by_new.len());
+    assert_eq!(all.len(), served.len(), "every call recorded exactly once across the two agents (old {o}, new {n})");
+    (o, n)
+}
+
+/// [`recorded_once`], each record checked against what was served.
+fn priced_once(server: &Server, agents: (&Agent, &Agent), pids: &[u32]) -> (usize, usize) {
+    let prices = tokentap_event::PriceTable::shipped();
+    recorded_once(server, agents, pids, |r, s| assert_matches_served(r, s, &prices))
+}
+
 /// A client making its calls in the background.
 fn spawn(mut c: Command) -> std::process::Child {
     c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("client")
@@ -281,28 +307,19 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     finish(client);
     second.wait_process_done(pid);
     assert!(second.stop().success());
-    let served = server.served();
-    assert_eq!(served.len(), work.len());
-    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
-    let prices = tokentap_event::PriceTable::shipped();
-    for (r, s) in pair_with_served(&all, &served) {
-        assert_matches_served(r, s, &prices);
-    }
+    assert_eq!(server.served().len(), work.len());
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &[pid]);
     let (old, new) = (first.stats(), second.stats());
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     eprintln!(
-        "handover over HTTP/2: old agent {} records, new {} of {}; old stopped in {stopped:?}; states sent {}, \
-         received {}, missing {}",
-        by_old.len(),
-        by_new.len(),
+        "handover over HTTP/2: old agent {by_old} records, new {by_new} of {}; old stopped in {stopped:?}; states \
+         sent {}, received {}, missing {}",
         work.len(),
         n(&old, "handoff_states_sent"),
         n(&new, "handoff_states_received"),
         n(&new, "handoff_states_missing"),
     );
-    assert_eq!(all.len(), work.len(), "every call recorded exactly once across the two agents");
-    assert!(by_old.len() >= 50 && by_new.len() >= 50, "both agents recorded calls");
+    assert!(by_old >= 50 && by_new >= 50, "both agents recorded calls");
     assert!(n(&old, "handoff_states_sent") >= 1 && n(&new, "handoff_states_received") >= 1, "{old}\n{new}");
     assert_eq!(n(&new, "handoff_states_missing") + n(&new, "handoff_states_unusable"), 0, "{new}");
     handed_on_before_detaching(&first);
@@ -481,16 +498,13 @@ fn a_jvm_s_calls_change_agents_at_a_request_boundary_none_lost_none_twice() {
     second.wait_process_done(pid);
     let total = (rounds * ROUND) as usize;
     assert_eq!(server.served().len(), total);
-    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
     let prices = tokentap_event::PriceTable::shipped();
-    for (r, s) in pair_with_served(&all, &server.served()) {
+    let (by_old, by_new) = recorded_once(&server, (&first, &second), &[pid], |r, s| {
         assert_matches_served(r, s, &prices);
         assert_eq!(r["tls_library"], "java", "{r}");
-    }
-    eprintln!("handover, java: {} rounds of {ROUND} calls; old agent {}, new {}", rounds, by_old.len(), by_new.len());
-    assert_eq!(all.len(), total, "every call recorded exactly once across the two agents");
-    assert!(by_old.len() > ROUND as usize && by_new.len() >= 4 * ROUND as usize, "both agents recorded calls");
+    });
+    eprintln!("handover, java: {rounds} rounds of {ROUND} calls; old agent {by_old}, new {by_new}");
+    assert!(by_old > ROUND as usize && by_new >= 4 * ROUND as usize, "both agents recorded calls");
     assert!(java::log_lines(&second, "java agent attached", pid).is_empty(), "the Java agent loaded once");
     let (old, new) = (first.stats(), second.stats());
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
@@ -546,26 +560,20 @@ fn websocket_sessions_change_agents_with_their_deflate_context_and_calls_in_flig
         second.wait_process_done(pid);
     }
     assert!(second.stop().success());
-    let served = server.served();
-    assert_eq!(served.len(), calls);
-    let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    assert_eq!(server.served().len(), calls);
     let prices = tokentap_event::PriceTable::shipped();
-    for (r, s) in pair_with_served(&all, &served) {
+    let (by_old, by_new) = recorded_once(&server, (&first, &second), &pids, |r, s| {
         assert_matches_served(r, s, &prices);
         assert_eq!(r["stream"], true, "{r}");
-    }
+    });
     let (old, new) = (first.stats(), second.stats());
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     eprintln!(
-        "handover, websocket: {calls} responses; old agent {}, new {}; states sent {}, received {}",
-        by_old.len(),
-        by_new.len(),
+        "handover, websocket: {calls} responses; old agent {by_old}, new {by_new}; states sent {}, received {}",
         n(&old, "handoff_states_sent"),
         n(&new, "handoff_states_received")
     );
-    assert_eq!(all.len(), calls, "every response recorded exactly once across the two agents");
-    assert!(by_old.len() >= 40 && by_new.len() >= 40, "both agents recorded responses");
+    assert!(by_old >= 40 && by_new >= 40, "both agents recorded responses");
     // The four sessions (and the test server's side of them, ignored: its
     // verdict is handed on too), each taken up.
     assert!(n(&old, "handoff_states_sent") >= 4, "each session handed on: {old}");
@@ -606,16 +614,63 @@ fn an_agent_stopped_while_its_successor_starts_waits_for_it_none_lost_none_twice
     second.wait_process_done(pid);
     assert!(second.stop().success());
     assert_eq!(server.served().len(), kept.len());
-    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
-    let prices = tokentap_event::PriceTable::shipped();
-    for (r, s) in pair_with_served(&all, &server.served()) {
-        assert_matches_served(r, s, &prices);
-    }
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &[pid]);
     let log = java::agent_log(&first);
-    eprintln!("handover, stopped early: old agent {}, new {} of {}", by_old.len(), by_new.len(), kept.len());
-    assert_eq!(all.len(), kept.len(), "every call recorded exactly once across the two agents");
+    eprintln!("handover, stopped early: old agent {by_old}, new {by_new} of {}", kept.len());
     assert!(log.contains("waiting until it is ready to take over") && log.contains("handing over"), "{log}");
-    assert!(by_new.len() >= 20, "the new agent took the connection over");
+    assert!(by_new >= 20, "the new agent took the connection over");
     none_of(&[&first.stats(), &second.stats()], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+}
+
+/// A connection that ends after the old agent handed its state on, but
+/// before the new agent has read it: the kernel keeps the state for the new
+/// agent (which holds the connection's bytes) and the new agent reads it at
+/// the end. To make that order certain, the new agent is paused (SIGSTOP)
+/// from before the old one leaves until after the client has closed its
+/// connection; its probes copy meanwhile, into its ring buffer.
+#[test]
+fn a_connection_that_ends_before_the_new_agent_reads_its_state_keeps_it() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-h2-end", Transport::H2);
+    let flag = fs.flag();
+    let flag = [flag.as_str()];
+    let mut first = Agent::start(&first_dir, &flag);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let work = calls(150, 0, 0.005, false);
+    let mut cmd = py_workload(&dir, &certs, &base, "h2-end", &work);
+    cmd.arg("--http2");
+    let client = spawn(cmd);
+    let pid = client.id();
+    first.wait_records(&[pid], 20);
+    let mut second = Agent::start(&second_dir, &flag);
+    let signal = |sig: &str, agent: &Agent| {
+        let ok = Command::new("kill").args([sig, &agent.pid().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP", &second);
+    assert!(first.stop().success());
+    let log = java::agent_log(&first);
+    assert!(log.contains("decoding states handed on sent=") && !log.contains("handed on sent=0"), "{log}");
+    // The client goes on with the new agent's probes, then closes.
+    finish(client);
+    signal("-CONT", &second);
+    second.wait_process_done(pid);
+    assert!(second.stop().success());
+    assert_eq!(server.served().len(), work.len());
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &[pid]);
+    let new = second.stats();
+    let n = |k: &str| new[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "ended before its state was read: old agent {by_old} records, new {by_new} of {}; received {}, missing {}",
+        work.len(),
+        n("handoff_states_received"),
+        n("handoff_states_missing")
+    );
+    // The client's connection, and the test server's side (its verdict, ignored).
+    assert!(n("handoff_states_received") >= 1, "{new}");
+    assert_eq!(n("handoff_states_missing") + n("handoff_states_unusable"), 0, "{new}");
+    assert!(by_new >= 20, "the new agent recorded the calls after the switch");
+    none_of(&[&first.stats(), &new], &["dropped_at_exit", "joined_mid_stream", "ignored_http2_joined"]);
 }

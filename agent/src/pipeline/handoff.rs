@@ -6,13 +6,16 @@
 //! The agent taking over holds the records of a connection it took from it
 //! ([`Pipeline::park`]) until that state is there, then decodes them from where
 //! the other stopped; or, when the agent before has exited without leaving one
-//! (or the wait is too long, or the connection ends first), as a connection
-//! joined midway (counted).
+//! (or the wait is too long, or the connection ends before the state is
+//! handed on), as a connection joined midway (counted). A connection that
+//! ends after its state was handed on but before this agent read it keeps
+//! it: the kernel leaves the state of a connection a running agent took over
+//! in the map until that agent reads it, here, at the connection's end.
 //!
 //! Why wait rather than ask first: the agent before leaves first (from then
 //! on the kernel gives every next call of its connections to the new one),
 //! so its state is final only after the new agent may have its first bytes.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
@@ -31,10 +34,18 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 const MAX_CONN_BYTES: usize = 4 << 20;
 const MAX_BYTES: usize = 32 << 20;
 
+/// Connections remembered as decoded without their state (see
+/// [`Pipeline::discard_late_state`]).
+const MAX_UNSTATED: usize = 16384;
+
 #[derive(Default)]
 pub(super) struct Parked {
     conns: HashMap<ConnKey, Waiting>,
     bytes: usize,
+    /// Released without a state: one may still come (the agent before was
+    /// slow, or the connection outgrew what is held), and the kernel keeps a
+    /// state of a connection that a running agent owns until it is read.
+    unstated: HashSet<ConnKey>,
 }
 
 struct Waiting {
@@ -116,6 +127,18 @@ impl Pipeline {
     pub(super) fn unpark_process(&mut self, tgid: u32) {
         let keys: Vec<ConnKey> = self.parked.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
         keys.into_iter().for_each(|k| self.unpark_now(k));
+        let late: Vec<ConnKey> = self.parked.unstated.iter().filter(|k| k.tgid == tgid).copied().collect();
+        late.into_iter().for_each(|k| self.discard_late_state(k));
+    }
+
+    /// A connection decoded without its state has ended: a state that came
+    /// after all is read and dropped, so that none stays in the pinned map.
+    pub(super) fn discard_late_state(&mut self, key: ConnKey) {
+        if self.parked.unstated.remove(&key) {
+            if let Some(f) = self.filter.as_mut() {
+                let _ = f.handed(key.tgid, key.conn);
+            }
+        }
     }
 
     fn release(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
@@ -136,7 +159,12 @@ impl Pipeline {
                 Stats::inc(&self.stats.handoff_states_unusable);
                 tracing::debug!(error = %e, pid = key.tgid, "a handed-on state could not be used");
             }
-            None => Stats::inc(&self.stats.handoff_states_missing),
+            None => {
+                Stats::inc(&self.stats.handoff_states_missing);
+                if self.parked.unstated.len() < MAX_UNSTATED {
+                    self.parked.unstated.insert(key);
+                }
+            }
         }
         for raw in &w.records {
             if let Ok(RawEvent::Data(c)) = decode(raw) {

@@ -200,3 +200,25 @@ fn a_process_that_exits_while_its_connection_waits_has_it_decoded_and_counted() 
     assert!(s.bytes > 0, "its bytes were decoded");
     assert_eq!(new.connections(), 0);
 }
+
+#[test]
+fn a_state_that_comes_after_its_connection_was_decoded_without_it_is_dropped_at_the_end() {
+    let (shared, (mut old, _old_calls, _), (mut new, _new_calls, new_stats)) = two_agents();
+    let mut up = Encoder::new();
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
+    // A busy connection outgrows what the new agent holds for it before
+    // the old one hands on: decoded as joined midway (counted).
+    let chunk = vec![0u8; tokentap_agent_common::CHUNK_SIZE];
+    let mut flags = FLAG_LAST | FLAG_TAKEN_OVER;
+    while new_stats.snapshot().handoff_states_missing == 0 {
+        new.handle(&data_record(42, 7, DIR_INGRESS, 0, chunk.len() as u64, &chunk, flags));
+        flags = FLAG_LAST;
+    }
+    // The state comes after all; the kernel keeps it while the new agent
+    // owns the connection, so the new agent drops it at the end.
+    old.hand_off();
+    assert!(shared.0.lock().unwrap().0.contains_key(&(42, 7)));
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    assert!(shared.0.lock().unwrap().0.is_empty(), "no state left behind");
+    assert_eq!(new_stats.snapshot().handoff_states_received, 0);
+}
