@@ -279,6 +279,8 @@ pub struct Handoffs {
     states: HashMap<MapData, HandoffKey, HandoffPart>,
     /// The agents this one may take connections from (pid, start time).
     before: Vec<(u32, u64)>,
+    /// Whether one of them still ran when last looked (`/proc`), and when.
+    pending: Option<(Instant, bool)>,
 }
 
 /// Part 0's header: writer pid, state length, parts.
@@ -286,7 +288,21 @@ const HEADER: usize = 12;
 
 impl Handoffs {
     pub fn new(states: HashMap<MapData, HandoffKey, HandoffPart>, before: Vec<(u32, u64)>) -> Self {
-        Self { states, before }
+        Self { states, before, pending: None }
+    }
+
+    /// Does an agent this one took over from still run (so a state may
+    /// still come)? Looked up at most every 100 ms; once none runs, never again.
+    pub fn pending(&mut self) -> bool {
+        match self.pending {
+            Some((_, false)) => false,
+            Some((at, true)) if at.elapsed() < Duration::from_millis(100) => true,
+            _ => {
+                let running = self.before.iter().any(|&(pid, since)| alive(pid, since));
+                self.pending = Some((Instant::now(), running));
+                running
+            }
+        }
     }
 
     /// Hand on `state` for a connection; false when it could not be stored
@@ -318,7 +334,7 @@ impl Handoffs {
     /// one took from it (and removed), not yet, or never.
     pub fn take(&mut self, tgid: u32, conn: u64) -> Handed {
         // Alive before the look: a state written just before its exit is found.
-        let alive = self.before.iter().any(|&(pid, since)| alive(pid, since));
+        let alive = self.pending();
         let Ok(first) = self.states.get(&HandoffKey { tgid, part: 0, conn }, 0) else {
             return if alive { Handed::Wait } else { Handed::Never };
         };

@@ -14,7 +14,7 @@ use tokentap_event::PriceTable;
 use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
 use crate::blind_spots::{SocketTable, Tracker, Who};
 use crate::capture::decode::{decode, socket_conn};
-use crate::capture::event::{Chunk, ConnMeta, Control, Direction, Hello, RawEvent};
+use crate::capture::event::{Chunk, ConnKey, ConnMeta, Control, Direction, Hello, RawEvent};
 use crate::capture::streams::{ConnDrop, ConnTable, Entry};
 use crate::coverage::Coverage;
 use crate::discovery::Unprobed;
@@ -89,6 +89,10 @@ pub trait ConnFilter: Send {
     fn handed(&mut self, _tgid: u32, _conn: u64) -> Handed {
         Handed::Never
     }
+    /// Does an agent this one took over from still run (a state may come)?
+    fn handover_pending(&mut self) -> bool {
+        false
+    }
 }
 
 /// [`ConnFilter::handed`]: a state, not yet (the agent before still runs),
@@ -123,7 +127,7 @@ pub struct Pipeline {
     /// before hands on (see `handoff`).
     parked: handoff::Parked,
     /// Connections taken over with a state, until their first record.
-    resumed: std::collections::HashMap<crate::capture::event::ConnKey, HttpConnection<Endpoint>>,
+    resumed: std::collections::HashMap<ConnKey, HttpConnection<Endpoint>>,
     coverage: Coverage,
     unprobed: Option<Receiver<Unprobed>>,
     /// Connections to LLM API hosts: read, or blind spots.
@@ -354,12 +358,9 @@ impl Pipeline {
     fn on_control(&mut self, c: Control) {
         match c {
             Control::ConnClosed { key, ts_ns } => {
-                self.unpark_now(key);
-                self.discard_late_state(key);
-                self.blind.conn_gone(key);
-                if let Some(e) = self.conns.remove(&key) {
-                    self.coverage.closed(e.meta.tgid, &e.meta.comm.to_string(), e.meta.source);
-                    self.close_entry(e, ts_ns);
+                if !self.end_held(key, ts_ns) {
+                    self.hand_off_at_end(key);
+                    self.end_conn(key, ts_ns);
                 }
             }
             Control::SockClosed { sock, ts_ns, totals, tls } => {
@@ -400,6 +401,15 @@ impl Pipeline {
             if let Err(TrySendError::Full(_)) = tx.try_send(event) {
                 Stats::inc(&self.stats.process_events_dropped);
             }
+        }
+    }
+
+    /// A connection ended: its calls in flight are cut (counted).
+    fn end_conn(&mut self, key: ConnKey, ts_ns: u64) {
+        self.blind.conn_gone(key);
+        if let Some(e) = self.conns.remove(&key) {
+            self.coverage.closed(e.meta.tgid, &e.meta.comm.to_string(), e.meta.source);
+            self.close_entry(e, ts_ns);
         }
     }
 

@@ -264,6 +264,10 @@ impl IgnoreMap {
     pub fn handed(&mut self, tgid: u32, conn: u64) -> Handed {
         self.handoff.as_mut().map_or(Handed::Never, |h| h.take(tgid, conn))
     }
+
+    pub fn handover_pending(&mut self) -> bool {
+        self.handoff.as_mut().is_some_and(|h| h.pending())
+    }
 }
 
 pub struct LossReader {

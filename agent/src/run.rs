@@ -446,6 +446,9 @@ fn read_loop(
         drain.report(&pipeline);
         busy = n > 0 || drain.asked.load(Ordering::Relaxed);
         if !handed && drain.has_left() {
+            if passes_since_left == 0 {
+                pipeline.leave();
+            }
             passes_since_left += 1;
             if let Some(ago) = drain.settled(passes_since_left) {
                 handed = true;
@@ -529,6 +532,10 @@ impl ConnFilter for IgnoreMap {
 
     fn handed(&mut self, tgid: u32, conn: u64) -> crate::pipeline::Handed {
         IgnoreMap::handed(self, tgid, conn)
+    }
+
+    fn handover_pending(&mut self) -> bool {
+        IgnoreMap::handover_pending(self)
     }
 }
 

@@ -3,9 +3,10 @@
 //! at a steady rate over a keep-alive connection and over a new connection
 //! each; the old agent is stopped once the new one is ready (what a surge
 //! rollout does), and every call is recorded exactly once across the two;
-//! over HTTP/2 too, whose connections change agents with their decoding state,
-//! WebSocket sessions (the Responses API, compressed) with their framing,
-//! deflate context and calls in flight; and from a JVM, captured through the
+//! over HTTP/2 too (a busy connection, and a new connection per call), whose
+//! connections change agents with their decoding state, even one that ends
+//! around the switch; WebSocket sessions (the Responses API, compressed)
+//! with their framing, deflate context and calls in flight; and from a JVM, captured through the
 //! Java agent. An old agent stopped before the new one is ready waits for it.
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool).
@@ -292,29 +293,35 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     let flag = [flag.as_str()];
     let mut first = Agent::start(&first_dir, &flag);
     // One HTTP/2 connection kept busy (as fast as the test server answers,
-    // ~20 calls/s): a call is in flight most of the time.
+    // ~20 calls/s): a call is in flight most of the time. And a new HTTP/2
+    // connection per call, each ending right after its call: one that the
+    // new agent takes over may end before the old one has handed it on.
     let base = format!("https://api.openai.com:{}/v1", server.port);
-    let work = calls(400, 0, 0.005, false);
-    let mut cmd = py_workload(&dir, &certs, &base, "h2", &work);
-    cmd.arg("--http2");
-    let client = spawn(cmd);
-    let pid = client.id();
-    first.wait_records(&[pid], 50);
+    let (work, fresh) = (calls(400, 0, 0.005, false), calls(200, 1000, 0.0, true));
+    let client = |name: &str, work: &[serde_json::Value]| {
+        let mut cmd = py_workload(&dir, &certs, &base, name, work);
+        cmd.arg("--http2");
+        spawn(cmd)
+    };
+    let (kept, each) = (client("h2", &work), client("h2-fresh", &fresh));
+    let pids = [kept.id(), each.id()];
+    first.wait_records(&pids[..1], 50);
+    first.wait_records(&pids[1..], 10);
     let mut second = Agent::start(&second_dir, &flag);
     let t = Instant::now();
     assert!(first.stop().success());
     let stopped = t.elapsed();
-    finish(client);
-    second.wait_process_done(pid);
+    [kept, each].into_iter().for_each(finish);
+    pids.iter().for_each(|p| drop(second.wait_process_done(*p)));
     assert!(second.stop().success());
-    assert_eq!(server.served().len(), work.len());
-    let (by_old, by_new) = priced_once(&server, (&first, &second), &[pid]);
+    let total = work.len() + fresh.len();
+    assert_eq!(server.served().len(), total);
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
     let (old, new) = (first.stats(), second.stats());
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     eprintln!(
-        "handover over HTTP/2: old agent {by_old} records, new {by_new} of {}; old stopped in {stopped:?}; states \
-         sent {}, received {}, missing {}",
-        work.len(),
+        "handover over HTTP/2: old agent {by_old} records, new {by_new} of {total}; old stopped in {stopped:?}; \
+         states sent {}, received {}, missing {}",
         n(&old, "handoff_states_sent"),
         n(&new, "handoff_states_received"),
         n(&new, "handoff_states_missing"),

@@ -2,20 +2,26 @@
 //! pipeline sees them. The agent leaving hands on each HTTP/2 connection's
 //! and WebSocket session's decoding state, and each ignored connection's
 //! verdict ([`Pipeline::hand_off`]), once it has left and read what it copied
-//! before: a few passes of its reader after leaving, not after its detach.
+//! before: a few passes of its reader after leaving, not after its detach;
+//! and at once for one that ends in between ([`Pipeline::hand_off_at_end`]).
 //! The agent taking over holds the records of a connection it took from it
 //! ([`Pipeline::park`]) until that state is there, then decodes them from where
 //! the other stopped; or, when the agent before has exited without leaving one
-//! (or the wait is too long, or the connection ends before the state is
-//! handed on), as a connection joined midway (counted). A connection that
-//! ends after its state was handed on but before this agent read it keeps
-//! it: the kernel leaves the state of a connection a running agent took over
-//! in the map until that agent reads it, here, at the connection's end.
+//! (or the wait is too long), as a connection joined midway (counted). A
+//! connection that ends while it waits still waits, its end with it. The
+//! kernel leaves the state of a connection a running agent took over in the
+//! map until that agent reads it, so one that ends after its state was
+//! written, before this agent read it, keeps it too.
+//!
+//! States nobody takes are read back and dropped while the agent before
+//! runs ([`Pipeline::sweep_late`]): those of connections decoded without
+//! them, and of connections that ended without this agent holding any of
+//! their bytes (their calls in flight, cut with them, are counted here).
 //!
 //! Why wait rather than ask first: the agent before leaves first (from then
 //! on the kernel gives every next call of its connections to the new one),
 //! so its state is final only after the new agent may have its first bytes.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
@@ -33,31 +39,44 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Record bytes held per connection, and for all, while waiting.
 const MAX_CONN_BYTES: usize = 4 << 20;
 const MAX_BYTES: usize = 32 << 20;
-
-/// Connections remembered as decoded without their state (see
-/// [`Pipeline::discard_late_state`]).
-const MAX_UNSTATED: usize = 16384;
+/// States that may come and that nobody will take: at most this many
+/// connections remembered, looked for at most this often.
+const MAX_LATE: usize = 16384;
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub(super) struct Parked {
     conns: HashMap<ConnKey, Waiting>,
     bytes: usize,
-    /// Released without a state: one may still come (the agent before was
-    /// slow, or the connection outgrew what is held), and the kernel keeps a
-    /// state of a connection that a running agent owns until it is read.
-    unstated: HashSet<ConnKey>,
+    /// Connections whose state may still come and be taken by nobody: true
+    /// for one that ended without this agent holding its bytes (its calls
+    /// in flight are counted when the state comes), false for one decoded
+    /// without it (counted as missing then).
+    late: HashMap<ConnKey, bool>,
+    swept: Option<Instant>,
+    /// This agent has left for a successor ([`Pipeline::leave`]), and has
+    /// handed on every state ([`Pipeline::hand_off`]).
+    leaving: bool,
+    handed: bool,
 }
 
 struct Waiting {
     since: Instant,
     records: Vec<Vec<u8>>,
     bytes: usize,
+    /// The connection ended (`ConnClosed` at this time) while it waited.
+    ended: Option<u64>,
 }
 
 impl Pipeline {
     /// Hold `raw` while its connection waits for the state the agent before
     /// hands on; true when held (false: decode it now).
     pub(super) fn park(&mut self, c: &Chunk<'_>, raw: &[u8]) -> bool {
+        if self.parked.conns.get(&c.key).is_some_and(|w| w.ended.is_some()) {
+            // A new connection under the key of one that ended while it
+            // waited: that one goes on now, with its state if it came.
+            self.release_now(c.key);
+        }
         let waiting = self.parked.conns.get(&c.key).map(|w| w.bytes);
         if waiting.is_none() {
             if !c.flags.taken_over || self.conns.contains(&c.key) || self.filter.is_none() {
@@ -78,6 +97,7 @@ impl Pipeline {
             since: Instant::now(),
             records: Vec::new(),
             bytes: 0,
+            ended: None,
         });
         w.records.push(raw.to_vec());
         w.bytes += raw.len();
@@ -88,9 +108,6 @@ impl Pipeline {
     /// Connections waiting for a state: go on with those whose state came,
     /// or will not (the agent before is gone, or the wait is too long).
     pub(super) fn unpark(&mut self) {
-        if self.parked.conns.is_empty() {
-            return;
-        }
         let waiting: Vec<(ConnKey, Instant)> = self.parked.conns.iter().map(|(k, w)| (*k, w.since)).collect();
         for (key, since) in waiting {
             let Some(f) = self.filter.as_mut() else { return };
@@ -100,22 +117,53 @@ impl Pipeline {
                 Handed::Wait | Handed::Never => self.release(key, None),
             }
         }
+        if self.parked.swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            self.sweep_late();
+        }
     }
 
     /// Stopping: every connection still waiting goes on now, with its state
     /// if it came, else as joined midway (never dropped unread).
     pub(super) fn unpark_all(&mut self) {
         let keys: Vec<ConnKey> = self.parked.conns.keys().copied().collect();
-        keys.into_iter().for_each(|k| self.unpark_now(k));
+        keys.into_iter().for_each(|k| self.release_now(k));
+        self.sweep_late();
     }
 
-    /// A connection that ends (closed, its process gone) while it waits:
-    /// decoded now, with its state if it came, so that its end follows its
-    /// bytes and a new connection under its key is not held with it.
-    pub(super) fn unpark_now(&mut self, key: ConnKey) {
+    /// The connection `key` ended at `ts`: true when it waits for its state
+    /// (and its end with it), false to end it now. One this agent holds no
+    /// bytes of may have a state coming that nobody takes: remembered.
+    pub(super) fn end_held(&mut self, key: ConnKey, ts: u64) -> bool {
+        let Some(f) = self.filter.as_mut() else { return false };
         if !self.parked.conns.contains_key(&key) {
-            return;
+            // Only one this agent never read can have been the agent before's.
+            let theirs = !self.conns.contains(&key);
+            if theirs && f.handover_pending() && self.parked.late.len() < MAX_LATE {
+                self.parked.late.insert(key, true);
+            }
+            return false;
         }
+        match f.handed(key.tgid, key.conn) {
+            Handed::State(s) => self.release(key, Some(s)),
+            Handed::Wait => {
+                if let Some(w) = self.parked.conns.get_mut(&key) {
+                    w.ended = Some(ts);
+                }
+                return true;
+            }
+            Handed::Never => self.release(key, None),
+        }
+        false
+    }
+
+    /// Every connection of `tgid` still waiting (the process exited).
+    pub(super) fn unpark_process(&mut self, tgid: u32) {
+        let keys: Vec<ConnKey> = self.parked.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        keys.into_iter().for_each(|k| self.release_now(k));
+    }
+
+    /// Go on now with a waiting connection, with its state if it came.
+    fn release_now(&mut self, key: ConnKey) {
         let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
             Some(Handed::State(s)) => Some(s),
             _ => None,
@@ -123,30 +171,10 @@ impl Pipeline {
         self.release(key, state);
     }
 
-    /// Every connection of `tgid` still waiting (the process exited).
-    pub(super) fn unpark_process(&mut self, tgid: u32) {
-        let keys: Vec<ConnKey> = self.parked.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
-        keys.into_iter().for_each(|k| self.unpark_now(k));
-        let late: Vec<ConnKey> = self.parked.unstated.iter().filter(|k| k.tgid == tgid).copied().collect();
-        late.into_iter().for_each(|k| self.discard_late_state(k));
-    }
-
-    /// A connection decoded without its state has ended: a state that came
-    /// after all is read and dropped, so that none stays in the pinned map.
-    pub(super) fn discard_late_state(&mut self, key: ConnKey) {
-        if self.parked.unstated.remove(&key) {
-            if let Some(f) = self.filter.as_mut() {
-                let _ = f.handed(key.tgid, key.conn);
-            }
-        }
-    }
-
     fn release(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
         let Some(w) = self.parked.conns.remove(&key) else { return };
         self.parked.bytes -= w.bytes;
-        let rules = &self.cfg.rules;
-        let mut classify = |h: &crate::http::message::Head| rules.classify(h);
-        match state.map(|s| HttpConnection::resume(&s, self.cfg.max_body_bytes, &mut classify)) {
+        match state.map(|s| self.resume(&s)) {
             Some(Ok(c)) => {
                 Stats::inc(&self.stats.handoff_states_received);
                 if let (Some(_), Some(f)) = (c.ignored(), self.filter.as_mut()) {
@@ -161,8 +189,8 @@ impl Pipeline {
             }
             None => {
                 Stats::inc(&self.stats.handoff_states_missing);
-                if self.parked.unstated.len() < MAX_UNSTATED {
-                    self.parked.unstated.insert(key);
+                if self.parked.late.len() < MAX_LATE {
+                    self.parked.late.insert(key, false);
                 }
             }
         }
@@ -171,6 +199,69 @@ impl Pipeline {
                 self.on_data(&c);
             }
         }
+        if let Some(ts) = w.ended {
+            self.end_conn(key, ts);
+        }
+    }
+
+    fn resume(&self, state: &[u8]) -> Result<HttpConnection<super::Endpoint>, crate::http::h2::H2Error> {
+        let rules = &self.cfg.rules;
+        let mut classify = |h: &crate::http::message::Head| rules.classify(h);
+        HttpConnection::resume(state, self.cfg.max_body_bytes, &mut classify)
+    }
+
+    /// Read back the states that came for connections remembered in
+    /// `late`, and drop them (none stays in the pinned map). One of a
+    /// connection that ended without this agent holding its bytes is read
+    /// first: the calls in flight in it were cut with the connection.
+    fn sweep_late(&mut self) {
+        self.parked.swept = Some(Instant::now());
+        if self.parked.late.is_empty() {
+            return;
+        }
+        let late: Vec<(ConnKey, bool)> = self.parked.late.iter().map(|(k, e)| (*k, *e)).collect();
+        for (key, ended) in late {
+            let Some(f) = self.filter.as_mut() else { return };
+            match f.handed(key.tgid, key.conn) {
+                Handed::Wait => continue,
+                Handed::Never => {}
+                Handed::State(s) if ended => {
+                    if let Ok(mut c) = self.resume(&s) {
+                        let mut lost = crate::http::exchange::Lost::default();
+                        let mut cut = Vec::new();
+                        c.close(0, &mut cut, &mut lost);
+                        self.count_lost(&lost);
+                    }
+                }
+                Handed::State(_) => {}
+            }
+            self.parked.late.remove(&key);
+        }
+    }
+
+    /// This agent has left for a successor: a connection that ends before
+    /// [`Pipeline::hand_off`] hands its state on at its end.
+    pub fn leave(&mut self) {
+        self.parked.leaving = true;
+    }
+
+    /// The connection `key` ends while this agent leaves: its state goes to
+    /// the successor, which may hold bytes of it that came after the leaving.
+    pub(super) fn hand_off_at_end(&mut self, key: ConnKey) {
+        if !self.parked.leaving || self.parked.handed {
+            return;
+        }
+        let Some(f) = self.filter.as_mut() else { return };
+        let Some(e) = self.conns.get_mut(&key) else { return };
+        if !e.state.http.hands_off() {
+            return;
+        }
+        let sent = e
+            .state
+            .http
+            .hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64)
+            .is_some_and(|s| f.hand_off(key.tgid, key.conn, &s));
+        Stats::inc(if sent { &self.stats.handoff_states_sent } else { &self.stats.handoff_states_not_sent });
     }
 
     /// Leaving for a successor, after the last record it copied was read:
@@ -178,6 +269,7 @@ impl Pipeline {
     /// each ignored connection's verdict, for the agent that takes it over.
     /// Returns the states handed on and those that could not be.
     pub fn hand_off(&mut self) -> (usize, usize) {
+        self.parked.handed = true;
         let Some(f) = self.filter.as_mut() else { return (0, 0) };
         let (mut sent, mut not_sent) = (0, 0);
         for (k, e) in self.conns.iter_mut() {

@@ -32,6 +32,9 @@ impl ConnFilter for Shared {
             None => Handed::Never,
         }
     }
+    fn handover_pending(&mut self) -> bool {
+        self.0.lock().unwrap().1
+    }
 }
 
 fn request(enc: &mut Encoder<'_>, stream: u32) -> Vec<u8> {
@@ -67,6 +70,13 @@ fn two_agents() -> (Shared, Agent, Agent) {
     shared.0.lock().unwrap().1 = true;
     let (old, new) = (with(&shared), with(&shared));
     (shared, old, new)
+}
+
+/// The new agent's first record of connection 7: a request of a connection
+/// it took over (held until the state comes).
+fn taken_over_request(p: &mut Pipeline) {
+    let next = request(&mut Encoder::new(), 1);
+    p.handle(&data_record(42, 7, DIR_EGRESS, 0, next.len() as u64, &next, FLAG_LAST | FLAG_TAKEN_OVER));
 }
 
 /// The client preface and its SETTINGS.
@@ -153,9 +163,7 @@ fn records_still_held_when_the_agent_stops_are_decoded_not_dropped() {
     let shared = Shared::default();
     shared.0.lock().unwrap().1 = true;
     let (mut new, _calls, stats) = with(&shared);
-    let mut up = Encoder::new();
-    let next = request(&mut up, 1);
-    new.handle(&data_record(42, 7, DIR_EGRESS, 0, next.len() as u64, &next, FLAG_LAST | FLAG_TAKEN_OVER));
+    taken_over_request(&mut new);
     new.flush();
     assert_eq!(stats.snapshot().handoff_states_missing, 0, "still waiting");
     new.finish();
@@ -188,9 +196,7 @@ fn a_connection_that_closes_while_it_waits_is_decoded_at_its_close_then_closed()
 #[test]
 fn a_process_that_exits_while_its_connection_waits_has_it_decoded_and_counted() {
     let (_shared, _old, (mut new, _calls, stats)) = two_agents();
-    let mut up = Encoder::new();
-    let next = request(&mut up, 1);
-    new.handle(&data_record(42, 7, DIR_EGRESS, 0, next.len() as u64, &next, FLAG_LAST | FLAG_TAKEN_OVER));
+    taken_over_request(&mut new);
     new.flush();
     assert_eq!(stats.snapshot().bytes, 0, "held");
     // The old agent still runs (no state yet), but the client is gone.
@@ -202,7 +208,7 @@ fn a_process_that_exits_while_its_connection_waits_has_it_decoded_and_counted() 
 }
 
 #[test]
-fn a_state_that_comes_after_its_connection_was_decoded_without_it_is_dropped_at_the_end() {
+fn a_state_that_comes_after_its_connection_was_decoded_without_it_is_read_back_and_dropped() {
     let (shared, (mut old, _old_calls, _), (mut new, _new_calls, new_stats)) = two_agents();
     let mut up = Encoder::new();
     call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
@@ -214,11 +220,78 @@ fn a_state_that_comes_after_its_connection_was_decoded_without_it_is_dropped_at_
         new.handle(&data_record(42, 7, DIR_INGRESS, 0, chunk.len() as u64, &chunk, flags));
         flags = FLAG_LAST;
     }
-    // The state comes after all; the kernel keeps it while the new agent
-    // owns the connection, so the new agent drops it at the end.
+    // The state comes after all, and nobody takes it: the new agent reads
+    // it back (the kernel keeps it while that agent owns the connection).
     old.hand_off();
     assert!(shared.0.lock().unwrap().0.contains_key(&(42, 7)));
-    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    new.finish();
     assert!(shared.0.lock().unwrap().0.is_empty(), "no state left behind");
     assert_eq!(new_stats.snapshot().handoff_states_received, 0);
+}
+
+/// A connection the new agent took over ends before the old agent handed
+/// its state on: the old agent hands it on at the end, the new one waits
+/// for it with the end, and records the call that straddles the switch.
+#[test]
+fn a_connection_that_ends_before_its_state_is_handed_on_waits_for_it() {
+    let (_shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+    let (mut up, mut down) = (Encoder::new(), Encoder::new());
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
+    old.leave();
+    let answer = response(&mut down, 1);
+    new.handle(&data_record(42, 7, DIR_INGRESS, 0, answer.len() as u64, &answer, FLAG_LAST | FLAG_TAKEN_OVER));
+    // Both agents see the end; the new one first.
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    new.flush();
+    assert!(new_calls.0.lock().unwrap().is_empty(), "waits for the state");
+    old.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    new.flush();
+    let calls = new_calls.0.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{:?}", new_stats.snapshot());
+    assert_eq!((calls[0].input_tokens, calls[0].output_tokens), (Some(1), Some(2)));
+    assert_eq!(new.connections(), 0, "ended after its bytes");
+    let (o, n) = (old_stats.snapshot(), new_stats.snapshot());
+    assert_eq!((o.handoff_states_sent, n.handoff_states_received, n.handoff_states_missing), (1, 1, 0));
+    assert!(old_calls.0.lock().unwrap().is_empty());
+    assert_eq!(o.dropped_calls() + n.dropped_calls(), 0, "nothing counted cut: {o:?} {n:?}");
+    // Once all states went, an end is an end: no second state.
+    old.hand_off();
+    call(&mut old, 9, DIR_EGRESS, &[preface(), request(&mut up, 3)].concat(), 1 << 20);
+    old.handle(&control_record(EventKind::ConnClosed, 42, 9));
+    assert_eq!(old_stats.snapshot().handoff_states_sent, 1);
+}
+
+/// The old agent hands on the state of a connection that ends while it
+/// leaves, but the new agent never held its bytes: it reads the state back,
+/// and the call in flight in it, cut with the connection, is counted.
+#[test]
+fn a_state_handed_on_at_an_end_nobody_took_counts_its_calls_cut() {
+    let (shared, (mut old, _old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+    let mut up = Encoder::new();
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
+    old.leave();
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    old.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    assert_eq!(old_stats.snapshot().handoff_states_sent, 1);
+    shared.0.lock().unwrap().1 = false;
+    new.finish();
+    assert!(shared.0.lock().unwrap().0.is_empty(), "no state left behind");
+    assert!(new_calls.0.lock().unwrap().is_empty());
+    let n = new_stats.snapshot();
+    assert_eq!(n.dropped_calls(), 1, "the call in flight, cut: {n:?}");
+}
+
+/// A new connection under the key of one that ended while it waited: the
+/// one that ended goes on first (joined midway, counted), the new one is
+/// read at once.
+#[test]
+fn a_new_connection_under_the_key_of_one_waiting_with_its_end_is_read_at_once() {
+    let (_shared, _old, (mut new, new_calls, new_stats)) = two_agents();
+    taken_over_request(&mut new);
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    assert_eq!(new_stats.snapshot().handoff_states_missing, 0, "still waiting");
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1);
+    assert_eq!(new_stats.snapshot().handoff_states_missing, 1);
 }
