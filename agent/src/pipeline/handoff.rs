@@ -156,7 +156,8 @@ impl Pipeline {
         false
     }
 
-    /// Every connection of `tgid` still waiting (the process exited).
+    /// Every connection of `tgid` still waiting (the process exited: its
+    /// attribution and coverage end now), those that ended too.
     pub(super) fn unpark_process(&mut self, tgid: u32) {
         let keys: Vec<ConnKey> = self.parked.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
         keys.into_iter().for_each(|k| self.release_now(k));
