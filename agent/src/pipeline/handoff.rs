@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
 
-use super::{Handed, Pipeline};
+use super::{ConnFilter, Handed, Pipeline};
 use crate::capture::decode::decode;
 use crate::capture::event::{Chunk, ConnKey, Direction, RawEvent};
 use crate::http::exchange::HttpConnection;
@@ -254,15 +254,9 @@ impl Pipeline {
         }
         let Some(f) = self.filter.as_mut() else { return };
         let Some(e) = self.conns.get_mut(&key) else { return };
-        if !e.state.http.hands_off() {
-            return;
+        if let Some(sent) = hand_on(f.as_mut(), &key, &mut e.state.http) {
+            Stats::inc(if sent { &self.stats.handoff_states_sent } else { &self.stats.handoff_states_not_sent });
         }
-        let sent = e
-            .state
-            .http
-            .hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64)
-            .is_some_and(|s| f.hand_off(key.tgid, key.conn, &s));
-        Stats::inc(if sent { &self.stats.handoff_states_sent } else { &self.stats.handoff_states_not_sent });
     }
 
     /// Leaving for a successor, after the last record it copied was read:
@@ -274,16 +268,24 @@ impl Pipeline {
         let Some(f) = self.filter.as_mut() else { return (0, 0) };
         let (mut sent, mut not_sent) = (0, 0);
         for (k, e) in self.conns.iter_mut() {
-            if !e.state.http.hands_off() {
-                continue;
-            }
-            match e.state.http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64) {
-                Some(s) if f.hand_off(k.tgid, k.conn, &s) => sent += 1,
-                _ => not_sent += 1,
+            match hand_on(f.as_mut(), k, &mut e.state.http) {
+                Some(true) => sent += 1,
+                Some(false) => not_sent += 1,
+                None => {}
             }
         }
         Stats::add(&self.stats.handoff_states_sent, sent as u64);
         Stats::add(&self.stats.handoff_states_not_sent, not_sent as u64);
         (sent, not_sent)
     }
+}
+
+/// Hand on one connection's state: whether it went, or `None` for a
+/// connection with no state to hand on (HTTP/1.1 changes agents at a request).
+fn hand_on(f: &mut dyn ConnFilter, key: &ConnKey, http: &mut HttpConnection<super::Endpoint>) -> Option<bool> {
+    if !http.hands_off() {
+        return None;
+    }
+    let state = http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64);
+    Some(state.is_some_and(|s| f.hand_off(key.tgid, key.conn, &s)))
 }
