@@ -432,6 +432,10 @@ pub enum LossCounter {
     /// them: joined wherever they stood (what was cut is counted by the
     /// parsers, `joined_mid_stream`, and by the old agent, `dropped_at_exit`).
     HandoverFromExited = 14,
+    /// Not a loss: HTTP/2 connections whose frames the kernel stopped
+    /// following (a read it could not place, or more frames in one read than
+    /// it follows): their bytes are all copied from then on ([`H2Stream`]).
+    H2WalkStopped = 15,
 }
 
 impl LossCounter {
@@ -453,6 +457,7 @@ impl LossCounter {
         Self::OwnedElsewhere,
         Self::HandoverReceived,
         Self::HandoverFromExited,
+        Self::H2WalkStopped,
     ];
 
     /// Whether the counter is a loss of data (the others count skipped work
@@ -467,11 +472,12 @@ impl LossCounter {
                 | Self::OwnedElsewhere
                 | Self::HandoverReceived
                 | Self::HandoverFromExited
+                | Self::H2WalkStopped
         )
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 15;
+pub const LOSS_COUNTERS: u32 = 16;
 
 /// Who copies a connection when agents overlap (a rolling upgrade), in the
 /// pinned `CONN_OWNERS` map: the owning agent's tgid, the direction of the
@@ -529,6 +535,21 @@ pub struct MuteRange {
     pub to: u64,
 }
 
+/// An HTTP/2 stream whose response DATA frames user space will not record,
+/// in the kernel's `H2_MUTED` map: the kernel, which follows the frame headers
+/// of each HTTP/2 connection's ingress stream from its first byte, copies such
+/// a frame's header and skips its payload. `base` is the connection's
+/// `DataHeader::stream_base`, so a stream id of an earlier connection under a
+/// reused key never applies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct H2Stream {
+    pub tgid: u64,
+    pub conn: u64,
+    pub base: u64,
+    pub stream: u64,
+}
+
 /// A TLS connection in the kernel's maps: (tgid, `SSL*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -546,6 +567,7 @@ mod user {
     unsafe impl aya::Pod for ControlEvent {}
     unsafe impl aya::Pod for SslKey {}
     unsafe impl aya::Pod for MuteRange {}
+    unsafe impl aya::Pod for H2Stream {}
     unsafe impl aya::Pod for ConnOwner {}
     unsafe impl aya::Pod for HandoffKey {}
     unsafe impl aya::Pod for HandoffPart {}

@@ -38,6 +38,7 @@ use tokentap_agent_common::{
     FLAG_GAP_BEFORE, FLAG_LAST, FLAG_READ_FAILED, FLAG_TAKEN_OVER, FLAG_TRUNCATED, MAX_CHUNKS, SCRATCH_SLOTS,
 };
 
+use crate::h2_walk;
 use crate::handover::Owned;
 use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
 
@@ -96,6 +97,7 @@ pub(crate) fn forget_conn_keeping(key: SslKey, keep_state: bool) {
     let _ = IGNORED_CONNS.remove(key);
     let _ = IN_POS.remove(key);
     let _ = MUTED.remove(key);
+    h2_walk::forget(key);
 }
 
 /// Place a read of `len` bytes in its connection's ingress stream: its
@@ -145,6 +147,8 @@ pub(crate) fn ignored(pid_tgid: u64, conn: u64) -> bool {
 }
 
 /// What one copied call is: whose connection, which bytes, from which hook.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct Emit {
     pub(crate) conn: u64,
     pub(crate) buf: u64,
@@ -154,6 +158,9 @@ pub(crate) struct Emit {
 
 /// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
+    if len == 0 {
+        return;
+    }
     let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
     // Another agent's connection (an upgrade in progress): not ours to copy.
     let owned = crate::handover::owns(key, direction, e.buf);
@@ -168,11 +175,85 @@ pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
             return;
         }
         at = (base, pos);
+    } else {
+        h2_walk::on_egress(key, e.buf, len, unsafe { IN_POS.get(key) }.is_some());
     }
     let taken = owned == Owned::Taken;
-    if !nested(|slot| copy_chunks(pid_tgid, e, direction, len, at, taken, slot)) {
+    if !nested(|slot| copy_read(pid_tgid, e, direction, len, at, taken, slot)) {
         count_loss(LossCounter::ScratchBusy, 1);
     }
+}
+
+/// Copy a call: whole, or on a walked HTTP/2 connection the segments of a
+/// read the walk keeps ([`h2_walk`]), then an empty chunk at the read's end
+/// when it ended inside a skipped payload.
+#[inline(always)]
+fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
+    if direction == DIR_INGRESS {
+        let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
+        if let Some(plan) = h2_walk::plan_read(key, base, pos, len, e.buf, slot) {
+            // SAFETY: this CPU's plan for this nesting slot, just written.
+            let (skipped, overflow) = unsafe { ((*plan).skipped, (*plan).overflow) };
+            if skipped > 0 && overflow == 0 {
+                count_loss(LossCounter::MutedReads, 1);
+                let mut ctx = SegmentsCtx {
+                    pid_tgid,
+                    e: Emit { conn: e.conn, buf: e.buf, fd: e.fd, source: e.source },
+                    len,
+                    base,
+                    pos,
+                    last_to: 0,
+                    taken: u32::from(taken),
+                    slot,
+                };
+                // A loop of its own keeps the verifier's work per segment
+                // once, not once per segment.
+                let n = h2_walk::MAX_KEPT as u32 + 1;
+                unsafe {
+                    bpf_loop(n, copy_segment as *mut core::ffi::c_void, (&mut ctx as *mut SegmentsCtx).cast(), 0)
+                };
+                return;
+            }
+        }
+    }
+    copy_chunks(pid_tgid, e, direction, len, (base, pos), taken, slot);
+}
+
+/// The kept segments of one ingress read, for [`copy_segment`].
+#[repr(C)]
+struct SegmentsCtx {
+    pid_tgid: u64,
+    e: Emit,
+    len: u64,
+    base: u64,
+    pos: u64,
+    /// Where the last segment copied ended in the read.
+    last_to: u64,
+    taken: u32,
+    slot: u32,
+}
+
+/// `bpf_loop` callback: copy kept segment `index`, or after the last one the
+/// empty chunk at the read's end if it ended skipped; returns 1 to stop.
+#[inline(never)]
+extern "C" fn copy_segment(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the SegmentsCtx on copy_read's stack.
+    let c = unsafe { &mut *(ctx as *mut SegmentsCtx) };
+    let e = Emit { conn: c.e.conn, buf: c.e.buf, fd: c.e.fd, source: c.e.source };
+    let taken = c.taken == 1 && index == 0;
+    if let Some([from, to]) = h2_walk::kept(c.slot, index) {
+        if to <= from || to > c.len {
+            return 1;
+        }
+        let part = Emit { buf: e.buf + from, ..e };
+        copy_chunks(c.pid_tgid, &part, DIR_INGRESS, to - from, (c.base, c.pos + from), taken, c.slot);
+        c.last_to = to;
+        return 0;
+    }
+    if c.last_to != c.len {
+        copy_chunks(c.pid_tgid, &e, DIR_INGRESS, 0, (c.base, c.pos + c.len), taken, c.slot);
+    }
+    1
 }
 
 /// Run `f` with this CPU's scratch slot for the current nesting level (every
@@ -208,6 +289,8 @@ struct CopyCtx {
 }
 
 /// `(base, pos)`: the read's place in its connection's ingress stream.
+/// Inlined: a BPF function takes at most five arguments.
+#[inline(always)]
 fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
         return;
@@ -253,7 +336,8 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let ev = unsafe { &mut *ev };
     let len = ctx.len;
     let offset = index * (CHUNK_SIZE as u64);
-    if offset >= len {
+    // An empty call is one empty chunk: where a read skipped to (`h2_walk`).
+    if offset >= len && (index > 0 || len > 0) {
         return 1;
     }
     let limit = (CHUNK_SIZE as u64) * (MAX_CHUNKS as u64);
@@ -271,7 +355,7 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         count_loss(LossCounter::TruncatedCall, 1);
     }
     let src = (ctx.buf + offset) as *const core::ffi::c_void;
-    let rc = unsafe { raw_probe_read_user(ev.data.as_mut_ptr().cast(), n as u32, src) };
+    let rc = if n > 0 { unsafe { raw_probe_read_user(ev.data.as_mut_ptr().cast(), n as u32, src) } } else { 0 };
     if rc != 0 {
         flags |= FLAG_READ_FAILED;
         count_loss(LossCounter::ReadFailed, 1);

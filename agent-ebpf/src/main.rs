@@ -16,6 +16,8 @@
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
 //! - [`handover`]: which of two overlapping agents (an upgrade) copies each
 //!   connection, and when one hands it to the next;
+//! - [`h2_walk`]: the frame headers of HTTP/2 responses, so the DATA frames
+//!   user space does not record are not copied;
 //! - [`chunks`]: the copy path all capture methods share (connection filter,
 //!   per-CPU scratch, ordered chunks into the ring buffer);
 //! - [`ring`]: the ring buffer itself, its wake-up policy, control events and the
@@ -29,6 +31,7 @@
 mod boringssl;
 mod chunks;
 mod go_tls;
+mod h2_walk;
 mod handover;
 mod hello;
 mod java;

@@ -32,7 +32,9 @@
 //! space then reads the bytes it moved so far from [`SOCKETS`].
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
+    },
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap},
     programs::RawTracePointContext,
@@ -258,34 +260,55 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
-    let mut e = Emit { conn, buf: args.buf, fd: args.fd, source: Source::Socket };
+    let e = Emit { conn, buf: args.buf, fd: args.fd, source: Source::Socket };
     if !vector {
         if ret as u64 <= args.len {
             emit_data(pid_tgid, &e, direction, ret as u64);
         }
         return 0;
     }
-    // Each iovec is copied as its own call, in order.
-    let mut left = ret as u64;
-    let mut i = 0u32;
-    while i < MAX_IOV && (i as u64) < args.len && left > 0 {
-        let iov = args.buf + 16 * i as u64;
-        let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-        let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
-        let n = if len < left { len } else { left };
-        if n > 0 {
-            e.buf = base;
-            emit_data(pid_tgid, &e, direction, n);
-        }
-        left -= n;
-        i += 1;
-    }
-    if left > 0 {
+    // Each iovec is copied as its own call, in order; `bpf_loop` has the
+    // verifier check the copy once, not once per iovec.
+    let mut ctx = IovCtx { pid_tgid, e, iov: args.buf, count: args.len, left: ret as u64, direction, _pad: 0 };
+    unsafe { bpf_loop(MAX_IOV, copy_iov as *mut core::ffi::c_void, (&mut ctx as *mut IovCtx).cast(), 0) };
+    if ctx.left > 0 {
         // Bytes we could not copy: give the connection up rather than leave a hole.
         count_loss(LossCounter::IovOverflow, 1);
         s.state = SOCK_OTHER;
         emit_control_for(pid_tgid, EventKind::ConnClosed, conn);
     }
+    0
+}
+
+/// A vector call's iovecs, for [`copy_iov`].
+#[repr(C)]
+struct IovCtx {
+    pid_tgid: u64,
+    e: Emit,
+    iov: u64,
+    count: u64,
+    /// Bytes of the call's result not yet placed in an iovec.
+    left: u64,
+    direction: u32,
+    _pad: u32,
+}
+
+/// `bpf_loop` callback: copy iovec `i`; returns 1 when none is left.
+#[inline(never)]
+extern "C" fn copy_iov(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the IovCtx on the caller's stack.
+    let c = unsafe { &mut *(ctx as *mut IovCtx) };
+    if i >= c.count || c.left == 0 {
+        return 1;
+    }
+    let iov = c.iov + 16 * i;
+    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+    let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+    let n = if len < c.left { len } else { c.left };
+    if n > 0 {
+        emit_data(c.pid_tgid, &Emit { buf: base, ..c.e }, c.direction, n);
+    }
+    c.left -= n;
     0
 }
 

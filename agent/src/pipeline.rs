@@ -20,7 +20,7 @@ use crate::coverage::Coverage;
 use crate::discovery::Unprobed;
 use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
 use crate::http::message::Head;
-use crate::http::mute::StreamAt;
+use crate::http::mute::{Mute, StreamAt};
 use crate::providers::call::{Call, CallContext};
 use crate::providers::{self, Endpoint, ProviderError, Rules};
 use crate::sinks::Sink;
@@ -75,9 +75,9 @@ pub enum ProcessEvent {
 /// Tells the kernel to stop copying a connection's calls (and to forget it).
 pub trait ConnFilter: Send {
     fn ignore(&mut self, tgid: u32, conn: u64);
-    /// Not to copy the reads inside `[from, to)` of the connection's ingress
-    /// stream (a response body no one records: see `http::mute`).
-    fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64);
+    /// Not to copy part of the connection's ingress stream: the reads inside
+    /// a range, an HTTP/2 stream's DATA (bodies no one records: `http::mute`).
+    fn mute(&mut self, tgid: u32, conn: u64, what: Mute);
     fn forget(&mut self, tgid: u32, conn: u64);
     /// Hand a connection's decoding state to the agent taking it over (an
     /// upgrade, see `handoff`); false when it could not be stored.
@@ -222,6 +222,11 @@ impl Pipeline {
 
     fn on_data(&mut self, c: &Chunk<'_>) {
         Stats::add(&self.stats.bytes, c.data.len() as u64);
+        // An empty chunk only says where a read skipped to (muted HTTP/2
+        // DATA): news for a connection being decoded, and no other.
+        if c.data.is_empty() && !self.conns.contains(&c.key) {
+            return;
+        }
         let max_body = self.cfg.max_body_bytes;
         if !c.owner.source.ends_are_seen() && c.direction == Direction::Egress {
             // The connection object's address now carries a new connection.
@@ -277,10 +282,10 @@ impl Pipeline {
         if held == Held::OverCap {
             self.stats.count(ConnDrop::Shed);
         }
-        if let Some((from, to)) = conn.http.take_mute() {
+        while let Some(what) = conn.http.take_mute() {
             Stats::inc(&self.stats.responses_muted);
             if let Some(f) = self.filter.as_mut() {
-                f.mute(c.key.tgid, c.key.conn, from, to);
+                f.mute(c.key.tgid, c.key.conn, what);
             }
         }
         if let Some((host, classified)) = first {

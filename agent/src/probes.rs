@@ -13,12 +13,15 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
-use tokentap_agent_common::{LossCounter, MuteRange, SockId, SockKey, SockState, SslKey, VERDICT_COUNT, VERDICT_STOP};
+use tokentap_agent_common::{
+    H2Stream, LossCounter, MuteRange, SockId, SockKey, SockState, SslKey, VERDICT_COUNT, VERDICT_STOP,
+};
 
 use crate::blind_spots::SocketTable;
 use crate::capture::event::Totals;
 use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
 use crate::handover::{Handoffs, Handover};
+use crate::http::mute::Mute;
 use crate::pipeline::Handed;
 use crate::stats::{Counted, Stats};
 
@@ -234,11 +237,12 @@ impl SocketTable for SocketMaps {
 }
 
 /// `IGNORED_CONNS`: connections whose calls the kernel should stop copying;
-/// `MUTED`: the response bodies it should not copy; with `--handover-dir`,
+/// `MUTED` and `H2_MUTED`: the response bodies it should not copy; with `--handover-dir`,
 /// `CONN_STATES`: the decoding states agents hand on during an upgrade.
 pub struct IgnoreMap {
     map: aya::maps::HashMap<MapData, SslKey, u32>,
     muted: aya::maps::HashMap<MapData, SslKey, MuteRange>,
+    h2_muted: aya::maps::HashMap<MapData, H2Stream, u32>,
     handoff: Option<Handoffs>,
 }
 
@@ -248,9 +252,17 @@ impl IgnoreMap {
         let _ = self.map.insert(SslKey { tgid: tgid as u64, ssl: conn }, 1, 0);
     }
 
-    pub fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64) {
-        // Best effort: a range lost is bytes copied, nothing more.
-        let _ = self.muted.insert(SslKey { tgid: tgid as u64, ssl: conn }, MuteRange { from, to }, 0);
+    pub fn mute(&mut self, tgid: u32, conn: u64, what: Mute) {
+        // Best effort: a mute lost is bytes copied, nothing more.
+        let _ = match what {
+            Mute::Range { from, to } => {
+                self.muted.insert(SslKey { tgid: tgid as u64, ssl: conn }, MuteRange { from, to }, 0)
+            }
+            Mute::H2Stream { base, stream } => {
+                let key = H2Stream { tgid: tgid as u64, conn, base, stream: stream as u64 };
+                self.h2_muted.insert(key, 1, 0)
+            }
+        };
     }
 
     pub fn forget(&mut self, tgid: u32, conn: u64) {
@@ -353,8 +365,12 @@ impl Probes {
             Some(h) => Some(Handoffs::new(hash_map(&mut ebpf, "CONN_STATES")?, h.others())),
             None => None,
         };
-        let ignored =
-            IgnoreMap { map: hash_map(&mut ebpf, "IGNORED_CONNS")?, muted: hash_map(&mut ebpf, "MUTED")?, handoff };
+        let ignored = IgnoreMap {
+            map: hash_map(&mut ebpf, "IGNORED_CONNS")?,
+            muted: hash_map(&mut ebpf, "MUTED")?,
+            h2_muted: hash_map(&mut ebpf, "H2_MUTED")?,
+            handoff,
+        };
         let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
         let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
         let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };

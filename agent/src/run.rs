@@ -522,8 +522,8 @@ impl ConnFilter for IgnoreMap {
         IgnoreMap::forget(self, tgid, conn);
     }
 
-    fn mute(&mut self, tgid: u32, conn: u64, from: u64, to: u64) {
-        IgnoreMap::mute(self, tgid, conn, from, to);
+    fn mute(&mut self, tgid: u32, conn: u64, what: crate::http::mute::Mute) {
+        IgnoreMap::mute(self, tgid, conn, what);
     }
 
     fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {

@@ -161,8 +161,9 @@ counters! {
     /// TLS hellos the kernel could not deliver (ring buffer full, scratch busy):
     /// those connections can't be named, so they are not accounted for.
     kernel_hello_lost,
-    /// Not a loss: reads the kernel did not copy because they fell inside a
-    /// response body no one records (`responses_muted`).
+    /// Not a loss: reads the kernel did not copy, or copied only in part,
+    /// because they fell inside a response body no one records
+    /// (`responses_muted`).
     kernel_muted_reads,
     /// Not a loss: calls not copied because another agent owns their
     /// connection (two agents overlap during an upgrade, `--handover-dir`).
@@ -174,8 +175,12 @@ counters! {
     /// wherever they stood (a cut call counts in `joined_mid_stream` here and
     /// in the old agent's `dropped_at_exit`).
     kernel_handover_from_exited,
-    /// Not a loss: non-LLM HTTP/1.1 response bodies of at least 32 KiB whose
-    /// remaining bytes the kernel was asked not to copy.
+    /// Not a loss: HTTP/2 connections whose frames the kernel stopped
+    /// following (their bytes are all copied from then on, none muted).
+    kernel_h2_walk_stopped,
+    /// Not a loss: response bodies no one records whose remaining bytes the
+    /// kernel was asked not to copy: non-LLM HTTP/1.1 bodies of at least
+    /// 32 KiB, and non-LLM HTTP/2 streams past their first DATA frame.
     responses_muted,
     /// TLS client connections named by their hello's server name, and those
     /// whose hello named none (or was not a ClientHello).
@@ -383,6 +388,7 @@ kernel_counters! {
     OwnedElsewhere => kernel_owned_elsewhere,
     HandoverReceived => kernel_handover_received,
     HandoverFromExited => kernel_handover_from_exited,
+    H2WalkStopped => kernel_h2_walk_stopped,
 }
 
 impl Snapshot {

@@ -36,6 +36,35 @@ def httpx_h2(a):
     return asyncio.run(run())
 
 
+def h2_downloads_and_calls(a):
+    """One HTTP/2 connection, 8 rounds of two 2 MB downloads (not LLM calls,
+    ~0.3 s each: 64 KiB every 10 ms) and two chat calls at once: the calls'
+    frames fall between the downloads'."""
+    import httpx
+
+    async def run():
+        ctx = ssl.create_default_context(cafile=a.ca)
+        async with httpx.AsyncClient(http2=True, verify=ctx, base_url=a.base,
+                                     headers={"Authorization": "Bearer " + a.key}) as c:
+            async def download():
+                r = await c.get("/download", params={"bytes": 2_000_000, "pause_ms": 10})
+                ok = r.status_code == 200 and r.http_version == "HTTP/2"
+                if not ok or len(r.content) != 2_000_000 or r.content[:3] != bytes([0, 1, 2]):
+                    raise SystemExit(f"download: {r.status_code} {r.http_version}, {len(r.content)} bytes")
+                return 0
+
+            async def call():
+                r = await c.post("/chat/completions", json={"model": "gpt-4o-mini", "messages": MSGS})
+                assert r.status_code == 200 and r.http_version == "HTTP/2", (r.status_code, r.http_version)
+                return 1
+
+            n = 0
+            for _ in range(8):
+                n += sum(await asyncio.gather(download(), call(), download(), call()))
+            return n
+    return asyncio.run(run())
+
+
 def h2_joined(a):
     """One HTTP/2 connection: a call, then wait (the agent starts), then more calls."""
     import httpx
@@ -128,7 +157,7 @@ def vllm(a):
     return 2
 
 
-SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm]}
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm]}
 
 
 def main():

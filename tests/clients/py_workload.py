@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Runs a workload file with the real openai SDK, one call at a time: each item
 is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?,
-"fresh": true? (the call gets a client, and so a connection, of its own)};
-the usage goes to
+"fresh": true? (the call gets a client, and so a connection, of its own),
+"download": bytes? (then a download of that many bytes on the same
+connection, not an LLM call)}; the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
@@ -44,6 +45,11 @@ def main():
                     pass
         else:
             oa.embeddings.create(**c["body"], extra_headers=headers)
+        if c.get("download"):
+            url = str(oa.base_url).rstrip("/") + "/download"
+            d = oa._client.get(url, params={"bytes": c["download"], "pause_ms": 2})
+            if d.status_code != 200 or len(d.content) != c["download"]:
+                raise SystemExit(f"download: {d.status_code}, {len(d.content)} bytes")
         if oa is not shared:
             oa.close()
         if c.get("pause"):

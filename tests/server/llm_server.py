@@ -570,7 +570,7 @@ class H2Writer:
                     break
                 data, self.buf = rest[:n], rest[n + 2:]
             if data:
-                self.conn.send(lambda c, d=data: c.send_data(self.stream_id, d))
+                self.conn.send_data(self.stream_id, data)
         return len(b)
 
 
@@ -583,8 +583,30 @@ class H2Conn:
         import h2.connection
         self.sock, self.server = sock, server
         self.lock = threading.Lock()
+        # Signalled when the peer opens a flow-control window (or goes).
+        self.window_open = threading.Condition(self.lock)
+        self.closed = False
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         self.streams = {}
+
+    def send_data(self, stream_id, data):
+        """DATA frames no larger than the peer allows, within its flow-control
+        windows: waits for its WINDOW_UPDATEs (a download larger than 64 KiB)."""
+        while data:
+            with self.lock:
+                while True:
+                    room = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+                    if room > 0:
+                        break
+                    if self.closed:
+                        raise OSError("HTTP/2 connection closed")
+                    self.window_open.wait(timeout=5)
+                n = min(room, len(data))
+                self.conn.send_data(stream_id, data[:n])
+                out = self.conn.data_to_send()
+                if out:
+                    self.sock.sendall(out)
+            data = data[n:]
 
     def send(self, fn):
         # One writer at a time: OpenSSL rejects interleaved partial writes.
@@ -601,8 +623,10 @@ class H2Conn:
             try:
                 data = self.sock.recv(65536)
             except (OSError, ssl.SSLError):
+                self.close()
                 return
             if not data:
+                self.close()
                 return
             with self.lock:
                 events = self.conn.receive_data(data)
@@ -615,8 +639,17 @@ class H2Conn:
                 elif isinstance(ev, h2.events.StreamEnded):
                     threading.Thread(target=self.serve, args=(ev.stream_id,), daemon=True).start()
                 elif isinstance(ev, h2.events.ConnectionTerminated):
+                    self.close()
                     return
+                elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                    with self.lock:
+                        self.window_open.notify_all()
             self.send(lambda c: None)
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            self.window_open.notify_all()
 
     def serve(self, stream_id):
         headers, body = self.streams.pop(stream_id)

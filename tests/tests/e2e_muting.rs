@@ -27,11 +27,21 @@ fn downloads_and_calls(transport: Transport, name: &str) {
     let (pid, out) = run_client(cmd);
     let calls: Value = serde_json::from_str(out.trim()).expect("client output");
     assert_eq!(calls["calls"], CALLS as u64);
+    let stats = recorded_once_and_muted(env, pid, name);
+    // Up to a third of each download before the agent read its head, with
+    // the agent's drain period idle.
+    assert!(stats["bytes"].as_u64().unwrap() * 2 < CALLS as u64 * DOWNLOAD, "{stats}");
+    assert_eq!(stats["resynced_after_gap"].as_u64(), Some(0), "{stats}");
+}
+
+/// Every call recorded once, on one connection, and every download named to
+/// the kernel (most of its bytes never crossed the ring buffer): the stats.
+fn recorded_once_and_muted(env: Env, pid: u32, name: &str) -> Value {
     let records = env.agent.wait_records(&[pid], CALLS);
     let served = env.server.served();
     assert_eq!(served.len(), CALLS, "the downloads are not LLM calls");
     let pairs = pair_with_served(&records, &served);
-    assert_eq!(pairs.len(), CALLS, "every LLM call after a muted download is recorded");
+    assert_eq!(pairs.len(), CALLS, "every LLM call beside a muted download is recorded");
     let prices = PriceTable::shipped();
     for (r, s) in &pairs {
         assert_matches_served(r, s, &prices);
@@ -40,20 +50,20 @@ fn downloads_and_calls(transport: Transport, name: &str) {
     assert_eq!(ids.len(), CALLS);
     let stats = env.finish();
     assert_eq!(stats["records"].as_u64(), Some(CALLS as u64), "{stats}");
-    // One keep-alive connection for all of it.
+    // One connection for all of it.
     assert_eq!(stats["connections"].as_u64().unwrap() - stats["ignored_server_side"].as_u64().unwrap(), 1, "{stats}");
-    // Every download's body was named to the kernel, and most of its bytes
-    // never crossed the ring buffer (those before the agent read the head did:
-    // up to a third of each, with the agent's drain period idle).
     assert_eq!(stats["responses_muted"].as_u64(), Some(CALLS as u64), "{stats}");
     assert!(stats["kernel_muted_reads"].as_u64().unwrap() > 0, "{stats}");
-    let downloaded = CALLS as u64 * DOWNLOAD;
     let copied = stats["bytes"].as_u64().unwrap();
-    eprintln!("{name}: {copied} of {downloaded} bytes copied, {} reads muted", stats["kernel_muted_reads"]);
-    assert!(copied * 2 < downloaded, "{copied} bytes copied of {downloaded} downloaded: {stats}");
-    for lossy in ["dropped_unanswered", "resynced_after_gap", "kernel_ring_full", "ignored_desync"] {
+    eprintln!(
+        "{name}: {copied} of {} bytes copied, {} reads muted",
+        CALLS as u64 * DOWNLOAD,
+        stats["kernel_muted_reads"]
+    );
+    for lossy in ["dropped_unanswered", "kernel_ring_full", "ignored_desync", "kernel_h2_walk_stopped"] {
         assert_eq!(stats[lossy].as_u64(), Some(0), "{lossy}: {stats}");
     }
+    stats
 }
 
 #[test]
@@ -64,4 +74,16 @@ fn downloads_are_muted_and_llm_calls_on_the_same_connection_recorded_over_openss
 #[test]
 fn downloads_are_muted_and_llm_calls_on_the_same_connection_recorded_over_sockets() {
     downloads_and_calls(Transport::Plain, "mute-plain");
+}
+
+#[test]
+fn http2_downloads_are_muted_and_llm_calls_between_their_frames_recorded() {
+    let _g = serial();
+    let env = Env::start("mute-h2", Transport::H2, &[]);
+    let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.openai_base(), "h2_downloads_and_calls"));
+    assert!(out.contains("\"calls\": 16"), "{out}");
+    let stats = recorded_once_and_muted(env, pid, "mute-h2");
+    // Each download named after its first DATA frame: most of the rest was
+    // not copied, frame headers aside.
+    assert!(stats["bytes"].as_u64().unwrap() * 4 < CALLS as u64 * DOWNLOAD, "{stats}");
 }

@@ -13,7 +13,7 @@ use super::ws_session::{WsCalls, WsSession};
 // Re-exported: providers and fuzz targets name them here.
 pub use super::message::{Classified, Exchange, Lost};
 use super::message::{Head, Message};
-use super::mute::{Jump, Muting, StreamAt};
+use super::mute::{Jump, Mute, Muting, StreamAt};
 use super::sniff;
 use crate::capture::event::Direction;
 use crate::capture::streams::Continuity;
@@ -160,8 +160,15 @@ impl<E: WsCalls> HttpConnection<E> {
         lost: &mut Lost,
     ) -> Held {
         if direction == Direction::Ingress {
-            if let (Jump::Muted(n), Continuity::InOrder) = (self.muting.arrive(at, data.len()), continuity) {
-                self.skip_muted(n, out, lost);
+            match (self.muting.arrive(at, data.len()), continuity, &mut self.state) {
+                (Jump::Muted(n), Continuity::InOrder, _) => self.skip_muted(n, out, lost),
+                // The kernel skipped a muted stream's DATA payload.
+                (Jump::Unexplained(n), Continuity::InOrder, State::Http2(c)) => {
+                    if let Err(e) = c.skip_ingress(n) {
+                        self.give_up_h2(e, lost);
+                    }
+                }
+                _ => {}
             }
         }
         if continuity != Continuity::InOrder {
@@ -232,9 +239,15 @@ impl<E: WsCalls> HttpConnection<E> {
         }
     }
 
-    /// A response body range the kernel should not copy, once.
-    pub fn take_mute(&mut self) -> Option<(u64, u64)> {
-        self.muting.take_request()
+    /// What the kernel should not copy (a response body's range, an HTTP/2
+    /// stream's DATA), each once.
+    pub fn take_mute(&mut self) -> Option<Mute> {
+        if let Some((from, to)) = self.muting.take_request() {
+            return Some(Mute::Range { from, to });
+        }
+        let State::Http2(c) = &mut self.state else { return None };
+        let base = self.muting.base()?;
+        c.take_mute().map(|stream| Mute::H2Stream { base, stream })
     }
 
     /// The kernel skipped `n` bytes of the body being read, as asked.
@@ -590,3 +603,7 @@ impl<E: WsCalls> HttpConnection<E> {
 #[cfg(test)]
 #[path = "exchange_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "h2_mute_tests.rs"]
+mod h2_mute_tests;

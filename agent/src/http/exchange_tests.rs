@@ -1,5 +1,5 @@
 use super::*;
-use crate::http::mute::StreamAt;
+use crate::http::mute::{Mute, StreamAt};
 
 fn llm(h: &Head) -> Option<()> {
     h.path.as_deref().is_some_and(|p| p.starts_with("/v1/")).then_some(())
@@ -255,8 +255,8 @@ impl Muted {
             &mut self.lost,
         );
         assert_eq!(held, Held::Within);
-        if let Some(r) = self.c.take_mute() {
-            self.range = Some(r);
+        if let Some(Mute::Range { from, to }) = self.c.take_mute() {
+            self.range = Some((from, to));
         }
     }
 
@@ -344,7 +344,7 @@ fn small_captured_or_chunked_bodies_and_unexplained_jumps() {
     chunk(&mut c, Direction::Egress, 0, b"GET / HTTP/1.1\r\n\r\n");
     let head = b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n";
     chunk(&mut c, Direction::Ingress, 100, head);
-    let (from, to) = c.take_mute().unwrap();
+    let Some(Mute::Range { from, to }) = c.take_mute() else { panic!("no range muted") };
     assert_eq!((from, to), (100 + head.len() as u64, 100 + head.len() as u64 + 50_000));
     chunk(&mut c, Direction::Ingress, to + 1, b"x");
     assert_eq!(c.resp.unkept_body(), Some(49_999), "the body's count moved by the byte seen only");

@@ -15,7 +15,14 @@
 //! session's bytes ([`WsSession`], as after an HTTP/1.1 upgrade), and its
 //! calls are handed on as they complete. Its framing breaking ends that
 //! stream's decoding only (counted), not the connection's.
-use std::collections::HashMap;
+//!
+//! Muting: a stream nothing records whose response goes on past its first
+//! DATA frame is named to the kernel ([`take_mute`](H2Connection::take_mute)),
+//! which then copies only the headers of its later DATA frames
+//! (`agent-ebpf/src/h2_walk.rs`). The payload bytes it skipped are given back
+//! here as zeros ([`skip_ingress`](H2Connection::skip_ingress)), only inside a
+//! DATA frame of a stream nothing records; anywhere else they are a lost place.
+use std::collections::{HashMap, HashSet};
 
 mod handoff;
 
@@ -37,6 +44,9 @@ const MAX_TABLE_SIZE: usize = 64 * 1024;
 /// Captured streams in flight on one connection.
 const MAX_STREAMS: usize = 256;
 const MAX_MARKS: usize = 4096;
+/// Streams named to the kernel at once on one connection (more are copied;
+/// a reset stream stays named).
+const MAX_MUTED: usize = 256;
 
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
@@ -97,6 +107,10 @@ pub struct H2Connection<E = ()> {
     ingress: Direction,
     streams: HashMap<u32, Stream<E>>,
     max_body: usize,
+    /// Unrecorded streams named to the kernel and not ended yet, and those
+    /// still to name.
+    muted: HashSet<u32>,
+    to_mute: Vec<u32>,
 }
 
 /// Does `data` start with a server's connection preface (a SETTINGS frame on
@@ -124,7 +138,41 @@ pub fn looks_like_frames(data: &[u8]) -> bool {
 
 impl<E: WsCalls> H2Connection<E> {
     pub fn new(max_body: usize) -> Self {
-        Self { egress: Direction::new(true), ingress: Direction::new(false), streams: HashMap::new(), max_body }
+        Self {
+            egress: Direction::new(true),
+            ingress: Direction::new(false),
+            streams: HashMap::new(),
+            max_body,
+            muted: HashSet::new(),
+            to_mute: Vec::new(),
+        }
+    }
+
+    /// A stream whose later DATA frames the kernel need not copy, once each.
+    pub fn take_mute(&mut self) -> Option<u32> {
+        self.to_mute.pop()
+    }
+
+    /// The kernel skipped `n` bytes of the ingress stream: they must be the
+    /// payload of the DATA frame begun last, on a stream nothing records.
+    /// They are given back as zeros, which that stream's decoding drops.
+    pub fn skip_ingress(&mut self, n: u64) -> Result<(), H2Error> {
+        let buf = &self.ingress.buf;
+        if buf.len() < FRAME_HEADER || self.ingress.block.is_some() {
+            return Err(H2Error::Frame("bytes skipped outside a DATA frame"));
+        }
+        let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+        let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+        if buf[3] != DATA || !self.muted.contains(&stream) {
+            return Err(H2Error::Frame("bytes skipped outside a muted stream's DATA"));
+        }
+        let room = (FRAME_HEADER + len).saturating_sub(buf.len());
+        if n > room as u64 {
+            return Err(H2Error::Frame("bytes skipped past a DATA frame's end"));
+        }
+        let to = self.ingress.buf.len() + n as usize;
+        self.ingress.buf.resize(to, 0);
+        Ok(())
     }
 
     pub fn buffered(&self) -> usize {
@@ -311,6 +359,8 @@ impl<E: WsCalls> H2Connection<E> {
             RST_STREAM => match self.streams.remove(&stream) {
                 Some(Stream { ws: Some(mut ws), .. }) => ws.close(lost),
                 Some(_) => lost.unanswered += 1,
+                // A muted stream stays named: DATA sent before the reset may
+                // still come, its payload skipped by the kernel.
                 None => {}
             },
             SETTINGS if flags & ACK == 0 => {
@@ -427,6 +477,9 @@ impl<E: WsCalls> H2Connection<E> {
     ) {
         let max_body = self.max_body;
         let Some(s) = self.streams.get_mut(&stream) else {
+            if !egress && stream != 0 {
+                self.unrecorded(stream, end);
+            }
             return;
         };
         if let Some(ws) = s.ws.as_mut() {
@@ -462,6 +515,17 @@ impl<E: WsCalls> H2Connection<E> {
             } else {
                 self.finish(stream, ts, out);
             }
+        }
+    }
+
+    /// A DATA frame of a response nothing records: a stream that goes on
+    /// past it is named to the kernel (its later frames' payloads are not
+    /// copied); one ended is forgotten.
+    fn unrecorded(&mut self, stream: u32, end: bool) {
+        if end {
+            self.muted.remove(&stream);
+        } else if self.muted.len() < MAX_MUTED && self.muted.insert(stream) {
+            self.to_mute.push(stream);
         }
     }
 

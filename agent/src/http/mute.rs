@@ -11,10 +11,23 @@
 //! kernel, so by the time it asks, the client may have sent an LLM request on
 //! the same connection; a range ends where the body ends, so the bytes after it
 //! are always copied. Small bodies are not worth the map update they'd cost.
+//!
+//! HTTP/2 interleaves bodies on one stream of bytes, so it is muted by stream
+//! ([`Mute::H2Stream`], see `h2.rs`), its skips shown the same way.
 
 /// Bodies shorter than this are copied anyway: a map update costs about as
 /// much as copying a few chunks.
 pub const MUTE_MIN_BYTES: u64 = 32 << 10;
+
+/// What the kernel is asked not to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mute {
+    /// The reads wholly inside `[from, to)` of the ingress stream.
+    Range { from: u64, to: u64 },
+    /// The payloads of an HTTP/2 stream's later DATA frames, on the
+    /// connection whose ingress stream the kernel counts from `base`.
+    H2Stream { base: u64, stream: u32 },
+}
 
 /// Where an ingress chunk sits: the kernel's count of the connection's read
 /// bytes (`pos`, 0: unknown) since `base`, where it started counting.
@@ -98,6 +111,12 @@ impl Muting {
         let range = (from, from.saturating_add(remaining));
         self.range = Some(range);
         self.request = Some(range);
+    }
+
+    /// Where the kernel counts this connection's ingress stream from, once
+    /// a chunk with a known position came.
+    pub fn base(&self) -> Option<u64> {
+        self.next.map(|_| self.base)
     }
 
     /// The range to hand to the kernel, once.

@@ -164,7 +164,7 @@ impl ConnFilter for RecordingFilter {
     fn ignore(&mut self, tgid: u32, conn: u64) {
         self.0.lock().unwrap().push((true, tgid, conn));
     }
-    fn mute(&mut self, _: u32, _: u64, _: u64, _: u64) {}
+    fn mute(&mut self, _: u32, _: u64, _: crate::http::mute::Mute) {}
     fn forget(&mut self, tgid: u32, conn: u64) {
         self.0.lock().unwrap().push((false, tgid, conn));
     }

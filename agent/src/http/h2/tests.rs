@@ -166,6 +166,46 @@ fn recognises_frames_of_a_joined_connection() {
     assert!(!looks_like_frames(&[0, 0, 100, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]));
 }
 
+#[test]
+fn a_stream_nothing_records_is_named_once_and_only_its_data_may_be_skipped() {
+    let mut enc = Encoder::new();
+    let mut e = PREFACE.to_vec();
+    let get = headers(&mut enc, &[(":method", "GET"), (":authority", "example.com"), (":path", "/big")]);
+    e.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
+    let mut c = H2Connection::<()>::new(1 << 20);
+    let (mut lost, mut out) = (Lost::default(), Vec::new());
+    c.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
+    let mut srv = Encoder::new();
+    let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut srv, &[(":status", "200")]));
+    i.extend(frame(DATA, 0, 1, &[7; 100]));
+    c.on_ingress(&i, 1, &mut out, &mut lost).unwrap();
+    assert_eq!(c.take_mute(), Some(1));
+    assert_eq!(c.take_mute(), None);
+    // Nothing begun: no skip fits.
+    assert!(c.skip_ingress(1).is_err());
+    // A later frame's header, then its payload skipped in two parts.
+    c.on_ingress(&frame(DATA, 0, 1, &[0; 300])[..9], 1, &mut out, &mut lost).unwrap();
+    c.skip_ingress(200).unwrap();
+    assert!(c.skip_ingress(101).is_err(), "past the frame's end");
+    c.skip_ingress(100).unwrap();
+    c.on_ingress(&frame(DATA, END_STREAM, 1, &[1; 10]), 1, &mut out, &mut lost).unwrap();
+    assert_eq!(c.take_mute(), None, "named once");
+    assert_eq!((c.buffered(), out.len()), (0, 0));
+    // The stream ended: its frames are no longer skippable; nor are a
+    // recorded stream's, nor a header block's.
+    c.on_ingress(&frame(DATA, 0, 1, &[0; 300])[..9], 1, &mut out, &mut lost).unwrap();
+    assert!(c.skip_ingress(1).is_err());
+    let mut c = H2Connection::<()>::new(1 << 20);
+    let (egress, ingress) = conversation(1);
+    c.on_egress(&egress, 1, &mut llm, &mut lost).unwrap();
+    // The last two frames: DATA padded (6 bytes), DATA (9 bytes).
+    let data_at = ingress.len() - (FRAME_HEADER + 9) - (FRAME_HEADER + 6);
+    assert_eq!(ingress[data_at + 3], DATA);
+    c.on_ingress(&ingress[..data_at + FRAME_HEADER], 1, &mut out, &mut lost).unwrap();
+    assert!(c.skip_ingress(1).is_err(), "a recorded stream's DATA");
+    assert_eq!(lost, Lost::default());
+}
+
 proptest! {
     #[test]
     fn split_anywhere_gives_the_same_exchanges(split in 1usize..200) {

@@ -1,0 +1,281 @@
+//! HTTP/2 response bodies no one records, not copied.
+//!
+//! Why the kernel follows frames: on an HTTP/2 connection a download's DATA
+//! frames interleave with every other stream's on one stream of bytes, so a
+//! body is not one range of it (HTTP/1.1's muting, [`crate::chunks`]), and a
+//! frame's length is known only from its header. User space lags the kernel
+//! by megabytes at download rates: by the time it has read a frame header,
+//! the kernel is long past it. So the kernel reads each frame header itself,
+//! from the connection's first ingress byte on: a connection becomes walked
+//! when its first write (before anything was read) starts with the client
+//! preface. User space names the streams it will not record ([`H2_MUTED`],
+//! after their first DATA frame); of their later DATA frames the kernel
+//! copies the 9-byte header and skips the payload. A read is then copied as
+//! the segments it keeps, each at its stream position; when it ends inside a
+//! skipped payload, an empty chunk positioned at its end says so at once (the
+//! agent's decoder knows every skip before its next byte, so a connection
+//! handed to another agent mid-frame is handed on exactly).
+//!
+//! What it falls back to: a read it can't place (its position is not where the
+//! walk stands), more frames in one read than [`MAX_STEPS`] follows, or a
+//! connection whose preface was not seen (open before the agent) is not
+//! walked, and all its bytes are copied, as before muting (counted in
+//! `H2WalkStopped` when a walk ends early). More kept segments in one read
+//! than [`MAX_KEPT`] copy that read whole. User space checks that every skip
+//! lies inside a DATA frame of a stream it named, so a walk gone wrong costs
+//! that connection's decoding (counted), never a wrong record.
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_probe_read_user as raw_probe_read_user},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use tokentap_agent_common::{H2Stream, LossCounter, SslKey, SCRATCH_SLOTS};
+
+use crate::ring::count_loss;
+
+const DATA: u64 = 0;
+const END_STREAM: u64 = 0x1;
+const FRAME_HEADER: u64 = 9;
+/// Steps followed in one read (a header, or a payload's part in it): enough
+/// for a TLS record's 16 KiB of small frames' worth of a busy connection.
+const MAX_STEPS: u32 = 128;
+/// Kept segments of one read copied apart; more copy the read whole.
+pub(crate) const MAX_KEPT: usize = 4;
+
+/// Where the walk of one connection's ingress stream stands.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Walk {
+    /// The connection's ingress base (`IN_POS`), 0 until its first read.
+    base: u64,
+    /// The next position not followed yet.
+    at: u64,
+    /// Where the current frame's payload ends; at or below `at`, a header is next.
+    payload_end: u64,
+    /// Bytes of the next header seen so far (a header split across reads):
+    /// how many, the first one, and the next ones, shifted in.
+    have: u64,
+    first: u64,
+    acc: u64,
+    /// The current payload is a named stream's DATA: skipped.
+    muted: u64,
+}
+
+#[map]
+static H2_WALKS: LruHashMap<SslKey, Walk> = LruHashMap::with_max_entries(16384, 0);
+
+/// Streams user space will not record (see the module's prose). The kernel
+/// removes one at its END_STREAM; the rest age out (a stream id is never
+/// reused on its connection, and `base` is unique to the connection).
+#[map]
+pub(crate) static H2_MUTED: LruHashMap<H2Stream, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// One read's walk and what to copy of it: `kept` segments as `[from, to)`
+/// offsets in the read. In a per-CPU map, not on the stack: the copy that
+/// follows needs most of the 512 bytes a program's calls may share.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Plan {
+    w: Walk,
+    key: SslKey,
+    buf: u64,
+    pos: u64,
+    end: u64,
+    pub(crate) kept: [[u64; 2]; MAX_KEPT],
+    pub(crate) n: u64,
+    /// More segments than `kept` holds: copy the read whole.
+    pub(crate) overflow: u64,
+    /// Bytes skipped in this read.
+    pub(crate) skipped: u64,
+}
+
+/// One plan per nesting slot, as the chunk scratch (`chunks::nested`).
+#[map]
+static PLANS: PerCpuArray<Plan> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// An egress call of `len` bytes at `buf` on a connection that `read_yet` or
+/// not: a connection's first write starting with the client preface starts
+/// its walk; the preface again under a walked key (a new connection on a
+/// reused object whose end was not seen) stops it.
+#[inline(always)]
+pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
+    if len < 24 {
+        return;
+    }
+    let walked = unsafe { H2_WALKS.get(key) }.is_some();
+    if read_yet && !walked {
+        return;
+    }
+    let mut start = [0u8; 8];
+    let src = buf as *const core::ffi::c_void;
+    if unsafe { raw_probe_read_user(start.as_mut_ptr().cast(), 8, src) } != 0 || &start != b"PRI * HT" {
+        return;
+    }
+    if walked {
+        let _ = H2_WALKS.remove(key);
+        count_loss(LossCounter::H2WalkStopped, 1);
+    } else {
+        let w = Walk { base: 0, at: 0, payload_end: 0, have: 0, first: 0, acc: 0, muted: 0 };
+        let _ = H2_WALKS.insert(key, w, 0);
+    }
+}
+
+/// The connection's key may be reused: forget its walk.
+pub(crate) fn forget(key: SslKey) {
+    let _ = H2_WALKS.remove(key);
+}
+
+/// Follow a read of `len` bytes at `buf`, placed at `pos` of the stream
+/// counted from `base`, on a walked connection: the plan in this slot's
+/// [`PLANS`] entry, or None (not walked, or the walk stopped: copy it whole).
+#[inline(always)]
+pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, slot: u32) -> Option<*mut Plan> {
+    let wp = H2_WALKS.get_ptr_mut(key)?;
+    // SAFETY: a live map value; reads on one connection are serialised by its
+    // TLS library (a race only stops the walk at the next check).
+    let mut w = unsafe { *wp };
+    if w.base == 0 {
+        w.base = base;
+        w.at = pos;
+        w.payload_end = pos;
+    }
+    if w.base != base || w.at != pos {
+        stop(key);
+        return None;
+    }
+    let plan = PLANS.get_ptr_mut(slot)?;
+    let end = pos.wrapping_add(len);
+    // SAFETY: this CPU's plan for this nesting slot.
+    unsafe {
+        let p = &mut *plan;
+        p.w = w;
+        p.key = key;
+        p.buf = buf;
+        p.pos = pos;
+        p.end = end;
+        p.n = 0;
+        p.overflow = 0;
+        p.skipped = 0;
+    }
+    let mut ctx = slot as u64;
+    unsafe { bpf_loop(MAX_STEPS, step as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
+    // SAFETY: as above.
+    let p = unsafe { &*plan };
+    if p.w.at != end {
+        stop(key);
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *wp = p.w };
+    Some(plan)
+}
+
+/// Segment `index` of the plan [`plan_read`] left in nesting slot `slot`
+/// (read in place: the plan is too big for the stack).
+#[inline(always)]
+pub(crate) fn kept(slot: u32, index: u64) -> Option<[u64; 2]> {
+    let p = PLANS.get_ptr(slot)?;
+    // SAFETY: this CPU's plan for this nesting slot.
+    let p = unsafe { &*p };
+    if index < p.n && index < MAX_KEPT as u64 {
+        Some(p.kept[index as usize])
+    } else {
+        None
+    }
+}
+
+fn stop(key: SslKey) {
+    let _ = H2_WALKS.remove(key);
+    count_loss(LossCounter::H2WalkStopped, 1);
+}
+
+/// `bpf_loop` callback: follow one header or one payload's part of the read;
+/// returns 1 at the read's end (or on a failed read of user memory).
+#[inline(never)]
+extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the slot number on plan_read's stack.
+    let slot = unsafe { *(ctx as *const u64) } as u32;
+    let Some(plan) = PLANS.get_ptr_mut(slot) else {
+        return 1;
+    };
+    // SAFETY: this CPU's plan for this nesting slot.
+    let c = unsafe { &mut *plan };
+    let at = c.w.at;
+    if at >= c.end {
+        return 1;
+    }
+    if c.w.payload_end > at {
+        let to = if c.w.payload_end < c.end { c.w.payload_end } else { c.end };
+        if c.w.muted != 0 {
+            c.skipped += to - at;
+        } else {
+            keep(c, at - c.pos, to - c.pos);
+        }
+        c.w.at = to;
+        return 0;
+    }
+    // A header, or the rest of one split across reads.
+    let need = FRAME_HEADER - c.w.have;
+    let avail = c.end - at;
+    let mut n = if need < avail { need } else { avail };
+    n &= 15;
+    if n == 0 || n > FRAME_HEADER {
+        return 1;
+    }
+    let mut b = [0u8; 16];
+    let src = (c.buf + (at - c.pos)) as *const core::ffi::c_void;
+    if unsafe { raw_probe_read_user(b.as_mut_ptr().cast(), n as u32, src) } != 0 {
+        return 1;
+    }
+    let mut i = 0;
+    while i < FRAME_HEADER as usize {
+        if (i as u64) < n {
+            if c.w.have == 0 {
+                c.w.first = b[i] as u64;
+            } else {
+                c.w.acc = (c.w.acc << 8) | b[i] as u64;
+            }
+            c.w.have += 1;
+        }
+        i += 1;
+    }
+    keep(c, at - c.pos, at + n - c.pos);
+    c.w.at = at + n;
+    if c.w.have < FRAME_HEADER {
+        return 0;
+    }
+    // acc holds header bytes 1..9: length's low 16 bits, type, flags, stream.
+    let len = (c.w.first << 16) | ((c.w.acc >> 48) & 0xffff);
+    let kind = (c.w.acc >> 40) & 0xff;
+    let flags = (c.w.acc >> 32) & 0xff;
+    let stream = c.w.acc & 0x7fff_ffff;
+    c.w.have = 0;
+    c.w.acc = 0;
+    c.w.first = 0;
+    c.w.payload_end = c.w.at + len;
+    c.w.muted = 0;
+    if kind == DATA && len > 0 {
+        let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.base, stream };
+        if unsafe { H2_MUTED.get(s) }.is_some() {
+            c.w.muted = 1;
+            if flags & END_STREAM != 0 {
+                let _ = H2_MUTED.remove(s);
+            }
+        }
+    }
+    0
+}
+
+/// Keep `[from, to)` of the read, joined to the last segment when it follows it.
+#[inline(always)]
+fn keep(plan: &mut Plan, from: u64, to: u64) {
+    let n = plan.n as usize;
+    if n > 0 && n <= MAX_KEPT && plan.kept[n - 1][1] == from {
+        plan.kept[n - 1][1] = to;
+    } else if n < MAX_KEPT {
+        plan.kept[n] = [from, to];
+        plan.n += 1;
+    } else {
+        plan.overflow = 1;
+    }
+}
