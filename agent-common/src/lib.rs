@@ -537,10 +537,11 @@ pub struct MuteRange {
 
 /// An HTTP/2 stream whose response DATA frames user space will not record,
 /// in the kernel's `H2_MUTED` map: the kernel, which follows the frame headers
-/// of each HTTP/2 connection's ingress stream from its first byte, copies such
-/// a frame's header and skips its payload. `base` is the connection's
-/// `DataHeader::stream_base`, so a stream id of an earlier connection under a
-/// reused key never applies.
+/// of each HTTP/2 connection's ingress stream from its first byte
+/// ([`H2Walk`]), copies such a frame's header and skips its payload. `base`
+/// is the walk's `id` (the `DataHeader::stream_base` of the agent that began
+/// it), so a stream id of an earlier connection under a reused key never
+/// applies. Pinned with the handover maps: an upgrade carries it over.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct H2Stream {
@@ -548,6 +549,31 @@ pub struct H2Stream {
     pub conn: u64,
     pub base: u64,
     pub stream: u64,
+}
+
+/// Where the kernel's walk of one HTTP/2 connection's ingress stream stands
+/// (`H2_WALKS`, pinned with the handover maps: the agent taking a connection
+/// over goes on with the walk of the one before, from its first read).
+/// Positions are in the numbering of the agent walking now (`base`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct H2Walk {
+    /// The walk's identity: the stream base of the agent that began it
+    /// (what [`H2Stream::base`] names); 0 until its first read.
+    pub id: u64,
+    /// The ingress base of the agent walking now; 0 until the first read.
+    pub base: u64,
+    /// The next position not followed yet.
+    pub at: u64,
+    /// Where the current frame's payload ends; at or below `at`, a header is next.
+    pub payload_end: u64,
+    /// Bytes of the next header seen so far (a header split across reads):
+    /// how many, the first one, and the next ones, shifted in.
+    pub have: u64,
+    pub first: u64,
+    pub acc: u64,
+    /// The current payload is a named stream's DATA: skipped.
+    pub muted: u64,
 }
 
 /// A TLS connection in the kernel's maps: (tgid, `SSL*`).
@@ -568,6 +594,7 @@ mod user {
     unsafe impl aya::Pod for SslKey {}
     unsafe impl aya::Pod for MuteRange {}
     unsafe impl aya::Pod for H2Stream {}
+    unsafe impl aya::Pod for H2Walk {}
     unsafe impl aya::Pod for ConnOwner {}
     unsafe impl aya::Pod for HandoffKey {}
     unsafe impl aya::Pod for HandoffPart {}

@@ -16,6 +16,11 @@
 //! agent's decoder knows every skip before its next byte, so a connection
 //! handed to another agent mid-frame is handed on exactly).
 //!
+//! An upgrade: both maps are pinned with the handover maps, so the agent
+//! taking a connection over goes on with the walk, from its first read of it
+//! (where the agent before stopped), and the streams named stay named (the
+//! agent before hands them on with the connection's decoding state).
+//!
 //! What it falls back to: a read it can't place (its position is not where the
 //! walk stands), more frames in one read than [`MAX_STEPS`] follows, or a
 //! connection whose preface was not seen (open before the agent) is not
@@ -29,7 +34,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use tokentap_agent_common::{H2Stream, LossCounter, SslKey, SCRATCH_SLOTS};
+use tokentap_agent_common::{H2Stream, H2Walk, LossCounter, SslKey, SCRATCH_SLOTS};
 
 use crate::ring::count_loss;
 
@@ -42,31 +47,16 @@ const MAX_STEPS: u32 = 128;
 /// Kept segments of one read copied apart; more copy the read whole.
 pub(crate) const MAX_KEPT: usize = 4;
 
-/// Where the walk of one connection's ingress stream stands.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Walk {
-    /// The connection's ingress base (`IN_POS`), 0 until its first read.
-    base: u64,
-    /// The next position not followed yet.
-    at: u64,
-    /// Where the current frame's payload ends; at or below `at`, a header is next.
-    payload_end: u64,
-    /// Bytes of the next header seen so far (a header split across reads):
-    /// how many, the first one, and the next ones, shifted in.
-    have: u64,
-    first: u64,
-    acc: u64,
-    /// The current payload is a named stream's DATA: skipped.
-    muted: u64,
-}
+type Walk = H2Walk;
 
+/// Walks of HTTP/2 connections; pinned with the handover maps (`--handover-dir`).
 #[map]
 static H2_WALKS: LruHashMap<SslKey, Walk> = LruHashMap::with_max_entries(16384, 0);
 
 /// Streams user space will not record (see the module's prose). The kernel
 /// removes one at its END_STREAM; the rest age out (a stream id is never
-/// reused on its connection, and `base` is unique to the connection).
+/// reused on its connection, and the walk's id is unique to it). Pinned with
+/// the handover maps.
 #[map]
 pub(crate) static H2_MUTED: LruHashMap<H2Stream, u32> = LruHashMap::with_max_entries(16384, 0);
 
@@ -115,7 +105,7 @@ pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
         let _ = H2_WALKS.remove(key);
         count_loss(LossCounter::H2WalkStopped, 1);
     } else {
-        let w = Walk { base: 0, at: 0, payload_end: 0, have: 0, first: 0, acc: 0, muted: 0 };
+        let w = Walk { id: 0, base: 0, at: 0, payload_end: 0, have: 0, first: 0, acc: 0, muted: 0 };
         let _ = H2_WALKS.insert(key, w, 0);
     }
 }
@@ -135,9 +125,18 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     // TLS library (a race only stops the walk at the next check).
     let mut w = unsafe { *wp };
     if w.base == 0 {
+        w.id = base;
         w.base = base;
         w.at = pos;
         w.payload_end = pos;
+    } else if w.base != base && pos == base {
+        // This agent's first read of a connection another agent walked (an
+        // upgrade: it took the connection over where that one stopped), or
+        // of one whose count restarted: it goes on from the same byte.
+        let left = w.payload_end.saturating_sub(w.at);
+        w.base = base;
+        w.at = pos;
+        w.payload_end = pos + left;
     }
     if w.base != base || w.at != pos {
         stop(key);
@@ -255,7 +254,7 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     c.w.payload_end = c.w.at + len;
     c.w.muted = 0;
     if kind == DATA && len > 0 {
-        let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.base, stream };
+        let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.id, stream };
         if unsafe { H2_MUTED.get(s) }.is_some() {
             c.w.muted = 1;
             if flags & END_STREAM != 0 {

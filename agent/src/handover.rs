@@ -1,12 +1,15 @@
 //! Upgrades without a gap: the old and the new agent overlap, and each
 //! connection is copied by exactly one of them (the kernel side and why:
-//! `agent-ebpf/src/handover.rs`). This module keeps the three maps they
-//! share, pinned in a bpffs directory (`--handover-dir`):
+//! `agent-ebpf/src/handover.rs`). This module keeps the maps they share,
+//! pinned in a bpffs directory (`--handover-dir`):
 //! - `AGENTS`: the agents running now (tgid -> start time);
 //! - `CURRENT_AGENT`: the one new connections go to;
 //! - `CONN_OWNERS`: who copies each connection (only the kernel writes it);
 //! - `CONN_STATES`: the HTTP/2 decoding states a leaving agent hands on
-//!   (`pipeline/handoff.rs`).
+//!   (`pipeline/handoff.rs`);
+//! - `H2_WALKS`, `H2_MUTED`: where the kernel stands in each HTTP/2
+//!   connection's frames, and the streams whose DATA it skips
+//!   (`agent-ebpf/src/h2_walk.rs`), so the agent taking one over mutes on.
 //!
 //! An agent registers at start and becomes current once its probes are
 //! attached; the one before it then gets no new connection and loses its
@@ -26,7 +29,7 @@ use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_
 use crate::pipeline::{Handed, Pipeline};
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 4] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"];
+pub const PINNED: [&str; 6] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES", "H2_WALKS", "H2_MUTED"];
 
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

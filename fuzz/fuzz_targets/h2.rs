@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
             skipped += n;
-            while c.take_mute().is_some() {}
+            while c.take_mute(1).is_some() {}
             continue;
         }
         let n = (u16::from_le_bytes([rest[1], rest[2]]) as usize).min(rest.len() - 3);

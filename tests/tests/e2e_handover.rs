@@ -172,7 +172,7 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     let flag = fs.flag();
     let flag = [flag.as_str()];
     let mut first = Agent::start(&first_dir, &flag);
-    for name in ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES"] {
+    for name in tokentap_agent::handover::PINNED {
         assert!(fs.pins().join(name).exists(), "{name} pinned while an agent runs");
     }
     // About 100 calls/s on one keep-alive connection and 30/s on a new
@@ -269,7 +269,7 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("removed 4 pinned maps"), "{text}");
+    assert!(text.contains("removed 6 pinned maps"), "{text}");
     assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
     assert!(!fs.pins().exists());
     let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
@@ -296,9 +296,10 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     // ~20 calls/s): a call is in flight most of the time. And a new HTTP/2
     // connection per call, each ending right after its call: one that the
     // new agent takes over may end before the old one has handed it on.
-    // A 512 KB download after every fourth call on the busy one, muted by
-    // the old agent's kernel after its first DATA frame: the switch may fall
-    // inside a frame whose payload it was skipping.
+    // A 512 KB download after every fourth call on the busy one, muted in the
+    // kernel after its first DATA frame: the switch may fall inside a frame
+    // whose payload the kernel was skipping, and the new agent goes on with
+    // the kernel's walk of the connection.
     let base = format!("https://api.openai.com:{}/v1", server.port);
     let (mut work, fresh) = (calls(400, 0, 0.005, false), calls(200, 1000, 0.0, true));
     work.iter_mut().step_by(4).for_each(|c| c["download"] = serde_json::json!(512 * 1024));
@@ -335,9 +336,8 @@ fn an_http2_connection_changes_agents_with_its_state_and_calls_in_flight() {
     assert_eq!(n(&new, "handoff_states_missing") + n(&new, "handoff_states_unusable"), 0, "{new}");
     handed_on_before_detaching(&first);
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "ignored_http2_joined", "ignored_desync"]);
-    // The new agent's kernel did not see the busy connection's preface: it
-    // copies it whole (not walked), and decodes on from the handed-on state.
-    assert!(n(&old, "kernel_muted_reads") > 0, "downloads muted: {old}");
+    assert!(n(&old, "kernel_muted_reads") > 0 && n(&new, "kernel_muted_reads") > 0, "downloads muted: {old}\n{new}");
+    assert_eq!(n(&old, "kernel_h2_walk_stopped") + n(&new, "kernel_h2_walk_stopped"), 0, "{old}\n{new}");
 }
 
 /// As the chart deploys it: both agents send to the collector through one

@@ -246,8 +246,8 @@ impl<E: WsCalls> HttpConnection<E> {
             return Some(Mute::Range { from, to });
         }
         let State::Http2(c) = &mut self.state else { return None };
-        let base = self.muting.base()?;
-        c.take_mute().map(|stream| Mute::H2Stream { base, stream })
+        let (walk, stream) = c.take_mute(self.muting.base()?)?;
+        Some(Mute::H2Stream { base: walk, stream })
     }
 
     /// The kernel skipped `n` bytes of the body being read, as asked.

@@ -111,6 +111,10 @@ pub struct H2Connection<E = ()> {
     /// still to name.
     muted: HashSet<u32>,
     to_mute: Vec<u32>,
+    /// The kernel's walk of this connection, by its id (the stream base of
+    /// the agent that began it): what streams are named under. Learnt at the
+    /// first stream named, or handed on with the connection.
+    walk: Option<u64>,
 }
 
 /// Does `data` start with a server's connection preface (a SETTINGS frame on
@@ -145,12 +149,17 @@ impl<E: WsCalls> H2Connection<E> {
             max_body,
             muted: HashSet::new(),
             to_mute: Vec::new(),
+            walk: None,
         }
     }
 
-    /// A stream whose later DATA frames the kernel need not copy, once each.
-    pub fn take_mute(&mut self) -> Option<u32> {
-        self.to_mute.pop()
+    /// A stream whose later DATA frames the kernel need not copy, once each,
+    /// with the id of the kernel's walk it is named under: the one handed on
+    /// with the connection, else `base` (the walk began with this agent's
+    /// count of the connection's bytes, whose base it is).
+    pub fn take_mute(&mut self, base: u64) -> Option<(u64, u32)> {
+        let stream = self.to_mute.pop()?;
+        Some((*self.walk.get_or_insert(base), stream))
     }
 
     /// The kernel skipped `n` bytes of the ingress stream: they must be the

@@ -72,6 +72,17 @@ impl<'a> Reader<'a> {
         Ok(r)
     }
 
+    /// A state of any version from 1 to `latest` (an agent reads the states
+    /// of the versions before it): the reader and the version.
+    pub fn of_versions(state: &'a [u8], latest: u8) -> Result<(Self, u8), H2Error> {
+        let mut r = Reader(state);
+        let v = r.u8()?;
+        if v == 0 || v > latest {
+            return Err(H2Error::Frame("handoff state of another version"));
+        }
+        Ok((r, v))
+    }
+
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], H2Error> {
         if self.0.len() < n {
             return Err(H2Error::Frame("handoff state cut short"));

@@ -18,17 +18,21 @@
 //! preface bytes still expected (u32), the dynamic table oldest entry first
 //! (u16 count, then u16-length name and value of each), the partial frame
 //! (u32 length and bytes); then the streams (u16 count; each its id, its
-//! request, and its response if begun). The tables are read from the decoder
+//! request, and its response if begun); since version 2, the id of the
+//! kernel's walk of the connection (u64, 0: none) and the streams named to
+//! it (u16 count, u32 ids): the kernel goes on skipping their DATA payloads
+//! for the next agent (`agent-ebpf/src/h2_walk.rs`). Version 1 is still read. The tables are read from the decoder
 //! by asking it for each dynamic index (an indexed field changes nothing) and
 //! written back as literal fields with incremental indexing, which rebuilds
 //! the same table. What a stream's request was classified as is not written:
 //! the new agent classifies the request head again, with its own rules.
 use super::{Direction, H2Connection, H2Error, Stream};
-use crate::http::handoff_codec::{put_message, put_u16, put_u32, Reader};
+use crate::http::handoff_codec::{put_message, put_u16, put_u32, put_u64, Reader};
 use crate::http::message::Head;
 use crate::http::ws_session::WsCalls;
 
-const VERSION: u8 = 1;
+/// 2: with the kernel's walk of the connection and the streams named to it.
+const VERSION: u8 = 2;
 /// The first dynamic table index (after the 61 static entries).
 const FIRST_DYNAMIC: usize = 62;
 /// More entries than a 64 KiB table can hold (32 bytes each at least).
@@ -106,6 +110,13 @@ impl<E: WsCalls> H2Connection<E> {
                 put_message(&mut out, r)?;
             }
         }
+        put_u64(&mut out, self.walk.unwrap_or(0));
+        let mut muted: Vec<u32> = self.muted.iter().copied().collect();
+        muted.sort_unstable();
+        put_u16(&mut out, muted.len())?;
+        for id in muted {
+            put_u32(&mut out, id as usize)?;
+        }
         if out.len() > max {
             return None;
         }
@@ -123,7 +134,7 @@ impl<E: WsCalls> H2Connection<E> {
         max_body: usize,
         classify: &mut dyn FnMut(&Head) -> Option<E>,
     ) -> Result<Self, H2Error> {
-        let mut r = Reader::of_version(state, VERSION)?;
+        let (mut r, version) = Reader::of_versions(state, VERSION)?;
         let mut c = Self::new(max_body);
         for d in [&mut c.egress, &mut c.ingress] {
             let allowed = r.u32()?.clamp(4096, super::MAX_TABLE_SIZE);
@@ -160,6 +171,15 @@ impl<E: WsCalls> H2Connection<E> {
             let response = if r.u8()? == 1 { Some(r.message(max_body)?) } else { None };
             if let Some(endpoint) = classify(&request.head) {
                 c.streams.insert(id, Stream { request, endpoint, response, ws: None });
+            }
+        }
+        if version >= 2 {
+            c.walk = Some(r.u64()?).filter(|w| *w != 0);
+            for _ in 0..r.u16()? {
+                let id = r.u32()? as u32;
+                if c.muted.len() < super::MAX_MUTED {
+                    c.muted.insert(id);
+                }
             }
         }
         Ok(c)
@@ -271,5 +291,46 @@ mod tests {
         let mut other = state.clone();
         other[0] = 9;
         assert!(H2Connection::<()>::resume(&other, 1 << 20, &mut llm).is_err());
+    }
+
+    #[test]
+    fn the_kernels_walk_and_the_streams_named_to_it_are_handed_on() {
+        let (mut enc, mut srv) = (Encoder::new(), Encoder::new());
+        let get = |enc: &mut Encoder<'_>, id| {
+            let h = headers(enc, &[(":method", "GET"), (":authority", "example.com"), (":path", "/big")]);
+            frame(HEADERS, END_HEADERS | END_STREAM, id, &h)
+        };
+        let mut c = H2Connection::<()>::new(1 << 20);
+        let (mut lost, mut out) = (Lost::default(), Vec::new());
+        c.on_egress(&[PREFACE, &get(&mut enc, 1)].concat(), 1, &mut llm, &mut lost).unwrap();
+        let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut srv, &[(":status", "200")]));
+        i.extend(frame(DATA, 0, 1, &[7; 100]));
+        // The next frame's header; the switch falls inside its payload.
+        i.extend_from_slice(&frame(DATA, 0, 1, &[0; 300])[..9]);
+        c.on_ingress(&i, 1, &mut out, &mut lost).unwrap();
+        assert_eq!(c.take_mute(42), Some((42, 1)));
+        c.skip_ingress(100).unwrap();
+        let state = c.hand_off(1 << 20).unwrap();
+
+        let mut d = H2Connection::<()>::resume(&state, 1 << 20, &mut llm).unwrap();
+        // The next agent's kernel goes on skipping that payload, and names
+        // a new stream under the same walk.
+        d.skip_ingress(200).unwrap();
+        d.on_egress(&get(&mut enc, 3), 2, &mut llm, &mut lost).unwrap();
+        let mut i = frame(HEADERS, END_HEADERS, 3, &headers(&mut srv, &[(":status", "200")]));
+        i.extend(frame(DATA, 0, 3, &[7; 100]));
+        d.on_ingress(&i, 2, &mut out, &mut lost).unwrap();
+        assert_eq!(d.take_mute(7), Some((42, 3)), "named under the walk handed on");
+        assert_eq!((out.len(), lost, d.buffered()), (0, Lost::default(), 0));
+
+        // A state of version 1 (an agent before muting): nothing named, so
+        // no skip is taken.
+        let mut v1 = state.clone();
+        v1[0] = 1;
+        v1.truncate(state.len() - (8 + 2 + 4));
+        let mut e = H2Connection::<()>::resume(&v1, 1 << 20, &mut llm).unwrap();
+        assert!(e.skip_ingress(200).is_err());
+        v1[0] = 3;
+        assert!(H2Connection::<()>::resume(&v1, 1 << 20, &mut llm).is_err(), "a version after this agent's");
     }
 }

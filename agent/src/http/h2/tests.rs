@@ -179,8 +179,8 @@ fn a_stream_nothing_records_is_named_once_and_only_its_data_may_be_skipped() {
     let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut srv, &[(":status", "200")]));
     i.extend(frame(DATA, 0, 1, &[7; 100]));
     c.on_ingress(&i, 1, &mut out, &mut lost).unwrap();
-    assert_eq!(c.take_mute(), Some(1));
-    assert_eq!(c.take_mute(), None);
+    assert_eq!(c.take_mute(5), Some((5, 1)));
+    assert_eq!(c.take_mute(5), None);
     // Nothing begun: no skip fits.
     assert!(c.skip_ingress(1).is_err());
     // A later frame's header, then its payload skipped in two parts.
@@ -189,7 +189,7 @@ fn a_stream_nothing_records_is_named_once_and_only_its_data_may_be_skipped() {
     assert!(c.skip_ingress(101).is_err(), "past the frame's end");
     c.skip_ingress(100).unwrap();
     c.on_ingress(&frame(DATA, END_STREAM, 1, &[1; 10]), 1, &mut out, &mut lost).unwrap();
-    assert_eq!(c.take_mute(), None, "named once");
+    assert_eq!(c.take_mute(5), None, "named once");
     assert_eq!((c.buffered(), out.len()), (0, 0));
     // The stream ended: its frames are no longer skippable; nor are a
     // recorded stream's, nor a header block's.
