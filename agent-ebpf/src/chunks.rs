@@ -176,7 +176,7 @@ pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
         }
         at = (base, pos);
     } else {
-        h2_walk::on_egress(key, e.buf, len, unsafe { IN_POS.get(key) }.is_some());
+        h2_walk::on_egress(key, e.buf, len, || unsafe { IN_POS.get(key) }.is_some());
     }
     let taken = owned == Owned::Taken;
     if !nested(|slot| copy_read(pid_tgid, e, direction, len, at, taken, slot)) {
@@ -185,8 +185,9 @@ pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
 }
 
 /// Copy a call: whole, or on a walked HTTP/2 connection the segments of a
-/// read the walk keeps ([`h2_walk`]), then an empty chunk at the read's end
-/// when it ended inside a skipped payload.
+/// read the walk keeps ([`h2_walk`]); when the read ended inside a skipped
+/// payload, the last segment's call length spans to its end, or with nothing
+/// kept, an empty chunk sits at its end.
 #[inline(always)]
 fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
     if direction == DIR_INGRESS {
@@ -196,16 +197,7 @@ fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u6
             let (skipped, overflow) = unsafe { ((*plan).skipped, (*plan).overflow) };
             if skipped > 0 && overflow == 0 {
                 count_loss(LossCounter::MutedReads, 1);
-                let mut ctx = SegmentsCtx {
-                    pid_tgid,
-                    e: Emit { conn: e.conn, buf: e.buf, fd: e.fd, source: e.source },
-                    len,
-                    base,
-                    pos,
-                    last_to: 0,
-                    taken: u32::from(taken),
-                    slot,
-                };
+                let mut ctx = SegmentsCtx { pid_tgid, e: *e, len, base, pos, taken: u32::from(taken), slot };
                 // A loop of its own keeps the verifier's work per segment
                 // once, not once per segment.
                 let n = h2_walk::MAX_KEPT as u32 + 1;
@@ -227,8 +219,6 @@ struct SegmentsCtx {
     len: u64,
     base: u64,
     pos: u64,
-    /// Where the last segment copied ended in the read.
-    last_to: u64,
     taken: u32,
     slot: u32,
 }
@@ -239,18 +229,21 @@ struct SegmentsCtx {
 extern "C" fn copy_segment(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the SegmentsCtx on copy_read's stack.
     let c = unsafe { &mut *(ctx as *mut SegmentsCtx) };
-    let e = Emit { conn: c.e.conn, buf: c.e.buf, fd: c.e.fd, source: c.e.source };
+    let e = c.e;
     let taken = c.taken == 1 && index == 0;
     if let Some([from, to]) = h2_walk::kept(c.slot, index) {
         if to <= from || to > c.len {
             return 1;
         }
+        // The last segment spans to the read's end: the bytes skipped after
+        // it are told by its call's length, with no chunk of their own.
+        let span = if h2_walk::kept(c.slot, index + 1).is_none() { c.len - from } else { to - from };
         let part = Emit { buf: e.buf + from, ..e };
-        copy_chunks(c.pid_tgid, &part, DIR_INGRESS, to - from, (c.base, c.pos + from), taken, c.slot);
-        c.last_to = to;
+        copy_span(c.pid_tgid, &part, DIR_INGRESS, (to - from, span), (c.base, c.pos + from), taken, c.slot);
         return 0;
     }
-    if c.last_to != c.len {
+    if index == 0 {
+        // Nothing of the read kept: an empty chunk where it ended.
         copy_chunks(c.pid_tgid, &e, DIR_INGRESS, 0, (c.base, c.pos + c.len), taken, c.slot);
     }
     1
@@ -292,6 +285,21 @@ struct CopyCtx {
 /// Inlined: a BPF function takes at most five arguments.
 #[inline(always)]
 fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
+    copy_span(pid_tgid, e, direction, (len, len), (base, pos), taken, slot);
+}
+
+/// [`copy_chunks`] of `len` bytes of a call said to span `span` bytes of the
+/// stream (the bytes after them skipped: see [`copy_segment`]).
+#[inline(always)]
+fn copy_span(
+    pid_tgid: u64,
+    e: &Emit,
+    direction: u32,
+    (len, span): (u64, u64),
+    (base, pos): (u64, u64),
+    taken: bool,
+    slot: u32,
+) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -304,7 +312,7 @@ fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
     h.conn = e.conn;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    h.call_len = len;
+    h.call_len = span;
     h.stream_pos = pos;
     h.stream_base = base;
     h.fd = e.fd;

@@ -12,9 +12,10 @@
 //! after their first DATA frame); of their later DATA frames the kernel
 //! copies the 9-byte header and skips the payload. A read is then copied as
 //! the segments it keeps, each at its stream position; when it ends inside a
-//! skipped payload, an empty chunk positioned at its end says so at once (the
-//! agent's decoder knows every skip before its next byte, so a connection
-//! handed to another agent mid-frame is handed on exactly).
+//! skipped payload, the call length of its last segment spans to its end, or
+//! with nothing kept an empty chunk sits at its end: the agent's decoder
+//! knows every skip before its next byte, so a connection handed to another
+//! agent mid-frame is handed on exactly.
 //!
 //! An upgrade: both maps are pinned with the handover maps, so the agent
 //! taking a connection over goes on with the walk, from its first read of it
@@ -83,17 +84,17 @@ pub(crate) struct Plan {
 #[map]
 static PLANS: PerCpuArray<Plan> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// An egress call of `len` bytes at `buf` on a connection that `read_yet` or
-/// not: a connection's first write starting with the client preface starts
-/// its walk; the preface again under a walked key (a new connection on a
-/// reused object whose end was not seen) stops it.
+/// An egress call of `len` bytes at `buf` on a connection (`read_yet`: has
+/// anything been read on it): a connection's first write starting with the
+/// client preface starts its walk; the preface again under a walked key (a
+/// new connection on a reused object whose end was not seen) stops it.
 #[inline(always)]
-pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
+pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: impl FnOnce() -> bool) {
     if len < 24 {
         return;
     }
     let walked = unsafe { H2_WALKS.get(key) }.is_some();
-    if read_yet && !walked {
+    if !walked && read_yet() {
         return;
     }
     let mut start = [0u8; 8];

@@ -15,7 +15,7 @@ use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfi
 use crate::blind_spots::{SocketTable, Tracker, Who};
 use crate::capture::decode::{decode, socket_conn};
 use crate::capture::event::{Chunk, ConnKey, ConnMeta, Control, Direction, Hello, RawEvent};
-use crate::capture::streams::{ConnDrop, ConnTable, Entry};
+use crate::capture::streams::{ConnDrop, ConnTable, Continuity, Entry};
 use crate::coverage::Coverage;
 use crate::discovery::Unprobed;
 use crate::http::exchange::{Classified, Held, HttpConnection, Lost};
@@ -277,8 +277,15 @@ impl Pipeline {
         };
         let exchanges = &mut self.exchanges;
         let at = StreamAt { base: c.stream_base, pos: c.stream_pos };
-        let held =
+        let mut held =
             conn.http.on_chunk(c.direction, continuity, at, c.data, c.ts_ns, &mut classify, exchanges, &mut lost);
+        if c.skip_after > 0 && held == Held::Within {
+            // The read went on past these bytes, skipped (muted HTTP/2 DATA):
+            // where it ended, as an empty chunk there would say.
+            let end = StreamAt { pos: c.stream_pos + c.data.len() as u64 + c.skip_after, ..at };
+            let next = Continuity::InOrder;
+            held = conn.http.on_chunk(c.direction, next, end, &[], c.ts_ns, &mut classify, exchanges, &mut lost);
+        }
         if held == Held::OverCap {
             self.stats.count(ConnDrop::Shed);
         }

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use tokentap_agent::capture::event::Direction;
 use tokentap_agent::capture::streams::Continuity;
 use tokentap_agent::http::exchange::{HttpConnection, Lost};
-use tokentap_agent::http::mute::StreamAt;
+use tokentap_agent::http::mute::{Mute, StreamAt};
 
 fuzz_target!(|data: &[u8]| {
     // First byte picks split points; the rest alternates egress / ingress pieces.
@@ -32,9 +32,12 @@ fuzz_target!(|data: &[u8]| {
             (Direction::Ingress, StreamAt { base: 1, pos: at })
         };
         let _ = conn.on_chunk(direction, Continuity::InOrder, at, piece, i as u64, &mut capture, &mut out, &mut lost);
-        if let Some(range) = conn.take_mute() {
-            assert!(range.0 <= range.1 && range.0 <= pos);
-            muted = Some(range);
+        while let Some(m) = conn.take_mute() {
+            // An HTTP/2 stream's mute is the kernel's frame walk's to apply.
+            if let Mute::Range { from, to } = m {
+                assert!(from <= to && from <= pos);
+                muted = Some((from, to));
+            }
         }
         assert!(conn.buffered() <= rest.len() + (1 << 16));
     }

@@ -110,6 +110,11 @@ pub fn socket_conn(tgid: u32, fd: i32) -> ConnKey {
 fn chunk<'a>(h: &DataHeader, data: &'a [u8]) -> Result<Chunk<'a>, DecodeError> {
     let direction = Direction::from_u32(h.direction).ok_or(DecodeError::BadDirection(h.direction))?;
     let source = Source::from_u32(h.source).ok_or(DecodeError::UnknownSource(h.source))?;
+    let flags = ChunkFlags::from_bits(h.flags);
+    // A call's last chunk ends its bytes; a call that spans further (and was
+    // not cut) ended a read whose rest the kernel skipped.
+    let end = h.offset.saturating_add(h.len as u64);
+    let spans = direction == Direction::Ingress && h.stream_pos != 0 && flags.last && !flags.has_hole();
     Ok(Chunk {
         key: ConnKey { tgid: h.tgid, conn: h.conn },
         owner: ConnMeta { tgid: h.tgid, cgroup_id: h.cgroup_id, comm: Comm(h.comm), source },
@@ -117,7 +122,8 @@ fn chunk<'a>(h: &DataHeader, data: &'a [u8]) -> Result<Chunk<'a>, DecodeError> {
         offset: h.offset,
         stream_pos: if h.stream_pos == 0 { 0 } else { h.stream_pos.wrapping_add(h.offset) },
         stream_base: h.stream_base,
-        flags: ChunkFlags::from_bits(h.flags),
+        skip_after: if spans { h.call_len.saturating_sub(end) } else { 0 },
+        flags,
         ts_ns: h.ts_ns,
         fd: h.fd,
         data,
@@ -187,6 +193,31 @@ pub(crate) mod tests {
         assert_eq!(decode(&[9, 0, 0, 0, 0]).unwrap_err(), DecodeError::UnknownKind(9));
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::Short(0));
         assert_eq!(decode(&[2, 0, 0, 0, 1, 2]).unwrap_err(), DecodeError::Short(6));
+    }
+
+    #[test]
+    fn a_last_chunk_whose_call_spans_further_tells_the_bytes_skipped_after_it() {
+        use tokentap_agent_common::{DIR_INGRESS, FLAG_TRUNCATED};
+        let at = std::mem::offset_of!(DataHeader, stream_pos);
+        let record = |dir, flags| {
+            let mut rec = data_record(7, 1, dir, 0, 109, b"123456789", flags);
+            rec[at..at + 8].copy_from_slice(&1000u64.to_ne_bytes());
+            rec
+        };
+        let skip = |rec: &[u8]| match decode(rec).unwrap() {
+            RawEvent::Data(c) => c.skip_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(skip(&record(DIR_INGRESS, FLAG_LAST)), 100);
+        // Not the call's last chunk, cut short, egress, or no position: none.
+        assert_eq!(skip(&record(DIR_INGRESS, 0)), 0);
+        assert_eq!(skip(&record(DIR_INGRESS, FLAG_LAST | FLAG_TRUNCATED)), 0);
+        assert_eq!(skip(&record(DIR_EGRESS, FLAG_LAST)), 0);
+        assert_eq!(skip(&data_record(7, 1, DIR_INGRESS, 0, 109, b"123456789", FLAG_LAST)), 0);
+        // A whole call: nothing skipped.
+        let mut whole = data_record(7, 1, DIR_INGRESS, 0, 9, b"123456789", FLAG_LAST);
+        whole[at..at + 8].copy_from_slice(&1000u64.to_ne_bytes());
+        assert_eq!(skip(&whole), 0);
     }
 
     #[test]

@@ -108,6 +108,10 @@ pub struct Chunk<'a> {
     /// Where the kernel started counting that stream: positions compare only
     /// under one base.
     pub stream_base: u64,
+    /// Ingress: bytes of the stream the kernel skipped right after this
+    /// chunk, the end of its read (a muted HTTP/2 DATA payload: the call
+    /// spans past the bytes it carries).
+    pub skip_after: u64,
     pub flags: ChunkFlags,
     /// Monotonic ns when the call returned.
     pub ts_ns: u64,

@@ -180,6 +180,7 @@ mod tests {
             offset,
             stream_pos: 0,
             stream_base: 0,
+            skip_after: 0,
             flags: ChunkFlags::from_bits(flags),
             ts_ns: ts,
             fd: -1,

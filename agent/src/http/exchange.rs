@@ -272,7 +272,12 @@ impl<E: WsCalls> HttpConnection<E> {
     /// nothing; or the state can't be handed on.
     pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
         match &mut self.state {
-            State::Http2(c) => Some([&b"h"[..], &c.hand_off(max.saturating_sub(1))?].concat()),
+            State::Http2(c) => {
+                if let Some(base) = self.muting.base() {
+                    c.counted_from(base);
+                }
+                Some([&b"h"[..], &c.hand_off(max.saturating_sub(1))?].concat())
+            }
             State::WebSocket(ws) => Some([&b"w"[..], &ws.hand_off(max.saturating_sub(1))?].concat()),
             State::Ignored(why) => Some(vec![b'i', Ignored::ALL.iter().position(|w| w == why)? as u8]),
             _ => None,

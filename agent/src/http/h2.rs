@@ -115,6 +115,9 @@ pub struct H2Connection<E = ()> {
     /// the agent that began it): what streams are named under. Learnt at the
     /// first stream named, or handed on with the connection.
     walk: Option<u64>,
+    /// Taken over from the agent before (its walk, if any, is not this
+    /// agent's count of the connection).
+    resumed: bool,
 }
 
 /// Does `data` start with a server's connection preface (a SETTINGS frame on
@@ -150,6 +153,16 @@ impl<E: WsCalls> H2Connection<E> {
             muted: HashSet::new(),
             to_mute: Vec::new(),
             walk: None,
+            resumed: false,
+        }
+    }
+
+    /// This agent's count of the connection's bytes began at `base`: if the
+    /// connection began with this agent, so did the kernel's walk of it (its
+    /// id, handed on so the next agent names streams under it).
+    pub fn counted_from(&mut self, base: u64) {
+        if !self.resumed {
+            self.walk.get_or_insert(base);
         }
     }
 

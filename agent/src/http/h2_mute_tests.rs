@@ -1,7 +1,8 @@
 //! HTTP/2 muting end to end in user space: a connection fed as the kernel's
 //! frame walk (`agent-ebpf/src/h2_walk.rs`) feeds it, each read copied as the
 //! segments it keeps (frame headers, payloads not muted) at their stream
-//! positions, with an empty chunk at a read's end when it ended skipped.
+//! positions, with an empty chunk at a read's end when it ended skipped (what
+//! the pipeline makes of a last segment whose call spans to the read's end).
 use super::*;
 use crate::http::h2::encode::{frame, headers};
 use crate::http::mute::{Mute, StreamAt};

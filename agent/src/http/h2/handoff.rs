@@ -136,6 +136,7 @@ impl<E: WsCalls> H2Connection<E> {
     ) -> Result<Self, H2Error> {
         let (mut r, version) = Reader::of_versions(state, VERSION)?;
         let mut c = Self::new(max_body);
+        c.resumed = true;
         for d in [&mut c.egress, &mut c.ingress] {
             let allowed = r.u32()?.clamp(4096, super::MAX_TABLE_SIZE);
             d.preface_left = r.u32()?.min(super::PREFACE.len());
@@ -321,7 +322,7 @@ mod tests {
         i.extend(frame(DATA, 0, 3, &[7; 100]));
         d.on_ingress(&i, 2, &mut out, &mut lost).unwrap();
         assert_eq!(d.take_mute(7), Some((42, 3)), "named under the walk handed on");
-        assert_eq!((out.len(), lost, d.buffered()), (0, Lost::default(), 0));
+        assert_eq!((out.len(), &lost, d.buffered()), (0, &Lost::default(), 0));
 
         // A state of version 1 (an agent before muting): nothing named, so
         // no skip is taken.
@@ -332,5 +333,18 @@ mod tests {
         assert!(e.skip_ingress(200).is_err());
         v1[0] = 3;
         assert!(H2Connection::<()>::resume(&v1, 1 << 20, &mut llm).is_err(), "a version after this agent's");
+
+        // Nothing named before the switch: the walk is the one that began
+        // with the old agent's count, not the new agent's.
+        let (mut enc, mut srv) = (Encoder::new(), Encoder::new());
+        let mut c = H2Connection::<()>::new(1 << 20);
+        c.on_egress(&[PREFACE, &get(&mut enc, 1)].concat(), 1, &mut llm, &mut lost).unwrap();
+        c.counted_from(42);
+        let mut d = H2Connection::<()>::resume(&c.hand_off(1 << 20).unwrap(), 1 << 20, &mut llm).unwrap();
+        d.counted_from(7);
+        let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut srv, &[(":status", "200")]));
+        i.extend(frame(DATA, 0, 1, &[7; 100]));
+        d.on_ingress(&i, 2, &mut out, &mut lost).unwrap();
+        assert_eq!(d.take_mute(7), Some((42, 1)));
     }
 }
