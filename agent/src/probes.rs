@@ -258,8 +258,8 @@ impl IgnoreMap {
             Mute::Range { from, to } => {
                 self.muted.insert(SslKey { tgid: tgid as u64, ssl: conn }, MuteRange { from, to }, 0)
             }
-            Mute::H2Stream { base, stream } => {
-                let key = H2Stream { tgid: tgid as u64, conn, base, stream: stream as u64 };
+            Mute::H2Stream { walk, stream } => {
+                let key = H2Stream { tgid: tgid as u64, conn, base: walk, stream: stream as u64 };
                 self.h2_muted.insert(key, 1, 0)
             }
         };

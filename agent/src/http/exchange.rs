@@ -247,7 +247,7 @@ impl<E: WsCalls> HttpConnection<E> {
         }
         let State::Http2(c) = &mut self.state else { return None };
         let (walk, stream) = c.take_mute(self.muting.base()?)?;
-        Some(Mute::H2Stream { base: walk, stream })
+        Some(Mute::H2Stream { walk, stream })
     }
 
     /// The kernel skipped `n` bytes of the body being read, as asked.

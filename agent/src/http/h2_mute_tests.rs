@@ -56,7 +56,7 @@ impl Conn {
             self.c.on_chunk(direction, Continuity::InOrder, at, data, 1, &mut cap, &mut self.out, &mut self.lost);
         assert_eq!(held, Held::Within);
         while let Some(m) = self.c.take_mute() {
-            let Mute::H2Stream { base: 7, stream } = m else { panic!("{m:?}") };
+            let Mute::H2Stream { walk: 7, stream } = m else { panic!("{m:?}") };
             self.k.muted.push(stream);
         }
     }

@@ -24,9 +24,10 @@ pub const MUTE_MIN_BYTES: u64 = 32 << 10;
 pub enum Mute {
     /// The reads wholly inside `[from, to)` of the ingress stream.
     Range { from: u64, to: u64 },
-    /// The payloads of an HTTP/2 stream's later DATA frames, on the
-    /// connection whose ingress stream the kernel counts from `base`.
-    H2Stream { base: u64, stream: u32 },
+    /// The payloads of an HTTP/2 stream's later DATA frames, under the id
+    /// of the kernel's walk of the connection's frames (the stream base of
+    /// the agent that began it: `agent-ebpf/src/h2_walk.rs`).
+    H2Stream { walk: u64, stream: u32 },
 }
 
 /// Where an ingress chunk sits: the kernel's count of the connection's read
