@@ -48,7 +48,9 @@ fn build() -> Result<(), String> {
     let toolchain = if has_nightly { "nightly" } else { "stable" };
     let target_dir = out_dir.join("ebpf-target");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
-    let rustflags = format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf");
+    let rustflags = format!(
+        "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--export=tokentap_emit"
+    );
     let mut cmd = Command::new("rustup");
     cmd.args(["run", toolchain, "cargo", "build", "--package", "tokentap-agent-ebpf", "--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])

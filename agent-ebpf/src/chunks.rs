@@ -27,8 +27,10 @@
 //! reused key lies below the new one's positions and never applies.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_ktime_get_ns,
-        generated::{bpf_get_current_cgroup_id, bpf_loop, bpf_probe_read_user as raw_probe_read_user},
+        bpf_ktime_get_ns,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_loop, bpf_probe_read_user as raw_probe_read_user,
+        },
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray},
@@ -63,7 +65,7 @@ static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 static GAPPED: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// Processes whose calls were copied since their last exec: the first one wakes
-/// user space (see `copy_chunks`). Cleared at exec and exit.
+/// user space (see `copy_calls`). Cleared at exec and exit.
 #[map]
 pub(crate) static PROCS_SEEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
@@ -157,7 +159,40 @@ pub(crate) struct Emit {
 }
 
 /// Copy `len` bytes at `e.buf` into the ring buffer as ordered chunks.
+#[inline(always)]
 pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
+    let meta = u64::from(e.fd as u32) | (u64::from(e.source as u32) << 32) | (u64::from(direction) << 40);
+    tokentap_emit(pid_tgid, e.conn, e.buf, len, meta);
+}
+
+/// [`emit_data`] as a global BPF function (exported by the linker, see
+/// `agent/build.rs`): the verifier checks it once per program, on its own,
+/// and a call of it costs the caller's verification one instruction. As a
+/// static function its loops (the h2 walk, the segments, the chunks) were
+/// verified again at every call site and, inside the loops of vectored calls
+/// (`sockets::copy_iov`, `rustls::walk_one`), again per simulated iteration:
+/// past the verifier's million instructions on some kernels. Arguments are
+/// scalars, as a global function's must be: `meta` packs the fd (bits 0-31),
+/// the source (32-39) and the direction (40-47).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tokentap_emit(pid_tgid: u64, conn: u64, buf: u64, len: u64, meta: u64) -> i64 {
+    let source = match (meta >> 32) & 0xff {
+        1 => Source::OpenSsl,
+        2 => Source::GoTls,
+        3 => Source::Socket,
+        4 => Source::BoringSsl,
+        5 => Source::Rustls,
+        6 => Source::Java,
+        _ => return 0,
+    };
+    let e = Emit { conn, buf, fd: meta as u32 as i32, source };
+    emit(pid_tgid, &e, ((meta >> 40) & 0xff) as u32, len);
+    0
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     if len == 0 {
         return;
     }
@@ -185,11 +220,12 @@ pub(crate) fn emit_data(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
 }
 
 /// Copy a call: whole, or on a walked HTTP/2 connection the segments of a
-/// read the walk keeps ([`h2_walk`]); when the read ended inside a skipped
-/// payload, the last segment's call length spans to its end, or with nothing
-/// kept, an empty chunk sits at its end.
+/// read the walk keeps ([`h2_walk`]), each its own call; when the read ended
+/// inside a skipped payload, the last segment's call length spans to its
+/// end, or with nothing kept, an empty call sits at its end.
 #[inline(always)]
 fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
+    let mut segmented = false;
     if direction == DIR_INGRESS {
         let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
         if let Some(plan) = h2_walk::plan_read(key, base, pos, len, e.buf, slot) {
@@ -197,56 +233,11 @@ fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u6
             let (skipped, overflow) = unsafe { ((*plan).skipped, (*plan).overflow) };
             if skipped > 0 && overflow == 0 {
                 count_loss(LossCounter::MutedReads, 1);
-                let mut ctx = SegmentsCtx { pid_tgid, e: *e, len, base, pos, taken: u32::from(taken), slot };
-                // A loop of its own keeps the verifier's work per segment
-                // once, not once per segment.
-                let n = h2_walk::MAX_KEPT as u32 + 1;
-                unsafe {
-                    bpf_loop(n, copy_segment as *mut core::ffi::c_void, (&mut ctx as *mut SegmentsCtx).cast(), 0)
-                };
-                return;
+                segmented = true;
             }
         }
     }
-    copy_chunks(pid_tgid, e, direction, len, (base, pos), taken, slot);
-}
-
-/// The kept segments of one ingress read, for [`copy_segment`].
-#[repr(C)]
-struct SegmentsCtx {
-    pid_tgid: u64,
-    e: Emit,
-    len: u64,
-    base: u64,
-    pos: u64,
-    taken: u32,
-    slot: u32,
-}
-
-/// `bpf_loop` callback: copy kept segment `index`, or after the last one the
-/// empty chunk at the read's end if it ended skipped; returns 1 to stop.
-#[inline(never)]
-extern "C" fn copy_segment(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the SegmentsCtx on copy_read's stack.
-    let c = unsafe { &mut *(ctx as *mut SegmentsCtx) };
-    let e = c.e;
-    let taken = c.taken == 1 && index == 0;
-    if let Some([from, to]) = h2_walk::kept(c.slot, index) {
-        if to <= from || to > c.len {
-            return 1;
-        }
-        // The last segment spans to the read's end: the bytes skipped after
-        // it are told by its call's length, with no chunk of their own.
-        let span = if h2_walk::kept(c.slot, index + 1).is_none() { c.len - from } else { to - from };
-        let part = Emit { buf: e.buf + from, ..e };
-        copy_span(c.pid_tgid, &part, DIR_INGRESS, (to - from, span), (c.base, c.pos + from), taken, c.slot);
-        return 0;
-    }
-    if index == 0 {
-        // Nothing of the read kept: an empty chunk where it ended.
-        copy_chunks(c.pid_tgid, &e, DIR_INGRESS, 0, (c.base, c.pos + c.len), taken, c.slot);
-    }
-    1
+    copy_calls(pid_tgid, e, direction, len, (base, pos), taken, segmented, slot);
 }
 
 /// Run `f` with this CPU's scratch slot for the current nesting level (every
@@ -269,35 +260,71 @@ pub(crate) fn nested(f: impl FnOnce(u32)) -> bool {
     ran
 }
 
-/// State shared with the per-chunk callback of `bpf_loop` (lives on the stack).
+/// State shared with the per-chunk callback of `bpf_loop`, in [`COPIES`].
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct CopyCtx {
     buf: u64,
+    /// The bytes the hook said the call moved.
     len: u64,
+    /// The read's place in its stream (a segment's is `pos` + its start).
+    pos: u64,
+    /// Offset in the current call (segment) of the chunk to copy next.
+    off: u64,
+    /// The current call: 0, or the index of the kept segment.
+    call: u32,
+    /// 1: the calls are the kept segments of an HTTP/2 walk's plan.
+    segmented: u32,
     slot: u32,
-    /// Wake user space after this call's last chunk (see [`PROCS_SEEN`]).
+    /// Wake user space after the last chunk (see [`PROCS_SEEN`]).
     wake: u32,
     /// The connection was just taken over: flag the first chunk.
     taken: u32,
+    _pad: u32,
 }
 
-/// `(base, pos)`: the read's place in its connection's ingress stream.
-/// Inlined: a BPF function takes at most five arguments.
+/// One copy's state per nesting slot (as [`SCRATCH`]). In a map, not on the
+/// stack: the callback's walk from call to call, were it on the stack, is
+/// known to the verifier step by step, which then follows every step of the
+/// loop (past its limit); read from a map, it checks the body once.
+#[map]
+static COPIES: PerCpuArray<CopyCtx> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// `(from, to, span)` of call `i` of a copy: bytes `[from, to)` of the hook's
+/// buffer, said to span `span` bytes of the stream. Unsegmented: the whole
+/// call. Segmented: the kept segments, the last spanning to the read's end
+/// (the bytes skipped after it need no chunk), or with nothing kept one empty
+/// call at the read's end.
 #[inline(always)]
-fn copy_chunks(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
-    copy_span(pid_tgid, e, direction, (len, len), (base, pos), taken, slot);
+fn call_at(c: &CopyCtx, i: u32) -> Option<(u64, u64, u64)> {
+    if c.segmented == 0 {
+        return if i == 0 { Some((0, c.len, c.len)) } else { None };
+    }
+    match h2_walk::kept(c.slot, i as u64) {
+        Some([from, to]) if from < to && to <= c.len => {
+            let span = if h2_walk::kept(c.slot, i as u64 + 1).is_none() { c.len - from } else { to - from };
+            Some((from, to, span))
+        }
+        Some(_) => None,
+        None if i == 0 => Some((c.len, c.len, 0)),
+        None => None,
+    }
 }
 
-/// [`copy_chunks`] of `len` bytes of a call said to span `span` bytes of the
-/// stream (the bytes after them skipped: see [`copy_segment`]).
+/// Copy a hook's call as ordered chunks: whole, or as the kept segments of a
+/// walked HTTP/2 read (`segmented`). One `bpf_loop` over every chunk of every
+/// segment: a loop per segment inside a loop over them stacked two frames
+/// more than the verifier's 512 bytes allow under the socket hooks' iovec loop.
 #[inline(always)]
-fn copy_span(
+#[allow(clippy::too_many_arguments)]
+fn copy_calls(
     pid_tgid: u64,
     e: &Emit,
     direction: u32,
-    (len, span): (u64, u64),
+    len: u64,
     (base, pos): (u64, u64),
     taken: bool,
+    segmented: bool,
     slot: u32,
 ) {
     let Some(ev) = SCRATCH.get_ptr_mut(slot) else {
@@ -312,12 +339,16 @@ fn copy_span(
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
     h.conn = e.conn;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    h.call_len = span;
-    h.stream_pos = pos;
     h.stream_base = base;
     h.fd = e.fd;
     h.source = e.source as u32;
-    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Into the scratch itself: a copy on the stack would cost the deep copy
+    // path 16 bytes of its 512, and zeroing it a memset the verifier walks.
+    let comm = h.comm.as_mut_ptr();
+    if unsafe { bpf_get_current_comm(comm.cast(), 16) } != 0 {
+        // SAFETY: 16 bytes of the live map value, written as two words.
+        unsafe { core::ptr::write_unaligned(comm.cast::<[u64; 2]>(), [0, 0]) };
+    }
     // A process's first captured call wakes user space at once: it reads the
     // process's attribution (/proc/PID: executable, cgroup, environment) while
     // the process still lives — a short-lived client may exit within milliseconds.
@@ -326,26 +357,52 @@ fn copy_span(
     if wake == 1 {
         let _ = PROCS_SEEN.insert(tgid, 1, 0);
     }
-    let mut ctx = CopyCtx { buf: e.buf, len, slot, wake, taken: u32::from(taken) };
+    let Some(c) = COPIES.get_ptr_mut(slot) else {
+        return;
+    };
+    let copy = CopyCtx {
+        buf: e.buf,
+        len,
+        pos,
+        off: 0,
+        call: 0,
+        segmented: u32::from(segmented),
+        slot,
+        wake,
+        taken: u32::from(taken),
+        _pad: 0,
+    };
+    // SAFETY: this CPU's copy state for this nesting slot.
+    unsafe { *c = copy };
     // bpf_loop (5.17+) lets the verifier check the body once, however many
     // chunks a call needs; an unrolled bounded loop exceeds its budget.
-    unsafe { bpf_loop(MAX_CHUNKS, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut CopyCtx).cast(), 0) };
+    let n = MAX_CHUNKS + h2_walk::MAX_KEPT as u32 + 1;
+    let mut ctx = slot as u64;
+    unsafe { bpf_loop(n, copy_one_chunk as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
 }
 
-/// `bpf_loop` callback: copy chunk `index`; returns 1 to stop.
+/// `bpf_loop` callback: copy the current call's next chunk; returns 1 to stop.
 #[inline(never)]
-extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the CopyCtx on copy_chunks' stack.
-    let ctx = unsafe { &*(ctx as *const CopyCtx) };
+extern "C" fn copy_one_chunk(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the nesting slot on copy_calls' stack.
+    let slot = unsafe { *(ctx as *const u64) } as u32;
+    let Some(ctx) = COPIES.get_ptr_mut(slot) else {
+        return 1;
+    };
+    // SAFETY: this CPU's copy state for this nesting slot.
+    let ctx = unsafe { &mut *ctx };
+    let Some((from, to, span)) = call_at(ctx, ctx.call) else {
+        return 1;
+    };
     let Some(ev) = SCRATCH.get_ptr_mut(ctx.slot) else {
         return 1;
     };
     // SAFETY: per-CPU scratch slot owned by this nesting level.
     let ev = unsafe { &mut *ev };
-    let len = ctx.len;
-    let offset = index * (CHUNK_SIZE as u64);
+    let len = to - from;
+    let offset = ctx.off;
     // An empty call is one empty chunk: where a read skipped to (`h2_walk`).
-    if offset >= len && (index > 0 || len > 0) {
+    if offset >= len && (offset > 0 || len > 0) {
         return 1;
     }
     let limit = (CHUNK_SIZE as u64) * (MAX_CHUNKS as u64);
@@ -362,34 +419,43 @@ extern "C" fn copy_one_chunk(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         flags |= FLAG_TRUNCATED;
         count_loss(LossCounter::TruncatedCall, 1);
     }
-    let src = (ctx.buf + offset) as *const core::ffi::c_void;
+    let src = (ctx.buf + from + offset) as *const core::ffi::c_void;
     let rc = if n > 0 { unsafe { raw_probe_read_user(ev.data.as_mut_ptr().cast(), n as u32, src) } } else { 0 };
     if rc != 0 {
         flags |= FLAG_READ_FAILED;
         count_loss(LossCounter::ReadFailed, 1);
     }
     let key = SslKey { tgid: ev.header.tgid as u64, ssl: ev.header.conn };
-    if index == 0 && unsafe { GAPPED.get(key) }.is_some() {
+    if offset == 0 && unsafe { GAPPED.get(key) }.is_some() {
         flags |= FLAG_GAP_BEFORE;
         let _ = GAPPED.remove(key);
     }
-    if index == 0 && ctx.taken == 1 {
+    if offset == 0 && ctx.call == 0 && ctx.taken == 1 {
         flags |= FLAG_TAKEN_OVER;
     }
+    ev.header.call_len = span;
+    ev.header.stream_pos = ctx.pos + from;
     ev.header.offset = offset;
     ev.header.len = n as u32;
     ev.header.flags = flags;
+    let more = !last || call_at(ctx, ctx.call + 1).is_some();
     let total = DATA_HEADER_LEN + n as usize;
     // SAFETY: `total` <= size_of::<DataEvent>() and `ev` is a live map value.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
-    let wake = if last && ctx.wake == 1 { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
+    let wake = if !more && ctx.wake == 1 { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
     if EVENTS.output::<[u8]>(bytes, wake).is_err() {
         count_loss(LossCounter::RingFull, 1);
         let _ = GAPPED.insert(key, 1, 0);
     }
     if last {
-        1
+        ctx.call += 1;
+        ctx.off = 0;
     } else {
+        ctx.off = offset + n;
+    }
+    if more {
         0
+    } else {
+        1
     }
 }

@@ -23,7 +23,8 @@
 //! agent before hands them on with the connection's decoding state).
 //!
 //! What it falls back to: a read it can't place (its position is not where the
-//! walk stands), more frames in one read than [`MAX_STEPS`] follows, or a
+//! walk stands), more frames in one read than [`MAX_STEPS`] follows (a plain
+//! HTTP/2 socket's read of over 18 KB of empty frames), or a
 //! connection whose preface was not seen (open before the agent) is not
 //! walked, and all its bytes are copied, as before muting (counted in
 //! `H2WalkStopped` when a walk ends early). More kept segments in one read
@@ -42,9 +43,10 @@ use crate::ring::count_loss;
 const DATA: u64 = 0;
 const END_STREAM: u64 = 0x1;
 const FRAME_HEADER: u64 = 9;
-/// Steps followed in one read (a header, or a payload's part in it): enough
-/// for a TLS record's 16 KiB of small frames' worth of a busy connection.
-const MAX_STEPS: u32 = 128;
+/// Steps followed in one read, one a frame (and one more for a header split
+/// across reads): a TLS record's 16 KiB of the smallest frames (9 bytes,
+/// empty) is 1,821. The verifier checks a step once, whatever the count.
+const MAX_STEPS: u32 = 2048;
 /// Kept segments of one read copied apart; more copy the read whole.
 pub(crate) const MAX_KEPT: usize = 4;
 
@@ -122,9 +124,14 @@ pub(crate) fn forget(key: SslKey) {
 #[inline(always)]
 pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, slot: u32) -> Option<*mut Plan> {
     let wp = H2_WALKS.get_ptr_mut(key)?;
-    // SAFETY: a live map value; reads on one connection are serialised by its
-    // TLS library (a race only stops the walk at the next check).
-    let mut w = unsafe { *wp };
+    let plan = PLANS.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's plan for this nesting slot, and a live map value
+    // (reads on one connection are serialised by its TLS library; a race
+    // only stops the walk at the next check). The walk is copied map to map:
+    // a copy on the stack would cost the deep copy path 64 bytes of its 512.
+    let p = unsafe { &mut *plan };
+    p.w = unsafe { *wp };
+    let w = &mut p.w;
     if w.base == 0 {
         w.id = base;
         w.base = base;
@@ -143,20 +150,14 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
         stop(key);
         return None;
     }
-    let plan = PLANS.get_ptr_mut(slot)?;
     let end = pos.wrapping_add(len);
-    // SAFETY: this CPU's plan for this nesting slot.
-    unsafe {
-        let p = &mut *plan;
-        p.w = w;
-        p.key = key;
-        p.buf = buf;
-        p.pos = pos;
-        p.end = end;
-        p.n = 0;
-        p.overflow = 0;
-        p.skipped = 0;
-    }
+    p.key = key;
+    p.buf = buf;
+    p.pos = pos;
+    p.end = end;
+    p.n = 0;
+    p.overflow = 0;
+    p.skipped = 0;
     let mut ctx = slot as u64;
     unsafe { bpf_loop(MAX_STEPS, step as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
     // SAFETY: as above.
@@ -189,7 +190,8 @@ fn stop(key: SslKey) {
     count_loss(LossCounter::H2WalkStopped, 1);
 }
 
-/// `bpf_loop` callback: follow one header or one payload's part of the read;
+/// `bpf_loop` callback: follow one frame of the read (its header, or the
+/// rest of one split across reads, and its payload's part in the read);
 /// returns 1 at the read's end (or on a failed read of user memory).
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
@@ -204,7 +206,62 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     if at >= c.end {
         return 1;
     }
-    if c.w.payload_end > at {
+    if c.w.payload_end <= at {
+        // A header, or the rest of one split across reads.
+        let need = FRAME_HEADER - c.w.have;
+        let avail = c.end - at;
+        let mut n = if need < avail { need } else { avail };
+        n &= 15;
+        if n == 0 || n > FRAME_HEADER {
+            return 1;
+        }
+        let mut b = [0u8; 16];
+        let src = (c.buf + (at - c.pos)) as *const core::ffi::c_void;
+        if unsafe { raw_probe_read_user(b.as_mut_ptr().cast(), n as u32, src) } != 0 {
+            return 1;
+        }
+        let mut i = 0;
+        while i < FRAME_HEADER as usize {
+            if (i as u64) < n {
+                if c.w.have == 0 {
+                    c.w.first = b[i] as u64;
+                } else {
+                    c.w.acc = (c.w.acc << 8) | b[i] as u64;
+                }
+                c.w.have += 1;
+            }
+            i += 1;
+        }
+        keep(c, at - c.pos, at + n - c.pos);
+        c.w.at = at + n;
+        if c.w.have < FRAME_HEADER {
+            return 0;
+        }
+        // acc holds header bytes 1..9: length's low 16 bits, type, flags, stream.
+        let len = (c.w.first << 16) | ((c.w.acc >> 48) & 0xffff);
+        let kind = (c.w.acc >> 40) & 0xff;
+        let flags = (c.w.acc >> 32) & 0xff;
+        let stream = c.w.acc & 0x7fff_ffff;
+        c.w.have = 0;
+        c.w.acc = 0;
+        c.w.first = 0;
+        c.w.payload_end = c.w.at + len;
+        c.w.muted = 0;
+        if kind == DATA && len > 0 {
+            let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.id, stream };
+            if unsafe { H2_MUTED.get(s) }.is_some() {
+                c.w.muted = 1;
+                if flags & END_STREAM != 0 {
+                    let _ = H2_MUTED.remove(s);
+                }
+            }
+        }
+    }
+    // The payload's part in this read, in the same step as its header: a
+    // read of many small frames (a streamed response a client reads late)
+    // costs one step a frame.
+    let at = c.w.at;
+    if c.w.payload_end > at && at < c.end {
         let to = if c.w.payload_end < c.end { c.w.payload_end } else { c.end };
         if c.w.muted != 0 {
             c.skipped += to - at;
@@ -212,56 +269,6 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             keep(c, at - c.pos, to - c.pos);
         }
         c.w.at = to;
-        return 0;
-    }
-    // A header, or the rest of one split across reads.
-    let need = FRAME_HEADER - c.w.have;
-    let avail = c.end - at;
-    let mut n = if need < avail { need } else { avail };
-    n &= 15;
-    if n == 0 || n > FRAME_HEADER {
-        return 1;
-    }
-    let mut b = [0u8; 16];
-    let src = (c.buf + (at - c.pos)) as *const core::ffi::c_void;
-    if unsafe { raw_probe_read_user(b.as_mut_ptr().cast(), n as u32, src) } != 0 {
-        return 1;
-    }
-    let mut i = 0;
-    while i < FRAME_HEADER as usize {
-        if (i as u64) < n {
-            if c.w.have == 0 {
-                c.w.first = b[i] as u64;
-            } else {
-                c.w.acc = (c.w.acc << 8) | b[i] as u64;
-            }
-            c.w.have += 1;
-        }
-        i += 1;
-    }
-    keep(c, at - c.pos, at + n - c.pos);
-    c.w.at = at + n;
-    if c.w.have < FRAME_HEADER {
-        return 0;
-    }
-    // acc holds header bytes 1..9: length's low 16 bits, type, flags, stream.
-    let len = (c.w.first << 16) | ((c.w.acc >> 48) & 0xffff);
-    let kind = (c.w.acc >> 40) & 0xff;
-    let flags = (c.w.acc >> 32) & 0xff;
-    let stream = c.w.acc & 0x7fff_ffff;
-    c.w.have = 0;
-    c.w.acc = 0;
-    c.w.first = 0;
-    c.w.payload_end = c.w.at + len;
-    c.w.muted = 0;
-    if kind == DATA && len > 0 {
-        let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.id, stream };
-        if unsafe { H2_MUTED.get(s) }.is_some() {
-            c.w.muted = 1;
-            if flags & END_STREAM != 0 {
-                let _ = H2_MUTED.remove(s);
-            }
-        }
     }
     0
 }

@@ -36,15 +36,15 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use tokentap_agent_common::{
     EventKind, LossCounter, SockArgs, SockCall, SockId, SockKey, SockState, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
-    MAX_IOV, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM, VERDICT_STOP,
+    MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM, VERDICT_STOP,
 };
 
-use crate::chunks::{emit_data, forget_conn_keeping, ignored, Emit};
+use crate::chunks::{emit_data, forget_conn_keeping, ignored, nested, Emit};
 use crate::handover::{owns, taken_by_running, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
@@ -182,11 +182,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     if args.call == SockCall::Connect as u32 {
         if ret == 0 || ret == -EINPROGRESS {
-            sock_forget(pid_tgid, args.fd);
-            let id = unsafe { bpf_ktime_get_ns() };
-            let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
-            let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd: args.fd }, fresh, 0);
-            let _ = SOCK_PROCS.insert((pid_tgid >> 32) as u32, 1, 0);
+            connected(pid_tgid, args.fd);
         }
         return 0;
     }
@@ -268,10 +264,26 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // Each iovec is copied as its own call, in order; `bpf_loop` has the
-    // verifier check the copy once, not once per iovec.
-    let mut ctx = IovCtx { pid_tgid, e, iov: args.buf, count: args.len, left: ret as u64, direction, _pad: 0 };
-    unsafe { bpf_loop(MAX_IOV, copy_iov as *mut core::ffi::c_void, (&mut ctx as *mut IovCtx).cast(), 0) };
-    if ctx.left > 0 {
+    // verifier check the copy once, not once per iovec. The walk's state is
+    // in a per-CPU slot, not on the stack: the copy below it is deep. `left`:
+    // bytes of the result not placed in an iovec. With every scratch slot
+    // busy nothing is copied, as for a plain call: counted, no give-up.
+    let mut left = 0;
+    let ran = nested(|slot| {
+        let Some(w) = IOV_WALKS.get_ptr_mut(slot) else {
+            return;
+        };
+        // SAFETY: this CPU's walk for this nesting slot.
+        unsafe { *w = IovCtx { pid_tgid, e, iov: args.buf, count: args.len, left: ret as u64, direction, _pad: 0 } };
+        let mut ctx = slot as u64;
+        unsafe { bpf_loop(MAX_IOV, copy_iov as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
+        // SAFETY: as above.
+        left = unsafe { (*w).left };
+    });
+    if !ran {
+        count_loss(LossCounter::ScratchBusy, 1);
+    }
+    if left > 0 {
         // Bytes we could not copy: give the connection up rather than leave a hole.
         count_loss(LossCounter::IovOverflow, 1);
         s.state = SOCK_OTHER;
@@ -280,8 +292,21 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// A client socket connected: watched from now on. A function of its own, so
+/// that its locals are not in `sys_exit`'s frame, which the copy path's
+/// frames stack on (the verifier allows 512 bytes in all).
+#[inline(never)]
+fn connected(pid_tgid: u64, fd: i32) {
+    sock_forget(pid_tgid, fd);
+    let id = unsafe { bpf_ktime_get_ns() };
+    let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
+    let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd }, fresh, 0);
+    let _ = SOCK_PROCS.insert((pid_tgid >> 32) as u32, 1, 0);
+}
+
 /// A vector call's iovecs, for [`copy_iov`].
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct IovCtx {
     pid_tgid: u64,
     e: Emit,
@@ -293,11 +318,20 @@ struct IovCtx {
     _pad: u32,
 }
 
+/// One vectored call's walk per nesting slot (as the chunk scratch).
+#[map]
+static IOV_WALKS: PerCpuArray<IovCtx> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
 /// `bpf_loop` callback: copy iovec `i`; returns 1 when none is left.
 #[inline(never)]
 extern "C" fn copy_iov(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the IovCtx on the caller's stack.
-    let c = unsafe { &mut *(ctx as *mut IovCtx) };
+    // SAFETY: `ctx` is the nesting slot on the caller's stack.
+    let slot = unsafe { *(ctx as *const u64) } as u32;
+    let Some(c) = IOV_WALKS.get_ptr_mut(slot) else {
+        return 1;
+    };
+    // SAFETY: this CPU's walk for this nesting slot.
+    let c = unsafe { &mut *c };
     if i >= c.count || c.left == 0 {
         return 1;
     }

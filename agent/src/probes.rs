@@ -344,6 +344,7 @@ impl Probes {
                     .try_into()
                     .map_err(|source| ProbeError::Program { name, source })?;
                 p.load().map_err(|source| ProbeError::Program { name, source })?;
+                log_verified(name, p.info().ok());
             }
             tracing::debug!(method = m.name, programs = m.programs.len(), "capture method loaded");
         }
@@ -355,6 +356,7 @@ impl Probes {
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
             p.load().map_err(|source| ProbeError::Program { name, source })?;
+            log_verified(name, p.info().ok());
             p.attach(tp).map_err(|source| ProbeError::Program { name, source })?;
         }
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
@@ -492,6 +494,13 @@ fn hash_map<K: aya::Pod, V: aya::Pod>(
 ) -> Result<aya::maps::HashMap<MapData, K, V>, ProbeError> {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
     aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// How much of the verifier's budget (1M instructions a program) a program
+/// took: the margin a kernel's stricter verifier eats into first.
+fn log_verified(name: &str, info: Option<aya::programs::ProgramInfo>) {
+    let verified = info.and_then(|i| i.verified_instruction_count());
+    tracing::debug!(program = name, verified_insns = verified, "eBPF program loaded");
 }
 
 fn page_size() -> u32 {

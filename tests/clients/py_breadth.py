@@ -39,7 +39,9 @@ def httpx_h2(a):
 def h2_downloads_and_calls(a):
     """One HTTP/2 connection, 8 rounds of two 2 MB downloads (not LLM calls,
     ~0.3 s each: 64 KiB every 10 ms) and two chat calls at once: the calls'
-    frames fall between the downloads'."""
+    frames fall between the downloads'. One call a round is a stream whose
+    many small frames come in one burst (more frames in one read than a
+    frame-per-step walk of 64 frames would follow)."""
     import httpx
 
     async def run():
@@ -58,9 +60,21 @@ def h2_downloads_and_calls(a):
                 assert r.status_code == 200 and r.http_version == "HTTP/2", (r.status_code, r.http_version)
                 return 1
 
+            async def burst():
+                # A streamed call whose ~1,000 DATA frames of at most 32 bytes
+                # arrive together (the server sends them in one write: one TLS
+                # record holds ~400, where a walk of 128 steps stopped at 64).
+                body = {"model": "gpt-4o-mini", "messages": MSGS, "stream": True,
+                        "stream_options": {"include_usage": True}}
+                r = await c.post("/chat/completions", json=body,
+                                 headers={"x-test-burst": "32", "x-test-stream-words": "120"})
+                assert r.status_code == 200 and r.http_version == "HTTP/2", (r.status_code, r.http_version)
+                assert r.text.count("data: ") == 124, r.text[-200:]
+                return 1
+
             n = 0
             for _ in range(8):
-                n += sum(await asyncio.gather(download(), call(), download(), call()))
+                n += sum(await asyncio.gather(download(), call(), download(), burst()))
             return n
     return asyncio.run(run())
 

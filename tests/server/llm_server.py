@@ -13,6 +13,11 @@ response carries token counts unique to it, and the server appends what it serve
 Transports: HTTPS/1.1 (default), HTTPS with HTTP/2 negotiated by ALPN (`--h2`,
 served with the `h2` library), or plaintext HTTP/1.1 (`--plain`).
 
+Request headers for tests: `x-test-usage` (the usage to report, JSON),
+`x-test-stream-words: N` (an OpenAI chat stream of N content chunks) and, over
+HTTP/2, `x-test-burst: N` (the response's body in DATA frames of at most N bytes,
+sent with the stream's end in one write).
+
 WebSocket (ws_server.py; HTTP/1.1 `GET` with `Upgrade: websocket`, TLS or --plain;
 permessage-deflate accepted when offered), routed by path:
 - `.../responses`: Responses API (Codex CLI): each `response.create` message gets the
@@ -266,7 +271,8 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": usage, "system_fingerprint": "fp_test",
             })
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        words = 3 + n % 5
+        # x-test-stream-words: a longer stream (many small DATA frames over HTTP/2).
+        words = int(self.headers.get("x-test-stream-words") or 3 + n % 5)
         if not include_usage:
             # "Hello" + " hello" * k is exactly words tokens in o200k_base.
             expected = {"input": None, "output": words, "cached": None, "cache_write": None,
@@ -532,8 +538,12 @@ class Handler(BaseHTTPRequestHandler):
 class H2Writer:
     """The handler's HTTP/1.1 output, re-framed as HTTP/2 HEADERS and DATA on one stream."""
 
-    def __init__(self, conn, stream_id):
+    def __init__(self, conn, stream_id, burst=0):
         self.conn, self.stream_id = conn, stream_id
+        # burst N: DATA payloads held and sent at the end in one write, in
+        # frames of at most N bytes, so one TLS record carries many small
+        # frames (a client that fell behind a fine-grained stream).
+        self.burst, self.held = burst, []
         self.buf = b""
         self.head_done = False
         self.chunked = False
@@ -569,7 +579,9 @@ class H2Writer:
                 if len(rest) < n + 2:
                     break
                 data, self.buf = rest[:n], rest[n + 2:]
-            if data:
+            if data and self.burst:
+                self.held.append(data)
+            elif data:
                 self.conn.send_data(self.stream_id, data)
         return len(b)
 
@@ -607,6 +619,24 @@ class H2Conn:
                 if out:
                     self.sock.sendall(out)
             data = data[n:]
+
+    def send_burst(self, stream_id, pieces, size):
+        """DATA frames of at most `size` bytes of `pieces`, and the stream's
+        end, in one write. Should the windows be short (downloads beside
+        it), it waits for the peer's WINDOW_UPDATEs, and what was framed
+        until then leaves first."""
+        frames = [p[i:i + size] for p in pieces for i in range(0, len(p), size)]
+        with self.lock:
+            for piece in frames:
+                while min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size) < len(piece):
+                    if self.closed:
+                        raise OSError("HTTP/2 connection closed")
+                    self.window_open.wait(timeout=5)
+                self.conn.send_data(stream_id, piece)
+            self.conn.end_stream(stream_id)
+            out = self.conn.data_to_send()
+            if out:
+                self.sock.sendall(out)
 
     def send(self, fn):
         # One writer at a time: OpenSSL rejects interleaved partial writes.
@@ -662,12 +692,15 @@ class H2Conn:
         h = Handler.__new__(Handler)
         h.server, h.client_address, h.request = self.server, ("h2", 0), None
         h.rfile = __import__("io").BytesIO(raw)
-        h.wfile = H2Writer(self, stream_id)
+        h.wfile = H2Writer(self, stream_id, burst=int(headers.get("x-test-burst") or 0))
         h.close_connection = True
         try:
             h.handle_one_request()
         finally:
-            self.send(lambda c: c.end_stream(stream_id))
+            if h.wfile.held:
+                self.send_burst(stream_id, h.wfile.held, h.wfile.burst)
+            else:
+                self.send(lambda c: c.end_stream(stream_id))
 
 
 class Server(socketserver.ThreadingMixIn, HTTPServer):
