@@ -178,8 +178,9 @@ pub struct DataHeader {
     /// muted ([`MuteRange`]), or a loss.
     pub stream_pos: u64,
     /// Where the kernel started counting this connection's stream (taken from
-    /// the clock, so unique to it): a new base means the count restarted (the
-    /// kernel forgot the connection, or its key names another one).
+    /// the clock at its first copied call, so unique to it; on egress too): a
+    /// new base means the count restarted (the kernel forgot the connection,
+    /// or its key names another one). An ignore names the connection by it.
     pub stream_base: u64,
     /// Bytes of data following the header.
     pub len: u32,
@@ -436,6 +437,10 @@ pub enum LossCounter {
     /// following (a read it could not place, or more frames in one read than
     /// it follows): their bytes are all copied from then on ([`H2Stream`]).
     H2WalkStopped = 15,
+    /// Not a loss: ignores user space asked for a connection that had ended
+    /// by then, found under its key reused by another one and dropped, so
+    /// that one is copied (`IGNORED_CONNS`).
+    IgnoreStale = 16,
 }
 
 impl LossCounter {
@@ -458,6 +463,7 @@ impl LossCounter {
         Self::HandoverReceived,
         Self::HandoverFromExited,
         Self::H2WalkStopped,
+        Self::IgnoreStale,
     ];
 
     /// Whether the counter is a loss of data (the others count skipped work
@@ -473,11 +479,12 @@ impl LossCounter {
                 | Self::HandoverReceived
                 | Self::HandoverFromExited
                 | Self::H2WalkStopped
+                | Self::IgnoreStale
         )
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 16;
+pub const LOSS_COUNTERS: u32 = 17;
 
 /// Who copies a connection when agents overlap (a rolling upgrade), in the
 /// pinned `CONN_OWNERS` map: the owning agent's tgid, the direction of the

@@ -25,6 +25,15 @@
 //! bytes after the body are never in it. Each connection's positions start at a
 //! base taken from the clock, so a range left from an earlier connection under a
 //! reused key lies below the new one's positions and never applies.
+//!
+//! Ignoring, and why by the same base: user space decides to ignore a
+//! connection after the kernel copied its first calls, and by then the
+//! connection may have ended and its key (an `SSL*` the allocator hands out
+//! again at once) may name the next one: a gateway's server-side connection
+//! ends and its upstream LLM call gets the same `SSL*`. So an ignore names
+//! the base the connection's count started from (taken at its first copied
+//! call, read or write); under another base it is an earlier connection's,
+//! and goes.
 use aya_ebpf::{
     helpers::{
         bpf_ktime_get_ns,
@@ -47,8 +56,10 @@ use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
 /// Connections user space has classified as not worth copying (not HTTP, HTTP/2,
 /// server side, desynchronised): their calls are skipped here, so a busy TLS
 /// database or a download costs a map lookup, not a copy. Cleared on `SSL_free`.
+/// The value: the connection's stream base when user space decided (see the
+/// module's prose), or 0 for "whatever connection has the key".
 #[map]
-pub(crate) static IGNORED_CONNS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static IGNORED_CONNS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
@@ -76,7 +87,8 @@ pub(crate) static PROCS_SEEN: LruHashMap<u32, u32> = LruHashMap::with_max_entrie
 pub(crate) static MUTED: LruHashMap<SslKey, MuteRange> = LruHashMap::with_max_entries(16384, 0);
 
 /// Where a connection's ingress stream stands: `base` (nanoseconds since boot
-/// times 16 when the connection was first read) plus the bytes read since.
+/// times 16 when a call of the connection was first copied: it names this
+/// connection, not the next under its key) plus the bytes read since.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct InPos {
@@ -138,14 +150,35 @@ fn place_read(key: SslKey, len: u64) -> (u64, u64, bool) {
     (base, pos, false)
 }
 
-/// Has user space told us to skip this connection?
+/// Has user space told us to skip this connection? Not when it told so of
+/// an earlier connection under the same key (see the module's prose): that
+/// word goes, and this connection is copied.
 #[inline(always)]
 pub(crate) fn ignored(pid_tgid: u64, conn: u64) -> bool {
-    if unsafe { IGNORED_CONNS.get(SslKey { tgid: pid_tgid >> 32, ssl: conn }) }.is_some() {
-        count_loss(LossCounter::FilteredIgnored, 1);
-        return true;
+    let key = SslKey { tgid: pid_tgid >> 32, ssl: conn };
+    let Some(of) = (unsafe { IGNORED_CONNS.get(key) }).copied() else {
+        return false;
+    };
+    if of != 0 && unsafe { IN_POS.get(key) }.map(|p| p.base) != Some(of) {
+        let _ = IGNORED_CONNS.remove(key);
+        count_loss(LossCounter::IgnoreStale, 1);
+        return false;
     }
-    false
+    count_loss(LossCounter::FilteredIgnored, 1);
+    true
+}
+
+/// A write's place: the connection's base (created at its first copied
+/// call) and whether anything has been read on it.
+#[inline(always)]
+fn place_write(key: SslKey) -> (u64, bool) {
+    // SAFETY: a live map value, read once.
+    if let Some(p) = unsafe { IN_POS.get(key) } {
+        return (p.base, p.next != p.base);
+    }
+    let base = unsafe { bpf_ktime_get_ns() }.wrapping_mul(16).max(1);
+    let _ = IN_POS.insert(key, InPos { base, next: base }, 0);
+    (base, false)
 }
 
 /// What one copied call is: whose connection, which bytes, from which hook.
@@ -202,17 +235,19 @@ fn emit(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     if owned == Owned::No {
         return;
     }
-    let mut at = (0, 0);
-    if direction == DIR_INGRESS {
+    let at = if direction == DIR_INGRESS {
         let (base, pos, muted) = place_read(key, len);
         if muted {
             count_loss(LossCounter::MutedReads, 1);
             return;
         }
-        at = (base, pos);
+        (base, pos)
     } else {
-        h2_walk::on_egress(key, e.buf, len, || unsafe { IN_POS.get(key) }.is_some());
-    }
+        let (base, read_yet) = place_write(key);
+        h2_walk::on_egress(key, e.buf, len, read_yet);
+        // Egress has no position (0), only the base naming the connection.
+        (base, 0)
+    };
     let taken = owned == Owned::Taken;
     if !nested(|slot| copy_read(pid_tgid, e, direction, len, at, taken, slot)) {
         count_loss(LossCounter::ScratchBusy, 1);
@@ -360,20 +395,20 @@ fn copy_calls(
     let Some(c) = COPIES.get_ptr_mut(slot) else {
         return;
     };
-    let copy = CopyCtx {
-        buf: e.buf,
-        len,
-        pos,
-        off: 0,
-        call: 0,
-        segmented: u32::from(segmented),
-        slot,
-        wake,
-        taken: u32::from(taken),
-        _pad: 0,
-    };
-    // SAFETY: this CPU's copy state for this nesting slot.
-    unsafe { *c = copy };
+    // SAFETY: this CPU's copy state for this nesting slot, written in place:
+    // a value built first would be on the stack, of which the deep copy path
+    // has little to spare.
+    unsafe {
+        (*c).buf = e.buf;
+        (*c).len = len;
+        (*c).pos = pos;
+        (*c).off = 0;
+        (*c).call = 0;
+        (*c).segmented = u32::from(segmented);
+        (*c).slot = slot;
+        (*c).wake = wake;
+        (*c).taken = u32::from(taken);
+    }
     // bpf_loop (5.17+) lets the verifier check the body once, however many
     // chunks a call needs; an unrolled bounded loop exceeds its budget.
     let n = MAX_CHUNKS + h2_walk::MAX_KEPT as u32 + 1;

@@ -91,12 +91,12 @@ static PLANS: PerCpuArray<Plan> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0
 /// client preface starts its walk; the preface again under a walked key (a
 /// new connection on a reused object whose end was not seen) stops it.
 #[inline(always)]
-pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: impl FnOnce() -> bool) {
+pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
     if len < 24 {
         return;
     }
     let walked = unsafe { H2_WALKS.get(key) }.is_some();
-    if !walked && read_yet() {
+    if !walked && read_yet {
         return;
     }
     let mut start = [0u8; 8];

@@ -74,7 +74,10 @@ pub enum ProcessEvent {
 
 /// Tells the kernel to stop copying a connection's calls (and to forget it).
 pub trait ConnFilter: Send {
-    fn ignore(&mut self, tgid: u32, conn: u64);
+    /// Stop copying the connection whose stream began at `base` (its
+    /// chunks' `stream_base`): the kernel drops the word if its key names
+    /// another connection by then (0: whichever it names).
+    fn ignore(&mut self, tgid: u32, conn: u64, base: u64);
     /// Not to copy part of the connection's ingress stream: the reads inside
     /// a range, an HTTP/2 stream's DATA (bodies no one records: `http::mute`).
     fn mute(&mut self, tgid: u32, conn: u64, what: Mute);
@@ -107,6 +110,10 @@ pub enum Handed {
 struct Conn {
     http: HttpConnection<Endpoint>,
     counted_ignore: bool,
+    /// The stream base the kernel was last told to ignore this connection
+    /// under: told again when the kernel's count restarted (an ignore it
+    /// dropped as another connection's).
+    filtered: Option<u64>,
     /// Its first request's `Host` was passed to the blind-spot tracker.
     named: bool,
 }
@@ -245,8 +252,12 @@ impl Pipeline {
         let resumed = if self.resumed.is_empty() { None } else { self.resumed.remove(&c.key) };
         // Ignored by the agent before: counted there.
         let counted_ignore = resumed.as_ref().is_some_and(|h| h.ignored().is_some());
-        let new_conn =
-            || Conn { http: resumed.unwrap_or_else(|| HttpConnection::new(max_body)), counted_ignore, named: false };
+        let new_conn = || Conn {
+            http: resumed.unwrap_or_else(|| HttpConnection::new(max_body)),
+            counted_ignore,
+            filtered: None,
+            named: false,
+        };
         let (entry, continuity, evicted) = self.conns.on_data(c, new_conn);
         let (meta, owner) = (entry.meta, c.owner);
         if entry.fresh {
@@ -308,13 +319,18 @@ impl Pipeline {
                 self.blind.open_plaintext(c.key, c.fd, host, provider, who, c.ts_ns);
             }
         }
-        if let (Some(why), false) = (conn.http.ignored(), conn.counted_ignore) {
-            conn.counted_ignore = true;
-            self.stats.count(why);
-            self.blind.ignored(c.key, why.as_str());
-            self.coverage.not_decoded(owner.tgid, &owner.comm.to_string(), owner.source, why);
-            if let (Some(f), true) = (self.filter.as_mut(), owner.source.ends_are_seen()) {
-                f.ignore(c.key.tgid, c.key.conn);
+        if let Some(why) = conn.http.ignored() {
+            if !conn.counted_ignore {
+                // Ignored by the agent before (handed on): counted there.
+                conn.counted_ignore = true;
+                self.stats.count(why);
+                self.blind.ignored(c.key, why.as_str());
+                self.coverage.not_decoded(owner.tgid, &owner.comm.to_string(), owner.source, why);
+            }
+            let told = conn.filtered == Some(c.stream_base);
+            if let (Some(f), true, false) = (self.filter.as_mut(), owner.source.ends_are_seen(), told) {
+                f.ignore(c.key.tgid, c.key.conn, c.stream_base);
+                conn.filtered = Some(c.stream_base);
             }
         }
         let finished = conn.http.finished();
@@ -386,7 +402,7 @@ impl Pipeline {
             Control::Exit { tgid, ts_ns } => {
                 self.unpark_process(tgid);
                 for (k, e) in self.conns.remove_process(tgid) {
-                    if let (true, Some(f)) = (e.state.counted_ignore, self.filter.as_mut()) {
+                    if let (Some(_), Some(f)) = (e.state.filtered, self.filter.as_mut()) {
                         f.forget(k.tgid, k.conn);
                     }
                     self.close_entry(e, ts_ns);

@@ -240,16 +240,17 @@ impl SocketTable for SocketMaps {
 /// `MUTED` and `H2_MUTED`: the response bodies it should not copy; with `--handover-dir`,
 /// `CONN_STATES`: the decoding states agents hand on during an upgrade.
 pub struct IgnoreMap {
-    map: aya::maps::HashMap<MapData, SslKey, u32>,
+    map: aya::maps::HashMap<MapData, SslKey, u64>,
     muted: aya::maps::HashMap<MapData, SslKey, MuteRange>,
     h2_muted: aya::maps::HashMap<MapData, H2Stream, u32>,
     handoff: Option<Handoffs>,
 }
 
 impl IgnoreMap {
-    pub fn ignore(&mut self, tgid: u32, conn: u64) {
+    /// `base`: the stream base of the connection meant (see `ConnFilter::ignore`).
+    pub fn ignore(&mut self, tgid: u32, conn: u64, base: u64) {
         // Best effort: a full LRU map evicts its oldest entry.
-        let _ = self.map.insert(SslKey { tgid: tgid as u64, ssl: conn }, 1, 0);
+        let _ = self.map.insert(SslKey { tgid: tgid as u64, ssl: conn }, base, 0);
     }
 
     pub fn mute(&mut self, tgid: u32, conn: u64, what: Mute) {
@@ -344,7 +345,7 @@ impl Probes {
                     .try_into()
                     .map_err(|source| ProbeError::Program { name, source })?;
                 p.load().map_err(|source| ProbeError::Program { name, source })?;
-                log_verified(name, p.info().ok());
+                log_verified(name, || p.info().ok());
             }
             tracing::debug!(method = m.name, programs = m.programs.len(), "capture method loaded");
         }
@@ -356,7 +357,7 @@ impl Probes {
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
             p.load().map_err(|source| ProbeError::Program { name, source })?;
-            log_verified(name, p.info().ok());
+            log_verified(name, || p.info().ok());
             p.attach(tp).map_err(|source| ProbeError::Program { name, source })?;
         }
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
@@ -498,8 +499,12 @@ fn hash_map<K: aya::Pod, V: aya::Pod>(
 
 /// How much of the verifier's budget (1M instructions a program) a program
 /// took: the margin a kernel's stricter verifier eats into first.
-fn log_verified(name: &str, info: Option<aya::programs::ProgramInfo>) {
-    let verified = info.and_then(|i| i.verified_instruction_count());
+/// Asked of the kernel only when debug logging is on here (a syscall a program).
+fn log_verified(name: &str, info: impl FnOnce() -> Option<aya::programs::ProgramInfo>) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let verified = info().and_then(|i| i.verified_instruction_count());
     tracing::debug!(program = name, verified_insns = verified, "eBPF program loaded");
 }
 

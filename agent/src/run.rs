@@ -514,8 +514,8 @@ fn write_stats(path: &std::path::Path, stats: &Stats, pipeline: &Pipeline) {
 }
 
 impl ConnFilter for IgnoreMap {
-    fn ignore(&mut self, tgid: u32, conn: u64) {
-        IgnoreMap::ignore(self, tgid, conn);
+    fn ignore(&mut self, tgid: u32, conn: u64, base: u64) {
+        IgnoreMap::ignore(self, tgid, conn, base);
     }
 
     fn forget(&mut self, tgid: u32, conn: u64) {

@@ -178,6 +178,10 @@ counters! {
     /// Not a loss: HTTP/2 connections whose frames the kernel stopped
     /// following (their bytes are all copied from then on, none muted).
     kernel_h2_walk_stopped,
+    /// Not a loss: ignores that arrived after their connection ended, found
+    /// under its key reused by the next connection and dropped (that one is
+    /// copied, as it should be).
+    kernel_ignores_stale,
     /// Not a loss: response bodies no one records whose remaining bytes the
     /// kernel was asked not to copy: non-LLM HTTP/1.1 bodies of at least
     /// 32 KiB, and non-LLM HTTP/2 streams past their first DATA frame.
@@ -389,6 +393,7 @@ kernel_counters! {
     HandoverReceived => kernel_handover_received,
     HandoverFromExited => kernel_handover_from_exited,
     H2WalkStopped => kernel_h2_walk_stopped,
+    IgnoreStale => kernel_ignores_stale,
 }
 
 impl Snapshot {

@@ -606,14 +606,7 @@ class H2Conn:
         windows: waits for its WINDOW_UPDATEs (a download larger than 64 KiB)."""
         while data:
             with self.lock:
-                while True:
-                    room = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
-                    if room > 0:
-                        break
-                    if self.closed:
-                        raise OSError("HTTP/2 connection closed")
-                    self.window_open.wait(timeout=5)
-                n = min(room, len(data))
+                n = min(self._wait_room(stream_id, 1), len(data))
                 self.conn.send_data(stream_id, data[:n])
                 out = self.conn.data_to_send()
                 if out:
@@ -628,15 +621,28 @@ class H2Conn:
         frames = [p[i:i + size] for p in pieces for i in range(0, len(p), size)]
         with self.lock:
             for piece in frames:
-                while min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size) < len(piece):
-                    if self.closed:
-                        raise OSError("HTTP/2 connection closed")
-                    self.window_open.wait(timeout=5)
+                self._wait_room(stream_id, len(piece))
                 self.conn.send_data(stream_id, piece)
             self.conn.end_stream(stream_id)
             out = self.conn.data_to_send()
             if out:
                 self.sock.sendall(out)
+
+    def _wait_room(self, stream_id, n):
+        """With the lock held: wait until the peer's windows and frame size
+        let a DATA frame of `n` bytes out on the stream, sending what was
+        framed so far first (the peer opens its windows as it reads). Returns
+        the room there is."""
+        while True:
+            room = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            if room >= n:
+                return room
+            if self.closed:
+                raise OSError("HTTP/2 connection closed")
+            out = self.conn.data_to_send()
+            if out:
+                self.sock.sendall(out)
+            self.window_open.wait(timeout=5)
 
     def send(self, fn):
         # One writer at a time: OpenSSL rejects interleaved partial writes.

@@ -536,7 +536,14 @@ pub fn with_provider_hosts(dir: &Path, program: &str, args: &[String]) -> Comman
 pub fn in_mount_namespace(dir: &Path, binds: &[(PathBuf, PathBuf)], program: &str, args: &[String]) -> Command {
     require_tool("unshare");
     let hosts = dir.join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "))).expect("hosts file");
+    let text = format!("127.0.0.1 localhost {}\n", PROVIDER_HOSTS.join(" "));
+    // Never rewritten in place: clients started before have it mounted as
+    // their /etc/hosts, and one resolving while it is truncated fails.
+    if std::fs::read_to_string(&hosts).ok().as_deref() != Some(text.as_str()) {
+        let next = dir.join("hosts.next");
+        std::fs::write(&next, text).expect("hosts file");
+        std::fs::rename(&next, &hosts).expect("hosts file");
+    }
     let mut script = String::from("set -e\n");
     for (src, dst) in binds {
         script.push_str(&format!("mount --bind '{}' '{}'\n", src.display(), dst.display()));

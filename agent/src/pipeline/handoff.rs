@@ -178,10 +178,8 @@ impl Pipeline {
         match state.map(|s| self.resume(&s)) {
             Some(Ok(c)) => {
                 Stats::inc(&self.stats.handoff_states_received);
-                if let (Some(_), Some(f)) = (c.ignored(), self.filter.as_mut()) {
-                    // Ignored by the agent before (and counted there): not copied from now on.
-                    f.ignore(key.tgid, key.conn);
-                }
+                // Ignored by the agent before: the kernel is told so with the
+                // first chunk replayed below (`on_data`), under its base.
                 self.resumed.insert(key, c);
             }
             Some(Err(e)) => {

@@ -157,16 +157,19 @@ fn process_events_dropped_on_a_full_discovery_queue_are_counted() {
     assert_eq!(stats.snapshot().process_events_dropped, 2);
 }
 
+/// What the filter was told: (ignore, not forget; tgid, conn, base).
+type Told = (bool, u32, u64, u64);
+
 #[derive(Clone, Default)]
-struct RecordingFilter(Arc<Mutex<Vec<(bool, u32, u64)>>>);
+struct RecordingFilter(Arc<Mutex<Vec<Told>>>);
 
 impl ConnFilter for RecordingFilter {
-    fn ignore(&mut self, tgid: u32, conn: u64) {
-        self.0.lock().unwrap().push((true, tgid, conn));
+    fn ignore(&mut self, tgid: u32, conn: u64, base: u64) {
+        self.0.lock().unwrap().push((true, tgid, conn, base));
     }
     fn mute(&mut self, _: u32, _: u64, _: crate::http::mute::Mute) {}
     fn forget(&mut self, tgid: u32, conn: u64) {
-        self.0.lock().unwrap().push((false, tgid, conn));
+        self.0.lock().unwrap().push((false, tgid, conn, 0));
     }
 }
 
@@ -179,10 +182,36 @@ fn ignored_connections_are_pushed_to_the_kernel_filter_once() {
     call(&mut p, 5, DIR_EGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100);
     call(&mut p, 5, DIR_EGRESS, b"more", 100);
     call(&mut p, 6, DIR_EGRESS, REQ, 100);
-    assert_eq!(*f.0.lock().unwrap(), vec![(true, 42, 5)]);
+    assert_eq!(*f.0.lock().unwrap(), vec![(true, 42, 5, 0)]);
     p.handle(&exit_record(42));
-    assert_eq!(f.0.lock().unwrap().last(), Some(&(false, 42, 5)));
+    assert_eq!(f.0.lock().unwrap().last(), Some(&(false, 42, 5, 0)));
     assert_eq!(f.0.lock().unwrap().len(), 2);
+}
+
+/// One chunk, a whole call, of connection `conn` whose kernel count began at `base`.
+fn call_under(p: &mut Pipeline, conn: u64, dir: u32, bytes: &[u8], base: u64) {
+    let mut rec = data_record(42, conn, dir, 0, bytes.len() as u64, bytes, FLAG_LAST);
+    let at = std::mem::offset_of!(tokentap_agent_common::DataHeader, stream_base);
+    rec[at..at + 8].copy_from_slice(&base.to_ne_bytes());
+    p.handle(&rec);
+}
+
+#[test]
+fn an_ignore_names_the_connection_by_its_stream_base_and_is_told_again_when_the_kernel_s_count_restarts() {
+    let (p, _c, stats) = pipeline();
+    let f = RecordingFilter::default();
+    let mut p = p.with_kernel_filter(Box::new(f.clone()));
+    // The kernel drops an ignore whose base is not the connection's under
+    // the key (it arrived after its connection ended): so the base goes with it.
+    call_under(&mut p, 5, DIR_INGRESS, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1600);
+    call_under(&mut p, 5, DIR_EGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1600);
+    assert_eq!(*f.0.lock().unwrap(), vec![(true, 42, 5, 1600)], "told once for its base");
+    // Calls copied before the word reached the kernel, then a count restarted
+    // under the same (still ignored) connection: told again, under the new base.
+    call_under(&mut p, 5, DIR_INGRESS, b"GET /b HTTP/1.1\r\n\r\n", 3200);
+    call_under(&mut p, 5, DIR_INGRESS, b"GET /c HTTP/1.1\r\n\r\n", 3200);
+    assert_eq!(*f.0.lock().unwrap(), vec![(true, 42, 5, 1600), (true, 42, 5, 3200)]);
+    assert_eq!(stats.snapshot().ignored_server_side, 1, "counted once");
 }
 
 #[test]

@@ -17,7 +17,7 @@ type States = HashMap<(u32, u64), Vec<u8>>;
 struct Shared(Arc<Mutex<(States, bool)>>);
 
 impl ConnFilter for Shared {
-    fn ignore(&mut self, _: u32, _: u64) {}
+    fn ignore(&mut self, _: u32, _: u64, _: u64) {}
     fn mute(&mut self, _: u32, _: u64, _: crate::http::mute::Mute) {}
     fn forget(&mut self, _: u32, _: u64) {}
     fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
