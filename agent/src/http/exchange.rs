@@ -90,6 +90,10 @@ enum Skipped {
     Nothing,
     /// Bytes that may be HTTP's or garbage: not counted yet.
     Unknown,
+    /// A message body read ([`sniff::Tail::Body`]): a client's lost response
+    /// (counted in `joined_mid_stream` once the connection writes a request
+    /// or ends) or a server's request (not counted once it answers).
+    Body,
     /// The tail of an HTTP exchange: counted in `joined_mid_stream`.
     Counted,
 }
@@ -349,8 +353,8 @@ impl<E: WsCalls> HttpConnection<E> {
         if let State::Sniffing { calls, skipped, h2_settings_first } = &mut self.state {
             let request = sniff::looks_like_request(data);
             if request || sniff::starts_like_preface(data) {
-                // HTTP after all: what was skipped was the tail of an exchange.
-                if *skipped == Skipped::Unknown {
+                // HTTP after all, a client's: what was skipped was the tail of an exchange.
+                if matches!(*skipped, Skipped::Unknown | Skipped::Body) {
                     lost.joined_mid_stream += 1;
                 }
                 self.state =
@@ -433,9 +437,13 @@ impl<E: WsCalls> HttpConnection<E> {
                     self.state = State::Ignored(Ignored::ServerSide);
                 } else if *h2_settings_first {
                     self.state = State::Ignored(Ignored::Http2Joined);
-                } else if *skipped != Skipped::Counted && sniff::looks_like_response_tail(data) {
-                    *skipped = Skipped::Counted;
-                    lost.joined_mid_stream += 1;
+                } else if let (false, Some(tail)) = (*skipped == Skipped::Counted, sniff::tail(data)) {
+                    if tail == sniff::Tail::Response {
+                        *skipped = Skipped::Counted;
+                        lost.joined_mid_stream += 1;
+                    } else {
+                        *skipped = Skipped::Body;
+                    }
                 } else if *skipped == Skipped::Nothing {
                     *skipped = Skipped::Unknown;
                 }
@@ -507,8 +515,11 @@ impl<E: WsCalls> HttpConnection<E> {
     /// The connection is gone (closed, freed, process exited, idle timeout).
     pub fn close(&mut self, ts: u64, out: &mut Vec<Classified<E>>, lost: &mut Lost) {
         // Bytes never shown to be HTTP's.
-        if let State::Sniffing { skipped: Skipped::Unknown, .. } = self.state {
-            lost.not_http += 1;
+        match self.state {
+            State::Sniffing { skipped: Skipped::Unknown, .. } => lost.not_http += 1,
+            // A client that read the rest of a response and wrote nothing more.
+            State::Sniffing { skipped: Skipped::Body, .. } => lost.joined_mid_stream += 1,
+            _ => {}
         }
         if let State::Http2(c) = &mut self.state {
             c.close(out, lost);

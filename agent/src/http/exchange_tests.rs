@@ -71,6 +71,47 @@ fn joins_mid_stream_at_the_next_request() {
     assert_eq!(c.ignored(), None);
 }
 
+/// A server whose capture began between a request's head and its body (a
+/// client writes them as two TLS records): the body it reads first is not a
+/// client's lost response, whether it answers or reads the next request next.
+#[test]
+fn a_server_first_seen_reading_a_request_body_is_not_a_join() {
+    let body = b"{\"model\":\"gpt-4o-mini\",\"messages\":[]}";
+    let (mut out, mut cap) = (Vec::new(), llm);
+    let mut lost = Lost::default();
+    let mut answers = HttpConnection::<()>::new(1 << 20);
+    answers.on_ingress(body, 1, &mut out, &mut lost);
+    answers.on_egress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", 2, &mut cap, &mut lost);
+    assert_eq!(answers.ignored(), Some(Ignored::ServerSide));
+    let mut reads_on = HttpConnection::<()>::new(1 << 20);
+    reads_on.on_ingress(body, 1, &mut out, &mut lost);
+    reads_on.on_ingress(b"POST /v1/chat/completions HTTP/1.1\r\n", 2, &mut out, &mut lost);
+    assert_eq!(reads_on.ignored(), Some(Ignored::ServerSide));
+    answers.close(3, &mut out, &mut lost);
+    reads_on.close(3, &mut out, &mut lost);
+    assert_eq!((lost.joined_mid_stream, lost.not_http), (0, 0));
+}
+
+/// A client first seen reading a JSON response body: a join, counted when it
+/// writes its next request (which is captured) or when it ends.
+#[test]
+fn a_client_first_seen_reading_a_response_body_joins_at_its_next_request_or_its_end() {
+    let body = b"{\"id\":\"chatcmpl-1\",\"usage\":{\"prompt_tokens\":3}}";
+    let (mut out, mut cap) = (Vec::new(), llm);
+    let mut lost = Lost::default();
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    c.on_ingress(body, 1, &mut out, &mut lost);
+    assert_eq!(lost.joined_mid_stream, 0, "whose body it was is not known yet");
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 2, &mut cap, &mut lost);
+    assert_eq!(lost.joined_mid_stream, 1);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 3, &mut out, &mut lost);
+    assert_eq!(out.len(), 1, "the next exchange is captured");
+    let mut ends = HttpConnection::<()>::new(1 << 20);
+    ends.on_ingress(body, 1, &mut out, &mut lost);
+    ends.close(2, &mut out, &mut lost);
+    assert_eq!((lost.joined_mid_stream, lost.not_http), (2, 0));
+}
+
 #[test]
 fn close_mid_response_counts_the_loss() {
     let mut c = HttpConnection::<()>::new(1 << 20);
