@@ -321,7 +321,6 @@ impl Pipeline {
         }
         if let Some(why) = conn.http.ignored() {
             if !conn.counted_ignore {
-                // Ignored by the agent before (handed on): counted there.
                 conn.counted_ignore = true;
                 self.stats.count(why);
                 self.blind.ignored(c.key, why.as_str());
