@@ -26,6 +26,9 @@
 //! Program and map names are what user space loads them by (`agent/src/probes.rs`):
 //! they are the function and static names, whatever module they live in.
 #![no_std]
+// `atomic_xadd`: core offers no atomics for the BPF target (it has no CAS); the add it has.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod boringssl;

@@ -3,6 +3,7 @@
 //! Why these hooks: the `sched_process_exec` raw tracepoint prompts user space to
 //! look for TLS libraries in a new program, and `sched_process_exit` lets it
 //! free a process's state (here: the process's socket and first-call entries,
+//! a thread's socket call in flight,
 //! and, for an agent that died, its place among the running agents).
 //! `_dl_debug_state` in the dynamic loader runs after every library load or
 //! unload, so a library `dlopen`ed later is found at once too. Raw tracepoints
@@ -20,7 +21,7 @@ use tokentap_agent_common::EventKind;
 
 use crate::chunks::PROCS_SEEN;
 use crate::ring::emit_control;
-use crate::sockets::SOCK_PROCS;
+use crate::sockets::{forget_process, take_call};
 
 /// `_dl_debug_state` in the dynamic loader runs after every library load or
 /// unload (dlopen, and startup): user space looks for a new TLS library at once
@@ -42,9 +43,12 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // A socket call whose syscall exit never ran (none is known to) would
+    // keep its thread slot's count up for good.
+    let _ = take_call(pid_tgid);
     // Only the thread group leader's exit ends the process's connections.
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
-        let _ = SOCK_PROCS.remove((pid_tgid >> 32) as u32);
+        forget_process((pid_tgid >> 32) as u32);
         let _ = PROCS_SEEN.remove((pid_tgid >> 32) as u32);
         crate::handover::agent_exited((pid_tgid >> 32) as u32);
         emit_control(EventKind::Exit, 0);

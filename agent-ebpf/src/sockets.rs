@@ -6,10 +6,13 @@
 //! Why these hooks: raw `sys_enter`/`sys_exit` tracepoints see every
 //! `read`/`write`/`readv`/`writev`/`sendto`/`recvfrom`/`sendmsg`/`recvmsg`/
 //! `close`, whatever library made the call, and need no tracefs mount. Only
-//! client sockets `connect`ed to AF_INET/AF_INET6 while we run are watched, and
-//! only in processes that have one ([`SOCK_PROCS`]), so a write or read on any
-//! other fd costs a map lookup. The first bytes a client sends decide, here,
-//! what a connection is:
+//! client sockets `connect`ed to AF_INET/AF_INET6 while we run are watched,
+//! and only in processes that have one ([`SOCK_PROCS`], which also says which
+//! fds may be one). The hooks run on every syscall of the host, so what most
+//! of them see costs an array read, not a hash lookup: a process's slot in
+//! [`PROC_SLOTS`] says whether it may have watched sockets, a thread's slot
+//! in [`CALL_SLOTS`] whether it may have a call in flight ([`SOCK_CALLS`]).
+//! The first bytes a client sends decide, here, what a connection is:
 //! - an HTTP request or the HTTP/2 preface: copied to user space, and its bytes
 //!   counted;
 //! - a TLS handshake record: the first write (the ClientHello, with the server
@@ -31,12 +34,12 @@
 //! user space is told it closed) rather than leave a hole in the stream; user
 //! space then reads the bytes it moved so far from [`SOCKETS`].
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{pt_regs, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use tokentap_agent_common::{
@@ -62,15 +65,85 @@ static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(65
 #[map]
 static SOCK_VERDICTS: LruHashMap<SockId, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// Processes with at least one watched socket: the cheap first test on every
-/// read/write, so a process without client sockets (a build, a database doing
-/// file I/O) pays one lookup per call. Cleared at exit.
+/// Processes with at least one watched socket, looked up after
+/// [`PROC_SLOTS`]. The value has bit `fd` set for every fd below 63 that was
+/// ever a watched socket, bit 63 for any fd above: a call on an fd whose bit
+/// is clear (a file, a pipe, the server side of a socket) needs no lookup in
+/// [`SOCKETS`]. Bits are only ever set (closed sockets leave theirs: a lookup
+/// more, never a call missed), each by an atomic add after a test, so two
+/// threads connecting two fds at once both keep theirs. Cleared at exit.
 #[map]
-pub(crate) static SOCK_PROCS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+static SOCK_PROCS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Slots of processes (tgid modulo the size): how many entries of the slot's
+/// processes [`SOCK_PROCS`] has, never fewer (see [`add`]). The first test on
+/// every read, write and close of the host: a process without client sockets
+/// (a build, a database doing file I/O) pays an array read, not a lookup. An
+/// entry the LRU evicts leaves its count high: a lookup more, never a call.
+#[map]
+static PROC_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
+
+fn fd_bit(fd: u64) -> u64 {
+    1 << if fd < 63 { fd } else { 63 }
+}
 
 /// In-flight socket syscalls on watched sockets, by thread.
 #[map]
 static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Slots of threads (thread id modulo the size): how many calls of the
+/// slot's threads are in [`SOCK_CALLS`], never fewer (see [`add`]).
+/// `sys_exit`, on every syscall of the host, reads its slot and looks in
+/// `SOCK_CALLS` only when it is not zero. A count left high (an insert that
+/// replaced an entry) costs its slot that lookup again, never a call.
+#[map]
+static CALL_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
+
+/// Slots per counting array: 128 KiB each.
+const SLOTS: u32 = 16384;
+
+/// Whether `id`'s slot counts nothing: then `id` has no entry in the map the
+/// slots count for. An array read: the verifier inlines it.
+fn slot_empty(slots: &Array<u64>, id: u32) -> bool {
+    !matches!(slots.get(id & (SLOTS - 1)), Some(&n) if n != 0)
+}
+
+/// Add `n` (wrapping: `u64::MAX` takes one) to `id`'s slot: after an entry
+/// is inserted, and (`u64::MAX`) after one is removed, so that a slot never
+/// counts fewer entries than its ids have. Atomic: ids of one slot run on
+/// several CPUs.
+fn add(slots: &Array<u64>, id: u32, n: u64) {
+    if let Some(p) = slots.get_ptr_mut(id & (SLOTS - 1)) {
+        atomic_add(p, n);
+    }
+}
+
+/// `*p += n` atomically: a lock-prefixed add (BPF_XADD, every kernel), whose
+/// result is not read (reading it needs BPF_FETCH, Linux 5.12).
+fn atomic_add(p: *mut u64, n: u64) {
+    // SAFETY: `p` is a live map value (callers pass map pointers only).
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, n) };
+}
+
+/// Take the thread's call in flight, if any: at its syscall's exit, and at
+/// the thread's exit (a call whose syscall exit never ran).
+pub(crate) fn take_call(pid_tgid: u64) -> Option<SockArgs> {
+    if slot_empty(&CALL_SLOTS, pid_tgid as u32) {
+        return None;
+    }
+    let args = unsafe { SOCK_CALLS.get(pid_tgid) }.copied()?;
+    if SOCK_CALLS.remove(pid_tgid).is_ok() {
+        add(&CALL_SLOTS, pid_tgid as u32, u64::MAX);
+    }
+    Some(args)
+}
+
+/// The process exited: its sockets are no longer watched.
+pub(crate) fn forget_process(tgid: u32) {
+    if !slot_empty(&PROC_SLOTS, tgid) && SOCK_PROCS.remove(tgid).is_ok() {
+        add(&PROC_SLOTS, tgid, u64::MAX);
+    }
+}
 
 const SYS_READ: u64 = 0;
 const SYS_WRITE: u64 = 1;
@@ -139,10 +212,22 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         _ => return 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if call != SockCall::Connect && unsafe { SOCK_PROCS.get((pid_tgid >> 32) as u32) }.is_none() {
+    let fds = if call == SockCall::Connect {
+        u64::MAX
+    } else {
+        let tgid = (pid_tgid >> 32) as u32;
+        if slot_empty(&PROC_SLOTS, tgid) {
+            return 0;
+        }
+        match unsafe { SOCK_PROCS.get(tgid) } {
+            Some(&fds) => fds,
+            None => return 0,
+        }
+    };
+    let fd = sys_arg(&ctx, 0);
+    if fds & fd_bit(fd) == 0 {
         return 0;
     }
-    let fd = sys_arg(&ctx, 0);
     if id == SYS_CLOSE {
         sock_forget(pid_tgid, fd as i32);
         return 0;
@@ -168,6 +253,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let args = SockArgs { buf, len, fd: fd as i32, call: call as u32 };
     if SOCK_CALLS.insert(pid_tgid, args, 0).is_err() {
         count_loss(LossCounter::ArgsMapFull, 1);
+    } else {
+        add(&CALL_SLOTS, pid_tgid as u32, 1);
     }
     0
 }
@@ -175,10 +262,9 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { SOCK_CALLS.get(pid_tgid) }).copied() else {
+    let Some(args) = take_call(pid_tgid) else {
         return 0;
     };
-    let _ = SOCK_CALLS.remove(pid_tgid);
     let ret: i64 = ctx.arg(1);
     if args.call == SockCall::Connect as u32 {
         if ret == 0 || ret == -EINPROGRESS {
@@ -298,10 +384,24 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 #[inline(never)]
 fn connected(pid_tgid: u64, fd: i32) {
     sock_forget(pid_tgid, fd);
+    let tgid = (pid_tgid >> 32) as u32;
+    // The fd's bit first: a close on another thread between the two would
+    // otherwise pass by the new entry and leave it for the fd's next file.
+    // BPF_NOEXIST: a second thread's insert must not wipe the first's bit.
+    if SOCK_PROCS.insert(tgid, 0, BPF_NOEXIST as u64).is_ok() {
+        add(&PROC_SLOTS, tgid, 1);
+    }
+    let bit = fd_bit(fd as u32 as u64);
+    if let Some(p) = SOCK_PROCS.get_ptr_mut(tgid) {
+        // SAFETY: a live map value. Tested first: an add is an OR only while
+        // the bit is clear (one fd is connected by one thread at a time).
+        if unsafe { *p } & bit == 0 {
+            atomic_add(p, bit);
+        }
+    }
     let id = unsafe { bpf_ktime_get_ns() };
     let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
-    let _ = SOCKETS.insert(SockKey { tgid: (pid_tgid >> 32) as u32, fd }, fresh, 0);
-    let _ = SOCK_PROCS.insert((pid_tgid >> 32) as u32, 1, 0);
+    let _ = SOCKETS.insert(SockKey { tgid, fd }, fresh, 0);
 }
 
 /// A vector call's iovecs, for [`copy_iov`].

@@ -2,7 +2,8 @@
 """Drives the client stacks of the breadth-of-capture tests against the test
 server: httpx over HTTP/2 (many concurrent streams on one connection), the
 google-genai SDK (Gemini), boto3 bedrock-runtime (Bedrock), and plaintext HTTP
-to Ollama- and vLLM-style endpoints (httpx and the openai SDK, no TLS).
+to Ollama- and vLLM-style endpoints (httpx and the openai SDK, no TLS), also from
+threads connecting at once.
 Prints one JSON line: {"calls": N, "pid": PID}.
 
 Usage: py_breadth.py --base URL [--ca CA.pem] --key KEY SCENARIO
@@ -171,7 +172,53 @@ def vllm(a):
     return 2
 
 
-SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm]}
+def plain_threads(a):
+    """Plain HTTP from 8 threads at once, each call on a connection of its own: a
+    round whose sockets get fds below 63, then one above (70 files held open). The
+    kernel keeps, per process, which fds were watched sockets (one bit each, one for
+    every fd above 62), set by threads connecting at the same moment. Prints the
+    socket fds seen, so the test knows both ranges were used."""
+    import threading
+    import httpx
+    body = {"model": "gpt-4o-mini", "messages": MSGS}
+    fds, errors, lock = set(), [], threading.Lock()
+
+    def worker(barrier, calls):
+        try:
+            for _ in range(calls):
+                barrier.wait()
+                with httpx.Client(base_url=a.base, headers={"Authorization": f"Bearer {a.key}"}) as c:
+                    with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                        fd = r.extensions["network_stream"].get_extra_info("socket").fileno()
+                        r.read()
+                        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 0, r.text
+                with lock:
+                    fds.add(fd)
+        except Exception as e:  # reported, so the test fails with the reason
+            with lock:
+                errors.append(repr(e))
+            barrier.abort()
+
+    def round_(threads, calls):
+        barrier = threading.Barrier(threads)
+        ts = [threading.Thread(target=worker, args=(barrier, calls)) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    round_(8, 5)
+    held = [open(os.devnull, "wb") for _ in range(70)]
+    round_(8, 5)
+    for f in held:
+        f.close()
+    if errors:
+        raise SystemExit(f"calls failed: {errors[:3]}")
+    print(json.dumps({"fds": sorted(fds)}), flush=True)
+    return 80
+
+
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads]}
 
 
 def main():

@@ -229,6 +229,28 @@ fn plaintext_ollama_and_vllm_endpoints_through_socket_syscalls() {
     assert_eq!(coverage_of(&stats, pid2)["records"]["socket"], 2, "{stats}");
 }
 
+/// The kernel's socket filter (a bit per fd of the process, set when a thread
+/// connects, one bit for every fd above 62) must pass each call: 8 threads
+/// connect at the same moment, round after round, on fds below 63 and then
+/// above (the client holds 70 files open).
+#[test]
+fn plaintext_calls_from_threads_connecting_at_once_on_low_and_high_fds_are_each_recorded() {
+    let _g = serial();
+    let env = Env::start("plain-threads", Transport::Plain, &[]);
+    let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "plain_threads"));
+    let fds: Vec<u64> = out
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["fds"].is_array()))
+        .and_then(|v| v["fds"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()))
+        .unwrap_or_else(|| panic!("no fds line: {out}"));
+    assert!(fds.iter().any(|&fd| fd < 63) && fds.iter().any(|&fd| fd > 63), "both ranges used: {fds:?}");
+    for (r, _) in check_exact(&env, pid, 80) {
+        assert_eq!(r["provider"], "openai_compatible", "{r}");
+    }
+    let stats = env.finish();
+    assert_eq!(coverage_of(&stats, pid)["records"]["socket"], 80, "{stats}");
+}
+
 #[test]
 fn plaintext_capture_can_be_turned_off() {
     let _g = serial();

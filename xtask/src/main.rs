@@ -20,6 +20,7 @@ mod prices;
 mod rss;
 mod soak;
 mod synth;
+mod syscall_cost;
 mod uprobe_cost;
 
 #[derive(Parser)]
@@ -68,7 +69,8 @@ enum Cmd {
     /// client CPU per call by capture method, node/OpenSSL, bun/BoringSSL, reqwest/rustls and
     /// java.net.http/JSSE through the Java agent (target/bench/methods.md), then the agent's
     /// RSS at 100 / 1,000 / 5,000 calls/s and where it goes (target/bench/rss.md), then a
-    /// 300 MB download per capture method with and without the agent (target/bench/download.md), then every
+    /// 300 MB download per capture method with and without the agent (target/bench/download.md), then
+    /// what the socket hooks add to a system call (target/bench/syscalls.md), then every
     /// dashboard panel and the report on 10 M and 100 M synthetic calls
     /// (target/bench/dashboards.md).
     /// TOKENTAP_BENCH_AGENT=PATH measures that agent binary instead of a fresh build.
@@ -97,6 +99,11 @@ enum Cmd {
         /// (target/bench/download.md).
         #[arg(long)]
         only_download: bool,
+        /// Only what the socket hooks add to a system call they do not record (a write to
+        /// /dev/null, getppid), in a process with a client socket and in one without
+        /// (target/bench/syscalls.md).
+        #[arg(long)]
+        only_syscalls: bool,
         /// Seconds of load per fleet scenario.
         #[arg(long, default_value_t = 60)]
         fleet_seconds: u64,
@@ -124,6 +131,15 @@ enum Cmd {
         seconds: u64,
         /// Only this target.
         target: Option<String>,
+    },
+    /// The child process of `bench --only-syscalls` (times system calls; prints JSON).
+    #[command(hide = true)]
+    SyscallLoop {
+        /// Connect a client socket first.
+        #[arg(long)]
+        socket: bool,
+        #[arg(long)]
+        calls: u64,
     },
     /// Regenerate event/data/prices.json from the LiteLLM price list.
     Prices {
@@ -189,6 +205,7 @@ fn main() -> Result<()> {
             only_methods,
             only_rss,
             only_download,
+            only_syscalls,
             fleet_seconds,
             only_dashboards,
             dashboard_rows,
@@ -205,7 +222,7 @@ fn main() -> Result<()> {
                 prereq::test_tools(&root)?;
                 return panels::run(&root.join("target/bench"), &dashboards);
             }
-            let all = !only_overhead && !only_fleet && !only_methods && !only_rss && !only_download;
+            let all = !only_overhead && !only_fleet && !only_methods && !only_rss && !only_download && !only_syscalls;
             prereq::build_tools()?;
             if !only_fleet {
                 prereq::bench_tools(all || only_overhead)?;
@@ -241,10 +258,14 @@ fn main() -> Result<()> {
             if all || only_download {
                 download::run(&bin, &out)?;
             }
+            if all || only_syscalls {
+                syscall_cost::run(&bin, &out)?;
+            }
             if all {
                 panels::run(&out, &dashboards)?;
             }
         }
+        Cmd::SyscallLoop { socket, calls } => syscall_cost::child(socket, calls)?,
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref())?,
         Cmd::Prices { from } => prices::generate(&from, &root.join("event/data/prices.json"))?,
     }
