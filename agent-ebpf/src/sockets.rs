@@ -83,7 +83,9 @@ static SOCK_PROCS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0)
 #[map]
 static PROC_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
-fn fd_bit(fd: u64) -> u64 {
+/// The fd's bit in a [`SOCK_PROCS`] entry. An fd is a C int: a register's
+/// upper half is not part of it (as `SockKey` keeps only the lower).
+fn fd_bit(fd: u32) -> u64 {
     1 << if fd < 63 { fd } else { 63 }
 }
 
@@ -225,7 +227,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
     };
     let fd = sys_arg(&ctx, 0);
-    if fds & fd_bit(fd) == 0 {
+    if fds & fd_bit(fd as u32) == 0 {
         return 0;
     }
     if id == SYS_CLOSE {
@@ -391,7 +393,7 @@ fn connected(pid_tgid: u64, fd: i32) {
     if SOCK_PROCS.insert(tgid, 0, BPF_NOEXIST as u64).is_ok() {
         add(&PROC_SLOTS, tgid, 1);
     }
-    let bit = fd_bit(fd as u32 as u64);
+    let bit = fd_bit(fd as u32);
     if let Some(p) = SOCK_PROCS.get_ptr_mut(tgid) {
         // SAFETY: a live map value. Tested first: an add is an OR only while
         // the bit is clear (one fd is connected by one thread at a time).

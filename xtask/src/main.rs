@@ -138,6 +138,7 @@ enum Cmd {
         /// Connect a client socket first.
         #[arg(long)]
         socket: bool,
+        /// Calls of each kind per round.
         #[arg(long)]
         calls: u64,
     },
