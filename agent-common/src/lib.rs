@@ -14,6 +14,10 @@ pub const CHUNK_SIZE: usize = 16 * 1024;
 /// or `SSL_read`. Beyond that the last chunk carries [`FLAG_TRUNCATED`] and the
 /// loss is counted in [`LossCounter::TruncatedCall`].
 pub const MAX_CHUNKS: u32 = 4096;
+/// The layout of every record on the ring buffer. An agent reads a ring
+/// buffer another agent left (killed during an upgrade) only when it carries
+/// this same number: raise it with any change to a record's layout.
+pub const RING_FORMAT: u32 = 1;
 /// Per-CPU scratch slots, one per nesting level of programs on one CPU.
 pub const SCRATCH_SLOTS: u32 = 4;
 

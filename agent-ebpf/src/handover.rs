@@ -10,7 +10,9 @@
 //! agent ([`CURRENT_AGENT`], set by the new agent once its probes are attached)
 //! when the client writes a new HTTP/1.1 request after reading — the one
 //! point where no parser state is needed. A connection whose owner has exited
-//! (drained, crashed, killed) goes to the current agent at its next call. A
+//! (drained, crashed, killed) goes to the current agent at its next call; what
+//! a killed one copied and never read is in its ring buffer, pinned for that
+//! case alone and read by the agent after it (`agent/src/orphan_rings.rs`). A
 //! TLS socket's hello and a socket's end are told by its owner alone too, so
 //! the blind-spot accounting is not doubled.
 //!

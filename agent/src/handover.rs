@@ -11,6 +11,9 @@
 //!   connection's frames, and the streams whose DATA it skips
 //!   (`agent-ebpf/src/h2_walk.rs`), so the agent taking one over mutes on.
 //!
+//! - `ring-f<format>-<pid>-<start>`: each agent's ring buffer, read by the
+//!   agent after it if it is killed (`orphan_rings`).
+//!
 //! An agent registers at start and becomes current once its probes are
 //! attached; the one before it then gets no new connection and loses its
 //! keep-alive ones one by one at their next request. When it is stopped it
@@ -84,10 +87,38 @@ pub fn alive(pid: u32, since: u64) -> bool {
 /// When a process started (clock ticks since boot, `/proc/PID/stat` field
 /// 22): with the pid, it tells a live agent from a new process under a reused pid.
 fn started(proc_root: &Path, pid: u32) -> Option<u64> {
+    stat(proc_root, pid).map(|s| s.start)
+}
+
+/// Is there a process `pid` that started at `since` (running, exiting, or a zombie)?
+pub fn present(proc_root: &Path, pid: u32, since: u64) -> bool {
+    started(proc_root, pid) == Some(since)
+}
+
+/// Is the process `pid` that started at `since` running, and not on its way
+/// out: not a zombie, and its main thread not exiting (`PF_EXITING`, set
+/// before the kernel's exit tracepoint removes an agent from `AGENTS`).
+pub fn running(proc_root: &Path, pid: u32, since: u64) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    stat(proc_root, pid)
+        .is_some_and(|s| s.start == since && !matches!(s.state, 'Z' | 'X' | 'x') && s.flags & PF_EXITING == 0)
+}
+
+struct Stat {
+    state: char,
+    flags: u64,
+    start: u64,
+}
+
+/// `/proc/PID/stat`: fields 3 (state), 9 (flags) and 22 (start time).
+fn stat(proc_root: &Path, pid: u32) -> Option<Stat> {
     let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
     // The command name may hold spaces and parentheses: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let flags = f.nth(5)?.parse().ok()?;
+    let start = f.nth(12)?.parse().ok()?;
+    Some(Stat { state, flags, start })
 }
 
 pub struct Handover {
@@ -145,6 +176,18 @@ impl Handover {
             tracing::info!(previous = before, "new connections are this agent's; the previous one hands its over");
         }
         Ok(())
+    }
+
+    /// Pin this agent's ring buffer beside the shared maps, so that what its
+    /// probes copied and it did not read outlives it if it is killed
+    /// (`orphan_rings`). Returns the pin's path.
+    pub fn pin_ring(&self, events: &aya::maps::Map) -> Result<PathBuf, HandoverError> {
+        let path = self.dir.join(crate::orphan_rings::pin_name(self.me, self.since));
+        // A pin of an earlier process under the same pid and start time
+        // cannot exist; one left by a failed start of this one might.
+        let _ = std::fs::remove_file(&path);
+        events.pin(&path).map_err(|e| HandoverError::Io { dir: self.dir.clone(), source: std::io::Error::other(e) })?;
+        Ok(path)
     }
 
     /// The running agent new connections go to, when it is not this one.
@@ -374,6 +417,7 @@ pub fn remove_pins(dir: &Path) -> Result<usize, HandoverError> {
             Err(source) => return Err(HandoverError::Io { dir: dir.into(), source }),
         }
     }
+    n += crate::orphan_rings::remove_all(dir).map_err(|source| HandoverError::Io { dir: dir.into(), source })?;
     // Only if nothing else lives there.
     let _ = std::fs::remove_dir(dir);
     Ok(n)
@@ -411,6 +455,27 @@ mod tests {
         assert_eq!(started(&root, 43), None, "no such process");
         std::fs::write(root.join("42/stat"), "42 (x) S 1 2\n").unwrap();
         assert_eq!(started(&root, 42), None, "a short line is no start time");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_zombie_an_exiting_process_or_another_start_time_is_not_running() {
+        let root = std::env::temp_dir().join(format!("tokentap-handover-run-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("7")).unwrap();
+        let line = |state: &str, flags: u64, start: u64| {
+            let before = (4..=8).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+            let after = (10..=21).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+            format!("7 (tokentap) agent) {state} {before} {flags} {after} {start} 1 2\n")
+        };
+        let write = |l: String| std::fs::write(root.join("7/stat"), l).unwrap();
+        write(line("S", 0x40_0040, 555));
+        assert!(running(&root, 7, 555));
+        assert!(!running(&root, 7, 556), "a reused pid");
+        assert!(!running(&root, 8, 555), "gone");
+        write(line("R", 0x40_0044, 555));
+        assert!(!running(&root, 7, 555), "PF_EXITING: on its way out");
+        write(line("Z", 0x40_0040, 555));
+        assert!(!running(&root, 7, 555), "a zombie");
         let _ = std::fs::remove_dir_all(&root);
     }
 

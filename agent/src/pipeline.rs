@@ -28,6 +28,7 @@ use crate::stats::Stats;
 
 /// The pipeline's callers (run loop, bench, fuzz target) build it with these.
 pub use crate::capture::clock::{monotonic_ns, Clock};
+pub use handoff::OrphanConns;
 
 pub struct PipelineConfig {
     pub max_body_bytes: usize,

@@ -207,6 +207,8 @@ pub struct Probes {
 /// Maps user space reads (and the ones it writes).
 pub struct Channels {
     pub events: RingBuf<MapData>,
+    /// Where `events` is pinned (with `--handover-dir`), see `orphan_rings`.
+    pub ring_pin: Option<PathBuf>,
     pub loss: LossReader,
     pub ignored: IgnoreMap,
     pub sockets: SocketMaps,
@@ -361,6 +363,7 @@ impl Probes {
             p.attach(tp).map_err(|source| ProbeError::Program { name, source })?;
         }
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let ring_pin = handover.as_ref().map(|h| h.pin_ring(&events)).transpose()?;
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
         let loss = ebpf.take_map("LOSS").ok_or(ProbeError::MissingMap("LOSS"))?;
         let loss = PerCpuArray::try_from(loss).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
@@ -379,7 +382,7 @@ impl Probes {
         let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
-        let channels = Channels { events, loss, ignored, sockets };
+        let channels = Channels { events, ring_pin, loss, ignored, sockets };
         Ok((Self { ebpf, attached: HashMap::new() }, channels, handover))
     }
 

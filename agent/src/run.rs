@@ -19,6 +19,7 @@ use crate::discovery::java::Jvm;
 use crate::discovery::{Discovery, Target, Unprobed};
 use crate::handover::Drain;
 use crate::java::Attacher;
+use crate::orphan_rings::OrphanRings;
 use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig, ProcessEvent};
 use crate::probes::{AttachFailure, Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
@@ -112,7 +113,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Clock::system(),
         Some(exec_tx),
     );
-    let Channels { events, loss, ignored, sockets } = channels;
+    let Channels { events, ring_pin, loss, ignored, sockets } = channels;
+    let orphans = settings.handover_dir.as_deref().map(|dir| OrphanRings::new(dir, ring_pin));
     let pipeline =
         pipeline.with_kernel_filter(Box::new(ignored)).with_unprobed(unprobed_rx).with_socket_table(Box::new(sockets));
     // The reader stops once every probe is detached, not at the signal:
@@ -123,9 +125,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let pipeline_thread = {
         let (detached, drain, stats) = (detached.clone(), drain.clone(), stats.clone());
         let stats_file = settings.stats_file.clone();
-        std::thread::Builder::new()
-            .name("pipeline".into())
-            .spawn(move || read_loop(events, loss, pipeline, (&detached, &drain), &stats, stats_file.as_deref()))?
+        std::thread::Builder::new().name("pipeline".into()).spawn(move || {
+            let rings = (events, orphans);
+            read_loop(rings, loss, pipeline, (&detached, &drain), &stats, stats_file.as_deref())
+        })?
     };
 
     // Initial discovery: library directories first (covers processes that load
@@ -406,7 +409,7 @@ const DRAIN_IDLE_MS: i32 = 100;
 /// Reads the ring buffer until `detached` (every probe gone), then drains it
 /// once more and finishes.
 fn read_loop(
-    mut events: RingBuf<MapData>,
+    (mut events, mut orphans): (RingBuf<MapData>, Option<OrphanRings>),
     mut loss: LossReader,
     mut pipeline: Pipeline,
     (detached, drain): (&AtomicBool, &Drain),
@@ -421,6 +424,10 @@ fn read_loop(
     let (mut handed, mut passes_since_left) = (false, 0u32);
     // Kernel counters and gauges from the start, not after the first second.
     loss.update(stats);
+    // What an agent killed before this one started left unread comes first.
+    if let Some(o) = orphans.as_mut() {
+        o.look(&mut pipeline, stats);
+    }
     loop {
         let stopping = detached.load(Ordering::Relaxed);
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -437,6 +444,9 @@ fn read_loop(
         unsafe { libc::poll(&mut pfd, 1, timeout) };
         let mut n = 0usize;
         while let Some(item) = events.next() {
+            if let Some(o) = orphans.as_mut() {
+                o.before(&item, &mut pipeline, stats);
+            }
             pipeline.handle(&item);
             n += 1;
         }
@@ -462,6 +472,10 @@ fn read_loop(
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
+            if let Some(o) = orphans.as_mut() {
+                // A connection that made no call since its agent was killed.
+                o.look(&mut pipeline, stats);
+            }
             pipeline.tick(monotonic_ns());
             loss.update(stats);
             if let Some(p) = stats_file {
@@ -485,6 +499,9 @@ fn read_loop(
         // A successor took over: it decodes our HTTP/2 connections on from here.
         let (sent, not_sent) = pipeline.hand_off();
         tracing::info!(sent, not_sent, "decoding states handed on");
+    }
+    if let Some(o) = orphans.as_mut() {
+        o.finish(&mut pipeline, stats);
     }
     pipeline.finish();
     loss.update(stats);

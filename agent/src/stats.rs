@@ -112,6 +112,13 @@ counters! {
     handoff_states_received,
     handoff_states_missing,
     handoff_states_unusable,
+    /// An upgrade, after an agent was killed (or died): the ring buffers it
+    /// left pinned that this agent read, the records in them it decoded as
+    /// its own (copied by that agent, never read by it), and those of
+    /// another record layout, counted and dropped.
+    handover_orphan_rings,
+    handover_orphan_records,
+    handover_orphan_records_unreadable,
     /// LLM calls dropped: response body larger than the cap.
     dropped_truncated_body,
     /// LLM calls dropped: response body could not be decoded (bad gzip, bomb, ...).

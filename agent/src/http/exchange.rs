@@ -437,7 +437,7 @@ impl<E: WsCalls> HttpConnection<E> {
                     self.state = State::Ignored(Ignored::ServerSide);
                 } else if *h2_settings_first {
                     self.state = State::Ignored(Ignored::Http2Joined);
-                } else if let (false, Some(tail)) = (*skipped == Skipped::Counted, sniff::tail(data)) {
+                } else if let Some(tail) = (*skipped != Skipped::Counted).then(|| sniff::tail(data)).flatten() {
                     if tail == sniff::Tail::Response {
                         *skipped = Skipped::Counted;
                         lost.joined_mid_stream += 1;

@@ -28,7 +28,7 @@ use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
 
 use super::{ConnFilter, Handed, Pipeline};
 use crate::capture::decode::decode;
-use crate::capture::event::{Chunk, ConnKey, Direction, RawEvent};
+use crate::capture::event::{Chunk, ConnKey, Control, Direction, RawEvent};
 use crate::http::exchange::HttpConnection;
 use crate::http::sniff;
 use crate::stats::Stats;
@@ -43,6 +43,19 @@ const MAX_BYTES: usize = 32 << 20;
 /// connections remembered, looked for at most this often.
 const MAX_LATE: usize = 16384;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Records read from a killed agent's ring buffer (`orphan_rings`), by
+/// connection: decoded under the connection's own key (true) or apart.
+/// Apart: this agent already decoded newer bytes of the connection when
+/// its first older record came (it moved here at a request boundary while
+/// the other agent had stopped reading), so the older calls go under a
+/// key of their own ([`ORPHANED`] set) instead of into the newer ones.
+#[derive(Default)]
+pub struct OrphanConns(HashMap<ConnKey, bool>);
+
+/// The connection id bit that sets an orphan's connection apart: not one
+/// a TLS object's address, a socket's or a Java connection's id carries.
+const ORPHANED: u64 = 1 << 61;
 
 #[derive(Default)]
 pub(super) struct Parked {
@@ -103,6 +116,33 @@ impl Pipeline {
         w.bytes += raw.len();
         self.parked.bytes += raw.len();
         true
+    }
+
+    /// One record a killed agent copied and never read (`orphan_rings`),
+    /// read before any later one of its connection: decoded as if this
+    /// agent had copied it, apart when this agent has newer bytes of it.
+    pub fn handle_orphan(&mut self, raw: &[u8], conns: &mut OrphanConns) {
+        Stats::inc(&self.stats.handover_orphan_records);
+        let apart = |key: ConnKey| ConnKey { conn: key.conn ^ ORPHANED, ..key };
+        match decode(raw) {
+            Ok(RawEvent::Data(mut c)) => {
+                let known = self.conns.contains(&c.key) || self.parked.conns.contains_key(&c.key);
+                if !*conns.0.entry(c.key).or_insert(!known) {
+                    Stats::inc(&self.stats.events);
+                    c.key = apart(c.key);
+                    self.on_data(&c);
+                    return;
+                }
+            }
+            // Closing forgets the connection either way.
+            Ok(RawEvent::Control(Control::ConnClosed { key, ts_ns })) if conns.0.remove(&key) == Some(false) => {
+                Stats::inc(&self.stats.events);
+                self.on_control(Control::ConnClosed { key: apart(key), ts_ns });
+                return;
+            }
+            _ => {}
+        }
+        self.handle(raw);
     }
 
     /// Connections waiting for a state: go on with those whose state came,

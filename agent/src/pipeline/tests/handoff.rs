@@ -295,3 +295,52 @@ fn a_new_connection_under_the_key_of_one_waiting_with_its_end_is_read_at_once() 
     assert_eq!(new_calls.0.lock().unwrap().len(), 1);
     assert_eq!(new_stats.snapshot().handoff_states_missing, 1);
 }
+
+/// A killed agent's ring buffer, read by the agent after it (`orphan_rings`).
+mod orphans {
+    use super::*;
+    use crate::pipeline::OrphanConns;
+
+    /// `bytes` as one whole call of connection `conn`, as a record.
+    fn record(conn: u64, dir: u32, bytes: &[u8], flags: u32) -> Vec<u8> {
+        data_record(42, conn, dir, 0, bytes.len() as u64, bytes, FLAG_LAST | flags)
+    }
+
+    #[test]
+    fn a_request_the_killed_agent_never_read_meets_its_response_taken_over_and_the_call_is_recorded() {
+        let (mut new, calls, stats) = with(&Shared::default());
+        let mut conns = OrphanConns::default();
+        // In the orphan: a whole call, then the next call's request.
+        for raw in [record(7, DIR_EGRESS, REQ, 0), record(7, DIR_INGRESS, &resp(), 0), record(7, DIR_EGRESS, REQ, 0)] {
+            new.handle_orphan(&raw, &mut conns);
+        }
+        // Its response, the new agent's first copy of the connection.
+        new.handle(&record(7, DIR_INGRESS, &resp(), FLAG_TAKEN_OVER));
+        new.flush();
+        let s = stats.snapshot();
+        assert_eq!(calls.0.lock().unwrap().len(), 2, "{s:?}");
+        assert_eq!((s.handover_orphan_records, s.joined_mid_stream, s.handoff_states_missing), (3, 0, 0));
+        assert_eq!((s.dropped_unanswered, s.dropped_at_exit), (0, 0));
+    }
+
+    #[test]
+    fn older_calls_of_a_connection_the_new_agent_already_decodes_are_recorded_apart_not_mixed_in() {
+        let (mut new, calls, stats) = with(&Shared::default());
+        // The connection moved here at a request while the old agent had
+        // stopped reading: the new agent holds a request in flight.
+        call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+        let mut conns = OrphanConns::default();
+        new.handle_orphan(&record(7, DIR_EGRESS, REQ, 0), &mut conns);
+        new.handle_orphan(&record(7, DIR_INGRESS, &resp(), 0), &mut conns);
+        assert_eq!(calls.0.lock().unwrap().len(), 1, "the older call, apart");
+        // The old agent's end of the connection (its object freed after a
+        // reuse) ends the apart one only: the new call goes on.
+        new.handle_orphan(&control_record(EventKind::ConnClosed, 42, 7), &mut conns);
+        call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+        new.flush();
+        let s = stats.snapshot();
+        assert_eq!(calls.0.lock().unwrap().len(), 2, "{s:?}");
+        assert_eq!((s.joined_mid_stream, s.dropped_unanswered, s.dropped_at_exit), (0, 0, 0));
+        assert_eq!(s.handover_orphan_records, 3);
+    }
+}
