@@ -90,6 +90,11 @@ fn started(proc_root: &Path, pid: u32) -> Option<u64> {
     stat(proc_root, pid).map(|s| s.start)
 }
 
+/// When process `pid` started (clock ticks since boot), if it runs.
+pub fn start_time(pid: u32) -> Option<u64> {
+    started(Path::new("/proc"), pid)
+}
+
 /// Is there a process `pid` that started at `since` (running, exiting, or a zombie)?
 pub fn present(proc_root: &Path, pid: u32, since: u64) -> bool {
     started(proc_root, pid) == Some(since)

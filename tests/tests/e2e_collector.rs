@@ -305,3 +305,88 @@ fn mutual_tls_between_agent_and_collector() {
     assert!(collector.metrics().contains("reason=\"tls_handshake\"} 1"), "{}", collector.metrics());
     env.finish();
 }
+
+/// An agent killed (SIGKILL, the OOM killer, a grace period run out) while
+/// records wait in its open batch, not yet sealed: the next agent to own the
+/// spool directory seals them from the journal the killed one kept there,
+/// and sends them, each once.
+#[test]
+fn the_open_batch_of_a_killed_agent_reaches_clickhouse_through_the_next_agent() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("collector-killed");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let ch = ClickHouse::start(&dir, "collector_killed");
+    let collector = Collector::start(&dir, &ch);
+    let (spool, token) = (dir.join("spool"), dir.join("token"));
+    std::fs::write(&token, &collector.token).unwrap();
+    let args = [
+        format!("--output=collector:{}", collector.url),
+        format!("--collector-token-file={}", token.display()),
+        format!("--spool-dir={}", spool.display()),
+        "--cluster-name=e2e".into(),
+        // Nothing is sealed while the test runs: the open batch holds every record.
+        "--collector-batch-age-ms=600000".into(),
+        "--collector-batch-records=100000".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
+    for d in [&first_dir, &second_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut first = Agent::start(&first_dir, &args);
+    const N: usize = 120;
+    let work: Vec<Value> = (0..N)
+        .map(|i| {
+            let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("call {i}")}]});
+            let mut c = tokentap_e2e::calibrate::call("chat", body, 100 + i as u64, 10);
+            c["pause"] = serde_json::json!(0.005);
+            c
+        })
+        .collect();
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let (pid, _) = run_client(py_workload(&dir, &certs, &base, "killed", &work));
+    first.wait_process_done(pid);
+    let journaled = wait_for("the open batch in the journal", Duration::from_secs(30), || {
+        let lines: usize = std::fs::read_dir(&spool)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("open-"))
+            .map(|e| std::fs::read(e.path()).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count()))
+            .sum();
+        (lines >= N).then_some(lines)
+    });
+    let count = || ch.count(&format!("SELECT count() FROM llm_calls WHERE pid = {pid}"));
+    assert_eq!(count(), 0, "nothing sealed, nothing sent before the kill");
+    first.kill();
+    let mut second = Agent::start(&second_dir, &args);
+    let rows = wait_rows(&ch, pid, N);
+    let new = second.wait_stat("collector_records_sent", N as u64);
+    eprintln!(
+        "killed with {journaled} records journaled: {} rows in ClickHouse through the next agent; {}",
+        rows.len(),
+        [
+            "collector_spool_recovered_records",
+            "collector_traffic_spool_recovered_rows",
+            "collector_spool_dropped_records"
+        ]
+        .map(|k| format!("{k} {}", new[k]))
+        .join(", ")
+    );
+    assert_eq!(new["collector_spool_recovered_records"], N as u64, "{new}");
+    assert_eq!(new["collector_spool_dropped_records"], 0, "{new}");
+    let served = server.served();
+    let ids: std::collections::HashSet<&str> = rows.iter().filter_map(|r| r["response_id"].as_str()).collect();
+    assert_eq!(ids.len(), N, "each call once");
+    assert!(served.iter().all(|s| s["response_id"].as_str().is_some_and(|id| ids.contains(id))));
+    assert!(second.stop().success());
+    assert_eq!(count(), N as u64, "no row twice");
+    let left: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("open-"))
+        .collect();
+    assert!(left.is_empty(), "journals left: {left:?}");
+}

@@ -26,6 +26,7 @@ impl CounterSet for CollectorCounters {
             ("collector_records_rejected", get(&s.records_rejected)),
             ("collector_records_invalid", get(&self.records_invalid)),
             ("collector_spool_dropped_records", get(&s.spool_dropped_records)),
+            ("collector_spool_recovered_records", get(&s.spool_recovered_records)),
             ("collector_spool_bytes", get(&s.spool_bytes)),
             ("collector_spool_batches", get(&s.spool_batches)),
             ("collector_in_flight", get(&s.in_flight)),
@@ -57,6 +58,7 @@ impl CounterSet for TrafficCounters {
             ("collector_traffic_rows_rejected", get(&s.records_rejected)),
             ("collector_traffic_rows_invalid", get(&self.rows_invalid)),
             ("collector_traffic_spool_dropped_rows", get(&s.spool_dropped_records)),
+            ("collector_traffic_spool_recovered_rows", get(&s.spool_recovered_records)),
             ("collector_traffic_spool_batches", get(&s.spool_batches)),
             ("collector_traffic_in_flight", get(&s.in_flight)),
         ]
@@ -72,7 +74,7 @@ mod tests {
     use super::*;
     use crate::stats::{Snapshot, Stats, StatsFile};
 
-    const TOTALS: [&str; 7] = [
+    const TOTALS: [&str; 8] = [
         "collector_batches_sent",
         "collector_records_sent",
         "collector_send_errors",
@@ -80,6 +82,7 @@ mod tests {
         "collector_records_rejected",
         "collector_records_invalid",
         "collector_spool_dropped_records",
+        "collector_spool_recovered_records",
     ];
     const GAUGES: [&str; 3] = ["collector_spool_bytes", "collector_spool_batches", "collector_in_flight"];
 
@@ -101,7 +104,7 @@ mod tests {
         want.sort();
         assert_eq!(names, want, "the collector's names");
         let traffic = snap.groups.keys().filter(|n| n.starts_with("collector_traffic_")).count();
-        assert_eq!(traffic, 8, "the traffic rows' own counters");
+        assert_eq!(traffic, 9, "the traffic rows' own counters");
         let json: serde_json::Value = serde_json::to_value(&snap).unwrap();
         assert_eq!((json["collector_records_sent"].as_u64(), json["collector_in_flight"].as_u64()), (Some(7), Some(0)));
         let p = std::env::temp_dir().join(format!("tt-collector-counters-{}.json", std::process::id()));

@@ -29,6 +29,7 @@ impl CounterSet for OtlpCounters {
             ("otlp_span_batches_rejected", get(&s.batches_rejected)),
             ("otlp_spans_rejected", get(&s.records_rejected)),
             ("otlp_span_spool_dropped_records", get(&s.spool_dropped_records)),
+            ("otlp_span_spool_recovered_records", get(&s.spool_recovered_records)),
             ("otlp_span_spool_bytes", get(&s.spool_bytes)),
             ("otlp_span_spool_batches", get(&s.spool_batches)),
             ("otlp_span_in_flight", get(&s.in_flight)),
@@ -38,6 +39,7 @@ impl CounterSet for OtlpCounters {
             ("otlp_metric_batches_rejected", get(&m.batches_rejected)),
             ("otlp_metric_points_rejected", get(&self.metric_points_rejected)),
             ("otlp_metric_spool_dropped_records", get(&m.spool_dropped_records)),
+            ("otlp_metric_spool_recovered_records", get(&m.spool_recovered_records)),
             ("otlp_metric_spool_bytes", get(&m.spool_bytes)),
             ("otlp_metric_spool_batches", get(&m.spool_batches)),
             ("otlp_metric_in_flight", get(&m.in_flight)),
@@ -71,7 +73,7 @@ mod tests {
         crate::sinks::spool::counters::add(&c.metrics.spool_bytes, 3);
         let snap = stats.snapshot();
         let names: Vec<&str> = snap.groups.keys().map(String::as_str).filter(|n| n.starts_with("otlp_")).collect();
-        assert_eq!(names.len(), 19, "{names:?}");
+        assert_eq!(names.len(), 21, "{names:?}");
         let json: serde_json::Value = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["otlp_spans_sent"], 7);
         let m = crate::metrics::render(&stats);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::counters::{self, SpoolCounters};
 use super::index::Spool;
+use super::journal::Journal;
 
 /// When the open batch is sealed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,12 +33,15 @@ pub struct Batcher {
     /// When the open batch's first record arrived.
     opened: Option<Instant>,
     seq: u64,
+    /// The open batch on disk too, for the next agent if this one is killed.
+    journal: Journal,
 }
 
 impl Batcher {
     pub fn new(spool: Arc<Spool>, counters: Arc<SpoolCounters>, limits: BatchLimits) -> Self {
         let limits = BatchLimits { records: limits.records.max(1), ..limits };
-        Self { spool, counters, limits, buf: Vec::new(), records: 0, opened: None, seq: 0 }
+        let journal = Journal::new(spool.dir());
+        Self { spool, counters, limits, buf: Vec::new(), records: 0, opened: None, seq: 0, journal }
     }
 
     /// Add one record, which `encode` appends to the open batch (for NDJSON:
@@ -59,8 +63,9 @@ impl Batcher {
     /// Seal the open batch if it is old enough (the pipeline calls this often).
     pub fn flush(&mut self) -> io::Result<()> {
         if self.opened.is_some_and(|t| t.elapsed() >= self.limits.age) {
-            self.seal()?;
+            return self.seal();
         }
+        self.journal.sync(&self.buf);
         Ok(())
     }
 
@@ -80,6 +85,7 @@ impl Batcher {
         let spooled = zstd::bulk::compress(&self.buf, 3)
             .and_then(|body| self.spool.write(self.seq, records, self.buf.len() as u64, &body));
         self.buf.clear();
+        self.journal.clear();
         // Keep the usual batch's allocation, not a rare huge one's.
         if self.buf.capacity() > self.limits.bytes / 2 {
             self.buf = Vec::new();

@@ -17,8 +17,11 @@ pub struct SpoolCounters {
     /// rejected batches.
     pub records_rejected: AtomicU64,
     /// Records dropped: the spool reached its bound, a batch could not be
-    /// written, or its file vanished.
+    /// written, its file vanished, or one was half written at a kill.
     pub spool_dropped_records: AtomicU64,
+    /// Records a killed agent left in its journal of the open batch, sealed
+    /// and sent by this one (`journal`).
+    pub spool_recovered_records: AtomicU64,
     /// Levels: bytes and batches in the spool (waiting or being sent), and
     /// requests being sent.
     pub spool_bytes: AtomicU64,

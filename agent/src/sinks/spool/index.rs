@@ -287,6 +287,9 @@ impl Spool {
             spool.enforce_bound(&mut st);
             spool.publish(&st);
         }
+        if spool.shared.owned() {
+            spool.recover_journals();
+        }
         Ok(spool)
     }
 
@@ -343,6 +346,13 @@ impl Spool {
         self.trim_rejected(&mut st);
         drop(st);
         tracing::info!(output = %self.name, batches = n, bytes, "the spool's previous owner exited: its batches adopted");
+        self.recover_journals();
+    }
+
+    /// The open batches killed agents left in their journals, as batches.
+    fn recover_journals(&self) {
+        let write = |records, raw, body: &[u8]| self.write(0, records, raw, body);
+        super::journal::recover(&self.dir, &self.name, &self.counters, write);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

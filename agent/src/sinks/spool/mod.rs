@@ -12,6 +12,7 @@ pub mod batcher;
 pub mod counters;
 pub mod deliver;
 pub mod index;
+mod journal;
 mod shared;
 
 pub use batcher::BatchLimits;

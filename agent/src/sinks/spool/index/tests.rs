@@ -114,3 +114,31 @@ fn a_spool_owned_by_another_agent_adopts_its_batches_once_it_exits() {
     assert_eq!(spool.take(100, 1 << 20, u64::MAX).map(|t| t.records()), Some(15));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_open_batch_a_killed_agent_journaled_is_sealed_and_sent_by_the_next_owner() {
+    let dir = std::env::temp_dir().join(format!("tt-spool-idx-{}-journal", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // No process has this pid: its journal is a dead agent's; the last
+    // record was cut by the kill.
+    let journal = dir.join("open-4294967294-1.ndjson");
+    std::fs::write(&journal, b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\"").unwrap();
+    // This process's own (a journal it has open) is never taken.
+    let own = dir.join(format!(
+        "open-{}-{}.ndjson",
+        std::process::id(),
+        crate::handover::start_time(std::process::id()).unwrap()
+    ));
+    std::fs::write(&own, b"{\"mine\":1}\n").unwrap();
+    let counters = Arc::new(SpoolCounters::default());
+    let spool = Spool::open("journal", &dir, 1 << 20, counters.clone()).unwrap();
+    assert_eq!((get(&counters.spool_recovered_records), get(&counters.spool_dropped_records)), (3, 1));
+    assert!(!journal.exists() && own.exists());
+    let index = spool.index();
+    assert_eq!(index.len(), 1);
+    let body = zstd::decode_all(std::fs::File::open(&index[0].0).unwrap()).unwrap();
+    assert_eq!(body, b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+    assert_eq!(spool.take(100, 1 << 20, u64::MAX).map(|t| t.records()), Some(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
