@@ -79,7 +79,8 @@ pub fn me() -> u32 {
     std::process::id()
 }
 
-/// Is the process `pid` that started at `since` still running?
+/// Is there still a process `pid` that started at `since` (running, exiting, or a
+/// zombie not yet reaped)?
 pub fn alive(pid: u32, since: u64) -> bool {
     started(Path::new("/proc"), pid) == Some(since)
 }
@@ -93,11 +94,6 @@ fn started(proc_root: &Path, pid: u32) -> Option<u64> {
 /// When process `pid` started (clock ticks since boot), if it runs.
 pub fn start_time(pid: u32) -> Option<u64> {
     started(Path::new("/proc"), pid)
-}
-
-/// Is there a process `pid` that started at `since` (running, exiting, or a zombie)?
-pub fn present(proc_root: &Path, pid: u32, since: u64) -> bool {
-    started(proc_root, pid) == Some(since)
 }
 
 /// Is the process `pid` that started at `since` running, and not on its way

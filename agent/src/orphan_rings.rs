@@ -86,7 +86,6 @@ struct Orphan {
 pub struct OrphanRings {
     dir: PathBuf,
     own: Option<PathBuf>,
-    proc_root: PathBuf,
     open: Vec<Orphan>,
     /// When the last look began (the kernel's monotonic clock, as chunks carry).
     looked_ns: u64,
@@ -94,11 +93,7 @@ pub struct OrphanRings {
 
 impl OrphanRings {
     pub fn new(dir: &Path, own: Option<PathBuf>) -> Self {
-        Self::with_proc(dir, own, Path::new("/proc"))
-    }
-
-    fn with_proc(dir: &Path, own: Option<PathBuf>, proc_root: &Path) -> Self {
-        Self { dir: dir.into(), own, proc_root: proc_root.into(), open: Vec::new(), looked_ns: 0 }
+        Self { dir: dir.into(), own, open: Vec::new(), looked_ns: 0 }
     }
 
     /// Before this agent decodes `raw` of its own ring: a chunk of a
@@ -136,7 +131,7 @@ impl OrphanRings {
             let Some((format, pid, since)) = e.file_name().to_str().and_then(parse) else { continue };
             if self.own.as_ref() == Some(&path)
                 || self.open.iter().any(|o| o.path == path)
-                || crate::handover::running(&self.proc_root, pid, since)
+                || crate::handover::running(Path::new("/proc"), pid, since)
             {
                 continue;
             }
@@ -162,7 +157,6 @@ impl OrphanRings {
     }
 
     fn read(&mut self, pipeline: &mut Pipeline, stats: &Stats, all_done: bool) {
-        let proc_root = self.proc_root.clone();
         self.open.retain_mut(|o| {
             let mut n = 0u64;
             while let Some(item) = o.ring.next() {
@@ -177,7 +171,7 @@ impl OrphanRings {
                 tracing::info!(pid = o.pid, records = n, "records read from the ring buffer of an agent that left");
             }
             // Gone (reaped, not only exiting) and quiet: nothing will come.
-            let gone = !crate::handover::present(&proc_root, o.pid, o.since);
+            let gone = !crate::handover::alive(o.pid, o.since);
             let done = all_done || (n == 0 && gone && o.opened.elapsed() >= LINGER);
             if done {
                 let _ = std::fs::remove_file(&o.path);
@@ -204,6 +198,28 @@ mod tests {
         for other in ["AGENTS", "CONN_OWNERS", "ring-f1-x-2", "ring-f1-1", "ring-1-2-3", ""] {
             assert_eq!(parse(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn only_rings_of_agents_no_longer_running_are_opened_and_one_that_is_no_ring_goes() {
+        let dir = std::env::temp_dir().join(format!("tokentap-rings-find-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let since = crate::handover::start_time(me).unwrap();
+        let own = dir.join(pin_name(me, since + 1));
+        // This agent's own pin; a running agent's (this process under another
+        // name); a dead one's, which is not a ring buffer (not on bpffs).
+        let (running, dead) = (dir.join(pin_name(me, since)), dir.join(pin_name(4_294_967_294, 1)));
+        for p in [&own, &running, &dead] {
+            std::fs::write(p, b"").unwrap();
+        }
+        let mut rings = OrphanRings::new(&dir, Some(own.clone()));
+        let stats = Stats::default();
+        rings.find(&stats);
+        assert_eq!((rings.open(), stats.snapshot().handover_orphan_rings), (0, 0));
+        assert!(own.exists() && running.exists(), "neither is an orphan");
+        assert!(!dead.exists(), "a pin that cannot be read is removed, not tried again");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
