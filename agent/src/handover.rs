@@ -46,6 +46,11 @@ pub enum HandoverError {
     NotBpfFs(PathBuf),
     #[error("--handover-dir {dir}: {source}")]
     Io { dir: PathBuf, source: std::io::Error },
+    #[error(
+        "--handover-dir: this process's start time cannot be read from /proc/{0}/stat (the agents tell each other \
+         apart by pid and start time: run it with the host's /proc, hostPID in a pod)"
+    )]
+    NoStartTime(u32),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("handover map {name}: {source}")]
@@ -141,7 +146,8 @@ impl Handover {
         let current = take(ebpf, "CURRENT_AGENT")?;
         let current =
             Array::try_from(current).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
-        let since = started(Path::new("/proc"), me()).unwrap_or(0);
+        // Another agent would take a made-up start time for a dead agent's.
+        let since = started(Path::new("/proc"), me()).ok_or(HandoverError::NoStartTime(me()))?;
         let mut h = Self { dir: dir.into(), agents, current, me: me(), since };
         h.reap();
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;

@@ -20,6 +20,7 @@
 //! agent of another `RING_FORMAT`) is read to count its records, not
 //! decoded. Why not one ring for all agents: each agent's parser state is
 //! its own, so each needs its own ordered stream (`agent-ebpf/src/handover.rs`).
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,15 +40,45 @@ const PREFIX: &str = "ring-f";
 /// its own: control records, at most).
 const LINGER: Duration = Duration::from_secs(5);
 
+/// How long a ring of another record layout is left for an agent that can
+/// decode it (a restarted one of its own version) before it is counted lost.
+const FOREIGN_WAIT: Duration = Duration::from_secs(30);
+
 /// The pin name of the ring buffer of the agent `pid` that started at `since`.
 pub fn pin_name(pid: u32, since: u64) -> String {
     format!("{PREFIX}{RING_FORMAT}-{pid}-{since}")
 }
 
-/// (format, pid, start time) of a ring pin's name; None for any other file.
-fn parse(name: &str) -> Option<(u32, u32, u64)> {
-    let mut it = name.strip_prefix(PREFIX)?.splitn(3, '-');
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+/// A ring pin's name: its format, the agent that owned it (pid, start
+/// time), and the agent reading it since its owner died, if any.
+#[derive(Debug, PartialEq)]
+struct Pin {
+    format: u32,
+    pid: u32,
+    since: u64,
+    claim: Option<(u32, u64)>,
+}
+
+/// The name under which the agent `by` reads a pin left as `pin_name`.
+fn claimed_name(format: u32, pid: u32, since: u64, by: (u32, u64)) -> String {
+    format!("{PREFIX}{format}-{pid}-{since}{CLAIM}{}-{}", by.0, by.1)
+}
+
+const CLAIM: &str = "-by-";
+
+/// A ring pin's name, parsed; None for any other file.
+fn parse(name: &str) -> Option<Pin> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (owner, claim) = match rest.split_once(CLAIM) {
+        Some((owner, by)) => {
+            let (pid, since) = by.split_once('-')?;
+            (owner, Some((pid.parse().ok()?, since.parse().ok()?)))
+        }
+        None => (rest, None),
+    };
+    let mut it = owner.splitn(3, '-');
+    let (format, pid, since) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    Some(Pin { format, pid, since, claim })
 }
 
 /// Remove every ring pin in `dir` (`tokentap-agent uninstall`, the last
@@ -86,14 +117,26 @@ struct Orphan {
 pub struct OrphanRings {
     dir: PathBuf,
     own: Option<PathBuf>,
+    /// This agent (pid, start time), as it names the pins it claims.
+    me: Option<(u32, u64)>,
     open: Vec<Orphan>,
+    /// Pins that could not be opened: warned once, left for the uninstall.
+    failed: HashSet<PathBuf>,
+    /// Rings of another record layout, and when first seen orphaned.
+    foreign: HashMap<PathBuf, Instant>,
     /// When the last look began (the kernel's monotonic clock, as chunks carry).
     looked_ns: u64,
 }
 
 impl OrphanRings {
     pub fn new(dir: &Path, own: Option<PathBuf>) -> Self {
-        Self { dir: dir.into(), own, open: Vec::new(), looked_ns: 0 }
+        let me = crate::handover::start_time(crate::handover::me()).map(|since| (crate::handover::me(), since));
+        Self::of(dir, own, me)
+    }
+
+    fn of(dir: &Path, own: Option<PathBuf>, me: Option<(u32, u64)>) -> Self {
+        let (failed, foreign) = (HashSet::new(), HashMap::new());
+        Self { dir: dir.into(), own, me, open: Vec::new(), failed, foreign, looked_ns: 0 }
     }
 
     /// Before this agent decodes `raw` of its own ring: a chunk of a
@@ -124,33 +167,55 @@ impl OrphanRings {
         }
     }
 
+    /// Claim and open the rings of agents no longer running. A ring is
+    /// read by one agent: the first to rename its pin to its own claim
+    /// (`-by-<pid>-<start>`; a rename succeeds once) reads it, and a claim
+    /// whose agent is gone in turn is taken over from where it stopped
+    /// (the consumer position lives in the map). Two readers would each
+    /// decode the same records. A ring of another record layout waits
+    /// [`FOREIGN_WAIT`] for an agent of its own version (one restarting)
+    /// before this one reads it only to count what is lost.
     fn find(&mut self, stats: &Stats) {
+        let Some(me) = self.me else { return };
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let running = |(pid, since)| crate::handover::running(Path::new("/proc"), pid, since);
         for e in entries.flatten() {
             let path = e.path();
-            let Some((format, pid, since)) = e.file_name().to_str().and_then(parse) else { continue };
+            let Some(pin) = e.file_name().to_str().and_then(parse) else { continue };
             if self.own.as_ref() == Some(&path)
                 || self.open.iter().any(|o| o.path == path)
-                || crate::handover::running(Path::new("/proc"), pid, since)
+                || self.failed.contains(&path)
+                || running((pin.pid, pin.since))
+                || pin.claim.is_some_and(|c| c != me && running(c))
             {
                 continue;
             }
-            match MapData::from_pin(&path).map(Map::RingBuf).and_then(RingBuf::try_from) {
+            let decodable = pin.format == RING_FORMAT;
+            if !decodable && self.foreign.entry(path.clone()).or_insert_with(Instant::now).elapsed() < FOREIGN_WAIT {
+                continue;
+            }
+            let claimed = self.dir.join(claimed_name(pin.format, pin.pid, pin.since, me));
+            if claimed != path && std::fs::rename(&path, &claimed).is_err() {
+                // Another agent claimed it first.
+                continue;
+            }
+            self.foreign.remove(&path);
+            match MapData::from_pin(&claimed).map(Map::RingBuf).and_then(RingBuf::try_from) {
                 Ok(ring) => {
-                    let decodable = format == RING_FORMAT;
                     tracing::info!(
-                        pid,
+                        pid = pin.pid,
                         decodable,
                         "reading the ring buffer an agent that did not finish left (killed, or died)"
                     );
                     Stats::inc(&stats.handover_orphan_rings);
-                    let conns = OrphanConns::default();
-                    self.open.push(Orphan { path, pid, since, ring, decodable, opened: Instant::now(), conns });
+                    let (pid, since, conns, opened) = (pin.pid, pin.since, OrphanConns::default(), Instant::now());
+                    self.open.push(Orphan { path: claimed, pid, since, ring, decodable, opened, conns });
                 }
                 Err(err) => {
-                    // Not a ring buffer, or not ours to open: nothing to read.
-                    tracing::warn!(path = %path.display(), error = %err, "a ring pin that cannot be read: removed");
-                    let _ = std::fs::remove_file(&path);
+                    // Not a ring buffer, or none to open now (out of fds): not
+                    // tried again, and left for `tokentap-agent uninstall`.
+                    tracing::warn!(path = %claimed.display(), error = %err, "a ring pin that cannot be read: left");
+                    self.failed.insert(claimed);
                 }
             }
         }
@@ -193,32 +258,55 @@ mod tests {
     #[test]
     fn a_pin_name_says_format_pid_and_start_and_other_files_are_not_pins() {
         let name = pin_name(4242, 987_654);
-        assert_eq!(parse(&name), Some((RING_FORMAT, 4242, 987_654)));
-        assert_eq!(parse("ring-f9-1-2"), Some((9, 1, 2)));
-        for other in ["AGENTS", "CONN_OWNERS", "ring-f1-x-2", "ring-f1-1", "ring-1-2-3", ""] {
+        let pin = |format, pid, since, claim| Some(Pin { format, pid, since, claim });
+        assert_eq!(parse(&name), pin(RING_FORMAT, 4242, 987_654, None));
+        assert_eq!(parse("ring-f9-1-2"), pin(9, 1, 2, None));
+        assert_eq!(parse(&claimed_name(9, 1, 2, (3, 4))), pin(9, 1, 2, Some((3, 4))));
+        for other in ["AGENTS", "CONN_OWNERS", "ring-f1-x-2", "ring-f1-1", "ring-1-2-3", "ring-f1-1-2-by-3", ""] {
             assert_eq!(parse(other), None, "{other}");
         }
     }
 
     #[test]
-    fn only_rings_of_agents_no_longer_running_are_opened_and_one_that_is_no_ring_goes() {
+    fn a_dead_agent_s_ring_is_claimed_by_one_agent_and_a_running_agent_s_claim_is_left_alone() {
         let dir = std::env::temp_dir().join(format!("tokentap-rings-find-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let me = std::process::id();
         let since = crate::handover::start_time(me).unwrap();
-        let own = dir.join(pin_name(me, since + 1));
-        // This agent's own pin; a running agent's (this process under another
-        // name); a dead one's, which is not a ring buffer (not on bpffs).
-        let (running, dead) = (dir.join(pin_name(me, since)), dir.join(pin_name(4_294_967_294, 1)));
-        for p in [&own, &running, &dead] {
+        let (this, other) = ((me, since), (1, crate::handover::start_time(1).unwrap()));
+        let own = dir.join(pin_name(this.0, this.1));
+        const DEAD: u32 = 4_294_967_294;
+        // This agent's own pin; a running agent's (process 1 serves as
+        // another agent running); a
+        // dead one's claimed by that running agent; a dead one's claimed by
+        // a dead one; a dead one's of another record layout; a dead one's
+        // (none of them a ring buffer: not on bpffs).
+        let running = dir.join(pin_name(other.0, other.1));
+        let claimed_by_running = dir.join(claimed_name(RING_FORMAT, DEAD, 1, other));
+        let claimed_by_dead = dir.join(claimed_name(RING_FORMAT, DEAD, 2, (DEAD, 9)));
+        let foreign = dir.join(format!("{PREFIX}{}-{DEAD}-3", RING_FORMAT + 1));
+        let dead = dir.join(pin_name(DEAD, 4));
+        for p in [&own, &running, &claimed_by_running, &claimed_by_dead, &foreign, &dead] {
             std::fs::write(p, b"").unwrap();
         }
-        let mut rings = OrphanRings::new(&dir, Some(own.clone()));
+        let mut rings = OrphanRings::of(&dir, Some(own.clone()), Some(this));
         let stats = Stats::default();
         rings.find(&stats);
         assert_eq!((rings.open(), stats.snapshot().handover_orphan_rings), (0, 0));
-        assert!(own.exists() && running.exists(), "neither is an orphan");
-        assert!(!dead.exists(), "a pin that cannot be read is removed, not tried again");
+        assert!(own.exists() && running.exists() && claimed_by_running.exists(), "not orphans, or read already");
+        assert!(foreign.exists(), "left a while for an agent of its layout");
+        let mine = |format, pid, since| dir.join(claimed_name(format, pid, since, this));
+        // Claimed (renamed) by this agent, then found not to be rings: left,
+        // and not tried again.
+        assert!(!dead.exists() && mine(RING_FORMAT, DEAD, 4).exists());
+        assert!(!claimed_by_dead.exists() && mine(RING_FORMAT, DEAD, 2).exists());
+        assert_eq!(rings.failed.len(), 2);
+        // Another agent finds nothing left to claim but the foreign ring.
+        let mut second = OrphanRings::of(&dir, None, Some((DEAD - 1, 5)));
+        second.find(&stats);
+        assert!(second.failed.is_empty() && second.foreign.len() == 1);
+        assert_eq!(remove_all(&dir).unwrap(), 6, "claimed pins are pins too");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

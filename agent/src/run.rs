@@ -495,13 +495,14 @@ fn read_loop(
             );
         }
     }
+    // Before handing on: connections decoded from an orphan go with the rest.
+    if let Some(o) = orphans.as_mut() {
+        o.finish(&mut pipeline, stats);
+    }
     if drain.asked.load(Ordering::Relaxed) && !handed {
         // A successor took over: it decodes our HTTP/2 connections on from here.
         let (sent, not_sent) = pipeline.hand_off();
         tracing::info!(sent, not_sent, "decoding states handed on");
-    }
-    if let Some(o) = orphans.as_mut() {
-        o.finish(&mut pipeline, stats);
     }
     pipeline.finish();
     loss.update(stats);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
 
 use super::{ConnFilter, Handed, Pipeline};
-use crate::capture::decode::decode;
+use crate::capture::decode::{decode, socket_conn};
 use crate::capture::event::{Chunk, ConnKey, Control, Direction, RawEvent};
 use crate::http::exchange::HttpConnection;
 use crate::http::sniff;
@@ -134,15 +134,30 @@ impl Pipeline {
                     return;
                 }
             }
-            // Closing forgets the connection either way.
-            Ok(RawEvent::Control(Control::ConnClosed { key, ts_ns })) if conns.0.remove(&key) == Some(false) => {
-                Stats::inc(&self.stats.events);
-                self.on_control(Control::ConnClosed { key: apart(key), ts_ns });
-                return;
-            }
+            Ok(RawEvent::Control(control)) => return self.orphan_control(control, conns),
             _ => {}
         }
         self.handle(raw);
+    }
+
+    /// A killed agent's control record ends only connections decoded from
+    /// its records. This agent's probes copied their own of every other end
+    /// and exit (the kernel runs each agent's programs), and the key may
+    /// since name a live connection here: an `SSL*` or fd reused at once.
+    fn orphan_control(&mut self, control: Control, conns: &mut OrphanConns) {
+        let (keys, ts_ns) = match control {
+            Control::ConnClosed { key, ts_ns } => (vec![key], ts_ns),
+            Control::SockClosed { sock, ts_ns, tls: false, .. } => (vec![socket_conn(sock.tgid, sock.fd)], ts_ns),
+            Control::Exit { tgid, ts_ns } => (conns.0.keys().filter(|k| k.tgid == tgid).copied().collect(), ts_ns),
+            Control::SockClosed { .. } | Control::Exec { .. } | Control::LibsChanged { .. } => return,
+        };
+        for key in keys {
+            // Closing forgets the connection either way.
+            let Some(own) = conns.0.remove(&key) else { continue };
+            Stats::inc(&self.stats.events);
+            let key = if own { key } else { ConnKey { conn: key.conn ^ ORPHANED, ..key } };
+            self.on_control(Control::ConnClosed { key, ts_ns });
+        }
     }
 
     /// Connections waiting for a state: go on with those whose state came,

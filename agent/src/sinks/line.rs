@@ -1,5 +1,10 @@
 //! One JSON record per line: `type = "jsonl"` (`--output jsonl:PATH`, a file
 //! appended to) and `type = "stdout"` (`--output stdout`).
+//!
+//! A file gets each line in one `write`, unbuffered: a line is on disk before
+//! the ring buffer record that completed its call is released (an agent
+//! killed loses none), and two agents appending to one file during an
+//! upgrade never interleave parts of lines (`O_APPEND`).
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -11,12 +16,16 @@ use super::sink::{settings, Sink, SinkContext, SinkKind};
 
 pub struct LineSink<W: Write + Send> {
     out: W,
+    /// One line, encoded before it is written whole.
+    line: Vec<u8>,
 }
 
 impl<W: Write + Send> Sink for LineSink<W> {
     fn write(&mut self, record: &LlmCall) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -25,16 +34,16 @@ impl<W: Write + Send> Sink for LineSink<W> {
 }
 
 /// Append to `path` (its directory created).
-pub fn jsonl(path: &Path) -> io::Result<LineSink<BufWriter<File>>> {
+pub fn jsonl(path: &Path) -> io::Result<LineSink<File>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let f = OpenOptions::new().create(true).append(true).open(path)?;
-    Ok(LineSink { out: BufWriter::new(f) })
+    Ok(LineSink { out: f, line: Vec::new() })
 }
 
 pub fn stdout() -> LineSink<BufWriter<io::Stdout>> {
-    LineSink { out: BufWriter::new(io::stdout()) }
+    LineSink { out: BufWriter::new(io::stdout()), line: Vec::new() }
 }
 
 /// `[outputs.<name>]` with `type = "jsonl"`.
@@ -124,6 +133,8 @@ mod tests {
         for _ in 0..2 {
             let mut s = jsonl(&path).unwrap();
             s.write(&LlmCall { provider: "openai".into(), ..Default::default() }).unwrap();
+            // On disk before any flush: a killed agent loses no line.
+            assert!(std::fs::read_to_string(&path).unwrap().ends_with("}\n"));
             s.flush().unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();

@@ -343,4 +343,24 @@ mod orphans {
         assert_eq!((s.joined_mid_stream, s.dropped_unanswered, s.dropped_at_exit), (0, 0, 0));
         assert_eq!(s.handover_orphan_records, 3);
     }
+
+    #[test]
+    fn the_killed_agent_s_ends_and_exits_end_only_connections_decoded_from_its_records() {
+        let (mut new, calls, stats) = with(&Shared::default());
+        // A live connection here whose key the dead agent last saw on an
+        // earlier connection (an SSL* reused once freed).
+        call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+        let mut conns = OrphanConns::default();
+        // The dead agent's records: the earlier connection's end, a request
+        // on another connection, and its process's exit.
+        new.handle_orphan(&control_record(EventKind::ConnClosed, 42, 7), &mut conns);
+        new.handle_orphan(&record(9, DIR_EGRESS, REQ, 0), &mut conns);
+        new.handle_orphan(&control_record(EventKind::Exit, 42, 0), &mut conns);
+        assert_eq!(stats.snapshot().dropped_calls(), 1, "the orphan's request, cut by its exit");
+        call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+        new.flush();
+        let s = stats.snapshot();
+        assert_eq!(calls.0.lock().unwrap().len(), 1, "the live call goes on: {s:?}");
+        assert_eq!((s.dropped_calls(), s.joined_mid_stream, s.handover_orphan_records), (1, 0, 3));
+    }
 }

@@ -52,6 +52,8 @@ impl Batcher {
             self.buf.truncate(len);
             return Err(e);
         }
+        // On disk before the ring buffer record that completed it is released.
+        self.journal.append(&self.buf[len..]);
         self.records += 1;
         self.opened.get_or_insert_with(Instant::now);
         if self.records >= self.limits.records || self.buf.len() >= self.limits.bytes {
@@ -65,7 +67,6 @@ impl Batcher {
         if self.opened.is_some_and(|t| t.elapsed() >= self.limits.age) {
             return self.seal();
         }
-        self.journal.sync(&self.buf);
         Ok(())
     }
 
