@@ -16,10 +16,12 @@
 //! agent from `AGENTS` and so after its main thread began to exit. Before
 //! such a chunk this agent looks for orphans again unless it looked after
 //! the chunk was made, so a connection's older records, in the orphan, are
-//! decoded before its newer ones. A ring of another record layout (an
-//! agent of another `RING_FORMAT`) is read to count its records, not
-//! decoded. Why not one ring for all agents: each agent's parser state is
-//! its own, so each needs its own ordered stream (`agent-ebpf/src/handover.rs`).
+//! decoded before its newer ones. One agent reads a ring (it claims the pin:
+//! `OrphanRings::find`). A ring of another record layout (an agent of
+//! another `RING_FORMAT`) is left a while for an agent of its version, then
+//! read to count its records, not decoded. Why not one ring for all agents:
+//! each agent's parser state is its own, so each needs its own ordered
+//! stream (`agent-ebpf/src/handover.rs`).
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -278,10 +280,9 @@ mod tests {
         let own = dir.join(pin_name(this.0, this.1));
         const DEAD: u32 = 4_294_967_294;
         // This agent's own pin; a running agent's (process 1 serves as
-        // another agent running); a
-        // dead one's claimed by that running agent; a dead one's claimed by
-        // a dead one; a dead one's of another record layout; a dead one's
-        // (none of them a ring buffer: not on bpffs).
+        // another agent running); a dead one's claimed by that running
+        // agent; a dead one's claimed by a dead one; a dead one's of another
+        // record layout; a dead one's (none a ring buffer: not on bpffs).
         let running = dir.join(pin_name(other.0, other.1));
         let claimed_by_running = dir.join(claimed_name(RING_FORMAT, DEAD, 1, other));
         let claimed_by_dead = dir.join(claimed_name(RING_FORMAT, DEAD, 2, (DEAD, 9)));
