@@ -67,7 +67,8 @@ pub fn prepare(dir: &Path) -> Result<(), HandoverError> {
     Ok(())
 }
 
-fn fs_magic(dir: &Path) -> std::io::Result<i64> {
+/// The magic number of the filesystem `dir` is on (`statfs`).
+pub(crate) fn fs_magic(dir: &Path) -> std::io::Result<i64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: a valid C string and a zeroed statfs the call fills in.

@@ -22,7 +22,7 @@
 //! read to count its records, not decoded. Why not one ring for all agents:
 //! each agent's parser state is its own, so each needs its own ordered
 //! stream (`agent-ebpf/src/handover.rs`).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,9 @@ const LINGER: Duration = Duration::from_secs(5);
 /// How long a ring of another record layout is left for an agent that can
 /// decode it (a restarted one of its own version) before it is counted lost.
 const FOREIGN_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a pin that could not be opened is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(30);
 
 /// The pin name of the ring buffer of the agent `pid` that started at `since`.
 pub fn pin_name(pid: u32, since: u64) -> String {
@@ -122,12 +125,16 @@ pub struct OrphanRings {
     /// This agent (pid, start time), as it names the pins it claims.
     me: Option<(u32, u64)>,
     open: Vec<Orphan>,
-    /// Pins that could not be opened: warned once, left for the uninstall.
-    failed: HashSet<PathBuf>,
+    /// Pins that could not be opened, and when: tried again after
+    /// [`RETRY_FAILED`] (out of fds passes; not a ring buffer does not,
+    /// and is left for the uninstall).
+    failed: HashMap<PathBuf, Instant>,
     /// Rings of another record layout, and when first seen orphaned.
     foreign: HashMap<PathBuf, Instant>,
     /// When the last look began (the kernel's monotonic clock, as chunks carry).
     looked_ns: u64,
+    /// Handing its connections on to a successor: claims no more rings.
+    handing_on: bool,
 }
 
 impl OrphanRings {
@@ -137,8 +144,8 @@ impl OrphanRings {
     }
 
     fn of(dir: &Path, own: Option<PathBuf>, me: Option<(u32, u64)>) -> Self {
-        let (failed, foreign) = (HashSet::new(), HashMap::new());
-        Self { dir: dir.into(), own, me, open: Vec::new(), failed, foreign, looked_ns: 0 }
+        let (failed, foreign) = (HashMap::new(), HashMap::new());
+        Self { dir: dir.into(), own, me, open: Vec::new(), failed, foreign, looked_ns: 0, handing_on: false }
     }
 
     /// Before this agent decodes `raw` of its own ring: a chunk of a
@@ -156,7 +163,17 @@ impl OrphanRings {
     /// go of those read to the end whose agent is gone for a while.
     pub fn look(&mut self, pipeline: &mut Pipeline, stats: &Stats) {
         self.looked_ns = monotonic_ns();
-        self.find(stats);
+        if !self.handing_on {
+            self.find(stats);
+        }
+        self.read(pipeline, stats, false);
+    }
+
+    /// This agent hands its connections on now: what the rings it reads
+    /// hold is decoded first, so that their connections go too, and it
+    /// claims no more (its successor does).
+    pub fn hand_on(&mut self, pipeline: &mut Pipeline, stats: &Stats) {
+        self.handing_on = true;
         self.read(pipeline, stats, false);
     }
 
@@ -186,7 +203,7 @@ impl OrphanRings {
             let Some(pin) = e.file_name().to_str().and_then(parse) else { continue };
             if self.own.as_ref() == Some(&path)
                 || self.open.iter().any(|o| o.path == path)
-                || self.failed.contains(&path)
+                || self.failed.get(&path).is_some_and(|t| t.elapsed() < RETRY_FAILED)
                 || running((pin.pid, pin.since))
                 || pin.claim.is_some_and(|c| c != me && running(c))
             {
@@ -214,10 +231,9 @@ impl OrphanRings {
                     self.open.push(Orphan { path: claimed, pid, since, ring, decodable, opened, conns });
                 }
                 Err(err) => {
-                    // Not a ring buffer, or none to open now (out of fds): not
-                    // tried again, and left for `tokentap-agent uninstall`.
-                    tracing::warn!(path = %claimed.display(), error = %err, "a ring pin that cannot be read: left");
-                    self.failed.insert(claimed);
+                    if self.failed.insert(claimed.clone(), Instant::now()).is_none() {
+                        tracing::warn!(path = %claimed.display(), error = %err, "a ring pin that cannot be read: left, tried again every 30 s");
+                    }
                 }
             }
         }
@@ -299,7 +315,7 @@ mod tests {
         assert!(foreign.exists(), "left a while for an agent of its layout");
         let mine = |format, pid, since| dir.join(claimed_name(format, pid, since, this));
         // Claimed (renamed) by this agent, then found not to be rings: left,
-        // and not tried again.
+        // and not tried again for a while.
         assert!(!dead.exists() && mine(RING_FORMAT, DEAD, 4).exists());
         assert!(!claimed_by_dead.exists() && mine(RING_FORMAT, DEAD, 2).exists());
         assert_eq!(rings.failed.len(), 2);

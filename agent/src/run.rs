@@ -462,6 +462,9 @@ fn read_loop(
             passes_since_left += 1;
             if let Some(ago) = drain.settled(passes_since_left) {
                 handed = true;
+                if let Some(o) = orphans.as_mut() {
+                    o.hand_on(&mut pipeline, stats);
+                }
                 let (sent, not_sent) = pipeline.hand_off();
                 let ms_after_leaving = ago.as_millis() as u64;
                 tracing::info!(sent, not_sent, ms_after_leaving, "decoding states handed on");
@@ -495,14 +498,16 @@ fn read_loop(
             );
         }
     }
-    // Before handing on: connections decoded from an orphan go with the rest.
-    if let Some(o) = orphans.as_mut() {
-        o.finish(&mut pipeline, stats);
-    }
     if drain.asked.load(Ordering::Relaxed) && !handed {
         // A successor took over: it decodes our HTTP/2 connections on from here.
+        if let Some(o) = orphans.as_mut() {
+            o.hand_on(&mut pipeline, stats);
+        }
         let (sent, not_sent) = pipeline.hand_off();
         tracing::info!(sent, not_sent, "decoding states handed on");
+    }
+    if let Some(o) = orphans.as_mut() {
+        o.finish(&mut pipeline, stats);
     }
     pipeline.finish();
     loss.update(stats);

@@ -21,14 +21,14 @@
 //! Why wait rather than ask first: the agent before leaves first (from then
 //! on the kernel gives every next call of its connections to the new one),
 //! so its state is final only after the new agent may have its first bytes.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
 
 use super::{ConnFilter, Handed, Pipeline};
 use crate::capture::decode::{decode, socket_conn};
-use crate::capture::event::{Chunk, ConnKey, Control, Direction, RawEvent};
+use crate::capture::event::{Chunk, ConnKey, Control, Direction, RawEvent, SockId};
 use crate::http::exchange::HttpConnection;
 use crate::http::sniff;
 use crate::stats::Stats;
@@ -50,8 +50,12 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// its first older record came (it moved here at a request boundary while
 /// the other agent had stopped reading), so the older calls go under a
 /// key of their own ([`ORPHANED`] set) instead of into the newer ones.
+/// With them, the TLS sockets whose hello came from the killed agent's ring.
 #[derive(Default)]
-pub struct OrphanConns(HashMap<ConnKey, bool>);
+pub struct OrphanConns {
+    conns: HashMap<ConnKey, bool>,
+    hellos: HashSet<SockId>,
+}
 
 /// The connection id bit that sets an orphan's connection apart: not one
 /// a TLS object's address, a socket's or a Java connection's id carries.
@@ -127,7 +131,7 @@ impl Pipeline {
         match decode(raw) {
             Ok(RawEvent::Data(mut c)) => {
                 let known = self.conns.contains(&c.key) || self.parked.conns.contains_key(&c.key);
-                if !*conns.0.entry(c.key).or_insert(!known) {
+                if !*conns.conns.entry(c.key).or_insert(!known) {
                     Stats::inc(&self.stats.events);
                     c.key = apart(c.key);
                     self.on_data(&c);
@@ -135,29 +139,61 @@ impl Pipeline {
                 }
             }
             Ok(RawEvent::Control(control)) => return self.orphan_control(control, conns),
-            _ => {}
+            Ok(RawEvent::Hello(h)) => {
+                conns.hellos.insert(h.sock);
+            }
+            Err(_) => {}
         }
         self.handle(raw);
     }
 
-    /// A killed agent's control record ends only connections decoded from
-    /// its records. This agent's probes copied their own of every other end
-    /// and exit (the kernel runs each agent's programs), and the key may
-    /// since name a live connection here: an `SSL*` or fd reused at once.
+    /// A killed agent's control record ends only what was decoded from its
+    /// records. This agent's probes copied their own of every other end and
+    /// exit (the kernel runs each agent's programs), and the key may since
+    /// name a live connection here: an `SSL*` or fd reused at once.
     fn orphan_control(&mut self, control: Control, conns: &mut OrphanConns) {
-        let (keys, ts_ns) = match control {
-            Control::ConnClosed { key, ts_ns } => (vec![key], ts_ns),
-            Control::SockClosed { sock, ts_ns, tls: false, .. } => (vec![socket_conn(sock.tgid, sock.fd)], ts_ns),
-            Control::Exit { tgid, ts_ns } => (conns.0.keys().filter(|k| k.tgid == tgid).copied().collect(), ts_ns),
-            Control::SockClosed { .. } | Control::Exec { .. } | Control::LibsChanged { .. } => return,
-        };
-        for key in keys {
-            // Closing forgets the connection either way.
-            let Some(own) = conns.0.remove(&key) else { continue };
-            Stats::inc(&self.stats.events);
-            let key = if own { key } else { ConnKey { conn: key.conn ^ ORPHANED, ..key } };
-            self.on_control(Control::ConnClosed { key, ts_ns });
+        let apart = |key: ConnKey| ConnKey { conn: key.conn ^ ORPHANED, ..key };
+        match control {
+            Control::ConnClosed { key, ts_ns } => match conns.conns.remove(&key) {
+                Some(own) => self.on_control(Control::ConnClosed { key: if own { key } else { apart(key) }, ts_ns }),
+                None => return,
+            },
+            Control::SockClosed { sock, ts_ns, tls: false, .. } => {
+                let key = socket_conn(sock.tgid, sock.fd);
+                match conns.conns.remove(&key) {
+                    // With its blind-spot entry, which its records opened.
+                    Some(true) => self.on_control(control),
+                    Some(false) => self.on_control(Control::ConnClosed { key: apart(key), ts_ns }),
+                    None => return,
+                }
+            }
+            Control::SockClosed { sock, .. } => {
+                if !conns.hellos.remove(&sock) {
+                    return;
+                }
+                self.on_control(control);
+            }
+            Control::Exit { tgid, ts_ns } => {
+                let keys: Vec<(ConnKey, bool)> =
+                    conns.conns.iter().filter(|(k, _)| k.tgid == tgid).map(|(k, o)| (*k, *o)).collect();
+                let hellos = conns.hellos.iter().any(|s| s.tgid == tgid);
+                if keys.is_empty() && !hellos {
+                    return;
+                }
+                conns.hellos.retain(|s| s.tgid != tgid);
+                for (key, own) in keys {
+                    conns.conns.remove(&key);
+                    self.on_control(Control::ConnClosed { key: if own { key } else { apart(key) }, ts_ns });
+                }
+                // What its records opened of the process: attribution looked up
+                // again, blind-spot entries (the pid is not reused this soon).
+                self.attribution.forget(tgid);
+                let cov = &self.coverage;
+                self.blind.exited(tgid, ts_ns, &|pid| cov.unread(pid));
+            }
+            Control::Exec { .. } | Control::LibsChanged { .. } => return,
         }
+        Stats::inc(&self.stats.events);
     }
 
     /// Connections waiting for a state: go on with those whose state came,

@@ -13,7 +13,11 @@
 //! Why a shared mapping, not `write`: a record is journaled before the ring
 //! buffer record that completed it is released, so no kill falls between a
 //! call leaving the ring and reaching the disk; a `write` a record would cost
-//! a system call each, a copy into a mapped file costs a `memcpy`. No `fsync`:
+//! a system call each, a copy into a mapped file mostly a `memcpy` (a page
+//! the kernel wrote back since takes a fault when written again). On a
+//! copy-on-write filesystem (btrfs, ZFS, bcachefs) a store into a mapping
+//! needs new blocks, and on a full disk it is a SIGBUS: there each record
+//! is written with `pwrite` instead. No `fsync`:
 //! the page cache outlives a killed process, not a node that loses power.
 //! The file is zeros past its records: allocated larger than they are, and
 //! zeroed at each seal from its first byte on (the mapping and its pages are
@@ -27,6 +31,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -37,6 +42,8 @@ const PREFIX: &str = "open-";
 const SUFFIX: &str = ".ndjson";
 /// The mapping's first size; it doubles as a batch outgrows it.
 const FIRST_MAP: usize = 256 << 10;
+/// `statfs` magic numbers of copy-on-write filesystems: btrfs, ZFS, bcachefs.
+const COPY_ON_WRITE: [i64; 3] = [0x9123_683e, 0x2fc1_2fc1, 0xca45_1a4e];
 
 /// The journal of process `pid` that started at `start`.
 fn name(pid: u32, start: u64) -> String {
@@ -58,10 +65,14 @@ pub(super) struct Journal {
     written: usize,
     /// No journal for this process (no start time, or it cannot be emptied).
     broken: bool,
-    /// Journaling this batch failed (the disk full, say): warned, and tried
-    /// again from the next batch on. The batch is still sealed and sent;
-    /// only a kill would lose it.
+    /// Journaling this batch failed (the disk full, say): tried again from
+    /// the next batch on. The batch is still sealed and sent; only a kill
+    /// would lose it.
     failed: bool,
+    /// A failure was warned of (once; the next ones are debug).
+    warned: bool,
+    /// Records are copied into a mapping (else written with `pwrite`).
+    mapped: bool,
 }
 
 impl Journal {
@@ -82,7 +93,9 @@ impl Journal {
                 "no start time of this process in /proc: the open batch is not journaled, and a kill would lose it"
             );
         }
-        Self { path: dir.join(name(pid, start.unwrap_or(0))), file: None, map: None, written: 0, broken, failed: false }
+        let mapped = !crate::handover::fs_magic(dir).is_ok_and(|m| COPY_ON_WRITE.contains(&m));
+        let path = dir.join(name(pid, start.unwrap_or(0)));
+        Self { path, file: None, map: None, written: 0, broken, failed: false, warned: false, mapped }
     }
 
     /// Copy `record` (one record as the open batch holds it) to the journal.
@@ -91,17 +104,31 @@ impl Journal {
             return;
         }
         let (from, to) = (self.written, self.written + record.len());
-        match self.room(to) {
-            Ok(map) => {
-                map[from..to].copy_from_slice(record);
-                self.written = to;
-            }
+        let copied = if self.mapped {
+            self.room(to).map(|map| map[from..to].copy_from_slice(record))
+        } else {
+            self.file().and_then(|f| f.write_all_at(record, from as u64))
+        };
+        match copied {
+            Ok(()) => self.written = to,
             Err(e) => {
                 self.failed = true;
                 self.map = None;
-                tracing::warn!(file = %self.path.display(), error = %e, "the spool's journal cannot be written: records of the open batch would be lost if the agent were killed");
+                if std::mem::replace(&mut self.warned, true) {
+                    tracing::debug!(error = %e, "the spool's journal cannot be written");
+                } else {
+                    tracing::warn!(file = %self.path.display(), error = %e, "the spool's journal cannot be written: records of the open batch would be lost if the agent were killed (warned once)");
+                }
             }
         }
+    }
+
+    fn file(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            let f = File::options().read(true).write(true).create(true).truncate(true).open(&self.path)?;
+            self.file = Some(f);
+        }
+        Ok(self.file.as_ref().expect("opened"))
     }
 
     /// The mapping, at least `need` bytes long.
@@ -110,12 +137,7 @@ impl Journal {
             return Ok(self.map.as_mut().expect("checked"));
         }
         let len = need.next_power_of_two().max(FIRST_MAP);
-        let file = match &self.file {
-            Some(f) => f,
-            None => {
-                self.file.insert(File::options().read(true).write(true).create(true).truncate(true).open(&self.path)?)
-            }
-        };
+        let file = self.file()?;
         // Zeros past what is written: they end the records for a reader.
         // Allocated, not only sized: a store into a hole of a shared mapping
         // on a full disk is a SIGBUS.
@@ -282,36 +304,43 @@ mod tests {
 
     #[test]
     fn each_record_is_on_disk_once_appended_however_many_and_clearing_starts_afresh() {
-        let d = dir("append");
-        let mut j = Journal::new(&d);
-        let path = j.path.clone();
-        let mut batch = Vec::new();
-        // Past the first mapping's size: the journal grows, keeping what it held.
-        for i in 0..40_000 {
-            let record = format!("{{\"n\":{i}}}\n");
-            j.append(record.as_bytes());
-            batch.extend_from_slice(record.as_bytes());
-            if i == 0 {
-                assert_eq!(read_back(&d, &path), (batch.clone(), false), "on disk without a flush");
+        // Mapped, and written with pwrite (copy-on-write filesystems).
+        for mapped in [true, false] {
+            let d = dir(if mapped { "append-mapped" } else { "append-written" });
+            let mut j = Journal::new(&d);
+            j.mapped = mapped;
+            let path = j.path.clone();
+            let mut batch = Vec::new();
+            // Past the first mapping's size: the journal grows, keeping what it held.
+            for i in 0..40_000 {
+                let record = format!("{{\"n\":{i}}}\n");
+                j.append(record.as_bytes());
+                batch.extend_from_slice(record.as_bytes());
+                if i == 0 {
+                    assert_eq!(read_back(&d, &path), (batch.clone(), false), "on disk without a flush");
+                }
             }
+            assert!(batch.len() > FIRST_MAP);
+            assert_eq!(read_back(&d, &path), (batch, false));
+            j.clear();
+            let kept = std::fs::read(&path).unwrap();
+            if mapped {
+                assert!(kept.len() > FIRST_MAP && kept.iter().all(|&b| b == 0), "kept for the next batch, zeroed");
+            } else {
+                assert!(kept.is_empty());
+            }
+            j.append(b"{\"c\":3}\n");
+            assert_eq!(read_back(&d, &path), (b"{\"c\":3}\n".to_vec(), false));
+            // Mapped: far larger than this batch, given back.
+            j.clear();
+            assert!(std::fs::read(&path).unwrap().is_empty());
+            j.append(b"{\"d\":4}\n");
+            assert_eq!(read_back(&d, &path), (b"{\"d\":4}\n".to_vec(), false));
+            j.clear();
+            drop(j);
+            assert!(!path.exists(), "an empty journal goes with its sink");
+            let _ = std::fs::remove_dir_all(&d);
         }
-        assert!(batch.len() > FIRST_MAP);
-        assert_eq!(read_back(&d, &path), (batch, false));
-        // Kept for the next batch, zeroed.
-        j.clear();
-        let kept = std::fs::read(&path).unwrap();
-        assert!(kept.len() > FIRST_MAP && kept.iter().all(|&b| b == 0));
-        j.append(b"{\"c\":3}\n");
-        assert_eq!(read_back(&d, &path), (b"{\"c\":3}\n".to_vec(), false));
-        // Far larger than this batch: given back.
-        j.clear();
-        assert!(std::fs::read(&path).unwrap().is_empty());
-        j.append(b"{\"d\":4}\n");
-        assert_eq!(read_back(&d, &path), (b"{\"d\":4}\n".to_vec(), false));
-        j.clear();
-        drop(j);
-        assert!(!path.exists(), "an empty journal goes with its sink");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
