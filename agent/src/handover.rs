@@ -188,14 +188,14 @@ impl Handover {
 
     /// Pin this agent's ring buffer beside the shared maps, so that what its
     /// probes copied and it did not read outlives it if it is killed
-    /// (`orphan_rings`). Returns the pin's path.
-    pub fn pin_ring(&self, events: &aya::maps::Map) -> Result<PathBuf, HandoverError> {
+    /// (`orphan_rings`).
+    pub fn pin_ring(&self, events: &aya::maps::Map) -> Result<crate::orphan_rings::OwnRing, HandoverError> {
         let path = self.dir.join(crate::orphan_rings::pin_name(self.me, self.since));
         // A pin of an earlier process under the same pid and start time
         // cannot exist; one left by a failed start of this one might.
         let _ = std::fs::remove_file(&path);
         events.pin(&path).map_err(|e| HandoverError::Io { dir: self.dir.clone(), source: std::io::Error::other(e) })?;
-        Ok(path)
+        Ok(crate::orphan_rings::OwnRing { path, me: (self.me, self.since) })
     }
 
     /// The running agent new connections go to, when it is not this one.

@@ -118,12 +118,19 @@ struct Orphan {
     conns: OrphanConns,
 }
 
+/// This agent's own ring pin, as `Handover::pin_ring` made it.
+pub struct OwnRing {
+    pub path: PathBuf,
+    /// This agent (pid, start time), as the pin names it.
+    pub me: (u32, u64),
+}
+
 /// The rings killed agents left in the handover directory, and this agent's own pin.
 pub struct OrphanRings {
     dir: PathBuf,
     own: Option<PathBuf>,
     /// This agent (pid, start time), as it names the pins it claims.
-    me: Option<(u32, u64)>,
+    me: (u32, u64),
     open: Vec<Orphan>,
     /// Pins that could not be opened, and when: tried again after
     /// [`RETRY_FAILED`] (out of fds passes; not a ring buffer does not,
@@ -138,12 +145,11 @@ pub struct OrphanRings {
 }
 
 impl OrphanRings {
-    pub fn new(dir: &Path, own: Option<PathBuf>) -> Self {
-        let me = crate::handover::start_time(crate::handover::me()).map(|since| (crate::handover::me(), since));
-        Self::of(dir, own, me)
+    pub fn new(dir: &Path, own: OwnRing) -> Self {
+        Self::of(dir, Some(own.path), own.me)
     }
 
-    fn of(dir: &Path, own: Option<PathBuf>, me: Option<(u32, u64)>) -> Self {
+    fn of(dir: &Path, own: Option<PathBuf>, me: (u32, u64)) -> Self {
         let (failed, foreign) = (HashMap::new(), HashMap::new());
         Self { dir: dir.into(), own, me, open: Vec::new(), failed, foreign, looked_ns: 0, handing_on: false }
     }
@@ -195,7 +201,7 @@ impl OrphanRings {
     /// [`FOREIGN_WAIT`] for an agent of its own version (one restarting)
     /// before this one reads it only to count what is lost.
     fn find(&mut self, stats: &Stats) {
-        let Some(me) = self.me else { return };
+        let me = self.me;
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let running = |(pid, since)| crate::handover::running(Path::new("/proc"), pid, since);
         for e in entries.flatten() {
@@ -307,7 +313,7 @@ mod tests {
         for p in [&own, &running, &claimed_by_running, &claimed_by_dead, &foreign, &dead] {
             std::fs::write(p, b"").unwrap();
         }
-        let mut rings = OrphanRings::of(&dir, Some(own.clone()), Some(this));
+        let mut rings = OrphanRings::of(&dir, Some(own.clone()), this);
         let stats = Stats::default();
         rings.find(&stats);
         assert_eq!((rings.open(), stats.snapshot().handover_orphan_rings), (0, 0));
@@ -320,7 +326,7 @@ mod tests {
         assert!(!claimed_by_dead.exists() && mine(RING_FORMAT, DEAD, 2).exists());
         assert_eq!(rings.failed.len(), 2);
         // Another agent finds nothing left to claim but the foreign ring.
-        let mut second = OrphanRings::of(&dir, None, Some((DEAD - 1, 5)));
+        let mut second = OrphanRings::of(&dir, None, (DEAD - 1, 5));
         second.find(&stats);
         assert!(second.failed.is_empty() && second.foreign.len() == 1);
         assert_eq!(remove_all(&dir).unwrap(), 6, "claimed pins are pins too");

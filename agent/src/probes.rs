@@ -208,7 +208,7 @@ pub struct Probes {
 pub struct Channels {
     pub events: RingBuf<MapData>,
     /// Where `events` is pinned (with `--handover-dir`), see `orphan_rings`.
-    pub ring_pin: Option<PathBuf>,
+    pub ring_pin: Option<crate::orphan_rings::OwnRing>,
     pub loss: LossReader,
     pub ignored: IgnoreMap,
     pub sockets: SocketMaps,

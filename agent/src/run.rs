@@ -114,7 +114,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Some(exec_tx),
     );
     let Channels { events, ring_pin, loss, ignored, sockets } = channels;
-    let orphans = settings.handover_dir.as_deref().map(|dir| OrphanRings::new(dir, ring_pin));
+    let orphans = settings.handover_dir.as_deref().zip(ring_pin).map(|(dir, own)| OrphanRings::new(dir, own));
     let pipeline =
         pipeline.with_kernel_filter(Box::new(ignored)).with_unprobed(unprobed_rx).with_socket_table(Box::new(sockets));
     // The reader stops once every probe is detached, not at the signal:
