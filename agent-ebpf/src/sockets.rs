@@ -3,15 +3,21 @@
 //! and counted, so a connection whose plaintext no TLS probe reads is still
 //! accounted for.
 //!
-//! Why these hooks: raw `sys_enter`/`sys_exit` tracepoints see every
-//! `read`/`write`/`readv`/`writev`/`sendto`/`recvfrom`/`sendmsg`/`recvmsg`/
-//! `close`, whatever library made the call, and need no tracefs mount. Only
-//! client sockets `connect`ed to AF_INET/AF_INET6 while we run are watched,
-//! and only in processes that have one ([`SOCK_PROCS`], which also says which
-//! fds may be one). The hooks run on every syscall of the host, so what most
-//! of them see costs an array read, not a hash lookup: a process's slot in
-//! [`PROC_SLOTS`] says whether it may have watched sockets, a thread's slot
-//! in [`CALL_SLOTS`] whether it may have a call in flight ([`SOCK_CALLS`]).
+//! Why these hooks: the syscalls' own tracepoints (`syscalls/sys_enter_read`,
+//! ...) see every `read`/`write`/`readv`/`writev`/`sendto`/`recvfrom`/
+//! `sendmsg`/`recvmsg`/`close`/`connect`, whatever library made the call, and
+//! only those calls run a program: every other syscall of the host pays the
+//! kernel's bitmap test, ~10 ns. They need tracefs for their ids (user space
+//! mounts it when it can). Where it cannot, the raw `sys_enter`/`sys_exit`
+//! tracepoints are the fallback: the same code behind another entry, no
+//! tracefs, but a program run on every syscall of the host (~45 ns each).
+//! Only client sockets `connect`ed to AF_INET/AF_INET6 while we run are
+//! watched, and only in processes that have one ([`SOCK_PROCS`], which also
+//! says which fds may be one). The hooks run on every read, write and close
+//! of the host, so what most of them see costs an array read, not a hash
+//! lookup: a process's slot in [`PROC_SLOTS`] says whether it may have
+//! watched sockets, a thread's slot in [`CALL_SLOTS`] whether it may have a
+//! call in flight ([`SOCK_CALLS`]).
 //! The first bytes a client sends decide, here, what a connection is:
 //! - an HTTP request or the HTTP/2 preface: copied to user space, and its bytes
 //!   counted;
@@ -38,9 +44,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
     },
-    macros::{map, raw_tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::RawTracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use tokentap_agent_common::{
     EventKind, LossCounter, SockArgs, SockCall, SockId, SockKey, SockState, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
@@ -95,9 +102,10 @@ static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
 
 /// Slots of threads (thread id modulo the size): how many calls of the
 /// slot's threads are in [`SOCK_CALLS`], never fewer (see [`add`]).
-/// `sys_exit`, on every syscall of the host, reads its slot and looks in
-/// `SOCK_CALLS` only when it is not zero. A count left high (an insert that
-/// replaced an entry) costs its slot that lookup again, never a call.
+/// The exit hook, on every read and write of the host (every syscall with
+/// the raw fallback), reads its slot and looks in `SOCK_CALLS` only when it
+/// is not zero. A count left high (an insert that replaced an entry) costs
+/// its slot that lookup again, never a call.
 #[map]
 static CALL_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
@@ -161,19 +169,57 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 
-/// The syscall's first three arguments (rdi, rsi, rdx), read one by one: the
-/// whole `pt_regs` would cost a 168-byte copy per call.
-fn sys_arg(ctx: &RawTracePointContext, n: u32) -> u64 {
-    let p: *const pt_regs = ctx.arg(0);
-    // SAFETY: only the field's address is computed; the kernel read checks it.
-    let field = unsafe {
-        match n {
-            0 => core::ptr::addr_of!((*p).rdi),
-            1 => core::ptr::addr_of!((*p).rsi),
-            _ => core::ptr::addr_of!((*p).rdx),
-        }
-    };
-    unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
+/// A syscall's number and first three arguments, as the hook that ran sees
+/// them. Read lazily: most calls stop at a filter before their arguments.
+trait Syscall {
+    fn nr(&self) -> u64;
+    fn arg(&self, n: u32) -> u64;
+}
+
+/// Raw `sys_enter`: the number is an argument, the syscall's arguments are in
+/// its `pt_regs` (rdi, rsi, rdx), read one by one: the whole struct would cost
+/// a 168-byte copy per call.
+impl Syscall for RawTracePointContext {
+    #[inline(always)]
+    fn nr(&self) -> u64 {
+        self.arg(1)
+    }
+
+    #[inline(always)]
+    fn arg(&self, n: u32) -> u64 {
+        let p: *const pt_regs = RawTracePointContext::arg(self, 0);
+        // SAFETY: only the field's address is computed; the kernel read checks it.
+        let field = unsafe {
+            match n {
+                0 => core::ptr::addr_of!((*p).rdi),
+                1 => core::ptr::addr_of!((*p).rsi),
+                _ => core::ptr::addr_of!((*p).rdx),
+            }
+        };
+        unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
+    }
+}
+
+/// `syscalls/sys_enter_*`: the record of the events' format files, `int
+/// __syscall_nr` at 8 and each argument as 8 bytes from 16 (the same layout
+/// for every syscall), read straight from the context (constant offsets).
+impl Syscall for TracePointContext {
+    #[inline(always)]
+    fn nr(&self) -> u64 {
+        // SAFETY: a field of the tracepoint's record; the verifier checks the offset.
+        unsafe { *(self.as_ptr() as *const u8).add(8).cast::<i32>() as u32 as u64 }
+    }
+
+    #[inline(always)]
+    fn arg(&self, n: u32) -> u64 {
+        let off = match n {
+            0 => 16,
+            1 => 24,
+            _ => 32,
+        };
+        // SAFETY: as above.
+        unsafe { *(self.as_ptr() as *const u8).add(off).cast::<u64>() }
+    }
 }
 
 fn sock_key(pid_tgid: u64, fd: u64) -> SockKey {
@@ -201,7 +247,44 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let id: u64 = ctx.arg(1);
+    enter(&ctx)
+}
+
+/// Attached to `syscalls/sys_enter_<name>` of each syscall `enter` looks at
+/// but `close` ([`sock_close`]).
+#[tracepoint]
+pub fn sock_enter(ctx: TracePointContext) -> i32 {
+    enter(&ctx)
+}
+
+/// Attached to `syscalls/sys_enter_close`, whose record holds one argument:
+/// the kernel refuses a program that may read past a record's end, and
+/// `sock_enter` reads three.
+#[tracepoint]
+pub fn sock_close(ctx: TracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(fds) = watched_fds(pid_tgid) {
+        let fd = ctx.arg(0);
+        if fds & fd_bit(fd as u32) != 0 {
+            sock_forget(pid_tgid, fd as i32);
+        }
+    }
+    0
+}
+
+/// The fd bits of the calling process when it may have watched sockets.
+#[inline(always)]
+fn watched_fds(pid_tgid: u64) -> Option<u64> {
+    let tgid = (pid_tgid >> 32) as u32;
+    if slot_empty(&PROC_SLOTS, tgid) {
+        return None;
+    }
+    unsafe { SOCK_PROCS.get(tgid) }.copied()
+}
+
+#[inline(always)]
+fn enter(ctx: &impl Syscall) -> i32 {
+    let id = ctx.nr();
     let (call, is_msg) = match id {
         SYS_WRITE | SYS_SENDTO => (SockCall::Write, false),
         SYS_READ | SYS_RECVFROM => (SockCall::Read, false),
@@ -217,16 +300,12 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let fds = if call == SockCall::Connect {
         u64::MAX
     } else {
-        let tgid = (pid_tgid >> 32) as u32;
-        if slot_empty(&PROC_SLOTS, tgid) {
-            return 0;
-        }
-        match unsafe { SOCK_PROCS.get(tgid) } {
-            Some(&fds) => fds,
+        match watched_fds(pid_tgid) {
+            Some(fds) => fds,
             None => return 0,
         }
     };
-    let fd = sys_arg(&ctx, 0);
+    let fd = ctx.arg(0);
     if fds & fd_bit(fd as u32) == 0 {
         return 0;
     }
@@ -234,7 +313,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         sock_forget(pid_tgid, fd as i32);
         return 0;
     }
-    let (mut buf, mut len) = (sys_arg(&ctx, 1), sys_arg(&ctx, 2));
+    let (mut buf, mut len) = (ctx.arg(1), ctx.arg(2));
     if call == SockCall::Connect {
         let family: u16 = unsafe { bpf_probe_read_user(buf as *const u16) }.unwrap_or(0);
         if family != AF_INET && family != AF_INET6 {
@@ -267,7 +346,25 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(args) = take_call(pid_tgid) else {
         return 0;
     };
-    let ret: i64 = ctx.arg(1);
+    exit(pid_tgid, args, ctx.arg(1))
+}
+
+/// Attached to `syscalls/sys_exit_<name>` of each syscall `enter` may leave a
+/// call of (not `close`). `long ret` at 16 (the events' format files).
+#[tracepoint]
+pub fn sock_exit(ctx: TracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = take_call(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: a field of the tracepoint's record; the verifier checks the offset.
+    let ret = unsafe { *(ctx.as_ptr() as *const u8).add(16).cast::<i64>() };
+    exit(pid_tgid, args, ret)
+}
+
+/// A watched call returned `ret`.
+#[inline(always)]
+fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
     if args.call == SockCall::Connect as u32 {
         if ret == 0 || ret == -EINPROGRESS {
             connected(pid_tgid, args.fd);
@@ -381,7 +478,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 /// A client socket connected: watched from now on. A function of its own, so
-/// that its locals are not in `sys_exit`'s frame, which the copy path's
+/// that its locals are not in the exit hooks' frames, which the copy path's
 /// frames stack on (the verifier allows 512 bytes in all).
 #[inline(never)]
 fn connected(pid_tgid: u64, fd: i32) {

@@ -26,6 +26,7 @@ pub mod probes;
 pub mod providers;
 pub mod run;
 pub mod sinks;
+pub mod socket_hooks;
 pub mod stats;
 
 /// Deterministic garbage for the tests that feed parsers arbitrary bytes.

@@ -15,7 +15,8 @@ use crate::stats::Stats;
 
 /// Counters that are levels, not totals (beside the counter groups' own,
 /// e.g. the collector sink's spool gauges).
-const GAUGES: &[&str] = &["ring_buffer_fill_bytes", "ring_buffer_size_bytes", "files_not_probed"];
+const GAUGES: &[&str] =
+    &["ring_buffer_fill_bytes", "ring_buffer_size_bytes", "files_not_probed", "socket_hooks_every_syscall"];
 
 pub fn render(stats: &Stats) -> String {
     let mut s = String::new();

@@ -23,6 +23,7 @@ use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
 use crate::handover::{Handoffs, Handover};
 use crate::http::mute::Mute;
 use crate::pipeline::Handed;
+use crate::socket_hooks::{Attached, SyscallHooks};
 use crate::stats::{Counted, Stats};
 
 /// The eBPF object built by build.rs.
@@ -48,6 +49,8 @@ pub enum ProbeError {
     BadRingSize(u32),
     #[error(transparent)]
     Handover(#[from] crate::handover::HandoverError),
+    #[error("socket capture on the syscalls' tracepoints: {0}")]
+    Tracefs(String),
 }
 
 /// One capture method as user space sees it: the eBPF programs it brings (all
@@ -191,9 +194,6 @@ pub const METHODS: &[CaptureMethod] = &[
 const TRACEPOINTS: &[(&str, &str)] =
     &[("sched_process_exec", "sched_process_exec"), ("sched_process_exit", "sched_process_exit")];
 
-/// Plaintext socket capture (`--no-socket-capture` leaves them out).
-const SOCKET_TRACEPOINTS: &[(&str, &str)] = &[("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
-
 /// Every (program, file offset) to attach for a target.
 pub fn attach_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
     METHODS.iter().flat_map(|m| (m.points)(s)).collect()
@@ -202,6 +202,8 @@ pub fn attach_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
 pub struct Probes {
     ebpf: Ebpf,
     attached: HashMap<FileKey, PathBuf>,
+    /// What socket capture runs on (none: `--no-socket-capture`).
+    pub socket_hooks: Option<Attached>,
 }
 
 /// Maps user space reads (and the ones it writes).
@@ -316,7 +318,7 @@ impl Probes {
     /// during an upgrade are pinned there (see `handover`).
     pub fn load(
         ring_buffer_bytes: u32,
-        sockets: bool,
+        sockets: Option<SyscallHooks>,
         handover: Option<&std::path::Path>,
     ) -> Result<(Self, Channels, Option<Handover>), ProbeError> {
         if EBPF_OBJECT.is_empty() {
@@ -351,8 +353,7 @@ impl Probes {
             }
             tracing::debug!(method = m.name, programs = m.programs.len(), "capture method loaded");
         }
-        let socket_tps = if sockets { SOCKET_TRACEPOINTS } else { &[] };
-        for (name, tp) in TRACEPOINTS.iter().chain(socket_tps) {
+        for (name, tp) in TRACEPOINTS {
             let p: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
@@ -362,6 +363,7 @@ impl Probes {
             log_verified(name, || p.info().ok());
             p.attach(tp).map_err(|source| ProbeError::Program { name, source })?;
         }
+        let socket_hooks = sockets.map(|want| crate::socket_hooks::attach(&mut ebpf, want)).transpose()?;
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
         let ring_pin = handover.as_ref().map(|h| h.pin_ring(&events)).transpose()?;
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
@@ -383,7 +385,7 @@ impl Probes {
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
         let channels = Channels { events, ring_pin, loss, ignored, sockets };
-        Ok((Self { ebpf, attached: HashMap::new() }, channels, handover))
+        Ok((Self { ebpf, attached: HashMap::new(), socket_hooks }, channels, handover))
     }
 
     pub fn attached(&self) -> usize {
@@ -503,7 +505,7 @@ fn hash_map<K: aya::Pod, V: aya::Pod>(
 /// How much of the verifier's budget (1M instructions a program) a program
 /// took: the margin a kernel's stricter verifier eats into first.
 /// Asked of the kernel only when debug logging is on here (a syscall a program).
-fn log_verified(name: &str, info: impl FnOnce() -> Option<aya::programs::ProgramInfo>) {
+pub(crate) fn log_verified(name: &str, info: impl FnOnce() -> Option<aya::programs::ProgramInfo>) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }

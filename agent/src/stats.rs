@@ -221,6 +221,9 @@ counters! {
     /// records are about to be lost (`kernel_ring_full`).
     ring_buffer_fill_bytes,
     ring_buffer_size_bytes,
+    /// 1 when socket capture runs on the raw `sys_enter`/`sys_exit`
+    /// tracepoints (the fallback): a program on every syscall of the host.
+    socket_hooks_every_syscall,
 }
 
 /// Counters a part of the agent owns (a sink's), shown beside the core ones

@@ -251,6 +251,81 @@ fn plaintext_calls_from_threads_connecting_at_once_on_low_and_high_fds_are_each_
     assert_eq!(coverage_of(&stats, pid)["records"]["socket"], 80, "{stats}");
 }
 
+/// `unshare` and `sh` before the agent: a mount namespace whose /sys/kernel
+/// is an empty read-only tmpfs but for btf, where no tracefs is found and
+/// none can be mounted.
+const NO_TRACEFS: [&str; 8] = [
+    "unshare",
+    "-m",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "set -e; b=$(mktemp -d); mount --bind /sys/kernel/btf \"$b\"; mount -t tmpfs -o size=1m tmpfs /sys/kernel; \
+     mkdir /sys/kernel/btf; mount --move \"$b\" /sys/kernel/btf; mount -o remount,ro /sys/kernel; exec \"$@\"",
+    "sh",
+];
+
+/// Names of the eBPF programs process `pid` holds: the ids in its fds'
+/// fdinfo, named by bpftool.
+fn programs_of(pid: u32) -> HashSet<String> {
+    let ids: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("the agent's fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .collect();
+    let out = std::process::Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let mine = |p: &&Value| p["id"].as_u64().is_some_and(|id| ids.contains(&id));
+    progs.as_array().into_iter().flatten().filter(mine).filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()
+}
+
+/// One agent's plaintext capture: which programs it holds, two calls
+/// recorded exactly, its log and final stats.
+fn plaintext_run(env: Env) -> (HashSet<String>, String, Value) {
+    let progs = programs_of(env.agent.pid());
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "vllm"));
+    check_exact(&env, pid, 2);
+    let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
+    (progs, log, env.finish())
+}
+
+/// Socket capture runs on the raw sys_enter/sys_exit tracepoints (a program
+/// on every syscall), or with `--syscall-hooks tracepoints` on the syscalls'
+/// own (a program on the calls looked at alone), falling back to the raw
+/// ones where tracefs can be neither found nor mounted, said in the log and
+/// the stats. Calls are recorded exactly each way.
+#[test]
+fn plaintext_capture_runs_on_the_raw_tracepoints_or_on_the_syscalls_own() {
+    let _g = serial();
+    require_tool("bpftool");
+    require_tool("unshare");
+    let (progs, _, stats) = plaintext_run(Env::start("plain-raw", Transport::Plain, &[]));
+    assert!(progs.contains("sys_enter") && progs.contains("sys_exit"), "the raw hooks: {progs:?}");
+    assert!(!progs.contains("sock_enter"), "{progs:?}");
+    assert_eq!(stats["socket_hooks_every_syscall"], 1, "{stats}");
+
+    let tracepoints = ["--syscall-hooks", "tracepoints"];
+    let (progs, _, stats) = plaintext_run(Env::start("plain-tp", Transport::Plain, &tracepoints));
+    for p in ["sock_enter", "sock_close", "sock_exit", "sched_process_exit"] {
+        assert!(progs.contains(p), "{p} loaded: {progs:?}");
+    }
+    assert!(!progs.contains("sys_enter") && !progs.contains("sys_exit"), "no raw hooks: {progs:?}");
+    assert_eq!(stats["socket_hooks_every_syscall"], 0, "{stats}");
+
+    let dir = scratch("plain-no-tracefs");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::Plain);
+    let agent = Agent::start_with(&dir, &tracepoints, &NO_TRACEFS);
+    let (progs, log, stats) = plaintext_run(Env { dir, certs, server, agent, transport: Transport::Plain });
+    assert!(progs.contains("sys_enter") && progs.contains("sys_exit"), "the raw hooks: {progs:?}");
+    assert!(!progs.contains("sock_enter"), "the tracepoints' programs unloaded: {progs:?}");
+    assert!(log.contains("the raw sys_enter/sys_exit tracepoints are used instead"), "{log}");
+    assert!(log.contains("no tracefs found, and mounting one at /sys/kernel/tracing failed"), "the cause: {log}");
+    assert_eq!(stats["socket_hooks_every_syscall"], 1, "{stats}");
+}
+
 #[test]
 fn plaintext_capture_can_be_turned_off() {
     let _g = serial();

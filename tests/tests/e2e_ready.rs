@@ -191,29 +191,33 @@ fn every_ebpf_program_verifies_in_under_a_quarter_of_the_verifiers_budget() {
     let _g = serial();
     require_root();
     let dir = scratch("verifier-budget");
-    let out = Command::new(agent_bin())
-        .args(["--duration", "1s", "--output"])
-        .arg(format!("jsonl:{}", dir.join("records.jsonl").display()))
-        .env("RUST_LOG", "tokentap_agent::probes=debug")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run tokentap-agent");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
-    let verified: Vec<(String, u64)> = log
-        .lines()
-        .filter(|l| l.contains("eBPF program loaded"))
-        .map(|l| {
+    let mut verified: Vec<(String, u64)> = Vec::new();
+    // The socket hooks' two sets of programs: the raw pair, the syscalls' tracepoints.
+    for hooks in ["raw", "tracepoints"] {
+        let out = Command::new(agent_bin())
+            .args(["--duration", "1s", "--syscall-hooks", hooks, "--output"])
+            .arg(format!("jsonl:{}", dir.join("records.jsonl").display()))
+            .env("RUST_LOG", "tokentap_agent::probes=debug")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run tokentap-agent");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        let before = verified.len();
+        verified.extend(log.lines().filter(|l| l.contains("eBPF program loaded")).map(|l| {
             let field = |k: &str| {
                 let rest = &l[l.find(k).unwrap_or_else(|| panic!("{k} in {l}")) + k.len()..];
                 rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_string()
             };
             let n = field("verified_insns=").parse().unwrap_or_else(|_| panic!("a count in {l}"));
             (field("program="), n)
-        })
-        .collect();
-    // Every capture method's programs, the process tracepoints and the socket hooks.
-    assert!(verified.len() >= 30, "{verified:?}\n{log}");
+        }));
+        // Every capture method's programs, the process tracepoints and the socket hooks.
+        assert!(verified.len() - before >= 30, "{verified:?}\n{log}");
+    }
+    for p in ["sys_enter", "sys_exit", "sock_enter", "sock_close", "sock_exit"] {
+        assert!(verified.iter().any(|(name, _)| name == p), "{p} verified: {verified:?}");
+    }
     for (program, n) in &verified {
         assert!(*n > 0 && *n < 250_000, "{program}: {n} instructions verified");
     }

@@ -1,15 +1,17 @@
 //! `cargo xtask bench --only-syscalls`: what the socket hooks (raw
-//! `sys_enter`/`sys_exit` tracepoints, agent-ebpf/src/sockets.rs) add to a
-//! system call, which every process on the host pays while the agent runs.
+//! `sys_enter`/`sys_exit` tracepoints, or the syscalls' own; agent-ebpf's
+//! sockets.rs, agent/src/socket_hooks.rs) add to a system call, which every
+//! process on the host pays while the agent runs.
 //!
 //! A child process (this executable again, `xtask syscall-loop`) pinned to
 //! one CPU times two calls the hooks do not record: an 8-byte `write` to
 //! /dev/null (one of the calls the hooks look at) and `getppid` (one they
 //! pass by). It runs twice: in a process with a client socket `connect`ed
 //! (whose fds the kernel then filters: the cost a client process pays for its
-//! file writes) and in one without. Runs without and with the release agent
-//! alternate, and which goes first swaps pair by pair. Results:
-//! target/bench/syscalls.md.
+//! file writes) and in one without. Runs without the release agent, with it
+//! on the raw tracepoints (the default) and with `--syscall-hooks
+//! tracepoints` alternate, and which goes first rotates round by round.
+//! Results: target/bench/syscalls.md.
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
@@ -94,39 +96,50 @@ pub fn run(agent_bin: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let dir = out.join("syscalls");
     std::fs::create_dir_all(&dir)?;
-    let mut pairs: Vec<(Sample, Sample)> = Vec::new();
-    for pair in 0..PAIRS {
-        let mut without = None;
-        let mut with = None;
-        for agent_first in [pair % 2 == 1, pair % 2 == 0] {
-            if agent_first {
-                let mut agent = Agent::start(&dir, &[]);
-                with = Some(sample()?);
-                agent.stop();
+    // Per round: without the agent, on the raw hooks, on the syscalls' tracepoints.
+    let modes: [&[&str]; 2] = [&[], &["--syscall-hooks", "tracepoints"]];
+    let mut rounds: Vec<[Sample; 3]> = Vec::new();
+    for round in 0..PAIRS {
+        let mut got = [None; 3];
+        for k in 0..3 {
+            let run = (round + k) % 3;
+            got[run] = Some(if run == 0 {
+                sample()?
             } else {
-                without = Some(sample()?);
-            }
+                let mut agent = Agent::start(&dir, modes[run - 1]);
+                let s = sample()?;
+                agent.stop();
+                s
+            });
         }
-        let (w, a) = (without.expect("ran"), with.expect("ran"));
-        eprintln!("syscalls: pair {}: without {w:?} ns, with {a:?} ns", pair + 1);
-        pairs.push((w, a));
+        let got = got.map(|s| s.expect("ran"));
+        eprintln!("syscalls: round {}: without {:?}, raw {:?}, tracepoints {:?} ns", round + 1, got[0], got[1], got[2]);
+        rounds.push(got);
     }
     let mut md = String::from("# What the agent adds to a system call it does not record\n\n");
     md += &format!(
         "A process pinned to one CPU times {CALLS} 8-byte writes to /dev/null and {CALLS} `getppid` calls \
-         (best of 3 rounds each), with a client socket connected and without; {PAIRS} pairs, runs without and \
-         with the agent alternated.\n\n"
+         (best of 3 rounds each), with a client socket connected and without; {PAIRS} rounds, runs without the \
+         agent, with it on the raw sys_enter/sys_exit tracepoints (the default) and with `--syscall-hooks \
+         tracepoints` alternated.\n\n"
     );
-    md += "| process | call | without agent | with agent | added |\n|---|---|--:|--:|--:|\n";
+    md += "| process | call | without agent | raw tracepoints | added | syscalls' tracepoints | added |\n\
+           |---|---|--:|--:|--:|--:|--:|\n";
     for (s, proc_) in ["with a client socket", "without sockets"].iter().enumerate() {
         for (c, call) in ["write to /dev/null", "getppid"].iter().enumerate() {
-            let w = median(pairs.iter().map(|p| p.0[s][c]).collect());
-            let a = median(pairs.iter().map(|p| p.1[s][c]).collect());
-            let added = median(pairs.iter().map(|p| p.1[s][c] - p.0[s][c]).collect());
-            md += &format!("| {proc_} | {call} | {w:.0} ns | {a:.0} ns | {added:+.0} ns |\n");
+            let at = |m: usize| median(rounds.iter().map(|r| r[m][s][c]).collect());
+            let added = |m: usize| median(rounds.iter().map(|r| r[m][s][c] - r[0][s][c]).collect());
+            md += &format!(
+                "| {proc_} | {call} | {:.0} ns | {:.0} ns | {:+.0} ns | {:.0} ns | {:+.0} ns |\n",
+                at(0),
+                at(1),
+                added(1),
+                at(2),
+                added(2)
+            );
         }
     }
-    md += "\n(medians over the pairs; added: the median of the pairs' differences)\n";
+    md += "\n(medians over the rounds; added: the median of the rounds' differences)\n";
     let path = out.join("syscalls.md");
     File::create(&path)?.write_all(md.as_bytes())?;
     println!("{md}");
