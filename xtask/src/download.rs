@@ -5,7 +5,8 @@
 //! nginx`): curl (libcurl on the system's OpenSSL, probed by symbol), the
 //! tests' Go client (Go's crypto/tls, probed in the executable), node (static
 //! OpenSSL) and bun (stripped BoringSSL, found by code analysis) with `fetch`,
-//! the tests' reqwest + rustls client, curl over plain HTTP (the socket
+//! the tests' reqwest + rustls client, the JDK's `java.net.http` client (JSSE,
+//! through tokentap's Java agent), curl over plain HTTP (the socket
 //! syscalls), and curl over HTTP/2 (`TOKENTAP_DOWNLOAD_CLIENTS=HTTP/2` runs
 //! only the clients whose name has that word). Runs without and with the release agent alternate, and which
 //! goes first swaps pair by pair, so drift on a shared machine hits both sides
@@ -16,8 +17,10 @@
 //! stream after its first DATA frame, `h2_walk.rs`), so the bench fails
 //! when more than a tenth of the bytes crossed the ring buffer. Results:
 //! target/bench/download.md.
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -81,6 +84,63 @@ enum Client {
         script: PathBuf,
     },
     Rust(PathBuf),
+    /// One JVM per side of a pair (see [`Jvm`]).
+    Java {
+        classes: PathBuf,
+        jvm: RefCell<Option<Jvm>>,
+    },
+}
+
+/// tests/clients/java/LlmClient.java in its download mode: one JVM serves
+/// every run of one side of a pair, so that tokentap's Java agent, loaded
+/// into it once (asynchronously, a second or more after its start), sees the
+/// timed run from its first byte, and the JIT warms up alike on both sides.
+/// A side without the agent gets a JVM that never carried it.
+struct Jvm {
+    child: Child,
+    stdin: ChildStdin,
+    lines: BufReader<ChildStdout>,
+}
+
+impl Jvm {
+    /// Started and warmed up with one download of the small file.
+    fn start(classes: &Path, srv: &Server) -> Result<Self> {
+        let mut child = Command::new(tokentap_e2e::java::jdk_home().join("bin/java"))
+            .arg("-cp")
+            .arg(classes)
+            .args(["LlmClient", "-"])
+            .arg(&srv.ca)
+            .args(["-", "download", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the Java client")?;
+        let stdin = child.stdin.take().context("the JVM's stdin")?;
+        let mut lines = BufReader::new(child.stdout.take().context("the JVM's stdout")?);
+        let mut ready = String::new();
+        lines.read_line(&mut ready)?;
+        ensure!(ready.trim() == "ready", "the Java client said {ready:?}");
+        let mut jvm = Self { child, stdin, lines };
+        jvm.download(&format!("https://localhost:{}/small", srv.tls), 1)?;
+        Ok(jvm)
+    }
+
+    /// (bytes, CPU seconds of the JVM) of `times` downloads of `url`.
+    fn download(&mut self, url: &str, times: u64) -> Result<(u64, f64)> {
+        writeln!(self.stdin, "{url} {times}")?;
+        let mut line = String::new();
+        self.lines.read_line(&mut line)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("the Java client's output {line:?}"))?;
+        Ok((v["bytes"].as_u64().unwrap_or(0), v["cpu_us"].as_f64().unwrap_or(0.0) / 1e6))
+    }
+}
+
+impl Drop for Jvm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Client {
@@ -92,6 +152,14 @@ impl Client {
             Client::Go(_) => "Go net/http (crypto/tls)",
             Client::Js { label, .. } => label,
             Client::Rust(_) => "reqwest (rustls)",
+            Client::Java { .. } => "java.net.http (JSSE, through the Java agent)",
+        }
+    }
+
+    /// The next run starts a side of a pair afresh (a new JVM for Java).
+    fn fresh(&self) {
+        if let Client::Java { jvm, .. } = self {
+            jvm.borrow_mut().take();
         }
     }
 
@@ -107,6 +175,11 @@ impl Client {
             Client::Curl(Via::H2) => format!("https://localhost:{}/{file}", srv.h2),
             _ => format!("https://localhost:{}/{file}", srv.tls),
         };
+        if let Client::Java { classes, jvm } = self {
+            if jvm.borrow().is_none() {
+                *jvm.borrow_mut() = Some(Jvm::start(classes, srv)?);
+            }
+        }
         let t = Instant::now();
         let json = |out: std::process::Output| -> Result<(u64, f64)> {
             ensure!(out.status.success(), "{}: {}", self.name(), String::from_utf8_lossy(&out.stderr));
@@ -143,12 +216,18 @@ impl Client {
                 cmd.arg(&url).arg(&srv.ca).args(["-", &times.to_string(), "download"]);
                 json(cmd.output().context("running the Rust client")?)?
             }
+            Client::Java { jvm, .. } => jvm.borrow_mut().as_mut().expect("started above").download(&url, times)?,
         };
         Ok((got, got as f64 / 1e6 / t.elapsed().as_secs_f64(), cpu))
     }
 
     /// One timed run of the big file: MB/s and the client's CPU seconds.
     fn timed(&self, srv: &Server) -> Result<(f64, f64)> {
+        if let Client::Java { .. } = self {
+            // The JIT compiles JSSE's code (again, once the Java agent
+            // retransformed it) during a first download, untimed on both sides.
+            self.run(srv, "big", 1)?;
+        }
         let (got, mbs, cpu) = self.run(srv, "big", TIMES)?;
         ensure!(got == BYTES * TIMES, "{}: downloaded {got} bytes of {}", self.name(), BYTES * TIMES);
         Ok((mbs, cpu))
@@ -229,6 +308,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
         Client::Js { label: "node fetch (static OpenSSL)", exe: "node".into(), script: script.clone() },
         Client::Js { label: "bun fetch (stripped BoringSSL, by code analysis)", exe: bun, script },
         Client::Rust(tokentap_e2e::build_rust_client(&work).0),
+        Client::Java { classes: tokentap_e2e::java::client_classes(), jvm: RefCell::new(None) },
         Client::Curl(Via::Plain),
         Client::Curl(Via::H2),
     ];
@@ -275,13 +355,16 @@ fn pairs(client: &Client, work: &Path, srv: &Server) -> Result<(String, String, 
         // Odd pairs run the agent first: a second run that is faster for
         // being second (warm caches) favours neither side.
         let agent_first = i % 2 == 1;
+        client.fresh();
         let mut without = if agent_first { None } else { Some(client.timed(srv)?) };
+        client.fresh();
         let agent_dir = work.join(format!("agent-{}-{i}", client.slug()));
         std::fs::create_dir_all(&agent_dir)?;
         let mut agent = Agent::start(&agent_dir, &["--exclude-process", "nginx"]);
         let before = client.until_probed(srv, &agent)?;
         let muted_before = agent.stats()["kernel_muted_reads"].as_u64().unwrap_or(0);
         let (with, with_cpu) = client.timed(srv)?;
+        client.fresh();
         ensure!(agent.stop().success(), "agent exit");
         if without.is_none() {
             without = Some(client.timed(srv)?);

@@ -92,6 +92,20 @@ fn java_attach_is_on_unless_the_flag_or_the_file_turns_it_off() {
 }
 
 #[test]
+fn syscall_hooks_are_raw_unless_the_flag_or_the_file_says_tracepoints() {
+    use crate::socket_hooks::SyscallHooks;
+    assert_eq!(Settings::resolve(&Cli::default()).unwrap().syscall_hooks, SyscallHooks::Raw);
+    let p = write("hooks", "syscall_hooks = \"tracepoints\"\n");
+    let file = Cli { config: Some(p.clone()), no_kubernetes: true, ..Default::default() };
+    assert_eq!(Settings::resolve(&file).unwrap().syscall_hooks, SyscallHooks::Tracepoints);
+    let cli = Cli::try_parse_from(["tokentap-agent", "--syscall-hooks", "raw", "-c", p.to_str().unwrap()]).unwrap();
+    assert_eq!(Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap().syscall_hooks, SyscallHooks::Raw);
+    let p = write("hooks-bad", "syscall_hooks = \"kprobes\"\n");
+    assert!(Settings::resolve(&Cli { config: Some(p), ..Default::default() }).is_err());
+    assert!(Cli::try_parse_from(["tokentap-agent", "--syscall-hooks", "auto"]).is_err());
+}
+
+#[test]
 fn defaults() {
     let s = Settings::resolve(&Cli::default()).unwrap();
     assert_eq!(s.outputs, vec![OutputSpec::stdout()]);

@@ -5,7 +5,9 @@
 //
 // Usage: java LlmClient.java BASE CA.pem KEY h1|h2|url CALLS [wait]
 //        java LlmClient.java BASE CA.pem KEY bench CALLS WARM [wait]
-// (bench: `cargo xtask bench`'s client, see `bench` below)
+//        java LlmClient.java - CA.pem - download 0
+// (bench: `cargo xtask bench`'s client, see `bench` below; download: its
+// download bench, see `download`)
 // Makes CALLS calls and prints one JSON line:
 // {"calls": N, "proto": "HTTP_2", "statuses": [...]}.
 // With `wait`, prints "ready", then makes a round of CALLS calls (and prints
@@ -58,7 +60,9 @@ public class LlmClient {
                 .connectTimeout(Duration.ofSeconds(20))
                 .build();
 
-        if (args[3].equals("bench")) {
+        if (args[3].equals("download")) {
+            download(client);
+        } else if (args[3].equals("bench")) {
             bench(client, base, calls, Integer.parseInt(args[5]), args.length > 6 && args[6].equals("wait"));
         } else if (!wait) {
             round(client, base, key, url, calls, tls);
@@ -115,6 +119,43 @@ public class LlmClient {
         double secs = (System.nanoTime() - t0) / 1e9;
         System.out.println("{\"pid\": " + ProcessHandle.current().pid() + ", \"cpu_us\": " + cpuUs + ", \"secs\": "
                 + secs + "}");
+    }
+
+    /**
+     * `cargo xtask bench --only-download`: prints "ready", then for each line
+     * "URL TIMES" read on stdin downloads URL TIMES times over the client's
+     * keep-alive connection, reading each body to its end, and prints
+     * {"bytes", "cpu_us"}: the process's CPU time (every thread) over them.
+     * One JVM serves every run, so that tokentap's Java agent, loaded once,
+     * sees the timed run from its first byte.
+     */
+    static void download(HttpClient client) throws Exception {
+        System.out.println("ready");
+        System.out.flush();
+        var os = (com.sun.management.OperatingSystemMXBean) java.lang.management.ManagementFactory
+                .getOperatingSystemMXBean();
+        BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
+        byte[] sink = new byte[64 * 1024];
+        for (String line; (line = in.readLine()) != null;) {
+            String[] w = line.trim().split(" ");
+            HttpRequest req = HttpRequest.newBuilder(URI.create(w[0])).build();
+            long c0 = os.getProcessCpuTime();
+            long bytes = 0;
+            for (int i = 0; i < Integer.parseInt(w[1]); i++) {
+                HttpResponse<InputStream> r = client.send(req, HttpResponse.BodyHandlers.ofInputStream());
+                if (r.statusCode() != 200) {
+                    throw new IllegalStateException("status " + r.statusCode());
+                }
+                try (InputStream body = r.body()) {
+                    for (int n; (n = body.read(sink)) > 0;) {
+                        bytes += n;
+                    }
+                }
+            }
+            double cpuUs = (os.getProcessCpuTime() - c0) / 1000.0;
+            System.out.println("{\"bytes\": " + bytes + ", \"cpu_us\": " + cpuUs + "}");
+            System.out.flush();
+        }
     }
 
     static void round(HttpClient client, String base, String key, boolean url, int calls, SSLContext tls)
