@@ -3,14 +3,15 @@
 //! and counted, so a connection whose plaintext no TLS probe reads is still
 //! accounted for.
 //!
-//! Why these hooks: the syscalls' own tracepoints (`syscalls/sys_enter_read`,
-//! ...) see every `read`/`write`/`readv`/`writev`/`sendto`/`recvfrom`/
+//! Why these hooks: the raw `sys_enter`/`sys_exit` tracepoints (the
+//! default) see every `read`/`write`/`readv`/`writev`/`sendto`/`recvfrom`/
 //! `sendmsg`/`recvmsg`/`close`/`connect`, whatever library made the call, and
-//! only those calls run a program: every other syscall of the host pays the
-//! kernel's bitmap test, ~10 ns. They need tracefs for their ids (user space
-//! mounts it when it can). Where it cannot, the raw `sys_enter`/`sys_exit`
-//! tracepoints are the fallback: the same code behind another entry, no
-//! tracefs, but a program run on every syscall of the host (~45 ns each).
+//! need no tracefs; but they run a program on every syscall of the host
+//! (~45 ns each). With `--syscall-hooks tracepoints` the same code runs
+//! behind the syscalls' own tracepoints (`syscalls/sys_enter_read`, ...):
+//! only those ten calls run a program, each 20-30 ns dearer, every other
+//! syscall ~10 ns (user space mounts tracefs for their ids, and falls back to
+//! the raw pair when it cannot: agent/src/socket_hooks.rs).
 //! Only client sockets `connect`ed to AF_INET/AF_INET6 while we run are
 //! watched, and only in processes that have one ([`SOCK_PROCS`], which also
 //! says which fds may be one). The hooks run on every read, write and close
@@ -102,8 +103,8 @@ static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
 
 /// Slots of threads (thread id modulo the size): how many calls of the
 /// slot's threads are in [`SOCK_CALLS`], never fewer (see [`add`]).
-/// The exit hook, on every read and write of the host (every syscall with
-/// the raw fallback), reads its slot and looks in `SOCK_CALLS` only when it
+/// The exit hook, on every syscall of the host (every read and write with
+/// the syscalls' tracepoints), reads its slot and looks in `SOCK_CALLS` only when it
 /// is not zero. A count left high (an insert that replaced an entry) costs
 /// its slot that lookup again, never a call.
 #[map]

@@ -55,8 +55,10 @@ pub const SYSCALLS: &[&str] =
 const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_UNDER_DEBUGFS: &str = "/sys/kernel/debug/tracing";
 
-/// The programs behind the syscalls' tracepoints.
-const TRACEPOINT_PROGRAMS: [&str; 3] = ["sock_enter", "sock_close", "sock_exit"];
+/// The programs behind the syscalls' tracepoints, exits first: a call that
+/// enters before its exit program is attached would leave its entry in
+/// flight for the thread's next exit to take.
+const TRACEPOINT_PROGRAMS: [&str; 3] = ["sock_exit", "sock_close", "sock_enter"];
 
 /// The tracepoints (in `syscalls/`) program `name` is attached to: the kernel
 /// refuses a program that may read past the end of a tracepoint's record, so
@@ -89,7 +91,8 @@ pub fn attach(ebpf: &mut Ebpf, want: SyscallHooks) -> Result<Attached, ProbeErro
             }
         }
     }
-    for name in ["sys_enter", "sys_exit"] {
+    // Exits first, as above.
+    for name in ["sys_exit", "sys_enter"] {
         let p: &mut RawTracePoint = program(ebpf, name)?;
         p.load().map_err(|source| ProbeError::Program { name, source })?;
         crate::probes::log_verified(name, || p.info().ok());

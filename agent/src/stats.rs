@@ -222,7 +222,8 @@ counters! {
     ring_buffer_fill_bytes,
     ring_buffer_size_bytes,
     /// 1 when socket capture runs on the raw `sys_enter`/`sys_exit`
-    /// tracepoints (the fallback): a program on every syscall of the host.
+    /// tracepoints (the default, or the fallback of `--syscall-hooks
+    /// tracepoints`): a program on every syscall of the host.
     socket_hooks_every_syscall,
 }
 

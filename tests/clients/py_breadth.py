@@ -218,7 +218,54 @@ def plain_threads(a):
     return 80
 
 
-SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads]}
+def plain_vectored(a):
+    """Plain HTTP over a bare socket with vectored calls: a non-blocking connect
+    (EINPROGRESS), each request written as two buffers (head, body) with sendmsg
+    or writev, each response read into two buffers with recvmsg_into or readv.
+    The kernel copies each buffer of a vectored call, in order."""
+    import errno
+    import select
+    import socket
+    import urllib.parse
+    u = urllib.parse.urlsplit(a.base)
+    s = socket.socket()
+    s.setblocking(False)
+    err = s.connect_ex((u.hostname, u.port))
+    assert err in (0, errno.EINPROGRESS), err
+    assert select.select([], [s], [], 10)[1], "connect timed out"
+    s.setblocking(True)
+    calls = 4
+    for i in range(calls):
+        body = json.dumps({"model": "gpt-4o-mini", "messages": MSGS}).encode()
+        head = (f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                f"Authorization: Bearer {a.key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        sent = s.sendmsg([head, body]) if i % 2 == 0 else os.writev(s.fileno(), [head, body])
+        assert sent == len(head) + len(body), sent
+        got = bytearray()
+        while not response_complete(got):
+            bufs = [bytearray(97), bytearray(4096)]
+            n = s.recvmsg_into(bufs)[0] if i % 2 == 0 else os.readv(s.fileno(), bufs)
+            assert n > 0, "connection closed mid-response"
+            got += (bufs[0] + bufs[1])[:n]
+        assert got.startswith(b"HTTP/1.1 200") and b'"usage"' in got, got[:200]
+    s.close()
+    return calls
+
+
+def response_complete(got):
+    """A whole HTTP/1.1 response: its head, then Content-Length bytes or the last chunk."""
+    end = got.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = got[:end].decode("latin-1").lower()
+    for line in head.split("\r\n"):
+        if line.startswith("content-length:"):
+            return len(got) - end - 4 >= int(line.split(":", 1)[1])
+    return got.endswith(b"0\r\n\r\n")
+
+
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads, plain_vectored]}
 
 
 def main():

@@ -281,12 +281,15 @@ fn programs_of(pid: u32) -> HashSet<String> {
     progs.as_array().into_iter().flatten().filter(mine).filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()
 }
 
-/// One agent's plaintext capture: which programs it holds, two calls
-/// recorded exactly, its log and final stats.
+/// One agent's plaintext capture: which programs it holds, calls recorded
+/// exactly (the openai SDK's, and vectored calls after a non-blocking
+/// connect), its log and final stats.
 fn plaintext_run(env: Env) -> (HashSet<String>, String, Value) {
     let progs = programs_of(env.agent.pid());
     let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "vllm"));
     check_exact(&env, pid, 2);
+    let (pid, _) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "plain_vectored"));
+    check_exact(&env, pid, 4);
     let log = std::fs::read_to_string(&env.agent.stderr).unwrap();
     (progs, log, env.finish())
 }
@@ -308,7 +311,7 @@ fn plaintext_capture_runs_on_the_raw_tracepoints_or_on_the_syscalls_own() {
 
     let tracepoints = ["--syscall-hooks", "tracepoints"];
     let (progs, _, stats) = plaintext_run(Env::start("plain-tp", Transport::Plain, &tracepoints));
-    for p in ["sock_enter", "sock_close", "sock_exit", "sched_process_exit"] {
+    for p in ["sock_enter", "sock_close", "sock_exit"] {
         assert!(progs.contains(p), "{p} loaded: {progs:?}");
     }
     assert!(!progs.contains("sys_enter") && !progs.contains("sys_exit"), "no raw hooks: {progs:?}");

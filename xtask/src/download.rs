@@ -221,13 +221,19 @@ impl Client {
         Ok((got, got as f64 / 1e6 / t.elapsed().as_secs_f64(), cpu))
     }
 
-    /// One timed run of the big file: MB/s and the client's CPU seconds.
-    fn timed(&self, srv: &Server) -> Result<(f64, f64)> {
+    /// Before a side's timed run (with the agent, once it copies the
+    /// client's bytes): Java downloads the file once, untimed on both sides,
+    /// for the JIT to compile JSSE's code (again, once the Java agent
+    /// retransformed it) outside the timed run.
+    fn warm(&self, srv: &Server) -> Result<()> {
         if let Client::Java { .. } = self {
-            // The JIT compiles JSSE's code (again, once the Java agent
-            // retransformed it) during a first download, untimed on both sides.
             self.run(srv, "big", 1)?;
         }
+        Ok(())
+    }
+
+    /// One timed run of the big file: MB/s and the client's CPU seconds.
+    fn timed(&self, srv: &Server) -> Result<(f64, f64)> {
         let (got, mbs, cpu) = self.run(srv, "big", TIMES)?;
         ensure!(got == BYTES * TIMES, "{}: downloaded {got} bytes of {}", self.name(), BYTES * TIMES);
         Ok((mbs, cpu))
@@ -236,8 +242,7 @@ impl Client {
     /// Small downloads until the agent copies some of this client's bytes,
     /// so that the timed run is probed from its start (a new executable is
     /// probed after its first exec; bun's analysis takes about a second).
-    /// Returns the bytes the agent had copied by then.
-    fn until_probed(&self, srv: &Server, agent: &Agent) -> Result<u64> {
+    fn until_probed(&self, srv: &Server, agent: &Agent) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.run(srv, "small", 1)?;
@@ -246,7 +251,7 @@ impl Client {
             while Instant::now() < seen {
                 let copied = agent.stats()["bytes"].as_u64().unwrap_or(0);
                 if copied > 0 {
-                    return Ok(copied);
+                    return Ok(());
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -255,6 +260,15 @@ impl Client {
             }
         }
     }
+}
+
+/// `agent`'s counters as written after this call (it rewrites its stats file
+/// every second): they count everything done before it.
+fn stats_from_now(agent: &Agent) -> serde_json::Value {
+    let now = std::time::SystemTime::now();
+    let written = || std::fs::metadata(&agent.stats).and_then(|m| m.modified()).ok().filter(|m| *m > now);
+    tokentap_e2e::wait_for("the agent's stats file rewritten", Duration::from_secs(10), written);
+    agent.stats()
 }
 
 /// CPU seconds (user + system) of this process's waited-for children.
@@ -355,19 +369,26 @@ fn pairs(client: &Client, work: &Path, srv: &Server) -> Result<(String, String, 
         // Odd pairs run the agent first: a second run that is faster for
         // being second (warm caches) favours neither side.
         let agent_first = i % 2 == 1;
-        client.fresh();
-        let mut without = if agent_first { None } else { Some(client.timed(srv)?) };
+        let without_agent = || -> Result<(f64, f64)> {
+            client.fresh();
+            client.warm(srv)?;
+            client.timed(srv)
+        };
+        let mut without = if agent_first { None } else { Some(without_agent()?) };
         client.fresh();
         let agent_dir = work.join(format!("agent-{}-{i}", client.slug()));
         std::fs::create_dir_all(&agent_dir)?;
         let mut agent = Agent::start(&agent_dir, &["--exclude-process", "nginx"]);
-        let before = client.until_probed(srv, &agent)?;
-        let muted_before = agent.stats()["kernel_muted_reads"].as_u64().unwrap_or(0);
+        client.until_probed(srv, &agent)?;
+        client.warm(srv)?;
+        let counted = stats_from_now(&agent);
+        let before = counted["bytes"].as_u64().unwrap_or(0);
+        let muted_before = counted["kernel_muted_reads"].as_u64().unwrap_or(0);
         let (with, with_cpu) = client.timed(srv)?;
         client.fresh();
         ensure!(agent.stop().success(), "agent exit");
         if without.is_none() {
-            without = Some(client.timed(srv)?);
+            without = Some(without_agent()?);
         }
         let (base, base_cpu) = without.expect("run above");
         records += agent.records().len();

@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 use tokentap_e2e::Agent;
 
 const CALLS: u64 = 2_000_000;
-const PAIRS: usize = 5;
+/// Rounds of (without, raw, tracepoints): each goes first in two.
+const ROUNDS: usize = 6;
 
 /// The child: time `calls` writes and getppids (best of 3 rounds each), print
 /// `{"write_ns": .., "getppid_ns": ..}`.
@@ -99,7 +100,7 @@ pub fn run(agent_bin: &Path, out: &Path) -> Result<()> {
     // Per round: without the agent, on the raw hooks, on the syscalls' tracepoints.
     let modes: [&[&str]; 2] = [&[], &["--syscall-hooks", "tracepoints"]];
     let mut rounds: Vec<[Sample; 3]> = Vec::new();
-    for round in 0..PAIRS {
+    for round in 0..ROUNDS {
         let mut got = [None; 3];
         for k in 0..3 {
             let run = (round + k) % 3;
@@ -109,6 +110,13 @@ pub fn run(agent_bin: &Path, out: &Path) -> Result<()> {
                 let mut agent = Agent::start(&dir, modes[run - 1]);
                 let s = sample()?;
                 agent.stop();
+                // A fallback to the raw pair would measure it twice.
+                let raw = agent.stats()["socket_hooks_every_syscall"].as_u64();
+                ensure!(
+                    raw == Some(u64::from(run == 1)),
+                    "mode {:?}: socket_hooks_every_syscall {raw:?}",
+                    modes[run - 1]
+                );
                 s
             });
         }
@@ -119,7 +127,7 @@ pub fn run(agent_bin: &Path, out: &Path) -> Result<()> {
     let mut md = String::from("# What the agent adds to a system call it does not record\n\n");
     md += &format!(
         "A process pinned to one CPU times {CALLS} 8-byte writes to /dev/null and {CALLS} `getppid` calls \
-         (best of 3 rounds each), with a client socket connected and without; {PAIRS} rounds, runs without the \
+         (best of 3 rounds each), with a client socket connected and without; {ROUNDS} rounds, runs without the \
          agent, with it on the raw sys_enter/sys_exit tracepoints (the default) and with `--syscall-hooks \
          tracepoints` alternated.\n\n"
     );

@@ -126,8 +126,8 @@ public class LlmClient {
      * "URL TIMES" read on stdin downloads URL TIMES times over the client's
      * keep-alive connection, reading each body to its end, and prints
      * {"bytes", "cpu_us"}: the process's CPU time (every thread) over them.
-     * One JVM serves every run, so that tokentap's Java agent, loaded once,
-     * sees the timed run from its first byte.
+     * One JVM serves every run of one side of the bench's pair, so that
+     * tokentap's Java agent, loaded once, sees the timed run from its first byte.
      */
     static void download(HttpClient client) throws Exception {
         System.out.println("ready");
