@@ -23,7 +23,7 @@ use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
 use crate::handover::{Handoffs, Handover};
 use crate::http::mute::Mute;
 use crate::pipeline::Handed;
-use crate::socket_hooks::{Attached, SyscallHooks};
+use crate::socket_hooks::SyscallHooks;
 use crate::stats::{Counted, Stats};
 
 /// The eBPF object built by build.rs.
@@ -203,7 +203,7 @@ pub struct Probes {
     ebpf: Ebpf,
     attached: HashMap<FileKey, PathBuf>,
     /// What socket capture runs on (none: `--no-socket-capture`).
-    pub socket_hooks: Option<Attached>,
+    pub socket_hooks: Option<SyscallHooks>,
 }
 
 /// Maps user space reads (and the ones it writes).

@@ -24,7 +24,7 @@ use crate::pipeline::{monotonic_ns, Clock, ConnFilter, Pipeline, PipelineConfig,
 use crate::probes::{AttachFailure, Channels, IgnoreMap, LossReader, Probes};
 use crate::providers::Rules;
 use crate::sinks;
-use crate::socket_hooks::Attached;
+use crate::socket_hooks::SyscallHooks;
 use crate::stats::{Stats, StatsFile};
 use aya::maps::{MapData, RingBuf};
 
@@ -89,7 +89,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let sockets = settings.socket_capture.then_some(settings.syscall_hooks);
     let (mut probes, channels, mut handover) =
         Probes::load(settings.ring_buffer_bytes, sockets, settings.handover_dir.as_deref())?;
-    Stats::set(&stats.socket_hooks_every_syscall, u64::from(probes.socket_hooks == Some(Attached::Raw)));
+    Stats::set(&stats.socket_hooks_every_syscall, u64::from(probes.socket_hooks == Some(SyscallHooks::Raw)));
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     // Discovery tells the pipeline (for coverage) which processes map a TLS
     // library that is not probed.

@@ -41,13 +41,6 @@ pub enum SyscallHooks {
     Tracepoints,
 }
 
-/// What socket capture runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attached {
-    Tracepoints,
-    Raw,
-}
-
 /// The syscalls the programs look at.
 pub const SYSCALLS: &[&str] =
     &["read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg", "connect", "close"];
@@ -72,11 +65,11 @@ fn tracepoints(name: &str) -> Vec<String> {
     }
 }
 
-/// Load and attach the socket programs as `want` says.
-pub fn attach(ebpf: &mut Ebpf, want: SyscallHooks) -> Result<Attached, ProbeError> {
+/// Load and attach the socket programs as `want` says; what they run on.
+pub fn attach(ebpf: &mut Ebpf, want: SyscallHooks) -> Result<SyscallHooks, ProbeError> {
     if want == SyscallHooks::Tracepoints {
         match attach_tracepoints(ebpf) {
-            Ok(()) => return Ok(Attached::Tracepoints),
+            Ok(()) => return Ok(SyscallHooks::Tracepoints),
             Err(e) => {
                 tracing::warn!(
                     error = %chain(&e),
@@ -98,15 +91,19 @@ pub fn attach(ebpf: &mut Ebpf, want: SyscallHooks) -> Result<Attached, ProbeErro
         crate::probes::log_verified(name, || p.info().ok());
         p.attach(name).map_err(|source| ProbeError::Program { name, source })?;
     }
-    Ok(Attached::Raw)
+    Ok(SyscallHooks::Raw)
 }
 
-/// An error and its causes ("bpf_link_create failed: Permission denied").
+/// An error and its causes ("bpf_link_create failed: Permission denied"),
+/// each once: an error's text may end with its source's already.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        s = format!("{s}: {c}");
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s = format!("{s}: {text}");
+        }
         cause = c.source();
     }
     s
@@ -169,6 +166,23 @@ fn mount_tracefs(at: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_already_in_its_error_s_text_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("eBPF program p: {source}")]
+        struct Outer {
+            source: Inner,
+        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("`bpf_link_create` failed")]
+        struct Inner {
+            #[source]
+            io: std::io::Error,
+        }
+        let e = Outer { source: Inner { io: std::io::Error::from_raw_os_error(13) } };
+        assert_eq!(chain(&e), "eBPF program p: `bpf_link_create` failed: Permission denied (os error 13)");
+    }
 
     #[test]
     fn an_empty_directory_is_not_a_tracefs() {
