@@ -32,6 +32,8 @@ struct Kernel {
 struct Conn {
     c: HttpConnection<()>,
     k: Kernel,
+    /// Where the agent's kernel count of the stream started (its `IN_POS` base).
+    base: u64,
     out: Vec<Classified<()>>,
     lost: Lost,
 }
@@ -46,17 +48,18 @@ impl Conn {
             muted: vec![],
             skipped: 0,
         };
-        Self { c: HttpConnection::new(1 << 20), k, out: Vec::new(), lost: Lost::default() }
+        Self { c: HttpConnection::new(1 << 20), k, base: BASE, out: Vec::new(), lost: Lost::default() }
     }
 
     fn chunk(&mut self, direction: Direction, pos: u64, data: &[u8]) {
         let mut cap = llm;
-        let at = StreamAt { base: 7, pos };
+        let at = StreamAt { base: self.base, pos };
         let held =
             self.c.on_chunk(direction, Continuity::InOrder, at, data, 1, &mut cap, &mut self.out, &mut self.lost);
         assert_eq!(held, Held::Within);
         while let Some(m) = self.c.take_mute() {
-            let Mute::H2Stream { walk: 7, stream } = m else { panic!("{m:?}") };
+            // The walk keeps the id of the count it began with (the first agent's).
+            let Mute::H2Stream { walk: BASE, stream } = m else { panic!("{m:?}") };
             self.k.muted.push(stream);
         }
     }
@@ -177,4 +180,37 @@ fn bytes_skipped_anywhere_but_a_muted_streams_data_lose_the_connection_counted()
     t.chunk(Direction::Ingress, BASE + first_data as u64 + 9 + 1001, &ingress[first_data + 9 + 1001..]);
     assert!(t.c.ignored().is_some(), "a skip past the frame's end");
     assert_eq!(t.lost.unanswered, 1);
+}
+
+/// An upgrade's switch falls inside a muted stream's DATA payload: the next
+/// agent's kernel counts the stream from its own base, its walk going on
+/// from the same byte (`plan_read` rebases it), so that agent's first read
+/// skips the payload's rest before its first kept byte, or (a read wholly
+/// inside it) keeps nothing. The connection resumed from the handed-on state
+/// must take that skip, and read the call after it.
+#[test]
+fn a_switch_inside_a_muted_payload_goes_on_in_the_next_agent() {
+    const NEXT_BASE: u64 = 1 << 41;
+    for (read, switch_after) in [(16_384, 6), (16_384, 9), (5_000, 20), (16_393, 7)] {
+        let (egress, ingress) = download_and_call(40, 16_384);
+        let mut t = Conn::new();
+        t.chunk(Direction::Egress, 0, &egress);
+        let mut reads = ingress.chunks(read);
+        for r in reads.by_ref().take(switch_after) {
+            t.read(r);
+        }
+        assert!(t.k.muted_payload && t.k.payload_end > t.k.pos, "read {read}: the switch is inside a muted payload");
+        let state = t.c.hand_off(1 << 20).expect("an HTTP/2 state");
+        t.c = HttpConnection::resume(&state, 1 << 20, &mut llm).unwrap();
+        let left = t.k.payload_end - t.k.pos;
+        (t.k.pos, t.k.payload_end, t.base) = (NEXT_BASE, NEXT_BASE + left, NEXT_BASE);
+        for r in reads {
+            t.read(r);
+        }
+        assert_eq!(t.c.ignored(), None, "read {read}, switch after {switch_after}");
+        assert_eq!(t.out.len(), 1, "read {read}, switch after {switch_after}: the call after the switch");
+        assert_eq!(t.out[0].exchange.response.body, b"{\"usage\":{}}");
+        assert_eq!(t.lost, Lost::default());
+        assert_eq!(t.c.calls_in_flight(), 0);
+    }
 }

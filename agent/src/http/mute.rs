@@ -72,10 +72,14 @@ impl Muting {
             return Jump::None;
         }
         if at.base != self.base {
-            // The count restarted (the kernel forgot the connection, or its
-            // key now names another one): nothing before compares.
+            // The count restarted (this agent's first read of the connection,
+            // or the kernel forgot it): nothing before compares. A count's
+            // first byte sits at its base, so a first chunk past it follows
+            // bytes the kernel skipped: the rest of a muted HTTP/2 payload
+            // that another agent's walk had begun (an upgrade's switch inside
+            // it: `plan_read` in agent-ebpf/src/h2_walk.rs goes on skipping).
             self.base = at.base;
-            self.next = None;
+            self.next = Some(at.base);
             self.range = None;
         }
         let jump = match self.next {
@@ -139,8 +143,9 @@ mod tests {
 
     const BASE: u64 = 1 << 40;
 
+    /// A position of the count that began at `BASE` (its first byte's).
     fn at(pos: u64) -> StreamAt {
-        StreamAt { base: 7, pos }
+        StreamAt { base: BASE, pos }
     }
 
     #[test]
@@ -170,11 +175,13 @@ mod tests {
         assert_eq!(m.take_request(), Some((BASE + 10, u64::MAX)));
         // Positions went backwards: the range is dropped, nothing explained.
         assert_eq!(m.arrive(at(5), 10), Jump::None);
-        // So does a new base, even with a position inside the old range.
+        // So does a new base, even with a position inside the old range:
+        // its bytes are counted from that base, none explained by the range.
         m.unkept_body(1 << 20);
         let (from, _) = m.take_request().unwrap();
-        assert_eq!(m.arrive(StreamAt { base: 8, pos: from + 100 }, 10), Jump::None);
-        assert_eq!(m.arrive(StreamAt { base: 8, pos: from + 200 }, 10), Jump::Unexplained(90));
+        assert_eq!(m.arrive(StreamAt { base: 8, pos: 8 }, 10), Jump::None);
+        assert_eq!(m.arrive(StreamAt { base: 9, pos: from + 100 }, 10), Jump::Unexplained(from + 91));
+        assert_eq!(m.arrive(StreamAt { base: 9, pos: from + 200 }, 10), Jump::Unexplained(90));
         assert_eq!(m.arrive(at(5), 10), Jump::None);
         assert_eq!(m.arrive(at(100), 10), Jump::Unexplained(85));
         // Unknown positions (0) forget the place.
