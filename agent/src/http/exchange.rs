@@ -296,6 +296,7 @@ impl<E: WsCalls> HttpConnection<E> {
         classify: &mut dyn FnMut(&Head) -> Option<E>,
     ) -> Result<Self, h2::H2Error> {
         let mut c = Self::new(max_body);
+        c.muting = Muting::resumed();
         c.state = match state.split_first() {
             Some((b'h', rest)) => State::Http2(Box::new(H2Connection::resume(rest, max_body, classify)?)),
             Some((b'w', rest)) => State::WebSocket(Box::new(WsSession::resume(rest, max_body, classify)?)),

@@ -61,9 +61,16 @@ pub struct Muting {
     range: Option<(u64, u64)>,
     /// A range not handed to the kernel yet.
     request: Option<(u64, u64)>,
+    /// Taken over from another agent's decoding state (an upgrade).
+    resumed: bool,
 }
 
 impl Muting {
+    /// For a connection resumed from the decoding state of the agent before.
+    pub fn resumed() -> Self {
+        Self { resumed: true, ..Self::default() }
+    }
+
     /// An ingress chunk of `len` bytes at `at`.
     pub fn arrive(&mut self, at: StreamAt, len: usize) -> Jump {
         let pos = at.pos;
@@ -72,14 +79,19 @@ impl Muting {
             return Jump::None;
         }
         if at.base != self.base {
-            // The count restarted (this agent's first read of the connection,
-            // or the kernel forgot it): nothing before compares. A count's
-            // first byte sits at its base, so a first chunk past it follows
-            // bytes the kernel skipped: the rest of a muted HTTP/2 payload
-            // that another agent's walk had begun (an upgrade's switch inside
-            // it: `plan_read` in agent-ebpf/src/h2_walk.rs goes on skipping).
+            // A new count: nothing before compares. One that began with this
+            // agent's first read of the connection after it took the
+            // connection over (resumed), or that restarted under it (the
+            // kernel forgot the connection), starts at its base: a first
+            // chunk past the base follows bytes the kernel skipped, the rest
+            // of a muted HTTP/2 payload that the walk goes on skipping
+            // (`plan_read` in agent-ebpf/src/h2_walk.rs). The first count a
+            // connection decoded from its start meets may have begun before
+            // it: a key reused by a connection whose end went unseen (rustls)
+            // carries the earlier one's count on.
+            let restarted = self.resumed || self.base != 0;
             self.base = at.base;
-            self.next = Some(at.base);
+            self.next = restarted.then_some(at.base);
             self.range = None;
         }
         let jump = match self.next {
@@ -164,6 +176,20 @@ mod tests {
     }
 
     #[test]
+    fn a_first_count_is_compared_from_its_base_only_on_a_connection_taken_over() {
+        // Decoded from its start: its first count may have begun before it
+        // (a reused key whose earlier connection's end went unseen).
+        let mut m = Muting::default();
+        assert_eq!(m.arrive(at(BASE + 5000), 10), Jump::None);
+        assert_eq!(m.arrive(at(BASE + 5010), 10), Jump::None);
+        // Taken over: this agent's count began with its first read of it.
+        let mut m = Muting::resumed();
+        assert_eq!(m.arrive(at(BASE + 5000), 10), Jump::Unexplained(5000));
+        let mut m = Muting::resumed();
+        assert_eq!(m.arrive(at(BASE), 10), Jump::None);
+    }
+
+    #[test]
     fn small_bodies_unknown_positions_and_restarts_mute_nothing() {
         let mut m = Muting::default();
         m.unkept_body(1 << 30);
@@ -175,13 +201,13 @@ mod tests {
         assert_eq!(m.take_request(), Some((BASE + 10, u64::MAX)));
         // Positions went backwards: the range is dropped, nothing explained.
         assert_eq!(m.arrive(at(5), 10), Jump::None);
-        // So does a new base, even with a position inside the old range:
-        // its bytes are counted from that base, none explained by the range.
+        // So does a new base (the count restarted), even with a position
+        // inside the old range: its bytes count from that base, none
+        // explained by the range.
         m.unkept_body(1 << 20);
         let (from, _) = m.take_request().unwrap();
-        assert_eq!(m.arrive(StreamAt { base: 8, pos: 8 }, 10), Jump::None);
-        assert_eq!(m.arrive(StreamAt { base: 9, pos: from + 100 }, 10), Jump::Unexplained(from + 91));
-        assert_eq!(m.arrive(StreamAt { base: 9, pos: from + 200 }, 10), Jump::Unexplained(90));
+        assert_eq!(m.arrive(StreamAt { base: 8, pos: from + 100 }, 10), Jump::Unexplained(from + 92));
+        assert_eq!(m.arrive(StreamAt { base: 8, pos: from + 200 }, 10), Jump::Unexplained(90));
         assert_eq!(m.arrive(at(5), 10), Jump::None);
         assert_eq!(m.arrive(at(100), 10), Jump::Unexplained(85));
         // Unknown positions (0) forget the place.
