@@ -251,20 +251,34 @@ fn plaintext_calls_from_threads_connecting_at_once_on_low_and_high_fds_are_each_
     assert_eq!(coverage_of(&stats, pid)["records"]["socket"], 80, "{stats}");
 }
 
-/// `unshare` and `sh` before the agent: a mount namespace whose /sys/kernel
+/// `unshare` and `sh` before the agent: `script` runs in a mount namespace of
+/// the agent's own, then execs it.
+const fn in_mount_ns(script: &'static str) -> [&'static str; 8] {
+    ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+}
+
+/// A mount namespace whose /sys/kernel
 /// is an empty read-only tmpfs but for btf, where no tracefs is found and
 /// none can be mounted.
-const NO_TRACEFS: [&str; 8] = [
-    "unshare",
-    "-m",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
+const NO_TRACEFS: [&str; 8] = in_mount_ns(
     "set -e; b=$(mktemp -d); mount --bind /sys/kernel/btf \"$b\"; mount -t tmpfs -o size=1m tmpfs /sys/kernel; \
-     mkdir /sys/kernel/btf; mount --move \"$b\" /sys/kernel/btf; mount -o remount,ro /sys/kernel; exec \"$@\"",
-    "sh",
-];
+     mkdir /sys/kernel/btf; mount --move \"$b\" /sys/kernel/btf; rmdir \"$b\"; mount -o remount,ro /sys/kernel; exec \"$@\"",
+);
+
+/// As [`NO_TRACEFS`], but `/sys/kernel/tracing` holds the syscalls'
+/// tracepoint ids the socket programs use, copied from a real tracefs, all
+/// right but `sys_enter_read`'s: the exit programs attach to their ten
+/// tracepoints, then `sock_enter`'s first attach fails. The fallback must
+/// take down what was attached before it.
+const BAD_ENTER_READ_ID: [&str; 8] = in_mount_ns(
+    "set -e; t=$(mktemp -d); s=$(mktemp -d); mount -t tracefs nodev \"$t\"; \
+     for c in read write readv writev sendto recvfrom sendmsg recvmsg connect close; do for k in enter exit; do \
+     mkdir \"$s/sys_${k}_$c\"; cat \"$t/events/syscalls/sys_${k}_$c/id\" > \"$s/sys_${k}_$c/id\"; done; done; \
+     umount \"$t\"; b=$(mktemp -d); mount --bind /sys/kernel/btf \"$b\"; mount -t tmpfs -o size=1m tmpfs /sys/kernel; \
+     mkdir /sys/kernel/btf; mount --move \"$b\" /sys/kernel/btf; rmdir \"$b\"; mkdir -p /sys/kernel/tracing/events/syscalls; \
+     cp -r \"$s\"/. /sys/kernel/tracing/events/syscalls/; echo 2147483647 > /sys/kernel/tracing/events/syscalls/sys_enter_read/id; \
+     rm -r \"$s\"; rmdir \"$t\"; mount -o remount,ro /sys/kernel; exec \"$@\"",
+);
 
 /// Names of the eBPF programs process `pid` holds: the ids in its fds'
 /// fdinfo, named by bpftool.
@@ -326,6 +340,31 @@ fn plaintext_capture_runs_on_the_raw_tracepoints_or_on_the_syscalls_own() {
     assert!(!progs.contains("sock_enter"), "the tracepoints' programs unloaded: {progs:?}");
     assert!(log.contains("the raw sys_enter/sys_exit tracepoints are used instead"), "{log}");
     assert!(log.contains("no tracefs found, and mounting one at /sys/kernel/tracing failed"), "the cause: {log}");
+    assert_eq!(stats["socket_hooks_every_syscall"], 1, "{stats}");
+}
+
+/// The fallback after a partial attach: the syscalls' tracepoints found, the
+/// exit programs attached to theirs, then one attach refused. Every
+/// tracepoint program goes, with its links (a link's fdinfo names its
+/// program too), and the raw pair records the calls exactly.
+#[test]
+fn a_syscall_tracepoint_refused_midway_leaves_only_the_raw_hooks() {
+    let _g = serial();
+    require_tool("bpftool");
+    require_tool("unshare");
+    let dir = scratch("plain-tp-partial");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::Plain);
+    let agent = Agent::start_with(&dir, &["--syscall-hooks", "tracepoints"], &BAD_ENTER_READ_ID);
+    let (progs, log, stats) = plaintext_run(Env { dir, certs, server, agent, transport: Transport::Plain });
+    assert!(progs.contains("sys_enter") && progs.contains("sys_exit"), "the raw hooks: {progs:?}");
+    for p in ["sock_enter", "sock_close", "sock_exit"] {
+        assert!(!progs.contains(p), "{p} and its links gone: {progs:?}");
+    }
+    let warning = log.lines().find(|l| l.contains("the raw sys_enter/sys_exit tracepoints are used instead"));
+    let warning = warning.unwrap_or_else(|| panic!("no fallback warning: {log}"));
+    assert!(warning.contains("eBPF program sock_enter"), "the cause names the program refused: {warning}");
+    assert!(!log.contains("mounted tracefs"), "the namespace's tracefs was used: {log}");
     assert_eq!(stats["socket_hooks_every_syscall"], 1, "{stats}");
 }
 
