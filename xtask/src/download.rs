@@ -15,8 +15,9 @@
 //! call. It must not copy them either: each response body is muted in the
 //! kernel once its head is parsed (agent `http/mute.rs`; over HTTP/2 each
 //! stream after its first DATA frame, `h2_walk.rs`), so the bench fails
-//! when more than a tenth of the bytes crossed the ring buffer. Results:
-//! target/bench/download.md.
+//! when more than a tenth of the bytes crossed the ring buffer
+//! (`TOKENTAP_DOWNLOAD_AGENT_ARGS` adds flags to the agent's, e.g.
+//! `--syscall-hooks tracepoints`). Results: target/bench/download.md.
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -327,6 +328,12 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
         Client::Curl(Via::H2),
     ];
     let mut text = String::from("# A 300 MB download with and without the agent, per capture method\n\n");
+    // TOKENTAP_DOWNLOAD_AGENT_ARGS: more flags for the agent (to measure a
+    // mode, say `--syscall-hooks tracepoints`).
+    let extra = std::env::var("TOKENTAP_DOWNLOAD_AGENT_ARGS").unwrap_or_default();
+    let mut args = vec!["--exclude-process", "nginx"];
+    args.extend(extra.split_whitespace());
+    text.push_str(&format!("The agent runs with `{}`.\n\n", args.join(" ")));
     text.push_str(&format!(
         "A client downloads the file {TIMES} times over one connection a run from a local nginx \
          (its own libssl, excluded); {PAIRS} pairs alternated (the agent first in even-numbered pairs).\n"
@@ -341,7 +348,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     let wanted = |c: &Client| only.is_empty() || only.split(',').any(|w| c.name().contains(w.trim()));
     for client in clients.iter().filter(|c| wanted(c)) {
         client.timed(&srv)?;
-        let (section, line, ok) = pairs(client, &work, &srv)?;
+        let (section, line, ok) = pairs(client, &work, &srv, &args)?;
         text.push_str(&section);
         summary.push_str(&line);
         failures.extend(ok.err());
@@ -357,7 +364,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
 /// The pairs of runs of one client: its section of the results, its line of
 /// the summary, and whether the agent kept its hands off (nothing recorded,
 /// almost nothing copied).
-fn pairs(client: &Client, work: &Path, srv: &Server) -> Result<(String, String, Result<(), String>)> {
+fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(String, String, Result<(), String>)> {
     let name = client.name();
     let mut md = String::from(
         "| pair | without agent | with agent | ratio | client CPU without / with | bytes copied | reads muted |\n\
@@ -378,7 +385,7 @@ fn pairs(client: &Client, work: &Path, srv: &Server) -> Result<(String, String, 
         client.fresh();
         let agent_dir = work.join(format!("agent-{}-{i}", client.slug()));
         std::fs::create_dir_all(&agent_dir)?;
-        let mut agent = Agent::start(&agent_dir, &["--exclude-process", "nginx"]);
+        let mut agent = Agent::start(&agent_dir, args);
         client.until_probed(srv, &agent)?;
         client.warm(srv)?;
         let counted = stats_from_now(&agent);

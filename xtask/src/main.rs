@@ -96,7 +96,9 @@ enum Cmd {
         /// Only a 300 MB download with and without the agent, which records nothing of it, per
         /// capture method (curl on OpenSSL, Go crypto/tls, node's static OpenSSL, bun's BoringSSL,
         /// rustls, curl over plain HTTP): the probes' cost on traffic that is not an LLM call
-        /// (target/bench/download.md).
+        /// (target/bench/download.md). TOKENTAP_DOWNLOAD_CLIENTS=WORD,... runs only the clients
+        /// whose name has one of the words; TOKENTAP_DOWNLOAD_AGENT_ARGS adds flags to the
+        /// agent's (e.g. `--syscall-hooks tracepoints`).
         #[arg(long)]
         only_download: bool,
         /// Only what the socket hooks add to a system call they do not record (a write to
