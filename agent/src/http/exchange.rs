@@ -623,4 +623,4 @@ mod tests;
 
 #[cfg(test)]
 #[path = "h2_mute_tests.rs"]
-mod h2_mute_tests;
+pub(crate) mod h2_mute_tests;

@@ -20,13 +20,58 @@ fn llm(h: &Head) -> Option<()> {
 }
 
 /// The kernel's side: where its walk stands, and the streams named to it.
-struct Kernel {
-    pos: u64,
-    payload_end: u64,
+pub(crate) struct Kernel {
+    pub(crate) pos: u64,
+    pub(crate) payload_end: u64,
     header: Vec<u8>,
-    muted_payload: bool,
-    muted: Vec<u32>,
-    skipped: u64,
+    pub(crate) muted_payload: bool,
+    pub(crate) muted: Vec<u32>,
+    pub(crate) skipped: u64,
+}
+
+impl Kernel {
+    pub(crate) fn at(pos: u64) -> Self {
+        Self { pos, payload_end: pos, header: Vec::new(), muted_payload: false, muted: vec![], skipped: 0 }
+    }
+
+    /// Walk one read of `len` bytes (`data`): the `[from, to)` stream
+    /// positions it keeps, and whether it ends inside a skipped payload.
+    pub(crate) fn read(&mut self, data: &[u8]) -> (Vec<(u64, u64)>, bool) {
+        let (start, end) = (self.pos, self.pos + data.len() as u64);
+        let mut kept: Vec<(u64, u64)> = Vec::new();
+        let keep = |from: u64, to: u64, kept: &mut Vec<(u64, u64)>| match kept.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => kept.push((from, to)),
+        };
+        let mut at = start;
+        while at < end {
+            if self.payload_end > at {
+                let to = self.payload_end.min(end);
+                if self.muted_payload {
+                    self.skipped += to - at;
+                } else {
+                    keep(at, to, &mut kept);
+                }
+                at = to;
+                continue;
+            }
+            let n = (9 - self.header.len()).min((end - at) as usize);
+            let off = (at - start) as usize;
+            self.header.extend_from_slice(&data[off..off + n]);
+            keep(at, at + n as u64, &mut kept);
+            at += n as u64;
+            if self.header.len() == 9 {
+                let h = std::mem::take(&mut self.header);
+                let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                self.payload_end = at + len;
+                self.muted_payload = h[3] == DATA && len > 0 && self.muted.contains(&stream);
+            }
+        }
+        self.pos = end;
+        let ends_skipped = kept.last().is_none_or(|l| l.1 != end);
+        (kept, ends_skipped)
+    }
 }
 
 struct Conn {
@@ -40,14 +85,7 @@ struct Conn {
 
 impl Conn {
     fn new() -> Self {
-        let k = Kernel {
-            pos: BASE,
-            payload_end: BASE,
-            header: Vec::new(),
-            muted_payload: false,
-            muted: vec![],
-            skipped: 0,
-        };
+        let k = Kernel::at(BASE);
         Self { c: HttpConnection::new(1 << 20), k, base: BASE, out: Vec::new(), lost: Lost::default() }
     }
 
@@ -66,40 +104,9 @@ impl Conn {
 
     /// One read, as the kernel copies it.
     fn read(&mut self, data: &[u8]) {
-        let k = &mut self.k;
-        let (start, end) = (k.pos, k.pos + data.len() as u64);
-        let mut kept: Vec<(u64, u64)> = Vec::new();
-        let keep = |from: u64, to: u64, kept: &mut Vec<(u64, u64)>| match kept.last_mut() {
-            Some(last) if last.1 == from => last.1 = to,
-            _ => kept.push((from, to)),
-        };
-        let mut at = start;
-        while at < end {
-            if k.payload_end > at {
-                let to = k.payload_end.min(end);
-                if k.muted_payload {
-                    k.skipped += to - at;
-                } else {
-                    keep(at, to, &mut kept);
-                }
-                at = to;
-                continue;
-            }
-            let n = (9 - k.header.len()).min((end - at) as usize);
-            let off = (at - start) as usize;
-            k.header.extend_from_slice(&data[off..off + n]);
-            keep(at, at + n as u64, &mut kept);
-            at += n as u64;
-            if k.header.len() == 9 {
-                let h = std::mem::take(&mut k.header);
-                let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
-                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                k.payload_end = at + len;
-                k.muted_payload = h[3] == DATA && len > 0 && k.muted.contains(&stream);
-            }
-        }
-        k.pos = end;
-        let ends_skipped = kept.last().is_none_or(|l| l.1 != end);
+        let start = self.k.pos;
+        let end = start + data.len() as u64;
+        let (kept, ends_skipped) = self.k.read(data);
         for (from, to) in kept {
             let (a, b) = ((from - start) as usize, (to - start) as usize);
             self.chunk(Direction::Ingress, from, &data[a..b]);
@@ -112,7 +119,7 @@ impl Conn {
 
 /// A download (stream 1) and an LLM call (stream 3) on one connection, the
 /// call's response between the download's frames: egress and ingress bytes.
-fn download_and_call(frames: usize, frame_len: usize) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn download_and_call(frames: usize, frame_len: usize) -> (Vec<u8>, Vec<u8>) {
     let (mut c, mut s) = (Encoder::new(), Encoder::new());
     let mut egress = crate::http::h2::PREFACE.to_vec();
     egress.extend(frame(SETTINGS, 0, 0, &[]));

@@ -12,13 +12,18 @@ use tokentap_agent_common::FLAG_TAKEN_OVER;
 /// States by connection, as in the pinned map both agents share.
 type States = HashMap<(u32, u64), Vec<u8>>;
 
-/// The states, and whether the old agent still runs.
+/// The states, and whether the old agent still runs; the HTTP/2 streams
+/// named to the kernel as muted.
 #[derive(Clone, Default)]
-struct Shared(Arc<Mutex<(States, bool)>>);
+struct Shared(Arc<Mutex<(States, bool)>>, Arc<Mutex<Vec<u32>>>);
 
 impl ConnFilter for Shared {
     fn ignore(&mut self, _: u32, _: u64, _: u64) {}
-    fn mute(&mut self, _: u32, _: u64, _: crate::http::mute::Mute) {}
+    fn mute(&mut self, _: u32, _: u64, m: crate::http::mute::Mute) {
+        if let crate::http::mute::Mute::H2Stream { stream, .. } = m {
+            self.1.lock().unwrap().push(stream);
+        }
+    }
     fn forget(&mut self, _: u32, _: u64) {}
     fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
         self.0.lock().unwrap().0.insert((tgid, conn), state.to_vec());
@@ -362,5 +367,114 @@ mod orphans {
         let s = stats.snapshot();
         assert_eq!(calls.0.lock().unwrap().len(), 1, "the live call goes on: {s:?}");
         assert_eq!((s.dropped_calls(), s.joined_mid_stream, s.handover_orphan_records), (1, 0, 3));
+    }
+}
+
+/// An upgrade's switch inside a muted HTTP/2 DATA payload, the new agent's
+/// first read wholly inside it: its kernel keeps nothing of that read, and
+/// the one chunk it copies, flagged taken over, is empty, at the read's end
+/// under the new agent's base. The pipeline holds it until the state comes,
+/// then (the connection not yet decoded here) drops it; the next chunk's
+/// jump from the base explains the skip, and the call in flight across the
+/// switch is recorded by the new agent alone.
+mod muted_switch {
+    use super::*;
+    use crate::http::exchange::h2_mute_tests::Kernel;
+    use std::mem::offset_of;
+    use tokentap_agent_common::DataHeader;
+
+    const OLD_BASE: u64 = 1 << 40;
+    const NEW_BASE: u64 = 1 << 41;
+    const READ: usize = 5_000;
+    const FRAME: usize = 16_384;
+
+    /// A download on stream 1 (not recorded, muted after its first DATA
+    /// frame) and an LLM call on stream 3 answered halfway through it.
+    fn download_and_call() -> (Vec<u8>, Vec<u8>) {
+        let (mut up, mut down) = (Encoder::new(), Encoder::new());
+        let get = headers(&mut up, &[(":method", "GET"), (":authority", "example.com"), (":path", "/big")]);
+        let egress = [preface(), frame(1, 0x4 | 0x1, 1, &get), request(&mut up, 3)].concat();
+        let mut ingress = frame(4, 0, 0, &[]);
+        let head = headers(&mut down, &[(":status", "200"), ("content-type", "application/octet-stream")]);
+        ingress.extend(frame(1, 0x4, 1, &head));
+        let body: Vec<u8> = (0..FRAME).map(|i| (i % 251) as u8).collect();
+        for i in 0..40 {
+            if i == 20 {
+                ingress.extend(response(&mut down, 3));
+            }
+            ingress.extend(frame(0, if i == 39 { 0x1 } else { 0 }, 1, &body));
+        }
+        (egress, ingress)
+    }
+
+    /// One call of the kernel's: `data` at `pos` under `base`, spanning `span`.
+    fn record(base: u64, pos: u64, span: u64, data: &[u8], flags: u32) -> Vec<u8> {
+        let mut rec = data_record(42, 7, DIR_INGRESS, 0, span, data, FLAG_LAST | flags);
+        rec[offset_of!(DataHeader, stream_base)..][..8].copy_from_slice(&base.to_ne_bytes());
+        rec[offset_of!(DataHeader, stream_pos)..][..8].copy_from_slice(&pos.to_ne_bytes());
+        rec
+    }
+
+    /// A read as the kernel copies it: the segments it keeps, the last
+    /// spanning to the read's end, or one empty call at its end.
+    fn read(p: &mut Pipeline, k: &mut Kernel, base: u64, data: &[u8], first: bool) -> bool {
+        let end = k.pos + data.len() as u64;
+        let (kept, _) = k.read(data);
+        let taken = if first { FLAG_TAKEN_OVER } else { 0 };
+        let start = end - data.len() as u64;
+        let n = kept.len();
+        for (i, (from, to)) in kept.into_iter().enumerate() {
+            let span = if i + 1 == n { end - from } else { to - from };
+            let bytes = &data[(from - start) as usize..(to - start) as usize];
+            p.handle(&record(base, from, span, bytes, if i == 0 { taken } else { 0 }));
+        }
+        if n == 0 {
+            p.handle(&record(base, end, 0, &[], taken));
+        }
+        n == 0
+    }
+
+    #[test]
+    fn a_first_read_skipped_whole_goes_on_from_the_state_the_agent_before_handed_on() {
+        let (egress, ingress) = download_and_call();
+        let mut exercised = 0;
+        for switch_after in 4..40 {
+            let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+            let mut k = Kernel::at(OLD_BASE);
+            let mut eg = data_record(42, 7, DIR_EGRESS, 0, egress.len() as u64, &egress, FLAG_LAST);
+            eg[offset_of!(DataHeader, stream_base)..][..8].copy_from_slice(&OLD_BASE.to_ne_bytes());
+            old.handle(&eg);
+            let mut reads = ingress.chunks(READ);
+            for r in reads.by_ref().take(switch_after) {
+                read(&mut old, &mut k, OLD_BASE, r, false);
+                k.muted = shared.1.lock().unwrap().clone();
+            }
+            // Only switches where the next read lies wholly in a muted payload.
+            if !(k.muted_payload && k.payload_end - k.pos >= READ as u64) {
+                continue;
+            }
+            exercised += 1;
+            old.hand_off();
+            old.finish();
+            shared.0.lock().unwrap().1 = false;
+            // The new agent's kernel goes on with the walk from its own base.
+            let left = k.payload_end - k.pos;
+            (k.pos, k.payload_end) = (NEW_BASE, NEW_BASE + left);
+            let mut first = true;
+            for r in reads {
+                let empty = read(&mut new, &mut k, NEW_BASE, r, first);
+                assert!(!first || empty, "switch after {switch_after}: the first read kept nothing");
+                first = false;
+                k.muted = shared.1.lock().unwrap().clone();
+            }
+            new.flush();
+            let (a, b) = (old_calls.0.lock().unwrap().clone(), new_calls.0.lock().unwrap().clone());
+            let s = new_stats.snapshot();
+            assert_eq!((a.len(), b.len()), (0, 1), "switch after {switch_after}: {s:?}");
+            assert_eq!(b[0].input_tokens, Some(3));
+            assert_eq!((old_stats.snapshot().handoff_states_sent, s.handoff_states_received), (1, 1));
+            assert_eq!((s.ignored_desync, s.joined_mid_stream, s.dropped_calls()), (0, 0, 0), "{s:?}");
+        }
+        assert!(exercised >= 3, "{exercised} switches inside a muted payload");
     }
 }
