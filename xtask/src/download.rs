@@ -21,7 +21,8 @@
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -100,8 +101,13 @@ enum Client {
 struct Jvm {
     child: Child,
     stdin: ChildStdin,
-    lines: BufReader<ChildStdout>,
+    /// Its stdout's lines, read by a thread of their own so that a JVM that
+    /// hangs fails the bench within [`JVM_ANSWER`] instead of stopping it.
+    lines: Receiver<String>,
 }
+
+/// How long the Java client may take to answer (ready, or a run's result).
+const JVM_ANSWER: Duration = Duration::from_secs(300);
 
 impl Jvm {
     /// Started and warmed up with one download of the small file.
@@ -117,11 +123,18 @@ impl Jvm {
             .spawn()
             .context("starting the Java client")?;
         let stdin = child.stdin.take().context("the JVM's stdin")?;
-        let mut lines = BufReader::new(child.stdout.take().context("the JVM's stdout")?);
-        let mut ready = String::new();
-        lines.read_line(&mut ready)?;
-        ensure!(ready.trim() == "ready", "the Java client said {ready:?}");
+        let out = BufReader::new(child.stdout.take().context("the JVM's stdout")?);
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut jvm = Self { child, stdin, lines };
+        let ready = jvm.answer()?;
+        ensure!(ready.trim() == "ready", "the Java client said {ready:?}");
         jvm.download(&format!("https://localhost:{}/small", srv.tls), 1)?;
         Ok(jvm)
     }
@@ -129,11 +142,21 @@ impl Jvm {
     /// (bytes, CPU seconds of the JVM) of `times` downloads of `url`.
     fn download(&mut self, url: &str, times: u64) -> Result<(u64, f64)> {
         writeln!(self.stdin, "{url} {times}")?;
-        let mut line = String::new();
-        self.lines.read_line(&mut line)?;
+        let line = self.answer()?;
         let v: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("the Java client's output {line:?}"))?;
         Ok((v["bytes"].as_u64().unwrap_or(0), v["cpu_us"].as_f64().unwrap_or(0.0) / 1e6))
+    }
+}
+
+impl Jvm {
+    /// The client's next line, within [`JVM_ANSWER`].
+    fn answer(&self) -> Result<String> {
+        match self.lines.recv_timeout(JVM_ANSWER) {
+            Ok(line) => Ok(line),
+            Err(RecvTimeoutError::Timeout) => bail!("the Java client did not answer within {JVM_ANSWER:?}"),
+            Err(RecvTimeoutError::Disconnected) => bail!("the Java client ended without answering"),
+        }
     }
 }
 
