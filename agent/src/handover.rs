@@ -275,15 +275,13 @@ pub struct Drain {
 }
 
 /// After leaving, how long the reader waits (and at least two passes) before
-/// it hands on: a probe that found the connection still ours just before,
-/// or a call the successor's program left to this agent just before it
-/// left (`tokentap_agent_common::ownership`), may still be copying into the
-/// ring buffer.
+/// it hands on: a probe that found the connection still ours just before
+/// may still be copying into the ring buffer.
 const SETTLE: Duration = Duration::from_millis(20);
 
 impl Drain {
     /// This agent has left and its successor is current: from now on the
-    /// kernel gives every new call of this agent's connections to the successor,
+    /// kernel gives every call of this agent's connections to the successor,
     /// so their decoding states are final once the ring buffer is read.
     pub fn left(&self) {
         *self.left.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

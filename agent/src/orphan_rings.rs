@@ -38,8 +38,8 @@ use crate::stats::Stats;
 const PREFIX: &str = "ring-f";
 
 /// How long an orphan stays open once found: its owner's probes may still
-/// copy for moments while its last threads exit (control records, and a
-/// call the other agent's program left to it just before it went).
+/// copy for moments while its last threads exit (into connections no longer
+/// its own: control records, at most).
 const LINGER: Duration = Duration::from_secs(5);
 
 /// How long a ring of another record layout is left for an agent that can
