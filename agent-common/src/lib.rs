@@ -636,8 +636,6 @@ mod tests {
         assert_eq!(HELLO_HEADER_LEN, 64);
         assert_eq!(core::mem::size_of::<HelloEvent>(), HELLO_HEADER_LEN + MAX_HELLO);
         assert_eq!(core::mem::size_of::<SockClosedEvent>(), 56);
-        assert_eq!(core::mem::size_of::<ownership::CallKey>(), 24);
-        assert_eq!(core::mem::size_of::<ownership::Turn>(), 24);
         assert_eq!(DATA_HEADER_LEN % 8, 0);
     }
 

@@ -27,7 +27,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use tokentap_agent_common::ownership::{decide, first_sight, Agents, Call, CallKey, Turn, Turns, Verdict};
+pub(crate) use tokentap_agent_common::ownership::Order;
+use tokentap_agent_common::ownership::{decide, Verdict};
 use tokentap_agent_common::{ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey};
 
 use crate::ring::count_loss;
@@ -50,13 +51,6 @@ static CURRENT_AGENT: Array<u32> = Array::with_max_entries(1, 0);
 /// Which agent copies each connection (see the module's prose).
 #[map]
 static CONN_OWNERS: LruHashMap<SslKey, ConnOwner> = LruHashMap::with_max_entries(65536, 0);
-
-/// The first agent's decision of a call on a connection an older agent
-/// owns, for the second agent's program on the same call to follow
-/// (`tokentap_agent_common::ownership`). Written and taken only while
-/// agents overlap.
-#[map]
-static TURNS: LruHashMap<CallKey, Turn> = LruHashMap::with_max_entries(16384, 0);
 
 /// Decoding states a leaving agent handed on, in parts, by connection (user
 /// space writes and reads them; here part 0 only goes with its connection,
@@ -92,33 +86,25 @@ fn starts_request(buf: u64) -> bool {
     matches!(&head, b"GET " | b"POST" | b"PUT " | b"PATC" | b"DELE" | b"HEAD" | b"OPTI")
 }
 
-/// Is the call of `len` bytes in `direction` at `buf` on `key`, made by
-/// thread `pid_tgid`, this agent's to copy? The rule, and why it holds
-/// whichever agent's program runs first and whenever an agent leaves:
-/// `tokentap_agent_common::ownership`.
+/// Is the call of `direction` at `buf` on `key` this agent's to copy, on a
+/// hook whose programs run in `order`? The rule, and why it holds whichever
+/// agent's program runs first and whenever an agent leaves:
+/// `tokentap_agent_common::ownership::decide`.
 #[inline(always)]
-pub(crate) fn owns(pid_tgid: u64, key: SslKey, direction: u32, buf: u64, len: u64) -> Owned {
+pub(crate) fn owns(key: SslKey, direction: u32, buf: u64, order: Order) -> Owned {
     let cur = match CURRENT_AGENT.get(0) {
         Some(&c) if c != 0 => c,
         _ => return Owned::Yes,
     };
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
     let heir = if live(cur) { cur } else { me };
-    let agents = Agents { me, heir, heir_is_current: heir == cur };
-    let mut turns = ThreadTurns(CallKey { tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, conn: key.ssl, buf });
-    let call = Call { direction, buf, len };
-    let verdict = match CONN_OWNERS.get_ptr_mut(key) {
-        // SAFETY: a live map value; the fields are plain integers.
-        Some(o) => decide(unsafe { &mut *o }, agents, call, live, || starts_request(buf), &mut turns),
-        None => match first_sight(agents, call, &mut turns) {
-            Ok(v) => v,
-            Err(new) => {
-                let _ = CONN_OWNERS.insert(key, new, 0);
-                return if heir == me { Owned::Yes } else { Owned::No };
-            }
-        },
+    let Some(o) = CONN_OWNERS.get_ptr_mut(key) else {
+        let _ = CONN_OWNERS.insert(key, ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
+        return if heir == me { Owned::Yes } else { Owned::No };
     };
-    match verdict {
+    // SAFETY: a live map value; the fields are plain integers.
+    let o = unsafe { &mut *o };
+    match decide(o, me, heir, heir == cur, direction, order, live, || starts_request(buf)) {
         Verdict::Elsewhere => {
             count_loss(LossCounter::OwnedElsewhere, 1);
             Owned::No
@@ -132,25 +118,6 @@ pub(crate) fn owns(pid_tgid: u64, key: SslKey, direction: u32, buf: u64, len: u6
             count_loss(LossCounter::HandoverFromExited, 1);
             Owned::Taken
         }
-    }
-}
-
-/// The turns of this thread's calls on one connection ([`TURNS`]).
-struct ThreadTurns(CallKey);
-
-impl Turns for ThreadTurns {
-    #[inline(always)]
-    fn take(&mut self, a: Agents, call: Call) -> Option<u32> {
-        let p = TURNS.get_ptr(self.0)?;
-        // SAFETY: a live map value, read in place (the stack is short).
-        let copier = unsafe { (*p).for_call(a, call).then(|| (*p).copier) };
-        let _ = TURNS.remove(self.0);
-        copier
-    }
-
-    #[inline(always)]
-    fn put(&mut self, turn: Turn) {
-        let _ = TURNS.insert(self.0, turn, 0);
     }
 }
 

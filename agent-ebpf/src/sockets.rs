@@ -56,7 +56,7 @@ use tokentap_agent_common::{
 };
 
 use crate::chunks::{emit_data, forget_conn_keeping, ignored, nested, Emit};
-use crate::handover::{owns, taken_by_running, Owned};
+use crate::handover::{owns, taken_by_running, Order, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -239,7 +239,7 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
         // Said by the one agent that owns the socket (two overlap during an
         // upgrade), asked before its entry goes.
         let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM)
-            && owns(pid_tgid, conn, DIR_INGRESS, 0, 0) != Owned::No;
+            && owns(conn, DIR_INGRESS, 0, Order::OldestFirst) != Owned::No;
         forget_conn_keeping(conn, keep_state);
         if tell {
             emit_sock_closed(pid_tgid, fd, &s);
@@ -403,7 +403,7 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
             count_loss(LossCounter::SocketsNotHttp, 1);
             count_loss(LossCounter::SocketsTls, 1);
             let key = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | args.fd as u32 as u64 };
-            if owns(pid_tgid, key, DIR_INGRESS, 0, 0) != Owned::No {
+            if owns(key, DIR_INGRESS, 0, Order::OldestFirst) != Owned::No {
                 emit_hello(pid_tgid, args.fd, s.id, first, first_len);
             }
         } else {
