@@ -6,8 +6,6 @@
 //! `bool` so they carry no padding bytes (required for `aya::Pod`).
 #![no_std]
 
-pub mod ownership;
-
 /// Bytes of plaintext carried by one [`DataEvent`]. A TLS call that moves more
 /// than this is split into several ordered chunks (`offset` tells where each
 /// belongs) instead of being truncated.

@@ -50,7 +50,7 @@ use tokentap_agent_common::{
 };
 
 use crate::h2_walk;
-use crate::handover::{Order, Owned};
+use crate::handover::Owned;
 use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
 
 /// Connections user space has classified as not worth copying (not HTTP, HTTP/2,
@@ -231,8 +231,7 @@ fn emit(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     }
     let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
     // Another agent's connection (an upgrade in progress): not ours to copy.
-    let order = if e.source == Source::Socket { Order::OldestFirst } else { Order::NewestFirst };
-    let owned = crate::handover::owns(key, direction, e.buf, order);
+    let owned = crate::handover::owns(key, direction, e.buf);
     if owned == Owned::No {
         return;
     }

@@ -27,9 +27,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-pub(crate) use tokentap_agent_common::ownership::Order;
-use tokentap_agent_common::ownership::{decide, Verdict};
-use tokentap_agent_common::{ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey};
+use tokentap_agent_common::{
+    ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, DIR_EGRESS, HANDED_OVER, TAKEN_FROM_EXITED,
+};
 
 use crate::ring::count_loss;
 
@@ -86,12 +86,11 @@ fn starts_request(buf: u64) -> bool {
     matches!(&head, b"GET " | b"POST" | b"PUT " | b"PATC" | b"DELE" | b"HEAD" | b"OPTI")
 }
 
-/// Is the call of `direction` at `buf` on `key` this agent's to copy, on a
-/// hook whose programs run in `order`? The rule, and why it holds whichever
-/// agent's program runs first and whenever an agent leaves:
-/// `tokentap_agent_common::ownership::decide`.
+/// Is the call of `direction` at `buf` on `key` this agent's to copy? Both
+/// agents' programs run on the same call, one after the other; every change
+/// made here is one both would make, so whichever runs first, they agree.
 #[inline(always)]
-pub(crate) fn owns(key: SslKey, direction: u32, buf: u64, order: Order) -> Owned {
+pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     let cur = match CURRENT_AGENT.get(0) {
         Some(&c) if c != 0 => c,
         _ => return Owned::Yes,
@@ -103,22 +102,38 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64, order: Order) -> Owned
         return if heir == me { Owned::Yes } else { Owned::No };
     };
     // SAFETY: a live map value; the fields are plain integers.
-    let o = unsafe { &mut *o };
-    match decide(o, me, heir, heir == cur, direction, order, live, || starts_request(buf)) {
-        Verdict::Elsewhere => {
+    unsafe {
+        let owner = (*o).agent;
+        if owner != heir {
+            if !live(owner) {
+                (*o).agent = heir;
+                (*o).moved = TAKEN_FROM_EXITED;
+            } else if heir == cur
+                && direction == DIR_EGRESS
+                && (*o).last_dir != DIR_EGRESS as u16
+                && starts_request(buf)
+            {
+                (*o).agent = heir;
+                (*o).moved = HANDED_OVER;
+            }
+        }
+        (*o).last_dir = direction as u16;
+        if (*o).agent != me {
             count_loss(LossCounter::OwnedElsewhere, 1);
-            Owned::No
+            return Owned::No;
         }
-        Verdict::Mine => Owned::Yes,
-        Verdict::HandedOver => {
-            count_loss(LossCounter::HandoverReceived, 1);
-            Owned::Yes
-        }
-        Verdict::Taken => {
-            count_loss(LossCounter::HandoverFromExited, 1);
-            Owned::Taken
+        let moved = (*o).moved;
+        (*o).moved = 0;
+        match moved {
+            HANDED_OVER => count_loss(LossCounter::HandoverReceived, 1),
+            TAKEN_FROM_EXITED => {
+                count_loss(LossCounter::HandoverFromExited, 1);
+                return Owned::Taken;
+            }
+            _ => {}
         }
     }
+    Owned::Yes
 }
 
 /// A connection's key may be reused: its next owner is decided afresh, and

@@ -56,7 +56,7 @@ use tokentap_agent_common::{
 };
 
 use crate::chunks::{emit_data, forget_conn_keeping, ignored, nested, Emit};
-use crate::handover::{owns, taken_by_running, Order, Owned};
+use crate::handover::{owns, taken_by_running, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -238,8 +238,7 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
         let keep_state = taken_by_running(conn);
         // Said by the one agent that owns the socket (two overlap during an
         // upgrade), asked before its entry goes.
-        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM)
-            && owns(conn, DIR_INGRESS, 0, Order::OldestFirst) != Owned::No;
+        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && owns(conn, DIR_INGRESS, 0) != Owned::No;
         forget_conn_keeping(conn, keep_state);
         if tell {
             emit_sock_closed(pid_tgid, fd, &s);
@@ -403,7 +402,7 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
             count_loss(LossCounter::SocketsNotHttp, 1);
             count_loss(LossCounter::SocketsTls, 1);
             let key = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | args.fd as u32 as u64 };
-            if owns(key, DIR_INGRESS, 0, Order::OldestFirst) != Owned::No {
+            if owns(key, DIR_INGRESS, 0) != Owned::No {
                 emit_hello(pid_tgid, args.fd, s.id, first, first_len);
             }
         } else {
