@@ -257,9 +257,8 @@ const fn in_mount_ns(script: &'static str) -> [&'static str; 8] {
     ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
 }
 
-/// A mount namespace whose /sys/kernel
-/// is an empty read-only tmpfs but for btf, where no tracefs is found and
-/// none can be mounted.
+/// A mount namespace whose /sys/kernel is an empty read-only tmpfs but for
+/// btf, where no tracefs is found and none can be mounted.
 const NO_TRACEFS: [&str; 8] = in_mount_ns(
     "set -e; b=$(mktemp -d); mount --bind /sys/kernel/btf \"$b\"; mount -t tmpfs -o size=1m tmpfs /sys/kernel; \
      mkdir /sys/kernel/btf; mount --move \"$b\" /sys/kernel/btf; rmdir \"$b\"; mount -o remount,ro /sys/kernel; exec \"$@\"",

@@ -119,7 +119,7 @@ impl Conn {
 
 /// A download (stream 1) and an LLM call (stream 3) on one connection, the
 /// call's response between the download's frames: egress and ingress bytes.
-pub(crate) fn download_and_call(frames: usize, frame_len: usize) -> (Vec<u8>, Vec<u8>) {
+fn download_and_call(frames: usize, frame_len: usize) -> (Vec<u8>, Vec<u8>) {
     let (mut c, mut s) = (Encoder::new(), Encoder::new());
     let mut egress = crate::http::h2::PREFACE.to_vec();
     egress.extend(frame(SETTINGS, 0, 0, &[]));

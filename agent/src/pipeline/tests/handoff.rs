@@ -418,10 +418,9 @@ mod muted_switch {
     /// A read as the kernel copies it: the segments it keeps, the last
     /// spanning to the read's end, or one empty call at its end.
     fn read(p: &mut Pipeline, k: &mut Kernel, base: u64, data: &[u8], first: bool) -> bool {
-        let end = k.pos + data.len() as u64;
+        let (start, end) = (k.pos, k.pos + data.len() as u64);
         let (kept, _) = k.read(data);
         let taken = if first { FLAG_TAKEN_OVER } else { 0 };
-        let start = end - data.len() as u64;
         let n = kept.len();
         for (i, (from, to)) in kept.into_iter().enumerate() {
             let span = if i + 1 == n { end - from } else { to - from };
