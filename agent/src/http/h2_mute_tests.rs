@@ -26,7 +26,7 @@ pub(crate) struct Kernel {
     header: Vec<u8>,
     pub(crate) muted_payload: bool,
     pub(crate) muted: Vec<u32>,
-    pub(crate) skipped: u64,
+    skipped: u64,
 }
 
 impl Kernel {
@@ -34,8 +34,8 @@ impl Kernel {
         Self { pos, payload_end: pos, header: Vec::new(), muted_payload: false, muted: vec![], skipped: 0 }
     }
 
-    /// Walk one read of `len` bytes (`data`): the `[from, to)` stream
-    /// positions it keeps, and whether it ends inside a skipped payload.
+    /// Walk one read of `data`: the `[from, to)` stream positions it keeps,
+    /// and whether it ends inside a skipped payload.
     pub(crate) fn read(&mut self, data: &[u8]) -> (Vec<(u64, u64)>, bool) {
         let (start, end) = (self.pos, self.pos + data.len() as u64);
         let mut kept: Vec<(u64, u64)> = Vec::new();

@@ -440,9 +440,7 @@ mod muted_switch {
         for switch_after in 4..40 {
             let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
             let mut k = Kernel::at(OLD_BASE);
-            let mut eg = data_record(42, 7, DIR_EGRESS, 0, egress.len() as u64, &egress, FLAG_LAST);
-            eg[offset_of!(DataHeader, stream_base)..][..8].copy_from_slice(&OLD_BASE.to_ne_bytes());
-            old.handle(&eg);
+            call_under(&mut old, 7, DIR_EGRESS, &egress, OLD_BASE);
             let mut reads = ingress.chunks(READ);
             for r in reads.by_ref().take(switch_after) {
                 read(&mut old, &mut k, OLD_BASE, r, false);
