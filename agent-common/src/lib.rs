@@ -335,6 +335,15 @@ pub const SOCK_OTHER: u32 = 2;
 pub const SOCK_TLS: u32 = 3;
 /// A TLS connection to an LLM API host (user space said so): counted.
 pub const SOCK_TLS_LLM: u32 = 4;
+/// Open before this agent started, found by user space at its start (with
+/// `--handover-dir`, so that an upgrade's keep-alive connections are watched
+/// by the agent they move to): copied from its next request's start, or
+/// from where the agent before it left off (its state handed on); never, once
+/// a call shows no agent copies it (not HTTP). Nothing is counted meanwhile.
+/// An HTTP/2 or WebSocket connection whose owner exited without handing on
+/// its state (killed) has no request to wait for: it stays adopted, never
+/// copied, as its decoding could not resume anyway.
+pub const SOCK_ADOPTED: u32 = 5;
 
 /// `SOCK_VERDICTS` values: keep counting (an LLM host) or stop (anything else).
 pub const VERDICT_COUNT: u32 = 1;

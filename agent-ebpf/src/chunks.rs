@@ -101,13 +101,7 @@ static IN_POS: LruHashMap<SslKey, InPos> = LruHashMap::with_max_entries(65536, 0
 
 /// A connection's key may be reused: forget what the kernel holds for it.
 pub(crate) fn forget_conn(key: SslKey) {
-    forget_conn_keeping(key, crate::handover::taken_by_running(key));
-}
-
-/// [`forget_conn`], told whether a running agent owned the connection (see
-/// `crate::handover::forget`).
-pub(crate) fn forget_conn_keeping(key: SslKey, keep_state: bool) {
-    crate::handover::forget(key, keep_state);
+    crate::handover::forget(key);
     let _ = IGNORED_CONNS.remove(key);
     let _ = IN_POS.remove(key);
     let _ = MUTED.remove(key);

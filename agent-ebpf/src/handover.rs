@@ -136,25 +136,77 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     Owned::Yes
 }
 
-/// A connection's key may be reused: its next owner is decided afresh, and
-/// a state handed on for it goes, unless `keep_state`: a running agent owned
-/// the connection ([`taken_by_running`]). That agent took it over from the one
-/// that left and holds its bytes until it reads the state, which it also does
-/// at the connection's end (told to its user space after this): the state
-/// may have been written moments before the end. Otherwise nobody takes it.
+/// A connection's key may be reused: its next owner is decided afresh, by
+/// the program of the agent that owns it (both agents' programs run at a
+/// connection's end; the other's leaves the entry, or finds it gone). A state
+/// handed on for it stays while its owner runs: that agent took the
+/// connection over and reads the state, which it also does at the
+/// connection's end (told to its user space after this), as the state may
+/// have been written moments before. An owner that exited took its state
+/// with it: nobody will read it.
 #[inline(always)]
-pub(crate) fn forget(key: SslKey, keep_state: bool) {
+pub(crate) fn forget(key: SslKey) {
+    let Some(o) = (unsafe { CONN_OWNERS.get(key) }).copied() else {
+        return;
+    };
+    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let running = live(o.agent);
+    if o.agent != me && running {
+        return;
+    }
     let _ = CONN_OWNERS.remove(key);
-    if !keep_state {
+    if !running {
         let _ = CONN_STATES.remove(HandoffKey { tgid: key.tgid as u32, part: 0, conn: key.ssl });
     }
 }
 
-/// Does a running agent own `key`? Asked before [`owns`] may move it.
+/// A connection ended: is saying so (its bytes, to the blind-spot
+/// accounting) this agent's job? Its owner's, or the current agent's when
+/// the owner exited or nobody owns it; decided without moving it. When the
+/// owner's program runs first it forgets the connection, and the current
+/// agent's, finding no owner, says it too: a close of a connection its user
+/// space never had, which it drops.
 #[inline(always)]
-pub(crate) fn taken_by_running(key: SslKey) -> bool {
-    // SAFETY: a live map value, read once.
-    unsafe { CONN_OWNERS.get(key) }.is_some_and(|o| live(o.agent))
+pub(crate) fn tells_end(key: SslKey) -> bool {
+    let cur = match CURRENT_AGENT.get(0) {
+        Some(&c) if c != 0 => c,
+        _ => return true,
+    };
+    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let heir = if live(cur) { cur } else { me };
+    match unsafe { CONN_OWNERS.get(key) } {
+        Some(o) if live(o.agent) => o.agent == me,
+        _ => heir == me,
+    }
+}
+
+/// Who copies a connection an agent met midway (a socket it found open at
+/// its start, see `crate::sockets`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// No agent: nothing of it was ever copied (not HTTP), or handover is off.
+    Nobody,
+    /// This agent: the agent before handed it over (its program, having
+    /// left, may do so on any call), so it is HTTP.
+    Mine,
+    /// Another agent that runs: it copies the connection until it hands it over.
+    Running,
+    /// An agent that exited; `true`: it handed on its decoding state, so the
+    /// connection was mid-exchange and is HTTP.
+    Exited(bool),
+}
+
+#[inline(always)]
+pub(crate) fn holder(key: SslKey) -> Holder {
+    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    match unsafe { CONN_OWNERS.get(key) } {
+        None => Holder::Nobody,
+        Some(o) if o.agent == me => Holder::Mine,
+        Some(o) if live(o.agent) => Holder::Running,
+        Some(_) => Holder::Exited(
+            unsafe { CONN_STATES.get(HandoffKey { tgid: key.tgid as u32, part: 0, conn: key.ssl }) }.is_some(),
+        ),
+    }
 }
 
 /// A process exited: if it was an agent, it owns nothing any more.

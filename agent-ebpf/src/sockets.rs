@@ -35,8 +35,11 @@
 //! open (long-lived connections) and when its process exits (exit closes
 //! files without `close(2)`).
 //!
-//! What they fall back to: sockets connected before the agent started are not
-//! seen (user space may not load these programs at all). A vectored call with
+//! What they fall back to (user space may not load these programs at all):
+//! sockets connected before the agent started are not seen, but with
+//! `--handover-dir`, where user space adopts the client sockets it finds open
+//! at start ([`adopt_socket`], [`SOCK_ADOPTED`]), so that the keep-alive
+//! connections an upgrade's old agent hands over are copied by the new one. A vectored call with
 //! more than `MAX_IOV` buffers gives its plaintext connection up (counted, and
 //! user space is told it closed) rather than leave a hole in the stream; user
 //! space then reads the bytes it moved so far from [`SOCKETS`].
@@ -52,11 +55,12 @@ use aya_ebpf::{
 };
 use tokentap_agent_common::{
     EventKind, LossCounter, SockArgs, SockCall, SockId, SockKey, SockState, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
-    MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM, VERDICT_STOP,
+    MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_ADOPTED, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM,
+    VERDICT_STOP,
 };
 
-use crate::chunks::{emit_data, forget_conn_keeping, ignored, nested, Emit};
-use crate::handover::{owns, taken_by_running, Owned};
+use crate::chunks::{emit_data, forget_conn, ignored, nested, Emit};
+use crate::handover::{holder, owns, tells_end, Holder, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -234,12 +238,10 @@ fn sock_forget(pid_tgid: u64, fd: i32) {
     if let Some(s) = unsafe { SOCKETS.get(key) }.copied() {
         let _ = SOCKETS.remove(key);
         let conn = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | fd as u32 as u64 };
-        // Asked before `owns` hands a left agent's socket to the current one.
-        let keep_state = taken_by_running(conn);
-        // Said by the one agent that owns the socket (two overlap during an
-        // upgrade), asked before its entry goes.
-        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && owns(conn, DIR_INGRESS, 0) != Owned::No;
-        forget_conn_keeping(conn, keep_state);
+        // Said by one agent (two overlap during an upgrade), asked before
+        // the connection's entry goes.
+        let tell = matches!(s.state, SOCK_HTTP | SOCK_TLS | SOCK_TLS_LLM) && tells_end(conn);
+        forget_conn(conn);
         if tell {
             emit_sock_closed(pid_tgid, fd, &s);
         }
@@ -384,9 +386,10 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
     let s = unsafe { &mut *sp };
     let vector = args.call == SockCall::WriteV as u32 || args.call == SockCall::ReadV as u32;
     let egress = args.call == SockCall::Write as u32 || args.call == SockCall::WriteV as u32;
-    if s.state == SOCK_NEW {
+    if s.state == SOCK_NEW || s.state == SOCK_ADOPTED {
         // A client speaks first; an HTTP client's first bytes are a method, a
-        // TLS client's a handshake record.
+        // TLS client's a handshake record. A socket adopted midway changes
+        // agents at a request's start.
         let (first, first_len) = if vector {
             let base = unsafe { bpf_probe_read_user(args.buf as *const u64) }.unwrap_or(0);
             let len = unsafe { bpf_probe_read_user((args.buf + 8) as *const u64) }.unwrap_or(0);
@@ -397,6 +400,17 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
         let head = unsafe { bpf_probe_read_user(first as *const [u8; 8]) };
         if egress && head.is_ok_and(|b| is_http_start(&b)) {
             s.state = SOCK_HTTP;
+        } else if s.state == SOCK_ADOPTED && !(egress && head.is_ok_and(|b| is_tls_start(&b))) {
+            // TLS records (a connection greeted before the agent started)
+            // are never copied: given up at once, not looked up call after call.
+            s.state = if first_len >= 5 && head.is_ok_and(|b| is_tls_record(&b)) {
+                SOCK_OTHER
+            } else {
+                adopted(pid_tgid, args.fd, !egress && head.is_ok_and(|b| b[..7] == *b"HTTP/1."))
+            };
+            if s.state != SOCK_HTTP {
+                return 0;
+            }
         } else if egress && head.is_ok_and(|b| is_tls_start(&b)) {
             s.state = SOCK_TLS;
             count_loss(LossCounter::SocketsNotHttp, 1);
@@ -478,6 +492,27 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
     0
 }
 
+/// A socket found open at start ([`SOCK_ADOPTED`]) made a call that does not
+/// start a request: which state it goes on in, by who copies it. While
+/// another agent that runs copies it, nothing changes: that agent hands it
+/// over at a request's start (or, having left, at any call: then it is
+/// this agent's, and copied from here, as one that exited mid-exchange
+/// handing on its decoding state: the chunk says it was taken over, and user
+/// space resumes from the state). One that exited at an exchange's end: the
+/// next request decides. No agent ever copied it: not HTTP (a database, a
+/// TLS connection nobody greeted, a file that took a closed socket's fd),
+/// unless it is reading a response (`reply`): an HTTP connection older than
+/// every agent, copied from its next request. A function of its own, as
+/// [`connected`].
+#[inline(never)]
+fn adopted(pid_tgid: u64, fd: i32, reply: bool) -> u32 {
+    match holder(SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | fd as u32 as u64 }) {
+        Holder::Nobody if !reply => SOCK_OTHER,
+        Holder::Nobody | Holder::Running | Holder::Exited(false) => SOCK_ADOPTED,
+        Holder::Mine | Holder::Exited(true) => SOCK_HTTP,
+    }
+}
+
 /// A client socket connected: watched from now on. A function of its own, so
 /// that its locals are not in the exit hooks' frames, which the copy path's
 /// frames stack on (the verifier allows 512 bytes in all).
@@ -487,6 +522,16 @@ fn connected(pid_tgid: u64, fd: i32) {
     let tgid = (pid_tgid >> 32) as u32;
     // The fd's bit first: a close on another thread between the two would
     // otherwise pass by the new entry and leave it for the fd's next file.
+    watch_fd(tgid, fd);
+    let id = unsafe { bpf_ktime_get_ns() };
+    let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
+    let _ = SOCKETS.insert(SockKey { tgid, fd }, fresh, 0);
+}
+
+/// Set the fd's bit in its process's [`SOCK_PROCS`] entry (made if need be,
+/// and counted in [`PROC_SLOTS`]).
+#[inline(always)]
+fn watch_fd(tgid: u32, fd: i32) {
     // BPF_NOEXIST: a second thread's insert must not wipe the first's bit.
     if SOCK_PROCS.insert(tgid, 0, BPF_NOEXIST as u64).is_ok() {
         add(&PROC_SLOTS, tgid, 1);
@@ -499,9 +544,29 @@ fn connected(pid_tgid: u64, fd: i32) {
             atomic_add(p, bit);
         }
     }
-    let id = unsafe { bpf_ktime_get_ns() };
-    let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
-    let _ = SOCKETS.insert(SockKey { tgid, fd }, fresh, 0);
+}
+
+/// Never attached: user space runs it (`BPF_PROG_TEST_RUN`) once for each
+/// client socket it found open at start (`agent/src/open_sockets.rs`), after
+/// the programs above are attached, so that its updates are the programs'
+/// own (atomic where they are). Arguments: tgid, fd, the socket's id. The
+/// socket is watched as adopted, unless a `connect` since the attach gave the
+/// fd an entry (returns 1). A closed socket's fd taken meanwhile by a file or
+/// an accepted socket is adopted too, and given up at its first call. Left:
+/// [`watch_fd`] tests a bit before it adds it, so a `connect` of the same fd
+/// (or of another fd above 62) in the same microseconds may add it twice,
+/// and that fd goes unwatched (as two threads connecting fds above 62 at once
+/// may do); an atomic OR needs the eBPF object built for cpu v3.
+#[raw_tracepoint(tracepoint = "adopt")]
+pub fn adopt_socket(ctx: RawTracePointContext) -> i32 {
+    let (tgid, fd, id): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let (tgid, fd) = (tgid as u32, fd as i32);
+    watch_fd(tgid, fd);
+    let adopted = SockState { id, sent: 0, received: 0, state: SOCK_ADOPTED, _pad: 0 };
+    match SOCKETS.insert(SockKey { tgid, fd }, adopted, BPF_NOEXIST as u64) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
 }
 
 /// A vector call's iovecs, for [`copy_iov`].
@@ -573,6 +638,16 @@ const HTTP_STARTS: [(u64, u64); 8] = [
 #[inline(always)]
 fn is_tls_start(b: &[u8; 8]) -> bool {
     b[0] == 0x16 && b[1] == 3 && b[2] <= 4
+}
+
+/// A TLS record's header: content type 20-23 (change cipher spec, alert,
+/// handshake, application data), version 3.x, a length no record exceeds
+/// (2^14 + 2048). A response body read on a plaintext connection (JSON, an
+/// event stream, text) never starts so; random bytes (audio) once in ~10^7.
+#[inline(always)]
+fn is_tls_record(b: &[u8; 8]) -> bool {
+    let len = (b[3] as u16) << 8 | b[4] as u16;
+    (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 && len <= 18432
 }
 
 /// An HTTP/1.x request line or the HTTP/2 prior-knowledge preface.

@@ -20,6 +20,7 @@ pub mod handover;
 pub mod http;
 pub mod java;
 pub mod metrics;
+pub mod open_sockets;
 pub mod orphan_rings;
 pub mod pipeline;
 pub mod probes;

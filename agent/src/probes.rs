@@ -6,7 +6,7 @@
 //! order that cuts fewest calls.
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::uprobe::UProbeScope;
@@ -204,6 +204,43 @@ pub struct Probes {
     attached: HashMap<FileKey, PathBuf>,
     /// What socket capture runs on (none: `--no-socket-capture`).
     pub socket_hooks: Option<SyscallHooks>,
+    /// Client sockets found open at start and watched, and processes whose
+    /// sockets could not be listed (`open_sockets`).
+    pub sockets_adopted: usize,
+    pub processes_unreadable_at_start: usize,
+}
+
+/// Watch the client sockets open now (with `--handover-dir`: the keep-alive
+/// connections the agent before this one will hand over). Best effort: a
+/// failure leaves them unwatched, as they were before, with a warning.
+fn adopt_open_sockets(ebpf: &mut Ebpf, me: u32) -> (usize, usize) {
+    let t = std::time::Instant::now();
+    let found = crate::open_sockets::find(Path::new("/proc"), me);
+    let done = match crate::open_sockets::adopt(ebpf, &found.sockets, crate::open_sockets::monotonic_ns()) {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "client sockets open at start: not watched (their calls after a handover are \
+                 not copied)");
+            return (0, found.unreadable);
+        }
+    };
+    tracing::info!(
+        sockets = done.adopted,
+        already_watched = done.already_watched,
+        processes = found.processes,
+        unreadable = found.unreadable,
+        over_limit = found.over_limit,
+        ms = t.elapsed().as_millis() as u64,
+        "client sockets open at start: watched from their next request"
+    );
+    if found.over_limit > 0 {
+        tracing::warn!(
+            sockets = found.over_limit,
+            limit = crate::open_sockets::MAX_ADOPTED,
+            "client sockets open at start beyond the limit: not watched (their calls after a handover are not copied)"
+        );
+    }
+    (done.adopted, found.unreadable)
 }
 
 /// Maps user space reads (and the ones it writes).
@@ -364,6 +401,11 @@ impl Probes {
             p.attach(tp).map_err(|source| ProbeError::Program { name, source })?;
         }
         let socket_hooks = sockets.map(|want| crate::socket_hooks::attach(&mut ebpf, want)).transpose()?;
+        // Once the socket programs run: see `open_sockets`.
+        let (sockets_adopted, processes_unreadable_at_start) = match (&handover, socket_hooks) {
+            (Some(_), Some(_)) => adopt_open_sockets(&mut ebpf, me),
+            _ => (0, 0),
+        };
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
         let ring_pin = handover.as_ref().map(|h| h.pin_ring(&events)).transpose()?;
         let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
@@ -385,7 +427,9 @@ impl Probes {
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
         let channels = Channels { events, ring_pin, loss, ignored, sockets };
-        Ok((Self { ebpf, attached: HashMap::new(), socket_hooks }, channels, handover))
+        let probes =
+            Self { ebpf, attached: HashMap::new(), socket_hooks, sockets_adopted, processes_unreadable_at_start };
+        Ok((probes, channels, handover))
     }
 
     pub fn attached(&self) -> usize {

@@ -90,6 +90,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let (mut probes, channels, mut handover) =
         Probes::load(settings.ring_buffer_bytes, sockets, settings.handover_dir.as_deref())?;
     Stats::set(&stats.socket_hooks_every_syscall, u64::from(probes.socket_hooks == Some(SyscallHooks::Raw)));
+    Stats::set(&stats.sockets_adopted_at_start, probes.sockets_adopted as u64);
+    Stats::set(&stats.processes_unreadable_at_start, probes.processes_unreadable_at_start as u64);
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     // Discovery tells the pipeline (for coverage) which processes map a TLS
     // library that is not probed.

@@ -15,7 +15,7 @@
 //! whose processes read and write sockets and files pays more. Their ids are
 //! read from tracefs, which is mounted at `/sys/kernel/tracing` when no
 //! tracefs is found (most hosts mount it at boot; a container sees its own
-//! mounts).
+//! mounts), and unmounted again once they are attached.
 //!
 //! What they fall back to: when anything stops the syscalls' tracepoints (no
 //! tracefs and no right to mount one, a kernel without
@@ -120,7 +120,17 @@ where
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    ensure_tracefs().map_err(ProbeError::Tracefs)?;
+    let mounted = ensure_tracefs().map_err(ProbeError::Tracefs)?;
+    let attached = attach_each(ebpf);
+    // The ids are read: a tracefs this agent mounted goes, so that none is
+    // left behind on the host (an attached tracepoint does not need it).
+    if mounted {
+        unmount_tracefs(Path::new(TRACEFS));
+    }
+    attached
+}
+
+fn attach_each(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     for name in TRACEPOINT_PROGRAMS {
         let p: &mut TracePoint = program(ebpf, name)?;
         p.load().map_err(|source| ProbeError::Program { name, source })?;
@@ -133,14 +143,29 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
 }
 
 /// A tracefs where aya looks for one (`/sys/kernel/tracing`, or the one
-/// under debugfs), mounting it at the first when there is none.
-fn ensure_tracefs() -> Result<(), String> {
+/// under debugfs), mounting it at the first when there is none; whether it
+/// was mounted here.
+fn ensure_tracefs() -> Result<bool, String> {
     if [TRACEFS, TRACEFS_UNDER_DEBUGFS].iter().any(|p| has_events(Path::new(p))) {
-        return Ok(());
+        return Ok(false);
     }
     mount_tracefs(Path::new(TRACEFS))?;
     tracing::info!(path = TRACEFS, "mounted tracefs (for the ids of the syscalls' tracepoints)");
-    Ok(())
+    Ok(true)
+}
+
+/// Unmount the tracefs mounted at `at` by [`ensure_tracefs`]. One another
+/// process opened meanwhile stays (busy), said at debug level.
+fn unmount_tracefs(at: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(target) = std::ffi::CString::new(at.as_os_str().as_bytes()) else { return };
+    // SAFETY: a NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        tracing::info!(path = %at.display(), "unmounted the tracefs mounted at start (the tracepoints' ids are read)");
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(path = %at.display(), error = %e, "the tracefs mounted at start stays mounted");
+    }
 }
 
 /// A mounted tracefs lists `events`; the empty directory sysfs keeps for it does not.

@@ -225,6 +225,14 @@ counters! {
     /// tracepoints (the default, or the fallback of `--syscall-hooks
     /// tracepoints`): a program on every syscall of the host.
     socket_hooks_every_syscall,
+    /// Client sockets found open at start and watched from their next
+    /// request (with `--handover-dir`: the keep-alive connections the agent
+    /// before this one hands over).
+    sockets_adopted_at_start,
+    /// With `--handover-dir`: processes whose open sockets could not be
+    /// listed at start (refused), whose keep-alive plaintext connections the
+    /// agent before this one hands over are then not copied.
+    processes_unreadable_at_start,
 }
 
 /// Counters a part of the agent owns (a sink's), shown beside the core ones

@@ -2,6 +2,7 @@
 """Runs a workload file with the real openai SDK, one call at a time: each item
 is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?,
 "fresh": true? (the call gets a client, and so a connection, of its own),
+"words": N? (a streamed call of N content chunks),
 "download": bytes? (then a download of that many bytes on the same
 connection, not an LLM call)}; the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
@@ -37,6 +38,9 @@ def main():
     calls = json.load(open(a.workload))
     for c in calls:
         headers = {"x-test-usage": json.dumps(c["usage"])}
+        if c.get("words"):
+            # A stream of that many chunks (the test server's slow-stream model: one a second).
+            headers["x-test-stream-words"] = str(c["words"])
         oa = client() if c.get("fresh") else shared
         if c["api"] == "chat":
             r = oa.chat.completions.create(**c["body"], extra_headers=headers)

@@ -264,6 +264,13 @@ const NO_TRACEFS: [&str; 8] = in_mount_ns(
      mkdir /sys/kernel/btf; mount --move \"$b\" /sys/kernel/btf; rmdir \"$b\"; mount -o remount,ro /sys/kernel; exec \"$@\"",
 );
 
+/// As [`NO_TRACEFS`], but writable, with an empty `/sys/kernel/tracing`:
+/// no tracefs is found, and the agent may mount one there.
+const UNMOUNTED_TRACEFS: [&str; 8] = in_mount_ns(
+    "set -e; b=$(mktemp -d); mount --bind /sys/kernel/btf \"$b\"; mount -t tmpfs -o size=1m tmpfs /sys/kernel; \
+     mkdir /sys/kernel/btf /sys/kernel/tracing; mount --move \"$b\" /sys/kernel/btf; rmdir \"$b\"; exec \"$@\"",
+);
+
 /// As [`NO_TRACEFS`], but `/sys/kernel/tracing` holds the syscalls'
 /// tracepoint ids the socket programs use, copied from a real tracefs, all
 /// right but `sys_enter_read`'s: the exit programs attach to their ten
@@ -322,13 +329,27 @@ fn plaintext_capture_runs_on_the_raw_tracepoints_or_on_the_syscalls_own() {
     assert!(!progs.contains("sock_enter"), "{progs:?}");
     assert_eq!(stats["socket_hooks_every_syscall"], 1, "{stats}");
 
+    // Where no tracefs is mounted, the agent mounts one to read the
+    // tracepoints' ids, and unmounts it once they are attached.
     let tracepoints = ["--syscall-hooks", "tracepoints"];
-    let (progs, _, stats) = plaintext_run(Env::start("plain-tp", Transport::Plain, &tracepoints));
+    let dir = scratch("plain-tp");
+    let certs = Certs::generate(&dir);
+    let server = Server::start_with(&dir, &certs, Transport::Plain);
+    let agent = Agent::start_with(&dir, &tracepoints, &UNMOUNTED_TRACEFS);
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).unwrap();
+    let (progs, log, stats) = plaintext_run(Env { dir, certs, server, agent, transport: Transport::Plain });
     for p in ["sock_enter", "sock_close", "sock_exit"] {
         assert!(progs.contains(p), "{p} loaded: {progs:?}");
     }
     assert!(!progs.contains("sys_enter") && !progs.contains("sys_exit"), "no raw hooks: {progs:?}");
     assert_eq!(stats["socket_hooks_every_syscall"], 0, "{stats}");
+    assert!(log.contains("mounted tracefs") && log.contains("unmounted the tracefs mounted at start"), "{log}");
+    // mountinfo: id, parent id, ..., mount point (a host's tracefs may lie
+    // under the namespace's /sys/kernel, hidden).
+    let fields: Vec<Vec<&str>> = mounts.lines().map(|l| l.split(' ').collect()).collect();
+    let kernel = fields.iter().rev().find(|f| f.get(4) == Some(&"/sys/kernel")).expect("the namespace's /sys/kernel");
+    let on_it = |f: &&Vec<&str>| f.get(1) == kernel.first() && f.get(4) == Some(&"/sys/kernel/tracing");
+    assert!(!fields.iter().any(|f| on_it(&f)), "no tracefs left mounted while the agent runs: {mounts}");
 
     let dir = scratch("plain-no-tracefs");
     let certs = Certs::generate(&dir);

@@ -7,7 +7,9 @@
 //! connections change agents with their decoding state, even one that ends
 //! around the switch; WebSocket sessions (the Responses API, compressed)
 //! with their framing, deflate context and calls in flight; and from a JVM, captured through the
-//! Java agent. An old agent stopped before the new one is ready waits for it.
+//! Java agent; plaintext HTTP read at the socket syscalls, over keep-alive
+//! connections opened before the new agent started. An old agent stopped
+//! before the new one is ready waits for it.
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool).
 use std::path::{Path, PathBuf};
@@ -257,6 +259,137 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
         l.is_empty().then_some(l)
     });
     assert!(left.is_empty());
+}
+
+/// Plaintext HTTP (a self-hosted model, a sidecar that terminates TLS) is
+/// read at the socket syscalls, whose tables each agent fills at `connect`:
+/// a keep-alive connection opened before the new agent started moves to it
+/// at its next request all the same, and the new agent copies it from there.
+/// As deployed: the agents hold the DaemonSet's capabilities alone, and the
+/// keep-alive client (curl, one connection for all its calls) runs as
+/// another user, whose open sockets the new agent must list all the same.
+#[test]
+fn a_plain_http_keep_alive_connection_opened_before_the_new_agent_moves_to_it() {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    require_tool("curl");
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-plain", Transport::Plain);
+    let flag = fs.flag();
+    let flag = [flag.as_str()];
+    let caps = format!("--bounding-set={DAEMONSET_CAPS}");
+    let as_daemonset = ["setpriv", "--inh-caps=-all", caps.as_str(), "--"];
+    let mut first = Agent::start_with(&first_dir, &flag, &as_daemonset);
+    let base = format!("http://api.openai.com:{}/v1", server.port);
+    // ~40 calls/s on one connection for ~15 s, as user nobody.
+    let kept = 600;
+    let mut curl: Vec<String> =
+        ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "curl", "-sS", "--rate", "40/s"]
+            .map(str::to_owned)
+            .to_vec();
+    for i in 0..kept {
+        let body =
+            serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("kept {i}")}]});
+        let auth = format!("Authorization: Bearer {SECRET_KEY}");
+        let url = format!("{base}/chat/completions");
+        curl.extend(["--json".into(), body.to_string(), "-H".into(), auth, "-o".into(), "/dev/null".into(), url]);
+        if i + 1 < kept {
+            curl.push("--next".into());
+        }
+    }
+    let fresh = calls(150, 100_000, 0.04, true);
+    let (a, b) =
+        (spawn(with_provider_hosts(&dir, "setpriv", &curl)), spawn(py_workload(&dir, &certs, &base, "fresh", &fresh)));
+    let pids = [a.id(), b.id()];
+    first.wait_records(&pids[..1], 40);
+    let mut second = Agent::start_with(&second_dir, &flag, &as_daemonset);
+    second.wait_records(&pids, 10);
+    assert!(first.stop().success());
+    [a, b].into_iter().for_each(finish);
+    assert_eq!(server.served().len(), kept + fresh.len());
+    for pid in pids {
+        second.wait_process_done(pid);
+    }
+    assert!(second.stop().success());
+    let (old, new) = (first.stats(), second.stats());
+    let (o, n) = priced_once(&server, (&first, &second), &pids);
+    let kept_by_new = second.records_of(&pids[..1]).len();
+    let k = |s: &serde_json::Value, c: &str| s[c].as_u64().unwrap_or(0);
+    eprintln!(
+        "plain HTTP handover: old agent {o} records, new {n} (of the keep-alive connection: {kept_by_new}); \
+         sockets adopted at start {}, processes unreadable {}, handed over {}, calls skipped as the other's: old {} \
+         new {}",
+        k(&new, "sockets_adopted_at_start"),
+        k(&new, "processes_unreadable_at_start"),
+        k(&new, "kernel_handover_received"),
+        k(&old, "kernel_owned_elsewhere"),
+        k(&new, "kernel_owned_elsewhere"),
+    );
+    assert_eq!(o + n, kept + fresh.len(), "every call recorded exactly once across the two agents");
+    assert!(k(&new, "sockets_adopted_at_start") >= 1, "the keep-alive connection found open at start: {new}");
+    assert!(k(&new, "kernel_handover_received") >= 1, "the keep-alive connection moved at a request: {new}");
+    assert!(kept_by_new >= 20, "the new agent copies the keep-alive connection it was handed: {kept_by_new}");
+    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+}
+
+/// The old agent leaves (its drain of 1 s ran out) while a plaintext stream
+/// of several seconds is in flight on a keep-alive connection the new agent
+/// found open: that call is cut, and counted; the connection goes on with the
+/// new agent, which records every later call on it once.
+#[test]
+fn a_plain_http_stream_cut_by_the_old_agent_leaving_is_counted_and_its_connection_goes_on() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-plain-cut", Transport::Plain);
+    let flag = fs.flag();
+    let mut first = Agent::start(&first_dir, &[flag.as_str(), "--handover-drain-secs", "1"]);
+    let base = format!("http://api.openai.com:{}/v1", server.port);
+    let body = serde_json::json!({"model": "slow-stream", "messages": [{"role": "user", "content": "slow"}],
+        "stream": true, "stream_options": {"include_usage": true}});
+    let mut work = calls(3, 0, 0.0, false);
+    // Ten chunks a second apart: the new agent's start and the old one's
+    // drain of 1 s fall well inside it.
+    let mut slow = tokentap_e2e::calibrate::call("chat", body, 0, 0);
+    slow["words"] = serde_json::json!(10);
+    work.push(slow);
+    let after = calls(40, 1000, 0.02, false);
+    work.extend(after.iter().cloned());
+    let client = spawn(py_workload(&dir, &certs, &base, "cut", &work));
+    let pid = client.id();
+    first.wait_records(&[pid], 3);
+    wait_for("the slow stream to begin", Duration::from_secs(30), || {
+        server.served().iter().any(|s| s["model"].as_str().is_some_and(|m| m.starts_with("slow-stream"))).then_some(())
+    });
+    let mut second = Agent::start(&second_dir, &[flag.as_str()]);
+    assert!(first.stop().success());
+    finish(client);
+    second.wait_process_done(pid);
+    assert!(second.stop().success());
+    let (old, new) = (first.stats(), second.stats());
+    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let served = server.served();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+    }
+    let k = |s: &serde_json::Value, c: &str| s[c].as_u64().unwrap_or(0);
+    let later = by_new.iter().filter(|r| r["request_model"] == "gpt-4o-mini").count();
+    eprintln!(
+        "plain stream cut at the leave: old agent {} records, new {} ({later} after the stream); old dropped at \
+         exit {}, new joined midway {}, taken from the exited agent {}",
+        by_old.len(),
+        by_new.len(),
+        k(&old, "dropped_at_exit"),
+        k(&new, "joined_mid_stream"),
+        k(&new, "kernel_handover_from_exited"),
+    );
+    assert!(all.iter().all(|r| r["request_model"] != "slow-stream"), "the cut stream is not recorded");
+    assert!(k(&old, "dropped_at_exit") + k(&new, "joined_mid_stream") >= 1, "the cut stream is counted");
+    assert_eq!(later, after.len(), "every call after the cut recorded by the new agent");
+    assert_eq!(all.len(), work.len() - 1);
 }
 
 #[test]

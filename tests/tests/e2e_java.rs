@@ -196,10 +196,6 @@ fn jdk_copy(dir: &Path) -> PathBuf {
     copy
 }
 
-/// The capabilities the DaemonSet grants the agent (deploy/manifests): the
-/// agent runs with no other.
-const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid";
-
 #[test]
 fn containerised_jvms_with_their_own_jdk_tmp_pid_and_user_namespaces_are_captured_with_the_daemonset_capabilities() {
     let _g = serial();
