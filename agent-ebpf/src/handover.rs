@@ -98,8 +98,14 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
     let heir = if live(cur) { cur } else { me };
     let Some(o) = CONN_OWNERS.get_ptr_mut(key) else {
+        // Made by the heir's own program alone: an entry for an agent that
+        // does not watch the connection would outlive it (no end of its to
+        // forget it at).
+        if heir != me {
+            return Owned::No;
+        }
         let _ = CONN_OWNERS.insert(key, ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
-        return if heir == me { Owned::Yes } else { Owned::No };
+        return Owned::Yes;
     };
     // SAFETY: a live map value; the fields are plain integers.
     unsafe {
@@ -136,14 +142,17 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     Owned::Yes
 }
 
-/// A connection's key may be reused: its next owner is decided afresh, by
-/// the program of the agent that owns it (both agents' programs run at a
-/// connection's end; the other's leaves the entry, or finds it gone). A state
-/// handed on for it stays while its owner runs: that agent took the
-/// connection over and reads the state, which it also does at the
-/// connection's end (told to its user space after this), as the state may
-/// have been written moments before. An owner that exited took its state
-/// with it: nobody will read it.
+/// A connection's key may be reused: its next owner is decided afresh. Both
+/// agents' programs run at a connection's end; an entry a running agent
+/// owns and has copied from since it got it is left to that agent's program
+/// (which also tells the end, see [`tells_end`]), and its handed-on state
+/// stays: that agent took the connection over and reads the state, which it
+/// also does at the connection's end (told to its user space after this),
+/// as the state may have been written moments before. An owner that has not
+/// copied a call since the move (its flag is still set) holds none of the
+/// connection's bytes and may not watch it at all (a socket it could not
+/// list): entry and state go at once. So does the state of an owner that
+/// exited: nobody will read it.
 #[inline(always)]
 pub(crate) fn forget(key: SslKey) {
     let Some(o) = (unsafe { CONN_OWNERS.get(key) }).copied() else {
@@ -151,11 +160,11 @@ pub(crate) fn forget(key: SslKey) {
     };
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
     let running = live(o.agent);
-    if o.agent != me && running {
+    if o.agent != me && running && o.moved == 0 {
         return;
     }
     let _ = CONN_OWNERS.remove(key);
-    if !running {
+    if !running || o.moved != 0 {
         let _ = CONN_STATES.remove(HandoffKey { tgid: key.tgid as u32, part: 0, conn: key.ssl });
     }
 }

@@ -499,7 +499,11 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
 /// this agent's, and copied from here, as one that exited mid-exchange
 /// handing on its decoding state: the chunk says it was taken over, and user
 /// space resumes from the state). One that exited at an exchange's end: the
-/// next request decides. No agent ever copied it: not HTTP (a database, a
+/// next request decides. One that has left but not yet handed on its state
+/// looks the same; its own program, which the kernel runs before this one on
+/// the syscalls (the older first), moves the connection here on the same
+/// call. Run after it instead (hooks placed apart by two versions), that
+/// call is skipped, and the next one resumes from the state with a hole. No agent ever copied it: not HTTP (a database, a
 /// TLS connection nobody greeted, a file that took a closed socket's fd),
 /// unless it is reading a response (`reply`): an HTTP connection older than
 /// every agent, copied from its next request. A function of its own, as

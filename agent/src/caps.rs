@@ -91,7 +91,7 @@ pub fn lacking(effective: u64, caps: &[Cap]) -> Vec<Cap> {
 
 /// Check this process's effective capabilities against [`REQUIRED`]: one error
 /// naming what is missing and the whole set. Java's are only warned about.
-pub fn check(java_attach: bool) -> Result<(), CapsError> {
+pub fn check(java_attach: bool, handover: bool) -> Result<(), CapsError> {
     if let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") {
         if !initial_user_namespace(&map) {
             let uid_map = map.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -110,6 +110,14 @@ pub fn check(java_attach: bool) -> Result<(), CapsError> {
         tracing::warn!(
             missing = %join(&java),
             "JVMs will not be attached (Java capture needs {}); --no-java-attach silences this",
+            join(JAVA)
+        );
+    }
+    if handover && !java.is_empty() {
+        tracing::warn!(
+            missing = %join(&java),
+            "--handover-dir: other users' open sockets will not be listed at start (it needs {}), so the plaintext \
+             keep-alive connections the agent before hands over in their processes are not copied",
             join(JAVA)
         );
     }

@@ -91,7 +91,16 @@ fn socket_inode(target: &str) -> Option<u64> {
 pub fn find(proc_root: &Path, me: u32) -> Found {
     // On a thread of its own: `socket_fds` changes the thread's file-system
     // ids, which must never be the caller's.
-    std::thread::scope(|s| s.spawn(|| scan(proc_root, me)).join()).unwrap_or_default()
+    std::thread::scope(|s| {
+        let scan = std::thread::Builder::new().name("open-sockets".into()).spawn_scoped(s, || scan(proc_root, me));
+        match scan {
+            Ok(t) => t.join().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "client sockets open at start: no thread to list them");
+                Found::default()
+            }
+        }
+    })
 }
 
 /// A process's sockets (fd, inode). A process's `fd` directory is its user's
@@ -112,7 +121,9 @@ fn socket_fds(base: &Path) -> std::io::Result<Vec<(i32, u64)>> {
     };
     match list() {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            let owner = std::fs::metadata(base)?;
+            // The directory's owner, not the process's: a process that is
+            // not dumpable has its fds owned by root (of its user namespace).
+            let owner = std::fs::metadata(base.join("fd"))?;
             // SAFETY: plain syscalls on this thread's credentials; each
             // returns the previous id, restored below.
             let (uid, gid) = unsafe { (libc::setfsuid(owner.uid()), libc::setfsgid(owner.gid())) };

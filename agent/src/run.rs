@@ -43,7 +43,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(version = prices.version(), models = prices.len(), "price table loaded");
     // Before any capture is set up: a missing capability is one clear error,
     // not an agent that runs and captures nothing.
-    crate::caps::check(settings.java_attach)?;
+    crate::caps::check(settings.java_attach, settings.handover_dir.is_some())?;
     let stats = Arc::new(Stats::default());
     // Every sink kind's counters show from the start, configured or not.
     sinks::register_counters(&stats);

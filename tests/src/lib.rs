@@ -17,11 +17,11 @@ pub mod grafana;
 pub mod java;
 pub mod prometheus;
 
-/// A distinctive fake credential: tests grep every output for it.
 /// The capabilities the DaemonSet grants the agent (deploy/manifests), as
 /// setpriv's `--bounding-set` names them: the agent runs with no other.
 pub const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid";
 
+/// A distinctive fake credential: tests grep every output for it.
 pub const SECRET_KEY: &str = "sk-tokentap-test-SECRET-9f8e7d6c5b4a";
 
 static SERIAL: Mutex<()> = Mutex::new(());
