@@ -31,6 +31,7 @@
 #![allow(internal_features)]
 #![no_main]
 
+mod adopted;
 mod boringssl;
 mod chunks;
 mod go_tls;

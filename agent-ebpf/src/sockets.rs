@@ -38,8 +38,8 @@
 //! What they fall back to (user space may not load these programs at all):
 //! sockets connected before the agent started are not seen, but with
 //! `--handover-dir`, where user space adopts the client sockets it finds open
-//! at start ([`adopt_socket`], [`SOCK_ADOPTED`]), so that the keep-alive
-//! connections an upgrade's old agent hands over are copied by the new one. A vectored call with
+//! at start (`crate::adopted`), so that the keep-alive connections an
+//! upgrade's old agent hands over are copied by the new one. A vectored call with
 //! more than `MAX_IOV` buffers gives its plaintext connection up (counted, and
 //! user space is told it closed) rather than leave a hole in the stream; user
 //! space then reads the bytes it moved so far from [`SOCKETS`].
@@ -59,8 +59,9 @@ use tokentap_agent_common::{
     VERDICT_STOP,
 };
 
+use crate::adopted::{adopted, is_tls_record};
 use crate::chunks::{emit_data, forget_conn, ignored, nested, Emit};
-use crate::handover::{holder, owns, tells_end, Holder, Owned};
+use crate::handover::{owns, tells_end, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 
@@ -68,7 +69,7 @@ use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 /// bytes said (`SOCK_*`) and the bytes they moved. User space reads entries
 /// (never writes them).
 #[map]
-static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(65536, 0);
 
 /// User space's verdict on a TLS socket ([`tokentap_agent_common::VERDICT_COUNT`]
 /// or [`VERDICT_STOP`]), keyed by the socket's whole identity so that a
@@ -492,31 +493,6 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
     0
 }
 
-/// A socket found open at start ([`SOCK_ADOPTED`]) made a call that does not
-/// start a request: which state it goes on in, by who copies it. While
-/// another agent that runs copies it, nothing changes: that agent hands it
-/// over at a request's start (or, having left, at any call: then it is
-/// this agent's, and copied from here, as one that exited mid-exchange
-/// handing on its decoding state: the chunk says it was taken over, and user
-/// space resumes from the state). One that exited at an exchange's end: the
-/// next request decides. One that has left but not yet handed on its state
-/// looks the same; its own program, which the kernel runs before this one on
-/// the syscalls (the older first), moves the connection here on the same
-/// call. Run after it instead (hooks placed apart by two versions), that
-/// call is skipped, and the next one resumes from the state with a hole. No agent ever copied it: not HTTP (a database, a
-/// TLS connection nobody greeted, a file that took a closed socket's fd),
-/// unless it is reading a response (`reply`): an HTTP connection older than
-/// every agent, copied from its next request. A function of its own, as
-/// [`connected`].
-#[inline(never)]
-fn adopted(pid_tgid: u64, fd: i32, reply: bool) -> u32 {
-    match holder(SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | fd as u32 as u64 }) {
-        Holder::Nobody if !reply => SOCK_OTHER,
-        Holder::Nobody | Holder::Running | Holder::Exited(false) => SOCK_ADOPTED,
-        Holder::Mine | Holder::Exited(true) => SOCK_HTTP,
-    }
-}
-
 /// A client socket connected: watched from now on. A function of its own, so
 /// that its locals are not in the exit hooks' frames, which the copy path's
 /// frames stack on (the verifier allows 512 bytes in all).
@@ -535,7 +511,7 @@ fn connected(pid_tgid: u64, fd: i32) {
 /// Set the fd's bit in its process's [`SOCK_PROCS`] entry (made if need be,
 /// and counted in [`PROC_SLOTS`]).
 #[inline(always)]
-fn watch_fd(tgid: u32, fd: i32) {
+pub(crate) fn watch_fd(tgid: u32, fd: i32) {
     // BPF_NOEXIST: a second thread's insert must not wipe the first's bit.
     if SOCK_PROCS.insert(tgid, 0, BPF_NOEXIST as u64).is_ok() {
         add(&PROC_SLOTS, tgid, 1);
@@ -547,29 +523,6 @@ fn watch_fd(tgid: u32, fd: i32) {
         if unsafe { *p } & bit == 0 {
             atomic_add(p, bit);
         }
-    }
-}
-
-/// Never attached: user space runs it (`BPF_PROG_TEST_RUN`) once for each
-/// client socket it found open at start (`agent/src/open_sockets.rs`), after
-/// the programs above are attached, so that its updates are the programs'
-/// own (atomic where they are). Arguments: tgid, fd, the socket's id. The
-/// socket is watched as adopted, unless a `connect` since the attach gave the
-/// fd an entry (returns 1). A closed socket's fd taken meanwhile by a file or
-/// an accepted socket is adopted too, and given up at its first call. Left:
-/// [`watch_fd`] tests a bit before it adds it, so a `connect` of the same fd
-/// (or of another fd above 62) in the same microseconds may add it twice,
-/// and that fd goes unwatched (as two threads connecting fds above 62 at once
-/// may do); an atomic OR needs the eBPF object built for cpu v3.
-#[raw_tracepoint(tracepoint = "adopt")]
-pub fn adopt_socket(ctx: RawTracePointContext) -> i32 {
-    let (tgid, fd, id): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    let (tgid, fd) = (tgid as u32, fd as i32);
-    watch_fd(tgid, fd);
-    let adopted = SockState { id, sent: 0, received: 0, state: SOCK_ADOPTED, _pad: 0 };
-    match SOCKETS.insert(SockKey { tgid, fd }, adopted, BPF_NOEXIST as u64) {
-        Ok(()) => 0,
-        Err(_) => 1,
     }
 }
 
@@ -642,16 +595,6 @@ const HTTP_STARTS: [(u64, u64); 8] = [
 #[inline(always)]
 fn is_tls_start(b: &[u8; 8]) -> bool {
     b[0] == 0x16 && b[1] == 3 && b[2] <= 4
-}
-
-/// A TLS record's header: content type 20-23 (change cipher spec, alert,
-/// handshake, application data), version 3.x, a length no record exceeds
-/// (2^14 + 2048). A response body read on a plaintext connection (JSON, an
-/// event stream, text) never starts so; random bytes (audio) once in ~10^7.
-#[inline(always)]
-fn is_tls_record(b: &[u8; 8]) -> bool {
-    let len = (b[3] as u16) << 8 | b[4] as u16;
-    (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 && len <= 18432
 }
 
 /// An HTTP/1.x request line or the HTTP/2 prior-knowledge preface.

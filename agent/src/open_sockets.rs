@@ -220,6 +220,40 @@ pub fn adopt(ebpf: &mut Ebpf, sockets: &[(u32, i32)], now_ns: u64) -> Result<Ado
     Ok(done)
 }
 
+/// Watch the client sockets open now (with `--handover-dir`: the keep-alive
+/// connections the agent before this one will hand over). Best effort: a
+/// failure leaves them unwatched, as they were before, with a warning.
+/// Returns the sockets adopted and the processes that could not be listed.
+pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> (usize, usize) {
+    let t = std::time::Instant::now();
+    let found = find(Path::new("/proc"), me);
+    let done = match adopt(ebpf, &found.sockets, monotonic_ns()) {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "client sockets open at start: not watched (their calls after a handover are \
+                 not copied)");
+            return (0, found.unreadable);
+        }
+    };
+    tracing::info!(
+        sockets = done.adopted,
+        already_watched = done.already_watched,
+        processes = found.processes,
+        unreadable = found.unreadable,
+        over_limit = found.over_limit,
+        ms = t.elapsed().as_millis() as u64,
+        "client sockets open at start: watched from their next request"
+    );
+    if found.over_limit > 0 {
+        tracing::warn!(
+            sockets = found.over_limit,
+            limit = MAX_ADOPTED,
+            "client sockets open at start beyond the limit: not watched (their calls after a handover are not copied)"
+        );
+    }
+    (done.adopted, found.unreadable)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -6,7 +6,7 @@
 //! order that cuts fewest calls.
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::uprobe::UProbeScope;
@@ -210,39 +210,6 @@ pub struct Probes {
     pub processes_unreadable_at_start: usize,
 }
 
-/// Watch the client sockets open now (with `--handover-dir`: the keep-alive
-/// connections the agent before this one will hand over). Best effort: a
-/// failure leaves them unwatched, as they were before, with a warning.
-fn adopt_open_sockets(ebpf: &mut Ebpf, me: u32) -> (usize, usize) {
-    let t = std::time::Instant::now();
-    let found = crate::open_sockets::find(Path::new("/proc"), me);
-    let done = match crate::open_sockets::adopt(ebpf, &found.sockets, crate::open_sockets::monotonic_ns()) {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::warn!(error = %e, "client sockets open at start: not watched (their calls after a handover are \
-                 not copied)");
-            return (0, found.unreadable);
-        }
-    };
-    tracing::info!(
-        sockets = done.adopted,
-        already_watched = done.already_watched,
-        processes = found.processes,
-        unreadable = found.unreadable,
-        over_limit = found.over_limit,
-        ms = t.elapsed().as_millis() as u64,
-        "client sockets open at start: watched from their next request"
-    );
-    if found.over_limit > 0 {
-        tracing::warn!(
-            sockets = found.over_limit,
-            limit = crate::open_sockets::MAX_ADOPTED,
-            "client sockets open at start beyond the limit: not watched (their calls after a handover are not copied)"
-        );
-    }
-    (done.adopted, found.unreadable)
-}
-
 /// Maps user space reads (and the ones it writes).
 pub struct Channels {
     pub events: RingBuf<MapData>,
@@ -403,7 +370,7 @@ impl Probes {
         let socket_hooks = sockets.map(|want| crate::socket_hooks::attach(&mut ebpf, want)).transpose()?;
         // Once the socket programs run: see `open_sockets`.
         let (sockets_adopted, processes_unreadable_at_start) = match (&handover, socket_hooks) {
-            (Some(_), Some(_)) => adopt_open_sockets(&mut ebpf, me),
+            (Some(_), Some(_)) => crate::open_sockets::adopt_open(&mut ebpf, me),
             _ => (0, 0),
         };
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
