@@ -201,7 +201,7 @@ pub struct Adopted {
 
 /// Hand `sockets` to the socket programs as adopted, through their
 /// `adopt_socket` program (run, never attached: see agent-ebpf's
-/// `sockets.rs`), after they are attached. `now_ns`: `CLOCK_MONOTONIC`, the
+/// `adopted.rs`), after they are attached. `now_ns`: `CLOCK_MONOTONIC`, the
 /// kernel's `bpf_ktime_get_ns`, which names a socket (its id) as `connect` does.
 pub fn adopt(ebpf: &mut Ebpf, sockets: &[(u32, i32)], now_ns: u64) -> Result<Adopted, ProgramError> {
     let name = "adopt_socket";
