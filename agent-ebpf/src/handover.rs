@@ -9,11 +9,7 @@
 //! stays with the agent that saw its exchange begin, and moves to the current
 //! agent ([`CURRENT_AGENT`], set by the new agent once its probes are attached)
 //! when the client writes a new HTTP/1.1 request after reading — the one
-//! point where no parser state is needed. An agent's leaving is not drawn
-//! from the call, and may fall between the two agents' programs of one: the
-//! first leaves a turn on its CPU ([`CALL_TURNS`]) so the second copies the
-//! call exactly when the first did not (the rule and its tests:
-//! `tokentap_agent_common::ownership`). A connection whose owner has exited
+//! point where no parser state is needed. A connection whose owner has exited
 //! (drained, crashed, killed) goes to the current agent at its next call; what
 //! a killed one copied and never read is in its ring buffer, pinned for that
 //! case alone and read by the agent after it (`agent/src/orphan_rings.rs`). A
@@ -27,13 +23,12 @@
 //! parsers). A full [`CONN_OWNERS`] evicts its oldest entry: that connection is
 //! claimed again by the current agent at its next call.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::bpf_probe_read_user,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap},
 };
 use tokentap_agent_common::{
-    ownership::{decide, first_call, straddled, Call, Seen, Verdict},
-    ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, Turn,
+    ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, DIR_EGRESS, HANDED_OVER, TAKEN_FROM_EXITED,
 };
 
 use crate::ring::count_loss;
@@ -66,12 +61,6 @@ static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Each CPU's last decision on a call while agents overlap, for the other
-/// agent's program on the same call (see `owns`). Pinned: both agents' programs
-/// read and write it.
-#[map]
-static CALL_TURNS: PerCpuArray<Turn> = PerCpuArray::with_max_entries(1, 0);
-
 /// [`owns`]: whose call it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owned {
@@ -98,10 +87,8 @@ fn starts_request(buf: u64) -> bool {
 }
 
 /// Is the call of `direction` at `buf` on `key` this agent's to copy? Both
-/// agents' programs run on the same call, one after the other on this CPU;
-/// the rule (`tokentap_agent_common::ownership`) makes each change to the
-/// entry one both would make, and the first program's [`CALL_TURNS`] tells
-/// the second whether the owner left between them.
+/// agents' programs run on the same call, one after the other; every change
+/// made here is one both would make, so whichever runs first, they agree.
 #[inline(always)]
 pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     let cur = match CURRENT_AGENT.get(0) {
@@ -110,63 +97,49 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
     };
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
     let heir = if live(cur) { cur } else { me };
-    let call = Call {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        conn: key.ssl,
-        buf,
-        direction,
-        now_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    let turn = CALL_TURNS.get_ptr_mut(0);
-    // SAFETY: this CPU's value of a live per-CPU map; plain integers.
-    let second = turn.is_some_and(|t| unsafe { (*t).is_first_of(me, call) });
-    let straddle = match turn {
-        Some(t) if second => straddled(unsafe { &*t }, live(unsafe { (*t).owner })),
-        _ => None,
-    };
-    let (verdict, seen) = match CONN_OWNERS.get_ptr_mut(key) {
+    let Some(o) = CONN_OWNERS.get_ptr_mut(key) else {
         // Made by the heir's own program alone: an entry for an agent that
         // does not watch the connection would outlive it (no end of its to
         // forget it at).
-        None => match first_call(me, heir, direction) {
-            Some(o) => {
-                let _ = CONN_OWNERS.insert(key, o, 0);
-                (Verdict::Mine, Seen::default())
-            }
-            None => (Verdict::Elsewhere, Seen::default()),
-        },
-        // SAFETY: a live map value; the fields are plain integers.
-        Some(o) => decide(unsafe { &mut *o }, me, heir, heir == cur, direction, live, || starts_request(buf), straddle),
+        if heir != me {
+            return Owned::No;
+        }
+        let _ = CONN_OWNERS.insert(key, ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
+        return Owned::Yes;
     };
-    if let Some(t) = turn {
-        // The second program clears the pair's turn: the next call's first
-        // program must not read it as its own call's.
-        unsafe {
-            if second {
-                (*t).clear();
-            } else {
-                (*t).record(me, call, seen, verdict);
+    // SAFETY: a live map value; the fields are plain integers.
+    unsafe {
+        let owner = (*o).agent;
+        if owner != heir {
+            if !live(owner) {
+                (*o).agent = heir;
+                (*o).moved = TAKEN_FROM_EXITED;
+            } else if heir == cur
+                && direction == DIR_EGRESS
+                && (*o).last_dir != DIR_EGRESS as u16
+                && starts_request(buf)
+            {
+                (*o).agent = heir;
+                (*o).moved = HANDED_OVER;
             }
         }
-    }
-    if straddle.is_some() {
-        count_loss(LossCounter::StraddledCalls, 1);
-    }
-    match verdict {
-        Verdict::Elsewhere => {
+        (*o).last_dir = direction as u16;
+        if (*o).agent != me {
             count_loss(LossCounter::OwnedElsewhere, 1);
-            Owned::No
+            return Owned::No;
         }
-        Verdict::Mine | Verdict::Straddled => Owned::Yes,
-        Verdict::HandedOver => {
-            count_loss(LossCounter::HandoverReceived, 1);
-            Owned::Yes
-        }
-        Verdict::Taken => {
-            count_loss(LossCounter::HandoverFromExited, 1);
-            Owned::Taken
+        let moved = (*o).moved;
+        (*o).moved = 0;
+        match moved {
+            HANDED_OVER => count_loss(LossCounter::HandoverReceived, 1),
+            TAKEN_FROM_EXITED => {
+                count_loss(LossCounter::HandoverFromExited, 1);
+                return Owned::Taken;
+            }
+            _ => {}
         }
     }
+    Owned::Yes
 }
 
 /// A connection's key may be reused: its next owner is decided afresh. Both

@@ -189,9 +189,6 @@ counters! {
     /// under its key reused by the next connection and dropped (that one is
     /// copied, as it should be).
     kernel_ignores_stale,
-    /// Not a loss: calls whose two agents' programs straddled an agent's
-    /// leaving (an upgrade), copied by the one agent the rule picks.
-    kernel_straddled_calls,
     /// Not a loss: response bodies no one records whose remaining bytes the
     /// kernel was asked not to copy: non-LLM HTTP/1.1 bodies of at least
     /// 32 KiB, and non-LLM HTTP/2 streams past their first DATA frame.
@@ -416,7 +413,6 @@ kernel_counters! {
     HandoverFromExited => kernel_handover_from_exited,
     H2WalkStopped => kernel_h2_walk_stopped,
     IgnoreStale => kernel_ignores_stale,
-    StraddledCalls => kernel_straddled_calls,
 }
 
 impl Snapshot {
