@@ -11,8 +11,9 @@
 //!
 //! Why a program run by user space (`BPF_PROG_TEST_RUN`), after the socket
 //! programs are attached, rather than user space writing the maps: the maps'
-//! per-process bits and slot counts are updated atomically by the programs,
-//! which a write from user space would race; and a socket connected between
+//! per-process fd bytes and slot counts are updated by the programs in place
+//! (the counts atomically), which a write of whole values from user space
+//! would race; and a socket connected between
 //! a scan and an attach would be missed. What it falls back to: a socket
 //! whose `connect` since the attach gave it an entry keeps that entry
 //! (`BPF_NOEXIST`); one no agent copied is given up at its first call.
@@ -28,11 +29,7 @@ use crate::sockets::{watch_fd, SOCKETS};
 /// own (atomic where they are). Arguments: tgid, fd, the socket's id. The
 /// socket is watched as adopted, unless a `connect` since the attach gave the
 /// fd an entry (returns 1). A closed socket's fd taken meanwhile by a file or
-/// an accepted socket is adopted too, and given up at its first call. Left:
-/// `watch_fd` tests a bit before it adds it, so a `connect` of the same fd
-/// (or of another fd above 62) in the same microseconds may add it twice,
-/// and that fd goes unwatched (as two threads connecting fds above 62 at once
-/// may do); an atomic OR needs the eBPF object built for cpu v3.
+/// an accepted socket is adopted too, and given up at its first call.
 #[raw_tracepoint(tracepoint = "adopt")]
 pub fn adopt_socket(ctx: RawTracePointContext) -> i32 {
     let (tgid, fd, id): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));

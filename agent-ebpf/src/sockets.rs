@@ -79,14 +79,20 @@ pub(crate) static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max
 static SOCK_VERDICTS: LruHashMap<SockId, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// Processes with at least one watched socket, looked up after
-/// [`PROC_SLOTS`]. The value has bit `fd` set for every fd below 63 that was
-/// ever a watched socket, bit 63 for any fd above: a call on an fd whose bit
-/// is clear (a file, a pipe, the server side of a socket) needs no lookup in
-/// [`SOCKETS`]. Bits are only ever set (closed sockets leave theirs: a lookup
-/// more, never a call missed), each by an atomic add after a test, so two
-/// threads connecting two fds at once both keep theirs. Cleared at exit.
+/// [`PROC_SLOTS`]. The value has byte `fd` set for every fd below 63 that
+/// was ever a watched socket, byte 63 for fds 63 and up: a call on an fd whose
+/// byte is clear (a file, a pipe, the server side of a socket) needs no
+/// lookup in [`SOCKETS`]. Bytes are only ever set (closed sockets leave
+/// theirs: a lookup more, never a call missed), each by a plain store of 1:
+/// two threads watching fds at once, the same one or two above 62, both keep
+/// theirs (a bit per fd needs an atomic OR, which eBPF has from cpu v3 on,
+/// not in the object's default cpu; an add after a test could carry a bit
+/// away). Cleared at exit. 16,384 entries of 64 bytes: ~1.9 MiB of kernel
+/// memory, preallocated (LRU maps always are).
 #[map]
-static SOCK_PROCS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+static SOCK_PROCS: LruHashMap<u32, [u8; FD_SLOTS]> = LruHashMap::with_max_entries(16384, 0);
+
+const FD_SLOTS: usize = 64;
 
 /// Slots of processes (tgid modulo the size): how many entries of the slot's
 /// processes [`SOCK_PROCS`] has, never fewer (see [`add`]). The first test on
@@ -96,10 +102,15 @@ static SOCK_PROCS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0)
 #[map]
 static PROC_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
-/// The fd's bit in a [`SOCK_PROCS`] entry. An fd is a C int: a register's
+/// The fd's byte in a [`SOCK_PROCS`] entry. An fd is a C int: a register's
 /// upper half is not part of it (as `SockKey` keeps only the lower).
-fn fd_bit(fd: u32) -> u64 {
-    1 << if fd < 63 { fd } else { 63 }
+fn fd_slot(fd: u64) -> usize {
+    let fd = fd as u32 as usize;
+    if fd < FD_SLOTS - 1 {
+        fd
+    } else {
+        FD_SLOTS - 1
+    }
 }
 
 /// In-flight socket syscalls on watched sockets, by thread.
@@ -267,23 +278,24 @@ pub fn sock_enter(ctx: TracePointContext) -> i32 {
 #[tracepoint]
 pub fn sock_close(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(fds) = watched_fds(pid_tgid) {
-        let fd = ctx.arg(0);
-        if fds & fd_bit(fd as u32) != 0 {
-            sock_forget(pid_tgid, fd as i32);
-        }
+    let fd = ctx.arg(0);
+    if watched(pid_tgid, fd) == Some(true) {
+        sock_forget(pid_tgid, fd as i32);
     }
     0
 }
 
-/// The fd bits of the calling process when it may have watched sockets.
+/// Whether `fd` of the calling process may be a watched socket; `None` when
+/// the process has none.
 #[inline(always)]
-fn watched_fds(pid_tgid: u64) -> Option<u64> {
+fn watched(pid_tgid: u64, fd: u64) -> Option<bool> {
     let tgid = (pid_tgid >> 32) as u32;
     if slot_empty(&PROC_SLOTS, tgid) {
         return None;
     }
-    unsafe { SOCK_PROCS.get(tgid) }.copied()
+    // SAFETY: a live map value; bytes.
+    let fds = unsafe { SOCK_PROCS.get(tgid) }?;
+    Some(fds[fd_slot(fd)] != 0)
 }
 
 #[inline(always)]
@@ -301,16 +313,8 @@ fn enter(ctx: &impl Syscall) -> i32 {
         _ => return 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fds = if call == SockCall::Connect {
-        u64::MAX
-    } else {
-        match watched_fds(pid_tgid) {
-            Some(fds) => fds,
-            None => return 0,
-        }
-    };
     let fd = ctx.arg(0);
-    if fds & fd_bit(fd as u32) == 0 {
+    if call != SockCall::Connect && watched(pid_tgid, fd) != Some(true) {
         return 0;
     }
     if id == SYS_CLOSE {
@@ -500,7 +504,7 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
 fn connected(pid_tgid: u64, fd: i32) {
     sock_forget(pid_tgid, fd);
     let tgid = (pid_tgid >> 32) as u32;
-    // The fd's bit first: a close on another thread between the two would
+    // The fd's byte first: a close on another thread between the two would
     // otherwise pass by the new entry and leave it for the fd's next file.
     watch_fd(tgid, fd);
     let id = unsafe { bpf_ktime_get_ns() };
@@ -508,21 +512,18 @@ fn connected(pid_tgid: u64, fd: i32) {
     let _ = SOCKETS.insert(SockKey { tgid, fd }, fresh, 0);
 }
 
-/// Set the fd's bit in its process's [`SOCK_PROCS`] entry (made if need be,
+/// Set the fd's byte in its process's [`SOCK_PROCS`] entry (made if need be,
 /// and counted in [`PROC_SLOTS`]).
 #[inline(always)]
 pub(crate) fn watch_fd(tgid: u32, fd: i32) {
-    // BPF_NOEXIST: a second thread's insert must not wipe the first's bit.
-    if SOCK_PROCS.insert(tgid, 0, BPF_NOEXIST as u64).is_ok() {
+    // BPF_NOEXIST: a second thread's insert must not wipe the first's byte.
+    if SOCK_PROCS.insert(tgid, [0; FD_SLOTS], BPF_NOEXIST as u64).is_ok() {
         add(&PROC_SLOTS, tgid, 1);
     }
-    let bit = fd_bit(fd as u32);
     if let Some(p) = SOCK_PROCS.get_ptr_mut(tgid) {
-        // SAFETY: a live map value. Tested first: an add is an OR only while
-        // the bit is clear (one fd is connected by one thread at a time).
-        if unsafe { *p } & bit == 0 {
-            atomic_add(p, bit);
-        }
+        // SAFETY: a live map value; a one-byte store, which no other
+        // thread's store to this or another byte can undo.
+        unsafe { (*p)[fd_slot(fd as u32 as u64)] = 1 };
     }
 }
 

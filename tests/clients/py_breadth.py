@@ -175,7 +175,7 @@ def vllm(a):
 def plain_threads(a):
     """Plain HTTP from 8 threads at once, each call on a connection of its own: a
     round whose sockets get fds below 63, then one above (70 files held open). The
-    kernel keeps, per process, which fds were watched sockets (one bit each, one for
+    kernel keeps, per process, which fds were watched sockets (one byte each, one for
     every fd above 62), set by threads connecting at the same moment. Prints the
     socket fds seen, so the test knows both ranges were used."""
     import threading

@@ -229,8 +229,8 @@ fn plaintext_ollama_and_vllm_endpoints_through_socket_syscalls() {
     assert_eq!(coverage_of(&stats, pid2)["records"]["socket"], 2, "{stats}");
 }
 
-/// The kernel's socket filter (a bit per fd of the process, set when a thread
-/// connects, one bit for every fd above 62) must pass each call: 8 threads
+/// The kernel's socket filter (a byte per fd of the process, set when a thread
+/// connects, one byte for every fd above 62) must pass each call: 8 threads
 /// connect at the same moment, round after round, on fds below 63 and then
 /// above (the client holds 70 files open).
 #[test]
