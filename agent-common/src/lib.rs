@@ -6,6 +6,9 @@
 //! `bool` so they carry no padding bytes (required for `aya::Pod`).
 #![no_std]
 
+pub mod ownership;
+pub use ownership::{ConnOwner, Turn, HANDED_OVER, TAKEN_FROM_EXITED};
+
 /// Bytes of plaintext carried by one [`DataEvent`]. A TLS call that moves more
 /// than this is split into several ordered chunks (`offset` tells where each
 /// belongs) instead of being truncated.
@@ -454,6 +457,10 @@ pub enum LossCounter {
     /// by then, found under its key reused by another one and dropped, so
     /// that one is copied (`IGNORED_CONNS`).
     IgnoreStale = 16,
+    /// Not a loss: calls whose two agents' programs straddled an agent's
+    /// leaving (or becoming current), settled by the second deciding from the
+    /// first's view (`ownership::view_changed`).
+    StraddledCalls = 17,
 }
 
 impl LossCounter {
@@ -477,6 +484,7 @@ impl LossCounter {
         Self::HandoverFromExited,
         Self::H2WalkStopped,
         Self::IgnoreStale,
+        Self::StraddledCalls,
     ];
 
     /// Whether the counter is a loss of data (the others count skipped work
@@ -493,24 +501,12 @@ impl LossCounter {
                 | Self::HandoverFromExited
                 | Self::H2WalkStopped
                 | Self::IgnoreStale
+                | Self::StraddledCalls
         )
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 17;
-
-/// Who copies a connection when agents overlap (a rolling upgrade), in the
-/// pinned `CONN_OWNERS` map: the owning agent's tgid, the direction of the
-/// connection's last copied call, and how it last changed hands
-/// ([`HANDED_OVER`], [`TAKEN_FROM_EXITED`]; the owner's program counts it and
-/// clears it).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnOwner {
-    pub agent: u32,
-    pub last_dir: u16,
-    pub moved: u16,
-}
+pub const LOSS_COUNTERS: u32 = 18;
 
 /// Bytes of one [`HandoffPart`]: small, as each map entry takes a whole
 /// part and most states are a verdict or a few KiB of HPACK tables.
@@ -538,11 +534,6 @@ pub struct HandoffPart {
     pub len: u32,
     pub data: [u8; HANDOFF_PART],
 }
-
-/// [`ConnOwner::moved`]: handed over at an exchange boundary.
-pub const HANDED_OVER: u16 = 1;
-/// [`ConnOwner::moved`]: taken from an agent that exited owning it.
-pub const TAKEN_FROM_EXITED: u16 = 2;
 
 /// Bytes of a connection's ingress stream (`DataHeader::stream_pos`) user
 /// space asked the kernel not to copy: `[from, to)`, the rest of a response
@@ -616,6 +607,7 @@ mod user {
     unsafe impl aya::Pod for H2Stream {}
     unsafe impl aya::Pod for H2Walk {}
     unsafe impl aya::Pod for ConnOwner {}
+    unsafe impl aya::Pod for Turn {}
     unsafe impl aya::Pod for HandoffKey {}
     unsafe impl aya::Pod for HandoffPart {}
     unsafe impl aya::Pod for GoCallKey {}

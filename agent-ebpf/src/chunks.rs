@@ -225,7 +225,13 @@ fn emit(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     }
     let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
     // Another agent's connection (an upgrade in progress): not ours to copy.
-    let owned = crate::handover::owns(key, direction, e.buf);
+    // Counted: the call began at a program that added to the thread's call
+    // count (`handover::call_begins`) on this same thread. Not Go's (a
+    // goroutine may end its call on another thread), rustls' reads and
+    // Java's (one program, no entry before it).
+    let counted = matches!(e.source, Source::OpenSsl | Source::BoringSsl | Source::Socket)
+        || (e.source == Source::Rustls && direction != DIR_INGRESS);
+    let owned = crate::handover::owns(key, direction, e.buf, counted);
     if owned == Owned::No {
         return;
     }

@@ -9,7 +9,11 @@
 //! stays with the agent that saw its exchange begin, and moves to the current
 //! agent ([`CURRENT_AGENT`], set by the new agent once its probes are attached)
 //! when the client writes a new HTTP/1.1 request after reading — the one
-//! point where no parser state is needed. A connection whose owner has exited
+//! point where no parser state is needed. An agent's leaving is not drawn
+//! from the call, and may fall between the two agents' programs of one: the
+//! first leaves its view on its CPU ([`CALL_TURNS`]) and the second decides
+//! from it, so they agree (the rule, what tells one call from the next
+//! ([`CALL_SEQS`]) and the tests: `tokentap_agent_common::ownership`). A connection whose owner has exited
 //! (drained, crashed, killed) goes to the current agent at its next call; what
 //! a killed one copied and never read is in its ring buffer, pinned for that
 //! case alone and read by the agent after it (`agent/src/orphan_rings.rs`). A
@@ -23,12 +27,13 @@
 //! parsers). A full [`CONN_OWNERS`] evicts its oldest entry: that connection is
 //! claimed again by the current agent at its next call.
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use tokentap_agent_common::{
-    ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, DIR_EGRESS, HANDED_OVER, TAKEN_FROM_EXITED,
+    ownership::{decide, first_call, view_changed, Call, Verdict, View},
+    ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, Turn,
 };
 
 use crate::ring::count_loss;
@@ -61,6 +66,36 @@ static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// Each CPU's last decision on a call while agents overlap, for the other
+/// agent's program on the same call (see `owns`). Pinned: both agents' programs
+/// read and write it.
+#[map]
+static CALL_TURNS: PerCpuArray<Turn> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each thread's call count, by thread id modulo the size, added to by every
+/// call's argument-saving program of either agent ([`call_begins`]): a turn
+/// names it, so that no program reads a turn of the thread's previous call as
+/// its own call's. A slot shared by two threads only makes a turn unmatched
+/// (the usual rule then), never matched wrongly: counts only grow. Pinned.
+#[map]
+static CALL_SEQS: Array<u64> = Array::with_max_entries(SEQ_SLOTS, 0);
+
+const SEQ_SLOTS: u32 = 4096;
+
+/// A call begins on this thread (its arguments are saved for the program that
+/// copies it): add to the thread's count, while agents may overlap.
+#[inline(always)]
+pub(crate) fn call_begins(pid_tgid: u64) {
+    if !matches!(CURRENT_AGENT.get(0), Some(&c) if c != 0) {
+        return;
+    }
+    if let Some(p) = CALL_SEQS.get_ptr_mut(pid_tgid as u32 % SEQ_SLOTS) {
+        // SAFETY: a live map value. Atomic: a lost add could bring a shared
+        // slot's count back to a value a turn names.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}
+
 /// [`owns`]: whose call it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owned {
@@ -87,59 +122,94 @@ fn starts_request(buf: u64) -> bool {
 }
 
 /// Is the call of `direction` at `buf` on `key` this agent's to copy? Both
-/// agents' programs run on the same call, one after the other; every change
-/// made here is one both would make, so whichever runs first, they agree.
+/// agents' programs run on the same call, one after the other on this CPU;
+/// the rule (`tokentap_agent_common::ownership`) makes each change to the
+/// entry one both would make, and with `counted` (the call's arguments were
+/// saved by a program that ran [`call_begins`], on this thread) the first
+/// program's [`CALL_TURNS`] gives the second the view it decided from, so an
+/// agent leaving or becoming current between them splits no call.
 #[inline(always)]
-pub(crate) fn owns(key: SslKey, direction: u32, buf: u64) -> Owned {
+pub(crate) fn owns(key: SslKey, direction: u32, buf: u64, counted: bool) -> Owned {
+    owns_call(key.tgid, key.ssl, direction, buf, counted)
+}
+
+/// [`owns`] in a frame of its own (scalar arguments, as a BPF call's must be):
+/// inlined, its locals stacked on the copy path's frames past the verifier's
+/// 512 bytes in all.
+#[inline(never)]
+fn owns_call(tgid: u64, ssl: u64, direction: u32, buf: u64, counted: bool) -> Owned {
+    let key = SslKey { tgid, ssl };
     let cur = match CURRENT_AGENT.get(0) {
         Some(&c) if c != 0 => c,
         _ => return Owned::Yes,
     };
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
     let heir = if live(cur) { cur } else { me };
-    let Some(o) = CONN_OWNERS.get_ptr_mut(key) else {
+    let fresh = View { heir, heir_is_current: heir == cur, owner: 0, owner_live: false };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let turn = if counted { CALL_TURNS.get_ptr_mut(0) } else { None };
+    let seq = match (turn, CALL_SEQS.get(pid_tgid as u32 % SEQ_SLOTS)) {
+        (Some(_), Some(&s)) => s,
+        _ => 0,
+    };
+    let call = Call { pid_tgid, conn: key.ssl, buf, direction, seq, now_ns: unsafe { bpf_ktime_get_ns() } };
+    // The second program of a call decides from the first's view. Read, then
+    // the turn checked again: a program of another thread preempting this
+    // one on this CPU may have written its own meanwhile.
+    // SAFETY: this CPU's value of a live per-CPU map; plain integers.
+    let first = match turn {
+        Some(t) if unsafe { (*t).is_first_of(me, call) } => {
+            let v = unsafe { (*t).view() };
+            unsafe { (*t).is_first_of(me, call) }.then_some(v)
+        }
+        _ => None,
+    };
+    let view = first.unwrap_or(fresh);
+    let (verdict, seen) = match CONN_OWNERS.get_ptr_mut(key) {
         // Made by the heir's own program alone: an entry for an agent that
         // does not watch the connection would outlive it (no end of its to
         // forget it at).
-        if heir != me {
-            return Owned::No;
-        }
-        let _ = CONN_OWNERS.insert(key, ConnOwner { agent: heir, last_dir: direction as u16, moved: 0 }, 0);
-        return Owned::Yes;
+        None => match first_call(me, view.heir, direction) {
+            Some(o) => {
+                let _ = CONN_OWNERS.insert(key, o, 0);
+                (Verdict::Mine, view)
+            }
+            None => (Verdict::Elsewhere, view),
+        },
+        // SAFETY: a live map value; the fields are plain integers.
+        Some(o) => decide(unsafe { &mut *o }, me, view, direction, live, || starts_request(buf)),
     };
-    // SAFETY: a live map value; the fields are plain integers.
-    unsafe {
-        let owner = (*o).agent;
-        if owner != heir {
-            if !live(owner) {
-                (*o).agent = heir;
-                (*o).moved = TAKEN_FROM_EXITED;
-            } else if heir == cur
-                && direction == DIR_EGRESS
-                && (*o).last_dir != DIR_EGRESS as u16
-                && starts_request(buf)
-            {
-                (*o).agent = heir;
-                (*o).moved = HANDED_OVER;
+    if let Some(t) = turn {
+        // SAFETY: as above.
+        unsafe {
+            if first.is_some() {
+                // The pair's turn is spent: no later program reads it.
+                (*t).clear();
+            } else {
+                (*t).record(me, call, seen);
             }
-        }
-        (*o).last_dir = direction as u16;
-        if (*o).agent != me {
-            count_loss(LossCounter::OwnedElsewhere, 1);
-            return Owned::No;
-        }
-        let moved = (*o).moved;
-        (*o).moved = 0;
-        match moved {
-            HANDED_OVER => count_loss(LossCounter::HandoverReceived, 1),
-            TAKEN_FROM_EXITED => {
-                count_loss(LossCounter::HandoverFromExited, 1);
-                return Owned::Taken;
-            }
-            _ => {}
         }
     }
-    Owned::Yes
+    if let Some(f) = first {
+        if view_changed(&f, heir, f.owner != 0 && live(f.owner)) {
+            count_loss(LossCounter::StraddledCalls, 1);
+        }
+    }
+    match verdict {
+        Verdict::Elsewhere => {
+            count_loss(LossCounter::OwnedElsewhere, 1);
+            Owned::No
+        }
+        Verdict::Mine => Owned::Yes,
+        Verdict::HandedOver => {
+            count_loss(LossCounter::HandoverReceived, 1);
+            Owned::Yes
+        }
+        Verdict::Taken => {
+            count_loss(LossCounter::HandoverFromExited, 1);
+            Owned::Taken
+        }
+    }
 }
 
 /// A connection's key may be reused: its next owner is decided afresh. Both

@@ -80,9 +80,11 @@ fn save(ctx: &ProbeContext, chunks: bool) {
         [arg, ctx.arg(2).unwrap_or(0), 0, 0]
     };
     let args = SendArgs { state, words, chunks: chunks as u64 };
-    if RUSTLS_CALLS.insert(bpf_get_current_pid_tgid(), args, 0).is_err() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if RUSTLS_CALLS.insert(pid_tgid, args, 0).is_err() {
         count_loss(LossCounter::ArgsMapFull, 1);
     }
+    crate::handover::call_begins(pid_tgid);
 }
 
 fn read_u64(at: u64) -> Option<u64> {

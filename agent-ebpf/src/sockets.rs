@@ -344,6 +344,7 @@ fn enter(ctx: &impl Syscall) -> i32 {
         count_loss(LossCounter::ArgsMapFull, 1);
     } else {
         add(&CALL_SLOTS, pid_tgid as u32, 1);
+        crate::handover::call_begins(pid_tgid);
     }
     0
 }
@@ -421,7 +422,7 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
             count_loss(LossCounter::SocketsNotHttp, 1);
             count_loss(LossCounter::SocketsTls, 1);
             let key = SslKey { tgid: pid_tgid >> 32, ssl: SOCKET_CONN | args.fd as u32 as u64 };
-            if owns(key, DIR_INGRESS, 0) != Owned::No {
+            if owns(key, DIR_INGRESS, 0, true) != Owned::No {
                 emit_hello(pid_tgid, args.fd, s.id, first, first_len);
             }
         } else {

@@ -5,6 +5,9 @@
 //! - `AGENTS`: the agents running now (tgid -> start time);
 //! - `CURRENT_AGENT`: the one new connections go to;
 //! - `CONN_OWNERS`: who copies each connection (only the kernel writes it);
+//! - `CALL_TURNS`: per CPU, the last decision on a call, for the other
+//!   agent's program on the same call, and `CALL_SEQS`, each thread's call
+//!   count that tells its calls apart (only the kernel writes them);
 //! - `CONN_STATES`: the HTTP/2 decoding states a leaving agent hands on
 //!   (`pipeline/handoff.rs`);
 //! - `H2_WALKS`, `H2_MUTED`: where the kernel stands in each HTTP/2
@@ -32,7 +35,8 @@ use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_
 use crate::pipeline::{Handed, Pipeline};
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 6] = ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CONN_STATES", "H2_WALKS", "H2_MUTED"];
+pub const PINNED: [&str; 8] =
+    ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CALL_TURNS", "CALL_SEQS", "CONN_STATES", "H2_WALKS", "H2_MUTED"];
 
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

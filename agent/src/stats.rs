@@ -189,6 +189,10 @@ counters! {
     /// under its key reused by the next connection and dropped (that one is
     /// copied, as it should be).
     kernel_ignores_stale,
+    /// Not a loss: calls whose two agents' programs straddled an agent's
+    /// leaving or becoming current (an upgrade), settled by the second
+    /// program deciding from the first's view: one agent copies each.
+    kernel_straddled_calls,
     /// Not a loss: response bodies no one records whose remaining bytes the
     /// kernel was asked not to copy: non-LLM HTTP/1.1 bodies of at least
     /// 32 KiB, and non-LLM HTTP/2 streams past their first DATA frame.
@@ -413,6 +417,7 @@ kernel_counters! {
     HandoverFromExited => kernel_handover_from_exited,
     H2WalkStopped => kernel_h2_walk_stopped,
     IgnoreStale => kernel_ignores_stale,
+    StraddledCalls => kernel_straddled_calls,
 }
 
 impl Snapshot {

@@ -417,7 +417,7 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("removed 7 pinned maps"), "{text}");
+    assert!(text.contains("removed 9 pinned maps"), "{text}");
     assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
     assert!(!fs.pins().exists());
     let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
