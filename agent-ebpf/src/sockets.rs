@@ -278,24 +278,25 @@ pub fn sock_enter(ctx: TracePointContext) -> i32 {
 #[tracepoint]
 pub fn sock_close(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = ctx.arg(0);
-    if watched(pid_tgid, fd) == Some(true) {
-        sock_forget(pid_tgid, fd as i32);
+    if let Some(fds) = watched_fds(pid_tgid) {
+        let fd = ctx.arg(0);
+        if fds[fd_slot(fd)] != 0 {
+            sock_forget(pid_tgid, fd as i32);
+        }
     }
     0
 }
 
-/// Whether `fd` of the calling process may be a watched socket; `None` when
-/// the process has none.
+/// The fd bytes of the calling process when it may have watched sockets
+/// (looked up before the fd is read: most processes stop at the slot).
 #[inline(always)]
-fn watched(pid_tgid: u64, fd: u64) -> Option<bool> {
+fn watched_fds(pid_tgid: u64) -> Option<&'static [u8; FD_SLOTS]> {
     let tgid = (pid_tgid >> 32) as u32;
     if slot_empty(&PROC_SLOTS, tgid) {
         return None;
     }
     // SAFETY: a live map value; bytes.
-    let fds = unsafe { SOCK_PROCS.get(tgid) }?;
-    Some(fds[fd_slot(fd)] != 0)
+    unsafe { SOCK_PROCS.get(tgid) }
 }
 
 #[inline(always)]
@@ -313,8 +314,16 @@ fn enter(ctx: &impl Syscall) -> i32 {
         _ => return 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
+    let fds = if call == SockCall::Connect {
+        None
+    } else {
+        match watched_fds(pid_tgid) {
+            Some(fds) => Some(fds),
+            None => return 0,
+        }
+    };
     let fd = ctx.arg(0);
-    if call != SockCall::Connect && watched(pid_tgid, fd) != Some(true) {
+    if fds.is_some_and(|f| f[fd_slot(fd)] == 0) {
         return 0;
     }
     if id == SYS_CLOSE {
