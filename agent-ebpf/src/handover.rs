@@ -82,11 +82,22 @@ static CALL_SEQS: Array<u64> = Array::with_max_entries(SEQ_SLOTS, 0);
 
 const SEQ_SLOTS: u32 = 4096;
 
+/// 1 while agents may overlap (user space: set by an agent that registers
+/// beside another, cleared by one alone for seconds): turns and call counts
+/// are kept only then, so an agent alone pays one array read a call. Pinned.
+#[map]
+static OVERLAP: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn overlapping() -> bool {
+    matches!(OVERLAP.get(0), Some(&v) if v != 0)
+}
+
 /// A call begins on this thread (its arguments are saved for the program that
 /// copies it): add to the thread's count, while agents may overlap.
 #[inline(always)]
 pub(crate) fn call_begins(pid_tgid: u64) {
-    if !matches!(CURRENT_AGENT.get(0), Some(&c) if c != 0) {
+    if !overlapping() {
         return;
     }
     if let Some(p) = CALL_SEQS.get_ptr_mut(pid_tgid as u32 % SEQ_SLOTS) {
@@ -130,42 +141,71 @@ fn starts_request(buf: u64) -> bool {
 /// agent leaving or becoming current between them splits no call.
 #[inline(always)]
 pub(crate) fn owns(key: SslKey, direction: u32, buf: u64, counted: bool) -> Owned {
-    owns_call(key.tgid, key.ssl, direction, buf, counted)
+    match CURRENT_AGENT.get(0) {
+        Some(&cur) if cur != 0 => owns_call(key.tgid, key.ssl, buf, cur, direction | (u32::from(counted) << 8)),
+        // No handover set up: every call is this agent's.
+        _ => Owned::Yes,
+    }
 }
 
-/// [`owns`] in a frame of its own (scalar arguments, as a BPF call's must be):
-/// inlined, its locals stacked on the copy path's frames past the verifier's
-/// 512 bytes in all.
-#[inline(never)]
-fn owns_call(tgid: u64, ssl: u64, direction: u32, buf: u64, counted: bool) -> Owned {
-    let key = SslKey { tgid, ssl };
-    let cur = match CURRENT_AGENT.get(0) {
-        Some(&c) if c != 0 => c,
-        _ => return Owned::Yes,
-    };
-    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+/// What this program sees: the heir (the current agent while it runs, else
+/// this one), the owner not looked at yet.
+#[inline(always)]
+fn own_view(cur: u32, me: u32) -> View {
     let heir = if live(cur) { cur } else { me };
-    let fresh = View { heir, heir_is_current: heir == cur, owner: 0, owner_live: false };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let turn = if counted { CALL_TURNS.get_ptr_mut(0) } else { None };
-    let seq = match (turn, CALL_SEQS.get(pid_tgid as u32 % SEQ_SLOTS)) {
-        (Some(_), Some(&s)) => s,
-        _ => 0,
+    View { heir, heir_is_current: heir == cur, owner: 0, owner_live: false }
+}
+
+/// [`owns`] with handover set up, in a frame of its own (at most five scalar
+/// arguments, as a BPF call's must be: `how` is the direction, and bit 8 says
+/// counted): inlined, its locals stacked on the copy path's frames past the
+/// verifier's 512 bytes in all (and, measured, it ran no faster inlined).
+#[inline(never)]
+fn owns_call(tgid: u64, ssl: u64, buf: u64, cur: u32, how: u32) -> Owned {
+    let (direction, counted) = (how & 0xff, how & 0x100 != 0);
+    let key = SslKey { tgid, ssl };
+    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let fresh = own_view(cur, me);
+    // Turns only while agents overlap: an agent alone pays one array read.
+    let turn = if counted && overlapping() { CALL_TURNS.get_ptr_mut(0) } else { None };
+    let Some(t) = turn else {
+        return owned(settle(key, me, fresh, direction, buf).0);
     };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let seq = CALL_SEQS.get(pid_tgid as u32 % SEQ_SLOTS).copied().unwrap_or(0);
     let call = Call { pid_tgid, conn: key.ssl, buf, direction, seq, now_ns: unsafe { bpf_ktime_get_ns() } };
     // The second program of a call decides from the first's view. Read, then
     // the turn checked again: a program of another thread preempting this
     // one on this CPU may have written its own meanwhile.
     // SAFETY: this CPU's value of a live per-CPU map; plain integers.
-    let first = match turn {
-        Some(t) if unsafe { (*t).is_first_of(me, call) } => {
-            let v = unsafe { (*t).view() };
-            unsafe { (*t).is_first_of(me, call) }.then_some(v)
-        }
-        _ => None,
+    let first = if unsafe { (*t).is_first_of(me, call) } {
+        let v = unsafe { (*t).view() };
+        unsafe { (*t).is_first_of(me, call) }.then_some(v)
+    } else {
+        None
     };
-    let view = first.unwrap_or(fresh);
-    let (verdict, seen) = match CONN_OWNERS.get_ptr_mut(key) {
+    let (verdict, seen) = settle(key, me, first.unwrap_or(fresh), direction, buf);
+    // SAFETY: as above.
+    unsafe {
+        if first.is_some() {
+            // The pair's turn is spent: no later program reads it.
+            (*t).clear();
+        } else {
+            (*t).record(me, call, seen);
+        }
+    }
+    if let Some(f) = first {
+        if view_changed(&f, fresh.heir, f.owner != 0 && live(f.owner)) {
+            count_loss(LossCounter::StraddledCalls, 1);
+        }
+    }
+    owned(verdict)
+}
+
+/// The rule applied to the connection's entry, seen as `view` says.
+#[inline(always)]
+fn settle(key: SslKey, me: u32, view: View, direction: u32, buf: u64) -> (Verdict, View) {
+    match CONN_OWNERS.get_ptr_mut(key) {
         // Made by the heir's own program alone: an entry for an agent that
         // does not watch the connection would outlive it (no end of its to
         // forget it at).
@@ -178,23 +218,12 @@ fn owns_call(tgid: u64, ssl: u64, direction: u32, buf: u64, counted: bool) -> Ow
         },
         // SAFETY: a live map value; the fields are plain integers.
         Some(o) => decide(unsafe { &mut *o }, me, view, direction, live, || starts_request(buf)),
-    };
-    if let Some(t) = turn {
-        // SAFETY: as above.
-        unsafe {
-            if first.is_some() {
-                // The pair's turn is spent: no later program reads it.
-                (*t).clear();
-            } else {
-                (*t).record(me, call, seen);
-            }
-        }
     }
-    if let Some(f) = first {
-        if view_changed(&f, heir, f.owner != 0 && live(f.owner)) {
-            count_loss(LossCounter::StraddledCalls, 1);
-        }
-    }
+}
+
+/// A verdict as the copy path takes it, counted.
+#[inline(always)]
+fn owned(verdict: Verdict) -> Owned {
     match verdict {
         Verdict::Elsewhere => {
             count_loss(LossCounter::OwnedElsewhere, 1);

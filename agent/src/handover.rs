@@ -7,7 +7,8 @@
 //! - `CONN_OWNERS`: who copies each connection (only the kernel writes it);
 //! - `CALL_TURNS`: per CPU, the last decision on a call, for the other
 //!   agent's program on the same call, and `CALL_SEQS`, each thread's call
-//!   count that tells its calls apart (only the kernel writes them);
+//!   count that tells its calls apart (only the kernel writes them), kept
+//!   while `OVERLAP` says agents may overlap ([`Handover::tick`]);
 //! - `CONN_STATES`: the HTTP/2 decoding states a leaving agent hands on
 //!   (`pipeline/handoff.rs`);
 //! - `H2_WALKS`, `H2_MUTED`: where the kernel stands in each HTTP/2
@@ -35,8 +36,17 @@ use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_
 use crate::pipeline::{Handed, Pipeline};
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 8] =
-    ["AGENTS", "CURRENT_AGENT", "CONN_OWNERS", "CALL_TURNS", "CALL_SEQS", "CONN_STATES", "H2_WALKS", "H2_MUTED"];
+pub const PINNED: [&str; 9] = [
+    "AGENTS",
+    "CURRENT_AGENT",
+    "CONN_OWNERS",
+    "OVERLAP",
+    "CALL_TURNS",
+    "CALL_SEQS",
+    "CONN_STATES",
+    "H2_WALKS",
+    "H2_MUTED",
+];
 
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -136,10 +146,20 @@ pub struct Handover {
     dir: PathBuf,
     agents: HashMap<MapData, u32, u64>,
     current: Array<MapData, u32>,
+    /// 1 while agents may overlap: the kernel keeps turns and call counts
+    /// (agent-ebpf's `handover::overlapping`) only then.
+    overlap: Array<MapData, u32>,
+    /// Since when this agent has seen no other (for [`Handover::tick`]).
+    alone_since: Option<Instant>,
     me: u32,
     /// When this agent started (clock ticks since boot).
     since: u64,
 }
+
+/// How long an agent alone keeps the kernel's overlap bookkeeping on: the
+/// agent before it may still have programs attached for a moment after it
+/// left (its detach, its exit).
+const ALONE_BEFORE_OVERLAP_ENDS: Duration = Duration::from_secs(5);
 
 impl Handover {
     /// Take the shared maps from a loaded object (pinned in `dir` by the
@@ -151,16 +171,38 @@ impl Handover {
         let current = take(ebpf, "CURRENT_AGENT")?;
         let current =
             Array::try_from(current).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
+        let overlap = take(ebpf, "OVERLAP")?;
+        let overlap = Array::try_from(overlap).map_err(|source| HandoverError::Map { name: "OVERLAP", source })?;
         // Another agent would take a made-up start time for a dead agent's.
         let since = started(Path::new("/proc"), me()).ok_or(HandoverError::NoStartTime(me()))?;
-        let mut h = Self { dir: dir.into(), agents, current, me: me(), since };
+        let mut h = Self { dir: dir.into(), agents, current, overlap, alone_since: None, me: me(), since };
         h.reap();
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let others = h.others();
         if !others.is_empty() {
             tracing::info!(agents = ?others, "another agent runs on this node: it keeps its connections until this one is ready");
         }
+        // Before this agent's probes attach: from their first call on, both
+        // agents' programs keep turns.
+        h.tick()?;
         Ok(h)
+    }
+
+    /// Say whether agents overlap, for the kernel: at start and every
+    /// second. On while another agent is registered; off once this one has
+    /// been alone for [`ALONE_BEFORE_OVERLAP_ENDS`].
+    pub fn tick(&mut self) -> Result<(), HandoverError> {
+        let on = if self.others().is_empty() {
+            let since = *self.alone_since.get_or_insert_with(Instant::now);
+            since.elapsed() < ALONE_BEFORE_OVERLAP_ENDS
+        } else {
+            self.alone_since = None;
+            true
+        };
+        if self.overlap.get(&0, 0).unwrap_or(0) != u32::from(on) {
+            self.overlap.set(0, u32::from(on), 0).map_err(|source| HandoverError::Map { name: "OVERLAP", source })?;
+        }
+        Ok(())
     }
 
     /// The other agents running (pid, start time): when called at start, the

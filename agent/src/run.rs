@@ -206,6 +206,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(h) = handover.as_mut().filter(|_| last_reap.elapsed() >= Duration::from_secs(1)) {
             last_reap = Instant::now();
             h.reap();
+            if let Err(e) = h.tick() {
+                tracing::warn!(error = %e, "handover: telling the kernel whether agents overlap");
+            }
             if let (Some(next), false) = (h.successor(), superseded) {
                 superseded = true;
                 tracing::warn!(

@@ -133,6 +133,25 @@ fn finish(c: std::process::Child) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The pinned `OVERLAP` flag (bpftool), if it can be read.
+fn overlap(fs: &BpfFs) -> Option<u32> {
+    let path = fs.pins().join("OVERLAP");
+    let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&path).output().ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let value = &v.as_array()?.first()?["value"];
+    match value {
+        // Raw bytes ("0x01", ...), little-endian.
+        serde_json::Value::Array(bytes) => {
+            let b: Vec<u8> = bytes
+                .iter()
+                .filter_map(|x| u8::from_str_radix(x.as_str()?.trim_start_matches("0x"), 16).ok())
+                .collect();
+            Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?))
+        }
+        other => other.as_u64().map(|n| n as u32),
+    }
+}
+
 /// Names of tokentap's maps and programs that bpftool lists (kernel names are
 /// cut at 15 bytes).
 fn ours_in_kernel() -> Vec<String> {
@@ -200,6 +219,9 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     let t = Instant::now();
     let mut second = Agent::start(&second_dir, &flag);
     let ready = t.elapsed();
+    // The kernel keeps turns for straddled calls while two agents overlap
+    // (set by the new agent before its probes attach).
+    assert_eq!(overlap(&fs), Some(1), "OVERLAP set while both agents run");
     second.wait_records(&pids, 20);
     let t = Instant::now();
     assert!(first.stop().success());
@@ -211,6 +233,10 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     for pid in &pids[..2] {
         second.wait_process_done(*pid);
     }
+    // Alone for 5 s, the new agent turns them off (one array read a call).
+    wait_for("OVERLAP cleared by the agent left alone", Duration::from_secs(20), || {
+        (overlap(&fs) == Some(0)).then_some(())
+    });
     assert!(second.stop().success());
 
     let (old, new) = (first.stats(), second.stats());
@@ -417,7 +443,7 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("removed 9 pinned maps"), "{text}");
+    assert!(text.contains("removed 10 pinned maps"), "{text}");
     assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
     assert!(!fs.pins().exists());
     let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
