@@ -66,7 +66,7 @@ static CONN_STATES: HashMap<HandoffKey, HandoffPart> = HashMap::with_max_entries
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Each CPU's last decision on a call while agents overlap, for the other
+/// Each CPU's first program's view of a call while agents overlap, for the other
 /// agent's program on the same call (see `owns`). Pinned: both agents' programs
 /// read and write it.
 #[map]

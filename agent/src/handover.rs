@@ -33,7 +33,7 @@ use aya::Ebpf;
 use thiserror::Error;
 use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_PART};
 
-use crate::pipeline::{Handed, Pipeline};
+use crate::pipeline::Handed;
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
 pub const PINNED: [&str; 9] = [
@@ -199,8 +199,17 @@ impl Handover {
             self.alone_since = None;
             true
         };
+        let set = |h: &mut Self, v: u32| {
+            h.overlap.set(0, v, 0).map_err(|source| HandoverError::Map { name: "OVERLAP", source })
+        };
         if self.overlap.get(&0, 0).unwrap_or(0) != u32::from(on) {
-            self.overlap.set(0, u32::from(on), 0).map_err(|source| HandoverError::Map { name: "OVERLAP", source })?;
+            set(self, u32::from(on))?;
+        }
+        // An agent that registered between the look and the clear set the
+        // flag itself, and the clear undid it: set it back.
+        if !on && !self.others().is_empty() {
+            self.alone_since = None;
+            set(self, 1)?;
         }
         Ok(())
     }
@@ -226,6 +235,8 @@ impl Handover {
     pub fn make_current(&mut self) -> Result<(), HandoverError> {
         let before = self.current.get(&0, 0).unwrap_or(0);
         self.current.set(0, self.me, 0).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
+        // The view changes now: the turns must be on (see `tick`).
+        self.tick()?;
         if before != 0 && before != self.me && self.others().iter().any(|&(pid, _)| pid == before) {
             tracing::info!(previous = before, "new connections are this agent's; the previous one hands its over");
         }
@@ -310,9 +321,10 @@ impl Handover {
 #[derive(Default)]
 pub struct Drain {
     pub asked: AtomicBool,
-    /// Calls in flight at the reader's last pass; `passes` counts the passes.
+    /// Calls in flight at the reader's last pass, and the passes in a row
+    /// that found none.
     in_flight: AtomicUsize,
-    passes: AtomicU64,
+    quiet_passes: AtomicU64,
     /// When this agent left with its successor current.
     left: std::sync::Mutex<Option<Instant>>,
 }
@@ -347,27 +359,30 @@ impl Drain {
     pub fn wait(&self, limit: Duration) -> (usize, Duration) {
         let started = Instant::now();
         self.asked.store(true, Ordering::Relaxed);
-        let mut quiet_since: Option<u64> = None;
         loop {
             std::thread::sleep(Duration::from_millis(10));
-            let pass = self.passes.load(Ordering::Acquire);
-            let left = self.in_flight.load(Ordering::Relaxed);
-            match (left, quiet_since) {
-                (0, None) => quiet_since = Some(pass),
-                (0, Some(p)) if pass >= p + 2 => return (0, started.elapsed()),
-                (0, Some(_)) => {}
-                _ => quiet_since = None,
+            // Counted by the reader pass by pass: a pass with calls in
+            // flight between two looks here is not missed.
+            if self.quiet_passes.load(Ordering::Acquire) >= 2 {
+                return (0, started.elapsed());
             }
             if started.elapsed() >= limit {
-                return (left, started.elapsed());
+                return (self.in_flight.load(Ordering::Relaxed), started.elapsed());
             }
         }
     }
 
-    pub fn report(&self, pipeline: &Pipeline) {
+    /// After a pass of the reader: the calls in flight (only counted once a
+    /// drain was asked for).
+    pub fn report(&self, left: impl FnOnce() -> usize) {
         if self.asked.load(Ordering::Relaxed) {
-            self.in_flight.store(pipeline.calls_in_flight(), Ordering::Relaxed);
-            self.passes.fetch_add(1, Ordering::Release);
+            let left = left();
+            self.in_flight.store(left, Ordering::Relaxed);
+            if left == 0 {
+                self.quiet_passes.fetch_add(1, Ordering::Release);
+            } else {
+                self.quiet_passes.store(0, Ordering::Release);
+            }
         }
     }
 }
@@ -497,6 +512,40 @@ pub fn uninstall(dir: &Path) -> Result<(Vec<u32>, usize), HandoverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_ends_after_two_passes_in_a_row_with_no_call_in_flight_whenever_it_looks() {
+        let drain = std::sync::Arc::new(Drain::default());
+        drain.report(|| panic!("not counted before a drain is asked for"));
+        let d = drain.clone();
+        let waiter = std::thread::spawn(move || d.wait(Duration::from_secs(20)));
+        while !drain.asked.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
+        // Passes far faster than the waiter looks (every 10 ms), for 20 of
+        // its looks: it finds a quiet last pass at half of them, but quiet
+        // passes between busy ones never add up to two in a row.
+        let busy = Instant::now();
+        while busy.elapsed() < Duration::from_millis(200) {
+            for left in [0, 3, 0, 1] {
+                drain.report(|| left);
+            }
+        }
+        assert!(!waiter.is_finished(), "ended with calls in flight at every other pass");
+        drain.report(|| 0);
+        drain.report(|| 0);
+        let (left, waited) = waiter.join().unwrap();
+        assert_eq!(left, 0);
+        assert!(waited < Duration::from_secs(20), "ended by the quiet passes, not the limit");
+    }
+
+    #[test]
+    fn a_drain_that_never_quiets_ends_at_its_limit_with_the_calls_left() {
+        let drain = Drain::default();
+        drain.asked.store(true, Ordering::Relaxed);
+        drain.report(|| 2);
+        assert_eq!(drain.wait(Duration::from_millis(30)).0, 2);
+    }
 
     #[test]
     fn a_process_start_time_is_read_past_a_command_name_with_spaces_and_parentheses() {

@@ -437,8 +437,13 @@ impl Probes {
         let mut result = Ok(());
         for (name, offset) in attach_points(&target.symbols) {
             match self.uprobe(name).and_then(|p| {
-                p.attach(offset, &path, UProbeScope::AllProcesses)
-                    .map_err(|source| ProbeError::Program { name, source })
+                let ret = matches!(p.kind(), aya::programs::ProbeKind::Return);
+                let link = p
+                    .attach(offset, &path, UProbeScope::AllProcesses)
+                    .map_err(|source| ProbeError::Program { name, source })?;
+                // The kernel names the file by our descriptor: say which it is.
+                tracing::debug!(path = %target.path.display(), offset, ret, program = name, "uprobe attached");
+                Ok(link)
             }) {
                 Ok(link) => links.push((name, link)),
                 Err(e) => {

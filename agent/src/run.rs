@@ -461,7 +461,7 @@ fn read_loop(
         // Every pass, idle ones too: the collector sink seals a batch once it is
         // old enough, whether or not new records arrived.
         pipeline.flush();
-        drain.report(&pipeline);
+        drain.report(|| pipeline.calls_in_flight());
         busy = n > 0 || drain.asked.load(Ordering::Relaxed);
         if !handed && drain.has_left() {
             if passes_since_left == 0 {

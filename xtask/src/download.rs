@@ -17,7 +17,10 @@
 //! stream after its first DATA frame, `h2_walk.rs`), so the bench fails
 //! when more than a tenth of the bytes crossed the ring buffer
 //! (`TOKENTAP_DOWNLOAD_AGENT_ARGS` adds flags to the agent's, e.g.
-//! `--syscall-hooks tracepoints`). Results: target/bench/download.md.
+//! `--syscall-hooks tracepoints`). Each pair after the first runs the client a
+//! third time with the agent's hooks placed again with nothing behind them
+//! (`bare_probes.rs`): the floor no program can go under. Results:
+//! target/bench/download.md.
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use tokentap_e2e::{Agent, Certs};
 
+use crate::bare_probes;
 use crate::overhead::Nginx;
 
 const BYTES: u64 = 300 << 20;
@@ -336,6 +340,9 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     let _nginx = Nginx::start(&work, &certs, srv.tls, "nginx-download", &location, &more)?;
     // SAFETY: set before any agent starts; xtask runs one bench at a time.
     unsafe { std::env::set_var("TOKENTAP_AGENT_BIN", agent_bin) };
+    // Each uprobe's place, in the agent's log (`bare_probes.rs`).
+    // SAFETY: as above.
+    unsafe { std::env::set_var("TOKENTAP_TEST_LOG", "info,tokentap_agent::probes=debug") };
     let script = work.join("download.mjs");
     std::fs::write(&script, JS_CLIENT)?;
     let bun = crate::workspace_root().join("tests/clients/node_modules/@oven/bun-linux-x64/bin/bun");
@@ -362,7 +369,8 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
          (its own libssl, excluded); {PAIRS} pairs alternated (the agent first in even-numbered pairs).\n"
     ));
     let mut summary = String::from(
-        "\n## Summary\n\n| client (capture method) | throughput lost | client CPU with / without |\n|---|--:|--:|\n",
+        "\n## Summary\n\n| client (capture method) | throughput lost | client CPU with / without | \
+         its hooks alone: lost / CPU |\n|---|--:|--:|--:|\n",
     );
     let mut failures = Vec::new();
     // TOKENTAP_DOWNLOAD_CLIENTS: only the clients whose name contains one of
@@ -390,26 +398,48 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
 fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(String, String, Result<(), String>)> {
     let name = client.name();
     let mut md = String::from(
-        "| pair | without agent | with agent | ratio | client CPU without / with | bytes copied | reads muted |\n\
-         |--:|--:|--:|--:|--:|--:|--:|\n",
+        "| pair | without agent | with agent | ratio | client CPU without / with | bytes copied | reads muted | \
+         same hooks, nothing behind them: ratio, client CPU |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     let (mut ratios, mut cpu_ratios, mut records, mut copied) = (Vec::new(), Vec::new(), 0, Vec::new());
+    let (mut floor_ratios, mut floor_cpu_ratios) = (Vec::new(), Vec::new());
+    let mut bare: Option<Vec<bare_probes::Target>> = None;
     let mut unmuted = 0;
     for i in 0..PAIRS {
         // Odd pairs run the agent first: a second run that is faster for
-        // being second (warm caches) favours neither side.
+        // being second (warm caches) favours neither side. The agent's
+        // hooks with nothing behind them run between the two.
         let agent_first = i % 2 == 1;
         let without_agent = || -> Result<(f64, f64)> {
             client.fresh();
             client.warm(srv)?;
             client.timed(srv)
         };
+        let bare_run = |targets: &[bare_probes::Target]| -> Result<Option<(f64, f64)>> {
+            if targets.is_empty() {
+                return Ok(None);
+            }
+            client.fresh();
+            let (_placed, n) = bare_probes::place(targets)?;
+            ensure!(n > 0, "{name}: none of the agent's hooks could be placed again: {targets:?}");
+            client.warm(srv)?;
+            Ok(Some(client.timed(srv)?))
+        };
         let mut without = if agent_first { None } else { Some(without_agent()?) };
+        let mut floor = None;
+        if let (false, Some(t)) = (agent_first, &bare) {
+            floor = bare_run(t)?;
+        }
         client.fresh();
         let agent_dir = work.join(format!("agent-{}-{i}", client.slug()));
         std::fs::create_dir_all(&agent_dir)?;
         let mut agent = Agent::start(&agent_dir, args);
         client.until_probed(srv, &agent)?;
+        if bare.is_none() {
+            // The hooks placed for this client (and every other TLS library
+            // found, and the socket hooks): taken once, with the client probed.
+            bare = Some(bare_probes::of_agent(&agent.stderr)?);
+        }
         client.warm(srv)?;
         let counted = stats_from_now(&agent);
         let before = counted["bytes"].as_u64().unwrap_or(0);
@@ -418,6 +448,7 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
         client.fresh();
         ensure!(agent.stop().success(), "agent exit");
         if without.is_none() {
+            floor = bare_run(bare.as_deref().unwrap_or(&[]))?;
             without = Some(without_agent()?);
         }
         let (base, base_cpu) = without.expect("run above");
@@ -427,8 +458,16 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
         let share = bytes as f64 / (BYTES * TIMES) as f64;
         let muted = stats["kernel_muted_reads"].as_u64().unwrap_or(0).saturating_sub(muted_before);
         eprintln!("download, {name}: pair {i}: {base:.0} MB/s without, {with:.0} MB/s with; {share:.4} copied");
+        let floor_cell = match floor {
+            Some((mbs, cpu)) => {
+                floor_ratios.push(mbs / base);
+                floor_cpu_ratios.push(cpu / base_cpu);
+                format!("{:.3}, {cpu:.2} s", mbs / base)
+            }
+            None => "-".into(),
+        };
         md.push_str(&format!(
-            "| {} | {base:.0} MB/s | {with:.0} MB/s | {:.3} | {base_cpu:.2} / {with_cpu:.2} s | {:.2} % | {muted} |\n",
+            "| {} | {base:.0} MB/s | {with:.0} MB/s | {:.3} | {base_cpu:.2} / {with_cpu:.2} s | {:.2} % | {muted} | {floor_cell} |\n",
             i + 1,
             with / base,
             share * 100.0
@@ -441,12 +480,27 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
     let (ratio, cpu_ratio) = (median(ratios), median(cpu_ratios));
     let verdict = if 1.0 - ratio < 0.03 { "met" } else { "NOT met" };
     let lost = (1.0 - ratio) * 100.0;
+    let n_bare = bare.as_ref().map_or(0, Vec::len);
+    let (floor_text, floor_cell) = if floor_ratios.is_empty() {
+        (" The agent attached no hooks: no floor run.".to_string(), "-".to_string())
+    } else {
+        let (f, fc) = (median(floor_ratios), median(floor_cpu_ratios));
+        (
+            format!(
+                " The agent's {n_bare} hooks alone, placed again with nothing behind them (uprobes \
+                 without a program, the raw syscall tracepoints with an empty one: the kernel's part, \
+                 `bare_probes.rs`): median ratio {f:.3}, {:.1} % lost, client CPU ratio {fc:.2}.",
+                (1.0 - f) * 100.0
+            ),
+            format!("{:.1} % / {fc:.2}", (1.0 - f) * 100.0),
+        )
+    };
     let section = format!(
         "\n## {name}\n\nThe agent records nothing of it (records: {records}).\n\n{md}\n\
          Median ratio {ratio:.3}: {lost:.1} % throughput lost. Target under 3 %: {verdict}. \
-         Median client CPU ratio {cpu_ratio:.2}.\n"
+         Median client CPU ratio {cpu_ratio:.2}.{floor_text}\n"
     );
-    let line = format!("| {name} | {lost:.1} % ({verdict}) | {cpu_ratio:.2} |\n");
+    let line = format!("| {name} | {lost:.1} % ({verdict}) | {cpu_ratio:.2} | {floor_cell} |\n");
     let most = copied.iter().copied().fold(0.0, f64::max);
     let ok = if records != 0 {
         Err(format!("{name}: the agent recorded {records} calls of a plain download"))

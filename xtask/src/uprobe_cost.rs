@@ -4,6 +4,8 @@
 //! This is why the agent places its OpenSSL probes on emulated instructions
 //! where it can (agent/src/discovery/placement.rs): in a KVM guest the
 //! single-step's debug exception is a VM exit.
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -44,27 +46,40 @@ fn file_offset(addr: usize) -> Result<u64> {
 
 /// A uprobe on this process at `offset` of its executable, counted by perf
 /// (no eBPF program: the cost measured is the kernel's own).
-fn open_uprobe(offset: u64) -> Result<std::os::fd::OwnedFd> {
+fn open_uprobe(offset: u64) -> Result<OwnedFd> {
+    open_probe(&std::env::current_exe()?, offset, false, 0, -1)
+}
+
+/// A uprobe (`ret`: a return probe) at `offset` of `file`, for process `pid`
+/// (0: this one, -1: all) on `cpu` (-1: any), with no eBPF program: perf
+/// counts its hits and the kernel takes the trap all the same.
+pub fn open_probe(file: &Path, offset: u64, ret: bool, pid: i32, cpu: i32) -> Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     let ty: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
         .context("no uprobe PMU in /sys/bus/event_source/devices")?
         .trim()
         .parse()?;
-    let exe = std::ffi::CString::new(std::env::current_exe()?.to_string_lossy().as_bytes())?;
-    // struct perf_event_attr: type, size, config (0: entry probe), ... flags
-    // (0: enabled), config1 = path, config2 = offset.
+    let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())?;
+    // struct perf_event_attr: type, size, config (bit 0: return probe, the
+    // PMU's `retprobe` format), ... flags (0: enabled), config1 = path,
+    // config2 = offset.
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&ty.to_ne_bytes());
     attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
-    attr[56..64].copy_from_slice(&(exe.as_ptr() as u64).to_ne_bytes());
+    attr[8..16].copy_from_slice(&u64::from(ret).to_ne_bytes());
+    attr[56..64].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
     attr[64..72].copy_from_slice(&offset.to_ne_bytes());
-    // SAFETY: a valid attr buffer; pid 0 = this process, any CPU.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0) };
+    // SAFETY: a valid attr buffer, read during the call.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), pid, cpu, -1, 0) };
     if fd < 0 {
-        bail!("perf_event_open(uprobe): {} (needs root)", std::io::Error::last_os_error());
+        bail!(
+            "perf_event_open(uprobe {}+{offset:#x}): {} (needs root)",
+            file.display(),
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: a new descriptor we own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn time_calls(f: unsafe extern "C" fn(), n: u32) -> f64 {
