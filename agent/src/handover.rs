@@ -204,12 +204,12 @@ impl Handover {
         };
         if self.overlap.get(&0, 0).unwrap_or(0) != u32::from(on) {
             set(self, u32::from(on))?;
-        }
-        // An agent that registered between the look and the clear set the
-        // flag itself, and the clear undid it: set it back.
-        if !on && !self.others().is_empty() {
-            self.alone_since = None;
-            set(self, 1)?;
+            // An agent that registered between the look and the clear set
+            // the flag itself, and the clear undid it: set it back.
+            if !on && !self.others().is_empty() {
+                self.alone_since = None;
+                set(self, 1)?;
+            }
         }
         Ok(())
     }
