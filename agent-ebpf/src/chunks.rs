@@ -52,6 +52,7 @@ use tokentap_agent_common::{
 use crate::h2_walk;
 use crate::handover::Owned;
 use crate::ring::{count_loss, wakeup_flags, BPF_RB_FORCE_WAKEUP, EVENTS};
+use crate::words;
 
 /// Connections user space has classified as not worth copying (not HTTP, HTTP/2,
 /// server side, desynchronised): their calls are skipped here, so a busy TLS
@@ -381,8 +382,8 @@ fn copy_calls(
     // path 16 bytes of its 512, and zeroing it a memset the verifier walks.
     let comm = h.comm.as_mut_ptr();
     if unsafe { bpf_get_current_comm(comm.cast(), 16) } != 0 {
-        // SAFETY: 16 bytes of the live map value, written as two words.
-        unsafe { core::ptr::write_unaligned(comm.cast::<[u64; 2]>(), [0, 0]) };
+        // SAFETY: the 16 bytes of the live map value's name.
+        unsafe { words::zero_bytes(comm.cast(), 16) };
     }
     // A process's first captured call wakes user space at once: it reads the
     // process's attribution (/proc/PID: executable, cgroup, environment) while
@@ -402,8 +403,8 @@ fn copy_calls(
         (*c).buf = e.buf;
         (*c).len = len;
         (*c).pos = pos;
-        (*c).off = 0;
-        (*c).call = 0;
+        words::zero(&mut (*c).off);
+        words::zero(&mut (*c).call);
         (*c).segmented = u32::from(segmented);
         (*c).slot = slot;
         (*c).wake = wake;

@@ -39,6 +39,7 @@ use aya_ebpf::{
 use tokentap_agent_common::{H2Stream, H2Walk, LossCounter, SslKey, SCRATCH_SLOTS};
 
 use crate::ring::count_loss;
+use crate::words;
 
 const DATA: u64 = 0;
 const END_STREAM: u64 = 0x1;
@@ -99,16 +100,23 @@ pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
     if !walked && read_yet {
         return;
     }
-    let mut start = [0u8; 8];
+    // A word, not a byte array: zeroing one is a memset call (`words`).
+    let mut start = 0u64;
     let src = buf as *const core::ffi::c_void;
-    if unsafe { raw_probe_read_user(start.as_mut_ptr().cast(), 8, src) } != 0 || &start != b"PRI * HT" {
+    let read = unsafe { raw_probe_read_user((&mut start as *mut u64).cast(), 8, src) };
+    if read != 0 || start != u64::from_le_bytes(*b"PRI * HT") {
         return;
     }
     if walked {
         let _ = H2_WALKS.remove(key);
         count_loss(LossCounter::H2WalkStopped, 1);
     } else {
-        let w = Walk { id: 0, base: 0, at: 0, payload_end: 0, have: 0, first: 0, acc: 0, muted: 0 };
+        let mut w = core::mem::MaybeUninit::<Walk>::uninit();
+        // SAFETY: a walk is eight u64 words, all zero at its start.
+        let w = unsafe {
+            words::zero_words(w.as_mut_ptr());
+            &*w.as_ptr()
+        };
         let _ = H2_WALKS.insert(key, w, 0);
     }
 }
@@ -130,7 +138,7 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     // only stops the walk at the next check). The walk is copied map to map:
     // a copy on the stack would cost the deep copy path 64 bytes of its 512.
     let p = unsafe { &mut *plan };
-    p.w = unsafe { *wp };
+    unsafe { words::copy(&mut p.w, wp) };
     let w = &mut p.w;
     if w.base == 0 {
         w.id = base;
@@ -155,9 +163,9 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     p.buf = buf;
     p.pos = pos;
     p.end = end;
-    p.n = 0;
-    p.overflow = 0;
-    p.skipped = 0;
+    words::zero(&mut p.n);
+    words::zero(&mut p.overflow);
+    words::zero(&mut p.skipped);
     let mut ctx = slot as u64;
     unsafe { bpf_loop(MAX_STEPS, step as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
     // SAFETY: as above.
@@ -167,7 +175,7 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
         return None;
     }
     // SAFETY: as above.
-    unsafe { *wp = p.w };
+    unsafe { words::copy(wp, &p.w) };
     Some(plan)
 }
 
@@ -215,11 +223,15 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         if n == 0 || n > FRAME_HEADER {
             return 1;
         }
-        let mut b = [0u8; 16];
+        let mut head = [0u64; 2];
+        words::zero(&mut head[0]);
+        words::zero(&mut head[1]);
         let src = (c.buf + (at - c.pos)) as *const core::ffi::c_void;
-        if unsafe { raw_probe_read_user(b.as_mut_ptr().cast(), n as u32, src) } != 0 {
+        if unsafe { raw_probe_read_user(head.as_mut_ptr().cast(), n as u32, src) } != 0 {
             return 1;
         }
+        // SAFETY: the 16 bytes of `head`.
+        let b = unsafe { &*head.as_ptr().cast::<[u8; 16]>() };
         let mut i = 0;
         while i < FRAME_HEADER as usize {
             if (i as u64) < n {
@@ -242,9 +254,9 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         let kind = (c.w.acc >> 40) & 0xff;
         let flags = (c.w.acc >> 32) & 0xff;
         let stream = c.w.acc & 0x7fff_ffff;
-        c.w.have = 0;
-        c.w.acc = 0;
-        c.w.first = 0;
+        words::zero(&mut c.w.have);
+        words::zero(&mut c.w.acc);
+        words::zero(&mut c.w.first);
         c.w.payload_end = c.w.at + len;
         c.w.muted = 0;
         if kind == DATA && len > 0 {

@@ -21,7 +21,8 @@
 //! - [`chunks`]: the copy path all capture methods share (connection filter,
 //!   per-CPU scratch, ordered chunks into the ring buffer);
 //! - [`ring`]: the ring buffer itself, its wake-up policy, control events and the
-//!   loss counters.
+//!   loss counters;
+//! - [`words`]: stores and copies kept from becoming byte-at-a-time calls.
 //!
 //! Program and map names are what user space loads them by (`agent/src/probes.rs`):
 //! they are the function and static names, whatever module they live in.
@@ -44,6 +45,7 @@ mod process;
 mod ring;
 mod rustls;
 mod sockets;
+mod words;
 
 #[cfg(not(test))]
 #[panic_handler]

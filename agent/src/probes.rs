@@ -549,6 +549,10 @@ fn raise_memlock_limit() {
 }
 
 #[cfg(test)]
+#[path = "probes_object_tests.rs"]
+mod object_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
