@@ -104,7 +104,7 @@ pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
     let mut start = 0u64;
     let src = buf as *const core::ffi::c_void;
     let read = unsafe { raw_probe_read_user((&mut start as *mut u64).cast(), 8, src) };
-    if read != 0 || start != u64::from_le_bytes(*b"PRI * HT") {
+    if read != 0 || start != u64::from_ne_bytes(*b"PRI * HT") {
         return;
     }
     if walked {

@@ -22,6 +22,7 @@ pub(crate) fn zero<T: Default>(p: &mut T) {
 /// Both point to valid, 8-aligned `T`s whose size is a multiple of 8.
 #[inline(always)]
 pub(crate) unsafe fn copy<T: Copy>(dst: *mut T, src: *const T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8) };
     let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     let mut i = 0;
     while i < core::mem::size_of::<T>() / 8 {
@@ -38,6 +39,7 @@ pub(crate) unsafe fn copy<T: Copy>(dst: *mut T, src: *const T) {
 /// `dst` is valid for writes of an 8-aligned `T` whose size is a multiple of 8.
 #[inline(always)]
 pub(crate) unsafe fn zero_words<T>(dst: *mut T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8) };
     let p = dst.cast::<u64>();
     let mut i = 0;
     while i < core::mem::size_of::<T>() / 8 {

@@ -233,10 +233,10 @@ impl Handover {
 
     /// New connections are this agent's from now on (its probes are attached).
     pub fn make_current(&mut self) -> Result<(), HandoverError> {
+        // The view is about to change: the turns must be on first (see `tick`).
+        self.tick()?;
         let before = self.current.get(&0, 0).unwrap_or(0);
         self.current.set(0, self.me, 0).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
-        // The view changes now: the turns must be on (see `tick`).
-        self.tick()?;
         if before != 0 && before != self.me && self.others().iter().any(|&(pid, _)| pid == before) {
             tracing::info!(previous = before, "new connections are this agent's; the previous one hands its over");
         }

@@ -442,7 +442,8 @@ impl Probes {
                     .attach(offset, &path, UProbeScope::AllProcesses)
                     .map_err(|source| ProbeError::Program { name, source })?;
                 // The kernel names the file by our descriptor: say which it is.
-                tracing::debug!(path = %target.path.display(), offset, ret, program = name, "uprobe attached");
+                let (_, inode, mtime_ns) = target.key;
+                tracing::debug!(path = %target.path.display(), inode, mtime_ns, offset, ret, program = name, "uprobe attached");
                 Ok(link)
             }) {
                 Ok(link) => links.push((name, link)),

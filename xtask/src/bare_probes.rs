@@ -31,14 +31,27 @@ pub enum Target {
 /// the kernel's BPF link info (in the bench no other program is attached).
 pub fn of_agent(log: &Path) -> Result<Vec<Target>> {
     let mut found = BTreeSet::new();
+    let mut other_files = BTreeSet::new();
     for line in std::fs::read_to_string(log)?.lines().map(plain).filter(|l| l.contains("uprobe attached")) {
         let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k).map(str::to_string));
-        let (Some(path), Some(offset), Some(ret)) = (field("path="), field("offset="), field("ret=")) else {
-            bail!("an attach line without its path, offset or kind: {line}");
+        let (Some(path), Some(inode), Some(mtime), Some(offset), Some(ret)) =
+            (field("path="), field("inode="), field("mtime_ns="), field("offset="), field("ret="))
+        else {
+            bail!("an attach line without its path, file, offset or kind: {line}");
         };
-        found.insert(Target::Uprobe(host_path(&path), offset.parse()?, ret == "true"));
+        let file = host_path(&path);
+        // The same file, not one of the same name: a container's build of a
+        // library at another offset would put a breakpoint mid-instruction.
+        if identity(&file) != Some((inode.parse()?, mtime.parse()?)) {
+            other_files.insert(path);
+            continue;
+        }
+        found.insert(Target::Uprobe(file, offset.parse()?, ret == "true"));
     }
-    ensure!(!found.is_empty(), "no `uprobe attached` line in {} (log level?)", log.display());
+    if !other_files.is_empty() {
+        eprintln!("bare probes: not placed again, not the host's file: {other_files:?}");
+    }
+    ensure!(!found.is_empty(), "no `uprobe attached` line for a host file in {} (log level?)", log.display());
     let mut id = 0u32;
     loop {
         // BPF_LINK_GET_NEXT_ID: start_id, next_id.
@@ -80,8 +93,15 @@ fn plain(line: &str) -> String {
     out
 }
 
-/// A path found through `/proc/PID/root` (the process may be gone): the
-/// bench's processes share the host's root.
+/// A file's inode and modification time in nanoseconds (the agent's key).
+fn identity(file: &Path) -> Option<(u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(file).ok()?;
+    Some((md.ino(), md.mtime() * 1_000_000_000 + md.mtime_nsec()))
+}
+
+/// A path found through `/proc/PID/root` (the process may be gone), as seen
+/// from the host's root; whether it is the same file is checked apart.
 fn host_path(p: &str) -> PathBuf {
     let parts: Vec<&str> = p.splitn(5, '/').collect();
     match parts.as_slice() {
@@ -201,11 +221,28 @@ mod tests {
 
     #[test]
     fn an_attach_line_is_read_past_its_colours_and_a_dead_process_s_root() {
-        let line = "\x1b[2m2026\x1b[0m DEBUG tokentap_agent::probes: uprobe attached \x1b[3mpath\x1b[0m\x1b[2m=\x1b[0m/proc/77/root/usr/bin/node offset=4096 ret=true program=\"ssl_read_ret\"";
+        let line = "\x1b[2m2026\x1b[0m DEBUG tokentap_agent::probes: uprobe attached \x1b[3mpath\x1b[0m\x1b[2m=\x1b[0m/proc/77/root/usr/bin/node inode=5 mtime_ns=6 offset=4096 ret=true program=\"ssl_read_ret\"";
         let p = plain(line);
-        assert!(p.contains("path=/proc/77/root/usr/bin/node offset=4096 ret=true"), "{p}");
+        assert!(p.contains("path=/proc/77/root/usr/bin/node inode=5 mtime_ns=6 offset=4096 ret=true"), "{p}");
         assert_eq!(host_path("/proc/77/root/usr/bin/node"), PathBuf::from("/usr/bin/node"));
         assert_eq!(host_path("/usr/lib/libssl.so.3"), PathBuf::from("/usr/lib/libssl.so.3"));
         assert_eq!(host_path("/proc/self/root/x"), PathBuf::from("/proc/self/root/x"));
+    }
+
+    #[test]
+    fn a_file_of_the_same_name_is_not_the_file_the_agent_probed() {
+        let dir = std::env::temp_dir().join(format!("tokentap-bare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("libssl.so.3");
+        std::fs::write(&f, b"one").unwrap();
+        let first = identity(&f).expect("a file");
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&f, b"two").unwrap();
+        // Another build: its inode may be the freed one, its time is not.
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(when).unwrap();
+        assert_ne!(identity(&f), Some(first), "a new file under the old name");
+        assert_eq!(identity(&dir.join("gone")), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

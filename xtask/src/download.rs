@@ -438,7 +438,11 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
         if bare.is_none() {
             // The hooks placed for this client (and every other TLS library
             // found, and the socket hooks): taken once, with the client probed.
-            bare = Some(bare_probes::of_agent(&agent.stderr)?);
+            // Java's are bytecode the Java agent adds to a JVM: none to place.
+            bare = Some(match client {
+                Client::Java { .. } => Vec::new(),
+                _ => bare_probes::of_agent(&agent.stderr)?,
+            });
         }
         client.warm(srv)?;
         let counted = stats_from_now(&agent);
@@ -480,16 +484,20 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
     let (ratio, cpu_ratio) = (median(ratios), median(cpu_ratios));
     let verdict = if 1.0 - ratio < 0.03 { "met" } else { "NOT met" };
     let lost = (1.0 - ratio) * 100.0;
-    let n_bare = bare.as_ref().map_or(0, Vec::len);
+    let targets = bare.unwrap_or_default();
+    let raw = targets.iter().filter(|t| matches!(t, bare_probes::Target::RawSyscalls(_))).count();
+    let uprobes = targets.len() - raw;
     let (floor_text, floor_cell) = if floor_ratios.is_empty() {
-        (" The agent attached no hooks: no floor run.".to_string(), "-".to_string())
+        (" No floor run: no hooks of the agent's to place again (Java's are bytecode).".to_string(), "-".to_string())
     } else {
         let (f, fc) = (median(floor_ratios), median(floor_cpu_ratios));
+        let without_raw = if raw == 0 { " (no raw syscall tracepoints: the socket hooks are not in it)" } else { "" };
         (
             format!(
-                " The agent's {n_bare} hooks alone, placed again with nothing behind them (uprobes \
-                 without a program, the raw syscall tracepoints with an empty one: the kernel's part, \
-                 `bare_probes.rs`): median ratio {f:.3}, {:.1} % lost, client CPU ratio {fc:.2}.",
+                " The agent's {uprobes} uprobes and {raw} raw syscall tracepoints alone{without_raw}, placed \
+                 again with nothing behind them (uprobes without a program, the tracepoints with an empty \
+                 one: the kernel's part, `bare_probes.rs`): median ratio {f:.3}, {:.1} % lost, client CPU \
+                 ratio {fc:.2}.",
                 (1.0 - f) * 100.0
             ),
             format!("{:.1} % / {fc:.2}", (1.0 - f) * 100.0),

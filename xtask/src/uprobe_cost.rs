@@ -69,8 +69,10 @@ pub fn open_probe(file: &Path, offset: u64, ret: bool, pid: i32, cpu: i32) -> Re
     attr[8..16].copy_from_slice(&u64::from(ret).to_ne_bytes());
     attr[56..64].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
     attr[64..72].copy_from_slice(&offset.to_ne_bytes());
-    // SAFETY: a valid attr buffer, read during the call.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), pid, cpu, -1, 0) };
+    // SAFETY: a valid attr buffer, read during the call. Close-on-exec: a
+    // client the bench starts must not keep the probe alive.
+    const PERF_FLAG_FD_CLOEXEC: u64 = 8;
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC) };
     if fd < 0 {
         bail!(
             "perf_event_open(uprobe {}+{offset:#x}): {} (needs root)",
