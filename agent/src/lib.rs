@@ -24,6 +24,7 @@ pub mod open_sockets;
 pub mod orphan_rings;
 pub mod pipeline;
 pub mod probes;
+pub mod program_misses;
 pub mod providers;
 pub mod run;
 pub mod sinks;

@@ -295,6 +295,7 @@ pub struct LossReader {
     map: PerCpuArray<MapData, u64>,
     fill: PerCpuArray<MapData, u64>,
     ring_bytes: u32,
+    misses: crate::program_misses::ProgramMisses,
 }
 
 impl LossReader {
@@ -312,6 +313,7 @@ impl LossReader {
             }
         }
         Stats::set(&stats.ring_buffer_size_bytes, self.ring_bytes as u64);
+        self.misses.update(stats);
     }
 }
 
@@ -390,7 +392,10 @@ impl Probes {
         };
         let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
         let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
-        let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes };
+        // Every program is loaded by now (the socket hooks' too).
+        let misses = crate::program_misses::ProgramMisses::of(&ebpf);
+        tracing::debug!(programs = misses.len(), "reading the kernel's skipped runs of");
+        let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes, misses };
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
         let channels = Channels { events, ring_pin, loss, ignored, sockets };

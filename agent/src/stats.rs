@@ -193,6 +193,10 @@ counters! {
     /// leaving or becoming current (an upgrade), settled by the second
     /// program deciding from the first's view: one agent copies each.
     kernel_straddled_calls,
+    /// Runs of the agent's eBPF programs the kernel skipped because one of
+    /// the same kind was running on that CPU (each may be a call not copied;
+    /// `program_misses`), summed over its programs.
+    kernel_program_misses,
     /// Not a loss: response bodies no one records whose remaining bytes the
     /// kernel was asked not to copy: non-LLM HTTP/1.1 bodies of at least
     /// 32 KiB, and non-LLM HTTP/2 streams past their first DATA frame.
@@ -437,7 +441,8 @@ impl Snapshot {
     }
 
     pub fn kernel_losses(&self) -> u64 {
-        LossCounter::ALL.into_iter().filter(|c| c.is_loss()).map(|c| self.kernel(c)).sum()
+        let counted: u64 = LossCounter::ALL.into_iter().filter(|c| c.is_loss()).map(|c| self.kernel(c)).sum();
+        counted + self.kernel_program_misses
     }
 
     /// Write as JSON, atomically (write then rename).
@@ -505,6 +510,9 @@ mod tests {
         assert_eq!((snap.kernel_filtered_calls, snap.kernel_sockets_not_http), (1, 1));
         // Skipped work (filtered calls, non-HTTP sockets) is not a loss.
         assert_eq!(snap.kernel_losses(), 8);
+        // Runs the kernel skipped are a loss too.
+        Stats::set(&s.kernel_program_misses, 3);
+        assert_eq!(s.snapshot().kernel_losses(), 11);
     }
 
     /// Every counter is in docs/operations.md (its table, or /metrics' list).

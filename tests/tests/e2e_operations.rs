@@ -74,6 +74,9 @@ fn captures_with_only_the_documented_capabilities_and_serves_metrics() {
     ] {
         assert!(m.contains(name), "{name} in /metrics");
     }
+    // The kernel's skipped runs of the agent's programs, read from the
+    // kernel: none on a kernel whose syscall tracepoints are not preempted.
+    assert!(m.contains("\ntokentap_agent_kernel_program_misses_total 0\n"), "{m}");
     // The ring buffer's size and its fill level over the last second (a gauge).
     let gauge = |name: &str| -> u64 {
         let line = m.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}:\n{m}"));
