@@ -492,23 +492,6 @@ pub fn remove_pins(dir: &Path) -> Result<usize, HandoverError> {
     Ok(n)
 }
 
-/// `tokentap-agent uninstall`: the agents still running (from the pinned
-/// map) and the pins removed.
-pub fn uninstall(dir: &Path) -> Result<(Vec<u32>, usize), HandoverError> {
-    let running = MapData::from_pin(dir.join("AGENTS"))
-        .ok()
-        .and_then(|m| HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(m)).ok())
-        .map(|agents| {
-            let all: Vec<(u32, u64)> = agents.iter().filter_map(Result::ok).collect();
-            all.into_iter()
-                .filter(|&(pid, since)| started(Path::new("/proc"), pid) == Some(since))
-                .map(|(p, _)| p)
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok((running, remove_pins(dir)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

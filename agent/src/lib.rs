@@ -30,6 +30,7 @@ pub mod run;
 pub mod sinks;
 pub mod socket_hooks;
 pub mod stats;
+pub mod uninstall;
 
 /// Deterministic garbage for the tests that feed parsers arbitrary bytes.
 #[cfg(test)]

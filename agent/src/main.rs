@@ -55,10 +55,13 @@ fn main() -> std::process::ExitCode {
 /// `tokentap-agent uninstall`: remove the handover pins, say what was there.
 fn uninstall(dir: Option<&std::path::Path>) -> std::process::ExitCode {
     let dir = dir.unwrap_or(std::path::Path::new("/sys/fs/bpf/tokentap"));
-    match tokentap_agent::handover::uninstall(dir) {
-        Ok((running, pins)) => {
-            println!("removed {pins} pinned maps from {}", dir.display());
-            for pid in running {
+    match tokentap_agent::uninstall::uninstall(dir) {
+        Ok(done) => {
+            println!("removed {} pinned maps from {}", done.removed, dir.display());
+            for name in &done.left {
+                println!("left {name}: not a map tokentap pinned");
+            }
+            for pid in done.running {
                 // Its own maps stay with it until it exits; nothing is pinned for it any more.
                 println!("agent {pid} still runs: its probes go when it stops");
             }

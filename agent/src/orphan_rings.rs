@@ -71,6 +71,11 @@ fn claimed_name(format: u32, pid: u32, since: u64, by: (u32, u64)) -> String {
 
 const CLAIM: &str = "-by-";
 
+/// Whether `name` is a ring pin's (its agent's or a claim's).
+pub fn is_ring_pin(name: &str) -> bool {
+    parse(name).is_some()
+}
+
 /// A ring pin's name, parsed; None for any other file.
 fn parse(name: &str) -> Option<Pin> {
     let rest = name.strip_prefix(PREFIX)?;

@@ -1,19 +1,22 @@
 //! Runs of the agent's eBPF programs the kernel skipped, read from the kernel.
 //!
-//! Why this exists: the kernel does not run a program when one it guards
-//! against nesting is already running on that CPU, and says so only in the
-//! program's own `recursion_misses` count: a uprobe program is skipped while
-//! any kprobe, uprobe or perf-event program runs on its CPU, a raw tracepoint
-//! program (the socket hooks' `sys_enter`/`sys_exit`) while its own run is
-//! not done. Ours run in task context, so this takes another tool's programs
-//! interleaving with ours, or a kernel that runs them preemptibly: rare, and
-//! each skipped run may be a call not copied, which
-//! nothing else in the agent would see: so every second the agent reads each
-//! of its programs' counts (`BPF_OBJ_GET_INFO_BY_FD`, counted by the kernel
-//! whether or not `kernel.bpf_stats_enabled` is on, since Linux 5.12) and
-//! sums them into `kernel_program_misses`, a loss counter, and names the
-//! programs that missed runs in a warning.
+//! Why this exists: the kernel does not run some programs when one of them
+//! is already running on that CPU, and says so only in the program's own
+//! `recursion_misses` count. Of the agent's programs, the raw tracepoint ones
+//! (the socket hooks' `sys_enter`/`sys_exit`, exec and exit) are guarded
+//! against their own nesting and counted since Linux 6.1, the syscalls'
+//! tracepoint ones (`--syscall-hooks tracepoints`) since 6.7; uprobe programs
+//! are not guarded since 6.0 (never skipped) and were never counted before.
+//! A program of ours runs in task context, so a skipped run takes a kernel
+//! that runs tracepoint programs preemptibly, or a bug: expected never, and
+//! each one may be a call not copied, which nothing else in the agent would
+//! see. So every second the agent reads each of its programs' counts
+//! (`BPF_OBJ_GET_INFO_BY_FD`; the kernel keeps them whether or not
+//! `kernel.bpf_stats_enabled` is on), sums them into `kernel_program_misses`,
+//! a loss counter, and names the programs that missed runs in a warning (at
+//! most once a minute).
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use aya::programs::ProgramFd;
 use aya::Ebpf;
@@ -37,8 +40,8 @@ struct InfoAttr {
     info: u64,
 }
 
-/// The kernel's count of `prog`'s skipped runs; `None` when the kernel keeps
-/// none (before 5.12) or refuses to say.
+/// The kernel's count of `prog`'s skipped runs; `None` when the kernel's
+/// program info has no such field (before 5.12) or it refuses to say.
 pub fn misses(prog: BorrowedFd<'_>) -> Option<u64> {
     let mut info = [0u64; INFO_WORDS];
     let mut attr = InfoAttr {
@@ -61,9 +64,21 @@ pub fn misses(prog: BorrowedFd<'_>) -> Option<u64> {
     Some(info[RECURSION_MISSES / 8])
 }
 
-/// The agent's loaded programs and what each had missed at the last read.
+/// How often, at most, the agent warns of skipped runs.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// One of the agent's programs, its count at the last read, and at the last warning.
+struct Program {
+    name: String,
+    fd: ProgramFd,
+    last: u64,
+    warned: u64,
+}
+
+/// The agent's loaded programs and what each had missed.
 pub struct ProgramMisses {
-    programs: Vec<(String, ProgramFd, u64)>,
+    programs: Vec<Program>,
+    last_warning: Option<Instant>,
 }
 
 impl ProgramMisses {
@@ -73,10 +88,10 @@ impl ProgramMisses {
             .programs()
             .filter_map(|(name, p)| {
                 let fd = p.fd().ok()?.try_clone().ok()?;
-                Some((name.to_owned(), fd, 0))
+                Some(Program { name: name.to_owned(), fd, last: 0, warned: 0 })
             })
             .collect();
-        Self { programs }
+        Self { programs, last_warning: None }
     }
 
     /// How many programs are read.
@@ -88,25 +103,32 @@ impl ProgramMisses {
         self.programs.is_empty()
     }
 
-    /// Sum the programs' skipped runs into `stats`, and warn of those that
-    /// missed runs since the last read.
+    /// Sum the programs' skipped runs into `stats` (a read that fails keeps
+    /// the program's last count: a total that went down would read as a
+    /// counter reset, and its whole value as new misses), and warn of those
+    /// that missed runs, at most once a minute.
     pub fn update(&mut self, stats: &Stats) {
         let mut total = 0;
-        let mut grew = Vec::new();
-        for (name, fd, last) in &mut self.programs {
-            let Some(n) = misses(fd.as_fd()) else { continue };
-            if n > *last {
-                grew.push(format!("{name} +{}", n - *last));
-                *last = n;
-            }
-            total += n;
+        for p in &mut self.programs {
+            p.last = misses(p.fd.as_fd()).unwrap_or(p.last).max(p.last);
+            total += p.last;
         }
         Stats::set(&stats.kernel_program_misses, total);
+        if self.last_warning.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            return;
+        }
+        let mut grew = Vec::new();
+        for p in self.programs.iter_mut().filter(|p| p.last > p.warned) {
+            grew.push(format!("{} +{}", p.name, p.last - p.warned));
+            p.warned = p.last;
+        }
         if !grew.is_empty() {
+            self.last_warning = Some(Instant::now());
             tracing::warn!(
                 programs = grew.join(", "),
-                "the kernel skipped runs of these programs (one of the same kind was running on that CPU): \
-                 calls may be lost, counted in kernel_program_misses"
+                total,
+                "the kernel skipped runs of these programs (one it guards against nesting was running on that \
+                 CPU): calls may be lost, counted in kernel_program_misses"
             );
         }
     }

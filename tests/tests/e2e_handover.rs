@@ -440,12 +440,27 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
         std::fs::read_dir(fs.pins()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("ring-f"));
     assert!(ring, "and its ring buffer, for the agent after it to read");
     assert!(!ours_in_kernel().is_empty(), "the pinned maps hold kernel memory");
+    // A map a later version pinned (a rollback ran this older agent last),
+    // and another tool's pin in the same directory.
+    let pin_map = |name: &str| {
+        let path = fs.pins().join(name).display().to_string();
+        let args = ["map", "create", &path, "type", "array", "key", "4", "value", "8", "entries", "1", "name", name];
+        let out = Command::new("bpftool").args(args).output().unwrap();
+        assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    pin_map("A_LATER_VERSION");
+    pin_map("other_tool");
     let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("removed 10 pinned maps"), "{text}");
+    assert!(text.contains("removed 11 pinned maps"), "{text}");
+    assert!(text.contains("left other_tool: not a map tokentap pinned"), "{text}");
     assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
-    assert!(!fs.pins().exists());
+    let left: Vec<String> =
+        std::fs::read_dir(fs.pins()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["other_tool"], "the other tool's pin stays, and so does the directory holding it");
+    std::fs::remove_file(fs.pins().join("other_tool")).unwrap();
+    std::fs::remove_dir(fs.pins()).unwrap();
     let left = wait_for("tokentap's maps and programs gone", Duration::from_secs(10), || {
         let l = ours_in_kernel();
         l.is_empty().then_some(l)
