@@ -193,9 +193,9 @@ counters! {
     /// leaving or becoming current (an upgrade), settled by the second
     /// program deciding from the first's view: one agent copies each.
     kernel_straddled_calls,
-    /// Runs of the agent's eBPF programs the kernel skipped because one of
-    /// the same kind was running on that CPU (each may be a call not copied;
-    /// `program_misses`), summed over its programs.
+    /// Runs of the agent's eBPF programs the kernel skipped because the same
+    /// program was already running on that CPU (each may be a call not
+    /// copied; `program_misses`), summed over its programs.
     kernel_program_misses,
     /// Not a loss: response bodies no one records whose remaining bytes the
     /// kernel was asked not to copy: non-LLM HTTP/1.1 bodies of at least
