@@ -36,7 +36,44 @@
 //! end on another thread than it began; rustls' reads; Java's) take no turn
 //! and keep the rule without it, as do a call whose two programs ran on two
 //! CPUs and a vectored call (its buffers take a turn each).
+//!
+//! Why a connection moves only at a call that began under its heir: a
+//! keep-alive connection moves to the current agent at its next request,
+//! decided at the write's copy (its return, where the count is known). A
+//! write whose entry came before the new agent's probes attached, and whose
+//! return after it became current (~0.1 ms later, then),
+//! has no arguments saved by the new agent's entry, so its program copies
+//! nothing; moved there, the request was copied by neither (seen once in a
+//! CI run of the rolling upgrade: one call of 1,501, its response joined
+//! midway). So a call's argument-saving program also records the current
+//! agent as it found it, tagged with its thread ([`began_under`]), and the
+//! heir counts as current for a move only when that is still the current
+//! agent at the copy ([`began_under_current`]); otherwise the connection
+//! stays, and moves at the next request. The record is one agent's own (its
+//! own programs write and read it); when the two programs' records differ
+//! (the switch between the call's two entries), the first program's copy
+//! marks the connection's last call a write, so the second does not move it
+//! either. An agent becomes current a moment (20 ms) after its probes
+//! attach, so that practically no probe hit that missed its entry program
+//! finds it current. An agent of a release before this rule moves a
+//! connection at such a call as before: the first upgrade from one is
+//! covered by the new agent's wait alone.
 use crate::DIR_EGRESS;
+
+/// What a call's argument-saving program records (by thread id modulo the
+/// map's size): its thread id and the current agent it found.
+#[inline(always)]
+pub fn began_under(pid_tgid: u64, current: u32) -> u64 {
+    (u64::from(pid_tgid as u32) << 32) | u64::from(current)
+}
+
+/// Did this thread's call begin under `current` (`began`: what its
+/// argument-saving program recorded)? Not when the record is another
+/// thread's (one sharing the slot wrote since), or there is none.
+#[inline(always)]
+pub fn began_under_current(began: u64, pid_tgid: u64, current: u32) -> bool {
+    current != 0 && began == began_under(pid_tgid, current)
+}
 
 /// Who copies a connection when agents overlap (a rolling upgrade), in the
 /// pinned `CONN_OWNERS` map: the owning agent's tgid, the direction of the

@@ -43,6 +43,13 @@ struct Node {
     counted: bool,
     /// Pairs whose view changed between their two programs.
     changed: u32,
+    /// What each agent's argument-saving program recorded at the call's
+    /// start (`began_under`; 0: its entry probe was not there).
+    began: [u64; 2],
+}
+
+fn slot(agent: u32) -> usize {
+    usize::from(agent == NEW)
 }
 
 /// A call: its direction, whether it starts an HTTP/1.1 request, its buffer.
@@ -76,6 +83,7 @@ impl Node {
             seq: 0,
             counted: true,
             changed: 0,
+            began: [0; 2],
         }
     }
 
@@ -95,6 +103,12 @@ impl Node {
     fn call_begins(&mut self) {
         self.seq += u64::from(self.counted);
         self.now_ns += 3_000;
+        self.began = [began_under(THREAD, self.current); 2];
+    }
+
+    /// One agent's entry program alone (the two run apart in `entries_apart`).
+    fn entry(&mut self, me: u32) {
+        self.began[slot(me)] = began_under(THREAD, self.current);
     }
 
     /// `me`'s program on call `c`, as agent-ebpf's `owns_call`: did it copy?
@@ -109,7 +123,10 @@ impl Node {
             now_ns: self.now_ns,
         };
         let heir = if self.live(self.current) { self.current } else { me };
-        let fresh = View { heir, heir_is_current: heir == self.current, owner: 0, owner_live: false };
+        let began = began_under_current(self.began[slot(me)], THREAD, self.current);
+        // The rule reads the record on the counted path only (agent-ebpf's `owns_call`).
+        let began = began || !self.counted;
+        let fresh = View { heir, heir_is_current: heir == self.current && began, owner: 0, owner_live: false };
         let second = self.turn.is_first_of(me, call);
         let view = if second { self.turn.view() } else { fresh };
         let (old_live, new_live) = (self.old_live, self.new_live);
@@ -387,4 +404,73 @@ fn a_turn_left_by_a_call_only_one_agent_saw_is_never_read_as_a_later_call_s() {
         let shifted: Vec<Vec<u32>> = (1..8).map(|leave| alone_then_both(order, false, leave)).collect();
         assert!(shifted.iter().any(|c| c.iter().any(|&n| n != 1)), "{order:?}: {shifted:?}");
     }
+}
+
+/// Keep-alive calls on a connection the old agent owns while the new agent
+/// attaches its probes (its entry programs run for the calls that begin
+/// after `attach`, counted in program runs) and then becomes current (at run
+/// `current`); each call's four runs are its two entries, then its two copies,
+/// each pair in `order`. A copy whose agent's entry did not run copies
+/// nothing (no arguments saved). `rule`: a move only at a call that began
+/// under the current agent. Returns the copies of each call.
+fn entries_apart(order: Order, attach: usize, current: usize, rule: bool) -> Vec<u32> {
+    let calls = [read(), write_request(), read(), read(), write_request(), read(), write_request(), read()];
+    let mut node = Node::new(Some(OLD));
+    node.current = OLD;
+    let programs = match order {
+        Order::NewestFirst => [NEW, OLD],
+        Order::OldestFirst => [OLD, NEW],
+    };
+    let mut run = 0;
+    let mut copies = Vec::new();
+    for c in calls {
+        node.seq += 1;
+        node.began = [0; 2];
+        let mut copied = 0;
+        for phase in 0..2 {
+            for me in programs {
+                if run == current {
+                    node.current = NEW;
+                }
+                let attached = me == OLD || run >= attach;
+                run += 1;
+                if phase == 0 {
+                    if attached {
+                        node.entry(me);
+                    }
+                } else if node.began[slot(me)] != 0 {
+                    if !rule {
+                        node.began[slot(me)] = began_under(THREAD, node.current);
+                    }
+                    copied += u32::from(node.program(me, c));
+                }
+            }
+        }
+        node.now_ns += 50_000;
+        copies.push(copied);
+    }
+    copies
+}
+
+#[test]
+fn a_request_begun_before_the_new_agent_attached_is_not_moved_to_it_when_it_becomes_current_meanwhile() {
+    // The new agent becomes current after its probes attach, and after the
+    // hits being handled as they attached are done (`make_current` waits a
+    // moment: no one hit's two entries see both), at any run of the
+    // keep-alive client's calls: each call copied once.
+    for order in ORDERS {
+        for attach in 0..24 {
+            for current in attach + 2..32 {
+                let copies = entries_apart(order, attach, current, true);
+                assert_eq!(copies, [1; 8], "{order:?}, attach {attach}, current {current}");
+            }
+        }
+    }
+    // Without the rule (the heir counts as current by the view at the copy
+    // alone), a request whose start the new agent's entry missed, written
+    // as it becomes current, is moved to it and copied by neither.
+    let lost = ORDERS.iter().any(|&order| {
+        (0..24).any(|attach| (attach + 2..32).any(|current| entries_apart(order, attach, current, false).contains(&0)))
+    });
+    assert!(lost, "the race the rule closes");
 }

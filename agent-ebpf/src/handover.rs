@@ -32,7 +32,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use tokentap_agent_common::{
-    ownership::{decide, first_call, view_changed, Call, Verdict, View},
+    ownership::{began_under, began_under_current, decide, first_call, view_changed, Call, Verdict, View},
     ConnOwner, HandoffKey, HandoffPart, LossCounter, SslKey, Turn,
 };
 
@@ -88,17 +88,37 @@ const SEQ_SLOTS: u32 = 4096;
 #[map]
 static OVERLAP: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The current agent as each thread's last call that may be copied found it
+/// at its start (recorded by the argument-saving programs: `SSL_read`'s and
+/// `SSL_write`'s entries, rustls' sends, `sys_enter` on a plaintext socket),
+/// tagged with the thread ([`began_under`]), by thread id modulo
+/// `SEQ_SLOTS`: a connection moves to the heir only at a call that began
+/// under it (`tokentap_agent_common::ownership`). This agent's own, not
+/// pinned: its own programs write and read it. Kept while agents overlap.
+#[map]
+static CALL_CURRENT: Array<u64> = Array::with_max_entries(SEQ_SLOTS, 0);
+
 #[inline(always)]
 fn overlapping() -> bool {
     matches!(OVERLAP.get(0), Some(&v) if v != 0)
 }
 
 /// A call begins on this thread (its arguments are saved for the program that
-/// copies it): add to the thread's count, while agents may overlap.
+/// copies it): add to the thread's count, while agents may overlap, and
+/// when its bytes may be copied (`copied`: not a TLS socket's `write(2)`
+/// inside an `SSL_write`, which would overwrite the record of the
+/// `SSL_write`'s start), record the current agent it began under.
 #[inline(always)]
-pub(crate) fn call_begins(pid_tgid: u64) {
+pub(crate) fn call_begins(pid_tgid: u64, copied: bool) {
     if !overlapping() {
         return;
+    }
+    if copied {
+        if let Some(p) = CALL_CURRENT.get_ptr_mut(pid_tgid as u32 % SEQ_SLOTS) {
+            let cur = CURRENT_AGENT.get(0).copied().unwrap_or(0);
+            // SAFETY: a live map value, one word.
+            unsafe { *p = began_under(pid_tgid, cur) };
+        }
     }
     if let Some(p) = CALL_SEQS.get_ptr_mut(pid_tgid as u32 % SEQ_SLOTS) {
         // SAFETY: a live map value. Atomic: a lost add could bring a shared
@@ -165,13 +185,18 @@ fn owns_call(tgid: u64, ssl: u64, buf: u64, cur: u32, how: u32) -> Owned {
     let (direction, counted) = (how & 0xff, how & 0x100 != 0);
     let key = SslKey { tgid, ssl };
     let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
-    let fresh = own_view(cur, me);
+    let mut fresh = own_view(cur, me);
     // Turns only while agents overlap: an agent alone pays one array read.
     let turn = if counted && overlapping() { CALL_TURNS.get_ptr_mut(0) } else { None };
     let Some(t) = turn else {
         return owned(settle(key, me, fresh, direction, buf).0);
     };
     let pid_tgid = bpf_get_current_pid_tgid();
+    // A keep-alive connection moves only at a call that began under the
+    // current agent (`tokentap_agent_common::ownership`): one whose start
+    // its probes may have missed stays, and moves at the next request.
+    let began = CALL_CURRENT.get(pid_tgid as u32 % SEQ_SLOTS).copied().unwrap_or(0);
+    fresh.heir_is_current &= began_under_current(began, pid_tgid, cur);
     let seq = CALL_SEQS.get(pid_tgid as u32 % SEQ_SLOTS).copied().unwrap_or(0);
     let call = Call { pid_tgid, conn: key.ssl, buf, direction, seq, now_ns: unsafe { bpf_ktime_get_ns() } };
     // The second program of a call decides from the first's view. Read, then

@@ -47,7 +47,7 @@ pub(crate) fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
     if ACTIVE_CALLS.insert(key, args, 0).is_err() {
         count_loss(LossCounter::ArgsMapFull, 1);
     }
-    crate::handover::call_begins(key);
+    crate::handover::call_begins(key, true);
 }
 
 pub(crate) fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32, source: Source) {

@@ -84,7 +84,7 @@ fn save(ctx: &ProbeContext, chunks: bool) {
     if RUSTLS_CALLS.insert(pid_tgid, args, 0).is_err() {
         count_loss(LossCounter::ArgsMapFull, 1);
     }
-    crate::handover::call_begins(pid_tgid);
+    crate::handover::call_begins(pid_tgid, true);
 }
 
 fn read_u64(at: u64) -> Option<u64> {

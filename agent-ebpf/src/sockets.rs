@@ -331,6 +331,9 @@ fn enter(ctx: &impl Syscall) -> i32 {
         return 0;
     }
     let (mut buf, mut len) = (ctx.arg(1), ctx.arg(2));
+    // Whether the call's bytes may be copied: not a connect's, nor a TLS
+    // socket's (its plaintext is the TLS probes' call, begun before it).
+    let mut copied = false;
     if call == SockCall::Connect {
         let family: u16 = unsafe { bpf_probe_read_user(buf as *const u16) }.unwrap_or(0);
         if family != AF_INET && family != AF_INET6 {
@@ -338,7 +341,7 @@ fn enter(ctx: &impl Syscall) -> i32 {
         }
     } else {
         match unsafe { SOCKETS.get(sock_key(pid_tgid, fd)) } {
-            Some(s) if s.state != SOCK_OTHER => {}
+            Some(s) if s.state != SOCK_OTHER => copied = s.state != SOCK_TLS && s.state != SOCK_TLS_LLM,
             _ => return 0,
         }
         if is_msg {
@@ -353,7 +356,7 @@ fn enter(ctx: &impl Syscall) -> i32 {
         count_loss(LossCounter::ArgsMapFull, 1);
     } else {
         add(&CALL_SLOTS, pid_tgid as u32, 1);
-        crate::handover::call_begins(pid_tgid);
+        crate::handover::call_begins(pid_tgid, copied);
     }
     0
 }

@@ -48,6 +48,9 @@ pub const PINNED: [&str; 9] = [
     "H2_MUTED",
 ];
 
+/// How long `make_current` lets probe hits under way as the probes attached finish.
+const SETTLE_BEFORE_CURRENT: Duration = Duration::from_millis(20);
+
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -235,6 +238,12 @@ impl Handover {
     pub fn make_current(&mut self) -> Result<(), HandoverError> {
         // The view is about to change: the turns must be on first (see `tick`).
         self.tick()?;
+        // A probe hit being handled as this agent's last probes attached may
+        // have run its entry programs without this agent's: a moment on,
+        // practically no such hit is still being handled, so none finds this
+        // agent current (a connection moves only at a call that began under
+        // the current agent: tokentap_agent_common::ownership).
+        std::thread::sleep(SETTLE_BEFORE_CURRENT);
         let before = self.current.get(&0, 0).unwrap_or(0);
         self.current.set(0, self.me, 0).map_err(|source| HandoverError::Map { name: "CURRENT_AGENT", source })?;
         if before != 0 && before != self.me && self.others().iter().any(|&(pid, _)| pid == before) {
