@@ -461,6 +461,11 @@ pub enum LossCounter {
     /// leaving (or becoming current), settled by the second deciding from the
     /// first's view (`ownership::view_changed`).
     StraddledCalls = 17,
+    /// Not a loss: HTTP/2 connections this agent's kernel walk took over
+    /// (from another agent, or after its count restarted) past reads walked
+    /// and not copied: its count moved on by as much, which the decoding
+    /// state handed on meets as a skip (`h2_walk::plan_read`).
+    H2WalkMovedOn = 18,
 }
 
 impl LossCounter {
@@ -485,6 +490,7 @@ impl LossCounter {
         Self::H2WalkStopped,
         Self::IgnoreStale,
         Self::StraddledCalls,
+        Self::H2WalkMovedOn,
     ];
 
     /// Whether the counter is a loss of data (the others count skipped work
@@ -502,11 +508,12 @@ impl LossCounter {
                 | Self::H2WalkStopped
                 | Self::IgnoreStale
                 | Self::StraddledCalls
+                | Self::H2WalkMovedOn
         )
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 18;
+pub const LOSS_COUNTERS: u32 = 19;
 
 /// Bytes of one [`HandoffPart`]: small, as each map entry takes a whole
 /// part and most states are a verdict or a few KiB of HPACK tables.

@@ -257,23 +257,45 @@ fn emit(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
 
 /// Copy a call: whole, or on a walked HTTP/2 connection the segments of a
 /// read the walk keeps ([`h2_walk`]), each its own call; when the read ended
-/// inside a skipped payload, the last segment's call length spans to its
-/// end, or with nothing kept, an empty call sits at its end.
+/// inside skipped bytes, the last segment's call length spans to its end. A
+/// walked read that keeps nothing is not copied, unless it is the first of a
+/// connection taken over (its flag must reach user space) or crosses a mark
+/// (`h2_walk::marks`): then an empty call sits at its end.
 #[inline(always)]
 fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u64, u64), taken: bool, slot: u32) {
     let mut segmented = false;
+    let mut pos = pos;
     if direction == DIR_INGRESS {
         let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
         if let Some(plan) = h2_walk::plan_read(key, base, pos, len, e.buf, slot) {
             // SAFETY: this CPU's plan for this nesting slot, just written.
-            let (skipped, overflow) = unsafe { ((*plan).skipped, (*plan).overflow) };
+            let (skipped, overflow, kept, shift) =
+                unsafe { ((*plan).skipped, (*plan).overflow, (*plan).n, (*plan).shift) };
+            if shift != 0 {
+                move_count(key, shift);
+                pos = pos.wrapping_add(shift);
+            }
             if skipped > 0 && overflow == 0 {
                 count_loss(LossCounter::MutedReads, 1);
                 segmented = true;
+                if kept == 0 && !taken && !h2_walk::marks(pos, len) {
+                    return;
+                }
             }
+            h2_walk::recorded(key, base, pos.wrapping_add(len));
         }
     }
     copy_calls(pid_tgid, e, direction, len, (base, pos), taken, segmented, slot);
+}
+
+/// This agent's count of a connection's ingress moves on by `by` bytes (see
+/// `h2_walk::plan_read`): the read just placed, and every one after it.
+#[inline(always)]
+fn move_count(key: SslKey, by: u64) {
+    if let Some(p) = IN_POS.get_ptr_mut(key) {
+        // SAFETY: a live map value; reads of one connection are serialised.
+        unsafe { (*p).next = (*p).next.wrapping_add(by) };
+    }
 }
 
 /// Run `f` with this CPU's scratch slot for the current nesting level (every

@@ -9,18 +9,34 @@
 //! from the connection's first ingress byte on: a connection becomes walked
 //! when its first write (before anything was read) starts with the client
 //! preface. User space names the streams it will not record ([`H2_MUTED`],
-//! after their first DATA frame); of their later DATA frames the kernel
-//! copies the 9-byte header and skips the payload. A read is then copied as
-//! the segments it keeps, each at its stream position; when it ends inside a
-//! skipped payload, the call length of its last segment spans to its end, or
-//! with nothing kept an empty chunk sits at its end: the agent's decoder
-//! knows every skip before its next byte, so a connection handed to another
-//! agent mid-frame is handed on exactly.
+//! after their first DATA frame); of their later DATA frames the kernel skips
+//! the payload, and of those of at least [`MIN_DROPPED_FRAME`] bytes without
+//! END_STREAM the 9-byte header too. A read is then copied as the segments
+//! it keeps, each at its stream position; when it ends inside skipped bytes,
+//! the call length of its last segment spans to its end. A read that keeps
+//! nothing is not copied at all: the agent learns of the bytes skipped from
+//! the next record's position (every skip that goes past a frame's end ends at
+//! a frame boundary, where the next kept bytes begin).
 //!
-//! An upgrade: both maps are pinned with the handover maps, so the agent
+//! Why so few records: a ring record costs ~250-300 ns however small, and a
+//! download's every read held one (a frame header, or an empty call at its
+//! end): over half of curl's time in the probes (docs/performance.md). A
+//! frame header is kept where the agent needs it: a muted stream's END_STREAM
+//! (it forgets the stream), a header split across reads (its first bytes are
+//! copied before the kernel knows its frame), a small frame (a slow stream's:
+//! its records also keep the connection from looking idle to the agent). And a
+//! read that crosses a [`MARK_EVERY`] boundary of the stream is copied, if
+//! empty, so that a long muted download still shows the connection alive.
+//!
+//! An upgrade: the maps are pinned with the handover maps, so the agent
 //! taking a connection over goes on with the walk, from its first read of it
 //! (where the agent before stopped), and the streams named stay named (the
-//! agent before hands them on with the connection's decoding state).
+//! agent before hands them on with the connection's decoding state). The
+//! state handed on is as of the last read the agent before copied; reads it
+//! walked after that without a record are skipped bytes the next agent must
+//! know of. [`H2_RECORDED`] tells where that last copied read ended, and the
+//! next agent's count of the connection starts that far on (`plan_read`), so
+//! its decoder meets them as a skip in its first record's position.
 //!
 //! What it falls back to: a read it can't place (its position is not where the
 //! walk stands), more frames in one read than [`MAX_STEPS`] follows (a plain
@@ -29,8 +45,12 @@
 //! walked, and all its bytes are copied, as before muting (counted in
 //! `H2WalkStopped` when a walk ends early). More kept segments in one read
 //! than [`MAX_KEPT`] copy that read whole. User space checks that every skip
-//! lies inside a DATA frame of a stream it named, so a walk gone wrong costs
-//! that connection's decoding (counted), never a wrong record.
+//! begins inside a DATA frame of a stream it named, or at a frame's start
+//! while it has streams named, and the bytes after it are parsed as frames
+//! (HPACK state included), so a walk gone wrong costs that connection's
+//! decoding (counted); a skip that ends past a frame's end can't be checked
+//! byte by byte: its frames were never seen, only that the walk placed every
+//! read where it stood.
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_user as raw_probe_read_user},
     macros::map,
@@ -48,6 +68,13 @@ const FRAME_HEADER: u64 = 9;
 /// across reads): a TLS record's 16 KiB of the smallest frames (9 bytes,
 /// empty) is 1,821. The verifier checks a step once, whatever the count.
 const MAX_STEPS: u32 = 2048;
+/// A muted DATA frame this long or longer (without END_STREAM) is skipped
+/// with its header; a shorter one keeps its header (see the module's prose).
+pub(crate) const MIN_DROPPED_FRAME: u64 = 4096;
+/// A walked read that crosses a multiple of this in its stream is copied even
+/// when it keeps nothing (an empty call): 256 KiB, one read in 16 of a
+/// download's 16 KiB reads.
+const MARK_EVERY: u64 = 1 << 18;
 /// Kept segments of one read copied apart; more copy the read whole.
 pub(crate) const MAX_KEPT: usize = 4;
 
@@ -63,6 +90,12 @@ static H2_WALKS: LruHashMap<SslKey, Walk> = LruHashMap::with_max_entries(16384, 
 /// the handover maps.
 #[map]
 pub(crate) static H2_MUTED: LruHashMap<H2Stream, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where the last copied read of each walked connection ended: the base of
+/// the agent that copied it and the position (see the module's prose).
+/// Pinned with the handover maps.
+#[map]
+static H2_RECORDED: LruHashMap<SslKey, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
 
 /// One read's walk and what to copy of it: `kept` segments as `[from, to)`
 /// offsets in the read. In a per-CPU map, not on the stack: the copy that
@@ -81,6 +114,9 @@ pub(crate) struct Plan {
     pub(crate) overflow: u64,
     /// Bytes skipped in this read.
     pub(crate) skipped: u64,
+    /// How far this agent's count of the connection moves on at its first
+    /// read of it, past reads the agent before walked without a record.
+    pub(crate) shift: u64,
 }
 
 /// One plan per nesting slot, as the chunk scratch (`chunks::nested`).
@@ -124,11 +160,36 @@ pub(crate) fn on_egress(key: SslKey, buf: u64, len: u64, read_yet: bool) {
 /// The connection's key may be reused: forget its walk.
 pub(crate) fn forget(key: SslKey) {
     let _ = H2_WALKS.remove(key);
+    let _ = H2_RECORDED.remove(key);
+}
+
+/// A walked read that ended at `end` of the count from `base` was copied.
+#[inline(always)]
+pub(crate) fn recorded(key: SslKey, base: u64, end: u64) {
+    match H2_RECORDED.get_ptr_mut(key) {
+        // SAFETY: a live map value; reads of one connection are serialised.
+        Some(r) => unsafe {
+            (*r)[0] = base;
+            (*r)[1] = end;
+        },
+        None => {
+            let _ = H2_RECORDED.insert(key, [base, end], 0);
+        }
+    }
+}
+
+/// Must a walked read at `[pos, pos + len)` that keeps nothing be copied
+/// anyway (an empty call): it crosses a [`MARK_EVERY`] boundary.
+#[inline(always)]
+pub(crate) fn marks(pos: u64, len: u64) -> bool {
+    (pos / MARK_EVERY) != (pos.wrapping_add(len) / MARK_EVERY)
 }
 
 /// Follow a read of `len` bytes at `buf`, placed at `pos` of the stream
 /// counted from `base`, on a walked connection: the plan in this slot's
 /// [`PLANS`] entry, or None (not walked, or the walk stopped: copy it whole).
+/// The plan's `shift` is how far the read (and the count after it) moves on:
+/// nonzero at this agent's first read of a connection taken over.
 #[inline(always)]
 pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, slot: u32) -> Option<*mut Plan> {
     let wp = H2_WALKS.get_ptr_mut(key)?;
@@ -140,6 +201,7 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     let p = unsafe { &mut *plan };
     unsafe { words::copy(&mut p.w, wp) };
     let w = &mut p.w;
+    let mut shift = 0;
     if w.base == 0 {
         w.id = base;
         w.base = base;
@@ -148,12 +210,27 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     } else if w.base != base && pos == base {
         // This agent's first read of a connection another agent walked (an
         // upgrade: it took the connection over where that one stopped), or
-        // of one whose count restarted: it goes on from the same byte.
+        // of one whose count restarted: it goes on from the same byte. The
+        // reads walked after the last copied one are a skip to whoever
+        // decodes next: the count moves on by as much. A last record of
+        // another count (an agent that keeps no such mark copies every read
+        // it walks) or none moves nothing.
+        if let Some(r) = unsafe { H2_RECORDED.get(key) } {
+            if r[0] == w.base && r[1] < w.at {
+                shift = w.at - r[1];
+                count_loss(LossCounter::H2WalkMovedOn, 1);
+            }
+        }
         let left = w.payload_end.saturating_sub(w.at);
         w.base = base;
-        w.at = pos;
-        w.payload_end = pos + left;
+        w.at = pos + shift;
+        w.payload_end = w.at + left;
+        // This agent's decoder stands where the one before stopped, which its
+        // moved count puts at the base: what the next agent's shift counts
+        // from, should this one copy nothing before it leaves.
+        recorded(key, base, base);
     }
+    let pos = pos + shift;
     if w.base != base || w.at != pos {
         stop(key);
         return None;
@@ -166,6 +243,7 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     words::zero(&mut p.n);
     words::zero(&mut p.overflow);
     words::zero(&mut p.skipped);
+    p.shift = shift;
     let mut ctx = slot as u64;
     unsafe { bpf_loop(MAX_STEPS, step as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
     // SAFETY: as above.
@@ -216,6 +294,7 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     if c.w.payload_end <= at {
         // A header, or the rest of one split across reads.
+        let whole = c.w.have == 0;
         let need = FRAME_HEADER - c.w.have;
         let avail = c.end - at;
         let mut n = if need < avail { need } else { avail };
@@ -244,9 +323,9 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             }
             i += 1;
         }
-        keep(c, at - c.pos, at + n - c.pos);
         c.w.at = at + n;
         if c.w.have < FRAME_HEADER {
+            keep(c, at - c.pos, at + n - c.pos);
             return 0;
         }
         // acc holds header bytes 1..9: length's low 16 bits, type, flags, stream.
@@ -259,14 +338,24 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         words::zero(&mut c.w.first);
         c.w.payload_end = c.w.at + len;
         c.w.muted = 0;
+        let mut dropped = false;
         if kind == DATA && len > 0 {
             let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.id, stream };
             if unsafe { H2_MUTED.get(s) }.is_some() {
                 c.w.muted = 1;
                 if flags & END_STREAM != 0 {
                     let _ = H2_MUTED.remove(s);
+                } else {
+                    // Skipped with its payload: whoever decodes goes on at the
+                    // next frame's start (see the module's prose).
+                    dropped = whole && len >= MIN_DROPPED_FRAME;
                 }
             }
+        }
+        if dropped {
+            c.skipped += n;
+        } else {
+            keep(c, at - c.pos, at + n - c.pos);
         }
     }
     // The payload's part in this read, in the same step as its header: a

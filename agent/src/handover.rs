@@ -10,10 +10,11 @@
 //!   count that tells its calls apart (only the kernel writes them), kept
 //!   while `OVERLAP` says agents may overlap ([`Handover::tick`]);
 //! - `CONN_STATES`: the HTTP/2 decoding states a leaving agent hands on
-//!   (`pipeline/handoff.rs`);
-//! - `H2_WALKS`, `H2_MUTED`: where the kernel stands in each HTTP/2
-//!   connection's frames, and the streams whose DATA it skips
-//!   (`agent-ebpf/src/h2_walk.rs`), so the agent taking one over mutes on.
+//!   (`handoffs.rs`, `pipeline/handoff.rs`);
+//! - `H2_WALKS`, `H2_MUTED`, `H2_RECORDED`: where the kernel stands in each
+//!   HTTP/2 connection's frames, the streams whose DATA it skips, and where
+//!   its last copied read ended (`agent-ebpf/src/h2_walk.rs`), so the agent
+//!   taking one over mutes on.
 //!
 //! - `ring-f<format>-<pid>-<start>`: each agent's ring buffer, read by the
 //!   agent after it if it is killed (`orphan_rings`).
@@ -31,12 +32,9 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 use thiserror::Error;
-use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_PART};
-
-use crate::pipeline::Handed;
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 9] = [
+pub const PINNED: [&str; 10] = [
     "AGENTS",
     "CURRENT_AGENT",
     "CONN_OWNERS",
@@ -46,6 +44,7 @@ pub const PINNED: [&str; 9] = [
     "CONN_STATES",
     "H2_WALKS",
     "H2_MUTED",
+    "H2_RECORDED",
 ];
 
 /// How long `make_current` lets probe hits under way as the probes attached finish.
@@ -392,94 +391,6 @@ impl Drain {
             } else {
                 self.quiet_passes.store(0, Ordering::Release);
             }
-        }
-    }
-}
-
-/// The decoding states agents hand on (`CONN_STATES`), each in parts: part 0
-/// holds the writer, the length and the part count, and is written last, so a
-/// reader that finds it finds every part.
-pub struct Handoffs {
-    states: HashMap<MapData, HandoffKey, HandoffPart>,
-    /// The agents this one may take connections from (pid, start time).
-    before: Vec<(u32, u64)>,
-    /// Whether one of them still ran when last looked (`/proc`), and when.
-    pending: Option<(Instant, bool)>,
-}
-
-/// Part 0's header: writer pid, state length, parts.
-const HEADER: usize = 12;
-
-impl Handoffs {
-    pub fn new(states: HashMap<MapData, HandoffKey, HandoffPart>, before: Vec<(u32, u64)>) -> Self {
-        Self { states, before, pending: None }
-    }
-
-    /// Does an agent this one took over from still run (so a state may
-    /// still come)? Looked up at most every 100 ms; once none runs, never again.
-    pub fn pending(&mut self) -> bool {
-        match self.pending {
-            Some((_, false)) => false,
-            Some((at, true)) if at.elapsed() < Duration::from_millis(100) => true,
-            _ => {
-                let running = self.before.iter().any(|&(pid, since)| alive(pid, since));
-                self.pending = Some((Instant::now(), running));
-                running
-            }
-        }
-    }
-
-    /// Hand on `state` for a connection; false when it could not be stored
-    /// (too large, the map full).
-    pub fn put(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
-        let mut all = Vec::with_capacity(HEADER + state.len());
-        all.extend_from_slice(&me().to_le_bytes());
-        all.extend_from_slice(&(state.len() as u32).to_le_bytes());
-        let parts = all.len().saturating_add(state.len()).div_ceil(HANDOFF_PART) as u32;
-        if parts > HANDOFF_MAX_PARTS {
-            return false;
-        }
-        all.extend_from_slice(&parts.to_le_bytes());
-        all.extend_from_slice(state);
-        let mut part = Box::new(HandoffPart { len: 0, data: [0; HANDOFF_PART] });
-        // Part 0 last: once it is there, so is every other.
-        for (i, piece) in all.chunks(HANDOFF_PART).enumerate().rev() {
-            part.len = piece.len() as u32;
-            part.data[..piece.len()].copy_from_slice(piece);
-            let key = HandoffKey { tgid, part: i as u32, conn };
-            if self.states.insert(key, *part, 0).is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The state an agent before this one handed on for a connection this
-    /// one took from it (and removed), not yet, or never.
-    pub fn take(&mut self, tgid: u32, conn: u64) -> Handed {
-        // Alive before the look: a state written just before its exit is found.
-        let alive = self.pending();
-        let Ok(first) = self.states.get(&HandoffKey { tgid, part: 0, conn }, 0) else {
-            return if alive { Handed::Wait } else { Handed::Never };
-        };
-        let head = &first.data[..(first.len as usize).min(HANDOFF_PART)];
-        let word = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let (Some(writer), Some(len), Some(parts)) = (word(0), word(4), word(8)) else { return Handed::Never };
-        let mut all = head.to_vec();
-        for i in 1..parts.min(HANDOFF_MAX_PARTS) {
-            match self.states.get(&HandoffKey { tgid, part: i, conn }, 0) {
-                Ok(p) => all.extend_from_slice(&p.data[..(p.len as usize).min(HANDOFF_PART)]),
-                Err(_) => break,
-            }
-        }
-        for i in 0..parts.min(HANDOFF_MAX_PARTS) {
-            let _ = self.states.remove(&HandoffKey { tgid, part: i, conn });
-        }
-        let state = all.get(HEADER..HEADER + len as usize);
-        // Only from an agent this one succeeds: not a leftover under a reused key.
-        match state {
-            Some(s) if self.before.iter().any(|&(pid, _)| pid == writer) => Handed::State(s.to_vec()),
-            _ => Handed::Never,
         }
     }
 }

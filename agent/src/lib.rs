@@ -16,6 +16,7 @@ pub mod capture;
 pub mod config;
 pub mod coverage;
 pub mod discovery;
+pub mod handoffs;
 pub mod handover;
 pub mod http;
 pub mod java;

@@ -20,7 +20,8 @@ use tokentap_agent_common::{
 use crate::blind_spots::SocketTable;
 use crate::capture::event::Totals;
 use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
-use crate::handover::{Handoffs, Handover};
+use crate::handoffs::Handoffs;
+use crate::handover::Handover;
 use crate::http::mute::Mute;
 use crate::pipeline::Handed;
 use crate::socket_hooks::SyscallHooks;

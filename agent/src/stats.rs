@@ -193,6 +193,9 @@ counters! {
     /// leaving or becoming current (an upgrade), settled by the second
     /// program deciding from the first's view: one agent copies each.
     kernel_straddled_calls,
+    /// Not a loss: HTTP/2 connections taken over past reads the kernel walked
+    /// and did not copy (their count moved on by as much).
+    kernel_h2_walk_moved_on,
     /// Runs of the agent's eBPF programs the kernel skipped because the same
     /// program was already running on that CPU (each may be a call not
     /// copied; `program_misses`), summed over its programs.
@@ -422,6 +425,7 @@ kernel_counters! {
     H2WalkStopped => kernel_h2_walk_stopped,
     IgnoreStale => kernel_ignores_stale,
     StraddledCalls => kernel_straddled_calls,
+    H2WalkMovedOn => kernel_h2_walk_moved_on,
 }
 
 impl Snapshot {

@@ -4,7 +4,8 @@ is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?
 "fresh": true? (the call gets a client, and so a connection, of its own),
 "words": N? (a streamed call of N content chunks),
 "download": bytes? (then a download of that many bytes on the same
-connection, not an LLM call)}; the usage goes to
+connection, not an LLM call, its 64 KiB pieces "download_pause_ms" apart,
+default 2)}; the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
@@ -51,7 +52,7 @@ def main():
             oa.embeddings.create(**c["body"], extra_headers=headers)
         if c.get("download"):
             url = str(oa.base_url).rstrip("/") + "/download"
-            d = oa._client.get(url, params={"bytes": c["download"], "pause_ms": 2})
+            d = oa._client.get(url, params={"bytes": c["download"], "pause_ms": c.get("download_pause_ms", 2)})
             if d.status_code != 200 or len(d.content) != c["download"]:
                 raise SystemExit(f"download: {d.status_code}, {len(d.content)} bytes")
         if oa is not shared:

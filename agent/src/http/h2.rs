@@ -18,10 +18,13 @@
 //!
 //! Muting: a stream nothing records whose response goes on past its first
 //! DATA frame is named to the kernel ([`take_mute`](H2Connection::take_mute)),
-//! which then copies only the headers of its later DATA frames
-//! (`agent-ebpf/src/h2_walk.rs`). The payload bytes it skipped are given back
-//! here as zeros ([`skip_ingress`](H2Connection::skip_ingress)), only inside a
-//! DATA frame of a stream nothing records; anywhere else they are a lost place.
+//! which then skips the payloads of its later DATA frames, and the headers of
+//! its large ones that do not end it (`agent-ebpf/src/h2_walk.rs`). The rest
+//! of a payload whose header was seen is given back here as zeros
+//! ([`skip_ingress`](H2Connection::skip_ingress)), only inside a DATA frame
+//! of a stream nothing records; frames skipped whole leave no trace, and are
+//! taken only at a frame's start while streams are named; anywhere else a
+//! skip is a lost place.
 use std::collections::{HashMap, HashSet};
 
 mod handoff;
@@ -175,25 +178,35 @@ impl<E: WsCalls> H2Connection<E> {
         Some((*self.walk.get_or_insert(base), stream))
     }
 
-    /// The kernel skipped `n` bytes of the ingress stream: they must be the
-    /// payload of the DATA frame begun last, on a stream nothing records.
-    /// They are given back as zeros, which that stream's decoding drops.
+    /// The kernel skipped `n` bytes of the ingress stream: the rest of the
+    /// DATA frame begun last, on a stream nothing records, given back as zeros
+    /// (which that stream's decoding drops); and past it (or from a frame's
+    /// start) whole DATA frames of streams named to the kernel, headers and
+    /// all, which leave no trace: the next bytes start a frame.
     pub fn skip_ingress(&mut self, n: u64) -> Result<(), H2Error> {
+        if self.ingress.block.is_some() {
+            return Err(H2Error::Frame("bytes skipped inside a header block"));
+        }
         let buf = &self.ingress.buf;
-        if buf.len() < FRAME_HEADER || self.ingress.block.is_some() {
-            return Err(H2Error::Frame("bytes skipped outside a DATA frame"));
+        let mut whole = n;
+        if !buf.is_empty() {
+            if buf.len() < FRAME_HEADER {
+                return Err(H2Error::Frame("bytes skipped inside a frame header"));
+            }
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            if buf[3] != DATA || !self.muted.contains(&stream) {
+                return Err(H2Error::Frame("bytes skipped outside a muted stream's DATA"));
+            }
+            let room = (FRAME_HEADER + len).saturating_sub(buf.len()) as u64;
+            let pad = n.min(room);
+            let to = buf.len() + pad as usize;
+            self.ingress.buf.resize(to, 0);
+            whole = n - pad;
         }
-        let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
-        let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-        if buf[3] != DATA || !self.muted.contains(&stream) {
-            return Err(H2Error::Frame("bytes skipped outside a muted stream's DATA"));
+        if whole > 0 && self.muted.is_empty() {
+            return Err(H2Error::Frame("frames skipped with no stream named to the kernel"));
         }
-        let room = (FRAME_HEADER + len).saturating_sub(buf.len());
-        if n > room as u64 {
-            return Err(H2Error::Frame("bytes skipped past a DATA frame's end"));
-        }
-        let to = self.ingress.buf.len() + n as usize;
-        self.ingress.buf.resize(to, 0);
         Ok(())
     }
 

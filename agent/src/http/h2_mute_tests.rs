@@ -2,7 +2,10 @@
 //! frame walk (`agent-ebpf/src/h2_walk.rs`) feeds it, each read copied as the
 //! segments it keeps (frame headers, payloads not muted) at their stream
 //! positions, with an empty chunk at a read's end when it ended skipped (what
-//! the pipeline makes of a last segment whose call spans to the read's end).
+//! the pipeline makes of a last segment whose call spans to the read's end),
+//! a read that keeps nothing not copied at all (unless taken over or across a
+//! mark), and an agent taking the connection over counting from where the
+//! last copied read ended.
 use super::*;
 use crate::http::h2::encode::{frame, headers};
 use crate::http::mute::{Mute, StreamAt};
@@ -11,12 +14,26 @@ use loona_hpack::Encoder;
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const BASE: u64 = 1 << 40;
+/// The kernel's `MIN_DROPPED_FRAME` and `MARK_EVERY` (agent-ebpf/src/h2_walk.rs).
+const MIN_DROPPED_FRAME: u64 = 4096;
+const MARK_EVERY: u64 = 1 << 18;
 
 fn llm(h: &Head) -> Option<()> {
     h.path.as_deref().is_some_and(|p| p.starts_with("/v1/")).then_some(())
+}
+
+/// One read as the kernel copies it.
+pub(crate) struct Read {
+    /// The `[from, to)` stream positions it keeps.
+    pub(crate) kept: Vec<(u64, u64)>,
+    /// It ends inside skipped bytes: the last segment spans to its end.
+    pub(crate) ends_skipped: bool,
+    /// Copied at all: it kept something, or it is an empty call at its end.
+    pub(crate) copied: bool,
 }
 
 /// The kernel's side: where its walk stands, and the streams named to it.
@@ -27,16 +44,29 @@ pub(crate) struct Kernel {
     pub(crate) muted_payload: bool,
     pub(crate) muted: Vec<u32>,
     skipped: u64,
+    /// Where the last copied read ended (`H2_RECORDED`).
+    recorded: u64,
+    /// Reads not copied.
+    pub(crate) silent: usize,
 }
 
 impl Kernel {
     pub(crate) fn at(pos: u64) -> Self {
-        Self { pos, payload_end: pos, header: Vec::new(), muted_payload: false, muted: vec![], skipped: 0 }
+        Self {
+            pos,
+            payload_end: pos,
+            header: Vec::new(),
+            muted_payload: false,
+            muted: vec![],
+            skipped: 0,
+            recorded: pos,
+            silent: 0,
+        }
     }
 
-    /// Walk one read of `data`: the `[from, to)` stream positions it keeps,
-    /// and whether it ends inside a skipped payload.
-    pub(crate) fn read(&mut self, data: &[u8]) -> (Vec<(u64, u64)>, bool) {
+    /// Walk one read of `data` (`taken`: the first call of a connection
+    /// taken over, flagged, so always copied).
+    pub(crate) fn read(&mut self, data: &[u8], taken: bool) -> Read {
         let (start, end) = (self.pos, self.pos + data.len() as u64);
         let mut kept: Vec<(u64, u64)> = Vec::new();
         let keep = |from: u64, to: u64, kept: &mut Vec<(u64, u64)>| match kept.last_mut() {
@@ -44,6 +74,7 @@ impl Kernel {
             _ => kept.push((from, to)),
         };
         let mut at = start;
+        let skipped_before = self.skipped;
         while at < end {
             if self.payload_end > at {
                 let to = self.payload_end.min(end);
@@ -55,22 +86,52 @@ impl Kernel {
                 at = to;
                 continue;
             }
+            let whole = self.header.is_empty();
             let n = (9 - self.header.len()).min((end - at) as usize);
             let off = (at - start) as usize;
             self.header.extend_from_slice(&data[off..off + n]);
-            keep(at, at + n as u64, &mut kept);
+            let from = at;
             at += n as u64;
-            if self.header.len() == 9 {
-                let h = std::mem::take(&mut self.header);
-                let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
-                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                self.payload_end = at + len;
-                self.muted_payload = h[3] == DATA && len > 0 && self.muted.contains(&stream);
+            if self.header.len() < 9 {
+                keep(from, at, &mut kept);
+                continue;
+            }
+            let h = std::mem::take(&mut self.header);
+            let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            self.payload_end = at + len;
+            self.muted_payload = h[3] == DATA && len > 0 && self.muted.contains(&stream);
+            let ends = h[4] & END_STREAM != 0;
+            if self.muted_payload && ends {
+                self.muted.retain(|s| *s != stream);
+            }
+            if self.muted_payload && !ends && whole && len >= MIN_DROPPED_FRAME {
+                self.skipped += n as u64;
+            } else {
+                keep(from, at, &mut kept);
             }
         }
         self.pos = end;
-        let ends_skipped = kept.last().is_none_or(|l| l.1 != end);
-        (kept, ends_skipped)
+        let skipped = self.skipped > skipped_before;
+        let ends_skipped = skipped && kept.last().is_none_or(|l| l.1 != end);
+        let marks = start / MARK_EVERY != end / MARK_EVERY;
+        let copied = !kept.is_empty() || !skipped || taken || marks;
+        if copied {
+            self.recorded = end;
+        } else {
+            self.silent += 1;
+        }
+        Read { kept, ends_skipped, copied }
+    }
+
+    /// The next agent's first read comes: its count starts at `base`, moved
+    /// on past the reads walked since the last copied one (`plan_read`).
+    pub(crate) fn switch_to(&mut self, base: u64) {
+        let shift = self.pos - self.recorded;
+        let left = self.payload_end - self.pos;
+        self.pos = base + shift;
+        self.payload_end = self.pos + left;
+        self.recorded = base;
     }
 }
 
@@ -104,14 +165,19 @@ impl Conn {
 
     /// One read, as the kernel copies it.
     fn read(&mut self, data: &[u8]) {
+        self.read_as(data, false);
+    }
+
+    /// One read, the first of a connection taken over if `taken`.
+    fn read_as(&mut self, data: &[u8], taken: bool) {
         let start = self.k.pos;
         let end = start + data.len() as u64;
-        let (kept, ends_skipped) = self.k.read(data);
-        for (from, to) in kept {
+        let r = self.k.read(data, taken);
+        for (from, to) in r.kept {
             let (a, b) = ((from - start) as usize, (to - start) as usize);
             self.chunk(Direction::Ingress, from, &data[a..b]);
         }
-        if ends_skipped {
+        if r.copied && r.ends_skipped {
             self.chunk(Direction::Ingress, end, &[]);
         }
     }
@@ -139,28 +205,42 @@ fn download_and_call(frames: usize, frame_len: usize) -> (Vec<u8>, Vec<u8>) {
         let flags = if i + 1 == frames { END_STREAM } else { 0 };
         ingress.extend(frame(DATA, flags, 1, &body));
     }
+    // The connection goes on (a PING): a read the kernel copies after the
+    // download, whose position tells the skip at the download's end.
+    ingress.extend(frame(PING, 0, 0, &[0; 8]));
     (egress, ingress)
 }
 
 #[test]
 fn a_muted_streams_payloads_are_skipped_and_the_call_beside_it_is_read() {
     // Reads of a TLS record's size, frames a little longer: headers fall
-    // anywhere in a read, some split across two.
-    for read in [16_384, 5_000, 100_003] {
-        let (egress, ingress) = download_and_call(40, 16_384);
+    // anywhere in a read, some split across two. Frames of 16 KiB are
+    // skipped whole (headers too), of 1,000 bytes keep their headers.
+    for (read, frame_len) in [(16_384, 16_384), (5_000, 16_384), (100_003, 16_384), (16_384, 1000), (3000, 5000)] {
+        let (egress, ingress) = download_and_call(300, frame_len);
         let mut t = Conn::new();
         t.chunk(Direction::Egress, 0, &egress);
+        let reads = ingress.chunks(read).count();
         for r in ingress.chunks(read) {
             t.read(r);
         }
-        assert_eq!(t.k.muted, vec![1], "read {read}");
-        assert!(t.k.skipped > 30 * 16_384, "read {read}: {} skipped", t.k.skipped);
-        assert_eq!(t.out.len(), 1, "read {read}");
+        let what = format!("read {read}, frames of {frame_len}");
+        assert_eq!(t.k.muted, Vec::<u32>::new(), "{what}: the stream ended in the kernel");
+        assert!(t.k.skipped > 250 * frame_len as u64, "{what}: {} skipped", t.k.skipped);
+        assert_eq!(t.out.len(), 1, "{what}");
         assert!(t.out[0].exchange.response.complete);
         assert_eq!(t.out[0].exchange.response.body, b"{\"usage\":{}}");
-        assert_eq!(t.lost, Lost::default(), "read {read}");
+        assert_eq!(t.lost, Lost::default(), "{what}");
         assert_eq!(t.c.calls_in_flight(), 0);
-        assert!(t.c.buffered() < 9, "read {read}: {} held", t.c.buffered());
+        assert!(t.c.buffered() < 9, "{what}: {} held", t.c.buffered());
+        assert!(t.c.ignored().is_none(), "{what}");
+        if frame_len as u64 >= MIN_DROPPED_FRAME && read <= 16_384 {
+            // Most reads hold at most one frame header, dropped: not copied.
+            assert!(t.k.silent * 10 > reads * 8, "{what}: {} of {reads} reads not copied", t.k.silent);
+        }
+        if (frame_len as u64) < MIN_DROPPED_FRAME {
+            assert!(t.k.silent * 10 < reads, "{what}: {} of {reads} reads not copied", t.k.silent);
+        }
     }
 }
 
@@ -177,47 +257,71 @@ fn bytes_skipped_anywhere_but_a_muted_streams_data_lose_the_connection_counted()
     assert_eq!(t.lost.unanswered, 1, "the call in flight is counted");
     assert!(t.c.ignored().is_some());
 
-    // More skipped than the muted frame has left.
+    // Skipped at the download's first DATA frame: not named yet.
     let (egress, ingress) = download_and_call(4, 1000);
     let mut t = Conn::new();
     t.chunk(Direction::Egress, 0, &egress);
     let first_data = ingress.windows(4).position(|w| w == [0, 3, 232, DATA]).unwrap();
     t.chunk(Direction::Ingress, BASE, &ingress[..first_data + 9]);
     assert!(t.c.ignored().is_none());
-    t.chunk(Direction::Ingress, BASE + first_data as u64 + 9 + 1001, &ingress[first_data + 9 + 1001..]);
-    assert!(t.c.ignored().is_some(), "a skip past the frame's end");
+    t.chunk(Direction::Ingress, BASE + first_data as u64 + 9 + 1000, &ingress[first_data + 9 + 1000..]);
+    assert!(t.c.ignored().is_some(), "a skip of a stream not named");
+    assert_eq!(t.lost.unanswered, 1);
+
+    // Named, but the skip begins inside a frame header.
+    let (egress, ingress) = download_and_call(4, 1000);
+    let mut t = Conn::new();
+    t.chunk(Direction::Egress, 0, &egress);
+    let second_data = first_data + 9 + 1000;
+    t.chunk(Direction::Ingress, BASE, &ingress[..second_data + 4]);
+    assert_eq!(t.k.muted, vec![1], "named after its first DATA frame");
+    t.chunk(Direction::Ingress, BASE + second_data as u64 + 9 + 1000, &ingress[second_data + 9 + 1000..]);
+    assert!(t.c.ignored().is_some(), "a skip inside a header");
     assert_eq!(t.lost.unanswered, 1);
 }
 
-/// An upgrade's switch falls inside a muted stream's DATA payload: the next
-/// agent's kernel counts the stream from its own base, its walk going on
-/// from the same byte (`plan_read` rebases it), so that agent's first read
-/// skips the payload's rest before its first kept byte, or (a read wholly
-/// inside it) keeps nothing. The connection resumed from the handed-on state
-/// must take that skip, and read the call after it.
+/// An upgrade's switch anywhere in a download (stream 1) muted in the
+/// kernel: the next agent's kernel counts the stream from its own base, its
+/// walk going on from the same byte (`plan_read` rebases it), its count
+/// moved on past the reads the agent before walked without copying them.
+/// The connection resumed from the handed-on state must take that skip, and
+/// read the call after it. The first call of the next agent is a read
+/// (flagged, so copied) or a write (its first read may then be silent).
 #[test]
-fn a_switch_inside_a_muted_payload_goes_on_in_the_next_agent() {
+fn a_switch_anywhere_in_a_muted_download_goes_on_in_the_next_agent() {
     const NEXT_BASE: u64 = 1 << 41;
-    for (read, switch_after) in [(16_384, 6), (16_384, 9), (5_000, 20), (16_393, 7)] {
-        let (egress, ingress) = download_and_call(40, 16_384);
-        let mut t = Conn::new();
-        t.chunk(Direction::Egress, 0, &egress);
-        let mut reads = ingress.chunks(read);
-        for r in reads.by_ref().take(switch_after) {
-            t.read(r);
+    let (mut after_silent, mut inside_payload) = (0, 0);
+    for (read, frame_len) in [(16_384, 16_384), (5_000, 16_384), (16_393, 16_384), (16_384, 1000)] {
+        let (egress, ingress) = download_and_call(40, frame_len);
+        let n = ingress.chunks(read).count();
+        for switch_after in 3..n {
+            for taken_at_read in [true, false] {
+                let what = format!("read {read}, frames of {frame_len}, switch after {switch_after}, {taken_at_read}");
+                let mut t = Conn::new();
+                t.chunk(Direction::Egress, 0, &egress);
+                let mut reads = ingress.chunks(read);
+                for r in reads.by_ref().take(switch_after) {
+                    t.read(r);
+                }
+                after_silent += usize::from(t.k.pos != t.k.recorded);
+                inside_payload += usize::from(t.k.muted_payload && t.k.payload_end > t.k.pos);
+                let state = t.c.hand_off(1 << 20).expect("an HTTP/2 state");
+                t.c = HttpConnection::resume(&state, 1 << 20, &mut llm).unwrap();
+                t.k.switch_to(NEXT_BASE);
+                t.base = NEXT_BASE;
+                let mut taken = taken_at_read;
+                for r in reads {
+                    t.read_as(r, taken);
+                    taken = false;
+                }
+                assert_eq!(t.c.ignored(), None, "{what}");
+                assert_eq!(t.out.len(), 1, "{what}: the call, by either agent");
+                assert_eq!(t.out[0].exchange.response.body, b"{\"usage\":{}}");
+                assert_eq!(t.lost, Lost::default(), "{what}");
+                assert!(t.c.buffered() < 9, "{what}: {} held", t.c.buffered());
+            }
         }
-        assert!(t.k.muted_payload && t.k.payload_end > t.k.pos, "read {read}: the switch is inside a muted payload");
-        let state = t.c.hand_off(1 << 20).expect("an HTTP/2 state");
-        t.c = HttpConnection::resume(&state, 1 << 20, &mut llm).unwrap();
-        let left = t.k.payload_end - t.k.pos;
-        (t.k.pos, t.k.payload_end, t.base) = (NEXT_BASE, NEXT_BASE + left, NEXT_BASE);
-        for r in reads {
-            t.read(r);
-        }
-        assert_eq!(t.c.ignored(), None, "read {read}, switch after {switch_after}");
-        assert_eq!(t.out.len(), 1, "read {read}, switch after {switch_after}: the call after the switch");
-        assert_eq!(t.out[0].exchange.response.body, b"{\"usage\":{}}");
-        assert_eq!(t.lost, Lost::default());
-        assert_eq!(t.c.calls_in_flight(), 0);
     }
+    assert!(after_silent > 50, "{after_silent} switches after reads not copied");
+    assert!(inside_payload > 50, "{inside_payload} switches inside a muted payload");
 }

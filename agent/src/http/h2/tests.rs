@@ -175,24 +175,38 @@ fn a_stream_nothing_records_is_named_once_and_only_its_data_may_be_skipped() {
     let mut c = H2Connection::<()>::new(1 << 20);
     let (mut lost, mut out) = (Lost::default(), Vec::new());
     c.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
+    // Nothing named yet: no skip fits, not even at a frame's start.
+    assert!(c.skip_ingress(1).is_err());
+    let mut c = H2Connection::<()>::new(1 << 20);
+    c.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
     let mut srv = Encoder::new();
     let mut i = frame(HEADERS, END_HEADERS, 1, &headers(&mut srv, &[(":status", "200")]));
     i.extend(frame(DATA, 0, 1, &[7; 100]));
     c.on_ingress(&i, 1, &mut out, &mut lost).unwrap();
     assert_eq!(c.take_mute(5), Some((5, 1)));
     assert_eq!(c.take_mute(5), None);
-    // Nothing begun: no skip fits.
+    // At a frame's start, with a stream named: whole frames skipped, headers and all.
+    c.skip_ingress(5000).unwrap();
+    assert_eq!(c.buffered(), 0, "nothing of them is held");
+    // Half a header: the kernel keeps a split header's rest, so no skip.
+    c.on_ingress(&frame(DATA, 0, 1, &[0; 300])[..4], 1, &mut out, &mut lost).unwrap();
     assert!(c.skip_ingress(1).is_err());
-    // A later frame's header, then its payload skipped in two parts.
+    let mut c = H2Connection::<()>::new(1 << 20);
+    c.on_egress(&e, 1, &mut llm, &mut lost).unwrap();
+    c.on_ingress(&i, 1, &mut out, &mut lost).unwrap();
+    assert_eq!(c.take_mute(5), Some((5, 1)));
+    // A later frame's header, then its payload skipped in two parts, the
+    // second going on past its end (frames after it skipped whole).
     c.on_ingress(&frame(DATA, 0, 1, &[0; 300])[..9], 1, &mut out, &mut lost).unwrap();
     c.skip_ingress(200).unwrap();
-    assert!(c.skip_ingress(101).is_err(), "past the frame's end");
-    c.skip_ingress(100).unwrap();
+    c.skip_ingress(100 + 16_393).unwrap();
+    assert_eq!(c.buffered(), 309, "the frame's payload given back, the frames after it not");
     c.on_ingress(&frame(DATA, END_STREAM, 1, &[1; 10]), 1, &mut out, &mut lost).unwrap();
     assert_eq!(c.take_mute(5), None, "named once");
     assert_eq!((c.buffered(), out.len()), (0, 0));
-    // The stream ended: its frames are no longer skippable; nor are a
-    // recorded stream's, nor a header block's.
+    // The stream ended: its frames are no longer skippable, nor whole frames
+    // with no stream named; nor are a recorded stream's, nor a header block's.
+    assert!(c.skip_ingress(1).is_err(), "no stream named any more");
     c.on_ingress(&frame(DATA, 0, 1, &[0; 300])[..9], 1, &mut out, &mut lost).unwrap();
     assert!(c.skip_ingress(1).is_err());
     let mut c = H2Connection::<()>::new(1 << 20);

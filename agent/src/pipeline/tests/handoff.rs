@@ -416,18 +416,19 @@ mod muted_switch {
     }
 
     /// A read as the kernel copies it: the segments it keeps, the last
-    /// spanning to the read's end, or one empty call at its end.
+    /// spanning to the read's end, or one empty call at its end (the first
+    /// of a connection taken over, or one across a mark), or nothing.
     fn read(p: &mut Pipeline, k: &mut Kernel, base: u64, data: &[u8], first: bool) -> bool {
         let (start, end) = (k.pos, k.pos + data.len() as u64);
-        let (kept, _) = k.read(data);
+        let r = k.read(data, first);
         let taken = if first { FLAG_TAKEN_OVER } else { 0 };
-        let n = kept.len();
-        for (i, (from, to)) in kept.into_iter().enumerate() {
+        let n = r.kept.len();
+        for (i, (from, to)) in r.kept.into_iter().enumerate() {
             let span = if i + 1 == n { end - from } else { to - from };
             let bytes = &data[(from - start) as usize..(to - start) as usize];
             p.handle(&record(base, from, span, bytes, if i == 0 { taken } else { 0 }));
         }
-        if n == 0 {
+        if n == 0 && r.copied {
             p.handle(&record(base, end, 0, &[], taken));
         }
         n == 0
@@ -455,8 +456,7 @@ mod muted_switch {
             old.finish();
             shared.0.lock().unwrap().1 = false;
             // The new agent's kernel goes on with the walk from its own base.
-            let left = k.payload_end - k.pos;
-            (k.pos, k.payload_end) = (NEW_BASE, NEW_BASE + left);
+            k.switch_to(NEW_BASE);
             let mut first = true;
             for r in reads {
                 let empty = read(&mut new, &mut k, NEW_BASE, r, first);

@@ -1,0 +1,169 @@
+//! The decoding states a leaving agent hands on to the agent after it
+//! (`CONN_STATES`, pinned with the handover maps: `handover`): written by
+//! the one, read once and removed by the other (`pipeline/handoff.rs` says
+//! when). A state is cut in parts of a map value's size; part 0 opens with a
+//! header (the writer's pid, the state's length, the part count) and is
+//! written last, so a reader that finds it finds every part.
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, MapData};
+use tokentap_agent_common::{HandoffKey, HandoffPart, HANDOFF_MAX_PARTS, HANDOFF_PART};
+
+use crate::handover::{alive, me};
+use crate::pipeline::Handed;
+
+/// The states map, and the agents this one may take states from.
+pub struct Handoffs {
+    states: HashMap<MapData, HandoffKey, HandoffPart>,
+    /// The agents this one may take connections from (pid, start time).
+    before: Vec<(u32, u64)>,
+    /// Whether one of them still ran when last looked (`/proc`), and when.
+    pending: Option<(Instant, bool)>,
+}
+
+/// Part 0's header: writer pid, state length, parts.
+const HEADER: usize = 12;
+
+impl Handoffs {
+    pub fn new(states: HashMap<MapData, HandoffKey, HandoffPart>, before: Vec<(u32, u64)>) -> Self {
+        Self { states, before, pending: None }
+    }
+
+    /// Does an agent this one took over from still run (so a state may
+    /// still come)? Looked up at most every 100 ms; once none runs, never again.
+    pub fn pending(&mut self) -> bool {
+        match self.pending {
+            Some((_, false)) => false,
+            Some((at, true)) if at.elapsed() < Duration::from_millis(100) => true,
+            _ => {
+                let running = self.before.iter().any(|&(pid, since)| alive(pid, since));
+                self.pending = Some((Instant::now(), running));
+                running
+            }
+        }
+    }
+
+    /// Hand on `state` for a connection; false when it could not be stored
+    /// (too large, the map full).
+    pub fn put(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        let Some(parts) = state_parts(me(), state) else {
+            return false;
+        };
+        let mut part = Box::new(HandoffPart { len: 0, data: [0; HANDOFF_PART] });
+        // Part 0 last: once it is there, so is every other.
+        for (i, piece) in parts.iter().enumerate().rev() {
+            part.len = piece.len() as u32;
+            part.data[..piece.len()].copy_from_slice(piece);
+            let key = HandoffKey { tgid, part: i as u32, conn };
+            if self.states.insert(key, *part, 0).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The state an agent before this one handed on for a connection this
+    /// one took from it (and removed), not yet, or never.
+    pub fn take(&mut self, tgid: u32, conn: u64) -> Handed {
+        // Alive before the look: a state written just before its exit is found.
+        let alive = self.pending();
+        let Ok(first) = self.states.get(&HandoffKey { tgid, part: 0, conn }, 0) else {
+            return if alive { Handed::Wait } else { Handed::Never };
+        };
+        let head = first.data[..(first.len as usize).min(HANDOFF_PART)].to_vec();
+        let whole = state_from_parts(&head, |i| {
+            let p = self.states.get(&HandoffKey { tgid, part: i, conn }, 0).ok()?;
+            Some(p.data[..(p.len as usize).min(HANDOFF_PART)].to_vec())
+        });
+        // Every part goes, whether or not the state was whole: as many as
+        // the header declares, or (see `state_from_parts`) one more.
+        let declared = head.get(8..12).map_or(1, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        for i in 0..declared.saturating_add(1).clamp(1, HANDOFF_MAX_PARTS) {
+            let _ = self.states.remove(&HandoffKey { tgid, part: i, conn });
+        }
+        // Only from an agent this one succeeds: not a leftover under a reused key.
+        match whole {
+            Some(w) if self.before.iter().any(|&(pid, _)| pid == w.writer) => Handed::State(w.state),
+            _ => Handed::Never,
+        }
+    }
+}
+
+/// A state as written in parts: its writer (pid) and the parts there are.
+#[derive(Debug, PartialEq, Eq)]
+struct Whole {
+    writer: u32,
+    state: Vec<u8>,
+}
+
+/// `state` written by `writer`, cut in parts of [`HANDOFF_PART`] bytes, the
+/// first opening with the header (writer, state length, parts); None when
+/// it needs more than [`HANDOFF_MAX_PARTS`].
+fn state_parts(writer: u32, state: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let parts = (HEADER + state.len()).div_ceil(HANDOFF_PART) as u32;
+    if parts > HANDOFF_MAX_PARTS {
+        return None;
+    }
+    let mut all = Vec::with_capacity(HEADER + state.len());
+    all.extend_from_slice(&writer.to_le_bytes());
+    all.extend_from_slice(&(state.len() as u32).to_le_bytes());
+    all.extend_from_slice(&parts.to_le_bytes());
+    all.extend_from_slice(state);
+    Some(all.chunks(HANDOFF_PART).map(<[u8]>::to_vec).collect())
+}
+
+/// A state read back from its first part and `part(i)` for the others, as
+/// many as its length needs (an agent of an earlier release declared one
+/// part too few for a state whose header took it past a part's end); None
+/// when its header is cut or a part is missing.
+fn state_from_parts(first: &[u8], mut part: impl FnMut(u32) -> Option<Vec<u8>>) -> Option<Whole> {
+    let word = |at: usize| first.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let (writer, len) = (word(0)?, word(4)? as usize);
+    let mut all = first.to_vec();
+    let mut i = 1;
+    while all.len() < HEADER + len && i < HANDOFF_MAX_PARTS {
+        all.extend_from_slice(&part(i)?);
+        i += 1;
+    }
+    let state = all.get(HEADER..HEADER + len)?.to_vec();
+    Some(Whole { writer, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_of_any_size_is_read_back_from_its_parts_whole() {
+        // Around each part's end, header included: a state whose header and
+        // bytes just overflowed one part once declared one part too few.
+        let sizes = (0..40).chain(HANDOFF_PART - 20..HANDOFF_PART + 20).chain(3 * HANDOFF_PART - 20..3 * HANDOFF_PART);
+        for size in sizes {
+            let state: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let parts = state_parts(77, &state).unwrap();
+            assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= HANDOFF_PART), "{size}");
+            let whole = state_from_parts(&parts[0], |i| parts.get(i as usize).cloned());
+            assert_eq!(
+                whole,
+                Some(Whole { writer: 77, state: state.clone() }),
+                "{size} bytes in {} parts",
+                parts.len()
+            );
+            if parts.len() > 1 {
+                let cut = state_from_parts(&parts[0], |i| {
+                    parts.get(i as usize).filter(|_| i + 1 < parts.len() as u32).cloned()
+                });
+                assert_eq!(cut, None, "{size}: a part missing");
+            }
+        }
+        assert!(state_parts(1, &vec![0; HANDOFF_PART * HANDOFF_MAX_PARTS as usize]).is_none(), "too large");
+        // As an agent of an earlier release wrote it: one part declared, two written.
+        let state = vec![9; HANDOFF_PART - 10];
+        let mut parts = state_parts(5, &state).unwrap();
+        assert_eq!(parts.len(), 2);
+        parts[0][8..12].copy_from_slice(&1u32.to_le_bytes());
+        let whole = state_from_parts(&parts[0], |i| parts.get(i as usize).cloned());
+        assert_eq!(whole, Some(Whole { writer: 5, state }));
+        assert_eq!(state_from_parts(&[1, 0, 0], |_| None), None, "a header cut short");
+    }
+}
