@@ -252,7 +252,15 @@ fn emit(pid_tgid: u64, e: &Emit, direction: u32, len: u64) {
     let taken = owned == Owned::Taken;
     if !nested(|slot| copy_read(pid_tgid, e, direction, len, at, taken, slot)) {
         count_loss(LossCounter::ScratchBusy, 1);
+        // Its place in the stream is taken: the next chunk says a call is missing.
+        mark_gap(key);
     }
+}
+
+/// The connection lost a call: its next chunk carries [`FLAG_GAP_BEFORE`].
+#[inline(always)]
+pub(crate) fn mark_gap(key: SslKey) {
+    let _ = GAPPED.insert(key, 1, 0);
 }
 
 /// Copy a call: whole, or on a walked HTTP/2 connection the segments of a
@@ -267,14 +275,14 @@ fn copy_read(pid_tgid: u64, e: &Emit, direction: u32, len: u64, (base, pos): (u6
     let mut pos = pos;
     if direction == DIR_INGRESS {
         let key = SslKey { tgid: pid_tgid >> 32, ssl: e.conn };
-        if let Some(plan) = h2_walk::plan_read(key, base, pos, len, e.buf, slot) {
+        let (shift, plan) = h2_walk::plan_read(key, base, pos, len, e.buf, slot);
+        if shift != 0 {
+            move_count(key, shift);
+            pos = pos.wrapping_add(shift);
+        }
+        if let Some(plan) = plan {
             // SAFETY: this CPU's plan for this nesting slot, just written.
-            let (skipped, overflow, kept, shift) =
-                unsafe { ((*plan).skipped, (*plan).overflow, (*plan).n, (*plan).shift) };
-            if shift != 0 {
-                move_count(key, shift);
-                pos = pos.wrapping_add(shift);
-            }
+            let (skipped, overflow, kept) = unsafe { ((*plan).skipped, (*plan).overflow, (*plan).n) };
             if skipped > 0 && overflow == 0 {
                 count_loss(LossCounter::MutedReads, 1);
                 segmented = true;
@@ -503,7 +511,7 @@ extern "C" fn copy_one_chunk(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let wake = if !more && ctx.wake == 1 { BPF_RB_FORCE_WAKEUP } else { wakeup_flags() };
     if EVENTS.output::<[u8]>(bytes, wake).is_err() {
         count_loss(LossCounter::RingFull, 1);
-        let _ = GAPPED.insert(key, 1, 0);
+        mark_gap(key);
     }
     if last {
         ctx.call += 1;

@@ -114,9 +114,6 @@ pub(crate) struct Plan {
     pub(crate) overflow: u64,
     /// Bytes skipped in this read.
     pub(crate) skipped: u64,
-    /// How far this agent's count of the connection moves on at its first
-    /// read of it, past reads the agent before walked without a record.
-    pub(crate) shift: u64,
 }
 
 /// One plan per nesting slot, as the chunk scratch (`chunks::nested`).
@@ -186,14 +183,19 @@ pub(crate) fn marks(pos: u64, len: u64) -> bool {
 }
 
 /// Follow a read of `len` bytes at `buf`, placed at `pos` of the stream
-/// counted from `base`, on a walked connection: the plan in this slot's
-/// [`PLANS`] entry, or None (not walked, or the walk stopped: copy it whole).
-/// The plan's `shift` is how far the read (and the count after it) moves on:
-/// nonzero at this agent's first read of a connection taken over.
+/// counted from `base`, on a walked connection: how far the read (and the
+/// count after it) moves on, nonzero at this agent's first read of a
+/// connection taken over (whether or not the walk goes on), and the plan in
+/// this slot's [`PLANS`] entry, or None (not walked, or the walk stopped:
+/// copy it whole).
 #[inline(always)]
-pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, slot: u32) -> Option<*mut Plan> {
-    let wp = H2_WALKS.get_ptr_mut(key)?;
-    let plan = PLANS.get_ptr_mut(slot)?;
+pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, slot: u32) -> (u64, Option<*mut Plan>) {
+    let Some(wp) = H2_WALKS.get_ptr_mut(key) else {
+        return (0, None);
+    };
+    let Some(plan) = PLANS.get_ptr_mut(slot) else {
+        return (0, None);
+    };
     // SAFETY: this CPU's plan for this nesting slot, and a live map value
     // (reads on one connection are serialised by its TLS library; a race
     // only stops the walk at the next check). The walk is copied map to map:
@@ -232,8 +234,11 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     }
     let pos = pos + shift;
     if w.base != base || w.at != pos {
+        // A read the walk never saw (dropped before it, or a race): what the
+        // kernel skipped since can't be told from what it lost.
         stop(key);
-        return None;
+        crate::chunks::mark_gap(key);
+        return (shift, None);
     }
     let end = pos.wrapping_add(len);
     p.key = key;
@@ -243,18 +248,17 @@ pub(crate) fn plan_read(key: SslKey, base: u64, pos: u64, len: u64, buf: u64, sl
     words::zero(&mut p.n);
     words::zero(&mut p.overflow);
     words::zero(&mut p.skipped);
-    p.shift = shift;
     let mut ctx = slot as u64;
     unsafe { bpf_loop(MAX_STEPS, step as *mut core::ffi::c_void, (&mut ctx as *mut u64).cast(), 0) };
     // SAFETY: as above.
     let p = unsafe { &*plan };
     if p.w.at != end {
         stop(key);
-        return None;
+        return (shift, None);
     }
     // SAFETY: as above.
     unsafe { words::copy(wp, &p.w) };
-    Some(plan)
+    (shift, Some(plan))
 }
 
 /// Segment `index` of the plan [`plan_read`] left in nesting slot `slot`

@@ -500,6 +500,7 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
     });
     if !ran {
         count_loss(LossCounter::ScratchBusy, 1);
+        crate::chunks::mark_gap(SslKey { tgid: pid_tgid >> 32, ssl: conn });
     }
     if left > 0 {
         // Bytes we could not copy: give the connection up rather than leave a hole.

@@ -5,7 +5,8 @@ is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?
 "words": N? (a streamed call of N content chunks),
 "download": bytes? (then a download of that many bytes on the same
 connection, not an LLM call, its 64 KiB pieces "download_pause_ms" apart,
-default 2)}; the usage goes to
+default 2), "wait_for": path? (the call waits until that file exists, at most
+120 s: the test says when)}; the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
@@ -38,6 +39,12 @@ def main():
     shared = client()
     calls = json.load(open(a.workload))
     for c in calls:
+        if c.get("wait_for"):
+            deadline = time.monotonic() + 120
+            while not os.path.exists(c["wait_for"]):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"waited 120 s for {c['wait_for']}")
+                time.sleep(0.02)
         headers = {"x-test-usage": json.dumps(c["usage"])}
         if c.get("words"):
             # A stream of that many chunks (the test server's slow-stream model: one a second).

@@ -551,12 +551,13 @@ fn an_http2_download_in_flight_when_the_old_agent_leaves_goes_on_in_the_new_one(
     let flag = fs.flag();
     let flag = [flag.as_str()];
     let mut first = Agent::start(&first_dir, &flag);
-    // A call, a pause while the new agent starts, a call and a 16 MB download
-    // in 64 KiB pieces 10 ms apart (~2.6 s), then 20 calls; one connection.
+    // A call; once the new agent runs, a call and a 32 MB download in 64 KiB
+    // pieces 10 ms apart (~5 s); then 20 calls; one connection.
     let base = format!("https://api.openai.com:{}/v1", server.port);
+    let go = dir.join("go");
     let mut work = calls(22, 0, 0.0, false);
-    work[0]["pause"] = serde_json::json!(4.0);
-    work[1]["download"] = serde_json::json!(16 << 20);
+    work[1]["wait_for"] = serde_json::json!(go);
+    work[1]["download"] = serde_json::json!(32 << 20);
     work[1]["download_pause_ms"] = serde_json::json!(10);
     let mut cmd = py_workload(&dir, &certs, &base, "h2-download", &work);
     cmd.arg("--http2");
@@ -564,6 +565,7 @@ fn an_http2_download_in_flight_when_the_old_agent_leaves_goes_on_in_the_new_one(
     let pid = client.id();
     first.wait_records(&[pid], 1);
     let mut second = Agent::start(&second_dir, &flag);
+    std::fs::write(&go, b"").unwrap();
     let muted = |a: &Agent| a.stats()["kernel_muted_reads"].as_u64().unwrap_or(0);
     tokentap_e2e::wait_for("the download muted in the old agent's kernel", Duration::from_secs(20), || {
         (muted(&first) > 20).then_some(())
@@ -573,7 +575,7 @@ fn an_http2_download_in_flight_when_the_old_agent_leaves_goes_on_in_the_new_one(
         assert!(ok.success(), "kill {sig}");
     };
     signal("-STOP");
-    assert_eq!(server.served().len(), 2, "paused inside the download (the machine too slow for its ~2.6 s?)");
+    assert_eq!(server.served().len(), 2, "paused inside the download (the machine too slow for its ~5 s?)");
     assert!(first.stop().success());
     signal("-CONT");
     finish(client);

@@ -7,7 +7,9 @@
 //! reconnects, which a busy client may never do. So the agent leaving writes
 //! down what the next one needs to go on from the very byte it stopped at:
 //! both directions' dynamic tables and any partial frame (the new agent's
-//! first bytes continue that frame), and the calls in flight (their request,
+//! first bytes continue that frame, or follow bytes its kernel skipped: a
+//! muted stream's, which its first chunk's position tells), and the calls in
+//! flight (their request,
 //! and the response so far), whose ends the new agent then reads. So the old
 //! agent need not wait for a busy connection to fall quiet, which it may never
 //! do. A WebSocket stream inside the connection is not carried over (a
