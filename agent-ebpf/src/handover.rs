@@ -172,7 +172,8 @@ pub(crate) fn owns(key: SslKey, direction: u32, buf: u64, counted: bool) -> Owne
 /// this one), the owner not looked at yet.
 #[inline(always)]
 fn own_view(cur: u32, me: u32) -> View {
-    let heir = if live(cur) { cur } else { me };
+    // The current agent is its own heir, live or not: no lookup (one a call).
+    let heir = if cur == me || live(cur) { cur } else { me };
     View { heir, heir_is_current: heir == cur, owner: 0, owner_live: false }
 }
 

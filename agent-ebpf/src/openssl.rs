@@ -90,8 +90,18 @@ pub(crate) fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32,
     if ignored(key, args.ssl) {
         return;
     }
-    let fd = unsafe { SSL_FDS.get(SslKey { tgid: key >> 32, ssl: args.ssl }) }.copied().unwrap_or(-1);
-    emit_data(key, &Emit { conn: args.ssl, buf: args.buf, fd, source }, direction, len);
+    // The fd is looked up only for a call that is copied ([`fd_of`]): a muted
+    // read of a download copies nothing, and need not pay for the lookup.
+    emit_data(key, &Emit { conn: args.ssl, buf: args.buf, fd: FD_OF_SSL, source }, direction, len);
+}
+
+/// An [`Emit`]'s fd that the copy looks up in [`SSL_FDS`] by its connection.
+pub(crate) const FD_OF_SSL: i32 = i32::MIN;
+
+/// The socket fd of connection object `ssl` of process `tgid`, -1 when unknown.
+#[inline(always)]
+pub(crate) fn fd_of(tgid: u64, ssl: u64) -> i32 {
+    unsafe { SSL_FDS.get(SslKey { tgid, ssl }) }.copied().unwrap_or(-1)
 }
 
 #[uprobe]
