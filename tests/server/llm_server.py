@@ -66,7 +66,8 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-# ws_server.py sits next to this file, whatever the cwd; no __pycache__ left in the tree.
+# h2_server.py and ws_server.py sit next to this file, whatever the cwd; no
+# __pycache__ left in the tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 import h2_server  # noqa: E402
