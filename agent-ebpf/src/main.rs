@@ -18,6 +18,8 @@
 //!   connection, and when one hands it to the next;
 //! - [`h2_walk`]: the frame headers of HTTP/2 responses, so the DATA frames
 //!   user space does not record are not copied;
+//! - [`call_args`]: a TLS call's arguments from its entry to its return, in
+//!   the thread's storage;
 //! - [`chunks`]: the copy path all capture methods share (connection filter,
 //!   per-CPU scratch, ordered chunks into the ring buffer);
 //! - [`ring`]: the ring buffer itself, its wake-up policy, control events and the
@@ -34,6 +36,7 @@
 
 mod adopted;
 mod boringssl;
+mod call_args;
 mod chunks;
 mod go_tls;
 mod h2_walk;

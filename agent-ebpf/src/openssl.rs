@@ -3,7 +3,7 @@
 //!
 //! Why these hooks: `SSL_write`/`SSL_read` (and their `_ex` twins) see the
 //! plaintext of every TLS connection made through these libraries. The entry
-//! probe saves the arguments per thread; the return probe knows how many bytes
+//! probe saves the arguments in the thread's storage ([`crate::call_args`]); the return probe knows how many bytes
 //! really moved and copies exactly those, in `CHUNK_SIZE` chunks, into the ring
 //! buffer. `SSL_free` tells user space a connection object is gone (pointers get
 //! reused); `SSL_set_fd` tells which socket a connection uses.
@@ -16,16 +16,14 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use tokentap_agent_common::{CallArgs, CallKind, EventKind, LossCounter, Source, SslKey, DIR_EGRESS, DIR_INGRESS};
 
+use crate::call_args;
 use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::ring::{count_loss, emit_control};
-
-#[map]
-static ACTIVE_CALLS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0);
 
 /// (tgid, SSL*) -> socket fd, learned from `SSL_set_fd`. LRU: connections whose
 /// `SSL_free` we never see age out instead of filling the map.
@@ -39,26 +37,21 @@ pub(crate) fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
     let num: u64 =
         if has_len_ptr { ctx.arg(2).unwrap_or(0) } else { ctx.arg::<u64>(2).unwrap_or(0) as u32 as i32 as i64 as u64 };
     let len_ptr: u64 = if has_len_ptr { ctx.arg(3).unwrap_or(0) } else { 0 };
-    let key = bpf_get_current_pid_tgid();
     // The latest call wins: a stale entry (a return probe that never fired) must
     // not block the thread, and when one entry point calls another (BoringSSL's
     // SSL_write_ex -> SSL_write) the inner call emits and the outer finds nothing.
     let args = CallArgs { ssl, buf, len_ptr, num, call: call as u32, _pad: 0 };
-    if ACTIVE_CALLS.insert(key, args, 0).is_err() {
+    if !call_args::save(args) {
         count_loss(LossCounter::ArgsMapFull, 1);
     }
-    crate::handover::call_begins(key, true);
+    crate::handover::call_begins(bpf_get_current_pid_tgid(), true);
 }
 
 pub(crate) fn finish_call(ctx: &RetProbeContext, call: CallKind, direction: u32, source: Source) {
-    let key = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { ACTIVE_CALLS.get(key) }).copied() else {
+    let Some(args) = call_args::take(call as u32) else {
         return;
     };
-    if args.call != call as u32 {
-        return;
-    }
-    let _ = ACTIVE_CALLS.remove(key);
+    let key = bpf_get_current_pid_tgid();
     // The functions return C `int`: only the low 32 bits of the register are
     // defined.
     let ret = ctx.ret::<u64>() as u32 as i32;

@@ -37,12 +37,12 @@
 //! than we walk gives its connection up (counted) rather than leave a hole.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
-    macros::{map, uprobe, uretprobe},
-    maps::HashMap,
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use tokentap_agent_common::{EventKind, LossCounter, Source, DIR_EGRESS, DIR_INGRESS};
 
+use crate::call_args::TaskStorage;
 use crate::chunks::{emit_data, ignored, Emit};
 use crate::ring::{count_loss, emit_control};
 
@@ -57,9 +57,12 @@ struct SendArgs {
     chunks: u64,
 }
 
-/// In-flight `send_appdata_encrypt` calls, by thread.
-#[map]
-static RUSTLS_CALLS: HashMap<u64, SendArgs> = HashMap::with_max_entries(16384, 0);
+/// The `send_appdata_encrypt` call in flight on each thread, in its task
+/// storage ([`crate::call_args`]): `state` 0 when none (a `&mut CommonState`
+/// is never null).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "RUSTLS_CALLS")]
+static RUSTLS_CALLS: TaskStorage<SendArgs> = TaskStorage::new();
 
 /// More than any real call moves: a larger length means we misread the call.
 const MAX_CALL: u64 = 1 << 30;
@@ -80,11 +83,12 @@ fn save(ctx: &ProbeContext, chunks: bool) {
         [arg, ctx.arg(2).unwrap_or(0), 0, 0]
     };
     let args = SendArgs { state, words, chunks: chunks as u64 };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if RUSTLS_CALLS.insert(pid_tgid, args, 0).is_err() {
-        count_loss(LossCounter::ArgsMapFull, 1);
+    match RUSTLS_CALLS.current(true) {
+        // SAFETY: the current thread's live storage; only its own probes touch it.
+        Some(p) => unsafe { *p = args },
+        None => count_loss(LossCounter::ArgsMapFull, 1),
     }
-    crate::handover::call_begins(pid_tgid, true);
+    crate::handover::call_begins(bpf_get_current_pid_tgid(), true);
 }
 
 fn read_u64(at: u64) -> Option<u64> {
@@ -105,11 +109,16 @@ pub fn rustls_send_chunks(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn rustls_send_ret(ctx: RetProbeContext) -> u32 {
-    let key = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { RUSTLS_CALLS.get(key) }).copied() else {
+    let Some(p) = RUSTLS_CALLS.current(false) else {
         return 0;
     };
-    let _ = RUSTLS_CALLS.remove(key);
+    // SAFETY: as in `save`.
+    let args = unsafe { *p };
+    if args.state == 0 {
+        return 0;
+    }
+    unsafe { (*p).state = 0 };
+    let key = bpf_get_current_pid_tgid();
     let taken: u64 = ctx.ret();
     if taken == 0 || taken > MAX_CALL || ignored(key, args.state) {
         return 0;
