@@ -8,7 +8,8 @@
 //! ([`Pipeline::park`]) until that state is there, then decodes them from where
 //! the other stopped; or, when the agent before has exited without leaving one
 //! (or the wait is too long), as a connection joined midway (counted). A
-//! connection that ends while it waits still waits, its end with it. The
+//! connection that ends while it waits still waits, its end with it (apart,
+//! under a key of its own, when a new connection takes its key first). The
 //! kernel leaves the state of a connection a running agent took over in the
 //! map until that agent reads it, so one that ends after its state was
 //! written, before this agent read it, keeps it too.
@@ -60,6 +61,9 @@ pub struct OrphanConns {
 /// The connection id bit that sets an orphan's connection apart: not one
 /// a TLS object's address, a socket's or a Java connection's id carries.
 const ORPHANED: u64 = 1 << 61;
+/// The bit that sets apart a connection that waited for its state past its
+/// key's reuse ([`Pipeline::set_aside`]), as [`ORPHANED`] does an orphan's.
+const SET_ASIDE: u64 = 1 << 60;
 
 #[derive(Default)]
 pub(super) struct Parked {
@@ -70,6 +74,9 @@ pub(super) struct Parked {
     /// in flight are counted when the state comes), false for one decoded
     /// without it (counted as missing then).
     late: HashMap<ConnKey, bool>,
+    /// Connections that ended while they waited, whose key a new connection
+    /// took before their state came (see [`Pipeline::set_aside`]), by that key.
+    aside: HashMap<ConnKey, Waiting>,
     swept: Option<Instant>,
     /// This agent has left for a successor ([`Pipeline::leave`]), and has
     /// handed on every state ([`Pipeline::hand_off`]).
@@ -91,8 +98,9 @@ impl Pipeline {
     pub(super) fn park(&mut self, c: &Chunk<'_>, raw: &[u8]) -> bool {
         if self.parked.conns.get(&c.key).is_some_and(|w| w.ended.is_some()) {
             // A new connection under the key of one that ended while it
-            // waited: that one goes on now, with its state if it came.
-            self.release_now(c.key);
+            // waited (an `SSL*` the allocator hands out again at once): that
+            // one waits on apart, the new one is read.
+            self.set_aside(c.key);
         }
         let waiting = self.parked.conns.get(&c.key).map(|w| w.bytes);
         if waiting.is_none() {
@@ -208,6 +216,15 @@ impl Pipeline {
                 Handed::Wait | Handed::Never => self.release(key, None),
             }
         }
+        let aside: Vec<(ConnKey, Instant)> = self.parked.aside.iter().map(|(k, w)| (*k, w.since)).collect();
+        for (key, since) in aside {
+            let Some(f) = self.filter.as_mut() else { return };
+            match f.handed(key.tgid, key.conn) {
+                Handed::State(s) => self.release_aside(key, Some(s)),
+                Handed::Wait if since.elapsed() < MAX_WAIT => {}
+                Handed::Wait | Handed::Never => self.release_aside(key, None),
+            }
+        }
         if self.parked.swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             self.sweep_late();
         }
@@ -218,6 +235,8 @@ impl Pipeline {
     pub(super) fn unpark_all(&mut self) {
         let keys: Vec<ConnKey> = self.parked.conns.keys().copied().collect();
         keys.into_iter().for_each(|k| self.release_now(k));
+        let keys: Vec<ConnKey> = self.parked.aside.keys().copied().collect();
+        keys.into_iter().for_each(|k| self.release_aside_now(k));
         self.sweep_late();
     }
 
@@ -252,6 +271,8 @@ impl Pipeline {
     pub(super) fn unpark_process(&mut self, tgid: u32) {
         let keys: Vec<ConnKey> = self.parked.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
         keys.into_iter().for_each(|k| self.release_now(k));
+        let keys: Vec<ConnKey> = self.parked.aside.keys().filter(|k| k.tgid == tgid).copied().collect();
+        keys.into_iter().for_each(|k| self.release_aside_now(k));
     }
 
     /// Go on now with a waiting connection, with its state if it came.
@@ -265,13 +286,57 @@ impl Pipeline {
 
     fn release(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
         let Some(w) = self.parked.conns.remove(&key) else { return };
+        self.decode_held(w, key, key, state);
+    }
+
+    /// The waiting connection `key` ended, and a new connection now has its
+    /// key. Its state may not have come yet: the agent before hands it on
+    /// when it reads the end, which the new connection's first bytes can
+    /// beat. Then it waits on apart from the new one (one at a time per key:
+    /// an earlier one still apart goes on first), and is decoded under a key
+    /// of its own when its state comes (the state is named by the key alone,
+    /// and only a connection taken over waits for one: the new connection,
+    /// opened under this agent, never does).
+    fn set_aside(&mut self, key: ConnKey) {
+        let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
+            Some(Handed::State(s)) => Some(s),
+            Some(Handed::Wait) => {
+                self.release_aside_now(key);
+                if let Some(w) = self.parked.conns.remove(&key) {
+                    self.parked.aside.insert(key, w);
+                }
+                return;
+            }
+            _ => None,
+        };
+        self.release(key, state);
+    }
+
+    fn release_aside_now(&mut self, key: ConnKey) {
+        if self.parked.aside.contains_key(&key) {
+            let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
+                Some(Handed::State(s)) => Some(s),
+                _ => None,
+            };
+            self.release_aside(key, state);
+        }
+    }
+
+    fn release_aside(&mut self, key: ConnKey, state: Option<Vec<u8>>) {
+        let Some(w) = self.parked.aside.remove(&key) else { return };
+        self.decode_held(w, key, ConnKey { conn: key.conn ^ SET_ASIDE, ..key }, state);
+    }
+
+    /// Decode what connection `key` held while it waited, under `as_key`,
+    /// from its state if it came; then its end, if it ended.
+    fn decode_held(&mut self, w: Waiting, key: ConnKey, as_key: ConnKey, state: Option<Vec<u8>>) {
         self.parked.bytes -= w.bytes;
         match state.map(|s| self.resume(&s)) {
             Some(Ok(c)) => {
                 Stats::inc(&self.stats.handoff_states_received);
                 // Ignored by the agent before: the kernel is told so with the
                 // first chunk replayed below (`on_data`), under its base.
-                self.resumed.insert(key, c);
+                self.resumed.insert(as_key, c);
             }
             Some(Err(e)) => {
                 Stats::inc(&self.stats.handoff_states_unusable);
@@ -285,12 +350,13 @@ impl Pipeline {
             }
         }
         for raw in &w.records {
-            if let Ok(RawEvent::Data(c)) = decode(raw) {
+            if let Ok(RawEvent::Data(mut c)) = decode(raw) {
+                c.key = as_key;
                 self.on_data(&c);
             }
         }
         if let Some(ts) = w.ended {
-            self.end_conn(key, ts);
+            self.end_conn(as_key, ts);
         }
     }
 

@@ -286,19 +286,47 @@ fn a_state_handed_on_at_an_end_nobody_took_counts_its_calls_cut() {
     assert_eq!(n.dropped_calls(), 1, "the call in flight, cut: {n:?}");
 }
 
-/// A new connection under the key of one that ended while it waited: the
-/// one that ended goes on first (joined midway, counted), the new one is
-/// read at once.
+/// A new connection under the key of one that ended while it waited, before
+/// its state came: the new one is read at once, the one that ended waits on
+/// apart, and its call is recorded when the state comes.
 #[test]
 fn a_new_connection_under_the_key_of_one_waiting_with_its_end_is_read_at_once() {
-    let (_shared, _old, (mut new, new_calls, new_stats)) = two_agents();
-    taken_over_request(&mut new);
+    let (_shared, (mut old, old_calls, _), (mut new, new_calls, new_stats)) = two_agents();
+    let (mut up, mut down) = (Encoder::new(), Encoder::new());
+    call(&mut old, 7, DIR_EGRESS, &[preface(), request(&mut up, 1)].concat(), 1 << 20);
+    let answer = response(&mut down, 1);
+    new.handle(&data_record(42, 7, DIR_INGRESS, 0, answer.len() as u64, &answer, FLAG_LAST | FLAG_TAKEN_OVER));
     new.handle(&control_record(EventKind::ConnClosed, 42, 7));
-    assert_eq!(new_stats.snapshot().handoff_states_missing, 0, "still waiting");
     call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
     call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
-    assert_eq!(new_calls.0.lock().unwrap().len(), 1);
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "the new connection, read at once");
+    assert_eq!(new_stats.snapshot().handoff_states_missing, 0, "the one that ended still waits");
+    old.hand_off();
+    old.finish();
+    new.flush();
+    let calls = new_calls.0.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{:?}", new_stats.snapshot());
+    assert!(calls.iter().any(|c| c.input_tokens == Some(1) && c.output_tokens == Some(2)), "the call that straddled");
+    assert!(old_calls.0.lock().unwrap().is_empty());
+    let s = new_stats.snapshot();
+    assert_eq!((s.handoff_states_received, s.handoff_states_missing), (1, 0), "{s:?}");
+    assert_eq!(new.connections(), 1, "the new one only: the one apart ended with its state");
+}
+
+/// The same, when the agent before leaves without a state for it: decoded
+/// as joined midway and counted, the new connection untouched.
+#[test]
+fn a_connection_apart_whose_state_never_comes_is_counted_missing() {
+    let (shared, _old, (mut new, new_calls, new_stats)) = two_agents();
+    taken_over_request(&mut new);
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    assert_eq!(new_stats.snapshot().handoff_states_missing, 0, "still waiting");
+    shared.0.lock().unwrap().1 = false;
+    new.flush();
     assert_eq!(new_stats.snapshot().handoff_states_missing, 1);
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "the new connection's call");
 }
 
 /// A killed agent's ring buffer, read by the agent after it (`orphan_rings`).
