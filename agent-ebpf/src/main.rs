@@ -12,6 +12,8 @@
 //!   function of its own;
 //! - [`sockets`]: client sockets at the syscalls: plaintext HTTP copied, TLS
 //!   connections named (their hello, through [`hello`]) and counted;
+//! - [`syscall_args`]: a syscall's number and arguments, as either kind of
+//!   syscall hook sees them;
 //! - [`hello`]: the first write of a TLS client connection to user space;
 //! - [`process`]: exec, exit and library loads, which drive user space's discovery;
 //! - [`handover`]: which of two overlapping agents (an upgrade) copies each
@@ -48,6 +50,7 @@ mod process;
 mod ring;
 mod rustls;
 mod sockets;
+mod syscall_args;
 mod words;
 
 #[cfg(not(test))]

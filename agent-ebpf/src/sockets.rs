@@ -44,10 +44,8 @@
 //! user space is told it closed) rather than leave a hole in the stream; user
 //! space then reads the bytes it moved so far from [`SOCKETS`].
 use aya_ebpf::{
-    bindings::{pt_regs, BPF_NOEXIST},
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
-    },
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop},
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
@@ -64,6 +62,7 @@ use crate::chunks::{emit_data, forget_conn, ignored, nested, Emit};
 use crate::handover::{owns, tells_end, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
+use crate::syscall_args::Syscall;
 
 /// Client sockets opened with `connect` while we watch: what their first
 /// bytes said (`SOCK_*`) and the bytes they moved. User space reads entries
@@ -185,59 +184,6 @@ const SYS_RECVMSG: u64 = 47;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
-
-/// A syscall's number and first three arguments, as the hook that ran sees
-/// them. Read lazily: most calls stop at a filter before their arguments.
-trait Syscall {
-    fn nr(&self) -> u64;
-    fn arg(&self, n: u32) -> u64;
-}
-
-/// Raw `sys_enter`: the number is an argument, the syscall's arguments are in
-/// its `pt_regs` (rdi, rsi, rdx), read one by one: the whole struct would cost
-/// a 168-byte copy per call.
-impl Syscall for RawTracePointContext {
-    #[inline(always)]
-    fn nr(&self) -> u64 {
-        self.arg(1)
-    }
-
-    #[inline(always)]
-    fn arg(&self, n: u32) -> u64 {
-        let p: *const pt_regs = RawTracePointContext::arg(self, 0);
-        // SAFETY: only the field's address is computed; the kernel read checks it.
-        let field = unsafe {
-            match n {
-                0 => core::ptr::addr_of!((*p).rdi),
-                1 => core::ptr::addr_of!((*p).rsi),
-                _ => core::ptr::addr_of!((*p).rdx),
-            }
-        };
-        unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
-    }
-}
-
-/// `syscalls/sys_enter_*`: the record of the events' format files, `int
-/// __syscall_nr` at 8 and each argument as 8 bytes from 16 (the same layout
-/// for every syscall), read straight from the context (constant offsets).
-impl Syscall for TracePointContext {
-    #[inline(always)]
-    fn nr(&self) -> u64 {
-        // SAFETY: a field of the tracepoint's record; the verifier checks the offset.
-        unsafe { *(self.as_ptr() as *const u8).add(8).cast::<i32>() as u32 as u64 }
-    }
-
-    #[inline(always)]
-    fn arg(&self, n: u32) -> u64 {
-        let off = match n {
-            0 => 16,
-            1 => 24,
-            _ => 32,
-        };
-        // SAFETY: as above.
-        unsafe { *(self.as_ptr() as *const u8).add(off).cast::<u64>() }
-    }
-}
 
 fn sock_key(pid_tgid: u64, fd: u64) -> SockKey {
     SockKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 }

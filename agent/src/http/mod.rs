@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod h1;
 pub mod h2;
 pub mod handoff_codec;
+pub mod ignored;
 pub mod message;
 pub mod mute;
 pub mod sniff;
