@@ -278,7 +278,9 @@ pub enum LossCounter {
     ReadFailed = 2,
     /// Control events lost because the ring buffer was full.
     ControlRingFull = 3,
-    /// Calls not tracked because the in-flight argument map was full.
+    /// Calls not tracked because their arguments could not be saved: the
+    /// in-flight argument map was full (socket calls, Go), or the kernel gave
+    /// the thread no task storage (TLS libraries' calls, rustls's sends).
     ArgsMapFull = 4,
     /// Calls not copied because every scratch slot of the CPU was busy.
     ScratchBusy = 5,

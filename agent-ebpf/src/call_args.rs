@@ -5,17 +5,24 @@
 //! Why task storage: the return probe no longer sees the arguments, so the
 //! entry saves them for the same thread. A hash map by thread id did that with
 //! an insert at every entry and a lookup and a delete at every return, ~40 % of
-//! the entry program and a sixth of a muted read's return (docs/performance.md).
+//! the entry program and an eighth of a muted read's return (docs/performance.md).
 //! A task's local storage is found from the task itself, with no hashing and no
 //! lock on a shared bucket; an entry is created once per thread, reused by its
 //! every call, and freed by the kernel with the thread (nothing to age out, no
-//! map that fills). Kprobe-type programs (uprobes) may use it since Linux 5.12;
-//! tokentap needs 5.17 (`bpf_loop`).
+//! map that fills; its memory is charged to the agent's cgroup, a few hundred bytes a
+//! thread that made a TLS call). Kprobe-type programs (uprobes) may use it
+//! since Linux 5.13, well before the 5.17 tokentap needs (`bpf_loop`).
 //!
 //! What it falls back to: none is needed where the agent loads at all. When the
-//! kernel cannot give a thread its storage (out of memory, or its per-CPU guard
-//! busy with another program's use of the same storage on this CPU), the call
-//! is not saved, and counted (`ArgsMapFull`).
+//! kernel gives a thread no storage (out of memory, or its per-CPU guard held by
+//! another task-storage use on this CPU, any map's: before Linux 6.2 that fails
+//! lookups too, from 6.2 on only the creation of a thread's first entry), the
+//! call is not saved, and counted (`ArgsMapFull`); a return that finds none
+//! copies nothing. On those older kernels a failed save can leave the thread's
+//! previous call in place, and a failed take keep one: the next return that
+//! matches its kind would copy from its buffer: bytes out of place, which user
+//! space counts as a desync where they do not parse. Both need the guard held
+//! from an interrupt, twice in a row on one thread.
 //!
 //! The map's definition is a BTF map (section `.maps`, its type and sizes
 //! written as array lengths the loader reads from the BTF): local storage

@@ -339,8 +339,8 @@ impl Probes {
         let me = crate::handover::me();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("EVENTS", ring_buffer_bytes).override_global("AGENT_TGID", &me, true);
-        // Task storage (`CALL_ARGS`: agent-ebpf/src/call_args.rs), which aya
-        // creates and the programs use but has no Rust type for.
+        // Task storage (`CALL_ARGS`, `RUSTLS_CALLS`: agent-ebpf/src/call_args.rs),
+        // which aya creates and the programs use but has no Rust type for.
         loader.allow_unsupported_maps();
         if let Some(dir) = handover {
             crate::handover::prepare(dir)?;

@@ -335,7 +335,9 @@ impl Pipeline {
             Some(Ok(c)) => {
                 Stats::inc(&self.stats.handoff_states_received);
                 // Ignored by the agent before: the kernel is told so with the
-                // first chunk replayed below (`on_data`), under its base.
+                // first chunk replayed below (`on_data`), under its base (of
+                // one set aside, under its own key, which no probe copies:
+                // its reused key is the new connection's).
                 self.resumed.insert(as_key, c);
             }
             Some(Err(e)) => {
@@ -399,6 +401,12 @@ impl Pipeline {
     /// [`Pipeline::hand_off`] hands its state on at its end.
     pub fn leave(&mut self) {
         self.parked.leaving = true;
+        // A connection set aside shares its key with a live one, whose state
+        // this agent hands on under that key: read back as the one's, it
+        // would be lost to the successor. It goes on now, with its state if
+        // it came (else counted missing).
+        let keys: Vec<ConnKey> = self.parked.aside.keys().copied().collect();
+        keys.into_iter().for_each(|k| self.release_aside_now(k));
     }
 
     /// The connection `key` ends while this agent leaves: its state goes to

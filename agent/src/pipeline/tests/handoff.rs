@@ -329,6 +329,22 @@ fn a_connection_apart_whose_state_never_comes_is_counted_missing() {
     assert_eq!(new_calls.0.lock().unwrap().len(), 1, "the new connection's call");
 }
 
+/// This agent leaves (a second upgrade) while a connection waits apart: it
+/// goes on at once, before this agent hands on states under the key it
+/// shares with the new connection.
+#[test]
+fn a_connection_apart_goes_on_when_this_agent_leaves() {
+    let (_shared, _old, (mut new, _calls, new_stats)) = two_agents();
+    taken_over_request(&mut new);
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    assert_eq!(new_stats.snapshot().handoff_states_missing, 0, "still waiting");
+    new.leave();
+    let s = new_stats.snapshot();
+    assert_eq!(s.handoff_states_missing, 1, "{s:?}");
+    assert!(s.bytes > 0, "its bytes were decoded");
+}
+
 /// A killed agent's ring buffer, read by the agent after it (`orphan_rings`).
 mod orphans {
     use super::*;
