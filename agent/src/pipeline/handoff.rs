@@ -209,20 +209,14 @@ impl Pipeline {
     pub(super) fn unpark(&mut self) {
         let waiting: Vec<(ConnKey, Instant)> = self.parked.conns.iter().map(|(k, w)| (*k, w.since)).collect();
         for (key, since) in waiting {
-            let Some(f) = self.filter.as_mut() else { return };
-            match f.handed(key.tgid, key.conn) {
-                Handed::State(s) => self.release(key, Some(s)),
-                Handed::Wait if since.elapsed() < MAX_WAIT => {}
-                Handed::Wait | Handed::Never => self.release(key, None),
+            if let Some(state) = self.poll_state(key, since) {
+                self.release(key, state);
             }
         }
         let aside: Vec<(ConnKey, Instant)> = self.parked.aside.iter().map(|(k, w)| (*k, w.since)).collect();
         for (key, since) in aside {
-            let Some(f) = self.filter.as_mut() else { return };
-            match f.handed(key.tgid, key.conn) {
-                Handed::State(s) => self.release_aside(key, Some(s)),
-                Handed::Wait if since.elapsed() < MAX_WAIT => {}
-                Handed::Wait | Handed::Never => self.release_aside(key, None),
+            if let Some(state) = self.poll_state(key, since) {
+                self.release_aside(key, state);
             }
         }
         if self.parked.swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
@@ -275,12 +269,28 @@ impl Pipeline {
         keys.into_iter().for_each(|k| self.release_aside_now(k));
     }
 
+    /// Whether a connection waiting since `since` goes on now (`Some`), with
+    /// its state if it came: not while the agent before may still hand it on
+    /// and the wait is short enough.
+    fn poll_state(&mut self, key: ConnKey, since: Instant) -> Option<Option<Vec<u8>>> {
+        match self.filter.as_mut()?.handed(key.tgid, key.conn) {
+            Handed::State(s) => Some(Some(s)),
+            Handed::Wait if since.elapsed() < MAX_WAIT => None,
+            Handed::Wait | Handed::Never => Some(None),
+        }
+    }
+
+    /// The state handed on for `key`, if it came.
+    fn state_now(&mut self, key: ConnKey) -> Option<Vec<u8>> {
+        match self.filter.as_mut()?.handed(key.tgid, key.conn) {
+            Handed::State(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Go on now with a waiting connection, with its state if it came.
     fn release_now(&mut self, key: ConnKey) {
-        let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
-            Some(Handed::State(s)) => Some(s),
-            _ => None,
-        };
+        let state = self.state_now(key);
         self.release(key, state);
     }
 
@@ -314,10 +324,7 @@ impl Pipeline {
 
     fn release_aside_now(&mut self, key: ConnKey) {
         if self.parked.aside.contains_key(&key) {
-            let state = match self.filter.as_mut().map(|f| f.handed(key.tgid, key.conn)) {
-                Some(Handed::State(s)) => Some(s),
-                _ => None,
-            };
+            let state = self.state_now(key);
             self.release_aside(key, state);
         }
     }
