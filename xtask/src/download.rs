@@ -19,7 +19,9 @@
 //! (`TOKENTAP_DOWNLOAD_AGENT_ARGS` adds flags to the agent's, e.g.
 //! `--syscall-hooks tracepoints`). Each pair after the first runs the client a
 //! third time with the agent's hooks placed again with nothing behind them
-//! (`bare_probes.rs`): the floor no program can go under. Results:
+//! (`bare_probes.rs`; Java's in a JVM given tokentap's Java agent by an agent
+//! run stopped before the timed one, [`java_hooks_alone`]): the floor no
+//! program can go under. Results:
 //! target/bench/download.md.
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
@@ -290,6 +292,22 @@ impl Client {
     }
 }
 
+/// Java's floor: a new JVM gets tokentap's Java agent (its bytecode hooks in
+/// JSSE, which stay for the JVM's life) from an agent run that is then
+/// stopped, so the hooks call a native function no program is behind; the
+/// hooks returned are that run's (its uprobe on the native function, the
+/// socket hooks), to be placed again bare. What is left of the agent's cost
+/// is then the JVM's side (the hooks' bookkeeping, the JNI call) and the
+/// kernel's trap: the floor of this capture method.
+fn java_hooks_alone(client: &Client, srv: &Server, dir: &Path, args: &[&str]) -> Result<Vec<bare_probes::Target>> {
+    std::fs::create_dir_all(dir)?;
+    let mut agent = Agent::start(dir, args);
+    client.until_probed(srv, &agent)?;
+    let targets = bare_probes::of_agent(&agent.stderr)?;
+    ensure!(agent.stop().success(), "agent exit (Java's floor)");
+    Ok(targets)
+}
+
 /// `agent`'s counters as written after this call (it rewrites its stats file
 /// every second): they count everything done before it.
 fn stats_from_now(agent: &Agent) -> serde_json::Value {
@@ -420,6 +438,14 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
                 return Ok(None);
             }
             client.fresh();
+            let java;
+            let targets = match client {
+                Client::Java { .. } => {
+                    java = java_hooks_alone(client, srv, &work.join(format!("agent-java-floor-{i}")), args)?;
+                    &java[..]
+                }
+                _ => targets,
+            };
             let (_placed, n) = bare_probes::place(targets)?;
             ensure!(n > 0, "{name}: none of the agent's hooks could be placed again: {targets:?}");
             client.warm(srv)?;
@@ -438,11 +464,7 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
         if bare.is_none() {
             // The hooks placed for this client (and every other TLS library
             // found, and the socket hooks): taken once, with the client probed.
-            // Java's are bytecode the Java agent adds to a JVM: none to place.
-            bare = Some(match client {
-                Client::Java { .. } => Vec::new(),
-                _ => bare_probes::of_agent(&agent.stderr)?,
-            });
+            bare = Some(bare_probes::of_agent(&agent.stderr)?);
         }
         client.warm(srv)?;
         let counted = stats_from_now(&agent);
@@ -488,7 +510,7 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
     let raw = targets.iter().filter(|t| matches!(t, bare_probes::Target::RawSyscalls(_))).count();
     let uprobes = targets.len() - raw;
     let (floor_text, floor_cell) = if floor_ratios.is_empty() {
-        (" No floor run: no hooks of the agent's to place again (Java's are bytecode).".to_string(), "-".to_string())
+        (" No floor run: no hooks of the agent's to place again.".to_string(), "-".to_string())
     } else {
         let (f, fc) = (median(floor_ratios), median(floor_cpu_ratios));
         let without_raw = if raw == 0 { " (no raw syscall tracepoints: the socket hooks are not in it)" } else { "" };
