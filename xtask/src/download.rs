@@ -297,8 +297,9 @@ impl Client {
 /// stopped, so the hooks call a native function no program is behind; the
 /// hooks returned are that run's (its uprobe on the native function, the
 /// socket hooks), to be placed again bare. What is left of the agent's cost
-/// is then the JVM's side (the hooks' bookkeeping, the JNI call) and the
-/// kernel's trap: the floor of this capture method.
+/// is then the JVM's side (the hooks' bookkeeping, the JNI call), the
+/// uprobe's hit (a trap, or a call where the kernel optimises the native
+/// function's 5-byte NOP) and the socket hooks: this capture method's floor.
 fn java_hooks_alone(client: &Client, srv: &Server, dir: &Path, args: &[&str]) -> Result<Vec<bare_probes::Target>> {
     std::fs::create_dir_all(dir)?;
     let mut agent = Agent::start(dir, args);
