@@ -406,7 +406,11 @@ fn copy_calls(
     h.conn = e.conn;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.stream_base = base;
-    h.fd = if e.fd == crate::openssl::FD_OF_SSL { crate::openssl::fd_of(pid_tgid >> 32, e.conn) } else { e.fd };
+    h.fd = match e.fd {
+        crate::openssl::FD_OF_SSL => crate::openssl::fd_of(pid_tgid >> 32, e.conn),
+        crate::go_tls::FD_OF_GO_CONN => crate::go_tls::go_conn_fd(e.conn),
+        fd => fd,
+    };
     h.source = e.source as u32;
     // Into the scratch itself: a copy on the stack would cost the deep copy
     // path 16 bytes of its 512, and zeroing it a memset the verifier walks.

@@ -40,8 +40,9 @@ use tokentap_agent_common::{
 use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::ring::{count_loss, emit_control};
 
-/// In-flight Go TLS calls by goroutine. LRU: a goroutine that dies inside a
-/// call (panic) must not leak its entry.
+/// Go TLS calls by goroutine: the call in flight, or the goroutine's last one
+/// marked taken (`call` 0). LRU: a goroutine that ends (or dies inside a call)
+/// must not leak its entry.
 #[map]
 static GO_CALLS: LruHashMap<GoCallKey, CallArgs> = LruHashMap::with_max_entries(16384, 0);
 
@@ -58,8 +59,33 @@ fn go_enter(ctx: &ProbeContext, call: CallKind) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
     let args = CallArgs { ssl: r.rax, buf: r.rbx, len_ptr: 0, num: r.rcx, call: call as u32, _pad: 0 };
-    if GO_CALLS.insert(key, args, 0).is_err() {
-        count_loss(LossCounter::ArgsMapFull, 1);
+    // The goroutine's entry stays from call to call ([`take_go_call`]), so a
+    // call rewrites it in place: an insert and a removal of an LRU entry per
+    // call cost more than the rest of a muted read.
+    match GO_CALLS.get_ptr_mut(key) {
+        // SAFETY: a live map value; one goroutine runs on one CPU at a time.
+        Some(p) => unsafe { *p = args },
+        None => {
+            if GO_CALLS.insert(key, args, 0).is_err() {
+                count_loss(LossCounter::ArgsMapFull, 1);
+            }
+        }
+    }
+}
+
+/// The goroutine's call in flight if it is a `call`, marked taken (its
+/// `call` 0) so that it is used once: a `Read` that fails never reaches its
+/// copy and leaves its call for the goroutine's next one to rewrite. The
+/// entry itself stays for the next call; the LRU ages out a dead goroutine's.
+fn take_go_call(key: GoCallKey, call: CallKind) -> Option<CallArgs> {
+    let p = GO_CALLS.get_ptr_mut(key)?;
+    // SAFETY: a live map value; one goroutine runs on one CPU at a time.
+    unsafe {
+        if (*p).call != call as u32 {
+            return None;
+        }
+        (*p).call = 0;
+        Some(*p)
     }
 }
 
@@ -70,13 +96,9 @@ fn go_return(ctx: &ProbeContext, call: CallKind, direction: u32) {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
-    let Some(args) = (unsafe { GO_CALLS.get(key) }).copied() else {
+    let Some(args) = take_go_call(key, call) else {
         return;
     };
-    if args.call != call as u32 {
-        return;
-    }
-    let _ = GO_CALLS.remove(key);
     let n = r.rax as i64;
     if n <= 0 || n as u64 > args.num {
         return;
@@ -84,15 +106,20 @@ fn go_return(ctx: &ProbeContext, call: CallKind, direction: u32) {
     if ignored(pid_tgid, args.ssl) {
         return;
     }
-    let e = Emit { conn: args.ssl, buf: args.buf, fd: go_conn_fd(args.ssl), source: Source::GoTls };
+    let e = Emit { conn: args.ssl, buf: args.buf, fd: FD_OF_GO_CONN, source: Source::GoTls };
     emit_data(pid_tgid, &e, direction, n as u64);
 }
+
+/// An [`Emit`]'s fd that the copy reads through the `*tls.Conn` ([`go_conn_fd`])
+/// only for a call it copies: a muted read of a download copies nothing, and
+/// need not pay for the three reads of user memory.
+pub(crate) const FD_OF_GO_CONN: i32 = i32::MIN + 1;
 
 /// The socket fd under a `*tls.Conn`: `c.conn` (a `net.Conn` interface at offset
 /// 0, its data word at +8) -> `*net.TCPConn` -> `conn.fd *netFD` (offset 0) ->
 /// `pfd.Sysfd` (after the 16-byte `fdMutex`). Stable across Go releases; a
 /// conn that is not a `*net.TCPConn` yields nonsense, caught by the range check.
-fn go_conn_fd(conn: u64) -> i32 {
+pub(crate) fn go_conn_fd(conn: u64) -> i32 {
     let read = |addr: u64| unsafe { bpf_probe_read_user(addr as *const u64) }.ok();
     let fd = read(conn + 8).and_then(read).and_then(|netfd| read(netfd + 16));
     match fd {
@@ -128,7 +155,7 @@ pub fn go_tls_write_once(ctx: ProbeContext) -> u32 {
     if conn == 0 || buf == 0 || len == 0 || len > 1 << 31 || ignored(pid_tgid, conn) {
         return 0;
     }
-    let e = Emit { conn, buf, fd: go_conn_fd(conn), source: Source::GoTls };
+    let e = Emit { conn, buf, fd: FD_OF_GO_CONN, source: Source::GoTls };
     emit_data(pid_tgid, &e, DIR_EGRESS, len);
     0
 }
@@ -154,8 +181,8 @@ pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
 /// `Read` at its call `runtime.memmove(to, from, n)`: RAX = the caller's
 /// buffer, RBX = the record's plaintext, RCX = n, the count Read returns. The
 /// bytes are copied from `from`, where they already are. A Read that fails
-/// never gets here and leaves its entry for the goroutine's next call to
-/// overwrite (or the LRU to age out).
+/// never gets here and leaves its call for the goroutine's next one to
+/// rewrite (or the LRU to age out).
 #[uprobe]
 pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
     let Some(r) = regs(&ctx) else {
@@ -163,18 +190,14 @@ pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
-    let Some(args) = (unsafe { GO_CALLS.get(key) }).copied() else {
+    let Some(args) = take_go_call(key, CallKind::GoRead) else {
         return 0;
     };
-    if args.call != CallKind::GoRead as u32 {
-        return 0;
-    }
-    let _ = GO_CALLS.remove(key);
     let (from, n) = (r.rbx, r.rcx);
     if from == 0 || n == 0 || n > args.num || ignored(pid_tgid, args.ssl) {
         return 0;
     }
-    let e = Emit { conn: args.ssl, buf: from, fd: go_conn_fd(args.ssl), source: Source::GoTls };
+    let e = Emit { conn: args.ssl, buf: from, fd: FD_OF_GO_CONN, source: Source::GoTls };
     emit_data(pid_tgid, &e, DIR_INGRESS, n);
     0
 }
