@@ -327,6 +327,13 @@ pub enum LossCounter {
     /// and not copied: its count moved on by as much, which the decoding
     /// state handed on meets as a skip (`h2_walk::plan_read`).
     H2WalkMovedOn = 18,
+    /// Not a loss by itself: Go `Read` copies and `RET`s that found no call
+    /// of their goroutine in flight: the call began before the probes
+    /// attached (the agent starting, or another agent's upgrade: each agent
+    /// has its own calls), or its entry was evicted from the map of calls
+    /// (more goroutines than it holds). Its bytes are not copied, and the
+    /// decoder is not told (the copy does not know the connection).
+    GoCallsUnmatched = 19,
 }
 
 impl LossCounter {
@@ -352,6 +359,7 @@ impl LossCounter {
         Self::IgnoreStale,
         Self::StraddledCalls,
         Self::H2WalkMovedOn,
+        Self::GoCallsUnmatched,
     ];
 
     /// Whether the counter is a loss of data (the others count skipped work
@@ -370,11 +378,12 @@ impl LossCounter {
                 | Self::IgnoreStale
                 | Self::StraddledCalls
                 | Self::H2WalkMovedOn
+                | Self::GoCallsUnmatched
         )
     }
 }
 
-pub const LOSS_COUNTERS: u32 = 19;
+pub const LOSS_COUNTERS: u32 = 20;
 
 /// Bytes of one [`HandoffPart`]: small, as each map entry takes a whole
 /// part and most states are a verdict or a few KiB of HPACK tables.

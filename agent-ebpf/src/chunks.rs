@@ -408,7 +408,7 @@ fn copy_calls(
     h.stream_base = base;
     h.fd = match e.fd {
         crate::openssl::FD_OF_SSL => crate::openssl::fd_of(pid_tgid >> 32, e.conn),
-        crate::go_tls::FD_OF_GO_CONN => crate::go_tls::go_conn_fd(e.conn),
+        crate::go_tls::FD_OF_GO_CONN if e.source == Source::GoTls => crate::go_tls::go_conn_fd(e.conn),
         fd => fd,
     };
     h.source = e.source as u32;

@@ -20,8 +20,11 @@
 //!
 //! What they fall back to: the socket fd is read through the `net.Conn` behind
 //! the `*tls.Conn`; a conn that is not a `*net.TCPConn` gives nonsense, caught by
-//! a range check, and the fd is then -1. A goroutine that dies inside a call
-//! leaves an entry that ages out of the LRU map.
+//! a range check, and the fd is then -1. Each goroutine that made a call keeps
+//! an entry (its call in flight, or its last one, taken), which ages out of
+//! the LRU map once the goroutine or its process is gone. A copy that finds no
+//! call (begun before the probes attached, or its entry evicted) is counted
+//! (`GoCallsUnmatched`).
 //!
 //! Register ABI (Go >= 1.17, amd64): receiver and arguments in RAX, RBX, RCX,
 //! RDI, …; results in RAX, RBX, …; the current goroutine `g` in R14.
@@ -61,9 +64,14 @@ fn go_enter(ctx: &ProbeContext, call: CallKind) {
     let args = CallArgs { ssl: r.rax, buf: r.rbx, len_ptr: 0, num: r.rcx, call: call as u32, _pad: 0 };
     // The goroutine's entry stays from call to call ([`take_go_call`]), so a
     // call rewrites it in place: an insert and a removal of an LRU entry per
-    // call cost more than the rest of a muted read.
+    // call cost about as much as the rest of a muted read.
     match GO_CALLS.get_ptr_mut(key) {
         // SAFETY: a live map value; one goroutine runs on one CPU at a time.
+        // An LRU element is reused as soon as it is evicted: with the map
+        // full, another CPU may give this one to another goroutine's key
+        // between the lookup and the store, and that goroutine's next copy
+        // could take this call. It needs a full map and a window of a few
+        // instructions (an insert replaced the element whole).
         Some(p) => unsafe { *p = args },
         None => {
             if GO_CALLS.insert(key, args, 0).is_err() {
@@ -97,6 +105,7 @@ fn go_return(ctx: &ProbeContext, call: CallKind, direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
     let Some(args) = take_go_call(key, call) else {
+        count_loss(LossCounter::GoCallsUnmatched, 1);
         return;
     };
     let n = r.rax as i64;
@@ -191,6 +200,7 @@ pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
     let Some(args) = take_go_call(key, CallKind::GoRead) else {
+        count_loss(LossCounter::GoCallsUnmatched, 1);
         return 0;
     };
     let (from, n) = (r.rbx, r.rcx);

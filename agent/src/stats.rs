@@ -196,6 +196,9 @@ counters! {
     /// Not a loss: HTTP/2 connections taken over past reads the kernel walked
     /// and did not copy (their count moved on by as much).
     kernel_h2_walk_moved_on,
+    /// Not a loss by itself: Go reads and writes whose call the kernel did
+    /// not find (begun before the probes attached, or evicted from its map).
+    kernel_go_calls_unmatched,
     /// Runs of the agent's eBPF programs the kernel skipped because the same
     /// program was already running on that CPU (each may be a call not
     /// copied; `program_misses`), summed over its programs.
@@ -426,6 +429,7 @@ kernel_counters! {
     IgnoreStale => kernel_ignores_stale,
     StraddledCalls => kernel_straddled_calls,
     H2WalkMovedOn => kernel_h2_walk_moved_on,
+    GoCallsUnmatched => kernel_go_calls_unmatched,
 }
 
 impl Snapshot {

@@ -1,6 +1,7 @@
 //! Breadth of capture, end to end: HTTP/2 (curl, httpx with many concurrent
 //! streams, Go net/http over Go's own crypto/tls), the Gemini and Bedrock SDKs,
-//! and plaintext HTTP to Ollama- and vLLM-style endpoints (socket syscalls).
+//! and plaintext HTTP to Ollama- and vLLM-style endpoints (socket syscalls);
+//! a Go read under way when the probes attach, counted.
 //! Every call must become exactly one record with the served token counts.
 //! Needs root (fails, never skips, without it).
 use std::collections::HashSet;
@@ -164,6 +165,78 @@ fn go_net_http_over_crypto_tls_with_and_without_symbols() {
     }
     let stats = env.finish();
     assert!(stats["targets_attached"].as_u64() >= Some(2), "both Go binaries probed: {stats}");
+}
+
+/// A TLS server that sends a response's head and half its body, then holds
+/// the rest until `release` exists: the client's goroutine waits inside
+/// `(*tls.Conn).Read` meanwhile.
+const HOLDING_SERVER: &str = r#"
+import os, socket, ssl, sys, time
+cert, key, held, release = sys.argv[1:5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+conn = ctx.wrap_socket(srv.accept()[0], server_side=True)
+req = b""
+while b"\r\n\r\n" not in req:
+    chunk = conn.recv(4096)
+    if not chunk:
+        sys.exit("the client closed before its request's end")
+    req += chunk
+conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + b"a" * 1000)
+open(held, "w").close()
+deadline = time.time() + 60
+while not os.path.exists(release) and time.time() < deadline:
+    time.sleep(0.02)
+conn.sendall(b"b" * 1000)
+conn.close()
+"#;
+
+#[test]
+fn a_go_read_under_way_when_the_probes_attach_is_counted_unmatched() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("go-unmatched");
+    let certs = Certs::generate(&dir);
+    let go = build_go_client(&dir, false);
+    let (held, release) = (dir.join("held"), dir.join("release"));
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", HOLDING_SERVER])
+        .args([&certs.cert, &certs.key, &held, &release])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut port = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut port).expect("port");
+    let url = format!("https://localhost:{}/x", port.trim());
+    let client = std::process::Command::new(&go)
+        .args(["-download", &url, "-times", "1", "-ca"])
+        .arg(&certs.ca)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("go client");
+    wait_for("the server to hold the body's second half", Duration::from_secs(30), || held.exists().then_some(()));
+    // The goroutine reading the body is now blocked inside Read, past its
+    // entry probe's place: the agent starting now never saw that call begin.
+    let agent = Agent::start(&dir, &[]);
+    agent.wait_attached("go_client ", "\"go\"", Duration::from_secs(30));
+    assert_eq!(agent.stats()["kernel_go_calls_unmatched"].as_u64().unwrap_or(0), 0, "no Go copy yet");
+    std::fs::write(&release, "").unwrap();
+    let out = client.wait_with_output().expect("go client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"bytes\":2000"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(server.wait().expect("server").success());
+    // The Read that returned the second half found no call: counted, not a
+    // loss (the call began before the agent).
+    let stats = agent.wait_stat("kernel_go_calls_unmatched", 1);
+    assert_eq!(stats["kernel_go_calls_unmatched"], 1, "{stats}");
 }
 
 #[test]
