@@ -85,16 +85,22 @@ fn go_enter(ctx: &ProbeContext, call: CallKind) {
 /// `call` 0) so that it is used once: a `Read` that fails never reaches its
 /// copy and leaves its call for the goroutine's next one to rewrite. The
 /// entry itself stays for the next call; the LRU ages out a dead goroutine's.
+/// None, counted, when the goroutine has no such call.
 fn take_go_call(key: GoCallKey, call: CallKind) -> Option<CallArgs> {
-    let p = GO_CALLS.get_ptr_mut(key)?;
-    // SAFETY: a live map value; one goroutine runs on one CPU at a time.
-    unsafe {
-        if (*p).call != call as u32 {
-            return None;
+    let taken = GO_CALLS.get_ptr_mut(key).and_then(|p| {
+        // SAFETY: a live map value; one goroutine runs on one CPU at a time.
+        unsafe {
+            if (*p).call != call as u32 {
+                return None;
+            }
+            (*p).call = 0;
+            Some(*p)
         }
-        (*p).call = 0;
-        Some(*p)
+    });
+    if taken.is_none() {
+        count_loss(LossCounter::GoCallsUnmatched, 1);
     }
+    taken
 }
 
 /// At one of the function's `RET` instructions: RAX holds `n`.
@@ -105,7 +111,6 @@ fn go_return(ctx: &ProbeContext, call: CallKind, direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
     let Some(args) = take_go_call(key, call) else {
-        count_loss(LossCounter::GoCallsUnmatched, 1);
         return;
     };
     let n = r.rax as i64;
@@ -200,7 +205,6 @@ pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
     let Some(args) = take_go_call(key, CallKind::GoRead) else {
-        count_loss(LossCounter::GoCallsUnmatched, 1);
         return 0;
     };
     let (from, n) = (r.rbx, r.rcx);
