@@ -330,9 +330,10 @@ pub enum LossCounter {
     /// Not a loss by itself: Go `Read` copies and `RET`s that found no call
     /// of their goroutine in flight: the call began before the probes
     /// attached (the agent starting, or another agent's upgrade: each agent
-    /// has its own calls), or its entry was evicted from the map of calls
-    /// (more goroutines than it holds). Its bytes are not copied, and the
-    /// decoder is not told (the copy does not know the connection).
+    /// has its own calls), its entry was evicted from the map of calls, or
+    /// an outer TLS read on the same goroutine took it (TLS inside TLS). Its
+    /// bytes are not copied, and the decoder is not told (the copy does not
+    /// know the connection).
     GoCallsUnmatched = 19,
 }
 

@@ -219,11 +219,31 @@ fn a_go_read_under_way_when_the_probes_attach_is_counted_unmatched() {
         .spawn()
         .expect("go client");
     wait_for("the server to hold the body's second half", Duration::from_secs(30), || held.exists().then_some(()));
-    // The goroutine reading the body is now blocked inside Read, past its
-    // entry probe's place: the agent starting now never saw that call begin.
+    // Every thread of the client asleep with the first half sent: the
+    // goroutine reading the body is blocked inside Read, past its entry
+    // probe's place, so the agent starting now never saw that call begin.
+    let pid = client.id();
+    wait_for("the Go client to wait for the rest", Duration::from_secs(30), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let states: Vec<String> = tasks
+            .flatten()
+            .map(|t| std::fs::read_to_string(t.path().join("stat")).unwrap_or_default())
+            .map(|stat| stat.rsplit(") ").next().unwrap_or("").chars().take(1).collect())
+            .collect();
+        (!states.is_empty() && states.iter().all(|s| s == "S")).then_some(())
+    });
     let agent = Agent::start(&dir, &[]);
     agent.wait_attached("go_client ", "\"go\"", Duration::from_secs(30));
-    assert_eq!(agent.stats()["kernel_go_calls_unmatched"].as_u64().unwrap_or(0), 0, "no Go copy yet");
+    // The stats file the agent writes next (every second): no Go copy yet.
+    let stats_from_now = || {
+        let now = std::time::SystemTime::now();
+        wait_for("a stats file written from now", Duration::from_secs(30), || {
+            let written = std::fs::metadata(&agent.stats).and_then(|m| m.modified()).ok()?;
+            (written > now).then(|| agent.stats())
+        })
+    };
+    let before = stats_from_now();
+    assert_eq!(before["kernel_go_calls_unmatched"], 0, "{before}");
     std::fs::write(&release, "").unwrap();
     let out = client.wait_with_output().expect("go client");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -234,9 +254,10 @@ fn a_go_read_under_way_when_the_probes_attach_is_counted_unmatched() {
     );
     assert!(server.wait().expect("server").success());
     // The Read that returned the second half found no call: counted, not a
-    // loss (the call began before the agent).
-    let stats = agent.wait_stat("kernel_go_calls_unmatched", 1);
-    assert_eq!(stats["kernel_go_calls_unmatched"], 1, "{stats}");
+    // loss (the call began before the agent); once, the client gone.
+    agent.wait_stat("kernel_go_calls_unmatched", 1);
+    let after = stats_from_now();
+    assert_eq!(after["kernel_go_calls_unmatched"], 1, "{after}");
 }
 
 #[test]
