@@ -101,6 +101,15 @@ impl Agent {
         serde_json::from_slice(&std::fs::read(&self.stats).unwrap_or_default()).unwrap_or(Value::Null)
     }
 
+    /// The counters as written after this call (the agent rewrites its stats
+    /// file every second): they count everything done before it.
+    pub fn stats_from_now(&self) -> Value {
+        let now = std::time::SystemTime::now();
+        let written = || std::fs::metadata(&self.stats).and_then(|m| m.modified()).ok().filter(|m| *m > now);
+        wait_for("the agent's stats file rewritten", Duration::from_secs(10), written);
+        self.stats()
+    }
+
     /// Wait until the stats file shows `counter >= n`.
     pub fn wait_stat(&self, counter: &str, n: u64) -> Value {
         self.wait_stats(&format!("stats {counter} >= {n}"), |s| s[counter].as_u64().unwrap_or(0) >= n)

@@ -235,14 +235,7 @@ fn a_go_read_under_way_when_the_probes_attach_is_counted_unmatched() {
     let agent = Agent::start(&dir, &[]);
     agent.wait_attached("go_client ", "\"go\"", Duration::from_secs(30));
     // The stats file the agent writes next (every second): no Go copy yet.
-    let stats_from_now = || {
-        let now = std::time::SystemTime::now();
-        wait_for("a stats file written from now", Duration::from_secs(30), || {
-            let written = std::fs::metadata(&agent.stats).and_then(|m| m.modified()).ok()?;
-            (written > now).then(|| agent.stats())
-        })
-    };
-    let before = stats_from_now();
+    let before = agent.stats_from_now();
     assert_eq!(before["kernel_go_calls_unmatched"], 0, "{before}");
     std::fs::write(&release, "").unwrap();
     let out = client.wait_with_output().expect("go client");
@@ -256,7 +249,7 @@ fn a_go_read_under_way_when_the_probes_attach_is_counted_unmatched() {
     // The Read that returned the second half found no call: counted, not a
     // loss (the call began before the agent); once, the client gone.
     agent.wait_stat("kernel_go_calls_unmatched", 1);
-    let after = stats_from_now();
+    let after = agent.stats_from_now();
     assert_eq!(after["kernel_go_calls_unmatched"], 1, "{after}");
 }
 

@@ -309,15 +309,6 @@ fn java_hooks_alone(client: &Client, srv: &Server, dir: &Path, args: &[&str]) ->
     Ok(targets)
 }
 
-/// `agent`'s counters as written after this call (it rewrites its stats file
-/// every second): they count everything done before it.
-fn stats_from_now(agent: &Agent) -> serde_json::Value {
-    let now = std::time::SystemTime::now();
-    let written = || std::fs::metadata(&agent.stats).and_then(|m| m.modified()).ok().filter(|m| *m > now);
-    tokentap_e2e::wait_for("the agent's stats file rewritten", Duration::from_secs(10), written);
-    agent.stats()
-}
-
 /// CPU seconds (user + system) of this process's waited-for children.
 fn children_cpu() -> f64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
@@ -468,7 +459,7 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
             bare = Some(bare_probes::of_agent(&agent.stderr)?);
         }
         client.warm(srv)?;
-        let counted = stats_from_now(&agent);
+        let counted = agent.stats_from_now();
         let before = counted["bytes"].as_u64().unwrap_or(0);
         let muted_before = counted["kernel_muted_reads"].as_u64().unwrap_or(0);
         let (with, with_cpu) = client.timed(srv)?;
