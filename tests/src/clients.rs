@@ -122,6 +122,60 @@ pub fn run_client(mut cmd: Command) -> (u32, String) {
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A curl command line that, after its calls, stays alive in one more transfer
+/// to a listener that never accepts, until [`HeldCurl::release`]: a process
+/// still running when its records are read (what the agent reads of /proc/PID
+/// then is the live process's). Killed and reaped if dropped unreleased.
+pub struct HeldCurl {
+    child: Option<Child>,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl HeldCurl {
+    /// `cmd` runs curl (directly, or through a wrapper that execs it) with
+    /// its calls; the held transfer is appended.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener to hold curl");
+        let port = listener.local_addr().expect("its port").port();
+        // --fail-early is global: a failed call ends curl at once, not after the held transfer.
+        cmd.args(["--fail-early", "--next", "-o", "/dev/null"]).arg(format!("http://127.0.0.1:{port}/held"));
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Self { child: Some(child), listener: Some(listener) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("spawned").id()
+    }
+
+    /// Whether curl still runs (in the held transfer, once its calls are done).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().expect("spawned").try_wait().expect("curl's status").is_none()
+    }
+
+    /// Close the listener (the held transfer is reset, or refused if it had
+    /// not connected yet) and wait for curl; panics unless that is how it ended.
+    pub fn release(mut self) {
+        drop(self.listener.take());
+        let out = self.child.take().expect("spawned").wait_with_output().expect("curl's output");
+        // 7: could not connect, 52: empty reply, 56: reset while receiving.
+        assert!(
+            matches!(out.status.code(), Some(7 | 52 | 56)),
+            "curl ended otherwise than in its held transfer: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for HeldCurl {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The Python SDK client (tests/clients/py_client.py) against the given bases.
 pub fn py_client(dir: &Path, certs: &Certs, openai_base: &str, anthropic_base: &str, scenario: &str) -> Command {
     with_provider_hosts(dir, "python3", &py_client_args(certs, openai_base, anthropic_base, scenario))

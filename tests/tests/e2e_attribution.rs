@@ -3,7 +3,7 @@
 //! in new mount and pid namespaces, with OpenTelemetry environment variables and
 //! attribution headers. Real probes, real TLS. Needs root.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 use tokentap_e2e::*;
@@ -124,24 +124,19 @@ fn container_ids_from_runtime_cgroup_layouts() {
     // cgroup v1 docker layout (hybrid hosts): the id comes from the v1 line.
     // Only /proc/PID/cgroup has it (the kernel's cgroup id is v2's), and the
     // agent reads it while the process lives: this curl is kept alive after its
-    // call, by a second transfer the test answers only once the record is in.
-    // A v1 process that exits within a moment of its first call has no id.
+    // call (`HeldCurl`) until its record is in. A v1 process that exits within
+    // a moment of its first call has no id (docs/record.md).
     let v1 = PathBuf::from("/sys/fs/cgroup/memory");
     assert!(v1.exists(), "this test expects the v1 memory hierarchy of a hybrid host at {}", v1.display());
     let id1 = hex_id(pid + 20);
     let cg1 = Cgroup::create(v1.join(format!("tokentap-test-{pid}/docker/{id1}")));
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut args = curl_args(&certs, &url, &[]);
-    args.extend(["--next", "-o", "/dev/null"].map(String::from));
-    args.push(format!("http://127.0.0.1:{}/held", held.local_addr().unwrap().port()));
-    let mut client = in_cgroup(&cg1.0, "curl", &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let recs = agent.wait_records(&[client.id()], 1);
+    let mut client = HeldCurl::spawn(in_cgroup(&cg1.0, "curl", &curl_args(&certs, &url, &[])));
+    let recs = agent.wait_records(&[client.pid()], 1);
+    assert_eq!(recs[0]["status"], 200, "{}", recs[0]);
     assert_eq!(recs[0]["container_id"], id1.as_str(), "{}", recs[0]);
     assert!(recs[0]["exe"].as_str().is_some_and(|e| e.ends_with("curl")), "{}", recs[0]);
-    assert!(client.try_wait().unwrap().is_none(), "curl is held in its second transfer");
-    // Never accepted: closing the listener resets the held transfer.
-    drop(held);
-    client.wait().unwrap();
+    assert!(client.running(), "curl is held in its last transfer");
+    client.release();
 
     // A plain host process has no container.
     let mut c = Command::new("curl");
