@@ -41,7 +41,22 @@ const BYTES: u64 = 300 << 20;
 const SMALL: u64 = 1 << 20;
 /// Downloads of the file per run (one connection): ~3 s a run here.
 const TIMES: u64 = 10;
+/// Pairs of runs per client, unless TOKENTAP_DOWNLOAD_PAIRS says otherwise:
+/// on a busy 2-vCPU host one run's pairs spread 0.75-1.3, so a reading of a
+/// few percent wants more of them.
 const PAIRS: usize = 7;
+const MAX_PAIRS: usize = 100;
+
+/// TOKENTAP_DOWNLOAD_PAIRS, or [`PAIRS`].
+fn pair_count(var: Option<&str>) -> Result<usize> {
+    let Some(v) = var.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(PAIRS);
+    };
+    match v.parse::<usize>() {
+        Ok(n) if (1..=MAX_PAIRS).contains(&n) => Ok(n),
+        _ => bail!("TOKENTAP_DOWNLOAD_PAIRS={v}: expected a number of pairs from 1 to {MAX_PAIRS}"),
+    }
+}
 
 /// node and bun: download URL TIMES times with `fetch` (keep-alive), reading
 /// each body to its end; print the bytes and the process's CPU (getrusage,
@@ -323,6 +338,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
+    // Checked before 300 MB are written and nginx starts.
+    let pair_total = pair_count(std::env::var("TOKENTAP_DOWNLOAD_PAIRS").ok().as_deref())?;
     let work = dir.join("download");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
@@ -376,7 +393,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     text.push_str(&format!("The agent runs with `{}`.\n\n", args.join(" ")));
     text.push_str(&format!(
         "A client downloads the file {TIMES} times over one connection a run from a local nginx \
-         (its own libssl, excluded); {PAIRS} pairs alternated (the agent first in even-numbered pairs).\n"
+         (its own libssl, excluded); {pair_total} pairs alternated (the agent first in even-numbered pairs).\n"
     ));
     let mut summary = String::from(
         "\n## Summary\n\n| client (capture method) | throughput lost | client CPU with / without | \
@@ -389,7 +406,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     let wanted = |c: &Client| only.is_empty() || only.split(',').any(|w| c.name().contains(w.trim()));
     for client in clients.iter().filter(|c| wanted(c)) {
         client.timed(&srv)?;
-        let (section, line, ok) = pairs(client, &work, &srv, &args)?;
+        let (section, line, ok) = pairs(client, &work, &srv, &args, pair_total)?;
         text.push_str(&section);
         summary.push_str(&line);
         failures.extend(ok.err());
@@ -405,7 +422,13 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
 /// The pairs of runs of one client: its section of the results, its line of
 /// the summary, and whether the agent kept its hands off (nothing recorded,
 /// almost nothing copied).
-fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(String, String, Result<(), String>)> {
+fn pairs(
+    client: &Client,
+    work: &Path,
+    srv: &Server,
+    args: &[&str],
+    pair_total: usize,
+) -> Result<(String, String, Result<(), String>)> {
     let name = client.name();
     let mut md = String::from(
         "| pair | without agent | with agent | ratio | client CPU without / with | bytes copied | reads muted | \
@@ -415,7 +438,7 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
     let (mut floor_ratios, mut floor_cpu_ratios) = (Vec::new(), Vec::new());
     let mut bare: Option<Vec<bare_probes::Target>> = None;
     let mut unmuted = 0;
-    for i in 0..PAIRS {
+    for i in 0..pair_total {
         // Odd pairs run the agent first: a second run that is faster for
         // being second (warm caches) favours neither side. The agent's
         // hooks with nothing behind them run between the two.
@@ -534,4 +557,20 @@ fn pairs(client: &Client, work: &Path, srv: &Server, args: &[&str]) -> Result<(S
         Ok(())
     };
     Ok((section, line, ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_count_defaults_and_refuses_what_is_not_a_count() {
+        assert_eq!(pair_count(None).unwrap(), PAIRS);
+        assert_eq!(pair_count(Some(" ")).unwrap(), PAIRS);
+        assert_eq!(pair_count(Some("15")).unwrap(), 15);
+        for bad in ["0", "-3", "seven", "101"] {
+            let e = pair_count(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("TOKENTAP_DOWNLOAD_PAIRS") && e.contains(bad), "{e}");
+        }
+    }
 }

@@ -99,7 +99,8 @@ enum Cmd {
         /// rustls, curl over plain HTTP): the probes' cost on traffic that is not an LLM call
         /// (target/bench/download.md). TOKENTAP_DOWNLOAD_CLIENTS=WORD,... runs only the clients
         /// whose name has one of the words; TOKENTAP_DOWNLOAD_AGENT_ARGS adds flags to the
-        /// agent's (e.g. `--syscall-hooks tracepoints`).
+        /// agent's (e.g. `--syscall-hooks tracepoints`); TOKENTAP_DOWNLOAD_PAIRS sets the pairs
+        /// of runs per client (default 7).
         #[arg(long)]
         only_download: bool,
         /// Only what the socket hooks add to a system call they do not record (a write to
