@@ -17,7 +17,8 @@
 //! stream after its first DATA frame, `h2_walk.rs`), so the bench fails
 //! when more than a tenth of the bytes crossed the ring buffer
 //! (`TOKENTAP_DOWNLOAD_AGENT_ARGS` adds flags to the agent's, e.g.
-//! `--syscall-hooks tracepoints`). Each pair after the first runs the client a
+//! `--syscall-hooks tracepoints`; `TOKENTAP_DOWNLOAD_PAIRS` the pairs per
+//! client, 7 by default). Each pair after the first runs the client a
 //! third time with the agent's hooks placed again with nothing behind them
 //! (`bare_probes.rs`; Java's in a JVM given tokentap's Java agent by an agent
 //! run stopped before the timed one, [`java_hooks_alone`]): the floor no
@@ -42,19 +43,30 @@ const SMALL: u64 = 1 << 20;
 /// Downloads of the file per run (one connection): ~3 s a run here.
 const TIMES: u64 = 10;
 /// Pairs of runs per client, unless TOKENTAP_DOWNLOAD_PAIRS says otherwise:
-/// on a busy 2-vCPU host one run's pairs spread 0.75-1.3, so a reading of a
+/// on a busy 2-vCPU host one run's pairs spread ~0.6-1.4, so a reading of a
 /// few percent wants more of them.
 const PAIRS: usize = 7;
+/// The floor runs from the second pair on: one pair would have none.
+const MIN_PAIRS: usize = 2;
+/// ~40 s a pair per client: 100 pairs of the eight clients take ~9 hours.
 const MAX_PAIRS: usize = 100;
 
-/// TOKENTAP_DOWNLOAD_PAIRS, or [`PAIRS`].
-fn pair_count(var: Option<&str>) -> Result<usize> {
-    let Some(v) = var.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Ok(PAIRS);
+/// The pairs per client: TOKENTAP_DOWNLOAD_PAIRS, or [`PAIRS`] when unset or empty.
+pub fn pairs_from_env() -> Result<usize> {
+    pair_count(std::env::var("TOKENTAP_DOWNLOAD_PAIRS"))
+}
+
+fn pair_count(var: Result<String, std::env::VarError>) -> Result<usize> {
+    let v = match var {
+        Err(std::env::VarError::NotPresent) => return Ok(PAIRS),
+        Err(std::env::VarError::NotUnicode(v)) => bail!("TOKENTAP_DOWNLOAD_PAIRS={v:?}: not a number"),
+        // Set but empty (`TOKENTAP_DOWNLOAD_PAIRS= cargo xtask ...`): the default.
+        Ok(v) if v.trim().is_empty() => return Ok(PAIRS),
+        Ok(v) => v,
     };
-    match v.parse::<usize>() {
-        Ok(n) if (1..=MAX_PAIRS).contains(&n) => Ok(n),
-        _ => bail!("TOKENTAP_DOWNLOAD_PAIRS={v}: expected a number of pairs from 1 to {MAX_PAIRS}"),
+    match v.trim().parse::<usize>() {
+        Ok(n) if (MIN_PAIRS..=MAX_PAIRS).contains(&n) => Ok(n),
+        _ => bail!("TOKENTAP_DOWNLOAD_PAIRS={v:?}: expected a number of pairs from {MIN_PAIRS} to {MAX_PAIRS}"),
     }
 }
 
@@ -332,14 +344,20 @@ fn children_cpu() -> f64 {
     s(u.ru_utime) + s(u.ru_stime)
 }
 
+/// The middle value, or the mean of the two middle ones (an even count: the
+/// floor's runs, one fewer than the pairs).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
-pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
-    // Checked before 300 MB are written and nginx starts.
-    let pair_total = pair_count(std::env::var("TOKENTAP_DOWNLOAD_PAIRS").ok().as_deref())?;
+/// `pair_total`: pairs of runs per client ([`pairs_from_env`]).
+pub fn run(agent_bin: &Path, dir: &Path, pair_total: usize) -> Result<()> {
     let work = dir.join("download");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("www"))?;
@@ -565,12 +583,23 @@ mod tests {
 
     #[test]
     fn pair_count_defaults_and_refuses_what_is_not_a_count() {
-        assert_eq!(pair_count(None).unwrap(), PAIRS);
-        assert_eq!(pair_count(Some(" ")).unwrap(), PAIRS);
-        assert_eq!(pair_count(Some("15")).unwrap(), 15);
-        for bad in ["0", "-3", "seven", "101"] {
-            let e = pair_count(Some(bad)).unwrap_err().to_string();
-            assert!(e.contains("TOKENTAP_DOWNLOAD_PAIRS") && e.contains(bad), "{e}");
+        use std::env::VarError;
+        assert_eq!(pair_count(Err(VarError::NotPresent)).unwrap(), PAIRS);
+        assert_eq!(pair_count(Ok(" ".into())).unwrap(), PAIRS);
+        assert_eq!(pair_count(Ok(" 15 ".into())).unwrap(), 15);
+        assert_eq!(pair_count(Ok("2".into())).unwrap(), 2);
+        assert_eq!(pair_count(Ok("100".into())).unwrap(), 100);
+        for bad in ["0", "1", "-3", "seven", "101"] {
+            let e = pair_count(Ok(bad.into())).unwrap_err().to_string();
+            assert!(e.contains(&format!("TOKENTAP_DOWNLOAD_PAIRS={bad:?}")), "{e}");
         }
+        let e = pair_count(Err(VarError::NotUnicode(std::ffi::OsString::from("x")))).unwrap_err();
+        assert!(e.to_string().contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_its_middle_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

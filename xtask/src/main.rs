@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bare_probes;
@@ -99,8 +99,9 @@ enum Cmd {
         /// rustls, curl over plain HTTP): the probes' cost on traffic that is not an LLM call
         /// (target/bench/download.md). TOKENTAP_DOWNLOAD_CLIENTS=WORD,... runs only the clients
         /// whose name has one of the words; TOKENTAP_DOWNLOAD_AGENT_ARGS adds flags to the
-        /// agent's (e.g. `--syscall-hooks tracepoints`); TOKENTAP_DOWNLOAD_PAIRS sets the pairs
-        /// of runs per client (default 7).
+        /// agent's (e.g. `--syscall-hooks tracepoints`); TOKENTAP_DOWNLOAD_PAIRS=N sets the pairs
+        /// of runs per client (default 7; 2 to 100, the floor runs from the second pair on; an
+        /// odd N has one middle pair, an even N's median is its two middle pairs' mean).
         #[arg(long)]
         only_download: bool,
         /// Only what the socket hooks add to a system call they do not record (a write to
@@ -228,6 +229,8 @@ fn main() -> Result<()> {
                 return panels::run(&root.join("target/bench"), &dashboards);
             }
             let all = !only_overhead && !only_fleet && !only_methods && !only_rss && !only_download && !only_syscalls;
+            // The download bench's settings, checked before any bench runs.
+            let download_pairs = if all || only_download { download::pairs_from_env()? } else { 0 };
             prereq::build_tools()?;
             if !only_fleet {
                 prereq::bench_tools(all || only_overhead)?;
@@ -244,7 +247,11 @@ fn main() -> Result<()> {
             // TOKENTAP_BENCH_AGENT: measure that agent binary instead (an older
             // build, to compare two in one sitting).
             let bin = match std::env::var_os("TOKENTAP_BENCH_AGENT") {
-                Some(p) => PathBuf::from(p),
+                Some(p) => {
+                    let p = PathBuf::from(p);
+                    ensure!(p.is_file(), "TOKENTAP_BENCH_AGENT={}: no such agent binary", p.display());
+                    p
+                }
                 None => build_agent(true)?,
             };
             let out = root.join("target/bench");
@@ -261,7 +268,7 @@ fn main() -> Result<()> {
                 rss::run(&bin, &out, long)?;
             }
             if all || only_download {
-                download::run(&bin, &out)?;
+                download::run(&bin, &out, download_pairs)?;
             }
             if all || only_syscalls {
                 syscall_cost::run(&bin, &out)?;
