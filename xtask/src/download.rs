@@ -48,7 +48,7 @@ const TIMES: u64 = 10;
 const PAIRS: usize = 7;
 /// The floor runs from the second pair on: one pair would have none.
 const MIN_PAIRS: usize = 2;
-/// ~40 s a pair per client: 100 pairs of the eight clients take ~9 hours.
+/// 20-40 s a pair per client here: 100 pairs of the eight clients take 5-9 hours.
 const MAX_PAIRS: usize = 100;
 
 /// The pairs per client: TOKENTAP_DOWNLOAD_PAIRS, or [`PAIRS`] when unset or empty.
