@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use tokentap_e2e::{Agent, Certs};
 
-use crate::bare_probes;
 use crate::overhead::Nginx;
+use crate::{bare_probes, median};
 
 const BYTES: u64 = 300 << 20;
 /// Downloaded until the agent copies bytes of the client: it is probed.
@@ -344,18 +344,6 @@ fn children_cpu() -> f64 {
     s(u.ru_utime) + s(u.ru_stime)
 }
 
-/// The middle value, or the mean of the two middle ones (an even count: the
-/// floor's runs, one fewer than the pairs).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n.is_multiple_of(2) {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    } else {
-        v[n / 2]
-    }
-}
-
 /// `pair_total`: pairs of runs per client ([`pairs_from_env`]).
 pub fn run(agent_bin: &Path, dir: &Path, pair_total: usize) -> Result<()> {
     let work = dir.join("download");
@@ -595,11 +583,5 @@ mod tests {
         }
         let e = pair_count(Err(VarError::NotUnicode(std::ffi::OsString::from("x")))).unwrap_err();
         assert!(e.to_string().contains("not a number"), "{e}");
-    }
-
-    #[test]
-    fn median_of_an_even_count_is_the_mean_of_its_middle_two() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

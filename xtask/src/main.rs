@@ -385,7 +385,28 @@ fn build_agent(release: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The middle value of the benches' runs, or the mean of the two middle ones
+/// for an even count (the upper one alone read every even count high).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
+}
+
 /// Cargo's target directory: CARGO_TARGET_DIR when set (relative to the workspace), else target/.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_its_middle_two() {
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 }

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tokentap_e2e::{Agent, Certs};
 
+use crate::median;
 use crate::overhead::Nginx;
 
 /// Calls timed per run, after untimed warm-up calls (JIT, TLS handshake).
@@ -155,11 +156,6 @@ fn captured(agent: &Agent, pid: u32, source: &str, want: u64) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {

@@ -276,11 +276,7 @@ fn interleaved(dir: &Path, port: u16, pairs: usize, pin_agent: bool) -> Result<(
         cpu.push(c - b_cpu);
         ratio.push(rps / b_rps);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Ok((median(lat), median(cpu), median(ratio)))
+    Ok((crate::median(lat), crate::median(cpu), crate::median(ratio)))
 }
 
 /// What `--handover-dir` (the chart's default) adds per call: the agent

@@ -168,11 +168,6 @@ fn panels(root: &Path) -> Result<Vec<Panel>> {
     Ok(out)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 struct Timing {
     dashboard: String,
     title: String,
@@ -231,7 +226,7 @@ fn time_panels(ch: &ClickHouse, panels: &[&Panel], end: u64, r: &Range) -> Resul
             reads: reads(&sql, r.days),
             interval_s,
             runs: times.len(),
-            median_s: median(&mut times),
+            median_s: crate::median(times.clone()),
             max_s,
             error,
             rows,

@@ -23,6 +23,8 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tokentap_e2e::Agent;
 
+use crate::median;
+
 const CALLS: u64 = 2_000_000;
 /// Rounds of (without, raw, tracepoints): each goes first in two.
 const ROUNDS: usize = 6;
@@ -84,11 +86,6 @@ fn sample() -> Result<Sample> {
         out[i] = [v["write_ns"].as_f64().unwrap_or(0.0), v["getppid_ns"].as_f64().unwrap_or(0.0)];
     }
     Ok(out)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(agent_bin: &Path, out: &Path) -> Result<()> {
