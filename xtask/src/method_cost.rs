@@ -23,8 +23,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tokentap_e2e::{Agent, Certs};
 
-use crate::median;
 use crate::overhead::Nginx;
+use crate::stats::median;
 
 /// Calls timed per run, after untimed warm-up calls (JIT, TLS handshake).
 const CALLS: u64 = 2000;

@@ -226,7 +226,7 @@ fn time_panels(ch: &ClickHouse, panels: &[&Panel], end: u64, r: &Range) -> Resul
             reads: reads(&sql, r.days),
             interval_s,
             runs: times.len(),
-            median_s: crate::median(times.clone()),
+            median_s: crate::stats::median(times.clone()),
             max_s,
             error,
             rows,

@@ -23,7 +23,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tokentap_e2e::Agent;
 
-use crate::median;
+use crate::stats::median;
 
 const CALLS: u64 = 2_000_000;
 /// Rounds of (without, raw, tracepoints): each goes first in two.
