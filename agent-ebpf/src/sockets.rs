@@ -13,12 +13,13 @@
 //! syscall ~10 ns (user space mounts tracefs for their ids, and falls back to
 //! the raw pair when it cannot: agent/src/socket_hooks.rs).
 //! Only client sockets `connect`ed to AF_INET/AF_INET6 while we run are
-//! watched, and only in processes that have one ([`SOCK_PROCS`], which also
-//! says which fds may be one). The hooks run on every read, write and close
-//! of the host, so what most of them see costs an array read, not a hash
-//! lookup: a process's slot in [`PROC_SLOTS`] says whether it may have
-//! watched sockets, a thread's slot in [`CALL_SLOTS`] whether it may have a
-//! call in flight ([`SOCK_CALLS`]).
+//! watched, and only in processes that have one. The hooks run on every read,
+//! write and close of the host, so what most of them see costs array reads,
+//! not a hash lookup: a process's slot in [`PROC_SLOTS`] says whether it may
+//! have watched sockets, its slot in [`SLOT_FDS`] which fds may be one (a
+//! process's own record, [`SOCK_PROCS`], is not read by these hooks: only at
+//! a connect and at the process's exit), a thread's slot in [`CALL_SLOTS`]
+//! whether it may have a call in flight ([`SOCK_CALLS`]).
 //! The first bytes a client sends decide, here, what a connection is:
 //! - an HTTP request or the HTTP/2 preface: copied to user space, and its bytes
 //!   counted;
@@ -63,6 +64,7 @@ use crate::handover::{owns, tells_end, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
 use crate::syscall_args::Syscall;
+use crate::words;
 
 /// Client sockets opened with `connect` while we watch: what their first
 /// bytes said (`SOCK_*`) and the bytes they moved. User space reads entries
@@ -77,21 +79,45 @@ pub(crate) static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max
 #[map]
 static SOCK_VERDICTS: LruHashMap<SockId, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// Processes with at least one watched socket, looked up after
-/// [`PROC_SLOTS`]. The value has byte `fd` set for every fd below 63 that
-/// was ever a watched socket, byte 63 for fds 63 and up: a call on an fd whose
-/// byte is clear (a file, a pipe, the server side of a socket) needs no
-/// lookup in [`SOCKETS`]. Bytes are only ever set (closed sockets leave
-/// theirs: a lookup more, never a call missed), each by a plain store of 1:
-/// two threads watching fds at once, the same one or two above 62, both keep
-/// theirs (a bit per fd needs an atomic OR, which eBPF has from cpu v3 on,
-/// not in the object's default cpu; an add after a test could carry a bit
-/// away). Cleared at exit. 16,384 entries of 64 bytes: ~1.9 MiB of kernel
-/// memory, preallocated (LRU maps always are).
+/// Processes with at least one watched socket ([`ProcFds`]), each byte set
+/// counted (at least once) in the process's [`SLOT_FDS`] slot, and uncounted
+/// by the exit that removes the entry. Bytes are only ever set (closed
+/// sockets leave theirs: a lookup more, never a call missed). Not on the
+/// read/write/close hooks' path: they read [`SLOT_FDS`]. 16,384 entries of 72
+/// bytes: ~2 MiB of kernel memory, preallocated (LRU maps always are).
 #[map]
-static SOCK_PROCS: LruHashMap<u32, [u8; FD_SLOTS]> = LruHashMap::with_max_entries(16384, 0);
+static SOCK_PROCS: LruHashMap<u32, ProcFds> = LruHashMap::with_max_entries(16384, 0);
 
 const FD_SLOTS: usize = 64;
+
+/// A [`SOCK_PROCS`] entry: byte `fd` set for every fd below 63 that was ever
+/// a watched socket, byte 63 for fds 63 and up; and whose entry it is. An LRU
+/// map hands an evicted entry's memory to its next insert at once, even while
+/// another program holds a pointer to it: the owner tells such a pointer
+/// from one to the process's own entry.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct ProcFds {
+    tgid: u64,
+    fds: [u8; FD_SLOTS],
+}
+
+/// Slots of processes (tgid modulo [`FD_SLOT_PROCS`]): for each fd (as
+/// [`fd_slot`] places it), how many of the slot's processes set its byte in
+/// their [`SOCK_PROCS`] entry, never fewer. The hooks' test after
+/// [`PROC_SLOTS`]: a call on an fd no process of the slot watches (a file,
+/// a pipe, the server side of a socket) needs no lookup at all. An array
+/// read: the process's own entry, looked up on every read and write of a
+/// process with a client socket (curl's every write to its output), made
+/// such a write cost ~28 ns more than in a process without sockets, now ~10
+/// (docs/performance.md, the syscalls bench). Atomic adds, up
+/// when a process sets a byte and down at its exit; a count left high (two
+/// threads setting one byte at once, an entry the LRU evicted) costs a
+/// [`SOCKETS`] lookup, never a call. 4,096 slots of 64 counters: 2 MiB.
+#[map]
+static SLOT_FDS: Array<[u64; FD_SLOTS]> = Array::with_max_entries(FD_SLOT_PROCS, 0);
+
+const FD_SLOT_PROCS: u32 = 4096;
 
 /// Slots of processes (tgid modulo the size): how many entries of the slot's
 /// processes [`SOCK_PROCS`] has, never fewer (see [`add`]). The first test on
@@ -164,10 +190,39 @@ pub(crate) fn take_call(pid_tgid: u64) -> Option<SockArgs> {
     Some(args)
 }
 
-/// The process exited: its sockets are no longer watched.
+/// The process exited (its leader did: a leader that left early, or an exec
+/// from another thread, may run this again later): its sockets are no longer
+/// watched. The fds of the entry this call removed leave their slot's
+/// counts, after it is gone: counts stay high meanwhile, never low, and an
+/// entry another call removed, or whose memory the LRU gave another process,
+/// takes nothing away.
 pub(crate) fn forget_process(tgid: u32) {
-    if !slot_empty(&PROC_SLOTS, tgid) && SOCK_PROCS.remove(tgid).is_ok() {
-        add(&PROC_SLOTS, tgid, u64::MAX);
+    if slot_empty(&PROC_SLOTS, tgid) {
+        return;
+    }
+    let Some(p) = SOCK_PROCS.get_ptr(tgid) else {
+        return;
+    };
+    let mut mine = core::mem::MaybeUninit::<ProcFds>::uninit();
+    // SAFETY: a live map value and a stack slot of its type, both 8-aligned.
+    let mine = unsafe {
+        words::copy(mine.as_mut_ptr(), p);
+        mine.assume_init()
+    };
+    if mine.tgid != u64::from(tgid) || SOCK_PROCS.remove(tgid).is_err() {
+        return;
+    }
+    add(&PROC_SLOTS, tgid, u64::MAX);
+    let Some(c) = SLOT_FDS.get_ptr_mut(tgid & (FD_SLOT_PROCS - 1)) else {
+        return;
+    };
+    let mut i = 0;
+    while i < FD_SLOTS {
+        if mine.fds[i] != 0 {
+            // SAFETY: a live map value; `i` is below its length.
+            atomic_add(unsafe { (*c).as_mut_ptr().add(i) }, u64::MAX);
+        }
+        i += 1;
     }
 }
 
@@ -224,25 +279,28 @@ pub fn sock_enter(ctx: TracePointContext) -> i32 {
 #[tracepoint]
 pub fn sock_close(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(fds) = watched_fds(pid_tgid) {
+    if may_watch(pid_tgid) {
         let fd = ctx.arg(0);
-        if fds[fd_slot(fd)] != 0 {
+        if fd_watched(pid_tgid, fd) {
             sock_forget(pid_tgid, fd as i32);
         }
     }
     0
 }
 
-/// The fd bytes of the calling process when it may have watched sockets
-/// (looked up before the fd is read: most processes stop at the slot).
+/// Whether the calling process may have watched sockets (tested before the
+/// fd is read: most processes stop here).
 #[inline(always)]
-fn watched_fds(pid_tgid: u64) -> Option<&'static [u8; FD_SLOTS]> {
-    let tgid = (pid_tgid >> 32) as u32;
-    if slot_empty(&PROC_SLOTS, tgid) {
-        return None;
-    }
-    // SAFETY: a live map value; bytes.
-    unsafe { SOCK_PROCS.get(tgid) }
+fn may_watch(pid_tgid: u64) -> bool {
+    !slot_empty(&PROC_SLOTS, (pid_tgid >> 32) as u32)
+}
+
+/// Whether `fd` may be a watched socket of the calling process: a process of
+/// its [`SLOT_FDS`] slot watched that fd (or, for fds 63 and up, one of them).
+#[inline(always)]
+fn fd_watched(pid_tgid: u64, fd: u64) -> bool {
+    let slot = ((pid_tgid >> 32) as u32) & (FD_SLOT_PROCS - 1);
+    matches!(SLOT_FDS.get(slot), Some(c) if c[fd_slot(fd)] != 0)
 }
 
 #[inline(always)]
@@ -260,16 +318,12 @@ fn enter(ctx: &impl Syscall) -> i32 {
         _ => return 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fds = if call == SockCall::Connect {
-        None
-    } else {
-        match watched_fds(pid_tgid) {
-            Some(fds) => Some(fds),
-            None => return 0,
-        }
-    };
+    let connect = call == SockCall::Connect;
+    if !connect && !may_watch(pid_tgid) {
+        return 0;
+    }
     let fd = ctx.arg(0);
-    if fds.is_some_and(|f| f[fd_slot(fd)] == 0) {
+    if !connect && !fd_watched(pid_tgid, fd) {
         return 0;
     }
     if id == SYS_CLOSE {
@@ -464,7 +518,7 @@ fn exit(pid_tgid: u64, args: SockArgs, ret: i64) -> i32 {
 fn connected(pid_tgid: u64, fd: i32) {
     sock_forget(pid_tgid, fd);
     let tgid = (pid_tgid >> 32) as u32;
-    // The fd's byte first: a close on another thread between the two would
+    // The fd's count first: a close on another thread between the two would
     // otherwise pass by the new entry and leave it for the fd's next file.
     watch_fd(tgid, fd);
     let id = unsafe { bpf_ktime_get_ns() };
@@ -473,17 +527,42 @@ fn connected(pid_tgid: u64, fd: i32) {
 }
 
 /// Set the fd's byte in its process's [`SOCK_PROCS`] entry (made if need be,
-/// and counted in [`PROC_SLOTS`]).
+/// and counted in [`PROC_SLOTS`]), and count a byte newly set in the
+/// process's [`SLOT_FDS`] slot, before the hooks can meet a call on it (this
+/// runs at `connect`'s exit, or before an adopted socket's first call).
 #[inline(always)]
 pub(crate) fn watch_fd(tgid: u32, fd: i32) {
     // BPF_NOEXIST: a second thread's insert must not wipe the first's byte.
-    if SOCK_PROCS.insert(tgid, [0; FD_SLOTS], BPF_NOEXIST as u64).is_ok() {
+    let fresh = ProcFds { tgid: u64::from(tgid), fds: [0; FD_SLOTS] };
+    if SOCK_PROCS.insert(tgid, fresh, BPF_NOEXIST as u64).is_ok() {
         add(&PROC_SLOTS, tgid, 1);
     }
-    if let Some(p) = SOCK_PROCS.get_ptr_mut(tgid) {
-        // SAFETY: a live map value; a one-byte store, which no other
-        // thread's store to this or another byte can undo.
-        unsafe { (*p)[fd_slot(fd as u32 as u64)] = 1 };
+    let i = fd_slot(fd as u32 as u64);
+    match SOCK_PROCS.get_ptr_mut(tgid) {
+        // SAFETY: a live map value; a one-byte store, which no other thread's
+        // store to this or another byte can undo. Counted before the byte is
+        // set, so that an exit never takes away a count that was not added;
+        // two threads both finding the byte clear both count it: high, never
+        // low.
+        Some(p) if unsafe { (*p).tgid } == u64::from(tgid) => unsafe {
+            if (*p).fds[i] == 0 {
+                count_fd(tgid, i);
+                (*p).fds[i] = 1;
+            }
+        },
+        // No entry of its own to record it in (an LRU map full of live
+        // processes' entries, or the memory just given to another's): counted
+        // for good, left high.
+        _ => count_fd(tgid, i),
+    }
+}
+
+/// One more process of `tgid`'s [`SLOT_FDS`] slot watches fd slot `i`.
+#[inline(always)]
+fn count_fd(tgid: u32, i: usize) {
+    if let Some(c) = SLOT_FDS.get_ptr_mut(tgid & (FD_SLOT_PROCS - 1)) {
+        // SAFETY: a live map value; `i` is below its length (`fd_slot`).
+        atomic_add(unsafe { (*c).as_mut_ptr().add(i & (FD_SLOTS - 1)) }, 1);
     }
 }
 

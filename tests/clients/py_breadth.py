@@ -253,6 +253,59 @@ def plain_vectored(a):
     return calls
 
 
+def plain_slot_neighbour(a):
+    """Plain HTTP on one keep-alive connection, and between its calls another
+    process that connects a socket on the same fd number and exits, chosen so
+    that the kernel counts both in one slot (tgid modulo 4,096): per slot and
+    fd, how many processes watch it. The other's exit must take only its own
+    count away: the calls after it are recorded too. Prints the neighbour's
+    pid and the fd."""
+    import socket
+    from urllib.parse import urlparse
+    import httpx
+    body = {"model": "gpt-4o-mini", "messages": MSGS}
+    u = urlparse(a.base)
+    me = os.getpid()
+    with httpx.Client(base_url=a.base, headers={"Authorization": f"Bearer {a.key}"}) as c:
+
+        def call():
+            with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                fd = r.extensions["network_stream"].get_extra_info("socket").fileno()
+                r.read()
+                assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 0, r.text
+            return fd
+
+        fd = call()
+        neighbour = None
+        # Fork until a child's pid falls in this process's slot: pids come in
+        # order, so one turn of 4,096 (twice over, should others take it).
+        for _ in range(3 * 4096):
+            pid = os.fork()
+            if pid == 0:
+                if os.getpid() % 4096 != me % 4096:
+                    os._exit(0)
+                # The inherited connection is the parent's: close it here and
+                # connect a socket of this process's own on the same fd number.
+                os.close(fd)
+                while True:
+                    n = os.open(os.devnull, os.O_RDONLY)
+                    if n == fd:
+                        os.close(n)
+                        break
+                s = socket.create_connection((u.hostname, u.port))
+                os._exit(0 if s.fileno() == fd else 3)
+            _, status = os.waitpid(pid, 0)
+            if pid % 4096 == me % 4096:
+                assert os.waitstatus_to_exitcode(status) == 0, f"neighbour {pid} exited {status}"
+                neighbour = pid
+                break
+        assert neighbour, "no child pid fell in this process's slot"
+        fds = {call() for _ in range(5)}
+        assert fds == {fd}, (fd, fds)
+    print(json.dumps({"neighbour": neighbour, "fd": fd}), flush=True)
+    return 6
+
+
 def response_complete(got):
     """A whole HTTP/1.1 response: its head, then Content-Length bytes or the last chunk."""
     end = got.find(b"\r\n\r\n")
@@ -265,7 +318,7 @@ def response_complete(got):
     return got.endswith(b"0\r\n\r\n")
 
 
-SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads, plain_vectored]}
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads, plain_slot_neighbour, plain_vectored]}
 
 
 def main():

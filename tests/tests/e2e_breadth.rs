@@ -338,6 +338,31 @@ fn plaintext_calls_from_threads_connecting_at_once_on_low_and_high_fds_are_each_
     assert_eq!(coverage_of(&stats, pid)["records"]["socket"], 80, "{stats}");
 }
 
+/// The kernel's socket filter counts, per slot of processes (tgid modulo
+/// 4,096) and fd, the processes that watch it; a process's exit takes away
+/// its own counts. Another process of the client's slot connecting a socket
+/// on the client's fd number and exiting between two of its calls must not
+/// take the client's count with it: every call on the keep-alive connection
+/// is recorded, those after the neighbour's exit too.
+#[test]
+fn plaintext_calls_after_a_process_of_the_same_slot_and_fd_exits_are_recorded() {
+    let _g = serial();
+    let env = Env::start("plain-slot", Transport::Plain, &[]);
+    let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "plain_slot_neighbour"));
+    let line = out
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["neighbour"].is_u64()))
+        .unwrap_or_else(|| panic!("no neighbour line: {out}"));
+    let neighbour = line["neighbour"].as_u64().expect("a pid");
+    assert_eq!(neighbour % 4096, u64::from(pid) % 4096, "{line}");
+    assert_ne!(neighbour, u64::from(pid), "{line}");
+    for (r, _) in check_exact(&env, pid, 6) {
+        assert_eq!(r["provider"], "openai_compatible", "{r}");
+    }
+    let stats = env.finish();
+    assert_eq!(coverage_of(&stats, pid)["records"]["socket"], 6, "{stats}");
+}
+
 /// `unshare` and `sh` before the agent: `script` runs in a mount namespace of
 /// the agent's own, then execs it.
 const fn in_mount_ns(script: &'static str) -> [&'static str; 8] {
