@@ -21,7 +21,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, macros::raw_tracepoint, programs::RawTrace
 use tokentap_agent_common::{SockKey, SockState, SslKey, SOCKET_CONN, SOCK_ADOPTED, SOCK_HTTP, SOCK_OTHER};
 
 use crate::handover::{holder, Holder};
-use crate::sockets::{watch_fd, SOCKETS};
+use crate::sockets::SOCKETS;
+use crate::watched::watch_fd;
 
 /// Never attached: user space runs it (`BPF_PROG_TEST_RUN`) once for each
 /// client socket it found open at start (`agent/src/open_sockets.rs`), after

@@ -49,8 +49,10 @@ mod openssl;
 mod process;
 mod ring;
 mod rustls;
+mod slots;
 mod sockets;
 mod syscall_args;
+mod watched;
 mod words;
 
 #[cfg(not(test))]

@@ -21,7 +21,8 @@ use tokentap_agent_common::EventKind;
 
 use crate::chunks::PROCS_SEEN;
 use crate::ring::emit_control;
-use crate::sockets::{forget_process, take_call};
+use crate::sockets::take_call;
+use crate::watched::forget_process;
 
 /// `_dl_debug_state` in the dynamic loader runs after every library load or
 /// unload (dlopen, and startup): user space looks for a new TLS library at once

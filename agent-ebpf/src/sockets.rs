@@ -15,11 +15,10 @@
 //! Only client sockets `connect`ed to AF_INET/AF_INET6 while we run are
 //! watched, and only in processes that have one. The hooks run on every read,
 //! write and close of the host, so what most of them see costs array reads,
-//! not a hash lookup: a process's slot in [`PROC_SLOTS`] says whether it may
-//! have watched sockets, its slot in [`SLOT_FDS`] which fds may be one (a
-//! process's own record, [`SOCK_PROCS`], is not read by these hooks: only at
-//! a connect and at the process's exit), a thread's slot in [`CALL_SLOTS`]
-//! whether it may have a call in flight ([`SOCK_CALLS`]).
+//! not a hash lookup: a process's slot in `PROC_SLOTS` says whether it may
+//! have watched sockets, its slot in `SLOT_FDS` which fds may be one
+//! ([`crate::watched`]), a thread's slot in [`CALL_SLOTS`] whether it may
+//! have a call in flight ([`SOCK_CALLS`]).
 //! The first bytes a client sends decide, here, what a connection is:
 //! - an HTTP request or the HTTP/2 preface: copied to user space, and its bytes
 //!   counted;
@@ -45,7 +44,6 @@
 //! user space is told it closed) rather than leave a hole in the stream; user
 //! space then reads the bytes it moved so far from [`SOCKETS`].
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop},
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -63,8 +61,9 @@ use crate::chunks::{emit_data, forget_conn, ignored, nested, Emit};
 use crate::handover::{owns, tells_end, Owned};
 use crate::hello::emit_hello;
 use crate::ring::{count_loss, emit_control_for, emit_sock_closed};
+use crate::slots::{add, slot_empty, SLOTS};
 use crate::syscall_args::Syscall;
-use crate::words;
+use crate::watched::{fd_watched, may_watch, watch_fd};
 
 /// Client sockets opened with `connect` while we watch: what their first
 /// bytes said (`SOCK_*`) and the bytes they moved. User space reads entries
@@ -79,65 +78,6 @@ pub(crate) static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max
 #[map]
 static SOCK_VERDICTS: LruHashMap<SockId, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// Processes with at least one watched socket ([`ProcFds`]), each byte set
-/// counted (at least once) in the process's [`SLOT_FDS`] slot, and uncounted
-/// by the exit that removes the entry. Bytes are only ever set (closed
-/// sockets leave theirs: a lookup more, never a call missed). Not on the
-/// read/write/close hooks' path: they read [`SLOT_FDS`]. 16,384 entries of 72
-/// bytes: ~2 MiB of kernel memory, preallocated (LRU maps always are).
-#[map]
-static SOCK_PROCS: LruHashMap<u32, ProcFds> = LruHashMap::with_max_entries(16384, 0);
-
-const FD_SLOTS: usize = 64;
-
-/// A [`SOCK_PROCS`] entry: byte `fd` set for every fd below 63 that was ever
-/// a watched socket, byte 63 for fds 63 and up; and whose entry it is. An LRU
-/// map hands an evicted entry's memory to its next insert at once, even while
-/// another program holds a pointer to it: the owner tells such a pointer
-/// from one to the process's own entry.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct ProcFds {
-    tgid: u64,
-    fds: [u8; FD_SLOTS],
-}
-
-/// Slots of processes (tgid modulo [`FD_SLOT_PROCS`]): for each fd (as
-/// [`fd_slot`] places it), how many of the slot's processes set its byte in
-/// their [`SOCK_PROCS`] entry, never fewer. The hooks' test after
-/// [`PROC_SLOTS`]: a call on an fd no process of the slot watches (a file,
-/// a pipe, the server side of a socket) needs no lookup at all. An array
-/// read: the process's own entry, looked up on every read and write of a
-/// process with a client socket (curl's every write to its output), made
-/// such a write cost ~28 ns more than in a process without sockets, now ~10
-/// (docs/performance.md, the syscalls bench). Atomic adds, up
-/// when a process sets a byte and down at its exit; a count left high (two
-/// threads setting one byte at once, an entry the LRU evicted) costs a
-/// [`SOCKETS`] lookup, never a call. 4,096 slots of 64 counters: 2 MiB.
-#[map]
-static SLOT_FDS: Array<[u64; FD_SLOTS]> = Array::with_max_entries(FD_SLOT_PROCS, 0);
-
-const FD_SLOT_PROCS: u32 = 4096;
-
-/// Slots of processes (tgid modulo the size): how many entries of the slot's
-/// processes [`SOCK_PROCS`] has, never fewer (see [`add`]). The first test on
-/// every read, write and close of the host: a process without client sockets
-/// (a build, a database doing file I/O) pays an array read, not a lookup. An
-/// entry the LRU evicts leaves its count high: a lookup more, never a call.
-#[map]
-static PROC_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
-
-/// The fd's byte in a [`SOCK_PROCS`] entry. An fd is a C int: a register's
-/// upper half is not part of it (as `SockKey` keeps only the lower).
-fn fd_slot(fd: u64) -> usize {
-    let fd = fd as u32 as usize;
-    if fd < FD_SLOTS - 1 {
-        fd
-    } else {
-        FD_SLOTS - 1
-    }
-}
-
 /// In-flight socket syscalls on watched sockets, by thread.
 #[map]
 static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
@@ -151,32 +91,6 @@ static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CALL_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
-/// Slots per counting array: 128 KiB each.
-const SLOTS: u32 = 16384;
-
-/// Whether `id`'s slot counts nothing: then `id` has no entry in the map the
-/// slots count for. An array read: the verifier inlines it.
-fn slot_empty(slots: &Array<u64>, id: u32) -> bool {
-    !matches!(slots.get(id & (SLOTS - 1)), Some(&n) if n != 0)
-}
-
-/// Add `n` (wrapping: `u64::MAX` takes one) to `id`'s slot: after an entry
-/// is inserted, and (`u64::MAX`) after one is removed, so that a slot never
-/// counts fewer entries than its ids have. Atomic: ids of one slot run on
-/// several CPUs.
-fn add(slots: &Array<u64>, id: u32, n: u64) {
-    if let Some(p) = slots.get_ptr_mut(id & (SLOTS - 1)) {
-        atomic_add(p, n);
-    }
-}
-
-/// `*p += n` atomically: a lock-prefixed add (BPF_XADD, every kernel), whose
-/// result is not read (reading it needs BPF_FETCH, Linux 5.12).
-fn atomic_add(p: *mut u64, n: u64) {
-    // SAFETY: `p` is a live map value (callers pass map pointers only).
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, n) };
-}
-
 /// Take the thread's call in flight, if any: at its syscall's exit, and at
 /// the thread's exit (a call whose syscall exit never ran).
 pub(crate) fn take_call(pid_tgid: u64) -> Option<SockArgs> {
@@ -188,42 +102,6 @@ pub(crate) fn take_call(pid_tgid: u64) -> Option<SockArgs> {
         add(&CALL_SLOTS, pid_tgid as u32, u64::MAX);
     }
     Some(args)
-}
-
-/// The process exited (its leader did: a leader that left early, or an exec
-/// from another thread, may run this again later): its sockets are no longer
-/// watched. The fds of the entry this call removed leave their slot's
-/// counts, after it is gone: counts stay high meanwhile, never low, and an
-/// entry another call removed, or whose memory the LRU gave another process,
-/// takes nothing away.
-pub(crate) fn forget_process(tgid: u32) {
-    if slot_empty(&PROC_SLOTS, tgid) {
-        return;
-    }
-    let Some(p) = SOCK_PROCS.get_ptr(tgid) else {
-        return;
-    };
-    let mut mine = core::mem::MaybeUninit::<ProcFds>::uninit();
-    // SAFETY: a live map value and a stack slot of its type, both 8-aligned.
-    let mine = unsafe {
-        words::copy(mine.as_mut_ptr(), p);
-        mine.assume_init()
-    };
-    if mine.tgid != u64::from(tgid) || SOCK_PROCS.remove(tgid).is_err() {
-        return;
-    }
-    add(&PROC_SLOTS, tgid, u64::MAX);
-    let Some(c) = SLOT_FDS.get_ptr_mut(tgid & (FD_SLOT_PROCS - 1)) else {
-        return;
-    };
-    let mut i = 0;
-    while i < FD_SLOTS {
-        if mine.fds[i] != 0 {
-            // SAFETY: a live map value; `i` is below its length.
-            atomic_add(unsafe { (*c).as_mut_ptr().add(i) }, u64::MAX);
-        }
-        i += 1;
-    }
 }
 
 const SYS_READ: u64 = 0;
@@ -286,21 +164,6 @@ pub fn sock_close(ctx: TracePointContext) -> i32 {
         }
     }
     0
-}
-
-/// Whether the calling process may have watched sockets (tested before the
-/// fd is read: most processes stop here).
-#[inline(always)]
-fn may_watch(pid_tgid: u64) -> bool {
-    !slot_empty(&PROC_SLOTS, (pid_tgid >> 32) as u32)
-}
-
-/// Whether `fd` may be a watched socket of the calling process: a process of
-/// its [`SLOT_FDS`] slot watched that fd (or, for fds 63 and up, one of them).
-#[inline(always)]
-fn fd_watched(pid_tgid: u64, fd: u64) -> bool {
-    let slot = ((pid_tgid >> 32) as u32) & (FD_SLOT_PROCS - 1);
-    matches!(SLOT_FDS.get(slot), Some(c) if c[fd_slot(fd)] != 0)
 }
 
 #[inline(always)]
@@ -524,46 +387,6 @@ fn connected(pid_tgid: u64, fd: i32) {
     let id = unsafe { bpf_ktime_get_ns() };
     let fresh = SockState { id, sent: 0, received: 0, state: SOCK_NEW, _pad: 0 };
     let _ = SOCKETS.insert(SockKey { tgid, fd }, fresh, 0);
-}
-
-/// Set the fd's byte in its process's [`SOCK_PROCS`] entry (made if need be,
-/// and counted in [`PROC_SLOTS`]), and count a byte newly set in the
-/// process's [`SLOT_FDS`] slot, before the hooks can meet a call on it (this
-/// runs at `connect`'s exit, or before an adopted socket's first call).
-#[inline(always)]
-pub(crate) fn watch_fd(tgid: u32, fd: i32) {
-    // BPF_NOEXIST: a second thread's insert must not wipe the first's byte.
-    let fresh = ProcFds { tgid: u64::from(tgid), fds: [0; FD_SLOTS] };
-    if SOCK_PROCS.insert(tgid, fresh, BPF_NOEXIST as u64).is_ok() {
-        add(&PROC_SLOTS, tgid, 1);
-    }
-    let i = fd_slot(fd as u32 as u64);
-    match SOCK_PROCS.get_ptr_mut(tgid) {
-        // SAFETY: a live map value; a one-byte store, which no other thread's
-        // store to this or another byte can undo. Counted before the byte is
-        // set, so that an exit never takes away a count that was not added;
-        // two threads both finding the byte clear both count it: high, never
-        // low.
-        Some(p) if unsafe { (*p).tgid } == u64::from(tgid) => unsafe {
-            if (*p).fds[i] == 0 {
-                count_fd(tgid, i);
-                (*p).fds[i] = 1;
-            }
-        },
-        // No entry of its own to record it in (an LRU map full of live
-        // processes' entries, or the memory just given to another's): counted
-        // for good, left high.
-        _ => count_fd(tgid, i),
-    }
-}
-
-/// One more process of `tgid`'s [`SLOT_FDS`] slot watches fd slot `i`.
-#[inline(always)]
-fn count_fd(tgid: u32, i: usize) {
-    if let Some(c) = SLOT_FDS.get_ptr_mut(tgid & (FD_SLOT_PROCS - 1)) {
-        // SAFETY: a live map value; `i` is below its length (`fd_slot`).
-        atomic_add(unsafe { (*c).as_mut_ptr().add(i & (FD_SLOTS - 1)) }, 1);
-    }
 }
 
 /// A vector call's iovecs, for [`copy_iov`].
