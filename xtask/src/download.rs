@@ -41,7 +41,7 @@ use tokentap_e2e::{Agent, Certs};
 
 use crate::bare_probes;
 use crate::overhead::Nginx;
-use crate::stats::{median, median_interval, Interval};
+use crate::stats::{judge, median, median_interval, Verdict};
 
 const BYTES: u64 = 300 << 20;
 /// Downloaded until the agent copies bytes of the client: it is probed.
@@ -533,7 +533,7 @@ fn pairs(
         copied.push(share);
         unmuted += usize::from(muted == 0);
     }
-    let (interval, verdict) = judge(&ratios);
+    let (interval, verdict) = judge(&ratios, TARGET);
     let (ratio, cpu_ratio) = (median(ratios), median(cpu_ratios));
     let lost = (1.0 - ratio) * 100.0;
     // Two decimals: a bound of 2.96 % would read "3.0 %" beside "met".
@@ -576,9 +576,10 @@ fn pairs(
     };
     let section = format!(
         "\n## {name}\n\nThe agent records nothing of it (records: {records}).\n\n{md}\n\
-         Median ratio {ratio:.3}: {lost:.1} % throughput lost{lost_range}. Target under 3 %: {}. \
+         Median ratio {ratio:.3}: {lost:.1} % throughput lost{lost_range}. Target under 3 %: {}.{} \
          Median client CPU ratio {cpu_ratio:.2}.{floor_text}{over_text}\n",
-        verdict.says()
+        verdict.says(),
+        if verdict == Verdict::Undecided { " More pairs (TOKENTAP_DOWNLOAD_PAIRS) narrow it." } else { "" }
     );
     let line = format!(
         "| {name} | {lost:.1} %{lost_range}: {} | {cpu_ratio:.2} | {floor_cell} | {over_cell} |\n",
@@ -600,87 +601,9 @@ fn pairs(
 /// The target: under 3 % of the throughput lost.
 const TARGET: f64 = 0.03;
 
-/// What one client's pairs say of [`TARGET`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Verdict {
-    /// The median's whole 95 % interval loses less.
-    Met,
-    /// Its whole interval loses as much or more.
-    NotMet,
-    /// The interval spans the target: the pairs spread too widely to tell.
-    Undecided,
-    /// Under 6 pairs there is no 95 % interval: the median alone, met or not.
-    MedianOnly(bool),
-}
-
-impl Verdict {
-    fn word(self) -> &'static str {
-        match self {
-            Verdict::Met => "met",
-            Verdict::NotMet => "NOT met",
-            Verdict::Undecided => "undecided",
-            Verdict::MedianOnly(true) => "met by the median alone",
-            Verdict::MedianOnly(false) => "NOT met by the median alone",
-        }
-    }
-
-    fn says(self) -> String {
-        match self {
-            Verdict::Met => "met (the whole interval under it)".into(),
-            Verdict::NotMet => "NOT met (the whole interval over it)".into(),
-            Verdict::Undecided => "undecided (the interval spans it: the pairs spread too widely on this \
-                host; more pairs, TOKENTAP_DOWNLOAD_PAIRS, narrow it)"
-                .into(),
-            Verdict::MedianOnly(_) => format!("{} (under 6 pairs: no 95 % interval)", self.word()),
-        }
-    }
-}
-
-/// The verdict of a client's pair ratios (with / without agent) on the
-/// target, and the interval of their median it rests on.
-fn judge(ratios: &[f64]) -> (Option<Interval>, Verdict) {
-    let interval = median_interval(ratios.to_vec());
-    let verdict = match interval {
-        // Lost is 1 - ratio: the interval's low ratio is its most lost.
-        Some(i) if 1.0 - i.lo < TARGET => Verdict::Met,
-        Some(i) if 1.0 - i.hi >= TARGET => Verdict::NotMet,
-        Some(_) => Verdict::Undecided,
-        None => Verdict::MedianOnly(1.0 - median(ratios.to_vec()) < TARGET),
-    };
-    (interval, verdict)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_verdict_rests_on_the_median_s_interval_not_the_median_alone() {
-        // Stop 49's whole bench: curl over HTTP/2's nine pairs, median 0.942.
-        let h2 = [0.684, 0.953, 1.221, 0.898, 0.766, 0.942, 0.992, 1.019, 0.918];
-        let (i, v) = judge(&h2);
-        assert_eq!(v, Verdict::Undecided);
-        assert_eq!(i.map(|i| (i.lo, i.hi)), Some((0.766, 1.019)));
-        // reqwest's, every pair but one faster with the agent.
-        let rustls = [0.995, 1.065, 1.135, 1.18, 1.146, 1.206, 1.033, 1.149, 1.179];
-        assert_eq!(judge(&rustls).1, Verdict::Met);
-        let slow = [0.80, 0.85, 0.90, 0.91, 0.92, 0.93, 0.95];
-        assert_eq!(judge(&slow).1, Verdict::NotMet);
-        // At the line: 3 % lost at the interval's low end is not met.
-        let edge = [0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03];
-        assert_eq!(judge(&edge).1, Verdict::Undecided);
-        let edge = [0.9701, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03];
-        assert_eq!(judge(&edge).1, Verdict::Met);
-        // 3 % lost at the interval's best end: not met.
-        let edge = [0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.97];
-        assert_eq!(judge(&edge).1, Verdict::NotMet);
-        let edge = [0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.9701];
-        assert_eq!(judge(&edge).1, Verdict::Undecided);
-        // Too few pairs for an interval: the median alone, and said so.
-        assert_eq!(judge(&[0.99, 1.0, 0.96]).1, Verdict::MedianOnly(true));
-        assert_eq!(judge(&[0.90, 0.95]).1, Verdict::MedianOnly(false));
-        assert!(Verdict::MedianOnly(false).says().contains("no 95 % interval"));
-    }
 
     #[test]
     fn pair_count_defaults_and_refuses_what_is_not_a_count() {

@@ -1,5 +1,5 @@
-//! What the benches' runs say: their median, and how far that median can be
-//! trusted.
+//! What the benches' runs say: their median, how far that median can be
+//! trusted, and what it then says of a target.
 //!
 //! Why an interval: on a shared 2-vCPU host one client's pairs of runs spread
 //! over a third of their value (the download bench's 0.68-1.22), so a median
@@ -62,6 +62,55 @@ pub fn median_interval(mut v: Vec<f64>) -> Option<Interval> {
     best
 }
 
+/// What runs paired with and without something say of a target on the
+/// share it loses (the download bench's throughput: under 3 %).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    /// The median's whole 95 % interval loses less.
+    Met,
+    /// Its whole interval loses as much or more.
+    NotMet,
+    /// The interval spans the target: the pairs spread too widely to tell.
+    Undecided,
+    /// Under 6 pairs there is no 95 % interval: the median alone, met or not.
+    MedianOnly(bool),
+}
+
+impl Verdict {
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::NotMet => "NOT met",
+            Verdict::Undecided => "undecided",
+            Verdict::MedianOnly(true) => "met by the median alone",
+            Verdict::MedianOnly(false) => "NOT met by the median alone",
+        }
+    }
+
+    pub fn says(self) -> String {
+        match self {
+            Verdict::Met => "met (the whole interval under it)".into(),
+            Verdict::NotMet => "NOT met (the whole interval over it)".into(),
+            Verdict::Undecided => "undecided (the interval spans it: the pairs spread too widely)".into(),
+            Verdict::MedianOnly(_) => format!("{} (under 6 pairs: no 95 % interval)", self.word()),
+        }
+    }
+}
+
+/// The verdict of pair ratios (with / without) on losing under `target` (a
+/// share), and the interval of their median it rests on.
+pub fn judge(ratios: &[f64], target: f64) -> (Option<Interval>, Verdict) {
+    let interval = median_interval(ratios.to_vec());
+    let verdict = match interval {
+        // Lost is 1 - ratio: the interval's low ratio is its most lost.
+        Some(i) if 1.0 - i.lo < target => Verdict::Met,
+        Some(i) if 1.0 - i.hi >= target => Verdict::NotMet,
+        Some(_) => Verdict::Undecided,
+        None => Verdict::MedianOnly(1.0 - median(ratios.to_vec()) < target),
+    };
+    (interval, verdict)
+}
+
 /// P(X = j) for X ~ Binomial(n, 1/2), in logarithms: C(n, j) overflows and
 /// 2^-n underflows an f64 past ~1,000 runs.
 fn binomial_half(n: usize, j: usize) -> f64 {
@@ -115,5 +164,33 @@ mod tests {
         let i = median_interval((1..=4000).map(f64::from).collect()).unwrap();
         assert!(i.lo > 1900.0 && i.lo < 2000.0 && i.hi > 2000.0 && i.hi < 2100.0, "{i:?}");
         assert!(i.confidence >= CONFIDENCE, "{}", i.confidence);
+    }
+
+    #[test]
+    fn the_verdict_rests_on_the_median_s_interval_not_the_median_alone() {
+        // Stop 49's whole bench: curl over HTTP/2's nine pairs, median 0.942.
+        let h2 = [0.684, 0.953, 1.221, 0.898, 0.766, 0.942, 0.992, 1.019, 0.918];
+        let (i, v) = judge(&h2, 0.03);
+        assert_eq!(v, Verdict::Undecided);
+        assert_eq!(i.map(|i| (i.lo, i.hi)), Some((0.766, 1.019)));
+        // reqwest's, every pair but one faster with the agent.
+        let rustls = [0.995, 1.065, 1.135, 1.18, 1.146, 1.206, 1.033, 1.149, 1.179];
+        assert_eq!(judge(&rustls, 0.03).1, Verdict::Met);
+        let slow = [0.80, 0.85, 0.90, 0.91, 0.92, 0.93, 0.95];
+        assert_eq!(judge(&slow, 0.03).1, Verdict::NotMet);
+        // At the line: 3 % lost at the interval's low end is not met.
+        let edge = [0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03];
+        assert_eq!(judge(&edge, 0.03).1, Verdict::Undecided);
+        let edge = [0.9701, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03];
+        assert_eq!(judge(&edge, 0.03).1, Verdict::Met);
+        // 3 % lost at the interval's best end: not met.
+        let edge = [0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.97];
+        assert_eq!(judge(&edge, 0.03).1, Verdict::NotMet);
+        let edge = [0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.9701];
+        assert_eq!(judge(&edge, 0.03).1, Verdict::Undecided);
+        // Too few pairs for an interval: the median alone, and said so.
+        assert_eq!(judge(&[0.99, 1.0, 0.96], 0.03).1, Verdict::MedianOnly(true));
+        assert_eq!(judge(&[0.90, 0.95], 0.03).1, Verdict::MedianOnly(false));
+        assert!(Verdict::MedianOnly(false).says().contains("no 95 % interval"));
     }
 }
