@@ -12,6 +12,9 @@
 //!   function of its own;
 //! - [`sockets`]: client sockets at the syscalls: plaintext HTTP copied, TLS
 //!   connections named (their hello, through [`hello`]) and counted;
+//! - [`watched`]: which processes and fds the socket hooks watch, the filter
+//!   every read, write and close of the host passes first;
+//! - [`slots`]: counts by slot, an array read before a hash map;
 //! - [`syscall_args`]: a syscall's number and arguments, as either kind of
 //!   syscall hook sees them;
 //! - [`hello`]: the first write of a TLS client connection to user space;

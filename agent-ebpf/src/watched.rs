@@ -6,8 +6,8 @@
 //! a socket while the agent ran stops at its slot in [`PROC_SLOTS`]; one
 //! that did at its slot in [`SLOT_FDS`], which counts per fd the slot's
 //! processes watching it, so its writes to files and pipes stop there too.
-//! Each process's own record ([`SOCK_PROCS`]) is read only at a connect and
-//! at its exit, which takes its counts away. Every count is conservative:
+//! Each process's own record ([`SOCK_PROCS`]) is read only at a connect (or
+//! an adoption) and at its exit, which takes its counts away. Every count is conservative:
 //! one left high costs a lookup in `SOCKETS`, never a call.
 //!
 //! What it falls back to: nothing is needed; an entry the LRU evicts leaves

@@ -91,7 +91,7 @@ impl Verdict {
         match self {
             Verdict::Met => "met (the whole interval under it)".into(),
             Verdict::NotMet => "NOT met (the whole interval over it)".into(),
-            Verdict::Undecided => "undecided (the interval spans it: the pairs spread too widely)".into(),
+            Verdict::Undecided => "undecided (the interval spans it: the pairs spread too widely on this host)".into(),
             Verdict::MedianOnly(_) => format!("{} (under 6 pairs: no 95 % interval)", self.word()),
         }
     }
