@@ -153,6 +153,8 @@ pub struct Handover {
     overlap: Array<MapData, u32>,
     /// Since when this agent has seen no other (for [`Handover::tick`]).
     alone_since: Option<Instant>,
+    /// What `overlap` held after the last [`Handover::tick`].
+    overlapping: bool,
     me: u32,
     /// When this agent started (clock ticks since boot).
     since: u64,
@@ -177,7 +179,8 @@ impl Handover {
         let overlap = Array::try_from(overlap).map_err(|source| HandoverError::Map { name: "OVERLAP", source })?;
         // Another agent would take a made-up start time for a dead agent's.
         let since = started(Path::new("/proc"), me()).ok_or(HandoverError::NoStartTime(me()))?;
-        let mut h = Self { dir: dir.into(), agents, current, overlap, alone_since: None, me: me(), since };
+        let mut h =
+            Self { dir: dir.into(), agents, current, overlap, alone_since: None, overlapping: true, me: me(), since };
         h.reap();
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let others = h.others();
@@ -213,7 +216,15 @@ impl Handover {
                 set(self, 1)?;
             }
         }
+        // As the kernel has it (an unreadable flag counts as on).
+        self.overlapping = self.overlap.get(&0, 0).map_or(true, |v| v != 0);
         Ok(())
+    }
+
+    /// Whether the kernel keeps the overlap bookkeeping, as the last
+    /// [`Handover::tick`] left it (the `handover_overlap` gauge).
+    pub fn overlapping(&self) -> bool {
+        self.overlapping
     }
 
     /// The other agents running (pid, start time): when called at start, the

@@ -15,8 +15,13 @@ use crate::stats::Stats;
 
 /// Counters that are levels, not totals (beside the counter groups' own,
 /// e.g. the collector sink's spool gauges).
-const GAUGES: &[&str] =
-    &["ring_buffer_fill_bytes", "ring_buffer_size_bytes", "files_not_probed", "socket_hooks_every_syscall"];
+const GAUGES: &[&str] = &[
+    "ring_buffer_fill_bytes",
+    "ring_buffer_size_bytes",
+    "files_not_probed",
+    "socket_hooks_every_syscall",
+    "handover_overlap",
+];
 
 pub fn render(stats: &Stats) -> String {
     let mut s = String::new();
@@ -201,7 +206,7 @@ mod tests {
         let m = get("/metrics");
         assert!(m.starts_with("HTTP/1.1 200"));
         assert!(m.contains("tokentap_agent_records_total 7\n"), "{m}");
-        for g in ["collector_spool_bytes", "collector_spool_batches", "collector_in_flight"] {
+        for g in ["collector_spool_bytes", "collector_spool_batches", "collector_in_flight", "handover_overlap"] {
             assert!(m.contains(&format!("# TYPE tokentap_agent_{g} gauge\n")), "{g}: {m}");
         }
         assert!(m.contains("# TYPE tokentap_agent_collector_records_rejected_total counter"));

@@ -92,6 +92,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     Stats::set(&stats.socket_hooks_every_syscall, u64::from(probes.socket_hooks == Some(SyscallHooks::Raw)));
     Stats::set(&stats.sockets_adopted_at_start, probes.sockets_adopted as u64);
     Stats::set(&stats.processes_unreadable_at_start, probes.processes_unreadable_at_start as u64);
+    Stats::set(&stats.handover_overlap, u64::from(handover.as_ref().is_some_and(|h| h.overlapping())));
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     // Discovery tells the pipeline (for coverage) which processes map a TLS
     // library that is not probed.
@@ -167,6 +168,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // Probes attached: new connections are this agent's, before /readyz
         // says so (a rollout stops the old agent once this one is ready).
         h.make_current()?;
+        Stats::set(&stats.handover_overlap, u64::from(h.overlapping()));
     }
     ready.store(true, Ordering::Relaxed);
     if capturing && probes.attached() == 0 {
@@ -209,6 +211,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             if let Err(e) = h.tick() {
                 tracing::warn!(error = %e, "handover: telling the kernel whether agents overlap");
             }
+            Stats::set(&stats.handover_overlap, u64::from(h.overlapping()));
             if let (Some(next), false) = (h.successor(), superseded) {
                 superseded = true;
                 tracing::warn!(

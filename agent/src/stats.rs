@@ -247,6 +247,11 @@ counters! {
     /// listed at start (refused), whose keep-alive plaintext connections the
     /// agent before this one hands over are then not copied.
     processes_unreadable_at_start,
+    /// With `--handover-dir`: 1 while the kernel keeps the bookkeeping of two
+    /// agents overlapping (another agent is registered, or this one has been
+    /// alone for under 5 s), which makes each copied call dearer; 0 once
+    /// alone (a gauge).
+    handover_overlap,
 }
 
 /// Counters a part of the agent owns (a sink's), shown beside the core ones

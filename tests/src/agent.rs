@@ -110,6 +110,17 @@ impl Agent {
         self.stats()
     }
 
+    /// Wait until the agent is past its start's handover bookkeeping
+    /// (`--handover-dir`: the kernel keeps the overlap of two agents for 5 s
+    /// after each start, which makes every copied call dearer): a benchmark
+    /// times the agent as it runs for days, not its first seconds. An agent
+    /// without the gauge (older, or without `--handover-dir`) is past it.
+    pub fn wait_steady(&self) -> Value {
+        self.wait_stats("the agent's handover overlap over (handover_overlap 0)", |s| {
+            !s.is_null() && s["handover_overlap"].as_u64().unwrap_or(0) == 0
+        })
+    }
+
     /// Wait until the stats file shows `counter >= n`.
     pub fn wait_stat(&self, counter: &str, n: u64) -> Value {
         self.wait_stats(&format!("stats {counter} >= {n}"), |s| s[counter].as_u64().unwrap_or(0) >= n)

@@ -55,6 +55,8 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     // The kernel keeps turns for straddled calls while two agents overlap
     // (set by the new agent before its probes attach).
     assert_eq!(overlap(&fs), Some(1), "OVERLAP set while both agents run");
+    let gauge = |s: &serde_json::Value| s["handover_overlap"].as_u64();
+    second.wait_stats("the new agent's gauge showing the overlap", |s| gauge(s) == Some(1));
     second.wait_records(&pids, 20);
     let t = Instant::now();
     assert!(first.stop().success());
@@ -70,6 +72,7 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     wait_for("OVERLAP cleared by the agent left alone", Duration::from_secs(20), || {
         (overlap(&fs) == Some(0)).then_some(())
     });
+    second.wait_stats("the new agent's gauge showing it alone", |s| gauge(s) == Some(0));
     assert!(second.stop().success());
 
     let (old, new) = (first.stats(), second.stats());

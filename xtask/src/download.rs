@@ -496,6 +496,7 @@ fn pairs(
             bare = Some(bare_probes::of_agent(&agent.stderr)?);
         }
         client.warm(srv)?;
+        agent.wait_steady();
         let counted = agent.stats_from_now();
         let before = counted["bytes"].as_u64().unwrap_or(0);
         let muted_before = counted["kernel_muted_reads"].as_u64().unwrap_or(0);

@@ -296,6 +296,7 @@ fn handover_cost(dir: &Path, port: u16, secs: u32) -> Result<String> {
         let mut args = vec!["--exclude-process", "nginx"];
         args.extend(extra);
         let mut agent = Agent::start(&d, &args);
+        agent.wait_steady();
         let (rps, _, _, _) = wrk(dir, port, 4, secs, None)?;
         anyhow::ensure!(agent.stop().success(), "agent exit");
         Ok(rps)
