@@ -3,7 +3,7 @@
 server: httpx over HTTP/2 (many concurrent streams on one connection), the
 google-genai SDK (Gemini), boto3 bedrock-runtime (Bedrock), and plaintext HTTP
 to Ollama- and vLLM-style endpoints (httpx and the openai SDK, no TLS), also from
-threads connecting at once.
+threads connecting at once and from thousands of short-lived processes.
 Prints one JSON line: {"calls": N, "pid": PID}.
 
 Usage: py_breadth.py --base URL [--ca CA.pem] --key KEY SCENARIO
@@ -306,6 +306,89 @@ def plain_slot_neighbour(a):
     return 6
 
 
+def plain_many_processes(a):
+    """Plain HTTP from many short-lived processes: 4,500 children, 8 at a
+    time, each connecting a socket of its own, making two calls on it and
+    exiting at once; beside them 8 anchors, children that make a call, wait
+    until the others are done, and make another. Every process connects on
+    fd 3, and 4,500 processes (and the server's thread for each connection)
+    take pids past one turn of the kernel's 4,096 slots of processes (tgid
+    modulo 4,096): short-lived children fall in the anchors' slots, and their
+    exits must take away their own counts only. Prints the pids of both."""
+    import signal
+    import socket
+    import time
+    from urllib.parse import urlparse
+    u = urlparse(a.base)
+    children, calls, workers, anchors = 4500, 2, 8, 8
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MSGS}).encode()
+    request = (f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\n"
+               f"Authorization: Bearer {a.key}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def call(s):
+        s.sendall(request)
+        got = bytearray()
+        while not response_complete(got):
+            b = s.recv(65536)
+            if not b:
+                os._exit(4)
+            got += b
+        if not got.startswith(b"HTTP/1.1 200"):
+            os._exit(5)
+
+    def child(anchor):
+        os.closerange(3, 1024)
+        s = socket.create_connection((u.hostname, u.port))
+        if s.fileno() != 3:
+            os._exit(6)
+        call(s)
+        if anchor:
+            signal.sigwait({signal.SIGUSR1})
+        call(s)
+        s.close()
+        os._exit(0)
+
+    def fork(anchor):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child(anchor)
+            finally:
+                os._exit(3)
+        return pid
+
+    failed = []
+
+    def reap(pid, status):
+        if os.waitstatus_to_exitcode(status) != 0:
+            failed.append((pid, status))
+
+    # Blocked before the forks, so that an anchor's wait misses no signal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    anchor_pids = [fork(True) for _ in range(anchors)]
+    pids, running = [], set()
+    started = time.monotonic()
+    for _ in range(children):
+        if len(running) >= workers:
+            pid, status = os.wait()
+            running.discard(pid)
+            reap(pid, status)
+        pid = fork(False)
+        pids.append(pid)
+        running.add(pid)
+    for pid in running:
+        reap(*os.waitpid(pid, 0))
+    secs = time.monotonic() - started
+    for pid in anchor_pids:
+        os.kill(pid, signal.SIGUSR1)
+        reap(*os.waitpid(pid, 0))
+    if failed:
+        raise SystemExit(f"children failed: {failed[:5]}")
+    print(json.dumps({"children": pids, "anchors": anchor_pids,
+                      "calls_per_second": round(children * calls / secs)}), flush=True)
+    return (children + anchors) * calls
+
 def response_complete(got):
     """A whole HTTP/1.1 response: its head, then Content-Length bytes or the last chunk."""
     end = got.find(b"\r\n\r\n")
@@ -318,7 +401,7 @@ def response_complete(got):
     return got.endswith(b"0\r\n\r\n")
 
 
-SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads, plain_slot_neighbour, plain_vectored]}
+SCENARIOS = {f.__name__: f for f in [httpx_h2, h2_downloads_and_calls, h2_joined, gemini, bedrock, bedrock_unread, ollama, vllm, plain_threads, plain_slot_neighbour, plain_vectored, plain_many_processes]}
 
 
 def main():

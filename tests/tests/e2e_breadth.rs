@@ -1,10 +1,11 @@
 //! Breadth of capture, end to end: HTTP/2 (curl, httpx with many concurrent
 //! streams, Go net/http over Go's own crypto/tls), the Gemini and Bedrock SDKs,
-//! and plaintext HTTP to Ollama- and vLLM-style endpoints (socket syscalls);
-//! a Go read under way when the probes attach, counted.
+//! and plaintext HTTP to Ollama- and vLLM-style endpoints (socket syscalls),
+//! also from thousands of short-lived processes at ~440 calls/s; a Go read
+//! under way when the probes attach, counted.
 //! Every call must become exactly one record with the served token counts.
 //! Needs root (fails, never skips, without it).
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,6 +30,13 @@ fn check_exact(env: &Env, pid: u32, n: usize) -> Vec<(Value, Value)> {
         assert_eq!(r["pid"], pid, "{r}");
     }
     pairs.into_iter().map(|(r, s)| (r.clone(), s.clone())).collect()
+}
+
+/// The JSON line of a client's output that has `key`.
+fn line_with(out: &str, key: &str) -> Value {
+    out.lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| !v[key].is_null()))
+        .unwrap_or_else(|| panic!("no {key} line: {out}"))
 }
 
 fn coverage_of(stats: &Value, pid: u32) -> Value {
@@ -325,11 +333,8 @@ fn plaintext_calls_from_threads_connecting_at_once_on_low_and_high_fds_are_each_
     let _g = serial();
     let env = Env::start("plain-threads", Transport::Plain, &[]);
     let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "plain_threads"));
-    let fds: Vec<u64> = out
-        .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["fds"].is_array()))
-        .and_then(|v| v["fds"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()))
-        .unwrap_or_else(|| panic!("no fds line: {out}"));
+    let fds: Vec<u64> =
+        line_with(&out, "fds")["fds"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
     assert!(fds.iter().any(|&fd| fd < 63) && fds.iter().any(|&fd| fd > 63), "both ranges used: {fds:?}");
     for (r, _) in check_exact(&env, pid, 80) {
         assert_eq!(r["provider"], "openai_compatible", "{r}");
@@ -349,10 +354,7 @@ fn plaintext_calls_after_a_process_of_the_same_slot_and_fd_exits_are_recorded() 
     let _g = serial();
     let env = Env::start("plain-slot", Transport::Plain, &[]);
     let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "plain_slot_neighbour"));
-    let line = out
-        .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v["neighbour"].is_u64()))
-        .unwrap_or_else(|| panic!("no neighbour line: {out}"));
+    let line = line_with(&out, "neighbour");
     let neighbour = line["neighbour"].as_u64().expect("a pid");
     assert_eq!(neighbour % 4096, u64::from(pid) % 4096, "{line}");
     assert_ne!(neighbour, u64::from(pid), "{line}");
@@ -361,6 +363,53 @@ fn plaintext_calls_after_a_process_of_the_same_slot_and_fd_exits_are_recorded() 
     }
     let stats = env.finish();
     assert_eq!(coverage_of(&stats, pid)["records"]["socket"], 6, "{stats}");
+}
+
+/// Plaintext capture at load from many short-lived processes: 4,500 children
+/// of one client, 8 at a time, each connecting a socket of its own, making
+/// two calls and exiting at once (~500 calls/s without the agent here), and 8
+/// anchors that make one call before them and one after. Every process
+/// connects on fd 3, and the pids pass one turn of the kernel's 4,096 slots
+/// of processes: children fall in the anchors' slots, and their exits must
+/// take away their own counts only. Every call is recorded once, by its process.
+#[test]
+fn plaintext_calls_of_thousands_of_short_lived_processes_are_each_recorded_once() {
+    let _g = serial();
+    let env = Env::start("plain-many", Transport::Plain, &[]);
+    let (_, out) = run_client(py_breadth(&env.dir, &env.certs, &env.local_base(), "plain_many_processes"));
+    let line = line_with(&out, "children");
+    let pids =
+        |k: &str| -> HashSet<u64> { line[k].as_array().into_iter().flatten().filter_map(Value::as_u64).collect() };
+    let (children, anchors) = (pids("children"), pids("anchors"));
+    assert_eq!((children.len(), anchors.len()), (4500, 8));
+    let anchor_slots: HashSet<u64> = anchors.iter().map(|p| p % 4096).collect();
+    let neighbours = children.iter().filter(|p| anchor_slots.contains(&(*p % 4096))).count();
+    assert!(neighbours > 0, "no child fell in an anchor's slot");
+    let served = env.server.served();
+    assert_eq!(served.len(), 9016);
+    let (stats, records) = env.finish_with_records();
+    eprintln!("{} calls/s with the agent; {neighbours} children in an anchor's slot", line["calls_per_second"]);
+    let ours = |r: &&Value| r["pid"].as_u64().is_some_and(|p| children.contains(&p) || anchors.contains(&p));
+    let theirs: Vec<&Value> = records.iter().filter(ours).collect();
+    let lost: Vec<(&String, &Value)> = stats
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| (k.starts_with("kernel_") || k.starts_with("dropped")) && v.as_u64().is_some_and(|n| n > 0))
+        .collect();
+    assert_eq!(theirs.len(), 9016, "one record per call; counters: {lost:?}");
+    let by_id: HashMap<&str, &Value> = served.iter().filter_map(|s| Some((s["response_id"].as_str()?, s))).collect();
+    let prices = PriceTable::shipped();
+    let mut ids = HashSet::new();
+    let mut per_process: HashMap<u64, usize> = HashMap::new();
+    for r in theirs {
+        let id = r["response_id"].as_str().unwrap_or_else(|| panic!("no response id: {r}"));
+        let s = by_id.get(id).unwrap_or_else(|| panic!("record matches nothing served: {r}"));
+        assert!(ids.insert(id), "two records for one call: {r}");
+        assert_matches_served(r, s, &prices);
+        *per_process.entry(r["pid"].as_u64().unwrap_or(0)).or_default() += 1;
+    }
+    assert!(per_process.values().all(|&n| n == 2), "two records a process");
 }
 
 /// `unshare` and `sh` before the agent: `script` runs in a mount namespace of
