@@ -70,6 +70,12 @@ const FD_SLOT_PROCS: u32 = 4096;
 #[map]
 static PROC_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
+/// Process `tgid`'s slot in [`SLOT_FDS`].
+#[inline(always)]
+fn fd_counts_of(tgid: u32) -> u32 {
+    tgid & (FD_SLOT_PROCS - 1)
+}
+
 /// The fd's byte in a [`SOCK_PROCS`] entry. An fd is a C int: a register's
 /// upper half is not part of it (as `SockKey` keeps only the lower).
 fn fd_slot(fd: u64) -> usize {
@@ -104,7 +110,7 @@ pub(crate) fn forget_process(tgid: u32) {
         return;
     }
     add(&PROC_SLOTS, tgid, u64::MAX);
-    let Some(c) = SLOT_FDS.get_ptr_mut(tgid & (FD_SLOT_PROCS - 1)) else {
+    let Some(c) = SLOT_FDS.get_ptr_mut(fd_counts_of(tgid)) else {
         return;
     };
     let mut i = 0;
@@ -128,8 +134,7 @@ pub(crate) fn may_watch(pid_tgid: u64) -> bool {
 /// its [`SLOT_FDS`] slot watched that fd (or, for fds 63 and up, one of them).
 #[inline(always)]
 pub(crate) fn fd_watched(pid_tgid: u64, fd: u64) -> bool {
-    let slot = ((pid_tgid >> 32) as u32) & (FD_SLOT_PROCS - 1);
-    matches!(SLOT_FDS.get(slot), Some(c) if c[fd_slot(fd)] != 0)
+    matches!(SLOT_FDS.get(fd_counts_of((pid_tgid >> 32) as u32)), Some(c) if c[fd_slot(fd)] != 0)
 }
 
 /// Set the fd's byte in its process's [`SOCK_PROCS`] entry (made if need be,
@@ -166,7 +171,7 @@ pub(crate) fn watch_fd(tgid: u32, fd: i32) {
 /// One more process of `tgid`'s [`SLOT_FDS`] slot watches fd slot `i`.
 #[inline(always)]
 fn count_fd(tgid: u32, i: usize) {
-    if let Some(c) = SLOT_FDS.get_ptr_mut(tgid & (FD_SLOT_PROCS - 1)) {
+    if let Some(c) = SLOT_FDS.get_ptr_mut(fd_counts_of(tgid)) {
         // SAFETY: a live map value; `i` is below its length (`fd_slot`).
         atomic_add(unsafe { (*c).as_mut_ptr().add(i & (FD_SLOTS - 1)) }, 1);
     }
