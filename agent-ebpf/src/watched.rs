@@ -72,7 +72,7 @@ static PROC_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
 /// Process `tgid`'s slot in [`SLOT_FDS`].
 #[inline(always)]
-fn fd_counts_of(tgid: u32) -> u32 {
+fn slot_fds_index(tgid: u32) -> u32 {
     tgid & (FD_SLOT_PROCS - 1)
 }
 
@@ -110,7 +110,7 @@ pub(crate) fn forget_process(tgid: u32) {
         return;
     }
     add(&PROC_SLOTS, tgid, u64::MAX);
-    let Some(c) = SLOT_FDS.get_ptr_mut(fd_counts_of(tgid)) else {
+    let Some(c) = SLOT_FDS.get_ptr_mut(slot_fds_index(tgid)) else {
         return;
     };
     let mut i = 0;
@@ -134,7 +134,7 @@ pub(crate) fn may_watch(pid_tgid: u64) -> bool {
 /// its [`SLOT_FDS`] slot watched that fd (or, for fds 63 and up, one of them).
 #[inline(always)]
 pub(crate) fn fd_watched(pid_tgid: u64, fd: u64) -> bool {
-    matches!(SLOT_FDS.get(fd_counts_of((pid_tgid >> 32) as u32)), Some(c) if c[fd_slot(fd)] != 0)
+    matches!(SLOT_FDS.get(slot_fds_index((pid_tgid >> 32) as u32)), Some(c) if c[fd_slot(fd)] != 0)
 }
 
 /// Set the fd's byte in its process's [`SOCK_PROCS`] entry (made if need be,
@@ -171,7 +171,7 @@ pub(crate) fn watch_fd(tgid: u32, fd: i32) {
 /// One more process of `tgid`'s [`SLOT_FDS`] slot watches fd slot `i`.
 #[inline(always)]
 fn count_fd(tgid: u32, i: usize) {
-    if let Some(c) = SLOT_FDS.get_ptr_mut(fd_counts_of(tgid)) {
+    if let Some(c) = SLOT_FDS.get_ptr_mut(slot_fds_index(tgid)) {
         // SAFETY: a live map value; `i` is below its length (`fd_slot`).
         atomic_add(unsafe { (*c).as_mut_ptr().add(i & (FD_SLOTS - 1)) }, 1);
     }

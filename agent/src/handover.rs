@@ -153,8 +153,6 @@ pub struct Handover {
     overlap: Array<MapData, u32>,
     /// Since when this agent has seen no other (for [`Handover::tick`]).
     alone_since: Option<Instant>,
-    /// What `overlap` held after the last [`Handover::tick`].
-    overlapping: bool,
     me: u32,
     /// When this agent started (clock ticks since boot).
     since: u64,
@@ -179,8 +177,7 @@ impl Handover {
         let overlap = Array::try_from(overlap).map_err(|source| HandoverError::Map { name: "OVERLAP", source })?;
         // Another agent would take a made-up start time for a dead agent's.
         let since = started(Path::new("/proc"), me()).ok_or(HandoverError::NoStartTime(me()))?;
-        let mut h =
-            Self { dir: dir.into(), agents, current, overlap, alone_since: None, overlapping: true, me: me(), since };
+        let mut h = Self { dir: dir.into(), agents, current, overlap, alone_since: None, me: me(), since };
         h.reap();
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let others = h.others();
@@ -216,15 +213,14 @@ impl Handover {
                 set(self, 1)?;
             }
         }
-        // As the kernel has it (an unreadable flag counts as on).
-        self.overlapping = self.overlap.get(&0, 0).map_or(true, |v| v != 0);
         Ok(())
     }
 
-    /// Whether the kernel keeps the overlap bookkeeping, as the last
-    /// [`Handover::tick`] left it (the `handover_overlap` gauge).
+    /// Whether the kernel keeps the overlap bookkeeping now (the
+    /// `handover_overlap` gauge): the flag as the kernel has it, whatever a
+    /// failed [`Handover::tick`] left; one it cannot read counts as on.
     pub fn overlapping(&self) -> bool {
-        self.overlapping
+        self.overlap.get(&0, 0).map_or(true, |v| v != 0)
     }
 
     /// The other agents running (pid, start time): when called at start, the

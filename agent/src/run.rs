@@ -47,6 +47,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     // Every sink kind's counters show from the start, configured or not.
     sinks::register_counters(&stats);
+    // An agent with --handover-dir keeps the overlap bookkeeping from its start.
+    Stats::set(&stats.handover_overlap, u64::from(settings.handover_dir.is_some()));
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = settings.metrics_listen {
         let l = std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;

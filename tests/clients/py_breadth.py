@@ -14,6 +14,7 @@ import json
 import os
 import ssl
 import sys
+import traceback
 
 MSGS = [{"role": "user", "content": "Say hello."}]
 
@@ -343,8 +344,8 @@ def plain_many_processes(a):
         if s.fileno() != 3:
             os._exit(6)
         call(s)
-        if anchor:
-            signal.sigwait({signal.SIGUSR1})
+        if anchor and signal.sigtimedwait({signal.SIGUSR1}, 600) is None:
+            os._exit(7)
         call(s)
         s.close()
         os._exit(0)
@@ -354,6 +355,8 @@ def plain_many_processes(a):
         if pid == 0:
             try:
                 child(anchor)
+            except BaseException:
+                traceback.print_exc()
             finally:
                 os._exit(3)
         return pid
@@ -367,22 +370,36 @@ def plain_many_processes(a):
     # Blocked before the forks, so that an anchor's wait misses no signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     anchor_pids = [fork(True) for _ in range(anchors)]
+    waiting = set(anchor_pids)
     pids, running = [], set()
-    started = time.monotonic()
-    for _ in range(children):
-        if len(running) >= workers:
-            pid, status = os.wait()
-            running.discard(pid)
-            reap(pid, status)
-        pid = fork(False)
-        pids.append(pid)
-        running.add(pid)
-    for pid in running:
-        reap(*os.waitpid(pid, 0))
-    secs = time.monotonic() - started
-    for pid in anchor_pids:
-        os.kill(pid, signal.SIGUSR1)
-        reap(*os.waitpid(pid, 0))
+    try:
+        started = time.monotonic()
+        for _ in range(children):
+            while len(running) >= workers:
+                pid, status = os.wait()
+                # An anchor that failed early is reaped here, never signalled.
+                running.discard(pid)
+                waiting.discard(pid)
+                reap(pid, status)
+            pid = fork(False)
+            pids.append(pid)
+            running.add(pid)
+        while running:
+            pid = running.pop()
+            reap(*os.waitpid(pid, 0))
+        secs = time.monotonic() - started
+        while waiting:
+            pid = waiting.pop()
+            os.kill(pid, signal.SIGUSR1)
+            reap(*os.waitpid(pid, 0))
+    finally:
+        # On any error, no child is left behind holding the output's pipes.
+        for pid in waiting | running:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
     if failed:
         raise SystemExit(f"children failed: {failed[:5]}")
     print(json.dumps({"children": pids, "anchors": anchor_pids,

@@ -368,7 +368,7 @@ fn plaintext_calls_after_a_process_of_the_same_slot_and_fd_exits_are_recorded() 
 /// Plaintext capture at load from many short-lived processes: 4,500 children
 /// of one client, 8 at a time, each connecting a socket of its own, making
 /// two calls and exiting at once (~500 calls/s without the agent here), and 8
-/// anchors that make one call before them and one after. Every process
+/// anchors that make one call at the start and one after them all. Every process
 /// connects on fd 3, and the pids pass one turn of the kernel's 4,096 slots
 /// of processes: children fall in the anchors' slots, and their exits must
 /// take away their own counts only. Every call is recorded once, by its process.

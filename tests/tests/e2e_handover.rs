@@ -29,6 +29,10 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     for name in tokentap_agent::handover::PINNED {
         assert!(fs.pins().join(name).exists(), "{name} pinned while an agent runs");
     }
+    // Past its start's bookkeeping: its gauge is then 1 again only because
+    // another agent runs.
+    let gauge = |s: &serde_json::Value| s["handover_overlap"].as_u64();
+    first.wait_stats("the first agent's gauge showing it alone", |s| gauge(s) == Some(0));
     // About 100 calls/s on one keep-alive connection and 30/s on a new
     // connection each, for ~12 s: the upgrade happens in the middle.
     let base = format!("https://api.openai.com:{}/v1", server.port);
@@ -55,8 +59,7 @@ fn a_rolling_upgrade_records_every_call_exactly_once() {
     // The kernel keeps turns for straddled calls while two agents overlap
     // (set by the new agent before its probes attach).
     assert_eq!(overlap(&fs), Some(1), "OVERLAP set while both agents run");
-    let gauge = |s: &serde_json::Value| s["handover_overlap"].as_u64();
-    second.wait_stats("the new agent's gauge showing the overlap", |s| gauge(s) == Some(1));
+    first.wait_stats("the old agent's gauge showing the overlap", |s| gauge(s) == Some(1));
     second.wait_records(&pids, 20);
     let t = Instant::now();
     assert!(first.stop().success());

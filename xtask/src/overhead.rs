@@ -296,6 +296,10 @@ fn handover_cost(dir: &Path, port: u16, secs: u32) -> Result<String> {
         let mut args = vec!["--exclude-process", "nginx"];
         args.extend(extra);
         let mut agent = Agent::start(&d, &args);
+        // Both arms time an agent of the same age: with --handover-dir, past
+        // its start's overlap bookkeeping (5 s from before its probes
+        // attach); without, as long after its start.
+        std::thread::sleep(Duration::from_secs(6));
         agent.wait_steady();
         let (rps, _, _, _) = wrk(dir, port, 4, secs, None)?;
         anyhow::ensure!(agent.stop().success(), "agent exit");
