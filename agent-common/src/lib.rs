@@ -461,7 +461,11 @@ pub struct H2Walk {
     pub have: u64,
     pub first: u64,
     pub acc: u64,
-    /// The current payload is a named stream's DATA: skipped.
+    /// Nonzero while the current payload is a named stream's DATA: skipped.
+    /// Above bit 0, the stream's id (0 once its END_STREAM is seen), which
+    /// spares the next frame's lookup in `H2_MUTED` if it is the same
+    /// stream's. An agent that keeps only 0 or 1 here reads the same thing
+    /// (an upgrade or a rollback hands the walk on either way).
     pub muted: u64,
 }
 

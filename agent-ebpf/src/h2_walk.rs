@@ -341,15 +341,20 @@ extern "C" fn step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         words::zero(&mut c.w.acc);
         words::zero(&mut c.w.first);
         c.w.payload_end = c.w.at + len;
+        // The stream of the last muted DATA frame, if the frame before this
+        // one was it: a download's next frame is most often its own, and
+        // then costs no lookup (user space never unmutes a stream).
+        let last = c.w.muted >> 1;
         c.w.muted = 0;
         let mut dropped = false;
         if kind == DATA && len > 0 {
             let s = H2Stream { tgid: c.key.tgid, conn: c.key.ssl, base: c.w.id, stream };
-            if unsafe { H2_MUTED.get(s) }.is_some() {
-                c.w.muted = 1;
+            if (last != 0 && last == stream) || unsafe { H2_MUTED.get(s) }.is_some() {
                 if flags & END_STREAM != 0 {
                     let _ = H2_MUTED.remove(s);
+                    c.w.muted = 1;
                 } else {
+                    c.w.muted = (stream << 1) | 1;
                     // Skipped with its payload: whoever decodes goes on at the
                     // next frame's start (see the module's prose).
                     dropped = whole && len >= MIN_DROPPED_FRAME;

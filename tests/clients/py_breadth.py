@@ -40,10 +40,12 @@ def httpx_h2(a):
 
 def h2_downloads_and_calls(a):
     """One HTTP/2 connection, 8 rounds of two 2 MB downloads (not LLM calls,
-    ~0.3 s each: 64 KiB every 10 ms) and two chat calls at once: the calls'
+    ~0.3 s each: 64 KiB every 10 ms) and three chat calls at once: the calls'
     frames fall between the downloads'. One call a round is a stream whose
     many small frames come in one burst (more frames in one read than a
-    frame-per-step walk of 64 frames would follow)."""
+    frame-per-step walk of 64 frames would follow); one is a stream whose
+    frames come 5 ms apart, so that the downloads' muted DATA frames and its
+    own alternate."""
     import httpx
 
     async def run():
@@ -74,9 +76,21 @@ def h2_downloads_and_calls(a):
                 assert r.text.count("data: ") == 124, r.text[-200:]
                 return 1
 
+            async def paced():
+                # 60 content chunks 5 ms apart (~0.3 s, as long as a download):
+                # a DATA frame of this stream often follows one of a muted
+                # download's, which the kernel's walk must not skip.
+                body = {"model": "gpt-4o-mini", "messages": MSGS, "stream": True,
+                        "stream_options": {"include_usage": True}}
+                r = await c.post("/chat/completions", json=body,
+                                 headers={"x-test-stream-words": "60", "x-test-word-pause-ms": "5"})
+                assert r.status_code == 200 and r.http_version == "HTTP/2", (r.status_code, r.http_version)
+                assert r.text.count("data: ") == 64, r.text[-200:]
+                return 1
+
             n = 0
             for _ in range(8):
-                n += sum(await asyncio.gather(download(), call(), download(), burst()))
+                n += sum(await asyncio.gather(download(), call(), download(), burst(), paced()))
             return n
     return asyncio.run(run())
 

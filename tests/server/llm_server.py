@@ -14,7 +14,8 @@ Transports: HTTPS/1.1 (default), HTTPS with HTTP/2 negotiated by ALPN (`--h2`,
 served with the `h2` library), or plaintext HTTP/1.1 (`--plain`).
 
 Request headers for tests: `x-test-usage` (the usage to report, JSON),
-`x-test-stream-words: N` (an OpenAI chat stream of N content chunks) and, over
+`x-test-stream-words: N` (an OpenAI chat stream of N content chunks),
+`x-test-word-pause-ms: M` (those chunks M ms apart) and, over
 HTTP/2, `x-test-burst: N` (the response's body in DATA frames of at most N bytes,
 sent with the stream's end in one write).
 
@@ -275,6 +276,7 @@ class Handler(BaseHTTPRequestHandler):
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         # x-test-stream-words: a longer stream (many small DATA frames over HTTP/2).
         words = int(self.headers.get("x-test-stream-words") or 3 + n % 5)
+        pause = float(self.headers.get("x-test-word-pause-ms") or 0) / 1000.0
         if not include_usage:
             # "Hello" + " hello" * k is exactly words tokens in o200k_base.
             expected = {"input": None, "output": words, "cached": None, "cache_write": None,
@@ -290,6 +292,8 @@ class Handler(BaseHTTPRequestHandler):
             self.sse({**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]})
             if model == "slow-stream":
                 time.sleep(1.0)
+            elif pause:
+                time.sleep(pause)
         self.sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if include_usage:
             self.sse({**base, "choices": [], "usage": usage})

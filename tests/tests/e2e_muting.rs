@@ -15,6 +15,8 @@ use tokentap_event::PriceTable;
 const RATE: &str = "2";
 const SECONDS: &str = "8";
 const CALLS: usize = 16;
+/// The HTTP/2 client's calls: three a round beside its two downloads, 8 rounds.
+const H2_CALLS: usize = 24;
 /// Each download (the client checks every byte count); the server takes
 /// ~0.3 s over it, and the agent reads the head within its 0.1 s drain period.
 const DOWNLOAD: u64 = 2_000_000;
@@ -27,29 +29,30 @@ fn downloads_and_calls(transport: Transport, name: &str) {
     let (pid, out) = run_client(cmd);
     let calls: Value = serde_json::from_str(out.trim()).expect("client output");
     assert_eq!(calls["calls"], CALLS as u64);
-    let stats = recorded_once_and_muted(env, pid, name);
+    let stats = recorded_once_and_muted(env, pid, name, CALLS);
     // Up to a third of each download before the agent read its head, with
     // the agent's drain period idle.
     assert!(stats["bytes"].as_u64().unwrap() * 2 < CALLS as u64 * DOWNLOAD, "{stats}");
     assert_eq!(stats["resynced_after_gap"].as_u64(), Some(0), "{stats}");
 }
 
-/// Every call recorded once, on one connection, and every download named to
-/// the kernel (most of its bytes never crossed the ring buffer): the stats.
-fn recorded_once_and_muted(env: Env, pid: u32, name: &str) -> Value {
-    let records = env.agent.wait_records(&[pid], CALLS);
+/// Every call (`calls` of them) recorded once, on one connection, and each of
+/// the `CALLS` downloads named to the kernel (most of its bytes never crossed
+/// the ring buffer): the stats.
+fn recorded_once_and_muted(env: Env, pid: u32, name: &str, calls: usize) -> Value {
+    let records = env.agent.wait_records(&[pid], calls);
     let served = env.server.served();
-    assert_eq!(served.len(), CALLS, "the downloads are not LLM calls");
+    assert_eq!(served.len(), calls, "the downloads are not LLM calls");
     let pairs = pair_with_served(&records, &served);
-    assert_eq!(pairs.len(), CALLS, "every LLM call beside a muted download is recorded");
+    assert_eq!(pairs.len(), calls, "every LLM call beside a muted download is recorded");
     let prices = PriceTable::shipped();
     for (r, s) in &pairs {
         assert_matches_served(r, s, &prices);
     }
     let ids: HashSet<&str> = records.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), CALLS);
+    assert_eq!(ids.len(), calls);
     let stats = env.finish();
-    assert_eq!(stats["records"].as_u64(), Some(CALLS as u64), "{stats}");
+    assert_eq!(stats["records"].as_u64(), Some(calls as u64), "{stats}");
     // One connection for all of it.
     assert_eq!(stats["connections"].as_u64().unwrap() - stats["ignored_server_side"].as_u64().unwrap(), 1, "{stats}");
     assert_eq!(stats["responses_muted"].as_u64(), Some(CALLS as u64), "{stats}");
@@ -81,9 +84,10 @@ fn http2_downloads_are_muted_and_llm_calls_between_their_frames_recorded() {
     let _g = serial();
     let env = Env::start("mute-h2", Transport::H2, &[]);
     let (pid, out) = run_client(py_breadth(&env.dir, &env.certs, &env.openai_base(), "h2_downloads_and_calls"));
-    assert!(out.contains("\"calls\": 16"), "{out}");
-    let stats = recorded_once_and_muted(env, pid, "mute-h2");
+    assert!(out.contains(&format!("\"calls\": {H2_CALLS}")), "{out}");
+    let stats = recorded_once_and_muted(env, pid, "mute-h2", H2_CALLS);
     // Each download named after its first DATA frame: most of the rest was
-    // not copied, frame headers aside.
-    assert!(stats["bytes"].as_u64().unwrap() * 4 < CALLS as u64 * DOWNLOAD, "{stats}");
+    // not copied, frame headers aside (~20 % of the downloads' bytes copied
+    // in all, calls included: the agent names a download ~60 ms into it).
+    assert!(stats["bytes"].as_u64().unwrap() * 3 < CALLS as u64 * DOWNLOAD, "{stats}");
 }
