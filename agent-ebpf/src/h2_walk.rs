@@ -86,8 +86,10 @@ static H2_WALKS: LruHashMap<SslKey, Walk> = LruHashMap::with_max_entries(16384, 
 
 /// Streams user space will not record (see the module's prose). The kernel
 /// removes one at its END_STREAM; the rest age out (a stream id is never
-/// reused on its connection, and the walk's id is unique to it). Pinned with
-/// the handover maps.
+/// reused on its connection, and the walk's id is unique to it). The walk
+/// keeps the stream of its last muted frame (`H2Walk::muted`), so one aged
+/// out stays muted while its frames follow each other. Pinned with the
+/// handover maps.
 #[map]
 pub(crate) static H2_MUTED: LruHashMap<H2Stream, u32> = LruHashMap::with_max_entries(16384, 0);
 

@@ -17,6 +17,9 @@ const SECONDS: &str = "8";
 const CALLS: usize = 16;
 /// The HTTP/2 client's calls: three a round beside its two downloads, 8 rounds.
 const H2_CALLS: usize = 24;
+/// Downloads in either scenario: the HTTP/1.1 client's one before each of its
+/// calls, the HTTP/2 client's two in each of its 8 rounds.
+const DOWNLOADS: usize = 16;
 /// Each download (the client checks every byte count); the server takes
 /// ~0.3 s over it, and the agent reads the head within its 0.1 s drain period.
 const DOWNLOAD: u64 = 2_000_000;
@@ -32,12 +35,12 @@ fn downloads_and_calls(transport: Transport, name: &str) {
     let stats = recorded_once_and_muted(env, pid, name, CALLS);
     // Up to a third of each download before the agent read its head, with
     // the agent's drain period idle.
-    assert!(stats["bytes"].as_u64().unwrap() * 2 < CALLS as u64 * DOWNLOAD, "{stats}");
+    assert!(stats["bytes"].as_u64().unwrap() * 2 < DOWNLOADS as u64 * DOWNLOAD, "{stats}");
     assert_eq!(stats["resynced_after_gap"].as_u64(), Some(0), "{stats}");
 }
 
 /// Every call (`calls` of them) recorded once, on one connection, and each of
-/// the `CALLS` downloads named to the kernel (most of its bytes never crossed
+/// the `DOWNLOADS` downloads named to the kernel (most of its bytes never crossed
 /// the ring buffer): the stats.
 fn recorded_once_and_muted(env: Env, pid: u32, name: &str, calls: usize) -> Value {
     let records = env.agent.wait_records(&[pid], calls);
@@ -55,12 +58,12 @@ fn recorded_once_and_muted(env: Env, pid: u32, name: &str, calls: usize) -> Valu
     assert_eq!(stats["records"].as_u64(), Some(calls as u64), "{stats}");
     // One connection for all of it.
     assert_eq!(stats["connections"].as_u64().unwrap() - stats["ignored_server_side"].as_u64().unwrap(), 1, "{stats}");
-    assert_eq!(stats["responses_muted"].as_u64(), Some(CALLS as u64), "{stats}");
+    assert_eq!(stats["responses_muted"].as_u64(), Some(DOWNLOADS as u64), "{stats}");
     assert!(stats["kernel_muted_reads"].as_u64().unwrap() > 0, "{stats}");
     let copied = stats["bytes"].as_u64().unwrap();
     eprintln!(
         "{name}: {copied} of {} bytes copied, {} reads muted",
-        CALLS as u64 * DOWNLOAD,
+        DOWNLOADS as u64 * DOWNLOAD,
         stats["kernel_muted_reads"]
     );
     for lossy in ["dropped_unanswered", "kernel_ring_full", "ignored_desync", "kernel_h2_walk_stopped"] {
@@ -87,7 +90,8 @@ fn http2_downloads_are_muted_and_llm_calls_between_their_frames_recorded() {
     assert!(out.contains(&format!("\"calls\": {H2_CALLS}")), "{out}");
     let stats = recorded_once_and_muted(env, pid, "mute-h2", H2_CALLS);
     // Each download named after its first DATA frame: most of the rest was
-    // not copied, frame headers aside (~20 % of the downloads' bytes copied
-    // in all, calls included: the agent names a download ~60 ms into it).
-    assert!(stats["bytes"].as_u64().unwrap() * 3 < CALLS as u64 * DOWNLOAD, "{stats}");
+    // not copied, frame headers aside. Copied in all, calls included: 16-17 %
+    // of the downloads' bytes before the paced calls, 19-22 % with them (the
+    // agent names a download ~60 ms into it, later with more streams to read).
+    assert!(stats["bytes"].as_u64().unwrap() * 3 < DOWNLOADS as u64 * DOWNLOAD, "{stats}");
 }
