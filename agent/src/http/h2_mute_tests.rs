@@ -43,6 +43,9 @@ pub(crate) struct Kernel {
     header: Vec<u8>,
     pub(crate) muted_payload: bool,
     pub(crate) muted: Vec<u32>,
+    /// The stream of the last muted frame while its frames follow each
+    /// other: needs no lookup in `muted` (`H2Walk::muted` above bit 0).
+    last: u32,
     skipped: u64,
     /// Where the last copied read ended (`H2_RECORDED`).
     recorded: u64,
@@ -58,6 +61,7 @@ impl Kernel {
             header: Vec::new(),
             muted_payload: false,
             muted: vec![],
+            last: 0,
             skipped: 0,
             recorded: pos,
             silent: 0,
@@ -100,8 +104,13 @@ impl Kernel {
             let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
             let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
             self.payload_end = at + len;
-            self.muted_payload = h[3] == DATA && len > 0 && self.muted.contains(&stream);
+            let last = std::mem::take(&mut self.last);
+            self.muted_payload =
+                h[3] == DATA && len > 0 && ((last != 0 && last == stream) || self.muted.contains(&stream));
             let ends = h[4] & END_STREAM != 0;
+            if self.muted_payload && !ends {
+                self.last = stream;
+            }
             if self.muted_payload && ends {
                 self.muted.retain(|s| *s != stream);
             }
@@ -242,6 +251,47 @@ fn a_muted_streams_payloads_are_skipped_and_the_call_beside_it_is_read() {
             assert!(t.k.silent * 10 < reads, "{what}: {} of {reads} reads not copied", t.k.silent);
         }
     }
+}
+
+/// The kernel's map of named streams is an LRU: a download's stream may age
+/// out of it. While the download's frames follow each other the walk still
+/// knows it (it keeps the last muted frame's stream) and skips them; after
+/// another stream's frame it copies them again. User space, which still has
+/// the stream named, takes both: the call between is read, nothing lost.
+#[test]
+fn a_stream_aged_out_of_the_kernels_map_stays_muted_while_its_frames_follow_each_other() {
+    let (egress, ingress) = download_and_call(40, 16_384);
+    let mut t = Conn::new();
+    t.chunk(Direction::Egress, 0, &egress);
+    let mut reads = ingress.chunks(16_384);
+    for r in reads.by_ref().take(4) {
+        t.read(r);
+    }
+    assert_eq!(t.k.muted, vec![1], "named after its first DATA frame");
+    t.k.muted.clear();
+    let skipped = t.k.skipped;
+    // Up to the call's frames, halfway.
+    for r in reads.by_ref() {
+        t.read(r);
+        if !t.out.is_empty() {
+            break;
+        }
+    }
+    assert!(t.k.skipped >= skipped + 14 * 16_384, "still skipped: {} more", t.k.skipped - skipped);
+    let (silent, skipped) = (t.k.silent, t.k.skipped);
+    let mut after = 0;
+    for r in reads {
+        t.read(r);
+        after += 1;
+    }
+    assert!(after >= 19, "{after} reads after the call");
+    assert_eq!(t.k.skipped, skipped, "copied again after the call's frames");
+    assert_eq!(t.k.silent, silent);
+    assert_eq!(t.out.len(), 1);
+    assert_eq!(t.out[0].exchange.response.body, b"{\"usage\":{}}");
+    assert_eq!(t.lost, Lost::default());
+    assert_eq!(t.c.ignored(), None);
+    assert!(t.c.buffered() < 9, "{} held", t.c.buffered());
 }
 
 #[test]
