@@ -22,12 +22,16 @@ pub const REQUIRED: &[Cap] = &[
     Cap { name: "CAP_SYS_ADMIN", bit: 21 },
 ];
 
-/// Also needed on kernels before 5.11, which charge BPF maps to RLIMIT_MEMLOCK.
+/// Also needed on kernels before 5.11, which charge BPF maps to RLIMIT_MEMLOCK
+/// (one that old runs the agent only with `bpf_loop` backported, as some
+/// distributions' kernels have it).
 pub const OLD_KERNEL: Cap = Cap { name: "CAP_SYS_RESOURCE", bit: 24 };
 pub const OLD_KERNEL_BEFORE: (u32, u32) = (5, 11);
 
 /// Java capture's: the attach works inside each JVM's file system as the
 /// JVM's own user. Without them JVMs are not attached (logged at start).
+/// `--handover-dir` uses them too: an upgrade's new agent lists another
+/// user's open sockets as that user (without them, warned at start).
 pub const JAVA: &[Cap] = &[Cap { name: "CAP_SETUID", bit: 7 }, Cap { name: "CAP_SETGID", bit: 6 }];
 
 /// `CAP_A + CAP_B + …`
@@ -38,7 +42,7 @@ pub fn join(caps: &[Cap]) -> String {
 /// The whole requirement, as `--help`, the start check and the load error say it.
 pub fn needs() -> String {
     format!(
-        "root, or {} (+ {} on kernels before {}.{}); Java capture adds {}",
+        "root, or {} (+ {} on kernels before {}.{}); Java capture and --handover-dir add {}",
         join(REQUIRED),
         OLD_KERNEL.name,
         OLD_KERNEL_BEFORE.0,
@@ -173,6 +177,7 @@ mod tests {
             JAVA.iter().map(|c| format!("`{}`", c.name)).collect::<Vec<_>>().join(" and ")
         );
         assert!(req.contains(&java), "docs state `{java}`");
+        assert!(req.contains("With `--handover-dir` the agent uses them too"), "docs state --handover-dir's use");
         // Every capability the docs name in the section is one of ours.
         let ours: Vec<&str> = REQUIRED.iter().chain([&OLD_KERNEL]).chain(JAVA).map(|c| c.name).collect();
         for word in req.split(|c: char| !(c.is_ascii_uppercase() || c == '_')).filter(|w| w.starts_with("CAP_")) {

@@ -17,8 +17,9 @@ fn long_about() -> String {
     format!(
         "Capture LLM API calls on this host with eBPF (uprobes on TLS libraries) and write one record per \
 call: provider, model, tokens, cost, latency, process, container.\n\n\
-Needs {}, and Linux 5.17+; the agent checks them at start and exits with an error naming what is \
-missing.\nPrompt and completion text are never written; neither are credentials.",
+Needs {}; the agent checks these capabilities at start and exits with an error naming what is \
+missing. Needs Linux 5.17+ with BTF: on an older kernel, loading the eBPF programs fails \
+with an error saying so.\nPrompt and completion text are never written; neither are credentials.",
         crate::caps::needs()
     )
 }
@@ -59,7 +60,7 @@ pub struct Cli {
     #[command(flatten)]
     pub sink_flags: SinkFlags,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
-    /// every few seconds and at exit.
+    /// every second and at exit (through a temporary file of its own, renamed).
     #[arg(global = true, long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
     /// Price file (JSON, same format as the shipped table) whose models override
@@ -217,7 +218,14 @@ pub enum Command {
     /// Remove what the agents left in the kernel for upgrades: the maps pinned
     /// in --handover-dir, default /sys/fs/bpf/tokentap (the last agent to stop removes them itself; this is
     /// for one that was killed). Probes need nothing: they go with the process.
-    Uninstall,
+    /// Refused while an agent registered there still runs: the next upgrade
+    /// finds it through the pins.
+    Uninstall {
+        /// Remove the pins even though an agent still runs (an upgrade on this
+        /// node before it exits may then record calls twice).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `1800`, `90s`, `30m`, `2h`, `1d` -> seconds.
@@ -236,7 +244,8 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
     Ok(n * mult)
 }
 
-/// The TOML file. Keys mirror the flags.
+/// The TOML file. Every flag has a key, most of them the flag's name with
+/// `_` (docs/operations.md lists the others).
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -276,6 +285,24 @@ pub struct FileConfig {
     pub providers: RuleSet,
     #[serde(default)]
     pub attribution: AttributionFile,
+    #[serde(default)]
+    pub kubernetes: KubernetesFile,
+}
+
+/// `[kubernetes]`: the keys of `--kubernetes`/`--no-kubernetes`, `--kube-*`,
+/// `--kubelet-*` and `--node-name`; the flags override them.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// `true`: as `--kubernetes` (an error outside a pod); `false`: as
+    /// `--no-kubernetes`. Unset: on when running in a pod.
+    pub enabled: Option<bool>,
+    pub api_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub kubelet_url: Option<String>,
+    pub kubelet_poll_secs: Option<u64>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -302,8 +329,14 @@ pub enum ConfigError {
     Outputs(crate::sinks::BadOutput),
     #[error("{path}: {source}")]
     Rules { path: PathBuf, source: RulesError },
-    #[error("--kubernetes: not running in a pod (no service account); give --kube-api-url, --kube-token-file and --kube-ca-file")]
+    #[error(
+        "Kubernetes metadata asked for (--kubernetes, or [kubernetes] enabled = true in the config file), but not \
+         running in a pod (no service account); give --kube-api-url, --kube-token-file and --kube-ca-file (or the \
+         file's [kubernetes] api_url, token_file and ca_file)"
+    )]
     NoKubernetes,
+    #[error("config file {0}: [kubernetes] has both api_url and kubelet_url: give one")]
+    KubeEndpoints(PathBuf),
 }
 
 /// Effective settings.
@@ -402,7 +435,7 @@ impl Settings {
                 feature_header: cli.feature_header.clone().or(file.attribution.feature_header),
                 labels: if cli.labels.is_empty() { file.attribution.labels } else { cli.labels.clone() },
             },
-            kubernetes: kube_settings(cli)?,
+            kubernetes: kube_settings(cli, &file.kubernetes, &file_path)?,
             key_secret_file: cli
                 .key_secret_file
                 .clone()
@@ -446,27 +479,49 @@ fn provider_rules(cli: &Cli, from_file: &RuleSet, file_path: &Path) -> Result<Ru
     Ok(set)
 }
 
-fn kube_settings(cli: &Cli) -> Result<Option<crate::attribution::kubernetes::KubeConfig>, ConfigError> {
+fn kube_settings(
+    cli: &Cli,
+    file: &KubernetesFile,
+    file_path: &Path,
+) -> Result<Option<crate::attribution::kubernetes::KubeConfig>, ConfigError> {
     use crate::attribution::kubernetes::{node_name_from_env, KubeConfig};
-    if cli.no_kubernetes {
+    // A flag over the file's `enabled`; an endpoint given as a flag asks for
+    // Kubernetes too.
+    let flag_endpoint = cli.kube_api_url.is_some() || cli.kubelet_url.is_some();
+    let enabled = match (cli.kubernetes, cli.no_kubernetes) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ if flag_endpoint => Some(true),
+        _ => file.enabled,
+    };
+    if enabled == Some(false) {
         return Ok(None);
     }
-    if let Some(url) = cli.kube_api_url.as_ref().or(cli.kubelet_url.as_ref()) {
+    if file.api_url.is_some() && file.kubelet_url.is_some() {
+        return Err(ConfigError::KubeEndpoints(file_path.into()));
+    }
+    // The flags' endpoint, else the file's: the API server's or a kubelet's.
+    let (api_url, kubelet_url) =
+        if flag_endpoint { (&cli.kube_api_url, &cli.kubelet_url) } else { (&file.api_url, &file.kubelet_url) };
+    let node_name = cli.node_name.clone().or_else(|| file.node_name.clone());
+    if let Some(url) = api_url.as_ref().or(kubelet_url.as_ref()) {
         let sa = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount");
+        let poll = cli.kubelet_poll_secs.or(file.kubelet_poll_secs).unwrap_or(10).max(1);
         return Ok(Some(KubeConfig {
             api_url: url.clone(),
-            token_file: cli.kube_token_file.clone().unwrap_or_else(|| sa.join("token")),
-            ca_file: cli.kube_ca_file.clone().unwrap_or_else(|| sa.join("ca.crt")),
-            node_name: cli.node_name.clone().or_else(node_name_from_env).unwrap_or_default(),
-            kubelet_poll: cli
-                .kubelet_url
-                .is_some()
-                .then(|| Duration::from_secs(cli.kubelet_poll_secs.unwrap_or(10).max(1))),
+            token_file: cli
+                .kube_token_file
+                .clone()
+                .or_else(|| file.token_file.clone())
+                .unwrap_or_else(|| sa.join("token")),
+            ca_file: cli.kube_ca_file.clone().or_else(|| file.ca_file.clone()).unwrap_or_else(|| sa.join("ca.crt")),
+            node_name: node_name.or_else(node_name_from_env).unwrap_or_default(),
+            kubelet_poll: kubelet_url.is_some().then(|| Duration::from_secs(poll)),
         }));
     }
-    match KubeConfig::in_cluster(cli.node_name.clone()) {
+    match KubeConfig::in_cluster(node_name) {
         Some(k) => Ok(Some(k)),
-        None if cli.kubernetes => Err(ConfigError::NoKubernetes),
+        None if enabled == Some(true) => Err(ConfigError::NoKubernetes),
         None => Ok(None),
     }
 }

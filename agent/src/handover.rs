@@ -156,6 +156,10 @@ pub struct Handover {
     me: u32,
     /// When this agent started (clock ticks since boot).
     since: u64,
+    /// The kernel's id of the map of agents this agent registered in: the
+    /// pins in `dir` are still the ones it shares only while the pinned
+    /// `AGENTS` is this map (see [`Handover::leave`]).
+    agents_id: Option<u32>,
 }
 
 /// How long an agent alone keeps the kernel's overlap bookkeeping on: the
@@ -169,6 +173,10 @@ impl Handover {
     pub fn open(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, HandoverError> {
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(HandoverError::MissingMap(name));
         let agents = take(ebpf, "AGENTS")?;
+        let agents_id = match &agents {
+            aya::maps::Map::HashMap(m) => m.info().ok().map(|i| i.id()),
+            _ => None,
+        };
         let agents = HashMap::try_from(agents).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let current = take(ebpf, "CURRENT_AGENT")?;
         let current =
@@ -177,7 +185,7 @@ impl Handover {
         let overlap = Array::try_from(overlap).map_err(|source| HandoverError::Map { name: "OVERLAP", source })?;
         // Another agent would take a made-up start time for a dead agent's.
         let since = started(Path::new("/proc"), me()).ok_or(HandoverError::NoStartTime(me()))?;
-        let mut h = Self { dir: dir.into(), agents, current, overlap, alone_since: None, me: me(), since };
+        let mut h = Self { dir: dir.into(), agents, current, overlap, alone_since: None, me: me(), since, agents_id };
         h.reap();
         h.agents.insert(h.me, since, 0).map_err(|source| HandoverError::Map { name: "AGENTS", source })?;
         let others = h.others();
@@ -323,6 +331,14 @@ impl Handover {
         let _ = self.agents.remove(&self.me);
         self.reap();
         if self.others().is_empty() {
+            // Pins removed under this agent (`uninstall --force`) and made
+            // again by an agent started since are that agent's, whose map of
+            // agents this one cannot see: left to it.
+            let pinned = aya::maps::MapInfo::from_pin(self.dir.join("AGENTS")).ok().map(|i| i.id());
+            if self.agents_id.is_some() && pinned != self.agents_id {
+                tracing::info!(dir = %self.dir.display(), "the handover pins are not this agent's any more: left as they are");
+                return;
+            }
             match remove_pins(&self.dir) {
                 Ok(n) => tracing::info!(dir = %self.dir.display(), pins = n, "last agent: handover pins removed"),
                 Err(e) => tracing::warn!(error = %e, "removing the handover pins"),

@@ -31,8 +31,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Some(Command::Uninstall) = &cli.command {
-        return uninstall(settings.handover_dir.as_deref());
+    if let Some(Command::Uninstall { force }) = &cli.command {
+        return uninstall(settings.handover_dir.as_deref(), *force);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
@@ -53,17 +53,17 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `tokentap-agent uninstall`: remove the handover pins, say what was there.
-fn uninstall(dir: Option<&std::path::Path>) -> std::process::ExitCode {
+fn uninstall(dir: Option<&std::path::Path>, force: bool) -> std::process::ExitCode {
     let dir = dir.unwrap_or(std::path::Path::new("/sys/fs/bpf/tokentap"));
-    match tokentap_agent::uninstall::uninstall(dir) {
+    match tokentap_agent::uninstall::uninstall(dir, force) {
         Ok(done) => {
             println!("removed {} pinned maps from {}", done.removed, dir.display());
             for name in &done.left {
                 println!("left {name}: not a map tokentap pinned");
             }
             for pid in done.running {
-                // Its own maps stay with it until it exits; nothing is pinned for it any more.
-                println!("agent {pid} still runs: its probes go when it stops");
+                // --force: its own maps stay with it until it exits; nothing is pinned for it any more.
+                println!("agent {pid} still runs: its probes go when it stops; the next agent will not see it");
             }
             std::process::ExitCode::SUCCESS
         }

@@ -237,4 +237,25 @@ mod tests {
         assert!(r.contains("the kernel refused perf_event_open"), "{r}");
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
+
+    /// Every gauge on /metrics is named as exported (no `_total`) in
+    /// docs/operations.md's paragraph on /metrics: a query for the counter
+    /// form would find nothing.
+    #[test]
+    fn every_gauge_is_documented_under_its_exported_name() {
+        let stats = Stats::default();
+        crate::sinks::register_counters(&stats);
+        let m = render(&stats);
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+        let section = docs.split("## The agent's HTTP endpoints").nth(1).unwrap().split("\n## ").next().unwrap();
+        let gauges: Vec<&str> = m
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" gauge"))
+            .filter(|n| n.starts_with("tokentap_agent_"))
+            .collect();
+        assert_eq!(gauges.len(), GAUGES.len() + 11, "the core's levels and the sinks': {gauges:?}");
+        for g in gauges {
+            assert!(section.contains(&format!("`{g}`")), "{g} is not named in docs/operations.md's /metrics paragraph");
+        }
+    }
 }

@@ -478,10 +478,29 @@ pub struct StatsFile {
 }
 
 impl StatsFile {
+    /// Replace the file at `path` whole (a reader never sees half of it).
+    /// The temporary file is this process's own: two agents overlapping in an
+    /// upgrade may be given the same path, and one's rename must not move the
+    /// other's half-written file into place. Named by pid and a number drawn
+    /// once per process (two agents in different PID namespaces may share a
+    /// pid); only a killed agent leaves one behind.
     pub fn write_to(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(tmp, path)
+        static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let nonce = NONCE.get_or_init(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            t.subsec_nanos() ^ t.as_secs() as u32
+        });
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}-{nonce:08x}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let written = serde_json::to_vec_pretty(self)
+            .map_err(std::io::Error::from)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
@@ -502,6 +521,25 @@ mod tests {
         snap.write_to(&p).unwrap();
         let back: Snapshot = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(back, snap);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn the_stats_file_is_written_through_a_temporary_file_of_this_process_own() {
+        let dir = std::env::temp_dir().join(format!("tt-stats-tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("stats.json");
+        // Another agent given the same path (two overlap in an upgrade), half
+        // way through its write: this one's rename must not move that file.
+        let theirs = dir.join("stats.json.1.tmp");
+        std::fs::write(&theirs, b"{\"half").unwrap();
+        Stats::default().snapshot().write_to(&p).unwrap();
+        let back: Snapshot = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back, Snapshot::default());
+        let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["stats.json", "stats.json.1.tmp"], "its own temporary file renamed, theirs untouched");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

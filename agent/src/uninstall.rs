@@ -10,11 +10,36 @@
 //! other pin in the directory is someone else's and stays, named. Not in the
 //! root of a bpf filesystem, where every tool built with aya pins its maps
 //! so by default: there only this version's names go.
-use std::path::Path;
+//!
+//! Why it refuses while an agent runs: the pins are how the next agent finds
+//! the running one. Without them an upgrade on that node starts a new agent
+//! that does not see the old one, both copy every connection while they
+//! overlap, and those calls are recorded twice; and a later kill of the old
+//! agent leaves no ring for anyone to read. `--force` removes them anyway.
+use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapInfo};
+use thiserror::Error;
 
 use crate::handover::{remove_pins, start_time, HandoverError};
+
+#[derive(Debug, Error)]
+pub enum UninstallError {
+    #[error(
+        "{dir}: agent(s) {pids:?} still run with their maps pinned here, and the next upgrade on this node \
+         finds them through these pins: stop them first (uninstall the DaemonSet, or let the last one exit: it removes \
+         the pins itself), or pass --force to remove the pins anyway (an upgrade before they exit may then record \
+         calls twice); nothing was removed"
+    )]
+    AgentsRunning { dir: PathBuf, pids: Vec<u32> },
+    #[error(
+        "{dir}: cannot tell whether the agents registered here still run ({reason}); nothing was removed (--force \
+         removes the pins anyway)"
+    )]
+    CannotTell { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
+}
 
 /// What `uninstall` did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,16 +52,17 @@ pub struct Uninstalled {
     pub left: Vec<String>,
 }
 
-/// Remove every tokentap pin in `dir` (and `dir` once empty).
-pub fn uninstall(dir: &Path) -> Result<Uninstalled, HandoverError> {
-    let running = MapData::from_pin(dir.join("AGENTS"))
-        .ok()
-        .and_then(|m| HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(m)).ok())
-        .map(|agents| {
-            let all: Vec<(u32, u64)> = agents.iter().filter_map(Result::ok).collect();
-            all.into_iter().filter(|&(pid, since)| start_time(pid) == Some(since)).map(|(p, _)| p).collect()
-        })
-        .unwrap_or_default();
+/// Remove every tokentap pin in `dir` (and `dir` once empty); refused while
+/// an agent registered there still runs, unless `force`.
+pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError> {
+    let running = match running_agents(dir) {
+        Ok(pids) if !pids.is_empty() && !force => {
+            return Err(UninstallError::AgentsRunning { dir: dir.into(), pids });
+        }
+        Ok(pids) => pids,
+        Err(reason) if !force => return Err(UninstallError::CannotTell { dir: dir.into(), reason }),
+        Err(_) => Vec::new(),
+    };
     // A bpf filesystem's root is shared by every tool that pins by name
     // there (aya's default): other versions' maps are looked for only in a
     // directory of its own.
@@ -46,6 +72,31 @@ pub fn uninstall(dir: &Path) -> Result<Uninstalled, HandoverError> {
     let own = remove_pins(dir)?;
     let (removed, left) = others.map_err(|source| HandoverError::Io { dir: dir.into(), source })?;
     Ok(Uninstalled { running, removed: removed + own, left })
+}
+
+/// The agents registered in `dir`'s pinned map of agents that still run (the
+/// same pid with the same start time; a killed one's entry stays behind);
+/// none without the pin. Why it cannot tell, when the map is there but cannot
+/// be read, or this process sees another PID namespace than the agents'.
+fn running_agents(dir: &Path) -> Result<Vec<u32>, String> {
+    let pin = dir.join("AGENTS");
+    if !pin.exists() {
+        return Ok(Vec::new());
+    }
+    let map = MapData::from_pin(&pin).map_err(|e| format!("{}: {e}", pin.display()))?;
+    let agents = HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(map))
+        .map_err(|e| format!("{}: {e}", pin.display()))?;
+    let all: Vec<(u32, u64)> = agents.iter().filter_map(Result::ok).collect();
+    if !all.is_empty() && !host_pid_namespace(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()) {
+        return Err("this process is not in the host's PID namespace, where agents know each other by pid".into());
+    }
+    Ok(all.into_iter().filter(|&(pid, since)| start_time(pid) == Some(since)).map(|(p, _)| p).collect())
+}
+
+/// Whether a `/proc/self/status` text is of a process in the initial PID
+/// namespace: its `NSpid` line has one pid (one per nested namespace).
+fn host_pid_namespace(status: &str) -> bool {
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_none_or(|pids| pids.split_whitespace().count() == 1)
 }
 
 /// Whether `dir` is the root of a mount (its device differs from its parent's).
@@ -112,6 +163,13 @@ mod tests {
         assert!(!tokentap_pin("CALL_TURNS", b"OTHER"));
         assert!(!tokentap_pin("cilium_calls", b"cilium_calls"), "lower case: not ours");
         assert!(!tokentap_pin("", b""));
+    }
+
+    #[test]
+    fn the_host_pid_namespace_is_told_by_nspid() {
+        assert!(host_pid_namespace("Name:\tx\nNSpid:\t4242\n"));
+        assert!(!host_pid_namespace("Name:\tx\nNSpid:\t4242\t7\n"), "a container's: its pid there too");
+        assert!(host_pid_namespace("Name:\tx\n"), "kernels before 4.1 have no NSpid: no namespaces to tell");
     }
 
     #[test]

@@ -44,7 +44,8 @@ struct Cli {
     /// ClickHouse user.
     #[arg(long, default_value = "default", global = true)]
     clickhouse_user: String,
-    /// File holding the ClickHouse password.
+    /// File holding the ClickHouse password (an empty file: none, as the Helm
+    /// chart's Secret holds when no password is set).
     #[arg(long, value_name = "PATH", global = true)]
     clickhouse_password_file: Option<PathBuf>,
     /// Compression of inserts and results: lz4 or none.
@@ -356,6 +357,14 @@ fn read_secret(p: &PathBuf, what: &str) -> Result<String> {
     Ok(s)
 }
 
+/// The password in `--clickhouse-password-file`, trimmed; an empty file is
+/// no password (the chart's Secret when `clickhouse.password` is unset), which
+/// ClickHouse's `default` user has out of the box.
+fn clickhouse_password(p: &std::path::Path) -> Result<Option<String>> {
+    let s = std::fs::read_to_string(p).with_context(|| format!("reading ClickHouse password file {}", p.display()))?;
+    Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty()))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -373,8 +382,13 @@ async fn main() -> Result<()> {
             "lz4" => clickhouse::Compression::Lz4,
             other => bail!("--clickhouse-compression {other:?}: lz4 or none"),
         });
-    if let Some(p) = &cli.clickhouse_password_file {
-        client = client.with_password(read_secret(p, "ClickHouse password file")?);
+    if let Some(file) = &cli.clickhouse_password_file {
+        match clickhouse_password(file)? {
+            Some(password) => client = client.with_password(password),
+            // Said, so that ClickHouse's "authentication failed" is explained.
+            None => tracing::info!(user = %cli.clickhouse_user, file = %file.display(),
+                "the ClickHouse password file is empty: connecting without a password"),
+        }
     }
     let schema_cfg =
         SchemaConfig { database: cli.database.clone(), cluster: cli.cluster.clone(), ttl_days: cli.retention_days };
@@ -508,4 +522,26 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_password_file_is_no_password_and_a_missing_one_an_error() {
+        let dir = std::env::temp_dir().join(format!("tt-ch-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        assert_eq!(clickhouse_password(&file("empty", "")).unwrap(), None, "the chart's Secret with no password");
+        assert_eq!(clickhouse_password(&file("blank", " \n")).unwrap(), None);
+        assert_eq!(clickhouse_password(&file("set", "s3cret\n")).unwrap().as_deref(), Some("s3cret"));
+        let e = clickhouse_password(&dir.join("absent")).unwrap_err().to_string();
+        assert!(e.contains("reading ClickHouse password file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -26,8 +26,14 @@ NAMESPACE = "tokentap"
 K8S_VERSION = "1.30.0"
 
 
-def render():
+def render(override=None):
     values = yaml.safe_load(open(os.path.join(CHART, "values.yaml")))
+    for path, value in (override or {}).items():
+        *parents, last = path.split(".")
+        node = values
+        for part in parents:
+            node = node[part]
+        node[last] = value
     chart = yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))
 
     def lookup(path):
@@ -67,7 +73,7 @@ def main():
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
         kinds[d["kind"]] = d
     for k in ["DaemonSet", "Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "Secret",
-              "NetworkPolicy", "ClusterRole", "ClusterRoleBinding", "ServiceAccount"]:
+              "NetworkPolicy", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "ResourceQuota"]:
         if k not in kinds:
             sys.exit(f"missing {k}")
     ds = kinds["DaemonSet"]["spec"]["template"]["spec"]
@@ -76,12 +82,26 @@ def main():
     # Upgrades hand over (docs/operations.md): a surge, the host's bpffs, the pin directory.
     rolling = kinds["DaemonSet"]["spec"]["updateStrategy"]["rollingUpdate"]
     assert rolling == {"maxSurge": 1, "maxUnavailable": 0}, rolling
+    # A stopped agent's exit: the 20 s drain, the detach, the outputs' last sends.
+    assert ds["terminationGracePeriodSeconds"] >= 45, ds["terminationGracePeriodSeconds"]
     bpffs = [v for v in ds["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/bpf"]
     assert bpffs and any(m["mountPath"] == "/sys/fs/bpf" for m in ds["containers"][0]["volumeMounts"]), ds
     assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"], sc
     # SETUID, SETGID: the Java attach, as each JVM's own user (tests/tests/e2e_java.rs).
     caps = ["BPF", "PERFMON", "SETGID", "SETUID", "SYS_ADMIN", "SYS_PTRACE"]
     assert sorted(sc["capabilities"]["add"]) == caps, sc
+    # The collector's clients: the agents, and pods labelled as its clients in
+    # any namespace (OTLP spans to /v1/traces, Prometheus): docs/operations.md.
+    peers = kinds["NetworkPolicy"]["spec"]["ingress"][0]["from"]
+    client = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"tokentap.io/collector-client": "true"}}}
+    assert peers == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tokentap-agent"}}}, client], peers
+    # The pods' priority class has a quota in the namespace (GKE admits system-node-critical
+    # pods outside kube-system only where one exists).
+    assert ds["priorityClassName"] == "system-node-critical"
+    quota = kinds["ResourceQuota"]["spec"]
+    assert quota["scopeSelector"]["matchExpressions"] == [
+        {"operator": "In", "scopeName": "PriorityClass", "values": ["system-node-critical"]}], quota
+    assert int(quota["hard"]["pods"]) >= 5000, quota
     col = kinds["Deployment"]["spec"]["template"]["spec"]
     assert col["securityContext"]["runAsNonRoot"] is True
     rules = kinds["ClusterRole"]["rules"]
@@ -92,7 +112,15 @@ def main():
     assert 'otlp_headers_file = "/etc/tokentap/otlp/headers"' in agent_toml
     assert 'handover_dir = "/sys/fs/bpf/tokentap"' in agent_toml
     secrets = [d for d in docs if d["kind"] == "Secret"]
-    assert sorted(d["metadata"]["name"] for d in secrets) == ["tokentap-otlp", "tokentap-token"], secrets
+    assert sorted(d["metadata"]["name"] for d in secrets) == ["tokentap-clickhouse", "tokentap-otlp", "tokentap-token"], secrets
+    # The ClickHouse user and password (an empty password file: none).
+    args = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--clickhouse-user=default" in args and "--clickhouse-password-file=/etc/tokentap/clickhouse/password" in args
+    # Any character of a password stands as it is in the Secret.
+    password = 'p"a\\s#s: w\'or{d}'
+    secret = next(d for d in yaml.safe_load_all(render({"clickhouse.password": password}))
+                  if d and d["kind"] == "Secret" and d["metadata"]["name"] == "tokentap-clickhouse")
+    assert secret["stringData"]["password"] == password, secret
     # The collector reads its budgets from the ConfigMap (an empty list by default).
     budgets = config_maps["tokentap-budgets"]["data"]["budgets.toml"]
     assert budgets.strip() == values_budgets(), budgets

@@ -16,5 +16,5 @@ fn chart_and_manifests_validate() {
         out.status.success(),
         "{text}\n(kubernetes-validate is installed by `cargo xtask test`; see tests/clients/requirements.txt)"
     );
-    assert!(text.contains("12 objects valid"), "{text}");
+    assert!(text.contains("14 objects valid"), "{text}");
 }

@@ -271,7 +271,36 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     let dir = scratch("uninstall");
     let fs = BpfFs::mount(&dir);
     let pins = fs.pins().display().to_string();
+    let uninstall = |more: &[&str]| {
+        let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).args(more).output();
+        let out = out.unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    // While an agent runs: refused (the next upgrade finds it by its pins),
+    // nothing removed; --force removes them, and says it still runs.
     let mut agent = Agent::start(&dir, &["--handover-dir", pins.as_str()]);
+    let (ok, text) = uninstall(&[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("agent(s) [{}] still run", agent.pid())), "{text}");
+    assert!(text.contains("--force") && text.contains("nothing was removed"), "{text}");
+    assert!(fs.pins().join("AGENTS").exists() && fs.pins().join("CONN_OWNERS").exists());
+    let (ok, text) = uninstall(&["--force"]);
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("agent {} still runs", agent.pid())), "{text}");
+    assert!(!fs.pins().join("AGENTS").exists(), "{text}");
+    // An agent started since pins its maps afresh; the first one, stopped
+    // last, leaves them to it (they are not the maps it registered in).
+    let dir2 = dir.join("second");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let agent2 = Agent::start(&dir2, &["--handover-dir", pins.as_str()]);
+    assert!(fs.pins().join("AGENTS").exists());
+    assert!(agent.stop().success(), "an agent whose pins were removed under it exits cleanly");
+    assert!(agent.all_output().contains("the handover pins are not this agent's any more"), "{}", agent.all_output());
+    assert!(fs.pins().join("AGENTS").exists(), "the running agent's pins stay");
+    let (ok, text) = uninstall(&[]);
+    assert!(!ok && text.contains(&format!("agent(s) [{}] still run", agent2.pid())), "{text}");
+    let mut agent = agent2;
     // SIGKILL: no clean exit, the pins stay (a crash, an OOM kill).
     agent.kill();
     assert!(fs.pins().join("CONN_OWNERS").exists(), "a killed agent leaves its pins");
@@ -289,9 +318,8 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     };
     pin_map("A_LATER_VERSION");
     pin_map("other_tool");
-    let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = uninstall(&[]);
+    assert!(ok, "a killed agent does not hold the pins: {text}");
     assert!(text.contains("removed 12 pinned maps"), "{text}");
     assert!(text.contains("left other_tool: not a map tokentap pinned"), "{text}");
     assert!(!text.contains("still runs"), "the killed agent is not reported running: {text}");
@@ -306,9 +334,8 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     });
     assert!(left.is_empty());
     // Again: nothing to remove is not an error.
-    let out = Command::new(agent_bin()).args(["uninstall", "--handover-dir", pins.as_str()]).output().unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 pinned maps"));
+    let (ok, text) = uninstall(&[]);
+    assert!(ok && text.contains("removed 0 pinned maps"), "{text}");
 }
 
 /// As the chart deploys it: both agents send to the collector through one

@@ -31,6 +31,8 @@ fn the_shipped_kubernetes_config_is_valid() {
     assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
     assert_eq!(collector(&s, 0).cluster, "my-cluster");
     assert_eq!(s.handover_dir, Some(PathBuf::from("/sys/fs/bpf/tokentap")), "upgrades hand over");
+    // In the pod's emptyDir: the two agents of an upgrade write their own.
+    assert_eq!(s.stats_file, Some(PathBuf::from("/run/tokentap/stats.json")));
     // With the chart's `agent.otlpOutput` set: a second output, with the
     // chart's OTLP spool and headers file.
     let with_otlp = toml.replace(", \"\"]", ", \"otlp:http://otel-collector:4318\"]");
@@ -54,8 +56,10 @@ fn handover_is_off_unless_a_directory_is_given_and_its_drain_defaults_to_20_s() 
     let s = Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap();
     assert_eq!((s.handover_dir, s.handover_drain), (Some("/sys/fs/bpf/x".into()), Duration::from_secs(7)));
     let cli = Cli::try_parse_from(["tokentap-agent", "uninstall", "--handover-dir", "/sys/fs/bpf/y"]).unwrap();
-    assert!(matches!(cli.command, Some(Command::Uninstall)));
+    assert!(matches!(cli.command, Some(Command::Uninstall { force: false })));
     assert_eq!(cli.handover_dir, Some("/sys/fs/bpf/y".into()));
+    let cli = Cli::try_parse_from(["tokentap-agent", "uninstall", "--force"]).unwrap();
+    assert!(matches!(cli.command, Some(Command::Uninstall { force: true })));
 }
 
 #[test]
@@ -474,4 +478,56 @@ fn shorthand_flags_parse_as_before() {
     let s = Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap();
     let c = collector(&s, 0);
     assert_eq!(c.client_cert(), Some((&PathBuf::from("/c"), &PathBuf::from("/k"))));
+}
+
+#[test]
+fn kubernetes_settings_from_the_files_section_with_the_flags_over_them() {
+    let p = write(
+        "kube",
+        "[kubernetes]\nkubelet_url = \"https://10.0.0.5:10250\"\nkubelet_poll_secs = 30\nnode_name = \"node-a\"\n\
+         token_file = \"/t\"\nca_file = \"/ca\"\n",
+    );
+    let cli = |args: &[&str]| {
+        let mut argv = vec!["tokentap-agent", "-c", p.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        Settings::resolve(&Cli::try_parse_from(argv).unwrap()).map(|s| s.kubernetes)
+    };
+    let k = cli(&[]).unwrap().expect("the file's kubelet");
+    assert_eq!((k.api_url.as_str(), k.node_name.as_str()), ("https://10.0.0.5:10250", "node-a"));
+    assert_eq!((k.token_file, k.ca_file), (PathBuf::from("/t"), PathBuf::from("/ca")));
+    assert_eq!(k.kubelet_poll, Some(Duration::from_secs(30)));
+    // A flag's endpoint replaces the file's (an API server: no kubelet poll).
+    let k = cli(&["--kube-api-url", "https://api:6443", "--node-name", "node-b"]).unwrap().unwrap();
+    assert_eq!((k.api_url.as_str(), k.node_name.as_str(), k.kubelet_poll), ("https://api:6443", "node-b", None));
+    assert_eq!(k.token_file, PathBuf::from("/t"), "the file's token with the flag's endpoint");
+    assert_eq!(cli(&["--no-kubernetes"]).unwrap(), None);
+    // enabled = false is --no-kubernetes; --kubernetes overrides it.
+    let off = write("kube-off", "[kubernetes]\nenabled = false\napi_url = \"https://api:6443\"\n");
+    let resolve = |argv: &[&str]| Settings::resolve(&Cli::try_parse_from(argv).unwrap()).map(|s| s.kubernetes);
+    assert_eq!(resolve(&["tokentap-agent", "-c", off.to_str().unwrap()]).unwrap(), None);
+    let on = resolve(&["tokentap-agent", "-c", off.to_str().unwrap(), "--kubernetes"]).unwrap();
+    assert_eq!(on.map(|k| k.api_url), Some("https://api:6443".into()));
+    // So does an endpoint given as a flag.
+    let on = resolve(&["tokentap-agent", "-c", off.to_str().unwrap(), "--kubelet-url", "https://n:10250"]).unwrap();
+    assert_eq!(on.map(|k| k.api_url), Some("https://n:10250".into()));
+    // Both endpoints in the file, or a key the section lacks: refused, named.
+    let both = write("kube-both", "[kubernetes]\napi_url = \"https://a\"\nkubelet_url = \"https://b\"\n");
+    let e = resolve(&["tokentap-agent", "-c", both.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("both api_url and kubelet_url"), "{e}");
+    let typo = write("kube-typo", "[kubernetes]\nkubelet = \"https://b\"\n");
+    let e = resolve(&["tokentap-agent", "-c", typo.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("unknown field `kubelet`"), "{e}");
+}
+
+#[test]
+fn the_config_file_example_in_the_docs_is_valid() {
+    let docs = include_str!("../../../docs/operations.md");
+    let start = docs.find("Config file (`--config agent.toml`)").expect("the example's heading");
+    let body = &docs[start..];
+    let body = &body[body.find("```toml\n").expect("its toml block") + 8..];
+    let toml = &body[..body.find("```").expect("the block's end")];
+    let p = write("docs-example", toml);
+    let s = Settings::resolve(&Cli { config: Some(p), ..Default::default() }).unwrap();
+    assert_eq!(s.kubernetes.map(|k| k.node_name), Some("node-a".into()));
+    assert_eq!((s.duration, s.exclude_processes), (Some(Duration::from_secs(3600)), vec!["nginx".to_owned()]));
 }
