@@ -4,6 +4,9 @@
 //! read-only data and code). Inspection used to keep every page it read
 //! resident until the file was done: ~540 MiB of RSS at start-up, enough to get
 //! a DaemonSet with a memory limit OOM-killed (issue 19). Needs root.
+//!
+//! And at any time, when a large program starts: the symbol walks release
+//! what they passed as they go.
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -68,4 +71,45 @@ fn inspecting_a_555_mb_library_keeps_the_agent_rss_bounded() {
         MAX_HWM_KIB >> 10
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Max RSS (KiB) of `tokentap-agent inspect FILE`, from the kernel's
+/// accounting of the child (its VmHWM at exit).
+#[allow(clippy::zombie_processes, reason = "reaped by wait4, which also gives its rusage")]
+fn inspect_max_rss_kib(file: &std::path::Path) -> u64 {
+    let child = Command::new(agent_bin()).arg("inspect").arg(file).stdout(Stdio::null()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: our own child, not yet reaped (std never waits on a dropped
+    // Child); valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "inspect {} failed", file.display());
+    usage.ru_maxrss as u64
+}
+
+/// A large program that keeps its symbols, with rustls in it (the debug agent
+/// binary: ~170 MB, ~10 MB of symbol names; `inspect` then refuses its
+/// unoptimised rustls code, after the walks): the walks of its symbol table
+/// (the TLS functions', rustls's by name) held every page of it they touched,
+/// ~13 MiB above inspecting a tiny file, whenever such a program started on
+/// the host, under load or not (the RSS bench's peaks, docs/performance.md).
+#[test]
+fn inspecting_a_large_program_with_its_symbols_holds_a_few_mib_at_a_time() {
+    // The debug build `cargo xtask build` makes, whichever agent inspects it.
+    let big = workspace_root().join("target/debug/tokentap-agent");
+    let size = std::fs::metadata(&big).unwrap_or_else(|e| panic!("{}: {e}", big.display())).len();
+    assert!(size > 100 << 20, "{} is {size} bytes: this test needs a debug build's symbols", big.display());
+    let out = Command::new(agent_bin()).arg("inspect").arg(&big).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"tls_library\":\"rustls\""), "rustls found by its symbols: {text}");
+    let base = inspect_max_rss_kib(std::path::Path::new("/bin/true"));
+    let peak = inspect_max_rss_kib(&big);
+    eprintln!("inspect: /bin/true {} KiB, {} ({} MiB) {} KiB", base, big.display(), size >> 20, peak);
+    assert!(
+        peak < base + (8 << 10),
+        "inspecting {} peaked {} KiB above a tiny file's inspection: the symbol walks keep what they read",
+        big.display(),
+        peak.saturating_sub(base)
+    );
 }

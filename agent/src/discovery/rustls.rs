@@ -163,7 +163,8 @@ pub fn find_by_name(elf: &object::File<'_>, versions: &BTreeSet<String>) -> Resu
     // (address, file offset)
     let (mut send, mut buffer, mut recv) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut any = false;
-    for sym in elf.symbols() {
+    for (i, sym) in elf.symbols().enumerate() {
+        super::pages::release_all_every(i);
         any = true;
         if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
             continue;
