@@ -497,7 +497,7 @@ fn kube_settings(
     if enabled == Some(false) {
         return Ok(None);
     }
-    if file.api_url.is_some() && file.kubelet_url.is_some() {
+    if !flag_endpoint && file.api_url.is_some() && file.kubelet_url.is_some() {
         return Err(ConfigError::KubeEndpoints(file_path.into()));
     }
     // The flags' endpoint, else the file's: the API server's or a kubelet's.

@@ -334,10 +334,18 @@ impl Handover {
             // Pins removed under this agent (`uninstall --force`) and made
             // again by an agent started since are that agent's, whose map of
             // agents this one cannot see: left to it.
-            let pinned = aya::maps::MapInfo::from_pin(self.dir.join("AGENTS")).ok().map(|i| i.id());
-            if self.agents_id.is_some() && pinned != self.agents_id {
-                tracing::info!(dir = %self.dir.display(), "the handover pins are not this agent's any more: left as they are");
-                return;
+            // (Agents before this check remove them whatever they are.)
+            let pin = self.dir.join("AGENTS");
+            if pin.exists() {
+                match aya::maps::MapInfo::from_pin(&pin) {
+                    Ok(info) if self.agents_id.is_some_and(|own| own != info.id()) => {
+                        tracing::info!(dir = %self.dir.display(),
+                            "the handover pins are not this agent's any more: left as they are");
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reading the pinned map of agents; removing the pins"),
+                }
             }
             match remove_pins(&self.dir) {
                 Ok(n) => tracing::info!(dir = %self.dir.display(), pins = n, "last agent: handover pins removed"),

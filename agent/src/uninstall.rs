@@ -86,17 +86,20 @@ fn running_agents(dir: &Path) -> Result<Vec<u32>, String> {
     let map = MapData::from_pin(&pin).map_err(|e| format!("{}: {e}", pin.display()))?;
     let agents = HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(map))
         .map_err(|e| format!("{}: {e}", pin.display()))?;
-    let all: Vec<(u32, u64)> = agents.iter().filter_map(Result::ok).collect();
-    if !all.is_empty() && !host_pid_namespace(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()) {
+    let all: Vec<(u32, u64)> =
+        agents.iter().collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", pin.display()))?;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    if !all.is_empty() && !host_pid_namespace(&status) {
         return Err("this process is not in the host's PID namespace, where agents know each other by pid".into());
     }
     Ok(all.into_iter().filter(|&(pid, since)| start_time(pid) == Some(since)).map(|(p, _)| p).collect())
 }
 
 /// Whether a `/proc/self/status` text is of a process in the initial PID
-/// namespace: its `NSpid` line has one pid (one per nested namespace).
+/// namespace: its `NSpid` line has one pid (one per nested namespace). No
+/// line (the kernels the agent runs on all have it): it cannot tell, so no.
 fn host_pid_namespace(status: &str) -> bool {
-    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_none_or(|pids| pids.split_whitespace().count() == 1)
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|pids| pids.split_whitespace().count() == 1)
 }
 
 /// Whether `dir` is the root of a mount (its device differs from its parent's).
@@ -169,7 +172,7 @@ mod tests {
     fn the_host_pid_namespace_is_told_by_nspid() {
         assert!(host_pid_namespace("Name:\tx\nNSpid:\t4242\n"));
         assert!(!host_pid_namespace("Name:\tx\nNSpid:\t4242\t7\n"), "a container's: its pid there too");
-        assert!(host_pid_namespace("Name:\tx\n"), "kernels before 4.1 have no NSpid: no namespaces to tell");
+        assert!(!host_pid_namespace("Name:\tx\n"), "no NSpid line: cannot tell");
     }
 
     #[test]

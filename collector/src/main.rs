@@ -357,12 +357,13 @@ fn read_secret(p: &PathBuf, what: &str) -> Result<String> {
     Ok(s)
 }
 
-/// The password in `--clickhouse-password-file`, trimmed; an empty file is
+/// The password in `--clickhouse-password-file`, without its line end; an empty file is
 /// no password (the chart's Secret when `clickhouse.password` is unset), which
 /// ClickHouse's `default` user has out of the box.
 fn clickhouse_password(p: &std::path::Path) -> Result<Option<String>> {
     let s = std::fs::read_to_string(p).with_context(|| format!("reading ClickHouse password file {}", p.display()))?;
-    Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty()))
+    // Only the line end an editor leaves: spaces may be part of a password.
+    Ok(Some(s.trim_end_matches(['\n', '\r']).to_owned()).filter(|s| !s.is_empty()))
 }
 
 #[tokio::main]
@@ -538,8 +539,9 @@ mod tests {
             p
         };
         assert_eq!(clickhouse_password(&file("empty", "")).unwrap(), None, "the chart's Secret with no password");
-        assert_eq!(clickhouse_password(&file("blank", " \n")).unwrap(), None);
+        assert_eq!(clickhouse_password(&file("newline", "\r\n")).unwrap(), None);
         assert_eq!(clickhouse_password(&file("set", "s3cret\n")).unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(clickhouse_password(&file("spaced", " s3 cret \n")).unwrap().as_deref(), Some(" s3 cret "));
         let e = clickhouse_password(&dir.join("absent")).unwrap_err().to_string();
         assert!(e.contains("reading ClickHouse password file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -74,10 +74,18 @@ fn inspecting_a_555_mb_library_keeps_the_agent_rss_bounded() {
 }
 
 /// Max RSS (KiB) of `tokentap-agent inspect FILE`, from the kernel's
-/// accounting of the child (its VmHWM at exit).
+/// accounting of the child. Forked, not spawned with `vfork` (std's
+/// `posix_spawn`, taken without a `pre_exec` hook): an exec records the peak
+/// of the memory it leaves as the process's, and a `vfork` child leaves this
+/// process's (a Python check: 219 MiB for a child whose own peak was 17).
 #[allow(clippy::zombie_processes, reason = "reaped by wait4, which also gives its rusage")]
 fn inspect_max_rss_kib(file: &std::path::Path) -> u64 {
-    let child = Command::new(agent_bin()).arg("inspect").arg(file).stdout(Stdio::null()).spawn().unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("inspect").arg(file).stdout(Stdio::null());
+    // SAFETY: an empty hook, async-signal-safe; it only makes std fork.
+    unsafe { cmd.pre_exec(|| Ok(())) };
+    let child = cmd.spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     // SAFETY: our own child, not yet reaped (std never waits on a dropped
@@ -96,6 +104,7 @@ fn inspect_max_rss_kib(file: &std::path::Path) -> u64 {
 /// the host, under load or not (the RSS bench's peaks, docs/performance.md).
 #[test]
 fn inspecting_a_large_program_with_its_symbols_holds_a_few_mib_at_a_time() {
+    let _g = serial();
     // The debug build `cargo xtask build` makes, whichever agent inspects it.
     let big = workspace_root().join("target/debug/tokentap-agent");
     let size = std::fs::metadata(&big).unwrap_or_else(|e| panic!("{}: {e}", big.display())).len();
@@ -105,6 +114,7 @@ fn inspecting_a_large_program_with_its_symbols_holds_a_few_mib_at_a_time() {
     assert!(text.contains("\"tls_library\":\"rustls\""), "rustls found by its symbols: {text}");
     let base = inspect_max_rss_kib(std::path::Path::new("/bin/true"));
     let peak = inspect_max_rss_kib(&big);
+
     eprintln!("inspect: /bin/true {} KiB, {} ({} MiB) {} KiB", base, big.display(), size >> 20, peak);
     assert!(
         peak < base + (8 << 10),

@@ -275,7 +275,7 @@ pub fn run(agent_bin: &Path, dir: &Path, long: bool, runs: u32) -> Result<()> {
          A fresh release agent per run, {runs} run(s) per rate, default configuration (`--exclude-process nginx` \
          so that only the client is traced); wrk -> nginx over TLS, requests with a system prompt (the tokenizer \
          is loaded), {secs} s per run; halfway through each, a large program starts (a copy of the agent's \
-         binary, {large_mib} MB with its symbols and rustls, waiting on its input), which the agent inspects under \
+         binary, {large_mib} MiB with its symbols and rustls, waiting on its input), which the agent inspects under \
          the load. Idle: at the agent's first stats write, before any call; start-up \
          peak: VmHWM then (discovery maps each executable it inspects, releasing file pages as it scans); \
          steady: median of the second half of the run (samples every 200 ms); peak under load: \
