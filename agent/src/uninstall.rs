@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, MapData, MapInfo};
 use thiserror::Error;
 
-use crate::handover::{remove_pins, start_time, HandoverError};
+use crate::handover::{alive, remove_pins, HandoverError};
 
 #[derive(Debug, Error)]
 pub enum UninstallError {
@@ -92,7 +92,7 @@ fn running_agents(dir: &Path) -> Result<Vec<u32>, String> {
     if !all.is_empty() && !host_pid_namespace(&status) {
         return Err("this process is not in the host's PID namespace, where agents know each other by pid".into());
     }
-    Ok(all.into_iter().filter(|&(pid, since)| start_time(pid) == Some(since)).map(|(p, _)| p).collect())
+    Ok(all.into_iter().filter(|&(pid, since)| alive(pid, since)).map(|(p, _)| p).collect())
 }
 
 /// Whether a `/proc/self/status` text is of a process in the initial PID
