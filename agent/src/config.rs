@@ -29,7 +29,8 @@ with an error saying so.\nPrompt and completion text are never written; neither 
     name = "tokentap-agent",
     version,
     about = "Capture LLM API calls on this host with eBPF and write one record per call.",
-    long_about = long_about()
+    long_about = long_about(),
+    next_help_heading = "Agent options (the capture's: `run` and `audit` use them all)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -166,7 +167,7 @@ pub struct Cli {
     /// API server (token and CA from --kube-token-file / --kube-ca-file).
     #[arg(global = true, long, value_name = "URL", conflicts_with = "kube_api_url")]
     pub kubelet_url: Option<String>,
-    /// How often to poll the kubelet. Default: 10.
+    /// How often to poll the kubelet (only with --kubelet-url). Default: 10.
     #[arg(global = true, long, value_name = "SECS")]
     pub kubelet_poll_secs: Option<u64>,
     /// This node's name (pods are watched with `spec.nodeName=NAME`). Default:
@@ -219,7 +220,8 @@ pub enum Command {
     /// in --handover-dir, default /sys/fs/bpf/tokentap (the last agent to stop removes them itself; this is
     /// for one that was killed). Probes need nothing: they go with the process.
     /// Refused while an agent registered there still runs: the next upgrade
-    /// finds it through the pins.
+    /// finds it through the pins. Of the agent options, only --handover-dir
+    /// (or the config file's `handover_dir`) applies.
     Uninstall {
         /// Remove the pins even though an agent still runs (an upgrade on this
         /// node before it exits may then record calls twice).
@@ -337,6 +339,16 @@ pub enum ConfigError {
     NoKubernetes,
     #[error("config file {0}: [kubernetes] has both api_url and kubelet_url: give one")]
     KubeEndpoints(PathBuf),
+    #[error(
+        "{0} given, but there is no Kubernetes API to use it with: not running in a pod (KUBERNETES_SERVICE_HOST \
+         unset) and no --kube-api-url or --kubelet-url (the file's [kubernetes] api_url or kubelet_url)"
+    )]
+    KubeNoEndpoint(&'static str),
+    #[error(
+        "--kubelet-poll-secs (the file's [kubernetes] kubelet_poll_secs) given without --kubelet-url (kubelet_url): \
+         only a kubelet is polled; the API server is watched"
+    )]
+    KubeletPollWithoutKubelet,
 }
 
 /// Effective settings.
@@ -484,9 +496,14 @@ fn kube_settings(
     file: &KubernetesFile,
     file_path: &Path,
 ) -> Result<Option<crate::attribution::kubernetes::KubeConfig>, ConfigError> {
-    use crate::attribution::kubernetes::{node_name_from_env, KubeConfig};
+    use crate::attribution::kubernetes::{node_name_from_env, KubeConfig, SA_DIR};
     // A flag over the file's `enabled`; an endpoint given as a flag asks for
     // Kubernetes too.
+    // `uninstall` uses none of it: an agent's config file run from a node's
+    // shell must not fail it for being outside a pod.
+    if matches!(cli.command, Some(Command::Uninstall { .. })) {
+        return Ok(None);
+    }
     let flag_endpoint = cli.kube_api_url.is_some() || cli.kubelet_url.is_some();
     let enabled = match (cli.kubernetes, cli.no_kubernetes) {
         (true, _) => Some(true),
@@ -504,24 +521,33 @@ fn kube_settings(
     let (api_url, kubelet_url) =
         if flag_endpoint { (&cli.kube_api_url, &cli.kubelet_url) } else { (&file.api_url, &file.kubelet_url) };
     let node_name = cli.node_name.clone().or_else(|| file.node_name.clone());
+    let token_file = cli.kube_token_file.clone().or_else(|| file.token_file.clone());
+    let ca_file = cli.kube_ca_file.clone().or_else(|| file.ca_file.clone());
+    let poll = cli.kubelet_poll_secs.or(file.kubelet_poll_secs);
+    // A setting that nothing would use is refused rather than ignored; a
+    // flag's endpoint replacing the file's kubelet leaves the file's poll be.
+    if poll.is_some() && cli.kubelet_url.is_none() && file.kubelet_url.is_none() {
+        return Err(ConfigError::KubeletPollWithoutKubelet);
+    }
     if let Some(url) = api_url.as_ref().or(kubelet_url.as_ref()) {
-        let sa = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount");
-        let poll = cli.kubelet_poll_secs.or(file.kubelet_poll_secs).unwrap_or(10).max(1);
+        let sa = PathBuf::from(SA_DIR);
         return Ok(Some(KubeConfig {
             api_url: url.clone(),
-            token_file: cli
-                .kube_token_file
-                .clone()
-                .or_else(|| file.token_file.clone())
-                .unwrap_or_else(|| sa.join("token")),
-            ca_file: cli.kube_ca_file.clone().or_else(|| file.ca_file.clone()).unwrap_or_else(|| sa.join("ca.crt")),
+            token_file: token_file.unwrap_or_else(|| sa.join("token")),
+            ca_file: ca_file.unwrap_or_else(|| sa.join("ca.crt")),
             node_name: node_name.or_else(node_name_from_env).unwrap_or_default(),
-            kubelet_poll: kubelet_url.is_some().then(|| Duration::from_secs(poll)),
+            kubelet_poll: kubelet_url.is_some().then(|| Duration::from_secs(poll.unwrap_or(10).max(1))),
         }));
     }
-    match KubeConfig::in_cluster(node_name) {
+    let explicit = token_file.is_some() || ca_file.is_some();
+    match KubeConfig::in_cluster(node_name, token_file.clone(), ca_file.clone()) {
         Some(k) => Ok(Some(k)),
         None if enabled == Some(true) => Err(ConfigError::NoKubernetes),
+        None if explicit => Err(ConfigError::KubeNoEndpoint(if token_file.is_some() {
+            "--kube-token-file (token_file)"
+        } else {
+            "--kube-ca-file (ca_file)"
+        })),
         None => Ok(None),
     }
 }

@@ -68,19 +68,38 @@ pub struct KubeConfig {
     pub kubelet_poll: Option<Duration>,
 }
 
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Where a pod's service account token and CA are mounted.
+pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 impl KubeConfig {
-    /// In-cluster settings (service account, `KUBERNETES_SERVICE_HOST`), if this
-    /// runs in a pod.
-    pub fn in_cluster(node_name: Option<String>) -> Option<Self> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+    /// In-cluster settings (`KUBERNETES_SERVICE_HOST`), if this runs in a pod:
+    /// the token and CA given, else the service account's (which must exist).
+    pub fn in_cluster(
+        node_name: Option<String>,
+        token_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
+    ) -> Option<Self> {
+        let service = std::env::var("KUBERNETES_SERVICE_HOST").ok().filter(|h| !h.is_empty());
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let token_file = PathBuf::from(SA_DIR).join("token");
-        token_file.exists().then(|| Self {
+        Self::at_service(service?, &port, node_name, token_file, ca_file)
+    }
+
+    /// [`Self::in_cluster`] with the service's address given.
+    pub(crate) fn at_service(
+        host: String,
+        port: &str,
+        node_name: Option<String>,
+        token_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
+    ) -> Option<Self> {
+        let token_file = match token_file {
+            Some(given) => given,
+            None => Some(PathBuf::from(SA_DIR).join("token")).filter(|t| t.exists())?,
+        };
+        Some(Self {
             api_url: format!("https://{}:{port}", if host.contains(':') { format!("[{host}]") } else { host }),
             token_file,
-            ca_file: PathBuf::from(SA_DIR).join("ca.crt"),
+            ca_file: ca_file.unwrap_or_else(|| PathBuf::from(SA_DIR).join("ca.crt")),
             node_name: node_name.or_else(node_name_from_env).unwrap_or_default(),
             kubelet_poll: None,
         })

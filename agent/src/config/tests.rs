@@ -520,6 +520,35 @@ fn kubernetes_settings_from_the_files_section_with_the_flags_over_them() {
 }
 
 #[test]
+fn kubernetes_settings_that_nothing_would_use_are_refused() {
+    // Outside a pod (these tests run with no KUBERNETES_SERVICE_HOST).
+    let resolve = |argv: &[&str]| {
+        let argv: Vec<&str> = ["tokentap-agent"].iter().chain(argv).copied().collect();
+        Settings::resolve(&Cli::try_parse_from(argv).unwrap()).map(|s| s.kubernetes)
+    };
+    let err = |argv: &[&str]| resolve(argv).unwrap_err().to_string();
+    assert!(err(&["--kube-token-file", "/t"]).contains("--kube-token-file (token_file) given, but"));
+    assert!(err(&["--kube-ca-file", "/ca"]).contains("--kube-ca-file (ca_file) given, but"));
+    let only_token = write("kube-token-only", "[kubernetes]\ntoken_file = \"/t\"\n");
+    assert!(err(&["-c", only_token.to_str().unwrap()]).contains("no Kubernetes API to use it with"));
+    assert!(err(&["--kubelet-poll-secs", "5"]).contains("without --kubelet-url"));
+    assert!(err(&["--kube-api-url", "https://api:6443", "--kubelet-poll-secs", "5"]).contains("without --kubelet-url"));
+    // With a use, or turned off, they stand.
+    let k = resolve(&["--kubelet-url", "https://n:10250", "--kubelet-poll-secs", "5", "--kube-token-file", "/t"]);
+    let k = k.unwrap().expect("a kubelet");
+    assert_eq!((k.kubelet_poll, k.token_file), (Some(Duration::from_secs(5)), PathBuf::from("/t")));
+    assert_eq!(resolve(&["--no-kubernetes", "--kube-token-file", "/t", "--kubelet-poll-secs", "5"]).unwrap(), None);
+    // The file's kubelet with its poll, replaced by a flag's API server: the
+    // poll is the file's setting for its own endpoint, not refused.
+    // `uninstall` does not use them: the agent's settings do not stop it.
+    assert_eq!(resolve(&["uninstall", "--kube-token-file", "/t", "--kubernetes"]).unwrap(), None);
+    let kubelet =
+        write("kube-kubelet-poll", "[kubernetes]\nkubelet_url = \"https://n:10250\"\nkubelet_poll_secs = 30\n");
+    let k = resolve(&["-c", kubelet.to_str().unwrap(), "--kube-api-url", "https://api:6443"]).unwrap().unwrap();
+    assert_eq!((k.api_url.as_str(), k.kubelet_poll), ("https://api:6443", None));
+}
+
+#[test]
 fn the_config_file_example_in_the_docs_is_valid() {
     let docs = include_str!("../../../docs/operations.md");
     let start = docs.find("Config file (`--config agent.toml`)").expect("the example's heading");

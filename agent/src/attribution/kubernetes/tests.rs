@@ -180,3 +180,14 @@ fn container_ids_and_owners_tolerate_odd_objects() {
     let o = serde_json::json!({"metadata": {"ownerReferences": [{"kind": "Node", "name": "n"}]}});
     assert_eq!(controller_of(&o), Some(("Node".into(), "n".into())));
 }
+
+#[test]
+fn in_a_pod_a_token_and_ca_given_replace_the_service_accounts() {
+    let (t, ca) = (PathBuf::from("/etc/tt/token"), PathBuf::from("/etc/tt/ca.pem"));
+    let k = KubeConfig::at_service("fd00::1".into(), "6443", Some("n".into()), Some(t.clone()), Some(ca.clone()))
+        .expect("a token given needs no service account");
+    assert_eq!((k.api_url.as_str(), &k.token_file, &k.ca_file), ("https://[fd00::1]:6443", &t, &ca));
+    // Without one, the service account's token must exist (it does not here).
+    let sa = PathBuf::from(SA_DIR).join("token");
+    assert_eq!(KubeConfig::at_service("10.0.0.1".into(), "443", None, None, Some(ca)).is_some(), sa.exists());
+}
