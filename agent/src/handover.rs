@@ -60,8 +60,11 @@ pub enum HandoverError {
          host's /sys/fs/bpf)"
     )]
     NotBpfFs(PathBuf),
-    #[error("--handover-dir {dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    #[error("--handover-dir {0}: not a directory")]
+    NotADirectory(PathBuf),
+    // Said in the text, not chained: printed alone it still names the cause.
+    #[error("--handover-dir {dir}: {cause}")]
+    Io { dir: PathBuf, cause: std::io::Error },
     #[error(
         "--handover-dir: this process's start time cannot be read from /proc/{0}/stat (the agents tell each other \
          apart by pid and start time: run it with the host's /proc, hostPID in a pod)"
@@ -75,11 +78,18 @@ pub enum HandoverError {
 
 /// Make `dir` (on a bpf filesystem) ready to hold the pins.
 pub fn prepare(dir: &Path) -> Result<(), HandoverError> {
-    let io = |source| HandoverError::Io { dir: dir.into(), source };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    if fs_magic(dir).map_err(io)? != BPF_FS_MAGIC {
+    let io = |cause| HandoverError::Io { dir: dir.into(), cause };
+    // Judged on the part of the path that exists: a directory made on any
+    // other filesystem would not hold pins either (and sysfs, where
+    // /sys/fs/bpf is when no bpffs is mounted, refuses to make one at all).
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    if existing == dir && !dir.is_dir() {
+        return Err(HandoverError::NotADirectory(dir.into()));
+    }
+    if fs_magic(existing).map_err(io)? != BPF_FS_MAGIC {
         return Err(HandoverError::NotBpfFs(dir.into()));
     }
+    std::fs::create_dir_all(dir).map_err(io)?;
     Ok(())
 }
 
@@ -274,7 +284,7 @@ impl Handover {
         // A pin of an earlier process under the same pid and start time
         // cannot exist; one left by a failed start of this one might.
         let _ = std::fs::remove_file(&path);
-        events.pin(&path).map_err(|e| HandoverError::Io { dir: self.dir.clone(), source: std::io::Error::other(e) })?;
+        events.pin(&path).map_err(|e| HandoverError::Io { dir: self.dir.clone(), cause: std::io::Error::other(e) })?;
         Ok(crate::orphan_rings::OwnRing { path, me: (self.me, self.since) })
     }
 
@@ -434,10 +444,10 @@ pub fn remove_pins(dir: &Path) -> Result<usize, HandoverError> {
         match std::fs::remove_file(dir.join(name)) {
             Ok(()) => n += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(HandoverError::Io { dir: dir.into(), source }),
+            Err(cause) => return Err(HandoverError::Io { dir: dir.into(), cause }),
         }
     }
-    n += crate::orphan_rings::remove_all(dir).map_err(|source| HandoverError::Io { dir: dir.into(), source })?;
+    n += crate::orphan_rings::remove_all(dir).map_err(|cause| HandoverError::Io { dir: dir.into(), cause })?;
     // Only if nothing else lives there.
     let _ = std::fs::remove_dir(dir);
     Ok(n)
@@ -524,7 +534,18 @@ mod tests {
             Err(HandoverError::NotBpfFs(d)) => assert_eq!(d, dir),
             other => panic!("expected NotBpfFs, got {other:?}"),
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!dir.exists(), "refused before anything is made");
+        // Deeper, under a directory that is not there either; on sysfs (no
+        // bpffs mounted on /sys/fs/bpf: the default path there).
+        assert!(matches!(prepare(&dir.join("a/b")), Err(HandoverError::NotBpfFs(_))));
+        let sys = Path::new("/sys/fs/bpf/tokentap-test-nothing-here");
+        if fs_magic(Path::new("/sys/fs/bpf")).ok() != Some(BPF_FS_MAGIC) {
+            assert!(matches!(prepare(sys), Err(HandoverError::NotBpfFs(_))), "{:?}", prepare(sys));
+        }
+        // A file in the way.
+        std::fs::write(&dir, b"").unwrap();
+        assert!(matches!(prepare(&dir), Err(HandoverError::NotADirectory(_))));
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

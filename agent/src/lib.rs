@@ -33,6 +33,22 @@ pub mod socket_hooks;
 pub mod stats;
 pub mod uninstall;
 
+/// An error and its causes on one line, `a: b: c`, without a cause the text
+/// before it already ends with (errors that print their source, wrapped by
+/// ones that chain it, said it twice).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !part.is_empty() && !text.ends_with(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Deterministic garbage for the tests that feed parsers arbitrary bytes.
 #[cfg(test)]
 pub(crate) struct Noise(pub u64);
@@ -50,5 +66,25 @@ impl Noise {
     /// `len` bytes, the low byte of each next state.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    #[test]
+    fn a_cause_already_said_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = crate::handover::HandoverError::Io { dir: "/x".into(), cause: io() };
+        let wrapped = anyhow::Error::new(e).context("starting");
+        assert_eq!(super::error_text(wrapped.as_ref()), "starting: --handover-dir /x: No such file");
+        // An error that prints its source and chains it too.
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading /y: {0}")]
+        struct Both(#[from] std::io::Error);
+        let wrapped = anyhow::Error::new(Both(io())).context("loading");
+        assert_eq!(super::error_text(wrapped.as_ref()), "loading: reading /y: No such file");
+        // A cause said nowhere before is kept.
+        let wrapped = anyhow::Error::new(io()).context("reading /z");
+        assert_eq!(super::error_text(wrapped.as_ref()), "reading /z: No such file");
     }
 }

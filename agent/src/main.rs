@@ -37,7 +37,9 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     // Logs go to stderr so that `--output stdout` stays pure JSONL.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // No colour codes where stderr is a file or a pod's log.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let result = match &cli.command {
         Some(Command::Audit { out }) => tokentap_agent::audit::audit(settings, out),
         _ => tokentap_agent::run::run(settings),
@@ -45,8 +47,9 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("tokentap-agent: {e:#}");
+            let text = tokentap_agent::error_text(e.as_ref());
+            tracing::error!("{text}");
+            eprintln!("tokentap-agent: {text}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -68,7 +71,7 @@ fn uninstall(dir: Option<&std::path::Path>, force: bool) -> std::process::ExitCo
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("tokentap-agent uninstall: {e}");
+            eprintln!("tokentap-agent uninstall: {}", tokentap_agent::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

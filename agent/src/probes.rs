@@ -36,8 +36,14 @@ pub enum ProbeError {
         "this agent was built with AYA_BUILD_SKIP=1 and contains no eBPF object; rebuild with `cargo xtask build`"
     )]
     NoObject,
-    #[error("loading eBPF failed: {0} (the agent needs {needs}, and Linux 5.17+ with BTF)", needs = crate::caps::needs())]
-    Load(#[from] aya::EbpfError),
+    // The cause is the source, said after this (`error_text`), not in it.
+    #[error("loading eBPF failed (the agent needs {needs}, and Linux 5.17+ with BTF)", needs = crate::caps::needs())]
+    Load(#[source] aya::EbpfError),
+    #[error(
+        "--handover-dir {dir}: pinning the map {map} there failed (the agent's user must be able to create files \
+         there: the directory's owner and mode, a read-only mount)"
+    )]
+    Pin { dir: PathBuf, map: String, source: aya::pin::PinError },
     #[error("eBPF program {0} missing from the object")]
     MissingProgram(&'static str),
     #[error("eBPF map {0} missing from the object")]
@@ -348,7 +354,13 @@ impl Probes {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match (e, handover) {
+            // Not the capabilities or the kernel: the directory.
+            (aya::EbpfError::MapError(aya::maps::MapError::PinError { name, error }), Some(dir)) => {
+                ProbeError::Pin { dir: dir.into(), map: name.unwrap_or_default(), source: error }
+            }
+            (e, _) => ProbeError::Load(e),
+        })?;
         // Registered at once: from here on this agent's probes see the others'.
         let handover = handover.map(|dir| Handover::open(&mut ebpf, dir)).transpose()?;
         for m in METHODS {

@@ -70,7 +70,7 @@ pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError>
     let others = if mount_root(dir) { Ok((0, Vec::new())) } else { remove_other_versions(dir, map_name) };
     // This version's own pins go whatever befell the others'.
     let own = remove_pins(dir)?;
-    let (removed, left) = others.map_err(|source| HandoverError::Io { dir: dir.into(), source })?;
+    let (removed, left) = others.map_err(|cause| HandoverError::Io { dir: dir.into(), cause })?;
     Ok(Uninstalled { running, removed: removed + own, left })
 }
 

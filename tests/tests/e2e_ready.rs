@@ -26,16 +26,12 @@ fn free_port() -> u16 {
 /// The documented set (docs/operations.md), as setpriv names them.
 const DOCUMENTED: [&str; 4] = ["bpf", "perfmon", "sys_ptrace", "sys_admin"];
 
-/// Run the agent with the documented capabilities but `dropped`; it must exit
-/// non-zero on its own, with one error naming `dropped` and the whole set,
-/// never having been ready.
-fn refuses_to_run_without(dropped: &str) {
-    let _g = serial();
-    require_root();
-    require_tool("setpriv");
-    let dir = scratch(&format!("no-{dropped}"));
-    let kept: Vec<String> = DOCUMENTED.iter().filter(|c| **c != dropped).map(|c| format!("+{c}")).collect();
-    let bounding = format!("--bounding-set=-all,{}", kept.join(","));
+/// Run the agent under `setpriv` with these capabilities (setpriv's names)
+/// and `extra` flags until it exits on its own: its status, its log, whether
+/// it was ever ready, and whether its /metrics port ever answered.
+fn run_until_exit(dir: &std::path::Path, caps: &[&str], extra: &[String]) -> (std::process::ExitStatus, String, bool) {
+    let bounding =
+        format!("--bounding-set=-all,{}", caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
     let port = free_port();
     let ready = dir.join("ready");
     let stderr = dir.join("agent.stderr");
@@ -47,14 +43,29 @@ fn refuses_to_run_without(dropped: &str) {
         .arg(format!("--metrics-listen=127.0.0.1:{port}"))
         .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
         .arg("--duration=60")
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .expect("setpriv");
     let status = wait_for("the agent to exit on its own", Duration::from_secs(30), || child.try_wait().unwrap());
     let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no /readyz to answer 200");
+    (status, log, ready.exists())
+}
+
+/// Run the agent with the documented capabilities but `dropped`; it must exit
+/// non-zero on its own, with one error naming `dropped` and the whole set,
+/// never having been ready.
+fn refuses_to_run_without(dropped: &str) {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch(&format!("no-{dropped}"));
+    let kept: Vec<&str> = DOCUMENTED.iter().copied().filter(|c| *c != dropped).collect();
+    let (status, log, ready) = run_until_exit(&dir, &kept, &[]);
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(!ready.exists(), "never ready");
+    assert!(!ready, "never ready");
     let name = format!("CAP_{}", dropped.to_uppercase());
     let want = format!("missing capabilities {name}: the agent needs {}", tokentap_agent::caps::needs());
     assert!(log.contains(&want), "one error naming {name} and the set:\n{log}");
@@ -63,7 +74,47 @@ fn refuses_to_run_without(dropped: &str) {
         "the set of docs/operations.md: {want}"
     );
     assert!(!log.contains("probes attached"), "nothing was loaded:\n{log}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no /readyz to answer 200");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `--handover-dir` the agent cannot use is named with why, at start: not
+/// on a bpf filesystem (what to mount; nothing made on the way), a file, or a
+/// directory its user may not write (its mode, not the capabilities or the
+/// kernel, which a load failure blamed before). Each error once, not chained
+/// again after itself.
+#[test]
+fn a_handover_dir_the_agent_cannot_use_is_named_with_why_at_start() {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch("handover-dir-refused");
+    let with_handover: Vec<&str> = DOCUMENTED.iter().copied().chain(["setuid", "setgid"]).collect();
+    let refused = |extra: String, want: &str| {
+        let (status, log, ready) = run_until_exit(&dir, &with_handover, &[extra]);
+        assert_eq!((status.code(), ready), (Some(1), false), "{log}");
+        assert!(log.contains(want), "{want}:\n{log}");
+        assert!(!log.contains("loading eBPF failed"), "not blamed on the load:\n{log}");
+        log
+    };
+    let nowhere = dir.join("not-bpffs/tokentap");
+    refused(format!("--handover-dir={}", nowhere.display()), "not on a bpf filesystem (mount one: `mount -t bpf");
+    assert!(!dir.join("not-bpffs").exists(), "nothing made on the way");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    refused(format!("--handover-dir={}", file.display()), "a-file: not a directory");
+    // A bpffs directory of another user's, read-only to others: root without
+    // CAP_DAC_OVERRIDE (not in the documented set) may not pin there.
+    let fs = tokentap_e2e::upgrade::BpfFs::mount(&dir);
+    let pins = fs.pins();
+    std::fs::create_dir_all(&pins).unwrap();
+    std::os::unix::fs::chown(&pins, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&pins, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    let want = format!("--handover-dir {}: pinning the map", pins.display());
+    let log = refused(fs.flag(), &want);
+    assert!(log.contains("Permission denied"), "the cause:\n{log}");
+    assert_eq!(log.matches("Permission denied").count(), 2, "once in the log line, once on stderr:\n{log}");
+    assert_eq!(std::fs::read_dir(&pins).unwrap().count(), 0, "nothing pinned");
+    drop(fs);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
