@@ -61,7 +61,8 @@ pub struct Cli {
     #[command(flatten)]
     pub sink_flags: SinkFlags,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
-    /// every second and at exit (through a temporary file of its own, renamed).
+    /// at start (a path it cannot write is an error then), every second and at
+    /// exit (through a temporary file of its own, renamed).
     #[arg(global = true, long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
     /// Price file (JSON, same format as the shipped table) whose models override

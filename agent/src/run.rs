@@ -44,6 +44,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Before any capture is set up: a missing capability is one clear error,
     // not an agent that runs and captures nothing.
     crate::caps::check(settings.java_attach, settings.handover_dir.is_some())?;
+    if let Some(p) = &settings.stats_file {
+        crate::stats::StatsFile::prepare(p).with_context(|| format!("--stats-file {}", p.display()))?;
+    }
     let stats = Arc::new(Stats::default());
     // Every sink kind's counters show from the start, configured or not.
     sinks::register_counters(&stats);
@@ -544,8 +547,16 @@ fn write_stats(path: &std::path::Path, stats: &Stats, pipeline: &Pipeline) {
         coverage: pipeline.coverage().report(),
         blind_spots: pipeline.blind_spots(),
     };
-    if let Err(e) = file.write_to(path) {
-        tracing::warn!(error = %e, "writing stats file");
+    // Said when it starts failing and when it works again, not every second.
+    static FAILING: AtomicBool = AtomicBool::new(false);
+    match file.write_to(path) {
+        Err(e) if !FAILING.swap(true, Ordering::Relaxed) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the stats file (said again once it works)")
+        }
+        Ok(()) if FAILING.swap(false, Ordering::Relaxed) => {
+            tracing::info!(path = %path.display(), "the stats file is written again")
+        }
+        _ => {}
     }
 }
 

@@ -478,6 +478,16 @@ pub struct StatsFile {
 }
 
 impl StatsFile {
+    /// At start: make `path`'s directory if need be and write a first file,
+    /// so that a path the agent cannot write is an error then, not a warning
+    /// behind a healthy agent.
+    pub fn prepare(path: &std::path::Path) -> std::io::Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        Self::default().write_to(path)
+    }
+
     /// Replace the file at `path` whole (a reader never sees half of it).
     /// The temporary file is this process's own: two agents overlapping in an
     /// upgrade may be given the same path, and one's rename must not move the
@@ -507,6 +517,19 @@ impl StatsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preparing_the_stats_file_makes_its_directory_or_fails_at_start() {
+        let dir = std::env::temp_dir().join(format!("tt-stats-prep-{}", std::process::id()));
+        let path = dir.join("a/b/stats.json");
+        StatsFile::prepare(&path).unwrap();
+        let first: StatsFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(first, StatsFile::default(), "a first file, all zero");
+        std::fs::write(dir.join("file"), b"").unwrap();
+        assert!(StatsFile::prepare(&dir.join("file/stats.json")).is_err(), "a file in the way");
+        assert!(StatsFile::prepare(std::path::Path::new("/proc/tt-nowhere/stats.json")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn snapshot_and_file() {

@@ -302,3 +302,19 @@ fn an_invoke_model_body_never_read_is_recorded_from_its_headers() {
     assert!(stats["records_body_unread"].as_u64() >= Some(1), "{stats}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stats file the agent cannot write is an error at start that names the
+/// path, not a warning every second behind an agent that looks ready (a
+/// directory not there yet is made: `StatsFile::prepare`'s unit test).
+#[test]
+fn a_stats_file_the_agent_cannot_write_stops_it_at_start() {
+    let _g = serial();
+    require_root();
+    require_tool("setpriv");
+    let dir = scratch("stats-file-refused");
+    let (status, log, ready) =
+        run_until_exit(&dir, &DOCUMENTED, &["--stats-file=/proc/tokentap-nowhere/stats.json".to_owned()]);
+    assert_eq!((status.code(), ready), (Some(1), false), "{log}");
+    assert!(log.contains("--stats-file /proc/tokentap-nowhere/stats.json: "), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

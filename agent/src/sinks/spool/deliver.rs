@@ -120,7 +120,10 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn open(opts: &SpoolOptions, transport: Arc<dyn Transport>, counters: Arc<SpoolCounters>) -> io::Result<Self> {
-        let spool = Arc::new(Spool::open(&opts.name, &opts.dir, opts.max_bytes, counters.clone())?);
+        // Named, or a spool directory's fault reads as the receiver's.
+        let spool = Spool::open(&opts.name, &opts.dir, opts.max_bytes, counters.clone())
+            .map_err(|e| io::Error::new(e.kind(), format!("spool directory {}: {e}", opts.dir.display())))?;
+        let spool = Arc::new(spool);
         let senders = Senders::spawn(opts, spool.clone(), transport, counters.clone())?;
         Ok(Self { batcher: Batcher::new(spool, counters, opts.batch), senders })
     }
@@ -321,6 +324,7 @@ fn settle(spool: &Spool, taken: Taken, outcome: Outcome, c: &SpoolCounters) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::Mutex;
 
     use super::*;
@@ -364,17 +368,24 @@ mod tests {
     fn any_transport_gets_runs_of_batches_and_settles_them() {
         let dir = std::env::temp_dir().join(format!("tt-spool-deliver-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let opts = SpoolOptions {
+        let opts_at = |dir: &Path| SpoolOptions {
             name: "memory".into(),
             kind: "memory",
-            dir: dir.clone(),
+            dir: dir.into(),
             max_bytes: 1 << 20,
             batch: BatchLimits { records: 2, bytes: 1 << 20, age: Duration::from_secs(3600) },
             senders: 1,
             drain_timeout: Duration::from_secs(10),
         };
+        let opts = opts_at(&dir);
         let transport = Arc::new(Memory::default());
         let counters = Arc::new(SpoolCounters::default());
+        // A spool directory that cannot be made is named: not the receiver's fault.
+        let file = dir.with_extension("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = Delivery::open(&opts_at(&file), transport.clone(), counters.clone()).err().expect("refused");
+        assert!(e.to_string().starts_with(&format!("spool directory {}: ", file.display())), "{e}");
+        let _ = std::fs::remove_file(&file);
         let mut d = Delivery::open(&opts, transport.clone(), counters.clone()).unwrap();
         for i in 0..5 {
             d.push(|b| {
