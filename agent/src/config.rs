@@ -244,7 +244,10 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
         "d" => 86400,
         _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
     };
-    Ok(n * mult)
+    match n * mult {
+        0 => Err(format!("{s:?}: a capture of no time; leave --duration out to run until stopped")),
+        secs => Ok(secs),
+    }
 }
 
 /// The TOML file. Every flag has a key, most of them the flag's name with
@@ -322,8 +325,10 @@ pub struct AttributionFile {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {what} {path}: {source}")]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("config file {0}: duration_secs = 0 would stop the agent at once; leave it out to run until stopped")]
+    ZeroDuration(PathBuf),
     #[error("config file {path}: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("config file {path}: {source}")]
@@ -393,7 +398,11 @@ pub struct Settings {
 }
 
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        what: "config file",
+        path: path.into(),
+        source,
+    })?;
     let parse = |source| ConfigError::Parse { path: path.into(), source };
     // The shorthand keys are the sinks' (read with their flags' types); the
     // rest is this file's, with error snippets from the text as usual.
@@ -414,6 +423,9 @@ impl Settings {
         };
         let file_path = cli.config.clone().unwrap_or_default();
         let outputs = output_settings(cli, &file)?;
+        if file.duration_secs == Some(0) && cli.duration.is_none() {
+            return Err(ConfigError::ZeroDuration(file_path));
+        }
         let mut lib_dirs: Vec<PathBuf> = crate::discovery::DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         lib_dirs.extend(file.lib_dirs.iter().cloned());
         lib_dirs.extend(cli.lib_dirs.iter().cloned());
@@ -483,7 +495,11 @@ fn provider_rules(cli: &Cli, from_file: &RuleSet, file_path: &Path) -> Result<Ru
     let mut set = from_file.clone();
     let mut path = file_path.to_path_buf();
     if let Some(p) = &cli.providers {
-        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            what: "--providers file",
+            path: p.clone(),
+            source,
+        })?;
         let extra = RuleSet::parse(&text).map_err(|source| ConfigError::Rules { path: p.clone(), source })?;
         set = set.merged(&extra);
         path = p.clone();

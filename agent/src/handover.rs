@@ -51,7 +51,7 @@ pub const PINNED: [&str; 10] = [
 const SETTLE_BEFORE_CURRENT: Duration = Duration::from_millis(20);
 
 /// `statfs` magic of a bpf filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, Error)]
 pub enum HandoverError {

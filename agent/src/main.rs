@@ -59,6 +59,10 @@ fn main() -> std::process::ExitCode {
 fn uninstall(dir: Option<&std::path::Path>, force: bool) -> std::process::ExitCode {
     let dir = dir.unwrap_or(std::path::Path::new("/sys/fs/bpf/tokentap"));
     match tokentap_agent::uninstall::uninstall(dir, force) {
+        Ok(done) if done.missing => {
+            println!("nothing to remove: {} does not exist", dir.display());
+            std::process::ExitCode::SUCCESS
+        }
         Ok(done) => {
             println!("removed {} pinned maps from {}", done.removed, dir.display());
             for name in &done.left {

@@ -37,6 +37,11 @@ pub enum UninstallError {
          removes the pins anyway)"
     )]
     CannotTell { dir: PathBuf, reason: String },
+    #[error(
+        "{0}: not on a bpf filesystem, so nothing an agent pinned is there (is it the agents' --handover-dir?); \
+         nothing was removed"
+    )]
+    NotBpfFs(PathBuf),
     #[error(transparent)]
     Handover(#[from] HandoverError),
 }
@@ -50,11 +55,20 @@ pub struct Uninstalled {
     pub removed: usize,
     /// Pins left: not tokentap's.
     pub left: Vec<String>,
+    /// No such directory: nothing was pinned there (or it is already gone).
+    pub missing: bool,
 }
 
 /// Remove every tokentap pin in `dir` (and `dir` once empty); refused while
 /// an agent registered there still runs, unless `force`.
 pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError> {
+    if !dir.exists() {
+        return Ok(Uninstalled { missing: true, ..Default::default() });
+    }
+    // Files there that bear a pin's name are someone else's.
+    if crate::handover::fs_magic(dir).ok() != Some(crate::handover::BPF_FS_MAGIC) {
+        return Err(UninstallError::NotBpfFs(dir.into()));
+    }
     let running = match running_agents(dir) {
         Ok(pids) if !pids.is_empty() && !force => {
             return Err(UninstallError::AgentsRunning { dir: dir.into(), pids });
@@ -71,7 +85,7 @@ pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError>
     // This version's own pins go whatever befell the others'.
     let own = remove_pins(dir)?;
     let (removed, left) = others.map_err(|cause| HandoverError::Io { dir: dir.into(), cause })?;
-    Ok(Uninstalled { running, removed: removed + own, left })
+    Ok(Uninstalled { running, removed: removed + own, left, missing: false })
 }
 
 /// The agents registered in `dir`'s pinned map of agents that still run (the
@@ -156,6 +170,18 @@ fn remove_other_versions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_not_there_or_not_on_bpffs_is_said_and_left_alone() {
+        let dir = std::env::temp_dir().join(format!("tokentap-uninstall-where-{}", std::process::id()));
+        let done = uninstall(&dir, false).unwrap();
+        assert!(done.missing && done.removed == 0, "{done:?}");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("AGENTS"), b"someone's").unwrap();
+        assert!(matches!(uninstall(&dir, true), Err(UninstallError::NotBpfFs(_))));
+        assert!(dir.join("AGENTS").exists(), "a file bearing a pin's name, not on bpffs, is not ours");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_pin_is_ours_when_its_map_bears_its_name_in_capitals() {

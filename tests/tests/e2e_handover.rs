@@ -333,9 +333,9 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
         l.is_empty().then_some(l)
     });
     assert!(left.is_empty());
-    // Again: nothing to remove is not an error.
+    // Again: nothing to remove is not an error, and says so.
     let (ok, text) = uninstall(&[]);
-    assert!(ok && text.contains("removed 0 pinned maps"), "{text}");
+    assert!(ok && text.contains("nothing to remove: ") && text.contains("does not exist"), "{text}");
 }
 
 /// As the chart deploys it: both agents send to the collector through one

@@ -457,6 +457,12 @@ fn bad_outputs_are_clear_errors() {
             assert!(err.contains(w), "{case}: {err:?} lacks {w:?}");
         }
         assert!(err.starts_with("config file "), "{case}: {err}");
+        // Flags that replace the file's outputs do not hide its mistakes.
+        let err = resolve_with(&format!("bad-output-{i}-o"), Some(text), &["--output=stdout"]).unwrap_err();
+        let err = err.to_string();
+        for w in *want {
+            assert!(err.contains(w), "{case}, with --output: {err:?} lacks {w:?}");
+        }
     }
 }
 
@@ -517,6 +523,23 @@ fn kubernetes_settings_from_the_files_section_with_the_flags_over_them() {
     let typo = write("kube-typo", "[kubernetes]\nkubelet = \"https://b\"\n");
     let e = resolve(&["tokentap-agent", "-c", typo.to_str().unwrap()]).unwrap_err().to_string();
     assert!(e.contains("unknown field `kubelet`"), "{e}");
+}
+
+#[test]
+fn a_duration_of_nothing_and_a_missing_providers_file_are_named() {
+    let e = Cli::try_parse_from(["tokentap-agent", "--duration", "0s"]).unwrap_err().to_string();
+    assert!(e.contains("a capture of no time"), "{e}");
+    let e = resolve_with("zero-duration", Some("duration_secs = 0\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("duration_secs = 0 would stop the agent at once"), "{e}");
+    assert_eq!(
+        resolve_with("zero-over", Some("duration_secs = 0\n"), &["--duration=5"])
+            .unwrap()
+            .duration
+            .map(|d| d.as_secs()),
+        Some(5)
+    );
+    let e = resolve_with("providers", None, &["--providers=/tokentap/none.toml"]).unwrap_err().to_string();
+    assert!(e.starts_with("cannot read --providers file /tokentap/none.toml: "), "{e}");
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn kinds() -> String {
 
 /// Where outputs come from.
 pub struct Sources<'a> {
-    /// `--output`: when given, the file's outputs are not read.
+    /// `--output`: when given, the file's outputs are checked but not used.
     pub flags: &'a [OutputSpec],
     /// The config file's `output = [..]`.
     pub list: &'a [String],
@@ -127,31 +127,44 @@ pub struct Sources<'a> {
 
 /// The outputs, their sections complete and checked.
 pub fn resolve(src: Sources<'_>) -> Result<Vec<OutputSpec>, BadOutput> {
+    // The file's outputs are checked even when flags replace them: a mistake
+    // in the file must not hide behind an `-o` given while looking into it.
+    // An empty entry is no output: a template can leave an optional output out
+    // (the Helm chart's `agent.otlpOutput`).
+    let list = src.list.iter().filter(|s| !s.trim().is_empty());
+    let mut from_file: Vec<OutputSpec> = list.map(|s| s.parse()).collect::<Result<_, _>>()?;
+    for (name, section) in src.sections {
+        from_file.push(OutputSpec::from_section(name, section.clone())?);
+    }
+    for o in &mut from_file {
+        complete(o, src.shorthand)?;
+    }
     let mut outputs = if src.flags.is_empty() {
-        // An empty entry is no output: a template can leave an optional output out
-        // (the Helm chart's `agent.otlpOutput`).
-        let list = src.list.iter().filter(|s| !s.trim().is_empty());
-        let mut v: Vec<OutputSpec> = list.map(|s| s.parse()).collect::<Result<_, _>>()?;
-        for (name, section) in src.sections {
-            v.push(OutputSpec::from_section(name, section.clone())?);
-        }
-        v
+        from_file
     } else {
-        src.flags.to_vec()
+        let mut flags = src.flags.to_vec();
+        for o in &mut flags {
+            complete(o, src.shorthand)?;
+        }
+        flags
     };
     if outputs.is_empty() {
-        outputs.push(OutputSpec::stdout());
-    }
-    for o in &mut outputs {
-        if !o.named {
-            for (_, keys) in src.shorthand.iter().filter(|(kind, _)| *kind == o.kind) {
-                o.section.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-        }
-        let kind = find(o.kind).ok_or_else(|| BadOutput::Spec(o.name.clone()))?;
-        kind.check(&o.section).map_err(|reason| BadOutput::Invalid { output: o.to_string(), reason })?;
+        let mut stdout = OutputSpec::stdout();
+        complete(&mut stdout, src.shorthand)?;
+        outputs.push(stdout);
     }
     Ok(outputs)
+}
+
+/// An output with the shorthand keys of its kind (unnamed ones), checked.
+fn complete(o: &mut OutputSpec, shorthand: &[(&'static str, toml::Table)]) -> Result<(), BadOutput> {
+    if !o.named {
+        for (_, keys) in shorthand.iter().filter(|(kind, _)| *kind == o.kind) {
+            o.section.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    let kind = find(o.kind).ok_or_else(|| BadOutput::Spec(o.name.clone()))?;
+    kind.check(&o.section).map_err(|reason| BadOutput::Invalid { output: o.to_string(), reason })
 }
 
 #[derive(Debug, Error)]
