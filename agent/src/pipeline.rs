@@ -507,6 +507,10 @@ impl Pipeline {
         self.blind.finish_all(monotonic_ns(), &|pid| cov.unread(pid));
         self.write_traffic();
         self.flush();
+        let since = std::time::Instant::now();
+        for s in &mut self.sinks {
+            s.closing(since);
+        }
     }
 
     /// The LLM traffic rows the tracker has ready, to every sink.

@@ -6,7 +6,12 @@ use tokentap_agent_common::{ControlEvent, EventKind, Source, DIR_EGRESS, DIR_ING
 use tokentap_event::LlmCall;
 
 #[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<LlmCall>>>, Arc<Mutex<Vec<tokentap_event::LlmTraffic>>>);
+struct Collect(
+    Arc<Mutex<Vec<LlmCall>>>,
+    Arc<Mutex<Vec<tokentap_event::LlmTraffic>>>,
+    /// When `closing` was called.
+    Arc<Mutex<Option<std::time::Instant>>>,
+);
 
 impl Sink for Collect {
     fn write(&mut self, r: &LlmCall) -> std::io::Result<()> {
@@ -19,6 +24,9 @@ impl Sink for Collect {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+    fn closing(&mut self, since: std::time::Instant) {
+        *self.2.lock().unwrap() = Some(since);
     }
 }
 
@@ -492,7 +500,9 @@ fn llm_connections_are_read_or_listed_with_their_bytes_and_rows_reach_the_sinks(
     let rows = c.1.lock().unwrap().clone();
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].pid, rows[0].decoded, rows[0].bytes_sent), (Some(60), false, 111));
+    assert!(c.2.lock().unwrap().is_none());
     p.finish();
+    assert!(c.2.lock().unwrap().is_some(), "the sinks are told the agent is closing");
     let rows = c.1.lock().unwrap().clone();
     let read = rows.iter().find(|r| r.pid == Some(42)).expect("the read connection's row");
     assert_eq!((read.decoded, read.capture.as_deref(), read.connections), (true, Some("openssl"), 1));

@@ -19,6 +19,10 @@ pub trait Sink: Send {
     }
     /// Called after every ring-buffer drain, idle ones included.
     fn flush(&mut self) -> io::Result<()>;
+    /// The agent is exiting since `since`: send what is left (the sink is
+    /// dropped next). A sink that waits for a receiver counts its wait from
+    /// `since`, so that the outputs' waits overlap rather than add up.
+    fn closing(&mut self, _since: std::time::Instant) {}
 }
 
 /// What a sink is opened with.

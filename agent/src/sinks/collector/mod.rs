@@ -126,6 +126,11 @@ impl Sink for CollectorSink {
         self.delivery.flush()?;
         self.traffic.flush()
     }
+
+    fn closing(&mut self, since: std::time::Instant) {
+        self.delivery.closing(since);
+        self.traffic.closing(since);
+    }
 }
 
 /// The registry's entry for this sink.

@@ -109,6 +109,13 @@ impl Sink for OtlpSink {
             None => Ok(()),
         }
     }
+
+    fn closing(&mut self, since: std::time::Instant) {
+        self.spans.closing(since);
+        if let Some(m) = &mut self.metrics {
+            m.closing(since);
+        }
+    }
 }
 
 /// The registry's entry for this sink.

@@ -139,6 +139,17 @@ impl Delivery {
         self.batcher.flush()
     }
 
+    /// The agent exits since `since`: seal the open batch now, so that the
+    /// senders take it while other outputs close, and drain until `since` plus
+    /// the drain timeout when dropped (not from the drop: a sink's deliveries,
+    /// and the outputs, are dropped one after another).
+    pub fn closing(&mut self, since: Instant) {
+        if let Err(e) = self.batcher.seal() {
+            tracing::warn!(output = %self.senders.spool.name(), error = %e, "could not spool the last batch");
+        }
+        self.senders.deadline = Some(since + self.senders.drain_timeout);
+    }
+
     /// Records in the open batch.
     pub fn buffered(&self) -> usize {
         self.batcher.buffered()
@@ -163,6 +174,8 @@ struct Senders {
     spool: Arc<Spool>,
     threads: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
+    /// Set by [`Delivery::closing`]; else the drain runs from the drop.
+    deadline: Option<Instant>,
 }
 
 impl Senders {
@@ -172,7 +185,8 @@ impl Senders {
         transport: Arc<dyn Transport>,
         counters: Arc<SpoolCounters>,
     ) -> io::Result<Self> {
-        let mut senders = Self { spool: spool.clone(), threads: Vec::new(), drain_timeout: opts.drain_timeout };
+        let mut senders =
+            Self { spool: spool.clone(), threads: Vec::new(), drain_timeout: opts.drain_timeout, deadline: None };
         for i in 0..opts.senders.max(1) {
             let (spool, transport, counters) = (spool.clone(), transport.clone(), counters.clone());
             let h = std::thread::Builder::new()
@@ -193,7 +207,7 @@ impl Senders {
 impl Drop for Senders {
     fn drop(&mut self) {
         // Give the senders a moment to drain, then leave the rest for the next run.
-        self.spool.wait_empty(Instant::now() + self.drain_timeout);
+        self.spool.wait_empty(self.deadline.unwrap_or_else(|| Instant::now() + self.drain_timeout));
         self.spool.stop();
         let busy = self.spool.wait_idle(Instant::now() + STOP_GRACE);
         for h in self.threads.drain(..) {
@@ -324,6 +338,7 @@ fn settle(spool: &Spool, taken: Taken, outcome: Outcome, c: &SpoolCounters) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::path::Path;
     use std::sync::Mutex;
 
@@ -405,5 +420,48 @@ mod tests {
         assert!(got.iter().all(|s| uuid::Uuid::parse_str(&s.id).is_ok()), "each run has a batch id");
         assert_eq!((get(&counters.records_sent), get(&counters.send_errors)), (5, 1));
         assert_eq!((get(&counters.spool_batches), get(&counters.in_flight)), (0, 0));
+    }
+
+    /// Refuses every run: what is spooled stays.
+    struct Down;
+
+    impl Transport for Down {
+        fn limits(&self) -> RequestLimits {
+            RequestLimits { records: 100, bytes: 1 << 20, raw_bytes: 1 << 20 }
+        }
+
+        fn send(&self, _: &Request<'_>) -> Outcome {
+            Outcome::Retry { why: "down".into(), after: Some(Duration::from_secs(3600)) }
+        }
+    }
+
+    #[test]
+    fn closing_seals_the_open_batch_and_counts_the_drain_from_the_exit() {
+        let dir = std::env::temp_dir().join(format!("tt-spool-closing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = SpoolOptions {
+            name: "down".into(),
+            kind: "down",
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+            batch: BatchLimits { records: 100, bytes: 1 << 20, age: Duration::from_secs(3600) },
+            senders: 1,
+            drain_timeout: Duration::from_secs(600),
+        };
+        let counters = Arc::new(SpoolCounters::default());
+        let mut d = Delivery::open(&opts, Arc::new(Down), counters.clone()).unwrap();
+        d.push(|b| b.write_all(b"r0\n")).unwrap();
+        assert_eq!(d.buffered(), 1);
+        // An exit that began a drain timeout ago (another output used it up).
+        let since = Instant::now() - opts.drain_timeout;
+        d.closing(since);
+        assert_eq!(d.buffered(), 0, "sealed at once, for the senders to take while others close");
+        assert_eq!(d.senders.deadline, Some(since + opts.drain_timeout));
+        assert_eq!(d.index().len(), 1);
+        drop(d); // no drain left: the batch stays for the next run
+        assert_eq!(get(&counters.spool_batches), 1);
+        let left = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().is_file()).count();
+        assert!(left >= 1, "the batch is on disk for the next run");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
