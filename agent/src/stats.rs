@@ -125,7 +125,9 @@ counters! {
     dropped_body_decode,
     /// LLM calls dropped: response was not the provider's format.
     dropped_parse_error,
-    /// Records a sink failed to write.
+    /// An output's failures to take a record (or traffic row) or to keep a
+    /// batch, each logged with the output; the records a lost batch held
+    /// count in the output's own counters (`collector_spool_dropped_records`).
     sink_errors,
     /// TLS library files (by device and inode) with probes attached.
     targets_attached,

@@ -104,6 +104,31 @@ impl HttpTransport {
     }
 }
 
+/// At start, in the background: say at once when the collector does not
+/// answer, rather than at the first record, which on a quiet node may come
+/// hours later.
+pub fn check_at_start(cfg: &CollectorSettings, output: &str) {
+    let (cfg, output) = (cfg.clone(), output.to_owned());
+    let checked = std::thread::Builder::new().name("collector-check".into()).spawn(move || match answers(&cfg) {
+        Ok(()) => tracing::debug!(output, "the collector answers"),
+        Err(error) => tracing::warn!(
+            output,
+            %error,
+            "the collector does not answer at start: records wait in the spool until it does"
+        ),
+    });
+    if let Err(e) = checked {
+        tracing::debug!(error = %e, "no thread to check the collector");
+    }
+}
+
+/// Whether the collector answers `GET /healthz`.
+fn answers(cfg: &CollectorSettings) -> Result<(), String> {
+    let url = format!("{}/healthz", cfg.url.trim_end_matches('/'));
+    let agent = http_agent(cfg).map_err(|e| e.to_string())?;
+    agent.get(&url).call().map(drop).map_err(|e| format!("{url}: {e}"))
+}
+
 impl Transport for HttpTransport {
     fn limits(&self) -> RequestLimits {
         RequestLimits { records: self.merge_records, bytes: MAX_REQUEST_BYTES, raw_bytes: MAX_REQUEST_RAW_BYTES }
@@ -176,5 +201,30 @@ mod tests {
             let a = classify(status, after, body);
             assert!(ok(&a), "{status} {after:?}: {a:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_collector_that_does_not_answer_is_told_from_one_that_does() {
+        let dir = std::env::temp_dir().join("tt-collector-check");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let served = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let n = c.read(&mut head).unwrap();
+            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n").unwrap();
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        answers(&CollectorSettings::new(format!("http://127.0.0.1:{port}/"), dir.clone())).unwrap();
+        assert!(served.join().unwrap().starts_with("GET /healthz HTTP/1.1"));
+        // Nothing listens there now.
+        let e = answers(&CollectorSettings::new(format!("http://127.0.0.1:{port}"), dir)).unwrap_err();
+        assert!(e.starts_with(&format!("http://127.0.0.1:{port}/healthz: ")), "{e}");
     }
 }

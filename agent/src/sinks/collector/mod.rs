@@ -83,6 +83,7 @@ impl CollectorSink {
         };
         let transport = Arc::new(http::HttpTransport::for_path(&cfg, LlmTraffic::PATH)?);
         let traffic = Delivery::open(&traffic_opts, transport, traffic_counters.spool.clone())?;
+        http::check_at_start(&cfg, name);
         Ok(Self { delivery, counters, traffic, traffic_counters })
     }
 

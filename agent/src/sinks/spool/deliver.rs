@@ -130,13 +130,22 @@ impl Delivery {
 
     /// Add one record (see [`Batcher::push`]).
     pub fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
-        self.batcher.push(encode)
+        let pushed = self.batcher.push(encode);
+        pushed.map_err(|e| self.named(e))
     }
 
     /// Seal the open batch if it is old enough.
     pub fn flush(&mut self) -> io::Result<()> {
         self.senders.spool.adopt();
-        self.batcher.flush()
+        let flushed = self.batcher.flush();
+        flushed.map_err(|e| self.named(e))
+    }
+
+    /// An error that says which output and spool it befell (the pipeline
+    /// logs it without knowing).
+    fn named(&self, e: io::Error) -> io::Error {
+        let spool = &self.senders.spool;
+        io::Error::new(e.kind(), format!("output {} (spool {}): {e}", spool.name(), spool.dir().display()))
     }
 
     /// The agent exits since `since`: seal the open batch now, so that the
@@ -410,7 +419,8 @@ mod tests {
             .unwrap();
         }
         assert_eq!(d.buffered(), 1, "two batches of two sealed, one record open");
-        assert!(d.push(|_| Err(io::Error::other("cannot encode"))).is_err());
+        let e = d.push(|_| Err(io::Error::other("cannot encode"))).unwrap_err().to_string();
+        assert_eq!(e, format!("output memory (spool {}): cannot encode", dir.display()), "named");
         assert_eq!(d.buffered(), 1, "a record that fails to encode is not kept");
         drop(d); // seals the last one, drains
         let got = transport.got.lock().unwrap();
