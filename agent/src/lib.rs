@@ -23,6 +23,7 @@ pub mod java;
 pub mod metrics;
 pub mod open_sockets;
 pub mod orphan_rings;
+pub mod peers;
 pub mod pipeline;
 pub mod probes;
 pub mod program_misses;

@@ -176,6 +176,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Stats::set(&stats.handover_overlap, u64::from(h.overlapping()));
     }
     ready.store(true, Ordering::Relaxed);
+    // Once attached, when an agent started with this one has registered too.
+    let shared: Vec<u32> = handover.iter().flat_map(|h| h.others()).map(|(pid, _)| pid).collect();
+    crate::peers::warn_unshared(&shared, settings.handover_dir.as_deref());
     if capturing && probes.attached() == 0 {
         tracing::warn!("no TLS library found to probe; new processes will still be watched");
     }
@@ -183,6 +186,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if unreadable > 0 {
         tracing::warn!(
             processes = unreadable,
+            first = ?discovery.unreadable_examples(5),
             "processes whose maps or files this agent may not read (CAP_SYS_PTRACE, an LSM): their TLS libraries are not probed"
         );
     }

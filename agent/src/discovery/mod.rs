@@ -455,6 +455,15 @@ impl Discovery {
         }
     }
 
+    /// Up to `n` of the processes refused to this agent, `pid (name)`, lowest
+    /// pids first: for the warning, which the count alone leaves to guesswork.
+    pub fn unreadable_examples(&self, n: usize) -> Vec<String> {
+        let mut pids: Vec<u32> = self.unreadable.iter().copied().collect();
+        pids.sort_unstable();
+        let comm = |pid: u32| std::fs::read_to_string(self.proc_root.join(format!("{pid}/comm"))).unwrap_or_default();
+        pids.into_iter().take(n).map(|pid| format!("{pid} ({})", comm(pid).trim_end())).collect()
+    }
+
     /// Every running process.
     pub fn scan_all(&mut self) -> Vec<Target> {
         let mut out = Vec::new();

@@ -125,3 +125,21 @@ fn non_tls_and_non_elf_files_are_not_targets() {
     assert!(matches!(inspect(&f), Err(InspectError::Elf { .. })));
     assert!(matches!(inspect(Path::new("/nonexistent/x")), Err(InspectError::Open { .. })));
 }
+
+#[test]
+fn processes_refused_to_the_agent_are_named_in_the_warning() {
+    let root = std::env::temp_dir().join(format!("tt-unreadable-{}", std::process::id()));
+    for (pid, comm) in [(30, "sshd"), (7, "init")] {
+        std::fs::create_dir_all(root.join(pid.to_string())).unwrap();
+        std::fs::write(root.join(format!("{pid}/comm")), format!("{comm}\n")).unwrap();
+    }
+    let mut d = Discovery::new(&root);
+    let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    for pid in [30, 7, 30, 99] {
+        d.refused_process(pid, &denied);
+    }
+    assert_eq!(d.processes_unreadable, 3, "each once");
+    assert_eq!(d.unreadable_examples(2), ["7 (init)", "30 (sshd)"]);
+    assert_eq!(d.unreadable_examples(5)[2], "99 ()", "gone since: its pid alone");
+    let _ = std::fs::remove_dir_all(&root);
+}
