@@ -61,8 +61,8 @@ pub struct Cli {
     #[command(flatten)]
     pub sink_flags: SinkFlags,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
-    /// at start (a path it cannot write is an error then), every second and at
-    /// exit (through a temporary file of its own, renamed).
+    /// every second and at exit (through a temporary file of its own, renamed);
+    /// a path it cannot write is an error at start.
     #[arg(global = true, long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
     /// Price file (JSON, same format as the shipped table) whose models override
@@ -222,7 +222,8 @@ pub enum Command {
     /// for one that was killed). Probes need nothing: they go with the process.
     /// Refused while an agent registered there still runs: the next upgrade
     /// finds it through the pins. Of the agent options, only --handover-dir
-    /// (or the config file's `handover_dir`) applies.
+    /// (or the config file's `handover_dir`) is used; a config file given
+    /// must still be valid.
     Uninstall {
         /// Remove the pins even though an agent still runs (an upgrade on this
         /// node before it exits may then record calls twice).
@@ -346,8 +347,9 @@ pub enum ConfigError {
     #[error("config file {0}: [kubernetes] has both api_url and kubelet_url: give one")]
     KubeEndpoints(PathBuf),
     #[error(
-        "{0} given, but there is no Kubernetes API to use it with: not running in a pod (KUBERNETES_SERVICE_HOST \
-         unset) and no --kube-api-url or --kubelet-url (the file's [kubernetes] api_url or kubelet_url)"
+        "{0} given, but there is no Kubernetes API to use it with: no --kube-api-url or --kubelet-url (the file's \
+         [kubernetes] api_url or kubelet_url), and no API in a pod to find (KUBERNETES_SERVICE_HOST and the service \
+         account's token)"
     )]
     KubeNoEndpoint(&'static str),
     #[error(

@@ -82,8 +82,9 @@ pub fn prepare(dir: &Path) -> Result<(), HandoverError> {
     // Judged on the part of the path that exists: a directory made on any
     // other filesystem would not hold pins either (and sysfs, where
     // /sys/fs/bpf is when no bpffs is mounted, refuses to make one at all).
-    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
-    if existing == dir && !dir.is_dir() {
+    let abs = std::path::absolute(dir).map_err(io)?;
+    let existing = abs.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    if existing == abs && !abs.is_dir() {
         return Err(HandoverError::NotADirectory(dir.into()));
     }
     if fs_magic(existing).map_err(io)? != BPF_FS_MAGIC {
@@ -284,7 +285,9 @@ impl Handover {
         // A pin of an earlier process under the same pid and start time
         // cannot exist; one left by a failed start of this one might.
         let _ = std::fs::remove_file(&path);
-        events.pin(&path).map_err(|e| HandoverError::Io { dir: self.dir.clone(), cause: std::io::Error::other(e) })?;
+        // The errno is a cause below the pin error's own text: said in it.
+        let io = |e: aya::pin::PinError| std::io::Error::other(crate::error_text(&e));
+        events.pin(&path).map_err(|e| HandoverError::Io { dir: self.dir.clone(), cause: io(e) })?;
         Ok(crate::orphan_rings::OwnRing { path, me: (self.me, self.since) })
     }
 

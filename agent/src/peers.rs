@@ -3,10 +3,21 @@
 //! is recorded once per agent: two DaemonSets, a test run beside the
 //! deployed one, or a rollout that mixes agents with and without the flag.
 //! Found through /proc (the agent runs in the host's PID namespace, as the
-//! chart deploys it: from a container's own namespace it sees none) and said
-//! once at start, with their pids. Agents that share the directory know each
-//! other through its pinned map of agents and split the connections.
-use std::path::Path;
+//! chart deploys it: from a container's own namespace it sees none). Agents
+//! that share the directory know each other through its pinned map of agents
+//! and split the connections. Looked for twice, [`SETTLE`] apart: an agent
+//! that started with this one registers in between, and one that handed over
+//! and left the map (it takes a while more to exit) is gone by then.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, MapData};
+
+/// Between the two looks: longer than a stopped agent's exit (its drain,
+/// detach, outputs and Java agents: well under the chart's 60 s grace).
+const SETTLE: Duration = Duration::from_secs(60);
 
 /// Subcommands that capture nothing.
 const NOT_CAPTURING: [&str; 4] = ["report", "inspect", "uninstall", "help"];
@@ -32,23 +43,60 @@ pub fn capturing_agents(proc_root: &Path, me: u32) -> Vec<u32> {
     pids
 }
 
-/// Warn about the capturing agents other than `shared` (those registered in
-/// this agent's `--handover-dir`); returns their pids.
-pub fn warn_unshared(shared: &[u32], handover_dir: Option<&Path>) -> Vec<u32> {
-    let others: Vec<u32> =
-        capturing_agents(Path::new("/proc"), std::process::id()).into_iter().filter(|p| !shared.contains(p)).collect();
-    if !others.is_empty() {
-        let why = match handover_dir {
-            None => "this agent has no --handover-dir".to_owned(),
-            Some(d) => format!("they are not registered in this agent's --handover-dir {}", d.display()),
-        };
-        tracing::warn!(
-            pids = ?others,
-            "other tokentap agents capture on this host and {why}: each of them records every call too (give \
-             every agent on a host the same --handover-dir, or run one)"
-        );
+/// The agents registered in `dir`'s pinned map of agents (pid, start time),
+/// running or not; none without the pin.
+pub fn registered(dir: &Path) -> Result<Vec<(u32, u64)>, String> {
+    let pin = dir.join("AGENTS");
+    if !pin.exists() {
+        return Ok(Vec::new());
     }
-    others
+    let map = MapData::from_pin(&pin).map_err(|e| format!("{}: {e}", pin.display()))?;
+    let agents = HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(map))
+        .map_err(|e| format!("{}: {e}", pin.display()))?;
+    agents.iter().collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", pin.display()))
+}
+
+/// The other capturing agents running now (pid, start time) that are not
+/// registered in `dir`.
+fn unshared(dir: Option<&Path>) -> Vec<(u32, u64)> {
+    let proc_root = Path::new("/proc");
+    let shared: Vec<u32> = dir.and_then(|d| registered(d).ok()).unwrap_or_default().iter().map(|a| a.0).collect();
+    capturing_agents(proc_root, std::process::id())
+        .into_iter()
+        .filter(|pid| !shared.contains(pid))
+        .filter_map(|pid| Some((pid, crate::handover::start_time(pid)?)))
+        .filter(|&(pid, since)| crate::handover::running(proc_root, pid, since))
+        .collect()
+}
+
+/// In a thread of its own: warn about the agents unshared at both looks
+/// (the same process each time) until `stop`.
+pub fn watch(dir: Option<PathBuf>, stop: Arc<AtomicBool>) {
+    let looked = std::thread::Builder::new().name("peers".into()).spawn(move || {
+        let first = unshared(dir.as_deref());
+        let until = Instant::now() + SETTLE;
+        while !first.is_empty() && Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let both: Vec<u32> = unshared(dir.as_deref()).iter().filter(|a| first.contains(a)).map(|a| a.0).collect();
+        if !both.is_empty() {
+            let why = match &dir {
+                None => "this agent has no --handover-dir".to_owned(),
+                Some(d) => format!("they are not registered in this agent's --handover-dir {}", d.display()),
+            };
+            tracing::warn!(
+                pids = ?both,
+                "other tokentap agents capture on this host and {why}: each of them records every call too (give \
+                 every agent on a host the same --handover-dir, or run one)"
+            );
+        }
+    });
+    if let Err(e) = looked {
+        tracing::debug!(error = %e, "no thread to look for other agents");
+    }
 }
 
 #[cfg(test)]

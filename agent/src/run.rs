@@ -176,9 +176,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Stats::set(&stats.handover_overlap, u64::from(h.overlapping()));
     }
     ready.store(true, Ordering::Relaxed);
-    // Once attached, when an agent started with this one has registered too.
-    let shared: Vec<u32> = handover.iter().flat_map(|h| h.others()).map(|(pid, _)| pid).collect();
-    crate::peers::warn_unshared(&shared, settings.handover_dir.as_deref());
+    crate::peers::watch(settings.handover_dir.clone(), stop.clone());
     if capturing && probes.attached() == 0 {
         tracing::warn!("no TLS library found to probe; new processes will still be watched");
     }

@@ -480,14 +480,20 @@ pub struct StatsFile {
 }
 
 impl StatsFile {
-    /// At start: make `path`'s directory if need be and write a first file,
-    /// so that a path the agent cannot write is an error then, not a warning
-    /// behind a healthy agent.
+    /// At start: make `path`'s directory if need be and try a temporary file
+    /// there, so that a path the agent cannot write is an error then, not a
+    /// warning behind a healthy agent. No file is left at `path` (a reader
+    /// waiting for counters must not take a file of zeros for them).
     pub fn prepare(path: &std::path::Path) -> std::io::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        Self::default().write_to(path)
+        if path.is_dir() {
+            return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "a directory"));
+        }
+        let tmp = tmp_path(path);
+        std::fs::write(&tmp, b"")?;
+        std::fs::remove_file(&tmp)
     }
 
     /// Replace the file at `path` whole (a reader never sees half of it).
@@ -497,14 +503,7 @@ impl StatsFile {
     /// once per process (two agents in different PID namespaces may share a
     /// pid); only a killed agent leaves one behind.
     pub fn write_to(&self, path: &std::path::Path) -> std::io::Result<()> {
-        static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let nonce = NONCE.get_or_init(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            t.subsec_nanos() ^ t.as_secs() as u32
-        });
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}-{nonce:08x}.tmp", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
+        let tmp = tmp_path(path);
         let written = serde_json::to_vec_pretty(self)
             .map_err(std::io::Error::from)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
@@ -516,6 +515,19 @@ impl StatsFile {
     }
 }
 
+/// This process's temporary file beside `path`: named by pid and a number
+/// drawn once per process.
+fn tmp_path(path: &std::path::Path) -> std::path::PathBuf {
+    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        t.subsec_nanos() ^ t.as_secs() as u32
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}-{nonce:08x}.tmp", std::process::id()));
+    tmp.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,10 +537,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tt-stats-prep-{}", std::process::id()));
         let path = dir.join("a/b/stats.json");
         StatsFile::prepare(&path).unwrap();
-        let first: StatsFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(first, StatsFile::default(), "a first file, all zero");
+        assert!(path.parent().unwrap().is_dir(), "its directory made");
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 0, "no file of zeros, no temporary");
         std::fs::write(dir.join("file"), b"").unwrap();
         assert!(StatsFile::prepare(&dir.join("file/stats.json")).is_err(), "a file in the way");
+        assert!(StatsFile::prepare(&dir.join("a")).is_err(), "a directory at the path");
         assert!(StatsFile::prepare(std::path::Path::new("/proc/tt-nowhere/stats.json")).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -18,7 +18,7 @@
 //! agent leaves no ring for anyone to read. `--force` removes them anyway.
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapInfo};
+use aya::maps::MapInfo;
 use thiserror::Error;
 
 use crate::handover::{alive, remove_pins, HandoverError};
@@ -93,15 +93,7 @@ pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError>
 /// none without the pin. Why it cannot tell, when the map is there but cannot
 /// be read, or this process sees another PID namespace than the agents'.
 fn running_agents(dir: &Path) -> Result<Vec<u32>, String> {
-    let pin = dir.join("AGENTS");
-    if !pin.exists() {
-        return Ok(Vec::new());
-    }
-    let map = MapData::from_pin(&pin).map_err(|e| format!("{}: {e}", pin.display()))?;
-    let agents = HashMap::<MapData, u32, u64>::try_from(aya::maps::Map::HashMap(map))
-        .map_err(|e| format!("{}: {e}", pin.display()))?;
-    let all: Vec<(u32, u64)> =
-        agents.iter().collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", pin.display()))?;
+    let all = crate::peers::registered(dir)?;
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
     if !all.is_empty() && !host_pid_namespace(&status) {
         return Err("this process is not in the host's PID namespace, where agents know each other by pid".into());

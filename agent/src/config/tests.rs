@@ -544,16 +544,18 @@ fn a_duration_of_nothing_and_a_missing_providers_file_are_named() {
 
 #[test]
 fn kubernetes_settings_that_nothing_would_use_are_refused() {
-    // Outside a pod (these tests run with no KUBERNETES_SERVICE_HOST).
     let resolve = |argv: &[&str]| {
         let argv: Vec<&str> = ["tokentap-agent"].iter().chain(argv).copied().collect();
         Settings::resolve(&Cli::try_parse_from(argv).unwrap()).map(|s| s.kubernetes)
     };
     let err = |argv: &[&str]| resolve(argv).unwrap_err().to_string();
-    assert!(err(&["--kube-token-file", "/t"]).contains("--kube-token-file (token_file) given, but"));
-    assert!(err(&["--kube-ca-file", "/ca"]).contains("--kube-ca-file (ca_file) given, but"));
-    let only_token = write("kube-token-only", "[kubernetes]\ntoken_file = \"/t\"\n");
-    assert!(err(&["-c", only_token.to_str().unwrap()]).contains("no Kubernetes API to use it with"));
+    // Outside a pod (in one, a token given is the in-cluster API's).
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        assert!(err(&["--kube-token-file", "/t"]).contains("--kube-token-file (token_file) given, but"));
+        assert!(err(&["--kube-ca-file", "/ca"]).contains("--kube-ca-file (ca_file) given, but"));
+        let only_token = write("kube-token-only", "[kubernetes]\ntoken_file = \"/t\"\n");
+        assert!(err(&["-c", only_token.to_str().unwrap()]).contains("no Kubernetes API to use it with"));
+    }
     assert!(err(&["--kubelet-poll-secs", "5"]).contains("without --kubelet-url"));
     assert!(err(&["--kube-api-url", "https://api:6443", "--kubelet-poll-secs", "5"]).contains("without --kubelet-url"));
     // With a use, or turned off, they stand.

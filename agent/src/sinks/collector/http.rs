@@ -122,11 +122,16 @@ pub fn check_at_start(cfg: &CollectorSettings, output: &str) {
     }
 }
 
-/// Whether the collector answers `GET /healthz`.
+/// Whether the collector answers `GET /healthz` at all.
 fn answers(cfg: &CollectorSettings) -> Result<(), String> {
     let url = format!("{}/healthz", cfg.url.trim_end_matches('/'));
     let agent = http_agent(cfg).map_err(|e| e.to_string())?;
-    agent.get(&url).call().map(drop).map_err(|e| format!("{url}: {e}"))
+    match agent.get(&url).call() {
+        // Any status is an answer (a proxy that wants a token, say): the
+        // address is right; the sends say what else is wrong.
+        Ok(_) | Err(ureq::Error::StatusCode(_)) => Ok(()),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
 }
 
 impl Transport for HttpTransport {

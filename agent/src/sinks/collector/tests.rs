@@ -94,10 +94,17 @@ impl StandIn {
 fn serve(s: std::net::TcpStream, log: &Log, script: &Script, counter: &AtomicUsize, gate: usize) {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let (mut len, mut batch_id, mut auth, mut retry) = (0, String::new(), None, false);
+    let mut first = true;
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
+        }
+        // The sink's check at start: answered, not a batch.
+        if std::mem::take(&mut first) && line.starts_with("GET /healthz ") {
+            let mut w = s;
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n");
+            return;
         }
         let Some((k, v)) = line.split_once(':') else { continue };
         let v = v.trim().to_owned();
