@@ -60,11 +60,19 @@ pub fn registered(dir: &Path) -> Result<Vec<(u32, u64)>, String> {
 /// registered in `dir`.
 fn unshared(dir: Option<&Path>) -> Vec<(u32, u64)> {
     let proc_root = Path::new("/proc");
-    let shared: Vec<u32> = dir.and_then(|d| registered(d).ok()).unwrap_or_default().iter().map(|a| a.0).collect();
+    let shared = match dir.map(registered) {
+        Some(Ok(agents)) => agents,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "the pinned map of agents, not read");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
     capturing_agents(proc_root, std::process::id())
         .into_iter()
-        .filter(|pid| !shared.contains(pid))
         .filter_map(|pid| Some((pid, crate::handover::start_time(pid)?)))
+        // The same process: a dead agent's entry does not cover its pid's next owner.
+        .filter(|agent| !shared.contains(agent))
         .filter(|&(pid, since)| crate::handover::running(proc_root, pid, since))
         .collect()
 }

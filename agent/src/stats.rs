@@ -535,6 +535,7 @@ mod tests {
     #[test]
     fn preparing_the_stats_file_makes_its_directory_or_fails_at_start() {
         let dir = std::env::temp_dir().join(format!("tt-stats-prep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("a/b/stats.json");
         StatsFile::prepare(&path).unwrap();
         assert!(path.parent().unwrap().is_dir(), "its directory made");

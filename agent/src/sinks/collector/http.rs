@@ -126,12 +126,10 @@ pub fn check_at_start(cfg: &CollectorSettings, output: &str) {
 fn answers(cfg: &CollectorSettings) -> Result<(), String> {
     let url = format!("{}/healthz", cfg.url.trim_end_matches('/'));
     let agent = http_agent(cfg).map_err(|e| e.to_string())?;
-    match agent.get(&url).call() {
-        // Any status is an answer (a proxy that wants a token, say): the
-        // address is right; the sends say what else is wrong.
-        Ok(_) | Err(ureq::Error::StatusCode(_)) => Ok(()),
-        Err(e) => Err(format!("{url}: {e}")),
-    }
+    // Any status is an answer (the agent takes statuses as answers, not
+    // errors): a proxy that wants a token, say, is at the right address; the
+    // sends say what else is wrong.
+    agent.get(&url).call().map(drop).map_err(|e| format!("{url}: {e}"))
 }
 
 impl Transport for HttpTransport {
@@ -220,14 +218,22 @@ mod check_tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let served = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut head = [0u8; 1024];
-            let n = c.read(&mut head).unwrap();
-            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n").unwrap();
-            String::from_utf8_lossy(&head[..n]).into_owned()
+            let mut heads = Vec::new();
+            // A collector, then a proxy before it that wants a token: both answer.
+            for status in ["200 OK", "401 Unauthorized"] {
+                let (mut c, _) = l.accept().unwrap();
+                let mut head = [0u8; 1024];
+                let n = c.read(&mut head).unwrap();
+                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n");
+                c.write_all(reply.as_bytes()).unwrap();
+                heads.push(String::from_utf8_lossy(&head[..n]).into_owned());
+            }
+            heads
         });
-        answers(&CollectorSettings::new(format!("http://127.0.0.1:{port}/"), dir.clone())).unwrap();
-        assert!(served.join().unwrap().starts_with("GET /healthz HTTP/1.1"));
+        for _ in 0..2 {
+            answers(&CollectorSettings::new(format!("http://127.0.0.1:{port}/"), dir.clone())).unwrap();
+        }
+        assert!(served.join().unwrap().iter().all(|h| h.starts_with("GET /healthz HTTP/1.1")));
         // Nothing listens there now.
         let e = answers(&CollectorSettings::new(format!("http://127.0.0.1:{port}"), dir)).unwrap_err();
         assert!(e.starts_with(&format!("http://127.0.0.1:{port}/healthz: ")), "{e}");
