@@ -294,7 +294,10 @@ impl Pipeline {
         if c.skip_after > 0 && held == Held::Within {
             // The read went on past these bytes, skipped (muted HTTP/2 DATA):
             // where it ended, as an empty chunk there would say.
-            let end = StreamAt { pos: c.stream_pos + c.data.len() as u64 + c.skip_after, ..at };
+            // Wrapping, as the decoder's positions are: a record's fields are
+            // the kernel's word, or garbage (a fuzz input overflowed the sum).
+            let pos = c.stream_pos.wrapping_add(c.data.len() as u64).wrapping_add(c.skip_after);
+            let end = StreamAt { pos, ..at };
             let next = Continuity::InOrder;
             held = conn.http.on_chunk(c.direction, next, end, &[], c.ts_ns, &mut classify, exchanges, &mut lost);
         }

@@ -554,3 +554,20 @@ fn a_call_in_flight_when_the_agent_stops_counts_as_dropped_at_exit() {
     assert_eq!(s.dropped_calls(), 2);
     assert!(c.0.lock().unwrap().is_empty());
 }
+
+/// Records as the fuzz target reads them (`[u16 length][record]...`), here a
+/// crash the fuzzer found: a read skipped past its bytes whose end overflowed
+/// a u64 (a stream position near the top, a call longer than the stream).
+#[test]
+fn a_skip_past_the_end_of_the_positions_is_taken_without_a_panic() {
+    let input = include_bytes!("../../../fuzz/seeds/pipeline/skip-after-overflow");
+    let (mut p, _c, _stats) = pipeline();
+    let mut rest = &input[..];
+    while rest.len() >= 2 {
+        let n = (u16::from_le_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);
+        p.handle(&rest[2..2 + n]);
+        rest = &rest[2 + n..];
+    }
+    p.tick(u64::MAX);
+    p.finish();
+}
