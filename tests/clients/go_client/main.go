@@ -9,6 +9,10 @@
 // process's own CPU (getrusage: user + system, every thread) over the timed calls.
 // With -download URL -times N: GET URL N times over one keep-alive HTTP/1.1
 // connection, discarding the body; prints {"pid", "cpu_us", "secs", "bytes"}.
+// With -paced N -every D: N calls one after another over one keep-alive
+// HTTP/1.1 connection, D apart, every other one streamed (a steady rate
+// across an agent upgrade); prints {"pid", "calls"}.
+// With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
 import (
@@ -86,6 +90,32 @@ func download(url string, pool *x509.CertPool, times int) {
 	fmt.Println(string(out))
 }
 
+// chat makes one chat completion (streamed when i is odd) and reads it whole.
+func chat(client *http.Client, base, key string, i int) (string, error) {
+	body := map[string]any{
+		"model":    "gpt-4o-mini",
+		"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("call %d", i)}},
+	}
+	if i%2 == 1 {
+		body["stream"] = true
+		body["stream_options"] = map[string]bool{"include_usage": true}
+	}
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest("POST", base+"/chat/completions", bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 || len(out) == 0 {
+		return "", fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, len(out), err)
+	}
+	return resp.Proto, nil
+}
+
 func main() {
 	base := flag.String("base", "", "OpenAI-style base URL, e.g. https://api.openai.com:8443/v1")
 	ca := flag.String("ca", "", "CA certificate (PEM)")
@@ -95,6 +125,9 @@ func main() {
 	warm := flag.Int("warm", 0, "bench mode: untimed calls first")
 	dl := flag.String("download", "", "GET this URL -times times (download mode)")
 	times := flag.Int("times", 1, "download mode: how many times")
+	pacedN := flag.Int("paced", -1, "sequential keep-alive HTTP/1.1 calls, -every apart (paced mode)")
+	every := flag.Duration("every", 20*time.Millisecond, "paced mode: the pause between calls")
+	idle := flag.Bool("idle", false, "make no call; wait for stdin to close")
 	flag.Parse()
 	pem, err := os.ReadFile(*ca)
 	if err != nil {
@@ -110,6 +143,23 @@ func main() {
 		bench(*base, pool, *benchN, *warm)
 		return
 	}
+	if *idle {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return
+	}
+	if *pacedN >= 0 {
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		for i := 0; i < *pacedN; i++ {
+			if _, err := chat(client, *base, *key, i); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			time.Sleep(*every)
+		}
+		out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": *pacedN})
+		fmt.Println(string(out))
+		return
+	}
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: pool},
 		ForceAttemptHTTP2: true,
@@ -121,30 +171,9 @@ func main() {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			body := map[string]any{
-				"model":    "gpt-4o-mini",
-				"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("call %d", i)}},
-			}
-			if i%2 == 1 {
-				body["stream"] = true
-				body["stream_options"] = map[string]bool{"include_usage": true}
-			}
-			b, _ := json.Marshal(body)
-			req, _ := http.NewRequest("POST", *base+"/chat/completions", bytes.NewReader(b))
-			req.Header.Set("Authorization", "Bearer "+*key)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := client.Do(req)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			defer resp.Body.Close()
-			out, err := io.ReadAll(resp.Body)
-			if err != nil || resp.StatusCode != 200 || len(out) == 0 {
-				errs[i] = fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, len(out), err)
-				return
-			}
-			protos[i] = resp.Proto
+			proto, err := chat(client, *base, *key, i)
+			errs[i] = err
+			protos[i] = proto
 		}(i)
 	}
 	wg.Wait()

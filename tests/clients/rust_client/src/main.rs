@@ -8,6 +8,10 @@
 //! With N = 0 it makes no call and waits for its stdin to close (a process to
 //! probe before the real run).
 //!
+//! `rust_client BASE CA.pem KEY N paced PAUSE_MS`: N calls one after another
+//! over one keep-alive HTTP/1.1 connection, PAUSE_MS apart, every other one
+//! streamed (a steady rate across an agent upgrade).
+//!
 //! `rust_client URL CA.pem KEY N bench WARM` (for `cargo xtask bench`): WARM
 //! untimed then N timed sequential keep-alive POSTs of ~1 KB of JSON to URL;
 //! prints {"pid", "cpu_us" (the process's user + system CPU over the timed
@@ -23,6 +27,9 @@ async fn main() {
     }
     if mode == "download" {
         return download(base, ca, n).await;
+    }
+    if mode == "paced" {
+        return paced(base, ca, key, n, a[6].parse().unwrap()).await;
     }
     if n == 0 {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -95,6 +102,25 @@ async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
     }
     let (cpu, secs) = (cpu_us() - c0, t0.elapsed().as_secs_f64());
     println!("{}", serde_json::json!({"pid": std::process::id(), "cpu_us": cpu, "secs": secs}));
+}
+
+async fn paced(base: &str, ca: &str, key: &str, n: usize, pause_ms: u64) {
+    let client = client(ca, true);
+    for i in 0..n {
+        let mut body = serde_json::json!({
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": format!("call {i}")}],
+        });
+        if i % 2 == 1 {
+            body["stream"] = true.into();
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        let r = client.post(format!("{base}/chat/completions")).bearer_auth(key).json(&body).send().await.expect("send");
+        assert!(r.status().is_success(), "status {}", r.status());
+        assert!(!r.bytes().await.expect("body").is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+    }
+    println!("{}", serde_json::json!({"pid": std::process::id(), "calls": n}));
 }
 
 async fn download(url: &str, ca: &str, times: usize) {

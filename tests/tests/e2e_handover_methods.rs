@@ -1,0 +1,143 @@
+//! An upgrade carries every capture method, not only OpenSSL through Python
+//! (`e2e_handover.rs`): Go's crypto/tls (probes at its functions' returns),
+//! rustls (a static Rust binary), node's static OpenSSL and bun's stripped
+//! BoringSSL (both probed inside the runtime's own binary), each a real client
+//! making calls at a steady rate over one keep-alive connection while the new
+//! agent starts beside the old one and the old one is stopped. Every call is
+//! recorded exactly once across the two agents, and none is counted as cut.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokentap_e2e::upgrade::*;
+use tokentap_e2e::*;
+
+/// Calls per client and the pause between them: ~12 s of calls, long enough
+/// for the new agent to start and take over in the middle.
+const CALLS: usize = 400;
+const PAUSE_MS: u64 = 25;
+
+fn bun() -> PathBuf {
+    let p = workspace_root().join("tests/clients/node_modules/@oven/bun-linux-x64/bin/bun");
+    assert!(p.exists(), "{} missing: run `cargo xtask test`, which installs the pinned test clients", p.display());
+    p
+}
+
+/// One client: its binary (the file the agent probes), what the agent calls
+/// that library in its `attached` line, how to start it idle, how to start
+/// its paced calls.
+struct Client {
+    name: &'static str,
+    file: PathBuf,
+    library: &'static str,
+    idle: Vec<String>,
+    paced: Vec<String>,
+}
+
+impl Client {
+    fn command(&self, dir: &Path, ca: &Path, args: &[String]) -> Command {
+        let mut c = with_provider_hosts(dir, &self.file.display().to_string(), args);
+        c.env("NODE_EXTRA_CA_CERTS", ca);
+        c
+    }
+}
+
+#[test]
+fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight() {
+    let _g = serial();
+    require_root();
+    require_tool("node");
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-methods", Transport::Https);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let ca = certs.ca.display().to_string();
+    let (n, pause) = (CALLS.to_string(), PAUSE_MS.to_string());
+    let script = workspace_root().join("tests/clients/paced.mjs").display().to_string();
+    let js = |file: PathBuf, name, library| Client {
+        name,
+        file,
+        library,
+        idle: vec!["-e".into(), "setTimeout(() => {}, 120000)".into()],
+        paced: vec![script.clone(), base.clone(), SECRET_KEY.into(), n.clone(), pause.clone()],
+    };
+    let clients = [
+        Client {
+            name: "go",
+            file: build_go_client(&dir, false),
+            library: "\"go\"",
+            idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
+            paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-paced", &n, "-every", &format!("{PAUSE_MS}ms")]
+                .map(String::from)
+                .to_vec(),
+        },
+        Client {
+            name: "rustls",
+            file: build_rust_client(&dir).0,
+            library: "rustls",
+            idle: [base.as_str(), &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
+            paced: [base.as_str(), &ca, SECRET_KEY, &n, "paced", &pause].map(String::from).to_vec(),
+        },
+        js(std::fs::canonicalize(which("node")).unwrap(), "node", "openssl"),
+        js(bun(), "bun", "boringssl"),
+    ];
+    let flag = fs.flag();
+    let mut first = Agent::start(&first_dir, &[flag.as_str()]);
+    // Probes are per file, placed when a process maps it: each binary is
+    // probed (from an idle process) before the client making calls starts.
+    let mut idle: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let mut cmd = c.command(&dir, &certs.ca, &c.idle);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.spawn().expect("an idle client")
+        })
+        .collect();
+    for c in &clients {
+        first.wait_attached(&c.file.display().to_string(), c.library, Duration::from_secs(90));
+    }
+    for mut p in idle.drain(..) {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let running: Vec<_> = clients.iter().map(|c| spawn(c.command(&dir, &certs.ca, &c.paced))).collect();
+    let pids: Vec<u32> = running.iter().map(|c| c.id()).collect();
+    for pid in &pids {
+        first.wait_records(&[*pid], 10);
+    }
+    // The surge: the new agent starts beside the old one and records each
+    // client's calls; only then is the old one stopped.
+    let second = Agent::start(&second_dir, &[flag.as_str()]);
+    for pid in &pids {
+        second.wait_records(&[*pid], 10);
+    }
+    assert!(first.stop().success(), "the old agent exits cleanly");
+    let outs: Vec<serde_json::Value> = running
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("client");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).expect("client output")
+        })
+        .collect();
+    for (c, out) in clients.iter().zip(&outs) {
+        assert_eq!(out["calls"], CALLS, "{}: {out}", c.name);
+    }
+    for pid in &pids {
+        second.wait_process_done(*pid);
+    }
+    assert_eq!(server.served().len(), CALLS * clients.len());
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
+    let (old, new) = (first.stats(), second.stats());
+    for (c, pid) in clients.iter().zip(&pids) {
+        let (o, n) = (first.records_of(&[*pid]).len(), second.records_of(&[*pid]).len());
+        eprintln!("handover, {}: old agent {o} records, new {n}", c.name);
+        assert!(o >= 10 && n >= 10, "{}: both agents recorded its calls (old {o}, new {n})", c.name);
+    }
+    eprintln!("handover of four capture methods: old agent {by_old} records, new {by_new}");
+    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+}
+
+fn which(tool: &str) -> PathBuf {
+    let out = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
