@@ -2,9 +2,10 @@
 //! (`e2e_handover.rs`): Go's crypto/tls (probes at its functions' returns),
 //! rustls (a static Rust binary), node's static OpenSSL and bun's stripped
 //! BoringSSL (both probed inside the runtime's own binary), each a real client
-//! making calls at a steady rate over one keep-alive connection while the new
-//! agent starts beside the old one and the old one is stopped. Every call is
-//! recorded exactly once across the two agents, and none is counted as cut.
+//! making calls at a steady rate over one keep-alive connection (Go and
+//! rustls also over a new connection each) while the new agent starts beside
+//! the old one and the old one is stopped. Every call is recorded exactly
+//! once across the two agents, and none is counted as cut.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,10 +13,10 @@ use std::time::Duration;
 use tokentap_e2e::upgrade::*;
 use tokentap_e2e::*;
 
-/// Calls per client and the pause between them: ~12 s of calls, long enough
-/// for the new agent to start and take over in the middle.
+/// Calls per client and the pause between them: ~14 s of calls (~170 calls/s
+/// in all), long enough for the new agent to start and take over in the middle.
 const CALLS: usize = 400;
-const PAUSE_MS: u64 = 25;
+const PAUSE_MS: u64 = 30;
 
 fn bun() -> PathBuf {
     let p = workspace_root().join("tests/clients/node_modules/@oven/bun-linux-x64/bin/bun");
@@ -43,7 +44,7 @@ impl Client {
 }
 
 #[test]
-fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight() {
+fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_and_new_connections() {
     let _g = serial();
     require_root();
     require_tool("node");
@@ -60,23 +61,31 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight() {
         idle: vec!["-e".into(), "setTimeout(() => {}, 120000)".into()],
         paced: vec![script.clone(), base.clone(), SECRET_KEY.into(), n.clone(), pause.clone()],
     };
+    let go_bin = build_go_client(&dir, false);
+    let go = |file: &PathBuf, name, extra: &[&str]| Client {
+        name,
+        file: file.clone(),
+        library: "\"go\"",
+        idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
+        paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-paced", &n, "-every", &format!("{PAUSE_MS}ms")]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect(),
+    };
+    let rust_bin = build_rust_client(&dir).0;
+    let rustls = |file: &PathBuf, name, mode: &str| Client {
+        name,
+        file: file.clone(),
+        library: "rustls",
+        idle: [base.as_str(), &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
+        paced: [base.as_str(), &ca, SECRET_KEY, &n, mode, &pause].map(String::from).to_vec(),
+    };
     let clients = [
-        Client {
-            name: "go",
-            file: build_go_client(&dir, false),
-            library: "\"go\"",
-            idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
-            paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-paced", &n, "-every", &format!("{PAUSE_MS}ms")]
-                .map(String::from)
-                .to_vec(),
-        },
-        Client {
-            name: "rustls",
-            file: build_rust_client(&dir).0,
-            library: "rustls",
-            idle: [base.as_str(), &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
-            paced: [base.as_str(), &ca, SECRET_KEY, &n, "paced", &pause].map(String::from).to_vec(),
-        },
+        go(&go_bin, "go", &[]),
+        go(&go_bin, "go, a new connection each", &["-fresh"]),
+        rustls(&rust_bin, "rustls", "paced"),
+        rustls(&rust_bin, "rustls, a new connection each", "paced-fresh"),
         js(std::fs::canonicalize(which("node")).unwrap(), "node", "openssl"),
         js(bun(), "bun", "boringssl"),
     ];
@@ -133,7 +142,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight() {
         eprintln!("handover, {}: old agent {o} records, new {n}", c.name);
         assert!(o >= 10 && n >= 10, "{}: both agents recorded its calls (old {o}, new {n})", c.name);
     }
-    eprintln!("handover of four capture methods: old agent {by_old} records, new {by_new}");
+    eprintln!("handover of four capture methods, six clients: old agent {by_old} records, new {by_new}");
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
 }
 

@@ -10,8 +10,9 @@
 // With -download URL -times N: GET URL N times over one keep-alive HTTP/1.1
 // connection, discarding the body; prints {"pid", "cpu_us", "secs", "bytes"}.
 // With -paced N -every D: N calls one after another over one keep-alive
-// HTTP/1.1 connection, D apart, every other one streamed (a steady rate
-// across an agent upgrade); prints {"pid", "calls"}.
+// HTTP/1.1 connection (with -fresh, a new connection each), D apart, every
+// other one streamed (a steady rate across an agent upgrade); prints
+// {"pid", "calls"}.
 // With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
@@ -127,6 +128,7 @@ func main() {
 	times := flag.Int("times", 1, "download mode: how many times")
 	pacedN := flag.Int("paced", -1, "sequential keep-alive HTTP/1.1 calls, -every apart (paced mode)")
 	every := flag.Duration("every", 20*time.Millisecond, "paced mode: the pause between calls")
+	fresh := flag.Bool("fresh", false, "paced mode: a new connection for each call")
 	idle := flag.Bool("idle", false, "make no call; wait for stdin to close")
 	flag.Parse()
 	pem, err := os.ReadFile(*ca)
@@ -148,7 +150,7 @@ func main() {
 		return
 	}
 	if *pacedN >= 0 {
-		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: *fresh}}
 		for i := 0; i < *pacedN; i++ {
 			if _, err := chat(client, *base, *key, i); err != nil {
 				fmt.Fprintln(os.Stderr, err)

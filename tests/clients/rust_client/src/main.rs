@@ -8,9 +8,10 @@
 //! With N = 0 it makes no call and waits for its stdin to close (a process to
 //! probe before the real run).
 //!
-//! `rust_client BASE CA.pem KEY N paced PAUSE_MS`: N calls one after another
-//! over one keep-alive HTTP/1.1 connection, PAUSE_MS apart, every other one
-//! streamed (a steady rate across an agent upgrade).
+//! `rust_client BASE CA.pem KEY N paced|paced-fresh PAUSE_MS`: N calls one
+//! after another over one keep-alive HTTP/1.1 connection (`paced-fresh`: a
+//! new connection each), PAUSE_MS apart, every other one streamed (a steady
+//! rate across an agent upgrade).
 //!
 //! `rust_client URL CA.pem KEY N bench WARM` (for `cargo xtask bench`): WARM
 //! untimed then N timed sequential keep-alive POSTs of ~1 KB of JSON to URL;
@@ -28,8 +29,8 @@ async fn main() {
     if mode == "download" {
         return download(base, ca, n).await;
     }
-    if mode == "paced" {
-        return paced(base, ca, key, n, a[6].parse().unwrap()).await;
+    if mode == "paced" || mode == "paced-fresh" {
+        return paced(base, ca, key, n, a[6].parse().unwrap(), mode == "paced-fresh").await;
     }
     if n == 0 {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -73,6 +74,19 @@ fn client(ca: &str, http1_only: bool) -> reqwest::Client {
     if http1_only { b.http1_only() } else { b }.build().unwrap()
 }
 
+/// An HTTP/1.1 client that keeps no idle connection: a new one per call.
+fn client_without_pool(ca: &str) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("CA file");
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 /// User + system CPU of this process so far, in µs (/proc/self/stat, in the
 /// kernel's 100 Hz clock ticks).
 fn cpu_us() -> u64 {
@@ -104,8 +118,8 @@ async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
     println!("{}", serde_json::json!({"pid": std::process::id(), "cpu_us": cpu, "secs": secs}));
 }
 
-async fn paced(base: &str, ca: &str, key: &str, n: usize, pause_ms: u64) {
-    let client = client(ca, true);
+async fn paced(base: &str, ca: &str, key: &str, n: usize, pause_ms: u64, fresh: bool) {
+    let client = if fresh { client_without_pool(ca) } else { client(ca, true) };
     for i in 0..n {
         let mut body = serde_json::json!({
             "model": "gpt-4o-mini",
