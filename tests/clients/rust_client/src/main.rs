@@ -129,7 +129,8 @@ async fn paced(base: &str, ca: &str, key: &str, n: usize, pause_ms: u64, fresh: 
             body["stream"] = true.into();
             body["stream_options"] = serde_json::json!({"include_usage": true});
         }
-        let r = client.post(format!("{base}/chat/completions")).bearer_auth(key).json(&body).send().await.expect("send");
+        let r =
+            client.post(format!("{base}/chat/completions")).bearer_auth(key).json(&body).send().await.expect("send");
         assert!(r.status().is_success(), "status {}", r.status());
         assert!(!r.bytes().await.expect("body").is_empty());
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
