@@ -68,7 +68,7 @@ fn unshared(dir: Option<&Path>) -> Vec<(u32, u64)> {
         }
         None => Vec::new(),
     };
-    capturing_agents(proc_root, std::process::id())
+    capturing_agents(proc_root, crate::handover::me())
         .into_iter()
         .filter_map(|pid| Some((pid, crate::handover::start_time(pid)?)))
         // The same process: a dead agent's entry does not cover its pid's next owner.

@@ -1,17 +1,21 @@
 // Drives the real `openai` package at a steady rate, under node (its static
-// OpenSSL) or bun (its stripped BoringSSL): N chat completions one after
-// another over the runtime's keep-alive pool, PAUSE_MS apart, every other one
-// streamed with include_usage (an agent upgrade happens meanwhile).
+// OpenSSL) or bun (its stripped BoringSSL): chat completions one after another
+// over the runtime's keep-alive pool, PAUSE_MS apart, every other one streamed
+// with include_usage, until stdin closes (an agent upgrade happens meanwhile).
 // Prints one JSON line: {"calls": N, "pid": PID}.
-// Usage: node|bun paced.mjs BASE_URL KEY N PAUSE_MS   (CA via NODE_EXTRA_CA_CERTS)
+// Usage: node|bun paced.mjs BASE_URL KEY PAUSE_MS   (CA via NODE_EXTRA_CA_CERTS)
 import OpenAI from "openai";
 
-const [baseURL, apiKey, n, pauseMs] = process.argv.slice(2);
+const [baseURL, apiKey, pauseMs] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey, maxRetries: 0 });
-const calls = Number(n);
-for (let i = 0; i < calls; i++) {
-  const messages = [{ role: "user", content: `call ${i}` }];
-  if (i % 2 === 1) {
+let done = false;
+process.stdin.on("data", () => {});
+process.stdin.on("end", () => { done = true; });
+process.stdin.resume();
+let calls = 0;
+while (!done) {
+  const messages = [{ role: "user", content: `call ${calls}` }];
+  if (calls % 2 === 1) {
     const stream = await client.chat.completions.create({
       model: "gpt-4o-mini", messages, stream: true, stream_options: { include_usage: true },
     });
@@ -22,6 +26,8 @@ for (let i = 0; i < calls; i++) {
     const chat = await client.chat.completions.create({ model: "gpt-4o-mini", messages });
     if (!(chat.usage.prompt_tokens > 0)) throw new Error("no usage");
   }
+  calls++;
   await new Promise((r) => setTimeout(r, Number(pauseMs)));
 }
 console.log(JSON.stringify({ calls, pid: process.pid }));
+process.exit(0);

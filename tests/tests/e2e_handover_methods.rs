@@ -8,14 +8,14 @@
 //! once across the two agents, and none is counted as cut.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokentap_e2e::upgrade::*;
 use tokentap_e2e::*;
 
-/// Calls per client and the pause between them: ~14 s of calls (~170 calls/s
-/// in all), long enough for the new agent to start and take over in the middle.
-const CALLS: usize = 400;
+/// The pause between a client's calls: ~170 calls/s in all. Each client calls
+/// until its stdin closes: after the new agent alone has recorded some of its
+/// calls, however long its start took.
 const PAUSE_MS: u64 = 30;
 
 fn bun() -> PathBuf {
@@ -52,14 +52,14 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
         Upgrade::new("handover-methods", Transport::Https);
     let base = format!("https://api.openai.com:{}/v1", server.port);
     let ca = certs.ca.display().to_string();
-    let (n, pause) = (CALLS.to_string(), PAUSE_MS.to_string());
+    let pause = PAUSE_MS.to_string();
     let script = workspace_root().join("tests/clients/paced.mjs").display().to_string();
     let js = |file: PathBuf, name, library| Client {
         name,
         file,
         library,
         idle: vec!["-e".into(), "setTimeout(() => {}, 120000)".into()],
-        paced: vec![script.clone(), base.clone(), SECRET_KEY.into(), n.clone(), pause.clone()],
+        paced: vec![script.clone(), base.clone(), SECRET_KEY.into(), pause.clone()],
     };
     let go_bin = build_go_client(&dir, false);
     let go = |file: &PathBuf, name, extra: &[&str]| Client {
@@ -67,7 +67,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
         file: file.clone(),
         library: "\"go\"",
         idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
-        paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-paced", &n, "-every", &format!("{PAUSE_MS}ms")]
+        paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-paced", "-every", &format!("{PAUSE_MS}ms")]
             .iter()
             .chain(extra)
             .map(|a| a.to_string())
@@ -79,7 +79,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
         file: file.clone(),
         library: "rustls",
         idle: [base.as_str(), &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
-        paced: [base.as_str(), &ca, SECRET_KEY, &n, mode, &pause].map(String::from).to_vec(),
+        paced: [base.as_str(), &ca, SECRET_KEY, "0", mode, &pause].map(String::from).to_vec(),
     };
     let clients = [
         go(&go_bin, "go", &[]),
@@ -108,18 +108,37 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
         let _ = p.kill();
         let _ = p.wait();
     }
-    let running: Vec<_> = clients.iter().map(|c| spawn(c.command(&dir, &certs.ca, &c.paced))).collect();
+    let mut running: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let mut cmd = c.command(&dir, &certs.ca, &c.paced);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.spawn().expect("a paced client")
+        })
+        .collect();
     let pids: Vec<u32> = running.iter().map(|c| c.id()).collect();
     for pid in &pids {
         first.wait_records(&[*pid], 10);
     }
     // The surge: the new agent starts beside the old one and records each
     // client's calls; only then is the old one stopped.
+    let t = Instant::now();
     let second = Agent::start(&second_dir, &[flag.as_str()]);
+    let ready = t.elapsed();
     for pid in &pids {
         second.wait_records(&[*pid], 10);
     }
+    let recording = t.elapsed();
     assert!(first.stop().success(), "the old agent exits cleanly");
+    // Then the new agent alone records ten more calls of each.
+    for pid in &pids {
+        let had = second.records_of(&[*pid]).len();
+        second.wait_records(&[*pid], had + 10);
+    }
+    // Stdin closed: each client finishes the call it is in and exits.
+    for c in &mut running {
+        drop(c.stdin.take());
+    }
     let outs: Vec<serde_json::Value> = running
         .into_iter()
         .map(|c| {
@@ -128,21 +147,22 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
             serde_json::from_slice(&out.stdout).expect("client output")
         })
         .collect();
-    for (c, out) in clients.iter().zip(&outs) {
-        assert_eq!(out["calls"], CALLS, "{}: {out}", c.name);
-    }
+    let calls: Vec<usize> = outs.iter().map(|o| o["calls"].as_u64().expect("calls") as usize).collect();
     for pid in &pids {
         second.wait_process_done(*pid);
     }
-    assert_eq!(server.served().len(), CALLS * clients.len());
+    assert_eq!(server.served().len(), calls.iter().sum::<usize>());
     let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
     let (old, new) = (first.stats(), second.stats());
-    for (c, pid) in clients.iter().zip(&pids) {
+    for ((c, pid), calls) in clients.iter().zip(&pids).zip(&calls) {
         let (o, n) = (first.records_of(&[*pid]).len(), second.records_of(&[*pid]).len());
-        eprintln!("handover, {}: old agent {o} records, new {n}", c.name);
+        eprintln!("handover, {}: {calls} calls; old agent {o} records, new {n}", c.name);
         assert!(o >= 10 && n >= 10, "{}: both agents recorded its calls (old {o}, new {n})", c.name);
     }
-    eprintln!("handover of four capture methods, six clients: old agent {by_old} records, new {by_new}");
+    eprintln!(
+        "handover of four capture methods, six clients: old agent {by_old} records, new {by_new}; the new agent \
+         ready in {ready:?}, recording every client's calls in {recording:?}"
+    );
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
 }
 

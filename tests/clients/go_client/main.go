@@ -9,10 +9,10 @@
 // process's own CPU (getrusage: user + system, every thread) over the timed calls.
 // With -download URL -times N: GET URL N times over one keep-alive HTTP/1.1
 // connection, discarding the body; prints {"pid", "cpu_us", "secs", "bytes"}.
-// With -paced N -every D: N calls one after another over one keep-alive
-// HTTP/1.1 connection (with -fresh, a new connection each), D apart, every
-// other one streamed (a steady rate across an agent upgrade); prints
-// {"pid", "calls"}.
+// With -paced -every D: calls one after another over one keep-alive HTTP/1.1
+// connection (with -fresh, a new connection each), D apart, every other one
+// streamed, until stdin closes (a steady rate across an agent upgrade);
+// prints {"pid", "calls"}.
 // With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
@@ -28,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -126,7 +127,7 @@ func main() {
 	warm := flag.Int("warm", 0, "bench mode: untimed calls first")
 	dl := flag.String("download", "", "GET this URL -times times (download mode)")
 	times := flag.Int("times", 1, "download mode: how many times")
-	pacedN := flag.Int("paced", -1, "sequential keep-alive HTTP/1.1 calls, -every apart (paced mode)")
+	paced := flag.Bool("paced", false, "sequential keep-alive HTTP/1.1 calls, -every apart, until stdin closes")
 	every := flag.Duration("every", 20*time.Millisecond, "paced mode: the pause between calls")
 	fresh := flag.Bool("fresh", false, "paced mode: a new connection for each call")
 	idle := flag.Bool("idle", false, "make no call; wait for stdin to close")
@@ -149,16 +150,23 @@ func main() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		return
 	}
-	if *pacedN >= 0 {
+	if *paced {
+		var done atomic.Bool
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			done.Store(true)
+		}()
 		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: *fresh}}
-		for i := 0; i < *pacedN; i++ {
-			if _, err := chat(client, *base, *key, i); err != nil {
+		calls := 0
+		for !done.Load() {
+			if _, err := chat(client, *base, *key, calls); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
+			calls++
 			time.Sleep(*every)
 		}
-		out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": *pacedN})
+		out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": calls})
 		fmt.Println(string(out))
 		return
 	}

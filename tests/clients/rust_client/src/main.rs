@@ -8,10 +8,10 @@
 //! With N = 0 it makes no call and waits for its stdin to close (a process to
 //! probe before the real run).
 //!
-//! `rust_client BASE CA.pem KEY N paced|paced-fresh PAUSE_MS`: N calls one
+//! `rust_client BASE CA.pem KEY 0 paced|paced-fresh PAUSE_MS`: calls one
 //! after another over one keep-alive HTTP/1.1 connection (`paced-fresh`: a
-//! new connection each), PAUSE_MS apart, every other one streamed (a steady
-//! rate across an agent upgrade).
+//! new connection each), PAUSE_MS apart, every other one streamed, until
+//! stdin closes (a steady rate across an agent upgrade).
 //!
 //! `rust_client URL CA.pem KEY N bench WARM` (for `cargo xtask bench`): WARM
 //! untimed then N timed sequential keep-alive POSTs of ~1 KB of JSON to URL;
@@ -30,7 +30,7 @@ async fn main() {
         return download(base, ca, n).await;
     }
     if mode == "paced" || mode == "paced-fresh" {
-        return paced(base, ca, key, n, a[6].parse().unwrap(), mode == "paced-fresh").await;
+        return paced(base, ca, key, a[6].parse().unwrap(), mode == "paced-fresh").await;
     }
     if n == 0 {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -118,9 +118,16 @@ async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
     println!("{}", serde_json::json!({"pid": std::process::id(), "cpu_us": cpu, "secs": secs}));
 }
 
-async fn paced(base: &str, ca: &str, key: &str, n: usize, pause_ms: u64, fresh: bool) {
+async fn paced(base: &str, ca: &str, key: &str, pause_ms: u64, fresh: bool) {
     let client = if fresh { client_without_pool(ca) } else { client(ca, true) };
-    for i in 0..n {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closed = done.clone();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut tokio::io::sink()).await;
+        closed.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut i = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
         let mut body = serde_json::json!({
             "model": "gpt-4o-mini",
             "messages": [{"role": "user", "content": format!("call {i}")}],
@@ -133,9 +140,10 @@ async fn paced(base: &str, ca: &str, key: &str, n: usize, pause_ms: u64, fresh: 
             client.post(format!("{base}/chat/completions")).bearer_auth(key).json(&body).send().await.expect("send");
         assert!(r.status().is_success(), "status {}", r.status());
         assert!(!r.bytes().await.expect("body").is_empty());
+        i += 1;
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
     }
-    println!("{}", serde_json::json!({"pid": std::process::id(), "calls": n}));
+    println!("{}", serde_json::json!({"pid": std::process::id(), "calls": i}));
 }
 
 async fn download(url: &str, ca: &str, times: usize) {
