@@ -240,8 +240,15 @@ pub struct CallArgs {
     pub num: u64,
     /// [`CallKind`] as u32.
     pub call: u32,
-    pub _pad: u32,
+    /// Go's calls, kept in a map agents share during an upgrade: which
+    /// agents' copies took the call (0 none, an agent's tgid, or
+    /// [`TAKEN_BY_TWO`]). Each agent uses a call once; the agent after one
+    /// copies a read the one before saw begin. 0 for the others.
+    pub taken_by: u32,
 }
+
+/// [`CallArgs::taken_by`]: two agents took the call.
+pub const TAKEN_BY_TWO: u32 = u32::MAX;
 
 /// The TLS call whose arguments are saved; a return probe only consumes its own kind,
 /// so a library whose `SSL_write` calls `SSL_write_ex` internally is not counted twice.

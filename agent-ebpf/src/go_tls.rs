@@ -18,6 +18,16 @@
 //! of its `RET`s. In-flight calls are keyed by goroutine, not thread, since a
 //! goroutine may move between threads. `(*Conn).Close` ends a connection.
 //!
+//! Why the calls in flight are shared in an upgrade ([`GO_CALLS`] is pinned
+//! with `--handover-dir`): Go's HTTP client keeps a `Read` pending on every
+//! idle keep-alive connection, begun when the last response ended. Across an
+//! upgrade that read began under the old agent, before the new one's probes
+//! were attached, and returns with the next response, after the old agent
+//! left: with a map of its own the new agent found no call and that response
+//! was lost. Each agent marks the calls its copies took ([`CallArgs::taken_by`]),
+//! so each agent uses a call once and either may use one the other saw begin;
+//! which of them copies it is the ownership rule's, as for every call.
+//!
 //! What they fall back to: the socket fd is read through the `net.Conn` behind
 //! the `*tls.Conn`; a conn that is not a `*net.TCPConn` gives nonsense, caught by
 //! a range check, and the fd is then -1. Each goroutine that made a call keeps
@@ -37,15 +47,16 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use tokentap_agent_common::{
-    CallArgs, CallKind, EventKind, GoCallKey, LossCounter, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
+    CallArgs, CallKind, EventKind, GoCallKey, LossCounter, Source, SslKey, DIR_EGRESS, DIR_INGRESS, TAKEN_BY_TWO,
 };
 
 use crate::chunks::{emit_data, forget_conn, ignored, Emit};
 use crate::ring::{count_loss, emit_control};
 
-/// Go TLS calls by goroutine: the call in flight, or the goroutine's last one
-/// marked taken (`call` 0). LRU: a goroutine that ends (or dies inside a call)
-/// must not leak its entry.
+/// Go TLS calls by goroutine: the call in flight, or the goroutine's last one,
+/// marked taken by the agents whose copies used it. LRU: a goroutine that
+/// ends (or dies inside a call) must not leak its entry. Pinned with
+/// `--handover-dir` (see the module's prose).
 #[map]
 static GO_CALLS: LruHashMap<GoCallKey, CallArgs> = LruHashMap::with_max_entries(16384, 0);
 
@@ -61,7 +72,7 @@ fn go_enter(ctx: &ProbeContext, call: CallKind) {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = GoCallKey { tgid: pid_tgid >> 32, goroutine: r.r14 };
-    let args = CallArgs { ssl: r.rax, buf: r.rbx, len_ptr: 0, num: r.rcx, call: call as u32, _pad: 0 };
+    let args = CallArgs { ssl: r.rax, buf: r.rbx, len_ptr: 0, num: r.rcx, call: call as u32, taken_by: 0 };
     // The goroutine's entry stays from call to call ([`take_go_call`]), so a
     // call rewrites it in place: an insert and a removal of an LRU entry per
     // call cost about as much as the rest of a muted read.
@@ -81,19 +92,28 @@ fn go_enter(ctx: &ProbeContext, call: CallKind) {
     }
 }
 
-/// The goroutine's call in flight if it is a `call`, marked taken (its
-/// `call` 0) so that it is used once: a `Read` that fails never reaches its
-/// copy and leaves its call for the goroutine's next one to rewrite. The
-/// entry itself stays for the next call; the LRU ages out a dead goroutine's.
-/// None, counted, when the goroutine has no such call.
+/// The goroutine's call in flight if it is a `call` this agent has not taken
+/// yet (nor two agents, nor one that has left since), marked taken by it so
+/// that it uses it once: a `Read` that fails never
+/// reaches its copy and leaves its call for the goroutine's next one to
+/// rewrite. The entry itself stays for the next call; the LRU ages out a dead
+/// goroutine's. None, counted, when there is no such call.
 fn take_go_call(key: GoCallKey, call: CallKind) -> Option<CallArgs> {
+    let me = crate::handover::me();
     let taken = GO_CALLS.get_ptr_mut(key).and_then(|p| {
-        // SAFETY: a live map value; one goroutine runs on one CPU at a time.
+        // SAFETY: a live map value; one goroutine runs on one CPU at a time
+        // (two agents' programs on one call run one after the other).
         unsafe {
-            if (*p).call != call as u32 {
+            let by = (*p).taken_by;
+            if (*p).call != call as u32 || by == me || by == TAKEN_BY_TWO {
                 return None;
             }
-            (*p).call = 0;
+            // Taken by an agent gone since: the goroutine's last call, not
+            // one in flight (this one began where no agent's probe saw it).
+            if by != 0 && !crate::handover::live(by) {
+                return None;
+            }
+            (*p).taken_by = if by == 0 { me } else { TAKEN_BY_TWO };
             Some(*p)
         }
     });

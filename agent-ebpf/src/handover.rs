@@ -42,6 +42,13 @@ use crate::ring::count_loss;
 #[unsafe(no_mangle)]
 static AGENT_TGID: u32 = 0;
 
+/// This agent's tgid ([`AGENT_TGID`]).
+#[inline(always)]
+pub(crate) fn me() -> u32 {
+    // SAFETY: a global the loader sets before any program runs.
+    unsafe { core::ptr::read_volatile(&AGENT_TGID) }
+}
+
 /// Agents running now, by tgid (value: when they started). Each agent adds
 /// itself at start and removes itself at exit; an agent that dies without
 /// doing so is removed by the exit tracepoint ([`agent_exited`]).
@@ -136,8 +143,9 @@ pub(crate) enum Owned {
     Taken,
 }
 
+/// Is `agent` (a tgid) one of the agents running now?
 #[inline(always)]
-fn live(agent: u32) -> bool {
+pub(crate) fn live(agent: u32) -> bool {
     agent != 0 && unsafe { AGENTS.get(agent) }.is_some()
 }
 

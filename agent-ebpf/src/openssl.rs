@@ -40,7 +40,7 @@ pub(crate) fn save_args(ctx: &ProbeContext, call: CallKind, has_len_ptr: bool) {
     // The latest call wins: a stale entry (a return probe that never fired) must
     // not block the thread, and when one entry point calls another (BoringSSL's
     // SSL_write_ex -> SSL_write) the inner call emits and the outer finds nothing.
-    let args = CallArgs { ssl, buf, len_ptr, num, call: call as u32, _pad: 0 };
+    let args = CallArgs { ssl, buf, len_ptr, num, call: call as u32, taken_by: 0 };
     if !call_args::save(args) {
         count_loss(LossCounter::ArgsMapFull, 1);
     }

@@ -14,7 +14,11 @@
 //! - `H2_WALKS`, `H2_MUTED`, `H2_RECORDED`: where the kernel stands in each
 //!   HTTP/2 connection's frames, the streams whose DATA it skips, and where
 //!   its last copied read ended (`agent-ebpf/src/h2_walk.rs`), so the agent
-//!   taking one over mutes on.
+//!   taking one over mutes on;
+//! - `GO_CALLS`: Go's TLS calls in flight, by goroutine, so that a read begun
+//!   under the old agent (the one Go's HTTP client keeps pending on every
+//!   idle keep-alive connection) is copied by the new one when it returns
+//!   after the old one left (`agent-ebpf/src/go_tls.rs`).
 //!
 //! - `ring-f<format>-<pid>-<start>`: each agent's ring buffer, read by the
 //!   agent after it if it is killed (`orphan_rings`).
@@ -34,7 +38,7 @@ use aya::Ebpf;
 use thiserror::Error;
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 10] = [
+pub const PINNED: [&str; 11] = [
     "AGENTS",
     "CURRENT_AGENT",
     "CONN_OWNERS",
@@ -45,6 +49,9 @@ pub const PINNED: [&str; 10] = [
     "H2_WALKS",
     "H2_MUTED",
     "H2_RECORDED",
+    // Go's calls in flight: a read pending on an idle keep-alive connection
+    // across the upgrade is the next agent's to copy (agent-ebpf/src/go_tls.rs).
+    "GO_CALLS",
 ];
 
 /// How long `make_current` lets probe hits under way as the probes attached finish.

@@ -6,6 +6,7 @@
 //! rustls also over a new connection each) while the new agent starts beside
 //! the old one and the old one is stopped. Every call is recorded exactly
 //! once across the two agents, and none is counted as cut.
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,23 +92,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
     ];
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
-    // Probes are per file, placed when a process maps it: each binary is
-    // probed (from an idle process) before the client making calls starts.
-    let mut idle: Vec<_> = clients
-        .iter()
-        .map(|c| {
-            let mut cmd = c.command(&dir, &certs.ca, &c.idle);
-            cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-            cmd.spawn().expect("an idle client")
-        })
-        .collect();
-    for c in &clients {
-        first.wait_attached(&c.file.display().to_string(), c.library, Duration::from_secs(90));
-    }
-    for mut p in idle.drain(..) {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
+    warm_up(&first, &dir, &certs.ca, &clients);
     let mut running: Vec<_> = clients
         .iter()
         .map(|c| {
@@ -164,6 +149,83 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
          ready in {ready:?}, recording every client's calls in {recording:?}"
     );
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+}
+
+/// Go's HTTP client keeps a read pending on every idle keep-alive connection
+/// (begun as the last response ended). Across an upgrade that read begins
+/// under the old agent, before the new agent's probes are attached, and
+/// returns with the next response, after the old agent left: the new agent
+/// copies it from the calls in flight the agents share. It lost that response
+/// before (`dropped_unanswered`), with a map of Go's calls of its own.
+#[test]
+fn a_go_keep_alive_connection_idle_across_the_upgrade_has_its_next_response_recorded() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-idle-go", Transport::Https);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let ca = certs.ca.display().to_string();
+    let go = Client {
+        name: "go",
+        file: build_go_client(&dir, false),
+        library: "\"go\"",
+        idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
+        paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-each-line"].map(String::from).to_vec(),
+    };
+    let flag = fs.flag();
+    let mut first = Agent::start(&first_dir, &[flag.as_str()]);
+    warm_up(&first, &dir, &certs.ca, std::slice::from_ref(&go));
+    let mut client = go
+        .command(&dir, &certs.ca, &go.paced)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the Go client");
+    let pid = client.id();
+    let mut calls = client.stdin.take().expect("stdin");
+    writeln!(calls).unwrap();
+    first.wait_records(&[pid], 1);
+    // The connection idles, its next response's read pending in the client,
+    // while the new agent starts and the old one is stopped.
+    let second = Agent::start(&second_dir, &[flag.as_str()]);
+    assert!(first.stop().success(), "the old agent exits cleanly");
+    assert_eq!(server.served().len(), 1, "no call during the upgrade");
+    // The next call (streamed) and one more, over the same connection.
+    writeln!(calls).unwrap();
+    writeln!(calls).unwrap();
+    second.wait_records(&[pid], 2);
+    drop(calls);
+    let out = client.wait_with_output().expect("the Go client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client output");
+    assert_eq!(out["calls"], 3, "{out}");
+    second.wait_process_done(pid);
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &[pid]);
+    assert_eq!((by_old, by_new), (1, 2));
+    let (old, new) = (first.stats(), second.stats());
+    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+}
+
+/// Probes are per file, placed when a process maps it: each client's binary
+/// is probed (from an idle process of it) before the client making calls
+/// starts, which could otherwise make its first calls unseen.
+fn warm_up(agent: &Agent, dir: &Path, ca: &Path, clients: &[Client]) {
+    let mut idle: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let mut cmd = c.command(dir, ca, &c.idle);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.spawn().expect("an idle client")
+        })
+        .collect();
+    for c in clients {
+        agent.wait_attached(&c.file.display().to_string(), c.library, Duration::from_secs(90));
+    }
+    for mut p in idle.drain(..) {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
 }
 
 fn which(tool: &str) -> PathBuf {

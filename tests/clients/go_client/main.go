@@ -13,10 +13,13 @@
 // connection (with -fresh, a new connection each), D apart, every other one
 // streamed, until stdin closes (a steady rate across an agent upgrade);
 // prints {"pid", "calls"}.
+// With -each-line: one such call for each line read from stdin, until it
+// closes; prints {"pid", "calls"}.
 // With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -130,6 +133,7 @@ func main() {
 	paced := flag.Bool("paced", false, "sequential keep-alive HTTP/1.1 calls, -every apart, until stdin closes")
 	every := flag.Duration("every", 20*time.Millisecond, "paced mode: the pause between calls")
 	fresh := flag.Bool("fresh", false, "paced mode: a new connection for each call")
+	eachLine := flag.Bool("each-line", false, "one keep-alive HTTP/1.1 call per line read from stdin")
 	idle := flag.Bool("idle", false, "make no call; wait for stdin to close")
 	flag.Parse()
 	pem, err := os.ReadFile(*ca)
@@ -148,6 +152,21 @@ func main() {
 	}
 	if *idle {
 		_, _ = io.Copy(io.Discard, os.Stdin)
+		return
+	}
+	if *eachLine {
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		lines := bufio.NewScanner(os.Stdin)
+		calls := 0
+		for lines.Scan() {
+			if _, err := chat(client, *base, *key, calls); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			calls++
+		}
+		out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": calls})
+		fmt.Println(string(out))
 		return
 	}
 	if *paced {
