@@ -1,19 +1,18 @@
-// Drives the real `openai` package at a steady rate, under node (its static
-// OpenSSL) or bun (its stripped BoringSSL): chat completions one after another
-// over the runtime's keep-alive pool, PAUSE_MS apart, every other one streamed
-// with include_usage, until stdin closes (an agent upgrade happens meanwhile).
+// Drives the real `openai` package under node (its static OpenSSL) or bun (its
+// stripped BoringSSL): chat completions one after another over the runtime's
+// keep-alive pool, every other one streamed with include_usage, until stdin
+// closes (an agent upgrade happens meanwhile): PAUSE_MS apart, or with
+// `each-line` one for each line read from stdin.
 // Prints one JSON line: {"calls": N, "pid": PID}.
-// Usage: node|bun paced.mjs BASE_URL KEY PAUSE_MS   (CA via NODE_EXTRA_CA_CERTS)
+// Usage: node|bun paced.mjs BASE_URL KEY PAUSE_MS|each-line   (CA via NODE_EXTRA_CA_CERTS)
 import OpenAI from "openai";
+import { createInterface } from "node:readline";
 
-const [baseURL, apiKey, pauseMs] = process.argv.slice(2);
+const [baseURL, apiKey, pace] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey, maxRetries: 0 });
-let done = false;
-process.stdin.on("data", () => {});
-process.stdin.on("end", () => { done = true; });
-process.stdin.resume();
 let calls = 0;
-while (!done) {
+
+async function call() {
   const messages = [{ role: "user", content: `call ${calls}` }];
   if (calls % 2 === 1) {
     const stream = await client.chat.completions.create({
@@ -27,7 +26,19 @@ while (!done) {
     if (!(chat.usage.prompt_tokens > 0)) throw new Error("no usage");
   }
   calls++;
-  await new Promise((r) => setTimeout(r, Number(pauseMs)));
+}
+
+if (pace === "each-line") {
+  for await (const _ of createInterface({ input: process.stdin })) await call();
+} else {
+  let done = false;
+  process.stdin.on("data", () => {});
+  process.stdin.on("end", () => { done = true; });
+  process.stdin.resume();
+  while (!done) {
+    await call();
+    await new Promise((r) => setTimeout(r, Number(pace)));
+  }
 }
 console.log(JSON.stringify({ calls, pid: process.pid }));
 process.exit(0);

@@ -30,6 +30,8 @@ fn bun() -> PathBuf {
 /// its paced calls.
 struct Client {
     name: &'static str,
+    /// A new connection for each call (else one keep-alive connection).
+    fresh: bool,
     file: PathBuf,
     library: &'static str,
     idle: Vec<String>,
@@ -52,44 +54,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
         Upgrade::new("handover-methods", Transport::Https);
     let base = format!("https://api.openai.com:{}/v1", server.port);
-    let ca = certs.ca.display().to_string();
-    let pause = PAUSE_MS.to_string();
-    let script = workspace_root().join("tests/clients/paced.mjs").display().to_string();
-    let js = |file: PathBuf, name, library| Client {
-        name,
-        file,
-        library,
-        idle: vec!["-e".into(), "setTimeout(() => {}, 120000)".into()],
-        paced: vec![script.clone(), base.clone(), SECRET_KEY.into(), pause.clone()],
-    };
-    let go_bin = build_go_client(&dir, false);
-    let go = |file: &PathBuf, name, extra: &[&str]| Client {
-        name,
-        file: file.clone(),
-        library: "\"go\"",
-        idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
-        paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-paced", "-every", &format!("{PAUSE_MS}ms")]
-            .iter()
-            .chain(extra)
-            .map(|a| a.to_string())
-            .collect(),
-    };
-    let rust_bin = build_rust_client(&dir).0;
-    let rustls = |file: &PathBuf, name, mode: &str| Client {
-        name,
-        file: file.clone(),
-        library: "rustls",
-        idle: [base.as_str(), &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
-        paced: [base.as_str(), &ca, SECRET_KEY, "0", mode, &pause].map(String::from).to_vec(),
-    };
-    let clients = [
-        go(&go_bin, "go", &[]),
-        go(&go_bin, "go, a new connection each", &["-fresh"]),
-        rustls(&rust_bin, "rustls", "paced"),
-        rustls(&rust_bin, "rustls, a new connection each", "paced-fresh"),
-        js(std::fs::canonicalize(which("node")).unwrap(), "node", "openssl"),
-        js(bun(), "bun", "boringssl"),
-    ];
+    let clients = clients(&dir, &certs, &base, Pace::Every(PAUSE_MS));
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
     warm_up(&first, &dir, &certs.ca, &clients);
@@ -151,60 +116,139 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
 }
 
-/// Go's HTTP client keeps a read pending on every idle keep-alive connection
-/// (begun as the last response ended). Across an upgrade that read begins
-/// under the old agent, before the new agent's probes are attached, and
-/// returns with the next response, after the old agent left: the new agent
-/// copies it from the calls in flight the agents share. It lost that response
-/// before (`dropped_unanswered`), with a map of Go's calls of its own.
+/// A keep-alive connection of each client idle across the whole upgrade, its
+/// next call after the old agent left. Go's HTTP client keeps a read pending
+/// on every idle keep-alive connection (begun as the last response ended):
+/// it began under the old agent, before the new agent's probes were
+/// attached, and returns with the next response: the new agent copies it
+/// from the calls in flight the agents share. It lost that response before
+/// (`dropped_unanswered`), with a map of Go's calls of its own.
 #[test]
-fn a_go_keep_alive_connection_idle_across_the_upgrade_has_its_next_response_recorded() {
+fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded() {
     let _g = serial();
     require_root();
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
-        Upgrade::new("handover-idle-go", Transport::Https);
+        Upgrade::new("handover-idle", Transport::Https);
     let base = format!("https://api.openai.com:{}/v1", server.port);
-    let ca = certs.ca.display().to_string();
-    let go = Client {
-        name: "go",
-        file: build_go_client(&dir, false),
-        library: "\"go\"",
-        idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
-        paced: ["-base", &base, "-ca", &ca, "-key", SECRET_KEY, "-each-line"].map(String::from).to_vec(),
-    };
+    // Keep-alive only: a new connection per call has nothing pending.
+    let clients: Vec<Client> = clients(&dir, &certs, &base, Pace::EachLine).into_iter().filter(|c| !c.fresh).collect();
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
-    warm_up(&first, &dir, &certs.ca, std::slice::from_ref(&go));
-    let mut client = go
-        .command(&dir, &certs.ca, &go.paced)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the Go client");
-    let pid = client.id();
-    let mut calls = client.stdin.take().expect("stdin");
-    writeln!(calls).unwrap();
-    first.wait_records(&[pid], 1);
-    // The connection idles, its next response's read pending in the client,
+    warm_up(&first, &dir, &certs.ca, &clients);
+    let mut running: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let mut cmd = c.command(&dir, &certs.ca, &c.paced);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.spawn().expect("a client")
+        })
+        .collect();
+    let pids: Vec<u32> = running.iter().map(|c| c.id()).collect();
+    let mut lines: Vec<_> = running.iter_mut().map(|c| c.stdin.take().expect("stdin")).collect();
+    let call = |lines: &mut Vec<std::process::ChildStdin>| lines.iter_mut().for_each(|l| writeln!(l).unwrap());
+    call(&mut lines);
+    for pid in &pids {
+        first.wait_records(&[*pid], 1);
+    }
+    // The connections idle (Go's with its next response's read pending)
     // while the new agent starts and the old one is stopped.
     let second = Agent::start(&second_dir, &[flag.as_str()]);
     assert!(first.stop().success(), "the old agent exits cleanly");
-    assert_eq!(server.served().len(), 1, "no call during the upgrade");
-    // The next call (streamed) and one more, over the same connection.
-    writeln!(calls).unwrap();
-    writeln!(calls).unwrap();
-    second.wait_records(&[pid], 2);
-    drop(calls);
-    let out = client.wait_with_output().expect("the Go client");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client output");
-    assert_eq!(out["calls"], 3, "{out}");
-    second.wait_process_done(pid);
-    let (by_old, by_new) = priced_once(&server, (&first, &second), &[pid]);
-    assert_eq!((by_old, by_new), (1, 2));
+    assert_eq!(server.served().len(), clients.len(), "no call during the upgrade");
+    // The next call of each (streamed) and one more, over the same connections.
+    call(&mut lines);
+    call(&mut lines);
+    for pid in &pids {
+        second.wait_records(&[*pid], 2);
+    }
+    drop(lines);
+    for (c, p) in clients.iter().zip(running) {
+        let out = p.wait_with_output().expect("client");
+        assert!(out.status.success(), "{}: {}", c.name, String::from_utf8_lossy(&out.stderr));
+        let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client output");
+        assert_eq!(out["calls"], 3, "{}: {out}", c.name);
+    }
+    for pid in &pids {
+        second.wait_process_done(*pid);
+    }
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
+    assert_eq!((by_old, by_new), (clients.len(), 2 * clients.len()));
     let (old, new) = (first.stats(), second.stats());
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+}
+
+/// How a client paces its calls: every so many ms until stdin closes, or one
+/// for each line read from stdin.
+#[derive(Clone, Copy)]
+enum Pace {
+    Every(u64),
+    EachLine,
+}
+
+/// Go, Go with a new connection each call, rustls, rustls with a new
+/// connection each call, node, bun.
+fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
+    let ca = certs.ca.display().to_string();
+    let script = workspace_root().join("tests/clients/paced.mjs").display().to_string();
+    let js_pace = match pace {
+        Pace::Every(ms) => ms.to_string(),
+        Pace::EachLine => "each-line".into(),
+    };
+    let js = |file: PathBuf, name, library| Client {
+        name,
+        fresh: false,
+        file,
+        library,
+        idle: vec!["-e".into(), "setTimeout(() => {}, 120000)".into()],
+        paced: vec![script.clone(), base.into(), SECRET_KEY.into(), js_pace.clone()],
+    };
+    let go_bin = build_go_client(dir, false);
+    let go = |name, fresh: bool| {
+        let mut paced: Vec<String> = ["-base", base, "-ca", &ca, "-key", SECRET_KEY].map(String::from).to_vec();
+        match pace {
+            Pace::Every(ms) => paced.extend(["-paced".into(), "-every".into(), format!("{ms}ms")]),
+            Pace::EachLine => paced.push("-each-line".into()),
+        }
+        if fresh {
+            paced.push("-fresh".into());
+        }
+        Client {
+            name,
+            fresh,
+            file: go_bin.clone(),
+            library: "\"go\"",
+            idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
+            paced,
+        }
+    };
+    let rust_bin = build_rust_client(dir).0;
+    let rustls = |name, fresh: bool| {
+        let mode = match (pace, fresh) {
+            (Pace::EachLine, _) => "each-line",
+            (Pace::Every(_), false) => "paced",
+            (Pace::Every(_), true) => "paced-fresh",
+        };
+        let ms = match pace {
+            Pace::Every(ms) => ms.to_string(),
+            Pace::EachLine => String::new(),
+        };
+        Client {
+            name,
+            fresh,
+            file: rust_bin.clone(),
+            library: "rustls",
+            idle: [base, &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
+            paced: [base, &ca, SECRET_KEY, "0", mode, &ms].map(String::from).to_vec(),
+        }
+    };
+    vec![
+        go("go", false),
+        go("go, a new connection each", true),
+        rustls("rustls", false),
+        rustls("rustls, a new connection each", true),
+        js(std::fs::canonicalize(which("node")).unwrap(), "node", "openssl"),
+        js(bun(), "bun", "boringssl"),
+    ]
 }
 
 /// Probes are per file, placed when a process maps it: each client's binary

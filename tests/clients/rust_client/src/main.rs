@@ -12,6 +12,8 @@
 //! after another over one keep-alive HTTP/1.1 connection (`paced-fresh`: a
 //! new connection each), PAUSE_MS apart, every other one streamed, until
 //! stdin closes (a steady rate across an agent upgrade).
+//! `rust_client BASE CA.pem KEY 0 each-line`: one such call over one
+//! keep-alive connection for each line read from stdin, until it closes.
 //!
 //! `rust_client URL CA.pem KEY N bench WARM` (for `cargo xtask bench`): WARM
 //! untimed then N timed sequential keep-alive POSTs of ~1 KB of JSON to URL;
@@ -28,6 +30,9 @@ async fn main() {
     }
     if mode == "download" {
         return download(base, ca, n).await;
+    }
+    if mode == "each-line" {
+        return each_line(base, ca, key).await;
     }
     if mode == "paced" || mode == "paced-fresh" {
         return paced(base, ca, key, a[6].parse().unwrap(), mode == "paced-fresh").await;
@@ -118,6 +123,34 @@ async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
     println!("{}", serde_json::json!({"pid": std::process::id(), "cpu_us": cpu, "secs": secs}));
 }
 
+/// One keep-alive HTTP/1.1 call for each line read from stdin.
+async fn each_line(base: &str, ca: &str, key: &str) {
+    use tokio::io::AsyncBufReadExt;
+    let client = client(ca, true);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut i = 0;
+    while lines.next_line().await.expect("stdin").is_some() {
+        call(&client, base, key, i).await;
+        i += 1;
+    }
+    println!("{}", serde_json::json!({"pid": std::process::id(), "calls": i}));
+}
+
+/// One chat completion, streamed when `i` is odd, read whole.
+async fn call(client: &reqwest::Client, base: &str, key: &str, i: usize) {
+    let mut body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": format!("call {i}")}],
+    });
+    if i % 2 == 1 {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    let r = client.post(format!("{base}/chat/completions")).bearer_auth(key).json(&body).send().await.expect("send");
+    assert!(r.status().is_success(), "status {}", r.status());
+    assert!(!r.bytes().await.expect("body").is_empty());
+}
+
 async fn paced(base: &str, ca: &str, key: &str, pause_ms: u64, fresh: bool) {
     let client = if fresh { client_without_pool(ca) } else { client(ca, true) };
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -128,18 +161,7 @@ async fn paced(base: &str, ca: &str, key: &str, pause_ms: u64, fresh: bool) {
     });
     let mut i = 0;
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        let mut body = serde_json::json!({
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": format!("call {i}")}],
-        });
-        if i % 2 == 1 {
-            body["stream"] = true.into();
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-        }
-        let r =
-            client.post(format!("{base}/chat/completions")).bearer_auth(key).json(&body).send().await.expect("send");
-        assert!(r.status().is_success(), "status {}", r.status());
-        assert!(!r.bytes().await.expect("body").is_empty());
+        call(&client, base, key, i).await;
         i += 1;
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
     }
