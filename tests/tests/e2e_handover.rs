@@ -9,7 +9,9 @@
 //! After the last agent, and after `uninstall` for a killed one, no pin, map or
 //! program of tokentap is left in the kernel (bpftool). Connections that carry
 //! decoding state (HTTP/2, WebSocket, a JVM's) are in `e2e_handover_state.rs`,
-//! killed and hung agents in `e2e_handover_killed.rs`.
+//! killed and hung agents in `e2e_handover_killed.rs`, the other capture
+//! methods (Go, rustls, node, bun) and idle keep-alive connections in
+//! `e2e_handover_methods.rs`.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
