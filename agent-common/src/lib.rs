@@ -243,7 +243,9 @@ pub struct CallArgs {
     /// Go's calls, kept in a map agents share during an upgrade: which
     /// agents' copies took the call (0 none, an agent's tgid, or
     /// [`TAKEN_BY_TWO`]). Each agent uses a call once; the agent after one
-    /// copies a read the one before saw begin. 0 for the others.
+    /// copies a read the one before saw begin. 0 for the others. The pinned
+    /// `GO_CALLS` holds this layout with this meaning for every release that
+    /// shares it: a change to either needs a map of another name.
     pub taken_by: u32,
 }
 

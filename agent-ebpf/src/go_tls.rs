@@ -113,7 +113,12 @@ fn take_go_call(key: GoCallKey, call: CallKind) -> Option<CallArgs> {
             if by != 0 && !crate::handover::live(by) {
                 return None;
             }
-            (*p).taken_by = if by == 0 { me } else { TAKEN_BY_TWO };
+            // An agent that has left (its probes still attached for a while)
+            // copies nothing of it (the ownership rule's); marked by it, the
+            // call would look stale to the agent that copies it.
+            if !crate::handover::left() {
+                (*p).taken_by = if by == 0 { me } else { TAKEN_BY_TWO };
+            }
             Some(*p)
         }
     });

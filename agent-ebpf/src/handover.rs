@@ -143,6 +143,14 @@ pub(crate) enum Owned {
     Taken,
 }
 
+/// Has this agent left while agents overlap (it is no longer among the agents
+/// running: stopping, its probes not yet detached, or killed)? Alone, one
+/// array read: only an overlap makes it matter (see `go_tls`).
+#[inline(always)]
+pub(crate) fn left() -> bool {
+    overlapping() && !live(me())
+}
+
 /// Is `agent` (a tgid) one of the agents running now?
 #[inline(always)]
 pub(crate) fn live(agent: u32) -> bool {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 use thiserror::Error;
+use tokentap_agent_common::{CallArgs, GoCallKey};
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
 pub const PINNED: [&str; 11] = [
@@ -180,6 +181,23 @@ pub struct Handover {
     agents_id: Option<u32>,
 }
 
+/// Alone at start, before its probes attach, no agent's programs run: every Go
+/// call in the shared map is an agent's that ended without a successor
+/// beside it (killed, or a rollback's older agent left the pin), and a
+/// goroutine's read begun since (no probe saw it) must not take its stale
+/// connection. Cleared; such a pending read's bytes are then unmatched, as
+/// with a map of its own.
+fn clear_go_calls(ebpf: &mut Ebpf) -> Result<usize, HandoverError> {
+    let map = ebpf.map_mut("GO_CALLS").ok_or(HandoverError::MissingMap("GO_CALLS"))?;
+    let mut calls: HashMap<&mut MapData, GoCallKey, CallArgs> =
+        HashMap::try_from(map).map_err(|source| HandoverError::Map { name: "GO_CALLS", source })?;
+    let keys: Vec<GoCallKey> = calls.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = calls.remove(k);
+    }
+    Ok(keys.len())
+}
+
 /// How long an agent alone keeps the kernel's overlap bookkeeping on: the
 /// agent before it may still have programs attached for a moment after it
 /// left (its detach, its exit).
@@ -209,6 +227,9 @@ impl Handover {
         let others = h.others();
         if !others.is_empty() {
             tracing::info!(agents = ?others, "another agent runs on this node: it keeps its connections until this one is ready");
+        } else {
+            let cleared = clear_go_calls(ebpf)?;
+            tracing::debug!(cleared, "Go calls an agent before left in the shared map, cleared");
         }
         // Before this agent's probes attach: from their first call on, both
         // agents' programs keep turns.

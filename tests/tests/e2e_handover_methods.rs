@@ -117,7 +117,8 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
 }
 
 /// A keep-alive connection of each client idle across the whole upgrade, its
-/// next call after the old agent left. Go's HTTP client keeps a read pending
+/// next call after the old agent left (node's and bun's fetch may close theirs
+/// while idle, and connect again). Go's HTTP client keeps a read pending
 /// on every idle keep-alive connection (begun as the last response ended):
 /// it began under the old agent, before the new agent's probes were
 /// attached, and returns with the next response: the new agent copies it
@@ -127,6 +128,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
 fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded() {
     let _g = serial();
     require_root();
+    require_tool("node");
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
         Upgrade::new("handover-idle", Transport::Https);
     let base = format!("https://api.openai.com:{}/v1", server.port);
@@ -155,7 +157,9 @@ fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded
     let second = Agent::start(&second_dir, &[flag.as_str()]);
     assert!(first.stop().success(), "the old agent exits cleanly");
     assert_eq!(server.served().len(), clients.len(), "no call during the upgrade");
-    // The next call of each (streamed) and one more, over the same connections.
+    // The next call of each (streamed) and one more: over the same connection
+    // for Go and rustls; node's and bun's fetch may have closed theirs, idle
+    // for seconds, and connect again.
     call(&mut lines);
     call(&mut lines);
     for pid in &pids {
