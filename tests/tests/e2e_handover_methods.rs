@@ -8,7 +8,7 @@
 //! once across the two agents, and none is counted as cut.
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokentap_e2e::upgrade::*;
@@ -58,14 +58,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
     warm_up(&first, &dir, &certs.ca, &clients);
-    let mut running: Vec<_> = clients
-        .iter()
-        .map(|c| {
-            let mut cmd = c.command(&dir, &certs.ca, &c.paced);
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-            cmd.spawn().expect("a paced client")
-        })
-        .collect();
+    let mut running = start(&dir, &certs.ca, &clients);
     let pids: Vec<u32> = running.iter().map(|c| c.id()).collect();
     for pid in &pids {
         first.wait_records(&[*pid], 10);
@@ -89,15 +82,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
     for c in &mut running {
         drop(c.stdin.take());
     }
-    let outs: Vec<serde_json::Value> = running
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("client");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            serde_json::from_slice(&out.stdout).expect("client output")
-        })
-        .collect();
-    let calls: Vec<usize> = outs.iter().map(|o| o["calls"].as_u64().expect("calls") as usize).collect();
+    let calls = finish_all(&clients, running);
     for pid in &pids {
         second.wait_process_done(*pid);
     }
@@ -137,14 +122,7 @@ fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
     warm_up(&first, &dir, &certs.ca, &clients);
-    let mut running: Vec<_> = clients
-        .iter()
-        .map(|c| {
-            let mut cmd = c.command(&dir, &certs.ca, &c.paced);
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-            cmd.spawn().expect("a client")
-        })
-        .collect();
+    let mut running = start(&dir, &certs.ca, &clients);
     let pids: Vec<u32> = running.iter().map(|c| c.id()).collect();
     let mut lines: Vec<_> = running.iter_mut().map(|c| c.stdin.take().expect("stdin")).collect();
     let call = |lines: &mut Vec<std::process::ChildStdin>| lines.iter_mut().for_each(|l| writeln!(l).unwrap());
@@ -166,12 +144,7 @@ fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded
         second.wait_records(&[*pid], 2);
     }
     drop(lines);
-    for (c, p) in clients.iter().zip(running) {
-        let out = p.wait_with_output().expect("client");
-        assert!(out.status.success(), "{}: {}", c.name, String::from_utf8_lossy(&out.stderr));
-        let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client output");
-        assert_eq!(out["calls"], 3, "{}: {out}", c.name);
-    }
+    assert!(finish_all(&clients, running).iter().all(|&n| n == 3), "each client made its three calls");
     for pid in &pids {
         second.wait_process_done(*pid);
     }
@@ -253,6 +226,27 @@ fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
         js(std::fs::canonicalize(which("node")).unwrap(), "node", "openssl"),
         js(bun(), "bun", "boringssl"),
     ]
+}
+
+/// Each client making its calls, stdin, stdout and stderr piped.
+fn start(dir: &Path, ca: &Path, clients: &[Client]) -> Vec<Child> {
+    let spawn = |c: &Client| {
+        let mut cmd = c.command(dir, ca, &c.paced);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", c.name))
+    };
+    clients.iter().map(spawn).collect()
+}
+
+/// Wait for each client to exit successfully; the calls each made.
+fn finish_all(clients: &[Client], running: Vec<Child>) -> Vec<usize> {
+    let finish = |(c, p): (&Client, Child)| {
+        let out = p.wait_with_output().expect("client");
+        assert!(out.status.success(), "{}: {}", c.name, String::from_utf8_lossy(&out.stderr));
+        let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client output");
+        out["calls"].as_u64().unwrap_or_else(|| panic!("{}: {out}", c.name)) as usize
+    };
+    clients.iter().zip(running).map(finish).collect()
 }
 
 /// Probes are per file, placed when a process maps it: each client's binary
