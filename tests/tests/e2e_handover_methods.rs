@@ -28,6 +28,7 @@ fn bun() -> PathBuf {
 /// One client: its binary (the file the agent probes), what the agent calls
 /// that library in its `attached` line, how to start it idle, how to start
 /// its paced calls.
+#[derive(Clone)]
 struct Client {
     name: &'static str,
     /// A new connection for each call (else one keep-alive connection).
@@ -108,17 +109,25 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
 /// it began under the old agent, before the new agent's probes were
 /// attached, and returns with the next response: the new agent copies it
 /// from the calls in flight the agents share. It lost that response before
-/// (`dropped_unanswered`), with a map of Go's calls of its own.
+/// (`dropped_unanswered`), with a map of Go's calls of its own. Go over HTTP/2
+/// too: its connection's read loop always has a read pending, which the
+/// decoding state the old agent hands on meets.
 #[test]
 fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded() {
     let _g = serial();
     require_root();
     require_tool("node");
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
-        Upgrade::new("handover-idle", Transport::Https);
+        Upgrade::new("handover-idle", Transport::H2);
     let base = format!("https://api.openai.com:{}/v1", server.port);
     // Keep-alive only: a new connection per call has nothing pending.
-    let clients: Vec<Client> = clients(&dir, &certs, &base, Pace::EachLine).into_iter().filter(|c| !c.fresh).collect();
+    let mut clients: Vec<Client> =
+        clients(&dir, &certs, &base, Pace::EachLine).into_iter().filter(|c| !c.fresh).collect();
+    // And Go over HTTP/2, whose connection's read loop always has a read pending.
+    assert_eq!(clients[0].name, "go");
+    let mut go_h2 = Client { name: "go over HTTP/2", ..clients[0].clone() };
+    go_h2.paced.push("-h2".into());
+    clients.push(go_h2);
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
     warm_up(&first, &dir, &certs.ca, &clients);
@@ -150,6 +159,9 @@ fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded
     }
     let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
     assert_eq!((by_old, by_new), (clients.len(), 2 * clients.len()));
+    let h2 =
+        first.records_of(&[pids[clients.len() - 1]]).into_iter().chain(second.records_of(&[pids[clients.len() - 1]]));
+    assert!(h2.into_iter().all(|r| r["http_version"] == "2"), "the Go HTTP/2 client's calls went over HTTP/2");
     let (old, new) = (first.stats(), second.stats());
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
 }

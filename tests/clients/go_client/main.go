@@ -14,7 +14,7 @@
 // streamed, until stdin closes (a steady rate across an agent upgrade);
 // prints {"pid", "calls"}.
 // With -each-line: one such call for each line read from stdin, until it
-// closes; prints {"pid", "calls"}.
+// closes; prints {"pid", "calls"}. With -h2, both over HTTP/2 (ALPN).
 // With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
@@ -134,6 +134,7 @@ func main() {
 	every := flag.Duration("every", 20*time.Millisecond, "paced mode: the pause between calls")
 	fresh := flag.Bool("fresh", false, "paced mode: a new connection for each call")
 	eachLine := flag.Bool("each-line", false, "one keep-alive HTTP/1.1 call per line read from stdin")
+	h2 := flag.Bool("h2", false, "paced and each-line modes: HTTP/2")
 	idle := flag.Bool("idle", false, "make no call; wait for stdin to close")
 	flag.Parse()
 	pem, err := os.ReadFile(*ca)
@@ -155,7 +156,7 @@ func main() {
 		return
 	}
 	if *eachLine {
-		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: *h2}}
 		lines := bufio.NewScanner(os.Stdin)
 		calls := 0
 		for lines.Scan() {
@@ -175,7 +176,7 @@ func main() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
 			done.Store(true)
 		}()
-		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: *fresh}}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: *fresh, ForceAttemptHTTP2: *h2}}
 		calls := 0
 		for !done.Load() {
 			if _, err := chat(client, *base, *key, calls); err != nil {
