@@ -3,7 +3,7 @@
 //! rustls (a static Rust binary), node's static OpenSSL and bun's stripped
 //! BoringSSL (both probed inside the runtime's own binary), each a real client
 //! making calls at a steady rate over one keep-alive connection (Go and
-//! rustls also over a new connection each) while the new agent starts beside
+//! rustls also over a new connection each, Go also over HTTP/2) while the new agent starts beside
 //! the old one and the old one is stopped. Every call is recorded exactly
 //! once across the two agents, and none is counted as cut.
 use std::io::Write;
@@ -28,11 +28,12 @@ fn bun() -> PathBuf {
 /// One client: its binary (the file the agent probes), what the agent calls
 /// that library in its `attached` line, how to start it idle, how to start
 /// its paced calls.
-#[derive(Clone)]
 struct Client {
     name: &'static str,
     /// A new connection for each call (else one keep-alive connection).
     fresh: bool,
+    /// Over HTTP/2: its connection stays with the old agent until it leaves.
+    h2: bool,
     file: PathBuf,
     library: &'static str,
     idle: Vec<String>,
@@ -53,7 +54,7 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
     require_root();
     require_tool("node");
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
-        Upgrade::new("handover-methods", Transport::Https);
+        Upgrade::new("handover-methods", Transport::H2);
     let base = format!("https://api.openai.com:{}/v1", server.port);
     let clients = clients(&dir, &certs, &base, Pace::Every(PAUSE_MS));
     let flag = fs.flag();
@@ -65,11 +66,12 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
         first.wait_records(&[*pid], 10);
     }
     // The surge: the new agent starts beside the old one and records each
-    // client's calls; only then is the old one stopped.
+    // client's calls (HTTP/2's connection stays with the old agent until it
+    // leaves); only then is the old one stopped.
     let t = Instant::now();
     let second = Agent::start(&second_dir, &[flag.as_str()]);
     let ready = t.elapsed();
-    for pid in &pids {
+    for (_, pid) in clients.iter().zip(&pids).filter(|(c, _)| !c.h2) {
         second.wait_records(&[*pid], 10);
     }
     let recording = t.elapsed();
@@ -95,8 +97,9 @@ fn go_rustls_node_and_bun_clients_change_agents_with_calls_in_flight_over_kept_a
         eprintln!("handover, {}: {calls} calls; old agent {o} records, new {n}", c.name);
         assert!(o >= 10 && n >= 10, "{}: both agents recorded its calls (old {o}, new {n})", c.name);
     }
+    over_http2(&clients, &pids, (&first, &second));
     eprintln!(
-        "handover of four capture methods, six clients: old agent {by_old} records, new {by_new}; the new agent \
+        "handover of four capture methods, seven clients: old agent {by_old} records, new {by_new}; the new agent \
          ready in {ready:?}, recording every client's calls in {recording:?}"
     );
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
@@ -121,13 +124,7 @@ fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded
         Upgrade::new("handover-idle", Transport::H2);
     let base = format!("https://api.openai.com:{}/v1", server.port);
     // Keep-alive only: a new connection per call has nothing pending.
-    let mut clients: Vec<Client> =
-        clients(&dir, &certs, &base, Pace::EachLine).into_iter().filter(|c| !c.fresh).collect();
-    // And Go over HTTP/2, whose connection's read loop always has a read pending.
-    assert_eq!(clients[0].name, "go");
-    let mut go_h2 = Client { name: "go over HTTP/2", ..clients[0].clone() };
-    go_h2.paced.push("-h2".into());
-    clients.push(go_h2);
+    let clients: Vec<Client> = clients(&dir, &certs, &base, Pace::EachLine).into_iter().filter(|c| !c.fresh).collect();
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str()]);
     warm_up(&first, &dir, &certs.ca, &clients);
@@ -159,9 +156,7 @@ fn keep_alive_connections_idle_across_the_upgrade_have_their_next_calls_recorded
     }
     let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
     assert_eq!((by_old, by_new), (clients.len(), 2 * clients.len()));
-    let h2 =
-        first.records_of(&[pids[clients.len() - 1]]).into_iter().chain(second.records_of(&[pids[clients.len() - 1]]));
-    assert!(h2.into_iter().all(|r| r["http_version"] == "2"), "the Go HTTP/2 client's calls went over HTTP/2");
+    over_http2(&clients, &pids, (&first, &second));
     let (old, new) = (first.stats(), second.stats());
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
 }
@@ -174,8 +169,8 @@ enum Pace {
     EachLine,
 }
 
-/// Go, Go with a new connection each call, rustls, rustls with a new
-/// connection each call, node, bun.
+/// Go (over one keep-alive connection, a new connection each call, HTTP/2),
+/// rustls (one keep-alive connection, a new one each call), node, bun.
 fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
     let ca = certs.ca.display().to_string();
     let script = workspace_root().join("tests/clients/paced.mjs").display().to_string();
@@ -186,13 +181,14 @@ fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
     let js = |file: PathBuf, name, library| Client {
         name,
         fresh: false,
+        h2: false,
         file,
         library,
         idle: vec!["-e".into(), "setTimeout(() => {}, 120000)".into()],
         paced: vec![script.clone(), base.into(), SECRET_KEY.into(), js_pace.clone()],
     };
     let go_bin = build_go_client(dir, false);
-    let go = |name, fresh: bool| {
+    let go = |name, fresh: bool, h2: bool| {
         let mut paced: Vec<String> = ["-base", base, "-ca", &ca, "-key", SECRET_KEY].map(String::from).to_vec();
         match pace {
             Pace::Every(ms) => paced.extend(["-paced".into(), "-every".into(), format!("{ms}ms")]),
@@ -201,9 +197,13 @@ fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
         if fresh {
             paced.push("-fresh".into());
         }
+        if h2 {
+            paced.push("-h2".into());
+        }
         Client {
             name,
             fresh,
+            h2,
             file: go_bin.clone(),
             library: "\"go\"",
             idle: vec!["-idle".into(), "-ca".into(), ca.clone()],
@@ -224,6 +224,7 @@ fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
         Client {
             name,
             fresh,
+            h2: false,
             file: rust_bin.clone(),
             library: "rustls",
             idle: [base, &ca, SECRET_KEY, "0", "h1"].map(String::from).to_vec(),
@@ -231,13 +232,22 @@ fn clients(dir: &Path, certs: &Certs, base: &str, pace: Pace) -> Vec<Client> {
         }
     };
     vec![
-        go("go", false),
-        go("go, a new connection each", true),
+        go("go", false, false),
+        go("go, a new connection each", true, false),
+        // Its connection's read loop always has a read pending.
+        go("go over HTTP/2", false, true),
         rustls("rustls", false),
         rustls("rustls, a new connection each", true),
         js(std::fs::canonicalize(which("node")).unwrap(), "node", "openssl"),
         js(bun(), "bun", "boringssl"),
     ]
+}
+
+/// The Go HTTP/2 client's calls went over HTTP/2 (the server offers it by ALPN).
+fn over_http2(clients: &[Client], pids: &[u32], (old, new): (&Agent, &Agent)) {
+    let i = clients.iter().position(|c| c.h2).expect("the Go HTTP/2 client");
+    let records = [old.records_of(&[pids[i]]), new.records_of(&[pids[i]])].concat();
+    assert!(!records.is_empty() && records.iter().all(|r| r["http_version"] == "2"), "{records:?}");
 }
 
 /// Each client making its calls, stdin, stdout and stderr piped.
