@@ -94,10 +94,10 @@ fn go_enter(ctx: &ProbeContext, call: CallKind) {
 
 /// The goroutine's call in flight if it is a `call` this agent has not taken
 /// yet (nor two agents, nor one that has left since), marked taken by it so
-/// that it uses it once: a `Read` that fails never
-/// reaches its copy and leaves its call for the goroutine's next one to
-/// rewrite. The entry itself stays for the next call; the LRU ages out a dead
-/// goroutine's. None, counted, when there is no such call.
+/// that it uses it once: a `Read` that fails never reaches its copy and
+/// leaves its call for the goroutine's next one to rewrite. The entry itself
+/// stays for the next call; the LRU ages out a dead goroutine's. None,
+/// counted, when there is no such call.
 fn take_go_call(key: GoCallKey, call: CallKind) -> Option<CallArgs> {
     let me = crate::handover::me();
     let taken = GO_CALLS.get_ptr_mut(key).and_then(|p| {

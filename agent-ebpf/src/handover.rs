@@ -201,7 +201,7 @@ fn own_view(cur: u32, me: u32) -> View {
 fn owns_call(tgid: u64, ssl: u64, buf: u64, cur: u32, how: u32) -> Owned {
     let (direction, counted) = (how & 0xff, how & 0x100 != 0);
     let key = SslKey { tgid, ssl };
-    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let me = me();
     let mut fresh = own_view(cur, me);
     // Turns only while agents overlap: an agent alone pays one array read.
     let turn = if counted && overlapping() { CALL_TURNS.get_ptr_mut(0) } else { None };
@@ -299,7 +299,7 @@ pub(crate) fn forget(key: SslKey) {
     let Some(o) = (unsafe { CONN_OWNERS.get(key) }).copied() else {
         return;
     };
-    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let me = me();
     let running = live(o.agent);
     if o.agent != me && running && o.moved == 0 {
         return;
@@ -322,7 +322,7 @@ pub(crate) fn tells_end(key: SslKey) -> bool {
         Some(&c) if c != 0 => c,
         _ => return true,
     };
-    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let me = me();
     let heir = if live(cur) { cur } else { me };
     match unsafe { CONN_OWNERS.get(key) } {
         Some(o) if live(o.agent) => o.agent == me,
@@ -348,7 +348,7 @@ pub(crate) enum Holder {
 
 #[inline(always)]
 pub(crate) fn holder(key: SslKey) -> Holder {
-    let me = unsafe { core::ptr::read_volatile(&AGENT_TGID) };
+    let me = me();
     match unsafe { CONN_OWNERS.get(key) } {
         None => Holder::Nobody,
         Some(o) if o.agent == me => Holder::Mine,
