@@ -9,12 +9,13 @@
 // process's own CPU (getrusage: user + system, every thread) over the timed calls.
 // With -download URL -times N: GET URL N times over one keep-alive HTTP/1.1
 // connection, discarding the body; prints {"pid", "cpu_us", "secs", "bytes"}.
-// With -paced -every D: calls one after another over one keep-alive HTTP/1.1
+// With -paced -every D: calls one after another over one keep-alive
 // connection (with -fresh, a new connection each), D apart, every other one
 // streamed, until stdin closes (a steady rate across an agent upgrade);
 // prints {"pid", "calls"}.
 // With -each-line: one such call for each line read from stdin, until it
-// closes; prints {"pid", "calls"}. With -h2, both over HTTP/2 (ALPN).
+// closes; prints {"pid", "calls"}. Both over HTTP/1.1, or with -h2 over
+// HTTP/2 (ALPN).
 // With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
@@ -121,6 +122,44 @@ func chat(client *http.Client, base, key string, i int) (string, error) {
 	return resp.Proto, nil
 }
 
+// sequential makes one call after another while next says so, then prints
+// {"pid", "calls"}.
+func sequential(client *http.Client, base, key string, next func() bool) {
+	calls := 0
+	for next() {
+		if _, err := chat(client, base, key, calls); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		calls++
+	}
+	out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": calls})
+	fmt.Println(string(out))
+}
+
+// eachLineOfStdin: a call for each line read from stdin, until it closes.
+func eachLineOfStdin() func() bool {
+	lines := bufio.NewScanner(os.Stdin)
+	return lines.Scan
+}
+
+// untilStdinCloses: a call every pause until stdin closes (the first at once).
+func untilStdinCloses(pause time.Duration) func() bool {
+	var done atomic.Bool
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		done.Store(true)
+	}()
+	first := true
+	return func() bool {
+		if !first {
+			time.Sleep(pause)
+		}
+		first = false
+		return !done.Load()
+	}
+}
+
 func main() {
 	base := flag.String("base", "", "OpenAI-style base URL, e.g. https://api.openai.com:8443/v1")
 	ca := flag.String("ca", "", "CA certificate (PEM)")
@@ -130,10 +169,10 @@ func main() {
 	warm := flag.Int("warm", 0, "bench mode: untimed calls first")
 	dl := flag.String("download", "", "GET this URL -times times (download mode)")
 	times := flag.Int("times", 1, "download mode: how many times")
-	paced := flag.Bool("paced", false, "sequential keep-alive HTTP/1.1 calls, -every apart, until stdin closes")
+	paced := flag.Bool("paced", false, "sequential keep-alive calls, -every apart, until stdin closes")
 	every := flag.Duration("every", 20*time.Millisecond, "paced mode: the pause between calls")
-	fresh := flag.Bool("fresh", false, "paced mode: a new connection for each call")
-	eachLine := flag.Bool("each-line", false, "one keep-alive HTTP/1.1 call per line read from stdin")
+	fresh := flag.Bool("fresh", false, "paced and each-line modes: a new connection for each call")
+	eachLine := flag.Bool("each-line", false, "one keep-alive call per line read from stdin")
 	h2 := flag.Bool("h2", false, "paced and each-line modes: HTTP/2")
 	idle := flag.Bool("idle", false, "make no call; wait for stdin to close")
 	flag.Parse()
@@ -155,39 +194,13 @@ func main() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		return
 	}
-	if *eachLine {
-		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: *h2}}
-		lines := bufio.NewScanner(os.Stdin)
-		calls := 0
-		for lines.Scan() {
-			if _, err := chat(client, *base, *key, calls); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			calls++
-		}
-		out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": calls})
-		fmt.Println(string(out))
-		return
-	}
-	if *paced {
-		var done atomic.Bool
-		go func() {
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			done.Store(true)
-		}()
+	if *eachLine || *paced {
 		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: *fresh, ForceAttemptHTTP2: *h2}}
-		calls := 0
-		for !done.Load() {
-			if _, err := chat(client, *base, *key, calls); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			calls++
-			time.Sleep(*every)
+		next := eachLineOfStdin()
+		if *paced {
+			next = untilStdinCloses(*every)
 		}
-		out, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "calls": calls})
-		fmt.Println(string(out))
+		sequential(client, *base, *key, next)
 		return
 	}
 	client := &http.Client{Transport: &http.Transport{

@@ -41,7 +41,7 @@ async fn main() {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         return;
     }
-    let client = client(ca, mode == "h1");
+    let client = client(ca, if mode == "h1" { Conns::Http1 } else { Conns::Any });
     let big: usize = a.get(6).map_or(0, |b| b.parse().unwrap());
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -70,26 +70,26 @@ async fn main() {
     println!("{}", serde_json::json!({"pid": std::process::id(), "calls": n, "proto": proto}));
 }
 
-fn client(ca: &str, http1_only: bool) -> reqwest::Client {
+/// How a client's connections are made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conns {
+    /// HTTP/2 where ALPN agrees, else HTTP/1.1, kept alive.
+    Any,
+    /// HTTP/1.1 only, kept alive.
+    Http1,
+    /// HTTP/1.1 only, none kept idle: a new connection per call.
+    Http1Fresh,
+}
+
+fn client(ca: &str, conns: Conns) -> reqwest::Client {
     let pem = std::fs::read(ca).expect("CA file");
     let b = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
-    if http1_only { b.http1_only() } else { b }.build().unwrap()
-}
-
-/// An HTTP/1.1 client that keeps no idle connection: a new one per call.
-fn client_without_pool(ca: &str) -> reqwest::Client {
-    let pem = std::fs::read(ca).expect("CA file");
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .http1_only()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+    let b = if conns == Conns::Any { b } else { b.http1_only() };
+    let b = if conns == Conns::Http1Fresh { b.pool_max_idle_per_host(0) } else { b };
+    b.build().unwrap()
 }
 
 /// User + system CPU of this process so far, in µs (/proc/self/stat, in the
@@ -102,7 +102,7 @@ fn cpu_us() -> u64 {
 }
 
 async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
-    let client = client(ca, false);
+    let client = client(ca, Conns::Any);
     let body = serde_json::json!({
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "x".repeat(950)}],
@@ -126,7 +126,7 @@ async fn bench(url: &str, ca: &str, n: usize, warm: usize) {
 /// One keep-alive HTTP/1.1 call for each line read from stdin.
 async fn each_line(base: &str, ca: &str, key: &str) {
     use tokio::io::AsyncBufReadExt;
-    let client = client(ca, true);
+    let client = client(ca, Conns::Http1);
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut i = 0;
     while lines.next_line().await.expect("stdin").is_some() {
@@ -152,7 +152,7 @@ async fn call(client: &reqwest::Client, base: &str, key: &str, i: usize) {
 }
 
 async fn paced(base: &str, ca: &str, key: &str, pause_ms: u64, fresh: bool) {
-    let client = if fresh { client_without_pool(ca) } else { client(ca, true) };
+    let client = client(ca, if fresh { Conns::Http1Fresh } else { Conns::Http1 });
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let closed = done.clone();
     tokio::spawn(async move {
@@ -169,7 +169,7 @@ async fn paced(base: &str, ca: &str, key: &str, pause_ms: u64, fresh: bool) {
 }
 
 async fn download(url: &str, ca: &str, times: usize) {
-    let client = client(ca, true);
+    let client = client(ca, Conns::Http1);
     let (c0, mut bytes) = (cpu_us(), 0u64);
     for _ in 0..times {
         let mut r = client.get(url).send().await.expect("send");
