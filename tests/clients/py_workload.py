@@ -2,15 +2,17 @@
 """Runs a workload file with the real openai SDK, one call at a time: each item
 is {"api": "chat"|"embeddings", "body": {...}, "usage": {...}, "pause": seconds?,
 "fresh": true? (the call gets a client, and so a connection, of its own),
-"words": N? (a streamed call of N content chunks),
+"words": N? (a streamed call of N content chunks), "word_pause_ms": M? (those
+chunks M ms apart),
 "download": bytes? (then a download of that many bytes on the same
 connection, not an LLM call, its 64 KiB pieces "download_pause_ms" apart,
 default 2), "wait_for": path? (the call waits until that file exists, at most
-120 s: the test says when)}; the usage goes to
+120 s: the test says when), "hold_until": path? (the server answers the
+call only once that file exists: a call kept in flight)}; the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
-Usage: py_workload.py --base URL --ca CA.pem --key KEY [--http2] WORKLOAD.json
+Usage: py_workload.py --base URL --ca CA.pem --key KEY [--http2] [--no-timeout] WORKLOAD.json
 """
 import argparse
 import json
@@ -28,15 +30,18 @@ def main():
     ap.add_argument("--ca", required=True)
     ap.add_argument("--key", required=True)
     ap.add_argument("--http2", action="store_true", help="offer HTTP/2 (httpx http2=True)")
+    # No timeout: the socket blocks, and a call waits for its answer inside the
+    # TLS library's read (as `requests` without a timeout does), not in poll.
+    ap.add_argument("--no-timeout", action="store_true", help="the shared client without a timeout")
     ap.add_argument("workload")
     a = ap.parse_args()
     ctx = ssl.create_default_context(cafile=a.ca)
 
-    def client():
-        return openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0,
+    def client(timeout=openai.NOT_GIVEN):
+        return openai.OpenAI(base_url=a.base, api_key=a.key, max_retries=0, timeout=timeout,
                              http_client=openai.DefaultHttpxClient(verify=ctx, http2=a.http2))
 
-    shared = client()
+    shared = client(timeout=None) if a.no_timeout else client()
     calls = json.load(open(a.workload))
     for c in calls:
         if c.get("wait_for"):
@@ -46,9 +51,14 @@ def main():
                     raise SystemExit(f"waited 120 s for {c['wait_for']}")
                 time.sleep(0.02)
         headers = {"x-test-usage": json.dumps(c["usage"])}
+        if c.get("hold_until"):
+            # The server answers once the test makes that file.
+            headers["x-test-hold-until"] = c["hold_until"]
         if c.get("words"):
             # A stream of that many chunks (the test server's slow-stream model: one a second).
             headers["x-test-stream-words"] = str(c["words"])
+        if c.get("word_pause_ms"):
+            headers["x-test-word-pause-ms"] = str(c["word_pause_ms"])
         oa = client() if c.get("fresh") else shared
         if c["api"] == "chat":
             r = oa.chat.completions.create(**c["body"], extra_headers=headers)

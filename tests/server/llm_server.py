@@ -15,7 +15,9 @@ served with the `h2` library), or plaintext HTTP/1.1 (`--plain`).
 
 Request headers for tests: `x-test-usage` (the usage to report, JSON),
 `x-test-stream-words: N` (an OpenAI chat stream of N content chunks),
-`x-test-word-pause-ms: M` (those chunks M ms apart) and, over
+`x-test-word-pause-ms: M` (those chunks M ms apart), `x-test-hold-until: PATH`
+(an OpenAI chat call answered only once PATH exists, PATH.held made when it
+arrives) and, over
 HTTP/2, `x-test-burst: N` (the response's body in DATA frames of at most N bytes,
 sent with the stream's end in one write).
 
@@ -226,6 +228,17 @@ class Handler(BaseHTTPRequestHandler):
         prefix = f"event: {event}\n" if event else ""
         self.chunk(prefix + "data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n")
 
+    def hold(self):
+        """x-test-hold-until: PATH: answer only once PATH exists (at most 120 s),
+        after saying so in PATH.held: a call the test keeps in flight."""
+        path = self.headers.get("x-test-hold-until")
+        if not path:
+            return
+        open(path + ".held", "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     # -- OpenAI ------------------------------------------------------------
     def chat(self, req, n):
         model = req.get("model", "gpt-4o-mini")
@@ -248,6 +261,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return self.wfile.flush()
+        self.hold()
         rid = "chatcmpl-" + uuid.uuid4().hex
         inp, out = 1000 + 13 * n, 40 + n
         cached = 512 if n % 3 == 0 else 0

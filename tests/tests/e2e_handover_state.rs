@@ -2,9 +2,11 @@
 //! connection, a new connection per call, a download in flight, one that ends
 //! around the switch) connections change agents with their HPACK tables and
 //! partial frames; WebSocket sessions (the Responses API, compressed) with
-//! their framing, deflate context and calls in flight; and a JVM's calls,
-//! captured through the Java agent, at a request boundary. Each call is
-//! recorded exactly once across the two agents.
+//! their framing, deflate context and calls in flight; a JVM's calls,
+//! captured through the Java agent, at a request boundary; and an HTTP/1.1
+//! call still unanswered when the old agent leaves, with its exchange's
+//! state and the read its client blocks in. Each call is recorded exactly
+//! once across the two agents.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -323,4 +325,84 @@ fn a_connection_that_ends_before_the_new_agent_reads_its_state_keeps_it() {
     assert_eq!(n("handoff_states_missing") + n("handoff_states_unusable"), 0, "{new}");
     assert!(by_new >= 20, "the new agent recorded the calls after the switch");
     none_of(&[&first.stats(), &new], &["dropped_at_exit", "joined_mid_stream", "ignored_http2_joined"]);
+}
+
+/// Two synchronous clients (the openai SDK over httpx) wait for answers that
+/// come only after the whole upgrade: the old agent's drain of 1 s runs out,
+/// it leaves, hands on each HTTP/1.1 exchange in flight and exits, and only
+/// then does the server answer. One client has the SDK's timeout: Python's
+/// `ssl` waits in `poll`, and reads the answer with an `SSL_read_ex` begun
+/// under the new agent, which decodes on from the state and records the
+/// call, once. The other has no timeout (as `requests` without one): it
+/// blocks inside an `SSL_read_ex` begun under the old agent, whose return
+/// this kernel runs only the old agent's probe for (Linux 6.12 on: a return
+/// probe runs for the calls whose entry it saw), so that answer is copied by
+/// no agent: counted (`dropped_unanswered`), never recorded wrong. Every
+/// other call is recorded once.
+#[test]
+fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_counted() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-held", Transport::Https);
+    let flag = fs.flag();
+    let mut first = Agent::start(&first_dir, &[flag.as_str(), "--handover-drain-secs", "1"]);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    // Calls numbered from `from`: the held one's input is 100 + from + 3.
+    let work = |from: u64| {
+        let mut w = calls(3, from, 0.0, false);
+        let mut held = calls(1, from + 3, 0.0, false).remove(0);
+        held["hold_until"] = serde_json::json!(dir.join(format!("answer{from}")).display().to_string());
+        w.push(held);
+        w.extend(calls(10, from + 4, 0.02, false));
+        w
+    };
+    let (polling, blocking) = (work(0), work(100));
+    let mut no_timeout = py_workload(&dir, &certs, &base, "blocking", &blocking);
+    no_timeout.arg("--no-timeout");
+    let clients = [spawn(py_workload(&dir, &certs, &base, "polling", &polling)), spawn(no_timeout)];
+    let pids: Vec<u32> = clients.iter().map(|c| c.id()).collect();
+    first.wait_records(&pids, 6);
+    wait_for("both held calls to reach the server", Duration::from_secs(30), || {
+        ["answer0.held", "answer100.held"].iter().all(|f| dir.join(f).exists()).then_some(())
+    });
+    let mut second = Agent::start(&second_dir, &[flag.as_str()]);
+    assert!(first.stop().success());
+    for from in [0, 100] {
+        std::fs::write(dir.join(format!("answer{from}")), b"").expect("answer file");
+    }
+    clients.into_iter().for_each(finish);
+    for &pid in &pids {
+        second.wait_process_done(pid);
+    }
+    assert!(second.stop().success());
+    let served = server.served();
+    assert_eq!(served.len(), polling.len() + blocking.len());
+    let (old, new) = (first.stats(), second.stats());
+    let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+    }
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    let held = |input: u64| by_new.iter().filter(|r| r["input_tokens"] == input).count();
+    eprintln!(
+        "answered after the upgrade: old agent {} records, new {} of {}; states handed on {}, received {}; held \
+         calls recorded: polling {}, blocking {} (dropped_unanswered {})",
+        by_old.len(),
+        by_new.len(),
+        served.len(),
+        n(&old, "handoff_states_sent"),
+        n(&new, "handoff_states_received"),
+        held(103),
+        held(203),
+        n(&new, "dropped_unanswered"),
+    );
+    assert_eq!(by_old.len(), 6, "each client's first three calls, by the old agent");
+    assert_eq!(held(103), 1, "the polling client's held call, by the new agent");
+    assert_eq!((held(203), n(&new, "dropped_unanswered")), (0, 1), "the blocked read's answer: counted");
+    assert_eq!(all.len(), served.len() - 1, "every other call recorded once");
+    assert!(n(&old, "handoff_states_sent") >= 2 && n(&new, "handoff_states_received") >= 2, "{old}\n{new}");
+    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "handoff_states_missing"]);
 }

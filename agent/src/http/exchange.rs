@@ -228,52 +228,6 @@ impl<E: WsCalls> HttpConnection<E> {
         }
     }
 
-    /// What the agent taking this connection over needs (an upgrade): an
-    /// HTTP/2 connection's decoding state (`h2::handoff`, after `h`), a
-    /// WebSocket session's (`ws_handoff`, after `w`), or that it is ignored
-    /// and why (`i`, one byte), so it is not decoded or counted again. None
-    /// for the rest: HTTP/1.1 changes hands between exchanges and needs
-    /// nothing; or the state can't be handed on.
-    pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
-        match &mut self.state {
-            State::Http2(c) => {
-                if let Some(base) = self.muting.base() {
-                    c.counted_from(base);
-                }
-                Some([&b"h"[..], &c.hand_off(max.saturating_sub(1))?].concat())
-            }
-            State::WebSocket(ws) => Some([&b"w"[..], &ws.hand_off(max.saturating_sub(1))?].concat()),
-            State::Ignored(why) => Some(vec![b'i', Ignored::ALL.iter().position(|w| w == why)? as u8]),
-            _ => None,
-        }
-    }
-
-    /// A connection taken over from the agent before, from where it
-    /// stopped; `classify` tags its calls in flight again.
-    pub fn resume(
-        state: &[u8],
-        max_body: usize,
-        classify: &mut dyn FnMut(&Head) -> Option<E>,
-    ) -> Result<Self, h2::H2Error> {
-        let mut c = Self::new(max_body);
-        c.muting = Muting::resumed();
-        c.state = match state.split_first() {
-            Some((b'h', rest)) => State::Http2(Box::new(H2Connection::resume(rest, max_body, classify)?)),
-            Some((b'w', rest)) => State::WebSocket(Box::new(WsSession::resume(rest, max_body, classify)?)),
-            Some((b'i', [why])) => State::Ignored(
-                *Ignored::ALL.get(*why as usize).ok_or(h2::H2Error::Frame("handoff state: unknown reason"))?,
-            ),
-            _ => return Err(h2::H2Error::Frame("handoff state of another kind")),
-        };
-        Ok(c)
-    }
-
-    /// Is this connection handed on with a state? (HTTP/2, a WebSocket
-    /// session, ignored)
-    pub fn hands_off(&self) -> bool {
-        matches!(self.state, State::Http2(_) | State::WebSocket(_) | State::Ignored(_))
-    }
-
     /// LLM calls begun and not yet complete: a request being written or
     /// waiting for (the rest of) its response. A handover waits for these.
     pub fn calls_in_flight(&self) -> usize {
@@ -566,6 +520,13 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     fn give_up(&mut self, e: H1Error, lost: &mut Lost) {
+        // Taken over with the agent before's state: bytes that do not go on
+        // from it most likely follow a read no agent copied (one blocked in
+        // the library across the whole upgrade), a gap like any other.
+        if self.muting.is_resumed() && matches!(self.state, State::Client) {
+            tracing::debug!(error = %e, "HTTP/1 parse failed on a connection taken over; resuming at its next request");
+            return self.gap(lost);
+        }
         tracing::debug!(error = %e, "HTTP/1 parse failed; ignoring connection");
         self.stop(Ignored::Desync, lost);
     }
@@ -576,6 +537,10 @@ impl<E: WsCalls> HttpConnection<E> {
         self.state = State::Ignored(why);
     }
 }
+
+/// Handing a connection's decoding state on during an upgrade.
+#[path = "exchange_handoff.rs"]
+mod handoff;
 
 #[cfg(test)]
 #[path = "exchange_tests.rs"]

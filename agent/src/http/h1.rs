@@ -110,6 +110,11 @@ impl Parser {
         self.buf.len() + self.cur.as_ref().map_or(0, |m| m.body.len())
     }
 
+    /// The message whose head was parsed and whose body is being read.
+    pub fn current(&self) -> Option<&Message> {
+        self.cur.as_ref()
+    }
+
     /// A message is partly parsed.
     pub fn in_message(&self) -> bool {
         self.cur.is_some() || !self.buf.is_empty()
@@ -491,6 +496,10 @@ fn parse_response(b: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
         Err(_) => Err(H1Error::Malformed("bad response head")),
     }
 }
+
+/// A client connection's parsers handed on during an upgrade.
+#[path = "h1_handoff.rs"]
+pub mod handoff;
 
 #[cfg(test)]
 #[path = "h1_tests.rs"]

@@ -120,9 +120,22 @@ impl<'a> Reader<'a> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| H2Error::Frame("handoff state: not UTF-8"))
     }
 
+    /// A byte that is 0 or 1: one way to write each state, so a state read
+    /// back is handed on again unchanged.
+    pub fn flag(&mut self) -> Result<bool, H2Error> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(H2Error::Frame("handoff state: a flag neither 0 nor 1")),
+        }
+    }
+
     pub fn opt(&mut self) -> Result<Option<String>, H2Error> {
-        let some = self.u8()? == 1;
+        let some = self.flag()?;
         let s = self.string()?;
+        if !some && !s.is_empty() {
+            return Err(H2Error::Frame("handoff state: a value for nothing"));
+        }
         Ok(some.then_some(s))
     }
 
@@ -133,6 +146,9 @@ impl<'a> Reader<'a> {
             return Err(H2Error::TooLarge);
         }
         let flags = self.u8()?;
+        if flags > 7 {
+            return Err(H2Error::Frame("handoff state: unknown message flags"));
+        }
         let (first_ts, last_ts) = (self.u64()?, self.u64()?);
         let mut body_marks = Vec::new();
         for _ in 0..self.u16()? {
@@ -156,7 +172,7 @@ impl<'a> Reader<'a> {
         let path = self.opt()?;
         let b = self.take(2)?;
         let status = Some(u16::from_be_bytes([b[0], b[1]])).filter(|&s| s != 0);
-        let (minor_version, http2) = (self.u8()?, self.u8()? == 1);
+        let (minor_version, http2) = (self.u8()?, self.flag()?);
         let mut headers = Vec::new();
         for _ in 0..self.u16()? {
             let name = self.string()?;

@@ -71,6 +71,11 @@ impl Muting {
         Self { resumed: true, ..Self::default() }
     }
 
+    /// Taken over from another agent's decoding state.
+    pub fn is_resumed(&self) -> bool {
+        self.resumed
+    }
+
     /// An ingress chunk of `len` bytes at `at`.
     pub fn arrive(&mut self, at: StreamAt, len: usize) -> Jump {
         let pos = at.pos;

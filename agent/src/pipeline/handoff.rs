@@ -70,9 +70,9 @@ pub(super) struct Parked {
     conns: HashMap<ConnKey, Waiting>,
     bytes: usize,
     /// Connections whose state may still come and be taken by nobody: true
-    /// for one that ended without this agent holding its bytes (its calls
-    /// in flight are counted when the state comes), false for one decoded
-    /// without it (counted as missing then).
+    /// for one that ended without this agent holding its bytes, or taken
+    /// over at a request (its calls in flight are counted when the state
+    /// comes), false for one decoded without it (counted as missing then).
     late: HashMap<ConnKey, bool>,
     /// Connections that ended while they waited, whose key a new connection
     /// took before their state came (see [`Pipeline::set_aside`]), by that key.
@@ -108,7 +108,11 @@ impl Pipeline {
                 return false;
             }
             // HTTP/1.1 at a request: the connection changed hands cleanly.
+            // Unless the agent before hands on a call still in flight on it
+            // (its drain ran out) whose answer this agent never copied: a
+            // state that comes is then read back and its calls counted cut.
             if c.direction == Direction::Egress && sniff::looks_like_request(c.data) {
+                self.remember_late(c.key);
                 return false;
             }
         }
@@ -202,6 +206,15 @@ impl Pipeline {
             Control::Exec { .. } | Control::LibsChanged { .. } => return,
         }
         Stats::inc(&self.stats.events);
+    }
+
+    /// A connection taken over at a request, so never waiting for a state:
+    /// one may still come, with calls this agent will not see answered.
+    fn remember_late(&mut self, key: ConnKey) {
+        let Some(f) = self.filter.as_mut() else { return };
+        if f.handover_pending() && self.parked.late.len() < MAX_LATE {
+            self.parked.late.insert(key, true);
+        }
     }
 
     /// Connections waiting for a state: go on with those whose state came,
@@ -395,6 +408,9 @@ impl Pipeline {
                         let mut lost = crate::http::exchange::Lost::default();
                         let mut cut = Vec::new();
                         c.close(0, &mut cut, &mut lost);
+                        // The calls the end completes or cuts short are not
+                        // recorded either: this agent has nothing of them.
+                        lost.unanswered += cut.len() as u64;
                         self.count_lost(&lost);
                     }
                 }

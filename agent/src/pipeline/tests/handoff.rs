@@ -519,3 +519,43 @@ mod muted_switch {
         assert!(exercised >= 3, "{exercised} switches inside a muted payload");
     }
 }
+
+/// HTTP/1.1, the old agent's drain run out with a call in flight: a state
+/// the new agent takes decodes on (the call recorded once, by it); one that
+/// comes for a connection it took at the client's next request (the answer
+/// was read where no agent copied it: a read blocked across the upgrade), or
+/// that ended with none of its bytes here (its answer half read), is read
+/// back and its call counted cut.
+#[test]
+fn an_http1_call_in_flight_goes_on_with_its_state_or_is_counted_when_its_answer_went_unseen() {
+    for (answered, ended) in [(true, false), (false, false), (false, true)] {
+        let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+        call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
+        let r = resp();
+        if answered {
+            // The answer's first bytes were the old agent's last read.
+            call(&mut old, 7, DIR_INGRESS, &r[..9], 1 << 20);
+            new.handle(&data_record(42, 7, DIR_INGRESS, 0, (r.len() - 9) as u64, &r[9..], FLAG_LAST | FLAG_TAKEN_OVER));
+        } else if ended {
+            // Half the answer read by the old agent, then the connection's
+            // end, told by the new one (the old one had left).
+            call(&mut old, 7, DIR_INGRESS, &r[..r.len() - 9], 1 << 20);
+            new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+        } else {
+            new.handle(&data_record(42, 7, DIR_EGRESS, 0, REQ.len() as u64, REQ, FLAG_LAST | FLAG_TAKEN_OVER));
+            call(&mut new, 7, DIR_INGRESS, &r, 1 << 20);
+        }
+        new.flush();
+        old.hand_off();
+        old.finish();
+        shared.0.lock().unwrap().1 = false;
+        new.finish();
+        let (a, b) = (old_calls.0.lock().unwrap().len(), new_calls.0.lock().unwrap().len());
+        let (o, n) = (old_stats.snapshot(), new_stats.snapshot());
+        let recorded = usize::from(!ended);
+        assert_eq!((a, b, o.handoff_states_sent, o.dropped_at_exit), (0, recorded, 1, 0), "answered: {answered}");
+        let received = u64::from(answered);
+        assert_eq!((n.handoff_states_received, n.dropped_unanswered), (received, 1 - received), "answered: {answered}");
+        assert_eq!(n.joined_mid_stream, 0);
+    }
+}

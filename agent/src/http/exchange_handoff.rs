@@ -1,0 +1,87 @@
+//! A connection's decoding state handed on during an upgrade, whatever its
+//! protocol: the leaving agent writes it ([`HttpConnection::hand_off`]), the
+//! agent taking the connection over reads it back ([`HttpConnection::resume`])
+//! and decodes on from the very byte the other stopped at.
+use super::{HttpConnection, Ignored, State};
+use crate::http::h1;
+use crate::http::h2::{self, H2Connection};
+use crate::http::message::Head;
+use crate::http::mute::Muting;
+use crate::http::ws_session::{WsCalls, WsSession};
+
+impl<E: WsCalls> HttpConnection<E> {
+    /// What the agent taking this connection over needs (an upgrade): an
+    /// HTTP/2 connection's decoding state (`h2::handoff`, after `h`), a
+    /// WebSocket session's (`ws_handoff`, after `w`), an HTTP/1.1 client's
+    /// amid an exchange (`h1::handoff`, after `c`: its calls in flight are
+    /// the successor's from here), or that it is ignored and why (`i`, one
+    /// byte), so it is not decoded or counted again. None for the rest:
+    /// HTTP/1.1 between exchanges changes hands at its next request and
+    /// needs nothing; or the state can't be handed on.
+    pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
+        match &mut self.state {
+            State::Client => {
+                let pending = self.pending.iter().map(|(m, _)| m);
+                let state = h1::handoff::hand_off(&self.req, &self.resp, pending, max.saturating_sub(1))?;
+                // Nothing of it is this agent's any more: not recorded, not
+                // counted at its end.
+                self.pending.clear();
+                self.heads.clear();
+                self.state = State::Resync { calls: 0 };
+                Some([&b"c"[..], &state].concat())
+            }
+            State::Http2(c) => {
+                if let Some(base) = self.muting.base() {
+                    c.counted_from(base);
+                }
+                Some([&b"h"[..], &c.hand_off(max.saturating_sub(1))?].concat())
+            }
+            State::WebSocket(ws) => Some([&b"w"[..], &ws.hand_off(max.saturating_sub(1))?].concat()),
+            State::Ignored(why) => Some(vec![b'i', Ignored::ALL.iter().position(|w| w == why)? as u8]),
+            _ => None,
+        }
+    }
+
+    /// A connection taken over from the agent before, from where it
+    /// stopped; `classify` tags its calls in flight again.
+    pub fn resume(
+        state: &[u8],
+        max_body: usize,
+        classify: &mut dyn FnMut(&Head) -> Option<E>,
+    ) -> Result<Self, h2::H2Error> {
+        let mut c = Self::new(max_body);
+        c.muting = Muting::resumed();
+        c.state = match state.split_first() {
+            Some((b'h', rest)) => State::Http2(Box::new(H2Connection::resume(rest, max_body, classify)?)),
+            Some((b'w', rest)) => State::WebSocket(Box::new(WsSession::resume(rest, max_body, classify)?)),
+            Some((b'c', rest)) => {
+                let (req, resp, pending) = h1::handoff::resume(rest, max_body)?;
+                c.heads.extend(req.current().map(|m| classify(&m.head)));
+                c.pending = pending
+                    .into_iter()
+                    .map(|m| {
+                        let endpoint = classify(&m.head);
+                        (m, endpoint)
+                    })
+                    .collect();
+                (c.req, c.resp) = (req, resp);
+                State::Client
+            }
+            Some((b'i', [why])) => State::Ignored(
+                *Ignored::ALL.get(*why as usize).ok_or(h2::H2Error::Frame("handoff state: unknown reason"))?,
+            ),
+            _ => return Err(h2::H2Error::Frame("handoff state of another kind")),
+        };
+        Ok(c)
+    }
+
+    /// Is this connection handed on with a state? (HTTP/2, a WebSocket
+    /// session, ignored, HTTP/1.1 amid an exchange)
+    pub fn hands_off(&self) -> bool {
+        match self.state {
+            State::Http2(_) | State::WebSocket(_) | State::Ignored(_) => true,
+            State::Client => !self.pending.is_empty() || self.req.in_message() || self.resp.in_message(),
+            State::Sniffing { .. } | State::Resync { .. } => false,
+        }
+    }
+}
