@@ -88,6 +88,9 @@ pub struct HttpConnection<E = ()> {
     heads: VecDeque<Option<E>>,
     /// Response bodies the kernel is asked not to copy.
     muting: Muting,
+    /// Resumed from the agent before's HTTP/1.1 state, no answer byte read
+    /// since: the first may follow a read no agent copied.
+    taken_over: bool,
 }
 
 /// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
@@ -104,6 +107,7 @@ impl<E: WsCalls> HttpConnection<E> {
             pending: VecDeque::new(),
             heads: VecDeque::new(),
             muting: Muting::default(),
+            taken_over: false,
         }
     }
 
@@ -381,7 +385,16 @@ impl<E: WsCalls> HttpConnection<E> {
         let upgrade = responses.iter().position(|m| m.head.status == Some(101));
         let switched = upgrade.map(|i| responses.split_off(i));
         self.pair(responses, out);
+        let taken_over = std::mem::take(&mut self.taken_over);
         if let Err(e) = r {
+            if taken_over {
+                // Taken over with the agent before's state, and the first
+                // bytes read since do not go on from it: they follow a read
+                // no agent copied (one blocked in the library across the
+                // whole upgrade), a gap like any other.
+                tracing::debug!(error = %e, "HTTP/1 parse failed on a connection taken over; resuming at its next request");
+                return self.gap(lost);
+            }
             self.give_up(e, lost);
         } else if let Some(mut switched) = switched {
             self.upgrade(switched.swap_remove(0), ts, out, lost);
@@ -499,7 +512,7 @@ impl<E: WsCalls> HttpConnection<E> {
 
     /// Pending requests worth recording.
     fn unanswered(&self) -> u64 {
-        self.pending.iter().filter(|(m, _)| m.body_captured).count() as u64
+        self.pending.iter().filter(|(m, e)| m.body_captured && e.is_some()).count() as u64
     }
 
     fn pair(&mut self, responses: Vec<Message>, out: &mut Vec<Classified<E>>) {
@@ -520,13 +533,6 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     fn give_up(&mut self, e: H1Error, lost: &mut Lost) {
-        // Taken over with the agent before's state: bytes that do not go on
-        // from it most likely follow a read no agent copied (one blocked in
-        // the library across the whole upgrade), a gap like any other.
-        if self.muting.is_resumed() && matches!(self.state, State::Client) {
-            tracing::debug!(error = %e, "HTTP/1 parse failed on a connection taken over; resuming at its next request");
-            return self.gap(lost);
-        }
         tracing::debug!(error = %e, "HTTP/1 parse failed; ignoring connection");
         self.stop(Ignored::Desync, lost);
     }

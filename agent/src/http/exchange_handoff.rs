@@ -24,9 +24,11 @@ impl<E: WsCalls> HttpConnection<E> {
                 let pending = self.pending.iter().map(|(m, _)| m);
                 let state = h1::handoff::hand_off(&self.req, &self.resp, pending, max.saturating_sub(1))?;
                 // Nothing of it is this agent's any more: not recorded, not
-                // counted at its end.
+                // counted at its end, not parsed on should a byte come.
                 self.pending.clear();
                 self.heads.clear();
+                self.req = h1::Parser::new(h1::Kind::Request, self.max_body);
+                self.resp = h1::Parser::new(h1::Kind::Response, self.max_body);
                 self.state = State::Resync { calls: 0 };
                 Some([&b"c"[..], &state].concat())
             }
@@ -56,15 +58,20 @@ impl<E: WsCalls> HttpConnection<E> {
             Some((b'w', rest)) => State::WebSocket(Box::new(WsSession::resume(rest, max_body, classify)?)),
             Some((b'c', rest)) => {
                 let (req, resp, pending) = h1::handoff::resume(rest, max_body)?;
-                c.heads.extend(req.current().map(|m| classify(&m.head)));
+                // Tagged by this agent's rules, among the calls the agent
+                // before kept the bodies of (a call it did not keep can't be
+                // recorded here either).
+                let mut tag = |m: &h1::Message| classify(&m.head).filter(|_| m.body_captured);
+                c.heads.extend(req.current().map(&mut tag));
                 c.pending = pending
                     .into_iter()
                     .map(|m| {
-                        let endpoint = classify(&m.head);
+                        let endpoint = tag(&m);
                         (m, endpoint)
                     })
                     .collect();
                 (c.req, c.resp) = (req, resp);
+                c.taken_over = true;
                 State::Client
             }
             Some((b'i', [why])) => State::Ignored(
@@ -76,12 +83,29 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     /// Is this connection handed on with a state? (HTTP/2, a WebSocket
-    /// session, ignored, HTTP/1.1 amid an exchange)
+    /// session, ignored, HTTP/1.1 amid an exchange.) Not HTTP/1.1 amid a
+    /// response body nobody keeps that this agent's kernel was asked to skip
+    /// (muted): it may have skipped the rest unbeknown to the parser yet, so
+    /// the position handed on could be stale; the connection changes agents
+    /// at its next request.
     pub fn hands_off(&self) -> bool {
         match self.state {
             State::Http2(_) | State::WebSocket(_) | State::Ignored(_) => true,
-            State::Client => !self.pending.is_empty() || self.req.in_message() || self.resp.in_message(),
+            State::Client => {
+                let amid = !self.pending.is_empty() || self.req.in_message() || self.resp.in_message();
+                amid && !self.muting.may_skip()
+            }
             State::Sniffing { .. } | State::Resync { .. } => false,
+        }
+    }
+
+    /// The LLM calls in flight a state handed on carries, which are cut if
+    /// it cannot be stored.
+    pub fn calls_handed(&self) -> u64 {
+        match &self.state {
+            State::Client => self.calls_in_flight() as u64,
+            State::Http2(c) => c.calls_held() as u64,
+            _ => 0,
         }
     }
 }

@@ -506,3 +506,23 @@ fn the_http1_state_seed_resumes_and_hands_on_unchanged() {
     assert_eq!(out[0].exchange.response.body, b"data: {\"a\":1}\n\n");
     assert_eq!(lost, Lost::default());
 }
+
+/// Amid a body nobody keeps that the kernel was asked to skip, the parser's
+/// position may be stale (the skip shows only with a later chunk): no state
+/// is handed on, the connection changes agents at its next request. A body
+/// too small to mute is handed on.
+#[test]
+fn an_http1_connection_amid_a_muted_body_is_not_handed_on() {
+    for (len, muted) in [(1u64 << 20, true), (100, false)] {
+        let mut c = HttpConnection::<()>::new(1 << 20);
+        let (mut cap, mut lost, mut out) = (llm, Lost::default(), Vec::new());
+        let at = StreamAt { base: 1 << 40, pos: 1 << 40 };
+        let get = b"GET /big HTTP/1.1\r\n\r\n";
+        let _ = c.on_chunk(Direction::Egress, Continuity::InOrder, at, get, 1, &mut cap, &mut out, &mut lost);
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\nab");
+        let _ =
+            c.on_chunk(Direction::Ingress, Continuity::InOrder, at, head.as_bytes(), 2, &mut cap, &mut out, &mut lost);
+        assert_eq!(matches!(c.take_mute(), Some(Mute::Range { .. })), muted, "{len}");
+        assert_eq!(c.hands_off(), !muted, "{len}");
+    }
+}

@@ -54,6 +54,9 @@ pub fn resume(state: &[u8], max_body: usize) -> Result<(Parser, Parser, VecDeque
         return Err(H2Error::TooLarge);
     }
     let pending = (0..n).map(|_| r.message(max_body)).collect::<Result<VecDeque<_>, _>>()?;
+    if pending.iter().any(|m| !m.complete) {
+        return Err(H2Error::Frame("handoff state: a request waiting for its answer not whole"));
+    }
     if !r.0.is_empty() {
         return Err(H2Error::Frame("handoff state: bytes after its end"));
     }
@@ -124,6 +127,12 @@ impl Parser {
             return Err(H2Error::TooLarge);
         }
         let cur = if r.flag()? { Some(r.message(max_body)?) } else { None };
+        // In progress: not complete, and its body kept or marked cut (as
+        // `Parser::start_message` makes it), so that a connection's end
+        // never passes it on as whole.
+        if cur.as_ref().is_some_and(|m| m.complete || !(m.body_captured || m.body_truncated)) {
+            return Err(H2Error::Frame("handoff state: a message in progress marked whole"));
+        }
         // A body is read into the message in progress only.
         if matches!(state, State::Body(_)) != cur.is_some() {
             return Err(H2Error::Frame("handoff state: a body without its message"));
@@ -177,7 +186,7 @@ mod tests {
     fn a_state_cut_short_or_with_bad_fields_is_refused_never_a_panic() {
         let mut req = Parser::new(Kind::Request, MAX);
         feed(&mut req, b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 10\r\n\r\n{\"a\"", &mut Vec::new());
-        let pending = Message { body: b"x".to_vec(), ..Default::default() };
+        let pending = Message { body: b"x".to_vec(), complete: true, ..Default::default() };
         let state = hand_off(&req, &Parser::new(Kind::Response, MAX), [&pending].into_iter(), MAX).unwrap();
         let (req, _, pending) = resume(&state, MAX).unwrap();
         assert!(req.in_message());

@@ -214,6 +214,11 @@ impl<E: WsCalls> H2Connection<E> {
         self.streams.values().filter_map(|s| s.ws.as_ref()).map(|ws| ws.calls_in_flight()).sum()
     }
 
+    /// Calls in flight on request streams: the ones a handover hands on.
+    pub fn calls_held(&self) -> usize {
+        self.streams.values().filter(|s| s.ws.is_none()).count()
+    }
+
     /// The connection ended: responses cut short are handed on incomplete (the
     /// provider decides whether a stream's final event arrived); streams with
     /// no response are lost.

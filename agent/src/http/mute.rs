@@ -71,9 +71,10 @@ impl Muting {
         Self { resumed: true, ..Self::default() }
     }
 
-    /// Taken over from another agent's decoding state.
-    pub fn is_resumed(&self) -> bool {
-        self.resumed
+    /// The kernel may be skipping bytes this side has not learnt of yet: a
+    /// range was asked for, and no chunk past it has come.
+    pub fn may_skip(&self) -> bool {
+        self.range.is_some() || self.request.is_some()
     }
 
     /// An ingress chunk of `len` bytes at `at`.

@@ -70,10 +70,13 @@ pub(super) struct Parked {
     conns: HashMap<ConnKey, Waiting>,
     bytes: usize,
     /// Connections whose state may still come and be taken by nobody: true
-    /// for one that ended without this agent holding its bytes, or taken
-    /// over at a request (its calls in flight are counted when the state
-    /// comes), false for one decoded without it (counted as missing then).
+    /// for one that ended without this agent holding its bytes (its calls
+    /// in flight are counted when the state comes), false for one decoded
+    /// without it (counted as missing then).
     late: HashMap<ConnKey, bool>,
+    /// Connections taken over at a request while the agent before ran: a
+    /// state of theirs may come, whose calls are then counted cut.
+    at_request: HashSet<ConnKey>,
     /// Connections that ended while they waited, whose key a new connection
     /// took before their state came (see [`Pipeline::set_aside`]), by that key.
     aside: HashMap<ConnKey, Waiting>,
@@ -209,11 +212,13 @@ impl Pipeline {
     }
 
     /// A connection taken over at a request, so never waiting for a state:
-    /// one may still come, with calls this agent will not see answered.
+    /// one may still come, with calls this agent will not see answered. Apart
+    /// from `late`: every keep-alive connection the agent before still held
+    /// comes here, and most will never have a state.
     fn remember_late(&mut self, key: ConnKey) {
         let Some(f) = self.filter.as_mut() else { return };
-        if f.handover_pending() && self.parked.late.len() < MAX_LATE {
-            self.parked.late.insert(key, true);
+        if f.handover_pending() && self.parked.at_request.len() < MAX_LATE {
+            self.parked.at_request.insert(key);
         }
     }
 
@@ -245,6 +250,7 @@ impl Pipeline {
         let keys: Vec<ConnKey> = self.parked.aside.keys().copied().collect();
         keys.into_iter().for_each(|k| self.release_aside_now(k));
         self.sweep_late();
+        self.sweep_at_request(true);
     }
 
     /// The connection `key` ended at `ts`: true when it waits for its state
@@ -394,29 +400,46 @@ impl Pipeline {
     /// first: the calls in flight in it were cut with the connection.
     fn sweep_late(&mut self) {
         self.parked.swept = Some(Instant::now());
-        if self.parked.late.is_empty() {
-            return;
-        }
         let late: Vec<(ConnKey, bool)> = self.parked.late.iter().map(|(k, e)| (*k, *e)).collect();
         for (key, ended) in late {
             let Some(f) = self.filter.as_mut() else { return };
             match f.handed(key.tgid, key.conn) {
                 Handed::Wait => continue,
                 Handed::Never => {}
-                Handed::State(s) if ended => {
-                    if let Ok(mut c) = self.resume(&s) {
-                        let mut lost = crate::http::exchange::Lost::default();
-                        let mut cut = Vec::new();
-                        c.close(0, &mut cut, &mut lost);
-                        // The calls the end completes or cuts short are not
-                        // recorded either: this agent has nothing of them.
-                        lost.unanswered += cut.len() as u64;
-                        self.count_lost(&lost);
-                    }
-                }
+                Handed::State(s) if ended => self.count_cut(&s),
                 Handed::State(_) => {}
             }
             self.parked.late.remove(&key);
+        }
+        self.sweep_at_request(false);
+    }
+
+    /// The connections taken over at a request ([`Pipeline::remember_late`]):
+    /// looked at once, when the agent before is gone (it wrote every state it
+    /// would) or this agent stops (`all`), each one lookup.
+    fn sweep_at_request(&mut self, all: bool) {
+        let Some(f) = self.filter.as_mut() else { return };
+        if self.parked.at_request.is_empty() || !all && f.handover_pending() {
+            return;
+        }
+        for key in std::mem::take(&mut self.parked.at_request) {
+            let Some(f) = self.filter.as_mut() else { return };
+            if let Handed::State(s) = f.handed(key.tgid, key.conn) {
+                self.count_cut(&s);
+            }
+        }
+    }
+
+    /// A state whose connection this agent holds none of the bytes after:
+    /// its calls in flight were cut. The calls its end completes or cuts
+    /// short are not recorded either: counted all the same.
+    fn count_cut(&mut self, state: &[u8]) {
+        if let Ok(mut c) = self.resume(state) {
+            let mut lost = crate::http::exchange::Lost::default();
+            let mut cut = Vec::new();
+            c.close(0, &mut cut, &mut lost);
+            lost.unanswered += cut.len() as u64;
+            self.count_lost(&lost);
         }
     }
 
@@ -440,7 +463,7 @@ impl Pipeline {
         }
         let Some(f) = self.filter.as_mut() else { return };
         let Some(e) = self.conns.get_mut(&key) else { return };
-        if let Some(sent) = hand_on(f.as_mut(), &key, &mut e.state.http) {
+        if let Some(sent) = hand_on(f.as_mut(), &key, &mut e.state.http, &self.stats) {
             Stats::inc(if sent { &self.stats.handoff_states_sent } else { &self.stats.handoff_states_not_sent });
         }
     }
@@ -454,7 +477,7 @@ impl Pipeline {
         let Some(f) = self.filter.as_mut() else { return (0, 0) };
         let (mut sent, mut not_sent) = (0, 0);
         for (k, e) in self.conns.iter_mut() {
-            match hand_on(f.as_mut(), k, &mut e.state.http) {
+            match hand_on(f.as_mut(), k, &mut e.state.http, &self.stats) {
                 Some(true) => sent += 1,
                 Some(false) => not_sent += 1,
                 None => {}
@@ -467,11 +490,27 @@ impl Pipeline {
 }
 
 /// Hand on one connection's state: whether it went, or `None` for a
-/// connection with no state to hand on (HTTP/1.1 changes agents at a request).
-fn hand_on(f: &mut dyn ConnFilter, key: &ConnKey, http: &mut HttpConnection<super::Endpoint>) -> Option<bool> {
+/// connection with no state to hand on (HTTP/1.1 between exchanges changes
+/// agents at a request). The calls in flight of a state written but not
+/// stored (the map full) are cut, and counted.
+fn hand_on(
+    f: &mut dyn ConnFilter,
+    key: &ConnKey,
+    http: &mut HttpConnection<super::Endpoint>,
+    stats: &Stats,
+) -> Option<bool> {
     if !http.hands_off() {
         return None;
     }
-    let state = http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64);
-    Some(state.is_some_and(|s| f.hand_off(key.tgid, key.conn, &s)))
+    let held = http.calls_handed();
+    // None: too large, or half a header block; the calls stay, and are
+    // counted at the end.
+    let Some(state) = http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64) else {
+        return Some(false);
+    };
+    let sent = f.hand_off(key.tgid, key.conn, &state);
+    if !sent {
+        Stats::add(&stats.dropped_at_exit, held);
+    }
+    Some(sent)
 }

@@ -14,8 +14,9 @@ type States = HashMap<(u32, u64), Vec<u8>>;
 
 /// The states, and whether the old agent still runs; the HTTP/2 streams
 /// named to the kernel as muted.
+/// The third: the map is full (no state is stored).
 #[derive(Clone, Default)]
-struct Shared(Arc<Mutex<(States, bool)>>, Arc<Mutex<Vec<u32>>>);
+struct Shared(Arc<Mutex<(States, bool)>>, Arc<Mutex<Vec<u32>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl ConnFilter for Shared {
     fn ignore(&mut self, _: u32, _: u64, _: u64) {}
@@ -26,6 +27,9 @@ impl ConnFilter for Shared {
     }
     fn forget(&mut self, _: u32, _: u64) {}
     fn hand_off(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        if self.2.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         self.0.lock().unwrap().0.insert((tgid, conn), state.to_vec());
         true
     }
@@ -525,9 +529,18 @@ mod muted_switch {
 /// comes for a connection it took at the client's next request (the answer
 /// was read where no agent copied it: a read blocked across the upgrade), or
 /// that ended with none of its bytes here (its answer half read), is read
-/// back and its call counted cut.
+/// back and its call counted cut. One that could not be stored (the map
+/// full) is counted by the old agent, as a call it exited with.
 #[test]
 fn an_http1_call_in_flight_goes_on_with_its_state_or_is_counted_when_its_answer_went_unseen() {
+    let full = two_agents();
+    full.0 .2.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_, (mut old, old_calls, old_stats), _) = full;
+    call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
+    old.hand_off();
+    old.finish();
+    let o = old_stats.snapshot();
+    assert_eq!((o.handoff_states_not_sent, o.dropped_at_exit, old_calls.0.lock().unwrap().len()), (1, 1, 0));
     for (answered, ended) in [(true, false), (false, false), (false, true)] {
         let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
         call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
