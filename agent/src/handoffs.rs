@@ -56,6 +56,11 @@ impl Handoffs {
             part.data[..piece.len()].copy_from_slice(piece);
             let key = HandoffKey { tgid, part: i as u32, conn };
             if self.states.insert(key, *part, 0).is_err() {
+                // The map full: the parts already written go too (nobody
+                // would read or remove them without their part 0).
+                for j in i + 1..parts.len() {
+                    let _ = self.states.remove(&HandoffKey { tgid, part: j as u32, conn });
+                }
                 return false;
             }
         }

@@ -477,6 +477,7 @@ impl<E: WsCalls> HttpConnection<E> {
     /// gone): nothing after can be trusted.
     pub fn gap(&mut self, lost: &mut Lost) {
         self.muting.forget();
+        self.taken_over = false;
         match self.state {
             State::Client => {
                 lost.unanswered += self.unanswered();
@@ -496,6 +497,7 @@ impl<E: WsCalls> HttpConnection<E> {
 
     /// Nothing after can be trusted: stop decoding this connection.
     pub fn lose_sync(&mut self, lost: &mut Lost) {
+        self.taken_over = false;
         if let State::Http2(c) = &mut self.state {
             c.lose_sync(lost);
         }

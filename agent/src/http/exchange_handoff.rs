@@ -21,6 +21,9 @@ impl<E: WsCalls> HttpConnection<E> {
     pub fn hand_off(&mut self, max: usize) -> Option<Vec<u8>> {
         match &mut self.state {
             State::Client => {
+                if self.muting.may_skip() {
+                    self.finish_muted()?;
+                }
                 let pending = self.pending.iter().map(|(m, _)| m);
                 let state = h1::handoff::hand_off(&self.req, &self.resp, pending, max.saturating_sub(1))?;
                 // Nothing of it is this agent's any more: not recorded, not
@@ -93,10 +96,36 @@ impl<E: WsCalls> HttpConnection<E> {
             State::Http2(_) | State::WebSocket(_) | State::Ignored(_) => true,
             State::Client => {
                 let amid = !self.pending.is_empty() || self.req.in_message() || self.resp.in_message();
-                amid && !self.muting.may_skip()
+                amid && (!self.muting.may_skip() || self.muted_read_whole().is_some())
             }
             State::Sniffing { .. } | State::Resync { .. } => false,
         }
+    }
+
+    /// A muted body (by content length) the client has read whole, as its
+    /// writing a later request since shows (a keep-alive client reads an
+    /// answer before it asks again): its bytes still to come as the parser
+    /// counts them. The kernel skipped that body's last reads, which the
+    /// parser learns of only with the next chunk copied: an answer begun
+    /// after this agent left.
+    fn muted_read_whole(&self) -> Option<u64> {
+        let asked_again = self.pending.len() > 1 || self.req.in_message();
+        let rest = self.resp.unkept_body().filter(|&n| n != u64::MAX)?;
+        (asked_again && self.resp.body_by_length()).then_some(rest)
+    }
+
+    /// Before handing on: the muted body read whole ends here, so the
+    /// position handed on is the next answer's start. None when the body
+    /// may still be read (the state would be stale: nothing is handed on).
+    fn finish_muted(&mut self) -> Option<()> {
+        let rest = self.muted_read_whole()?;
+        let mut done = Vec::new();
+        if !self.resp.skip_body(rest, &mut done) || done.is_empty() {
+            return None;
+        }
+        self.pair(done, &mut Vec::new());
+        self.muting.forget();
+        Some(())
     }
 
     /// The LLM calls in flight a state handed on carries, which are cut if
@@ -105,6 +134,7 @@ impl<E: WsCalls> HttpConnection<E> {
         match &self.state {
             State::Client => self.calls_in_flight() as u64,
             State::Http2(c) => c.calls_held() as u64,
+            State::WebSocket(ws) => ws.calls_in_flight() as u64,
             _ => 0,
         }
     }

@@ -526,3 +526,57 @@ fn an_http1_connection_amid_a_muted_body_is_not_handed_on() {
         assert_eq!(c.hands_off(), !muted, "{len}");
     }
 }
+
+/// A muted download whose last reads the kernel skipped, then an LLM request
+/// whose answer comes after the old agent left: the client asked again, so
+/// it read the body whole; the state handed on starts at that answer, which
+/// the new agent records. Without the later request nothing is handed on.
+#[test]
+fn a_muted_body_the_client_read_whole_ends_before_the_state_is_handed_on() {
+    let (mut cap, mut lost, mut out) = (llm, Lost::default(), Vec::new());
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    let at = StreamAt { base: 1 << 40, pos: 1 << 40 };
+    let get = b"GET /big HTTP/1.1\r\n\r\n";
+    let _ = c.on_chunk(Direction::Egress, Continuity::InOrder, at, get, 1, &mut cap, &mut out, &mut lost);
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\nab";
+    let _ = c.on_chunk(Direction::Ingress, Continuity::InOrder, at, head, 2, &mut cap, &mut out, &mut lost);
+    assert!(matches!(c.take_mute(), Some(Mute::Range { .. })));
+    assert!(!c.hands_off(), "the body may still be read");
+    let post = b"POST /v1/x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+    let _ = c.on_chunk(Direction::Egress, Continuity::InOrder, at, post, 3, &mut cap, &mut out, &mut lost);
+    assert!(c.hands_off());
+    let state = c.hand_off(1 << 20).expect("a state");
+    let mut new = HttpConnection::resume(&state, 1 << 20, &mut cap).unwrap();
+    new.on_ingress(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 4, &mut out, &mut lost);
+    let mut cut = Vec::new();
+    c.close(5, &mut cut, &mut lost);
+    assert_eq!((out.len(), cut.len(), lost), (1, 0, Lost::default()));
+    assert_eq!(out[0].exchange.request.head.path.as_deref(), Some("/v1/x"));
+}
+
+/// A resumed state: its calls are tagged by this agent's rules among those
+/// whose bodies the agent before kept; only the first answer bytes after the
+/// resume may be a gap, later garbage gives the connection up as ever.
+#[test]
+fn a_resumed_connection_tags_only_kept_calls_and_treats_later_garbage_as_ever() {
+    let (mut cap, mut lost) = (llm, Lost::default());
+    // Not kept by the agent before (its rules said no), LLM by this one's.
+    let mut none = |_: &Head| None::<()>;
+    let mut old = HttpConnection::<()>::new(1 << 20);
+    old.on_egress(b"POST /v1/x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 1, &mut none, &mut lost);
+    let state = old.hand_off(1 << 20).expect("a state");
+    let mut new = HttpConnection::resume(&state, 1 << 20, &mut cap).unwrap();
+    assert_eq!(new.calls_in_flight(), 0, "not this agent's to record");
+    new.close(2, &mut Vec::new(), &mut lost);
+    assert_eq!(lost, Lost::default(), "nor to count");
+    // Kept: the first answer parses; garbage after it is a desync.
+    let mut old = HttpConnection::<()>::new(1 << 20);
+    old.on_egress(b"POST /v1/x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 1, &mut cap, &mut lost);
+    let state = old.hand_off(1 << 20).expect("a state");
+    let mut new = HttpConnection::resume(&state, 1 << 20, &mut cap).unwrap();
+    let mut out = Vec::new();
+    new.on_ingress(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 3, &mut out, &mut lost);
+    new.on_egress(b"POST /v1/y HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 4, &mut cap, &mut lost);
+    new.on_ingress(b"\x00garbage", 5, &mut out, &mut lost);
+    assert_eq!((out.len(), new.ignored()), (1, Some(Ignored::Desync)));
+}

@@ -173,6 +173,11 @@ impl Parser {
         }
     }
 
+    /// The body being read is framed by a content length.
+    pub fn body_by_length(&self) -> bool {
+        matches!(self.state, State::Body(Body::Length(_)))
+    }
+
     /// `n` bytes of a body nothing keeps went by unseen (the kernel skipped
     /// them): count them read. False when the body has fewer bytes left, or
     /// none is being read.

@@ -200,6 +200,15 @@ mod tests {
             let _ = resume(&s, MAX);
         }
         assert!(resume(&[&state[..], b"x"].concat(), MAX).is_err(), "trailing bytes");
+        // A waiting request not whole, a message in progress marked whole.
+        let partial = Message { complete: false, ..pending[0].clone() };
+        let s = hand_off(&req, &Parser::new(Kind::Response, MAX), [&partial].into_iter(), MAX).unwrap();
+        assert!(resume(&s, MAX).is_err(), "a waiting request not whole");
+        let mut whole = Parser::new(Kind::Request, MAX);
+        feed(&mut whole, b"POST /v1/x HTTP/1.1\r\ncontent-length: 10\r\n\r\n{", &mut Vec::new());
+        whole.cur.as_mut().unwrap().complete = true;
+        let s = hand_off(&whole, &Parser::new(Kind::Response, MAX), std::iter::empty(), MAX).unwrap();
+        assert!(resume(&s, MAX).is_err(), "a message in progress marked whole");
         assert!(resume(&state, 2).is_err(), "a body over this agent's cap");
         assert!(hand_off(&req, &Parser::new(Kind::Response, MAX), std::iter::empty(), 10).is_none(), "over max");
     }

@@ -217,8 +217,13 @@ impl Pipeline {
     /// comes here, and most will never have a state.
     fn remember_late(&mut self, key: ConnKey) {
         let Some(f) = self.filter.as_mut() else { return };
-        if f.handover_pending() && self.parked.at_request.len() < MAX_LATE {
-            self.parked.at_request.insert(key);
+        if f.handover_pending() {
+            if self.parked.at_request.len() < MAX_LATE {
+                self.parked.at_request.insert(key);
+            }
+        } else if let Handed::State(s) = f.handed(key.tgid, key.conn) {
+            // The agent before is gone: what it handed on is final.
+            self.count_cut(&s);
         }
     }
 

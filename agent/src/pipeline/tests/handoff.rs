@@ -541,6 +541,18 @@ fn an_http1_call_in_flight_goes_on_with_its_state_or_is_counted_when_its_answer_
     old.finish();
     let o = old_stats.snapshot();
     assert_eq!((o.handoff_states_not_sent, o.dropped_at_exit, old_calls.0.lock().unwrap().len()), (1, 1, 0));
+    // The agent before exited before the client's next request reached the
+    // new agent: its state is read at that request, the call counted.
+    let (shared, (mut old, _, _), (mut new, new_calls, new_stats)) = two_agents();
+    call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
+    old.hand_off();
+    old.finish();
+    shared.0.lock().unwrap().1 = false;
+    new.handle(&data_record(42, 7, DIR_EGRESS, 0, REQ.len() as u64, REQ, FLAG_LAST | FLAG_TAKEN_OVER));
+    assert_eq!((new_stats.snapshot().dropped_unanswered, shared.0.lock().unwrap().0.len()), (1, 0), "counted, read");
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "the next call recorded");
     for (answered, ended) in [(true, false), (false, false), (false, true)] {
         let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
         call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
