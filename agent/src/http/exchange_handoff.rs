@@ -109,7 +109,9 @@ impl<E: WsCalls> HttpConnection<E> {
     /// parser learns of only with the next chunk copied: an answer begun
     /// after this agent left.
     fn muted_read_whole(&self) -> Option<u64> {
-        let asked_again = self.pending.len() > 1 || self.req.in_message();
+        // The front request is the muted answer's own (none: an answer
+        // before its request was whole, which the client may not have read).
+        let asked_again = !self.pending.is_empty() && (self.pending.len() > 1 || self.req.in_message());
         let rest = self.resp.unkept_body().filter(|&n| n != u64::MAX)?;
         (asked_again && self.resp.body_by_length()).then_some(rest)
     }

@@ -569,6 +569,18 @@ fn a_resumed_connection_tags_only_kept_calls_and_treats_later_garbage_as_ever() 
     assert_eq!(new.calls_in_flight(), 0, "not this agent's to record");
     new.close(2, &mut Vec::new(), &mut lost);
     assert_eq!(lost, Lost::default(), "nor to count");
+    // Kept, the first answer's bytes out of order (a gap): resumed at the
+    // next request, after which garbage is a desync as ever.
+    let mut old = HttpConnection::<()>::new(1 << 20);
+    old.on_egress(b"POST /v1/x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 1, &mut cap, &mut lost);
+    let state = old.hand_off(1 << 20).expect("a state");
+    let mut new = HttpConnection::resume(&state, 1 << 20, &mut cap).unwrap();
+    let (at, mut out) = (StreamAt::default(), Vec::new());
+    let _ = new.on_chunk(Direction::Ingress, Continuity::Gap, at, b"ok", 2, &mut cap, &mut out, &mut lost);
+    new.on_egress(b"POST /v1/y HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 3, &mut cap, &mut lost);
+    new.on_ingress(b"\x00garbage", 4, &mut out, &mut lost);
+    assert_eq!((lost.unanswered, lost.resynced, new.ignored()), (2, 1, Some(Ignored::Desync)));
+    lost = Lost::default();
     // Kept: the first answer parses; garbage after it is a desync.
     let mut old = HttpConnection::<()>::new(1 << 20);
     old.on_egress(b"POST /v1/x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 1, &mut cap, &mut lost);

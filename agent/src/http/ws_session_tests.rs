@@ -414,6 +414,8 @@ fn a_session_state_cut_or_garbled_is_an_error_not_a_panic() {
     let (mut up, mut down) = (Sender::new(true, Some(false)), Sender::new(false, Some(false)));
     s.egress(&up.send(&json!({"type":"create","n":1}), 1000));
     s.ingress(&down.send(&json!({"type":"created","text":"x".repeat(5000)}), 1000));
+    // The call in flight a state carries (counted when it cannot be stored).
+    assert_eq!(s.conn.calls_handed(), 1);
     let state = s.conn.hand_off(1 << 20).unwrap();
     let mut classify = |_: &Head| Some(Api);
     for cut in 0..state.len() {
