@@ -406,3 +406,52 @@ fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_count
     assert!(n(&old, "handoff_states_sent") >= 2 && n(&new, "handoff_states_received") >= 2, "{old}\n{new}");
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "handoff_states_missing"]);
 }
+
+/// No drain (`--handover-drain-secs 0`): the old agent leaves at once, with
+/// an HTTP/1.1 keep-alive connection busy at ~100 calls/s (a call in flight
+/// most of the time), a new connection per call beside it, and a stream of
+/// several seconds in flight. Each connection amid an exchange is handed on
+/// with its state, and every call is recorded exactly once, priced as served.
+#[test]
+fn busy_http1_connections_left_without_a_drain_hand_their_calls_in_flight_on() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-h1-busy", Transport::Https);
+    let flag = fs.flag();
+    let mut first = Agent::start(&first_dir, &[flag.as_str(), "--handover-drain-secs", "0"]);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let (kept, fresh) = (calls(800, 0, 0.008, false), calls(200, 100_000, 0.03, true));
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "slow"}],
+        "stream": true, "stream_options": {"include_usage": true}});
+    let mut slow = tokentap_e2e::calibrate::call("chat", body, 0, 0);
+    (slow["words"], slow["word_pause_ms"]) = (serde_json::json!(8), serde_json::json!(1000));
+    let clients: Vec<_> = [("kept", kept), ("fresh", fresh), ("slow", vec![slow])]
+        .iter()
+        .map(|(name, work)| spawn(py_workload(&dir, &certs, &base, name, work)))
+        .collect();
+    let pids: Vec<u32> = clients.iter().map(|c| c.id()).collect();
+    first.wait_records(&pids, 50);
+    wait_for("the slow stream to begin", Duration::from_secs(30), || {
+        server.served().iter().any(|s| s["stream"] == true).then_some(())
+    });
+    let mut second = Agent::start(&second_dir, &[flag.as_str()]);
+    assert!(first.stop().success());
+    clients.into_iter().for_each(finish);
+    for &pid in &pids {
+        second.wait_process_done(pid);
+    }
+    assert!(second.stop().success());
+    let (by_old, by_new) = priced_once(&server, (&first, &second), &pids);
+    let (old, new) = (first.stats(), second.stats());
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "no drain: old agent {by_old} records, new {by_new} of {}; states handed on {}, received {}",
+        server.served().len(),
+        n(&old, "handoff_states_sent"),
+        n(&new, "handoff_states_received"),
+    );
+    assert!(n(&old, "handoff_states_sent") >= 1 && n(&new, "handoff_states_received") >= 1, "{old}\n{new}");
+    assert!(by_new >= 20, "the new agent recorded the calls after the switch");
+    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "handoff_states_missing"]);
+}
