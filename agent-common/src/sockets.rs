@@ -24,8 +24,25 @@ pub struct SockArgs {
     /// Buffer length, or iovec count.
     pub len: u64,
     pub fd: i32,
-    /// [`SockCall`] as u32.
+    /// [`SockCall`] as u32, or [`found_read`]'s for a read found blocked.
     pub call: u32,
+}
+
+/// [`SockArgs::call`]: a read user space found blocked at the agent's start
+/// (in `/proc/PID/task/TID/syscall`), not saved by `sys_enter`.
+pub const SOCK_CALL_FOUND: u32 = 1 << 31;
+
+/// [`SockArgs::call`] of a read found blocked in syscall `nr`: flagged
+/// [`SOCK_CALL_FOUND`], the number in bits 16-30, which the exit taking it
+/// must match ([`found_nr`]).
+pub const fn found_read(call: SockCall, nr: u32) -> u32 {
+    call as u32 | (nr & 0x7fff) << 16 | SOCK_CALL_FOUND
+}
+
+/// For a [`found_read`] call: the syscall it was found in, and the
+/// [`SockCall`] it is.
+pub const fn found_nr(call: u32) -> (u32, u32) {
+    ((call >> 16) & 0x7fff, call & 0xffff)
 }
 
 /// A socket in the kernel's table: (tgid, fd).

@@ -17,11 +17,27 @@
 //! a scan and an attach would be missed. What it falls back to: a socket
 //! whose `connect` since the attach gave it an entry keeps that entry
 //! (`BPF_NOEXIST`); one no agent copied is given up at its first call.
+//!
+//! Reads blocked at start ([`adopt_read`]): a thread of a client with no
+//! timeout waits for its answer inside `read`/`recvfrom`, begun before this
+//! agent's `sys_enter` ran; that answer comes back after the old agent left
+//! (a long generation), and without the call's arguments `sys_exit` could not
+//! copy it. User space finds such a read in `/proc/PID/task/TID/syscall`
+//! (`agent/src/blocked_reads.rs`) and hands its arguments here, flagged
+//! ([`SOCK_CALL_FOUND`]) with the syscall's number. Its exit takes it only if
+//! it is that syscall (and, on the raw tracepoint, on that fd): one that
+//! returned between the look and the entry leaves an entry that a later
+//! syscall of the thread would take, which [`found_exits`] refuses and user
+//! space, looking again, removes ([`drop_found_read`]). Its own `sys_enter`
+//! writes over it at the thread's next call on a watched socket.
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::raw_tracepoint, programs::RawTracePointContext};
-use tokentap_agent_common::{SockKey, SockState, SslKey, SOCKET_CONN, SOCK_ADOPTED, SOCK_HTTP, SOCK_OTHER};
+use tokentap_agent_common::{
+    found_nr, SockArgs, SockKey, SockState, SslKey, SOCKET_CONN, SOCK_ADOPTED, SOCK_CALL_FOUND, SOCK_HTTP, SOCK_OTHER,
+};
 
 use crate::handover::{holder, Holder};
-use crate::sockets::SOCKETS;
+use crate::slots::add;
+use crate::sockets::{CALL_SLOTS, SOCKETS, SOCK_CALLS};
 use crate::watched::watch_fd;
 
 /// Never attached: user space runs it (`BPF_PROG_TEST_RUN`) once for each
@@ -41,6 +57,59 @@ pub fn adopt_socket(ctx: RawTracePointContext) -> i32 {
         Ok(()) => 0,
         Err(_) => 1,
     }
+}
+
+/// Never attached: user space runs it once for each read it found blocked on
+/// an adopted socket at start (see the module's prose). Arguments: the
+/// thread's pid_tgid, the buffer (or iovec array), its length (or count),
+/// the fd, and the call ([`tokentap_agent_common::found_read`]). Returns 1
+/// when the thread has a call saved already (begun since the attach: its
+/// own is kept), 2 when the map is full.
+#[raw_tracepoint(tracepoint = "adopt_read")]
+pub fn adopt_read(ctx: RawTracePointContext) -> i32 {
+    let (pid_tgid, buf, len, fd, call): (u64, u64, u64, u64, u64) =
+        (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3), ctx.arg(4));
+    let args = SockArgs { buf, len, fd: fd as i32, call: call as u32 | SOCK_CALL_FOUND };
+    match SOCK_CALLS.insert(pid_tgid, args, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            add(&CALL_SLOTS, pid_tgid as u32, 1);
+            0
+        }
+        Err(_) if unsafe { SOCK_CALLS.get(pid_tgid) }.is_some() => 1,
+        Err(_) => 2,
+    }
+}
+
+/// Never attached: user space runs it for a read it handed over
+/// ([`adopt_read`]) that it no longer finds blocked: the thread's entry goes
+/// if it is still that read's (not taken, not written over by a call since).
+/// Arguments as [`adopt_read`]'s; returns 1 when it removed the entry.
+#[raw_tracepoint(tracepoint = "drop_found_read")]
+pub fn drop_found_read(ctx: RawTracePointContext) -> i32 {
+    let (pid_tgid, buf, len, fd, call): (u64, u64, u64, u64, u64) =
+        (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3), ctx.arg(4));
+    let Some(a) = (unsafe { SOCK_CALLS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let ours = a.call == call as u32 | SOCK_CALL_FOUND && a.buf == buf && a.len == len && a.fd == fd as i32;
+    if ours && SOCK_CALLS.remove(pid_tgid).is_ok() {
+        add(&CALL_SLOTS, pid_tgid as u32, u64::MAX);
+        return 1;
+    }
+    0
+}
+
+/// A read found blocked ([`adopt_read`]), taken at a syscall's exit: the
+/// call as `sys_enter` would have saved it, if the exiting syscall is number
+/// `nr` and (where the exit tells it) on `fd`; None for any other syscall of
+/// the thread (the read returned before its entry was written).
+#[inline(always)]
+pub(crate) fn found_exits(args: SockArgs, nr: u64, fd: Option<u64>) -> Option<SockArgs> {
+    let (found, call) = found_nr(args.call);
+    if found as u64 != nr || fd.is_some_and(|fd| fd as i32 != args.fd) {
+        return None;
+    }
+    Some(SockArgs { call, ..args })
 }
 
 /// A socket found open at start ([`SOCK_ADOPTED`]) made a call that does not

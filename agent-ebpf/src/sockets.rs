@@ -44,7 +44,10 @@
 //! user space is told it closed) rather than leave a hole in the stream; user
 //! space then reads the bytes it moved so far from [`SOCKETS`].
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
+    },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
@@ -52,11 +55,11 @@ use aya_ebpf::{
 };
 use tokentap_agent_common::{
     EventKind, LossCounter, SockArgs, SockCall, SockId, SockKey, SockState, Source, SslKey, DIR_EGRESS, DIR_INGRESS,
-    MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_ADOPTED, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS, SOCK_TLS_LLM,
-    VERDICT_STOP,
+    MAX_IOV, SCRATCH_SLOTS, SOCKET_CONN, SOCK_ADOPTED, SOCK_CALL_FOUND, SOCK_HTTP, SOCK_NEW, SOCK_OTHER, SOCK_TLS,
+    SOCK_TLS_LLM, VERDICT_STOP,
 };
 
-use crate::adopted::{adopted, is_tls_record};
+use crate::adopted::{adopted, found_exits, is_tls_record};
 use crate::chunks::{emit_data, forget_conn, ignored, nested, Emit};
 use crate::handover::{owns, tells_end, Owned};
 use crate::hello::emit_hello;
@@ -78,9 +81,11 @@ pub(crate) static SOCKETS: LruHashMap<SockKey, SockState> = LruHashMap::with_max
 #[map]
 static SOCK_VERDICTS: LruHashMap<SockId, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// In-flight socket syscalls on watched sockets, by thread.
+/// In-flight socket syscalls on watched sockets, by thread (and, with
+/// `--handover-dir`, the reads user space found blocked on adopted sockets at
+/// start: `crate::adopted`).
 #[map]
-static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
+pub(crate) static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
 
 /// Slots of threads (thread id modulo the size): how many calls of the
 /// slot's threads are in [`SOCK_CALLS`], never fewer (see [`add`]).
@@ -89,7 +94,7 @@ static SOCK_CALLS: HashMap<u64, SockArgs> = HashMap::with_max_entries(16384, 0);
 /// is not zero. A count left high (an insert that replaced an entry) costs
 /// its slot that lookup again, never a call.
 #[map]
-static CALL_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
+pub(crate) static CALL_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
 /// Take the thread's call in flight, if any: at its syscall's exit, and at
 /// the thread's exit (a call whose syscall exit never ran).
@@ -227,9 +232,21 @@ fn enter(ctx: &impl Syscall) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = take_call(pid_tgid) else {
+    let Some(mut args) = take_call(pid_tgid) else {
         return 0;
     };
+    if args.call & SOCK_CALL_FOUND != 0 {
+        // The syscall's number and first argument (the fd) are in the
+        // task's registers, the raw tracepoint's first argument.
+        let regs: *const pt_regs = ctx.arg(0);
+        // SAFETY: kernel memory read through the helper, which faults safely.
+        let nr = unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).orig_rax)) }.unwrap_or(u64::MAX);
+        let fd = unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rdi)) }.unwrap_or(u64::MAX);
+        let Some(found) = found_exits(args, nr, Some(fd)) else {
+            return 0;
+        };
+        args = found;
+    }
     exit(pid_tgid, args, ctx.arg(1))
 }
 
@@ -238,9 +255,18 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 #[tracepoint]
 pub fn sock_exit(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = take_call(pid_tgid) else {
+    let Some(mut args) = take_call(pid_tgid) else {
         return 0;
     };
+    if args.call & SOCK_CALL_FOUND != 0 {
+        // `int __syscall_nr` at 8; the record has no arguments, so no fd.
+        // SAFETY: as `ret` below.
+        let nr = unsafe { *(ctx.as_ptr() as *const u8).add(8).cast::<i32>() };
+        let Some(found) = found_exits(args, nr as u64, None) else {
+            return 0;
+        };
+        args = found;
+    }
     // SAFETY: a field of the tracepoint's record; the verifier checks the offset.
     let ret = unsafe { *(ctx.as_ptr() as *const u8).add(16).cast::<i64>() };
     exit(pid_tgid, args, ret)

@@ -11,6 +11,7 @@
 pub mod attribution;
 pub mod audit;
 pub mod blind_spots;
+pub mod blocked_reads;
 pub mod caps;
 pub mod capture;
 pub mod config;

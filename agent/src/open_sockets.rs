@@ -103,14 +103,12 @@ pub fn find(proc_root: &Path, me: u32) -> Found {
     })
 }
 
-/// A process's sockets (fd, inode). A process's `fd` directory is its user's
-/// alone (mode 0500, checked as a file's permissions, which CAP_SYS_PTRACE
-/// does not lift): one of another user is listed as that user, with the
-/// thread's file-system ids (`setfsuid`, CAP_SETUID and CAP_SETGID, which the
-/// agent holds for Java attach too), then set back.
+/// A process's sockets (fd, inode), listed as its owner where it must be
+/// ([`as_owner`]).
 fn socket_fds(base: &Path) -> std::io::Result<Vec<(i32, u64)>> {
-    let list = || -> std::io::Result<Vec<(i32, u64)>> {
-        Ok(std::fs::read_dir(base.join("fd"))?
+    let dir = base.join("fd");
+    as_owner(&dir, || {
+        Ok(std::fs::read_dir(&dir)?
             .flatten()
             .filter_map(|fd| {
                 let n = fd.file_name().to_str()?.parse::<i32>().ok()?;
@@ -118,21 +116,31 @@ fn socket_fds(base: &Path) -> std::io::Result<Vec<(i32, u64)>> {
                 Some((n, socket_inode(target.to_str()?)?))
             })
             .collect())
-    };
-    match list() {
+    })
+}
+
+/// `read`, done again as the owner of `path` when refused. A process's `fd`
+/// directory, its threads' `syscall` files and its `mem` are its user's
+/// alone (checked as a file's permissions, which CAP_SYS_PTRACE does not
+/// lift): one of another user is read as that user, with the thread's
+/// file-system ids (`setfsuid`, CAP_SETUID and CAP_SETGID, which the agent
+/// holds for Java attach too), then set back. Only on a thread of the
+/// caller's own that nothing else runs on (see [`find`]).
+pub(crate) fn as_owner<T>(path: &Path, read: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    match read() {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            // The directory's owner, not the process's: a process that is
-            // not dumpable has its fds owned by root (of its user namespace).
-            let owner = std::fs::metadata(base.join("fd"))?;
+            // The file's owner, not the process's: a process that is not
+            // dumpable has its files owned by root (of its user namespace).
+            let owner = std::fs::metadata(path)?;
             // SAFETY: plain syscalls on this thread's credentials; each
             // returns the previous id, restored below.
             let (uid, gid) = unsafe { (libc::setfsuid(owner.uid()), libc::setfsgid(owner.gid())) };
-            let listed = list();
+            let again = read();
             unsafe {
                 libc::setfsgid(gid as u32);
                 libc::setfsuid(uid as u32);
             }
-            listed
+            again
         }
         other => other,
     }
@@ -220,27 +228,50 @@ pub fn adopt(ebpf: &mut Ebpf, sockets: &[(u32, i32)], now_ns: u64) -> Result<Ado
     Ok(done)
 }
 
+/// What [`adopt_open`] did, for the stats.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AtStart {
+    /// Client sockets watched from their next request.
+    pub sockets: usize,
+    /// Processes whose sockets could not be listed.
+    pub unreadable: usize,
+    /// Reads found blocked on them, whose answers are copied.
+    pub reads: usize,
+}
+
 /// Watch the client sockets open now (with `--handover-dir`: the keep-alive
-/// connections the agent before this one will hand over). Best effort: a
-/// failure leaves them unwatched, as they were before, with a warning.
-/// Returns the sockets adopted and the processes that could not be listed.
-pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> (usize, usize) {
+/// connections the agent before this one will hand over), and hand over the
+/// reads blocked on them (`blocked_reads`). Best effort: a failure leaves
+/// them unwatched, as they were before, with a warning.
+pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> AtStart {
     let t = std::time::Instant::now();
-    let found = find(Path::new("/proc"), me);
+    let proc_root = Path::new("/proc");
+    let found = find(proc_root, me);
+    let mut at_start = AtStart { unreadable: found.unreadable, ..AtStart::default() };
     let done = match adopt(ebpf, &found.sockets, monotonic_ns()) {
         Ok(done) => done,
         Err(e) => {
             tracing::warn!(error = %e, "client sockets open at start: not watched (their calls after a handover are \
                  not copied)");
-            return (0, found.unreadable);
+            return at_start;
         }
     };
+    at_start.sockets = done.adopted;
+    let (reads, error) = crate::blocked_reads::hand_over(ebpf, proc_root, &found.sockets);
+    if let Some(e) = error {
+        tracing::warn!(error = %e, handed_over = reads.reads, "reads blocked at start: not all handed over (the \
+             answers the others return with are not copied)");
+    }
+    at_start.reads = reads.reads;
     tracing::info!(
         sockets = done.adopted,
         already_watched = done.already_watched,
         processes = found.processes,
         unreadable = found.unreadable,
         over_limit = found.over_limit,
+        blocked_reads = reads.reads,
+        blocked_reads_returned = reads.stale,
+        blocked_reads_skipped = reads.skipped,
         ms = t.elapsed().as_millis() as u64,
         "client sockets open at start: watched from their next request"
     );
@@ -251,7 +282,7 @@ pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> (usize, usize) {
             "client sockets open at start beyond the limit: not watched (their calls after a handover are not copied)"
         );
     }
-    (done.adopted, found.unreadable)
+    at_start
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds.

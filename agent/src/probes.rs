@@ -211,10 +211,9 @@ pub struct Probes {
     attached: HashMap<FileKey, PathBuf>,
     /// What socket capture runs on (none: `--no-socket-capture`).
     pub socket_hooks: Option<SyscallHooks>,
-    /// Client sockets found open at start and watched, and processes whose
-    /// sockets could not be listed (`open_sockets`).
-    pub sockets_adopted: usize,
-    pub processes_unreadable_at_start: usize,
+    /// Client sockets found open at start and watched, processes whose
+    /// sockets could not be listed, reads found blocked (`open_sockets`).
+    pub at_start: crate::open_sockets::AtStart,
 }
 
 /// Maps user space reads (and the ones it writes).
@@ -387,9 +386,9 @@ impl Probes {
         }
         let socket_hooks = sockets.map(|want| crate::socket_hooks::attach(&mut ebpf, want)).transpose()?;
         // Once the socket programs run: see `open_sockets`.
-        let (sockets_adopted, processes_unreadable_at_start) = match (&handover, socket_hooks) {
+        let at_start = match (&handover, socket_hooks) {
             (Some(_), Some(_)) => crate::open_sockets::adopt_open(&mut ebpf, me),
-            _ => (0, 0),
+            _ => Default::default(),
         };
         let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
         let ring_pin = handover.as_ref().map(|h| h.pin_ring(&events)).transpose()?;
@@ -415,8 +414,7 @@ impl Probes {
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
         let channels = Channels { events, ring_pin, loss, ignored, sockets };
-        let probes =
-            Self { ebpf, attached: HashMap::new(), socket_hooks, sockets_adopted, processes_unreadable_at_start };
+        let probes = Self { ebpf, attached: HashMap::new(), socket_hooks, at_start };
         Ok((probes, channels, handover))
     }
 

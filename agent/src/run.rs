@@ -95,8 +95,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let (mut probes, channels, mut handover) =
         Probes::load(settings.ring_buffer_bytes, sockets, settings.handover_dir.as_deref())?;
     Stats::set(&stats.socket_hooks_every_syscall, u64::from(probes.socket_hooks == Some(SyscallHooks::Raw)));
-    Stats::set(&stats.sockets_adopted_at_start, probes.sockets_adopted as u64);
-    Stats::set(&stats.processes_unreadable_at_start, probes.processes_unreadable_at_start as u64);
+    Stats::set(&stats.sockets_adopted_at_start, probes.at_start.sockets as u64);
+    Stats::set(&stats.processes_unreadable_at_start, probes.at_start.unreadable as u64);
+    Stats::set(&stats.reads_adopted_at_start, probes.at_start.reads as u64);
     Stats::set(&stats.handover_overlap, u64::from(handover.as_ref().is_some_and(|h| h.overlapping())));
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     // Discovery tells the pipeline (for coverage) which processes map a TLS

@@ -249,6 +249,10 @@ counters! {
     /// listed at start (refused), whose keep-alive plaintext connections the
     /// agent before this one hands over are then not copied.
     processes_unreadable_at_start,
+    /// With `--handover-dir`: reads found blocked on those sockets at start
+    /// (a client with no timeout waiting for its answer), handed to the
+    /// socket programs so that the answer is copied when it comes.
+    reads_adopted_at_start,
     /// With `--handover-dir`: 1 while the kernel keeps the bookkeeping of two
     /// agents overlapping (another agent is registered, or this one has been
     /// alone for under 5 s), which makes each copied call dearer; 0 once

@@ -337,14 +337,28 @@ fn a_connection_that_ends_before_the_new_agent_reads_its_state_keeps_it() {
 /// blocks inside an `SSL_read_ex` begun under the old agent, whose return
 /// this kernel runs only the old agent's probe for (Linux 6.12 on: a return
 /// probe runs for the calls whose entry it saw), so that answer is copied by
-/// no agent: counted (`dropped_unanswered`), never recorded wrong. Every
+/// no agent: counted (`dropped_unanswered`), never recorded wrong. A third
+/// has no timeout either, over plaintext HTTP: it blocks in a `recvfrom`
+/// begun under the old agent, which the new one finds at its start
+/// (`/proc/PID/task/TID/syscall`) and hands to its socket programs, whose
+/// `sys_exit` runs for every syscall: the new agent records that call. Every
 /// other call is recorded once.
 #[test]
 fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_counted() {
+    answered_after_the_upgrade("handover-held", "raw");
+}
+
+/// The same with the new agent's socket programs behind the syscalls' own
+/// tracepoints, whose exit records carry the syscall's number but no fd.
+#[test]
+fn a_blocked_plaintext_read_is_recorded_with_the_syscalls_own_tracepoints_too() {
+    answered_after_the_upgrade("handover-held-tp", "tracepoints");
+}
+
+fn answered_after_the_upgrade(name: &str, hooks: &str) {
     let _g = serial();
     require_root();
-    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
-        Upgrade::new("handover-held", Transport::Https);
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } = Upgrade::new(name, Transport::Https);
     let flag = fs.flag();
     let mut first = Agent::start(&first_dir, &[flag.as_str(), "--handover-drain-secs", "1"]);
     let base = format!("https://api.openai.com:{}/v1", server.port);
@@ -357,18 +371,28 @@ fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_count
         w.extend(calls(10, from + 4, 0.02, false));
         w
     };
-    let (polling, blocking) = (work(0), work(100));
-    let mut no_timeout = py_workload(&dir, &certs, &base, "blocking", &blocking);
-    no_timeout.arg("--no-timeout");
-    let clients = [spawn(py_workload(&dir, &certs, &base, "polling", &polling)), spawn(no_timeout)];
+    std::fs::create_dir_all(dir.join("plain")).unwrap();
+    let plain = Server::start_with(&dir.join("plain"), &certs, Transport::Plain);
+    let plain_base = format!("http://api.openai.com:{}/v1", plain.port);
+    let (polling, blocking, blocking_plain) = (work(0), work(100), work(200));
+    let no_timeout = |base: &str, name: &str, work: &[serde_json::Value]| {
+        let mut c = py_workload(&dir, &certs, base, name, work);
+        c.arg("--no-timeout");
+        spawn(c)
+    };
+    let clients = [
+        spawn(py_workload(&dir, &certs, &base, "polling", &polling)),
+        no_timeout(&base, "blocking", &blocking),
+        no_timeout(&plain_base, "blocking-plain", &blocking_plain),
+    ];
     let pids: Vec<u32> = clients.iter().map(|c| c.id()).collect();
-    first.wait_records(&pids, 6);
-    wait_for("both held calls to reach the server", Duration::from_secs(30), || {
-        ["answer0.held", "answer100.held"].iter().all(|f| dir.join(f).exists()).then_some(())
+    first.wait_records(&pids, 9);
+    wait_for("the held calls to reach the servers", Duration::from_secs(30), || {
+        ["answer0.held", "answer100.held", "answer200.held"].iter().all(|f| dir.join(f).exists()).then_some(())
     });
-    let mut second = Agent::start(&second_dir, &[flag.as_str()]);
+    let mut second = Agent::start(&second_dir, &[flag.as_str(), "--syscall-hooks", hooks]);
     assert!(first.stop().success());
-    for from in [0, 100] {
+    for from in [0, 100, 200] {
         std::fs::write(dir.join(format!("answer{from}")), b"").expect("answer file");
     }
     clients.into_iter().for_each(finish);
@@ -376,8 +400,8 @@ fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_count
         second.wait_process_done(pid);
     }
     assert!(second.stop().success());
-    let served = server.served();
-    assert_eq!(served.len(), polling.len() + blocking.len());
+    let served: Vec<serde_json::Value> = server.served().into_iter().chain(plain.served()).collect();
+    assert_eq!(served.len(), polling.len() + blocking.len() + blocking_plain.len());
     let (old, new) = (first.stats(), second.stats());
     let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
     let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
@@ -389,7 +413,8 @@ fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_count
     let held = |input: u64| by_new.iter().filter(|r| r["input_tokens"] == input).count();
     eprintln!(
         "answered after the upgrade: old agent {} records, new {} of {}; states handed on {}, received {}; held \
-         calls recorded: polling {}, blocking {} (dropped_unanswered {})",
+         calls recorded: polling {}, blocking {} (dropped_unanswered {}), blocking over plaintext {} (reads \
+         adopted at start {})",
         by_old.len(),
         by_new.len(),
         served.len(),
@@ -398,12 +423,17 @@ fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_count
         held(103),
         held(203),
         n(&new, "dropped_unanswered"),
+        held(303),
+        n(&new, "reads_adopted_at_start"),
     );
-    assert_eq!(by_old.len(), 6, "each client's first three calls, by the old agent");
+    assert_eq!(n(&new, "socket_hooks_every_syscall"), u64::from(hooks == "raw"), "--syscall-hooks {hooks}: {new}");
+    assert_eq!(by_old.len(), 9, "each client's first three calls, by the old agent");
     assert_eq!(held(103), 1, "the polling client's held call, by the new agent");
-    assert_eq!((held(203), n(&new, "dropped_unanswered")), (0, 1), "the blocked read's answer: counted");
+    assert_eq!((held(203), n(&new, "dropped_unanswered")), (0, 1), "the blocked TLS read's answer: counted");
+    assert_eq!(held(303), 1, "the blocked plaintext read's answer, by the new agent");
+    assert!(n(&new, "reads_adopted_at_start") >= 1, "the blocked recvfrom found at start: {new}");
     assert_eq!(all.len(), served.len() - 1, "every other call recorded once");
-    assert!(n(&old, "handoff_states_sent") >= 2 && n(&new, "handoff_states_received") >= 2, "{old}\n{new}");
+    assert!(n(&old, "handoff_states_sent") >= 3 && n(&new, "handoff_states_received") >= 3, "{old}\n{new}");
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "handoff_states_missing"]);
 }
 

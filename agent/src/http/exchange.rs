@@ -94,8 +94,8 @@ pub struct HttpConnection<E = ()> {
 }
 
 /// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
-/// little, if at all).
-const MAX_PENDING: usize = 64;
+/// little, if at all); a handed-on state carrying more is refused.
+pub(crate) const MAX_PENDING: usize = 64;
 
 impl<E: WsCalls> HttpConnection<E> {
     pub fn new(max_body: usize) -> Self {

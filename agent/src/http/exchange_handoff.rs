@@ -122,7 +122,7 @@ impl<E: WsCalls> HttpConnection<E> {
     fn finish_muted(&mut self) -> Option<()> {
         let rest = self.muted_read_whole()?;
         let mut done = Vec::new();
-        if !self.resp.skip_body(rest, &mut done) || done.is_empty() {
+        if !self.resp.skip_body(rest, &mut done) {
             return None;
         }
         self.pair(done, &mut Vec::new());

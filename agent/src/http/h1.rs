@@ -17,6 +17,9 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Largest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
+/// Responses a parser expects at most: a client pipelining more than this
+/// is not an LLM SDK (a handed-on state carrying more is refused too).
+pub(crate) const MAX_EXPECT: usize = 1024;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum H1Error {
@@ -99,8 +102,7 @@ impl Parser {
 
     /// Responses: register what the next unanswered request expects.
     pub fn expect(&mut self, e: Expect) {
-        // Bounded: a client pipelining more than this is not an LLM SDK.
-        if self.expect.len() < 1024 {
+        if self.expect.len() < MAX_EXPECT {
             self.expect.push_back(e);
         }
     }

@@ -11,18 +11,14 @@
 //! heads again with its own rules, as it does for HTTP/2's calls.
 use std::collections::VecDeque;
 
-use super::{Body, Expect, Kind, Parser, State, MAX_HEAD_BYTES};
+use super::{Body, Expect, Kind, Parser, State, MAX_EXPECT, MAX_HEAD_BYTES};
+use crate::http::exchange::MAX_PENDING;
 use crate::http::h2::H2Error;
 use crate::http::handoff_codec::{put_bytes, put_message, put_u16, put_u64, Reader};
 use crate::http::message::Message;
 
 /// The format's version: the first byte of a state.
 const VERSION: u8 = 1;
-
-/// Requests waiting for their response that a state may carry.
-const MAX_PENDING: usize = 64;
-/// Responses expected that a parser's state may carry (the parser's own bound).
-const MAX_EXPECT: usize = 1024;
 
 /// A connection's state: its two parsers and the requests still waiting for
 /// their response, oldest first. None when it can't be handed on (a parser

@@ -1,0 +1,407 @@
+//! Reads blocked on a client socket when the agent starts, found in `/proc`
+//! and handed to the socket programs, so that the answer they return with is
+//! copied.
+//!
+//! Why: the socket programs save a call's arguments at `sys_enter` and copy
+//! its bytes at `sys_exit`. A client with no timeout (Python's `requests` or
+//! the `openai` SDK with `timeout=None`, on a blocking socket) waits for its
+//! answer inside one `recvfrom`; in an upgrade that read began under the old
+//! agent, before the new one's programs were attached, and a long generation
+//! returns it after the old agent has left. The new agent's `sys_exit` runs
+//! for it (a tracepoint runs at every syscall's exit) but found no
+//! arguments: the answer was lost, counted as cut. The thread's blocked
+//! syscall and its arguments are in `/proc/PID/task/TID/syscall`; the
+//! arguments go to the programs' table through a program of theirs
+//! (`adopt_read`, agent-ebpf's `adopted.rs`), as the sockets found open do
+//! (`open_sockets`).
+//!
+//! What it falls back to: only plaintext sockets' reads, the ones whose bytes
+//! the socket programs copy. A TLS read blocked inside the library
+//! (`SSL_read`) has its plaintext copied by a return probe, which on Linux
+//! 6.12 and later runs only for calls whose entry it saw: still counted, not
+//! recorded (docs/operations.md). A read that returns between the look and
+//! the hand-over leaves an entry a later syscall of the thread could take:
+//! its exit takes it only for the same syscall (and, on the raw tracepoint,
+//! the same fd), and each read handed over is looked at again once all are,
+//! its entry removed when the thread is no longer in it (`stale`).
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use aya::programs::{ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun};
+use aya::Ebpf;
+use tokentap_agent_common::{found_read, SockCall};
+
+use crate::open_sockets::as_owner;
+
+const SYS_READ: u32 = 0;
+const SYS_READV: u32 = 19;
+const SYS_RECVFROM: u32 = 45;
+const SYS_RECVMSG: u32 = 47;
+
+/// A thread blocked in a read of a client socket, as the socket programs
+/// save a call: the buffer and its length, or the iovec array and its count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockedRead {
+    pub pid_tgid: u64,
+    /// The syscall's number, as `/proc` gives it.
+    pub nr: u32,
+    pub fd: i32,
+    /// The syscall's own second and third arguments (a `recvmsg`'s header
+    /// and flags), to tell it is still the same call.
+    raw: [u64; 2],
+    pub buf: u64,
+    pub len: u64,
+    /// [`found_read`]: the call kind, flagged, with `nr`.
+    pub call: u32,
+}
+
+/// A `syscall` file: `NR ARG1 .. ARG6 SP PC`, the arguments in hex; a
+/// thread not in a syscall says `running` or `-1 SP PC`. The number and the
+/// first three arguments.
+fn parse(text: &str) -> Option<(u32, [u64; 3])> {
+    let mut f = text.split_whitespace();
+    let nr: u32 = f.next()?.parse().ok()?;
+    let mut arg = || u64::from_str_radix(f.next()?.strip_prefix("0x")?, 16).ok();
+    Some((nr, [arg()?, arg()?, arg()?]))
+}
+
+/// The read a thread is blocked in, if it is one of `fds`, from its
+/// `syscall` file's text. A `recvmsg`'s iovec array and count are in its
+/// header, read through `header` (at the header's address plus 16).
+fn blocked_read(
+    pid_tgid: u64,
+    text: &str,
+    fds: &HashSet<i32>,
+    header: impl FnOnce(u64) -> Option<[u64; 2]>,
+) -> Option<BlockedRead> {
+    let (nr, [fd, a1, a2]) = parse(text)?;
+    let fd = i32::try_from(fd).ok().filter(|fd| fds.contains(fd))?;
+    let (buf, len, call) = match nr {
+        SYS_READ | SYS_RECVFROM => (a1, a2, SockCall::Read),
+        SYS_READV => (a1, a2, SockCall::ReadV),
+        // struct msghdr: msg_iov at +16, msg_iovlen at +24.
+        SYS_RECVMSG => {
+            let [iov, count] = header(a1.checked_add(16)?)?;
+            (iov, count, SockCall::ReadV)
+        }
+        _ => return None,
+    };
+    Some(BlockedRead { pid_tgid, nr, fd, raw: [a1, a2], buf, len, call: found_read(call, nr) })
+}
+
+/// The reads of `pid`'s threads blocked on one of `fds` (its client
+/// sockets), its `/proc` directory at `base`. Run where `open_sockets` scans
+/// (a thread whose file-system ids it may change: see `as_owner`).
+pub(crate) fn find(base: &Path, pid: u32, fds: &HashSet<i32>) -> Vec<BlockedRead> {
+    let Ok(tasks) = std::fs::read_dir(base.join("task")) else {
+        return Vec::new();
+    };
+    let header = |at: u64| -> Option<[u64; 2]> {
+        let mem = base.join("mem");
+        let b = as_owner(&mem, || {
+            let mut b = [0u8; 16];
+            std::fs::File::open(&mem)?.read_exact_at(&mut b, at)?;
+            Ok(b)
+        })
+        .ok()?;
+        let word = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Some([word(0), word(8)])
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            let path = t.path().join("syscall");
+            let text = as_owner(&path, || std::fs::read_to_string(&path)).ok()?;
+            blocked_read(u64::from(pid) << 32 | u64::from(tid), &text, fds, header)
+        })
+        .collect()
+}
+
+/// Where a thread is now, against a read found in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Now {
+    /// In the same syscall with the same arguments (a new read of the same
+    /// buffer looks the same: its own `sys_enter` wrote over the entry then).
+    InIt,
+    /// Elsewhere: the read returned (or the thread is gone).
+    Elsewhere,
+    /// `running`: on a CPU, maybe on its way out of the read, its exit not
+    /// yet run.
+    Running,
+}
+
+fn now(proc_root: &Path, r: &BlockedRead) -> Now {
+    let (tgid, tid) = (r.pid_tgid >> 32, r.pid_tgid as u32);
+    let path = proc_root.join(format!("{tgid}/task/{tid}/syscall"));
+    let Ok(text) = as_owner(&path, || std::fs::read_to_string(&path)) else {
+        return Now::Elsewhere;
+    };
+    if text.trim() == "running" {
+        return Now::Running;
+    }
+    match parse(&text) {
+        Some((nr, [fd, a1, a2])) if nr == r.nr && fd == r.fd as u64 && [a1, a2] == r.raw => Now::InIt,
+        _ => Now::Elsewhere,
+    }
+}
+
+/// Is the thread still in the read found ([`find`])? A thread seen running
+/// is looked at again a few times, a millisecond apart (a wakeup, or the
+/// read returning, whose exit takes the entry itself): one still running
+/// then has left the read long since.
+fn still_blocked(proc_root: &Path, r: &BlockedRead) -> bool {
+    for _ in 0..5 {
+        match now(proc_root, r) {
+            Now::InIt => return true,
+            Now::Elsewhere => return false,
+            Now::Running => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+    false
+}
+
+/// Reads handed over at most: the programs' table of calls in flight holds
+/// 16,384 for the whole host, and the calls made from now on need room.
+const MAX_READS: usize = 4096;
+
+/// What [`hand_over`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Handed {
+    /// Reads whose arguments the programs now hold (those on plaintext HTTP
+    /// connections have their answer copied; TLS ones or a database's are
+    /// given up at that exit, as at any first call).
+    pub reads: usize,
+    /// Reads that returned before they were handed over (their entry removed).
+    pub stale: usize,
+    /// Threads with a call of their own saved since the attach, or a full
+    /// table, or reads past [`MAX_READS`].
+    pub skipped: usize,
+}
+
+/// The programs [`hand_over`] runs (agent-ebpf's `adopted.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `adopt_read`: 0 when the read's entry was written.
+    Adopt,
+    /// `drop_found_read`: 1 when it removed the read's entry.
+    Drop,
+}
+
+impl Step {
+    fn program(self) -> &'static str {
+        match self {
+            Step::Adopt => "adopt_read",
+            Step::Drop => "drop_found_read",
+        }
+    }
+}
+
+/// Hand the reads blocked on `sockets` (found open at start, and adopted
+/// already: a read begun since then has its arguments saved by `sys_enter`
+/// and keeps them) to the socket programs (`adopt_read`), each looked at
+/// again at once and its entry removed if it no longer is blocked
+/// (`drop_found_read`). On a thread of its own, as `as_owner` needs. What
+/// was done, and the error that stopped it, if any.
+pub fn hand_over(ebpf: &mut Ebpf, proc_root: &Path, sockets: &[(u32, i32)]) -> (Handed, Option<ProgramError>) {
+    let mut by_process: std::collections::BTreeMap<u32, HashSet<i32>> = Default::default();
+    for &(pid, fd) in sockets {
+        by_process.entry(pid).or_default().insert(fd);
+    }
+    let mut done = Handed::default();
+    if by_process.is_empty() {
+        return (done, None);
+    }
+    let mut loaded = Vec::new();
+    let mut work = || -> Result<(), ProgramError> {
+        for step in [Step::Adopt, Step::Drop] {
+            let p: &mut RawTracePoint = ebpf.program_mut(step.program()).ok_or(ProgramError::NotLoaded)?.try_into()?;
+            p.load()?;
+            loaded.push(step);
+        }
+        let run = |step: Step, r: &BlockedRead| -> Result<u32, ProgramError> {
+            let p: &mut RawTracePoint = ebpf.program_mut(step.program()).ok_or(ProgramError::NotLoaded)?.try_into()?;
+            let mut opts = RawTracePointRunOptions::new();
+            opts.args[..5].copy_from_slice(&[r.pid_tgid, r.buf, r.len, r.fd as u32 as u64, u64::from(r.call)]);
+            Ok(p.test_run(opts)?.return_value)
+        };
+        // Each process's threads looked at just before their reads are handed over.
+        let reads = by_process.iter().flat_map(|(&pid, fds)| find(&proc_root.join(pid.to_string()), pid, fds));
+        hand_over_with(reads, run, |r| still_blocked(proc_root, r), &mut done)
+    };
+    let outcome = std::thread::scope(|s| {
+        std::thread::Builder::new().name("blocked-reads".into()).spawn_scoped(s, &mut work).map(|t| t.join())
+    });
+    let error = match outcome {
+        Ok(Ok(result)) => result.err(),
+        // No thread (or it panicked): nothing more done.
+        _ => None,
+    };
+    for step in loaded {
+        if let Some(Ok(p)) = ebpf.program_mut(step.program()).map(<&mut RawTracePoint>::try_from) {
+            let _ = p.unload();
+        }
+    }
+    (done, error)
+}
+
+/// [`hand_over`] with its programs run by `run` and whether a read handed
+/// over is still blocked told by `blocked`, counted in `done`.
+fn hand_over_with<E>(
+    reads: impl Iterator<Item = BlockedRead>,
+    mut run: impl FnMut(Step, &BlockedRead) -> Result<u32, E>,
+    blocked: impl Fn(&BlockedRead) -> bool,
+    done: &mut Handed,
+) -> Result<(), E> {
+    for r in reads {
+        if done.reads >= MAX_READS || run(Step::Adopt, &r)? != 0 {
+            done.skipped += 1;
+            continue;
+        }
+        // Returned since it was looked at: its entry goes, unless its exit
+        // has taken it already (its answer copied: it counts as handed over).
+        if !blocked(&r) && run(Step::Drop, &r)? == 1 {
+            done.stale += 1;
+        } else {
+            done.reads += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FDS: [i32; 2] = [5, 9];
+
+    fn found(text: &str) -> Option<BlockedRead> {
+        blocked_read(7 << 32 | 8, text, &HashSet::from(FDS), |at| (at == 0x7000 + 16).then_some([0xa0, 3]))
+    }
+
+    #[test]
+    fn a_thread_blocked_in_a_read_of_a_watched_socket_is_found_with_the_call_s_arguments() {
+        let r = found("45 0x5 0x7f00 0x10000 0x0 0x0 0x0 0x7ffd 0x7f12\n").expect("a recvfrom on fd 5");
+        assert_eq!((r.pid_tgid, r.nr, r.fd, r.buf, r.len), (7 << 32 | 8, 45, 5, 0x7f00, 0x10000));
+        assert_eq!(tokentap_agent_common::found_nr(r.call), (45, SockCall::Read as u32));
+        let r = found("0 0x9 0x10 0x20 0x0 0x0 0x0 0x1 0x2").expect("a read on fd 9");
+        assert_eq!((r.buf, r.len, r.call & 0xffff), (0x10, 0x20, SockCall::Read as u32));
+        let r = found("19 0x5 0x10 0x2 0x0 0x0 0x0 0x1 0x2").expect("a readv");
+        assert_eq!((r.buf, r.len, r.call & 0xffff), (0x10, 2, SockCall::ReadV as u32));
+        // recvmsg: the iovecs from its header.
+        let r = found("47 0x5 0x7000 0x0 0x0 0x0 0x0 0x1 0x2").expect("a recvmsg");
+        assert_eq!((r.buf, r.len, r.call & 0xffff, r.raw), (0xa0, 3, SockCall::ReadV as u32, [0x7000, 0]));
+    }
+
+    #[test]
+    fn anything_else_is_not_a_blocked_read() {
+        for text in [
+            "running",
+            "-1 0x7ffd 0x7f12",
+            "",
+            // Another fd, a write, a poll.
+            "45 0x6 0x7f00 0x10000 0x0 0x0 0x0 0x7ffd 0x7f12",
+            "1 0x5 0x7f00 0x10 0x0 0x0 0x0 0x7ffd 0x7f12",
+            "7 0x5 0x1 0x0 0x0 0x0 0x0 0x7ffd 0x7f12",
+            // Truncated, malformed, an fd out of range, a header unreadable.
+            "45 0x5",
+            "45 5 0x7f00 0x10",
+            "x 0x5 0x7f00 0x10",
+            "45 0x100000005 0x7f00 0x10",
+            "47 0x5 0x8000 0x0 0x0 0x0 0x0 0x1 0x2",
+            "47 0x5 0xfffffffffffffff8 0x0 0x0 0x0 0x0 0x1 0x2",
+        ] {
+            assert_eq!(found(text), None, "{text:?}");
+        }
+    }
+
+    /// The programs' table as a map: a read that returned before it was
+    /// handed over loses its entry; one that returned after had it taken by
+    /// its exit; a thread with a call of its own keeps it.
+    #[test]
+    fn reads_no_longer_blocked_once_handed_over_have_their_entries_removed_unless_taken() {
+        let read = |tid: u64| {
+            let r = found(&format!("45 0x5 0x7f00 {:#x} 0 0 0 1 2", 0x100 * tid)).unwrap();
+            BlockedRead { pid_tgid: 7 << 32 | tid, ..r }
+        };
+        let [blocked, returned_before, returned_after, own_call] = [1, 2, 3, 4].map(read);
+        let table = std::cell::RefCell::new(std::collections::HashMap::from([(own_call.pid_tgid, 0u64)]));
+        let run = |step: Step, r: &BlockedRead| -> Result<u32, ()> {
+            let mut t = table.borrow_mut();
+            Ok(match step {
+                Step::Adopt if t.contains_key(&r.pid_tgid) => 1,
+                Step::Adopt => {
+                    t.insert(r.pid_tgid, r.len);
+                    0
+                }
+                Step::Drop => u32::from(t.get(&r.pid_tgid) == Some(&r.len) && t.remove(&r.pid_tgid).is_some()),
+            })
+        };
+        let still = |r: &BlockedRead| {
+            if *r == returned_after {
+                // Its exit took its entry.
+                table.borrow_mut().remove(&r.pid_tgid);
+            }
+            *r == blocked
+        };
+        let mut done = Handed::default();
+        let reads = [blocked, returned_before, returned_after, own_call].into_iter();
+        hand_over_with(reads, run, still, &mut done).unwrap();
+        assert_eq!(done, Handed { reads: 2, stale: 1, skipped: 1 });
+        let t = table.borrow();
+        let mut left: Vec<u64> = t.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, [blocked.pid_tgid, own_call.pid_tgid]);
+        assert_eq!(t[&own_call.pid_tgid], 0, "the thread's own call kept");
+    }
+
+    #[test]
+    fn past_the_limit_reads_are_not_handed_over_and_an_error_stops_with_the_count_so_far() {
+        let read = found("45 0x5 0x7f00 0x10 0 0 0 1 2").unwrap();
+        let mut done = Handed::default();
+        let ok = |_: Step, _: &BlockedRead| -> Result<u32, ()> { Ok(0) };
+        hand_over_with(std::iter::repeat_n(read, MAX_READS + 3), ok, |_| true, &mut done).unwrap();
+        assert_eq!((done.reads, done.skipped), (MAX_READS, 3));
+        let mut done = Handed::default();
+        let mut runs = 0;
+        let fails_third = |_: Step, _: &BlockedRead| {
+            runs += 1;
+            if runs == 3 {
+                Err("test run failed")
+            } else {
+                Ok(0)
+            }
+        };
+        let e = hand_over_with(std::iter::repeat_n(read, 5), fails_third, |_| true, &mut done);
+        assert_eq!((e, done.reads), (Err("test run failed"), 2));
+    }
+
+    /// A `/proc` tree: a process with a thread in a read of a client socket,
+    /// one in a read of another fd, one running.
+    #[test]
+    fn find_reads_each_thread_s_syscall_file() {
+        let root = std::env::temp_dir().join(format!("tokentap-blocked-reads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (tid, text) in
+            [(40, "45 0x5 0x7f00 0x400 0x0 0x0 0x0 0x1 0x2"), (41, "0 0x3 0x1 0x2 0 0 0 1 2"), (42, "running")]
+        {
+            let dir = root.join(format!("40/task/{tid}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("syscall"), text).unwrap();
+        }
+        let reads = find(&root.join("40"), 40, &HashSet::from(FDS));
+        assert_eq!(reads.len(), 1, "{reads:?}");
+        assert_eq!((reads[0].pid_tgid, reads[0].fd, reads[0].len), (40 << 32 | 40, 5, 0x400));
+        assert_eq!(now(&root, &reads[0]), Now::InIt);
+        assert!(still_blocked(&root, &reads[0]));
+        std::fs::write(root.join("40/task/40/syscall"), "45 0x5 0x7f00 0x800 0x0 0x0 0x0 0x1 0x2").unwrap();
+        assert_eq!(now(&root, &reads[0]), Now::Elsewhere, "another read: the one found returned");
+        std::fs::write(root.join("40/task/40/syscall"), "running\n").unwrap();
+        assert_eq!(now(&root, &reads[0]), Now::Running);
+        assert!(!still_blocked(&root, &reads[0]), "running at every look: it left the read");
+        std::fs::remove_dir_all(root.join("40/task/40")).unwrap();
+        assert_eq!(now(&root, &reads[0]), Now::Elsewhere, "the thread is gone");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
