@@ -337,25 +337,26 @@ fn a_connection_that_ends_before_the_new_agent_reads_its_state_keeps_it() {
 /// blocks inside an `SSL_read_ex` begun under the old agent, whose return
 /// this kernel runs only the old agent's probe for (Linux 6.12 on: a return
 /// probe runs for the calls whose entry it saw), so that answer is copied by
-/// no agent: counted (`dropped_unanswered`), never recorded wrong. A third
-/// has no timeout either, over plaintext HTTP: it blocks in a `recvfrom`
+/// no agent: counted (`dropped_unanswered`), never recorded wrong. Four
+/// more have no timeout either, over plaintext HTTP: each blocks in a `recvfrom`
 /// begun under the old agent, which the new one finds at its start
 /// (`/proc/PID/task/TID/syscall`) and hands to its socket programs, whose
-/// `sys_exit` runs for every syscall: the new agent records that call. Every
-/// other call is recorded once.
+/// `sys_exit` runs for every syscall: the new agent records those calls.
+/// Every other call is recorded once.
 #[test]
 fn calls_answered_after_the_whole_upgrade_are_recorded_by_the_new_agent_or_counted() {
-    answered_after_the_upgrade("handover-held", "raw");
+    answered_after_the_upgrade("handover-held", "raw", 4);
 }
 
 /// The same with the new agent's socket programs behind the syscalls' own
 /// tracepoints, whose exit records carry the syscall's number but no fd.
 #[test]
 fn a_blocked_plaintext_read_is_recorded_with_the_syscalls_own_tracepoints_too() {
-    answered_after_the_upgrade("handover-held-tp", "tracepoints");
+    answered_after_the_upgrade("handover-held-tp", "tracepoints", 1);
 }
 
-fn answered_after_the_upgrade(name: &str, hooks: &str) {
+/// `plain_clients`: how many plaintext clients with no timeout.
+fn answered_after_the_upgrade(name: &str, hooks: &str, plain_clients: u64) {
     let _g = serial();
     require_root();
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } = Upgrade::new(name, Transport::Https);
@@ -374,25 +375,31 @@ fn answered_after_the_upgrade(name: &str, hooks: &str) {
     std::fs::create_dir_all(dir.join("plain")).unwrap();
     let plain = Server::start_with(&dir.join("plain"), &certs, Transport::Plain);
     let plain_base = format!("http://api.openai.com:{}/v1", plain.port);
-    let (polling, blocking, blocking_plain) = (work(0), work(100), work(200));
-    let no_timeout = |base: &str, name: &str, work: &[serde_json::Value]| {
-        let mut c = py_workload(&dir, &certs, base, name, work);
-        c.arg("--no-timeout");
-        spawn(c)
-    };
-    let clients = [
-        spawn(py_workload(&dir, &certs, &base, "polling", &polling)),
-        no_timeout(&base, "blocking", &blocking),
-        no_timeout(&plain_base, "blocking-plain", &blocking_plain),
-    ];
+    // Clients numbered by `from` (0 polling, 100 blocking on TLS, 200 on
+    // are blocking on plaintext): each made its own process, as a pool of
+    // workers blocked on a slow self-hosted model.
+    let froms: Vec<u64> = (0..2 + plain_clients).map(|i| 100 * i).collect();
+    let works: Vec<Vec<serde_json::Value>> = froms.iter().map(|&from| work(from)).collect();
+    let clients: Vec<_> = froms
+        .iter()
+        .zip(&works)
+        .map(|(&from, w)| {
+            let base = if from >= 200 { &plain_base } else { &base };
+            let mut c = py_workload(&dir, &certs, base, &format!("client{from}"), w);
+            if from > 0 {
+                c.arg("--no-timeout");
+            }
+            spawn(c)
+        })
+        .collect();
     let pids: Vec<u32> = clients.iter().map(|c| c.id()).collect();
-    first.wait_records(&pids, 9);
+    first.wait_records(&pids, 3 * pids.len());
     wait_for("the held calls to reach the servers", Duration::from_secs(30), || {
-        ["answer0.held", "answer100.held", "answer200.held"].iter().all(|f| dir.join(f).exists()).then_some(())
+        froms.iter().all(|from| dir.join(format!("answer{from}.held")).exists()).then_some(())
     });
     let mut second = Agent::start(&second_dir, &[flag.as_str(), "--syscall-hooks", hooks]);
     assert!(first.stop().success());
-    for from in [0, 100, 200] {
+    for from in &froms {
         std::fs::write(dir.join(format!("answer{from}")), b"").expect("answer file");
     }
     clients.into_iter().for_each(finish);
@@ -401,7 +408,7 @@ fn answered_after_the_upgrade(name: &str, hooks: &str) {
     }
     assert!(second.stop().success());
     let served: Vec<serde_json::Value> = server.served().into_iter().chain(plain.served()).collect();
-    assert_eq!(served.len(), polling.len() + blocking.len() + blocking_plain.len());
+    assert_eq!(served.len(), works.iter().map(Vec::len).sum::<usize>());
     let (old, new) = (first.stats(), second.stats());
     let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
     let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
@@ -410,30 +417,32 @@ fn answered_after_the_upgrade(name: &str, hooks: &str) {
         assert_matches_served(r, s, &prices);
     }
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
-    let held = |input: u64| by_new.iter().filter(|r| r["input_tokens"] == input).count();
+    // The held call's input: 100 + from + 3.
+    let held = |from: u64| by_new.iter().filter(|r| r["input_tokens"] == 103 + from).count();
+    let plain_held: Vec<usize> = froms[2..].iter().map(|&from| held(from)).collect();
     eprintln!(
         "answered after the upgrade: old agent {} records, new {} of {}; states handed on {}, received {}; held \
-         calls recorded: polling {}, blocking {} (dropped_unanswered {}), blocking over plaintext {} (reads \
-         adopted at start {})",
+         calls recorded: polling {}, blocking {} (dropped_unanswered {}), blocking over plaintext {plain_held:?} \
+         (reads adopted at start {})",
         by_old.len(),
         by_new.len(),
         served.len(),
         n(&old, "handoff_states_sent"),
         n(&new, "handoff_states_received"),
-        held(103),
-        held(203),
+        held(0),
+        held(100),
         n(&new, "dropped_unanswered"),
-        held(303),
         n(&new, "reads_adopted_at_start"),
     );
     assert_eq!(n(&new, "socket_hooks_every_syscall"), u64::from(hooks == "raw"), "--syscall-hooks {hooks}: {new}");
-    assert_eq!(by_old.len(), 9, "each client's first three calls, by the old agent");
-    assert_eq!(held(103), 1, "the polling client's held call, by the new agent");
-    assert_eq!((held(203), n(&new, "dropped_unanswered")), (0, 1), "the blocked TLS read's answer: counted");
-    assert_eq!(held(303), 1, "the blocked plaintext read's answer, by the new agent");
-    assert!(n(&new, "reads_adopted_at_start") >= 1, "the blocked recvfrom found at start: {new}");
+    assert_eq!(by_old.len(), 3 * pids.len(), "each client's first three calls, by the old agent");
+    assert_eq!(held(0), 1, "the polling client's held call, by the new agent");
+    assert_eq!((held(100), n(&new, "dropped_unanswered")), (0, 1), "the blocked TLS read's answer: counted");
+    assert!(plain_held.iter().all(|&h| h == 1), "each blocked plaintext read's answer, by the new agent");
+    assert!(n(&new, "reads_adopted_at_start") > plain_clients, "the blocked reads found at start: {new}");
     assert_eq!(all.len(), served.len() - 1, "every other call recorded once");
-    assert!(n(&old, "handoff_states_sent") >= 3 && n(&new, "handoff_states_received") >= 3, "{old}\n{new}");
+    let states = 2 + plain_clients;
+    assert!(n(&old, "handoff_states_sent") >= states && n(&new, "handoff_states_received") >= states, "{old}\n{new}");
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "handoff_states_missing"]);
 }
 
