@@ -70,13 +70,19 @@ pub fn adopt_read(ctx: RawTracePointContext) -> i32 {
     let (pid_tgid, buf, len, fd, call): (u64, u64, u64, u64, u64) =
         (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3), ctx.arg(4));
     let args = SockArgs { buf, len, fd: fd as i32, call: call as u32 | SOCK_CALL_FOUND };
+    // Counted before the insert: the thread runs on another CPU, and its
+    // exit may take the entry at once (a slot never counts fewer).
+    add(&CALL_SLOTS, pid_tgid as u32, 1);
     match SOCK_CALLS.insert(pid_tgid, args, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            add(&CALL_SLOTS, pid_tgid as u32, 1);
-            0
+        Ok(()) => 0,
+        Err(_) => {
+            add(&CALL_SLOTS, pid_tgid as u32, u64::MAX);
+            if unsafe { SOCK_CALLS.get(pid_tgid) }.is_some() {
+                1
+            } else {
+                2
+            }
         }
-        Err(_) if unsafe { SOCK_CALLS.get(pid_tgid) }.is_some() => 1,
-        Err(_) => 2,
     }
 }
 
@@ -84,6 +90,9 @@ pub fn adopt_read(ctx: RawTracePointContext) -> i32 {
 /// ([`adopt_read`]) that it no longer finds blocked: the thread's entry goes
 /// if it is still that read's (not taken, not written over by a call since).
 /// Arguments as [`adopt_read`]'s; returns 1 when it removed the entry.
+/// Looked up, then removed: should the read return in between and the
+/// thread save a call of its own, that call is removed (lost, never
+/// copied wrong); a window of instructions, once per read found.
 #[raw_tracepoint(tracepoint = "drop_found_read")]
 pub fn drop_found_read(ctx: RawTracePointContext) -> i32 {
     let (pid_tgid, buf, len, fd, call): (u64, u64, u64, u64, u64) =

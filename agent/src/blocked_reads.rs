@@ -22,11 +22,12 @@
 //! recorded (docs/operations.md). A read that returns between the look and
 //! the hand-over leaves an entry a later syscall of the thread could take:
 //! its exit takes it only for the same syscall (and, on the raw tracepoint,
-//! the same fd), and each read handed over is looked at again once all are,
-//! its entry removed when the thread is no longer in it (`stale`).
+//! the same fd), and each read handed over is looked at again at once, its
+//! entry removed when the thread is no longer in it (`stale`).
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::programs::{ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun};
 use aya::Ebpf;
@@ -92,13 +93,19 @@ fn blocked_read(
 
 /// The reads of `pid`'s threads blocked on one of `fds` (its client
 /// sockets), its `/proc` directory at `base`. Run where `open_sockets` scans
-/// (a thread whose file-system ids it may change: see `as_owner`).
-pub(crate) fn find(base: &Path, pid: u32, fds: &HashSet<i32>) -> Vec<BlockedRead> {
-    let Ok(tasks) = std::fs::read_dir(base.join("task")) else {
-        return Vec::new();
-    };
-    let header = |at: u64| -> Option<[u64; 2]> {
-        let mem = base.join("mem");
+/// (a thread whose file-system ids it may change: see `as_owner`). Threads
+/// whose `syscall` file is refused (Yama's `ptrace_scope` 3, an LSM) are
+/// added to `refused`.
+/// Lazy: each thread is looked at just before its read is handed over.
+fn find<'a>(
+    base: PathBuf,
+    pid: u32,
+    fds: &'a HashSet<i32>,
+    refused: &'a Cell<usize>,
+) -> impl Iterator<Item = BlockedRead> + 'a {
+    let tasks = std::fs::read_dir(base.join("task")).into_iter().flatten();
+    let mem = base.join("mem");
+    let header = move |at: u64| -> Option<[u64; 2]> {
         let b = as_owner(&mem, || {
             let mut b = [0u8; 16];
             std::fs::File::open(&mem)?.read_exact_at(&mut b, at)?;
@@ -108,15 +115,21 @@ pub(crate) fn find(base: &Path, pid: u32, fds: &HashSet<i32>) -> Vec<BlockedRead
         let word = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         Some([word(0), word(8)])
     };
-    tasks
-        .flatten()
-        .filter_map(|t| {
-            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
-            let path = t.path().join("syscall");
-            let text = as_owner(&path, || std::fs::read_to_string(&path)).ok()?;
-            blocked_read(u64::from(pid) << 32 | u64::from(tid), &text, fds, header)
-        })
-        .collect()
+    tasks.flatten().filter_map(move |t| {
+        let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+        let path = t.path().join("syscall");
+        let text = match as_owner(&path, || std::fs::read_to_string(&path)) {
+            Ok(text) => text,
+            Err(e) => {
+                // Not one that exited meanwhile.
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    refused.set(refused.get() + 1);
+                }
+                return None;
+            }
+        };
+        blocked_read(u64::from(pid) << 32 | u64::from(tid), &text, fds, &header)
+    })
 }
 
 /// Where a thread is now, against a read found in it.
@@ -150,17 +163,26 @@ fn now(proc_root: &Path, r: &BlockedRead) -> Now {
 /// Is the thread still in the read found ([`find`])? A thread seen running
 /// is looked at again a few times, a millisecond apart (a wakeup, or the
 /// read returning, whose exit takes the entry itself): one still running
-/// then has left the read long since.
-fn still_blocked(proc_root: &Path, r: &BlockedRead) -> bool {
+/// then has left the read long since. Each wait takes one of `patience`'s
+/// (shared by all the reads: the agent's start waits on them); with none
+/// left, running is taken as gone.
+fn still_blocked(proc_root: &Path, r: &BlockedRead, patience: &Cell<u32>) -> bool {
     for _ in 0..5 {
         match now(proc_root, r) {
             Now::InIt => return true,
             Now::Elsewhere => return false,
-            Now::Running => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Now::Running if patience.get() == 0 => return false,
+            Now::Running => {
+                patience.set(patience.get() - 1);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     }
     false
 }
+
+/// Waits of a millisecond [`still_blocked`] may take in all.
+const PATIENCE: u32 = 200;
 
 /// Reads handed over at most: the programs' table of calls in flight holds
 /// 16,384 for the whole host, and the calls made from now on need room.
@@ -178,6 +200,8 @@ pub struct Handed {
     /// Threads with a call of their own saved since the attach, or a full
     /// table, or reads past [`MAX_READS`].
     pub skipped: usize,
+    /// Threads whose blocked syscall could not be read (refused).
+    pub refused: usize,
 }
 
 /// The programs [`hand_over`] runs (agent-ebpf's `adopted.rs`).
@@ -227,16 +251,26 @@ pub fn hand_over(ebpf: &mut Ebpf, proc_root: &Path, sockets: &[(u32, i32)]) -> (
             Ok(p.test_run(opts)?.return_value)
         };
         // Each process's threads looked at just before their reads are handed over.
-        let reads = by_process.iter().flat_map(|(&pid, fds)| find(&proc_root.join(pid.to_string()), pid, fds));
-        hand_over_with(reads, run, |r| still_blocked(proc_root, r), &mut done)
+        let refused = Cell::new(0);
+        let reads = by_process.iter().flat_map(|(&pid, fds)| find(proc_root.join(pid.to_string()), pid, fds, &refused));
+        let patience = Cell::new(PATIENCE);
+        let handed = hand_over_with(reads, run, |r| still_blocked(proc_root, r, &patience), &mut done);
+        done.refused = refused.get();
+        handed
     };
     let outcome = std::thread::scope(|s| {
         std::thread::Builder::new().name("blocked-reads".into()).spawn_scoped(s, &mut work).map(|t| t.join())
     });
     let error = match outcome {
         Ok(Ok(result)) => result.err(),
-        // No thread (or it panicked): nothing more done.
-        _ => None,
+        Ok(Err(_)) => {
+            tracing::warn!("reads blocked at start: the thread handing them over panicked");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reads blocked at start: no thread to hand them over");
+            None
+        }
     };
     for step in loaded {
         if let Some(Ok(p)) = ebpf.program_mut(step.program()).map(<&mut RawTracePoint>::try_from) {
@@ -348,7 +382,7 @@ mod tests {
         let mut done = Handed::default();
         let reads = [blocked, returned_before, returned_after, own_call].into_iter();
         hand_over_with(reads, run, still, &mut done).unwrap();
-        assert_eq!(done, Handed { reads: 2, stale: 1, skipped: 1 });
+        assert_eq!(done, Handed { reads: 2, stale: 1, skipped: 1, refused: 0 });
         let t = table.borrow();
         let mut left: Vec<u64> = t.keys().copied().collect();
         left.sort();
@@ -390,16 +424,22 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("syscall"), text).unwrap();
         }
-        let reads = find(&root.join("40"), 40, &HashSet::from(FDS));
+        let refused = Cell::new(0);
+        let fds = HashSet::from(FDS);
+        let reads: Vec<BlockedRead> = find(root.join("40"), 40, &fds, &refused).collect();
+        assert_eq!(refused.get(), 0);
         assert_eq!(reads.len(), 1, "{reads:?}");
         assert_eq!((reads[0].pid_tgid, reads[0].fd, reads[0].len), (40 << 32 | 40, 5, 0x400));
+        let patience = Cell::new(3);
         assert_eq!(now(&root, &reads[0]), Now::InIt);
-        assert!(still_blocked(&root, &reads[0]));
+        assert!(still_blocked(&root, &reads[0], &patience));
         std::fs::write(root.join("40/task/40/syscall"), "45 0x5 0x7f00 0x800 0x0 0x0 0x0 0x1 0x2").unwrap();
         assert_eq!(now(&root, &reads[0]), Now::Elsewhere, "another read: the one found returned");
         std::fs::write(root.join("40/task/40/syscall"), "running\n").unwrap();
         assert_eq!(now(&root, &reads[0]), Now::Running);
-        assert!(!still_blocked(&root, &reads[0]), "running at every look: it left the read");
+        assert!(!still_blocked(&root, &reads[0], &patience), "running at every look: it left the read");
+        assert_eq!(patience.get(), 0, "three waits taken, then no more");
+        assert!(!still_blocked(&root, &reads[0], &patience), "no patience left: running is gone at once");
         std::fs::remove_dir_all(root.join("40/task/40")).unwrap();
         assert_eq!(now(&root, &reads[0]), Now::Elsewhere, "the thread is gone");
         std::fs::remove_dir_all(&root).unwrap();

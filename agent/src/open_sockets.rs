@@ -272,6 +272,7 @@ pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> AtStart {
         blocked_reads = reads.reads,
         blocked_reads_returned = reads.stale,
         blocked_reads_skipped = reads.skipped,
+        blocked_reads_refused = reads.refused,
         ms = t.elapsed().as_millis() as u64,
         "client sockets open at start: watched from their next request"
     );
