@@ -487,7 +487,11 @@ impl StatsFile {
     /// At start: make `path`'s directory if need be and try a temporary file
     /// there, so that a path the agent cannot write is an error then, not a
     /// warning behind a healthy agent. No file is left at `path` (a reader
-    /// waiting for counters must not take a file of zeros for them).
+    /// waiting for counters must not take a file of zeros for them). A file
+    /// there already (the agent before's, in an upgrade) is replaced by a
+    /// copy of itself, as every write replaces it: a file mounted on its own
+    /// (a pod's `subPath`), or another user's in a sticky directory, refuses
+    /// that now rather than at the first write.
     pub fn prepare(path: &std::path::Path) -> std::io::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
@@ -496,8 +500,28 @@ impl StatsFile {
             return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "a directory"));
         }
         let tmp = tmp_path(path);
-        std::fs::write(&tmp, b"")?;
-        std::fs::remove_file(&tmp)
+        let before = match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        std::fs::write(&tmp, before.as_deref().unwrap_or_default())?;
+        let tried = match before {
+            Some(_) => std::fs::rename(&tmp, path),
+            None => std::fs::remove_file(&tmp),
+        };
+        if let Err(e) = tried {
+            let _ = std::fs::remove_file(&tmp);
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    "a mount point: the file is replaced (renamed over) at every write, which a file mounted on its \
+                     own refuses; mount its directory instead",
+                ));
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Replace the file at `path` whole (a reader never sees half of it).
@@ -548,6 +572,24 @@ mod tests {
         assert!(StatsFile::prepare(&dir.join("file/stats.json")).is_err(), "a file in the way");
         assert!(StatsFile::prepare(&dir.join("a")).is_err(), "a directory at the path");
         assert!(StatsFile::prepare(std::path::Path::new("/proc/tt-nowhere/stats.json")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file there already (the agent before's) is replaced by a copy of
+    /// itself: the rename every write makes is tried at start.
+    #[test]
+    fn preparing_over_a_file_renames_a_copy_of_it_into_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("tt-stats-over-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        std::fs::write(&path, b"{\"records\": 7}").unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        StatsFile::prepare(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"records\": 7}", "its content kept");
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode, "renamed over");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary left");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -316,5 +316,23 @@ fn a_stats_file_the_agent_cannot_write_stops_it_at_start() {
         run_until_exit(&dir, &DOCUMENTED, &["--stats-file=/proc/tokentap-nowhere/stats.json".to_owned()]);
     assert_eq!((status.code(), ready), (Some(1), false), "{log}");
     assert!(log.contains("--stats-file /proc/tokentap-nowhere/stats.json: "), "{log}");
+    // A file mounted on its own (a pod's `subPath`) takes a write but not the
+    // rename that replaces it: refused at start too, with what to do.
+    let mounted = dir.join("mounted.json");
+    std::fs::write(&mounted, b"{}").unwrap();
+    let bound = Command::new("mount").arg("--bind").arg(&mounted).arg(&mounted).status().unwrap();
+    assert!(bound.success(), "bind-mount {}", mounted.display());
+    /// Unmounts the file however the test ends.
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let unmount = Unmount(&mounted);
+    let (status, log, ready) = run_until_exit(&dir, &DOCUMENTED, &[format!("--stats-file={}", mounted.display())]);
+    drop(unmount);
+    assert_eq!((status.code(), ready), (Some(1), false), "{log}");
+    assert!(log.contains("a mount point") && log.contains("mount its directory instead"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
