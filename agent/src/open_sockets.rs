@@ -235,7 +235,7 @@ pub struct AtStart {
     pub sockets: usize,
     /// Processes whose sockets could not be listed.
     pub unreadable: usize,
-    /// Reads found blocked on them, whose answers are copied.
+    /// Reads found blocked on them, handed to the socket programs.
     pub reads: usize,
 }
 
