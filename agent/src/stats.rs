@@ -500,8 +500,16 @@ impl StatsFile {
             return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "a directory"));
         }
         let tmp = tmp_path(path);
-        let before = match std::fs::read(path) {
-            Ok(bytes) => Some(bytes),
+        let before = match std::fs::metadata(path) {
+            // Not read, never replaced: a device or a pipe (`/dev/stdout`)
+            // could block the start, and every write would put a file in its place.
+            Ok(m) if !m.is_file() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file (the stats file is replaced by a rename at every write)",
+                ))
+            }
+            Ok(_) => Some(std::fs::read(path)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -572,6 +580,10 @@ mod tests {
         assert!(StatsFile::prepare(&dir.join("file/stats.json")).is_err(), "a file in the way");
         assert!(StatsFile::prepare(&dir.join("a")).is_err(), "a directory at the path");
         assert!(StatsFile::prepare(std::path::Path::new("/proc/tt-nowhere/stats.json")).is_err());
+        // Not a regular file: refused, never read (a pipe would block).
+        let e = StatsFile::prepare(std::path::Path::new("/dev/null")).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(std::path::Path::new("/dev/null").exists() && !std::path::Path::new("/dev/null").is_file());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
