@@ -513,23 +513,22 @@ impl StatsFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        std::fs::write(&tmp, before.as_deref().unwrap_or_default())?;
-        let tried = match before {
+        let tried = std::fs::write(&tmp, before.as_deref().unwrap_or_default()).and_then(|()| match before {
             Some(_) => std::fs::rename(&tmp, path),
             None => std::fs::remove_file(&tmp),
-        };
-        if let Err(e) = tried {
-            let _ = std::fs::remove_file(&tmp);
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    "a mount point: the file is replaced (renamed over) at every write, which a file mounted on its \
-                     own refuses; mount its directory instead",
-                ));
+        });
+        let Err(e) = tried else { return Ok(()) };
+        let _ = std::fs::remove_file(&tmp);
+        let why = match e.raw_os_error() {
+            Some(libc::EBUSY) => {
+                "a mount point: a file mounted on its own refuses the rename; mount its directory instead"
             }
-            return Err(e);
-        }
-        Ok(())
+            Some(libc::EPERM | libc::EACCES) if before.is_some() => {
+                "the file there cannot be replaced (another user's, in a sticky directory?)"
+            }
+            _ => return Err(e),
+        };
+        Err(std::io::Error::new(e.kind(), format!("{why} (each write renames a new file over it): {e}")))
     }
 
     /// Replace the file at `path` whole (a reader never sees half of it).

@@ -318,6 +318,7 @@ fn a_stats_file_the_agent_cannot_write_stops_it_at_start() {
     assert!(log.contains("--stats-file /proc/tokentap-nowhere/stats.json: "), "{log}");
     // A file mounted on its own (a pod's `subPath`) takes a write but not the
     // rename that replaces it: refused at start too, with what to do.
+    require_tool("mount");
     let mounted = dir.join("mounted.json");
     std::fs::write(&mounted, b"{}").unwrap();
     let bound = Command::new("mount").arg("--bind").arg(&mounted).arg(&mounted).status().unwrap();
