@@ -67,8 +67,9 @@ counters! {
     /// do count in `ignored_not_http`.
     joined_mid_stream,
     /// HTTP/1.1 connections that lost bytes (full ring buffer, unreadable
-    /// memory) and resumed at their next request; the calls in flight count in
-    /// `dropped_unanswered`.
+    /// memory, a read no agent copied in an upgrade) and resumed at their
+    /// next request; the calls in flight count in `dropped_unanswered` (in
+    /// `dropped_at_handover` for the upgrade's).
     resynced_after_gap,
     ignored_desync,
     /// Switched protocols to something other than an LLM API's WebSocket.
@@ -100,6 +101,12 @@ counters! {
     /// LLM calls dropped: in flight when the agent stopped (its probes were
     /// detached before the response was complete).
     dropped_at_exit,
+    /// LLM calls dropped in an upgrade (`--handover-dir`): in flight in a
+    /// decoding state the agent before handed on, their answer read where no
+    /// agent copied it (inside a TLS library's read blocked across the whole
+    /// upgrade, by a client with no timeout), or on a connection that ended
+    /// before this agent read any of it.
+    dropped_at_handover,
     /// An upgrade (`--handover-dir`), leaving: HTTP/2 connections and
     /// WebSocket sessions whose decoding state (and ignored connections whose
     /// verdict) was handed to the next agent, and those it could not hand on
@@ -381,6 +388,7 @@ impl Counted for HttpDrop {
     fn counter(self, s: &Stats) -> &AtomicU64 {
         match self {
             HttpDrop::Unanswered => &s.dropped_unanswered,
+            HttpDrop::AtHandover => &s.dropped_at_handover,
             HttpDrop::JoinedMidStream => &s.joined_mid_stream,
             HttpDrop::Resynced => &s.resynced_after_gap,
             HttpDrop::WsMessageDropped => &s.websocket_messages_dropped,
@@ -454,6 +462,7 @@ impl Snapshot {
     pub fn dropped_calls(&self) -> u64 {
         self.dropped_unanswered
             + self.dropped_at_exit
+            + self.dropped_at_handover
             + self.dropped_truncated_body
             + self.dropped_body_decode
             + self.dropped_parse_error

@@ -75,6 +75,11 @@ pub fn handed_on_before_detaching(old: &Agent) {
     assert!(matches!((handed, detached), (Some(h), Some(d)) if h < d), "{log}");
 }
 
+/// The counters of calls an upgrade may lose: none may grow where every
+/// call is expected once.
+pub const LOSSES: [&str; 5] =
+    ["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "dropped_at_handover", "handoff_states_missing"];
+
 /// Neither agent's stats count any of `counters` (calls cut, lost or garbled).
 pub fn none_of(agents: &[&serde_json::Value], counters: &[&str]) {
     for s in agents {

@@ -198,7 +198,7 @@ fn a_jvm_s_calls_change_agents_at_a_request_boundary_none_lost_none_twice() {
     assert!(java::log_lines(&second, "java agent attached", pid).is_empty(), "the Java agent loaded once");
     let (old, new) = (first.stats(), second.stats());
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
-    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered"]);
+    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "dropped_at_handover"]);
     // The test server's side of the connection, ignored by the old agent: its
     // verdict went with it, at once (the new agent holds its bytes meanwhile).
     assert!(n(&new, "handoff_states_received") >= 1 && n(&new, "handoff_states_missing") == 0, "{new}");
@@ -269,7 +269,13 @@ fn websocket_sessions_change_agents_with_their_deflate_context_and_calls_in_flig
     assert!(n(&old, "handoff_states_sent") >= 4, "each session handed on: {old}");
     assert_eq!(n(&new, "handoff_states_received"), n(&old, "handoff_states_sent"), "and taken up: {new}");
     handed_on_before_detaching(&first);
-    let lost = ["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "handoff_states_unusable"];
+    let lost = [
+        "dropped_at_exit",
+        "joined_mid_stream",
+        "dropped_unanswered",
+        "dropped_at_handover",
+        "handoff_states_unusable",
+    ];
     none_of(&[&old, &new], &lost);
     none_of(&[&old, &new], &["ignored_websocket_malformed"]);
 }
@@ -337,7 +343,7 @@ fn a_connection_that_ends_before_the_new_agent_reads_its_state_keeps_it() {
 /// blocks inside an `SSL_read_ex` begun under the old agent, whose return
 /// this kernel runs only the old agent's probe for (Linux 6.12 on: a return
 /// probe runs for the calls whose entry it saw), so that answer is copied by
-/// no agent: counted (`dropped_unanswered`), never recorded wrong. Four
+/// no agent: counted (`dropped_at_handover`), never recorded wrong. Four
 /// more have no timeout either, over plaintext HTTP: each blocks in a `recvfrom`
 /// begun under the old agent, which the new one finds at its start
 /// (`/proc/PID/task/TID/syscall`) and hands to its socket programs, whose
@@ -422,7 +428,7 @@ fn answered_after_the_upgrade(name: &str, hooks: &str, plain_clients: u64) {
     let plain_held: Vec<usize> = froms[2..].iter().map(|&from| held(from)).collect();
     eprintln!(
         "answered after the upgrade: old agent {} records, new {} of {}; states handed on {}, received {}; held \
-         calls recorded: polling {}, blocking {} (dropped_unanswered {}), blocking over plaintext {plain_held:?} \
+         calls recorded: polling {}, blocking {} (dropped_at_handover {}), blocking over plaintext {plain_held:?} \
          (reads adopted at start {})",
         by_old.len(),
         by_new.len(),
@@ -431,13 +437,14 @@ fn answered_after_the_upgrade(name: &str, hooks: &str, plain_clients: u64) {
         n(&new, "handoff_states_received"),
         held(0),
         held(100),
-        n(&new, "dropped_unanswered"),
+        n(&new, "dropped_at_handover"),
         n(&new, "reads_adopted_at_start"),
     );
     assert_eq!(n(&new, "socket_hooks_every_syscall"), u64::from(hooks == "raw"), "--syscall-hooks {hooks}: {new}");
     assert_eq!(by_old.len(), 3 * pids.len(), "each client's first three calls, by the old agent");
     assert_eq!(held(0), 1, "the polling client's held call, by the new agent");
-    assert_eq!((held(100), n(&new, "dropped_unanswered")), (0, 1), "the blocked TLS read's answer: counted");
+    let cut = (held(100), n(&new, "dropped_at_handover"), n(&new, "dropped_unanswered"));
+    assert_eq!(cut, (0, 1, 0), "the blocked TLS read's answer: counted as the upgrade's");
     assert!(plain_held.iter().all(|&h| h == 1), "each blocked plaintext read's answer, by the new agent");
     assert!(n(&new, "reads_adopted_at_start") > plain_clients, "the blocked reads found at start: {new}");
     assert_eq!(all.len(), served.len() - 1, "every other call recorded once");
@@ -492,5 +499,5 @@ fn busy_http1_connections_left_without_a_drain_hand_their_calls_in_flight_on() {
     );
     assert!(n(&old, "handoff_states_sent") >= 1 && n(&new, "handoff_states_received") >= 1, "{old}\n{new}");
     assert!(by_new >= 20, "the new agent recorded the calls after the switch");
-    none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "dropped_unanswered", "handoff_states_missing"]);
+    none_of(&[&old, &new], &LOSSES);
 }

@@ -385,13 +385,12 @@ impl<E: WsCalls> HttpConnection<E> {
         let upgrade = responses.iter().position(|m| m.head.status == Some(101));
         let switched = upgrade.map(|i| responses.split_off(i));
         self.pair(responses, out);
-        let taken_over = std::mem::take(&mut self.taken_over);
         if let Err(e) = r {
-            if taken_over {
+            if self.taken_over {
                 // Taken over with the agent before's state, and the first
                 // bytes read since do not go on from it: they follow a read
                 // no agent copied (one blocked in the library across the
-                // whole upgrade), a gap like any other.
+                // whole upgrade), a gap like any other, the upgrade's.
                 tracing::debug!(error = %e, "HTTP/1 parse failed on a connection taken over; resuming at its next request");
                 return self.gap(lost);
             }
@@ -401,6 +400,8 @@ impl<E: WsCalls> HttpConnection<E> {
         } else if let Some(rest) = self.resp.unkept_body() {
             self.muting.unkept_body(rest);
         }
+        // The first bytes read since the state went on from it.
+        self.taken_over = false;
     }
 
     /// A `101` answered the oldest pending request. A WebSocket asked for by a
@@ -477,10 +478,12 @@ impl<E: WsCalls> HttpConnection<E> {
     /// gone): nothing after can be trusted.
     pub fn gap(&mut self, lost: &mut Lost) {
         self.muting.forget();
-        self.taken_over = false;
+        // Before this agent read any answer of a state handed on: the calls
+        // in flight are the upgrade's loss.
+        let handover = std::mem::take(&mut self.taken_over);
         match self.state {
             State::Client => {
-                lost.unanswered += self.unanswered();
+                *(if handover { &mut lost.at_handover } else { &mut lost.unanswered }) += self.unanswered();
                 self.pending.clear();
                 self.heads.clear();
                 self.req = Parser::new(Kind::Request, self.max_body);

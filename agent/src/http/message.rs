@@ -102,6 +102,9 @@ pub enum HttpDrop {
     WsMalformed,
     /// A connection that ended before its bytes were shown to be HTTP.
     NotHttp,
+    /// A request in flight in the state an upgrade's old agent handed on,
+    /// whose answer was read where no agent copied it.
+    AtHandover,
 }
 
 /// What was lost when a connection ended or was given up.
@@ -122,13 +125,17 @@ pub struct Lost {
     /// Connections that ended before their bytes were shown to be HTTP (those
     /// that go on are given up as not HTTP: the same counter).
     pub not_http: u64,
+    /// LLM requests in flight in a state handed on in an upgrade whose answer
+    /// went by unseen (the first bytes read after it did not go on from it).
+    pub at_handover: u64,
 }
 
 impl Lost {
     /// Each kind of drop with its count.
-    pub fn counts(&self) -> [(HttpDrop, u64); 6] {
+    pub fn counts(&self) -> [(HttpDrop, u64); 7] {
         [
             (HttpDrop::Unanswered, self.unanswered),
+            (HttpDrop::AtHandover, self.at_handover),
             (HttpDrop::JoinedMidStream, self.joined_mid_stream),
             (HttpDrop::Resynced, self.resynced),
             (HttpDrop::WsMessageDropped, self.ws_messages_dropped),
@@ -163,7 +170,8 @@ mod tests {
             ws_messages_dropped: 4,
             ws_malformed: 5,
             not_http: 6,
+            at_handover: 7,
         };
-        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 21);
+        assert_eq!(lost.counts().iter().map(|(_, n)| n).sum::<u64>(), 28);
     }
 }

@@ -436,14 +436,15 @@ impl Pipeline {
     }
 
     /// A state whose connection this agent holds none of the bytes after:
-    /// its calls in flight were cut. The calls its end completes or cuts
-    /// short are not recorded either: counted all the same.
+    /// its calls in flight were cut (`dropped_at_handover`). The calls its
+    /// end completes or cuts short are not recorded either: counted all the same.
     fn count_cut(&mut self, state: &[u8]) {
         if let Ok(mut c) = self.resume(state) {
             let mut lost = crate::http::exchange::Lost::default();
             let mut cut = Vec::new();
             c.close(0, &mut cut, &mut lost);
-            lost.unanswered += cut.len() as u64;
+            let calls = std::mem::take(&mut lost.unanswered) + cut.len() as u64;
+            Stats::add(&self.stats.dropped_at_handover, calls);
             self.count_lost(&lost);
         }
     }

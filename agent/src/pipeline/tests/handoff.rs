@@ -549,7 +549,12 @@ fn an_http1_call_in_flight_goes_on_with_its_state_or_is_counted_when_its_answer_
     old.finish();
     shared.0.lock().unwrap().1 = false;
     new.handle(&data_record(42, 7, DIR_EGRESS, 0, REQ.len() as u64, REQ, FLAG_LAST | FLAG_TAKEN_OVER));
-    assert_eq!((new_stats.snapshot().dropped_unanswered, shared.0.lock().unwrap().0.len()), (1, 0), "counted, read");
+    let n = new_stats.snapshot();
+    assert_eq!(
+        (n.dropped_at_handover, n.dropped_unanswered, shared.0.lock().unwrap().0.len()),
+        (1, 0, 0),
+        "counted, read"
+    );
     call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
     new.flush();
     assert_eq!(new_calls.0.lock().unwrap().len(), 1, "the next call recorded");
@@ -580,7 +585,8 @@ fn an_http1_call_in_flight_goes_on_with_its_state_or_is_counted_when_its_answer_
         let recorded = usize::from(!ended);
         assert_eq!((a, b, o.handoff_states_sent, o.dropped_at_exit), (0, recorded, 1, 0), "answered: {answered}");
         let received = u64::from(answered);
-        assert_eq!((n.handoff_states_received, n.dropped_unanswered), (received, 1 - received), "answered: {answered}");
+        let counted = (n.handoff_states_received, n.dropped_at_handover, n.dropped_unanswered);
+        assert_eq!(counted, (received, 1 - received, 0), "answered: {answered}");
         assert_eq!(n.joined_mid_stream, 0);
     }
 }
