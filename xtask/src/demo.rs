@@ -83,10 +83,17 @@ pub fn run(out: &Path, agent_bin: &Path) -> Result<()> {
     );
     println!(
         "dropped calls: {}, kernel losses: {}",
-        ["dropped_unanswered", "dropped_truncated_body", "dropped_body_decode", "dropped_parse_error"]
-            .iter()
-            .map(|k| stats[k].as_u64().unwrap_or(0))
-            .sum::<u64>(),
+        [
+            "dropped_unanswered",
+            "dropped_at_exit",
+            "dropped_at_handover",
+            "dropped_truncated_body",
+            "dropped_body_decode",
+            "dropped_parse_error"
+        ]
+        .iter()
+        .map(|k| stats[k].as_u64().unwrap_or(0))
+        .sum::<u64>(),
         stats["kernel_ring_full"].as_u64().unwrap_or(0)
     );
     track(&out, &certs, &server, &audit, agent_bin)

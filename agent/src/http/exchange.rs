@@ -140,6 +140,11 @@ impl<E: WsCalls> HttpConnection<E> {
             }
         }
         if continuity != Continuity::InOrder {
+            if direction == Direction::Egress {
+                // Lost in this agent's capture (its ring full), not an
+                // answer the upgrade left unseen.
+                self.taken_over = false;
+            }
             self.gap(lost);
         }
         // A chunk that starts a call after the loss (`GapBefore`) is whole.

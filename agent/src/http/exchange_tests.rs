@@ -488,6 +488,12 @@ fn a_connection_taken_over_across_a_hole_resumes_at_its_next_request() {
     fresh.on_egress(b"POST /v1/x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", 1, &mut cap, &mut lost);
     fresh.on_ingress(b"{\"id\":1}", 2, &mut Vec::new(), &mut lost);
     assert_eq!(fresh.ignored(), Some(Ignored::Desync));
+    // Bytes this agent lost of the client's side (its ring full) before
+    // any answer: its own loss, not the upgrade's.
+    let (mut lost, mut out) = (Lost::default(), Vec::new());
+    let mut new = HttpConnection::resume(&state, 1 << 20, &mut cap).unwrap();
+    let _ = new.on_chunk(Direction::Egress, Continuity::Gap, at, b"{}", 5, &mut cap, &mut out, &mut lost);
+    assert_eq!((lost.at_handover, lost.unanswered, lost.resynced), (0, 1, 1));
 }
 
 /// The fuzz target's seed of an HTTP/1.1 state (fuzz/seeds/handoff/h1): read
