@@ -32,7 +32,7 @@ use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
     helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
 };
-use tokentap_agent_common::CallArgs;
+use tokentap_agent_common::{CallArgs, TAKEN_BY_TWO};
 
 /// A BTF map definition of task storage holding `V`: every field a pointer
 /// whose pointee's size or type the loader reads (never dereferenced).
@@ -95,17 +95,37 @@ pub(crate) fn save(args: CallArgs) -> bool {
     true
 }
 
-/// Take the thread's call if it is of kind `call`: it is then cleared.
+/// Take the thread's call if it is of kind `call` and this agent has not
+/// taken it yet (nor two agents, nor one that has left since): marked taken
+/// by this agent, so that each agent uses a call once. With `--handover-dir`
+/// the map is pinned and shared (`agent/src/handover.rs`), so that the agent
+/// after one copies a read the one before saw begin: a client blocked in
+/// `SSL_read` across a whole upgrade, whose return the new agent's return
+/// program runs for (a return-only `uprobe_multi` link: the agent's
+/// `return_probes.rs`). The same rule as Go's calls (`go_tls::take_go_call`);
+/// [`CallArgs::taken_by`]'s layout and meaning are frozen for every release
+/// that shares the map.
 #[inline(always)]
 pub(crate) fn take(call: u32) -> Option<CallArgs> {
     let p = CALL_ARGS.current(false)?;
-    // SAFETY: as in `save`.
+    let me = crate::handover::me();
+    // SAFETY: as in `save`; two agents' programs on one call run one after
+    // the other on its thread.
     unsafe {
-        if (*p).call != call {
+        let by = (*p).taken_by;
+        if (*p).call != call || by == me || by == TAKEN_BY_TWO {
             return None;
         }
-        let args = *p;
-        (*p).call = 0;
-        Some(args)
+        // Taken by an agent gone since: the thread's last call, not one in
+        // flight (this one began where no agent's entry probe saw it).
+        if by != 0 && !crate::handover::live(by) {
+            return None;
+        }
+        // An agent that has left copies nothing of it (the ownership rule's);
+        // marked by it, the call would look taken to the agent that copies it.
+        if !crate::handover::left() {
+            (*p).taken_by = if by == 0 { me } else { TAKEN_BY_TWO };
+        }
+        Some(*p)
     }
 }

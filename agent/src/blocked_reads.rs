@@ -17,9 +17,9 @@
 //!
 //! What it falls back to: only plaintext sockets' reads, the ones whose bytes
 //! the socket programs copy. A TLS read blocked inside the library
-//! (`SSL_read`) has its plaintext copied by a return probe, which on Linux
-//! 6.12 and later runs only for calls whose entry it saw: still counted, not
-//! recorded (docs/operations.md). A read that returns between the look and
+//! (`SSL_read`) has its plaintext copied by a return probe instead, which
+//! runs for it when it is a `uprobe_multi` one (`return_probes`), with the
+//! call's arguments in the map the agents share. A read that returns between the look and
 //! the hand-over leaves an entry a later syscall of the thread could take:
 //! its exit takes it only for the same syscall (and, on the raw tracepoint,
 //! the same fd), and each read handed over is looked at again at once, its
@@ -29,11 +29,12 @@ use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun};
+use aya::programs::ProgramError;
 use aya::Ebpf;
 use tokentap_agent_common::{found_read, SockCall};
 
 use crate::open_sockets::as_owner;
+use crate::run_only::RunOnly;
 
 const SYS_READ: u32 = 0;
 const SYS_READV: u32 = 19;
@@ -237,24 +238,16 @@ pub fn hand_over(ebpf: &mut Ebpf, proc_root: &Path, sockets: &[(u32, i32)]) -> (
     if by_process.is_empty() {
         return (done, None);
     }
-    let mut loaded = Vec::new();
     let mut work = || -> Result<(), ProgramError> {
-        for step in [Step::Adopt, Step::Drop] {
-            let p: &mut RawTracePoint = ebpf.program_mut(step.program()).ok_or(ProgramError::NotLoaded)?.try_into()?;
-            p.load()?;
-            loaded.push(step);
-        }
-        let run = |step: Step, r: &BlockedRead| -> Result<u32, ProgramError> {
-            let p: &mut RawTracePoint = ebpf.program_mut(step.program()).ok_or(ProgramError::NotLoaded)?.try_into()?;
-            let mut opts = RawTracePointRunOptions::new();
-            opts.args[..5].copy_from_slice(&[r.pid_tgid, r.buf, r.len, r.fd as u32 as u64, u64::from(r.call)]);
-            Ok(p.test_run(opts)?.return_value)
+        let mut programs = RunOnly::load(ebpf, &[Step::Adopt.program(), Step::Drop.program()])?;
+        let mut run = |step: Step, r: &BlockedRead| {
+            programs.run(step.program(), &[r.pid_tgid, r.buf, r.len, r.fd as u32 as u64, u64::from(r.call)])
         };
         // Each process's threads looked at just before their reads are handed over.
         let refused = Cell::new(0);
         let reads = by_process.iter().flat_map(|(&pid, fds)| find(proc_root.join(pid.to_string()), pid, fds, &refused));
         let patience = Cell::new(PATIENCE);
-        let handed = hand_over_with(reads, run, |r| still_blocked(proc_root, r, &patience), &mut done);
+        let handed = hand_over_with(reads, &mut run, |r| still_blocked(proc_root, r, &patience), &mut done);
         done.refused = refused.get();
         handed
     };
@@ -272,11 +265,6 @@ pub fn hand_over(ebpf: &mut Ebpf, proc_root: &Path, sockets: &[(u32, i32)]) -> (
             None
         }
     };
-    for step in loaded {
-        if let Some(Ok(p)) = ebpf.program_mut(step.program()).map(<&mut RawTracePoint>::try_from) {
-            let _ = p.unload();
-        }
-    }
     (done, error)
 }
 

@@ -18,7 +18,10 @@
 //! - `GO_CALLS`: Go's TLS calls in flight, by goroutine, so that a read begun
 //!   under the old agent (the one Go's HTTP client keeps pending on every
 //!   idle keep-alive connection) is copied by the new one when it returns
-//!   after the old one left (`agent-ebpf/src/go_tls.rs`).
+//!   after the old one left (`agent-ebpf/src/go_tls.rs`);
+//! - `CALL_ARGS`: the OpenSSL-ABI calls in flight, in each thread's storage,
+//!   so that a read a client began under the old agent and is still blocked
+//!   in when it leaves is copied by the new one (`return_probes.rs`).
 //!
 //! - `ring-f<format>-<pid>-<start>`: each agent's ring buffer, read by the
 //!   agent after it if it is killed (`orphan_rings`).
@@ -39,7 +42,7 @@ use thiserror::Error;
 use tokentap_agent_common::{CallArgs, GoCallKey};
 
 /// The pinned maps, by their names in the eBPF object (and as files in the directory).
-pub const PINNED: [&str; 11] = [
+pub const PINNED: [&str; 12] = [
     "AGENTS",
     "CURRENT_AGENT",
     "CONN_OWNERS",
@@ -53,6 +56,9 @@ pub const PINNED: [&str; 11] = [
     // Go's calls in flight: a read pending on an idle keep-alive connection
     // across the upgrade is the next agent's to copy (agent-ebpf/src/go_tls.rs).
     "GO_CALLS",
+    // The OpenSSL-ABI calls in flight, by thread, for the same reason: a
+    // client blocked in `SSL_read` across the upgrade (`return_probes.rs`).
+    "CALL_ARGS",
 ];
 
 /// How long `make_current` lets probe hits under way as the probes attached finish.

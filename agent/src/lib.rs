@@ -8,6 +8,7 @@
 //! the socket hooks name: read by a capture method, or listed with the reason.
 //! [`pipeline`] wires the stages; [`run`] is the running agent; [`java`] loads
 //! tokentap's Java agent into JVMs (JSSE has no native TLS library to probe).
+pub mod attach_failure;
 pub mod attribution;
 pub mod audit;
 pub mod blind_spots;
@@ -29,7 +30,9 @@ pub mod pipeline;
 pub mod probes;
 pub mod program_misses;
 pub mod providers;
+pub mod return_probes;
 pub mod run;
+pub mod run_only;
 pub mod sinks;
 pub mod socket_hooks;
 pub mod stats;

@@ -25,8 +25,10 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use aya::programs::{ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun};
+use aya::programs::ProgramError;
 use aya::Ebpf;
+
+use crate::run_only::RunOnly;
 
 /// At most this many sockets adopted: the programs' socket table holds
 /// 65,536, and the ones connected from now on need room too.
@@ -212,19 +214,15 @@ pub struct Adopted {
 /// `adopted.rs`), after they are attached. `now_ns`: `CLOCK_MONOTONIC`, the
 /// kernel's `bpf_ktime_get_ns`, which names a socket (its id) as `connect` does.
 pub fn adopt(ebpf: &mut Ebpf, sockets: &[(u32, i32)], now_ns: u64) -> Result<Adopted, ProgramError> {
-    let name = "adopt_socket";
-    let p: &mut RawTracePoint = ebpf.program_mut(name).ok_or(ProgramError::NotLoaded)?.try_into()?;
-    p.load()?;
+    const ADOPT: &str = "adopt_socket";
+    let mut programs = RunOnly::load(ebpf, &[ADOPT])?;
     let mut done = Adopted::default();
     for &(tgid, fd) in sockets {
-        let mut opts = RawTracePointRunOptions::new();
-        opts.args[..3].copy_from_slice(&[tgid as u64, fd as u32 as u64, now_ns]);
-        match p.test_run(opts)?.return_value {
+        match programs.run(ADOPT, &[tgid as u64, fd as u32 as u64, now_ns])? {
             0 => done.adopted += 1,
             _ => done.already_watched += 1,
         }
     }
-    p.unload()?;
     Ok(done)
 }
 

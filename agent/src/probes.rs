@@ -17,6 +17,7 @@ use tokentap_agent_common::{
     H2Stream, LossCounter, MuteRange, SockId, SockKey, SockState, SslKey, VERDICT_COUNT, VERDICT_STOP,
 };
 
+pub use crate::attach_failure::AttachFailure;
 use crate::blind_spots::SocketTable;
 use crate::capture::event::Totals;
 use crate::discovery::{FileKey, Target, TlsLibrary, TlsSymbols};
@@ -56,6 +57,8 @@ pub enum ProbeError {
     BadRingSize(u32),
     #[error(transparent)]
     Handover(#[from] crate::handover::HandoverError),
+    #[error(transparent)]
+    Return(#[from] crate::return_probes::ReturnProbeError),
     #[error("socket capture on the syscalls' tracepoints: {0}")]
     Tracefs(String),
 }
@@ -209,6 +212,8 @@ pub fn attach_points(s: &TlsSymbols) -> Vec<(&'static str, u64)> {
 pub struct Probes {
     ebpf: Ebpf,
     attached: HashMap<FileKey, PathBuf>,
+    /// The return probes placed as `uprobe_multi` links (`return_probes`).
+    returns: Option<crate::return_probes::MultiReturns>,
     /// What socket capture runs on (none: `--no-socket-capture`).
     pub socket_hooks: Option<SyscallHooks>,
     /// Client sockets found open at start and watched, processes whose
@@ -360,10 +365,12 @@ impl Probes {
             }
             (e, _) => ProbeError::Load(e),
         })?;
+        // Before any map is taken out of `ebpf`: they use them all.
+        let returns = handover.is_some().then(|| crate::return_probes::load_for(&mut ebpf, EBPF_OBJECT)).flatten();
         // Registered at once: from here on this agent's probes see the others'.
         let handover = handover.map(|dir| Handover::open(&mut ebpf, dir)).transpose()?;
         for m in METHODS {
-            for &name in m.programs {
+            for &name in m.programs.iter().filter(|&&n| !returns.as_ref().is_some_and(|r| r.has(n))) {
                 let p: &mut UProbe = ebpf
                     .program_mut(name)
                     .ok_or(ProbeError::MissingProgram(name))?
@@ -408,13 +415,14 @@ impl Probes {
         let fill = ebpf.take_map("RING_FILL").ok_or(ProbeError::MissingMap("RING_FILL"))?;
         let fill = PerCpuArray::try_from(fill).map_err(|source| ProbeError::Map { name: "RING_FILL", source })?;
         // Every program is loaded by now (the socket hooks' too).
-        let misses = crate::program_misses::ProgramMisses::of(&ebpf);
+        let more = returns.as_ref().map(|r| r.program_fds()).unwrap_or_default();
+        let misses = crate::program_misses::ProgramMisses::of(&ebpf, more);
         tracing::debug!(programs = misses.len(), "reading the kernel's skipped runs of");
         let loss = LossReader { map: loss, fill, ring_bytes: ring_buffer_bytes, misses };
         let sockets =
             SocketMaps { sockets: hash_map(&mut ebpf, "SOCKETS")?, verdicts: hash_map(&mut ebpf, "SOCK_VERDICTS")? };
         let channels = Channels { events, ring_pin, loss, ignored, sockets };
-        let probes = Self { ebpf, attached: HashMap::new(), socket_hooks, at_start };
+        let probes = Self { ebpf, attached: HashMap::new(), returns, socket_hooks, at_start };
         Ok((probes, channels, handover))
     }
 
@@ -428,12 +436,12 @@ impl Probes {
     /// cuts as few calls as it can (`dropped_at_exit`). Dropping the object
     /// detaches the rest in no particular order.
     pub fn detach(mut self) {
-        let egress: Vec<String> = self
-            .ebpf
-            .programs()
-            .map(|(name, _)| name.to_owned())
-            .filter(|n| n.contains("write") || n.contains("send"))
-            .collect();
+        let is_egress = |n: &str| n.contains("write") || n.contains("send");
+        if let Some(returns) = self.returns.as_mut() {
+            returns.detach_programs(is_egress);
+        }
+        let egress: Vec<String> =
+            self.ebpf.programs().map(|(name, _)| name.to_owned()).filter(|n| is_egress(n)).collect();
         for name in egress {
             if let Some(aya::programs::Program::UProbe(p)) = self.ebpf.program_mut(&name) {
                 if let Err(e) = p.unload() {
@@ -455,6 +463,13 @@ impl Probes {
         let mut links = Vec::new();
         let mut result = Ok(());
         for (name, offset) in attach_points(&target.symbols) {
+            if let Some(returns) = self.returns.as_mut().filter(|r| r.has(name)) {
+                if let Err(e) = returns.attach(target.key, name, &path, offset) {
+                    result = Err(ProbeError::Return(e));
+                    break;
+                }
+                continue;
+            }
             match self.uprobe(name).and_then(|p| {
                 let ret = matches!(p.kind(), aya::programs::ProbeKind::Return);
                 let link = p
@@ -473,6 +488,9 @@ impl Probes {
             }
         }
         if let Err(e) = result {
+            if let Some(returns) = self.returns.as_mut() {
+                returns.detach_file(&target.key);
+            }
             for (name, link) in links {
                 if let Ok(p) = self.uprobe(name) {
                     let _ = p.detach(link);
@@ -490,42 +508,6 @@ impl Probes {
             .ok_or(ProbeError::MissingProgram(name))?
             .try_into()
             .map_err(|source| ProbeError::Program { name, source })
-    }
-}
-
-/// Why an attach failed, for `attach_failures_*`: the kernel's answer to the
-/// syscall that failed (`perf_event_open` for a uprobe).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachFailure {
-    /// EPERM/EACCES: a capability, an LSM or seccomp refused it.
-    PermissionDenied,
-    /// ENOENT/ESRCH: the file or its process went away meanwhile.
-    Gone,
-    Other,
-}
-
-impl AttachFailure {
-    pub fn of(e: &ProbeError) -> Self {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = cur {
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                return match io.raw_os_error() {
-                    Some(libc::EPERM | libc::EACCES) => Self::PermissionDenied,
-                    Some(libc::ENOENT | libc::ESRCH) => Self::Gone,
-                    _ => Self::Other,
-                };
-            }
-            cur = err.source();
-        }
-        Self::Other
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PermissionDenied => "permission_denied",
-            Self::Gone => "gone",
-            Self::Other => "other",
-        }
     }
 }
 
@@ -571,25 +553,3 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 #[path = "probes_object_tests.rs"]
 mod object_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The kernel's answer to `perf_event_open` names the failure's reason.
-    #[test]
-    fn attach_failures_are_told_apart_by_the_kernel_answer() {
-        let failed = |errno: i32| {
-            let io_error = std::io::Error::from_raw_os_error(errno);
-            let source =
-                aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { call: "perf_event_open", io_error });
-            AttachFailure::of(&ProbeError::Program { name: "ssl_write", source })
-        };
-        assert_eq!(failed(libc::EPERM), AttachFailure::PermissionDenied);
-        assert_eq!(failed(libc::EACCES), AttachFailure::PermissionDenied);
-        assert_eq!(failed(libc::ENOENT), AttachFailure::Gone);
-        assert_eq!(failed(libc::EINVAL), AttachFailure::Other);
-        assert_eq!(AttachFailure::of(&ProbeError::MissingProgram("x")), AttachFailure::Other);
-        assert_eq!(AttachFailure::PermissionDenied.as_str(), "permission_denied");
-    }
-}

@@ -15,10 +15,9 @@
 //! `kernel.bpf_stats_enabled` is on), sums them into `kernel_program_misses`,
 //! a loss counter, and names the programs that missed runs in a warning (at
 //! most once a minute).
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use aya::programs::ProgramFd;
 use aya::Ebpf;
 
 use crate::stats::Stats;
@@ -70,7 +69,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// One of the agent's programs, its count at the last read, and at the last warning.
 struct Program {
     name: String,
-    fd: ProgramFd,
+    fd: OwnedFd,
     last: u64,
     warned: u64,
 }
@@ -82,14 +81,14 @@ pub struct ProgramMisses {
 }
 
 impl ProgramMisses {
-    /// Every program of `ebpf` loaded now (call after the last load).
-    pub fn of(ebpf: &Ebpf) -> Self {
+    /// Every program of `ebpf` loaded now (call after the last load),
+    /// and the programs loaded beside it (`more`: name, descriptor).
+    pub fn of(ebpf: &Ebpf, more: Vec<(String, OwnedFd)>) -> Self {
         let programs = ebpf
             .programs()
-            .filter_map(|(name, p)| {
-                let fd = p.fd().ok()?.try_clone().ok()?;
-                Some(Program { name: name.to_owned(), fd, last: 0, warned: 0 })
-            })
+            .filter_map(|(name, p)| Some((name.to_owned(), p.fd().ok()?.as_fd().try_clone_to_owned().ok()?)))
+            .chain(more)
+            .map(|(name, fd)| Program { name, fd, last: 0, warned: 0 })
             .collect();
         Self { programs, last_warning: None }
     }
