@@ -117,7 +117,10 @@ pub(crate) fn take(call: u32) -> Option<CallArgs> {
             return None;
         }
         // Taken by an agent gone since: the thread's last call, not one in
-        // flight (this one began where no agent's entry probe saw it).
+        // flight (this one began where no agent's entry probe saw it). Or,
+        // in a window of microseconds, this very call, taken by the old
+        // agent's program just before that agent left: not copied here then,
+        // and the HTTP stage counts it (as Go's calls).
         if by != 0 && !crate::handover::live(by) {
             return None;
         }

@@ -119,6 +119,13 @@ pub struct Cli {
     /// Default: raw
     #[arg(global = true, long, value_name = "MODE", value_enum)]
     pub syscall_hooks: Option<crate::socket_hooks::SyscallHooks>,
+    /// How the TLS libraries' return probes are attached: `auto` (with
+    /// --handover-dir, as `uprobe_multi` links where the kernel has them,
+    /// Linux 6.6+, so that a read a client is blocked in across a whole
+    /// upgrade is copied by the new agent; else perf-event uretprobes) or
+    /// `uretprobe` (perf-event uretprobes always). Default: auto
+    #[arg(global = true, long, value_name = "MODE", value_enum)]
+    pub return_probes: Option<crate::return_probes::ReturnProbes>,
     /// Do not load tokentap's Java agent into running JVMs (HotSpot dynamic
     /// attach): their JSSE calls are then not captured, and each JVM is listed
     /// in the stats file's coverage as not probed.
@@ -284,6 +291,8 @@ pub struct FileConfig {
     pub socket_capture: Option<bool>,
     /// As `--syscall-hooks`.
     pub syscall_hooks: Option<crate::socket_hooks::SyscallHooks>,
+    /// As `--return-probes`.
+    pub return_probes: Option<crate::return_probes::ReturnProbes>,
     /// `false`: as `--no-java-attach`.
     pub java_attach: Option<bool>,
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -385,6 +394,8 @@ pub struct Settings {
     pub socket_capture: bool,
     /// Which tracepoints socket capture runs on.
     pub syscall_hooks: crate::socket_hooks::SyscallHooks,
+    /// How the TLS libraries' return probes are attached.
+    pub return_probes: crate::return_probes::ReturnProbes,
     /// Load tokentap's Java agent into HotSpot JVMs.
     pub java_attach: bool,
     /// Print capture progress to stderr every few seconds (audits).
@@ -451,6 +462,7 @@ impl Settings {
             exclude_processes: file.exclude_processes.iter().chain(&cli.exclude_processes).cloned().collect(),
             socket_capture: !cli.no_socket_capture && file.socket_capture.unwrap_or(true),
             syscall_hooks: cli.syscall_hooks.or(file.syscall_hooks).unwrap_or_default(),
+            return_probes: cli.return_probes.or(file.return_probes).unwrap_or_default(),
             java_attach: !cli.no_java_attach && file.java_attach.unwrap_or(true),
             progress: matches!(cli.command, Some(Command::Audit { .. })),
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),

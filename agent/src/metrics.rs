@@ -20,6 +20,7 @@ const GAUGES: &[&str] = &[
     "ring_buffer_size_bytes",
     "files_not_probed",
     "socket_hooks_every_syscall",
+    "return_probes_multi",
     "handover_overlap",
 ];
 

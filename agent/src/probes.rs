@@ -337,6 +337,7 @@ impl Probes {
         ring_buffer_bytes: u32,
         sockets: Option<SyscallHooks>,
         handover: Option<&std::path::Path>,
+        return_probes: crate::return_probes::ReturnProbes,
     ) -> Result<(Self, Channels, Option<Handover>), ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
@@ -366,7 +367,8 @@ impl Probes {
             (e, _) => ProbeError::Load(e),
         })?;
         // Before any map is taken out of `ebpf`: they use them all.
-        let returns = handover.is_some().then(|| crate::return_probes::load_for(&mut ebpf, EBPF_OBJECT)).flatten();
+        let returns =
+            handover.is_some().then(|| crate::return_probes::load_for(&mut ebpf, EBPF_OBJECT, return_probes)).flatten();
         // Registered at once: from here on this agent's probes see the others'.
         let handover = handover.map(|dir| Handover::open(&mut ebpf, dir)).transpose()?;
         for m in METHODS {
@@ -424,6 +426,11 @@ impl Probes {
         let channels = Channels { events, ring_pin, loss, ignored, sockets };
         let probes = Self { ebpf, attached: HashMap::new(), returns, socket_hooks, at_start };
         Ok((probes, channels, handover))
+    }
+
+    /// Whether the return probes are `uprobe_multi` links (`return_probes`).
+    pub fn returns_multi(&self) -> bool {
+        self.returns.is_some()
     }
 
     pub fn attached(&self) -> usize {

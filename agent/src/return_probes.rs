@@ -22,9 +22,16 @@
 //! references pointed at the maps aya created (they share every map with the
 //! other programs), and attached with `BPF_LINK_CREATE`.
 //!
+//! Every capture method's return programs are placed so (rustls's send's
+//! too: its calls' arguments are its own agent's, so one whose entry only the
+//! old agent saw finds none and copies nothing, as before). Go's returns are
+//! plain uprobes on its `RET` instructions and need none of this.
+//!
 //! What it falls back to: used only with `--handover-dir`, the one case it
-//! changes. Where the kernel has no `uprobe_multi` (before Linux 6.6) or
-//! loading fails, aya's uretprobes, as before (that one case still counted).
+//! changes. Where the kernel has no `uprobe_multi` (before Linux 6.6: it
+//! loads such a program but refuses its link, so a link is tried at start) or
+//! loading fails, aya's uretprobes, as before (that one case still counted),
+//! said at start with why.
 //! A link is one file descriptor: closing it detaches the probe.
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -55,6 +62,10 @@ pub enum ReturnProbeError {
     MissingProgram(String),
     #[error("eBPF map {0} not created")]
     MissingMap(String),
+    #[error("this kernel has no uprobe_multi links (Linux 6.6 and later have them)")]
+    NotSupported(#[source] io::Error),
+    #[error("this kernel takes no BTF")]
+    NoBtf,
     #[error("loading the programs' BTF")]
     Btf(#[source] io::Error),
     #[error("loading {name} as a uprobe_multi return program{log}")]
@@ -63,9 +74,24 @@ pub enum ReturnProbeError {
     Attach { name: &'static str, offset: u64, source: io::Error },
 }
 
+/// `--return-probes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReturnProbes {
+    /// `uprobe_multi` links with `--handover-dir` where the kernel has them, else perf-event uretprobes.
+    #[default]
+    Auto,
+    /// Perf-event uretprobes always (a TLS read blocked across a whole upgrade is then counted, not copied).
+    Uretprobe,
+}
+
 /// The capture methods' return programs loaded for `uprobe_multi`: None,
 /// with why in the log, where they cannot be (aya's uretprobes then).
-pub fn load_for(ebpf: &mut Ebpf, object: &[u8]) -> Option<MultiReturns> {
+pub fn load_for(ebpf: &mut Ebpf, object: &[u8], mode: ReturnProbes) -> Option<MultiReturns> {
+    if mode == ReturnProbes::Uretprobe {
+        tracing::info!("return probes: perf-event uretprobes (--return-probes uretprobe)");
+        return None;
+    }
     let names: Vec<&'static str> = crate::probes::METHODS
         .iter()
         .flat_map(|m| m.programs.iter().copied())
@@ -80,8 +106,11 @@ pub fn load_for(ebpf: &mut Ebpf, object: &[u8]) -> Option<MultiReturns> {
             Some(returns)
         }
         Err(e) => {
-            tracing::info!(error = %e, "return probes: perf-event uretprobes (a TLS read a client is blocked in \
-                 across a whole upgrade is then counted, not copied)");
+            tracing::info!(
+                error = crate::error_text(&e),
+                "return probes: perf-event uretprobes (a TLS read a client is blocked in \
+                 across a whole upgrade is then counted, not copied)"
+            );
             None
         }
     }
@@ -101,10 +130,10 @@ impl MultiReturns {
         if obj.has_btf_relocations() {
             return Err(ReturnProbeError::Object("it has BTF relocations, which are not done here".into()));
         }
-        // The programs' BTF: `bpf_loop`'s callbacks need their functions described.
-        // Every feature is on: a kernel with `uprobe_multi` (6.6) has them all.
-        let features = aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
-        let btf = match obj.fixup_and_sanitize_btf(&features).map_err(|e| ReturnProbeError::Object(e.to_string()))? {
+        // The programs' BTF: `bpf_loop`'s callbacks need their functions
+        // described. Made for this kernel as aya makes it for the others.
+        let features = aya::features().btf().ok_or(ReturnProbeError::NoBtf)?;
+        let btf = match obj.fixup_and_sanitize_btf(features).map_err(|e| ReturnProbeError::Object(e.to_string()))? {
             Some(btf) => load_btf(&btf.to_bytes()).map_err(ReturnProbeError::Btf)?,
             None => return Err(ReturnProbeError::Object("it has no BTF".into())),
         };
@@ -125,6 +154,9 @@ impl MultiReturns {
                 .get(&program.function_key())
                 .ok_or_else(|| ReturnProbeError::MissingProgram(name.into()))?;
             let fd = load_program(name, function, &program.license, &btf)?;
+            if programs.is_empty() {
+                supported(&fd)?;
+            }
             programs.insert(name, fd);
         }
         Ok(Self { programs, links: HashMap::new() })
@@ -292,6 +324,18 @@ fn load_program(
             };
             Err(ReturnProbeError::Load { name, log, source })
         }
+    }
+}
+
+/// Does this kernel link a program as a `uprobe_multi` consumer? Before 6.6
+/// it loads one for that attach type (a kprobe-type program's is not checked)
+/// but refuses the link, as an unknown attach type (EINVAL). One that has them
+/// refuses a link on a directory as not a regular file (EBADF), attaching nothing.
+fn supported(prog: &OwnedFd) -> Result<(), ReturnProbeError> {
+    match create_link(prog, Path::new("/"), 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
+        Err(e) => Err(ReturnProbeError::NotSupported(e)),
+        Ok(_) => Err(ReturnProbeError::NotSupported(io::Error::other("a link on / was made"))),
     }
 }
 

@@ -93,8 +93,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let sockets = settings.socket_capture.then_some(settings.syscall_hooks);
     let (mut probes, channels, mut handover) =
-        Probes::load(settings.ring_buffer_bytes, sockets, settings.handover_dir.as_deref())?;
+        Probes::load(settings.ring_buffer_bytes, sockets, settings.handover_dir.as_deref(), settings.return_probes)?;
     Stats::set(&stats.socket_hooks_every_syscall, u64::from(probes.socket_hooks == Some(SyscallHooks::Raw)));
+    Stats::set(&stats.return_probes_multi, u64::from(probes.returns_multi()));
     Stats::set(&stats.sockets_adopted_at_start, probes.at_start.sockets as u64);
     Stats::set(&stats.processes_unreadable_at_start, probes.at_start.unreadable as u64);
     Stats::set(&stats.reads_adopted_at_start, probes.at_start.reads as u64);

@@ -244,6 +244,10 @@ counters! {
     /// records are about to be lost (`kernel_ring_full`).
     ring_buffer_fill_bytes,
     ring_buffer_size_bytes,
+    /// 1 when the TLS libraries' return probes are `uprobe_multi` links
+    /// (`--handover-dir`, a kernel that has them): a read a client is blocked
+    /// in across a whole upgrade is copied by the new agent.
+    return_probes_multi,
     /// 1 when socket capture runs on the raw `sys_enter`/`sys_exit`
     /// tracepoints (the default, or the fallback of `--syscall-hooks
     /// tracepoints`): a program on every syscall of the host.

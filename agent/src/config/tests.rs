@@ -96,6 +96,20 @@ fn java_attach_is_on_unless_the_flag_or_the_file_turns_it_off() {
 }
 
 #[test]
+fn return_probes_are_auto_unless_the_flag_or_the_file_says_uretprobe() {
+    use crate::return_probes::ReturnProbes;
+    assert_eq!(Settings::resolve(&Cli::default()).unwrap().return_probes, ReturnProbes::Auto);
+    let p = write("returns", "return_probes = \"uretprobe\"\n");
+    let file = Cli { config: Some(p.clone()), no_kubernetes: true, ..Default::default() };
+    assert_eq!(Settings::resolve(&file).unwrap().return_probes, ReturnProbes::Uretprobe);
+    let cli = Cli::try_parse_from(["tokentap-agent", "--return-probes", "auto", "-c", p.to_str().unwrap()]).unwrap();
+    assert_eq!(Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap().return_probes, ReturnProbes::Auto);
+    let p = write("returns-bad", "return_probes = \"multi\"\n");
+    assert!(Settings::resolve(&Cli { config: Some(p), ..Default::default() }).is_err());
+    assert!(Cli::try_parse_from(["tokentap-agent", "--return-probes", "perf"]).is_err());
+}
+
+#[test]
 fn syscall_hooks_are_raw_unless_the_flag_or_the_file_says_tracepoints() {
     use crate::socket_hooks::SyscallHooks;
     assert_eq!(Settings::resolve(&Cli::default()).unwrap().syscall_hooks, SyscallHooks::Raw);
