@@ -30,7 +30,7 @@
 //! What it falls back to: used only with `--handover-dir`, the one case it
 //! changes. Where the kernel has no `uprobe_multi` (before Linux 6.6: it
 //! loads such a program but refuses its link, so a link is tried at start) or
-//! loading fails, aya's uretprobes, as before (that one case still counted),
+//! loading fails, aya's uretprobes, as before (that one case still counted on 6.12+),
 //! said at start with why.
 //! A link is one file descriptor: closing it detaches the probe.
 use std::collections::{HashMap, HashSet};
@@ -81,7 +81,7 @@ pub enum ReturnProbes {
     /// `uprobe_multi` links with `--handover-dir` where the kernel has them, else perf-event uretprobes.
     #[default]
     Auto,
-    /// Perf-event uretprobes always (a TLS read blocked across a whole upgrade is then counted, not copied).
+    /// Perf-event uretprobes always (on Linux 6.12+ a TLS read blocked across a whole upgrade is then counted, not copied).
     Uretprobe,
 }
 
@@ -109,7 +109,7 @@ pub fn load_for(ebpf: &mut Ebpf, object: &[u8], mode: ReturnProbes) -> Option<Mu
             tracing::info!(
                 error = crate::error_text(&e),
                 "return probes: perf-event uretprobes (a TLS read a client is blocked in \
-                 across a whole upgrade is then counted, not copied)"
+                 across a whole upgrade is then counted, not copied, on Linux 6.12 and later)"
             );
             None
         }
