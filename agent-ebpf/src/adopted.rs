@@ -29,7 +29,9 @@
 //! returned between the look and the entry leaves an entry that a later
 //! syscall of the thread would take, which [`found_exits`] refuses and user
 //! space, looking again, removes ([`drop_found_read`]). Its own `sys_enter`
-//! writes over it at the thread's next call on a watched socket.
+//! writes over it at the thread's next call on a watched socket. A write
+//! blocked at start (a request body larger than the sockets' buffers) is
+//! handed over the same way, its rest copied at its exit.
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::raw_tracepoint, programs::RawTracePointContext};
 use tokentap_agent_common::{
     found_nr, SockArgs, SockKey, SockState, SslKey, SOCKET_CONN, SOCK_ADOPTED, SOCK_CALL_FOUND, SOCK_HTTP, SOCK_OTHER,
@@ -59,8 +61,9 @@ pub fn adopt_socket(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-/// Never attached: user space runs it once for each read it found blocked on
-/// an adopted socket at start (see the module's prose). Arguments: the
+/// Never attached: user space runs it once for each read (or write: a
+/// request body larger than the sockets' buffers) it found blocked on an
+/// adopted socket at start (see the module's prose). Arguments: the
 /// thread's pid_tgid, the buffer (or iovec array), its length (or count),
 /// the fd, and the call ([`tokentap_agent_common::found_read`]). Returns 1
 /// when the thread has a call saved already (begun since the attach: its

@@ -12,7 +12,7 @@ pub mod attach_failure;
 pub mod attribution;
 pub mod audit;
 pub mod blind_spots;
-pub mod blocked_reads;
+pub mod blocked_calls;
 pub mod caps;
 pub mod capture;
 pub mod config;

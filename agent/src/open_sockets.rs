@@ -235,11 +235,13 @@ pub struct AtStart {
     pub unreadable: usize,
     /// Reads found blocked on them, handed to the socket programs.
     pub reads: usize,
+    /// Writes likewise.
+    pub writes: usize,
 }
 
 /// Watch the client sockets open now (with `--handover-dir`: the keep-alive
 /// connections the agent before this one will hand over), and hand over the
-/// reads blocked on them (`blocked_reads`). Best effort: a failure leaves
+/// reads and writes blocked on them (`blocked_calls`). Best effort: a failure leaves
 /// them unwatched, as they were before, with a warning.
 pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> AtStart {
     let t = std::time::Instant::now();
@@ -255,22 +257,23 @@ pub fn adopt_open(ebpf: &mut Ebpf, me: u32) -> AtStart {
         }
     };
     at_start.sockets = done.adopted;
-    let (reads, error) = crate::blocked_reads::hand_over(ebpf, proc_root, &found.sockets);
+    let (calls, error) = crate::blocked_calls::hand_over(ebpf, proc_root, &found.sockets);
     if let Some(e) = error {
-        tracing::warn!(error = %e, handed_over = reads.reads, "reads blocked at start: not all handed over (the \
-             answers the others return with are not copied)");
+        tracing::warn!(error = %e, handed_over = calls.reads + calls.writes, "calls blocked at start: not all \
+             handed over (the bytes the others return with are not copied)");
     }
-    at_start.reads = reads.reads;
+    (at_start.reads, at_start.writes) = (calls.reads, calls.writes);
     tracing::info!(
         sockets = done.adopted,
         already_watched = done.already_watched,
         processes = found.processes,
         unreadable = found.unreadable,
         over_limit = found.over_limit,
-        blocked_reads = reads.reads,
-        blocked_reads_returned = reads.stale,
-        blocked_reads_skipped = reads.skipped,
-        blocked_reads_refused = reads.refused,
+        blocked_reads = calls.reads,
+        blocked_writes = calls.writes,
+        blocked_calls_returned = calls.stale,
+        blocked_calls_skipped = calls.skipped,
+        blocked_calls_refused = calls.refused,
         ms = t.elapsed().as_millis() as u64,
         "client sockets open at start: watched from their next request"
     );

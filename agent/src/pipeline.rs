@@ -289,6 +289,7 @@ impl Pipeline {
         };
         let exchanges = &mut self.exchanges;
         let at = StreamAt { base: c.stream_base, pos: c.stream_pos };
+        conn.http.chunk_starts_call(c.offset == 0);
         let mut held =
             conn.http.on_chunk(c.direction, continuity, at, c.data, c.ts_ns, &mut classify, exchanges, &mut lost);
         if c.skip_after > 0 && held == Held::Within {
@@ -501,8 +502,11 @@ impl Pipeline {
         self.exiting = true;
         for (_, mut e) in self.conns.expire(u64::MAX) {
             let mut lost = Lost::default();
+            // A request still being written (a state too large to hand on:
+            // a body of megabytes) is cut by the exit too.
+            let writing = e.state.http.being_written();
             e.state.http.close(monotonic_ns(), &mut self.exchanges, &mut lost);
-            Stats::add(&self.stats.dropped_at_exit, std::mem::take(&mut lost.unanswered));
+            Stats::add(&self.stats.dropped_at_exit, writing + std::mem::take(&mut lost.unanswered));
             self.count_lost(&lost);
             self.emit_exchanges(&e.meta);
         }

@@ -99,6 +99,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     Stats::set(&stats.sockets_adopted_at_start, probes.at_start.sockets as u64);
     Stats::set(&stats.processes_unreadable_at_start, probes.at_start.unreadable as u64);
     Stats::set(&stats.reads_adopted_at_start, probes.at_start.reads as u64);
+    Stats::set(&stats.writes_adopted_at_start, probes.at_start.writes as u64);
     Stats::set(&stats.handover_overlap, u64::from(handover.as_ref().is_some_and(|h| h.overlapping())));
     let (exec_tx, exec_rx) = crossbeam_channel::bounded::<ProcessEvent>(4096);
     // Discovery tells the pipeline (for coverage) which processes map a TLS

@@ -5,7 +5,7 @@
 //! (the socket programs' tables) are written by the attached programs at the
 //! same time, and only a program of theirs can insert an entry on the same
 //! terms as they do (agent-ebpf's `adopted.rs`). Used by `open_sockets`
-//! (sockets found open) and `blocked_reads` (reads found blocked).
+//! (sockets found open) and `blocked_calls` (reads and writes found blocked).
 use aya::programs::{ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun};
 use aya::Ebpf;
 

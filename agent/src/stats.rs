@@ -264,6 +264,10 @@ counters! {
     /// (a client with no timeout waiting for its answer), handed to the
     /// socket programs so that the answer is copied when it comes.
     reads_adopted_at_start,
+    /// With `--handover-dir`: writes found blocked on those sockets at start
+    /// (a client with no timeout writing a request body larger than the
+    /// sockets' buffers), handed over likewise so that its rest is copied.
+    writes_adopted_at_start,
     /// With `--handover-dir`: 1 while the kernel keeps the bookkeeping of two
     /// agents overlapping (another agent is registered, or this one has been
     /// alone for under 5 s), which makes each copied call dearer; 0 once

@@ -8,7 +8,11 @@ chunks M ms apart),
 connection, not an LLM call, its 64 KiB pieces "download_pause_ms" apart,
 default 2), "wait_for": path? (the call waits until that file exists, at most
 120 s: the test says when), "hold_until": path? (the server answers the
-call only once that file exists: a call kept in flight)}; the usage goes to
+call only once that file exists: a call kept in flight), "hold_body": path?
+(the server reads the call's body only once that file exists, PATH.held made
+when its head arrives: with a body larger than the sockets' buffers, the
+client stays inside its write), "pad": bytes? (a user message of that many
+bytes added to the body)}; the usage goes to
 the test server in `x-test-usage` (the truth the calibration test checks).
 Prints {"calls": N, "pid": PID}.
 
@@ -54,6 +58,11 @@ def main():
         if c.get("hold_until"):
             # The server answers once the test makes that file.
             headers["x-test-hold-until"] = c["hold_until"]
+        if c.get("hold_body"):
+            headers["x-test-hold-body"] = c["hold_body"]
+        body = c["body"]
+        if c.get("pad"):
+            body = dict(body, messages=body["messages"] + [{"role": "user", "content": "x" * c["pad"]}])
         if c.get("words"):
             # A stream of that many chunks (the test server's slow-stream model: one a second).
             headers["x-test-stream-words"] = str(c["words"])
@@ -61,12 +70,12 @@ def main():
             headers["x-test-word-pause-ms"] = str(c["word_pause_ms"])
         oa = client() if c.get("fresh") else shared
         if c["api"] == "chat":
-            r = oa.chat.completions.create(**c["body"], extra_headers=headers)
-            if c["body"].get("stream"):
+            r = oa.chat.completions.create(**body, extra_headers=headers)
+            if body.get("stream"):
                 for _ in r:
                     pass
         else:
-            oa.embeddings.create(**c["body"], extra_headers=headers)
+            oa.embeddings.create(**body, extra_headers=headers)
         if c.get("download"):
             url = str(oa.base_url).rstrip("/") + "/download"
             d = oa._client.get(url, params={"bytes": c["download"], "pause_ms": c.get("download_pause_ms", 2)})

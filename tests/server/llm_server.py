@@ -17,7 +17,8 @@ Request headers for tests: `x-test-usage` (the usage to report, JSON),
 `x-test-stream-words: N` (an OpenAI chat stream of N content chunks),
 `x-test-word-pause-ms: M` (those chunks M ms apart), `x-test-hold-until: PATH`
 (an OpenAI chat call answered only once PATH exists, PATH.held made when it
-arrives) and, over
+arrives), `x-test-hold-body: PATH` (the body read only once PATH exists,
+PATH.held made when the head arrives: a client kept inside its write) and, over
 HTTP/2, `x-test-burst: N` (the response's body in DATA frames of at most N bytes,
 sent with the stream's end in one write).
 
@@ -139,6 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def handle_post(self):
+        self.hold("x-test-hold-body")
         n_bytes = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n_bytes) if n_bytes else b""
         try:
@@ -228,10 +230,11 @@ class Handler(BaseHTTPRequestHandler):
         prefix = f"event: {event}\n" if event else ""
         self.chunk(prefix + "data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n")
 
-    def hold(self):
+    def hold(self, header="x-test-hold-until"):
         """x-test-hold-until: PATH: answer only once PATH exists (at most 120 s),
-        after saying so in PATH.held: a call the test keeps in flight."""
-        path = self.headers.get("x-test-hold-until")
+        after saying so in PATH.held: a call the test keeps in flight (and
+        x-test-hold-body: its body read only then)."""
+        path = self.headers.get(header)
         if not path:
             return
         open(path + ".held", "w").close()

@@ -91,6 +91,9 @@ pub struct HttpConnection<E = ()> {
     /// Resumed from the agent before's HTTP/1.1 state, no answer byte read
     /// since: the first may follow a read no agent copied.
     taken_over: bool,
+    /// The next egress chunk starts a call ([`Self::chunk_starts_call`]):
+    /// the sniffing budget counts calls, not a large call's many chunks.
+    call_start: bool,
 }
 
 /// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
@@ -108,7 +111,14 @@ impl<E: WsCalls> HttpConnection<E> {
             heads: VecDeque::new(),
             muting: Muting::default(),
             taken_over: false,
+            call_start: true,
         }
+    }
+
+    /// Whether the next chunk starts its call (a chunk at offset 0) or goes
+    /// on with one. Unsaid, every chunk counts as a call.
+    pub fn chunk_starts_call(&mut self, starts: bool) {
+        self.call_start = starts;
     }
 
     /// One captured chunk. A hole before it drops what was in flight (HTTP/1.1
@@ -230,7 +240,9 @@ impl<E: WsCalls> HttpConnection<E> {
         }
         let mut done = Vec::new();
         if self.resp.skip_body(n, &mut done) {
-            self.pair(done, out);
+            if self.pair(done, out) {
+                self.gap(lost);
+            }
         } else {
             // The parser is not where the range said: resume at the next request.
             self.gap(lost);
@@ -274,6 +286,9 @@ impl<E: WsCalls> HttpConnection<E> {
     /// Plaintext the process wrote. `classify` runs once per request head; the
     /// requests it tags (LLM API calls) are buffered and paired.
     pub fn on_egress(&mut self, data: &[u8], ts: u64, classify: &mut dyn FnMut(&Head) -> Option<E>, lost: &mut Lost) {
+        // A call of megabytes joined midway (a request body) is one call of
+        // the budget, not one per chunk.
+        let starts = u8::from(self.call_start);
         if let State::Sniffing { calls, skipped, h2_settings_first } = &mut self.state {
             let request = sniff::looks_like_request(data);
             if request || sniff::starts_like_preface(data) {
@@ -292,7 +307,7 @@ impl<E: WsCalls> HttpConnection<E> {
             } else if sniff::looks_like_response(data) {
                 self.state = State::Ignored(Ignored::ServerSide);
             } else {
-                *calls += 1;
+                *calls += starts;
                 if *skipped == Skipped::Nothing {
                     *skipped = Skipped::Unknown;
                 }
@@ -305,7 +320,7 @@ impl<E: WsCalls> HttpConnection<E> {
         }
         if let State::Resync { calls } = &mut self.state {
             if !sniff::looks_like_request(data) {
-                *calls += 1;
+                *calls += starts;
                 if *calls >= MAX_SNIFF_CALLS {
                     self.state = State::Ignored(Ignored::Desync);
                 }
@@ -389,7 +404,15 @@ impl<E: WsCalls> HttpConnection<E> {
         let r = self.resp.push(data, ts, &mut never, &mut responses);
         let upgrade = responses.iter().position(|m| m.head.status == Some(101));
         let switched = upgrade.map(|i| responses.split_off(i));
-        self.pair(responses, out);
+        if self.pair(responses, out) {
+            // Answered while its request is still being written, none
+            // waiting: the rest of that request was written unseen (a write
+            // no agent copied across an upgrade, or lost in capture); the
+            // bytes written next would be read as its body. A gap: the call
+            // is counted, the connection resumes at its next request.
+            tracing::debug!("HTTP/1 answer to a request not yet whole; resuming at its next request");
+            return self.gap(lost);
+        }
         if let Err(e) = r {
             if self.taken_over {
                 // Taken over with the agent before's state, and the first
@@ -488,7 +511,8 @@ impl<E: WsCalls> HttpConnection<E> {
         let handover = std::mem::take(&mut self.taken_over);
         match self.state {
             State::Client => {
-                *(if handover { &mut lost.at_handover } else { &mut lost.unanswered }) += self.unanswered();
+                let in_flight = self.unanswered() + self.being_written();
+                *(if handover { &mut lost.at_handover } else { &mut lost.unanswered }) += in_flight;
                 self.pending.clear();
                 self.heads.clear();
                 self.req = Parser::new(Kind::Request, self.max_body);
@@ -525,16 +549,30 @@ impl<E: WsCalls> HttpConnection<E> {
         self.pending.iter().filter(|(m, e)| m.body_captured && e.is_some()).count() as u64
     }
 
-    fn pair(&mut self, responses: Vec<Message>, out: &mut Vec<Classified<E>>) {
+    /// Requests worth recording whose head was read and whose body is still
+    /// being written. Not counted by [`Self::close`] (a connection shed or
+    /// ended mid-request counts as such): the agent's exit and a gap count them.
+    pub(crate) fn being_written(&self) -> u64 {
+        self.heads.iter().filter(|e| e.is_some()).count() as u64
+    }
+
+    /// Pair responses with the requests waiting, in order. True when a
+    /// response came with none waiting while a request is being written.
+    fn pair(&mut self, responses: Vec<Message>, out: &mut Vec<Classified<E>>) -> bool {
         for response in responses {
-            // A response with no request is from before capture began: drop it.
+            // A response with no request is from before capture began: drop
+            // it, unless a request is being written (see `on_ingress`).
             let Some((request, endpoint)) = self.pending.pop_front() else {
+                if self.req.in_message() {
+                    return true;
+                }
                 continue;
             };
             if let Some(endpoint) = endpoint {
                 out.push(Classified { endpoint, exchange: Exchange { request, response } });
             }
         }
+        false
     }
 
     fn give_up_h2(&mut self, e: h2::H2Error, lost: &mut Lost) {

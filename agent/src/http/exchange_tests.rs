@@ -177,6 +177,33 @@ fn a_gap_loses_the_exchange_in_flight_and_resumes_at_the_next_request() {
     assert_eq!(c.ignored(), Some(Ignored::Desync));
 }
 
+/// A request lost while being written (a gap in its body, or an answer
+/// before its body was whole): counted, and the next request read as one.
+/// Past a gap the sniffing budget counts calls, not a call's chunks.
+#[test]
+fn a_request_lost_while_being_written_is_counted_and_the_next_is_read() {
+    let (mut lost, mut out, mut cap) = (Lost::default(), Vec::new(), llm);
+    let req = b"POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+    let mut c = HttpConnection::<()>::new(1 << 20);
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 99999\r\n\r\n{", 1, &mut cap, &mut lost);
+    c.gap(&mut lost);
+    assert_eq!((lost.unanswered, lost.resynced), (1, 1), "the call being written");
+    for i in 0..2 * MAX_SNIFF_CALLS {
+        c.chunk_starts_call(i == 0);
+        c.on_egress(b"xxxx", 2, &mut cap, &mut lost);
+    }
+    c.chunk_starts_call(true);
+    c.on_egress(req, 3, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 4, &mut out, &mut lost);
+    assert_eq!(out.len(), 1, "a body of many chunks took one call of the budget");
+    c.on_egress(b"POST /v1/x HTTP/1.1\r\nContent-Length: 99999\r\n\r\n{", 5, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 6, &mut out, &mut lost);
+    assert_eq!((out.len(), lost.unanswered), (1, 2), "answered before its body was whole: lost, counted");
+    c.on_egress(req, 7, &mut cap, &mut lost);
+    c.on_ingress(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 8, &mut out, &mut lost);
+    assert_eq!(out.len(), 2, "the next request read as one, not as that body");
+}
+
 /// Each exchange carries its own request's classification, across
 /// pipelining, a request not worth recording in between, and a gap.
 #[test]

@@ -121,8 +121,10 @@ impl Pipeline {
         }
         let full = self.parked.bytes + raw.len() > MAX_BYTES || waiting.unwrap_or(0) + raw.len() > MAX_CONN_BYTES;
         if full {
-            // Decoded as it is: what it held first, then this.
-            self.release(c.key, None);
+            // Decoded now, from the state if it came (a request body of
+            // megabytes written after the switch), else as joined midway:
+            // what it held first, then this.
+            self.release_now(c.key);
             return false;
         }
         let w = self.parked.conns.entry(c.key).or_insert_with(|| Waiting {

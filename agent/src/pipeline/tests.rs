@@ -548,10 +548,13 @@ fn a_call_in_flight_when_the_agent_stops_counts_as_dropped_at_exit() {
     p.handle(&data_record(42, 2, DIR_EGRESS, 0, req.len() as u64, &req, 0));
     let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"id\":";
     p.handle(&data_record(42, 2, DIR_INGRESS, 0, head.len() as u64 + 490, head, 0));
+    // A third still being written (its body of megabytes half sent).
+    let writing = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 5000000\r\n\r\n{";
+    p.handle(&data_record(42, 3, DIR_EGRESS, 0, writing.len() as u64, writing, 0));
     p.finish();
     let s = stats.snapshot();
-    assert_eq!((s.dropped_at_exit, s.dropped_unanswered, s.records), (2, 0, 0), "{s:?}");
-    assert_eq!(s.dropped_calls(), 2);
+    assert_eq!((s.dropped_at_exit, s.dropped_unanswered, s.records), (3, 0, 0), "{s:?}");
+    assert_eq!(s.dropped_calls(), 3);
     assert!(c.0.lock().unwrap().is_empty());
 }
 

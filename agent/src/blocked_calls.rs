@@ -1,29 +1,32 @@
-//! Reads blocked on a client socket when the agent starts, found in `/proc`
-//! and handed to the socket programs, so that the answer they return with is
-//! copied.
+//! Reads and writes blocked on a client socket when the agent starts, found
+//! in `/proc` and handed to the socket programs, so that the bytes they
+//! return with are copied.
 //!
 //! Why: the socket programs save a call's arguments at `sys_enter` and copy
 //! its bytes at `sys_exit`. A client with no timeout (Python's `requests` or
 //! the `openai` SDK with `timeout=None`, on a blocking socket) waits for its
-//! answer inside one `recvfrom`; in an upgrade that read began under the old
-//! agent, before the new one's programs were attached, and a long generation
-//! returns it after the old agent has left. The new agent's `sys_exit` runs
-//! for it (a tracepoint runs at every syscall's exit) but found no
-//! arguments: the answer was lost, counted as cut. The thread's blocked
+//! answer inside one `recvfrom`, and writes a request body larger than the
+//! sockets' buffers inside one `sendto` until the server has read most of
+//! it; in an upgrade such a call began under the old agent, before the new
+//! one's programs were attached, and returns after the old agent has left (a
+//! long generation, a slow upload). The new agent's `sys_exit` runs for it (a
+//! tracepoint runs at every syscall's exit) but found no arguments: the
+//! answer, or the rest of the request, was lost. The thread's blocked
 //! syscall and its arguments are in `/proc/PID/task/TID/syscall`; the
 //! arguments go to the programs' table through a program of theirs
-//! (`adopt_read`, agent-ebpf's `adopted.rs`), as the sockets found open do
-//! (`open_sockets`).
+//! (`adopt_read`, agent-ebpf's `adopted.rs`, for writes too), as the sockets
+//! found open do (`open_sockets`).
 //!
-//! What it falls back to: only plaintext sockets' reads, the ones whose bytes
-//! the socket programs copy. A TLS read blocked inside the library
-//! (`SSL_read`) has its plaintext copied by a return probe instead, which
-//! runs for it when it is a `uprobe_multi` one (`return_probes`), with the
-//! call's arguments in the map the agents share. A read that returns between the look and
-//! the hand-over leaves an entry a later syscall of the thread could take:
-//! its exit takes it only for the same syscall (and, on the raw tracepoint,
-//! the same fd), and each read handed over is looked at again at once, its
-//! entry removed when the thread is no longer in it (`stale`).
+//! What it falls back to: only plaintext sockets' calls, the ones whose bytes
+//! the socket programs copy. A TLS read or write blocked inside the library
+//! (`SSL_read`, `SSL_write`) has its plaintext copied by a return probe
+//! instead, which runs for it when it is a `uprobe_multi` one
+//! (`return_probes`), with the call's arguments in the map the agents share.
+//! A call that returns between the look and the hand-over leaves an entry a
+//! later syscall of the thread could take: its exit takes it only for the
+//! same syscall (and, on the raw tracepoint, the same fd), and each call
+//! handed over is looked at again at once, its entry removed when the thread
+//! is no longer in it (`stale`).
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
@@ -37,14 +40,19 @@ use crate::open_sockets::as_owner;
 use crate::run_only::RunOnly;
 
 const SYS_READ: u32 = 0;
+const SYS_WRITE: u32 = 1;
 const SYS_READV: u32 = 19;
+const SYS_WRITEV: u32 = 20;
+const SYS_SENDTO: u32 = 44;
 const SYS_RECVFROM: u32 = 45;
+const SYS_SENDMSG: u32 = 46;
 const SYS_RECVMSG: u32 = 47;
 
-/// A thread blocked in a read of a client socket, as the socket programs
-/// save a call: the buffer and its length, or the iovec array and its count.
+/// A thread blocked in a read or a write of a client socket, as the socket
+/// programs save a call: the buffer and its length, or the iovec array and
+/// its count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockedRead {
+pub struct BlockedCall {
     pub pid_tgid: u64,
     /// The syscall's number, as `/proc` gives it.
     pub nr: u32,
@@ -68,42 +76,52 @@ fn parse(text: &str) -> Option<(u32, [u64; 3])> {
     Some((nr, [arg()?, arg()?, arg()?]))
 }
 
-/// The read a thread is blocked in, if it is one of `fds`, from its
-/// `syscall` file's text. A `recvmsg`'s iovec array and count are in its
-/// header, read through `header` (at the header's address plus 16).
-fn blocked_read(
+/// The read or write a thread is blocked in, if it is one of `fds`, from
+/// its `syscall` file's text. A `recvmsg`'s or `sendmsg`'s iovec array and
+/// count are in its header, read through `header` (at the header's address
+/// plus 16).
+fn blocked_call(
     pid_tgid: u64,
     text: &str,
     fds: &HashSet<i32>,
     header: impl FnOnce(u64) -> Option<[u64; 2]>,
-) -> Option<BlockedRead> {
+) -> Option<BlockedCall> {
     let (nr, [fd, a1, a2]) = parse(text)?;
     let fd = i32::try_from(fd).ok().filter(|fd| fds.contains(fd))?;
     let (buf, len, call) = match nr {
         SYS_READ | SYS_RECVFROM => (a1, a2, SockCall::Read),
+        SYS_WRITE | SYS_SENDTO => (a1, a2, SockCall::Write),
         SYS_READV => (a1, a2, SockCall::ReadV),
+        SYS_WRITEV => (a1, a2, SockCall::WriteV),
         // struct msghdr: msg_iov at +16, msg_iovlen at +24.
-        SYS_RECVMSG => {
+        SYS_RECVMSG | SYS_SENDMSG => {
             let [iov, count] = header(a1.checked_add(16)?)?;
-            (iov, count, SockCall::ReadV)
+            (iov, count, if nr == SYS_SENDMSG { SockCall::WriteV } else { SockCall::ReadV })
         }
         _ => return None,
     };
-    Some(BlockedRead { pid_tgid, nr, fd, raw: [a1, a2], buf, len, call: found_read(call, nr) })
+    Some(BlockedCall { pid_tgid, nr, fd, raw: [a1, a2], buf, len, call: found_read(call, nr) })
 }
 
-/// The reads of `pid`'s threads blocked on one of `fds` (its client
+impl BlockedCall {
+    fn writes(&self) -> bool {
+        let (_, call) = tokentap_agent_common::found_nr(self.call);
+        call == SockCall::Write as u32 || call == SockCall::WriteV as u32
+    }
+}
+
+/// The reads and writes of `pid`'s threads blocked on one of `fds` (its client
 /// sockets), its `/proc` directory at `base`. Run where `open_sockets` scans
 /// (a thread whose file-system ids it may change: see `as_owner`). Threads
 /// whose `syscall` file is refused (Yama's `ptrace_scope` 3, an LSM) are
 /// added to `refused`.
-/// Lazy: each thread is looked at just before its read is handed over.
+/// Lazy: each thread is looked at just before its call is handed over.
 fn find<'a>(
     base: PathBuf,
     pid: u32,
     fds: &'a HashSet<i32>,
     refused: &'a Cell<usize>,
-) -> impl Iterator<Item = BlockedRead> + 'a {
+) -> impl Iterator<Item = BlockedCall> + 'a {
     let tasks = std::fs::read_dir(base.join("task")).into_iter().flatten();
     let mem = base.join("mem");
     let header = move |at: u64| -> Option<[u64; 2]> {
@@ -129,24 +147,24 @@ fn find<'a>(
                 return None;
             }
         };
-        blocked_read(u64::from(pid) << 32 | u64::from(tid), &text, fds, &header)
+        blocked_call(u64::from(pid) << 32 | u64::from(tid), &text, fds, &header)
     })
 }
 
-/// Where a thread is now, against a read found in it.
+/// Where a thread is now, against a call found in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Now {
-    /// In the same syscall with the same arguments (a new read of the same
+    /// In the same syscall with the same arguments (a new call on the same
     /// buffer looks the same: its own `sys_enter` wrote over the entry then).
     InIt,
-    /// Elsewhere: the read returned (or the thread is gone).
+    /// Elsewhere: the call returned (or the thread is gone).
     Elsewhere,
-    /// `running`: on a CPU, maybe on its way out of the read, its exit not
+    /// `running`: on a CPU, maybe on its way out of the call, its exit not
     /// yet run.
     Running,
 }
 
-fn now(proc_root: &Path, r: &BlockedRead) -> Now {
+fn now(proc_root: &Path, r: &BlockedCall) -> Now {
     let (tgid, tid) = (r.pid_tgid >> 32, r.pid_tgid as u32);
     let path = proc_root.join(format!("{tgid}/task/{tid}/syscall"));
     let Ok(text) = as_owner(&path, || std::fs::read_to_string(&path)) else {
@@ -161,13 +179,13 @@ fn now(proc_root: &Path, r: &BlockedRead) -> Now {
     }
 }
 
-/// Is the thread still in the read found ([`find`])? A thread seen running
+/// Is the thread still in the call found ([`find`])? A thread seen running
 /// is looked at again a few times, a millisecond apart (a wakeup, or the
-/// read returning, whose exit takes the entry itself): one still running
-/// then has left the read long since. Each wait takes one of `patience`'s
-/// (shared by all the reads: the agent's start waits on them); with none
+/// call returning, whose exit takes the entry itself): one still running
+/// then has left the call long since. Each wait takes one of `patience`'s
+/// (shared by all the calls: the agent's start waits on them); with none
 /// left, running is taken as gone.
-fn still_blocked(proc_root: &Path, r: &BlockedRead, patience: &Cell<u32>) -> bool {
+fn still_blocked(proc_root: &Path, r: &BlockedCall, patience: &Cell<u32>) -> bool {
     for _ in 0..5 {
         match now(proc_root, r) {
             Now::InIt => return true,
@@ -185,9 +203,9 @@ fn still_blocked(proc_root: &Path, r: &BlockedRead, patience: &Cell<u32>) -> boo
 /// Waits of a millisecond [`still_blocked`] may take in all.
 const PATIENCE: u32 = 200;
 
-/// Reads handed over at most: the programs' table of calls in flight holds
+/// Calls handed over at most: the programs' table of calls in flight holds
 /// 16,384 for the whole host, and the calls made from now on need room.
-const MAX_READS: usize = 4096;
+const MAX_CALLS: usize = 4096;
 
 /// What [`hand_over`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -196,10 +214,12 @@ pub struct Handed {
     /// connections have their answer copied; TLS ones or a database's are
     /// given up at that exit, as at any first call).
     pub reads: usize,
-    /// Reads that returned before they were handed over (their entry removed).
+    /// Writes likewise (a plaintext HTTP request's rest copied).
+    pub writes: usize,
+    /// Calls that returned before they were handed over (their entry removed).
     pub stale: usize,
     /// Threads with a call of their own saved since the attach, or a full
-    /// table, or reads past [`MAX_READS`].
+    /// table, or calls past [`MAX_CALLS`].
     pub skipped: usize,
     /// Threads whose blocked syscall could not be read (refused).
     pub refused: usize,
@@ -208,9 +228,9 @@ pub struct Handed {
 /// The programs [`hand_over`] runs (agent-ebpf's `adopted.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// `adopt_read`: 0 when the read's entry was written.
+    /// `adopt_read` (a write's too): 0 when the call's entry was written.
     Adopt,
-    /// `drop_found_read`: 1 when it removed the read's entry.
+    /// `drop_found_read`: 1 when it removed the call's entry.
     Drop,
 }
 
@@ -223,10 +243,10 @@ impl Step {
     }
 }
 
-/// Hand the reads blocked on `sockets` (found open at start, and adopted
-/// already: a read begun since then has its arguments saved by `sys_enter`
-/// and keeps them) to the socket programs (`adopt_read`), each looked at
-/// again at once and its entry removed if it no longer is blocked
+/// Hand the reads and writes blocked on `sockets` (found open at start, and
+/// adopted already: a call begun since then has its arguments saved by
+/// `sys_enter` and keeps them) to the socket programs (`adopt_read`), each
+/// looked at again at once and its entry removed if it no longer is blocked
 /// (`drop_found_read`). On a thread of its own, as `as_owner` needs. What
 /// was done, and the error that stopped it, if any.
 pub fn hand_over(ebpf: &mut Ebpf, proc_root: &Path, sockets: &[(u32, i32)]) -> (Handed, Option<ProgramError>) {
@@ -240,44 +260,44 @@ pub fn hand_over(ebpf: &mut Ebpf, proc_root: &Path, sockets: &[(u32, i32)]) -> (
     }
     let mut work = || -> Result<(), ProgramError> {
         let mut programs = RunOnly::load(ebpf, &[Step::Adopt.program(), Step::Drop.program()])?;
-        let mut run = |step: Step, r: &BlockedRead| {
+        let mut run = |step: Step, r: &BlockedCall| {
             programs.run(step.program(), &[r.pid_tgid, r.buf, r.len, r.fd as u32 as u64, u64::from(r.call)])
         };
-        // Each process's threads looked at just before their reads are handed over.
+        // Each process's threads looked at just before their calls are handed over.
         let refused = Cell::new(0);
-        let reads = by_process.iter().flat_map(|(&pid, fds)| find(proc_root.join(pid.to_string()), pid, fds, &refused));
+        let calls = by_process.iter().flat_map(|(&pid, fds)| find(proc_root.join(pid.to_string()), pid, fds, &refused));
         let patience = Cell::new(PATIENCE);
-        let handed = hand_over_with(reads, &mut run, |r| still_blocked(proc_root, r, &patience), &mut done);
+        let handed = hand_over_with(calls, &mut run, |r| still_blocked(proc_root, r, &patience), &mut done);
         done.refused = refused.get();
         handed
     };
     let outcome = std::thread::scope(|s| {
-        std::thread::Builder::new().name("blocked-reads".into()).spawn_scoped(s, &mut work).map(|t| t.join())
+        std::thread::Builder::new().name("blocked-calls".into()).spawn_scoped(s, &mut work).map(|t| t.join())
     });
     let error = match outcome {
         Ok(Ok(result)) => result.err(),
         Ok(Err(_)) => {
-            tracing::warn!("reads blocked at start: the thread handing them over panicked");
+            tracing::warn!("calls blocked at start: the thread handing them over panicked");
             None
         }
         Err(e) => {
-            tracing::warn!(error = %e, "reads blocked at start: no thread to hand them over");
+            tracing::warn!(error = %e, "calls blocked at start: no thread to hand them over");
             None
         }
     };
     (done, error)
 }
 
-/// [`hand_over`] with its programs run by `run` and whether a read handed
+/// [`hand_over`] with its programs run by `run` and whether a call handed
 /// over is still blocked told by `blocked`, counted in `done`.
 fn hand_over_with<E>(
-    reads: impl Iterator<Item = BlockedRead>,
-    mut run: impl FnMut(Step, &BlockedRead) -> Result<u32, E>,
-    blocked: impl Fn(&BlockedRead) -> bool,
+    calls: impl Iterator<Item = BlockedCall>,
+    mut run: impl FnMut(Step, &BlockedCall) -> Result<u32, E>,
+    blocked: impl Fn(&BlockedCall) -> bool,
     done: &mut Handed,
 ) -> Result<(), E> {
-    for r in reads {
-        if done.reads >= MAX_READS || run(Step::Adopt, &r)? != 0 {
+    for r in calls {
+        if done.reads + done.writes >= MAX_CALLS || run(Step::Adopt, &r)? != 0 {
             done.skipped += 1;
             continue;
         }
@@ -286,7 +306,7 @@ fn hand_over_with<E>(
         if !blocked(&r) && run(Step::Drop, &r)? == 1 {
             done.stale += 1;
         } else {
-            done.reads += 1;
+            *(if r.writes() { &mut done.writes } else { &mut done.reads }) += 1;
         }
     }
     Ok(())
@@ -298,8 +318,8 @@ mod tests {
 
     const FDS: [i32; 2] = [5, 9];
 
-    fn found(text: &str) -> Option<BlockedRead> {
-        blocked_read(7 << 32 | 8, text, &HashSet::from(FDS), |at| (at == 0x7000 + 16).then_some([0xa0, 3]))
+    fn found(text: &str) -> Option<BlockedCall> {
+        blocked_call(7 << 32 | 8, text, &HashSet::from(FDS), |at| (at == 0x7000 + 16).then_some([0xa0, 3]))
     }
 
     #[test]
@@ -317,15 +337,30 @@ mod tests {
     }
 
     #[test]
-    fn anything_else_is_not_a_blocked_read() {
+    fn a_thread_blocked_in_a_write_of_a_watched_socket_is_found_as_a_write() {
+        let r = found("44 0x5 0x7f00 0x800000 0x0 0x0 0x0 0x7ffd 0x7f12").expect("a sendto on fd 5");
+        assert_eq!((r.buf, r.len, r.writes()), (0x7f00, 0x800000, true));
+        assert_eq!(tokentap_agent_common::found_nr(r.call), (44, SockCall::Write as u32));
+        let r = found("1 0x9 0x10 0x20 0x0 0x0 0x0 0x1 0x2").expect("a write on fd 9");
+        assert_eq!((r.call & 0xffff, r.writes()), (SockCall::Write as u32, true));
+        let r = found("20 0x5 0x10 0x2 0x0 0x0 0x0 0x1 0x2").expect("a writev");
+        assert_eq!((r.buf, r.len, r.call & 0xffff), (0x10, 2, SockCall::WriteV as u32));
+        let r = found("46 0x5 0x7000 0x0 0x0 0x0 0x0 0x1 0x2").expect("a sendmsg");
+        assert_eq!((r.buf, r.len, r.call & 0xffff, r.writes()), (0xa0, 3, SockCall::WriteV as u32, true));
+        assert!(!found("47 0x5 0x7000 0x0 0x0 0x0 0x0 0x1 0x2").unwrap().writes(), "a recvmsg reads");
+    }
+
+    #[test]
+    fn anything_else_is_not_a_blocked_call() {
         for text in [
             "running",
             "-1 0x7ffd 0x7f12",
             "",
-            // Another fd, a write, a poll.
+            // Another fd, a poll, a close, a connect.
             "45 0x6 0x7f00 0x10000 0x0 0x0 0x0 0x7ffd 0x7f12",
-            "1 0x5 0x7f00 0x10 0x0 0x0 0x0 0x7ffd 0x7f12",
             "7 0x5 0x1 0x0 0x0 0x0 0x0 0x7ffd 0x7f12",
+            "3 0x5 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f12",
+            "42 0x5 0x7f00 0x10 0x0 0x0 0x0 0x7ffd 0x7f12",
             // Truncated, malformed, an fd out of range, a header unreadable.
             "45 0x5",
             "45 5 0x7f00 0x10",
@@ -345,11 +380,11 @@ mod tests {
     fn reads_no_longer_blocked_once_handed_over_have_their_entries_removed_unless_taken() {
         let read = |tid: u64| {
             let r = found(&format!("45 0x5 0x7f00 {:#x} 0 0 0 1 2", 0x100 * tid)).unwrap();
-            BlockedRead { pid_tgid: 7 << 32 | tid, ..r }
+            BlockedCall { pid_tgid: 7 << 32 | tid, ..r }
         };
         let [blocked, returned_before, returned_after, own_call] = [1, 2, 3, 4].map(read);
         let table = std::cell::RefCell::new(std::collections::HashMap::from([(own_call.pid_tgid, 0u64)]));
-        let run = |step: Step, r: &BlockedRead| -> Result<u32, ()> {
+        let run = |step: Step, r: &BlockedCall| -> Result<u32, ()> {
             let mut t = table.borrow_mut();
             Ok(match step {
                 Step::Adopt if t.contains_key(&r.pid_tgid) => 1,
@@ -360,7 +395,7 @@ mod tests {
                 Step::Drop => u32::from(t.get(&r.pid_tgid) == Some(&r.len) && t.remove(&r.pid_tgid).is_some()),
             })
         };
-        let still = |r: &BlockedRead| {
+        let still = |r: &BlockedCall| {
             if *r == returned_after {
                 // Its exit took its entry.
                 table.borrow_mut().remove(&r.pid_tgid);
@@ -370,7 +405,7 @@ mod tests {
         let mut done = Handed::default();
         let reads = [blocked, returned_before, returned_after, own_call].into_iter();
         hand_over_with(reads, run, still, &mut done).unwrap();
-        assert_eq!(done, Handed { reads: 2, stale: 1, skipped: 1, refused: 0 });
+        assert_eq!(done, Handed { reads: 2, writes: 0, stale: 1, skipped: 1, refused: 0 });
         let t = table.borrow();
         let mut left: Vec<u64> = t.keys().copied().collect();
         left.sort();
@@ -382,12 +417,12 @@ mod tests {
     fn past_the_limit_reads_are_not_handed_over_and_an_error_stops_with_the_count_so_far() {
         let read = found("45 0x5 0x7f00 0x10 0 0 0 1 2").unwrap();
         let mut done = Handed::default();
-        let ok = |_: Step, _: &BlockedRead| -> Result<u32, ()> { Ok(0) };
-        hand_over_with(std::iter::repeat_n(read, MAX_READS + 3), ok, |_| true, &mut done).unwrap();
-        assert_eq!((done.reads, done.skipped), (MAX_READS, 3));
+        let ok = |_: Step, _: &BlockedCall| -> Result<u32, ()> { Ok(0) };
+        hand_over_with(std::iter::repeat_n(read, MAX_CALLS + 3), ok, |_| true, &mut done).unwrap();
+        assert_eq!((done.reads, done.skipped), (MAX_CALLS, 3));
         let mut done = Handed::default();
         let mut runs = 0;
-        let fails_third = |_: Step, _: &BlockedRead| {
+        let fails_third = |_: Step, _: &BlockedCall| {
             runs += 1;
             if runs == 3 {
                 Err("test run failed")
@@ -414,7 +449,7 @@ mod tests {
         }
         let refused = Cell::new(0);
         let fds = HashSet::from(FDS);
-        let reads: Vec<BlockedRead> = find(root.join("40"), 40, &fds, &refused).collect();
+        let reads: Vec<BlockedCall> = find(root.join("40"), 40, &fds, &refused).collect();
         assert_eq!(refused.get(), 0);
         assert_eq!(reads.len(), 1, "{reads:?}");
         assert_eq!((reads[0].pid_tgid, reads[0].fd, reads[0].len), (40 << 32 | 40, 5, 0x400));
