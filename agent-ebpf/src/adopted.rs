@@ -23,7 +23,7 @@
 //! agent's `sys_enter` ran; that answer comes back after the old agent left
 //! (a long generation), and without the call's arguments `sys_exit` could not
 //! copy it. User space finds such a read in `/proc/PID/task/TID/syscall`
-//! (`agent/src/blocked_reads.rs`) and hands its arguments here, flagged
+//! (`agent/src/blocked_calls.rs`) and hands its arguments here, flagged
 //! ([`SOCK_CALL_FOUND`]) with the syscall's number. Its exit takes it only if
 //! it is that syscall (and, on the raw tracepoint, on that fd): one that
 //! returned between the look and the entry leaves an entry that a later

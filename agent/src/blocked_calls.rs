@@ -438,7 +438,7 @@ mod tests {
     /// one in a read of another fd, one running.
     #[test]
     fn find_reads_each_thread_s_syscall_file() {
-        let root = std::env::temp_dir().join(format!("tokentap-blocked-reads-{}", std::process::id()));
+        let root = std::env::temp_dir().join(format!("tokentap-blocked-calls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for (tid, text) in
             [(40, "45 0x5 0x7f00 0x400 0x0 0x0 0x0 0x1 0x2"), (41, "0 0x3 0x1 0x2 0 0 0 1 2"), (42, "running")]

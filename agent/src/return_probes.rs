@@ -100,6 +100,11 @@ pub fn load_for(ebpf: &mut Ebpf, object: &[u8], mode: ReturnProbes) -> Option<Mu
             program.is_some_and(|p| matches!(p.kind(), aya::programs::ProbeKind::Return))
         })
         .collect();
+    if names.is_empty() {
+        // Nothing to link: the gauge must not say uprobe_multi.
+        tracing::info!("return probes: none in the object to link as uprobe_multi");
+        return None;
+    }
     match MultiReturns::load(ebpf, object, &names) {
         Ok(returns) => {
             tracing::debug!(programs = names.len(), "return probes: uprobe_multi links");

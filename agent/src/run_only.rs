@@ -32,12 +32,13 @@ impl<'a> RunOnly<'a> {
     }
 
     /// Run the loaded program `name` once on `args` (the raw tracepoint's
-    /// arguments, the rest 0): its return value.
-    pub fn run(&mut self, name: &'static str, args: &[u64]) -> Result<u32, ProgramError> {
+    /// arguments, the rest 0): its return value. More than [`MAX_ARGS`]
+    /// does not build.
+    pub fn run<const N: usize>(&mut self, name: &'static str, args: &[u64; N]) -> Result<u32, ProgramError> {
+        const { assert!(N <= MAX_ARGS, "a raw tracepoint program takes at most MAX_ARGS arguments") };
         debug_assert!(self.loaded.contains(&name), "{name} run before it was loaded");
         let mut opts = RawTracePointRunOptions::new();
-        let n = args.len().min(MAX_ARGS);
-        opts.args[..n].copy_from_slice(&args[..n]);
+        opts.args[..N].copy_from_slice(args);
         Ok(self.program(name)?.test_run(opts)?.return_value)
     }
 

@@ -561,9 +561,10 @@ impl<E: WsCalls> HttpConnection<E> {
     fn pair(&mut self, responses: Vec<Message>, out: &mut Vec<Classified<E>>) -> bool {
         for response in responses {
             // A response with no request is from before capture began: drop
-            // it, unless a request is being written (see `on_ingress`).
+            // it, unless a request's body is being written (see
+            // `on_ingress`; not a next request's head split across writes).
             let Some((request, endpoint)) = self.pending.pop_front() else {
-                if self.req.in_message() {
+                if self.req.current().is_some() {
                     return true;
                 }
                 continue;

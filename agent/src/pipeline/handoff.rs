@@ -95,6 +95,12 @@ struct Waiting {
     ended: Option<u64>,
 }
 
+impl Waiting {
+    fn new() -> Self {
+        Self { since: Instant::now(), records: Vec::new(), bytes: 0, ended: None }
+    }
+}
+
 impl Pipeline {
     /// Hold `raw` while its connection waits for the state the agent before
     /// hands on; true when held (false: decode it now).
@@ -123,16 +129,19 @@ impl Pipeline {
         if full {
             // Decoded now, from the state if it came (a request body of
             // megabytes written after the switch), else as joined midway:
-            // what it held first, then this.
+            // what it held first, then this. One not held yet (all the
+            // connections' cap reached) goes on from its state too, if it
+            // came: taken from the map, it must not be dropped.
+            if waiting.is_none() {
+                let Some(state) = self.state_now(c.key) else { return false };
+                self.parked.conns.insert(c.key, Waiting::new());
+                self.release(c.key, Some(state));
+                return false;
+            }
             self.release_now(c.key);
             return false;
         }
-        let w = self.parked.conns.entry(c.key).or_insert_with(|| Waiting {
-            since: Instant::now(),
-            records: Vec::new(),
-            bytes: 0,
-            ended: None,
-        });
+        let w = self.parked.conns.entry(c.key).or_insert_with(Waiting::new);
         w.records.push(raw.to_vec());
         w.bytes += raw.len();
         self.parked.bytes += raw.len();
@@ -444,8 +453,11 @@ impl Pipeline {
         if let Ok(mut c) = self.resume(state) {
             let mut lost = crate::http::exchange::Lost::default();
             let mut cut = Vec::new();
+            // A request still being written is cut too (`close` counts only
+            // the requests waiting for their answer).
+            let writing = c.being_written();
             c.close(0, &mut cut, &mut lost);
-            let calls = std::mem::take(&mut lost.unanswered) + cut.len() as u64;
+            let calls = writing + std::mem::take(&mut lost.unanswered) + cut.len() as u64;
             Stats::add(&self.stats.dropped_at_handover, calls);
             self.count_lost(&lost);
         }

@@ -532,6 +532,7 @@ fn a_reused_connection_object_claims_each_socket_it_reads() {
 }
 
 mod handoff;
+mod handoff_h1;
 mod unread;
 mod websocket;
 

@@ -16,7 +16,7 @@ type States = HashMap<(u32, u64), Vec<u8>>;
 /// named to the kernel as muted.
 /// The third: the map is full (no state is stored).
 #[derive(Clone, Default)]
-struct Shared(Arc<Mutex<(States, bool)>>, Arc<Mutex<Vec<u32>>>, Arc<std::sync::atomic::AtomicBool>);
+pub(super) struct Shared(pub(super) Arc<Mutex<(States, bool)>>, Arc<Mutex<Vec<u32>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl ConnFilter for Shared {
     fn ignore(&mut self, _: u32, _: u64, _: u64) {}
@@ -66,15 +66,15 @@ fn response(enc: &mut Encoder<'_>, stream: u32) -> Vec<u8> {
     f
 }
 
-fn with(filter: &Shared) -> (Pipeline, Collect, Arc<Stats>) {
+pub(super) fn with(filter: &Shared) -> (Pipeline, Collect, Arc<Stats>) {
     let (p, c, stats) = pipeline();
     (p.with_kernel_filter(Box::new(filter.clone())), c, stats)
 }
 
-type Agent = (Pipeline, Collect, Arc<Stats>);
+pub(super) type Agent = (Pipeline, Collect, Arc<Stats>);
 
 /// The old agent (still running) and the new one, sharing the state map.
-fn two_agents() -> (Shared, Agent, Agent) {
+pub(super) fn two_agents() -> (Shared, Agent, Agent) {
     let shared = Shared::default();
     shared.0.lock().unwrap().1 = true;
     let (old, new) = (with(&shared), with(&shared));
@@ -589,85 +589,4 @@ fn an_http1_call_in_flight_goes_on_with_its_state_or_is_counted_when_its_answer_
         assert_eq!(counted, (received, 1 - received, 0), "answered: {answered}");
         assert_eq!(n.joined_mid_stream, 0);
     }
-}
-
-/// An HTTP/1.1 request of `size` content bytes: its head and its body.
-fn big_request(size: usize) -> (String, String) {
-    let body = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(size));
-    let head =
-        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n", body.len());
-    (head, body)
-}
-
-/// `bytes` as one call of the new agent's, of 4 KiB chunks, each flagged
-/// taken over (the connection's first call since the switch).
-fn taken_over_call(p: &mut Pipeline, conn: u64, dir: u32, bytes: &[u8]) {
-    let n = bytes.len() as u64;
-    for (i, piece) in bytes.chunks(4096).enumerate() {
-        let last = (i + 1) * 4096 >= bytes.len();
-        let flags = if last { FLAG_LAST } else { 0 } | FLAG_TAKEN_OVER;
-        p.handle(&data_record(42, conn, dir, (i * 4096) as u64, n, piece, flags));
-    }
-}
-
-/// HTTP/1.1: the old agent copied a request's head and left, its state
-/// handed on; the client then writes a body of 8 MiB (more than a
-/// connection may hold while it waits), read by the new agent, then the
-/// answer and another call. Both recorded, from the state.
-#[test]
-fn a_request_body_of_megabytes_written_after_the_switch_goes_on_from_the_state() {
-    let (_shared, (mut old, old_calls, _), (mut new, new_calls, new_stats)) = two_agents();
-    let (head, body) = big_request(8 << 20);
-    call(&mut old, 7, DIR_EGRESS, head.as_bytes(), 4096);
-    old.hand_off();
-    old.finish();
-    taken_over_call(&mut new, 7, DIR_EGRESS, body.as_bytes());
-    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
-    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
-    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
-    new.flush();
-    assert!(old_calls.0.lock().unwrap().is_empty());
-    let s = new_stats.snapshot();
-    assert_eq!(new_calls.0.lock().unwrap().len(), 2, "{s:?}");
-    assert_eq!((s.handoff_states_received, s.handoff_states_missing, s.ignored_not_http), (1, 0, 0));
-}
-
-/// The same body with no state to go on from (the agent before exited
-/// without one): joined midway in one call of 2,048 chunks, which the
-/// sniffing budget counts as one call; the answer's tail counts as joined
-/// midway, and the next call is recorded.
-#[test]
-fn a_request_body_of_megabytes_joined_midway_counts_as_one_call_not_thousands() {
-    let (mut new, new_calls, stats) = with(&Shared::default());
-    let (_, body) = big_request(8 << 20);
-    taken_over_call(&mut new, 7, DIR_EGRESS, body.as_bytes());
-    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
-    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
-    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
-    new.flush();
-    let s = stats.snapshot();
-    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
-    assert_eq!((s.handoff_states_missing, s.joined_mid_stream, s.ignored_not_http), (1, 1, 0), "{s:?}");
-}
-
-/// HTTP/1.1: the old agent copied a request's head and left; the write of
-/// its body was copied by no agent (blocked across the whole upgrade, on a
-/// kernel or release that cannot hand it over), so the answer comes while
-/// the state still waits for the body. The call is counted as the
-/// upgrade's, and the next request is read as one, not as that body.
-#[test]
-fn an_answer_to_a_request_whose_body_no_agent_copied_counts_the_call_and_the_next_is_recorded() {
-    let (_shared, (mut old, old_calls, _), (mut new, new_calls, new_stats)) = two_agents();
-    let (head, _) = big_request(1 << 20);
-    call(&mut old, 7, DIR_EGRESS, head.as_bytes(), 4096);
-    old.hand_off();
-    old.finish();
-    taken_over_call(&mut new, 7, DIR_INGRESS, &resp());
-    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
-    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
-    new.flush();
-    assert!(old_calls.0.lock().unwrap().is_empty());
-    let s = new_stats.snapshot();
-    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
-    assert_eq!((s.handoff_states_received, s.dropped_at_handover, s.dropped_unanswered), (1, 1, 0), "{s:?}");
 }

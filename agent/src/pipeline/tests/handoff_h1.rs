@@ -1,0 +1,135 @@
+//! An HTTP/1.1 request whose body of megabytes straddles an upgrade: written
+//! after the switch (decoded from the state handed on, or joined midway
+//! without one), or copied by no agent (the answer comes while the state
+//! still waits for the body).
+use super::handoff::{two_agents, with, Shared};
+use super::*;
+use crate::capture::decode::tests::data_record;
+use tokentap_agent_common::FLAG_TAKEN_OVER;
+
+/// An HTTP/1.1 request of `size` content bytes: its head and its body.
+fn big_request(size: usize) -> (String, String) {
+    let body = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(size));
+    let head =
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n", body.len());
+    (head, body)
+}
+
+/// `bytes` as one call of the new agent's, of 4 KiB chunks (the kernel's
+/// are 16 KiB: more of them here), each flagged
+/// taken over (the connection's first call since the switch).
+fn taken_over_call(p: &mut Pipeline, conn: u64, dir: u32, bytes: &[u8]) {
+    let n = bytes.len() as u64;
+    for (i, piece) in bytes.chunks(4096).enumerate() {
+        let last = (i + 1) * 4096 >= bytes.len();
+        let flags = if last { FLAG_LAST } else { 0 } | FLAG_TAKEN_OVER;
+        p.handle(&data_record(42, conn, dir, (i * 4096) as u64, n, piece, flags));
+    }
+}
+
+/// HTTP/1.1: the old agent copied a request's head and left, its state
+/// handed on; the client then writes a body of 8 MiB (more than a
+/// connection may hold while it waits), read by the new agent, then the
+/// answer and another call. Both recorded, from the state.
+#[test]
+fn a_request_body_of_megabytes_written_after_the_switch_goes_on_from_the_state() {
+    let (_shared, (mut old, old_calls, _), (mut new, new_calls, new_stats)) = two_agents();
+    let (head, body) = big_request(8 << 20);
+    call(&mut old, 7, DIR_EGRESS, head.as_bytes(), 4096);
+    old.hand_off();
+    old.finish();
+    taken_over_call(&mut new, 7, DIR_EGRESS, body.as_bytes());
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    assert!(old_calls.0.lock().unwrap().is_empty());
+    let s = new_stats.snapshot();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 2, "{s:?}");
+    assert_eq!((s.handoff_states_received, s.handoff_states_missing, s.ignored_not_http), (1, 0, 0));
+}
+
+/// The same body with no state to go on from (the agent before exited
+/// without one): joined midway in one call of 2,048 chunks, which the
+/// sniffing budget counts as one call; the answer's tail counts as joined
+/// midway, and the next call is recorded.
+#[test]
+fn a_request_body_of_megabytes_joined_midway_counts_as_one_call_not_thousands() {
+    let (mut new, new_calls, stats) = with(&Shared::default());
+    let (_, body) = big_request(8 << 20);
+    taken_over_call(&mut new, 7, DIR_EGRESS, body.as_bytes());
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    let s = stats.snapshot();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
+    assert_eq!((s.handoff_states_missing, s.joined_mid_stream, s.ignored_not_http), (1, 1, 0), "{s:?}");
+}
+
+/// HTTP/1.1: the old agent copied a request's head and left; the write of
+/// its body was copied by no agent (blocked across the whole upgrade, on a
+/// kernel or release that cannot hand it over), so the answer comes while
+/// the state still waits for the body. The call is counted as the
+/// upgrade's, and the next request is read as one, not as that body.
+#[test]
+fn an_answer_to_a_request_whose_body_no_agent_copied_counts_the_call_and_the_next_is_recorded() {
+    let (_shared, (mut old, old_calls, _), (mut new, new_calls, new_stats)) = two_agents();
+    let (head, _) = big_request(1 << 20);
+    call(&mut old, 7, DIR_EGRESS, head.as_bytes(), 4096);
+    old.hand_off();
+    old.finish();
+    taken_over_call(&mut new, 7, DIR_INGRESS, &resp());
+    call(&mut new, 7, DIR_EGRESS, REQ, 1 << 20);
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    assert!(old_calls.0.lock().unwrap().is_empty());
+    let s = new_stats.snapshot();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
+    assert_eq!((s.handoff_states_received, s.dropped_at_handover, s.dropped_unanswered), (1, 1, 0), "{s:?}");
+}
+
+/// A request still being written in the state handed on, on a connection
+/// that ends before the new agent reads any of it: the state is read back
+/// and that call counted, not lost silently.
+#[test]
+fn a_request_being_written_in_a_state_nobody_took_is_counted() {
+    let (shared, (mut old, _, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+    let (head, body) = big_request(1 << 20);
+    call(&mut old, 7, DIR_EGRESS, format!("{head}{}", &body[..100]).as_bytes(), 4096);
+    old.leave();
+    new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    old.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    assert_eq!(old_stats.snapshot().handoff_states_sent, 1);
+    shared.0.lock().unwrap().1 = false;
+    new.finish();
+    assert!(shared.0.lock().unwrap().0.is_empty(), "no state left behind");
+    assert!(new_calls.0.lock().unwrap().is_empty());
+    let n = new_stats.snapshot();
+    assert_eq!((n.dropped_at_handover, n.dropped_calls()), (1, 1), "the request being written, cut: {n:?}");
+}
+
+/// Every connection's cap on held bytes reached (32 MiB while waiting):
+/// a connection taken over whose state came goes on from it at its first
+/// record, the state taken from the map not dropped.
+#[test]
+fn with_every_connection_s_cap_reached_a_connection_whose_state_came_goes_on_from_it() {
+    let (_shared, (mut old, _, _), (mut new, new_calls, new_stats)) = two_agents();
+    let (head, body) = big_request(1000);
+    call(&mut old, 99, DIR_EGRESS, head.as_bytes(), 4096);
+    old.hand_off();
+    // Eight connections taken over, whose states have not come, each
+    // holding 4 MiB of records (its cap, and 32 MiB in all).
+    let piece = vec![b'x'; (16 << 10) - tokentap_agent_common::DATA_HEADER_LEN];
+    for conn in 1..=8u64 {
+        for _ in 0..256 {
+            new.handle(&data_record(42, conn, DIR_INGRESS, 0, piece.len() as u64, &piece, FLAG_LAST | FLAG_TAKEN_OVER));
+        }
+    }
+    taken_over_call(&mut new, 99, DIR_EGRESS, body.as_bytes());
+    call(&mut new, 99, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    let s = new_stats.snapshot();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
+    assert!(s.handoff_states_received >= 1, "{s:?}");
+}
