@@ -537,7 +537,7 @@ impl<E: WsCalls> HttpConnection<E> {
             ws.close(lost);
         }
         if let State::Client = self.state {
-            lost.unanswered += self.unanswered();
+            lost.unanswered += self.unanswered() + self.being_written();
         }
         self.pending.clear();
         self.heads.clear();
@@ -550,8 +550,9 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     /// Requests worth recording whose head was read and whose body is still
-    /// being written. Not counted by [`Self::close`] (a connection shed or
-    /// ended mid-request counts as such): the agent's exit and a gap count them.
+    /// being written. Not counted by [`Self::close`] (a connection shed for
+    /// memory or ended mid-request counts as such): the agent's exit, a
+    /// state nobody took, a gap and a lost sync count them.
     pub(crate) fn being_written(&self) -> u64 {
         self.heads.iter().filter(|e| e.is_some()).count() as u64
     }

@@ -130,13 +130,14 @@ impl Pipeline {
             // Decoded now, from the state if it came (a request body of
             // megabytes written after the switch), else as joined midway:
             // what it held first, then this. One not held yet (all the
-            // connections' cap reached) goes on from its state too, if it
-            // came: taken from the map, it must not be dropped.
+            // connections' cap reached) is held with this record and goes
+            // on at once the same way: from its state, or counted missing.
             if waiting.is_none() {
-                let Some(state) = self.state_now(c.key) else { return false };
-                self.parked.conns.insert(c.key, Waiting::new());
-                self.release(c.key, Some(state));
-                return false;
+                let w = Waiting { records: vec![raw.to_vec()], bytes: raw.len(), ..Waiting::new() };
+                self.parked.bytes += raw.len();
+                self.parked.conns.insert(c.key, w);
+                self.release_now(c.key);
+                return true;
             }
             self.release_now(c.key);
             return false;

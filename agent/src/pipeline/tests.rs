@@ -237,7 +237,8 @@ fn memory_budget_sheds_the_biggest_connections() {
     assert_eq!(p.connections(), 1);
     assert!(p.buffered_bytes() <= 1000);
     assert_eq!(stats.snapshot().connections_shed, 1);
-    assert_eq!(stats.snapshot().dropped_unanswered, 0, "the request was not complete yet");
+    // Its request, still being written, is a call lost with it.
+    assert_eq!(stats.snapshot().dropped_unanswered, 1, "the shed connection's request being written");
 }
 
 #[test]

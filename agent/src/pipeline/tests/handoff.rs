@@ -16,7 +16,11 @@ type States = HashMap<(u32, u64), Vec<u8>>;
 /// named to the kernel as muted.
 /// The third: the map is full (no state is stored).
 #[derive(Clone, Default)]
-pub(super) struct Shared(pub(super) Arc<Mutex<(States, bool)>>, Arc<Mutex<Vec<u32>>>, Arc<std::sync::atomic::AtomicBool>);
+pub(super) struct Shared(
+    pub(super) Arc<Mutex<(States, bool)>>,
+    Arc<Mutex<Vec<u32>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl ConnFilter for Shared {
     fn ignore(&mut self, _: u32, _: u64, _: u64) {}
