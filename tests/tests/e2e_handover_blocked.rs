@@ -283,6 +283,83 @@ fn request_bodies_a_client_is_blocked_writing_across_the_upgrade_are_recorded() 
     none_of(&[&new], &["dropped_at_exit", "joined_mid_stream", "handoff_states_missing"]);
 }
 
+/// A Go client (net/http over crypto/tls, one keep-alive connection) sends
+/// a fourth call whose body of 8 MiB net/http writes 4 KiB at a time, which
+/// the server reads only after the whole upgrade. The old agent copied the
+/// ~4 MiB written before the buffers filled: its decoding state is over the
+/// 1 MiB a state may hold, not handed on, and that call is counted at its
+/// exit. The new agent takes the connection over with no state and joins it
+/// inside the body: the ~1,000 writes left must not make it declare the
+/// connection not HTTP (its budget was 8 calls), which filtered every later
+/// call of the connection in the kernel, uncounted. The calls after it are
+/// recorded, priced as served.
+#[test]
+fn a_body_written_in_many_calls_across_the_upgrade_does_not_hide_the_connection_s_later_calls() {
+    let _g = serial();
+    require_root();
+    let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
+        Upgrade::new("handover-held-go", Transport::Https);
+    let flag = fs.flag();
+    let go = build_go_client(&dir, false).display().to_string();
+    let mut first = Agent::start(&first_dir, &[flag.as_str(), "--handover-drain-secs", "1"]);
+    let base = format!("https://api.openai.com:{}/v1", server.port);
+    let args = ["-base", &base, "-ca", &certs.ca.display().to_string(), "-key", SECRET_KEY, "-each-line"];
+    let mut client = with_provider_hosts(&dir, &go, &args.map(String::from))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("go client");
+    let pid = client.id();
+    first.wait_attached("go_client ", "\"go\"", Duration::from_secs(30));
+    let mut stdin = client.stdin.take().expect("stdin");
+    let mut line = |l: &str| std::io::Write::write_all(&mut stdin, format!("{l}\n").as_bytes()).expect("a line");
+    (0..3).for_each(|_| line("call"));
+    first.wait_records(&[pid], 3);
+    let held = dir.join("body");
+    line(&format!("hold {}", held.display()));
+    wait_for("the held body's head to reach the server", Duration::from_secs(30), || {
+        dir.join("body.held").exists().then_some(())
+    });
+    // Past the 1 MiB a state may hold: the buffers filled with the body.
+    wait_for("the old agent to copy megabytes of the body", Duration::from_secs(30), || {
+        (first.stats()["bytes"].as_u64().unwrap_or(0) > 2 << 20).then_some(())
+    });
+    let mut second = Agent::start(&second_dir, &[flag.as_str()]);
+    assert!(first.stop().success());
+    std::fs::write(&held, b"").expect("body file");
+    (0..5).for_each(|_| line("call"));
+    drop(stdin);
+    finish(client);
+    second.wait_process_done(pid);
+    assert!(second.stop().success());
+    let served = server.served();
+    assert_eq!(served.len(), 9);
+    let (old, new) = (first.stats(), second.stats());
+    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
+    let prices = tokentap_event::PriceTable::shipped();
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+    }
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "a body in many writes across the upgrade: old agent {} records, new {} of 9; old: states not handed on {}, \
+         dropped at exit {}; new: states missing {}, joined midway {}, not HTTP {}",
+        by_old.len(),
+        by_new.len(),
+        n(&old, "handoff_states_not_sent"),
+        n(&old, "dropped_at_exit"),
+        n(&new, "handoff_states_missing"),
+        n(&new, "joined_mid_stream"),
+        n(&new, "ignored_not_http"),
+    );
+    assert_eq!((by_old.len(), by_new.len()), (3, 5), "the calls before, by the old agent; after, by the new");
+    assert_eq!((n(&old, "handoff_states_not_sent"), n(&old, "dropped_at_exit")), (1, 1), "{old}");
+    assert_eq!(n(&new, "ignored_not_http"), 0, "{new}");
+    assert_eq!((n(&new, "handoff_states_missing"), n(&new, "joined_mid_stream")), (1, 1), "{new}");
+}
+
 /// Is `pid`'s main thread (the client's calls) in a write to a socket:
 /// `write`, `writev`, `sendto` or `sendmsg`?
 fn in_a_write(pid: u32) -> bool {

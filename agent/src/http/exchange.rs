@@ -94,6 +94,11 @@ pub struct HttpConnection<E = ()> {
     /// The next egress chunk starts a call ([`Self::chunk_starts_call`]):
     /// the sniffing budget counts calls, not a large call's many chunks.
     call_start: bool,
+    /// Joined midway after an upgrade ([`Self::joined_after_upgrade`]): the
+    /// sniffing budget also lets a request body pass (`sniffed`).
+    patient: bool,
+    /// Egress bytes sniffed without a request line.
+    sniffed: u64,
 }
 
 /// Requests awaiting responses on one connection (HTTP/1.1 clients pipeline
@@ -112,7 +117,19 @@ impl<E: WsCalls> HttpConnection<E> {
             muting: Muting::default(),
             taken_over: false,
             call_start: true,
+            patient: false,
+            sniffed: 0,
         }
+    }
+
+    /// A connection an agent before decoded (taken over in an upgrade) whose
+    /// state did not come: joined midway, maybe inside a request body that a
+    /// client writes in many calls (Go's HTTP client writes one of 4 KiB at a
+    /// time). Declared not HTTP only past its calls budget and two bodies'
+    /// worth of bytes without a request line, so that a body of megabytes
+    /// does not make every later call on the connection ignored.
+    pub fn joined_after_upgrade(max_body: usize) -> Self {
+        Self { patient: true, ..Self::new(max_body) }
     }
 
     /// Whether the next chunk starts its call (a chunk at offset 0) or goes
@@ -307,12 +324,14 @@ impl<E: WsCalls> HttpConnection<E> {
             } else if sniff::looks_like_response(data) {
                 self.state = State::Ignored(Ignored::ServerSide);
             } else {
-                *calls += starts;
+                *calls = calls.saturating_add(starts);
+                self.sniffed = self.sniffed.saturating_add(data.len() as u64);
                 if *skipped == Skipped::Nothing {
                     *skipped = Skipped::Unknown;
                 }
+                let body_may_pass = self.patient && self.sniffed < 2 * self.max_body as u64;
                 // Counted in `ignored_not_http` (unless already a join).
-                if *calls >= MAX_SNIFF_CALLS {
+                if *calls >= MAX_SNIFF_CALLS && !body_may_pass {
                     self.state = State::Ignored(Ignored::NotHttp);
                 }
                 return;

@@ -389,6 +389,9 @@ impl Pipeline {
             }
             None => {
                 Stats::inc(&self.stats.handoff_states_missing);
+                // Joined midway, but known to be HTTP/1.1 or HTTP/2 an agent
+                // decoded: a request body in many calls may come first.
+                self.resumed.insert(as_key, HttpConnection::joined_after_upgrade(self.cfg.max_body_bytes));
                 if self.parked.late.len() < MAX_LATE {
                     self.parked.late.insert(key, false);
                 }

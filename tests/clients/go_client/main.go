@@ -15,7 +15,9 @@
 // prints {"pid", "calls"}.
 // With -each-line: one such call for each line read from stdin, until it
 // closes; prints {"pid", "calls"}. Both over HTTP/1.1, or with -h2 over
-// HTTP/2 (ALPN).
+// HTTP/2 (ALPN). A line "hold PATH" makes that call's body 8 MiB (written by
+// net/http 4 KiB at a time), its head asking the test server to read the body
+// only once PATH exists.
 // With -idle: no call; waits for its stdin to close (a process to probe first).
 package main
 
@@ -96,11 +98,16 @@ func download(url string, pool *x509.CertPool, times int) {
 	fmt.Println(string(out))
 }
 
-// chat makes one chat completion (streamed when i is odd) and reads it whole.
-func chat(client *http.Client, base, key string, i int) (string, error) {
+// chat makes one chat completion (streamed when i is odd) and reads it whole;
+// with hold, a body of 8 MiB the server reads once that file exists.
+func chat(client *http.Client, base, key string, i int, hold string) (string, error) {
+	content := fmt.Sprintf("call %d", i)
+	if hold != "" {
+		content = strings.Repeat("x", 8<<20)
+	}
 	body := map[string]any{
 		"model":    "gpt-4o-mini",
-		"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("call %d", i)}},
+		"messages": []map[string]string{{"role": "user", "content": content}},
 	}
 	if i%2 == 1 {
 		body["stream"] = true
@@ -110,6 +117,9 @@ func chat(client *http.Client, base, key string, i int) (string, error) {
 	req, _ := http.NewRequest("POST", base+"/chat/completions", bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
+	if hold != "" {
+		req.Header.Set("x-test-hold-body", hold)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return "", err
@@ -122,12 +132,19 @@ func chat(client *http.Client, base, key string, i int) (string, error) {
 	return resp.Proto, nil
 }
 
-// sequential makes one call after another while next says so, then prints
-// {"pid", "calls"}.
-func sequential(client *http.Client, base, key string, next func() bool) {
+// sequential makes one call after another while next says so (line, if
+// any, the line read for it), then prints {"pid", "calls"}.
+func sequential(client *http.Client, base, key string, next func() bool, line func() string) {
 	calls := 0
 	for next() {
-		if _, err := chat(client, base, key, calls); err != nil {
+		hold := ""
+		if line != nil {
+			hold = strings.TrimPrefix(line(), "hold ")
+			if hold == line() {
+				hold = ""
+			}
+		}
+		if _, err := chat(client, base, key, calls, hold); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -137,10 +154,11 @@ func sequential(client *http.Client, base, key string, next func() bool) {
 	fmt.Println(string(out))
 }
 
-// eachLineOfStdin: a call for each line read from stdin, until it closes.
-func eachLineOfStdin() func() bool {
+// eachLineOfStdin: a call for each line read from stdin, until it closes,
+// and the line read.
+func eachLineOfStdin() (func() bool, func() string) {
 	lines := bufio.NewScanner(os.Stdin)
-	return lines.Scan
+	return lines.Scan, lines.Text
 }
 
 // untilStdinCloses: a call every pause until stdin closes (the first at once).
@@ -196,11 +214,11 @@ func main() {
 	}
 	if *eachLine || *paced {
 		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: *fresh, ForceAttemptHTTP2: *h2}}
-		next := eachLineOfStdin()
+		next, line := eachLineOfStdin()
 		if *paced {
-			next = untilStdinCloses(*every)
+			next, line = untilStdinCloses(*every), nil
 		}
-		sequential(client, *base, *key, next)
+		sequential(client, *base, *key, next, line)
 		return
 	}
 	client := &http.Client{Transport: &http.Transport{
@@ -214,7 +232,7 @@ func main() {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			proto, err := chat(client, *base, *key, i)
+			proto, err := chat(client, *base, *key, i, "")
 			errs[i] = err
 			protos[i] = proto
 		}(i)

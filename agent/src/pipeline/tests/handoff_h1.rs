@@ -133,3 +133,32 @@ fn with_every_connection_s_cap_reached_a_connection_whose_state_came_goes_on_fro
     assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
     assert!(s.handoff_states_received >= 1, "{s:?}");
 }
+
+/// A body written in many calls (Go's HTTP client writes 4 KiB at a time),
+/// joined midway on a connection taken over with no state: the sniffing
+/// budget lets two bodies' worth pass, the answer's tail counts as joined
+/// midway, and the next call is recorded. On a connection this agent saw
+/// from its start the same bytes are not HTTP after 8 calls, as before.
+#[test]
+fn a_body_in_many_calls_joined_midway_after_an_upgrade_does_not_hide_the_later_calls() {
+    let (_, body) = big_request(4 << 20);
+    let calls = |p: &mut Pipeline, conn: u64, first: u32| {
+        for (i, piece) in body.as_bytes().chunks(4096).enumerate() {
+            let flags = FLAG_LAST | if i == 0 { first } else { 0 };
+            p.handle(&data_record(42, conn, DIR_EGRESS, 0, piece.len() as u64, piece, flags));
+        }
+        call(p, conn, DIR_INGRESS, &resp(), 1 << 20);
+        call(p, conn, DIR_EGRESS, REQ, 1 << 20);
+        call(p, conn, DIR_INGRESS, &resp(), 1 << 20);
+        p.flush();
+    };
+    let (mut new, new_calls, stats) = with(&Shared::default());
+    calls(&mut new, 7, FLAG_TAKEN_OVER);
+    let s = stats.snapshot();
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{s:?}");
+    assert_eq!((s.handoff_states_missing, s.joined_mid_stream, s.ignored_not_http), (1, 1, 0), "{s:?}");
+    let (mut fresh, fresh_calls, stats) = with(&Shared::default());
+    calls(&mut fresh, 8, 0);
+    assert!(fresh_calls.0.lock().unwrap().is_empty());
+    assert_eq!(stats.snapshot().ignored_not_http, 1);
+}
