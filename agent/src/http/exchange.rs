@@ -95,7 +95,8 @@ pub struct HttpConnection<E = ()> {
     /// the sniffing budget counts calls, not a large call's many chunks.
     call_start: bool,
     /// Joined midway after an upgrade ([`Self::joined_after_upgrade`]): the
-    /// sniffing budget also lets a request body pass (`sniffed`).
+    /// sniffing budget also lets a request body pass (`sniffed`), until the
+    /// peer says something that is not an HTTP answer's tail.
     patient: bool,
     /// Egress bytes sniffed without a request line.
     sniffed: u64,
@@ -127,7 +128,10 @@ impl<E: WsCalls> HttpConnection<E> {
     /// client writes in many calls (Go's HTTP client writes one of 4 KiB at a
     /// time). Declared not HTTP only past its calls budget and two bodies'
     /// worth of bytes without a request line, so that a body of megabytes
-    /// does not make every later call on the connection ignored.
+    /// does not make every later call on the connection ignored; unless the
+    /// peer's bytes are not an HTTP answer's (a connection the agent before
+    /// had ignored, a WebSocket session: each byte of them is copied while
+    /// it sniffs).
     pub fn joined_after_upgrade(max_body: usize) -> Self {
         Self { patient: true, ..Self::new(max_body) }
     }
@@ -329,7 +333,7 @@ impl<E: WsCalls> HttpConnection<E> {
                 if *skipped == Skipped::Nothing {
                     *skipped = Skipped::Unknown;
                 }
-                let body_may_pass = self.patient && self.sniffed < 2 * self.max_body as u64;
+                let body_may_pass = self.patient && self.sniffed < (self.max_body as u64).saturating_mul(2);
                 // Counted in `ignored_not_http` (unless already a join).
                 if *calls >= MAX_SNIFF_CALLS && !body_may_pass {
                     self.state = State::Ignored(Ignored::NotHttp);
@@ -402,8 +406,14 @@ impl<E: WsCalls> HttpConnection<E> {
                     } else {
                         *skipped = Skipped::Body;
                     }
-                } else if *skipped == Skipped::Nothing {
-                    *skipped = Skipped::Unknown;
+                } else {
+                    // Not an answer's tail: no upload waiting for its answer
+                    // (a database's results, a WebSocket's frames), so the
+                    // budget of calls applies, not two bodies' worth.
+                    self.patient = false;
+                    if *skipped == Skipped::Nothing {
+                        *skipped = Skipped::Unknown;
+                    }
                 }
                 return;
             }

@@ -386,11 +386,12 @@ impl Pipeline {
             Some(Err(e)) => {
                 Stats::inc(&self.stats.handoff_states_unusable);
                 tracing::debug!(error = %e, pid = key.tgid, "a handed-on state could not be used");
+                self.resumed.insert(as_key, HttpConnection::joined_after_upgrade(self.cfg.max_body_bytes));
             }
             None => {
                 Stats::inc(&self.stats.handoff_states_missing);
-                // Joined midway, but known to be HTTP/1.1 or HTTP/2 an agent
-                // decoded: a request body in many calls may come first.
+                // Joined midway, maybe inside a request body written in many
+                // calls (the peer silent until it is read).
                 self.resumed.insert(as_key, HttpConnection::joined_after_upgrade(self.cfg.max_body_bytes));
                 if self.parked.late.len() < MAX_LATE {
                     self.parked.late.insert(key, false);

@@ -162,3 +162,25 @@ fn a_body_in_many_calls_joined_midway_after_an_upgrade_does_not_hide_the_later_c
     assert!(fresh_calls.0.lock().unwrap().is_empty());
     assert_eq!(stats.snapshot().ignored_not_http, 1);
 }
+
+/// A connection joined midway after an upgrade whose peer says something
+/// that is not an HTTP answer (a database's results: one the agent before
+/// had ignored) is not HTTP after 8 calls, as any other: only an upload
+/// waiting in silence for its answer gets two bodies' worth.
+#[test]
+fn a_patient_connection_whose_peer_is_not_http_is_given_up_after_its_budget_of_calls() {
+    let mut cap = |_: &crate::http::message::Head| Some(());
+    let mut lost = crate::http::message::Lost::default();
+    let mut query = |c: &mut crate::http::exchange::HttpConnection<()>, lost: &mut _| {
+        for _ in 0..8 {
+            c.on_egress(b"\x00\x00\x00\x2cSELECT 1", 1, &mut cap, lost);
+        }
+    };
+    let mut silent = crate::http::exchange::HttpConnection::<()>::joined_after_upgrade(1 << 20);
+    query(&mut silent, &mut lost);
+    assert_eq!(silent.ignored(), None, "an upload may still be going on");
+    let mut answered = crate::http::exchange::HttpConnection::<()>::joined_after_upgrade(1 << 20);
+    answered.on_ingress(b"\x00\x01\x02 rows", 1, &mut Vec::new(), &mut lost);
+    query(&mut answered, &mut lost);
+    assert_eq!(answered.ignored(), Some(crate::http::ignored::Ignored::NotHttp));
+}
