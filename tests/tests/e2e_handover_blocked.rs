@@ -97,20 +97,9 @@ fn answered_after_the_upgrade(name: &str, hooks: &str, plain_clients: u64, retur
     for from in &froms {
         std::fs::write(dir.join(format!("answer{from}")), b"").expect("answer file");
     }
-    clients.into_iter().for_each(finish);
-    for &pid in &pids {
-        second.wait_process_done(pid);
-    }
-    assert!(second.stop().success());
-    let served: Vec<serde_json::Value> = server.served().into_iter().chain(plain.served()).collect();
+    let Outcome { old, new, by_old, by_new, served } =
+        after_the_upgrade(clients, &pids, (&first, &mut second), &[&server, &plain]);
     assert_eq!(served.len(), works.iter().map(Vec::len).sum::<usize>());
-    let (old, new) = (first.stats(), second.stats());
-    let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
-    let prices = tokentap_event::PriceTable::shipped();
-    for (r, s) in pair_with_served(&all, &served) {
-        assert_matches_served(r, s, &prices);
-    }
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     // The held call's input: 100 + from + 3.
     let held = |from: u64| by_new.iter().filter(|r| r["input_tokens"] == 103 + from).count();
@@ -145,7 +134,7 @@ fn answered_after_the_upgrade(name: &str, hooks: &str, plain_clients: u64, retur
     }
     assert!(plain_held.iter().all(|&h| h == 1), "each blocked plaintext read's answer, by the new agent");
     assert!(n(&new, "reads_adopted_at_start") > plain_clients, "the blocked reads found at start: {new}");
-    assert_eq!(all.len(), served.len() - usize::from(!copied), "every other call recorded once");
+    assert_eq!(by_old.len() + by_new.len(), served.len() - usize::from(!copied), "every other call recorded once");
     let states = 2 + plain_clients;
     assert!(n(&old, "handoff_states_sent") >= states && n(&new, "handoff_states_received") >= states, "{old}\n{new}");
     none_of(&[&old, &new], &["dropped_at_exit", "joined_mid_stream", "handoff_states_missing"]);
@@ -233,20 +222,9 @@ fn request_bodies_a_client_is_blocked_writing_across_the_upgrade_are_recorded() 
             (recorded || plaintext && !no_timeout).then_some(())
         });
     }
-    clients.into_iter().for_each(finish);
-    for &pid in &pids {
-        second.wait_process_done(pid);
-    }
-    assert!(second.stop().success());
-    let served: Vec<serde_json::Value> = server.served().into_iter().chain(plain.served()).collect();
+    let Outcome { old, new, by_old, by_new, served } =
+        after_the_upgrade(clients, &pids, (&first, &mut second), &[&server, &plain]);
     assert_eq!(served.len(), works.iter().map(Vec::len).sum::<usize>());
-    let (old, new) = (first.stats(), second.stats());
-    let (by_old, by_new) = (first.records_of(&pids), second.records_of(&pids));
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
-    let prices = tokentap_event::PriceTable::shipped();
-    for (r, s) in pair_with_served(&all, &served) {
-        assert_matches_served(r, s, &prices);
-    }
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     let held: Vec<usize> =
         kinds.iter().map(|(from, ..)| by_new.iter().filter(|r| r["input_tokens"] == 103 + from).count()).collect();
@@ -273,7 +251,7 @@ fn request_bodies_a_client_is_blocked_writing_across_the_upgrade_are_recorded() 
         assert_eq!(n(&old, "handoff_states_not_sent"), 1, "{old}");
         assert_eq!(n(&old, "dropped_at_exit"), 1, "{old}");
     }
-    assert_eq!(all.len(), served.len() - 1 + plain_polling, "every other call recorded once");
+    assert_eq!(by_old.len() + by_new.len(), served.len() - 1 + plain_polling, "every other call recorded once");
     // Both blocked writes: the plaintext one's bytes copied from there, the
     // TLS one's (ciphertext) given up as at any first call.
     assert!(n(&new, "writes_adopted_at_start") >= 2, "the blocked writes found at start: {new}");
@@ -330,18 +308,9 @@ fn a_body_written_in_many_calls_across_the_upgrade_does_not_hide_the_connection_
     std::fs::write(&held, b"").expect("body file");
     (0..5).for_each(|_| line("call"));
     drop(stdin);
-    finish(client);
-    second.wait_process_done(pid);
-    assert!(second.stop().success());
-    let served = server.served();
+    let Outcome { old, new, by_old, by_new, served } =
+        after_the_upgrade(vec![client], &[pid], (&first, &mut second), &[&server]);
     assert_eq!(served.len(), 9);
-    let (old, new) = (first.stats(), second.stats());
-    let (by_old, by_new) = (first.records_of(&[pid]), second.records_of(&[pid]));
-    let prices = tokentap_event::PriceTable::shipped();
-    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
-    for (r, s) in pair_with_served(&all, &served) {
-        assert_matches_served(r, s, &prices);
-    }
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
     eprintln!(
         "a body in many writes across the upgrade: old agent {} records, new {} of 9; old: states not handed on {}, \
@@ -358,6 +327,40 @@ fn a_body_written_in_many_calls_across_the_upgrade_does_not_hide_the_connection_
     assert_eq!((n(&old, "handoff_states_not_sent"), n(&old, "dropped_at_exit")), (1, 1), "{old}");
     assert_eq!(n(&new, "ignored_not_http"), 0, "{new}");
     assert_eq!((n(&new, "handoff_states_missing"), n(&new, "joined_mid_stream")), (1, 1), "{new}");
+}
+
+/// What two agents made of an upgrade: their stats and records, and the
+/// calls the servers served.
+struct Outcome {
+    old: serde_json::Value,
+    new: serde_json::Value,
+    by_old: Vec<serde_json::Value>,
+    by_new: Vec<serde_json::Value>,
+    served: Vec<serde_json::Value>,
+}
+
+/// The clients finish, the new agent has handled each and stops; every
+/// record of the two agents is a call one of `servers` served, priced as
+/// served.
+fn after_the_upgrade(
+    clients: Vec<std::process::Child>,
+    pids: &[u32],
+    (first, second): (&Agent, &mut Agent),
+    servers: &[&Server],
+) -> Outcome {
+    clients.into_iter().for_each(finish);
+    for &pid in pids {
+        second.wait_process_done(pid);
+    }
+    assert!(second.stop().success());
+    let served: Vec<serde_json::Value> = servers.iter().flat_map(|s| s.served()).collect();
+    let (by_old, by_new) = (first.records_of(pids), second.records_of(pids));
+    let all: Vec<serde_json::Value> = by_old.iter().chain(&by_new).cloned().collect();
+    let prices = tokentap_event::PriceTable::shipped();
+    for (r, s) in pair_with_served(&all, &served) {
+        assert_matches_served(r, s, &prices);
+    }
+    Outcome { old: first.stats(), new: second.stats(), by_old, by_new, served }
 }
 
 /// Is `pid`'s main thread (the client's calls) in a write to a socket:
