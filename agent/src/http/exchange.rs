@@ -579,9 +579,10 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     /// Requests worth recording whose head was read and whose body is still
-    /// being written. Not counted by [`Self::close`] (a connection shed for
-    /// memory or ended mid-request counts as such): the agent's exit, a
-    /// state nobody took, a gap and a lost sync count them.
+    /// being written. Not counted by [`Self::close`] (a connection that
+    /// ends mid-request: its client gave up): the agent's exit, a state
+    /// nobody took, a gap and a lost sync (a connection shed for memory
+    /// included) count them.
     pub(crate) fn being_written(&self) -> u64 {
         self.heads.iter().filter(|e| e.is_some()).count() as u64
     }
