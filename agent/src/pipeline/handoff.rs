@@ -25,11 +25,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use tokentap_agent_common::{HANDOFF_MAX_PARTS, HANDOFF_PART};
+use tokentap_agent_common::{Source, HANDOFF_MAX_PARTS, HANDOFF_PART};
 
 use super::{ConnFilter, Handed, Pipeline};
 use crate::capture::decode::{decode, socket_conn};
-use crate::capture::event::{Chunk, ConnKey, Control, Direction, RawEvent, SockId};
+use crate::capture::event::{Chunk, Comm, ConnKey, ConnMeta, Control, Direction, RawEvent, SockId};
 use crate::http::exchange::HttpConnection;
 use crate::http::sniff;
 use crate::stats::Stats;
@@ -69,11 +69,11 @@ const SET_ASIDE: u64 = 1 << 60;
 pub(super) struct Parked {
     conns: HashMap<ConnKey, Waiting>,
     bytes: usize,
-    /// Connections whose state may still come and be taken by nobody: true
-    /// for one that ended without this agent holding its bytes (its calls
-    /// in flight are counted when the state comes), false for one decoded
-    /// without it (counted as missing then).
-    late: HashMap<ConnKey, bool>,
+    /// Connections whose state may still come and be taken by nobody: the
+    /// time one ended without this agent holding its bytes (its end is
+    /// decoded from the state when it comes), none for one decoded without
+    /// it (counted as missing then).
+    late: HashMap<ConnKey, Option<u64>>,
     /// Connections taken over at a request while the agent before ran: a
     /// state of theirs may come, whose calls are then counted cut.
     at_request: HashSet<ConnKey>,
@@ -279,7 +279,7 @@ impl Pipeline {
             // Only one this agent never read can have been the agent before's.
             let theirs = !self.conns.contains(&key);
             if theirs && f.handover_pending() && self.parked.late.len() < MAX_LATE {
-                self.parked.late.insert(key, true);
+                self.parked.late.insert(key, Some(ts));
             }
             return false;
         }
@@ -394,7 +394,7 @@ impl Pipeline {
                 // calls (the peer silent until it is read).
                 self.resumed.insert(as_key, HttpConnection::joined_after_upgrade(self.cfg.max_body_bytes));
                 if self.parked.late.len() < MAX_LATE {
-                    self.parked.late.insert(key, false);
+                    self.parked.late.insert(key, None);
                 }
             }
         }
@@ -410,6 +410,7 @@ impl Pipeline {
     }
 
     fn resume(&self, state: &[u8]) -> Result<HttpConnection<super::Endpoint>, crate::http::h2::H2Error> {
+        let (_, state) = ended_meta(state)?;
         let rules = &self.cfg.rules;
         let mut classify = |h: &crate::http::message::Head| rules.classify(h);
         HttpConnection::resume(state, self.cfg.max_body_bytes, &mut classify)
@@ -421,14 +422,13 @@ impl Pipeline {
     /// first: the calls in flight in it were cut with the connection.
     fn sweep_late(&mut self) {
         self.parked.swept = Some(Instant::now());
-        let late: Vec<(ConnKey, bool)> = self.parked.late.iter().map(|(k, e)| (*k, *e)).collect();
+        let late: Vec<(ConnKey, Option<u64>)> = self.parked.late.iter().map(|(k, e)| (*k, *e)).collect();
         for (key, ended) in late {
             let Some(f) = self.filter.as_mut() else { return };
-            match f.handed(key.tgid, key.conn) {
-                Handed::Wait => continue,
-                Handed::Never => {}
-                Handed::State(s) if ended => self.count_cut(&s),
-                Handed::State(_) => {}
+            match (f.handed(key.tgid, key.conn), ended) {
+                (Handed::Wait, _) => continue,
+                (Handed::Never, _) | (Handed::State(_), None) => {}
+                (Handed::State(s), Some(ts)) => self.end_from_state(key, &s, ts),
             }
             self.parked.late.remove(&key);
         }
@@ -451,21 +451,50 @@ impl Pipeline {
         }
     }
 
+    /// The state of a connection that ended (at `ts`) as the agent before
+    /// left, this agent holding none of its bytes: the calls its end
+    /// completes (a body framed by the close, a stream's last event) are
+    /// recorded with the connection's metadata the state carries; the calls
+    /// it cuts are counted (`dropped_at_handover`).
+    fn end_from_state(&mut self, key: ConnKey, state: &[u8], ts: u64) {
+        let meta = match ended_meta(state) {
+            Ok((Some(m), _)) => m,
+            _ => return self.count_cut(state),
+        };
+        let Some(mut c) = self.resume_counted(state) else { return };
+        let mut lost = crate::http::exchange::Lost::default();
+        let writing = c.being_written();
+        c.close(ts, &mut self.exchanges, &mut lost);
+        Stats::add(&self.stats.dropped_at_handover, writing + std::mem::take(&mut lost.unanswered));
+        self.count_lost(&lost);
+        self.emit_exchanges(&ConnMeta { tgid: key.tgid, ..meta });
+    }
+
     /// A state whose connection this agent holds none of the bytes after:
     /// its calls in flight were cut (`dropped_at_handover`). The calls its
     /// end completes or cuts short are not recorded either: counted all the same.
     fn count_cut(&mut self, state: &[u8]) {
-        if let Ok(mut c) = self.resume(state) {
-            let mut lost = crate::http::exchange::Lost::default();
-            let mut cut = Vec::new();
-            // A request still being written is cut too (`close` counts only
-            // the requests waiting for their answer).
-            let writing = c.being_written();
-            c.close(0, &mut cut, &mut lost);
-            let calls = writing + std::mem::take(&mut lost.unanswered) + cut.len() as u64;
-            Stats::add(&self.stats.dropped_at_handover, calls);
-            self.count_lost(&lost);
-        }
+        let Some(mut c) = self.resume_counted(state) else { return };
+        let mut lost = crate::http::exchange::Lost::default();
+        let mut cut = Vec::new();
+        // A request still being written is cut too (`close` counts only
+        // the requests waiting for their answer).
+        let writing = c.being_written();
+        c.close(0, &mut cut, &mut lost);
+        let calls = writing + std::mem::take(&mut lost.unanswered) + cut.len() as u64;
+        Stats::add(&self.stats.dropped_at_handover, calls);
+        self.count_lost(&lost);
+    }
+
+    /// A state no connection here goes on from: what it holds, or counted
+    /// unusable (its calls in flight unknown).
+    fn resume_counted(&mut self, state: &[u8]) -> Option<HttpConnection<super::Endpoint>> {
+        self.resume(state)
+            .inspect_err(|e| {
+                Stats::inc(&self.stats.handoff_states_unusable);
+                tracing::debug!(error = %e, "a handed-on state nobody took could not be read");
+            })
+            .ok()
     }
 
     /// This agent has left for a successor: a connection that ends before
@@ -488,7 +517,7 @@ impl Pipeline {
         }
         let Some(f) = self.filter.as_mut() else { return };
         let Some(e) = self.conns.get_mut(&key) else { return };
-        if let Some(sent) = hand_on(f.as_mut(), &key, &mut e.state.http, &self.stats) {
+        if let Some(sent) = hand_on(f.as_mut(), &key, &mut e.state.http, Some(&e.meta), &self.stats) {
             Stats::inc(if sent { &self.stats.handoff_states_sent } else { &self.stats.handoff_states_not_sent });
         }
     }
@@ -502,7 +531,7 @@ impl Pipeline {
         let Some(f) = self.filter.as_mut() else { return (0, 0) };
         let (mut sent, mut not_sent) = (0, 0);
         for (k, e) in self.conns.iter_mut() {
-            match hand_on(f.as_mut(), k, &mut e.state.http, &self.stats) {
+            match hand_on(f.as_mut(), k, &mut e.state.http, None, &self.stats) {
                 Some(true) => sent += 1,
                 Some(false) => not_sent += 1,
                 None => {}
@@ -517,11 +546,13 @@ impl Pipeline {
 /// Hand on one connection's state: whether it went, or `None` for a
 /// connection with no state to hand on (HTTP/1.1 between exchanges changes
 /// agents at a request). The calls in flight of a state written but not
-/// stored (the map full) are cut, and counted.
+/// stored (the map full) are cut, and counted. A connection that ended
+/// (`ended`: its metadata) hands on that too ([`ENDED`]).
 fn hand_on(
     f: &mut dyn ConnFilter,
     key: &ConnKey,
     http: &mut HttpConnection<super::Endpoint>,
+    ended: Option<&ConnMeta>,
     stats: &Stats,
 ) -> Option<bool> {
     if !http.hands_off() {
@@ -530,12 +561,44 @@ fn hand_on(
     let held = http.calls_handed();
     // None: too large, or half a header block; the calls stay, and are
     // counted at the end.
-    let Some(state) = http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64) else {
+    let Some(mut state) = http.hand_off(HANDOFF_PART * HANDOFF_MAX_PARTS as usize - 64 - ENDED_LEN) else {
         return Some(false);
     };
+    if let Some(m) = ended {
+        let mut out = Vec::with_capacity(ENDED_LEN + state.len());
+        out.push(ENDED);
+        out.extend(m.cgroup_id.to_le_bytes());
+        out.extend(m.comm.0);
+        out.push(m.source as u32 as u8);
+        out.extend(&state);
+        state = out;
+    }
     let sent = f.hand_off(key.tgid, key.conn, &state);
     if !sent {
         Stats::add(&stats.dropped_at_exit, held);
     }
     Some(sent)
+}
+
+/// The first byte of a state handed on at the connection's end: its owner's
+/// cgroup, command and capture source follow, then the state itself. The
+/// agent taking over may hold none of the connection's bytes (it ended
+/// before any came), and needs them to record the calls the end completes.
+/// An agent before this format reads such a state as unusable (counted).
+const ENDED: u8 = b'e';
+const ENDED_LEN: usize = 1 + 8 + 16 + 1;
+
+/// A state's metadata if it was handed on at its connection's end (the
+/// tgid left 0: the key's), and the state proper.
+fn ended_meta(state: &[u8]) -> Result<(Option<ConnMeta>, &[u8]), crate::http::h2::H2Error> {
+    if state.first() != Some(&ENDED) {
+        return Ok((None, state));
+    }
+    let bad = crate::http::h2::H2Error::Frame("handoff state: a connection's end cut short");
+    let (m, rest) = (state.get(1..ENDED_LEN).ok_or(bad)?, &state[ENDED_LEN..]);
+    let source = Source::from_u32(u32::from(m[24]))
+        .ok_or(crate::http::h2::H2Error::Frame("handoff state: unknown capture source"))?;
+    let cgroup_id = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
+    let comm = Comm(m[8..24].try_into().expect("16 bytes"));
+    Ok((Some(ConnMeta { tgid: 0, cgroup_id, comm, source }), rest))
 }

@@ -177,3 +177,68 @@ fn a_patient_connection_whose_peer_is_not_http_is_given_up_after_its_budget_of_c
     query(&mut answered, &mut lost);
     assert_eq!(answered.ignored(), Some(crate::http::ignored::Ignored::NotHttp));
 }
+
+/// An answer whose body ends with the connection (no length, not chunked):
+/// the old agent copied all of it and left; the connection then ends before
+/// the new agent read any of its bytes. The state handed on at the end
+/// carries the connection's owner, and the new agent records the call the
+/// end completes (it was counted, not recorded), under that owner, in
+/// either order of the two agents' ends.
+#[test]
+fn a_call_an_end_completes_after_the_old_agent_left_is_recorded_by_the_new_one() {
+    let body = br#"{"id":"chatcmpl-9","model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":31,"completion_tokens":7}}"#;
+    let answer =
+        [&b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"[..], body].concat();
+    for new_first in [true, false] {
+        let (shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+        call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
+        call(&mut old, 7, DIR_INGRESS, &answer, 1 << 20);
+        old.leave();
+        if new_first {
+            new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+        }
+        old.handle(&control_record(EventKind::ConnClosed, 42, 7));
+        if !new_first {
+            new.handle(&control_record(EventKind::ConnClosed, 42, 7));
+        }
+        old.hand_off();
+        old.finish();
+        shared.0.lock().unwrap().1 = false;
+        new.finish();
+        assert!(shared.0.lock().unwrap().0.is_empty(), "no state left behind");
+        assert!(old_calls.0.lock().unwrap().is_empty());
+        let (o, n) = (old_stats.snapshot(), new_stats.snapshot());
+        let calls = new_calls.0.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "new agent first: {new_first}; {o:?} {n:?}");
+        let c = &calls[0];
+        assert_eq!((c.input_tokens, c.output_tokens), (Some(31), Some(7)));
+        assert_eq!((c.pid, c.comm.as_deref(), c.tls_library.as_deref()), (Some(42), Some("python3"), Some("openssl")));
+        assert_eq!(o.dropped_calls() + n.dropped_calls(), 0, "{o:?} {n:?}");
+        assert_eq!((o.handoff_states_sent, n.handoff_states_unusable), (1, 0));
+    }
+}
+
+/// A state handed on at an end, whose owner's part is cut short or names
+/// no capture source (another process's input): counted unusable (what it
+/// held is unknown), not dropped silently.
+#[test]
+fn a_state_handed_on_at_an_end_that_cannot_be_read_is_counted() {
+    let (shared, (mut old, _, _), (mut new, new_calls, new_stats)) = two_agents();
+    call(&mut old, 7, DIR_EGRESS, REQ, 1 << 20);
+    old.leave();
+    old.handle(&control_record(EventKind::ConnClosed, 42, 7));
+    let state = shared.0.lock().unwrap().0.remove(&(42, 7)).expect("handed on at its end");
+    assert_eq!(state[0], b'e');
+    let mut unknown_source = state.clone();
+    unknown_source[25] = 0xee;
+    for (conn, bad) in [(8u64, state[..10].to_vec()), (9, unknown_source)] {
+        shared.0.lock().unwrap().0.insert((42, conn), bad);
+        new.handle(&control_record(EventKind::ConnClosed, 42, conn));
+    }
+    new.flush();
+    shared.0.lock().unwrap().1 = false;
+    new.finish();
+    assert!(new_calls.0.lock().unwrap().is_empty());
+    let n = new_stats.snapshot();
+    assert_eq!((n.handoff_states_unusable, n.dropped_calls()), (2, 0), "{n:?}");
+}
