@@ -503,10 +503,9 @@ impl Pipeline {
         for (_, mut e) in self.conns.expire(u64::MAX) {
             let mut lost = Lost::default();
             // A request still being written (a state too large to hand on:
-            // a body of megabytes) is cut by the exit too.
-            let writing = e.state.http.being_written();
+            // a body of megabytes) is cut by the exit too: `close` counts it.
             e.state.http.close(monotonic_ns(), &mut self.exchanges, &mut lost);
-            Stats::add(&self.stats.dropped_at_exit, writing + std::mem::take(&mut lost.unanswered));
+            Stats::add(&self.stats.dropped_at_exit, std::mem::take(&mut lost.unanswered));
             self.count_lost(&lost);
             self.emit_exchanges(&e.meta);
         }

@@ -522,7 +522,9 @@ impl<E: WsCalls> HttpConnection<E> {
                 self.pair(vec![m], out);
             }
         }
-        lost.unanswered += self.unanswered();
+        // A request still being written too: its client gave up, or its
+        // server or the network ended the connection mid-upload.
+        lost.unanswered += self.unanswered() + self.being_written();
         self.pending.clear();
         self.heads.clear();
         self.state = State::Ignored(Ignored::Desync);
@@ -579,10 +581,9 @@ impl<E: WsCalls> HttpConnection<E> {
     }
 
     /// Requests worth recording whose head was read and whose body is still
-    /// being written. Not counted by [`Self::close`] (a connection that
-    /// ends mid-request: its client gave up): the agent's exit, a state
-    /// nobody took, a gap and a lost sync (a connection shed for memory
-    /// included) count them.
+    /// being written: counted with the requests waiting for their answer at
+    /// a gap, a lost sync (a connection shed for memory included) and an
+    /// end (the connection's, the agent's, a state's nobody took).
     pub(crate) fn being_written(&self) -> u64 {
         self.heads.iter().filter(|e| e.is_some()).count() as u64
     }
@@ -628,6 +629,9 @@ impl<E: WsCalls> HttpConnection<E> {
 #[path = "exchange_handoff.rs"]
 mod handoff;
 
+#[cfg(test)]
+#[path = "exchange_handoff_tests.rs"]
+mod handoff_tests;
 #[cfg(test)]
 #[path = "exchange_tests.rs"]
 mod tests;

@@ -463,9 +463,8 @@ impl Pipeline {
         };
         let Some(mut c) = self.resume_counted(state) else { return };
         let mut lost = crate::http::exchange::Lost::default();
-        let writing = c.being_written();
         c.close(ts, &mut self.exchanges, &mut lost);
-        Stats::add(&self.stats.dropped_at_handover, writing + std::mem::take(&mut lost.unanswered));
+        Stats::add(&self.stats.dropped_at_handover, std::mem::take(&mut lost.unanswered));
         self.count_lost(&lost);
         self.emit_exchanges(&ConnMeta { tgid: key.tgid, ..meta });
     }
@@ -477,11 +476,8 @@ impl Pipeline {
         let Some(mut c) = self.resume_counted(state) else { return };
         let mut lost = crate::http::exchange::Lost::default();
         let mut cut = Vec::new();
-        // A request still being written is cut too (`close` counts only
-        // the requests waiting for their answer).
-        let writing = c.being_written();
         c.close(0, &mut cut, &mut lost);
-        let calls = writing + std::mem::take(&mut lost.unanswered) + cut.len() as u64;
+        let calls = std::mem::take(&mut lost.unanswered) + cut.len() as u64;
         Stats::add(&self.stats.dropped_at_handover, calls);
         self.count_lost(&lost);
     }
