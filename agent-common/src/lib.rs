@@ -398,8 +398,12 @@ pub const LOSS_COUNTERS: u32 = 20;
 /// Bytes of one [`HandoffPart`]: small, as each map entry takes a whole
 /// part and most states are a verdict or a few KiB of HPACK tables.
 pub const HANDOFF_PART: usize = 1020;
-/// Most parts one connection's state may take (about 1 MiB).
-pub const HANDOFF_MAX_PARTS: u32 = 1024;
+/// Most parts one connection's state may take: about 17 MiB, so that a
+/// request body up to the default `max_body_bytes` (16 MiB) being written
+/// across an upgrade is handed on whole. Agents before this one read at
+/// most 1,024 (a larger state is missing to them, counted). The map holds
+/// 65,536 parts in all: three such states at once.
+pub const HANDOFF_MAX_PARTS: u32 = 17 * 1024;
 
 /// Where a part of a handed-on state lies in the pinned `CONN_STATES` map:
 /// the connection, and which part (0, written last, says how many follow).

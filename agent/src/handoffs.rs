@@ -46,9 +46,12 @@ impl Handoffs {
     /// Hand on `state` for a connection; false when it could not be stored
     /// (too large, the map full).
     pub fn put(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
-        let Some(parts) = state_parts(me(), state) else {
+        let Some(all) = state_parts(me(), state) else {
             return false;
         };
+        // One copy of a state of megabytes (a request body being written),
+        // cut as it is written.
+        let parts: Vec<&[u8]> = all.chunks(HANDOFF_PART).collect();
         let mut part = Box::new(HandoffPart { len: 0, data: [0; HANDOFF_PART] });
         // Part 0 last: once it is there, so is every other.
         for (i, piece) in parts.iter().enumerate().rev() {
@@ -101,10 +104,10 @@ struct Whole {
     state: Vec<u8>,
 }
 
-/// `state` written by `writer`, cut in parts of [`HANDOFF_PART`] bytes, the
-/// first opening with the header (writer, state length, parts); None when
-/// it needs more than [`HANDOFF_MAX_PARTS`].
-fn state_parts(writer: u32, state: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// `state` written by `writer`, to be cut in parts of [`HANDOFF_PART`]
+/// bytes, the first opening with the header (writer, state length, parts);
+/// None when it needs more than [`HANDOFF_MAX_PARTS`].
+fn state_parts(writer: u32, state: &[u8]) -> Option<Vec<u8>> {
     let parts = (HEADER + state.len()).div_ceil(HANDOFF_PART) as u32;
     if parts > HANDOFF_MAX_PARTS {
         return None;
@@ -114,7 +117,7 @@ fn state_parts(writer: u32, state: &[u8]) -> Option<Vec<Vec<u8>>> {
     all.extend_from_slice(&(state.len() as u32).to_le_bytes());
     all.extend_from_slice(&parts.to_le_bytes());
     all.extend_from_slice(state);
-    Some(all.chunks(HANDOFF_PART).map(<[u8]>::to_vec).collect())
+    Some(all)
 }
 
 /// A state read back from its first part and `part(i)` for the others, as
@@ -130,8 +133,12 @@ fn state_from_parts(first: &[u8], mut part: impl FnMut(u32) -> Option<Vec<u8>>) 
         all.extend_from_slice(&part(i)?);
         i += 1;
     }
-    let state = all.get(HEADER..HEADER + len)?.to_vec();
-    Some(Whole { writer, state })
+    if all.len() < HEADER + len {
+        return None;
+    }
+    all.truncate(HEADER + len);
+    all.drain(..HEADER);
+    Some(Whole { writer, state: all })
 }
 
 #[cfg(test)]
@@ -145,7 +152,8 @@ mod tests {
         let sizes = (0..40).chain(HANDOFF_PART - 20..HANDOFF_PART + 20).chain(3 * HANDOFF_PART - 20..3 * HANDOFF_PART);
         for size in sizes {
             let state: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let parts = state_parts(77, &state).unwrap();
+            let all = state_parts(77, &state).unwrap();
+            let parts: Vec<Vec<u8>> = all.chunks(HANDOFF_PART).map(<[u8]>::to_vec).collect();
             assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= HANDOFF_PART), "{size}");
             let whole = state_from_parts(&parts[0], |i| parts.get(i as usize).cloned());
             assert_eq!(
@@ -162,9 +170,16 @@ mod tests {
             }
         }
         assert!(state_parts(1, &vec![0; HANDOFF_PART * HANDOFF_MAX_PARTS as usize]).is_none(), "too large");
+        // A request body of the default `max_body_bytes` being written, and its head.
+        let big: Vec<u8> = (0..(16 << 20) + 4096).map(|i| (i % 253) as u8).collect();
+        let all = state_parts(3, &big).expect("a body of 16 MiB is handed on");
+        let parts: Vec<&[u8]> = all.chunks(HANDOFF_PART).collect();
+        let whole = state_from_parts(parts[0], |i| parts.get(i as usize).map(|p| p.to_vec()));
+        assert!(whole.is_some_and(|w| w.writer == 3 && w.state == big));
         // As an agent of an earlier release wrote it: one part declared, two written.
         let state = vec![9; HANDOFF_PART - 10];
-        let mut parts = state_parts(5, &state).unwrap();
+        let mut parts: Vec<Vec<u8>> =
+            state_parts(5, &state).unwrap().chunks(HANDOFF_PART).map(<[u8]>::to_vec).collect();
         assert_eq!(parts.len(), 2);
         parts[0][8..12].copy_from_slice(&1u32.to_le_bytes());
         let whole = state_from_parts(&parts[0], |i| parts.get(i as usize).cloned());

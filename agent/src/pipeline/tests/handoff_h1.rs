@@ -49,6 +49,28 @@ fn a_request_body_of_megabytes_written_after_the_switch_goes_on_from_the_state()
     assert_eq!((s.handoff_states_received, s.handoff_states_missing, s.ignored_not_http), (1, 0, 0));
 }
 
+/// HTTP/1.1: the old agent copied a request's head and 4 MiB of its body
+/// (what a client writes before the socket's buffers fill) and left: the
+/// state, over the 1 MiB a state once held, is handed on, and the new agent
+/// records the call from it with the rest of the body.
+#[test]
+fn a_request_body_of_megabytes_copied_in_part_before_the_switch_is_handed_on() {
+    let (_shared, (mut old, old_calls, old_stats), (mut new, new_calls, new_stats)) = two_agents();
+    let (head, body) = big_request(8 << 20);
+    let split = 4 << 20;
+    call(&mut old, 7, DIR_EGRESS, format!("{head}{}", &body[..split]).as_bytes(), 16 << 10);
+    old.hand_off();
+    old.finish();
+    taken_over_call(&mut new, 7, DIR_EGRESS, body[split..].as_bytes());
+    call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
+    new.flush();
+    assert!(old_calls.0.lock().unwrap().is_empty());
+    let (o, n) = (old_stats.snapshot(), new_stats.snapshot());
+    assert_eq!((o.handoff_states_sent, o.handoff_states_not_sent, o.dropped_at_exit), (1, 0, 0), "{o:?}");
+    assert_eq!(new_calls.0.lock().unwrap().len(), 1, "{n:?}");
+    assert_eq!((n.handoff_states_received, n.dropped_calls()), (1, 0), "{n:?}");
+}
+
 /// The same body with no state to go on from (the agent before exited
 /// without one): joined midway in one call of 2,048 chunks, which the
 /// sniffing budget counts as one call; the answer's tail counts as joined
