@@ -19,14 +19,22 @@ pub struct Handoffs {
     before: Vec<(u32, u64)>,
     /// Whether one of them still ran when last looked (`/proc`), and when.
     pending: Option<(Instant, bool)>,
+    /// This agent has written a state (it is leaving).
+    wrote: bool,
+    /// When parts left without their part 0 were last looked for.
+    tidied: Option<Instant>,
 }
+
+/// How often parts left without their part 0 are looked for: one lookup
+/// when the map is empty, as it is outside the seconds of an upgrade.
+const TIDY_EVERY: Duration = Duration::from_secs(10);
 
 /// Part 0's header: writer pid, state length, parts.
 const HEADER: usize = 12;
 
 impl Handoffs {
     pub fn new(states: HashMap<MapData, HandoffKey, HandoffPart>, before: Vec<(u32, u64)>) -> Self {
-        Self { states, before, pending: None }
+        Self { states, before, pending: None, wrote: false, tidied: None }
     }
 
     /// Does an agent this one took over from still run (so a state may
@@ -46,6 +54,7 @@ impl Handoffs {
     /// Hand on `state` for a connection; false when it could not be stored
     /// (too large, the map full).
     pub fn put(&mut self, tgid: u32, conn: u64, state: &[u8]) -> bool {
+        self.wrote = true;
         let Some(all) = state_parts(me(), state) else {
             return false;
         };
@@ -68,6 +77,34 @@ impl Handoffs {
             }
         }
         true
+    }
+
+    /// Remove the parts of states whose part 0 is gone: the kernel drops a
+    /// state's part 0 alone when its connection ends before the agent that
+    /// took it over copied a call (nobody will read it), an agent killed
+    /// while it wrote leaves parts without it, and an agent of a release
+    /// that reads at most 1,024 parts leaves the rest of a larger state. Left
+    /// there, they would fill the pinned map over upgrades. Only while no
+    /// agent before this one runs and this one has written nothing (a part
+    /// being written has no part 0 yet), at most every [`TIDY_EVERY`].
+    /// Returns the parts removed.
+    pub fn tidy(&mut self) -> usize {
+        if self.wrote || self.tidied.is_some_and(|t| t.elapsed() < TIDY_EVERY) || self.pending() {
+            return 0;
+        }
+        self.tidied = Some(Instant::now());
+        let keys: Vec<HandoffKey> = self.states.keys().flatten().filter(|k| k.part != 0).collect();
+        let mut removed = 0;
+        for k in keys {
+            let head = HandoffKey { part: 0, ..k };
+            if self.states.get(&head, 0).is_err() && self.states.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "handed-on state parts without their first part removed");
+        }
+        removed
     }
 
     /// The state an agent before this one handed on for a connection this

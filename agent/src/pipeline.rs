@@ -28,7 +28,7 @@ use crate::stats::Stats;
 
 /// The pipeline's callers (run loop, bench, fuzz target) build it with these.
 pub use crate::capture::clock::{monotonic_ns, Clock};
-pub use handoff::OrphanConns;
+pub use handoff::{ended_meta, ended_prefix, OrphanConns};
 
 pub struct PipelineConfig {
     pub max_body_bytes: usize,
@@ -97,6 +97,8 @@ pub trait ConnFilter: Send {
     fn handover_pending(&mut self) -> bool {
         false
     }
+    /// Periodic upkeep of what agents share (leftovers of handed-on states).
+    fn tidy(&mut self) {}
 }
 
 /// [`ConnFilter::handed`]: a state, not yet (the agent before still runs),
@@ -470,6 +472,9 @@ impl Pipeline {
         let cov = &self.coverage;
         self.blind.tick(now_mono_ns, &|pid| cov.unread(pid));
         self.write_traffic();
+        if let Some(f) = self.filter.as_mut() {
+            f.tidy();
+        }
         let cutoff = now_mono_ns.saturating_sub(self.cfg.idle_timeout_ns);
         for (_, e) in self.conns.expire(cutoff) {
             self.stats.count(ConnDrop::Expired);

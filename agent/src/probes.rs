@@ -300,6 +300,12 @@ impl IgnoreMap {
     pub fn handover_pending(&mut self) -> bool {
         self.handoff.as_mut().is_some_and(|h| h.pending())
     }
+
+    pub fn tidy(&mut self) {
+        if let Some(h) = self.handoff.as_mut() {
+            h.tidy();
+        }
+    }
 }
 
 pub struct LossReader {

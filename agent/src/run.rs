@@ -589,6 +589,10 @@ impl ConnFilter for IgnoreMap {
     fn handover_pending(&mut self) -> bool {
         IgnoreMap::handover_pending(self)
     }
+
+    fn tidy(&mut self) {
+        IgnoreMap::tidy(self);
+    }
 }
 
 #[cfg(test)]

@@ -132,3 +132,52 @@ fn what_a_hung_agent_copied_and_never_read_is_recorded_by_the_agent_after_it_onc
     // The last agent took every pin with it, the ring it read too.
     assert!(!fs.pins().exists(), "pins removed by the last agent");
 }
+
+/// Parts of handed-on states left in the pinned `CONN_STATES` map without
+/// their first part: a writer killed midway, the kernel dropping a state's
+/// first part alone when its connection ends before the agent that took it
+/// copied a call, an agent of an earlier release that reads at most 1,024
+/// parts of a larger state. The running agent, with no agent before it
+/// still running, removes them within seconds; a state whole (its first
+/// part there, one an agent may still take) stays.
+#[test]
+fn parts_of_a_state_left_without_their_first_part_are_removed() {
+    let _g = serial();
+    require_root();
+    require_tool("bpftool");
+    let dir = scratch("handover-tidy");
+    let fs = BpfFs::mount(&dir);
+    let mut agent = Agent::start(&dir, &[fs.flag().as_str()]);
+    let map = fs.pins().join("CONN_STATES").display().to_string();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>();
+    let key =
+        |tgid: u32, part: u32, conn: u64| [&tgid.to_le_bytes()[..], &part.to_le_bytes(), &conn.to_le_bytes()].concat();
+    let put = |k: Vec<u8>| {
+        let value = [&8u32.to_le_bytes()[..], &[7; 1020]].concat();
+        let mut args =
+            vec!["map".to_owned(), "update".into(), "pinned".into(), map.clone(), "key".into(), "hex".into()];
+        args.extend(hex(&k));
+        args.extend(["value".into(), "hex".into()]);
+        args.extend(hex(&value));
+        let out = std::process::Command::new("bpftool").args(&args).output().expect("bpftool");
+        assert!(out.status.success(), "bpftool map update: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let keys = || {
+        let out = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned", &map]).output().unwrap();
+        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+        entries.as_array().map_or(0, Vec::len)
+    };
+    // Three parts of a state whose first part is gone, and a whole one of two.
+    for part in 1..=3 {
+        put(key(4242, part, 7));
+    }
+    put(key(4242, 1, 9));
+    put(key(4242, 0, 9));
+    assert_eq!(keys(), 5);
+    let left = wait_for("the parts without their first part removed", Duration::from_secs(30), || {
+        let n = keys();
+        (n == 2).then_some(n)
+    });
+    assert_eq!(left, 2, "the whole state stays");
+    assert!(agent.stop().success());
+}

@@ -17,7 +17,8 @@
 //! States nobody takes are read back and dropped while the agent before
 //! runs ([`Pipeline::sweep_late`]): those of connections decoded without
 //! them, and of connections that ended without this agent holding any of
-//! their bytes (their calls in flight, cut with them, are counted here).
+//! their bytes (the calls their end completes are recorded here, from the
+//! owner the state carries; those it cuts are counted).
 //!
 //! Why wait rather than ask first: the agent before leaves first (from then
 //! on the kernel gives every next call of its connections to the new one),
@@ -526,11 +527,16 @@ impl Pipeline {
         self.parked.handed = true;
         let Some(f) = self.filter.as_mut() else { return (0, 0) };
         let (mut sent, mut not_sent) = (0, 0);
-        for (k, e) in self.conns.iter_mut() {
-            match hand_on(f.as_mut(), k, &mut e.state.http, None, &self.stats) {
-                Some(true) => sent += 1,
-                Some(false) => not_sent += 1,
-                None => {}
+        // The small states first (verdicts, HPACK tables, most exchanges):
+        // the few of megabytes (a request body being written) must not fill
+        // the map before them.
+        for large in [false, true] {
+            for (k, e) in self.conns.iter_mut().filter(|(_, e)| (e.state.http.buffered() > LARGE_STATE) == large) {
+                match hand_on(f.as_mut(), k, &mut e.state.http, None, &self.stats) {
+                    Some(true) => sent += 1,
+                    Some(false) => not_sent += 1,
+                    None => {}
+                }
             }
         }
         Stats::add(&self.stats.handoff_states_sent, sent as u64);
@@ -561,13 +567,7 @@ fn hand_on(
         return Some(false);
     };
     if let Some(m) = ended {
-        let mut out = Vec::with_capacity(ENDED_LEN + state.len());
-        out.push(ENDED);
-        out.extend(m.cgroup_id.to_le_bytes());
-        out.extend(m.comm.0);
-        out.push(m.source as u32 as u8);
-        out.extend(&state);
-        state = out;
+        state.splice(0..0, ended_prefix(m));
     }
     let sent = f.hand_off(key.tgid, key.conn, &state);
     if !sent {
@@ -580,13 +580,27 @@ fn hand_on(
 /// cgroup, command and capture source follow, then the state itself. The
 /// agent taking over may hold none of the connection's bytes (it ended
 /// before any came), and needs them to record the calls the end completes.
-/// An agent before this format reads such a state as unusable (counted).
+/// An agent of an earlier release cannot use such a state: where it holds
+/// bytes of the connection it counts it unusable, else it drops it uncounted.
 const ENDED: u8 = b'e';
 const ENDED_LEN: usize = 1 + 8 + 16 + 1;
+/// The buffered bytes past which a connection's state is handed on after
+/// all the others ([`Pipeline::hand_off`]).
+const LARGE_STATE: usize = 64 << 10;
+
+/// What opens a state handed on at its connection's end ([`ENDED`]).
+pub fn ended_prefix(m: &ConnMeta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENDED_LEN);
+    out.push(ENDED);
+    out.extend(m.cgroup_id.to_le_bytes());
+    out.extend(m.comm.0);
+    out.push(m.source as u32 as u8);
+    out
+}
 
 /// A state's metadata if it was handed on at its connection's end (the
 /// tgid left 0: the key's), and the state proper.
-fn ended_meta(state: &[u8]) -> Result<(Option<ConnMeta>, &[u8]), crate::http::h2::H2Error> {
+pub fn ended_meta(state: &[u8]) -> Result<(Option<ConnMeta>, &[u8]), crate::http::h2::H2Error> {
     if state.first() != Some(&ENDED) {
         return Ok((None, state));
     }

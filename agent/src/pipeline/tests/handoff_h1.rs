@@ -61,7 +61,7 @@ fn a_request_body_of_megabytes_copied_in_part_before_the_switch_is_handed_on() {
     call(&mut old, 7, DIR_EGRESS, format!("{head}{}", &body[..split]).as_bytes(), 16 << 10);
     old.hand_off();
     old.finish();
-    taken_over_call(&mut new, 7, DIR_EGRESS, body[split..].as_bytes());
+    taken_over_call(&mut new, 7, DIR_EGRESS, &body.as_bytes()[split..]);
     call(&mut new, 7, DIR_INGRESS, &resp(), 1 << 20);
     new.flush();
     assert!(old_calls.0.lock().unwrap().is_empty());
