@@ -408,7 +408,7 @@ pub const HANDOFF_MAX_PARTS: u32 = 17 * 1024;
 /// Where a part of a handed-on state lies in the pinned `CONN_STATES` map:
 /// the connection, and which part (0, written last, says how many follow).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HandoffKey {
     pub tgid: u32,
     pub part: u32,

@@ -4,6 +4,7 @@
 //! when). A state is cut in parts of a map value's size; part 0 opens with a
 //! header (the writer's pid, the state's length, the part count) and is
 //! written last, so a reader that finds it finds every part.
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData};
@@ -21,8 +22,10 @@ pub struct Handoffs {
     pending: Option<(Instant, bool)>,
     /// This agent has written a state (it is leaving).
     wrote: bool,
-    /// When parts left without their part 0 were last looked for.
+    /// When parts left without their part 0 were last looked for, and
+    /// those found then.
     tidied: Option<Instant>,
+    orphans: HashSet<HandoffKey>,
 }
 
 /// How often parts left without their part 0 are looked for: one lookup
@@ -34,7 +37,7 @@ const HEADER: usize = 12;
 
 impl Handoffs {
     pub fn new(states: HashMap<MapData, HandoffKey, HandoffPart>, before: Vec<(u32, u64)>) -> Self {
-        Self { states, before, pending: None, wrote: false, tidied: None }
+        Self { states, before, pending: None, wrote: false, tidied: None, orphans: HashSet::new() }
     }
 
     /// Does an agent this one took over from still run (so a state may
@@ -85,22 +88,28 @@ impl Handoffs {
     /// while it wrote leaves parts without it, and an agent of a release
     /// that reads at most 1,024 parts leaves the rest of a larger state. Left
     /// there, they would fill the pinned map over upgrades. Only while no
-    /// agent before this one runs and this one has written nothing (a part
-    /// being written has no part 0 yet), at most every [`TIDY_EVERY`].
-    /// Returns the parts removed.
+    /// agent before this one runs and this one has written nothing, at most
+    /// every [`TIDY_EVERY`], and a part only when the look before found it
+    /// without its part 0 too: a third agent may be writing a state (part 0
+    /// last) for another, which takes far less than that. Returns the parts
+    /// removed.
     pub fn tidy(&mut self) -> usize {
         if self.wrote || self.tidied.is_some_and(|t| t.elapsed() < TIDY_EVERY) || self.pending() {
             return 0;
         }
         self.tidied = Some(Instant::now());
-        let keys: Vec<HandoffKey> = self.states.keys().flatten().filter(|k| k.part != 0).collect();
+        // A set: the kernel's walk starts over when a key goes under it.
+        let keys: HashSet<HandoffKey> = self.states.keys().flatten().collect();
+        let heads: HashSet<(u32, u64)> = keys.iter().filter(|k| k.part == 0).map(|k| (k.tgid, k.conn)).collect();
+        let mut orphans: HashSet<HandoffKey> =
+            keys.into_iter().filter(|k| k.part != 0 && !heads.contains(&(k.tgid, k.conn))).collect();
+        let stale: Vec<HandoffKey> = orphans.intersection(&self.orphans).copied().collect();
         let mut removed = 0;
-        for k in keys {
-            let head = HandoffKey { part: 0, ..k };
-            if self.states.get(&head, 0).is_err() && self.states.remove(&k).is_ok() {
-                removed += 1;
-            }
+        for k in &stale {
+            orphans.remove(k);
+            removed += usize::from(self.states.remove(k).is_ok());
         }
+        self.orphans = orphans;
         if removed > 0 {
             tracing::debug!(removed, "handed-on state parts without their first part removed");
         }
