@@ -166,7 +166,12 @@ fn request_bodies_a_client_is_blocked_writing_across_the_upgrade_are_recorded() 
     let Upgrade { dir, certs, server, fs, first: first_dir, second: second_dir } =
         Upgrade::new("handover-held-body", Transport::Https);
     let flag = fs.flag();
-    let mut first = Agent::start(&first_dir, &[flag.as_str(), "--handover-drain-secs", "1"]);
+    // A ring buffer raised for uploads of megabytes (`kernel_ring_full` in
+    // docs/operations.md): a TLS write of 8 MiB is copied at its return at
+    // once, and once in CI the debug build's default 16 MiB filled with it
+    // (every LLM call recorded, 8 chunks counted lost).
+    let ring = "--ring-buffer-bytes=67108864";
+    let mut first = Agent::start(&first_dir, &[flag.as_str(), ring, "--handover-drain-secs", "1"]);
     std::fs::create_dir_all(dir.join("plain")).unwrap();
     let plain = Server::start_with(&dir.join("plain"), &certs, Transport::Plain);
     let tls_base = format!("https://api.openai.com:{}/v1", server.port);
@@ -208,7 +213,7 @@ fn request_bodies_a_client_is_blocked_writing_across_the_upgrade_are_recorded() 
     wait_for("the clients with no timeout to block in a write", Duration::from_secs(30), || {
         blocking.iter().all(|&pid| in_a_write(pid)).then_some(())
     });
-    let mut second = Agent::start(&second_dir, &[flag.as_str()]);
+    let mut second = Agent::start(&second_dir, &[flag.as_str(), ring]);
     assert!(first.stop().success());
     // One body at a time, each read by the new agent before the next: 8 MiB
     // copied in one call each, not 32 MiB at once into the agent's 16 MiB
