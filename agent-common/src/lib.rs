@@ -400,9 +400,10 @@ pub const LOSS_COUNTERS: u32 = 20;
 pub const HANDOFF_PART: usize = 1020;
 /// Most parts one connection's state may take: about 17 MiB, so that a
 /// request body up to the default `max_body_bytes` (16 MiB) being written
-/// across an upgrade is handed on whole. Agents before this one read at
-/// most 1,024 (a larger state is missing to them, counted). The map holds
-/// 65,536 parts in all: three such states at once.
+/// across an upgrade is handed on whole. Agents of earlier releases read at
+/// most 1,024 (a larger state is missing to them: counted only where they
+/// hold bytes of its connection; the running agent later removes the parts
+/// they leave). The map holds 65,536 parts in all: three such states at once.
 pub const HANDOFF_MAX_PARTS: u32 = 17 * 1024;
 
 /// Where a part of a handed-on state lies in the pinned `CONN_STATES` map:
