@@ -61,10 +61,14 @@ pub struct Cli {
     #[command(flatten)]
     pub sink_flags: SinkFlags,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
-    /// every second and at exit (through a temporary file of its own, renamed);
+    /// every second (--stats-interval-ms) and at exit (through a temporary file of its own, renamed);
     /// a path it cannot write is an error at start.
     #[arg(global = true, long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+    /// How often the stats file is written, in milliseconds (100 or more).
+    /// Default: 1000.
+    #[arg(global = true, long, value_name = "MS", value_parser = clap::value_parser!(u64).range(MIN_STATS_INTERVAL_MS..))]
+    pub stats_interval_ms: Option<u64>,
     /// Price file (JSON, same format as the shipped table) whose models override
     /// or extend the shipped prices.
     #[arg(global = true, long, value_name = "PATH")]
@@ -275,6 +279,7 @@ pub struct FileConfig {
     pub duration_secs: Option<u64>,
     pub ready_file: Option<PathBuf>,
     pub stats_file: Option<PathBuf>,
+    pub stats_interval_ms: Option<u64>,
     pub prices: Option<PathBuf>,
     pub ring_buffer_bytes: Option<u32>,
     pub handover_dir: Option<PathBuf>,
@@ -333,12 +338,18 @@ pub struct AttributionFile {
     pub key_secret_file: Option<PathBuf>,
 }
 
+/// The stats file is written at most this often: it lists every process
+/// the agent covers.
+const MIN_STATS_INTERVAL_MS: u64 = 100;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {what} {path}: {source}")]
     Read { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("config file {0}: duration_secs = 0 would stop the agent at once; leave it out to run until stopped")]
     ZeroDuration(PathBuf),
+    #[error("config file {0}: stats_interval_ms = {1} is under {MIN_STATS_INTERVAL_MS}")]
+    StatsInterval(PathBuf, u64),
     #[error("config file {path}: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("config file {path}: {source}")]
@@ -376,6 +387,8 @@ pub struct Settings {
     pub duration: Option<Duration>,
     pub ready_file: Option<PathBuf>,
     pub stats_file: Option<PathBuf>,
+    /// How often the stats file is written (`--stats-interval-ms`).
+    pub stats_interval: Duration,
     pub prices: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
     /// Where agents share connection ownership during an upgrade (`handover`).
@@ -439,6 +452,10 @@ impl Settings {
         if file.duration_secs == Some(0) && cli.duration.is_none() {
             return Err(ConfigError::ZeroDuration(file_path));
         }
+        let stats_interval_ms = cli.stats_interval_ms.or(file.stats_interval_ms).unwrap_or(1000);
+        if stats_interval_ms < MIN_STATS_INTERVAL_MS {
+            return Err(ConfigError::StatsInterval(file_path, stats_interval_ms));
+        }
         let mut lib_dirs: Vec<PathBuf> = crate::discovery::DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
         lib_dirs.extend(file.lib_dirs.iter().cloned());
         lib_dirs.extend(cli.lib_dirs.iter().cloned());
@@ -447,6 +464,7 @@ impl Settings {
             duration: cli.duration.or(file.duration_secs).map(Duration::from_secs),
             ready_file: cli.ready_file.clone().or(file.ready_file),
             stats_file: cli.stats_file.clone().or(file.stats_file),
+            stats_interval: Duration::from_millis(stats_interval_ms),
             prices: cli.prices.clone().or(file.prices),
             ring_buffer_bytes: cli.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(16 << 20),
             handover_dir: cli.handover_dir.clone().or(file.handover_dir),

@@ -138,10 +138,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let drain = Arc::new(Drain::default());
     let pipeline_thread = {
         let (detached, drain, stats) = (detached.clone(), drain.clone(), stats.clone());
-        let stats_file = settings.stats_file.clone();
+        let stats_file = settings.stats_file.clone().map(|p| (p, settings.stats_interval));
         std::thread::Builder::new().name("pipeline".into()).spawn(move || {
             let rings = (events, orphans);
-            read_loop(rings, loss, pipeline, (&detached, &drain), &stats, stats_file.as_deref())
+            let stats_file = stats_file.as_ref().map(|(p, every)| (p.as_path(), *every));
+            read_loop(rings, loss, pipeline, (&detached, &drain), &stats, stats_file)
         })?
     };
 
@@ -435,10 +436,11 @@ fn read_loop(
     mut pipeline: Pipeline,
     (detached, drain): (&AtomicBool, &Drain),
     stats: &Stats,
-    stats_file: Option<&std::path::Path>,
+    stats_file: Option<(&std::path::Path, Duration)>,
 ) {
     let fd = events.as_raw_fd();
     let mut last_tick = Instant::now();
+    let mut last_stats = Instant::now();
     let mut last_log = Instant::now();
     let mut busy = false;
     // A handover: whether the states went, and the passes since leaving.
@@ -502,9 +504,10 @@ fn read_loop(
             }
             pipeline.tick(monotonic_ns());
             loss.update(stats);
-            if let Some(p) = stats_file {
-                write_stats(p, stats, &pipeline);
-            }
+        }
+        if let Some((p, _)) = stats_file.filter(|&(_, every)| last_stats.elapsed() >= every) {
+            last_stats = Instant::now();
+            write_stats(p, stats, &pipeline);
         }
         if last_log.elapsed() >= Duration::from_secs(60) {
             last_log = Instant::now();
@@ -533,7 +536,7 @@ fn read_loop(
     pipeline.finish();
     loss.update(stats);
     let s = stats.snapshot();
-    if let Some(p) = stats_file {
+    if let Some((p, _)) = stats_file {
         write_stats(p, stats, &pipeline);
     }
     tracing::info!(

@@ -39,6 +39,12 @@ impl Agent {
             .arg(&ready)
             .arg("--key-secret-file")
             .arg(dir.join("key-secret"))
+            // The tests' ClickHouse (tests/server/clickhouse_http.py names
+            // itself so): inspecting its engine's library took seconds.
+            .args(["--exclude-process", "tt-clickhouse"])
+            // The tests wait for facts in the stats file: written every 1 s
+            // by default, each wait would take half of that more.
+            .args(["--stats-interval-ms", "200"])
             .args(extra)
             .env("RUST_LOG", std::env::var("TOKENTAP_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stderr(std::fs::File::create(&stderr).expect("agent log"))

@@ -24,8 +24,28 @@ pub struct Certs {
     pub key: PathBuf,
 }
 
+/// The files [`Certs::generate`] puts in a test's directory.
+const FILES: [&str; 4] = ["ca.pem", "ca.key", "srv.pem", "srv.key"];
+
 impl Certs {
+    /// The CA and server certificate in `dir`: copies of one pair made once
+    /// per test binary (two RSA keys take ~1 s, and every test wants them).
     pub fn generate(dir: &Path) -> Self {
+        static MADE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let made = MADE.get_or_init(|| {
+            let d = std::env::temp_dir().join(format!("tokentap-e2e-certs-{}", std::process::id()));
+            std::fs::create_dir_all(&d).expect("certs dir");
+            Self::make(&d);
+            d
+        });
+        for f in FILES {
+            std::fs::copy(made.join(f), dir.join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
+        }
+        let p = |n: &str| dir.join(n);
+        Self { ca: p("ca.pem"), cert: p("srv.pem"), key: p("srv.key") }
+    }
+
+    fn make(dir: &Path) {
         require_tool("openssl");
         let ext = dir.join("san.cnf");
         std::fs::write(&ext, format!("[ext]\nsubjectAltName={}\nbasicConstraints=CA:FALSE\n", san()))
@@ -62,7 +82,6 @@ impl Certs {
             .arg(&ext)
             .arg("-out")
             .arg(p("srv.pem")));
-        Self { ca: p("ca.pem"), cert: p("srv.pem"), key: p("srv.key") }
     }
 
     /// A client certificate (for mutual TLS) signed by the same CA: (cert, key).

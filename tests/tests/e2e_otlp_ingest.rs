@@ -15,8 +15,11 @@ use tokentap_event::PriceTable;
 
 /// The collector's match hold in these tests: long enough for an agent's
 /// record on a loaded two-core machine; a held span is answered as soon as
-/// the agent's record claims its call, so no test waits it out.
+/// the agent's record claims its call, so no test with an agent waits it out.
 const HOLD_MS: &str = "10000";
+/// With no agent, every span with a response id is held this long before it
+/// is stored: short, so that the test does not wait out the hold above.
+const HOLD_MS_NO_AGENT: &str = "500";
 
 fn otel_spans(c: &Collector, mode: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -51,7 +54,7 @@ fn sdk_spans_become_rows_equal_to_the_spans() {
     let _g = serial();
     let dir = scratch("otlp-rows");
     let ch = ClickHouse::start(&dir, "otlp-rows");
-    let c = Collector::start_args(&dir, &ch, &["--otlp-hold-ms", HOLD_MS]);
+    let c = Collector::start_args(&dir, &ch, &["--otlp-hold-ms", HOLD_MS_NO_AGENT]);
     let mut cmd = std::process::Command::new("python3");
     cmd.args(otel_spans(&c, &["catalogue"]));
     let (pid, out) = run_json(cmd);

@@ -131,6 +131,23 @@ fn defaults() {
     assert_eq!(s.idle_timeout, Duration::from_secs(300));
     assert_eq!(s.duration, None);
     assert!(s.lib_dirs.contains(&PathBuf::from("/usr/lib")));
+    assert_eq!(s.stats_interval, Duration::from_secs(1));
+}
+
+#[test]
+fn the_stats_interval_comes_from_the_flag_or_the_file_and_is_at_least_100_ms() {
+    let p = write("stats-every", "stats_interval_ms = 250\n");
+    let s = Settings::resolve(&Cli { config: Some(p.clone()), ..Default::default() }).unwrap();
+    assert_eq!(s.stats_interval, Duration::from_millis(250));
+    let cli = Cli::try_parse_from(["tokentap-agent", "-c", p.to_str().unwrap(), "--stats-interval-ms", "200"]).unwrap();
+    assert_eq!(
+        Settings::resolve(&Cli { no_kubernetes: true, ..cli }).unwrap().stats_interval,
+        Duration::from_millis(200)
+    );
+    assert!(Cli::try_parse_from(["tokentap-agent", "--stats-interval-ms", "99"]).is_err());
+    let p = write("stats-too-often", "stats_interval_ms = 10\n");
+    let e = Settings::resolve(&Cli { config: Some(p), ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("stats_interval_ms = 10 is under 100"), "{e}");
 }
 
 #[test]
