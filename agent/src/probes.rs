@@ -317,20 +317,25 @@ pub struct LossReader {
 
 impl LossReader {
     /// Copy the kernel's loss counters (summed over CPUs) into `stats`.
-    pub fn update(&mut self, stats: &Stats) {
+    pub fn counters(&mut self, stats: &Stats) {
         for c in LossCounter::ALL {
             let n = self.map.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
             Stats::set(c.counter(stats), n);
         }
-        // The high-water mark since the last read, then start a new interval.
+        Stats::set(&stats.ring_buffer_size_bytes, self.ring_bytes as u64);
+        self.misses.update(stats);
+    }
+
+    /// The counters, and the ring buffer's fill: its high-water mark since
+    /// the last call, which starts a new interval (once a second).
+    pub fn update(&mut self, stats: &Stats) {
+        self.counters(stats);
         if let Ok(v) = self.fill.get(&0, 0) {
             Stats::set(&stats.ring_buffer_fill_bytes, v.iter().copied().max().unwrap_or(0));
             if let Ok(zero) = PerCpuValues::try_from(vec![0u64; v.len()]) {
                 let _ = self.fill.set(0, zero, 0);
             }
         }
-        Stats::set(&stats.ring_buffer_size_bytes, self.ring_bytes as u64);
-        self.misses.update(stats);
     }
 }
 

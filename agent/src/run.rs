@@ -507,6 +507,9 @@ fn read_loop(
         }
         if let Some((p, _)) = stats_file.filter(|&(_, every)| last_stats.elapsed() >= every) {
             last_stats = Instant::now();
+            // Each file counts the kernel's losses up to its write, as it
+            // counts the rest.
+            loss.counters(stats);
             write_stats(p, stats, &pipeline);
         }
         if last_log.elapsed() >= Duration::from_secs(60) {

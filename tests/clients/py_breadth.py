@@ -288,9 +288,29 @@ def plain_slot_neighbour(a):
 
         fd = call()
         neighbour = None
+
+        def aim():
+            # Ask the kernel for the next pid of this slot (root in the host's
+            # PID namespace): a turn of forks took seconds. Where it cannot,
+            # or another process takes that pid first, the loop goes on.
+            try:
+                with open("/proc/sys/kernel/ns_last_pid") as f:
+                    last = int(f.read())
+                with open("/proc/sys/kernel/pid_max") as f:
+                    pid_max = int(f.read())
+                want = last + 1 + (me - last - 1) % 4096
+                if want >= pid_max:
+                    # Past the last pid: they start again at 300.
+                    want = me % 4096 + (4096 if me % 4096 < 300 else 0)
+                with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                    f.write(str(want - 1))
+            except (OSError, ValueError):
+                pass
+
         # Fork until a child's pid falls in this process's slot: pids come in
         # order, so one turn of 4,096 (twice over, should others take it).
         for _ in range(3 * 4096):
+            aim()
             pid = os.fork()
             if pid == 0:
                 if os.getpid() % 4096 != me % 4096:

@@ -242,7 +242,7 @@ fn a_go_read_under_way_when_the_probes_attach_is_counted_unmatched() {
     });
     let agent = Agent::start(&dir, &[]);
     agent.wait_attached("go_client ", "\"go\"", Duration::from_secs(30));
-    // The stats file the agent writes next (every second): no Go copy yet.
+    // The stats file the agent writes next: no Go copy yet.
     let before = agent.stats_from_now();
     assert_eq!(before["kernel_go_calls_unmatched"], 0, "{before}");
     std::fs::write(&release, "").unwrap();

@@ -141,7 +141,8 @@ enum Cmd {
     },
     /// Run every parser fuzz target (fuzz/) for a bounded time each.
     Fuzz {
-        /// Seconds per target.
+        /// Seconds per target. Up to 60 s: built with 16 codegen units a
+        /// crate, quicker to build and a little slower to run.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
         /// Only this target.
@@ -167,6 +168,9 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The benchmarks, the soak and the demo run the agent as deployed (the
+    // test harness's agents write their stats five times as often).
+    tokentap_e2e::agents_write_stats_every(1000);
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.cmd {
@@ -324,8 +328,9 @@ fn java_again_on_newer_jdks(agent_bin: &Path) -> Result<()> {
             // only: JAVA_HOME would rebuild the agent crate (its build script
             // builds the Java agent with that JDK).
             .args(["test", "--test", "e2e_java", "--"])
-            // What no JDK changes: the agent's own flag, and a process that
-            // only poses as a JVM (its attach retries take ~50 s).
+            // What no JDK changes: the agent's own flag, and the agent's
+            // retries at a process posing as a JVM (~50 s; the real JVM
+            // beside it is what the other tests capture on this JDK too).
             .args(["--skip", "no_java_attach_leaves_every_jvm_alone"])
             .args(["--skip", "a_process_posing_as_a_jvm_that_never_accepts"])
             .env("PATH", path)
@@ -370,11 +375,14 @@ const FUZZ_TARGETS: &[&str] = &[
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;
     let toolchain = prereq::ebpf_toolchain();
+    // A brief run (CI's) is mostly the build: one codegen unit a crate, cargo
+    // fuzz's default, makes every dependency a single-threaded compile.
+    let units = if seconds <= 60 { "16" } else { "1" };
     for t in FUZZ_TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let corpus = workspace_root().join("fuzz/corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
         run(Command::new("rustup")
-            .args(["run", toolchain, "cargo", "fuzz", "run", t])
+            .args(["run", toolchain, "cargo", "fuzz", "run", "--codegen-units", units, t])
             .arg(&corpus)
             .arg(workspace_root().join("fuzz/seeds").join(t))
             .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"])
