@@ -141,8 +141,7 @@ enum Cmd {
     },
     /// Run every parser fuzz target (fuzz/) for a bounded time each.
     Fuzz {
-        /// Seconds per target. Up to 60 s: built with 16 codegen units a
-        /// crate, quicker to build and a little slower to run.
+        /// Seconds per target.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
         /// Only this target.
@@ -375,14 +374,11 @@ const FUZZ_TARGETS: &[&str] = &[
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     prereq::fuzz_tools()?;
     let toolchain = prereq::ebpf_toolchain();
-    // A brief run (CI's) is mostly the build: one codegen unit a crate, cargo
-    // fuzz's default, makes every dependency a single-threaded compile.
-    let units = if seconds <= 60 { "16" } else { "1" };
     for t in FUZZ_TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         let corpus = workspace_root().join("fuzz/corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
         run(Command::new("rustup")
-            .args(["run", toolchain, "cargo", "fuzz", "run", "--codegen-units", units, t])
+            .args(["run", toolchain, "cargo", "fuzz", "run", t])
             .arg(&corpus)
             .arg(workspace_root().join("fuzz/seeds").join(t))
             .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"])
