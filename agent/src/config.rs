@@ -61,7 +61,7 @@ pub struct Cli {
     #[command(flatten)]
     pub sink_flags: SinkFlags,
     /// Write the agent's own counters (captured, dropped and why) here as JSON,
-    /// every second (--stats-interval-ms) and at exit (through a temporary file of its own, renamed);
+    /// every --stats-interval-ms (default 1 s) and at exit (through a temporary file of its own, renamed);
     /// a path it cannot write is an error at start.
     #[arg(global = true, long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,

@@ -10,8 +10,8 @@
 //! A program of ours runs in task context, so a skipped run takes a kernel
 //! that runs tracepoint programs preemptibly, or a bug: expected never, and
 //! each one may be a call not copied, which nothing else in the agent would
-//! see. So every second the agent reads each of its programs' counts
-//! (`BPF_OBJ_GET_INFO_BY_FD`; the kernel keeps them whether or not
+//! see. So every second, and before each stats file write, the agent reads
+//! each of its programs' counts (`BPF_OBJ_GET_INFO_BY_FD`; the kernel keeps them whether or not
 //! `kernel.bpf_stats_enabled` is on), sums them into `kernel_program_misses`,
 //! a loss counter, and names the programs that missed runs in a warning (at
 //! most once a minute).

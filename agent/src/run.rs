@@ -496,6 +496,7 @@ fn read_loop(
         if stopping {
             break;
         }
+        let mut ticked = false;
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
             if let Some(o) = orphans.as_mut() {
@@ -504,12 +505,15 @@ fn read_loop(
             }
             pipeline.tick(monotonic_ns());
             loss.update(stats);
+            ticked = true;
         }
         if let Some((p, _)) = stats_file.filter(|&(_, every)| last_stats.elapsed() >= every) {
             last_stats = Instant::now();
             // Each file counts the kernel's losses up to its write, as it
-            // counts the rest.
-            loss.counters(stats);
+            // counts the rest (read just now on a tick).
+            if !ticked {
+                loss.counters(stats);
+            }
             write_stats(p, stats, &pipeline);
         }
         if last_log.elapsed() >= Duration::from_secs(60) {

@@ -121,7 +121,7 @@ impl Agent {
     }
 
     /// The counters as written after this call (the agent rewrites its stats
-    /// file every 200 ms here): they count everything done before it.
+    /// file every 200 ms in the tests): they count everything done before it.
     pub fn stats_from_now(&self) -> Value {
         let now = std::time::SystemTime::now();
         let written = || std::fs::metadata(&self.stats).and_then(|m| m.modified()).ok().filter(|m| *m > now);
@@ -146,7 +146,7 @@ impl Agent {
     }
 
     /// Wait until a stats file the agent wrote satisfies `pred` (it writes one
-    /// every 200 ms here); return it.
+    /// every 200 ms in the tests); return it.
     pub fn wait_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_for(what, Duration::from_secs(60), || {
             let s = self.stats();

@@ -216,7 +216,7 @@ fn with_the_documented_set_the_agent_is_ready_with_probes_attached() {
     let mut agent = Agent::start_with(&dir, &[&listen], &["setpriv", "--inh-caps=-all", &bounding, "--"]);
     let r = http_get(port, "/readyz");
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    // The stats file is written every second, the first maybe before the attach.
+    // The stats file is written every 200 ms here, the first maybe before the attach.
     let stats = agent.wait_stat("targets_attached", 1);
     let n = |k: &str| stats[k].as_u64().unwrap_or_else(|| panic!("{k} in {stats}"));
     assert_eq!(n("attach_failures_permission_denied"), 0, "{stats}");
