@@ -22,6 +22,7 @@ const GAUGES: &[&str] = &[
     "socket_hooks_every_syscall",
     "return_probes_multi",
     "handover_overlap",
+    "other_agents_unshared",
 ];
 
 pub fn render(stats: &Stats) -> String {

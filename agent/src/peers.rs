@@ -5,9 +5,17 @@
 //! Found through /proc (the agent runs in the host's PID namespace, as the
 //! chart deploys it: from a container's own namespace it sees none). Agents
 //! that share the directory know each other through its pinned map of agents
-//! and split the connections. Looked for twice, [`SETTLE`] apart: an agent
-//! that started with this one registers in between, and one that handed over
-//! and left the map (it takes a while more to exit) is gone by then.
+//! and split the connections.
+//!
+//! Looked for every [`LOOK_EVERY`] for as long as the agent runs (a second
+//! DaemonSet may come days after this agent started), and an agent counts
+//! once it was found unshared at every look for [`SETTLE`]: an agent that
+//! starts with this one registers within seconds, and one that handed over
+//! and left the map (it takes a while more to exit) is gone by then. The
+//! count is the gauge `other_agents_unshared` (stats file, /metrics, the
+//! alert `TokentapAgentsRecordingTwice`); each agent counted is also named
+//! once in the log.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,9 +23,15 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData};
 
-/// Between the two looks: longer than a stopped agent's exit (its drain,
-/// detach, outputs and Java agents: well under the chart's 60 s grace).
+use crate::stats::Stats;
+
+/// How long an agent is seen unshared before it counts: longer than a
+/// stopped agent's exit (its drain, detach, outputs and Java agents: well
+/// under the chart's 60 s grace).
 const SETTLE: Duration = Duration::from_secs(60);
+
+/// Between two looks (each reads every process's name in /proc).
+const LOOK_EVERY: Duration = Duration::from_secs(10);
 
 /// Subcommands that capture nothing.
 const NOT_CAPTURING: [&str; 4] = ["report", "inspect", "uninstall", "help"];
@@ -77,29 +91,58 @@ fn unshared(dir: Option<&Path>) -> Vec<(u32, u64)> {
         .collect()
 }
 
-/// In a thread of its own: warn about the agents unshared at both looks
-/// (the same process each time) until `stop`.
-pub fn watch(dir: Option<PathBuf>, stop: Arc<AtomicBool>) {
-    let looked = std::thread::Builder::new().name("peers".into()).spawn(move || {
-        let first = unshared(dir.as_deref());
-        let until = Instant::now() + SETTLE;
-        while !first.is_empty() && Instant::now() < until {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(250));
+/// The agents (pid, start time) seen unshared, since when, and those counted.
+#[derive(Default)]
+struct Sightings {
+    since: BTreeMap<(u32, u64), Instant>,
+    counted: BTreeSet<(u32, u64)>,
+}
+
+impl Sightings {
+    /// Take one look's unshared agents at `now`: an agent missing from a
+    /// look starts over. Returns the pids counted from this look on, and
+    /// those no longer counted.
+    fn look(&mut self, now: Instant, unshared: &[(u32, u64)]) -> (Vec<u32>, Vec<u32>) {
+        self.since.retain(|a, _| unshared.contains(a));
+        for a in unshared {
+            self.since.entry(*a).or_insert(now);
         }
-        let both: Vec<u32> = unshared(dir.as_deref()).iter().filter(|a| first.contains(a)).map(|a| a.0).collect();
-        if !both.is_empty() {
-            let why = match &dir {
-                None => "this agent has no --handover-dir".to_owned(),
-                Some(d) => format!("they are not registered in this agent's --handover-dir {}", d.display()),
-            };
-            tracing::warn!(
-                pids = ?both,
-                "other tokentap agents capture on this host and {why}: each of them records every call too (give \
-                 every agent on a host the same --handover-dir, or run one)"
-            );
+        let due: BTreeSet<(u32, u64)> =
+            self.since.iter().filter(|(_, &t)| now.saturating_duration_since(t) >= SETTLE).map(|(a, _)| *a).collect();
+        let new = due.difference(&self.counted).map(|a| a.0).collect();
+        let gone = self.counted.difference(&due).map(|a| a.0).collect();
+        self.counted = due;
+        (new, gone)
+    }
+}
+
+/// In a thread of its own until `stop`: look for unshared agents every
+/// [`LOOK_EVERY`], keep `other_agents_unshared` up to date, and name each
+/// agent counted (and say when none is left).
+pub fn watch(dir: Option<PathBuf>, stats: Arc<Stats>, stop: Arc<AtomicBool>) {
+    let looked = std::thread::Builder::new().name("peers".into()).spawn(move || {
+        let mut seen = Sightings::default();
+        while !stop.load(Ordering::Relaxed) {
+            let (new, gone) = seen.look(Instant::now(), &unshared(dir.as_deref()));
+            Stats::set(&stats.other_agents_unshared, seen.counted.len() as u64);
+            if !new.is_empty() {
+                let why = match &dir {
+                    None => "this agent has no --handover-dir".to_owned(),
+                    Some(d) => format!("they are not registered in this agent's --handover-dir {}", d.display()),
+                };
+                tracing::warn!(
+                    pids = ?new,
+                    "other tokentap agents capture on this host and {why}: each of them records every call too (give \
+                     every agent on a host the same --handover-dir, or run one)"
+                );
+            }
+            if !gone.is_empty() {
+                tracing::info!(pids = ?gone, still = seen.counted.len(), "other tokentap agents no longer capture unshared");
+            }
+            let next = Instant::now() + LOOK_EVERY;
+            while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+            }
         }
     });
     if let Err(e) = looked {
@@ -131,5 +174,31 @@ mod tests {
         assert_eq!(capturing_agents(&root, 13), [10, 14]);
         assert!(capturing_agents(&root.join("none"), 1).is_empty());
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_agent_counts_once_unshared_at_every_look_for_the_settle_time() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let (a, b) = ((10, 111), (20, 222));
+        let mut seen = Sightings::default();
+        assert_eq!(seen.look(at(0), &[a]), (vec![], vec![]));
+        assert_eq!(seen.look(at(30), &[a, b]), (vec![], vec![]));
+        assert_eq!(seen.look(at(59), &[a, b]), (vec![], vec![]), "not yet a minute");
+        assert_eq!(seen.look(at(60), &[a, b]), (vec![10], vec![]));
+        assert_eq!(seen.look(at(70), &[a, b]), (vec![], vec![]), "named once");
+        assert_eq!(seen.look(at(90), &[a, b]), (vec![20], vec![]));
+        assert_eq!(seen.counted.len(), 2);
+        // b missed a look (it registered, or left): it starts over.
+        assert_eq!(seen.look(at(100), &[a]), (vec![], vec![20]));
+        assert_eq!(seen.look(at(110), &[a, b]), (vec![], vec![]));
+        assert_eq!(seen.look(at(169), &[a, b]), (vec![], vec![]));
+        assert_eq!(seen.look(at(170), &[a, b]), (vec![20], vec![]));
+        // Its pid taken by another process (another start time): another agent.
+        let b2 = (20, 333);
+        assert_eq!(seen.look(at(180), &[a, b2]), (vec![], vec![20]));
+        assert_eq!(seen.look(at(240), &[a, b2]), (vec![20], vec![]));
+        assert_eq!(seen.look(at(250), &[]), (vec![], vec![10, 20]));
+        assert!(seen.counted.is_empty() && seen.since.is_empty());
     }
 }

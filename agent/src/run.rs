@@ -180,7 +180,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Stats::set(&stats.handover_overlap, u64::from(h.overlapping()));
     }
     ready.store(true, Ordering::Relaxed);
-    crate::peers::watch(settings.handover_dir.clone(), stop.clone());
+    crate::peers::watch(settings.handover_dir.clone(), stats.clone(), stop.clone());
     if capturing && probes.attached() == 0 {
         tracing::warn!("no TLS library found to probe; new processes will still be watched");
     }

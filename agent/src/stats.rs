@@ -273,6 +273,10 @@ counters! {
     /// alone for under 5 s), which makes each copied call dearer; 0 once
     /// alone (a gauge).
     handover_overlap,
+    /// Other tokentap agents capturing on this host that share no
+    /// `--handover-dir` with this one, found so at every look for a minute:
+    /// each call both see is recorded by each (a gauge; docs/operations.md).
+    other_agents_unshared,
 }
 
 /// Counters a part of the agent owns (a sink's), shown beside the core ones

@@ -1,7 +1,8 @@
 //! What an SRE checks: the agent runs with only the documented capabilities
 //! (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_ADMIN — uprobe creation through
 //! perf_event_open needs the last on current kernels) and still captures; it serves
-//! /metrics, /healthz and /readyz; and on exit no program of it stays loaded.
+//! /metrics, /healthz and /readyz; on exit no program of it stays loaded; and
+//! agents that would each record every call on a host say so.
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
@@ -183,4 +184,61 @@ fn agent_restart_with_traffic_in_flight() {
     assert!(at_exit <= 1, "one connection, so at most one call in flight at the detach: {at_exit}");
     assert!(missed as u64 >= at_exit);
     assert_eq!(stats["decode_errors"], 0);
+}
+
+/// Agents on one host that share no `--handover-dir` each record every call
+/// (two DaemonSets, a test run beside the deployed one). Each counts the
+/// agents it does not share a directory with on its gauge
+/// `other_agents_unshared` (stats file and /metrics) once it has seen them so
+/// for a minute, and names their pids in its log; agents that share one are
+/// not counted; when the other stops, the gauge goes back to 0.
+#[test]
+fn agents_that_share_no_handover_dir_count_each_other() {
+    let _g = serial();
+    require_root();
+    let dir = scratch("unshared");
+    let fs = tokentap_e2e::upgrade::BpfFs::mount(&dir);
+    let dirs = ["shared-a", "shared-c", "alone-b"].map(|d| dir.join(d));
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let port = free_port();
+    let listen = format!("--metrics-listen=127.0.0.1:{port}");
+    let mut a = Agent::start(&dirs[0], &[&fs.flag(), &listen]);
+    let mut c = Agent::start(&dirs[1], &[&fs.flag()]);
+    let b_started = std::time::Instant::now();
+    let mut b = Agent::start(&dirs[2], &[]);
+    let unshared = |agent: &Agent| agent.stats()["other_agents_unshared"].as_u64();
+    let counted = |agent: &Agent, n: u64| {
+        wait_for(&format!("other_agents_unshared {n}"), Duration::from_secs(150), || {
+            (unshared(agent) == Some(n)).then_some(())
+        })
+    };
+    counted(&a, 1);
+    // Not before a minute of looks: an agent starting beside this one may
+    // still be about to register in its directory.
+    assert!(b_started.elapsed() >= Duration::from_secs(60), "counted after {:?}", b_started.elapsed());
+    counted(&c, 1);
+    counted(&b, 2);
+    let m = http_get(port, "/metrics");
+    assert!(m.contains("# TYPE tokentap_agent_other_agents_unshared gauge"), "{m}");
+    assert_eq!(metric_value(&m, "tokentap_agent_other_agents_unshared"), 1.0);
+    let logged = |agent: &Agent, pids: &[u32]| {
+        let log = std::fs::read_to_string(&agent.stderr).unwrap();
+        let line = log.lines().find(|l| l.contains("other tokentap agents capture on this host"));
+        let line = line.unwrap_or_else(|| panic!("no warning:\n{log}"));
+        for p in pids {
+            assert!(line.contains(&p.to_string()), "pid {p} named: {line}");
+        }
+    };
+    let (a_pid, b_pid, c_pid) = (a.pid(), b.pid(), c.pid());
+    logged(&a, &[b_pid]);
+    logged(&c, &[b_pid]);
+    logged(&b, &[a_pid, c_pid]);
+    assert!(b.stop().success());
+    counted(&a, 0);
+    counted(&c, 0);
+    assert!(std::fs::read_to_string(&a.stderr).unwrap().contains("other tokentap agents no longer capture unshared"));
+    assert!(c.stop().success());
+    assert!(a.stop().success());
 }
