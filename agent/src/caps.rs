@@ -59,8 +59,27 @@ pub enum CapsError {
         "running in a user namespace (uid_map `{uid_map}`): its capabilities do not count for eBPF; the agent needs {needs} in the host's user namespace"
     )]
     UserNamespace { uid_map: String, needs: String },
+    #[error(
+        "running in a PID namespace of its own (pid:[{ns}], not the host's): the kernel names processes by their \
+         host pids, which this process's /proc does not show, so no call could be attributed, no process started \
+         later probed and no other agent found; run it in the host's PID namespace (Kubernetes: hostPID: true, as \
+         the chart sets; docker: --pid=host)"
+    )]
+    PidNamespace { ns: u64 },
     #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
     Unreadable(String),
+}
+
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`, fixed in
+/// the kernel since 3.8): what `/proc/self/ns/pid` names on the host.
+pub const HOST_PID_NS: u64 = 0xEFFF_FFFC;
+
+/// The inode of this process's PID namespace. Not `NSpid` in
+/// `/proc/self/status`: a container's own /proc lists the pids from its own
+/// namespace down, one pid, as the host's does.
+pub fn pid_namespace() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/pid")?.ino())
 }
 
 /// The `CapEff` mask of a `/proc/PID/status` text.
@@ -101,6 +120,11 @@ pub fn check(java_attach: bool, handover: bool) -> Result<(), CapsError> {
             let uid_map = map.split_whitespace().collect::<Vec<_>>().join(" ");
             return Err(CapsError::UserNamespace { uid_map, needs: needs() });
         }
+    }
+    match pid_namespace() {
+        Ok(ns) if ns != HOST_PID_NS => return Err(CapsError::PidNamespace { ns }),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "/proc/self/ns/pid not read: the PID namespace is not checked"),
     }
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| CapsError::Unreadable(e.to_string()))?;
     let effective = effective_from_status(&status).ok_or_else(|| CapsError::Unreadable("no CapEff line".into()))?;

@@ -94,18 +94,13 @@ pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError>
 /// be read, or this process sees another PID namespace than the agents'.
 fn running_agents(dir: &Path) -> Result<Vec<u32>, String> {
     let all = crate::peers::registered(dir)?;
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
-    if !all.is_empty() && !host_pid_namespace(&status) {
-        return Err("this process is not in the host's PID namespace, where agents know each other by pid".into());
+    let ns = crate::caps::pid_namespace().map_err(|e| format!("/proc/self/ns/pid: {e}"))?;
+    if !all.is_empty() && ns != crate::caps::HOST_PID_NS {
+        return Err(format!(
+            "this process is in a PID namespace of its own (pid:[{ns}]), not the host's, where agents know each other by pid"
+        ));
     }
     Ok(all.into_iter().filter(|&(pid, since)| alive(pid, since)).map(|(p, _)| p).collect())
-}
-
-/// Whether a `/proc/self/status` text is of a process in the initial PID
-/// namespace: its `NSpid` line has one pid (one per nested namespace). No
-/// line (the kernels the agent runs on all have it): it cannot tell, so no.
-fn host_pid_namespace(status: &str) -> bool {
-    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|pids| pids.split_whitespace().count() == 1)
 }
 
 /// Whether `dir` is the root of a mount (its device differs from its parent's).
@@ -184,13 +179,6 @@ mod tests {
         assert!(!tokentap_pin("CALL_TURNS", b"OTHER"));
         assert!(!tokentap_pin("cilium_calls", b"cilium_calls"), "lower case: not ours");
         assert!(!tokentap_pin("", b""));
-    }
-
-    #[test]
-    fn the_host_pid_namespace_is_told_by_nspid() {
-        assert!(host_pid_namespace("Name:\tx\nNSpid:\t4242\n"));
-        assert!(!host_pid_namespace("Name:\tx\nNSpid:\t4242\t7\n"), "a container's: its pid there too");
-        assert!(!host_pid_namespace("Name:\tx\n"), "no NSpid line: cannot tell");
     }
 
     #[test]

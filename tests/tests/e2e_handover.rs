@@ -290,6 +290,19 @@ fn uninstall_removes_the_pins_a_killed_agent_left() {
     assert!(text.contains(&format!("agent(s) [{}] still run", agent.pid())), "{text}");
     assert!(text.contains("--force") && text.contains("nothing was removed"), "{text}");
     assert!(fs.pins().join("AGENTS").exists() && fs.pins().join("CONN_OWNERS").exists());
+    // From a PID namespace of its own (a pod without hostPID), whose /proc
+    // shows no agent: it cannot tell, and removes nothing.
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(agent_bin())
+        .args(["uninstall", "--handover-dir", pins.as_str()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cannot tell whether the agents registered here still run"), "{text}");
+    assert!(text.contains("in a PID namespace of its own"), "{text}");
+    assert!(fs.pins().join("AGENTS").exists() && fs.pins().join("CONN_OWNERS").exists(), "nothing removed");
     let (ok, text) = uninstall(&["--force"]);
     assert!(ok, "{text}");
     assert!(text.contains(&format!("agent {} still runs", agent.pid())), "{text}");

@@ -152,6 +152,34 @@ fn in_a_user_namespace_the_agent_says_so_and_exits_non_zero() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// In a PID namespace of its own with its own /proc (a container without
+/// `hostPID`), where the kernel's pids name no process the agent can see:
+/// named at start, exit 1, never an agent that runs and attributes nothing.
+/// Its /proc's `NSpid` lists one pid there, as the host's does: not what tells.
+#[test]
+fn in_a_pid_namespace_of_its_own_the_agent_says_so_and_exits_non_zero() {
+    let _g = serial();
+    require_root();
+    require_tool("unshare");
+    let dir = scratch("pidns");
+    let ready = dir.join("ready");
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(agent_bin())
+        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
+        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
+        .arg(format!("--ready-file={}", ready.display()))
+        .arg("--duration=60")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("running in a PID namespace of its own") && log.contains("hostPID: true"), "{log}");
+    assert!(!log.contains("probes attached") && !ready.exists(), "nothing loaded, never ready:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every capability, but `perf_event_open` refused (a container runtime's
 /// seccomp profile does this): no probe attaches, so the agent is not ready,
 /// says why on /readyz, writes no ready file and exits 1 — never 200 and 0.
