@@ -34,6 +34,11 @@ pub const OLD_KERNEL_BEFORE: (u32, u32) = (5, 11);
 /// user's open sockets as that user (without them, warned at start).
 pub const JAVA: &[Cap] = &[Cap { name: "CAP_SETUID", bit: 7 }, Cap { name: "CAP_SETGID", bit: 6 }];
 
+/// Attribution's, in a cgroup namespace of its own (Kubernetes on cgroup v2):
+/// a process gone from /proc is placed by opening its cgroup by the kernel's
+/// id. Without it the agent walks the host's cgroups for it instead.
+pub const ATTRIBUTION: &[Cap] = &[Cap { name: "CAP_DAC_READ_SEARCH", bit: 2 }];
+
 /// `CAP_A + CAP_B + …`
 pub fn join(caps: &[Cap]) -> String {
     caps.iter().map(|c| c.name).collect::<Vec<_>>().join(" + ")
@@ -203,7 +208,8 @@ mod tests {
         assert!(req.contains(&java), "docs state `{java}`");
         assert!(req.contains("With `--handover-dir` the agent uses them too"), "docs state --handover-dir's use");
         // Every capability the docs name in the section is one of ours.
-        let ours: Vec<&str> = REQUIRED.iter().chain([&OLD_KERNEL]).chain(JAVA).map(|c| c.name).collect();
+        let ours: Vec<&str> =
+            REQUIRED.iter().chain([&OLD_KERNEL]).chain(JAVA).chain(ATTRIBUTION).map(|c| c.name).collect();
         for word in req.split(|c: char| !(c.is_ascii_uppercase() || c == '_')).filter(|w| w.starts_with("CAP_")) {
             assert!(ours.contains(&word), "docs name {word}, which the agent does not list");
         }

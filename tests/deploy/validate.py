@@ -87,9 +87,14 @@ def main():
     bpffs = [v for v in ds["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/bpf"]
     assert bpffs and any(m["mountPath"] == "/sys/fs/bpf" for m in ds["containers"][0]["volumeMounts"]), ds
     assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"], sc
-    # SETUID, SETGID: the Java attach, as each JVM's own user (tests/tests/e2e_java.rs).
-    caps = ["BPF", "PERFMON", "SETGID", "SETUID", "SYS_ADMIN", "SYS_PTRACE"]
+    # SETUID, SETGID: the Java attach, as each JVM's own user (tests/tests/e2e_java.rs);
+    # DAC_READ_SEARCH: a cgroup opened by its id (tests/tests/e2e_attribution.rs).
+    caps = ["BPF", "DAC_READ_SEARCH", "PERFMON", "SETGID", "SETUID", "SYS_ADMIN", "SYS_PTRACE"]
     assert sorted(sc["capabilities"]["add"]) == caps, sc
+    # The host's cgroups, read-only, beside the container's own (a cgroup namespace of its own).
+    cgroup = [v["name"] for v in ds["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/cgroup"]
+    mounts = ds["containers"][0]["volumeMounts"]
+    assert cgroup and {"name": cgroup[0], "mountPath": "/host/sys/fs/cgroup", "readOnly": True} in mounts, mounts
     # The collector's clients: the agents, and pods labelled as its clients in
     # any namespace (OTLP spans to /v1/traces, Prometheus): docs/operations.md.
     peers = kinds["NetworkPolicy"]["spec"]["ingress"][0]["from"]

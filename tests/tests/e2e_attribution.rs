@@ -313,3 +313,89 @@ fn kube_e2e(kubelet: bool) {
     let log = std::fs::read_to_string(&agent.stderr).unwrap();
     assert!(!log.contains("test-token-123"), "the API token leaked into the log");
 }
+
+/// As the chart runs the agent on a cgroup v2 node: in a cgroup namespace of
+/// its own, whose /sys/fs/cgroup (mounted from inside it) shows only its own
+/// cgroups, with the host's cgroup filesystem mounted beside it (the chart's
+/// /host/sys/fs/cgroup) and the DaemonSet's capabilities. A client that exits
+/// before the agent reads its call (the agent frozen meanwhile) is gone from
+/// /proc: its container is found from the kernel's cgroup id in the host's
+/// hierarchy, by the id itself (`CAP_DAC_READ_SEARCH`, as the chart grants)
+/// and, without that capability, by walking the hierarchy for a cgroup newer
+/// than the last walk. Without the host's mount the agent says at start what
+/// it cannot do.
+#[test]
+fn a_client_gone_from_proc_is_placed_by_an_agent_in_a_cgroup_namespace_of_its_own() {
+    let _g = serial();
+    require_root();
+    require_tool("curl");
+    require_tool("setpriv");
+    let dir = scratch("attr-cgroupns");
+    let certs = Certs::generate(&dir);
+    let server = Server::start(&dir, &certs);
+    let root = cgroup2_root();
+    let pid = std::process::id();
+    let agent_cg =
+        Cgroup::create(root.join(format!("tokentap-test-{pid}-agent.slice/cri-containerd-{}.scope", hex_id(7))));
+    let id = hex_id(pid + 30);
+    let client_cg = Cgroup::create(
+        root.join(format!("tokentap-test-{pid}-pods.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope")),
+    );
+    // In the agent's cgroup, then new cgroup and mount namespaces: the
+    // namespace's own cgroup2 mounted first (as a runtime's /sys/fs/cgroup),
+    // the host's hierarchy bound beside it, the original mount gone.
+    let script = r#"echo $$ > "$1/cgroup.procs" && root="$2" own="$3" host="$4" && shift 4 &&
+        exec unshare --cgroup --mount --propagation private sh -c '
+            mount -t cgroup2 none "$2" && { [ -z "$3" ] || mount --bind "$1" "$3"; } && umount -l "$1" &&
+            shift 3 && exec setpriv --inh-caps=-all --bounding-set="$CAPS" -- "$@"
+        ' sh "$root" "$own" "$host" "$@""#;
+    let chart = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid,+dac_read_search";
+    let start = |name: &str, with_host: bool, caps: &str| {
+        let at = dir.join(name);
+        let (own, host) = (at.join("own-cgroup"), at.join("host-cgroup"));
+        for d in [&own, &host] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let host = if with_host { host.display().to_string() } else { String::new() };
+        let args = [agent_cg.0.display().to_string(), root.display().to_string(), own.display().to_string(), host];
+        let caps = format!("CAPS={caps}");
+        let mut wrapper = vec!["env", &caps, "sh", "-c", script, "sh"];
+        wrapper.extend(args.iter().map(String::as_str));
+        Agent::start_with(&at, &[], &wrapper)
+    };
+    let warning = "sees only its own cgroups";
+
+    let freeze = |on: bool| {
+        std::fs::write(agent_cg.0.join("cgroup.freeze"), if on { "1" } else { "0" }).unwrap();
+        wait_for("the agent's cgroup frozen or thawed", std::time::Duration::from_secs(10), || {
+            let events = std::fs::read_to_string(agent_cg.0.join("cgroup.events")).ok()?;
+            events.lines().any(|l| l == if on { "frozen 1" } else { "frozen 0" }).then_some(())
+        })
+    };
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", server.port);
+    for (name, caps) in [("by-id", chart), ("by-walk", "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin")] {
+        let mut agent = start(name, true, caps);
+        let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/cgroup")).unwrap();
+        assert_ne!(ns(agent.pid()), ns(pid), "the agent has a cgroup namespace of its own");
+        let log = std::fs::read_to_string(&agent.stderr).unwrap();
+        assert!(!log.contains(warning), "{log}");
+        freeze(true);
+        // run_client reaps it: gone from /proc before the agent reads a byte of it.
+        let (client, _) = run_client(in_cgroup(&client_cg.0, "curl", &curl_args(&certs, &url, &[])));
+        assert!(!Path::new(&format!("/proc/{client}")).exists());
+        freeze(false);
+        let r = &agent.wait_records(&[client], 1)[0];
+        assert_eq!(r["status"], 200, "{name}: {r}");
+        assert!(r["exe"].is_null(), "{name}: read after the process was gone: {r}");
+        assert_eq!(r["container_id"], id.as_str(), "{name}: placed by its cgroup id: {r}");
+        assert!(agent.stop().success());
+        let walked = std::fs::read_to_string(&agent.stderr).unwrap().contains("cgroups are not opened by their id");
+        assert_eq!(walked, name == "by-walk", "{name}: how the cgroup was found");
+    }
+
+    // Without the host's hierarchy: said at start.
+    let mut agent = start("own-only", false, chart);
+    let log = std::fs::read_to_string(&agent.stderr).unwrap();
+    assert!(log.contains(warning) && log.contains("/host/sys/fs/cgroup"), "{log}");
+    assert!(agent.stop().success());
+}

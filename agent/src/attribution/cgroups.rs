@@ -2,8 +2,13 @@
 //! cgroup v2 directory) to cgroup path. A miss opens the directory by its file
 //! handle, which on cgroupfs is the id itself (exact and immediate, whatever
 //! happened to the process; needs CAP_DAC_READ_SEARCH, which root has), and
-//! where that is refused walks the cgroup2 mount once and caches every
-//! directory found (walks at most once a second). The cache is bounded.
+//! where that is refused walks the cgroup2 mount and caches every directory
+//! found. The cache is bounded.
+//!
+//! When to walk: kernfs numbers a hierarchy's nodes in order, so a cgroup
+//! made since the last walk has an id above every one it found, and is
+//! walked for at once (a pod's first process); a miss below them is a cgroup
+//! already gone (or out of reach), walked for at most once a second.
 //!
 //! Why the handle first: a short-lived process (a job in a container) may be
 //! gone from /proc when its record is made, and a cgroup created within the
@@ -25,18 +30,30 @@ pub struct CgroupPaths {
     mount: Option<File>,
     cache: HashMap<u64, String>,
     last_walk: Option<Instant>,
+    /// The largest id the walks found.
+    max_walked: u64,
+    /// Whether a refused open by id was said (once).
+    said_refused: bool,
 }
 
 impl CgroupPaths {
     /// Find the cgroup2 mount in /proc/self/mountinfo.
     pub fn discover() -> Self {
-        let root = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m));
-        Self::at(root)
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let ns = std::fs::metadata("/proc/self/ns/cgroup").ok().map(|m| m.ino());
+        if only_own_cgroups_visible(&mountinfo, ns) {
+            tracing::warn!(
+                "this agent is in a cgroup namespace of its own and sees only its own cgroups: a process gone from \
+                 /proc before its call is recorded gets no container or pod; mount the host's /sys/fs/cgroup \
+                 read-only anywhere (the chart mounts it at /host/sys/fs/cgroup)"
+            );
+        }
+        Self::at(cgroup2_mount(&mountinfo))
     }
 
     pub fn at(root: Option<PathBuf>) -> Self {
         let mount = root.as_deref().and_then(|r| File::open(r).ok());
-        Self { root, mount, cache: HashMap::new(), last_walk: None }
+        Self { root, mount, cache: HashMap::new(), last_walk: None, max_walked: 0, said_refused: false }
     }
 
     /// The path (relative to the cgroup2 root, starting with `/`) of cgroup `id`.
@@ -55,7 +72,8 @@ impl CgroupPaths {
             self.cache.insert(id, p.clone());
             return Some(p);
         }
-        if self.last_walk.is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL) {
+        let newer = id > self.max_walked;
+        if !newer && self.last_walk.is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL) {
             return None;
         }
         self.last_walk = Some(Instant::now());
@@ -68,7 +86,7 @@ impl CgroupPaths {
 
     /// Open the cgroup directory whose kernfs file handle is `id`
     /// (`FILEID_KERNFS`) and read back where it is.
-    fn by_handle(&self, root: &Path, id: u64) -> Option<String> {
+    fn by_handle(&mut self, root: &Path, id: u64) -> Option<String> {
         #[repr(C)]
         struct KernfsHandle {
             handle_bytes: u32,
@@ -88,6 +106,15 @@ impl CgroupPaths {
             )
         };
         if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            if !self.said_refused && e.raw_os_error() == Some(libc::EPERM) {
+                self.said_refused = true;
+                tracing::info!(
+                    "cgroups are not opened by their id here ({e}: it takes CAP_DAC_READ_SEARCH): the cgroup of a \
+                     process gone from /proc is looked for by walking {} instead",
+                    root.display()
+                );
+            }
             return None;
         }
         // SAFETY: a fresh descriptor nobody else owns.
@@ -103,6 +130,7 @@ impl CgroupPaths {
         }
         if let Ok(md) = std::fs::metadata(dir) {
             let rel = dir.strip_prefix(root).map(|r| format!("/{}", r.display())).unwrap_or_default();
+            self.max_walked = self.max_walked.max(md.ino());
             self.cache.insert(md.ino(), rel);
         }
         let Ok(rd) = std::fs::read_dir(dir) else {
@@ -116,13 +144,45 @@ impl CgroupPaths {
     }
 }
 
-/// Mount point of the cgroup2 filesystem in mountinfo text.
+/// The cgroup2 mount in mountinfo text that shows the most of the
+/// hierarchy: the highest root. In a container with a cgroup namespace of its
+/// own (Kubernetes on cgroup v2) the runtime's /sys/fs/cgroup shows only the
+/// container's own cgroups (its root field `/`), and the host's, mounted
+/// beside it (the chart mounts it at /host/sys/fs/cgroup), shows them all:
+/// its root is seen from the namespace as `/../..`, one `..` per level up.
+/// A mount point mounted over later counts by its last mount. Ties: the first.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mount = pre.split_whitespace().nth(4)?;
-        (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
-    })
+    let mut mounts: Vec<(&str, i64)> = Vec::new();
+    for l in mountinfo.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else { continue };
+        if post.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let mut f = pre.split_whitespace();
+        let (Some(root), Some(point)) = (f.nth(3), f.next()) else { continue };
+        // Up the hierarchy for each `..`, down for each name (a runtime may
+        // bind a container's own cgroup, `/system.slice/docker-….scope`).
+        let height: i64 = root.split('/').filter(|c| !c.is_empty()).map(|c| if c == ".." { 1 } else { -1 }).sum();
+        mounts.retain(|(p, _)| *p != point);
+        mounts.push((point, height));
+    }
+    let most = mounts.iter().map(|m| m.1).max()?;
+    mounts.iter().find(|m| m.1 == most).map(|m| PathBuf::from(m.0))
+}
+
+/// Whether this process is in a cgroup namespace of its own and `mountinfo`
+/// shows no cgroup2 mount above it: then a process gone from /proc before its
+/// record is made can't be placed in its container (said once at start).
+pub fn only_own_cgroups_visible(mountinfo: &str, cgroup_ns: Option<u64>) -> bool {
+    /// The initial cgroup namespace's inode (`PROC_CGROUP_INIT_INO`).
+    const HOST_CGROUP_NS: u64 = 0xEFFF_FFFB;
+    let above = mountinfo.lines().any(|l| {
+        l.split_once(" - ").is_some_and(|(pre, post)| {
+            post.split_whitespace().next() == Some("cgroup2")
+                && pre.split_whitespace().nth(3).is_some_and(|r| r.split('/').any(|c| c == ".."))
+        })
+    });
+    cgroup_ns.is_some_and(|ns| ns != HOST_CGROUP_NS) && !above
 }
 
 #[cfg(test)]
@@ -138,6 +198,35 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cgroup_namespace_the_mount_showing_the_host_hierarchy_is_taken() {
+        // The runtime's own (its namespace's root) first, the host's beside it.
+        let pod = "1500 1490 0:30 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n\
+                   1510 1490 0:30 /../../.. /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(pod), Some(PathBuf::from("/host/sys/fs/cgroup")));
+        assert!(!only_own_cgroups_visible(pod, Some(4026532500)));
+        // Without the host's: the namespace's own, and said so.
+        let own = "1500 1490 0:30 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(own), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert!(only_own_cgroups_visible(own, Some(4026532500)));
+        assert!(!only_own_cgroups_visible(own, Some(0xEFFF_FFFB)), "the host's namespace sees every cgroup");
+        assert!(!only_own_cgroups_visible(own, None), "can't tell: nothing said");
+        // A mount point mounted over counts by its last mount.
+        let over = "1500 1490 0:30 /.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                    1510 1490 0:30 /../.. /host rw - cgroup2 cgroup2 rw\n\
+                    1520 1500 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                    1530 1500 0:30 /.. /other rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(over), Some(PathBuf::from("/host")));
+        let shadowed = "1500 1490 0:30 /../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                        1510 1490 0:30 /.. /b rw - cgroup2 cgroup2 rw\n\
+                        1520 1500 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(shadowed), Some(PathBuf::from("/b")));
+        // The host's namespace, a runtime's bind of a container's own cgroup first.
+        let docker = "1500 1490 0:30 /system.slice/docker-ab.scope /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
+                      1510 1490 0:30 / /host/sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(docker), Some(PathBuf::from("/host/sys/fs/cgroup")));
+    }
+
+    #[test]
     fn maps_directory_inodes_to_paths() {
         // Any directory tree behaves like cgroupfs for the walk.
         let root = std::env::temp_dir().join(format!("tt-cg-{}", std::process::id()));
@@ -147,14 +236,34 @@ mod tests {
         let mut c = CgroupPaths::at(Some(root.clone()));
         assert_eq!(c.path_of(id).as_deref(), Some("/system.slice/docker-abc.scope"));
         assert_eq!(c.path_of(0), None);
-        // A miss right after a walk does not walk again (rate limit)...
-        let new = root.join("new");
-        std::fs::create_dir_all(&new).unwrap();
-        let new_id = std::fs::metadata(&new).unwrap().ino();
-        assert_eq!(c.path_of(new_id), None);
+        // A miss below the ids walked, right after a walk, does not walk again...
+        let walked = c.last_walk;
+        assert_eq!(c.path_of(1), None);
+        assert_eq!(c.last_walk, walked, "rate-limited");
         // ...but a hit is served from the cache.
         assert!(c.path_of(id).is_some());
         assert_eq!(CgroupPaths::at(None).path_of(id), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Root (tests run as root), the walk alone (as an agent without
+    /// CAP_DAC_READ_SEARCH): a cgroup made right after a walk is walked for
+    /// at once, since kernfs gives it a larger id than every one walked.
+    #[test]
+    fn a_cgroup_made_after_the_last_walk_is_walked_for_at_once() {
+        let root = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m));
+        let root = root.expect("no cgroup2 mount on this machine");
+        let mut c = CgroupPaths { mount: None, ..CgroupPaths::at(Some(root.clone())) };
+        let root_id = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(c.path_of(root_id).as_deref(), Some("/"));
+        let name = format!("tt-walk-{}", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        let found = c.path_of(id);
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(found, Some(format!("/{name}")));
+        assert!(c.max_walked >= id);
     }
 
     #[test]
