@@ -50,6 +50,10 @@ mod tests {
         let v1 = format!("12:cpu,cpuacct:/docker/{ID}\n11:memory:/docker/{ID}\n0::/\n");
         assert_eq!(container_id_from_proc_cgroup(&v1).as_deref(), Some(ID));
         assert_eq!(container_id_from_proc_cgroup("0::/init.scope\n"), None);
+        // Read from an agent with a cgroup namespace of its own: relative to its root.
+        let rel = format!("0::/../../kubepods-besteffort-pod1.slice/cri-containerd-{ID}.scope\n");
+        assert_eq!(container_id_from_proc_cgroup(&rel).as_deref(), Some(ID));
+        assert_eq!(container_id_from_proc_cgroup("0::/../..\n"), None);
         assert_eq!(container_id_from_proc_cgroup("garbage"), None);
     }
 }
