@@ -68,7 +68,8 @@ pub enum CapsError {
         "running in a PID namespace of its own (pid:[{ns}], not the host's): the kernel names processes by their \
          host pids, which this process's /proc does not show, so no call could be attributed, no process started \
          later probed and no other agent found; run it in the host's PID namespace (Kubernetes: hostPID: true, as \
-         the chart sets; docker: --pid=host)"
+         the chart sets; docker: --pid=host). A node that is itself a container (kind, k3d, minikube's docker \
+         driver) gives hostPID pods that container's namespace: not supported"
     )]
     PidNamespace { ns: u64 },
     #[error("cannot read this process's capabilities from /proc/self/status: {0}")]

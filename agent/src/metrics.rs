@@ -23,6 +23,7 @@ const GAUGES: &[&str] = &[
     "return_probes_multi",
     "handover_overlap",
     "other_agents_unshared",
+    "kubernetes_containers",
 ];
 
 pub fn render(stats: &Stats) -> String {

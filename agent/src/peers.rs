@@ -2,8 +2,8 @@
 //! `--handover-dir` with. Each of them copies every call too, so every call
 //! is recorded once per agent: two DaemonSets, a test run beside the
 //! deployed one, or a rollout that mixes agents with and without the flag.
-//! Found through /proc (the agent runs in the host's PID namespace, as the
-//! chart deploys it: from a container's own namespace it sees none). Agents
+//! Found through /proc (the agent runs in the host's PID namespace: it
+//! refuses to start in another). Agents
 //! that share the directory know each other through its pinned map of agents
 //! and split the connections.
 //!
@@ -48,9 +48,12 @@ pub fn capturing_agents(proc_root: &Path, me: u32) -> Vec<u32> {
         .filter(|pid| {
             let dir = proc_root.join(pid.to_string());
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim_end() != "tokentap-agent" {
+                return false;
+            }
             let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
             let mut args = cmdline.split(|&b| b == 0).skip(1);
-            comm.trim_end() == "tokentap-agent" && !args.any(|a| NOT_CAPTURING.iter().any(|s| s.as_bytes() == a))
+            !args.any(|a| NOT_CAPTURING.iter().any(|s| s.as_bytes() == a))
         })
         .collect();
     pids.sort_unstable();
@@ -71,24 +74,21 @@ pub fn registered(dir: &Path) -> Result<Vec<(u32, u64)>, String> {
 }
 
 /// The other capturing agents running now (pid, start time) that are not
-/// registered in `dir`.
-fn unshared(dir: Option<&Path>) -> Vec<(u32, u64)> {
+/// registered in `dir`; why not known when the map of agents can't be read
+/// (then every agent sharing the directory would look unshared).
+fn unshared(dir: Option<&Path>) -> Result<Vec<(u32, u64)>, String> {
     let proc_root = Path::new("/proc");
     let shared = match dir.map(registered) {
-        Some(Ok(agents)) => agents,
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, "the pinned map of agents, not read");
-            Vec::new()
-        }
+        Some(r) => r?,
         None => Vec::new(),
     };
-    capturing_agents(proc_root, crate::handover::me())
+    Ok(capturing_agents(proc_root, crate::handover::me())
         .into_iter()
         .filter_map(|pid| Some((pid, crate::handover::start_time(pid)?)))
         // The same process: a dead agent's entry does not cover its pid's next owner.
         .filter(|agent| !shared.contains(agent))
         .filter(|&(pid, since)| crate::handover::running(proc_root, pid, since))
-        .collect()
+        .collect())
 }
 
 /// The agents (pid, start time) seen unshared, since when, and those counted.
@@ -122,8 +122,22 @@ impl Sightings {
 pub fn watch(dir: Option<PathBuf>, stats: Arc<Stats>, stop: Arc<AtomicBool>) {
     let looked = std::thread::Builder::new().name("peers".into()).spawn(move || {
         let mut seen = Sightings::default();
+        let mut said_unread = false;
         while !stop.load(Ordering::Relaxed) {
-            let (new, gone) = seen.look(Instant::now(), &unshared(dir.as_deref()));
+            let found = match unshared(dir.as_deref()) {
+                Ok(found) => Some(found),
+                Err(e) => {
+                    // This look is skipped; the sightings stand.
+                    if !std::mem::replace(&mut said_unread, true) {
+                        tracing::warn!(error = %e, "the pinned map of agents is not read: other agents not looked for");
+                    }
+                    None
+                }
+            };
+            let (new, gone) = match found {
+                Some(found) => seen.look(Instant::now(), &found),
+                None => (Vec::new(), Vec::new()),
+            };
             Stats::set(&stats.other_agents_unshared, seen.counted.len() as u64);
             if !new.is_empty() {
                 let why = match &dir {

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokentap_agent_common::Source;
 use tokentap_event::PriceTable;
 
-use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor};
+use crate::attribution::{keys::KeyHasher, kubernetes::PodIndex, AttributionConfig, Attributor, PodFound};
 use crate::blind_spots::{SocketTable, Tracker, Who};
 use crate::capture::decode::{decode, socket_conn};
 use crate::capture::event::{Chunk, ConnKey, ConnMeta, Control, Direction, Hello, RawEvent};
@@ -469,6 +469,7 @@ impl Pipeline {
                 self.coverage.not_probed(u.pid, &u.comm, &what, &u.reason);
             }
         }
+        Stats::set(&self.stats.kubernetes_containers, self.attribution.containers_known().unwrap_or(0) as u64);
         let cov = &self.coverage;
         self.blind.tick(now_mono_ns, &|pid| cov.unread(pid));
         self.write_traffic();
@@ -571,7 +572,8 @@ impl Pipeline {
                     continue;
                 }
             };
-            self.attribution.attribute(&mut record, meta, &exchange.exchange.request.head, body_user);
+            let found = self.attribution.attribute(&mut record, meta, &exchange.exchange.request.head, body_user);
+            Stats::add(&self.stats.records_pod_unknown, u64::from(found == PodFound::Unknown));
             record.apply_cost(&self.cfg.prices);
             Stats::inc(&self.stats.records);
             if body_unread {

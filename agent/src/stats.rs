@@ -94,6 +94,11 @@ counters! {
     /// read (whole): recorded from the response headers' token counts
     /// (`usage_source = headers`).
     records_body_unread,
+    /// Of those, calls from a container the node's pods do not name, with
+    /// Kubernetes metadata on (no pod, namespace or workload): the pod list
+    /// not read (the API server unreachable, RBAC), a container started
+    /// moments before its call, or one no pod runs.
+    records_pod_unknown,
     /// Spend of those records, in millionths of a USD.
     cost_micro_usd,
     /// LLM calls dropped: no complete response (client died, connection reset, bytes lost).
@@ -277,6 +282,9 @@ counters! {
     /// `--handover-dir` with this one, found so at every look for a minute:
     /// each call both see is recorded by each (a gauge; docs/operations.md).
     other_agents_unshared,
+    /// With Kubernetes metadata on: containers the node's pods name, as last
+    /// listed or watched (0 until the pod list is read; a gauge).
+    kubernetes_containers,
 }
 
 /// Counters a part of the agent owns (a sink's), shown beside the core ones

@@ -94,8 +94,11 @@ pub fn uninstall(dir: &Path, force: bool) -> Result<Uninstalled, UninstallError>
 /// be read, or this process sees another PID namespace than the agents'.
 fn running_agents(dir: &Path) -> Result<Vec<u32>, String> {
     let all = crate::peers::registered(dir)?;
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
     let ns = crate::caps::pid_namespace().map_err(|e| format!("/proc/self/ns/pid: {e}"))?;
-    if !all.is_empty() && ns != crate::caps::HOST_PID_NS {
+    if ns != crate::caps::HOST_PID_NS {
         return Err(format!(
             "this process is in a PID namespace of its own (pid:[{ns}]), not the host's, where agents know each other by pid"
         ));

@@ -35,7 +35,7 @@ pub use collector::*;
 
 /// The capabilities the DaemonSet grants the agent (deploy/manifests), as
 /// setpriv's `--bounding-set` names them: the agent runs with no other.
-pub const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid";
+pub const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid,+dac_read_search";
 
 /// A distinctive fake credential: tests grep every output for it.
 pub const SECRET_KEY: &str = "sk-tokentap-test-SECRET-9f8e7d6c5b4a";

@@ -307,6 +307,16 @@ fn kube_e2e(kubelet: bool) {
     }
     let shop = agent.records().into_iter().filter(|r| r["namespace"] == "shop").count();
     assert_eq!(shop, if kubelet { 1 } else { 2 });
+    assert_eq!(agent.stats_from_now()["records_pod_unknown"], 0, "every container so far is a pod's");
+    // A container no pod of the node names (a runtime's own): counted.
+    let stray = "f0".repeat(32);
+    let cg = Cgroup::create(root.join(format!("tokentap-test-{pid}-k8s.slice/cri-containerd-{stray}.scope")));
+    let (client, _) = run_client(in_cgroup(&cg.0, "curl", &curl_args(&certs, &url, &[])));
+    let r = &agent.wait_records(&[client], 1)[0];
+    assert_eq!((&r["container_id"], &r["pod"]), (&stray.as_str().into(), &Value::Null), "{r}");
+    assert_eq!(agent.wait_stat("records_pod_unknown", 1)["records_pod_unknown"], 1);
+    // The gauge is read each second.
+    agent.wait_stat("kubernetes_containers", 2);
     assert!(agent.stop().success());
     let _ = kube.kill();
     let _ = kube.wait();
@@ -349,7 +359,7 @@ fn a_client_gone_from_proc_is_placed_by_an_agent_in_a_cgroup_namespace_of_its_ow
             mount -t cgroup2 none "$2" && { [ -z "$3" ] || mount --bind "$1" "$3"; } && umount -l "$1" &&
             shift 3 && exec setpriv --inh-caps=-all --bounding-set="$CAPS" -- "$@"
         ' sh "$root" "$own" "$host" "$@""#;
-    let chart = "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin,+setuid,+setgid,+dac_read_search";
+    let chart = DAEMONSET_CAPS;
     let start = |name: &str, with_host: bool, caps: &str| {
         let at = dir.join(name);
         let (own, host) = (at.join("own-cgroup"), at.join("host-cgroup"));

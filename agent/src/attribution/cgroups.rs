@@ -1,7 +1,8 @@
 //! Kernel cgroup id (what `bpf_get_current_cgroup_id` returns: the inode of the
 //! cgroup v2 directory) to cgroup path. A miss opens the directory by its file
 //! handle, which on cgroupfs is the id itself (exact and immediate, whatever
-//! happened to the process; needs CAP_DAC_READ_SEARCH, which root has), and
+//! happened to the process; needs CAP_DAC_READ_SEARCH: root has it, unless a
+//! container drops it), and
 //! where that is refused walks the cgroup2 mount and caches every directory
 //! found. The cache is bounded.
 //!
@@ -81,6 +82,9 @@ impl CgroupPaths {
             self.cache.clear();
         }
         self.walk(&root, &root, 0);
+        // A newer id the walk did not find (its cgroup gone already, or out of
+        // reach) is not walked for again at once.
+        self.max_walked = self.max_walked.max(id);
         self.cache.get(&id).cloned()
     }
 
@@ -110,8 +114,9 @@ impl CgroupPaths {
             if !self.said_refused && e.raw_os_error() == Some(libc::EPERM) {
                 self.said_refused = true;
                 tracing::info!(
-                    "cgroups are not opened by their id here ({e}: it takes CAP_DAC_READ_SEARCH): the cgroup of a \
-                     process gone from /proc is looked for by walking {} instead",
+                    "cgroups are not opened by their id here ({e}: it takes {}): the cgroup of a process gone \
+                     from /proc is looked for by walking {} instead",
+                    crate::caps::ATTRIBUTION[0].name,
                     root.display()
                 );
             }
@@ -152,6 +157,12 @@ impl CgroupPaths {
 /// its root is seen from the namespace as `/../..`, one `..` per level up.
 /// A mount point mounted over later counts by its last mount. Ties: the first.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    best_cgroup2_mount(mountinfo).map(|(p, _)| p)
+}
+
+/// [`cgroup2_mount`] and its height: `..`s up from the namespace's root,
+/// less names down.
+fn best_cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, i64)> {
     let mut mounts: Vec<(&str, i64)> = Vec::new();
     for l in mountinfo.lines() {
         let Some((pre, post)) = l.split_once(" - ") else { continue };
@@ -167,22 +178,24 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         mounts.push((point, height));
     }
     let most = mounts.iter().map(|m| m.1).max()?;
-    mounts.iter().find(|m| m.1 == most).map(|m| PathBuf::from(m.0))
+    mounts.iter().find(|m| m.1 == most).map(|m| (PathBuf::from(m.0), m.1))
 }
 
-/// Whether this process is in a cgroup namespace of its own and `mountinfo`
-/// shows no cgroup2 mount above it: then a process gone from /proc before its
-/// record is made can't be placed in its container (said once at start).
+/// Whether the cgroup2 mounts in `mountinfo` miss the top of the hierarchy:
+/// in a cgroup namespace of its own, none shows above the namespace's root;
+/// in the host's, the best shows only a part (a container's own cgroup bound
+/// at /sys/fs/cgroup). Then a process gone from /proc before its record is
+/// made can't be placed in its container (said once at start).
 pub fn only_own_cgroups_visible(mountinfo: &str, cgroup_ns: Option<u64>) -> bool {
     /// The initial cgroup namespace's inode (`PROC_CGROUP_INIT_INO`).
     const HOST_CGROUP_NS: u64 = 0xEFFF_FFFB;
-    let above = mountinfo.lines().any(|l| {
-        l.split_once(" - ").is_some_and(|(pre, post)| {
-            post.split_whitespace().next() == Some("cgroup2")
-                && pre.split_whitespace().nth(3).is_some_and(|r| r.split('/').any(|c| c == ".."))
-        })
-    });
-    cgroup_ns.is_some_and(|ns| ns != HOST_CGROUP_NS) && !above
+    let Some(ns) = cgroup_ns else { return false };
+    let Some((_, height)) = best_cgroup2_mount(mountinfo) else { return false };
+    if ns == HOST_CGROUP_NS {
+        height < 0
+    } else {
+        height <= 0
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +237,10 @@ mod tests {
         let docker = "1500 1490 0:30 /system.slice/docker-ab.scope /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
                       1510 1490 0:30 / /host/sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(docker), Some(PathBuf::from("/host/sys/fs/cgroup")));
+        // ...and without the host's: only a part of the hierarchy, said.
+        let docker_own = "1500 1490 0:30 /system.slice/docker-ab.scope /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        assert!(only_own_cgroups_visible(docker_own, Some(0xEFFF_FFFB)));
+        assert!(!only_own_cgroups_visible("garbage\n", Some(4026532500)), "no cgroup2 at all: nothing to say");
     }
 
     #[test]

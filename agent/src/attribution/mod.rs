@@ -91,6 +91,18 @@ impl Default for AttributionConfig {
     }
 }
 
+/// Whether a call's container was found among the node's pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodFound {
+    Yes,
+    /// In a container the pod list does not name (not listed yet: the
+    /// API server unreachable or refused; a container started moments ago;
+    /// one no pod runs).
+    Unknown,
+    /// No Kubernetes metadata, or no container.
+    NotLooked,
+}
+
 pub struct Attributor {
     proc_root: PathBuf,
     cache: HashMap<u32, ProcessInfo>,
@@ -164,24 +176,42 @@ impl Attributor {
 
     /// Fill a call's who-fields: the process that made it (pid, comm, exe,
     /// container, pod, service, labels), its end user (the configured header,
-    /// else what the request body said), feature and API key id.
-    pub fn attribute(&mut self, record: &mut LlmCall, conn: &ConnMeta, request: &Head, body_user: Option<String>) {
+    /// else what the request body said), feature and API key id. Whether its
+    /// container is one the node's pods (watched) do not name.
+    pub fn attribute(
+        &mut self,
+        record: &mut LlmCall,
+        conn: &ConnMeta,
+        request: &Head,
+        body_user: Option<String>,
+    ) -> PodFound {
         record.pid = Some(conn.tgid);
         record.comm = Some(conn.comm.to_string());
         record.end_user = body_user;
-        self.fill(record, conn.tgid, conn.cgroup_id, request);
+        self.fill(record, conn.tgid, conn.cgroup_id, request)
+    }
+
+    /// Containers the node's pods name (Kubernetes metadata on): 0 while the
+    /// pod list has not been read.
+    pub fn containers_known(&self) -> Option<usize> {
+        self.pods.as_ref().map(|idx| idx.read().map_or(0, |m| m.len()))
     }
 
     /// Fill the record's who-fields from the process and the request head.
-    pub fn fill(&mut self, record: &mut LlmCall, tgid: u32, cgroup_id: u64, request: &Head) {
+    pub fn fill(&mut self, record: &mut LlmCall, tgid: u32, cgroup_id: u64, request: &Head) -> PodFound {
         self.observe(tgid, cgroup_id);
         // Borrowed, not cloned: this runs for every call.
-        let Some(info) = self.cache.get(&tgid) else { return };
+        let Some(info) = self.cache.get(&tgid) else { return PodFound::NotLooked };
         let pod = self
             .pods
             .as_ref()
             .zip(info.container_id.as_ref())
             .and_then(|(idx, id)| idx.read().ok().and_then(|m| m.get(id).cloned()));
+        let found = match (&self.pods, &info.container_id, &pod) {
+            (Some(_), Some(_), None) => PodFound::Unknown,
+            (Some(_), Some(_), Some(_)) => PodFound::Yes,
+            _ => PodFound::NotLooked,
+        };
         match info.service(pod.as_deref(), &self.cfg.service_label) {
             Some((service, _)) => record.service = Some(service),
             None => record.service = record.comm.clone().filter(|c| !c.is_empty()),
@@ -209,6 +239,7 @@ impl Attributor {
         if let Some(k) = &self.keys {
             record.api_key_id = k.key_id(request);
         }
+        found
     }
 
     fn read(&mut self, tgid: u32, cgroup_id: u64) -> ProcessInfo {
@@ -272,6 +303,32 @@ mod tests {
         a.fill(&mut r, 42, 0, &Head::default());
         assert_eq!(r.service.as_deref(), Some("cached-svc"));
         assert_eq!(r.container_id, Some("ab".repeat(32)));
+    }
+
+    #[test]
+    fn a_container_the_pods_do_not_name_is_told_apart() {
+        let fake = std::env::temp_dir().join(format!("tt-attr-pods-{}", std::process::id()));
+        for (pid, id) in [(1, "a1"), (2, "b2")] {
+            let dir = fake.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = format!("0::/kubepods.slice/cri-containerd-{}.scope\n", id.repeat(32));
+            std::fs::write(dir.join("cgroup"), path).unwrap();
+        }
+        std::fs::create_dir_all(fake.join("3")).unwrap();
+        let index = PodIndex::default();
+        let meta = PodMeta { pod: "checkout-1".into(), ..Default::default() };
+        index.write().unwrap().insert("a1".repeat(32), std::sync::Arc::new(meta));
+        let mut without = Attributor::new(&fake, 16);
+        assert_eq!(without.containers_known(), None);
+        assert_eq!(without.fill(&mut LlmCall::default(), 2, 0, &Head::default()), PodFound::NotLooked);
+        let mut a = Attributor::new(&fake, 16).with_pods(Some(index));
+        assert_eq!(a.containers_known(), Some(1));
+        let mut r = LlmCall::default();
+        assert_eq!(a.fill(&mut r, 1, 0, &Head::default()), PodFound::Yes);
+        assert_eq!(r.pod.as_deref(), Some("checkout-1"));
+        assert_eq!(a.fill(&mut LlmCall::default(), 2, 0, &Head::default()), PodFound::Unknown);
+        assert_eq!(a.fill(&mut LlmCall::default(), 3, 0, &Head::default()), PodFound::NotLooked, "a host process");
+        std::fs::remove_dir_all(&fake).unwrap();
     }
 
     #[test]
