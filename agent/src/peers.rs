@@ -114,6 +114,15 @@ impl Sightings {
         self.counted = due;
         (new, gone)
     }
+
+    /// No look this time: forget the agents not in `alive` (gone), keep the
+    /// rest as they stood. Returns the pids no longer counted.
+    fn look_again(&mut self, alive: &[(u32, u64)]) -> (Vec<u32>, Vec<u32>) {
+        self.since.retain(|a, _| alive.contains(a));
+        let gone = self.counted.iter().filter(|a| !alive.contains(a)).map(|a| a.0).collect();
+        self.counted.retain(|a| alive.contains(a));
+        (Vec::new(), gone)
+    }
 }
 
 /// In a thread of its own until `stop`: look for unshared agents every
@@ -124,19 +133,22 @@ pub fn watch(dir: Option<PathBuf>, stats: Arc<Stats>, stop: Arc<AtomicBool>) {
         let mut seen = Sightings::default();
         let mut said_unread = false;
         while !stop.load(Ordering::Relaxed) {
-            let found = match unshared(dir.as_deref()) {
-                Ok(found) => Some(found),
+            let (new, gone) = match unshared(dir.as_deref()) {
+                Ok(found) => {
+                    if std::mem::replace(&mut said_unread, false) {
+                        tracing::info!("the pinned map of agents is read again");
+                    }
+                    seen.look(Instant::now(), &found)
+                }
                 Err(e) => {
-                    // This look is skipped; the sightings stand.
+                    // This look is skipped: the sightings stand but for agents gone.
                     if !std::mem::replace(&mut said_unread, true) {
                         tracing::warn!(error = %e, "the pinned map of agents is not read: other agents not looked for");
                     }
-                    None
+                    let alive = |&(pid, since): &(u32, u64)| crate::handover::running(Path::new("/proc"), pid, since);
+                    let still: Vec<(u32, u64)> = seen.since.keys().copied().filter(alive).collect();
+                    seen.look_again(&still)
                 }
-            };
-            let (new, gone) = match found {
-                Some(found) => seen.look(Instant::now(), &found),
-                None => (Vec::new(), Vec::new()),
             };
             Stats::set(&stats.other_agents_unshared, seen.counted.len() as u64);
             if !new.is_empty() {
@@ -214,5 +226,12 @@ mod tests {
         assert_eq!(seen.look(at(240), &[a, b2]), (vec![20], vec![]));
         assert_eq!(seen.look(at(250), &[]), (vec![], vec![10, 20]));
         assert!(seen.counted.is_empty() && seen.since.is_empty());
+        // A look skipped: those counted stay, but for one gone.
+        let (c, d) = ((30, 1), (40, 2));
+        seen.look(at(300), &[c, d]);
+        assert_eq!(seen.look(at(360), &[c, d]), (vec![30, 40], vec![]));
+        assert_eq!(seen.look_again(&[d]), (vec![], vec![30]));
+        assert_eq!(seen.counted.iter().copied().collect::<Vec<_>>(), [d]);
+        assert_eq!(seen.look(at(370), &[d]), (vec![], vec![]), "still counted, not named again");
     }
 }

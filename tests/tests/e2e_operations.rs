@@ -203,11 +203,7 @@ fn agents_that_share_no_handover_dir_count_each_other() {
         std::fs::create_dir_all(d).unwrap();
     }
     // Agents already on this host (none in CI) are counted by every agent here.
-    let before = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == "tokentap-agent"))
-        .count() as u64;
+    let before = tokentap_agent::peers::capturing_agents(std::path::Path::new("/proc"), 0).len() as u64;
     let port = free_port();
     let listen = format!("--metrics-listen=127.0.0.1:{port}");
     let mut a = Agent::start(&dirs[0], &[&fs.flag(), &listen]);
@@ -231,11 +227,13 @@ fn agents_that_share_no_handover_dir_count_each_other() {
     assert_eq!(metric_value(&m, "tokentap_agent_other_agents_unshared"), (1 + before) as f64);
     let logged = |agent: &Agent, pids: &[u32]| {
         let log = std::fs::read_to_string(&agent.stderr).unwrap();
-        let lines: Vec<&str> =
-            log.lines().filter(|l| l.contains("other tokentap agents capture on this host")).collect();
+        let lines = log.lines().filter(|l| l.contains("other tokentap agents capture on this host"));
+        let named: Vec<u32> = lines
+            .filter_map(|l| l.split("pids=[").nth(1)?.split(']').next())
+            .flat_map(|list| list.split(", ").filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+            .collect();
         for p in pids {
-            let named = lines.iter().any(|l| l.contains(&format!("[{p}")) || l.contains(&format!(" {p}")));
-            assert!(named, "pid {p} named:\n{lines:#?}");
+            assert!(named.contains(p), "pid {p} named: {named:?}\n{log}");
         }
     };
     let (a_pid, b_pid, c_pid) = (a.pid(), b.pid(), c.pid());

@@ -43,10 +43,14 @@ impl CgroupPaths {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let ns = std::fs::metadata("/proc/self/ns/cgroup").ok().map(|m| m.ino());
         if only_own_cgroups_visible(&mountinfo, ns) {
+            let what = if ns == Some(HOST_CGROUP_NS) {
+                "sees only part of the cgroup hierarchy"
+            } else {
+                "is in a cgroup namespace of its own and sees only its own cgroups"
+            };
             tracing::warn!(
-                "this agent is in a cgroup namespace of its own and sees only its own cgroups: a process gone from \
-                 /proc before its call is recorded gets no container or pod; mount the host's /sys/fs/cgroup \
-                 read-only anywhere (the chart mounts it at /host/sys/fs/cgroup)"
+                "this agent {what}: a process gone from /proc before its call is recorded gets no container or pod; \
+                 mount the host's /sys/fs/cgroup read-only anywhere (the chart mounts it at /host/sys/fs/cgroup)"
             );
         }
         Self::at(cgroup2_mount(&mountinfo))
@@ -181,14 +185,15 @@ fn best_cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, i64)> {
     mounts.iter().find(|m| m.1 == most).map(|m| (PathBuf::from(m.0), m.1))
 }
 
+/// The initial cgroup namespace's inode (`PROC_CGROUP_INIT_INO`).
+const HOST_CGROUP_NS: u64 = 0xEFFF_FFFB;
+
 /// Whether the cgroup2 mounts in `mountinfo` miss the top of the hierarchy:
 /// in a cgroup namespace of its own, none shows above the namespace's root;
 /// in the host's, the best shows only a part (a container's own cgroup bound
 /// at /sys/fs/cgroup). Then a process gone from /proc before its record is
 /// made can't be placed in its container (said once at start).
 pub fn only_own_cgroups_visible(mountinfo: &str, cgroup_ns: Option<u64>) -> bool {
-    /// The initial cgroup namespace's inode (`PROC_CGROUP_INIT_INO`).
-    const HOST_CGROUP_NS: u64 = 0xEFFF_FFFB;
     let Some(ns) = cgroup_ns else { return false };
     let Some((_, height)) = best_cgroup2_mount(mountinfo) else { return false };
     if ns == HOST_CGROUP_NS {
