@@ -128,6 +128,24 @@ fn without_cap_sys_ptrace_the_agent_names_it_and_exits_non_zero() {
     refuses_to_run_without("sys_ptrace");
 }
 
+/// Run the agent under `unshare` with these namespaces until it exits on
+/// its own: its status, its log, and whether it was ever ready.
+fn unshared_agent(dir: &std::path::Path, namespaces: &[&str]) -> (std::process::ExitStatus, String, bool) {
+    let ready = dir.join("ready");
+    let out = Command::new("unshare")
+        .args(namespaces)
+        .arg("--")
+        .arg(agent_bin())
+        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
+        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
+        .arg(format!("--ready-file={}", ready.display()))
+        .arg("--duration=60")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned(), ready.exists())
+}
+
 /// Root of a user namespace has every capability there, none that counts for
 /// eBPF: named at start, exit 1, not a load error deep in the kernel's maps.
 #[test]
@@ -136,17 +154,8 @@ fn in_a_user_namespace_the_agent_says_so_and_exits_non_zero() {
     require_root();
     require_tool("unshare");
     let dir = scratch("userns");
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--"])
-        .arg(agent_bin())
-        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
-        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
-        .arg("--duration=60")
-        .stdin(Stdio::null())
-        .output()
-        .expect("unshare");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{log}");
+    let (status, log, _) = unshared_agent(&dir, &["--user", "--map-root-user"]);
+    assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("running in a user namespace") && log.contains("in the host's user namespace"), "{log}");
     assert!(log.contains(&tokentap_agent::caps::needs()), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -162,21 +171,10 @@ fn in_a_pid_namespace_of_its_own_the_agent_says_so_and_exits_non_zero() {
     require_root();
     require_tool("unshare");
     let dir = scratch("pidns");
-    let ready = dir.join("ready");
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--"])
-        .arg(agent_bin())
-        .arg(format!("--output=jsonl:{}", dir.join("records.jsonl").display()))
-        .arg(format!("--key-secret-file={}", dir.join("key-secret").display()))
-        .arg(format!("--ready-file={}", ready.display()))
-        .arg("--duration=60")
-        .stdin(Stdio::null())
-        .output()
-        .expect("unshare");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{log}");
+    let (status, log, ready) = unshared_agent(&dir, &["--pid", "--fork", "--mount-proc"]);
+    assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("running in a PID namespace of its own") && log.contains("hostPID: true"), "{log}");
-    assert!(!log.contains("probes attached") && !ready.exists(), "nothing loaded, never ready:\n{log}");
+    assert!(!log.contains("probes attached") && !ready, "nothing loaded, never ready:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

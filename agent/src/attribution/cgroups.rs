@@ -268,22 +268,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
     }
 
-    /// Root (tests run as root), the walk alone (as an agent without
-    /// CAP_DAC_READ_SEARCH): a cgroup made right after a walk is walked for
-    /// at once, since kernfs gives it a larger id than every one walked.
-    #[test]
-    fn a_cgroup_made_after_the_last_walk_is_walked_for_at_once() {
+    fn this_hosts_cgroup2() -> PathBuf {
         let root = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m));
-        let root = root.expect("no cgroup2 mount on this machine");
-        let mut c = CgroupPaths { mount: None, ..CgroupPaths::at(Some(root.clone())) };
-        let root_id = std::fs::metadata(&root).unwrap().ino();
-        assert_eq!(c.path_of(root_id).as_deref(), Some("/"));
-        let name = format!("tt-walk-{}", std::process::id());
+        root.expect("no cgroup2 mount on this machine")
+    }
+
+    /// Make a cgroup under `root`, look it up at once, remove it: its name,
+    /// what was found, its id.
+    fn look_up_a_new_cgroup(c: &mut CgroupPaths, root: &Path, prefix: &str) -> (String, Option<String>, u64) {
+        let name = format!("{prefix}-{}", std::process::id());
         let dir = root.join(&name);
         std::fs::create_dir(&dir).unwrap();
         let id = std::fs::metadata(&dir).unwrap().ino();
         let found = c.path_of(id);
         let _ = std::fs::remove_dir(&dir);
+        (name, found, id)
+    }
+
+    /// Root (tests run as root), the walk alone (as an agent without
+    /// CAP_DAC_READ_SEARCH): a cgroup made right after a walk is walked for
+    /// at once, since kernfs gives it a larger id than every one walked.
+    #[test]
+    fn a_cgroup_made_after_the_last_walk_is_walked_for_at_once() {
+        let root = this_hosts_cgroup2();
+        let mut c = CgroupPaths { mount: None, ..CgroupPaths::at(Some(root.clone())) };
+        let root_id = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(c.path_of(root_id).as_deref(), Some("/"));
+        let (name, found, id) = look_up_a_new_cgroup(&mut c, &root, "tt-walk");
         assert_eq!(found, Some(format!("/{name}")));
         assert!(c.max_walked >= id);
     }
@@ -292,17 +303,10 @@ mod tests {
     fn a_cgroup_made_after_the_last_walk_is_found_by_its_handle() {
         // Root (tests run as root): a cgroup created right after a walk, which
         // the walk's rate limit would miss, is found by its id at once.
-        let Some(root) = std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m)) else {
-            panic!("no cgroup2 mount on this machine");
-        };
+        let root = this_hosts_cgroup2();
         let mut c = CgroupPaths::at(Some(root.clone()));
         assert_eq!(c.path_of(u64::MAX - 1), None, "an id no cgroup has");
-        let name = format!("tt-handle-{}", std::process::id());
-        let dir = root.join(&name);
-        std::fs::create_dir(&dir).unwrap();
-        let id = std::fs::metadata(&dir).unwrap().ino();
-        let found = c.path_of(id);
-        let _ = std::fs::remove_dir(&dir);
+        let (name, found, _) = look_up_a_new_cgroup(&mut c, &root, "tt-handle");
         assert_eq!(found, Some(format!("/{name}")));
         // The root cgroup itself.
         let root_id = std::fs::metadata(&root).unwrap().ino();
